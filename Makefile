@@ -1,0 +1,29 @@
+# The two commands of this project: `make demo` and `make test`.
+# Both do their own set-up (apt packages, a venv, pip install) and are idempotent.
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ipsctl-installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	bash scripts/setup.sh $(VENV)
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python labs/demo.py
+
+test: setup
+	$(BIN)/ruff check ips tests bench labs
+	$(BIN)/python -m pytest -n auto -q
+
+lint: setup
+	$(BIN)/ruff check ips tests bench labs
+
+bench: setup
+	$(BIN)/python bench/engine.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+"""ipsctl: an inline firewall and intrusion prevention system."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The pure core: packet views, decoding, flow tracking. No I/O, no clock."""

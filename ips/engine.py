@@ -1,0 +1,319 @@
+"""The engine: bytes, metadata and a time in; a Decision out. Pure: no sockets, no subprocess,
+no clock. The same engine serves inline (NFQUEUE, WinDivert), tap and pcap replay.
+
+    engine = Engine(load_policy("gateway.rules"))
+    decision = engine.handle(packet_bytes, Meta(iif="eth0"), now)
+    effects = engine.tick(now)          # once in a while: expiry, flow-end events
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ips.core import craft
+from ips.core.decode import decode_frame, decode_l3
+from ips.core.events import FlowEnd
+from ips.core.flow import Flow, FlowTable, FlowTimeouts
+from ips.core.packet import LINKTYPE_RAW, Packet
+from ips.policy.compile import (
+    CompiledPolicy,
+    CompiledRule,
+    Decision,
+    DynamicTable,
+    alert_for,
+    apply_rewrite,
+    log_for,
+    reject_reply,
+)
+from ips.policy.model import ACCEPT, DROP, REJECT, REWRITE, Policy
+
+
+class Meta:
+    """Where a packet came from: input/output interface names (None when unknown or not
+    applicable) and the link type of the bytes (LINKTYPE_RAW: they start at the IP header)."""
+
+    __slots__ = ("iif", "linktype", "oif")
+
+    def __init__(
+        self, iif: str | None = None, oif: str | None = None, linktype: int = LINKTYPE_RAW
+    ) -> None:
+        self.iif = iif
+        self.oif = oif
+        self.linktype = linktype
+
+
+NO_META = Meta()
+
+
+@dataclass
+class EngineStats:
+    packets: int = 0
+    verdicts: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)
+    not_ip: int = 0
+    errors: int = 0
+    alerts: int = 0
+    nat_translated: int = 0
+    table_full: int = 0
+
+
+class Engine:
+    """Runs a compiled policy over packets, tracking flows."""
+
+    def __init__(
+        self,
+        policy: Policy | CompiledPolicy,
+        *,
+        max_flows: int = 262_144,
+        timeouts: FlowTimeouts | None = None,
+        id_seed: int = 0,
+    ) -> None:
+        self.flows = FlowTable(max_flows=max_flows, timeouts=timeouts, id_seed=id_seed)
+        self.stats = EngineStats()
+        # reply tuple as seen on the wire -> flow, for flows whose destination was translated
+        self._nat_replies: dict[tuple[int, bytes, int, bytes, int], Flow] = {}
+        self._pending: list[object] = []
+        self.tables: dict[str, DynamicTable] = {}
+        self.load(policy)
+
+    # ---- policy ---------------------------------------------------------------------------
+
+    def load(self, policy: Policy | CompiledPolicy) -> None:
+        """Swap the running policy. Flows, NAT state and dynamic table members are kept;
+        per-flow rule caches are invalidated (they hold the old CompiledPolicy)."""
+        compiled = policy if isinstance(policy, CompiledPolicy) else CompiledPolicy(policy)
+        for name, table in compiled.tables.items():
+            old = self.tables.get(name)
+            if old is not None:
+                table.members.update(old.members)
+        self.tables = compiled.tables
+        self.policy = compiled
+        self._default = Decision(compiled.default_verdict, reason="default")
+        self._default_reject = compiled.default_verdict == REJECT
+        self._on_error = Decision(compiled.on_error, reason="error")
+        self._malformed_verdict = compiled.malformed_verdict
+        self._malformed: dict[str, Decision] = {}
+        self._not_ip = Decision(ACCEPT, reason="not-ip")
+
+    # ---- per packet -----------------------------------------------------------------------
+
+    def handle(self, data: bytes, meta: Meta = NO_META, now: float = 0.0) -> Decision:
+        """Decide one packet. Never raises: an internal error gives the `set on-error`
+        verdict and is counted."""
+        self.stats.packets += 1
+        try:
+            if meta.linktype == LINKTYPE_RAW:
+                pkt = decode_l3(data)
+            else:
+                pkt = decode_frame(data, meta.linktype)
+            if pkt.__class__ is not Packet:
+                return self._undecodable(pkt)
+            decision = self._decide(pkt, meta, now)  # type: ignore[arg-type]
+        except Exception:
+            self.stats.errors += 1
+            decision = self._on_error
+        self.stats.verdicts[decision.verdict] += 1
+        return decision
+
+    def handle_packet(self, pkt: Packet, meta: Meta = NO_META, now: float = 0.0) -> Decision:
+        """Decide an already decoded packet (pcap replay decodes link layers itself)."""
+        self.stats.packets += 1
+        try:
+            decision = self._decide(pkt, meta, now)
+        except Exception:
+            self.stats.errors += 1
+            decision = self._on_error
+        self.stats.verdicts[decision.verdict] += 1
+        return decision
+
+    def _undecodable(self, result: object) -> Decision:
+        if result is None:
+            self.stats.not_ip += 1
+            return self._not_ip
+        reason = result.reason  # type: ignore[attr-defined]
+        self.stats.malformed[reason] += 1
+        decision = self._malformed.get(reason)
+        if decision is None:
+            decision = Decision(self._malformed_verdict, reason=f"malformed:{reason}")
+            self._malformed[reason] = decision
+        return decision
+
+    def _decide(self, pkt: Packet, meta: Meta, now: float) -> Decision:
+        translated: bytes | None = None
+        if self._nat_replies:
+            flow_of_reply = self._nat_replies.get(
+                (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+            )
+            if flow_of_reply is not None:
+                # A reply from the translated destination: give it back its original source
+                # before anything looks at it, so rules see the connection the client made.
+                translated = self._untranslate(pkt, flow_of_reply)
+                pkt = decode_l3(translated, pkt.vlans)  # type: ignore[assignment]
+                if pkt.__class__ is not Packet:
+                    return self._undecodable(pkt)
+        flow, fwd = self.flows.track(pkt, now)
+        iif = meta.iif
+        oif = meta.oif
+        policy = self.policy
+        cache = flow.cache_fwd if fwd else flow.cache_rev
+        if cache is None or cache[0] is not policy or cache[1] != iif or cache[2] != oif:
+            cache = (policy, iif, oif, policy.candidates(pkt, iif, oif))
+            if fwd:
+                flow.cache_fwd = cache
+            else:
+                flow.cache_rev = cache
+        effects: list[object] | None = None
+        for rule in cache[3]:
+            check = rule.check
+            if check is not None and not check(pkt, flow, fwd, now):
+                continue
+            verdict = rule.verdict
+            limiter = rule.limiter
+            if limiter is not None:
+                key = _limit_key(rule.limit_key, pkt, flow)
+                if not limiter.take(key, now):
+                    else_decision = rule.spec.limit.else_action  # type: ignore[union-attr]
+                    if else_decision is None:
+                        continue  # over the rate: this rule does not match
+                    verdict = else_decision
+            rule.hits += 1
+            if not rule.terminal:
+                effects = self._note(rule, pkt, flow, verdict, now, effects)
+                continue
+            if effects is None and translated is None and flow.nat is None:
+                if verdict is rule.verdict and rule.decision is not None:
+                    return rule.decision
+                if verdict is not rule.verdict and rule.else_decision is not None:
+                    return rule.else_decision
+            return self._finish(rule, verdict, pkt, flow, fwd, now, effects, translated)
+        if effects is None and translated is None and flow.nat is None and not self._default_reject:
+            return self._default
+        return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)
+
+    def _note(
+        self,
+        rule: CompiledRule,
+        pkt: Packet,
+        flow: Flow,
+        verdict: str,
+        now: float,
+        effects: list[object] | None,
+    ) -> list[object]:
+        """Alerts and log records of a matching rule."""
+        if effects is None:
+            effects = []
+        spec = rule.spec
+        if spec.alert:
+            effects.append(alert_for(rule, pkt, flow.flow_id, verdict, now))
+            self.stats.alerts += 1
+        if spec.log:
+            effects.append(log_for(rule, pkt, flow.flow_id, verdict, now))
+        return effects
+
+    def _finish(
+        self,
+        rule: CompiledRule | None,
+        verdict: str,
+        pkt: Packet,
+        flow: Flow,
+        fwd: bool,
+        now: float,
+        effects: list[object] | None,
+        translated: bytes | None,
+    ) -> Decision:
+        """The slow path of a decision: effects, rewrites, translation, reject replies."""
+        if rule is not None and (rule.spec.alert or rule.spec.log):
+            effects = self._note(rule, pkt, flow, verdict, now, effects)
+        data = translated
+        reply = None
+        if verdict == REJECT:
+            reply = reject_reply(rule, pkt)
+            data = None
+        elif verdict == REWRITE and rule is not None:
+            if fwd and flow.nat is None:
+                self._start_translation(rule, pkt, flow)
+            rewritten = apply_rewrite(rule, pkt)
+            if rewritten is not None:
+                data = rewritten
+        if verdict in (ACCEPT, REWRITE) and flow.nat is not None and fwd:
+            data = self._translate(data if data is not None else pkt.data, pkt, flow)
+        if verdict == DROP:
+            data = None
+        if verdict == REWRITE and data is None:
+            verdict = ACCEPT  # nothing to change on this packet (e.g. no pattern found)
+        return Decision(
+            verdict,
+            rule,
+            data=data,
+            reply=reply,
+            effects=effects if effects is not None else (),
+            reason="" if rule is not None else "default",
+        )
+
+    # ---- destination translation (rewrite … set daddr/dport) -------------------------------
+
+    def _start_translation(self, rule: CompiledRule, pkt: Packet, flow: Flow) -> None:
+        rw = rule.spec.rewrite
+        if rw is None or (rw.daddr is None and rw.dport is None):
+            return
+        new_dst = rw.daddr if rw.daddr is not None else pkt.dst
+        new_dport = rw.dport if rw.dport is not None and pkt.dport else pkt.dport
+        if len(new_dst) != len(pkt.dst):
+            return  # no translation across families (the resolver prevents it)
+        flow.nat = (pkt.dst, pkt.dport, new_dst, new_dport)
+        self._nat_replies[(pkt.proto, new_dst, new_dport, pkt.src, pkt.sport)] = flow
+
+    def _translate(self, data: bytes, pkt: Packet, flow: Flow) -> bytes:
+        _, _, new_dst, new_dport = flow.nat  # type: ignore[misc]
+        if new_dst != pkt.dst:
+            data = craft.set_daddr(data, pkt, new_dst)
+        if new_dport != pkt.dport and pkt.dport:
+            data = craft.set_dport(data, pkt, new_dport) or data
+        self.stats.nat_translated += 1
+        return data
+
+    def _untranslate(self, pkt: Packet, flow: Flow) -> bytes:
+        orig_dst, orig_dport, _, _ = flow.nat  # type: ignore[misc]
+        data = pkt.data
+        if orig_dst != pkt.src:
+            data = craft.set_saddr(data, pkt, orig_dst)
+        if orig_dport != pkt.sport and pkt.sport:
+            data = craft.set_sport(data, pkt, orig_dport) or data
+        self.stats.nat_translated += 1
+        return data
+
+    # ---- time -------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[object]:
+        """Expire flows, table entries and NAT state; return the events that produced."""
+        events: list[object] = []
+        for flow in self.flows.pop_evicted():
+            events.append(self._flow_end(flow, now))
+        for flow in self.flows.expire(now):
+            events.append(self._flow_end(flow, now))
+        for table in self.tables.values():
+            table.expire(now)
+        return events
+
+    def drain(self, now: float) -> list[object]:
+        """End every flow (end of a capture, shutdown)."""
+        events = [self._flow_end(f, now) for f in self.flows.pop_evicted()]
+        events += [self._flow_end(f, now) for f in self.flows.drain()]
+        return events
+
+    def _flow_end(self, flow: Flow, now: float) -> FlowEnd:
+        if flow.nat is not None:
+            _, _, new_dst, new_dport = flow.nat
+            self._nat_replies.pop((flow.proto, new_dst, new_dport, flow.src, flow.sport), None)
+        return FlowEnd(flow, getattr(flow, "end_reason", "timeout") or "timeout", now)
+
+
+def _limit_key(per: str, pkt: Packet, flow: Flow) -> object:
+    if per == "src":
+        return pkt.src
+    if per == "dst":
+        return pkt.dst
+    if per == "flow":
+        return flow.flow_id
+    return None

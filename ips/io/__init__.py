@@ -1,0 +1,1 @@
+"""Adapters at the edge: the only modules that read or write packets."""

@@ -1,0 +1,223 @@
+"""The typed syntax tree of a policy file: what was written, where, before any meaning is given.
+
+Every node carries the Span it came from so that the resolver can point at the exact word.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ips.policy.diagnostics import Span
+
+# ---- values ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One element of a value: `10.0.0.0/8`, `80`, `8080-8089`, `ssh`, `"x"`, `$lan`, `@banned`.
+
+    kind is one of: addr, int, range, word, string, var, table, any, hex.
+    For int and range, lo/hi hold the numbers; for string, text is already unescaped.
+    """
+
+    kind: str
+    text: str
+    span: Span
+    lo: int = 0
+    hi: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    items: tuple[Item, ...]
+    negated: bool
+    is_set: bool
+    span: Span
+
+
+# ---- rule clauses -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Clause:
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyClause(Clause):
+    family: int  # 4 or 6
+
+
+@dataclass(frozen=True, slots=True)
+class ProtoClause(Clause):
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointClause(Clause):
+    """`from …` (is_src) or `to …`: an address value and/or a port value."""
+
+    is_src: bool
+    addr: Value | None
+    port: Value | None
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceClause(Clause):
+    direction: str | None  # "in", "out" or None (either)
+    iface: Value | None  # None: only the direction is constrained
+
+
+@dataclass(frozen=True, slots=True)
+class FlagsClause(Clause):
+    spec: str
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpTypeClause(Clause):
+    type_value: Value
+    code_value: Value | None
+
+
+@dataclass(frozen=True, slots=True)
+class LengthClause(Clause):
+    op: str  # one of = != < <= > >= or "range"
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True, slots=True)
+class StateClause(Clause):
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentClause(Clause):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ContainsClause(Clause):
+    pattern: bytes
+    nocase: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LimitClause(Clause):
+    rate_text: str
+    burst: int | None
+    per: Item | None
+    else_action: Item | None
+
+
+@dataclass(frozen=True, slots=True)
+class SetClause(Clause):
+    """`set ttl 64`, `set dscp ef`, `set dport 8080`, `set daddr 10.0.5.5` (rewrite)."""
+
+    field: Item
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceClause(Clause):
+    old: bytes
+    new: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RejectWithClause(Clause):
+    kind: Item  # tcp-reset | icmp | icmpv6
+    code: Value | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertClause(Clause):
+    message: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogClause(Clause):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SidClause(Clause):
+    sid: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeverityClause(Clause):
+    value: Item
+
+
+@dataclass(frozen=True, slots=True)
+class LabelClause(Clause):
+    label: str
+
+
+# ---- statements -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Include(Statement):
+    path: str
+    path_span: Span
+
+
+@dataclass(frozen=True, slots=True)
+class Define(Statement):
+    name: str
+    name_span: Span
+    value: Value
+
+
+@dataclass(frozen=True, slots=True)
+class TableDecl(Statement):
+    name: str
+    name_span: Span
+    kind: str  # static | file | dynamic
+    value: Value | None = None
+    path: str | None = None
+    timeout: Item | None = None
+    size: Item | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OptionStmt(Statement):
+    name: str
+    name_span: Span
+    value: Item
+
+
+@dataclass(frozen=True, slots=True)
+class RuleStmt(Statement):
+    action: str
+    action_span: Span
+    clauses: tuple[Clause, ...]
+    text: str  # the statement as written, for explain and alerts
+
+
+@dataclass(frozen=True, slots=True)
+class DetectOpt:
+    key: str
+    span: Span
+    value: Item | Value | None
+
+
+@dataclass(frozen=True, slots=True)
+class DetectStmt(Statement):
+    name: str
+    name_span: Span
+    opts: tuple[DetectOpt, ...]
+
+
+@dataclass(slots=True)
+class PolicyFile:
+    path: str
+    text: str
+    statements: list[Statement] = field(default_factory=list)

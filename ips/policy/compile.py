@@ -1,0 +1,646 @@
+"""Resolved Policy -> CompiledPolicy: indexed first-match rules the engine runs per packet.
+
+Meaning (documented in the README): rules are tried top to bottom and the first one that
+matches decides; `match` rules only alert/log and let the search go on; a rule with a `limit`
+and no `else` stops matching while its rate is exceeded; when nothing matches, `set default`.
+
+How it stays fast. A rule's conditions split in two:
+  * static: family, protocol, addresses, ports, interfaces — the same for every packet of a
+    flow in one direction;
+  * dynamic: TCP flags, ICMP type, length, state, fragment, payload, dynamic tables, limits.
+The static part is indexed: per dimension, a lookup gives a bitset (a Python int) of the rules
+that can match; AND-ing the dimensions gives the candidates, in rule order. That is done once
+per flow and direction and cached in the flow, up to the first candidate that needs no dynamic
+check (nothing after it can be reached). Each later packet only runs the dynamic checks of
+that short list. Cost per packet therefore does not grow with the number of rules.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Callable
+
+from ips.core import craft
+from ips.core.events import Alert, LogRecord
+from ips.core.packet import FRAG_LATER, PORT_PROTOS, PROTO_TCP, Packet
+from ips.policy.model import (
+    ACCEPT,
+    DROP,
+    MATCH,
+    REJECT,
+    REWRITE,
+    AddrSpec,
+    IfaceSpec,
+    Policy,
+    PortSpec,
+    RuleSpec,
+)
+
+Check = Callable[[Packet, object, bool, float], bool]
+
+
+class Decision:
+    """What to do with one packet.
+
+    verdict  accept | drop | reject | rewrite
+    rule     the CompiledRule that decided, or None (default verdict, malformed, error)
+    data     replacement bytes for the packet (rewrite, or a reply of a translated flow),
+             else None
+    reply    bytes the adapter must send back (the TCP reset / ICMP error of a reject)
+    effects  events to hand to the sinks (alerts, log records); () when none
+    reason   why, when no rule decided: "default", "malformed:<reason>", "error", "not-ip"
+    """
+
+    __slots__ = ("data", "effects", "reason", "reply", "rule", "verdict")
+
+    def __init__(
+        self,
+        verdict: str,
+        rule: CompiledRule | None = None,
+        data: bytes | None = None,
+        reply: bytes | None = None,
+        effects: tuple[object, ...] | list[object] = (),
+        reason: str = "",
+    ) -> None:
+        self.verdict = verdict
+        self.rule = rule
+        self.data = data
+        self.reply = reply
+        self.effects = effects
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        who = self.rule.spec.name if self.rule else self.reason
+        return f"Decision({self.verdict} by {who})"
+
+
+class DynamicTable:
+    """A table whose members change at run time (blocks): address bytes -> expiry time.
+
+    Mirrors the nftables set of the same name; entries expire by `now`, in the engine's tick."""
+
+    __slots__ = ("members", "name", "size", "timeout")
+
+    def __init__(self, name: str, timeout: float | None, size: int) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.size = size
+        self.members: dict[bytes, float] = {}
+
+    def add(self, addr: bytes, now: float, ttl: float | None = None) -> bool:
+        """Add or refresh; False when the table is full (the caller counts it)."""
+        if addr not in self.members and len(self.members) >= self.size:
+            return False
+        life = ttl if ttl is not None else self.timeout
+        self.members[addr] = now + life if life else float("inf")
+        return True
+
+    def remove(self, addr: bytes) -> bool:
+        return self.members.pop(addr, None) is not None
+
+    def contains(self, addr: bytes, now: float) -> bool:
+        expiry = self.members.get(addr)
+        return expiry is not None and expiry > now
+
+    def expire(self, now: float) -> list[bytes]:
+        gone = [a for a, t in self.members.items() if t <= now]
+        for a in gone:
+            del self.members[a]
+        return gone
+
+
+class TokenBuckets:
+    """Per-key token buckets for `limit RATE [per src|dst|flow]`. Bounded: when full, idle
+    buckets (which would be full again anyway) are dropped first."""
+
+    __slots__ = ("buckets", "burst", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 65536) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.max_keys = max_keys
+        self.buckets: dict[object, list[float]] = {}
+
+    def take(self, key: object, now: float) -> bool:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            if len(self.buckets) >= self.max_keys:
+                self._shrink(now)
+            self.buckets[key] = [self.burst - 1.0, now]
+            return True
+        tokens = bucket[0] + (now - bucket[1]) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return True
+        bucket[0] = tokens
+        return False
+
+    def _shrink(self, now: float) -> None:
+        refill = self.burst / self.rate
+        idle = [k for k, (_, last) in self.buckets.items() if now - last >= refill]
+        for k in idle:
+            del self.buckets[k]
+        if len(self.buckets) >= self.max_keys:  # all busy: drop the oldest half
+            for k in list(self.buckets)[: self.max_keys // 2]:
+                del self.buckets[k]
+
+
+class CompiledRule:
+    """A rule ready to run. `check` is None when the static index says everything."""
+
+    __slots__ = (
+        "check",
+        "decision",
+        "else_decision",
+        "hits",
+        "index",
+        "limit_key",
+        "limiter",
+        "spec",
+        "terminal",
+        "verdict",
+    )
+
+    def __init__(self, spec: RuleSpec, tables: dict[str, DynamicTable]) -> None:
+        self.spec = spec
+        self.index = spec.index
+        self.verdict = spec.action
+        self.terminal = spec.action != MATCH
+        self.hits = 0
+        self.check = _dynamic_check(spec, tables)
+        self.limiter: TokenBuckets | None = None
+        self.limit_key = ""
+        self.else_decision: Decision | None = None
+        if spec.limit is not None:
+            self.limiter = TokenBuckets(spec.limit.rate, spec.limit.burst)
+            self.limit_key = spec.limit.per
+        # A prebuilt Decision for the common case (no alert, no log, no per-packet bytes),
+        # so deciding a packet allocates nothing.
+        simple = not (spec.alert or spec.log) and spec.action in (ACCEPT, DROP)
+        self.decision = Decision(spec.action, self) if simple else None
+        if spec.limit is not None and spec.limit.else_action in (ACCEPT, DROP):
+            self.else_decision = Decision(spec.limit.else_action, self)
+
+    @property
+    def static_only(self) -> bool:
+        return self.check is None and self.limiter is None
+
+    def __repr__(self) -> str:
+        return f"<rule {self.spec.name} {self.verdict}>"
+
+
+# ---- dynamic checks ---------------------------------------------------------------------------
+
+
+def _dynamic_check(spec: RuleSpec, tables: dict[str, DynamicTable]) -> Check | None:
+    """One function that runs every per-packet condition of a rule, or None if there are none.
+
+    Each condition is a small closure; the combined check stops at the first that fails."""
+    preds: list[Check] = []
+    if spec.flags is not None:
+        value, mask = spec.flags
+
+        def flags_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+            return pkt.flags & mask == value
+
+        preds.append(flags_ok)
+    if spec.icmp_type is not None:
+        itype, icode = spec.icmp_type, spec.icmp_code
+        if icode is None:
+
+            def icmp_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+                return pkt.icmp_type == itype
+
+        else:
+
+            def icmp_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+                return pkt.icmp_type == itype and pkt.icmp_code == icode
+
+        preds.append(icmp_ok)
+    if spec.length is not None:
+        preds.append(_length_check(*spec.length))
+    if spec.states is not None:
+        want_new = "new" in spec.states
+        want_est = "established" in spec.states
+
+        def state_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+            return want_est if flow.replied else want_new  # type: ignore[attr-defined]
+
+        preds.append(state_ok)
+    if spec.fragment:
+
+        def frag_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+            return pkt.frag != 0
+
+        preds.append(frag_ok)
+    for spec_addr, is_src in ((spec.src, True), (spec.dst, False)):
+        if spec_addr is not None and spec_addr.dynamic:
+            preds.append(_dynamic_addr_check(spec_addr, is_src, tables))
+    for pattern, nocase in spec.contains:
+        preds.append(_contains_check(pattern, nocase))
+    if not preds:
+        return None
+    if len(preds) == 1:
+        return preds[0]
+    chain = tuple(preds)
+
+    def all_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+        for pred in chain:  # noqa: SIM110 - a plain loop beats all() and its generator here
+            if not pred(pkt, flow, fwd, now):
+                return False
+        return True
+
+    return all_ok
+
+
+def _length_check(op: str, lo: int, hi: int) -> Check:
+    ops: dict[str, Callable[[int], bool]] = {
+        "=": lambda n: n == lo,
+        "!=": lambda n: n != lo,
+        "<": lambda n: n < lo,
+        "<=": lambda n: n <= lo,
+        ">": lambda n: n > lo,
+        ">=": lambda n: n >= lo,
+        "range": lambda n: lo <= n <= hi,
+    }
+    test = ops[op]
+
+    def length_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+        return test(pkt.length)
+
+    return length_ok
+
+
+def _contains_check(pattern: bytes, nocase: bool) -> Check:
+    if nocase:
+
+        def contains_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+            return pattern in pkt.data[pkt.payload_offset :].lower()
+
+    else:
+
+        def contains_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+            return pkt.data.find(pattern, pkt.payload_offset) >= 0
+
+    return contains_ok
+
+
+def _dynamic_addr_check(spec: AddrSpec, is_src: bool, tables: dict[str, DynamicTable]) -> Check:
+    """An address condition that involves a dynamic table (its members change at run time);
+    the static networks of the same value are checked here too."""
+    members = [tables[name] for name in spec.dynamic]
+    static = _NetMatcher(spec.nets4, spec.nets6)
+    negated = spec.negated
+
+    def addr_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+        addr = pkt.src if is_src else pkt.dst
+        hit = False
+        for table in members:
+            expiry = table.members.get(addr)
+            if expiry is not None and expiry > now:
+                hit = True
+                break
+        if not hit and static:
+            hit = static.contains(addr)
+        return hit != negated
+
+    return addr_ok
+
+
+class _NetMatcher:
+    """Membership of an address in a list of networks (slow path: tables, explain)."""
+
+    __slots__ = ("by_family",)
+
+    def __init__(self, nets4: tuple[tuple[int, int], ...], nets6: tuple[tuple[int, int], ...]):
+        self.by_family: dict[int, dict[int, set[int]]] = {4: {}, 6: {}}
+        for fam, nets, width in ((4, nets4, 32), (6, nets6, 128)):
+            for net, plen in nets:
+                self.by_family[fam].setdefault(plen, set()).add(net >> (width - plen))
+
+    def __bool__(self) -> bool:
+        return bool(self.by_family[4] or self.by_family[6])
+
+    def contains(self, addr: bytes) -> bool:
+        width = len(addr) * 8
+        plens = self.by_family[4 if width == 32 else 6]
+        value = int.from_bytes(addr, "big")
+        return any((value >> (width - plen)) in nets for plen, nets in plens.items())
+
+
+# ---- the static index -------------------------------------------------------------------------
+
+
+class _AddrIndex:
+    """Address -> bitset of rules whose static address condition admits it (one family)."""
+
+    __slots__ = ("free", "neg_all", "neg_by_plen", "pos_by_plen", "width")
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.free = 0  # no condition for this dimension
+        self.neg_all = 0
+        self.pos_by_plen: dict[int, dict[int, int]] = {}
+        self.neg_by_plen: dict[int, dict[int, int]] = {}
+
+    def add(self, bit: int, spec: AddrSpec | None, family: int) -> None:
+        if spec is None or spec.dynamic:
+            self.free |= bit  # dynamic conditions are checked per packet
+            return
+        nets = spec.nets4 if family == 4 else spec.nets6
+        target = self.neg_by_plen if spec.negated else self.pos_by_plen
+        if spec.negated:
+            self.neg_all |= bit
+        for net, plen in nets:
+            bucket = target.setdefault(plen, {})
+            key = net >> (self.width - plen)
+            bucket[key] = bucket.get(key, 0) | bit
+
+    def lookup(self, addr: bytes) -> int:
+        value = int.from_bytes(addr, "big")
+        width = self.width
+        bits = self.free
+        for plen, nets in self.pos_by_plen.items():
+            bits |= nets.get(value >> (width - plen), 0)
+        if self.neg_all:
+            excluded = 0
+            for plen, nets in self.neg_by_plen.items():
+                excluded |= nets.get(value >> (width - plen), 0)
+            bits |= self.neg_all & ~excluded
+        return bits
+
+
+class _PortIndex:
+    """Port -> bitset of rules whose port condition admits it. Single ports in a dict, wider
+    ranges as elementary intervals found by bisection."""
+
+    __slots__ = ("bounds", "exact", "free", "interval_bits")
+
+    def __init__(self) -> None:
+        self.free = 0
+        self.exact: dict[int, int] = {}
+        self.bounds: list[int] = []
+        self.interval_bits: list[int] = [0]
+
+    def build(self, specs: list[tuple[int, PortSpec | None]]) -> None:
+        toggles: dict[int, int] = {}  # boundary -> XOR of rule bits changing there
+        base = 0
+        for bit, spec in specs:
+            if spec is None:
+                self.free |= bit
+                continue
+            if spec.negated:
+                base |= bit  # matches everywhere except inside its ranges
+            for lo, hi in spec.ranges:
+                if lo == hi and not spec.negated:
+                    self.exact[lo] = self.exact.get(lo, 0) | bit
+                    continue
+                toggles[lo] = toggles.get(lo, 0) ^ bit
+                toggles[hi + 1] = toggles.get(hi + 1, 0) ^ bit
+        self.bounds = sorted(toggles)
+        running = base
+        self.interval_bits = [base]
+        for b in self.bounds:
+            running ^= toggles[b]
+            self.interval_bits.append(running)
+
+    def lookup(self, port: int) -> int:
+        bits = self.free | self.exact.get(port, 0)
+        if self.bounds:
+            bits |= self.interval_bits[bisect_right(self.bounds, port)]
+        return bits
+
+
+class _IfaceIndex:
+    """Interface name (or None) -> bitset; a handful of names, cached."""
+
+    __slots__ = ("cache", "free", "specs")
+
+    def __init__(self) -> None:
+        self.free = 0
+        self.specs: list[tuple[int, IfaceSpec]] = []
+        self.cache: dict[str | None, int] = {}
+
+    def add(self, bit: int, spec: IfaceSpec | None) -> None:
+        if spec is None:
+            self.free |= bit
+        else:
+            self.specs.append((bit, spec))
+
+    def lookup(self, name: str | None) -> int:
+        bits = self.cache.get(name)
+        if bits is None:
+            bits = self.free
+            for bit, spec in self.specs:
+                if spec.matches(name):
+                    bits |= bit
+            if len(self.cache) < 4096:
+                self.cache[name] = bits
+        return bits
+
+
+class _FamilyIndex:
+    __slots__ = ("any_proto", "dport", "dst", "frag_ok", "proto_bits", "sport", "src")
+
+    def __init__(self, family: int) -> None:
+        width = 32 if family == 4 else 128
+        self.proto_bits: dict[int, int] = {}
+        self.any_proto = 0  # rules with no protocol condition
+        self.src = _AddrIndex(width)
+        self.dst = _AddrIndex(width)
+        self.sport = _PortIndex()
+        self.dport = _PortIndex()
+        self.frag_ok = 0  # rules a non-first fragment can match (no port/flags/payload needs)
+
+
+class CompiledPolicy:
+    """The policy the engine runs: rules in order plus the index over them."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.tables: dict[str, DynamicTable] = {
+            name: DynamicTable(name, t.timeout, t.size)
+            for name, t in policy.tables.items()
+            if t.kind == "dynamic"
+        }
+        self.rules = [CompiledRule(spec, self.tables) for spec in policy.rules]
+        self.default_verdict = policy.default_verdict
+        self.on_error = policy.on_error
+        self.malformed_verdict = policy.malformed_verdict
+        self.digest = policy.digest
+        self._families = {4: _FamilyIndex(4), 6: _FamilyIndex(6)}
+        self._iif = _IfaceIndex()
+        self._oif = _IfaceIndex()
+        self._anyif_specs: list[tuple[int, IfaceSpec]] = []
+        self._dir_in = 0  # rules that need an input interface (`in`)
+        self._dir_out = 0
+        self._build()
+
+    def _build(self) -> None:
+        port_specs: dict[int, tuple[list[tuple[int, PortSpec | None]], list]] = {
+            4: ([], []),
+            6: ([], []),
+        }
+        for rule in self.rules:
+            spec = rule.spec
+            bit = 1 << rule.index
+            for family in (4, 6):
+                fx = self._families[family]
+                if family not in spec.families:
+                    continue
+                if spec.protos is None:
+                    fx.any_proto |= bit
+                else:
+                    for proto in spec.protos:
+                        fx.proto_bits[proto] = fx.proto_bits.get(proto, 0) | bit
+                fx.src.add(bit, spec.src, family)
+                fx.dst.add(bit, spec.dst, family)
+                port_specs[family][0].append((bit, spec.sport))
+                port_specs[family][1].append((bit, spec.dport))
+                needs_l4 = spec.sport or spec.dport or spec.flags or spec.contains
+                if not needs_l4:
+                    fx.frag_ok |= bit
+            self._iif.add(bit, spec.iif)
+            self._oif.add(bit, spec.oif)
+            if spec.anyif is not None:
+                self._anyif_specs.append((bit, spec.anyif))
+            if spec.direction == "in":
+                self._dir_in |= bit
+            elif spec.direction == "out":
+                self._dir_out |= bit
+        for family, (sports, dports) in port_specs.items():
+            self._families[family].sport.build(sports)
+            self._families[family].dport.build(dports)
+        self._anyif_bits = 0
+        for bit, _ in self._anyif_specs:
+            self._anyif_bits |= bit
+        self._anyif_cache: dict[tuple[str | None, str | None], int] = {}
+
+    def _anyif(self, iif: str | None, oif: str | None) -> int:
+        """Bits of rules without `on IF`, plus those whose `on IF` names iif or oif."""
+        key = (iif, oif)
+        bits = self._anyif_cache.get(key)
+        if bits is None:
+            bits = ~self._anyif_bits
+            for bit, spec in self._anyif_specs:
+                if spec.matches(iif) or spec.matches(oif):
+                    bits |= bit
+            if len(self._anyif_cache) < 4096:
+                self._anyif_cache[key] = bits
+        return bits
+
+    def candidate_bits(self, pkt: Packet, iif: str | None, oif: str | None) -> int:
+        """Bitset of the rules whose static conditions admit this packet."""
+        fx = self._families[pkt.family]
+        proto = pkt.proto
+        bits = fx.any_proto | fx.proto_bits.get(proto, 0)
+        if not bits:
+            return 0
+        bits &= fx.src.lookup(pkt.src) & fx.dst.lookup(pkt.dst)
+        if not bits:
+            return 0
+        if pkt.frag == FRAG_LATER:
+            bits &= fx.frag_ok
+        elif proto in PORT_PROTOS:
+            bits &= fx.sport.lookup(pkt.sport) & fx.dport.lookup(pkt.dport)
+        bits &= self._iif.lookup(iif) & self._oif.lookup(oif)
+        if self._anyif_bits:
+            bits &= self._anyif(iif, oif)
+        if self._dir_in and iif is None:
+            bits &= ~self._dir_in
+        if self._dir_out and oif is None:
+            bits &= ~self._dir_out
+        return bits
+
+    def candidates(self, pkt: Packet, iif: str | None, oif: str | None) -> tuple[CompiledRule, ...]:
+        """The rules to try, in order, up to the first that needs no per-packet check."""
+        bits = self.candidate_bits(pkt, iif, oif)
+        rules = self.rules
+        out: list[CompiledRule] = []
+        while bits:
+            low = bits & -bits
+            rule = rules[low.bit_length() - 1]
+            out.append(rule)
+            if rule.terminal and rule.static_only:
+                break
+            bits ^= low
+        return tuple(out)
+
+
+# ---- what a matching rule does to the packet ---------------------------------------------------
+
+
+def alert_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: float) -> Alert:
+    spec = rule.spec
+    action = "blocked" if verdict in (DROP, REJECT) else "allowed"
+    return Alert(
+        now,
+        flow_id,
+        pkt.family,
+        pkt.proto,
+        pkt.src,
+        pkt.sport,
+        pkt.dst,
+        pkt.dport,
+        action=action,
+        signature_id=spec.sid if spec.sid is not None else 1_000_000 + spec.index,
+        signature=spec.message or spec.text,
+        severity=spec.severity,
+        category="policy",
+        rule_name=spec.name,
+    )
+
+
+def log_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: float) -> LogRecord:
+    return LogRecord(
+        now,
+        flow_id,
+        pkt.family,
+        pkt.proto,
+        pkt.src,
+        pkt.sport,
+        pkt.dst,
+        pkt.dport,
+        verdict=verdict,
+        rule_name=rule.spec.name,
+    )
+
+
+def reject_reply(rule: CompiledRule | None, pkt: Packet) -> bytes | None:
+    """The TCP reset or ICMP error a reject sends back (None when none may be sent)."""
+    how = rule.spec.reject_with if rule is not None else None
+    kind = how[0] if how else None
+    code = how[1] if how else None
+    if kind is None and pkt.proto == PROTO_TCP and pkt.frag != FRAG_LATER:
+        kind = "tcp-reset"
+    if kind == "tcp-reset":
+        return craft.tcp_reset_for(pkt)
+    return craft.icmp_unreachable_for(pkt, code)
+
+
+def apply_rewrite(rule: CompiledRule, pkt: Packet) -> bytes | None:
+    """TTL, DSCP and payload rewrites of one packet (address/port translation is per flow and
+    done by the engine). None when nothing changed."""
+    rw = rule.spec.rewrite
+    if rw is None:
+        return None
+    data: bytes = pkt.data
+    changed = False
+    if rw.ttl is not None:
+        data = craft.set_ttl(data, pkt, rw.ttl)
+        changed = True
+    if rw.dscp is not None:
+        data = craft.set_dscp(data, pkt, rw.dscp)
+        changed = True
+    for old, new in rw.replace:
+        replaced = craft.replace_payload(data, pkt, old, new)
+        if replaced is not None:
+            data = replaced
+            changed = True
+    return data if changed else None
+
+
+VERDICT_OF_ACTION = {ACCEPT: ACCEPT, DROP: DROP, REJECT: REJECT, REWRITE: REWRITE}

@@ -1,0 +1,114 @@
+"""Policy diagnostics: every problem carries file:line:col, is shown with its source line and a
+caret, and may carry a did-you-mean hint. All problems of a file are collected in one pass."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A region of a policy file; lines and columns count from 1, end_col is exclusive."""
+
+    file: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+@dataclass(slots=True)
+class Diagnostic:
+    span: Span
+    message: str
+    hint: str | None = None
+    severity: str = "error"  # error | warning
+    code: str = "policy"  # a stable machine-readable kind: syntax, unknown-name, type, …
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "file": self.span.file,
+            "line": self.span.line,
+            "col": self.span.col,
+            "end_line": self.span.end_line,
+            "end_col": self.span.end_col,
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "hint": self.hint,
+        }
+
+
+@dataclass
+class Diagnostics:
+    """Collects problems; the resolver keeps going after each so one run reports them all."""
+
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def error(
+        self, span: Span, message: str, hint: str | None = None, code: str = "policy"
+    ) -> None:
+        self.items.append(Diagnostic(span, message, hint, "error", code))
+
+    def warning(
+        self, span: Span, message: str, hint: str | None = None, code: str = "policy"
+    ) -> None:
+        self.items.append(Diagnostic(span, message, hint, "warning", code))
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return [d for d in self.items if d.severity == "error"]
+
+    def __bool__(self) -> bool:
+        return bool(self.errors)
+
+
+class PolicyError(Exception):
+    """Raised when a policy has errors; carries every diagnostic and the sources to show."""
+
+    def __init__(self, diagnostics: list[Diagnostic], sources: Mapping[str, str]) -> None:
+        self.diagnostics = diagnostics
+        self.sources = dict(sources)
+        first = diagnostics[0] if diagnostics else None
+        super().__init__(f"{first.span}: {first.message}" if first else "policy error")
+
+    def render(self) -> str:
+        return render(self.diagnostics, self.sources)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The closest choice to a misspelt word, as a hint, or None."""
+    pool = sorted(set(choices))
+    matches = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
+    if not matches and len(word) > 2:
+        # a prefix the user started typing ("estab" -> "established")
+        matches = [c for c in pool if c.startswith(word)][:1]
+    return f"did you mean '{matches[0]}'?" if matches else None
+
+
+def render(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -> str:
+    """Human-readable diagnostics in the style of compilers: location, message, line, caret."""
+    out: list[str] = []
+    for d in diagnostics:
+        out.append(f"{d.span}: {d.severity}: {d.message}")
+        text = sources.get(d.span.file)
+        lines = text.splitlines() if text is not None else []
+        if 1 <= d.span.line <= len(lines):
+            src = lines[d.span.line - 1].expandtabs(1)
+            gutter = f"{d.span.line:>5} | "
+            out.append(gutter + src)
+            width = 1
+            if d.span.end_line == d.span.line and d.span.end_col > d.span.col:
+                width = d.span.end_col - d.span.col
+            width = max(1, min(width, len(src) - d.span.col + 2))
+            out.append(
+                " " * (len(gutter) - 2) + "| " + " " * (d.span.col - 1) + "^" + "~" * (width - 1)
+            )
+        if d.hint:
+            out.append(f"   help: {d.hint}")
+    return "\n".join(out)

@@ -1,0 +1,161 @@
+"""A plain, rule-by-rule matcher that says *why* each rule does or does not match a packet.
+
+It is the reference meaning of the language: `ipsctl explain` prints its reasons, and the
+tests check that the indexed matcher of compile.py decides exactly as this one does.
+Slow on purpose: clarity over speed, never on the packet path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ips.core.addr import format_addr
+from ips.core.packet import FRAG_LATER, PORT_PROTOS, Packet
+from ips.policy.model import MATCH, AddrSpec, IfaceSpec, Policy, PortSpec, RuleSpec
+from ips.policy.names import PROTOCOLS
+
+PROTO_NAMES = {v: k for k, v in reversed(list(PROTOCOLS.items()))}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleVerdict:
+    rule: RuleSpec
+    matched: bool
+    reason: str  # why not (or, when matched, what matched)
+
+
+def _proto_name(proto: int) -> str:
+    return PROTO_NAMES.get(proto, str(proto))
+
+
+def _addr_in(spec: AddrSpec, addr: bytes, dynamic_members: dict[str, set[bytes]]) -> bool:
+    value = int.from_bytes(addr, "big")
+    width = len(addr) * 8
+    nets = spec.nets4 if width == 32 else spec.nets6
+    hit = any(value >> (width - plen) == net >> (width - plen) for net, plen in nets)
+    if not hit:
+        hit = any(addr in dynamic_members.get(name, set()) for name in spec.dynamic)
+    return hit != spec.negated
+
+
+def _describe_addr(spec: AddrSpec) -> str:
+    parts = [str(ipaddress.ip_network((net, plen))) for net, plen in (*spec.nets4, *spec.nets6)]
+    parts += [f"@{name}" for name in spec.dynamic]
+    body = parts[0] if len(parts) == 1 else "{ " + ", ".join(parts[:6])
+    if len(parts) > 6:
+        body += f", … ({len(parts)} in all)"
+    if len(parts) > 1:
+        body += " }"
+    return ("!" if spec.negated else "") + body
+
+
+def _describe_ports(spec: PortSpec) -> str:
+    parts = [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in spec.ranges]
+    body = parts[0] if len(parts) == 1 else "{ " + ", ".join(parts[:8]) + " }"
+    return ("!" if spec.negated else "") + body
+
+
+def _iface_ok(spec: IfaceSpec | None, name: str | None) -> bool:
+    return spec is None or spec.matches(name)
+
+
+def rule_mismatch(
+    rule: RuleSpec,
+    pkt: Packet,
+    iif: str | None,
+    oif: str | None,
+    established: bool,
+    dynamic_members: dict[str, set[bytes]] | None = None,
+) -> str | None:
+    """None when every condition of the rule holds (rate limits aside), else the first reason
+    it does not."""
+    members = dynamic_members or {}
+    if pkt.family not in rule.families:
+        fams = "/".join(f"IPv{f}" for f in sorted(rule.families))
+        return f"packet is IPv{pkt.family}, the rule is {fams} only"
+    if rule.protos is not None and pkt.proto not in rule.protos:
+        wanted = ", ".join(_proto_name(p) for p in sorted(rule.protos)[:6])
+        return f"protocol {_proto_name(pkt.proto)} is not {wanted}"
+    if rule.src is not None and not _addr_in(rule.src, pkt.src, members):
+        return f"source {format_addr(pkt.src)} is not in {_describe_addr(rule.src)}"
+    if rule.dst is not None and not _addr_in(rule.dst, pkt.dst, members):
+        return f"destination {format_addr(pkt.dst)} is not in {_describe_addr(rule.dst)}"
+    needs_l4 = rule.sport or rule.dport or rule.flags or rule.contains
+    if needs_l4 and pkt.frag == FRAG_LATER:
+        return "a non-first fragment has no transport header to match"
+    if pkt.proto in PORT_PROTOS:
+        if rule.sport is not None and not rule.sport.contains(pkt.sport):
+            return f"source port {pkt.sport} is not {_describe_ports(rule.sport)}"
+        if rule.dport is not None and not rule.dport.contains(pkt.dport):
+            return f"destination port {pkt.dport} is not {_describe_ports(rule.dport)}"
+    if not _iface_ok(rule.iif, iif):
+        return f"input interface {iif or '(none)'} does not match"
+    if not _iface_ok(rule.oif, oif):
+        return f"output interface {oif or '(none)'} does not match"
+    if rule.anyif is not None and not (rule.anyif.matches(iif) or rule.anyif.matches(oif)):
+        return f"neither interface ({iif or '-'}, {oif or '-'}) matches"
+    if rule.direction == "in" and iif is None:
+        return "packet has no input interface"
+    if rule.direction == "out" and oif is None:
+        return "packet has no output interface"
+    if rule.flags is not None:
+        value, mask = rule.flags
+        if pkt.flags & mask != value:
+            return f"TCP flags {tcp_flag_letters(pkt.flags) or 'none'} do not match"
+    if rule.icmp_type is not None:
+        if pkt.icmp_type != rule.icmp_type:
+            return f"ICMP type {pkt.icmp_type} is not {rule.icmp_type}"
+        if rule.icmp_code is not None and pkt.icmp_code != rule.icmp_code:
+            return f"ICMP code {pkt.icmp_code} is not {rule.icmp_code}"
+    if rule.length is not None:
+        op, lo, hi = rule.length
+        n = pkt.length
+        ok = {
+            "=": n == lo, "!=": n != lo, "<": n < lo, "<=": n <= lo, ">": n > lo,
+            ">=": n >= lo, "range": lo <= n <= hi,
+        }[op]  # fmt: skip
+        if not ok:
+            return f"length {n} does not match"
+    if rule.states is not None:
+        state = "established" if established else "new"
+        if state not in rule.states:
+            return f"connection is {state}"
+    if rule.fragment and not pkt.frag:
+        return "packet is not a fragment"
+    payload = pkt.data[pkt.payload_offset :]
+    for pattern, nocase in rule.contains:
+        if pattern not in (payload.lower() if nocase else payload):
+            return f"payload does not contain {pattern!r}"
+    return None
+
+
+def explain(
+    policy: Policy,
+    pkt: Packet,
+    iif: str | None = None,
+    oif: str | None = None,
+    established: bool = False,
+    dynamic_members: dict[str, set[bytes]] | None = None,
+) -> tuple[list[RuleVerdict], RuleSpec | None]:
+    """Every rule up to the deciding one, with its reason; and the deciding rule (None: the
+    default verdict). `match` rules that hold are listed and the walk goes on."""
+    out: list[RuleVerdict] = []
+    for rule in policy.rules:
+        reason = rule_mismatch(rule, pkt, iif, oif, established, dynamic_members)
+        if reason is not None:
+            out.append(RuleVerdict(rule, False, reason))
+            continue
+        note = "matches"
+        if rule.limit is not None:
+            note = f"matches while under {rule.limit.text}" + (
+                f" (above it: {rule.limit.else_action})" if rule.limit.else_action else ""
+            )
+        out.append(RuleVerdict(rule, True, note))
+        if rule.action != MATCH:
+            return out, rule
+    return out, None
+
+
+def tcp_flag_letters(flags: int) -> str:
+    return "".join(ch for ch, bit in zip("FSRPAUEW", range(8), strict=True) if flags >> bit & 1)

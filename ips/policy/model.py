@@ -1,0 +1,244 @@
+"""The resolved policy: every name looked up, every value checked and typed.
+
+This is what the compiler (ips/policy/compile.py) turns into fast matchers, what
+`ipsctl check` summarises, and what later issues translate into nftables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ips.policy.diagnostics import Diagnostic, Span
+
+# Verdicts (the strings the engine returns).
+ACCEPT = "accept"
+DROP = "drop"
+REJECT = "reject"
+REWRITE = "rewrite"
+MATCH = "match"  # non-terminal: alert/log and go on
+VERDICTS = (ACCEPT, DROP, REJECT, REWRITE)
+
+
+@dataclass(frozen=True, slots=True)
+class AddrSpec:
+    """An address constraint for one endpoint.
+
+    nets4/nets6 are (network as int, prefix length). dynamic names runtime tables whose
+    members change while the policy runs (blocks). `negated` inverts the whole constraint,
+    within the families it speaks of (as nftables: `ip saddr != 10.0.0.0/8` is IPv4 only)."""
+
+    negated: bool
+    nets4: tuple[tuple[int, int], ...] = ()
+    nets6: tuple[tuple[int, int], ...] = ()
+    dynamic: tuple[str, ...] = ()
+
+    @property
+    def families(self) -> frozenset[int] | None:
+        """The families this constraint can match; None when a dynamic table keeps it open."""
+        if self.dynamic:
+            return None
+        fams = set()
+        if self.nets4:
+            fams.add(4)
+        if self.nets6:
+            fams.add(6)
+        return frozenset(fams)
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    negated: bool
+    ranges: tuple[tuple[int, int], ...]  # inclusive, merged and sorted
+
+    def contains(self, port: int) -> bool:
+        inside = any(lo <= port <= hi for lo, hi in self.ranges)
+        return inside != self.negated
+
+
+@dataclass(frozen=True, slots=True)
+class IfaceSpec:
+    negated: bool
+    names: tuple[str, ...]  # a trailing '*' is a prefix wildcard (as nftables' "eth*")
+
+    def matches(self, name: str | None) -> bool:
+        if name is None:
+            return self.negated
+        hit = any(name.startswith(n[:-1]) if n.endswith("*") else name == n for n in self.names)
+        return hit != self.negated
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSpec:
+    rate: float  # packets per second
+    burst: int
+    per: str  # src | dst | flow | rule
+    else_action: str | None  # verdict for packets over the rate; None: the rule does not match
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class RewriteSpec:
+    ttl: int | None = None
+    dscp: int | None = None
+    dport: int | None = None
+    daddr: bytes | None = None
+    replace: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(slots=True)
+class RuleSpec:
+    index: int  # position in first-match order, from 0
+    action: str  # accept | drop | reject | rewrite | match
+    span: Span
+    text: str
+    families: frozenset[int] = frozenset((4, 6))
+    protos: frozenset[int] | None = None  # None: any protocol
+    src: AddrSpec | None = None
+    dst: AddrSpec | None = None
+    sport: PortSpec | None = None
+    dport: PortSpec | None = None
+    iif: IfaceSpec | None = None  # `in on X`
+    oif: IfaceSpec | None = None  # `out on X`
+    anyif: IfaceSpec | None = None  # `on X`: either way
+    direction: str | None = None  # `in` / `out` without an interface
+    flags: tuple[int, int] | None = None  # (value, mask)
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    length: tuple[str, int, int] | None = None  # (op, lo, hi)
+    states: frozenset[str] | None = None
+    fragment: bool = False
+    contains: tuple[tuple[bytes, bool], ...] = ()
+    limit: LimitSpec | None = None
+    rewrite: RewriteSpec | None = None
+    reject_with: tuple[str, int | None] | None = None  # ("tcp-reset"|"icmp"|"icmpv6", code)
+    alert: bool = False
+    message: str | None = None
+    log: bool = False
+    sid: int | None = None
+    severity: int = 2
+    label: str | None = None
+
+    @property
+    def name(self) -> str:
+        """How the rule is named in counters and events."""
+        return self.label or f"{self.span.file}:{self.span.line}"
+
+    @property
+    def has_dynamic(self) -> bool:
+        """True when the rule needs more than the flow's addresses, ports and interfaces."""
+        return bool(
+            self.flags
+            or self.icmp_type is not None
+            or self.length
+            or self.states
+            or self.fragment
+            or self.contains
+            or self.limit
+            or (self.src and self.src.dynamic)
+            or (self.dst and self.dst.dynamic)
+        )
+
+
+@dataclass(slots=True)
+class TableSpec:
+    name: str
+    kind: str  # static | file | dynamic
+    span: Span
+    nets4: tuple[tuple[int, int], ...] = ()
+    nets6: tuple[tuple[int, int], ...] = ()
+    timeout: float | None = None  # dynamic: default entry lifetime in seconds
+    size: int = 65536
+
+
+@dataclass(slots=True)
+class DetectSpec:
+    name: str
+    span: Span
+    params: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorSchema:
+    options: frozenset[str]
+    defaults: dict[str, object]
+    response: str  # block | limit | alert
+
+
+# What each detector accepts, and its defaults (the detectors themselves come later; the
+# reasons for these numbers are in the README's detector table).
+DETECTORS: dict[str, DetectorSchema] = {
+    "portscan": DetectorSchema(
+        frozenset({"ports", "within", "block", "alert", "ignore"}),
+        {"ports": 15, "within": 60.0, "block": 600.0},
+        "block",
+    ),
+    "sweep": DetectorSchema(
+        frozenset({"hosts", "within", "block", "alert", "ignore"}),
+        {"hosts": 25, "within": 60.0, "block": 600.0},
+        "block",
+    ),
+    "stealth": DetectorSchema(
+        frozenset({"count", "within", "block", "alert", "ignore"}),
+        {"count": 3, "within": 60.0, "block": 3600.0},
+        "block",
+    ),
+    "icmpflood": DetectorSchema(
+        frozenset({"rate", "per", "block", "limit", "alert", "ignore"}),
+        {"rate": 200.0, "per": "src"},
+        "limit",
+    ),
+    "synflood": DetectorSchema(
+        frozenset({"rate", "per", "block", "limit", "alert", "ignore"}),
+        {"rate": 500.0, "per": "dst"},
+        "limit",
+    ),
+    "udpflood": DetectorSchema(
+        frozenset({"rate", "per", "block", "limit", "alert", "ignore"}),
+        {"rate": 5000.0, "per": "src"},
+        "limit",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OptionSchema:
+    choices: tuple[str, ...]
+    default: str
+    help: str
+
+
+OPTIONS: dict[str, OptionSchema] = {
+    "default": OptionSchema(
+        ("accept", "drop", "reject"), "accept", "verdict for packets no rule matched"
+    ),
+    "on-error": OptionSchema(
+        ("accept", "drop"), "accept", "verdict when the engine fails on a packet (fail-open)"
+    ),
+    "malformed": OptionSchema(
+        ("drop", "accept"), "drop", "verdict for packets the decoder cannot make sense of"
+    ),
+}
+
+
+@dataclass(slots=True)
+class Policy:
+    rules: list[RuleSpec] = field(default_factory=list)
+    tables: dict[str, TableSpec] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
+    detectors: dict[str, DetectSpec] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # file -> text, for diagnostics
+    files: list[str] = field(default_factory=list)  # in include order
+    digest: str = ""  # sha256 of the sources, to tell which policy is running
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def default_verdict(self) -> str:
+        return self.options.get("default", OPTIONS["default"].default)
+
+    @property
+    def on_error(self) -> str:
+        return self.options.get("on-error", OPTIONS["on-error"].default)
+
+    @property
+    def malformed_verdict(self) -> str:
+        return self.options.get("malformed", OPTIONS["malformed"].default)

@@ -1,0 +1,536 @@
+"""Policy text -> typed syntax tree, with every syntax error of the file reported in one pass.
+
+The file is first cut into statements (one per line; `{ … }` may span lines; a trailing
+backslash continues a line). Each statement is parsed on its own with the Lark LALR parser
+built from grammar/policy.lark, so an error on line 3 does not hide one on line 9.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
+
+from ips.policy import ast
+from ips.policy.diagnostics import Diagnostics, Span, did_you_mean
+
+GRAMMAR_PATHS = (
+    Path(__file__).resolve().parents[2] / "grammar" / "policy.lark",  # source checkout
+    Path(__file__).resolve().parent.parent / "data" / "policy.lark",  # installed package
+)
+
+STATEMENT_KEYWORDS = (
+    "accept", "pass", "drop", "block", "reject", "rewrite", "match",
+    "include", "define", "table", "set", "detect",
+)  # fmt: skip
+
+
+@functools.cache
+def _lark() -> Lark:
+    for path in GRAMMAR_PATHS:
+        if path.exists():
+            return Lark(
+                path.read_text(),
+                parser="lalr",
+                start="statement",
+                propagate_positions=True,
+                maybe_placeholders=False,
+            )
+    raise FileNotFoundError("grammar/policy.lark not found")
+
+
+@functools.cache
+def _terminal_texts() -> dict[str, str]:
+    """Terminal name -> what a person would type, for 'expected …' messages."""
+    texts: dict[str, str] = {}
+    for term in _lark().terminals:
+        pattern = term.pattern
+        if pattern.type == "str":
+            texts[term.name] = pattern.value
+    texts.update(
+        ACTION="an action (accept, drop, reject, rewrite, match)",
+        WORD="a name",
+        INT="a number",
+        ADDR="an address",
+        VAR="a $variable",
+        TABLEREF="a @table",
+        STRING='a "string"',
+        HEX="|hex bytes|",
+        DURATION="a duration (30s, 10m, 1h)",
+        RATE="a rate (50/s)",
+        FLAGSPEC="TCP flags (S/SA)",
+        CMP="a comparison (<, >, =)",
+        DIRECTION="in or out",
+        FAMILY="inet or inet6",
+        NOT="!",
+    )
+    return texts
+
+
+def _keywords_for(expected: set[str]) -> list[str]:
+    """The literal keywords among the expected terminals (for did-you-mean)."""
+    words: list[str] = []
+    for name in expected:
+        if name == "ACTION":
+            words += ["accept", "pass", "drop", "block", "reject", "rewrite", "match"]
+        elif name == "DIRECTION":
+            words += ["in", "out"]
+        elif name == "FAMILY":
+            words += ["inet", "inet6"]
+        else:
+            text = _terminal_texts().get(name)
+            if text and re.fullmatch(r"[a-z][a-z0-9-]*", text):
+                words.append(text)
+    return sorted(set(words))
+
+
+def _describe_expected(expected: set[str]) -> str:
+    texts = _terminal_texts()
+    shown = sorted({texts.get(name, name) for name in expected if name != "$END"})
+    if "$END" in expected:
+        shown.append("end of line")
+    return ", ".join(shown)
+
+
+def _expected_hint(expected: set[str]) -> str | None:
+    """'expected …' when the choice is short enough to help; long lists only confuse."""
+    if not expected or len(expected) > 8:
+        return None
+    return f"expected {_describe_expected(expected)}"
+
+
+# ---- cutting a file into statements -----------------------------------------------------------
+
+
+def split_statements(text: str) -> Iterator[tuple[int, str]]:
+    """Yield (first line number, statement text) for each statement of a file.
+
+    The statement text starts at the beginning of its first line (indentation kept) so that
+    the columns Lark reports are the file's columns; only line numbers need shifting.
+    Raises nothing: an unclosed brace runs to the end of the file and the parser reports it.
+    """
+    lines = text.split("\n")
+    n = len(lines)
+    i = 0
+    while i < n:
+        start = i
+        depth = 0
+        buf: list[str] = []
+        while i < n:
+            line = lines[i]
+            if buf and depth > 0 and _starts_statement(line):
+                break  # an unclosed '{' must not swallow the statements after it
+            buf.append(line)
+            i += 1
+            depth += _brace_delta(line)
+            if depth > 0:
+                continue
+            if _ends_with_continuation(line):
+                continue
+            break
+        chunk = "\n".join(buf)
+        if _has_content(chunk):
+            yield start + 1, chunk
+
+
+_STRIP_STRINGS = re.compile(r'"(?:\\.|[^"\\\n])*"')
+
+
+def _code_part(line: str) -> str:
+    """The line without strings and comments (for brace counting and continuations)."""
+    line = _STRIP_STRINGS.sub('""', line)
+    hash_at = line.find("#")
+    return line if hash_at < 0 else line[:hash_at]
+
+
+def _brace_delta(line: str) -> int:
+    code = _code_part(line)
+    return code.count("{") - code.count("}")
+
+
+def _ends_with_continuation(line: str) -> bool:
+    return _code_part(line).rstrip().endswith("\\")
+
+
+def _starts_statement(line: str) -> bool:
+    words = _code_part(line).split(None, 1)
+    return bool(words) and words[0] in STATEMENT_KEYWORDS
+
+
+def _has_content(chunk: str) -> bool:
+    return any(_code_part(line).strip() for line in chunk.split("\n"))
+
+
+# ---- tokens and trees -> AST ------------------------------------------------------------------
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", '"': '"', "\\": "\\", "|": "|"}
+
+
+def unescape(raw: str) -> str:
+    """Body of a "string" token (quotes included) -> its text."""
+    body = raw[1:-1]
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            if nxt == "x" and i + 3 < len(body) + 1:
+                try:
+                    out.append(chr(int(body[i + 2 : i + 4], 16)))
+                    i += 4
+                    continue
+                except ValueError:
+                    pass
+            out.append(_ESCAPES.get(nxt, "\\" + nxt))
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+_HEX_SEGMENT = re.compile(r"\|([^|]*)\|")
+
+
+def content_bytes(raw: str) -> bytes:
+    """A content token -> bytes. Strings may mix text and |hex| segments, as in Suricata:
+    "GET |0d 0a|". A bare |de ad be ef| token is hex only. Raises ValueError on bad hex."""
+    if raw.startswith("|"):
+        return bytes.fromhex(raw[1:-1])
+    text = unescape(raw) if raw.startswith('"') else raw
+    out = bytearray()
+    pos = 0
+    for m in _HEX_SEGMENT.finditer(text):
+        out += text[pos : m.start()].encode("utf-8")
+        out += bytes.fromhex(m.group(1))
+        pos = m.end()
+    out += text[pos:].encode("utf-8")
+    return bytes(out)
+
+
+class _Builder:
+    """Turns one statement's Lark tree into AST nodes, shifting line numbers into the file."""
+
+    def __init__(self, file: str, line_offset: int, diags: Diagnostics) -> None:
+        self.file = file
+        self.line_offset = line_offset
+        self.diags = diags
+
+    def tok_span(self, tok: Token) -> Span:
+        end_line = (tok.end_line or tok.line or 1) + self.line_offset
+        return Span(
+            self.file,
+            (tok.line or 1) + self.line_offset,
+            tok.column or 1,
+            end_line,
+            tok.end_column or (tok.column or 1) + len(tok),
+        )
+
+    def tree_span(self, tree: Tree) -> Span:
+        meta = tree.meta
+        if getattr(meta, "empty", True):
+            return Span(self.file, self.line_offset + 1, 1, self.line_offset + 1, 2)
+        return Span(
+            self.file,
+            meta.line + self.line_offset,
+            meta.column,
+            meta.end_line + self.line_offset,
+            meta.end_column,
+        )
+
+    def span_of(self, node: Tree | Token) -> Span:
+        return self.tok_span(node) if isinstance(node, Token) else self.tree_span(node)
+
+    # ---- values
+
+    def item(self, node: Tree | Token) -> ast.Item:
+        span = self.span_of(node)
+        if isinstance(node, Tree):
+            if node.data == "range":
+                lo, hi = (int(t) for t in node.children)
+                return ast.Item("range", f"{lo}-{hi}", span, lo, hi)
+            if node.data == "any":
+                return ast.Item("any", "any", span)
+            raise AssertionError(f"unexpected value tree {node.data}")
+        kind = node.type
+        if kind == "INT":
+            return ast.Item("int", str(node), span, int(node), int(node))
+        if kind == "ADDR":
+            return ast.Item("addr", str(node), span)
+        if kind == "WORD":
+            return ast.Item("word", str(node), span)
+        if kind == "STRING":
+            return ast.Item("string", unescape(str(node)), span)
+        if kind == "VAR":
+            return ast.Item("var", str(node)[1:], span)
+        if kind == "TABLEREF":
+            return ast.Item("table", str(node)[1:], span)
+        if kind == "DURATION":
+            return ast.Item("duration", str(node), span)
+        if kind == "RATE":
+            return ast.Item("rate", str(node), span)
+        if kind == "ACTION":
+            return ast.Item("word", str(node), span)
+        return ast.Item("word", str(node), span)
+
+    def value(self, tree: Tree) -> ast.Value:
+        negated = False
+        children = list(tree.children)
+        if children and isinstance(children[0], Token) and children[0].type == "NOT":
+            negated = True
+            children = children[1:]
+        (atom,) = children
+        if isinstance(atom, Tree) and atom.data == "set":
+            items = tuple(self.item(c) for c in atom.children)
+            return ast.Value(items, negated, True, self.tree_span(tree))
+        return ast.Value((self.item(atom),), negated, False, self.tree_span(tree))
+
+    def content(self, tok: Token) -> bytes:
+        try:
+            return content_bytes(str(tok))
+        except ValueError:
+            self.diags.error(
+                self.tok_span(tok),
+                f"invalid hex bytes in {tok}",
+                "hex is written as pairs of digits between bars: |0d 0a|",
+                code="syntax",
+            )
+            return b""
+
+    # ---- statements
+
+    def statement(self, tree: Tree, text: str) -> ast.Statement | None:
+        (node,) = tree.children
+        span = self.tree_span(node)
+        kind = node.data
+        ch = node.children
+        if kind == "include":
+            return ast.Include(span, unescape(str(ch[0])), self.tok_span(ch[0]))
+        if kind == "define":
+            return ast.Define(span, str(ch[0]), self.tok_span(ch[0]), self.value(ch[1]))
+        if kind == "table_static":
+            return ast.TableDecl(
+                span, str(ch[0]), self.tok_span(ch[0]), "static", self.value(ch[1])
+            )
+        if kind == "table_file":
+            return ast.TableDecl(
+                span, str(ch[0]), self.tok_span(ch[0]), "file", path=unescape(str(ch[1]))
+            )
+        if kind == "table_dynamic":
+            timeout = size = None
+            for opt in ch[1:]:
+                if opt.data == "opt_timeout":
+                    timeout = self.item(opt.children[0])
+                else:
+                    size = self.item(opt.children[0])
+            return ast.TableDecl(
+                span, str(ch[0]), self.tok_span(ch[0]), "dynamic", timeout=timeout, size=size
+            )
+        if kind == "option":
+            return ast.OptionStmt(span, str(ch[0]), self.tok_span(ch[0]), self.item(ch[1]))
+        if kind == "rule":
+            action = ch[0]
+            clauses = tuple(c for c in (self.clause(x) for x in ch[1:]) if c is not None)
+            return ast.RuleStmt(span, str(action), self.tok_span(action), clauses, text.strip())
+        if kind == "detect":
+            opts = tuple(self.detect_opt(o) for o in ch[1:])
+            return ast.DetectStmt(span, str(ch[0]), self.tok_span(ch[0]), opts)
+        raise AssertionError(f"unexpected statement {kind}")
+
+    def detect_opt(self, tree: Tree) -> ast.DetectOpt:
+        key = tree.data.removeprefix("d_")
+        span = self.tree_span(tree)
+        if not tree.children:
+            return ast.DetectOpt(key, span, None)
+        child = tree.children[0]
+        if isinstance(child, Tree) and child.data == "value":
+            return ast.DetectOpt(key, span, self.value(child))
+        return ast.DetectOpt(key, span, self.item(child))
+
+    def clause(self, tree: Tree) -> ast.Clause | None:
+        span = self.tree_span(tree)
+        kind = tree.data
+        ch = tree.children
+        if kind == "family":
+            return ast.FamilyClause(span, 6 if str(ch[0]) == "inet6" else 4)
+        if kind == "proto":
+            return ast.ProtoClause(span, self.value(ch[0]))
+        if kind in ("src", "dst"):
+            endpoint = ch[0]
+            if endpoint.data == "port_only":
+                return ast.EndpointClause(
+                    span, kind == "src", None, self.value(endpoint.children[0])
+                )
+            addr = self.value(endpoint.children[0])
+            port = self.value(endpoint.children[1]) if len(endpoint.children) > 1 else None
+            return ast.EndpointClause(span, kind == "src", addr, port)
+        if kind == "direction":
+            return ast.InterfaceClause(span, str(ch[0]), None)
+        if kind == "direction_on":
+            return ast.InterfaceClause(span, str(ch[0]), self.value(ch[1]))
+        if kind == "on":
+            return ast.InterfaceClause(span, None, self.value(ch[0]))
+        if kind == "flags":
+            return ast.FlagsClause(span, str(ch[0]))
+        if kind == "icmp_type":
+            code = self.value(ch[1]) if len(ch) > 1 else None
+            return ast.IcmpTypeClause(span, self.value(ch[0]), code)
+        if kind == "length":
+            if isinstance(ch[0], Token) and ch[0].type == "CMP":
+                op, val = str(ch[0]), ch[1]
+            else:
+                op, val = "=", ch[0]
+            if isinstance(val, Tree):  # a range
+                lo, hi = (int(t) for t in val.children)
+                if op != "=":
+                    self.diags.error(span, "a length range takes no comparison", code="syntax")
+                return ast.LengthClause(span, "range", lo, hi)
+            return ast.LengthClause(span, op, int(val), int(val))
+        if kind == "state":
+            return ast.StateClause(span, self.value(ch[0]))
+        if kind == "fragment":
+            return ast.FragmentClause(span)
+        if kind == "contains":
+            return ast.ContainsClause(span, self.content(ch[0]), len(ch) > 1)
+        if kind == "limit":
+            burst = per = else_action = None
+            for opt in ch[1:]:
+                if opt.data == "limit_burst":
+                    burst = int(opt.children[0])
+                elif opt.data == "limit_per":
+                    per = self.item(opt.children[0])
+                else:
+                    else_action = self.item(opt.children[0])
+            return ast.LimitClause(span, str(ch[0]), burst, per, else_action)
+        if kind == "rewrite_set":
+            return ast.SetClause(span, self.item(ch[0]), self.value(ch[1]))
+        if kind == "replace":
+            return ast.ReplaceClause(span, self.content(ch[0]), self.content(ch[1]))
+        if kind == "reject_with":
+            code = self.value(ch[1]) if len(ch) > 1 else None
+            return ast.RejectWithClause(span, self.item(ch[0]), code)
+        if kind == "alert":
+            return ast.AlertClause(span, unescape(str(ch[0])) if ch else None)
+        if kind == "log":
+            return ast.LogClause(span)
+        if kind == "sid":
+            return ast.SidClause(span, int(ch[0]))
+        if kind == "severity":
+            return ast.SeverityClause(span, self.item(ch[0]))
+        if kind == "label":
+            return ast.LabelClause(span, unescape(str(ch[0])))
+        raise AssertionError(f"unexpected clause {kind}")
+
+
+# ---- entry point ------------------------------------------------------------------------------
+
+
+def parse_text(text: str, file: str, diags: Diagnostics) -> ast.PolicyFile:
+    """Parse a whole policy text. Syntax errors go to `diags`; the statements that parsed are
+    returned so the resolver can still check them (and report their errors too)."""
+    policy = ast.PolicyFile(file, text)
+    parser = _lark()
+    for first_line, chunk in split_statements(text):
+        offset = first_line - 1
+        try:
+            tree = parser.parse(chunk)
+        except UnexpectedInput as exc:
+            _report_syntax_error(exc, chunk, file, offset, diags)
+            continue
+        builder = _Builder(file, offset, diags)
+        stmt = builder.statement(tree, chunk)
+        if stmt is not None:
+            policy.statements.append(stmt)
+    return policy
+
+
+def _report_syntax_error(
+    exc: UnexpectedInput, chunk: str, file: str, offset: int, diags: Diagnostics
+) -> None:
+    line = (exc.line if exc.line and exc.line > 0 else 1) + offset
+    col = exc.column if exc.column and exc.column > 0 else 1
+    if isinstance(exc, UnexpectedToken) and exc.token.type != "$END":
+        tok = exc.token
+        word = str(tok)
+        expected = set(exc.expected)
+        span = Span(file, line, col, line, col + max(1, len(word)))
+        first = _first_word_position(chunk)
+        if (tok.line, tok.column) == first:
+            hint = did_you_mean(word, STATEMENT_KEYWORDS)
+            diags.error(
+                span,
+                f"unknown statement '{word}'",
+                hint
+                or "a statement starts with an action (accept, drop, reject, rewrite, "
+                "match) or with include, define, table, set or detect",
+                code="syntax",
+            )
+            return
+        hint = did_you_mean(word, _keywords_for(expected))
+        diags.error(
+            span,
+            f"unexpected '{word}'",
+            hint or _expected_hint(expected),
+            code="syntax",
+        )
+        return
+    if isinstance(exc, UnexpectedCharacters):
+        bad = chunk.split("\n")[exc.line - 1][exc.column - 1 :] if exc.line else ""
+        word = re.match(r"[^\s{},]*", bad)
+        text = word.group(0) if word and word.group(0) else bad[:1]
+        span = Span(file, line, col, line, col + max(1, len(text)))
+        expected = set(exc.allowed or ())
+        hint = did_you_mean(text, _keywords_for(expected)) if text else None
+        if text.startswith('"'):
+            msg, hint = "unterminated string", hint or 'strings end with " on the same line'
+        else:
+            msg = f"unexpected '{text}'"
+            if not hint:
+                hint = _expected_hint(expected)
+        diags.error(span, msg, hint, code="syntax")
+        return
+    # end of statement reached too early
+    expected = set(getattr(exc, "expected", ()) or ())
+    lines = chunk.split("\n")
+    last = len(lines)
+    while last > 1 and not lines[last - 1].strip():
+        last -= 1
+    end_col = len(lines[last - 1].rstrip()) + 1
+    span = Span(file, last + offset, end_col, last + offset, end_col + 1)
+    code = "\n".join(_code_part(x) for x in lines)
+    if code.count("{") > code.count("}"):
+        brace_line, brace_col = _find_unclosed_brace(chunk)
+        diags.error(
+            Span(file, brace_line + offset, brace_col, brace_line + offset, brace_col + 1),
+            "unclosed '{'",
+            "close the set with '}'",
+            code="syntax",
+        )
+        return
+    what = _describe_expected(expected) if expected else "more"
+    diags.error(span, "incomplete statement", f"expected {what}", code="syntax")
+
+
+def _first_word_position(chunk: str) -> tuple[int, int]:
+    for lineno, line in enumerate(chunk.split("\n"), start=1):
+        stripped = line.lstrip()
+        if stripped and not stripped.startswith("#"):
+            return lineno, len(line) - len(stripped) + 1
+    return 1, 1
+
+
+def _find_unclosed_brace(chunk: str) -> tuple[int, int]:
+    stack: list[tuple[int, int]] = []
+    for lineno, line in enumerate(chunk.split("\n"), start=1):
+        code = _code_part(line)
+        for col, ch in enumerate(code, start=1):
+            if ch == "{":
+                stack.append((lineno, col))
+            elif ch == "}" and stack:
+                stack.pop()
+    return stack[-1] if stack else (1, 1)

@@ -1,0 +1,146 @@
+"""EVE-style JSON lines, with Suricata's field names, so tools that read Suricata's eve.json
+(jq recipes, Filebeat's suricata module, Elastic/Splunk parsers) can read ours.
+
+One JSON object per line: timestamp, flow_id, event_type, src_ip, src_port, dest_ip,
+dest_port, proto, and per event type an `alert`, `drop` or `flow` object.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import IO
+
+from ips.core.events import Alert, FlowEnd, LogRecord, PacketEvent
+from ips.core.flow import TCP_STATE_NAMES
+from ips.core.packet import PORT_PROTOS
+
+PROTO_LABELS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 132: "SCTP", 47: "GRE"}
+
+
+def eve_timestamp(t: float) -> str:
+    """Suricata's format: 2024-05-01T12:00:00.123456+0000."""
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
+
+
+def _proto_label(proto: int) -> str:
+    return PROTO_LABELS.get(proto, str(proto))
+
+
+def _base(ev: PacketEvent, event_type: str, in_iface: str | None) -> dict[str, object]:
+    record: dict[str, object] = {
+        "timestamp": eve_timestamp(ev.time),
+        "flow_id": ev.flow_id,
+    }
+    if in_iface:
+        record["in_iface"] = in_iface
+    record["event_type"] = event_type
+    record["src_ip"] = ev.src_ip
+    if ev.proto in PORT_PROTOS:
+        record["src_port"] = ev.sport
+    record["dest_ip"] = ev.dest_ip
+    if ev.proto in PORT_PROTOS:
+        record["dest_port"] = ev.dport
+    record["proto"] = _proto_label(ev.proto)
+    return record
+
+
+def alert_record(alert: Alert, in_iface: str | None = None) -> dict[str, object]:
+    record = _base(alert, "alert", in_iface)
+    record["alert"] = {
+        "action": alert.action,
+        "gid": 1,
+        "signature_id": alert.signature_id,
+        "rev": 1,
+        "signature": alert.signature,
+        "category": alert.category,
+        "severity": alert.severity,
+        "metadata": {"rule": [alert.rule_name]},
+    }
+    return record
+
+
+def drop_record(log: LogRecord, in_iface: str | None = None) -> dict[str, object]:
+    record = _base(log, "drop", in_iface)
+    record["drop"] = {"reason": "rules", "rule": log.rule_name}
+    return record
+
+
+def log_record(log: LogRecord, in_iface: str | None = None) -> dict[str, object]:
+    """A `log` rule's record. Suricata has no such type; ours is `ipsctl_log`, alongside."""
+    record = _base(log, "ipsctl_log", in_iface)
+    record["ipsctl_log"] = {"verdict": log.verdict, "rule": log.rule_name}
+    return record
+
+
+def flow_record(end: FlowEnd, in_iface: str | None = None) -> dict[str, object]:
+    flow = end.flow
+    ev = PacketEvent(
+        end.time,
+        flow.flow_id,  # type: ignore[attr-defined]
+        flow.family,  # type: ignore[attr-defined]
+        flow.proto,  # type: ignore[attr-defined]
+        flow.src,  # type: ignore[attr-defined]
+        flow.sport,  # type: ignore[attr-defined]
+        flow.dst,  # type: ignore[attr-defined]
+        flow.dport,  # type: ignore[attr-defined]
+    )
+    record = _base(ev, "flow", in_iface)
+    f = flow
+    state = "established" if f.replied else "new"  # type: ignore[attr-defined]
+    tcp_state = TCP_STATE_NAMES[f.tcp_state] if f.proto == 6 else None  # type: ignore[attr-defined]
+    if tcp_state in ("closed", "closing", "time_wait"):
+        state = "closed"
+    record["flow"] = {
+        "pkts_toserver": f.pkts_fwd,  # type: ignore[attr-defined]
+        "pkts_toclient": f.pkts_rev,  # type: ignore[attr-defined]
+        "bytes_toserver": f.bytes_fwd,  # type: ignore[attr-defined]
+        "bytes_toclient": f.bytes_rev,  # type: ignore[attr-defined]
+        "start": eve_timestamp(f.first_seen),  # type: ignore[attr-defined]
+        "end": eve_timestamp(f.last_seen),  # type: ignore[attr-defined]
+        "age": int(f.last_seen - f.first_seen),  # type: ignore[attr-defined]
+        "state": state,
+        "reason": end.reason,
+    }
+    if f.proto == 6:  # type: ignore[attr-defined]
+        both = f.flags_fwd | f.flags_rev  # type: ignore[attr-defined]
+        tcp: dict[str, object] = {
+            "tcp_flags": f"{both:02x}",
+            "tcp_flags_ts": f"{f.flags_fwd:02x}",  # type: ignore[attr-defined]
+            "tcp_flags_tc": f"{f.flags_rev:02x}",  # type: ignore[attr-defined]
+        }
+        for name, bit in (("syn", 2), ("fin", 1), ("rst", 4), ("psh", 8), ("ack", 16)):
+            if both & bit:
+                tcp[name] = True
+        tcp["state"] = tcp_state
+        record["tcp"] = tcp
+    return record
+
+
+class EveWriter:
+    """Writes events to a text stream as JSON lines."""
+
+    def __init__(self, stream: IO[str], *, in_iface: str | None = None, drops: bool = True):
+        self.stream = stream
+        self.in_iface = in_iface
+        self.drops = drops
+        self.written = 0
+
+    def write(self, record: dict[str, object]) -> None:
+        self.stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.written += 1
+
+    def event(self, ev: object) -> None:
+        if isinstance(ev, Alert):
+            self.write(alert_record(ev, self.in_iface))
+        elif isinstance(ev, FlowEnd):
+            self.write(flow_record(ev, self.in_iface))
+        elif isinstance(ev, LogRecord):
+            if ev.verdict in ("drop", "reject") and self.drops:
+                self.write(drop_record(ev, self.in_iface))
+            else:
+                self.write(log_record(ev, self.in_iface))
+
+    def events(self, evs: object) -> None:
+        for ev in evs:  # type: ignore[attr-defined]
+            self.event(ev)
