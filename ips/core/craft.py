@@ -157,7 +157,8 @@ def l4_checksum(src: bytes, dst: bytes, proto: int, segment: bytes | bytearray) 
 
 def csum_adjust(csum: int, old_sum: int, new_sum: int) -> int:
     """RFC 1624 eqn. 3: the checksum after data summing to old_sum (see _sum) became data
-    summing to new_sum. Works modulo 0xFFFF, where ~x == -x."""
+    summing to new_sum. Works modulo 0xFFFF, where ~x == -x. Assumes the covered data is
+    not all zeroes afterwards (always true of IP headers and pseudo-headers)."""
     return _fold((0xFFFF - csum) - old_sum + new_sum)  # Python's % keeps this non-negative
 
 

@@ -207,17 +207,17 @@ def _dynamic_check(spec: RuleSpec, tables: dict[str, DynamicTable]) -> Check | N
             return pkt.flags & mask == value
 
         preds.append(flags_ok)
-    if spec.icmp_type is not None:
-        itype, icode = spec.icmp_type, spec.icmp_code
+    if spec.icmp_types is not None:
+        itypes, icode = spec.icmp_types, spec.icmp_code
         if icode is None:
 
             def icmp_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
-                return pkt.icmp_type == itype
+                return pkt.icmp_type in itypes
 
         else:
 
             def icmp_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
-                return pkt.icmp_type == itype and pkt.icmp_code == icode
+                return pkt.icmp_type in itypes and pkt.icmp_code == icode
 
         preds.append(icmp_ok)
     if spec.length is not None:

@@ -103,9 +103,10 @@ def rule_mismatch(
         value, mask = rule.flags
         if pkt.flags & mask != value:
             return f"TCP flags {tcp_flag_letters(pkt.flags) or 'none'} do not match"
-    if rule.icmp_type is not None:
-        if pkt.icmp_type != rule.icmp_type:
-            return f"ICMP type {pkt.icmp_type} is not {rule.icmp_type}"
+    if rule.icmp_types is not None:
+        if pkt.icmp_type not in rule.icmp_types:
+            wanted = ", ".join(map(str, sorted(rule.icmp_types)[:8]))
+            return f"ICMP type {pkt.icmp_type} is not {wanted}"
         if rule.icmp_code is not None and pkt.icmp_code != rule.icmp_code:
             return f"ICMP code {pkt.icmp_code} is not {rule.icmp_code}"
     if rule.length is not None:

@@ -102,7 +102,7 @@ class RuleSpec:
     anyif: IfaceSpec | None = None  # `on X`: either way
     direction: str | None = None  # `in` / `out` without an interface
     flags: tuple[int, int] | None = None  # (value, mask)
-    icmp_type: int | None = None
+    icmp_types: frozenset[int] | None = None
     icmp_code: int | None = None
     length: tuple[str, int, int] | None = None  # (op, lo, hi)
     states: frozenset[str] | None = None
@@ -128,7 +128,7 @@ class RuleSpec:
         """True when the rule needs more than the flow's addresses, ports and interfaces."""
         return bool(
             self.flags
-            or self.icmp_type is not None
+            or self.icmp_types is not None
             or self.length
             or self.states
             or self.fragment

@@ -52,7 +52,6 @@ def _terminal_texts() -> dict[str, str]:
         if pattern.type == "str":
             texts[term.name] = pattern.value
     texts.update(
-        ACTION="an action (accept, drop, reject, rewrite, match)",
         WORD="a name",
         INT="a number",
         ADDR="an address",
@@ -64,8 +63,6 @@ def _terminal_texts() -> dict[str, str]:
         RATE="a rate (50/s)",
         FLAGSPEC="TCP flags (S/SA)",
         CMP="a comparison (<, >, =)",
-        DIRECTION="in or out",
-        FAMILY="inet or inet6",
         NOT="!",
     )
     return texts
@@ -75,16 +72,9 @@ def _keywords_for(expected: set[str]) -> list[str]:
     """The literal keywords among the expected terminals (for did-you-mean)."""
     words: list[str] = []
     for name in expected:
-        if name == "ACTION":
-            words += ["accept", "pass", "drop", "block", "reject", "rewrite", "match"]
-        elif name == "DIRECTION":
-            words += ["in", "out"]
-        elif name == "FAMILY":
-            words += ["inet", "inet6"]
-        else:
-            text = _terminal_texts().get(name)
-            if text and re.fullmatch(r"[a-z][a-z0-9-]*", text):
-                words.append(text)
+        text = _terminal_texts().get(name)
+        if text and re.fullmatch(r"[a-z][a-z0-9-]*", text):
+            words.append(text)
     return sorted(set(words))
 
 
@@ -141,8 +131,9 @@ _STRIP_STRINGS = re.compile(r'"(?:\\.|[^"\\\n])*"')
 
 
 def _code_part(line: str) -> str:
-    """The line without strings and comments (for brace counting and continuations)."""
-    line = _STRIP_STRINGS.sub('""', line)
+    """The line with strings blanked (same length) and comments cut off: for brace counting
+    and continuations."""
+    line = _STRIP_STRINGS.sub(lambda m: '"' + " " * (len(m.group(0)) - 2) + '"', line)
     hash_at = line.find("#")
     return line if hash_at < 0 else line[:hash_at]
 
@@ -159,6 +150,18 @@ def _ends_with_continuation(line: str) -> bool:
 def _starts_statement(line: str) -> bool:
     words = _code_part(line).split(None, 1)
     return bool(words) and words[0] in STATEMENT_KEYWORDS
+
+
+def _one_line(chunk: str) -> str:
+    """A statement as one line, for reports: comments and continuations dropped."""
+    parts = []
+    for line in chunk.split("\n"):
+        code = _code_part(line).rstrip()
+        if code.endswith("\\"):
+            code = code[:-1]
+        # _code_part blanked the strings; take the same span of the original line back
+        parts.append(line[: len(code)].strip())
+    return " ".join(p for p in parts if p)
 
 
 def _has_content(chunk: str) -> bool:
@@ -274,8 +277,6 @@ class _Builder:
             return ast.Item("duration", str(node), span)
         if kind == "RATE":
             return ast.Item("rate", str(node), span)
-        if kind == "ACTION":
-            return ast.Item("word", str(node), span)
         return ast.Item("word", str(node), span)
 
     def value(self, tree: Tree) -> ast.Value:
@@ -334,9 +335,9 @@ class _Builder:
         if kind == "option":
             return ast.OptionStmt(span, str(ch[0]), self.tok_span(ch[0]), self.item(ch[1]))
         if kind == "rule":
-            action = ch[0]
+            action = ch[0].children[0]
             clauses = tuple(c for c in (self.clause(x) for x in ch[1:]) if c is not None)
-            return ast.RuleStmt(span, str(action), self.tok_span(action), clauses, text.strip())
+            return ast.RuleStmt(span, str(action), self.tok_span(action), clauses, _one_line(text))
         if kind == "detect":
             opts = tuple(self.detect_opt(o) for o in ch[1:])
             return ast.DetectStmt(span, str(ch[0]), self.tok_span(ch[0]), opts)
@@ -370,9 +371,9 @@ class _Builder:
             port = self.value(endpoint.children[1]) if len(endpoint.children) > 1 else None
             return ast.EndpointClause(span, kind == "src", addr, port)
         if kind == "direction":
-            return ast.InterfaceClause(span, str(ch[0]), None)
+            return ast.InterfaceClause(span, str(ch[0].children[0]), None)
         if kind == "direction_on":
-            return ast.InterfaceClause(span, str(ch[0]), self.value(ch[1]))
+            return ast.InterfaceClause(span, str(ch[0].children[0]), self.value(ch[1]))
         if kind == "on":
             return ast.InterfaceClause(span, None, self.value(ch[0]))
         if kind == "flags":
@@ -405,7 +406,7 @@ class _Builder:
                 elif opt.data == "limit_per":
                     per = self.item(opt.children[0])
                 else:
-                    else_action = self.item(opt.children[0])
+                    else_action = self.item(opt.children[0].children[0])
             return ast.LimitClause(span, str(ch[0]), burst, per, else_action)
         if kind == "rewrite_set":
             return ast.SetClause(span, self.item(ch[0]), self.value(ch[1]))

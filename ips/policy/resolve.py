@@ -836,11 +836,15 @@ class _Resolver:
             )
             return
         items, negated = self._flatten(clause.type_value)
-        if negated or len(items) != 1:
-            self.diags.error(clause.type_value.span, "'type' takes one ICMP type")
-            return
-        rule.icmp_type = self._named_number(items[0], types, "ICMP type")
+        found = {self._named_number(item, types, "ICMP type") for item in items}
+        found.discard(None)
+        if negated:
+            found = set(range(256)) - found
+        rule.icmp_types = frozenset(found)  # type: ignore[arg-type]
         if clause.code_value is not None:
+            if len(items) != 1 or negated:
+                self.diags.error(clause.code_value.span, "'code' needs exactly one ICMP type")
+                return
             citems, cneg = self._flatten(clause.code_value)
             if cneg or len(citems) != 1:
                 self.diags.error(clause.code_value.span, "'code' takes one ICMP code")
