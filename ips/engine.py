@@ -91,6 +91,7 @@ class Engine:
         self.policy = compiled
         self._default = Decision(compiled.default_verdict, reason="default")
         self._default_reject = compiled.default_verdict == REJECT
+        self._default_refuses = compiled.default_verdict in (DROP, REJECT)
         self._on_error = Decision(compiled.on_error, reason="error")
         self._malformed_verdict = compiled.malformed_verdict
         self._malformed: dict[str, Decision] = {}
@@ -181,12 +182,17 @@ class Engine:
             if not rule.terminal:
                 effects = self._note(rule, pkt, flow, verdict, now, effects)
                 continue
+            refuses = rule.refuses if verdict is rule.verdict else verdict != ACCEPT
+            if refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
+                self.flows.discard(flow)  # a refused first packet leaves no connection
             if effects is None and translated is None and flow.nat is None:
                 if verdict is rule.verdict and rule.decision is not None:
                     return rule.decision
                 if verdict is not rule.verdict and rule.else_decision is not None:
                     return rule.else_decision
             return self._finish(rule, verdict, pkt, flow, fwd, now, effects, translated)
+        if self._default_refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
+            self.flows.discard(flow)
         if effects is None and translated is None and flow.nat is None and not self._default_reject:
             return self._default
         return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)

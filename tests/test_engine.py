@@ -389,3 +389,26 @@ def _assert_checksums(data: bytes) -> None:
     rebuilt = IP(bytes(pkt))
     got = [rebuilt.chksum] + [rebuilt[type(x)].chksum for x in layers[1:]]
     assert expected == got
+
+
+def test_refused_first_packet_leaves_no_connection() -> None:
+    """As with conntrack: a SYN dropped by the policy creates no connection, so a reply seen
+    later (in a capture) is not `established` and is judged on its own."""
+    e = engine(
+        "accept state established\n"
+        "drop proto tcp to port 23\n"
+        "accept proto tcp to port 80\n"
+        "set default drop"
+    )
+    assert e.handle(tcp(A, B, 5000, 23, TCP_SYN), now=1).verdict == "drop"
+    assert len(e.flows) == 0
+    d = e.handle(tcp(B, A, 23, 5000, TCP_SYN | TCP_ACK), now=1.1)
+    assert d.verdict == "drop" and d.reason == "default"
+    # an accepted first packet does make a connection
+    e.handle(tcp(A, B, 5001, 80, TCP_SYN), now=2)
+    assert where(e.handle(tcp(B, A, 80, 5001, TCP_SYN | TCP_ACK), now=2.1)) == "line 1"
+    # a later packet of an accepted connection that is dropped keeps the connection
+    e2 = engine('drop proto tcp payload contains "x"\naccept proto tcp')
+    e2.handle(tcp(A, B, 7, 8, TCP_SYN), now=1)
+    e2.handle(tcp(A, B, 7, 8, TCP_ACK, payload=b"x"), now=2)
+    assert len(e2.flows) == 1

@@ -53,6 +53,7 @@ from ips.core.packet import (
 )
 
 __all__ = [
+    "END_DISCARDED",
     "END_EVICTED",
     "END_REUSED",
     "END_SHUTDOWN",
@@ -96,6 +97,7 @@ END_TIMEOUT = "timeout"
 END_EVICTED = "evicted"  # table full
 END_REUSED = "reused"  # a new TCP SYN on the tuple of a closed/closing connection
 END_SHUTDOWN = "shutdown"  # drain()
+END_DISCARDED = "discarded"  # discard(): its first packet was refused
 
 _SLOT = 1.0  # timer wheel granularity, seconds: expiry is at most this late
 _GONE = -1  # Flow._slot of a flow no longer in a table
@@ -159,7 +161,7 @@ class FlowTimeouts:
 @dataclass(frozen=True, slots=True)
 class FlowStats:
     """Counters since the table was made. created == expired + evicted + reused + drained +
-    active always holds."""
+    discarded + active always holds."""
 
     created: int
     expired: int
@@ -167,6 +169,7 @@ class FlowStats:
     reused: int
     drained: int
     active: int
+    discarded: int = 0
 
 
 class Flow:
@@ -283,6 +286,7 @@ class FlowTable:
         self._evicted = 0
         self._reused = 0
         self._drained = 0
+        self._discarded = 0
 
     # -- per packet ---------------------------------------------------------------------
 
@@ -423,6 +427,16 @@ class FlowTable:
         flows.pop((flow.proto, flow.dst, flow.dport, flow.src, flow.sport), None)
         self._active -= 1
 
+    def discard(self, flow: Flow) -> None:
+        """Forget a flow without an end event: its first packet was refused by the policy, so
+        it never existed on the wire (conntrack likewise drops an unconfirmed entry when its
+        packet is dropped). A reply seen later (in a capture) starts a flow of its own."""
+        if flow._slot == _GONE or self._flows.get(flow.key) is not flow:
+            return
+        self._remove(flow)
+        flow.end_reason = END_DISCARDED
+        self._discarded += 1
+
     def expire(self, now: float, budget: int = 10_000) -> list[Flow]:
         """Remove and return flows idle past their timeout (end_reason END_TIMEOUT).
 
@@ -558,6 +572,7 @@ class FlowTable:
             reused=self._reused,
             drained=self._drained,
             active=self._active,
+            discarded=self._discarded,
         )
 
 

@@ -159,6 +159,7 @@ class CompiledRule:
         "index",
         "limit_key",
         "limiter",
+        "refuses",
         "spec",
         "terminal",
         "verdict",
@@ -169,6 +170,7 @@ class CompiledRule:
         self.index = spec.index
         self.verdict = spec.action
         self.terminal = spec.action != MATCH
+        self.refuses = spec.action in (DROP, REJECT)
         self.hits = 0
         self.check = _dynamic_check(spec, tables)
         self.limiter: TokenBuckets | None = None

@@ -18,6 +18,11 @@ from ips.core.packet import PORT_PROTOS
 PROTO_LABELS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 132: "SCTP", 47: "GRE"}
 
 
+# Suricata's flow.reason words for ours.
+EVE_END_REASONS = {"timeout": "timeout", "evicted": "forced", "reused": "forced",
+                   "shutdown": "shutdown"}
+
+
 def eve_timestamp(t: float) -> str:
     """Suricata's format: 2024-05-01T12:00:00.123456+0000."""
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
@@ -100,7 +105,7 @@ def flow_record(end: FlowEnd, in_iface: str | None = None) -> dict[str, object]:
         "end": eve_timestamp(f.last_seen),  # type: ignore[attr-defined]
         "age": int(f.last_seen - f.first_seen),  # type: ignore[attr-defined]
         "state": state,
-        "reason": end.reason,
+        "reason": EVE_END_REASONS.get(end.reason, end.reason),
     }
     if f.proto == 6:  # type: ignore[attr-defined]
         both = f.flags_fwd | f.flags_rev  # type: ignore[attr-defined]
