@@ -33,14 +33,28 @@ STATEMENT_KEYWORDS = (
 def _lark() -> Lark:
     for path in GRAMMAR_PATHS:
         if path.exists():
+            # Positions are taken from the tokens (keep_all_tokens keeps the keywords, so every
+            # subtree has a first and a last token): Lark's propagate_positions costs 40% of
+            # the parse time of a large policy.
             return Lark(
                 path.read_text(),
                 parser="lalr",
                 start="statement",
-                propagate_positions=True,
+                keep_all_tokens=True,
                 maybe_placeholders=False,
             )
     raise FileNotFoundError("grammar/policy.lark not found")
+
+
+@functools.cache
+def _keyword_types() -> frozenset[str]:
+    """Token types of literal keywords and punctuation: kept in the tree for positions,
+    skipped when reading a node's parts."""
+    return frozenset(
+        t.name
+        for t in _lark().terminals
+        if t.pattern.type == "str" and t.name not in ("NOT", "NOCASE")
+    )
 
 
 @functools.cache
@@ -235,16 +249,19 @@ class _Builder:
         )
 
     def tree_span(self, tree: Tree) -> Span:
-        meta = tree.meta
-        if getattr(meta, "empty", True):
-            return Span(self.file, self.line_offset + 1, 1, self.line_offset + 1, 2)
-        return Span(
-            self.file,
-            meta.line + self.line_offset,
-            meta.column,
-            meta.end_line + self.line_offset,
-            meta.end_column,
-        )
+        first = last = tree
+        while isinstance(first, Tree):
+            first = first.children[0]
+        while isinstance(last, Tree):
+            last = last.children[-1]
+        start, end = self.tok_span(first), self.tok_span(last)
+        return Span(self.file, start.line, start.col, end.end_line, end.end_col)
+
+    @staticmethod
+    def parts(tree: Tree) -> list[Tree | Token]:
+        """The children that carry meaning (keywords and punctuation left out)."""
+        keywords = _keyword_types()
+        return [c for c in tree.children if not (isinstance(c, Token) and c.type in keywords)]
 
     def span_of(self, node: Tree | Token) -> Span:
         return self.tok_span(node) if isinstance(node, Token) else self.tree_span(node)
@@ -255,7 +272,7 @@ class _Builder:
         span = self.span_of(node)
         if isinstance(node, Tree):
             if node.data == "range":
-                lo, hi = (int(t) for t in node.children)
+                lo, hi = (int(t) for t in self.parts(node))
                 return ast.Item("range", f"{lo}-{hi}", span, lo, hi)
             if node.data == "any":
                 return ast.Item("any", "any", span)
@@ -281,13 +298,13 @@ class _Builder:
 
     def value(self, tree: Tree) -> ast.Value:
         negated = False
-        children = list(tree.children)
+        children = self.parts(tree)
         if children and isinstance(children[0], Token) and children[0].type == "NOT":
             negated = True
             children = children[1:]
         (atom,) = children
         if isinstance(atom, Tree) and atom.data == "set":
-            items = tuple(self.item(c) for c in atom.children)
+            items = tuple(self.item(c) for c in self.parts(atom))
             return ast.Value(items, negated, True, self.tree_span(tree))
         return ast.Value((self.item(atom),), negated, False, self.tree_span(tree))
 
@@ -306,10 +323,10 @@ class _Builder:
     # ---- statements
 
     def statement(self, tree: Tree, text: str) -> ast.Statement | None:
-        (node,) = tree.children
+        (node,) = self.parts(tree)
         span = self.tree_span(node)
         kind = node.data
-        ch = node.children
+        ch = self.parts(node)
         if kind == "include":
             return ast.Include(span, unescape(str(ch[0])), self.tok_span(ch[0]))
         if kind == "define":
@@ -326,9 +343,9 @@ class _Builder:
             timeout = size = None
             for opt in ch[1:]:
                 if opt.data == "opt_timeout":
-                    timeout = self.item(opt.children[0])
+                    timeout = self.item(self.parts(opt)[0])
                 else:
-                    size = self.item(opt.children[0])
+                    size = self.item(self.parts(opt)[0])
             return ast.TableDecl(
                 span, str(ch[0]), self.tok_span(ch[0]), "dynamic", timeout=timeout, size=size
             )
@@ -346,9 +363,10 @@ class _Builder:
     def detect_opt(self, tree: Tree) -> ast.DetectOpt:
         key = tree.data.removeprefix("d_")
         span = self.tree_span(tree)
-        if not tree.children:
+        parts = self.parts(tree)
+        if not parts:
             return ast.DetectOpt(key, span, None)
-        child = tree.children[0]
+        child = parts[0]
         if isinstance(child, Tree) and child.data == "value":
             return ast.DetectOpt(key, span, self.value(child))
         return ast.DetectOpt(key, span, self.item(child))
@@ -356,19 +374,20 @@ class _Builder:
     def clause(self, tree: Tree) -> ast.Clause | None:
         span = self.tree_span(tree)
         kind = tree.data
-        ch = tree.children
+        ch = self.parts(tree)
         if kind == "family":
-            return ast.FamilyClause(span, 6 if str(ch[0]) == "inet6" else 4)
+            return ast.FamilyClause(span, 6 if str(tree.children[0]) == "inet6" else 4)
         if kind == "proto":
             return ast.ProtoClause(span, self.value(ch[0]))
         if kind in ("src", "dst"):
             endpoint = ch[0]
             if endpoint.data == "port_only":
                 return ast.EndpointClause(
-                    span, kind == "src", None, self.value(endpoint.children[0])
+                    span, kind == "src", None, self.value(self.parts(endpoint)[0])
                 )
-            addr = self.value(endpoint.children[0])
-            port = self.value(endpoint.children[1]) if len(endpoint.children) > 1 else None
+            addr_and_port = self.parts(endpoint)
+            addr = self.value(addr_and_port[0])
+            port = self.value(addr_and_port[1]) if len(addr_and_port) > 1 else None
             return ast.EndpointClause(span, kind == "src", addr, port)
         if kind == "direction":
             return ast.InterfaceClause(span, str(ch[0].children[0]), None)
@@ -387,7 +406,7 @@ class _Builder:
             else:
                 op, val = "=", ch[0]
             if isinstance(val, Tree):  # a range
-                lo, hi = (int(t) for t in val.children)
+                lo, hi = (int(t) for t in self.parts(val))
                 if op != "=":
                     self.diags.error(span, "a length range takes no comparison", code="syntax")
                 return ast.LengthClause(span, "range", lo, hi)
@@ -402,11 +421,11 @@ class _Builder:
             burst = per = else_action = None
             for opt in ch[1:]:
                 if opt.data == "limit_burst":
-                    burst = int(opt.children[0])
+                    burst = int(self.parts(opt)[0])
                 elif opt.data == "limit_per":
-                    per = self.item(opt.children[0])
+                    per = self.item(self.parts(opt)[0])
                 else:
-                    else_action = self.item(opt.children[0].children[0])
+                    else_action = self.item(self.parts(opt)[0].children[0])
             return ast.LimitClause(span, str(ch[0]), burst, per, else_action)
         if kind == "rewrite_set":
             return ast.SetClause(span, self.item(ch[0]), self.value(ch[1]))

@@ -1,0 +1,200 @@
+"""In-process engine benchmark: packets/s through decode -> flow -> policy, on one core.
+
+Measured in one run, each figure the median of several passes over the same packets:
+  loop       the bare Python loop over the packets (the floor of any per-packet work)
+  decode     decode_l3 only
+  engine-10  Engine.handle with a 10-rule gateway policy
+  engine-10k the same 10 rules behind 9,990 generated rules (address blocks, port rules,
+             subnets: what a large site policy looks like), which the traffic must get past
+plus the policy compile time for 10,000 rules. Ratios are printed against decode-only and
+between the 10,000- and 10-rule policies.
+
+    .venv/bin/python bench/engine.py [--packets 200000] [--flows 2000] [--runs 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ips.core.build import build_packet  # noqa: E402
+from ips.core.decode import decode_l3  # noqa: E402
+from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP  # noqa: E402
+from ips.engine import Engine, Meta  # noqa: E402
+from ips.policy.compile import CompiledPolicy  # noqa: E402
+from ips.policy.resolve import load_policy_text  # noqa: E402
+
+TEN_RULES = """\
+table banned dynamic timeout 1h
+set default drop
+drop    from @banned
+drop    proto tcp flags /FSRPAU         alert "NULL scan"
+drop    proto tcp flags FPU/FSRPAU      alert "XMAS scan"
+accept  state established
+accept  proto tcp to 10.20.0.0/16 port { 80, 443, 8080 }
+accept  proto udp to 10.20.0.0/16 port 53
+accept  proto tcp from 10.10.0.10 to 10.20.0.0/16 port 22
+drop    proto tcp to port 23 alert "telnet"
+reject  proto tcp to port { 135-139, 445 }
+accept  proto icmp type echo-request limit 1000/s per src else drop
+"""
+
+
+def generated_rules(n: int) -> list[str]:
+    """n rules that the benchmark traffic never matches but that share its dimensions
+    (same protocols, overlapping ports and subnets), so the index has to do real work."""
+    rng = random.Random(7)
+    lines = []
+    for i in range(n):
+        a, b = divmod(i, 256)
+        kind = i % 5
+        if kind == 0:  # a blocklist entry
+            lines.append(f"drop from 198.{18 + a % 2}.{a % 256}.{b}")
+        elif kind == 1:  # a service on another server
+            lines.append(f"accept proto tcp to 10.30.{a % 256}.{b} port {rng.randint(1, 65535)}")
+        elif kind == 2:  # a partner subnet
+            lines.append(f"accept proto udp from 172.{16 + a % 16}.{b}.0/24 to port {1000 + i % 60000}")
+        elif kind == 3:  # a port rule on the traffic's own subnet, other ports
+            lines.append(f"reject proto tcp to 10.20.{b}.0/24 port {20000 + i % 40000}")
+        else:  # a v6 rule
+            lines.append(f"drop proto tcp from 2001:db8:{i:x}::/48 to port {rng.randint(1, 1024)}")
+    return lines
+
+
+def traffic(n_packets: int, n_flows: int) -> list[bytes]:
+    """A mix like a gateway's: mostly TCP connections to web servers (handshake, data both
+    ways), some DNS, a few pings. Each flow has several packets, as real flows do."""
+    rng = random.Random(1)
+    flows = []
+    for i in range(n_flows):
+        client = f"10.10.{i // 250 % 250}.{i % 250 + 1}"
+        server = f"10.20.0.{rng.randint(1, 50)}"
+        kind = rng.random()
+        cport = 20000 + i % 40000
+        if kind < 0.85:
+            port = rng.choice((80, 443, 8080))
+            payload = b"x" * rng.choice((0, 64, 512, 1400))
+            flows.append([
+                build_packet(PROTO_TCP, client, server, cport, port, flags=0x02),
+                build_packet(PROTO_TCP, server, client, port, cport, flags=0x12),
+                build_packet(PROTO_TCP, client, server, cport, port, flags=0x18, payload=payload),
+                build_packet(PROTO_TCP, server, client, port, cport, flags=0x18, payload=payload),
+                build_packet(PROTO_TCP, client, server, cport, port, flags=0x10),
+            ])
+        elif kind < 0.97:
+            flows.append([
+                build_packet(PROTO_UDP, client, server, cport, 53, payload=b"q" * 40),
+                build_packet(PROTO_UDP, server, client, 53, cport, payload=b"a" * 120),
+            ])
+        else:
+            flows.append([
+                build_packet(PROTO_ICMP, client, server, icmp_type=8, icmp_id=i),
+                build_packet(PROTO_ICMP, server, client, icmp_type=0, icmp_id=i),
+            ])  # fmt: skip
+    out: list[bytes] = []
+    while len(out) < n_packets:
+        for f in flows:
+            out.extend(f)
+    return out[:n_packets]
+
+
+def timed(fn, runs: int) -> float:
+    """Median seconds of `runs` calls."""
+    samples = []
+    for _ in range(runs):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--packets", type=int, default=200_000)
+    ap.add_argument("--flows", type=int, default=2_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    packets = traffic(args.packets, args.flows)
+    meta = Meta(iif="eth0", oif="eth1")
+
+    small = load_policy_text(TEN_RULES, "ten.rules")
+    big_text = "\n".join([*generated_rules(9_990), TEN_RULES])
+    t0 = time.perf_counter()
+    big = load_policy_text(big_text, "big.rules")
+    t_parse = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    big_compiled = CompiledPolicy(big)
+    t_compile = time.perf_counter() - t0
+    assert len(big.rules) == 10_000, len(big.rules)
+
+    def loop() -> None:
+        for _ in packets:
+            pass
+
+    def decode() -> None:
+        for p in packets:
+            decode_l3(p)
+
+    def run_engine(policy):
+        def go() -> None:
+            engine = Engine(policy)  # fresh flow table: every pass sees the same flows
+            handle = engine.handle
+            now = 1000.0
+            for p in packets:
+                handle(p, meta, now)
+                now += 0.00001
+        return go
+
+    results = {
+        "loop": timed(loop, args.runs),
+        "decode": timed(decode, args.runs),
+        "engine-10": timed(run_engine(small), args.runs),
+        "engine-10k": timed(run_engine(big_compiled), args.runs),
+    }
+    n = len(packets)
+    pps = {k: n / v for k, v in results.items()}
+    report = {
+        "packets": n,
+        "flows": args.flows,
+        "runs": args.runs,
+        "python": sys.version.split()[0],
+        "packets_per_s": {k: round(v) for k, v in pps.items()},
+        "us_per_packet": {k: round(1e6 / v, 3) for k, v in pps.items()},
+        "policy_10k_load_s": round(t_parse, 3),
+        "policy_10k_compile_s": round(t_compile, 3),
+        "policy_10k_total_s": round(t_parse + t_compile, 3),
+        "ratios": {
+            "engine-10k / engine-10": round(pps["engine-10k"] / pps["engine-10"], 3),
+            "engine-10 / decode": round(pps["engine-10"] / pps["decode"], 3),
+            "engine-10k / decode": round(pps["engine-10k"] / pps["decode"], 3),
+            "decode / loop": round(pps["decode"] / pps["loop"], 3),
+        },
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{n} packets over {args.flows} flows, median of {args.runs} runs, "
+          f"Python {report['python']}, one core")
+    print(f"{'':<12}{'packets/s':>12}{'us/packet':>11}")
+    for k in results:
+        print(f"{k:<12}{pps[k]:>12,.0f}{1e6 / pps[k]:>11.2f}")
+    print(f"10,000-rule policy: parse+resolve {t_parse:.2f} s, compile {t_compile:.2f} s, "
+          f"total {t_parse + t_compile:.2f} s")
+    for name, value in report["ratios"].items():  # type: ignore[union-attr]
+        print(f"ratio {name:<24}{value:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
