@@ -21,16 +21,13 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ips.core.build import build_packet  # noqa: E402
-from ips.core.decode import decode_l3  # noqa: E402
-from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP  # noqa: E402
-from ips.engine import Engine, Meta  # noqa: E402
-from ips.policy.compile import CompiledPolicy  # noqa: E402
-from ips.policy.resolve import load_policy_text  # noqa: E402
+from ips.core.build import build_packet
+from ips.core.decode import decode_l3
+from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from ips.engine import Engine, Meta
+from ips.policy.compile import CompiledPolicy
+from ips.policy.resolve import load_policy_text
 
 TEN_RULES = """\
 table banned dynamic timeout 1h
@@ -61,7 +58,9 @@ def generated_rules(n: int) -> list[str]:
         elif kind == 1:  # a service on another server
             lines.append(f"accept proto tcp to 10.30.{a % 256}.{b} port {rng.randint(1, 65535)}")
         elif kind == 2:  # a partner subnet
-            lines.append(f"accept proto udp from 172.{16 + a % 16}.{b}.0/24 to port {1000 + i % 60000}")
+            lines.append(
+                f"accept proto udp from 172.{16 + a % 16}.{b}.0/24 to port {1000 + i % 60000}"
+            )
         elif kind == 3:  # a port rule on the traffic's own subnet, other ports
             lines.append(f"reject proto tcp to 10.20.{b}.0/24 port {20000 + i % 40000}")
         else:  # a v6 rule
@@ -82,18 +81,26 @@ def traffic(n_packets: int, n_flows: int) -> list[bytes]:
         if kind < 0.85:
             port = rng.choice((80, 443, 8080))
             payload = b"x" * rng.choice((0, 64, 512, 1400))
-            flows.append([
-                build_packet(PROTO_TCP, client, server, cport, port, flags=0x02),
-                build_packet(PROTO_TCP, server, client, port, cport, flags=0x12),
-                build_packet(PROTO_TCP, client, server, cport, port, flags=0x18, payload=payload),
-                build_packet(PROTO_TCP, server, client, port, cport, flags=0x18, payload=payload),
-                build_packet(PROTO_TCP, client, server, cport, port, flags=0x10),
-            ])
+            flows.append(
+                [
+                    build_packet(PROTO_TCP, client, server, cport, port, flags=0x02),
+                    build_packet(PROTO_TCP, server, client, port, cport, flags=0x12),
+                    build_packet(
+                        PROTO_TCP, client, server, cport, port, flags=0x18, payload=payload
+                    ),
+                    build_packet(
+                        PROTO_TCP, server, client, port, cport, flags=0x18, payload=payload
+                    ),
+                    build_packet(PROTO_TCP, client, server, cport, port, flags=0x10),
+                ]
+            )
         elif kind < 0.97:
-            flows.append([
-                build_packet(PROTO_UDP, client, server, cport, 53, payload=b"q" * 40),
-                build_packet(PROTO_UDP, server, client, 53, cport, payload=b"a" * 120),
-            ])
+            flows.append(
+                [
+                    build_packet(PROTO_UDP, client, server, cport, 53, payload=b"q" * 40),
+                    build_packet(PROTO_UDP, server, client, 53, cport, payload=b"a" * 120),
+                ]
+            )
         else:
             flows.append([
                 build_packet(PROTO_ICMP, client, server, icmp_type=8, icmp_id=i),
@@ -154,6 +161,7 @@ def main() -> int:
             for p in packets:
                 handle(p, meta, now)
                 now += 0.00001
+
         return go
 
     results = {
@@ -184,13 +192,17 @@ def main() -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{n} packets over {args.flows} flows, median of {args.runs} runs, "
-          f"Python {report['python']}, one core")
+    print(
+        f"{n} packets over {args.flows} flows, median of {args.runs} runs, "
+        f"Python {report['python']}, one core"
+    )
     print(f"{'':<12}{'packets/s':>12}{'us/packet':>11}")
     for k in results:
         print(f"{k:<12}{pps[k]:>12,.0f}{1e6 / pps[k]:>11.2f}")
-    print(f"10,000-rule policy: parse+resolve {t_parse:.2f} s, compile {t_compile:.2f} s, "
-          f"total {t_parse + t_compile:.2f} s")
+    print(
+        f"10,000-rule policy: parse+resolve {t_parse:.2f} s, compile {t_compile:.2f} s, "
+        f"total {t_parse + t_compile:.2f} s"
+    )
     for name, value in report["ratios"].items():  # type: ignore[union-attr]
         print(f"ratio {name:<24}{value:.3f}")
     return 0

@@ -36,21 +36,47 @@ def tcp_session(
     )
     ack = build_packet(PROTO_TCP, client, server, cport, sport, flags=TCP_ACK, seq=101, ack=501)
     req = build_packet(
-        PROTO_TCP, client, server, cport, sport, flags=TCP_PSH | TCP_ACK, seq=101, ack=501,
+        PROTO_TCP,
+        client,
+        server,
+        cport,
+        sport,
+        flags=TCP_PSH | TCP_ACK,
+        seq=101,
+        ack=501,
         payload=request,
     )
     answer = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"
     resp = build_packet(
-        PROTO_TCP, server, client, sport, cport, flags=TCP_PSH | TCP_ACK, seq=501,
-        ack=101 + len(request), payload=answer,
+        PROTO_TCP,
+        server,
+        client,
+        sport,
+        cport,
+        flags=TCP_PSH | TCP_ACK,
+        seq=501,
+        ack=101 + len(request),
+        payload=answer,
     )
     fin1 = build_packet(
-        PROTO_TCP, client, server, cport, sport, flags=TCP_FIN | TCP_ACK,
-        seq=101 + len(request), ack=501 + len(answer),
+        PROTO_TCP,
+        client,
+        server,
+        cport,
+        sport,
+        flags=TCP_FIN | TCP_ACK,
+        seq=101 + len(request),
+        ack=501 + len(answer),
     )
     fin2 = build_packet(
-        PROTO_TCP, server, client, sport, cport, flags=TCP_FIN | TCP_ACK,
-        seq=501 + len(answer), ack=102 + len(request),
+        PROTO_TCP,
+        server,
+        client,
+        sport,
+        cport,
+        flags=TCP_FIN | TCP_ACK,
+        seq=501 + len(answer),
+        ack=102 + len(request),
     )
     packets = [syn, synack, ack, req, resp, fin1, fin2]
     return [(t + i * 0.001, p) for i, p in enumerate(packets)]
@@ -71,12 +97,8 @@ def scenario() -> list[tuple[float, bytes]]:
         )
     records.append((T0 + 7, build_packet(PROTO_UDP, CLIENT, SERVER, 40003, 53, payload=b"q")))
     # the attacker
-    records.append(
-        (T0 + 8, build_packet(PROTO_TCP, ATTACKER, SERVER, 50000, 23, flags=TCP_SYN))
-    )
-    records.append(
-        (T0 + 8.1, build_packet(PROTO_TCP, ATTACKER, SERVER, 50001, 445, flags=TCP_SYN))
-    )
+    records.append((T0 + 8, build_packet(PROTO_TCP, ATTACKER, SERVER, 50000, 23, flags=TCP_SYN)))
+    records.append((T0 + 8.1, build_packet(PROTO_TCP, ATTACKER, SERVER, 50001, 445, flags=TCP_SYN)))
     records.append(
         (T0 + 8.2, build_packet(PROTO_TCP, ATTACKER, SERVER, 50002, 80, flags=0x29))  # XMAS
     )
@@ -85,9 +107,7 @@ def scenario() -> list[tuple[float, bytes]]:
     )
     traversal = b"GET /../../etc/passwd HTTP/1.0\r\n\r\n"
     records += tcp_session(ATTACKER, 50004, SERVER, 80, traversal, T0 + 9)
-    records.append(
-        (T0 + 10, build_packet(PROTO_TCP, ATTACKER, SERVER, 50005, 3306, flags=TCP_SYN))
-    )
+    records.append((T0 + 10, build_packet(PROTO_TCP, ATTACKER, SERVER, 50005, 3306, flags=TCP_SYN)))
     return records
 
 
@@ -100,8 +120,13 @@ def main() -> int:
     out = HERE.parent / "out"
     out.mkdir(exist_ok=True)
     root = HERE.parent
-    args = ["replay", "policies/gateway.rules", str(CAPTURE.relative_to(root)),
-            "--eve", str((out / "demo-eve.json").relative_to(root))]
+    args = [
+        "replay",
+        "policies/gateway.rules",
+        str(CAPTURE.relative_to(root)),
+        "--eve",
+        str((out / "demo-eve.json").relative_to(root)),
+    ]
     print(f"$ ipsctl {' '.join(args)}")
     try:
         ipsctl(args, standalone_mode=False)

@@ -232,7 +232,7 @@ def test_rate_limit_per_source_with_fake_clock() -> None:
 
 
 def test_rate_limit_without_else_falls_through() -> None:
-    e = engine("accept proto udp limit 2/s\ndrop proto udp alert \"over\"\nset default accept")
+    e = engine('accept proto udp limit 2/s\ndrop proto udp alert "over"\nset default accept')
     out = [e.handle(udp(A, B, 1, i), now=5.0) for i in range(4)]
     assert [d.verdict for d in out] == ["accept", "accept", "drop", "drop"]
     assert isinstance(out[2].effects[0], Alert)
@@ -250,7 +250,10 @@ def test_alerts_log_and_match_rules_do_not_decide() -> None:
     alert, log = d.effects
     assert isinstance(alert, Alert) and isinstance(log, LogRecord)
     assert (alert.signature_id, alert.signature, alert.severity, alert.action) == (
-        42, "telnet seen", 1, "allowed",
+        42,
+        "telnet seen",
+        1,
+        "allowed",
     )
     assert alert.src_ip == A and alert.dport == 23 and alert.time == 3.0
     d = e.handle(tcp(A, B, 1000, 24))
