@@ -1,6 +1,8 @@
 """The typed syntax tree of a policy file: what was written, where, before any meaning is given.
 
 Every node carries the Span it came from so that the resolver can point at the exact word.
+Nodes are not frozen: a frozen dataclass's constructor is several times slower, and a
+10,000-rule policy builds a few hundred thousand of them. Nothing mutates them.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from ips.policy.diagnostics import Span
 # ---- values ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Item:
     """One element of a value: `10.0.0.0/8`, `80`, `8080-8089`, `ssh`, `"x"`, `$lan`, `@banned`.
 
@@ -27,7 +29,7 @@ class Item:
     hi: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Value:
     items: tuple[Item, ...]
     negated: bool
@@ -38,22 +40,22 @@ class Value:
 # ---- rule clauses -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Clause:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FamilyClause(Clause):
     family: int  # 4 or 6
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProtoClause(Clause):
     value: Value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EndpointClause(Clause):
     """`from …` (is_src) or `to …`: an address value and/or a port value."""
 
@@ -62,47 +64,47 @@ class EndpointClause(Clause):
     port: Value | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InterfaceClause(Clause):
     direction: str | None  # "in", "out" or None (either)
     iface: Value | None  # None: only the direction is constrained
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FlagsClause(Clause):
     spec: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IcmpTypeClause(Clause):
     type_value: Value
     code_value: Value | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LengthClause(Clause):
     op: str  # one of = != < <= > >= or "range"
     lo: int
     hi: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StateClause(Clause):
     value: Value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FragmentClause(Clause):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ContainsClause(Clause):
     pattern: bytes
     nocase: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LimitClause(Clause):
     rate_text: str
     burst: int | None
@@ -110,7 +112,7 @@ class LimitClause(Clause):
     else_action: Item | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SetClause(Clause):
     """`set ttl 64`, `set dscp ef`, `set dport 8080`, `set daddr 10.0.5.5` (rewrite)."""
 
@@ -118,39 +120,39 @@ class SetClause(Clause):
     value: Value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReplaceClause(Clause):
     old: bytes
     new: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RejectWithClause(Clause):
     kind: Item  # tcp-reset | icmp | icmpv6
     code: Value | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AlertClause(Clause):
     message: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LogClause(Clause):
     pass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SidClause(Clause):
     sid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SeverityClause(Clause):
     value: Item
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LabelClause(Clause):
     label: str
 
@@ -158,25 +160,25 @@ class LabelClause(Clause):
 # ---- statements -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Statement:
     span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Include(Statement):
     path: str
     path_span: Span
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Define(Statement):
     name: str
     name_span: Span
     value: Value
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TableDecl(Statement):
     name: str
     name_span: Span
@@ -187,14 +189,14 @@ class TableDecl(Statement):
     size: Item | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OptionStmt(Statement):
     name: str
     name_span: Span
     value: Item
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RuleStmt(Statement):
     action: str
     action_span: Span
@@ -202,14 +204,14 @@ class RuleStmt(Statement):
     text: str  # the statement as written, for explain and alerts
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DetectOpt:
     key: str
     span: Span
     value: Item | Value | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DetectStmt(Statement):
     name: str
     name_span: Span

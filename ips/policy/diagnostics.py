@@ -6,11 +6,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
-    """A region of a policy file; lines and columns count from 1, end_col is exclusive."""
+class Span(NamedTuple):
+    """A region of a policy file; lines and columns count from 1, end_col is exclusive.
+    (A NamedTuple: a large policy makes hundreds of thousands of these.)"""
 
     file: str
     line: int

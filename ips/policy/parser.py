@@ -239,14 +239,8 @@ class _Builder:
         self.diags = diags
 
     def tok_span(self, tok: Token) -> Span:
-        end_line = (tok.end_line or tok.line or 1) + self.line_offset
-        return Span(
-            self.file,
-            (tok.line or 1) + self.line_offset,
-            tok.column or 1,
-            end_line,
-            tok.end_column or (tok.column or 1) + len(tok),
-        )
+        offset = self.line_offset
+        return Span(self.file, tok.line + offset, tok.column, tok.end_line + offset, tok.end_column)
 
     def tree_span(self, tree: Tree) -> Span:
         first = last = tree
