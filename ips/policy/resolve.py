@@ -58,6 +58,32 @@ def load_policy(
     return resolver.run_file(path)
 
 
+def load_policy_collecting(path: str | Path) -> tuple[Policy, dict[str, str]]:
+    """load_policy that also returns every file it read, by absolute path: what `ipsctl
+    apply` hands to the daemon, so the daemon runs exactly what was validated."""
+    read: dict[str, str] = {}
+
+    def recording_reader(p: Path) -> str:
+        text = _read_text(p)
+        read[str(Path(p).resolve())] = text
+        return text
+
+    policy = load_policy(Path(path).resolve(), reader=recording_reader)
+    return policy, read
+
+
+def load_policy_sources(main: str, sources: dict[str, str]) -> Policy:
+    """Resolve a policy from files handed over as text (see load_policy_collecting)."""
+
+    def reader(p: Path) -> str:
+        key = str(Path(p).resolve())
+        if key not in sources:
+            raise FileNotFoundError(2, "not among the files handed over", key)
+        return sources[key]
+
+    return load_policy(main, reader=reader)
+
+
 def load_policy_text(text: str, name: str = "<policy>", *, base_dir: str | Path = ".") -> Policy:
     """Resolve a policy given as text (includes are read relative to base_dir)."""
     resolver = _Resolver(_read_text, Path(base_dir).resolve())
