@@ -489,12 +489,6 @@ def test_replay_all_shared_captures_in_one_run(pcaps_dir: Path, tmp_path: Path) 
     check_eve(eve, report, monotonic=False)  # the captures are from different years
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the capture clock runs backwards (two captures replayed in one run, or "
-    "a reordered capture) a flow's last_seen moves back: the EVE flow record has end < start "
-    "and a negative age",
-)
 def test_replay_flow_age_never_negative(tmp_path: Path) -> None:
     packet = build_packet(PROTO_UDP, "192.0.2.1", "192.0.2.2", 1000, 53, payload=b"q")
     write_pcap(tmp_path / "late.pcap", [(2_000_000_000.0, packet)])

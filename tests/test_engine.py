@@ -415,3 +415,28 @@ def test_refused_first_packet_leaves_no_connection() -> None:
     e2.handle(tcp(A, B, 7, 8, TCP_SYN), now=1)
     e2.handle(tcp(A, B, 7, 8, TCP_ACK, payload=b"x"), now=2)
     assert len(e2.flows) == 1
+
+
+def test_reject_with_icmpx_answers_each_family_in_its_own_numbering() -> None:
+    e = engine("reject proto udp with icmpx admin-prohibited")
+    v4 = IP(e.handle(udp(A, B, 1, 9)).reply)
+    assert (v4[ICMP].type, v4[ICMP].code) == (3, 13)
+    v6 = IPv6(e.handle(udp(A6, B6, 1, 9)).reply)
+    assert v6.nh == 58 and (v6.payload.type, v6.payload.code) == (1, 1)
+    # `with icmp` answers IPv4 only (as in nftables): IPv6 falls through to the default
+    e4 = engine("reject proto udp with icmp port-unreachable\nset default accept")
+    assert e4.handle(udp(A6, B6, 1, 9)).verdict == "accept"
+    assert e4.handle(udp(A, B, 1, 9)).verdict == "reject"
+
+
+def test_out_of_range_values_are_refused() -> None:
+    from ips.policy.diagnostics import PolicyError
+
+    for text in (
+        "drop sid 0",
+        "drop sid 4294967296",
+        "table t dynamic timeout 0s",
+        "detect portscan within 0s",
+    ):
+        with pytest.raises(PolicyError):
+            load_policy_text(text, "t.rules")

@@ -279,24 +279,12 @@ def test_invalid_hex_bytes_are_reported_at_the_pattern() -> None:
         assert_rendered_with_caret(info.value, hex_errors[0], text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: bad hex also yields a spurious second error ('payload contains needs a "
-    "non-empty pattern', sorted first at the clause's column) because the parser substitutes "
-    "b'' for the invalid content",
-)
 def test_invalid_hex_bytes_is_one_error() -> None:
     with pytest.raises(PolicyError) as info:
         load_policy_text("drop proto tcp payload contains |0d0|", "t.rules")
     assert [d.message for d in errors_of(info.value)] == ["invalid hex bytes in |0d0|"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `any` inside a set lexes as a WORD, so `from { any, 10.0.0.1 }` reports "
-    "\"'any' is not an address\" with the hint '… @table or any' instead of the dedicated "
-    "\"'any' cannot be negated or used in a set\"",
-)
 def test_any_inside_a_literal_set() -> None:
     with pytest.raises(PolicyError) as info:
         load_policy_text("accept from { any, 10.0.0.1 }", "t.rules")
@@ -304,11 +292,6 @@ def test_any_inside_a_literal_set() -> None:
     assert "'any' cannot be negated or used in a set" in d.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a chain of more than MAX_DEFINE_DEPTH (32) defines, without any cycle, is "
-    "reported as \"'$d33' is defined in terms of itself\" (code define-loop)",
-)
 def test_long_define_chain_is_not_called_a_loop() -> None:
     text = "\n".join(f"define d{i} = $d{i + 1}" for i in range(40))
     text += "\ndefine d40 = 10.0.0.1\naccept from $d0"
@@ -422,11 +405,6 @@ def test_table_file_errors_point_into_the_table_file(tmp_path: Path) -> None:
     assert d.message.startswith("cannot read table file 'block.txt': not UTF-8 text")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the did-you-mean of a missing include drops the directory: "
-    "include \"sub/comon.rules\" suggests 'common.rules', which does not resolve",
-)
 def test_include_hint_keeps_the_directory(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "common.rules").write_text("accept\n")
@@ -435,12 +413,6 @@ def test_include_hint_keeps_the_directory(tmp_path: Path) -> None:
     assert d.hint == "did you mean 'sub/common.rules'?"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a file included twice (a.rules and b.rules both include common.rules) gives "
-    "\"'lan' is already defined at common.rules:1:8\" at common.rules:1:8 itself, and every "
-    "error of the shared file twice",
-)
 def test_diamond_include_does_not_blame_a_line_for_itself(tmp_path: Path) -> None:
     (tmp_path / "common.rules").write_text("define lan = 10.0.0.0/8\n")
     (tmp_path / "a.rules").write_text('include "common.rules"\n')
@@ -580,12 +552,6 @@ def test_match_with_alert_or_log_gives_no_warning() -> None:
     assert policy.warnings == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: render() splits the source with str.splitlines(), which also breaks at form "
-    "feed, \\x1c-\\x1e, \\x85, U+2028/U+2029 and lone \\r, while positions count '\\n' only: "
-    "after such a character in a comment the wrong source line is shown above the caret",
-)
 @pytest.mark.parametrize("odd", ["\x0c", "\u2028", "\x85", "\x1e"])
 def test_render_shows_the_right_line_after_odd_line_breaks_in_comments(odd: str) -> None:
     text = f"# page break{odd}here\naccept proto tpc\n"

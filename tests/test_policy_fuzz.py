@@ -214,13 +214,6 @@ def test_long_define_chain_and_wide_sets() -> None:
     assert len(policy.tables["big"].nets4) == 20_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: a number of more than 4300 digits crashes the loader with ValueError "
-    "(Python's int() digit limit, in parser.py _Builder.item/clause and resolve._duration) "
-    "instead of a PolicyError; `ipsctl check` prints a traceback",
-)
 @pytest.mark.parametrize(
     "template",
     [
@@ -242,12 +235,6 @@ def test_huge_numbers_are_policy_errors(template: str) -> None:
     check_outcome(template.format(n="9" * 4301))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: defines are expanded without sharing or de-duplication, so each level of "
-    "`define dN = { $dN-1, $dN-1 }` doubles the work: 12 levels give 4096 copies of one "
-    "network, 20 take seconds and ~150 MB, 30 (a 32-line file) never finish",
-)
 def test_doubling_defines_stay_small() -> None:
     n = 12
     text = "define d0 = 10.0.0.1\n"

@@ -244,11 +244,6 @@ def test_table_file_by_absolute_path(tmp_path: Path) -> None:
     assert policy.tables["a"].nets4 == (n4("198.51.100.0/24"),)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='BUG: load_policy_text(..., base_dir=D) reads `table X file "f"` relative to the '
-    "current directory, not D (includes do use D): resolve._table_file uses decl.span.file",
-)
 def test_table_file_is_relative_to_base_dir_of_policy_text(tmp_path: Path) -> None:
     (tmp_path / "list.txt").write_text("10.0.0.0/8\n")
     policy = load_policy_text('table f file "list.txt"\ndrop from @f', "t.rules", base_dir=tmp_path)
@@ -268,13 +263,6 @@ EMPTY_CASES = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an empty address/port/protocol set (or an empty table) resolves to 'no "
-    "constraint' (AddrSpec/PortSpec None, protos None), so `accept from @allowlist` with an "
-    "empty table accepts every packet; it should match nothing (as an empty nftables set) or "
-    "be refused",
-)
 @pytest.mark.parametrize(("text", "packet"), EMPTY_CASES)
 def test_empty_set_or_table_matches_nothing(text: str, packet: str) -> None:
     try:
@@ -284,11 +272,6 @@ def test_empty_set_or_table_matches_nothing(text: str, packet: str) -> None:
     assert rule_mismatch(r, packet_from_text(packet), None, None, False) is not None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a table file with no entries (e.g. an emptied blocklist) makes "
-    "`from @t` match every address",
-)
 def test_empty_table_file_matches_nothing(tmp_path: Path) -> None:
     (tmp_path / "allow.txt").write_text("# nobody yet\n")
     (tmp_path / "p.rules").write_text('table allow file "allow.txt"\naccept from @allow\n')
@@ -638,13 +621,6 @@ def test_reject_with(text: str, reject_with: tuple | None, protos: set[int] | No
     assert r.protos == (frozenset(protos) if protos is not None else None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: `reject with icmp CODE` is accepted on IPv6-only rules (and `with icmpv6` on "
-    "IPv4): the code is looked up in the ICMPv4 table and sent in an ICMPv6 error, so "
-    "port-unreachable (3) becomes ICMPv6 'address unreachable' and icmpv6 port-unreachable (4) "
-    "becomes ICMPv4 'fragmentation needed'",
-)
 def test_reject_icmp_kind_must_fit_the_family() -> None:
     with pytest.raises(PolicyError):
         load("reject inet6 with icmp port-unreachable")
@@ -817,12 +793,6 @@ def test_line_continuation_with_crlf_line_ends() -> None:
     assert policy.rules[0].dport == PortSpec(False, ((80, 80),))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the statement splitter treats 'drop … \\   ' (spaces, or a comment, after the "
-    "backslash) as a continuation, but the grammar only ignores a backslash directly before "
-    "the newline: invisible trailing whitespace gives \"unexpected '\\'\"",
-)
 def test_line_continuation_with_trailing_whitespace() -> None:
     r = rule("drop proto tcp \\  \n   to port 80")
     assert r.dport == PortSpec(False, ((80, 80),))

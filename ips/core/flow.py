@@ -313,7 +313,8 @@ class FlowTable:
             flow.bytes_rev += pkt.length
             flow.flags_rev |= flags
             flow.replied = True
-        flow.last_seen = now
+        if now > flow.last_seen:  # a clock that steps back must not make a flow younger
+            flow.last_seen = now
         # Established TCP without SYN/FIN/RST is nearly every TCP packet: skip the machine.
         if flow.proto == PROTO_TCP and (flags & _STATE_FLAGS or flow.tcp_state != TCP_ESTABLISHED):
             self._tcp_update(flow, fwd, flags)

@@ -35,6 +35,7 @@ from ips.policy.model import (
     PortSpec,
     RuleSpec,
 )
+from ips.policy.names import ICMPX_TO_ICMP, ICMPX_TO_ICMPV6
 
 Check = Callable[[Packet, object, bool, float], bool]
 
@@ -620,6 +621,8 @@ def reject_reply(rule: CompiledRule | None, pkt: Packet) -> bytes | None:
         kind = "tcp-reset"
     if kind == "tcp-reset":
         return craft.tcp_reset_for(pkt)
+    if kind == "icmpx" and code is not None:
+        code = (ICMPX_TO_ICMP if pkt.family == 4 else ICMPX_TO_ICMPV6)[code]
     return craft.icmp_unreachable_for(pkt, code)
 
 

@@ -98,7 +98,8 @@ def render(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -> str
     for d in diagnostics:
         out.append(f"{d.span}: {d.severity}: {d.message}")
         text = sources.get(d.span.file)
-        lines = text.splitlines() if text is not None else []
+        # split on \n only: positions count \n, and splitlines() also breaks at \f, \x85, …
+        lines = text.split("\n") if text is not None else []
         if 1 <= d.span.line <= len(lines):
             src = lines[d.span.line - 1].expandtabs(1)
             gutter = f"{d.span.line:>5} | "

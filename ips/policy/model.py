@@ -35,8 +35,8 @@ class AddrSpec:
     @property
     def families(self) -> frozenset[int] | None:
         """The families this constraint can match; None when a dynamic table keeps it open."""
-        if self.dynamic:
-            return None
+        if self.dynamic or not (self.nets4 or self.nets6):
+            return None  # a dynamic table, or an empty set (no family to speak of)
         fams = set()
         if self.nets4:
             fams.add(4)

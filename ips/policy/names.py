@@ -52,6 +52,14 @@ ICMPV6_CODES: dict[str, int] = {
     "policy-fail": 5, "reject-route": 6,
 }  # fmt: skip
 
+# Family-neutral reject codes (nftables' icmpx): the value is nft's own numbering.
+ICMPX_CODES: dict[str, int] = {
+    "no-route": 0, "port-unreachable": 1, "host-unreachable": 2, "admin-prohibited": 3,
+}  # fmt: skip
+# What each icmpx code is in ICMP and in ICMPv6.
+ICMPX_TO_ICMP: dict[int, int] = {0: 0, 1: 3, 2: 1, 3: 13}
+ICMPX_TO_ICMPV6: dict[int, int] = {0: 0, 1: 4, 2: 3, 3: 1}
+
 # DSCP classes (RFC 2474, 2597, 3246, 5865).
 DSCP: dict[str, int] = {
     "cs0": 0, "cs1": 8, "cs2": 16, "cs3": 24, "cs4": 32, "cs5": 40, "cs6": 48, "cs7": 56,

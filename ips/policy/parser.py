@@ -302,7 +302,8 @@ class _Builder:
             return ast.Value(items, negated, True, self.tree_span(tree))
         return ast.Value((self.item(atom),), negated, False, self.tree_span(tree))
 
-    def content(self, tok: Token) -> bytes:
+    def content(self, tok: Token) -> bytes | None:
+        """A content token as bytes; None (reported) when its hex is bad."""
         try:
             return content_bytes(str(tok))
         except ValueError:
@@ -312,7 +313,7 @@ class _Builder:
                 "hex is written as pairs of digits between bars: |0d 0a|",
                 code="syntax",
             )
-            return b""
+            return None
 
     # ---- statements
 
@@ -410,7 +411,10 @@ class _Builder:
         if kind == "fragment":
             return ast.FragmentClause(span)
         if kind == "contains":
-            return ast.ContainsClause(span, self.content(ch[0]), len(ch) > 1)
+            pattern = self.content(ch[0])
+            if pattern is None:
+                return None
+            return ast.ContainsClause(span, pattern, len(ch) > 1)
         if kind == "limit":
             burst = per = else_action = None
             for opt in ch[1:]:
@@ -424,7 +428,10 @@ class _Builder:
         if kind == "rewrite_set":
             return ast.SetClause(span, self.item(ch[0]), self.value(ch[1]))
         if kind == "replace":
-            return ast.ReplaceClause(span, self.content(ch[0]), self.content(ch[1]))
+            old, new = self.content(ch[0]), self.content(ch[1])
+            if old is None or new is None:
+                return None
+            return ast.ReplaceClause(span, old, new)
         if kind == "reject_with":
             code = self.value(ch[1]) if len(ch) > 1 else None
             return ast.RejectWithClause(span, self.item(ch[0]), code)
@@ -457,7 +464,17 @@ def parse_text(text: str, file: str, diags: Diagnostics) -> ast.PolicyFile:
             _report_syntax_error(exc, chunk, file, offset, diags)
             continue
         builder = _Builder(file, offset, diags)
-        stmt = builder.statement(tree, chunk)
+        try:
+            stmt = builder.statement(tree, chunk)
+        except ValueError:  # int() of a number of thousands of digits
+            first, col = _first_word_position(chunk)
+            line = first + offset
+            diags.error(
+                Span(file, line, col, line, col + 1),
+                "a number in this statement is too large",
+                code="bad-value",
+            )
+            continue
         if stmt is not None:
             policy.statements.append(stmt)
     return policy

@@ -32,13 +32,16 @@ from ips.policy.parser import parse_text
 
 MAX_INCLUDE_DEPTH = 16
 MAX_DEFINE_DEPTH = 32
-MAX_TABLE_FILE_BYTES = 64 * 1024 * 1024
+MAX_FILE_BYTES = 64 * 1024 * 1024  # a policy, include or table file
 
 Reader = Callable[[Path], str]
 
 
 def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -101,6 +104,9 @@ class _Resolver:
         self.table_decls: dict[str, ast.TableDecl] = {}
         self.tables: dict[str, TableSpec] = {}
         self.statements: list[ast.Statement] = []
+        self._expanded: dict[str, tuple[list[ast.Item], bool]] = {}
+        self._real_paths: dict[str, Path] = {}  # display name -> resolved path
+        self._included: dict[Path, Span] = {}
 
     # ---- files and includes -------------------------------------------------------------------
 
@@ -135,6 +141,7 @@ class _Resolver:
     def _load(self, text: str, display: str, real: Path, stack: list[Path]) -> None:
         self.sources[display] = text
         self.files.append(display)
+        self._real_paths[display] = real
         parsed = parse_text(text, display, self.diags)
         stack = [*stack, real]
         for stmt in parsed.statements:
@@ -165,12 +172,27 @@ class _Resolver:
                 code="include",
             )
             return
+        if real in self._included:
+            # A file reached twice (a.rules and b.rules both include common.rules) is read
+            # once, where it was first included: its definitions are not duplicates.
+            self.diags.warning(
+                stmt.path_span,
+                f"'{stmt.path}' is already included at {self._included[real]}; "
+                "it is read only once",
+                code="include",
+            )
+            return
+        self._included[real] = stmt.path_span
         try:
             text = self.reader(real)
         except (OSError, ValueError) as exc:
             hint = None
             if isinstance(exc, FileNotFoundError) and real.parent.is_dir():
-                hint = did_you_mean(real.name, [p.name for p in real.parent.iterdir()])
+                close = did_you_mean(real.name, [p.name for p in real.parent.iterdir()])
+                if close:
+                    # keep the directory the user wrote, so the suggestion resolves
+                    name = close.split("'")[1]
+                    hint = f"did you mean '{Path(stmt.path).parent / name}'?"
             self.diags.error(
                 stmt.path_span,
                 f"cannot include '{stmt.path}': {_os_reason(exc)}",
@@ -273,32 +295,20 @@ class _Resolver:
     # ---- values -------------------------------------------------------------------------------
 
     def _flatten(self, value: ast.Value, seen: tuple[str, ...] = ()) -> tuple[list[ast.Item], bool]:
-        """Expand $variables (recursively) into plain items; return (items, negated)."""
-        items: list[ast.Item] = []
+        """Expand $variables (recursively) into plain items; return (items, negated).
+
+        Each define is expanded once and its items de-duplicated, so defines built from
+        defines stay linear (`define b = { $a, $a }` does not double anything)."""
+        items: dict[tuple[str, str], ast.Item] = {}
         negated = value.negated
         for item in value.items:
             if item.kind != "var":
-                items.append(item)
+                items.setdefault((item.kind, item.text), item)
                 continue
-            define = self.defines.get(item.text)
-            if define is None:
-                self.diags.error(
-                    item.span,
-                    f"'${item.text}' is not defined",
-                    _prefixed_hint("$", item.text, self.defines)
-                    or "define it: define NAME = VALUE",
-                    code="unknown-name",
-                )
+            expanded = self._expand_define(item, seen)
+            if expanded is None:
                 continue
-            if item.text in seen or len(seen) > MAX_DEFINE_DEPTH:
-                self.diags.error(
-                    item.span,
-                    f"'${item.text}' is defined in terms of itself: "
-                    + " -> ".join(f"${n}" for n in (*seen, item.text)),
-                    code="define-loop",
-                )
-                continue
-            inner, inner_neg = self._flatten(define.value, (*seen, item.text))
+            inner, inner_neg = expanded
             if inner_neg:
                 if value.is_set or len(value.items) > 1:
                     self.diags.error(
@@ -308,19 +318,57 @@ class _Resolver:
                     )
                     continue
                 negated = not negated
-            items.extend(inner)
-        return items, negated
+            for x in inner:
+                items.setdefault((x.kind, x.text), x)
+        return list(items.values()), negated
+
+    def _expand_define(
+        self, use: ast.Item, seen: tuple[str, ...]
+    ) -> tuple[list[ast.Item], bool] | None:
+        name = use.text
+        define = self.defines.get(name)
+        if define is None:
+            self.diags.error(
+                use.span,
+                f"'${name}' is not defined",
+                _prefixed_hint("$", name, self.defines) or "define it: define NAME = VALUE",
+                code="unknown-name",
+            )
+            return None
+        if name in seen:
+            self.diags.error(
+                use.span,
+                f"'${name}' is defined in terms of itself: "
+                + " -> ".join(f"${n}" for n in (*seen[seen.index(name) :], name)),
+                code="define-loop",
+            )
+            return None
+        if len(seen) >= MAX_DEFINE_DEPTH:
+            self.diags.error(
+                use.span,
+                f"defines nested deeper than {MAX_DEFINE_DEPTH} levels",
+                code="define-depth",
+            )
+            return None
+        cached = self._expanded.get(name)
+        if cached is None:
+            cached = self._flatten(define.value, (*seen, name))
+            self._expanded[name] = cached
+        return cached
 
     def _addr(self, value: ast.Value, *, allow_dynamic: bool = True) -> AddrSpec | None:
         items, negated = self._flatten(value)
         nets4: list[tuple[int, int]] = []
         nets6: list[tuple[int, int]] = []
         dynamic: list[str] = []
+        constrained = False  # an address or a table was named (even an empty table)
         for item in items:
-            if item.kind == "any":
+            if item.kind == "any" or (item.kind == "word" and item.text == "any"):
                 if value.is_set or negated:
                     self.diags.error(item.span, "'any' cannot be negated or used in a set")
                 continue
+            if item.kind in ("addr", "table"):
+                constrained = True
             if item.kind == "addr":
                 net = self._network(item)
                 if net is not None:
@@ -359,11 +407,17 @@ class _Resolver:
             else:
                 self.diags.error(item.span, f"'{item.text}' is not an address", code="type")
         if not items:
-            return None
-        if not (nets4 or nets6 or dynamic):
-            # only `any` (or only errors): no constraint
-            return None
+            # `{}` or a define of it: a set with no member matches nothing (negated:
+            # everything), as an empty nftables set. Never "no condition".
+            self._warn_empty(value)
+            return AddrSpec(negated)
+        if not constrained:
+            return None  # only `any` (or only errors, already reported): no condition
         return AddrSpec(negated, tuple(nets4), tuple(nets6), tuple(dynamic))
+
+    def _warn_empty(self, value: ast.Value) -> None:
+        if value.is_set and not value.items:
+            self.diags.warning(value.span, "an empty set matches nothing")
 
     def _network(self, item: ast.Item) -> tuple[int, int, int] | None:
         """An address item -> (version, network as int, prefix length), or None (reported)."""
@@ -420,8 +474,11 @@ class _Resolver:
                 return None
             else:
                 self.diags.error(item.span, f"'{item.text}' is not a port", code="type")
+        if not items:
+            self._warn_empty(value)
+            return PortSpec(negated, ())  # an empty set matches nothing
         if not ranges:
-            return None
+            return None  # only errors, already reported
         return PortSpec(negated, _merge_ranges(ranges))
 
     def _words(self, value: ast.Value, what: str) -> tuple[list[ast.Item], bool]:
@@ -435,14 +492,19 @@ class _Resolver:
         return good, negated
 
     def _duration(self, item: ast.Item) -> float | None:
-        m = re.fullmatch(r"(\d+)(ms|s|m|h|d)", item.text)
-        if not m:
-            self.diags.error(item.span, f"'{item.text}' is not a duration", "e.g. 30s, 10m, 1h")
+        m = re.fullmatch(r"(\d{1,9})(ms|s|m|h|d)", item.text)
+        if not m or int(m.group(1)) == 0:
+            self.diags.error(
+                item.span,
+                f"'{item.text}' is not a duration",
+                "a whole number from 1 to 999999999 and a unit: 30s, 10m, 1h, 7d",
+                code="bad-value",
+            )
             return None
         return int(m.group(1)) * names.DURATION_UNITS[m.group(2)]
 
     def _rate(self, text: str, span: Span) -> float | None:
-        m = re.fullmatch(r"(\d+)/(\w+)", text)
+        m = re.fullmatch(r"(\d{1,9})/(\w+)", text)
         if not m or m.group(2) not in names.RATE_UNITS or int(m.group(1)) == 0:
             self.diags.error(span, f"'{text}' is not a rate", "e.g. 50/s, 600/m", code="bad-value")
             return None
@@ -480,11 +542,14 @@ class _Resolver:
 
     def _table_file(self, decl: ast.TableDecl, spec: TableSpec) -> None:
         assert decl.path is not None
-        base = Path(decl.span.file).resolve().parent
-        path = Path(decl.path) if Path(decl.path).is_absolute() else base / decl.path
+        including = self._real_paths.get(decl.span.file, Path(decl.span.file).resolve())
+        path = Path(decl.path)
+        if not path.is_absolute():
+            path = including.parent / path
+        # Unlike includes, table files may live anywhere (pf's `table <x> file "/etc/…"`):
+        # they hold addresses, not rules.
+        path = path.resolve()
         try:
-            if path.stat().st_size > MAX_TABLE_FILE_BYTES:
-                raise ValueError(f"larger than {MAX_TABLE_FILE_BYTES} bytes")
             text = self.reader(path)
         except (OSError, ValueError) as exc:
             self.diags.error(
@@ -713,6 +778,12 @@ class _Resolver:
                         rule.log = True
                 case ast.SidClause(sid=sid):
                     if once("sid", clause):
+                        if not 1 <= sid <= 0xFFFFFFFF:
+                            self.diags.error(
+                                clause.span,
+                                "a sid is a number from 1 to 4294967295",
+                                code="bad-value",
+                            )
                         rule.sid = sid
                 case ast.SeverityClause(value=item):
                     if once("severity", clause):
@@ -745,6 +816,10 @@ class _Resolver:
         daddr = rewrite.get("daddr")
         if isinstance(daddr, bytes):
             families &= {4 if len(daddr) == 4 else 6}
+        if rule.reject_with is not None:
+            # as in nftables: `with icmp` answers IPv4 only, `with icmpv6` IPv6 only
+            # (`with icmpx` answers both, in each family's own numbering)
+            families &= {"icmp": {4}, "icmpv6": {6}}.get(rule.reject_with[0], {4, 6})
         if not families:
             self.diags.error(
                 stmt.span,
@@ -809,7 +884,9 @@ class _Resolver:
                 )
         if negated:
             return frozenset(set(range(256)) - protos)
-        return frozenset(protos) if protos else None
+        if not items:
+            self._warn_empty(value)
+        return frozenset(protos)  # empty: matches no protocol
 
     def _flags(self, spec: str, span: Span) -> tuple[int, int] | None:
         if spec == "any":
@@ -976,12 +1053,13 @@ class _Resolver:
                 self.diags.error(item.span, f"invalid address '{item.text}'")
 
     def _reject_with(self, kind: ast.Item, code: ast.Value | None) -> tuple[str, int | None] | None:
-        kinds = ("tcp-reset", "icmp", "icmpv6")
+        kinds = ("tcp-reset", "icmp", "icmpv6", "icmpx")
         if kind.text not in kinds:
             self.diags.error(
                 kind.span,
                 f"unknown reject kind '{kind.text}'",
-                did_you_mean(kind.text, kinds) or "reject with tcp-reset | icmp CODE | icmpv6 CODE",
+                did_you_mean(kind.text, kinds)
+                or "reject with tcp-reset | icmp CODE | icmpv6 CODE | icmpx CODE",
                 code="unknown-name",
             )
             return None
@@ -989,7 +1067,9 @@ class _Resolver:
             if code is not None:
                 self.diags.error(code.span, "tcp-reset takes no code")
             return ("tcp-reset", None)
-        table = names.ICMP_CODES if kind.text == "icmp" else names.ICMPV6_CODES
+        table = {
+            "icmp": names.ICMP_CODES, "icmpv6": names.ICMPV6_CODES, "icmpx": names.ICMPX_CODES
+        }[kind.text]  # fmt: skip
         if code is None:
             return (kind.text, None)
         items, _ = self._flatten(code)
