@@ -5,7 +5,14 @@ set -euo pipefail
 venv=${1:-.venv}
 cd "$(dirname "$0")/.."
 
-apt_packages=(python3 python3-venv python3-dev gcc make)
+# python3-dev/gcc/libnetfilter-queue-dev: netfilterqueue builds from source; nftables (its
+# libnftables is loaded by pip-nftables) and iptables: the diversion; the rest is the lab:
+# namespaces, clients and the real attack tools the tests run.
+apt_packages=(
+  python3 python3-venv python3-dev gcc make
+  libnetfilter-queue-dev nftables iptables iproute2 systemd
+  iputils-ping curl nmap hping3 masscan ncat socat tcpdump
+)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
