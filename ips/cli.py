@@ -250,9 +250,6 @@ def replay(
         click.echo(result.table())
 
 
-if __name__ == "__main__":
-    main()
-
 
 # ---- inline: run / apply / confirm / status / doctor -------------------------------------------
 
@@ -390,16 +387,28 @@ def doctor(as_json: bool) -> None:
     """What this machine can do: nftables, the nft queue expression, iptables NFQUEUE, …"""
     from ips.kernel.probe import probe
 
-    report = probe()
-    data = report.as_dict()
+    caps = probe()
+    data = caps.as_dict()
+    data["usable"] = caps.inline_ok
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
-        for check in data["checks"]:
-            mark = "ok " if check["ok"] else "no "
-            click.echo(f"{mark} {check['name']:<28} {check.get('detail') or ''}")
-        click.echo(f"diversion: {data['diversion']}")
-    sys.exit(0 if data.get("usable") else EXIT_POLICY)
+        checks = [
+            ("root", "running as root"),
+            ("nft_library", "libnftables (pip-nftables)"),
+            ("nft_binary", "nft command"),
+            ("timeout_sets", "nftables sets with timeouts"),
+            ("nft_queue", "nft `queue` expression"),
+            ("iptables_nfqueue", "iptables NFQUEUE target"),
+            ("queue_proc", "/proc/net/netfilter/nfnetlink_queue"),
+        ]
+        for key, label in checks:
+            ok = bool(data.get(key))
+            reason = "" if ok else caps.reasons.get(key, "")
+            click.echo(f"{'ok' if ok else 'no':<3} {label:<38} {reason}")
+        way = {"nft": "nft queue", "iptables": "iptables NFQUEUE (fallback: no nft queue here)"}
+        click.echo(f"diversion: {way.get(str(caps.diversion), 'none: cannot run inline')}")
+    sys.exit(0 if caps.inline_ok else EXIT_POLICY)
 
 
 def _register_lab() -> None:
@@ -409,3 +418,7 @@ def _register_lab() -> None:
 
 
 _register_lab()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,17 +1,22 @@
-"""`make demo`, for now: replay policies/gateway.rules over a scripted capture of the lab's
-traffic and print the verdict table.
+"""`make demo`: the lab, ipsctl inline on its gateway with policies/gateway.rules, a short
+scripted scenario with real clients and a real attack tool, the verdict table, and the lab
+taken down again.
 
-The capture (labs/captures/demo.pcap) is written by this script from a short scenario on the
-lab's addresses (see README): a client's web request, an SSH session from the admin, a ping,
-and an attacker's telnet attempt, SMB probe, XMAS and NULL probes and path-traversal request,
-plus a request to the moved port that is rewritten. Once the inline lab lands, `make demo`
-runs the same policy on a real gateway instead.
+    client   10.10.1.20 ─┐
+    attacker 10.10.1.66 ─┴─ lan ─ gw (ipsctl inline) ─ dmz ─ server 10.10.2.10 (+ .100-.131)
+
+Traffic goes only between the lab's own namespaces. `--offline` replays the same policy over
+a scripted capture instead (labs/captures/demo.pcap), for machines where the lab cannot run.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ips.core.build import build_packet
@@ -19,66 +24,162 @@ from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_FIN, 
 from ips.io.pcap import write_pcap
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 CAPTURE = HERE / "captures" / "demo.pcap"
+OUT = ROOT / "out"
+PREFIX = "demo-"
 
 CLIENT, ADMIN, ATTACKER = "10.10.1.20", "10.10.1.10", "10.10.1.66"
 SERVER = "10.10.2.10"
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z: fixed, so the capture is the same every time
 
 
+# ---- the live lab -------------------------------------------------------------------------------
+
+
+def sh(
+    prefix: str, node: str, argv: list[str], timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", f"{prefix}{node}", *argv],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def step(title: str, outcome: str, ok: bool) -> bool:
+    print(f"  {'ok ' if ok else 'BAD'} {title:<58} {outcome}")
+    return ok
+
+
+def scenario_live(prefix: str) -> bool:
+    """The scripted scenario; True when every step behaved as the policy says."""
+    good = True
+    r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}/"])
+    good &= step("client: GET http://10.10.2.10/", f"allowed -> {r.stdout.strip()!r}",
+                 r.returncode == 0 and r.stdout.startswith("ok port 80"))  # fmt: skip
+    r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}:8081/"])
+    good &= step("client: GET :8081 (the app's old port)", f"rewritten -> {r.stdout.strip()!r}",
+                 r.returncode == 0 and r.stdout.startswith("ok port 8080"))  # fmt: skip
+    r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}:445/"])
+    good &= step("client: connect to SMB :445", "rejected (TCP reset at once)",
+                 r.returncode == 7)  # fmt: skip
+    r = sh(prefix, "client", ["ping", "-c", "3", "-i", "0.2", "-W", "1", SERVER])
+    good &= step("client: ping 10.10.2.10", "allowed (20/s per source)", r.returncode == 0)
+    r = sh(prefix, "attacker", ["curl", "-s", "-m", "2", f"telnet://{SERVER}:23"])
+    good &= step("attacker: telnet 10.10.2.10", "dropped (timed out) + alert", r.returncode == 28)
+    r = sh(prefix, "attacker", ["nmap", "-sX", "-Pn", "-n", "--max-retries", "0", "-T4",
+                                "-p", "20-25,80,443,8080", SERVER], timeout=60)  # fmt: skip
+    xmas_dropped = r.returncode == 0 and "open|filtered" in r.stdout and " open " not in r.stdout
+    good &= step("attacker: nmap -sX (XMAS scan, 9 ports)", "dropped + alerts", xmas_dropped)
+    r = sh(prefix, "attacker", ["curl", "-s", "-m", "3", f"http://{SERVER}/../../etc/passwd",
+                                "--path-as-is"])  # fmt: skip
+    good &= step("attacker: GET /../../etc/passwd", "dropped (path traversal) + alert",
+                 r.returncode == 28)  # fmt: skip
+    return bool(good)
+
+
+def verdict_table(status: dict) -> str:  # type: ignore[type-arg]
+    kernel = status.get("kernel_hits", {})
+    lines = [f"{'rule':<26} {'action':<8} {'kernel':>7} {'engine':>7}  text"]
+    for r in status["worker"]["rules"]:
+        where = r["where"].split("/")[-1]
+        k = next((v for key, v in kernel.items() if key.endswith(r["where"])), 0)
+        if not (r["hits"] or k):
+            continue
+        text = r["text"] if len(r["text"]) <= 56 else r["text"][:55] + "…"
+        lines.append(f"{where:<26} {r['action']:<8} {k:>7} {r['hits']:>7}  {text}")
+    w = status["worker"]
+    verdicts = ", ".join(f"{k} {v}" for k, v in sorted(w["verdicts"].items()))
+    lines.append(f"\npackets seen by the engine: {w['packets']} ({verdicts}); "
+                 f"flows {w['flows']}, alerts {w['alerts']}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_live() -> int:
+    from ips.daemon import request
+    from ips.lab import netns
+
+    if os.geteuid() != 0:
+        print(
+            "make demo: the lab needs root (network namespaces, nftables, NFQUEUE);"
+            " `labs/demo.py --offline` replays the scenario instead",
+            file=sys.stderr,
+        )
+        return 1
+    OUT.mkdir(exist_ok=True)
+    netns.down(PREFIX)  # a demo interrupted earlier
+    sock = str(OUT / "demo.sock")
+    eve = OUT / "demo-eve.json"
+    eve.unlink(missing_ok=True)
+    print("lab up: labs/gateway.yaml (attacker, client, gw, server)")
+    lab = netns.up(HERE / "gateway.yaml", prefix=PREFIX)
+    daemon = None
+    try:
+        print("ipsctl run --policy policies/gateway.rules (inline on gw)")
+        log = open(OUT / "demo-daemon.log", "w")  # noqa: SIM115
+        daemon = lab.popen(
+            "gw", [sys.executable, "-m", "ips.cli", "run", "--policy", "policies/gateway.rules",
+                   "--socket", sock, "--eve", str(eve)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+        for _ in range(150):
+            if daemon.poll() is not None:
+                print((OUT / "demo-daemon.log").read_text(), file=sys.stderr)
+                return 1
+            try:
+                request(sock, {"op": "status"}, timeout=5)
+                break
+            except OSError:
+                time.sleep(0.1)
+        print("\nscenario:")
+        good = scenario_live(PREFIX)
+        time.sleep(1.2)  # the worker writes its EVE events
+        status = request(sock, {"op": "status"})
+        print(f"\n{verdict_table(status)}")
+        alerts = [json.loads(x) for x in eve.read_text().splitlines() if '"alert"' in x]
+        print(f"\nalerts ({len(alerts)}, EVE JSON in {eve.relative_to(ROOT)}):")
+        seen = set()
+        for a in alerts:
+            key = (a["alert"]["signature"], a["src_ip"])
+            if key not in seen:
+                seen.add(key)
+                print(
+                    f"  {a['alert']['action']:<8} {a['alert']['signature']:<28} "
+                    f"{a['src_ip']} -> {a['dest_ip']}:{a.get('dest_port', '')}"
+                )
+        print("\nall steps behaved as the policy says" if good else "\nSOME STEPS DID NOT")
+        return 0 if good else 1
+    finally:
+        if daemon is not None and daemon.poll() is None:
+            daemon.terminate()
+            daemon.wait(15)
+        netns.down(PREFIX)
+        print("lab down")
+
+
+# ---- offline: the same scenario as a capture ---------------------------------------------------
+
+
 def tcp_session(
     client: str, cport: int, server: str, sport: int, request: bytes, t: float
 ) -> list[tuple[float, bytes]]:
     """A complete TCP connection: handshake, one request and answer, FIN both ways."""
-    syn = build_packet(PROTO_TCP, client, server, cport, sport, flags=TCP_SYN, seq=100)
-    synack = build_packet(
-        PROTO_TCP, server, client, sport, cport, flags=TCP_SYN | TCP_ACK, seq=500, ack=101
-    )
-    ack = build_packet(PROTO_TCP, client, server, cport, sport, flags=TCP_ACK, seq=101, ack=501)
-    req = build_packet(
-        PROTO_TCP,
-        client,
-        server,
-        cport,
-        sport,
-        flags=TCP_PSH | TCP_ACK,
-        seq=101,
-        ack=501,
-        payload=request,
-    )
     answer = b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"
-    resp = build_packet(
-        PROTO_TCP,
-        server,
-        client,
-        sport,
-        cport,
-        flags=TCP_PSH | TCP_ACK,
-        seq=501,
-        ack=101 + len(request),
-        payload=answer,
-    )
-    fin1 = build_packet(
-        PROTO_TCP,
-        client,
-        server,
-        cport,
-        sport,
-        flags=TCP_FIN | TCP_ACK,
-        seq=101 + len(request),
-        ack=501 + len(answer),
-    )
-    fin2 = build_packet(
-        PROTO_TCP,
-        server,
-        client,
-        sport,
-        cport,
-        flags=TCP_FIN | TCP_ACK,
-        seq=501 + len(answer),
-        ack=102 + len(request),
-    )
-    packets = [syn, synack, ack, req, resp, fin1, fin2]
+    end_c, end_s = 101 + len(request), 501 + len(answer)
+    packets = [
+        build_packet(PROTO_TCP, client, server, cport, sport, flags=TCP_SYN, seq=100),
+        build_packet(PROTO_TCP, server, client, sport, cport, flags=TCP_SYN | TCP_ACK, seq=500,
+                     ack=101),
+        build_packet(PROTO_TCP, client, server, cport, sport, flags=TCP_ACK, seq=101, ack=501),
+        build_packet(PROTO_TCP, client, server, cport, sport, flags=TCP_PSH | TCP_ACK, seq=101,
+                     ack=501, payload=request),
+        build_packet(PROTO_TCP, server, client, sport, cport, flags=TCP_PSH | TCP_ACK, seq=501,
+                     ack=end_c, payload=answer),
+        build_packet(PROTO_TCP, client, server, cport, sport, flags=TCP_FIN | TCP_ACK,
+                     seq=end_c, ack=end_s),
+        build_packet(PROTO_TCP, server, client, sport, cport, flags=TCP_FIN | TCP_ACK,
+                     seq=end_s, ack=end_c + 1),
+    ]  # fmt: skip
     return [(t + i * 0.001, p) for i, p in enumerate(packets)]
 
 
@@ -102,38 +203,41 @@ def scenario() -> list[tuple[float, bytes]]:
     records.append(
         (T0 + 8.2, build_packet(PROTO_TCP, ATTACKER, SERVER, 50002, 80, flags=0x29))  # XMAS
     )
-    records.append(
-        (T0 + 8.3, build_packet(PROTO_TCP, ATTACKER, SERVER, 50003, 80, flags=0))  # NULL
-    )
+    records.append((T0 + 8.3, build_packet(PROTO_TCP, ATTACKER, SERVER, 50003, 80, flags=0)))
     traversal = b"GET /../../etc/passwd HTTP/1.0\r\n\r\n"
     records += tcp_session(ATTACKER, 50004, SERVER, 80, traversal, T0 + 9)
     records.append((T0 + 10, build_packet(PROTO_TCP, ATTACKER, SERVER, 50005, 3306, flags=TCP_SYN)))
     return records
 
 
-def main() -> int:
-    os.chdir(HERE.parent)  # rule locations print relative to the repository
+def run_offline() -> int:
+    os.chdir(ROOT)  # rule locations print relative to the repository
     CAPTURE.parent.mkdir(exist_ok=True)
     write_pcap(CAPTURE, scenario())
     from ips.cli import main as ipsctl
 
-    out = HERE.parent / "out"
-    out.mkdir(exist_ok=True)
-    root = HERE.parent
-    args = [
-        "replay",
-        "policies/gateway.rules",
-        str(CAPTURE.relative_to(root)),
-        "--eve",
-        str((out / "demo-eve.json").relative_to(root)),
-    ]
+    OUT.mkdir(exist_ok=True)
+    args = ["replay", "policies/gateway.rules", str(CAPTURE.relative_to(ROOT)),
+            "--eve", str((OUT / "demo-eve.json").relative_to(ROOT))]  # fmt: skip
     print(f"$ ipsctl {' '.join(args)}")
     try:
         ipsctl(args, standalone_mode=False)
     except SystemExit as exc:  # click's exit with the command's status
         return int(exc.code or 0)
-    print(f"\nEVE events: {out / 'demo-eve.json'}")
     return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="replay the scenario as a capture instead of the live lab",
+    )
+    args = parser.parse_args()
+    return run_offline() if args.offline else run_live()
 
 
 if __name__ == "__main__":

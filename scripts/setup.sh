@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # namespaces, clients and the real attack tools the tests run.
 apt_packages=(
   python3 python3-venv python3-dev gcc make
-  libnetfilter-queue-dev nftables iptables iproute2 systemd
+  libnetfilter-queue-dev nftables iptables iproute2 util-linux systemd
   iputils-ping curl nmap hping3 masscan ncat socat tcpdump
 )
 missing=()

@@ -1,0 +1,172 @@
+"""The nftables adapter: runs ruleset.py's JSON through libnftables, one atomic batch a call.
+
+libnftables acts in the network namespace its context was created in: the netlink socket is
+opened by Nftables() and kept (checked: a context made before setns() still changes the old
+namespace). So a test or a lab creates Nft inside the namespace it wants to change — most
+simply in a process started there (`ip netns exec NS …`).
+Only our table, `inet ipsctl`, is ever created, changed or deleted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ips.kernel import ruleset
+from ips.kernel.ruleset import Address, RuleCounter, SetElement, TableState
+from ips.policy.model import Policy
+
+_TABLE = {"family": ruleset.FAMILY, "name": ruleset.TABLE}
+
+
+class KernelError(RuntimeError):
+    """nft refused a command; the message is nft's own error text."""
+
+
+def _load_library() -> Any:
+    try:
+        import nftables  # the pip-nftables / python3-nftables binding (ctypes)
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise KernelError(
+            "the Python binding of libnftables is missing: pip install pip-nftables "
+            "(or apt-get install python3-nftables)"
+        ) from exc
+    try:
+        return nftables.Nftables()
+    except OSError as exc:  # libnftables.so.1 not found by ctypes
+        raise KernelError(
+            f"libnftables cannot be loaded ({exc}): apt-get install libnftables1 nftables"
+        ) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What apply() put in the kernel."""
+
+    split: int  # leading policy rules in the kernel (the fast path)
+    nft_rules: int  # nft rules added over all hooks (mark clearing and counters included)
+    hooks: tuple[str, ...]
+
+
+class Nft:
+    """ipsctl's nftables table. One libnftables context, used under a lock (it is not
+    thread-safe); every method is one atomic transaction, or a read."""
+
+    def __init__(self, lib: Any | None = None) -> None:
+        self._nft = lib if lib is not None else _load_library()
+        self._lock = threading.Lock()
+
+    # ---- raw batches -------------------------------------------------------------------------
+
+    def run(self, commands: Sequence[dict[str, object]]) -> dict[str, Any]:
+        """Run commands as one batch: all or nothing. Returns nft's JSON output ({} if none)."""
+        with self._lock:
+            rc, output, error = self._nft.json_cmd({"nftables": list(commands)})
+        if rc != 0:
+            raise KernelError(_clean_error(error) or f"nft failed (rc {rc})")
+        return output if isinstance(output, dict) else {}
+
+    # ---- the table ---------------------------------------------------------------------------
+
+    def list_table(self) -> dict[str, Any]:
+        """`list table inet ipsctl` as nft JSON; {} when the table does not exist."""
+        try:
+            return self.run([{"list": {"table": _TABLE}}])
+        except KernelError as exc:
+            if _missing(exc):
+                return {}
+            raise
+
+    def table_exists(self) -> bool:
+        return bool(self.list_table())
+
+    def state(self) -> TableState | None:
+        return ruleset.parse_table(self.list_table())
+
+    def apply(
+        self,
+        policy: Policy,
+        hooks: Sequence[str] = ("forward",),
+        queue: int | tuple[int, int] = 0,
+        fail_open: bool = True,
+        nft_queue: bool = False,
+    ) -> Applied:
+        """Make the kernel run `policy`'s fast path, in one transaction: table and sets are
+        created or kept (members survive), our chains flushed and refilled. On error nothing
+        changed and the running rules stay. See ruleset.build_ruleset for the arguments."""
+        commands = ruleset.build_ruleset(
+            policy, hooks, queue=queue, fail_open=fail_open, nft_queue=nft_queue,
+            existing=self.state(),
+        )  # fmt: skip
+        self.run(commands)
+        added = sum(1 for c in commands if "rule" in c.get("add", {}))  # type: ignore[operator]
+        return Applied(ruleset.fast_path_split(policy), added, tuple(dict.fromkeys(hooks)))
+
+    def remove(self) -> bool:
+        """Delete `inet ipsctl` (and with it our chains and sets); False if it was absent."""
+        try:
+            self.run(ruleset.delete_table())
+        except KernelError as exc:
+            if _missing(exc):
+                return False
+            raise
+        return True
+
+    def counters(self) -> dict[str, RuleCounter]:
+        """Packets/bytes per `ipsctl:FILE:LINE` comment (and `ipsctl:to-userspace`)."""
+        return ruleset.parse_counters(self.list_table())
+
+    # ---- dynamic sets (blocks) -------------------------------------------------------------
+
+    def add_elements(
+        self, table: str, addrs: Iterable[Address], timeout: float | None = None
+    ) -> None:
+        """Add or refresh members of dynamic table `table` (timeout None: the set's default)."""
+        commands = ruleset.add_elements(table, addrs, timeout)
+        if commands:
+            self.run(commands)
+
+    def delete_elements(self, table: str, addrs: Iterable[Address]) -> int:
+        """Remove members; addresses that are not (or no longer) members are skipped.
+        Returns how many were removed."""
+        addrs = list(addrs)
+        if not addrs:
+            return 0
+        try:
+            self.run(ruleset.delete_elements(table, addrs))
+            return len(addrs)
+        except KernelError as exc:
+            if not _missing(exc):
+                raise
+        # One was absent (maybe just expired) and nft refused the whole batch: one by one.
+        removed = 0
+        for addr in addrs:
+            try:
+                self.run(ruleset.delete_elements(table, [addr]))
+                removed += 1
+            except KernelError as exc:
+                if not _missing(exc):
+                    raise
+        return removed
+
+    def elements(self, table: str) -> list[SetElement]:
+        """Members of dynamic table `table`, both families (expires: seconds left)."""
+        out: list[SetElement] = []
+        for family in (4, 6):
+            listing = self.run(ruleset.list_set(table, family))
+            for obj in listing.get("nftables", []):
+                if "set" in obj:
+                    out.extend(ruleset.parse_elements(obj["set"].get("elem")))
+        return out
+
+
+def _clean_error(text: str) -> str:
+    """nft's error text without the `internal:0:0-0: ` position it gives JSON input."""
+    lines = [line.replace("internal:0:0-0: ", "").strip() for line in text.splitlines()]
+    return "; ".join(line for line in lines if line)
+
+
+def _missing(exc: KernelError) -> bool:
+    return "No such file or directory" in str(exc)

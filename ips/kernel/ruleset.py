@@ -1,0 +1,690 @@
+"""Policy -> libnftables JSON commands for ipsctl's own table, `inet ipsctl`. Pure: no I/O.
+
+What goes into the kernel (the "fast path"): the longest prefix of the policy's rules that
+the kernel can decide alone — accept, drop or reject on family, protocol, addresses (static
+networks and dynamic tables), ports, interfaces, TCP flags, ICMP type/code and length, with no
+alert or log. Compiled to nft rules with the same first-match meaning, they run in a base
+chain per hook at priority -10, before iptables' filter chains (priority 0) where the
+diversion to userspace lives when nft has no `queue` expression (ips/kernel/iptables.py).
+The prefix ends at the first rule that needs userspace: no rule after it may go to the
+kernel whatever it is, since a packet it would decide may first have to meet that rule. The
+engine still holds every rule: a packet that reaches it matched none of the prefix.
+
+How the kernel tells the queue rule that it accepted a packet: an accept sets ACCEPT_MARK in
+the packet mark (an nft `accept` ends only our base chain; later base chains at the same hook
+still see the packet). Each chain first clears that bit so that no mark set elsewhere can
+make a packet skip inspection.
+
+Dynamic tables become named sets `{name}_v4` / `{name}_v6` (`flags timeout`), created with
+`add set`, which keeps the members of a set that already exists; a policy swap flushes and
+refills only the chains, in one transaction (see build_ruleset).
+
+One nft rule per policy rule is not always possible: nft has no "or" inside a rule, so a rule
+whose address is `{ 10.0.0.0/8, @banned }`, whose `on IF` may be either interface, that speaks
+of both families with family-specific values, or whose reject answer depends on the
+protocol becomes several nft rules with the same verdict, in an order that keeps its meaning.
+Every one of them carries the comment `ipsctl:FILE:LINE` of its policy rule.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ips.core.packet import PORT_PROTOS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
+from ips.policy.model import (
+    ACCEPT,
+    DROP,
+    REJECT,
+    AddrSpec,
+    IfaceSpec,
+    Policy,
+    PortSpec,
+    RuleSpec,
+    TableSpec,
+)
+
+FAMILY = "inet"
+TABLE = "ipsctl"
+HOOKS = ("forward", "input", "output")
+PRIORITY = -10  # before iptables' filter chains (0): our drops and marks come first
+ACCEPT_MARK = 0x00100000  # the packet-mark bit "the fast path accepted this packet"
+COMMENT_PREFIX = "ipsctl:"
+USERSPACE_COMMENT = "ipsctl:to-userspace"  # counts the packets left to the engine
+CLEAR_MARK_COMMENT = "ipsctl:clear-mark"
+MAX_COMMENT = 128  # nft's limit for a comment
+SET_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
+PROTO_UDPLITE = 136
+
+_T = {"family": FAMILY, "table": TABLE}
+Expr = dict[str, object]
+Alt = list[Expr]  # conditions that must all hold (one nft rule's matches)
+
+
+# ---- what can go to the kernel ----------------------------------------------------------------
+
+
+def kernel_reason(rule: RuleSpec) -> str | None:
+    """None when the kernel can decide `rule` alone; otherwise why it needs userspace."""
+    if rule.action not in (ACCEPT, DROP, REJECT):
+        return f"'{rule.action}' needs userspace"
+    if rule.alert or rule.log:
+        return "alerts and logs come from userspace"
+    if rule.states is not None:
+        return "'state' is decided by the engine's flow table"
+    if rule.contains:
+        return "'payload contains' needs userspace"
+    if rule.limit is not None:
+        return "'limit' is counted by the engine"
+    if rule.fragment:
+        return "'fragment' is decided by the engine"
+    return None
+
+
+def fast_path_split(policy: Policy) -> int:
+    """How many leading rules of `policy` go to the kernel."""
+    for i, rule in enumerate(policy.rules):
+        if kernel_reason(rule) is not None:
+            return i
+    return len(policy.rules)
+
+
+def rule_comment(rule: RuleSpec) -> str:
+    """`ipsctl:FILE:LINE`, the comment of every nft rule made from `rule`."""
+    text = f"{COMMENT_PREFIX}{rule.span.file}:{rule.span.line}"
+    if len(text) > MAX_COMMENT:  # a long path: its last part still says where
+        text = f"{COMMENT_PREFIX}{rule.span.file.rsplit('/', 1)[-1]}:{rule.span.line}"
+    return text[:MAX_COMMENT]
+
+
+def set_name(table: str, family: int) -> str:
+    """The nft set that holds the IPv4 or IPv6 members of dynamic table `table`."""
+    return f"{table}_v{family}"
+
+
+# ---- expression helpers -----------------------------------------------------------------------
+
+
+def _match(op: str, left: object, right: object) -> Expr:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _meta(key: str) -> Expr:
+    return {"meta": {"key": key}}
+
+
+def _payload(protocol: str, field: str) -> Expr:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _one_or_set(values: list[object]) -> object:
+    return values[0] if len(values) == 1 else {"set": values}
+
+
+def _nets_value(nets: Iterable[tuple[int, int]], family: int) -> object:
+    """Networks as an nft value: merged (nft refuses overlapping intervals in some versions),
+    a plain address for a host, a prefix otherwise, a set for several."""
+    cls = ipaddress.IPv4Network if family == 4 else ipaddress.IPv6Network
+    width = 32 if family == 4 else 128
+    objs = [cls(((net >> (width - plen)) << (width - plen), plen)) for net, plen in nets]
+    values: list[object] = []
+    for n in ipaddress.collapse_addresses(objs):  # type: ignore[type-var]
+        if n.prefixlen == width:
+            values.append(str(n.network_address))
+        else:
+            values.append({"prefix": {"addr": str(n.network_address), "len": n.prefixlen}})
+    return _one_or_set(values)
+
+
+def _ranges_value(ranges: Sequence[tuple[int, int]]) -> object:
+    return _one_or_set([lo if lo == hi else {"range": [lo, hi]} for lo, hi in ranges])
+
+
+# Each condition builder returns alternatives: a list of Alt, any of which may hold (one nft
+# rule each). [[]] means "no condition", [] means "can never hold" (the rule is left out).
+ALWAYS: list[Alt] = [[]]
+NEVER: list[Alt] = []
+
+
+def _addr_alts(spec: AddrSpec | None, family: int, field: str) -> list[Alt]:
+    """An address constraint within one family. As the engine (explain._addr_in): the address
+    is in the family's static networks or in a dynamic table, inverted when negated."""
+    if spec is None:
+        return ALWAYS
+    proto = "ip" if family == 4 else "ip6"
+    left = _payload(proto, field)
+    nets = spec.nets4 if family == 4 else spec.nets6
+    everything = any(plen == 0 for _, plen in nets)
+    sets = [f"@{set_name(name, family)}" for name in spec.dynamic]
+    if not spec.negated:
+        if everything:
+            return ALWAYS
+        alts: list[Alt] = []
+        if nets:
+            alts.append([_match("==", left, _nets_value(nets, family))])
+        alts += [[_match("==", left, s)] for s in sets]  # "or": one nft rule per table
+        return alts
+    if everything:
+        return NEVER
+    conds = [_match("!=", left, _nets_value(nets, family))] if nets else []
+    conds += [_match("!=", left, s) for s in sets]  # not in any: all of them at once
+    return [conds]
+
+
+def _port_alts(spec: PortSpec | None, field: str) -> list[Alt]:
+    """`th sport/dport`: valid for TCP, UDP, SCTP and UDP-Lite, which the rule's `meta
+    l4proto` already requires (ports imply those protocols). On a non-first fragment the
+    load fails and the rule does not match, as in the engine."""
+    if spec is None:
+        return ALWAYS
+    full = spec.ranges == ((0, 65535),)
+    if not spec.ranges or full:
+        return ALWAYS if (full != spec.negated) else NEVER
+    op = "!=" if spec.negated else "=="
+    return [[_match(op, _payload("th", field), _ranges_value(spec.ranges))]]
+
+
+def _proto_alts(protos: frozenset[int] | None) -> list[Alt]:
+    if protos is None or len(protos) >= 256:
+        return ALWAYS
+    if not protos:
+        return NEVER
+    if len(protos) > 128:  # `proto !{…}`: the complement is shorter
+        rest = sorted(set(range(256)) - protos)
+        return [[_match("!=", _meta("l4proto"), _one_or_set(list(rest)))]]
+    return [[_match("==", _meta("l4proto"), _one_or_set(sorted(protos)))]]
+
+
+def _iface_cond(key: str, spec: IfaceSpec) -> Expr:
+    """iifname/oifname; a trailing '*' is nft's own wildcard, also inside a set."""
+    return _match("!=" if spec.negated else "==", _meta(key), _one_or_set(list(spec.names)))
+
+
+def _iface_alts(spec: IfaceSpec | None, key: str, present: bool) -> list[Alt]:
+    """One interface constraint. When the hook has no such interface (no input interface in
+    `output`, no output interface in `input`) the answer is known now, as the engine gives
+    None for it; that also avoids nft's "empty string is not allowed"."""
+    if spec is None:
+        return ALWAYS
+    if not present:
+        return ALWAYS if spec.matches(None) else NEVER
+    if not spec.names:  # an empty set: matches nothing, negated everything
+        return ALWAYS if spec.negated else NEVER
+    return [[_iface_cond(key, spec)]]
+
+
+def _anyif_alts(spec: IfaceSpec | None, has_iif: bool, has_oif: bool) -> list[Alt]:
+    """`on IF`: the input or the output interface matches — an "or", so two nft rules."""
+    if spec is None:
+        return ALWAYS
+    if not spec.names:
+        return ALWAYS if spec.negated else NEVER
+    if (not has_iif or not has_oif) and spec.matches(None):
+        return ALWAYS  # the missing side already matches (negated spec)
+    alts: list[Alt] = []
+    if has_iif:
+        alts.append([_iface_cond("iifname", spec)])
+    if has_oif:
+        alts.append([_iface_cond("oifname", spec)])
+    return alts
+
+
+def _icmp_alts(rule: RuleSpec, family: int) -> list[Alt]:
+    if rule.icmp_types is None:
+        return ALWAYS
+    proto = "icmp" if family == 4 else "icmpv6"
+    wanted = PROTO_ICMP if family == 4 else PROTO_ICMPV6
+    if rule.protos != {wanted}:
+        # the resolver allows `type` only with exactly one of icmp/icmpv6 (and so one family)
+        return NEVER
+    types = rule.icmp_types
+    conds: Alt = []
+    if not types:
+        return NEVER
+    if len(types) < 256:
+        if len(types) > 128:
+            rest = sorted(set(range(256)) - types)
+            conds.append(_match("!=", _payload(proto, "type"), _one_or_set(list(rest))))
+        else:
+            conds.append(_match("==", _payload(proto, "type"), _one_or_set(sorted(types))))
+    if rule.icmp_code is not None:
+        conds.append(_match("==", _payload(proto, "code"), rule.icmp_code))
+    return [conds]
+
+
+def _flags_alts(flags: tuple[int, int] | None) -> list[Alt]:
+    if flags is None:
+        return ALWAYS
+    value, mask = flags
+    if not mask:
+        return ALWAYS
+    left = {"&": [_payload("tcp", "flags"), mask]}
+    return [[_match("==", left, value)]]
+
+
+_LENGTH_OPS = {"=": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+def _length_alts(length: tuple[str, int, int] | None) -> list[Alt]:
+    """`meta length` is skb->len, the IP packet's length at these hooks (as the engine's
+    Packet.length). Caveat: a GRO-merged packet is longer than any one on the wire."""
+    if length is None:
+        return ALWAYS
+    op, lo, hi = length
+    if op == "range":
+        return [[_match("==", _meta("length"), {"range": [lo, hi]})]]
+    return [[_match(_LENGTH_OPS[op], _meta("length"), lo)]]
+
+
+# ---- actions ----------------------------------------------------------------------------------
+
+_ACCEPT_ACTION: list[Expr] = [
+    {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
+    {"accept": None},
+]
+_UDPS = frozenset({PROTO_UDP, PROTO_UDPLITE})
+# The answer of a reject whose code was not given, per kind, as ips.core.craft gives it:
+# port unreachable for UDP and UDP-Lite, administratively prohibited for anything else.
+_DEFAULT_CODES = {
+    "icmp": (3, 13),
+    "icmpv6": (4, 1),
+    "icmpx": (1, 3),  # nft's icmpx numbering: port-unreachable, admin-prohibited
+}
+
+
+def _reject(kind: str, code: int) -> Expr:
+    return {"reject": {"type": kind, "expr": code}}
+
+
+def _action_variants(
+    rule: RuleSpec, protos: frozenset[int] | None
+) -> list[tuple[frozenset[int] | None, list[Expr]]]:
+    """(protocols, statements) in order: one entry per different answer. A later variant
+    keeps the rule's full protocol set: the packets of an earlier variant's protocols that
+    meet the other conditions were already taken by it."""
+    if rule.action == ACCEPT:
+        return [(protos, _ACCEPT_ACTION)]
+    if rule.action == DROP:
+        return [(protos, [{"drop": None}])]
+    kind, code = rule.reject_with if rule.reject_with else (None, None)
+    if kind == "tcp-reset":
+        return [(protos, [{"reject": {"type": "tcp reset"}}])]
+    if kind is not None and code is not None:
+        return [(protos, [_reject(kind, code)])]  # codes are each kind's numbers, as nft's
+    variants: list[tuple[frozenset[int] | None, list[Expr]]] = []
+    covered: set[int] = set()
+
+    def narrow(wanted: frozenset[int]) -> frozenset[int]:
+        return wanted if protos is None else protos & wanted
+
+    if kind is None:  # TCP gets a reset
+        tcp = narrow(frozenset({PROTO_TCP}))
+        if tcp:
+            variants.append((tcp, [{"reject": {"type": "tcp reset"}}]))
+            covered |= tcp
+        kind = "icmpx"
+    port_code, other_code = _DEFAULT_CODES[kind]
+    udp = narrow(_UDPS)
+    if udp:
+        variants.append((udp, [_reject(kind, port_code)]))
+        covered |= udp
+    if protos is None or not protos <= covered:
+        variants.append((protos, [_reject(kind, other_code)]))
+    return variants
+
+
+# ---- one policy rule ----------------------------------------------------------------------------
+
+
+def _family_specific(rule: RuleSpec) -> bool:
+    return bool(rule.src or rule.dst or rule.icmp_types is not None)
+
+
+def compile_rule(rule: RuleSpec, hook: str) -> list[list[Expr]]:
+    """The nft rules (each a list of expressions, verdict included) for a kernel-able rule in
+    the chain of `hook`; [] when the rule can never match there."""
+    if hook not in HOOKS:
+        raise ValueError(f"unknown hook {hook!r}; one of {', '.join(HOOKS)}")
+    has_iif, has_oif = hook != "output", hook != "input"
+    if (rule.direction == "in" and not has_iif) or (rule.direction == "out" and not has_oif):
+        return []
+    iface = [
+        _iface_alts(rule.iif, "iifname", has_iif),
+        _iface_alts(rule.oif, "oifname", has_oif),
+        _anyif_alts(rule.anyif, has_iif, has_oif),
+    ]
+    common = [
+        _port_alts(rule.sport, "sport"),
+        _port_alts(rule.dport, "dport"),
+        *iface,
+        _flags_alts(rule.flags),
+        _length_alts(rule.length),
+    ]
+    families: list[int | None]
+    if rule.families == {4, 6} and not _family_specific(rule):
+        families = [None]  # one rule for both: no `meta nfproto`
+    else:
+        families = sorted(rule.families)
+    out: list[list[Expr]] = []
+    counter: list[Expr] = [{"counter": None}]  # per nft rule: `ipsctl status` sums them
+    protos = rule.protos
+    if protos is None and (rule.sport or rule.dport):  # the resolver implies these already;
+        protos = PORT_PROTOS  # `th` ports are only valid for them, so never leave it open
+    if protos is None and rule.flags is not None:
+        protos = frozenset({PROTO_TCP})
+    for protos_v, action in _action_variants(rule, protos):
+        for family in families:
+            parts: list[list[Alt]] = []
+            if family is not None:
+                nfproto = "ipv4" if family == 4 else "ipv6"
+                parts.append([[_match("==", _meta("nfproto"), nfproto)]])
+            parts.append(_proto_alts(protos_v))
+            if family is not None:
+                parts.append(_addr_alts(rule.src, family, "saddr"))
+                parts.append(_addr_alts(rule.dst, family, "daddr"))
+                parts.append(_icmp_alts(rule, family))
+            parts.extend(common)
+            for combo in itertools.product(*parts):
+                exprs = [e for alt in combo for e in alt]
+                out.append([*exprs, *counter, *action])
+    return out
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SetElement:
+    """A member of a dynamic set: timeout and expires in seconds (None: none/unknown)."""
+
+    addr: str
+    timeout: int | None = None
+    expires: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SetState:
+    name: str
+    type: str
+    flags: tuple[str, ...]
+    timeout: int | None
+    size: int | None
+    elements: tuple[SetElement, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TableState:
+    """What `list table inet ipsctl` showed: our chains and sets (see parse_table)."""
+
+    chains: tuple[str, ...]
+    sets: dict[str, SetState]
+
+
+def _seconds(value: float | None) -> int | None:
+    """nft's JSON takes whole seconds; round up so an entry never lives shorter than asked."""
+    if value is None or value <= 0:
+        return None
+    whole = int(value)
+    return whole if whole == value else whole + 1
+
+
+def _wanted_sets(policy: Policy) -> dict[str, dict[str, object]]:
+    sets: dict[str, dict[str, object]] = {}
+    for table in policy.tables.values():
+        if table.kind != "dynamic":
+            continue
+        for family in (4, 6):
+            sets[set_name(table.name, family)] = _set_object(table, family)
+    return sets
+
+
+def _set_object(table: TableSpec, family: int) -> dict[str, object]:
+    obj: dict[str, object] = {
+        **_T,
+        "name": set_name(table.name, family),
+        "type": SET_TYPES[family],
+        "flags": ["timeout"],
+        "size": table.size,
+    }
+    timeout = _seconds(table.timeout)
+    if timeout is not None:
+        obj["timeout"] = timeout
+    return obj
+
+
+def _queue_stmt(queue: int | tuple[int, int], fail_open: bool) -> Expr:
+    flags = ["bypass"] if fail_open else []
+    if isinstance(queue, tuple):
+        first, last = queue
+        if first == last:
+            num: object = first
+        else:
+            num = {"range": [first, last]}
+            flags.append("fanout")
+    else:
+        num = queue
+    stmt: dict[str, object] = {"num": num}
+    if flags:
+        stmt["flags"] = flags
+    return {"queue": stmt}
+
+
+def _check_queue(queue: int | tuple[int, int]) -> None:
+    lo, hi = queue if isinstance(queue, tuple) else (queue, queue)
+    if not 0 <= lo <= hi <= 65535:
+        raise ValueError(f"queue numbers are 0-65535, first <= last (got {queue!r})")
+
+
+def build_ruleset(
+    policy: Policy,
+    hooks: Sequence[str] = ("forward",),
+    queue: int | tuple[int, int] = 0,
+    fail_open: bool = True,
+    nft_queue: bool = False,
+    existing: TableState | None = None,
+) -> list[dict[str, object]]:
+    """Commands for one atomic batch that makes `inet ipsctl` run `policy`'s fast path.
+
+    hooks      the chains to hook (forward, input, output); chains of other hooks go away
+    queue      NFQUEUE number, or (first, last) for several (fanout); used with nft_queue
+    fail_open  `bypass`: accept when no program listens on the queue
+    nft_queue  the kernel has nft's `queue` expression: divert there after the prefix
+               (otherwise the iptables chain of ips/kernel/iptables.py does it)
+    existing   parse_table() of the table as it is now (None: absent or unknown)
+
+    Safe to run over the table of an earlier policy: the table, chains and sets are `add`ed
+    (idempotent, so a set keeps its members), our chains are flushed and refilled, and a set
+    whose type or flags changed is recreated with its members carried over (with what is left
+    of their timeouts). Sets and chains the policy no longer has are deleted, after the chain
+    flushes that free them. All in one transaction: no window without rules.
+    """
+    hooks = tuple(dict.fromkeys(hooks))
+    for hook in hooks:
+        if hook not in HOOKS:
+            raise ValueError(f"unknown hook {hook!r}; one of {', '.join(HOOKS)}")
+    _check_queue(queue)
+    cmds: list[dict[str, object]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    old_chains = existing.chains if existing else ()
+    old_sets = existing.sets if existing else {}
+    for hook in hooks:
+        chain = {**_T, "name": hook, "type": "filter", "hook": hook, "prio": PRIORITY}
+        cmds.append({"add": {"chain": {**chain, "policy": "accept"}}})
+    for name in dict.fromkeys((*hooks, *old_chains)):
+        cmds.append({"flush": {"chain": {**_T, "name": name}}})
+    for name in old_chains:
+        if name not in hooks:
+            cmds.append({"delete": {"chain": {**_T, "name": name}}})
+    wanted = _wanted_sets(policy)
+    carry: dict[str, tuple[SetElement, ...]] = {}
+    for name, have in old_sets.items():
+        want = wanted.get(name)
+        if want is None:
+            cmds.append({"delete": {"set": {**_T, "name": name}}})
+        elif have.type != want["type"] or set(have.flags) != {"timeout"}:
+            # `add set` refuses a change of type or flags (EEXIST): recreate, keep members
+            cmds.append({"delete": {"set": {**_T, "name": name}}})
+            if have.type == want["type"]:
+                carry[name] = have.elements
+    for name, want in wanted.items():
+        cmds.append({"add": {"set": want}})  # a changed timeout/size is updated in place
+        if carry.get(name):
+            cmds.append({"add": {"element": {**_T, "name": name, "elem": _elems(carry[name])}}})
+    split = fast_path_split(policy)
+    for hook in hooks:
+        cmds.append(_rule(hook, [{"mangle": _clear_mark()}], CLEAR_MARK_COMMENT))
+        for rule in policy.rules[:split]:
+            comment = rule_comment(rule)
+            for exprs in compile_rule(rule, hook):
+                cmds.append(_rule(hook, exprs, comment))
+        tail: list[Expr] = [{"counter": None}]
+        if nft_queue:
+            tail.append(_queue_stmt(queue, fail_open))
+        cmds.append(_rule(hook, tail, USERSPACE_COMMENT))
+    return cmds
+
+
+def _clear_mark() -> dict[str, object]:
+    return {"key": _meta("mark"), "value": {"&": [_meta("mark"), ~ACCEPT_MARK & 0xFFFFFFFF]}}
+
+
+def _rule(chain: str, exprs: list[Expr], comment: str) -> dict[str, object]:
+    return {"add": {"rule": {**_T, "chain": chain, "expr": exprs, "comment": comment}}}
+
+
+def _elems(elements: Iterable[SetElement]) -> list[object]:
+    out: list[object] = []
+    for e in elements:
+        if e.timeout is None and e.expires is None:
+            out.append(e.addr)
+            continue
+        elem: dict[str, object] = {"val": e.addr}
+        if e.timeout is not None:
+            elem["timeout"] = e.timeout
+        if e.expires is not None:
+            elem["expires"] = max(1, e.expires)
+        out.append({"elem": elem})
+    return out
+
+
+def delete_table() -> list[dict[str, object]]:
+    """Delete our table, and only it (fails if absent: see Nft.remove)."""
+    return [{"delete": {"table": {"family": FAMILY, "name": TABLE}}}]
+
+
+# ---- dynamic set members (blocks) --------------------------------------------------------------
+
+Address = str | bytes | ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _address(addr: Address) -> tuple[int, str]:
+    ip = ipaddress.ip_address(addr)
+    return ip.version, str(ip)
+
+
+def add_elements(
+    table: str, addrs: Iterable[Address], timeout: float | None = None
+) -> list[dict[str, object]]:
+    """Add (or refresh) addresses in dynamic table `table`, each with its own timeout
+    (None: the set's default). Adding an existing member resets its timeout."""
+    ttl = _seconds(timeout)
+    by_family: dict[int, list[object]] = {}
+    for addr in addrs:
+        family, text = _address(addr)
+        item: object = text if ttl is None else {"elem": {"val": text, "timeout": ttl}}
+        by_family.setdefault(family, []).append(item)
+    return [
+        {"add": {"element": {**_T, "name": set_name(table, fam), "elem": items}}}
+        for fam, items in sorted(by_family.items())
+    ]
+
+
+def delete_elements(table: str, addrs: Iterable[Address]) -> list[dict[str, object]]:
+    """Remove addresses from dynamic table `table` (nft fails the batch if one is absent)."""
+    by_family: dict[int, list[object]] = {}
+    for addr in addrs:
+        family, text = _address(addr)
+        by_family.setdefault(family, []).append(text)
+    return [
+        {"delete": {"element": {**_T, "name": set_name(table, fam), "elem": items}}}
+        for fam, items in sorted(by_family.items())
+    ]
+
+
+def list_set(table: str, family: int) -> list[dict[str, object]]:
+    return [{"list": {"set": {**_T, "name": set_name(table, family)}}}]
+
+
+# ---- reading nft's answers -----------------------------------------------------------------------
+
+
+def _objects(listing: dict[str, object] | None) -> list[dict[str, object]]:
+    if not listing:
+        return []
+    items = listing.get("nftables", [])
+    return items if isinstance(items, list) else []
+
+
+def parse_elements(raw: object) -> tuple[SetElement, ...]:
+    """A set's `elem` list from nft JSON -> SetElement (expires: seconds left)."""
+    out: list[SetElement] = []
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, dict) and "elem" in item:
+            e = item["elem"]
+            out.append(SetElement(str(e["val"]), e.get("timeout"), e.get("expires")))
+        elif isinstance(item, str):
+            out.append(SetElement(item))
+    return tuple(out)
+
+
+def parse_table(listing: dict[str, object] | None) -> TableState | None:
+    """`list table inet ipsctl` JSON -> TableState; None when the listing has no table."""
+    objs = _objects(listing)
+    if not any("table" in o for o in objs):
+        return None
+    chains: list[str] = []
+    sets: dict[str, SetState] = {}
+    for obj in objs:
+        if "chain" in obj:
+            chains.append(str(obj["chain"]["name"]))  # type: ignore[index]
+        elif "set" in obj:
+            s = obj["set"]
+            flags = s.get("flags", [])  # type: ignore[union-attr]
+            sets[s["name"]] = SetState(  # type: ignore[index]
+                name=s["name"],  # type: ignore[index]
+                type=str(s["type"]),  # type: ignore[index]
+                flags=tuple(flags if isinstance(flags, list) else [flags]),
+                timeout=s.get("timeout"),  # type: ignore[union-attr]
+                size=s.get("size"),  # type: ignore[union-attr]
+                elements=parse_elements(s.get("elem")),  # type: ignore[union-attr]
+            )
+    return TableState(tuple(chains), sets)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCounter:
+    packets: int = 0
+    bytes: int = 0
+
+
+def parse_counters(listing: dict[str, object] | None) -> dict[str, RuleCounter]:
+    """Packets and bytes per comment (`ipsctl:FILE:LINE`, and USERSPACE_COMMENT), summed over
+    the nft rules a policy rule became and over the hooks."""
+    out: dict[str, RuleCounter] = {}
+    for obj in _objects(listing):
+        rule = obj.get("rule")
+        if not isinstance(rule, dict):
+            continue
+        comment = rule.get("comment")
+        if not isinstance(comment, str) or not comment.startswith(COMMENT_PREFIX):
+            continue
+        for expr in rule.get("expr", []):
+            counter = expr.get("counter") if isinstance(expr, dict) else None
+            if isinstance(counter, dict):
+                old = out.get(comment, RuleCounter())
+                out[comment] = RuleCounter(
+                    old.packets + int(counter.get("packets", 0)),
+                    old.bytes + int(counter.get("bytes", 0)),
+                )
+    return out
