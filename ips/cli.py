@@ -250,7 +250,6 @@ def replay(
         click.echo(result.table())
 
 
-
 # ---- inline: run / apply / confirm / status / doctor -------------------------------------------
 
 SOCKET_OPTION = click.option(
@@ -268,30 +267,73 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
         click.echo(f"ipsctl: no daemon listening on {socket_path} (is `ipsctl run` up?)", err=True)
         sys.exit(EXIT_POLICY)
     except PermissionError:
-        click.echo(f"ipsctl: permission denied on {socket_path} (root, or group ipsctl "
-                   "for read-only views)", err=True)
+        click.echo(
+            f"ipsctl: permission denied on {socket_path} (root, or group ipsctl "
+            "for read-only views)",
+            err=True,
+        )
         sys.exit(EXIT_POLICY)
 
 
 @main.command()
-@click.option("--policy", "policy_path", required=True, type=click.Path(dir_okay=False),
-              help="the policy to enforce")
-@click.option("--queue", default=0, show_default=True, type=click.IntRange(0, 65535),
-              help="NFQUEUE number")
-@click.option("--hook", "hooks", multiple=True, default=["forward"], show_default=True,
-              type=click.Choice(["forward", "input", "output"]),
-              help="where packets are diverted: forward (a gateway), input/output (a host)")
-@click.option("--fail-mode", type=click.Choice(["open", "closed"]), default="open",
-              show_default=True,
-              help="when the daemon is down or its queue is full: let packets pass (open) "
-                   "or drop them (closed)")
-@click.option("--eve", "eve_path", type=click.Path(dir_okay=False),
-              help="append EVE JSON events (alerts, flows) to this file")
-@click.option("--hang-timeout", default=5.0, show_default=True, type=float,
-              help="seconds of silence after which the watchdog replaces a worker")
+@click.option(
+    "--policy",
+    "policy_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="the policy to enforce",
+)
+@click.option(
+    "--queue", default=0, show_default=True, type=click.IntRange(0, 65535), help="NFQUEUE number"
+)
+@click.option(
+    "--hook",
+    "hooks",
+    multiple=True,
+    default=["forward"],
+    show_default=True,
+    type=click.Choice(["forward", "input", "output"]),
+    help="where packets are diverted: forward (a gateway), input/output (a host)",
+)
+@click.option(
+    "--fail-mode",
+    type=click.Choice(["open", "closed"]),
+    default="open",
+    show_default=True,
+    help="when the daemon is down or its queue is full: let packets pass (open) "
+    "or drop them (closed)",
+)
+@click.option(
+    "--eve",
+    "eve_path",
+    type=click.Path(dir_okay=False),
+    help="append EVE JSON events (alerts, flows) to this file",
+)
+@click.option(
+    "--hang-timeout",
+    default=5.0,
+    show_default=True,
+    type=float,
+    help="seconds of silence after which the watchdog replaces a worker",
+)
+@click.option(
+    "--queue-maxlen",
+    default=4096,
+    show_default=True,
+    type=click.IntRange(1),
+    help="packets the kernel holds for the worker; beyond that the fail mode applies",
+)
 @SOCKET_OPTION
-def run(policy_path: str, queue: int, hooks: tuple[str, ...], fail_mode: str,
-        eve_path: str | None, hang_timeout: float, socket_path: str) -> None:
+def run(
+    policy_path: str,
+    queue: int,
+    hooks: tuple[str, ...],
+    fail_mode: str,
+    eve_path: str | None,
+    hang_timeout: float,
+    queue_maxlen: int,
+    socket_path: str,
+) -> None:
     """Run inline: divert packets to NFQUEUE and enforce POLICY (until SIGTERM)."""
     from ips.daemon import DaemonConfig
     from ips.daemon import run as run_daemon
@@ -300,16 +342,27 @@ def run(policy_path: str, queue: int, hooks: tuple[str, ...], fail_mode: str,
     if os.geteuid() != 0:
         click.echo("ipsctl run: needs root (NFQUEUE and nftables)", err=True)
         sys.exit(EXIT_POLICY)
-    cfg = DaemonConfig(policy_path=policy_path, queue=queue, hooks=tuple(dict.fromkeys(hooks)),
-                       fail_open=fail_mode == "open", socket_path=socket_path,
-                       eve_path=eve_path, hang_timeout=hang_timeout)
+    cfg = DaemonConfig(
+        policy_path=policy_path,
+        queue=queue,
+        hooks=tuple(dict.fromkeys(hooks)),
+        fail_open=fail_mode == "open",
+        socket_path=socket_path,
+        eve_path=eve_path,
+        hang_timeout=hang_timeout,
+        queue_maxlen=queue_maxlen,
+    )
     sys.exit(run_daemon(cfg))
 
 
 @main.command()
 @click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
-@click.option("--confirm", "confirm_seconds", type=click.FloatRange(min=1),
-              help="roll back unless `ipsctl confirm` arrives within SECONDS")
+@click.option(
+    "--confirm",
+    "confirm_seconds",
+    type=click.FloatRange(min=1),
+    help="roll back unless `ipsctl confirm` arrives within SECONDS",
+)
 @SOCKET_OPTION
 def apply(policy_path: str, confirm_seconds: float | None, socket_path: str) -> None:
     """Validate POLICY and hand it to the running daemon (an atomic swap)."""
@@ -320,12 +373,18 @@ def apply(policy_path: str, confirm_seconds: float | None, socket_path: str) -> 
     except PolicyError as exc:
         _echo_errors(policy_path, exc)
         sys.exit(EXIT_POLICY)
-    reply = _request(socket_path, {"op": "apply", "main": str(Path(policy_path).resolve()),
-                                   "sources": sources, "confirm": confirm_seconds})
+    reply = _request(
+        socket_path,
+        {
+            "op": "apply",
+            "main": str(Path(policy_path).resolve()),
+            "sources": sources,
+            "confirm": confirm_seconds,
+        },
+    )
     if not reply.get("ok"):
         click.echo(reply.get("rendered") or f"ipsctl apply: {reply.get('error')}", err=True)
-        click.echo(f"{policy_path}: policy NOT applied; the running policy is unchanged",
-                   err=True)
+        click.echo(f"{policy_path}: policy NOT applied; the running policy is unchanged", err=True)
         sys.exit(EXIT_POLICY)
     click.echo(f"applied {policy_path} ({str(reply['digest'])[:16]})")
     if confirm_seconds:
@@ -364,20 +423,29 @@ def format_status(s: dict) -> str:  # type: ignore[type-arg]
     ]
     if p.get("confirm_deadline"):
         lines.append("         awaiting `ipsctl confirm` (rolls back otherwise)")
-    lines.append(f"divert   {d['backend']} queue {d['queue']} on {', '.join(d['hooks'])}, "
-                 f"fail-{'open' if d['fail_open'] else 'closed'}")
+    lines.append(
+        f"divert   {d['backend']} queue {d['queue']} on {', '.join(d['hooks'])}, "
+        f"fail-{'open' if d['fail_open'] else 'closed'}"
+    )
     verdicts = ", ".join(f"{k} {v}" for k, v in sorted((w.get("verdicts") or {}).items()))
     lines.append(f"packets  {w.get('packets', '?')}  ({verdicts or 'none'})")
-    lines.append(f"flows    {w.get('flows', '?')}   alerts {w.get('alerts', '?')}   "
-                 f"malformed {sum((w.get('malformed') or {}).values())}   "
-                 f"engine errors {w.get('engine_errors', '?')}")
+    lines.append(
+        f"flows    {w.get('flows', '?')}   alerts {w.get('alerts', '?')}   "
+        f"malformed {sum((w.get('malformed') or {}).values())}   "
+        f"engine errors {w.get('engine_errors', '?')}"
+    )
     if q:
-        lines.append(f"queue    waiting {q['queue_total']}, dropped by kernel "
-                     f"{q['queue_dropped']}, dropped in transit {q['user_dropped']}")
-    lines.append(f"worker   pid {w.get('pid')}, restarts {c['worker_restarts']} "
-                 f"(hung {c['worker_hangs']}, died {c['worker_deaths']})")
-    lines.append(f"applies  {c['applies']} ok, {c['applies_refused']} refused, "
-                 f"{c['rollbacks']} rolled back")
+        lines.append(
+            f"queue    waiting {q['queue_total']}, dropped by kernel "
+            f"{q['queue_dropped']}, dropped in transit {q['user_dropped']}"
+        )
+    lines.append(
+        f"worker   pid {w.get('pid')}, restarts {c['worker_restarts']} "
+        f"(hung {c['worker_hangs']}, died {c['worker_deaths']})"
+    )
+    lines.append(
+        f"applies  {c['applies']} ok, {c['applies_refused']} refused, {c['rollbacks']} rolled back"
+    )
     return "\n".join(lines)
 
 

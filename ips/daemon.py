@@ -53,6 +53,7 @@ class DaemonConfig:
     socket_path: str = DEFAULT_SOCKET
     eve_path: str | None = None
     hang_timeout: float = 5.0  # a worker silent this long is hung
+    queue_maxlen: int = 4096  # packets the kernel holds for the worker; beyond: fail mode
     max_flows: int = 262_144
 
 
@@ -81,6 +82,7 @@ def worker_main(
     fail_open: bool,
     eve_path: str | None,
     max_flows: int,
+    queue_maxlen: int,
 ) -> None:
     """Entry point of a worker process (forked)."""
     from ips.io.nfqueue import QueueWorker, wait_readable
@@ -94,7 +96,10 @@ def worker_main(
     eve_file = open(eve_path, "a", buffering=1, encoding="utf-8") if eve_path else None  # noqa: SIM115
     eve = EveWriter(eve_file) if eve_file else None
     engine = Engine(load_policy_sources(main, sources), max_flows=max_flows)
-    worker = QueueWorker(queue, engine, fail_open=fail_open, on_events=eve.events if eve else None)
+    worker = QueueWorker(
+        queue, engine, fail_open=fail_open, max_len=queue_maxlen,
+        on_events=eve.events if eve else None,
+    )  # fmt: skip
     fd = worker.bind()
     control = conn.fileno()
     next_tick = time.time() + TICK_EVERY
@@ -185,7 +190,7 @@ class WorkerHandle:
             target=worker_main,
             args=(
                 child, (self.conn,), os.getpid(), self.heartbeat, cfg.queue, main, sources,
-                cfg.fail_open, cfg.eve_path, cfg.max_flows,
+                cfg.fail_open, cfg.eve_path, cfg.max_flows, cfg.queue_maxlen,
             ),
             name=f"ipsctl-worker-q{cfg.queue}",
             daemon=True,

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from labkit import ATTACKER, CLIENT, GATEWAY_RULES, SERVER, inline_lab, wait_until
 
 UDP_PROBE = """
@@ -273,3 +274,25 @@ def test_doctor_reports_the_fallback(tmp_path: Path) -> None:
         assert out.returncode == 0 and data["usable"]
         assert data["nft_queue"] is False and data["diversion"] == "iptables"
         assert data["iptables_nfqueue"] is True
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+def test_hung_worker_with_a_full_queue_follows_the_fail_mode(tmp_path: Path, mode: str) -> None:
+    """With the worker stopped (hung) and a queue of 4 packets, the kernel holds 4 pings; the
+    others pass (fail-open: the queue's fail-open flag) or are dropped (fail-closed)."""
+    with inline_lab(tmp_path, "ifo") as box:
+        box.start_daemon(
+            GATEWAY_RULES, "--queue-maxlen", "4", "--hang-timeout", "30", "--fail-mode", mode
+        )
+        worker = box.status()["worker"]["pid"]
+        subprocess.run(["kill", "-STOP", str(worker)], check=True, timeout=5)
+        try:
+            ping = box.run("client", ["ping", "-c", "12", "-i", "0.05", "-W", "1", SERVER])
+            received = int(ping.stdout.split(" received")[0].rsplit(" ", 1)[-1])
+        finally:
+            subprocess.run(["kill", "-CONT", str(worker)], timeout=5)
+        if mode == "open":
+            assert received >= 6, ping.stdout  # only the 4 held back are late
+        else:
+            assert received == 0, ping.stdout
+            assert box.queue_line()["queue_dropped"] > 0  # type: ignore[index]

@@ -146,8 +146,9 @@ def _decode_ipv4(data: bytes, vlans: tuple[int, ...]) -> Packet | Malformed:
             # fragment; no legitimate sender produces it.
             if proto == PROTO_TCP and fo & 0x1FFF == 1:
                 return M_IPV4_TCP_FRAG_OFFSET_1
-            return Packet(data, 4, src, dst, proto, 0, 0, 0, -1, -1, ttl, tos, -1, total,
-                          FRAG_LATER, vlans)
+            return Packet(
+                data, 4, src, dst, proto, 0, 0, 0, -1, -1, ttl, tos, -1, total, FRAG_LATER, vlans
+            )
         frag = FRAG_FIRST
     if proto == PROTO_TCP:
         # Hot path inlined: saves a call per packet for the commonest case.
@@ -159,8 +160,24 @@ def _decode_ipv4(data: bytes, vlans: tuple[int, ...]) -> Packet | Malformed:
             return M_TCP_BAD_DOFF
         if hl + doff > total:
             return M_IPV4_TINY_FRAGMENT if frag else M_TCP_BAD_DOFF
-        return Packet(data, 4, src, dst, proto, sport, dport, flags, -1, -1, ttl, tos, hl,
-                      hl + doff, frag, vlans)
+        return Packet(
+            data,
+            4,
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            flags,
+            -1,
+            -1,
+            ttl,
+            tos,
+            hl,
+            hl + doff,
+            frag,
+            vlans,
+        )
     return _decode_l4(data, total, hl, 4, src, dst, proto, ttl, tos, frag, vlans)
 
 
@@ -211,8 +228,9 @@ def _decode_ipv6(data: bytes, vlans: tuple[int, ...]) -> Packet | Malformed:
                 nh = data[off]
                 off += 8
                 if fo & 0xFFF8:
-                    return Packet(data, 6, src, dst, nh, 0, 0, 0, -1, -1, hlim, tc, -1, end,
-                                  FRAG_LATER, vlans)
+                    return Packet(
+                        data, 6, src, dst, nh, 0, 0, 0, -1, -1, hlim, tc, -1, end, FRAG_LATER, vlans
+                    )
                 if fo & 1:
                     frag = FRAG_FIRST
                 # else an atomic fragment (RFC 6946): a whole packet, keep walking
@@ -239,8 +257,24 @@ def _decode_ipv6(data: bytes, vlans: tuple[int, ...]) -> Packet | Malformed:
             return M_TCP_BAD_DOFF
         if off + doff > end:
             return M_IPV6_TINY_FRAGMENT if frag else M_TCP_BAD_DOFF
-        return Packet(data, 6, src, dst, nh, sport, dport, flags, -1, -1, hlim, tc, off,
-                      off + doff, frag, vlans)
+        return Packet(
+            data,
+            6,
+            src,
+            dst,
+            nh,
+            sport,
+            dport,
+            flags,
+            -1,
+            -1,
+            hlim,
+            tc,
+            off,
+            off + doff,
+            frag,
+            vlans,
+        )
     if nh == _NO_NEXT:
         return Packet(data, 6, src, dst, nh, 0, 0, 0, -1, -1, hlim, tc, -1, end, frag, vlans)
     return _decode_l4(data, end, off, 6, src, dst, nh, hlim, tc, frag, vlans)
@@ -268,8 +302,24 @@ def _decode_l4(
         # A first fragment holds only part of the datagram the UDP length describes.
         if ulen < 8 or (ulen > avail and not frag):
             return M_UDP_BAD_LENGTH
-        return Packet(data, family, src, dst, proto, sport, dport, 0, -1, -1, ttl, tos, off,
-                      off + 8, frag, vlans)
+        return Packet(
+            data,
+            family,
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            0,
+            -1,
+            -1,
+            ttl,
+            tos,
+            off,
+            off + 8,
+            frag,
+            vlans,
+        )
     if proto in _ICMPS:
         if avail < 4:
             return _tiny(family) if frag else _icmp_truncated(proto)
@@ -285,8 +335,24 @@ def _decode_l4(
                 return _tiny(family) if frag else _icmp_truncated(proto)
             ident = _ICMP_ECHO.unpack_from(data, off)[2]
         # Every ICMP message has an 8-byte header (type, code, checksum, 4 type-specific).
-        return Packet(data, family, src, dst, proto, ident, ident, 0, itype, code, ttl, tos,
-                      off, off + 8 if avail >= 8 else end, frag, vlans)
+        return Packet(
+            data,
+            family,
+            src,
+            dst,
+            proto,
+            ident,
+            ident,
+            0,
+            itype,
+            code,
+            ttl,
+            tos,
+            off,
+            off + 8 if avail >= 8 else end,
+            frag,
+            vlans,
+        )
     if proto in _PORTS_ONLY:
         hlen = 12 if proto == PROTO_SCTP else 8
         if avail < hlen:
@@ -294,11 +360,26 @@ def _decode_l4(
                 return _tiny(family)
             return M_SCTP_TRUNCATED if proto == PROTO_SCTP else M_UDPLITE_TRUNCATED
         sport, dport = _U16x2.unpack_from(data, off)
-        return Packet(data, family, src, dst, proto, sport, dport, 0, -1, -1, ttl, tos, off,
-                      off + hlen, frag, vlans)
+        return Packet(
+            data,
+            family,
+            src,
+            dst,
+            proto,
+            sport,
+            dport,
+            0,
+            -1,
+            -1,
+            ttl,
+            tos,
+            off,
+            off + hlen,
+            frag,
+            vlans,
+        )
     # Unknown to us (GRE, ESP, IPIP, ...): the header starts here; we don't parse it.
-    return Packet(data, family, src, dst, proto, 0, 0, 0, -1, -1, ttl, tos, off, off, frag,
-                  vlans)
+    return Packet(data, family, src, dst, proto, 0, 0, 0, -1, -1, ttl, tos, off, off, frag, vlans)
 
 
 def _tiny(family: int) -> Malformed:

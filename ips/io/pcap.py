@@ -159,9 +159,7 @@ class CaptureReader:
         rest = self._read(20)
         if len(rest) < 20:
             raise self._error(4, "truncated pcap file header")
-        major, _minor, _zone, _sigfigs, _snaplen, network = struct.unpack(
-            endian + "HHiIII", rest
-        )
+        major, _minor, _zone, _sigfigs, _snaplen, network = struct.unpack(endian + "HHiIII", rest)
         if major != 2:
             raise self._error(4, f"unsupported pcap version {major}")
         divisor = 1_000_000 if m == _PCAP_US else 1_000_000_000
@@ -256,9 +254,7 @@ class CaptureReader:
                 if total < 32:
                     raise self._error(start, "packet block too short")
                 if btype == _BT_EPB:
-                    ifid, ts_hi, ts_lo, caplen, origlen = struct.unpack_from(
-                        endian + "IIIII", body
-                    )
+                    ifid, ts_hi, ts_lo, caplen, origlen = struct.unpack_from(endian + "IIIII", body)
                 else:
                     ifid, _drops, ts_hi, ts_lo, caplen, origlen = struct.unpack_from(
                         endian + "HHIIII", body

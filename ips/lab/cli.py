@@ -67,8 +67,10 @@ def up(topology: str | None, prefix: str) -> None:
         _fail("up", "topology NOT brought up")
     except (netns.LabError, OSError) as exc:
         _fail("up", exc)
-    click.echo(f"lab {built.topology.name} up from {path} "
-               f"(prefix {prefix}, {time.monotonic() - started:.1f} s)")
+    click.echo(
+        f"lab {built.topology.name} up from {path} "
+        f"(prefix {prefix}, {time.monotonic() - started:.1f} s)"
+    )
     click.echo(_describe(built.topology, prefix))
     first = next(iter(built.topology.nodes))
     click.echo(f"\nrun:     ipsctl lab exec{_prefix_arg(prefix)} {first} -- ip addr")
@@ -89,12 +91,17 @@ def down(prefix: str) -> None:
         click.echo(f"no lab with prefix '{prefix}' is up; nothing to do")
         return
     pids = ", ".join(str(p) for p in report.services)
-    click.echo(f"lab {prefix} removed: {len(report.namespaces)} namespaces"
-               + (f", services stopped (pid {pids})" if pids else ""))
+    click.echo(
+        f"lab {prefix} removed: {len(report.namespaces)} namespaces"
+        + (f", services stopped (pid {pids})" if pids else "")
+    )
     for ns, others in report.lingering.items():
-        click.echo(f"  note: processes still running in {ns} (pid "
-                   f"{', '.join(map(str, others))}); it is gone from /run/netns and "
-                   "disappears when they end", err=True)
+        click.echo(
+            f"  note: processes still running in {ns} (pid "
+            f"{', '.join(map(str, others))}); it is gone from /run/netns and "
+            "disappears when they end",
+            err=True,
+        )
 
 
 # Options may stand before or after NODE; `--` ends them, so COMMAND's own options (-h too)
@@ -153,14 +160,16 @@ def list_(as_json: bool) -> None:
     for info in labs:
         age = time.time() - info.created
         where = info.topology_path or "?"
-        click.echo(f"lab {info.name}  prefix {info.prefix}  {info.status}  "
-                   f"({where}, up {_age(age)})")
+        click.echo(
+            f"lab {info.name}  prefix {info.prefix}  {info.status}  ({where}, up {_age(age)})"
+        )
         width = max((len(n) for n in info.nodes), default=0)
         for node, addrs in info.nodes.items():
             ns = info.prefix + node
             missing = "" if info.namespaces.get(ns, False) else "  (namespace missing)"
-            click.echo(f"  {node:<{width}}  {ns:<{width + len(info.prefix)}}  "
-                       f"{' '.join(addrs)}{missing}")
+            click.echo(
+                f"  {node:<{width}}  {ns:<{width + len(info.prefix)}}  {' '.join(addrs)}{missing}"
+            )
         for pid, alive in info.services.items():
             click.echo(f"  services pid {pid} {'running' if alive else 'NOT running'}")
 
@@ -173,8 +182,9 @@ def _describe(topo: Topology, prefix: str) -> str:
         for iface in node.interfaces:
             addrs = [str(a) for a in iface.addresses] + list(iface.extra_spec)
             parts.append(f"{iface.name} ({iface.segment}) {' '.join(addrs)}")
-        line = f"  {node.name:<{width}}  {prefix + node.name:<{width + len(prefix)}}  " \
-               + "; ".join(parts)
+        line = f"  {node.name:<{width}}  {prefix + node.name:<{width + len(prefix)}}  " + "; ".join(
+            parts
+        )
         if node.forwarding:
             line += "  [forwarding]"
         if node.services:

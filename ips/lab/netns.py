@@ -123,8 +123,10 @@ def state_path(prefix: str) -> Path:
 
 def check_prefix(prefix: str) -> None:
     if not PREFIX_RE.match(prefix):
-        raise LabError(f"bad lab prefix '{prefix}': 1-20 characters of letters, digits, "
-                       "'-', '_' or '.', not starting with a punctuation mark")
+        raise LabError(
+            f"bad lab prefix '{prefix}': 1-20 characters of letters, digits, "
+            "'-', '_' or '.', not starting with a punctuation mark"
+        )
 
 
 def require_root(what: str = "building a lab") -> None:
@@ -143,11 +145,15 @@ def up(topology: Topology | str | Path, prefix: str = DEFAULT_PREFIX) -> Lab:
     names = [prefix + SWITCH, *(prefix + n for n in topo.nodes)]
     taken = [n for n in names if (NETNS_DIR / n).exists()]
     if state_path(prefix).exists():
-        raise LabError(f"a lab with prefix '{prefix}' is already up (or half-built); "
-                       f"remove it with `ipsctl lab down --prefix {prefix}`")
+        raise LabError(
+            f"a lab with prefix '{prefix}' is already up (or half-built); "
+            f"remove it with `ipsctl lab down --prefix {prefix}`"
+        )
     if taken:
-        raise LabError(f"namespace {', '.join(taken)} already exists; choose another "
-                       "--prefix (this lab will not touch a namespace it did not create)")
+        raise LabError(
+            f"namespace {', '.join(taken)} already exists; choose another "
+            "--prefix (this lab will not touch a namespace it did not create)"
+        )
 
     state: dict[str, Any] = {
         "version": 1,
@@ -211,8 +217,11 @@ def down_report(prefix: str = DEFAULT_PREFIX) -> DownReport:
         if _stop_service(ServiceProc(**svc)):
             report.services.append(int(svc["pid"]))
     # Node namespaces first, the switch last; only names recorded AND carrying the prefix.
-    recorded = [n for n in state.get("namespaces", []) if isinstance(n, str)
-                and n.startswith(prefix) and "/" not in n]
+    recorded = [
+        n
+        for n in state.get("namespaces", [])
+        if isinstance(n, str) and n.startswith(prefix) and "/" not in n
+    ]
     switch = prefix + SWITCH
     for name in sorted(recorded, key=lambda n: n == switch):
         if not (NETNS_DIR / name).exists():
@@ -287,9 +296,18 @@ def list_labs() -> list[LabInfo]:
         status = state.get("status", "building")
         if status == "up" and not (all(namespaces.values()) and all(services.values())):
             status = "broken"
-        out.append(LabInfo(state.get("prefix", path.stem), state.get("name", "?"), status,
-                           state.get("topology_path"), state.get("created", 0.0), nodes,
-                           namespaces, services))
+        out.append(
+            LabInfo(
+                state.get("prefix", path.stem),
+                state.get("name", "?"),
+                status,
+                state.get("topology_path"),
+                state.get("created", 0.0),
+                nodes,
+                namespaces,
+                services,
+            )
+        )
     return sorted(out, key=lambda i: i.created)
 
 
@@ -322,8 +340,12 @@ def _build(topo: Topology, prefix: str, state: dict[str, Any]) -> None:
         for node in topo.nodes.values():
             for iface in node.interfaces:
                 port = _port_name(node.name, iface.name, used)
-                sw.link("add", ifname=port, kind="veth",
-                        peer={"ifname": iface.name, "net_ns_fd": prefix + node.name})
+                sw.link(
+                    "add",
+                    ifname=port,
+                    kind="veth",
+                    peer={"ifname": iface.name, "net_ns_fd": prefix + node.name},
+                )
                 idx = sw.link_lookup(ifname=port)[0]
                 sw.link("set", index=idx, master=bridges[iface.segment], state="up")
 
@@ -446,7 +468,10 @@ def _start_services(topo: Topology, prefix: str, state: dict[str, Any]) -> list[
         with open(log, "wb") as err:
             proc = subprocess.Popen(
                 netns_argv(prefix + node.name, _services_argv(node)),
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                env=env,
                 start_new_session=True,  # not killed with the terminal that ran `lab up`
             )
         # `ip netns exec` execs the command: this PID is the services process itself.
@@ -481,8 +506,9 @@ def _wait_ready(proc: subprocess.Popen, node: str, log: Path) -> None:
         # The last line of its stderr is the reason (a traceback's or argparse's last word).
         lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
         tail = lines[-1][-300:] if lines else ""
-        raise LabError(f"services on {node} did not start"
-                       + (f": {tail}" if tail else " (no output)"))
+        raise LabError(
+            f"services on {node} did not start" + (f": {tail}" if tail else " (no output)")
+        )
 
 
 def _starttime(pid: int) -> int | None:
@@ -562,15 +588,20 @@ def _topology_doc(topo: Topology) -> dict[str, Any]:
     for node in topo.nodes.values():
         doc: dict[str, Any] = {
             "interfaces": [
-                {"name": i.name, "segment": i.segment,
-                 "addresses": [str(a) for a in i.addresses],
-                 **({"extra_addresses": list(i.extra_spec)} if i.extra_spec else {})}
+                {
+                    "name": i.name,
+                    "segment": i.segment,
+                    "addresses": [str(a) for a in i.addresses],
+                    **({"extra_addresses": list(i.extra_spec)} if i.extra_spec else {}),
+                }
                 for i in node.interfaces
             ],
         }
         if node.routes:
-            doc["routes"] = [{"to": "default" if r.is_default else str(r.to), "via": str(r.via)}
-                             for r in node.routes]
+            doc["routes"] = [
+                {"to": "default" if r.is_default else str(r.to), "via": str(r.via)}
+                for r in node.routes
+            ]
         if node.forwarding:
             doc["forwarding"] = True
         if node.sysctls:
@@ -585,5 +616,6 @@ def _check_node(topo: Topology, node: str) -> None:
     if node not in topo.nodes:
         close = difflib.get_close_matches(node, list(topo.nodes), n=1, cutoff=0.5)
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise LabError(f"no node '{node}' in lab '{topo.name}' (nodes: "
-                       f"{', '.join(topo.nodes)}){hint}")
+        raise LabError(
+            f"no node '{node}' in lab '{topo.name}' (nodes: {', '.join(topo.nodes)}){hint}"
+        )

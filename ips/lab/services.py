@@ -157,21 +157,27 @@ def _ports(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m ips.lab.services", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m ips.lab.services",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--http", type=_ports, default=[], metavar="PORTS", help="e.g. 80,8080")
     ap.add_argument("--tcp-echo", type=_ports, default=[], metavar="PORTS")
     ap.add_argument("--udp-echo", type=_ports, default=[], metavar="PORTS")
-    ap.add_argument("--max-clients", type=int, default=64,
-                    help="concurrent TCP connections per server (default 64)")
+    ap.add_argument(
+        "--max-clients",
+        type=int,
+        default=64,
+        help="concurrent TCP connections per server (default 64)",
+    )
     ap.add_argument("--verbose", action="store_true", help="log each HTTP request to stderr")
     args = ap.parse_args(argv)
 
     servers: list[socketserver.BaseServer] = []
     try:
         for port in args.http:
-            srv: socketserver.BaseServer = HTTPServer((ANY, port),
-                                                      http_handler(port, args.verbose))
+            srv: socketserver.BaseServer = HTTPServer((ANY, port), http_handler(port, args.verbose))
             srv.slots = threading.BoundedSemaphore(args.max_clients)  # type: ignore[attr-defined]
             servers.append(srv)
         for port in args.tcp_echo:
@@ -194,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2},
-                                daemon=True) for s in servers]
+    threads = [
+        threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+        for s in servers
+    ]
     for t in threads:
         t.start()
 

@@ -255,8 +255,11 @@ class _Checker:
             self.error(key, f"{what} must be a non-empty string, not {_kind(value)}")
             return False
         if not pattern.match(value):
-            self.error(key, f"{what} '{value}' may only use letters, digits, '-' and '_'"
-                       + (" (lower case)" if pattern is NAME_RE else ""))
+            self.error(
+                key,
+                f"{what} '{value}' may only use letters, digits, '-' and '_'"
+                + (" (lower case)" if pattern is NAME_RE else ""),
+            )
             return False
         if len(value) > max_len:
             self.error(key, f"{what} '{value}' is longer than {max_len} characters")
@@ -282,8 +285,9 @@ class _Checker:
         nodes: dict[str, Node] = {}
         raw_nodes = doc.get("nodes")
         if "nodes" in doc and not isinstance(raw_nodes, dict):
-            self.error(("nodes",), f"nodes must be a mapping of node name to node, "
-                       f"not {_kind(raw_nodes)}")
+            self.error(
+                ("nodes",), f"nodes must be a mapping of node name to node, not {_kind(raw_nodes)}"
+            )
         elif isinstance(raw_nodes, dict):
             if not raw_nodes:
                 self.error(("nodes",), "no nodes")
@@ -327,14 +331,17 @@ class _Checker:
         if "interfaces" not in doc:
             self.error(key, f"node '{name}' has no 'interfaces'")
         interfaces: list[Interface] = []
-        for i, raw_if in enumerate(self.seq(doc.get("interfaces"), (*key, "interfaces"),
-                                            "interfaces") or []):
+        for i, raw_if in enumerate(
+            self.seq(doc.get("interfaces"), (*key, "interfaces"), "interfaces") or []
+        ):
             iface = self.interface(raw_if, (*key, "interfaces", i), segments)
             if iface is None:
                 continue
             if any(x.name == iface.name for x in interfaces):
-                self.error((*key, "interfaces", i, "name"),
-                           f"interface '{iface.name}' is defined twice on node '{name}'")
+                self.error(
+                    (*key, "interfaces", i, "name"),
+                    f"interface '{iface.name}' is defined twice on node '{name}'",
+                )
                 continue
             interfaces.append(iface)
         if "interfaces" in doc and not interfaces and len(self.problems) == start:
@@ -351,25 +358,33 @@ class _Checker:
 
         forwarding = doc.get("forwarding", False)
         if not isinstance(forwarding, bool):
-            self.error((*key, "forwarding"), f"forwarding must be true or false, "
-                       f"not {_kind(forwarding)}")
+            self.error(
+                (*key, "forwarding"), f"forwarding must be true or false, not {_kind(forwarding)}"
+            )
             forwarding = False
 
         sysctls: dict[str, str] = {}
         raw_sys = doc.get("sysctls") or {}
         if not isinstance(raw_sys, dict):
-            self.error((*key, "sysctls"), f"sysctls must be a mapping (key: value), "
-                       f"not {_kind(raw_sys)}")
+            self.error(
+                (*key, "sysctls"), f"sysctls must be a mapping (key: value), not {_kind(raw_sys)}"
+            )
         else:
             for k, v in raw_sys.items():
                 skey = (*key, "sysctls", str(k))
-                if not isinstance(k, str) or not re.match(r"^[A-Za-z0-9_.\-/]+$", k) \
-                        or ".." in k or k.startswith(("/", ".")):
+                if (
+                    not isinstance(k, str)
+                    or not re.match(r"^[A-Za-z0-9_.\-/]+$", k)
+                    or ".." in k
+                    or k.startswith(("/", "."))
+                ):
                     self.error(skey, f"'{k}' is not a sysctl name (like net.ipv4.ip_forward)")
                 elif not k.startswith("net."):
                     # Only net.* is per network namespace: anything else would change the host.
-                    self.error(skey, f"'{k}' is not a net.* sysctl; only those belong to a "
-                               "network namespace")
+                    self.error(
+                        skey,
+                        f"'{k}' is not a net.* sysctl; only those belong to a network namespace",
+                    )
                 elif isinstance(v, bool):
                     sysctls[k] = "1" if v else "0"
                 elif isinstance(v, int | str) and str(v).strip():
@@ -378,15 +393,18 @@ class _Checker:
                     self.error(skey, f"sysctl value must be a number or a string, not {_kind(v)}")
 
         services: list[Service] = []
-        for i, raw_s in enumerate(self.seq(doc.get("services"), (*key, "services"),
-                                           "services") or []):
+        for i, raw_s in enumerate(
+            self.seq(doc.get("services"), (*key, "services"), "services") or []
+        ):
             svc = self.service(raw_s, (*key, "services", i))
             if svc is None:
                 continue
             clash = next((s for s in services if s.proto == svc.proto and s.port == svc.port), None)
             if clash is not None:
-                self.error((*key, "services", i, "port"),
-                           f"{svc.proto} port {svc.port} is already used by {clash.kind}")
+                self.error(
+                    (*key, "services", i, "port"),
+                    f"{svc.proto} port {svc.port} is already used by {clash.kind}",
+                )
                 continue
             services.append(svc)
         if len(self.problems) > start:
@@ -402,17 +420,23 @@ class _Checker:
             if required not in doc:
                 self.error(key, f"an interface needs '{required}'")
         name = doc.get("name")
-        if "name" in doc and self.name(name, (*key, "name"), "interface name", IFNAMSIZ,
-                                       IFNAME_RE) and name == "lo":
+        if (
+            "name" in doc
+            and self.name(name, (*key, "name"), "interface name", IFNAMSIZ, IFNAME_RE)
+            and name == "lo"
+        ):
             self.error((*key, "name"), "'lo' is the loopback interface; it is always there")
         seg = doc.get("segment")
         if "segment" in doc and seg not in segments:
-            self.error((*key, "segment"),
-                       f"unknown segment '{seg}'{did_you_mean(str(seg), segments)}"
-                       + ("" if segments else " (no segments are declared)"))
+            self.error(
+                (*key, "segment"),
+                f"unknown segment '{seg}'{did_you_mean(str(seg), segments)}"
+                + ("" if segments else " (no segments are declared)"),
+            )
         addrs: list[IPInterface] = []
-        for i, raw_a in enumerate(self.seq(doc.get("addresses"), (*key, "addresses"),
-                                           "addresses") or []):
+        for i, raw_a in enumerate(
+            self.seq(doc.get("addresses"), (*key, "addresses"), "addresses") or []
+        ):
             addr = self.cidr(raw_a, (*key, "addresses", i))
             if addr is not None:
                 addrs.append(addr)
@@ -420,29 +444,40 @@ class _Checker:
         spec: list[str] = []
         raw_extra = doc.get("extra_addresses")
         items = [raw_extra] if isinstance(raw_extra, str) else raw_extra
-        for i, raw_x in enumerate(self.seq(items, (*key, "extra_addresses"),
-                                           "extra_addresses") or []):
-            xkey = (*key, "extra_addresses") if isinstance(raw_extra, str) \
+        for i, raw_x in enumerate(
+            self.seq(items, (*key, "extra_addresses"), "extra_addresses") or []
+        ):
+            xkey = (
+                (*key, "extra_addresses")
+                if isinstance(raw_extra, str)
                 else (*key, "extra_addresses", i)
+            )
             got = self.address_range(raw_x, xkey)
             if got is not None:
                 extra.extend(got)
                 spec.append(str(raw_x))
         if len(extra) > MAX_EXTRA:
-            self.error((*key, "extra_addresses"),
-                       f"{len(extra)} extra addresses; at most {MAX_EXTRA}")
+            self.error(
+                (*key, "extra_addresses"), f"{len(extra)} extra addresses; at most {MAX_EXTRA}"
+            )
         if len(self.problems) > start:
             return None
         return Interface(str(name), str(seg), tuple(addrs), tuple(extra), tuple(spec))
 
     def cidr(self, raw: Any, key: Key) -> IPInterface | None:
         if not isinstance(raw, str):
-            self.error(key, f"expected an address with prefix length like 10.0.0.1/24, "
-                       f"not {_kind(raw)}{_ipv6_hint(raw)}")
+            self.error(
+                key,
+                f"expected an address with prefix length like 10.0.0.1/24, "
+                f"not {_kind(raw)}{_ipv6_hint(raw)}",
+            )
             return None
         if "/" not in raw:
-            self.error(key, f"'{raw}' needs a prefix length (like {raw}/24 or {raw}/64); "
-                       "use extra_addresses for single host addresses")
+            self.error(
+                key,
+                f"'{raw}' needs a prefix length (like {raw}/24 or {raw}/64); "
+                "use extra_addresses for single host addresses",
+            )
             return None
         try:
             return ipaddress.ip_interface(raw)
@@ -462,8 +497,10 @@ class _Checker:
 
     def address_range(self, raw: Any, key: Key) -> list[IPAddress] | None:
         if not isinstance(raw, str):
-            self.error(key, f"expected an address or a range 'first-last', "
-                       f"not {_kind(raw)}{_ipv6_hint(raw)}")
+            self.error(
+                key,
+                f"expected an address or a range 'first-last', not {_kind(raw)}{_ipv6_hint(raw)}",
+            )
             return None
         first_s, sep, last_s = raw.partition("-")
         first = self.address(first_s, key)
@@ -477,8 +514,10 @@ class _Checker:
             self.error(key, f"range '{raw}' ends before it starts")
             return None
         if int(last) - int(first) >= MAX_EXTRA:
-            self.error(key, f"range '{raw}' has {int(last) - int(first) + 1} addresses; "
-                       f"at most {MAX_EXTRA}")
+            self.error(
+                key,
+                f"range '{raw}' has {int(last) - int(first) + 1} addresses; at most {MAX_EXTRA}",
+            )
             return None
         cls = type(first)
         return [cls(n) for n in range(int(first), int(last) + 1)]
@@ -506,13 +545,13 @@ class _Checker:
             self.error((*key, "to"), f"expected 'default' or a network, not {_kind(to_raw)}")
             return None
         if to.version != via.version:
-            self.error((*key, "via"), f"gateway {via} is IPv{via.version} but {to} is "
-                       f"IPv{to.version}")
+            self.error(
+                (*key, "via"), f"gateway {via} is IPv{via.version} but {to} is IPv{to.version}"
+            )
             return None
         # The kernel refuses a gateway it cannot reach directly; say so here, by name.
         if not any(via in a.network for i in interfaces for a in i.addresses):
-            self.error((*key, "via"), f"gateway {via} is not on a subnet of this node's "
-                       "interfaces")
+            self.error((*key, "via"), f"gateway {via} is not on a subnet of this node's interfaces")
             return None
         return Route(to, via)
 
@@ -523,9 +562,12 @@ class _Checker:
         kind, port = doc.get("kind"), doc.get("port")
         ok = True
         if kind not in SERVICE_KINDS:
-            self.error((*key, "kind"), f"unknown service kind '{kind}'"
-                       f"{did_you_mean(str(kind), SERVICE_KINDS)} "
-                       f"(one of: {', '.join(SERVICE_KINDS)})")
+            self.error(
+                (*key, "kind"),
+                f"unknown service kind '{kind}'"
+                f"{did_you_mean(str(kind), SERVICE_KINDS)} "
+                f"(one of: {', '.join(SERVICE_KINDS)})",
+            )
             ok = False
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             self.error((*key, "port"), f"port must be a number 1-65535, not {port!r}")
@@ -538,11 +580,19 @@ class _Checker:
         for node in nodes.values():
             for i, iface in enumerate(node.interfaces):
                 for j, addr in enumerate(iface.addresses):
-                    self._claim(seen, addr.ip, node.name, ("nodes", node.name, "interfaces",
-                                                            i, "addresses", j))
+                    self._claim(
+                        seen,
+                        addr.ip,
+                        node.name,
+                        ("nodes", node.name, "interfaces", i, "addresses", j),
+                    )
                 for addr in iface.extra_addresses:
-                    self._claim(seen, addr, node.name, ("nodes", node.name, "interfaces", i,
-                                                         "extra_addresses"))
+                    self._claim(
+                        seen,
+                        addr,
+                        node.name,
+                        ("nodes", node.name, "interfaces", i, "extra_addresses"),
+                    )
 
     def _claim(self, seen: dict[IPAddress, str], addr: IPAddress, node: str, key: Key) -> None:
         if addr in seen:
@@ -570,5 +620,6 @@ def _kind(value: Any) -> str:
 
 def _ipv6_hint(value: Any) -> str:
     # YAML 1.1 reads an unquoted 1:2:3 as a base-60 number: a short IPv6 address can vanish so.
-    return "; quote IPv6 addresses" if isinstance(value, int) and not isinstance(value, bool) \
-        else ""
+    return (
+        "; quote IPv6 addresses" if isinstance(value, int) and not isinstance(value, bool) else ""
+    )

@@ -19,8 +19,12 @@ PROTO_LABELS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 132: "SCTP", 47
 
 
 # Suricata's flow.reason words for ours.
-EVE_END_REASONS = {"timeout": "timeout", "evicted": "forced", "reused": "forced",
-                   "shutdown": "shutdown"}
+EVE_END_REASONS = {
+    "timeout": "timeout",
+    "evicted": "forced",
+    "reused": "forced",
+    "shutdown": "shutdown",
+}
 
 
 def eve_timestamp(t: float) -> str:
