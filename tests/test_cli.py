@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import json
-import os
 import re
 import subprocess
 import sys
@@ -396,16 +395,6 @@ def _readme_counts() -> dict[str, int]:
             if m:
                 counts[m.group(1)] = int(m.group(2))
     return counts
-
-
-@pytest.fixture(scope="module")
-def pcaps_dir() -> Path:
-    if not PCAPS.is_dir():
-        msg = f"shared captures not found at {PCAPS}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return PCAPS
 
 
 def check_eve(path: Path, report: dict, *, monotonic: bool = True) -> list[dict]:

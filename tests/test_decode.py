@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import struct
 from collections import Counter
 from pathlib import Path
@@ -399,16 +398,6 @@ def _pcap_files() -> list[str]:
     if not PCAPS.is_dir():
         return []
     return sorted(p.name for p in PCAPS.iterdir() if p.suffix in (".pcap", ".pcapng"))
-
-
-@pytest.fixture(scope="module")
-def pcaps_dir() -> Path:
-    if not PCAPS.is_dir():
-        msg = f"shared captures not found at {PCAPS}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return PCAPS
 
 
 def _decode_file(path: Path) -> list[Packet | Malformed | None]:

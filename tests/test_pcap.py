@@ -4,7 +4,6 @@ every shared capture."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import struct
 from pathlib import Path
@@ -317,16 +316,6 @@ def _captures() -> list[str]:
     if not PCAPS.is_dir():
         return ["<missing>"]
     return sorted(p.name for p in PCAPS.iterdir() if p.suffix in (".pcap", ".pcapng"))
-
-
-@pytest.fixture(scope="module")
-def pcaps_dir() -> Path:
-    if not PCAPS.is_dir():
-        msg = f"shared captures not found at {PCAPS}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return PCAPS
 
 
 def test_readme_lists_every_capture(pcaps_dir: Path) -> None:
