@@ -11,6 +11,18 @@
 A worker is a process so that a hung one can be killed. If the supervisor dies, the worker
 sees its pipe close and exits; the kernel then applies the queue's bypass setting (fail-open
 or fail-closed) until a new daemon starts, which first removes what the old one left.
+
+Blocks (the members of the `banned_v4`/`banned_v6` sets, dropped by the first rules of our
+chains) are the kernel's: the worker writes its engine's Block effects there, the supervisor
+writes `ipsctl blocks add/del/flush` there (and tells the worker's engine), and a starting
+worker adopts what the kernel holds. Across a restart:
+  killed (SIGKILL, crash)  the table stays: fast path and blocks keep dropping, blocks expire
+                           by their kernel timeouts; the next start applies over the table
+                           (sets kept) and its worker adopts them.
+  stopped (SIGTERM)        the table is removed — nothing of ipsctl filters while it is
+                           stopped — after the blocks were saved to the state file (next to
+                           the socket by default); the next start puts back those with time
+                           left (their timeouts keep running while stopped) and removes the file.
 """
 
 from __future__ import annotations
@@ -18,14 +30,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import grp
+import inspect
+import ipaddress
+import itertools
 import json
 import multiprocessing as mp
 import os
 import signal
 import socket
 import struct
+import sys
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -33,15 +50,26 @@ from typing import Any
 
 from ips.engine import Engine
 from ips.kernel.diversion import Diversion
+from ips.kernel.nft import KernelError
 from ips.kernel.probe import read_queue_stats
+from ips.kernel.ruleset import (
+    BLOCK_TABLE,
+    DEFAULT_BLOCK_TIMEOUT,
+    block_comment,
+    block_table_spec,
+    parse_block_comment,
+)
 from ips.policy.diagnostics import PolicyError
 from ips.policy.model import Policy
 from ips.policy.resolve import load_policy_collecting, load_policy_sources
 
 DEFAULT_SOCKET = "/run/ipsctl/ipsctl.sock"
 SOCKET_GROUP = "ipsctl"  # members may read status (read-only views)
+STATE_FILE = "blocks.json"  # blocks saved by a clean stop, next to the control socket
 TICK_EVERY = 1.0
 HEARTBEAT_EVERY = 0.25
+READ_ONLY_OPS = frozenset({"status", "blocks_list"})  # the rest needs root (SO_PEERCRED)
+MANUAL = "manual"  # the detector name of blocks made with `ipsctl blocks add`
 
 
 @dataclass
@@ -55,6 +83,39 @@ class DaemonConfig:
     hang_timeout: float = 5.0  # a worker silent this long is hung
     queue_maxlen: int = 4096  # packets the kernel holds for the worker; beyond: fail mode
     max_flows: int = 262_144
+    never_block: tuple[str, ...] = ()  # CIDRs detectors never block (+ the host's addresses)
+    state_path: str | None = None  # where a clean stop saves blocks (None: next to the socket)
+
+    @property
+    def state_file(self) -> str:
+        return self.state_path or str(Path(self.socket_path).parent / STATE_FILE)
+
+
+def own_addresses() -> list[str]:
+    """Every address on this network namespace's interfaces, as host CIDRs (a detector must
+    never block the gateway itself). Empty when they cannot be read."""
+    try:
+        from pyroute2 import IPRoute
+
+        found: list[str] = []
+        with IPRoute() as ipr:
+            for msg in ipr.get_addr():
+                addr = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+                if not addr:
+                    continue
+                ip = ipaddress.ip_address(str(addr).split("%", 1)[0])
+                found.append(f"{ip}/{ip.max_prefixlen}")
+        return list(dict.fromkeys(found))
+    except Exception as exc:  # no netlink (unlikely as root): detectors still get --never-block
+        print(f"ipsctl: cannot read this host's addresses: {exc}", file=sys.stderr)
+        return []
+
+
+def make_engine(policy: Any, max_flows: int, never_block: Iterable[str]) -> Engine:
+    """An Engine, with never_block when this engine version takes it."""
+    if "never_block" in inspect.signature(Engine).parameters:
+        return Engine(policy, max_flows=max_flows, never_block=tuple(never_block))  # type: ignore[call-arg]
+    return Engine(policy, max_flows=max_flows)
 
 
 # ---- the worker ---------------------------------------------------------------------------------
@@ -83,9 +144,11 @@ def worker_main(
     eve_path: str | None,
     max_flows: int,
     queue_maxlen: int,
+    never_block: tuple[str, ...] = (),
 ) -> None:
     """Entry point of a worker process (forked)."""
     from ips.io.nfqueue import QueueWorker, wait_readable
+    from ips.kernel.blocks import KernelBlocks, adopt_blocks
     from ips.sinks.eve import EveWriter
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -95,18 +158,30 @@ def worker_main(
         inherited.close()
     eve_file = open(eve_path, "a", buffering=1, encoding="utf-8") if eve_path else None  # noqa: SIM115
     eve = EveWriter(eve_file) if eve_file else None
-    engine = Engine(load_policy_sources(main, sources), max_flows=max_flows)
+    engine = make_engine(load_policy_sources(main, sources), max_flows, never_block)
+    blocks = KernelBlocks()  # its libnftables context is made here, in the worker
+
+    def beat() -> None:
+        heartbeat.value = time.monotonic()
+
     worker = QueueWorker(
         queue, engine, fail_open=fail_open, max_len=queue_maxlen,
-        on_events=eve.events if eve else None,
+        on_events=eve.events if eve else None, blocks=blocks, on_busy=beat,
     )  # fmt: skip
+    # The kernel's blocks (left by the previous worker or daemon, or restored from the state
+    # file) become the engine's, before the first packet.
+    try:
+        adopted = adopt_blocks(engine, blocks.nft.elements(BLOCK_TABLE), time.time())
+    except Exception as exc:  # the kernel still drops them; only the engine does not know
+        blocks._error(f"adopting the kernel's blocks: {exc}")
+        adopted = 0
     fd = worker.bind()
     control = conn.fileno()
     next_tick = time.time() + TICK_EVERY
-    conn.send({"op": "ready", "pid": os.getpid()})
+    conn.send({"op": "ready", "pid": os.getpid(), "adopted": adopted})
     try:
         while True:
-            heartbeat.value = time.monotonic()
+            beat()
             ready = wait_readable([fd, control], HEARTBEAT_EVERY)
             if fd in ready:
                 worker.process_pending()
@@ -115,15 +190,20 @@ def worker_main(
                     msg = conn.recv()
                 except (EOFError, OSError):
                     return  # the supervisor is gone: leave the queue to its bypass setting
-                reply = _worker_command(msg, engine, worker)
+                try:
+                    reply = _worker_command(msg, engine, worker, adopted)
+                except Exception as exc:  # answer, never die of a request
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 if reply is None:
                     return
+                if "id" in msg:
+                    reply["id"] = msg["id"]
                 conn.send(reply)
             now = time.time()
             if now >= next_tick:
                 events = engine.tick(now)
-                if eve and events:
-                    eve.events(events)
+                if events:
+                    worker.effects(events)  # expiry counted; eve
                 next_tick = now + TICK_EVERY
     finally:
         worker.unbind()
@@ -131,7 +211,9 @@ def worker_main(
             eve_file.close()
 
 
-def _worker_command(msg: dict[str, Any], engine: Engine, worker: Any) -> dict[str, Any] | None:
+def _worker_command(
+    msg: dict[str, Any], engine: Engine, worker: Any, adopted: int = 0
+) -> dict[str, Any] | None:
     op = msg.get("op")
     if op == "load":
         engine.load(load_policy_sources(msg["main"], msg["sources"]))
@@ -152,10 +234,122 @@ def _worker_command(msg: dict[str, Any], engine: Engine, worker: Any) -> dict[st
             "replies_failed": worker.replies.failed,
             "digest": engine.policy.digest,
             "rules": [_rule_hits(r) for r in engine.policy.rules],
+            "blocks": {
+                **(worker.blocks.stats() if worker.blocks is not None else {}),
+                "engine": _engine_blocks(engine),
+                "adopted": adopted,
+            },
+            "detectors": detector_stats(engine),
         }
+    if op in ("block", "unblock", "unblock_all"):
+        return _manual(op, msg, engine, worker)
     if op == "stop":
         return None
     return {"ok": False, "error": f"unknown op {op!r}"}
+
+
+def _manual(op: str, msg: dict[str, Any], engine: Engine, worker: Any) -> dict[str, Any]:
+    """A manual block / unblock the supervisor already wrote to the kernel: the engine is told
+    (engine.block / engine.unblock) and the effect it returns goes to the EVE log. Not to the
+    kernel again: the supervisor did that, also when this worker was busy or hung."""
+    now = float(msg.get("time") or time.time())
+    reason = str(msg.get("reason") or MANUAL)
+    effects: list[object] = []
+    if op == "block":
+        addr = ipaddress.ip_address(msg["addr"]).packed
+        fn = getattr(engine, "block", None)
+        effect = fn(addr, now, msg.get("ttl"), reason=reason) if fn is not None else None
+        if effect is None and msg.get("force"):
+            effect = _forced_block(addr, msg.get("ttl"), reason, now)
+        if effect is not None:
+            effects.append(effect)
+    else:
+        fn = getattr(engine, "unblock", None)
+        if op == "unblock":
+            addrs = [ipaddress.ip_address(msg["addr"]).packed]
+        else:
+            table = engine.tables.get(BLOCK_TABLE)
+            addrs = list(table.members) if table is not None else []
+        for addr in addrs:
+            effect = fn(addr, now, reason=reason) if fn is not None else None
+            if effect is not None:
+                effects.append(effect)
+    if effects and worker.on_events is not None:
+        worker.on_events(effects)
+    reply: dict[str, Any] = {"ok": True, "engine": bool(effects), "count": len(effects)}
+    if op == "block" and effects:
+        b = effects[0]
+        reply.update(detector=getattr(b, "detector", MANUAL), offense=getattr(b, "offense", 0))
+    return reply
+
+
+def _forced_block(addr: bytes, ttl: float | None, reason: str, now: float) -> object | None:
+    """The Block record of a `blocks add --force` the engine refused (a never-block address):
+    the kernel has it, so the EVE log says so too."""
+    try:
+        from ips.core.events import Block  # type: ignore[attr-defined]
+
+        return Block(addr, table=BLOCK_TABLE, ttl=ttl or 0.0, detector=MANUAL, offense=0,
+                     reason=reason, time=now)  # fmt: skip
+    except (ImportError, TypeError):  # an engine without blocks: the EVE log has no record
+        return None
+
+
+def _engine_blocks(engine: Engine) -> int | None:
+    """Members of the engine's block table (its mirror of the kernel set)."""
+    table = getattr(engine, "tables", {}).get(BLOCK_TABLE)
+    return len(table.members) if table is not None else None
+
+
+def detector_stats(engine: Any) -> dict[str, Any]:
+    """Per-detector counters, read defensively from whatever the engine exposes: a mapping
+    (engine.detector_stats / engine.stats.detectors, maybe a method), or a list of detector
+    objects with a name and counters."""
+    stats = getattr(engine, "stats", None)
+    alerts = getattr(stats, "detector_alerts", None)
+    drops = getattr(stats, "detector_drops", None)
+    if isinstance(alerts, dict) or isinstance(drops, dict):  # the engine's EngineStats
+        names = set(alerts or {}) | set(drops or {})
+        names |= set(getattr(getattr(engine.policy, "policy", None), "detectors", None) or ())
+        return {
+            name: {"alerts": int((alerts or {}).get(name, 0)),
+                   "drops": int((drops or {}).get(name, 0))}
+            for name in sorted(names)
+        }  # fmt: skip
+    places = ((engine, "detector_stats"), (engine.stats, "detectors"),
+              (engine, "detector_counts"), (engine.stats, "detector_alerts"))  # fmt: skip
+    for holder, attr in places:
+        value = getattr(holder, attr, None)
+        if callable(value):
+            try:
+                value = value()
+            except Exception:
+                continue
+        if isinstance(value, dict):
+            return {str(k): _plain(v) for k, v in value.items()}
+    out: dict[str, Any] = {}
+    for det in getattr(engine, "detectors", None) or []:
+        name = getattr(det, "name", type(det).__name__)
+        counters = {k: v for k in ("alerts", "blocks", "fired", "limited", "observed")
+                    if isinstance(v := getattr(det, k, None), int)}  # fmt: skip
+        out[str(name)] = counters
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """Something json can write (counters may be Counters, dataclasses, objects)."""
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if hasattr(value, "__slots__") or hasattr(value, "__dict__"):
+        names = getattr(value, "__slots__", None) or list(vars(value))
+        return {n: _plain(getattr(value, n, None)) for n in names if not n.startswith("_")}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)
 
 
 def _rule_hits(rule: Any) -> dict[str, Any]:
@@ -176,21 +370,30 @@ class Counters:
     applies: int = 0
     applies_refused: int = 0
     rollbacks: int = 0
+    blocks_added: int = 0  # by `ipsctl blocks add`
+    blocks_removed: int = 0  # by `ipsctl blocks del/flush`
+    blocks_restored: int = 0  # put back at start from the state file of a clean stop
+    blocks_saved: int = 0  # written to the state file at a clean stop
+    block_kernel_errors: int = 0  # nft refused a manual block operation
 
 
 class WorkerHandle:
     """The supervisor's side of one worker process."""
 
-    def __init__(self, cfg: DaemonConfig, main: str, sources: dict[str, str]) -> None:
+    def __init__(
+        self, cfg: DaemonConfig, main: str, sources: dict[str, str],
+        never_block: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         ctx = mp.get_context("fork")
         self.heartbeat = ctx.Value("d", time.monotonic(), lock=False)
         self.conn, child = ctx.Pipe()
         self.lock = threading.Lock()
+        self._ids = itertools.count(1)
         self.process = ctx.Process(
             target=worker_main,
             args=(
                 child, (self.conn,), os.getpid(), self.heartbeat, cfg.queue, main, sources,
-                cfg.fail_open, cfg.eve_path, cfg.max_flows, cfg.queue_maxlen,
+                cfg.fail_open, cfg.eve_path, cfg.max_flows, cfg.queue_maxlen, never_block,
             ),
             name=f"ipsctl-worker-q{cfg.queue}",
             daemon=True,
@@ -202,17 +405,26 @@ class WorkerHandle:
         hello = self.conn.recv()
         if hello.get("op") != "ready":
             raise RuntimeError(f"worker failed to start: {hello}")
+        self.adopted = int(hello.get("adopted", 0))
 
     @property
     def pid(self) -> int:
         return self.process.pid or 0
 
     def request(self, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        """Send a request and wait for its answer. Requests carry an id: the late answer to
+        one that timed out is skipped, not taken for the answer to the next."""
         with self.lock:
+            msg = {**msg, "id": next(self._ids)}
             self.conn.send(msg)
-            if not self.conn.poll(timeout):
-                raise TimeoutError(f"worker did not answer {msg.get('op')}")
-            return self.conn.recv()
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.conn.poll(left):
+                    raise TimeoutError(f"worker did not answer {msg.get('op')}")
+                reply = self.conn.recv()
+                if reply.get("id") in (msg["id"], None):
+                    return reply
 
     def silent_for(self) -> float:
         return time.monotonic() - self.heartbeat.value
@@ -248,16 +460,43 @@ class Daemon:
         self.worker: WorkerHandle | None = None
         self.diversion = Diversion(queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open)
         self._server: socket.socket | None = None
+        self.never_block: tuple[str, ...] = tuple(cfg.never_block)
+        self.installed = False
 
     # ---- life cycle -----------------------------------------------------------------------
 
     def start(self) -> None:
         policy, sources = load_policy_collecting(self.cfg.policy_path)  # PolicyError -> caller
-        self.diversion.remove_stale()  # what a killed daemon left behind
-        self.diversion.install(policy)
+        self.diversion.remove_stale()  # a killed daemon's diversion (its table is kept)
+        self.diversion.install(policy)  # over a killed daemon's table: blocks kept
+        self.installed = True
+        self._restore_blocks()  # those a clean stop saved
         self._set_policy(policy, str(Path(self.cfg.policy_path).resolve()), sources)
-        self.worker = WorkerHandle(self.cfg, self.main, self.sources)
+        self.worker = self._new_worker()  # adopts the kernel's blocks
         self._serve_control()
+
+    def _new_worker(self) -> WorkerHandle:
+        # The host's addresses are read again for every worker: they may have changed.
+        self.never_block = tuple(dict.fromkeys((*own_addresses(), *self.cfg.never_block)))
+        return WorkerHandle(self.cfg, self.main, self.sources, self.never_block)
+
+    def _restore_blocks(self) -> None:
+        from ips.kernel.blocks import load_saved_blocks, restore_blocks
+
+        saved = load_saved_blocks(self.cfg.state_file, time.time())
+        if saved:
+            self.counters.blocks_restored += restore_blocks(self.diversion.nft, saved)
+
+    def _save_blocks(self) -> None:
+        """Before our table goes: the blocks to the state file (with their expiry times)."""
+        from ips.kernel.blocks import save_blocks
+
+        try:
+            blocks = self.diversion.blocks()
+            if blocks or self.installed:
+                self.counters.blocks_saved = save_blocks(self.cfg.state_file, blocks, time.time())
+        except (KernelError, OSError) as exc:
+            print(f"ipsctl: could not save the blocks: {exc}", file=sys.stderr)
 
     def run_forever(self) -> None:
         """Watchdog and timers until SIGTERM/SIGINT."""
@@ -274,6 +513,7 @@ class Daemon:
                 os.unlink(self.cfg.socket_path)
         if self.worker is not None:
             self.worker.stop()
+        self._save_blocks()
         self.diversion.remove()
 
     # ---- policy -----------------------------------------------------------------------------
@@ -351,7 +591,7 @@ class Daemon:
         else:
             return
         with self.lock:
-            self.worker = WorkerHandle(self.cfg, self.main, self.sources)
+            self.worker = self._new_worker()
             self.counters.worker_restarts += 1
 
     # ---- status -----------------------------------------------------------------------------
@@ -367,6 +607,7 @@ class Daemon:
         queues = read_queue_stats()
         q = queues.get(self.cfg.queue)
         policy = self.policy
+        counters = self.diversion.counters()
         return {
             "ok": True,
             "pid": os.getpid(),
@@ -380,11 +621,135 @@ class Daemon:
                 "confirm_deadline": self.confirm_deadline,
             },
             "diversion": self.diversion.describe(),
-            "kernel_hits": self.diversion.kernel_hits(),
+            "kernel_hits": self.diversion.kernel_hits(counters),
             "queue": dataclasses.asdict(q) if q else None,
             "worker": {"pid": self.worker.pid if self.worker else None, **worker},
             "counters": self.counters.__dict__,
+            "blocks": self._block_summary(worker, counters),
+            "never_block": list(self.never_block),
+            "detectors": worker.get("detectors") or {},
         }
+
+    def _block_summary(self, worker: dict[str, Any], counters: Any) -> dict[str, Any]:
+        w = worker.get("blocks") or {}
+        c = self.counters
+        try:
+            active: int | None = len(self.diversion.blocks())
+        except KernelError:
+            active = None
+        return {
+            "table": BLOCK_TABLE,
+            "active": active,  # members of the kernel sets now
+            "kernel_drops": self.diversion.block_drops(counters),  # packets dropped for them
+            "added": int(w.get("added", 0)) + c.blocks_added,  # detectors' + manual
+            "added_by_detectors": int(w.get("added", 0)),
+            "added_manually": c.blocks_added,
+            "removed_manually": c.blocks_removed,
+            "expired": int(w.get("expired", 0)),
+            "restored": c.blocks_restored,
+            "adopted": w.get("adopted"),
+            "in_engine": w.get("engine"),
+            "kernel_errors": int(w.get("kernel_errors", 0)) + c.block_kernel_errors,
+            "last_error": w.get("last_error") or "",
+            "latency": w.get("latency") or {},
+        }
+
+    # ---- blocks (ipsctl blocks …) -----------------------------------------------------------
+
+    def blocks_list(self) -> dict[str, Any]:
+        now = time.time()
+        rows = []
+        for e in self.diversion.blocks():
+            detector, offense, reason = parse_block_comment(e.comment)
+            rows.append({
+                "addr": e.addr,
+                "table": BLOCK_TABLE,
+                "expires_in": e.expires,  # seconds left (the kernel's own count)
+                "timeout": e.timeout,
+                "expires_at": None if e.expires is None else round(now + e.expires, 3),
+                "detector": detector,
+                "offense": offense,
+                "reason": reason,
+            })  # fmt: skip
+        rows.sort(key=lambda r: ipaddress.ip_address(r["addr"]).packed)
+        return {"ok": True, "table": BLOCK_TABLE, "blocks": rows}
+
+    def _never_blocked(self, addr: str) -> str | None:
+        ip = ipaddress.ip_address(addr)
+        for cidr in self.never_block:
+            with contextlib.suppress(ValueError):
+                if ip in ipaddress.ip_network(cidr, strict=False):
+                    return cidr
+        return None
+
+    def blocks_add(
+        self, addr: str, ttl: float | None, reason: str | None, force: bool = False
+    ) -> dict[str, Any]:
+        try:
+            text = str(ipaddress.ip_address(addr))
+        except ValueError:
+            return {"ok": False, "error": f"not an IP address: {addr!r}"}
+        if ttl is not None and not (0 < ttl <= 365 * 86400):
+            return {"ok": False, "error": "ttl must be more than 0 and at most 365 days"}
+        cidr = self._never_blocked(text)
+        if cidr and not force:
+            error = (f"{text} is never blocked (it is in {cidr}: this host's own addresses "
+                     "and --never-block); --force blocks it anyway")  # fmt: skip
+            return {"ok": False, "error": error}
+        if ttl is None:  # the block table's own timeout; a manual block always ends
+            ttl = block_table_spec(self.policy).timeout or DEFAULT_BLOCK_TIMEOUT
+        reason = reason or MANUAL
+        now = time.time()
+        try:
+            self.diversion.block(text, ttl, block_comment(MANUAL, 0, reason))
+        except KernelError as exc:
+            self.counters.block_kernel_errors += 1
+            return {"ok": False, "error": f"nft refused the block: {exc}"}
+        self.counters.blocks_added += 1
+        msg = {"op": "block", "addr": text, "ttl": ttl, "reason": reason, "time": now,
+               "force": bool(cidr)}  # fmt: skip
+        engine = self._tell_worker(msg)
+        return {"ok": True, "addr": text, "table": BLOCK_TABLE, "ttl": ttl, "reason": reason,
+                "forced": bool(cidr), "engine": engine}  # fmt: skip
+
+    def blocks_del(self, addr: str) -> dict[str, Any]:
+        try:
+            text = str(ipaddress.ip_address(addr))
+        except ValueError:
+            return {"ok": False, "error": f"not an IP address: {addr!r}"}
+        try:
+            removed = self.diversion.unblock(text)
+        except KernelError as exc:
+            self.counters.block_kernel_errors += 1
+            return {"ok": False, "error": f"nft refused: {exc}"}
+        engine = self._tell_worker({"op": "unblock", "addr": text, "reason": MANUAL,
+                                    "time": time.time()})  # fmt: skip
+        if not removed and not engine.get("count"):
+            return {"ok": False, "error": f"{text} is not blocked"}
+        self.counters.blocks_removed += int(removed)
+        return {"ok": True, "addr": text, "removed": removed, "engine": engine}
+
+    def blocks_flush(self) -> dict[str, Any]:
+        try:
+            count = len(self.diversion.blocks())
+            self.diversion.flush_blocks()
+        except KernelError as exc:
+            self.counters.block_kernel_errors += 1
+            return {"ok": False, "error": f"nft refused: {exc}"}
+        self.counters.blocks_removed += count
+        engine = self._tell_worker({"op": "unblock_all", "reason": "flush", "time": time.time()})
+        return {"ok": True, "removed": count, "engine": engine}
+
+    def _tell_worker(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """The worker's answer; a worker that does not answer in time only misses the
+        engine's side (the kernel is done, and a new worker adopts the kernel's blocks)."""
+        worker = self.worker
+        if worker is None:
+            return {"ok": False, "error": "no worker"}
+        try:
+            return worker.request(msg, timeout=2.0)
+        except (TimeoutError, OSError, EOFError) as exc:
+            return {"ok": False, "error": str(exc)}
 
     # ---- control socket ---------------------------------------------------------------------
 
@@ -430,12 +795,24 @@ class Daemon:
         op = request.get("op")
         if op == "status":
             return self.status()
+        if op == "blocks_list":
+            return self.blocks_list()
         if uid != 0:
             return {"ok": False, "error": f"'{op}' needs root (peer uid {uid})"}
         if op == "apply":
             return self.apply(request["main"], request["sources"], request.get("confirm"))
         if op == "confirm":
             return self.confirm()
+        if op == "blocks_add":
+            ttl = request.get("ttl")
+            return self.blocks_add(
+                str(request.get("addr", "")), float(ttl) if ttl is not None else None,
+                request.get("reason"), bool(request.get("force")),
+            )  # fmt: skip
+        if op == "blocks_del":
+            return self.blocks_del(str(request.get("addr", "")))
+        if op == "blocks_flush":
+            return self.blocks_flush()
         return {"ok": False, "error": f"unknown request {op!r}"}
 
 

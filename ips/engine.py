@@ -1,21 +1,29 @@
 """The engine: bytes, metadata and a time in; a Decision out. Pure: no sockets, no subprocess,
 no clock. The same engine serves inline (NFQUEUE, WinDivert), tap and pcap replay.
 
-    engine = Engine(load_policy("gateway.rules"))
+    engine = Engine(load_policy("gateway.rules"), never_block=["192.0.2.1/32"])
     decision = engine.handle(packet_bytes, Meta(iif="eth0"), now)
-    effects = engine.tick(now)          # once in a while: expiry, flow-end events
+    effects = engine.tick(now)          # about once a second: expiry, flow ends, detections
+
+Detectors (`detect …` lines, ips/detect/) run after the flow table and before the rules. A
+detector's `limit` drops the packet there (Decision reason "detector:NAME"); its alerts and
+blocks ride on the packet's Decision.effects; a block also goes straight into the dynamic
+table `banned`, so the policy's `drop from @banned` applies from the next packet on (inline,
+the daemon also puts it into the nftables set, and the kernel drops the rest).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ips.core import craft
 from ips.core.decode import decode_frame, decode_l3
-from ips.core.events import FlowEnd
+from ips.core.events import Alert, Block, FlowEnd, Unblock
 from ips.core.flow import Flow, FlowTable, FlowTimeouts
 from ips.core.packet import LINKTYPE_RAW, Packet
+from ips.detect import BlockManager, Detectors
 from ips.policy.compile import (
     CompiledPolicy,
     CompiledRule,
@@ -56,10 +64,18 @@ class EngineStats:
     alerts: int = 0
     nat_translated: int = 0
     table_full: int = 0
+    detector_alerts: Counter[str] = field(default_factory=Counter)  # by detector
+    detector_drops: Counter[str] = field(default_factory=Counter)  # `limit` drops by detector
+    blocks: int = 0  # Block effects (detector and manual)
+    unblocks: int = 0
 
 
 class Engine:
-    """Runs a compiled policy over packets, tracking flows."""
+    """Runs a compiled policy over packets, tracking flows, with the policy's detectors.
+
+    never_block: CIDR strings that no detector may ever ban (the daemon passes the gateway's
+    own addresses and its management networks); ValueError on a bad one. Manual blocks
+    (`block`) are not checked against it."""
 
     def __init__(
         self,
@@ -68,6 +84,7 @@ class Engine:
         max_flows: int = 262_144,
         timeouts: FlowTimeouts | None = None,
         id_seed: int = 0,
+        never_block: Iterable[str] = (),
     ) -> None:
         self.flows = FlowTable(max_flows=max_flows, timeouts=timeouts, id_seed=id_seed)
         self.stats = EngineStats()
@@ -75,6 +92,8 @@ class Engine:
         self._nat_replies: dict[tuple[int, bytes, int, bytes, int], Flow] = {}
         self._pending: list[object] = []
         self.tables: dict[str, DynamicTable] = {}
+        self.blocks = BlockManager(never_block)
+        self.detect: Detectors | None = None  # None: the policy has no `detect` line
         self.load(policy)
 
     # ---- policy ---------------------------------------------------------------------------
@@ -89,6 +108,14 @@ class Engine:
                 table.members.update(old.members)
         self.tables = compiled.tables
         self.policy = compiled
+        self.blocks.configure(compiled.policy, compiled.tables)
+        if compiled.policy.detectors:
+            self.detect = Detectors(compiled.policy, self.blocks, self.detect)
+        else:
+            self.detect = None
+        self._detector_drop = {
+            name: Decision(DROP, reason=f"detector:{name}") for name in compiled.policy.detectors
+        }
         self._default = Decision(compiled.default_verdict, reason="default")
         self._default_reject = compiled.default_verdict == REJECT
         self._default_refuses = compiled.default_verdict in (DROP, REJECT)
@@ -154,6 +181,16 @@ class Engine:
                 if pkt.__class__ is not Packet:
                     return self._undecodable(pkt)
         flow, fwd = self.flows.track(pkt, now)
+        effects: list[object] | None = None
+        detect = self.detect
+        if detect is not None:
+            found = detect.observe(pkt, flow, fwd, now)
+            if found is not None:
+                effects, dropped_by = found
+                if effects is not None:
+                    self._count_effects(effects)
+                if dropped_by is not None:
+                    return self._limited(dropped_by, pkt, flow, fwd, effects)
         iif = meta.iif
         oif = meta.oif
         policy = self.policy
@@ -164,7 +201,6 @@ class Engine:
                 flow.cache_fwd = cache
             else:
                 flow.cache_rev = cache
-        effects: list[object] | None = None
         for rule in cache[3]:
             check = rule.check
             if check is not None and not check(pkt, flow, fwd, now):
@@ -185,6 +221,8 @@ class Engine:
             refuses = rule.refuses if verdict is rule.verdict else verdict != ACCEPT
             if refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
                 self.flows.discard(flow)  # a refused first packet leaves no connection
+                if verdict == REJECT and detect is not None:
+                    effects = self._rejected(detect, pkt, now, effects)
             if effects is None and translated is None and flow.nat is None:
                 if verdict is rule.verdict and rule.decision is not None:
                     return rule.decision
@@ -193,6 +231,8 @@ class Engine:
             return self._finish(rule, verdict, pkt, flow, fwd, now, effects, translated)
         if self._default_refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
             self.flows.discard(flow)
+            if self._default_reject and detect is not None:
+                effects = self._rejected(detect, pkt, now, effects)
         if effects is None and translated is None and flow.nat is None and not self._default_reject:
             return self._default
         return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)
@@ -216,6 +256,36 @@ class Engine:
         if spec.log:
             effects.append(log_for(rule, pkt, flow.flow_id, verdict, now))
         return effects
+
+    def _count_effects(self, effects: list[object]) -> None:
+        stats = self.stats
+        for ev in effects:
+            if ev.__class__ is Alert:
+                stats.alerts += 1
+                stats.detector_alerts[ev.category] += 1  # type: ignore[attr-defined]
+            elif ev.__class__ is Block:
+                stats.blocks += 1
+
+    def _rejected(
+        self, detect: Detectors, pkt: Packet, now: float, effects: list[object] | None
+    ) -> list[object] | None:
+        """Our own reject answers a probe with a failure (as the target's reset would)."""
+        found = detect.rejected(pkt, now)
+        if found is None:
+            return effects
+        self._count_effects(found)
+        return found if effects is None else effects + found
+
+    def _limited(
+        self, name: str, pkt: Packet, flow: Flow, fwd: bool, effects: list[object] | None
+    ) -> Decision:
+        """A detector's `limit` drops the packet, before the rules."""
+        self.stats.detector_drops[name] += 1
+        if fwd and flow.pkts_fwd == 1 and not flow.replied:
+            self.flows.discard(flow)  # as for a refused first packet: no connection
+        if effects is None:
+            return self._detector_drop[name]
+        return Decision(DROP, reason=f"detector:{name}", effects=effects)
 
     def _finish(
         self,
@@ -289,17 +359,55 @@ class Engine:
         self.stats.nat_translated += 1
         return data
 
+    # ---- blocks -------------------------------------------------------------------------------
+
+    def block(
+        self, addr: bytes, now: float, ttl: float, reason: str = "manual"
+    ) -> Block | None:
+        """An operator's block (`ipsctl blocks add`): into the table `banned` for `ttl`
+        seconds. Not checked against trusted, never_block or the ban budget, and not an
+        offense for escalation. None when the policy has no table `banned` or it is full."""
+        block = self.blocks.block(addr, now, ttl, reason)
+        if block is not None:
+            self.stats.blocks += 1
+        return block
+
+    def unblock(self, addr: bytes, now: float, reason: str = "manual") -> Unblock | None:
+        """Lift a block (`ipsctl blocks del`); None when `addr` was not blocked. A manual
+        unblock also forgets the address's offenses (escalation starts over)."""
+        unblock = self.blocks.unblock(addr, now, reason)
+        if unblock is not None:
+            self.stats.unblocks += 1
+        return unblock
+
+    def adopt_block(self, addr: bytes, expires_at: float) -> bool:
+        """A block already in the kernel's set when the daemon starts: into the table, to
+        expire (Unblock) at `expires_at`; it counts as one offense for escalation."""
+        return self.blocks.adopt(addr, expires_at)
+
     # ---- time -------------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[object]:
-        """Expire flows, table entries and NAT state; return the events that produced."""
+        """Expire flows, table entries, blocks and NAT state; weigh the scan probes whose
+        answer is overdue. Returns the events: FlowEnd, Unblock, and detections (Alert,
+        Block). Call it about once a second: scans of unanswered probes are found here."""
         events: list[object] = []
         for flow in self.flows.pop_evicted():
             events.append(self._flow_end(flow, now))
         for flow in self.flows.expire(now):
             events.append(self._flow_end(flow, now))
+        banned = self.blocks.table
         for table in self.tables.values():
-            table.expire(now)
+            if table is not banned:
+                table.expire(now)
+        unblocks = self.blocks.expire(now)
+        self.stats.unblocks += len(unblocks)
+        events += unblocks
+        if self.detect is not None:
+            found = self.detect.tick(now)
+            if found:
+                self._count_effects(found)
+                events += found
         return events
 
     def drain(self, now: float) -> list[object]:

@@ -14,6 +14,7 @@ from typing import IO
 
 import click
 
+from ips.core.events import Block, FlowEnd
 from ips.engine import Engine, Meta
 from ips.io.pcap import read_capture
 from ips.policy.compile import CompiledPolicy
@@ -22,6 +23,7 @@ from ips.sinks.eve import EveWriter
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 TICK_EVERY = 1.0  # seconds of capture time between flow-expiry passes
+BLOCKS_SHOWN = 20  # blocks listed in the text table (all of them are in --json)
 
 
 @dataclass
@@ -37,6 +39,10 @@ class ReplayResult:
     flows: int = 0
     rule_hits: list[dict[str, object]] = field(default_factory=list)
     default_hits: int = 0
+    detector_alerts: Counter[str] = field(default_factory=Counter)
+    detector_drops: Counter[str] = field(default_factory=Counter)  # `limit` drops
+    blocks: list[dict[str, object]] = field(default_factory=list)  # in order
+    unblocks: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -51,6 +57,10 @@ class ReplayResult:
             "flows": self.flows,
             "rules": self.rule_hits,
             "default_hits": self.default_hits,
+            "detector_alerts": dict(self.detector_alerts),
+            "detector_drops": dict(self.detector_drops),
+            "blocks": self.blocks,
+            "unblocks": self.unblocks,
         }
 
     def table(self) -> str:
@@ -74,6 +84,18 @@ class ReplayResult:
         lines.append(f"packets   {self.packets}  ({verdicts or 'none'})")
         lines.append(f"flows     {self.flows}")
         lines.append(f"alerts    {self.alerts}")
+        if self.detector_alerts or self.detector_drops:
+            parts = [f"{n} {c}" for n, c in sorted(self.detector_alerts.items())]
+            parts += [f"{n} {c} dropped" for n, c in sorted(self.detector_drops.items())]
+            lines.append(f"detectors {', '.join(parts)}")
+        lines.append(f"blocks    {len(self.blocks)}")
+        for b in self.blocks[:BLOCKS_SHOWN]:
+            lines.append(
+                f"  {b['addr']}  {b['detector']}  {b['ttl']:g}s  offense {b['offense']}  "
+                f"{b['reason']}"
+            )
+        if len(self.blocks) > BLOCKS_SHOWN:
+            lines.append(f"  … {len(self.blocks) - BLOCKS_SHOWN} more")
         mal = sum(self.malformed.values())
         detail = ", ".join(f"{r} {n}" for r, n in self.malformed.most_common())
         lines.append(f"malformed {mal}" + (f"  ({detail})" if detail else ""))
@@ -96,6 +118,20 @@ def replay_captures(
     eve = EveWriter(eve_stream) if eve_stream is not None else None
     result = ReplayResult(engine.policy.digest)
     flows_ended = 0
+
+    def note_blocks(events: Iterable[object]) -> None:
+        for ev in events:
+            if ev.__class__ is Block:
+                result.blocks.append(
+                    {
+                        "addr": ev.addr_text,  # type: ignore[attr-defined]
+                        "detector": ev.detector,  # type: ignore[attr-defined]
+                        "offense": ev.offense,  # type: ignore[attr-defined]
+                        "ttl": ev.ttl,  # type: ignore[attr-defined]
+                        "time": ev.time,  # type: ignore[attr-defined]
+                        "reason": ev.reason,  # type: ignore[attr-defined]
+                    }
+                )
     last_ts = 0.0
     for path in paths:
         size = os.path.getsize(path)
@@ -125,13 +161,16 @@ def replay_captures(
                 if meta is None:
                     meta = metas[rec.linktype] = Meta(linktype=rec.linktype)
                 decision = engine.handle(rec.data, meta, ts)
-                if eve is not None and decision.effects:
-                    eve.events(decision.effects)
+                if decision.effects:
+                    if eve is not None:
+                        eve.events(decision.effects)
+                    note_blocks(decision.effects)
                 if next_tick is None:
                     next_tick = ts + TICK_EVERY
                 elif ts >= next_tick:
                     ended = engine.tick(ts)
-                    flows_ended += len(ended)
+                    flows_ended += sum(1 for ev in ended if ev.__class__ is FlowEnd)
+                    note_blocks(ended)
                     if eve is not None:
                         eve.events(ended)
                     next_tick = ts + TICK_EVERY
@@ -153,6 +192,9 @@ def replay_captures(
     result.errors = stats.errors
     result.alerts = stats.alerts
     result.flows = flows_ended
+    result.detector_alerts = Counter(stats.detector_alerts)
+    result.detector_drops = Counter(stats.detector_drops)
+    result.unblocks = stats.unblocks
     hit_total = 0
     for rule in engine.policy.rules:
         spec = rule.spec
@@ -167,5 +209,6 @@ def replay_captures(
             }
         )
     decided = stats.packets - stats.not_ip - sum(stats.malformed.values()) - stats.errors
+    decided -= sum(stats.detector_drops.values())  # dropped by a detector, before the rules
     result.default_hits = max(0, decided - hit_total)
     return result

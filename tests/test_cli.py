@@ -546,7 +546,9 @@ def test_demo_totals(demo: dict) -> None:
     assert report["packets"] == len(demo["module"].scenario()) == 40
     assert report["verdicts"] == {"accept": 33, "drop": 4, "reject": 2, "rewrite": 1}
     assert (report["malformed"], report["not_ip"], report["engine_errors"]) == ({}, 0, 0)
-    assert report["alerts"] == 5
+    assert report["alerts"] == 6  # 5 rules, and the stealth detector on the XMAS packet
+    assert report["detector_alerts"] == {"stealth": 1}
+    assert report["blocks"] == []  # two stealth packets: under the detector's count of 3
     check_totals(report)
     hits = {r["where"]: r["hits"] for r in report["rules"]}
     for sid in (2000010, 2000011, 2000002, 2000001, 2000020):
@@ -564,13 +566,25 @@ def test_demo_text_report(demo: dict) -> None:
     assert f"capture {demo['capture']}: 40 packets (pcap)" in out
     assert "packets   40  (accept 33, drop 4, reject 2, rewrite 1)" in out
     assert f"flows     {demo['report']['flows']}" in out
-    assert "alerts    5" in out
+    assert "alerts    6" in out
+    assert "detectors stealth 1" in out
+    assert "blocks    0" in out
     assert "malformed 0" in out
 
 
 def test_demo_eve_alerts(demo: dict) -> None:
     events = check_eve(demo["eve"], demo["report"])
     alerts = {ev["alert"]["signature_id"]: ev for ev in events if ev["event_type"] == "alert"}
+    # the stealth detector's alert for the XMAS packet (the NULL one, 0.1 s later, is folded
+    # into it: one alert per source per second); the rule dropped the packet, the detector
+    # did not block (2 packets < count 3)
+    stealth = alerts.pop(9000302)
+    assert (stealth["src_ip"], stealth["alert"]["category"], stealth["alert"]["action"]) == (
+        "10.10.1.66",
+        "stealth",
+        "allowed",
+    )
+    assert stealth["ipsctl"]["kind"] == "xmas"
     expected = {
         # sid: (source port, destination port, signature, severity, seconds after T0)
         2000010: (50000, 23, "telnet attempt", 1, "08.000000"),  # telnet SYN dropped

@@ -149,7 +149,8 @@ def test_apply_puts_the_fast_path_in_our_table(ns: str) -> None:
                 if c.get("add", {}).get("rule", {}).get("chain") == chain]  # fmt: skip
         assert comments(objs, chain) == want
     got = comments(objs, "forward")
-    assert got[0] == "ipsctl:clear-mark" and got[-1] == "ipsctl:to-userspace"
+    assert got[:3] == ["ipsctl:blocks", "ipsctl:blocks", "ipsctl:clear-mark"]
+    assert got[-1] == "ipsctl:to-userspace"
     assert "ipsctl:p.rules:8" not in got and "ipsctl:p.rules:9" not in got  # after the split
     assert nft_rules == len(comments(objs, "forward")) + len(comments(objs, "input"))
     text = sh(["ip", "netns", "exec", ns, "nft", "list", "chain", "inet", "ipsctl", "forward"])
@@ -182,7 +183,7 @@ def test_reapply_keeps_set_members_and_swaps_rules(ns: str) -> None:
     sets = {o["set"]["name"]: o["set"] for o in objs if "set" in o}
     assert set(sets) == {"banned_v4", "banned_v6", "other_v4", "other_v6"}
     assert sets["banned_v4"]["timeout"] == 7200  # updated in place, members kept
-    assert comments(objs, "forward")[1:-1] == ["ipsctl:p.rules:3"] * 2 + [
+    assert comments(objs, "forward")[3:-1] == ["ipsctl:p.rules:3"] * 2 + [
         "ipsctl:p.rules:4"
     ] * 2 + ["ipsctl:p.rules:5"]
     # and back: a set that went away is deleted, the rest stays
@@ -367,9 +368,12 @@ def test_packets_meet_the_fast_path_then_the_queue(namespaces: Any) -> None:
     assert counts["ipsctl:to-userspace"] == 5
     mark_return, nfqueue = _ipsctl_chain_counts(b)
     assert (mark_return, nfqueue) == (4, 5)  # the marked ones skipped the queue
-    # a block in the dynamic set stops everything from that address in the kernel
+    # a block in the dynamic set stops everything from that address in the kernel, by the
+    # chain's first rules (the policy's own `drop from @banned` sees nothing)
+    assert counts["ipsctl:blocks"] == 0
     run_in(b, 'Nft().add_elements("banned", ["10.199.0.1"], 60); print("null")')
     run_in(a, SEND, [[9002, 2], [9003, 2]])
     counts = _counters(b)
-    assert counts["ipsctl:p.rules:2"] == 4
+    assert counts["ipsctl:blocks"] == 4
+    assert counts["ipsctl:p.rules:2"] == 0
     assert counts["ipsctl:to-userspace"] == 5

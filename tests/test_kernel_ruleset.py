@@ -49,7 +49,7 @@ def policy_rules(text: str, hook: str = "forward") -> list[list[dict[str, Any]]]
     return [
         r["expr"]
         for r in rules_of(cmds)
-        if r["comment"] not in (rs.CLEAR_MARK_COMMENT, rs.USERSPACE_COMMENT)
+        if r["comment"] not in (rs.BLOCKS_COMMENT, rs.CLEAR_MARK_COMMENT, rs.USERSPACE_COMMENT)
     ]
 
 
@@ -357,13 +357,16 @@ def test_every_kernel_rule_has_a_counter_and_the_comment_of_its_line() -> None:
     rules = rules_of(rs.build_ruleset(P(text)))
     comments = [r["comment"] for r in rules]
     assert comments == [
+        rs.BLOCKS_COMMENT, rs.BLOCKS_COMMENT,
         rs.CLEAR_MARK_COMMENT,
         "ipsctl:t.rules:2", "ipsctl:t.rules:2",
         "ipsctl:t.rules:4", "ipsctl:t.rules:4",
         "ipsctl:t.rules:5", "ipsctl:t.rules:5",
         rs.USERSPACE_COMMENT,
     ]  # fmt: skip
-    assert all({"counter": None} in r["expr"] for r in rules[1:])
+    assert all(
+        {"counter": None} in r["expr"] for r in rules if r["comment"] != rs.CLEAR_MARK_COMMENT
+    )
 
 
 def test_table_sets_and_chains() -> None:
@@ -447,7 +450,8 @@ def test_nft_queue_after_the_prefix() -> None:
 
 
 def test_each_chain_first_clears_the_accept_bit() -> None:
-    first = rules_of(rs.build_ruleset(P("drop proto udp"), hooks=("input",)))[0]
+    # right after the drops of blocked sources (a drop needs no mark)
+    first = rules_of(rs.build_ruleset(P("drop proto udp"), hooks=("input",)))[2]
     assert first["comment"] == rs.CLEAR_MARK_COMMENT
     assert first["expr"] == [
         {"mangle": {"key": META("mark"), "value": {"&": [META("mark"), 0xFFEFFFFF]}}}
@@ -587,7 +591,7 @@ def first_kernel_match(
 ) -> tuple[str, dict[str, Any]] | None:  # fmt: skip
     for rule in rules_of(cmds, hook):
         if rule["comment"] in (rs.CLEAR_MARK_COMMENT, rs.USERSPACE_COMMENT):
-            continue
+            continue  # (the blocks rules are interpreted: they are drops like any other)
         matches = [e["match"] for e in rule["expr"] if "match" in e]
         if all(_holds(mt, pkt, iif, oif, members) for mt in matches):
             return rule["comment"], rule["expr"][-1]
@@ -696,9 +700,106 @@ def test_kernel_rules_decide_like_the_engine(
     for pkt, hook, iif, oif in cases:
         _, decider = explain(policy, pkt, iif, oif, dynamic_members=members)
         got = first_kernel_match(cmds, hook, pkt, iif, oif, members)
+        if pkt.src in members["banned"]:  # blocked: dropped first, whatever the policy says
+            assert got == (rs.BLOCKS_COMMENT, DROP), (rules, pkt, hook)
+            continue
         if decider is None:
             assert got is None, (rules, pkt, hook, iif, oif)
             continue
         assert got is not None, (rules, pkt, hook, iif, oif)
         assert got[0] == rs.rule_comment(decider), (rules, pkt, hook, iif, oif)
         assert got[1] == engine_answer(decider, pkt), (rules, pkt, hook)
+
+
+# ---- blocks: first in every chain ---------------------------------------------------------------
+
+BLOCK_V4 = [V4, m("==", PL("ip", "saddr"), "@banned_v4"), COUNTER, DROP]
+BLOCK_V6 = [V6, m("==", PL("ip6", "saddr"), "@banned_v6"), COUNTER, DROP]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "table trusted = { 10.0.0.0/8 }\naccept from @trusted\ndrop from @banned\n"
+        "table banned dynamic timeout 10m",
+        "accept",  # a policy that never speaks of @banned
+        "match proto tcp alert\ndrop from @banned\ntable banned dynamic",  # nothing in the kernel
+    ],
+)
+def test_blocked_sources_are_dropped_by_the_first_rules_whatever_the_policy(text: str) -> None:
+    cmds = rs.build_ruleset(P(text), hooks=("forward", "input", "output"))
+    for hook in ("forward", "input", "output"):
+        rules = rules_of(cmds, hook)
+        assert [r["comment"] for r in rules[:2]] == [rs.BLOCKS_COMMENT] * 2
+        assert [r["expr"] for r in rules[:2]] == [BLOCK_V4, BLOCK_V6]
+        assert rs.BLOCKS_COMMENT not in [r["comment"] for r in rules[2:]]
+
+
+def test_the_block_sets_exist_whether_or_not_the_policy_declares_them() -> None:
+    def sets(text: str) -> dict[str, dict[str, Any]]:
+        cmds = rs.build_ruleset(P(text))
+        return {c["add"]["set"]["name"]: c["add"]["set"] for c in cmds if "set" in c.get("add", {})}
+
+    made = sets("accept")  # ipsctl's own: 1 h
+    assert set(made) == {"banned_v4", "banned_v6"}
+    assert made["banned_v4"]["timeout"] == rs.DEFAULT_BLOCK_TIMEOUT == 3600
+    assert made["banned_v4"]["flags"] == ["timeout"] and made["banned_v6"]["type"] == "ipv6_addr"
+    declared = sets("table banned dynamic timeout 5m size 100\ntable other dynamic\naccept")
+    assert declared["banned_v4"]["timeout"] == 300 and declared["banned_v4"]["size"] == 100
+    assert set(declared) == {"banned_v4", "banned_v6", "other_v4", "other_v6"}
+    # a static table of that name is the policy's business (an anonymous set in its rules);
+    # blocks still get their named sets
+    static = sets("table banned = { 192.0.2.1 }\ndrop from @banned")
+    assert static["banned_v4"]["timeout"] == 3600
+    assert rs.block_table_spec(None).timeout == 3600
+
+
+def test_a_reapply_over_a_killed_daemons_table_keeps_the_block_sets() -> None:
+    el = rs.SetElement("192.0.2.66", timeout=600, expires=500, comment="portscan|1|15 ports")
+    old = rs.TableState(
+        chains=("forward", "input"),
+        sets={
+            "banned_v4": rs.SetState("banned_v4", "ipv4_addr", ("timeout",), 3600, 65536, (el,)),
+            "banned_v6": rs.SetState("banned_v6", "ipv6_addr", ("timeout",), 3600, 65536),
+        },
+    )
+    cmds = rs.build_ruleset(P("accept"), hooks=("forward",), existing=old)
+    assert not any("set" in c.get("delete", {}) for c in cmds)
+    assert {"delete": {"chain": {**rs._T, "name": "input"}}} in cmds
+    assert [label(c) for c in cmds if "flush" in c] == ["flush:forward", "flush:input"]
+
+
+def test_replace_elements_sets_timeout_and_comment_in_one_batch() -> None:
+    cmds = rs.replace_elements("banned", ["192.0.2.7", "2001:db8::7"], 600, "manual|0|x", 42.2)
+    assert [label(c) for c in cmds] == [
+        "add:banned_v4", "add:banned_v6", "delete:banned_v4", "delete:banned_v6",
+        "add:banned_v4", "add:banned_v6",
+    ]  # fmt: skip
+    assert cmds[0]["add"]["element"]["elem"] == ["192.0.2.7"]  # a member already: no-op
+    assert cmds[4]["add"]["element"]["elem"] == [
+        {"elem": {"val": "192.0.2.7", "timeout": 600, "expires": 43, "comment": "manual|0|x"}}
+    ]
+    plain = rs.replace_elements("banned", ["192.0.2.7"])  # the set's default timeout
+    assert plain[-1]["add"]["element"]["elem"] == ["192.0.2.7"]
+    assert rs.add_elements("banned", ["192.0.2.8"], 5, "c")[0]["add"]["element"]["elem"] == [
+        {"elem": {"val": "192.0.2.8", "timeout": 5, "comment": "c"}}
+    ]
+    assert rs.flush_sets("banned") == [
+        {"flush": {"set": {**rs._T, "name": "banned_v4"}}},
+        {"flush": {"set": {**rs._T, "name": "banned_v6"}}},
+    ]
+
+
+def test_block_comments_round_trip_and_stay_short() -> None:
+    c = rs.block_comment("portscan", 2, "15 ports within 60s")
+    assert c == "portscan|2|15 ports within 60s"
+    assert rs.parse_block_comment(c) == ("portscan", 2, "15 ports within 60s")
+    assert rs.parse_block_comment("manual|0|a|b") == ("manual", 0, "a|b")
+    assert rs.parse_block_comment("something else") == ("", 0, "something else")
+    assert rs.parse_block_comment(None) == ("", 0, "")
+    long = rs.block_comment("x|y", 1, 'say "hi"\n\\ ' + "é" * 200)
+    assert len(long.encode()) <= rs.MAX_COMMENT and '"' not in long and "\n" not in long
+    assert long.startswith("x/y|1|say  hi ")
+    elems = rs.parse_elements([{"elem": {"val": "1.2.3.4", "timeout": 9, "expires": 8,
+                                         "comment": c}}])  # fmt: skip
+    assert elems == (rs.SetElement("1.2.3.4", 9, 8, c),)

@@ -807,7 +807,7 @@ def test_comments_everywhere() -> None:
         "\n"
         "set default drop     # comment after an option\n"
         "table t = { 10.0.0.1 } # after a table\n"
-        "detect portscan      # after a detector\n"
+        "detect portscan alert # after a detector\n"
         'accept proto tcp to port $web alert "#notacomment" # after a rule\n'
         "#accept everything\n"
     )
@@ -840,10 +840,10 @@ def test_empty_and_comment_only_policies() -> None:
     ],
 )
 def test_detectors_defaults(name: str, params: dict[str, object]) -> None:
-    spec = load(f"detect {name}").detectors[name]
+    spec = load(f"table banned dynamic\ndetect {name}").detectors[name]
     assert spec.name == name
     assert spec.params == params
-    assert spec.span.line == 1
+    assert spec.span.line == 2
 
 
 @pytest.mark.parametrize(
@@ -880,7 +880,7 @@ def test_detectors_defaults(name: str, params: dict[str, object]) -> None:
     ],
 )
 def test_detector_options_and_responses(line: str, params: dict[str, object]) -> None:
-    policy = load(line)
+    policy = load("table banned dynamic timeout 1h\n" + line)  # blocks need somewhere to go
     (spec,) = policy.detectors.values()
     assert spec.params == params
 
@@ -888,7 +888,7 @@ def test_detector_options_and_responses(line: str, params: dict[str, object]) ->
 def test_detector_ignore_addresses() -> None:
     policy = load(
         "table trusted = { 192.0.2.0/24 }\ndefine mon = 2001:db8::7\n"
-        "detect portscan ignore { @trusted, $mon, 10.0.0.1 }"
+        "detect portscan ignore { @trusted, $mon, 10.0.0.1 } alert"
     )
     ignore = policy.detectors["portscan"].params["ignore"]
     assert ignore == AddrSpec(

@@ -44,12 +44,23 @@ class PacketEvent:
 
 
 class Alert(PacketEvent):
-    """A rule with `alert` matched (or, later, a detector fired).
+    """A rule with `alert` matched, or a detector fired.
 
-    action is Suricata's word for what happened to the packet: allowed or blocked
-    (would_drop in tap mode)."""
+    action is Suricata's word for what happened: allowed or blocked (would_drop in tap mode);
+    for a detector, blocked means its response banned the source or dropped the packet.
+    category is "policy" for rules, the detector's name for detectors.
+    extra holds a detector's details (source, targets, count, threshold, window, …; see
+    ips/detect), None for rules; the EVE writer puts it in the record's `ipsctl` object."""
 
-    __slots__ = ("action", "category", "rule_name", "severity", "signature", "signature_id")
+    __slots__ = (
+        "action",
+        "category",
+        "extra",
+        "rule_name",
+        "severity",
+        "signature",
+        "signature_id",
+    )
 
     def __init__(
         self,
@@ -68,6 +79,7 @@ class Alert(PacketEvent):
         severity: int,
         category: str,
         rule_name: str,
+        extra: dict[str, object] | None = None,
     ) -> None:
         super().__init__(time, flow_id, family, proto, src, sport, dst, dport)
         self.action = action
@@ -76,6 +88,7 @@ class Alert(PacketEvent):
         self.severity = severity
         self.category = category
         self.rule_name = rule_name
+        self.extra = extra
 
     def __repr__(self) -> str:
         return (
@@ -117,3 +130,70 @@ class FlowEnd:
         self.flow = flow
         self.reason = reason
         self.time = time
+
+
+class Block:
+    """An address was banned: by a detector, or by an operator (detector "manual").
+
+    addr      the address (4 or 16 bytes)
+    table     the dynamic table it went into ("banned"); the inline daemon mirrors it into
+              the nftables set of that name, so the kernel drops the address at line rate
+    ttl       seconds the block lasts (escalated for repeat offenders)
+    detector  portscan, sweep, stealth, icmpflood, synflood, udpflood, or manual
+    offense   1 for an address's first detector block, 2 for the next one, …
+    reason    a line for humans ("portscan: 15 ports of 10.0.0.5 within 60s")
+    time      when (the engine's `now`)"""
+
+    __slots__ = ("addr", "detector", "offense", "reason", "table", "time", "ttl")
+
+    def __init__(
+        self,
+        addr: bytes,
+        *,
+        table: str,
+        ttl: float,
+        detector: str,
+        offense: int = 1,
+        reason: str = "",
+        time: float = 0.0,
+    ) -> None:
+        self.addr = addr
+        self.table = table
+        self.ttl = ttl
+        self.detector = detector
+        self.offense = offense
+        self.reason = reason
+        self.time = time
+
+    @property
+    def addr_text(self) -> str:
+        return format_addr(self.addr)
+
+    @property
+    def expires(self) -> float:
+        return self.time + self.ttl
+
+    def __repr__(self) -> str:
+        return (
+            f"Block({self.addr_text} {self.detector} #{self.offense} ttl={self.ttl:g}s "
+            f"in @{self.table})"
+        )
+
+
+class Unblock:
+    """A block ended: reason "expired" (its time was up), "manual" (an operator) or "flush"."""
+
+    __slots__ = ("addr", "reason", "table", "time")
+
+    def __init__(self, addr: bytes, *, table: str, reason: str, time: float = 0.0) -> None:
+        self.addr = addr
+        self.table = table
+        self.reason = reason
+        self.time = time
+
+    @property
+    def addr_text(self) -> str:
+        return format_addr(self.addr)
+
+    def __repr__(self) -> str:
+        return f"Unblock({self.addr_text} {self.reason} from @{self.table})"

@@ -1,1 +1,21 @@
-"""detect."""
+"""Detectors that block: port scans, address sweeps, stealth flags, floods.
+
+Pure (no I/O, no clock: `now` is an argument). The engine calls `Detectors.observe` for each
+packet after the flow table and before the rules, and `Detectors.tick` with its own tick;
+blocks are decided by the `BlockManager` (trust, never_block, ban budget, escalation).
+
+Signature ids: 9000000-9000999 are reserved for detector alerts (a rule's `sid` may not use
+them); each detector has a block of 100:
+
+  portscan   9000101          port scan of one host
+  sweep      9000201          sweep of many hosts
+  stealth    9000301-9000306  NULL, XMAS, FIN, SYN+FIN, SYN+RST, other invalid flags
+  icmpflood  9000401 / 9000402  echo requests over the rate, per source / per destination
+  synflood   9000501 / 9000502  SYNs over the rate, per source / per destination
+  udpflood   9000601 / 9000602  unanswered UDP over the rate, per source / per destination
+"""
+
+from ips.detect.blocks import BlockManager
+from ips.detect.detectors import Detectors
+
+__all__ = ["BlockManager", "Detectors"]

@@ -10,6 +10,11 @@ What the kernel is told, per packet:
   drop     -> NF_DROP
   reject   -> NF_DROP, and the engine's TCP reset / ICMP error is sent from a raw socket
   rewrite  -> NF_ACCEPT with the new bytes (checksums already fixed by the engine)
+
+Block effects (a detector crossed its threshold) go to `blocks` (ips/kernel/blocks.py), which
+writes them to the kernel's block sets in one nft transaction at the end of the burst being
+read — or from inside the burst once one has waited FLUSH_AFTER — so the attacker's next
+packets are dropped by the kernel, before the queue.
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ips.core.addr import format_addr
 from ips.engine import Engine, Meta
+
+if TYPE_CHECKING:
+    from ips.kernel.blocks import KernelBlocks
 
 # Netlink / nfnetlink_queue constants (linux/netfilter/nfnetlink_queue.h)
 _NLM_F_REQUEST = 0x01
@@ -36,6 +45,7 @@ NFQA_CFG_F_CONNTRACK = 0x02
 NFQA_CFG_F_GSO = 0x04
 
 DEFAULT_MAX_LEN = 4096  # packets the kernel may hold for us before the fail-open flag acts
+BUSY_EVERY = 1024  # packets between two calls of on_busy inside one long burst
 
 
 def queue_config_message(queue_num: int, flags: int, mask: int, seq: int = 1) -> bytes:
@@ -115,6 +125,8 @@ class QueueWorker:
         max_len: int = DEFAULT_MAX_LEN,
         on_events: Callable[[list[object]], None] | None = None,
         clock: Callable[[], float] = time.time,
+        blocks: KernelBlocks | None = None,
+        on_busy: Callable[[], None] | None = None,
     ) -> None:
         self.queue_num = queue_num
         self.engine = engine
@@ -122,6 +134,11 @@ class QueueWorker:
         self.max_len = max_len
         self.on_events = on_events
         self.clock = clock
+        self.blocks = blocks
+        # Called every BUSY_EVERY packets of a burst that does not end (a flood): the daemon
+        # beats its heartbeat there, so a busy worker is not taken for a hung one.
+        self.on_busy = on_busy
+        self._count = 0
         self.replies = ReplySender()
         self.ifnames = InterfaceNames()
         self._metas: dict[tuple[int, int], Meta] = {}
@@ -150,12 +167,23 @@ class QueueWorker:
         self.replies.close()
 
     def process_pending(self) -> None:
-        """Handle every packet waiting on the socket, then return."""
+        """Handle every packet waiting on the socket, then write the blocks they made."""
         try:
             self._nfq.run(block=False)  # type: ignore[union-attr]
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
                 raise
+        finally:
+            if self.blocks is not None and self.blocks.pending:
+                self.blocks.flush()
+
+    def effects(self, effects: list[object]) -> None:
+        """Effects that did not come with a packet (the engine's tick, manual operations):
+        the same way as a decision's — blocks to the kernel, everything to on_events."""
+        if self.blocks is not None and self.blocks.note(effects):
+            self.blocks.flush()
+        if self.on_events is not None:
+            self.on_events(effects)
 
     # ---- per packet -----------------------------------------------------------------------
 
@@ -186,8 +214,12 @@ class QueueWorker:
                 if decision.data is not None:
                     pkt.set_payload(decision.data)  # type: ignore[attr-defined]
                 pkt.accept()  # type: ignore[attr-defined]
-            if decision.effects and self.on_events is not None:
-                self.on_events(list(decision.effects))
+            if decision.effects:
+                effects = list(decision.effects)
+                if self.blocks is not None:
+                    self.blocks.note(effects)
+                if self.on_events is not None:
+                    self.on_events(effects)
         except Exception:  # a verdict must always be given
             self.verdict_errors += 1
             try:
@@ -197,6 +229,16 @@ class QueueWorker:
                     pkt.accept()  # type: ignore[attr-defined]
             except RuntimeError:
                 pass  # the verdict was already given
+        # Inside a burst that goes on (run() returns only when the socket is empty): write
+        # blocks that have waited long enough, and show we are alive.
+        blocks = self.blocks
+        if blocks is not None and blocks.pending_since is not None and blocks.overdue():
+            blocks.flush()
+        self._count += 1
+        if self._count >= BUSY_EVERY:
+            self._count = 0
+            if self.on_busy is not None:
+                self.on_busy()
 
 
 def wait_readable(fds: list[int], timeout: float) -> list[int]:

@@ -1,15 +1,29 @@
 """How packets reach the daemon, as one object: the `inet ipsctl` table (fast path, sets, and
 the `queue` statement where the kernel has it) plus, where it has not, the iptables fallback
-chain. The daemon only talks to this."""
+chain. The daemon only talks to this.
+
+Start after a killed daemon: its iptables jumps are removed, but its nft table is kept and
+the new policy is applied over it in one transaction (chains flushed and refilled, sets kept),
+so the blocks in the sets — and the drops of the old fast path — never stop applying.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from ips.kernel.iptables import IptablesDiversion
 from ips.kernel.nft import KernelError, Nft
 from ips.kernel.probe import Capabilities, probe
-from ips.kernel.ruleset import fast_path_split
+from ips.kernel.ruleset import (
+    BLOCK_TABLE,
+    BLOCKS_COMMENT,
+    COMMENT_PREFIX,
+    Address,
+    RuleCounter,
+    SetElement,
+    fast_path_split,
+)
 from ips.policy.model import Policy
 
 
@@ -36,10 +50,15 @@ class Diversion:
             self._caps = probe()
         return self._caps
 
+    @property
+    def nft(self) -> Nft:
+        return self._nft
+
     def remove_stale(self) -> None:
-        """Remove what a daemon killed without cleaning up left behind (ours only)."""
+        """Remove the diversion a daemon killed without cleaning up left behind (ours only).
+        Its table `inet ipsctl` stays: install() applies the new policy over it, which keeps
+        the members of its sets (the blocks)."""
         self._iptables.remove()
-        self._nft.remove()
 
     def install(self, policy: Policy) -> None:
         backend = self.caps.diversion
@@ -47,7 +66,20 @@ class Diversion:
             reasons = "; ".join(f"{k}: {v}" for k, v in self.caps.reasons.items())
             raise KernelError(f"this machine cannot divert packets: {reasons}")
         self.backend = backend
-        self.update(policy)
+        try:
+            self.update(policy)
+        except KernelError as exc:
+            if not self._nft.table_exists():
+                raise  # not the old table's fault
+            # A table nft will not apply over (left by another version?): start it afresh,
+            # carrying the blocks over.
+            print(f"ipsctl: recreating table inet ipsctl ({exc})", file=sys.stderr)
+            blocks = self._nft.elements(BLOCK_TABLE)
+            self._nft.remove()
+            self.update(policy)
+            for e in blocks:
+                self._nft.replace_elements(BLOCK_TABLE, [e.addr], e.timeout, e.comment,
+                                           e.expires)  # fmt: skip
         if backend == "iptables":
             self._iptables.install(self.hooks, self.queue, self.fail_open)
 
@@ -65,17 +97,41 @@ class Diversion:
         self._nft.remove()
         self.backend = None
 
-    def kernel_hits(self) -> dict[str, int]:
-        """Packets per policy rule decided in the kernel ("FILE:LINE" -> packets)."""
+    def counters(self) -> dict[str, RuleCounter]:
+        """The kernel's counters by comment; {} when they cannot be read."""
         try:
-            counters = self._nft.counters()
+            return self._nft.counters()
         except KernelError:
             return {}
+
+    def kernel_hits(self, counters: dict[str, RuleCounter] | None = None) -> dict[str, int]:
+        """Packets per policy rule decided in the kernel ("FILE:LINE" -> packets)."""
+        counters = self.counters() if counters is None else counters
         return {
-            key.removeprefix("ipsctl:"): c.packets
+            key.removeprefix(COMMENT_PREFIX): c.packets
             for key, c in counters.items()
-            if key.startswith("ipsctl:") and key[-1].isdigit()
+            if key.startswith(COMMENT_PREFIX) and key[-1].isdigit()
         }
+
+    def block_drops(self, counters: dict[str, RuleCounter] | None = None) -> int:
+        """Packets the kernel dropped because their source is blocked (`ipsctl:blocks`)."""
+        counters = self.counters() if counters is None else counters
+        c = counters.get(BLOCKS_COMMENT)
+        return c.packets if c else 0
+
+    # ---- blocks (the members of BLOCK_TABLE's sets) -------------------------------------------
+
+    def blocks(self) -> list[SetElement]:
+        return self._nft.elements(BLOCK_TABLE)
+
+    def block(self, addr: Address, ttl: float | None, comment: str) -> None:
+        self._nft.replace_elements(BLOCK_TABLE, [addr], ttl, comment)
+
+    def unblock(self, addr: Address) -> bool:
+        return self._nft.delete_elements(BLOCK_TABLE, [addr]) > 0
+
+    def flush_blocks(self) -> None:
+        self._nft.flush_elements(BLOCK_TABLE)
 
     def describe(self) -> dict[str, object]:
         return {

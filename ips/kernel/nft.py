@@ -128,6 +128,24 @@ class Nft:
         if commands:
             self.run(commands)
 
+    def replace_elements(
+        self,
+        table: str,
+        addrs: Iterable[Address],
+        timeout: float | None = None,
+        comment: str | None = None,
+        expires: float | None = None,
+    ) -> None:
+        """Make addresses members with exactly this timeout and comment (one transaction;
+        see ruleset.replace_elements)."""
+        commands = ruleset.replace_elements(table, addrs, timeout, comment, expires)
+        if commands:
+            self.run(commands)
+
+    def flush_elements(self, table: str) -> None:
+        """Remove every member of dynamic table `table` (both families, one transaction)."""
+        self.run(ruleset.flush_sets(table))
+
     def delete_elements(self, table: str, addrs: Iterable[Address]) -> int:
         """Remove members; addresses that are not (or no longer) members are skipped.
         Returns how many were removed."""
@@ -155,7 +173,12 @@ class Nft:
         """Members of dynamic table `table`, both families (expires: seconds left)."""
         out: list[SetElement] = []
         for family in (4, 6):
-            listing = self.run(ruleset.list_set(table, family))
+            try:
+                listing = self.run(ruleset.list_set(table, family))
+            except KernelError as exc:
+                if _missing(exc):  # no such set (or no table): no members
+                    continue
+                raise
             for obj in listing.get("nftables", []):
                 if "set" in obj:
                     out.extend(ruleset.parse_elements(obj["set"].get("elem")))

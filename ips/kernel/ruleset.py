@@ -19,6 +19,13 @@ Dynamic tables become named sets `{name}_v4` / `{name}_v6` (`flags timeout`), cr
 `add set`, which keeps the members of a set that already exists; a policy swap flushes and
 refills only the chains, in one transaction (see build_ruleset).
 
+Blocks (detectors' and `ipsctl blocks add`) live in the sets of BLOCK_TABLE (`banned`), which
+exist whether or not the policy declares that table. The first rules of every chain drop their
+members (comment `ipsctl:blocks`, with a counter), whatever the order of the policy's rules: a
+blocked source's packets never reach the queue, and a block still applies when the policy
+starts with `accept from @trusted`. Each member has its own timeout, so blocks expire in the
+kernel even when the daemon is dead; its comment says who blocked it (block_comment).
+
 One nft rule per policy rule is not always possible: nft has no "or" inside a rule, so a rule
 whose address is `{ 10.0.0.0/8, @banned }`, whose `on IF` may be either interface, that speaks
 of both families with family-specific values, or whose reject answer depends on the
@@ -34,6 +41,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ips.core.packet import PORT_PROTOS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
+from ips.policy.diagnostics import Span
 from ips.policy.model import (
     ACCEPT,
     DROP,
@@ -54,6 +62,10 @@ ACCEPT_MARK = 0x00100000  # the packet-mark bit "the fast path accepted this pac
 COMMENT_PREFIX = "ipsctl:"
 USERSPACE_COMMENT = "ipsctl:to-userspace"  # counts the packets left to the engine
 CLEAR_MARK_COMMENT = "ipsctl:clear-mark"
+BLOCKS_COMMENT = "ipsctl:blocks"  # the leading drops of blocked sources (and their counter)
+BLOCK_TABLE = "banned"  # the dynamic table detectors and `ipsctl blocks` add to
+DEFAULT_BLOCK_TIMEOUT = 3600  # seconds, when the policy does not declare BLOCK_TABLE
+DEFAULT_BLOCK_SIZE = 65536
 MAX_COMMENT = 128  # nft's limit for a comment
 SET_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
 PROTO_UDPLITE = 136
@@ -397,11 +409,13 @@ def compile_rule(rule: RuleSpec, hook: str) -> list[list[Expr]]:
 
 @dataclass(frozen=True, slots=True)
 class SetElement:
-    """A member of a dynamic set: timeout and expires in seconds (None: none/unknown)."""
+    """A member of a dynamic set: timeout and expires in seconds (None: none/unknown), and the
+    element's comment (for blocks: block_comment)."""
 
     addr: str
     timeout: int | None = None
     expires: int | None = None
+    comment: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,14 +444,38 @@ def _seconds(value: float | None) -> int | None:
     return whole if whole == value else whole + 1
 
 
+def block_table_spec(policy: Policy | None) -> TableSpec:
+    """The policy's BLOCK_TABLE when it declares it dynamic; otherwise the one ipsctl makes
+    itself (1 h), so that blocks have a home whatever the policy."""
+    table = policy.tables.get(BLOCK_TABLE) if policy is not None else None
+    if table is not None and table.kind == "dynamic":
+        return table
+    return TableSpec(
+        BLOCK_TABLE, "dynamic", Span("<ipsctl>", 0, 0, 0, 0),
+        timeout=DEFAULT_BLOCK_TIMEOUT, size=DEFAULT_BLOCK_SIZE,
+    )  # fmt: skip
+
+
 def _wanted_sets(policy: Policy) -> dict[str, dict[str, object]]:
     sets: dict[str, dict[str, object]] = {}
-    for table in policy.tables.values():
-        if table.kind != "dynamic":
-            continue
+    tables = [t for t in policy.tables.values() if t.kind == "dynamic" and t.name != BLOCK_TABLE]
+    for table in [block_table_spec(policy), *tables]:
         for family in (4, 6):
             sets[set_name(table.name, family)] = _set_object(table, family)
     return sets
+
+
+def block_rules() -> list[list[Expr]]:
+    """The leading rules of every chain: drop the members of the block sets, both families."""
+    out: list[list[Expr]] = []
+    for family, proto, nfproto in ((4, "ip", "ipv4"), (6, "ip6", "ipv6")):
+        out.append([
+            _match("==", _meta("nfproto"), nfproto),
+            _match("==", _payload(proto, "saddr"), f"@{set_name(BLOCK_TABLE, family)}"),
+            {"counter": None},
+            {"drop": None},
+        ])  # fmt: skip
+    return out
 
 
 def _set_object(table: TableSpec, family: int) -> dict[str, object]:
@@ -533,6 +571,9 @@ def build_ruleset(
             cmds.append({"add": {"element": {**_T, "name": name, "elem": _elems(carry[name])}}})
     split = fast_path_split(policy)
     for hook in hooks:
+        # Blocks first: nothing the policy says may let a blocked source through.
+        for exprs in block_rules():
+            cmds.append(_rule(hook, exprs, BLOCKS_COMMENT))
         cmds.append(_rule(hook, [{"mangle": _clear_mark()}], CLEAR_MARK_COMMENT))
         for rule in policy.rules[:split]:
             comment = rule_comment(rule)
@@ -556,7 +597,7 @@ def _rule(chain: str, exprs: list[Expr], comment: str) -> dict[str, object]:
 def _elems(elements: Iterable[SetElement]) -> list[object]:
     out: list[object] = []
     for e in elements:
-        if e.timeout is None and e.expires is None:
+        if e.timeout is None and e.expires is None and e.comment is None:
             out.append(e.addr)
             continue
         elem: dict[str, object] = {"val": e.addr}
@@ -564,6 +605,8 @@ def _elems(elements: Iterable[SetElement]) -> list[object]:
             elem["timeout"] = e.timeout
         if e.expires is not None:
             elem["expires"] = max(1, e.expires)
+        if e.comment:
+            elem["comment"] = e.comment
         out.append({"elem": elem})
     return out
 
@@ -584,20 +627,59 @@ def _address(addr: Address) -> tuple[int, str]:
 
 
 def add_elements(
-    table: str, addrs: Iterable[Address], timeout: float | None = None
+    table: str,
+    addrs: Iterable[Address],
+    timeout: float | None = None,
+    comment: str | None = None,
 ) -> list[dict[str, object]]:
     """Add (or refresh) addresses in dynamic table `table`, each with its own timeout
-    (None: the set's default). Adding an existing member resets its timeout."""
+    (None: the set's default). Adding an existing member resets its timeout (its comment
+    stays: see replace_elements)."""
     ttl = _seconds(timeout)
     by_family: dict[int, list[object]] = {}
     for addr in addrs:
         family, text = _address(addr)
-        item: object = text if ttl is None else {"elem": {"val": text, "timeout": ttl}}
+        item: object = text
+        if ttl is not None or comment:
+            elem: dict[str, object] = {"val": text}
+            if ttl is not None:
+                elem["timeout"] = ttl
+            if comment:
+                elem["comment"] = comment
+            item = {"elem": elem}
         by_family.setdefault(family, []).append(item)
     return [
         {"add": {"element": {**_T, "name": set_name(table, fam), "elem": items}}}
         for fam, items in sorted(by_family.items())
     ]
+
+
+def replace_elements(
+    table: str,
+    addrs: Iterable[Address],
+    timeout: float | None = None,
+    comment: str | None = None,
+    expires: float | None = None,
+) -> list[dict[str, object]]:
+    """Put addresses in `table` with exactly this timeout and comment, members or not:
+    add (a no-op for a member), delete, add again — one batch, so no packet ever sees the
+    address missing. (A plain `add` of a member refreshes its timeout but keeps its old
+    comment, which would then name the wrong detector.) `expires`: seconds left, when less
+    than the timeout (a block carried over a restart keeps its original timeout)."""
+    addrs = list(addrs)
+    cmds = add_elements(table, addrs)
+    cmds += delete_elements(table, addrs)
+    ttl, left = _seconds(timeout), _seconds(expires)
+    by_family: dict[int, list[object]] = {}
+    for addr in addrs:
+        family, text = _address(addr)
+        element = SetElement(text, ttl, left if left is not None and ttl else None, comment)
+        by_family.setdefault(family, []).extend(_elems([element]))
+    cmds += [
+        {"add": {"element": {**_T, "name": set_name(table, fam), "elem": items}}}
+        for fam, items in sorted(by_family.items())
+    ]
+    return cmds
 
 
 def delete_elements(table: str, addrs: Iterable[Address]) -> list[dict[str, object]]:
@@ -610,6 +692,32 @@ def delete_elements(table: str, addrs: Iterable[Address]) -> list[dict[str, obje
         {"delete": {"element": {**_T, "name": set_name(table, fam), "elem": items}}}
         for fam, items in sorted(by_family.items())
     ]
+
+
+def flush_sets(table: str) -> list[dict[str, object]]:
+    """Empty both sets of dynamic table `table` (one batch)."""
+    return [{"flush": {"set": {**_T, "name": set_name(table, fam)}}} for fam in (4, 6)]
+
+
+# A block's element comment: "DETECTOR|OFFENSE|REASON" (nft's limit is 128 bytes), so that
+# who blocked an address, and why, survives in the kernel across daemon restarts.
+def block_comment(detector: str, offense: int, reason: str) -> str:
+    def clean(text: str) -> str:  # nft prints comments in double quotes
+        return "".join(c if c.isprintable() and c not in '"\\' else " " for c in text)
+
+    text = f"{clean(detector).replace('|', '/')}|{int(offense)}|{clean(reason)}"
+    data = text.encode()[:MAX_COMMENT]
+    return data.decode(errors="ignore")
+
+
+def parse_block_comment(comment: str | None) -> tuple[str, int, str]:
+    """(detector, offense, reason) from block_comment; ("", 0, comment) for anything else."""
+    if not comment:
+        return "", 0, ""
+    parts = comment.split("|", 2)
+    if len(parts) == 3 and parts[1].isdigit():
+        return parts[0], int(parts[1]), parts[2]
+    return "", 0, comment
 
 
 def list_set(table: str, family: int) -> list[dict[str, object]]:
@@ -632,7 +740,9 @@ def parse_elements(raw: object) -> tuple[SetElement, ...]:
     for item in raw if isinstance(raw, list) else []:
         if isinstance(item, dict) and "elem" in item:
             e = item["elem"]
-            out.append(SetElement(str(e["val"]), e.get("timeout"), e.get("expires")))
+            out.append(
+                SetElement(str(e["val"]), e.get("timeout"), e.get("expires"), e.get("comment"))
+            )
         elif isinstance(item, str):
             out.append(SetElement(item))
     return tuple(out)

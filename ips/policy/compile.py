@@ -295,7 +295,7 @@ def _dynamic_addr_check(spec: AddrSpec, is_src: bool, tables: dict[str, DynamicT
     """An address condition that involves a dynamic table (its members change at run time);
     the static networks of the same value are checked here too."""
     members = [tables[name] for name in spec.dynamic]
-    static = _NetMatcher(spec.nets4, spec.nets6)
+    static = NetMatcher(spec.nets4, spec.nets6)
     negated = spec.negated
 
     def addr_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
@@ -313,7 +313,7 @@ def _dynamic_addr_check(spec: AddrSpec, is_src: bool, tables: dict[str, DynamicT
     return addr_ok
 
 
-class _NetMatcher:
+class NetMatcher:
     """Membership of an address in a list of networks (slow path: tables, explain)."""
 
     __slots__ = ("by_family",)

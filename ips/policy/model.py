@@ -164,8 +164,8 @@ class DetectorSchema:
     response: str  # block | limit | alert
 
 
-# What each detector accepts, and its defaults (the detectors themselves come later; the
-# reasons for these numbers are in the README's detector table).
+# What each detector accepts, and its defaults. The reasons for these numbers are in the
+# README's detector table; the detectors themselves are in ips/detect/.
 DETECTORS: dict[str, DetectorSchema] = {
     "portscan": DetectorSchema(
         frozenset({"ports", "within", "block", "alert", "ignore"}),
@@ -199,12 +199,33 @@ DETECTORS: dict[str, DetectorSchema] = {
     ),
 }
 
+# Detector alerts use signature ids from this reserved range (one block of 100 per detector,
+# in DETECTORS order: portscan 9000100-9000199, sweep 9000200-..., udpflood 9000600-...), so
+# a rule's `sid` may not take one of them.
+DETECTOR_SID_FIRST = 9_000_000
+DETECTOR_SID_LAST = 9_000_999
+DETECTOR_SID_BASE: dict[str, int] = {
+    name: DETECTOR_SID_FIRST + 100 * (i + 1) for i, name in enumerate(DETECTORS)
+}
+
+# Table names with a fixed meaning for the detectors.
+BAN_TABLE = "banned"  # dynamic: where detector (and manual) blocks go; mirrored in nftables
+TRUSTED_TABLE = "trusted"  # never blocked by a detector
+
 
 @dataclass(frozen=True, slots=True)
 class OptionSchema:
+    """A `set NAME VALUE` option.
+
+    kind    choice: one of `choices`; int: a whole number; duration: 30s, 10m, 24h (seconds)
+    minimum/maximum bound int and duration values (inclusive)."""
+
     choices: tuple[str, ...]
-    default: str
+    default: str | int | float
     help: str
+    kind: str = "choice"
+    minimum: float = 0
+    maximum: float = 0
 
 
 OPTIONS: dict[str, OptionSchema] = {
@@ -217,6 +238,38 @@ OPTIONS: dict[str, OptionSchema] = {
     "malformed": OptionSchema(
         ("drop", "accept"), "drop", "verdict for packets the decoder cannot make sense of"
     ),
+    # A spoofed-source attack can make a detector want to ban thousands of addresses; the
+    # budget caps the damage of a false positive at N bans a minute (manual blocks are free).
+    "ban-budget": OptionSchema(
+        (), 30, "most new detector blocks per minute", kind="int", minimum=1, maximum=1_000_000
+    ),
+    # Repeat offenders: each new block of the same address lasts FACTOR times the last one.
+    "ban-escalation": OptionSchema(
+        (),
+        2,
+        "block duration factor for a repeat offender (1: none)",
+        kind="int",
+        minimum=1,
+        maximum=100,
+    ),
+    "ban-max": OptionSchema(
+        (),
+        86_400.0,
+        "longest block escalation may reach",
+        kind="duration",
+        minimum=1,
+        maximum=365 * 86_400,
+    ),
+    # Detector state is per source (or source and target): bounded so that a flood of spoofed
+    # sources cannot grow it without limit; the oldest entries are evicted (and counted).
+    "detect-memory": OptionSchema(
+        (),
+        65_536,
+        "most addresses each detector tracks",
+        kind="int",
+        minimum=16,
+        maximum=16_777_216,
+    ),
 }
 
 
@@ -224,21 +277,41 @@ OPTIONS: dict[str, OptionSchema] = {
 class Policy:
     rules: list[RuleSpec] = field(default_factory=list)
     tables: dict[str, TableSpec] = field(default_factory=dict)
-    options: dict[str, str] = field(default_factory=dict)
+    options: dict[str, str | int | float] = field(default_factory=dict)
     detectors: dict[str, DetectSpec] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # file -> text, for diagnostics
     files: list[str] = field(default_factory=list)  # in include order
     digest: str = ""  # sha256 of the sources, to tell which policy is running
     warnings: list[Diagnostic] = field(default_factory=list)
 
+    def option(self, name: str) -> str | int | float:
+        """The value of `set NAME`, or its default."""
+        return self.options.get(name, OPTIONS[name].default)
+
     @property
     def default_verdict(self) -> str:
-        return self.options.get("default", OPTIONS["default"].default)
+        return str(self.option("default"))
 
     @property
     def on_error(self) -> str:
-        return self.options.get("on-error", OPTIONS["on-error"].default)
+        return str(self.option("on-error"))
 
     @property
     def malformed_verdict(self) -> str:
-        return self.options.get("malformed", OPTIONS["malformed"].default)
+        return str(self.option("malformed"))
+
+    @property
+    def ban_budget(self) -> int:
+        return int(self.option("ban-budget"))
+
+    @property
+    def ban_escalation(self) -> int:
+        return int(self.option("ban-escalation"))
+
+    @property
+    def ban_max(self) -> float:
+        return float(self.option("ban-max"))
+
+    @property
+    def detect_memory(self) -> int:
+        return int(self.option("detect-memory"))

@@ -16,12 +16,16 @@ from ips.core.packet import PORT_PROTOS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP
 from ips.policy import ast, names
 from ips.policy.diagnostics import Diagnostics, PolicyError, Span, did_you_mean
 from ips.policy.model import (
+    BAN_TABLE,
+    DETECTOR_SID_FIRST,
+    DETECTOR_SID_LAST,
     DETECTORS,
     OPTIONS,
     AddrSpec,
     DetectSpec,
     IfaceSpec,
     LimitSpec,
+    OptionSchema,
     Policy,
     PortSpec,
     RewriteSpec,
@@ -107,6 +111,7 @@ class _Resolver:
         self._expanded: dict[str, tuple[list[ast.Item], bool]] = {}
         self._real_paths: dict[str, Path] = {}  # display name -> resolved path
         self._included: dict[Path, Span] = {}
+        self._ban_table_reported = False  # a missing `table banned`: one error, not six
 
     # ---- files and includes -------------------------------------------------------------------
 
@@ -278,19 +283,59 @@ class _Resolver:
                 code="unknown-name",
             )
             return
-        value = names.ACTION_ALIASES.get(stmt.value.text, stmt.value.text)
-        if value not in schema.choices:
-            self.diags.error(
-                stmt.value.span,
-                f"'{stmt.value.text}' is not a value of 'set {stmt.name}'",
-                did_you_mean(stmt.value.text, schema.choices)
-                or f"choose one of: {', '.join(schema.choices)}",
-                code="bad-value",
-            )
-            return
+        value: str | int | float | None
+        if schema.kind == "choice":
+            value = names.ACTION_ALIASES.get(stmt.value.text, stmt.value.text)
+            if value not in schema.choices:
+                self.diags.error(
+                    stmt.value.span,
+                    f"'{stmt.value.text}' is not a value of 'set {stmt.name}'",
+                    did_you_mean(stmt.value.text, schema.choices)
+                    or f"choose one of: {', '.join(schema.choices)}",
+                    code="bad-value",
+                )
+                return
+        else:
+            value = self._number_option(stmt, schema)
+            if value is None:
+                return
         if stmt.name in policy.options:
             self.diags.warning(stmt.name_span, f"'set {stmt.name}' given again; the last wins")
         policy.options[stmt.name] = value
+
+    def _number_option(self, stmt: ast.OptionStmt, schema: OptionSchema) -> int | float | None:
+        """The value of an int or duration option, range-checked; None after an error."""
+        item = stmt.value
+        lo, hi = schema.minimum, schema.maximum
+        if schema.kind == "int":
+            if item.kind != "int" or len(item.text) > 12 or not lo <= item.lo <= hi:
+                self.diags.error(
+                    item.span,
+                    f"'set {stmt.name}' takes a whole number from {int(lo)} to {int(hi)}",
+                    f"e.g. set {stmt.name} {schema.default}",
+                    code="bad-value",
+                )
+                return None
+            return item.lo
+        if item.kind != "duration":
+            self.diags.error(
+                item.span,
+                f"'set {stmt.name}' takes a duration",
+                "a whole number and a unit: 30s, 10m, 24h, 7d",
+                code="bad-value",
+            )
+            return None
+        seconds = self._duration(item)
+        if seconds is None:
+            return None
+        if not lo <= seconds <= hi:
+            self.diags.error(
+                item.span,
+                f"'set {stmt.name}' must be between {_human(lo)} and {_human(hi)}",
+                code="bad-value",
+            )
+            return None
+        return seconds
 
     # ---- values -------------------------------------------------------------------------------
 
@@ -646,6 +691,39 @@ class _Resolver:
         if response == "block" and "block" not in params:
             params["block"] = 600.0
         params["response"] = response
+        if response == "block":
+            # Blocks live in the dynamic table `banned` (an nftables set): without it a
+            # detector could only pretend to block.
+            where = responses_given[-1].span if responses_given else stmt.name_span
+            table = self.tables.get(BAN_TABLE)
+            if self._ban_table_reported:
+                pass  # said once, at the first detector that blocks
+            elif table is None:
+                self._ban_table_reported = True
+                self.diags.error(
+                    where,
+                    f"detector '{stmt.name}' blocks, but the policy has no dynamic table "
+                    f"'{BAN_TABLE}' to put the blocked addresses in",
+                    f"declare one: table {BAN_TABLE} dynamic timeout 1h "
+                    "(and `drop from @banned` first), or answer with `alert`",
+                    code="missing-table",
+                )
+            elif table.kind != "dynamic":
+                self._ban_table_reported = True
+                self.diags.error(
+                    where,
+                    f"detector '{stmt.name}' blocks, but table '{BAN_TABLE}' is not dynamic "
+                    f"(declared at {table.span})",
+                    f"declare it as: table {BAN_TABLE} dynamic timeout 1h",
+                    code="missing-table",
+                )
+            if params.get("per") == "dst":
+                self.diags.warning(
+                    where,
+                    f"'{stmt.name} per dst … block' bans every source that sends while its "
+                    "destination is over the rate, and flood sources are easily spoofed",
+                    "`limit` protects the destination without banning anyone",
+                )
         return DetectSpec(stmt.name, stmt.span, params)
 
     # ---- rules --------------------------------------------------------------------------------
@@ -782,6 +860,14 @@ class _Resolver:
                             self.diags.error(
                                 clause.span,
                                 "a sid is a number from 1 to 4294967295",
+                                code="bad-value",
+                            )
+                        elif DETECTOR_SID_FIRST <= sid <= DETECTOR_SID_LAST:
+                            self.diags.error(
+                                clause.span,
+                                f"sid {sid} is reserved for the detectors' alerts "
+                                f"({DETECTOR_SID_FIRST}-{DETECTOR_SID_LAST})",
+                                "choose another number",
                                 code="bad-value",
                             )
                         rule.sid = sid
@@ -1146,3 +1232,11 @@ def _os_reason(exc: Exception) -> str:
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
     return str(exc)
+
+
+def _human(seconds: float) -> str:
+    """A duration as written in a policy: 86400 -> 1d, 90 -> 90s."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

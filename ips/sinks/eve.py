@@ -3,6 +3,13 @@
 
 One JSON object per line: timestamp, flow_id, event_type, src_ip, src_port, dest_ip,
 dest_port, proto, and per event type an `alert`, `drop` or `flow` object.
+
+Detectors: a detection is an `alert` (category = the detector's name, signature_id in
+9000000-9000999) whose details are in a top-level `ipsctl` object (typed values: source,
+target(s), count, threshold, window, …; Suricata puts protocol details at the top level the
+same way) and whose `alert.metadata` has `detector: [NAME]` (Suricata's metadata is lists of
+strings). Blocks have no Suricata equivalent: `ipsctl_block` and `ipsctl_unblock` events,
+with src_ip the address and an object of the same name (no flow, no destination).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ import json
 from datetime import UTC, datetime
 from typing import IO
 
-from ips.core.events import Alert, FlowEnd, LogRecord, PacketEvent
+from ips.core.events import Alert, Block, FlowEnd, LogRecord, PacketEvent, Unblock
 from ips.core.flow import TCP_STATE_NAMES
 from ips.core.packet import PORT_PROTOS
 
@@ -66,7 +73,37 @@ def alert_record(alert: Alert, in_iface: str | None = None) -> dict[str, object]
         "severity": alert.severity,
         "metadata": {"rule": [alert.rule_name]},
     }
+    if alert.extra is not None:
+        record["alert"]["metadata"]["detector"] = [alert.category]  # type: ignore[index]
+        record["ipsctl"] = {"detector": alert.category, **alert.extra}
     return record
+
+
+def block_record(block: Block) -> dict[str, object]:
+    """An address went into a block table (ipsctl_block)."""
+    return {
+        "timestamp": eve_timestamp(block.time),
+        "event_type": "ipsctl_block",
+        "src_ip": block.addr_text,
+        "ipsctl_block": {
+            "table": block.table,
+            "detector": block.detector,
+            "offense": block.offense,
+            "ttl": block.ttl,
+            "expires": eve_timestamp(block.time + block.ttl),
+            "reason": block.reason,
+        },
+    }
+
+
+def unblock_record(unblock: Unblock) -> dict[str, object]:
+    """An address left a block table (ipsctl_unblock): expired, manual or flush."""
+    return {
+        "timestamp": eve_timestamp(unblock.time),
+        "event_type": "ipsctl_unblock",
+        "src_ip": unblock.addr_text,
+        "ipsctl_unblock": {"table": unblock.table, "reason": unblock.reason},
+    }
 
 
 def drop_record(log: LogRecord, in_iface: str | None = None) -> dict[str, object]:
@@ -149,6 +186,10 @@ class EveWriter:
                 self.write(drop_record(ev, self.in_iface))
             else:
                 self.write(log_record(ev, self.in_iface))
+        elif isinstance(ev, Block):
+            self.write(block_record(ev))
+        elif isinstance(ev, Unblock):
+            self.write(unblock_record(ev))
 
     def events(self, evs: object) -> None:
         for ev in evs:  # type: ignore[attr-defined]

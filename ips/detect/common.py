@@ -1,0 +1,198 @@
+"""What the detectors share: address lists, the report path (alert + block), alert pacing.
+
+Pure, like the rest of the core: no I/O, no clock; `now` is an argument.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ips.core.addr import format_addr
+from ips.core.events import Alert
+from ips.policy.compile import NetMatcher
+from ips.policy.model import DETECTOR_SID_BASE, AddrSpec, DetectSpec
+
+if TYPE_CHECKING:
+    from ips.detect.blocks import BlockManager
+
+# At most one alert per second per detector and key (a source, or a flood's victim): a scan
+# or a flood is one story, not a million lines. What was folded is counted in the next alert.
+ALERT_EVERY = 1.0
+# And at most this many alerts per second per detector, all keys together (100,000 spoofed
+# sources are 100,000 keys). Alerts that come with a block are never held back: blocks are
+# already bounded by the ban budget.
+ALERTS_PER_SECOND = 100.0
+# How many targets (ports or hosts) an alert lists; `count` says how many there were.
+TARGETS_SHOWN = 32
+SEVERITY = 2  # Suricata's scale: 1 high, 2 medium, 3 low
+
+
+def parse_networks(cidrs: Iterable[str]) -> NetMatcher:
+    """CIDR strings ("10.0.0.0/8", "2001:db8::1") -> a matcher. ValueError on a bad one."""
+    nets4: list[tuple[int, int]] = []
+    nets6: list[tuple[int, int]] = []
+    for text in cidrs:
+        net = ipaddress.ip_network(str(text).strip(), strict=False)
+        target = nets4 if net.version == 4 else nets6
+        target.append((int(net.network_address), net.prefixlen))
+    return NetMatcher(tuple(nets4), tuple(nets6))
+
+
+class AddrList:
+    """Membership in an `ignore` list (an AddrSpec, possibly negated)."""
+
+    __slots__ = ("matcher", "negated")
+
+    def __init__(self, spec: AddrSpec) -> None:
+        self.matcher = NetMatcher(spec.nets4, spec.nets6)
+        self.negated = spec.negated
+
+    def __contains__(self, addr: bytes) -> bool:
+        return self.matcher.contains(addr) != self.negated
+
+
+_V6_LOOPBACK = bytes(15) + b"\x01"
+_V6_UNSPECIFIED = bytes(16)
+
+
+def not_a_host(addr: bytes) -> bool:
+    """Unspecified (0/8, ::), loopback (127/8, ::1), multicast or broadcast (224/3, which
+    also holds class E and 255.255.255.255; ff00::/8): never a real scanner or scan target
+    (traffic to them is discovery: mDNS, SSDP, NetBIOS), and never worth a block."""
+    first = addr[0]
+    if len(addr) == 4:
+        return first >= 224 or first in (0, 127)
+    return first == 0xFF or addr in (_V6_LOOPBACK, _V6_UNSPECIFIED)
+
+
+class Detector:
+    """The part every detector shares: its configuration, counters, and `emit`, which makes
+    the alert of a detection and asks the BlockManager for the block its response wants."""
+
+    name = ""
+
+    def __init__(self, spec: DetectSpec, memory: int) -> None:
+        params = spec.params
+        self.spec = spec
+        self.memory = memory
+        self.response = str(params["response"])
+        self.ttl = float(params.get("block") or 600.0)  # type: ignore[arg-type]
+        ignore = params.get("ignore")
+        self.ignore: AddrList | None = AddrList(ignore) if isinstance(ignore, AddrSpec) else None
+        self.sid_base = DETECTOR_SID_BASE[self.name]
+        self.rule_name = f"{spec.span.file}:{spec.span.line}"
+        self.blocks: BlockManager | None = None  # set by Detectors
+        self.alerts = 0
+        self.suppressed = 0
+        self.blocked = 0
+        self.drops = 0
+        self.evicted = 0
+        self._tokens = ALERTS_PER_SECOND
+        self._tokens_at = 0.0
+
+    def same_config(self, spec: DetectSpec, memory: int) -> bool:
+        """True when a reloaded policy configures this detector the same way (its state is
+        then kept across `apply`)."""
+        return spec.params == self.spec.params and memory == self.memory
+
+    def ignored(self, addr: bytes) -> bool:
+        return self.ignore is not None and addr in self.ignore
+
+    def tracked(self) -> int:
+        """How many keys (sources, source+target pairs, victims) the detector holds now."""
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "tracked": self.tracked(),
+            "memory": self.memory,
+            "evicted": self.evicted,
+            "alerts": self.alerts,
+            "suppressed": self.suppressed,
+            "blocks": self.blocked,
+            "drops": self.drops,
+        }
+
+    def tick(self, now: float, out: list[object]) -> None:
+        """Expiry of old state (and, for scans, probes whose answer is overdue)."""
+
+    def _paced(self, now: float) -> bool:
+        """One token of the detector-wide alert budget."""
+        tokens = self._tokens + (now - self._tokens_at) * ALERTS_PER_SECOND
+        if tokens > ALERTS_PER_SECOND:
+            tokens = ALERTS_PER_SECOND
+        self._tokens_at = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens if tokens > 0.0 else 0.0
+        return False
+
+    def emit(
+        self,
+        out: list[object],
+        now: float,
+        *,
+        flow_id: int,
+        proto: int,
+        src: bytes,
+        sport: int,
+        dst: bytes,
+        dport: int,
+        sid: int,
+        signature: str,
+        extra: dict[str, object],
+        offender: bytes | None = None,
+        reason: str = "",
+        dropped: bool = False,
+    ) -> None:
+        """Report one detection. With response `block`, `offender` is banned (if the
+        BlockManager agrees: trusted, never_block, the budget); the alert says "blocked" when
+        the offender is banned (now or already) or the packet was dropped."""
+        blocked = dropped
+        block = None
+        if offender is not None and self.response == "block" and self.blocks is not None:
+            block, status = self.blocks.request(offender, now, self.ttl, self.name, reason)
+            extra["block"] = status
+            if block is not None:
+                self.blocked += 1
+                extra["ttl"] = block.ttl
+                extra["offense"] = block.offense
+            blocked = blocked or status in ("added", "already")
+        if block is None and not self._paced(now):
+            self.suppressed += 1
+            return
+        self.alerts += 1
+        out.append(
+            Alert(
+                now,
+                flow_id,
+                4 if len(src) == 4 else 6,
+                proto,
+                src,
+                sport,
+                dst,
+                dport,
+                action="blocked" if blocked else "allowed",
+                signature_id=self.sid_base + sid,
+                signature=signature,
+                severity=SEVERITY,
+                category=self.name,
+                rule_name=self.rule_name,
+                extra=extra,
+            )
+        )
+        if block is not None:
+            out.append(block)
+
+
+def addr_list(addrs: Iterable[bytes]) -> list[str]:
+    """Addresses as text for an alert's details, at most TARGETS_SHOWN of them."""
+    out = []
+    for a in addrs:
+        if len(out) >= TARGETS_SHOWN:
+            break
+        out.append(format_addr(a))
+    return out

@@ -1,0 +1,284 @@
+"""The detectors of a policy, behind one call per packet: `Detectors.observe`.
+
+Most packets need nothing from any detector, and are let go after a tuple index and a few
+attribute reads: a TCP packet with ordinary flags in a flow past its first packet, a UDP
+packet of an answered flow. What reaches a detector:
+
+  * the first packet of a flow                  portscan, sweep (probes, or answers to them)
+  * TCP with invalid flags                      stealth
+  * a TCP SYN (also retransmitted)              synflood
+  * the first answer of a flow, if a RST        portscan, sweep (rejected probes)
+  * ICMP/ICMPv6 destination unreachable         portscan, sweep (rejected probes)
+  * ICMP/ICMPv6 echo request                    icmpflood; sweep if first
+  * UDP of a flow not answered (yet)            udpflood; portscan, sweep if first
+and, from the engine, a first packet the policy rejects (our own reset or ICMP error is a
+failed probe too: `rejected`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ips.core.flow import Flow
+from ips.core.packet import (
+    FRAG_LATER,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    PROTO_UDPLITE,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    Packet,
+)
+from ips.detect.blocks import BlockManager
+from ips.detect.common import Detector, not_a_host
+from ips.detect.flood import Flood, IcmpFlood, SynFlood, UdpFlood
+from ips.detect.scan import (
+    ACK,
+    DATAGRAM,
+    ECHO,
+    GRACE,
+    RESOLVE_PER_PACKET,
+    SYN,
+    TRACEROUTE_PORTS,
+    PortScan,
+    ScanDetector,
+    Sweep,
+    Tuple5,
+    answer_tuple,
+    quoted_answer,
+)
+from ips.detect.stealth import KIND_OF_FLAGS, Stealth
+from ips.policy.model import Policy
+
+CLASSES: dict[str, Callable[..., Detector]] = {
+    "portscan": PortScan,
+    "sweep": Sweep,
+    "stealth": Stealth,
+    "icmpflood": IcmpFlood,
+    "synflood": SynFlood,
+    "udpflood": UdpFlood,
+}
+
+_SFRA = TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK
+_ICMP4_SWEEP = frozenset((8, 13, 17))  # echo, timestamp, address mask requests (nmap -PE/PP/PM)
+_ICMP6_SWEEP = frozenset((128,))
+_ICMP4_ANSWERS = frozenset((0, 14, 18))  # their replies
+_ICMP6_ANSWERS = frozenset((129,))
+_UDPS = (PROTO_UDP, PROTO_UDPLITE)
+_ICMPS = (PROTO_ICMP, PROTO_ICMPV6)
+
+Result = tuple[list[object] | None, str | None]
+
+
+class Detectors:
+    """All detectors of one policy. `observe` returns None (nothing to report: the common
+    case) or (effects or None, name of the detector whose `limit` drops the packet or None).
+    Effects are Alert and Block events."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        blocks: BlockManager,
+        previous: Detectors | None = None,
+    ) -> None:
+        self.blocks = blocks
+        memory = policy.detect_memory
+        self.by_name: dict[str, Detector] = {}
+        for name, spec in policy.detectors.items():
+            old = previous.by_name.get(name) if previous is not None else None
+            if old is not None and old.same_config(spec, memory):
+                det = old  # same settings: keep what it has learned (an `apply` is no reset)
+                det.spec = spec
+                det.rule_name = f"{spec.span.file}:{spec.span.line}"
+            else:
+                det = CLASSES[name](spec, memory)
+            det.blocks = blocks
+            self.by_name[name] = det
+        get = self.by_name.get
+        self.portscan: PortScan | None = get("portscan")  # type: ignore[assignment]
+        self.sweep: Sweep | None = get("sweep")  # type: ignore[assignment]
+        self.stealth: Stealth | None = get("stealth")  # type: ignore[assignment]
+        self.icmpflood: Flood | None = get("icmpflood")  # type: ignore[assignment]
+        self.synflood: Flood | None = get("synflood")  # type: ignore[assignment]
+        self.udpflood: Flood | None = get("udpflood")  # type: ignore[assignment]
+        self.scans: tuple[ScanDetector, ...] = tuple(
+            d for d in (self.portscan, self.sweep) if d is not None
+        )
+        # TCP flags that need no detector on a flow's later packets
+        quiet = []
+        for flags in range(256):
+            busy = (
+                (self.stealth is not None and KIND_OF_FLAGS[flags] != 0)
+                or (self.synflood is not None and flags & _SFRA == TCP_SYN)
+                or (bool(self.scans) and flags & TCP_RST != 0)
+            )
+            quiet.append(not busy)
+        self._tcp_quiet: tuple[bool, ...] = tuple(quiet)
+        self._tcp_first = bool(self.scans)  # (synflood's SYNs are not quiet anyway)
+        self._udp_busy = self.udpflood is not None or bool(self.scans)
+
+    def __bool__(self) -> bool:
+        return bool(self.by_name)
+
+    # ---- per packet --------------------------------------------------------------------------
+
+    def observe(self, pkt: Packet, flow: Flow, fwd: bool, now: float) -> Result | None:
+        """Look at one packet after the flow table counted it (before the rules)."""
+        proto = pkt.proto
+        if proto == PROTO_TCP:
+            flags = pkt.flags
+            if self._tcp_quiet[flags] and (
+                not fwd or flow.pkts_fwd != 1 or flow.replied or not self._tcp_first
+            ):
+                return None
+            return self._tcp(pkt, flow, fwd, flags, now)
+        if proto in _UDPS:
+            if flow.replied or not self._udp_busy:
+                return None
+            return self._udp(pkt, flow, fwd, now)
+        if proto in _ICMPS:
+            return self._icmp(pkt, flow, fwd, now)
+        if proto == PROTO_SCTP and fwd and flow.pkts_fwd == 1 and not flow.replied:
+            if pkt.frag == FRAG_LATER or not self.scans:
+                return None
+            out: list[object] = []
+            if not self._answers(pkt, False, now, out):
+                self._probe(pkt, flow, DATAGRAM, now, out, True)
+            return (out, None) if out else None
+        return None
+
+    def _tcp(self, pkt: Packet, flow: Flow, fwd: bool, flags: int, now: float) -> Result | None:
+        if pkt.frag == FRAG_LATER:
+            return None  # no TCP header: its "flags" are not flags
+        out: list[object] = []
+        drop = None
+        kind = KIND_OF_FLAGS[flags]
+        if kind:
+            if self.stealth is not None:
+                self.stealth.observe(pkt, flow, kind, now, out)
+        elif fwd and flow.pkts_fwd == 1 and not flow.replied:
+            if self.scans and not self._answers(pkt, flags & TCP_RST != 0, now, out):
+                sfra = flags & _SFRA
+                if sfra == TCP_SYN:
+                    self._probe(pkt, flow, SYN, now, out, True)
+                elif (sfra == TCP_ACK or sfra == TCP_ACK | TCP_FIN) and (
+                    pkt.payload_offset >= pkt.length
+                ):
+                    # nmap -sA / -sM, or a connection picked up mid-stream: its answer tells
+                    self._probe(pkt, flow, ACK, now, out, True)
+        elif flags & TCP_RST and not fwd and flow.pkts_rev == 1 and self.scans:
+            self._answers(pkt, True, now, out)  # the target reset the probe
+        synflood = self.synflood
+        if (
+            synflood is not None
+            and flags & _SFRA == TCP_SYN
+            and synflood.count(pkt, flow, now, out)
+        ):
+            drop = "synflood"
+        if out or drop:
+            return (out or None, drop)
+        return None
+
+    def _udp(self, pkt: Packet, flow: Flow, fwd: bool, now: float) -> Result | None:
+        if pkt.frag == FRAG_LATER:
+            return None
+        out: list[object] = []
+        drop = None
+        if (
+            self.scans
+            and fwd
+            and flow.pkts_fwd == 1
+            and pkt.dport not in TRACEROUTE_PORTS
+            and not self._answers(pkt, False, now, out)
+        ):
+            self._probe(pkt, flow, DATAGRAM, now, out, True)
+        if self.udpflood is not None and self.udpflood.count(pkt, flow, now, out):
+            drop = "udpflood"
+        if out or drop:
+            return (out or None, drop)
+        return None
+
+    def _icmp(self, pkt: Packet, flow: Flow, fwd: bool, now: float) -> Result | None:
+        itype = pkt.icmp_type
+        v4 = pkt.proto == PROTO_ICMP
+        out: list[object] = []
+        drop = None
+        first = fwd and flow.pkts_fwd == 1 and not flow.replied
+        if itype == (3 if v4 else 1):  # destination unreachable
+            if self.scans:
+                answer = quoted_answer(pkt)
+                if answer is not None:
+                    self._answer(answer, True, now, out)
+        elif itype == (8 if v4 else 128):  # echo request
+            if first and self.sweep is not None:
+                self._probe(pkt, flow, ECHO, now, out, False)
+            if self.icmpflood is not None and self.icmpflood.count(pkt, flow, now, out):
+                drop = "icmpflood"
+        elif first and self.sweep is not None:
+            if itype in (_ICMP4_SWEEP if v4 else _ICMP6_SWEEP):
+                self._probe(pkt, flow, ECHO, now, out, False)
+            elif itype in (_ICMP4_ANSWERS if v4 else _ICMP6_ANSWERS):
+                self._answers(pkt, False, now, out)  # a reply whose request left no flow
+        if out or drop:
+            return (out or None, drop)
+        return None
+
+    # ---- scans -------------------------------------------------------------------------------
+
+    def _probe(
+        self, pkt: Packet, flow: Flow, kind: int, now: float, out: list[object], ports: bool
+    ) -> None:
+        src = pkt.src
+        dst = pkt.dst
+        if not_a_host(dst) or not_a_host(src):
+            return
+        for det in self.scans:
+            det.resolve(now, RESOLVE_PER_PACKET, out)  # answers now due, before the new probe
+        portscan = self.portscan
+        if ports and portscan is not None and not portscan.ignored(src):
+            portscan.probe((src, dst), pkt.dport, pkt, flow, kind, now, out)
+        sweep = self.sweep
+        if sweep is not None and not sweep.ignored(src):
+            sweep.probe(src, dst, pkt, flow, kind, now, out)
+
+    def _answers(self, pkt: Packet, failed: bool, now: float, out: list[object]) -> bool:
+        """Whether `pkt` answers a pending probe (and note the answer)."""
+        return self._answer((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport), failed, now, out)
+
+    def _answer(self, answer: Tuple5, failed: bool, now: float, out: list[object]) -> bool:
+        found = False
+        for det in self.scans:
+            found = det.answer(answer, failed, now, out) or found
+        return found
+
+    def rejected(self, pkt: Packet, now: float) -> list[object] | None:
+        """The policy rejected a flow's first packet: our own reset or ICMP error is the
+        answer, and a failure. Returns the effects (a scan may be complete)."""
+        if not self.scans:
+            return None
+        out: list[object] = []
+        self._answer(answer_tuple(pkt), True, now, out)
+        return out or None
+
+    # ---- time --------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[object]:
+        """Weigh the probes whose answer is overdue (they may complete a scan: Alert, Block),
+        and let go of expired state."""
+        out: list[object] = []
+        for det in self.by_name.values():
+            det.tick(now, out)
+        return out
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per detector: tracked keys, memory cap, evictions, alerts, suppressed, blocks,
+        drops (and pending probes for the scans)."""
+        return {name: det.stats() for name, det in self.by_name.items()}
+
+
+__all__ = ["GRACE", "Detectors", "Result"]

@@ -1,0 +1,164 @@
+"""Floods: `icmpflood` (ICMP/ICMPv6 echo requests), `synflood` (SYNs that open connections:
+SYN without ACK), `udpflood` (UDP datagrams of flows that have not been answered).
+
+A token bucket per key — the source (`per src`) or the destination (`per dst`) — with `rate`
+packets per second and a burst of one second's worth. A packet over the rate is a detection:
+
+  limit   the packet gets a DROP verdict from the detector (before the rules). Nobody is
+          banned: flood sources are spoofed at will, and a ban of a spoofed address hurts
+          whoever really owns it. Per dst, this protects the victim's capacity.
+  block   the packet's source is banned (`per dst`: every source that sends while the
+          destination is over the rate — the resolver warns about it).
+  alert   an alert only.
+
+Alerts are paced to one per key per second and carry the number of packets over the rate
+they stand for. udpflood counts only flows that got no answer: a flood is one-way, while
+QUIC, VPN tunnels, RTP and DNS — the traffic that legitimately runs at thousands of packets
+a second — are answered (a flood of new flows is counted: every first packet is unanswered).
+`ignore` exempts sources, and for `per dst` also destinations.
+"""
+
+from __future__ import annotations
+
+from ips.core.addr import format_addr
+from ips.core.flow import Flow
+from ips.core.packet import Packet
+from ips.detect.common import ALERT_EVERY, Detector
+from ips.policy.model import DetectSpec
+
+SCAN_BUDGET = 8  # buckets looked at per eviction (a full table) — bounded work per packet
+TICK_BUDGET = 4096  # buckets looked at per tick for expiry
+
+
+class Flood(Detector):
+    SIGNATURE = ""
+    PACKETS = ""  # what is counted, for the alert's details
+
+    def __init__(self, spec: DetectSpec, memory: int) -> None:
+        super().__init__(spec, memory)
+        self.rate = float(spec.params["rate"])  # type: ignore[arg-type]
+        self.per = str(spec.params["per"])
+        self.per_src = self.per == "src"
+        self.burst = max(self.rate, 1.0)
+        self.idle = self.burst / self.rate  # seconds after which a bucket is full again
+        # key -> [tokens, last update, last alert, packets over the rate since that alert];
+        # insertion order is roughly the order of last use (see _make_room)
+        self.buckets: dict[bytes, list[float]] = {}
+
+    def tracked(self) -> int:
+        return len(self.buckets)
+
+    def count(self, pkt: Packet, flow: Flow, now: float, out: list[object]) -> bool:
+        """Count one packet; True when it is over the rate and the response is `limit`."""
+        key = pkt.src if self.per_src else pkt.dst
+        if self.ignore is not None and (
+            pkt.src in self.ignore or (not self.per_src and key in self.ignore)
+        ):
+            return False
+        buckets = self.buckets
+        b = buckets.get(key)
+        if b is None:
+            if len(buckets) >= self.memory:
+                self._make_room(now)
+            buckets[key] = [self.burst - 1.0, now, float("-inf"), 0.0]
+            return False
+        elapsed = now - b[1]
+        if elapsed > 0.0:
+            tokens = b[0] + elapsed * self.rate
+            b[0] = tokens if tokens < self.burst else self.burst
+            b[1] = now
+        if b[0] >= 1.0:
+            b[0] -= 1.0
+            return False
+        b[3] += 1.0
+        if self.response == "limit":
+            self.drops += 1
+            if now - b[2] >= ALERT_EVERY:
+                self._report(pkt, flow, now, b, True, out)
+            return True
+        if self.response == "block":
+            blocks = self.blocks
+            if blocks is not None and blocks.is_blocked(pkt.src, now):
+                return False  # banned already: the kernel drops the rest
+            # per dst, every new source over the rate is asked for (the ban budget bounds
+            # it); per src, a refused ban (trusted, budget) is asked for again once a second
+            if self.per_src and now - b[2] < ALERT_EVERY:
+                return False
+            self._report(pkt, flow, now, b, False, out)
+        elif now - b[2] >= ALERT_EVERY:
+            self._report(pkt, flow, now, b, False, out)
+        return False
+
+    def _report(
+        self,
+        pkt: Packet,
+        flow: Flow,
+        now: float,
+        bucket: list[float],
+        dropped: bool,
+        out: list[object],
+    ) -> None:
+        over = int(bucket[3])
+        bucket[2] = now
+        bucket[3] = 0.0
+        extra: dict[str, object] = {
+            "source": format_addr(pkt.src),
+            "target": format_addr(pkt.dst),
+            "per": self.per,
+            "packets": self.PACKETS,
+            "count": over,
+            "threshold": self.rate,
+            "window": 1.0,
+        }
+        reason = (
+            f"{self.name}: over {self.rate:g}/s "
+            f"{'from' if self.per_src else 'to'} {extra['source' if self.per_src else 'target']}"
+        )
+        self.emit(
+            out, now, flow_id=flow.flow_id, proto=pkt.proto, src=pkt.src, sport=pkt.sport,
+            dst=pkt.dst, dport=pkt.dport, sid=1 if self.per_src else 2,
+            signature=f"{self.SIGNATURE} ({'per source' if self.per_src else 'per destination'})",
+            extra=extra, offender=pkt.src, reason=reason, dropped=dropped,
+        )  # fmt: skip
+
+    def _make_room(self, now: float) -> None:
+        """Evict one bucket: the first idle one (it would be full again, so nothing is lost)
+        among the oldest few; buckets still in use go to the back. Else the oldest."""
+        buckets = self.buckets
+        for _ in range(SCAN_BUDGET):
+            key = next(iter(buckets))
+            b = buckets.pop(key)
+            if now - b[1] >= self.idle:
+                self.evicted += 1
+                return
+            buckets[key] = b
+        del buckets[next(iter(buckets))]
+        self.evicted += 1
+
+    def tick(self, now: float, out: list[object]) -> None:
+        """Drop idle buckets (a new one starts full: nothing is lost), a bounded number per
+        tick; buckets in use go to the back."""
+        buckets = self.buckets
+        for _ in range(min(TICK_BUDGET, len(buckets))):
+            key = next(iter(buckets))
+            b = buckets.pop(key)
+            if now - b[1] < self.idle or now - b[2] < ALERT_EVERY:
+                buckets[key] = b
+
+
+class IcmpFlood(Flood):
+    name = "icmpflood"
+    SIGNATURE = "ipsctl icmpflood: ICMP echo requests over the rate"
+    PACKETS = "icmp echo-request"
+
+
+class SynFlood(Flood):
+    name = "synflood"
+    SIGNATURE = "ipsctl synflood: TCP SYNs over the rate"
+    PACKETS = "tcp syn"
+
+
+class UdpFlood(Flood):
+    name = "udpflood"
+    SIGNATURE = "ipsctl udpflood: unanswered UDP over the rate"
+    PACKETS = "udp unanswered"

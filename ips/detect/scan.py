@@ -1,0 +1,392 @@
+"""Scan detectors: `portscan` (vertical: many ports of one host) and `sweep` (horizontal: many
+hosts), after Zeek's scan.zeek and Snort's port_scan: what counts is probes that FAILED.
+
+A probe is the first packet of a flow: a TCP SYN (SYN and connect scans), a bare ACK or
+FIN+ACK without payload (nmap -sA / -sM, or a connection picked up mid-stream), a UDP
+datagram, an SCTP packet, and for the sweep an ICMP echo, timestamp or address-mask request.
+Its outcome is known at once when it is a failure, else read from its flow GRACE seconds later:
+
+  outcome                                     portscan weight   sweep weight
+  reset (RST) by the target, or by our own    1                 1
+    `reject`; ICMP destination unreachable
+  no answer within GRACE                      1 (SYN, UDP,      1 (SYN, ICMP, SCTP)
+                                                SCTP)
+  answered, TCP handshake only (a SYN or      1/4               0
+    connect scan of an open port)
+  answered otherwise (data, a UDP reply: a    0                 0
+    service being used)
+  an ICMP echo, timestamp or mask request     -                 1, as it is sent,
+                                                                answered or not
+
+Not counted when unanswered: a bare ACK (an ACK scan that meets only silence looks exactly
+like a connection picked up mid-stream: after a restart, or in a capture that starts late)
+and, for the sweep, UDP (QUIC, peer-to-peer and VPN keepalives often go unanswered); both
+count when reset or refused. UDP to 33434-33534 (traceroute) is no probe. Multicast and
+broadcast destinations are not hosts (discovery protocols).
+
+A source's weights are summed over distinct targets — ports of one host for portscan (the
+key is source + target host), hosts for sweep (the key is the source) — within a tumbling
+window of `within` seconds that starts at its first probe (as Zeek's SumStats epochs and
+Snort's port_scan windows); reaching `ports`/`hosts` is a detection: one alert per window,
+and the response. Why these weights: a browser or a DNS resolver talks to hundreds of hosts
+and ports a minute and is answered; a scanner mostly is not (closed, filtered, absent). Pings
+are the exception: no application pings 25 hosts a minute, and a ping sweep of live hosts is
+answered (monitoring hosts that do ping that much belong in `ignore` or `trusted`).
+
+Answers are matched to probes by an index of the 5-tuple an answer would have, so they are
+recognised also when the probe's flow is gone — a first packet the policy refused leaves no
+flow; in a capture or on a tap its answer may still be on the wire. A packet that answers a
+probe is never a probe itself. An ICMP error counts only for a probe we saw, still waiting
+for its answer, and only on its way back to the prober: a forged error cannot make an
+innocent host look like a scanner without knowing its connection's ports.
+
+Known limits: scanners slower than `ports` per `within` are not seen (every window detector
+shares this); with asymmetric routing (we see no answers) everything looks unanswered —
+put such sources in `ignore`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+
+from ips.core.addr import format_addr
+from ips.core.flow import Flow
+from ips.core.packet import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    PROTO_UDPLITE,
+    TCP_RST,
+    Packet,
+)
+from ips.detect.common import TARGETS_SHOWN, Detector, addr_list
+from ips.policy.model import DetectSpec
+
+GRACE = 2.0  # seconds a probe waits for its answer; TCP's first SYN retransmit is at 1 s
+RESOLVE_PER_PACKET = 16  # overdue probes weighed per observed probe (the rest: tick)
+RESOLVE_PER_TICK = 200_000
+W_FAILED = 1.0
+W_HANDSHAKE = 0.25  # an open TCP port that only completed the handshake
+TRACEROUTE_PORTS = range(33434, 33535)
+
+# What a probe was (its first packet).
+SYN, ACK, DATAGRAM, ECHO = 1, 2, 3, 4  # DATAGRAM: UDP, SCTP; ECHO: ICMP echo/timestamp/mask
+# What became of it, when an answer was matched through the index.
+UNKNOWN, ANSWERED, FAILED = 0, 1, 2
+
+Tuple5 = tuple[int, bytes, int, bytes, int]
+
+_PORTS = struct.Struct("!HH")
+_U16 = struct.Struct("!H")
+_EPS = 1e-9
+
+
+class ScanEntry:
+    """One key's window (a source, or a source and a target host): weight per target."""
+
+    __slots__ = ("fired", "score", "start", "weights")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.weights: dict[object, float] = {}
+        self.score = 0.0
+        self.fired = False
+
+
+class Probe:
+    """A probe waiting for its answer."""
+
+    __slots__ = ("answer", "due", "entry", "flow", "key", "kind", "outcome", "target")
+
+    def __init__(
+        self,
+        due: float,
+        entry: ScanEntry,
+        key: object,
+        target: object,
+        flow: Flow,
+        kind: int,
+        answer: Tuple5,
+    ) -> None:
+        self.due = due
+        self.entry = entry
+        self.key = key
+        self.target = target
+        self.flow = flow
+        self.kind = kind
+        self.answer = answer  # the 5-tuple of an answer, as it would be on the wire
+        self.outcome = UNKNOWN
+
+
+def answer_tuple(pkt: Packet) -> Tuple5:
+    """The 5-tuple an answer to `pkt` has."""
+    return (pkt.proto, pkt.dst, pkt.dport, pkt.src, pkt.sport)
+
+
+class ScanDetector(Detector):
+    """What portscan and sweep share: windows per key, pending probes, the weighing."""
+
+    threshold_param = ""
+
+    def __init__(self, spec: DetectSpec, memory: int) -> None:
+        super().__init__(spec, memory)
+        self.threshold = float(spec.params[self.threshold_param])  # type: ignore[arg-type]
+        self.within = float(spec.params["within"])  # type: ignore[arg-type]
+        self.entries: dict[object, ScanEntry] = {}  # in order of window start
+        self.pending: deque[Probe] = deque()  # in order of due
+        self.index: dict[Tuple5, Probe] = {}  # answer 5-tuple -> pending probe
+
+    def tracked(self) -> int:
+        return len(self.entries)
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        out["pending"] = len(self.pending)
+        return out
+
+    # ---- per packet --------------------------------------------------------------------------
+
+    def _entry(self, key: object, now: float) -> ScanEntry:
+        entries = self.entries
+        entry = entries.get(key)
+        if entry is not None and now - entry.start <= self.within:
+            return entry
+        if entry is not None:
+            # A new window. The old entry lives on in its pending probes (a late answer to a
+            # probe of that window still counts there) but no longer here.
+            del entries[key]
+        elif len(entries) >= self.memory:
+            del entries[next(iter(entries))]  # the oldest window goes first
+            self.evicted += 1
+        entry = entries[key] = ScanEntry(now)
+        return entry
+
+    ECHO_COUNTS = False  # an ICMP echo counts as it is sent (the sweep), not by its answer
+
+    def probe(
+        self,
+        key: object,
+        target: object,
+        pkt: Packet,
+        flow: Flow,
+        kind: int,
+        now: float,
+        out: list[object],
+    ) -> None:
+        """A first packet that is a probe: weighed when its answer comes, or is overdue."""
+        answer = answer_tuple(pkt)
+        if answer in self.index:
+            return  # a retransmission: the first one stands for it
+        entry = self._entry(key, now)
+        if entry.fired:
+            return  # detected in this window already: nothing more to learn
+        pending = self.pending
+        if len(pending) >= self.memory:
+            old = pending.popleft()  # forgotten, not guessed: an early verdict may be wrong
+            self._unindex(old)
+            self.evicted += 1
+        probe = Probe(now + GRACE, entry, key, target, flow, kind, answer)
+        if kind == ECHO and self.ECHO_COUNTS:
+            probe.outcome = FAILED  # counted now, whatever the answer (see Sweep)
+            self._credit(probe, W_FAILED, now, out)
+            if entry.fired:
+                return
+        pending.append(probe)
+        self.index[answer] = probe
+
+    def answer(self, answer: Tuple5, failed: bool, now: float, out: list[object]) -> bool:
+        """A packet with this 5-tuple answers a pending probe (True), or not (False). A
+        failure counts at once; anything else is weighed when the probe is due."""
+        probe = self.index.get(answer)
+        if probe is None:
+            return False
+        if failed:
+            if probe.outcome != FAILED:
+                probe.outcome = FAILED
+                self._credit(probe, W_FAILED, now, out)
+        elif probe.outcome == UNKNOWN:
+            probe.outcome = ANSWERED
+        return True
+
+    def _unindex(self, probe: Probe) -> None:
+        if self.index.get(probe.answer) is probe:
+            del self.index[probe.answer]
+
+    def resolve(self, now: float, budget: int, out: list[object]) -> None:
+        """Weigh the probes whose answer is due."""
+        pending = self.pending
+        while pending and budget > 0 and pending[0].due <= now:
+            probe = pending.popleft()
+            budget -= 1
+            self._unindex(probe)
+            if probe.outcome == FAILED:
+                continue  # counted when the failure came
+            weight = self.weigh(probe)
+            if weight > 0.0:
+                self._credit(probe, weight, now, out)
+
+    def _credit(self, probe: Probe, weight: float, now: float, out: list[object]) -> None:
+        entry = probe.entry
+        weights = entry.weights
+        old = weights.get(probe.target, 0.0)
+        if weight <= old or entry.fired:
+            return
+        weights[probe.target] = weight
+        entry.score += weight - old
+        if entry.score >= self.threshold - _EPS:
+            entry.fired = True
+            self.fire(entry, probe, now, out)
+
+    def tick(self, now: float, out: list[object]) -> None:
+        self.resolve(now, RESOLVE_PER_TICK, out)
+        entries = self.entries
+        horizon = now - self.within
+        while entries:
+            key = next(iter(entries))
+            if entries[key].start >= horizon:
+                break
+            del entries[key]  # its window is over (pending probes keep what they need)
+
+    # ---- per detector ------------------------------------------------------------------------
+
+    def weigh(self, probe: Probe) -> float:
+        raise NotImplementedError
+
+    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[object]) -> None:
+        raise NotImplementedError
+
+    def _details(self, entry: ScanEntry, source: bytes) -> dict[str, object]:
+        return {
+            "source": format_addr(source),
+            "count": sum(1 for w in entry.weights.values() if w > 0.0),
+            "score": round(entry.score, 2),
+            "threshold": int(self.threshold),
+            "window": self.within,
+            "failed": sum(1 for w in entry.weights.values() if w >= W_FAILED),
+        }
+
+    def _emit(
+        self, probe: Probe, now: float, out: list[object], dst: bytes, extra: dict[str, object]
+    ) -> None:
+        flow = probe.flow
+        source = flow.src
+        self.emit(
+            out, now, flow_id=flow.flow_id, proto=flow.proto, src=source, sport=flow.sport,
+            dst=dst, dport=flow.dport, sid=1, signature=self.SIGNATURE, extra=extra,
+            offender=source, reason=self.reason(extra),
+        )  # fmt: skip
+
+    SIGNATURE = ""
+
+    def reason(self, extra: dict[str, object]) -> str:
+        raise NotImplementedError
+
+
+class PortScan(ScanDetector):
+    """Distinct ports of one host probed by one source."""
+
+    name = "portscan"
+    threshold_param = "ports"
+    SIGNATURE = "ipsctl portscan: many ports of one host probed"
+
+    def weigh(self, probe: Probe) -> float:
+        kind = probe.kind
+        if probe.outcome == ANSWERED:  # answered, its flow gone: we cannot see more of it
+            return W_HANDSHAKE if kind == SYN else 0.0
+        flow = probe.flow
+        if flow.proto == PROTO_TCP:
+            if flow.flags_rev & TCP_RST:
+                return W_FAILED
+            if flow.replied:
+                # SYN, SYN+ACK, and nothing more from the target: an open port that was only
+                # knocked on (a SYN or connect scan). More from the target: a real connection.
+                return W_HANDSHAKE if kind == SYN and flow.pkts_rev <= 1 else 0.0
+            return W_FAILED if kind == SYN else 0.0
+        return 0.0 if flow.replied else W_FAILED
+
+    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[object]) -> None:
+        _, target = probe.key  # type: ignore[misc]
+        ports = sorted(t for t, w in entry.weights.items() if w > 0.0)  # type: ignore[type-var]
+        extra = self._details(entry, probe.flow.src)
+        extra["target"] = format_addr(target)
+        extra["targets"] = ports[:TARGETS_SHOWN]
+        self._emit(probe, now, out, target, extra)
+
+    def reason(self, extra: dict[str, object]) -> str:
+        return (
+            f"portscan: {extra['count']} ports of {extra['target']} probed "
+            f"within {extra['window']:g}s"
+        )
+
+
+class Sweep(ScanDetector):
+    """Distinct hosts probed by one source."""
+
+    name = "sweep"
+    threshold_param = "hosts"
+    SIGNATURE = "ipsctl sweep: many hosts probed"
+    # An echo request asks nothing but "are you there?": no application pings 25 hosts a
+    # minute, a ping sweep does (nmap -sn), and most of its echoes are answered (live hosts).
+    ECHO_COUNTS = True
+
+    def weigh(self, probe: Probe) -> float:
+        if probe.outcome == ANSWERED:
+            return 0.0
+        flow = probe.flow
+        if flow.proto == PROTO_TCP:
+            if flow.flags_rev & TCP_RST:
+                return W_FAILED
+            return 0.0 if flow.replied or probe.kind != SYN else W_FAILED
+        if flow.proto in (PROTO_UDP, PROTO_UDPLITE):
+            return 0.0  # only a reset or refusal counts (see the module's notes)
+        return 0.0 if flow.replied else W_FAILED
+
+    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[object]) -> None:
+        hosts = [t for t, w in entry.weights.items() if w > 0.0]
+        extra = self._details(entry, probe.flow.src)
+        extra["targets"] = addr_list(hosts)  # type: ignore[arg-type]
+        self._emit(probe, now, out, probe.flow.dst, extra)
+
+    def reason(self, extra: dict[str, object]) -> str:
+        return f"sweep: {extra['count']} hosts probed within {extra['window']:g}s"
+
+
+# ---- ICMP errors: which probe they answer ------------------------------------------------------
+
+
+def quoted_answer(pkt: Packet) -> Tuple5 | None:
+    """For an ICMP/ICMPv6 destination unreachable: the answer 5-tuple of the packet it quotes
+    (ports: the echo identifier for an ICMP echo), or None when the quote is too short, a
+    later fragment, behind IPv6 extension headers, or not from the error's addressee."""
+    data = pkt.data
+    off = pkt.l4_offset + 8
+    if pkt.l4_offset < 0 or len(data) < off + 28:
+        return None
+    version = data[off] >> 4
+    if version == 4:
+        ihl = (data[off] & 0x0F) * 4
+        if ihl < 20 or _U16.unpack_from(data, off + 6)[0] & 0x1FFF:
+            return None
+        proto = data[off + 9]
+        src = data[off + 12 : off + 16]
+        dst = data[off + 16 : off + 20]
+        l4 = off + ihl
+    elif version == 6:
+        proto = data[off + 6]
+        src = data[off + 8 : off + 24]
+        dst = data[off + 24 : off + 40]
+        l4 = off + 40
+    else:
+        return None
+    if src != pkt.dst or len(data) < l4 + 8:
+        return None  # an error goes back to the sender of what it quotes
+    if proto in (PROTO_TCP, PROTO_UDP, PROTO_UDPLITE, PROTO_SCTP):
+        sport, dport = _PORTS.unpack_from(data, l4)
+        return (proto, dst, dport, src, sport)
+    if (proto == PROTO_ICMP and data[l4] == 8) or (proto == PROTO_ICMPV6 and data[l4] == 128):
+        ident = _U16.unpack_from(data, l4 + 4)[0]
+        return (proto, dst, ident, src, ident)
+    return None
