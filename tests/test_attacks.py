@@ -131,6 +131,9 @@ def test_nmap_scan_is_detected_and_blocked_in_the_kernel(tmp_path: Path, kind: s
         assert CLIENT not in banned(box)
         alerts = detector_alerts(box, EXPECTED_CATEGORY[kind])
         assert alerts and alerts[0]["src_ip"] == ATTACKER
+        # from the packet that crossed the threshold to the element in the kernel set
+        latency = box.status()["blocks"]["latency"]
+        assert latency["count"] >= 1 and latency["max_ms"] < 500, latency
         # once banned, the attacker's packets stop in the kernel: its 51 new SYNs are all
         # counted by the block rule, and the queue sees none of them (at most the server's
         # last retransmissions towards the attacker's earlier connections)
