@@ -34,7 +34,7 @@ from ips.policy.compile import (
     log_for,
     reject_reply,
 )
-from ips.policy.model import ACCEPT, DROP, REJECT, REWRITE, Policy
+from ips.policy.model import ACCEPT, BAN_TABLE, DROP, REJECT, REWRITE, Policy
 
 
 class Meta:
@@ -123,6 +123,10 @@ class Engine:
         self._malformed_verdict = compiled.malformed_verdict
         self._malformed: dict[str, Decision] = {}
         self._not_ip = Decision(ACCEPT, reason="not-ip")
+        # Blocked sources are dropped before any rule, as the kernel does inline (its first
+        # rule drops the block set's members), so replay and tap judge them the same way.
+        self._blocked_table = compiled.tables.get(BAN_TABLE)
+        self._blocked = Decision(DROP, reason="blocked")
 
     # ---- per packet -----------------------------------------------------------------------
 
@@ -168,6 +172,11 @@ class Engine:
         return decision
 
     def _decide(self, pkt: Packet, meta: Meta, now: float) -> Decision:
+        blocked = self._blocked_table
+        if blocked is not None:
+            expiry = blocked.members.get(pkt.src)
+            if expiry is not None and expiry > now:
+                return self._blocked
         translated: bytes | None = None
         if self._nat_replies:
             flow_of_reply = self._nat_replies.get(

@@ -342,7 +342,7 @@ def test_dynamic_table_membership_and_expiry() -> None:
 def test_reload_keeps_flows_and_table_members_and_applies_new_rules() -> None:
     e = engine("table banned dynamic\naccept proto tcp\nset default drop")
     e.handle(tcp(A, B, 1, 2), now=1)
-    e.tables["banned"].add(decode_l3(ping(A, B)).src, now=1)  # type: ignore[union-attr]
+    e.tables["banned"].add(decode_l3(ping(C, B)).src, now=1)  # type: ignore[union-attr]
     e.load(load_policy_text("table banned dynamic\ndrop proto tcp\nset default drop", "n.rules"))
     assert len(e.flows) == 1
     assert e.tables["banned"].members  # kept across the reload
@@ -440,3 +440,15 @@ def test_out_of_range_values_are_refused() -> None:
     ):
         with pytest.raises(PolicyError):
             load_policy_text(text, "t.rules")
+
+
+def test_blocked_sources_are_dropped_before_any_rule() -> None:
+    """As the kernel does inline (its first rule drops the block set): a blocked source is
+    dropped even when an earlier rule would accept it, in replay and tap too."""
+    e = engine("table banned dynamic timeout 1h\naccept proto icmp\ndrop from @banned")
+    assert e.handle(ping(A, B), now=1).verdict == "accept"
+    e.tables["banned"].add(decode_l3(ping(A, B)).src, now=1, ttl=10)  # type: ignore[union-attr]
+    d = e.handle(ping(A, B), now=2)
+    assert d.verdict == "drop" and d.reason == "blocked"
+    assert e.handle(ping(A, B), now=12).verdict == "accept"  # the block expired
+    assert e.handle(ping(B, A), now=2).verdict == "accept"  # only the source is blocked

@@ -561,3 +561,13 @@ def test_render_shows_the_right_line_after_odd_line_breaks_in_comments(odd: str)
     (d,) = errors_of(info.value)
     assert (d.span.line, d.span.col) == (2, 14)
     assert "    2 | accept proto tpc" in info.value.render().splitlines()
+
+
+def test_misspelt_keyword_before_the_error_is_named() -> None:
+    """`to prot 80`: 'prot' parses as an address word, so the error is on '80'; the hint
+    names the keyword the parser would have taken instead of 'prot'."""
+    with pytest.raises(PolicyError) as info:
+        load_policy_text("drop proto tcp to prot 80\n", "t.rules")
+    (d,) = info.value.diagnostics
+    assert (d.span.line, d.span.col) == (1, 24)
+    assert d.hint == "'prot' is not a keyword: did you mean 'port'?"

@@ -502,7 +502,9 @@ def _report_syntax_error(
                 code="syntax",
             )
             return
-        hint = did_you_mean(word, _keywords_for(expected))
+        hint = did_you_mean(word, _keywords_for(expected)) or _misspelt_keyword_before(
+            chunk, tok.line or 1, tok.column or 1
+        )
         diags.error(
             span,
             f"unexpected '{word}'",
@@ -545,6 +547,29 @@ def _report_syntax_error(
         return
     what = _describe_expected(expected) if expected else "more"
     diags.error(span, "incomplete statement", f"expected {what}", code="syntax")
+
+
+def _misspelt_keyword_before(chunk: str, line: int, col: int) -> str | None:
+    """`to prot 80`: 'prot' parses as a name (an address word), so the error lands on '80'.
+    When the word just before the error is close to a keyword the parser would have taken
+    there, name it."""
+    lines = chunk.split("\n")
+    before = lines[line - 1][: col - 1]
+    m = re.search(r"([A-Za-z][A-Za-z0-9-]*)\s*$", _code_part(before))
+    if not m:
+        return None
+    prefix = "\n".join([*lines[: line - 1], before[: m.start(1)]])
+    try:
+        interactive = _lark().parse_interactive(prefix)
+        interactive.exhaust_lexer()
+        accepted = set(interactive.accepts())
+    except UnexpectedInput:
+        return None
+    keywords = _keywords_for(accepted)
+    if m.group(1) in keywords:
+        return None
+    close = did_you_mean(m.group(1), keywords)
+    return f"'{m.group(1)}' is not a keyword: {close}" if close else None
 
 
 def _first_word_position(chunk: str) -> tuple[int, int]:
