@@ -51,7 +51,7 @@ def step(title: str, outcome: str, ok: bool) -> bool:
     return ok
 
 
-def scenario_live(prefix: str) -> bool:
+def scenario_live(prefix: str, sock: str) -> bool:
     """The scripted scenario; True when every step behaved as the policy says."""
     good = True
     r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}/"])
@@ -67,14 +67,25 @@ def scenario_live(prefix: str) -> bool:
     good &= step("client: ping 10.10.2.10", "allowed (20/s per source)", r.returncode == 0)
     r = sh(prefix, "attacker", ["curl", "-s", "-m", "2", f"telnet://{SERVER}:23"])
     good &= step("attacker: telnet 10.10.2.10", "dropped (timed out) + alert", r.returncode == 28)
-    r = sh(prefix, "attacker", ["nmap", "-sX", "-Pn", "-n", "--max-retries", "0", "-T4",
-                                "-p", "20-25,80,443,8080", SERVER], timeout=60)  # fmt: skip
-    xmas_dropped = r.returncode == 0 and "open|filtered" in r.stdout and " open " not in r.stdout
-    good &= step("attacker: nmap -sX (XMAS scan, 9 ports)", "dropped + alerts", xmas_dropped)
     r = sh(prefix, "attacker", ["curl", "-s", "-m", "3", f"http://{SERVER}/../../etc/passwd",
                                 "--path-as-is"])  # fmt: skip
     good &= step("attacker: GET /../../etc/passwd", "dropped (path traversal) + alert",
                  r.returncode == 28)  # fmt: skip
+    r = sh(prefix, "attacker", ["nmap", "-sX", "-Pn", "-n", "--max-retries", "0", "-T4",
+                                "-p", "20-25,80,443,8080", SERVER], timeout=60)  # fmt: skip
+    xmas_dropped = r.returncode == 0 and "open|filtered" in r.stdout and " open " not in r.stdout
+    good &= step("attacker: nmap -sX (XMAS scan, 9 ports)", "dropped + alerts", xmas_dropped)
+    listing = subprocess.run(
+        [sys.executable, "-m", "ips.cli", "blocks", "list", "--json", "--socket", sock],
+        capture_output=True, text=True, timeout=20, cwd=ROOT,
+    )  # fmt: skip
+    blocked = ATTACKER in listing.stdout
+    good &= step("stealth detector: attacker blocked in the kernel set", "ipsctl blocks list",
+                 blocked)  # fmt: skip
+    r = sh(prefix, "attacker", ["curl", "-s", "-m", "2", f"http://{SERVER}/"])
+    good &= step("attacker: GET / (now blocked)", "dropped in the kernel", r.returncode == 28)
+    r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}/"])
+    good &= step("client: GET / (still served)", "allowed", r.returncode == 0)
     return bool(good)
 
 
@@ -88,6 +99,11 @@ def verdict_table(status: dict) -> str:  # type: ignore[type-arg]
             continue
         text = r["text"] if len(r["text"]) <= 56 else r["text"][:55] + "…"
         lines.append(f"{where:<26} {r['action']:<8} {k:>7} {r['hits']:>7}  {text}")
+    blocks = status.get("blocks") or {}
+    lines.append(
+        f"{'(blocked sources)':<26} {'drop':<8} {blocks.get('kernel_drops', 0):>7} "
+        f"{'':>7}  the kernel's block set: {blocks.get('active', 0)} address(es)"
+    )
     w = status["worker"]
     verdicts = ", ".join(f"{k} {v}" for k, v in sorted(w["verdicts"].items()))
     lines.append(f"\npackets seen by the engine: {w['packets']} ({verdicts}); "
@@ -111,6 +127,9 @@ def run_live() -> int:
     sock = str(OUT / "demo.sock")
     eve = OUT / "demo-eve.json"
     eve.unlink(missing_ok=True)
+    # blocks a clean stop saved for the next start (ipsctl run --state): the demo starts clean
+    state = OUT / "blocks.json"
+    state.unlink(missing_ok=True)
     print("lab up: labs/gateway.yaml (attacker, client, gw, server)")
     lab = netns.up(HERE / "gateway.yaml", prefix=PREFIX)
     daemon = None
@@ -132,7 +151,7 @@ def run_live() -> int:
             except OSError:
                 time.sleep(0.1)
         print("\nscenario:")
-        good = scenario_live(PREFIX)
+        good = scenario_live(PREFIX, sock)
         time.sleep(1.2)  # the worker writes its EVE events
         status = request(sock, {"op": "status"})
         print(f"\n{verdict_table(status)}")
@@ -154,6 +173,7 @@ def run_live() -> int:
             daemon.terminate()
             daemon.wait(15)
         netns.down(PREFIX)
+        state.unlink(missing_ok=True)
         print("lab down")
 
 
