@@ -404,4 +404,6 @@ def test_blocks_saved_by_a_clean_stop_come_back_with_their_time_left(ns: str, tm
     assert added == 1
     timeout, expires, comment = now["192.0.2.1"]
     assert timeout == 600 and 490 <= expires <= 500 and comment == "manual|0|by hand"
-    assert now["2001:db8::1"] == [30, 30, "sweep|1|newer"]  # the kernel's own entry wins
+    timeout, expires, comment = now["2001:db8::1"]  # the kernel's own entry wins
+    # (time left is whole seconds, so a loaded machine may already show 29)
+    assert timeout == 30 and 28 <= expires <= 30 and comment == "sweep|1|newer"
