@@ -141,6 +141,24 @@ class InlineLab:
             self._log.close()
         self.daemon = None
 
+    def kernel_blocks(self, family: int = 4) -> set[str]:
+        """Members of the kernel's block set (`banned_v4` / `banned_v6`), read with nft."""
+        out = self.run("gw", ["nft", "-j", "list", "set", "inet", "ipsctl", f"banned_v{family}"])
+        if out.returncode != 0:
+            return set()
+        elems = json.loads(out.stdout)["nftables"][1]["set"].get("elem", [])
+        return {str(e["elem"]["val"] if isinstance(e, dict) else e) for e in elems}
+
+    def block_drops(self) -> int:
+        """Packets the kernel dropped because their source is blocked (rules `ipsctl:blocks`)."""
+        table = json.loads(self.gw_text(["nft", "-j", "list", "table", "inet", "ipsctl"]))
+        total = 0
+        for obj in table["nftables"]:
+            rule = obj.get("rule")
+            if rule and rule.get("comment") == "ipsctl:blocks":
+                total += sum(x["counter"]["packets"] for x in rule["expr"] if "counter" in x)
+        return total
+
     def eve_events(self) -> list[dict[str, Any]]:
         if not self.eve.exists():
             return []

@@ -8,7 +8,6 @@ Every tool run is bounded in packets and time.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -41,27 +40,6 @@ def attack_policy(tmp_path: Path, **detect: str) -> Path:
     path = tmp_path / "attack.rules"
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def banned(box: InlineLab) -> set[str]:
-    out = box.gw_text(["nft", "-j", "list", "set", "inet", "ipsctl", "banned_v4"])
-    elems = json.loads(out)["nftables"][1]["set"].get("elem", [])
-    found = set()
-    for e in elems:
-        value = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
-        found.add(str(value))
-    return found
-
-
-def block_drops(box: InlineLab) -> int:
-    """Packets the kernel dropped because their source is blocked (rule `ipsctl:blocks`)."""
-    table = json.loads(box.gw_text(["nft", "-j", "list", "chain", "inet", "ipsctl", "forward"]))
-    total = 0
-    for obj in table["nftables"]:
-        rule = obj.get("rule")
-        if rule and rule.get("comment") == "ipsctl:blocks":
-            total += sum(x["counter"]["packets"] for x in rule["expr"] if "counter" in x)
-    return total
 
 
 def detector_alerts(box: InlineLab, category: str) -> list[dict]:
@@ -125,10 +103,12 @@ def test_nmap_scan_is_detected_and_blocked_in_the_kernel(tmp_path: Path, kind: s
                 timeout=40,
             )  # fmt: skip
             assert scan.returncode == 0, scan.stderr
-            assert wait_until(lambda: ATTACKER in banned(box), timeout=5), box.eve_events()[-5:]
+            assert wait_until(lambda: ATTACKER in box.kernel_blocks(), timeout=5), box.eve_events()[
+                -5:
+            ]
         # the client kept working throughout, and was never banned
         assert probe.ok >= 1 and probe.failed == 0, (probe.ok, probe.failed)
-        assert CLIENT not in banned(box)
+        assert CLIENT not in box.kernel_blocks()
         alerts = detector_alerts(box, EXPECTED_CATEGORY[kind])
         assert alerts and alerts[0]["src_ip"] == ATTACKER
         # from the packet that crossed the threshold to the element in the kernel set
@@ -138,14 +118,14 @@ def test_nmap_scan_is_detected_and_blocked_in_the_kernel(tmp_path: Path, kind: s
         # counted by the block rule, and the queue sees none of them (at most the server's
         # last retransmissions towards the attacker's earlier connections)
         before = box.queue_line()["id_sequence"]  # type: ignore[index]
-        dropped = block_drops(box)
+        dropped = box.block_drops()
         box.run("attacker", ["nmap", "-sS", "-Pn", "-n", "--max-retries", "0", "-p",
                              "1000-1050", SERVER], timeout=30)  # fmt: skip
-        assert block_drops(box) - dropped >= 51
+        assert box.block_drops() - dropped >= 51
         assert box.queue_line()["id_sequence"] - before <= 4  # type: ignore[index]
         if kind == "syn":
             # the block expires in the kernel by itself, and the attacker gets through again
-            assert wait_until(lambda: ATTACKER not in banned(box), timeout=SHORT_BLOCK + 5)
+            assert wait_until(lambda: ATTACKER not in box.kernel_blocks(), timeout=SHORT_BLOCK + 5)
             assert box.curl("attacker", f"http://{SERVER}/").returncode == 0
 
 
@@ -155,7 +135,7 @@ def test_ping_sweep_over_the_server_addresses_is_blocked(tmp_path: Path) -> None
         sweep = box.run("attacker", ["nmap", "-sn", "-n", "--max-retries", "0",
                                      "10.10.2.100-131"], timeout=40)  # fmt: skip
         assert sweep.returncode == 0, sweep.stderr
-        assert wait_until(lambda: ATTACKER in banned(box), timeout=5)
+        assert wait_until(lambda: ATTACKER in box.kernel_blocks(), timeout=5)
         assert detector_alerts(box, "sweep")
         assert box.curl("client", f"http://{SERVER}/").returncode == 0
 
@@ -170,7 +150,7 @@ def test_masscan_is_blocked(tmp_path: Path) -> None:
             timeout=40,
         )  # fmt: skip
         assert scan.returncode == 0, scan.stderr
-        assert wait_until(lambda: ATTACKER in banned(box), timeout=5)
+        assert wait_until(lambda: ATTACKER in box.kernel_blocks(), timeout=5)
         assert detector_alerts(box, "portscan")
 
 
@@ -190,7 +170,9 @@ def test_floods_are_detected_and_rate_limited_at_the_victim(tmp_path: Path, floo
         assert wait_until(lambda: bool(detector_alerts(box, flood)), timeout=5)
         limited = box.status()["worker"]["verdicts"].get("drop", 0)
         assert limited > 0
-        assert ATTACKER not in banned(box)  # spoofable evidence: nobody is banned by default
+        assert (
+            ATTACKER not in box.kernel_blocks()
+        )  # spoofable evidence: nobody is banned by default
         assert probe.ok >= 1, (probe.ok, probe.failed)
 
 
@@ -209,7 +191,7 @@ def test_spoofed_flood_respects_trust_and_the_ban_budget(tmp_path: Path) -> None
         box.run("attacker", ["hping3", "-F", "-P", "-U", "-p", "80", "-a", CLIENT,
                              "-c", "20", "-i", "u1000", SERVER], timeout=30)  # fmt: skip
         time.sleep(1)
-        bans = banned(box)
+        bans = box.kernel_blocks()
         assert CLIENT not in bans
         assert 0 < len(bans) <= 20, len(bans)
         assert box.curl("client", f"http://{SERVER}/").returncode == 0
@@ -240,4 +222,4 @@ def test_benign_traffic_raises_no_alert(tmp_path: Path) -> None:
             if e["event_type"] == "alert" and e["alert"]["category"] in categories
         ]  # fmt: skip
         assert noisy == []
-        assert banned(box) == set()
+        assert box.kernel_blocks() == set()

@@ -40,26 +40,6 @@ def listed(box: InlineLab) -> dict[str, dict[str, Any]]:
     return {b["addr"]: b for b in blocks_json(box)}
 
 
-def kernel_set(box: InlineLab, family: int = 4) -> set[str]:
-    """The members of the kernel's block set, read with the nft command itself."""
-    out = box.run("gw", ["nft", "-j", "list", "set", "inet", "ipsctl", f"banned_v{family}"])
-    if out.returncode != 0:
-        return set()
-    elems = json.loads(out.stdout)["nftables"][1]["set"].get("elem", [])
-    return {str(e["elem"]["val"] if isinstance(e, dict) else e) for e in elems}
-
-
-def block_drops(box: InlineLab) -> int:
-    """The packets counted by the `ipsctl:blocks` rules of our chains."""
-    out = json.loads(box.gw_text(["nft", "-j", "list", "table", "inet", "ipsctl"]))
-    total = 0
-    for obj in out["nftables"]:
-        rule = obj.get("rule")
-        if rule and rule.get("comment") == "ipsctl:blocks":
-            total += sum(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
-    return total
-
-
 def attacker_gets_through(box: InlineLab) -> bool:
     return box.curl("attacker", f"http://{SERVER}/", max_time=1).returncode == 0
 
@@ -78,14 +58,14 @@ def test_manual_block_is_dropped_in_the_kernel_before_the_queue(tmp_path: Path) 
         out = box.ipsctl("blocks", "add", ATTACKER, "--ttl", "10m", "--reason", "lab test")
         assert out.returncode == 0, out.stderr
         assert f"blocked {ATTACKER}" in out.stdout
-        assert ATTACKER in kernel_set(box)
-        before_queue, before_drops = box.queue_line(), block_drops(box)
+        assert ATTACKER in box.kernel_blocks()
+        before_queue, before_drops = box.queue_line(), box.block_drops()
         assert before_queue is not None
         assert not attacker_gets_through(box)  # SYNs dropped…
         after = box.queue_line()
         assert after is not None
         assert after["id_sequence"] == before_queue["id_sequence"]  # …before the queue
-        assert block_drops(box) > before_drops
+        assert box.block_drops() > before_drops
         assert box.curl("client", f"http://{SERVER}/").returncode == 0  # the others pass
         # listed, with the time left
         row = listed(box)[ATTACKER]
@@ -97,7 +77,7 @@ def test_manual_block_is_dropped_in_the_kernel_before_the_queue(tmp_path: Path) 
         # the gateway's own address: refused (never blocked), unless forced
         refused = box.ipsctl("blocks", "add", GW)
         assert refused.returncode == 1 and "never blocked" in refused.stderr
-        assert GW not in kernel_set(box)
+        assert GW not in box.kernel_blocks()
         status = box.status()
         assert f"{GW}/32" in status["never_block"]
         assert status["blocks"]["active"] == 1 and status["blocks"]["added_manually"] == 1
@@ -109,17 +89,21 @@ def test_manual_block_is_dropped_in_the_kernel_before_the_queue(tmp_path: Path) 
         # del: traffic flows again
         out = box.ipsctl("blocks", "del", ATTACKER)
         assert out.returncode == 0, out.stderr
-        assert ATTACKER not in kernel_set(box) and attacker_gets_through(box)
+        assert ATTACKER not in box.kernel_blocks() and attacker_gets_through(box)
         again = box.ipsctl("blocks", "del", ATTACKER)
         assert again.returncode == 1 and "not blocked" in again.stderr
         # flush: both families at once
         for addr in (ATTACKER, "fd00:10:1::66", "10.10.1.99"):
             assert box.ipsctl("blocks", "add", addr, "--ttl", "1h").returncode == 0
         assert set(listed(box)) == {ATTACKER, "fd00:10:1::66", "10.10.1.99"}
-        assert kernel_set(box, 6) == {"fd00:10:1::66"}
+        assert box.kernel_blocks(6) == {"fd00:10:1::66"}
         out = box.ipsctl("blocks", "flush", "--json")
         assert out.returncode == 0 and json.loads(out.stdout)["removed"] == 3
-        assert blocks_json(box) == [] and kernel_set(box) == set() and kernel_set(box, 6) == set()
+        assert (
+            blocks_json(box) == []
+            and box.kernel_blocks() == set()
+            and box.kernel_blocks(6) == set()
+        )
         assert attacker_gets_through(box)
         assert box.ipsctl("blocks", "list").stdout.strip() == "no blocks"
         if engine_has_blocks():  # every manual block and unblock is an EVE event too
@@ -151,8 +135,8 @@ def test_blocks_expire_in_the_kernel_and_survive_restarts(tmp_path: Path) -> Non
         box.kill_daemon(signal.SIGKILL)
         assert wait_until(lambda: box.queue_line() is None, timeout=5)  # nobody on the queue
         assert not attacker_gets_through(box)  # fail-open bypass, but blocked in nft first
-        assert wait_until(lambda: "10.10.1.77" not in kernel_set(box), timeout=6)
-        assert ATTACKER in kernel_set(box)
+        assert wait_until(lambda: "10.10.1.77" not in box.kernel_blocks(), timeout=6)
+        assert ATTACKER in box.kernel_blocks()
         # the next daemon keeps them and adopts them
         box.start_daemon(GATEWAY_RULES)
         row = listed(box)[ATTACKER]

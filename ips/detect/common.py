@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ips.core.addr import format_addr
 from ips.core.events import Alert
@@ -96,6 +96,16 @@ class Detector:
         """True when a reloaded policy configures this detector the same way (its state is
         then kept across `apply`)."""
         return spec.params == self.spec.params and memory == self.memory
+
+    def drop_finished_windows(self, entries: dict[object, Any], now: float) -> None:
+        """Forget entries whose window (`within`, from their `start`) is over. Entries are
+        kept in insertion order, which is start order, so this stops at the first live one."""
+        horizon = now - self.within  # type: ignore[attr-defined]
+        while entries:
+            key = next(iter(entries))
+            if entries[key].start >= horizon:
+                break
+            del entries[key]
 
     def ignored(self, addr: bytes) -> bool:
         return self.ignore is not None and addr in self.ignore

@@ -242,13 +242,8 @@ class ScanDetector(Detector):
 
     def tick(self, now: float, out: list[object]) -> None:
         self.resolve(now, RESOLVE_PER_TICK, out)
-        entries = self.entries
-        horizon = now - self.within
-        while entries:
-            key = next(iter(entries))
-            if entries[key].start >= horizon:
-                break
-            del entries[key]  # its window is over (pending probes keep what they need)
+        # (pending probes keep what they need of an entry whose window is over)
+        self.drop_finished_windows(self.entries, now)
 
     # ---- per detector ------------------------------------------------------------------------
 

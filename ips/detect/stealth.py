@@ -124,10 +124,4 @@ class Stealth(Detector):
         )  # fmt: skip
 
     def tick(self, now: float, out: list[object]) -> None:
-        entries = self.entries
-        horizon = now - self.within
-        while entries:
-            key = next(iter(entries))
-            if entries[key].start >= horizon:
-                break
-            del entries[key]
+        self.drop_finished_windows(self.entries, now)
