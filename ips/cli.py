@@ -7,6 +7,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -16,6 +17,9 @@ from ips.policy.model import Policy
 from ips.policy.resolve import load_policy
 
 EXIT_POLICY = 1
+EXIT_USAGE = 2
+# The tap's default policy: detect and alert, enforce nothing (in a source checkout).
+DEFAULT_TAP_POLICY = Path(__file__).resolve().parents[1] / "policies" / "tap.rules"
 
 
 def _error_report(path: str, exc: PolicyError) -> dict[str, object]:
@@ -279,10 +283,20 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
 @click.option(
     "--policy",
     "policy_path",
-    required=True,
     type=click.Path(dir_okay=False),
-    help="the policy to enforce",
+    help="the policy to enforce (required inline; a tap defaults to policies/tap.rules)",
 )
+@click.option(
+    "--mode",
+    type=click.Choice(["inline", "tap"]),
+    default="inline",
+    show_default=True,
+    help="inline: NFQUEUE, verdicts enforced; tap: read copies of an interface's frames "
+    "(mirror/SPAN port), verdicts only recorded as would_drop/would_reject",
+)
+@click.option("--iface", help="tap: the interface to read")
+@click.option("--bpf", help='tap: a kernel filter in tcpdump syntax, e.g. "not port 22"')
+@click.option("--promisc", is_flag=True, help="tap: put the interface in promiscuous mode")
 @click.option(
     "--queue", default=0, show_default=True, type=click.IntRange(0, 65535), help="NFQUEUE number"
 )
@@ -290,10 +304,9 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
     "--hook",
     "hooks",
     multiple=True,
-    default=["forward"],
-    show_default=True,
     type=click.Choice(["forward", "input", "output"]),
-    help="where packets are diverted: forward (a gateway), input/output (a host)",
+    help="where packets are diverted: forward (a gateway, the default), input/output (a host); "
+    "tap: where enforced blocks drop (default input and forward)",
 )
 @click.option(
     "--fail-mode",
@@ -307,8 +320,29 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
     "--eve",
     "eve_path",
     type=click.Path(dir_okay=False),
-    help="append EVE JSON events (alerts, flows) to this file",
+    help="append EVE JSON events (alerts, drops, flows, blocks, stats) to this file; "
+    "SIGHUP reopens it (logrotate)",
 )
+@click.option(
+    "--eve-max-size",
+    default="256M",
+    show_default=True,
+    help="rotate the EVE file at this size (FILE.1 … FILE.N); 0: never (use logrotate)",
+)
+@click.option(
+    "--eve-keep", default=5, show_default=True, type=click.IntRange(1, 1000),
+    help="rotated EVE files kept",
+)  # fmt: skip
+@click.option(
+    "--syslog",
+    metavar="TARGET",
+    help="also send alerts, drops and blocks as RFC 5424 syslog: unix:/dev/log or udp:HOST:PORT",
+)
+@click.option("--syslog-facility", default="local5", show_default=True)
+@click.option(
+    "--stats-interval", default=60.0, show_default=True, type=click.FloatRange(0),
+    help="seconds between EVE `stats` events (0: none)",
+)  # fmt: skip
 @click.option(
     "--hang-timeout",
     default=5.0,
@@ -341,27 +375,75 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
 )
 @SOCKET_OPTION
 def run(
-    policy_path: str,
+    policy_path: str | None,
+    mode: str,
+    iface: str | None,
+    bpf: str | None,
+    promisc: bool,
     queue: int,
     hooks: tuple[str, ...],
     fail_mode: str,
     eve_path: str | None,
+    eve_max_size: str,
+    eve_keep: int,
+    syslog: str | None,
+    syslog_facility: str,
+    stats_interval: float,
     hang_timeout: float,
     queue_maxlen: int,
     never_block: tuple[str, ...],
     state_path: str | None,
     socket_path: str,
 ) -> None:
-    """Run inline: divert packets to NFQUEUE and enforce POLICY (until SIGTERM)."""
-    from ips.daemon import DaemonConfig
+    """Run the daemon (until SIGTERM): inline, diverting packets to NFQUEUE and enforcing the
+    policy, or as a passive tap on an interface."""
+    from ips.daemon import DaemonConfig, WorkerFailed
     from ips.daemon import run as run_daemon
+    from ips.io.tap import TapError
+    from ips.sinks.logfile import parse_size
+    from ips.sinks.syslog import FACILITIES, parse_target
 
+    def usage(message: str) -> NoReturn:
+        click.echo(f"ipsctl run: {message}", err=True)
+        sys.exit(EXIT_USAGE)
+
+    tap = mode == "tap"
+    if tap and not iface:
+        usage("--mode tap needs --iface IFACE")
+    if not tap and (iface or bpf or promisc):
+        usage("--iface, --bpf and --promisc are for --mode tap")
+    if policy_path is None:
+        if not tap:
+            usage("--policy FILE is required (inline mode)")
+        policy_path = str(DEFAULT_TAP_POLICY)
+        if not DEFAULT_TAP_POLICY.is_file():
+            usage(f"no default tap policy at {DEFAULT_TAP_POLICY}: give --policy FILE")
+    try:
+        eve_max_bytes = parse_size(eve_max_size)
+        if syslog:
+            parse_target(syslog)
+    except ValueError as exc:
+        usage(str(exc))
+    if syslog_facility not in FACILITIES:
+        usage(f"--syslog-facility: one of {', '.join(FACILITIES)}")
+    if not hooks:
+        hooks = ("input", "forward") if tap else ("forward",)
     _load_or_exit(policy_path)  # refuse a bad policy before touching the kernel
     if os.geteuid() != 0:
-        click.echo("ipsctl run: needs root (NFQUEUE and nftables)", err=True)
+        need = "AF_PACKET and nftables" if tap else "NFQUEUE and nftables"
+        click.echo(f"ipsctl run: needs root ({need})", err=True)
         sys.exit(EXIT_POLICY)
     cfg = DaemonConfig(
         policy_path=policy_path,
+        mode=mode,
+        iface=iface,
+        bpf=bpf,
+        promisc=promisc,
+        eve_max_bytes=eve_max_bytes,
+        eve_keep=eve_keep,
+        syslog=syslog,
+        syslog_facility=syslog_facility,
+        stats_interval=stats_interval,
         queue=queue,
         hooks=tuple(dict.fromkeys(hooks)),
         fail_open=fail_mode == "open",
@@ -372,7 +454,11 @@ def run(
         never_block=never_block,
         state_path=state_path,
     )
-    sys.exit(run_daemon(cfg))
+    try:
+        sys.exit(run_daemon(cfg))
+    except (TapError, WorkerFailed) as exc:
+        click.echo(f"ipsctl run: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
 
 
 def _cidr(text: str) -> str:
@@ -452,11 +538,23 @@ def format_status(s: dict) -> str:  # type: ignore[type-arg]
     ]
     if p.get("confirm_deadline"):
         lines.append("         awaiting `ipsctl confirm` (rolls back otherwise)")
-    lines.append(
-        f"divert   {d['backend']} queue {d['queue']} on {', '.join(d['hooks'])}, "
-        f"fail-{'open' if d['fail_open'] else 'closed'}"
-    )
-    verdicts = ", ".join(f"{k} {v}" for k, v in sorted((w.get("verdicts") or {}).items()))
+    tap = s.get("tap") or {}
+    if s.get("mode") == "tap":
+        lines.append(
+            f"tap      {tap.get('iface', '?')}{' promiscuous' if tap.get('promisc') else ''}"
+            f"{', bpf ' + repr(tap['bpf']) if tap.get('bpf') else ''}: passive, nothing "
+            f"enforced; {tap.get('frames', '?')} frames read, kernel dropped "
+            f"{tap.get('kernel_drops', '?')} of {tap.get('kernel_packets', '?')}"
+        )
+    else:
+        lines.append(
+            f"divert   {d['backend']} queue {d['queue']} on {', '.join(d['hooks'])}, "
+            f"fail-{'open' if d['fail_open'] else 'closed'}"
+        )
+    raw_verdicts = w.get("verdicts") or {}
+    if s.get("mode") == "tap":  # nothing was enforced: say so
+        raw_verdicts = {(k if k == "accept" else f"would_{k}"): v for k, v in raw_verdicts.items()}
+    verdicts = ", ".join(f"{k} {v}" for k, v in sorted(raw_verdicts.items()))
     lines.append(f"packets  {w.get('packets', '?')}  ({verdicts or 'none'})")
     lines.append(
         f"flows    {w.get('flows', '?')}   alerts {w.get('alerts', '?')}   "

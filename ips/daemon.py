@@ -85,6 +85,15 @@ class DaemonConfig:
     max_flows: int = 262_144
     never_block: tuple[str, ...] = ()  # CIDRs detectors never block (+ the host's addresses)
     state_path: str | None = None  # where a clean stop saves blocks (None: next to the socket)
+    mode: str = "inline"  # inline (NFQUEUE, enforcing) or tap (AF_PACKET copies, passive)
+    iface: str | None = None  # tap: the interface read
+    bpf: str | None = None  # tap: a tcpdump filter expression run in the kernel
+    promisc: bool = False  # tap: promiscuous mode (a SPAN port's frames are not for us)
+    eve_max_bytes: int = 256 * 1024 * 1024  # rotate the EVE file at this size (0: never)
+    eve_keep: int = 5  # rotated EVE files kept
+    syslog: str | None = None  # unix:/dev/log or udp:HOST:PORT: alerts and blocks, RFC 5424
+    syslog_facility: str = "local5"
+    stats_interval: float = 60.0  # seconds between EVE `stats` events (0: none)
 
     @property
     def state_file(self) -> str:
@@ -132,42 +141,66 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
+def _open_sinks(cfg: DaemonConfig, passive: bool, blocks_enforced: bool) -> tuple[Any, Any, Any]:
+    """The worker's event outputs: (EveWriter or None, RotatingLog or None, SyslogSink or None)."""
+    from ips.sinks.eve import EveWriter
+    from ips.sinks.logfile import RotatingLog
+    from ips.sinks.syslog import SyslogSink
+
+    log = RotatingLog(cfg.eve_path, cfg.eve_max_bytes, cfg.eve_keep) if cfg.eve_path else None
+    syslog = SyslogSink(cfg.syslog, cfg.syslog_facility) if cfg.syslog else None
+    if log is None and syslog is None:
+        return None, None, None
+    eve = EveWriter(log=log, syslog=syslog, passive=passive, blocks_enforced=blocks_enforced)
+    return eve, log, syslog
+
+
 def worker_main(
     conn: Connection,
     parent_ends: tuple[Connection, ...],
     parent_pid: int,
     heartbeat: Any,
-    queue: int,
+    cfg: DaemonConfig,
     main: str,
     sources: dict[str, str],
-    fail_open: bool,
-    eve_path: str | None,
-    max_flows: int,
-    queue_maxlen: int,
     never_block: tuple[str, ...] = (),
+    bpf_program: list[tuple[int, int, int, int]] | None = None,
 ) -> None:
-    """Entry point of a worker process (forked)."""
+    """Entry point of a worker process (forked): inline over NFQUEUE, or a passive tap."""
     from ips.io.nfqueue import QueueWorker, wait_readable
+    from ips.io.tap import TapWorker
     from ips.kernel.blocks import KernelBlocks, adopt_blocks
-    from ips.sinks.eve import EveWriter
+    from ips.sinks.eve import stats_record
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    reopen = threading.Event()
+    signal.signal(signal.SIGHUP, lambda _s, _f: reopen.set())  # logrotate: reopen the EVE file
     _die_with_parent(parent_pid)
     for inherited in parent_ends:  # the supervisor's ends of the pipes: else no EOF ever
         inherited.close()
-    eve_file = open(eve_path, "a", buffering=1, encoding="utf-8") if eve_path else None  # noqa: SIM115
-    eve = EveWriter(eve_file) if eve_file else None
-    engine = make_engine(load_policy_sources(main, sources), max_flows, never_block)
+    tap = cfg.mode == "tap"
+    policy = load_policy_sources(main, sources)
+    engine = make_engine(policy, cfg.max_flows, never_block)
     blocks = KernelBlocks()  # its libnftables context is made here, in the worker
+    eve, log, syslog = _open_sinks(cfg, tap, policy.tap_blocks_enforced)
+    on_events = eve.events if eve else None
 
     def beat() -> None:
         heartbeat.value = time.monotonic()
 
-    worker = QueueWorker(
-        queue, engine, fail_open=fail_open, max_len=queue_maxlen,
-        on_events=eve.events if eve else None, blocks=blocks, on_busy=beat,
-    )  # fmt: skip
+    worker: Any
+    if tap:
+        worker = TapWorker(
+            cfg.iface or "", engine, bpf=bpf_program, bpf_text=cfg.bpf, promisc=cfg.promisc,
+            on_events=on_events, blocks=blocks, on_busy=beat,
+        )  # fmt: skip
+    else:
+        worker = QueueWorker(
+            cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
+            on_events=on_events, blocks=blocks, on_busy=beat,
+        )  # fmt: skip
+    worker.sinks = {"eve": log, "syslog": syslog}
     # The kernel's blocks (left by the previous worker or daemon, or restored from the state
     # file) become the engine's, before the first packet.
     try:
@@ -175,9 +208,15 @@ def worker_main(
     except Exception as exc:  # the kernel still drops them; only the engine does not know
         blocks._error(f"adopting the kernel's blocks: {exc}")
         adopted = 0
-    fd = worker.bind()
+    try:
+        fd = worker.bind()
+    except Exception as exc:  # tell the supervisor why, instead of dying silently
+        conn.send({"op": "failed", "error": str(exc)})
+        return
     control = conn.fileno()
-    next_tick = time.time() + TICK_EVERY
+    started = time.time()
+    next_tick = started + TICK_EVERY
+    next_stats = started + cfg.stats_interval if cfg.stats_interval > 0 and eve else None
     conn.send({"op": "ready", "pid": os.getpid(), "adopted": adopted})
     try:
         while True:
@@ -199,16 +238,53 @@ def worker_main(
                 if "id" in msg:
                     reply["id"] = msg["id"]
                 conn.send(reply)
+            if reopen.is_set():
+                reopen.clear()
+                if log is not None:
+                    log.reopen()
             now = time.time()
             if now >= next_tick:
                 events = engine.tick(now)
                 if events:
                     worker.effects(events)  # expiry counted; eve
                 next_tick = now + TICK_EVERY
+            if next_stats is not None and now >= next_stats and eve is not None:
+                eve.write(stats_record(now, now - started, eve_stats(engine, worker, cfg)))
+                next_stats = now + cfg.stats_interval
     finally:
         worker.unbind()
-        if eve_file:
-            eve_file.close()
+        if log is not None:
+            log.close()
+        if syslog is not None:
+            syslog.close()
+
+
+def eve_stats(engine: Engine, worker: Any, cfg: DaemonConfig) -> dict[str, Any]:
+    """The body of a `stats` event: Suricata's sections where ours mean the same thing."""
+    s = engine.stats
+    v = s.verdicts
+    out: dict[str, Any] = {
+        "decoder": {"pkts": s.packets, "invalid": sum(s.malformed.values()), "not_ip": s.not_ip},
+        "flow": _flow_stats(engine),
+        "detect": {"alert": s.alerts},
+    }
+    if cfg.mode == "tap":
+        tap = worker.stats()
+        out["capture"] = {k: tap[k] for k in ("kernel_packets", "kernel_drops")}
+        out["ipsctl"] = {"mode": "tap", **tap["would"]}
+    else:
+        q = read_queue_stats().get(cfg.queue)
+        out["ips"] = {"accepted": v.get("accept", 0), "blocked": v.get("drop", 0),
+                      "rejected": v.get("reject", 0), "replaced": v.get("rewrite", 0)}  # fmt: skip
+        out["nfq"] = dataclasses.asdict(q) if q else {}
+        out["ipsctl"] = {"mode": "inline", "engine_errors": s.errors}
+    return out
+
+
+def _flow_stats(engine: Engine) -> dict[str, int]:
+    f = engine.flows.stats
+    return {"active": f.active, "total": f.created, "timeout": f.expired,
+            "evicted": f.evicted, "reused": f.reused}  # fmt: skip
 
 
 def _worker_command(
@@ -240,9 +316,17 @@ def _worker_command(
                 "adopted": adopted,
             },
             "detectors": detector_stats(engine),
+            "mode": "tap" if getattr(worker, "iface", None) else "inline",
+            "tap": worker.stats() if hasattr(worker, "iface") else None,
+            "sinks": {k: v.stats() for k, v in getattr(worker, "sinks", {}).items() if v},
         }
     if op in ("block", "unblock", "unblock_all"):
         return _manual(op, msg, engine, worker)
+    if op == "reopen":
+        log = getattr(worker, "sinks", {}).get("eve")
+        if log is not None:
+            log.reopen()
+        return {"ok": True, "reopened": log is not None}
     if op == "stop":
         return None
     return {"ok": False, "error": f"unknown op {op!r}"}
@@ -377,12 +461,17 @@ class Counters:
     block_kernel_errors: int = 0  # nft refused a manual block operation
 
 
+class WorkerFailed(RuntimeError):
+    """The worker could not start its packet source (no such interface, …): fatal at start."""
+
+
 class WorkerHandle:
     """The supervisor's side of one worker process."""
 
     def __init__(
         self, cfg: DaemonConfig, main: str, sources: dict[str, str],
         never_block: tuple[str, ...] = (),
+        bpf_program: list[tuple[int, int, int, int]] | None = None,
     ) -> None:  # fmt: skip
         ctx = mp.get_context("fork")
         self.heartbeat = ctx.Value("d", time.monotonic(), lock=False)
@@ -392,10 +481,10 @@ class WorkerHandle:
         self.process = ctx.Process(
             target=worker_main,
             args=(
-                child, (self.conn,), os.getpid(), self.heartbeat, cfg.queue, main, sources,
-                cfg.fail_open, cfg.eve_path, cfg.max_flows, cfg.queue_maxlen, never_block,
+                child, (self.conn,), os.getpid(), self.heartbeat, cfg, main, sources,
+                never_block, bpf_program,
             ),
-            name=f"ipsctl-worker-q{cfg.queue}",
+            name=f"ipsctl-tap-{cfg.iface}" if cfg.mode == "tap" else f"ipsctl-worker-q{cfg.queue}",
             daemon=True,
         )  # fmt: skip
         self.process.start()
@@ -403,6 +492,9 @@ class WorkerHandle:
         if not self.conn.poll(15):
             raise RuntimeError("worker did not start")
         hello = self.conn.recv()
+        if hello.get("op") == "failed":
+            self.process.join(5)
+            raise WorkerFailed(str(hello.get("error")))
         if hello.get("op") != "ready":
             raise RuntimeError(f"worker failed to start: {hello}")
         self.adopted = int(hello.get("adopted", 0))
@@ -450,6 +542,7 @@ class Daemon:
         self.cfg = cfg
         self.counters = Counters()
         self.stopping = threading.Event()
+        self.reopen_logs = threading.Event()  # SIGHUP: the worker reopens the EVE file
         self.lock = threading.RLock()  # one policy change at a time
         self.policy: Policy | None = None
         self.main = ""
@@ -458,7 +551,10 @@ class Daemon:
         self.previous: tuple[str, dict[str, str]] | None = None
         self.confirm_deadline: float | None = None
         self.worker: WorkerHandle | None = None
-        self.diversion = Diversion(queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open)
+        self.diversion = Diversion(
+            queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open, tap=cfg.mode == "tap"
+        )
+        self.bpf_program: list[tuple[int, int, int, int]] | None = None
         self._server: socket.socket | None = None
         self.never_block: tuple[str, ...] = tuple(cfg.never_block)
         self.installed = False
@@ -467,6 +563,10 @@ class Daemon:
 
     def start(self) -> None:
         policy, sources = load_policy_collecting(self.cfg.policy_path)  # PolicyError -> caller
+        if self.cfg.mode == "tap" and self.cfg.bpf:
+            from ips.io.tap import compile_bpf
+
+            self.bpf_program = compile_bpf(self.cfg.bpf, self.cfg.iface or "")  # TapError
         self.diversion.remove_stale()  # a killed daemon's diversion (its table is kept)
         self.diversion.install(policy)  # over a killed daemon's table: blocks kept
         self.installed = True
@@ -478,7 +578,7 @@ class Daemon:
     def _new_worker(self) -> WorkerHandle:
         # The host's addresses are read again for every worker: they may have changed.
         self.never_block = tuple(dict.fromkeys((*own_addresses(), *self.cfg.never_block)))
-        return WorkerHandle(self.cfg, self.main, self.sources, self.never_block)
+        return WorkerHandle(self.cfg, self.main, self.sources, self.never_block, self.bpf_program)
 
     def _restore_blocks(self) -> None:
         from ips.kernel.blocks import load_saved_blocks, restore_blocks
@@ -501,6 +601,9 @@ class Daemon:
     def run_forever(self) -> None:
         """Watchdog and timers until SIGTERM/SIGINT."""
         while not self.stopping.wait(0.2):
+            if self.reopen_logs.is_set():
+                self.reopen_logs.clear()
+                self._tell_worker({"op": "reopen"})
             self._watchdog()
             self._check_confirm_deadline()
 
@@ -605,7 +708,7 @@ class Daemon:
             except (TimeoutError, OSError, EOFError) as exc:
                 worker = {"ok": False, "error": str(exc)}
         queues = read_queue_stats()
-        q = queues.get(self.cfg.queue)
+        q = queues.get(self.cfg.queue) if self.cfg.mode != "tap" else None
         policy = self.policy
         counters = self.diversion.counters()
         return {
@@ -628,6 +731,9 @@ class Daemon:
             "blocks": self._block_summary(worker, counters),
             "never_block": list(self.never_block),
             "detectors": worker.get("detectors") or {},
+            "mode": self.cfg.mode,
+            "tap": worker.get("tap"),
+            "sinks": worker.get("sinks") or {},
         }
 
     def _block_summary(self, worker: dict[str, Any], counters: Any) -> dict[str, Any]:
@@ -851,8 +957,12 @@ def run(cfg: DaemonConfig) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         daemon.stopping.set()
 
+    def on_hangup(_signum: int, _frame: object) -> None:
+        daemon.reopen_logs.set()  # handled by the main loop: never block in a handler
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         daemon.start()
         daemon.run_forever()

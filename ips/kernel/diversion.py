@@ -34,7 +34,11 @@ class Diversion:
         hooks: Sequence[str] = ("forward",),
         fail_open: bool = True,
         caps: Capabilities | None = None,
+        tap: bool = False,
     ) -> None:
+        # tap: nothing is diverted (a tap reads copies); the table holds only the block sets,
+        # and their drop rules only while the policy says `set tap-blocks enforce`.
+        self.tap = tap
         self.queue = queue
         self.hooks = tuple(hooks)
         self.fail_open = fail_open
@@ -61,6 +65,10 @@ class Diversion:
         self._iptables.remove()
 
     def install(self, policy: Policy) -> None:
+        if self.tap:
+            self.backend = "tap"
+            self.update(policy)
+            return
         backend = self.caps.diversion
         if backend is None or not self.caps.inline_ok:
             reasons = "; ".join(f"{k}: {v}" for k, v in self.caps.reasons.items())
@@ -85,6 +93,11 @@ class Diversion:
 
     def update(self, policy: Policy) -> None:
         """Swap the kernel part of the policy in one nft transaction."""
+        if self.tap:
+            hooks = self.hooks if policy.tap_blocks_enforced else ()
+            self._nft.apply(policy, hooks, blocks_only=True)
+            self.kernel_rules = 0
+            return
         self._nft.apply(
             policy, self.hooks, queue=self.queue, fail_open=self.fail_open,
             nft_queue=self.backend == "nft",
@@ -135,9 +148,11 @@ class Diversion:
 
     def describe(self) -> dict[str, object]:
         return {
-            "backend": {"nft": "nft queue", "iptables": "iptables NFQUEUE (fallback)"}.get(
-                self.backend or "", "none"
-            ),
+            "backend": {
+                "nft": "nft queue",
+                "iptables": "iptables NFQUEUE (fallback)",
+                "tap": "none (tap: copies of packets)",
+            }.get(self.backend or "", "none"),
             "queue": self.queue,
             "hooks": list(self.hooks),
             "fail_open": self.fail_open,

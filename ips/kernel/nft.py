@@ -92,17 +92,19 @@ class Nft:
         queue: int | tuple[int, int] = 0,
         fail_open: bool = True,
         nft_queue: bool = False,
+        blocks_only: bool = False,
     ) -> Applied:
         """Make the kernel run `policy`'s fast path, in one transaction: table and sets are
         created or kept (members survive), our chains flushed and refilled. On error nothing
         changed and the running rules stay. See ruleset.build_ruleset for the arguments."""
         commands = ruleset.build_ruleset(
             policy, hooks, queue=queue, fail_open=fail_open, nft_queue=nft_queue,
-            existing=self.state(),
+            existing=self.state(), blocks_only=blocks_only,
         )  # fmt: skip
         self.run(commands)
         added = sum(1 for c in commands if "rule" in c.get("add", {}))  # type: ignore[operator]
-        return Applied(ruleset.fast_path_split(policy), added, tuple(dict.fromkeys(hooks)))
+        split = 0 if blocks_only else ruleset.fast_path_split(policy)
+        return Applied(split, added, tuple(dict.fromkeys(hooks)))
 
     def remove(self) -> bool:
         """Delete `inet ipsctl` (and with it our chains and sets); False if it was absent."""

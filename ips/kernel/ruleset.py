@@ -522,6 +522,7 @@ def build_ruleset(
     fail_open: bool = True,
     nft_queue: bool = False,
     existing: TableState | None = None,
+    blocks_only: bool = False,
 ) -> list[dict[str, object]]:
     """Commands for one atomic batch that makes `inet ipsctl` run `policy`'s fast path.
 
@@ -531,6 +532,8 @@ def build_ruleset(
     nft_queue  the kernel has nft's `queue` expression: divert there after the prefix
                (otherwise the iptables chain of ips/kernel/iptables.py does it)
     existing   parse_table() of the table as it is now (None: absent or unknown)
+    blocks_only  only the block sets and their drop rules (a tap that enforces its detectors'
+               blocks: nothing of the policy itself may filter there)
 
     Safe to run over the table of an earlier policy: the table, chains and sets are `add`ed
     (idempotent, so a set keeps its members), our chains are flushed and refilled, and a set
@@ -574,6 +577,8 @@ def build_ruleset(
         # Blocks first: nothing the policy says may let a blocked source through.
         for exprs in block_rules():
             cmds.append(_rule(hook, exprs, BLOCKS_COMMENT))
+        if blocks_only:
+            continue
         cmds.append(_rule(hook, [{"mangle": _clear_mark()}], CLEAR_MARK_COMMENT))
         for rule in policy.rules[:split]:
             comment = rule_comment(rule)

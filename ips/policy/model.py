@@ -270,6 +270,11 @@ OPTIONS: dict[str, OptionSchema] = {
         minimum=16,
         maximum=16_777_216,
     ),
+    # A tap only watches: detector blocks are reported (ipsctl_block, enforced false) unless
+    # the policy asks for them to go into the kernel's block sets of the tap host itself.
+    "tap-blocks": OptionSchema(
+        ("report", "enforce"), "report", "tap mode: report detector blocks, or enforce them"
+    ),
 }
 
 
@@ -311,6 +316,10 @@ class Policy:
     @property
     def ban_max(self) -> float:
         return float(self.option("ban-max"))
+
+    @property
+    def tap_blocks_enforced(self) -> bool:
+        return self.option("tap-blocks") == "enforce"
 
     @property
     def detect_memory(self) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import IO
+from typing import IO, Protocol
 
 from ips.core.events import Alert, Block, FlowEnd, LogRecord, PacketEvent, Unblock
 from ips.core.flow import TCP_STATE_NAMES
@@ -163,34 +163,97 @@ def flow_record(end: FlowEnd, in_iface: str | None = None) -> dict[str, object]:
     return record
 
 
-class EveWriter:
-    """Writes events to a text stream as JSON lines."""
+# What a verdict becomes in tap mode, where nothing is enforced.
+PASSIVE_ACTIONS = {"blocked": "would_drop"}
+SYSLOG_EVENTS = frozenset({"alert", "drop", "ipsctl_block", "ipsctl_unblock"})
 
-    def __init__(self, stream: IO[str], *, in_iface: str | None = None, drops: bool = True):
+
+class LineStream(Protocol):
+    def write(self, line: str) -> object: ...
+
+
+class EveWriter:
+    """Writes events as JSON lines to a text stream (with newlines) or a RotatingLog (lines),
+    and the notable ones (alerts, drops, blocks) to syslog when given one.
+
+    passive: tap mode. Nothing was enforced, and the records say so: alert.action
+    `would_drop` instead of `blocked`, a `log` rule's drop is an `ipsctl_log` with verdict
+    `would_drop` (never a `drop` event), blocks carry `enforced: false` unless
+    blocks_enforced."""
+
+    def __init__(
+        self,
+        stream: IO[str] | None = None,
+        *,
+        log: LineStream | None = None,
+        syslog: object | None = None,
+        in_iface: str | None = None,
+        drops: bool = True,
+        passive: bool = False,
+        blocks_enforced: bool = True,
+    ):
         self.stream = stream
+        self.log = log
+        self.syslog = syslog
         self.in_iface = in_iface
         self.drops = drops
+        self.passive = passive
+        self.blocks_enforced = blocks_enforced
         self.written = 0
 
     def write(self, record: dict[str, object]) -> None:
-        self.stream.write(json.dumps(record, separators=(",", ":")) + "\n")
+        line = json.dumps(record, separators=(",", ":"))
+        if self.stream is not None:
+            self.stream.write(line + "\n")
+        if self.log is not None:
+            self.log.write(line)
         self.written += 1
+        if self.syslog is not None and record.get("event_type") in SYSLOG_EVENTS:
+            self.syslog.send(record, _now_of(record))  # type: ignore[attr-defined]
 
     def event(self, ev: object) -> None:
         if isinstance(ev, Alert):
-            self.write(alert_record(ev, self.in_iface))
+            record = alert_record(ev, self.in_iface)
+            if self.passive:
+                alert = record["alert"]
+                alert["action"] = PASSIVE_ACTIONS.get(alert["action"], alert["action"])  # type: ignore[index]
+            self.write(record)
         elif isinstance(ev, FlowEnd):
             self.write(flow_record(ev, self.in_iface))
         elif isinstance(ev, LogRecord):
-            if ev.verdict in ("drop", "reject") and self.drops:
+            if self.passive:
+                record = log_record(ev, self.in_iface)
+                if ev.verdict != "accept":
+                    record["ipsctl_log"]["verdict"] = f"would_{ev.verdict}"  # type: ignore[index]
+                self.write(record)
+            elif ev.verdict in ("drop", "reject") and self.drops:
                 self.write(drop_record(ev, self.in_iface))
             else:
                 self.write(log_record(ev, self.in_iface))
         elif isinstance(ev, Block):
-            self.write(block_record(ev))
+            record = block_record(ev)
+            record["ipsctl_block"]["enforced"] = not self.passive or self.blocks_enforced  # type: ignore[index]
+            self.write(record)
         elif isinstance(ev, Unblock):
             self.write(unblock_record(ev))
 
     def events(self, evs: object) -> None:
         for ev in evs:  # type: ignore[attr-defined]
             self.event(ev)
+
+
+def _now_of(record: dict[str, object]) -> float:
+    stamp = record.get("timestamp")
+    if isinstance(stamp, str):
+        try:
+            return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+        except ValueError:
+            pass
+    return 0.0
+
+
+def stats_record(now: float, uptime: float, stats: dict[str, object]) -> dict[str, object]:
+    """A periodic `stats` event: Suricata's layout (stats.uptime, capture, decoder, flow,
+    detect, ips) with ours under stats.ipsctl."""
+    return {"timestamp": eve_timestamp(now), "event_type": "stats",
+            "stats": {"uptime": int(uptime), **stats}}  # fmt: skip

@@ -1,0 +1,119 @@
+"""An append-only log file of lines that rotates itself by size and can be reopened.
+
+Both ways logrotate users expect work:
+  size      when the file would pass max_bytes it becomes FILE.1 (FILE.1 -> FILE.2, …, the
+            oldest beyond `keep` deleted) and a new FILE is started. 0: never (logrotate's job).
+  reopen    after logrotate moved FILE away, SIGHUP makes the daemon reopen FILE by name
+            (a new file), so nothing is written to the moved one any longer.
+A write never raises: a full disk or a removed directory is counted (write_errors) and the
+file is reopened at the next write, so an events file can never stop the packet path.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import IO
+
+
+def parse_size(text: str) -> int:
+    """'100M', '1G', '512k', '4096' -> bytes (binary units)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    s = text.strip().lower().removesuffix("b").removesuffix("i")
+    factor = units.get(s[-1:], 1)
+    if s[-1:] in units:
+        s = s[:-1]
+    try:
+        value = int(float(s) * factor)
+    except ValueError as exc:
+        raise ValueError(f"not a size: {text!r} (e.g. 100M, 1G, 0 for no limit)") from exc
+    if value < 0:
+        raise ValueError(f"not a size: {text!r}")
+    return value
+
+
+class RotatingLog:
+    """Lines appended to `path`, rotated at `max_bytes` (0: never) keeping `keep` old files."""
+
+    def __init__(self, path: str, max_bytes: int = 0, keep: int = 5) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = max(1, keep)
+        self.rotations = 0
+        self.reopens = 0
+        self.write_errors = 0
+        self.lines = 0
+        self._file: IO[str] | None = None
+        self._size = 0
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self._file = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            self._size = self._file.tell()
+        except OSError:
+            self._file = None
+            self.write_errors += 1
+
+    def write(self, line: str) -> None:
+        """One line (without its newline)."""
+        if self._file is None:
+            self._open()
+            if self._file is None:
+                return
+        data = line + "\n"
+        if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
+            self.rotate()
+            if self._file is None:
+                return
+        try:
+            self._file.write(data)
+            self._size += len(data)
+            self.lines += 1
+        except OSError:
+            self.write_errors += 1
+            self._close()
+
+    def rotate(self) -> None:
+        """FILE -> FILE.1 -> … -> FILE.keep (the oldest is deleted), then a new FILE."""
+        self._close()
+        try:
+            oldest = f"{self.path}.{self.keep}"
+            if os.path.exists(oldest):
+                os.unlink(oldest)
+            for n in range(self.keep - 1, 0, -1):
+                if os.path.exists(f"{self.path}.{n}"):
+                    os.rename(f"{self.path}.{n}", f"{self.path}.{n + 1}")
+            if os.path.exists(self.path):
+                os.rename(self.path, f"{self.path}.1")
+            self.rotations += 1
+        except OSError:
+            self.write_errors += 1
+        self._open()
+
+    def reopen(self) -> None:
+        """Close and open the file by name again (after logrotate moved it: SIGHUP)."""
+        self._close()
+        self._open()
+        self.reopens += 1
+
+    def flush(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except OSError:
+                self.write_errors += 1
+
+    def _close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                self.write_errors += 1
+            self._file = None
+
+    def close(self) -> None:
+        self._close()
+
+    def stats(self) -> dict[str, int]:
+        return {"lines": self.lines, "rotations": self.rotations, "reopens": self.reopens,
+                "write_errors": self.write_errors, "size": self._size}  # fmt: skip

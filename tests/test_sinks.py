@@ -1,0 +1,153 @@
+"""The event outputs without a lab: the rotating EVE file, RFC 5424 syslog, tap-mode records,
+stats events, and the tap's BPF program parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from ips.core.events import Alert, Block, LogRecord
+from ips.io.tap import TapError, parse_bpf_program
+from ips.sinks.eve import EveWriter, stats_record
+from ips.sinks.logfile import RotatingLog, parse_size
+from ips.sinks.syslog import SyslogSink, format_5424, parse_target, severity_of
+
+SRC, DST = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+
+
+def alert(action: str = "blocked", severity: int = 1) -> Alert:
+    return Alert(1_700_000_000.5, 7, 4, 6, SRC, 1234, DST, 23, action=action,
+                 signature_id=2000010, signature="telnet attempt", severity=severity,
+                 category="policy", rule_name="p.rules:3")  # fmt: skip
+
+
+def test_parse_size() -> None:
+    assert parse_size("0") == 0
+    assert parse_size("4096") == 4096
+    assert parse_size("512k") == 512 * 1024
+    assert parse_size("100M") == 100 << 20
+    assert parse_size("1GiB") == 1 << 30
+    for bad in ("", "lots", "-1", "M"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_rotating_log_rotates_by_size_and_keeps_n(tmp_path: Path) -> None:
+    path = tmp_path / "eve.json"
+    log = RotatingLog(str(path), max_bytes=100, keep=2)
+    lines = [f'{{"n":"{i:03d}","pad":"{"x" * 18}"}}' for i in range(20)]  # 34 bytes + newline
+    for line in lines:
+        log.write(line)
+    log.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["eve.json", "eve.json.1", "eve.json.2"]
+    for p in tmp_path.iterdir():
+        assert p.stat().st_size <= 100
+    # the newest lines are in eve.json, the older in .1 then .2, each file whole lines
+    kept = [int(json.loads(line)["n"]) for name in ("eve.json.2", "eve.json.1", "eve.json")
+            for line in (tmp_path / name).read_text().splitlines()]  # fmt: skip
+    assert kept == list(range(20 - len(kept), 20))
+    assert log.stats()["rotations"] == 20 // 2 - 1
+    assert log.write_errors == 0
+
+
+def test_rotating_log_reopen_after_move_and_survives_a_vanished_directory(tmp_path: Path) -> None:
+    d = tmp_path / "logs"
+    d.mkdir()
+    path = d / "eve.json"
+    log = RotatingLog(str(path))
+    log.write("one")
+    os.rename(path, d / "eve.json.moved")  # what logrotate does
+    log.write("two")  # still the moved file, until reopened (SIGHUP)
+    log.reopen()
+    log.write("three")
+    assert (d / "eve.json.moved").read_text() == "one\ntwo\n"
+    assert path.read_text() == "three\n"
+    # the directory goes away: writes are counted as errors, nothing raises
+    log.close()
+    for p in d.iterdir():
+        p.unlink()
+    d.rmdir()
+    log.write("four")
+    assert log.write_errors >= 1
+    d.mkdir()
+    log.write("five")  # back: reopened by the next write
+    assert path.read_text() == "five\n"
+
+
+def test_eve_writer_passive_mode_says_nothing_was_enforced() -> None:
+    lines: list[str] = []
+
+    class Sink:
+        def write(self, line: str) -> None:
+            lines.append(line)
+
+    log = LogRecord(1.0, 7, 4, 6, SRC, 1234, DST, 23, verdict="drop", rule_name="p.rules:4")
+    block = Block(SRC, table="banned", ttl=60.0, detector="portscan", reason="15 ports", time=2.0)
+    EveWriter(log=Sink(), passive=True, blocks_enforced=False).events([alert(), log, block])
+    EveWriter(log=Sink()).events([alert(), log, block])
+    tap_alert, tap_log, tap_block, in_alert, in_drop, in_block = map(json.loads, lines)
+    assert tap_alert["alert"]["action"] == "would_drop" and in_alert["alert"]["action"] == "blocked"
+    assert tap_log["event_type"] == "ipsctl_log"
+    assert tap_log["ipsctl_log"]["verdict"] == "would_drop"
+    assert in_drop["event_type"] == "drop"
+    assert tap_block["ipsctl_block"]["enforced"] is False
+    assert in_block["ipsctl_block"]["enforced"] is True
+    lines.clear()
+    EveWriter(log=Sink(), passive=True).event(alert(action="allowed"))
+    assert json.loads(lines[0])["alert"]["action"] == "allowed"
+
+
+def test_stats_record_has_suricata_layout() -> None:
+    rec = stats_record(1_700_000_000.0, 12.7, {"capture": {"kernel_drops": 3}})
+    assert rec["event_type"] == "stats"
+    assert rec["timestamp"] == "2023-11-14T22:13:20.000000+0000"
+    assert rec["stats"] == {"uptime": 12, "capture": {"kernel_drops": 3}}
+
+
+def test_syslog_targets_and_format() -> None:
+    assert parse_target("unix:/dev/log") == (socket.AF_UNIX, "/dev/log")
+    assert parse_target("udp:127.0.0.1:514") == (socket.AF_INET, ("127.0.0.1", 514))
+    assert parse_target("udp:[::1]:5514") == (socket.AF_INET6, ("::1", 5514))
+    for bad in ("tcp:1.2.3.4:514", "udp:host", "udp:1.2.3.4:0", "unix:", "/dev/log"):
+        with pytest.raises(ValueError):
+            parse_target(bad)
+    record = {"event_type": "alert", "alert": {"severity": 2}, "src_ip": "10.0.0.1"}
+    assert severity_of(record) == 3
+    assert severity_of({"event_type": "flow"}) == 6
+    data = format_5424(record, 21, "gw", 42, 1_700_000_000.25)
+    m = re.fullmatch(rb"<171>1 2023-11-14T22:13:20\.250000Z gw ipsctl 42 alert - \xef\xbb\xbf(.+)",
+                     data)  # fmt: skip
+    assert m and json.loads(m.group(1)) == record
+
+
+def test_syslog_sink_sends_and_never_raises(tmp_path: Path) -> None:
+    path = str(tmp_path / "log.sock")
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(path)
+    try:
+        sink = SyslogSink(f"unix:{path}", "daemon")
+        sink.send({"event_type": "alert", "alert": {"severity": 1}}, 1.0)
+        assert receiver.recv(4096).startswith(b"<26>1 ")  # daemon(3)*8 + crit(2)
+        sink.send({"event_type": "alert", "big": "x" * 10_000}, 1.0)  # over the size cap
+        assert sink.stats() == {"sent": 1, "dropped": 1}
+    finally:
+        receiver.close()
+    sink.send({"event_type": "alert"}, 1.0)  # the receiver is gone: counted, not raised
+    assert sink.stats()["dropped"] == 2
+    with pytest.raises(ValueError):
+        SyslogSink(f"unix:{path}", "local9")
+
+
+def test_bpf_program_parsing() -> None:
+    text = "4\n40 0 0 12\n21 0 1 2048\n6 0 0 262144\n6 0 0 0\n"
+    assert parse_bpf_program(text) == [(40, 0, 0, 12), (21, 0, 1, 2048), (6, 0, 0, 262144),
+                                       (6, 0, 0, 0)]  # fmt: skip
+    for bad in ("", "2\n6 0 0 0\n", "1\n6 0 0\n", "x\n"):
+        with pytest.raises((TapError, ValueError)):
+            parse_bpf_program(bad)
