@@ -1,0 +1,925 @@
+"""Lab benchmark: ipsctl inline on a real gateway namespace, against the kernel alone.
+
+Brings up labs/gateway.yaml (client 10.10.1.20 -> gw -> server 10.10.2.10, a fresh lab with
+its own prefix for every variant), and measures, for each variant, in one run:
+  TCP bulk      iperf3, one stream, Gbit/s at the receiver
+  UDP 64 bytes  hping3 --udp --flood with 64-byte payloads, 4 senders (one flow each) towards
+                4 server addresses (NFQUEUE's --queue-balance hashes addresses, not ports: one
+                address pair would always land in one queue); packets/s the server received,
+                by its interface counter (iperf3 -u aborts when a full queue drops its
+                control packets, see measure_udp)
+  connections   a storm of short TCP connections (bench/storm.py: connect, send, read the
+                echo, close), two clients towards two server addresses; completed per second
+  ping          ping -i 0.01 from client to server, unloaded; p50 and p99 of per-packet RTT
+Variants (--only NAME,...):
+  kernel              kernel forwarding only, no queue, no ipsctl
+  accept-only         bench/accept_loop.py on queue 0: netfilterqueue accepting every packet
+  ipsctl-offload      ipsctl, the bench policy, flow offload on (`set offload on`)
+  ipsctl-inspect      ipsctl, the bench policy, `set offload off`: every packet inspected
+  ipsctl-inspect-2q   the same with `ipsctl run --queues 2`
+  ipsctl-10k          10,000 generated rules before the bench policy's rules, offload off
+A variant whose option this ipsctl refuses (`set offload`, `--queues`) is printed as n/a.
+Each figure is the median of --runs runs; ratios and the issue's targets follow the table.
+
+The bench policy is policies/gateway.rules with three changes, printed with the results:
+iperf3's and the storm's ports (5201-5209) accepted from the LAN to the DMZ next to the
+other LAN->DMZ accepts; the ping limit raised from 20/s to 2000/s (ping -i 0.01 sends 100/s);
+the flood detectors' rates multiplied by 1000 (the bench's own load is not an attack; at
+gateway.rules' rates they would, rightly, rate-limit it and the figures would measure that).
+
+Queues run fail-closed by default (--fail-mode): a packet the worker cannot take in time is
+dropped, not let through uninspected, so what the server receives is what was inspected.
+The kernel's queue drops are reported per variant.
+
+Needs root; uses only the lab's own namespaces and addresses; every step has a time limit;
+everything started is stopped by PID and the lab removed, also on errors or Ctrl-C.
+
+    python bench/lab.py [--runs 3] [--seconds 5] [--only kernel,accept-only] [--quick]
+                        [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import select
+import shutil
+import signal
+import statistics
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: the project's `ips` next to us
+    sys.path.insert(0, str(ROOT))
+
+from ips.lab import netns  # noqa: E402
+
+LAB_YAML = ROOT / "labs" / "gateway.yaml"
+GATEWAY_RULES = ROOT / "policies" / "gateway.rules"
+STORM = ROOT / "bench" / "storm.py"
+ACCEPT_LOOP = ROOT / "bench" / "accept_loop.py"
+
+SERVER = "10.10.2.10"
+BENCH_PORTS = "5201-5209"
+TCP_PORT = 5201
+UDP_PORT = 5202  # + stream index
+UDP_DSTS = ("10.10.2.10", "10.10.2.100", "10.10.2.101", "10.10.2.102")
+UDP_LEN = 64
+STORM_PORT = 5209
+STORM_DSTS = ("10.10.2.10", "10.10.2.103")
+PING_INTERVAL = 0.01
+TOOLS = ("iperf3", "hping3", "ping", "iptables", "ss", "timeout")
+QUEUE = 0
+STEP_SLACK = 30.0  # seconds a step may take beyond its measuring time before it is killed
+START_TIMEOUT = 90.0  # the daemon compiling 10,000 rules on a busy machine
+
+
+class Unsupported(Exception):
+    """This ipsctl refuses an option the variant needs."""
+
+
+class BenchError(RuntimeError):
+    """A step failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str
+    kind: str  # kernel | accept | ipsctl
+    rules: str = "gateway"  # gateway | 10k
+    offload: bool | None = None
+    queues: int = 1
+
+
+VARIANTS = (
+    Variant("kernel", "kernel forwarding only (no queue, no ipsctl)", "kernel"),
+    Variant("accept-only", "netfilterqueue loop accepting everything, 1 queue", "accept"),
+    Variant("ipsctl-offload", "ipsctl, bench policy, offload on, 1 queue", "ipsctl", offload=True),
+    Variant(
+        "ipsctl-inspect", "ipsctl, bench policy, offload off, 1 queue", "ipsctl", offload=False
+    ),
+    Variant(
+        "ipsctl-inspect-2q",
+        "ipsctl, bench policy, offload off, 2 queues",
+        "ipsctl",
+        offload=False,
+        queues=2,
+    ),
+    Variant(
+        "ipsctl-10k",
+        "ipsctl, 10,000 rules + bench policy, offload off, 1 queue",
+        "ipsctl",
+        rules="10k",
+        offload=False,
+    ),
+)
+METRICS = ("tcp_gbps", "udp_pps", "conn_per_s", "ping_p50_us", "ping_p99_us")
+
+
+# ---- policies ----------------------------------------------------------------------------------
+
+BENCH_ACCEPT = (
+    f"accept  proto {{ tcp, udp }} from $lan to $dmz port {BENCH_PORTS}"
+    "   # bench/lab.py: iperf3 and the connection storm"
+)
+POLICY_NOTE = (
+    f"bench policy = policies/gateway.rules + `accept tcp/udp LAN->DMZ port {BENCH_PORTS}` "
+    "before the LAN->DMZ web accept; ping limit 20/s -> 2000/s; flood detector rates x1000"
+)
+
+
+def bench_policy(base: str) -> str:
+    """gateway.rules made to let the bench's traffic through (see the module docstring)."""
+    lines = base.splitlines()
+    web = [
+        i for i, ln in enumerate(lines) if re.match(r"accept\s+proto tcp from \$lan to \$dmz", ln)
+    ]
+    if not web:
+        raise BenchError(f"{GATEWAY_RULES}: no LAN->DMZ tcp accept to put the bench ports next to")
+    lines.insert(web[0], BENCH_ACCEPT)
+    text = "\n".join(lines) + "\n"
+    text, n = re.subn(r"(echo-request\s+limit\s+)\d+/s", r"\g<1>2000/s", text)
+    if n == 0:
+        raise BenchError(f"{GATEWAY_RULES}: no echo-request limit found")
+
+    def faster(m: re.Match[str]) -> str:
+        return f"{m[1]}{int(m[2]) * 1000}/s"
+
+    out = []
+    for ln in text.splitlines():
+        if ln.startswith("detect"):
+            ln = re.sub(r"(rate\s+)(\d+)/s", faster, ln)
+        out.append(ln)
+    return "\n".join(out) + "\n"
+
+
+def generated_rules(n: int) -> list[str]:
+    """n rules the bench traffic never matches, in its dimensions (its protocols, its server
+    subnet, other ports; source blocklists; partner subnets), as a large site's policy has."""
+    rng = random.Random(7)
+    out = []
+    for i in range(n):
+        a, b = divmod(i, 250)
+        kind = i % 5
+        if kind == 0:  # a blocklist entry (/32)
+            out.append(f"drop    from 198.18.{a % 256}.{b + 1}")
+        elif kind == 1:  # a service on a server elsewhere
+            out.append(f"accept  proto tcp to 10.30.{a % 256}.{b + 1} port {rng.randint(1, 65535)}")
+        elif kind == 2:  # a partner subnet
+            out.append(f"accept  proto udp from 172.{16 + a % 16}.{b}.0/24 to port {1000 + i}")
+        elif kind == 3:  # the bench servers' own subnet, ports the bench does not use
+            out.append(f"reject  proto tcp from $lan to $dmz port {20000 + i}")
+        else:
+            out.append(f"drop    proto udp from $lan to 10.10.2.{b % 200 + 1} port {10000 + i}")
+    return out
+
+
+def policy_10k(bench: str) -> str:
+    """The bench policy with 10,000 non-matching rules right after `drop from @banned`:
+    every packet, established or not, has to get past them (first match wins)."""
+    lines = bench.splitlines()
+    at = [i for i, ln in enumerate(lines) if re.match(r"drop\s+from @banned", ln)]
+    if not at:
+        raise BenchError(f"{GATEWAY_RULES}: no `drop from @banned` to put the 10,000 rules after")
+    extra = generated_rules(10_000)
+    return "\n".join([*lines[: at[0] + 1], *extra, *lines[at[0] + 1 :]]) + "\n"
+
+
+def with_offload(text: str, on: bool) -> str:
+    return f"set offload {'on' if on else 'off'}    # bench/lab.py\n" + text
+
+
+# ---- processes ---------------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def ipsctl_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ips.cli", *args]
+
+
+def stop(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL: only this process, by its PID."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def wait_line(proc: subprocess.Popen[bytes], expect: bytes, timeout: float, what: str) -> None:
+    """Wait for a child to print `expect` on stdout (its readiness), bounded."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    buf = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            chunk = os.read(fd, 4096)
+            buf += chunk
+            if expect in buf:
+                return
+            if not chunk:  # EOF: it exited
+                proc.wait(5)
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited ({proc.returncode}): {buf.decode(errors='replace')}")
+    raise BenchError(f"{what} not ready after {timeout:.0f} s")
+
+
+@dataclass
+class Bench:
+    """One variant's lab and what was started in it."""
+
+    lab: netns.Lab
+    workdir: Path
+    seconds: float
+    fail_open: bool
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def run(self, node: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        try:
+            return self.lab.exec(
+                node, argv, capture_output=True, text=True, timeout=timeout, env=_env()
+            )
+        except subprocess.TimeoutExpired:
+            raise BenchError(f"{node}: {' '.join(argv[:3])}… took over {timeout:.0f} s") from None
+
+    def popen(self, node: str, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
+        proc = self.lab.popen(node, argv, env=_env(), cwd=ROOT, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def sysctl(self, node: str, key: str, value: str) -> None:
+        self.run(node, ["sysctl", "-qw", f"{key}={value}"], timeout=10)  # best effort
+
+    def queues(self) -> dict[int, dict[str, int]]:
+        """gw's /proc/net/netfilter/nfnetlink_queue (per namespace): queue -> counters."""
+        text = self.run("gw", ["cat", "/proc/net/netfilter/nfnetlink_queue"], timeout=10).stdout
+        keys = (
+            "queue",
+            "portid",
+            "waiting",
+            "copy_mode",
+            "copy_range",
+            "queue_dropped",
+            "user_dropped",
+            "id_sequence",
+        )
+        out = {}
+        for line in text.splitlines():
+            f = dict(zip(keys, (int(x) for x in line.split()), strict=False))
+            out[f["queue"]] = f
+        return out
+
+    def close(self) -> None:
+        for fn in reversed(self.cleanups):
+            with suppress(Exception):
+                fn()
+        for proc in reversed(self.procs):
+            with suppress(Exception):
+                stop(proc)
+
+
+# ---- measurements ------------------------------------------------------------------------------
+
+
+def wait_listening(b: Bench, ports: list[int], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = b.run("server", ["ss", "-Hltn"], timeout=10).stdout
+        if all(re.search(rf":{p}\s", out) for p in ports):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"server: iperf3 not listening on {ports} after {timeout:.0f} s")
+
+
+def measure_tcp(b: Bench) -> float:
+    """Gbit/s of one iperf3 TCP stream, as its receiver counted them."""
+    server = b.popen(
+        "server",
+        ["iperf3", "-s", "-1", "-p", str(TCP_PORT), "-B", SERVER],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(b, [TCP_PORT])
+        client = b.popen(
+            "client",
+            ["iperf3", "-c", SERVER, "-p", str(TCP_PORT), "-t", f"{b.seconds:g}", "-J"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            out, err = client.communicate(timeout=b.seconds + STEP_SLACK)
+        except subprocess.TimeoutExpired:
+            stop(client)
+            raise BenchError("iperf3 client did not finish in time") from None
+        try:
+            doc = json.loads(out)
+        except ValueError:
+            raise BenchError(f"iperf3: {err.strip() or out.strip()[:200]}") from None
+        if "error" in doc:
+            raise BenchError(f"iperf3: {doc['error']}")
+        return doc["end"]["sum_received"]["bits_per_second"] / 1e9
+    finally:
+        stop(server, 3)
+
+
+def server_rx_packets(b: Bench) -> int:
+    doc = json.loads(b.run("server", ["ip", "-s", "-j", "link", "show", "eth0"], timeout=10).stdout)
+    return int(doc[0]["stats64"]["rx"]["packets"])
+
+
+def measure_udp(b: Bench) -> tuple[float, dict[str, Any]]:
+    """Packets/s of UDP_LEN-byte datagrams the server received, by its interface counter.
+
+    The senders are hping3 floods, one per server address, each with a fixed source port
+    (one flow each): iperf3's UDP mode needs a TCP control connection and a per-stream UDP
+    handshake, which an overloaded fail-closed queue drops, and iperf3 then aborts."""
+    before_q = b.queues()
+    before = server_rx_packets(b)
+    t0 = time.monotonic()
+    senders = [
+        b.popen(
+            "client",
+            [
+                "timeout",
+                "-s",
+                "INT",
+                f"{b.seconds:g}",
+                "hping3",
+                "--udp",
+                "-q",
+                "--flood",
+                "-d",
+                str(UDP_LEN),
+                "-p",
+                str(UDP_PORT + i),
+                "-s",
+                str(40000 + i),
+                "-k",
+                dst,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i, dst in enumerate(UDP_DSTS)
+    ]
+    sent = 0
+    for proc in senders:
+        try:
+            out, _ = proc.communicate(timeout=b.seconds + STEP_SLACK)
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            raise BenchError("hping3 did not stop in time") from None
+        m = re.search(r"(\d+) packets transmitted", out)
+        if m is None:
+            raise BenchError(f"hping3: {out.strip()[-300:]}")
+        sent += int(m[1])
+    elapsed = time.monotonic() - t0
+    time.sleep(0.2)  # what the queue still held reaches the server
+    received = server_rx_packets(b) - before
+    after_q = b.queues()
+    info: dict[str, Any] = {"sent_pps": round(sent / elapsed)}
+    if after_q:
+        info["queued"] = {
+            q: after_q[q]["id_sequence"] - before_q.get(q, {}).get("id_sequence", 0)
+            for q in after_q
+        }
+        info["queue_drops"] = sum(
+            after_q[q]["queue_dropped"]
+            + after_q[q]["user_dropped"]
+            - before_q.get(q, {}).get("queue_dropped", 0)
+            - before_q.get(q, {}).get("user_dropped", 0)
+            for q in after_q
+        )
+    return received / elapsed, info
+
+
+def measure_storm(b: Bench) -> tuple[float, dict[str, Any]]:
+    clients = [
+        b.popen(
+            "client",
+            [
+                sys.executable,
+                str(STORM),
+                "client",
+                "--dst",
+                dst,
+                "--port",
+                str(STORM_PORT),
+                "--seconds",
+                f"{b.seconds:g}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for dst in STORM_DSTS
+    ]
+    done = failed = 0
+    elapsed = 0.0
+    for c in clients:
+        try:
+            out, err = c.communicate(timeout=b.seconds + STEP_SLACK)
+        except subprocess.TimeoutExpired:
+            stop(c)
+            raise BenchError("storm client did not finish in time") from None
+        try:
+            doc = json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise BenchError(f"storm client: {err.strip()[-300:]}") from None
+        done += doc["connections"]
+        failed += doc["failed"]
+        elapsed = max(elapsed, doc["seconds"])
+    return done / elapsed, {"failed": failed}
+
+
+def measure_ping(b: Bench) -> tuple[float, float, dict[str, Any]]:
+    count = max(10, int(b.seconds / PING_INTERVAL))
+    out = b.run(
+        "client",
+        [
+            "ping",
+            "-n",
+            "-i",
+            f"{PING_INTERVAL}",
+            "-c",
+            str(count),
+            "-w",
+            f"{b.seconds + 10:g}",
+            SERVER,
+        ],
+        timeout=b.seconds + STEP_SLACK,
+    ).stdout
+    rtts = sorted(float(m) * 1000 for m in re.findall(r"time=([\d.]+) ms", out))
+    if len(rtts) < count // 2:
+        raise BenchError(f"ping: only {len(rtts)} of {count} replies")
+    return percentile(rtts, 50), percentile(rtts, 99), {"replies": len(rtts), "sent": count}
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    k = max(0, min(len(sorted_values) - 1, round(p / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[k]
+
+
+def one_run(b: Bench) -> dict[str, Any]:
+    p50, p99, ping_info = measure_ping(b)
+    tcp = measure_tcp(b)
+    udp, udp_info = measure_udp(b)
+    conns, storm_info = measure_storm(b)
+    return {
+        "tcp_gbps": tcp,
+        "udp_pps": udp,
+        "conn_per_s": conns,
+        "ping_p50_us": p50,
+        "ping_p99_us": p99,
+        "detail": {"udp": udp_info, "storm": storm_info, "ping": ping_info},
+    }
+
+
+# ---- the variants' gateways --------------------------------------------------------------------
+
+
+def start_accept_loop(b: Bench) -> None:
+    loop = b.popen(
+        "gw",
+        [
+            sys.executable,
+            str(ACCEPT_LOOP),
+            "--queue",
+            str(QUEUE),
+            *(["--fail-open"] if b.fail_open else []),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    wait_line(loop, b"ready", 15, "accept loop")
+    rule = [
+        "FORWARD",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        str(QUEUE),
+        *(["--queue-bypass"] if b.fail_open else []),
+    ]
+    res = b.run("gw", ["iptables", "-I", *rule], timeout=20)
+    if res.returncode != 0:
+        raise BenchError(f"iptables in gw: {res.stderr.strip()}")
+    b.cleanups.append(lambda: b.run("gw", ["iptables", "-D", *rule], timeout=20))
+
+
+def start_ipsctl(b: Bench, v: Variant, policy: Path) -> None:
+    sock = b.workdir / f"{v.name}.sock"
+    log_path = b.workdir / f"{v.name}.log"
+    argv = ipsctl_argv(
+        "run",
+        "--policy",
+        str(policy),
+        "--socket",
+        str(sock),
+        "--eve",
+        str(b.workdir / f"{v.name}.eve.json"),
+        "--fail-mode",
+        "open" if b.fail_open else "closed",
+    )
+    if v.queues > 1:
+        argv += ["--queues", str(v.queues)]
+    log = open(log_path, "w")  # noqa: SIM115 - closed by the cleanup below
+    daemon = b.popen("gw", argv, stdout=log, stderr=subprocess.STDOUT)
+    b.cleanups.append(log.close)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if daemon.poll() is not None:
+            text = log_path.read_text()
+            if daemon.returncode in (1, 2) and re.search(r"offload|queues", text, re.I):
+                raise Unsupported(text.strip().splitlines()[-1] if text.strip() else "refused")
+            raise BenchError(f"ipsctl run exited ({daemon.returncode}): {text.strip()[-500:]}")
+        if sock.exists():
+            st = subprocess.run(
+                ipsctl_argv("status", "--json", "--socket", str(sock)),
+                capture_output=True,
+                text=True,
+                timeout=20,
+                env=_env(),
+                cwd=ROOT,
+            )
+            if st.returncode == 0:
+                return
+        time.sleep(0.2)
+    raise BenchError(f"ipsctl not up after {START_TIMEOUT:.0f} s: {log_path.read_text()[-500:]}")
+
+
+def unique_prefix() -> str:
+    rand = "".join(random.choices(string.ascii_lowercase + string.digits, k=3))
+    return f"bl{os.getpid() % 1000}{rand}-"
+
+
+@contextmanager
+def lab_for(args: argparse.Namespace, workdir: Path) -> Iterator[Bench]:
+    prefix = unique_prefix()
+    lab = netns.up(LAB_YAML, prefix=prefix)
+    b = Bench(lab, workdir, args.seconds, args.fail_mode == "open")
+    try:
+        # Short connections: a wide port range on the client; the conntrack entries of
+        # closed connections gone sooner, so repeated storms do not fill gw's table.
+        b.sysctl("client", "net.ipv4.ip_local_port_range", "1024 65000")
+        b.sysctl("gw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait", "10")
+        # The UDP flood's sink: counted by the server's interface, then dropped quietly
+        # (no listener would mean an ICMP port-unreachable back through gw per packet).
+        ports = f"{UDP_PORT}:{UDP_PORT + len(UDP_DSTS) - 1}"
+        res = b.run(
+            "server",
+            ["iptables", "-I", "INPUT", "-p", "udp", "--dport", ports, "-j", "DROP"],
+            timeout=20,
+        )
+        if res.returncode != 0:
+            raise BenchError(f"iptables in server: {res.stderr.strip()}")
+        for _ in range(2):  # two storm servers on one port (SO_REUSEPORT)
+            srv = b.popen(
+                "server",
+                [
+                    sys.executable,
+                    str(STORM),
+                    "serve",
+                    "--port",
+                    str(STORM_PORT),
+                    "--seconds",
+                    "3600",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            wait_line(srv, b"ready", 15, "storm server")
+        yield b
+    finally:
+        try:
+            b.close()
+        finally:
+            netns.down(prefix)
+
+
+# ---- what this ipsctl supports -----------------------------------------------------------------
+
+
+def policy_refusal(text: str, workdir: Path, name: str) -> str | None:
+    """None if `ipsctl check` accepts the policy, else its first error line."""
+    path = workdir / f"{name}.rules"
+    path.write_text(text)
+    res = subprocess.run(
+        ipsctl_argv("check", str(path)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+        cwd=ROOT,
+    )
+    if res.returncode == 0:
+        return None
+    lines = (res.stderr or res.stdout).strip().splitlines()
+    first = next((ln for ln in lines if "error" in ln), lines[0] if lines else "refused")
+    return re.sub(r"^\S+:\d+:\d+: ", "", first)  # without the temporary file's name
+
+
+def run_has_option(option: str) -> bool:
+    res = subprocess.run(
+        ipsctl_argv("run", "--help"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(),
+        cwd=ROOT,
+    )
+    return option in res.stdout
+
+
+def prepare_policy(v: Variant, workdir: Path) -> tuple[Path, str | None]:
+    """The variant's policy file and a note on it; Unsupported if this ipsctl refuses what
+    the variant is about (offload off, several queues)."""
+    text = bench_policy(GATEWAY_RULES.read_text())
+    if v.rules == "10k":
+        text = policy_10k(text)
+    note = None
+    if v.offload is not None:
+        refusal = policy_refusal(with_offload(text, v.offload), workdir, v.name)
+        if refusal is None:
+            text = with_offload(text, v.offload)
+        elif "offload" in refusal and v.offload:
+            # Offload on is to be ipsctl's default: without the option this ipsctl still
+            # runs, at its defaults, and says so (its figures are then full inspection).
+            note = "this ipsctl has no `set offload`: ran at its defaults (no offload)"
+        elif "offload" in refusal:
+            raise Unsupported(refusal)
+    refusal = policy_refusal(text, workdir, v.name)
+    if refusal is not None:
+        raise BenchError(f"the bench policy for {v.name} is refused: {refusal}")
+    if v.queues > 1 and not run_has_option("--queues"):
+        raise Unsupported("`ipsctl run` has no --queues")
+    path = workdir / f"{v.name}.rules"
+    path.write_text(text)
+    return path, note
+
+
+def run_variant(v: Variant, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {"label": v.label}
+    try:
+        policy = None
+        if v.kind == "ipsctl":
+            policy, note = prepare_policy(v, workdir)
+            if note:
+                result["note"] = note
+        with lab_for(args, workdir) as b:
+            if v.kind == "accept":
+                start_accept_loop(b)
+            elif v.kind == "ipsctl":
+                assert policy is not None
+                start_ipsctl(b, v, policy)
+            runs = []
+            for i in range(args.runs):
+                log(f"  {v.name}: run {i + 1}/{args.runs}")
+                runs.append(one_run(b))
+    except Unsupported as exc:
+        return {**result, "status": "n/a", "reason": str(exc)}
+    except (BenchError, netns.LabError, OSError, subprocess.SubprocessError) as exc:
+        return {**result, "status": "error", "reason": str(exc)}
+    result["status"] = "ok"
+    result["runs"] = runs
+    result["median"] = {m: statistics.median(r[m] for r in runs) for m in METRICS}
+    return result
+
+
+# ---- report ------------------------------------------------------------------------------------
+
+# (name, metric, numerator, denominator, target, higher_is_better) for ratios; ping is
+# reported as added microseconds instead.
+TARGETS = (
+    ("TCP bulk, offload on / kernel", "tcp_gbps", "ipsctl-offload", "kernel", 0.95),
+    (
+        "UDP64 pkt/s, full inspection 1 queue / accept-only",
+        "udp_pps",
+        "ipsctl-inspect",
+        "accept-only",
+        0.75,
+    ),
+    (
+        "UDP64 pkt/s, full inspection 2 queues / 1 queue",
+        "udp_pps",
+        "ipsctl-inspect-2q",
+        "ipsctl-inspect",
+        1.5,
+    ),
+    ("new connections/s, offload on / kernel", "conn_per_s", "ipsctl-offload", "kernel", 0.5),
+    (
+        "UDP64 pkt/s, 10,000 rules / gateway rules (offload off)",
+        "udp_pps",
+        "ipsctl-10k",
+        "ipsctl-inspect",
+        0.9,
+    ),
+)
+PING_TARGET_US = 100.0
+
+
+def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
+    med = {k: v["median"] for k, v in res.items() if v.get("status") == "ok"}
+    out: dict[str, float] = {}
+
+    def ratio(metric: str, a: str, b: str) -> None:
+        if a in med and b in med and med[b][metric] > 0:
+            out[f"{metric} {a} / {b}"] = med[a][metric] / med[b][metric]
+
+    for metric in ("tcp_gbps", "udp_pps", "conn_per_s"):
+        for name in med:
+            if name != "kernel":
+                ratio(metric, name, "kernel")
+        for name in med:
+            if name.startswith("ipsctl"):
+                ratio(metric, name, "accept-only")
+        ratio(metric, "ipsctl-offload", "ipsctl-inspect")
+        ratio(metric, "ipsctl-inspect-2q", "ipsctl-inspect")
+        ratio(metric, "ipsctl-10k", "ipsctl-inspect")
+    for name in med:
+        if name != "kernel" and "kernel" in med:
+            for p in ("ping_p50_us", "ping_p99_us"):
+                out[f"{p} {name} - kernel (us added)"] = med[name][p] - med["kernel"][p]
+    return out
+
+
+def targets(res: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    med = {k: v["median"] for k, v in res.items() if v.get("status") == "ok"}
+    out = []
+    for title, metric, a, b, goal in TARGETS:
+        row: dict[str, Any] = {"target": title, "goal": f">= {goal:g}"}
+        if a in med and b in med and med[b][metric] > 0:
+            value = med[a][metric] / med[b][metric]
+            row.update(value=round(value, 3), met=value >= goal)
+        notes = [f"{n}: {res[n]['note']}" for n in (a, b) if res.get(n, {}).get("note")]
+        if notes:
+            row["note"] = "; ".join(notes)
+        out.append(row)
+    row = {
+        "target": "ping p50 added by gw, offload on vs kernel",
+        "goal": f"<= {PING_TARGET_US:g} us",
+    }
+    if "ipsctl-offload" in med and "kernel" in med:
+        added = med["ipsctl-offload"]["ping_p50_us"] - med["kernel"]["ping_p50_us"]
+        row.update(value=round(added, 1), met=added <= PING_TARGET_US)
+        if res["ipsctl-offload"].get("note"):
+            row["note"] = f"ipsctl-offload: {res['ipsctl-offload']['note']}"
+    out.append(row)
+    return out
+
+
+def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    print()
+    print(
+        f"ipsctl lab benchmark: {LAB_YAML.relative_to(ROOT)}, median of {args.runs} run(s) "
+        f"of {args.seconds:g} s per measurement, queues fail-{args.fail_mode}"
+    )
+    print(POLICY_NOTE)
+    print(
+        f"UDP64: {len(UDP_DSTS)} hping3 floods of {UDP_LEN}-byte payloads to {len(UDP_DSTS)} "
+        "server addresses, counted at the server; conn/s: "
+        f"{len(STORM_DSTS)} Python storm clients (one alone is the bottleneck); ping -i "
+        f"{PING_INTERVAL:g}, unloaded"
+    )
+    head = (
+        f"{'variant':<19}{'TCP Gbit/s':>11}{'UDP64 pkt/s':>13}{'conn/s':>9}"
+        f"{'ping p50 us':>13}{'p99 us':>8}  queue drops (UDP)"
+    )
+    print(head)
+    for name, r in res.items():
+        if r["status"] != "ok":
+            what = "n/a (not supported by this ipsctl)" if r["status"] == "n/a" else "error"
+            print(f"{name:<19}{what}: {r['reason']}")
+            continue
+        m = r["median"]
+        drops = [run["detail"]["udp"].get("queue_drops") for run in r["runs"]]
+        drop_text = "-" if drops[0] is None else "/".join(str(d) for d in drops)
+        print(
+            f"{name:<19}{m['tcp_gbps']:>11.2f}{m['udp_pps']:>13,.0f}{m['conn_per_s']:>9,.0f}"
+            f"{m['ping_p50_us']:>13.0f}{m['ping_p99_us']:>8.0f}  {drop_text}"
+        )
+    for name, r in res.items():
+        if r["status"] == "ok" and r["runs"][0]["detail"]["udp"].get("queued"):
+            shares = [run["detail"]["udp"]["queued"] for run in r["runs"]]
+            print(f"  {name}: UDP packets per queue, each run: {shares}")
+    for name, r in res.items():
+        if r.get("note"):
+            print(f"  {name}: {r['note']}")
+    rat = ratios(res)
+    if rat:
+        print("ratios (medians):")
+        for k, v in rat.items():
+            print(f"  {k:<52}{v:>10.3f}" if "us added" not in k else f"  {k:<52}{v:>+10.1f}")
+    print("targets of the issue:")
+    for t in targets(res):
+        if "value" in t:
+            verdict = "met" if t["met"] else "NOT met"
+            print(f"  {t['target']:<58}{t['value']:>9} (goal {t['goal']}): {verdict}")
+            if t.get("note"):
+                print(f"      ({t['note']})")
+        else:
+            print(f"  {t['target']:<58}{'n/a':>9} (goal {t['goal']})")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="runs per variant (median)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement")
+    ap.add_argument(
+        "--only", help="comma-separated variants: " + ",".join(v.name for v in VARIANTS)
+    )
+    ap.add_argument("--quick", action="store_true", help="1 run of 2 s per measurement")
+    ap.add_argument("--json", dest="json_path", metavar="FILE", help="also write results here")
+    ap.add_argument(
+        "--fail-mode",
+        choices=("closed", "open"),
+        default="closed",
+        help="queues' behaviour when full (see above)",
+    )
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.runs, args.seconds = 1, 2.0
+    if args.runs < 1 or not 1 <= args.seconds <= 60:
+        ap.error("--runs >= 1 and --seconds between 1 and 60")
+    variants = list(VARIANTS)
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        known = {v.name: v for v in VARIANTS}
+        bad = [w for w in wanted if w not in known]
+        if bad:
+            ap.error(f"unknown variant(s) {', '.join(bad)}; known: {', '.join(known)}")
+        variants = [known[w] for w in wanted]
+    if os.geteuid() != 0:
+        print("bench/lab.py: needs root (network namespaces, NFQUEUE)", file=sys.stderr)
+        return 2
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        print(
+            f"bench/lab.py: missing tools: {', '.join(missing)} (Debian: iperf3 hping3 "
+            "iputils-ping iptables iproute2 coreutils)",
+            file=sys.stderr,
+        )
+        return 2
+
+    results: dict[str, dict[str, Any]] = {}
+    workdir = Path(tempfile.mkdtemp(prefix="ipsctl-benchlab-"))
+    try:
+        for v in variants:
+            log(f"{v.name}: {v.label}")
+            results[v.name] = run_variant(v, args, workdir)
+            if results[v.name]["status"] != "ok":
+                log(f"  {v.name}: {results[v.name]['status']}: {results[v.name]['reason']}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print_report(results, args)
+    if args.json_path:
+        doc = {
+            "config": {
+                "runs": args.runs,
+                "seconds": args.seconds,
+                "fail_mode": args.fail_mode,
+                "policy": POLICY_NOTE,
+                "udp_streams": list(UDP_DSTS),
+                "storm_clients": list(STORM_DSTS),
+            },
+            "variants": results,
+            "ratios": ratios(results),
+            "targets": targets(results),
+        }
+        Path(args.json_path).write_text(json.dumps(doc, indent=2) + "\n")
+    return 1 if any(r["status"] == "error" for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
