@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ipsctl-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-lab clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/engine.py
+
+# Root: namespaces, NFQUEUE. Bounded (about 10 minutes with the defaults).
+bench-lab: setup
+	$(BIN)/python bench/lab.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

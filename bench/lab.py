@@ -854,12 +854,12 @@ def log(msg: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3, help="runs per variant (median)")
-    ap.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement")
+    ap.add_argument("--runs", type=int, help="runs per variant, the median kept (default 3)")
+    ap.add_argument("--seconds", type=float, help="seconds per measurement (default 5; --quick: 2)")
     ap.add_argument(
         "--only", help="comma-separated variants: " + ",".join(v.name for v in VARIANTS)
     )
-    ap.add_argument("--quick", action="store_true", help="1 run of 2 s per measurement")
+    ap.add_argument("--quick", action="store_true", help="1 run, 2 s per measurement")
     ap.add_argument("--json", dest="json_path", metavar="FILE", help="also write results here")
     ap.add_argument(
         "--fail-mode",
@@ -868,8 +868,9 @@ def main(argv: list[str] | None = None) -> int:
         help="queues' behaviour when full (see above)",
     )
     args = ap.parse_args(argv)
-    if args.quick:
-        args.runs, args.seconds = 1, 2.0
+    quick = (1, 2.0) if args.quick else (3, 5.0)  # explicit --runs/--seconds win
+    args.runs = quick[0] if args.runs is None else args.runs
+    args.seconds = quick[1] if args.seconds is None else args.seconds
     if args.runs < 1 or not 1 <= args.seconds <= 60:
         ap.error("--runs >= 1 and --seconds between 1 and 60")
     variants = list(VARIANTS)
