@@ -893,6 +893,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
 
+    # SIGTERM unwinds like Ctrl-C: the finally blocks stop what was started and remove the lab.
+    # Only in this process: pyroute2 forks helpers (netns sockets) that inherit the handler
+    # and are ended with SIGTERM; one of them unwinding our stack would remove our labs.
+    main_pid = os.getpid()
+
+    def on_term(_signum: int, _frame: object) -> None:
+        if os.getpid() != main_pid:
+            os._exit(143)
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
     results: dict[str, dict[str, Any]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="ipsctl-benchlab-"))
     try:
