@@ -829,6 +829,10 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
         if r["status"] == "ok" and r["runs"][0]["detail"]["udp"].get("queued"):
             shares = [run["detail"]["udp"]["queued"] for run in r["runs"]]
             print(f"  {name}: UDP packets per queue, each run: {shares}")
+            if any(len(q) > 1 and min(q.values()) < 0.05 * sum(q.values()) for q in shares):
+                # --queue-balance hashes addresses with a per-boot seed: all the flood's
+                # flows can land in one queue; then this run says nothing about 2 queues.
+                print(f"  {name}: warning: one queue got (almost) none of the flood")
     for name, r in res.items():
         if r.get("note"):
             print(f"  {name}: {r['note']}")

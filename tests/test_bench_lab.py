@@ -111,3 +111,41 @@ def test_bad_arguments_are_refused_clearly(argv: list[str]) -> None:
     )  # fmt: skip
     assert res.returncode == 2
     assert "nosuch" in res.stderr if "nosuch" in argv else "--runs" in res.stderr
+
+
+def test_report_computes_ratios_and_targets_from_medians(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lab = _bench_module()
+
+    def ok(tcp: float, udp: float, conn: float, p50: float, queued: dict[int, int] | None = None):
+        median = {"tcp_gbps": tcp, "udp_pps": udp, "conn_per_s": conn, "ping_p50_us": p50,
+                  "ping_p99_us": p50 * 2}  # fmt: skip
+        udp_detail = {"queued": queued, "queue_drops": 0} if queued else {}
+        return {"label": "", "status": "ok", "median": median,
+                "runs": [{**median, "detail": {"udp": udp_detail}}]}  # fmt: skip
+
+    res = {
+        "kernel": ok(10.0, 200_000, 8000, 50),
+        "accept-only": ok(1.0, 100_000, 4000, 100, {0: 1}),
+        "ipsctl-offload": ok(9.6, 190_000, 3000, 160, {0: 1}),
+        "ipsctl-inspect": ok(0.5, 80_000, 2000, 200, {0: 1}),
+        "ipsctl-inspect-2q": ok(0.5, 110_000, 2000, 200, {0: 1000, 1: 0}),
+        "ipsctl-10k": {"label": "", "status": "n/a", "reason": "error: unknown option"},
+    }
+    rat = lab.ratios(res)
+    assert rat["tcp_gbps ipsctl-offload / kernel"] == pytest.approx(0.96)
+    assert rat["udp_pps ipsctl-inspect / accept-only"] == pytest.approx(0.8)
+    assert rat["ping_p50_us ipsctl-offload - kernel (us added)"] == pytest.approx(110)
+    assert not any("ipsctl-10k" in k for k in rat)
+    got = {t["target"]: t for t in lab.targets(res)}
+    assert got["TCP bulk, offload on / kernel"]["met"] is True
+    assert got["UDP64 pkt/s, full inspection 1 queue / accept-only"]["met"] is True
+    assert got["UDP64 pkt/s, full inspection 2 queues / 1 queue"]["met"] is False  # 1.375
+    assert got["new connections/s, offload on / kernel"]["met"] is False  # 0.375
+    assert "value" not in got["UDP64 pkt/s, 10,000 rules / gateway rules (offload off)"]
+    assert got["ping p50 added by gw, offload on vs kernel"]["met"] is False  # 110 us
+    lab.print_report(res, type("A", (), {"runs": 1, "seconds": 2.0, "fail_mode": "closed"})())
+    out = capsys.readouterr().out
+    assert "ipsctl-10k         n/a (not supported by this ipsctl)" in out
+    assert "ipsctl-inspect-2q: warning: one queue got (almost) none of the flood" in out
