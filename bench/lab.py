@@ -14,11 +14,13 @@ its own prefix for every variant), and measures, for each variant, in one run:
 Variants (--only NAME,...):
   kernel              kernel forwarding only, no queue, no ipsctl
   accept-only         bench/accept_loop.py on queue 0: netfilterqueue accepting every packet
-  ipsctl-offload      ipsctl, the bench policy, flow offload on (`set offload on`)
+  ipsctl-offload      ipsctl, the bench policy, flow offload on (`set offload on`; an ipsctl
+                      without that option runs at its defaults, and the report says so)
   ipsctl-inspect      ipsctl, the bench policy, `set offload off`: every packet inspected
   ipsctl-inspect-2q   the same with `ipsctl run --queues 2`
   ipsctl-10k          10,000 generated rules before the bench policy's rules, offload off
-A variant whose option this ipsctl refuses (`set offload`, `--queues`) is printed as n/a.
+Any other variant whose option this ipsctl refuses (`set offload off`, `--queues`) is
+printed as n/a, found by `ipsctl check` and `ipsctl run --help` before its lab is built.
 Each figure is the median of --runs runs; ratios and the issue's targets follow the table.
 
 The bench policy is policies/gateway.rules with three changes, printed with the results:
@@ -35,7 +37,7 @@ Needs root; uses only the lab's own namespaces and addresses; every step has a t
 everything started is stopped by PID and the lab removed, also on errors or Ctrl-C.
 
     python bench/lab.py [--runs 3] [--seconds 5] [--only kernel,accept-only] [--quick]
-                        [--json FILE]
+                        [--json FILE] [--fail-mode closed|open]
 """
 
 from __future__ import annotations
