@@ -854,6 +854,9 @@ class _Resolver:
                 case ast.LogClause():
                     if once("log", clause):
                         rule.log = True
+                case ast.InspectClause():
+                    if once("inspect", clause):
+                        rule.inspect = True
                 case ast.SidClause(sid=sid):
                     if once("sid", clause):
                         if not 1 <= sid <= 0xFFFFFFFF:
