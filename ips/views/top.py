@@ -78,7 +78,8 @@ class TopState:
             if seq < self.seq:  # a new worker numbers from 1 again
                 self.seq = 0
             for a in alerts.get("alerts") or []:
-                self.alerts.appendleft(a)
+                if int(a.get("seq") or 0) > self.seq:  # each alert once
+                    self.alerts.appendleft(a)
             self.seq = max(self.seq, seq)
             self.blocks = request({"op": "blocks_list"}).get("blocks") or []
             self.error = ""
@@ -86,10 +87,16 @@ class TopState:
             self.error = f"{type(exc).__name__}: {exc}"
 
 
-def _table(title: str, columns: Sequence[str], rows: list[list[str]]) -> Table:
+def _table(
+    title: str, columns: Sequence[str], rows: list[list[str]], widths: Sequence[int] = ()
+) -> Table:
+    """A borderless table; `widths` are minimum widths (the columns an 80-column terminal
+    must not squeeze); a column without one takes what is left, cut with an ellipsis."""
     t = Table(title=title, title_justify="left", expand=True, box=None, padding=(0, 1))
     for i, c in enumerate(columns):
-        t.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
+        width = widths[i] if i < len(widths) else 0
+        t.add_column(c, justify="left" if i == 0 or not width else "right", no_wrap=True,
+                     min_width=width or None, overflow="ellipsis")  # fmt: skip
     for r in rows:
         t.add_row(*r)
     if not rows:
@@ -119,11 +126,11 @@ def render(state: TopState) -> RenderableType:
     talkers = _table("top talkers", ["source", "flows", "packets", "bytes"], [
         [g["key"], str(g["flows"]), human(g["packets"]), human(g["bytes"], "B")]
         for g in state.talkers
-    ])  # fmt: skip
+    ], widths=(15, 5, 7, 7))  # fmt: skip
     ports = _table("top ports", ["port", "flows", "packets", "bytes"], [
         [g["key"], str(g["flows"]), human(g["packets"]), human(g["bytes"], "B")]
         for g in state.ports
-    ])  # fmt: skip
+    ], widths=(9, 5, 7, 7))  # fmt: skip
     side = Table.grid(expand=True)
     side.add_column(ratio=1)
     side.add_column(ratio=1)
@@ -133,15 +140,15 @@ def render(state: TopState) -> RenderableType:
         ev = a.get("event") or {}
         al = ev.get("alert") or {}
         when = time.strftime("%H:%M:%S", time.localtime(float(a.get("time") or 0)))
-        alert_rows.append([when, str(al.get("category", "")), str(al.get("signature", "")),
+        alert_rows.append([when, str(al.get("category", "")),
                            f"{ev.get('src_ip')} > {ev.get('dest_ip')}",
-                           str(al.get("action", ""))])  # fmt: skip
-    alerts = _table("recent alerts", ["time", "category", "signature", "from > to", "action"],
-                    alert_rows)  # fmt: skip
+                           str(al.get("action", "")), str(al.get("signature", ""))])  # fmt: skip
+    alerts = _table("recent alerts", ["time", "category", "from > to", "action", "signature"],
+                    alert_rows, widths=(8, 9, 31, 7))  # fmt: skip
     block_rows = [[b["addr"], str(b.get("detector") or "-"), _left(b.get("expires_in")),
                    str(b.get("reason") or "")] for b in state.blocks[:8]]  # fmt: skip
     blocks = _table(f"active blocks ({len(state.blocks)})", ["address", "by", "left", "reason"],
-                    block_rows)  # fmt: skip
+                    block_rows, widths=(15, 9, 6))  # fmt: skip
     return Group(Panel(Group(head, rates)), side, alerts, blocks)
 
 
