@@ -24,6 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}"
+  # The tests start their own Prometheus in a lab namespace: the distro's service (listening
+  # on every address) is not wanted.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now prometheus prometheus-node-exporter 2>/dev/null || true
+  fi
 fi
 
 if [ ! -x "$venv/bin/python" ]; then
