@@ -373,6 +373,21 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
     help="where a clean stop saves the blocks for the next start "
     "(default: blocks.json next to the socket)",
 )
+@click.option(
+    "--metrics",
+    "metrics",
+    metavar="[ADDR:]PORT",
+    callback=lambda _c, _p, v: _listen(v),
+    help="serve Prometheus metrics on /metrics at ADDR:PORT (ADDR 127.0.0.1 unless given); "
+    "off by default",
+)
+@click.option(
+    "--webhook",
+    "webhook",
+    metavar="URL",
+    callback=lambda _c, _p, v: _webhook_url(v),
+    help="POST every alert as JSON to URL (Slack, Discord, Telegram-style), with retries",
+)
 @SOCKET_OPTION
 def run(
     policy_path: str | None,
@@ -393,6 +408,8 @@ def run(
     queue_maxlen: int,
     never_block: tuple[str, ...],
     state_path: str | None,
+    metrics: tuple[str, int] | None,
+    webhook: str | None,
     socket_path: str,
 ) -> None:
     """Run the daemon (until SIGTERM): inline, diverting packets to NFQUEUE and enforcing the
@@ -453,12 +470,36 @@ def run(
         queue_maxlen=queue_maxlen,
         never_block=never_block,
         state_path=state_path,
+        metrics=metrics,
+        webhook=webhook,
     )
     try:
         sys.exit(run_daemon(cfg))
     except (TapError, WorkerFailed) as exc:
         click.echo(f"ipsctl run: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+
+
+def _listen(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    from ips.sinks.prometheus import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _webhook_url(text: str | None) -> str | None:
+    if text is None:
+        return None
+    from ips.sinks.webhook import check_url
+
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _cidr(text: str) -> str:
@@ -561,6 +602,17 @@ def format_status(s: dict) -> str:  # type: ignore[type-arg]
         f"malformed {sum((w.get('malformed') or {}).values())}   "
         f"engine errors {w.get('engine_errors', '?')}"
     )
+    ft, lat = w.get("flow_table") or {}, w.get("latency") or {}
+    if ft:
+        lines.append(
+            f"         flows created {ft.get('created', 0)}, expired {ft.get('expired', 0)}, "
+            f"evicted {ft.get('evicted', 0)}; bytes judged {w.get('bytes', '?')}"
+        )
+    if lat.get("count"):
+        lines.append(
+            f"latency  engine mean {lat['sum'] / lat['count'] * 1e6:.1f} µs "
+            f"({lat['count']} packets sampled, 1 in {lat.get('every', 1)})"
+        )
     if q:
         lines.append(
             f"queue    waiting {q['queue_total']}, dropped by kernel "
@@ -598,6 +650,14 @@ def format_status(s: dict) -> str:  # type: ignore[type-arg]
             else:
                 parts.append(f"{name} {v}")
         lines.append(f"detect   {'; '.join(parts)}")
+    hook = w.get("webhook") or {}
+    if hook:
+        lines.append(
+            f"webhook  {hook.get('url')}: sent {hook.get('sent', 0)}, failed "
+            f"{hook.get('failed', 0)}, dropped {hook.get('dropped', 0)}, retries "
+            f"{hook.get('retries', 0)}"
+            + (f" (last error: {hook['last_error']})" if hook.get("last_error") else "")
+        )
     never = s.get("never_block") or []
     if never:
         shown = ", ".join(never[:8]) + (f", … ({len(never)} in all)" if len(never) > 8 else "")
@@ -752,8 +812,11 @@ def doctor(as_json: bool) -> None:
 
 def _register_lab() -> None:
     from ips.lab.cli import lab
+    from ips.views.commands import flows, top
 
     main.add_command(lab)
+    main.add_command(flows)
+    main.add_command(top)
 
 
 _register_lab()

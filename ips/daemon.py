@@ -68,7 +68,8 @@ SOCKET_GROUP = "ipsctl"  # members may read status (read-only views)
 STATE_FILE = "blocks.json"  # blocks saved by a clean stop, next to the control socket
 TICK_EVERY = 1.0
 HEARTBEAT_EVERY = 0.25
-READ_ONLY_OPS = frozenset({"status", "blocks_list"})  # the rest needs root (SO_PEERCRED)
+# the rest needs root (SO_PEERCRED); flows and alerts feed `ipsctl flows` and `ipsctl top`
+READ_ONLY_OPS = frozenset({"status", "blocks_list", "flows", "alerts"})
 MANUAL = "manual"  # the detector name of blocks made with `ipsctl blocks add`
 
 
@@ -94,6 +95,8 @@ class DaemonConfig:
     syslog: str | None = None  # unix:/dev/log or udp:HOST:PORT: alerts and blocks, RFC 5424
     syslog_facility: str = "local5"
     stats_interval: float = 60.0  # seconds between EVE `stats` events (0: none)
+    metrics: tuple[str, int] | None = None  # Prometheus endpoint (address, port); None: off
+    webhook: str | None = None  # alerts are POSTed there (ips/sinks/webhook.py)
 
     @property
     def state_file(self) -> str:
@@ -165,12 +168,14 @@ def worker_main(
     sources: dict[str, str],
     never_block: tuple[str, ...] = (),
     bpf_program: list[tuple[int, int, int, int]] | None = None,
+    webhook_url: str | None = None,
 ) -> None:
     """Entry point of a worker process (forked): inline over NFQUEUE, or a passive tap."""
     from ips.io.nfqueue import QueueWorker, wait_readable
     from ips.io.tap import TapWorker
     from ips.kernel.blocks import KernelBlocks, adopt_blocks
     from ips.sinks.eve import stats_record
+    from ips.sinks.meter import RecentAlerts, install_meter
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -184,7 +189,19 @@ def worker_main(
     engine = make_engine(policy, cfg.max_flows, never_block)
     blocks = KernelBlocks()  # its libnftables context is made here, in the worker
     eve, log, syslog = _open_sinks(cfg, tap, policy.tap_blocks_enforced)
-    on_events = eve.events if eve else None
+    views = WorkerViews(install_meter(engine), RecentAlerts())
+    sinks: list[Any] = [views.alerts]
+    if eve is not None:
+        sinks.append(eve)
+    if webhook_url:
+        from ips.sinks.webhook import Webhook
+
+        views.webhook = Webhook(webhook_url).start()  # its thread: after the fork
+        sinks.append(views.webhook)
+
+    def on_events(events: list[object]) -> None:
+        for sink in sinks:
+            sink.events(events)
 
     def beat() -> None:
         heartbeat.value = time.monotonic()
@@ -230,7 +247,7 @@ def worker_main(
                 except (EOFError, OSError):
                     return  # the supervisor is gone: leave the queue to its bypass setting
                 try:
-                    reply = _worker_command(msg, engine, worker, adopted)
+                    reply = _worker_command(msg, engine, worker, adopted, views)
                 except Exception as exc:  # answer, never die of a request
                     reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 if reply is None:
@@ -253,6 +270,8 @@ def worker_main(
                 next_stats = now + cfg.stats_interval
     finally:
         worker.unbind()
+        if views.webhook is not None:
+            views.webhook.close()
         if log is not None:
             log.close()
         if syslog is not None:
@@ -287,10 +306,22 @@ def _flow_stats(engine: Engine) -> dict[str, int]:
             "evicted": f.evicted, "reused": f.reused}  # fmt: skip
 
 
+@dataclass
+class WorkerViews:
+    """What the worker keeps for the operator: byte count and latency samples (the meter
+    around engine.handle), the recent alerts, the webhook sender."""
+
+    meter: Any = None
+    alerts: Any = None
+    webhook: Any = None
+
+
 def _worker_command(
-    msg: dict[str, Any], engine: Engine, worker: Any, adopted: int = 0
-) -> dict[str, Any] | None:
+    msg: dict[str, Any], engine: Engine, worker: Any, adopted: int = 0,
+    views: WorkerViews | None = None,
+) -> dict[str, Any] | None:  # fmt: skip
     op = msg.get("op")
+    views = views or WorkerViews()
     if op == "load":
         engine.load(load_policy_sources(msg["main"], msg["sources"]))
         return {"ok": True, "digest": engine.policy.digest}
@@ -319,7 +350,28 @@ def _worker_command(
             "mode": "tap" if getattr(worker, "iface", None) else "inline",
             "tap": worker.stats() if hasattr(worker, "iface") else None,
             "sinks": {k: v.stats() for k, v in getattr(worker, "sinks", {}).items() if v},
+            "flow_table": dataclasses.asdict(engine.flows.stats),
+            "bytes": views.meter.bytes if views.meter is not None else None,
+            "latency": views.meter.snapshot() if views.meter is not None else None,
+            "alerts_seq": views.alerts.seq if views.alerts is not None else 0,
+            "webhook": views.webhook.stats() if views.webhook is not None else None,
         }
+    if op == "flows":
+        from ips.views.flows import FilterError, select_flows
+
+        try:
+            return select_flows(
+                engine.flows.flows(), time.time(), top=int(msg.get("top", 20)),
+                sort=str(msg.get("sort", "bytes")), filter_text=str(msg.get("filter") or ""),
+                group=msg.get("group"),
+            )  # fmt: skip
+        except FilterError as exc:
+            return {"ok": False, "error": str(exc)}
+    if op == "alerts":
+        if views.alerts is None:
+            return {"ok": True, "seq": 0, "alerts": []}
+        since, limit = int(msg.get("since", 0)), min(int(msg.get("limit", 50)), 256)
+        return {"ok": True, "seq": views.alerts.seq, "alerts": views.alerts.since(since, limit)}
     if op in ("block", "unblock", "unblock_all"):
         return _manual(op, msg, engine, worker)
     if op == "reopen":
@@ -439,7 +491,13 @@ def _plain(value: Any) -> Any:
 def _rule_hits(rule: Any) -> dict[str, Any]:
     spec = rule.spec
     where = f"{spec.span.file}:{spec.span.line}"
-    return {"where": where, "action": spec.action, "hits": rule.hits, "text": spec.text}
+    return {
+        "where": where,
+        "name": spec.name,
+        "action": spec.action,
+        "hits": rule.hits,
+        "text": spec.text,
+    }
 
 
 # ---- the supervisor -----------------------------------------------------------------------------
@@ -482,7 +540,7 @@ class WorkerHandle:
             target=worker_main,
             args=(
                 child, (self.conn,), os.getpid(), self.heartbeat, cfg, main, sources,
-                never_block, bpf_program,
+                never_block, bpf_program, cfg.webhook,
             ),
             name=f"ipsctl-tap-{cfg.iface}" if cfg.mode == "tap" else f"ipsctl-worker-q{cfg.queue}",
             daemon=True,
@@ -558,6 +616,9 @@ class Daemon:
         self._server: socket.socket | None = None
         self.never_block: tuple[str, ...] = tuple(cfg.never_block)
         self.installed = False
+        # Tap mode's kernel counters ({"kernel_drops": N, ...}); status carries it as "tap"
+        # and the metrics export kernel_drops. None when not tapping.
+        self._metrics: Any = None
 
     # ---- life cycle -----------------------------------------------------------------------
 
@@ -574,6 +635,10 @@ class Daemon:
         self._set_policy(policy, str(Path(self.cfg.policy_path).resolve()), sources)
         self.worker = self._new_worker()  # adopts the kernel's blocks
         self._serve_control()
+        if self.cfg.metrics is not None:
+            from ips.sinks.prometheus import start_metrics
+
+            self._metrics = start_metrics(self.cfg.metrics, self.status)
 
     def _new_worker(self) -> WorkerHandle:
         # The host's addresses are read again for every worker: they may have changed.
@@ -609,6 +674,8 @@ class Daemon:
 
     def stop(self) -> None:
         self.stopping.set()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._server is not None:
             with contextlib.suppress(OSError):
                 self._server.close()
@@ -903,6 +970,13 @@ class Daemon:
             return self.status()
         if op == "blocks_list":
             return self.blocks_list()
+        if op in ("flows", "alerts"):  # read-only: proxied to the worker as they are
+            fields = {
+                k: v
+                for k, v in request.items()
+                if k in ("top", "sort", "filter", "group", "since", "limit")
+            }
+            return self._tell_worker({"op": op, **fields})
         if uid != 0:
             return {"ok": False, "error": f"'{op}' needs root (peer uid {uid})"}
         if op == "apply":
