@@ -85,10 +85,18 @@ class DaemonConfig:
     max_flows: int = 262_144
     never_block: tuple[str, ...] = ()  # CIDRs detectors never block (+ the host's addresses)
     state_path: str | None = None  # where a clean stop saves blocks (None: next to the socket)
+    backend: str = "nfqueue"  # nfqueue | divert (pydivert: WinDivert / eBPFDivert)
 
     @property
     def state_file(self) -> str:
         return self.state_path or str(Path(self.socket_path).parent / STATE_FILE)
+
+    @property
+    def bans_file(self) -> str:
+        """The divert backend's ban set (no kernel set there), next to the socket."""
+        from ips.io.divert import BANS_FILE
+
+        return str(Path(self.socket_path).parent / BANS_FILE)
 
 
 def own_addresses() -> list[str]:
@@ -145,6 +153,7 @@ def worker_main(
     max_flows: int,
     queue_maxlen: int,
     never_block: tuple[str, ...] = (),
+    divert: tuple[tuple[str, ...], str] | None = None,  # (hooks, bans file): divert backend
 ) -> None:
     """Entry point of a worker process (forked)."""
     from ips.io.nfqueue import QueueWorker, wait_readable
@@ -159,22 +168,32 @@ def worker_main(
     eve_file = open(eve_path, "a", buffering=1, encoding="utf-8") if eve_path else None  # noqa: SIM115
     eve = EveWriter(eve_file) if eve_file else None
     engine = make_engine(load_policy_sources(main, sources), max_flows, never_block)
-    blocks = KernelBlocks()  # its libnftables context is made here, in the worker
 
     def beat() -> None:
         heartbeat.value = time.monotonic()
 
-    worker = QueueWorker(
-        queue, engine, fail_open=fail_open, max_len=queue_maxlen,
-        on_events=eve.events if eve else None, blocks=blocks, on_busy=beat,
-    )  # fmt: skip
-    # The kernel's blocks (left by the previous worker or daemon, or restored from the state
-    # file) become the engine's, before the first packet.
-    try:
-        adopted = adopt_blocks(engine, blocks.nft.elements(BLOCK_TABLE), time.time())
-    except Exception as exc:  # the kernel still drops them; only the engine does not know
-        blocks._error(f"adopting the kernel's blocks: {exc}")
-        adopted = 0
+    worker: Any
+    if divert is not None:  # pydivert: the ban set is the adapter's, from the bans file
+        from ips.io.divert import DivertWorker, UserBlocks
+
+        ubans = UserBlocks(divert[1])
+        ubans.load()
+        worker = DivertWorker(engine, hooks=divert[0], queue_len=queue_maxlen, blocks=ubans,
+                              on_events=eve.events if eve else None, on_busy=beat)  # fmt: skip
+        adopted = adopt_blocks(engine, ubans.elements(time.time()), time.time())
+    else:
+        blocks = KernelBlocks()  # its libnftables context is made here, in the worker
+        worker = QueueWorker(
+            queue, engine, fail_open=fail_open, max_len=queue_maxlen,
+            on_events=eve.events if eve else None, blocks=blocks, on_busy=beat,
+        )  # fmt: skip
+        # The kernel's blocks (left by the previous worker or daemon, or restored from the
+        # state file) become the engine's, before the first packet.
+        try:
+            adopted = adopt_blocks(engine, blocks.nft.elements(BLOCK_TABLE), time.time())
+        except Exception as exc:  # the kernel still drops them; only the engine does not know
+            blocks._error(f"adopting the kernel's blocks: {exc}")
+            adopted = 0
     fd = worker.bind()
     control = conn.fileno()
     next_tick = time.time() + TICK_EVERY
@@ -217,7 +236,11 @@ def _worker_command(
     op = msg.get("op")
     if op == "load":
         engine.load(load_policy_sources(msg["main"], msg["sources"]))
+        if hasattr(worker, "refilter"):  # divert: the filter follows the policy
+            worker.refilter()
         return {"ok": True, "digest": engine.policy.digest}
+    if str(op).startswith("ban_") and hasattr(worker, "ban_command"):
+        return worker.ban_command(msg)  # divert: the ban set is the worker's
     if op == "stats":
         s = engine.stats
         return {
@@ -240,6 +263,7 @@ def _worker_command(
                 "adopted": adopted,
             },
             "detectors": detector_stats(engine),
+            **({"divert": worker.stats()} if hasattr(worker, "ban_command") else {}),
         }
     if op in ("block", "unblock", "unblock_all"):
         return _manual(op, msg, engine, worker)
@@ -394,6 +418,7 @@ class WorkerHandle:
             args=(
                 child, (self.conn,), os.getpid(), self.heartbeat, cfg.queue, main, sources,
                 cfg.fail_open, cfg.eve_path, cfg.max_flows, cfg.queue_maxlen, never_block,
+                (cfg.hooks, cfg.bans_file) if cfg.backend == "divert" else None,
             ),
             name=f"ipsctl-worker-q{cfg.queue}",
             daemon=True,
@@ -458,7 +483,14 @@ class Daemon:
         self.previous: tuple[str, dict[str, str]] | None = None
         self.confirm_deadline: float | None = None
         self.worker: WorkerHandle | None = None
-        self.diversion = Diversion(queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open)
+        self.diversion: Any
+        if cfg.backend == "divert":  # no nftables: nothing in the kernel, blocks in the worker
+            from ips.io.divert import UserspaceDiversion
+
+            self.diversion = UserspaceDiversion(cfg.hooks, cfg.fail_open, cfg.bans_file,
+                                                lambda: self.worker)  # fmt: skip
+        else:
+            self.diversion = Diversion(queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open)
         self._server: socket.socket | None = None
         self.never_block: tuple[str, ...] = tuple(cfg.never_block)
         self.installed = False
