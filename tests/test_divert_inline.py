@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 from labkit import ATTACKER, CLIENT, GATEWAY_RULES, SERVER, InlineLab, inline_lab, wait_until
@@ -158,3 +159,44 @@ def test_worker_restart_keeps_the_blocks(tmp_path: Path) -> None:
         assert ATTACKER in blocked(box)
         assert box.curl("client", f"http://{SERVER}/").returncode == 0
         assert box.curl("attacker", f"http://{SERVER}/", max_time=2).returncode == 28
+
+
+READER_THREAD_WORKER = """
+import select, sys, time
+from ips.engine import Engine
+from ips.io.divert import DivertWorker
+from ips.policy.resolve import load_policy_text
+engine = Engine(load_policy_text("set default accept\\ndrop proto icmp type echo-request\\n"))
+w = DivertWorker(engine, hooks=("forward",), reader_thread=True)
+fd = w.bind()
+print("bound", w.filter, flush=True)
+end = time.time() + 6
+while time.time() < end:
+    if select.select([fd], [], [], 0.2)[0]:
+        w.process_pending()
+w.unbind()
+print("verdicts", dict(engine.stats.verdicts), flush=True)
+"""
+
+
+def test_reader_thread_path_of_windows_runs_here(tmp_path: Path) -> None:
+    """The Windows-only way to wait for packets (a reader thread and a wake-up pipe), forced
+    on Linux: pings are dropped by the policy, a web request passes."""
+    with inline_lab(tmp_path, "dvt") as box:
+        log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+        root = str(Path(__file__).parents[1])
+        proc = box.lab.popen("gw", [sys.executable, "-c", READER_THREAD_WORKER], stdout=log,
+                             stderr=subprocess.STDOUT, cwd=root)  # fmt: skip
+        try:
+            assert wait_until(lambda: "bound" in (tmp_path / "worker.log").read_text(), 10)
+            ping = box.run("client", ["ping", "-c", "2", "-i", "0.2", "-W", "1", SERVER])
+            assert ping.returncode != 0  # echo requests dropped by the engine
+            assert box.curl("client", f"http://{SERVER}/").returncode == 0
+            proc.wait(15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            log.close()
+        out = (tmp_path / "worker.log").read_text()
+        assert "verdicts" in out and "'drop': 2" in out, out
