@@ -374,6 +374,13 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
     "(default: blocks.json next to the socket)",
 )
 @click.option(
+    "--backend",
+    type=click.Choice(["nfqueue", "divert"]),
+    default=None,
+    help="how packets reach the engine: nfqueue (nftables + NFQUEUE; default on Linux) or "
+    "divert (pydivert: WinDivert on Windows, eBPFDivert on Linux; default on Windows)",
+)
+@click.option(
     "--metrics",
     "metrics",
     metavar="[ADDR:]PORT",
@@ -410,10 +417,11 @@ def run(
     state_path: str | None,
     metrics: tuple[str, int] | None,
     webhook: str | None,
+    backend: str | None,
     socket_path: str,
 ) -> None:
-    """Run the daemon (until SIGTERM): inline, diverting packets to NFQUEUE and enforcing the
-    policy, or as a passive tap on an interface."""
+    """Run the daemon (until SIGTERM): inline, diverting packets (NFQUEUE, or pydivert) and
+    enforcing the policy, or as a passive tap on an interface."""
     from ips.daemon import DaemonConfig, WorkerFailed
     from ips.daemon import run as run_daemon
     from ips.io.tap import TapError
@@ -446,7 +454,12 @@ def run(
     if not hooks:
         hooks = ("input", "forward") if tap else ("forward",)
     _load_or_exit(policy_path)  # refuse a bad policy before touching the kernel
-    if os.geteuid() != 0:
+    backend = backend or ("divert" if sys.platform == "win32" else "nfqueue")
+    if backend == "divert":
+        if tap:
+            usage("--backend divert is for inline mode (a tap reads AF_PACKET)")
+        _check_divert(tuple(dict.fromkeys(hooks)), fail_mode)
+    elif os.geteuid() != 0:
         need = "AF_PACKET and nftables" if tap else "NFQUEUE and nftables"
         click.echo(f"ipsctl run: needs root ({need})", err=True)
         sys.exit(EXIT_POLICY)
@@ -472,6 +485,7 @@ def run(
         state_path=state_path,
         metrics=metrics,
         webhook=webhook,
+        backend=backend,
     )
     try:
         sys.exit(run_daemon(cfg))
@@ -500,6 +514,23 @@ def _webhook_url(text: str | None) -> str | None:
         return check_url(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _check_divert(hooks: tuple[str, ...], fail_mode: str) -> None:
+    """--backend divert: its options and whether pydivert can run here, before starting."""
+    from ips.io.divert import DivertError, layer_for, usable
+
+    try:
+        layer_for(hooks)
+    except DivertError as exc:
+        raise click.UsageError(str(exc)) from None
+    if fail_mode != "open":
+        raise click.UsageError("--backend divert is fail-open only (a dead worker's divert "
+                               "handle lets packets pass); use --backend nfqueue")  # fmt: skip
+    ok, why = usable()
+    if not ok:
+        click.echo(f"ipsctl run: the divert backend cannot run here: {why}", err=True)
+        sys.exit(EXIT_POLICY)
 
 
 def _cidr(text: str) -> str:
@@ -784,11 +815,18 @@ def blocks_flush(as_json: bool, socket_path: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def doctor(as_json: bool) -> None:
     """What this machine can do: nftables, the nft queue expression, iptables NFQUEUE, …"""
+    from ips.io.divert import usable as divert_usable
     from ips.kernel.probe import probe
 
     caps = probe()
     data = caps.as_dict()
     data["usable"] = caps.inline_ok
+    divert_ok, divert_why = divert_usable()
+    data["backends"] = {
+        "nfqueue": {"usable": caps.inline_ok, "why": "" if caps.inline_ok else "; ".join(
+            f"{k}: {v}" for k, v in caps.reasons.items())},
+        "divert": {"usable": divert_ok, "why": divert_why},
+    }  # fmt: skip
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -807,7 +845,9 @@ def doctor(as_json: bool) -> None:
             click.echo(f"{'ok' if ok else 'no':<3} {label:<38} {reason}")
         way = {"nft": "nft queue", "iptables": "iptables NFQUEUE (fallback: no nft queue here)"}
         click.echo(f"diversion: {way.get(str(caps.diversion), 'none: cannot run inline')}")
-    sys.exit(0 if caps.inline_ok else EXIT_POLICY)
+        click.echo(f"backend nfqueue: {'usable' if caps.inline_ok else 'not usable'}")
+        click.echo(f"backend divert:  {'usable' if divert_ok else 'not usable'} ({divert_why})")
+    sys.exit(0 if caps.inline_ok or divert_ok else EXIT_POLICY)
 
 
 def _register_lab() -> None:

@@ -97,10 +97,18 @@ class DaemonConfig:
     stats_interval: float = 60.0  # seconds between EVE `stats` events (0: none)
     metrics: tuple[str, int] | None = None  # Prometheus endpoint (address, port); None: off
     webhook: str | None = None  # alerts are POSTed there (ips/sinks/webhook.py)
+    backend: str = "nfqueue"  # nfqueue | divert (pydivert: WinDivert / eBPFDivert)
 
     @property
     def state_file(self) -> str:
         return self.state_path or str(Path(self.socket_path).parent / STATE_FILE)
+
+    @property
+    def bans_file(self) -> str:
+        """The divert backend's ban set (no kernel set there), next to the socket."""
+        from ips.io.divert import BANS_FILE
+
+        return str(Path(self.socket_path).parent / BANS_FILE)
 
 
 def own_addresses() -> list[str]:
@@ -169,6 +177,7 @@ def worker_main(
     never_block: tuple[str, ...] = (),
     bpf_program: list[tuple[int, int, int, int]] | None = None,
     webhook_url: str | None = None,
+    divert: tuple[tuple[str, ...], str] | None = None,  # (hooks, bans file): divert backend
 ) -> None:
     """Entry point of a worker process (forked): inline over NFQUEUE, or a passive tap."""
     from ips.io.nfqueue import QueueWorker, wait_readable
@@ -187,7 +196,6 @@ def worker_main(
     tap = cfg.mode == "tap"
     policy = load_policy_sources(main, sources)
     engine = make_engine(policy, cfg.max_flows, never_block)
-    blocks = KernelBlocks()  # its libnftables context is made here, in the worker
     eve, log, syslog = _open_sinks(cfg, tap, policy.tap_blocks_enforced)
     views = WorkerViews(install_meter(engine), RecentAlerts())
     sinks: list[Any] = [views.alerts]
@@ -207,24 +215,36 @@ def worker_main(
         heartbeat.value = time.monotonic()
 
     worker: Any
-    if tap:
-        worker = TapWorker(
-            cfg.iface or "", engine, bpf=bpf_program, bpf_text=cfg.bpf, promisc=cfg.promisc,
-            on_events=on_events, blocks=blocks, on_busy=beat,
-        )  # fmt: skip
+    worker: Any
+    blocks: Any = None
+    if divert is not None:  # pydivert: the ban set is the adapter's, from the bans file
+        from ips.io.divert import DivertWorker, UserBlocks
+
+        ubans = UserBlocks(divert[1])
+        ubans.load()
+        worker = DivertWorker(engine, hooks=divert[0], queue_len=cfg.queue_maxlen, blocks=ubans,
+                              on_events=on_events, on_busy=beat)  # fmt: skip
+        adopted = adopt_blocks(engine, ubans.elements(time.time()), time.time())
     else:
-        worker = QueueWorker(
-            cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
-            on_events=on_events, blocks=blocks, on_busy=beat,
-        )  # fmt: skip
+        blocks = KernelBlocks()  # its libnftables context is made here, in the worker
+        if tap:
+            worker = TapWorker(
+                cfg.iface or "", engine, bpf=bpf_program, bpf_text=cfg.bpf,
+                promisc=cfg.promisc, on_events=on_events, blocks=blocks, on_busy=beat,
+            )  # fmt: skip
+        else:
+            worker = QueueWorker(
+                cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
+                on_events=on_events, blocks=blocks, on_busy=beat,
+            )  # fmt: skip
+        # The kernel's blocks (left by the previous worker or daemon, or restored from the
+        # state file) become the engine's, before the first packet.
+        try:
+            adopted = adopt_blocks(engine, blocks.nft.elements(BLOCK_TABLE), time.time())
+        except Exception as exc:  # the kernel still drops them; only the engine does not know
+            blocks._error(f"adopting the kernel's blocks: {exc}")
+            adopted = 0
     worker.sinks = {"eve": log, "syslog": syslog}
-    # The kernel's blocks (left by the previous worker or daemon, or restored from the state
-    # file) become the engine's, before the first packet.
-    try:
-        adopted = adopt_blocks(engine, blocks.nft.elements(BLOCK_TABLE), time.time())
-    except Exception as exc:  # the kernel still drops them; only the engine does not know
-        blocks._error(f"adopting the kernel's blocks: {exc}")
-        adopted = 0
     try:
         fd = worker.bind()
     except Exception as exc:  # tell the supervisor why, instead of dying silently
@@ -324,7 +344,11 @@ def _worker_command(
     views = views or WorkerViews()
     if op == "load":
         engine.load(load_policy_sources(msg["main"], msg["sources"]))
+        if hasattr(worker, "refilter"):  # divert: the filter follows the policy
+            worker.refilter()
         return {"ok": True, "digest": engine.policy.digest}
+    if str(op).startswith("ban_") and hasattr(worker, "ban_command"):
+        return worker.ban_command(msg)  # divert: the ban set is the worker's
     if op == "stats":
         s = engine.stats
         return {
@@ -355,6 +379,7 @@ def _worker_command(
             "latency": views.meter.snapshot() if views.meter is not None else None,
             "alerts_seq": views.alerts.seq if views.alerts is not None else 0,
             "webhook": views.webhook.stats() if views.webhook is not None else None,
+            **({"divert": worker.stats()} if hasattr(worker, "ban_command") else {}),
         }
     if op == "flows":
         from ips.views.flows import FilterError, select_flows
@@ -541,6 +566,7 @@ class WorkerHandle:
             args=(
                 child, (self.conn,), os.getpid(), self.heartbeat, cfg, main, sources,
                 never_block, bpf_program, cfg.webhook,
+                (cfg.hooks, cfg.bans_file) if cfg.backend == "divert" else None,
             ),
             name=f"ipsctl-tap-{cfg.iface}" if cfg.mode == "tap" else f"ipsctl-worker-q{cfg.queue}",
             daemon=True,
@@ -609,9 +635,17 @@ class Daemon:
         self.previous: tuple[str, dict[str, str]] | None = None
         self.confirm_deadline: float | None = None
         self.worker: WorkerHandle | None = None
-        self.diversion = Diversion(
-            queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open, tap=cfg.mode == "tap"
-        )
+        self.diversion: Any
+        if cfg.backend == "divert":  # no nftables: nothing in the kernel, blocks in the worker
+            from ips.io.divert import UserspaceDiversion
+
+            self.diversion = UserspaceDiversion(cfg.hooks, cfg.fail_open, cfg.bans_file,
+                                                lambda: self.worker)  # fmt: skip
+        else:
+            self.diversion = Diversion(
+                queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open,
+                tap=cfg.mode == "tap",
+            )  # fmt: skip
         self.bpf_program: list[tuple[int, int, int, int]] | None = None
         self._server: socket.socket | None = None
         self.never_block: tuple[str, ...] = tuple(cfg.never_block)

@@ -36,5 +36,6 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -e '.[dev]'
+# pydivert only as a binary wheel: its source build downloads WinDivert/eBPFDivert binaries.
+"$venv/bin/python" -m pip install -q --only-binary pydivert -e '.[dev]'
 echo "setup: ok ($("$venv/bin/python" --version))"
