@@ -55,6 +55,7 @@ from ips.kernel.probe import read_queue_stats
 from ips.kernel.ruleset import (
     BLOCK_TABLE,
     DEFAULT_BLOCK_TIMEOUT,
+    OFFLOADED_COMMENT,
     block_comment,
     block_table_spec,
     parse_block_comment,
@@ -361,6 +362,7 @@ def _worker_command(
             "verdict_errors": worker.verdict_errors,
             "alerts": s.alerts,
             "flows": len(engine.flows),
+            "offloaded": s.offloaded,
             "replies_sent": worker.replies.sent,
             "replies_failed": worker.replies.failed,
             "digest": engine.policy.digest,
@@ -833,6 +835,14 @@ class Daemon:
             "never_block": list(self.never_block),
             "detectors": worker.get("detectors") or {},
             "mode": self.cfg.mode,
+            "offload": {
+                "enabled": bool(policy and policy.offload) and self.cfg.mode == "inline"
+                and self.cfg.backend == "nfqueue",
+                "flows": worker.get("offloaded", 0),  # flows the engine handed to the kernel
+                # their later packets, accepted by the kernel without the queue
+                "kernel_packets": _counter_packets(counters, OFFLOADED_COMMENT),
+                "generation": getattr(self.diversion, "offload_generation", None),
+            },
             "tap": worker.get("tap"),
             "sinks": worker.get("sinks") or {},
         }
@@ -1028,6 +1038,11 @@ class Daemon:
         if op == "blocks_flush":
             return self.blocks_flush()
         return {"ok": False, "error": f"unknown request {op!r}"}
+
+
+def _counter_packets(counters: Any, comment: str) -> int:
+    c = counters.get(comment) if isinstance(counters, dict) else None
+    return int(c.packets) if c is not None else 0
 
 
 def peer_uid(conn: socket.socket) -> int:

@@ -9,6 +9,7 @@ so the blocks in the sets — and the drops of the old fast path — never stop 
 
 from __future__ import annotations
 
+import random
 import sys
 from collections.abc import Sequence
 
@@ -45,6 +46,10 @@ class Diversion:
         self._caps = caps
         self.backend: str | None = None  # "nft" or "iptables" once installed
         self.kernel_rules = 0
+        # The offload generation: a new one with every policy swap (see ruleset.py). Random
+        # at start, so connections a previous daemon offloaded are (almost surely, 254 in
+        # 255) not taken for this one's.
+        self.offload_generation = random.randint(1, 255)
         self._nft = Nft()
         self._iptables = IptablesDiversion()
 
@@ -98,9 +103,10 @@ class Diversion:
             self._nft.apply(policy, hooks, blocks_only=True)
             self.kernel_rules = 0
             return
+        self.offload_generation = self.offload_generation % 255 + 1
         self._nft.apply(
             policy, self.hooks, queue=self.queue, fail_open=self.fail_open,
-            nft_queue=self.backend == "nft",
+            nft_queue=self.backend == "nft", offload_generation=self.offload_generation,
         )  # fmt: skip
         self.kernel_rules = fast_path_split(policy)
 
