@@ -301,6 +301,11 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
     "--queue", default=0, show_default=True, type=click.IntRange(0, 65535), help="NFQUEUE number"
 )
 @click.option(
+    "--queues", default=1, show_default=True, type=click.IntRange(1, 8),
+    help="workers, one per queue (QUEUE … QUEUE+N-1); a connection's packets go to the worker "
+    "of its initiator's address",
+)  # fmt: skip
+@click.option(
     "--hook",
     "hooks",
     multiple=True,
@@ -403,6 +408,7 @@ def run(
     bpf: str | None,
     promisc: bool,
     queue: int,
+    queues: int,
     hooks: tuple[str, ...],
     fail_mode: str,
     eve_path: str | None,
@@ -455,6 +461,8 @@ def run(
         hooks = ("input", "forward") if tap else ("forward",)
     _load_or_exit(policy_path)  # refuse a bad policy before touching the kernel
     backend = backend or ("divert" if sys.platform == "win32" else "nfqueue")
+    if queues > 1 and (tap or backend == "divert"):
+        usage("--queues is for the NFQUEUE backend inline")
     if backend == "divert":
         if tap:
             usage("--backend divert is for inline mode (a tap reads AF_PACKET)")
@@ -475,6 +483,7 @@ def run(
         syslog_facility=syslog_facility,
         stats_interval=stats_interval,
         queue=queue,
+        queues=queues,
         hooks=tuple(dict.fromkeys(hooks)),
         fail_open=fail_mode == "open",
         socket_path=socket_path,

@@ -87,6 +87,7 @@ class DaemonConfig:
     max_flows: int = 262_144
     never_block: tuple[str, ...] = ()  # CIDRs detectors never block (+ the host's addresses)
     state_path: str | None = None  # where a clean stop saves blocks (None: next to the socket)
+    queues: int = 1  # workers, one per queue (queue, queue+1, …), steered by initiator
     mode: str = "inline"  # inline (NFQUEUE, enforcing) or tap (AF_PACKET copies, passive)
     iface: str | None = None  # tap: the interface read
     bpf: str | None = None  # tap: a tcpdump filter expression run in the kernel
@@ -132,10 +133,12 @@ def own_addresses() -> list[str]:
         return []
 
 
-def make_engine(policy: Any, max_flows: int, never_block: Iterable[str]) -> Engine:
+def make_engine(
+    policy: Any, max_flows: int, never_block: Iterable[str], shards: int = 1
+) -> Engine:
     """An Engine, with never_block when this engine version takes it."""
     if "never_block" in inspect.signature(Engine).parameters:
-        return Engine(policy, max_flows=max_flows, never_block=tuple(never_block))  # type: ignore[call-arg]
+        return Engine(policy, max_flows=max_flows, never_block=tuple(never_block), shards=shards)  # type: ignore[call-arg]
     return Engine(policy, max_flows=max_flows)
 
 
@@ -196,7 +199,7 @@ def worker_main(
         inherited.close()
     tap = cfg.mode == "tap"
     policy = load_policy_sources(main, sources)
-    engine = make_engine(policy, cfg.max_flows, never_block)
+    engine = make_engine(policy, cfg.max_flows, never_block, cfg.queues)
     eve, log, syslog = _open_sinks(cfg, tap, policy.tap_blocks_enforced)
     views = WorkerViews(install_meter(engine), RecentAlerts())
     sinks: list[Any] = [views.alerts]
@@ -546,6 +549,89 @@ class Counters:
     block_kernel_errors: int = 0  # nft refused a manual block operation
 
 
+def merge_stats(replies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several workers' answers as one: numbers summed, dicts merged key by key, lists of
+    dicts (per-rule hits: the same rules in the same order) merged item by item; anything
+    else (text, digests, flags) from the first answer that has it."""
+    good = [r for r in replies if r.get("ok", True)] or replies[:1]
+    return _merge([r for r in good])  # type: ignore[return-value]
+
+
+def _merge(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, bool) or not isinstance(first, int | float | dict | list):
+        return first
+    if isinstance(first, int | float):
+        return sum(v for v in present if isinstance(v, int | float) and not isinstance(v, bool))
+    if isinstance(first, dict):
+        keys = dict.fromkeys(k for v in present if isinstance(v, dict) for k in v)
+        return {k: _merge([v.get(k) for v in present if isinstance(v, dict)]) for k in keys}
+    lists = [v for v in present if isinstance(v, list)]
+    if all(len(v) == len(first) for v in lists) and all(isinstance(x, dict) for x in first):
+        return [_merge(list(items)) for items in zip(*lists, strict=True)]
+    return first
+
+
+def merge_flows(replies: list[dict[str, Any]], top: int, sort: str) -> dict[str, Any]:
+    """`flows` answers of several workers: rows (or groups, summed by key) re-ranked."""
+    good = [r for r in replies if r.get("ok")]
+    if not good:
+        return replies[0] if replies else {"ok": False, "error": "no worker"}
+    total = sum(int(r.get("total", 0)) for r in good)
+    if "groups" in good[0]:
+        sums: dict[str, dict[str, Any]] = {}
+        for r in good:
+            for g in r["groups"]:
+                s = sums.setdefault(g["key"], {"key": g["key"], "flows": 0, "packets": 0,
+                                               "bytes": 0})  # fmt: skip
+                for k in ("flows", "packets", "bytes"):
+                    s[k] += g[k]
+        field_ = {"bytes": "bytes", "packets": "packets"}.get(sort, "flows")
+        groups = sorted(sums.values(), key=lambda g: g[field_], reverse=True)[:top]
+        return {"ok": True, "total": total, "groups": groups}
+    rows = [row for r in good for row in r["flows"]]
+    rows.sort(key=lambda row: row.get(sort, 0), reverse=True)
+    return {"ok": True, "total": total, "flows": rows[:top]}
+
+
+class AlertFeed:
+    """The recent alerts of every worker in one numbered feed (`ipsctl top` reads it with
+    `since`): each poll takes what each worker added since the last one (a cursor per
+    worker; a replaced worker numbers from 1 again) and numbers it in the feed's order."""
+
+    KEEP = 256
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.recent: list[dict[str, Any]] = []
+        self.cursors: dict[int, tuple[int, int]] = {}  # index -> (worker pid, its last seq)
+        self.lock = threading.Lock()
+
+    def collect(self, daemon: Any, since: int, limit: int) -> dict[str, Any]:
+        with self.lock:
+            for index, worker in enumerate(list(daemon.workers)):
+                pid, last = self.cursors.get(index, (worker.pid, 0))
+                if pid != worker.pid:
+                    last = 0
+                try:
+                    reply = worker.request({"op": "alerts", "since": last, "limit": self.KEEP},
+                                           timeout=2.0)  # fmt: skip
+                except (TimeoutError, OSError, EOFError):
+                    continue
+                for alert in reply.get("alerts") or []:
+                    last = max(last, int(alert.get("seq") or 0))
+                    self.seq += 1
+                    self.recent.append({**alert, "seq": self.seq})
+                self.cursors[index] = (worker.pid, max(last, int(reply.get("seq") or 0)))
+            del self.recent[: -self.KEEP]
+            limit = max(1, min(limit, self.KEEP))
+            fresh = [a for a in self.recent if a["seq"] > since][-limit:]
+            return {"ok": True, "seq": self.seq, "alerts": fresh}
+
+
 class WorkerFailed(RuntimeError):
     """The worker could not start its packet source (no such interface, …): fatal at start."""
 
@@ -559,6 +645,7 @@ class WorkerHandle:
         bpf_program: list[tuple[int, int, int, int]] | None = None,
     ) -> None:  # fmt: skip
         ctx = mp.get_context("fork")
+        self.queue = cfg.queue
         self.heartbeat = ctx.Value("d", time.monotonic(), lock=False)
         self.conn, child = ctx.Pipe()
         self.lock = threading.Lock()
@@ -636,7 +723,8 @@ class Daemon:
         self.loaded_at = 0.0
         self.previous: tuple[str, dict[str, str]] | None = None
         self.confirm_deadline: float | None = None
-        self.worker: WorkerHandle | None = None
+        self.workers: list[WorkerHandle] = []  # worker i reads queue cfg.queue + i
+        self._alert_feed = AlertFeed()
         self.diversion: Any
         if cfg.backend == "divert":  # no nftables: nothing in the kernel, blocks in the worker
             from ips.io.divert import UserspaceDiversion
@@ -646,7 +734,7 @@ class Daemon:
         else:
             self.diversion = Diversion(
                 queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open,
-                tap=cfg.mode == "tap",
+                tap=cfg.mode == "tap", queues=cfg.queues,
             )  # fmt: skip
         self.bpf_program: list[tuple[int, int, int, int]] | None = None
         self._server: socket.socket | None = None
@@ -669,17 +757,18 @@ class Daemon:
         self.installed = True
         self._restore_blocks()  # those a clean stop saved
         self._set_policy(policy, str(Path(self.cfg.policy_path).resolve()), sources)
-        self.worker = self._new_worker()  # adopts the kernel's blocks
+        self.workers = [self._new_worker(i) for i in range(self.cfg.queues)]  # adopt blocks
         self._serve_control()
         if self.cfg.metrics is not None:
             from ips.sinks.prometheus import start_metrics
 
             self._metrics = start_metrics(self.cfg.metrics, self.status)
 
-    def _new_worker(self) -> WorkerHandle:
+    def _new_worker(self, index: int = 0) -> WorkerHandle:
         # The host's addresses are read again for every worker: they may have changed.
         self.never_block = tuple(dict.fromkeys((*own_addresses(), *self.cfg.never_block)))
-        return WorkerHandle(self.cfg, self.main, self.sources, self.never_block, self.bpf_program)
+        cfg = dataclasses.replace(self.cfg, queue=self.cfg.queue + index)
+        return WorkerHandle(cfg, self.main, self.sources, self.never_block, self.bpf_program)
 
     def _restore_blocks(self) -> None:
         from ips.kernel.blocks import load_saved_blocks, restore_blocks
@@ -717,8 +806,8 @@ class Daemon:
                 self._server.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cfg.socket_path)
-        if self.worker is not None:
-            self.worker.stop()
+        for worker in self.workers:
+            worker.stop()
         self._save_blocks()
         self.diversion.remove()
 
@@ -758,8 +847,8 @@ class Daemon:
     def _swap(self, policy: Policy, main: str, sources: dict[str, str]) -> None:
         """Kernel part in one nft transaction, then the worker's engine (flows kept)."""
         self.diversion.update(policy)
-        if self.worker is not None:
-            reply = self.worker.request({"op": "load", "main": main, "sources": sources})
+        for worker in self.workers:
+            reply = worker.request({"op": "load", "main": main, "sources": sources})
             if not reply.get("ok"):
                 raise RuntimeError(f"worker refused the policy: {reply}")
         self._set_policy(policy, main, sources)
@@ -786,32 +875,37 @@ class Daemon:
     # ---- watchdog ---------------------------------------------------------------------------
 
     def _watchdog(self) -> None:
-        worker = self.worker
-        if worker is None:
-            return
-        if not worker.alive():
-            self.counters.worker_deaths += 1
-        elif worker.silent_for() > self.cfg.hang_timeout:
-            self.counters.worker_hangs += 1
-            worker.kill()
-        else:
-            return
-        with self.lock:
-            self.worker = self._new_worker()
-            self.counters.worker_restarts += 1
+        for index, worker in enumerate(list(self.workers)):
+            if not worker.alive():
+                self.counters.worker_deaths += 1
+            elif worker.silent_for() > self.cfg.hang_timeout:
+                self.counters.worker_hangs += 1
+                worker.kill()
+            else:
+                continue
+            with self.lock:
+                self.workers[index] = self._new_worker(index)
+                self.counters.worker_restarts += 1
+
+    @property
+    def worker(self) -> WorkerHandle | None:
+        """The first worker (the only one unless --queues N)."""
+        return self.workers[0] if self.workers else None
 
     # ---- status -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         now = time.time()
-        worker: dict[str, Any] = {}
-        if self.worker is not None:
-            try:
-                worker = self.worker.request({"op": "stats"}, timeout=2.0)
-            except (TimeoutError, OSError, EOFError) as exc:
-                worker = {"ok": False, "error": str(exc)}
+        replies = self._ask_workers({"op": "stats"})
+        worker = merge_stats(replies) if replies else {}
         queues = read_queue_stats()
         q = queues.get(self.cfg.queue) if self.cfg.mode != "tap" else None
+        per_queue = [
+            {"queue": w.queue, "pid": w.pid, "packets": r.get("packets"),
+             "offloaded": r.get("offloaded"), "error": r.get("error"),
+             "kernel": dataclasses.asdict(queues[w.queue]) if w.queue in queues else None}
+            for w, r in zip(self.workers, replies, strict=False)
+        ]  # fmt: skip
         policy = self.policy
         counters = self.diversion.counters()
         return {
@@ -830,6 +924,7 @@ class Daemon:
             "kernel_hits": self.diversion.kernel_hits(counters),
             "queue": dataclasses.asdict(q) if q else None,
             "worker": {"pid": self.worker.pid if self.worker else None, **worker},
+            "workers": per_queue,
             "counters": self.counters.__dict__,
             "blocks": self._block_summary(worker, counters),
             "never_block": list(self.never_block),
@@ -958,15 +1053,31 @@ class Daemon:
         return {"ok": True, "removed": count, "engine": engine}
 
     def _tell_worker(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """The worker's answer; a worker that does not answer in time only misses the
-        engine's side (the kernel is done, and a new worker adopts the kernel's blocks)."""
-        worker = self.worker
-        if worker is None:
+        """Every worker's answer, merged (merge_stats); a worker that does not answer in time
+        only misses the engine's side (the kernel is done, and a new worker adopts the
+        kernel's blocks)."""
+        replies = self._ask_workers(msg)
+        if not replies:
             return {"ok": False, "error": "no worker"}
-        try:
-            return worker.request(msg, timeout=2.0)
-        except (TimeoutError, OSError, EOFError) as exc:
-            return {"ok": False, "error": str(exc)}
+        return replies[0] if len(replies) == 1 else merge_stats(replies)
+
+    def _ask_workers(self, msg: dict[str, Any], timeout: float = 2.0) -> list[dict[str, Any]]:
+        replies = []
+        for worker in list(self.workers):
+            try:
+                replies.append(worker.request(msg, timeout=timeout))
+            except (TimeoutError, OSError, EOFError) as exc:
+                replies.append({"ok": False, "error": str(exc)})
+        return replies
+
+    def flows(self, request: dict[str, Any]) -> dict[str, Any]:
+        replies = self._ask_workers(request)
+        if len(replies) == 1:
+            return replies[0]
+        return merge_flows(replies, int(request.get("top", 20)), str(request.get("sort", "bytes")))
+
+    def alerts(self, since: int, limit: int) -> dict[str, Any]:
+        return self._alert_feed.collect(self, since, limit)
 
     # ---- control socket ---------------------------------------------------------------------
 
@@ -1014,13 +1125,11 @@ class Daemon:
             return self.status()
         if op == "blocks_list":
             return self.blocks_list()
-        if op in ("flows", "alerts"):  # read-only: proxied to the worker as they are
-            fields = {
-                k: v
-                for k, v in request.items()
-                if k in ("top", "sort", "filter", "group", "since", "limit")
-            }
-            return self._tell_worker({"op": op, **fields})
+        if op == "flows":  # read-only: from every worker, merged
+            fields = {k: v for k, v in request.items() if k in ("top", "sort", "filter", "group")}
+            return self.flows({"op": op, **fields})
+        if op == "alerts":
+            return self.alerts(int(request.get("since") or 0), int(request.get("limit") or 50))
         if uid != 0:
             return {"ok": False, "error": f"'{op}' needs root (peer uid {uid})"}
         if op == "apply":

@@ -86,7 +86,11 @@ class Engine:
         timeouts: FlowTimeouts | None = None,
         id_seed: int = 0,
         never_block: Iterable[str] = (),
+        shards: int = 1,
     ) -> None:
+        # shards: engines that share the traffic (one per queue), each with a share of every
+        # destination's sources; per-destination flood rates are divided among them.
+        self.shards = max(1, shards)
         self.flows = FlowTable(max_flows=max_flows, timeouts=timeouts, id_seed=id_seed)
         self.stats = EngineStats()
         # reply tuple as seen on the wire -> flow, for flows whose destination was translated
@@ -111,7 +115,7 @@ class Engine:
         self.policy = compiled
         self.blocks.configure(compiled.policy, compiled.tables)
         if compiled.policy.detectors:
-            self.detect = Detectors(compiled.policy, self.blocks, self.detect)
+            self.detect = Detectors(compiled.policy, self.blocks, self.detect, self.shards)
         else:
             self.detect = None
         self._detector_drop = {

@@ -449,13 +449,15 @@ def test_nft_queue_after_the_prefix() -> None:
     assert tail["expr"] == [COUNTER]
 
 
-def test_each_chain_first_clears_the_accept_bit() -> None:
-    # right after the drops of blocked sources (a drop needs no mark)
+def test_each_chain_first_clears_our_mark_bits() -> None:
+    # right after the drops of blocked sources (a drop needs no mark): the accept bit, the
+    # offload bit and the queue-index bits, so no mark set elsewhere can skip inspection
     first = rules_of(rs.build_ruleset(P("drop proto udp"), hooks=("input",)))[2]
     assert first["comment"] == rs.CLEAR_MARK_COMMENT
     assert first["expr"] == [
-        {"mangle": {"key": META("mark"), "value": {"&": [META("mark"), 0xFFEFFFFF]}}}
+        {"mangle": {"key": META("mark"), "value": {"&": [META("mark"), 0xFE0FFFFF]}}}
     ]
+    assert ~0xFE0FFFFF & 0xFFFFFFFF == rs.ACCEPT_MARK | rs.OFFLOAD_MARK | rs.QUEUE_MASK
 
 
 def test_bad_arguments() -> None:

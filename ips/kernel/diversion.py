@@ -36,10 +36,12 @@ class Diversion:
         fail_open: bool = True,
         caps: Capabilities | None = None,
         tap: bool = False,
+        queues: int = 1,
     ) -> None:
         # tap: nothing is diverted (a tap reads copies); the table holds only the block sets,
         # and their drop rules only while the policy says `set tap-blocks enforce`.
         self.tap = tap
+        self.queues = queues
         self.queue = queue
         self.hooks = tuple(hooks)
         self.fail_open = fail_open
@@ -94,7 +96,7 @@ class Diversion:
                 self._nft.replace_elements(BLOCK_TABLE, [e.addr], e.timeout, e.comment,
                                            e.expires)  # fmt: skip
         if backend == "iptables":
-            self._iptables.install(self.hooks, self.queue, self.fail_open)
+            self._iptables.install(self.hooks, self.queue, self.fail_open, self.queues)
 
     def update(self, policy: Policy) -> None:
         """Swap the kernel part of the policy in one nft transaction."""
@@ -107,6 +109,7 @@ class Diversion:
         self._nft.apply(
             policy, self.hooks, queue=self.queue, fail_open=self.fail_open,
             nft_queue=self.backend == "nft", offload_generation=self.offload_generation,
+            queues=self.queues,
         )  # fmt: skip
         self.kernel_rules = fast_path_split(policy)
 
@@ -160,6 +163,7 @@ class Diversion:
                 "tap": "none (tap: copies of packets)",
             }.get(self.backend or "", "none"),
             "queue": self.queue,
+            "queues": self.queues,
             "hooks": list(self.hooks),
             "fail_open": self.fail_open,
         }

@@ -70,6 +70,15 @@ TABLE = "ipsctl"
 HOOKS = ("forward", "input", "output")
 PRIORITY = -10  # before iptables' filter chains (0): our drops and marks come first
 ACCEPT_MARK = 0x00100000  # the packet-mark bit "the fast path accepted this packet"
+# Several queues (`--queues N`): the queue of a packet is chosen by a hash of its
+# connection's *initiator* address (`ct original saddr`), so every connection a host opens —
+# both directions of each — lands in one worker, and the per-source detectors (portscan,
+# sweep, stealth, floods per src) see all of it. The index goes in these packet-mark bits;
+# the NFQUEUE rules pick the queue by them.
+QUEUE_SHIFT = 22
+QUEUE_MASK = 0x7 << QUEUE_SHIFT  # up to 8 queues
+MAX_QUEUES = 8
+STEER_COMMENT = "ipsctl:steer"
 OFFLOAD_MARK = 0x00200000  # packet-mark bit set by the worker's verdict: "offload this flow"
 OFFLOAD_CT_SHIFT = 24
 OFFLOAD_CT_MASK = 0xFF << OFFLOAD_CT_SHIFT  # ct-mark bits: the generation that offloaded it
@@ -541,6 +550,7 @@ def build_ruleset(
     existing: TableState | None = None,
     blocks_only: bool = False,
     offload_generation: int | None = None,
+    queues: int = 1,
 ) -> list[dict[str, object]]:
     """Commands for one atomic batch that makes `inet ipsctl` run `policy`'s fast path.
 
@@ -554,6 +564,7 @@ def build_ruleset(
                blocks: nothing of the policy itself may filter there)
     offload_generation  1-255: the offload rules with this generation (see above), when the
                policy has `set offload on`; None: none
+    queues     workers: packets are steered to queue + i by their connection's initiator
 
     Safe to run over the table of an earlier policy: the table, chains and sets are `add`ed
     (idempotent, so a set keeps its members), our chains are flushed and refilled, and a set
@@ -618,11 +629,37 @@ def build_ruleset(
             comment = rule_comment(rule)
             for exprs in compile_rule(rule, hook):
                 cmds.append(_rule(hook, exprs, comment))
+        for i in range(1, queues):
+            for exprs in _steer_exprs(i, queues):
+                cmds.append(_rule(hook, exprs, STEER_COMMENT))
         tail: list[Expr] = [{"counter": None}]
-        if nft_queue:
+        if nft_queue and queues > 1:
+            first = queue[0] if isinstance(queue, tuple) else queue
+            for i in range(1, queues):
+                steered = [_match("==", {"&": [_meta("mark"), QUEUE_MASK]}, i << QUEUE_SHIFT),
+                           {"counter": None}, _queue_stmt(first + i, fail_open)]  # fmt: skip
+                cmds.append(_rule(hook, steered, USERSPACE_COMMENT))
+            tail.append(_queue_stmt(first, fail_open))
+        elif nft_queue:
             tail.append(_queue_stmt(queue, fail_open))
         cmds.append(_rule(hook, tail, USERSPACE_COMMENT))
     return cmds
+
+
+def _steer_exprs(index: int, queues: int) -> list[list[Expr]]:
+    """jhash(ct original saddr) mod queues == index: that index into the mark's queue bits
+    (one rule per family; index 0 needs none)."""
+    rules = []
+    for nfproto, key in (("ipv4", "ip saddr"), ("ipv6", "ip6 saddr")):
+        rules.append([
+            _match("==", _meta("nfproto"), nfproto),
+            _match("==", {"jhash": {"mod": queues, "expr": {"ct": {"key": key,
+                                                                   "dir": "original"}}}},
+                   index),
+            {"mangle": {"key": _meta("mark"),
+                        "value": {"|": [_meta("mark"), index << QUEUE_SHIFT]}}},
+        ])  # fmt: skip
+    return rules
 
 
 def _ct_mark() -> Expr:
@@ -650,7 +687,8 @@ def _offload_exprs(gen: int) -> list[Expr]:
 
 
 def _clear_mark() -> dict[str, object]:
-    return {"key": _meta("mark"), "value": {"&": [_meta("mark"), ~ACCEPT_MARK & 0xFFFFFFFF]}}
+    ours = ACCEPT_MARK | OFFLOAD_MARK | QUEUE_MASK
+    return {"key": _meta("mark"), "value": {"&": [_meta("mark"), ~ours & 0xFFFFFFFF]}}
 
 
 def _rule(chain: str, exprs: list[Expr], comment: str) -> dict[str, object]:
