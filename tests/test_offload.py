@@ -105,3 +105,18 @@ def test_a_new_policy_re_decides_offloaded_flows() -> None:
     d = e.handle(build_packet(PROTO_TCP, C, S, 40000, 5201, flags=ACK | PSH, payload=b"more"),
                  now=5.0)  # fmt: skip
     assert d.verdict == "drop"
+
+
+def test_flow_record_of_an_offloaded_flow_says_bypass() -> None:
+    from ips.core.events import FlowEnd
+    from ips.sinks.eve import flow_record
+
+    e = engine("set default accept\n")
+    tcp_exchange(e)
+    flow = next(iter(e.flows.flows()))
+    record = flow_record(FlowEnd(flow, "timeout", 100.0))
+    assert record["flow"]["bypass"] == "capture"  # type: ignore[index]
+    plain = engine("set offload off\nset default accept\n")
+    tcp_exchange(plain)
+    record = flow_record(FlowEnd(next(iter(plain.flows.flows())), "timeout", 100.0))
+    assert "bypass" not in record["flow"]  # type: ignore[operator]
