@@ -457,7 +457,7 @@ def test_each_chain_first_clears_our_mark_bits() -> None:
     assert first["expr"] == [
         {"mangle": {"key": META("mark"), "value": {"&": [META("mark"), 0xFE0FFFFF]}}}
     ]
-    assert ~0xFE0FFFFF & 0xFFFFFFFF == rs.ACCEPT_MARK | rs.OFFLOAD_MARK | rs.QUEUE_MASK
+    assert rs.ACCEPT_MARK | rs.OFFLOAD_MARK | rs.QUEUE_MASK == ~0xFE0FFFFF & 0xFFFFFFFF
 
 
 def test_bad_arguments() -> None:
