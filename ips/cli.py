@@ -333,6 +333,13 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
     "are always added",
 )
 @click.option(
+    "--max-flows",
+    default=262_144,
+    show_default=True,
+    type=click.IntRange(1),
+    help="most connections the engine tracks; when full, unanswered ones are evicted first",
+)
+@click.option(
     "--state",
     "state_path",
     type=click.Path(dir_okay=False),
@@ -349,6 +356,7 @@ def run(
     hang_timeout: float,
     queue_maxlen: int,
     never_block: tuple[str, ...],
+    max_flows: int,
     state_path: str | None,
     socket_path: str,
 ) -> None:
@@ -370,6 +378,7 @@ def run(
         hang_timeout=hang_timeout,
         queue_maxlen=queue_maxlen,
         never_block=never_block,
+        max_flows=max_flows,
         state_path=state_path,
     )
     sys.exit(run_daemon(cfg))
