@@ -178,8 +178,11 @@ def link_frame(rng: random.Random, l3: bytes) -> tuple[int, bytes]:
     if lt == LINKTYPE_ETHERNET:
         tags = b"".join(struct.pack("!HH", rng.choice((0x8100, 0x88A8)), rng.randrange(65536))
                         for _ in range(rng.randrange(0, 3)))  # fmt: skip
-        head = rng.randbytes(12) + tags + struct.pack("!H", rng.choice((ethertype, ethertype,
-                                                                          0x0806, 0x8100)))
+        head = (
+            rng.randbytes(12)
+            + tags
+            + struct.pack("!H", rng.choice((ethertype, ethertype, 0x0806, 0x8100)))
+        )
     elif lt == LINKTYPE_LINUX_SLL:
         head = rng.randbytes(14) + struct.pack("!H", ethertype)
     elif lt == LINKTYPE_LINUX_SLL2:
@@ -297,8 +300,10 @@ class Harness:
         # the engine counts undecodable inputs by reason (malformed, not IP), not as verdicts
         accounted = sum(s.verdicts.values()) + sum(s.malformed.values()) + s.not_ip
         if s.packets != r.inputs or accounted != r.inputs:
-            self._violation(f"engine counted {s.packets} packets, accounted for {accounted}, "
-                            f"of {r.inputs} inputs")
+            self._violation(
+                f"engine counted {s.packets} packets, accounted for {accounted}, "
+                f"of {r.inputs} inputs"
+            )
         if dict(s.malformed) != dict(r.malformed):
             self._violation(f"malformed counts differ: engine {dict(s.malformed)} "
                             f"decoder {dict(r.malformed)}")  # fmt: skip
@@ -333,8 +338,10 @@ def main(argv: list[str] | None = None) -> int:
               f"link-layer frames {report.frames:,}")  # fmt: skip
         print(f"  malformed by reason: {dict(report.malformed.most_common())}")
         print(f"  verdicts: {dict(report.verdicts)}; engine errors: {report.engine_errors}")
-        print(f"  flows: at most {report.flows_max:,} (cap {report.flow_cap:,}); detector keys:"
-              f" at most {report.detector_tracked_max:,} (cap {report.detector_cap:,})")
+        print(
+            f"  flows: at most {report.flows_max:,} (cap {report.flow_cap:,}); detector keys:"
+            f" at most {report.detector_tracked_max:,} (cap {report.detector_cap:,})"
+        )
         print("  violations: " + ("none" if not report.violations else ""))
         for v in report.violations:
             print("   ", v)

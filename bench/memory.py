@@ -1,6 +1,6 @@
 """Memory bounds under a spoofed-source flood, in-process: N distinct sources (1,000,000 by
-default) through the engine with all six detectors, and a trusted address spoofed in between; one source in
-a thousand scans for real (3 XMAS packets) and is blocked, within the ban budget.
+default) through the engine with all six detectors, and a trusted address spoofed in between;
+one source in a thousand scans for real (3 XMAS packets) and is blocked, within the ban budget.
 
 Each source sends one packet of a mix that feeds every kind of state: SYNs to the web servers
 (accepted: flows; synflood per destination; portscan probes), XMAS packets (stealth, per
@@ -186,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(r.__dict__))
     else:
-        print(f"{r.sources:,} spoofed sources in {r.seconds} s "
-              f"({round(r.sources / max(r.seconds, 1e-9)):,}/s; {r.simulated_seconds} s simulated)")
+        print(
+            f"{r.sources:,} spoofed sources in {r.seconds} s "
+            f"({round(r.sources / max(r.seconds, 1e-9)):,}/s; {r.simulated_seconds} s simulated)"
+        )
         print(f"  flows: at most {r.flows_max:,} (cap {r.max_flows:,})")
         print(f"  detector keys, most held (cap {r.detect_memory:,}): {r.detector_max}")
         print(f"  detector evictions: {r.detector_evicted}")
