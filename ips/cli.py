@@ -372,6 +372,13 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
     "are always added",
 )
 @click.option(
+    "--max-flows",
+    default=262_144,
+    show_default=True,
+    type=click.IntRange(1),
+    help="most connections the engine tracks; when full, unanswered ones are evicted first",
+)
+@click.option(
     "--state",
     "state_path",
     type=click.Path(dir_okay=False),
@@ -420,6 +427,7 @@ def run(
     hang_timeout: float,
     queue_maxlen: int,
     never_block: tuple[str, ...],
+    max_flows: int,
     state_path: str | None,
     metrics: tuple[str, int] | None,
     webhook: str | None,
@@ -491,6 +499,7 @@ def run(
         hang_timeout=hang_timeout,
         queue_maxlen=queue_maxlen,
         never_block=never_block,
+        max_flows=max_flows,
         state_path=state_path,
         metrics=metrics,
         webhook=webhook,

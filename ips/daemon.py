@@ -63,6 +63,7 @@ from ips.kernel.ruleset import (
 from ips.policy.diagnostics import PolicyError
 from ips.policy.model import Policy
 from ips.policy.resolve import load_policy_collecting, load_policy_sources
+from ips.privileges import drop_or_warn
 
 DEFAULT_SOCKET = "/run/ipsctl/ipsctl.sock"
 SOCKET_GROUP = "ipsctl"  # members may read status (read-only views)
@@ -195,6 +196,7 @@ def worker_main(
     reopen = threading.Event()
     signal.signal(signal.SIGHUP, lambda _s, _f: reopen.set())  # logrotate: reopen the EVE file
     _die_with_parent(parent_pid)
+    drop_or_warn("worker")  # keeps CAP_NET_ADMIN (NFQUEUE, nft) and CAP_NET_RAW (replies)
     for inherited in parent_ends:  # the supervisor's ends of the pipes: else no EOF ever
         inherited.close()
     tap = cfg.mode == "tap"
@@ -1096,6 +1098,9 @@ class Daemon:
             os.chmod(path, 0o600)
         server.listen(16)
         self._server = server
+        # Set up (table, worker, socket): keep only CAP_NET_ADMIN and CAP_NET_RAW. Before the
+        # control thread starts: capabilities are per thread, and threads inherit them.
+        drop_or_warn("supervisor")
         threading.Thread(target=self._accept_loop, name="control", daemon=True).start()
 
     def _accept_loop(self) -> None:

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 apt_packages=(
   python3 python3-venv python3-dev gcc make
   libnetfilter-queue-dev nftables iptables iproute2 util-linux systemd
-  iputils-ping curl nmap hping3 masscan ncat socat tcpdump
+  iputils-ping curl nmap hping3 masscan ncat socat tcpdump iperf3
   prometheus tmux
 )
 missing=()
