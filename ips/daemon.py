@@ -63,7 +63,7 @@ from ips.kernel.ruleset import (
 from ips.policy.diagnostics import PolicyError
 from ips.policy.model import Policy
 from ips.policy.resolve import load_policy_collecting, load_policy_sources
-from ips.privileges import drop_or_warn
+from ips.privileges import DIVERT_KEEP, KEEP, drop_or_warn
 
 DEFAULT_SOCKET = "/run/ipsctl/ipsctl.sock"
 SOCKET_GROUP = "ipsctl"  # members may read status (read-only views)
@@ -196,7 +196,7 @@ def worker_main(
     reopen = threading.Event()
     signal.signal(signal.SIGHUP, lambda _s, _f: reopen.set())  # logrotate: reopen the EVE file
     _die_with_parent(parent_pid)
-    drop_or_warn("worker")  # keeps CAP_NET_ADMIN (NFQUEUE, nft) and CAP_NET_RAW (replies)
+    drop_or_warn("worker", keep_capabilities(cfg))  # NET_ADMIN (NFQUEUE, nft), NET_RAW (replies)
     for inherited in parent_ends:  # the supervisor's ends of the pipes: else no EOF ever
         inherited.close()
     tap = cfg.mode == "tap"
@@ -549,6 +549,11 @@ class Counters:
     blocks_restored: int = 0  # put back at start from the state file of a clean stop
     blocks_saved: int = 0  # written to the state file at a clean stop
     block_kernel_errors: int = 0  # nft refused a manual block operation
+
+
+def keep_capabilities(cfg: DaemonConfig) -> tuple[int, ...]:
+    """What the daemon keeps after set-up: the divert backend loads eBPF in each worker."""
+    return DIVERT_KEEP if cfg.backend == "divert" else KEEP
 
 
 def merge_stats(replies: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1100,7 +1105,7 @@ class Daemon:
         self._server = server
         # Set up (table, worker, socket): keep only CAP_NET_ADMIN and CAP_NET_RAW. Before the
         # control thread starts: capabilities are per thread, and threads inherit them.
-        drop_or_warn("supervisor")
+        drop_or_warn("supervisor", keep_capabilities(self.cfg))
         threading.Thread(target=self._accept_loop, name="control", daemon=True).start()
 
     def _accept_loop(self) -> None:

@@ -28,6 +28,14 @@ from collections.abc import Iterable
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
 KEEP = (CAP_NET_ADMIN, CAP_NET_RAW)
+# The divert backend on Linux loads eBPF programs (eBPFDivert) each time a worker opens its
+# handle: libbpf needs CAP_BPF and CAP_PERFMON, CAP_SYS_ADMIN for its probes, and
+# CAP_SYS_RESOURCE to raise RLIMIT_MEMLOCK.
+CAP_SYS_ADMIN = 21
+CAP_SYS_RESOURCE = 24
+CAP_PERFMON = 38
+CAP_BPF = 39
+DIVERT_KEEP = (*KEEP, CAP_SYS_ADMIN, CAP_SYS_RESOURCE, CAP_PERFMON, CAP_BPF)
 
 _PR_CAPBSET_DROP = 24
 _PR_CAP_AMBIENT = 47
@@ -106,10 +114,10 @@ def drop_capabilities(keep: Iterable[int] = KEEP) -> bool:
     return True
 
 
-def drop_or_warn(who: str) -> None:
+def drop_or_warn(who: str, keep: Iterable[int] = KEEP) -> None:
     """drop_capabilities, with a refusal reported on stderr (the daemon keeps running: it
     filters as before, with more privilege than it needs)."""
     try:
-        drop_capabilities()
+        drop_capabilities(keep)
     except CapabilityError as exc:
         print(f"ipsctl: {who}: could not drop capabilities: {exc}", file=sys.stderr)
