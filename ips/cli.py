@@ -301,6 +301,11 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
     "--queue", default=0, show_default=True, type=click.IntRange(0, 65535), help="NFQUEUE number"
 )
 @click.option(
+    "--queues", default=1, show_default=True, type=click.IntRange(1, 8),
+    help="workers, one per queue (QUEUE … QUEUE+N-1); a connection's packets go to the worker "
+    "of its initiator's address",
+)  # fmt: skip
+@click.option(
     "--hook",
     "hooks",
     multiple=True,
@@ -367,11 +372,40 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
     "are always added",
 )
 @click.option(
+    "--max-flows",
+    default=262_144,
+    show_default=True,
+    type=click.IntRange(1),
+    help="most connections the engine tracks; when full, unanswered ones are evicted first",
+)
+@click.option(
     "--state",
     "state_path",
     type=click.Path(dir_okay=False),
     help="where a clean stop saves the blocks for the next start "
     "(default: blocks.json next to the socket)",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["nfqueue", "divert"]),
+    default=None,
+    help="how packets reach the engine: nfqueue (nftables + NFQUEUE; default on Linux) or "
+    "divert (pydivert: WinDivert on Windows, eBPFDivert on Linux; default on Windows)",
+)
+@click.option(
+    "--metrics",
+    "metrics",
+    metavar="[ADDR:]PORT",
+    callback=lambda _c, _p, v: _listen(v),
+    help="serve Prometheus metrics on /metrics at ADDR:PORT (ADDR 127.0.0.1 unless given); "
+    "off by default",
+)
+@click.option(
+    "--webhook",
+    "webhook",
+    metavar="URL",
+    callback=lambda _c, _p, v: _webhook_url(v),
+    help="POST every alert as JSON to URL (Slack, Discord, Telegram-style), with retries",
 )
 @SOCKET_OPTION
 def run(
@@ -381,6 +415,7 @@ def run(
     bpf: str | None,
     promisc: bool,
     queue: int,
+    queues: int,
     hooks: tuple[str, ...],
     fail_mode: str,
     eve_path: str | None,
@@ -392,11 +427,15 @@ def run(
     hang_timeout: float,
     queue_maxlen: int,
     never_block: tuple[str, ...],
+    max_flows: int,
     state_path: str | None,
+    metrics: tuple[str, int] | None,
+    webhook: str | None,
+    backend: str | None,
     socket_path: str,
 ) -> None:
-    """Run the daemon (until SIGTERM): inline, diverting packets to NFQUEUE and enforcing the
-    policy, or as a passive tap on an interface."""
+    """Run the daemon (until SIGTERM): inline, diverting packets (NFQUEUE, or pydivert) and
+    enforcing the policy, or as a passive tap on an interface."""
     from ips.daemon import DaemonConfig, WorkerFailed
     from ips.daemon import run as run_daemon
     from ips.io.tap import TapError
@@ -429,7 +468,14 @@ def run(
     if not hooks:
         hooks = ("input", "forward") if tap else ("forward",)
     _load_or_exit(policy_path)  # refuse a bad policy before touching the kernel
-    if os.geteuid() != 0:
+    backend = backend or ("divert" if sys.platform == "win32" else "nfqueue")
+    if queues > 1 and (tap or backend == "divert"):
+        usage("--queues is for the NFQUEUE backend inline")
+    if backend == "divert":
+        if tap:
+            usage("--backend divert is for inline mode (a tap reads AF_PACKET)")
+        _check_divert(tuple(dict.fromkeys(hooks)), fail_mode)
+    elif os.geteuid() != 0:
         need = "AF_PACKET and nftables" if tap else "NFQUEUE and nftables"
         click.echo(f"ipsctl run: needs root ({need})", err=True)
         sys.exit(EXIT_POLICY)
@@ -445,6 +491,7 @@ def run(
         syslog_facility=syslog_facility,
         stats_interval=stats_interval,
         queue=queue,
+        queues=queues,
         hooks=tuple(dict.fromkeys(hooks)),
         fail_open=fail_mode == "open",
         socket_path=socket_path,
@@ -452,13 +499,56 @@ def run(
         hang_timeout=hang_timeout,
         queue_maxlen=queue_maxlen,
         never_block=never_block,
+        max_flows=max_flows,
         state_path=state_path,
+        metrics=metrics,
+        webhook=webhook,
+        backend=backend,
     )
     try:
         sys.exit(run_daemon(cfg))
     except (TapError, WorkerFailed) as exc:
         click.echo(f"ipsctl run: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+
+
+def _listen(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    from ips.sinks.prometheus import parse_listen
+
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _webhook_url(text: str | None) -> str | None:
+    if text is None:
+        return None
+    from ips.sinks.webhook import check_url
+
+    try:
+        return check_url(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _check_divert(hooks: tuple[str, ...], fail_mode: str) -> None:
+    """--backend divert: its options and whether pydivert can run here, before starting."""
+    from ips.io.divert import DivertError, layer_for, usable
+
+    try:
+        layer_for(hooks)
+    except DivertError as exc:
+        raise click.UsageError(str(exc)) from None
+    if fail_mode != "open":
+        raise click.UsageError("--backend divert is fail-open only (a dead worker's divert "
+                               "handle lets packets pass); use --backend nfqueue")  # fmt: skip
+    ok, why = usable()
+    if not ok:
+        click.echo(f"ipsctl run: the divert backend cannot run here: {why}", err=True)
+        sys.exit(EXIT_POLICY)
 
 
 def _cidr(text: str) -> str:
@@ -561,6 +651,17 @@ def format_status(s: dict) -> str:  # type: ignore[type-arg]
         f"malformed {sum((w.get('malformed') or {}).values())}   "
         f"engine errors {w.get('engine_errors', '?')}"
     )
+    ft, lat = w.get("flow_table") or {}, w.get("latency") or {}
+    if ft:
+        lines.append(
+            f"         flows created {ft.get('created', 0)}, expired {ft.get('expired', 0)}, "
+            f"evicted {ft.get('evicted', 0)}; bytes judged {w.get('bytes', '?')}"
+        )
+    if lat.get("count"):
+        lines.append(
+            f"latency  engine mean {lat['sum'] / lat['count'] * 1e6:.1f} µs "
+            f"({lat['count']} packets sampled, 1 in {lat.get('every', 1)})"
+        )
     if q:
         lines.append(
             f"queue    waiting {q['queue_total']}, dropped by kernel "
@@ -598,6 +699,14 @@ def format_status(s: dict) -> str:  # type: ignore[type-arg]
             else:
                 parts.append(f"{name} {v}")
         lines.append(f"detect   {'; '.join(parts)}")
+    hook = w.get("webhook") or {}
+    if hook:
+        lines.append(
+            f"webhook  {hook.get('url')}: sent {hook.get('sent', 0)}, failed "
+            f"{hook.get('failed', 0)}, dropped {hook.get('dropped', 0)}, retries "
+            f"{hook.get('retries', 0)}"
+            + (f" (last error: {hook['last_error']})" if hook.get("last_error") else "")
+        )
     never = s.get("never_block") or []
     if never:
         shown = ", ".join(never[:8]) + (f", … ({len(never)} in all)" if len(never) > 8 else "")
@@ -724,11 +833,18 @@ def blocks_flush(as_json: bool, socket_path: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def doctor(as_json: bool) -> None:
     """What this machine can do: nftables, the nft queue expression, iptables NFQUEUE, …"""
+    from ips.io.divert import usable as divert_usable
     from ips.kernel.probe import probe
 
     caps = probe()
     data = caps.as_dict()
     data["usable"] = caps.inline_ok
+    divert_ok, divert_why = divert_usable()
+    data["backends"] = {
+        "nfqueue": {"usable": caps.inline_ok, "why": "" if caps.inline_ok else "; ".join(
+            f"{k}: {v}" for k, v in caps.reasons.items())},
+        "divert": {"usable": divert_ok, "why": divert_why},
+    }  # fmt: skip
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:
@@ -747,13 +863,18 @@ def doctor(as_json: bool) -> None:
             click.echo(f"{'ok' if ok else 'no':<3} {label:<38} {reason}")
         way = {"nft": "nft queue", "iptables": "iptables NFQUEUE (fallback: no nft queue here)"}
         click.echo(f"diversion: {way.get(str(caps.diversion), 'none: cannot run inline')}")
-    sys.exit(0 if caps.inline_ok else EXIT_POLICY)
+        click.echo(f"backend nfqueue: {'usable' if caps.inline_ok else 'not usable'}")
+        click.echo(f"backend divert:  {'usable' if divert_ok else 'not usable'} ({divert_why})")
+    sys.exit(0 if caps.inline_ok or divert_ok else EXIT_POLICY)
 
 
 def _register_lab() -> None:
     from ips.lab.cli import lab
+    from ips.views.commands import flows, top
 
     main.add_command(lab)
+    main.add_command(flows)
+    main.add_command(top)
 
 
 _register_lab()

@@ -55,6 +55,7 @@ from ips.kernel.probe import read_queue_stats
 from ips.kernel.ruleset import (
     BLOCK_TABLE,
     DEFAULT_BLOCK_TIMEOUT,
+    OFFLOADED_COMMENT,
     block_comment,
     block_table_spec,
     parse_block_comment,
@@ -62,13 +63,15 @@ from ips.kernel.ruleset import (
 from ips.policy.diagnostics import PolicyError
 from ips.policy.model import Policy
 from ips.policy.resolve import load_policy_collecting, load_policy_sources
+from ips.privileges import DIVERT_KEEP, KEEP, drop_or_warn
 
 DEFAULT_SOCKET = "/run/ipsctl/ipsctl.sock"
 SOCKET_GROUP = "ipsctl"  # members may read status (read-only views)
 STATE_FILE = "blocks.json"  # blocks saved by a clean stop, next to the control socket
 TICK_EVERY = 1.0
 HEARTBEAT_EVERY = 0.25
-READ_ONLY_OPS = frozenset({"status", "blocks_list"})  # the rest needs root (SO_PEERCRED)
+# the rest needs root (SO_PEERCRED); flows and alerts feed `ipsctl flows` and `ipsctl top`
+READ_ONLY_OPS = frozenset({"status", "blocks_list", "flows", "alerts"})
 MANUAL = "manual"  # the detector name of blocks made with `ipsctl blocks add`
 
 
@@ -85,6 +88,7 @@ class DaemonConfig:
     max_flows: int = 262_144
     never_block: tuple[str, ...] = ()  # CIDRs detectors never block (+ the host's addresses)
     state_path: str | None = None  # where a clean stop saves blocks (None: next to the socket)
+    queues: int = 1  # workers, one per queue (queue, queue+1, …), steered by initiator
     mode: str = "inline"  # inline (NFQUEUE, enforcing) or tap (AF_PACKET copies, passive)
     iface: str | None = None  # tap: the interface read
     bpf: str | None = None  # tap: a tcpdump filter expression run in the kernel
@@ -94,10 +98,20 @@ class DaemonConfig:
     syslog: str | None = None  # unix:/dev/log or udp:HOST:PORT: alerts and blocks, RFC 5424
     syslog_facility: str = "local5"
     stats_interval: float = 60.0  # seconds between EVE `stats` events (0: none)
+    metrics: tuple[str, int] | None = None  # Prometheus endpoint (address, port); None: off
+    webhook: str | None = None  # alerts are POSTed there (ips/sinks/webhook.py)
+    backend: str = "nfqueue"  # nfqueue | divert (pydivert: WinDivert / eBPFDivert)
 
     @property
     def state_file(self) -> str:
         return self.state_path or str(Path(self.socket_path).parent / STATE_FILE)
+
+    @property
+    def bans_file(self) -> str:
+        """The divert backend's ban set (no kernel set there), next to the socket."""
+        from ips.io.divert import BANS_FILE
+
+        return str(Path(self.socket_path).parent / BANS_FILE)
 
 
 def own_addresses() -> list[str]:
@@ -120,10 +134,12 @@ def own_addresses() -> list[str]:
         return []
 
 
-def make_engine(policy: Any, max_flows: int, never_block: Iterable[str]) -> Engine:
+def make_engine(
+    policy: Any, max_flows: int, never_block: Iterable[str], shards: int = 1
+) -> Engine:
     """An Engine, with never_block when this engine version takes it."""
     if "never_block" in inspect.signature(Engine).parameters:
-        return Engine(policy, max_flows=max_flows, never_block=tuple(never_block))  # type: ignore[call-arg]
+        return Engine(policy, max_flows=max_flows, never_block=tuple(never_block), shards=shards)  # type: ignore[call-arg]
     return Engine(policy, max_flows=max_flows)
 
 
@@ -165,49 +181,76 @@ def worker_main(
     sources: dict[str, str],
     never_block: tuple[str, ...] = (),
     bpf_program: list[tuple[int, int, int, int]] | None = None,
+    webhook_url: str | None = None,
+    divert: tuple[tuple[str, ...], str] | None = None,  # (hooks, bans file): divert backend
 ) -> None:
     """Entry point of a worker process (forked): inline over NFQUEUE, or a passive tap."""
     from ips.io.nfqueue import QueueWorker, wait_readable
     from ips.io.tap import TapWorker
     from ips.kernel.blocks import KernelBlocks, adopt_blocks
     from ips.sinks.eve import stats_record
+    from ips.sinks.meter import RecentAlerts, install_meter
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     reopen = threading.Event()
     signal.signal(signal.SIGHUP, lambda _s, _f: reopen.set())  # logrotate: reopen the EVE file
     _die_with_parent(parent_pid)
+    drop_or_warn("worker", keep_capabilities(cfg))  # NET_ADMIN (NFQUEUE, nft), NET_RAW (replies)
     for inherited in parent_ends:  # the supervisor's ends of the pipes: else no EOF ever
         inherited.close()
     tap = cfg.mode == "tap"
     policy = load_policy_sources(main, sources)
-    engine = make_engine(policy, cfg.max_flows, never_block)
-    blocks = KernelBlocks()  # its libnftables context is made here, in the worker
+    engine = make_engine(policy, cfg.max_flows, never_block, cfg.queues)
     eve, log, syslog = _open_sinks(cfg, tap, policy.tap_blocks_enforced)
-    on_events = eve.events if eve else None
+    views = WorkerViews(install_meter(engine), RecentAlerts())
+    sinks: list[Any] = [views.alerts]
+    if eve is not None:
+        sinks.append(eve)
+    if webhook_url:
+        from ips.sinks.webhook import Webhook
+
+        views.webhook = Webhook(webhook_url).start()  # its thread: after the fork
+        sinks.append(views.webhook)
+
+    def on_events(events: list[object]) -> None:
+        for sink in sinks:
+            sink.events(events)
 
     def beat() -> None:
         heartbeat.value = time.monotonic()
 
     worker: Any
-    if tap:
-        worker = TapWorker(
-            cfg.iface or "", engine, bpf=bpf_program, bpf_text=cfg.bpf, promisc=cfg.promisc,
-            on_events=on_events, blocks=blocks, on_busy=beat,
-        )  # fmt: skip
+    worker: Any
+    blocks: Any = None
+    if divert is not None:  # pydivert: the ban set is the adapter's, from the bans file
+        from ips.io.divert import DivertWorker, UserBlocks
+
+        ubans = UserBlocks(divert[1])
+        ubans.load()
+        worker = DivertWorker(engine, hooks=divert[0], queue_len=cfg.queue_maxlen, blocks=ubans,
+                              on_events=on_events, on_busy=beat)  # fmt: skip
+        adopted = adopt_blocks(engine, ubans.elements(time.time()), time.time())
     else:
-        worker = QueueWorker(
-            cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
-            on_events=on_events, blocks=blocks, on_busy=beat,
-        )  # fmt: skip
+        blocks = KernelBlocks()  # its libnftables context is made here, in the worker
+        if tap:
+            worker = TapWorker(
+                cfg.iface or "", engine, bpf=bpf_program, bpf_text=cfg.bpf,
+                promisc=cfg.promisc, on_events=on_events, blocks=blocks, on_busy=beat,
+            )  # fmt: skip
+        else:
+            worker = QueueWorker(
+                cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
+                on_events=on_events, blocks=blocks, on_busy=beat,
+            )  # fmt: skip
+        # The kernel's blocks (left by the previous worker or daemon, or restored from the
+        # state file) become the engine's, before the first packet.
+        try:
+            adopted = adopt_blocks(engine, blocks.nft.elements(BLOCK_TABLE), time.time())
+        except Exception as exc:  # the kernel still drops them; only the engine does not know
+            blocks._error(f"adopting the kernel's blocks: {exc}")
+            adopted = 0
     worker.sinks = {"eve": log, "syslog": syslog}
-    # The kernel's blocks (left by the previous worker or daemon, or restored from the state
-    # file) become the engine's, before the first packet.
-    try:
-        adopted = adopt_blocks(engine, blocks.nft.elements(BLOCK_TABLE), time.time())
-    except Exception as exc:  # the kernel still drops them; only the engine does not know
-        blocks._error(f"adopting the kernel's blocks: {exc}")
-        adopted = 0
     try:
         fd = worker.bind()
     except Exception as exc:  # tell the supervisor why, instead of dying silently
@@ -230,7 +273,7 @@ def worker_main(
                 except (EOFError, OSError):
                     return  # the supervisor is gone: leave the queue to its bypass setting
                 try:
-                    reply = _worker_command(msg, engine, worker, adopted)
+                    reply = _worker_command(msg, engine, worker, adopted, views)
                 except Exception as exc:  # answer, never die of a request
                     reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
                 if reply is None:
@@ -253,6 +296,8 @@ def worker_main(
                 next_stats = now + cfg.stats_interval
     finally:
         worker.unbind()
+        if views.webhook is not None:
+            views.webhook.close()
         if log is not None:
             log.close()
         if syslog is not None:
@@ -287,13 +332,29 @@ def _flow_stats(engine: Engine) -> dict[str, int]:
             "evicted": f.evicted, "reused": f.reused}  # fmt: skip
 
 
+@dataclass
+class WorkerViews:
+    """What the worker keeps for the operator: byte count and latency samples (the meter
+    around engine.handle), the recent alerts, the webhook sender."""
+
+    meter: Any = None
+    alerts: Any = None
+    webhook: Any = None
+
+
 def _worker_command(
-    msg: dict[str, Any], engine: Engine, worker: Any, adopted: int = 0
-) -> dict[str, Any] | None:
+    msg: dict[str, Any], engine: Engine, worker: Any, adopted: int = 0,
+    views: WorkerViews | None = None,
+) -> dict[str, Any] | None:  # fmt: skip
     op = msg.get("op")
+    views = views or WorkerViews()
     if op == "load":
         engine.load(load_policy_sources(msg["main"], msg["sources"]))
+        if hasattr(worker, "refilter"):  # divert: the filter follows the policy
+            worker.refilter()
         return {"ok": True, "digest": engine.policy.digest}
+    if str(op).startswith("ban_") and hasattr(worker, "ban_command"):
+        return worker.ban_command(msg)  # divert: the ban set is the worker's
     if op == "stats":
         s = engine.stats
         return {
@@ -306,6 +367,7 @@ def _worker_command(
             "verdict_errors": worker.verdict_errors,
             "alerts": s.alerts,
             "flows": len(engine.flows),
+            "offloaded": s.offloaded,
             "replies_sent": worker.replies.sent,
             "replies_failed": worker.replies.failed,
             "digest": engine.policy.digest,
@@ -319,7 +381,29 @@ def _worker_command(
             "mode": "tap" if getattr(worker, "iface", None) else "inline",
             "tap": worker.stats() if hasattr(worker, "iface") else None,
             "sinks": {k: v.stats() for k, v in getattr(worker, "sinks", {}).items() if v},
+            "flow_table": dataclasses.asdict(engine.flows.stats),
+            "bytes": views.meter.bytes if views.meter is not None else None,
+            "latency": views.meter.snapshot() if views.meter is not None else None,
+            "alerts_seq": views.alerts.seq if views.alerts is not None else 0,
+            "webhook": views.webhook.stats() if views.webhook is not None else None,
+            **({"divert": worker.stats()} if hasattr(worker, "ban_command") else {}),
         }
+    if op == "flows":
+        from ips.views.flows import FilterError, select_flows
+
+        try:
+            return select_flows(
+                engine.flows.flows(), time.time(), top=int(msg.get("top", 20)),
+                sort=str(msg.get("sort", "bytes")), filter_text=str(msg.get("filter") or ""),
+                group=msg.get("group"),
+            )  # fmt: skip
+        except FilterError as exc:
+            return {"ok": False, "error": str(exc)}
+    if op == "alerts":
+        if views.alerts is None:
+            return {"ok": True, "seq": 0, "alerts": []}
+        since, limit = int(msg.get("since", 0)), min(int(msg.get("limit", 50)), 256)
+        return {"ok": True, "seq": views.alerts.seq, "alerts": views.alerts.since(since, limit)}
     if op in ("block", "unblock", "unblock_all"):
         return _manual(op, msg, engine, worker)
     if op == "reopen":
@@ -439,7 +523,13 @@ def _plain(value: Any) -> Any:
 def _rule_hits(rule: Any) -> dict[str, Any]:
     spec = rule.spec
     where = f"{spec.span.file}:{spec.span.line}"
-    return {"where": where, "action": spec.action, "hits": rule.hits, "text": spec.text}
+    return {
+        "where": where,
+        "name": spec.name,
+        "action": spec.action,
+        "hits": rule.hits,
+        "text": spec.text,
+    }
 
 
 # ---- the supervisor -----------------------------------------------------------------------------
@@ -461,6 +551,94 @@ class Counters:
     block_kernel_errors: int = 0  # nft refused a manual block operation
 
 
+def keep_capabilities(cfg: DaemonConfig) -> tuple[int, ...]:
+    """What the daemon keeps after set-up: the divert backend loads eBPF in each worker."""
+    return DIVERT_KEEP if cfg.backend == "divert" else KEEP
+
+
+def merge_stats(replies: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several workers' answers as one: numbers summed, dicts merged key by key, lists of
+    dicts (per-rule hits: the same rules in the same order) merged item by item; anything
+    else (text, digests, flags) from the first answer that has it."""
+    good = [r for r in replies if r.get("ok", True)] or replies[:1]
+    return _merge([r for r in good])  # type: ignore[return-value]
+
+
+def _merge(values: list[Any]) -> Any:
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, bool) or not isinstance(first, int | float | dict | list):
+        return first
+    if isinstance(first, int | float):
+        return sum(v for v in present if isinstance(v, int | float) and not isinstance(v, bool))
+    if isinstance(first, dict):
+        keys = dict.fromkeys(k for v in present if isinstance(v, dict) for k in v)
+        return {k: _merge([v.get(k) for v in present if isinstance(v, dict)]) for k in keys}
+    lists = [v for v in present if isinstance(v, list)]
+    if all(len(v) == len(first) for v in lists) and all(isinstance(x, dict) for x in first):
+        return [_merge(list(items)) for items in zip(*lists, strict=True)]
+    return first
+
+
+def merge_flows(replies: list[dict[str, Any]], top: int, sort: str) -> dict[str, Any]:
+    """`flows` answers of several workers: rows (or groups, summed by key) re-ranked."""
+    good = [r for r in replies if r.get("ok")]
+    if not good:
+        return replies[0] if replies else {"ok": False, "error": "no worker"}
+    total = sum(int(r.get("total", 0)) for r in good)
+    if "groups" in good[0]:
+        sums: dict[str, dict[str, Any]] = {}
+        for r in good:
+            for g in r["groups"]:
+                s = sums.setdefault(g["key"], {"key": g["key"], "flows": 0, "packets": 0,
+                                               "bytes": 0})  # fmt: skip
+                for k in ("flows", "packets", "bytes"):
+                    s[k] += g[k]
+        field_ = {"bytes": "bytes", "packets": "packets"}.get(sort, "flows")
+        groups = sorted(sums.values(), key=lambda g: g[field_], reverse=True)[:top]
+        return {"ok": True, "total": total, "groups": groups}
+    rows = [row for r in good for row in r["flows"]]
+    rows.sort(key=lambda row: row.get(sort, 0), reverse=True)
+    return {"ok": True, "total": total, "flows": rows[:top]}
+
+
+class AlertFeed:
+    """The recent alerts of every worker in one numbered feed (`ipsctl top` reads it with
+    `since`): each poll takes what each worker added since the last one (a cursor per
+    worker; a replaced worker numbers from 1 again) and numbers it in the feed's order."""
+
+    KEEP = 256
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.recent: list[dict[str, Any]] = []
+        self.cursors: dict[int, tuple[int, int]] = {}  # index -> (worker pid, its last seq)
+        self.lock = threading.Lock()
+
+    def collect(self, daemon: Any, since: int, limit: int) -> dict[str, Any]:
+        with self.lock:
+            for index, worker in enumerate(list(daemon.workers)):
+                pid, last = self.cursors.get(index, (worker.pid, 0))
+                if pid != worker.pid:
+                    last = 0
+                try:
+                    reply = worker.request({"op": "alerts", "since": last, "limit": self.KEEP},
+                                           timeout=2.0)  # fmt: skip
+                except (TimeoutError, OSError, EOFError):
+                    continue
+                for alert in reply.get("alerts") or []:
+                    last = max(last, int(alert.get("seq") or 0))
+                    self.seq += 1
+                    self.recent.append({**alert, "seq": self.seq})
+                self.cursors[index] = (worker.pid, max(last, int(reply.get("seq") or 0)))
+            del self.recent[: -self.KEEP]
+            limit = max(1, min(limit, self.KEEP))
+            fresh = [a for a in self.recent if a["seq"] > since][-limit:]
+            return {"ok": True, "seq": self.seq, "alerts": fresh}
+
+
 class WorkerFailed(RuntimeError):
     """The worker could not start its packet source (no such interface, …): fatal at start."""
 
@@ -474,6 +652,7 @@ class WorkerHandle:
         bpf_program: list[tuple[int, int, int, int]] | None = None,
     ) -> None:  # fmt: skip
         ctx = mp.get_context("fork")
+        self.queue = cfg.queue
         self.heartbeat = ctx.Value("d", time.monotonic(), lock=False)
         self.conn, child = ctx.Pipe()
         self.lock = threading.Lock()
@@ -482,7 +661,8 @@ class WorkerHandle:
             target=worker_main,
             args=(
                 child, (self.conn,), os.getpid(), self.heartbeat, cfg, main, sources,
-                never_block, bpf_program,
+                never_block, bpf_program, cfg.webhook,
+                (cfg.hooks, cfg.bans_file) if cfg.backend == "divert" else None,
             ),
             name=f"ipsctl-tap-{cfg.iface}" if cfg.mode == "tap" else f"ipsctl-worker-q{cfg.queue}",
             daemon=True,
@@ -550,14 +730,26 @@ class Daemon:
         self.loaded_at = 0.0
         self.previous: tuple[str, dict[str, str]] | None = None
         self.confirm_deadline: float | None = None
-        self.worker: WorkerHandle | None = None
-        self.diversion = Diversion(
-            queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open, tap=cfg.mode == "tap"
-        )
+        self.workers: list[WorkerHandle] = []  # worker i reads queue cfg.queue + i
+        self._alert_feed = AlertFeed()
+        self.diversion: Any
+        if cfg.backend == "divert":  # no nftables: nothing in the kernel, blocks in the worker
+            from ips.io.divert import UserspaceDiversion
+
+            self.diversion = UserspaceDiversion(cfg.hooks, cfg.fail_open, cfg.bans_file,
+                                                lambda: self.worker)  # fmt: skip
+        else:
+            self.diversion = Diversion(
+                queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open,
+                tap=cfg.mode == "tap", queues=cfg.queues,
+            )  # fmt: skip
         self.bpf_program: list[tuple[int, int, int, int]] | None = None
         self._server: socket.socket | None = None
         self.never_block: tuple[str, ...] = tuple(cfg.never_block)
         self.installed = False
+        # Tap mode's kernel counters ({"kernel_drops": N, ...}); status carries it as "tap"
+        # and the metrics export kernel_drops. None when not tapping.
+        self._metrics: Any = None
 
     # ---- life cycle -----------------------------------------------------------------------
 
@@ -572,13 +764,18 @@ class Daemon:
         self.installed = True
         self._restore_blocks()  # those a clean stop saved
         self._set_policy(policy, str(Path(self.cfg.policy_path).resolve()), sources)
-        self.worker = self._new_worker()  # adopts the kernel's blocks
+        self.workers = [self._new_worker(i) for i in range(self.cfg.queues)]  # adopt blocks
         self._serve_control()
+        if self.cfg.metrics is not None:
+            from ips.sinks.prometheus import start_metrics
 
-    def _new_worker(self) -> WorkerHandle:
+            self._metrics = start_metrics(self.cfg.metrics, self.status)
+
+    def _new_worker(self, index: int = 0) -> WorkerHandle:
         # The host's addresses are read again for every worker: they may have changed.
         self.never_block = tuple(dict.fromkeys((*own_addresses(), *self.cfg.never_block)))
-        return WorkerHandle(self.cfg, self.main, self.sources, self.never_block, self.bpf_program)
+        cfg = dataclasses.replace(self.cfg, queue=self.cfg.queue + index)
+        return WorkerHandle(cfg, self.main, self.sources, self.never_block, self.bpf_program)
 
     def _restore_blocks(self) -> None:
         from ips.kernel.blocks import load_saved_blocks, restore_blocks
@@ -609,13 +806,15 @@ class Daemon:
 
     def stop(self) -> None:
         self.stopping.set()
+        if self._metrics is not None:
+            self._metrics.close()
         if self._server is not None:
             with contextlib.suppress(OSError):
                 self._server.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cfg.socket_path)
-        if self.worker is not None:
-            self.worker.stop()
+        for worker in self.workers:
+            worker.stop()
         self._save_blocks()
         self.diversion.remove()
 
@@ -655,8 +854,8 @@ class Daemon:
     def _swap(self, policy: Policy, main: str, sources: dict[str, str]) -> None:
         """Kernel part in one nft transaction, then the worker's engine (flows kept)."""
         self.diversion.update(policy)
-        if self.worker is not None:
-            reply = self.worker.request({"op": "load", "main": main, "sources": sources})
+        for worker in self.workers:
+            reply = worker.request({"op": "load", "main": main, "sources": sources})
             if not reply.get("ok"):
                 raise RuntimeError(f"worker refused the policy: {reply}")
         self._set_policy(policy, main, sources)
@@ -683,32 +882,37 @@ class Daemon:
     # ---- watchdog ---------------------------------------------------------------------------
 
     def _watchdog(self) -> None:
-        worker = self.worker
-        if worker is None:
-            return
-        if not worker.alive():
-            self.counters.worker_deaths += 1
-        elif worker.silent_for() > self.cfg.hang_timeout:
-            self.counters.worker_hangs += 1
-            worker.kill()
-        else:
-            return
-        with self.lock:
-            self.worker = self._new_worker()
-            self.counters.worker_restarts += 1
+        for index, worker in enumerate(list(self.workers)):
+            if not worker.alive():
+                self.counters.worker_deaths += 1
+            elif worker.silent_for() > self.cfg.hang_timeout:
+                self.counters.worker_hangs += 1
+                worker.kill()
+            else:
+                continue
+            with self.lock:
+                self.workers[index] = self._new_worker(index)
+                self.counters.worker_restarts += 1
+
+    @property
+    def worker(self) -> WorkerHandle | None:
+        """The first worker (the only one unless --queues N)."""
+        return self.workers[0] if self.workers else None
 
     # ---- status -----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
         now = time.time()
-        worker: dict[str, Any] = {}
-        if self.worker is not None:
-            try:
-                worker = self.worker.request({"op": "stats"}, timeout=2.0)
-            except (TimeoutError, OSError, EOFError) as exc:
-                worker = {"ok": False, "error": str(exc)}
+        replies = self._ask_workers({"op": "stats"})
+        worker = merge_stats(replies) if replies else {}
         queues = read_queue_stats()
         q = queues.get(self.cfg.queue) if self.cfg.mode != "tap" else None
+        per_queue = [
+            {"queue": w.queue, "pid": w.pid, "packets": r.get("packets"),
+             "offloaded": r.get("offloaded"), "error": r.get("error"),
+             "kernel": dataclasses.asdict(queues[w.queue]) if w.queue in queues else None}
+            for w, r in zip(self.workers, replies, strict=False)
+        ]  # fmt: skip
         policy = self.policy
         counters = self.diversion.counters()
         return {
@@ -727,11 +931,20 @@ class Daemon:
             "kernel_hits": self.diversion.kernel_hits(counters),
             "queue": dataclasses.asdict(q) if q else None,
             "worker": {"pid": self.worker.pid if self.worker else None, **worker},
+            "workers": per_queue,
             "counters": self.counters.__dict__,
             "blocks": self._block_summary(worker, counters),
             "never_block": list(self.never_block),
             "detectors": worker.get("detectors") or {},
             "mode": self.cfg.mode,
+            "offload": {
+                "enabled": bool(policy and policy.offload) and self.cfg.mode == "inline"
+                and self.cfg.backend == "nfqueue",
+                "flows": worker.get("offloaded", 0),  # flows the engine handed to the kernel
+                # their later packets, accepted by the kernel without the queue
+                "kernel_packets": _counter_packets(counters, OFFLOADED_COMMENT),
+                "generation": getattr(self.diversion, "offload_generation", None),
+            },
             "tap": worker.get("tap"),
             "sinks": worker.get("sinks") or {},
         }
@@ -847,15 +1060,31 @@ class Daemon:
         return {"ok": True, "removed": count, "engine": engine}
 
     def _tell_worker(self, msg: dict[str, Any]) -> dict[str, Any]:
-        """The worker's answer; a worker that does not answer in time only misses the
-        engine's side (the kernel is done, and a new worker adopts the kernel's blocks)."""
-        worker = self.worker
-        if worker is None:
+        """Every worker's answer, merged (merge_stats); a worker that does not answer in time
+        only misses the engine's side (the kernel is done, and a new worker adopts the
+        kernel's blocks)."""
+        replies = self._ask_workers(msg)
+        if not replies:
             return {"ok": False, "error": "no worker"}
-        try:
-            return worker.request(msg, timeout=2.0)
-        except (TimeoutError, OSError, EOFError) as exc:
-            return {"ok": False, "error": str(exc)}
+        return replies[0] if len(replies) == 1 else merge_stats(replies)
+
+    def _ask_workers(self, msg: dict[str, Any], timeout: float = 2.0) -> list[dict[str, Any]]:
+        replies = []
+        for worker in list(self.workers):
+            try:
+                replies.append(worker.request(msg, timeout=timeout))
+            except (TimeoutError, OSError, EOFError) as exc:
+                replies.append({"ok": False, "error": str(exc)})
+        return replies
+
+    def flows(self, request: dict[str, Any]) -> dict[str, Any]:
+        replies = self._ask_workers(request)
+        if len(replies) == 1:
+            return replies[0]
+        return merge_flows(replies, int(request.get("top", 20)), str(request.get("sort", "bytes")))
+
+    def alerts(self, since: int, limit: int) -> dict[str, Any]:
+        return self._alert_feed.collect(self, since, limit)
 
     # ---- control socket ---------------------------------------------------------------------
 
@@ -874,6 +1103,9 @@ class Daemon:
             os.chmod(path, 0o600)
         server.listen(16)
         self._server = server
+        # Set up (table, worker, socket): keep only CAP_NET_ADMIN and CAP_NET_RAW. Before the
+        # control thread starts: capabilities are per thread, and threads inherit them.
+        drop_or_warn("supervisor", keep_capabilities(self.cfg))
         threading.Thread(target=self._accept_loop, name="control", daemon=True).start()
 
     def _accept_loop(self) -> None:
@@ -903,6 +1135,11 @@ class Daemon:
             return self.status()
         if op == "blocks_list":
             return self.blocks_list()
+        if op == "flows":  # read-only: from every worker, merged
+            fields = {k: v for k, v in request.items() if k in ("top", "sort", "filter", "group")}
+            return self.flows({"op": op, **fields})
+        if op == "alerts":
+            return self.alerts(int(request.get("since") or 0), int(request.get("limit") or 50))
         if uid != 0:
             return {"ok": False, "error": f"'{op}' needs root (peer uid {uid})"}
         if op == "apply":
@@ -920,6 +1157,11 @@ class Daemon:
         if op == "blocks_flush":
             return self.blocks_flush()
         return {"ok": False, "error": f"unknown request {op!r}"}
+
+
+def _counter_packets(counters: Any, comment: str) -> int:
+    c = counters.get(comment) if isinstance(counters, dict) else None
+    return int(c.packets) if c is not None else 0
 
 
 def peer_uid(conn: socket.socket) -> int:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from ips.core import craft
 from ips.core.decode import decode_frame, decode_l3
 from ips.core.events import Alert, Block, FlowEnd, Unblock
-from ips.core.flow import Flow, FlowTable, FlowTimeouts
-from ips.core.packet import LINKTYPE_RAW, Packet
+from ips.core.flow import TCP_ESTABLISHED, Flow, FlowTable, FlowTimeouts
+from ips.core.packet import LINKTYPE_RAW, PROTO_TCP, PROTO_UDP, Packet
 from ips.detect import BlockManager, Detectors
 from ips.policy.compile import (
     CompiledPolicy,
@@ -67,6 +67,7 @@ class EngineStats:
     detector_alerts: Counter[str] = field(default_factory=Counter)  # by detector
     detector_drops: Counter[str] = field(default_factory=Counter)  # `limit` drops by detector
     blocks: int = 0  # Block effects (detector and manual)
+    offloaded: int = 0  # flows handed to the kernel (Decision.offload)
     unblocks: int = 0
 
 
@@ -85,7 +86,11 @@ class Engine:
         timeouts: FlowTimeouts | None = None,
         id_seed: int = 0,
         never_block: Iterable[str] = (),
+        shards: int = 1,
     ) -> None:
+        # shards: engines that share the traffic (one per queue), each with a share of every
+        # destination's sources; per-destination flood rates are divided among them.
+        self.shards = max(1, shards)
         self.flows = FlowTable(max_flows=max_flows, timeouts=timeouts, id_seed=id_seed)
         self.stats = EngineStats()
         # reply tuple as seen on the wire -> flow, for flows whose destination was translated
@@ -110,13 +115,18 @@ class Engine:
         self.policy = compiled
         self.blocks.configure(compiled.policy, compiled.tables)
         if compiled.policy.detectors:
-            self.detect = Detectors(compiled.policy, self.blocks, self.detect)
+            self.detect = Detectors(compiled.policy, self.blocks, self.detect, self.shards)
         else:
             self.detect = None
         self._detector_drop = {
             name: Decision(DROP, reason=f"detector:{name}") for name in compiled.policy.detectors
         }
         self._default = Decision(compiled.default_verdict, reason="default")
+        self._default_offload = (
+            Decision(ACCEPT, reason="default", offload=True)
+            if compiled.default_verdict == ACCEPT
+            else None
+        )
         self._default_reject = compiled.default_verdict == REJECT
         self._default_refuses = compiled.default_verdict in (DROP, REJECT)
         self._on_error = Decision(compiled.on_error, reason="error")
@@ -234,6 +244,13 @@ class Engine:
                     effects = self._rejected(detect, pkt, now, effects)
             if effects is None and translated is None and flow.nat is None:
                 if verdict is rule.verdict and rule.decision is not None:
+                    if (
+                        verdict == ACCEPT
+                        and policy.offload
+                        and flow.replied
+                        and self._offload_ready(pkt, flow)
+                    ):
+                        return rule.offload_decision  # type: ignore[return-value]
                     return rule.decision
                 if verdict is not rule.verdict and rule.else_decision is not None:
                     return rule.else_decision
@@ -243,8 +260,41 @@ class Engine:
             if self._default_reject and detect is not None:
                 effects = self._rejected(detect, pkt, now, effects)
         if effects is None and translated is None and flow.nat is None and not self._default_reject:
+            if (
+                self._default_offload is not None
+                and policy.offload
+                and flow.replied
+                and self._offload_ready(pkt, flow)
+            ):
+                return self._default_offload
             return self._default
         return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)
+
+    def _offload_ready(self, pkt: Packet, flow: Flow) -> bool:
+        """An accepted packet of a replied flow: may the flow's later packets skip us?
+        TCP once established and carrying data (the portscan detector has seen the
+        handshake and that the connection was used), UDP once answered (the UDP flood
+        detector counts unanswered datagrams only); nothing else (ICMP: flood rates). And
+        only when no candidate rule of either direction needs to see later packets."""
+        if flow.offloaded or flow.nat is not None:
+            return False
+        proto = pkt.proto
+        if proto == PROTO_TCP:
+            if flow.tcp_state != TCP_ESTABLISHED or pkt.payload_offset >= pkt.length:
+                return False
+        elif proto != PROTO_UDP:
+            return False
+        fwd_cache, rev_cache = flow.cache_fwd, flow.cache_rev
+        policy = self.policy
+        if fwd_cache is None or rev_cache is None:
+            return False
+        if fwd_cache[0] is not policy or rev_cache[0] is not policy:
+            return False
+        if not (policy.offload_safe(fwd_cache[3]) and policy.offload_safe(rev_cache[3])):
+            return False
+        flow.offloaded = True
+        self.stats.offloaded += 1
+        return True
 
     def _note(
         self,

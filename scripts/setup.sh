@@ -7,11 +7,13 @@ cd "$(dirname "$0")/.."
 
 # python3-dev/gcc/libnetfilter-queue-dev: netfilterqueue builds from source; nftables (its
 # libnftables is loaded by pip-nftables) and iptables: the diversion; the rest is the lab:
-# namespaces, clients and the real attack tools the tests run.
+# namespaces, clients and the real attack tools the tests run; prometheus and tmux: the
+# metrics test scrapes with a real Prometheus server, the `ipsctl top` test runs it in tmux.
 apt_packages=(
   python3 python3-venv python3-dev gcc make
   libnetfilter-queue-dev nftables iptables iproute2 util-linux systemd
   iputils-ping curl nmap hping3 masscan ncat socat tcpdump iperf3
+  prometheus tmux
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -22,6 +24,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}"
+  # The tests start their own Prometheus in a lab namespace: the distro's service (listening
+  # on every address) is not wanted.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now prometheus prometheus-node-exporter 2>/dev/null || true
+  fi
 fi
 
 if [ ! -x "$venv/bin/python" ]; then
@@ -29,5 +36,6 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -e '.[dev]'
+# pydivert only as a binary wheel: its source build downloads WinDivert/eBPFDivert binaries.
+"$venv/bin/python" -m pip install -q --only-binary pydivert -e '.[dev]'
 echo "setup: ok ($("$venv/bin/python" --version))"

@@ -103,12 +103,15 @@ class InlineLab:
 
     # ---- the daemon -----------------------------------------------------------------------
 
-    def start_daemon(self, policy: Path | str, *extra: str) -> subprocess.Popen[bytes]:
+    def start_daemon(
+        self, policy: Path | str, *extra: str, wrapper: tuple[str, ...] = ()
+    ) -> subprocess.Popen[bytes]:
+        """`ipsctl run` on gw (wrapper: a command line that execs the rest, e.g. unshare)."""
         policy_path = Path(policy)
         if not policy_path.exists():  # policy text
             policy_path = self.workdir / "policy.rules"
             policy_path.write_text(str(policy))
-        argv = [sys.executable, "-m", "ips.cli", "run", "--policy", str(policy_path),
+        argv = [*wrapper, sys.executable, "-m", "ips.cli", "run", "--policy", str(policy_path),
                 "--socket", self.socket, "--eve", str(self.eve), *extra]  # fmt: skip
         log = open(self.daemon_log, "ab")  # noqa: SIM115 - closed in stop_daemon
         self.daemon = self.lab.popen("gw", argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

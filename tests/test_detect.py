@@ -588,6 +588,7 @@ def test_eve_records_of_detections_blocks_and_unblocks() -> None:
         "table": "banned", "detector": "portscan", "offense": 1, "ttl": 600.0,
         "expires": block["ipsctl_block"]["expires"],
         "reason": f"portscan: 3 ports of {VICTIM} probed within 60s",
+        "enforced": True,
     }  # fmt: skip
     assert block["ipsctl_block"]["expires"].startswith("2023-11-14T22:23:20")
     assert unblock["ipsctl_unblock"] == {"table": "banned", "reason": "expired"}

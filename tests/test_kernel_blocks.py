@@ -379,7 +379,8 @@ def test_a_start_over_a_killed_daemons_table_keeps_its_blocks(ns: str) -> None:
     """)  # fmt: skip
     members, chains, exists = got
     assert members == [["192.0.2.1", "portscan|1|x"]]
-    assert chains == ["forward"]  # the old chain went, the new one is in
+    # the old chain went, the new one is in (with its offload chain: `set offload` is on)
+    assert chains == ["forward", "forward_offload"]
     assert exists is False
 
 

@@ -449,13 +449,15 @@ def test_nft_queue_after_the_prefix() -> None:
     assert tail["expr"] == [COUNTER]
 
 
-def test_each_chain_first_clears_the_accept_bit() -> None:
-    # right after the drops of blocked sources (a drop needs no mark)
+def test_each_chain_first_clears_our_mark_bits() -> None:
+    # right after the drops of blocked sources (a drop needs no mark): the accept bit, the
+    # offload bit and the queue-index bits, so no mark set elsewhere can skip inspection
     first = rules_of(rs.build_ruleset(P("drop proto udp"), hooks=("input",)))[2]
     assert first["comment"] == rs.CLEAR_MARK_COMMENT
     assert first["expr"] == [
-        {"mangle": {"key": META("mark"), "value": {"&": [META("mark"), 0xFFEFFFFF]}}}
+        {"mangle": {"key": META("mark"), "value": {"&": [META("mark"), 0xFE0FFFFF]}}}
     ]
+    assert rs.ACCEPT_MARK | rs.OFFLOAD_MARK | rs.QUEUE_MASK == ~0xFE0FFFFF & 0xFFFFFFFF
 
 
 def test_bad_arguments() -> None:
@@ -803,3 +805,43 @@ def test_block_comments_round_trip_and_stay_short() -> None:
     elems = rs.parse_elements([{"elem": {"val": "1.2.3.4", "timeout": 9, "expires": 8,
                                          "comment": c}}])  # fmt: skip
     assert elems == (rs.SetElement("1.2.3.4", 9, 8, c),)
+
+
+def _rules_by_chain(cmds: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for c in cmds:
+        rule = c.get("add", {}).get("rule")
+        if rule:
+            out.setdefault(rule["chain"], []).append(rule)
+    return out
+
+
+def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
+    policy = load_policy_text("accept proto tcp to port 22\n", "o.rules")
+    chains = _rules_by_chain(rs.build_ruleset(policy, ("forward",), offload_generation=7))
+    main, post = chains["forward"], chains["forward_offload"]
+    comments = [r["comment"] for r in main]
+    # blocks first, then the mark is cleared, then offloaded connections are let through
+    assert comments[:4] == [rs.BLOCKS_COMMENT, rs.BLOCKS_COMMENT, rs.CLEAR_MARK_COMMENT,
+                            rs.OFFLOADED_COMMENT]  # fmt: skip
+    offloaded = main[3]["expr"]
+    assert offloaded[0]["match"]["right"] == 7 << rs.OFFLOAD_CT_SHIFT
+    assert offloaded[-1] == {"accept": None}
+    assert [r["comment"] for r in post] == [rs.OFFLOAD_COMMENT]
+    mangle = post[0]["expr"][1]["mangle"]
+    assert mangle["key"] == {"ct": {"key": "mark"}}
+    assert mangle["value"]["|"][1] == 7 << rs.OFFLOAD_CT_SHIFT
+    # the post chain runs after the queue (nft queue at -10, iptables' filter at 0)
+    post_chain = [c["add"]["chain"] for c in rs.build_ruleset(policy, ("forward",),
+                  offload_generation=7) if "chain" in c.get("add", {})]  # fmt: skip
+    assert {c["name"]: c["prio"] for c in post_chain} == {"forward": -10, "forward_offload": 10}
+    # `set offload off`, no generation, or a tap's blocks-only table: no offload rules
+    off = load_policy_text("set offload off\naccept proto tcp to port 22\n", "o.rules")
+    for cmds in (rs.build_ruleset(off, ("forward",), offload_generation=7),
+                 rs.build_ruleset(policy, ("forward",)),
+                 rs.build_ruleset(policy, ("forward",), blocks_only=True, offload_generation=7)):
+        by_chain = _rules_by_chain(cmds)
+        assert "forward_offload" not in by_chain
+        assert all(r["comment"] != rs.OFFLOADED_COMMENT for r in by_chain.get("forward", []))
+    with pytest.raises(ValueError):
+        rs.build_ruleset(policy, ("forward",), offload_generation=256)

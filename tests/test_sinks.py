@@ -44,9 +44,9 @@ def test_rotating_log_rotates_by_size_and_keeps_n(tmp_path: Path) -> None:
     for line in lines:
         log.write(line)
     log.close()
-    files = sorted(p.name for p in tmp_path.iterdir())
+    files = sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock")
     assert files == ["eve.json", "eve.json.1", "eve.json.2"]
-    for p in tmp_path.iterdir():
+    for p in tmp_path.glob("eve.json*"):
         assert p.stat().st_size <= 100
     # the newest lines are in eve.json, the older in .1 then .2, each file whole lines
     kept = [int(json.loads(line)["n"]) for name in ("eve.json.2", "eve.json.1", "eve.json")
@@ -54,6 +54,21 @@ def test_rotating_log_rotates_by_size_and_keeps_n(tmp_path: Path) -> None:
     assert kept == list(range(20 - len(kept), 20))
     assert log.stats()["rotations"] == 20 // 2 - 1
     assert log.write_errors == 0
+
+
+def test_two_writers_share_one_rotating_file_and_lose_no_line(tmp_path: Path) -> None:
+    """One worker per queue, one EVE file: whoever rotates, the other follows."""
+    path = str(tmp_path / "eve.json")
+    a, b = RotatingLog(path, max_bytes=400, keep=50), RotatingLog(path, max_bytes=400, keep=50)
+    for i in range(300):
+        (a if i % 3 else b).write(f'{{"n":{i}}}')
+    a.close()
+    b.close()
+    seen = [json.loads(line)["n"] for p in tmp_path.glob("eve.json*") if p.suffix != ".lock"
+            for line in p.read_text().splitlines()]  # fmt: skip
+    assert sorted(seen) == list(range(300))  # every line once, none torn
+    assert a.rotations + b.rotations >= 5
+    assert max(p.stat().st_size for p in tmp_path.glob("eve.json*")) <= 400 + 2 * 16 * 11
 
 
 def test_rotating_log_reopen_after_move_and_survives_a_vanished_directory(tmp_path: Path) -> None:

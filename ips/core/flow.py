@@ -194,6 +194,7 @@ class Flow:
         "flow_id",
         "last_seen",
         "nat",
+        "offloaded",
         "pkts_fwd",
         "pkts_rev",
         "proto",
@@ -225,6 +226,7 @@ class Flow:
         self.cache_fwd = None
         self.cache_rev = None
         self.nat = None
+        self.offloaded = False  # its later packets go on in the kernel (the engine sees none)
         self.user = None
         self.end_reason: str | None = None
         self._slot = _GONE

@@ -85,6 +85,7 @@ class Detectors:
         policy: Policy,
         blocks: BlockManager,
         previous: Detectors | None = None,
+        shards: int = 1,
     ) -> None:
         self.blocks = blocks
         memory = policy.detect_memory
@@ -98,6 +99,12 @@ class Detectors:
             else:
                 det = CLASSES[name](spec, memory)
             det.blocks = blocks
+            if isinstance(det, Flood) and not det.per_src and shards > 1:
+                # With several workers, a destination's sources are spread over them (the
+                # queue is chosen by the initiator's address): each counts its share.
+                det.rate = float(spec.params["rate"]) / shards  # type: ignore[arg-type]
+                det.burst = max(det.rate, 1.0)
+                det.idle = det.burst / det.rate
             self.by_name[name] = det
         get = self.by_name.get
         self.portscan: PortScan | None = get("portscan")  # type: ignore[assignment]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from ips.core.addr import format_addr
 from ips.engine import Engine, Meta
+from ips.kernel.ruleset import OFFLOAD_MARK
 
 if TYPE_CHECKING:
     from ips.kernel.blocks import KernelBlocks
@@ -213,6 +214,8 @@ class QueueWorker:
             else:
                 if decision.data is not None:
                     pkt.set_payload(decision.data)  # type: ignore[attr-defined]
+                elif decision.offload:  # the kernel passes the flow's later packets itself
+                    pkt.set_mark(pkt.get_mark() | OFFLOAD_MARK)  # type: ignore[attr-defined]
                 pkt.accept()  # type: ignore[attr-defined]
             if decision.effects:
                 effects = list(decision.effects)

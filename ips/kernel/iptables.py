@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ips.kernel.ruleset import ACCEPT_MARK, HOOKS
+from ips.kernel.ruleset import ACCEPT_MARK, HOOKS, QUEUE_MASK, QUEUE_SHIFT
 
 CHAIN = "IPSCTL"
 COMMENT = "ipsctl"
@@ -75,6 +75,7 @@ def install_script(
     hooks: Sequence[str],
     queue: int | tuple[int, int] = 0,
     fail_open: bool = True,
+    queues: int = 1,
 ) -> str:
     """iptables-restore --noflush input that installs (or refreshes) our diversion: our chain
     re-declared (which flushes it) and refilled, a jump inserted first in each hook's chain
@@ -82,6 +83,12 @@ def install_script(
     wanted = {HOOK_CHAINS[h] for h in hooks}
     lines = ["*filter", f":{CHAIN} - [0:0]"]
     lines.append(f"-A {CHAIN} -m mark --mark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x} -j RETURN")
+    if queues > 1:  # the nft chain put the queue index in the mark (ruleset.QUEUE_MASK)
+        first = queue[0] if isinstance(queue, tuple) else queue
+        for i in range(1, queues):
+            lines.append(f"-A {CHAIN} -m mark --mark {i << QUEUE_SHIFT:#x}/{QUEUE_MASK:#x} "
+                         f"-j {queue_target(first + i, fail_open)}")  # fmt: skip
+        queue = first
     lines.append(f"-A {CHAIN} -j {queue_target(queue, fail_open)}")
     have = {chain for chain, _ in listing.jumps}
     for chain, spec in listing.jumps:
@@ -138,13 +145,14 @@ class IptablesDiversion:
         hooks: Sequence[str] = ("forward",),
         queue: int | tuple[int, int] = 0,
         fail_open: bool = True,
+        queues: int = 1,
     ) -> None:
         """Install or refresh the diversion for `hooks`; idempotent (one jump per chain)."""
         for hook in hooks:
             if hook not in HOOKS:
                 raise ValueError(f"unknown hook {hook!r}; one of {', '.join(HOOKS)}")
         for binary in self.binaries:
-            script = install_script(self.listing(binary), hooks, queue, fail_open)
+            script = install_script(self.listing(binary), hooks, queue, fail_open, queues)
             self._run([f"{binary}-restore", "-w", "--noflush"], script)
 
     def remove(self) -> bool:

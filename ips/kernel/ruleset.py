@@ -15,6 +15,17 @@ the packet mark (an nft `accept` ends only our base chain; later base chains at 
 still see the packet). Each chain first clears that bit so that no mark set elsewhere can
 make a packet skip inspection.
 
+Offload (policy `set offload on`, the default): the engine marks an accepted packet whose
+flow needs no more inspection with OFFLOAD_MARK in its queue verdict. A second base chain per
+hook, `HOOK_offload` at priority +10 (after the queue, which is at -10 with nft's `queue` or
+0 in iptables' filter chain), copies that into the connection's ct mark as the policy's
+*generation* (OFFLOAD_CT_MASK bits). The first rules of our main chain (after the blocks) then
+give the connection's later packets ACCEPT_MARK and accept them: they skip the queue. Every
+policy swap moves to a new generation in the same transaction, so connections offloaded
+under the old policy are not recognised any more: they come back to the engine, which judges
+them by the new policy (and offloads them again if it may). A blocked source is dropped
+before the offload rule, so blocking an address stops its offloaded connections at once.
+
 Dynamic tables become named sets `{name}_v4` / `{name}_v6` (`flags timeout`), created with
 `add set`, which keeps the members of a set that already exists; a policy swap flushes and
 refills only the chains, in one transaction (see build_ruleset).
@@ -59,6 +70,21 @@ TABLE = "ipsctl"
 HOOKS = ("forward", "input", "output")
 PRIORITY = -10  # before iptables' filter chains (0): our drops and marks come first
 ACCEPT_MARK = 0x00100000  # the packet-mark bit "the fast path accepted this packet"
+# Several queues (`--queues N`): the queue of a packet is chosen by a hash of its
+# connection's *initiator* address (`ct original saddr`), so every connection a host opens —
+# both directions of each — lands in one worker, and the per-source detectors (portscan,
+# sweep, stealth, floods per src) see all of it. The index goes in these packet-mark bits;
+# the NFQUEUE rules pick the queue by them.
+QUEUE_SHIFT = 22
+QUEUE_MASK = 0x7 << QUEUE_SHIFT  # up to 8 queues
+MAX_QUEUES = 8
+STEER_COMMENT = "ipsctl:steer"
+OFFLOAD_MARK = 0x00200000  # packet-mark bit set by the worker's verdict: "offload this flow"
+OFFLOAD_CT_SHIFT = 24
+OFFLOAD_CT_MASK = 0xFF << OFFLOAD_CT_SHIFT  # ct-mark bits: the generation that offloaded it
+OFFLOAD_PRIORITY = 10  # after the queue (nft queue at -10, iptables' filter chain at 0)
+OFFLOADED_COMMENT = "ipsctl:offloaded"  # later packets of offloaded connections (counter)
+OFFLOAD_COMMENT = "ipsctl:offload"  # verdict mark -> ct mark
 COMMENT_PREFIX = "ipsctl:"
 USERSPACE_COMMENT = "ipsctl:to-userspace"  # counts the packets left to the engine
 CLEAR_MARK_COMMENT = "ipsctl:clear-mark"
@@ -523,6 +549,8 @@ def build_ruleset(
     nft_queue: bool = False,
     existing: TableState | None = None,
     blocks_only: bool = False,
+    offload_generation: int | None = None,
+    queues: int = 1,
 ) -> list[dict[str, object]]:
     """Commands for one atomic batch that makes `inet ipsctl` run `policy`'s fast path.
 
@@ -534,6 +562,9 @@ def build_ruleset(
     existing   parse_table() of the table as it is now (None: absent or unknown)
     blocks_only  only the block sets and their drop rules (a tap that enforces its detectors'
                blocks: nothing of the policy itself may filter there)
+    offload_generation  1-255: the offload rules with this generation (see above), when the
+               policy has `set offload on`; None: none
+    queues     workers: packets are steered to queue + i by their connection's initiator
 
     Safe to run over the table of an earlier policy: the table, chains and sets are `add`ed
     (idempotent, so a set keeps its members), our chains are flushed and refilled, and a set
@@ -549,13 +580,23 @@ def build_ruleset(
     cmds: list[dict[str, object]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     old_chains = existing.chains if existing else ()
     old_sets = existing.sets if existing else {}
+    offload = offload_generation is not None and not blocks_only and policy.offload
+    if offload and not 1 <= offload_generation <= 255:  # type: ignore[operator]
+        raise ValueError("offload generation must be 1-255")
+    chains: list[str] = []
     for hook in hooks:
         chain = {**_T, "name": hook, "type": "filter", "hook": hook, "prio": PRIORITY}
         cmds.append({"add": {"chain": {**chain, "policy": "accept"}}})
-    for name in dict.fromkeys((*hooks, *old_chains)):
+        chains.append(hook)
+        if offload:
+            post = {**_T, "name": f"{hook}_offload", "type": "filter", "hook": hook,
+                    "prio": OFFLOAD_PRIORITY}  # fmt: skip
+            cmds.append({"add": {"chain": {**post, "policy": "accept"}}})
+            chains.append(f"{hook}_offload")
+    for name in dict.fromkeys((*chains, *old_chains)):
         cmds.append({"flush": {"chain": {**_T, "name": name}}})
     for name in old_chains:
-        if name not in hooks:
+        if name not in chains:
             cmds.append({"delete": {"chain": {**_T, "name": name}}})
     wanted = _wanted_sets(policy)
     carry: dict[str, tuple[SetElement, ...]] = {}
@@ -580,19 +621,74 @@ def build_ruleset(
         if blocks_only:
             continue
         cmds.append(_rule(hook, [{"mangle": _clear_mark()}], CLEAR_MARK_COMMENT))
+        if offload:
+            gen = offload_generation << OFFLOAD_CT_SHIFT  # type: ignore[operator]
+            cmds.append(_rule(hook, _offloaded_exprs(gen), OFFLOADED_COMMENT))
+            cmds.append(_rule(f"{hook}_offload", _offload_exprs(gen), OFFLOAD_COMMENT))
         for rule in policy.rules[:split]:
             comment = rule_comment(rule)
             for exprs in compile_rule(rule, hook):
                 cmds.append(_rule(hook, exprs, comment))
+        for i in range(1, queues):
+            for exprs in _steer_exprs(i, queues):
+                cmds.append(_rule(hook, exprs, STEER_COMMENT))
         tail: list[Expr] = [{"counter": None}]
-        if nft_queue:
+        if nft_queue and queues > 1:
+            first = queue[0] if isinstance(queue, tuple) else queue
+            for i in range(1, queues):
+                steered = [_match("==", {"&": [_meta("mark"), QUEUE_MASK]}, i << QUEUE_SHIFT),
+                           {"counter": None}, _queue_stmt(first + i, fail_open)]  # fmt: skip
+                cmds.append(_rule(hook, steered, USERSPACE_COMMENT))
+            tail.append(_queue_stmt(first, fail_open))
+        elif nft_queue:
             tail.append(_queue_stmt(queue, fail_open))
         cmds.append(_rule(hook, tail, USERSPACE_COMMENT))
     return cmds
 
 
+def _steer_exprs(index: int, queues: int) -> list[list[Expr]]:
+    """jhash(ct original saddr) mod queues == index: that index into the mark's queue bits
+    (one rule per family; index 0 needs none)."""
+    rules = []
+    for nfproto, key in (("ipv4", "ip saddr"), ("ipv6", "ip6 saddr")):
+        rules.append([
+            _match("==", _meta("nfproto"), nfproto),
+            _match("==", {"jhash": {"mod": queues, "expr": {"ct": {"key": key,
+                                                                   "dir": "original"}}}},
+                   index),
+            {"mangle": {"key": _meta("mark"),
+                        "value": {"|": [_meta("mark"), index << QUEUE_SHIFT]}}},
+        ])  # fmt: skip
+    return rules
+
+
+def _ct_mark() -> Expr:
+    return {"ct": {"key": "mark"}}
+
+
+def _offloaded_exprs(gen: int) -> list[Expr]:
+    """ct mark & MASK == gen: meta mark |= ACCEPT_MARK (the queue skips it), counter, accept."""
+    return [
+        _match("==", {"&": [_ct_mark(), OFFLOAD_CT_MASK]}, gen),
+        {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
+        {"counter": None},
+        {"accept": None},
+    ]
+
+
+def _offload_exprs(gen: int) -> list[Expr]:
+    """meta mark & OFFLOAD_MARK: ct mark = (ct mark & ~MASK) | gen (other ct-mark bits kept)."""
+    keep = ~OFFLOAD_CT_MASK & 0xFFFFFFFF
+    return [
+        _match("==", {"&": [_meta("mark"), OFFLOAD_MARK]}, OFFLOAD_MARK),
+        {"mangle": {"key": _ct_mark(), "value": {"|": [{"&": [_ct_mark(), keep]}, gen]}}},
+        {"counter": None},
+    ]
+
+
 def _clear_mark() -> dict[str, object]:
-    return {"key": _meta("mark"), "value": {"&": [_meta("mark"), ~ACCEPT_MARK & 0xFFFFFFFF]}}
+    ours = ACCEPT_MARK | OFFLOAD_MARK | QUEUE_MASK
+    return {"key": _meta("mark"), "value": {"&": [_meta("mark"), ~ours & 0xFFFFFFFF]}}
 
 
 def _rule(chain: str, exprs: list[Expr], comment: str) -> dict[str, object]:

@@ -143,6 +143,11 @@ class LogClause(Clause):
 
 
 @dataclass(slots=True)
+class InspectClause(Clause):
+    pass
+
+
+@dataclass(slots=True)
 class SidClause(Clause):
     sid: int
 

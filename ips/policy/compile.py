@@ -25,6 +25,7 @@ from ips.core.events import Alert, LogRecord
 from ips.core.packet import FRAG_LATER, PORT_PROTOS, PROTO_TCP, Packet
 from ips.policy.model import (
     ACCEPT,
+    BAN_TABLE,
     DROP,
     MATCH,
     REJECT,
@@ -50,9 +51,11 @@ class Decision:
     reply    bytes the adapter must send back (the TCP reset / ICMP error of a reject)
     effects  events to hand to the sinks (alerts, log records); () when none
     reason   why, when no rule decided: "default", "malformed:<reason>", "error", "not-ip"
+    offload  accept, and the flow's later packets need no inspection: the adapter may let
+             the kernel pass them without the queue (see CompiledPolicy.offload_safe)
     """
 
-    __slots__ = ("data", "effects", "reason", "reply", "rule", "verdict")
+    __slots__ = ("data", "effects", "offload", "reason", "reply", "rule", "verdict")
 
     def __init__(
         self,
@@ -62,8 +65,10 @@ class Decision:
         reply: bytes | None = None,
         effects: tuple[object, ...] | list[object] = (),
         reason: str = "",
+        offload: bool = False,
     ) -> None:
         self.verdict = verdict
+        self.offload = offload
         self.rule = rule
         self.data = data
         self.reply = reply
@@ -160,6 +165,7 @@ class CompiledRule:
         "index",
         "limit_key",
         "limiter",
+        "offload_decision",
         "refuses",
         "spec",
         "terminal",
@@ -184,6 +190,7 @@ class CompiledRule:
         # so deciding a packet allocates nothing.
         simple = not (spec.alert or spec.log) and spec.action in (ACCEPT, DROP)
         self.decision = Decision(spec.action, self) if simple else None
+        self.offload_decision = Decision(ACCEPT, self, offload=True) if simple else None
         if spec.limit is not None and spec.limit.else_action in (ACCEPT, DROP):
             self.else_decision = Decision(spec.limit.else_action, self)
 
@@ -474,6 +481,8 @@ class CompiledPolicy:
         self.on_error = policy.on_error
         self.malformed_verdict = policy.malformed_verdict
         self.digest = policy.digest
+        self.offload = policy.offload
+        self._offload_memo: dict[tuple[CompiledRule, ...], bool] = {}
         self._families = {4: _FamilyIndex(4), 6: _FamilyIndex(6)}
         self._iif = _IfaceIndex()
         self._oif = _IfaceIndex()
@@ -571,6 +580,38 @@ class CompiledPolicy:
                 break
             bits ^= low
         return tuple(out)
+
+    def offload_safe(self, candidates: tuple[CompiledRule, ...]) -> bool:
+        """True when no rule among a flow direction's candidates needs to see the flow's
+        later packets: none inspects payload, limits a rate, rewrites, alerts or logs on every
+        packet, reads a dynamic table (but the block table on the source, which the kernel
+        enforces itself), or says `inspect`. Rules only for new connections (`state new`)
+        cannot match later packets and do not count. What offload does hide — TCP flags,
+        length and ICMP conditions on later packets — is in the README ("Offload")."""
+        known = self._offload_memo.get(candidates)
+        if known is not None:
+            return known
+        safe = self.offload and all(_offload_safe_rule(r.spec) for r in candidates)
+        if len(self._offload_memo) < 65536:
+            self._offload_memo[candidates] = safe
+        return safe
+
+
+def _offload_safe_rule(spec: RuleSpec) -> bool:
+    if spec.states is not None and spec.states == frozenset({"new"}):
+        return True  # matches no later packet of an established flow
+    if spec.inspect or spec.contains or spec.limit is not None or spec.action == REWRITE:
+        return False
+    if spec.rewrite is not None:
+        return False
+    if spec.dst is not None and spec.dst.dynamic:
+        return False
+    src = spec.src
+    if src is not None and src.dynamic and (src.negated or set(src.dynamic) != {BAN_TABLE}):
+        return False
+    # Alerts and logs of a rule that matches whatever the packet's flags or length: every
+    # packet would make one. (One behind a per-packet condition — a flags rule — is hidden.)
+    return not ((spec.alert or spec.log) and not spec.has_dynamic)
 
 
 # ---- what a matching rule does to the packet ---------------------------------------------------

@@ -114,6 +114,7 @@ class RuleSpec:
     alert: bool = False
     message: str | None = None
     log: bool = False
+    inspect: bool = False  # flows this rule could match are never offloaded
     sid: int | None = None
     severity: int = 2
     label: str | None = None
@@ -272,6 +273,11 @@ OPTIONS: dict[str, OptionSchema] = {
     ),
     # A tap only watches: detector blocks are reported (ipsctl_block, enforced false) unless
     # the policy asks for them to go into the kernel's block sets of the tap host itself.
+    # Offload: an accepted flow whose later packets no rule needs to see goes on in the
+    # kernel (a conntrack mark) instead of through the queue. See README "Offload".
+    "offload": OptionSchema(
+        ("on", "off"), "on", "let the kernel pass decided flows without the queue"
+    ),
     "tap-blocks": OptionSchema(
         ("report", "enforce"), "report", "tap mode: report detector blocks, or enforce them"
     ),
@@ -316,6 +322,10 @@ class Policy:
     @property
     def ban_max(self) -> float:
         return float(self.option("ban-max"))
+
+    @property
+    def offload(self) -> bool:
+        return self.option("offload") == "on"
 
     @property
     def tap_blocks_enforced(self) -> bool:

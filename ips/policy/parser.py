@@ -439,6 +439,8 @@ class _Builder:
             return ast.AlertClause(span, unescape(str(ch[0])) if ch else None)
         if kind == "log":
             return ast.LogClause(span)
+        if kind == "inspect":
+            return ast.InspectClause(span)
         if kind == "sid":
             return ast.SidClause(span, int(ch[0]))
         if kind == "severity":

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import re
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,7 +44,12 @@ Reader = Callable[[Path], str]
 
 
 def _read_text(path: Path) -> str:
-    with open(path, "rb") as f:
+    # Only regular files: a FIFO would block the reader (and the daemon's apply) forever, a
+    # device such as /dev/zero never ends. O_NONBLOCK lets open() of a FIFO return at once.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
         data = f.read(MAX_FILE_BYTES + 1)
     if len(data) > MAX_FILE_BYTES:
         raise ValueError(f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MiB")
@@ -854,6 +861,9 @@ class _Resolver:
                 case ast.LogClause():
                     if once("log", clause):
                         rule.log = True
+                case ast.InspectClause():
+                    if once("inspect", clause):
+                        rule.inspect = True
                 case ast.SidClause(sid=sid):
                     if once("sid", clause):
                         if not 1 <= sid <= 0xFFFFFFFF:

@@ -148,6 +148,8 @@ def flow_record(end: FlowEnd, in_iface: str | None = None) -> dict[str, object]:
         "state": state,
         "reason": EVE_END_REASONS.get(end.reason, end.reason),
     }
+    if getattr(f, "offloaded", False):  # Suricata's word: the rest went past the engine
+        record["flow"]["bypass"] = "capture"  # type: ignore[index]
     if f.proto == 6:  # type: ignore[attr-defined]
         both = f.flags_fwd | f.flags_rev  # type: ignore[attr-defined]
         tcp: dict[str, object] = {

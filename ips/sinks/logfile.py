@@ -5,12 +5,17 @@ Both ways logrotate users expect work:
             oldest beyond `keep` deleted) and a new FILE is started. 0: never (logrotate's job).
   reopen    after logrotate moved FILE away, SIGHUP makes the daemon reopen FILE by name
             (a new file), so nothing is written to the moved one any longer.
+Several writers (one worker per queue) may share FILE: each line is one append (O_APPEND,
+so lines do not interleave), and rotation happens under an exclusive lock of FILE.lock,
+after checking that FILE is still the file this writer has open — if another writer has
+rotated it already, this one only reopens.
 A write never raises: a full disk or a removed directory is counted (write_errors) and the
 file is reopened at the next write, so an events file can never stop the packet path.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from typing import IO
 
@@ -69,12 +74,52 @@ class RotatingLog:
             self._file.write(data)
             self._size += len(data)
             self.lines += 1
+            if self.max_bytes and self.lines % 16 == 0:
+                self._follow_other_writers()
         except OSError:
             self.write_errors += 1
             self._close()
 
     def rotate(self) -> None:
         """FILE -> FILE.1 -> … -> FILE.keep (the oldest is deleted), then a new FILE."""
+        try:
+            with open(self.path + ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if self._rotated_by_another():
+                    self._close()
+                    self._open()  # another writer rotated FILE: write to the new one
+                    return
+                self._rotate_locked()
+        except OSError:
+            self.write_errors += 1
+            self._close()
+            self._open()
+
+    def _follow_other_writers(self) -> None:
+        """Other writers of FILE count in its size, and may have rotated it: then write to
+        the new FILE (checked every few lines: two stat calls)."""
+        if self._file is None:
+            return
+        try:
+            st = os.fstat(self._file.fileno())
+            if os.stat(self.path).st_ino != st.st_ino:
+                self._close()
+                self._open()
+            else:
+                self._size = st.st_size
+        except OSError:
+            self._close()
+            self._open()
+
+    def _rotated_by_another(self) -> bool:
+        if self._file is None:
+            return False
+        try:
+            return os.stat(self.path).st_ino != os.fstat(self._file.fileno()).st_ino
+        except OSError:
+            return True
+
+    def _rotate_locked(self) -> None:
         self._close()
         try:
             oldest = f"{self.path}.{self.keep}"

@@ -1,0 +1,1 @@
+"""Operator views over the running daemon: flows (ipsctl flows) and the live terminal (top)."""

@@ -1,0 +1,184 @@
+"""Active connections for `ipsctl flows` and `ipsctl top`: filter, sort, group, bounded.
+
+Runs in the worker (op "flows", over its FlowTable) and returns plain rows; the CLI formats
+them. A filter is words, all of which must hold (tcpdump-like, a small fixed syntax):
+
+    proto tcp|udp|icmp|icmpv6|sctp|N     the flow's protocol
+    host A | src A | dst A               an address or network (CIDR), at either end / the
+                                         initiator / the responder
+    port P | sport P | dport P           a port or range (80, 8000-8080, http)
+    state new|established                established: the flow has seen a reply
+    and                                  optional, between terms
+
+e.g. `proto tcp dport 80`, `src 10.10.1.0/24 and state established`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ips.core.addr import format_addr
+from ips.core.flow import TCP_STATE_NAMES
+from ips.policy.names import PROTOCOLS, SERVICES
+
+SORT_KEYS = ("bytes", "packets", "duration")
+GROUPS = ("src", "dst", "port")
+MAX_ROWS = 1000  # the most rows one request returns (the pipe and the terminal stay small)
+PROTO_LABELS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite"}
+
+
+class FilterError(ValueError):
+    """A filter expression that cannot be read; the message says where and why."""
+
+
+Pred = Callable[[Any], bool]
+
+
+def _network(word: str, value: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise FilterError(f"{word}: not an address or network: {value!r}") from None
+
+
+def _ports(word: str, value: str) -> tuple[int, int]:
+    lo_text, _, hi_text = value.partition("-")
+    try:
+        lo = SERVICES[lo_text] if lo_text in SERVICES else int(lo_text)
+        hi = int(hi_text) if hi_text else lo
+    except ValueError:
+        raise FilterError(f"{word}: not a port or range: {value!r}") from None
+    if not (0 <= lo <= hi <= 65535):
+        raise FilterError(f"{word}: ports are 0-65535, low-high: {value!r}")
+    return lo, hi
+
+
+def _addr_in(net: Any) -> Callable[[bytes], bool]:
+    def test(addr: bytes) -> bool:
+        try:
+            return ipaddress.ip_address(addr) in net
+        except ValueError:
+            return False
+
+    return test
+
+
+def parse_filter(text: str) -> Pred:
+    """A predicate over flows; FilterError on bad input."""
+    words = [w for w in text.replace(",", " ").split() if w.lower() != "and"]
+    preds: list[Pred] = []
+    i = 0
+    while i < len(words):
+        word = words[i].lower()
+        if i + 1 >= len(words):
+            raise FilterError(f"{word!r} needs a value (filter: {text!r})")
+        value = words[i + 1].lower()
+        i += 2
+        if word == "proto":
+            if value in PROTOCOLS:
+                num = PROTOCOLS[value]
+            elif value.isdigit() and int(value) < 256:
+                num = int(value)
+            else:
+                raise FilterError(f"proto: unknown protocol {value!r}")
+            preds.append(lambda f, n=num: f.proto == n)
+        elif word in ("host", "src", "dst"):
+            inside = _addr_in(_network(word, value))
+            if word == "host":
+                preds.append(lambda f, t=inside: t(f.src) or t(f.dst))
+            elif word == "src":
+                preds.append(lambda f, t=inside: t(f.src))
+            else:
+                preds.append(lambda f, t=inside: t(f.dst))
+        elif word in ("port", "sport", "dport"):
+            lo, hi = _ports(word, value)
+            if word == "port":
+                preds.append(lambda f, a=lo, b=hi: a <= f.sport <= b or a <= f.dport <= b)
+            elif word == "sport":
+                preds.append(lambda f, a=lo, b=hi: a <= f.sport <= b)
+            else:
+                preds.append(lambda f, a=lo, b=hi: a <= f.dport <= b)
+        elif word == "state":
+            if value not in ("new", "established"):
+                raise FilterError(f"state: new or established, not {value!r}")
+            want = value == "established"
+            preds.append(lambda f, w=want: bool(f.replied) == w)
+        else:
+            known = "proto, host, src, dst, port, sport, dport, state"
+            raise FilterError(f"unknown filter word {word!r} (known: {known})")
+    return lambda f: all(p(f) for p in preds)
+
+
+def flow_row(f: Any, now: float) -> dict[str, Any]:
+    return {
+        "id": f.flow_id,
+        "proto": PROTO_LABELS.get(f.proto, str(f.proto)),
+        "src": format_addr(f.src),
+        "sport": f.sport,
+        "dst": format_addr(f.dst),
+        "dport": f.dport,
+        "packets": f.pkts_fwd + f.pkts_rev,
+        "bytes": f.bytes_fwd + f.bytes_rev,
+        "bytes_fwd": f.bytes_fwd,
+        "bytes_rev": f.bytes_rev,
+        "duration": round(max(0.0, f.last_seen - f.first_seen), 3),
+        "idle": round(max(0.0, now - f.last_seen), 3),
+        "state": TCP_STATE_NAMES[f.tcp_state] if f.proto == 6 else
+                 ("established" if f.replied else "new"),
+    }  # fmt: skip
+
+
+def _key(sort: str) -> Callable[[Any], float]:
+    if sort == "bytes":
+        return lambda f: f.bytes_fwd + f.bytes_rev
+    if sort == "packets":
+        return lambda f: f.pkts_fwd + f.pkts_rev
+    return lambda f: f.last_seen - f.first_seen
+
+
+def select_flows(
+    flows: Iterable[Any],
+    now: float,
+    *,
+    top: int = 20,
+    sort: str = "bytes",
+    filter_text: str = "",
+    group: str | None = None,
+) -> dict[str, Any]:
+    """The `top` biggest flows by `sort` (after the filter), or with `group` the biggest
+    sources, destinations or destination ports (flows, packets, bytes summed)."""
+    if sort not in SORT_KEYS:
+        raise FilterError(f"sort must be one of {', '.join(SORT_KEYS)}, not {sort!r}")
+    if group is not None and group not in GROUPS:
+        raise FilterError(f"group must be one of {', '.join(GROUPS)}, not {group!r}")
+    top = max(0, min(int(top), MAX_ROWS))
+    pred = parse_filter(filter_text) if filter_text.strip() else None
+    chosen = [f for f in flows if pred is None or pred(f)]
+    if group is None:
+        rows = [flow_row(f, now) for f in heapq.nlargest(top, chosen, key=_key(sort))]
+        return {"ok": True, "total": len(chosen), "flows": rows}
+    sums: dict[Any, list[int]] = {}
+    for f in chosen:
+        if group == "src":
+            k: Any = f.src
+        elif group == "dst":
+            k = f.dst
+        else:
+            k = (f.proto, f.dport)
+        s = sums.setdefault(k, [0, 0, 0])
+        s[0] += 1
+        s[1] += f.pkts_fwd + f.pkts_rev
+        s[2] += f.bytes_fwd + f.bytes_rev
+    index = {"bytes": 2, "packets": 1, "duration": 0}[sort]  # duration: by flow count
+    best = heapq.nlargest(top, sums.items(), key=lambda kv: kv[1][index])
+    groups = []
+    for k, (n, pkts, nbytes) in best:
+        if group == "port":
+            label = f"{k[1]}/{PROTO_LABELS.get(k[0], str(k[0]))}"
+        else:
+            label = format_addr(k)
+        groups.append({"key": label, "flows": n, "packets": pkts, "bytes": nbytes})
+    return {"ok": True, "total": len(chosen), "groups": groups}

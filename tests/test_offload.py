@@ -1,0 +1,122 @@
+"""Flow offload in the engine: which accepted flows are handed to the kernel, and when."""
+
+from __future__ import annotations
+
+import pytest
+
+from ips.core.build import build_packet
+from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from ips.engine import Engine
+from ips.policy.resolve import load_policy_text
+
+C, S = "10.0.0.1", "10.0.0.2"
+SYN, ACK, PSH, SYNACK = 0x02, 0x10, 0x08, 0x12
+
+
+def engine(text: str) -> Engine:
+    return Engine(load_policy_text(text, "t.rules"))
+
+
+def tcp_exchange(e: Engine, dport: int = 5201, now: float = 1.0) -> list[bool]:
+    """A connection: handshake, data each way, more data. Returns Decision.offload of each."""
+    packets = [
+        build_packet(PROTO_TCP, C, S, 40000, dport, flags=SYN),
+        build_packet(PROTO_TCP, S, C, dport, 40000, flags=SYNACK),
+        build_packet(PROTO_TCP, C, S, 40000, dport, flags=ACK),
+        build_packet(PROTO_TCP, C, S, 40000, dport, flags=ACK | PSH, payload=b"hello"),
+        build_packet(PROTO_TCP, S, C, dport, 40000, flags=ACK | PSH, payload=b"world"),
+        build_packet(PROTO_TCP, C, S, 40000, dport, flags=ACK | PSH, payload=b"more"),
+    ]
+    out = []
+    for i, p in enumerate(packets):
+        d = e.handle(p, now=now + i * 0.01)
+        assert d.verdict in ("accept", "rewrite"), (i, d)
+        out.append(d.offload)
+    return out
+
+
+BASE = """
+table banned dynamic timeout 1h
+drop from @banned
+drop proto tcp flags F/FSRPAU alert "FIN scan"
+accept state established
+"""
+
+
+def test_tcp_flow_is_offloaded_at_its_first_data_packet_once() -> None:
+    e = engine(BASE + "accept proto tcp to port 5201\nset default drop\n")
+    assert tcp_exchange(e) == [False, False, False, True, False, False]
+    assert e.stats.offloaded == 1
+    flow = next(iter(e.flows.flows()))
+    assert flow.offloaded
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        'drop proto tcp to port 5201 payload contains "zz"\naccept proto tcp',  # payload
+        "accept proto tcp to port 5201 limit 1000/s per src",  # a rate
+        "accept proto tcp to port 5201 inspect",  # the operator's opt-out
+        "accept proto tcp to port 5201 alert",  # an alert on every packet
+        "accept proto tcp to port 5201 log",
+        "match proto tcp to port 5201 log\naccept proto tcp to port 5201",
+        "rewrite proto tcp to port 5201 set ttl 9\naccept proto tcp to port 5201",
+        "table watch dynamic\ndrop to @watch\naccept proto tcp to port 5201",
+        'drop proto tcp from port 5201 payload contains "secret"\naccept proto tcp',  # replies
+    ],
+)
+def test_flows_a_rule_must_keep_seeing_are_not_offloaded(rule: str) -> None:
+    e = engine(BASE + rule + "\nset default drop\n")
+    assert not any(tcp_exchange(e))
+    assert e.stats.offloaded == 0
+
+
+def test_rules_for_new_connections_only_do_not_prevent_offload() -> None:
+    rules = 'accept proto tcp to port 5201 state new payload contains "x"\n'
+    e = engine(BASE + rules + "accept proto tcp to port 5201\n")
+    assert any(tcp_exchange(e))
+
+
+def test_set_offload_off_and_default_accept() -> None:
+    assert not any(tcp_exchange(engine("set offload off\nset default accept\n")))
+    assert tcp_exchange(engine("set default accept\n")) == [False] * 3 + [True, False, False]
+
+
+def test_udp_offloaded_once_answered_icmp_never() -> None:
+    e = engine("set default accept\n")
+    first = e.handle(build_packet(PROTO_UDP, C, S, 5000, 53, payload=b"q"), now=1.0)
+    reply = e.handle(build_packet(PROTO_UDP, S, C, 53, 5000, payload=b"a"), now=1.1)
+    assert (first.offload, reply.offload) == (False, True)
+    for i in range(3):
+        req = e.handle(build_packet(PROTO_ICMP, C, S, icmp_type=8, icmp_id=7), now=2.0 + i)
+        rep = e.handle(build_packet(PROTO_ICMP, S, C, icmp_type=0, icmp_id=7), now=2.1 + i)
+        assert not req.offload and not rep.offload
+
+
+def test_a_new_policy_re_decides_offloaded_flows() -> None:
+    """After apply the flow's packets come back (the kernel's offload mark of the old
+    policy no longer matches): the new policy judges them, and offloads them again if it can."""
+    e = engine(BASE + "accept proto tcp to port 5201\nset default drop\n")
+    tcp_exchange(e)
+    e.load(load_policy_text(BASE + "accept proto tcp to port 5201\n", "t.rules"))
+    flow = next(iter(e.flows.flows()))
+    assert flow.offloaded  # the engine's record; the kernel side is the daemon's
+    e.load(load_policy_text('drop proto tcp to port 5201 payload contains "more"\n', "t.rules"))
+    d = e.handle(build_packet(PROTO_TCP, C, S, 40000, 5201, flags=ACK | PSH, payload=b"more"),
+                 now=5.0)  # fmt: skip
+    assert d.verdict == "drop"
+
+
+def test_flow_record_of_an_offloaded_flow_says_bypass() -> None:
+    from ips.core.events import FlowEnd
+    from ips.sinks.eve import flow_record
+
+    e = engine("set default accept\n")
+    tcp_exchange(e)
+    flow = next(iter(e.flows.flows()))
+    record = flow_record(FlowEnd(flow, "timeout", 100.0))
+    assert record["flow"]["bypass"] == "capture"  # type: ignore[index]
+    plain = engine("set offload off\nset default accept\n")
+    tcp_exchange(plain)
+    record = flow_record(FlowEnd(next(iter(plain.flows.flows())), "timeout", 100.0))
+    assert "bypass" not in record["flow"]  # type: ignore[operator]

@@ -1,0 +1,121 @@
+"""Flow offload in the kernel, in the lab: a TCP echo conversation client -> server:7 through
+gw. Once the engine has seen the handshake and the first data, the connection's packets go on
+in the kernel (a ct mark) and the queue sees no more of them; `set offload off` keeps them all
+in the queue; a policy swap sends offloaded connections back to the engine, which judges them
+by the new policy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from labkit import SERVER, InlineLab, inline_lab, wait_until
+
+POLICY = """
+set default drop
+drop    proto tcp flags /FSRPAU alert "NULL scan"
+accept  state established
+accept  proto tcp from 10.10.1.0/24 to 10.10.2.10 port 7
+"""
+STOP_RULE = 'drop    proto tcp to port 7 payload contains "STOP" alert "stop word"\n'
+
+# The client: 200 echoes on one connection, then waits for the go file, then one more echo
+# and a "STOP" message, reporting what came back.
+CLIENT = r"""
+import json, os, socket, sys, time
+workdir, server = sys.argv[1], sys.argv[2]
+s = socket.create_connection((server, 7), timeout=3)
+def echo(msg):
+    s.sendall(msg)
+    got = b""
+    try:
+        while len(got) < len(msg):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    except socket.timeout:
+        pass
+    return got == msg
+first = sum(echo(b"message %03d\n" % i) for i in range(200))
+open(os.path.join(workdir, "phase1"), "w").close()
+deadline = time.time() + 20
+while not os.path.exists(os.path.join(workdir, "go")) and time.time() < deadline:
+    time.sleep(0.05)
+s.settimeout(1.5)
+after = echo(b"still here\n")
+stop = echo(b"STOP now\n")
+print(json.dumps({"first": first, "after": after, "stop": stop}))
+"""
+
+
+def conversation(box: InlineLab, workdir: Path, between: object = None) -> dict:
+    (workdir / "client.py").write_text(CLIENT)
+    proc = box.lab.popen("client", [sys.executable, str(workdir / "client.py"), str(workdir),
+                                    SERVER], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert wait_until(lambda: (workdir / "phase1").exists(), timeout=20)
+        if callable(between):
+            between()
+        (workdir / "go").touch()
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    return json.loads(out)
+
+
+def queued(box: InlineLab) -> int:
+    line = box.queue_line()
+    assert line is not None
+    return line["id_sequence"]
+
+
+def test_offloaded_connection_skips_the_queue_and_comes_back_after_apply(tmp_path: Path) -> None:
+    policy = tmp_path / "offload.rules"
+    policy.write_text(POLICY)
+    with inline_lab(tmp_path, "ofl") as box:
+        box.start_daemon(policy)
+        before = queued(box)
+        marks: dict[str, object] = {}
+
+        def swap() -> None:
+            marks["phase1"] = queued(box) - before
+            marks["offload"] = box.status()["offload"]  # before the swap resets the counters
+            policy.write_text(STOP_RULE + POLICY)
+            assert box.ipsctl("apply", str(policy)).returncode == 0
+
+        result = conversation(box, tmp_path, swap)
+        # 200 echoes = about 600 packets through gw; the queue saw the handshake and the first
+        # exchange only
+        assert result["first"] == 200
+        assert marks["phase1"] <= 12, marks  # type: ignore[operator]
+        offload = marks["offload"]
+        assert offload["enabled"] and offload["flows"] >= 1, offload  # type: ignore[index]
+        assert offload["kernel_packets"] >= 300, offload  # type: ignore[index]
+        assert box.status()["offload"]["generation"] != offload["generation"]  # type: ignore[index]
+        # after the swap the connection is the engine's again: still served, and the new
+        # policy's rule drops the STOP message
+        assert result["after"] is True
+        assert result["stop"] is False
+        alerts = [e for e in box.eve_events() if e["event_type"] == "alert"]
+        assert any(a["alert"]["signature"] == "stop word" for a in alerts)
+
+
+def test_offload_off_keeps_every_packet_in_the_queue(tmp_path: Path) -> None:
+    policy = tmp_path / "no-offload.rules"
+    policy.write_text("set offload off\n" + POLICY)
+    with inline_lab(tmp_path, "ofn") as box:
+        box.start_daemon(policy)
+        before = queued(box)
+        result = conversation(box, tmp_path)
+        time.sleep(0.2)
+        assert result["first"] == 200 and result["after"] is True
+        assert queued(box) - before >= 400
+        status = box.status()
+        assert not status["offload"]["enabled"]
+        assert status["offload"]["flows"] == 0 and status["offload"]["kernel_packets"] == 0
