@@ -377,3 +377,33 @@ def test_packets_meet_the_fast_path_then_the_queue(namespaces: Any) -> None:
     assert counts["ipsctl:blocks"] == 4
     assert counts["ipsctl:p.rules:2"] == 0
     assert counts["ipsctl:to-userspace"] == 5
+
+
+def test_a_merged_blocklist_drops_its_members_in_the_kernel(namespaces: Any) -> None:
+    """5,000 `drop from` lines are one nft rule with a set; a listed sender is dropped by it,
+    an unlisted one goes on to the queue rule."""
+    a, b = namespaces(), namespaces()
+    sh(["ip", "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b])
+    sh(["ip", "-n", a, "addr", "add", "10.199.0.1/24", "dev", "va"])
+    sh(["ip", "-n", a, "addr", "add", "10.199.0.3/24", "dev", "va"])
+    sh(["ip", "-n", b, "addr", "add", "10.199.0.2/24", "dev", "vb"])
+    sh(["ip", "-n", a, "link", "set", "va", "up"])
+    sh(["ip", "-n", b, "link", "set", "vb", "up"])
+    blocklist = [f"drop from 198.18.{i // 250}.{i % 250 + 1}" for i in range(5000)]
+    blocklist.insert(2500, "drop from 10.199.0.3")
+    text = "\n".join([*blocklist, 'match proto udp alert "seen"']) + "\n"
+    split, nft_rules = run_in(b, APPLY, {"text": text, "hooks": ["input"]})
+    assert split == 5001 and nft_rules <= 10  # one merged rule (+ blocks, marks, tail)
+    send_from = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((DATA, 0))
+for _ in range(3):
+    s.sendto(b"x" * 20, ("10.199.0.2", 9000))
+print("null")
+"""
+    run_in(a, send_from, "10.199.0.3")
+    run_in(a, send_from, "10.199.0.1")
+    counts = _counters(b)
+    assert counts["ipsctl:p.rules:1-5001"] == 3
+    assert counts["ipsctl:to-userspace"] >= 3

@@ -845,3 +845,48 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
         assert all(r["comment"] != rs.OFFLOADED_COMMENT for r in by_chain.get("forward", []))
     with pytest.raises(ValueError):
         rs.build_ruleset(policy, ("forward",), offload_generation=256)
+
+
+def test_a_blocklist_of_consecutive_rules_becomes_one_set_rule() -> None:
+    lines = [f"drop from 198.18.{i // 250}.{i % 250 + 1}" for i in range(10_000)]
+    lines += ["drop from 198.19.0.0/16", "drop proto tcp to port 23", "drop proto tcp to port 25",
+              "drop proto tcp to port 24", "accept proto udp to port 53"]  # fmt: skip
+    policy = load_policy_text("\n".join(lines) + "\n", "bl.rules")
+    split, rules = rs.kernel_prefix(policy, "forward")
+    assert split == len(policy.rules)  # all of it in the kernel
+    comments = [c for c, _ in rules]
+    # the 10,001 source rules (a /16 joins the /32s), the three ports (joined to 23-25),
+    # the UDP accept
+    assert comments == ["ipsctl:bl.rules:1-10001", "ipsctl:bl.rules:10002-10004",
+                        "ipsctl:bl.rules:10005"]  # fmt: skip
+    saddr = {"payload": {"protocol": "ip", "field": "saddr"}}
+    dport = {"payload": {"protocol": "th", "field": "dport"}}
+    src_set = next(e["match"]["right"] for e in rules[0][1]
+                   if "match" in e and e["match"]["left"] == saddr)  # fmt: skip
+    # as collapsed networks: exactly the 10,000 hosts and the /16
+    nets = [ipaddress.ip_network(v if isinstance(v, str) else
+                                 f"{v['prefix']['addr']}/{v['prefix']['len']}")
+            for v in src_set["set"]]  # fmt: skip
+    assert sum(n.num_addresses for n in nets) == 10_000 + 65536
+    assert ipaddress.ip_network("198.19.0.0/16") in nets
+    ports = next(e["match"]["right"] for e in rules[1][1]
+                 if "match" in e and e["match"]["left"] == dport)  # fmt: skip
+    assert ports == {"range": [23, 25]}
+
+
+def test_rules_that_cannot_merge_stop_the_kernel_prefix_at_its_cap() -> None:
+    """nft runs rules one by one: past MAX_KERNEL_RULES the engine's index is cheaper."""
+    lines = []
+    for i in range(200):  # alternating verdicts and shapes: nothing merges
+        lines.append(f"drop proto udp to 10.30.0.{i % 250 + 1} port {1000 + i}")
+        lines.append(f"accept proto tcp from 172.16.{i}.0/24 to port {2000 + i}")
+    policy = load_policy_text("\n".join(lines) + "\n", "many.rules")
+    split, rules = rs.kernel_prefix(policy, "forward")
+    assert len(rules) <= rs.MAX_KERNEL_RULES < len(policy.rules)
+    assert split == len(rules)  # one nft rule each here
+    assert rs.fast_path_split(policy) == split
+    # 400 rules that differ in their port only (one verdict) are one nft rule
+    same = load_policy_text("".join(f"drop proto tcp to port {3 * i}\n" for i in range(400)),
+                            "m.rules")  # fmt: skip
+    split, merged = rs.kernel_prefix(same, "forward")
+    assert split == 400 and len(merged) == 1

@@ -121,12 +121,144 @@ def kernel_reason(rule: RuleSpec) -> str | None:
     return None
 
 
-def fast_path_split(policy: Policy) -> int:
-    """How many leading rules of `policy` go to the kernel."""
+# nft evaluates a chain's rules one by one (≈ 30 ns each here): 10,000 of them cost more per
+# packet than the engine's indexed matcher. So the kernel prefix stops at this many nft rules
+# (after merging, below); the rules after it are the engine's, whose cost does not grow.
+MAX_KERNEL_RULES = 48
+
+
+def fast_path_split(policy: Policy, hook: str = "forward") -> int:
+    """How many leading rules of `policy` go to the kernel (in the chain of `hook`)."""
+    return kernel_prefix(policy, hook)[0]
+
+
+def kernel_prefix(policy: Policy, hook: str) -> tuple[int, list[tuple[str, list[Expr]]]]:
+    """(number of leading policy rules decided in the kernel, their nft rules as (comment,
+    exprs)). Consecutive rules that differ only in one value — a blocklist of 10,000
+    `drop from ADDR` lines, a run of port rules with the same verdict — become one nft rule
+    with an anonymous set (same first-match meaning: any of them matching gives the same
+    verdict); its comment names their first and last lines. The prefix ends at the first
+    rule that needs userspace, or before the rule that would take it past MAX_KERNEL_RULES."""
+    groups: list[_Group] = []
+    split = len(policy.rules)
     for i, rule in enumerate(policy.rules):
         if kernel_reason(rule) is not None:
-            return i
-    return len(policy.rules)
+            split = i
+            break
+        compiled = compile_rule(rule, hook)
+        if len(compiled) == 1 and groups and groups[-1].take(rule, compiled[0]):
+            continue
+        if len(groups) + len(compiled) > MAX_KERNEL_RULES:
+            split = i
+            break
+        groups.extend(_Group(rule, exprs) for exprs in compiled)
+    return split, [g.result() for g in groups]
+
+
+class _Group:
+    """Consecutive nft rules equal but for the value of one `==` match (at index k)."""
+
+    __slots__ = ("exprs", "file", "first", "k", "kind", "last", "values")
+
+    def __init__(self, rule: RuleSpec, exprs: list[Expr]) -> None:
+        self.exprs = exprs
+        self.file = rule.span.file
+        self.first = self.last = rule
+        self.k: int | None = None
+        self.kind: str | None = None
+        self.values: list[object] = []
+
+    def take(self, rule: RuleSpec, exprs: list[Expr]) -> bool:
+        if rule.span.file != self.file or len(exprs) != len(self.exprs):
+            return False
+        if self.k is None:
+            differ = [k for k, (x, y) in enumerate(zip(self.exprs, exprs, strict=True)) if x != y]
+            if len(differ) != 1 or not _mergeable(self.exprs[differ[0]], exprs[differ[0]]):
+                return False
+            k = differ[0]
+            kind = _kind(_elements(self.exprs[k]["match"]["right"]))  # type: ignore[index]
+            if kind is None:
+                return False
+            self.k, self.kind = k, kind
+            self.values = _elements(self.exprs[k]["match"]["right"])  # type: ignore[index]
+        k = self.k
+        if exprs[:k] != self.exprs[:k] or exprs[k + 1 :] != self.exprs[k + 1 :]:
+            return False
+        if not _mergeable(self.exprs[k], exprs[k]):
+            return False
+        new = _elements(exprs[k]["match"]["right"])  # type: ignore[index]
+        if _kind(new) != self.kind:
+            return False
+        self.values.extend(new)
+        self.last = rule
+        return True
+
+    def result(self) -> tuple[str, list[Expr]]:
+        comment = rule_comment(self.first)
+        if self.last is not self.first:
+            head, _, first_line = comment.rpartition(":")
+            comment = f"{head}:{first_line}-{self.last.span.line}"[:MAX_COMMENT]
+        if self.k is None:
+            return comment, self.exprs
+        match = self.exprs[self.k]["match"]
+        merged = _merge_values(self.values, self.kind)  # type: ignore[arg-type]
+        exprs = [*self.exprs[: self.k], {"match": {**match, "right": merged}},  # type: ignore[dict-item]
+                 *self.exprs[self.k + 1 :]]  # fmt: skip
+        return comment, exprs
+
+
+def _mergeable(x: Expr, y: Expr) -> bool:
+    mx, my = x.get("match"), y.get("match")
+    if not (isinstance(mx, dict) and isinstance(my, dict)):
+        return False
+    left = mx["left"]
+    return (
+        mx["op"] == "==" and my["op"] == "==" and left == my["left"]
+        and isinstance(left, dict) and ("payload" in left or "meta" in left)
+    )  # fmt: skip
+
+
+def _kind(values: list[object]) -> str | None:
+    """ports (ints and ranges), ip4 or ip6 (addresses and prefixes); None: not mergeable."""
+    kinds = set()
+    for v in values:
+        if isinstance(v, int) or (isinstance(v, dict) and "range" in v):
+            kinds.add("ports")
+        elif isinstance(v, str):
+            kinds.add("ip6" if ":" in v else "ip4")
+        elif isinstance(v, dict) and "prefix" in v:
+            kinds.add("ip6" if ":" in v["prefix"]["addr"] else "ip4")  # type: ignore[index]
+        else:
+            return None
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def _elements(value: object) -> list[object]:
+    if isinstance(value, dict) and "set" in value:
+        return list(value["set"])  # type: ignore[arg-type]
+    return [value]
+
+
+def _merge_values(values: list[object], kind: str) -> object:
+    """Addresses/prefixes of one family collapsed, or ports/ranges joined, as a set."""
+    if kind == "ports":
+        spans = sorted((v, v) if isinstance(v, int) else tuple(v["range"]) for v in values)  # type: ignore[index]
+        joined: list[list[int]] = []
+        for lo, hi in spans:
+            if joined and lo <= joined[-1][1] + 1:
+                joined[-1][1] = max(joined[-1][1], hi)
+            else:
+                joined.append([lo, hi])
+        return _ranges_value([(lo, hi) for lo, hi in joined])
+    nets = []
+    for v in values:
+        if isinstance(v, str):
+            nets.append(ipaddress.ip_network(v))
+        else:
+            p = v["prefix"]  # type: ignore[index]
+            nets.append(ipaddress.ip_network(f"{p['addr']}/{p['len']}"))
+    return _nets_value([(int(n.network_address), n.prefixlen) for n in nets],
+                       4 if kind == "ip4" else 6)  # fmt: skip
 
 
 def rule_comment(rule: RuleSpec) -> str:
@@ -613,7 +745,6 @@ def build_ruleset(
         cmds.append({"add": {"set": want}})  # a changed timeout/size is updated in place
         if carry.get(name):
             cmds.append({"add": {"element": {**_T, "name": name, "elem": _elems(carry[name])}}})
-    split = fast_path_split(policy)
     for hook in hooks:
         # Blocks first: nothing the policy says may let a blocked source through.
         for exprs in block_rules():
@@ -625,10 +756,8 @@ def build_ruleset(
             gen = offload_generation << OFFLOAD_CT_SHIFT  # type: ignore[operator]
             cmds.append(_rule(hook, _offloaded_exprs(gen), OFFLOADED_COMMENT))
             cmds.append(_rule(f"{hook}_offload", _offload_exprs(gen), OFFLOAD_COMMENT))
-        for rule in policy.rules[:split]:
-            comment = rule_comment(rule)
-            for exprs in compile_rule(rule, hook):
-                cmds.append(_rule(hook, exprs, comment))
+        for comment, exprs in kernel_prefix(policy, hook)[1]:
+            cmds.append(_rule(hook, exprs, comment))
         for i in range(1, queues):
             for exprs in _steer_exprs(i, queues):
                 cmds.append(_rule(hook, exprs, STEER_COMMENT))
