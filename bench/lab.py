@@ -78,6 +78,9 @@ BENCH_PORTS = "5201-5209"
 TCP_PORT = 5201
 UDP_PORT = 5202  # + stream index
 UDP_DSTS = ("10.10.2.10", "10.10.2.100", "10.10.2.101", "10.10.2.102")
+# The client's own addresses (labs/gateway.yaml): each sender and storm client uses its own,
+# so that ipsctl's queues — chosen by the connection's initiator address — all get work.
+CLIENT_SRCS = ("10.10.1.21", "10.10.1.22", "10.10.1.23", "10.10.1.24")
 UDP_LEN = 64
 STORM_PORT = 5209
 STORM_DSTS = ("10.10.2.10", "10.10.2.103")
@@ -383,6 +386,8 @@ def measure_udp(b: Bench) -> tuple[float, dict[str, Any]]:
                 "-s",
                 str(40000 + i),
                 "-k",
+                "-a",
+                CLIENT_SRCS[i % len(CLIENT_SRCS)],
                 dst,
             ],
             stdout=subprocess.PIPE,
@@ -436,12 +441,14 @@ def measure_storm(b: Bench) -> tuple[float, dict[str, Any]]:
                 str(STORM_PORT),
                 "--seconds",
                 f"{b.seconds:g}",
+                "--src",
+                CLIENT_SRCS[i % len(CLIENT_SRCS)],
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for dst in STORM_DSTS
+        for i, dst in enumerate(STORM_DSTS)
     ]
     done = failed = 0
     elapsed = 0.0

@@ -66,7 +66,7 @@ def serve(port: int, limit: float) -> int:
     return 0
 
 
-def client(dst: str, port: int, seconds: float) -> int:
+def client(dst: str, port: int, seconds: float, src: str | None = None) -> int:
     done = failed = 0
     t0 = time.monotonic()
     deadline = t0 + seconds
@@ -74,6 +74,8 @@ def client(dst: str, port: int, seconds: float) -> int:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.settimeout(TIMEOUT)
         try:
+            if src:  # a source address of our own: spreads connections over ipsctl's queues
+                s.bind((src, 0))
             s.connect((dst, port))
             msg = MESSAGE % done
             s.sendall(msg)
@@ -106,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--dst", required=True)
     c.add_argument("--port", type=int, required=True)
     c.add_argument("--seconds", type=float, required=True)
+    c.add_argument("--src", help="source address to connect from (one of this host's)")
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         return serve(args.port, args.seconds)
-    return client(args.dst, args.port, args.seconds)
+    return client(args.dst, args.port, args.seconds, args.src)
 
 
 if __name__ == "__main__":
