@@ -1,8 +1,11 @@
 """Reload under load: N `ipsctl apply` in a row (100 by default) while an iperf3 TCP stream
-crosses the lab's gateway through ipsctl (every packet in userspace). The established,
+crosses the lab's gateway through ipsctl (offloaded between applies: each apply is a new
+offload generation, which brings the connection back to the engine). The established,
 accepted connection must not be reset or lose a packet to the policy:
 
-  iperf3    ends without error (a reset would end it), no retransmission (its JSON report)
+  iperf3    ends without error (a reset would end it), and no retransmission (its JSON
+            report) but those the receiver reported as duplicates with a D-SACK (the client's
+            TcpExt counters: reordering, not loss)
   engine    no drop and no reject while the applies ran (worker verdict counters)
   kernel    no packet dropped by the queue (nfnetlink_queue: queue_dropped, user_dropped)
   policy    every apply took effect (the digest alternated between the two policies)
