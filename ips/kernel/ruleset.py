@@ -224,8 +224,11 @@ def _kind(values: list[object]) -> str | None:
     for v in values:
         if isinstance(v, int) or (isinstance(v, dict) and "range" in v):
             kinds.add("ports")
-        elif isinstance(v, str):
-            kinds.add("ip6" if ":" in v else "ip4")
+        elif isinstance(v, str):  # an address; not "@name" (a named set), nor an ifname
+            try:
+                kinds.add(f"ip{ipaddress.ip_address(v).version}")
+            except ValueError:
+                return None
         elif isinstance(v, dict) and "prefix" in v:
             kinds.add("ip6" if ":" in v["prefix"]["addr"] else "ip4")  # type: ignore[index]
         else:
