@@ -852,12 +852,21 @@ class Daemon:
             return {"ok": True, "digest": policy.digest, "confirm_deadline": self.confirm_deadline}
 
     def _swap(self, policy: Policy, main: str, sources: dict[str, str]) -> None:
-        """Kernel part in one nft transaction, then the worker's engine (flows kept)."""
-        self.diversion.update(policy)
+        """Kernel part in one nft transaction, then the workers' engines (flows kept), then
+        the offload rules of the new policy's generation (a second transaction: between the
+        two, nothing is offloaded — connections offloaded under the old policy come back to
+        the engines, and no verdict of an engine still on the old policy offloads one)."""
+        offloading = self.cfg.mode == "inline" and self.cfg.backend == "nfqueue"
+        if offloading:
+            self.diversion.update(policy, offload=False)
+        else:
+            self.diversion.update(policy)
         for worker in self.workers:
             reply = worker.request({"op": "load", "main": main, "sources": sources})
             if not reply.get("ok"):
                 raise RuntimeError(f"worker refused the policy: {reply}")
+        if offloading:
+            self.diversion.update(policy)
         self._set_policy(policy, main, sources)
 
     def confirm(self) -> dict[str, Any]:

@@ -854,7 +854,16 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
         assert "forward_offload" not in by_chain
         assert all(r["comment"] != rs.OFFLOADED_COMMENT for r in by_chain.get("forward", []))
     with pytest.raises(ValueError):
-        rs.build_ruleset(policy, ("forward",), offload_generation=256)
+        rs.build_ruleset(policy, ("forward",), offload_generation=rs.OFFLOAD_PAUSED)
+    # paused (a policy swap in progress): nothing stamps, nothing matches, but the chains and
+    # a ct-mark rule stay (removing them would make the kernel drop what waits in the queue)
+    paused = _rules_by_chain(rs.build_ruleset(policy, ("forward",), offload_generation=0))
+    assert "forward_offload" not in paused  # no rule in it …
+    chains = [c["add"]["chain"]["name"] for c in rs.build_ruleset(
+        policy, ("forward",), offload_generation=0) if "chain" in c.get("add", {})]  # fmt: skip
+    assert chains == ["forward", "forward_offload"]  # … but the chain is there
+    held = [r for r in paused["forward"] if r["comment"] == rs.OFFLOADED_COMMENT]
+    assert held[0]["expr"][0]["match"]["right"] == rs.OFFLOAD_PAUSED << rs.OFFLOAD_CT_SHIFT
 
 
 def test_a_blocklist_of_consecutive_rules_becomes_one_set_rule() -> None:

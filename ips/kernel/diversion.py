@@ -20,6 +20,7 @@ from ips.kernel.ruleset import (
     BLOCK_TABLE,
     BLOCKS_COMMENT,
     COMMENT_PREFIX,
+    OFFLOAD_PAUSED,
     Address,
     RuleCounter,
     SetElement,
@@ -49,9 +50,9 @@ class Diversion:
         self.backend: str | None = None  # "nft" or "iptables" once installed
         self.kernel_rules = 0
         # The offload generation: a new one with every policy swap (see ruleset.py). Random
-        # at start, so connections a previous daemon offloaded are (almost surely, 254 in
-        # 255) not taken for this one's.
-        self.offload_generation = random.randint(1, 255)
+        # at start, so connections a previous daemon offloaded are (almost surely, 253 in
+        # 254) not taken for this one's.
+        self.offload_generation = random.randint(1, OFFLOAD_PAUSED - 1)
         self._nft = Nft()
         self._iptables = IptablesDiversion()
 
@@ -104,17 +105,22 @@ class Diversion:
         else:  # a killed daemon's fallback jumps (a kernel that gained `queue` since)
             self._iptables.remove()
 
-    def update(self, policy: Policy) -> None:
-        """Swap the kernel part of the policy in one nft transaction."""
+    def update(self, policy: Policy, offload: bool = True) -> None:
+        """Swap the kernel part of the policy in one nft transaction. offload=False: without
+        the offload rules (nothing is offloaded, nothing stays offloaded) — the first step of
+        a policy swap, while the worker still runs the old policy: the engine whose verdict
+        offloads a connection must be the one that runs the policy of the generation."""
         if self.tap:
             hooks = self.hooks if policy.tap_blocks_enforced else ()
             self._nft.apply(policy, hooks, blocks_only=True)
             self.kernel_rules = 0
             return
-        self.offload_generation = self.offload_generation % 255 + 1
+        if offload:
+            self.offload_generation = self.offload_generation % (OFFLOAD_PAUSED - 1) + 1
         self._nft.apply(
             policy, self.hooks, queue=self.queue, fail_open=self.fail_open,
-            nft_queue=self.backend == "nft", offload_generation=self.offload_generation,
+            nft_queue=self.backend == "nft",
+            offload_generation=self.offload_generation if offload else 0,
             queues=self.queues,
         )  # fmt: skip
         self.kernel_rules = fast_path_split(policy)

@@ -82,6 +82,7 @@ STEER_COMMENT = "ipsctl:steer"
 OFFLOAD_MARK = 0x00200000  # packet-mark bit set by the worker's verdict: "offload this flow"
 OFFLOAD_CT_SHIFT = 24
 OFFLOAD_CT_MASK = 0xFF << OFFLOAD_CT_SHIFT  # ct-mark bits: the generation that offloaded it
+OFFLOAD_PAUSED = 0xFF  # a generation never stamped: keeps the rule (and conntrack) in place
 OFFLOAD_PRIORITY = 10  # after the queue (nft queue at -10, iptables' filter chain at 0)
 OFFLOADED_COMMENT = "ipsctl:offloaded"  # later packets of offloaded connections (counter)
 OFFLOAD_COMMENT = "ipsctl:offload"  # verdict mark -> ct mark
@@ -697,8 +698,12 @@ def build_ruleset(
     existing   parse_table() of the table as it is now (None: absent or unknown)
     blocks_only  only the block sets and their drop rules (a tap that enforces its detectors'
                blocks: nothing of the policy itself may filter there)
-    offload_generation  1-255: the offload rules with this generation (see above), when the
-               policy has `set offload on`; None: none
+    offload_generation  1-254: the offload rules with this generation (see above), when the
+               policy has `set offload on`; 0: paused — nothing is stamped, nothing stays
+               offloaded, but the chains and a `ct mark` rule stay: removing a base chain,
+               or the last rule with a ct expression (conntrack then leaves the netns),
+               unregisters a netfilter hook, and the kernel then drops every packet
+               waiting in the queues; None: none
     queues     workers: packets are steered to queue + i by their connection's initiator
 
     Safe to run over the table of an earlier policy: the table, chains and sets are `add`ed
@@ -716,8 +721,8 @@ def build_ruleset(
     old_chains = existing.chains if existing else ()
     old_sets = existing.sets if existing else {}
     offload = offload_generation is not None and not blocks_only and policy.offload
-    if offload and not 1 <= offload_generation <= 255:  # type: ignore[operator]
-        raise ValueError("offload generation must be 1-255")
+    if offload and not 0 <= offload_generation < OFFLOAD_PAUSED:  # type: ignore[operator]
+        raise ValueError("offload generation must be 0-254")
     chains: list[str] = []
     for hook in hooks:
         chain = {**_T, "name": hook, "type": "filter", "hook": hook, "prio": PRIORITY}
@@ -756,9 +761,10 @@ def build_ruleset(
             continue
         cmds.append(_rule(hook, [{"mangle": _clear_mark()}], CLEAR_MARK_COMMENT))
         if offload:
-            gen = offload_generation << OFFLOAD_CT_SHIFT  # type: ignore[operator]
+            gen = (offload_generation or OFFLOAD_PAUSED) << OFFLOAD_CT_SHIFT  # type: ignore[operator]
             cmds.append(_rule(hook, _offloaded_exprs(gen), OFFLOADED_COMMENT))
-            cmds.append(_rule(f"{hook}_offload", _offload_exprs(gen), OFFLOAD_COMMENT))
+            if offload_generation:
+                cmds.append(_rule(f"{hook}_offload", _offload_exprs(gen), OFFLOAD_COMMENT))
         for comment, exprs in kernel_prefix(policy, hook)[1]:
             cmds.append(_rule(hook, exprs, comment))
         for i in range(1, queues):
