@@ -218,7 +218,8 @@ def test_our_client_inline_accepts_traffic_and_drops_a_chosen_port() -> None:
         assert gw.stdout is not None
         assert gw.stdout.readline().strip() == "ready", gw.stderr.read() if gw.stderr else ""
         line = _queue_line(lab, queue)
-        assert line is not None and line[3] == 2 and line[4] == nfqnl.DEFAULT_COPY_RANGE  # COPY_PACKET
+        assert line is not None and line[3] == 2  # NFQNL_COPY_PACKET
+        assert line[4] == nfqnl.DEFAULT_COPY_RANGE
         lab.exec("gw", ["iptables", "-I", *rule], check=True, timeout=15)
         inserted = True
 
@@ -263,12 +264,14 @@ def test_a_second_bind_of_a_bound_queue_is_refused_with_the_kernels_errno() -> N
         "import errno\n"
         "from ips.io.nfqnl import NfqClient, NfqError\n"
         "a = NfqClient(3); a.bind()\n"
-        "try:\n    NfqClient(3).bind()\nexcept NfqError as e:\n    print(errno.errorcode[e.errno])\n"
+        "try:\n    NfqClient(3).bind()\n"
+        "except NfqError as e:\n    print(errno.errorcode[e.errno])\n"
         "a.close()\n"
     )
     try:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         res = lab.exec("gw", [sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=15, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)  # fmt: skip
+                       timeout=15, env=env, cwd=ROOT)  # fmt: skip
     finally:
         netns.down(prefix)
     # another socket owns the queue: EPERM (the kernel checks the owner before EBUSY)
