@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -157,13 +158,106 @@ def test_bad_queue_settings_are_refused_before_any_socket() -> None:
         NfqClient(0, copy_range=0)
 
 
+# ---- the client's loop over a datagram socket pair (no root: the same recv/send calls) ----
+
+
+def _client_on_socketpair(**kw: object) -> tuple[NfqClient, socket.socket]:
+    """A client whose 'netlink socket' is one end of an AF_UNIX datagram pair: like netlink,
+    one datagram per message; the test plays the kernel on the other end."""
+    client = NfqClient(4, **kw)  # type: ignore[arg-type]
+    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ours.setblocking(False)
+    kernel.setblocking(False)
+    client._sock = ours
+    return client, kernel
+
+
+def _sent(kernel: socket.socket) -> list[bytes]:
+    out = []
+    while True:
+        try:
+            out.append(kernel.recv(65536))
+        except BlockingIOError:
+            return out
+
+
+def _udp_to(port: int) -> bytes:
+    return UDP[:22] + struct.pack("!H", port) + UDP[24:]
+
+
+@pytest.mark.parametrize("recv_many", [0, 8])
+def test_drain_batches_accepts_around_single_drops(recv_many: int) -> None:
+    client, kernel = _client_on_socketpair(recv_many=recv_many)
+    try:
+        for i in range(1, 7):
+            kernel.send(packet_message(4, QueuedPacket(100 + i, _udp_to(53 if i != 3 else 99))))
+
+        def handler(pkt: QueuedPacket) -> object:
+            if struct.unpack_from("!H", pkt.payload, 22)[0] == 99:
+                client.drop(pkt.id)
+                return True
+            return None
+
+        assert client.drain(handler) == 6
+        # the drop at once, then one batch accepting everything left up to the last id
+        assert _sent(kernel) == [
+            verdict_message(4, 103, nfqnl.NF_DROP),
+            batch_verdict_message(4, 106, nfqnl.NF_ACCEPT),
+        ]
+        assert client.received == 6 and client.malformed == 0
+        assert client.recv_calls == (6 if recv_many == 0 else 1)  # one datagram per recv
+    finally:
+        kernel.close()
+        client._sock.close()  # type: ignore[union-attr]
+
+
+def test_without_batching_every_accept_is_its_own_verdict() -> None:
+    client, kernel = _client_on_socketpair(batch=False)
+    try:
+        for i in (7, 8):
+            kernel.send(packet_message(4, QueuedPacket(i, UDP)))
+        assert client.drain(lambda _pkt: None) == 2
+        assert _sent(kernel) == [verdict_message(4, 7, 1), verdict_message(4, 8, 1)]
+    finally:
+        kernel.close()
+        client._sock.close()  # type: ignore[union-attr]
+
+
+def test_a_malformed_message_or_a_failing_handler_gets_on_error_not_a_batch_accept() -> None:
+    client, kernel = _client_on_socketpair(on_error=nfqnl.NF_DROP)
+    try:
+        kernel.send(packet_message(4, QueuedPacket(1, UDP)))
+        no_payload = packet_message(4, QueuedPacket(2, b""))[:-4]  # the NFQA_PAYLOAD cut off
+        no_payload = struct.pack("=I", len(no_payload)) + no_payload[4:]
+        kernel.send(no_payload)
+        kernel.send(packet_message(4, QueuedPacket(3, b"boom")))
+        kernel.send(b"\x01\x00\x00")  # not even a netlink header
+        kernel.send(packet_message(4, QueuedPacket(4, UDP)))
+
+        def handler(pkt: QueuedPacket) -> object:
+            if pkt.payload == b"boom":
+                raise RuntimeError("engine bug")
+            return None
+
+        assert client.drain(handler) == 3
+        assert _sent(kernel) == [
+            verdict_message(4, 2, nfqnl.NF_DROP),  # malformed: its id still read
+            verdict_message(4, 3, nfqnl.NF_DROP),  # the handler raised
+            batch_verdict_message(4, 4, nfqnl.NF_ACCEPT),
+        ]
+        assert (client.malformed, client.handler_errors) == (1, 1)
+    finally:
+        kernel.close()
+        client._sock.close()  # type: ignore[union-attr]
+
+
 # ---- in a lab -----------------------------------------------------------------------------
 
 DROP_PORT = 8080
 GATEWAY = f"""
 import json, select, signal, struct, sys, time
 from ips.io.nfqnl import NfqClient, NF_DROP
-client = NfqClient(int(sys.argv[1]), fail_open=False, batch=True)
+client = NfqClient(int(sys.argv[1]), fail_open=False, batch=True, recv_many=int(sys.argv[2]))
 fd = client.bind()
 dropped = seen = 0
 stop = False
@@ -203,7 +297,8 @@ def _queue_line(lab: netns.Lab, queue: int) -> list[int] | None:
     return None
 
 
-def test_our_client_inline_accepts_traffic_and_drops_a_chosen_port() -> None:
+@pytest.mark.parametrize("recv_many", [0, 32])
+def test_our_client_inline_accepts_traffic_and_drops_a_chosen_port(recv_many: int) -> None:
     need_root()
     prefix = unique_prefix("nq")
     lab = netns.up(GATEWAY_LAB, prefix=prefix)
@@ -213,8 +308,9 @@ def test_our_client_inline_accepts_traffic_and_drops_a_chosen_port() -> None:
     gw = None
     inserted = False
     try:
-        gw = lab.popen("gw", [sys.executable, "-c", GATEWAY, str(queue)], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)  # fmt: skip
+        argv = [sys.executable, "-c", GATEWAY, str(queue), str(recv_many)]
+        gw = lab.popen("gw", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       env=env, cwd=ROOT)  # fmt: skip
         assert gw.stdout is not None
         assert gw.stdout.readline().strip() == "ready", gw.stderr.read() if gw.stderr else ""
         line = _queue_line(lab, queue)

@@ -202,15 +202,20 @@ def packet_message(
     return _message(NFQNL_MSG_PACKET, queue_num, attrs, flags=0)
 
 
+_nla_unpack = _NLA.unpack_from
+_hdr_unpack = struct.Struct("!IHB").unpack_from
+_be32_unpack = _BE32.unpack_from
+
+
 def parse_packet(buf: bytes | bytearray | memoryview, offset: int, end: int) -> QueuedPacket:
     """The attributes of one NFQNL_MSG_PACKET whose body (after nfgenmsg) is buf[offset:end].
-    Unknown attributes are skipped; no packet header or no payload is MalformedMessage."""
-    unpack_from = struct.unpack_from
+    Unknown attributes are skipped; no packet header or no payload is MalformedMessage.
+    (The hot path: precompiled structs, the common attributes tested first.)"""
     packet_id = -1
     payload = None
     indev = outdev = mark = hw_protocol = hook = 0
     while offset + 4 <= end:
-        length, attr_type = unpack_from("=HH", buf, offset)
+        length, attr_type = _nla_unpack(buf, offset)
         if length < 4 or offset + length > end:
             raise MalformedMessage(f"attribute length {length} at offset {offset}")
         attr_type &= _NLA_TYPE_MASK
@@ -219,14 +224,14 @@ def parse_packet(buf: bytes | bytearray | memoryview, offset: int, end: int) -> 
         elif attr_type == NFQA_PACKET_HDR:
             if length < 11:
                 raise MalformedMessage("short NFQA_PACKET_HDR")
-            packet_id, hw_protocol, hook = unpack_from("!IHB", buf, offset + 4)
+            packet_id, hw_protocol, hook = _hdr_unpack(buf, offset + 4)
         elif length >= 8:
             if attr_type == NFQA_IFINDEX_INDEV:
-                indev = unpack_from("!I", buf, offset + 4)[0]
+                indev = _be32_unpack(buf, offset + 4)[0]
             elif attr_type == NFQA_IFINDEX_OUTDEV:
-                outdev = unpack_from("!I", buf, offset + 4)[0]
+                outdev = _be32_unpack(buf, offset + 4)[0]
             elif attr_type == NFQA_MARK:
-                mark = unpack_from("!I", buf, offset + 4)[0]
+                mark = _be32_unpack(buf, offset + 4)[0]
         offset += (length + 3) & ~3
     if packet_id < 0:
         raise MalformedMessage("packet message without NFQA_PACKET_HDR")
@@ -273,6 +278,7 @@ class NfqClient:
         batch: bool = True,
         rcvbuf: int | None = None,
         on_error: int = NF_ACCEPT,
+        recv_many: int = 0,
     ) -> None:
         if not 0 <= queue_num <= 0xFFFF:
             raise ValueError(f"queue number {queue_num} is not 0-65535")
@@ -287,6 +293,10 @@ class NfqClient:
         self.rcvbuf = rcvbuf or max_len * (min(copy_range, 4016) + 760) // 2
         self._buf = bytearray(RECV_BUFFER)
         self._view = memoryview(self._buf)
+        # recv_many > 0: recvmmsg(2) for up to that many packets per system call (ctypes)
+        self._many = _MultiReceiver(recv_many, copy_range + 1024) if recv_many > 0 else None
+        self._accept_prefix = verdict_message(queue_num, 0, NF_ACCEPT)[:-4]
+        self._batch_prefix = batch_verdict_message(queue_num, 0, NF_ACCEPT)[:-4]
         self._sock: socket.socket | None = None
         self._seq = 0
         self._backlog: list[QueuedPacket] = []  # packets read while waiting for an ACK
@@ -299,6 +309,7 @@ class NfqClient:
         self.kernel_errors = 0  # NLMSG_ERROR for a verdict (e.g. ENOENT: unknown id)
         self.last_error = 0
         self.verdicts_sent = 0
+        self.recv_calls = 0  # system calls that returned packets (the kernel sends one each)
 
     # ---- set-up -----------------------------------------------------------------------------
 
@@ -417,75 +428,184 @@ class NfqClient:
     def _handle(self, handler: Handler, pkt: QueuedPacket) -> object:
         try:
             return handler(pkt)
-        except Exception:  # a verdict must always be given, and the loop go on
-            self.handler_errors += 1
-            if self.on_error == NF_ACCEPT:
-                return None
-            self._send(verdict_message(self.queue_num, pkt.id, self.on_error))
-            return True
+        except Exception:
+            return self._handler_failed(pkt)
+
+    def _handler_failed(self, pkt: QueuedPacket) -> object:
+        """A verdict must always be given, and the loop go on: on_error (accept: batched)."""
+        self.handler_errors += 1
+        if self.on_error == NF_ACCEPT:
+            return None
+        self._send(verdict_message(self.queue_num, pkt.id, self.on_error))
+        return True
+
+    def _malformed(self, buf: memoryview, offset: int, end: int) -> None:
+        """A packet message that does not parse still gets a verdict (on_error) if its id
+        can be read: a later batch verdict would otherwise accept it uninspected."""
+        self.malformed += 1
+        if offset + 12 <= end:
+            length, attr_type = _nla_unpack(buf, offset)
+            if attr_type & _NLA_TYPE_MASK == NFQA_PACKET_HDR and length >= 8:
+                packet_id = _be32_unpack(buf, offset + 4)[0]
+                self._send(verdict_message(self.queue_num, packet_id, self.on_error))
+
+    def _receive(self) -> list[tuple[int, int]]:
+        """One system call: (start, end) of each datagram now in the buffer; [] if none."""
+        assert self._sock is not None
+        while True:
+            try:
+                if self._many is not None:
+                    return self._many.receive(self._sock.fileno())
+                return [(0, self._sock.recv_into(self._buf))]
+            except BlockingIOError:
+                return []
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:  # the kernel counted them (user_dropped)
+                    self.enobufs += 1
+                    continue
+                raise
 
     def drain(self, handler: Handler, limit: int = 1 << 30) -> int:
         """Handle every packet waiting (up to limit); return how many. Every packet gets a
         verdict before this returns: pending batched accepts are flushed at the end."""
-        sock = self._sock
-        assert sock is not None, "not bound"
-        buf, view = self._buf, self._view
-        recv_into = sock.recv_into
+        assert self._sock is not None, "not bound"
+        if self._many is not None:
+            buf, view = self._many.buf, self._many.view
+        else:
+            buf, view = self._buf, self._view
+        send = self._sock.send
         unpack_from = _NLMSGHDR.unpack_from
+        pack_id = _BE32.pack
+        accept_prefix, batch_prefix = self._accept_prefix, self._batch_prefix
         batch = self.batch
-        queue_num = self.queue_num
+        pending = -1  # id of the last packet whose accept waits for a batch verdict
+        waiting = 0
+        handled = 0
+        sent = 0
         if self._backlog:
             backlog, self._backlog = self._backlog, []
             for pkt in backlog:
                 if self._handle(handler, pkt) is None:
-                    self._send(verdict_message(self.queue_num, pkt.id, NF_ACCEPT))
-        pending = -1  # id of the last packet whose accept waits for a batch verdict
-        waiting = 0
-        handled = 0
+                    self.accept(pkt.id)
         try:
             while handled < limit:
-                try:
-                    n = recv_into(buf)
-                except BlockingIOError:
+                segments = self._receive()
+                if not segments:
                     break
-                except InterruptedError:
-                    continue
-                except OSError as exc:
-                    if exc.errno == errno.ENOBUFS:  # the kernel counted them (user_dropped)
-                        self.enobufs += 1
-                        continue
-                    raise
-                offset = 0
-                while offset + 20 <= n:
-                    length, msg_type, _f, _seq, _pid = unpack_from(buf, offset)
-                    if length < 16 or offset + length > n:
-                        self.malformed += 1
-                        break
-                    if msg_type == _PACKET_TYPE:
-                        try:
-                            pkt = parse_packet(view, offset + _HEADERS, offset + length)
-                        except MalformedMessage:
-                            self.malformed += 1
-                        else:
+                self.recv_calls += 1
+                for offset, n in segments:
+                    while offset + 20 <= n:
+                        length, msg_type, _f, _seq, _pid = unpack_from(buf, offset)
+                        if length < 16 or offset + length > n:
+                            if msg_type == _PACKET_TYPE:  # truncated: give it a verdict
+                                self._malformed(view, offset + _HEADERS, n)
+                            else:
+                                self.malformed += 1
+                            break
+                        if msg_type == _PACKET_TYPE:
+                            try:
+                                pkt = parse_packet(view, offset + _HEADERS, offset + length)
+                            except MalformedMessage:
+                                self._malformed(view, offset + _HEADERS, offset + length)
+                                offset += (length + 3) & ~3
+                                continue
                             handled += 1
-                            if self._handle(handler, pkt) is None:
+                            try:
+                                verdict_given = handler(pkt)
+                            except Exception:
+                                verdict_given = self._handler_failed(pkt)
+                            if verdict_given is None:
                                 if batch:
                                     pending = pkt.id
                                     waiting += 1
                                     if waiting >= BATCH_MAX:
-                                        self._send(batch_verdict_message(queue_num, pending,
-                                                                         NF_ACCEPT))  # fmt: skip
+                                        send(batch_prefix + pack_id(pending))
+                                        sent += 1
                                         pending, waiting = -1, 0
                                 else:
-                                    self._send(verdict_message(queue_num, pkt.id, NF_ACCEPT))
-                    elif msg_type == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", buf, offset + 16)[0]
-                        if code:
-                            self.kernel_errors += 1
-                            self.last_error = code
-                    offset += (length + 3) & ~3
+                                    send(accept_prefix + pack_id(pkt.id))
+                                    sent += 1
+                        elif msg_type == NLMSG_ERROR:
+                            code = -struct.unpack_from("=i", buf, offset + 16)[0]
+                            if code:
+                                self.kernel_errors += 1
+                                self.last_error = code
+                        offset += (length + 3) & ~3
         finally:
             if pending >= 0:
-                self._send(batch_verdict_message(queue_num, pending, NF_ACCEPT))
+                send(batch_prefix + pack_id(pending))
+                sent += 1
+            self.verdicts_sent += sent
         self.received += handled
         return handled
+
+
+class _MultiReceiver:
+    """recvmmsg(2) through ctypes (Python's socket module has no binding for it): up to
+    `count` datagrams per system call, each into its own `slot`-byte part of one buffer."""
+
+    def __init__(self, count: int, slot: int) -> None:
+        import ctypes
+
+        class Iovec(ctypes.Structure):
+            _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+        class Msghdr(ctypes.Structure):
+            _fields_ = [
+                ("msg_name", ctypes.c_void_p),
+                ("msg_namelen", ctypes.c_uint),
+                ("msg_iov", ctypes.c_void_p),
+                ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p),
+                ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int),
+            ]
+
+        class Mmsghdr(ctypes.Structure):
+            _fields_ = [("msg_hdr", Msghdr), ("msg_len", ctypes.c_uint)]
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._call = libc.recvmmsg
+        self._call.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                               ctypes.c_void_p]  # fmt: skip
+        self._call.restype = ctypes.c_int
+        self._get_errno = ctypes.get_errno
+        self.count = count
+        self.slot = slot
+        self._mem = (ctypes.c_char * (count * slot))()
+        self.buf = memoryview(self._mem).cast("B")
+        self.view = self.buf
+        self._iovs = (Iovec * count)()
+        self._msgs = (Mmsghdr * count)()
+        base = ctypes.addressof(self._mem)
+        for i in range(count):
+            self._iovs[i].iov_base = base + i * slot
+            self._iovs[i].iov_len = slot
+            self._msgs[i].msg_hdr.msg_iov = ctypes.addressof(self._iovs[i])
+            self._msgs[i].msg_hdr.msg_iovlen = 1
+        self._msgs_addr = ctypes.addressof(self._msgs)
+        size = ctypes.sizeof(Mmsghdr)
+        raw = (ctypes.c_char * (count * size)).from_address(self._msgs_addr)
+        self._lens = memoryview(raw).cast("B")
+        self._len_at = [i * size + Mmsghdr.msg_len.offset for i in range(count)]
+        self._flags_at = [
+            i * size + Mmsghdr.msg_hdr.offset + Msghdr.msg_flags.offset for i in range(count)
+        ]
+
+    def receive(self, fd: int) -> list[tuple[int, int]]:
+        n = self._call(fd, self._msgs_addr, self.count, 0x40, None)  # MSG_DONTWAIT
+        if n < 0:
+            code = self._get_errno()
+            if code == errno.EAGAIN:
+                raise BlockingIOError(code, os.strerror(code))
+            raise OSError(code, os.strerror(code))
+        lens, slot, len_at = self._lens, self.slot, self._len_at
+        out = []
+        for i in range(n):
+            length = struct.unpack_from("=I", lens, len_at[i])[0]
+            if struct.unpack_from("=i", lens, self._flags_at[i])[0] & 0x20:  # MSG_TRUNC
+                length = min(length, slot)  # the parser then counts it as malformed
+            out.append((i * slot, i * slot + length))
+        return out
