@@ -48,20 +48,26 @@ import lab as benchlab  # noqa: E402  (bench/lab.py)
 from ips.io import nfqnl  # noqa: E402
 
 QUEUE = 0
-MODES = ("nfqnl-single", "nfqnl-batch", "nfqnl-engine", "nfq-engine")
+MODES = ("nfqnl-single", "nfqnl-batch", "nfqnl-mmsg", "nfqnl-engine", "nfqnl-engine-mmsg",
+         "nfq-engine")  # fmt: skip
+RECV_MANY = 64  # packets per recvmmsg call in the *-mmsg variants
 VARIANTS = {
     "kernel": "kernel forwarding, no queue",
     "nfq-accept": "(a) netfilterqueue, accept-only",
     "nfqnl-single": "(b) our client, accept-only, per-packet verdicts",
     "nfqnl-batch": "(c) our client, accept-only, batch verdicts",
+    "nfqnl-mmsg": "(c') as (c), receiving with recvmmsg (ctypes), up to 64 per call",
     "nfqnl-engine": "(d) our client + Engine, batch verdicts for accepts",
+    "nfqnl-engine-mmsg": "(d') as (d), receiving with recvmmsg",
     "nfq-engine": "(e) netfilterqueue + Engine (QueueWorker, as ipsctl)",
 }
 RATIOS = (
     ("nfqnl-single", "nfq-accept"),
     ("nfqnl-batch", "nfq-accept"),
     ("nfqnl-batch", "nfqnl-single"),
+    ("nfqnl-mmsg", "nfq-accept"),
     ("nfqnl-engine", "nfq-engine"),
+    ("nfqnl-engine-mmsg", "nfq-engine"),
     ("nfq-engine", "nfq-accept"),
     ("nfqnl-engine", "nfqnl-batch"),
 )
@@ -116,7 +122,7 @@ def worker(mode: str, queue: int, policy: str | None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     engine = None
-    if mode in ("nfqnl-engine", "nfq-engine"):
+    if "engine" in mode:
         from ips.engine import Engine
         from ips.policy.resolve import load_policy
 
@@ -138,7 +144,12 @@ def worker(mode: str, queue: int, policy: str | None) -> int:
             qw.unbind()
         stats = {"packets": engine.stats.packets, "verdict_errors": qw.verdict_errors}  # type: ignore[union-attr]
     else:
-        client = nfqnl.NfqClient(queue, fail_open=False, batch=mode != "nfqnl-single")
+        client = nfqnl.NfqClient(
+            queue,
+            fail_open=False,
+            batch=mode != "nfqnl-single",
+            recv_many=RECV_MANY if mode.endswith("-mmsg") else 0,
+        )
         fd = client.bind()
         if engine is not None:
             handler = engine_handler(client, engine)
@@ -161,6 +172,7 @@ def worker(mode: str, queue: int, policy: str | None) -> int:
         stats = {
             "packets": client.received,
             "verdict_messages": client.verdicts_sent,
+            "recv_calls": client.recv_calls,
             "enobufs": client.enobufs,
             "malformed": client.malformed,
             "kernel_errors": client.kernel_errors,
@@ -204,6 +216,14 @@ def stop_gateway(proc: subprocess.Popen[bytes] | None) -> dict[str, Any]:
         raise benchlab.BenchError(f"gateway: {' | '.join(lines[-3:])}") from None
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (/proc/PID/stat), in seconds. In the worker's
+    system calls the kernel also does the packet's onward forwarding (nf_reinject), so this
+    is the gateway's whole cost per packet as the worker carries it."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def one(b: benchlab.Bench, variant: str, policy: Path) -> dict[str, Any]:
     proc = start_gateway(b, variant, policy)
     rule = ["FORWARD", "-j", "NFQUEUE", "--queue-num", str(QUEUE)]  # fail-closed: no bypass
@@ -214,11 +234,17 @@ def one(b: benchlab.Bench, variant: str, policy: Path) -> dict[str, Any]:
             if res.returncode != 0:
                 raise benchlab.BenchError(f"iptables in gw: {res.stderr.strip()}")
             inserted = True
+            cpu0 = cpu_seconds(proc.pid)
         pps, info = benchlab.measure_udp(b)
+        if proc is not None:
+            info["worker_cpu_s"] = cpu_seconds(proc.pid) - cpu0
     finally:
         if inserted:
             b.run("gw", ["iptables", "-D", *rule], timeout=20)
         worker_stats = stop_gateway(proc)
+    handled = worker_stats.get("packets", worker_stats.get("accepted", 0))
+    if handled and "worker_cpu_s" in info:  # startup packets: none (the rule came after)
+        info["worker_cpu_us_per_packet"] = info["worker_cpu_s"] / handled * 1e6
     return {"udp_pps": pps, **info, "worker": worker_stats}
 
 
@@ -245,7 +271,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     med = {v: statistics.median(r["udp_pps"] for r in rs) for v, rs in runs.items()}
     ratios = {f"{a} / {c}": med[a] / med[c] for a, c in RATIOS if a in med and c in med and med[c]}
+    cpu = {
+        v: statistics.median(r["worker_cpu_us_per_packet"] for r in rs)
+        for v, rs in runs.items()
+        if all("worker_cpu_us_per_packet" in r for r in rs)
+    }
     return {"seconds": args.seconds, "runs": runs, "median_pps": med, "ratios": ratios,
+            "median_cpu_us_per_packet": cpu,
             "loadavg": loads, "cpus": os.cpu_count()}  # fmt: skip
 
 
@@ -255,19 +287,30 @@ def report(res: dict[str, Any]) -> None:
           f"runs of {res['seconds']:g} s, fail-closed queue 0, {res['cpus']} CPUs; "
           f"load average (1/5/15 min) before and after each round: "
           f"{' -> '.join(res['loadavg'])}")  # fmt: skip
-    print(f"{'variant':<14}{'pkt/s':>10}  {'each run':<26}{'queue drops':<22}description")
+    print(f"{'variant':<18}{'pkt/s':>10}  {'each run':<20}{'CPU us/pkt':>11}  description")
     for v, rs in runs.items():
         each = "/".join(f"{r['udp_pps'] / 1000:.0f}k" for r in rs)
-        drops = "/".join(str(r.get("queue_drops", "-")) for r in rs)
-        print(f"{v:<14}{res['median_pps'][v]:>10,.0f}  {each:<26}{drops:<22}{VARIANTS[v]}")
+        cpu = res["median_cpu_us_per_packet"].get(v)
+        cpu_text = "-" if cpu is None else f"{cpu:.1f}"
+        print(f"{v:<18}{res['median_pps'][v]:>10,.0f}  {each:<20}{cpu_text:>11}  {VARIANTS[v]}")
+    print(
+        "CPU us/pkt: the worker process's user+system time over the packets it handled "
+        "(median); queue drops per run:"
+    )
+    for v, rs in runs.items():
+        if rs[0].get("queue_drops") is not None:
+            print(f"  {v}: {'/'.join(str(r['queue_drops']) for r in rs)}")
     for v, rs in runs.items():
         w = rs[-1].get("worker")
         if w:
             print(f"  {v}: last run's worker: {json.dumps(w)}; hping3 sent "
                   f"{rs[-1].get('sent_pps', 0):,} pkt/s")  # fmt: skip
-    print("ratios (medians):")
+    print("ratios of packets/s (medians); CPU per packet ratio in brackets (lower is cheaper):")
+    cpu = res["median_cpu_us_per_packet"]
     for k, r in res["ratios"].items():
-        print(f"  {k:<30}{r:>7.3f}")
+        a, c = k.split(" / ")
+        extra = f"   [{cpu[a] / cpu[c]:.3f}]" if a in cpu and c in cpu and cpu[c] else ""
+        print(f"  {k:<40}{r:>7.3f}{extra}")
 
 
 def main(argv: list[str] | None = None) -> int:
