@@ -117,6 +117,17 @@ def test_a_packet_message_as_the_kernel_builds_it_parses_back() -> None:
     assert got == pkt
 
 
+@pytest.mark.parametrize("indev, outdev", [(3, 4), (3, 0), (0, 4), (0, 0)])
+def test_the_one_unpack_prefix_and_the_general_loop_agree(indev: int, outdev: int) -> None:
+    # FORWARD has both interfaces (the prefix path), INPUT only indev, OUTPUT only outdev
+    pkt = QueuedPacket(id=9, payload=UDP, indev=indev, outdev=outdev, mark=7, hook=1)
+    msg = packet_message(0, pkt, hwaddr=b"\x02\x00\x00\x00\x00\x02")
+    assert parse_packet(msg, 20, len(msg)) == pkt
+    # an attribute the kernel may put before the interfaces (NFQA_PRIORITY = 21)
+    body = msg[20:32] + struct.pack("=HH", 8, 21) + b"\0\0\0\1" + msg[32:]
+    assert parse_packet(body, 0, len(body)) == pkt
+
+
 def test_unknown_and_nested_attributes_are_skipped() -> None:
     pkt = QueuedPacket(id=1, payload=b"\x45" + b"\0" * 19)
     msg = bytearray(packet_message(0, pkt))
