@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from ips.io.adapter import BUSY_EVERY
 from ips.kernel import blocks as kb
 from ips.kernel.nft import KernelError
 from ips.kernel.ruleset import SetElement
@@ -207,7 +208,7 @@ def test_the_queue_worker_writes_blocks_after_the_burst_and_inside_a_long_one() 
     assert [type(e).__name__ for e in seen[0]] == ["Block", "Alert"]  # and to the EVE sink
     # a burst that goes on: the block is written from inside it, once it waited FLUSH_AFTER
     worker.engine = FakeEngine()
-    worker._nfq = Burst(nfqueue.BUSY_EVERY, tick=kb.FLUSH_AFTER / 2)
+    worker._nfq = Burst(BUSY_EVERY, tick=kb.FLUSH_AFTER / 2)
     inside: list[int] = []
     original = blocks.flush
 

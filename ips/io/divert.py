@@ -45,12 +45,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ips.engine import Engine, Meta
+from ips.io.adapter import BUSY_EVERY
 from ips.kernel.blocks import Latency, effect_kind, save_blocks
 from ips.kernel.nft import KernelError
 from ips.kernel.ruleset import BLOCK_TABLE, SetElement, block_comment
 from ips.policy.windivert_filter import divert_filter
 
-BUSY_EVERY = 1024  # packets between two calls of on_busy inside one long burst
 QUEUE_LEN_RANGE = (32, 16384)  # WinDivert's WINDIVERT_PARAM_QUEUE_LENGTH bounds
 BANS_FILE = "divert-bans.json"  # the adapter's ban set, next to the control socket
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from ips.core.addr import format_addr
 from ips.engine import Engine, Meta
+from ips.io.adapter import EngineAdapter
 from ips.kernel.ruleset import OFFLOAD_MARK
 
 if TYPE_CHECKING:
@@ -46,7 +47,6 @@ NFQA_CFG_F_CONNTRACK = 0x02
 NFQA_CFG_F_GSO = 0x04
 
 DEFAULT_MAX_LEN = 4096  # packets the kernel may hold for us before the fail-open flag acts
-BUSY_EVERY = 1024  # packets between two calls of on_busy inside one long burst
 
 
 def queue_config_message(queue_num: int, flags: int, mask: int, seq: int = 1) -> bytes:
@@ -114,7 +114,7 @@ class InterfaceNames:
         return name
 
 
-class QueueWorker:
+class QueueWorker(EngineAdapter):
     """Binds one NFQUEUE queue and runs the engine over its packets."""
 
     def __init__(
@@ -129,22 +129,15 @@ class QueueWorker:
         blocks: KernelBlocks | None = None,
         on_busy: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
+                         on_busy=on_busy)  # fmt: skip
         self.queue_num = queue_num
-        self.engine = engine
         self.fail_open = fail_open
         self.max_len = max_len
-        self.on_events = on_events
-        self.clock = clock
-        self.blocks = blocks
-        # Called every BUSY_EVERY packets of a burst that does not end (a flood): the daemon
-        # beats its heartbeat there, so a busy worker is not taken for a hung one.
-        self.on_busy = on_busy
-        self._count = 0
         self.replies = ReplySender()
         self.ifnames = InterfaceNames()
         self._metas: dict[tuple[int, int], Meta] = {}
         self._nfq = None
-        self.verdict_errors = 0
 
     # ---- queue set-up -------------------------------------------------------------------------
 
@@ -178,14 +171,6 @@ class QueueWorker:
             if self.blocks is not None and self.blocks.pending:
                 self.blocks.flush()
 
-    def effects(self, effects: list[object]) -> None:
-        """Effects that did not come with a packet (the engine's tick, manual operations):
-        the same way as a decision's — blocks to the kernel, everything to on_events."""
-        if self.blocks is not None and self.blocks.note(effects):
-            self.blocks.flush()
-        if self.on_events is not None:
-            self.on_events(effects)
-
     # ---- per packet -----------------------------------------------------------------------
 
     def _meta(self, indev: int, outdev: int) -> Meta:
@@ -218,11 +203,7 @@ class QueueWorker:
                     pkt.set_mark(pkt.get_mark() | OFFLOAD_MARK)  # type: ignore[attr-defined]
                 pkt.accept()  # type: ignore[attr-defined]
             if decision.effects:
-                effects = list(decision.effects)
-                if self.blocks is not None:
-                    self.blocks.note(effects)
-                if self.on_events is not None:
-                    self.on_events(effects)
+                self._packet_effects(decision.effects)
         except Exception:  # a verdict must always be given
             self.verdict_errors += 1
             try:
@@ -234,14 +215,7 @@ class QueueWorker:
                 pass  # the verdict was already given
         # Inside a burst that goes on (run() returns only when the socket is empty): write
         # blocks that have waited long enough, and show we are alive.
-        blocks = self.blocks
-        if blocks is not None and blocks.pending_since is not None and blocks.overdue():
-            blocks.flush()
-        self._count += 1
-        if self._count >= BUSY_EVERY:
-            self._count = 0
-            if self.on_busy is not None:
-                self.on_busy()
+        self._counted()
 
 
 def wait_readable(fds: list[int], timeout: float) -> list[int]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ips.core.packet import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from ips.engine import Engine, Meta
+from ips.io.adapter import EngineAdapter
 from ips.kernel.blocks import KernelBlocks
 
 ETH_P_ALL = 0x0003
@@ -42,7 +43,6 @@ SO_RCVBUFFORCE = 33
 RECV_BUFFER = 16 * 1024 * 1024  # socket buffer: bursts wait here instead of being dropped
 MAX_FRAME = 65_535 + 64
 BATCH = 512  # frames per process_pending call, so the loop still beats and answers control
-BUSY_EVERY = 4096
 
 # ARPHRD_* (the interface's hardware type) -> the link type our decoder reads.
 ARPHRD_LINKTYPES = {
@@ -113,7 +113,7 @@ class _NoReplies:
         pass
 
 
-class TapWorker:
+class TapWorker(EngineAdapter):
     """Reads one interface's frames (AF_PACKET) and runs the engine over them, passively."""
 
     def __init__(
@@ -129,24 +129,19 @@ class TapWorker:
         blocks: KernelBlocks | None = None,
         on_busy: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
+                         on_busy=on_busy)  # fmt: skip
         self.iface = iface
-        self.engine = engine
         self.bpf = bpf
         self.bpf_text = bpf_text
         self.promisc = promisc
-        self.on_events = on_events
-        self.clock = clock
-        self.blocks = blocks
-        self.on_busy = on_busy
         self.replies = _NoReplies()
-        self.verdict_errors = 0
         self.would: Counter[str] = Counter()  # verdicts that were not enforced
         self.frames = 0
         self.bytes = 0
         self.kernel_packets = 0  # PACKET_STATISTICS tp_packets, summed
         self.kernel_drops = 0  # tp_drops: frames lost before we could read them
         self._sock: socket.socket | None = None
-        self._count = 0
         self._meta_in = Meta()
         self._meta_out = Meta()
 
@@ -213,27 +208,13 @@ class TapWorker:
                     if verdict != "accept":
                         self.would[verdict] += 1
                     if decision.effects:
-                        effects = list(decision.effects)
-                        if self.blocks is not None:
-                            self.blocks.note(effects)
-                        if self.on_events is not None:
-                            self.on_events(effects)
+                        self._packet_effects(decision.effects)
                 except Exception:  # never die of one frame (handle itself never raises)
                     self.verdict_errors += 1
-                self._count += 1
-                if self._count >= BUSY_EVERY:
-                    self._count = 0
-                    if self.on_busy is not None:
-                        self.on_busy()
+                self._counted()
         finally:
             if self.blocks is not None and self.blocks.pending:
                 self.blocks.flush()
-
-    def effects(self, effects: list[object]) -> None:
-        if self.blocks is not None and self.blocks.note(effects):
-            self.blocks.flush()
-        if self.on_events is not None:
-            self.on_events(effects)
 
     def _read_kernel_stats(self, sock: socket.socket) -> None:
         raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
