@@ -19,6 +19,8 @@ from pathlib import Path
 from labkit import ATTACKER, CLIENT, SERVER, InlineLab, inline_lab, wait_until
 from test_attacks import attack_policy
 
+from ips.daemon import request
+
 NMAP = ["nmap", "-sS", "-Pn", "-n", "-T4", "--max-retries", "0", "--host-timeout", "20s",
         "-p", "1-100", SERVER]  # fmt: skip
 FLOOD = ["hping3", "-1", "-c", "1500", "-i", "u200", SERVER]  # 5000/s for 0.3 s, ICMP echo
@@ -76,6 +78,10 @@ def test_tap_detects_what_inline_detects_and_enforces_nothing(tmp_path: Path) ->
         assert {a["alert"]["action"] for a in inline_alerts} & {"blocked"}
         blocks = [e for e in box.eve_events() if e["event_type"] == "ipsctl_block"]
         assert blocks and all(b["ipsctl_block"]["enforced"] is False for b in blocks)
+        # every sink says so, not only the EVE file: the recent alerts `ipsctl top` shows
+        feed = request(box.socket, {"op": "alerts", "since": 0, "limit": 256})
+        fed = {a["event"]["alert"]["action"] for a in feed["alerts"]}
+        assert "would_drop" in fed and "blocked" not in fed, fed
 
         # nothing enforced: every echo answered (inline limited them), the scan saw the
         # server's real answers (closed ports, not filtered), the attacker still gets through,

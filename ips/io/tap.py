@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from ips.core.events import Alert
 from ips.core.packet import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from ips.engine import Engine, Meta
 from ips.io.adapter import EngineAdapter
@@ -101,6 +102,16 @@ def interface_linktype(iface: str) -> int:
     if linktype is None:
         raise TapError(f"interface {iface!r} has a link type ipsctl cannot read ({arphrd})")
     return linktype
+
+
+def _not_enforced(effects: object) -> list[object]:
+    """A tap enforces nothing: an alert the engine calls `blocked` is `would_drop` for every
+    sink (EVE, the recent alerts of `ipsctl top`, the webhook)."""
+    out = list(effects)  # type: ignore[call-overload]
+    for ev in out:
+        if ev.__class__ is Alert and ev.action == "blocked":  # type: ignore[attr-defined]
+            ev.action = "would_drop"  # type: ignore[attr-defined]
+    return out
 
 
 class _NoReplies:
@@ -215,6 +226,12 @@ class TapWorker(EngineAdapter):
         finally:
             if self.blocks is not None and self.blocks.pending:
                 self.blocks.flush()
+
+    def _packet_effects(self, decision_effects: object) -> None:
+        super()._packet_effects(_not_enforced(decision_effects))
+
+    def effects(self, effects: list[object]) -> None:
+        super().effects(_not_enforced(effects))
 
     def _read_kernel_stats(self, sock: socket.socket) -> None:
         raw = sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
