@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from labkit import ATTACKER, CLIENT, GATEWAY_RULES, SERVER, inline_lab, wait_until
+from labkit import ATTACKER, CLIENT, GATEWAY_RULES, SERVER, InlineLab, inline_lab, wait_until
 
 UDP_PROBE = """
 import socket, sys
@@ -35,40 +35,48 @@ def udp_probe(box, node: str, host: str, port: int) -> str:
     return box.python(node, UDP_PROBE.format(host=host, port=port)).stdout.strip()
 
 
+def check_gateway_verdicts(box: InlineLab) -> dict:
+    """policies/gateway.rules at work on gw, whatever the backend: accept, rewrite with
+    replies translated back, reject (TCP reset, ICMP unreachable), drop with an alert — each
+    from a lab host, as its user sees it. Returns the daemon's status after."""
+    # accept: a web request from the client
+    web = box.curl("client", f"http://{SERVER}/")
+    assert web.returncode == 0 and web.stdout.startswith("ok port 80")
+    # rewrite: 8081 is the old port of the app; the server answers on 8080 and the
+    # client's connection works because the replies are translated back
+    moved = box.curl("client", f"http://{SERVER}:8081/")
+    assert moved.returncode == 0 and moved.stdout.startswith("ok port 8080"), moved
+    # reject (TCP): a reset comes back at once (curl: "couldn't connect", exit 7)
+    smb = box.curl("client", f"http://{SERVER}:445/")
+    assert smb.returncode == 7 and float(smb.stdout.split()[-1]) < 1.0, smb
+    # reject (UDP): an ICMP port unreachable comes back
+    assert udp_probe(box, "client", SERVER, 9) == "refused"
+    # accept (UDP): DNS-like echo is answered
+    assert udp_probe(box, "client", SERVER, 53) == "answer ping"
+    # drop: telnet from the attacker times out (curl exit 28), with an alert
+    telnet = box.curl("attacker", f"telnet://{SERVER}:23", max_time=2)
+    assert telnet.returncode == 28, telnet
+    ping = box.run("client", ["ping", "-c", "2", "-i", "0.2", "-W", "1", SERVER])
+    assert ping.returncode == 0
+    assert wait_until(lambda: any(
+        e["event_type"] == "alert" and e["alert"]["signature_id"] == 2000010
+        for e in box.eve_events()
+    ))  # fmt: skip
+    alert = next(e for e in box.eve_events() if e["event_type"] == "alert"
+                 and e["alert"]["signature_id"] == 2000010)  # fmt: skip
+    assert alert["src_ip"] == ATTACKER and alert["dest_port"] == 23
+    assert alert["alert"]["action"] == "blocked"
+    status = box.status()
+    verdicts = status["worker"]["verdicts"]
+    assert verdicts.get("reject", 0) >= 2 and verdicts.get("drop", 0) >= 1
+    assert verdicts.get("rewrite", 0) >= 1 and verdicts.get("accept", 0) >= 5
+    return status
+
+
 def test_accept_drop_reject_rewrite_end_to_end(tmp_path: Path) -> None:
     with inline_lab(tmp_path, "iv") as box:
         box.start_daemon(GATEWAY_RULES)
-        # accept: a web request from the client
-        web = box.curl("client", f"http://{SERVER}/")
-        assert web.returncode == 0 and web.stdout.startswith("ok port 80")
-        # rewrite: 8081 is the old port of the app; the server answers on 8080 and the
-        # client's connection works because the replies are translated back
-        moved = box.curl("client", f"http://{SERVER}:8081/")
-        assert moved.returncode == 0 and moved.stdout.startswith("ok port 8080"), moved
-        # reject (TCP): a reset comes back at once (curl: "couldn't connect", exit 7)
-        smb = box.curl("client", f"http://{SERVER}:445/")
-        assert smb.returncode == 7 and float(smb.stdout.split()[-1]) < 1.0, smb
-        # reject (UDP): an ICMP port unreachable comes back
-        assert udp_probe(box, "client", SERVER, 9) == "refused"
-        # accept (UDP): DNS-like echo is answered
-        assert udp_probe(box, "client", SERVER, 53) == "answer ping"
-        # drop: telnet from the attacker times out (curl exit 28), with an alert
-        telnet = box.curl("attacker", f"telnet://{SERVER}:23", max_time=2)
-        assert telnet.returncode == 28, telnet
-        ping = box.run("client", ["ping", "-c", "2", "-i", "0.2", "-W", "1", SERVER])
-        assert ping.returncode == 0
-        assert wait_until(lambda: any(
-            e["event_type"] == "alert" and e["alert"]["signature_id"] == 2000010
-            for e in box.eve_events()
-        ))  # fmt: skip
-        alert = next(e for e in box.eve_events() if e["event_type"] == "alert"
-                     and e["alert"]["signature_id"] == 2000010)  # fmt: skip
-        assert alert["src_ip"] == ATTACKER and alert["dest_port"] == 23
-        assert alert["alert"]["action"] == "blocked"
-        status = box.status()
-        verdicts = status["worker"]["verdicts"]
-        assert verdicts.get("reject", 0) >= 2 and verdicts.get("drop", 0) >= 1
-        assert verdicts.get("rewrite", 0) >= 1 and verdicts.get("accept", 0) >= 5
+        status = check_gateway_verdicts(box)
         assert status["diversion"]["backend"].startswith("iptables")
 
 
