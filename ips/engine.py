@@ -22,7 +22,7 @@ from ips.core import craft
 from ips.core.decode import decode_frame, decode_l3
 from ips.core.events import Alert, Block, FlowEnd, Unblock
 from ips.core.flow import TCP_ESTABLISHED, Flow, FlowTable, FlowTimeouts
-from ips.core.packet import LINKTYPE_RAW, PROTO_TCP, PROTO_UDP, Packet
+from ips.core.packet import LINKTYPE_RAW, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
 from ips.detect import BlockManager, Detectors
 from ips.policy.compile import (
     CompiledPolicy,
@@ -52,6 +52,8 @@ class Meta:
 
 
 NO_META = Meta()
+_ICMP_ECHOS = (0, 8)  # echo reply, request
+_ICMPV6_ECHOS = (128, 129)  # echo request, reply
 
 
 @dataclass
@@ -274,13 +276,18 @@ class Engine:
         """An accepted packet of a replied flow: may the flow's later packets skip us?
         TCP once established and carrying data (the portscan detector has seen the
         handshake and that the connection was used), UDP once answered (the UDP flood
-        detector counts unanswered datagrams only); nothing else (ICMP: flood rates). And
-        only when no candidate rule of either direction needs to see later packets."""
+        detector counts unanswered datagrams only), an ICMP echo once answered (the kernel
+        gives the ICMP flood detector every echo beyond a small per-address budget: see
+        ips/kernel/ruleset.py); nothing else. And only when no candidate rule of either
+        direction needs to see later packets."""
         if flow.offloaded or flow.nat is not None:
             return False
         proto = pkt.proto
         if proto == PROTO_TCP:
             if flow.tcp_state != TCP_ESTABLISHED or pkt.payload_offset >= pkt.length:
+                return False
+        elif proto in (PROTO_ICMP, PROTO_ICMPV6):
+            if pkt.icmp_type not in (_ICMP_ECHOS if proto == PROTO_ICMP else _ICMPV6_ECHOS):
                 return False
         elif proto != PROTO_UDP:
             return False

@@ -866,6 +866,31 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     assert held[0]["expr"][0]["match"]["right"] == rs.OFFLOAD_PAUSED << rs.OFFLOAD_CT_SHIFT
 
 
+def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_rate() -> None:
+    text = "accept proto icmp\ndetect icmpflood rate 300/s per dst limit\n"
+    cmds = rs.build_ruleset(load_policy_text(text, "i.rules"), ("forward",), offload_generation=7)
+    offloaded = [r["expr"] for r in _rules_by_chain(cmds)["forward"]
+                 if r["comment"] == rs.OFFLOADED_COMMENT]  # fmt: skip
+    assert len(offloaded) == 3
+    assert offloaded[0][1]["match"] == {"op": "!=", "left": {"meta": {"key": "l4proto"}},
+                                        "right": {"set": ["icmp", "ipv6-icmp"]}}  # fmt: skip
+    for exprs, l4proto, proto in ((offloaded[1], "icmp", "ip"), (offloaded[2], "ipv6-icmp", "ip6")):
+        assert exprs[1]["match"]["right"] == l4proto
+        meter = exprs[2]["set"]
+        assert meter["op"] == "update" and meter["set"].startswith(f"@{rs.ICMP_METER}_v")
+        assert meter["elem"] == {"payload": {"protocol": proto, "field": "daddr"}}  # per dst
+        assert meter["stmt"] == [{"limit": {"rate": 30, "per": "second", "burst": 30}}]
+        assert exprs[-1] == {"accept": None}
+    sets = {c["add"]["set"]["name"] for c in cmds if "set" in c.get("add", {})}
+    assert {f"{rs.ICMP_METER}_v4", f"{rs.ICMP_METER}_v6"} <= sets
+    # no icmpflood detector: one rule for every protocol, and no meter
+    plain = rs.build_ruleset(load_policy_text("accept proto icmp\n", "i.rules"), ("forward",),
+                             offload_generation=7)  # fmt: skip
+    rules = [r for r in _rules_by_chain(plain)["forward"] if r["comment"] == rs.OFFLOADED_COMMENT]
+    assert len(rules) == 1
+    assert not any(rs.ICMP_METER in str(c) for c in plain)
+
+
 def test_a_blocklist_of_consecutive_rules_becomes_one_set_rule() -> None:
     lines = [f"drop from 198.18.{i // 250}.{i % 250 + 1}" for i in range(10_000)]
     lines += ["drop from 198.19.0.0/16", "drop proto tcp to port 23", "drop proto tcp to port 25",

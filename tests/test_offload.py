@@ -35,12 +35,12 @@ def tcp_exchange(e: Engine, dport: int = 5201, now: float = 1.0) -> list[bool]:
     return out
 
 
-BASE = """
+HEAD = """
 table banned dynamic timeout 1h
 drop from @banned
 drop proto tcp flags F/FSRPAU alert "FIN scan"
-accept state established
 """
+BASE = HEAD + "accept state established\n"
 
 
 def test_tcp_flow_is_offloaded_at_its_first_data_packet_once() -> None:
@@ -66,9 +66,17 @@ def test_tcp_flow_is_offloaded_at_its_first_data_packet_once() -> None:
     ],
 )
 def test_flows_a_rule_must_keep_seeing_are_not_offloaded(rule: str) -> None:
-    e = engine(BASE + rule + "\nset default drop\n")
+    e = engine(HEAD + rule + "\naccept state established\nset default drop\n")
     assert not any(tcp_exchange(e))
     assert e.stats.offloaded == 0
+
+
+@pytest.mark.parametrize("rule", ["accept proto tcp to port 5201 limit 1000/s per src",
+                                  'drop proto tcp payload contains "zz"\naccept proto tcp'])
+def test_rules_after_accept_state_established_do_not_prevent_offload(rule: str) -> None:
+    """No later packet of a replied flow gets past `accept state established`."""
+    e = engine(BASE + rule + "\nset default drop\n")
+    assert tcp_exchange(e) == [False, False, False, True, False, False]
 
 
 def test_rules_for_new_connections_only_do_not_prevent_offload() -> None:
@@ -82,15 +90,44 @@ def test_set_offload_off_and_default_accept() -> None:
     assert tcp_exchange(engine("set default accept\n")) == [False] * 3 + [True, False, False]
 
 
-def test_udp_offloaded_once_answered_icmp_never() -> None:
+def test_udp_offloaded_once_answered() -> None:
     e = engine("set default accept\n")
     first = e.handle(build_packet(PROTO_UDP, C, S, 5000, 53, payload=b"q"), now=1.0)
     reply = e.handle(build_packet(PROTO_UDP, S, C, 53, 5000, payload=b"a"), now=1.1)
     assert (first.offload, reply.offload) == (False, True)
+
+
+def ping(e: Engine, count: int = 3, icmp_id: int = 7, now: float = 2.0) -> list[bool]:
+    """Echo requests and their replies on one echo id: Decision.offload of each."""
+    out = []
+    for i in range(count):
+        for src, dst, itype in ((C, S, 8), (S, C, 0)):
+            d = e.handle(build_packet(PROTO_ICMP, src, dst, icmp_type=itype, icmp_id=icmp_id),
+                         now=now + i)  # fmt: skip
+            assert d.verdict == "accept", d
+            out.append(d.offload)
+    return out
+
+
+def test_a_ping_is_offloaded_at_its_first_reply() -> None:
+    assert ping(engine("set default accept\n")) == [False, True, False, False, False, False]
+
+
+def test_a_ping_limit_after_state_established_does_not_prevent_offload() -> None:
+    """gateway.rules: `accept state established` first, then the echo-request limit. The limit
+    decides only a ping's first request (the later ones are established), so offload is safe."""
+    rules = "accept state established\naccept proto icmp type echo-request limit 20/s per src\n"
+    assert ping(engine(rules + "set default drop\n"))[1]
+    limit_first = "accept proto icmp type echo-request limit 20/s per src\n" + rules
+    assert not any(ping(engine(limit_first + "set default drop\n")))
+
+
+def test_icmp_other_than_echo_is_never_offloaded() -> None:
+    e = engine("set default accept\n")
     for i in range(3):
-        req = e.handle(build_packet(PROTO_ICMP, C, S, icmp_type=8, icmp_id=7), now=2.0 + i)
-        rep = e.handle(build_packet(PROTO_ICMP, S, C, icmp_type=0, icmp_id=7), now=2.1 + i)
-        assert not req.offload and not rep.offload
+        for src, dst in ((C, S), (S, C)):
+            d = e.handle(build_packet(PROTO_ICMP, src, dst, icmp_type=13), now=1.0 + i)
+            assert not d.offload  # timestamp requests and replies
 
 
 def test_a_new_policy_re_decides_offloaded_flows() -> None:

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from labkit import SERVER, InlineLab, inline_lab, wait_until
+from labkit import ATTACKER, SERVER, InlineLab, inline_lab, wait_until
 
 POLICY = """
 set default drop
@@ -119,3 +119,36 @@ def test_offload_off_keeps_every_packet_in_the_queue(tmp_path: Path) -> None:
         status = box.status()
         assert not status["offload"]["enabled"]
         assert status["offload"]["flows"] == 0 and status["offload"]["kernel_packets"] == 0
+
+
+PING_POLICY = """
+set default drop
+accept  state established
+accept  proto icmp type echo-request limit 20/s per src else drop
+detect  icmpflood rate 200/s per src limit
+"""
+
+
+def test_a_ping_is_offloaded_and_a_flood_over_the_budget_still_reaches_the_detector(
+    tmp_path: Path,
+) -> None:
+    """The kernel passes an offloaded ping's packets up to a tenth of the icmpflood rate per
+    address (20/s here); what is over it goes back to the queue, where the detector sees it."""
+    with inline_lab(tmp_path, "ofi") as box:
+        box.start_daemon(PING_POLICY)
+        before = queued(box)
+        ping = box.run("client", ["ping", "-c", "40", "-i", "0.1", "-q", SERVER], timeout=20)
+        assert " 0% packet loss" in ping.stdout, ping.stdout
+        time.sleep(0.2)
+        assert queued(box) - before <= 6  # the first request and reply, not the 80 packets
+        offload = box.status()["offload"]
+        assert offload["flows"] >= 1 and offload["kernel_packets"] >= 70, offload
+
+        before = queued(box)
+        box.run("attacker", ["hping3", "-1", "-c", "2000", "-i", "u500", SERVER], timeout=30)
+        time.sleep(0.2)
+        assert queued(box) - before >= 1500  # the flood's packets over 20/s were inspected
+        alerts = [e for e in box.eve_events() if e["event_type"] == "alert"
+                  and e["alert"]["category"] == "icmpflood"]  # fmt: skip
+        assert alerts and alerts[0]["src_ip"] == ATTACKER, alerts[:1]
+        assert box.status()["worker"]["verdicts"].get("drop", 0) >= 500  # limited to ~200/s

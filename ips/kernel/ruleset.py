@@ -86,6 +86,13 @@ OFFLOAD_PAUSED = 0xFF  # a generation never stamped: keeps the rule (and conntra
 OFFLOAD_PRIORITY = 10  # after the queue (nft queue at -10, iptables' filter chain at 0)
 OFFLOADED_COMMENT = "ipsctl:offloaded"  # later packets of offloaded connections (counter)
 OFFLOAD_COMMENT = "ipsctl:offload"  # verdict mark -> ct mark
+# Offloaded pings: the kernel accepts, per address, up to this share of the icmpflood rate and
+# no more; what is over it goes to the queue, where the detector counts it (so it sees a flood
+# less this small budget). Keyed like the detector (per src or per dst), in a meter set.
+ICMP_OFFLOAD_SHARE = 0.1
+ICMP_METER = "icmp_offload"  # sets icmp_offload_v4 / _v6: address -> token bucket
+ICMP_METER_SIZE = 65536  # full: the update fails, the rule does not match, the queue decides
+ICMP_METER_TIMEOUT = 60  # seconds an idle address keeps its bucket
 COMMENT_PREFIX = "ipsctl:"
 USERSPACE_COMMENT = "ipsctl:to-userspace"  # counts the packets left to the engine
 CLEAR_MARK_COMMENT = "ipsctl:clear-mark"
@@ -739,6 +746,9 @@ def build_ruleset(
         if name not in chains:
             cmds.append({"delete": {"chain": {**_T, "name": name}}})
     wanted = _wanted_sets(policy)
+    icmp_budget = icmp_offload_budget(policy) if offload else None
+    if icmp_budget is not None:
+        wanted.update(_icmp_meter_sets())
     carry: dict[str, tuple[SetElement, ...]] = {}
     for name, have in old_sets.items():
         want = wanted.get(name)
@@ -762,7 +772,8 @@ def build_ruleset(
         cmds.append(_rule(hook, [{"mangle": _clear_mark()}], CLEAR_MARK_COMMENT))
         if offload:
             gen = (offload_generation or OFFLOAD_PAUSED) << OFFLOAD_CT_SHIFT  # type: ignore[operator]
-            cmds.append(_rule(hook, _offloaded_exprs(gen), OFFLOADED_COMMENT))
+            for exprs in _offloaded_rules(gen, icmp_budget):
+                cmds.append(_rule(hook, exprs, OFFLOADED_COMMENT))
             if offload_generation:
                 cmds.append(_rule(f"{hook}_offload", _offload_exprs(gen), OFFLOAD_COMMENT))
         for comment, exprs in kernel_prefix(policy, hook)[1]:
@@ -804,14 +815,56 @@ def _ct_mark() -> Expr:
     return {"ct": {"key": "mark"}}
 
 
-def _offloaded_exprs(gen: int) -> list[Expr]:
-    """ct mark & MASK == gen: meta mark |= ACCEPT_MARK (the queue skips it), counter, accept."""
-    return [
-        _match("==", {"&": [_ct_mark(), OFFLOAD_CT_MASK]}, gen),
+def icmp_offload_budget(policy: Policy) -> tuple[int, str] | None:
+    """(packets/s, "src"|"dst") the kernel accepts per address in offloaded ICMP flows, when
+    the policy has an icmpflood detector; None: no detector, nothing to keep back."""
+    spec = policy.detectors.get("icmpflood")
+    if spec is None:
+        return None
+    rate = float(spec.params["rate"])  # type: ignore[arg-type]
+    return max(1, int(rate * ICMP_OFFLOAD_SHARE)), str(spec.params["per"])
+
+
+def _icmp_meter_sets() -> dict[str, dict[str, object]]:
+    return {
+        set_name(ICMP_METER, family): {
+            **_T,
+            "name": set_name(ICMP_METER, family),
+            "type": "ipv4_addr" if family == 4 else "ipv6_addr",
+            "flags": ["timeout"],  # nft marks it dynamic itself: the rules update it
+            "timeout": ICMP_METER_TIMEOUT,
+            "size": ICMP_METER_SIZE,
+        }
+        for family in (4, 6)
+    }
+
+
+def _offloaded_rules(gen: int, icmp_budget: tuple[int, str] | None) -> list[list[Expr]]:
+    """ct mark & MASK == gen: meta mark |= ACCEPT_MARK (the queue skips it), counter, accept.
+    With an ICMP budget, ICMP only while its address's meter is under the budget."""
+    offloaded = _match("==", {"&": [_ct_mark(), OFFLOAD_CT_MASK]}, gen)
+    accept: list[Expr] = [
         {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
         {"counter": None},
         {"accept": None},
     ]
+    if icmp_budget is None:
+        return [[offloaded, *accept]]
+    rate, per = icmp_budget
+    icmps = ("icmp", "ipv6-icmp")
+    rules = [[offloaded, _match("!=", _meta("l4proto"), {"set": list(icmps)}), *accept]]
+    for family, proto, l4proto in ((4, "ip", icmps[0]), (6, "ip6", icmps[1])):
+        within = {"limit": {"rate": rate, "per": "second", "burst": rate}}
+        meter = {
+            "set": {
+                "op": "update",
+                "elem": _payload(proto, "saddr" if per == "src" else "daddr"),
+                "set": f"@{set_name(ICMP_METER, family)}",
+                "stmt": [within],
+            }
+        }
+        rules.append([offloaded, _match("==", _meta("l4proto"), l4proto), meter, *accept])
+    return rules
 
 
 def _offload_exprs(gen: int) -> list[Expr]:

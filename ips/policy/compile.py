@@ -591,10 +591,35 @@ class CompiledPolicy:
         known = self._offload_memo.get(candidates)
         if known is not None:
             return known
-        safe = self.offload and all(_offload_safe_rule(r.spec) for r in candidates)
+        safe = self.offload
+        for rule in candidates:
+            if not safe:
+                break
+            safe = _offload_safe_rule(rule.spec)
+            if _takes_every_replied_packet(rule.spec):
+                break  # the rules after it never see a later packet of an offloaded flow
         if len(self._offload_memo) < 65536:
             self._offload_memo[candidates] = safe
         return safe
+
+
+def _takes_every_replied_packet(spec: RuleSpec) -> bool:
+    """A terminal rule whose only per-packet condition is `state established` (with or without
+    `new`): once the flow is replied (offload needs that) it decides every later packet."""
+    if spec.action == MATCH or spec.states is None or "established" not in spec.states:
+        return False
+    dynamic_addr = (spec.src is not None and spec.src.dynamic) or (
+        spec.dst is not None and spec.dst.dynamic
+    )
+    return not (
+        spec.flags
+        or spec.icmp_types is not None
+        or spec.length
+        or spec.fragment
+        or spec.contains
+        or spec.limit
+        or dynamic_addr
+    )
 
 
 def _offload_safe_rule(spec: RuleSpec) -> bool:
