@@ -9,7 +9,11 @@ its own prefix for every variant), and measures, for each variant, in one run:
                 by its interface counter (iperf3 -u aborts when a full queue drops its
                 control packets, see measure_udp)
   connections   a storm of short TCP connections (bench/storm.py: connect, send, read the
-                echo, close), two clients towards two server addresses; completed per second
+                echo, close), two clients towards two server addresses; completed per second,
+                twice: one connection in flight per client (each waits for the last: the
+                round trips through gw bound the rate — a latency figure), and STORM_PARALLEL
+                in flight per client (how many connections a second the path can take, as
+                `ab -c` measures it)
   ping          ping -i 0.01 from client to server, unloaded; p50 and p99 of per-packet RTT
 Variants (--only NAME,...):
   kernel              kernel forwarding only, no queue, no ipsctl
@@ -84,6 +88,7 @@ CLIENT_SRCS = ("10.10.1.21", "10.10.1.22", "10.10.1.23", "10.10.1.24")
 UDP_LEN = 64
 STORM_PORT = 5209
 STORM_DSTS = ("10.10.2.10", "10.10.2.103")
+STORM_PARALLEL = 16  # connections in flight per client for conn_par_per_s
 PING_INTERVAL = 0.01
 TOOLS = ("iperf3", "hping3", "ping", "iptables", "ss", "timeout")
 QUEUE = 0
@@ -131,7 +136,8 @@ VARIANTS = (
         offload=False,
     ),
 )
-METRICS = ("tcp_gbps", "udp_pps", "conn_per_s", "ping_p50_us", "ping_p99_us")
+METRICS = ("tcp_gbps", "udp_pps", "conn_per_s", "conn_par_per_s", "ping_p50_us",
+           "ping_p99_us")  # fmt: skip
 
 
 # ---- policies ----------------------------------------------------------------------------------
@@ -427,7 +433,7 @@ def measure_udp(b: Bench) -> tuple[float, dict[str, Any]]:
     return received / elapsed, info
 
 
-def measure_storm(b: Bench) -> tuple[float, dict[str, Any]]:
+def measure_storm(b: Bench, parallel: int = 1) -> tuple[float, dict[str, Any]]:
     clients = [
         b.popen(
             "client",
@@ -443,6 +449,8 @@ def measure_storm(b: Bench) -> tuple[float, dict[str, Any]]:
                 f"{b.seconds:g}",
                 "--src",
                 CLIENT_SRCS[i % len(CLIENT_SRCS)],
+                "--parallel",
+                str(parallel),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -502,13 +510,21 @@ def one_run(b: Bench) -> dict[str, Any]:
     tcp = measure_tcp(b)
     udp, udp_info = measure_udp(b)
     conns, storm_info = measure_storm(b)
+    time.sleep(1.0)  # the first storm's last connections closed before the next one counts
+    conns_par, storm_par_info = measure_storm(b, STORM_PARALLEL)
     return {
         "tcp_gbps": tcp,
         "udp_pps": udp,
         "conn_per_s": conns,
+        "conn_par_per_s": conns_par,
         "ping_p50_us": p50,
         "ping_p99_us": p99,
-        "detail": {"udp": udp_info, "storm": storm_info, "ping": ping_info},
+        "detail": {
+            "udp": udp_info,
+            "storm": storm_info,
+            "storm_parallel": storm_par_info,
+            "ping": ping_info,
+        },
     }
 
 
@@ -742,7 +758,20 @@ TARGETS = (
         "ipsctl-inspect",
         1.5,
     ),
-    ("new connections/s, offload on / kernel", "conn_per_s", "ipsctl-offload", "kernel", 0.5),
+    (
+        "new connections/s, offload on / kernel, 1 in flight",
+        "conn_per_s",
+        "ipsctl-offload",
+        "kernel",
+        0.5,
+    ),
+    (
+        f"new connections/s, offload on / kernel, {STORM_PARALLEL} in flight",
+        "conn_par_per_s",
+        "ipsctl-offload",
+        "kernel",
+        0.5,
+    ),
     (
         "UDP64 pkt/s, 10,000 rules / gateway rules (offload off)",
         "udp_pps",
@@ -762,7 +791,7 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
         if a in med and b in med and med[b][metric] > 0:
             out[f"{metric} {a} / {b}"] = med[a][metric] / med[b][metric]
 
-    for metric in ("tcp_gbps", "udp_pps", "conn_per_s"):
+    for metric in ("tcp_gbps", "udp_pps", "conn_per_s", "conn_par_per_s"):
         for name in med:
             if name != "kernel":
                 ratio(metric, name, "kernel")
@@ -814,12 +843,12 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
     print(
         f"UDP64: {len(UDP_DSTS)} hping3 floods of {UDP_LEN}-byte payloads to {len(UDP_DSTS)} "
         "server addresses, counted at the server; conn/s: "
-        f"{len(STORM_DSTS)} Python storm clients (one alone is the bottleneck); ping -i "
-        f"{PING_INTERVAL:g}, unloaded"
+        f"{len(STORM_DSTS)} Python storm clients with 1 and {STORM_PARALLEL} connections in "
+        f"flight each; ping -i {PING_INTERVAL:g}, unloaded"
     )
     head = (
         f"{'variant':<19}{'TCP Gbit/s':>11}{'UDP64 pkt/s':>13}{'conn/s':>9}"
-        f"{'ping p50 us':>13}{'p99 us':>8}  queue drops (UDP)"
+        f"{f'x{STORM_PARALLEL}':>8}{'ping p50 us':>13}{'p99 us':>8}  queue drops (UDP)"
     )
     print(head)
     for name, r in res.items():
@@ -832,7 +861,8 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
         drop_text = "-" if drops[0] is None else "/".join(str(d) for d in drops)
         print(
             f"{name:<19}{m['tcp_gbps']:>11.2f}{m['udp_pps']:>13,.0f}{m['conn_per_s']:>9,.0f}"
-            f"{m['ping_p50_us']:>13.0f}{m['ping_p99_us']:>8.0f}  {drop_text}"
+            f"{m['conn_par_per_s']:>8,.0f}{m['ping_p50_us']:>13.0f}{m['ping_p99_us']:>8.0f}"
+            f"  {drop_text}"
         )
     for name, r in res.items():
         if r["status"] == "ok" and r["runs"][0]["detail"]["udp"].get("queued"):
@@ -937,6 +967,7 @@ def main(argv: list[str] | None = None) -> int:
                 "policy": POLICY_NOTE,
                 "udp_streams": list(UDP_DSTS),
                 "storm_clients": list(STORM_DSTS),
+                "storm_parallel": STORM_PARALLEL,
             },
             "variants": results,
             "ratios": ratios(results),

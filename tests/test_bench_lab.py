@@ -85,7 +85,8 @@ def test_quick_run_measures_kernel_and_accept_only(tmp_path: Path) -> None:
     for name in ("kernel", "accept-only"):
         v = doc["variants"][name]
         assert v["status"] == "ok", v
-        for metric in ("tcp_gbps", "udp_pps", "conn_per_s", "ping_p50_us", "ping_p99_us"):
+        for metric in ("tcp_gbps", "udp_pps", "conn_per_s", "conn_par_per_s", "ping_p50_us",
+                       "ping_p99_us"):  # fmt: skip
             assert v["median"][metric] > 0, (name, metric, v["median"])
         assert v["median"]["ping_p99_us"] >= v["median"]["ping_p50_us"]
     # The accept-only loop really was in the path: the flood went through its queue.
@@ -96,7 +97,7 @@ def test_quick_run_measures_kernel_and_accept_only(tmp_path: Path) -> None:
     # The printed table has a row of figures per variant.
     rows = {ln.split()[0]: ln.split()[1:] for ln in res.stdout.splitlines() if ln.strip()}
     for name in ("kernel", "accept-only"):
-        figures = [float(x.replace(",", "")) for x in rows[name][:5]]
+        figures = [float(x.replace(",", "")) for x in rows[name][:6]]
         assert all(f > 0 for f in figures), rows[name]
     # Its lab is gone.
     after = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
@@ -120,7 +121,7 @@ def test_report_computes_ratios_and_targets_from_medians(
 
     def ok(tcp: float, udp: float, conn: float, p50: float, queued: dict[int, int] | None = None):
         median = {"tcp_gbps": tcp, "udp_pps": udp, "conn_per_s": conn, "ping_p50_us": p50,
-                  "ping_p99_us": p50 * 2}  # fmt: skip
+                  "conn_par_per_s": conn * 4, "ping_p99_us": p50 * 2}  # fmt: skip
         udp_detail = {"queued": queued, "queue_drops": 0} if queued else {}
         return {"label": "", "status": "ok", "median": median,
                 "runs": [{**median, "detail": {"udp": udp_detail}}]}  # fmt: skip
@@ -142,7 +143,8 @@ def test_report_computes_ratios_and_targets_from_medians(
     assert got["TCP bulk, offload on / kernel"]["met"] is True
     assert got["UDP64 pkt/s, full inspection 1 queue / accept-only"]["met"] is True
     assert got["UDP64 pkt/s, full inspection 2 queues / 1 queue"]["met"] is False  # 1.375
-    assert got["new connections/s, offload on / kernel"]["met"] is False  # 0.375
+    assert got["new connections/s, offload on / kernel, 1 in flight"]["met"] is False  # 0.375
+    assert got["new connections/s, offload on / kernel, 16 in flight"]["met"] is False
     assert "value" not in got["UDP64 pkt/s, 10,000 rules / gateway rules (offload off)"]
     assert got["ping p50 added by gw, offload on vs kernel"]["met"] is False  # 110 us
     lab.print_report(res, type("A", (), {"runs": 1, "seconds": 2.0, "fail_mode": "closed"})())

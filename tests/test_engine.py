@@ -452,3 +452,18 @@ def test_blocked_sources_are_dropped_before_any_rule() -> None:
     assert d.verdict == "drop" and d.reason == "blocked"
     assert e.handle(ping(A, B), now=12).verdict == "accept"  # the block expired
     assert e.handle(ping(B, A), now=2).verdict == "accept"  # only the source is blocked
+
+
+def test_rules_only_for_blocked_sources_are_left_out_of_the_per_packet_search() -> None:
+    """`drop from @banned` can never match what the block check let through, so it costs no
+    lookup per packet; a rule that also names addresses of its own stays."""
+    text = ("table banned dynamic timeout 1h\ndrop from @banned\n"
+            f"drop from {{ @banned, {C} }}\naccept proto icmp\n")  # fmt: skip
+    e = engine(text)
+    assert e.handle(ping(A, B), now=1).verdict == "accept"
+    assert e.handle(ping(C, B), now=1).verdict == "drop"
+    flow = next(f for f in e.flows.flows() if f.pkts_fwd == 1 and f.replied is False)
+    lines = [r.spec.span.line for r in flow.cache_fwd[3]]  # type: ignore[index]
+    assert 2 not in lines and 3 in lines
+    e.tables["banned"].add(decode_l3(ping(A, B)).src, now=1, ttl=10)  # type: ignore[union-attr]
+    assert e.handle(ping(A, B), now=2).reason == "blocked"

@@ -178,6 +178,14 @@ def _decode_ipv4(data: bytes, vlans: tuple[int, ...]) -> Packet | Malformed:
             frag,
             vlans,
         )
+    if proto == PROTO_UDP and total - hl >= 8:
+        # The second commonest case, inlined too (the checks are _decode_l4's).
+        sport, dport, ulen = _UDP.unpack_from(data, hl)
+        if ulen < 8 or (ulen > total - hl and not frag):
+            return M_UDP_BAD_LENGTH
+        return Packet(
+            data, 4, src, dst, proto, sport, dport, 0, -1, -1, ttl, tos, hl, hl + 8, frag, vlans
+        )
     return _decode_l4(data, total, hl, 4, src, dst, proto, ttl, tos, frag, vlans)
 
 

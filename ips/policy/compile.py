@@ -344,13 +344,18 @@ class NetMatcher:
 # ---- the static index -------------------------------------------------------------------------
 
 
-class _AddrIndex:
-    """Address -> bitset of rules whose static address condition admits it (one family)."""
+MEMO_MAX = 65536  # entries of a lookup memo; a full one is emptied (a spoofed flood's churn)
 
-    __slots__ = ("free", "neg_all", "neg_by_plen", "pos_by_plen", "width")
+
+class _AddrIndex:
+    """Address -> bitset of rules whose static address condition admits it (one family).
+    Results are memoised per address: a new flow mostly has addresses seen before."""
+
+    __slots__ = ("free", "memo", "neg_all", "neg_by_plen", "pos_by_plen", "width")
 
     def __init__(self, width: int) -> None:
         self.width = width
+        self.memo: dict[bytes, int] = {}
         self.free = 0  # no condition for this dimension
         self.neg_all = 0
         self.pos_by_plen: dict[int, dict[int, int]] = {}
@@ -370,6 +375,14 @@ class _AddrIndex:
             bucket[key] = bucket.get(key, 0) | bit
 
     def lookup(self, addr: bytes) -> int:
+        bits = self.memo.get(addr)
+        if bits is None:
+            if len(self.memo) >= MEMO_MAX:
+                self.memo.clear()
+            bits = self.memo[addr] = self._lookup(addr)
+        return bits
+
+    def _lookup(self, addr: bytes) -> int:
         value = int.from_bytes(addr, "big")
         width = self.width
         bits = self.free
@@ -483,6 +496,7 @@ class CompiledPolicy:
         self.digest = policy.digest
         self.offload = policy.offload
         self._offload_memo: dict[tuple[CompiledRule, ...], bool] = {}
+        self._candidates_memo: dict[int, tuple[CompiledRule, ...]] = {}
         self._families = {4: _FamilyIndex(4), 6: _FamilyIndex(6)}
         self._iif = _IfaceIndex()
         self._oif = _IfaceIndex()
@@ -498,6 +512,8 @@ class CompiledPolicy:
         }
         for rule in self.rules:
             spec = rule.spec
+            if _only_blocked_sources(spec):
+                continue  # never a candidate: the engine drops blocked sources before the rules
             bit = 1 << rule.index
             for family in (4, 6):
                 fx = self._families[family]
@@ -568,8 +584,18 @@ class CompiledPolicy:
         return bits
 
     def candidates(self, pkt: Packet, iif: str | None, oif: str | None) -> tuple[CompiledRule, ...]:
-        """The rules to try, in order, up to the first that needs no per-packet check."""
+        """The rules to try, in order, up to the first that needs no per-packet check (one
+        tuple per distinct bitset, memoised: flows alike share it)."""
         bits = self.candidate_bits(pkt, iif, oif)
+        known = self._candidates_memo.get(bits)
+        if known is not None:
+            return known
+        if len(self._candidates_memo) >= MEMO_MAX:
+            self._candidates_memo.clear()
+        found = self._candidates_memo[bits] = self._candidates(bits)
+        return found
+
+    def _candidates(self, bits: int) -> tuple[CompiledRule, ...]:
         rules = self.rules
         out: list[CompiledRule] = []
         while bits:
@@ -601,6 +627,20 @@ class CompiledPolicy:
         if len(self._offload_memo) < 65536:
             self._offload_memo[candidates] = safe
         return safe
+
+
+def _only_blocked_sources(spec: RuleSpec) -> bool:
+    """A rule that matches only sources in the block table (`drop from @banned`, as every
+    policy starts): the Engine drops those before it looks at any rule, so the rule would cost
+    a table lookup per packet and never match."""
+    src = spec.src
+    return (
+        src is not None
+        and not src.negated
+        and set(src.dynamic) == {BAN_TABLE}
+        and not src.nets4
+        and not src.nets6
+    )
 
 
 def _takes_every_replied_packet(spec: RuleSpec) -> bool:
