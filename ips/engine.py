@@ -280,7 +280,7 @@ class Engine:
         gives the ICMP flood detector every echo beyond a small per-address budget: see
         ips/kernel/ruleset.py); nothing else. And only when no candidate rule of either
         direction needs to see later packets."""
-        if flow.offloaded or flow.nat is not None:
+        if flow.nat is not None:
             return False
         proto = pkt.proto
         if proto == PROTO_TCP:
@@ -299,8 +299,12 @@ class Engine:
             return False
         if not (policy.offload_safe(fwd_cache[3]) and policy.offload_safe(rev_cache[3])):
             return False
-        flow.offloaded = True
-        self.stats.offloaded += 1
+        # An offloaded flow's packet reaches us again when the kernel no longer passes it:
+        # a new policy generation, conntrack's entry gone, or a packet queued before the
+        # offloading one: offloaded again (the kernel stamps its ct mark anew), counted once.
+        if not flow.offloaded:
+            flow.offloaded = True
+            self.stats.offloaded += 1
         return True
 
     def _note(

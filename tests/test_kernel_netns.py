@@ -193,6 +193,27 @@ def test_reapply_keeps_set_members_and_swaps_rules(ns: str) -> None:
     assert {o["chain"]["name"] for o in objs if "chain" in o} == {"input"}
 
 
+def test_the_icmp_offload_meter_survives_applies_and_goes_with_its_detector(ns: str) -> None:
+    """An icmpflood detector with offload: the meter sets (flagged dynamic by nft because
+    rules update them) are kept over applies — re-adding them was refused — and removed with
+    the detector."""
+    apply_gen = """
+policy = load_policy_text(DATA["text"], "p.rules")
+Nft().apply(policy, hooks=("forward",), offload_generation=DATA["gen"])
+print(json.dumps(None))
+"""
+    flood = POLICY + "detect icmpflood rate 300/s per src limit\n"
+    for gen in (3, 0, 4, 5):  # start, a swap (paused, then the new generation), another
+        run_in(ns, apply_gen, {"text": flood, "gen": gen})
+    sets = {o["set"]["name"] for o in nft_list(ns, "table", "inet", "ipsctl") if "set" in o}
+    assert {"icmp_offload_v4", "icmp_offload_v6"} <= sets
+    text = sh(["ip", "netns", "exec", ns, "nft", "list", "chain", "inet", "ipsctl", "forward"])
+    assert "update @icmp_offload_v4 { ip saddr limit rate 30/second" in text
+    run_in(ns, apply_gen, {"text": POLICY, "gen": 6})
+    sets = {o["set"]["name"] for o in nft_list(ns, "table", "inet", "ipsctl") if "set" in o}
+    assert sets == {"banned_v4", "banned_v6"}
+
+
 def test_elements_with_timeouts(ns: str) -> None:
     run_in(ns, APPLY, {"text": POLICY, "hooks": ["forward"]})
     got = run_in(ns, """

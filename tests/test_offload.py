@@ -18,7 +18,9 @@ def engine(text: str) -> Engine:
 
 
 def tcp_exchange(e: Engine, dport: int = 5201, now: float = 1.0) -> list[bool]:
-    """A connection: handshake, data each way, more data. Returns Decision.offload of each."""
+    """A connection: handshake, data each way, more data. Returns Decision.offload of each
+    (a packet after the offloading one reaches the engine only when the kernel sent it back:
+    it is offloaded again)."""
     packets = [
         build_packet(PROTO_TCP, C, S, 40000, dport, flags=SYN),
         build_packet(PROTO_TCP, S, C, dport, 40000, flags=SYNACK),
@@ -45,7 +47,7 @@ BASE = HEAD + "accept state established\n"
 
 def test_tcp_flow_is_offloaded_at_its_first_data_packet_once() -> None:
     e = engine(BASE + "accept proto tcp to port 5201\nset default drop\n")
-    assert tcp_exchange(e) == [False, False, False, True, False, False]
+    assert tcp_exchange(e) == [False, False, False, True, True, True]
     assert e.stats.offloaded == 1
     flow = next(iter(e.flows.flows()))
     assert flow.offloaded
@@ -76,7 +78,7 @@ def test_flows_a_rule_must_keep_seeing_are_not_offloaded(rule: str) -> None:
 def test_rules_after_accept_state_established_do_not_prevent_offload(rule: str) -> None:
     """No later packet of a replied flow gets past `accept state established`."""
     e = engine(BASE + rule + "\nset default drop\n")
-    assert tcp_exchange(e) == [False, False, False, True, False, False]
+    assert tcp_exchange(e) == [False, False, False, True, True, True]
 
 
 def test_rules_for_new_connections_only_do_not_prevent_offload() -> None:
@@ -87,7 +89,7 @@ def test_rules_for_new_connections_only_do_not_prevent_offload() -> None:
 
 def test_set_offload_off_and_default_accept() -> None:
     assert not any(tcp_exchange(engine("set offload off\nset default accept\n")))
-    assert tcp_exchange(engine("set default accept\n")) == [False] * 3 + [True, False, False]
+    assert tcp_exchange(engine("set default accept\n")) == [False] * 3 + [True, True, True]
 
 
 def test_udp_offloaded_once_answered() -> None:
@@ -110,7 +112,7 @@ def ping(e: Engine, count: int = 3, icmp_id: int = 7, now: float = 2.0) -> list[
 
 
 def test_a_ping_is_offloaded_at_its_first_reply() -> None:
-    assert ping(engine("set default accept\n")) == [False, True, False, False, False, False]
+    assert ping(engine("set default accept\n")) == [False, True, True, True, True, True]
 
 
 def test_a_ping_limit_after_state_established_does_not_prevent_offload() -> None:
@@ -157,3 +159,30 @@ def test_flow_record_of_an_offloaded_flow_says_bypass() -> None:
     tcp_exchange(plain)
     record = flow_record(FlowEnd(next(iter(plain.flows.flows())), "timeout", 100.0))
     assert "bypass" not in record["flow"]  # type: ignore[operator]
+
+
+def test_a_port_reused_after_an_offloaded_connection_is_a_new_flow_offloaded_again() -> None:
+    """The engine never sees an offloaded connection's end; when the client reuses the port,
+    the kernel (a new conntrack entry) sends the SYN to us: a new flow, offloaded in its turn
+    (before, it stayed in the old flow, and every packet of it went through the queue)."""
+    e = engine(BASE + "accept proto tcp to port 5201\nset default drop\n")
+    assert tcp_exchange(e) == [False, False, False, True, True, True]
+    first = next(iter(e.flows.flows()))
+    assert tcp_exchange(e, now=30.0) == [False, False, False, True, True, True]
+    second = next(iter(e.flows.flows()))
+    assert second is not first and second.flow_id != first.flow_id
+    assert e.stats.offloaded == 2
+
+
+def test_packets_of_an_offloaded_flow_that_come_back_are_offloaded_again() -> None:
+    """After an apply (a new generation) the kernel sends the flow to us again: offloaded
+    again at its next packet, counted once."""
+    e = engine(BASE + "accept proto tcp to port 5201\nset default drop\n")
+    tcp_exchange(e)
+    e.load(load_policy_text(BASE + "accept proto tcp to port 5201\n", "t.rules"))
+    reply = e.handle(build_packet(PROTO_TCP, S, C, 5201, 40000, flags=ACK), now=5.0)
+    assert reply.verdict == "accept" and not reply.offload  # no payload
+    d = e.handle(build_packet(PROTO_TCP, C, S, 40000, 5201, flags=ACK | PSH, payload=b"again"),
+                 now=5.1)  # fmt: skip
+    assert d.verdict == "accept" and d.offload
+    assert e.stats.offloaded == 1

@@ -301,8 +301,12 @@ class FlowTable:
         if flow is None:
             return self._create(pkt, now), True
         flags = pkt.flags
-        # SYN without ACK on a closing/closed TCP flow (tcp_state is NONE for other protocols).
-        if flags & (TCP_SYN | TCP_ACK) == TCP_SYN and flow.tcp_state >= TCP_CLOSING:
+        # SYN without ACK on a closing/closed TCP flow (tcp_state is NONE for other protocols),
+        # or on an offloaded one: the engine saw none of its end, but the kernel sends it
+        # to us, so conntrack took the SYN for a new connection (the client reused the port).
+        if flags & (TCP_SYN | TCP_ACK) == TCP_SYN and (
+            flow.tcp_state >= TCP_CLOSING or flow.offloaded
+        ):
             return self._reuse(flow, pkt, now), True
         if sport == flow.sport and src == flow.src:
             fwd = True

@@ -760,6 +760,10 @@ def build_ruleset(
             if have.type == want["type"]:
                 carry[name] = have.elements
     for name, want in wanted.items():
+        if icmp_budget is not None and name in old_sets and name.startswith(ICMP_METER):
+            # Its rules made nft flag it dynamic; an `add` without that flag is refused
+            # (EEXIST), and there is nothing to change: its type, size and timeout are fixed.
+            continue
         cmds.append({"add": {"set": want}})  # a changed timeout/size is updated in place
         if carry.get(name):
             cmds.append({"add": {"element": {**_T, "name": name, "elem": _elems(carry[name])}}})
