@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ips.core import craft
-from ips.core.decode import decode_frame, decode_l3
+from ips.core.decode import decode_frame, decode_ipv4, decode_l3
 from ips.core.events import Alert, Block, FlowEnd, Unblock
 from ips.core.flow import TCP_ESTABLISHED, Flow, FlowTable, FlowTimeouts
 from ips.core.packet import LINKTYPE_RAW, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
@@ -148,7 +148,8 @@ class Engine:
         self.stats.packets += 1
         try:
             if meta.linktype == LINKTYPE_RAW:
-                pkt = decode_l3(data)
+                # IPv4 straight to its decoder: one call less for nearly every packet
+                pkt = decode_ipv4(data) if data and data[0] >> 4 == 4 else decode_l3(data)
             else:
                 pkt = decode_frame(data, meta.linktype)
             if pkt.__class__ is not Packet:

@@ -114,13 +114,14 @@ def decode_l3(data: bytes, vlans: tuple[int, ...] = ()) -> Packet | Malformed:
         return M_IP_TRUNCATED
     v = data[0] >> 4
     if v == 4:
-        return _decode_ipv4(data, vlans)
+        return decode_ipv4(data, vlans)
     if v == 6:
         return _decode_ipv6(data, vlans)
     return M_IP_BAD_VERSION
 
 
-def _decode_ipv4(data: bytes, vlans: tuple[int, ...]) -> Packet | Malformed:
+def decode_ipv4(data: bytes, vlans: tuple[int, ...] = ()) -> Packet | Malformed:
+    """Decode an IPv4 datagram (the caller has seen version 4: decode_l3 without the hop)."""
     n = len(data)
     if n < 20:
         return M_IPV4_TRUNCATED
@@ -432,7 +433,7 @@ def _l3_expect(data: bytes, version: int, vlans: tuple[int, ...]) -> Packet | Ma
     if data[0] >> 4 != version:
         return M_IP_BAD_VERSION
     if version == 4:
-        return _decode_ipv4(data, vlans)
+        return decode_ipv4(data, vlans)
     return _decode_ipv6(data, vlans)
 
 
