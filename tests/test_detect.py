@@ -208,6 +208,20 @@ def test_open_ports_weigh_less_and_used_services_nothing() -> None:
     assert alerts(e.tick(T0 + 10)) == []
 
 
+def test_offloaded_connections_are_used_services_not_open_ports() -> None:
+    """With offload the engine sees a connection up to the client's first data, never the
+    server's answer (the kernel passes it): still a used service, weighing nothing."""
+    e = make("detect portscan ports 10 within 60s alert", "accept state established")
+    for p in range(1, 51):
+        decisions = [e.handle(pkt, now=T0 + p * 0.01) for pkt in (
+            tcp(CLIENT, VICTIM, 44000 + p, 1000 + p),
+            tcp(VICTIM, CLIENT, 1000 + p, 44000 + p, TCP_SYN | TCP_ACK),
+            tcp(CLIENT, VICTIM, 44000 + p, 1000 + p, TCP_ACK),
+            tcp(CLIENT, VICTIM, 44000 + p, 1000 + p, TCP_ACK | TCP_PSH, payload=b"GET /"))]
+        assert decisions[-1].offload  # the rest of it went on in the kernel
+    assert alerts(e.tick(T0 + 10)) == []
+
+
 def test_traceroute_and_forged_icmp_errors_do_not_count() -> None:
     e = make("detect portscan ports 5 within 60s block 10m")
     # traceroute's UDP probes, 33434-33534, unanswered or not

@@ -295,6 +295,9 @@ class PortScan(ScanDetector):
         if flow.proto == PROTO_TCP:
             if flow.flags_rev & TCP_RST:
                 return W_FAILED
+            if flow.offloaded:
+                return 0.0  # it carried data (offload waits for that): a real connection,
+                # whose later packets from the target the engine no longer sees
             if flow.replied:
                 # SYN, SYN+ACK, and nothing more from the target: an open port that was only
                 # knocked on (a SYN or connect scan). More from the target: a real connection.
