@@ -10,7 +10,8 @@ worker cannot take in time is dropped, so the server counts only what passed the
   nfqnl-batch    (c) our client accepting everything, NFQNL_MSG_VERDICT_BATCH per run
   nfqnl-engine   (d) our client running the Engine (bench/lab.py's bench policy with
                      `set offload off`), accepted runs as batch verdicts
-  nfq-engine     (e) netfilterqueue + the Engine: ips.io.nfqueue.QueueWorker, as ipsctl runs
+  nfq-engine     (e) netfilterqueue + the Engine: ips.io.nfqueue.QueueWorker, as
+                     `ipsctl run --nfq-client netfilterqueue` runs
 Runs are interleaved (run 1 of every variant, then run 2, …) so a change in the machine's
 load hits all variants alike; the median of --runs is kept. Load average is printed.
 
@@ -133,7 +134,8 @@ def worker(mode: str, queue: int, policy: str | None) -> int:
     if mode == "nfq-engine":
         from ips.io.nfqueue import QueueWorker, wait_readable
 
-        qw = QueueWorker(queue, engine, fail_open=False)  # type: ignore[arg-type]
+        qw = QueueWorker(queue, engine, fail_open=False,  # type: ignore[arg-type]
+                         client="netfilterqueue")  # fmt: skip
         fd = qw.bind()
         print("ready", flush=True)
         try:

@@ -393,6 +393,15 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
     "divert (pydivert: WinDivert on Windows, eBPFDivert on Linux; default on Windows)",
 )
 @click.option(
+    "--nfq-client",
+    "nfq_client",
+    type=click.Choice(["own", "netfilterqueue"]),
+    default="own",
+    show_default=True,
+    help="how the NFQUEUE backend talks to the kernel: own (our netlink client, batched "
+    "verdicts) or netfilterqueue (the binding, one verdict per packet)",
+)
+@click.option(
     "--metrics",
     "metrics",
     metavar="[ADDR:]PORT",
@@ -432,6 +441,7 @@ def run(
     metrics: tuple[str, int] | None,
     webhook: str | None,
     backend: str | None,
+    nfq_client: str,
     socket_path: str,
 ) -> None:
     """Run the daemon (until SIGTERM): inline, diverting packets (NFQUEUE, or pydivert) and
@@ -504,6 +514,7 @@ def run(
         metrics=metrics,
         webhook=webhook,
         backend=backend,
+        nfq_client=nfq_client,
     )
     try:
         sys.exit(run_daemon(cfg))

@@ -101,6 +101,7 @@ class DaemonConfig:
     metrics: tuple[str, int] | None = None  # Prometheus endpoint (address, port); None: off
     webhook: str | None = None  # alerts are POSTed there (ips/sinks/webhook.py)
     backend: str = "nfqueue"  # nfqueue | divert (pydivert: WinDivert / eBPFDivert)
+    nfq_client: str = "own"  # own (ips/io/nfqnl.py, batched verdicts) | netfilterqueue
 
     @property
     def state_file(self) -> str:
@@ -241,7 +242,7 @@ def worker_main(
         else:
             worker = QueueWorker(
                 cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
-                on_events=on_events, blocks=blocks, on_busy=beat,
+                on_events=on_events, blocks=blocks, on_busy=beat, client=cfg.nfq_client,
             )  # fmt: skip
         # The kernel's blocks (left by the previous worker or daemon, or restored from the
         # state file) become the engine's, before the first packet.
@@ -387,6 +388,7 @@ def _worker_command(
             "alerts_seq": views.alerts.seq if views.alerts is not None else 0,
             "webhook": views.webhook.stats() if views.webhook is not None else None,
             **({"divert": worker.stats()} if hasattr(worker, "ban_command") else {}),
+            **({"nfq_client": worker.client_stats()} if hasattr(worker, "client_stats") else {}),
         }
     if op == "flows":
         from ips.views.flows import FilterError, select_flows

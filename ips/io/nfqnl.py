@@ -28,6 +28,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # linux/netlink.h (Python's socket module has no NETLINK_NETFILTER)
 NETLINK_NETFILTER = 12
@@ -280,8 +281,18 @@ def parse_ack(buf: bytes | bytearray | memoryview, n: int, seq: int) -> int | No
 # ---- the client ----------------------------------------------------------------------------
 
 # A handler returns None for "accept as is" (which may then be batched with its neighbours);
-# for anything else it gives the verdict itself with client.verdict(...) and returns True.
+# for anything else either a Verdict, which drain sends (in order, see drain), or it gives
+# the verdict itself with client.verdict(...) and returns True.
 Handler = Callable[[QueuedPacket], object]
+
+
+class Verdict(NamedTuple):
+    """A verdict for drain to send for the packet just handled: NF_ACCEPT or NF_DROP, a new
+    mark (NFQA_MARK) or None to keep the packet's, new bytes (NFQA_PAYLOAD) or None."""
+
+    verdict: int
+    mark: int | None = None
+    payload: bytes | None = None
 
 
 class NfqClient:
@@ -449,12 +460,6 @@ class NfqClient:
 
     # ---- receiving --------------------------------------------------------------------------
 
-    def _handle(self, handler: Handler, pkt: QueuedPacket) -> object:
-        try:
-            return handler(pkt)
-        except Exception:
-            return self._handler_failed(pkt)
-
     def _handler_failed(self, pkt: QueuedPacket) -> object:
         """A verdict must always be given, and the loop go on: on_error (accept: batched)."""
         self.handler_errors += 1
@@ -493,7 +498,13 @@ class NfqClient:
 
     def drain(self, handler: Handler, limit: int = 1 << 30) -> int:
         """Handle every packet waiting (up to limit); return how many. Every packet gets a
-        verdict before this returns: pending batched accepts are flushed at the end."""
+        verdict before this returns: pending batched accepts are flushed at the end.
+
+        Order: plain accepts wait for a batch verdict (every BATCH_MAX, and at the end); a
+        Verdict the handler returns is sent at once — after the pending batch if it is an
+        accept (it lets a packet out), before it if it is a drop (the batch, covering ids up
+        to its own, skips packets no longer queued). A handler that sends a verdict itself
+        and returns True does so before the pending batch, whatever the verdict."""
         assert self._sock is not None, "not bound"
         if self._many is not None:
             buf, view = self._many.buf, self._many.view
@@ -510,9 +521,15 @@ class NfqClient:
         sent = 0
         if self._backlog:
             backlog, self._backlog = self._backlog, []
-            for pkt in backlog:
-                if self._handle(handler, pkt) is None:
+            for pkt in backlog:  # rare (read during a config request): one by one
+                try:
+                    given = handler(pkt)
+                except Exception:
+                    given = self._handler_failed(pkt)
+                if given is None:
                     self.accept(pkt.id)
+                elif given is not True:
+                    self.verdict(pkt.id, given.verdict, mark=given.mark, payload=given.payload)
         try:
             while handled < limit:
                 segments = self._receive()
@@ -551,6 +568,20 @@ class NfqClient:
                                 else:
                                     send(accept_prefix + pack_id(pkt.id))
                                     sent += 1
+                            elif verdict_given is not True:
+                                # An accept with new bytes or a new mark leaves after the
+                                # accepts pending before it, so packets leave in the order
+                                # they came (as with per-packet verdicts). A drop needn't
+                                # wait: it is dequeued now, and the later batch verdict only
+                                # covers packets still queued (nfqnl_recv_verdict_batch).
+                                v, mark, payload = verdict_given
+                                if pending >= 0 and v != NF_DROP:
+                                    send(batch_prefix + pack_id(pending))
+                                    sent += 1
+                                    pending, waiting = -1, 0
+                                send(verdict_message(self.queue_num, pkt.id, v, mark=mark,
+                                                     payload=payload))  # fmt: skip
+                                sent += 1
                         elif msg_type == NLMSG_ERROR:
                             code = -struct.unpack_from("=i", buf, offset + 16)[0]
                             if code:

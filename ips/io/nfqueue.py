@@ -5,8 +5,12 @@ netlink socket and a control pipe, so it can also run timers (flow expiry) and a
 daemon (reload, stats) without a lock. It runs in its own process (see ips/daemon.py) so a
 hung worker can be killed and replaced.
 
-What the kernel is told, per packet:
-  accept   -> NF_ACCEPT
+Two clients of the queue: our own (ips/io/nfqnl.py, the default), which sends the verdicts
+of plain accepts as NFQNL_MSG_VERDICT_BATCH runs, and the netfilterqueue binding (one verdict
+per packet; `ipsctl run --nfq-client netfilterqueue`). Both tell the kernel, per packet,
+what `kernel_verdict` maps the engine's decision to:
+  accept   -> NF_ACCEPT (own client: batched with its neighbours)
+  offload  -> NF_ACCEPT with the packet's mark | OFFLOAD_MARK (the kernel passes the flow on)
   drop     -> NF_DROP
   reject   -> NF_DROP, and the engine's TCP reset / ICMP error is sent from a raw socket
   rewrite  -> NF_ACCEPT with the new bytes (checksums already fixed by the engine)
@@ -19,6 +23,7 @@ packets are dropped by the kernel, before the queue.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -31,10 +36,12 @@ from typing import TYPE_CHECKING
 from ips.core.addr import format_addr
 from ips.engine import Engine, Meta
 from ips.io.adapter import EngineAdapter
+from ips.io.nfqnl import NF_ACCEPT, NF_DROP, NfqClient, QueuedPacket, Verdict
 from ips.kernel.ruleset import OFFLOAD_MARK
 
 if TYPE_CHECKING:
     from ips.kernel.blocks import KernelBlocks
+    from ips.policy.compile import Decision
 
 # Netlink / nfnetlink_queue constants (linux/netfilter/nfnetlink_queue.h)
 _NLM_F_REQUEST = 0x01
@@ -47,6 +54,27 @@ NFQA_CFG_F_CONNTRACK = 0x02
 NFQA_CFG_F_GSO = 0x04
 
 DEFAULT_MAX_LEN = 4096  # packets the kernel may hold for us before the fail-open flag acts
+CLIENTS = ("own", "netfilterqueue")  # ipsctl run --nfq-client
+
+_ACCEPT = Verdict(NF_ACCEPT)
+_PLAIN = (_ACCEPT, None)
+_DROPPED = (Verdict(NF_DROP), None)
+
+
+def kernel_verdict(decision: Decision, mark: int = 0) -> tuple[Verdict, bytes | None]:
+    """What the kernel is told for one decision, by either client: the verdict (with the
+    rewritten bytes, or `mark` | OFFLOAD_MARK for a flow handed to the kernel), and the reply
+    a reject sends (None otherwise). `mark` is the packet's own mark (NFQA_MARK; 0 if none)."""
+    verdict = decision.verdict
+    if verdict == "drop":
+        return _DROPPED
+    if verdict == "reject":
+        return _DROPPED[0], decision.reply
+    if decision.data is not None:  # rewrite, or a reply of a translated flow
+        return Verdict(NF_ACCEPT, None, decision.data), None
+    if decision.offload:  # the kernel passes the flow's later packets itself
+        return Verdict(NF_ACCEPT, mark | OFFLOAD_MARK), None
+    return _PLAIN
 
 
 def queue_config_message(queue_num: int, flags: int, mask: int, seq: int = 1) -> bytes:
@@ -128,21 +156,34 @@ class QueueWorker(EngineAdapter):
         clock: Callable[[], float] = time.time,
         blocks: KernelBlocks | None = None,
         on_busy: Callable[[], None] | None = None,
+        client: str = "own",
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
                          on_busy=on_busy)  # fmt: skip
+        if client not in CLIENTS:
+            raise ValueError(f"unknown NFQUEUE client {client!r}: one of {', '.join(CLIENTS)}")
         self.queue_num = queue_num
         self.fail_open = fail_open
         self.max_len = max_len
+        self.client_name = client
         self.replies = ReplySender()
         self.ifnames = InterfaceNames()
         self._metas: dict[tuple[int, int], Meta] = {}
-        self._nfq = None
+        self._client: NfqClient | None = None  # our own client, once bound
+        self._nfq = None  # or netfilterqueue's
 
     # ---- queue set-up -------------------------------------------------------------------------
 
     def bind(self) -> int:
         """Bind the queue; return its netlink fd (for select)."""
+        if self.client_name == "own":
+            # GSO stays off, as with netfilterqueue: the kernel segments before queueing, so
+            # the engine sees real packets, never 64 KB super-packets.
+            client = NfqClient(self.queue_num, max_len=self.max_len, fail_open=self.fail_open,
+                               batch=True, gso=False)  # fmt: skip
+            fd = client.bind()
+            self._client = client
+            return fd
         from netfilterqueue import NetfilterQueue  # imported here: only the daemon needs it
 
         nfq = NetfilterQueue()
@@ -155,15 +196,32 @@ class QueueWorker(EngineAdapter):
         return fd
 
     def unbind(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self._nfq is not None:
             self._nfq.unbind()
             self._nfq = None
         self.replies.close()
 
+    def client_stats(self) -> dict[str, object]:
+        """Which client reads the queue and, for ours, what it counted going wrong."""
+        c = self._client
+        if c is None:
+            return {"client": self.client_name}
+        return {"client": self.client_name, "verdict_messages": c.verdicts_sent,
+                "enobufs": c.enobufs, "malformed": c.malformed,
+                "kernel_errors": c.kernel_errors, "handler_errors": c.handler_errors}  # fmt: skip
+
     def process_pending(self) -> None:
         """Handle every packet waiting on the socket, then write the blocks they made."""
         try:
-            self._nfq.run(block=False)  # type: ignore[union-attr]
+            if self._client is not None:
+                # what a message that does not parse gets (the policy may have changed)
+                self._client.on_error = self._error_verdict().verdict
+                self._client.drain(self._on_queued)
+            else:
+                self._nfq.run(block=False)  # type: ignore[union-attr]
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
                 raise
@@ -182,40 +240,64 @@ class QueueWorker(EngineAdapter):
                 self._metas[key] = meta
         return meta
 
+    def _error_verdict(self) -> Verdict:
+        """An engine exception: the policy's on-error verdict."""
+        return _DROPPED[0] if self.engine.policy.on_error == "drop" else _ACCEPT
+
+    def _on_queued(self, pkt: QueuedPacket) -> Verdict | None:
+        """Our client's handler: None for a plain accept (the client batches it), else the
+        Verdict the client sends (see NfqClient.drain for the order)."""
+        given = None
+        try:
+            decision = self.engine.handle(pkt.payload, self._meta(pkt.indev, pkt.outdev),
+                                          self.clock())  # fmt: skip
+            given, reply = kernel_verdict(decision, pkt.mark)
+            if reply is not None:
+                self.replies.send(reply)
+            if decision.effects:
+                self._packet_effects(decision.effects)
+        except Exception:  # a verdict must always be given
+            self.verdict_errors += 1
+            if given is None:
+                given = self._error_verdict()
+        # Inside a burst that goes on (drain returns only when the socket is empty): write
+        # blocks that have waited long enough, and show we are alive.
+        self._counted()
+        return None if given is _ACCEPT else given
+
     def _on_packet(self, pkt: object) -> None:
+        """netfilterqueue's callback: the same verdicts, one per packet."""
         try:
             decision = self.engine.handle(
                 pkt.get_payload(),  # type: ignore[attr-defined]
                 self._meta(pkt.indev, pkt.outdev),  # type: ignore[attr-defined]
                 self.clock(),
             )
-            verdict = decision.verdict
-            if verdict == "drop":
-                pkt.drop()  # type: ignore[attr-defined]
-            elif verdict == "reject":
-                pkt.drop()  # type: ignore[attr-defined]
-                if decision.reply is not None:
-                    self.replies.send(decision.reply)
-            else:
-                if decision.data is not None:
-                    pkt.set_payload(decision.data)  # type: ignore[attr-defined]
-                elif decision.offload:  # the kernel passes the flow's later packets itself
-                    pkt.set_mark(pkt.get_mark() | OFFLOAD_MARK)  # type: ignore[attr-defined]
-                pkt.accept()  # type: ignore[attr-defined]
+            # netfilterqueue reads the mark through a call: only an offload needs it
+            mark = pkt.get_mark() if decision.offload else 0  # type: ignore[attr-defined]
+            given, reply = kernel_verdict(decision, mark)
+            _give(pkt, given)
+            if reply is not None:
+                self.replies.send(reply)
             if decision.effects:
                 self._packet_effects(decision.effects)
         except Exception:  # a verdict must always be given
             self.verdict_errors += 1
-            try:
-                if self.engine.policy.on_error == "drop":
-                    pkt.drop()  # type: ignore[attr-defined]
-                else:
-                    pkt.accept()  # type: ignore[attr-defined]
-            except RuntimeError:
-                pass  # the verdict was already given
-        # Inside a burst that goes on (run() returns only when the socket is empty): write
-        # blocks that have waited long enough, and show we are alive.
+            with contextlib.suppress(RuntimeError):  # the verdict was already given
+                _give(pkt, self._error_verdict())
         self._counted()
+
+
+def _give(pkt: object, given: Verdict) -> None:
+    """A Verdict through netfilterqueue's Packet."""
+    if given.verdict == NF_DROP:
+        pkt.drop()  # type: ignore[attr-defined]
+        return
+    if given.payload is not None:
+        pkt.set_payload(given.payload)  # type: ignore[attr-defined]
+    if given.mark is not None:
+        pkt.set_mark(given.mark)  # type: ignore[attr-defined]
+    pkt.accept()  # type: ignore[attr-defined]
 
 
 def wait_readable(fds: list[int], timeout: float) -> list[int]:
