@@ -21,10 +21,23 @@ from dataclasses import dataclass, field
 from ips.core import craft
 from ips.core.decode import decode_frame, decode_ipv4, decode_l3
 from ips.core.events import Alert, Block, FlowEnd, Unblock
-from ips.core.flow import TCP_ESTABLISHED, Flow, FlowTable, FlowTimeouts
-from ips.core.packet import LINKTYPE_RAW, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
+from ips.core.flow import TCP_ESTABLISHED, TCP_SYN_RECV, Flow, FlowTable, FlowTimeouts
+from ips.core.packet import (
+    LINKTYPE_RAW,
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    Packet,
+)
 from ips.detect import BlockManager, Detectors
 from ips.policy.compile import (
+    OFFLOAD_FLOW,
+    OFFLOAD_HANDSHAKE_ACK,
     CompiledPolicy,
     CompiledRule,
     Decision,
@@ -53,6 +66,8 @@ class Meta:
 
 NO_META = Meta()
 _ICMP_ECHOS = (0, 8)  # echo reply, request
+_SYN_ACK = TCP_SYN | TCP_ACK
+_SYN_ACK_FIN_RST = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
 _ICMPV6_ECHOS = (128, 129)  # echo request, reply
 
 
@@ -125,9 +140,12 @@ class Engine:
         }
         self._default = Decision(compiled.default_verdict, reason="default")
         self._default_offload = (
-            Decision(ACCEPT, reason="default", offload=True)
+            Decision(ACCEPT, reason="default", offload=OFFLOAD_FLOW)
             if compiled.default_verdict == ACCEPT
             else None
+        )
+        self._default_handshake_ack = Decision(
+            ACCEPT, reason="default", offload=OFFLOAD_HANDSHAKE_ACK
         )
         self._default_reject = compiled.default_verdict == REJECT
         self._default_refuses = compiled.default_verdict in (DROP, REJECT)
@@ -247,13 +265,12 @@ class Engine:
                     effects = self._rejected(detect, pkt, now, effects)
             if effects is None and translated is None and flow.nat is None:
                 if verdict is rule.verdict and rule.decision is not None:
-                    if (
-                        verdict == ACCEPT
-                        and policy.offload
-                        and flow.replied
-                        and self._offload_ready(pkt, flow)
-                    ):
-                        return rule.offload_decision  # type: ignore[return-value]
+                    if verdict == ACCEPT and policy.offload and flow.replied:
+                        kind = self._offload_kind(pkt, flow)
+                        if kind == OFFLOAD_FLOW:
+                            return rule.offload_decision  # type: ignore[return-value]
+                        if kind == OFFLOAD_HANDSHAKE_ACK:
+                            return rule.handshake_ack_decision  # type: ignore[return-value]
                     return rule.decision
                 if verdict is not rule.verdict and rule.else_decision is not None:
                     return rule.else_decision
@@ -263,50 +280,56 @@ class Engine:
             if self._default_reject and detect is not None:
                 effects = self._rejected(detect, pkt, now, effects)
         if effects is None and translated is None and flow.nat is None and not self._default_reject:
-            if (
-                self._default_offload is not None
-                and policy.offload
-                and flow.replied
-                and self._offload_ready(pkt, flow)
-            ):
-                return self._default_offload
+            if self._default_offload is not None and policy.offload and flow.replied:
+                kind = self._offload_kind(pkt, flow)
+                if kind == OFFLOAD_FLOW:
+                    return self._default_offload
+                if kind == OFFLOAD_HANDSHAKE_ACK:
+                    return self._default_handshake_ack
             return self._default
         return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)
 
-    def _offload_ready(self, pkt: Packet, flow: Flow) -> bool:
+    def _offload_kind(self, pkt: Packet, flow: Flow) -> int:
         """An accepted packet of a replied flow: may the flow's later packets skip us?
-        TCP once established and carrying data (the portscan detector has seen the
-        handshake and that the connection was used), UDP once answered (the UDP flood
+        OFFLOAD_FLOW: TCP once established and carrying data (the portscan detector has seen
+        the handshake and that the connection was used), UDP once answered (the UDP flood
         detector counts unanswered datagrams only), an ICMP echo once answered (the kernel
         gives the ICMP flood detector every echo beyond a small per-address budget: see
-        ips/kernel/ruleset.py); nothing else. And only when no candidate rule of either
-        direction needs to see later packets."""
+        ips/kernel/ruleset.py). OFFLOAD_HANDSHAKE_ACK: the responder's SYN+ACK — the
+        initiator's bare ACK that follows tells the engine nothing (its data, or its reset,
+        comes to us as before), so the kernel may pass that one packet. 0: nothing else, and
+        nothing when a candidate rule of either direction needs to see later packets."""
         if flow.nat is not None:
-            return False
+            return 0
         proto = pkt.proto
+        kind = OFFLOAD_FLOW
         if proto == PROTO_TCP:
-            if flow.tcp_state != TCP_ESTABLISHED or pkt.payload_offset >= pkt.length:
-                return False
+            if flow.tcp_state == TCP_SYN_RECV and pkt.flags & _SYN_ACK_FIN_RST == _SYN_ACK:
+                kind = OFFLOAD_HANDSHAKE_ACK
+            elif flow.tcp_state != TCP_ESTABLISHED or pkt.payload_offset >= pkt.length:
+                return 0
         elif proto in (PROTO_ICMP, PROTO_ICMPV6):
             if pkt.icmp_type not in (_ICMP_ECHOS if proto == PROTO_ICMP else _ICMPV6_ECHOS):
-                return False
+                return 0
         elif proto != PROTO_UDP:
-            return False
+            return 0
         fwd_cache, rev_cache = flow.cache_fwd, flow.cache_rev
         policy = self.policy
         if fwd_cache is None or rev_cache is None:
-            return False
+            return 0
         if fwd_cache[0] is not policy or rev_cache[0] is not policy:
-            return False
+            return 0
         if not (policy.offload_safe(fwd_cache[3]) and policy.offload_safe(rev_cache[3])):
-            return False
+            return 0
+        if kind == OFFLOAD_HANDSHAKE_ACK:
+            return kind
         # An offloaded flow's packet reaches us again when the kernel no longer passes it:
         # a new policy generation, conntrack's entry gone, or a packet queued before the
         # offloading one: offloaded again (the kernel stamps its ct mark anew), counted once.
         if not flow.offloaded:
             flow.offloaded = True
             self.stats.offloaded += 1
-        return True
+        return kind
 
     def _note(
         self,

@@ -451,13 +451,15 @@ def test_nft_queue_after_the_prefix() -> None:
 
 def test_each_chain_first_clears_our_mark_bits() -> None:
     # right after the drops of blocked sources (a drop needs no mark): the accept bit, the
-    # offload bit and the queue-index bits, so no mark set elsewhere can skip inspection
+    # offload and handshake-ACK bits and the queue-index bits, so no mark set elsewhere can
+    # skip inspection
     first = rules_of(rs.build_ruleset(P("drop proto udp"), hooks=("input",)))[2]
     assert first["comment"] == rs.CLEAR_MARK_COMMENT
     assert first["expr"] == [
-        {"mangle": {"key": META("mark"), "value": {"&": [META("mark"), 0xFE0FFFFF]}}}
+        {"mangle": {"key": META("mark"), "value": {"&": [META("mark"), 0xFE07FFFF]}}}
     ]
-    assert rs.ACCEPT_MARK | rs.OFFLOAD_MARK | rs.QUEUE_MASK == ~0xFE0FFFFF & 0xFFFFFFFF
+    ours = rs.ACCEPT_MARK | rs.OFFLOAD_MARK | rs.HANDSHAKE_ACK_MARK | rs.QUEUE_MASK
+    assert ours == ~0xFE07FFFF & 0xFFFFFFFF
 
 
 def test_bad_arguments() -> None:
@@ -837,10 +839,25 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     offloaded = main[3]["expr"]
     assert offloaded[0]["match"]["right"] == 7 << rs.OFFLOAD_CT_SHIFT
     assert offloaded[-1] == {"accept": None}
-    assert [r["comment"] for r in post] == [rs.OFFLOAD_COMMENT]
-    mangle = post[0]["expr"][1]["mangle"]
-    assert mangle["key"] == {"ct": {"key": "mark"}}
-    assert mangle["value"]["|"][1] == 7 << rs.OFFLOAD_CT_SHIFT
+    # the full offload matches only a stamp without the handshake-ACK bit
+    assert offloaded[0]["match"]["left"]["&"][1] == rs.OFFLOAD_CT_MASK | rs.HANDSHAKE_ACK_CT
+    assert [r["comment"] for r in post] == [rs.OFFLOAD_COMMENT] * 2
+    for rule, bit, stamp in ((post[0], rs.OFFLOAD_MARK, 7 << rs.OFFLOAD_CT_SHIFT),
+                             (post[1], rs.HANDSHAKE_ACK_MARK,
+                              7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT)):  # fmt: skip
+        assert rule["expr"][0]["match"]["right"] == bit
+        mangle = rule["expr"][1]["mangle"]
+        assert mangle["key"] == {"ct": {"key": "mark"}}
+        assert mangle["value"]["|"][1] == stamp
+        assert mangle["value"]["|"][0]["&"][1] == 0x007FFFFF  # other ct-mark bits kept
+    # bare ACKs of a connection stamped after its SYN+ACK: IPv4 and IPv6, two header sizes
+    acks = [r["expr"] for r in main if r["comment"] == rs.OFFLOADED_COMMENT][1:]
+    assert len(acks) == 4
+    for exprs in acks:
+        assert exprs[0]["match"]["right"] == 7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT
+        assert {"match": {"op": "==", "left": {"&": [{"payload": {"protocol": "tcp",
+                "field": "flags"}}, 0x3F]}, "right": 0x10}} in exprs  # fmt: skip
+        assert exprs[-1] == {"accept": None}
     # the post chain runs after the queue (nft queue at -10, iptables' filter at 0)
     post_chain = [c["add"]["chain"] for c in rs.build_ruleset(policy, ("forward",),
                   offload_generation=7) if "chain" in c.get("add", {})]  # fmt: skip
@@ -871,7 +888,7 @@ def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_r
     cmds = rs.build_ruleset(load_policy_text(text, "i.rules"), ("forward",), offload_generation=7)
     offloaded = [r["expr"] for r in _rules_by_chain(cmds)["forward"]
                  if r["comment"] == rs.OFFLOADED_COMMENT]  # fmt: skip
-    assert len(offloaded) == 3
+    assert len(offloaded) == 3 + 4  # and the handshake's bare ACKs
     assert offloaded[0][1]["match"] == {"op": "!=", "left": {"meta": {"key": "l4proto"}},
                                         "right": {"set": ["icmp", "ipv6-icmp"]}}  # fmt: skip
     for exprs, l4proto, proto in ((offloaded[1], "icmp", "ip"), (offloaded[2], "ipv6-icmp", "ip6")):
@@ -887,7 +904,7 @@ def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_r
     plain = rs.build_ruleset(load_policy_text("accept proto icmp\n", "i.rules"), ("forward",),
                              offload_generation=7)  # fmt: skip
     rules = [r for r in _rules_by_chain(plain)["forward"] if r["comment"] == rs.OFFLOADED_COMMENT]
-    assert len(rules) == 1
+    assert len(rules) == 1 + 4
     assert not any(rs.ICMP_METER in str(c) for c in plain)
 
 

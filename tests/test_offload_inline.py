@@ -152,3 +152,38 @@ def test_a_ping_is_offloaded_and_a_flood_over_the_budget_still_reaches_the_detec
                   and e["alert"]["category"] == "icmpflood"]  # fmt: skip
         assert alerts and alerts[0]["src_ip"] == ATTACKER, alerts[:1]
         assert box.status()["worker"]["verdicts"].get("drop", 0) >= 500  # limited to ~200/s
+
+
+SHORT_CONNECTIONS = r"""
+import socket, sys
+for i in range(int(sys.argv[2])):
+    s = socket.create_connection((sys.argv[1], 7), timeout=3)
+    s.sendall(b"hello %d\n" % i)
+    got = b""
+    while len(got) < len(b"hello %d\n" % i):
+        got += s.recv(100)
+    s.close()
+print("ok")
+"""
+
+
+def test_a_short_connection_costs_the_queue_three_packets(tmp_path: Path) -> None:
+    """SYN, SYN+ACK and the first data reach the engine; the handshake's bare ACK passes in
+    the kernel (the SYN+ACK's verdict allowed it), the rest is offloaded."""
+    with inline_lab(tmp_path, "ofh") as box:
+        box.start_daemon(POLICY)
+        before = queued(box)
+        script = tmp_path / "short.py"
+        script.write_text(SHORT_CONNECTIONS)
+        out = box.run("client", [sys.executable, str(script), SERVER, "20"], timeout=30)
+        assert out.stdout.strip() == "ok", out.stderr
+        time.sleep(0.2)
+        assert queued(box) - before == 60
+        # with `set offload off` each connection's every packet is queued (at least 7)
+        box.stop_daemon()
+        box.start_daemon("set offload off\n" + POLICY)
+        before = queued(box)
+        out = box.run("client", [sys.executable, str(script), SERVER, "20"], timeout=30)
+        assert out.stdout.strip() == "ok", out.stderr
+        time.sleep(0.2)
+        assert queued(box) - before >= 140

@@ -10,7 +10,8 @@ of plain accepts as NFQNL_MSG_VERDICT_BATCH runs, and the netfilterqueue binding
 per packet; `ipsctl run --nfq-client netfilterqueue`). Both tell the kernel, per packet,
 what `kernel_verdict` maps the engine's decision to:
   accept   -> NF_ACCEPT (own client: batched with its neighbours)
-  offload  -> NF_ACCEPT with the packet's mark | OFFLOAD_MARK (the kernel passes the flow on)
+  offload  -> NF_ACCEPT with the packet's mark | OFFLOAD_MARK (the kernel passes the flow on),
+              or | HANDSHAKE_ACK_MARK (a SYN+ACK: the kernel passes the bare ACK that follows)
   drop     -> NF_DROP
   reject   -> NF_DROP, and the engine's TCP reset / ICMP error is sent from a raw socket
   rewrite  -> NF_ACCEPT with the new bytes (checksums already fixed by the engine)
@@ -37,7 +38,8 @@ from ips.core.addr import format_addr
 from ips.engine import Engine, Meta
 from ips.io.adapter import EngineAdapter
 from ips.io.nfqnl import NF_ACCEPT, NF_DROP, NfqClient, QueuedPacket, Verdict
-from ips.kernel.ruleset import OFFLOAD_MARK
+from ips.kernel.ruleset import HANDSHAKE_ACK_MARK, OFFLOAD_MARK
+from ips.policy.compile import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
 
 if TYPE_CHECKING:
     from ips.kernel.blocks import KernelBlocks
@@ -59,6 +61,8 @@ CLIENTS = ("own", "netfilterqueue")  # ipsctl run --nfq-client
 _ACCEPT = Verdict(NF_ACCEPT)
 _PLAIN = (_ACCEPT, None)
 _DROPPED = (Verdict(NF_DROP), None)
+# Decision.offload -> the verdict's mark bit (OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK)
+_OFFLOAD_MARKS = {OFFLOAD_FLOW: OFFLOAD_MARK, OFFLOAD_HANDSHAKE_ACK: HANDSHAKE_ACK_MARK}
 
 
 def kernel_verdict(decision: Decision, mark: int = 0) -> tuple[Verdict, bytes | None]:
@@ -72,8 +76,8 @@ def kernel_verdict(decision: Decision, mark: int = 0) -> tuple[Verdict, bytes | 
         return _DROPPED[0], decision.reply
     if decision.data is not None:  # rewrite, or a reply of a translated flow
         return Verdict(NF_ACCEPT, None, decision.data), None
-    if decision.offload:  # the kernel passes the flow's later packets itself
-        return Verdict(NF_ACCEPT, mark | OFFLOAD_MARK), None
+    if decision.offload:  # the kernel passes the flow's later packets (or its bare ACK) itself
+        return Verdict(NF_ACCEPT, mark | _OFFLOAD_MARKS[decision.offload]), None
     return _PLAIN
 
 

@@ -85,6 +85,17 @@ OFFLOAD_CT_MASK = 0xFF << OFFLOAD_CT_SHIFT  # ct-mark bits: the generation that 
 OFFLOAD_PAUSED = 0xFF  # a generation never stamped: keeps the rule (and conntrack) in place
 OFFLOAD_PRIORITY = 10  # after the queue (nft queue at -10, iptables' filter chain at 0)
 OFFLOADED_COMMENT = "ipsctl:offloaded"  # later packets of offloaded connections (counter)
+# The handshake's bare ACK: the worker's verdict on a SYN+ACK sets HANDSHAKE_ACK_MARK when the
+# engine needs no more of the handshake (Decision.offload == OFFLOAD_HANDSHAKE_ACK); the
+# offload chain stamps the generation with HANDSHAKE_ACK_CT set, and the main chain then passes
+# one kind of packet of that connection: a TCP ACK without payload (flags exactly ACK, the
+# IP length that of the headers). Everything else of it — its data, a reset — still comes to
+# the engine, whose first data packet offloads the rest (that stamp clears the bit).
+HANDSHAKE_ACK_MARK = 0x00080000  # packet-mark bit set by the worker's verdict
+HANDSHAKE_ACK_CT = 0x00800000  # ct-mark bit next to the generation: "bare ACKs only"
+_GEN_MASK = OFFLOAD_CT_MASK | HANDSHAKE_ACK_CT  # what a stamp writes and the rules compare
+# (IP header length, TCP data offset) of a bare ACK: no options, or timestamps (Linux, BSD)
+_BARE_ACK_SIZES = ((40, 5), (52, 8))
 OFFLOAD_COMMENT = "ipsctl:offload"  # verdict mark -> ct mark
 # Offloaded pings: the kernel accepts, per address, up to this share of the icmpflood rate and
 # no more; what is over it goes to the queue, where the detector counts it (so it sees a flood
@@ -776,10 +787,11 @@ def build_ruleset(
         cmds.append(_rule(hook, [{"mangle": _clear_mark()}], CLEAR_MARK_COMMENT))
         if offload:
             gen = (offload_generation or OFFLOAD_PAUSED) << OFFLOAD_CT_SHIFT  # type: ignore[operator]
-            for exprs in _offloaded_rules(gen, icmp_budget):
+            for exprs in _offloaded_rules(gen, icmp_budget) + _handshake_ack_rules(gen):
                 cmds.append(_rule(hook, exprs, OFFLOADED_COMMENT))
             if offload_generation:
-                cmds.append(_rule(f"{hook}_offload", _offload_exprs(gen), OFFLOAD_COMMENT))
+                for exprs in _offload_exprs(gen):
+                    cmds.append(_rule(f"{hook}_offload", exprs, OFFLOAD_COMMENT))
         for comment, exprs in kernel_prefix(policy, hook)[1]:
             cmds.append(_rule(hook, exprs, comment))
         for i in range(1, queues):
@@ -846,7 +858,7 @@ def _icmp_meter_sets() -> dict[str, dict[str, object]]:
 def _offloaded_rules(gen: int, icmp_budget: tuple[int, str] | None) -> list[list[Expr]]:
     """ct mark & MASK == gen: meta mark |= ACCEPT_MARK (the queue skips it), counter, accept.
     With an ICMP budget, ICMP only while its address's meter is under the budget."""
-    offloaded = _match("==", {"&": [_ct_mark(), OFFLOAD_CT_MASK]}, gen)
+    offloaded = _match("==", {"&": [_ct_mark(), _GEN_MASK]}, gen)
     accept: list[Expr] = [
         {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
         {"counter": None},
@@ -871,18 +883,47 @@ def _offloaded_rules(gen: int, icmp_budget: tuple[int, str] | None) -> list[list
     return rules
 
 
-def _offload_exprs(gen: int) -> list[Expr]:
-    """meta mark & OFFLOAD_MARK: ct mark = (ct mark & ~MASK) | gen (other ct-mark bits kept)."""
-    keep = ~OFFLOAD_CT_MASK & 0xFFFFFFFF
+def _handshake_ack_rules(gen: int) -> list[list[Expr]]:
+    """ct mark & MASK == gen | HANDSHAKE_ACK_CT, and a bare ACK: accepted like an offloaded
+    packet. One rule per family and header size (nft has no arithmetic on two fields)."""
+    rules = []
+    for nfproto, proto, ip_header in (("ipv4", "ip", 20), ("ipv6", "ip6", 0)):
+        for length, doff in _BARE_ACK_SIZES:
+            family: list[Expr] = [_match("==", _meta("nfproto"), nfproto)]
+            if proto == "ip":
+                family.append(_match("==", _payload("ip", "hdrlength"), 5))
+            else:  # ip6 length is the payload's: no extension header before TCP
+                family.append(_match("==", _payload("ip6", "nexthdr"), "tcp"))
+            rules.append([
+                _match("==", {"&": [_ct_mark(), _GEN_MASK]}, gen | HANDSHAKE_ACK_CT),
+                _match("==", _meta("l4proto"), "tcp"),
+                *family,
+                _match("==", {"&": [_payload("tcp", "flags"), 0x3F]}, 0x10),  # ACK alone
+                _match("==", _payload(proto, "length"), length - 20 + ip_header),
+                _match("==", _payload("tcp", "doff"), doff),
+                {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
+                {"counter": None},
+                {"accept": None},
+            ])  # fmt: skip
+    return rules
+
+
+def _offload_exprs(gen: int) -> list[list[Expr]]:
+    """The offload chain: meta mark & OFFLOAD_MARK: ct mark = (ct mark & ~MASK) | gen;
+    meta mark & HANDSHAKE_ACK_MARK: the same with HANDSHAKE_ACK_CT (other ct-mark bits kept)."""
+    keep = ~_GEN_MASK & 0xFFFFFFFF
     return [
-        _match("==", {"&": [_meta("mark"), OFFLOAD_MARK]}, OFFLOAD_MARK),
-        {"mangle": {"key": _ct_mark(), "value": {"|": [{"&": [_ct_mark(), keep]}, gen]}}},
-        {"counter": None},
+        [
+            _match("==", {"&": [_meta("mark"), bit]}, bit),
+            {"mangle": {"key": _ct_mark(), "value": {"|": [{"&": [_ct_mark(), keep]}, stamp]}}},
+            {"counter": None},
+        ]
+        for bit, stamp in ((OFFLOAD_MARK, gen), (HANDSHAKE_ACK_MARK, gen | HANDSHAKE_ACK_CT))
     ]
 
 
 def _clear_mark() -> dict[str, object]:
-    ours = ACCEPT_MARK | OFFLOAD_MARK | QUEUE_MASK
+    ours = ACCEPT_MARK | OFFLOAD_MARK | HANDSHAKE_ACK_MARK | QUEUE_MASK
     return {"key": _meta("mark"), "value": {"&": [_meta("mark"), ~ours & 0xFFFFFFFF]}}
 
 

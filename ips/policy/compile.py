@@ -41,6 +41,10 @@ from ips.policy.names import ICMPX_TO_ICMP, ICMPX_TO_ICMPV6
 Check = Callable[[Packet, object, bool, float], bool]
 
 
+OFFLOAD_FLOW = 1  # Decision.offload: the rest of the flow goes on in the kernel
+OFFLOAD_HANDSHAKE_ACK = 2  # Decision.offload: only the handshake's final bare ACK does
+
+
 class Decision:
     """What to do with one packet.
 
@@ -51,8 +55,10 @@ class Decision:
     reply    bytes the adapter must send back (the TCP reset / ICMP error of a reject)
     effects  events to hand to the sinks (alerts, log records); () when none
     reason   why, when no rule decided: "default", "malformed:<reason>", "error", "not-ip"
-    offload  accept, and the flow's later packets need no inspection: the adapter may let
-             the kernel pass them without the queue (see CompiledPolicy.offload_safe)
+    offload  0; OFFLOAD_FLOW: accept, and the flow's later packets need no inspection: the
+             adapter may let the kernel pass them without the queue (see
+             CompiledPolicy.offload_safe); OFFLOAD_HANDSHAKE_ACK: accept (a SYN+ACK), and the
+             kernel may pass the initiator's bare ACK that completes the handshake
     """
 
     __slots__ = ("data", "effects", "offload", "reason", "reply", "rule", "verdict")
@@ -65,7 +71,7 @@ class Decision:
         reply: bytes | None = None,
         effects: tuple[object, ...] | list[object] = (),
         reason: str = "",
-        offload: bool = False,
+        offload: int = 0,
     ) -> None:
         self.verdict = verdict
         self.offload = offload
@@ -161,6 +167,7 @@ class CompiledRule:
         "check",
         "decision",
         "else_decision",
+        "handshake_ack_decision",
         "hits",
         "index",
         "limit_key",
@@ -190,7 +197,10 @@ class CompiledRule:
         # so deciding a packet allocates nothing.
         simple = not (spec.alert or spec.log) and spec.action in (ACCEPT, DROP)
         self.decision = Decision(spec.action, self) if simple else None
-        self.offload_decision = Decision(ACCEPT, self, offload=True) if simple else None
+        self.offload_decision = Decision(ACCEPT, self, offload=OFFLOAD_FLOW) if simple else None
+        self.handshake_ack_decision = (
+            Decision(ACCEPT, self, offload=OFFLOAD_HANDSHAKE_ACK) if simple else None
+        )
         if spec.limit is not None and spec.limit.else_action in (ACCEPT, DROP):
             self.else_decision = Decision(spec.limit.else_action, self)
 
