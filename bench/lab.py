@@ -42,6 +42,7 @@ everything started is stopped by PID and the lab removed, also on errors or Ctrl
 
     python bench/lab.py [--runs 3] [--seconds 5] [--only kernel,accept-only] [--quick]
                         [--json FILE] [--fail-mode closed|open]
+                        [--nfq-client own|netfilterqueue]
 """
 
 from __future__ import annotations
@@ -266,6 +267,7 @@ class Bench:
     workdir: Path
     seconds: float
     fail_open: bool
+    run_args: tuple[str, ...] = ()  # more `ipsctl run` arguments (--nfq-client)
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
@@ -575,6 +577,7 @@ def start_ipsctl(b: Bench, v: Variant, policy: Path) -> None:
     )
     if v.queues > 1:
         argv += ["--queues", str(v.queues)]
+    argv += list(b.run_args)
     log = open(log_path, "w")  # noqa: SIM115 - closed by the cleanup below
     daemon = b.popen("gw", argv, stdout=log, stderr=subprocess.STDOUT)
     b.cleanups.append(log.close)
@@ -609,7 +612,8 @@ def unique_prefix() -> str:
 def lab_for(args: argparse.Namespace, workdir: Path) -> Iterator[Bench]:
     prefix = unique_prefix()
     lab = netns.up(LAB_YAML, prefix=prefix)
-    b = Bench(lab, workdir, args.seconds, args.fail_mode == "open")
+    run_args = ("--nfq-client", args.nfq_client) if args.nfq_client else ()
+    b = Bench(lab, workdir, args.seconds, args.fail_mode == "open", run_args)
     try:
         # Short connections: a wide port range on the client; the conntrack entries of
         # closed connections gone sooner, so repeated storms do not fill gw's table.
@@ -837,7 +841,8 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
     print()
     print(
         f"ipsctl lab benchmark: {LAB_YAML.relative_to(ROOT)}, median of {args.runs} run(s) "
-        f"of {args.seconds:g} s per measurement, queues fail-{args.fail_mode}"
+        f"of {args.seconds:g} s per measurement, queues fail-{args.fail_mode}, NFQUEUE client "
+        f"{getattr(args, 'nfq_client', None) or 'default'}"
     )
     print(POLICY_NOTE)
     print(
@@ -910,6 +915,11 @@ def main(argv: list[str] | None = None) -> int:
         default="closed",
         help="queues' behaviour when full (see above)",
     )
+    ap.add_argument(
+        "--nfq-client",
+        choices=("own", "netfilterqueue"),
+        help="the NFQUEUE client of ipsctl's workers (default: ipsctl's default)",
+    )
     args = ap.parse_args(argv)
     quick = (1, 2.0) if args.quick else (3, 5.0)  # explicit --runs/--seconds win
     args.runs = quick[0] if args.runs is None else args.runs
@@ -964,6 +974,7 @@ def main(argv: list[str] | None = None) -> int:
                 "runs": args.runs,
                 "seconds": args.seconds,
                 "fail_mode": args.fail_mode,
+                "nfq_client": args.nfq_client or "default",
                 "policy": POLICY_NOTE,
                 "udp_streams": list(UDP_DSTS),
                 "storm_clients": list(STORM_DSTS),

@@ -198,7 +198,7 @@ def _udp_to(port: int) -> bytes:
 
 @pytest.mark.parametrize("recv_many", [0, 8])
 def test_drain_batches_accepts_around_single_drops(recv_many: int) -> None:
-    client, kernel = _client_on_socketpair(recv_many=recv_many)
+    client, kernel = _client_on_socketpair(recv_many=recv_many, batch_after=0)
     try:
         for i in range(1, 7):
             kernel.send(packet_message(4, QueuedPacket(100 + i, _udp_to(53 if i != 3 else 99))))
@@ -222,6 +222,24 @@ def test_drain_batches_accepts_around_single_drops(recv_many: int) -> None:
         client._sock.close()  # type: ignore[union-attr]
 
 
+def test_the_first_packets_of_a_drain_are_accepted_at_once_then_batched() -> None:
+    """A lone packet must not wait for the empty read that ends a burst (latency): the first
+    batch_after packets of a drain get their accept one by one, the rest in a batch."""
+    client, kernel = _client_on_socketpair(batch_after=2)
+    try:
+        for i in range(1, 6):
+            kernel.send(packet_message(4, QueuedPacket(i, UDP)))
+        assert client.drain(lambda _pkt: None) == 5
+        assert _sent(kernel) == [verdict_message(4, 1, 1), verdict_message(4, 2, 1),
+                                 batch_verdict_message(4, 5, nfqnl.NF_ACCEPT)]  # fmt: skip
+        kernel.send(packet_message(4, QueuedPacket(6, UDP)))  # a new drain: at once again
+        assert client.drain(lambda _pkt: None) == 1
+        assert _sent(kernel) == [verdict_message(4, 6, 1)]
+    finally:
+        kernel.close()
+        client._sock.close()  # type: ignore[union-attr]
+
+
 def test_without_batching_every_accept_is_its_own_verdict() -> None:
     client, kernel = _client_on_socketpair(batch=False)
     try:
@@ -235,7 +253,7 @@ def test_without_batching_every_accept_is_its_own_verdict() -> None:
 
 
 def test_a_malformed_message_or_a_failing_handler_gets_on_error_not_a_batch_accept() -> None:
-    client, kernel = _client_on_socketpair(on_error=nfqnl.NF_DROP)
+    client, kernel = _client_on_socketpair(on_error=nfqnl.NF_DROP, batch_after=0)
     try:
         kernel.send(packet_message(4, QueuedPacket(1, UDP)))
         no_payload = packet_message(4, QueuedPacket(2, b""))[:-4]  # the NFQA_PAYLOAD cut off

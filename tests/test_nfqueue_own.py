@@ -70,7 +70,7 @@ def _sent(kernel: socket.socket) -> list[bytes]:
 
 
 def test_an_accept_with_changes_waits_for_the_pending_batch_a_drop_does_not() -> None:
-    client = NfqClient(4)
+    client = NfqClient(4, batch_after=0)
     ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     ours.setblocking(False)
     kernel.setblocking(False)
@@ -237,10 +237,13 @@ print(json.dumps(stats), flush=True)
 
 def _messages(plan: str) -> int:
     """Verdict messages drain sends for a plan read in one burst: a drop at once, a rewrite
-    after flushing the accepts pending before it, accepts in batches of up to BATCH_MAX."""
+    after flushing the accepts pending before it, accepts one by one for the first
+    BATCH_AFTER packets, then in batches of up to BATCH_MAX."""
     sent = waiting = 0
-    for c in plan:
-        if c == "a":
+    for i, c in enumerate(plan, 1):
+        if c == "a" and i <= nfqnl.BATCH_AFTER:
+            sent += 1
+        elif c == "a":
             waiting += 1
             if waiting == nfqnl.BATCH_MAX:
                 sent, waiting = sent + 1, 0

@@ -84,6 +84,11 @@ _HEADERS = 16 + 4  # nlmsghdr + nfgenmsg
 DEFAULT_COPY_RANGE = 0xFFFF - 4  # whole packets: the kernel caps the range at 65535 - NLA_HDRLEN
 DEFAULT_MAX_LEN = 4096  # as ips/io/nfqueue.py
 BATCH_MAX = 128  # accepts that may wait for one batch verdict inside a burst that goes on
+# The first packets of each drain get their accept at once, as with per-packet verdicts: a lone
+# packet (a ping, a handshake) would otherwise wait for the empty read that ends the burst, and
+# what its verdict sets off (the answer, forwarded back through us) for the next wakeup.
+# Batching pays from the packets after these on: a burst that goes on (measured, bench/lab.py).
+BATCH_AFTER = 4
 RECV_BUFFER = 256 * 1024  # one datagram: a packet up to 64 KiB (GSO) and its attributes
 
 
@@ -314,6 +319,7 @@ class NfqClient:
         rcvbuf: int | None = None,
         on_error: int = NF_ACCEPT,
         recv_many: int = 0,
+        batch_after: int = BATCH_AFTER,
     ) -> None:
         if not 0 <= queue_num <= 0xFFFF:
             raise ValueError(f"queue number {queue_num} is not 0-65535")
@@ -324,6 +330,7 @@ class NfqClient:
         self.copy_range = copy_range
         self.flags = (NFQA_CFG_F_FAIL_OPEN if fail_open else 0) | (NFQA_CFG_F_GSO if gso else 0)
         self.batch = batch
+        self.batch_after = batch_after  # packets of a drain accepted one by one first
         # As netfilterqueue sizes its socket: half the queue's worth of full copies.
         self.rcvbuf = rcvbuf or max_len * (min(copy_range, 4016) + 760) // 2
         self._buf = bytearray(RECV_BUFFER)
@@ -500,7 +507,9 @@ class NfqClient:
         """Handle every packet waiting (up to limit); return how many. Every packet gets a
         verdict before this returns: pending batched accepts are flushed at the end.
 
-        Order: plain accepts wait for a batch verdict (every BATCH_MAX, and at the end); a
+        Order: the first batch_after packets' plain accepts go at once; later plain accepts
+        wait for a batch verdict (every BATCH_MAX, and when the socket is empty — then drain
+        reads once more, for what that verdict set off); a
         Verdict the handler returns is sent at once — after the pending batch if it is an
         accept (it lets a packet out), before it if it is a drop (the batch, covering ids up
         to its own, skips packets no longer queued). A handler that sends a verdict itself
@@ -515,6 +524,7 @@ class NfqClient:
         pack_id = _BE32.pack
         accept_prefix, batch_prefix = self._accept_prefix, self._batch_prefix
         batch = self.batch
+        batch_after = self.batch_after
         pending = -1  # id of the last packet whose accept waits for a batch verdict
         waiting = 0
         handled = 0
@@ -534,6 +544,13 @@ class NfqClient:
             while handled < limit:
                 segments = self._receive()
                 if not segments:
+                    if pending >= 0:
+                        # The burst ended: its accepts go, then one more look — what they set
+                        # off (an answer forwarded back through us) is queued already.
+                        send(batch_prefix + pack_id(pending))
+                        sent += 1
+                        pending, waiting = -1, 0
+                        continue
                     break
                 self.recv_calls += 1
                 for offset, n in segments:
@@ -558,7 +575,7 @@ class NfqClient:
                             except Exception:
                                 verdict_given = self._handler_failed(pkt)
                             if verdict_given is None:
-                                if batch:
+                                if batch and handled > batch_after:
                                     pending = pkt.id
                                     waiting += 1
                                     if waiting >= BATCH_MAX:
