@@ -1,7 +1,7 @@
 """Lab benchmark: ipsctl inline on a real gateway namespace, against the kernel alone.
 
 Brings up labs/gateway.yaml (client 10.10.1.20 -> gw -> server 10.10.2.10, a fresh lab with
-its own prefix for every variant), and measures, for each variant, in one run:
+its own prefix for every variant and run), and measures, for each variant, in one run:
   TCP bulk      iperf3, one stream, Gbit/s at the receiver
   UDP 64 bytes  hping3 --udp --flood with 64-byte payloads, 4 senders (one flow each) towards
                 4 server addresses (NFQUEUE's --queue-balance hashes addresses, not ports: one
@@ -25,7 +25,9 @@ Variants (--only NAME,...):
   ipsctl-10k          10,000 generated rules before the bench policy's rules, offload off
 Any other variant whose option this ipsctl refuses (`set offload off`, `--queues`) is
 printed as n/a, found by `ipsctl check` and `ipsctl run --help` before its lab is built.
-Each figure is the median of --runs runs; ratios and the issue's targets follow the table.
+Each figure is the median of --runs runs; the runs are interleaved (round 1 runs every
+variant, then round 2, ...), so a drift of the machine during the bench touches all
+variants alike. Ratios and the issue's targets follow the table.
 
 The bench policy is policies/gateway.rules with three changes, printed with the results:
 iperf3's and the storm's ports (5201-5209) accepted from the LAN to the DMZ next to the
@@ -714,12 +716,18 @@ def prepare_policy(v: Variant, workdir: Path) -> tuple[Path, str | None]:
     return path, note
 
 
-def run_variant(v: Variant, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def run_variant(
+    v: Variant, args: argparse.Namespace, workdir: Path, policies: dict[str, Any]
+) -> dict[str, Any]:
+    """One run of one variant, in a lab of its own. policies: the prepared policy (and note)
+    per variant, filled on the first call."""
     result: dict[str, Any] = {"label": v.label}
     try:
         policy = None
         if v.kind == "ipsctl":
-            policy, note = prepare_policy(v, workdir)
+            if v.name not in policies:
+                policies[v.name] = prepare_policy(v, workdir)
+            policy, note = policies[v.name]
             if note:
                 result["note"] = note
         with lab_for(args, workdir) as b:
@@ -728,18 +736,36 @@ def run_variant(v: Variant, args: argparse.Namespace, workdir: Path) -> dict[str
             elif v.kind == "ipsctl":
                 assert policy is not None
                 start_ipsctl(b, v, policy)
-            runs = []
-            for i in range(args.runs):
-                log(f"  {v.name}: run {i + 1}/{args.runs}")
-                runs.append(one_run(b))
+            run = one_run(b)
     except Unsupported as exc:
         return {**result, "status": "n/a", "reason": str(exc)}
     except (BenchError, netns.LabError, OSError, subprocess.SubprocessError) as exc:
         return {**result, "status": "error", "reason": str(exc)}
-    result["status"] = "ok"
-    result["runs"] = runs
-    result["median"] = {m: statistics.median(r[m] for r in runs) for m in METRICS}
-    return result
+    return {**result, "status": "ok", "runs": [run]}
+
+
+def run_all(
+    variants: list[Variant], args: argparse.Namespace, workdir: Path
+) -> dict[str, dict[str, Any]]:
+    """args.runs rounds, each running every variant once, in a fresh lab: the machine's
+    drifts (other load, CPU clocks) spread over all variants instead of favouring one."""
+    results: dict[str, dict[str, Any]] = {}
+    policies: dict[str, Any] = {}
+    for i in range(args.runs):
+        for v in variants:
+            if results.get(v.name, {}).get("status", "ok") != "ok":
+                continue  # n/a or failed: not again
+            log(f"{v.name}: run {i + 1}/{args.runs}: {v.label}")
+            one = run_variant(v, args, workdir, policies)
+            if one["status"] != "ok":
+                log(f"  {v.name}: {one['status']}: {one['reason']}")
+                results[v.name] = one
+                continue
+            results.setdefault(v.name, {**one, "runs": []})["runs"].extend(one["runs"])
+    for r in results.values():
+        if r["status"] == "ok":
+            r["median"] = {m: statistics.median(run[m] for run in r["runs"]) for m in METRICS}
+    return results
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -957,14 +983,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(143)
 
     signal.signal(signal.SIGTERM, on_term)
-    results: dict[str, dict[str, Any]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="ipsctl-benchlab-"))
     try:
-        for v in variants:
-            log(f"{v.name}: {v.label}")
-            results[v.name] = run_variant(v, args, workdir)
-            if results[v.name]["status"] != "ok":
-                log(f"  {v.name}: {results[v.name]['status']}: {results[v.name]['reason']}")
+        results = run_all(variants, args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print_report(results, args)
