@@ -396,10 +396,9 @@ def _request(socket_path: str, message: dict[str, object]) -> dict[str, object]:
     "--nfq-client",
     "nfq_client",
     type=click.Choice(["own", "netfilterqueue"]),
-    default="own",
-    show_default=True,
+    default=None,
     help="how the NFQUEUE backend talks to the kernel: own (our netlink client, batched "
-    "verdicts) or netfilterqueue (the binding, one verdict per packet)",
+    "verdicts; the default) or netfilterqueue (the binding, one verdict per packet)",
 )
 @click.option(
     "--metrics",
@@ -441,7 +440,7 @@ def run(
     metrics: tuple[str, int] | None,
     webhook: str | None,
     backend: str | None,
-    nfq_client: str,
+    nfq_client: str | None,
     socket_path: str,
 ) -> None:
     """Run the daemon (until SIGTERM): inline, diverting packets (NFQUEUE, or pydivert) and
@@ -481,6 +480,8 @@ def run(
     backend = backend or ("divert" if sys.platform == "win32" else "nfqueue")
     if queues > 1 and (tap or backend == "divert"):
         usage("--queues is for the NFQUEUE backend inline")
+    if nfq_client is not None and (tap or backend == "divert"):
+        usage("--nfq-client is for the NFQUEUE backend inline")
     if backend == "divert":
         if tap:
             usage("--backend divert is for inline mode (a tap reads AF_PACKET)")
@@ -514,7 +515,7 @@ def run(
         metrics=metrics,
         webhook=webhook,
         backend=backend,
-        nfq_client=nfq_client,
+        nfq_client=nfq_client or "own",
     )
     try:
         sys.exit(run_daemon(cfg))

@@ -154,6 +154,7 @@ def test_tap_bpf_filter_promiscuous_mode_and_bad_arguments(tmp_path: Path) -> No
             (["--mode", "tap", "--iface", "nosuch0"], "nosuch0"),
             (["--mode", "tap"], "--iface"),
             (["--iface", "lan0"], "--mode tap"),
+            (["--mode", "tap", "--iface", "lan0", "--nfq-client", "own"], "--nfq-client"),
         ]
         policy = str(attack_policy(tmp_path))
         for extra, message in bad:
