@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from labkit import ROOT, SERVER, InlineLab, inline_lab, need_root, unique_prefix, wait_until
+from test_nfqnl import _sent  # the datagram pair that plays the kernel: what it was sent
 
 from ips.io import nfqnl
 from ips.io.nfqnl import NfqClient, QueuedPacket, Verdict, packet_message, verdict_message
@@ -58,15 +59,6 @@ def test_an_offload_verdict_carries_nfqa_mark_as_be32() -> None:
 
 
 # ---- the order drain sends verdicts in (a datagram socket pair plays the kernel) ---------------
-
-
-def _sent(kernel: socket.socket) -> list[bytes]:
-    out = []
-    while True:
-        try:
-            out.append(kernel.recv(65536))
-        except BlockingIOError:
-            return out
 
 
 def test_an_accept_with_changes_waits_for_the_pending_batch_a_drop_does_not() -> None:
