@@ -236,7 +236,9 @@ class Engine:
         policy = self.policy
         cache = flow.cache_fwd if fwd else flow.cache_rev
         if cache is None or cache[0] is not policy or cache[1] != iif or cache[2] != oif:
-            cache = (policy, iif, oif, policy.candidates(pkt, iif, oif))
+            candidates = policy.candidates(pkt, iif, oif)
+            # (policy, interfaces, the rules to try, whether they allow offload)
+            cache = (policy, iif, oif, candidates, policy.offload_safe(candidates))
             if fwd:
                 flow.cache_fwd = cache
             else:
@@ -319,7 +321,7 @@ class Engine:
             return 0
         if fwd_cache[0] is not policy or rev_cache[0] is not policy:
             return 0
-        if not (policy.offload_safe(fwd_cache[3]) and policy.offload_safe(rev_cache[3])):
+        if not (fwd_cache[4] and rev_cache[4]):  # policy.offload_safe of each direction
             return 0
         if kind == OFFLOAD_HANDSHAKE_ACK:
             return kind
