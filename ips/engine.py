@@ -66,6 +66,7 @@ class Meta:
 
 NO_META = Meta()
 _ICMP_ECHOS = (0, 8)  # echo reply, request
+REOFFLOAD_AFTER = 1.0  # seconds a flow that came back at an apply stays with the engine
 _SYN_ACK = TCP_SYN | TCP_ACK
 _SYN_ACK_FIN_RST = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
 _ICMPV6_ECHOS = (128, 129)  # echo request, reply
@@ -239,6 +240,8 @@ class Engine:
             candidates = policy.candidates(pkt, iif, oif)
             # (policy, interfaces, the rules to try, whether they allow offload)
             cache = (policy, iif, oif, candidates, policy.offload_safe(candidates))
+            if flow.offloaded:
+                flow.back_since = now  # back from the kernel under a new policy (an apply)
             if fwd:
                 flow.cache_fwd = cache
             else:
@@ -268,7 +271,7 @@ class Engine:
             if effects is None and translated is None and flow.nat is None:
                 if verdict is rule.verdict and rule.decision is not None:
                     if verdict == ACCEPT and policy.offload and flow.replied:
-                        kind = self._offload_kind(pkt, flow)
+                        kind = self._offload_kind(pkt, flow, now)
                         if kind == OFFLOAD_FLOW:
                             return rule.offload_decision  # type: ignore[return-value]
                         if kind == OFFLOAD_HANDSHAKE_ACK:
@@ -283,7 +286,7 @@ class Engine:
                 effects = self._rejected(detect, pkt, now, effects)
         if effects is None and translated is None and flow.nat is None and not self._default_reject:
             if self._default_offload is not None and policy.offload and flow.replied:
-                kind = self._offload_kind(pkt, flow)
+                kind = self._offload_kind(pkt, flow, now)
                 if kind == OFFLOAD_FLOW:
                     return self._default_offload
                 if kind == OFFLOAD_HANDSHAKE_ACK:
@@ -291,7 +294,7 @@ class Engine:
             return self._default
         return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)
 
-    def _offload_kind(self, pkt: Packet, flow: Flow) -> int:
+    def _offload_kind(self, pkt: Packet, flow: Flow, now: float) -> int:
         """An accepted packet of a replied flow: may the flow's later packets skip us?
         OFFLOAD_FLOW: TCP once established and carrying data (the portscan detector has seen
         the handshake and that the connection was used), UDP once answered (the UDP flood
@@ -325,6 +328,11 @@ class Engine:
             return 0
         if kind == OFFLOAD_HANDSHAKE_ACK:
             return kind
+        if now - flow.back_since < REOFFLOAD_AFTER:
+            # Back since an apply: not yet. The swap's pause queued its packets; offloaded at
+            # once, its next ones would overtake those still waiting (TCP reads reordering as
+            # loss and resends). Once the queue has caught up, it goes back to the kernel.
+            return 0
         # An offloaded flow's packet reaches us again when the kernel no longer passes it:
         # a new policy generation, conntrack's entry gone, or a packet queued before the
         # offloading one: offloaded again (the kernel stamps its ct mark anew), counted once.

@@ -6,7 +6,7 @@ import pytest
 
 from ips.core.build import build_packet
 from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
-from ips.engine import Engine
+from ips.engine import REOFFLOAD_AFTER, Engine
 from ips.policy.compile import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
 from ips.policy.resolve import load_policy_text
 
@@ -182,13 +182,21 @@ def test_a_port_reused_after_an_offloaded_connection_is_a_new_flow_offloaded_aga
 
 def test_packets_of_an_offloaded_flow_that_come_back_are_offloaded_again() -> None:
     """After an apply (a new generation) the kernel sends the flow to us again: offloaded
-    again at its next packet, counted once."""
+    again once it has been back REOFFLOAD_AFTER seconds (the packets the swap queued are
+    through by then: the kernel passing the next ones at once would reorder the stream),
+    counted once."""
     e = engine(BASE + "accept proto tcp to port 5201\nset default drop\n")
     tcp_exchange(e)
     e.load(load_policy_text(BASE + "accept proto tcp to port 5201\n", "t.rules"))
-    reply = e.handle(build_packet(PROTO_TCP, S, C, 5201, 40000, flags=ACK), now=5.0)
-    assert reply.verdict == "accept" and not reply.offload  # no payload
-    d = e.handle(build_packet(PROTO_TCP, C, S, 40000, 5201, flags=ACK | PSH, payload=b"again"),
-                 now=5.1)  # fmt: skip
-    assert d.verdict == "accept" and d.offload
+
+    def data(now: float, src: str = C) -> int:
+        sport, dport, dst = (40000, 5201, S) if src == C else (5201, 40000, C)
+        d = e.handle(build_packet(PROTO_TCP, src, dst, sport, dport, flags=ACK | PSH,
+                                  payload=b"again"), now=now)  # fmt: skip
+        assert d.verdict == "accept"
+        return d.offload
+
+    assert data(5.0, S) == 0 and data(5.1) == 0  # back, both directions judged anew
+    assert data(5.0 + REOFFLOAD_AFTER / 2) == 0
+    assert data(5.1 + REOFFLOAD_AFTER) == FLOW
     assert e.stats.offloaded == 1

@@ -187,3 +187,59 @@ def test_a_short_connection_costs_the_queue_three_packets(tmp_path: Path) -> Non
         assert out.stdout.strip() == "ok", out.stderr
         time.sleep(0.2)
         assert queued(box) - before >= 140
+
+
+# 200 echoes, wait for the go file, 10 echoes (that bring the connection back to the engine
+# after the apply), a pause of REOFFLOAD_AFTER and more, then 200 echoes
+COMEBACK_CLIENT = r"""
+import json, os, socket, sys, time
+workdir, server, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
+s = socket.create_connection((server, 7), timeout=3)
+def echo(msg):
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        got += s.recv(4096)
+    return got == msg
+first = sum(echo(b"one %03d\n" % i) for i in range(200))
+open(os.path.join(workdir, "phase1"), "w").close()
+deadline = time.time() + 20
+while not os.path.exists(os.path.join(workdir, "go")) and time.time() < deadline:
+    time.sleep(0.05)
+back = sum(echo(b"back %03d\n" % i) for i in range(10))
+time.sleep(pause)
+open(os.path.join(workdir, "phase2"), "w").close()
+time.sleep(0.3)
+last = sum(echo(b"two %03d\n" % i) for i in range(200))
+print(json.dumps({"first": first, "back": back, "last": last}))
+"""
+
+
+def test_after_an_apply_a_connection_is_judged_anew_then_offloaded_again(tmp_path: Path) -> None:
+    from ips.engine import REOFFLOAD_AFTER
+
+    policy = tmp_path / "offload.rules"
+    policy.write_text(POLICY)
+    (tmp_path / "client.py").write_text(COMEBACK_CLIENT)
+    with inline_lab(tmp_path, "ofb") as box:
+        box.start_daemon(policy)
+        proc = box.lab.popen("client", [sys.executable, str(tmp_path / "client.py"),
+                                        str(tmp_path), SERVER, str(REOFFLOAD_AFTER + 0.3)],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert wait_until(lambda: (tmp_path / "phase1").exists(), timeout=20)
+            policy.write_text(POLICY + "# the same rules, a new generation\n")
+            assert box.ipsctl("apply", str(policy)).returncode == 0
+            (tmp_path / "go").touch()
+            assert wait_until(lambda: (tmp_path / "phase2").exists(), timeout=20)
+            before = queued(box)
+            out, _ = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+        assert json.loads(out) == {"first": 200, "back": 10, "last": 200}
+        # the 10 echoes after the apply went through the engine (and one re-offloaded the
+        # connection); the last 200 (about 600 packets) went on in the kernel
+        assert queued(box) - before <= 4
+        assert box.status()["offload"]["kernel_packets"] >= 300

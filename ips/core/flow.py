@@ -180,6 +180,7 @@ class Flow:
 
     __slots__ = (
         "_slot",
+        "back_since",
         "bytes_fwd",
         "bytes_rev",
         "cache_fwd",
@@ -227,6 +228,7 @@ class Flow:
         self.cache_rev = None
         self.nat = None
         self.offloaded = False  # its later packets go on in the kernel (the engine sees none)
+        self.back_since = float("-inf")  # an offloaded flow back under a new policy: since when
         self.user = None
         self.end_reason: str | None = None
         self._slot = _GONE
