@@ -241,6 +241,17 @@ def stop(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None:
         proc.wait(5)
 
 
+def finish(b: Bench, proc: subprocess.Popen[Any], late: str) -> tuple[str, str]:
+    """The output of a measuring process, which must end within its step's time; else it is
+    stopped and the step fails with `late`."""
+    try:
+        out, err = proc.communicate(timeout=b.seconds + STEP_SLACK)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise BenchError(late) from None
+    return out, err
+
+
 def wait_line(proc: subprocess.Popen[bytes], expect: bytes, timeout: float, what: str) -> None:
     """Wait for a child to print `expect` on stdout (its readiness), bounded."""
     assert proc.stdout is not None
@@ -347,11 +358,7 @@ def measure_tcp(b: Bench) -> float:
             stderr=subprocess.PIPE,
             text=True,
         )
-        try:
-            out, err = client.communicate(timeout=b.seconds + STEP_SLACK)
-        except subprocess.TimeoutExpired:
-            stop(client)
-            raise BenchError("iperf3 client did not finish in time") from None
+        out, err = finish(b, client, "iperf3 client did not finish in time")
         try:
             doc = json.loads(out)
         except ValueError:
@@ -408,11 +415,7 @@ def measure_udp(b: Bench) -> tuple[float, dict[str, Any]]:
     ]
     sent = 0
     for proc in senders:
-        try:
-            out, _ = proc.communicate(timeout=b.seconds + STEP_SLACK)
-        except subprocess.TimeoutExpired:
-            stop(proc)
-            raise BenchError("hping3 did not stop in time") from None
+        out, _ = finish(b, proc, "hping3 did not stop in time")
         m = re.search(r"(\d+) packets transmitted", out)
         if m is None:
             raise BenchError(f"hping3: {out.strip()[-300:]}")
@@ -465,11 +468,7 @@ def measure_storm(b: Bench, parallel: int = 1) -> tuple[float, dict[str, Any]]:
     done = failed = 0
     elapsed = 0.0
     for c in clients:
-        try:
-            out, err = c.communicate(timeout=b.seconds + STEP_SLACK)
-        except subprocess.TimeoutExpired:
-            stop(c)
-            raise BenchError("storm client did not finish in time") from None
+        out, err = finish(b, c, "storm client did not finish in time")
         try:
             doc = json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
