@@ -54,6 +54,7 @@ from ips.kernel.nft import KernelError
 from ips.kernel.probe import read_queue_stats
 from ips.kernel.ruleset import (
     BLOCK_TABLE,
+    COPIED_COMMENT,
     DEFAULT_BLOCK_TIMEOUT,
     OFFLOADED_COMMENT,
     block_comment,
@@ -258,6 +259,8 @@ def worker_main(
         conn.send({"op": "failed", "error": str(exc)})
         return
     control = conn.fileno()
+    copy_fd = getattr(worker, "copy_fd", None)  # NFQUEUE: copies of packets the kernel passed
+    fds = [fd, control] if copy_fd is None else [fd, control, copy_fd]
     started = time.time()
     next_tick = started + TICK_EVERY
     next_stats = started + cfg.stats_interval if cfg.stats_interval > 0 and eve else None
@@ -265,9 +268,11 @@ def worker_main(
     try:
         while True:
             beat()
-            ready = wait_readable([fd, control], HEARTBEAT_EVERY)
+            ready = wait_readable(fds, HEARTBEAT_EVERY)
             if fd in ready:
                 worker.process_pending()
+            if copy_fd is not None and copy_fd in ready:
+                worker.process_copies()
             if control in ready:
                 try:
                     msg = conn.recv()
@@ -954,6 +959,8 @@ class Daemon:
                 "flows": worker.get("offloaded", 0),  # flows the engine handed to the kernel
                 # their later packets, accepted by the kernel without the queue
                 "kernel_packets": _counter_packets(counters, OFFLOADED_COMMENT),
+                # first packets after a handshake passed by the kernel, a copy to the worker
+                "copied": _counter_packets(counters, COPIED_COMMENT),
                 "generation": getattr(self.diversion, "offload_generation", None),
             },
             "tap": worker.get("tap"),

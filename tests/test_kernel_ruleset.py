@@ -883,6 +883,52 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     assert held[0]["expr"][0]["match"]["right"] == rs.OFFLOAD_PAUSED << rs.OFFLOAD_CT_SHIFT
 
 
+def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker() -> None:
+    policy = load_policy_text("accept proto tcp to port 22\n", "o.rules")
+    main = _rules_by_chain(rs.build_ruleset(policy, ("forward",), queue=5,
+                                            offload_generation=7))["forward"]  # fmt: skip
+    comments = [r["comment"] for r in main]
+    copied = [r["expr"] for r in main if r["comment"] == rs.COPIED_COMMENT]
+    assert len(copied) == 1
+    # after the bare ACKs' rules (which pass without a copy), before the queue
+    first = comments.index(rs.COPIED_COMMENT)
+    assert comments[first - 1] == rs.OFFLOADED_COMMENT
+    assert comments[-1] == rs.USERSPACE_COMMENT
+    exprs = copied[0]
+    hs = 7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT
+    assert exprs[0]["match"]["right"] == hs  # a connection whose SYN+ACK allowed it
+    assert {"match": {"op": "==", "left": {"&": [{"payload": {"protocol": "tcp",
+            "field": "flags"}}, 0x02]}, "right": 0}} in exprs  # no SYN  # fmt: skip
+    assert {"log": {"group": rs.copy_group(5)}} in exprs and rs.copy_group(5) == 32773
+    stamp = next(e["mangle"] for e in exprs if "mangle" in e
+                 and e["mangle"]["key"] == {"ct": {"key": "mark"}})  # fmt: skip
+    assert stamp["value"]["|"][1] == 7 << rs.OFFLOAD_CT_SHIFT  # the full offload from now on
+    assert exprs[-1] == {"accept": None}
+    # the log statement comes before the accept (nothing after an accept runs)
+    assert exprs.index({"log": {"group": rs.copy_group(5)}}) < len(exprs) - 1
+
+    # two queues: the copy goes to the worker that got the handshake (initiator's hash)
+    two = _rules_by_chain(rs.build_ruleset(policy, ("forward",), queue=5, queues=2,
+                                           offload_generation=7))["forward"]  # fmt: skip
+    copied = [r["expr"] for r in two if r["comment"] == rs.COPIED_COMMENT]
+    steer = [r["expr"] for r in two if r["comment"] == rs.STEER_COMMENT]
+    seen = set()
+    for exprs in copied:
+        nfproto = next(e["match"]["right"] for e in exprs
+                       if "match" in e and e["match"]["left"] == {"meta": {"key": "nfproto"}})
+        jhash = next(e["match"] for e in exprs if "match" in e and "jhash" in e["match"]["left"])
+        group = next(e["log"]["group"] for e in exprs if "log" in e)
+        assert group == rs.copy_group(5 + jhash["right"])
+        seen.add((nfproto, jhash["right"]))
+        # the same hash as the queue steering's
+        assert any({"match": jhash} in s for s in steer) or jhash["right"] == 0
+    assert seen == {("ipv4", 0), ("ipv6", 0), ("ipv4", 1), ("ipv6", 1)}
+    # no offload: no copies
+    off = load_policy_text("set offload off\naccept proto tcp to port 22\n", "o.rules")
+    rules = _rules_by_chain(rs.build_ruleset(off, ("forward",), offload_generation=7))
+    assert all(r["comment"] != rs.COPIED_COMMENT for r in rules["forward"])
+
+
 def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_rate() -> None:
     text = "accept proto icmp\ndetect icmpflood rate 300/s per dst limit\n"
     cmds = rs.build_ruleset(load_policy_text(text, "i.rules"), ("forward",), offload_generation=7)

@@ -1,8 +1,8 @@
 """Flow offload in the kernel, in the lab: a TCP echo conversation client -> server:7 through
-gw. Once the engine has seen the handshake and the first data, the connection's packets go on
-in the kernel (a ct mark) and the queue sees no more of them; `set offload off` keeps them all
-in the queue; a policy swap sends offloaded connections back to the engine, which judges them
-by the new policy."""
+gw. Once the engine has seen the handshake and the first data (a copy: the kernel passes it),
+the connection's packets go on in the kernel (a ct mark) and the queue sees no more of them;
+`set offload off` keeps them all in the queue; a policy swap sends offloaded connections back
+to the engine, which judges them by the new policy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from labkit import ATTACKER, SERVER, InlineLab, inline_lab, wait_until
+import pytest
+from labkit import ATTACKER, ROOT, SERVER, InlineLab, inline_lab, wait_until
 
 POLICY = """
 set default drop
@@ -167,9 +168,11 @@ print("ok")
 """
 
 
-def test_a_short_connection_costs_the_queue_three_packets(tmp_path: Path) -> None:
-    """SYN, SYN+ACK and the first data reach the engine; the handshake's bare ACK passes in
-    the kernel (the SYN+ACK's verdict allowed it), the rest is offloaded."""
+def test_a_short_connection_costs_the_queue_two_packets(tmp_path: Path) -> None:
+    """SYN and SYN+ACK reach the engine through the queue; the handshake's bare ACK passes in
+    the kernel (the SYN+ACK's verdict allowed it), and so does the first data, whose copy
+    reaches the engine over NFLOG: the engine saw every connection carry data and offloaded
+    it."""
     with inline_lab(tmp_path, "ofh") as box:
         box.start_daemon(POLICY)
         before = queued(box)
@@ -178,7 +181,11 @@ def test_a_short_connection_costs_the_queue_three_packets(tmp_path: Path) -> Non
         out = box.run("client", [sys.executable, str(script), SERVER, "20"], timeout=30)
         assert out.stdout.strip() == "ok", out.stderr
         time.sleep(0.2)
-        assert queued(box) - before == 60
+        assert queued(box) - before == 40
+        status = box.status()
+        assert status["offload"]["copied"] == 20, status["offload"]
+        assert status["offload"]["flows"] == 20, status["offload"]  # the copies, seen
+        assert status["worker"]["nfq_client"]["copies"]["received"] == 20
         # with `set offload off` each connection's every packet is queued (at least 7)
         box.stop_daemon()
         box.start_daemon("set offload off\n" + POLICY)
@@ -243,3 +250,34 @@ def test_after_an_apply_a_connection_is_judged_anew_then_offloaded_again(tmp_pat
         # connection); the last 200 (about 600 packets) went on in the kernel
         assert queued(box) - before <= 4
         assert box.status()["offload"]["kernel_packets"] >= 300
+
+
+HOLD_GROUP = r"""
+import sys, time
+from ips.io.nflog import NflogClient
+client = NflogClient(int(sys.argv[1]))
+client.bind()
+print("bound", flush=True)
+time.sleep(30)
+"""
+
+
+def test_a_daemon_whose_copy_group_is_taken_does_not_start_and_names_it(tmp_path: Path) -> None:
+    """Another listener on the copies' NFLOG group (ulogd, say) would get the copies and the
+    engine none: the daemon refuses to start and says which group."""
+    from ips.kernel.ruleset import copy_group
+
+    script = tmp_path / "hold.py"
+    script.write_text(HOLD_GROUP)
+    with inline_lab(tmp_path, "ofg") as box:
+        holder = box.lab.popen("gw", [sys.executable, str(script), str(copy_group(0))],
+                               stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "bound"
+            with pytest.raises(AssertionError, match=f"NFLOG group {copy_group(0)}"):
+                box.start_daemon(POLICY)
+        finally:
+            holder.kill()
+            holder.wait(5)
+        box.start_daemon(POLICY)  # the group free again: it starts
+        assert box.status()["offload"]["enabled"]

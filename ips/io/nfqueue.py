@@ -16,6 +16,11 @@ what `kernel_verdict` maps the engine's decision to:
   reject   -> NF_DROP, and the engine's TCP reset / ICMP error is sent from a raw socket
   rewrite  -> NF_ACCEPT with the new bytes (checksums already fixed by the engine)
 
+With offload, the kernel passes the first packet after a handshake it was allowed to
+complete (its data, a FIN or a reset) and sends the worker a copy over NFLOG
+(ips/io/nflog.py, group ruleset.copy_group(queue)): `process_copies` runs the engine over the
+copies as over queued packets, with no verdict to give.
+
 Block effects (a detector crossed its threshold) go to `blocks` (ips/kernel/blocks.py), which
 writes them to the kernel's block sets in one nft transaction at the end of the burst being
 read — or from inside the burst once one has waited FLUSH_AFTER — so the attacker's next
@@ -37,8 +42,9 @@ from typing import TYPE_CHECKING
 from ips.core.addr import format_addr
 from ips.engine import Engine, Meta
 from ips.io.adapter import EngineAdapter
+from ips.io.nflog import LoggedPacket, NflogClient, NflogError
 from ips.io.nfqnl import NF_ACCEPT, NF_DROP, NfqClient, QueuedPacket, Verdict
-from ips.kernel.ruleset import HANDSHAKE_ACK_MARK, OFFLOAD_MARK
+from ips.kernel.ruleset import HANDSHAKE_ACK_MARK, OFFLOAD_MARK, copy_group
 from ips.policy.compile import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
 
 if TYPE_CHECKING:
@@ -175,11 +181,24 @@ class QueueWorker(EngineAdapter):
         self._metas: dict[tuple[int, int], Meta] = {}
         self._client: NfqClient | None = None  # our own client, once bound
         self._nfq = None  # or netfilterqueue's
+        self._copies: NflogClient | None = None
+        self.copy_fd: int | None = None  # the copies' socket, once bound (select on it too)
 
     # ---- queue set-up -------------------------------------------------------------------------
 
     def bind(self) -> int:
-        """Bind the queue; return its netlink fd (for select)."""
+        """Bind the queue and the copies' NFLOG group; return the queue's netlink fd (for
+        select; the copies' is copy_fd)."""
+        group = copy_group(self.queue_num)
+        copies = NflogClient(group)
+        try:
+            self.copy_fd = copies.bind()
+        except NflogError as exc:
+            raise NflogError(exc.errno, f"NFLOG group {group} (the copies of offloaded "
+                             f"connections' first packets): {os.strerror(exc.errno)}"
+                             + (" — another program (ulogd?) listens there"
+                                if exc.errno == errno.EBUSY else "")) from None  # fmt: skip
+        self._copies = copies
         if self.client_name == "own":
             # GSO stays off, as with netfilterqueue: the kernel segments before queueing, so
             # the engine sees real packets, never 64 KB super-packets.
@@ -200,6 +219,10 @@ class QueueWorker(EngineAdapter):
         return fd
 
     def unbind(self) -> None:
+        if self._copies is not None:
+            self._copies.close()
+            self._copies = None
+            self.copy_fd = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -210,12 +233,18 @@ class QueueWorker(EngineAdapter):
 
     def client_stats(self) -> dict[str, object]:
         """Which client reads the queue and, for ours, what it counted going wrong."""
+        stats: dict[str, object] = {"client": self.client_name}
         c = self._client
-        if c is None:
-            return {"client": self.client_name}
-        return {"client": self.client_name, "verdict_messages": c.verdicts_sent,
-                "enobufs": c.enobufs, "malformed": c.malformed,
-                "kernel_errors": c.kernel_errors, "handler_errors": c.handler_errors}  # fmt: skip
+        if c is not None:
+            stats.update(verdict_messages=c.verdicts_sent, enobufs=c.enobufs,
+                         malformed=c.malformed, kernel_errors=c.kernel_errors,
+                         handler_errors=c.handler_errors)  # fmt: skip
+        copies = self._copies
+        if copies is not None:
+            # copies read, and the times the kernel had more than the socket held (lost)
+            stats["copies"] = {"received": copies.received, "enobufs": copies.enobufs,
+                               "malformed": copies.malformed}  # fmt: skip
+        return stats
 
     def process_pending(self) -> None:
         """Handle every packet waiting on the socket, then write the blocks they made."""
@@ -229,6 +258,16 @@ class QueueWorker(EngineAdapter):
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
                 raise
+        finally:
+            if self.blocks is not None and self.blocks.pending:
+                self.blocks.flush()
+
+    def process_copies(self) -> None:
+        """The copies waiting: each goes through the engine, then the blocks they made are
+        written."""
+        try:
+            if self._copies is not None:
+                self._copies.drain(self._on_copied)
         finally:
             if self.blocks is not None and self.blocks.pending:
                 self.blocks.flush()
@@ -268,6 +307,16 @@ class QueueWorker(EngineAdapter):
         # blocks that have waited long enough, and show we are alive.
         self._counted()
         return None if given is _ACCEPT else given
+
+    def _on_copied(self, pkt: LoggedPacket) -> None:
+        """A copy of a packet the kernel passed: the engine sees it (flow state, detectors,
+        counters); its decision is not a verdict any more — the flow was decided, and a
+        block it makes stops the rest in the kernel."""
+        decision = self.engine.handle(pkt.payload, self._meta(pkt.indev, pkt.outdev),
+                                      self.clock())  # fmt: skip
+        if decision.effects:
+            self._packet_effects(decision.effects)
+        self._counted()
 
     def _on_packet(self, pkt: object) -> None:
         """netfilterqueue's callback: the same verdicts, one per packet."""

@@ -93,6 +93,13 @@ OFFLOADED_COMMENT = "ipsctl:offloaded"  # later packets of offloaded connections
 # the engine, whose first data packet offloads the rest (that stamp clears the bit).
 HANDSHAKE_ACK_MARK = 0x00080000  # packet-mark bit set by the worker's verdict
 HANDSHAKE_ACK_CT = 0x00800000  # ct-mark bit next to the generation: "bare ACKs only"
+# The first other packet of such a connection (its first data, or a FIN or reset; not a SYN)
+# is not held: the kernel sends a copy of it to the worker (NFLOG group copy_group(queue)),
+# stamps the full generation and passes it. A short connection's queue round trips go from
+# three to two (SYN, SYN+ACK), and the engine still sees what the detectors need (that the
+# connection carried data, or that it was closed or reset without) — a moment later.
+COPIED_COMMENT = "ipsctl:copied"
+COPY_GROUP_BASE = 32768  # NFLOG group of queue q's copies: COPY_GROUP_BASE + q (mod 65536)
 _GEN_MASK = OFFLOAD_CT_MASK | HANDSHAKE_ACK_CT  # what a stamp writes and the rules compare
 # (IP header length, TCP data offset) of a bare ACK: no options, or timestamps (Linux, BSD)
 _BARE_ACK_SIZES = ((40, 5), (52, 8))
@@ -789,6 +796,9 @@ def build_ruleset(
             gen = (offload_generation or OFFLOAD_PAUSED) << OFFLOAD_CT_SHIFT  # type: ignore[operator]
             for exprs in _offloaded_rules(gen, icmp_budget) + _handshake_ack_rules(gen):
                 cmds.append(_rule(hook, exprs, OFFLOADED_COMMENT))
+            first_queue = queue[0] if isinstance(queue, tuple) else queue
+            for exprs in _handshake_copy_rules(gen, first_queue, queues):
+                cmds.append(_rule(hook, exprs, COPIED_COMMENT))
             if offload_generation:
                 for exprs in _offload_exprs(gen):
                     cmds.append(_rule(f"{hook}_offload", exprs, OFFLOAD_COMMENT))
@@ -818,13 +828,17 @@ def _steer_exprs(index: int, queues: int) -> list[list[Expr]]:
     for nfproto, key in (("ipv4", "ip saddr"), ("ipv6", "ip6 saddr")):
         rules.append([
             _match("==", _meta("nfproto"), nfproto),
-            _match("==", {"jhash": {"mod": queues, "expr": {"ct": {"key": key,
-                                                                   "dir": "original"}}}},
-                   index),
+            _steer_match(key, queues, index),
             {"mangle": {"key": _meta("mark"),
                         "value": {"|": [_meta("mark"), index << QUEUE_SHIFT]}}},
         ])  # fmt: skip
     return rules
+
+
+def _steer_match(key: str, queues: int, index: int) -> Expr:
+    """jhash(ct original `key`) mod queues == index: the connection's queue is `index`."""
+    jhash = {"jhash": {"mod": queues, "expr": {"ct": {"key": key, "dir": "original"}}}}
+    return _match("==", jhash, index)
 
 
 def _ct_mark() -> Expr:
@@ -906,6 +920,43 @@ def _handshake_ack_rules(gen: int) -> list[list[Expr]]:
                 {"accept": None},
             ])  # fmt: skip
     return rules
+
+
+def copy_group(queue: int) -> int:
+    """The NFLOG group where queue `queue`'s worker reads the copies (see COPIED_COMMENT)."""
+    return (COPY_GROUP_BASE + queue) & 0xFFFF
+
+
+def _handshake_copy_rules(gen: int, first_queue: int, queues: int) -> list[list[Expr]]:
+    """ct mark & MASK == gen | HANDSHAKE_ACK_CT, TCP without SYN (the bare ACKs were accepted
+    before): a copy to the worker of the connection's queue, the full generation stamped,
+    accepted. Several queues: one rule per queue and family, steered as _steer_exprs does."""
+    keep = ~_GEN_MASK & 0xFFFFFFFF
+    common: list[Expr] = [
+        _match("==", {"&": [_ct_mark(), _GEN_MASK]}, gen | HANDSHAKE_ACK_CT),
+        _match("==", _meta("l4proto"), "tcp"),
+        _match("==", {"&": [_payload("tcp", "flags"), 0x02]}, 0),  # no SYN
+    ]
+
+    def copied(steer: list[Expr], queue: int) -> list[Expr]:
+        return [
+            *common,
+            *steer,
+            {"log": {"group": copy_group(queue)}},
+            {"mangle": {"key": _ct_mark(), "value": {"|": [{"&": [_ct_mark(), keep]}, gen]}}},
+            {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
+            {"counter": None},
+            {"accept": None},
+        ]
+
+    if queues == 1:
+        return [copied([], first_queue)]
+    return [
+        copied([_match("==", _meta("nfproto"), nfproto), _steer_match(key, queues, i)],
+               first_queue + i)
+        for i in range(queues)
+        for nfproto, key in (("ipv4", "ip saddr"), ("ipv6", "ip6 saddr"))
+    ]  # fmt: skip
 
 
 def _offload_exprs(gen: int) -> list[list[Expr]]:
