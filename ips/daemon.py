@@ -926,6 +926,7 @@ class Daemon:
         per_queue = [
             {"queue": w.queue, "pid": w.pid, "packets": r.get("packets"),
              "offloaded": r.get("offloaded"), "error": r.get("error"),
+             "copies": ((r.get("nfq_client") or {}).get("copies") or {}).get("received"),
              "kernel": dataclasses.asdict(queues[w.queue]) if w.queue in queues else None}
             for w, r in zip(self.workers, replies, strict=False)
         ]  # fmt: skip

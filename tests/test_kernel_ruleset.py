@@ -920,7 +920,9 @@ def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker
         group = next(e["log"]["group"] for e in exprs if "log" in e)
         assert group == rs.copy_group(5 + jhash["right"])
         seen.add((nfproto, jhash["right"]))
-        # the same hash as the queue steering's
+        # the same hash as the queue steering's, with its seed (else the kernel draws one
+        # per rule, and two rules would hash one address differently)
+        assert jhash["left"]["jhash"]["seed"] == rs.STEER_SEED
         assert any({"match": jhash} in s for s in steer) or jhash["right"] == 0
     assert seen == {("ipv4", 0), ("ipv6", 0), ("ipv4", 1), ("ipv6", 1)}
     # no offload: no copies

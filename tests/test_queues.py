@@ -5,6 +5,7 @@ a ping sweep from the attacker to the server's addresses, bounded in count."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from labkit import ATTACKER, CLIENT, SERVER, inline_lab, wait_until
@@ -46,3 +47,44 @@ def test_two_queues_share_the_traffic_and_a_sweep_is_still_one_sweep(tmp_path: P
         assert status["worker"]["packets"] == sum(w["packets"] for w in status["workers"])
         # flows and alerts come from both workers
         assert box.ipsctl("flows", "--json").returncode == 0
+
+
+SOURCES = [f"10.10.1.{i}" for i in range(21, 29)]  # the client's extra addresses
+SHORT_FROM_EACH = r"""
+import socket, sys
+server, sources = sys.argv[1], sys.argv[2:]
+for src in sources:
+    for i in range(2):
+        s = socket.socket()
+        s.settimeout(3)
+        s.bind((src, 0))
+        s.connect((server, 7))
+        s.sendall(b"hello\n")
+        got = b""
+        while len(got) < 6:
+            got += s.recv(100)
+        s.close()
+print("ok")
+"""
+
+
+def test_the_copy_of_a_first_data_packet_reaches_the_worker_of_its_connection(
+    tmp_path: Path,
+) -> None:
+    """With two queues, the kernel's copy of each connection's first data (offload) goes to
+    the NFLOG group of the worker that saw the connection's handshake: each worker offloaded
+    exactly the connections whose copies it read (a copy in the wrong worker finds no
+    handshake there and offloads nothing)."""
+    from test_offload_inline import POLICY
+
+    script = tmp_path / "short.py"
+    script.write_text(SHORT_FROM_EACH)
+    with inline_lab(tmp_path, "q2c") as box:
+        box.start_daemon(POLICY, "--queues", "2")
+        out = box.run("client", [sys.executable, str(script), SERVER, *SOURCES], timeout=40)
+        assert out.stdout.strip() == "ok", out.stderr
+        assert wait_until(lambda: box.status()["offload"]["copied"] == 16, timeout=5)
+        workers = box.status()["workers"]
+        assert [w["copies"] for w in workers] == [w["offloaded"] for w in workers], workers
+        assert sum(w["copies"] for w in workers) == 16
+        assert all(w["copies"] >= 2 for w in workers), workers  # 8 sources: both get some

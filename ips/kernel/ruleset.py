@@ -79,6 +79,7 @@ QUEUE_SHIFT = 22
 QUEUE_MASK = 0x7 << QUEUE_SHIFT  # up to 8 queues
 MAX_QUEUES = 8
 STEER_COMMENT = "ipsctl:steer"
+STEER_SEED = 0x49505343  # one jhash seed for every steering rule (and across restarts)
 OFFLOAD_MARK = 0x00200000  # packet-mark bit set by the worker's verdict: "offload this flow"
 OFFLOAD_CT_SHIFT = 24
 OFFLOAD_CT_MASK = 0xFF << OFFLOAD_CT_SHIFT  # ct-mark bits: the generation that offloaded it
@@ -836,9 +837,11 @@ def _steer_exprs(index: int, queues: int) -> list[list[Expr]]:
 
 
 def _steer_match(key: str, queues: int, index: int) -> Expr:
-    """jhash(ct original `key`) mod queues == index: the connection's queue is `index`."""
-    jhash = {"jhash": {"mod": queues, "expr": {"ct": {"key": key, "dir": "original"}}}}
-    return _match("==", jhash, index)
+    """jhash(ct original `key`) mod queues == index: the connection's queue is `index`. The
+    seed is given: without one, the kernel draws a random seed for each rule, and the rules
+    of one steering (index 1, 2, … and the copies' groups) would hash differently."""
+    jhash = {"mod": queues, "seed": STEER_SEED, "expr": {"ct": {"key": key, "dir": "original"}}}
+    return _match("==", {"jhash": jhash}, index)
 
 
 def _ct_mark() -> Expr:
