@@ -197,7 +197,8 @@ class QueueWorker(EngineAdapter):
             raise NflogError(exc.errno, f"NFLOG group {group} (the copies of offloaded "
                              f"connections' first packets): {os.strerror(exc.errno)}"
                              + (" — another program (ulogd?) listens there"
-                                if exc.errno == errno.EBUSY else "")) from None  # fmt: skip
+                                if exc.errno in (errno.EPERM, errno.EBUSY) else "")
+                             ) from None  # fmt: skip
         self._copies = copies
         if self.client_name == "own":
             # GSO stays off, as with netfilterqueue: the kernel segments before queueing, so
