@@ -20,7 +20,9 @@ flow needs no more inspection with OFFLOAD_MARK in its queue verdict. A second b
 hook, `HOOK_offload` at priority +10 (after the queue, which is at -10 with nft's `queue` or
 0 in iptables' filter chain), copies that into the connection's ct mark as the policy's
 *generation* (OFFLOAD_CT_MASK bits). The first rules of our main chain (after the blocks) then
-give the connection's later packets ACCEPT_MARK and accept them: they skip the queue. Every
+give the connection's later packets ACCEPT_MARK and accept them: they skip the queue (a TCP
+connection stamped at its SYN+ACK: bare ACKs, then its next packet with a copy to the worker
+over NFLOG, see COPIED_COMMENT). Every
 policy swap moves to a new generation in the same transaction, so connections offloaded
 under the old policy are not recognised any more: they come back to the engine, which judges
 them by the new policy (and offloads them again if it may). A blocked source is dropped
