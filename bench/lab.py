@@ -17,6 +17,8 @@ its own prefix for every variant and run), and measures, for each variant, in on
   ping          ping -i 0.01 from client to server, unloaded; p50 and p99 of per-packet RTT
 Variants (--only NAME,...):
   kernel              kernel forwarding only, no queue, no ipsctl
+  kernel-ct           the same with conntrack on (one `ct state` rule, no queue): the floor
+                      of anything that tracks connections, as ipsctl's offload does
   accept-only         bench/accept_loop.py on queue 0: netfilterqueue accepting every packet
   ipsctl-offload      ipsctl, the bench policy, flow offload on (`set offload on`; an ipsctl
                       without that option runs at its defaults, and the report says so)
@@ -115,10 +117,13 @@ class Variant:
     rules: str = "gateway"  # gateway | 10k
     offload: bool | None = None
     queues: int = 1
+    conntrack: bool = False  # kernel: with conntrack loaded in gw
 
 
 VARIANTS = (
     Variant("kernel", "kernel forwarding only (no queue, no ipsctl)", "kernel"),
+    Variant("kernel-ct", "kernel forwarding with conntrack (one ct rule, no queue)", "kernel",
+            conntrack=True),
     Variant("accept-only", "netfilterqueue loop accepting everything, 1 queue", "accept"),
     Variant("ipsctl-offload", "ipsctl, bench policy, offload on, 1 queue", "ipsctl", offload=True),
     Variant(
@@ -284,10 +289,12 @@ class Bench:
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
-    def run(self, node: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    def run(self, node: str, argv: list[str], timeout: float,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
         try:
             return self.lab.exec(
-                node, argv, capture_output=True, text=True, timeout=timeout, env=_env()
+                node, argv, capture_output=True, text=True, timeout=timeout, env=_env(),
+                input=input,
             )
         except subprocess.TimeoutExpired:
             raise BenchError(f"{node}: {' '.join(argv[:3])}… took over {timeout:.0f} s") from None
@@ -534,6 +541,26 @@ def one_run(b: Bench) -> dict[str, Any]:
 # ---- the variants' gateways --------------------------------------------------------------------
 
 
+CONNTRACK_TABLE = """
+table inet benchct {
+    chain forward {
+        type filter hook forward priority 0; policy accept;
+        ct state established,related counter
+    }
+}
+"""
+
+
+def start_conntrack(b: Bench) -> None:
+    """Conntrack on in gw: a rule that reads a connection's state makes the kernel track every
+    connection through it (and nothing else: it accepts everything)."""
+    res = b.run("gw", ["nft", "-f", "-"], timeout=20, input=CONNTRACK_TABLE)
+    if res.returncode != 0:
+        raise BenchError(f"nft in gw: {res.stderr.strip()}")
+    b.cleanups.append(lambda: b.run("gw", ["nft", "delete", "table", "inet", "benchct"],
+                                    timeout=20))
+
+
 def start_accept_loop(b: Bench) -> None:
     loop = b.popen(
         "gw",
@@ -730,12 +757,18 @@ def run_variant(
             if note:
                 result["note"] = note
         with lab_for(args, workdir) as b:
+            if v.conntrack:
+                start_conntrack(b)
             if v.kind == "accept":
                 start_accept_loop(b)
             elif v.kind == "ipsctl":
                 assert policy is not None
                 start_ipsctl(b, v, policy)
             run = one_run(b)
+            if v.conntrack:  # that the kernel did track the bench's connections
+                count = b.run("gw", ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"],
+                              timeout=20).stdout.strip()  # fmt: skip
+                run["detail"]["conntrack_entries"] = int(count or 0)
     except Unsupported as exc:
         return {**result, "status": "n/a", "reason": str(exc)}
     except (BenchError, netns.LabError, OSError, subprocess.SubprocessError) as exc:
@@ -828,6 +861,7 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
             if name.startswith("ipsctl"):
                 ratio(metric, name, "accept-only")
         ratio(metric, "ipsctl-offload", "ipsctl-inspect")
+        ratio(metric, "ipsctl-offload", "kernel-ct")
         ratio(metric, "ipsctl-inspect-2q", "ipsctl-inspect")
         ratio(metric, "ipsctl-10k", "ipsctl-inspect")
     for name in med:

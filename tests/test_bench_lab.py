@@ -70,19 +70,19 @@ def test_bench_policies_accept_the_bench_traffic_and_only_add_what_they_say() ->
     assert _verdicts(big, [telnet]) == ["drop"]
 
 
-def test_quick_run_measures_kernel_and_accept_only(tmp_path: Path) -> None:
+def test_quick_run_measures_kernel_conntrack_and_accept_only(tmp_path: Path) -> None:
     need_root()
     out_json = tmp_path / "lab.json"
     before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
     res = subprocess.run(
         [sys.executable, str(BENCH), "--quick", "--seconds", "1", "--only",
-         "kernel,accept-only", "--json", str(out_json)],
+         "kernel,kernel-ct,accept-only", "--json", str(out_json)],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(out_json.read_text())
-    for name in ("kernel", "accept-only"):
+    for name in ("kernel", "kernel-ct", "accept-only"):
         v = doc["variants"][name]
         assert v["status"] == "ok", v
         for metric in ("tcp_gbps", "udp_pps", "conn_per_s", "conn_par_per_s", "ping_p50_us",
@@ -94,6 +94,10 @@ def test_quick_run_measures_kernel_and_accept_only(tmp_path: Path) -> None:
     assert sum(queued.values()) > 0
     assert "queued" not in doc["variants"]["kernel"]["runs"][0]["detail"]["udp"]
     assert "udp_pps accept-only / kernel" in doc["ratios"]
+    # kernel-ct: the kernel tracked the bench's connections (the plain kernel variant not)
+    assert doc["variants"]["kernel-ct"]["runs"][0]["detail"]["conntrack_entries"] > 0
+    assert "conntrack_entries" not in doc["variants"]["kernel"]["runs"][0]["detail"]
+    assert "tcp_gbps kernel-ct / kernel" in doc["ratios"]
     # The printed table has a row of figures per variant.
     rows = {ln.split()[0]: ln.split()[1:] for ln in res.stdout.splitlines() if ln.strip()}
     for name in ("kernel", "accept-only"):
