@@ -9,12 +9,29 @@ not wait a queue round trip for it.
 Wire format (linux/netfilter/nfnetlink_log.h; netlink headers as in ips/io/nfqnl.py):
     nlmsghdr   u32 len, u16 type = (NFNL_SUBSYS_ULOG << 8) | msg, u16 flags, u32 seq, u32 pid
     nfgenmsg   u8 family, u8 version (0), be16 res_id = group
-    attributes u16 nla_len, u16 nla_type, value, padded to 4 (values in network byte order)
-A logged packet (NFULNL_MSG_PACKET) carries NFULA_PACKET_HDR (be16 hw_protocol, u8 hook, pad),
-NFULA_PREFIX, NFULA_IFINDEX_INDEV/OUTDEV (be32), NFULA_MARK, NFULA_PAYLOAD (the L3 packet) and
-others we skip. Unlike nfnetlink_queue, the kernel may put several packets in one datagram
-(NLM_F_MULTI, then NLMSG_DONE); we bind with a queue threshold of 1, so each is sent at once,
-but the parser takes any number.
+    attributes u16 nla_len (header included, unpadded), u16 nla_type, value, padded to 4
+in host byte order for the netlink headers and network byte order inside the values.
+
+A config request (NFULNL_MSG_CONFIG) carries NFULA_CFG_CMD (u8 command), NFULA_CFG_MODE
+(be32 copy_range, u8 copy_mode, u8 pad), NFULA_CFG_NLBUFSIZ/TIMEOUT/QTHRESH (be32) and
+NFULA_CFG_FLAGS (be16). The kernel checks the group's owner before the command: a bind of a
+group another socket holds is EPERM; EBUSY only when the same socket binds it again. It
+ignores what nfulnl_set_mode / nfulnl_set_nlbufsiz return: a bad copy mode or buffer size is
+ACKed as success and simply not applied.
+
+A logged packet (NFULNL_MSG_PACKET), in __build_packet_message's order: NFULA_PACKET_HDR (be16
+hw_protocol, u8 hook, pad), NFULA_PREFIX (always there for nft and iptables rules: their
+prefix, "" if none, NUL-terminated), NFULA_IFINDEX_INDEV/OUTDEV (be32, when there is one),
+NFULA_MARK (if set), hardware address and header (input side), NFULA_TIMESTAMP (PREROUTING,
+INPUT, FORWARD only), NFULA_UID/GID (a local socket's), sequence numbers, conntrack, L2 (netdev,
+bridge), and last NFULA_PAYLOAD (the L3 packet up to the copy range and the rule's snaplen).
+nfgenmsg's family is the packet's (NFPROTO_IPV4 for IPv4 in an inet table), not AF_UNSPEC.
+
+Unlike nfnetlink_queue, the kernel packs packets into one datagram until the group's queue
+threshold (default 100) or its flush timeout (default 1 s) is reached, and ends a datagram of
+more than one with an NLMSG_DONE (whose 4-byte body the kernel leaves uninitialised). Kernel
+6.x does not set NLM_F_MULTI on any of them. We bind with a threshold of 1, so each copy is sent
+at once, but the parser and drain take any number of messages per datagram.
 
 Only the socket is I/O here; the message builders and the parser are pure functions, tested
 byte for byte in tests/test_nflog.py.
@@ -26,16 +43,21 @@ import errno
 import os
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# linux/netlink.h (Python's socket module has no NETLINK_NETFILTER)
 NETLINK_NETFILTER = 12
 NLM_F_REQUEST = 0x01
 NLM_F_MULTI = 0x02
 NLM_F_ACK = 0x04
+NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
+NLMSG_OVERRUN = 4
 
+# linux/netfilter/nfnetlink.h, nfnetlink_log.h
 NFNL_SUBSYS_ULOG = 4
 NFNETLINK_V0 = 0
 NFULNL_MSG_PACKET = 0
@@ -43,10 +65,25 @@ NFULNL_MSG_CONFIG = 1
 
 NFULA_PACKET_HDR = 1
 NFULA_MARK = 2
+NFULA_TIMESTAMP = 3
 NFULA_IFINDEX_INDEV = 4
 NFULA_IFINDEX_OUTDEV = 5
+NFULA_IFINDEX_PHYSINDEV = 6
+NFULA_IFINDEX_PHYSOUTDEV = 7
+NFULA_HWADDR = 8
 NFULA_PAYLOAD = 9
 NFULA_PREFIX = 10
+NFULA_UID = 11
+NFULA_SEQ = 12
+NFULA_SEQ_GLOBAL = 13
+NFULA_GID = 14
+NFULA_HWTYPE = 15
+NFULA_HWHEADER = 16
+NFULA_HWLEN = 17
+NFULA_CT = 18
+NFULA_CT_INFO = 19
+NFULA_VLAN = 20
+NFULA_L2HDR = 21
 
 NFULA_CFG_CMD = 1
 NFULA_CFG_MODE = 2
@@ -54,23 +91,43 @@ NFULA_CFG_NLBUFSIZ = 3
 NFULA_CFG_TIMEOUT = 4
 NFULA_CFG_QTHRESH = 5
 NFULA_CFG_FLAGS = 6
+
+# PF_BIND / PF_UNBIND only choose the default logger of a family (for rules with no group);
+# a group's listener never needs them.
 NFULNL_CFG_CMD_BIND = 1
 NFULNL_CFG_CMD_UNBIND = 2
+NFULNL_CFG_CMD_PF_BIND = 3
+NFULNL_CFG_CMD_PF_UNBIND = 4
+
+NFULNL_COPY_NONE = 0
+NFULNL_COPY_META = 1
 NFULNL_COPY_PACKET = 2
 
-_NLA_TYPE_MASK = 0x3FFF
+NFULNL_CFG_F_SEQ = 0x0001
+NFULNL_CFG_F_SEQ_GLOBAL = 0x0002
+NFULNL_CFG_F_CONNTRACK = 0x0004
+
+_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _PACKET_TYPE = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
 _NLMSGHDR = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("=BBH")
 _NLA = struct.Struct("=HH")
 _BE32 = struct.Struct("!I")
+_BE16 = struct.Struct("!H")
+_CMD = struct.Struct("B")  # struct nfulnl_msg_config_cmd
+_MODE = struct.Struct("!IBx")  # struct nfulnl_msg_config_mode (packed: 6 bytes)
+_PACKET_HDR = struct.Struct("!HBx")  # struct nfulnl_msg_packet_hdr
+_ERRNO = struct.Struct("=i")
 _HEADERS = 16 + 4  # nlmsghdr + nfgenmsg
-RECV_BUFFER = 256 * 1024  # one datagram: up to a 64 KiB packet and its attributes
+
+RECV_BUFFER = 256 * 1024  # one datagram: the kernel's are at most 128 KiB (nlbufsiz limit)
 DEFAULT_RCVBUF = 4 * 1024 * 1024  # copies waiting while the worker is busy in the queue
+ACK_TIMEOUT = 5.0  # seconds a config request waits for the kernel's answer, in all
 
 
 class NflogError(OSError):
-    """The kernel refused a request (the errno is the kernel's; EBUSY: the group is bound)."""
+    """The kernel refused a config request (the errno is the kernel's: EPERM, the group is
+    bound by another socket; EBUSY, this socket has bound it already)."""
 
 
 class MalformedMessage(ValueError):
@@ -81,12 +138,12 @@ class MalformedMessage(ValueError):
 class LoggedPacket:
     """One packet copy the kernel sent us."""
 
-    payload: bytes
+    payload: bytes  # the L3 packet (as much as was copied)
     indev: int = 0
     outdev: int = 0
     mark: int = 0
     hw_protocol: int = 0
-    hook: int = 0
+    hook: int = 0  # NF_INET_*: 0 PREROUTING, 1 INPUT, 2 FORWARD, 3 OUTPUT, 4 POSTROUTING
     prefix: str = ""
 
 
@@ -119,13 +176,16 @@ def config_message(
     ack: bool = True,
 ) -> bytes:
     """NFULNL_MSG_CONFIG: bind/unbind, copy mode and range, buffer size, flush timeout
-    (hundredths of a second), queue threshold and flags, in one message."""
+    (hundredths of a second), queue threshold and flags, in one message (the kernel runs the
+    command first, then applies the rest to the group). A copy_range without a copy_mode
+    means NFULNL_COPY_PACKET; a copy_mode without a range sends range 0 (the kernel's
+    maximum)."""
     attrs = b""
     if command is not None:
-        attrs += _attr(NFULA_CFG_CMD, struct.pack("B", command))
+        attrs += _attr(NFULA_CFG_CMD, _CMD.pack(command))
     if copy_mode is not None or copy_range is not None:
         mode = NFULNL_COPY_PACKET if copy_mode is None else copy_mode
-        attrs += _attr(NFULA_CFG_MODE, struct.pack("!IBx", copy_range or 0, mode))
+        attrs += _attr(NFULA_CFG_MODE, _MODE.pack(copy_range or 0, mode))
     if nlbufsiz is not None:
         attrs += _attr(NFULA_CFG_NLBUFSIZ, _BE32.pack(nlbufsiz))
     if timeout is not None:
@@ -133,15 +193,16 @@ def config_message(
     if qthresh is not None:
         attrs += _attr(NFULA_CFG_QTHRESH, _BE32.pack(qthresh))
     if flags is not None:
-        attrs += _attr(NFULA_CFG_FLAGS, struct.pack("!H", flags))
+        attrs += _attr(NFULA_CFG_FLAGS, _BE16.pack(flags))
     msg_flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
     return _message(NFULNL_MSG_CONFIG, group, attrs, msg_flags, seq, family)
 
 
 def packet_message(group: int, pkt: LoggedPacket, *, flags: int = 0) -> bytes:
-    """NFULNL_MSG_PACKET as the kernel lays it out (__build_packet_message's order). For
+    """NFULNL_MSG_PACKET as the kernel lays it out (__build_packet_message's order: header,
+    prefix, interfaces, mark, payload; what a LoggedPacket does not hold is left out). For
     tests: we never send this."""
-    attrs = _attr(NFULA_PACKET_HDR, struct.pack("!HBx", pkt.hw_protocol, pkt.hook))
+    attrs = _attr(NFULA_PACKET_HDR, _PACKET_HDR.pack(pkt.hw_protocol, pkt.hook))
     if pkt.prefix:
         attrs += _attr(NFULA_PREFIX, pkt.prefix.encode() + b"\0")
     if pkt.indev:
@@ -157,11 +218,13 @@ def packet_message(group: int, pkt: LoggedPacket, *, flags: int = 0) -> bytes:
 _nla_unpack = _NLA.unpack_from
 _be32_unpack = _BE32.unpack_from
 _hdr_unpack = struct.Struct("!HB").unpack_from
+_nlmsghdr_unpack = _NLMSGHDR.unpack_from
 
 
 def parse_packet(buf: bytes | bytearray | memoryview, offset: int, end: int) -> LoggedPacket:
     """The attributes of one NFULNL_MSG_PACKET whose body (after nfgenmsg) is buf[offset:end].
-    Unknown attributes are skipped; no payload or a bad attribute is MalformedMessage."""
+    Unknown attributes are skipped; no payload, an attribute running past the end or one of
+    ours shorter than its value is MalformedMessage."""
     payload = None
     pkt = LoggedPacket(b"")
     while offset + 4 <= end:
@@ -172,19 +235,23 @@ def parse_packet(buf: bytes | bytearray | memoryview, offset: int, end: int) -> 
         value = offset + 4
         if attr_type == NFULA_PAYLOAD:
             payload = bytes(buf[value : offset + length])
-        elif attr_type == NFULA_PACKET_HDR and length >= 7:
-            pkt.hw_protocol, pkt.hook = _hdr_unpack(buf, value)
         elif attr_type == NFULA_PREFIX:
-            pkt.prefix = bytes(buf[value : offset + length]).split(b"\0", 1)[0].decode(
-                "utf-8", "replace"
-            )
-        elif length >= 8:
+            raw = bytes(buf[value : offset + length]).split(b"\0", 1)[0]
+            pkt.prefix = raw.decode("utf-8", "replace")  # a rule's text: never fails the copy
+        elif attr_type == NFULA_PACKET_HDR:
+            if length < 7:
+                raise MalformedMessage(f"NFULA_PACKET_HDR of length {length}")
+            pkt.hw_protocol, pkt.hook = _hdr_unpack(buf, value)
+        elif attr_type in (NFULA_IFINDEX_INDEV, NFULA_IFINDEX_OUTDEV, NFULA_MARK):
+            if length < 8:
+                raise MalformedMessage(f"attribute {attr_type} of length {length}")
+            word = _be32_unpack(buf, value)[0]
             if attr_type == NFULA_IFINDEX_INDEV:
-                pkt.indev = _be32_unpack(buf, value)[0]
+                pkt.indev = word
             elif attr_type == NFULA_IFINDEX_OUTDEV:
-                pkt.outdev = _be32_unpack(buf, value)[0]
-            elif attr_type == NFULA_MARK:
-                pkt.mark = _be32_unpack(buf, value)[0]
+                pkt.outdev = word
+            else:
+                pkt.mark = word
         offset += (length + 3) & ~3
     if payload is None:
         raise MalformedMessage("packet message without NFULA_PAYLOAD")
@@ -196,11 +263,11 @@ def parse_ack(buf: bytes | bytearray | memoryview, n: int, seq: int) -> int | No
     """The errno (0: success) of the NLMSG_ERROR answering `seq` in buf[:n], or None."""
     offset = 0
     while offset + 16 <= n:
-        length, msg_type, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(buf, offset)
+        length, msg_type, _flags, msg_seq, _pid = _nlmsghdr_unpack(buf, offset)
         if length < 16 or offset + length > n:
             raise MalformedMessage(f"netlink message length {length} at offset {offset}")
         if msg_type == NLMSG_ERROR and msg_seq == seq and length >= 20:
-            return -struct.unpack_from("=i", buf, offset + 16)[0]
+            return -_ERRNO.unpack_from(buf, offset + 16)[0]
         offset += (length + 3) & ~3
     return None
 
@@ -216,6 +283,8 @@ class NflogClient:
                  rcvbuf: int = DEFAULT_RCVBUF) -> None:  # fmt: skip
         if not 0 <= group <= 0xFFFF:
             raise ValueError(f"NFLOG group {group} is not 0-65535")
+        if not 0 <= copy_range <= 0xFFFF:  # 0: the kernel's maximum (65535 - NLA_HDRLEN)
+            raise ValueError(f"copy_range {copy_range} is not 0-65535")
         self.group = group
         self.copy_range = copy_range
         self.rcvbuf = rcvbuf
@@ -225,76 +294,110 @@ class NflogClient:
         self._seq = 0
         self._backlog: list[bytes] = []  # datagrams read while waiting for an ACK
         # What went wrong, counted (a loop never stops for these).
-        self.received = 0
+        self.received = 0  # packets handed to the handler
         self.malformed = 0
         self.enobufs = 0  # the kernel had more copies for us than the socket held: lost
         self.handler_errors = 0
 
+    # ---- set-up -----------------------------------------------------------------------------
+
     def bind(self) -> int:
         """Open the socket and bind the group: copies of whole packets (up to copy_range),
-        each sent at once (queue threshold 1). Returns the fd (for select). NflogError with
-        the kernel's errno if refused (EBUSY: another listener has the group; EPERM)."""
+        each sent at once (queue threshold 1: the kernel's default would hold copies for up
+        to 100 packets or 1 s). Returns the fd (for select); a client already bound returns
+        its fd. NflogError with the kernel's errno if refused (EPERM: another socket has the
+        group; EBUSY; ETIMEDOUT: no answer)."""
+        if self._sock is not None:  # a second socket would only get EPERM and orphan ours
+            return self._sock.fileno()
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         try:
             sock.bind((0, 0))
-            try:  # root may exceed net.core.rmem_max
+            try:  # root may exceed net.core.rmem_max (as libnfnetlink does)
                 sock.setsockopt(socket.SOL_SOCKET, 33, self.rcvbuf)  # SO_RCVBUFFORCE
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
             self._sock = sock
-            self._request(command=NFULNL_CFG_CMD_BIND, copy_range=self.copy_range, qthresh=1)
+            # One request: a bind that succeeded with the wrong mode would copy nothing.
+            self._request(command=NFULNL_CFG_CMD_BIND, copy_mode=NFULNL_COPY_PACKET,
+                          copy_range=self.copy_range, qthresh=1)  # fmt: skip
         except BaseException:
             self._sock = None
+            self._backlog.clear()
             sock.close()
             raise
         sock.setblocking(False)
         return sock.fileno()
 
     def _request(self, **config: int) -> None:
-        """A config message with an ACK asked for, waited for (bounded: 5 s)."""
-        assert self._sock is not None
+        """A config message with an ACK asked for, waited for (bounded: ACK_TIMEOUT in all,
+        however many copies arrive meanwhile; those are kept for the next drain). The
+        socket's blocking mode is as before afterwards."""
+        sock = self._sock
+        assert sock is not None
         self._seq += 1
-        self._sock.settimeout(5.0)
-        self._sock.send(config_message(self.group, seq=self._seq, **config))
-        while True:
-            try:
-                n = self._sock.recv_into(self._buf)
-            except TimeoutError:
-                raise NflogError(errno.ETIMEDOUT, "no answer from nfnetlink_log") from None
-            code = parse_ack(self._view, n, self._seq)
-            if code is None:  # copies that came meanwhile: kept for the next drain
-                self._backlog.append(bytes(self._buf[:n]))
-                continue
-            if code:
-                raise NflogError(code, f"NFLOG group {self.group}: {os.strerror(code)}")
-            return
+        seq = self._seq
+        saved = sock.gettimeout()
+        deadline = time.monotonic() + ACK_TIMEOUT
+        try:
+            sock.settimeout(ACK_TIMEOUT)
+            sock.send(config_message(self.group, seq=seq, **config))
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                try:
+                    n = sock.recv_into(self._buf)
+                except OSError as exc:
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    self.enobufs += 1  # copies lost, not our answer: wait on
+                    continue
+                try:
+                    code = parse_ack(self._view, n, seq)
+                except MalformedMessage:
+                    code = None  # drain counts it, with whatever good messages it holds
+                if code is None:
+                    self._backlog.append(bytes(self._buf[:n]))
+                    continue
+                if code:
+                    raise NflogError(code, f"NFLOG group {self.group}: {os.strerror(code)}")
+                return
+        except TimeoutError:
+            raise NflogError(errno.ETIMEDOUT, "no answer from nfnetlink_log") from None
+        finally:
+            sock.settimeout(saved)
 
     def fileno(self) -> int:
         assert self._sock is not None, "not bound"
         return self._sock.fileno()
 
     def close(self) -> None:
-        """Unbind and close (closing alone would unbind too)."""
+        """Unbind (closing alone would too: the kernel unbinds a closed socket's groups) and
+        close. Idempotent; errors are ignored."""
         if self._sock is None:
             return
         try:
-            self._sock.setblocking(True)
             self._request(command=NFULNL_CFG_CMD_UNBIND)
         except OSError:
             pass
         finally:
             self._sock.close()
             self._sock = None
+            self._backlog.clear()
+
+    # ---- receiving --------------------------------------------------------------------------
 
     def drain(self, handler: Callable[[LoggedPacket], object], limit: int = 1 << 30) -> int:
-        """Handle every copy waiting (up to limit); return how many. Never raises for bad
-        input: malformed messages, handler exceptions and ENOBUFS are counted."""
+        """Handle every copy waiting (until EAGAIN, or after `limit` packets at the end of a
+        datagram); return how many. Never raises for bad input: malformed messages, handler
+        exceptions and ENOBUFS (copies the kernel dropped) are counted and the loop goes on."""
         assert self._sock is not None, "not bound"
         handled = 0
         if self._backlog:
             backlog, self._backlog = self._backlog, []
             for datagram in backlog:
-                handled += self._datagram(memoryview(datagram), len(datagram), handler)
+                handled += self._datagram(datagram, len(datagram), handler)
         recv_into, buf, view = self._sock.recv_into, self._buf, self._view
         while handled < limit:
             try:
@@ -312,19 +415,21 @@ class NflogClient:
         self.received += handled
         return handled
 
-    def _datagram(self, view: memoryview, n: int,
+    def _datagram(self, buf: bytes | memoryview, n: int,
                   handler: Callable[[LoggedPacket], object]) -> int:  # fmt: skip
-        """Every packet message of one datagram to handler; how many."""
+        """Every packet message of one datagram (buf[:n]) to handler; how many. Anything
+        else (NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP) is skipped; a message header that does
+        not fit ends the datagram (nothing after it can be found)."""
         handled = 0
         offset = 0
         while offset + 16 <= n:
-            length, msg_type = _NLMSGHDR.unpack_from(view, offset)[:2]
+            length, msg_type = _nlmsghdr_unpack(buf, offset)[:2]
             if length < 16 or offset + length > n:
                 self.malformed += 1
-                break
+                return handled
             if msg_type == _PACKET_TYPE:
                 try:
-                    pkt = parse_packet(view, offset + _HEADERS, offset + length)
+                    pkt = parse_packet(buf, offset + _HEADERS, offset + length)
                 except MalformedMessage:
                     self.malformed += 1
                 else:
@@ -334,4 +439,6 @@ class NflogClient:
                     except Exception:
                         self.handler_errors += 1
             offset += (length + 3) & ~3
+        if offset < n:  # bytes too few for a header (the kernel aligns every message)
+            self.malformed += 1
         return handled
