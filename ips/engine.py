@@ -301,8 +301,10 @@ class Engine:
         detector counts unanswered datagrams only), an ICMP echo once answered (the kernel
         gives the ICMP flood detector every echo beyond a small per-address budget: see
         ips/kernel/ruleset.py). OFFLOAD_HANDSHAKE_ACK: the responder's SYN+ACK — the
-        initiator's bare ACK that follows tells the engine nothing (its data, or its reset,
-        comes to us as before), so the kernel may pass that one packet. 0: nothing else, and
+        initiator's bare ACK that follows tells the engine nothing, so the kernel may pass
+        it; the next packet (data, or a FIN or reset) it passes too, and sends us a copy,
+        which this engine handles like a queued one (its decision is then no verdict, and
+        the flow is offloaded as with OFFLOAD_FLOW). 0: nothing else, and
         nothing when a candidate rule of either direction needs to see later packets."""
         if flow.nat is not None:
             return 0

@@ -91,16 +91,16 @@ OFFLOADED_COMMENT = "ipsctl:offloaded"  # later packets of offloaded connections
 # The handshake's bare ACK: the worker's verdict on a SYN+ACK sets HANDSHAKE_ACK_MARK when the
 # engine needs no more of the handshake (Decision.offload == OFFLOAD_HANDSHAKE_ACK); the
 # offload chain stamps the generation with HANDSHAKE_ACK_CT set, and the main chain then passes
-# one kind of packet of that connection: a TCP ACK without payload (flags exactly ACK, the
-# IP length that of the headers). Everything else of it — its data, a reset — still comes to
-# the engine, whose first data packet offloads the rest (that stamp clears the bit).
+# one kind of packet of that connection without a word to the engine: a TCP ACK without
+# payload (flags exactly ACK, the IP length that of the headers).
 HANDSHAKE_ACK_MARK = 0x00080000  # packet-mark bit set by the worker's verdict
-HANDSHAKE_ACK_CT = 0x00800000  # ct-mark bit next to the generation: "bare ACKs only"
+HANDSHAKE_ACK_CT = 0x00800000  # ct-mark bit next to the generation: "bare ACKs, then a copy"
 # The first other packet of such a connection (its first data, or a FIN or reset; not a SYN)
 # is not held: the kernel sends a copy of it to the worker (NFLOG group copy_group(queue)),
-# stamps the full generation and passes it. A short connection's queue round trips go from
-# three to two (SYN, SYN+ACK), and the engine still sees what the detectors need (that the
-# connection carried data, or that it was closed or reset without) — a moment later.
+# stamps the full generation (clearing the bit) and passes it. A short connection's queue
+# round trips go from three to two (SYN, SYN+ACK), and the engine still sees what the
+# detectors need (that the connection carried data, or was closed or reset without) — a
+# moment later.
 COPIED_COMMENT = "ipsctl:copied"
 COPY_GROUP_BASE = 32768  # NFLOG group of queue q's copies: COPY_GROUP_BASE + q (mod 65536)
 _GEN_MASK = OFFLOAD_CT_MASK | HANDSHAKE_ACK_CT  # what a stamp writes and the rules compare
