@@ -47,19 +47,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-# linux/netlink.h (Python's socket module has no NETLINK_NETFILTER)
-NETLINK_NETFILTER = 12
-NLM_F_REQUEST = 0x01
-NLM_F_MULTI = 0x02
-NLM_F_ACK = 0x04
-NLMSG_NOOP = 1
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLMSG_OVERRUN = 4
+from ips.io.netlink import (
+    BE32,
+    HEADERS,
+    NLA,
+    NLA_TYPE_MASK,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSGHDR,
+    MalformedMessage,
+    attr,
+    nfnl_message,
+    open_netfilter_socket,
+    parse_ack,
+)
 
 # linux/netfilter/nfnetlink.h, nfnetlink_log.h
 NFNL_SUBSYS_ULOG = 4
-NFNETLINK_V0 = 0
 NFULNL_MSG_PACKET = 0
 NFULNL_MSG_CONFIG = 1
 
@@ -107,18 +111,11 @@ NFULNL_CFG_F_SEQ = 0x0001
 NFULNL_CFG_F_SEQ_GLOBAL = 0x0002
 NFULNL_CFG_F_CONNTRACK = 0x0004
 
-_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _PACKET_TYPE = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET
-_NLMSGHDR = struct.Struct("=IHHII")
-_NFGEN = struct.Struct("=BBH")
-_NLA = struct.Struct("=HH")
-_BE32 = struct.Struct("!I")
 _BE16 = struct.Struct("!H")
 _CMD = struct.Struct("B")  # struct nfulnl_msg_config_cmd
 _MODE = struct.Struct("!IBx")  # struct nfulnl_msg_config_mode (packed: 6 bytes)
 _PACKET_HDR = struct.Struct("!HBx")  # struct nfulnl_msg_packet_hdr
-_ERRNO = struct.Struct("=i")
-_HEADERS = 16 + 4  # nlmsghdr + nfgenmsg
 
 RECV_BUFFER = 256 * 1024  # one datagram: the kernel's are at most 128 KiB (nlbufsiz limit)
 DEFAULT_RCVBUF = 4 * 1024 * 1024  # copies waiting while the worker is busy in the queue
@@ -129,9 +126,6 @@ class NflogError(OSError):
     """The kernel refused a config request (the errno is the kernel's: EPERM, the group is
     bound by another socket; EBUSY, this socket has bound it already)."""
 
-
-class MalformedMessage(ValueError):
-    """A netlink message that does not parse (counted by the client, never raised out)."""
 
 
 @dataclass(slots=True)
@@ -150,15 +144,10 @@ class LoggedPacket:
 # ---- messages (pure) ---------------------------------------------------------------------------
 
 
-def _attr(attr_type: int, value: bytes) -> bytes:
-    length = 4 + len(value)
-    return _NLA.pack(length, attr_type) + value + b"\0" * (-length % 4)
-
 
 def _message(msg: int, group: int, attrs: bytes, flags: int, seq: int = 0,
              family: int = socket.AF_UNSPEC) -> bytes:  # fmt: skip
-    body = _NFGEN.pack(family, NFNETLINK_V0, socket.htons(group)) + attrs
-    return _NLMSGHDR.pack(16 + len(body), (NFNL_SUBSYS_ULOG << 8) | msg, flags, seq, 0) + body
+    return nfnl_message(NFNL_SUBSYS_ULOG, msg, group, attrs, flags, seq, family)
 
 
 def config_message(
@@ -182,18 +171,18 @@ def config_message(
     maximum)."""
     attrs = b""
     if command is not None:
-        attrs += _attr(NFULA_CFG_CMD, _CMD.pack(command))
+        attrs += attr(NFULA_CFG_CMD, _CMD.pack(command))
     if copy_mode is not None or copy_range is not None:
         mode = NFULNL_COPY_PACKET if copy_mode is None else copy_mode
-        attrs += _attr(NFULA_CFG_MODE, _MODE.pack(copy_range or 0, mode))
+        attrs += attr(NFULA_CFG_MODE, _MODE.pack(copy_range or 0, mode))
     if nlbufsiz is not None:
-        attrs += _attr(NFULA_CFG_NLBUFSIZ, _BE32.pack(nlbufsiz))
+        attrs += attr(NFULA_CFG_NLBUFSIZ, BE32.pack(nlbufsiz))
     if timeout is not None:
-        attrs += _attr(NFULA_CFG_TIMEOUT, _BE32.pack(timeout))
+        attrs += attr(NFULA_CFG_TIMEOUT, BE32.pack(timeout))
     if qthresh is not None:
-        attrs += _attr(NFULA_CFG_QTHRESH, _BE32.pack(qthresh))
+        attrs += attr(NFULA_CFG_QTHRESH, BE32.pack(qthresh))
     if flags is not None:
-        attrs += _attr(NFULA_CFG_FLAGS, _BE16.pack(flags))
+        attrs += attr(NFULA_CFG_FLAGS, _BE16.pack(flags))
     msg_flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
     return _message(NFULNL_MSG_CONFIG, group, attrs, msg_flags, seq, family)
 
@@ -202,23 +191,23 @@ def packet_message(group: int, pkt: LoggedPacket, *, flags: int = 0) -> bytes:
     """NFULNL_MSG_PACKET as the kernel lays it out (__build_packet_message's order: header,
     prefix, interfaces, mark, payload; what a LoggedPacket does not hold is left out). For
     tests: we never send this."""
-    attrs = _attr(NFULA_PACKET_HDR, _PACKET_HDR.pack(pkt.hw_protocol, pkt.hook))
+    attrs = attr(NFULA_PACKET_HDR, _PACKET_HDR.pack(pkt.hw_protocol, pkt.hook))
     if pkt.prefix:
-        attrs += _attr(NFULA_PREFIX, pkt.prefix.encode() + b"\0")
+        attrs += attr(NFULA_PREFIX, pkt.prefix.encode() + b"\0")
     if pkt.indev:
-        attrs += _attr(NFULA_IFINDEX_INDEV, _BE32.pack(pkt.indev))
+        attrs += attr(NFULA_IFINDEX_INDEV, BE32.pack(pkt.indev))
     if pkt.outdev:
-        attrs += _attr(NFULA_IFINDEX_OUTDEV, _BE32.pack(pkt.outdev))
+        attrs += attr(NFULA_IFINDEX_OUTDEV, BE32.pack(pkt.outdev))
     if pkt.mark:
-        attrs += _attr(NFULA_MARK, _BE32.pack(pkt.mark))
-    attrs += _attr(NFULA_PAYLOAD, pkt.payload)
+        attrs += attr(NFULA_MARK, BE32.pack(pkt.mark))
+    attrs += attr(NFULA_PAYLOAD, pkt.payload)
     return _message(NFULNL_MSG_PACKET, group, attrs, flags)
 
 
-_nla_unpack = _NLA.unpack_from
-_be32_unpack = _BE32.unpack_from
+_nla_unpack = NLA.unpack_from
+_be32_unpack = BE32.unpack_from
 _hdr_unpack = struct.Struct("!HB").unpack_from
-_nlmsghdr_unpack = _NLMSGHDR.unpack_from
+_nlmsghdr_unpack = NLMSGHDR.unpack_from
 
 
 def parse_packet(buf: bytes | bytearray | memoryview, offset: int, end: int) -> LoggedPacket:
@@ -231,7 +220,7 @@ def parse_packet(buf: bytes | bytearray | memoryview, offset: int, end: int) -> 
         length, attr_type = _nla_unpack(buf, offset)
         if length < 4 or offset + length > end:
             raise MalformedMessage(f"attribute length {length} at offset {offset}")
-        attr_type &= _NLA_TYPE_MASK
+        attr_type &= NLA_TYPE_MASK
         value = offset + 4
         if attr_type == NFULA_PAYLOAD:
             payload = bytes(buf[value : offset + length])
@@ -258,18 +247,6 @@ def parse_packet(buf: bytes | bytearray | memoryview, offset: int, end: int) -> 
     pkt.payload = payload
     return pkt
 
-
-def parse_ack(buf: bytes | bytearray | memoryview, n: int, seq: int) -> int | None:
-    """The errno (0: success) of the NLMSG_ERROR answering `seq` in buf[:n], or None."""
-    offset = 0
-    while offset + 16 <= n:
-        length, msg_type, _flags, msg_seq, _pid = _nlmsghdr_unpack(buf, offset)
-        if length < 16 or offset + length > n:
-            raise MalformedMessage(f"netlink message length {length} at offset {offset}")
-        if msg_type == NLMSG_ERROR and msg_seq == seq and length >= 20:
-            return -_ERRNO.unpack_from(buf, offset + 16)[0]
-        offset += (length + 3) & ~3
-    return None
 
 
 # ---- the client ----------------------------------------------------------------------------
@@ -309,13 +286,8 @@ class NflogClient:
         group; EBUSY; ETIMEDOUT: no answer)."""
         if self._sock is not None:  # a second socket would only get EPERM and orphan ours
             return self._sock.fileno()
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        sock = open_netfilter_socket(self.rcvbuf)
         try:
-            sock.bind((0, 0))
-            try:  # root may exceed net.core.rmem_max (as libnfnetlink does)
-                sock.setsockopt(socket.SOL_SOCKET, 33, self.rcvbuf)  # SO_RCVBUFFORCE
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
             self._sock = sock
             # One request: a bind that succeeded with the wrong mode would copy nothing.
             self._request(command=NFULNL_CFG_CMD_BIND, copy_mode=NFULNL_COPY_PACKET,
@@ -429,7 +401,7 @@ class NflogClient:
                 return handled
             if msg_type == _PACKET_TYPE:
                 try:
-                    pkt = parse_packet(buf, offset + _HEADERS, offset + length)
+                    pkt = parse_packet(buf, offset + HEADERS, offset + length)
                 except MalformedMessage:
                     self.malformed += 1
                 else:

@@ -30,18 +30,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-# linux/netlink.h (Python's socket module has no NETLINK_NETFILTER)
-NETLINK_NETFILTER = 12
-NLM_F_REQUEST = 0x01
-NLM_F_ACK = 0x04
-NLMSG_NOOP = 1
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLMSG_OVERRUN = 4
+from ips.io.netlink import (
+    BE32,
+    HEADERS,
+    NLA,
+    NLA_TYPE_MASK,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    NLMSGHDR,
+    MalformedMessage,
+    attr,
+    nfnl_message,
+    open_netfilter_socket,
+    parse_ack,
+)
 
-# linux/netfilter/nfnetlink.h, nfnetlink_queue.h
+# linux/netfilter/nfnetlink_queue.h
 NFNL_SUBSYS_QUEUE = 3
-NFNETLINK_V0 = 0
 NFQNL_MSG_PACKET = 0
 NFQNL_MSG_VERDICT = 1
 NFQNL_MSG_CONFIG = 2
@@ -73,13 +79,7 @@ NFQA_CFG_F_GSO = 0x04
 NF_DROP = 0
 NF_ACCEPT = 1
 
-_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 _PACKET_TYPE = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET
-_NLMSGHDR = struct.Struct("=IHHII")
-_NFGEN = struct.Struct("=BBH")
-_NLA = struct.Struct("=HH")
-_BE32 = struct.Struct("!I")
-_HEADERS = 16 + 4  # nlmsghdr + nfgenmsg
 
 DEFAULT_COPY_RANGE = 0xFFFF - 4  # whole packets: the kernel caps the range at 65535 - NLA_HDRLEN
 DEFAULT_MAX_LEN = 4096  # as ips/io/nfqueue.py
@@ -95,9 +95,6 @@ RECV_BUFFER = 256 * 1024  # one datagram: a packet up to 64 KiB (GSO) and its at
 class NfqError(OSError):
     """The kernel refused a request (the errno is the kernel's)."""
 
-
-class MalformedMessage(ValueError):
-    """A netlink message that does not parse (counted by the client, never raised out)."""
 
 
 @dataclass(slots=True)
@@ -116,15 +113,10 @@ class QueuedPacket:
 # ---- messages (pure) ---------------------------------------------------------------------------
 
 
-def _attr(attr_type: int, value: bytes) -> bytes:
-    length = 4 + len(value)
-    return _NLA.pack(length, attr_type) + value + b"\0" * (-length % 4)
-
 
 def _message(msg: int, queue_num: int, attrs: bytes, flags: int = NLM_F_REQUEST,
              seq: int = 0) -> bytes:  # fmt: skip
-    body = _NFGEN.pack(socket.AF_UNSPEC, NFNETLINK_V0, socket.htons(queue_num)) + attrs
-    return _NLMSGHDR.pack(16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg, flags, seq, 0) + body
+    return nfnl_message(NFNL_SUBSYS_QUEUE, msg, queue_num, attrs, flags, seq)
 
 
 def config_message(
@@ -142,15 +134,15 @@ def config_message(
     message (the kernel applies the command first, then the rest, atomically)."""
     attrs = b""
     if command is not None:
-        attrs += _attr(NFQA_CFG_CMD, struct.pack("!BxH", command, 0))
+        attrs += attr(NFQA_CFG_CMD, struct.pack("!BxH", command, 0))
     if copy_range is not None:
-        attrs += _attr(NFQA_CFG_PARAMS, struct.pack("!IB", copy_range, NFQNL_COPY_PACKET))
+        attrs += attr(NFQA_CFG_PARAMS, struct.pack("!IB", copy_range, NFQNL_COPY_PACKET))
     if max_len is not None:
-        attrs += _attr(NFQA_CFG_QUEUE_MAXLEN, _BE32.pack(max_len))
+        attrs += attr(NFQA_CFG_QUEUE_MAXLEN, BE32.pack(max_len))
     if flags is not None:
         if mask is None:
             raise ValueError("queue flags need a mask (which flags to change)")
-        attrs += _attr(NFQA_CFG_FLAGS, _BE32.pack(flags)) + _attr(NFQA_CFG_MASK, _BE32.pack(mask))
+        attrs += attr(NFQA_CFG_FLAGS, BE32.pack(flags)) + attr(NFQA_CFG_MASK, BE32.pack(mask))
     msg_flags = NLM_F_REQUEST | (NLM_F_ACK if ack else 0)
     return _message(NFQNL_MSG_CONFIG, queue_num, attrs, msg_flags, seq)
 
@@ -164,11 +156,11 @@ def verdict_message(
     payload: bytes | None = None,
 ) -> bytes:
     """NFQNL_MSG_VERDICT for one packet, optionally with a new mark and new bytes (rewrite)."""
-    attrs = _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
+    attrs = attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
     if mark is not None:
-        attrs += _attr(NFQA_MARK, _BE32.pack(mark))
+        attrs += attr(NFQA_MARK, BE32.pack(mark))
     if payload is not None:
-        attrs += _attr(NFQA_PAYLOAD, payload)
+        attrs += attr(NFQA_PAYLOAD, payload)
     return _message(NFQNL_MSG_VERDICT, queue_num, attrs)
 
 
@@ -178,9 +170,9 @@ def batch_verdict_message(
     """NFQNL_MSG_VERDICT_BATCH: `verdict` for every packet still queued with id <= packet_id
     (the kernel compares ids wrap-safely). Packets already given a verdict are gone from the
     queue, so a batch after single drops accepts only what is left."""
-    attrs = _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
+    attrs = attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))
     if mark is not None:
-        attrs += _attr(NFQA_MARK, _BE32.pack(mark))
+        attrs += attr(NFQA_MARK, BE32.pack(mark))
     return _message(NFQNL_MSG_VERDICT_BATCH, queue_num, attrs)
 
 
@@ -193,24 +185,24 @@ def packet_message(
 ) -> bytes:
     """NFQNL_MSG_PACKET as the kernel builds it (nfqnl_build_packet_message: the attributes
     in its order). For tests and the benchmark's self-check: we never send this."""
-    attrs = _attr(NFQA_PACKET_HDR, struct.pack("!IHB", pkt.id, pkt.hw_protocol, pkt.hook))
+    attrs = attr(NFQA_PACKET_HDR, struct.pack("!IHB", pkt.id, pkt.hw_protocol, pkt.hook))
     if pkt.indev:
-        attrs += _attr(NFQA_IFINDEX_INDEV, _BE32.pack(pkt.indev))
+        attrs += attr(NFQA_IFINDEX_INDEV, BE32.pack(pkt.indev))
     if pkt.outdev:
-        attrs += _attr(NFQA_IFINDEX_OUTDEV, _BE32.pack(pkt.outdev))
+        attrs += attr(NFQA_IFINDEX_OUTDEV, BE32.pack(pkt.outdev))
     if pkt.mark:
-        attrs += _attr(NFQA_MARK, _BE32.pack(pkt.mark))
+        attrs += attr(NFQA_MARK, BE32.pack(pkt.mark))
     if hwaddr is not None:
-        attrs += _attr(9, struct.pack("!HH", len(hwaddr), 0) + hwaddr.ljust(8, b"\0"))
+        attrs += attr(9, struct.pack("!HH", len(hwaddr), 0) + hwaddr.ljust(8, b"\0"))
     if timestamp is not None:
-        attrs += _attr(NFQA_TIMESTAMP, struct.pack("!QQ", *timestamp))
-    attrs += _attr(NFQA_PAYLOAD, pkt.payload)
+        attrs += attr(NFQA_TIMESTAMP, struct.pack("!QQ", *timestamp))
+    attrs += attr(NFQA_PAYLOAD, pkt.payload)
     return _message(NFQNL_MSG_PACKET, queue_num, attrs, flags=0)
 
 
-_nla_unpack = _NLA.unpack_from
+_nla_unpack = NLA.unpack_from
 _hdr_unpack = struct.Struct("!IHB").unpack_from
-_be32_unpack = _BE32.unpack_from
+_be32_unpack = BE32.unpack_from
 
 
 # The kernel's first attributes of a forwarded packet (nfqnl_build_packet_message's order):
@@ -220,9 +212,9 @@ _be32_unpack = _BE32.unpack_from
 _PREFIX = struct.Struct("!IIHBxIIII")
 _PREFIX_LEN = _PREFIX.size  # 28
 _WORD = struct.Struct("!I")
-_HDR_WORD = _WORD.unpack(_NLA.pack(11, NFQA_PACKET_HDR))[0]
-_INDEV_WORD = _WORD.unpack(_NLA.pack(8, NFQA_IFINDEX_INDEV))[0]
-_OUTDEV_WORD = _WORD.unpack(_NLA.pack(8, NFQA_IFINDEX_OUTDEV))[0]
+_HDR_WORD = _WORD.unpack(NLA.pack(11, NFQA_PACKET_HDR))[0]
+_INDEV_WORD = _WORD.unpack(NLA.pack(8, NFQA_IFINDEX_INDEV))[0]
+_OUTDEV_WORD = _WORD.unpack(NLA.pack(8, NFQA_IFINDEX_OUTDEV))[0]
 _prefix_unpack = _PREFIX.unpack_from
 
 
@@ -248,7 +240,7 @@ def _parse_rest(buf: bytes | bytearray | memoryview, offset: int, end: int, pack
         length, attr_type = _nla_unpack(buf, offset)
         if length < 4 or offset + length > end:
             raise MalformedMessage(f"attribute length {length} at offset {offset}")
-        attr_type &= _NLA_TYPE_MASK
+        attr_type &= NLA_TYPE_MASK
         if attr_type == NFQA_PAYLOAD:
             payload = bytes(buf[offset + 4 : offset + length])
         elif attr_type == NFQA_PACKET_HDR:
@@ -269,18 +261,6 @@ def _parse_rest(buf: bytes | bytearray | memoryview, offset: int, end: int, pack
         raise MalformedMessage(f"packet {packet_id} without NFQA_PAYLOAD")
     return QueuedPacket(packet_id, payload, indev, outdev, mark, hw_protocol, hook)
 
-
-def parse_ack(buf: bytes | bytearray | memoryview, n: int, seq: int) -> int | None:
-    """The errno (0: success) of the NLMSG_ERROR answering `seq` in buf[:n], or None."""
-    offset = 0
-    while offset + 16 <= n:
-        length, msg_type, _flags, msg_seq, _pid = _NLMSGHDR.unpack_from(buf, offset)
-        if length < 16 or offset + length > n:
-            raise MalformedMessage(f"netlink message length {length} at offset {offset}")
-        if msg_type == NLMSG_ERROR and msg_seq == seq and length >= 20:
-            return -struct.unpack_from("=i", buf, offset + 16)[0]
-        offset += (length + 3) & ~3
-    return None
 
 
 # ---- the client ----------------------------------------------------------------------------
@@ -358,13 +338,8 @@ class NfqClient:
     def bind(self) -> int:
         """Open the socket, bind the queue with its settings; return the fd (for select).
         NfqError with the kernel's errno if refused (EBUSY: bound by someone else, EPERM)."""
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        sock = open_netfilter_socket(self.rcvbuf)
         try:
-            sock.bind((0, 0))
-            try:  # root may exceed net.core.rmem_max (as libnfnetlink does)
-                sock.setsockopt(socket.SOL_SOCKET, 33, self.rcvbuf)  # SO_RCVBUFFORCE
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
             self._sock = sock
             self._request(
                 command=NFQNL_CFG_CMD_BIND,
@@ -402,14 +377,14 @@ class NfqClient:
     def _keep_packets(self, n: int) -> None:
         offset = 0
         while offset + 20 <= n:
-            length, msg_type = _NLMSGHDR.unpack_from(self._buf, offset)[:2]
+            length, msg_type = NLMSGHDR.unpack_from(self._buf, offset)[:2]
             if length < 16 or offset + length > n:
                 self.malformed += 1
                 return
             if msg_type == _PACKET_TYPE:
                 try:
                     self._backlog.append(
-                        parse_packet(self._view, offset + _HEADERS, offset + length)
+                        parse_packet(self._view, offset + HEADERS, offset + length)
                     )
                 except MalformedMessage:
                     self.malformed += 1
@@ -481,7 +456,7 @@ class NfqClient:
         self.malformed += 1
         if offset + 12 <= end:
             length, attr_type = _nla_unpack(buf, offset)
-            if attr_type & _NLA_TYPE_MASK == NFQA_PACKET_HDR and length >= 8:
+            if attr_type & NLA_TYPE_MASK == NFQA_PACKET_HDR and length >= 8:
                 packet_id = _be32_unpack(buf, offset + 4)[0]
                 self._send(verdict_message(self.queue_num, packet_id, self.on_error))
 
@@ -520,8 +495,8 @@ class NfqClient:
         else:
             buf, view = self._buf, self._view
         send = self._sock.send
-        unpack_from = _NLMSGHDR.unpack_from
-        pack_id = _BE32.pack
+        unpack_from = NLMSGHDR.unpack_from
+        pack_id = BE32.pack
         accept_prefix, batch_prefix = self._accept_prefix, self._batch_prefix
         batch = self.batch
         batch_after = self.batch_after
@@ -558,15 +533,15 @@ class NfqClient:
                         length, msg_type, _f, _seq, _pid = unpack_from(buf, offset)
                         if length < 16 or offset + length > n:
                             if msg_type == _PACKET_TYPE:  # truncated: give it a verdict
-                                self._malformed(view, offset + _HEADERS, n)
+                                self._malformed(view, offset + HEADERS, n)
                             else:
                                 self.malformed += 1
                             break
                         if msg_type == _PACKET_TYPE:
                             try:
-                                pkt = parse_packet(view, offset + _HEADERS, offset + length)
+                                pkt = parse_packet(view, offset + HEADERS, offset + length)
                             except MalformedMessage:
-                                self._malformed(view, offset + _HEADERS, offset + length)
+                                self._malformed(view, offset + HEADERS, offset + length)
                                 offset += (length + 3) & ~3
                                 continue
                             handled += 1
