@@ -866,6 +866,7 @@ def doctor(as_json: bool) -> None:
             ("nft_binary", "nft command"),
             ("timeout_sets", "nftables sets with timeouts"),
             ("nft_queue", "nft `queue` expression"),
+            ("nft_log", "nft `log group` (offload copies)"),
             ("iptables_nfqueue", "iptables NFQUEUE target"),
             ("queue_proc", "/proc/net/netfilter/nfnetlink_queue"),
         ]

@@ -103,6 +103,7 @@ class DaemonConfig:
     webhook: str | None = None  # alerts are POSTed there (ips/sinks/webhook.py)
     backend: str = "nfqueue"  # nfqueue | divert (pydivert: WinDivert / eBPFDivert)
     nfq_client: str = "own"  # own (ips/io/nfqnl.py, batched verdicts) | netfilterqueue
+    offload_copies: bool = True  # the worker reads offload's NFLOG copies (set from the probe)
 
     @property
     def state_file(self) -> str:
@@ -244,6 +245,7 @@ def worker_main(
             worker = QueueWorker(
                 cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
                 on_events=on_events, blocks=blocks, on_busy=beat, client=cfg.nfq_client,
+                copies=cfg.offload_copies,
             )  # fmt: skip
         # The kernel's blocks (left by the previous worker or daemon, or restored from the
         # state file) become the engine's, before the first packet.
@@ -781,8 +783,15 @@ class Daemon:
     def _new_worker(self, index: int = 0) -> WorkerHandle:
         # The host's addresses are read again for every worker: they may have changed.
         self.never_block = tuple(dict.fromkeys((*own_addresses(), *self.cfg.never_block)))
-        cfg = dataclasses.replace(self.cfg, queue=self.cfg.queue + index)
+        cfg = dataclasses.replace(self.cfg, queue=self.cfg.queue + index,
+                                  offload_copies=self._copies())  # fmt: skip
         return WorkerHandle(cfg, self.main, self.sources, self.never_block, self.bpf_program)
+
+    def _copies(self) -> bool:
+        """Whether workers read offload's NFLOG copies: inline over NFQUEUE, on a kernel that
+        has NFLOG (else the diversion's rules queue a connection's first data instead)."""
+        inline = self.cfg.mode == "inline" and self.cfg.backend == "nfqueue"
+        return inline and bool(getattr(self.diversion, "copies", False))
 
     def _restore_blocks(self) -> None:
         from ips.kernel.blocks import load_saved_blocks, restore_blocks

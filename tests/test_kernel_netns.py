@@ -312,6 +312,13 @@ def test_probe_matches_the_kernel(ns: str) -> None:
     )  # fmt: skip
     sh(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "qprobe"], check=False)
     assert caps["nft_queue"] == (truth.returncode == 0)
+    log_truth = subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "-f", "-"],
+        input="table inet lprobe {\n chain c {\n  log group 0\n }\n}\n",
+        capture_output=True, text=True, timeout=TIMEOUT,
+    )  # fmt: skip
+    sh(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "lprobe"], check=False)
+    assert caps["nft_log"] == (log_truth.returncode == 0)  # offload's copies (NFLOG)
     assert caps["root"] and caps["nft_library"] and caps["timeout_sets"]
     assert caps["iptables_nfqueue"], caps["reasons"]
     if not caps["nft_queue"]:  # this machine (see DESIGN.md): the iptables fallback
@@ -428,3 +435,29 @@ print("null")
     counts = _counters(b)
     assert counts["ipsctl:p.rules:1-5001"] == 3
     assert counts["ipsctl:to-userspace"] >= 3
+
+
+def test_a_worker_binds_its_copy_group_only_when_it_reads_copies(ns: str) -> None:
+    """Offload's NFLOG copies (queue 7 -> group copy_group(7)): bound with the queue when
+    the kernel has NFLOG; not at all when the probe found none (the rules then queue the
+    first data instead); released with the queue."""
+    got = run_in(ns, """
+        from ips.engine import Engine
+        from ips.io.nfqueue import QueueWorker
+        from ips.kernel.ruleset import copy_group
+        def groups():
+            with open("/proc/net/netfilter/nfnetlink_log") as f:
+                return [int(line.split()[0]) for line in f]
+        out = {"group": copy_group(7)}
+        for copies in (True, False):
+            engine = Engine(load_policy_text("set default accept\\n", "t.rules"))
+            worker = QueueWorker(7, engine, copies=copies)
+            worker.bind()
+            out[str(copies)] = {"fd": worker.copy_fd is not None, "groups": groups()}
+            worker.unbind()
+        out["after"] = groups()
+        print(json.dumps(out))
+    """)
+    assert got["True"] == {"fd": True, "groups": [got["group"]]}, got
+    assert got["False"] == {"fd": False, "groups": []}, got
+    assert got["after"] == [], got

@@ -925,6 +925,11 @@ def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker
         assert jhash["left"]["jhash"]["seed"] == rs.STEER_SEED
         assert any({"match": jhash} in s for s in steer) or jhash["right"] == 0
     assert seen == {("ipv4", 0), ("ipv6", 0), ("ipv4", 1), ("ipv6", 1)}
+    # a kernel without NFLOG: no copy rule, the first data goes to the queue as before
+    plain = _rules_by_chain(rs.build_ruleset(policy, ("forward",), offload_generation=7,
+                                             copies=False))["forward"]  # fmt: skip
+    assert all(r["comment"] != rs.COPIED_COMMENT for r in plain)
+    assert sum(r["comment"] == rs.OFFLOADED_COMMENT for r in plain) == 1 + 4  # bare ACKs kept
     # no offload: no copies
     off = load_policy_text("set offload off\naccept proto tcp to port 22\n", "o.rules")
     rules = _rules_by_chain(rs.build_ruleset(off, ("forward",), offload_generation=7))

@@ -167,6 +167,7 @@ class QueueWorker(EngineAdapter):
         blocks: KernelBlocks | None = None,
         on_busy: Callable[[], None] | None = None,
         client: str = "own",
+        copies: bool = True,
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
                          on_busy=on_busy)  # fmt: skip
@@ -181,6 +182,7 @@ class QueueWorker(EngineAdapter):
         self._metas: dict[tuple[int, int], Meta] = {}
         self._client: NfqClient | None = None  # our own client, once bound
         self._nfq = None  # or netfilterqueue's
+        self.copies = copies  # read offload's NFLOG copies (False: the kernel has no NFLOG)
         self._copies: NflogClient | None = None
         self.copy_fd: int | None = None  # the copies' socket, once bound (select on it too)
 
@@ -189,17 +191,8 @@ class QueueWorker(EngineAdapter):
     def bind(self) -> int:
         """Bind the queue and the copies' NFLOG group; return the queue's netlink fd (for
         select; the copies' is copy_fd)."""
-        group = copy_group(self.queue_num)
-        copies = NflogClient(group)
-        try:
-            self.copy_fd = copies.bind()
-        except NflogError as exc:
-            raise NflogError(exc.errno, f"NFLOG group {group} (the copies of offloaded "
-                             f"connections' first packets): {os.strerror(exc.errno)}"
-                             + (" — another program (ulogd?) listens there"
-                                if exc.errno in (errno.EPERM, errno.EBUSY) else "")
-                             ) from None  # fmt: skip
-        self._copies = copies
+        if self.copies:
+            self._bind_copies()
         if self.client_name == "own":
             # GSO stays off, as with netfilterqueue: the kernel segments before queueing, so
             # the engine sees real packets, never 64 KB super-packets.
@@ -218,6 +211,19 @@ class QueueWorker(EngineAdapter):
         os.set_blocking(fd, False)
         self._nfq = nfq
         return fd
+
+    def _bind_copies(self) -> None:
+        group = copy_group(self.queue_num)
+        copies = NflogClient(group)
+        try:
+            self.copy_fd = copies.bind()
+        except NflogError as exc:
+            raise NflogError(exc.errno, f"NFLOG group {group} (the copies of offloaded "
+                             f"connections' first packets): {os.strerror(exc.errno)}"
+                             + (" — another program (ulogd?) listens there"
+                                if exc.errno in (errno.EPERM, errno.EBUSY) else "")
+                             ) from None  # fmt: skip
+        self._copies = copies
 
     def unbind(self) -> None:
         if self._copies is not None:

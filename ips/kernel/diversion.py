@@ -66,6 +66,12 @@ class Diversion:
     def nft(self) -> Nft:
         return self._nft
 
+    @property
+    def copies(self) -> bool:
+        """Whether offload passes a connection's first data with an NFLOG copy to its worker
+        (the kernel has `log group`), or queues it."""
+        return self.caps.nft_log
+
     def remove_stale(self) -> None:
         """Before install() over what a daemon killed without cleaning up left behind: nothing
         is removed first. Its table `inet ipsctl` stays: install() applies the new policy over
@@ -121,7 +127,7 @@ class Diversion:
             policy, self.hooks, queue=self.queue, fail_open=self.fail_open,
             nft_queue=self.backend == "nft",
             offload_generation=self.offload_generation if offload else 0,
-            queues=self.queues,
+            queues=self.queues, copies=self.copies,
         )  # fmt: skip
         self.kernel_rules = fast_path_split(policy)
 

@@ -95,6 +95,7 @@ class Nft:
         blocks_only: bool = False,
         offload_generation: int | None = None,
         queues: int = 1,
+        copies: bool = True,
     ) -> Applied:
         """Make the kernel run `policy`'s fast path, in one transaction: table and sets are
         created or kept (members survive), our chains flushed and refilled. On error nothing
@@ -102,7 +103,7 @@ class Nft:
         commands = ruleset.build_ruleset(
             policy, hooks, queue=queue, fail_open=fail_open, nft_queue=nft_queue,
             existing=self.state(), blocks_only=blocks_only,
-            offload_generation=offload_generation, queues=queues,
+            offload_generation=offload_generation, queues=queues, copies=copies,
         )  # fmt: skip
         self.run(commands)
         added = sum(1 for c in commands if "rule" in c.get("add", {}))  # type: ignore[operator]

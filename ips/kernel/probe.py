@@ -31,6 +31,7 @@ class Capabilities:
     nft_binary: bool = False
     nft_library: bool = False
     nft_queue: bool = False  # nft's `queue` expression (CONFIG_NFT_QUEUE)
+    nft_log: bool = False  # nft's `log group` (NFLOG: nft_log, nfnetlink_log): offload's copies
     timeout_sets: bool = False
     iptables_nfqueue: bool = False  # the xtables NFQUEUE target through iptables
     iptables_backend: str | None = None  # "nf_tables" or "legacy"
@@ -54,7 +55,8 @@ class Capabilities:
     def as_dict(self) -> dict[str, object]:
         return {
             "root": self.root, "nft_binary": self.nft_binary, "nft_library": self.nft_library,
-            "nft_queue": self.nft_queue, "timeout_sets": self.timeout_sets,
+            "nft_queue": self.nft_queue, "nft_log": self.nft_log,
+            "timeout_sets": self.timeout_sets,
             "iptables_nfqueue": self.iptables_nfqueue, "iptables_backend": self.iptables_backend,
             "queue_proc": self.queue_proc, "diversion": self.diversion,
             "reasons": dict(self.reasons),
@@ -89,7 +91,7 @@ def _probe_nft(caps: Capabilities) -> None:
         return
     caps.nft_library = True
     if not caps.root:
-        for key in ("nft_queue", "timeout_sets"):
+        for key in ("nft_queue", "nft_log", "timeout_sets"):
             caps.reasons[key] = "not checked: needs root (CAP_NET_ADMIN)"
         return
     t = {"family": "inet", "table": PROBE_TABLE}
@@ -118,6 +120,19 @@ def _probe_nft(caps: Capabilities) -> None:
         if "No such file or directory" in err:
             err = "the kernel has no nft queue expression (CONFIG_NFT_QUEUE is off)"
         caps.reasons["nft_queue"] = err
+    err = _nft_try(
+        lib,
+        [
+            {"add": {"chain": {**t, "name": "c"}}},  # no hook: no packet ever meets it
+            {"add": {"rule": {**t, "chain": "c", "expr": [{"log": {"group": 0}}]}}},
+        ],
+    )  # fmt: skip
+    caps.nft_log = err is None
+    if err:
+        caps.reasons["nft_log"] = (
+            f"nft `log group` refused ({err}): the kernel has no NFLOG (nft_log, "
+            "nfnetlink_log); offload then queues a connection's first data instead of copying it"
+        )
 
 
 def _probe_iptables(caps: Capabilities) -> None:

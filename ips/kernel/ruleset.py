@@ -715,6 +715,7 @@ def build_ruleset(
     blocks_only: bool = False,
     offload_generation: int | None = None,
     queues: int = 1,
+    copies: bool = True,
 ) -> list[dict[str, object]]:
     """Commands for one atomic batch that makes `inet ipsctl` run `policy`'s fast path.
 
@@ -733,6 +734,8 @@ def build_ruleset(
                unregisters a netfilter hook, and the kernel then drops every packet
                waiting in the queues; None: none
     queues     workers: packets are steered to queue + i by their connection's initiator
+    copies     the kernel has NFLOG: a handshake-stamped connection's first other packet is
+               passed with a copy to its worker (COPIED_COMMENT); without, it goes to the queue
 
     Safe to run over the table of an earlier policy: the table, chains and sets are `add`ed
     (idempotent, so a set keeps its members), our chains are flushed and refilled, and a set
@@ -800,7 +803,7 @@ def build_ruleset(
             for exprs in _offloaded_rules(gen, icmp_budget) + _handshake_ack_rules(gen):
                 cmds.append(_rule(hook, exprs, OFFLOADED_COMMENT))
             first_queue = queue[0] if isinstance(queue, tuple) else queue
-            for exprs in _handshake_copy_rules(gen, first_queue, queues):
+            for exprs in _handshake_copy_rules(gen, first_queue, queues) if copies else ():
                 cmds.append(_rule(hook, exprs, COPIED_COMMENT))
             if offload_generation:
                 for exprs in _offload_exprs(gen):
