@@ -245,7 +245,7 @@ def worker_main(
             worker = QueueWorker(
                 cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
                 on_events=on_events, blocks=blocks, on_busy=beat, client=cfg.nfq_client,
-                copies=cfg.offload_copies,
+                read_copies=cfg.offload_copies,
             )  # fmt: skip
         # The kernel's blocks (left by the previous worker or daemon, or restored from the
         # state file) become the engine's, before the first packet.

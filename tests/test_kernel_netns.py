@@ -451,7 +451,7 @@ def test_a_worker_binds_its_copy_group_only_when_it_reads_copies(ns: str) -> Non
         out = {"group": copy_group(7)}
         for copies in (True, False):
             engine = Engine(load_policy_text("set default accept\\n", "t.rules"))
-            worker = QueueWorker(7, engine, copies=copies)
+            worker = QueueWorker(7, engine, read_copies=copies)
             worker.bind()
             out[str(copies)] = {"fd": worker.copy_fd is not None, "groups": groups()}
             worker.unbind()

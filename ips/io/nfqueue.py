@@ -167,7 +167,7 @@ class QueueWorker(EngineAdapter):
         blocks: KernelBlocks | None = None,
         on_busy: Callable[[], None] | None = None,
         client: str = "own",
-        copies: bool = True,
+        read_copies: bool = True,
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
                          on_busy=on_busy)  # fmt: skip
@@ -182,7 +182,7 @@ class QueueWorker(EngineAdapter):
         self._metas: dict[tuple[int, int], Meta] = {}
         self._client: NfqClient | None = None  # our own client, once bound
         self._nfq = None  # or netfilterqueue's
-        self.copies = copies  # read offload's NFLOG copies (False: the kernel has no NFLOG)
+        self.read_copies = read_copies  # offload's NFLOG copies (False: the kernel has none)
         self._copies: NflogClient | None = None
         self.copy_fd: int | None = None  # the copies' socket, once bound (select on it too)
 
@@ -191,7 +191,7 @@ class QueueWorker(EngineAdapter):
     def bind(self) -> int:
         """Bind the queue and the copies' NFLOG group; return the queue's netlink fd (for
         select; the copies' is copy_fd)."""
-        if self.copies:
+        if self.read_copies:
             self._bind_copies()
         if self.client_name == "own":
             # GSO stays off, as with netfilterqueue: the kernel segments before queueing, so
