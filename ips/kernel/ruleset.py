@@ -791,6 +791,7 @@ def build_ruleset(
         cmds.append({"add": {"set": want}})  # a changed timeout/size is updated in place
         if carry.get(name):
             cmds.append({"add": {"element": {**_T, "name": name, "elem": _elems(carry[name])}}})
+    first_queue = queue[0] if isinstance(queue, tuple) else queue
     for hook in hooks:
         # Blocks first: nothing the policy says may let a blocked source through.
         for exprs in block_rules():
@@ -802,7 +803,6 @@ def build_ruleset(
             gen = (offload_generation or OFFLOAD_PAUSED) << OFFLOAD_CT_SHIFT  # type: ignore[operator]
             for exprs in _offloaded_rules(gen, icmp_budget) + _handshake_ack_rules(gen):
                 cmds.append(_rule(hook, exprs, OFFLOADED_COMMENT))
-            first_queue = queue[0] if isinstance(queue, tuple) else queue
             for exprs in _handshake_copy_rules(gen, first_queue, queues) if copies else ():
                 cmds.append(_rule(hook, exprs, COPIED_COMMENT))
             if offload_generation:
@@ -815,12 +815,11 @@ def build_ruleset(
                 cmds.append(_rule(hook, exprs, STEER_COMMENT))
         tail: list[Expr] = [{"counter": None}]
         if nft_queue and queues > 1:
-            first = queue[0] if isinstance(queue, tuple) else queue
             for i in range(1, queues):
                 steered = [_match("==", {"&": [_meta("mark"), QUEUE_MASK]}, i << QUEUE_SHIFT),
-                           {"counter": None}, _queue_stmt(first + i, fail_open)]  # fmt: skip
+                           {"counter": None}, _queue_stmt(first_queue + i, fail_open)]  # fmt: skip
                 cmds.append(_rule(hook, steered, USERSPACE_COMMENT))
-            tail.append(_queue_stmt(first, fail_open))
+            tail.append(_queue_stmt(first_queue, fail_open))
         elif nft_queue:
             tail.append(_queue_stmt(queue, fail_open))
         cmds.append(_rule(hook, tail, USERSPACE_COMMENT))
