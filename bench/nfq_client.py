@@ -261,7 +261,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     policy.write_text(benchlab.with_offload(text, False))
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     loads = [loadavg()]
-    lab_args = argparse.Namespace(seconds=args.seconds, fail_mode="closed")
+    lab_args = argparse.Namespace(seconds=args.seconds, fail_mode="closed", nfq_client=None)
     try:
         with benchlab.lab_for(lab_args, workdir) as b:
             for i in range(args.runs):

@@ -155,3 +155,27 @@ def test_report_computes_ratios_and_targets_from_medians(
     out = capsys.readouterr().out
     assert "ipsctl-10k         n/a (not supported by this ipsctl)" in out
     assert "ipsctl-inspect-2q: warning: one queue got (almost) none of the flood" in out
+
+
+NFQ_CLIENT_BENCH = ROOT / "bench" / "nfq_client.py"
+
+
+def test_nfq_client_bench_runs_its_variants_in_a_lab(tmp_path: Path) -> None:
+    """bench/nfq_client.py shares bench/lab.py's machinery: a quick run of one variant per
+    client still goes end to end (it once broke when lab_for grew an option)."""
+    need_root()
+    out_json = tmp_path / "nfq.json"
+    res = subprocess.run(
+        [sys.executable, str(NFQ_CLIENT_BENCH), "--runs", "1", "--seconds", "1", "--only",
+         "nfq-accept,nfqnl-engine", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(out_json.read_text())
+    for name in ("nfq-accept", "nfqnl-engine"):
+        assert doc["median_pps"][name] > 0, doc
+        assert doc["median_cpu_us_per_packet"][name] > 0, doc
+    # The Engine variant really ran the engine over the flood, and gave it verdicts.
+    engine_run = doc["runs"]["nfqnl-engine"][0]
+    assert engine_run["worker"]["engine_verdicts"]["accept"] > 0, engine_run
