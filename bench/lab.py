@@ -146,6 +146,9 @@ VARIANTS = (
 )
 METRICS = ("tcp_gbps", "udp_pps", "conn_per_s", "conn_par_per_s", "ping_p50_us",
            "ping_p99_us")  # fmt: skip
+# Beside them, for the variants with a queue: the gateway's CPU time per UDP packet it
+# handled (user + system; lower is cheaper), steadier than packets/s on a shared machine.
+UDP_CPU = "udp_cpu_us_per_packet"
 
 
 # ---- policies ----------------------------------------------------------------------------------
@@ -286,6 +289,7 @@ class Bench:
     seconds: float
     fail_open: bool
     run_args: tuple[str, ...] = ()  # more `ipsctl run` arguments (--nfq-client)
+    gateway: subprocess.Popen[Any] | None = None  # what reads the queue (loop or ipsctl run)
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
@@ -382,13 +386,41 @@ def server_rx_packets(b: Bench) -> int:
     return int(doc[0]["stats64"]["rx"]["packets"])
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants (ipsctl's workers are
+    children of the daemon), from /proc; 0 for what is gone."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    ticks = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        todo.extend(children.get(p, ()))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def measure_udp(b: Bench) -> tuple[float, dict[str, Any]]:
     """Packets/s of UDP_LEN-byte datagrams the server received, by its interface counter.
 
     The senders are hping3 floods, one per server address, each with a fixed source port
     (one flow each): iperf3's UDP mode needs a TCP control connection and a per-stream UDP
-    handshake, which an overloaded fail-closed queue drops, and iperf3 then aborts."""
+    handshake, which an overloaded fail-closed queue drops, and iperf3 then aborts.
+    With a queue, also the gateway's CPU time per packet it handled: packets/s depend on the
+    share of the 2 cores the senders leave it, its cost per packet much less."""
     before_q = b.queues()
+    cpu_before = tree_cpu_seconds(b.gateway.pid) if b.gateway is not None else 0.0
     before = server_rx_packets(b)
     t0 = time.monotonic()
     senders = [
@@ -431,6 +463,7 @@ def measure_udp(b: Bench) -> tuple[float, dict[str, Any]]:
     time.sleep(0.2)  # what the queue still held reaches the server
     received = server_rx_packets(b) - before
     after_q = b.queues()
+    cpu = tree_cpu_seconds(b.gateway.pid) - cpu_before if b.gateway is not None else 0.0
     info: dict[str, Any] = {"sent_pps": round(sent / elapsed)}
     if after_q:
         info["queued"] = {
@@ -444,6 +477,13 @@ def measure_udp(b: Bench) -> tuple[float, dict[str, Any]]:
             - before_q.get(q, {}).get("user_dropped", 0)
             for q in after_q
         )
+        # Handled: given an id (past the queue's length check) and not lost on the socket.
+        handled = sum(info["queued"].values()) - sum(
+            after_q[q]["user_dropped"] - before_q.get(q, {}).get("user_dropped", 0)
+            for q in after_q
+        )
+        if b.gateway is not None and handled > 0:
+            info["cpu_us_per_packet"] = round(cpu / handled * 1e6, 2)
     return received / elapsed, info
 
 
@@ -575,6 +615,7 @@ def start_accept_loop(b: Bench) -> None:
         stderr=subprocess.STDOUT,
     )
     wait_line(loop, b"ready", 15, "accept loop")
+    b.gateway = loop
     rule = [
         "FORWARD",
         "-j",
@@ -609,6 +650,7 @@ def start_ipsctl(b: Bench, v: Variant, policy: Path) -> None:
     log = open(log_path, "w")  # noqa: SIM115 - closed by the cleanup below
     daemon = b.popen("gw", argv, stdout=log, stderr=subprocess.STDOUT)
     b.cleanups.append(log.close)
+    b.gateway = daemon
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if daemon.poll() is not None:
@@ -797,6 +839,9 @@ def run_all(
     for r in results.values():
         if r["status"] == "ok":
             r["median"] = {m: statistics.median(run[m] for run in r["runs"]) for m in METRICS}
+            cpu = [run["detail"]["udp"].get("cpu_us_per_packet") for run in r["runs"]]
+            if all(c is not None for c in cpu):
+                r["median"][UDP_CPU] = statistics.median(cpu)
     return results
 
 
@@ -864,6 +909,13 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
         ratio(metric, "ipsctl-offload", "kernel-ct")
         ratio(metric, "ipsctl-inspect-2q", "ipsctl-inspect")
         ratio(metric, "ipsctl-10k", "ipsctl-inspect")
+    for name in med:
+        if name.startswith("ipsctl") and UDP_CPU in med[name] and UDP_CPU in med.get(
+            "accept-only", {}
+        ):
+            out[f"{UDP_CPU} {name} / accept-only (lower is cheaper)"] = (
+                med[name][UDP_CPU] / med["accept-only"][UDP_CPU]
+            )
     for name in med:
         if name != "kernel" and "kernel" in med:
             for p in ("ping_p50_us", "ping_p99_us"):
@@ -936,6 +988,11 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
                 # --queue-balance hashes addresses with a per-boot seed: all the flood's
                 # flows can land in one queue; then this run says nothing about 2 queues.
                 print(f"  {name}: warning: one queue got (almost) none of the flood")
+    for name, r in res.items():
+        if r["status"] == "ok" and UDP_CPU in r["median"]:
+            each = "/".join(f"{run['detail']['udp']['cpu_us_per_packet']:.1f}" for run in r["runs"])
+            print(f"  {name}: gateway CPU us per UDP packet handled: "
+                  f"{r['median'][UDP_CPU]:.1f} (each run {each})")  # fmt: skip
     for name, r in res.items():
         if r.get("note"):
             print(f"  {name}: {r['note']}")

@@ -92,6 +92,9 @@ def test_quick_run_measures_kernel_conntrack_and_accept_only(tmp_path: Path) -> 
     # The accept-only loop really was in the path: the flood went through its queue.
     queued = doc["variants"]["accept-only"]["runs"][0]["detail"]["udp"]["queued"]
     assert sum(queued.values()) > 0
+    # …and its CPU time per packet was measured (the kernel variants have no queue: none).
+    assert doc["variants"]["accept-only"]["median"]["udp_cpu_us_per_packet"] > 0
+    assert "udp_cpu_us_per_packet" not in doc["variants"]["kernel"]["median"]
     assert "queued" not in doc["variants"]["kernel"]["runs"][0]["detail"]["udp"]
     assert "udp_pps accept-only / kernel" in doc["ratios"]
     # kernel-ct: the kernel tracked the bench's connections (the plain kernel variant not)
