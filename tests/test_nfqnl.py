@@ -240,6 +240,52 @@ def test_the_first_packets_of_a_drain_are_accepted_at_once_then_batched() -> Non
         client._sock.close()  # type: ignore[union-attr]
 
 
+class _ForwardingEnd:
+    """The client's end of the pair, whose send plays the kernel's verdict: a batch verdict
+    releases the burst, and what a released packet sets off (the server's answer, forwarded
+    back through the gateway) is queued to us before that system call returns, as in the
+    kernel, where the forward runs inside the verdict."""
+
+    def __init__(self, ours: socket.socket, kernel: socket.socket, answer: bytes) -> None:
+        self._ours, self._kernel, self._answer = ours, kernel, answer
+
+    def send(self, msg: bytes) -> int:
+        n = self._ours.send(msg)
+        if msg[4:6] == struct.pack("=H", (3 << 8) | 3) and self._answer:  # VERDICT_BATCH
+            self._kernel.send(self._answer)
+            self._answer = b""
+        return n
+
+    def recv_into(self, buf: bytearray) -> int:
+        return self._ours.recv_into(buf)
+
+    def fileno(self) -> int:
+        return self._ours.fileno()
+
+    def close(self) -> None:
+        self._ours.close()
+
+
+def test_after_the_end_of_burst_batch_the_drain_reads_once_more() -> None:
+    """The batch that ends a burst lets its packets out; their answers come back through us
+    at once: the same drain reads them, instead of leaving them to the next wake-up."""
+    client, kernel = _client_on_socketpair(batch_after=0)
+    answer = packet_message(4, QueuedPacket(9, UDP))
+    client._sock = _ForwardingEnd(client._sock, kernel, answer)  # type: ignore[assignment]
+    try:
+        for i in (1, 2, 3):
+            kernel.send(packet_message(4, QueuedPacket(i, UDP)))
+        seen: list[int] = []
+        assert client.drain(lambda pkt: seen.append(pkt.id)) == 4
+        assert seen == [1, 2, 3, 9]
+        # the burst's batch, then the answer's own (it ended a burst of one)
+        assert _sent(kernel) == [batch_verdict_message(4, 3, nfqnl.NF_ACCEPT),
+                                 batch_verdict_message(4, 9, nfqnl.NF_ACCEPT)]  # fmt: skip
+    finally:
+        kernel.close()
+        client._sock.close()  # type: ignore[union-attr]
+
+
 def test_without_batching_every_accept_is_its_own_verdict() -> None:
     client, kernel = _client_on_socketpair(batch=False)
     try:
