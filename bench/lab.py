@@ -680,10 +680,13 @@ def unique_prefix() -> str:
 
 @contextmanager
 def lab_for(args: argparse.Namespace, workdir: Path) -> Iterator[Bench]:
+    # Everything that can fail on the arguments comes before the lab: between netns.up and
+    # the try below, an exception would leave the lab's namespaces behind.
+    run_args = ("--nfq-client", args.nfq_client) if args.nfq_client else ()
+    fail_open = args.fail_mode == "open"
     prefix = unique_prefix()
     lab = netns.up(LAB_YAML, prefix=prefix)
-    run_args = ("--nfq-client", args.nfq_client) if args.nfq_client else ()
-    b = Bench(lab, workdir, args.seconds, args.fail_mode == "open", run_args)
+    b = Bench(lab, workdir, args.seconds, fail_open, run_args)
     try:
         # Short connections: a wide port range on the client; the conntrack entries of
         # closed connections gone sooner, so repeated storms do not fill gw's table.

@@ -3,6 +3,7 @@ lab measures every figure for the kernel and the accept-only loop (behaviour, ne
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -15,8 +16,9 @@ import pytest
 from ips.core.build import build_packet
 from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from ips.engine import Engine, Meta
+from ips.lab import netns
 from ips.policy.resolve import load_policy_text
-from tests.labkit import ROOT, need_root
+from tests.labkit import ROOT, need_root, unique_prefix
 
 BENCH = ROOT / "bench" / "lab.py"
 META = Meta(iif="lan0", oif="dmz0")
@@ -182,3 +184,22 @@ def test_nfq_client_bench_runs_its_variants_in_a_lab(tmp_path: Path) -> None:
     # The Engine variant really ran the engine over the flood, and gave it verdicts.
     engine_run = doc["runs"]["nfqnl-engine"][0]
     assert engine_run["worker"]["engine_verdicts"]["accept"] > 0, engine_run
+
+
+def test_lab_for_refuses_bad_arguments_before_it_brings_a_lab_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An argument lab_for cannot use fails before netns.up, not after it (where it left a
+    lab's namespaces and processes behind)."""
+    need_root()
+    lab = _bench_module()
+    prefix = unique_prefix("blt")
+    monkeypatch.setattr(lab, "unique_prefix", lambda: prefix)
+    args = argparse.Namespace(seconds=1.0, fail_mode="closed")  # no nfq_client
+    try:
+        with pytest.raises(AttributeError, match="nfq_client"), lab.lab_for(args, tmp_path):
+            pass
+        left = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+        assert not [n for n in left if n.startswith(prefix)]
+    finally:
+        netns.down(prefix)  # if it did come up: not left behind by this test either
