@@ -8,6 +8,7 @@ gateway's queue, fail-closed, lets the client's traffic through and drops one ch
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import sys
 import pytest
 
 from ips.io import nfqnl
+from ips.io.netlink import parse_ack
 from ips.io.nfqnl import (
     MalformedMessage,
     NfqClient,
@@ -26,7 +28,6 @@ from ips.io.nfqnl import (
     batch_verdict_message,
     config_message,
     packet_message,
-    parse_ack,
     parse_packet,
     verdict_message,
 )
@@ -281,6 +282,39 @@ def test_after_the_end_of_burst_batch_the_drain_reads_once_more() -> None:
         # the burst's batch, then the answer's own (it ended a burst of one)
         assert _sent(kernel) == [batch_verdict_message(4, 3, nfqnl.NF_ACCEPT),
                                  batch_verdict_message(4, 9, nfqnl.NF_ACCEPT)]  # fmt: skip
+    finally:
+        kernel.close()
+        client._sock.close()  # type: ignore[union-attr]
+
+
+def _ack(seq: int, code: int = 0) -> bytes:
+    return struct.pack("=IHHII", 36, 2, 0, seq, 0) + struct.pack("=i", -code) + b"\0" * 16
+
+
+def test_a_config_request_keeps_packets_queued_meanwhile_and_its_wait_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, kernel = _client_on_socketpair()
+    try:
+        kernel.send(packet_message(4, QueuedPacket(5, UDP)))  # queued before the answer
+        kernel.send(_ack(1))
+        client._request(command=nfqnl.NFQNL_CFG_CMD_BIND)
+        assert kernel.recv(4096) == config_message(4, command=nfqnl.NFQNL_CFG_CMD_BIND, seq=1)
+        assert client._sock is not None and client._sock.gettimeout() == 0.0  # as before
+        seen: list[int] = []
+        assert client.drain(lambda pkt: seen.append(pkt.id)) == 1 and seen == [5]
+        kernel.send(_ack(2, errno.EBUSY))
+        with pytest.raises(nfqnl.NfqError) as refused:
+            client._request(command=nfqnl.NFQNL_CFG_CMD_BIND)
+        assert refused.value.errno == errno.EBUSY and "queue 4" in str(refused.value)
+        # No answer, while packets keep coming: the wait still ends (in all, not per read).
+        monkeypatch.setattr(nfqnl, "ACK_TIMEOUT", 0.3)
+        for i in range(30):
+            kernel.send(packet_message(4, QueuedPacket(10 + i, UDP)))
+        with pytest.raises(nfqnl.NfqError) as silent:
+            client._request(command=nfqnl.NFQNL_CFG_CMD_BIND)
+        assert silent.value.errno == errno.ETIMEDOUT
+        assert client.drain(lambda _pkt: None) == 30  # kept, not lost
     finally:
         kernel.close()
         client._sock.close()  # type: ignore[union-attr]

@@ -7,13 +7,16 @@ verdicts) and ips/io/nflog.py (NFLOG: the offload's copies) speak the same netli
 
 in host byte order for the netlink headers and network byte order inside nfnetlink's
 attribute values (linux/netlink.h, linux/netfilter/nfnetlink.h). Pure, except
-open_netfilter_socket.
+open_netfilter_socket and request.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
+import time
+from collections.abc import Callable
 
 # linux/netlink.h (Python's socket module has no NETLINK_NETFILTER)
 NETLINK_NETFILTER = 12
@@ -80,3 +83,39 @@ def open_netfilter_socket(rcvbuf: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def request(sock: socket.socket, msg: bytes, seq: int, buf: bytearray, timeout: float,
+            keep: Callable[[int], None], lost: Callable[[], None]) -> int:  # fmt: skip
+    """Send `msg` (a request asking for an ACK, sequence number `seq`) and wait for the
+    kernel's answer: its errno (0: done). The wait is bounded in all (TimeoutError after
+    `timeout` seconds), however much else arrives meanwhile: each other datagram, read into
+    buf, goes to keep(n) (a queued packet or a copy, for the next drain); ENOBUFS (the kernel
+    lost something for us, not our answer) to lost(). The socket's timeout is as before."""
+    saved = sock.gettimeout()
+    deadline = time.monotonic() + timeout
+    try:
+        sock.settimeout(timeout)
+        sock.send(msg)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
+            try:
+                n = sock.recv_into(buf)
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                lost()
+                continue
+            try:
+                code = parse_ack(buf, n, seq)
+            except MalformedMessage:
+                code = None  # the drain counts it, with whatever good messages it holds
+            if code is None:
+                keep(n)
+                continue
+            return code
+    finally:
+        sock.settimeout(saved)

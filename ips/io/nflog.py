@@ -43,7 +43,6 @@ import errno
 import os
 import socket
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,7 +58,7 @@ from ips.io.netlink import (
     attr,
     nfnl_message,
     open_netfilter_socket,
-    parse_ack,
+    request,
 )
 
 # linux/netfilter/nfnetlink.h, nfnetlink_log.h
@@ -301,44 +300,23 @@ class NflogClient:
         return sock.fileno()
 
     def _request(self, **config: int) -> None:
-        """A config message with an ACK asked for, waited for (bounded: ACK_TIMEOUT in all,
-        however many copies arrive meanwhile; those are kept for the next drain). The
-        socket's blocking mode is as before afterwards."""
-        sock = self._sock
-        assert sock is not None
+        """A config message with an ACK asked for, waited for (netlink.request: bounded,
+        copies arriving meanwhile kept for the next drain)."""
+        assert self._sock is not None
         self._seq += 1
-        seq = self._seq
-        saved = sock.gettimeout()
-        deadline = time.monotonic() + ACK_TIMEOUT
         try:
-            sock.settimeout(ACK_TIMEOUT)
-            sock.send(config_message(self.group, seq=seq, **config))
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                sock.settimeout(left)
-                try:
-                    n = sock.recv_into(self._buf)
-                except OSError as exc:
-                    if exc.errno != errno.ENOBUFS:
-                        raise
-                    self.enobufs += 1  # copies lost, not our answer: wait on
-                    continue
-                try:
-                    code = parse_ack(self._view, n, seq)
-                except MalformedMessage:
-                    code = None  # drain counts it, with whatever good messages it holds
-                if code is None:
-                    self._backlog.append(bytes(self._buf[:n]))
-                    continue
-                if code:
-                    raise NflogError(code, f"NFLOG group {self.group}: {os.strerror(code)}")
-                return
+            code = request(self._sock, config_message(self.group, seq=self._seq, **config),
+                           self._seq, self._buf, ACK_TIMEOUT, self._keep, self._lost)  # fmt: skip
         except TimeoutError:
             raise NflogError(errno.ETIMEDOUT, "no answer from nfnetlink_log") from None
-        finally:
-            sock.settimeout(saved)
+        if code:
+            raise NflogError(code, f"NFLOG group {self.group}: {os.strerror(code)}")
+
+    def _keep(self, n: int) -> None:
+        self._backlog.append(bytes(self._buf[:n]))
+
+    def _lost(self) -> None:
+        self.enobufs += 1
 
     def fileno(self) -> int:
         assert self._sock is not None, "not bound"

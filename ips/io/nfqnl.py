@@ -43,7 +43,7 @@ from ips.io.netlink import (
     attr,
     nfnl_message,
     open_netfilter_socket,
-    parse_ack,
+    request,
 )
 
 # linux/netfilter/nfnetlink_queue.h
@@ -89,6 +89,7 @@ BATCH_MAX = 128  # accepts that may wait for one batch verdict inside a burst th
 # what its verdict sets off (the answer, forwarded back through us) for the next wakeup.
 # Batching pays from the packets after these on: a burst that goes on (measured, bench/lab.py).
 BATCH_AFTER = 4
+ACK_TIMEOUT = 5.0  # seconds a config request waits for the kernel's answer, in all
 RECV_BUFFER = 256 * 1024  # one datagram: a packet up to 64 KiB (GSO) and its attributes
 
 
@@ -356,23 +357,21 @@ class NfqClient:
         return sock.fileno()
 
     def _request(self, **config: int) -> None:
-        """A config message with an ACK asked for, waited for (bounded: 5 s)."""
+        """A config message with an ACK asked for, waited for (netlink.request: bounded,
+        packets queued meanwhile kept for the next drain)."""
         assert self._sock is not None
         self._seq += 1
-        self._sock.settimeout(5.0)
-        self._sock.send(config_message(self.queue_num, seq=self._seq, **config))
-        while True:
-            try:
-                n = self._sock.recv_into(self._buf)
-            except TimeoutError:
-                raise NfqError(errno.ETIMEDOUT, "no answer from nfnetlink_queue") from None
-            code = parse_ack(self._view, n, self._seq)
-            if code is None:  # a packet queued meanwhile: kept for the next drain
-                self._keep_packets(n)
-                continue
-            if code:
-                raise NfqError(code, f"queue {self.queue_num}: {os.strerror(code)}")
-            return
+        try:
+            code = request(self._sock, config_message(self.queue_num, seq=self._seq, **config),
+                           self._seq, self._buf, ACK_TIMEOUT, self._keep_packets,
+                           self._lost)  # fmt: skip
+        except TimeoutError:
+            raise NfqError(errno.ETIMEDOUT, "no answer from nfnetlink_queue") from None
+        if code:
+            raise NfqError(code, f"queue {self.queue_num}: {os.strerror(code)}")
+
+    def _lost(self) -> None:
+        self.enobufs += 1
 
     def _keep_packets(self, n: int) -> None:
         offset = 0
@@ -399,7 +398,6 @@ class NfqClient:
         if self._sock is None:
             return
         try:
-            self._sock.setblocking(True)
             self._request(command=NFQNL_CFG_CMD_UNBIND)
         except OSError:
             pass  # the socket's close unbinds the queue anyway
@@ -507,6 +505,7 @@ class NfqClient:
         if self._backlog:
             backlog, self._backlog = self._backlog, []
             for pkt in backlog:  # rare (read during a config request): one by one
+                handled += 1
                 try:
                     given = handler(pkt)
                 except Exception:
