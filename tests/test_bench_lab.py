@@ -33,6 +33,14 @@ def _bench_module():
     return mod
 
 
+def _run(script: Path, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """A bench script, run as its README line says (from the checkout, output captured)."""
+    return subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+
+
 def _bench_packets(lab) -> list[bytes]:
     """One packet of each kind the bench sends from the client to the server."""
     client = "10.10.1.20"
@@ -76,12 +84,8 @@ def test_quick_run_measures_kernel_conntrack_and_accept_only(tmp_path: Path) -> 
     need_root()
     out_json = tmp_path / "lab.json"
     before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
-    res = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--seconds", "1", "--only",
-         "kernel,kernel-ct,accept-only", "--json", str(out_json)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    res = _run(BENCH, "--quick", "--seconds", "1", "--only", "kernel,kernel-ct,accept-only",
+               "--json", str(out_json))  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(out_json.read_text())
     for name in ("kernel", "kernel-ct", "accept-only"):
@@ -115,10 +119,7 @@ def test_quick_run_measures_kernel_conntrack_and_accept_only(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("argv", [["--only", "nosuch"], ["--runs", "0"]])
 def test_bad_arguments_are_refused_clearly(argv: list[str]) -> None:
-    res = subprocess.run(
-        [sys.executable, str(BENCH), *argv], capture_output=True, text=True, timeout=60,
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    res = _run(BENCH, *argv, timeout=60)
     assert res.returncode == 2
     assert "nosuch" in res.stderr if "nosuch" in argv else "--runs" in res.stderr
 
@@ -170,12 +171,8 @@ def test_nfq_client_bench_runs_its_variants_in_a_lab(tmp_path: Path) -> None:
     client still goes end to end (it once broke when lab_for grew an option)."""
     need_root()
     out_json = tmp_path / "nfq.json"
-    res = subprocess.run(
-        [sys.executable, str(NFQ_CLIENT_BENCH), "--runs", "1", "--seconds", "1", "--only",
-         "nfq-accept,nfqnl-engine", "--json", str(out_json)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    res = _run(NFQ_CLIENT_BENCH, "--runs", "1", "--seconds", "1", "--only",
+               "nfq-accept,nfqnl-engine", "--json", str(out_json))  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(out_json.read_text())
     for name in ("nfq-accept", "nfqnl-engine"):
