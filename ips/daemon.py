@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from ips.engine import Engine
+from ips.heap import collector_stats, settle, tune_collector
 from ips.kernel.diversion import Diversion
 from ips.kernel.nft import KernelError
 from ips.kernel.probe import read_queue_stats
@@ -266,6 +267,8 @@ def worker_main(
     started = time.time()
     next_tick = started + TICK_EVERY
     next_stats = started + cfg.stats_interval if cfg.stats_interval > 0 and eve else None
+    tune_collector()
+    settle()  # before the first packet: the start-up heap leaves the collector's scans
     conn.send({"op": "ready", "pid": os.getpid(), "adopted": adopted})
     try:
         while True:
@@ -360,6 +363,7 @@ def _worker_command(
         engine.load(load_policy_sources(msg["main"], msg["sources"]))
         if hasattr(worker, "refilter"):  # divert: the filter follows the policy
             worker.refilter()
+        settle()  # frees the replaced policy (it has cycles) and freezes the new one
         return {"ok": True, "digest": engine.policy.digest}
     if str(op).startswith("ban_") and hasattr(worker, "ban_command"):
         return worker.ban_command(msg)  # divert: the ban set is the worker's
@@ -394,6 +398,7 @@ def _worker_command(
             "latency": views.meter.snapshot() if views.meter is not None else None,
             "alerts_seq": views.alerts.seq if views.alerts is not None else 0,
             "webhook": views.webhook.stats() if views.webhook is not None else None,
+            "gc": collector_stats(),
             **({"divert": worker.stats()} if hasattr(worker, "ban_command") else {}),
             **({"nfq_client": worker.client_stats()} if hasattr(worker, "client_stats") else {}),
         }

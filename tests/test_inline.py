@@ -152,7 +152,10 @@ def test_apply_under_traffic_keeps_the_connection_and_bad_apply_changes_nothing(
     ))  # fmt: skip
     with inline_lab(tmp_path, "iap") as box:
         box.start_daemon(base)
-        first = box.status()["policy"]["digest"]
+        status = box.status()
+        first = status["policy"]["digest"]
+        gc_before = status["worker"]["gc"]
+        assert gc_before["frozen"] > 1000  # the worker settled its heap before the first packet
         stream = box.lab.popen(
             "client",
             [sys.executable, "-c", ECHO_CLIENT.format(host=SERVER, seconds=6)],
@@ -172,6 +175,9 @@ def test_apply_under_traffic_keeps_the_connection_and_bad_apply_changes_nothing(
             digests.add(box.status()["policy"]["digest"])
             time.sleep(0.3)
         assert len(digests) == 2
+        # each load ended with one full collection (it frees the replaced policy)
+        gc_after = box.status()["worker"]["gc"]
+        assert gc_after["collections"]["2"] >= gc_before["collections"]["2"] + 6
         # an invalid policy is refused with diagnostics; the running one stays
         typo = tmp_path / "typo.rules"
         typo.write_text("acept proto tcp\n")

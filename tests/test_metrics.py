@@ -119,6 +119,7 @@ def test_families_from_a_status_snapshot_agree_with_it() -> None:
             "malformed": {"tcp.truncated": 1},
             "latency": {"bounds": [1e-5, 1e-4], "counts": [2, 1, 1], "sum": 0.5, "count": 4,
                         "every": 16},
+            "gc": {"collections": {"0": 40, "1": 3, "2": 1}, "frozen": 9000},
         },
         "kernel_hits": {"p.rules:5": 11},
         "blocks": {"active": 1, "kernel_drops": 6, "added_by_detectors": 1, "added_manually": 2},
@@ -144,6 +145,7 @@ def test_families_from_a_status_snapshot_agree_with_it() -> None:
     assert samples[("ipsctl_engine_latency_seconds_bucket", (("le", "+Inf"),))] == 4
     assert samples[("ipsctl_engine_latency_seconds_count", ())] == 4
     assert samples[("ipsctl_queue_dropped_total", (("queue", "3"),))] == 8
+    assert samples[("ipsctl_worker_gc_collections_total", (("generation", "2"),))] == 1
     assert samples[("ipsctl_tap_kernel_drops_total", ())] == 12
     assert samples[("ipsctl_blocks_added_total", (("by", "manual"),))] == 2
     # a worker that does not answer: the daemon is up, the worker is not, no stale counters

@@ -106,6 +106,7 @@ def families(status: dict[str, Any]) -> list[Metric]:
         out.append(_counter("ipsctl_verdict_errors", "packets whose verdict could not be "
                             "given normally", w.get("verdict_errors")))  # fmt: skip
         out.append(_latency_family(w.get("latency")))
+        out.extend(_gc_families(w.get("gc")))
         out.extend(_webhook_families(w.get("webhook")))
     out.extend(_block_families(status.get("blocks") or {}))
     out.extend(_queue_families(status))
@@ -176,6 +177,17 @@ def _latency_family(lat: Any) -> HistogramMetricFamily | None:
         f"time of engine.handle per packet, sampled 1 packet in {every}",
         buckets=buckets, sum_value=float(lat.get("sum", 0.0)),
     )  # fmt: skip
+
+
+def _gc_families(gc: Any) -> list[Metric]:
+    if not isinstance(gc, dict) or not isinstance(gc.get("collections"), dict):
+        return []
+    runs = CounterMetricFamily(
+        "ipsctl_worker_gc_collections", "the workers' garbage collections, by generation; "
+        "a full one (2) pauses the packet path", labels=["generation"])  # fmt: skip
+    for generation, n in sorted(gc["collections"].items()):
+        runs.add_metric([str(generation)], int(n))
+    return [runs]
 
 
 def _block_families(b: dict[str, Any]) -> list[Metric | None]:
