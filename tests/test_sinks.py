@@ -3,17 +3,21 @@ stats events, and the tap's BPF program parsing."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import random
 import re
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from ips.core.addr import format_addr
 from ips.core.events import Alert, Block, LogRecord
 from ips.io.tap import TapError, parse_bpf_program
-from ips.sinks.eve import EveWriter, stats_record
+from ips.sinks.eve import EveWriter, eve_timestamp, stats_record
 from ips.sinks.logfile import RotatingLog, parse_size
 from ips.sinks.syslog import SyslogSink, format_5424, parse_target, severity_of
 
@@ -166,3 +170,28 @@ def test_bpf_program_parsing() -> None:
     for bad in ("", "2\n6 0 0 0\n", "1\n6 0 0\n", "x\n"):
         with pytest.raises((TapError, ValueError)):
             parse_bpf_program(bad)
+
+
+def test_eve_timestamps_are_what_datetime_prints() -> None:
+    """eve_timestamp formats each second once and rounds the microseconds itself: it must
+    print what datetime does, rounding edges (half to even, carry into the next second,
+    before 1970) included."""
+    rng = random.Random(7)
+    times = [rng.uniform(0, 4e9) for _ in range(20_000)]
+    times += [1_733_356_800 + rng.randrange(10**6) / 1e6 for _ in range(20_000)]
+    times += [k + edge for k in (0, 1, 1_733_356_799) for edge in
+              (0.0, 5e-7, 1.5e-6, 2.5e-6, 0.9999994999, 0.9999995, 0.99999951, 1e-7)]  # fmt: skip
+    times += [-0.5, -1.25, -1e-7, -86_400.0000005]
+    for t in times:
+        want = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
+        assert eve_timestamp(t) == want, t
+
+
+def test_ipv4_addresses_print_as_ipaddress_prints_them() -> None:
+    rng = random.Random(8)
+    samples = [bytes(4), bytes([255] * 4), bytes([10, 0, 0, 1])]
+    samples += [rng.randbytes(4) for _ in range(5000)]
+    for a in samples:
+        assert format_addr(a) == str(ipaddress.ip_address(a))
+    assert format_addr(bytes(15) + b"\x01") == "::1"
+    assert format_addr(b"\x01\x02") == "0102"

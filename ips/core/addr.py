@@ -7,7 +7,10 @@ import ipaddress
 
 def format_addr(addr: bytes) -> str:
     """bytes (4 or 16 long) -> printable address."""
-    if len(addr) in (4, 16):
+    n = len(addr)
+    if n == 4:  # what ipaddress prints, 4x faster: every EVE record formats two addresses
+        return f"{addr[0]}.{addr[1]}.{addr[2]}.{addr[3]}"
+    if n == 16:
         return str(ipaddress.ip_address(addr))
     return addr.hex()
 

@@ -15,6 +15,7 @@ with src_ip the address and an object of the same name (no flow, no destination)
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 from typing import IO, Protocol
 
@@ -34,9 +35,32 @@ EVE_END_REASONS = {
 }
 
 
+_SECONDS_KEPT = 4096
+_second_stamps: dict[int, str] = {}  # whole second -> "2024-05-01T12:00:00"
+
+
 def eve_timestamp(t: float) -> str:
-    """Suricata's format: 2024-05-01T12:00:00.123456+0000."""
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
+    """Suricata's format: 2024-05-01T12:00:00.123456+0000.
+
+    The same text as datetime.fromtimestamp(t, UTC).strftime(...) at a fifth of the cost (a
+    flow record has three): the date and time of day are formatted once per whole second,
+    the microseconds rounded as datetime does (half to even, carrying into the second)."""
+    fraction, whole = math.modf(t)
+    micro = round(fraction * 1e6)
+    second = int(whole)
+    if micro >= 1_000_000:
+        micro -= 1_000_000
+        second += 1
+    elif micro < 0:  # before 1970
+        micro += 1_000_000
+        second -= 1
+    stamp = _second_stamps.get(second)
+    if stamp is None:
+        if len(_second_stamps) >= _SECONDS_KEPT:
+            _second_stamps.clear()
+        stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _second_stamps[second] = stamp
+    return f"{stamp}.{micro:06d}+0000"
 
 
 def _proto_label(proto: int) -> str:
