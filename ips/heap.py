@@ -2,18 +2,18 @@
 
 A full collection scans every live object. A worker holding 100,000 flows (a connection storm
 keeps that many for the flow timeouts) has ~400,000 objects: measured in the lab, each full
-collection stalled the packet path for 0.2-0.3 s, six times in 15 s, and took ~15 % of the
-worker's CPU. Packets wait in the kernel queue meanwhile (and beyond its length they are
-dropped or bypass us, per `--fail-open`).
+collection stalled the packet path for 0.2-0.3 s, six times in 15 s, and all collections took
+~20 % of the worker's user time. Packets wait in the kernel queue meanwhile (and beyond its
+length they are dropped or bypass us, per `--fail-open`).
 
 The engine makes no reference cycles per packet or per flow (tests/test_heap.py holds it to
-that), so flows are freed by reference counting and full collections find nothing to free.
-The young generations keep CPython's defaults: they are cheap (they scan only new objects)
-and catch a stray cycle early. Full collections become rare: CPython runs one after
-FULL_AFTER young collections of the middle generation (minutes under load, and still only when
-the old generation has grown by a quarter, its own rule). What is alive once the worker is
-ready — modules, the compiled policy (10,000 rules are ~10^5 objects) — is frozen out of
-every scan (gc.freeze), as CPython's documentation advises for forked servers.
+that), so flows are freed by reference counting and full collections find nothing to free. The
+young generations keep CPython's defaults: they are cheap (they scan only new objects) and catch
+a stray cycle early. Full collections become rare: CPython runs one after FULL_AFTER collections
+of the middle generation (minutes under load), and then only if the old generation has grown by
+a quarter since the last one (its own rule). What is alive once the worker is ready — modules,
+the compiled policy (10,000 rules are ~10^5 objects) — is frozen out of every scan (gc.freeze),
+as CPython's documentation advises for forked servers.
 
 Not for the core: this is process-wide state, set by the processes that run the engine.
 """
