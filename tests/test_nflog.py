@@ -21,7 +21,7 @@ import sys
 
 import pytest
 
-from ips.io import nflog
+from ips.io import netlink, nflog
 from ips.io.nflog import (
     LoggedPacket,
     MalformedMessage,
@@ -311,7 +311,7 @@ def test_copies_arriving_before_the_ack_are_kept_for_the_next_drain() -> None:
 
 
 def test_the_wait_for_an_ack_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nflog, "ACK_TIMEOUT", 0.2)
+    monkeypatch.setattr(netlink, "ACK_TIMEOUT", 0.2)
     client, kernel = _client_on_socketpair()
     try:
         with pytest.raises(NflogError) as silent:

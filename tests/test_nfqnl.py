@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from ips.io import nfqnl
+from ips.io import netlink, nfqnl
 from ips.io.netlink import parse_ack
 from ips.io.nfqnl import (
     MalformedMessage,
@@ -308,7 +308,7 @@ def test_a_config_request_keeps_packets_queued_meanwhile_and_its_wait_is_bounded
             client._request(command=nfqnl.NFQNL_CFG_CMD_BIND)
         assert refused.value.errno == errno.EBUSY and "queue 4" in str(refused.value)
         # No answer, while packets keep coming: the wait still ends (in all, not per read).
-        monkeypatch.setattr(nfqnl, "ACK_TIMEOUT", 0.3)
+        monkeypatch.setattr(netlink, "ACK_TIMEOUT", 0.3)
         for i in range(30):
             kernel.send(packet_message(4, QueuedPacket(10 + i, UDP)))
         with pytest.raises(nfqnl.NfqError) as silent:

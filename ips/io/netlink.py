@@ -7,16 +7,18 @@ verdicts) and ips/io/nflog.py (NFLOG: the offload's copies) speak the same netli
 
 in host byte order for the netlink headers and network byte order inside nfnetlink's
 attribute values (linux/netlink.h, linux/netfilter/nfnetlink.h). Pure, except
-open_netfilter_socket and request.
+open_netfilter_socket, request and NetfilterClient (the socket's life, both clients').
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 import time
 from collections.abc import Callable
+from typing import Any
 
 # linux/netlink.h (Python's socket module has no NETLINK_NETFILTER)
 NETLINK_NETFILTER = 12
@@ -36,6 +38,7 @@ NFGEN = struct.Struct("=BBH")
 NLA = struct.Struct("=HH")
 BE32 = struct.Struct("!I")
 HEADERS = 16 + 4  # nlmsghdr + nfgenmsg
+ACK_TIMEOUT = 5.0  # seconds a config request waits for the kernel's answer, in all
 _ERRNO = struct.Struct("=i")
 
 
@@ -119,3 +122,82 @@ def request(sock: socket.socket, msg: bytes, seq: int, buf: bytearray, timeout: 
             return code
     finally:
         sock.settimeout(saved)
+
+
+class NetfilterClient:
+    """The socket's life, which our NFQUEUE and NFLOG clients share: opened and bound with
+    one config request, more requests (each ACK waited for, bounded: `request`), unbound and
+    closed. A subclass builds its config messages (_config), keeps what arrives while a
+    request waits (_keep: into _backlog, for its next drain) and names its unbind command,
+    its error class and the kernel module that answers."""
+
+    UNBIND = 0
+    Error: type[OSError] = OSError  # raised with the kernel's errno, or ETIMEDOUT
+    KERNEL = "nfnetlink"
+
+    def __init__(self, label: str, rcvbuf: int, buffer_size: int) -> None:
+        self.label = label  # what the requests are about, for errors: "queue 3"
+        self.rcvbuf = rcvbuf
+        self._buf = bytearray(buffer_size)
+        self._view = memoryview(self._buf)
+        self._sock: socket.socket | None = None
+        self._seq = 0
+        self._backlog: list[Any] = []  # read while a request waited for its answer
+        self.enobufs = 0  # the kernel had more for us than the socket held: lost
+
+    def _config(self, seq: int, **config: int) -> bytes:
+        raise NotImplementedError
+
+    def _keep(self, n: int) -> None:
+        raise NotImplementedError
+
+    def _bind(self, **config: int) -> int:
+        """Open the socket and send the bind request `config`; return the fd (for select).
+        A client already bound returns its fd: a second socket would orphan the first."""
+        if self._sock is not None:
+            return self._sock.fileno()
+        sock = open_netfilter_socket(self.rcvbuf)
+        try:
+            self._sock = sock
+            self._request(**config)
+        except BaseException:
+            self._sock = None
+            self._backlog.clear()
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock.fileno()
+
+    def _request(self, **config: int) -> None:
+        """A config message with an ACK asked for, waited for (bounded in all; what arrives
+        meanwhile is kept for the next drain). Error with the kernel's errno if refused."""
+        assert self._sock is not None
+        self._seq += 1
+        try:
+            code = request(self._sock, self._config(self._seq, **config), self._seq,
+                           self._buf, ACK_TIMEOUT, self._keep, self._lost)  # fmt: skip
+        except TimeoutError:
+            raise self.Error(errno.ETIMEDOUT, f"no answer from {self.KERNEL}") from None
+        if code:
+            raise self.Error(code, f"{self.label}: {os.strerror(code)}")
+
+    def _lost(self) -> None:
+        self.enobufs += 1
+
+    def fileno(self) -> int:
+        assert self._sock is not None, "not bound"
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        """Unbind (closing alone would too: the kernel unbinds a closed socket's queue or
+        groups) and close. Idempotent; errors are ignored."""
+        if self._sock is None:
+            return
+        try:
+            self._request(command=self.UNBIND)
+        except OSError:
+            pass
+        finally:
+            self._sock.close()
+            self._sock = None
+            self._backlog.clear()

@@ -40,7 +40,6 @@ byte for byte in tests/test_nflog.py.
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from collections.abc import Callable
@@ -55,10 +54,9 @@ from ips.io.netlink import (
     NLM_F_REQUEST,
     NLMSGHDR,
     MalformedMessage,
+    NetfilterClient,
     attr,
     nfnl_message,
-    open_netfilter_socket,
-    request,
 )
 
 # linux/netfilter/nfnetlink.h, nfnetlink_log.h
@@ -118,7 +116,6 @@ _PACKET_HDR = struct.Struct("!HBx")  # struct nfulnl_msg_packet_hdr
 
 RECV_BUFFER = 256 * 1024  # one datagram: the kernel's are at most 128 KiB (nlbufsiz limit)
 DEFAULT_RCVBUF = 4 * 1024 * 1024  # copies waiting while the worker is busy in the queue
-ACK_TIMEOUT = 5.0  # seconds a config request waits for the kernel's answer, in all
 
 
 class NflogError(OSError):
@@ -251,9 +248,13 @@ def parse_packet(buf: bytes | bytearray | memoryview, offset: int, end: int) -> 
 # ---- the client ----------------------------------------------------------------------------
 
 
-class NflogClient:
+class NflogClient(NetfilterClient):
     """One bound NFLOG group on our own netlink socket; `drain(handler)` reads every copy
     waiting (non-blocking) and calls handler on each."""
+
+    UNBIND = NFULNL_CFG_CMD_UNBIND
+    Error = NflogError
+    KERNEL = "nfnetlink_log"
 
     def __init__(self, group: int, *, copy_range: int = 0xFFFF,
                  rcvbuf: int = DEFAULT_RCVBUF) -> None:  # fmt: skip
@@ -261,18 +262,12 @@ class NflogClient:
             raise ValueError(f"NFLOG group {group} is not 0-65535")
         if not 0 <= copy_range <= 0xFFFF:  # 0: the kernel's maximum (65535 - NLA_HDRLEN)
             raise ValueError(f"copy_range {copy_range} is not 0-65535")
+        super().__init__(f"NFLOG group {group}", rcvbuf, RECV_BUFFER)
         self.group = group
         self.copy_range = copy_range
-        self.rcvbuf = rcvbuf
-        self._buf = bytearray(RECV_BUFFER)
-        self._view = memoryview(self._buf)
-        self._sock: socket.socket | None = None
-        self._seq = 0
-        self._backlog: list[bytes] = []  # datagrams read while waiting for an ACK
-        # What went wrong, counted (a loop never stops for these).
+        # What went wrong, counted (a loop never stops for these; enobufs: copies lost).
         self.received = 0  # packets handed to the handler
         self.malformed = 0
-        self.enobufs = 0  # the kernel had more copies for us than the socket held: lost
         self.handler_errors = 0
 
     # ---- set-up -----------------------------------------------------------------------------
@@ -283,58 +278,15 @@ class NflogClient:
         to 100 packets or 1 s). Returns the fd (for select); a client already bound returns
         its fd. NflogError with the kernel's errno if refused (EPERM: another socket has the
         group; EBUSY; ETIMEDOUT: no answer)."""
-        if self._sock is not None:  # a second socket would only get EPERM and orphan ours
-            return self._sock.fileno()
-        sock = open_netfilter_socket(self.rcvbuf)
-        try:
-            self._sock = sock
-            # One request: a bind that succeeded with the wrong mode would copy nothing.
-            self._request(command=NFULNL_CFG_CMD_BIND, copy_mode=NFULNL_COPY_PACKET,
+        # One request: a bind that succeeded with the wrong mode would copy nothing.
+        return self._bind(command=NFULNL_CFG_CMD_BIND, copy_mode=NFULNL_COPY_PACKET,
                           copy_range=self.copy_range, qthresh=1)  # fmt: skip
-        except BaseException:
-            self._sock = None
-            self._backlog.clear()
-            sock.close()
-            raise
-        sock.setblocking(False)
-        return sock.fileno()
 
-    def _request(self, **config: int) -> None:
-        """A config message with an ACK asked for, waited for (netlink.request: bounded,
-        copies arriving meanwhile kept for the next drain)."""
-        assert self._sock is not None
-        self._seq += 1
-        try:
-            code = request(self._sock, config_message(self.group, seq=self._seq, **config),
-                           self._seq, self._buf, ACK_TIMEOUT, self._keep, self._lost)  # fmt: skip
-        except TimeoutError:
-            raise NflogError(errno.ETIMEDOUT, "no answer from nfnetlink_log") from None
-        if code:
-            raise NflogError(code, f"NFLOG group {self.group}: {os.strerror(code)}")
+    def _config(self, seq: int, **config: int) -> bytes:
+        return config_message(self.group, seq=seq, **config)
 
     def _keep(self, n: int) -> None:
         self._backlog.append(bytes(self._buf[:n]))
-
-    def _lost(self) -> None:
-        self.enobufs += 1
-
-    def fileno(self) -> int:
-        assert self._sock is not None, "not bound"
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        """Unbind (closing alone would too: the kernel unbinds a closed socket's groups) and
-        close. Idempotent; errors are ignored."""
-        if self._sock is None:
-            return
-        try:
-            self._request(command=NFULNL_CFG_CMD_UNBIND)
-        except OSError:
-            pass
-        finally:
-            self._sock.close()
-            self._sock = None
-            self._backlog.clear()
 
     # ---- receiving --------------------------------------------------------------------------
 

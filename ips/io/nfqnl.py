@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,10 +39,9 @@ from ips.io.netlink import (
     NLMSG_ERROR,
     NLMSGHDR,
     MalformedMessage,
+    NetfilterClient,
     attr,
     nfnl_message,
-    open_netfilter_socket,
-    request,
 )
 
 # linux/netfilter/nfnetlink_queue.h
@@ -89,7 +87,6 @@ BATCH_MAX = 128  # accepts that may wait for one batch verdict inside a burst th
 # what its verdict sets off (the answer, forwarded back through us) for the next wakeup.
 # Batching pays from the packets after these on: a burst that goes on (measured, bench/lab.py).
 BATCH_AFTER = 4
-ACK_TIMEOUT = 5.0  # seconds a config request waits for the kernel's answer, in all
 RECV_BUFFER = 256 * 1024  # one datagram: a packet up to 64 KiB (GSO) and its attributes
 
 
@@ -281,12 +278,16 @@ class Verdict(NamedTuple):
     payload: bytes | None = None
 
 
-class NfqClient:
+class NfqClient(NetfilterClient):
     """One bound queue on our own netlink socket.
 
     `drain(handler)` reads every packet waiting (non-blocking), calls handler on each, and
     gives plain accepts either one by one or (batch=True) as one NFQNL_MSG_VERDICT_BATCH per
     run of up to BATCH_MAX packets and at the end of the burst."""
+
+    UNBIND = NFQNL_CFG_CMD_UNBIND
+    Error = NfqError
+    KERNEL = "nfnetlink_queue"
 
     def __init__(
         self,
@@ -306,27 +307,22 @@ class NfqClient:
             raise ValueError(f"queue number {queue_num} is not 0-65535")
         if not 1 <= max_len <= 0xFFFFFFFF or not 0 < copy_range <= 0xFFFF:
             raise ValueError("max_len must be >= 1 and copy_range 1-65535")
+        # As netfilterqueue sizes its socket: half the queue's worth of full copies.
+        super().__init__(f"queue {queue_num}",
+                         rcvbuf or max_len * (min(copy_range, 4016) + 760) // 2, RECV_BUFFER)
         self.queue_num = queue_num
         self.max_len = max_len
         self.copy_range = copy_range
         self.flags = (NFQA_CFG_F_FAIL_OPEN if fail_open else 0) | (NFQA_CFG_F_GSO if gso else 0)
         self.batch = batch
         self.batch_after = batch_after  # packets of a drain accepted one by one first
-        # As netfilterqueue sizes its socket: half the queue's worth of full copies.
-        self.rcvbuf = rcvbuf or max_len * (min(copy_range, 4016) + 760) // 2
-        self._buf = bytearray(RECV_BUFFER)
-        self._view = memoryview(self._buf)
         # recv_many > 0: recvmmsg(2) for up to that many packets per system call (ctypes)
         self._many = _MultiReceiver(recv_many, copy_range + 1024) if recv_many > 0 else None
         self._accept_prefix = verdict_message(queue_num, 0, NF_ACCEPT)[:-4]
         self._batch_prefix = batch_verdict_message(queue_num, 0, NF_ACCEPT)[:-4]
-        self._sock: socket.socket | None = None
-        self._seq = 0
-        self._backlog: list[QueuedPacket] = []  # packets read while waiting for an ACK
         self.on_error = on_error
-        # What went wrong, counted (a loop never stops for these).
+        # What went wrong, counted (a loop never stops for these; enobufs: packets lost).
         self.received = 0
-        self.enobufs = 0  # the kernel had more for us than the socket held
         self.malformed = 0
         self.handler_errors = 0  # the handler raised: the packet got on_error as verdict
         self.kernel_errors = 0  # NLMSG_ERROR for a verdict (e.g. ENOENT: unknown id)
@@ -339,41 +335,19 @@ class NfqClient:
     def bind(self) -> int:
         """Open the socket, bind the queue with its settings; return the fd (for select).
         NfqError with the kernel's errno if refused (EBUSY: bound by someone else, EPERM)."""
-        sock = open_netfilter_socket(self.rcvbuf)
-        try:
-            self._sock = sock
-            self._request(
-                command=NFQNL_CFG_CMD_BIND,
-                copy_range=self.copy_range,
-                max_len=self.max_len,
-                flags=self.flags,
-                mask=NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO,
-            )
-        except BaseException:
-            self._sock = None
-            sock.close()
-            raise
-        sock.setblocking(False)
-        return sock.fileno()
+        return self._bind(
+            command=NFQNL_CFG_CMD_BIND,
+            copy_range=self.copy_range,
+            max_len=self.max_len,
+            flags=self.flags,
+            mask=NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_GSO,
+        )
 
-    def _request(self, **config: int) -> None:
-        """A config message with an ACK asked for, waited for (netlink.request: bounded,
-        packets queued meanwhile kept for the next drain)."""
-        assert self._sock is not None
-        self._seq += 1
-        try:
-            code = request(self._sock, config_message(self.queue_num, seq=self._seq, **config),
-                           self._seq, self._buf, ACK_TIMEOUT, self._keep_packets,
-                           self._lost)  # fmt: skip
-        except TimeoutError:
-            raise NfqError(errno.ETIMEDOUT, "no answer from nfnetlink_queue") from None
-        if code:
-            raise NfqError(code, f"queue {self.queue_num}: {os.strerror(code)}")
+    def _config(self, seq: int, **config: int) -> bytes:
+        return config_message(self.queue_num, seq=seq, **config)
 
-    def _lost(self) -> None:
-        self.enobufs += 1
-
-    def _keep_packets(self, n: int) -> None:
+    def _keep(self, n: int) -> None:
+        """What a request read meanwhile: its packets, parsed, for the next drain."""
         offset = 0
         while offset + 20 <= n:
             length, msg_type = NLMSGHDR.unpack_from(self._buf, offset)[:2]
@@ -388,22 +362,6 @@ class NfqClient:
                 except MalformedMessage:
                     self.malformed += 1
             offset += (length + 3) & ~3
-
-    def fileno(self) -> int:
-        assert self._sock is not None, "not bound"
-        return self._sock.fileno()
-
-    def close(self) -> None:
-        """Unbind (closing the socket would too) and close."""
-        if self._sock is None:
-            return
-        try:
-            self._request(command=NFQNL_CFG_CMD_UNBIND)
-        except OSError:
-            pass  # the socket's close unbinds the queue anyway
-        finally:
-            self._sock.close()
-            self._sock = None
 
     # ---- verdicts ---------------------------------------------------------------------------
 
