@@ -22,6 +22,8 @@ Variants (--only NAME,...):
   accept-only         bench/accept_loop.py on queue 0: netfilterqueue accepting every packet
   ipsctl-offload      ipsctl, the bench policy, flow offload on (`set offload on`; an ipsctl
                       without that option runs at its defaults, and the report says so)
+  ipsctl-offload-2q   the same with `ipsctl run --queues 2`: a worker per core of this
+                      2-core machine, as a gateway would run it
   ipsctl-inspect      ipsctl, the bench policy, `set offload off`: every packet inspected
   ipsctl-inspect-2q   the same with `ipsctl run --queues 2`
   ipsctl-10k          10,000 generated rules before the bench policy's rules, offload off
@@ -126,6 +128,13 @@ VARIANTS = (
             conntrack=True),
     Variant("accept-only", "netfilterqueue loop accepting everything, 1 queue", "accept"),
     Variant("ipsctl-offload", "ipsctl, bench policy, offload on, 1 queue", "ipsctl", offload=True),
+    Variant(
+        "ipsctl-offload-2q",
+        "ipsctl, bench policy, offload on, 2 queues (a worker per core)",
+        "ipsctl",
+        offload=True,
+        queues=2,
+    ),
     Variant(
         "ipsctl-inspect", "ipsctl, bench policy, offload off, 1 queue", "ipsctl", offload=False
     ),
@@ -883,6 +892,20 @@ TARGETS = (
         0.5,
     ),
     (
+        "new connections/s, offload on 2 queues / kernel, 1 in flight",
+        "conn_per_s",
+        "ipsctl-offload-2q",
+        "kernel",
+        0.5,
+    ),
+    (
+        f"new connections/s, offload on 2 queues / kernel, {STORM_PARALLEL} in flight",
+        "conn_par_per_s",
+        "ipsctl-offload-2q",
+        "kernel",
+        0.5,
+    ),
+    (
         "UDP64 pkt/s, 10,000 rules / gateway rules (offload off)",
         "udp_pps",
         "ipsctl-10k",
@@ -911,6 +934,7 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
         ratio(metric, "ipsctl-offload", "ipsctl-inspect")
         ratio(metric, "ipsctl-offload", "kernel-ct")
         ratio(metric, "ipsctl-inspect-2q", "ipsctl-inspect")
+        ratio(metric, "ipsctl-offload-2q", "ipsctl-offload")
         ratio(metric, "ipsctl-10k", "ipsctl-inspect")
     for name in med:
         if name.startswith("ipsctl") and UDP_CPU in med[name] and UDP_CPU in med.get(

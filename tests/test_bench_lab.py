@@ -140,6 +140,7 @@ def test_report_computes_ratios_and_targets_from_medians(
         "kernel": ok(10.0, 200_000, 8000, 50),
         "accept-only": ok(1.0, 100_000, 4000, 100, {0: 1}),
         "ipsctl-offload": ok(9.6, 190_000, 3000, 160, {0: 1}),
+        "ipsctl-offload-2q": ok(9.5, 190_000, 4200, 160, {0: 1, 1: 1}),
         "ipsctl-inspect": ok(0.5, 80_000, 2000, 200, {0: 1}),
         "ipsctl-inspect-2q": ok(0.5, 110_000, 2000, 200, {0: 1000, 1: 0}),
         "ipsctl-10k": {"label": "", "status": "n/a", "reason": "error: unknown option"},
@@ -155,6 +156,9 @@ def test_report_computes_ratios_and_targets_from_medians(
     assert got["UDP64 pkt/s, full inspection 2 queues / 1 queue"]["met"] is False  # 1.375
     assert got["new connections/s, offload on / kernel, 1 in flight"]["met"] is False  # 0.375
     assert got["new connections/s, offload on / kernel, 16 in flight"]["met"] is False
+    assert got["new connections/s, offload on 2 queues / kernel, 1 in flight"]["met"] is True
+    assert got["new connections/s, offload on 2 queues / kernel, 16 in flight"]["value"] == 0.525
+    assert rat["conn_per_s ipsctl-offload-2q / ipsctl-offload"] == pytest.approx(1.4)
     assert "value" not in got["UDP64 pkt/s, 10,000 rules / gateway rules (offload off)"]
     assert got["ping p50 added by gw, offload on vs kernel"]["met"] is False  # 110 us
     lab.print_report(res, type("A", (), {"runs": 1, "seconds": 2.0, "fail_mode": "closed"})())
