@@ -15,9 +15,12 @@ from pathlib import Path
 import pytest
 
 from ips.core.addr import format_addr
-from ips.core.events import Alert, Block, LogRecord
+from ips.core.build import build_packet
+from ips.core.decode import decode_l3
+from ips.core.events import Alert, Block, FlowEnd, LogRecord
+from ips.core.flow import TCP_STATE_NAMES, FlowTable
 from ips.io.tap import TapError, parse_bpf_program
-from ips.sinks.eve import EveWriter, eve_timestamp, stats_record
+from ips.sinks.eve import EveWriter, eve_timestamp, flow_line, flow_record, stats_record
 from ips.sinks.logfile import RotatingLog, parse_size
 from ips.sinks.syslog import SyslogSink, format_5424, parse_target, severity_of
 
@@ -195,3 +198,49 @@ def test_ipv4_addresses_print_as_ipaddress_prints_them() -> None:
         assert format_addr(a) == str(ipaddress.ip_address(a))
     assert format_addr(bytes(15) + b"\x01") == "::1"
     assert format_addr(b"\x01\x02") == "0102"
+
+
+def test_flow_lines_are_the_flow_records_json() -> None:
+    """flow_line writes a flow record's JSON itself (the commonest record, made cheaper): it
+    must be json.dumps of flow_record, character for character, for flows of every kind —
+    TCP in every state and with every flag, UDP, ICMP, IPv6, protocols without ports,
+    offloaded or not, and interface names and end reasons that need escaping."""
+    rng = random.Random(9)
+    table = FlowTable(max_flows=10_000)
+    v4 = ("10.10.1.21", "192.0.2.7", "0.0.0.0", "255.255.255.255")
+    v6 = ("2001:db8::1", "fe80::1:2", "::1")
+    now = 1_733_356_800.0
+    for _ in range(3000):
+        family = v4 if rng.random() < 0.7 else v6
+        src, dst = rng.sample(family, 2)
+        proto = rng.choice((6, 6, 6, 17, 1 if family is v4 else 58, 47, 99))
+        sport, dport = rng.randrange(65536), rng.randrange(65536)
+        for _ in range(rng.randrange(1, 8)):
+            now += rng.choice((0.0, 1e-6, 0.25, 3.7, 61.0))
+            forward = rng.random() < 0.6
+            a, b, pa, pb = (src, dst, sport, dport) if forward else (dst, src, dport, sport)
+            icmp = {"icmp_type": rng.choice((0, 8, 128, 129, 3))} if proto in (1, 58) else {}
+            flags = rng.choice((0x02, 0x12, 0x10, 0x11, 0x18, 0x04, rng.randrange(256)))
+            data = build_packet(proto, a, b, pa, pb, flags=flags,
+                                payload=rng.randbytes(rng.randrange(3)), **icmp)  # fmt: skip
+            pkt = decode_l3(data)
+            if pkt.__class__.__name__ == "Packet":
+                table.track(pkt, now)
+    flows = list(table.flows())
+    assert len(flows) > 1000
+    assert {f.proto for f in flows} >= {6, 17, 1, 58, 47, 99}
+    assert {f.tcp_state for f in flows if f.proto == 6} == set(range(len(TCP_STATE_NAMES)))
+    reasons = ("timeout", "evicted", "reused", "shutdown", "drained", 'odd "reason"\\', "é")
+    ifaces = (None, "", "lan0", 'we"ird\\', "lan\u00e9")
+    for flow in flows:
+        flow.offloaded = rng.random() < 0.3
+        end = FlowEnd(flow, rng.choice(reasons), now + rng.random())
+        iface = rng.choice(ifaces)
+        want = json.dumps(flow_record(end, iface), separators=(",", ":"))
+        assert flow_line(end, iface) == want
+    # The writer writes flow ends so.
+    lines: list[str] = []
+    writer = EveWriter(log=type("L", (), {"write": staticmethod(lines.append)})())
+    writer.event(FlowEnd(flows[0], "timeout", now))
+    assert lines == [json.dumps(flow_record(FlowEnd(flows[0], "timeout", now)),
+                                separators=(",", ":"))]  # fmt: skip

@@ -19,6 +19,7 @@ import math
 from datetime import UTC, datetime
 from typing import IO, Protocol
 
+from ips.core.addr import format_addr
 from ips.core.events import Alert, Block, FlowEnd, LogRecord, PacketEvent, Unblock
 from ips.core.flow import TCP_STATE_NAMES
 from ips.core.packet import PORT_PROTOS
@@ -189,6 +190,64 @@ def flow_record(end: FlowEnd, in_iface: str | None = None) -> dict[str, object]:
     return record
 
 
+# The tcp object's flag words for each combination of FIN, SYN, RST, PSH and ACK, in
+# flow_record's order.
+_TCP_FLAG_WORDS = tuple(
+    "".join(f',"{name}":true' for name, bit in
+            (("syn", 2), ("fin", 1), ("rst", 4), ("psh", 8), ("ack", 16)) if bits & bit)
+    for bits in range(32)
+)  # fmt: skip
+_json_texts: dict[str, str] = {}  # interface name or end reason -> its JSON string
+
+
+def _json_text(text: str) -> str:
+    quoted = _json_texts.get(text)
+    if quoted is None:
+        if len(_json_texts) >= _SECONDS_KEPT:
+            _json_texts.clear()
+        quoted = _json_texts[text] = json.dumps(text)
+    return quoted
+
+
+def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
+    """flow_record as its JSON line, written out directly: the same text as
+    json.dumps(flow_record(end, in_iface), separators=(",", ":")) at under half the cost —
+    every connection ends in one, so it is the commonest record by far. Every string in it
+    is a timestamp, an address, or a word of ours, except the interface name and the end
+    reason, which go through json.dumps."""
+    f = end.flow
+    proto = f.proto  # type: ignore[attr-defined]
+    iface = f',"in_iface":{_json_text(in_iface)}' if in_iface else ""
+    src, dst = format_addr(f.src), format_addr(f.dst)  # type: ignore[attr-defined]
+    if proto in PORT_PROTOS:
+        src = f'{src}","src_port":{f.sport},"dest_ip":"{dst}","dest_port":{f.dport},"proto":"'  # type: ignore[attr-defined]
+    else:
+        src = f'{src}","dest_ip":"{dst}","proto":"'
+    state = "established" if f.replied else "new"  # type: ignore[attr-defined]
+    if proto == 6:
+        tcp_state = TCP_STATE_NAMES[f.tcp_state]  # type: ignore[attr-defined]
+        if tcp_state in ("closed", "closing", "time_wait"):
+            state = "closed"
+        fwd, rev = f.flags_fwd, f.flags_rev  # type: ignore[attr-defined]
+        both = fwd | rev
+        words = _TCP_FLAG_WORDS[both & 31]
+        tail = (f'}},"tcp":{{"tcp_flags":"{both:02x}","tcp_flags_ts":"{fwd:02x}",'
+                f'"tcp_flags_tc":"{rev:02x}"{words},"state":"{tcp_state}"}}}}')  # fmt: skip
+    else:
+        tail = "}}"
+    first, last = f.first_seen, f.last_seen  # type: ignore[attr-defined]
+    bypass = ',"bypass":"capture"' if getattr(f, "offloaded", False) else ""
+    return (
+        f'{{"timestamp":"{eve_timestamp(end.time)}","flow_id":{f.flow_id}{iface}'  # type: ignore[attr-defined]
+        f',"event_type":"flow","src_ip":"{src}{_proto_label(proto)}","flow":{{'
+        f'"pkts_toserver":{f.pkts_fwd},"pkts_toclient":{f.pkts_rev},'  # type: ignore[attr-defined]
+        f'"bytes_toserver":{f.bytes_fwd},"bytes_toclient":{f.bytes_rev},'  # type: ignore[attr-defined]
+        f'"start":"{eve_timestamp(first)}","end":"{eve_timestamp(last)}",'
+        f'"age":{int(last - first)},"state":"{state}",'
+        f'"reason":{_json_text(EVE_END_REASONS.get(end.reason, end.reason))}{bypass}{tail}'
+    )
+
+
 # What a verdict becomes in tap mode, where nothing is enforced.
 PASSIVE_ACTIONS = {"blocked": "would_drop"}
 SYSLOG_EVENTS = frozenset({"alert", "drop", "ipsctl_block", "ipsctl_unblock"})
@@ -228,14 +287,17 @@ class EveWriter:
         self.written = 0
 
     def write(self, record: dict[str, object]) -> None:
-        line = json.dumps(record, separators=(",", ":"))
+        self.write_line(json.dumps(record, separators=(",", ":")))
+        if self.syslog is not None and record.get("event_type") in SYSLOG_EVENTS:
+            self.syslog.send(record, _now_of(record))  # type: ignore[attr-defined]
+
+    def write_line(self, line: str) -> None:
+        """A record already in JSON (not one for syslog)."""
         if self.stream is not None:
             self.stream.write(line + "\n")
         if self.log is not None:
             self.log.write(line)
         self.written += 1
-        if self.syslog is not None and record.get("event_type") in SYSLOG_EVENTS:
-            self.syslog.send(record, _now_of(record))  # type: ignore[attr-defined]
 
     def event(self, ev: object) -> None:
         if isinstance(ev, Alert):
@@ -245,7 +307,7 @@ class EveWriter:
                 alert["action"] = PASSIVE_ACTIONS.get(alert["action"], alert["action"])  # type: ignore[index]
             self.write(record)
         elif isinstance(ev, FlowEnd):
-            self.write(flow_record(ev, self.in_iface))
+            self.write_line(flow_line(ev, self.in_iface))
         elif isinstance(ev, LogRecord):
             if self.passive:
                 record = log_record(ev, self.in_iface)
