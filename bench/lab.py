@@ -950,6 +950,16 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def shown_ratio(value: float, goal: float) -> float:
+    """value to 3 decimals, or more where 3 would round it onto or across the goal (0.4998
+    against 0.5 must not print as 0.5 beside "NOT met", as it once did)."""
+    for digits in range(3, 10):
+        shown = round(value, digits)
+        if (shown >= goal) == (value >= goal):
+            return shown
+    return value
+
+
 def targets(res: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     med = {k: v["median"] for k, v in res.items() if v.get("status") == "ok"}
     out = []
@@ -957,7 +967,7 @@ def targets(res: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"target": title, "goal": f">= {goal:g}"}
         if a in med and b in med and med[b][metric] > 0:
             value = med[a][metric] / med[b][metric]
-            row.update(value=round(value, 3), met=value >= goal)
+            row.update(value=shown_ratio(value, goal), met=value >= goal)
         notes = [f"{n}: {res[n]['note']}" for n in (a, b) if res.get(n, {}).get("note")]
         if notes:
             row["note"] = "; ".join(notes)

@@ -124,6 +124,16 @@ def test_bad_arguments_are_refused_clearly(argv: list[str]) -> None:
     assert "nosuch" in res.stderr if "nosuch" in argv else "--runs" in res.stderr
 
 
+def test_ratios_are_shown_so_that_they_do_not_round_onto_their_goal() -> None:
+    lab = _bench_module()
+    assert lab.shown_ratio(0.95123, 0.95) == 0.951
+    assert lab.shown_ratio(0.49984, 0.5) == 0.4998  # not "0.5 … NOT met"
+    assert lab.shown_ratio(0.50004, 0.5) == 0.5  # 0.50004 >= 0.5: met, and shown so
+    assert lab.shown_ratio(0.5, 0.5) == 0.5
+    assert lab.shown_ratio(0.4999999, 0.5) == 0.4999999
+    assert lab.shown_ratio(1.7254, 1.5) == 1.725
+
+
 def test_report_computes_ratios_and_targets_from_medians(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
