@@ -72,6 +72,12 @@ SOCKET_GROUP = "ipsctl"  # members may read status (read-only views)
 STATE_FILE = "blocks.json"  # blocks saved by a clean stop, next to the control socket
 TICK_EVERY = 1.0
 HEARTBEAT_EVERY = 0.25
+# Seconds a stopping worker may spend writing the flow records of the flows still open
+# (reason `shutdown`), and seconds the supervisor waits for a worker to stop: both well inside
+# the unit's TimeoutStopSec (10 s), which must leave time to take the diversion out.
+SHUTDOWN_RECORDS_BUDGET = 3.0
+WORKER_STOP_TIMEOUT = SHUTDOWN_RECORDS_BUDGET + 3.0
+SHUTDOWN_RECORDS_CHUNK = 1024  # records handed to the sinks between looks at the clock
 # the rest needs root (SO_PEERCRED); flows and alerts feed `ipsctl flows` and `ipsctl top`
 READ_ONLY_OPS = frozenset({"status", "blocks_list", "flows", "alerts"})
 MANUAL = "manual"  # the detector name of blocks made with `ipsctl blocks add`
@@ -306,13 +312,43 @@ def worker_main(
                 eve.write(stats_record(now, now - started, eve_stats(engine, worker, cfg)))
                 next_stats = now + cfg.stats_interval
     finally:
-        worker.unbind()
+        worker.unbind()  # first: the queue's fail mode covers the packets from now on
+        end_open_flows(engine, worker, time.time(), SHUTDOWN_RECORDS_BUDGET)
         if views.webhook is not None:
             views.webhook.close()
         if log is not None:
             log.close()
         if syslog is not None:
             syslog.close()
+
+
+def end_open_flows(
+    engine: Engine, worker: Any, now: float, budget: float, clock: Any = time.monotonic
+) -> int:
+    """A stopping worker ends the flows still open, as Suricata does at shutdown: each gets
+    its flow record (reason `shutdown`), so a stop or a restart loses none of a connection's
+    accounting. Within `budget` seconds of `clock`: records not written by then are
+    reported on stderr (the journal). Returns the records handed to the sinks."""
+    deadline = clock() + budget
+    try:
+        ended = engine.drain(now)
+    except Exception as exc:  # never in the way of the stop
+        print(f"ipsctl worker: flows not ended at stop: {exc}", file=sys.stderr, flush=True)
+        return 0
+    written = 0
+    for start in range(0, len(ended), SHUTDOWN_RECORDS_CHUNK):
+        if clock() > deadline:
+            print(f"ipsctl worker: {len(ended) - written} of {len(ended)} flow records not "
+                  f"written at stop (over {budget:g} s)", file=sys.stderr, flush=True)  # fmt: skip
+            break
+        chunk = ended[start : start + SHUTDOWN_RECORDS_CHUNK]
+        try:
+            worker.effects(chunk)
+        except Exception as exc:
+            print(f"ipsctl worker: flow records at stop: {exc}", file=sys.stderr, flush=True)
+            break
+        written += len(chunk)
+    return written
 
 
 def eve_stats(engine: Engine, worker: Any, cfg: DaemonConfig) -> dict[str, Any]:
@@ -723,12 +759,18 @@ class WorkerHandle:
             os.kill(self.pid, signal.SIGKILL)
         self.process.join(5)
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
         with contextlib.suppress(Exception), self.lock:
             self.conn.send({"op": "stop"})
-        self.process.join(3)
+
+    def wait_stopped(self, timeout: float = WORKER_STOP_TIMEOUT) -> None:
+        self.process.join(timeout)
         if self.process.is_alive():
             self.kill()
+
+    def stop(self) -> None:
+        self.request_stop()
+        self.wait_stopped()
 
 
 class Daemon:
@@ -834,8 +876,10 @@ class Daemon:
                 self._server.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cfg.socket_path)
+        for worker in self.workers:  # all at once: each writes its flows' records meanwhile
+            worker.request_stop()
         for worker in self.workers:
-            worker.stop()
+            worker.wait_stopped()
         self._save_blocks()
         self.diversion.remove()
 

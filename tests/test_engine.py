@@ -467,3 +467,43 @@ def test_rules_only_for_blocked_sources_are_left_out_of_the_per_packet_search() 
     assert 2 not in lines and 3 in lines
     e.tables["banned"].add(decode_l3(ping(A, B)).src, now=1, ttl=10)  # type: ignore[union-attr]
     assert e.handle(ping(A, B), now=2).reason == "blocked"
+
+
+def test_a_stopping_worker_ends_the_open_flows_within_its_budget(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """At stop every flow still open ends (reason `shutdown`) and its record goes to the
+    sinks — within the time budget, so a stop is never held up by a full table."""
+    from ips.core.events import FlowEnd
+    from ips.daemon import SHUTDOWN_RECORDS_CHUNK, end_open_flows
+
+    def engine_with(n: int) -> Engine:
+        eng = Engine(load_policy_text("set default accept\n", "t.rules"))
+        for i in range(n):
+            eng.handle(build_packet(17, "10.0.0.1", "10.0.0.2", 10000 + i, 53), now=100.0)
+        return eng
+
+    class Sinks:
+        def __init__(self) -> None:
+            self.got: list[object] = []
+
+        def effects(self, events: list[object]) -> None:
+            self.got += events
+
+    eng, sinks = engine_with(3000), Sinks()
+    assert end_open_flows(eng, sinks, 200.0, 3.0) == 3000
+    assert len(sinks.got) == 3000 and len(eng.flows) == 0
+    assert all(e.__class__ is FlowEnd and e.reason == "shutdown" and e.time == 200.0
+               for e in sinks.got)  # fmt: skip
+    assert len({e.flow.flow_id for e in sinks.got}) == 3000  # type: ignore[attr-defined]
+    # A clock that passes the budget after the first chunk: the rest are not written, and
+    # the journal says how many.
+    ticks = iter([0.0, 0.0, 5.0, 5.0, 5.0])
+    eng, sinks = engine_with(3000), Sinks()
+    assert end_open_flows(eng, sinks, 200.0, 3.0, clock=lambda: next(ticks)) == (
+        SHUTDOWN_RECORDS_CHUNK
+    )
+    assert len(sinks.got) == SHUTDOWN_RECORDS_CHUNK
+    assert f"{3000 - SHUTDOWN_RECORDS_CHUNK} of 3000 flow records not written" in (
+        capsys.readouterr().err
+    )

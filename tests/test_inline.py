@@ -78,6 +78,24 @@ def test_accept_drop_reject_rewrite_end_to_end(tmp_path: Path) -> None:
         box.start_daemon(GATEWAY_RULES)
         status = check_gateway_verdicts(box)
         assert status["diversion"]["backend"].startswith("iptables")
+        # At stop the flows still open end with their records (reason shutdown), as
+        # Suricata's do: the answered DNS-like exchange is one of them.
+        def dns_records(reason: str) -> list[dict]:
+            return [e for e in box.eve_events() if e["event_type"] == "flow"
+                    and e["flow"]["reason"] == reason and e["proto"] == "UDP"
+                    and e["src_ip"] == CLIENT and e["dest_port"] == 53]  # fmt: skip
+
+        assert not dns_records("shutdown")
+        open_flows = status["worker"]["flows"]
+        box.stop_daemon()
+        ended = [e for e in box.eve_events() if e["event_type"] == "flow"
+                 and e["flow"]["reason"] == "shutdown"]  # fmt: skip
+        # each open flow once (one may have timed out since the status)
+        assert 0 < len(ended) <= open_flows, (len(ended), open_flows)
+        assert len({e["flow_id"] for e in ended}) == len(ended)
+        (dns,) = dns_records("shutdown")
+        assert dns["dest_ip"] == SERVER and dns["flow"]["state"] == "established"
+        assert dns["flow"]["pkts_toserver"] == 1 and dns["flow"]["pkts_toclient"] == 1
 
 
 def test_fast_path_rules_are_in_the_kernel_and_skip_the_queue(tmp_path: Path) -> None:
