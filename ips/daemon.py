@@ -768,10 +768,6 @@ class WorkerHandle:
         if self.process.is_alive():
             self.kill()
 
-    def stop(self) -> None:
-        self.request_stop()
-        self.wait_stopped()
-
 
 class Daemon:
     def __init__(self, cfg: DaemonConfig) -> None:

@@ -197,13 +197,14 @@ _TCP_FLAG_WORDS = tuple(
             (("syn", 2), ("fin", 1), ("rst", 4), ("psh", 8), ("ack", 16)) if bits & bit)
     for bits in range(32)
 )  # fmt: skip
+_TEXTS_KEPT = 1024
 _json_texts: dict[str, str] = {}  # interface name or end reason -> its JSON string
 
 
 def _json_text(text: str) -> str:
     quoted = _json_texts.get(text)
     if quoted is None:
-        if len(_json_texts) >= _SECONDS_KEPT:
+        if len(_json_texts) >= _TEXTS_KEPT:
             _json_texts.clear()
         quoted = _json_texts[text] = json.dumps(text)
     return quoted
@@ -220,9 +221,9 @@ def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
     iface = f',"in_iface":{_json_text(in_iface)}' if in_iface else ""
     src, dst = format_addr(f.src), format_addr(f.dst)  # type: ignore[attr-defined]
     if proto in PORT_PROTOS:
-        src = f'{src}","src_port":{f.sport},"dest_ip":"{dst}","dest_port":{f.dport},"proto":"'  # type: ignore[attr-defined]
+        endpoints = f'{src}","src_port":{f.sport},"dest_ip":"{dst}","dest_port":{f.dport}'  # type: ignore[attr-defined]
     else:
-        src = f'{src}","dest_ip":"{dst}","proto":"'
+        endpoints = f'{src}","dest_ip":"{dst}"'
     state = "established" if f.replied else "new"  # type: ignore[attr-defined]
     if proto == 6:
         tcp_state = TCP_STATE_NAMES[f.tcp_state]  # type: ignore[attr-defined]
@@ -239,7 +240,7 @@ def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
     bypass = ',"bypass":"capture"' if getattr(f, "offloaded", False) else ""
     return (
         f'{{"timestamp":"{eve_timestamp(end.time)}","flow_id":{f.flow_id}{iface}'  # type: ignore[attr-defined]
-        f',"event_type":"flow","src_ip":"{src}{_proto_label(proto)}","flow":{{'
+        f',"event_type":"flow","src_ip":"{endpoints},"proto":"{_proto_label(proto)}","flow":{{'
         f'"pkts_toserver":{f.pkts_fwd},"pkts_toclient":{f.pkts_rev},'  # type: ignore[attr-defined]
         f'"bytes_toserver":{f.bytes_fwd},"bytes_toclient":{f.bytes_rev},'  # type: ignore[attr-defined]
         f'"start":"{eve_timestamp(first)}","end":"{eve_timestamp(last)}",'
