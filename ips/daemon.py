@@ -763,7 +763,7 @@ class WorkerHandle:
         with contextlib.suppress(Exception), self.lock:
             self.conn.send({"op": "stop"})
 
-    def wait_stopped(self, timeout: float = WORKER_STOP_TIMEOUT) -> None:
+    def wait_stopped(self, timeout: float) -> None:
         self.process.join(timeout)
         if self.process.is_alive():
             self.kill()
@@ -874,8 +874,9 @@ class Daemon:
                 os.unlink(self.cfg.socket_path)
         for worker in self.workers:  # all at once: each writes its flows' records meanwhile
             worker.request_stop()
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT  # one for all: inside TimeoutStopSec
         for worker in self.workers:
-            worker.wait_stopped()
+            worker.wait_stopped(max(0.0, deadline - time.monotonic()))
         self._save_blocks()
         self.diversion.remove()
 
