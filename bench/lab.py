@@ -475,22 +475,15 @@ def measure_udp(b: Bench) -> tuple[float, dict[str, Any]]:
     cpu = tree_cpu_seconds(b.gateway.pid) - cpu_before if b.gateway is not None else 0.0
     info: dict[str, Any] = {"sent_pps": round(sent / elapsed)}
     if after_q:
-        info["queued"] = {
-            q: after_q[q]["id_sequence"] - before_q.get(q, {}).get("id_sequence", 0)
-            for q in after_q
-        }
-        info["queue_drops"] = sum(
-            after_q[q]["queue_dropped"]
-            + after_q[q]["user_dropped"]
-            - before_q.get(q, {}).get("queue_dropped", 0)
-            - before_q.get(q, {}).get("user_dropped", 0)
-            for q in after_q
-        )
+
+        def grew(counter: str) -> dict[int, int]:  # each queue's counter over the flood
+            return {q: after_q[q][counter] - before_q.get(q, {}).get(counter, 0) for q in after_q}
+
+        info["queued"] = grew("id_sequence")
+        lost_on_socket = sum(grew("user_dropped").values())
+        info["queue_drops"] = sum(grew("queue_dropped").values()) + lost_on_socket
         # Handled: given an id (past the queue's length check) and not lost on the socket.
-        handled = sum(info["queued"].values()) - sum(
-            after_q[q]["user_dropped"] - before_q.get(q, {}).get("user_dropped", 0)
-            for q in after_q
-        )
+        handled = sum(info["queued"].values()) - lost_on_socket
         if b.gateway is not None and handled > 0:
             info["cpu_us_per_packet"] = round(cpu / handled * 1e6, 2)
     return received / elapsed, info
