@@ -166,7 +166,8 @@ def _free_port(box: InlineLab, node: str) -> int:
 
 def _query(box: InlineLab, port: int, promql: str) -> list[dict]:
     url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(promql)}"
-    out = box.run("gw", ["curl", "-s", "-m", "3", url])
+    # -f: Prometheus answers 503 "Service Unavailable" while it starts; that is "not yet".
+    out = box.run("gw", ["curl", "-s", "-f", "-m", "3", url])
     if out.returncode != 0 or not out.stdout:
         return []
     reply = json.loads(out.stdout)
