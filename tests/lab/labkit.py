@@ -24,7 +24,7 @@ import pytest
 
 from ips.lab import netns
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_LAB = ROOT / "labs" / "gateway.yaml"
 GATEWAY_RULES = ROOT / "policies" / "gateway.rules"
 TIMEOUT = 15

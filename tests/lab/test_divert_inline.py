@@ -161,7 +161,7 @@ def test_reader_thread_path_of_windows_runs_here(tmp_path: Path) -> None:
     on Linux: pings are dropped by the policy, a web request passes."""
     with inline_lab(tmp_path, "dvt") as box:
         log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
-        root = str(Path(__file__).parents[1])
+        root = str(Path(__file__).parents[2])
         proc = box.lab.popen("gw", [sys.executable, "-c", READER_THREAD_WORKER], stdout=log,
                              stderr=subprocess.STDOUT, cwd=root)  # fmt: skip
         try:

@@ -122,7 +122,7 @@ def test_drop_capabilities_keeps_only_the_network_ones(tmp_path: Path) -> None:
     os.chown(victim, 65534, 65534)
     os.chmod(victim, 0o600)
     os.chmod(tmp_path, 0o755)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", DROP_SCRIPT, str(victim)], capture_output=True, text=True,
         timeout=30, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
@@ -233,7 +233,7 @@ def test_spoofed_scans_from_a_trusted_address_never_block_it(tmp_path: Path) -> 
     lines += [f"detect {name} {opts}" for name, opts in TRUST_POLICY_DETECT.items()]
     policy = tmp_path / "trust.rules"
     policy.write_text("\n".join(lines) + "\n")
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     forge = [sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r})\n" + FORGE]
     with inline_lab(tmp_path, "htr") as box:
         box.start_daemon(policy)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from labkit import inline_lab
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("bench_reload", ROOT / "bench" / "reload.py")
 assert spec is not None and spec.loader is not None
 reload = importlib.util.module_from_spec(spec)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from labkit import inline_lab
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("bench_restart", ROOT / "bench" / "restart.py")
 assert spec is not None and spec.loader is not None
 restart = importlib.util.module_from_spec(spec)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1] / "ips"
+ROOT = Path(__file__).resolve().parents[2] / "ips"
 
 # Modules that must stay pure: bytes and `now` in, decisions out.
 PURE = [

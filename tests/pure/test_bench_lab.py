@@ -18,7 +18,7 @@ from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from ips.engine import Engine, Meta
 from ips.lab import netns
 from ips.policy.resolve import load_policy_text
-from tests.labkit import ROOT, need_root, unique_prefix
+from labkit import ROOT, need_root, unique_prefix
 
 BENCH = ROOT / "bench" / "lab.py"
 META = Meta(iif="lan0", oif="dmz0")

@@ -22,11 +22,11 @@ from ips.io.pcap import write_pcap
 from ips.policy.model import RuleSpec
 from ips.policy.resolve import load_policy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POLICIES = ROOT / "policies"
 GATEWAY = str(POLICIES / "gateway.rules")
 TAP = str(POLICIES / "tap.rules")
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+PCAPS = Path(__file__).resolve().parents[3] / "shared" / "pcaps"
 
 EVE_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+0000$")
 

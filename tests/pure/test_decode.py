@@ -391,7 +391,7 @@ def test_ipv4_ipv6_linktypes_check_version() -> None:
 
 # --- real captures ----------------------------------------------------------------------------
 
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+PCAPS = Path(__file__).resolve().parents[3] / "shared" / "pcaps"
 
 
 def _pcap_files() -> list[str]:

@@ -37,8 +37,8 @@ from ips.policy.resolve import load_policy, load_policy_text
 from ips.replay import replay_captures
 from ips.sinks.eve import EveWriter
 
-ROOT = Path(__file__).resolve().parents[1]
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+ROOT = Path(__file__).resolve().parents[2]
+PCAPS = Path(__file__).resolve().parents[3] / "shared" / "pcaps"
 SCANNER = "10.0.0.66"
 VICTIM = "10.0.0.10"
 CLIENT = "10.0.0.20"

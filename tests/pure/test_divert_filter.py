@@ -23,7 +23,7 @@ from ips.io.divert import DivertError, DivertWorker, UserBlocks, layer_for, read
 from ips.policy.resolve import load_policy, load_policy_text
 from ips.policy.windivert_filter import divert_filter, needs_everything
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TCP, UDP, ICMP, ICMPV6, SCTP = 6, 17, 1, 58, 132
 SYN, ACK, FIN, RST, PSH, URG = 0x02, 0x10, 0x01, 0x04, 0x08, 0x20
 

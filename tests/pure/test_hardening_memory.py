@@ -11,7 +11,7 @@ from pathlib import Path
 
 from labkit import CLIENT, SERVER, inline_lab, wait_until
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench(name: str):  # type: ignore[no-untyped-def]

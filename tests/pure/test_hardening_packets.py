@@ -21,7 +21,7 @@ from ips.core.packet import Malformed, Packet
 from ips.engine import Engine, Meta
 from ips.policy.resolve import load_policy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench_module(name: str) -> ModuleType:

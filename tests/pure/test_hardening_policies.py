@@ -24,7 +24,7 @@ from ips.policy.diagnostics import PolicyError
 from ips.policy.model import Policy
 from ips.policy.resolve import MAX_FILE_BYTES, _read_text, load_policy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CPU_SECONDS = 60  # hard bounds for one `ipsctl check` of a hostile file
 ADDRESS_SPACE = 1 << 30  # 1 GiB
 

@@ -20,7 +20,7 @@ from ips.io.nfqueue import QueueWorker
 from ips.policy.resolve import load_policy_sources
 from ips.replay import replay_captures
 
-GATEWAY = Path(__file__).resolve().parents[1] / "policies" / "gateway.rules"
+GATEWAY = Path(__file__).resolve().parents[2] / "policies" / "gateway.rules"
 LAN, DMZ, ATTACKER = "10.10.1.21", "10.10.2.10", "10.10.1.66"
 SYN, ACK, PSH, FIN, RST = 0x02, 0x10, 0x08, 0x01, 0x04
 

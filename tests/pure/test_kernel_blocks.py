@@ -25,7 +25,7 @@ from ips.kernel import blocks as kb
 from ips.kernel.nft import KernelError
 from ips.kernel.ruleset import SetElement
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
 
 

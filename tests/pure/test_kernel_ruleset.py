@@ -31,7 +31,7 @@ from ips.policy.explain import explain
 from ips.policy.model import Policy
 from ips.policy.resolve import load_policy, load_policy_text
 
-POLICIES = Path(__file__).resolve().parents[1] / "policies"
+POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
 
 def P(text: str) -> Policy:

@@ -27,7 +27,7 @@ from ips.lab import netns
 from ips.lab.cli import lab as lab_cli
 from ips.lab.topology import TopologyError, load, parse
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = ROOT / "labs" / "gateway.yaml"
 TIMEOUT = 10  # seconds, for every subprocess a test starts
 

@@ -32,7 +32,7 @@ from ips.io.nflog import (
     parse_packet,
 )
 from ips.lab.netns import netns_argv
-from tests.labkit import ROOT, need_root, unique_prefix
+from labkit import ROOT, need_root, unique_prefix
 
 UDP = bytes.fromhex("450000210001000040117a6a0a0a01140a0a020a9c4000350009f3a078")
 

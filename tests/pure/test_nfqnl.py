@@ -32,7 +32,7 @@ from ips.io.nfqnl import (
     verdict_message,
 )
 from ips.lab import netns
-from tests.labkit import GATEWAY_LAB, ROOT, SERVER, need_root, unique_prefix
+from labkit import GATEWAY_LAB, ROOT, SERVER, need_root, unique_prefix
 
 UDP = bytes.fromhex("450000210001000040117a6a0a0a01140a0a020a9c4000350009f3a078")
 

@@ -297,7 +297,7 @@ def test_fuzz_reader_random_file(tmp_path_factory, data: bytes) -> None:
 
 # --- the shared captures ----------------------------------------------------------------------
 
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+PCAPS = Path(__file__).resolve().parents[3] / "shared" / "pcaps"
 
 
 def _readme_counts() -> dict[str, int]:

@@ -16,7 +16,7 @@ from ips.policy.diagnostics import PolicyError
 from ips.policy.model import Policy
 from ips.policy.resolve import load_policy_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POLICY_FILES = sorted((ROOT / "policies").glob("*.rules"))
 # includes of fuzzed texts are looked up here: a directory that does not exist, so none is found
 EMPTY_DIR = ROOT / "tests" / "__no_such_directory__"

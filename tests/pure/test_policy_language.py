@@ -15,7 +15,7 @@ from ips.policy.model import AddrSpec, IfaceSpec, LimitSpec, PortSpec, RewriteSp
 from ips.policy.packetspec import packet_from_text
 from ips.policy.resolve import load_policy, load_policy_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def load(text: str):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).resolve().parents[1] / "systemd" / "ipsd.service"
+UNIT = Path(__file__).resolve().parents[2] / "systemd" / "ipsd.service"
 
 
 def directives(text: str) -> dict[str, str]:
