@@ -7,13 +7,13 @@ rebuild, and compare bytes with what craft produced.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import struct
 
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from packets import ip
 from scapy.layers.inet import ICMP, IP, TCP, UDP, defragment, fragment
 from scapy.layers.inet6 import (
     ICMPv6DestUnreach,
@@ -169,8 +169,6 @@ A6, B6, C6 = "2001:db8::1", "2001:db8:1::7", "2001:db8:2::9"
 PAYLOAD = b"GET /etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-def ip(text: str) -> bytes:
-    return ipaddress.ip_address(text).packed
 
 
 def tcp4(**kw):

@@ -12,16 +12,15 @@ import re
 from pathlib import Path
 
 import pytest
+from packets import ip as addr
+from packets import ping, tcp, udp
 
 from ips.core import craft
 from ips.core.build import build_packet
 from ips.core.decode import decode_l3
 from ips.core.events import Alert, Block, Unblock
 from ips.core.packet import (
-    PROTO_ICMP,
-    PROTO_ICMPV6,
     PROTO_TCP,
-    PROTO_UDP,
     TCP_ACK,
     TCP_FIN,
     TCP_PSH,
@@ -54,19 +53,10 @@ def make(detect: str, *extra: str, default: str = "accept", **kw: object) -> Eng
     return Engine(load_policy_text(text, "t.rules"), **kw)  # type: ignore[arg-type]
 
 
-def tcp(src: str, dst: str, sport: int, dport: int, flags: int = TCP_SYN, **kw: object) -> bytes:
-    return build_packet(PROTO_TCP, src, dst, sport, dport, flags=flags, **kw)  # type: ignore[arg-type]
 
 
-def udp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"q") -> bytes:
-    return build_packet(PROTO_UDP, src, dst, sport, dport, payload=payload)
 
 
-def ping(src: str, dst: str, ident: int = 1, reply: bool = False) -> bytes:
-    six = ":" in src
-    proto = PROTO_ICMPV6 if six else PROTO_ICMP
-    itype = (129 if reply else 128) if six else (0 if reply else 8)
-    return build_packet(proto, src, dst, icmp_type=itype, icmp_id=ident)
 
 
 def rst_for(probe: bytes) -> bytes:
@@ -102,10 +92,6 @@ def banned(engine: Engine) -> set[bytes]:
     return set(engine.tables["banned"].members)
 
 
-def addr(text: str) -> bytes:
-    from ips.core.addr import parse_addr
-
-    return parse_addr(text)
 
 
 # ---- portscan ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from packets import ping, tcp, udp
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import IPv6
 
@@ -13,9 +14,6 @@ from ips.core.events import Alert, LogRecord
 from ips.core.packet import (
     LINKTYPE_ETHERNET,
     PROTO_ICMP,
-    PROTO_ICMPV6,
-    PROTO_TCP,
-    PROTO_UDP,
     TCP_ACK,
     TCP_PSH,
     TCP_RST,
@@ -32,18 +30,10 @@ def engine(text: str) -> Engine:
     return Engine(load_policy_text(text, "t.rules"))
 
 
-def tcp(src: str, dst: str, sport: int, dport: int, flags: int = TCP_SYN, **kw) -> bytes:
-    return build_packet(PROTO_TCP, src, dst, sport, dport, flags=flags, **kw)
 
 
-def udp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"x", **kw) -> bytes:
-    return build_packet(PROTO_UDP, src, dst, sport, dport, payload=payload, **kw)
 
 
-def ping(src: str, dst: str, ident: int = 1, reply: bool = False) -> bytes:
-    proto = PROTO_ICMP if ":" not in src else PROTO_ICMPV6
-    itype = (0 if reply else 8) if proto == PROTO_ICMP else (129 if reply else 128)
-    return build_packet(proto, src, dst, icmp_type=itype, icmp_id=ident)
 
 
 def where(decision) -> str:

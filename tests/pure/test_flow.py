@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from packets import ip
 
 from ips.core.flow import (
     END_EVICTED,
@@ -44,8 +45,6 @@ A4, B4 = "192.0.2.1", "198.51.100.7"
 A6, B6 = "2001:db8::1", "2001:db8:1::7"
 
 
-def ip(text: str) -> bytes:
-    return ipaddress.ip_address(text).packed
 
 
 def pkt(
