@@ -169,8 +169,6 @@ A6, B6, C6 = "2001:db8::1", "2001:db8:1::7", "2001:db8:2::9"
 PAYLOAD = b"GET /etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-
-
 def tcp4(**kw):
     return IP(src=A4, dst=B4, tos=0x03) / TCP(sport=40000, dport=80, **kw)
 

@@ -53,12 +53,6 @@ def make(detect: str, *extra: str, default: str = "accept", **kw: object) -> Eng
     return Engine(load_policy_text(text, "t.rules"), **kw)  # type: ignore[arg-type]
 
 
-
-
-
-
-
-
 def rst_for(probe: bytes) -> bytes:
     answer = craft.tcp_reset_for(decode_l3(probe))  # type: ignore[arg-type]
     assert answer is not None
@@ -90,8 +84,6 @@ def blocks(effects: list[object]) -> list[Block]:
 
 def banned(engine: Engine) -> set[bytes]:
     return set(engine.tables["banned"].members)
-
-
 
 
 # ---- portscan ------------------------------------------------------------------------------

@@ -30,12 +30,6 @@ def engine(text: str) -> Engine:
     return Engine(load_policy_text(text, "t.rules"))
 
 
-
-
-
-
-
-
 def where(decision) -> str:
     return f"line {decision.rule.spec.span.line}" if decision.rule else decision.reason
 
