@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from packets import ping, tcp, udp
+from playbook import Playbook, accept, alert, drop, packet, reject, tick, unblock, wait
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.inet6 import IPv6
 
@@ -104,11 +105,13 @@ def test_non_ip_frames_pass_and_are_counted() -> None:
 
 def test_state_new_and_established_follow_replies() -> None:
     e = engine("accept state established\naccept proto tcp flags S/SA\nset default drop")
-    assert where(e.handle(tcp(A, B, 1000, 80, TCP_SYN), now=1)) == "line 2"
-    assert e.handle(tcp(A, B, 1000, 80, TCP_ACK), now=1.1).verdict == "drop"  # no reply yet
-    d = e.handle(tcp(B, A, 80, 1000, TCP_SYN | TCP_ACK), now=1.2)
-    assert where(d) == "line 1"
-    assert where(e.handle(tcp(A, B, 1000, 80, TCP_ACK), now=1.3)) == "line 1"
+    assert (
+        Playbook(e, now=1, step=0.1)
+        >> tcp(A, B, 1000, 80, "S") << accept(line=2)
+        >> tcp(A, B, 1000, 80, "A") << drop(reason="default")  # no reply yet
+        >> tcp(B, A, 80, 1000, "SA") << accept(line=1)
+        >> tcp(A, B, 1000, 80, "A") << accept(line=1)
+    )
 
 
 def test_tcp_flags_with_and_without_mask() -> None:
@@ -118,10 +121,13 @@ def test_tcp_flags_with_and_without_mask() -> None:
         "accept proto tcp flags S/S\n"  # SYN set, others ignored
         "set default reject"
     )
-    assert where(e.handle(tcp(A, B, 1, 1, 0x29))) == "line 1"
-    assert where(e.handle(tcp(A, B, 1, 2, TCP_SYN))) == "line 2"
-    assert where(e.handle(tcp(A, B, 1, 3, TCP_SYN | 0x40))) == "line 3"  # SYN+ECE
-    assert e.handle(tcp(A, B, 1, 4, TCP_ACK)).verdict == "reject"
+    assert (
+        Playbook(e)
+        >> tcp(A, B, 1, 1, "FPU") << drop(line=1)
+        >> tcp(A, B, 1, 2, "S") << drop(line=2)
+        >> tcp(A, B, 1, 3, "SE") << accept(line=3)  # SYN+ECE
+        >> tcp(A, B, 1, 4, "A") << reject()
+    )
 
 
 def test_icmp_types_codes_and_family() -> None:
@@ -131,12 +137,15 @@ def test_icmp_types_codes_and_family() -> None:
         "drop proto icmp type destination-unreachable code port-unreachable\n"
         "set default reject"
     )
-    assert where(e.handle(ping(A, B))) == "line 1"
-    assert where(e.handle(ping(A6, B6))) == "line 2"
     unreach = build_packet(PROTO_ICMP, A, B, icmp_type=3, icmp_code=3)
-    assert where(e.handle(unreach)) == "line 3"
     host_unreach = build_packet(PROTO_ICMP, A, B, icmp_type=3, icmp_code=1)
-    assert e.handle(host_unreach).verdict == "reject"
+    assert (
+        Playbook(e)
+        >> ping(A, B) << accept(line=1)
+        >> ping(A6, B6) << accept(line=2)
+        >> unreach << drop(line=3)
+        >> host_unreach << reject()
+    )
 
 
 def test_addresses_prefixes_negation_and_tables() -> None:
@@ -147,13 +156,16 @@ def test_addresses_prefixes_negation_and_tables() -> None:
         "accept to 10.0.0.0/31\n"
         "set default reject"
     )
-    assert where(e.handle(ping("192.0.2.77", A))) == "line 2"
-    assert where(e.handle(ping("2001:db8:1:5::1", B6))) == "line 2"
-    assert where(e.handle(ping("172.16.0.1", A))) == "line 3"
-    assert where(e.handle(ping("10.9.9.9", "10.0.0.1"))) == "line 4"
-    assert e.handle(ping("10.9.9.9", "10.0.0.2")).verdict == "reject"
-    # an IPv4-only negated rule never matches IPv6 (as in nftables)
-    assert e.handle(ping(A6, B6)).verdict == "reject"
+    assert (
+        Playbook(e)
+        >> ping("192.0.2.77", A) << accept(line=2)
+        >> ping("2001:db8:1:5::1", B6) << accept(line=2)
+        >> ping("172.16.0.1", A) << drop(line=3)
+        >> ping("10.9.9.9", "10.0.0.1") << accept(line=4)
+        >> ping("10.9.9.9", "10.0.0.2") << reject()
+        # an IPv4-only negated rule never matches IPv6 (as in nftables)
+        >> ping(A6, B6) << reject()
+    )
 
 
 def test_ports_ranges_sets_and_negation() -> None:
@@ -162,11 +174,15 @@ def test_ports_ranges_sets_and_negation() -> None:
         "drop proto udp from port !53\n"
         "set default reject"
     )
+    story = Playbook(e)
     for port in (80, 443, 8000, 8005, 8010):
-        assert where(e.handle(tcp(A, B, 1000, port))) == "line 1", port
-    assert e.handle(tcp(A, B, 1000, 8011)).verdict == "reject"
-    assert where(e.handle(udp(A, B, 1000, 9))) == "line 2"
-    assert e.handle(udp(A, B, 53, 9)).verdict == "reject"
+        story >> tcp(A, B, 1000, port) << accept(line=1)
+    assert (
+        story
+        >> tcp(A, B, 1000, 8011) << reject()
+        >> udp(A, B, 1000, 9) << drop(line=2)
+        >> udp(A, B, 53, 9) << reject()
+    )
 
 
 def test_interfaces_and_direction() -> None:
@@ -178,11 +194,14 @@ def test_interfaces_and_direction() -> None:
         "set default drop"
     )
     p = tcp(A, B, 1, 2)
-    assert where(e.handle(p, Meta(iif="eth0"))) == "line 1"
-    assert where(e.handle(p, Meta(iif="eth1", oif="wan7"))) == "line 2"
-    assert where(e.handle(p, Meta(oif="lan1"))) == "line 3"
-    assert where(e.handle(p, Meta(iif="eth9"))) == "line 4"
-    assert e.handle(p, Meta()).reason == "default"
+    assert (
+        Playbook(e)
+        >> packet(p, Meta(iif="eth0")) << accept(line=1)
+        >> packet(p, Meta(iif="eth1", oif="wan7")) << drop(line=2)
+        >> packet(p, Meta(oif="lan1")) << accept(line=3)
+        >> packet(p, Meta(iif="eth9")) << reject(line=4)
+        >> packet(p, Meta()) << drop(reason="default")
+    )
 
 
 def test_length_fragment_and_payload() -> None:
@@ -193,33 +212,41 @@ def test_length_fragment_and_payload() -> None:
         "accept fragment\n"
         "set default reject"
     )
-    assert where(e.handle(udp(A, B, 1, 2, b"x" * 1000))) == "line 1"
-    assert where(e.handle(tcp(A, B, 1, 2, TCP_PSH | TCP_ACK, payload=b"an EVIL one"))) == "line 2"
-    assert where(e.handle(udp(A, B, 1, 2, b"\x00\xde\xad\xbe\xef\x00"))) == "line 3"
     frag = bytearray(udp(A, B, 1, 2, b"y" * 16))
     frag[6:8] = (0x0002).to_bytes(2, "big")  # offset 16 bytes, a later fragment
     frag[10:12] = b"\0\0"
     frag[10:12] = checksum(bytes(frag[:20])).to_bytes(2, "big")
-    assert where(e.handle(bytes(frag))) == "line 4"
-    assert e.handle(udp(A, B, 1, 2, b"clean")).verdict == "reject"
+    assert (
+        Playbook(e)
+        >> udp(A, B, 1, 2, b"x" * 1000) << drop(line=1)
+        >> tcp(A, B, 1, 2, "PA", payload=b"an EVIL one") << drop(line=2)
+        >> udp(A, B, 1, 2, b"\x00\xde\xad\xbe\xef\x00") << drop(line=3)
+        >> bytes(frag) << accept(line=4)
+        >> udp(A, B, 1, 2, b"clean") << reject()
+    )
 
 
 def test_rate_limit_per_source_with_fake_clock() -> None:
     e = engine("accept proto icmp limit 5/s per src else drop\nset default reject")
-    verdicts = [e.handle(ping(A, B, ident=i), now=10.0).verdict for i in range(8)]
-    assert verdicts == ["accept"] * 5 + ["drop"] * 3  # burst defaults to the rate
-    # another source has its own bucket
-    assert e.handle(ping("10.0.0.3", B), now=10.0).verdict == "accept"
-    # 0.4 s later two tokens came back
-    later = [e.handle(ping(A, B, ident=i), now=10.4).verdict for i in range(3)]
-    assert later == ["accept", "accept", "drop"]
+    story = Playbook(e, now=10.0)
+    for i in range(8):  # the burst defaults to the rate
+        story >> ping(A, B, ident=i) << (accept() if i < 5 else drop())
+    story >> ping("10.0.0.3", B) << accept()  # another source has its own bucket
+    story >> wait(0.4)  # two tokens came back
+    for i, verdict in enumerate((accept, accept, drop)):
+        story >> ping(A, B, ident=i) << verdict()
+    assert story
 
 
 def test_rate_limit_without_else_falls_through() -> None:
     e = engine('accept proto udp limit 2/s\ndrop proto udp alert "over"\nset default accept')
-    out = [e.handle(udp(A, B, 1, i), now=5.0) for i in range(4)]
-    assert [d.verdict for d in out] == ["accept", "accept", "drop", "drop"]
-    assert isinstance(out[2].effects[0], Alert)
+    assert (
+        Playbook(e, now=5.0)
+        >> udp(A, B, 1, 0) << accept()
+        >> udp(A, B, 1, 1) << accept()
+        >> udp(A, B, 1, 2) << drop() << alert()
+        >> udp(A, B, 1, 3) << drop() << alert()
+    )
 
 
 def test_alerts_log_and_match_rules_do_not_decide() -> None:
@@ -314,12 +341,12 @@ def test_rewrite_destination_translates_replies_back() -> None:
 
 def test_dynamic_table_membership_and_expiry() -> None:
     e = engine("table banned dynamic timeout 10s\ndrop from @banned\nset default accept")
-    assert e.handle(ping(A, B), now=1).verdict == "accept"
+    story = Playbook(e, now=1) >> ping(A, B) << accept()
     e.tables["banned"].add(decode_l3(ping(A, B)).src, now=2)  # type: ignore[union-attr]
     # the same flow is re-checked: dynamic conditions are per packet, not cached
-    assert e.handle(ping(A, B), now=3).verdict == "drop"
-    assert e.handle(ping(A, B), now=12.5).verdict == "accept"  # expired at 12
-    e.tick(13)
+    story >> packet(ping(A, B), at=3) << drop()
+    story >> packet(ping(A, B), at=12.5) << accept()  # expired at 12
+    assert story >> tick(at=13) << unblock(A, reason="expired")
     assert not e.tables["banned"].members
 
 
