@@ -16,7 +16,8 @@ so a step without `<<` says "no effects"; a step without a verdict leaves the ve
 Kinds of effects a story does not care about are passed as `ignore` (FlowEnd by default).
 
 `assert playbook` checks every step; on a mismatch it fails with the whole transcript as a
-diff ("-" expected, "+" what came out), so the reader sees where the story went elsewhere.
+diff ("-" expected, "+" what came out; times as t+seconds from the story's start), so the
+reader sees where the story went elsewhere.
 The feeding is eager, so a test may look at `playbook.last` (the last Decision) mid-story.
 """
 
@@ -217,7 +218,7 @@ class Playbook:
     def __init__(self, engine: Engine, now: float = 0.0, step: float = 0.0,
                  ignore: tuple[type, ...] = (FlowEnd,)) -> None:  # fmt: skip
         self.engine = engine
-        self.now = now
+        self.now = self.start = now
         self.step = step  # how far the clock moves after each packet
         self.ignore = ignore
         self.steps: list[Step] = []
@@ -231,7 +232,8 @@ class Playbook:
             self.now = item.at if item.at is not None else self.now + item.dt
             events = self.engine.tick(self.now) if item.run else []
             verb = "tick" if item.run else "wait"
-            self.steps.append(Step(f"{verb} to {self.now:g}", self.now, None, self._kept(events)))
+            when = f"{verb} to t+{self.now - self.start:g}"
+            self.steps.append(Step(when, self.now, None, self._kept(events)))
             return self
         if item.at is not None:
             self.now = item.at
@@ -273,7 +275,7 @@ class Playbook:
         got: list[str] = []
         ok = True
         for step in self.steps:
-            head = f">> {step.fed}  @{step.now:g}"
+            head = f">> {step.fed}  @t+{step.now - self.start:g}"
             want.append(head)
             got.append(head)
             verdicts = [e for e in step.expected if e.is_verdict]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from packets import ip as addr
 from packets import ping, tcp, udp
+from playbook import Playbook, alert, block, packet, tick, unblock
 
 from ips.core import craft
 from ips.core.build import build_packet
@@ -122,15 +123,19 @@ def test_portscan_fires_at_its_threshold_and_not_below(threshold: int) -> None:
 
 def test_unanswered_syn_and_udp_probes_count_when_overdue() -> None:
     e = make("detect portscan ports 15 within 60s block 10m")
-    probes = [tcp(SCANNER, VICTIM, 40000 + p, p) for p in range(1, 9)]
-    probes += [udp(SCANNER, VICTIM, 40000 + p, p) for p in range(100, 107)]
-    effects = run(e, probes, T0)
-    assert alerts(effects) == []  # no answer yet: nothing known
-    assert e.tick(T0 + GRACE - 0.5) == [] or not alerts(e.tick(T0 + GRACE - 0.5))
-    found = e.tick(T0 + GRACE + 1)
-    (alert,) = alerts(found)
-    assert alert.extra["count"] == 15 and alert.extra["failed"] == 15  # type: ignore[index]
-    assert blocks(found) and banned(e) == {addr(SCANNER)}
+    story = Playbook(e, now=T0, step=0.001)
+    for p in range(1, 9):
+        story >> tcp(SCANNER, VICTIM, 40000 + p, p)  # no answer yet: nothing known
+    for p in range(100, 107):
+        story >> udp(SCANNER, VICTIM, 40000 + p, p)
+    assert (
+        story
+        >> tick(at=T0 + GRACE - 0.5)
+        >> tick(at=T0 + GRACE + 1)
+        << alert(category="portscan", check=lambda a: a.extra["count"] == a.extra["failed"] == 15)
+        << block(SCANNER)
+    )
+    assert banned(e) == {addr(SCANNER)}
 
 
 def test_rejected_probes_count_at_once_icmp_unreachable_and_our_own_reject() -> None:
@@ -444,19 +449,16 @@ def test_escalation_doubles_the_block_up_to_ban_max_and_expiry_unblocks() -> Non
     e = make(
         "detect stealth count 1 within 1s block 10s", "set ban-escalation 2", "set ban-max 35s"
     )
-    ttls = []
+    story = Playbook(e)
     t = T0
-    for _ in range(5):
-        effects = run(e, [tcp(SCANNER, VICTIM, 56000, 80, XMAS)], t)
-        (block,) = blocks(effects)
-        ttls.append((block.offense, block.ttl))
-        t += block.ttl
-        assert e.tick(t - 0.5) == [] or not any(isinstance(x, Unblock) for x in e.tick(t - 0.5))
-        (unblock,) = [x for x in e.tick(t + 0.1) if isinstance(x, Unblock)]
-        assert (unblock.addr_text, unblock.reason, unblock.table) == (SCANNER, "expired", "banned")
-        assert banned(e) == set()
+    for offense, ttl in [(1, 10.0), (2, 20.0), (3, 35.0), (4, 35.0), (5, 35.0)]:
+        story >> packet(tcp(SCANNER, VICTIM, 56000, 80, XMAS), at=t)
+        story << alert(category="stealth") << block(SCANNER, offense=offense, ttl=ttl)
+        t += ttl
+        story >> tick(at=t - 0.5)
+        story >> tick(at=t + 0.1) << unblock(SCANNER, reason="expired", table="banned")
+        assert story and banned(e) == set()
         t += 2
-    assert ttls == [(1, 10.0), (2, 20.0), (3, 35.0), (4, 35.0), (5, 35.0)]
 
 
 def test_manual_block_unblock_and_adopt() -> None:

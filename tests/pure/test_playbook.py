@@ -44,7 +44,7 @@ def test_a_wrong_verdict_fails_with_the_transcript_as_a_diff() -> None:
     with pytest.raises(AssertionError) as failed:
         assert story
     text = str(failed.value)
-    assert ">> tcp 10.0.0.1:40000 > 10.0.0.2:80 [S]  @0" in text
+    assert ">> tcp 10.0.0.1:40000 > 10.0.0.2:80 [S]  @t+0" in text
     assert "- << drop()" in text
     assert "+ << accept by line 1" in text
 
