@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.ipsctl-installed
 
-.PHONY: setup demo test lint bench bench-lab clean
+.PHONY: setup demo test test-pure lint bench bench-lab clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,10 @@ demo: setup
 test: setup
 	$(BIN)/ruff check ips tests bench labs
 	$(BIN)/python -m pytest -n auto -q
+
+# The pure tests only (tests/pure/): no root, no namespaces, anywhere, in seconds.
+test-pure: setup
+	$(BIN)/python -m pytest -n auto -q -m "not lab"
 
 lint: setup
 	$(BIN)/ruff check ips tests bench labs

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "lab"))
 
 from labkit import ATTACKER, CLIENT, SERVER, InlineLab, inline_lab  # noqa: E402
 

@@ -1,0 +1,49 @@
+"""Memory bounds in a namespace lab: an hping3 flood of random sources keeps the flow
+table at its cap."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from labkit import CLIENT, SERVER, inline_lab, wait_until
+
+FLOOD_POLICY = f"""\
+table trusted = {{ 127.0.0.0/8, {CLIENT} }}
+table banned dynamic timeout 1h
+set default drop
+drop    from @banned
+drop    proto tcp to port 23 alert "telnet" sid 1000001   # userspace from here on
+accept  state established
+accept  proto tcp to 10.10.2.0/24 port 80
+detect  portscan  ports 15 within 60s  block 30s
+detect  stealth   count 3  within 60s  block 30s
+"""
+
+
+def _rss_kb(box, pid: int) -> int:  # type: ignore[no-untyped-def]
+    text = box.gw_text(["cat", f"/proc/{pid}/status"])
+    return next(int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS:"))
+
+
+def test_rand_source_flood_in_the_lab_keeps_the_flow_table_at_its_cap(tmp_path: Path) -> None:
+    """20,000 SYNs from random sources (hping3 --rand-source, bounded) through the worker, with
+    --max-flows 2000: the table fills to its cap and stays there; no engine error; the
+    worker's memory barely moves; the client is still served."""
+    with inline_lab(tmp_path, "hmf") as box:
+        box.start_daemon(FLOOD_POLICY, "--max-flows", "2000")
+        status = box.status()
+        worker = status["worker"]["pid"]
+        before = _rss_kb(box, worker)
+        flood = box.run("attacker", ["hping3", "-S", "-p", "80", "--rand-source", "-c", "20000",
+                                     "-i", "u40", SERVER], timeout=60)  # fmt: skip
+        assert "20000 packets transmitted" in flood.stdout + flood.stderr, flood
+        assert wait_until(lambda: box.status()["worker"]["packets"] >= 15_000, timeout=10)
+        status = box.status()
+        assert status["worker"]["pid"] == worker  # the same worker: nothing crashed
+        assert status["worker"]["engine_errors"] == 0
+        assert 1_500 <= status["worker"]["flows"] <= 2_000, status["worker"]["flows"]
+        grown = _rss_kb(box, worker) - before
+        assert grown < 40_000, f"worker RSS grew by {grown} kB"
+        assert box.curl("client", f"http://{SERVER}/").returncode == 0
+        assert CLIENT not in box.kernel_blocks()
+
