@@ -140,12 +140,3 @@ def test_families_from_a_status_snapshot_agree_with_it() -> None:
     names = {s.name for fam in down for s in fam.samples}
     assert "ipsctl_packets_total" not in names
     assert {s.value for fam in down for s in fam.samples if s.name == "ipsctl_worker_up"} == {0}
-
-
-# ---- a real Prometheus scraping the daemon in the lab ---------------------------------------
-
-
-
-
-
-
