@@ -22,7 +22,8 @@ from labkit import ATTACKER, GATEWAY_RULES, SERVER, inline_lab
 
 from ips.policy.diagnostics import PolicyError
 from ips.policy.model import Policy
-from ips.policy.resolve import MAX_FILE_BYTES, _read_text, load_policy
+from ips.policy.resolve import MAX_FILE_BYTES, load_policy
+from ips.policy.resolve import read_text as _read_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU_SECONDS = 60  # hard bounds for one `ipsctl check` of a hostile file
