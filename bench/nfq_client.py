@@ -82,7 +82,7 @@ def engine_handler(client: nfqnl.NfqClient, engine: Any) -> nfqnl.Handler:
     returns None (batched by the client); anything else gets its own verdict here."""
     from ips.engine import Meta
     from ips.io.nfqueue import InterfaceNames, ReplySender
-    from ips.kernel.ruleset import OFFLOAD_MARK
+    from ips.translate.nft import OFFLOAD_MARK
 
     ifnames = InterfaceNames()
     replies = ReplySender()

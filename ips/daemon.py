@@ -53,7 +53,11 @@ from ips.heap import collector_stats, settle, tune_collector
 from ips.kernel.diversion import Diversion
 from ips.kernel.nft import KernelError
 from ips.kernel.probe import read_queue_stats
-from ips.kernel.ruleset import (
+from ips.policy.diagnostics import PolicyError
+from ips.policy.model import Policy
+from ips.policy.resolve import load_policy_collecting, load_policy_sources
+from ips.privileges import DIVERT_KEEP, KEEP, drop_or_warn
+from ips.translate.nft import (
     BLOCK_TABLE,
     COPIED_COMMENT,
     DEFAULT_BLOCK_TIMEOUT,
@@ -62,10 +66,6 @@ from ips.kernel.ruleset import (
     block_table_spec,
     parse_block_comment,
 )
-from ips.policy.diagnostics import PolicyError
-from ips.policy.model import Policy
-from ips.policy.resolve import load_policy_collecting, load_policy_sources
-from ips.privileges import DIVERT_KEEP, KEEP, drop_or_warn
 
 DEFAULT_SOCKET = "/run/ipsctl/ipsctl.sock"
 SOCKET_GROUP = "ipsctl"  # members may read status (read-only views)

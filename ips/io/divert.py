@@ -14,7 +14,7 @@ step for every diverted packet is a lookup of its source; a banned source is dro
 the engine, like the kernel set does on the NFQUEUE backend. Blocks expire here (the
 worker's tick), and are kept in a small JSON file beside the control socket so that a new
 worker — after a crash, or the supervisor's `ipsctl blocks add` before any worker — starts
-with them. The WinDivert filter (ips/policy/windivert_filter.py) diverts only what the
+with them. The WinDivert filter (ips/translate/windivert.py) diverts only what the
 engine needs to see, and every banned source; when those change the handle is re-opened.
 
 Fail mode: pydivert lets packets pass when its handle is gone (a dead worker's TC programs
@@ -48,8 +48,8 @@ from ips.engine import Engine, Meta
 from ips.io.adapter import BUSY_EVERY
 from ips.kernel.blocks import Latency, effect_kind, save_blocks
 from ips.kernel.nft import KernelError
-from ips.kernel.ruleset import BLOCK_TABLE, SetElement, block_comment
-from ips.policy.windivert_filter import divert_filter
+from ips.translate.nft import BLOCK_TABLE, SetElement, block_comment
+from ips.translate.windivert import divert_filter
 
 QUEUE_LEN_RANGE = (32, 16384)  # WinDivert's WINDIVERT_PARAM_QUEUE_LENGTH bounds
 BANS_FILE = "divert-bans.json"  # the adapter's ban set, next to the control socket

@@ -18,8 +18,8 @@ what `kernel_verdict` maps the engine's decision to:
 
 With offload, the kernel passes the first packet after a handshake it was allowed to
 complete (its data, a FIN or a reset) and sends the worker a copy over NFLOG
-(ips/io/nflog.py, group ruleset.copy_group(queue)): `process_copies` runs the engine over the
-copies as over queued packets, with no verdict to give.
+(ips/io/nflog.py, group copy_group(queue) of ips/translate/nft.py): `process_copies` runs
+the engine over the copies as over queued packets, with no verdict to give.
 
 Block effects (a detector crossed its threshold) go to `blocks` (ips/kernel/blocks.py), which
 writes them to the kernel's block sets in one nft transaction at the end of the burst being
@@ -44,8 +44,8 @@ from ips.engine import Engine, Meta
 from ips.io.adapter import EngineAdapter
 from ips.io.nflog import LoggedPacket, NflogClient, NflogError
 from ips.io.nfqnl import NF_ACCEPT, NF_DROP, NfqClient, QueuedPacket, Verdict
-from ips.kernel.ruleset import HANDSHAKE_ACK_MARK, OFFLOAD_MARK, copy_group
 from ips.policy.compile import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
+from ips.translate.nft import HANDSHAKE_ACK_MARK, OFFLOAD_MARK, copy_group
 
 if TYPE_CHECKING:
     from ips.kernel.blocks import KernelBlocks

@@ -1,5 +1,5 @@
 """Blocks in the kernel: the members of `inet ipsctl`'s BLOCK_TABLE sets (`banned_v4`,
-`banned_v6`), dropped by the first rules of our chains (ruleset.block_rules).
+`banned_v6`), dropped by the first rules of our chains (ips/translate/nft.py, block_rules).
 
 * KernelBlocks — the worker's side: the Block effects of the engine's decisions are queued and
   written in one small libnftables transaction at the end of the burst of packets being read
@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ips.kernel.nft import KernelError, Nft
-from ips.kernel.ruleset import BLOCK_TABLE, SetElement, block_comment, parse_block_comment
+from ips.translate.nft import (
+    BLOCK_TABLE,
+    SetElement,
+    block_comment,
+    parse_block_comment,
+    replace_elements,
+)
 
 FLUSH_AFTER = 0.01  # seconds a queued block may wait while a burst of packets goes on
 # Unblock reasons that mean "its time is up": the kernel's own timer removed the element
@@ -175,15 +181,13 @@ class KernelBlocks:
                 self._error(f"unblock {text}: {exc}")
 
     def _commands(self, table: str, text: str, block: Any) -> list[dict[str, object]]:
-        from ips.kernel import ruleset
-
         ttl = getattr(block, "ttl", None)
         comment = block_comment(
             str(getattr(block, "detector", "") or ""),
             int(getattr(block, "offense", 0) or 0),
             str(getattr(block, "reason", "") or ""),
         )
-        return ruleset.replace_elements(table, [text], ttl if ttl and ttl > 0 else None, comment)
+        return replace_elements(table, [text], ttl if ttl and ttl > 0 else None, comment)
 
     def _write_blocks(self, items: list[tuple[tuple[str, str], Any]]) -> None:
         written: list[tuple[str, Any]] = []

@@ -16,17 +16,18 @@ from collections.abc import Sequence
 from ips.kernel.iptables import IptablesDiversion
 from ips.kernel.nft import KernelError, Nft
 from ips.kernel.probe import Capabilities, probe
-from ips.kernel.ruleset import (
+from ips.policy.model import Policy
+from ips.translate.nft import (
     BLOCK_TABLE,
     BLOCKS_COMMENT,
     COMMENT_PREFIX,
     OFFLOAD_PAUSED,
     Address,
+    NftPlan,
     RuleCounter,
     SetElement,
     fast_path_split,
 )
-from ips.policy.model import Policy
 
 
 class Diversion:
@@ -49,9 +50,9 @@ class Diversion:
         self._caps = caps
         self.backend: str | None = None  # "nft" or "iptables" once installed
         self.kernel_rules = 0
-        # The offload generation: a new one with every policy swap (see ruleset.py). Random
-        # at start, so connections a previous daemon offloaded are (almost surely, 253 in
-        # 254) not taken for this one's.
+        # The offload generation: a new one with every policy swap (see ips/translate/nft.py).
+        # Random at start, so connections a previous daemon offloaded are (almost surely, 253
+        # in 254) not taken for this one's.
         self.offload_generation = random.randint(1, OFFLOAD_PAUSED - 1)
         self._nft = Nft()
         self._iptables = IptablesDiversion()
@@ -118,17 +119,18 @@ class Diversion:
         offloads a connection must be the one that runs the policy of the generation."""
         if self.tap:
             hooks = self.hooks if policy.tap_blocks_enforced else ()
-            self._nft.apply(policy, hooks, blocks_only=True)
+            self._nft.apply(policy, NftPlan(hooks, blocks_only=True))
             self.kernel_rules = 0
             return
         if offload:
             self.offload_generation = self.offload_generation % (OFFLOAD_PAUSED - 1) + 1
-        self._nft.apply(
-            policy, self.hooks, queue=self.queue, fail_open=self.fail_open,
+        plan = NftPlan(
+            self.hooks, queue=self.queue, fail_open=self.fail_open,
             nft_queue=self.backend == "nft",
             offload_generation=self.offload_generation if offload else 0,
             queues=self.queues, copies=self.copies,
         )  # fmt: skip
+        self._nft.apply(policy, plan)
         self.kernel_rules = fast_path_split(policy)
 
     def remove(self) -> None:

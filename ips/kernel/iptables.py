@@ -21,7 +21,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ips.kernel.ruleset import ACCEPT_MARK, HOOKS, QUEUE_MASK, QUEUE_SHIFT
+from ips.translate.nft import ACCEPT_MARK, HOOKS, QUEUE_MASK, QUEUE_SHIFT
 
 CHAIN = "IPSCTL"
 COMMENT = "ipsctl"
@@ -83,7 +83,7 @@ def install_script(
     wanted = {HOOK_CHAINS[h] for h in hooks}
     lines = ["*filter", f":{CHAIN} - [0:0]"]
     lines.append(f"-A {CHAIN} -m mark --mark {ACCEPT_MARK:#x}/{ACCEPT_MARK:#x} -j RETURN")
-    if queues > 1:  # the nft chain put the queue index in the mark (ruleset.QUEUE_MASK)
+    if queues > 1:  # the nft chain put the queue index in the mark (QUEUE_MASK)
         first = queue[0] if isinstance(queue, tuple) else queue
         for i in range(1, queues):
             lines.append(f"-A {CHAIN} -m mark --mark {i << QUEUE_SHIFT:#x}/{QUEUE_MASK:#x} "

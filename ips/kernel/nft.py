@@ -1,4 +1,5 @@
-"""The nftables adapter: runs ruleset.py's JSON through libnftables, one atomic batch a call.
+"""The nftables adapter: runs the JSON of ips/translate/nft.py through libnftables, one
+atomic batch a call.
 
 libnftables acts in the network namespace its context was created in: the netlink socket is
 opened by Nftables() and kept (checked: a context made before setns() still changes the old
@@ -14,11 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ips.kernel import ruleset
-from ips.kernel.ruleset import Address, RuleCounter, SetElement, TableState
 from ips.policy.model import Policy
+from ips.translate import nft as nft_json
+from ips.translate.nft import Address, NftPlan, RuleCounter, SetElement, TableState
 
-_TABLE = {"family": ruleset.FAMILY, "name": ruleset.TABLE}
+_TABLE = {"family": nft_json.FAMILY, "name": nft_json.TABLE}
 
 
 class KernelError(RuntimeError):
@@ -83,37 +84,22 @@ class Nft:
         return bool(self.list_table())
 
     def state(self) -> TableState | None:
-        return ruleset.parse_table(self.list_table())
+        return nft_json.parse_table(self.list_table())
 
-    def apply(
-        self,
-        policy: Policy,
-        hooks: Sequence[str] = ("forward",),
-        queue: int | tuple[int, int] = 0,
-        fail_open: bool = True,
-        nft_queue: bool = False,
-        blocks_only: bool = False,
-        offload_generation: int | None = None,
-        queues: int = 1,
-        copies: bool = True,
-    ) -> Applied:
-        """Make the kernel run `policy`'s fast path, in one transaction: table and sets are
-        created or kept (members survive), our chains flushed and refilled. On error nothing
-        changed and the running rules stay. See ruleset.build_ruleset for the arguments."""
-        commands = ruleset.build_ruleset(
-            policy, hooks, queue=queue, fail_open=fail_open, nft_queue=nft_queue,
-            existing=self.state(), blocks_only=blocks_only,
-            offload_generation=offload_generation, queues=queues, copies=copies,
-        )  # fmt: skip
+    def apply(self, policy: Policy, plan: NftPlan) -> Applied:
+        """Make the kernel run `policy`'s fast path as `plan` says, in one transaction: table
+        and sets are created or kept (members survive), our chains flushed and refilled. On
+        error nothing changed and the running rules stay."""
+        commands = nft_json.build_ruleset(policy, plan, existing=self.state())
         self.run(commands)
         added = sum(1 for c in commands if "rule" in c.get("add", {}))  # type: ignore[operator]
-        split = 0 if blocks_only else ruleset.fast_path_split(policy)
-        return Applied(split, added, tuple(dict.fromkeys(hooks)))
+        split = 0 if plan.blocks_only else nft_json.fast_path_split(policy)
+        return Applied(split, added, plan.hooks)
 
     def remove(self) -> bool:
         """Delete `inet ipsctl` (and with it our chains and sets); False if it was absent."""
         try:
-            self.run(ruleset.delete_table())
+            self.run(nft_json.delete_table())
         except KernelError as exc:
             if _missing(exc):
                 return False
@@ -122,7 +108,7 @@ class Nft:
 
     def counters(self) -> dict[str, RuleCounter]:
         """Packets/bytes per `ipsctl:FILE:LINE` comment (and `ipsctl:to-userspace`)."""
-        return ruleset.parse_counters(self.list_table())
+        return nft_json.parse_counters(self.list_table())
 
     # ---- dynamic sets (blocks) -------------------------------------------------------------
 
@@ -130,7 +116,7 @@ class Nft:
         self, table: str, addrs: Iterable[Address], timeout: float | None = None
     ) -> None:
         """Add or refresh members of dynamic table `table` (timeout None: the set's default)."""
-        commands = ruleset.add_elements(table, addrs, timeout)
+        commands = nft_json.add_elements(table, addrs, timeout)
         if commands:
             self.run(commands)
 
@@ -143,14 +129,14 @@ class Nft:
         expires: float | None = None,
     ) -> None:
         """Make addresses members with exactly this timeout and comment (one transaction;
-        see ruleset.replace_elements)."""
-        commands = ruleset.replace_elements(table, addrs, timeout, comment, expires)
+        see ips/translate/nft.py, replace_elements)."""
+        commands = nft_json.replace_elements(table, addrs, timeout, comment, expires)
         if commands:
             self.run(commands)
 
     def flush_elements(self, table: str) -> None:
         """Remove every member of dynamic table `table` (both families, one transaction)."""
-        self.run(ruleset.flush_sets(table))
+        self.run(nft_json.flush_sets(table))
 
     def delete_elements(self, table: str, addrs: Iterable[Address]) -> int:
         """Remove members; addresses that are not (or no longer) members are skipped.
@@ -159,7 +145,7 @@ class Nft:
         if not addrs:
             return 0
         try:
-            self.run(ruleset.delete_elements(table, addrs))
+            self.run(nft_json.delete_elements(table, addrs))
             return len(addrs)
         except KernelError as exc:
             if not _missing(exc):
@@ -168,7 +154,7 @@ class Nft:
         removed = 0
         for addr in addrs:
             try:
-                self.run(ruleset.delete_elements(table, [addr]))
+                self.run(nft_json.delete_elements(table, [addr]))
                 removed += 1
             except KernelError as exc:
                 if not _missing(exc):
@@ -180,14 +166,14 @@ class Nft:
         out: list[SetElement] = []
         for family in (4, 6):
             try:
-                listing = self.run(ruleset.list_set(table, family))
+                listing = self.run(nft_json.list_set(table, family))
             except KernelError as exc:
                 if _missing(exc):  # no such set (or no table): no members
                     continue
                 raise
             for obj in listing.get("nftables", []):
                 if "set" in obj:
-                    out.extend(ruleset.parse_elements(obj["set"].get("elem")))
+                    out.extend(nft_json.parse_elements(obj["set"].get("elem")))
         return out
 
 

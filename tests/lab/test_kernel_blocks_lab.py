@@ -49,6 +49,7 @@ from test_kernel_blocks import Block, Unblock
 from ips.kernel import blocks as kb
 from ips.kernel.nft import Nft
 from ips.policy.resolve import load_policy_text
+from ips.translate.nft import NftPlan
 POLICY = load_policy_text("table banned dynamic timeout 1h\\ndrop from @banned\\n", "p.rules")
 """
 
@@ -65,7 +66,7 @@ def run_in(ns: str, code: str) -> Any:
 def test_block_effects_reach_the_kernel_in_well_under_a_millisecond(ns: str) -> None:
     got = run_in(ns, """
         nft = Nft()
-        nft.apply(POLICY, hooks=("forward",))
+        nft.apply(POLICY, NftPlan(hooks=("forward",)))
         blocks = kb.KernelBlocks(nft, log=None)
         a = bytes([192, 0, 2, 1])
         for i in range(20):  # a new attacker each time: one small transaction each
@@ -98,7 +99,8 @@ def test_a_start_over_a_killed_daemons_table_keeps_its_blocks(ns: str) -> None:
         from ips.kernel.diversion import Diversion
         from ips.kernel.probe import Capabilities
         nft = Nft()
-        nft.apply(load_policy_text("drop proto udp to port 9\\n", "old.rules"), hooks=("input",))
+        nft.apply(load_policy_text("drop proto udp to port 9\\n", "old.rules"),
+                  NftPlan(hooks=("input",)))
         nft.replace_elements("banned", ["192.0.2.1"], 600, "portscan|1|x")
         caps = Capabilities(root=True, nft_library=True, timeout_sets=True, iptables_nfqueue=True)
         d = Diversion(hooks=("forward",), caps=caps)
@@ -120,12 +122,12 @@ def test_blocks_saved_by_a_clean_stop_come_back_with_their_time_left(ns: str, tm
     state = tmp_path / "blocks.json"
     got = run_in(ns, f"""
         nft = Nft()
-        nft.apply(POLICY, hooks=("forward",))
+        nft.apply(POLICY, NftPlan(hooks=("forward",)))
         nft.replace_elements("banned", ["192.0.2.1"], 600, "manual|0|by hand")
         nft.replace_elements("banned", ["2001:db8::1"], 600, "stealth|1|xmas")
         kb.save_blocks({str(state)!r}, nft.elements("banned"), time.time())
         nft.remove()
-        nft.apply(POLICY, hooks=("forward",))
+        nft.apply(POLICY, NftPlan(hooks=("forward",)))
         nft.replace_elements("banned", ["2001:db8::1"], 30, "sweep|1|newer")  # already back
         saved = kb.load_saved_blocks({str(state)!r}, time.time() + 100)  # 100 s later
         added = kb.restore_blocks(nft, saved)

@@ -81,7 +81,8 @@ PRELUDE = """
 import json, sys
 from ips.kernel.nft import Nft
 from ips.kernel.iptables import IptablesDiversion
-from ips.kernel import ruleset, probe
+from ips.kernel import probe
+from ips.translate.nft import NftPlan
 from ips.policy.resolve import load_policy_text
 DATA = json.loads(sys.stdin.read() or "null")
 """
@@ -120,7 +121,7 @@ accept  proto tcp to port 22
 
 APPLY = """
 policy = load_policy_text(DATA["text"], "p.rules")
-applied = Nft().apply(policy, hooks=tuple(DATA["hooks"]))
+applied = Nft().apply(policy, NftPlan(hooks=tuple(DATA["hooks"])))
 print(json.dumps([applied.split, applied.nft_rules]))
 """
 
@@ -140,10 +141,11 @@ def test_apply_puts_the_fast_path_in_our_table(ns: str) -> None:
     assert sets["banned_v4"]["type"] == "ipv4_addr" and sets["banned_v6"]["type"] == "ipv6_addr"
     assert all(s["flags"] == ["timeout"] and s["timeout"] == 3600 for s in sets.values())
     # the kernel holds every generated rule, in order, with its comment
-    from ips.kernel import ruleset
     from ips.policy.resolve import load_policy_text
+    from ips.translate import nft
 
-    cmds = ruleset.build_ruleset(load_policy_text(POLICY, "p.rules"), hooks=("forward", "input"))
+    plan = nft.NftPlan(hooks=("forward", "input"))
+    cmds = nft.build_ruleset(load_policy_text(POLICY, "p.rules"), plan)
     for chain in ("forward", "input"):
         want = [c["add"]["rule"]["comment"] for c in cmds
                 if c.get("add", {}).get("rule", {}).get("chain") == chain]  # fmt: skip
@@ -199,7 +201,7 @@ def test_the_icmp_offload_meter_survives_applies_and_goes_with_its_detector(ns: 
     the detector."""
     apply_gen = """
 policy = load_policy_text(DATA["text"], "p.rules")
-Nft().apply(policy, hooks=("forward",), offload_generation=DATA["gen"])
+Nft().apply(policy, NftPlan(hooks=("forward",), offload_generation=DATA["gen"]))
 print(json.dumps(None))
 """
     flood = POLICY + "detect icmpflood rate 300/s per src limit\n"
@@ -431,7 +433,7 @@ def test_a_worker_binds_its_copy_group_only_when_it_reads_copies(ns: str) -> Non
     got = run_in(ns, """
         from ips.engine import Engine
         from ips.io.nfqueue import QueueWorker
-        from ips.kernel.ruleset import copy_group
+        from ips.translate.nft import copy_group
         def groups():
             with open("/proc/net/netfilter/nfnetlink_log") as f:
                 return [int(line.split()[0]) for line in f]

@@ -266,7 +266,7 @@ time.sleep(30)
 def test_a_daemon_whose_copy_group_is_taken_does_not_start_and_names_it(tmp_path: Path) -> None:
     """Another listener on the copies' NFLOG group (ulogd, say) would get the copies and the
     engine none: the daemon refuses to start and says which group."""
-    from ips.kernel.ruleset import copy_group
+    from ips.translate.nft import copy_group
 
     script = tmp_path / "hold.py"
     script.write_text(HOLD_GROUP)

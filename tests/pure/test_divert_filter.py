@@ -21,7 +21,7 @@ from ips.core.events import Block, Unblock
 from ips.engine import Engine
 from ips.io.divert import DivertError, DivertWorker, UserBlocks, layer_for, read_bans
 from ips.policy.resolve import load_policy, load_policy_text
-from ips.policy.windivert_filter import divert_filter, needs_everything
+from ips.translate.windivert import divert_filter, needs_everything
 
 ROOT = Path(__file__).resolve().parents[2]
 TCP, UDP, ICMP, ICMPV6, SCTP = 6, 17, 1, 58, 132

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from ips.policy.diagnostics import PolicyError
 from ips.policy.model import Policy
-from ips.policy.resolve import MAX_FILE_BYTES, _read_text, load_policy
+from ips.policy.resolve import MAX_FILE_BYTES, load_policy
+from ips.policy.resolve import read_text as _read_text
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_RULES = ROOT / "policies" / "gateway.rules"

@@ -16,7 +16,7 @@ import pytest
 from ips.io.adapter import BUSY_EVERY
 from ips.kernel import blocks as kb
 from ips.kernel.nft import KernelError
-from ips.kernel.ruleset import SetElement
+from ips.translate.nft import SetElement
 
 
 class Block:

@@ -1,4 +1,4 @@
-"""ips/kernel/ruleset.py: policy -> libnftables JSON, pure. The JSON shapes nft accepts were
+"""ips/translate/nft.py: policy -> libnftables JSON, pure. The JSON shapes nft accepts were
 checked against nft 1.0.6 (tests/test_kernel_netns.py loads them into a real kernel); here
 each condition's shape, the fast-path split, and — with a small interpreter of the generated
 rules — that the kernel's first match is the engine's (explain.py) on random policies."""
@@ -24,12 +24,12 @@ from ips.core.packet import (
     PROTO_UDP,
     Packet,
 )
-from ips.kernel import ruleset as rs
-from ips.kernel.ruleset import ACCEPT_MARK
 from ips.policy.diagnostics import PolicyError
 from ips.policy.explain import explain
 from ips.policy.model import Policy
 from ips.policy.resolve import load_policy, load_policy_text
+from ips.translate import nft as rs
+from ips.translate.nft import ACCEPT_MARK
 
 POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -45,7 +45,7 @@ def rules_of(cmds: list[dict[str, Any]], chain: str | None = None) -> list[dict[
 
 def policy_rules(text: str, hook: str = "forward") -> list[list[dict[str, Any]]]:
     """The expression lists of the nft rules made from policy rules (not the fixed ones)."""
-    cmds = rs.build_ruleset(P(text), hooks=(hook,))
+    cmds = rs.build_ruleset(P(text), rs.NftPlan(hooks=(hook,)))
     return [
         r["expr"]
         for r in rules_of(cmds)
@@ -371,7 +371,7 @@ def test_every_kernel_rule_has_a_counter_and_the_comment_of_its_line() -> None:
 
 def test_table_sets_and_chains() -> None:
     p = P("table banned dynamic timeout 10m\ntable ok = { 10.0.0.1 }\ndrop from @banned")
-    cmds = rs.build_ruleset(p, hooks=("forward", "input"))
+    cmds = rs.build_ruleset(p, rs.NftPlan(hooks=("forward", "input")))
     assert cmds[0] == {"add": {"table": {"family": "inet", "name": "ipsctl"}}}
     # every command speaks of our table only
     for c in cmds:
@@ -406,7 +406,7 @@ def test_reapply_keeps_sets_and_drops_what_went_away() -> None:
         },
     )
     p = P("table banned dynamic timeout 2h\ndrop from @banned")
-    cmds = rs.build_ruleset(p, hooks=("forward",), existing=old)
+    cmds = rs.build_ruleset(p, rs.NftPlan(hooks=("forward",)), existing=old)
     deletes = [c["delete"] for c in cmds if "delete" in c]
     assert deletes == [
         {"chain": {"family": "inet", "table": "ipsctl", "name": "output"}},
@@ -439,10 +439,11 @@ def test_set_with_other_flags_is_recreated_with_its_members() -> None:
 
 def test_nft_queue_after_the_prefix() -> None:
     p = P("drop proto tcp to port 23\nmatch proto tcp alert")
-    tail = rules_of(rs.build_ruleset(p, nft_queue=True, queue=3))[-1]
+    tail = rules_of(rs.build_ruleset(p, rs.NftPlan(nft_queue=True, queue=3)))[-1]
     assert tail["comment"] == rs.USERSPACE_COMMENT
     assert tail["expr"] == [COUNTER, {"queue": {"num": 3, "flags": ["bypass"]}}]
-    tail = rules_of(rs.build_ruleset(p, nft_queue=True, queue=(0, 3), fail_open=False))[-1]
+    fanout = rs.NftPlan(nft_queue=True, queue=(0, 3), fail_open=False)
+    tail = rules_of(rs.build_ruleset(p, fanout))[-1]
     assert tail["expr"][-1] == {"queue": {"num": {"range": [0, 3]}, "flags": ["fanout"]}}
     # without nft's queue: only the counter (iptables queues)
     tail = rules_of(rs.build_ruleset(p))[-1]
@@ -453,7 +454,7 @@ def test_each_chain_first_clears_our_mark_bits() -> None:
     # right after the drops of blocked sources (a drop needs no mark): the accept bit, the
     # offload and handshake-ACK bits and the queue-index bits, so no mark set elsewhere can
     # skip inspection
-    first = rules_of(rs.build_ruleset(P("drop proto udp"), hooks=("input",)))[2]
+    first = rules_of(rs.build_ruleset(P("drop proto udp"), rs.NftPlan(hooks=("input",))))[2]
     assert first["comment"] == rs.CLEAR_MARK_COMMENT
     assert first["expr"] == [
         {"mangle": {"key": META("mark"), "value": {"&": [META("mark"), 0xFE07FFFF]}}}
@@ -464,9 +465,9 @@ def test_each_chain_first_clears_our_mark_bits() -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="hook"):
-        rs.build_ruleset(P("drop"), hooks=("prerouting",))
+        rs.build_ruleset(P("drop"), rs.NftPlan(hooks=("prerouting",)))
     with pytest.raises(ValueError, match="queue"):
-        rs.build_ruleset(P("drop"), queue=(3, 1))
+        rs.build_ruleset(P("drop"), rs.NftPlan(queue=(3, 1)))
 
 
 def test_long_file_names_keep_the_comment_short() -> None:
@@ -521,7 +522,7 @@ def test_parse_table_and_counters() -> None:
 
 
 # ---- the kernel's first match is the engine's -------------------------------------------------
-# A small interpreter of exactly the JSON subset ruleset.py emits, run against explain.py.
+# A small interpreter of exactly the JSON subset translate/nft.py emits, run against explain.py.
 
 
 def _left(expr: Any, pkt: Packet, iif: str | None, oif: str | None) -> Any:
@@ -710,7 +711,7 @@ def test_kernel_rules_decide_like_the_engine(
         return
     assert rs.fast_path_split(policy) == len(policy.rules)
     members = {"banned": {ipaddress.ip_address(a).packed for a in banned}}
-    cmds = rs.build_ruleset(policy, hooks=("forward", "input", "output"))
+    cmds = rs.build_ruleset(policy, rs.NftPlan(hooks=("forward", "input", "output")))
     for pkt, hook, iif, oif in cases:
         _, decider = explain(policy, pkt, iif, oif, dynamic_members=members)
         got = first_kernel_match(cmds, hook, pkt, iif, oif, members)
@@ -741,7 +742,7 @@ BLOCK_V6 = [V6, m("==", PL("ip6", "saddr"), "@banned_v6"), COUNTER, DROP]
     ],
 )
 def test_blocked_sources_are_dropped_by_the_first_rules_whatever_the_policy(text: str) -> None:
-    cmds = rs.build_ruleset(P(text), hooks=("forward", "input", "output"))
+    cmds = rs.build_ruleset(P(text), rs.NftPlan(hooks=("forward", "input", "output")))
     for hook in ("forward", "input", "output"):
         rules = rules_of(cmds, hook)
         assert [r["comment"] for r in rules[:2]] == [rs.BLOCKS_COMMENT] * 2
@@ -777,7 +778,7 @@ def test_a_reapply_over_a_killed_daemons_table_keeps_the_block_sets() -> None:
             "banned_v6": rs.SetState("banned_v6", "ipv6_addr", ("timeout",), 3600, 65536),
         },
     )
-    cmds = rs.build_ruleset(P("accept"), hooks=("forward",), existing=old)
+    cmds = rs.build_ruleset(P("accept"), rs.NftPlan(hooks=("forward",)), existing=old)
     assert not any("set" in c.get("delete", {}) for c in cmds)
     assert {"delete": {"chain": {**rs._T, "name": "input"}}} in cmds
     assert [label(c) for c in cmds if "flush" in c] == ["flush:forward", "flush:input"]
@@ -830,7 +831,8 @@ def _rules_by_chain(cmds: list[dict]) -> dict[str, list[dict]]:
 
 def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     policy = load_policy_text("accept proto tcp to port 22\n", "o.rules")
-    chains = _rules_by_chain(rs.build_ruleset(policy, ("forward",), offload_generation=7))
+    plan = rs.NftPlan(("forward",), offload_generation=7)
+    chains = _rules_by_chain(rs.build_ruleset(policy, plan))
     main, post = chains["forward"], chains["forward_offload"]
     comments = [r["comment"] for r in main]
     # blocks first, then the mark is cleared, then offloaded connections are let through
@@ -859,25 +861,27 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
                 "field": "flags"}}, 0x3F]}, "right": 0x10}} in exprs  # fmt: skip
         assert exprs[-1] == {"accept": None}
     # the post chain runs after the queue (nft queue at -10, iptables' filter at 0)
-    post_chain = [c["add"]["chain"] for c in rs.build_ruleset(policy, ("forward",),
-                  offload_generation=7) if "chain" in c.get("add", {})]  # fmt: skip
+    post_chain = [c["add"]["chain"] for c in rs.build_ruleset(policy, rs.NftPlan(("forward",),
+                  offload_generation=7)) if "chain" in c.get("add", {})]  # fmt: skip
     assert {c["name"]: c["prio"] for c in post_chain} == {"forward": -10, "forward_offload": 10}
     # `set offload off`, no generation, or a tap's blocks-only table: no offload rules
     off = load_policy_text("set offload off\naccept proto tcp to port 22\n", "o.rules")
-    for cmds in (rs.build_ruleset(off, ("forward",), offload_generation=7),
-                 rs.build_ruleset(policy, ("forward",)),
-                 rs.build_ruleset(policy, ("forward",), blocks_only=True, offload_generation=7)):
+    for cmds in (rs.build_ruleset(off, rs.NftPlan(("forward",), offload_generation=7)),
+                 rs.build_ruleset(policy, rs.NftPlan(("forward",))),
+                 rs.build_ruleset(policy, rs.NftPlan(("forward",), blocks_only=True,
+                                                   offload_generation=7))):
         by_chain = _rules_by_chain(cmds)
         assert "forward_offload" not in by_chain
         assert all(r["comment"] != rs.OFFLOADED_COMMENT for r in by_chain.get("forward", []))
     with pytest.raises(ValueError):
-        rs.build_ruleset(policy, ("forward",), offload_generation=rs.OFFLOAD_PAUSED)
+        rs.build_ruleset(policy, rs.NftPlan(("forward",), offload_generation=rs.OFFLOAD_PAUSED))
     # paused (a policy swap in progress): nothing stamps, nothing matches, but the chains and
     # a ct-mark rule stay (removing them would make the kernel drop what waits in the queue)
-    paused = _rules_by_chain(rs.build_ruleset(policy, ("forward",), offload_generation=0))
+    paused_plan = rs.NftPlan(("forward",), offload_generation=0)
+    paused = _rules_by_chain(rs.build_ruleset(policy, paused_plan))
     assert "forward_offload" not in paused  # no rule in it …
     chains = [c["add"]["chain"]["name"] for c in rs.build_ruleset(
-        policy, ("forward",), offload_generation=0) if "chain" in c.get("add", {})]  # fmt: skip
+        policy, paused_plan) if "chain" in c.get("add", {})]  # fmt: skip
     assert chains == ["forward", "forward_offload"]  # … but the chain is there
     held = [r for r in paused["forward"] if r["comment"] == rs.OFFLOADED_COMMENT]
     assert held[0]["expr"][0]["match"]["right"] == rs.OFFLOAD_PAUSED << rs.OFFLOAD_CT_SHIFT
@@ -885,8 +889,8 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
 
 def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker() -> None:
     policy = load_policy_text("accept proto tcp to port 22\n", "o.rules")
-    main = _rules_by_chain(rs.build_ruleset(policy, ("forward",), queue=5,
-                                            offload_generation=7))["forward"]  # fmt: skip
+    main = _rules_by_chain(rs.build_ruleset(policy, rs.NftPlan(("forward",), queue=5,
+                                            offload_generation=7)))["forward"]  # fmt: skip
     comments = [r["comment"] for r in main]
     copied = [r["expr"] for r in main if r["comment"] == rs.COPIED_COMMENT]
     assert len(copied) == 1
@@ -908,8 +912,8 @@ def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker
     assert exprs.index({"log": {"group": rs.copy_group(5)}}) < len(exprs) - 1
 
     # two queues: the copy goes to the worker that got the handshake (initiator's hash)
-    two = _rules_by_chain(rs.build_ruleset(policy, ("forward",), queue=5, queues=2,
-                                           offload_generation=7))["forward"]  # fmt: skip
+    two = _rules_by_chain(rs.build_ruleset(policy, rs.NftPlan(("forward",), queue=5, queues=2,
+                                           offload_generation=7)))["forward"]  # fmt: skip
     copied = [r["expr"] for r in two if r["comment"] == rs.COPIED_COMMENT]
     steer = [r["expr"] for r in two if r["comment"] == rs.STEER_COMMENT]
     seen = set()
@@ -926,19 +930,20 @@ def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker
         assert any({"match": jhash} in s for s in steer) or jhash["right"] == 0
     assert seen == {("ipv4", 0), ("ipv6", 0), ("ipv4", 1), ("ipv6", 1)}
     # a kernel without NFLOG: no copy rule, the first data goes to the queue as before
-    plain = _rules_by_chain(rs.build_ruleset(policy, ("forward",), offload_generation=7,
-                                             copies=False))["forward"]  # fmt: skip
+    plain = _rules_by_chain(rs.build_ruleset(policy, rs.NftPlan(("forward",), offload_generation=7,
+                                             copies=False)))["forward"]  # fmt: skip
     assert all(r["comment"] != rs.COPIED_COMMENT for r in plain)
     assert sum(r["comment"] == rs.OFFLOADED_COMMENT for r in plain) == 1 + 4  # bare ACKs kept
     # no offload: no copies
     off = load_policy_text("set offload off\naccept proto tcp to port 22\n", "o.rules")
-    rules = _rules_by_chain(rs.build_ruleset(off, ("forward",), offload_generation=7))
+    rules = _rules_by_chain(rs.build_ruleset(off, rs.NftPlan(("forward",), offload_generation=7)))
     assert all(r["comment"] != rs.COPIED_COMMENT for r in rules["forward"])
 
 
 def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_rate() -> None:
     text = "accept proto icmp\ndetect icmpflood rate 300/s per dst limit\n"
-    cmds = rs.build_ruleset(load_policy_text(text, "i.rules"), ("forward",), offload_generation=7)
+    cmds = rs.build_ruleset(load_policy_text(text, "i.rules"),
+                            rs.NftPlan(("forward",), offload_generation=7))
     offloaded = [r["expr"] for r in _rules_by_chain(cmds)["forward"]
                  if r["comment"] == rs.OFFLOADED_COMMENT]  # fmt: skip
     assert len(offloaded) == 3 + 4  # and the handshake's bare ACKs
@@ -954,8 +959,8 @@ def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_r
     sets = {c["add"]["set"]["name"] for c in cmds if "set" in c.get("add", {})}
     assert {f"{rs.ICMP_METER}_v4", f"{rs.ICMP_METER}_v6"} <= sets
     # no icmpflood detector: one rule for every protocol, and no meter
-    plain = rs.build_ruleset(load_policy_text("accept proto icmp\n", "i.rules"), ("forward",),
-                             offload_generation=7)  # fmt: skip
+    plain = rs.build_ruleset(load_policy_text("accept proto icmp\n", "i.rules"),
+                             rs.NftPlan(("forward",), offload_generation=7))  # fmt: skip
     rules = [r for r in _rules_by_chain(plain)["forward"] if r["comment"] == rs.OFFLOADED_COMMENT]
     assert len(rules) == 1 + 4
     assert not any(rs.ICMP_METER in str(c) for c in plain)

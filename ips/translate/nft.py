@@ -699,32 +699,17 @@ def _queue_stmt(queue: int | tuple[int, int], fail_open: bool) -> Expr:
     return {"queue": stmt}
 
 
-def _check_queue(queue: int | tuple[int, int]) -> None:
-    lo, hi = queue if isinstance(queue, tuple) else (queue, queue)
-    if not 0 <= lo <= hi <= 65535:
-        raise ValueError(f"queue numbers are 0-65535, first <= last (got {queue!r})")
-
-
-def build_ruleset(
-    policy: Policy,
-    hooks: Sequence[str] = ("forward",),
-    queue: int | tuple[int, int] = 0,
-    fail_open: bool = True,
-    nft_queue: bool = False,
-    existing: TableState | None = None,
-    blocks_only: bool = False,
-    offload_generation: int | None = None,
-    queues: int = 1,
-    copies: bool = True,
-) -> list[dict[str, object]]:
-    """Commands for one atomic batch that makes `inet ipsctl` run `policy`'s fast path.
+@dataclass(frozen=True, slots=True)
+class NftPlan:
+    """What build_ruleset builds besides the policy's own rules: which hooks, where the rest
+    of the traffic goes (the queues), and which of ipsctl's own rules (offload, copies, blocks
+    only). The kernel's capabilities and the daemon's settings decide it; the policy does not.
 
     hooks      the chains to hook (forward, input, output); chains of other hooks go away
     queue      NFQUEUE number, or (first, last) for several (fanout); used with nft_queue
     fail_open  `bypass`: accept when no program listens on the queue
     nft_queue  the kernel has nft's `queue` expression: divert there after the prefix
                (otherwise the iptables chain of ips/kernel/iptables.py does it)
-    existing   parse_table() of the table as it is now (None: absent or unknown)
     blocks_only  only the block sets and their drop rules (a tap that enforces its detectors'
                blocks: nothing of the policy itself may filter there)
     offload_generation  1-254: the offload rules with this generation (see above), when the
@@ -737,23 +722,68 @@ def build_ruleset(
     copies     the kernel has NFLOG: a handshake-stamped connection's first other packet is
                passed with a copy to its worker (COPIED_COMMENT); without, it goes to the queue
 
+    A plan with an unknown hook or impossible queue numbers is refused when it is made.
+    """
+
+    hooks: tuple[str, ...] = ("forward",)
+    queue: int | tuple[int, int] = 0
+    fail_open: bool = True
+    nft_queue: bool = False
+    blocks_only: bool = False
+    offload_generation: int | None = None
+    queues: int = 1
+    copies: bool = True
+
+    def __post_init__(self) -> None:
+        # A hook named twice is one chain; the order of first mention is the chains' order.
+        object.__setattr__(self, "hooks", tuple(dict.fromkeys(self.hooks)))
+        for hook in self.hooks:
+            if hook not in HOOKS:
+                raise ValueError(f"unknown hook {hook!r}; one of {', '.join(HOOKS)}")
+        lo, hi = self.queue if isinstance(self.queue, tuple) else (self.queue, self.queue)
+        if not 0 <= lo <= hi <= 65535:
+            raise ValueError(f"queue numbers are 0-65535, first <= last (got {self.queue!r})")
+
+    @property
+    def first_queue(self) -> int:
+        return self.queue[0] if isinstance(self.queue, tuple) else self.queue
+
+    def offloads(self, policy: Policy) -> bool:
+        """Whether the offload chains and rules are built for `policy`."""
+        return self.offload_generation is not None and not self.blocks_only and policy.offload
+
+
+def build_ruleset(
+    policy: Policy, plan: NftPlan = NftPlan(), existing: TableState | None = None
+) -> list[dict[str, object]]:
+    """Commands for one atomic batch that makes `inet ipsctl` run `policy`'s fast path, as
+    `plan` says; `existing` is parse_table() of the table as it is now (None: absent or
+    unknown).
+
     Safe to run over the table of an earlier policy: the table, chains and sets are `add`ed
     (idempotent, so a set keeps its members), our chains are flushed and refilled, and a set
     whose type or flags changed is recreated with its members carried over (with what is left
     of their timeouts). Sets and chains the policy no longer has are deleted, after the chain
     flushes that free them. All in one transaction: no window without rules.
     """
-    hooks = tuple(dict.fromkeys(hooks))
-    for hook in hooks:
-        if hook not in HOOKS:
-            raise ValueError(f"unknown hook {hook!r}; one of {', '.join(HOOKS)}")
-    _check_queue(queue)
-    cmds: list[dict[str, object]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
-    old_chains = existing.chains if existing else ()
-    old_sets = existing.sets if existing else {}
-    offload = offload_generation is not None and not blocks_only and policy.offload
-    if offload and not 0 <= offload_generation < OFFLOAD_PAUSED:  # type: ignore[operator]
+    offload = plan.offloads(policy)
+    if offload and not 0 <= plan.offload_generation < OFFLOAD_PAUSED:  # type: ignore[operator]
         raise ValueError("offload generation must be 0-254")
+    cmds: list[dict[str, object]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    cmds += _chain_commands(plan.hooks, offload, existing.chains if existing else ())
+    icmp_budget = icmp_offload_budget(policy) if offload else None
+    cmds += _set_commands(policy, icmp_budget, existing.sets if existing else {})
+    for hook in plan.hooks:
+        cmds += _hook_rules(policy, plan, hook, offload, icmp_budget)
+    return cmds
+
+
+def _chain_commands(
+    hooks: tuple[str, ...], offload: bool, old_chains: tuple[str, ...]
+) -> list[dict[str, object]]:
+    """Our base chains added (a main chain per hook, an offload chain after the queue when
+    offloading), every chain old or new flushed, and the old ones no longer wanted deleted."""
+    cmds: list[dict[str, object]] = []
     chains: list[str] = []
     for hook in hooks:
         chain = {**_T, "name": hook, "type": "filter", "hook": hook, "prio": PRIORITY}
@@ -769,8 +799,16 @@ def build_ruleset(
     for name in old_chains:
         if name not in chains:
             cmds.append({"delete": {"chain": {**_T, "name": name}}})
+    return cmds
+
+
+def _set_commands(
+    policy: Policy, icmp_budget: tuple[int, str] | None, old_sets: dict[str, SetState]
+) -> list[dict[str, object]]:
+    """The sets of the dynamic tables (and the ICMP meter) added, the ones no longer wanted
+    deleted, and the ones whose type or flags changed recreated with their members."""
+    cmds: list[dict[str, object]] = []
     wanted = _wanted_sets(policy)
-    icmp_budget = icmp_offload_budget(policy) if offload else None
     if icmp_budget is not None:
         wanted.update(_icmp_meter_sets())
     carry: dict[str, tuple[SetElement, ...]] = {}
@@ -791,38 +829,48 @@ def build_ruleset(
         cmds.append({"add": {"set": want}})  # a changed timeout/size is updated in place
         if carry.get(name):
             cmds.append({"add": {"element": {**_T, "name": name, "elem": _elems(carry[name])}}})
-    first_queue = queue[0] if isinstance(queue, tuple) else queue
-    for hook in hooks:
-        # Blocks first: nothing the policy says may let a blocked source through.
-        for exprs in block_rules():
-            cmds.append(_rule(hook, exprs, BLOCKS_COMMENT))
-        if blocks_only:
-            continue
-        cmds.append(_rule(hook, [{"mangle": _clear_mark()}], CLEAR_MARK_COMMENT))
-        if offload:
-            gen = (offload_generation or OFFLOAD_PAUSED) << OFFLOAD_CT_SHIFT  # type: ignore[operator]
-            for exprs in _offloaded_rules(gen, icmp_budget) + _handshake_ack_rules(gen):
-                cmds.append(_rule(hook, exprs, OFFLOADED_COMMENT))
-            for exprs in _handshake_copy_rules(gen, first_queue, queues) if copies else ():
-                cmds.append(_rule(hook, exprs, COPIED_COMMENT))
-            if offload_generation:
-                for exprs in _offload_exprs(gen):
-                    cmds.append(_rule(f"{hook}_offload", exprs, OFFLOAD_COMMENT))
-        for comment, exprs in kernel_prefix(policy, hook)[1]:
-            cmds.append(_rule(hook, exprs, comment))
+    return cmds
+
+
+def _hook_rules(
+    policy: Policy,
+    plan: NftPlan,
+    hook: str,
+    offload: bool,
+    icmp_budget: tuple[int, str] | None,
+) -> list[dict[str, object]]:
+    """The rules of one hook's chains, in order: blocks, mark clearing, offloaded traffic,
+    the policy's kernel prefix, steering to the queues, and what is left to userspace."""
+    # Blocks first: nothing the policy says may let a blocked source through.
+    cmds = [_rule(hook, exprs, BLOCKS_COMMENT) for exprs in block_rules()]
+    if plan.blocks_only:
+        return cmds
+    first_queue, queues = plan.first_queue, plan.queues
+    cmds.append(_rule(hook, [{"mangle": _clear_mark()}], CLEAR_MARK_COMMENT))
+    if offload:
+        gen = (plan.offload_generation or OFFLOAD_PAUSED) << OFFLOAD_CT_SHIFT
+        for exprs in _offloaded_rules(gen, icmp_budget) + _handshake_ack_rules(gen):
+            cmds.append(_rule(hook, exprs, OFFLOADED_COMMENT))
+        for exprs in _handshake_copy_rules(gen, first_queue, queues) if plan.copies else ():
+            cmds.append(_rule(hook, exprs, COPIED_COMMENT))
+        if plan.offload_generation:
+            for exprs in _offload_exprs(gen):
+                cmds.append(_rule(f"{hook}_offload", exprs, OFFLOAD_COMMENT))
+    for comment, exprs in kernel_prefix(policy, hook)[1]:
+        cmds.append(_rule(hook, exprs, comment))
+    for i in range(1, queues):
+        for exprs in _steer_exprs(i, queues):
+            cmds.append(_rule(hook, exprs, STEER_COMMENT))
+    tail: list[Expr] = [{"counter": None}]
+    if plan.nft_queue and queues > 1:
         for i in range(1, queues):
-            for exprs in _steer_exprs(i, queues):
-                cmds.append(_rule(hook, exprs, STEER_COMMENT))
-        tail: list[Expr] = [{"counter": None}]
-        if nft_queue and queues > 1:
-            for i in range(1, queues):
-                steered = [_match("==", {"&": [_meta("mark"), QUEUE_MASK]}, i << QUEUE_SHIFT),
-                           {"counter": None}, _queue_stmt(first_queue + i, fail_open)]  # fmt: skip
-                cmds.append(_rule(hook, steered, USERSPACE_COMMENT))
-            tail.append(_queue_stmt(first_queue, fail_open))
-        elif nft_queue:
-            tail.append(_queue_stmt(queue, fail_open))
-        cmds.append(_rule(hook, tail, USERSPACE_COMMENT))
+            steered = [_match("==", {"&": [_meta("mark"), QUEUE_MASK]}, i << QUEUE_SHIFT),
+                       {"counter": None}, _queue_stmt(first_queue + i, plan.fail_open)]  # fmt: skip
+            cmds.append(_rule(hook, steered, USERSPACE_COMMENT))
+        tail.append(_queue_stmt(first_queue, plan.fail_open))
+    elif plan.nft_queue:
+        tail.append(_queue_stmt(plan.queue, plan.fail_open))
+    cmds.append(_rule(hook, tail, USERSPACE_COMMENT))
     return cmds
 
 

@@ -1,0 +1,172 @@
+"""Detectors: one `detect NAME …` statement -> DetectSpec, with one handler per option.
+
+A detector's options are checked against its schema (ips/policy/model.py, DETECTORS); each
+option kind has its handler in OPTIONS, chosen by the option's key. A detector that blocks
+needs the dynamic table `banned` to put the blocked addresses in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ips.policy import ast
+from ips.policy.diagnostics import Span, did_you_mean
+from ips.policy.model import BAN_TABLE, DETECTORS, DetectSpec
+from ips.policy.resolve.values import Values
+
+DEFAULT_BLOCK_SECONDS = 600.0  # `block` without a duration
+
+
+@dataclass(slots=True)
+class DetectorDraft:
+    """A detector while its options are read: its parameters so far and its response."""
+
+    params: dict[str, object]
+    response: str
+    responses_given: list[ast.DetectOpt] = field(default_factory=list)
+
+
+class DetectorResolver:
+    def __init__(self, values: Values) -> None:
+        self.values = values
+        self.diags = values.diags
+        self._ban_table_reported = False  # a missing `table banned`: one error, not six
+
+    def resolve(self, stmt: ast.DetectStmt) -> DetectSpec | None:
+        """The detector of `stmt`; None when there is no such detector."""
+        schema = DETECTORS.get(stmt.name)
+        if schema is None:
+            self.diags.error(
+                stmt.name_span,
+                f"unknown detector '{stmt.name}'",
+                did_you_mean(stmt.name, DETECTORS) or f"detectors are: {', '.join(DETECTORS)}",
+                code="unknown-name",
+            )
+            return None
+        draft = DetectorDraft(dict(schema.defaults), schema.response)
+        seen: dict[str, Span] = {}
+        for opt in stmt.opts:
+            key = opt.key
+            if key == "alert_only":
+                key = "alert"
+            if key not in schema.options:
+                self.diags.error(
+                    opt.span,
+                    f"'{key}' is not an option of detector '{stmt.name}'",
+                    did_you_mean(key, schema.options)
+                    or f"options are: {', '.join(sorted(schema.options))}",
+                    code="unknown-name",
+                )
+                continue
+            if key in seen:
+                self.diags.error(opt.span, f"'{key}' given twice (first at {seen[key]})")
+                continue
+            seen[key] = opt.span
+            handler = OPTIONS.get(key)
+            if handler is not None:
+                handler(self, key, opt, draft)
+        params, response = draft.params, draft.response
+        if len(draft.responses_given) > 1:
+            self.diags.error(
+                draft.responses_given[1].span,
+                "choose one response: block, limit or alert",
+                code="conflict",
+            )
+        if response == "block" and "block" not in params:
+            params["block"] = DEFAULT_BLOCK_SECONDS
+        params["response"] = response
+        if response == "block":
+            where = draft.responses_given[-1].span if draft.responses_given else stmt.name_span
+            self._check_blocking(stmt, where, params)
+        return DetectSpec(stmt.name, stmt.span, params)
+
+    # ---- one handler per option ------------------------------------------------------------------
+
+    def count(self, key: str, opt: ast.DetectOpt, draft: DetectorDraft) -> None:
+        """ports, hosts, count: how many make an offense."""
+        value = opt.value
+        assert isinstance(value, ast.Item)
+        if value.lo < 1:
+            self.diags.error(opt.span, f"'{key}' must be at least 1")
+        draft.params[key] = value.lo
+
+    def within(self, key: str, opt: ast.DetectOpt, draft: DetectorDraft) -> None:
+        assert isinstance(opt.value, ast.Item)
+        draft.params[key] = self.values.duration(opt.value)
+
+    def rate(self, key: str, opt: ast.DetectOpt, draft: DetectorDraft) -> None:
+        value = opt.value
+        assert isinstance(value, ast.Item)
+        draft.params[key] = self.values.rate(value.text, value.span)
+
+    def per(self, key: str, opt: ast.DetectOpt, draft: DetectorDraft) -> None:
+        value = opt.value
+        assert isinstance(value, ast.Item)
+        if value.text not in ("src", "dst"):
+            self.diags.error(
+                value.span,
+                f"'per {value.text}': a detector counts per src or per dst",
+                did_you_mean(value.text, ("src", "dst")),
+            )
+        draft.params[key] = value.text
+
+    def response(self, key: str, opt: ast.DetectOpt, draft: DetectorDraft) -> None:
+        """block [DURATION], limit or alert: what the detector does about an offense."""
+        draft.responses_given.append(opt)
+        draft.response = key
+        if key == "block" and isinstance(opt.value, ast.Item):
+            draft.params["block"] = self.values.duration(opt.value)
+
+    def ignore(self, key: str, opt: ast.DetectOpt, draft: DetectorDraft) -> None:
+        assert isinstance(opt.value, ast.Value)
+        draft.params["ignore"] = self.values.addr(opt.value, allow_dynamic=False)
+
+    # ---- a detector that blocks ------------------------------------------------------------------
+
+    def _check_blocking(self, stmt: ast.DetectStmt, where: Span, params: dict[str, object]) -> None:
+        # Blocks live in the dynamic table `banned` (an nftables set): without it a
+        # detector could only pretend to block.
+        table = self.values.tables.get(BAN_TABLE)
+        if self._ban_table_reported:
+            pass  # said once, at the first detector that blocks
+        elif table is None:
+            self._ban_table_reported = True
+            self.diags.error(
+                where,
+                f"detector '{stmt.name}' blocks, but the policy has no dynamic table "
+                f"'{BAN_TABLE}' to put the blocked addresses in",
+                f"declare one: table {BAN_TABLE} dynamic timeout 1h "
+                "(and `drop from @banned` first), or answer with `alert`",
+                code="missing-table",
+            )
+        elif table.kind != "dynamic":
+            self._ban_table_reported = True
+            self.diags.error(
+                where,
+                f"detector '{stmt.name}' blocks, but table '{BAN_TABLE}' is not dynamic "
+                f"(declared at {table.span})",
+                f"declare it as: table {BAN_TABLE} dynamic timeout 1h",
+                code="missing-table",
+            )
+        if params.get("per") == "dst":
+            self.diags.warning(
+                where,
+                f"'{stmt.name} per dst … block' bans every source that sends while its "
+                "destination is over the rate, and flood sources are easily spoofed",
+                "`limit` protects the destination without banning anyone",
+            )
+
+
+OPTIONS: dict[str, Callable[[DetectorResolver, str, ast.DetectOpt, DetectorDraft], None]] = {
+    "ports": DetectorResolver.count,
+    "hosts": DetectorResolver.count,
+    "count": DetectorResolver.count,
+    "within": DetectorResolver.within,
+    "rate": DetectorResolver.rate,
+    "per": DetectorResolver.per,
+    "block": DetectorResolver.response,
+    "limit": DetectorResolver.response,
+    "alert": DetectorResolver.response,
+    "ignore": DetectorResolver.ignore,
+}

@@ -1,0 +1,110 @@
+"""The whole policy: files read, names declared, then every statement resolved in order.
+
+All problems of all files are collected before anything is refused, each with file:line:col
+and, where one exists, a did-you-mean hint; they are reported in the order of the files and
+of the lines within them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ips.policy import ast
+from ips.policy.diagnostics import Diagnostics, PolicyError, Span
+from ips.policy.model import Policy
+from ips.policy.resolve.detectors import DetectorResolver
+from ips.policy.resolve.files import Reader, SourceFiles, os_reason
+from ips.policy.resolve.rules import RuleResolver
+from ips.policy.resolve.values import Values
+
+
+class Resolver:
+    def __init__(self, reader: Reader, root: Path) -> None:
+        self.diags = Diagnostics()
+        self.files = SourceFiles(reader, root, self.diags)
+        self.values = Values(self.files)
+        self.detectors = DetectorResolver(self.values)
+        self.rules = RuleResolver(self.values)
+        self._sids: dict[int, Span] = {}
+
+    def run_file(self, path: Path) -> Policy:
+        display = str(path)
+        try:
+            text = self.files.reader(path)
+        except (OSError, ValueError) as exc:
+            span = Span(display, 1, 1, 1, 1)
+            self.diags.error(span, f"cannot read policy: {os_reason(exc)}", code="io")
+            raise PolicyError(self.diags.items, self.files.sources) from None
+        return self.run_text(text, display, path)
+
+    def run_text(self, text: str, display: str, path: Path) -> Policy:
+        files = self.files
+        files.load(text, display, path.resolve(), [])
+        policy = self._resolve(files.statements)
+        if self.diags.errors:
+            order = {f: i for i, f in enumerate(files.files)}
+            self.diags.items.sort(
+                key=lambda d: (order.get(d.span.file, len(order)), d.span.line, d.span.col)
+            )
+            raise PolicyError(self.diags.items, files.sources)
+        policy.sources = files.sources
+        policy.files = files.files
+        digest = hashlib.sha256()
+        for f in files.files:
+            digest.update(f.encode() + b"\0" + files.sources[f].encode() + b"\0")
+        policy.digest = digest.hexdigest()
+        policy.warnings = [d for d in self.diags.items if d.severity == "warning"]
+        return policy
+
+    def _resolve(self, statements: list[ast.Statement]) -> Policy:
+        policy = Policy()
+        self.values.declare(statements)
+        policy.tables = self.values.tables
+        for stmt in statements:
+            handler = STATEMENTS.get(type(stmt))
+            if handler is not None:
+                handler(self, stmt, policy)
+        return policy
+
+    # ---- one handler per statement (defines and tables are declared before) ----------------------
+
+    def option(self, stmt: ast.OptionStmt, policy: Policy) -> None:
+        self.values.option(stmt, policy)
+
+    def detect(self, stmt: ast.DetectStmt, policy: Policy) -> None:
+        spec = self.detectors.resolve(stmt)
+        if spec is None:
+            return
+        if spec.name in policy.detectors:
+            self.diags.error(
+                stmt.name_span,
+                f"detector '{spec.name}' is already configured at "
+                f"{policy.detectors[spec.name].span}",
+                code="duplicate",
+            )
+        else:
+            policy.detectors[spec.name] = spec
+
+    def rule(self, stmt: ast.RuleStmt, policy: Policy) -> None:
+        rule = self.rules.resolve(stmt, len(policy.rules))
+        if rule is None:
+            return
+        if rule.sid is not None:
+            if rule.sid in self._sids:
+                self.diags.error(
+                    stmt.span,
+                    f"sid {rule.sid} is already used at {self._sids[rule.sid]}",
+                    code="duplicate",
+                )
+            self._sids[rule.sid] = stmt.span
+        policy.rules.append(rule)
+
+
+STATEMENTS: dict[type[ast.Statement], Callable[[Resolver, Any, Policy], None]] = {
+    ast.OptionStmt: Resolver.option,
+    ast.DetectStmt: Resolver.detect,
+    ast.RuleStmt: Resolver.rule,
+}

@@ -1,0 +1,477 @@
+"""Values and names: defines, tables, addresses, ports, protocols, durations, rates, options.
+
+A value as written (`{ $lan, 10.0.0.0/8, @banned }`, `{ http, 8000-8099 }`) becomes what the
+matcher compares: networks, port ranges, protocol numbers. Defines are expanded here (each
+once, however often it is used), and the names a policy declares (defines and tables) are
+known before any rule is read, so a rule may use a name declared further down.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from ips.policy import ast, names
+from ips.policy.diagnostics import Span, did_you_mean
+from ips.policy.model import OPTIONS, AddrSpec, OptionSchema, Policy, PortSpec, TableSpec
+from ips.policy.resolve.files import SourceFiles
+
+MAX_DEFINE_DEPTH = 32
+
+
+class Values:
+    """The names a policy declares, and the reading of every value against them."""
+
+    def __init__(self, files: SourceFiles) -> None:
+        self.files = files
+        self.diags = files.diags
+        self.defines: dict[str, ast.Define] = {}
+        self.table_decls: dict[str, ast.TableDecl] = {}
+        self.tables: dict[str, TableSpec] = {}
+        self._expanded: dict[str, tuple[list[ast.Item], bool]] = {}
+
+    # ---- names -----------------------------------------------------------------------------------
+
+    def declare(self, statements: list[ast.Statement]) -> None:
+        """Defines and tables first: a rule may use a name defined further down (or in an
+        include that comes later), as in nftables' `define` within one file."""
+        for stmt in statements:
+            if isinstance(stmt, ast.Define):
+                if stmt.name in self.defines:
+                    first = self.defines[stmt.name].name_span
+                    self.diags.error(
+                        stmt.name_span,
+                        f"'{stmt.name}' is already defined at {first}",
+                        code="duplicate",
+                    )
+                else:
+                    self.defines[stmt.name] = stmt
+            elif isinstance(stmt, ast.TableDecl):
+                if stmt.name in self.table_decls:
+                    first = self.table_decls[stmt.name].name_span
+                    self.diags.error(
+                        stmt.name_span,
+                        f"table '{stmt.name}' is already declared at {first}",
+                        code="duplicate",
+                    )
+                else:
+                    self.table_decls[stmt.name] = stmt
+        for decl in self.table_decls.values():
+            self.tables[decl.name] = self._table(decl)
+
+    def _table(self, decl: ast.TableDecl) -> TableSpec:
+        spec = TableSpec(decl.name, decl.kind, decl.span)
+        if decl.kind == "static" and decl.value is not None:
+            items, negated = self.flatten(decl.value)
+            if negated:
+                self.diags.error(decl.value.span, "a table cannot be negated")
+            nets4, nets6 = [], []
+            for item in items:
+                if item.kind == "addr":
+                    net = self.network(item)
+                    if net is not None:
+                        (nets4 if net[0] == 4 else nets6).append(net[1:])
+                elif item.kind == "table":
+                    self.diags.error(item.span, "a table cannot contain another table")
+                else:
+                    self.diags.error(item.span, f"'{item.text}' is not an address", code="type")
+            spec.nets4, spec.nets6 = tuple(nets4), tuple(nets6)
+        elif decl.kind == "file" and decl.path is not None:
+            self._table_file(decl, spec)
+        elif decl.kind == "dynamic":
+            if decl.timeout is not None:
+                spec.timeout = self.duration(decl.timeout)
+            if decl.size is not None:
+                if decl.size.lo < 1:
+                    self.diags.error(decl.size.span, "a table size must be at least 1")
+                spec.size = decl.size.lo
+        return spec
+
+    def _table_file(self, decl: ast.TableDecl, spec: TableSpec) -> None:
+        read = self.files.read_table_file(decl)
+        if read is None:
+            return
+        path, text = read
+        nets4, nets6 = [], []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            entry = line.split("#", 1)[0].strip()
+            if not entry:
+                continue
+            try:
+                net = ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                self.diags.error(
+                    Span(str(path), lineno, 1, lineno, len(line) + 1),
+                    f"invalid address '{entry}' in table file",
+                    code="bad-value",
+                )
+                self.files.sources.setdefault(str(path), text)
+                continue
+            (nets4 if net.version == 4 else nets6).append((int(net.network_address), net.prefixlen))
+        spec.nets4, spec.nets6 = tuple(nets4), tuple(nets6)
+
+    # ---- values ----------------------------------------------------------------------------------
+
+    def flatten(self, value: ast.Value, seen: tuple[str, ...] = ()) -> tuple[list[ast.Item], bool]:
+        """Expand $variables (recursively) into plain items; return (items, negated).
+
+        Each define is expanded once and its items de-duplicated, so defines built from
+        defines stay linear (`define b = { $a, $a }` does not double anything)."""
+        items: dict[tuple[str, str], ast.Item] = {}
+        negated = value.negated
+        for item in value.items:
+            if item.kind != "var":
+                items.setdefault((item.kind, item.text), item)
+                continue
+            expanded = self._expand_define(item, seen)
+            if expanded is None:
+                continue
+            inner, inner_neg = expanded
+            if inner_neg:
+                if value.is_set or len(value.items) > 1:
+                    self.diags.error(
+                        item.span,
+                        f"'${item.text}' is negated and cannot be used inside a set",
+                        code="type",
+                    )
+                    continue
+                negated = not negated
+            for x in inner:
+                items.setdefault((x.kind, x.text), x)
+        return list(items.values()), negated
+
+    def _expand_define(
+        self, use: ast.Item, seen: tuple[str, ...]
+    ) -> tuple[list[ast.Item], bool] | None:
+        name = use.text
+        define = self.defines.get(name)
+        if define is None:
+            self.diags.error(
+                use.span,
+                f"'${name}' is not defined",
+                _prefixed_hint("$", name, self.defines) or "define it: define NAME = VALUE",
+                code="unknown-name",
+            )
+            return None
+        if name in seen:
+            self.diags.error(
+                use.span,
+                f"'${name}' is defined in terms of itself: "
+                + " -> ".join(f"${n}" for n in (*seen[seen.index(name) :], name)),
+                code="define-loop",
+            )
+            return None
+        if len(seen) >= MAX_DEFINE_DEPTH:
+            self.diags.error(
+                use.span,
+                f"defines nested deeper than {MAX_DEFINE_DEPTH} levels",
+                code="define-depth",
+            )
+            return None
+        cached = self._expanded.get(name)
+        if cached is None:
+            cached = self.flatten(define.value, (*seen, name))
+            self._expanded[name] = cached
+        return cached
+
+    def addr(self, value: ast.Value, *, allow_dynamic: bool = True) -> AddrSpec | None:
+        items, negated = self.flatten(value)
+        nets4: list[tuple[int, int]] = []
+        nets6: list[tuple[int, int]] = []
+        dynamic: list[str] = []
+        constrained = False  # an address or a table was named (even an empty table)
+        for item in items:
+            if item.kind == "any" or (item.kind == "word" and item.text == "any"):
+                if value.is_set or negated:
+                    self.diags.error(item.span, "'any' cannot be negated or used in a set")
+                continue
+            if item.kind in ("addr", "table"):
+                constrained = True
+            if item.kind == "addr":
+                net = self.network(item)
+                if net is not None:
+                    (nets4 if net[0] == 4 else nets6).append(net[1:])
+            elif item.kind == "table":
+                table = self.tables.get(item.text)
+                if table is None:
+                    self.diags.error(
+                        item.span,
+                        f"unknown table '@{item.text}'",
+                        _prefixed_hint("@", item.text, self.tables)
+                        or "declare it: table NAME = { … }",
+                        code="unknown-name",
+                    )
+                elif table.kind == "dynamic":
+                    if not allow_dynamic:
+                        self.diags.error(item.span, "a dynamic table cannot be used here")
+                    dynamic.append(table.name)
+                else:
+                    nets4.extend(table.nets4)
+                    nets6.extend(table.nets6)
+            elif item.kind == "word":
+                hint = None
+                if item.text in self.defines:
+                    hint = f"did you mean '${item.text}'?"
+                elif item.text in self.tables or item.text in self.table_decls:
+                    hint = f"did you mean '@{item.text}'?"
+                self.diags.error(
+                    item.span,
+                    f"'{item.text}' is not an address",
+                    hint
+                    or "write an address (192.0.2.1, 10.0.0.0/8, 2001:db8::/32), "
+                    "$variable, @table or any",
+                    code="type",
+                )
+            else:
+                self.diags.error(item.span, f"'{item.text}' is not an address", code="type")
+        if not items:
+            # `{}` or a define of it: a set with no member matches nothing (negated:
+            # everything), as an empty nftables set. Never "no condition".
+            self.warn_empty(value)
+            return AddrSpec(negated)
+        if not constrained:
+            return None  # only `any` (or only errors, already reported): no condition
+        return AddrSpec(negated, tuple(nets4), tuple(nets6), tuple(dynamic))
+
+    def warn_empty(self, value: ast.Value) -> None:
+        if value.is_set and not value.items:
+            self.diags.warning(value.span, "an empty set matches nothing")
+
+    def network(self, item: ast.Item) -> tuple[int, int, int] | None:
+        """An address item -> (version, network as int, prefix length), or None (reported)."""
+        parsed = parse_network(item.text)
+        if parsed is None:
+            self.diags.error(
+                item.span,
+                f"invalid address '{item.text}'",
+                "an address is a.b.c.d[/len] or an IPv6 address[/len]",
+                code="bad-value",
+            )
+            return None
+        version, value, plen, host_bits = parsed
+        if host_bits:
+            net = ipaddress.ip_network((value, plen))
+            self.diags.warning(
+                item.span, f"'{item.text}' has host bits set; it means {net}", f"write {net}"
+            )
+        return version, value, plen
+
+    def ports(self, value: ast.Value) -> PortSpec | None:
+        items, negated = self.flatten(value)
+        ranges: list[tuple[int, int]] = []
+        for item in items:
+            if item.kind == "int":
+                if not 0 <= item.lo <= 65535:
+                    self.diags.error(item.span, f"port {item.lo} is out of range 0-65535")
+                    continue
+                ranges.append((item.lo, item.lo))
+            elif item.kind == "range":
+                if not (0 <= item.lo <= item.hi <= 65535):
+                    self.diags.error(
+                        item.span,
+                        f"port range {item.text} is not within 0-65535 or runs backwards",
+                        code="bad-value",
+                    )
+                    continue
+                ranges.append((item.lo, item.hi))
+            elif item.kind == "word":
+                port = names.SERVICES.get(item.text)
+                if port is None:
+                    hint = did_you_mean(item.text, names.SERVICES)
+                    if item.text in self.defines:
+                        hint = f"did you mean '${item.text}'?"
+                    self.diags.error(
+                        item.span,
+                        f"unknown service '{item.text}'",
+                        hint or "use a port number",
+                        code="unknown-name",
+                    )
+                    continue
+                ranges.append((port, port))
+            elif item.kind == "any":
+                return None
+            else:
+                self.diags.error(item.span, f"'{item.text}' is not a port", code="type")
+        if not items:
+            self.warn_empty(value)
+            return PortSpec(negated, ())  # an empty set matches nothing
+        if not ranges:
+            return None  # only errors, already reported
+        return PortSpec(negated, _merge_ranges(ranges))
+
+    def words(self, value: ast.Value, what: str) -> tuple[list[ast.Item], bool]:
+        items, negated = self.flatten(value)
+        good = []
+        for item in items:
+            if item.kind in ("word", "string", "int"):
+                good.append(item)
+            else:
+                self.diags.error(item.span, f"'{item.text}' is not {what}", code="type")
+        return good, negated
+
+    def duration(self, item: ast.Item) -> float | None:
+        m = re.fullmatch(r"(\d{1,9})(ms|s|m|h|d)", item.text)
+        if not m or int(m.group(1)) == 0:
+            self.diags.error(
+                item.span,
+                f"'{item.text}' is not a duration",
+                "a whole number from 1 to 999999999 and a unit: 30s, 10m, 1h, 7d",
+                code="bad-value",
+            )
+            return None
+        return int(m.group(1)) * names.DURATION_UNITS[m.group(2)]
+
+    def rate(self, text: str, span: Span) -> float | None:
+        m = re.fullmatch(r"(\d{1,9})/(\w+)", text)
+        if not m or m.group(2) not in names.RATE_UNITS or int(m.group(1)) == 0:
+            self.diags.error(span, f"'{text}' is not a rate", "e.g. 50/s, 600/m", code="bad-value")
+            return None
+        return int(m.group(1)) / names.RATE_UNITS[m.group(2)]
+
+    def protos(self, value: ast.Value) -> frozenset[int] | None:
+        items, negated = self.flatten(value)
+        protos: set[int] = set()
+        for item in items:
+            if item.kind == "any":
+                return None
+            if item.kind == "int":
+                if item.lo > 255:
+                    self.diags.error(item.span, f"protocol number {item.lo} is out of range 0-255")
+                protos.add(item.lo)
+            elif item.kind == "word" and item.text in names.PROTOCOLS:
+                protos.add(names.PROTOCOLS[item.text])
+            else:
+                self.diags.error(
+                    item.span,
+                    f"unknown protocol '{item.text}'",
+                    did_you_mean(item.text, names.PROTOCOLS)
+                    or "e.g. tcp, udp, icmp, icmpv6, or a number",
+                    code="unknown-name",
+                )
+        if negated:
+            return frozenset(set(range(256)) - protos)
+        if not items:
+            self.warn_empty(value)
+        return frozenset(protos)  # empty: matches no protocol
+
+    # ---- options ---------------------------------------------------------------------------------
+
+    def option(self, stmt: ast.OptionStmt, policy: Policy) -> None:
+        """`set NAME VALUE`: checked against the option's schema, into policy.options."""
+        schema = OPTIONS.get(stmt.name)
+        if schema is None:
+            self.diags.error(
+                stmt.name_span,
+                f"unknown option '{stmt.name}'",
+                did_you_mean(stmt.name, OPTIONS) or f"options are: {', '.join(OPTIONS)}",
+                code="unknown-name",
+            )
+            return
+        value: str | int | float | None
+        if schema.kind == "choice":
+            value = names.ACTION_ALIASES.get(stmt.value.text, stmt.value.text)
+            if value not in schema.choices:
+                self.diags.error(
+                    stmt.value.span,
+                    f"'{stmt.value.text}' is not a value of 'set {stmt.name}'",
+                    did_you_mean(stmt.value.text, schema.choices)
+                    or f"choose one of: {', '.join(schema.choices)}",
+                    code="bad-value",
+                )
+                return
+        else:
+            value = self._number_option(stmt, schema)
+            if value is None:
+                return
+        if stmt.name in policy.options:
+            self.diags.warning(stmt.name_span, f"'set {stmt.name}' given again; the last wins")
+        policy.options[stmt.name] = value
+
+    def _number_option(self, stmt: ast.OptionStmt, schema: OptionSchema) -> int | float | None:
+        """The value of an int or duration option, range-checked; None after an error."""
+        item = stmt.value
+        lo, hi = schema.minimum, schema.maximum
+        if schema.kind == "int":
+            if item.kind != "int" or len(item.text) > 12 or not lo <= item.lo <= hi:
+                self.diags.error(
+                    item.span,
+                    f"'set {stmt.name}' takes a whole number from {int(lo)} to {int(hi)}",
+                    f"e.g. set {stmt.name} {schema.default}",
+                    code="bad-value",
+                )
+                return None
+            return item.lo
+        if item.kind != "duration":
+            self.diags.error(
+                item.span,
+                f"'set {stmt.name}' takes a duration",
+                "a whole number and a unit: 30s, 10m, 24h, 7d",
+                code="bad-value",
+            )
+            return None
+        seconds = self.duration(item)
+        if seconds is None:
+            return None
+        if not lo <= seconds <= hi:
+            self.diags.error(
+                item.span,
+                f"'set {stmt.name}' must be between {_human(lo)} and {_human(hi)}",
+                code="bad-value",
+            )
+            return None
+        return seconds
+
+
+def parse_network(text: str) -> tuple[int, int, int, bool] | None:
+    """'a.b.c.d[/n]' or an IPv6 address[/n] -> (version, network int, prefix length, whether
+    host bits were set), or None when invalid. IPv4 is parsed by hand: a large policy has
+    thousands of addresses, and the ipaddress module is slow at this."""
+    addr, slash, plen_text = text.partition("/")
+    if ":" not in addr:
+        parts = addr.split(".")
+        if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+            return None
+        octets = [int(p) for p in parts]
+        if max(octets) > 255 or any(len(p) > 1 and p[0] == "0" for p in parts):
+            return None  # leading zeros are ambiguous (octal to some tools): refused
+        value = (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
+        width, version = 32, 4
+    else:
+        try:
+            value = int(ipaddress.IPv6Address(addr))
+        except ValueError:
+            return None
+        width, version = 128, 6
+    if slash:
+        if not plen_text.isdigit() or int(plen_text) > width:
+            return None
+        plen = int(plen_text)
+    else:
+        plen = width
+    mask = ((1 << plen) - 1) << (width - plen)
+    return version, value & mask, plen, value & ~mask != 0
+
+
+def _merge_ranges(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return tuple(merged)
+
+
+def _prefixed_hint(prefix: str, word: str, choices: object) -> str | None:
+    hint = did_you_mean(word, choices)  # type: ignore[arg-type]
+    if hint is None:
+        return None
+    return hint.replace("'", f"'{prefix}", 1)
+
+
+def _human(seconds: float) -> str:
+    """A duration as written in a policy: 86400 -> 1d, 90 -> 90s."""
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
