@@ -9,6 +9,13 @@ Errors: a file whose header (or a block in the middle) is corrupt raises `Captur
 last record -- what a capture cut short by a crash or a full disk looks like -- is not an
 error: iteration stops after the last complete record and `CaptureReader.truncated` holds the
 number of bytes left over (0 for a clean end). Check it after the loop if you care.
+
+Work per file is bounded by what a real capture can hold: a run of more than
+`MAX_EMPTY_RUN` packet records that carry no bytes, or of more than `MAX_SKIPPED_RUN` pcapng
+blocks that carry no packet, raises CaptureError at once ("malformed capture"), and so does
+a classic pcap record longer than both the file's snaplen and libpcap's largest snaplen. A
+2 GB file of zeros behind a pcap header is refused after its first few kilobytes, not read
+for minutes. `records`, `empty_records` and `skipped_blocks` count what was read.
 """
 
 from __future__ import annotations
@@ -33,6 +40,14 @@ _LINKTYPE_MASK = 0x0FFFFFFF  # upper bits may carry FCS-length flags
 # A record/block larger than this is a corrupt length field, not a packet; refusing it keeps a
 # bad file from making us allocate gigabytes.
 _MAX_RECORD = 1 << 26
+# libpcap's largest snaplen (MAXIMUM_SNAPLEN): it refuses a classic pcap record longer than
+# this, whatever the file header claims; so do we, unless the header names a larger snaplen.
+_LIBPCAP_MAX_SNAPLEN = 262144
+# A packet record with no captured bytes is legal but useless, and a real capture has a few
+# at most; thousands in a row are a file of zeros or a crafted one. The same for pcapng blocks
+# that carry no packet (statistics, name resolution, custom): a handful between packets.
+MAX_EMPTY_RUN = 1024
+MAX_SKIPPED_RUN = 65536
 
 _PCAP_US = 0xA1B2C3D4
 _PCAP_NS = 0xA1B23C4D
@@ -86,6 +101,11 @@ class CaptureReader:
         self.path = os.fspath(path)
         self.truncated = 0
         self.format = ""
+        self.records = 0  # packet records read (empty ones included)
+        self.empty_records = 0  # packet records with no captured bytes
+        self.skipped_blocks = 0  # pcapng blocks that carry no packet, skipped
+        self._empty_run = 0  # empty packet records since the last one with data
+        self._skipped_run = 0  # pcapng blocks without a packet since the last packet
         self._offset = 0
         # Closed when iteration ends, on error, or by close()/__exit__.
         self._f: BinaryIO | None = open(self.path, "rb", buffering=1 << 20)  # noqa: SIM115
@@ -139,6 +159,29 @@ class CaptureReader:
     def _error(self, offset: int, message: str) -> CaptureError:
         return CaptureError(self.path, offset, message)
 
+    def _count_packet(self, start: int, caplen: int) -> None:
+        """Count a packet record; a long run of empty ones is a malformed capture."""
+        self.records += 1
+        self._skipped_run = 0
+        if caplen:
+            self._empty_run = 0
+            return
+        self.empty_records += 1
+        self._empty_run += 1
+        if self._empty_run > MAX_EMPTY_RUN:
+            raise self._error(start, (
+                f"malformed capture: more than {MAX_EMPTY_RUN} packet records in a row "
+                "carry no bytes (a file of zeros or a crafted one); stopped reading"))
+
+    def _count_skipped(self, start: int, btype: int) -> None:
+        """Count a pcapng block without a packet; a long run of them is a malformed capture."""
+        self.skipped_blocks += 1
+        self._skipped_run += 1
+        if self._skipped_run > MAX_SKIPPED_RUN:
+            raise self._error(start, (
+                f"malformed capture: more than {MAX_SKIPPED_RUN} blocks in a row carry no "
+                f"packet (last of type {btype:#x}); stopped reading"))
+
     def _read(self, n: int) -> bytes:
         assert self._f is not None
         b = self._f.read(n)
@@ -159,13 +202,16 @@ class CaptureReader:
         rest = self._read(20)
         if len(rest) < 20:
             raise self._error(4, "truncated pcap file header")
-        major, _minor, _zone, _sigfigs, _snaplen, network = struct.unpack(endian + "HHiIII", rest)
+        major, _minor, _zone, _sigfigs, snaplen, network = struct.unpack(endian + "HHiIII", rest)
         if major != 2:
             raise self._error(4, f"unsupported pcap version {major}")
         divisor = 1_000_000 if m == _PCAP_US else 1_000_000_000
-        return self._iter_pcap(endian, network & _LINKTYPE_MASK, divisor)
+        max_record = min(_MAX_RECORD, max(snaplen, _LIBPCAP_MAX_SNAPLEN))
+        return self._iter_pcap(endian, network & _LINKTYPE_MASK, divisor, max_record)
 
-    def _iter_pcap(self, endian: str, linktype: int, divisor: int) -> Iterator[CaptureRecord]:
+    def _iter_pcap(
+        self, endian: str, linktype: int, divisor: int, max_record: int
+    ) -> Iterator[CaptureRecord]:
         hdr = struct.Struct(endian + "IIII")
         read = self._read
         while True:
@@ -175,8 +221,9 @@ class CaptureReader:
                 self.truncated = len(h)
                 return
             sec, frac, caplen, origlen = hdr.unpack(h)
-            if caplen > _MAX_RECORD:
+            if caplen > max_record:
                 raise self._error(start, f"record length {caplen} is implausible (corrupt file?)")
+            self._count_packet(start, caplen)
             data = read(caplen)
             if len(data) < caplen:
                 self.truncated = self._offset - start
@@ -240,6 +287,7 @@ class CaptureReader:
                     return
                 endian = new_endian
                 interfaces = []
+                self._count_skipped(start, 0x0A0D0D0A)
                 continue
             btype, total = struct.unpack(endian + "II", head)
             if total < 12 or total % 4 or total > _MAX_RECORD:
@@ -264,6 +312,7 @@ class CaptureReader:
                 if ifid >= len(interfaces):
                     raise self._error(start, f"packet for unknown interface {ifid}")
                 iface = interfaces[ifid]
+                self._count_packet(start, caplen)
                 last_ts = ((ts_hi << 32) | ts_lo) / iface.divisor + iface.tsoffset
                 yield CaptureRecord(last_ts, iface.linktype, body[20 : 20 + caplen], origlen)
             elif btype == _BT_SPB:
@@ -273,6 +322,7 @@ class CaptureReader:
                     raise self._error(start, "simple packet block before any interface")
                 origlen = struct.unpack_from(endian + "I", body)[0]
                 caplen = min(origlen, total - 16)
+                self._count_packet(start, caplen)
                 # SPBs carry no timestamp: repeat the last one so time never runs backwards
                 # for a consumer that ages flows by it.
                 data = body[4 : 4 + caplen]
@@ -281,7 +331,9 @@ class CaptureReader:
                 if total < 20:
                     raise self._error(start, "interface description block too short")
                 interfaces.append(self._parse_idb(body, endian, start))
-            # any other block (name resolution, statistics, custom...) is skipped
+                self._count_skipped(start, btype)
+            else:  # any other block (name resolution, statistics, custom...) is skipped
+                self._count_skipped(start, btype)
 
     def _parse_idb(self, body: bytes, endian: str, start: int) -> _Interface:
         linktype = struct.unpack_from(endian + "H", body)[0]

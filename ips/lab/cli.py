@@ -45,7 +45,7 @@ def lab() -> None:
     up    build a lab (default labs/gateway.yaml) and start its services
     down  remove it: services stopped, namespaces deleted
     exec  run a command on one of its nodes:  ipsctl lab exec client -- curl 10.10.2.10
-    list  the labs that are up, their nodes and addresses
+    list  the labs that are up, their nodes and addresses (and labs whose state file is gone)
 
     Needs root. Traffic stays between the lab's own namespaces.
     """
@@ -91,6 +91,13 @@ def down(prefix: str) -> None:
         click.echo(f"no lab with prefix '{prefix}' is up; nothing to do")
         return
     pids = ", ".join(str(p) for p in report.services)
+    if report.orphaned:
+        click.echo(
+            f"lab {prefix} removed (found by its namespaces; its state file was gone): "
+            f"{len(report.namespaces)} namespaces"
+            + (f", processes inside stopped (pid {pids})" if pids else "")
+        )
+        return
     click.echo(
         f"lab {prefix} removed: {len(report.namespaces)} namespaces"
         + (f", services stopped (pid {pids})" if pids else "")
@@ -158,6 +165,16 @@ def list_(as_json: bool) -> None:
         click.echo("no labs are up (start one with `ipsctl lab up`)")
         return
     for info in labs:
+        if info.status == "orphaned":
+            click.echo(
+                f"lab ?  prefix {info.prefix}  orphaned (its state file is gone; remove it "
+                f"with `ipsctl lab down --prefix {info.prefix}`)"
+            )
+            for ns in info.namespaces:
+                click.echo(f"  {ns}")
+            for pid in info.services:
+                click.echo(f"  process pid {pid} running inside")
+            continue
         age = time.time() - info.created
         where = info.topology_path or "?"
         click.echo(

@@ -13,6 +13,14 @@ so parallel labs (and the host's interfaces) can never collide on a name.
 State lives in `/run/ipsctl-lab/{P}.json` (prefix, topology, namespaces, service PIDs), written
 *before* each namespace is made, so `down(P)` from any process also removes a half-built lab,
 and touches only namespaces that are both recorded there and named with the prefix.
+
+Each namespace also carries the lab's mark, the alias `ipsctl-lab:P` on its loopback, set the
+moment it is made. A lab whose state file went with its run (a test run killed mid-way, a
+reboot of /run without one of the namespaces) is still found by it: `list_labs()` shows it as
+`orphaned`, and `down(P)` removes the namespaces named with the prefix AND marked with it,
+ending the processes inside them first (they are the lab's services and whatever the dead run
+started there; nobody else's process lives in a lab's namespace). A namespace without the
+mark (someone else's, or a lab's made by an older version) is never touched.
 """
 
 from __future__ import annotations
@@ -61,6 +69,11 @@ SWITCH_SYSCTLS = {
     "net.ipv6.conf.default.disable_ipv6": "1",
     "net.ipv6.conf.all.disable_ipv6": "1",
 }
+
+
+MARK = "ipsctl-lab:"  # + prefix: the alias of every lab namespace's loopback
+MARK_RE = re.compile(r"\\ +alias (\S+)")  # in `ip -o link show` output, lines joined by '\'
+MARK_READ_TIMEOUT = 5.0
 
 
 class LabError(RuntimeError):
@@ -193,6 +206,7 @@ class DownReport:
     namespaces: list[str] = field(default_factory=list)  # removed
     services: list[int] = field(default_factory=list)  # PIDs stopped
     lingering: dict[str, list[int]] = field(default_factory=dict)  # other processes left inside
+    orphaned: bool = False  # True: found by its namespaces' mark, its state file was gone
 
 
 def down(prefix: str = DEFAULT_PREFIX) -> bool:
@@ -208,7 +222,7 @@ def down_report(prefix: str = DEFAULT_PREFIX) -> DownReport:
     try:
         state = json.loads(path.read_text())
     except FileNotFoundError:
-        return report
+        return _down_orphan(report)
     except (OSError, ValueError):
         state = {}  # unreadable (cannot happen with _save's atomic replace): drop the file
     require_root("removing a lab")
@@ -240,6 +254,72 @@ def down_report(prefix: str = DEFAULT_PREFIX) -> DownReport:
         with contextlib.suppress(OSError):
             Path(svc["log"]).unlink()
     return report
+
+
+def _down_orphan(report: DownReport) -> DownReport:
+    """down_report for a lab without a state file: its marked namespaces, and every process
+    inside them (SIGTERM, SIGKILL after a grace period; each checked by its start time)."""
+    prefix = report.prefix
+    names = find_orphans(prefix).get(prefix, [])
+    if not names:
+        return report
+    require_root("removing a lab")
+    report.found = report.orphaned = True
+    switch = prefix + SWITCH
+    inside = [
+        ServiceProc(name[len(prefix):], pid, start, "")
+        for name in names
+        for pid in _pids_in(name)
+        # `down` run from inside the lab: this process is not to be ended.
+        if pid != os.getpid() and (start := _starttime(pid))
+    ]
+    report.services = _stop_all(inside)
+    for name in sorted(names, key=lambda n: n == switch):
+        _remove_netns(name)
+        report.namespaces.append(name)
+        # A services log of this lab (`_start_services` names it after the namespace).
+        (STATE_DIR / f"{name}.log").unlink(missing_ok=True)
+    for tmp in STATE_DIR.glob(f"{prefix}.json.*.tmp"):
+        tmp.unlink(missing_ok=True)
+    return report
+
+
+def lab_mark(namespace: str) -> str | None:
+    """The prefix of the lab NAMESPACE belongs to, from its loopback's alias; None when it
+    carries no lab mark (or cannot be read)."""
+    try:
+        out = subprocess.run(
+            ["ip", "-n", namespace, "-o", "link", "show", "dev", "lo"],
+            capture_output=True, text=True, timeout=MARK_READ_TIMEOUT, check=False,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = MARK_RE.search(out)
+    if match is None or not match.group(1).startswith(MARK):
+        return None
+    return match.group(1)[len(MARK):]
+
+
+def find_orphans(prefix: str | None = None) -> dict[str, list[str]]:
+    """Labs left without a state file: prefix -> its namespaces, found by name (the prefix)
+    and mark (the same prefix). Only names starting with PREFIX when given; namespaces
+    recorded in some lab's state file belong to that lab and are skipped."""
+    if not NETNS_DIR.is_dir():
+        return {}
+    recorded: set[str] = set()
+    for path in STATE_DIR.glob("*.json") if STATE_DIR.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            recorded.update(json.loads(path.read_text()).get("namespaces", []))
+    out: dict[str, list[str]] = {}
+    for name in sorted(os.listdir(NETNS_DIR)):
+        if name in recorded or (prefix is not None and not name.startswith(prefix)):
+            continue
+        mark = lab_mark(name)
+        if mark is None or not name.startswith(mark) or not PREFIX_RE.match(mark):
+            continue
+        if prefix is None or mark == prefix:
+            out.setdefault(mark, []).append(name)
+    return out
 
 
 def exec(  # the name the CLI and the issue use; shadows the builtin only in this module
@@ -308,7 +388,32 @@ def list_labs() -> list[LabInfo]:
                 services,
             )
         )
+    for prefix, names in find_orphans().items():
+        if state_path(prefix).exists():
+            continue  # its state file appeared meanwhile: listed above, or next time
+        switch = prefix + SWITCH
+        pids = {pid: True for name in names for pid in _pids_in(name)}
+        out.append(
+            LabInfo(
+                prefix,
+                "?",
+                "orphaned",
+                None,
+                min((_made_at(n) for n in names), default=0.0),
+                {n[len(prefix):]: [] for n in names if n != switch},
+                dict.fromkeys(names, True),
+                pids,
+            )
+        )
     return sorted(out, key=lambda i: i.created)
+
+
+def _made_at(namespace: str) -> float:
+    """When NAMESPACE's name was made under /run/netns (the mount point's own time)."""
+    try:
+        return os.stat(NETNS_DIR / namespace, follow_symlinks=False).st_ctime
+    except OSError:
+        return 0.0
 
 
 def netns_argv(namespace: str, argv: Sequence[str]) -> list[str]:
@@ -397,6 +502,15 @@ def _create_netns(name: str, state: dict[str, Any]) -> None:
     if (NETNS_DIR / name).exists():
         raise LabError(f"namespace {name} already exists")
     netns.create(name)
+    _mark_netns(name, state["prefix"])
+
+
+def _mark_netns(name: str, prefix: str) -> None:
+    """The lab's mark on the new namespace (see the module's doc): lo's alias."""
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=name, flags=0) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], ifalias=MARK + prefix)
 
 
 def _remove_netns(name: str) -> None:
@@ -549,6 +663,29 @@ def _stop_service(svc: ServiceProc) -> bool:
             break
         time.sleep(0.05)
     return True
+
+
+def _stop_all(procs: list[ServiceProc]) -> list[int]:
+    """_stop_service for several at once: all get SIGTERM, then one grace period, then
+    SIGKILL for those still running. The PIDs that were running."""
+    running = [p for p in procs if _alive(p)]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + SERVICE_STOP_TIMEOUT
+    left = running
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if _alive(p)]
+    for proc in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+    for _ in range(40):
+        left = [p for p in left if _alive(p)]
+        if not left:
+            break
+        time.sleep(0.05)
+    return [p.pid for p in running]
 
 
 def _pids_in(namespace: str) -> list[int]:

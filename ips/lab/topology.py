@@ -180,6 +180,9 @@ def parse(text: str, source: str = "<topology>", default_name: str = "lab") -> T
         problem = getattr(exc, "problem", None) or str(exc)
         raise TopologyError(source, [(line, "", f"not valid YAML: {problem}")]) from None
     checker = _Checker(source, root_node)
+    # YAML itself lets a repeated key replace the earlier one without a word: two nodes of one
+    # name would merge into one and an address would be lost. Each repeat is a problem here.
+    checker.problems.extend(_duplicate_keys(root_node))
     topo = checker.topology(data, default_name)
     if checker.problems:
         raise TopologyError(source, checker.problems)
@@ -196,6 +199,38 @@ def _dotted(key: Key) -> str:
     for part in key:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def _duplicate_keys(root: yaml.Node | None) -> list[tuple[int | None, str, str]]:
+    """Every key that repeats one earlier in the same mapping, anywhere in the document, with
+    the line of the repeat and of the first one (the composed tree keeps both; safe_load keeps
+    only the last value)."""
+    problems: list[tuple[int | None, str, str]] = []
+    seen_nodes: set[int] = set()  # an alias repeats a node: walk each once (and stop cycles)
+    stack: list[tuple[yaml.Node, Key]] = [(root, ())] if root is not None else []
+    while stack:
+        node, key = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for k, v in node.value:
+                if not isinstance(k, yaml.ScalarNode) or k.tag == "tag:yaml.org,2002:merge":
+                    continue
+                line = k.start_mark.line + 1
+                where = (*key, k.value)
+                if k.value in first_line:
+                    what = "node" if key == ("nodes",) else "key"
+                    problems.append((line, _dotted(where), (
+                        f"{what} '{k.value}' is defined twice (first at line "
+                        f"{first_line[k.value]}); YAML would keep only this one")))
+                else:
+                    first_line[k.value] = line
+                stack.append((v, where))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*key, i)) for i, item in enumerate(node.value))
+    return sorted(problems, key=lambda p: p[0] or 0)
 
 
 class _Checker:

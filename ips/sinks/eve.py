@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from datetime import UTC, datetime
 from typing import IO, Protocol
 
@@ -23,6 +24,7 @@ from ips.core.addr import format_addr
 from ips.core.events import Alert, Block, FlowEnd, LogRecord, PacketEvent, Unblock
 from ips.core.flow import TCP_STATE_NAMES
 from ips.core.packet import PORT_PROTOS
+from ips.safefile import open_private_file
 
 PROTO_LABELS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 132: "SCTP", 47: "GRE"}
 
@@ -247,6 +249,13 @@ def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
         f'"age":{int(last - first)},"state":"{state}",'
         f'"reason":{_json_text(EVE_END_REASONS.get(end.reason, end.reason))}{bypass}{tail}'
     )
+
+
+def open_eve_file(path: str) -> IO[str]:
+    """PATH opened to write EVE lines from its start (replay's --eve), the way the daemon's
+    files are opened: never through a symbolic link, never in a directory others can change,
+    created 0640 with the `ipsctl` group (ips.safefile; UnsafePathError says why not)."""
+    return os.fdopen(open_private_file(path, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8")
 
 
 # What a verdict becomes in tap mode, where nothing is enforced.

@@ -11,6 +11,11 @@ after checking that FILE is still the file this writer has open — if another w
 rotated it already, this one only reopens.
 A write never raises: a full disk or a removed directory is counted (write_errors) and the
 file is reopened at the next write, so an events file can never stop the packet path.
+Every file is opened by ips.safefile: never through a symbolic link, never in a directory
+others can change, created 0640 with the `ipsctl` group (rotated files keep that, being
+renamed). An unsafe path is refused when the log is made (UnsafePathError, which says why);
+one that turns unsafe later (a link planted after a rotation) is counted in write_errors,
+kept in `last_error`, and nothing is written through it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import fcntl
 import os
 from typing import IO
+
+from ips.safefile import UnsafePathError, open_private_file
 
 
 def parse_size(text: str) -> int:
@@ -47,17 +54,27 @@ class RotatingLog:
         self.reopens = 0
         self.write_errors = 0
         self.lines = 0
+        self.last_error = ""  # why the last open failed, for status
         self._file: IO[str] | None = None
         self._size = 0
-        self._open()
+        self._open(refuse_unsafe=True)
 
-    def _open(self) -> None:
+    def _open(self, refuse_unsafe: bool = False) -> None:
         try:
-            self._file = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            fd = open_private_file(self.path, os.O_WRONLY | os.O_APPEND)
+            self._file = os.fdopen(fd, "a", buffering=1, encoding="utf-8")
             self._size = self._file.tell()
-        except OSError:
-            self._file = None
-            self.write_errors += 1
+        except UnsafePathError as exc:
+            if refuse_unsafe:
+                raise
+            self._open_failed(exc)
+        except OSError as exc:
+            self._open_failed(exc)
+
+    def _open_failed(self, exc: OSError) -> None:
+        self._file = None
+        self.write_errors += 1
+        self.last_error = str(exc)
 
     def write(self, line: str) -> None:
         """One line (without its newline)."""
@@ -83,15 +100,16 @@ class RotatingLog:
     def rotate(self) -> None:
         """FILE -> FILE.1 -> … -> FILE.keep (the oldest is deleted), then a new FILE."""
         try:
-            with open(self.path + ".lock", "w") as lock:
+            with os.fdopen(open_private_file(self.path + ".lock", os.O_WRONLY), "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 if self._rotated_by_another():
                     self._close()
                     self._open()  # another writer rotated FILE: write to the new one
                     return
                 self._rotate_locked()
-        except OSError:
+        except OSError as exc:
             self.write_errors += 1
+            self.last_error = str(exc)
             self._close()
             self._open()
 
