@@ -21,7 +21,6 @@ import inspect
 import ipaddress
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ips.kernel.nft import KernelError, Nft
+from ips.safefile import replace_private_file
 from ips.translate.nft import (
     BLOCK_TABLE,
     SetElement,
@@ -296,12 +296,11 @@ def save_blocks(path: str | Path, elements: Iterable[SetElement], now: float) ->
             path.unlink()
         return 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"version": STATE_VERSION, "table": BLOCK_TABLE, "saved_at": now,
-                   "blocks": rows}, fh)  # fmt: skip
-    os.replace(tmp, path)
+    # Written beside the file and renamed over it, never through a link planted at its name
+    # (the control socket's directory may be shared with the ipsctl group).
+    data = json.dumps({"version": STATE_VERSION, "table": BLOCK_TABLE, "saved_at": now,
+                       "blocks": rows})  # fmt: skip
+    replace_private_file(str(path), data.encode(), mode=0o600)
     return len(rows)
 
 
