@@ -278,6 +278,7 @@ class _Resolver:
                         )
                     sids[rule.sid] = stmt.span
                 policy.rules.append(rule)
+        self._slowscan(policy)
         return policy
 
     def _option(self, stmt: ast.OptionStmt, policy: Policy) -> None:
@@ -668,6 +669,9 @@ class _Resolver:
             elif key == "within":
                 assert isinstance(value, ast.Item)
                 params[key] = self._duration(value)
+            elif key == "distributed":
+                assert isinstance(value, ast.Item)
+                params[key] = self._distributed(value)
             elif key == "rate":
                 assert isinstance(value, ast.Item)
                 params[key] = self._rate(value.text, value.span)
@@ -732,6 +736,60 @@ class _Resolver:
                     "`limit` protects the destination without banning anyone",
                 )
         return DetectSpec(stmt.name, stmt.span, params)
+
+    def _distributed(self, value: ast.Item) -> int | None:
+        """slowscan's `distributed N` (ports of one host, several sources) or `off`."""
+        if value.kind == "int" and value.lo >= 1:
+            return value.lo
+        if value.text == "off":
+            return None
+        self.diags.error(
+            value.span,
+            f"'distributed {value.text}': give a number of ports (at least 1) or off",
+            did_you_mean(value.text, ("off",)),
+            code="bad-value",
+        )
+        return None
+
+    def _slowscan(self, policy: Policy) -> None:
+        """`detect slowscan` is a long window over the weights portscan and sweep give: check
+        that they are there to give them, and that its window is the longer one."""
+        spec = policy.detectors.get("slowscan")
+        if spec is None:
+            return
+        stmt = next(
+            s for s in self.statements if isinstance(s, ast.DetectStmt) and s.span == spec.span
+        )
+        given = {opt.key: opt.span for opt in stmt.opts}
+        feeds = {"portscan": ("ports", "distributed"), "sweep": ("hosts",)}
+        if not any(name in policy.detectors for name in feeds):
+            self.diags.error(
+                stmt.name_span,
+                "detector 'slowscan' has nothing to count: it keeps a long window over the "
+                "failed probes that portscan and sweep weigh, and neither is configured",
+                "add `detect portscan` and `detect sweep` (with `alert` if they should not block)",
+                code="missing-detector",
+            )
+            return
+        for name, keys in feeds.items():
+            short = policy.detectors.get(name)
+            if short is None:
+                for key in keys:
+                    if key in given:
+                        self.diags.warning(
+                            given[key],
+                            f"slowscan's '{key}' counts the probes that {name} weighs, but "
+                            f"there is no `detect {name}`: it never fires",
+                            f"add `detect {name} alert`, or leave '{key}' out",
+                        )
+                continue
+            if float(spec.params["within"]) <= float(short.params["within"]):  # type: ignore[arg-type]
+                self.diags.warning(
+                    given.get("within", stmt.name_span),
+                    f"slowscan's window ({spec.params['within']:g}s) is no longer than "
+                    f"{name}'s ({short.params['within']:g}s): it sees nothing {name} does not",
+                    "a long window is hours: within 6h",
+                )
 
     # ---- rules --------------------------------------------------------------------------------
 
