@@ -233,6 +233,8 @@ class ScanDetector(Detector):
             weight = self.weigh(probe)
             if weight > 0.0:
                 self._credit(probe, weight, now, out)
+            elif self.slow is not None and (probe.outcome == ANSWERED or probe.flow.replied):
+                self.slow.answered(self, probe)  # a target in use is no failure over hours
 
     def _credit(self, probe: Probe, weight: float, now: float, out: list[object]) -> None:
         entry = probe.entry

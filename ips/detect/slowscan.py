@@ -13,6 +13,10 @@ starts at the key's first weight, as the short windows do:
   hosts         distinct hosts, one source                          source          9000702
   distributed   distinct ports of one host, several sources         host            9000703
 
+A target the source later uses (its probe answered: a connection that carried data, a UDP
+reply) is taken back out of the source's long windows: over hours, every client meets a lost
+SYN or a server restarting, and a scanner's closed ports never answer.
+
 A key the short window has reported already (portscan or sweep fired on it) is not reported
 again by the long one in the same long window: a fast scan is one story, told once.
 
@@ -137,6 +141,17 @@ class SlowScan(Detector):
             self._host(probe, weight, now, out)
         else:
             self._port(probe, weight, now, out)
+
+    def answered(self, scan: ScanDetector, probe: Probe) -> None:
+        """`probe` was answered and used (it weighs nothing): a target the source failed on
+        earlier in its long window, and now uses, was not a failure (a lost SYN, a server
+        restarting, a browser's spare connection). The distributed view keeps what it got."""
+        if isinstance(scan, Sweep):
+            entry: ScanEntry | None = self.sources.get(probe.key)  # type: ignore[arg-type]
+        else:
+            entry = self.pairs.get(probe.key)  # type: ignore[arg-type]
+        if entry is not None and not entry.fired:
+            entry.score -= entry.weights.pop(probe.target, 0.0)
 
     def _port(self, probe: Probe, weight: float, now: float, out: list[object]) -> None:
         source, host = probe.key  # type: ignore[misc]
