@@ -30,7 +30,10 @@ CLIENT = "10.0.0.20"
 T0 = 1_700_000_000.0
 HOURS = 3600.0
 # The shipped detector lines, and the long window with its defaults.
-SHORT = ("detect portscan ports 15 within 60s block 10m", "detect sweep hosts 25 within 60s block 10m")
+SHORT = (
+    "detect portscan ports 15 within 60s block 10m",
+    "detect sweep hosts 25 within 60s block 10m",
+)
 
 
 def make(slow: str = "detect slowscan", *extra: str, short: tuple[str, ...] = SHORT) -> Engine:
@@ -137,12 +140,12 @@ def test_slow_sweep_of_hosts_and_used_targets_taken_back() -> None:
         host = f"10.0.2.{i}"
         effects += e.handle(tcp(CLIENT, host, 41000 + i, 443), now=t).effects  # lost
         effects += e.tick(t + GRACE + 1)
-        effects += e.handle(tcp(CLIENT, host, 42000 + i, 443), now=t + 30).effects
-        effects += e.handle(tcp(host, CLIENT, 443, 42000 + i, TCP_SYN | TCP_ACK), now=t + 30.01).effects
-        effects += e.handle(tcp(CLIENT, host, 42000 + i, 443, TCP_ACK | TCP_PSH, payload=b"hi"),
-                            now=t + 30.02).effects  # fmt: skip
-        effects += e.handle(tcp(host, CLIENT, 443, 42000 + i, TCP_ACK | TCP_PSH, payload=b"ok"),
-                            now=t + 30.03).effects  # fmt: skip
+        used = [tcp(CLIENT, host, 42000 + i, 443),
+                tcp(host, CLIENT, 443, 42000 + i, TCP_SYN | TCP_ACK),
+                tcp(CLIENT, host, 42000 + i, 443, TCP_ACK | TCP_PSH, payload=b"hi"),
+                tcp(host, CLIENT, 443, 42000 + i, TCP_ACK | TCP_PSH, payload=b"ok")]  # fmt: skip
+        for n, pkt in enumerate(used):
+            effects += e.handle(pkt, now=t + 30 + n * 0.01).effects
         effects += e.tick(t + 30 + GRACE + 1)
         t += 120
     assert alerts(effects) == []
@@ -184,6 +187,9 @@ def test_what_the_distributed_view_lets_through() -> None:
     # a split that covers fewer ports than the threshold
     assert alerts(split_scan(make(), 3, 6)) == []  # 18 < 20
     assert len(alerts(split_scan(make(), 3, 7), DISTRIBUTED)) == 1  # 21
+    # one source alone is the ports view's (here above 25 ports: none), never "distributed"
+    assert alerts(probe_ports(make("detect slowscan ports 30"), SCANNER, list(range(1, 26)),
+                              T0, every=5)) == []  # fmt: skip
 
 
 def test_even_with_block_the_distributed_view_only_alerts() -> None:
