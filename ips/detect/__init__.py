@@ -13,6 +13,9 @@ them); each detector has a block of 100:
   icmpflood  9000401 / 9000402  echo requests over the rate, per source / per destination
   synflood   9000501 / 9000502  SYNs over the rate, per source / per destination
   udpflood   9000601 / 9000602  unanswered UDP over the rate, per source / per destination
+  slowscan   9000701-9000703  over hours: ports of one host, hosts, ports of one host by
+                              several sources (a long window over portscan's and sweep's
+                              weights; alert-only by default)
 """
 
 from ips.detect.blocks import BlockManager

@@ -52,6 +52,7 @@ from ips.detect.scan import (
     answer_tuple,
     quoted_answer,
 )
+from ips.detect.slowscan import SlowScan
 from ips.detect.stealth import KIND_OF_FLAGS, Stealth
 from ips.policy.model import Policy
 
@@ -62,6 +63,7 @@ CLASSES: dict[str, Callable[..., Detector]] = {
     "icmpflood": IcmpFlood,
     "synflood": SynFlood,
     "udpflood": UdpFlood,
+    "slowscan": SlowScan,
 }
 
 _SFRA = TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK
@@ -116,6 +118,11 @@ class Detectors:
         self.scans: tuple[ScanDetector, ...] = tuple(
             d for d in (self.portscan, self.sweep) if d is not None
         )
+        # The long window hears every weight the scans give (also when a kept scan detector
+        # outlives a policy without `detect slowscan`: then it hears nothing).
+        self.slowscan: SlowScan | None = get("slowscan")  # type: ignore[assignment]
+        for scan in self.scans:
+            scan.slow = self.slowscan
         # TCP flags that need no detector on a flow's later packets
         quiet = []
         for flags in range(256):

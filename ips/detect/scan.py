@@ -41,14 +41,16 @@ for its answer, and only on its way back to the prober: a forged error cannot ma
 innocent host look like a scanner without knowing its connection's ports.
 
 Known limits: scanners slower than `ports` per `within` are not seen (every window detector
-shares this); with asymmetric routing (we see no answers) everything looks unanswered —
-put such sources in `ignore`.
+shares this; `detect slowscan` keeps a long window over the same weights: slowscan.py); with
+asymmetric routing (we see no answers) everything looks unanswered — put such sources in
+`ignore`.
 """
 
 from __future__ import annotations
 
 import struct
 from collections import deque
+from typing import TYPE_CHECKING
 
 from ips.core.addr import format_addr
 from ips.core.flow import Flow
@@ -64,6 +66,9 @@ from ips.core.packet import (
 )
 from ips.detect.common import TARGETS_SHOWN, Detector, addr_list
 from ips.policy.model import DetectSpec
+
+if TYPE_CHECKING:
+    from ips.detect.slowscan import SlowScan
 
 GRACE = 2.0  # seconds a probe waits for its answer; TCP's first SYN retransmit is at 1 s
 RESOLVE_PER_PACKET = 16  # overdue probes weighed per observed probe (the rest: tick)
@@ -138,6 +143,7 @@ class ScanDetector(Detector):
         self.entries: dict[object, ScanEntry] = {}  # in order of window start
         self.pending: deque[Probe] = deque()  # in order of due
         self.index: dict[Tuple5, Probe] = {}  # answer 5-tuple -> pending probe
+        self.slow: SlowScan | None = None  # `detect slowscan`, told every weight (Detectors)
 
     def tracked(self) -> int:
         return len(self.entries)
@@ -227,6 +233,8 @@ class ScanDetector(Detector):
             weight = self.weigh(probe)
             if weight > 0.0:
                 self._credit(probe, weight, now, out)
+            elif self.slow is not None and (probe.outcome == ANSWERED or probe.flow.replied):
+                self.slow.answered(self, probe)  # a target in use is no failure over hours
 
     def _credit(self, probe: Probe, weight: float, now: float, out: list[object]) -> None:
         entry = probe.entry
@@ -239,6 +247,8 @@ class ScanDetector(Detector):
         if entry.score >= self.threshold - _EPS:
             entry.fired = True
             self.fire(entry, probe, now, out)
+        if self.slow is not None:
+            self.slow.credit(self, probe, weight, now, out)  # its long window (slowscan.py)
 
     def tick(self, now: float, out: list[object]) -> None:
         self.resolve(now, RESOLVE_PER_TICK, out)

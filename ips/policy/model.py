@@ -198,6 +198,13 @@ DETECTORS: dict[str, DetectorSchema] = {
         {"rate": 5000.0, "per": "src"},
         "limit",
     ),
+    # A long window over what portscan and sweep weigh (ips/detect/slowscan.py); "distributed"
+    # is None when off. It only alerts unless told to block: its evidence is hours old.
+    "slowscan": DetectorSchema(
+        frozenset({"ports", "hosts", "distributed", "within", "block", "alert", "ignore"}),
+        {"ports": 15, "hosts": 50, "distributed": 20, "within": 21600.0},
+        "alert",
+    ),
 }
 
 # Detector alerts use signature ids from this reserved range (one block of 100 per detector,

@@ -39,18 +39,19 @@ LOWER = {
     "translate": {"core", "policy"},
     "detect": {"core", "policy"},
     "engine": {"core", "policy", "detect", "translate"},
-    "kernel": {"core", "policy", "translate"},
+    "kernel": {"core", "policy", "translate", "safefile"},
     "io": {"core", "policy", "detect", "translate", "engine", "kernel"},
-    "sinks": {"core", "policy", "engine"},
+    "sinks": {"core", "policy", "engine", "safefile"},
     "control": {"core", "policy", "engine"},
     "views": {"core", "policy", "engine", "control", "sinks"},
     "heap": set(),
+    "safefile": set(),
     "privileges": set(),
     "lab": {"core"},
-    "replay": {"core", "policy", "detect", "engine", "io", "sinks"},
+    "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile"},
     "daemon": {
         "core", "policy", "translate", "detect", "engine", "kernel", "io", "sinks", "control",
-        "views", "heap", "privileges", "replay",
+        "views", "heap", "privileges", "replay", "safefile",
     },
 }
 LOWER["cli"] = set(LOWER)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from ips.policy import ast
 from ips.policy.diagnostics import Span, did_you_mean
-from ips.policy.model import BAN_TABLE, DETECTORS, DetectSpec
+from ips.policy.model import BAN_TABLE, DETECTORS, DetectSpec, Policy
 from ips.policy.resolve.values import Values
 
 DEFAULT_BLOCK_SECONDS = 600.0  # `block` without a duration
@@ -118,9 +118,67 @@ class DetectorResolver:
         if key == "block" and isinstance(opt.value, ast.Item):
             draft.params["block"] = self.values.duration(opt.value)
 
+    def distributed(self, key: str, opt: ast.DetectOpt, draft: DetectorDraft) -> None:
+        """slowscan's `distributed N` (ports of one host, several sources) or `off`."""
+        value = opt.value
+        assert isinstance(value, ast.Item)
+        if value.kind == "int" and value.lo >= 1:
+            draft.params[key] = value.lo
+            return
+        draft.params[key] = None
+        if value.text != "off":
+            self.diags.error(
+                value.span,
+                f"'distributed {value.text}': give a number of ports (at least 1) or off",
+                did_you_mean(value.text, ("off",)),
+                code="bad-value",
+            )
+
     def ignore(self, key: str, opt: ast.DetectOpt, draft: DetectorDraft) -> None:
         assert isinstance(opt.value, ast.Value)
         draft.params["ignore"] = self.values.addr(opt.value, allow_dynamic=False)
+
+    # ---- what needs the whole policy ----------------------------------------------------------
+
+    def check_slowscan(self, policy: Policy, statements: list[ast.Statement]) -> None:
+        """`detect slowscan` is a long window over the weights portscan and sweep give: check
+        that they are there to give them, and that its window is the longer one."""
+        spec = policy.detectors.get("slowscan")
+        if spec is None:
+            return
+        stmt = next(s for s in statements if isinstance(s, ast.DetectStmt) and s.span == spec.span)
+        given = {opt.key: opt.span for opt in stmt.opts}
+        feeds = {"portscan": ("ports", "distributed"), "sweep": ("hosts",)}
+        if not any(name in policy.detectors for name in feeds):
+            self.diags.error(
+                stmt.name_span,
+                "detector 'slowscan' has nothing to count: it keeps a long window over the "
+                "failed probes that portscan and sweep weigh, and neither is configured",
+                "add `detect portscan` and `detect sweep` (with `alert` if they should not block)",
+                code="missing-detector",
+            )
+            return
+        for name, keys in feeds.items():
+            short = policy.detectors.get(name)
+            if short is None:
+                for key in keys:
+                    if key in given:
+                        self.diags.warning(
+                            given[key],
+                            f"slowscan's '{key}' counts the probes that {name} weighs, but "
+                            f"there is no `detect {name}`: it never fires",
+                            f"add `detect {name} alert`, or leave '{key}' out",
+                        )
+                continue
+            long_window = float(spec.params["within"])  # type: ignore[arg-type]
+            short_window = float(short.params["within"])  # type: ignore[arg-type]
+            if long_window <= short_window:
+                self.diags.warning(
+                    given.get("within", stmt.name_span),
+                    f"slowscan's window ({long_window:g}s) is no longer than "
+                    f"{name}'s ({short_window:g}s): it sees nothing {name} does not",
+                    "a long window is hours: within 6h",
+                )
 
     # ---- a detector that blocks ------------------------------------------------------------------
 
@@ -168,5 +226,6 @@ OPTIONS: dict[str, Callable[[DetectorResolver, str, ast.DetectOpt, DetectorDraft
     "block": DetectorResolver.response,
     "limit": DetectorResolver.response,
     "alert": DetectorResolver.response,
+    "distributed": DetectorResolver.distributed,
     "ignore": DetectorResolver.ignore,
 }

@@ -67,6 +67,7 @@ class Resolver:
             handler = STATEMENTS.get(type(stmt))
             if handler is not None:
                 handler(self, stmt, policy)
+        self.detectors.check_slowscan(policy, statements)
         return policy
 
     # ---- one handler per statement (defines and tables are declared before) ----------------------
