@@ -238,6 +238,9 @@ class QueueWorker(EngineAdapter):
             self._nfq = None
         self.replies.close()
 
+    def stats_sections(self) -> dict[str, object]:
+        return {"nfq_client": self.client_stats()}
+
     def client_stats(self) -> dict[str, object]:
         """Which client reads the queue and, for ours, what it counted going wrong."""
         stats: dict[str, object] = {"client": self.client_name}
