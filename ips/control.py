@@ -176,7 +176,7 @@ def refusal(op: object, uid: int) -> Refusal | None:
     """The answer to a peer that may not run `op`, or None when it may. Whoever reached the
     socket passed its file permissions (root or group ipsctl): the group gets the read-only
     ops, root everything."""
-    if uid == 0 or (isinstance(op, str) and PERMISSIONS.get(op) is Access.GROUP):
+    if uid == 0 or (isinstance(op, str) and op in READ_ONLY_OPS):
         return None
     return {"ok": False, "error": f"'{op}' needs root (peer uid {uid})"}
 

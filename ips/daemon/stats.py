@@ -14,7 +14,7 @@ from ips.daemon.config import DaemonConfig
 from ips.engine import Engine
 from ips.io.adapter import PacketAdapter
 from ips.kernel.probe import read_queue_stats
-from ips.kernel.ruleset import BLOCK_TABLE
+from ips.kernel.ruleset import BLOCK_TABLE, RuleCounter
 
 
 class WorkerLink(Protocol):
@@ -227,7 +227,7 @@ class AlertFeed:
 
 
 
-def counter_packets(counters: Any, comment: str) -> int:
+def counter_packets(counters: dict[str, RuleCounter], comment: str) -> int:
     c = counters.get(comment) if isinstance(counters, dict) else None
     return int(c.packets) if c is not None else 0
 

@@ -2,8 +2,8 @@
 
 One `QueueWorker` owns one queue. Its loop is single-threaded: `select` over the queue's
 netlink socket and a control pipe, so it can also run timers (flow expiry) and answer the
-daemon (reload, stats) without a lock. It runs in its own process (see ips/daemon.py) so a
-hung worker can be killed and replaced.
+daemon (reload, stats) without a lock. It runs in its own process (see
+ips/daemon/worker.py) so a hung worker can be killed and replaced.
 
 Two clients of the queue: our own (ips/io/nfqnl.py, the default), which sends the verdicts
 of plain accepts as NFQNL_MSG_VERDICT_BATCH runs, and the netfilterqueue binding (one verdict
