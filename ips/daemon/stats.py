@@ -53,8 +53,6 @@ def _flow_stats(engine: Engine) -> dict[str, int]:
             "evicted": f.evicted, "reused": f.reused}  # fmt: skip
 
 
-
-
 def engine_blocks(engine: Engine) -> int | None:
     """Members of the engine's block table (its mirror of the kernel set)."""
     table = getattr(engine, "tables", {}).get(BLOCK_TABLE)
@@ -142,7 +140,6 @@ class Counters:
     block_kernel_errors: int = 0  # nft refused a manual block operation
 
 
-
 def merge_stats(replies: list[dict[str, Any]]) -> dict[str, Any]:
     """Several workers' answers as one: numbers summed, dicts merged key by key, lists of
     dicts (per-rule hits: the same rules in the same order) merged item by item; anything
@@ -224,7 +221,6 @@ class AlertFeed:
             limit = max(1, min(limit, self.KEEP))
             fresh = [a for a in self.recent if a["seq"] > since][-limit:]
             return {"ok": True, "seq": self.seq, "alerts": fresh}
-
 
 
 def counter_packets(counters: dict[str, RuleCounter], comment: str) -> int:

@@ -69,7 +69,6 @@ def own_addresses() -> list[str]:
         return []
 
 
-
 class WorkerFailed(RuntimeError):
     """The worker could not start its packet source (no such interface, …): fatal at start."""
 
