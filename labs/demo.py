@@ -112,7 +112,7 @@ def verdict_table(status: dict) -> str:  # type: ignore[type-arg]
 
 
 def run_live() -> int:
-    from ips.daemon import request
+    from ips.control import request
     from ips.lab import netns
 
     if os.geteuid() != 0:

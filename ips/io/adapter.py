@@ -1,12 +1,24 @@
-"""What the NFQUEUE and tap adapters share: the engine, where its effects go, and the
-heartbeat inside long bursts. The daemon's worker loop drives an adapter through bind() (an
-fd to select on), process_pending(), effects() and unbind()."""
+"""The packet adapter: how the daemon's worker loop (ips/daemon/worker.py) holds any of the
+ways packets reach the engine, and what the NFQUEUE and tap adapters share.
+
+    adapter                     reads                          verdicts
+    QueueWorker  (nfqueue.py)   an NFQUEUE queue (+ NFLOG)     enforced
+    DivertWorker (divert.py)    a pydivert handle              enforced
+    TapWorker    (tap.py)       an interface's frames          recorded as would_…
+
+(Captures, ips/io/pcap.py, are read by `ipsctl replay` straight into the engine: no loop, no
+verdicts to give, so no adapter.)
+
+The loop: bind() gives an fd to wait on, process_pending() when it is readable, effects()
+for what the engine's tick makes, unbind() at the end; the rest of PacketAdapter is what the
+worker's control commands ask of it.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ips.engine import Engine
 
@@ -16,7 +28,81 @@ if TYPE_CHECKING:
 BUSY_EVERY = 1024  # packets between two calls of on_busy inside one long burst
 
 
+class BlockWriter(Protocol):
+    """Where an adapter writes its engine's Block/Unblock effects: the kernel's sets
+    (ips.kernel.blocks.KernelBlocks) or the divert backend's ban set (UserBlocks)."""
+
+    @property
+    def pending(self) -> bool: ...
+
+    def note(self, effects: Iterable[object]) -> bool: ...
+
+    def overdue(self) -> bool: ...
+
+    def flush(self) -> None: ...
+
+    def stats(self) -> dict[str, object]: ...
+
+
+class ReplyCounts(Protocol):
+    """The reject replies an adapter sent, and those it could not send."""
+
+    sent: int
+    failed: int
+
+
+class PacketAdapter(Protocol):
+    engine: Engine
+    on_events: Callable[[list[object]], None] | None
+    blocks: BlockWriter | None
+    replies: ReplyCounts
+    verdict_errors: int  # verdicts the kernel did not take
+    mode: str  # "inline": verdicts enforced; "tap": only recorded
+    copy_fd: int | None  # a second fd to wait on, once bound (NFQUEUE: offload's copies)
+
+    def bind(self) -> int:
+        """Start reading; the fd that is readable when packets wait."""
+        ...
+
+    def unbind(self) -> None:
+        """Stop reading (an inline queue's fail mode covers the packets from now on)."""
+        ...
+
+    def process_pending(self) -> None:
+        """Judge every packet waiting."""
+        ...
+
+    def process_copies(self) -> None:
+        """Read what waits on copy_fd."""
+        ...
+
+    def effects(self, effects: list[object]) -> None:
+        """Effects without a packet (the engine's tick, manual blocks, flows ended at stop)."""
+        ...
+
+    def policy_loaded(self) -> None:
+        """The engine has a new policy (divert: its filter follows)."""
+        ...
+
+    def command(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """Answer a control message that is the adapter's own (divert's ban set); None for
+        every other."""
+        ...
+
+    def stats_sections(self) -> dict[str, object]:
+        """The adapter's own sections of the worker's stats: {"tap": …}, {"divert": …} or
+        {"nfq_client": …}."""
+        ...
+
+
 class EngineAdapter:
+    """The engine, where its effects go, and the heartbeat inside long bursts: what the
+    NFQUEUE and tap adapters share (a PacketAdapter without packets of its own)."""
+
+    mode = "inline"
+    copy_fd: int | None = None
+    replies: ReplyCounts
+
     def __init__(
         self,
         engine: Engine,
@@ -35,6 +121,18 @@ class EngineAdapter:
         self.on_busy = on_busy
         self.verdict_errors = 0
         self._count = 0
+
+    def process_copies(self) -> None:
+        """Nothing: only NFQUEUE has a second source."""
+
+    def policy_loaded(self) -> None:
+        """Nothing: the engine's new policy is all there is to it."""
+
+    def command(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    def stats_sections(self) -> dict[str, object]:
+        return {}
 
     def effects(self, effects: list[object]) -> None:
         """Effects that did not come with a packet (the engine's tick, manual operations):

@@ -343,9 +343,11 @@ class _ReaderThread:
 
 
 class DivertWorker:
-    """Opens a divert handle and runs the engine over its packets. The same interface as
-    ips.io.nfqueue.QueueWorker: bind() -> fd, process_pending(), effects(), unbind(),
-    verdict_errors, replies, blocks — so the daemon's worker loop runs either."""
+    """Opens a divert handle and runs the engine over its packets: a PacketAdapter
+    (ips/io/adapter.py), so the daemon's worker loop runs it as it runs QueueWorker."""
+
+    mode = "inline"
+    copy_fd: int | None = None  # one source: the handle
 
     def __init__(
         self,
@@ -592,6 +594,20 @@ class DivertWorker:
             with contextlib.suppress(Exception):
                 print(f"ipsctl: divert: {message}", file=self.log, flush=True)
 
+    def process_copies(self) -> None:
+        """Nothing: no copies here (copy_fd is None)."""
+
+    def policy_loaded(self) -> None:
+        """The filter follows the policy."""
+        self.refilter()
+
+    def command(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """The ban set's ops (ban_…) are this worker's: it holds the set."""
+        return self.ban_command(msg) if str(msg.get("op")).startswith("ban_") else None
+
+    def stats_sections(self) -> dict[str, object]:
+        return {"divert": self.stats()}
+
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {"layer": self.layer_name, "filter": self.filter,
                                   "reopens": self.reopens,
@@ -627,12 +643,14 @@ class DivertWorker:
 
 
 class UserspaceDiversion:
-    """What the daemon's supervisor talks to instead of ips.kernel.diversion.Diversion when
-    the backend is divert: nothing to install in a kernel; blocks are the worker's ban set
-    (asked over the worker's pipe), or the bans file when no worker runs."""
+    """The Diversion (ips/kernel/diversion.py) of the divert backend: nothing to install in
+    a kernel; blocks are the worker's ban set (asked over the worker's pipe), or the bans
+    file when no worker runs."""
 
     kernel_rules = 0
-    backend = "divert"
+    backend: str | None = "divert"
+    offload_generation: int | None = None  # no offload: nothing in a kernel to hand flows to
+    copies = False
 
     def __init__(self, hooks: Iterable[str], fail_open: bool, bans_path: str | Path,
                  worker: Callable[[], Any]) -> None:  # fmt: skip
@@ -659,7 +677,7 @@ class UserspaceDiversion:
         if not ok:
             raise DivertError(f"the divert backend cannot run here: {why}")
 
-    def update(self, policy: object) -> None:
+    def update(self, policy: object, offload: bool = True) -> None:
         """The worker re-filters when its engine loads the policy."""
 
     def remove(self) -> None:

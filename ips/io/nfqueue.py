@@ -2,8 +2,8 @@
 
 One `QueueWorker` owns one queue. Its loop is single-threaded: `select` over the queue's
 netlink socket and a control pipe, so it can also run timers (flow expiry) and answer the
-daemon (reload, stats) without a lock. It runs in its own process (see ips/daemon.py) so a
-hung worker can be killed and replaced.
+daemon (reload, stats) without a lock. It runs in its own process (see
+ips/daemon/worker.py) so a hung worker can be killed and replaced.
 
 Two clients of the queue: our own (ips/io/nfqnl.py, the default), which sends the verdicts
 of plain accepts as NFQNL_MSG_VERDICT_BATCH runs, and the netfilterqueue binding (one verdict
@@ -237,6 +237,9 @@ class QueueWorker(EngineAdapter):
             self._nfq.unbind()
             self._nfq = None
         self.replies.close()
+
+    def stats_sections(self) -> dict[str, object]:
+        return {"nfq_client": self.client_stats()}
 
     def client_stats(self) -> dict[str, object]:
         """Which client reads the queue and, for ours, what it counted going wrong."""

@@ -127,6 +127,8 @@ class _NoReplies:
 class TapWorker(EngineAdapter):
     """Reads one interface's frames (AF_PACKET) and runs the engine over them, passively."""
 
+    mode = "tap"
+
     def __init__(
         self,
         iface: str,
@@ -238,6 +240,9 @@ class TapWorker(EngineAdapter):
         packets, drops = struct.unpack("II", raw)
         self.kernel_packets += packets
         self.kernel_drops += drops
+
+    def stats_sections(self) -> dict[str, object]:
+        return {"tap": self.stats()}
 
     def stats(self) -> dict[str, object]:
         if self._sock is not None:

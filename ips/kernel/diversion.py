@@ -1,6 +1,12 @@
-"""How packets reach the daemon, as one object: the `inet ipsctl` table (fast path, sets, and
-the `queue` statement where the kernel has it) plus, where it has not, the iptables fallback
-chain. The daemon only talks to this.
+"""The diversion: how packets are steered to the daemon, and where its blocks live.
+
+The daemon's supervisor holds one Diversion (the protocol below) and talks to nothing else of
+the kernel:
+    NftDiversion          (here)              the `inet ipsctl` table (fast path, sets, and the
+                                              `queue` statement where the kernel has it) plus,
+                                              where it has not, the iptables fallback chain
+    UserspaceDiversion    (ips/io/divert.py)  nothing in a kernel: pydivert diverts in the
+                                              worker, blocks are its ban set
 
 Start after a killed daemon: its iptables jumps are removed, but its nft table is kept and
 the new policy is applied over it in one transaction (chains flushed and refilled, sets kept),
@@ -11,7 +17,8 @@ from __future__ import annotations
 
 import random
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 from ips.kernel.iptables import IptablesDiversion
 from ips.kernel.nft import KernelError, Nft
@@ -30,7 +37,66 @@ from ips.translate.nft import (
 )
 
 
-class Diversion:
+class BlockSets(Protocol):
+    """The members of the block sets as elements, for saving and restoring them."""
+
+    def elements(self, table: str) -> list[SetElement]: ...
+
+    def replace_elements(
+        self, table: str, addrs: Iterable[Address], timeout: float | None,
+        comment: str | None = None, expires: float | None = None,
+    ) -> None: ...  # fmt: skip
+
+
+class Diversion(Protocol):
+    backend: str | None  # what diverts: "nft", "iptables", "tap", "divert"; None: nothing
+    kernel_rules: int  # the policy's rules decided in the kernel (the fast path)
+    offload_generation: int | None  # None: no offload with this diversion
+
+    @property
+    def copies(self) -> bool:
+        """Whether offload passes a connection's first data with a copy to the worker."""
+        ...
+
+    @property
+    def nft(self) -> BlockSets:
+        """The block sets, for saving them at stop and restoring them at start."""
+        ...
+
+    def remove_stale(self) -> None:
+        """Before install(): what a killed daemon left that must go first."""
+        ...
+
+    def install(self, policy: Policy) -> None: ...
+
+    def update(self, policy: Policy, offload: bool = True) -> None:
+        """The kernel part of a new policy; offload=False: without offloading anything."""
+        ...
+
+    def remove(self) -> None: ...
+
+    def counters(self) -> dict[str, RuleCounter]:
+        """The rules' counters by comment; {} when they cannot be read."""
+        ...
+
+    def kernel_hits(self, counters: dict[str, RuleCounter] | None = None) -> dict[str, int]: ...
+
+    def block_drops(self, counters: dict[str, RuleCounter] | None = None) -> int: ...
+
+    def describe(self) -> dict[str, object]: ...
+
+    def blocks(self) -> list[SetElement]: ...
+
+    def block(self, addr: Address, ttl: float | None, comment: str) -> None: ...
+
+    def unblock(self, addr: Address) -> bool: ...
+
+    def flush_blocks(self) -> None: ...
+
+
+class NftDiversion:
+    """A Diversion in the kernel: nftables, and iptables where nft has no `queue`."""
+
     def __init__(
         self,
         queue: int = 0,

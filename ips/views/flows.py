@@ -1,7 +1,8 @@
 """Active connections for `ipsctl flows` and `ipsctl top`: filter, sort, group, bounded.
 
-Runs in the worker (op "flows", over its FlowTable) and returns plain rows; the CLI formats
-them. A filter is words, all of which must hold (tcpdump-like, a small fixed syntax):
+Runs in the worker (op "flows", over its FlowTable) and returns plain rows; format_flows and
+flows_csv (at the end) write them for the CLI. A filter is words, all of which must hold
+(tcpdump-like, a small fixed syntax):
 
     proto tcp|udp|icmp|icmpv6|sctp|N     the flow's protocol
     host A | src A | dst A               an address or network (CIDR), at either end / the
@@ -15,7 +16,9 @@ e.g. `proto tcp dport 80`, `src 10.10.1.0/24 and state established`.
 
 from __future__ import annotations
 
+import csv
 import heapq
+import io
 import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -182,3 +185,37 @@ def select_flows(
             label = format_addr(k)
         groups.append({"key": label, "flows": n, "packets": pkts, "bytes": nbytes})
     return {"ok": True, "total": len(chosen), "groups": groups}
+
+
+# ---- as text ------------------------------------------------------------------------------------
+
+CSV_FIELDS = ("id", "proto", "src", "sport", "dst", "dport", "packets", "bytes", "bytes_fwd",
+              "bytes_rev", "duration", "idle", "state")  # fmt: skip
+
+
+def format_flows(rows: list[dict[str, Any]], total: int) -> str:
+    if not rows:
+        return "no flows" + (f" (of {total})" if total else "")
+    lines = [f"{'PROTO':<6} {'SOURCE':<45} {'DESTINATION':<45} {'PKTS':>8} {'BYTES':>10} "
+             f"{'DURATION':>9}  STATE"]  # fmt: skip
+    for r in rows:
+        src = _endpoint(r["src"], r["sport"], r["proto"])
+        dst = _endpoint(r["dst"], r["dport"], r["proto"])
+        lines.append(f"{r['proto']:<6} {src:<45} {dst:<45} {r['packets']:>8} {r['bytes']:>10} "
+                     f"{r['duration']:>8.1f}s  {r['state']}")  # fmt: skip
+    lines.append(f"{len(rows)} of {total} flow{'s' if total != 1 else ''}")
+    return "\n".join(lines)
+
+
+def _endpoint(addr: str, port: int, proto: str) -> str:
+    if proto not in ("tcp", "udp", "sctp", "udplite"):
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def flows_csv(rows: list[dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from labkit import ATTACKER, CLIENT, GATEWAY_RULES, SERVER, InlineLab, inline_lab, wait_until
 
-from ips import daemon as d
+from ips import control
+from ips.daemon import supervisor
 from ips.engine import Engine
 
 GW = "10.10.1.1"  # the gateway's own LAN address
@@ -204,7 +205,7 @@ def test_only_root_may_change_blocks(tmp_path: Path) -> None:
 def test_so_peercred_gives_the_uid_of_the_client_and_non_root_is_refused() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (to become another user)")
-    server = object.__new__(d.Daemon)  # only _handle/_dispatch: no kernel, no worker
+    server = object.__new__(supervisor.Daemon)  # only _handle/_dispatch: no kernel, no worker
     server.blocks_list = lambda: {"ok": True, "blocks": []}  # type: ignore[method-assign]
     server.blocks_add = lambda *a: pytest.fail("reached blocks_add")  # type: ignore[method-assign]
     # SO_PEERCRED gives the credentials of connect() time: the client connects once it is
@@ -222,13 +223,13 @@ def test_so_peercred_gives_the_uid_of_the_client_and_non_root_is_refused() -> No
             c.settimeout(10)
             c.connect(listener.getsockname())
             c.sendall(b'{"op": "blocks_add", "addr": "192.0.2.1"}\n')
-            reply = json.loads(d._read_line(c))
+            reply = json.loads(control.read_line(c))
             os._exit(0 if "needs root (peer uid 65534)" in reply["error"] else 3)
         finally:
             os._exit(4)
     try:
         conn, _ = listener.accept()
-        assert d.peer_uid(conn) == 65534
+        assert control.peer_uid(conn) == 65534
         server._handle(conn)  # reads the request, answers, closes
     finally:
         listener.close()

@@ -256,3 +256,20 @@ def test_spoofed_scans_from_a_trusted_address_never_block_it(tmp_path: Path) -> 
         assert out.stdout.strip() == "sent 70", out.stderr
         assert wait_until(lambda: ATTACKER in box.kernel_blocks(), timeout=5)
         assert CLIENT not in box.kernel_blocks()
+
+
+def test_every_control_command_has_its_permission_and_the_views_alone_are_open() -> None:
+    """The server refuses by the table, not by the order of its handlers: every command is
+    in the table, the group gets exactly the read-only views, and an op the table does not
+    know needs root too (a non-root peer learns nothing of which ops exist)."""
+    from ips.control import PERMISSIONS, READ_ONLY_OPS, refusal
+    from ips.daemon.commands import COMMANDS
+
+    assert set(COMMANDS) == set(PERMISSIONS)
+    assert {"status", "blocks_list", "flows", "alerts"} == READ_ONLY_OPS
+    for op in PERMISSIONS:
+        assert refusal(op, 0) is None
+        assert (refusal(op, 1000) is None) == (op in READ_ONLY_OPS)
+    assert refusal("no_such_op", 1000) == {
+        "ok": False, "error": "'no_such_op' needs root (peer uid 1000)"}  # fmt: skip
+    assert refusal(["status"], 1000) is not None  # not even a name

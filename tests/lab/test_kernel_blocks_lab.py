@@ -96,14 +96,14 @@ def test_block_effects_reach_the_kernel_in_well_under_a_millisecond(ns: str) -> 
 
 def test_a_start_over_a_killed_daemons_table_keeps_its_blocks(ns: str) -> None:
     got = run_in(ns, """
-        from ips.kernel.diversion import Diversion
+        from ips.kernel.diversion import NftDiversion
         from ips.kernel.probe import Capabilities
         nft = Nft()
         nft.apply(load_policy_text("drop proto udp to port 9\\n", "old.rules"),
                   NftPlan(hooks=("input",)))
         nft.replace_elements("banned", ["192.0.2.1"], 600, "portscan|1|x")
         caps = Capabilities(root=True, nft_library=True, timeout_sets=True, iptables_nfqueue=True)
-        d = Diversion(hooks=("forward",), caps=caps)
+        d = NftDiversion(hooks=("forward",), caps=caps)
         d.remove_stale()
         d.install(POLICY)
         members = [[e.addr, e.comment] for e in d.blocks()]

@@ -19,7 +19,7 @@ from pathlib import Path
 from labkit import ATTACKER, CLIENT, SERVER, InlineLab, inline_lab, wait_until
 from test_attacks import attack_policy
 
-from ips.daemon import request
+from ips.control import request
 
 NMAP = ["nmap", "-sS", "-Pn", "-n", "-T4", "--max-retries", "0", "--host-timeout", "20s",
         "-p", "1-100", SERVER]  # fmt: skip

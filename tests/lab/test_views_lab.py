@@ -33,7 +33,7 @@ NOBODY = 65534
 # interpreter lives where that user cannot read.
 AS_NOBODY = """
 import os, sys
-import ips.cli, ips.daemon, ips.views.commands, ips.views.top, rich.live
+import ips.cli, ips.control, ips.daemon, ips.views.top, rich.live
 from rich.console import Console
 from ips.views.top import TopState, render
 with open(os.devnull, "w") as sink:

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from ips import daemon as d
+from ips.daemon import stats, supervisor
+from ips.daemon.worker import Worker, make_engine
 from ips.engine import Engine
 from ips.policy.resolve import load_policy_text
 
@@ -76,19 +77,19 @@ def test_manual_operations_reach_the_engine_and_the_eve_log_not_the_kernel_again
     engine, worker = FakeEngine(), FakeWorker()
     a = ipaddress.ip_address(ATTACKER).packed
     msg = {"op": "block", "addr": ATTACKER, "ttl": 60.0, "reason": "why", "time": 5.0}
-    reply = d._worker_command(msg, engine, worker)  # type: ignore[arg-type]
+    reply = Worker(engine, worker).command(msg)  # type: ignore[arg-type]
     assert reply == {"ok": True, "engine": True, "count": 1, "detector": "manual", "offense": 3}
     assert engine.calls == [("block", a, 5.0, 60.0, "why")]
     assert [type(e).__name__ for e in worker.events] == ["Block"]
-    refused = d._worker_command({**msg, "addr": GW}, engine, worker)  # type: ignore[arg-type]
+    refused = Worker(engine, worker).command({**msg, "addr": GW})  # type: ignore[arg-type]
     assert refused["engine"] is False
-    reply = d._worker_command({"op": "unblock", "addr": ATTACKER, "time": 6.0}, engine, worker)  # type: ignore[arg-type]
+    reply = Worker(engine, worker).command({"op": "unblock", "addr": ATTACKER, "time": 6.0})  # type: ignore[arg-type]
     assert reply["count"] == 1 and engine.calls[-1] == ("unblock", a, 6.0, "manual")
     engine.tables["banned"] = type("T", (), {"members": {a: 9.0, b"\x0a\x00\x00\x01": 9.0}})()
-    reply = d._worker_command({"op": "unblock_all", "reason": "flush"}, engine, worker)  # type: ignore[arg-type]
+    reply = Worker(engine, worker).command({"op": "unblock_all", "reason": "flush"})  # type: ignore[arg-type]
     assert reply["count"] == 2 and len(worker.events) == 4
     # an engine without blocks (before the detectors): answered, nothing told
-    plain = d._worker_command(msg, object(), worker)  # type: ignore[arg-type]
+    plain = Worker(object(), worker).command(msg)  # type: ignore[arg-type]
     assert plain == {"ok": True, "engine": False, "count": 0}
 
 
@@ -97,7 +98,7 @@ def test_a_late_answer_of_the_worker_is_not_taken_for_the_next_one() -> None:
     import threading
     import time
 
-    handle = object.__new__(d.WorkerHandle)
+    handle = object.__new__(supervisor.WorkerHandle)
     handle.conn, child = mp.Pipe()
     handle.lock = threading.Lock()
     handle._ids = iter(range(1, 100))  # type: ignore[assignment]
@@ -119,14 +120,14 @@ def test_a_late_answer_of_the_worker_is_not_taken_for_the_next_one() -> None:
 
 def test_never_block_goes_to_the_engine_when_it_takes_it() -> None:
     policy = load_policy_text("table banned dynamic timeout 1h\ndrop from @banned\n", "p.rules")
-    d.make_engine(policy, 1000, [f"{GW}/32"])
+    make_engine(policy, 1000, [f"{GW}/32"])
     if "never_block" not in inspect.signature(Engine).parameters:
         return  # an engine without detectors yet: made without it
     with pytest.raises(ValueError):  # it was handed over: the engine checks it
-        d.make_engine(policy, 1000, ["10.10.1.300/32"])
+        make_engine(policy, 1000, ["10.10.1.300/32"])
     # manual blocks are the operator's: the engine takes them (the daemon refuses a
     # never-block address itself unless --force)
-    engine = d.make_engine(policy, 1000, [f"{GW}/32"])
+    engine = make_engine(policy, 1000, [f"{GW}/32"])
     assert engine.block(ipaddress.ip_address(GW).packed, 0.0, 60.0) is not None
 
 
@@ -141,7 +142,7 @@ def test_detectors_never_block_the_gateways_own_addresses() -> None:
         "table banned dynamic timeout 1h\ndrop from @banned\naccept\n"
         "detect stealth count 1 within 60s block 1h\n", "p.rules",
     )  # fmt: skip
-    engine = d.make_engine(policy, 1000, [f"{GW}/32"])
+    engine = make_engine(policy, 1000, [f"{GW}/32"])
     blocks: dict[str, list[object]] = {}
     for src in (GW, ATTACKER):
         for i in range(3):
@@ -154,7 +155,7 @@ def test_detectors_never_block_the_gateways_own_addresses() -> None:
 
 
 def test_own_addresses_are_host_networks() -> None:
-    addrs = d.own_addresses()
+    addrs = supervisor.own_addresses()
     assert all(ipaddress.ip_network(a).num_addresses == 1 for a in addrs)
     if os.path.exists("/proc/net/if_inet6") or addrs:
         assert "127.0.0.1/32" in addrs
@@ -168,7 +169,7 @@ def test_detector_counters_are_read_whatever_their_shape() -> None:
     class E1:
         stats = Stats()
 
-    assert d.detector_stats(E1()) == {"portscan": {"alerts": 2, "blocks": 1}}
+    assert stats.detector_stats(E1()) == {"portscan": {"alerts": 2, "blocks": 1}}
     from collections import Counter
 
     class EngineStats:
@@ -180,7 +181,7 @@ def test_detector_counters_are_read_whatever_their_shape() -> None:
         stats = EngineStats()
         policy = None
 
-    assert d.detector_stats(E0()) == {
+    assert stats.detector_stats(E0()) == {
         "icmpflood": {"alerts": 0, "drops": 7},
         "portscan": {"alerts": 3, "drops": 0},
     }
@@ -193,8 +194,8 @@ def test_detector_counters_are_read_whatever_their_shape() -> None:
             self.stats = object()
             self.detectors = [Det()]
 
-    assert d.detector_stats(E2()) == {"sweep": {"alerts": 4, "blocks": 2}}
-    assert d.detector_stats(type("E3", (), {"stats": object()})()) == {}
+    assert stats.detector_stats(E2()) == {"sweep": {"alerts": 4, "blocks": 2}}
+    assert stats.detector_stats(type("E3", (), {"stats": object()})()) == {}
 
 
 @pytest.mark.parametrize(
@@ -202,9 +203,9 @@ def test_detector_counters_are_read_whatever_their_shape() -> None:
                           ("500ms", 0.5), ("1.5h", 5400)],
 )  # fmt: skip
 def test_ttl_words(text: str, seconds: float) -> None:
-    from ips.cli import _parse_ttl
+    from ips.cli.blocks import parse_ttl
 
-    assert _parse_ttl(None, None, text) == seconds
+    assert parse_ttl(None, None, text) == seconds
 
 
 def test_blocks_cli_without_a_daemon(tmp_path: Path) -> None:

@@ -486,7 +486,7 @@ def test_a_stopping_worker_ends_the_open_flows_within_its_budget(
     """At stop every flow still open ends (reason `shutdown`) and its record goes to the
     sinks — within the time budget, so a stop is never held up by a full table."""
     from ips.core.events import FlowEnd
-    from ips.daemon import SHUTDOWN_RECORDS_CHUNK, end_open_flows
+    from ips.daemon.worker import SHUTDOWN_RECORDS_CHUNK, end_open_flows
 
     def engine_with(n: int) -> Engine:
         eng = Engine(load_policy_text("set default accept\n", "t.rules"))

@@ -12,7 +12,7 @@ import pytest
 
 from ips.core.build import build_packet
 from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
-from ips.daemon import make_engine
+from ips.daemon.worker import make_engine
 from ips.heap import FULL_AFTER, collector_stats, settle, tune_collector
 from ips.io.nflog import LoggedPacket
 from ips.io.nfqnl import QueuedPacket

@@ -1,0 +1,215 @@
+"""The policy author's commands: check, explain, replay (no daemon needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+
+import click
+
+from ips.cli.common import EXIT_POLICY, echo_errors, error_report, load_or_exit
+from ips.policy.diagnostics import PolicyError, render
+from ips.policy.model import Policy
+from ips.policy.resolve import load_policy
+
+# ---- check ------------------------------------------------------------------------------------
+
+
+def policy_summary(policy: Policy) -> dict[str, object]:
+    actions = Counter(r.action for r in policy.rules)
+    return {
+        "ok": True,
+        "files": policy.files,
+        "digest": policy.digest,
+        "rules": len(policy.rules),
+        "actions": dict(actions),
+        "alerts": sum(1 for r in policy.rules if r.alert),
+        "tables": {
+            name: {
+                "kind": t.kind,
+                "entries": len(t.nets4) + len(t.nets6),
+                **({"timeout": t.timeout} if t.timeout else {}),
+            }
+            for name, t in policy.tables.items()
+        },
+        "detectors": {
+            name: {k: v for k, v in d.params.items() if k != "ignore"}
+            for name, d in policy.detectors.items()
+        },
+        "options": {
+            "default": policy.default_verdict,
+            "on-error": policy.on_error,
+            "malformed": policy.malformed_verdict,
+        },
+        "warnings": [d.as_dict() for d in policy.warnings],
+    }
+
+
+@click.command()
+@click.argument("policies", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="json: machine-readable diagnostics and summary",
+)
+def check(policies: tuple[str, ...], fmt: str) -> None:
+    """Validate POLICY files: every error with file:line:col and a hint; exit 1 on errors."""
+    failed = False
+    results = []
+    for path in policies:
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            failed = True
+            if fmt == "json":
+                results.append(error_report(path, exc))
+            else:
+                echo_errors(path, exc)
+            continue
+        summary = policy_summary(policy)
+        if fmt == "json":
+            results.append({"file": path, **summary})
+            continue
+        if policy.warnings:
+            click.echo(render(policy.warnings, policy.sources), err=True)
+        acts = ", ".join(f"{n} {a}" for a, n in sorted(summary["actions"].items()))  # type: ignore[union-attr]
+        tables = ", ".join(
+            f"@{n} ({t['kind']}, {t['entries']})" if t["kind"] != "dynamic" else f"@{n} (dynamic)"
+            for n, t in summary["tables"].items()  # type: ignore[union-attr]
+        )
+        click.echo(f"{path}: ok")
+        click.echo(f"  rules      {summary['rules']}" + (f" ({acts})" if acts else ""))
+        click.echo(f"  tables     {tables or 'none'}")
+        click.echo(f"  detectors  {', '.join(policy.detectors) or 'none'}")
+        opts = summary["options"]
+        click.echo(
+            f"  default {opts['default']}, on-error {opts['on-error']}, "  # type: ignore[index]
+            f"malformed {opts['malformed']}"  # type: ignore[index]
+        )
+        click.echo(f"  digest     {policy.digest[:16]}")
+    if fmt == "json":
+        click.echo(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    sys.exit(EXIT_POLICY if failed else 0)
+
+
+# ---- explain ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
+@click.option(
+    "--packet",
+    "-p",
+    required=True,
+    help='e.g. "tcp 10.0.0.1:1234 > 10.0.0.2:80 flags S", '
+    '"icmp 10.0.0.1 > 10.0.0.2 type echo-request", '
+    '"udp [2001:db8::1]:5353 > [2001:db8::2]:53 payload \\"x\\""',
+)
+@click.option("--in", "iif", help="input interface name")
+@click.option("--out", "oif", help="output interface name")
+@click.option(
+    "--established",
+    is_flag=True,
+    help="the packet belongs to a connection that has seen a reply (state established)",
+)
+@click.option(
+    "--member",
+    "members",
+    multiple=True,
+    metavar="TABLE=ADDR",
+    help="treat ADDR as a member of dynamic TABLE (repeatable)",
+)
+def explain(
+    policy_path: str,
+    packet: str,
+    iif: str | None,
+    oif: str | None,
+    established: bool,
+    members: tuple[str, ...],
+) -> None:
+    """Show which rule of POLICY decides a packet, and why each earlier rule does not."""
+    from ips.core.addr import parse_addr
+    from ips.policy.explain import explain as explain_rules
+    from ips.policy.packetspec import PacketSpecError, packet_from_text
+
+    policy = load_or_exit(policy_path)
+    try:
+        pkt = packet_from_text(packet)
+    except PacketSpecError as exc:
+        raise click.BadParameter(str(exc), param_hint="--packet") from None
+    dynamic: dict[str, set[bytes]] = {}
+    for m in members:
+        name, _, addr = m.partition("=")
+        name = name.lstrip("@")
+        if name not in policy.tables or policy.tables[name].kind != "dynamic":
+            raise click.BadParameter(
+                f"no dynamic table '{name}' in the policy", param_hint="--member"
+            )
+        try:
+            dynamic.setdefault(name, set()).add(parse_addr(addr))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--member") from None
+    steps, decider = explain_rules(policy, pkt, iif, oif, established, dynamic)
+    click.echo(f"packet: {packet}")
+    for step in steps:
+        r = step.rule
+        mark = "MATCH" if step.matched else "no   "
+        click.echo(f"  {mark} {r.span.file}:{r.span.line}  {r.text}")
+        click.echo(f"        {step.reason}")
+    if decider is None:
+        click.echo(f"=> no rule matched: default verdict {policy.default_verdict}")
+    else:
+        click.echo(f"=> {decider.action} by {decider.span.file}:{decider.span.line}")
+
+
+# ---- replay -----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
+@click.argument("captures", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
+@click.option(
+    "--eve",
+    "eve_path",
+    type=click.Path(dir_okay=False),
+    help="write EVE JSON lines (alerts, drops, flows) to this file",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="progress bar (default: on for large files on a terminal)",
+)
+def replay(
+    policy_path: str,
+    captures: tuple[str, ...],
+    as_json: bool,
+    eve_path: str | None,
+    progress: bool | None,
+) -> None:
+    """Run POLICY over CAPTURES (pcap or pcapng, by magic number): verdict totals, per-rule
+    hits, malformed packets, alerts."""
+    from ips.heap import tune_collector
+    from ips.replay import ReplayResult, replay_captures
+
+    policy = load_or_exit(policy_path)
+    tune_collector()  # as the worker: 200,000 flows replayed in 2.4-2.9 s instead of 4.4-4.8
+    eve_stream = open(eve_path, "w", encoding="utf-8") if eve_path else None  # noqa: SIM115
+    try:
+        result: ReplayResult = replay_captures(
+            policy, captures, eve_stream=eve_stream, progress=progress
+        )
+    except (OSError, ValueError) as exc:
+        click.echo(f"ipsctl replay: {exc}", err=True)
+        sys.exit(EXIT_POLICY)
+    finally:
+        if eve_stream is not None:
+            eve_stream.close()
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        click.echo(result.table())
+

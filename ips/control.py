@@ -1,0 +1,243 @@
+"""The control protocol: how `ipsctl` (and any other client) talks to a running daemon.
+
+One request per connection over a Unix stream socket, each way one JSON object on one line:
+
+    client                           daemon (ips/daemon/supervisor.py)
+    {"op": "status"}\\n    ──────►    peer_uid(conn) (SO_PEERCRED), then
+                         ◄──────    {"ok": true, ...}\\n  or  {"ok": false, "error": "..."}\\n
+
+Who may do what is the table PERMISSIONS, and the server enforces it (`refusal`): the views
+(status, blocks list, flows, alerts) are open to root and to members of group `ipsctl` (the
+socket is 0660 root:ipsctl), every change needs root. An op not in the table needs root too,
+so a non-root peer learns nothing about which ops exist.
+
+The client side raises ControlError when no daemon answers or the socket refuses the caller;
+the CLI turns it into a message and an exit code.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import socket
+import struct
+from typing import Any, Literal, TypedDict
+
+DEFAULT_SOCKET = "/run/ipsctl/ipsctl.sock"
+SOCKET_GROUP = "ipsctl"  # members may use the read-only ops
+MAX_MESSAGE = 64 * 1024 * 1024  # one line; a policy with its includes fits many times over
+
+
+# ---- requests -----------------------------------------------------------------------------------
+
+
+class StatusRequest(TypedDict):
+    op: Literal["status"]
+
+
+class BlocksListRequest(TypedDict):
+    op: Literal["blocks_list"]
+
+
+class FlowsRequest(TypedDict, total=False):
+    op: Literal["flows"]
+    top: int
+    sort: str
+    filter: str
+    group: str | None
+
+
+class AlertsRequest(TypedDict, total=False):
+    op: Literal["alerts"]
+    since: int
+    limit: int
+
+
+class ApplyRequest(TypedDict):
+    op: Literal["apply"]
+    main: str  # the main file's resolved path
+    sources: dict[str, str]  # every file of the policy (main and includes) by path
+    confirm: float | None  # seconds until a rollback unless confirmed
+
+
+class ConfirmRequest(TypedDict):
+    op: Literal["confirm"]
+
+
+class BlocksAddRequest(TypedDict, total=False):
+    op: Literal["blocks_add"]
+    addr: str
+    ttl: float | None
+    reason: str | None
+    force: bool
+
+
+class BlocksDelRequest(TypedDict):
+    op: Literal["blocks_del"]
+    addr: str
+
+
+class BlocksFlushRequest(TypedDict):
+    op: Literal["blocks_flush"]
+
+
+Request = (
+    StatusRequest | BlocksListRequest | FlowsRequest | AlertsRequest | ApplyRequest
+    | ConfirmRequest | BlocksAddRequest | BlocksDelRequest | BlocksFlushRequest
+)  # fmt: skip
+
+
+# ---- replies ------------------------------------------------------------------------------------
+
+
+class Refusal(TypedDict, total=False):
+    """Every op's answer when it fails; `diagnostics` and `rendered` come with a refused apply."""
+
+    ok: Literal[False]
+    error: str
+    diagnostics: list[dict[str, Any]]
+    rendered: str
+
+
+class ApplyReply(TypedDict):
+    ok: Literal[True]
+    digest: str
+    confirm_deadline: float | None
+
+
+class ConfirmReply(TypedDict):
+    ok: Literal[True]
+    digest: str | None
+
+
+class BlocksListReply(TypedDict):
+    ok: Literal[True]
+    table: str
+    blocks: list[dict[str, Any]]  # addr, table, expires_in, timeout, expires_at, detector, …
+
+
+class BlocksAddReply(TypedDict):
+    ok: Literal[True]
+    addr: str
+    table: str
+    ttl: float
+    reason: str
+    forced: bool
+    engine: dict[str, Any]  # the workers' answer (merged)
+
+
+class BlocksDelReply(TypedDict):
+    ok: Literal[True]
+    addr: str
+    removed: bool
+    engine: dict[str, Any]
+
+
+class BlocksFlushReply(TypedDict):
+    ok: Literal[True]
+    removed: int
+    engine: dict[str, Any]
+
+
+class AlertsReply(TypedDict):
+    ok: Literal[True]
+    seq: int  # the feed's newest number: ask again with since=seq
+    alerts: list[dict[str, Any]]
+
+
+# status and flows answer with documents of their own shape: ips/daemon/supervisor.py
+# (Daemon.status) and ips/views/flows.py (select_flows).
+Reply = dict[str, Any]
+
+
+# ---- permissions --------------------------------------------------------------------------------
+
+
+class Access(enum.Enum):
+    GROUP = "root or group ipsctl"  # read-only views
+    ROOT = "root"  # changes
+
+
+PERMISSIONS: dict[str, Access] = {
+    "status": Access.GROUP,
+    "blocks_list": Access.GROUP,
+    "flows": Access.GROUP,  # `ipsctl flows`
+    "alerts": Access.GROUP,  # `ipsctl top`
+    "apply": Access.ROOT,
+    "confirm": Access.ROOT,
+    "blocks_add": Access.ROOT,
+    "blocks_del": Access.ROOT,
+    "blocks_flush": Access.ROOT,
+}
+READ_ONLY_OPS = frozenset(op for op, access in PERMISSIONS.items() if access is Access.GROUP)
+
+
+def refusal(op: object, uid: int) -> Refusal | None:
+    """The answer to a peer that may not run `op`, or None when it may. Whoever reached the
+    socket passed its file permissions (root or group ipsctl): the group gets the read-only
+    ops, root everything."""
+    if uid == 0 or (isinstance(op, str) and op in READ_ONLY_OPS):
+        return None
+    return {"ok": False, "error": f"'{op}' needs root (peer uid {uid})"}
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The uid of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return uid
+
+
+# ---- framing ------------------------------------------------------------------------------------
+
+
+def read_line(conn: socket.socket, limit: int = MAX_MESSAGE) -> bytes:
+    """One message: the bytes up to and with the newline (or up to the peer's close)."""
+    buf = bytearray()
+    while not buf.endswith(b"\n"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > limit:
+            raise ValueError("request too large")
+    return bytes(buf)
+
+
+def encode(message: Request | Reply | Refusal) -> bytes:
+    return json.dumps(message).encode() + b"\n"
+
+
+# ---- the client ---------------------------------------------------------------------------------
+
+
+class ControlError(Exception):
+    """The daemon could not be asked at all (the CLI: a message and an exit code)."""
+
+
+class NoDaemon(ControlError):
+    """Nothing listens on the socket."""
+
+
+class AccessDenied(ControlError):
+    """The socket's permissions keep the caller out (not root, not in group ipsctl)."""
+
+
+def request(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
+    """Send one request and return the daemon's answer; OSError as it comes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(socket_path)
+        s.sendall(encode(message))
+        return json.loads(read_line(s))  # type: ignore[no-any-return]
+
+
+def call(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
+    """`request`, with a ControlError that says why when the daemon cannot be reached."""
+    try:
+        return request(socket_path, message, timeout)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise NoDaemon(f"no daemon listening on {socket_path} (is `ipsctl run` up?)") from None
+    except PermissionError:
+        raise AccessDenied(f"permission denied on {socket_path} (root, or group ipsctl "
+                           "for read-only views)") from None  # fmt: skip

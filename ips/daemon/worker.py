@@ -1,0 +1,484 @@
+"""A worker: one child process of the supervisor per queue (or the tap's one), running the
+engine over the packets of its adapter.
+
+    set_up()     (after the fork) signals, capabilities, the policy and the engine, the sinks,
+                 the adapter with the blocks the kernel (or the ban file) holds; then bind
+    Worker.loop  wait on the adapter's fd(s) and the supervisor's pipe: packets, control
+                 messages (WORKER_COMMANDS), the engine's tick, EVE `stats` events
+    tear_down()  release the queue first, then end the open flows, then close the sinks
+
+A worker whose supervisor is gone sees its pipe close and exits (PR_SET_PDEATHSIG kills it
+even if it never looks): the kernel then applies the queue's fail mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from ips.daemon.config import DaemonConfig, keep_capabilities
+from ips.daemon.stats import detector_stats, engine_blocks, eve_stats, rule_hits
+from ips.engine import Engine
+from ips.heap import collector_stats, settle, tune_collector
+from ips.io.adapter import PacketAdapter
+from ips.policy.resolve import load_policy_sources
+from ips.privileges import drop_or_warn
+from ips.sinks.base import Sink
+from ips.translate.nft import BLOCK_TABLE
+
+if TYPE_CHECKING:
+    from ips.sinks.eve import EveWriter
+    from ips.sinks.logfile import RotatingLog
+    from ips.sinks.meter import PacketMeter, RecentAlerts
+    from ips.sinks.syslog import SyslogSink
+    from ips.sinks.webhook import Webhook
+
+TICK_EVERY = 1.0
+HEARTBEAT_EVERY = 0.25
+# Seconds a stopping worker may spend writing the flow records of the flows still open
+# (reason `shutdown`), and seconds the supervisor waits for a worker to stop: both well inside
+# the unit's TimeoutStopSec (10 s), which must leave time to take the diversion out.
+SHUTDOWN_RECORDS_BUDGET = 3.0
+WORKER_STOP_TIMEOUT = SHUTDOWN_RECORDS_BUDGET + 3.0
+SHUTDOWN_RECORDS_CHUNK = 1024  # records handed to the sinks between looks at the clock
+MANUAL = "manual"  # the detector name of blocks made with `ipsctl blocks add`
+BPFProgram = list[tuple[int, int, int, int]]
+
+
+def make_engine(
+    policy: Any, max_flows: int, never_block: Iterable[str], shards: int = 1
+) -> Engine:
+    """An Engine, with never_block when this engine version takes it."""
+    import inspect
+
+    if "never_block" in inspect.signature(Engine).parameters:
+        return Engine(policy, max_flows=max_flows, never_block=tuple(never_block), shards=shards)  # type: ignore[call-arg]
+    return Engine(policy, max_flows=max_flows)
+
+
+@dataclass
+class WorkerSinks:
+    """Where the worker's events go (eve, alerts, webhook: each a Sink, in that order after
+    the recent alerts), the files and sockets behind them (log, syslog), and the meter
+    around engine.handle (bytes judged, latency samples)."""
+
+    eve: EveWriter | None = None
+    log: RotatingLog | None = None
+    syslog: SyslogSink | None = None
+    alerts: RecentAlerts | None = None
+    webhook: Webhook | None = None
+    meter: PacketMeter | None = None
+
+    def sinks(self) -> list[Sink]:
+        return [s for s in (self.alerts, self.eve, self.webhook) if s is not None]
+
+    def outputs(self) -> dict[str, object]:
+        """status `sinks`: the counters of the EVE file and the syslog socket."""
+        named = {"eve": self.log, "syslog": self.syslog}
+        return {name: out.stats() for name, out in named.items() if out}
+
+    def reopen(self) -> bool:
+        """SIGHUP (logrotate): reopen the EVE file. Whether there is one."""
+        if self.log is None:
+            return False
+        self.log.reopen()
+        return True
+
+    def close(self) -> None:
+        if self.webhook is not None:
+            self.webhook.close()
+        if self.log is not None:
+            self.log.close()
+        if self.syslog is not None:
+            self.syslog.close()
+
+
+def open_sinks(
+    cfg: DaemonConfig, engine: Engine, passive: bool, blocks_enforced: bool
+) -> WorkerSinks:
+    from ips.sinks.eve import EveWriter
+    from ips.sinks.logfile import RotatingLog
+    from ips.sinks.meter import RecentAlerts, install_meter
+    from ips.sinks.syslog import SyslogSink
+
+    out = WorkerSinks(meter=install_meter(engine), alerts=RecentAlerts())
+    out.log = RotatingLog(cfg.eve_path, cfg.eve_max_bytes, cfg.eve_keep) if cfg.eve_path else None
+    out.syslog = SyslogSink(cfg.syslog, cfg.syslog_facility) if cfg.syslog else None
+    if out.log is not None or out.syslog is not None:
+        out.eve = EveWriter(log=out.log, syslog=out.syslog, passive=passive,
+                            blocks_enforced=blocks_enforced)  # fmt: skip
+    if cfg.webhook:
+        from ips.sinks.webhook import Webhook
+
+        out.webhook = Webhook(cfg.webhook).start()  # its thread: after the fork
+    return out
+
+
+# ---- the running worker -------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """A worker's parts once set up: what its loop and its control commands work with."""
+
+    engine: Engine
+    adapter: PacketAdapter
+    sinks: WorkerSinks = field(default_factory=WorkerSinks)
+    adopted: int = 0  # blocks taken over from the kernel at start
+    cfg: DaemonConfig | None = None
+    reopen: threading.Event = field(default_factory=threading.Event)  # SIGHUP
+
+    def command(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """The answer to a message of the supervisor; None: stop."""
+        op = msg.get("op")
+        handler = WORKER_COMMANDS.get(str(op))
+        if handler is not None:
+            return handler(self, msg)
+        own = self.adapter.command(msg)
+        return own if own is not None else {"ok": False, "error": f"unknown op {op!r}"}
+
+    def loop(self, conn: Connection, fd: int, beat: Callable[[], None]) -> None:
+        """Until the supervisor says stop or is gone."""
+        from ips.io.nfqueue import wait_readable
+        from ips.sinks.eve import stats_record
+
+        assert self.cfg is not None
+        adapter, engine, eve = self.adapter, self.engine, self.sinks.eve
+        control = conn.fileno()
+        copy_fd = adapter.copy_fd  # NFQUEUE: copies of packets the kernel passed
+        fds = [fd, control] if copy_fd is None else [fd, control, copy_fd]
+        started = time.time()
+        next_tick = started + TICK_EVERY
+        interval = self.cfg.stats_interval
+        next_stats = started + interval if interval > 0 and eve else None
+        while True:
+            beat()
+            ready = wait_readable(fds, HEARTBEAT_EVERY)
+            if fd in ready:
+                adapter.process_pending()
+            if copy_fd is not None and copy_fd in ready:
+                adapter.process_copies()
+            if control in ready:
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    return  # the supervisor is gone: leave the queue to its bypass setting
+                try:
+                    reply = self.command(msg)
+                except Exception as exc:  # answer, never die of a request
+                    reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                if reply is None:
+                    return
+                if "id" in msg:
+                    reply["id"] = msg["id"]
+                conn.send(reply)
+            if self.reopen.is_set():
+                self.reopen.clear()
+                self.sinks.reopen()
+            now = time.time()
+            if now >= next_tick:
+                events = engine.tick(now)
+                if events:
+                    adapter.effects(events)  # expiry counted; eve
+                next_tick = now + TICK_EVERY
+            if next_stats is not None and now >= next_stats and eve is not None:
+                eve.write(stats_record(now, now - started, eve_stats(engine, adapter, self.cfg)))
+                next_stats = now + interval
+
+    def tear_down(self) -> None:
+        self.adapter.unbind()  # first: the queue's fail mode covers the packets from now on
+        end_open_flows(self.engine, self.adapter, time.time(), SHUTDOWN_RECORDS_BUDGET)
+        self.sinks.close()
+
+
+def worker_main(
+    conn: Connection,
+    parent_ends: tuple[Connection, ...],
+    parent_pid: int,
+    heartbeat: Any,
+    cfg: DaemonConfig,
+    main: str,
+    sources: dict[str, str],
+    never_block: tuple[str, ...] = (),
+    bpf_program: BPFProgram | None = None,
+) -> None:
+    """Entry point of a worker process (forked): inline over NFQUEUE or divert, or a tap."""
+
+    def beat() -> None:
+        heartbeat.value = time.monotonic()
+
+    worker = set_up(parent_ends, parent_pid, cfg, main, sources, never_block, bpf_program, beat)
+    try:
+        fd = worker.adapter.bind()
+    except Exception as exc:  # tell the supervisor why, instead of dying silently
+        conn.send({"op": "failed", "error": str(exc)})
+        return
+    tune_collector()
+    settle()  # before the first packet: the start-up heap leaves the collector's scans
+    conn.send({"op": "ready", "pid": os.getpid(), "adopted": worker.adopted})
+    try:
+        worker.loop(conn, fd, beat)
+    finally:
+        worker.tear_down()
+
+
+def set_up(
+    parent_ends: tuple[Connection, ...], parent_pid: int, cfg: DaemonConfig, main: str,
+    sources: dict[str, str], never_block: tuple[str, ...], bpf_program: BPFProgram | None,
+    beat: Callable[[], None],
+) -> Worker:  # fmt: skip
+    """The worker's process, engine, sinks and adapter (not bound yet)."""
+    reopen = threading.Event()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, lambda _s, _f: reopen.set())  # logrotate: reopen the EVE file
+    _die_with_parent(parent_pid)
+    drop_or_warn("worker", keep_capabilities(cfg))  # NET_ADMIN (NFQUEUE, nft), NET_RAW (replies)
+    for inherited in parent_ends:  # the supervisor's ends of the pipes: else no EOF ever
+        inherited.close()
+    tap = cfg.mode == "tap"
+    policy = load_policy_sources(main, sources)
+    engine = make_engine(policy, cfg.max_flows, never_block, cfg.queues)
+    sinks = open_sinks(cfg, engine, tap, policy.tap_blocks_enforced)
+    every = sinks.sinks()
+
+    def on_events(events: list[object]) -> None:
+        for sink in every:
+            sink.events(events)
+
+    adapter, adopted = _adapter(cfg, engine, bpf_program, on_events, beat)
+    return Worker(engine, adapter, sinks, adopted, cfg, reopen)
+
+
+def _adapter(
+    cfg: DaemonConfig, engine: Engine, bpf_program: BPFProgram | None,
+    on_events: Callable[[list[object]], None], beat: Callable[[], None],
+) -> tuple[PacketAdapter, int]:  # fmt: skip
+    """The adapter of the configured backend and mode, and the blocks its engine adopted."""
+    from ips.kernel.blocks import KernelBlocks, adopt_blocks
+
+    if cfg.backend == "divert":  # pydivert: the ban set is the adapter's, from the bans file
+        from ips.io.divert import DivertWorker, UserBlocks
+
+        bans = UserBlocks(cfg.bans_file)
+        bans.load()
+        divert = DivertWorker(engine, hooks=cfg.hooks, queue_len=cfg.queue_maxlen, blocks=bans,
+                              on_events=on_events, on_busy=beat)  # fmt: skip
+        return divert, adopt_blocks(engine, bans.elements(time.time()), time.time())
+    adapter: PacketAdapter
+    blocks = KernelBlocks()  # its libnftables context is made here, in the worker
+    if cfg.mode == "tap":
+        from ips.io.tap import TapWorker
+
+        adapter = TapWorker(
+            cfg.iface or "", engine, bpf=bpf_program, bpf_text=cfg.bpf,
+            promisc=cfg.promisc, on_events=on_events, blocks=blocks, on_busy=beat,
+        )  # fmt: skip
+    else:
+        from ips.io.nfqueue import QueueWorker
+
+        adapter = QueueWorker(
+            cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
+            on_events=on_events, blocks=blocks, on_busy=beat, client=cfg.nfq_client,
+            read_copies=cfg.offload_copies,
+        )  # fmt: skip
+    # The kernel's blocks (left by the previous worker or daemon, or restored from the state
+    # file) become the engine's, before the first packet.
+    try:
+        adopted = adopt_blocks(engine, blocks.nft.elements(BLOCK_TABLE), time.time())
+    except Exception as exc:  # the kernel still drops them; only the engine does not know
+        blocks._error(f"adopting the kernel's blocks: {exc}")
+        adopted = 0
+    return adapter, adopted
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGTERM this process when the supervisor dies (PR_SET_PDEATHSIG),
+    so a SIGKILLed daemon leaves no worker answering the queue."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(0)
+
+
+def end_open_flows(
+    engine: Engine, adapter: PacketAdapter, now: float, budget: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:  # fmt: skip
+    """A stopping worker ends the flows still open, as Suricata does at shutdown: each gets
+    its flow record (reason `shutdown`), so a stop or a restart loses none of a connection's
+    accounting. Within `budget` seconds of `clock`: records not written by then are
+    reported on stderr (the journal). Returns the records handed to the sinks."""
+    deadline = clock() + budget
+    try:
+        ended = engine.drain(now)
+    except Exception as exc:  # never in the way of the stop
+        print(f"ipsctl worker: flows not ended at stop: {exc}", file=sys.stderr, flush=True)
+        return 0
+    written = 0
+    for start in range(0, len(ended), SHUTDOWN_RECORDS_CHUNK):
+        if clock() > deadline:
+            print(f"ipsctl worker: {len(ended) - written} of {len(ended)} flow records not "
+                  f"written at stop (over {budget:g} s)", file=sys.stderr, flush=True)  # fmt: skip
+            break
+        chunk = ended[start : start + SHUTDOWN_RECORDS_CHUNK]
+        try:
+            adapter.effects(chunk)
+        except Exception as exc:
+            print(f"ipsctl worker: flow records at stop: {exc}", file=sys.stderr, flush=True)
+            break
+        written += len(chunk)
+    return written
+
+
+# ---- the worker's commands (from the supervisor, over its pipe) ----------------------------------
+
+
+def _load(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
+    engine = worker.engine
+    engine.load(load_policy_sources(msg["main"], msg["sources"]))
+    worker.adapter.policy_loaded()
+    settle()  # frees the replaced policy (it has cycles) and freezes the new one
+    return {"ok": True, "digest": engine.policy.digest}
+
+
+def _stats(worker: Worker, _msg: dict[str, Any]) -> dict[str, Any]:
+    engine, adapter, views = worker.engine, worker.adapter, worker.sinks
+    s = engine.stats
+    own = adapter.stats_sections()
+    return {
+        "ok": True,
+        "packets": s.packets,
+        "verdicts": dict(s.verdicts),
+        "malformed": dict(s.malformed),
+        "not_ip": s.not_ip,
+        "engine_errors": s.errors,
+        "verdict_errors": adapter.verdict_errors,
+        "alerts": s.alerts,
+        "flows": len(engine.flows),
+        "offloaded": s.offloaded,
+        "replies_sent": adapter.replies.sent,
+        "replies_failed": adapter.replies.failed,
+        "digest": engine.policy.digest,
+        "rules": [rule_hits(r) for r in engine.policy.rules],
+        "blocks": {
+            **(adapter.blocks.stats() if adapter.blocks is not None else {}),
+            "engine": engine_blocks(engine),
+            "adopted": worker.adopted,
+        },
+        "detectors": detector_stats(engine),
+        "mode": adapter.mode,
+        "tap": own.pop("tap", None),
+        "sinks": views.outputs(),
+        "flow_table": dataclasses.asdict(engine.flows.stats),
+        "bytes": views.meter.bytes if views.meter is not None else None,
+        "latency": views.meter.snapshot() if views.meter is not None else None,
+        "alerts_seq": views.alerts.seq if views.alerts is not None else 0,
+        "webhook": views.webhook.stats() if views.webhook is not None else None,
+        "gc": collector_stats(),
+        **own,  # divert's or the NFQUEUE client's
+    }
+
+
+def _flows(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
+    from ips.views.flows import FilterError, select_flows
+
+    try:
+        return select_flows(
+            worker.engine.flows.flows(), time.time(), top=int(msg.get("top", 20)),
+            sort=str(msg.get("sort", "bytes")), filter_text=str(msg.get("filter") or ""),
+            group=msg.get("group"),
+        )  # fmt: skip
+    except FilterError as exc:
+        return {"ok": False, "error": str(exc)}
+
+
+def _alerts(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
+    alerts = worker.sinks.alerts
+    if alerts is None:
+        return {"ok": True, "seq": 0, "alerts": []}
+    since, limit = int(msg.get("since", 0)), min(int(msg.get("limit", 50)), 256)
+    return {"ok": True, "seq": alerts.seq, "alerts": alerts.since(since, limit)}
+
+
+def _manual(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
+    """A manual block / unblock the supervisor already wrote to the kernel: the engine is told
+    (engine.block / engine.unblock) and the effect it returns goes to the EVE log. Not to the
+    kernel again: the supervisor did that, also when this worker was busy or hung."""
+    op, engine = msg["op"], worker.engine
+    now = float(msg.get("time") or time.time())
+    reason = str(msg.get("reason") or MANUAL)
+    effects: list[object] = []
+    # An engine without blocks (before the detectors) is answered, and told nothing.
+    if op == "block":
+        addr = ipaddress.ip_address(msg["addr"]).packed
+        fn = getattr(engine, "block", None)
+        effect = fn(addr, now, msg.get("ttl"), reason=reason) if fn is not None else None
+        if effect is None and msg.get("force"):
+            effect = _forced_block(addr, msg.get("ttl"), reason, now)
+        if effect is not None:
+            effects.append(effect)
+    else:
+        fn = getattr(engine, "unblock", None)
+        if op == "unblock":
+            addrs = [ipaddress.ip_address(msg["addr"]).packed]
+        else:
+            table = engine.tables.get(BLOCK_TABLE)
+            addrs = list(table.members) if table is not None else []
+        for addr in addrs:
+            effect = fn(addr, now, reason=reason) if fn is not None else None
+            if effect is not None:
+                effects.append(effect)
+    on_events = worker.adapter.on_events
+    if effects and on_events is not None:
+        on_events(effects)
+    reply: dict[str, Any] = {"ok": True, "engine": bool(effects), "count": len(effects)}
+    if op == "block" and effects:
+        b = effects[0]
+        reply.update(detector=getattr(b, "detector", MANUAL), offense=getattr(b, "offense", 0))
+    return reply
+
+
+def _forced_block(addr: bytes, ttl: float | None, reason: str, now: float) -> object | None:
+    """The Block record of a `blocks add --force` the engine refused (a never-block address):
+    the kernel has it, so the EVE log says so too."""
+    try:
+        from ips.core.events import Block  # type: ignore[attr-defined]
+
+        return Block(addr, table=BLOCK_TABLE, ttl=ttl or 0.0, detector=MANUAL, offense=0,
+                     reason=reason, time=now)  # fmt: skip
+    except (ImportError, TypeError):  # an engine without blocks: the EVE log has no record
+        return None
+
+
+def _reopen(worker: Worker, _msg: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "reopened": worker.sinks.reopen()}
+
+
+def _stop(_worker: Worker, _msg: dict[str, Any]) -> None:
+    return None
+
+
+# op -> handler; an op not here may be the adapter's own (PacketAdapter.command)
+WORKER_COMMANDS: dict[str, Callable[[Worker, dict[str, Any]], dict[str, Any] | None]] = {
+    "load": _load,
+    "stats": _stats,
+    "flows": _flows,
+    "alerts": _alerts,
+    "block": _manual,
+    "unblock": _manual,
+    "unblock_all": _manual,
+    "reopen": _reopen,
+    "stop": _stop,
+}

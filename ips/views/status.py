@@ -1,0 +1,102 @@
+"""`ipsctl status`: the daemon's status document (ips/daemon/supervisor.py, Daemon.status) as
+text for a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_status(s: dict[str, Any]) -> str:
+    p, w, c, q, d = s["policy"], s["worker"], s["counters"], s.get("queue") or {}, s["diversion"]
+    lines = [
+        f"ipsctl daemon pid {s['pid']}, up {s['uptime']:.0f} s",
+        f"policy   {p['file']}  {str(p['digest'])[:16]}  loaded {p['age']:.0f} s ago, "
+        f"{p['rules']} rules ({p['kernel_rules']} in the kernel)",
+    ]
+    if p.get("confirm_deadline"):
+        lines.append("         awaiting `ipsctl confirm` (rolls back otherwise)")
+    tap = s.get("tap") or {}
+    if s.get("mode") == "tap":
+        lines.append(
+            f"tap      {tap.get('iface', '?')}{' promiscuous' if tap.get('promisc') else ''}"
+            f"{', bpf ' + repr(tap['bpf']) if tap.get('bpf') else ''}: passive, nothing "
+            f"enforced; {tap.get('frames', '?')} frames read, kernel dropped "
+            f"{tap.get('kernel_drops', '?')} of {tap.get('kernel_packets', '?')}"
+        )
+    else:
+        lines.append(
+            f"divert   {d['backend']} queue {d['queue']} on {', '.join(d['hooks'])}, "
+            f"fail-{'open' if d['fail_open'] else 'closed'}"
+        )
+    raw_verdicts = w.get("verdicts") or {}
+    if s.get("mode") == "tap":  # nothing was enforced: say so
+        raw_verdicts = {(k if k == "accept" else f"would_{k}"): v for k, v in raw_verdicts.items()}
+    verdicts = ", ".join(f"{k} {v}" for k, v in sorted(raw_verdicts.items()))
+    lines.append(f"packets  {w.get('packets', '?')}  ({verdicts or 'none'})")
+    lines.append(
+        f"flows    {w.get('flows', '?')}   alerts {w.get('alerts', '?')}   "
+        f"malformed {sum((w.get('malformed') or {}).values())}   "
+        f"engine errors {w.get('engine_errors', '?')}"
+    )
+    ft, lat = w.get("flow_table") or {}, w.get("latency") or {}
+    if ft:
+        lines.append(
+            f"         flows created {ft.get('created', 0)}, expired {ft.get('expired', 0)}, "
+            f"evicted {ft.get('evicted', 0)}; bytes judged {w.get('bytes', '?')}"
+        )
+    if lat.get("count"):
+        lines.append(
+            f"latency  engine mean {lat['sum'] / lat['count'] * 1e6:.1f} µs "
+            f"({lat['count']} packets sampled, 1 in {lat.get('every', 1)})"
+        )
+    if q:
+        lines.append(
+            f"queue    waiting {q['queue_total']}, dropped by kernel "
+            f"{q['queue_dropped']}, dropped in transit {q['user_dropped']}"
+        )
+    lines.append(
+        f"worker   pid {w.get('pid')}, restarts {c['worker_restarts']} "
+        f"(hung {c['worker_hangs']}, died {c['worker_deaths']})"
+    )
+    lines.append(
+        f"applies  {c['applies']} ok, {c['applies_refused']} refused, {c['rollbacks']} rolled back"
+    )
+    b = s.get("blocks") or {}
+    if b:
+        lat = b.get("latency") or {}
+        lines.append(
+            f"blocks   {b.get('active', '?')} active in @{b.get('table', 'banned')} "
+            f"({b.get('kernel_drops', 0)} packets dropped by the kernel); added "
+            f"{b.get('added', 0)} ({b.get('added_manually', 0)} by hand), expired "
+            f"{b.get('expired', 0)}, removed {b.get('removed_manually', 0)}, "
+            f"kernel errors {b.get('kernel_errors', 0)}"
+        )
+        if lat.get("count"):
+            lines.append(
+                f"         effect to kernel: last {lat['last_ms']:.2f} ms, mean "
+                f"{lat['mean_ms']:.2f} ms, max {lat['max_ms']:.2f} ms ({lat['count']} blocks)"
+            )
+    detectors = s.get("detectors") or {}
+    if detectors:
+        parts = []
+        for name, v in sorted(detectors.items()):
+            if isinstance(v, dict):
+                inner = ", ".join(f"{k} {n}" for k, n in v.items() if not isinstance(n, dict))
+                parts.append(f"{name} ({inner})" if inner else name)
+            else:
+                parts.append(f"{name} {v}")
+        lines.append(f"detect   {'; '.join(parts)}")
+    hook = w.get("webhook") or {}
+    if hook:
+        lines.append(
+            f"webhook  {hook.get('url')}: sent {hook.get('sent', 0)}, failed "
+            f"{hook.get('failed', 0)}, dropped {hook.get('dropped', 0)}, retries "
+            f"{hook.get('retries', 0)}"
+            + (f" (last error: {hook['last_error']})" if hook.get("last_error") else "")
+        )
+    never = s.get("never_block") or []
+    if never:
+        shown = ", ".join(never[:8]) + (f", … ({len(never)} in all)" if len(never) > 8 else "")
+        lines.append(f"never    blocked: {shown}")
+    return "\n".join(lines)
+
