@@ -57,6 +57,13 @@ class DaemonConfig:
         return self.state_path or str(Path(self.socket_path).parent / STATE_FILE)
 
     @property
+    def pending_file(self) -> str:
+        """The record of an apply awaiting `ipsctl confirm` (ips/daemon/rollback.py)."""
+        from ips.daemon.rollback import PENDING_FILE
+
+        return str(Path(self.socket_path).parent / PENDING_FILE)
+
+    @property
     def bans_file(self) -> str:
         """The divert backend's ban set (no kernel set there), next to the socket."""
         from ips.io.divert import BANS_FILE

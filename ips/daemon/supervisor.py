@@ -27,6 +27,18 @@ from typing import Any
 from ips.control import SOCKET_GROUP, encode, peer_uid, read_line
 from ips.daemon import commands
 from ips.daemon.config import DaemonConfig, keep_capabilities
+from ips.daemon.rollback import (
+    PENDING,
+    PendingApply,
+    ProcessId,
+    choose_at_start,
+    end_watchdog,
+    locked,
+    read_record,
+    remove_record,
+    spawn_watchdog,
+    write_record,
+)
 from ips.daemon.stats import AlertFeed, Counters, counter_packets, merge_flows, merge_stats
 from ips.daemon.worker import MANUAL, WORKER_STOP_TIMEOUT, BPFProgram, worker_main
 from ips.kernel.diversion import Diversion, NftDiversion
@@ -163,6 +175,11 @@ class Daemon:
         self.loaded_at = 0.0
         self.previous: tuple[str, dict[str, str]] | None = None
         self.confirm_deadline: float | None = None
+        # The unconfirmed apply's record and its watchdog (ips/daemon/rollback.py), and what
+        # status says of the last apply that was not confirmed.
+        self.pending_file = cfg.pending_file
+        self.rollback_watchdog: ProcessId | None = None
+        self.unconfirmed: dict[str, Any] | None = None
         self.workers: list[WorkerHandle] = []  # worker i reads queue cfg.queue + i
         self._alert_feed = AlertFeed()
         self.diversion: Diversion
@@ -186,6 +203,8 @@ class Daemon:
 
     def start(self) -> None:
         policy, sources = load_policy_collecting(self.cfg.policy_path)  # PolicyError -> caller
+        main = str(Path(self.cfg.policy_path).resolve())
+        policy, main, sources = self._unconfirmed_at_start(policy, main, sources)
         if self.cfg.mode == "tap" and self.cfg.bpf:
             from ips.io.tap import compile_bpf
 
@@ -194,13 +213,43 @@ class Daemon:
         self.diversion.install(policy)  # over a killed daemon's table: blocks kept
         self.installed = True
         self._restore_blocks()  # those a clean stop saved
-        self._set_policy(policy, str(Path(self.cfg.policy_path).resolve()), sources)
+        self._set_policy(policy, main, sources)
         self.workers = [self._new_worker(i) for i in range(self.cfg.queues)]  # adopt blocks
         self._serve_control()
         if self.cfg.metrics is not None:
             from ips.sinks.prometheus import start_metrics
 
             self._metrics = start_metrics(self.cfg.metrics, self.status)
+
+    def _unconfirmed_at_start(
+        self, policy: Policy, main: str, sources: dict[str, str]
+    ) -> tuple[Policy, str, dict[str, str]]:
+        """A record of an apply a previous daemon did not see confirmed: never start with that
+        policy (rollback.choose_at_start), and say so (status `policy.unconfirmed`, stderr)."""
+        if not os.path.exists(self.pending_file):
+            return policy, main, sources
+        try:
+            with locked(self.pending_file):
+                record = read_record(self.pending_file)
+                choice = choose_at_start(record, policy.digest, time.time())
+                if record is None:
+                    return policy, main, sources
+                end_watchdog(record.watchdog)  # this start settles it
+                if choice.keep_record:
+                    write_record(self.pending_file, record)
+                else:
+                    remove_record(self.pending_file)
+        except OSError as exc:
+            print(f"ipsctl: the pending-apply record: {exc}", file=sys.stderr)
+            return policy, main, sources
+        self.unconfirmed = choice.note
+        if choice.use_previous:
+            policy = load_policy_sources(record.previous_main, record.previous_sources)
+            main, sources = record.previous_main, record.previous_sources
+        print(f"ipsctl: {record.note()['text']}; starting with "
+              f"{'the previous policy, ' if choice.use_previous else ''}{main} "
+              f"({policy.digest[:16]})", file=sys.stderr, flush=True)  # fmt: skip
+        return policy, main, sources
 
     def _new_worker(self, index: int = 0) -> WorkerHandle:
         # The host's addresses are read again for every worker: they may have changed.
@@ -256,6 +305,8 @@ class Daemon:
         for worker in self.workers:
             worker.wait_stopped(max(0.0, deadline - time.monotonic()))
         self._save_blocks()
+        if self.confirm_deadline is not None:  # the unconfirmed policy goes with the table
+            self._settle_unconfirmed("stop")
         self.diversion.remove()
 
     # ---- policy -----------------------------------------------------------------------------
@@ -279,14 +330,19 @@ class Daemon:
                     "rendered": exc.render(),
                 }
             previous = (self.main, self.sources)
+            deadline = time.time() + confirm if confirm else None
+            if deadline is not None:  # before the kernel changes: see ips/daemon/rollback.py
+                self._record_unconfirmed(policy, main, deadline)
             self._swap(policy, main, sources)
             self.counters.applies += 1
-            if confirm:
+            if deadline is not None:
                 # keep the oldest confirmed policy if applies are stacked unconfirmed
                 if self.confirm_deadline is None:
                     self.previous = previous
-                self.confirm_deadline = time.time() + confirm
+                self.confirm_deadline = deadline
             else:
+                if self.confirm_deadline is not None or os.path.exists(self.pending_file):
+                    self._settle_unconfirmed(None)  # applied for good: nothing to roll back
                 self.previous = None
                 self.confirm_deadline = None
             return {"ok": True, "digest": policy.digest, "confirm_deadline": self.confirm_deadline}
@@ -309,10 +365,57 @@ class Daemon:
             self.diversion.update(policy)
         self._set_policy(policy, main, sources)
 
+    def _record_unconfirmed(self, policy: Policy, main: str, deadline: float) -> None:
+        """Write (or, stacked on an unconfirmed apply, update) the pending-apply record, and
+        make sure its watchdog runs. Its failure refuses the apply: a --confirm that could
+        not survive the daemon would promise what it cannot keep."""
+        assert self.policy is not None
+        now = time.time()
+        with locked(self.pending_file):
+            record = read_record(self.pending_file)
+            if record is not None and record.state == PENDING and self.confirm_deadline:
+                record.digest, record.main = policy.digest, main
+                record.applied_at, record.deadline = now, deadline
+                record.unconfirmed.append(policy.digest)
+            else:
+                plan = self.diversion.kernel_plan(self.policy)
+                record = PendingApply(
+                    digest=policy.digest, main=main, applied_at=now, deadline=deadline,
+                    previous_main=self.main, previous_digest=self.policy.digest,
+                    previous_sources=self.sources,
+                    plan=None if plan is None else dataclasses.asdict(plan),
+                    unconfirmed=[policy.digest], daemon=ProcessId.of(os.getpid()),
+                )  # fmt: skip
+            watchdog = self.rollback_watchdog
+            if watchdog is None or not watchdog.running():
+                record.watchdog = None
+                write_record(self.pending_file, record)  # the watchdog starts by reading it
+                watchdog = self.rollback_watchdog = spawn_watchdog(self.pending_file)
+            record.watchdog = watchdog
+            write_record(self.pending_file, record)
+
+    def _settle_unconfirmed(self, rolled_back_by: str | None) -> None:
+        """The unconfirmed apply is over: confirmed (None: the record goes) or rolled back
+        (by whom: the record says so, for the next start). Its watchdog ends either way."""
+        try:
+            with locked(self.pending_file):
+                record = read_record(self.pending_file)
+                if rolled_back_by is None or record is None:
+                    remove_record(self.pending_file)
+                else:
+                    record.roll_back(rolled_back_by, time.time())
+                    write_record(self.pending_file, record)
+                    self.unconfirmed = record.note()
+                end_watchdog(self.rollback_watchdog)
+        except OSError as exc:
+            print(f"ipsctl: the pending-apply record: {exc}", file=sys.stderr)
+        self.rollback_watchdog = None
+
     def confirm(self) -> dict[str, Any]:
         with self.lock:
             if self.confirm_deadline is None:
                 return {"ok": False, "error": "nothing to confirm"}
+            self._settle_unconfirmed(None)
             self.confirm_deadline = None
             self.previous = None
             return {"ok": True, "digest": self.policy.digest if self.policy else None}
@@ -325,6 +428,7 @@ class Daemon:
             main, sources = self.previous
             self._swap(load_policy_sources(main, sources), main, sources)
             self.counters.rollbacks += 1
+            self._settle_unconfirmed("daemon")
             self.confirm_deadline = None
             self.previous = None
 
@@ -376,6 +480,7 @@ class Daemon:
                 "rules": len(policy.rules) if policy else 0,
                 "kernel_rules": self.diversion.kernel_rules,
                 "confirm_deadline": self.confirm_deadline,
+                "unconfirmed": self.unconfirmed,  # the last apply that was not confirmed
             },
             "diversion": self.diversion.describe(),
             "kernel_hits": self.diversion.kernel_hits(counters),

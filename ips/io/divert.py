@@ -684,6 +684,10 @@ class UserspaceDiversion:
         with contextlib.suppress(FileNotFoundError):
             self.bans_path.unlink()
 
+    def kernel_plan(self, policy: object) -> None:
+        """Nothing in a kernel: without its daemon, nothing of a policy stays in force."""
+        return None
+
     def counters(self) -> dict[str, Any]:
         return {}
 

@@ -75,6 +75,11 @@ class Diversion(Protocol):
 
     def remove(self) -> None: ...
 
+    def kernel_plan(self, policy: Policy) -> NftPlan | None:
+        """The plan of `policy`'s kernel part with nothing offloaded, for a rollback made
+        without the daemon (ips/daemon/rollback.py); None: no kernel part."""
+        ...
+
     def counters(self) -> dict[str, RuleCounter]:
         """The rules' counters by comment; {} when they cannot be read."""
         ...
@@ -190,14 +195,22 @@ class NftDiversion:
             return
         if offload:
             self.offload_generation = self.offload_generation % (OFFLOAD_PAUSED - 1) + 1
-        plan = NftPlan(
+        self._nft.apply(policy, self._plan(self.offload_generation if offload else 0))
+        self.kernel_rules = fast_path_split(policy)
+
+    def _plan(self, offload_generation: int) -> NftPlan:
+        return NftPlan(
             self.hooks, queue=self.queue, fail_open=self.fail_open,
-            nft_queue=self.backend == "nft",
-            offload_generation=self.offload_generation if offload else 0,
+            nft_queue=self.backend == "nft", offload_generation=offload_generation,
             queues=self.queues, copies=self.copies,
         )  # fmt: skip
-        self._nft.apply(policy, plan)
-        self.kernel_rules = fast_path_split(policy)
+
+    def kernel_plan(self, policy: Policy) -> NftPlan | None:
+        """The plan update() applies `policy`'s kernel part with, nothing offloaded."""
+        if self.tap:
+            hooks = self.hooks if policy.tap_blocks_enforced else ()
+            return NftPlan(hooks, blocks_only=True)
+        return self._plan(0)
 
     def remove(self) -> None:
         """Stop diverting (iptables first), then delete our table."""

@@ -15,6 +15,8 @@ def format_status(s: dict[str, Any]) -> str:
     ]
     if p.get("confirm_deadline"):
         lines.append("         awaiting `ipsctl confirm` (rolls back otherwise)")
+    if p.get("unconfirmed"):
+        lines.append(f"         {p['unconfirmed']['text']}")
     tap = s.get("tap") or {}
     if s.get("mode") == "tap":
         lines.append(
