@@ -16,6 +16,9 @@ policy permanent.
                   but has not rolled back GRACE seconds later) it puts the previous policy's
                   kernel part back (the daemon's workers died with it: what stays in force
                   without a daemon is the kernel part) and marks the record rolled back.
+                  Under systemd the unit's KillMode ends it with the daemon's cgroup, so a
+                  transient timer (systemd-run) also starts a watchdog at the deadline,
+                  outside that cgroup; two watchdogs are harmless (the lock, the state).
     the start     A daemon that starts reads the record (choose_at_start): when the policy
                   it was told to load is one that was applied unconfirmed, it starts with the
                   previous policy instead; either way `status` and stderr say that the apply
@@ -117,6 +120,7 @@ class PendingApply:
     unconfirmed: list[str] = field(default_factory=list)  # every digest applied unconfirmed
     daemon: ProcessId | None = None
     watchdog: ProcessId | None = None
+    timer: str | None = None  # the systemd timer's unit, when there is one (systemd_timer)
     state: str = PENDING
     rolled_back_at: float | None = None
     rolled_back_by: str | None = None  # daemon, watchdog, stop, restart
@@ -219,11 +223,7 @@ def choose_at_start(record: PendingApply | None, configured_digest: str, now: fl
 def spawn_watchdog(path: str) -> ProcessId | None:
     """Start the watchdog of the record at PATH, detached; its ProcessId (None: it did not
     start, said on stderr: the daemon's own rollback and the start's decision remain)."""
-    import ips
-
-    env = dict(os.environ)
-    root = str(Path(ips.__file__).resolve().parents[1])  # run this very ipsctl
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env = _watchdog_env()
     try:
         child = subprocess.Popen(
             [sys.executable, "-m", WATCHDOG_MODULE, "--detach", path],
@@ -237,6 +237,60 @@ def spawn_watchdog(path: str) -> ProcessId | None:
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
         print(f"ipsctl: the rollback watchdog did not start: {exc}", file=sys.stderr)
         return None
+
+
+def _watchdog_env() -> dict[str, str]:
+    import ips
+
+    env = dict(os.environ)
+    root = str(Path(ips.__file__).resolve().parents[1])  # run this very ipsctl
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _systemd_here() -> bool:
+    """systemd is PID 1 and this process is in its network namespace (a transient unit runs
+    there: in a lab's namespace its nft would change the wrong one)."""
+    try:
+        ours, init = os.stat("/proc/self/ns/net"), os.stat("/proc/1/ns/net")
+    except OSError:
+        return False
+    same = (ours.st_dev, ours.st_ino) == (init.st_dev, init.st_ino)
+    return same and os.path.isdir("/run/systemd/system")
+
+
+def systemd_timer(
+    path: str, deadline: float, run: Any = subprocess.run, here: Any = _systemd_here
+) -> str | None:
+    """Under systemd, the unit's KillMode ends the detached watchdog with the daemon's
+    cgroup: a transient timer (`systemd-run --on-active`) runs a watchdog at the deadline
+    outside it. Its unit name; None when there is no systemd here or it refused (said on
+    stderr: the restart's decision remains)."""
+    if not here():
+        return None
+    unit = f"ipsctl-rollback-{os.getpid()}-{int(deadline * 1000)}"
+    delay = max(0.1, deadline - time.time())
+    pythonpath = _watchdog_env()["PYTHONPATH"]
+    argv = ["systemd-run", "--quiet", "--collect", f"--unit={unit}",
+            f"--on-active={delay:.1f}s", "--timer-property=AccuracySec=100ms",
+            f"--setenv=PYTHONPATH={pythonpath}", sys.executable, "-m", WATCHDOG_MODULE,
+            path]  # fmt: skip
+    try:
+        done = run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"ipsctl: no systemd rollback timer: {exc}", file=sys.stderr)
+        return None
+    if done.returncode != 0:
+        print(f"ipsctl: no systemd rollback timer: {done.stderr.strip()}", file=sys.stderr)
+        return None
+    return unit
+
+
+def stop_systemd_timer(unit: str | None, run: Any = subprocess.run) -> None:
+    """Best effort: a timer left running only starts a watchdog that finds nothing to do."""
+    if unit:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            run(["systemctl", "stop", f"{unit}.timer"], capture_output=True, timeout=10)
 
 
 def restore_kernel_part(record: PendingApply, policy: Any) -> str:
@@ -263,7 +317,6 @@ def watch(path: str, clock: Any = time.time, sleep: Any = time.sleep) -> int:
     """The watchdog's life: until the record is settled, or rolled back by it."""
     from ips.policy.resolve import load_policy_sources
 
-    me = ProcessId.of(os.getpid())
     record = read_record(path)
     if record is None or record.state != PENDING:
         return 0
@@ -272,8 +325,8 @@ def watch(path: str, clock: Any = time.time, sleep: Any = time.sleep) -> int:
     loaded = record.previous_digest
     while True:
         record = read_record(path)
-        if record is None or record.state != PENDING or (me and record.watchdog not in (None, me)):
-            return 0  # confirmed, rolled back, or another watchdog's now
+        if record is None or record.state != PENDING:
+            return 0  # confirmed, or rolled back (by the daemon, a new daemon, another watchdog)
         if record.previous_digest != loaded:
             policy = load_policy_sources(record.previous_main, record.previous_sources)
             loaded = record.previous_digest
@@ -295,15 +348,14 @@ def watch(path: str, clock: Any = time.time, sleep: Any = time.sleep) -> int:
 
 
 def _detach() -> None:
-    """The second fork: the process the daemon started (a session leader already) prints the
-    watchdog's pid and exits; the watchdog gets a session of its own and is nobody's child
+    """The second fork: the process the daemon started (a session leader already) exits; the
+    watchdog makes a session of its own, then tells the daemon its pid. It is nobody's child
     that the daemon's death could take down."""
-    pid = os.fork()
-    if pid > 0:
-        os.write(1, f"{pid}\n".encode())
+    if os.fork() > 0:
         os._exit(0)
     os.setsid()
     os.chdir("/")
+    os.write(1, f"{os.getpid()}\n".encode())
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
     os.dup2(null, 1)  # the daemon's pipe: its reader sees the end now

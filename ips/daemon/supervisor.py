@@ -37,6 +37,8 @@ from ips.daemon.rollback import (
     read_record,
     remove_record,
     spawn_watchdog,
+    stop_systemd_timer,
+    systemd_timer,
     write_record,
 )
 from ips.daemon.stats import AlertFeed, Counters, counter_packets, merge_flows, merge_stats
@@ -235,6 +237,7 @@ class Daemon:
                 if record is None:
                     return policy, main, sources
                 end_watchdog(record.watchdog)  # this start settles it
+                stop_systemd_timer(record.timer)
                 if choice.keep_record:
                     write_record(self.pending_file, record)
                 else:
@@ -374,6 +377,7 @@ class Daemon:
         with locked(self.pending_file):
             record = read_record(self.pending_file)
             if record is not None and record.state == PENDING and self.confirm_deadline:
+                stop_systemd_timer(record.timer)  # one at the new deadline instead
                 record.digest, record.main = policy.digest, main
                 record.applied_at, record.deadline = now, deadline
                 record.unconfirmed.append(policy.digest)
@@ -386,6 +390,7 @@ class Daemon:
                     plan=None if plan is None else dataclasses.asdict(plan),
                     unconfirmed=[policy.digest], daemon=ProcessId.of(os.getpid()),
                 )  # fmt: skip
+            record.timer = systemd_timer(self.pending_file, deadline)
             watchdog = self.rollback_watchdog
             if watchdog is None or not watchdog.running():
                 record.watchdog = None
@@ -400,6 +405,8 @@ class Daemon:
         try:
             with locked(self.pending_file):
                 record = read_record(self.pending_file)
+                if record is not None:
+                    stop_systemd_timer(record.timer)
                 if rolled_back_by is None or record is None:
                     remove_record(self.pending_file)
                 else:

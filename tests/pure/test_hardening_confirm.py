@@ -261,3 +261,28 @@ def test_the_watchdog_is_detached_and_ends_when_told(tmp_path: Path) -> None:
     finally:
         if watchdog is not None and watchdog.running():
             os.kill(watchdog.pid, 9)
+
+
+def test_under_systemd_a_transient_timer_runs_a_watchdog_at_the_deadline(tmp_path: Path) -> None:
+    calls: list[list[str]] = []
+
+    def run(argv: list[str], **_kw: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    path = str(tmp_path / rollback.PENDING_FILE)
+    assert rollback.systemd_timer(path, time.time() + 5, run, here=lambda: False) is None
+    assert calls == []  # no systemd as PID 1, or a namespace of its own: the watchdog alone
+    unit = rollback.systemd_timer(path, time.time() + 5, run, here=lambda: True)
+    ((argv,),) = [calls]
+    assert unit is not None and f"--unit={unit}" in argv and argv[0] == "systemd-run"
+    delay = next(a for a in argv if a.startswith("--on-active="))
+    assert 4.0 <= float(delay.removeprefix("--on-active=").removesuffix("s")) <= 5.0
+    assert argv[-3:] == ["-m", rollback.WATCHDOG_MODULE, path]  # not --detach: the timer's own
+    rollback.stop_systemd_timer(unit, run)
+    assert calls[-1] == ["systemctl", "stop", f"{unit}.timer"]
+
+    def refuse(argv: list[str], **_kw: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, 1, "", "Access denied")
+
+    assert rollback.systemd_timer(path, time.time() + 5, refuse, here=lambda: True) is None
