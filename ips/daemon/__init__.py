@@ -12,6 +12,8 @@
     supervisor.py  Daemon: the diversion, the workers, the control socket, the manual blocks
     worker.py      a worker: set-up, loop, tear-down, and its commands
     commands.py    the control socket's commands and who may run them
+    rollback.py    an unconfirmed `apply --confirm`: its record, the watchdog that rolls it
+                   back without the daemon, and what a start does with it
     stats.py       the numbers: worker stats, EVE stats, several workers' answers merged
 
 A worker is a process so that a hung one can be killed. If the supervisor dies, the worker

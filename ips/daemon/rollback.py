@@ -203,7 +203,8 @@ class StartChoice:
 
 
 def choose_at_start(record: PendingApply | None, configured_digest: str, now: float) -> StartChoice:
-    """What a starting daemon does with the record it found. An unconfirmed apply (pending,
+    """What a starting daemon does with the record it found (a pending one is marked rolled
+    back by the restart). An unconfirmed apply (pending,
     the deadline passed or not: nobody can confirm it now, or rolled back) never becomes
     the running policy: when the configured policy is one that was applied unconfirmed (the
     policy file edited, applied with --confirm, never confirmed), the daemon starts with the

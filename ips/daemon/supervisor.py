@@ -3,7 +3,8 @@
 It installs the diversion (ips/kernel/diversion.py), starts one worker per queue
 (ips/daemon/worker.py) and keeps them alive (a watchdog replaces a worker whose heartbeat
 stops), serves the control socket (ips/control.py; the commands: ips/daemon/commands.py),
-rolls back an unconfirmed apply, and writes the manual blocks.
+rolls back an unconfirmed apply (with a record and a watchdog that outlive it:
+ips/daemon/rollback.py), and writes the manual blocks.
 """
 
 from __future__ import annotations
