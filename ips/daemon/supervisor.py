@@ -13,7 +13,6 @@ import dataclasses
 import grp
 import ipaddress
 import itertools
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -24,9 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ips.control import SOCKET_GROUP, encode, peer_uid, read_line
+from ips.control import SOCKET_GROUP
 from ips.daemon import commands
 from ips.daemon.config import DaemonConfig, keep_capabilities
+from ips.daemon.socket_server import ControlServer
 from ips.daemon.stats import AlertFeed, Counters, counter_packets, merge_flows, merge_stats
 from ips.daemon.worker import MANUAL, WORKER_STOP_TIMEOUT, BPFProgram, worker_main
 from ips.kernel.diversion import Diversion, NftDiversion
@@ -177,7 +177,7 @@ class Daemon:
                 tap=cfg.mode == "tap", queues=cfg.queues,
             )  # fmt: skip
         self.bpf_program: BPFProgram | None = None
-        self._server: socket.socket | None = None
+        self._control: ControlServer | None = None
         self.never_block: tuple[str, ...] = tuple(cfg.never_block)
         self.installed = False
         self._metrics: Exporter | None = None  # the Prometheus endpoint
@@ -245,9 +245,8 @@ class Daemon:
         self.stopping.set()
         if self._metrics is not None:
             self._metrics.close()
-        if self._server is not None:
-            with contextlib.suppress(OSError):
-                self._server.close()
+        if self._control is not None:
+            self._control.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cfg.socket_path)
         for worker in self.workers:  # all at once: each writes its flows' records meanwhile
@@ -554,33 +553,11 @@ class Daemon:
             os.chmod(path, 0o660)
         except KeyError:
             os.chmod(path, 0o600)
-        server.listen(16)
-        self._server = server
         # Set up (table, worker, socket): keep only CAP_NET_ADMIN and CAP_NET_RAW. Before the
-        # control thread starts: capabilities are per thread, and threads inherit them.
+        # control threads start: capabilities are per thread, and threads inherit them.
         drop_or_warn("supervisor", keep_capabilities(self.cfg))
-        threading.Thread(target=self._accept_loop, name="control", daemon=True).start()
-
-    def _accept_loop(self) -> None:
-        assert self._server is not None
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(30)
-            try:
-                uid = peer_uid(conn)
-                request = json.loads(read_line(conn))
-                reply = self._dispatch(request, uid)
-            except Exception as exc:  # answer, never crash the daemon
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            with contextlib.suppress(OSError):
-                conn.sendall(encode(reply))
+        self._control = ControlServer(server, self._dispatch)
+        self._control.start()
 
     def _dispatch(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
         return commands.dispatch(self, request, uid)
