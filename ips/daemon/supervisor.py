@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ips.control import SOCKET_GROUP
+from ips.core.addr import block_target, block_ttl
 from ips.daemon import commands
 from ips.daemon.config import DaemonConfig, keep_capabilities
 from ips.daemon.socket_server import ControlServer
@@ -67,6 +68,37 @@ def own_addresses() -> list[str]:
     except Exception as exc:  # no netlink (unlikely as root): detectors still get --never-block
         print(f"ipsctl: cannot read this host's addresses: {exc}", file=sys.stderr)
         return []
+
+
+def connected_broadcasts() -> list[str]:
+    """The broadcast addresses of this network namespace's IPv4 networks (`blocks add`
+    refuses them: never a source). Empty when they cannot be read."""
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            found = [
+                (msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS"), msg["prefixlen"],
+                 msg.get("IFA_BROADCAST"))
+                for msg in ipr.get_addr(family=socket.AF_INET)
+            ]  # fmt: skip
+    except Exception:  # no netlink: the other checks still apply
+        return []
+    return subnet_broadcasts(found)
+
+
+def subnet_broadcasts(addresses: list[tuple[str | None, int, str | None]]) -> list[str]:
+    """(address, prefix length, the interface's broadcast address or None) -> the broadcast
+    addresses of those networks: the given ones, and the last address of every network that
+    has one (/30 and wider)."""
+    out: list[str] = []
+    for addr, prefixlen, broadcast in addresses:
+        if broadcast:
+            out.append(str(broadcast))
+        if addr and prefixlen <= 30:
+            net = ipaddress.ip_network(f"{addr}/{prefixlen}", strict=False)
+            out.append(str(net.broadcast_address))
+    return list(dict.fromkeys(out))
 
 
 class WorkerFailed(RuntimeError):
@@ -456,36 +488,42 @@ class Daemon:
     def blocks_add(
         self, addr: str, ttl: float | None, reason: str | None, force: bool = False
     ) -> dict[str, Any]:
+        # The same checks as the CLI's (another client may speak the protocol), and this
+        # host's subnet broadcasts, which only the daemon's side knows.
         try:
-            text = str(ipaddress.ip_address(addr))
-        except ValueError:
-            return {"ok": False, "error": f"not an IP address: {addr!r}"}
-        if ttl is not None and not (0 < ttl <= 365 * 86400):
-            return {"ok": False, "error": "ttl must be more than 0 and at most 365 days"}
+            text = block_target(addr, connected_broadcasts())
+            whole = block_ttl(ttl)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
         cidr = self._never_blocked(text)
         if cidr and not force:
             error = (f"{text} is never blocked (it is in {cidr}: this host's own addresses "
                      "and --never-block); --force blocks it anyway")  # fmt: skip
             return {"ok": False, "error": error}
-        if ttl is None:  # the block table's own timeout; a manual block always ends
-            ttl = block_table_spec(self.policy).timeout or DEFAULT_BLOCK_TIMEOUT
+        if whole is None:  # the block table's own timeout; a manual block always ends
+            whole = block_ttl(block_table_spec(self.policy).timeout or DEFAULT_BLOCK_TIMEOUT)
+        assert whole is not None
         reason = reason or MANUAL
         now = time.time()
         try:
-            self.diversion.block(text, ttl, block_comment(MANUAL, 0, reason))
+            self.diversion.block(text, whole, block_comment(MANUAL, 0, reason))
         except KernelError as exc:
             self.counters.block_kernel_errors += 1
             return {"ok": False, "error": f"nft refused the block: {exc}"}
         self.counters.blocks_added += 1
-        msg = {"op": "block", "addr": text, "ttl": ttl, "reason": reason, "time": now,
+        msg = {"op": "block", "addr": text, "ttl": whole, "reason": reason, "time": now,
                "force": bool(cidr)}  # fmt: skip
         engine = self._tell_worker(msg)
-        return {"ok": True, "addr": text, "table": BLOCK_TABLE, "ttl": ttl, "reason": reason,
-                "forced": bool(cidr), "engine": engine}  # fmt: skip
+        return {"ok": True, "addr": text, "table": BLOCK_TABLE, "ttl": whole, "reason": reason,
+                "forced": bool(cidr), "engine": engine,
+                "asked": {"addr": addr, "ttl": ttl}}  # fmt: skip
 
     def blocks_del(self, addr: str) -> dict[str, Any]:
         try:
-            text = str(ipaddress.ip_address(addr))
+            ip = ipaddress.ip_address(addr)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped  # as blocks_add wrote it
+            text = str(ip)
         except ValueError:
             return {"ok": False, "error": f"not an IP address: {addr!r}"}
         try:
