@@ -30,6 +30,7 @@ from ips.daemon.config import DaemonConfig, keep_capabilities
 from ips.daemon.socket_server import ControlServer
 from ips.daemon.stats import AlertFeed, Counters, counter_packets, merge_flows, merge_stats
 from ips.daemon.worker import MANUAL, WORKER_STOP_TIMEOUT, BPFProgram, worker_main
+from ips.kernel.blocks import daemon_run
 from ips.kernel.diversion import Diversion, NftDiversion
 from ips.kernel.nft import KernelError
 from ips.kernel.probe import read_queue_stats
@@ -213,6 +214,11 @@ class Daemon:
         self.never_block: tuple[str, ...] = tuple(cfg.never_block)
         self.installed = False
         self._metrics: Exporter | None = None  # the Prometheus endpoint
+        self.run = daemon_run(os.getpid(), self.counters.started)  # written with saved blocks
+        # The blocks restored from the state file: where they came from, and each one's
+        # comment then (a block renewed since is no longer the restored one).
+        self.restored_from: dict[str, Any] | None = None
+        self._restored: dict[str, str | None] = {}
 
     # ---- life cycle -----------------------------------------------------------------------
 
@@ -247,11 +253,15 @@ class Daemon:
         return self.cfg.offloading and self.diversion.copies
 
     def _restore_blocks(self) -> None:
-        from ips.kernel.blocks import load_saved_blocks, restore_blocks
+        from ips.kernel.blocks import read_saved_blocks, restore_blocks
 
-        saved = load_saved_blocks(self.cfg.state_file, time.time())
-        if saved:
-            self.counters.blocks_restored += restore_blocks(self.diversion.nft, saved)
+        saved = read_saved_blocks(self.cfg.state_file, time.time())
+        if saved.elements:
+            restored = restore_blocks(self.diversion.nft, saved.elements)
+            self.counters.blocks_restored += restored
+            self._restored = {e.addr: e.comment for e in saved.elements}
+            self.restored_from = {"file": self.cfg.state_file, "run": saved.run,
+                                  "saved_at": saved.saved_at, "blocks": restored}  # fmt: skip
 
     def _save_blocks(self) -> None:
         """Before our table goes: the blocks to the state file (with their expiry times)."""
@@ -260,7 +270,8 @@ class Daemon:
         try:
             blocks = self.diversion.blocks()
             if blocks or self.installed:
-                self.counters.blocks_saved = save_blocks(self.cfg.state_file, blocks, time.time())
+                self.counters.blocks_saved = save_blocks(self.cfg.state_file, blocks, time.time(),
+                                                         self.run)  # fmt: skip
         except (KernelError, OSError) as exc:
             print(f"ipsctl: could not save the blocks: {exc}", file=sys.stderr)
 
@@ -399,6 +410,7 @@ class Daemon:
         return {
             "ok": True,
             "pid": os.getpid(),
+            "run": self.run["id"],
             "uptime": round(now - self.counters.started, 1),
             "policy": {
                 "file": self.main,
@@ -450,6 +462,7 @@ class Daemon:
             "removed_manually": c.blocks_removed,
             "expired": int(w.get("expired", 0)),
             "restored": c.blocks_restored,
+            "restored_from": self.restored_from,  # the state file's run, None: nothing restored
             "adopted": w.get("adopted"),
             "in_engine": w.get("engine"),
             "kernel_errors": int(w.get("kernel_errors", 0)) + c.block_kernel_errors,
@@ -462,8 +475,15 @@ class Daemon:
     def blocks_list(self) -> dict[str, Any]:
         now = time.time()
         rows = []
+        restored = getattr(self, "_restored", {})
+        origin = getattr(self, "restored_from", None) or {}
         for e in self.diversion.blocks():
             detector, offense, reason = parse_block_comment(e.comment)
+            # Restored at start (and not renewed since): the run that saved it, when known.
+            came_from = None
+            if e.addr in restored and restored[e.addr] == e.comment:
+                came_from = {"state_file": origin.get("file"), "saved_at": origin.get("saved_at"),
+                             "run": (origin.get("run") or {}).get("id")}  # fmt: skip
             rows.append({
                 "addr": e.addr,
                 "table": BLOCK_TABLE,
@@ -473,6 +493,7 @@ class Daemon:
                 "detector": detector,
                 "offense": offense,
                 "reason": reason,
+                "restored_from": came_from,
             })  # fmt: skip
         rows.sort(key=lambda r: ipaddress.ip_address(r["addr"]).packed)
         return {"ok": True, "table": BLOCK_TABLE, "blocks": rows}
