@@ -18,14 +18,19 @@ the CLI turns it into a message and an exit code.
 from __future__ import annotations
 
 import enum
+import errno
 import json
 import socket
 import struct
+import time
 from typing import Any, Literal, TypedDict
 
 DEFAULT_SOCKET = "/run/ipsctl/ipsctl.sock"
 SOCKET_GROUP = "ipsctl"  # members may use the read-only ops
-MAX_MESSAGE = 64 * 1024 * 1024  # one line; a policy with its includes fits many times over
+MAX_MESSAGE = 64 * 1024 * 1024  # one line from root; a policy with its table files fits
+# One line from anyone else: they may only ask for the views, whose requests are a few bytes.
+MAX_UNPRIVILEGED_MESSAGE = 1024 * 1024
+BUSY = "busy"  # a refusal with this key set means "ask again": the server is saturated
 
 
 # ---- requests -----------------------------------------------------------------------------------
@@ -97,6 +102,7 @@ class Refusal(TypedDict, total=False):
     error: str
     diagnostics: list[dict[str, Any]]
     rendered: str
+    busy: bool  # the server is saturated: ask again (the client does, within its timeout)
 
 
 class ApplyReply(TypedDict):
@@ -229,15 +235,62 @@ def request(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
         s.settimeout(timeout)
         s.connect(socket_path)
         s.sendall(encode(message))
-        return json.loads(read_line(s))  # type: ignore[no-any-return]
+        line = read_line(s)
+        if not line:
+            raise ConnectionResetError(errno.ECONNRESET, "closed without an answer")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+
+# The connect of a Unix socket with a timeout does not wait for room in a full backlog: it
+# fails at once with EAGAIN. Those, a refusal while a daemon starts (the socket is bound
+# before it listens) and the server's own "busy" are tried again, with backoff, until the
+# caller's timeout.
+RETRY_FIRST = 0.01  # seconds before the first new try; doubled each time up to RETRY_MOST
+RETRY_MOST = 0.5
+STARTING_GRACE = 3.0  # seconds a refusing socket may be a daemon that is still starting
 
 
 def call(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
-    """`request`, with a ControlError that says why when the daemon cannot be reached."""
-    try:
-        return request(socket_path, message, timeout)
-    except (FileNotFoundError, ConnectionRefusedError):
-        raise NoDaemon(f"no daemon listening on {socket_path} (is `ipsctl run` up?)") from None
-    except PermissionError:
-        raise AccessDenied(f"permission denied on {socket_path} (root, or group ipsctl "
-                           "for read-only views)") from None  # fmt: skip
+    """`request`, tried again while the daemon is busy or starting, with a ControlError that
+    says why when the daemon cannot be reached (never an OSError or a traceback)."""
+    no_daemon = f"no daemon listening on {socket_path} (is `ipsctl run` up?)"
+    started = time.monotonic()
+    deadline = started + timeout
+    pause = RETRY_FIRST
+    while True:
+        try:
+            reply = request(socket_path, message, max(deadline - time.monotonic(), 0.05))
+        except FileNotFoundError:
+            raise NoDaemon(no_daemon) from None
+        except PermissionError:
+            raise AccessDenied(f"permission denied on {socket_path} (root, or group ipsctl "
+                               "for read-only views)") from None  # fmt: skip
+        except ConnectionRefusedError:
+            if time.monotonic() - started >= min(STARTING_GRACE, timeout):
+                raise NoDaemon(no_daemon) from None
+            why = "it refuses connections"
+        except BlockingIOError:  # the backlog is full: the daemon is busy
+            why = "too busy to take the request (its backlog is full)"
+        except TimeoutError:
+            raise ControlError(f"the daemon on {socket_path} did not answer within "
+                               f"{timeout:g} s") from None  # fmt: skip
+        except ValueError as exc:  # not JSON, or a line longer than we take
+            raise ControlError(f"the daemon on {socket_path} gave an unreadable answer: "
+                               f"{exc}") from None  # fmt: skip
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNRESET, errno.EPIPE):
+                raise ControlError(f"cannot talk to the daemon on {socket_path}: "
+                                   f"{exc.strerror or exc}") from None  # fmt: skip
+            why = f"it closed the connection ({exc.strerror or exc})"
+        else:
+            if not isinstance(reply, dict):
+                raise ControlError(f"the daemon on {socket_path} gave an unreadable answer")
+            if not reply.get(BUSY):
+                return reply
+            why = str(reply.get("error") or "busy")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ControlError(f"the daemon on {socket_path}: {why} (tried for "
+                               f"{timeout:g} s)") from None  # fmt: skip
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, RETRY_MOST)

@@ -9,6 +9,7 @@ import click
 
 from ips.cli.common import EXIT_POLICY, SOCKET_OPTION, ask
 from ips.control import Reply
+from ips.core.addr import block_target, block_ttl
 
 
 def parse_ttl(_ctx: object, _param: object, value: str | None) -> float | None:
@@ -94,11 +95,27 @@ def blocks_add(
     addr: str, ttl: float | None, reason: str | None, force: bool, as_json: bool, socket_path: str
 ) -> None:
     """Block ADDR in the kernel now."""
-    message = {"op": "blocks_add", "addr": addr, "ttl": ttl, "reason": reason, "force": force}
+    # The daemon checks the same (core.addr), and this host's subnet broadcasts besides.
+    try:
+        whole = block_ttl(ttl)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--ttl'") from None
+    try:
+        target = block_target(addr)
+    except ValueError as exc:
+        _blocks_reply({"ok": False, "error": str(exc)}, as_json, "add")
+    message = {"op": "blocks_add", "addr": target, "ttl": whole, "reason": reason,
+               "force": force}  # fmt: skip
     reply = _blocks_reply(ask(socket_path, message), as_json, "add")
     if not as_json:
         ttl_text = _left(reply.get("ttl")) if reply.get("ttl") else "no timeout"
-        click.echo(f"blocked {reply['addr']} for {ttl_text}")
+        notes = []
+        if ":" in addr and ":" not in str(reply["addr"]):
+            notes.append(f"{addr.strip()} is the IPv4 address {reply['addr']}")
+        if ttl is not None and reply.get("ttl") != ttl:
+            notes.append(f"--ttl {ttl:g}s rounded up to whole seconds, the kernel's unit")
+        more = f" ({'; '.join(notes)})" if notes else ""
+        click.echo(f"blocked {reply['addr']} for {ttl_text}{more}")
 
 
 @blocks.command("del")

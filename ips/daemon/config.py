@@ -98,6 +98,7 @@ class DaemonConfig:
                 raise ConfigError(f"no default tap policy at {DEFAULT_TAP_POLICY}: give "
                                   "--policy FILE")  # fmt: skip
         eve_max_bytes = _checked_outputs(o)
+        _check_written_files(o)
         hooks = o.hooks or (("input", "forward") if tap else ("forward",))
         hooks = tuple(dict.fromkeys(hooks))
         check_policy(policy_path)
@@ -182,6 +183,28 @@ def _checked_outputs(o: RunOptions) -> int:
     if o.syslog_facility not in FACILITIES:
         raise ConfigError(f"--syslog-facility: one of {', '.join(FACILITIES)}")
     return eve_max_bytes
+
+
+def _check_written_files(o: RunOptions) -> None:
+    """The files the daemon will write (the EVE file and its rotations, the blocks' state
+    file) must be safe to write as root (ips.safefile): refused here, at start, with the
+    reason, rather than inside a worker once the kernel is set up."""
+    from ips.safefile import check_writable_path
+
+    state = o.state_path or str(Path(o.socket_path).parent / STATE_FILE)
+    files = [("--eve", o.eve_path, True), ("--state", state, False)]
+    for option, path, must_exist in files:
+        if path is None:
+            continue
+        try:
+            check_writable_path(path)
+        except FileNotFoundError:
+            # The socket's directory (and the state file's default place) is made at start.
+            if must_exist:
+                directory = Path(path).absolute().parent
+                raise ConfigError(f"{option} {path}: no directory {directory}") from None
+        except OSError as exc:
+            raise ConfigError(f"{option}: {exc}") from None
 
 
 def _check_divert(hooks: tuple[str, ...], fail_mode: str) -> None:

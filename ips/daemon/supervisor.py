@@ -14,7 +14,6 @@ import dataclasses
 import grp
 import ipaddress
 import itertools
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -25,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ips.control import SOCKET_GROUP, encode, peer_uid, read_line
+from ips.control import SOCKET_GROUP
+from ips.core.addr import block_target, block_ttl
 from ips.daemon import commands
 from ips.daemon.config import DaemonConfig, keep_capabilities
 from ips.daemon.rollback import (
@@ -42,8 +42,10 @@ from ips.daemon.rollback import (
     systemd_timer,
     write_record,
 )
+from ips.daemon.socket_server import ControlServer
 from ips.daemon.stats import AlertFeed, Counters, counter_packets, merge_flows, merge_stats
 from ips.daemon.worker import MANUAL, WORKER_STOP_TIMEOUT, BPFProgram, worker_main
+from ips.kernel.blocks import daemon_run
 from ips.kernel.diversion import Diversion, NftDiversion
 from ips.kernel.nft import KernelError
 from ips.kernel.probe import read_queue_stats
@@ -82,6 +84,37 @@ def own_addresses() -> list[str]:
     except Exception as exc:  # no netlink (unlikely as root): detectors still get --never-block
         print(f"ipsctl: cannot read this host's addresses: {exc}", file=sys.stderr)
         return []
+
+
+def connected_broadcasts() -> list[str]:
+    """The broadcast addresses of this network namespace's IPv4 networks (`blocks add`
+    refuses them: never a source). Empty when they cannot be read."""
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            found = [
+                (msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS"), msg["prefixlen"],
+                 msg.get("IFA_BROADCAST"))
+                for msg in ipr.get_addr(family=socket.AF_INET)
+            ]  # fmt: skip
+    except Exception:  # no netlink: the other checks still apply
+        return []
+    return subnet_broadcasts(found)
+
+
+def subnet_broadcasts(addresses: list[tuple[str | None, int, str | None]]) -> list[str]:
+    """(address, prefix length, the interface's broadcast address or None) -> the broadcast
+    addresses of those networks: the given ones, and the last address of every network that
+    has one (/30 and wider)."""
+    out: list[str] = []
+    for addr, prefixlen, broadcast in addresses:
+        if broadcast:
+            out.append(str(broadcast))
+        if addr and prefixlen <= 30:
+            net = ipaddress.ip_network(f"{addr}/{prefixlen}", strict=False)
+            out.append(str(net.broadcast_address))
+    return list(dict.fromkeys(out))
 
 
 class WorkerFailed(RuntimeError):
@@ -197,10 +230,15 @@ class Daemon:
                 tap=cfg.mode == "tap", queues=cfg.queues,
             )  # fmt: skip
         self.bpf_program: BPFProgram | None = None
-        self._server: socket.socket | None = None
+        self._control: ControlServer | None = None
         self.never_block: tuple[str, ...] = tuple(cfg.never_block)
         self.installed = False
         self._metrics: Exporter | None = None  # the Prometheus endpoint
+        self.run = daemon_run(os.getpid(), self.counters.started)  # written with saved blocks
+        # The blocks restored from the state file: where they came from, and each one's
+        # comment then (a block renewed since is no longer the restored one).
+        self.restored_from: dict[str, Any] | None = None
+        self._restored: dict[str, str | None] = {}
 
     # ---- life cycle -----------------------------------------------------------------------
 
@@ -268,11 +306,15 @@ class Daemon:
         return self.cfg.offloading and self.diversion.copies
 
     def _restore_blocks(self) -> None:
-        from ips.kernel.blocks import load_saved_blocks, restore_blocks
+        from ips.kernel.blocks import read_saved_blocks, restore_blocks
 
-        saved = load_saved_blocks(self.cfg.state_file, time.time())
-        if saved:
-            self.counters.blocks_restored += restore_blocks(self.diversion.nft, saved)
+        saved = read_saved_blocks(self.cfg.state_file, time.time())
+        if saved.elements:
+            restored = restore_blocks(self.diversion.nft, saved.elements)
+            self.counters.blocks_restored += restored
+            self._restored = {e.addr: e.comment for e in saved.elements}
+            self.restored_from = {"file": self.cfg.state_file, "run": saved.run,
+                                  "saved_at": saved.saved_at, "blocks": restored}  # fmt: skip
 
     def _save_blocks(self) -> None:
         """Before our table goes: the blocks to the state file (with their expiry times)."""
@@ -281,7 +323,8 @@ class Daemon:
         try:
             blocks = self.diversion.blocks()
             if blocks or self.installed:
-                self.counters.blocks_saved = save_blocks(self.cfg.state_file, blocks, time.time())
+                self.counters.blocks_saved = save_blocks(self.cfg.state_file, blocks, time.time(),
+                                                         self.run)  # fmt: skip
         except (KernelError, OSError) as exc:
             print(f"ipsctl: could not save the blocks: {exc}", file=sys.stderr)
 
@@ -298,9 +341,8 @@ class Daemon:
         self.stopping.set()
         if self._metrics is not None:
             self._metrics.close()
-        if self._server is not None:
-            with contextlib.suppress(OSError):
-                self._server.close()
+        if self._control is not None:
+            self._control.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.cfg.socket_path)
         for worker in self.workers:  # all at once: each writes its flows' records meanwhile
@@ -480,6 +522,7 @@ class Daemon:
         return {
             "ok": True,
             "pid": os.getpid(),
+            "run": self.run["id"],
             "uptime": round(now - self.counters.started, 1),
             "policy": {
                 "file": self.main,
@@ -532,6 +575,7 @@ class Daemon:
             "removed_manually": c.blocks_removed,
             "expired": int(w.get("expired", 0)),
             "restored": c.blocks_restored,
+            "restored_from": self.restored_from,  # the state file's run, None: nothing restored
             "adopted": w.get("adopted"),
             "in_engine": w.get("engine"),
             "kernel_errors": int(w.get("kernel_errors", 0)) + c.block_kernel_errors,
@@ -544,8 +588,15 @@ class Daemon:
     def blocks_list(self) -> dict[str, Any]:
         now = time.time()
         rows = []
+        restored = getattr(self, "_restored", {})
+        origin = getattr(self, "restored_from", None) or {}
         for e in self.diversion.blocks():
             detector, offense, reason = parse_block_comment(e.comment)
+            # Restored at start (and not renewed since): the run that saved it, when known.
+            came_from = None
+            if e.addr in restored and restored[e.addr] == e.comment:
+                came_from = {"state_file": origin.get("file"), "saved_at": origin.get("saved_at"),
+                             "run": (origin.get("run") or {}).get("id")}  # fmt: skip
             rows.append({
                 "addr": e.addr,
                 "table": BLOCK_TABLE,
@@ -555,6 +606,7 @@ class Daemon:
                 "detector": detector,
                 "offense": offense,
                 "reason": reason,
+                "restored_from": came_from,
             })  # fmt: skip
         rows.sort(key=lambda r: ipaddress.ip_address(r["addr"]).packed)
         return {"ok": True, "table": BLOCK_TABLE, "blocks": rows}
@@ -570,36 +622,42 @@ class Daemon:
     def blocks_add(
         self, addr: str, ttl: float | None, reason: str | None, force: bool = False
     ) -> dict[str, Any]:
+        # The same checks as the CLI's (another client may speak the protocol), and this
+        # host's subnet broadcasts, which only the daemon's side knows.
         try:
-            text = str(ipaddress.ip_address(addr))
-        except ValueError:
-            return {"ok": False, "error": f"not an IP address: {addr!r}"}
-        if ttl is not None and not (0 < ttl <= 365 * 86400):
-            return {"ok": False, "error": "ttl must be more than 0 and at most 365 days"}
+            text = block_target(addr, connected_broadcasts())
+            whole = block_ttl(ttl)
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
         cidr = self._never_blocked(text)
         if cidr and not force:
             error = (f"{text} is never blocked (it is in {cidr}: this host's own addresses "
                      "and --never-block); --force blocks it anyway")  # fmt: skip
             return {"ok": False, "error": error}
-        if ttl is None:  # the block table's own timeout; a manual block always ends
-            ttl = block_table_spec(self.policy).timeout or DEFAULT_BLOCK_TIMEOUT
+        if whole is None:  # the block table's own timeout; a manual block always ends
+            whole = block_ttl(block_table_spec(self.policy).timeout or DEFAULT_BLOCK_TIMEOUT)
+        assert whole is not None
         reason = reason or MANUAL
         now = time.time()
         try:
-            self.diversion.block(text, ttl, block_comment(MANUAL, 0, reason))
+            self.diversion.block(text, whole, block_comment(MANUAL, 0, reason))
         except KernelError as exc:
             self.counters.block_kernel_errors += 1
             return {"ok": False, "error": f"nft refused the block: {exc}"}
         self.counters.blocks_added += 1
-        msg = {"op": "block", "addr": text, "ttl": ttl, "reason": reason, "time": now,
+        msg = {"op": "block", "addr": text, "ttl": whole, "reason": reason, "time": now,
                "force": bool(cidr)}  # fmt: skip
         engine = self._tell_worker(msg)
-        return {"ok": True, "addr": text, "table": BLOCK_TABLE, "ttl": ttl, "reason": reason,
-                "forced": bool(cidr), "engine": engine}  # fmt: skip
+        return {"ok": True, "addr": text, "table": BLOCK_TABLE, "ttl": whole, "reason": reason,
+                "forced": bool(cidr), "engine": engine,
+                "asked": {"addr": addr, "ttl": ttl}}  # fmt: skip
 
     def blocks_del(self, addr: str) -> dict[str, Any]:
         try:
-            text = str(ipaddress.ip_address(addr))
+            ip = ipaddress.ip_address(addr)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                ip = ip.ipv4_mapped  # as blocks_add wrote it
+            text = str(ip)
         except ValueError:
             return {"ok": False, "error": f"not an IP address: {addr!r}"}
         try:
@@ -667,33 +725,11 @@ class Daemon:
             os.chmod(path, 0o660)
         except KeyError:
             os.chmod(path, 0o600)
-        server.listen(16)
-        self._server = server
         # Set up (table, worker, socket): keep only CAP_NET_ADMIN and CAP_NET_RAW. Before the
-        # control thread starts: capabilities are per thread, and threads inherit them.
+        # control threads start: capabilities are per thread, and threads inherit them.
         drop_or_warn("supervisor", keep_capabilities(self.cfg))
-        threading.Thread(target=self._accept_loop, name="control", daemon=True).start()
-
-    def _accept_loop(self) -> None:
-        assert self._server is not None
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self._server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
-
-    def _handle(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(30)
-            try:
-                uid = peer_uid(conn)
-                request = json.loads(read_line(conn))
-                reply = self._dispatch(request, uid)
-            except Exception as exc:  # answer, never crash the daemon
-                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            with contextlib.suppress(OSError):
-                conn.sendall(encode(reply))
+        self._control = ControlServer(server, self._dispatch)
+        self._control.start()
 
     def _dispatch(self, request: dict[str, Any], uid: int) -> dict[str, Any]:
         return commands.dispatch(self, request, uid)

@@ -278,9 +278,13 @@ def element_expiry(element: SetElement, now: float) -> float:
 # ---- across a clean stop: the state file ---------------------------------------------------------
 
 
-def save_blocks(path: str | Path, elements: Iterable[SetElement], now: float) -> int:
+def save_blocks(
+    path: str | Path, elements: Iterable[SetElement], now: float,
+    run: dict[str, Any] | None = None,
+) -> int:  # fmt: skip
     """Write the blocks to `path` (JSON, mode 0600, replaced atomically); returns how many.
-    No blocks: the file is removed."""
+    No blocks: the file is removed. `run`: the daemon run that saves them (daemon_run), so
+    the next start can say where the blocks it restores came from."""
     path = Path(path)
     rows = [
         {
@@ -298,26 +302,57 @@ def save_blocks(path: str | Path, elements: Iterable[SetElement], now: float) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the file and renamed over it, never through a link planted at its name
     # (the control socket's directory may be shared with the ipsctl group).
-    data = json.dumps({"version": STATE_VERSION, "table": BLOCK_TABLE, "saved_at": now,
-                       "blocks": rows})  # fmt: skip
+    state: dict[str, Any] = {"version": STATE_VERSION, "table": BLOCK_TABLE, "saved_at": now,
+                             "blocks": rows}  # fmt: skip
+    if run is not None:
+        state["run"] = run
+    data = json.dumps(state)
     replace_private_file(str(path), data.encode(), mode=0o600)
     return len(rows)
 
 
+@dataclass
+class SavedBlocks:
+    """A state file's blocks with time left, and who saved them: `run` is the daemon run
+    (None in a file written before runs were recorded), `saved_at` the time of the save."""
+
+    elements: list[SetElement]
+    run: dict[str, Any] | None = None
+    saved_at: float | None = None
+
+
+def daemon_run(pid: int, started: float) -> dict[str, Any]:
+    """What names one run of the daemon: this boot (the kernel's boot id), the supervisor's pid
+    and its start time; `id` joins them."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown"
+    return {"id": f"{boot}/{pid}/{started:.3f}", "boot_id": boot, "pid": pid,
+            "started_at": started}  # fmt: skip
+
+
 def load_saved_blocks(path: str | Path, now: float) -> list[SetElement]:
-    """The blocks of a state file that still have time left (expires: seconds left), and the
-    file is removed: it was consumed, and a stale file must not bring back a block deleted
-    later. A missing or unreadable file gives []."""
+    """The blocks of a state file that still have time left (see read_saved_blocks)."""
+    return read_saved_blocks(path, now).elements
+
+
+def read_saved_blocks(path: str | Path, now: float) -> SavedBlocks:
+    """The blocks of a state file that still have time left (expires: seconds left) and the
+    run that saved them, and the file is removed: it was consumed, and a stale file must not
+    bring back a block deleted later. A missing or unreadable file gives no blocks."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return []
+        return SavedBlocks([])
     finally:
         with contextlib.suppress(OSError):
             path.unlink()
+    if not isinstance(data, dict):
+        return SavedBlocks([])
     out: list[SetElement] = []
-    for row in data.get("blocks", []) if isinstance(data, dict) else []:
+    for row in data.get("blocks", []):
         try:
             addr = addr_text(str(row["addr"]))
             expires_at = row.get("expires_at")
@@ -331,7 +366,10 @@ def load_saved_blocks(path: str | Path, now: float) -> list[SetElement]:
             ))  # fmt: skip
         except (KeyError, TypeError, ValueError):
             continue
-    return out
+    run = data.get("run")
+    saved_at = data.get("saved_at")
+    return SavedBlocks(out, run if isinstance(run, dict) else None,
+                       float(saved_at) if isinstance(saved_at, int | float) else None)  # fmt: skip
 
 
 def restore_blocks(nft: Nft, elements: Iterable[SetElement]) -> int:

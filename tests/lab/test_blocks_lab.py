@@ -18,6 +18,7 @@ from labkit import ATTACKER, CLIENT, GATEWAY_RULES, SERVER, InlineLab, inline_la
 
 from ips import control
 from ips.daemon import supervisor
+from ips.daemon.socket_server import ControlServer
 from ips.engine import Engine
 
 GW = "10.10.1.1"  # the gateway's own LAN address
@@ -205,15 +206,21 @@ def test_only_root_may_change_blocks(tmp_path: Path) -> None:
 def test_so_peercred_gives_the_uid_of_the_client_and_non_root_is_refused() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (to become another user)")
-    server = object.__new__(supervisor.Daemon)  # only _handle/_dispatch: no kernel, no worker
+    server = object.__new__(supervisor.Daemon)  # only _dispatch: no kernel, no worker
     server.blocks_list = lambda: {"ok": True, "blocks": []}  # type: ignore[method-assign]
     server.blocks_add = lambda *a: pytest.fail("reached blocks_add")  # type: ignore[method-assign]
+    peers: list[int] = []
+
+    def dispatch(request: dict[str, Any], uid: int) -> dict[str, Any]:
+        peers.append(uid)  # the uid the server took from SO_PEERCRED
+        return server._dispatch(request, uid)
+
     # SO_PEERCRED gives the credentials of connect() time: the client connects once it is
     # nobody, to a listener in the abstract namespace (no file, no permissions to arrange)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(f"\0ipsctl-test-{os.getpid()}-{os.urandom(4).hex()}")
-    listener.listen(1)
-    listener.settimeout(10)
+    control_server = ControlServer(listener, dispatch)
+    control_server.start()  # reads the request, answers, closes
     pid = os.fork()
     if pid == 0:  # the client: nobody
         try:
@@ -228,13 +235,11 @@ def test_so_peercred_gives_the_uid_of_the_client_and_non_root_is_refused() -> No
         finally:
             os._exit(4)
     try:
-        conn, _ = listener.accept()
-        assert control.peer_uid(conn) == 65534
-        server._handle(conn)  # reads the request, answers, closes
-    finally:
-        listener.close()
         _, code = os.waitpid(pid, 0)
+    finally:
+        control_server.close()
     assert os.waitstatus_to_exitcode(code) == 0
+    assert peers == [65534]
     assert server._dispatch({"op": "blocks_list"}, 65534)["ok"] is True
     reply = server._dispatch({"op": "blocks_flush"}, 1000)
     assert reply == {"ok": False, "error": "'blocks_flush' needs root (peer uid 1000)"}
