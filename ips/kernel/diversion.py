@@ -29,6 +29,7 @@ from ips.translate.nft import (
     BLOCKS_COMMENT,
     COMMENT_PREFIX,
     OFFLOAD_PAUSED,
+    USERSPACE_COMMENT,
     Address,
     NftPlan,
     RuleCounter,
@@ -81,6 +82,11 @@ class Diversion(Protocol):
 
     def kernel_hits(self, counters: dict[str, RuleCounter] | None = None) -> dict[str, int]: ...
 
+    def offered(self, counters: dict[str, RuleCounter] | None = None) -> int | None:
+        """Packets the kernel sent towards the queues since install (over policy swaps);
+        None: nothing is queued by a kernel rule (tap, divert)."""
+        ...
+
     def block_drops(self, counters: dict[str, RuleCounter] | None = None) -> int: ...
 
     def describe(self) -> dict[str, object]: ...
@@ -120,6 +126,9 @@ class NftDiversion:
         # Random at start, so connections a previous daemon offloaded are (almost surely, 253
         # in 254) not taken for this one's.
         self.offload_generation = random.randint(1, OFFLOAD_PAUSED - 1)
+        # The queue rule's counter starts again at 0 with every policy swap (the chains are
+        # flushed and refilled): what it had counted is kept here, read just before.
+        self._offered_before = 0
         self._nft = Nft()
         self._iptables = IptablesDiversion()
 
@@ -173,6 +182,8 @@ class NftDiversion:
             for e in blocks:
                 self._nft.replace_elements(BLOCK_TABLE, [e.addr], e.timeout, e.comment,
                                            e.expires)  # fmt: skip
+        # A killed daemon's table counted packets its own workers judged: ours start at 0.
+        self._offered_before = 0
         if backend == "iptables":
             self._iptables.install(self.hooks, self.queue, self.fail_open, self.queues)
         else:  # a killed daemon's fallback jumps (a kernel that gained `queue` since)
@@ -190,6 +201,7 @@ class NftDiversion:
             return
         if offload:
             self.offload_generation = self.offload_generation % (OFFLOAD_PAUSED - 1) + 1
+        self._carry_offered()
         plan = NftPlan(
             self.hooks, queue=self.queue, fail_open=self.fail_open,
             nft_queue=self.backend == "nft",
@@ -220,6 +232,29 @@ class NftDiversion:
             for key, c in counters.items()
             if key.startswith(COMMENT_PREFIX) and key[-1].isdigit()
         }
+
+    def offered(self, counters: dict[str, RuleCounter] | None = None) -> int | None:
+        """Packets the kernel sent towards the queues (the counter of the rule that queues,
+        USERSPACE_COMMENT) since install, carried over policy swaps. `counters`: a reading
+        already made; else only our chains are read."""
+        if self.tap or self.backend is None:
+            return None
+        if counters is None:
+            try:
+                counters = self._nft.chain_counters(self.hooks)
+            except KernelError:
+                return None
+        c = counters.get(USERSPACE_COMMENT)
+        return self._offered_before + (c.packets if c else 0)
+
+    def _carry_offered(self) -> None:
+        if self.backend is None:
+            return  # install: the chains are new
+        try:
+            c = self._nft.chain_counters(self.hooks).get(USERSPACE_COMMENT)
+        except KernelError:
+            return  # not read: the count misses this epoch, never invents packets
+        self._offered_before += c.packets if c else 0
 
     def block_drops(self, counters: dict[str, RuleCounter] | None = None) -> int:
         """Packets the kernel dropped because their source is blocked (`ipsctl:blocks`)."""
