@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from ips.kernel.iptables import IptablesDiversion
@@ -35,7 +36,10 @@ from ips.translate.nft import (
     RuleCounter,
     SetElement,
     fast_path_split,
+    synproxy_hooks,
 )
+
+TCP_LOOSE = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_loose")
 
 
 class BlockSets(Protocol):
@@ -129,6 +133,7 @@ class NftDiversion:
         # The queue rule's counter starts again at 0 with every policy swap (the chains are
         # flushed and refilled): what it had counted is kept here, read just before.
         self._offered_before = 0
+        self._tcp_loose_before: str | None = None  # set while the SYN proxy needs it at 0
         self._nft = Nft()
         self._iptables = IptablesDiversion()
 
@@ -210,11 +215,28 @@ class NftDiversion:
         )  # fmt: skip
         self._nft.apply(policy, plan)
         self.kernel_rules = fast_path_split(policy)
+        self._track_tcp_strictly(bool(synproxy_hooks(policy, plan)))
+
+    def _track_tcp_strictly(self, on: bool) -> None:
+        """The SYN proxy needs conntrack to call a connection's first ACK invalid (not pick
+        it up as established): nf_conntrack_tcp_loose 0 in this network namespace while the
+        policy says `set synproxy on`; the value found is put back when it stops."""
+        try:
+            if on and self._tcp_loose_before is None:
+                self._tcp_loose_before = TCP_LOOSE.read_text().strip()
+                TCP_LOOSE.write_text("0\n")
+            elif not on and self._tcp_loose_before is not None:
+                TCP_LOOSE.write_text(self._tcp_loose_before + "\n")
+                self._tcp_loose_before = None
+        except OSError as exc:
+            print(f"ipsctl: {TCP_LOOSE}: {exc}: the SYN proxy lets connections picked up "
+                  "mid-stream through", file=sys.stderr)  # fmt: skip
 
     def remove(self) -> None:
         """Stop diverting (iptables first), then delete our table."""
         self._iptables.remove()
         self._nft.remove()
+        self._track_tcp_strictly(False)
         self.backend = None
 
     def counters(self) -> dict[str, RuleCounter]:
