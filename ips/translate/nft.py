@@ -745,6 +745,16 @@ def _synproxy_rules() -> list[tuple[str, list[Expr]]]:
             {"counter": None},
             {"synproxy": dict(SYNPROXY_OPTIONS[family])},
         ]))  # fmt: skip
+    # The server's SYN+ACK answers the proxy's own SYN (every SYN through the gateway is
+    # proxied): the proxy must see it (at postrouting) to finish, so it skips the queue.
+    out.append((SYNPROXY_COMMENT, [
+        _match("==", _meta("l4proto"), "tcp"),
+        _match("==", {"&": [_payload("tcp", "flags"), 0x17]}, 0x12),
+        _match("==", {"ct": {"key": "direction"}}, "reply"),
+        {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
+        {"counter": None},
+        {"accept": None},
+    ]))  # fmt: skip
     out.append((SYNPROXY_INVALID_COMMENT, [
         _match("==", _meta("l4proto"), "tcp"),
         _match("in", {"ct": {"key": "state"}}, "invalid"),

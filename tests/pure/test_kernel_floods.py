@@ -119,13 +119,17 @@ def test_synproxy_on_proxies_tcp_handshakes_before_the_queue() -> None:
     forward = rules_of(cmds, "forward")
     comments = [r["comment"] for r in forward]
     # blocks first, then the proxy, before anything of the policy and the queue
-    assert comments[:6] == [rs.BLOCKS_COMMENT, rs.BLOCKS_COMMENT, rs.CLEAR_MARK_COMMENT,
-                            rs.SYNPROXY_COMMENT, rs.SYNPROXY_COMMENT,
+    assert comments[:7] == [rs.BLOCKS_COMMENT, rs.BLOCKS_COMMENT, rs.CLEAR_MARK_COMMENT,
+                            rs.SYNPROXY_COMMENT, rs.SYNPROXY_COMMENT, rs.SYNPROXY_COMMENT,
                             rs.SYNPROXY_INVALID_COMMENT]  # fmt: skip
     assert forward[3]["expr"][-1] == {"synproxy": {"mss": 1460, "wscale": 7,
                                                    "flags": ["timestamp", "sack-perm"]}}
     assert forward[4]["expr"][-1]["synproxy"]["mss"] == 1440  # IPv6
-    assert forward[5]["expr"][-1] == {"drop": None}
+    # the server's SYN+ACK to the proxy's SYN skips the queue (the proxy must see it)
+    assert forward[5]["expr"][-1] == {"accept": None}
+    assert {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}} in (
+        forward[5]["expr"])
+    assert forward[6]["expr"][-1] == {"drop": None}
     assert rs.SYNPROXY_COMMENT in [r["comment"] for r in rules_of(cmds, "input")]
     # the host's own connections are not proxied
     assert rs.SYNPROXY_COMMENT not in [r["comment"] for r in rules_of(cmds, "output")]
