@@ -44,6 +44,7 @@ from ips.daemon.rollback import (
 )
 from ips.daemon.socket_server import ControlServer
 from ips.daemon.stats import AlertFeed, Counters, counter_packets, merge_flows, merge_stats
+from ips.daemon.unjudged import QueueReading, UnjudgedAlert, UnjudgedLedger
 from ips.daemon.worker import MANUAL, WORKER_STOP_TIMEOUT, BPFProgram, worker_main
 from ips.kernel.blocks import daemon_run
 from ips.kernel.diversion import Diversion, NftDiversion
@@ -117,6 +118,9 @@ def subnet_broadcasts(addresses: list[tuple[str | None, int, str | None]]) -> li
     return list(dict.fromkeys(out))
 
 
+UNJUDGED_CHECK_EVERY = 1.0  # seconds between two counts of the packets passed unjudged
+
+
 class WorkerFailed(RuntimeError):
     """The worker could not start its packet source (no such interface, …): fatal at start."""
 
@@ -128,6 +132,7 @@ class WorkerHandle:
         self, cfg: DaemonConfig, main: str, sources: dict[str, str],
         never_block: tuple[str, ...] = (),
         bpf_program: BPFProgram | None = None,
+        judged_cell: Any = None,
     ) -> None:  # fmt: skip
         ctx = mp.get_context("fork")
         self.queue = cfg.queue
@@ -139,7 +144,7 @@ class WorkerHandle:
             target=worker_main,
             args=(
                 child, (self.conn,), os.getpid(), self.heartbeat, cfg, main, sources,
-                never_block, bpf_program,
+                never_block, bpf_program, judged_cell,
             ),
             name=f"ipsctl-tap-{cfg.iface}" if cfg.mode == "tap" else f"ipsctl-worker-q{cfg.queue}",
             daemon=True,
@@ -239,6 +244,12 @@ class Daemon:
         # comment then (a block renewed since is no longer the restored one).
         self.restored_from: dict[str, Any] | None = None
         self._restored: dict[str, str | None] = {}
+        # Packets passed without inspection (ips/daemon/unjudged.py): one shared count of
+        # judged packets per queue, kept over worker replacements.
+        self._judged_cells: dict[int, Any] = {}
+        self._unjudged = UnjudgedLedger()
+        self._unjudged_lock = threading.Lock()
+        self._unjudged_next = 0.0
 
     # ---- life cycle -----------------------------------------------------------------------
 
@@ -298,7 +309,11 @@ class Daemon:
         self.never_block = tuple(dict.fromkeys((*own_addresses(), *self.cfg.never_block)))
         cfg = dataclasses.replace(self.cfg, queue=self.cfg.queue + index,
                                   offload_copies=self._copies())  # fmt: skip
-        return WorkerHandle(cfg, self.main, self.sources, self.never_block, self.bpf_program)
+        cell = self._judged_cells.get(index)
+        if cell is None:
+            cell = self._judged_cells[index] = mp.get_context("fork").Value("Q", 0, lock=False)
+        return WorkerHandle(cfg, self.main, self.sources, self.never_block, self.bpf_program,
+                            cell)  # fmt: skip
 
     def _copies(self) -> bool:
         """Whether workers read offload's NFLOG copies: inline over NFQUEUE, on a kernel that
@@ -336,6 +351,7 @@ class Daemon:
                 self._tell_worker({"op": "reopen"})
             self._watchdog()
             self._check_confirm_deadline()
+            self._watch_unjudged()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -554,7 +570,79 @@ class Daemon:
             },
             "tap": worker.get("tap"),
             "sinks": worker.get("sinks") or {},
+            "unjudged": self._read_unjudged(time.time(), counters),
         }
+
+    # ---- packets passed without inspection (fail-open) ---------------------------------------
+
+    def _read_unjudged(
+        self, now: float, counters: dict[str, RuleCounter] | None = None
+    ) -> dict[str, Any] | None:
+        """A reading of the queue side into the ledger: the kernel's count of packets sent
+        to the queues first, the queues' /proc line next, the workers' judged counts last
+        (ips/daemon/unjudged.py says why this order). None: nothing queues (tap, divert)."""
+        if self.cfg.mode == "tap":
+            return None
+        offered = self.diversion.offered(counters)
+        if offered is None:
+            return None
+        queues = read_queue_stats()
+        mine = [queues[q] for q in range(self.cfg.queue, self.cfg.queue + self.cfg.queues)
+                if q in queues]  # fmt: skip
+        judged = sum(int(cell.value) for cell in list(self._judged_cells.values()))
+        reading = QueueReading(
+            offered, judged, waiting=sum(q.queue_total for q in mine),
+            queue_dropped=sum(q.queue_dropped for q in mine),
+            user_dropped=sum(q.user_dropped for q in mine),
+        )  # fmt: skip
+        with self._unjudged_lock:
+            self._unjudged.update(reading, now)
+            return {**self._unjudged.as_dict(), "fail_open": self.cfg.fail_open}
+
+    def _watch_unjudged(self) -> None:
+        """Once a second: the count, and the alert when packets start passing unjudged."""
+        now = time.time()
+        if now < self._unjudged_next:
+            return
+        self._unjudged_next = now + UNJUDGED_CHECK_EVERY
+        try:
+            snapshot = self._read_unjudged(now)
+        except (KernelError, OSError) as exc:
+            print(f"ipsctl: cannot count unjudged packets: {exc}", file=sys.stderr)
+            return
+        if snapshot is None:
+            return
+        enabled = self.policy.fail_open_alert if self.policy is not None else True
+        with self._unjudged_lock:
+            alert = self._unjudged.due_alert(now, enabled)
+        if alert is not None:
+            self._report_unjudged(alert, snapshot, now)
+
+    def _report_unjudged(self, alert: UnjudgedAlert, snapshot: dict[str, Any],
+                         now: float) -> None:  # fmt: skip
+        """The alert and a `stats` event to the EVE file (written by the supervisor: the
+        workers are busy with the flood), and a line to the journal."""
+        print(f"ipsctl: {alert.signature} ({alert.total} since start)", file=sys.stderr,
+              flush=True)  # fmt: skip
+        if not self.cfg.eve_path:
+            return
+        from ips.sinks.eve import EveWriter, stats_record, unjudged_alert_record
+        from ips.sinks.logfile import RotatingLog
+
+        # Opened for these two lines and closed: alerts are rare, and a file kept open would
+        # miss logrotate's move (the workers reopen theirs on SIGHUP).
+        try:
+            log = RotatingLog(self.cfg.eve_path, self.cfg.eve_max_bytes, self.cfg.eve_keep)
+        except OSError as exc:
+            print(f"ipsctl: cannot write the unjudged-packets alert: {exc}", file=sys.stderr)
+            return
+        try:
+            eve = EveWriter(log=log)
+            eve.write(unjudged_alert_record(alert, snapshot, now))
+            eve.write(stats_record(now, now - self.counters.started,
+                                   {"ipsctl": {"unjudged": snapshot}}))  # fmt: skip
+        finally:
+            log.close()
 
     def _block_summary(
         self, worker: dict[str, Any], counters: dict[str, RuleCounter]

@@ -210,13 +210,16 @@ def worker_main(
     sources: dict[str, str],
     never_block: tuple[str, ...] = (),
     bpf_program: BPFProgram | None = None,
+    judged_cell: Any = None,
 ) -> None:
-    """Entry point of a worker process (forked): inline over NFQUEUE or divert, or a tap."""
+    """Entry point of a worker process (forked): inline over NFQUEUE or divert, or a tap.
+    judged_cell: the shared count of the packets this queue's workers judged (NFQUEUE)."""
 
     def beat() -> None:
         heartbeat.value = time.monotonic()
 
-    worker = set_up(parent_ends, parent_pid, cfg, main, sources, never_block, bpf_program, beat)
+    worker = set_up(parent_ends, parent_pid, cfg, main, sources, never_block, bpf_program, beat,
+                    judged_cell)  # fmt: skip
     try:
         fd = worker.adapter.bind()
     except Exception as exc:  # tell the supervisor why, instead of dying silently
@@ -234,7 +237,7 @@ def worker_main(
 def set_up(
     parent_ends: tuple[Connection, ...], parent_pid: int, cfg: DaemonConfig, main: str,
     sources: dict[str, str], never_block: tuple[str, ...], bpf_program: BPFProgram | None,
-    beat: Callable[[], None],
+    beat: Callable[[], None], judged_cell: Any = None,
 ) -> Worker:  # fmt: skip
     """The worker's process, engine, sinks and adapter (not bound yet)."""
     reopen = threading.Event()
@@ -255,13 +258,14 @@ def set_up(
         for sink in every:
             sink.events(events)
 
-    adapter, adopted = _adapter(cfg, engine, bpf_program, on_events, beat)
+    adapter, adopted = _adapter(cfg, engine, bpf_program, on_events, beat, judged_cell)
     return Worker(engine, adapter, sinks, adopted, cfg, reopen)
 
 
 def _adapter(
     cfg: DaemonConfig, engine: Engine, bpf_program: BPFProgram | None,
     on_events: Callable[[list[object]], None], beat: Callable[[], None],
+    judged_cell: Any = None,
 ) -> tuple[PacketAdapter, int]:  # fmt: skip
     """The adapter of the configured backend and mode, and the blocks its engine adopted."""
     from ips.kernel.blocks import KernelBlocks, adopt_blocks
@@ -289,7 +293,7 @@ def _adapter(
         adapter = QueueWorker(
             cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
             on_events=on_events, blocks=blocks, on_busy=beat, client=cfg.nfq_client,
-            read_copies=cfg.offload_copies,
+            read_copies=cfg.offload_copies, judged_cell=judged_cell,
         )  # fmt: skip
     # The kernel's blocks (left by the previous worker or daemon, or restored from the state
     # file) become the engine's, before the first packet.

@@ -16,6 +16,8 @@ them); each detector has a block of 100:
   slowscan   9000701-9000703  over hours: ports of one host, hosts, ports of one host by
                               several sources (a long window over portscan's and sweep's
                               weights; alert-only by default)
+  unjudged   9000901          packets passed the queue without inspection (fail-open; written
+                              by the supervisor, ips/daemon/unjudged.py)
 """
 
 from ips.detect.blocks import BlockManager

@@ -44,6 +44,13 @@ class BlockWriter(Protocol):
     def stats(self) -> dict[str, object]: ...
 
 
+class JudgedCell(Protocol):
+    """A shared counter (multiprocessing.Value of an unsigned 64-bit integer): the packets
+    a queue's workers gave a verdict so far, written by the worker, read by the supervisor."""
+
+    value: int
+
+
 class ReplyCounts(Protocol):
     """The reject replies an adapter sent, and those it could not send."""
 

@@ -694,6 +694,10 @@ class UserspaceDiversion:
     def kernel_hits(self, counters: object = None) -> dict[str, int]:
         return {}
 
+    def offered(self, counters: object = None) -> int | None:
+        """None: no kernel rule queues anything (the worker diverts itself)."""
+        return None
+
     def block_drops(self, counters: object = None) -> int:
         with contextlib.suppress(Exception):
             self._ask({"op": "ban_list"})

@@ -48,6 +48,7 @@ from ips.policy.compile import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
 from ips.translate.nft import HANDSHAKE_ACK_MARK, OFFLOAD_MARK, copy_group
 
 if TYPE_CHECKING:
+    from ips.io.adapter import JudgedCell
     from ips.kernel.blocks import KernelBlocks
     from ips.policy.compile import Decision
 
@@ -168,6 +169,7 @@ class QueueWorker(EngineAdapter):
         on_busy: Callable[[], None] | None = None,
         client: str = "own",
         read_copies: bool = True,
+        judged_cell: JudgedCell | None = None,
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
                          on_busy=on_busy)  # fmt: skip
@@ -185,6 +187,10 @@ class QueueWorker(EngineAdapter):
         self.read_copies = read_copies  # offload's NFLOG copies (False: the kernel has none)
         self._copies: NflogClient | None = None
         self.copy_fd: int | None = None  # the copies' socket, once bound (select on it too)
+        # Packets given a verdict, in a cell the supervisor reads (ips/daemon/unjudged.py):
+        # it holds the count of every worker of this queue so far, so this one adds to it.
+        self.judged_cell = judged_cell
+        self.judged = judged_cell.value if judged_cell is not None else 0
 
     # ---- queue set-up -------------------------------------------------------------------------
 
@@ -313,6 +319,7 @@ class QueueWorker(EngineAdapter):
             self.verdict_errors += 1
             if given is None:
                 given = self._error_verdict()
+        self._judged()
         # Inside a burst that goes on (drain returns only when the socket is empty): write
         # blocks that have waited long enough, and show we are alive.
         self._counted()
@@ -348,7 +355,16 @@ class QueueWorker(EngineAdapter):
             self.verdict_errors += 1
             with contextlib.suppress(RuntimeError):  # the verdict was already given
                 _give(pkt, self._error_verdict())
+        self._judged()
         self._counted()
+
+    def _judged(self) -> None:
+        """One more packet judged; published at once, so that the supervisor's count of
+        packets passed unjudged is never ahead of the truth."""
+        self.judged += 1
+        cell = self.judged_cell
+        if cell is not None:
+            cell.value = self.judged
 
 
 def _give(pkt: object, given: Verdict) -> None:

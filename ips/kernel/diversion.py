@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from ips.kernel.iptables import IptablesDiversion
@@ -29,12 +30,16 @@ from ips.translate.nft import (
     BLOCKS_COMMENT,
     COMMENT_PREFIX,
     OFFLOAD_PAUSED,
+    USERSPACE_COMMENT,
     Address,
     NftPlan,
     RuleCounter,
     SetElement,
     fast_path_split,
+    synproxy_hooks,
 )
+
+TCP_LOOSE = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_loose")
 
 
 class BlockSets(Protocol):
@@ -86,6 +91,11 @@ class Diversion(Protocol):
 
     def kernel_hits(self, counters: dict[str, RuleCounter] | None = None) -> dict[str, int]: ...
 
+    def offered(self, counters: dict[str, RuleCounter] | None = None) -> int | None:
+        """Packets the kernel sent towards the queues since install (over policy swaps);
+        None: nothing is queued by a kernel rule (tap, divert)."""
+        ...
+
     def block_drops(self, counters: dict[str, RuleCounter] | None = None) -> int: ...
 
     def describe(self) -> dict[str, object]: ...
@@ -125,6 +135,10 @@ class NftDiversion:
         # Random at start, so connections a previous daemon offloaded are (almost surely, 253
         # in 254) not taken for this one's.
         self.offload_generation = random.randint(1, OFFLOAD_PAUSED - 1)
+        # The queue rule's counter starts again at 0 with every policy swap (the chains are
+        # flushed and refilled): what it had counted is kept here, read just before.
+        self._offered_before = 0
+        self._tcp_loose_before: str | None = None  # set while the SYN proxy needs it at 0
         self._nft = Nft()
         self._iptables = IptablesDiversion()
 
@@ -178,6 +192,8 @@ class NftDiversion:
             for e in blocks:
                 self._nft.replace_elements(BLOCK_TABLE, [e.addr], e.timeout, e.comment,
                                            e.expires)  # fmt: skip
+        # A killed daemon's table counted packets its own workers judged: ours start at 0.
+        self._offered_before = 0
         if backend == "iptables":
             self._iptables.install(self.hooks, self.queue, self.fail_open, self.queues)
         else:  # a killed daemon's fallback jumps (a kernel that gained `queue` since)
@@ -195,8 +211,11 @@ class NftDiversion:
             return
         if offload:
             self.offload_generation = self.offload_generation % (OFFLOAD_PAUSED - 1) + 1
-        self._nft.apply(policy, self._plan(self.offload_generation if offload else 0))
+        self._carry_offered()
+        plan = self._plan(self.offload_generation if offload else 0)
+        self._nft.apply(policy, plan)
         self.kernel_rules = fast_path_split(policy)
+        self._track_tcp_strictly(bool(synproxy_hooks(policy, plan)))
 
     def _plan(self, offload_generation: int) -> NftPlan:
         return NftPlan(
@@ -212,10 +231,26 @@ class NftDiversion:
             return NftPlan(hooks, blocks_only=True)
         return self._plan(0)
 
+    def _track_tcp_strictly(self, on: bool) -> None:
+        """The SYN proxy needs conntrack to call a connection's first ACK invalid (not pick
+        it up as established): nf_conntrack_tcp_loose 0 in this network namespace while the
+        policy says `set synproxy on`; the value found is put back when it stops."""
+        try:
+            if on and self._tcp_loose_before is None:
+                self._tcp_loose_before = TCP_LOOSE.read_text().strip()
+                TCP_LOOSE.write_text("0\n")
+            elif not on and self._tcp_loose_before is not None:
+                TCP_LOOSE.write_text(self._tcp_loose_before + "\n")
+                self._tcp_loose_before = None
+        except OSError as exc:
+            print(f"ipsctl: {TCP_LOOSE}: {exc}: the SYN proxy lets connections picked up "
+                  "mid-stream through", file=sys.stderr)  # fmt: skip
+
     def remove(self) -> None:
         """Stop diverting (iptables first), then delete our table."""
         self._iptables.remove()
         self._nft.remove()
+        self._track_tcp_strictly(False)
         self.backend = None
 
     def counters(self) -> dict[str, RuleCounter]:
@@ -233,6 +268,29 @@ class NftDiversion:
             for key, c in counters.items()
             if key.startswith(COMMENT_PREFIX) and key[-1].isdigit()
         }
+
+    def offered(self, counters: dict[str, RuleCounter] | None = None) -> int | None:
+        """Packets the kernel sent towards the queues (the counter of the rule that queues,
+        USERSPACE_COMMENT) since install, carried over policy swaps. `counters`: a reading
+        already made; else only our chains are read."""
+        if self.tap or self.backend is None:
+            return None
+        if counters is None:
+            try:
+                counters = self._nft.chain_counters(self.hooks)
+            except KernelError:
+                return None
+        c = counters.get(USERSPACE_COMMENT)
+        return self._offered_before + (c.packets if c else 0)
+
+    def _carry_offered(self) -> None:
+        if self.backend is None:
+            return  # install: the chains are new
+        try:
+            c = self._nft.chain_counters(self.hooks).get(USERSPACE_COMMENT)
+        except KernelError:
+            return  # not read: the count misses this epoch, never invents packets
+        self._offered_before += c.packets if c else 0
 
     def block_drops(self, counters: dict[str, RuleCounter] | None = None) -> int:
         """Packets the kernel dropped because their source is blocked (`ipsctl:blocks`)."""

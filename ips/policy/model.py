@@ -285,6 +285,18 @@ OPTIONS: dict[str, OptionSchema] = {
     "offload": OptionSchema(
         ("on", "off"), "on", "let the kernel pass decided flows without the queue"
     ),
+    # With the queue's fail-open flag (the default), a full queue lets packets through
+    # without inspection: an alert (and a `stats` event) says so when it starts, and at most
+    # once a minute while it lasts. See docs/operations.md, "Fail mode".
+    "fail-open-alert": OptionSchema(
+        ("on", "off"), "on", "alert when packets pass without inspection (the queue was full)"
+    ),
+    # Floods absorbed in the kernel, before the queue: TCP connections through the gateway
+    # are answered by the kernel's SYN proxy (syncookies) and reach the queue only once the
+    # client completed its handshake. See docs/operations.md, "Floods".
+    "synproxy": OptionSchema(
+        ("off", "on"), "off", "complete TCP handshakes in the kernel (nftables synproxy)"
+    ),
     "tap-blocks": OptionSchema(
         ("report", "enforce"), "report", "tap mode: report detector blocks, or enforce them"
     ),
@@ -333,6 +345,14 @@ class Policy:
     @property
     def offload(self) -> bool:
         return self.option("offload") == "on"
+
+    @property
+    def fail_open_alert(self) -> bool:
+        return self.option("fail-open-alert") == "on"
+
+    @property
+    def synproxy(self) -> bool:
+        return self.option("synproxy") == "on"
 
     @property
     def tap_blocks_enforced(self) -> bool:

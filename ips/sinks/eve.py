@@ -350,6 +350,33 @@ def _now_of(record: dict[str, object]) -> float:
     return 0.0
 
 
+def unjudged_alert_record(alert: object, unjudged: dict[str, object],
+                          now: float) -> dict[str, object]:  # fmt: skip
+    """The gate opened: packets passed without inspection (ips/daemon/unjudged.py). An
+    `alert` without addresses (it is about the gateway, not a flow), action `allowed`, with
+    the counts under `ipsctl.unjudged`."""
+    return {
+        "timestamp": eve_timestamp(now),
+        "event_type": "alert",
+        "alert": {
+            "action": "allowed",
+            "gid": 1,
+            "signature_id": alert.signature_id,  # type: ignore[attr-defined]
+            "rev": 1,
+            "signature": alert.signature,  # type: ignore[attr-defined]
+            "category": "unjudged",
+            "severity": 1,
+            "metadata": {"detector": ["unjudged"]},
+        },
+        "ipsctl": {
+            "detector": "unjudged",
+            "passed": alert.passed,  # type: ignore[attr-defined]
+            "first": alert.first,  # type: ignore[attr-defined]
+            "unjudged": unjudged,
+        },
+    }
+
+
 def stats_record(now: float, uptime: float, stats: dict[str, object]) -> dict[str, object]:
     """A periodic `stats` event: Suricata's layout (stats.uptime, capture, decoder, flow,
     detect, ips) with ours under stats.ipsctl."""

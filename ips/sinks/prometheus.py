@@ -110,6 +110,7 @@ def families(status: dict[str, Any]) -> list[Metric]:
         out.extend(_webhook_families(w.get("webhook")))
     out.extend(_block_families(status.get("blocks") or {}))
     out.extend(_queue_families(status))
+    out.extend(_unjudged_families(status.get("unjudged")))
     tap = status.get("tap")
     if isinstance(tap, dict):
         out.append(_counter("ipsctl_tap_kernel_drops", "packets the kernel dropped before the "
@@ -223,6 +224,24 @@ def _queue_families(status: dict[str, Any]) -> list[Metric]:
                                "worker's socket buffer was full", labels=["queue"])  # fmt: skip
     user.add_metric(label, int(q.get("user_dropped", 0)))
     return [waiting, dropped, user]
+
+
+def _unjudged_families(u: Any) -> list[Metric | None]:
+    """Packets that passed without inspection (fail-open), and what the count is made of."""
+    if not isinstance(u, dict):
+        return []
+    return [
+        _counter("ipsctl_unjudged_packets", "packets that passed without inspection: the "
+                 "queue was full and fail-open let them through", u.get("packets")),
+        _counter("ipsctl_queue_offered_packets", "packets the kernel's rules sent towards the "
+                 "queues", u.get("offered")),
+        _counter("ipsctl_queue_judged_packets", "packets the workers gave a verdict",
+                 u.get("judged")),
+        _counter("ipsctl_unjudged_alerts", "alerts sent about packets passed unjudged",
+                 u.get("alerts")),
+        _gauge("ipsctl_gate_open", "1 while packets are passing without inspection",
+               int(bool(u.get("gate_open")))),
+    ]  # fmt: skip
 
 
 def _webhook_families(hook: Any) -> list[Metric]:

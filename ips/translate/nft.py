@@ -48,8 +48,10 @@ Every one of them carries the comment `ipsctl:FILE:LINE` of its policy rule.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import itertools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -114,6 +116,25 @@ ICMP_OFFLOAD_SHARE = 0.1
 ICMP_METER = "icmp_offload"  # sets icmp_offload_v4 / _v6: address -> token bucket
 ICMP_METER_SIZE = 65536  # full: the update fails, the rule does not match, the queue decides
 ICMP_METER_TIMEOUT = 60  # seconds an idle address keeps its bucket
+# Floods absorbed before the queue (issue 19, item 2): a policy rule `… limit R per src else
+# drop` that the kernel may enforce gets a meter — a dynamic set of sources, each with its
+# token bucket — and the kernel drops a source's packets over the rate before they reach the
+# queue (the engine still counts the ones under it, as before). See kernel_meters.
+METER_PREFIX = "meter"  # sets meterN_v4 / meterN_v6 (N: the rule's index)
+METER_SIZE = 65536  # full: the update fails, the rule does not match, the queue decides
+METER_TIMEOUT = 60  # seconds an idle source keeps its bucket
+METER_SUFFIX = ":excess"  # the meter rule's comment: the rule's own, then this
+# `set synproxy on`: TCP handshakes through the gateway are completed by the kernel's SYN
+# proxy (syncookies, no state per SYN), so a SYN flood — spoofed sources included — never
+# reaches the queue; a connection meets the queue once its client answered the cookie. The
+# SYN skips conntrack in a raw-priority prerouting chain, and the proxy answers it.
+SYNPROXY_CHAIN = "synproxy_raw"
+SYNPROXY_PRIORITY = -300  # raw: before conntrack (-200)
+SYNPROXY_COMMENT = "ipsctl:synproxy"
+SYNPROXY_INVALID_COMMENT = "ipsctl:synproxy-invalid"  # TCP conntrack calls invalid: dropped
+SYNPROXY_HOOKS = ("forward", "input")  # SYNs from outside; the host's own need no proxy
+SYNPROXY_OPTIONS = {4: {"mss": 1460, "wscale": 7, "flags": ["timestamp", "sack-perm"]},
+                    6: {"mss": 1440, "wscale": 7, "flags": ["timestamp", "sack-perm"]}}  # fmt: skip
 COMMENT_PREFIX = "ipsctl:"
 USERSPACE_COMMENT = "ipsctl:to-userspace"  # counts the packets left to the engine
 CLEAR_MARK_COMMENT = "ipsctl:clear-mark"
@@ -594,6 +615,155 @@ def compile_rule(rule: RuleSpec, hook: str) -> list[list[Expr]]:
     return out
 
 
+# ---- floods absorbed in the kernel -------------------------------------------------------------
+
+
+def meter_reason(policy: Policy, index: int, split: int | None = None) -> str | None:
+    """None when rule `index`'s excess can be dropped by a kernel meter before the queue;
+    otherwise why not. The kernel drops only what the engine would drop too: the rule says
+    `limit … per src else drop` with nothing the kernel cannot see (no state, payload or
+    fragment test; no alert or log, which come from userspace), and no earlier rule left to
+    the engine could take one of its packets first (each is of other protocols or another
+    family) — the first-match meaning stays."""
+    rule = policy.rules[index]
+    limit = rule.limit
+    if limit is None or limit.per != "src" or limit.else_action != DROP:
+        return "only `limit … per src else drop` is metered in the kernel"
+    if rule.alert or rule.log:
+        return "its alerts and logs come from userspace"
+    plain = dataclasses.replace(rule, limit=None, action=DROP)
+    reason = kernel_reason(plain)
+    if reason is not None:
+        return reason
+    split = fast_path_split(policy) if split is None else split
+    if index < split:
+        return "decided in the kernel already"
+    for earlier in policy.rules[split:index]:
+        if not _disjoint(earlier, rule):
+            return f"{earlier.span.file}:{earlier.span.line} may take its packets first"
+    return None
+
+
+def _disjoint(a: RuleSpec, b: RuleSpec) -> bool:
+    """Whether no packet can match both rules (by protocol or family alone)."""
+    if not (a.families & b.families):
+        return True
+    return a.protos is not None and b.protos is not None and not (a.protos & b.protos)
+
+
+def meter_rate(rate: float, burst: int) -> dict[str, object]:
+    """nft's `limit rate over R/UNIT burst B packets` for the engine's bucket (rate per
+    second, burst), rounded up: the kernel never drops a packet the engine would pass."""
+    per, value = "second", rate
+    if rate < 1 or rate != int(rate):
+        per, value = "minute", rate * 60
+    return {"rate": max(1, math.ceil(value - 1e-9)), "per": per,
+            "burst": max(1, int(burst)), "inv": True}  # fmt: skip
+
+
+def metered_rules(policy: Policy, split: int | None = None) -> list[RuleSpec]:
+    """The rules whose excess a kernel meter drops (see meter_reason)."""
+    split = fast_path_split(policy) if split is None else split
+    return [r for r in policy.rules[split:] if r.limit is not None
+            and meter_reason(policy, r.index, split) is None]  # fmt: skip
+
+
+def meter_set(rule: RuleSpec, family: int) -> str:
+    return set_name(f"{METER_PREFIX}{rule.index}", family)
+
+
+def _meter_sets(rules: Sequence[RuleSpec]) -> dict[str, dict[str, object]]:
+    return {
+        meter_set(rule, family): {
+            **_T,
+            "name": meter_set(rule, family),
+            "type": SET_TYPES[family],
+            "flags": ["timeout"],  # nft marks it dynamic itself: the rules update it
+            "timeout": METER_TIMEOUT,
+            "size": METER_SIZE,
+        }
+        for rule in rules
+        for family in sorted(rule.families)
+    }
+
+
+def kernel_meters(policy: Policy, hook: str) -> list[tuple[str, list[Expr]]]:
+    """(comment, exprs) of the meter rules of `hook`: the rule's matches, a per-source
+    `update @meterN_vF { saddr limit rate over R }`, a counter and drop."""
+    out: list[tuple[str, list[Expr]]] = []
+    for rule in metered_rules(policy):
+        limit = rule.limit
+        assert limit is not None
+        plain = dataclasses.replace(rule, limit=None, action=DROP, alert=False, log=False)
+        comment = (rule_comment(rule) + METER_SUFFIX)[:MAX_COMMENT]
+        for exprs in compile_rule(plain, hook):
+            conds = exprs[:-2]  # without `counter` and `drop`
+            nfprotos = [e["match"]["right"] for e in conds  # type: ignore[index]
+                        if "match" in e and e["match"]["left"] == _meta("nfproto")]  # type: ignore[index]
+            for family in sorted(rule.families):
+                nfproto = "ipv4" if family == 4 else "ipv6"
+                if nfprotos and nfprotos[0] != nfproto:
+                    continue
+                head = [] if nfprotos else [_match("==", _meta("nfproto"), nfproto)]
+                meter = {"set": {
+                    "op": "update",
+                    "elem": _payload("ip" if family == 4 else "ip6", "saddr"),
+                    "set": f"@{meter_set(rule, family)}",
+                    "stmt": [{"limit": meter_rate(limit.rate, limit.burst)}],
+                }}  # fmt: skip
+                out.append((comment, [*head, *conds, meter, {"counter": None}, {"drop": None}]))
+    return out
+
+
+def synproxy_hooks(policy: Policy, plan: NftPlan) -> tuple[str, ...]:
+    """The hooks whose chains proxy TCP handshakes (`set synproxy on`); () for none."""
+    if not policy.synproxy or plan.blocks_only:
+        return ()
+    return tuple(h for h in plan.hooks if h in SYNPROXY_HOOKS)
+
+
+def _synproxy_raw_rule() -> list[Expr]:
+    """A SYN (without ACK) skips conntrack, so that the proxy sees it untracked."""
+    return [
+        _match("==", _meta("l4proto"), "tcp"),
+        _match("==", {"&": [_payload("tcp", "flags"), 0x12]}, 0x02),
+        {"counter": None},
+        {"notrack": None},
+    ]
+
+
+def _synproxy_rules() -> list[tuple[str, list[Expr]]]:
+    """The proxy answers untracked SYNs with a cookie and takes the client's ACK (invalid
+    for conntrack, nf_conntrack_tcp_loose 0) to open the connection to the server itself;
+    what conntrack still calls invalid for TCP is dropped."""
+    out: list[tuple[str, list[Expr]]] = []
+    for family, nfproto in ((4, "ipv4"), (6, "ipv6")):
+        out.append((SYNPROXY_COMMENT, [
+            _match("==", _meta("nfproto"), nfproto),
+            _match("==", _meta("l4proto"), "tcp"),
+            _match("in", {"ct": {"key": "state"}}, ["invalid", "untracked"]),
+            {"counter": None},
+            {"synproxy": dict(SYNPROXY_OPTIONS[family])},
+        ]))  # fmt: skip
+    # The server's SYN+ACK answers the proxy's own SYN (every SYN through the gateway is
+    # proxied): the proxy must see it (at postrouting) to finish, so it skips the queue.
+    out.append((SYNPROXY_COMMENT, [
+        _match("==", _meta("l4proto"), "tcp"),
+        _match("==", {"&": [_payload("tcp", "flags"), 0x17]}, 0x12),
+        _match("==", {"ct": {"key": "direction"}}, "reply"),
+        {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
+        {"counter": None},
+        {"accept": None},
+    ]))  # fmt: skip
+    out.append((SYNPROXY_INVALID_COMMENT, [
+        _match("==", _meta("l4proto"), "tcp"),
+        _match("in", {"ct": {"key": "state"}}, "invalid"),
+        {"counter": None},
+        {"drop": None},
+    ]))  # fmt: skip
+    return out
+
+
 # ---- the table ----------------------------------------------------------------------------------
 
 
@@ -770,21 +940,32 @@ def build_ruleset(
     if offload and not 0 <= plan.offload_generation < OFFLOAD_PAUSED:  # type: ignore[operator]
         raise ValueError("offload generation must be 0-254")
     cmds: list[dict[str, object]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
-    cmds += _chain_commands(plan.hooks, offload, existing.chains if existing else ())
+    proxied = synproxy_hooks(policy, plan)
+    cmds += _chain_commands(plan.hooks, offload, existing.chains if existing else (),
+                            synproxy=bool(proxied))  # fmt: skip
     icmp_budget = icmp_offload_budget(policy) if offload else None
-    cmds += _set_commands(policy, icmp_budget, existing.sets if existing else {})
+    meters = [] if plan.blocks_only else metered_rules(policy)
+    cmds += _set_commands(policy, icmp_budget, existing.sets if existing else {}, meters)
+    if proxied:
+        cmds.append(_rule(SYNPROXY_CHAIN, _synproxy_raw_rule(), SYNPROXY_COMMENT))
     for hook in plan.hooks:
-        cmds += _hook_rules(policy, plan, hook, offload, icmp_budget)
+        cmds += _hook_rules(policy, plan, hook, offload, icmp_budget, hook in proxied)
     return cmds
 
 
 def _chain_commands(
-    hooks: tuple[str, ...], offload: bool, old_chains: tuple[str, ...]
+    hooks: tuple[str, ...], offload: bool, old_chains: tuple[str, ...], synproxy: bool = False
 ) -> list[dict[str, object]]:
     """Our base chains added (a main chain per hook, an offload chain after the queue when
-    offloading), every chain old or new flushed, and the old ones no longer wanted deleted."""
+    offloading, the raw prerouting chain of the SYN proxy), every chain old or new flushed,
+    and the old ones no longer wanted deleted."""
     cmds: list[dict[str, object]] = []
     chains: list[str] = []
+    if synproxy:
+        raw = {**_T, "name": SYNPROXY_CHAIN, "type": "filter", "hook": "prerouting",
+               "prio": SYNPROXY_PRIORITY}  # fmt: skip
+        cmds.append({"add": {"chain": {**raw, "policy": "accept"}}})
+        chains.append(SYNPROXY_CHAIN)
     for hook in hooks:
         chain = {**_T, "name": hook, "type": "filter", "hook": hook, "prio": PRIORITY}
         cmds.append({"add": {"chain": {**chain, "policy": "accept"}}})
@@ -803,17 +984,22 @@ def _chain_commands(
 
 
 def _set_commands(
-    policy: Policy, icmp_budget: tuple[int, str] | None, old_sets: dict[str, SetState]
+    policy: Policy, icmp_budget: tuple[int, str] | None, old_sets: dict[str, SetState],
+    meters: Sequence[RuleSpec] = (),
 ) -> list[dict[str, object]]:
-    """The sets of the dynamic tables (and the ICMP meter) added, the ones no longer wanted
-    deleted, and the ones whose type or flags changed recreated with their members."""
+    """The sets of the dynamic tables (and the ICMP meter, and the rules' meters) added,
+    the ones no longer wanted deleted, and the ones whose type or flags changed recreated
+    with their members."""
     cmds: list[dict[str, object]] = []
     wanted = _wanted_sets(policy)
     if icmp_budget is not None:
         wanted.update(_icmp_meter_sets())
+    meter_sets = _meter_sets(meters)
     carry: dict[str, tuple[SetElement, ...]] = {}
     for name, have in old_sets.items():
-        want = wanted.get(name)
+        want = wanted.get(name) or meter_sets.get(name)
+        if name in meter_sets and have.type == want["type"]:  # type: ignore[index]
+            continue  # kept with its buckets (nft made it dynamic: an `add` is refused)
         if want is None:
             cmds.append({"delete": {"set": {**_T, "name": name}}})
         elif have.type != want["type"] or set(have.flags) != {"timeout"}:
@@ -829,6 +1015,10 @@ def _set_commands(
         cmds.append({"add": {"set": want}})  # a changed timeout/size is updated in place
         if carry.get(name):
             cmds.append({"add": {"element": {**_T, "name": name, "elem": _elems(carry[name])}}})
+    for name, want in meter_sets.items():
+        kept = old_sets.get(name)
+        if kept is None or kept.type != want["type"]:
+            cmds.append({"add": {"set": want}})
     return cmds
 
 
@@ -838,15 +1028,19 @@ def _hook_rules(
     hook: str,
     offload: bool,
     icmp_budget: tuple[int, str] | None,
+    synproxy: bool = False,
 ) -> list[dict[str, object]]:
-    """The rules of one hook's chains, in order: blocks, mark clearing, offloaded traffic,
-    the policy's kernel prefix, steering to the queues, and what is left to userspace."""
+    """The rules of one hook's chains, in order: blocks, mark clearing, the SYN proxy,
+    offloaded traffic, the policy's kernel prefix, the meters, steering to the queues, and
+    what is left to userspace."""
     # Blocks first: nothing the policy says may let a blocked source through.
     cmds = [_rule(hook, exprs, BLOCKS_COMMENT) for exprs in block_rules()]
     if plan.blocks_only:
         return cmds
     first_queue, queues = plan.first_queue, plan.queues
     cmds.append(_rule(hook, [{"mangle": _clear_mark()}], CLEAR_MARK_COMMENT))
+    if synproxy:
+        cmds += [_rule(hook, exprs, comment) for comment, exprs in _synproxy_rules()]
     if offload:
         gen = (plan.offload_generation or OFFLOAD_PAUSED) << OFFLOAD_CT_SHIFT
         for exprs in _offloaded_rules(gen, icmp_budget) + _handshake_ack_rules(gen):
@@ -857,6 +1051,8 @@ def _hook_rules(
             for exprs in _offload_exprs(gen):
                 cmds.append(_rule(f"{hook}_offload", exprs, OFFLOAD_COMMENT))
     for comment, exprs in kernel_prefix(policy, hook)[1]:
+        cmds.append(_rule(hook, exprs, comment))
+    for comment, exprs in kernel_meters(policy, hook):
         cmds.append(_rule(hook, exprs, comment))
     for i in range(1, queues):
         for exprs in _steer_exprs(i, queues):

@@ -56,6 +56,14 @@ def format_status(s: dict[str, Any]) -> str:
             f"queue    waiting {q['queue_total']}, dropped by kernel "
             f"{q['queue_dropped']}, dropped in transit {q['user_dropped']}"
         )
+    u = s.get("unjudged") or {}
+    if u:
+        gate = ("  (the gate is open: packets pass now)" if u.get("gate_open") else "")
+        lines.append(
+            f"unjudged {u.get('packets', 0)} packets passed without inspection{gate}; "
+            f"offered to the queue {u.get('offered', 0)}, judged {u.get('judged', 0)}, "
+            f"waiting {u.get('waiting', 0)}, dropped {u.get('dropped', 0)}"
+        )
     lines.append(
         f"worker   pid {w.get('pid')}, restarts {c['worker_restarts']} "
         f"(hung {c['worker_hangs']}, died {c['worker_deaths']})"
