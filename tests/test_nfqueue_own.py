@@ -24,12 +24,12 @@ import pytest
 from labkit import ROOT, SERVER, InlineLab, inline_lab, need_root, unique_prefix, wait_until
 from test_nfqnl import _sent  # the datagram pair that plays the kernel: what it was sent
 
+from ips.core.decision import Decision
 from ips.io import nfqnl
 from ips.io.nfqnl import NfqClient, QueuedPacket, Verdict, packet_message, verdict_message
 from ips.io.nfqueue import QueueWorker, kernel_verdict
 from ips.kernel.ruleset import OFFLOAD_MARK
 from ips.lab import netns
-from ips.policy.compile import Decision
 
 UDP = bytes.fromhex("450000210001000040117a6a0a0a01140a0a020a9c4000350009f3a078")
 

@@ -51,6 +51,7 @@ import struct
 from collections import deque
 
 from ips.core.addr import format_addr
+from ips.core.events import DetectorEffect
 from ips.core.flow import Flow
 from ips.core.packet import (
     PROTO_ICMP,
@@ -174,7 +175,7 @@ class ScanDetector(Detector):
         flow: Flow,
         kind: int,
         now: float,
-        out: list[object],
+        out: list[DetectorEffect],
     ) -> None:
         """A first packet that is a probe: weighed when its answer comes, or is overdue."""
         answer = answer_tuple(pkt)
@@ -197,7 +198,7 @@ class ScanDetector(Detector):
         pending.append(probe)
         self.index[answer] = probe
 
-    def answer(self, answer: Tuple5, failed: bool, now: float, out: list[object]) -> bool:
+    def answer(self, answer: Tuple5, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
         """A packet with this 5-tuple answers a pending probe (True), or not (False). A
         failure counts at once; anything else is weighed when the probe is due."""
         probe = self.index.get(answer)
@@ -215,7 +216,7 @@ class ScanDetector(Detector):
         if self.index.get(probe.answer) is probe:
             del self.index[probe.answer]
 
-    def resolve(self, now: float, budget: int, out: list[object]) -> None:
+    def resolve(self, now: float, budget: int, out: list[DetectorEffect]) -> None:
         """Weigh the probes whose answer is due."""
         pending = self.pending
         while pending and budget > 0 and pending[0].due <= now:
@@ -228,7 +229,7 @@ class ScanDetector(Detector):
             if weight > 0.0:
                 self._credit(probe, weight, now, out)
 
-    def _credit(self, probe: Probe, weight: float, now: float, out: list[object]) -> None:
+    def _credit(self, probe: Probe, weight: float, now: float, out: list[DetectorEffect]) -> None:
         entry = probe.entry
         weights = entry.weights
         old = weights.get(probe.target, 0.0)
@@ -240,7 +241,7 @@ class ScanDetector(Detector):
             entry.fired = True
             self.fire(entry, probe, now, out)
 
-    def tick(self, now: float, out: list[object]) -> None:
+    def tick(self, now: float, out: list[DetectorEffect]) -> None:
         self.resolve(now, RESOLVE_PER_TICK, out)
         # (pending probes keep what they need of an entry whose window is over)
         self.drop_finished_windows(self.entries, now)
@@ -250,7 +251,7 @@ class ScanDetector(Detector):
     def weigh(self, probe: Probe) -> float:
         raise NotImplementedError
 
-    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[object]) -> None:
+    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
         raise NotImplementedError
 
     def _details(self, entry: ScanEntry, source: bytes) -> dict[str, object]:
@@ -264,7 +265,12 @@ class ScanDetector(Detector):
         }
 
     def _emit(
-        self, probe: Probe, now: float, out: list[object], dst: bytes, extra: dict[str, object]
+        self,
+        probe: Probe,
+        now: float,
+        out: list[DetectorEffect],
+        dst: bytes,
+        extra: dict[str, object],
     ) -> None:
         flow = probe.flow
         source = flow.src
@@ -305,7 +311,7 @@ class PortScan(ScanDetector):
             return W_FAILED if kind == SYN else 0.0
         return 0.0 if flow.replied else W_FAILED
 
-    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[object]) -> None:
+    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
         _, target = probe.key  # type: ignore[misc]
         ports = sorted(t for t, w in entry.weights.items() if w > 0.0)  # type: ignore[type-var]
         extra = self._details(entry, probe.flow.src)
@@ -342,7 +348,7 @@ class Sweep(ScanDetector):
             return 0.0  # only a reset or refusal counts (see the module's notes)
         return 0.0 if flow.replied else W_FAILED
 
-    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[object]) -> None:
+    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
         hosts = [t for t, w in entry.weights.items() if w > 0.0]
         extra = self._details(entry, probe.flow.src)
         extra["targets"] = addr_list(hosts)  # type: ignore[arg-type]

@@ -40,16 +40,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ips.core.addr import format_addr
+from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
 from ips.engine import Engine, Meta
 from ips.io.adapter import EngineAdapter
 from ips.io.nflog import LoggedPacket, NflogClient, NflogError
 from ips.io.nfqnl import NF_ACCEPT, NF_DROP, NfqClient, QueuedPacket, Verdict
 from ips.kernel.ruleset import HANDSHAKE_ACK_MARK, OFFLOAD_MARK, copy_group
-from ips.policy.compile import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
 
 if TYPE_CHECKING:
+    from ips.core.decision import Decision
     from ips.kernel.blocks import KernelBlocks
-    from ips.policy.compile import Decision
 
 # Netlink / nfnetlink_queue constants (linux/netfilter/nfnetlink_queue.h)
 _NLM_F_REQUEST = 0x01
