@@ -48,6 +48,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from ips.core.events import Effect
 from ips.engine import Engine
 from ips.heap import collector_stats, settle, tune_collector
 from ips.kernel.diversion import Diversion
@@ -223,7 +224,7 @@ def worker_main(
         views.webhook = Webhook(webhook_url).start()  # its thread: after the fork
         sinks.append(views.webhook)
 
-    def on_events(events: list[object]) -> None:
+    def on_events(events: list[Effect]) -> None:
         for sink in sinks:
             sink.events(events)
 
@@ -472,7 +473,7 @@ def _manual(op: str, msg: dict[str, Any], engine: Engine, worker: Any) -> dict[s
     kernel again: the supervisor did that, also when this worker was busy or hung."""
     now = float(msg.get("time") or time.time())
     reason = str(msg.get("reason") or MANUAL)
-    effects: list[object] = []
+    effects: list[Effect] = []
     if op == "block":
         addr = ipaddress.ip_address(msg["addr"]).packed
         fn = getattr(engine, "block", None)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 
 from ips.core.addr import format_addr
 from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
+from ips.core.events import Effect
 from ips.engine import Engine, Meta
 from ips.io.adapter import EngineAdapter
 from ips.io.nflog import LoggedPacket, NflogClient, NflogError
@@ -162,7 +163,7 @@ class QueueWorker(EngineAdapter):
         *,
         fail_open: bool = True,
         max_len: int = DEFAULT_MAX_LEN,
-        on_events: Callable[[list[object]], None] | None = None,
+        on_events: Callable[[list[Effect]], None] | None = None,
         clock: Callable[[], float] = time.time,
         blocks: KernelBlocks | None = None,
         on_busy: Callable[[], None] | None = None,

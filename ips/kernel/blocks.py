@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ips.core.events import Effect
 from ips.kernel.nft import KernelError, Nft
 from ips.kernel.ruleset import BLOCK_TABLE, SetElement, block_comment, parse_block_comment
 
@@ -121,7 +122,7 @@ class KernelBlocks:
 
     # ---- queueing (per packet: cheap) ------------------------------------------------------
 
-    def note(self, effects: Iterable[object]) -> bool:
+    def note(self, effects: Iterable[Effect]) -> bool:
         """Queue the Block / Unblock effects among `effects`; True if any was queued."""
         queued = False
         for effect in effects:
