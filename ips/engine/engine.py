@@ -232,9 +232,9 @@ class Engine:
         policy = self.policy
         cache = flow.cache_fwd if fwd else flow.cache_rev
         if cache is None or cache[0] is not policy or cache[1] != iif or cache[2] != oif:
-            candidates = policy.candidates(pkt, iif, oif)
+            rules, offload_safe = policy.candidates(pkt, iif, oif)
             # (policy, interfaces, the rules to try, whether they allow offload)
-            cache = (policy, iif, oif, candidates, policy.offload_safe(candidates))
+            cache = (policy, iif, oif, rules, offload_safe)
             if flow.offloaded:
                 flow.back_since = now  # back from the kernel under a new policy (an apply)
             if fwd:

@@ -61,7 +61,7 @@ def offload_kind(pkt: Packet, flow: Flow, policy: CompiledPolicy, now: float) ->
         return 0
     if fwd_cache[0] is not policy or rev_cache[0] is not policy:
         return 0
-    if not (fwd_cache[4] and rev_cache[4]):  # policy.offload_safe of each direction
+    if not (fwd_cache[4] and rev_cache[4]):  # CompiledPolicy.offload_safe, each direction
         return 0
     if kind == OFFLOAD_HANDSHAKE_ACK:
         return kind

@@ -365,7 +365,7 @@ class CompiledPolicy:
         self.digest = policy.digest
         self.offload = policy.offload
         self._offload_memo: dict[tuple[CompiledRule, ...], bool] = {}
-        self._candidates_memo: dict[int, tuple[CompiledRule, ...]] = {}
+        self._candidates_memo: dict[int, tuple[tuple[CompiledRule, ...], bool]] = {}
         self._families = {4: _FamilyIndex(4), 6: _FamilyIndex(6)}
         self._iif = _IfaceIndex()
         self._oif = _IfaceIndex()
@@ -452,16 +452,21 @@ class CompiledPolicy:
             bits &= ~self._dir_out
         return bits
 
-    def candidates(self, pkt: Packet, iif: str | None, oif: str | None) -> tuple[CompiledRule, ...]:
-        """The rules to try, in order, up to the first that needs no per-packet check (one
-        tuple per distinct bitset, memoised: flows alike share it)."""
+    def candidates(
+        self, pkt: Packet, iif: str | None, oif: str | None
+    ) -> tuple[tuple[CompiledRule, ...], bool]:
+        """The rules to try, in order, up to the first that needs no per-packet check, and
+        whether they allow offload (`offload_safe`): all the engine asks of the compiler for
+        a flow direction, in one call. One pair per distinct bitset, memoised: flows alike
+        share it."""
         bits = self.candidate_bits(pkt, iif, oif)
         known = self._candidates_memo.get(bits)
         if known is not None:
             return known
         if len(self._candidates_memo) >= MEMO_MAX:
             self._candidates_memo.clear()
-        found = self._candidates_memo[bits] = self._candidates(bits)
+        rules = self._candidates(bits)
+        found = self._candidates_memo[bits] = (rules, self.offload_safe(rules))
         return found
 
     def _candidates(self, bits: int) -> tuple[CompiledRule, ...]:
