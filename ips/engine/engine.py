@@ -128,28 +128,28 @@ class Engine:
             self.detect = Detectors(compiled.policy, self.detect, self.shards)
         else:
             self.detect = None
-        self._detector_drop = {
+        self._detector_drop: dict[str, Decision[CompiledRule]] = {
             name: Decision(DROP, reason=f"detector:{name}") for name in compiled.policy.detectors
         }
-        self._default = Decision(compiled.default_verdict, reason="default")
-        self._default_offload = (
+        self._default: Decision[CompiledRule] = Decision(compiled.default_verdict, reason="default")
+        self._default_offload: Decision[CompiledRule] | None = (
             Decision(ACCEPT, reason="default", offload=OFFLOAD_FLOW)
             if compiled.default_verdict == ACCEPT
             else None
         )
-        self._default_handshake_ack = Decision(
+        self._default_handshake_ack: Decision[CompiledRule] = Decision(
             ACCEPT, reason="default", offload=OFFLOAD_HANDSHAKE_ACK
         )
         self._default_reject = compiled.default_verdict == REJECT
         self._default_refuses = compiled.default_verdict in (DROP, REJECT)
-        self._on_error = Decision(compiled.on_error, reason="error")
+        self._on_error: Decision[CompiledRule] = Decision(compiled.on_error, reason="error")
         self._malformed_verdict = compiled.malformed_verdict
         self._malformed: dict[str, Decision[CompiledRule]] = {}
-        self._not_ip = Decision(ACCEPT, reason="not-ip")
+        self._not_ip: Decision[CompiledRule] = Decision(ACCEPT, reason="not-ip")
         # Blocked sources are dropped before any rule, as the kernel does inline (its first
         # rule drops the block set's members), so replay and tap judge them the same way.
         self._blocked_table = compiled.tables.get(BAN_TABLE)
-        self._blocked = Decision(DROP, reason="blocked")
+        self._blocked: Decision[CompiledRule] = Decision(DROP, reason="blocked")
 
     # ---- per packet -----------------------------------------------------------------------
 
@@ -333,11 +333,11 @@ class Engine:
             else:
                 effects.append(ev)
         stats = self.stats
-        for ev in effects:
-            if ev.__class__ is Alert:
+        for effect in effects:
+            if effect.__class__ is Alert:
                 stats.alerts += 1
-                stats.detector_alerts[ev.category] += 1  # type: ignore[union-attr]
-            elif ev.__class__ is Block:
+                stats.detector_alerts[effect.category] += 1  # type: ignore[union-attr]
+            elif effect.__class__ is Block:
                 stats.blocks += 1
         return effects or None
 
@@ -407,9 +407,7 @@ class Engine:
 
     # ---- blocks -------------------------------------------------------------------------------
 
-    def block(
-        self, addr: bytes, now: float, ttl: float, reason: str = "manual"
-    ) -> Block | None:
+    def block(self, addr: bytes, now: float, ttl: float, reason: str = "manual") -> Block | None:
         """An operator's block (`ipsctl blocks add`): into the table `banned` for `ttl`
         seconds. Not checked against trusted, never_block or the ban budget, and not an
         offense for escalation. None when the policy has no table `banned` or it is full."""
@@ -460,7 +458,7 @@ class Engine:
 
     def drain(self, now: float) -> list[Effect]:
         """End every flow (end of a capture, shutdown)."""
-        events = [self._flow_end(f, now) for f in self.flows.pop_evicted()]
+        events: list[Effect] = [self._flow_end(f, now) for f in self.flows.pop_evicted()]
         events += [self._flow_end(f, now) for f in self.flows.drain()]
         return events
 
