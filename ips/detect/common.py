@@ -162,6 +162,10 @@ class Detector:
         for `offender` (the engine settles it: see `answered`); else it goes out at once,
         unless the detector-wide alert budget is spent. The alert says "blocked" when the
         packet was dropped (or, see `answered`, the offender is banned)."""
+        to_ban = offender if self.response == "block" else None
+        if to_ban is None and not self._paced(now):
+            self.suppressed += 1
+            return
         alert = Alert(
             now,
             flow_id,
@@ -179,16 +183,13 @@ class Detector:
             rule_name=self.rule_name,
             extra=extra,
         )
-        if offender is not None and self.response == "block":
+        if to_ban is not None:
             out.append(
                 BlockRequest(
-                    offender, ttl=self.ttl, detector=self.name, reason=reason, time=now,
+                    to_ban, ttl=self.ttl, detector=self.name, reason=reason, time=now,
                     alert=alert,
                 )
             )  # fmt: skip
-            return
-        if not self._paced(now):
-            self.suppressed += 1
             return
         self.alerts += 1
         out.append(alert)
