@@ -34,7 +34,7 @@ from ips.policy.resolve import load_policy_text
 TRUSTED = "10.10.1.20"
 SERVERS = 16  # 10.10.2.100-115
 RATE = 10_000.0  # simulated packets per second
-LIMIT_KEYS = 65536  # TokenBuckets' default cap (ips/policy/compile.py)
+LIMIT_KEYS = 65536  # TokenBuckets' default cap (ips/core/tables.py)
 
 POLICY = """\
 table trusted = {{ {trusted} }}

@@ -14,7 +14,7 @@ from typing import IO
 
 import click
 
-from ips.core.events import Block, FlowEnd
+from ips.core.events import Block, Effect, FlowEnd
 from ips.engine import Engine, Meta
 from ips.io.pcap import read_capture
 from ips.policy.compile import CompiledPolicy
@@ -119,7 +119,7 @@ def replay_captures(
     result = ReplayResult(engine.policy.digest)
     flows_ended = 0
 
-    def note_blocks(events: Iterable[object]) -> None:
+    def note_blocks(events: Iterable[Effect]) -> None:
         for ev in events:
             if ev.__class__ is Block:
                 result.blocks.append(

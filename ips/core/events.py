@@ -1,10 +1,13 @@
 """Effects the engine hands back to the adapters: alerts, log lines, finished flows, blocks.
 
 Pure records; the sinks (ips/sinks/) turn them into EVE JSON, syslog or metrics. Made only
-when something is worth reporting, never for an ordinary accepted packet.
+when something is worth reporting, never for an ordinary accepted packet. `Effect` names
+them all; a detector's `BlockRequest` is the one record that never leaves the engine.
 """
 
 from __future__ import annotations
+
+from typing import TypeAlias
 
 from ips.core.addr import format_addr
 
@@ -197,3 +200,39 @@ class Unblock:
 
     def __repr__(self) -> str:
         return f"Unblock({self.addr_text} {self.reason} from @{self.table})"
+
+
+class BlockRequest:
+    """A detector asks for `addr` to be banned for `ttl` seconds (before escalation).
+
+    Detectors do not ban anyone themselves: they return this request among their effects,
+    and the engine hands it to its block manager, which may refuse (trusted, never_block,
+    the ban budget, …). The engine then puts in the request's place what the detector makes
+    of the answer (Detector.answered): `alert` — the detection's alert, whose action and
+    details wait for the answer — and the Block, when one was made. So a request never
+    reaches a sink.
+
+    detector  the name of the detector that asks (portscan, sweep, …)
+    reason    a line for humans, for the Block
+    time      when (the engine's `now`)"""
+
+    __slots__ = ("addr", "alert", "detector", "reason", "time", "ttl")
+
+    def __init__(
+        self, addr: bytes, *, ttl: float, detector: str, reason: str, time: float, alert: Alert
+    ) -> None:
+        self.addr = addr
+        self.ttl = ttl
+        self.detector = detector
+        self.reason = reason
+        self.time = time
+        self.alert = alert
+
+    def __repr__(self) -> str:
+        return f"BlockRequest({format_addr(self.addr)} by {self.detector})"
+
+
+# What the engine hands to the adapters and the sinks.
+Effect: TypeAlias = Alert | LogRecord | Block | Unblock | FlowEnd
+# What a detector reports: alerts, and requests that the engine settles into alerts and blocks.
+DetectorEffect: TypeAlias = Alert | BlockRequest

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from ips.core.events import Effect
 from ips.daemon.config import DaemonConfig, keep_capabilities
 from ips.daemon.stats import detector_stats, engine_blocks, eve_stats, rule_hits
 from ips.engine import Engine
@@ -254,7 +255,7 @@ def set_up(
     sinks = open_sinks(cfg, engine, tap, policy.tap_blocks_enforced)
     every = sinks.sinks()
 
-    def on_events(events: list[object]) -> None:
+    def on_events(events: list[Effect]) -> None:
         for sink in every:
             sink.events(events)
 
@@ -264,7 +265,7 @@ def set_up(
 
 def _adapter(
     cfg: DaemonConfig, engine: Engine, bpf_program: BPFProgram | None,
-    on_events: Callable[[list[object]], None], beat: Callable[[], None],
+    on_events: Callable[[list[Effect]], None], beat: Callable[[], None],
     judged_cell: Any = None,
 ) -> tuple[PacketAdapter, int]:  # fmt: skip
     """The adapter of the configured backend and mode, and the blocks its engine adopted."""
@@ -423,7 +424,7 @@ def _manual(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
     op, engine = msg["op"], worker.engine
     now = float(msg.get("time") or time.time())
     reason = str(msg.get("reason") or MANUAL)
-    effects: list[object] = []
+    effects: list[Effect] = []
     # An engine without blocks (before the detectors) is answered, and told nothing.
     if op == "block":
         addr = ipaddress.ip_address(msg["addr"]).packed

@@ -1,8 +1,9 @@
 """Detectors that block: port scans, address sweeps, stealth flags, floods.
 
 Pure (no I/O, no clock: `now` is an argument). The engine calls `Detectors.observe` for each
-packet after the flow table and before the rules, and `Detectors.tick` with its own tick;
-blocks are decided by the `BlockManager` (trust, never_block, ban budget, escalation).
+packet after the flow table and before the rules, and `Detectors.tick` with its own tick.
+Detectors only ask for blocks (BlockRequest effects); the engine's BlockManager decides them
+(trust, never_block, ban budget, escalation: ips/engine/blocks.py).
 
 Signature ids: 9000000-9000999 are reserved for detector alerts (a rule's `sid` may not use
 them); each detector has a block of 100:
@@ -20,7 +21,6 @@ them); each detector has a block of 100:
                               by the supervisor, ips/daemon/unjudged.py)
 """
 
-from ips.detect.blocks import BlockManager
 from ips.detect.detectors import Detectors
 
-__all__ = ["BlockManager", "Detectors"]
+__all__ = ["Detectors"]

@@ -1,21 +1,21 @@
-"""What the detectors share: address lists, the report path (alert + block), alert pacing.
+"""What the detectors share: address lists, the report path (alert + block request), alert
+pacing.
 
-Pure, like the rest of the core: no I/O, no clock; `now` is an argument.
+Pure, like the rest of the core: no I/O, no clock; `now` is an argument. A detector asks for
+blocks but never makes one: its request goes back to the engine among its effects, and the
+engine's block manager answers (see `Detector.emit` and `Detector.answered`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ips.core.addr import format_addr
-from ips.core.events import Alert
-from ips.policy.compile import NetMatcher
+from ips.core.events import Alert, Block, BlockRequest, DetectorEffect, Effect
+from ips.core.tables import NetMatcher
 from ips.policy.model import DETECTOR_SID_BASE, AddrSpec, DetectSpec
-
-if TYPE_CHECKING:
-    from ips.detect.blocks import BlockManager
 
 # At most one alert per second per detector and key (a source, or a flood's victim): a scan
 # or a flood is one story, not a million lines. What was folded is counted in the next alert.
@@ -68,8 +68,9 @@ def not_a_host(addr: bytes) -> bool:
 
 
 class Detector:
-    """The part every detector shares: its configuration, counters, and `emit`, which makes
-    the alert of a detection and asks the BlockManager for the block its response wants."""
+    """The part every detector shares: its configuration, counters, `emit`, which makes the
+    alert of a detection (and the block request its response wants), and `answered`, which
+    completes that alert once the engine's BlockManager has answered the request."""
 
     name = ""
 
@@ -83,7 +84,6 @@ class Detector:
         self.ignore: AddrList | None = AddrList(ignore) if isinstance(ignore, AddrSpec) else None
         self.sid_base = DETECTOR_SID_BASE[self.name]
         self.rule_name = f"{spec.span.file}:{spec.span.line}"
-        self.blocks: BlockManager | None = None  # set by Detectors
         self.alerts = 0
         self.suppressed = 0
         self.blocked = 0
@@ -125,7 +125,7 @@ class Detector:
             "drops": self.drops,
         }
 
-    def tick(self, now: float, out: list[object]) -> None:
+    def tick(self, now: float, out: list[DetectorEffect]) -> None:
         """Expiry of old state (and, for scans, probes whose answer is overdue)."""
 
     def _paced(self, now: float) -> bool:
@@ -142,7 +142,7 @@ class Detector:
 
     def emit(
         self,
-        out: list[object],
+        out: list[DetectorEffect],
         now: float,
         *,
         flow_id: int,
@@ -158,44 +158,65 @@ class Detector:
         reason: str = "",
         dropped: bool = False,
     ) -> None:
-        """Report one detection. With response `block`, `offender` is banned (if the
-        BlockManager agrees: trusted, never_block, the budget); the alert says "blocked" when
-        the offender is banned (now or already) or the packet was dropped."""
-        blocked = dropped
-        block = None
-        if offender is not None and self.response == "block" and self.blocks is not None:
-            block, status = self.blocks.request(offender, now, self.ttl, self.name, reason)
-            extra["block"] = status
-            if block is not None:
-                self.blocked += 1
-                extra["ttl"] = block.ttl
-                extra["offense"] = block.offense
-            blocked = blocked or status in ("added", "already")
-        if block is None and not self._paced(now):
+        """Report one detection. With response `block`, the alert waits in a BlockRequest
+        for `offender` (the engine settles it: see `answered`); else it goes out at once,
+        unless the detector-wide alert budget is spent. The alert says "blocked" when the
+        packet was dropped (or, see `answered`, the offender is banned)."""
+        to_ban = offender if self.response == "block" else None
+        if to_ban is None and not self._paced(now):
             self.suppressed += 1
             return
-        self.alerts += 1
-        out.append(
-            Alert(
-                now,
-                flow_id,
-                4 if len(src) == 4 else 6,
-                proto,
-                src,
-                sport,
-                dst,
-                dport,
-                action="blocked" if blocked else "allowed",
-                signature_id=self.sid_base + sid,
-                signature=signature,
-                severity=SEVERITY,
-                category=self.name,
-                rule_name=self.rule_name,
-                extra=extra,
-            )
+        alert = Alert(
+            now,
+            flow_id,
+            4 if len(src) == 4 else 6,
+            proto,
+            src,
+            sport,
+            dst,
+            dport,
+            action="blocked" if dropped else "allowed",
+            signature_id=self.sid_base + sid,
+            signature=signature,
+            severity=SEVERITY,
+            category=self.name,
+            rule_name=self.rule_name,
+            extra=extra,
         )
+        if to_ban is not None:
+            out.append(
+                BlockRequest(
+                    to_ban, ttl=self.ttl, detector=self.name, reason=reason, time=now,
+                    alert=alert,
+                )
+            )  # fmt: skip
+            return
+        self.alerts += 1
+        out.append(alert)
+
+    def answered(self, request: BlockRequest, block: Block | None, status: str) -> list[Effect]:
+        """The BlockManager's answer to this detector's request: (Block, "added") or (None,
+        why not: "already", "trusted", "budget", …; see ips/engine/blocks.py). Returns what
+        goes out in the request's place: the alert — with the answer in its details, and
+        "blocked" when the offender is banned (now or already) — then the Block. A refused
+        request's alert is subject to the alert budget, as any alert without a block."""
+        alert = request.alert
+        extra = alert.extra
+        assert extra is not None  # emit gives every detector alert its details
+        extra["block"] = status
         if block is not None:
-            out.append(block)
+            self.blocked += 1
+            extra["ttl"] = block.ttl
+            extra["offense"] = block.offense
+        if status in ("added", "already"):
+            alert.action = "blocked"
+        if block is None and not self._paced(request.time):
+            self.suppressed += 1
+            return []
+        self.alerts += 1
+        if block is None:
+            return [alert]
+        return [alert, block]
 
 
 def addr_list(addrs: Iterable[bytes]) -> list[str]:

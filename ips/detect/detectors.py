@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ips.core.events import Block, BlockRequest, DetectorEffect, Effect
 from ips.core.flow import Flow
 from ips.core.packet import (
     FRAG_LATER,
@@ -34,7 +35,6 @@ from ips.core.packet import (
     TCP_SYN,
     Packet,
 )
-from ips.detect.blocks import BlockManager
 from ips.detect.common import Detector, not_a_host
 from ips.detect.flood import Flood, IcmpFlood, SynFlood, UdpFlood
 from ips.detect.scan import (
@@ -74,22 +74,22 @@ _ICMP6_ANSWERS = frozenset((129,))
 _UDPS = (PROTO_UDP, PROTO_UDPLITE)
 _ICMPS = (PROTO_ICMP, PROTO_ICMPV6)
 
-Result = tuple[list[object] | None, str | None]
+Result = tuple[list[DetectorEffect] | None, str | None]
 
 
 class Detectors:
     """All detectors of one policy. `observe` returns None (nothing to report: the common
     case) or (effects or None, name of the detector whose `limit` drops the packet or None).
-    Effects are Alert and Block events."""
+    Effects are Alerts and BlockRequests; the engine hands each request to its block manager
+    and its answer to `answered`, in the order they were made, before anything else happens
+    (so a detection sees the blocks of the detections before it, as if it had made them)."""
 
     def __init__(
         self,
         policy: Policy,
-        blocks: BlockManager,
         previous: Detectors | None = None,
         shards: int = 1,
     ) -> None:
-        self.blocks = blocks
         memory = policy.detect_memory
         self.by_name: dict[str, Detector] = {}
         for name, spec in policy.detectors.items():
@@ -100,7 +100,6 @@ class Detectors:
                 det.rule_name = f"{spec.span.file}:{spec.span.line}"
             else:
                 det = CLASSES[name](spec, memory)
-            det.blocks = blocks
             if isinstance(det, Flood) and not det.per_src and shards > 1:
                 # With several workers, a destination's sources are spread over them (the
                 # queue is chosen by the initiator's address): each counts its share.
@@ -160,7 +159,7 @@ class Detectors:
         if proto == PROTO_SCTP and fwd and flow.pkts_fwd == 1 and not flow.replied:
             if pkt.frag == FRAG_LATER or not self.scans:
                 return None
-            out: list[object] = []
+            out: list[DetectorEffect] = []
             if not self._answers(pkt, False, now, out):
                 self._probe(pkt, flow, DATAGRAM, now, out, True)
             return (out, None) if out else None
@@ -169,7 +168,7 @@ class Detectors:
     def _tcp(self, pkt: Packet, flow: Flow, fwd: bool, flags: int, now: float) -> Result | None:
         if pkt.frag == FRAG_LATER:
             return None  # no TCP header: its "flags" are not flags
-        out: list[object] = []
+        out: list[DetectorEffect] = []
         drop = None
         kind = KIND_OF_FLAGS[flags]
         if kind:
@@ -201,7 +200,7 @@ class Detectors:
     def _udp(self, pkt: Packet, flow: Flow, fwd: bool, now: float) -> Result | None:
         if pkt.frag == FRAG_LATER:
             return None
-        out: list[object] = []
+        out: list[DetectorEffect] = []
         drop = None
         if (
             self.scans
@@ -220,7 +219,7 @@ class Detectors:
     def _icmp(self, pkt: Packet, flow: Flow, fwd: bool, now: float) -> Result | None:
         itype = pkt.icmp_type
         v4 = pkt.proto == PROTO_ICMP
-        out: list[object] = []
+        out: list[DetectorEffect] = []
         drop = None
         first = fwd and flow.pkts_fwd == 1 and not flow.replied
         if itype == (3 if v4 else 1):  # destination unreachable
@@ -245,7 +244,7 @@ class Detectors:
     # ---- scans -------------------------------------------------------------------------------
 
     def _probe(
-        self, pkt: Packet, flow: Flow, kind: int, now: float, out: list[object], ports: bool
+        self, pkt: Packet, flow: Flow, kind: int, now: float, out: list[DetectorEffect], ports: bool
     ) -> None:
         src = pkt.src
         dst = pkt.dst
@@ -260,31 +259,36 @@ class Detectors:
         if sweep is not None and not sweep.ignored(src):
             sweep.probe(src, dst, pkt, flow, kind, now, out)
 
-    def _answers(self, pkt: Packet, failed: bool, now: float, out: list[object]) -> bool:
+    def _answers(self, pkt: Packet, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
         """Whether `pkt` answers a pending probe (and note the answer)."""
         return self._answer((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport), failed, now, out)
 
-    def _answer(self, answer: Tuple5, failed: bool, now: float, out: list[object]) -> bool:
+    def _answer(self, answer: Tuple5, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
         found = False
         for det in self.scans:
             found = det.answer(answer, failed, now, out) or found
         return found
 
-    def rejected(self, pkt: Packet, now: float) -> list[object] | None:
+    def rejected(self, pkt: Packet, now: float) -> list[DetectorEffect] | None:
         """The policy rejected a flow's first packet: our own reset or ICMP error is the
         answer, and a failure. Returns the effects (a scan may be complete)."""
         if not self.scans:
             return None
-        out: list[object] = []
+        out: list[DetectorEffect] = []
         self._answer(answer_tuple(pkt), True, now, out)
         return out or None
 
+    def answered(self, request: BlockRequest, block: Block | None, status: str) -> list[Effect]:
+        """The block manager's answer to a request: what goes out in its place (the
+        detection's alert, and the Block when one was made; see Detector.answered)."""
+        return self.by_name[request.detector].answered(request, block, status)
+
     # ---- time --------------------------------------------------------------------------------
 
-    def tick(self, now: float) -> list[object]:
+    def tick(self, now: float) -> list[DetectorEffect]:
         """Weigh the probes whose answer is overdue (they may complete a scan: Alert, Block),
         and let go of expired state."""
-        out: list[object] = []
+        out: list[DetectorEffect] = []
         for det in self.by_name.values():
             det.tick(now, out)
         return out

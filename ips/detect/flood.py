@@ -21,6 +21,7 @@ a second — are answered (a flood of new flows is counted: every first packet i
 from __future__ import annotations
 
 from ips.core.addr import format_addr
+from ips.core.events import Block, BlockRequest, DetectorEffect, Effect
 from ips.core.flow import Flow
 from ips.core.packet import Packet
 from ips.detect.common import ALERT_EVERY, Detector
@@ -48,7 +49,7 @@ class Flood(Detector):
     def tracked(self) -> int:
         return len(self.buckets)
 
-    def count(self, pkt: Packet, flow: Flow, now: float, out: list[object]) -> bool:
+    def count(self, pkt: Packet, flow: Flow, now: float, out: list[DetectorEffect]) -> bool:
         """Count one packet; True when it is over the rate and the response is `limit`."""
         key = pkt.src if self.per_src else pkt.dst
         if self.ignore is not None and (
@@ -77,11 +78,10 @@ class Flood(Detector):
                 self._report(pkt, flow, now, b, True, out)
             return True
         if self.response == "block":
-            blocks = self.blocks
-            if blocks is not None and blocks.is_blocked(pkt.src, now):
-                return False  # banned already: the kernel drops the rest
-            # per dst, every new source over the rate is asked for (the ban budget bounds
-            # it); per src, a refused ban (trusted, budget) is asked for again once a second
+            # Per dst, every new source over the rate is asked for (the ban budget bounds
+            # it); per src, a refused ban (trusted, budget) is asked for again once a second.
+            # A source banned already is left alone (the kernel drops the rest), but only the
+            # block manager knows that: see `answered`.
             if self.per_src and now - b[2] < ALERT_EVERY:
                 return False
             self._report(pkt, flow, now, b, False, out)
@@ -96,11 +96,13 @@ class Flood(Detector):
         now: float,
         bucket: list[float],
         dropped: bool,
-        out: list[object],
+        out: list[DetectorEffect],
     ) -> None:
         over = int(bucket[3])
-        bucket[2] = now
-        bucket[3] = 0.0
+        if self.response != "block":
+            bucket[2] = now
+            bucket[3] = 0.0
+        # else the bucket starts a new alert period once the block is answered (`answered`)
         extra: dict[str, object] = {
             "source": format_addr(pkt.src),
             "target": format_addr(pkt.dst),
@@ -121,6 +123,18 @@ class Flood(Detector):
             extra=extra, offender=pkt.src, reason=reason, dropped=dropped,
         )  # fmt: skip
 
+    def answered(self, request: BlockRequest, block: Block | None, status: str) -> list[Effect]:
+        """A source banned already (by another detection of this packet) is left alone, as if
+        never reported: the kernel drops the rest. Otherwise the bucket starts a new alert
+        period and the alert goes out as any detector's."""
+        if status == "already":
+            return []
+        alert = request.alert
+        bucket = self.buckets[alert.src if self.per_src else alert.dst]
+        bucket[2] = request.time
+        bucket[3] = 0.0
+        return super().answered(request, block, status)
+
     def _make_room(self, now: float) -> None:
         """Evict one bucket: the first idle one (it would be full again, so nothing is lost)
         among the oldest few; buckets still in use go to the back. Else the oldest."""
@@ -135,7 +149,7 @@ class Flood(Detector):
         del buckets[next(iter(buckets))]
         self.evicted += 1
 
-    def tick(self, now: float, out: list[object]) -> None:
+    def tick(self, now: float, out: list[DetectorEffect]) -> None:
         """Drop idle buckets (a new one starts full: nothing is lost), a bounded number per
         tick; buckets in use go to the back."""
         buckets = self.buckets

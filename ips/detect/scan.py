@@ -50,9 +50,10 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ips.core.addr import format_addr
+from ips.core.events import DetectorEffect
 from ips.core.flow import Flow
 from ips.core.packet import (
     PROTO_ICMP,
@@ -67,8 +68,18 @@ from ips.core.packet import (
 from ips.detect.common import TARGETS_SHOWN, Detector, addr_list
 from ips.policy.model import DetectSpec
 
-if TYPE_CHECKING:
-    from ips.detect.slowscan import SlowScan
+
+class LongWindow(Protocol):
+    """What a scan detector tells a long window (`detect slowscan`, slowscan.py) about its
+    probes: every weight it gives, and every target the source went on to use. Declared here
+    so that the scan detectors need not import the long window (which imports them)."""
+
+    def credit(
+        self, scan: ScanDetector, probe: Probe, weight: float, now: float,
+        out: list[DetectorEffect],
+    ) -> None: ...  # fmt: skip
+
+    def target_used(self, scan: ScanDetector, probe: Probe) -> None: ...
 
 GRACE = 2.0  # seconds a probe waits for its answer; TCP's first SYN retransmit is at 1 s
 RESOLVE_PER_PACKET = 16  # overdue probes weighed per observed probe (the rest: tick)
@@ -143,7 +154,7 @@ class ScanDetector(Detector):
         self.entries: dict[object, ScanEntry] = {}  # in order of window start
         self.pending: deque[Probe] = deque()  # in order of due
         self.index: dict[Tuple5, Probe] = {}  # answer 5-tuple -> pending probe
-        self.slow: SlowScan | None = None  # `detect slowscan`, told every weight (Detectors)
+        self.slow: LongWindow | None = None  # `detect slowscan`, told every weight (Detectors)
 
     def tracked(self) -> int:
         return len(self.entries)
@@ -180,7 +191,7 @@ class ScanDetector(Detector):
         flow: Flow,
         kind: int,
         now: float,
-        out: list[object],
+        out: list[DetectorEffect],
     ) -> None:
         """A first packet that is a probe: weighed when its answer comes, or is overdue."""
         answer = answer_tuple(pkt)
@@ -203,7 +214,7 @@ class ScanDetector(Detector):
         pending.append(probe)
         self.index[answer] = probe
 
-    def answer(self, answer: Tuple5, failed: bool, now: float, out: list[object]) -> bool:
+    def answer(self, answer: Tuple5, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
         """A packet with this 5-tuple answers a pending probe (True), or not (False). A
         failure counts at once; anything else is weighed when the probe is due."""
         probe = self.index.get(answer)
@@ -221,7 +232,7 @@ class ScanDetector(Detector):
         if self.index.get(probe.answer) is probe:
             del self.index[probe.answer]
 
-    def resolve(self, now: float, budget: int, out: list[object]) -> None:
+    def resolve(self, now: float, budget: int, out: list[DetectorEffect]) -> None:
         """Weigh the probes whose answer is due."""
         pending = self.pending
         while pending and budget > 0 and pending[0].due <= now:
@@ -234,9 +245,9 @@ class ScanDetector(Detector):
             if weight > 0.0:
                 self._credit(probe, weight, now, out)
             elif self.slow is not None and (probe.outcome == ANSWERED or probe.flow.replied):
-                self.slow.answered(self, probe)  # a target in use is no failure over hours
+                self.slow.target_used(self, probe)  # a target in use is no failure over hours
 
-    def _credit(self, probe: Probe, weight: float, now: float, out: list[object]) -> None:
+    def _credit(self, probe: Probe, weight: float, now: float, out: list[DetectorEffect]) -> None:
         entry = probe.entry
         weights = entry.weights
         old = weights.get(probe.target, 0.0)
@@ -250,7 +261,7 @@ class ScanDetector(Detector):
         if self.slow is not None:
             self.slow.credit(self, probe, weight, now, out)  # its long window (slowscan.py)
 
-    def tick(self, now: float, out: list[object]) -> None:
+    def tick(self, now: float, out: list[DetectorEffect]) -> None:
         self.resolve(now, RESOLVE_PER_TICK, out)
         # (pending probes keep what they need of an entry whose window is over)
         self.drop_finished_windows(self.entries, now)
@@ -260,7 +271,7 @@ class ScanDetector(Detector):
     def weigh(self, probe: Probe) -> float:
         raise NotImplementedError
 
-    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[object]) -> None:
+    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
         raise NotImplementedError
 
     def _details(self, entry: ScanEntry, source: bytes) -> dict[str, object]:
@@ -274,7 +285,12 @@ class ScanDetector(Detector):
         }
 
     def _emit(
-        self, probe: Probe, now: float, out: list[object], dst: bytes, extra: dict[str, object]
+        self,
+        probe: Probe,
+        now: float,
+        out: list[DetectorEffect],
+        dst: bytes,
+        extra: dict[str, object],
     ) -> None:
         flow = probe.flow
         source = flow.src
@@ -315,7 +331,7 @@ class PortScan(ScanDetector):
             return W_FAILED if kind == SYN else 0.0
         return 0.0 if flow.replied else W_FAILED
 
-    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[object]) -> None:
+    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
         _, target = probe.key  # type: ignore[misc]
         ports = sorted(t for t, w in entry.weights.items() if w > 0.0)  # type: ignore[type-var]
         extra = self._details(entry, probe.flow.src)
@@ -352,7 +368,7 @@ class Sweep(ScanDetector):
             return 0.0  # only a reset or refusal counts (see the module's notes)
         return 0.0 if flow.replied else W_FAILED
 
-    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[object]) -> None:
+    def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
         hosts = [t for t, w in entry.weights.items() if w > 0.0]
         extra = self._details(entry, probe.flow.src)
         extra["targets"] = addr_list(hosts)  # type: ignore[arg-type]

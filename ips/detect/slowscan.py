@@ -40,6 +40,7 @@ from __future__ import annotations
 from typing import TypeVar
 
 from ips.core.addr import format_addr
+from ips.core.events import DetectorEffect
 from ips.detect.common import TARGETS_SHOWN, Detector, addr_list
 from ips.detect.scan import Probe, ScanDetector, ScanEntry, Sweep
 from ips.policy.model import DetectSpec
@@ -115,7 +116,7 @@ class SlowScan(Detector):
         out["spreads"] = len(self.spreads)
         return out
 
-    def tick(self, now: float, out: list[object]) -> None:
+    def tick(self, now: float, out: list[DetectorEffect]) -> None:
         for windows in (self.pairs, self.sources, self.spreads):
             self.drop_finished_windows(windows, now)  # type: ignore[arg-type]
 
@@ -135,14 +136,14 @@ class SlowScan(Detector):
     # ---- fed by portscan and sweep -----------------------------------------------------------
 
     def credit(self, scan: ScanDetector, probe: Probe, weight: float, now: float,
-               out: list[object]) -> None:  # fmt: skip
+               out: list[DetectorEffect]) -> None:  # fmt: skip
         """`scan` gave the target of `probe` this weight in its short window."""
         if isinstance(scan, Sweep):
             self._host(probe, weight, now, out)
         else:
             self._port(probe, weight, now, out)
 
-    def answered(self, scan: ScanDetector, probe: Probe) -> None:
+    def target_used(self, scan: ScanDetector, probe: Probe) -> None:
         """`probe` was answered and used (it weighs nothing): a target the source failed on
         earlier in its long window, and now uses, was not a failure (a lost SYN, a server
         restarting, a browser's spare connection). The distributed view keeps what it got."""
@@ -153,7 +154,7 @@ class SlowScan(Detector):
         if entry is not None and not entry.fired:
             entry.score -= entry.weights.pop(probe.target, 0.0)
 
-    def _port(self, probe: Probe, weight: float, now: float, out: list[object]) -> None:
+    def _port(self, probe: Probe, weight: float, now: float, out: list[DetectorEffect]) -> None:
         source, host = probe.key  # type: ignore[misc]
         if self.ignored(source):
             return
@@ -171,7 +172,7 @@ class SlowScan(Detector):
         elif self.distributed:
             self._share(entry, source, host, probe, now, out)
 
-    def _host(self, probe: Probe, weight: float, now: float, out: list[object]) -> None:
+    def _host(self, probe: Probe, weight: float, now: float, out: list[DetectorEffect]) -> None:
         source = probe.key
         if self.ignored(source):  # type: ignore[arg-type]
             return
@@ -189,7 +190,7 @@ class SlowScan(Detector):
             self._emit(probe, now, out, probe.flow.dst, SID_HOSTS, extra, reason, True)
 
     def _share(self, entry: PairEntry, source: bytes, host: bytes, probe: Probe, now: float,
-               out: list[object]) -> None:  # fmt: skip
+               out: list[DetectorEffect]) -> None:  # fmt: skip
         """Add the source's failed ports of `host` to the host's distributed window."""
         ports = [t for t, w in entry.weights.items() if w > 0.0]
         if len(ports) < SHARE_AFTER:
@@ -223,7 +224,9 @@ class SlowScan(Detector):
 
     # ---- reports -----------------------------------------------------------------------------
 
-    def _report_ports(self, entry: PairEntry, probe: Probe, now: float, out: list[object]) -> None:
+    def _report_ports(
+        self, entry: PairEntry, probe: Probe, now: float, out: list[DetectorEffect]
+    ) -> None:
         source, host = probe.key  # type: ignore[misc]
         extra = self._details(entry, "ports", self.ports, source)
         extra["target"] = format_addr(host)
@@ -245,7 +248,7 @@ class SlowScan(Detector):
             "window": self.within,
         }
 
-    def _emit(self, probe: Probe, now: float, out: list[object], dst: bytes, sid: int,
+    def _emit(self, probe: Probe, now: float, out: list[DetectorEffect], dst: bytes, sid: int,
               extra: dict[str, object], reason: str, offender: bool) -> None:  # fmt: skip
         flow = probe.flow
         self.emit(

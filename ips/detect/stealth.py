@@ -20,6 +20,7 @@ are never looked at.
 from __future__ import annotations
 
 from ips.core.addr import format_addr
+from ips.core.events import DetectorEffect
 from ips.core.flow import Flow
 from ips.core.packet import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG, Packet
 from ips.detect.common import ALERT_EVERY, Detector
@@ -83,7 +84,9 @@ class Stealth(Detector):
     def tracked(self) -> int:
         return len(self.entries)
 
-    def observe(self, pkt: Packet, flow: Flow, kind: int, now: float, out: list[object]) -> None:
+    def observe(
+        self, pkt: Packet, flow: Flow, kind: int, now: float, out: list[DetectorEffect]
+    ) -> None:
         if kind == FIN and (flow.flags_fwd | flow.flags_rev) & TCP_SYN:
             return  # a bare FIN inside a connection: odd, but not a scan
         src = pkt.src
@@ -123,5 +126,5 @@ class Stealth(Detector):
             reason=f"stealth: {entry.count} {KIND_NAMES[kind]} packets within {self.within:g}s",
         )  # fmt: skip
 
-    def tick(self, now: float, out: list[object]) -> None:
+    def tick(self, now: float, out: list[DetectorEffect]) -> None:
         self.drop_finished_windows(self.entries, now)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ips.core.events import Effect
 from ips.engine import Engine
 
 if TYPE_CHECKING:
@@ -114,7 +115,7 @@ class EngineAdapter:
         self,
         engine: Engine,
         *,
-        on_events: Callable[[list[object]], None] | None = None,
+        on_events: Callable[[list[Effect]], None] | None = None,
         clock: Callable[[], float] = time.time,
         blocks: KernelBlocks | None = None,
         on_busy: Callable[[], None] | None = None,
@@ -141,7 +142,7 @@ class EngineAdapter:
     def stats_sections(self) -> dict[str, object]:
         return {}
 
-    def effects(self, effects: list[object]) -> None:
+    def effects(self, effects: list[Effect]) -> None:
         """Effects that did not come with a packet (the engine's tick, manual operations):
         blocks written to the kernel at once, everything to on_events."""
         if self.blocks is not None and self.blocks.note(effects):

@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from ips.core.events import Effect
 from ips.engine import Engine, Meta
 from ips.io.adapter import BUSY_EVERY
 from ips.kernel.blocks import Latency, effect_kind, save_blocks
@@ -177,7 +178,7 @@ class UserBlocks:
         self.version += 1
         self._dirty = True
 
-    def note(self, effects: Iterable[object]) -> bool:
+    def note(self, effects: Iterable[Effect]) -> bool:
         """Apply the Block / Unblock effects among `effects` (an expiry too: no kernel timer
         removes it here). Returns False: nothing waits for a flush but the file."""
         for effect in effects:
@@ -355,7 +356,7 @@ class DivertWorker:
         *,
         hooks: Iterable[str] = ("forward",),
         queue_len: int = 4096,
-        on_events: Callable[[list[object]], None] | None = None,
+        on_events: Callable[[list[Effect]], None] | None = None,
         clock: Callable[[], float] = time.time,
         blocks: UserBlocks | None = None,
         on_busy: Callable[[], None] | None = None,
@@ -525,7 +526,7 @@ class DivertWorker:
         if self.blocks.version != self._filtered_version:
             self.refilter()
 
-    def effects(self, effects: list[object]) -> None:
+    def effects(self, effects: list[Effect]) -> None:
         """Effects without a packet (the engine's tick, manual operations): blocks to the ban
         set, everything to on_events."""
         self.blocks.expire(self.clock())

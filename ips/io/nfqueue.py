@@ -40,17 +40,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ips.core.addr import format_addr
+from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
+from ips.core.events import Effect
 from ips.engine import Engine, Meta
 from ips.io.adapter import EngineAdapter
 from ips.io.nflog import LoggedPacket, NflogClient, NflogError
 from ips.io.nfqnl import NF_ACCEPT, NF_DROP, NfqClient, QueuedPacket, Verdict
-from ips.policy.compile import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
 from ips.translate.nft import HANDSHAKE_ACK_MARK, OFFLOAD_MARK, copy_group
 
 if TYPE_CHECKING:
+    from ips.core.decision import Decision
     from ips.io.adapter import JudgedCell
     from ips.kernel.blocks import KernelBlocks
-    from ips.policy.compile import Decision
 
 # Netlink / nfnetlink_queue constants (linux/netfilter/nfnetlink_queue.h)
 _NLM_F_REQUEST = 0x01
@@ -163,7 +164,7 @@ class QueueWorker(EngineAdapter):
         *,
         fail_open: bool = True,
         max_len: int = DEFAULT_MAX_LEN,
-        on_events: Callable[[list[object]], None] | None = None,
+        on_events: Callable[[list[Effect]], None] | None = None,
         clock: Callable[[], float] = time.time,
         blocks: KernelBlocks | None = None,
         on_busy: Callable[[], None] | None = None,

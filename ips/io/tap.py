@@ -23,10 +23,10 @@ import struct
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from ips.core.events import Alert
+from ips.core.events import Alert, Effect
 from ips.core.packet import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from ips.engine import Engine, Meta
 from ips.io.adapter import EngineAdapter
@@ -104,7 +104,7 @@ def interface_linktype(iface: str) -> int:
     return linktype
 
 
-def _not_enforced(effects: object) -> list[object]:
+def _not_enforced(effects: Iterable[Effect]) -> list[Effect]:
     """A tap enforces nothing: an alert the engine calls `blocked` is `would_drop` for every
     sink (EVE, the recent alerts of `ipsctl top`, the webhook)."""
     out = list(effects)  # type: ignore[call-overload]
@@ -137,7 +137,7 @@ class TapWorker(EngineAdapter):
         bpf: list[tuple[int, int, int, int]] | None = None,
         bpf_text: str | None = None,
         promisc: bool = False,
-        on_events: Callable[[list[object]], None] | None = None,
+        on_events: Callable[[list[Effect]], None] | None = None,
         clock: Callable[[], float] = time.time,
         blocks: KernelBlocks | None = None,
         on_busy: Callable[[], None] | None = None,
@@ -232,7 +232,7 @@ class TapWorker(EngineAdapter):
     def _packet_effects(self, decision_effects: object) -> None:
         super()._packet_effects(_not_enforced(decision_effects))
 
-    def effects(self, effects: list[object]) -> None:
+    def effects(self, effects: list[Effect]) -> None:
         super().effects(_not_enforced(effects))
 
     def _read_kernel_stats(self, sock: socket.socket) -> None:

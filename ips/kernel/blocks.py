@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from ips.core.events import Effect
 from ips.kernel.nft import KernelError, Nft
 from ips.safefile import replace_private_file
 from ips.translate.nft import (
@@ -127,7 +128,7 @@ class KernelBlocks:
 
     # ---- queueing (per packet: cheap) ------------------------------------------------------
 
-    def note(self, effects: Iterable[object]) -> bool:
+    def note(self, effects: Iterable[Effect]) -> bool:
         """Queue the Block / Unblock effects among `effects`; True if any was queued."""
         queued = False
         for effect in effects:

@@ -20,9 +20,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable
 
-from ips.core import craft
-from ips.core.events import Alert, LogRecord
-from ips.core.packet import FRAG_LATER, PORT_PROTOS, PROTO_TCP, Packet
+from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
+from ips.core.packet import FRAG_LATER, PORT_PROTOS, Packet
+from ips.core.tables import DynamicTable, NetMatcher, TokenBuckets
 from ips.policy.model import (
     ACCEPT,
     BAN_TABLE,
@@ -36,128 +36,8 @@ from ips.policy.model import (
     PortSpec,
     RuleSpec,
 )
-from ips.policy.names import ICMPX_TO_ICMP, ICMPX_TO_ICMPV6
 
 Check = Callable[[Packet, object, bool, float], bool]
-
-
-OFFLOAD_FLOW = 1  # Decision.offload: the rest of the flow goes on in the kernel
-OFFLOAD_HANDSHAKE_ACK = 2  # Decision.offload: only the handshake's final bare ACK does
-
-
-class Decision:
-    """What to do with one packet.
-
-    verdict  accept | drop | reject | rewrite
-    rule     the CompiledRule that decided, or None (default verdict, malformed, error)
-    data     replacement bytes for the packet (rewrite, or a reply of a translated flow),
-             else None
-    reply    bytes the adapter must send back (the TCP reset / ICMP error of a reject)
-    effects  events to hand to the sinks (alerts, log records); () when none
-    reason   why, when no rule decided: "default", "malformed:<reason>", "error", "not-ip"
-    offload  0; OFFLOAD_FLOW: accept, and the flow's later packets need no inspection: the
-             adapter may let the kernel pass them without the queue (see
-             CompiledPolicy.offload_safe); OFFLOAD_HANDSHAKE_ACK: accept (a SYN+ACK), and the
-             kernel may pass the initiator's bare ACK that completes the handshake
-    """
-
-    __slots__ = ("data", "effects", "offload", "reason", "reply", "rule", "verdict")
-
-    def __init__(
-        self,
-        verdict: str,
-        rule: CompiledRule | None = None,
-        data: bytes | None = None,
-        reply: bytes | None = None,
-        effects: tuple[object, ...] | list[object] = (),
-        reason: str = "",
-        offload: int = 0,
-    ) -> None:
-        self.verdict = verdict
-        self.offload = offload
-        self.rule = rule
-        self.data = data
-        self.reply = reply
-        self.effects = effects
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        who = self.rule.spec.name if self.rule else self.reason
-        return f"Decision({self.verdict} by {who})"
-
-
-class DynamicTable:
-    """A table whose members change at run time (blocks): address bytes -> expiry time.
-
-    Mirrors the nftables set of the same name; entries expire by `now`, in the engine's tick."""
-
-    __slots__ = ("members", "name", "size", "timeout")
-
-    def __init__(self, name: str, timeout: float | None, size: int) -> None:
-        self.name = name
-        self.timeout = timeout
-        self.size = size
-        self.members: dict[bytes, float] = {}
-
-    def add(self, addr: bytes, now: float, ttl: float | None = None) -> bool:
-        """Add or refresh; False when the table is full (the caller counts it)."""
-        if addr not in self.members and len(self.members) >= self.size:
-            return False
-        life = ttl if ttl is not None else self.timeout
-        self.members[addr] = now + life if life else float("inf")
-        return True
-
-    def remove(self, addr: bytes) -> bool:
-        return self.members.pop(addr, None) is not None
-
-    def contains(self, addr: bytes, now: float) -> bool:
-        expiry = self.members.get(addr)
-        return expiry is not None and expiry > now
-
-    def expire(self, now: float) -> list[bytes]:
-        gone = [a for a, t in self.members.items() if t <= now]
-        for a in gone:
-            del self.members[a]
-        return gone
-
-
-class TokenBuckets:
-    """Per-key token buckets for `limit RATE [per src|dst|flow]`. Bounded: when full, idle
-    buckets (which would be full again anyway) are dropped first."""
-
-    __slots__ = ("buckets", "burst", "max_keys", "rate")
-
-    def __init__(self, rate: float, burst: int, max_keys: int = 65536) -> None:
-        self.rate = rate
-        self.burst = float(burst)
-        self.max_keys = max_keys
-        self.buckets: dict[object, list[float]] = {}
-
-    def take(self, key: object, now: float) -> bool:
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            if len(self.buckets) >= self.max_keys:
-                self._shrink(now)
-            self.buckets[key] = [self.burst - 1.0, now]
-            return True
-        tokens = bucket[0] + (now - bucket[1]) * self.rate
-        if tokens > self.burst:
-            tokens = self.burst
-        bucket[1] = now
-        if tokens >= 1.0:
-            bucket[0] = tokens - 1.0
-            return True
-        bucket[0] = tokens
-        return False
-
-    def _shrink(self, now: float) -> None:
-        refill = self.burst / self.rate
-        idle = [k for k, (_, last) in self.buckets.items() if now - last >= refill]
-        for k in idle:
-            del self.buckets[k]
-        if len(self.buckets) >= self.max_keys:  # all busy: drop the oldest half
-            for k in list(self.buckets)[: self.max_keys // 2]:
-                del self.buckets[k]
 
 
 class CompiledRule:
@@ -189,7 +69,7 @@ class CompiledRule:
         self.check = _dynamic_check(spec, tables)
         self.limiter: TokenBuckets | None = None
         self.limit_key = ""
-        self.else_decision: Decision | None = None
+        self.else_decision: Decision[CompiledRule] | None = None
         if spec.limit is not None:
             self.limiter = TokenBuckets(spec.limit.rate, spec.limit.burst)
             self.limit_key = spec.limit.per
@@ -328,27 +208,6 @@ def _dynamic_addr_check(spec: AddrSpec, is_src: bool, tables: dict[str, DynamicT
         return hit != negated
 
     return addr_ok
-
-
-class NetMatcher:
-    """Membership of an address in a list of networks (slow path: tables, explain)."""
-
-    __slots__ = ("by_family",)
-
-    def __init__(self, nets4: tuple[tuple[int, int], ...], nets6: tuple[tuple[int, int], ...]):
-        self.by_family: dict[int, dict[int, set[int]]] = {4: {}, 6: {}}
-        for fam, nets, width in ((4, nets4, 32), (6, nets6, 128)):
-            for net, plen in nets:
-                self.by_family[fam].setdefault(plen, set()).add(net >> (width - plen))
-
-    def __bool__(self) -> bool:
-        return bool(self.by_family[4] or self.by_family[6])
-
-    def contains(self, addr: bytes) -> bool:
-        width = len(addr) * 8
-        plens = self.by_family[4 if width == 32 else 6]
-        value = int.from_bytes(addr, "big")
-        return any((value >> (width - plen)) in nets for plen, nets in plens.items())
 
 
 # ---- the static index -------------------------------------------------------------------------
@@ -506,7 +365,7 @@ class CompiledPolicy:
         self.digest = policy.digest
         self.offload = policy.offload
         self._offload_memo: dict[tuple[CompiledRule, ...], bool] = {}
-        self._candidates_memo: dict[int, tuple[CompiledRule, ...]] = {}
+        self._candidates_memo: dict[int, tuple[tuple[CompiledRule, ...], bool]] = {}
         self._families = {4: _FamilyIndex(4), 6: _FamilyIndex(6)}
         self._iif = _IfaceIndex()
         self._oif = _IfaceIndex()
@@ -593,16 +452,21 @@ class CompiledPolicy:
             bits &= ~self._dir_out
         return bits
 
-    def candidates(self, pkt: Packet, iif: str | None, oif: str | None) -> tuple[CompiledRule, ...]:
-        """The rules to try, in order, up to the first that needs no per-packet check (one
-        tuple per distinct bitset, memoised: flows alike share it)."""
+    def candidates(
+        self, pkt: Packet, iif: str | None, oif: str | None
+    ) -> tuple[tuple[CompiledRule, ...], bool]:
+        """The rules to try, in order, up to the first that needs no per-packet check, and
+        whether they allow offload (`offload_safe`): all the engine asks of the compiler for
+        a flow direction, in one call. One pair per distinct bitset, memoised: flows alike
+        share it."""
         bits = self.candidate_bits(pkt, iif, oif)
         known = self._candidates_memo.get(bits)
         if known is not None:
             return known
         if len(self._candidates_memo) >= MEMO_MAX:
             self._candidates_memo.clear()
-        found = self._candidates_memo[bits] = self._candidates(bits)
+        rules = self._candidates(bits)
+        found = self._candidates_memo[bits] = (rules, self.offload_safe(rules))
         return found
 
     def _candidates(self, bits: int) -> tuple[CompiledRule, ...]:
@@ -687,81 +551,3 @@ def _offload_safe_rule(spec: RuleSpec) -> bool:
     # Alerts and logs of a rule that matches whatever the packet's flags or length: every
     # packet would make one. (One behind a per-packet condition — a flags rule — is hidden.)
     return not ((spec.alert or spec.log) and not spec.has_dynamic)
-
-
-# ---- what a matching rule does to the packet ---------------------------------------------------
-
-
-def alert_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: float) -> Alert:
-    spec = rule.spec
-    action = "blocked" if verdict in (DROP, REJECT) else "allowed"
-    return Alert(
-        now,
-        flow_id,
-        pkt.family,
-        pkt.proto,
-        pkt.src,
-        pkt.sport,
-        pkt.dst,
-        pkt.dport,
-        action=action,
-        signature_id=spec.sid if spec.sid is not None else 1_000_000 + spec.index,
-        signature=spec.message or spec.text,
-        severity=spec.severity,
-        category="policy",
-        rule_name=spec.name,
-    )
-
-
-def log_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: float) -> LogRecord:
-    return LogRecord(
-        now,
-        flow_id,
-        pkt.family,
-        pkt.proto,
-        pkt.src,
-        pkt.sport,
-        pkt.dst,
-        pkt.dport,
-        verdict=verdict,
-        rule_name=rule.spec.name,
-    )
-
-
-def reject_reply(rule: CompiledRule | None, pkt: Packet) -> bytes | None:
-    """The TCP reset or ICMP error a reject sends back (None when none may be sent)."""
-    how = rule.spec.reject_with if rule is not None else None
-    kind = how[0] if how else None
-    code = how[1] if how else None
-    if kind is None and pkt.proto == PROTO_TCP and pkt.frag != FRAG_LATER:
-        kind = "tcp-reset"
-    if kind == "tcp-reset":
-        return craft.tcp_reset_for(pkt)
-    if kind == "icmpx" and code is not None:
-        code = (ICMPX_TO_ICMP if pkt.family == 4 else ICMPX_TO_ICMPV6)[code]
-    return craft.icmp_unreachable_for(pkt, code)
-
-
-def apply_rewrite(rule: CompiledRule, pkt: Packet) -> bytes | None:
-    """TTL, DSCP and payload rewrites of one packet (address/port translation is per flow and
-    done by the engine). None when nothing changed."""
-    rw = rule.spec.rewrite
-    if rw is None:
-        return None
-    data: bytes = pkt.data
-    changed = False
-    if rw.ttl is not None:
-        data = craft.set_ttl(data, pkt, rw.ttl)
-        changed = True
-    if rw.dscp is not None:
-        data = craft.set_dscp(data, pkt, rw.dscp)
-        changed = True
-    for old, new in rw.replace:
-        replaced = craft.replace_payload(data, pkt, old, new)
-        if replaced is not None:
-            data = replaced
-            changed = True
-    return data if changed else None
-
-
-VERDICT_OF_ACTION = {ACCEPT: ACCEPT, DROP: DROP, REJECT: REJECT, REWRITE: REWRITE}

@@ -16,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from ips.core.events import Effect
+
 
 class Sink(Protocol):
     """Takes the engine's effects, one batch at a time. Called on the packet path: it must
     not block (a slow destination gets a queue and a thread of its own, as the webhook)."""
 
-    def events(self, events: Iterable[object]) -> None: ...
+    def events(self, events: Iterable[Effect]) -> None: ...
 
 
 class Output(Protocol):

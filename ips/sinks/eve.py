@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO, Protocol
 
 from ips.core.addr import format_addr
-from ips.core.events import Alert, Block, FlowEnd, LogRecord, PacketEvent, Unblock
+from ips.core.events import Alert, Block, Effect, FlowEnd, LogRecord, PacketEvent, Unblock
 from ips.core.flow import TCP_STATE_NAMES
 from ips.core.packet import PORT_PROTOS
 from ips.safefile import open_private_file
@@ -335,7 +336,7 @@ class EveWriter:
         elif isinstance(ev, Unblock):
             self.write(unblock_record(ev))
 
-    def events(self, evs: object) -> None:
+    def events(self, evs: Iterable[Effect]) -> None:
         for ev in evs:  # type: ignore[attr-defined]
             self.event(ev)
 

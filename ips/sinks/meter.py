@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ips.core.events import Alert
+from ips.core.events import Alert, Effect
 from ips.engine import NO_META
 
 # Upper bounds, in seconds, of the engine latency buckets (+Inf is implied). The budget is
@@ -111,7 +111,7 @@ class RecentAlerts:
         self._ring: deque[dict[str, Any]] = deque(maxlen=size)
         self.seq = 0
 
-    def events(self, events: Iterable[object]) -> None:
+    def events(self, events: Iterable[Effect]) -> None:
         for ev in events:
             if isinstance(ev, Alert):
                 self.seq += 1

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
-from ips.core.events import Alert
+from ips.core.events import Alert, Effect
 from ips.sinks.eve import alert_record
 
 QUEUE_SIZE = 256
@@ -135,7 +135,7 @@ class Webhook:
         self._thread.start()
         return self
 
-    def events(self, events: Iterable[object]) -> None:
+    def events(self, events: Iterable[Effect]) -> None:
         """Queue the alerts among events; never blocks."""
         for ev in events:
             if isinstance(ev, Alert):

@@ -224,7 +224,7 @@ print(json.dumps({"first": first, "back": back, "last": last}))
 
 
 def test_after_an_apply_a_connection_is_judged_anew_then_offloaded_again(tmp_path: Path) -> None:
-    from ips.engine import REOFFLOAD_AFTER
+    from ips.engine.offload import REOFFLOAD_AFTER
 
     policy = tmp_path / "offload.rules"
     policy.write_text(POLICY)

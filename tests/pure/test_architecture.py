@@ -55,9 +55,6 @@ LOWER = {
     },
 }
 LOWER["cli"] = set(LOWER)
-# Known to point up today; the engine/daemon/cli branches of issue 18 turn them around.
-UPWARD_TODAY: set[str] = set()
-CYCLES_REMOVED_BY = "cycles removed by the engine/daemon branches"
 
 
 def imports_of(path: Path) -> set[str]:
@@ -84,15 +81,7 @@ def layer_of(path: Path) -> str:
 PACKAGES = sorted({layer_of(p) for p in ROOT.rglob("*.py")} - {"__init__"})
 
 
-@pytest.mark.parametrize(
-    "layer",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(reason=CYCLES_REMOVED_BY, strict=False))
-        if name in UPWARD_TODAY
-        else name
-        for name in PACKAGES
-    ],
-)
+@pytest.mark.parametrize("layer", PACKAGES)
 def test_imports_point_down_the_layers(layer: str) -> None:
     assert layer in LOWER, f"ips/{layer} has no place in the layer table (LOWER)"
     allowed = {f"ips.{name}" for name in LOWER[layer] | {layer}}
@@ -175,7 +164,6 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-@pytest.mark.xfail(reason=CYCLES_REMOVED_BY, strict=False)
 def test_no_import_cycles() -> None:
     assert cycles(import_graph(ROOT)) == []
 

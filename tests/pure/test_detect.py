@@ -386,6 +386,30 @@ def test_flood_block_bans_the_source_and_alert_only_alerts(name: str) -> None:
     assert banned(e) == set()
 
 
+def test_a_flood_leaves_alone_a_source_another_detection_banned_in_the_same_packet() -> None:
+    """Detectors only ask for blocks; the engine settles the requests in order. A sweep that
+    completes on a scanner's SYN bans it, and the SYN flood over the same packet's victim
+    then finds it banned already: no second alert, no second request."""
+    e = make(
+        "detect sweep hosts 3 within 60s block 10s",
+        "detect synflood rate 2/s per dst block 5m",
+        "table trusted = { 10.0.2.0/24 }",  # the flooders stay, so the victim stays flooded
+    )
+    t = T0
+    for host in range(1, 6):  # unanswered probes, due after the grace time
+        e.handle(tcp(SCANNER, f"10.0.1.{host}", 1000 + host, 80), now=t)
+    for k in range(70):  # retransmitted SYNs: no new flow, so no probe is weighed meanwhile
+        t += 0.04
+        e.handle(tcp(f"10.0.2.{k % 7 + 1}", VICTIM, 2000 + k % 7, 80), now=t)
+    effects = list(e.handle(tcp(SCANNER, VICTIM, 3000, 80), now=t + 0.01).effects)
+    assert [type(x).__name__ for x in effects] == ["Alert", "Block"]
+    assert (effects[0].category, effects[0].action, effects[1].detector) == (  # type: ignore[union-attr]
+        "sweep", "blocked", "sweep",
+    )  # fmt: skip
+    assert e.detect is not None and e.detect.by_name["synflood"].blocked == 0
+    assert e.blocks.stats()["added"] == 1 and e.stats.blocks == 1
+
+
 def test_udpflood_counts_only_unanswered_flows() -> None:
     e = make("detect udpflood rate 100/s per src limit")
     # a QUIC download: 2000 packets a second both ways on one answered flow

@@ -164,7 +164,7 @@ class FakeEngine:
         self.n = 0
 
     def handle(self, data: bytes, meta: object, now: float) -> Any:
-        from ips.policy.compile import Decision
+        from ips.core.decision import Decision
 
         self.n += 1
         effects = (Block(A1, 60, time=now), Alert()) if self.n == 1 else ()

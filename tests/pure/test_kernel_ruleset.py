@@ -604,7 +604,7 @@ def first_kernel_match(
 
 
 def engine_answer(rule: Any, pkt: Packet) -> dict[str, Any]:
-    """What the engine's verdict means as an nft statement (ips/policy/compile.reject_reply)."""
+    """What the engine's verdict means as an nft statement (ips/engine/actions.reject_reply)."""
     if rule.action == "accept":
         return {"accept": None}
     if rule.action == "drop":

@@ -9,10 +9,10 @@ import struct
 import pytest
 from test_nfqnl import _sent  # the datagram pair that plays the kernel: what it was sent
 
+from ips.core.decision import Decision
 from ips.io import nfqnl
 from ips.io.nfqnl import NfqClient, QueuedPacket, Verdict, packet_message, verdict_message
 from ips.io.nfqueue import QueueWorker, kernel_verdict
-from ips.policy.compile import Decision
 from ips.translate.nft import OFFLOAD_MARK
 
 UDP = bytes.fromhex("450000210001000040117a6a0a0a01140a0a020a9c4000350009f3a078")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from ips.core.build import build_packet
+from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
 from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
-from ips.engine import REOFFLOAD_AFTER, Engine
-from ips.policy.compile import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
+from ips.engine import Engine
+from ips.engine.offload import REOFFLOAD_AFTER
 from ips.policy.resolve import load_policy_text
 
 C, S = "10.0.0.1", "10.0.0.2"

@@ -1,6 +1,7 @@
 """Who may be banned, for how long, and how many: the BlockManager. Pure (`now` is an argument).
 
-A detector that wants a source banned asks `request()`. The answer is a `Block` (the address
+A detector that wants a source banned returns a BlockRequest; the engine hands it to
+`request()`. The answer is a `Block` (the address
 went into the dynamic table `banned`, which the inline daemon mirrors into the nftables set of
 that name) or a refusal with its reason:
 
@@ -35,8 +36,8 @@ from collections import Counter, deque
 from collections.abc import Iterable
 
 from ips.core.events import Block, Unblock
+from ips.core.tables import DynamicTable, NetMatcher
 from ips.detect.common import not_a_host, parse_networks
-from ips.policy.compile import DynamicTable, NetMatcher
 from ips.policy.model import BAN_TABLE, OPTIONS, TRUSTED_TABLE, Policy
 
 BUDGET_WINDOW = 60.0  # seconds: the ban budget is per minute

@@ -7,9 +7,16 @@ no clock. The same engine serves inline (NFQUEUE, WinDivert), tap and pcap repla
 
 Detectors (`detect …` lines, ips/detect/) run after the flow table and before the rules. A
 detector's `limit` drops the packet there (Decision reason "detector:NAME"); its alerts and
-blocks ride on the packet's Decision.effects; a block also goes straight into the dynamic
-table `banned`, so the policy's `drop from @banned` applies from the next packet on (inline,
-the daemon also puts it into the nftables set, and the kernel drops the rest).
+block requests come back among its effects, and the engine hands them at once to its
+BlockManager (ips/engine/blocks.py); what the detector makes of the answer — its alert, and
+the Block when one was made — rides on the packet's Decision.effects. A block goes straight
+into the dynamic table `banned`, so the policy's `drop from @banned` applies from the next
+packet on (inline, the daemon also puts it into the nftables set, and the kernel drops the
+rest).
+
+The engine's parts: ips/engine/actions.py (what a matching rule does to a packet),
+ips/engine/nat.py (destination translation), ips/engine/offload.py (when a flow may go on in
+the kernel), ips/engine/blocks.py (who may be banned).
 """
 
 from __future__ import annotations
@@ -18,35 +25,26 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ips.core import craft
+from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.core.decode import decode_frame, decode_ipv4, decode_l3
-from ips.core.events import Alert, Block, FlowEnd, Unblock
-from ips.core.flow import TCP_ESTABLISHED, TCP_SYN_RECV, Flow, FlowTable, FlowTimeouts
-from ips.core.packet import (
-    LINKTYPE_RAW,
-    PROTO_ICMP,
-    PROTO_ICMPV6,
-    PROTO_TCP,
-    PROTO_UDP,
-    TCP_ACK,
-    TCP_FIN,
-    TCP_RST,
-    TCP_SYN,
-    Packet,
+from ips.core.events import (
+    Alert,
+    Block,
+    BlockRequest,
+    DetectorEffect,
+    Effect,
+    FlowEnd,
+    Unblock,
 )
-from ips.detect import BlockManager, Detectors
-from ips.policy.compile import (
-    OFFLOAD_FLOW,
-    OFFLOAD_HANDSHAKE_ACK,
-    CompiledPolicy,
-    CompiledRule,
-    Decision,
-    DynamicTable,
-    alert_for,
-    apply_rewrite,
-    log_for,
-    reject_reply,
-)
+from ips.core.flow import Flow, FlowTable, FlowTimeouts
+from ips.core.packet import LINKTYPE_RAW, Packet
+from ips.core.tables import DynamicTable
+from ips.detect import Detectors
+from ips.engine import nat
+from ips.engine.actions import alert_for, apply_rewrite, log_for, reject_reply
+from ips.engine.blocks import BlockManager
+from ips.engine.offload import offload_kind
+from ips.policy.compile import CompiledPolicy, CompiledRule
 from ips.policy.model import ACCEPT, BAN_TABLE, DROP, REJECT, REWRITE, Policy
 
 
@@ -65,11 +63,6 @@ class Meta:
 
 
 NO_META = Meta()
-_ICMP_ECHOS = (0, 8)  # echo reply, request
-REOFFLOAD_AFTER = 1.0  # seconds a flow that came back at an apply stays with the engine
-_SYN_ACK = TCP_SYN | TCP_ACK
-_SYN_ACK_FIN_RST = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
-_ICMPV6_ECHOS = (128, 129)  # echo request, reply
 
 
 @dataclass
@@ -112,8 +105,7 @@ class Engine:
         self.flows = FlowTable(max_flows=max_flows, timeouts=timeouts, id_seed=id_seed)
         self.stats = EngineStats()
         # reply tuple as seen on the wire -> flow, for flows whose destination was translated
-        self._nat_replies: dict[tuple[int, bytes, int, bytes, int], Flow] = {}
-        self._pending: list[object] = []
+        self._nat_replies: dict[nat.ReplyKey, Flow] = {}
         self.tables: dict[str, DynamicTable] = {}
         self.blocks = BlockManager(never_block)
         self.detect: Detectors | None = None  # None: the policy has no `detect` line
@@ -133,35 +125,35 @@ class Engine:
         self.policy = compiled
         self.blocks.configure(compiled.policy, compiled.tables)
         if compiled.policy.detectors:
-            self.detect = Detectors(compiled.policy, self.blocks, self.detect, self.shards)
+            self.detect = Detectors(compiled.policy, self.detect, self.shards)
         else:
             self.detect = None
-        self._detector_drop = {
+        self._detector_drop: dict[str, Decision[CompiledRule]] = {
             name: Decision(DROP, reason=f"detector:{name}") for name in compiled.policy.detectors
         }
-        self._default = Decision(compiled.default_verdict, reason="default")
-        self._default_offload = (
+        self._default: Decision[CompiledRule] = Decision(compiled.default_verdict, reason="default")
+        self._default_offload: Decision[CompiledRule] | None = (
             Decision(ACCEPT, reason="default", offload=OFFLOAD_FLOW)
             if compiled.default_verdict == ACCEPT
             else None
         )
-        self._default_handshake_ack = Decision(
+        self._default_handshake_ack: Decision[CompiledRule] = Decision(
             ACCEPT, reason="default", offload=OFFLOAD_HANDSHAKE_ACK
         )
         self._default_reject = compiled.default_verdict == REJECT
         self._default_refuses = compiled.default_verdict in (DROP, REJECT)
-        self._on_error = Decision(compiled.on_error, reason="error")
+        self._on_error: Decision[CompiledRule] = Decision(compiled.on_error, reason="error")
         self._malformed_verdict = compiled.malformed_verdict
-        self._malformed: dict[str, Decision] = {}
-        self._not_ip = Decision(ACCEPT, reason="not-ip")
+        self._malformed: dict[str, Decision[CompiledRule]] = {}
+        self._not_ip: Decision[CompiledRule] = Decision(ACCEPT, reason="not-ip")
         # Blocked sources are dropped before any rule, as the kernel does inline (its first
         # rule drops the block set's members), so replay and tap judge them the same way.
         self._blocked_table = compiled.tables.get(BAN_TABLE)
-        self._blocked = Decision(DROP, reason="blocked")
+        self._blocked: Decision[CompiledRule] = Decision(DROP, reason="blocked")
 
     # ---- per packet -----------------------------------------------------------------------
 
-    def handle(self, data: bytes, meta: Meta = NO_META, now: float = 0.0) -> Decision:
+    def handle(self, data: bytes, meta: Meta = NO_META, now: float = 0.0) -> Decision[CompiledRule]:
         """Decide one packet. Never raises: an internal error gives the `set on-error`
         verdict and is counted."""
         self.stats.packets += 1
@@ -180,7 +172,9 @@ class Engine:
         self.stats.verdicts[decision.verdict] += 1
         return decision
 
-    def handle_packet(self, pkt: Packet, meta: Meta = NO_META, now: float = 0.0) -> Decision:
+    def handle_packet(
+        self, pkt: Packet, meta: Meta = NO_META, now: float = 0.0
+    ) -> Decision[CompiledRule]:
         """Decide an already decoded packet (pcap replay decodes link layers itself)."""
         self.stats.packets += 1
         try:
@@ -191,7 +185,7 @@ class Engine:
         self.stats.verdicts[decision.verdict] += 1
         return decision
 
-    def _undecodable(self, result: object) -> Decision:
+    def _undecodable(self, result: object) -> Decision[CompiledRule]:
         if result is None:
             self.stats.not_ip += 1
             return self._not_ip
@@ -203,7 +197,7 @@ class Engine:
             self._malformed[reason] = decision
         return decision
 
-    def _decide(self, pkt: Packet, meta: Meta, now: float) -> Decision:
+    def _decide(self, pkt: Packet, meta: Meta, now: float) -> Decision[CompiledRule]:
         blocked = self._blocked_table
         if blocked is not None:
             expiry = blocked.members.get(pkt.src)
@@ -217,19 +211,20 @@ class Engine:
             if flow_of_reply is not None:
                 # A reply from the translated destination: give it back its original source
                 # before anything looks at it, so rules see the connection the client made.
-                translated = self._untranslate(pkt, flow_of_reply)
+                translated = nat.reply(pkt, flow_of_reply)
+                self.stats.nat_translated += 1
                 pkt = decode_l3(translated, pkt.vlans)  # type: ignore[assignment]
                 if pkt.__class__ is not Packet:
                     return self._undecodable(pkt)
         flow, fwd = self.flows.track(pkt, now)
-        effects: list[object] | None = None
+        effects: list[Effect] | None = None
         detect = self.detect
         if detect is not None:
             found = detect.observe(pkt, flow, fwd, now)
             if found is not None:
-                effects, dropped_by = found
-                if effects is not None:
-                    self._count_effects(effects)
+                detected, dropped_by = found
+                if detected is not None:
+                    effects = self._settle(detect, detected)
                 if dropped_by is not None:
                     return self._limited(dropped_by, pkt, flow, fwd, effects)
         iif = meta.iif
@@ -237,9 +232,9 @@ class Engine:
         policy = self.policy
         cache = flow.cache_fwd if fwd else flow.cache_rev
         if cache is None or cache[0] is not policy or cache[1] != iif or cache[2] != oif:
-            candidates = policy.candidates(pkt, iif, oif)
+            rules, offload_safe = policy.candidates(pkt, iif, oif)
             # (policy, interfaces, the rules to try, whether they allow offload)
-            cache = (policy, iif, oif, candidates, policy.offload_safe(candidates))
+            cache = (policy, iif, oif, rules, offload_safe)
             if flow.offloaded:
                 flow.back_since = now  # back from the kernel under a new policy (an apply)
             if fwd:
@@ -295,50 +290,10 @@ class Engine:
         return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)
 
     def _offload_kind(self, pkt: Packet, flow: Flow, now: float) -> int:
-        """An accepted packet of a replied flow: may the flow's later packets skip us?
-        OFFLOAD_FLOW: TCP once established and carrying data (the portscan detector has seen
-        the handshake and that the connection was used), UDP once answered (the UDP flood
-        detector counts unanswered datagrams only), an ICMP echo once answered (the kernel
-        gives the ICMP flood detector every echo beyond a small per-address budget: see
-        ips/translate/nft.py). OFFLOAD_HANDSHAKE_ACK: the responder's SYN+ACK — the
-        initiator's bare ACK that follows tells the engine nothing, so the kernel may pass
-        it; the next packet (data, or a FIN or reset) it passes too, and sends us a copy,
-        which this engine handles like a queued one (its decision is then no verdict, and
-        the flow is offloaded as with OFFLOAD_FLOW). 0: nothing else, and
-        nothing when a candidate rule of either direction needs to see later packets."""
-        if flow.nat is not None:
-            return 0
-        proto = pkt.proto
-        kind = OFFLOAD_FLOW
-        if proto == PROTO_TCP:
-            if flow.tcp_state == TCP_SYN_RECV and pkt.flags & _SYN_ACK_FIN_RST == _SYN_ACK:
-                kind = OFFLOAD_HANDSHAKE_ACK
-            elif flow.tcp_state != TCP_ESTABLISHED or pkt.payload_offset >= pkt.length:
-                return 0
-        elif proto in (PROTO_ICMP, PROTO_ICMPV6):
-            if pkt.icmp_type not in (_ICMP_ECHOS if proto == PROTO_ICMP else _ICMPV6_ECHOS):
-                return 0
-        elif proto != PROTO_UDP:
-            return 0
-        fwd_cache, rev_cache = flow.cache_fwd, flow.cache_rev
-        policy = self.policy
-        if fwd_cache is None or rev_cache is None:
-            return 0
-        if fwd_cache[0] is not policy or rev_cache[0] is not policy:
-            return 0
-        if not (fwd_cache[4] and rev_cache[4]):  # policy.offload_safe of each direction
-            return 0
-        if kind == OFFLOAD_HANDSHAKE_ACK:
-            return kind
-        if now - flow.back_since < REOFFLOAD_AFTER:
-            # Back since an apply: not yet. The swap's pause queued its packets; offloaded at
-            # once, its next ones would overtake those still waiting (TCP reads reordering as
-            # loss and resends). Once the queue has caught up, it goes back to the kernel.
-            return 0
-        # An offloaded flow's packet reaches us again when the kernel no longer passes it:
-        # a new policy generation, conntrack's entry gone, or a packet queued before the
-        # offloading one: offloaded again (the kernel stamps its ct mark anew), counted once.
-        if not flow.offloaded:
+        """ips/engine/offload.py's choice; an offloaded flow is counted once (a flow that
+        comes back is offloaded again without counting: the kernel stamps it anew)."""
+        kind = offload_kind(pkt, flow, self.policy, now)
+        if kind == OFFLOAD_FLOW and not flow.offloaded:
             flow.offloaded = True
             self.stats.offloaded += 1
         return kind
@@ -350,8 +305,8 @@ class Engine:
         flow: Flow,
         verdict: str,
         now: float,
-        effects: list[object] | None,
-    ) -> list[object]:
+        effects: list[Effect] | None,
+    ) -> list[Effect]:
         """Alerts and log records of a matching rule."""
         if effects is None:
             effects = []
@@ -363,28 +318,44 @@ class Engine:
             effects.append(log_for(rule, pkt, flow.flow_id, verdict, now))
         return effects
 
-    def _count_effects(self, effects: list[object]) -> None:
+    def _settle(self, detect: Detectors, found: list[DetectorEffect]) -> list[Effect] | None:
+        """The detectors' effects as they go out: each BlockRequest handed to the
+        BlockManager, in the order they were made, and replaced by what its detector makes of
+        the answer (its alert, and the Block when one was made); all counted. None when
+        nothing is left (a refused block whose alert the alert budget held back)."""
+        effects: list[Effect] = []
+        for ev in found:
+            if isinstance(ev, BlockRequest):
+                block, status = self.blocks.request(
+                    ev.addr, ev.time, ev.ttl, ev.detector, ev.reason
+                )
+                effects += detect.answered(ev, block, status)
+            else:
+                effects.append(ev)
         stats = self.stats
-        for ev in effects:
-            if ev.__class__ is Alert:
+        for effect in effects:
+            if effect.__class__ is Alert:
                 stats.alerts += 1
-                stats.detector_alerts[ev.category] += 1  # type: ignore[attr-defined]
-            elif ev.__class__ is Block:
+                stats.detector_alerts[effect.category] += 1  # type: ignore[union-attr]
+            elif effect.__class__ is Block:
                 stats.blocks += 1
+        return effects or None
 
     def _rejected(
-        self, detect: Detectors, pkt: Packet, now: float, effects: list[object] | None
-    ) -> list[object] | None:
+        self, detect: Detectors, pkt: Packet, now: float, effects: list[Effect] | None
+    ) -> list[Effect] | None:
         """Our own reject answers a probe with a failure (as the target's reset would)."""
         found = detect.rejected(pkt, now)
         if found is None:
             return effects
-        self._count_effects(found)
-        return found if effects is None else effects + found
+        settled = self._settle(detect, found)
+        if settled is None:
+            return effects
+        return settled if effects is None else effects + settled
 
     def _limited(
-        self, name: str, pkt: Packet, flow: Flow, fwd: bool, effects: list[object] | None
-    ) -> Decision:
+        self, name: str, pkt: Packet, flow: Flow, fwd: bool, effects: list[Effect] | None
+    ) -> Decision[CompiledRule]:
         """A detector's `limit` drops the packet, before the rules."""
         self.stats.detector_drops[name] += 1
         if fwd and flow.pkts_fwd == 1 and not flow.replied:
@@ -401,9 +372,9 @@ class Engine:
         flow: Flow,
         fwd: bool,
         now: float,
-        effects: list[object] | None,
+        effects: list[Effect] | None,
         translated: bytes | None,
-    ) -> Decision:
+    ) -> Decision[CompiledRule]:
         """The slow path of a decision: effects, rewrites, translation, reject replies."""
         if rule is not None and (rule.spec.alert or rule.spec.log):
             effects = self._note(rule, pkt, flow, verdict, now, effects)
@@ -414,12 +385,13 @@ class Engine:
             data = None
         elif verdict == REWRITE and rule is not None:
             if fwd and flow.nat is None:
-                self._start_translation(rule, pkt, flow)
+                nat.start(self._nat_replies, rule, pkt, flow)
             rewritten = apply_rewrite(rule, pkt)
             if rewritten is not None:
                 data = rewritten
         if verdict in (ACCEPT, REWRITE) and flow.nat is not None and fwd:
-            data = self._translate(data if data is not None else pkt.data, pkt, flow)
+            data = nat.forward(data if data is not None else pkt.data, pkt, flow)
+            self.stats.nat_translated += 1
         if verdict == DROP:
             data = None
         if verdict == REWRITE and data is None:
@@ -433,43 +405,9 @@ class Engine:
             reason="" if rule is not None else "default",
         )
 
-    # ---- destination translation (rewrite … set daddr/dport) -------------------------------
-
-    def _start_translation(self, rule: CompiledRule, pkt: Packet, flow: Flow) -> None:
-        rw = rule.spec.rewrite
-        if rw is None or (rw.daddr is None and rw.dport is None):
-            return
-        new_dst = rw.daddr if rw.daddr is not None else pkt.dst
-        new_dport = rw.dport if rw.dport is not None and pkt.dport else pkt.dport
-        if len(new_dst) != len(pkt.dst):
-            return  # no translation across families (the resolver prevents it)
-        flow.nat = (pkt.dst, pkt.dport, new_dst, new_dport)
-        self._nat_replies[(pkt.proto, new_dst, new_dport, pkt.src, pkt.sport)] = flow
-
-    def _translate(self, data: bytes, pkt: Packet, flow: Flow) -> bytes:
-        _, _, new_dst, new_dport = flow.nat  # type: ignore[misc]
-        if new_dst != pkt.dst:
-            data = craft.set_daddr(data, pkt, new_dst)
-        if new_dport != pkt.dport and pkt.dport:
-            data = craft.set_dport(data, pkt, new_dport) or data
-        self.stats.nat_translated += 1
-        return data
-
-    def _untranslate(self, pkt: Packet, flow: Flow) -> bytes:
-        orig_dst, orig_dport, _, _ = flow.nat  # type: ignore[misc]
-        data = pkt.data
-        if orig_dst != pkt.src:
-            data = craft.set_saddr(data, pkt, orig_dst)
-        if orig_dport != pkt.sport and pkt.sport:
-            data = craft.set_sport(data, pkt, orig_dport) or data
-        self.stats.nat_translated += 1
-        return data
-
     # ---- blocks -------------------------------------------------------------------------------
 
-    def block(
-        self, addr: bytes, now: float, ttl: float, reason: str = "manual"
-    ) -> Block | None:
+    def block(self, addr: bytes, now: float, ttl: float, reason: str = "manual") -> Block | None:
         """An operator's block (`ipsctl blocks add`): into the table `banned` for `ttl`
         seconds. Not checked against trusted, never_block or the ban budget, and not an
         offense for escalation. None when the policy has no table `banned` or it is full."""
@@ -493,11 +431,11 @@ class Engine:
 
     # ---- time -------------------------------------------------------------------------------
 
-    def tick(self, now: float) -> list[object]:
+    def tick(self, now: float) -> list[Effect]:
         """Expire flows, table entries, blocks and NAT state; weigh the scan probes whose
         answer is overdue. Returns the events: FlowEnd, Unblock, and detections (Alert,
         Block). Call it about once a second: scans of unanswered probes are found here."""
-        events: list[object] = []
+        events: list[Effect] = []
         for flow in self.flows.pop_evicted():
             events.append(self._flow_end(flow, now))
         for flow in self.flows.expire(now):
@@ -509,23 +447,23 @@ class Engine:
         unblocks = self.blocks.expire(now)
         self.stats.unblocks += len(unblocks)
         events += unblocks
-        if self.detect is not None:
-            found = self.detect.tick(now)
+        detect = self.detect
+        if detect is not None:
+            found = detect.tick(now)
             if found:
-                self._count_effects(found)
-                events += found
+                settled = self._settle(detect, found)
+                if settled is not None:
+                    events += settled
         return events
 
-    def drain(self, now: float) -> list[object]:
+    def drain(self, now: float) -> list[Effect]:
         """End every flow (end of a capture, shutdown)."""
-        events = [self._flow_end(f, now) for f in self.flows.pop_evicted()]
+        events: list[Effect] = [self._flow_end(f, now) for f in self.flows.pop_evicted()]
         events += [self._flow_end(f, now) for f in self.flows.drain()]
         return events
 
     def _flow_end(self, flow: Flow, now: float) -> FlowEnd:
-        if flow.nat is not None:
-            _, _, new_dst, new_dport = flow.nat
-            self._nat_replies.pop((flow.proto, new_dst, new_dport, flow.src, flow.sport), None)
+        nat.forget(self._nat_replies, flow)
         return FlowEnd(flow, getattr(flow, "end_reason", "timeout") or "timeout", now)
 
 

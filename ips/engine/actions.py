@@ -1,0 +1,85 @@
+"""What a matching rule does to a packet: its alert, its log record, the reply of a reject,
+and the per-packet rewrites (TTL, DSCP, payload). Address and port translation is per flow:
+ips/engine/nat.py.
+"""
+
+from __future__ import annotations
+
+from ips.core import craft
+from ips.core.events import Alert, LogRecord
+from ips.core.packet import FRAG_LATER, PROTO_TCP, Packet
+from ips.policy.compile import CompiledRule
+from ips.policy.model import DROP, REJECT
+from ips.policy.names import ICMPX_TO_ICMP, ICMPX_TO_ICMPV6
+
+
+def alert_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: float) -> Alert:
+    spec = rule.spec
+    action = "blocked" if verdict in (DROP, REJECT) else "allowed"
+    return Alert(
+        now,
+        flow_id,
+        pkt.family,
+        pkt.proto,
+        pkt.src,
+        pkt.sport,
+        pkt.dst,
+        pkt.dport,
+        action=action,
+        signature_id=spec.sid if spec.sid is not None else 1_000_000 + spec.index,
+        signature=spec.message or spec.text,
+        severity=spec.severity,
+        category="policy",
+        rule_name=spec.name,
+    )
+
+
+def log_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: float) -> LogRecord:
+    return LogRecord(
+        now,
+        flow_id,
+        pkt.family,
+        pkt.proto,
+        pkt.src,
+        pkt.sport,
+        pkt.dst,
+        pkt.dport,
+        verdict=verdict,
+        rule_name=rule.spec.name,
+    )
+
+
+def reject_reply(rule: CompiledRule | None, pkt: Packet) -> bytes | None:
+    """The TCP reset or ICMP error a reject sends back (None when none may be sent)."""
+    how = rule.spec.reject_with if rule is not None else None
+    kind = how[0] if how else None
+    code = how[1] if how else None
+    if kind is None and pkt.proto == PROTO_TCP and pkt.frag != FRAG_LATER:
+        kind = "tcp-reset"
+    if kind == "tcp-reset":
+        return craft.tcp_reset_for(pkt)
+    if kind == "icmpx" and code is not None:
+        code = (ICMPX_TO_ICMP if pkt.family == 4 else ICMPX_TO_ICMPV6)[code]
+    return craft.icmp_unreachable_for(pkt, code)
+
+
+def apply_rewrite(rule: CompiledRule, pkt: Packet) -> bytes | None:
+    """TTL, DSCP and payload rewrites of one packet (address/port translation is per flow and
+    done by the engine). None when nothing changed."""
+    rw = rule.spec.rewrite
+    if rw is None:
+        return None
+    data: bytes = pkt.data
+    changed = False
+    if rw.ttl is not None:
+        data = craft.set_ttl(data, pkt, rw.ttl)
+        changed = True
+    if rw.dscp is not None:
+        data = craft.set_dscp(data, pkt, rw.dscp)
+        changed = True
+    for old, new in rw.replace:
+        replaced = craft.replace_payload(data, pkt, old, new)
+        if replaced is not None:
+            data = replaced
+            changed = True
+    return data if changed else None

@@ -1,0 +1,73 @@
+"""The offload choice: may an accepted packet's flow go on in the kernel, without the queue?
+
+The policy says which rules allow it (CompiledPolicy.offload_safe, cached per flow and
+direction); this module says when in a flow's life it may happen.
+"""
+
+from __future__ import annotations
+
+from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
+from ips.core.flow import TCP_ESTABLISHED, TCP_SYN_RECV, Flow
+from ips.core.packet import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    Packet,
+)
+from ips.policy.compile import CompiledPolicy
+
+REOFFLOAD_AFTER = 1.0  # seconds a flow that came back at an apply stays with the engine
+_ICMP_ECHOS = (0, 8)  # echo reply, request
+_ICMPV6_ECHOS = (128, 129)  # echo request, reply
+_SYN_ACK = TCP_SYN | TCP_ACK
+_SYN_ACK_FIN_RST = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
+
+
+def offload_kind(pkt: Packet, flow: Flow, policy: CompiledPolicy, now: float) -> int:
+    """An accepted packet of a replied flow: may the flow's later packets skip the engine?
+    OFFLOAD_FLOW: TCP once established and carrying data (the portscan detector has seen
+    the handshake and that the connection was used), UDP once answered (the UDP flood
+    detector counts unanswered datagrams only), an ICMP echo once answered (the kernel
+    gives the ICMP flood detector every echo beyond a small per-address budget: see
+    ips/translate/nft.py). OFFLOAD_HANDSHAKE_ACK: the responder's SYN+ACK — the
+    initiator's bare ACK that follows tells the engine nothing, so the kernel may pass
+    it; the next packet (data, or a FIN or reset) it passes too, and sends us a copy,
+    which the engine handles like a queued one (its decision is then no verdict, and
+    the flow is offloaded as with OFFLOAD_FLOW). 0: nothing else, and
+    nothing when a candidate rule of either direction needs to see later packets.
+
+    The caller marks the flow offloaded on OFFLOAD_FLOW (and counts it, once per flow)."""
+    if flow.nat is not None:
+        return 0
+    proto = pkt.proto
+    kind = OFFLOAD_FLOW
+    if proto == PROTO_TCP:
+        if flow.tcp_state == TCP_SYN_RECV and pkt.flags & _SYN_ACK_FIN_RST == _SYN_ACK:
+            kind = OFFLOAD_HANDSHAKE_ACK
+        elif flow.tcp_state != TCP_ESTABLISHED or pkt.payload_offset >= pkt.length:
+            return 0
+    elif proto in (PROTO_ICMP, PROTO_ICMPV6):
+        if pkt.icmp_type not in (_ICMP_ECHOS if proto == PROTO_ICMP else _ICMPV6_ECHOS):
+            return 0
+    elif proto != PROTO_UDP:
+        return 0
+    fwd_cache, rev_cache = flow.cache_fwd, flow.cache_rev
+    if fwd_cache is None or rev_cache is None:
+        return 0
+    if fwd_cache[0] is not policy or rev_cache[0] is not policy:
+        return 0
+    if not (fwd_cache[4] and rev_cache[4]):  # CompiledPolicy.offload_safe, each direction
+        return 0
+    if kind == OFFLOAD_HANDSHAKE_ACK:
+        return kind
+    if now - flow.back_since < REOFFLOAD_AFTER:
+        # Back since an apply: not yet. The swap's pause queued its packets; offloaded at
+        # once, its next ones would overtake those still waiting (TCP reads reordering as
+        # loss and resends). Once the queue has caught up, it goes back to the kernel.
+        return 0
+    return kind
