@@ -64,6 +64,7 @@ class Resolver:
             handler = STATEMENTS.get(type(stmt))
             if handler is not None:
                 handler(self, stmt, policy)
+        self.values.check_table_sizes(policy)  # after the options: the limit is one
         return policy
 
     # ---- one handler per statement (defines and tables are declared before) ----------------------
