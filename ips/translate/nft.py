@@ -1373,9 +1373,11 @@ def parse_overview(listing: dict[str, object] | None) -> TableState | None:
     for obj in _objects(listing):
         for kind in ("chain", "set"):
             body = obj.get(kind)
-            if isinstance(body, dict) and body.get("table") == TABLE:
-                if body.get("family") == FAMILY:
-                    ours.append(obj)
+            if isinstance(body, dict) and (body.get("table"), body.get("family")) == (
+                TABLE,
+                FAMILY,
+            ):
+                ours.append(obj)
     if not ours:
         return None
     return parse_table({"nftables": [{"table": {"family": FAMILY, "name": TABLE}}, *ours]})
