@@ -142,7 +142,15 @@ class Nft:
         if static.used and self.load_static_sets(static, existing):
             existing = self.state()
         commands = nft_json.build_ruleset(policy, plan, existing=existing, static=static)
-        self.run(commands)
+        try:
+            self.run(commands)
+        except KernelError:
+            # Refused: the running rules stay, and the sets loaded for the new ones go (those
+            # the running rules use cannot be deleted, and are not).
+            for name in static.used:
+                with contextlib.suppress(KernelError):
+                    self._delete_unused_set(name)
+            raise
         added = sum(1 for c in commands if "rule" in c.get("add", {}))  # type: ignore[operator]
         split = 0 if plan.blocks_only else nft_json.fast_path_split(policy)
         return Applied(split, added, plan.hooks)
