@@ -10,14 +10,23 @@ Only our table, `inet ipsctl`, is ever created, changed or deleted.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from ips.kernel.nft_counters import dump_counters
 from ips.policy.model import Policy
 from ips.translate import nft as nft_json
-from ips.translate.nft import Address, NftPlan, RuleCounter, SetElement, TableState
+from ips.translate.nft import (
+    Address,
+    NftPlan,
+    RuleCounter,
+    SetElement,
+    StaticSets,
+    TableState,
+)
 
 _TABLE = {"family": nft_json.FAMILY, "name": nft_json.TABLE}
 _TABLE_OF_CHAIN = {"family": nft_json.FAMILY, "table": nft_json.TABLE}
@@ -58,6 +67,7 @@ class Nft:
 
     def __init__(self, lib: Any | None = None) -> None:
         self._nft = lib if lib is not None else _load_library()
+        self._lib_given = lib is not None  # a stand-in: read everything through it
         self._lock = threading.Lock()
 
     # ---- raw batches -------------------------------------------------------------------------
@@ -82,20 +92,106 @@ class Nft:
             raise
 
     def table_exists(self) -> bool:
-        return bool(self.list_table())
+        """Whether our table has chains or sets (without listing their elements)."""
+        return self.state() is not None
+
+    def _terse(self, commands: Sequence[dict[str, object]]) -> dict[str, Any]:
+        """run() with nft's terse output: sets are listed without their elements."""
+        setter = getattr(self._nft, "set_terse_output", None)
+        if setter is None:  # a binding without it: the elements come along
+            return self.run(commands)
+        with self._lock:
+            setter(True)
+            try:
+                rc, output, error = self._nft.json_cmd({"nftables": list(commands)})
+            finally:
+                setter(False)
+        if rc != 0:
+            raise KernelError(_clean_error(error) or f"nft failed (rc {rc})")
+        return output if isinstance(output, dict) else {}
 
     def state(self) -> TableState | None:
-        return nft_json.parse_table(self.list_table())
+        """Our chains and sets, with the members of the dynamic sets (what build_ruleset
+        needs to keep them). The named sets of static tables are listed without theirs:
+        a million elements take nft minutes to fetch, and their names say their content."""
+        objects: list[object] = []
+        for command in nft_json.list_overview():  # one a call: nft answers each with a document
+            objects += self._terse([command]).get("nftables", [])
+        overview = nft_json.parse_overview({"nftables": objects})
+        if overview is None:
+            return None
+        sets = dict(overview.sets)
+        for name in overview.sets:
+            if nft_json.STATIC_SET_RE.search(name):
+                continue
+            listing = self.run(nft_json.list_named_set(name))
+            for obj in listing.get("nftables", []):
+                if "set" in obj:
+                    elements = nft_json.parse_elements(obj["set"].get("elem"))
+                    sets[name] = replace(sets[name], elements=elements)
+        return TableState(overview.chains, sets)
 
     def apply(self, policy: Policy, plan: NftPlan) -> Applied:
         """Make the kernel run `policy`'s fast path as `plan` says, in one transaction: table
         and sets are created or kept (members survive), our chains flushed and refilled. On
-        error nothing changed and the running rules stay."""
-        commands = nft_json.build_ruleset(policy, plan, existing=self.state())
-        self.run(commands)
+        error nothing changed and the running rules stay.
+
+        The named sets of large static tables are loaded first, each in transactions of
+        ELEMENT_CHUNK elements, while the old rules keep running (see load_static_sets)."""
+        static = nft_json.static_sets(policy, plan)
+        existing = self.state()
+        if static.used and self.load_static_sets(static, existing):
+            existing = self.state()
+        commands = nft_json.build_ruleset(policy, plan, existing=existing, static=static)
+        try:
+            self.run(commands)
+        except KernelError:
+            # Refused: the running rules stay, and the sets loaded for the new ones go (those
+            # the running rules use cannot be deleted, and are not).
+            for name in static.used:
+                with contextlib.suppress(KernelError):
+                    self._delete_unused_set(name)
+            raise
         added = sum(1 for c in commands if "rule" in c.get("add", {}))  # type: ignore[operator]
         split = 0 if plan.blocks_only else nft_json.fast_path_split(policy)
         return Applied(split, added, plan.hooks)
+
+    def load_static_sets(self, static: StaticSets, existing: TableState | None) -> int:
+        """Create and fill the named sets `static` refers to; returns how many were loaded.
+
+        A set that exists already is kept when the running rules use it: nft refuses to
+        delete a set in use, and a set is used only once it was loaded in full (the rules
+        that refer to it come in a later transaction). One that is not in use may be left
+        over from an apply that died half-way: deleted and loaded again. On an error the
+        sets made here are deleted, and the running rules stay as they were."""
+        have = existing.sets if existing is not None else {}
+        loaded: list[str] = []
+        if existing is None:
+            self.run([{"add": {"table": _TABLE}}])
+        try:
+            for named in static.used.values():
+                if named.name in have and not self._delete_unused_set(named.name):
+                    continue  # in use: complete
+                self.run([{"add": {"set": named.object()}}])
+                loaded.append(named.name)
+                for chunk in named.chunks():
+                    self.run([chunk])
+        except KernelError:
+            for name in loaded:
+                with contextlib.suppress(KernelError):  # the error that matters is raised
+                    self._delete_unused_set(name)
+            raise
+        return len(loaded)
+
+    def _delete_unused_set(self, name: str) -> bool:
+        """Delete set `name` unless a rule uses it; True when it was deleted."""
+        try:
+            self.run(nft_json.delete_set(name))
+        except KernelError as exc:
+            if "busy" in str(exc).lower():
+                return False
+            raise
+        return True
 
     def remove(self) -> bool:
         """Delete `inet ipsctl` (and with it our chains and sets); False if it was absent."""
@@ -108,8 +204,17 @@ class Nft:
         return True
 
     def counters(self) -> dict[str, RuleCounter]:
-        """Packets/bytes per `ipsctl:FILE:LINE` comment (and `ipsctl:to-userspace`)."""
-        return nft_json.parse_counters(self.list_table())
+        """Packets/bytes per `ipsctl:FILE:LINE` comment (and `ipsctl:to-userspace`).
+
+        Read by a netlink dump of the rules alone (ips/kernel/nft_counters.py): `list table`
+        fetches every set element first, seconds to minutes with a large static table. nft's
+        listing when that dump cannot be made (a test's library without a kernel)."""
+        if self._lib_given:
+            return nft_json.parse_counters(self.list_table())
+        try:
+            return dump_counters()
+        except OSError:
+            return nft_json.parse_counters(self.list_table())
 
     def chain_counters(self, chains: Iterable[str]) -> dict[str, RuleCounter]:
         """The counters of some of our chains only: `list chain` lists their rules, not the

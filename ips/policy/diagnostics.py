@@ -50,11 +50,15 @@ class Diagnostics:
     """Collects problems; the resolver keeps going after each so one run reports them all."""
 
     items: list[Diagnostic] = field(default_factory=list)
+    # Kept as they come: the resolver asks after every rule whether it added an error, and
+    # counting the list each time made a policy full of errors quadratic to check.
+    error_count: int = 0
 
     def error(
         self, span: Span, message: str, hint: str | None = None, code: str = "policy"
     ) -> None:
         self.items.append(Diagnostic(span, message, hint, "error", code))
+        self.error_count += 1
 
     def warning(
         self, span: Span, message: str, hint: str | None = None, code: str = "policy"
@@ -66,7 +70,7 @@ class Diagnostics:
         return [d for d in self.items if d.severity == "error"]
 
     def __bool__(self) -> bool:
-        return bool(self.errors)
+        return self.error_count > 0
 
 
 class PolicyError(Exception):
@@ -92,14 +96,32 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     return f"did you mean '{matches[0]}'?" if matches else None
 
 
-def render(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -> str:
-    """Human-readable diagnostics in the style of compilers: location, message, line, caret."""
+# As compilers do (gcc's -fmax-errors, rustc): a policy with thousands of errors is shown by its
+# first ones, then a count of the rest. `ipsctl check --format json` still lists every one.
+MAX_RENDERED = 50
+
+
+def render(
+    diagnostics: Iterable[Diagnostic], sources: Mapping[str, str], limit: int = MAX_RENDERED
+) -> str:
+    """Human-readable diagnostics in the style of compilers: location, message, line, caret.
+    The first `limit` are shown, then one line "… and N more errors" for the rest."""
     out: list[str] = []
+    file_lines: dict[str, list[str]] = {}  # each file split once, not once per diagnostic
+    shown = 0
+    rest: dict[str, int] = {}
     for d in diagnostics:
+        if shown >= limit:
+            rest[d.severity] = rest.get(d.severity, 0) + 1
+            continue
+        shown += 1
         out.append(f"{d.span}: {d.severity}: {d.message}")
-        text = sources.get(d.span.file)
-        # split on \n only: positions count \n, and splitlines() also breaks at \f, \x85, …
-        lines = text.split("\n") if text is not None else []
+        lines = file_lines.get(d.span.file)
+        if lines is None:
+            text = sources.get(d.span.file)
+            # split on \n only: positions count \n, and splitlines() also breaks at \f, \x85, …
+            lines = text.split("\n") if text is not None else []
+            file_lines[d.span.file] = lines
         if 1 <= d.span.line <= len(lines):
             src = lines[d.span.line - 1].expandtabs(1)
             gutter = f"{d.span.line:>5} | "
@@ -113,4 +135,10 @@ def render(diagnostics: Iterable[Diagnostic], sources: Mapping[str, str]) -> str
             )
         if d.hint:
             out.append(f"   help: {d.hint}")
+    if rest:
+        counts = " and ".join(
+            f"{n:,} more {severity}{'s' if n != 1 else ''}"
+            for severity, n in sorted(rest.items())
+        )
+        out.append(f"… and {counts} (not shown: the first {limit} are)")
     return "\n".join(out)

@@ -31,6 +31,10 @@ class AddrSpec:
     nets4: tuple[tuple[int, int], ...] = ()
     nets6: tuple[tuple[int, int], ...] = ()
     dynamic: tuple[str, ...] = ()
+    # The static tables whose networks nets4/nets6 include: the nft translator loads a large
+    # one as named sets instead of writing its networks into the rule. Not part of the
+    # meaning (the networks are), so not compared.
+    tables: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def families(self) -> frozenset[int] | None:
@@ -236,6 +240,8 @@ class OptionSchema:
     maximum: float = 0
 
 
+DEFAULT_TABLE_MAX_ENTRIES = 2_000_000
+
 OPTIONS: dict[str, OptionSchema] = {
     "default": OptionSchema(
         ("accept", "drop", "reject"), "accept", "verdict for packets no rule matched"
@@ -296,6 +302,17 @@ OPTIONS: dict[str, OptionSchema] = {
     # client completed its handshake. See docs/operations.md, "Floods".
     "synproxy": OptionSchema(
         ("off", "on"), "off", "complete TCP handshakes in the kernel (nftables synproxy)"
+    ),
+    # A static or file table is held by the engine and loaded into the kernel: 1,000,000
+    # entries apply in seconds; a larger table is refused at check time, before any of it
+    # reaches the kernel (docs/language.md, "Tables").
+    "table-max-entries": OptionSchema(
+        (),
+        DEFAULT_TABLE_MAX_ENTRIES,
+        "most entries a static or file table may have",
+        kind="int",
+        minimum=1,
+        maximum=16_777_216,
     ),
     "tap-blocks": OptionSchema(
         ("report", "enforce"), "report", "tap mode: report detector blocks, or enforce them"

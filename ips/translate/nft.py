@@ -32,6 +32,16 @@ Dynamic tables become named sets `{name}_v4` / `{name}_v6` (`flags timeout`), cr
 `add set`, which keeps the members of a set that already exists; a policy swap flushes and
 refills only the chains, in one transaction (see build_ruleset).
 
+Large static tables (NAMED_SET_MIN networks or more in a family, such as a blocklist read
+from a file) are not written into their rules, which nft would parse, merge and hold as one
+anonymous set (a million entries took more than 11 minutes and 5 GB). They become named hash
+sets, one per prefix length: `@big_v4_28_HASH` holds the /28 networks, matched by `ip saddr &
+255.255.255.240 == @…`, and hosts need no mask. A network inside a shorter one of the same
+table is left out (it could never decide anything). The set names carry a hash of the
+content, and Nft.apply loads the sets, in chunks of ELEMENT_CHUNK elements each in its own
+transaction, before the transaction that swaps the rules over to them: the old policy keeps
+running while they load, and a table that did not change is not loaded again.
+
 Blocks (detectors' and `ipsctl blocks add`) live in the sets of BLOCK_TABLE (`banned`), which
 exist whether or not the policy declares that table. The first rules of every chain drop their
 members (comment `ipsctl:blocks`, with a counter), whatever the order of the policy's rules: a
@@ -49,9 +59,12 @@ Every one of them carries the comment `ipsctl:FILE:LINE` of its policy rule.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import ipaddress
 import itertools
 import math
+import re
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -146,6 +159,12 @@ MAX_COMMENT = 128  # nft's limit for a comment
 SET_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
 PROTO_UDPLITE = 136
 
+# A static table with at least this many networks in a family goes to the kernel as named
+# sets (see above); a smaller one stays in its rules, merged, as it always did.
+NAMED_SET_MIN = 1024
+ELEMENT_CHUNK = 100_000  # elements per transaction when loading a named set
+STATIC_SET_RE = re.compile(r"_v[46]_\d{1,3}_[0-9a-f]{8}$")  # the names static_set_name makes
+
 _T = {"family": FAMILY, "table": TABLE}
 Expr = dict[str, object]
 Alt = list[Expr]  # conditions that must all hold (one nft rule's matches)
@@ -182,23 +201,30 @@ def fast_path_split(policy: Policy, hook: str = "forward") -> int:
     return kernel_prefix(policy, hook)[0]
 
 
-def kernel_prefix(policy: Policy, hook: str) -> tuple[int, list[tuple[str, list[Expr]]]]:
+def kernel_prefix(
+    policy: Policy, hook: str, static: StaticSets | None = None
+) -> tuple[int, list[tuple[str, list[Expr]]]]:
     """(number of leading policy rules decided in the kernel, their nft rules as (comment,
     exprs)). Consecutive rules that differ only in one value — a blocklist of 10,000
     `drop from ADDR` lines, a run of port rules with the same verdict — become one nft rule
     with an anonymous set (same first-match meaning: any of them matching gives the same
     verdict); its comment names their first and last lines. The prefix ends at the first
-    rule that needs userspace, or before the rule that would take it past MAX_KERNEL_RULES."""
+    rule that needs userspace, or before the rule that would take it past MAX_KERNEL_RULES.
+    Large static tables are looked up in named sets (see StaticSets)."""
+    if static is None:
+        static = StaticSets(policy.tables)
     groups: list[_Group] = []
     split = len(policy.rules)
     for i, rule in enumerate(policy.rules):
         if kernel_reason(rule) is not None:
             split = i
             break
-        compiled = compile_rule(rule, hook)
+        used = dict(static.used)
+        compiled = compile_rule(rule, hook, static)
         if len(compiled) == 1 and groups and groups[-1].take(rule, compiled[0]):
             continue
         if len(groups) + len(compiled) > MAX_KERNEL_RULES:
+            static.used = used  # the rule stays out of the kernel, and so do its sets
             split = i
             break
         groups.extend(_Group(rule, exprs) for exprs in compiled)
@@ -327,6 +353,127 @@ def set_name(table: str, family: int) -> str:
     return f"{table}_v{family}"
 
 
+# ---- large static tables as named sets -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StaticSet:
+    """One named set of a large static table: the networks of one family and prefix length,
+    as integers (their addresses)."""
+
+    name: str
+    table: str
+    family: int
+    plen: int
+    nets: tuple[int, ...]
+
+    def object(self) -> dict[str, object]:
+        return {**_T, "name": self.name, "type": SET_TYPES[self.family]}
+
+    def chunks(self, size: int = ELEMENT_CHUNK) -> Iterable[dict[str, object]]:
+        """`add element` commands of at most `size` elements, each for its own transaction."""
+        text = _ipv4_text if self.family == 4 else _ipv6_text
+        for start in range(0, len(self.nets), size):
+            elems = [text(n) for n in self.nets[start : start + size]]
+            yield {"add": {"element": {**_T, "name": self.name, "elem": elems}}}
+
+
+def _ipv4_text(value: int) -> str:
+    return f"{value >> 24}.{(value >> 16) & 255}.{(value >> 8) & 255}.{value & 255}"
+
+
+def _ipv6_text(value: int) -> str:
+    return str(ipaddress.IPv6Address(value))
+
+
+def static_set_name(table: str, family: int, plen: int, digest: str) -> str:
+    return f"{table[:64]}_v{family}_{plen}_{digest[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class _TableFamily:
+    """A large table's networks of one family: all of them (to tell them from the other
+    networks of a rule) and its named sets."""
+
+    nets: frozenset[tuple[int, int]]
+    sets: tuple[StaticSet, ...]
+
+
+# Splitting a table of a million networks costs about a second: done once per table (the
+# translator asks for every hook, and Nft.apply for the loading and for the rules). Keyed by
+# the networks' tuple, which the cache keeps alive so that its id is not reused.
+_FAMILY_CACHE: dict[int, tuple[object, _TableFamily]] = {}
+_FAMILY_CACHE_SIZE = 8
+
+
+def _table_family(table: TableSpec, family: int) -> _TableFamily | None:
+    """The named sets of `table` in `family`; None when the table is small there."""
+    nets = table.nets4 if family == 4 else table.nets6
+    if len(nets) < NAMED_SET_MIN:
+        return None
+    cached = _FAMILY_CACHE.get(id(nets))
+    if cached is not None and cached[0] is nets:
+        return cached[1]
+    width = 32 if family == 4 else 128
+    by_plen: dict[int, set[int]] = {}
+    for net, plen in nets:
+        by_plen.setdefault(plen, set()).add(net)
+    # A network inside a shorter one of the table decides nothing: left out, shortest first.
+    plens = sorted(by_plen)
+    for i, plen in enumerate(plens):
+        shorter = [(p, ((1 << p) - 1) << (width - p)) for p in plens[:i]]
+        if shorter:
+            by_plen[plen] = {
+                n for n in by_plen[plen] if not any(n & m in by_plen[p] for p, m in shorter)
+            }
+    digest = hashlib.sha256()
+    sets = []
+    ordered: dict[int, tuple[int, ...]] = {}
+    for plen in plens:
+        ordered[plen] = tuple(sorted(by_plen[plen]))
+        digest.update(plen.to_bytes(1, "big"))
+        if family == 4:
+            digest.update(array("I", ordered[plen]).tobytes())
+        else:
+            digest.update(b"".join(n.to_bytes(16, "big") for n in ordered[plen]))
+    hexdigest = digest.hexdigest()
+    for plen in plens:
+        if plen == 0:
+            continue  # "everything": decided without a set (see _addr_alts)
+        name = static_set_name(table.name, family, plen, hexdigest)
+        sets.append(StaticSet(name, table.name, family, plen, ordered[plen]))
+    result = _TableFamily(frozenset(nets), tuple(sets))
+    if len(_FAMILY_CACHE) >= _FAMILY_CACHE_SIZE:
+        _FAMILY_CACHE.pop(next(iter(_FAMILY_CACHE)))
+    _FAMILY_CACHE[id(nets)] = (nets, result)
+    return result
+
+
+class StaticSets:
+    """The large static tables of a policy, and which of their named sets the rules built so
+    far refer to (`used`): the sets to load before the rules go in."""
+
+    def __init__(self, tables: dict[str, TableSpec]) -> None:
+        self.tables = tables
+        self.used: dict[str, StaticSet] = {}
+
+    def family(self, name: str, family: int) -> _TableFamily | None:
+        table = self.tables.get(name)
+        if table is None or table.kind == "dynamic":
+            return None
+        return _table_family(table, family)
+
+
+def static_sets(policy: Policy, plan: NftPlan) -> StaticSets:
+    """The named sets the kernel rules of `policy` under `plan` refer to (see StaticSets)."""
+    static = StaticSets(policy.tables)
+    if not plan.blocks_only:
+        for hook in plan.hooks:
+            kernel_prefix(policy, hook, static)
+            kernel_meters(policy, hook, static)
+    return static
+
+
 # ---- expression helpers -----------------------------------------------------------------------
 
 
@@ -371,28 +518,47 @@ ALWAYS: list[Alt] = [[]]
 NEVER: list[Alt] = []
 
 
-def _addr_alts(spec: AddrSpec | None, family: int, field: str) -> list[Alt]:
+def _addr_alts(
+    spec: AddrSpec | None, family: int, field: str, static: StaticSets | None = None
+) -> list[Alt]:
     """An address constraint within one family. As the engine (explain._addr_in): the address
-    is in the family's static networks or in a dynamic table, inverted when negated."""
+    is in the family's static networks or in a dynamic table, inverted when negated. The
+    networks of a large static table are looked up in its named sets (with `static`)."""
     if spec is None:
         return ALWAYS
     proto = "ip" if family == 4 else "ip6"
     left = _payload(proto, field)
-    nets = spec.nets4 if family == 4 else spec.nets6
+    nets: Sequence[tuple[int, int]] = spec.nets4 if family == 4 else spec.nets6
     everything = any(plen == 0 for _, plen in nets)
-    sets = [f"@{set_name(name, family)}" for name in spec.dynamic]
+    lookups: list[tuple[object, str]] = []  # (what is looked up, the set)
+    large = []
+    if static is not None:
+        large = [t for t in (static.family(name, family) for name in spec.tables) if t]
+    if static is not None and large and not everything:
+        inside = frozenset().union(*(t.nets for t in large)) if len(large) > 1 else large[0].nets
+        nets = [n for n in nets if n not in inside]
+        width = 32 if family == 4 else 128
+        for table in large:
+            for named in table.sets:
+                static.used[named.name] = named
+                key: object = left
+                if named.plen < width:
+                    mask = ((1 << named.plen) - 1) << (width - named.plen)
+                    key = {"&": [left, _ipv4_text(mask) if family == 4 else _ipv6_text(mask)]}
+                lookups.append((key, f"@{named.name}"))
+    lookups += [(left, f"@{set_name(name, family)}") for name in spec.dynamic]
     if not spec.negated:
         if everything:
             return ALWAYS
         alts: list[Alt] = []
         if nets:
             alts.append([_match("==", left, _nets_value(nets, family))])
-        alts += [[_match("==", left, s)] for s in sets]  # "or": one nft rule per table
+        alts += [[_match("==", k, s)] for k, s in lookups]  # "or": one nft rule per set
         return alts
     if everything:
         return NEVER
     conds = [_match("!=", left, _nets_value(nets, family))] if nets else []
-    conds += [_match("!=", left, s) for s in sets]  # not in any: all of them at once
+    conds += [_match("!=", k, s) for k, s in lookups]  # not in any: all of them at once
     return [conds]
 
 
@@ -565,9 +731,12 @@ def _family_specific(rule: RuleSpec) -> bool:
     return bool(rule.src or rule.dst or rule.icmp_types is not None)
 
 
-def compile_rule(rule: RuleSpec, hook: str) -> list[list[Expr]]:
+def compile_rule(
+    rule: RuleSpec, hook: str, static: StaticSets | None = None
+) -> list[list[Expr]]:
     """The nft rules (each a list of expressions, verdict included) for a kernel-able rule in
-    the chain of `hook`; [] when the rule can never match there."""
+    the chain of `hook`; [] when the rule can never match there. With `static`, large static
+    tables are looked up in their named sets (and noted as used there)."""
     if hook not in HOOKS:
         raise ValueError(f"unknown hook {hook!r}; one of {', '.join(HOOKS)}")
     has_iif, has_oif = hook != "output", hook != "input"
@@ -605,8 +774,8 @@ def compile_rule(rule: RuleSpec, hook: str) -> list[list[Expr]]:
                 parts.append([[_match("==", _meta("nfproto"), nfproto)]])
             parts.append(_proto_alts(protos_v))
             if family is not None:
-                parts.append(_addr_alts(rule.src, family, "saddr"))
-                parts.append(_addr_alts(rule.dst, family, "daddr"))
+                parts.append(_addr_alts(rule.src, family, "saddr", static))
+                parts.append(_addr_alts(rule.dst, family, "daddr", static))
                 parts.append(_icmp_alts(rule, family))
             parts.extend(common)
             for combo in itertools.product(*parts):
@@ -687,16 +856,19 @@ def _meter_sets(rules: Sequence[RuleSpec]) -> dict[str, dict[str, object]]:
     }
 
 
-def kernel_meters(policy: Policy, hook: str) -> list[tuple[str, list[Expr]]]:
+def kernel_meters(
+    policy: Policy, hook: str, static: StaticSets | None = None
+) -> list[tuple[str, list[Expr]]]:
     """(comment, exprs) of the meter rules of `hook`: the rule's matches, a per-source
-    `update @meterN_vF { saddr limit rate over R }`, a counter and drop."""
+    `update @meterN_vF { saddr limit rate over R }`, a counter and drop. With `static`, a
+    large table in a metered rule is looked up in its named sets, as in kernel_prefix."""
     out: list[tuple[str, list[Expr]]] = []
     for rule in metered_rules(policy):
         limit = rule.limit
         assert limit is not None
         plain = dataclasses.replace(rule, limit=None, action=DROP, alert=False, log=False)
         comment = (rule_comment(rule) + METER_SUFFIX)[:MAX_COMMENT]
-        for exprs in compile_rule(plain, hook):
+        for exprs in compile_rule(plain, hook, static):
             conds = exprs[:-2]  # without `counter` and `drop`
             nfprotos = [e["match"]["right"] for e in conds  # type: ignore[index]
                         if "match" in e and e["match"]["left"] == _meta("nfproto")]  # type: ignore[index]
@@ -924,7 +1096,10 @@ class NftPlan:
 
 
 def build_ruleset(
-    policy: Policy, plan: NftPlan = NftPlan(), existing: TableState | None = None
+    policy: Policy,
+    plan: NftPlan = NftPlan(),
+    existing: TableState | None = None,
+    static: StaticSets | None = None,
 ) -> list[dict[str, object]]:
     """Commands for one atomic batch that makes `inet ipsctl` run `policy`'s fast path, as
     `plan` says; `existing` is parse_table() of the table as it is now (None: absent or
@@ -935,7 +1110,13 @@ def build_ruleset(
     whose type or flags changed is recreated with its members carried over (with what is left
     of their timeouts). Sets and chains the policy no longer has are deleted, after the chain
     flushes that free them. All in one transaction: no window without rules.
+
+    The named sets of large static tables (`static`, from static_sets(); made here when not
+    given) must already hold their elements: this batch only refers to them (Nft.apply loads
+    them first).
     """
+    if static is None:
+        static = static_sets(policy, plan)
     offload = plan.offloads(policy)
     if offload and not 0 <= plan.offload_generation < OFFLOAD_PAUSED:  # type: ignore[operator]
         raise ValueError("offload generation must be 0-254")
@@ -945,11 +1126,12 @@ def build_ruleset(
                             synproxy=bool(proxied))  # fmt: skip
     icmp_budget = icmp_offload_budget(policy) if offload else None
     meters = [] if plan.blocks_only else metered_rules(policy)
-    cmds += _set_commands(policy, icmp_budget, existing.sets if existing else {}, meters)
+    old_sets = existing.sets if existing else {}
+    cmds += _set_commands(policy, icmp_budget, old_sets, static, meters)
     if proxied:
         cmds.append(_rule(SYNPROXY_CHAIN, _synproxy_raw_rule(), SYNPROXY_COMMENT))
     for hook in plan.hooks:
-        cmds += _hook_rules(policy, plan, hook, offload, icmp_budget, hook in proxied)
+        cmds += _hook_rules(policy, plan, hook, offload, icmp_budget, static, hook in proxied)
     return cmds
 
 
@@ -984,12 +1166,16 @@ def _chain_commands(
 
 
 def _set_commands(
-    policy: Policy, icmp_budget: tuple[int, str] | None, old_sets: dict[str, SetState],
+    policy: Policy,
+    icmp_budget: tuple[int, str] | None,
+    old_sets: dict[str, SetState],
+    static: StaticSets,
     meters: Sequence[RuleSpec] = (),
 ) -> list[dict[str, object]]:
     """The sets of the dynamic tables (and the ICMP meter, and the rules' meters) added,
     the ones no longer wanted deleted, and the ones whose type or flags changed recreated
-    with their members."""
+    with their members. The named sets of static tables are loaded before (their names
+    change with their content): the ones no longer referred to are deleted."""
     cmds: list[dict[str, object]] = []
     wanted = _wanted_sets(policy)
     if icmp_budget is not None:
@@ -1000,6 +1186,10 @@ def _set_commands(
         want = wanted.get(name) or meter_sets.get(name)
         if name in meter_sets and have.type == want["type"]:  # type: ignore[index]
             continue  # kept with its buckets (nft made it dynamic: an `add` is refused)
+        if STATIC_SET_RE.search(name) and want is None:
+            if name not in static.used:
+                cmds.append({"delete": {"set": {**_T, "name": name}}})
+            continue
         if want is None:
             cmds.append({"delete": {"set": {**_T, "name": name}}})
         elif have.type != want["type"] or set(have.flags) != {"timeout"}:
@@ -1028,6 +1218,7 @@ def _hook_rules(
     hook: str,
     offload: bool,
     icmp_budget: tuple[int, str] | None,
+    static: StaticSets,
     synproxy: bool = False,
 ) -> list[dict[str, object]]:
     """The rules of one hook's chains, in order: blocks, mark clearing, the SYN proxy,
@@ -1050,9 +1241,9 @@ def _hook_rules(
         if plan.offload_generation:
             for exprs in _offload_exprs(gen):
                 cmds.append(_rule(f"{hook}_offload", exprs, OFFLOAD_COMMENT))
-    for comment, exprs in kernel_prefix(policy, hook)[1]:
+    for comment, exprs in kernel_prefix(policy, hook, static)[1]:
         cmds.append(_rule(hook, exprs, comment))
-    for comment, exprs in kernel_meters(policy, hook):
+    for comment, exprs in kernel_meters(policy, hook, static):
         cmds.append(_rule(hook, exprs, comment))
     for i in range(1, queues):
         for exprs in _steer_exprs(i, queues):
@@ -1357,6 +1548,39 @@ def parse_block_comment(comment: str | None) -> tuple[str, int, str]:
     if len(parts) == 3 and parts[1].isdigit():
         return parts[0], int(parts[1]), parts[2]
     return "", 0, comment
+
+
+def list_overview() -> list[dict[str, object]]:
+    """The chains and sets of our family, for parse_overview (each command on its own: nft
+    answers a batch of listings with one JSON document each). With nft's terse output the
+    sets come without their elements: `list table` (and even `list tables`) fetches every
+    element of every set, which takes minutes for a static table of a million."""
+    return [{"list": {kind: {"family": FAMILY}}} for kind in ("chains", "sets")]
+
+
+def list_named_set(name: str) -> list[dict[str, object]]:
+    return [{"list": {"set": {**_T, "name": name}}}]
+
+
+def delete_set(name: str) -> list[dict[str, object]]:
+    return [{"delete": {"set": {**_T, "name": name}}}]
+
+
+def parse_overview(listing: dict[str, object] | None) -> TableState | None:
+    """list_overview()'s answer -> TableState of our table (sets without elements); None
+    when it has no chain and no set (absent, or as good as: build_ruleset makes both)."""
+    ours: list[object] = []
+    for obj in _objects(listing):
+        for kind in ("chain", "set"):
+            body = obj.get(kind)
+            if isinstance(body, dict) and (body.get("table"), body.get("family")) == (
+                TABLE,
+                FAMILY,
+            ):
+                ours.append(obj)
+    if not ours:
+        return None
+    return parse_table({"nftables": [{"table": {"family": FAMILY, "name": TABLE}}, *ours]})
 
 
 def list_set(table: str, family: int) -> list[dict[str, object]]:

@@ -3,11 +3,12 @@ it says, its hint, and how it is rendered (the source line and a caret under the
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from ips.policy.diagnostics import Diagnostic, PolicyError
+from ips.policy.diagnostics import MAX_RENDERED, Diagnostic, PolicyError, render
 from ips.policy.resolve import MAX_INCLUDE_DEPTH, load_policy, load_policy_text
 
 # (policy text, line, col, message substring, hint substring or None = not checked)
@@ -571,3 +572,64 @@ def test_misspelt_keyword_before_the_error_is_named() -> None:
     (d,) = info.value.diagnostics
     assert (d.span.line, d.span.col) == (1, 24)
     assert d.hint == "'prot' is not a keyword: did you mean 'port'?"
+
+
+# ---- many errors (issue 19, item 5) ---------------------------------------------------------
+
+
+def _all_bad(lines: int) -> str:
+    return "".join(f"accept from 300.{i % 250}.1.1\n" for i in range(lines))
+
+
+def test_rendering_stops_after_the_first_errors_and_counts_the_rest() -> None:
+    """As compilers do: the first MAX_RENDERED errors are shown, then one line for the rest;
+    the diagnostics themselves (and so `check --format json`) keep every one."""
+    with pytest.raises(PolicyError) as info:
+        load_policy_text(_all_bad(MAX_RENDERED + 70), "t.rules")
+    assert len(info.value.diagnostics) == MAX_RENDERED + 70
+    lines = info.value.render().splitlines()
+    assert sum(": error: " in line for line in lines) == MAX_RENDERED
+    assert lines[-1] == f"… and 70 more errors (not shown: the first {MAX_RENDERED} are)"
+    assert lines[-5].startswith(f"t.rules:{MAX_RENDERED}:13: error: invalid address")
+
+
+def test_a_few_errors_are_all_rendered_without_a_count_line() -> None:
+    with pytest.raises(PolicyError) as info:
+        load_policy_text(_all_bad(MAX_RENDERED), "t.rules")
+    assert "more error" not in info.value.render()
+
+
+class _CountingSources(dict[str, str]):
+    lookups = 0
+
+    def get(self, key, default=None):  # type: ignore[no-untyped-def, override]
+        type(self).lookups += 1
+        return super().get(key, default)
+
+
+def test_render_reads_each_file_once_not_once_per_diagnostic() -> None:
+    """Splitting the file's text for every diagnostic made a policy full of errors quadratic
+    (20,000 lines: 19.5 s): each file is split once."""
+    with pytest.raises(PolicyError) as info:
+        load_policy_text(_all_bad(40), "t.rules")
+    sources = _CountingSources(info.value.sources)
+    render(info.value.diagnostics, sources)
+    assert sources.lookups == 1
+
+
+def test_checking_four_times_the_errors_costs_about_four_times_the_time() -> None:
+    """Linear, not quadratic (which would be 16 times): a generous bound of 8, on the best
+    of three runs, parse, resolve and render included."""
+
+    def cost(lines: int) -> float:
+        text = _all_bad(lines)
+        best = float("inf")
+        for _ in range(3):
+            start = time.process_time()
+            with pytest.raises(PolicyError) as info:
+                load_policy_text(text, "t.rules")
+            info.value.render()
+            best = min(best, time.process_time() - start)
+        return best
+
+    assert cost(8000) < 8 * cost(2000)

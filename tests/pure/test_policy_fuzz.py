@@ -5,6 +5,7 @@ hang on large or deeply nested input."""
 from __future__ import annotations
 
 import random
+import re
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ips.policy.diagnostics import PolicyError
+from ips.policy.diagnostics import MAX_RENDERED, PolicyError
 from ips.policy.model import Policy
 from ips.policy.resolve import load_policy_text
 
@@ -61,8 +62,15 @@ def check_outcome(text: str) -> Policy | PolicyError:
             assert d.span.end_line >= d.span.line, d
             assert d.message
         rendered = exc.render()
-        for d in exc.diagnostics:
+        # The first MAX_RENDERED are shown, the rest counted (issue 19, item 5).
+        for d in exc.diagnostics[:MAX_RENDERED]:
             assert f"{d.span}: {d.severity}: {d.message}" in rendered
+        hidden = len(exc.diagnostics) - MAX_RENDERED
+        if hidden > 0:
+            last = rendered.splitlines()[-1]
+            assert last.startswith("… and "), last
+            counts = re.findall(r"([\d,]+) more", last)
+            assert sum(int(n.replace(",", "")) for n in counts) == hidden, last
         return exc
     assert isinstance(policy, Policy)
     assert all(w.severity == "warning" for w in policy.warnings)

@@ -13,7 +13,12 @@ from ips.policy.diagnostics import PolicyError
 from ips.policy.explain import rule_mismatch
 from ips.policy.model import AddrSpec, IfaceSpec, LimitSpec, PortSpec, RewriteSpec, RuleSpec
 from ips.policy.packetspec import packet_from_text
-from ips.policy.resolve import load_policy, load_policy_text
+from ips.policy.resolve import (
+    load_policy,
+    load_policy_collecting,
+    load_policy_sources,
+    load_policy_text,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -745,6 +750,19 @@ def test_include_changes_the_digest(tmp_path: Path) -> None:
     assert first == load_policy(tmp_path / "main.rules").digest
     (tmp_path / "inc.rules").write_text("drop\n")
     assert load_policy(tmp_path / "main.rules").digest != first
+
+
+def test_a_table_file_changes_the_digest(tmp_path: Path) -> None:
+    """Issue 19, item 8: two different blocklists are two different policies (`status` shows
+    the digest), also as the daemon resolves them from the texts `apply` handed over."""
+    (tmp_path / "main.rules").write_text('table big file "big.txt"\ndrop from @big\n')
+    (tmp_path / "big.txt").write_text("192.0.2.1\n")
+    first = load_policy(tmp_path / "main.rules").digest
+    assert first == load_policy(tmp_path / "main.rules").digest
+    (tmp_path / "big.txt").write_text("192.0.2.2\n")
+    policy, read = load_policy_collecting(tmp_path / "main.rules")
+    assert policy.digest != first
+    assert load_policy_sources(str(tmp_path / "main.rules"), read).digest == policy.digest
 
 
 def test_include_of_a_parent_directory_with_include_root(tmp_path: Path) -> None:

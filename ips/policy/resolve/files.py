@@ -55,6 +55,7 @@ class SourceFiles:
         self.sources: dict[str, str] = {}
         self.files: list[str] = []
         self.statements: list[ast.Statement] = []
+        self.table_texts: dict[str, str] = {}  # table file path -> text, for the digest
         self._real_paths: dict[str, Path] = {}  # display name -> resolved path
         self._included: dict[Path, Span] = {}
 
@@ -139,9 +140,11 @@ class SourceFiles:
         # they hold addresses, not rules.
         path = path.resolve()
         try:
-            return path, self.reader(path)
+            text = self.reader(path)
         except (OSError, ValueError) as exc:
             self.diags.error(
                 decl.span, f"cannot read table file '{decl.path}': {os_reason(exc)}", code="io"
             )
             return None
+        self.table_texts[str(path)] = text
+        return path, text

@@ -52,10 +52,7 @@ class Resolver:
             raise PolicyError(self.diags.items, files.sources)
         policy.sources = files.sources
         policy.files = files.files
-        digest = hashlib.sha256()
-        for f in files.files:
-            digest.update(f.encode() + b"\0" + files.sources[f].encode() + b"\0")
-        policy.digest = digest.hexdigest()
+        policy.digest = policy_digest(files)
         policy.warnings = [d for d in self.diags.items if d.severity == "warning"]
         return policy
 
@@ -68,6 +65,7 @@ class Resolver:
             if handler is not None:
                 handler(self, stmt, policy)
         self.detectors.check_slowscan(policy, statements)
+        self.values.check_table_sizes(policy)  # after the options: the limit is one
         return policy
 
     # ---- one handler per statement (defines and tables are declared before) ----------------------
@@ -102,6 +100,18 @@ class Resolver:
                 )
             self._sids[rule.sid] = stmt.span
         policy.rules.append(rule)
+
+
+def policy_digest(files: SourceFiles) -> str:
+    """sha256 of everything the policy was made of: each policy file and each table file,
+    by name and content. A changed blocklist is a changed policy (`status` must say so).
+    Without table files, the digest is what it always was."""
+    digest = hashlib.sha256()
+    for f in files.files:
+        digest.update(f.encode() + b"\0" + files.sources[f].encode() + b"\0")
+    for path, text in files.table_texts.items():
+        digest.update(b"table\0" + path.encode() + b"\0" + text.encode() + b"\0")
+    return digest.hexdigest()
 
 
 STATEMENTS: dict[type[ast.Statement], Callable[[Resolver, Any, Policy], None]] = {

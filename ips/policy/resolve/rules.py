@@ -53,7 +53,7 @@ class RuleResolver:
         """The rule of `stmt` (the index-th of the policy); None when it has errors."""
         action = names.ACTION_ALIASES.get(stmt.action, stmt.action)
         draft = RuleDraft(RuleSpec(index, action, stmt.span, stmt.text))
-        before = len(self.diags.errors)
+        before = self.diags.error_count
         for clause in stmt.clauses:
             handler = CLAUSES.get(type(clause))
             if handler is not None:
@@ -61,7 +61,7 @@ class RuleResolver:
         self._implied_protocols(draft)
         self._families(stmt, draft)
         self._action_checks(stmt, draft)
-        if len(self.diags.errors) > before:
+        if self.diags.error_count > before:
             return None
         return draft.rule
 

@@ -87,6 +87,22 @@ class Values:
                 spec.size = decl.size.lo
         return spec
 
+    def check_table_sizes(self, policy: Policy) -> None:
+        """A static or file table over `set table-max-entries` is refused here, at check
+        time: the engine and the kernel would each have to hold all of it."""
+        limit = int(policy.option("table-max-entries"))
+        for table in self.tables.values():
+            entries = len(table.nets4) + len(table.nets6)
+            if table.kind != "dynamic" and entries > limit:
+                self.diags.error(
+                    self.table_decls[table.name].name_span,
+                    f"table '{table.name}' has {entries:,} entries, more than the limit of "
+                    f"{limit:,}",
+                    "split it, or raise the limit: set table-max-entries N "
+                    f"(at most {int(OPTIONS['table-max-entries'].maximum):,})",
+                    code="limit",
+                )
+
     def _table_file(self, decl: ast.TableDecl, spec: TableSpec) -> None:
         read = self.files.read_table_file(decl)
         if read is None:
@@ -96,6 +112,12 @@ class Values:
         for lineno, line in enumerate(text.splitlines(), start=1):
             entry = line.split("#", 1)[0].strip()
             if not entry:
+                continue
+            # The common a.b.c.d[/n] by hand (a table file may have a million lines), the rest
+            # (IPv6, a netmask instead of a length) by the ipaddress module, as before.
+            parsed = parse_network(entry) if ":" not in entry else None
+            if parsed is not None:
+                nets4.append((parsed[1], parsed[2]))
                 continue
             try:
                 net = ipaddress.ip_network(entry, strict=False)
@@ -179,6 +201,7 @@ class Values:
         nets4: list[tuple[int, int]] = []
         nets6: list[tuple[int, int]] = []
         dynamic: list[str] = []
+        static: list[str] = []
         constrained = False  # an address or a table was named (even an empty table)
         for item in items:
             if item.kind == "any" or (item.kind == "word" and item.text == "any"):
@@ -208,6 +231,7 @@ class Values:
                 else:
                     nets4.extend(table.nets4)
                     nets6.extend(table.nets6)
+                    static.append(table.name)
             elif item.kind == "word":
                 hint = None
                 if item.text in self.defines:
@@ -231,7 +255,7 @@ class Values:
             return AddrSpec(negated)
         if not constrained:
             return None  # only `any` (or only errors, already reported): no condition
-        return AddrSpec(negated, tuple(nets4), tuple(nets6), tuple(dynamic))
+        return AddrSpec(negated, tuple(nets4), tuple(nets6), tuple(dynamic), tuple(static))
 
     def warn_empty(self, value: ast.Value) -> None:
         if value.is_set and not value.items:
