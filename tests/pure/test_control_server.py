@@ -69,6 +69,8 @@ def test_idle_connections_cost_no_thread_and_time_out(small: ControlServer, sock
     assert small.stats()["open_root"] == 0
     # and the server answers again, to the client that kept asking
     assert control.call(sock_path, {"op": "status"}, timeout=5)["ok"] is True
+    for s in idle + extra:
+        s.close()
 
 
 def test_a_busy_server_is_asked_again_within_the_timeout(small: ControlServer,
