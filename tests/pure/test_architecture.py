@@ -200,3 +200,12 @@ def test_the_upper_floors_point_down_too() -> None:
                             *((p, "ips.daemon") for p in below_daemon)]:  # fmt: skip
         bad = {n for n in imports_of(path) if n == forbidden or n.startswith(forbidden + ".")}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test files by their base name (the folders have no __init__.py): a
+    name used in both tests/pure and tests/lab breaks the collection of the whole suite,
+    though each folder alone still runs."""
+    tests = ROOT.parent / "tests"
+    names = [p.name for p in tests.rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

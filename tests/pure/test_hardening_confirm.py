@@ -1,7 +1,7 @@
 """`apply --confirm` survives the daemon (issue 19, item 3), in-process: the pending-apply
 record, the start's decision (an unconfirmed policy never becomes the running one), the
 watchdog's decision at the deadline, and the detached watchdog process itself. The kill in
-the lab: tests/lab/test_hardening_confirm.py."""
+the lab: tests/lab/test_hardening_confirm_lab.py."""
 
 from __future__ import annotations
 
