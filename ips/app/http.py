@@ -14,6 +14,7 @@ the connection, so parsing stops after it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from ips.core.packet import Malformed
@@ -50,6 +51,9 @@ M_BAD_CONTENT_LENGTH = _m("http.bad-content-length")
 M_BAD_CHUNK = _m("http.bad-chunk")
 M_TOO_MANY_MESSAGES = _m("http.too-many-messages")
 REASONS: tuple[str, ...] = tuple(_reasons)
+
+# A method is a token (RFC 9110 section 5.6.2): strip() with these leaves nothing.
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 # Why a parse stopped, besides a Malformed: the bytes ran out mid-message (more may come), or
 # the message runs to the end of the connection (nothing after it can be framed).
@@ -206,7 +210,7 @@ def parse_requests(data: bytes) -> tuple[list[HttpRequest], int, str | Malformed
             (method, uri), version = parts, b""
         else:
             return out, pos, M_BAD_REQUEST_LINE
-        if not method or not uri or not method.isalpha():
+        if not method or not uri or method.strip(_TCHAR):
             return out, pos, M_BAD_REQUEST_LINE
         headers = _headers(lines[1:])
         if isinstance(headers, Malformed):
@@ -234,11 +238,11 @@ def parse_requests(data: bytes) -> tuple[list[HttpRequest], int, str | Malformed
 
 
 def parse_responses(
-    data: bytes, head_requests: int = 0
+    data: bytes, request_methods: Sequence[str] = ()
 ) -> tuple[list[HttpResponse], int, str | Malformed]:
     """The responses at the start of a server's stream: (responses, bytes used, why it
-    stopped: END, INCOMPLETE, UNTIL_CLOSE or a Malformed). The first `head_requests`
-    responses answer HEAD requests and have no body."""
+    stopped: END, INCOMPLETE, UNTIL_CLOSE or a Malformed). `request_methods` are the methods
+    of the requests answered, in order, when known: a response to HEAD has no body."""
     out: list[HttpResponse] = []
     pos = 0
     n = len(data)
@@ -266,7 +270,8 @@ def parse_responses(
             version.decode("latin-1"), status, reason.decode("latin-1").strip(),
             _get(headers, "content-type"), length, tuple(headers),
         ))  # fmt: skip
-        if status < 200 or status in (204, 304) or len(out) <= head_requests:
+        answered = request_methods[len(out) - 1] if len(out) <= len(request_methods) else ""
+        if status < 200 or status in (204, 304) or answered == "HEAD":
             pos = body
         elif _chunked(headers):
             end = _skip_chunks(data, body)
