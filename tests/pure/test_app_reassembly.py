@@ -191,7 +191,7 @@ def test_matches_the_first_seen_model(isn: int, segs: list, limit: int) -> None:
             st.booleans(),
         ),
         max_size=60,
-    )  # fmt: skip
+    )
 )
 def test_never_raises_and_memory_stays_bounded(ops: list) -> None:
     r = Reassembler(limit=512, memory_cap=2048, max_pieces=8)
