@@ -91,8 +91,10 @@ def test_ssh_event(validator: object) -> None:
     server = parse_banner(b"SSH-2.0-dropbear_2022.83\r\n", server=True)
     assert isinstance(client, SshBanner) and isinstance(server, SshBanner)
     obj = eve_ssh(client, server)
-    assert obj == {"client": {"proto_version": "2.0", "software_version": "OpenSSH_9.2p1"},
-                   "server": {"proto_version": "2.0", "software_version": "dropbear_2022.83"}}  # fmt: skip
+    assert obj == {
+        "client": {"proto_version": "2.0", "software_version": "OpenSSH_9.2p1"},
+        "server": {"proto_version": "2.0", "software_version": "dropbear_2022.83"},
+    }
     valid(validator, line("ssh", PROTO_TCP, obj))
 
 
