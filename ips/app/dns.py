@@ -173,8 +173,14 @@ def _label_text(raw: bytes) -> str:
     return "".join([_LABEL_TABLE[b] for b in raw])
 
 
-def _name(data: bytes, pos: int, base: int, end: int) -> tuple[str, int] | Malformed:
-    """Read a name at `pos`; return it and the offset after it (after the first pointer)."""
+def _name(
+    data: bytes, pos: int, base: int, end: int, cache: dict[int, tuple[str, int]]
+) -> tuple[str, int] | Malformed:
+    """Read a name at `pos`; return it and the offset after it (after the first pointer).
+
+    `cache` maps the offsets of names already read in this message to (text, wire length):
+    compression points most names at a few earlier ones, so each is decoded once."""
+    start = pos
     labels: list[str] = []
     total = 0
     after = -1  # where the name ends in the record: set at the first pointer
@@ -195,6 +201,14 @@ def _name(data: bytes, pos: int, base: int, end: int) -> tuple[str, int] | Malfo
                 return M_POINTER_LOOP
             if after < 0:
                 after = pos + 2
+            known = cache.get(target)
+            if known is not None:
+                total += known[1]
+                if total > MAX_NAME:
+                    return M_NAME_TOO_LONG
+                if known[0]:
+                    labels.append(known[0])
+                break
             pos = floor = target
             continue
         if kind:
@@ -206,14 +220,22 @@ def _name(data: bytes, pos: int, base: int, end: int) -> tuple[str, int] | Malfo
             return M_TRUNCATED_NAME
         labels.append(_label_text(data[pos + 1 : pos + 1 + ln]))
         pos += 1 + ln
-    return ".".join(labels), (after if after >= 0 else pos)
+    text = ".".join(labels)
+    cache[start] = (text, total)
+    return text, (after if after >= 0 else pos)
 
 
 def _records(
-    data: bytes, pos: int, base: int, end: int, count: int, out: list[DnsRecord]
+    data: bytes,
+    pos: int,
+    base: int,
+    end: int,
+    count: int,
+    out: list[DnsRecord],
+    cache: dict[int, tuple[str, int]],
 ) -> int | Malformed:
     for _ in range(count):
-        got = _name(data, pos, base, end)
+        got = _name(data, pos, base, end, cache)
         if isinstance(got, Malformed):
             return got
         name, pos = got
@@ -224,7 +246,7 @@ def _records(
         rend = pos + rdlen
         if rend > end:
             return M_TRUNCATED_RECORD
-        rdata = _rdata(data, pos, rend, base, rtype)
+        rdata = _rdata(data, pos, rend, base, rtype, cache)
         if isinstance(rdata, Malformed):
             return rdata
         out.append(DnsRecord(name, rtype, rclass, ttl, rdata))
@@ -232,19 +254,21 @@ def _records(
     return pos
 
 
-def _rdata(data: bytes, pos: int, rend: int, base: int, rtype: int) -> Rdata | Malformed:
+def _rdata(
+    data: bytes, pos: int, rend: int, base: int, rtype: int, cache: dict[int, tuple[str, int]]
+) -> Rdata | Malformed:
     size = rend - pos
     if rtype == TYPE_A:
         return format_addr(data[pos:rend]) if size == 4 else M_BAD_RDATA
     if rtype == TYPE_AAAA:
         return format_addr(data[pos:rend]) if size == 16 else M_BAD_RDATA
     if rtype in (TYPE_CNAME, TYPE_NS, TYPE_PTR):
-        got = _name(data, pos, base, rend)
+        got = _name(data, pos, base, rend, cache)
         return got if isinstance(got, Malformed) else got[0]
     if rtype == TYPE_MX:
         if size < 3:
             return M_BAD_RDATA
-        got = _name(data, pos + 2, base, rend)
+        got = _name(data, pos + 2, base, rend, cache)
         if isinstance(got, Malformed):
             return got
         return DnsMx(_U16.unpack_from(data, pos)[0], got[0])
@@ -258,10 +282,10 @@ def _rdata(data: bytes, pos: int, rend: int, base: int, rtype: int) -> Rdata | M
             pos += 1 + ln
         return tuple(strings)
     if rtype == TYPE_SOA:
-        mname = _name(data, pos, base, rend)
+        mname = _name(data, pos, base, rend, cache)
         if isinstance(mname, Malformed):
             return mname
-        rname = _name(data, mname[1], base, rend)
+        rname = _name(data, mname[1], base, rend, cache)
         if isinstance(rname, Malformed):
             return rname
         if rname[1] + 20 > rend:
@@ -270,7 +294,7 @@ def _rdata(data: bytes, pos: int, rend: int, base: int, rtype: int) -> Rdata | M
     if rtype == TYPE_SRV:
         if size < 7:
             return M_BAD_RDATA
-        target = _name(data, pos + 6, base, rend)
+        target = _name(data, pos + 6, base, rend, cache)
         if isinstance(target, Malformed):
             return target
         return DnsSrv(*_SRV_HEAD.unpack_from(data, pos), target[0])
@@ -288,8 +312,9 @@ def parse_message(data: bytes, off: int = 0, end: int = -1) -> DnsMessage | Malf
         return M_TOO_MANY_RECORDS
     pos = off + 12
     questions: list[DnsQuestion] = []
+    cache: dict[int, tuple[str, int]] = {}
     for _ in range(qd):
-        got = _name(data, pos, off, end)
+        got = _name(data, pos, off, end, cache)
         if isinstance(got, Malformed):
             return got
         name, pos = got
@@ -300,7 +325,7 @@ def parse_message(data: bytes, off: int = 0, end: int = -1) -> DnsMessage | Malf
         questions.append(DnsQuestion(name, qtype, qclass))
     sections: list[list[DnsRecord]] = [[], [], []]
     for count, out in zip((an, ns, ar), sections, strict=True):
-        got_pos = _records(data, pos, off, end, count, out)
+        got_pos = _records(data, pos, off, end, count, out, cache)
         if isinstance(got_pos, Malformed):
             return got_pos
         pos = got_pos
