@@ -8,12 +8,13 @@ cd "$(dirname "$0")/.."
 # python3-dev/gcc/libnetfilter-queue-dev: netfilterqueue builds from source; nftables (its
 # libnftables is loaded by pip-nftables) and iptables: the diversion; the rest is the lab:
 # namespaces, clients and the real attack tools the tests run; prometheus and tmux: the
-# metrics test scrapes with a real Prometheus server, the `ipsctl top` test runs it in tmux.
+# metrics test scrapes with a real Prometheus server, the `ipsctl top` test runs it in tmux;
+# tshark is the oracle of the application-layer tests (DNS, HTTP, SSH, community_id).
 apt_packages=(
   python3 python3-venv python3-dev gcc make
   libnetfilter-queue-dev nftables iptables iproute2 util-linux systemd
   iputils-ping curl nmap hping3 masscan ncat socat tcpdump iperf3
-  prometheus tmux
+  prometheus tmux tshark
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -22,6 +23,8 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # wireshark-common asks whether non-root users may capture: answer no, without a prompt.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get update -qq
   apt-get install -y -qq "${missing[@]}"
   # The tests start their own Prometheus in a lab namespace: the distro's service (listening

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2] / "ips"
 PURE = [
     *sorted((ROOT / "core").glob("*.py")),
     *sorted((ROOT / "detect").glob("*.py")),
+    *sorted((ROOT / "app").glob("*.py")),
     *[path for path in [ROOT / "engine.py"] if path.exists()],  # a module today, a package soon
     *sorted((ROOT / "engine").glob("*.py")),
     *sorted((ROOT / "translate").glob("*.py")),
@@ -38,6 +39,7 @@ LOWER = {
     "policy": {"core"},
     "translate": {"core", "policy"},
     "detect": {"core", "policy"},
+    "app": {"core"},  # application-layer parsers and reassembly (issue 20)
     "engine": {"core", "policy", "detect", "translate"},
     "kernel": {"core", "policy", "translate", "safefile"},
     "io": {"core", "policy", "detect", "translate", "engine", "kernel"},
