@@ -8,12 +8,13 @@ cd "$(dirname "$0")/.."
 # python3-dev/gcc/libnetfilter-queue-dev: netfilterqueue builds from source; nftables (its
 # libnftables is loaded by pip-nftables) and iptables: the diversion; the rest is the lab:
 # namespaces, clients and the real attack tools the tests run; prometheus and tmux: the
-# metrics test scrapes with a real Prometheus server, the `ipsctl top` test runs it in tmux.
+# metrics test scrapes with a real Prometheus server, the `ipsctl top` test runs it in tmux;
+# tshark is the oracle of the application-layer parsers' tests.
 apt_packages=(
   python3 python3-venv python3-dev gcc make
   libnetfilter-queue-dev nftables iptables iproute2 util-linux systemd
   iputils-ping curl nmap hping3 masscan ncat socat tcpdump iperf3
-  prometheus tmux
+  prometheus tmux tshark
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -23,6 +24,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing apt packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # tshark asks whether non-root users may capture; the answer is no, without a prompt.
+  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
   apt-get install -y -qq "${missing[@]}"
   # The tests start their own Prometheus in a lab namespace: the distro's service (listening
   # on every address) is not wanted.
