@@ -500,7 +500,7 @@ def _client_extensions(
             if alpn is None:
                 return M_BAD_EXTENSION
             h.alpn = alpn
-        elif etype == EXT_SUPPORTED_GROUPS or etype == EXT_SIGNATURE_ALGORITHMS:
+        elif etype in (EXT_SUPPORTED_GROUPS, EXT_SIGNATURE_ALGORITHMS):
             values = _u16_list(b, p, q)
             if values is None:
                 return M_BAD_EXTENSION

@@ -19,6 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from app_streams import tcp_connections
+from conftest import PCAPS, pcap_names
 
 from ips.app.ja import ja3, ja3s, ja4
 from ips.app.tls import (
@@ -27,9 +29,6 @@ from ips.app.tls import (
     parse_client_hello,
     parse_server_flight,
 )
-from app_streams import tcp_connections
-from conftest import PCAPS, pcap_names
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,6 +38,7 @@ def _tshark_present() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("tshark not installed (scripts/setup.sh installs it)")
         pytest.skip("tshark not installed")
+
 
 Key = tuple[str, int, str, int]
 
@@ -58,7 +58,7 @@ def _last(values: str) -> str:
     return values.split("|")[-1] if values else ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tshark_hellos(name: str) -> tuple[dict[Key, list], dict[Key, list]]:
     """(client hellos, server hellos) per (src, sport, dst, dport), in frame order."""
     text = _tshark(
@@ -91,7 +91,7 @@ def tshark_hellos(name: str) -> tuple[dict[Key, list], dict[Key, list]]:
     return dict(clients), dict(servers)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tshark_certificates(name: str) -> dict[Key, list]:
     """The first certificate of each Certificate message, as tshark dissects it."""
     text = _tshark(PCAPS / name, "-Y", "tls.handshake.type == 11", "-T", "pdml")
@@ -124,9 +124,7 @@ def _rdns(element: ET.Element | None) -> list[tuple[str, str]]:
     for item in element.iter("field"):
         if item.get("name") != "x509if.RelativeDistinguishedName_item_element":
             continue
-        oid = next(
-            (c.get("show") for c in item.iter("field") if c.get("name") == "x509if.oid"), ""
-        )
+        oid = next((c.get("show") for c in item.iter("field") if c.get("name") == "x509if.oid"), "")
         shown = item.get("showname", "")
         label = shown[shown.index("(") + 1 : -1]
         out.append((oid or "", label.split("=", 1)[1]))
@@ -152,7 +150,7 @@ def _tshark_certificate(cert: ET.Element) -> dict:
     return info
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ipsctl_view(name: str) -> tuple[dict, dict, dict]:
     """ipsctl's (client hellos, server hellos, certificates) per directed 4-tuple."""
     clients: dict[Key, list] = defaultdict(list)
@@ -239,7 +237,7 @@ def test_certificates_equal_tshark(pcaps_dir: Path) -> None:
     assert compared >= 10
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ja4plus_fingerprints(name: str) -> dict[Key, list[str]]:
     from ja4plus import JA4Fingerprinter
     from scapy.all import rdpcap
