@@ -68,6 +68,7 @@ M_NOT_HANDSHAKE = _m("tls.not-handshake")  # first record is not a handshake rec
 M_BAD_RECORD_VERSION = _m("tls.bad-record-version")
 M_RECORD_TOO_LONG = _m("tls.record-too-long")
 M_EMPTY_RECORD = _m("tls.empty-record")
+M_TOO_MANY_RECORDS = _m("tls.too-many-records")  # a hello cut into hundreds of tiny records
 M_UNEXPECTED_MESSAGE = _m("tls.unexpected-message")  # e.g. a ServerHello on the client side
 M_HANDSHAKE_TOO_LONG = _m("tls.handshake-too-long")
 M_INTERRUPTED = _m("tls.hello-interrupted")  # another record type before the hello ended
@@ -108,6 +109,9 @@ MAX_RECORD = (1 << 14) + 2048
 # A ClientHello with several post-quantum key shares stays under 8 KiB; a certificate chain can
 # reach tens of KiB. Longer handshake messages are refused rather than waited for.
 MAX_HANDSHAKE = 1 << 17
+# Stacks put a hello in one record (two at most); splitting it into tiny records is legal but
+# only useful for evasion, and would make every call walk thousands of records.
+MAX_RECORDS = 256
 MAX_EXTENSIONS = 128  # real clients send 10-25; GREASE and padding included
 MAX_LIST_ITEMS = 512  # entries kept from one list (ciphers, groups...): bounds memory
 
@@ -357,6 +361,8 @@ def _handshake_bytes(buf: bytes) -> tuple[bytes | memoryview, bool, int] | Malfo
     p = 5 + length
     stopped = False
     while p + 5 <= n:
+        if len(parts) >= MAX_RECORDS:
+            return M_TOO_MANY_RECORDS
         ctype, version, length = _REC.unpack_from(buf, p)
         if ctype != CONTENT_HANDSHAKE:
             stopped = True
