@@ -107,7 +107,8 @@ def _parts(hello: ClientHello, transport: str) -> tuple[str, list[int], list[int
 
 
 def _hex_list(values: list[int]) -> str:
-    return ",".join([f"{v:04x}" for v in values])
+    # One %-format over the whole list is about twice as fast as joining per-item f-strings.
+    return ("%04x," * len(values) % tuple(values))[:-1]
 
 
 def _sha12(text: str) -> str:
