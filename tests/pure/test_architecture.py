@@ -17,6 +17,7 @@ PURE = [
     *[path for path in [ROOT / "engine.py"] if path.exists()],  # a module today, a package soon
     *sorted((ROOT / "engine").glob("*.py")),
     *sorted((ROOT / "translate").glob("*.py")),
+    *sorted((ROOT / "app").glob("*.py")),
     ROOT / "policy" / "compile.py",
     ROOT / "policy" / "model.py",
     ROOT / "policy" / "explain.py",
@@ -38,6 +39,7 @@ LOWER = {
     "policy": {"core"},
     "translate": {"core", "policy"},
     "detect": {"core", "policy"},
+    "app": {"core"},  # application-layer parsers (issue 20): pure, beside detect
     "engine": {"core", "policy", "detect", "translate"},
     "kernel": {"core", "policy", "translate", "safefile"},
     "io": {"core", "policy", "detect", "translate", "engine", "kernel"},
