@@ -180,8 +180,8 @@ def decrypt_initials(
             break
         got = _one_packet(datagram, p, n, keys)
         if isinstance(got, Malformed):
-            if packets and got is M_NOT_LONG_HEADER:
-                break
+            if packets:
+                break  # junk after a good Initial: RFC 9000 12.2 lets a receiver drop it
             return got
         end, packet, keys = got
         if packet is not None:
