@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # libnftables is loaded by pip-nftables) and iptables: the diversion; the rest is the lab:
 # namespaces, clients and the real attack tools the tests run; prometheus and tmux: the
 # metrics test scrapes with a real Prometheus server, the `ipsctl top` test runs it in tmux;
-# tshark is the oracle of the application-layer tests (DNS, HTTP, SSH, community_id).
+# tshark is the oracle of the application-layer parsers' tests (TLS, DNS, HTTP, SSH, community_id).
 apt_packages=(
   python3 python3-venv python3-dev gcc make
   libnetfilter-queue-dev nftables iptables iproute2 util-linux systemd
