@@ -238,7 +238,7 @@ def request(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
         line = read_line(s)
         if not line:
             raise ConnectionResetError(errno.ECONNRESET, "closed without an answer")
-        return json.loads(line)  # type: ignore[no-any-return]
+        return json.loads(line)
 
 
 # The connect of a Unix socket with a timeout does not wait for room in a full backlog: it

@@ -75,7 +75,7 @@ def blocks_list(as_json: bool, socket_path: str) -> None:
         click.echo("no blocks")
         return
     click.echo(f"{'ADDRESS':<39} {'TABLE':<8} {'LEFT':>8}  {'BY':<10} {'OFFENSE':>7}  REASON")
-    for r in rows:  # type: ignore[attr-defined]
+    for r in rows:
         click.echo(
             f"{r['addr']:<39} {r['table']:<8} {_left(r.get('expires_in')):>8}  "
             f"{r.get('detector') or '-':<10} {r.get('offense') or 0:>7}  {r.get('reason') or ''}"

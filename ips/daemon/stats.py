@@ -145,7 +145,7 @@ def merge_stats(replies: list[dict[str, Any]]) -> dict[str, Any]:
     dicts (per-rule hits: the same rules in the same order) merged item by item; anything
     else (text, digests, flags) from the first answer that has it."""
     good = [r for r in replies if r.get("ok", True)] or replies[:1]
-    return _merge([r for r in good])  # type: ignore[return-value]
+    return _merge([r for r in good])
 
 
 def _merge(values: list[Any]) -> Any:

@@ -62,7 +62,7 @@ def make_engine(
     import inspect
 
     if "never_block" in inspect.signature(Engine).parameters:
-        return Engine(policy, max_flows=max_flows, never_block=tuple(never_block), shards=shards)  # type: ignore[call-arg]
+        return Engine(policy, max_flows=max_flows, never_block=tuple(never_block), shards=shards)
     return Engine(policy, max_flows=max_flows)
 
 
@@ -459,7 +459,7 @@ def _forced_block(addr: bytes, ttl: float | None, reason: str, now: float) -> ob
     """The Block record of a `blocks add --force` the engine refused (a never-block address):
     the kernel has it, so the EVE log says so too."""
     try:
-        from ips.core.events import Block  # type: ignore[attr-defined]
+        from ips.core.events import Block
 
         return Block(addr, table=BLOCK_TABLE, ttl=ttl or 0.0, detector=MANUAL, offense=0,
                      reason=reason, time=now)  # fmt: skip

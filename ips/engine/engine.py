@@ -165,7 +165,7 @@ class Engine:
                 pkt = decode_frame(data, meta.linktype)
             if pkt.__class__ is not Packet:
                 return self._undecodable(pkt)
-            decision = self._decide(pkt, meta, now)  # type: ignore[arg-type]
+            decision = self._decide(pkt, meta, now)
         except Exception:
             self.stats.errors += 1
             decision = self._on_error
@@ -336,7 +336,7 @@ class Engine:
         for effect in effects:
             if effect.__class__ is Alert:
                 stats.alerts += 1
-                stats.detector_alerts[effect.category] += 1  # type: ignore[union-attr]
+                stats.detector_alerts[effect.category] += 1
             elif effect.__class__ is Block:
                 stats.blocks += 1
         return effects or None

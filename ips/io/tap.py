@@ -107,10 +107,10 @@ def interface_linktype(iface: str) -> int:
 def _not_enforced(effects: Iterable[Effect]) -> list[Effect]:
     """A tap enforces nothing: an alert the engine calls `blocked` is `would_drop` for every
     sink (EVE, the recent alerts of `ipsctl top`, the webhook)."""
-    out = list(effects)  # type: ignore[call-overload]
+    out = list(effects)
     for ev in out:
-        if ev.__class__ is Alert and ev.action == "blocked":  # type: ignore[attr-defined]
-            ev.action = "would_drop"  # type: ignore[attr-defined]
+        if ev.__class__ is Alert and ev.action == "blocked":
+            ev.action = "would_drop"
     return out
 
 

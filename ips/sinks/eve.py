@@ -337,7 +337,7 @@ class EveWriter:
             self.write(unblock_record(ev))
 
     def events(self, evs: Iterable[Effect]) -> None:
-        for ev in evs:  # type: ignore[attr-defined]
+        for ev in evs:
             self.event(ev)
 
 

@@ -299,6 +299,6 @@ class MetricsServer:
 def start_metrics(listen: tuple[str, int], snapshot: Callable[[], dict[str, Any]]) -> MetricsServer:
     """Serve /metrics on listen (address, port) from a thread; OSError when it cannot bind."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatusCollector(snapshot))  # type: ignore[arg-type]
+    registry.register(StatusCollector(snapshot))
     httpd, thread = start_http_server(listen[1], addr=listen[0], registry=registry)
     return MetricsServer(httpd, thread)
