@@ -150,10 +150,10 @@ class EngineAdapter:
         if self.on_events is not None:
             self.on_events(effects)
 
-    def _packet_effects(self, decision_effects: object) -> None:
+    def _packet_effects(self, decision_effects: Iterable[Effect]) -> None:
         """A decision's effects: blocks noted (written at the end of the burst, or once
         overdue), everything to on_events."""
-        effects = list(decision_effects)  # type: ignore[call-overload]
+        effects = list(decision_effects)
         if self.blocks is not None:
             self.blocks.note(effects)
         if self.on_events is not None:

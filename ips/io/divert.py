@@ -188,7 +188,8 @@ class UserBlocks:
             try:
                 if str(getattr(effect, "table", BLOCK_TABLE)) != BLOCK_TABLE:
                     continue
-                addr = bytes(effect.addr)  # type: ignore[attr-defined]
+                # effect_kind found a Block or an Unblock (by class name: mypy cannot follow).
+                addr = bytes(effect.addr)  # type: ignore[union-attr]
                 if kind == "block":
                     ttl = getattr(effect, "ttl", None)
                     comment = block_comment(str(getattr(effect, "detector", "") or ""),

@@ -122,6 +122,7 @@ class NflogError(OSError):
     """The kernel refused a config request (the errno is the kernel's: EPERM, the group is
     bound by another socket; EBUSY, this socket has bound it already)."""
 
+    errno: int  # always set: the kernel's answer
 
 
 @dataclass(slots=True)
@@ -283,7 +284,8 @@ class NflogClient(NetfilterClient):
                           copy_range=self.copy_range, qthresh=1)  # fmt: skip
 
     def _config(self, seq: int, **config: int) -> bytes:
-        return config_message(self.group, seq=seq, **config)
+        # config holds config_message's int fields, never its bool `ack`.
+        return config_message(self.group, seq=seq, **config)  # type: ignore[arg-type]
 
     def _keep(self, n: int) -> None:
         self._backlog.append(bytes(self._buf[:n]))

@@ -27,7 +27,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from ips.io.netlink import (
     BE32,
@@ -266,7 +266,7 @@ def _parse_rest(buf: bytes | bytearray | memoryview, offset: int, end: int, pack
 # A handler returns None for "accept as is" (which may then be batched with its neighbours);
 # for anything else either a Verdict, which drain sends (in order, see drain), or it gives
 # the verdict itself with client.verdict(...) and returns True.
-Handler = Callable[[QueuedPacket], object]
+Handler = Callable[[QueuedPacket], "Verdict | Literal[True] | None"]
 
 
 class Verdict(NamedTuple):
@@ -344,7 +344,8 @@ class NfqClient(NetfilterClient):
         )
 
     def _config(self, seq: int, **config: int) -> bytes:
-        return config_message(self.queue_num, seq=seq, **config)
+        # config holds config_message's int fields, never its bool `ack`.
+        return config_message(self.queue_num, seq=seq, **config)  # type: ignore[arg-type]
 
     def _keep(self, n: int) -> None:
         """What a request read meanwhile: its packets, parsed, for the next drain."""
@@ -398,7 +399,7 @@ class NfqClient(NetfilterClient):
 
     # ---- receiving --------------------------------------------------------------------------
 
-    def _handler_failed(self, pkt: QueuedPacket) -> object:
+    def _handler_failed(self, pkt: QueuedPacket) -> Verdict | Literal[True] | None:
         """A verdict must always be given, and the loop go on: on_error (accept: batched)."""
         self.handler_errors += 1
         if self.on_error == NF_ACCEPT:
@@ -446,6 +447,7 @@ class NfqClient(NetfilterClient):
         to its own, skips packets no longer queued). A handler that sends a verdict itself
         and returns True does so before the pending batch, whatever the verdict."""
         assert self._sock is not None, "not bound"
+        buf: bytearray | memoryview
         if self._many is not None:
             buf, view = self._many.buf, self._many.view
         else:

@@ -49,6 +49,8 @@ from ips.io.nfqnl import NF_ACCEPT, NF_DROP, NfqClient, QueuedPacket, Verdict
 from ips.translate.nft import HANDSHAKE_ACK_MARK, OFFLOAD_MARK, copy_group
 
 if TYPE_CHECKING:
+    from netfilterqueue import NetfilterQueue
+
     from ips.core.decision import Decision
     from ips.io.adapter import JudgedCell
     from ips.kernel.blocks import KernelBlocks
@@ -157,6 +159,8 @@ class InterfaceNames:
 class QueueWorker(EngineAdapter):
     """Binds one NFQUEUE queue and runs the engine over its packets."""
 
+    replies: ReplySender
+
     def __init__(
         self,
         queue_num: int,
@@ -184,7 +188,7 @@ class QueueWorker(EngineAdapter):
         self.ifnames = InterfaceNames()
         self._metas: dict[tuple[int, int], Meta] = {}
         self._client: NfqClient | None = None  # our own client, once bound
-        self._nfq = None  # or netfilterqueue's
+        self._nfq: NetfilterQueue | None = None  # or netfilterqueue's
         self.read_copies = read_copies  # offload's NFLOG copies (False: the kernel has none)
         self._copies: NflogClient | None = None
         self.copy_fd: int | None = None  # the copies' socket, once bound (select on it too)

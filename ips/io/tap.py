@@ -229,7 +229,7 @@ class TapWorker(EngineAdapter):
             if self.blocks is not None and self.blocks.pending:
                 self.blocks.flush()
 
-    def _packet_effects(self, decision_effects: object) -> None:
+    def _packet_effects(self, decision_effects: Iterable[Effect]) -> None:
         super()._packet_effects(_not_enforced(decision_effects))
 
     def effects(self, effects: list[Effect]) -> None:

@@ -136,7 +136,8 @@ class KernelBlocks:
             if kind is None:
                 continue
             try:
-                key = (str(effect.table), addr_text(effect.addr))  # type: ignore[attr-defined]
+                # effect_kind found a Block or an Unblock (by class name: mypy cannot follow).
+                key = (str(effect.table), addr_text(effect.addr))  # type: ignore[union-attr]
             except (AttributeError, ValueError) as exc:  # not an address: count, go on
                 self._error(f"{type(effect).__name__} without a valid address: {exc}")
                 continue

@@ -1103,7 +1103,7 @@ def build_ruleset(
     plan: NftPlan = NftPlan(),
     existing: TableState | None = None,
     static: StaticSets | None = None,
-) -> list[dict[str, object]]:
+) -> list[Expr]:
     """Commands for one atomic batch that makes `inet ipsctl` run `policy`'s fast path, as
     `plan` says; `existing` is parse_table() of the table as it is now (None: absent or
     unknown).
@@ -1123,7 +1123,7 @@ def build_ruleset(
     offload = plan.offloads(policy)
     if offload and not 0 <= plan.offload_generation < OFFLOAD_PAUSED:  # type: ignore[operator]
         raise ValueError("offload generation must be 0-254")
-    cmds: list[dict[str, object]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    cmds: list[Expr] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     proxied = synproxy_hooks(policy, plan)
     cmds += _chain_commands(plan.hooks, offload, existing.chains if existing else (),
                             synproxy=bool(proxied))  # fmt: skip
