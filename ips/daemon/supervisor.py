@@ -675,7 +675,7 @@ class Daemon:
 
     def blocks_list(self) -> dict[str, Any]:
         now = time.time()
-        rows = []
+        rows: list[dict[str, Any]] = []
         restored = getattr(self, "_restored", {})
         origin = getattr(self, "restored_from", None) or {}
         for e in self.diversion.blocks():

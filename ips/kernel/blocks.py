@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ips.core.events import Effect
+from ips.kernel.diversion import BlockSets
 from ips.kernel.nft import KernelError, Nft
 from ips.safefile import replace_private_file
 from ips.translate.nft import (
@@ -374,7 +375,7 @@ def read_saved_blocks(path: str | Path, now: float) -> SavedBlocks:
                        float(saved_at) if isinstance(saved_at, int | float) else None)  # fmt: skip
 
 
-def restore_blocks(nft: Nft, elements: Iterable[SetElement]) -> int:
+def restore_blocks(nft: BlockSets, elements: Iterable[SetElement]) -> int:
     """Put saved blocks back into the kernel, skipping addresses that are members already
     (the kernel's own entry is newer). Returns how many were added."""
     present = {e.addr for e in nft.elements(BLOCK_TABLE)}

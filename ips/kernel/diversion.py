@@ -48,7 +48,7 @@ class BlockSets(Protocol):
     def elements(self, table: str) -> list[SetElement]: ...
 
     def replace_elements(
-        self, table: str, addrs: Iterable[Address], timeout: float | None,
+        self, table: str, addrs: Iterable[str], timeout: float | None,
         comment: str | None = None, expires: float | None = None,
     ) -> None: ...  # fmt: skip
 
@@ -56,7 +56,11 @@ class BlockSets(Protocol):
 class Diversion(Protocol):
     backend: str | None  # what diverts: "nft", "iptables", "tap", "divert"; None: nothing
     kernel_rules: int  # the policy's rules decided in the kernel (the fast path)
-    offload_generation: int | None  # None: no offload with this diversion
+
+    @property
+    def offload_generation(self) -> int | None:
+        """The generation offloaded flows are marked with; None: no offload here."""
+        ...
 
     @property
     def copies(self) -> bool:
@@ -102,9 +106,9 @@ class Diversion(Protocol):
 
     def blocks(self) -> list[SetElement]: ...
 
-    def block(self, addr: Address, ttl: float | None, comment: str) -> None: ...
+    def block(self, addr: str, ttl: float | None, comment: str) -> None: ...
 
-    def unblock(self, addr: Address) -> bool: ...
+    def unblock(self, addr: str) -> bool: ...
 
     def flush_blocks(self) -> None: ...
 
