@@ -8,7 +8,7 @@ import sys
 import click
 
 from ips.cli.common import EXIT_POLICY, SOCKET_OPTION, ask
-from ips.control import Reply
+from ips.control import BlocksAddRequest, Reply
 from ips.core.addr import block_target, block_ttl
 
 
@@ -104,7 +104,7 @@ def blocks_add(
         target = block_target(addr)
     except ValueError as exc:
         _blocks_reply({"ok": False, "error": str(exc)}, as_json, "add")
-    message = {"op": "blocks_add", "addr": target, "ttl": whole, "reason": reason,
+    message: BlocksAddRequest = {"op": "blocks_add", "addr": target, "ttl": whole, "reason": reason,
                "force": force}  # fmt: skip
     reply = _blocks_reply(ask(socket_path, message), as_json, "add")
     if not as_json:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from ips.cli.common import SOCKET_OPTION, ask
-from ips.control import request
+from ips.control import FlowsRequest, request
 from ips.views.flows import (
     GROUPS,
     MAX_ROWS,
@@ -50,7 +50,7 @@ def flows(top: int, sort: str, filter_text: str | None, group: str | None, as_js
     """Active connections: addresses, ports, protocol, packets, bytes, duration."""
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
-    message = {"op": "flows", "top": top, "sort": sort, "filter": filter_text or "",
+    message: FlowsRequest = {"op": "flows", "top": top, "sort": sort, "filter": filter_text or "",
                "group": group}  # fmt: skip
     reply = ask(socket_path, message)
     if not reply.get("ok"):
