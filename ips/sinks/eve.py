@@ -151,39 +151,39 @@ def flow_record(end: FlowEnd, in_iface: str | None = None) -> dict[str, object]:
     flow = end.flow
     ev = PacketEvent(
         end.time,
-        flow.flow_id,  # type: ignore[attr-defined]
-        flow.family,  # type: ignore[attr-defined]
-        flow.proto,  # type: ignore[attr-defined]
-        flow.src,  # type: ignore[attr-defined]
-        flow.sport,  # type: ignore[attr-defined]
-        flow.dst,  # type: ignore[attr-defined]
-        flow.dport,  # type: ignore[attr-defined]
+        flow.flow_id,
+        flow.family,
+        flow.proto,
+        flow.src,
+        flow.sport,
+        flow.dst,
+        flow.dport,
     )
     record = _base(ev, "flow", in_iface)
     f = flow
-    state = "established" if f.replied else "new"  # type: ignore[attr-defined]
-    tcp_state = TCP_STATE_NAMES[f.tcp_state] if f.proto == 6 else None  # type: ignore[attr-defined]
+    state = "established" if f.replied else "new"
+    tcp_state = TCP_STATE_NAMES[f.tcp_state] if f.proto == 6 else None
     if tcp_state in ("closed", "closing", "time_wait"):
         state = "closed"
     record["flow"] = {
-        "pkts_toserver": f.pkts_fwd,  # type: ignore[attr-defined]
-        "pkts_toclient": f.pkts_rev,  # type: ignore[attr-defined]
-        "bytes_toserver": f.bytes_fwd,  # type: ignore[attr-defined]
-        "bytes_toclient": f.bytes_rev,  # type: ignore[attr-defined]
-        "start": eve_timestamp(f.first_seen),  # type: ignore[attr-defined]
-        "end": eve_timestamp(f.last_seen),  # type: ignore[attr-defined]
-        "age": int(f.last_seen - f.first_seen),  # type: ignore[attr-defined]
+        "pkts_toserver": f.pkts_fwd,
+        "pkts_toclient": f.pkts_rev,
+        "bytes_toserver": f.bytes_fwd,
+        "bytes_toclient": f.bytes_rev,
+        "start": eve_timestamp(f.first_seen),
+        "end": eve_timestamp(f.last_seen),
+        "age": int(f.last_seen - f.first_seen),
         "state": state,
         "reason": EVE_END_REASONS.get(end.reason, end.reason),
     }
     if getattr(f, "offloaded", False):  # Suricata's word: the rest went past the engine
         record["flow"]["bypass"] = "capture"  # type: ignore[index]
-    if f.proto == 6:  # type: ignore[attr-defined]
-        both = f.flags_fwd | f.flags_rev  # type: ignore[attr-defined]
+    if f.proto == 6:
+        both = f.flags_fwd | f.flags_rev
         tcp: dict[str, object] = {
             "tcp_flags": f"{both:02x}",
-            "tcp_flags_ts": f"{f.flags_fwd:02x}",  # type: ignore[attr-defined]
-            "tcp_flags_tc": f"{f.flags_rev:02x}",  # type: ignore[attr-defined]
+            "tcp_flags_ts": f"{f.flags_fwd:02x}",
+            "tcp_flags_tc": f"{f.flags_rev:02x}",
         }
         for name, bit in (("syn", 2), ("fin", 1), ("rst", 4), ("psh", 8), ("ack", 16)):
             if both & bit:
@@ -220,32 +220,32 @@ def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
     is a timestamp, an address, or a word of ours, except the interface name and the end
     reason, which go through json.dumps."""
     f = end.flow
-    proto = f.proto  # type: ignore[attr-defined]
+    proto = f.proto
     iface = f',"in_iface":{_json_text(in_iface)}' if in_iface else ""
-    src, dst = format_addr(f.src), format_addr(f.dst)  # type: ignore[attr-defined]
+    src, dst = format_addr(f.src), format_addr(f.dst)
     if proto in PORT_PROTOS:
-        endpoints = f'{src}","src_port":{f.sport},"dest_ip":"{dst}","dest_port":{f.dport}'  # type: ignore[attr-defined]
+        endpoints = f'{src}","src_port":{f.sport},"dest_ip":"{dst}","dest_port":{f.dport}'
     else:
         endpoints = f'{src}","dest_ip":"{dst}"'
-    state = "established" if f.replied else "new"  # type: ignore[attr-defined]
+    state = "established" if f.replied else "new"
     if proto == 6:
-        tcp_state = TCP_STATE_NAMES[f.tcp_state]  # type: ignore[attr-defined]
+        tcp_state = TCP_STATE_NAMES[f.tcp_state]
         if tcp_state in ("closed", "closing", "time_wait"):
             state = "closed"
-        fwd, rev = f.flags_fwd, f.flags_rev  # type: ignore[attr-defined]
+        fwd, rev = f.flags_fwd, f.flags_rev
         both = fwd | rev
         words = _TCP_FLAG_WORDS[both & 31]
         tail = (f'}},"tcp":{{"tcp_flags":"{both:02x}","tcp_flags_ts":"{fwd:02x}",'
                 f'"tcp_flags_tc":"{rev:02x}"{words},"state":"{tcp_state}"}}}}')  # fmt: skip
     else:
         tail = "}}"
-    first, last = f.first_seen, f.last_seen  # type: ignore[attr-defined]
+    first, last = f.first_seen, f.last_seen
     bypass = ',"bypass":"capture"' if getattr(f, "offloaded", False) else ""
     return (
-        f'{{"timestamp":"{eve_timestamp(end.time)}","flow_id":{f.flow_id}{iface}'  # type: ignore[attr-defined]
+        f'{{"timestamp":"{eve_timestamp(end.time)}","flow_id":{f.flow_id}{iface}'
         f',"event_type":"flow","src_ip":"{endpoints},"proto":"{_proto_label(proto)}","flow":{{'
-        f'"pkts_toserver":{f.pkts_fwd},"pkts_toclient":{f.pkts_rev},'  # type: ignore[attr-defined]
-        f'"bytes_toserver":{f.bytes_fwd},"bytes_toclient":{f.bytes_rev},'  # type: ignore[attr-defined]
+        f'"pkts_toserver":{f.pkts_fwd},"pkts_toclient":{f.pkts_rev},'
+        f'"bytes_toserver":{f.bytes_fwd},"bytes_toclient":{f.bytes_rev},'
         f'"start":"{eve_timestamp(first)}","end":"{eve_timestamp(last)}",'
         f'"age":{int(last - first)},"state":"{state}",'
         f'"reason":{_json_text(EVE_END_REASONS.get(end.reason, end.reason))}{bypass}{tail}'
