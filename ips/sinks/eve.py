@@ -26,6 +26,7 @@ from ips.core.events import Alert, Block, Effect, FlowEnd, LogRecord, PacketEven
 from ips.core.flow import TCP_STATE_NAMES
 from ips.core.packet import PORT_PROTOS
 from ips.safefile import open_private_file
+from ips.sinks.syslog import SyslogSink
 
 PROTO_LABELS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 132: "SCTP", 47: "GRE"}
 
@@ -282,7 +283,7 @@ class EveWriter:
         stream: IO[str] | None = None,
         *,
         log: LineStream | None = None,
-        syslog: object | None = None,
+        syslog: SyslogSink | None = None,
         in_iface: str | None = None,
         drops: bool = True,
         passive: bool = False,
@@ -300,7 +301,7 @@ class EveWriter:
     def write(self, record: dict[str, object]) -> None:
         self.write_line(json.dumps(record, separators=(",", ":")))
         if self.syslog is not None and record.get("event_type") in SYSLOG_EVENTS:
-            self.syslog.send(record, _now_of(record))  # type: ignore[attr-defined]
+            self.syslog.send(record, _now_of(record))
 
     def write_line(self, line: str) -> None:
         """A record already in JSON (not one for syslog)."""
@@ -351,7 +352,23 @@ def _now_of(record: dict[str, object]) -> float:
     return 0.0
 
 
-def unjudged_alert_record(alert: object, unjudged: dict[str, object],
+class UnjudgedNotice(Protocol):
+    """What an unjudged alert tells (ips.daemon.unjudged.UnjudgedAlert)."""
+
+    @property
+    def signature_id(self) -> int: ...
+
+    @property
+    def signature(self) -> str: ...
+
+    @property
+    def passed(self) -> int: ...
+
+    @property
+    def first(self) -> bool: ...
+
+
+def unjudged_alert_record(alert: UnjudgedNotice, unjudged: dict[str, object],
                           now: float) -> dict[str, object]:  # fmt: skip
     """The gate opened: packets passed without inspection (ips/daemon/unjudged.py). An
     `alert` without addresses (it is about the gateway, not a flow), action `allowed`, with
@@ -362,17 +379,17 @@ def unjudged_alert_record(alert: object, unjudged: dict[str, object],
         "alert": {
             "action": "allowed",
             "gid": 1,
-            "signature_id": alert.signature_id,  # type: ignore[attr-defined]
+            "signature_id": alert.signature_id,
             "rev": 1,
-            "signature": alert.signature,  # type: ignore[attr-defined]
+            "signature": alert.signature,
             "category": "unjudged",
             "severity": 1,
             "metadata": {"detector": ["unjudged"]},
         },
         "ipsctl": {
             "detector": "unjudged",
-            "passed": alert.passed,  # type: ignore[attr-defined]
-            "first": alert.first,  # type: ignore[attr-defined]
+            "passed": alert.passed,
+            "first": alert.first,
             "unjudged": unjudged,
         },
     }
