@@ -50,6 +50,7 @@ from ips.translate.nft import HANDSHAKE_ACK_MARK, OFFLOAD_MARK, copy_group
 
 if TYPE_CHECKING:
     from netfilterqueue import NetfilterQueue
+    from netfilterqueue import Packet as NfqPacket
 
     from ips.core.decision import Decision
     from ips.io.adapter import JudgedCell
@@ -275,6 +276,7 @@ class QueueWorker(EngineAdapter):
                 self._client.on_error = self._error_verdict().verdict
                 self._client.drain(self._on_queued)
             else:
+                # bound: without our own client, netfilterqueue's is
                 self._nfq.run(block=False)  # type: ignore[union-attr]
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
@@ -340,16 +342,16 @@ class QueueWorker(EngineAdapter):
             self._packet_effects(decision.effects)
         self._counted()
 
-    def _on_packet(self, pkt: object) -> None:
+    def _on_packet(self, pkt: NfqPacket) -> None:
         """netfilterqueue's callback: the same verdicts, one per packet."""
         try:
             decision = self.engine.handle(
-                pkt.get_payload(),  # type: ignore[attr-defined]
-                self._meta(pkt.indev, pkt.outdev),  # type: ignore[attr-defined]
+                pkt.get_payload(),
+                self._meta(pkt.indev, pkt.outdev),
                 self.clock(),
             )
             # netfilterqueue reads the mark through a call: only an offload needs it
-            mark = pkt.get_mark() if decision.offload else 0  # type: ignore[attr-defined]
+            mark = pkt.get_mark() if decision.offload else 0
             given, reply = kernel_verdict(decision, mark)
             _give(pkt, given)
             if reply is not None:
@@ -372,16 +374,16 @@ class QueueWorker(EngineAdapter):
             cell.value = self.judged
 
 
-def _give(pkt: object, given: Verdict) -> None:
+def _give(pkt: NfqPacket, given: Verdict) -> None:
     """A Verdict through netfilterqueue's Packet."""
     if given.verdict == NF_DROP:
-        pkt.drop()  # type: ignore[attr-defined]
+        pkt.drop()
         return
     if given.payload is not None:
-        pkt.set_payload(given.payload)  # type: ignore[attr-defined]
+        pkt.set_payload(given.payload)
     if given.mark is not None:
-        pkt.set_mark(given.mark)  # type: ignore[attr-defined]
-    pkt.accept()  # type: ignore[attr-defined]
+        pkt.set_mark(given.mark)
+    pkt.accept()
 
 
 def wait_readable(fds: list[int], timeout: float) -> list[int]:
