@@ -191,7 +191,7 @@ class Detector:
                     to_ban, ttl=self.ttl, detector=self.name, reason=reason, time=now,
                     alert=alert,
                 )
-            )  # fmt: skip
+            )
             return
         self.alerts += 1
         out.append(alert)

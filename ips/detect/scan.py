@@ -77,7 +77,7 @@ class LongWindow(Protocol):
     def credit(
         self, scan: ScanDetector, probe: Probe, weight: float, now: float,
         out: list[DetectorEffect],
-    ) -> None: ...  # fmt: skip
+    ) -> None: ...
 
     def target_used(self, scan: ScanDetector, probe: Probe) -> None: ...
 
@@ -304,7 +304,7 @@ class ScanDetector(Detector):
             out, now, flow_id=flow.flow_id, proto=flow.proto, src=source, sport=flow.sport,
             dst=dst, dport=flow.dport, sid=1, signature=self.SIGNATURE, extra=extra,
             offender=source, reason=self.reason(extra),
-        )  # fmt: skip
+        )
 
     SIGNATURE = ""
 

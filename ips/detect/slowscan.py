@@ -123,7 +123,7 @@ class SlowScan(Detector):
         self.drop_finished_windows(self.spreads, now)
 
     def _window(self, windows: dict[Key, Window], key: Key, now: float,
-                make: type[Window]) -> Window:  # fmt: skip
+                make: type[Window]) -> Window:
         window = windows.get(key)
         if window is not None and now - window.start <= self.within:
             return window
@@ -138,7 +138,7 @@ class SlowScan(Detector):
     # ---- fed by portscan and sweep -----------------------------------------------------------
 
     def credit(self, scan: ScanDetector, probe: Probe, weight: float, now: float,
-               out: list[DetectorEffect]) -> None:  # fmt: skip
+               out: list[DetectorEffect]) -> None:
         """`scan` gave the target of `probe` this weight in its short window."""
         if isinstance(scan, Sweep):
             self._host(probe, weight, now, out)
@@ -193,7 +193,7 @@ class SlowScan(Detector):
             self._emit(probe, now, out, probe.flow.dst, SID_HOSTS, extra, reason, True)
 
     def _share(self, entry: PairEntry, source: bytes, host: bytes, probe: Probe, now: float,
-               out: list[DetectorEffect]) -> None:  # fmt: skip
+               out: list[DetectorEffect]) -> None:
         """Add the source's failed ports of `host` to the host's distributed window."""
         ports = [t for t, w in entry.weights.items() if w > 0.0]
         if len(ports) < SHARE_AFTER:
@@ -241,7 +241,7 @@ class SlowScan(Detector):
         self._emit(probe, now, out, host, SID_PORTS, extra, reason, True)
 
     def _details(self, entry: ScanEntry, view: str, threshold: float,
-                 source: bytes) -> dict[str, object]:  # fmt: skip
+                 source: bytes) -> dict[str, object]:
         return {
             "view": view,
             "source": format_addr(source),
@@ -252,13 +252,13 @@ class SlowScan(Detector):
         }
 
     def _emit(self, probe: Probe, now: float, out: list[DetectorEffect], dst: bytes, sid: int,
-              extra: dict[str, object], reason: str, offender: bool) -> None:  # fmt: skip
+              extra: dict[str, object], reason: str, offender: bool) -> None:
         flow = probe.flow
         self.emit(
             out, now, flow_id=flow.flow_id, proto=flow.proto, src=flow.src, sport=flow.sport,
             dst=dst, dport=flow.dport, sid=sid, signature=SIGNATURES[sid], extra=extra,
             offender=flow.src if offender else None, reason=reason,
-        )  # fmt: skip
+        )
 
 
 def _add(entry: ScanEntry, target: Target, weight: float) -> bool:

@@ -106,7 +106,7 @@ def queue_config_message(queue_num: int, flags: int, mask: int, seq: int = 1) ->
     header = struct.pack(
         "=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG,
         _NLM_F_REQUEST, seq, 0,
-    )  # fmt: skip
+    )
     return header + body
 
 
@@ -178,7 +178,7 @@ class QueueWorker(EngineAdapter):
         judged_cell: JudgedCell | None = None,
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
-                         on_busy=on_busy)  # fmt: skip
+                         on_busy=on_busy)
         if client not in CLIENTS:
             raise ValueError(f"unknown NFQUEUE client {client!r}: one of {', '.join(CLIENTS)}")
         self.queue_num = queue_num
@@ -209,7 +209,7 @@ class QueueWorker(EngineAdapter):
             # GSO stays off, as with netfilterqueue: the kernel segments before queueing, so
             # the engine sees real packets, never 64 KB super-packets.
             client = NfqClient(self.queue_num, max_len=self.max_len, fail_open=self.fail_open,
-                               batch=True, gso=False)  # fmt: skip
+                               batch=True, gso=False)
             fd = client.bind()
             self._client = client
             return fd
@@ -234,7 +234,7 @@ class QueueWorker(EngineAdapter):
                              f"connections' first packets): {os.strerror(exc.errno)}"
                              + (" — another program (ulogd?) listens there"
                                 if exc.errno in (errno.EPERM, errno.EBUSY) else "")
-                             ) from None  # fmt: skip
+                             ) from None
         self._copies = copies
 
     def unbind(self) -> None:
@@ -260,12 +260,12 @@ class QueueWorker(EngineAdapter):
         if c is not None:
             stats.update(verdict_messages=c.verdicts_sent, enobufs=c.enobufs,
                          malformed=c.malformed, kernel_errors=c.kernel_errors,
-                         handler_errors=c.handler_errors)  # fmt: skip
+                         handler_errors=c.handler_errors)
         copies = self._copies
         if copies is not None:
             # copies read, and the times the kernel had more than the socket held (lost)
             stats["copies"] = {"received": copies.received, "enobufs": copies.enobufs,
-                               "malformed": copies.malformed}  # fmt: skip
+                               "malformed": copies.malformed}
         return stats
 
     def process_pending(self) -> None:
@@ -316,7 +316,7 @@ class QueueWorker(EngineAdapter):
         given = None
         try:
             decision = self.engine.handle(pkt.payload, self._meta(pkt.indev, pkt.outdev),
-                                          self.clock())  # fmt: skip
+                                          self.clock())
             given, reply = kernel_verdict(decision, pkt.mark)
             if reply is not None:
                 self.replies.send(reply)
@@ -337,7 +337,7 @@ class QueueWorker(EngineAdapter):
         counters); its decision is not a verdict any more — the flow was decided, and a
         block it makes stops the rest in the kernel."""
         decision = self.engine.handle(pkt.payload, self._meta(pkt.indev, pkt.outdev),
-                                      self.clock())  # fmt: skip
+                                      self.clock())
         if decision.effects:
             self._packet_effects(decision.effects)
         self._counted()

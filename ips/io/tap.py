@@ -64,7 +64,7 @@ def compile_bpf(expression: str, iface: str) -> list[tuple[int, int, int, int]]:
         out = subprocess.run(
             ["tcpdump", "-i", iface, "-ddd", expression],
             capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
+        )
     except FileNotFoundError as exc:
         raise TapError("--bpf needs tcpdump (apt-get install tcpdump) to compile it") from exc
     if out.returncode != 0:
@@ -143,7 +143,7 @@ class TapWorker(EngineAdapter):
         on_busy: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
-                         on_busy=on_busy)  # fmt: skip
+                         on_busy=on_busy)
         self.iface = iface
         self.bpf = bpf
         self.bpf_text = bpf_text

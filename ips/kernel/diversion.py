@@ -50,7 +50,7 @@ class BlockSets(Protocol):
     def replace_elements(
         self, table: str, addrs: Iterable[str], timeout: float | None,
         comment: str | None = None, expires: float | None = None,
-    ) -> None: ...  # fmt: skip
+    ) -> None: ...
 
 
 class Diversion(Protocol):
@@ -195,7 +195,7 @@ class NftDiversion:
             self.update(policy)
             for e in blocks:
                 self._nft.replace_elements(BLOCK_TABLE, [e.addr], e.timeout, e.comment,
-                                           e.expires)  # fmt: skip
+                                           e.expires)
         # A killed daemon's table counted packets its own workers judged: ours start at 0.
         self._offered_before = 0
         if backend == "iptables":
@@ -226,7 +226,7 @@ class NftDiversion:
             self.hooks, queue=self.queue, fail_open=self.fail_open,
             nft_queue=self.backend == "nft", offload_generation=offload_generation,
             queues=self.queues, copies=self.copies,
-        )  # fmt: skip
+        )
 
     def kernel_plan(self, policy: Policy) -> NftPlan | None:
         """The plan update() applies `policy`'s kernel part with, nothing offloaded."""
@@ -248,7 +248,7 @@ class NftDiversion:
                 self._tcp_loose_before = None
         except OSError as exc:
             print(f"ipsctl: {TCP_LOOSE}: {exc}: the SYN proxy lets connections picked up "
-                  "mid-stream through", file=sys.stderr)  # fmt: skip
+                  "mid-stream through", file=sys.stderr)
 
     def remove(self) -> None:
         """Stop diverting (iptables first), then delete our table."""

@@ -291,7 +291,7 @@ def lab_mark(namespace: str) -> str | None:
         out = subprocess.run(
             ["ip", "-n", namespace, "-o", "link", "show", "dev", "lo"],
             capture_output=True, text=True, timeout=MARK_READ_TIMEOUT, check=False,
-        ).stdout  # fmt: skip
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = MARK_RE.search(out)

@@ -204,7 +204,7 @@ _TCP_FLAG_WORDS = tuple(
     "".join(f',"{name}":true' for name, bit in
             (("syn", 2), ("fin", 1), ("rst", 4), ("psh", 8), ("ack", 16)) if bits & bit)
     for bits in range(32)
-)  # fmt: skip
+)
 _TEXTS_KEPT = 1024
 _json_texts: dict[str, str] = {}  # interface name or end reason -> its JSON string
 
@@ -241,7 +241,7 @@ def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
         both = fwd | rev
         words = _TCP_FLAG_WORDS[both & 31]
         tail = (f'}},"tcp":{{"tcp_flags":"{both:02x}","tcp_flags_ts":"{fwd:02x}",'
-                f'"tcp_flags_tc":"{rev:02x}"{words},"state":"{tcp_state}"}}}}')  # fmt: skip
+                f'"tcp_flags_tc":"{rev:02x}"{words},"state":"{tcp_state}"}}}}')
     else:
         tail = "}}"
     first, last = f.first_seen, f.last_seen
@@ -373,7 +373,7 @@ class UnjudgedNotice(Protocol):
 
 
 def unjudged_alert_record(alert: UnjudgedNotice, unjudged: dict[str, object],
-                          now: float) -> Record:  # fmt: skip
+                          now: float) -> Record:
     """The gate opened: packets passed without inspection (ips/daemon/unjudged.py). An
     `alert` without addresses (it is about the gateway, not a flow), action `allowed`, with
     the counts under `ipsctl.unjudged`."""
@@ -403,4 +403,4 @@ def stats_record(now: float, uptime: float, stats: dict[str, object]) -> Record:
     """A periodic `stats` event: Suricata's layout (stats.uptime, capture, decoder, flow,
     detect, ips) with ours under stats.ipsctl."""
     return {"timestamp": eve_timestamp(now), "event_type": "stats",
-            "stats": {"uptime": int(uptime), **stats}}  # fmt: skip
+            "stats": {"uptime": int(uptime), **stats}}

@@ -282,7 +282,7 @@ class _Group:
         match = self.exprs[self.k]["match"]
         merged = _merge_values(self.values, self.kind)
         exprs = [*self.exprs[: self.k], {"match": {**match, "right": merged}},
-                 *self.exprs[self.k + 1 :]]  # fmt: skip
+                 *self.exprs[self.k + 1 :]]
         return comment, exprs
 
 
@@ -294,7 +294,7 @@ def _mergeable(x: Expr, y: Expr) -> bool:
     return (
         mx["op"] == "==" and my["op"] == "==" and left == my["left"]
         and isinstance(left, dict) and ("payload" in left or "meta" in left)
-    )  # fmt: skip
+    )
 
 
 def _kind(values: list[Any]) -> str | None:
@@ -340,7 +340,7 @@ def _merge_values(values: list[Any], kind: str) -> object:
             p = v["prefix"]
             nets.append(ipaddress.ip_network(f"{p['addr']}/{p['len']}"))
     return _nets_value([(int(n.network_address), n.prefixlen) for n in nets],
-                       4 if kind == "ip4" else 6)  # fmt: skip
+                       4 if kind == "ip4" else 6)
 
 
 def rule_comment(rule: RuleSpec) -> str:
@@ -830,14 +830,14 @@ def meter_rate(rate: float, burst: int) -> dict[str, object]:
     if rate < 1 or rate != int(rate):
         per, value = "minute", rate * 60
     return {"rate": max(1, math.ceil(value - 1e-9)), "per": per,
-            "burst": max(1, int(burst)), "inv": True}  # fmt: skip
+            "burst": max(1, int(burst)), "inv": True}
 
 
 def metered_rules(policy: Policy, split: int | None = None) -> list[RuleSpec]:
     """The rules whose excess a kernel meter drops (see meter_reason)."""
     split = fast_path_split(policy) if split is None else split
     return [r for r in policy.rules[split:] if r.limit is not None
-            and meter_reason(policy, r.index, split) is None]  # fmt: skip
+            and meter_reason(policy, r.index, split) is None]
 
 
 def meter_set(rule: RuleSpec, family: int) -> str:
@@ -885,7 +885,7 @@ def kernel_meters(
                     "elem": _payload("ip" if family == 4 else "ip6", "saddr"),
                     "set": f"@{meter_set(rule, family)}",
                     "stmt": [{"limit": meter_rate(limit.rate, limit.burst)}],
-                }}  # fmt: skip
+                }}
                 out.append((comment, [*head, *conds, meter, {"counter": None}, {"drop": None}]))
     return out
 
@@ -919,7 +919,7 @@ def _synproxy_rules() -> list[tuple[str, list[Expr]]]:
             _match("in", {"ct": {"key": "state"}}, ["invalid", "untracked"]),
             {"counter": None},
             {"synproxy": dict(SYNPROXY_OPTIONS[family])},
-        ]))  # fmt: skip
+        ]))
     # The server's SYN+ACK answers the proxy's own SYN (every SYN through the gateway is
     # proxied): the proxy must see it (at postrouting) to finish, so it skips the queue.
     out.append((SYNPROXY_COMMENT, [
@@ -929,13 +929,13 @@ def _synproxy_rules() -> list[tuple[str, list[Expr]]]:
         {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
         {"counter": None},
         {"accept": None},
-    ]))  # fmt: skip
+    ]))
     out.append((SYNPROXY_INVALID_COMMENT, [
         _match("==", _meta("l4proto"), "tcp"),
         _match("in", {"ct": {"key": "state"}}, "invalid"),
         {"counter": None},
         {"drop": None},
-    ]))  # fmt: skip
+    ]))
     return out
 
 
@@ -988,7 +988,7 @@ def block_table_spec(policy: Policy | None) -> TableSpec:
     return TableSpec(
         BLOCK_TABLE, "dynamic", Span("<ipsctl>", 0, 0, 0, 0),
         timeout=DEFAULT_BLOCK_TIMEOUT, size=DEFAULT_BLOCK_SIZE,
-    )  # fmt: skip
+    )
 
 
 def _wanted_sets(policy: Policy) -> dict[str, dict[str, object]]:
@@ -1009,7 +1009,7 @@ def block_rules() -> list[list[Expr]]:
             _match("==", _payload(proto, "saddr"), f"@{set_name(BLOCK_TABLE, family)}"),
             {"counter": None},
             {"drop": None},
-        ])  # fmt: skip
+        ])
     return out
 
 
@@ -1126,7 +1126,7 @@ def build_ruleset(
     cmds: list[Expr] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     proxied = synproxy_hooks(policy, plan)
     cmds += _chain_commands(plan.hooks, offload, existing.chains if existing else (),
-                            synproxy=bool(proxied))  # fmt: skip
+                            synproxy=bool(proxied))
     icmp_budget = icmp_offload_budget(policy) if offload else None
     meters = [] if plan.blocks_only else metered_rules(policy)
     old_sets = existing.sets if existing else {}
@@ -1148,7 +1148,7 @@ def _chain_commands(
     chains: list[str] = []
     if synproxy:
         raw = {**_T, "name": SYNPROXY_CHAIN, "type": "filter", "hook": "prerouting",
-               "prio": SYNPROXY_PRIORITY}  # fmt: skip
+               "prio": SYNPROXY_PRIORITY}
         cmds.append({"add": {"chain": {**raw, "policy": "accept"}}})
         chains.append(SYNPROXY_CHAIN)
     for hook in hooks:
@@ -1157,7 +1157,7 @@ def _chain_commands(
         chains.append(hook)
         if offload:
             post = {**_T, "name": f"{hook}_offload", "type": "filter", "hook": hook,
-                    "prio": OFFLOAD_PRIORITY}  # fmt: skip
+                    "prio": OFFLOAD_PRIORITY}
             cmds.append({"add": {"chain": {**post, "policy": "accept"}}})
             chains.append(f"{hook}_offload")
     for name in dict.fromkeys((*chains, *old_chains)):
@@ -1255,7 +1255,7 @@ def _hook_rules(
     if plan.nft_queue and queues > 1:
         for i in range(1, queues):
             steered = [_match("==", {"&": [_meta("mark"), QUEUE_MASK]}, i << QUEUE_SHIFT),
-                       {"counter": None}, _queue_stmt(first_queue + i, plan.fail_open)]  # fmt: skip
+                       {"counter": None}, _queue_stmt(first_queue + i, plan.fail_open)]
             cmds.append(_rule(hook, steered, USERSPACE_COMMENT))
         tail.append(_queue_stmt(first_queue, plan.fail_open))
     elif plan.nft_queue:
@@ -1274,7 +1274,7 @@ def _steer_exprs(index: int, queues: int) -> list[list[Expr]]:
             _steer_match(key, queues, index),
             {"mangle": {"key": _meta("mark"),
                         "value": {"|": [_meta("mark"), index << QUEUE_SHIFT]}}},
-        ])  # fmt: skip
+        ])
     return rules
 
 
@@ -1363,7 +1363,7 @@ def _handshake_ack_rules(gen: int) -> list[list[Expr]]:
                 {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
                 {"counter": None},
                 {"accept": None},
-            ])  # fmt: skip
+            ])
     return rules
 
 
@@ -1401,7 +1401,7 @@ def _handshake_copy_rules(gen: int, first_queue: int, queues: int) -> list[list[
                first_queue + i)
         for i in range(queues)
         for nfproto, key in (("ipv4", "ip saddr"), ("ipv6", "ip6 saddr"))
-    ]  # fmt: skip
+    ]
 
 
 def _offload_exprs(gen: int) -> list[list[Expr]]:

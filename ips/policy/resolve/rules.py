@@ -484,7 +484,7 @@ class RuleResolver:
             return ("tcp-reset", None)
         table = {
             "icmp": names.ICMP_CODES, "icmpv6": names.ICMPV6_CODES, "icmpx": names.ICMPX_CODES
-        }[kind.text]  # fmt: skip
+        }[kind.text]
         if code is None:
             return (kind.text, None)
         items, _ = self.values.flatten(code)
