@@ -15,16 +15,19 @@ $(STAMP): pyproject.toml scripts/setup.sh
 demo: setup
 	$(BIN)/python labs/demo.py
 
-test: setup
-	$(BIN)/ruff check ips tests bench labs
+# The lint runs first: a test run on code that does not pass it is not a green run.
+test: lint
 	$(BIN)/python -m pytest -n auto -q
 
 # The pure tests only (tests/pure/): no root, no namespaces, anywhere, in seconds.
 test-pure: setup
 	$(BIN)/python -m pytest -n auto -q -m "not lab"
 
+# ruff (lint and format) over every Python folder; mypy reads its settings (ips/) from pyproject.toml.
 lint: setup
 	$(BIN)/ruff check ips tests bench labs
+	$(BIN)/ruff format --check ips tests bench labs
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python bench/engine.py

@@ -116,7 +116,7 @@ def traffic(n_packets: int, n_flows: int) -> list[bytes]:
             flows.append([
                 build_packet(PROTO_ICMP, client, server, icmp_type=8, icmp_id=i),
                 build_packet(PROTO_ICMP, server, client, icmp_type=0, icmp_id=i),
-            ])  # fmt: skip
+            ])
     out: list[bytes] = []
     while len(out) < n_packets:
         for f in flows:

@@ -60,7 +60,7 @@ from ips.policy.resolve import load_policy_text
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "policies" / "gateway.rules"
 LINKTYPES = (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL,
-             LINKTYPE_LOOP, LINKTYPE_IPV4, LINKTYPE_IPV6, 4242)  # fmt: skip
+             LINKTYPE_LOOP, LINKTYPE_IPV4, LINKTYPE_IPV6, 4242)
 PROTOS = (PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_SCTP, PROTO_UDPLITE, 47, 0, 255)
 V6_EXT = (0, 43, 44, 51, 60, 135, 59, 50)  # hop-by-hop, routing, fragment, AH, dest, mobility…
 
@@ -116,7 +116,7 @@ def valid_packet(rng: random.Random) -> bytes:
         icmp_type=icmp_type if proto in (PROTO_ICMP, PROTO_ICMPV6) else None,
         icmp_code=rng.randrange(16), icmp_id=rng.randrange(65536),
         payload=rng.randbytes(rng.choice((0, 0, 1, 8, 40, 300))), ttl=rng.randrange(256),
-    )  # fmt: skip
+    )
 
 
 def _v6_chain(rng: random.Random) -> bytes:
@@ -177,7 +177,7 @@ def link_frame(rng: random.Random, l3: bytes) -> tuple[int, bytes]:
     ethertype = 0x86DD if v6 else 0x0800
     if lt == LINKTYPE_ETHERNET:
         tags = b"".join(struct.pack("!HH", rng.choice((0x8100, 0x88A8)), rng.randrange(65536))
-                        for _ in range(rng.randrange(0, 3)))  # fmt: skip
+                        for _ in range(rng.randrange(0, 3)))
         head = (
             rng.randbytes(12)
             + tags
@@ -212,7 +212,7 @@ def hostile_input(rng: random.Random) -> tuple[int, bytes]:
         data = rng.choice((b"\x45", b"\x60", b"")) + rng.randbytes(rng.randrange(0, 80))
     else:
         return link_frame(rng, mutate(rng, valid_packet(rng)) if rng.random() < 0.5
-                          else valid_packet(rng))  # fmt: skip
+                          else valid_packet(rng))
     return LINKTYPE_RAW, data
 
 
@@ -306,7 +306,7 @@ class Harness:
             )
         if dict(s.malformed) != dict(r.malformed):
             self._violation(f"malformed counts differ: engine {dict(s.malformed)} "
-                            f"decoder {dict(r.malformed)}")  # fmt: skip
+                            f"decoder {dict(r.malformed)}")
         if s.not_ip != r.not_ip:
             self._violation(f"not-IP counts differ: engine {s.not_ip}, decoder {r.not_ip}")
         return r
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inputs {d['inputs']:,} in {d['seconds']} s ({d['rate']:,}/s), RSS {d['rss_mb']} MB")
         print(f"  decoded packets {report.packets:,}, malformed {d['malformed_total']:,} "
               f"(counted by the engine under the same reasons), not IP {report.not_ip:,}, "
-              f"link-layer frames {report.frames:,}")  # fmt: skip
+              f"link-layer frames {report.frames:,}")
         print(f"  malformed by reason: {dict(report.malformed.most_common())}")
         print(f"  verdicts: {dict(report.verdicts)}; engine errors: {report.engine_errors}")
         print(

@@ -303,7 +303,7 @@ class Bench:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def run(self, node: str, argv: list[str], timeout: float,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:  # fmt: skip
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
         try:
             return self.lab.exec(
                 node, argv, capture_output=True, text=True, timeout=timeout, env=_env(),
@@ -814,7 +814,7 @@ def run_variant(
             run = one_run(b)
             if v.conntrack:  # that the kernel did track the bench's connections
                 count = b.run("gw", ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"],
-                              timeout=20).stdout.strip()  # fmt: skip
+                              timeout=20).stdout.strip()
                 run["detail"]["conntrack_entries"] = int(count or 0)
     except Unsupported as exc:
         return {**result, "status": "n/a", "reason": str(exc)}
@@ -1022,7 +1022,7 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
         if r["status"] == "ok" and UDP_CPU in r["median"]:
             each = "/".join(f"{run['detail']['udp']['cpu_us_per_packet']:.1f}" for run in r["runs"])
             print(f"  {name}: gateway CPU us per UDP packet handled: "
-                  f"{r['median'][UDP_CPU]:.1f} (each run {each})")  # fmt: skip
+                  f"{r['median'][UDP_CPU]:.1f} (each run {each})")
     for name, r in res.items():
         if r.get("note"):
             print(f"  {name}: {r['note']}")

@@ -135,7 +135,7 @@ def worker(mode: str, queue: int, policy: str | None) -> int:
         from ips.io.nfqueue import QueueWorker, wait_readable
 
         qw = QueueWorker(queue, engine, fail_open=False,  # type: ignore[arg-type]
-                         client="netfilterqueue")  # fmt: skip
+                         client="netfilterqueue")
         fd = qw.bind()
         print("ready", flush=True)
         try:
@@ -196,7 +196,7 @@ def start_gateway(b: benchlab.Bench, variant: str, policy: Path) -> subprocess.P
         argv = [sys.executable, str(benchlab.ACCEPT_LOOP), "--queue", str(QUEUE)]
     else:
         argv = [sys.executable, str(Path(__file__).resolve()), "worker", "--mode", variant,
-                "--queue", str(QUEUE), "--policy", str(policy)]  # fmt: skip
+                "--queue", str(QUEUE), "--policy", str(policy)]
     proc = b.popen("gw", argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     benchlab.wait_line(proc, b"ready", 60, variant)
     return proc
@@ -280,7 +280,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     return {"seconds": args.seconds, "runs": runs, "median_pps": med, "ratios": ratios,
             "median_cpu_us_per_packet": cpu,
-            "loadavg": loads, "cpus": os.cpu_count()}  # fmt: skip
+            "loadavg": loads, "cpus": os.cpu_count()}
 
 
 def report(res: dict[str, Any]) -> None:
@@ -288,7 +288,7 @@ def report(res: dict[str, Any]) -> None:
     print(f"\nUDP 64-byte packets/s at the server, median of {len(next(iter(runs.values())))} "
           f"runs of {res['seconds']:g} s, fail-closed queue 0, {res['cpus']} CPUs; "
           f"load average (1/5/15 min) before and after each round: "
-          f"{' -> '.join(res['loadavg'])}")  # fmt: skip
+          f"{' -> '.join(res['loadavg'])}")
     print(f"{'variant':<18}{'pkt/s':>10}  {'each run':<20}{'CPU us/pkt':>11}  description")
     for v, rs in runs.items():
         each = "/".join(f"{r['udp_pps'] / 1000:.0f}k" for r in rs)
@@ -306,7 +306,7 @@ def report(res: dict[str, Any]) -> None:
         w = rs[-1].get("worker")
         if w:
             print(f"  {v}: last run's worker: {json.dumps(w)}; hping3 sent "
-                  f"{rs[-1].get('sent_pps', 0):,} pkt/s")  # fmt: skip
+                  f"{rs[-1].get('sent_pps', 0):,} pkt/s")
     print("ratios of packets/s (medians); CPU per packet ratio in brackets (lower is cheaper):")
     cpu = res["median_cpu_us_per_packet"]
     for k, r in res["ratios"].items():

@@ -86,15 +86,15 @@ def run(box: InlineLab, workdir: Path, applies: int, seconds: float) -> ReloadRe
     box.start_daemon(a)
     tcp_before = _tcp_ext(box, "client")
     server = box.lab.popen("server", ["iperf3", "-s", "-1", "-p", "5201"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_until(
             lambda: "5201" in box.run("server", ["ss", "-ltn"]).stdout, timeout=10
-        )  # fmt: skip
+        )
         client = box.lab.popen(
             "client", ["iperf3", "-c", SERVER, "-p", "5201", "-t", str(seconds), "-J",
                        "-b", "300M"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+        )
         time.sleep(1.0)  # established, and in the engine's flow table
         before, q_before = _verdicts(box), box.queue_line() or {}
         digests, failed = set(), 0
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(r.__dict__) if args.json else r)
     ok = (r.applies_failed == 0 and not r.iperf_error and r.engine_drops == 0
           and r.engine_rejects == 0 and r.queue_dropped == 0 and r.user_dropped == 0
-          and r.retransmits <= r.dsacks)  # fmt: skip
+          and r.retransmits <= r.dsacks)
     return 0 if ok else 1
 
 

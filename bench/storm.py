@@ -184,7 +184,7 @@ def client(dst: str, port: int, seconds: float, src: str | None = None, parallel
         sel.unregister(conn.sock)
         conn.sock.close()
     print(json.dumps({"connections": done, "failed": failed, "seconds": elapsed,
-                      "parallel": parallel}), flush=True)  # fmt: skip
+                      "parallel": parallel}), flush=True)
     return 0
 
 

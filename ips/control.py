@@ -89,7 +89,7 @@ class BlocksFlushRequest(TypedDict):
 Request = (
     StatusRequest | BlocksListRequest | FlowsRequest | AlertsRequest | ApplyRequest
     | ConfirmRequest | BlocksAddRequest | BlocksDelRequest | BlocksFlushRequest
-)  # fmt: skip
+)
 
 
 # ---- replies ------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def request(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
         line = read_line(s)
         if not line:
             raise ConnectionResetError(errno.ECONNRESET, "closed without an answer")
-        return json.loads(line)  # type: ignore[no-any-return]
+        return json.loads(line)
 
 
 # The connect of a Unix socket with a timeout does not wait for room in a full backlog: it
@@ -264,7 +264,7 @@ def call(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
             raise NoDaemon(no_daemon) from None
         except PermissionError:
             raise AccessDenied(f"permission denied on {socket_path} (root, or group ipsctl "
-                               "for read-only views)") from None  # fmt: skip
+                               "for read-only views)") from None
         except ConnectionRefusedError:
             if time.monotonic() - started >= min(STARTING_GRACE, timeout):
                 raise NoDaemon(no_daemon) from None
@@ -273,14 +273,14 @@ def call(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
             why = "too busy to take the request (its backlog is full)"
         except TimeoutError:
             raise ControlError(f"the daemon on {socket_path} did not answer within "
-                               f"{timeout:g} s") from None  # fmt: skip
+                               f"{timeout:g} s") from None
         except ValueError as exc:  # not JSON, or a line longer than we take
             raise ControlError(f"the daemon on {socket_path} gave an unreadable answer: "
-                               f"{exc}") from None  # fmt: skip
+                               f"{exc}") from None
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.ECONNRESET, errno.EPIPE):
                 raise ControlError(f"cannot talk to the daemon on {socket_path}: "
-                                   f"{exc.strerror or exc}") from None  # fmt: skip
+                                   f"{exc.strerror or exc}") from None
             why = f"it closed the connection ({exc.strerror or exc})"
         else:
             if not isinstance(reply, dict):
@@ -291,6 +291,6 @@ def call(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
         left = deadline - time.monotonic()
         if left <= 0:
             raise ControlError(f"the daemon on {socket_path}: {why} (tried for "
-                               f"{timeout:g} s)") from None  # fmt: skip
+                               f"{timeout:g} s)") from None
         time.sleep(min(pause, left))
         pause = min(pause * 2, RETRY_MOST)

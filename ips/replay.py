@@ -124,12 +124,12 @@ def replay_captures(
             if ev.__class__ is Block:
                 result.blocks.append(
                     {
-                        "addr": ev.addr_text,  # type: ignore[attr-defined]
-                        "detector": ev.detector,  # type: ignore[attr-defined]
-                        "offense": ev.offense,  # type: ignore[attr-defined]
-                        "ttl": ev.ttl,  # type: ignore[attr-defined]
-                        "time": ev.time,  # type: ignore[attr-defined]
-                        "reason": ev.reason,  # type: ignore[attr-defined]
+                        "addr": ev.addr_text,
+                        "detector": ev.detector,
+                        "offense": ev.offense,
+                        "ttl": ev.ttl,
+                        "time": ev.time,
+                        "reason": ev.reason,
                     }
                 )
     last_ts = 0.0

@@ -43,7 +43,7 @@ def sh(
     return subprocess.run(
         ["ip", "netns", "exec", f"{prefix}{node}", *argv],
         capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 def step(title: str, outcome: str, ok: bool) -> bool:
@@ -56,32 +56,32 @@ def scenario_live(prefix: str, sock: str) -> bool:
     good = True
     r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}/"])
     good &= step("client: GET http://10.10.2.10/", f"allowed -> {r.stdout.strip()!r}",
-                 r.returncode == 0 and r.stdout.startswith("ok port 80"))  # fmt: skip
+                 r.returncode == 0 and r.stdout.startswith("ok port 80"))
     r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}:8081/"])
     good &= step("client: GET :8081 (the app's old port)", f"rewritten -> {r.stdout.strip()!r}",
-                 r.returncode == 0 and r.stdout.startswith("ok port 8080"))  # fmt: skip
+                 r.returncode == 0 and r.stdout.startswith("ok port 8080"))
     r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}:445/"])
     good &= step("client: connect to SMB :445", "rejected (TCP reset at once)",
-                 r.returncode == 7)  # fmt: skip
+                 r.returncode == 7)
     r = sh(prefix, "client", ["ping", "-c", "3", "-i", "0.2", "-W", "1", SERVER])
     good &= step("client: ping 10.10.2.10", "allowed (20/s per source)", r.returncode == 0)
     r = sh(prefix, "attacker", ["curl", "-s", "-m", "2", f"telnet://{SERVER}:23"])
     good &= step("attacker: telnet 10.10.2.10", "dropped (timed out) + alert", r.returncode == 28)
     r = sh(prefix, "attacker", ["curl", "-s", "-m", "3", f"http://{SERVER}/../../etc/passwd",
-                                "--path-as-is"])  # fmt: skip
+                                "--path-as-is"])
     good &= step("attacker: GET /../../etc/passwd", "dropped (path traversal) + alert",
-                 r.returncode == 28)  # fmt: skip
+                 r.returncode == 28)
     r = sh(prefix, "attacker", ["nmap", "-sX", "-Pn", "-n", "--max-retries", "0", "-T4",
-                                "-p", "20-25,80,443,8080", SERVER], timeout=60)  # fmt: skip
+                                "-p", "20-25,80,443,8080", SERVER], timeout=60)
     xmas_dropped = r.returncode == 0 and "open|filtered" in r.stdout and " open " not in r.stdout
     good &= step("attacker: nmap -sX (XMAS scan, 9 ports)", "dropped + alerts", xmas_dropped)
     listing = subprocess.run(
         [sys.executable, "-m", "ips.cli", "blocks", "list", "--json", "--socket", sock],
         capture_output=True, text=True, timeout=20, cwd=ROOT,
-    )  # fmt: skip
+    )
     blocked = ATTACKER in listing.stdout
     good &= step("stealth detector: attacker blocked in the kernel set", "ipsctl blocks list",
-                 blocked)  # fmt: skip
+                 blocked)
     r = sh(prefix, "attacker", ["curl", "-s", "-m", "2", f"http://{SERVER}/"])
     good &= step("attacker: GET / (now blocked)", "dropped in the kernel", r.returncode == 28)
     r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}/"])
@@ -107,7 +107,7 @@ def verdict_table(status: dict) -> str:  # type: ignore[type-arg]
     w = status["worker"]
     verdicts = ", ".join(f"{k} {v}" for k, v in sorted(w["verdicts"].items()))
     lines.append(f"\npackets seen by the engine: {w['packets']} ({verdicts}); "
-                 f"flows {w['flows']}, alerts {w['alerts']}")  # fmt: skip
+                 f"flows {w['flows']}, alerts {w['alerts']}")
     return "\n".join(lines)
 
 
@@ -140,7 +140,7 @@ def run_live() -> int:
             "gw", [sys.executable, "-m", "ips.cli", "run", "--policy", "policies/gateway.rules",
                    "--socket", sock, "--eve", str(eve)],
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )  # fmt: skip
+        )
         for _ in range(150):
             if daemon.poll() is not None:
                 print((OUT / "demo-daemon.log").read_text(), file=sys.stderr)
@@ -199,7 +199,7 @@ def tcp_session(
                      seq=end_c, ack=end_s),
         build_packet(PROTO_TCP, server, client, sport, cport, flags=TCP_FIN | TCP_ACK,
                      seq=end_s, ack=end_c + 1),
-    ]  # fmt: skip
+    ]
     return [(t + i * 0.001, p) for i, p in enumerate(packets)]
 
 
@@ -238,7 +238,7 @@ def run_offline() -> int:
 
     OUT.mkdir(exist_ok=True)
     args = ["replay", "policies/gateway.rules", str(CAPTURE.relative_to(ROOT)),
-            "--eve", str((OUT / "demo-eve.json").relative_to(ROOT))]  # fmt: skip
+            "--eve", str((OUT / "demo-eve.json").relative_to(ROOT))]
     print(f"$ ipsctl {' '.join(args)}")
     try:
         ipsctl(args, standalone_mode=False)

@@ -27,12 +27,12 @@ def tcp_flags(flags: int | str) -> int:
 
 
 def tcp(src: str, dst: str, sport: int = 40000, dport: int = 80, flags: int | str = TCP_SYN,
-        **kw: object) -> bytes:  # fmt: skip
+        **kw: object) -> bytes:
     return build_packet(PROTO_TCP, src, dst, sport, dport, flags=tcp_flags(flags), **kw)  # type: ignore[arg-type]
 
 
 def udp(src: str, dst: str, sport: int = 40000, dport: int = 53, payload: bytes = b"x",
-        **kw: object) -> bytes:  # fmt: skip
+        **kw: object) -> bytes:
     return build_packet(PROTO_UDP, src, dst, sport, dport, payload=payload, **kw)  # type: ignore[arg-type]
 
 

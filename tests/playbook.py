@@ -87,7 +87,7 @@ class Expect:
             if actual.verdict != self.kind:
                 return False
             got = {"line": _line(actual), "reason": actual.reason, "offload": actual.offload,
-                   "file": actual.rule.spec.span.file if actual.rule else None}  # fmt: skip
+                   "file": actual.rule.spec.span.file if actual.rule else None}
         else:
             if not isinstance(actual, EFFECT_KINDS[self.kind]):
                 return False
@@ -115,7 +115,7 @@ def _verdict(kind: str) -> Callable[..., Expect]:
 accept, drop, reject, rewrite = (_verdict(k) for k in ("accept", "drop", "reject", "rewrite"))
 VERDICTS = ("accept", "drop", "reject", "rewrite")
 EFFECT_KINDS: dict[str, type] = {"alert": Alert, "log": LogRecord, "block": Block,
-                                 "unblock": Unblock, "flow_end": FlowEnd}  # fmt: skip
+                                 "unblock": Unblock, "flow_end": FlowEnd}
 
 
 def alert(*, check: Callable[[Any], bool] | None = None, **fields: Any) -> Expect:
@@ -129,14 +129,14 @@ def log(*, check: Callable[[Any], bool] | None = None, **fields: Any) -> Expect:
 
 
 def block(addr: str | None = None, *, check: Callable[[Any], bool] | None = None,
-          **fields: Any) -> Expect:  # fmt: skip
+          **fields: Any) -> Expect:
     """A Block of `addr`; fields such as detector, ttl, offense, table."""
     named = (("addr", addr),) if addr is not None else ()
     return Expect("block", named + tuple(fields.items()), check)
 
 
 def unblock(addr: str | None = None, *, check: Callable[[Any], bool] | None = None,
-            **fields: Any) -> Expect:  # fmt: skip
+            **fields: Any) -> Expect:
     """An Unblock of `addr`; fields such as reason, table."""
     named = (("addr", addr),) if addr is not None else ()
     return Expect("unblock", named + tuple(fields.items()), check)
@@ -174,7 +174,7 @@ def describe_packet(fed: Fed) -> str:
         flags = ""
         if pkt.proto == PROTO_TCP:
             flags = " [" + "".join(c for c, bit in zip("FSRPAUEC", range(8), strict=True)
-                                   if pkt.flags & (1 << bit)) + "]"  # fmt: skip
+                                   if pkt.flags & (1 << bit)) + "]"
         text = f"{name} {src}:{pkt.sport} > {dst}:{pkt.dport}{flags}"
     elif pkt.proto in (PROTO_ICMP, PROTO_ICMPV6):
         text = f"icmp {src} > {dst} type {pkt.icmp_type}"
@@ -216,7 +216,7 @@ class Playbook:
     """A story told to one engine; see the module's docstring."""
 
     def __init__(self, engine: Engine, now: float = 0.0, step: float = 0.0,
-                 ignore: tuple[type, ...] = (FlowEnd,)) -> None:  # fmt: skip
+                 ignore: tuple[type, ...] = (FlowEnd,)) -> None:
         self.engine = engine
         self.now = self.start = now
         self.step = step  # how far the clock moves after each packet

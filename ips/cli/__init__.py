@@ -35,5 +35,5 @@ def main() -> None:
 
 
 for command in (check, explain, replay, run, apply, confirm, status, blocks, doctor, lab, flows,
-                top):  # fmt: skip
+                top):
     main.add_command(command)

@@ -8,7 +8,7 @@ import sys
 import click
 
 from ips.cli.common import EXIT_POLICY, SOCKET_OPTION, ask
-from ips.control import Reply
+from ips.control import BlocksAddRequest, Reply
 from ips.core.addr import block_target, block_ttl
 
 
@@ -75,7 +75,7 @@ def blocks_list(as_json: bool, socket_path: str) -> None:
         click.echo("no blocks")
         return
     click.echo(f"{'ADDRESS':<39} {'TABLE':<8} {'LEFT':>8}  {'BY':<10} {'OFFENSE':>7}  REASON")
-    for r in rows:  # type: ignore[attr-defined]
+    for r in rows:
         click.echo(
             f"{r['addr']:<39} {r['table']:<8} {_left(r.get('expires_in')):>8}  "
             f"{r.get('detector') or '-':<10} {r.get('offense') or 0:>7}  {r.get('reason') or ''}"
@@ -85,10 +85,10 @@ def blocks_list(as_json: bool, socket_path: str) -> None:
 @blocks.command("add")
 @click.argument("addr")
 @click.option("--ttl", callback=parse_ttl, help="how long (30s, 10m, 1h); default: the "
-              "timeout of the policy's @banned table (1h when it has none)")  # fmt: skip
+              "timeout of the policy's @banned table (1h when it has none)")
 @click.option("--reason", help="why (shown by `blocks list`, written to EVE)")
 @click.option("--force", is_flag=True, help="block even an address that is never blocked "
-              "(this host's own, --never-block)")  # fmt: skip
+              "(this host's own, --never-block)")
 @click.option("--json", "as_json", is_flag=True)
 @SOCKET_OPTION
 def blocks_add(
@@ -104,8 +104,8 @@ def blocks_add(
         target = block_target(addr)
     except ValueError as exc:
         _blocks_reply({"ok": False, "error": str(exc)}, as_json, "add")
-    message = {"op": "blocks_add", "addr": target, "ttl": whole, "reason": reason,
-               "force": force}  # fmt: skip
+    message: BlocksAddRequest = {"op": "blocks_add", "addr": target, "ttl": whole, "reason": reason,
+               "force": force}
     reply = _blocks_reply(ask(socket_path, message), as_json, "add")
     if not as_json:
         ttl_text = _left(reply.get("ttl")) if reply.get("ttl") else "no timeout"
@@ -125,7 +125,7 @@ def blocks_add(
 def blocks_del(addr: str, as_json: bool, socket_path: str) -> None:
     """Unblock ADDR."""
     reply = _blocks_reply(ask(socket_path, {"op": "blocks_del", "addr": addr}), as_json,
-                          "del")  # fmt: skip
+                          "del")
     if not as_json:
         click.echo(f"unblocked {reply['addr']}")
 

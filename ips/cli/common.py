@@ -20,7 +20,7 @@ CONTROL_EXIT: dict[type[ControlError], int] = {NoDaemon: EXIT_POLICY, AccessDeni
 SOCKET_OPTION = click.option(
     "--socket", "socket_path", default=DEFAULT_SOCKET, show_default=True,
     envvar="IPSCTL_SOCKET", help="control socket of the daemon",
-)  # fmt: skip
+)
 
 
 def ask(socket_path: str, message: Request) -> Reply:

@@ -39,7 +39,7 @@ from ips.views.status import format_status
     "--queues", default=1, show_default=True, type=click.IntRange(1, 8),
     help="workers, one per queue (QUEUE … QUEUE+N-1); a connection's packets go to the worker "
     "of its initiator's address",
-)  # fmt: skip
+)
 @click.option(
     "--hook",
     "hooks",
@@ -72,7 +72,7 @@ from ips.views.status import format_status
 @click.option(
     "--eve-keep", default=5, show_default=True, type=click.IntRange(1, 1000),
     help="rotated EVE files kept",
-)  # fmt: skip
+)
 @click.option(
     "--syslog",
     metavar="TARGET",
@@ -82,7 +82,7 @@ from ips.views.status import format_status
 @click.option(
     "--stats-interval", default=60.0, show_default=True, type=click.FloatRange(0),
     help="seconds between EVE `stats` events (0: none)",
-)  # fmt: skip
+)
 @click.option(
     "--hang-timeout",
     default=5.0,
@@ -277,7 +277,7 @@ def doctor(as_json: bool) -> None:
         "nfqueue": {"usable": caps.inline_ok, "why": "" if caps.inline_ok else "; ".join(
             f"{k}: {v}" for k, v in caps.reasons.items())},
         "divert": {"usable": divert_ok, "why": divert_why},
-    }  # fmt: skip
+    }
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

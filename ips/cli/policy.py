@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from typing import Any
 
 import click
 
@@ -16,7 +17,7 @@ from ips.policy.resolve import load_policy
 # ---- check ------------------------------------------------------------------------------------
 
 
-def policy_summary(policy: Policy) -> dict[str, object]:
+def policy_summary(policy: Policy) -> dict[str, Any]:
     actions = Counter(r.action for r in policy.rules)
     return {
         "ok": True,
@@ -75,10 +76,10 @@ def check(policies: tuple[str, ...], fmt: str) -> None:
             continue
         if policy.warnings:
             click.echo(render(policy.warnings, policy.sources), err=True)
-        acts = ", ".join(f"{n} {a}" for a, n in sorted(summary["actions"].items()))  # type: ignore[union-attr]
+        acts = ", ".join(f"{n} {a}" for a, n in sorted(summary["actions"].items()))
         tables = ", ".join(
             f"@{n} ({t['kind']}, {t['entries']})" if t["kind"] != "dynamic" else f"@{n} (dynamic)"
-            for n, t in summary["tables"].items()  # type: ignore[union-attr]
+            for n, t in summary["tables"].items()
         )
         click.echo(f"{path}: ok")
         click.echo(f"  rules      {summary['rules']}" + (f" ({acts})" if acts else ""))
@@ -86,8 +87,8 @@ def check(policies: tuple[str, ...], fmt: str) -> None:
         click.echo(f"  detectors  {', '.join(policy.detectors) or 'none'}")
         opts = summary["options"]
         click.echo(
-            f"  default {opts['default']}, on-error {opts['on-error']}, "  # type: ignore[index]
-            f"malformed {opts['malformed']}"  # type: ignore[index]
+            f"  default {opts['default']}, on-error {opts['on-error']}, "
+            f"malformed {opts['malformed']}"
         )
         click.echo(f"  digest     {policy.digest[:16]}")
     if fmt == "json":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TypeAlias
 
 from ips.core.addr import format_addr
+from ips.core.flow import Flow
 
 
 class PacketEvent:
@@ -129,7 +130,7 @@ class FlowEnd:
 
     __slots__ = ("flow", "reason", "time")
 
-    def __init__(self, flow: object, reason: str, time: float) -> None:
+    def __init__(self, flow: Flow, reason: str, time: float) -> None:
         self.flow = flow
         self.reason = reason
         self.time = time

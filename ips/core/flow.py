@@ -38,6 +38,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from ips.core.packet import (
     PROTO_ICMP,
@@ -224,9 +225,11 @@ class Flow:
         self.flags_rev = 0
         self.replied = False
         self.tcp_state = TCP_NONE
-        self.cache_fwd = None
-        self.cache_rev = None
-        self.nat = None
+        # The engine's cached candidate rules per direction: (policy, iif, oif, rules,
+        # offload_safe). Typed where the engine reads them: core cannot name the policy's types.
+        self.cache_fwd: Any = None
+        self.cache_rev: Any = None
+        self.nat: tuple[bytes, int, bytes, int] | None = None  # (orig dst, dport, new dst, dport)
         self.offloaded = False  # its later packets go on in the kernel (the engine sees none)
         self.back_since = float("-inf")  # an offloaded flow back under a new policy: since when
         self.user = None

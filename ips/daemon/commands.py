@@ -54,7 +54,7 @@ def _blocks_add(daemon: Controlled, request: dict[str, Any]) -> Reply:
     return daemon.blocks_add(
         str(request.get("addr", "")), float(ttl) if ttl is not None else None,
         request.get("reason"), bool(request.get("force")),
-    )  # fmt: skip
+    )
 
 
 COMMANDS: dict[str, Callable[[Controlled, dict[str, Any]], Reply]] = {

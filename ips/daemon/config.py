@@ -96,7 +96,7 @@ class DaemonConfig:
             policy_path = str(DEFAULT_TAP_POLICY)
             if not DEFAULT_TAP_POLICY.is_file():
                 raise ConfigError(f"no default tap policy at {DEFAULT_TAP_POLICY}: give "
-                                  "--policy FILE")  # fmt: skip
+                                  "--policy FILE")
         eve_max_bytes = _checked_outputs(o)
         _check_written_files(o)
         hooks = o.hooks or (("input", "forward") if tap else ("forward",))
@@ -123,7 +123,7 @@ class DaemonConfig:
             queue_maxlen=o.queue_maxlen, never_block=o.never_block, max_flows=o.max_flows,
             state_path=o.state_path, metrics=o.metrics, webhook=o.webhook, backend=backend,
             nfq_client=o.nfq_client or "own",
-        )  # fmt: skip
+        )
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ def _check_divert(hooks: tuple[str, ...], fail_mode: str) -> None:
         raise ConfigError(str(exc), Problem.OPTION) from None
     if fail_mode != "open":
         raise ConfigError("--backend divert is fail-open only (a dead worker's divert handle "
-                          "lets packets pass); use --backend nfqueue", Problem.OPTION)  # fmt: skip
+                          "lets packets pass); use --backend nfqueue", Problem.OPTION)
     ok, why = usable()
     if not ok:
         raise ConfigError(f"the divert backend cannot run here: {why}", Problem.MACHINE)

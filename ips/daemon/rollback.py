@@ -146,16 +146,16 @@ class PendingApply:
         """For `status` (policy.unconfirmed) and stderr."""
         if self.state == PENDING:
             text = (f"apply of {self.main} (digest {self.digest[:16]}) was not confirmed "
-                    f"before the daemon died")  # fmt: skip
+                    f"before the daemon died")
         else:
             at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.rolled_back_at or 0))
             text = (f"apply of {self.main} (digest {self.digest[:16]}) was not confirmed: "
-                    f"rolled back at {at} (by the {self.rolled_back_by})")  # fmt: skip
+                    f"rolled back at {at} (by the {self.rolled_back_by})")
         return {
             "text": text, "file": self.main, "digest": self.digest, "deadline": self.deadline,
             "state": self.state, "rolled_back_at": self.rolled_back_at,
             "rolled_back_by": self.rolled_back_by, "previous": self.previous_digest,
-        }  # fmt: skip
+        }
 
 
 @contextlib.contextmanager
@@ -179,7 +179,7 @@ def read_record(path: str) -> PendingApply | None:
         return PendingApply.from_json(data)
     except (ValueError, TypeError, KeyError) as exc:
         print(f"ipsctl: ignoring the unreadable pending-apply record {path}: {exc}",
-              file=sys.stderr)  # fmt: skip
+              file=sys.stderr)
         return None
 
 
@@ -229,7 +229,7 @@ def spawn_watchdog(path: str) -> ProcessId | None:
         child = subprocess.Popen(
             [sys.executable, "-m", WATCHDOG_MODULE, "--detach", path],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, start_new_session=True,
-        )  # fmt: skip
+        )
         assert child.stdout is not None
         line = child.stdout.readline()
         child.stdout.close()
@@ -275,7 +275,7 @@ def systemd_timer(
     argv = ["systemd-run", "--quiet", "--collect", f"--unit={unit}",
             f"--on-active={delay:.1f}s", "--timer-property=AccuracySec=100ms",
             f"--setenv=PYTHONPATH={pythonpath}", sys.executable, "-m", WATCHDOG_MODULE,
-            path]  # fmt: skip
+            path]
     try:
         done = run(argv, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -87,7 +87,7 @@ class ControlServer:
         self.served = 0
         self._done: queue.SimpleQueue[tuple[_Connection, bytes]] = queue.SimpleQueue()
         self._jobs: dict[bool, queue.SimpleQueue[tuple[_Connection, bytes, float] | None]] = {
-            False: queue.SimpleQueue(), True: queue.SimpleQueue()}  # fmt: skip
+            False: queue.SimpleQueue(), True: queue.SimpleQueue()}
         self._wake_r, self._wake_w = socket.socketpair()
         self._closing = False
         self.threads: list[threading.Thread] = []
@@ -108,7 +108,7 @@ class ControlServer:
             for i in range(count):
                 name = f"control-{'root' if root else 'any'}-{i}"
                 self.threads.append(threading.Thread(target=self._work, args=(root,),
-                                                     name=name, daemon=True))  # fmt: skip
+                                                     name=name, daemon=True))
         self.threads.append(threading.Thread(target=self._loop, name="control", daemon=True))
         for thread in self.threads:
             thread.start()
@@ -127,7 +127,7 @@ class ControlServer:
             "open": self.open[False], "open_root": self.open[True], "served": self.served,
             "refused_busy": self.refused_busy, "refused_large": self.refused_large,
             "timed_out": self.timed_out,
-        }  # fmt: skip
+        }
 
     # ---- the selector thread ----------------------------------------------------------------
 
@@ -174,7 +174,7 @@ class ControlServer:
                 self.refused_busy += 1
                 with contextlib.suppress(OSError):
                     sock.send(encode({"ok": False, "busy": True, "error": (
-                        f"busy: {most} connections open; try again")}))  # fmt: skip
+                        f"busy: {most} connections open; try again")}))
                 sock.close()
                 continue
             conn = _Connection(sock, uid, time.monotonic() + self.limits.request_timeout)
@@ -208,7 +208,7 @@ class ControlServer:
         if size > limit:
             self.refused_large += 1
             self._refuse(conn, f"request too large: more than {limit} bytes in one line",
-                         drain=end < 0)  # fmt: skip
+                         drain=end < 0)
             return
         if end >= 0:
             conn.buf += chunk[: end + 1]
@@ -218,7 +218,7 @@ class ControlServer:
             if self.root_buffered + len(chunk) > self.limits.root_buffer:
                 self.refused_busy += 1
                 self._refuse(conn, "busy: root's requests being received are too large "
-                             "together; try again", busy=True)  # fmt: skip
+                             "together; try again", busy=True)
                 return
             self.root_buffered += len(chunk)
         conn.buf += chunk
@@ -229,7 +229,7 @@ class ControlServer:
         conn.buf = bytearray()
 
     def _refuse(self, conn: _Connection, error: str, busy: bool = False,
-                drain: bool = True) -> None:  # fmt: skip
+                drain: bool = True) -> None:
         """Answer with an error and close once it is written and the rest of the line has
         been read and dropped (closing a Unix socket with unread bytes resets the peer, which
         would then lose the answer while still sending)."""
@@ -295,7 +295,7 @@ class ControlServer:
                 self.timed_out += 1
                 timeout = self.limits.request_timeout
                 self._refuse(conn, f"timeout: no complete request within {timeout:g} s",
-                             drain=False)  # fmt: skip
+                             drain=False)
                 if not conn.closed:
                     wait = min(wait, 1.0)
             else:  # it does not take its answer, or does not stop sending a refused line

@@ -41,7 +41,7 @@ def eve_stats(engine: Engine, adapter: PacketAdapter, cfg: DaemonConfig) -> dict
     else:
         q = read_queue_stats().get(cfg.queue)
         out["ips"] = {"accepted": v.get("accept", 0), "blocked": v.get("drop", 0),
-                      "rejected": v.get("reject", 0), "replaced": v.get("rewrite", 0)}  # fmt: skip
+                      "rejected": v.get("reject", 0), "replaced": v.get("rewrite", 0)}
         out["nfq"] = dataclasses.asdict(q) if q else {}
         out["ipsctl"] = {"mode": "inline", "engine_errors": s.errors}
     return out
@@ -50,7 +50,7 @@ def eve_stats(engine: Engine, adapter: PacketAdapter, cfg: DaemonConfig) -> dict
 def _flow_stats(engine: Engine) -> dict[str, int]:
     f = engine.flows.stats
     return {"active": f.active, "total": f.created, "timeout": f.expired,
-            "evicted": f.evicted, "reused": f.reused}  # fmt: skip
+            "evicted": f.evicted, "reused": f.reused}
 
 
 def engine_blocks(engine: Engine) -> int | None:
@@ -73,9 +73,9 @@ def detector_stats(engine: Any) -> dict[str, Any]:
             name: {"alerts": int((alerts or {}).get(name, 0)),
                    "drops": int((drops or {}).get(name, 0))}
             for name in sorted(names)
-        }  # fmt: skip
+        }
     places = ((engine, "detector_stats"), (engine.stats, "detectors"),
-              (engine, "detector_counts"), (engine.stats, "detector_alerts"))  # fmt: skip
+              (engine, "detector_counts"), (engine.stats, "detector_alerts"))
     for holder, attr in places:
         value = getattr(holder, attr, None)
         if callable(value):
@@ -89,7 +89,7 @@ def detector_stats(engine: Any) -> dict[str, Any]:
     for det in getattr(engine, "detectors", None) or []:
         name = getattr(det, "name", type(det).__name__)
         counters = {k: v for k in ("alerts", "blocks", "fired", "limited", "observed")
-                    if isinstance(v := getattr(det, k, None), int)}  # fmt: skip
+                    if isinstance(v := getattr(det, k, None), int)}
         out[str(name)] = counters
     return out
 
@@ -145,7 +145,7 @@ def merge_stats(replies: list[dict[str, Any]]) -> dict[str, Any]:
     dicts (per-rule hits: the same rules in the same order) merged item by item; anything
     else (text, digests, flags) from the first answer that has it."""
     good = [r for r in replies if r.get("ok", True)] or replies[:1]
-    return _merge([r for r in good])  # type: ignore[return-value]
+    return _merge([r for r in good])
 
 
 def _merge(values: list[Any]) -> Any:
@@ -177,7 +177,7 @@ def merge_flows(replies: list[dict[str, Any]], top: int, sort: str) -> dict[str,
         for r in good:
             for g in r["groups"]:
                 s = sums.setdefault(g["key"], {"key": g["key"], "flows": 0, "packets": 0,
-                                               "bytes": 0})  # fmt: skip
+                                               "bytes": 0})
                 for k in ("flows", "packets", "bytes"):
                     s[k] += g[k]
         field_ = {"bytes": "bytes", "packets": "packets"}.get(sort, "flows")
@@ -209,7 +209,7 @@ class AlertFeed:
                     last = 0
                 try:
                     reply = worker.request({"op": "alerts", "since": last, "limit": self.KEEP},
-                                           timeout=2.0)  # fmt: skip
+                                           timeout=2.0)
                 except (TimeoutError, OSError, EOFError):
                     continue
                 for alert in reply.get("alerts") or []:

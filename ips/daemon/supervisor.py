@@ -98,7 +98,7 @@ def connected_broadcasts() -> list[str]:
                 (msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS"), msg["prefixlen"],
                  msg.get("IFA_BROADCAST"))
                 for msg in ipr.get_addr(family=socket.AF_INET)
-            ]  # fmt: skip
+            ]
     except Exception:  # no netlink: the other checks still apply
         return []
     return subnet_broadcasts(found)
@@ -133,7 +133,7 @@ class WorkerHandle:
         never_block: tuple[str, ...] = (),
         bpf_program: BPFProgram | None = None,
         judged_cell: Any = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         ctx = mp.get_context("fork")
         self.queue = cfg.queue
         self.heartbeat = ctx.Value("d", time.monotonic(), lock=False)
@@ -148,7 +148,7 @@ class WorkerHandle:
             ),
             name=f"ipsctl-tap-{cfg.iface}" if cfg.mode == "tap" else f"ipsctl-worker-q{cfg.queue}",
             daemon=True,
-        )  # fmt: skip
+        )
         self.process.start()
         child.close()
         if not self.conn.poll(15):
@@ -228,12 +228,12 @@ class Daemon:
             from ips.io.divert import UserspaceDiversion
 
             self.diversion = UserspaceDiversion(cfg.hooks, cfg.fail_open, cfg.bans_file,
-                                                lambda: self.worker)  # fmt: skip
+                                                lambda: self.worker)
         else:
             self.diversion = NftDiversion(
                 queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open,
                 tap=cfg.mode == "tap", queues=cfg.queues,
-            )  # fmt: skip
+            )
         self.bpf_program: BPFProgram | None = None
         self._control: ControlServer | None = None
         self.never_block: tuple[str, ...] = tuple(cfg.never_block)
@@ -301,19 +301,19 @@ class Daemon:
             main, sources = record.previous_main, record.previous_sources
         print(f"ipsctl: {record.note()['text']}; starting with "
               f"{'the previous policy, ' if choice.use_previous else ''}{main} "
-              f"({policy.digest[:16]})", file=sys.stderr, flush=True)  # fmt: skip
+              f"({policy.digest[:16]})", file=sys.stderr, flush=True)
         return policy, main, sources
 
     def _new_worker(self, index: int = 0) -> WorkerHandle:
         # The host's addresses are read again for every worker: they may have changed.
         self.never_block = tuple(dict.fromkeys((*own_addresses(), *self.cfg.never_block)))
         cfg = dataclasses.replace(self.cfg, queue=self.cfg.queue + index,
-                                  offload_copies=self._copies())  # fmt: skip
+                                  offload_copies=self._copies())
         cell = self._judged_cells.get(index)
         if cell is None:
             cell = self._judged_cells[index] = mp.get_context("fork").Value("Q", 0, lock=False)
         return WorkerHandle(cfg, self.main, self.sources, self.never_block, self.bpf_program,
-                            cell)  # fmt: skip
+                            cell)
 
     def _copies(self) -> bool:
         """Whether workers read offload's NFLOG copies: inline over NFQUEUE, on a kernel that
@@ -329,7 +329,7 @@ class Daemon:
             self.counters.blocks_restored += restored
             self._restored = {e.addr: e.comment for e in saved.elements}
             self.restored_from = {"file": self.cfg.state_file, "run": saved.run,
-                                  "saved_at": saved.saved_at, "blocks": restored}  # fmt: skip
+                                  "saved_at": saved.saved_at, "blocks": restored}
 
     def _save_blocks(self) -> None:
         """Before our table goes: the blocks to the state file (with their expiry times)."""
@@ -339,7 +339,7 @@ class Daemon:
             blocks = self.diversion.blocks()
             if blocks or self.installed:
                 self.counters.blocks_saved = save_blocks(self.cfg.state_file, blocks, time.time(),
-                                                         self.run)  # fmt: skip
+                                                         self.run)
         except (KernelError, OSError) as exc:
             print(f"ipsctl: could not save the blocks: {exc}", file=sys.stderr)
 
@@ -448,7 +448,7 @@ class Daemon:
                     previous_sources=self.sources,
                     plan=None if plan is None else dataclasses.asdict(plan),
                     unconfirmed=[policy.digest], daemon=ProcessId.of(os.getpid()),
-                )  # fmt: skip
+                )
             record.timer = systemd_timer(self.pending_file, deadline)
             watchdog = self.rollback_watchdog
             if watchdog is None or not watchdog.running():
@@ -532,7 +532,7 @@ class Daemon:
              "copies": ((r.get("nfq_client") or {}).get("copies") or {}).get("received"),
              "kernel": dataclasses.asdict(queues[w.queue]) if w.queue in queues else None}
             for w, r in zip(self.workers, replies, strict=False)
-        ]  # fmt: skip
+        ]
         policy = self.policy
         counters = self.diversion.counters()
         return {
@@ -588,13 +588,13 @@ class Daemon:
             return None
         queues = read_queue_stats()
         mine = [queues[q] for q in range(self.cfg.queue, self.cfg.queue + self.cfg.queues)
-                if q in queues]  # fmt: skip
+                if q in queues]
         judged = sum(int(cell.value) for cell in list(self._judged_cells.values()))
         reading = QueueReading(
             offered, judged, waiting=sum(q.queue_total for q in mine),
             queue_dropped=sum(q.queue_dropped for q in mine),
             user_dropped=sum(q.user_dropped for q in mine),
-        )  # fmt: skip
+        )
         with self._unjudged_lock:
             self._unjudged.update(reading, now)
             return {**self._unjudged.as_dict(), "fail_open": self.cfg.fail_open}
@@ -619,11 +619,11 @@ class Daemon:
             self._report_unjudged(alert, snapshot, now)
 
     def _report_unjudged(self, alert: UnjudgedAlert, snapshot: dict[str, Any],
-                         now: float) -> None:  # fmt: skip
+                         now: float) -> None:
         """The alert and a `stats` event to the EVE file (written by the supervisor: the
         workers are busy with the flood), and a line to the journal."""
         print(f"ipsctl: {alert.signature} ({alert.total} since start)", file=sys.stderr,
-              flush=True)  # fmt: skip
+              flush=True)
         if not self.cfg.eve_path:
             return
         from ips.sinks.eve import EveWriter, stats_record, unjudged_alert_record
@@ -640,7 +640,7 @@ class Daemon:
             eve = EveWriter(log=log)
             eve.write(unjudged_alert_record(alert, snapshot, now))
             eve.write(stats_record(now, now - self.counters.started,
-                                   {"ipsctl": {"unjudged": snapshot}}))  # fmt: skip
+                                   {"ipsctl": {"unjudged": snapshot}}))
         finally:
             log.close()
 
@@ -675,7 +675,7 @@ class Daemon:
 
     def blocks_list(self) -> dict[str, Any]:
         now = time.time()
-        rows = []
+        rows: list[dict[str, Any]] = []
         restored = getattr(self, "_restored", {})
         origin = getattr(self, "restored_from", None) or {}
         for e in self.diversion.blocks():
@@ -684,7 +684,7 @@ class Daemon:
             came_from = None
             if e.addr in restored and restored[e.addr] == e.comment:
                 came_from = {"state_file": origin.get("file"), "saved_at": origin.get("saved_at"),
-                             "run": (origin.get("run") or {}).get("id")}  # fmt: skip
+                             "run": (origin.get("run") or {}).get("id")}
             rows.append({
                 "addr": e.addr,
                 "table": BLOCK_TABLE,
@@ -695,7 +695,7 @@ class Daemon:
                 "offense": offense,
                 "reason": reason,
                 "restored_from": came_from,
-            })  # fmt: skip
+            })
         rows.sort(key=lambda r: ipaddress.ip_address(r["addr"]).packed)
         return {"ok": True, "table": BLOCK_TABLE, "blocks": rows}
 
@@ -720,7 +720,7 @@ class Daemon:
         cidr = self._never_blocked(text)
         if cidr and not force:
             error = (f"{text} is never blocked (it is in {cidr}: this host's own addresses "
-                     "and --never-block); --force blocks it anyway")  # fmt: skip
+                     "and --never-block); --force blocks it anyway")
             return {"ok": False, "error": error}
         if whole is None:  # the block table's own timeout; a manual block always ends
             whole = block_ttl(block_table_spec(self.policy).timeout or DEFAULT_BLOCK_TIMEOUT)
@@ -734,11 +734,11 @@ class Daemon:
             return {"ok": False, "error": f"nft refused the block: {exc}"}
         self.counters.blocks_added += 1
         msg = {"op": "block", "addr": text, "ttl": whole, "reason": reason, "time": now,
-               "force": bool(cidr)}  # fmt: skip
+               "force": bool(cidr)}
         engine = self._tell_worker(msg)
         return {"ok": True, "addr": text, "table": BLOCK_TABLE, "ttl": whole, "reason": reason,
                 "forced": bool(cidr), "engine": engine,
-                "asked": {"addr": addr, "ttl": ttl}}  # fmt: skip
+                "asked": {"addr": addr, "ttl": ttl}}
 
     def blocks_del(self, addr: str) -> dict[str, Any]:
         try:
@@ -754,7 +754,7 @@ class Daemon:
             self.counters.block_kernel_errors += 1
             return {"ok": False, "error": f"nft refused: {exc}"}
         engine = self._tell_worker({"op": "unblock", "addr": text, "reason": MANUAL,
-                                    "time": time.time()})  # fmt: skip
+                                    "time": time.time()})
         if not removed and not engine.get("count"):
             return {"ok": False, "error": f"{text} is not blocked"}
         self.counters.blocks_removed += int(removed)

@@ -87,7 +87,7 @@ class UnjudgedAlert:
     @property
     def signature(self) -> str:
         return (f"unjudged packets: the queue was full; {self.passed} passed without "
-                "inspection")  # fmt: skip
+                "inspection")
 
 
 @dataclass
@@ -116,7 +116,7 @@ class UnjudgedLedger:
         self.judged = reading.judged
         self.waiting = reading.waiting
         self.dropped = (self._queue_dropped.update(reading.queue_dropped)
-                        + self._user_dropped.update(reading.user_dropped))  # fmt: skip
+                        + self._user_dropped.update(reading.user_dropped))
         count = unjudged_count(self.offered, self.judged, self.waiting, self.dropped)
         if count > self.unjudged:
             self.last_growth_at = now

@@ -62,7 +62,7 @@ def make_engine(
     import inspect
 
     if "never_block" in inspect.signature(Engine).parameters:
-        return Engine(policy, max_flows=max_flows, never_block=tuple(never_block), shards=shards)  # type: ignore[call-arg]
+        return Engine(policy, max_flows=max_flows, never_block=tuple(never_block), shards=shards)
     return Engine(policy, max_flows=max_flows)
 
 
@@ -116,7 +116,7 @@ def open_sinks(
     out.syslog = SyslogSink(cfg.syslog, cfg.syslog_facility) if cfg.syslog else None
     if out.log is not None or out.syslog is not None:
         out.eve = EveWriter(log=out.log, syslog=out.syslog, passive=passive,
-                            blocks_enforced=blocks_enforced)  # fmt: skip
+                            blocks_enforced=blocks_enforced)
     if cfg.webhook:
         from ips.sinks.webhook import Webhook
 
@@ -220,7 +220,7 @@ def worker_main(
         heartbeat.value = time.monotonic()
 
     worker = set_up(parent_ends, parent_pid, cfg, main, sources, never_block, bpf_program, beat,
-                    judged_cell)  # fmt: skip
+                    judged_cell)
     try:
         fd = worker.adapter.bind()
     except Exception as exc:  # tell the supervisor why, instead of dying silently
@@ -239,7 +239,7 @@ def set_up(
     parent_ends: tuple[Connection, ...], parent_pid: int, cfg: DaemonConfig, main: str,
     sources: dict[str, str], never_block: tuple[str, ...], bpf_program: BPFProgram | None,
     beat: Callable[[], None], judged_cell: Any = None,
-) -> Worker:  # fmt: skip
+) -> Worker:
     """The worker's process, engine, sinks and adapter (not bound yet)."""
     reopen = threading.Event()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -267,7 +267,7 @@ def _adapter(
     cfg: DaemonConfig, engine: Engine, bpf_program: BPFProgram | None,
     on_events: Callable[[list[Effect]], None], beat: Callable[[], None],
     judged_cell: Any = None,
-) -> tuple[PacketAdapter, int]:  # fmt: skip
+) -> tuple[PacketAdapter, int]:
     """The adapter of the configured backend and mode, and the blocks its engine adopted."""
     from ips.kernel.blocks import KernelBlocks, adopt_blocks
 
@@ -277,7 +277,7 @@ def _adapter(
         bans = UserBlocks(cfg.bans_file)
         bans.load()
         divert = DivertWorker(engine, hooks=cfg.hooks, queue_len=cfg.queue_maxlen, blocks=bans,
-                              on_events=on_events, on_busy=beat)  # fmt: skip
+                              on_events=on_events, on_busy=beat)
         return divert, adopt_blocks(engine, bans.elements(time.time()), time.time())
     adapter: PacketAdapter
     blocks = KernelBlocks()  # its libnftables context is made here, in the worker
@@ -287,7 +287,7 @@ def _adapter(
         adapter = TapWorker(
             cfg.iface or "", engine, bpf=bpf_program, bpf_text=cfg.bpf,
             promisc=cfg.promisc, on_events=on_events, blocks=blocks, on_busy=beat,
-        )  # fmt: skip
+        )
     else:
         from ips.io.nfqueue import QueueWorker
 
@@ -295,7 +295,7 @@ def _adapter(
             cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
             on_events=on_events, blocks=blocks, on_busy=beat, client=cfg.nfq_client,
             read_copies=cfg.offload_copies, judged_cell=judged_cell,
-        )  # fmt: skip
+        )
     # The kernel's blocks (left by the previous worker or daemon, or restored from the state
     # file) become the engine's, before the first packet.
     try:
@@ -320,7 +320,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def end_open_flows(
     engine: Engine, adapter: PacketAdapter, now: float, budget: float,
     clock: Callable[[], float] = time.monotonic,
-) -> int:  # fmt: skip
+) -> int:
     """A stopping worker ends the flows still open, as Suricata does at shutdown: each gets
     its flow record (reason `shutdown`), so a stop or a restart loses none of a connection's
     accounting. Within `budget` seconds of `clock`: records not written by then are
@@ -335,7 +335,7 @@ def end_open_flows(
     for start in range(0, len(ended), SHUTDOWN_RECORDS_CHUNK):
         if clock() > deadline:
             print(f"ipsctl worker: {len(ended) - written} of {len(ended)} flow records not "
-                  f"written at stop (over {budget:g} s)", file=sys.stderr, flush=True)  # fmt: skip
+                  f"written at stop (over {budget:g} s)", file=sys.stderr, flush=True)
             break
         chunk = ended[start : start + SHUTDOWN_RECORDS_CHUNK]
         try:
@@ -404,7 +404,7 @@ def _flows(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
             worker.engine.flows.flows(), time.time(), top=int(msg.get("top", 20)),
             sort=str(msg.get("sort", "bytes")), filter_text=str(msg.get("filter") or ""),
             group=msg.get("group"),
-        )  # fmt: skip
+        )
     except FilterError as exc:
         return {"ok": False, "error": str(exc)}
 
@@ -459,10 +459,10 @@ def _forced_block(addr: bytes, ttl: float | None, reason: str, now: float) -> ob
     """The Block record of a `blocks add --force` the engine refused (a never-block address):
     the kernel has it, so the EVE log says so too."""
     try:
-        from ips.core.events import Block  # type: ignore[attr-defined]
+        from ips.core.events import Block
 
         return Block(addr, table=BLOCK_TABLE, ttl=ttl or 0.0, detector=MANUAL, offense=0,
-                     reason=reason, time=now)  # fmt: skip
+                     reason=reason, time=now)
     except (ImportError, TypeError):  # an engine without blocks: the EVE log has no record
         return None
 

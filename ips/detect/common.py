@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from ips.core.addr import format_addr
 from ips.core.events import Alert, Block, BlockRequest, DetectorEffect, Effect
@@ -27,6 +27,8 @@ ALERTS_PER_SECOND = 100.0
 # How many targets (ports or hosts) an alert lists; `count` says how many there were.
 TARGETS_SHOWN = 32
 SEVERITY = 2  # Suricata's scale: 1 high, 2 medium, 3 low
+
+_Key = TypeVar("_Key")  # a window's key, of whatever type a detector keys its windows by
 
 
 def parse_networks(cidrs: Iterable[str]) -> NetMatcher:
@@ -97,7 +99,7 @@ class Detector:
         then kept across `apply`)."""
         return spec.params == self.spec.params and memory == self.memory
 
-    def drop_finished_windows(self, entries: dict[object, Any], now: float) -> None:
+    def drop_finished_windows(self, entries: dict[_Key, Any], now: float) -> None:
         """Forget entries whose window (`within`, from their `start`) is over. Entries are
         kept in insertion order, which is start order, so this stops at the first live one."""
         horizon = now - self.within  # type: ignore[attr-defined]
@@ -189,7 +191,7 @@ class Detector:
                     to_ban, ttl=self.ttl, detector=self.name, reason=reason, time=now,
                     alert=alert,
                 )
-            )  # fmt: skip
+            )
             return
         self.alerts += 1
         out.append(alert)
@@ -221,7 +223,7 @@ class Detector:
 
 def addr_list(addrs: Iterable[bytes]) -> list[str]:
     """Addresses as text for an alert's details, at most TARGETS_SHOWN of them."""
-    out = []
+    out: list[str] = []
     for a in addrs:
         if len(out) >= TARGETS_SHOWN:
             break

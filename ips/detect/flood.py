@@ -121,7 +121,7 @@ class Flood(Detector):
             dst=pkt.dst, dport=pkt.dport, sid=1 if self.per_src else 2,
             signature=f"{self.SIGNATURE} ({'per source' if self.per_src else 'per destination'})",
             extra=extra, offender=pkt.src, reason=reason, dropped=dropped,
-        )  # fmt: skip
+        )
 
     def answered(self, request: BlockRequest, block: Block | None, status: str) -> list[Effect]:
         """A source banned already (by another detection of this packet) is left alone, as if

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import Protocol
+from typing import Protocol, cast
 
 from ips.core.addr import format_addr
 from ips.core.events import DetectorEffect
@@ -77,7 +77,7 @@ class LongWindow(Protocol):
     def credit(
         self, scan: ScanDetector, probe: Probe, weight: float, now: float,
         out: list[DetectorEffect],
-    ) -> None: ...  # fmt: skip
+    ) -> None: ...
 
     def target_used(self, scan: ScanDetector, probe: Probe) -> None: ...
 
@@ -100,6 +100,12 @@ _U16 = struct.Struct("!H")
 _EPS = 1e-9
 
 
+# A window's key: a source (sweep) or a (source, target host) pair (portscan); and the targets
+# it weighs: hosts (sweep) or ports (portscan).
+ScanKey = bytes | tuple[bytes, bytes]
+Target = bytes | int
+
+
 class ScanEntry:
     """One key's window (a source, or a source and a target host): weight per target."""
 
@@ -107,7 +113,7 @@ class ScanEntry:
 
     def __init__(self, start: float) -> None:
         self.start = start
-        self.weights: dict[object, float] = {}
+        self.weights: dict[Target, float] = {}
         self.score = 0.0
         self.fired = False
 
@@ -121,8 +127,8 @@ class Probe:
         self,
         due: float,
         entry: ScanEntry,
-        key: object,
-        target: object,
+        key: ScanKey,
+        target: Target,
         flow: Flow,
         kind: int,
         answer: Tuple5,
@@ -151,7 +157,7 @@ class ScanDetector(Detector):
         super().__init__(spec, memory)
         self.threshold = float(spec.params[self.threshold_param])  # type: ignore[arg-type]
         self.within = float(spec.params["within"])  # type: ignore[arg-type]
-        self.entries: dict[object, ScanEntry] = {}  # in order of window start
+        self.entries: dict[ScanKey, ScanEntry] = {}  # in order of window start
         self.pending: deque[Probe] = deque()  # in order of due
         self.index: dict[Tuple5, Probe] = {}  # answer 5-tuple -> pending probe
         self.slow: LongWindow | None = None  # `detect slowscan`, told every weight (Detectors)
@@ -166,7 +172,7 @@ class ScanDetector(Detector):
 
     # ---- per packet --------------------------------------------------------------------------
 
-    def _entry(self, key: object, now: float) -> ScanEntry:
+    def _entry(self, key: ScanKey, now: float) -> ScanEntry:
         entries = self.entries
         entry = entries.get(key)
         if entry is not None and now - entry.start <= self.within:
@@ -185,8 +191,8 @@ class ScanDetector(Detector):
 
     def probe(
         self,
-        key: object,
-        target: object,
+        key: ScanKey,
+        target: Target,
         pkt: Packet,
         flow: Flow,
         kind: int,
@@ -298,7 +304,7 @@ class ScanDetector(Detector):
             out, now, flow_id=flow.flow_id, proto=flow.proto, src=source, sport=flow.sport,
             dst=dst, dport=flow.dport, sid=1, signature=self.SIGNATURE, extra=extra,
             offender=source, reason=self.reason(extra),
-        )  # fmt: skip
+        )
 
     SIGNATURE = ""
 
@@ -332,8 +338,8 @@ class PortScan(ScanDetector):
         return 0.0 if flow.replied else W_FAILED
 
     def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
-        _, target = probe.key  # type: ignore[misc]
-        ports = sorted(t for t, w in entry.weights.items() if w > 0.0)  # type: ignore[type-var]
+        _, target = cast(tuple[bytes, bytes], probe.key)  # portscan's key: a pair
+        ports = sorted(t for t, w in entry.weights.items() if w > 0.0)
         extra = self._details(entry, probe.flow.src)
         extra["target"] = format_addr(target)
         extra["targets"] = ports[:TARGETS_SHOWN]

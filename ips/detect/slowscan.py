@@ -37,12 +37,12 @@ distributed window lists at most TARGETS_SHOWN sources.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from ips.core.addr import format_addr
 from ips.core.events import DetectorEffect
 from ips.detect.common import TARGETS_SHOWN, Detector, addr_list
-from ips.detect.scan import Probe, ScanDetector, ScanEntry, Sweep
+from ips.detect.scan import Probe, ScanDetector, ScanEntry, Sweep, Target
 from ips.policy.model import DetectSpec
 
 # A source's ports count in a host's distributed view once it failed on this many of them.
@@ -79,6 +79,7 @@ class Spread:
 
 
 Window = TypeVar("Window", ScanEntry, PairEntry, Spread)
+Key = TypeVar("Key", bytes, tuple[bytes, bytes])  # a source, or a (source, host) pair
 
 
 def _span(seconds: float) -> str:
@@ -117,11 +118,12 @@ class SlowScan(Detector):
         return out
 
     def tick(self, now: float, out: list[DetectorEffect]) -> None:
-        for windows in (self.pairs, self.sources, self.spreads):
-            self.drop_finished_windows(windows, now)  # type: ignore[arg-type]
+        self.drop_finished_windows(self.pairs, now)
+        self.drop_finished_windows(self.sources, now)
+        self.drop_finished_windows(self.spreads, now)
 
-    def _window(self, windows: dict[object, Window], key: object, now: float,
-                make: type[Window]) -> Window:  # fmt: skip
+    def _window(self, windows: dict[Key, Window], key: Key, now: float,
+                make: type[Window]) -> Window:
         window = windows.get(key)
         if window is not None and now - window.start <= self.within:
             return window
@@ -136,7 +138,7 @@ class SlowScan(Detector):
     # ---- fed by portscan and sweep -----------------------------------------------------------
 
     def credit(self, scan: ScanDetector, probe: Probe, weight: float, now: float,
-               out: list[DetectorEffect]) -> None:  # fmt: skip
+               out: list[DetectorEffect]) -> None:
         """`scan` gave the target of `probe` this weight in its short window."""
         if isinstance(scan, Sweep):
             self._host(probe, weight, now, out)
@@ -155,10 +157,11 @@ class SlowScan(Detector):
             entry.score -= entry.weights.pop(probe.target, 0.0)
 
     def _port(self, probe: Probe, weight: float, now: float, out: list[DetectorEffect]) -> None:
-        source, host = probe.key  # type: ignore[misc]
+        pair = cast(tuple[bytes, bytes], probe.key)  # the pair view's key
+        source, host = pair
         if self.ignored(source):
             return
-        entry = self._window(self.pairs, probe.key, now, PairEntry)  # type: ignore[arg-type]
+        entry = self._window(self.pairs, pair, now, PairEntry)
         if entry.fired:
             return
         if probe.entry.fired:
@@ -173,8 +176,8 @@ class SlowScan(Detector):
             self._share(entry, source, host, probe, now, out)
 
     def _host(self, probe: Probe, weight: float, now: float, out: list[DetectorEffect]) -> None:
-        source = probe.key
-        if self.ignored(source):  # type: ignore[arg-type]
+        source = cast(bytes, probe.key)  # the host view's key: a source
+        if self.ignored(source):
             return
         entry = self._window(self.sources, source, now, ScanEntry)
         if entry.fired:
@@ -184,13 +187,13 @@ class SlowScan(Detector):
             return
         if _add(entry, probe.target, weight) and entry.score >= self.hosts - _EPS:
             entry.fired = True
-            extra = self._details(entry, "hosts", self.hosts, source)  # type: ignore[arg-type]
+            extra = self._details(entry, "hosts", self.hosts, source)
             extra["targets"] = addr_list(t for t, w in entry.weights.items() if w > 0.0)  # type: ignore[misc]
             reason = f"slowscan: {extra['count']} hosts probed within {_span(self.within)}"
             self._emit(probe, now, out, probe.flow.dst, SID_HOSTS, extra, reason, True)
 
     def _share(self, entry: PairEntry, source: bytes, host: bytes, probe: Probe, now: float,
-               out: list[DetectorEffect]) -> None:  # fmt: skip
+               out: list[DetectorEffect]) -> None:
         """Add the source's failed ports of `host` to the host's distributed window."""
         ports = [t for t, w in entry.weights.items() if w > 0.0]
         if len(ports) < SHARE_AFTER:
@@ -227,10 +230,10 @@ class SlowScan(Detector):
     def _report_ports(
         self, entry: PairEntry, probe: Probe, now: float, out: list[DetectorEffect]
     ) -> None:
-        source, host = probe.key  # type: ignore[misc]
+        source, host = cast(tuple[bytes, bytes], probe.key)  # the pair view's key
         extra = self._details(entry, "ports", self.ports, source)
         extra["target"] = format_addr(host)
-        extra["targets"] = sorted(t for t, w in entry.weights.items() if w > 0.0)[:TARGETS_SHOWN]  # type: ignore[type-var]
+        extra["targets"] = sorted(t for t, w in entry.weights.items() if w > 0.0)[:TARGETS_SHOWN]
         reason = (
             f"slowscan: {extra['count']} ports of {extra['target']} probed "
             f"within {_span(self.within)}"
@@ -238,7 +241,7 @@ class SlowScan(Detector):
         self._emit(probe, now, out, host, SID_PORTS, extra, reason, True)
 
     def _details(self, entry: ScanEntry, view: str, threshold: float,
-                 source: bytes) -> dict[str, object]:  # fmt: skip
+                 source: bytes) -> dict[str, object]:
         return {
             "view": view,
             "source": format_addr(source),
@@ -249,16 +252,16 @@ class SlowScan(Detector):
         }
 
     def _emit(self, probe: Probe, now: float, out: list[DetectorEffect], dst: bytes, sid: int,
-              extra: dict[str, object], reason: str, offender: bool) -> None:  # fmt: skip
+              extra: dict[str, object], reason: str, offender: bool) -> None:
         flow = probe.flow
         self.emit(
             out, now, flow_id=flow.flow_id, proto=flow.proto, src=flow.src, sport=flow.sport,
             dst=dst, dport=flow.dport, sid=sid, signature=SIGNATURES[sid], extra=extra,
             offender=flow.src if offender else None, reason=reason,
-        )  # fmt: skip
+        )
 
 
-def _add(entry: ScanEntry, target: object, weight: float) -> bool:
+def _add(entry: ScanEntry, target: Target, weight: float) -> bool:
     """Give `target` this weight in `entry` if it is more than it had; True when it was."""
     weights = entry.weights
     old = weights.get(target, 0.0)

@@ -28,7 +28,7 @@ from ips.policy.model import DetectSpec
 
 NULL, XMAS, FIN, SYN_FIN, SYN_RST, OTHER = 1, 2, 3, 4, 5, 6
 KIND_NAMES = {NULL: "null", XMAS: "xmas", FIN: "fin", SYN_FIN: "syn-fin", SYN_RST: "syn-rst",
-              OTHER: "invalid"}  # fmt: skip
+              OTHER: "invalid"}
 SIGNATURES = {
     NULL: "ipsctl stealth: NULL scan (TCP without flags)",
     XMAS: "ipsctl stealth: XMAS scan (FIN+PSH+URG)",
@@ -124,7 +124,7 @@ class Stealth(Detector):
             dst=pkt.dst, dport=pkt.dport, sid=kind, signature=SIGNATURES[kind], extra=extra,
             offender=src if repeated else None,
             reason=f"stealth: {entry.count} {KIND_NAMES[kind]} packets within {self.within:g}s",
-        )  # fmt: skip
+        )
 
     def tick(self, now: float, out: list[DetectorEffect]) -> None:
         self.drop_finished_windows(self.entries, now)

@@ -146,7 +146,7 @@ class BlockManager:
         block = Block(
             addr, table=table.name, ttl=life, detector=detector, offense=offense,
             reason=reason, time=now,
-        )  # fmt: skip
+        )
         return block, "added"
 
     def _refuse(self, why: str) -> tuple[None, str]:
@@ -170,7 +170,7 @@ class BlockManager:
         return Block(
             addr, table=table.name, ttl=ttl, detector="manual", offense=1, reason=reason,
             time=now,
-        )  # fmt: skip
+        )
 
     def unblock(self, addr: bytes, now: float, reason: str = "manual") -> Unblock | None:
         """Remove a block; None when the address was not blocked. A manual unblock also

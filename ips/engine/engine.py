@@ -37,7 +37,7 @@ from ips.core.events import (
     Unblock,
 )
 from ips.core.flow import Flow, FlowTable, FlowTimeouts
-from ips.core.packet import LINKTYPE_RAW, Packet
+from ips.core.packet import LINKTYPE_RAW, Malformed, Packet
 from ips.core.tables import DynamicTable
 from ips.detect import Detectors
 from ips.engine import nat
@@ -63,6 +63,10 @@ class Meta:
 
 
 NO_META = Meta()
+
+# A flow's candidate rules for one direction, kept on the flow (Flow.cache_fwd/cache_rev):
+# (policy, iif, oif, the rules to try, whether they allow offload).
+RuleCache = tuple[CompiledPolicy, str | None, str | None, tuple[CompiledRule, ...], bool]
 
 
 @dataclass
@@ -158,6 +162,7 @@ class Engine:
         verdict and is counted."""
         self.stats.packets += 1
         try:
+            pkt: Packet | Malformed | None
             if meta.linktype == LINKTYPE_RAW:
                 # IPv4 straight to its decoder: one call less for nearly every packet
                 pkt = decode_ipv4(data) if data and data[0] >> 4 == 4 else decode_l3(data)
@@ -165,7 +170,7 @@ class Engine:
                 pkt = decode_frame(data, meta.linktype)
             if pkt.__class__ is not Packet:
                 return self._undecodable(pkt)
-            decision = self._decide(pkt, meta, now)  # type: ignore[arg-type]
+            decision = self._decide(pkt, meta, now)
         except Exception:
             self.stats.errors += 1
             decision = self._on_error
@@ -230,7 +235,7 @@ class Engine:
         iif = meta.iif
         oif = meta.oif
         policy = self.policy
-        cache = flow.cache_fwd if fwd else flow.cache_rev
+        cache: RuleCache | None = flow.cache_fwd if fwd else flow.cache_rev
         if cache is None or cache[0] is not policy or cache[1] != iif or cache[2] != oif:
             rules, offload_safe = policy.candidates(pkt, iif, oif)
             # (policy, interfaces, the rules to try, whether they allow offload)
@@ -336,7 +341,7 @@ class Engine:
         for effect in effects:
             if effect.__class__ is Alert:
                 stats.alerts += 1
-                stats.detector_alerts[effect.category] += 1  # type: ignore[union-attr]
+                stats.detector_alerts[effect.category] += 1
             elif effect.__class__ is Block:
                 stats.blocks += 1
         return effects or None

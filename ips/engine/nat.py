@@ -32,6 +32,7 @@ def start(replies: dict[ReplyKey, Flow], rule: CompiledRule, pkt: Packet, flow: 
 
 def forward(data: bytes, pkt: Packet, flow: Flow) -> bytes:
     """A forward packet of a translated flow, with the new destination."""
+    # flow.nat is set: only a translated flow comes here.
     _, _, new_dst, new_dport = flow.nat  # type: ignore[misc]
     if new_dst != pkt.dst:
         data = craft.set_daddr(data, pkt, new_dst)
@@ -42,6 +43,7 @@ def forward(data: bytes, pkt: Packet, flow: Flow) -> bytes:
 
 def reply(pkt: Packet, flow: Flow) -> bytes:
     """A reply from the new destination, with the original destination as its source."""
+    # flow.nat is set: only a translated flow comes here.
     orig_dst, orig_dport, _, _ = flow.nat  # type: ignore[misc]
     data = pkt.data
     if orig_dst != pkt.src:

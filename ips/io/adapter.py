@@ -36,7 +36,7 @@ class BlockWriter(Protocol):
     @property
     def pending(self) -> bool: ...
 
-    def note(self, effects: Iterable[object]) -> bool: ...
+    def note(self, effects: Iterable[Effect]) -> bool: ...
 
     def overdue(self) -> bool: ...
 
@@ -61,12 +61,17 @@ class ReplyCounts(Protocol):
 
 class PacketAdapter(Protocol):
     engine: Engine
-    on_events: Callable[[list[object]], None] | None
-    blocks: BlockWriter | None
-    replies: ReplyCounts
+    on_events: Callable[[list[Effect]], None] | None
     verdict_errors: int  # verdicts the kernel did not take
     mode: str  # "inline": verdicts enforced; "tap": only recorded
     copy_fd: int | None  # a second fd to wait on, once bound (NFQUEUE: offload's copies)
+
+    # Read-only here: each adapter holds its own kind of these.
+    @property
+    def blocks(self) -> BlockWriter | None: ...
+
+    @property
+    def replies(self) -> ReplyCounts: ...
 
     def bind(self) -> int:
         """Start reading; the fd that is readable when packets wait."""
@@ -84,7 +89,7 @@ class PacketAdapter(Protocol):
         """Read what waits on copy_fd."""
         ...
 
-    def effects(self, effects: list[object]) -> None:
+    def effects(self, effects: list[Effect]) -> None:
         """Effects without a packet (the engine's tick, manual blocks, flows ended at stop)."""
         ...
 
@@ -150,10 +155,10 @@ class EngineAdapter:
         if self.on_events is not None:
             self.on_events(effects)
 
-    def _packet_effects(self, decision_effects: object) -> None:
+    def _packet_effects(self, decision_effects: Iterable[Effect]) -> None:
         """A decision's effects: blocks noted (written at the end of the burst, or once
         overdue), everything to on_events."""
-        effects = list(decision_effects)  # type: ignore[call-overload]
+        effects = list(decision_effects)
         if self.blocks is not None:
             self.blocks.note(effects)
         if self.on_events is not None:

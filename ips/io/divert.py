@@ -110,7 +110,7 @@ class UserBlocks:
     def __init__(
         self, path: str | Path | None = None, *, clock: Callable[[], float] = time.time,
         log: TextIO | None = sys.stderr,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.path = Path(path) if path else None
         self.clock = clock
         self.log = log
@@ -139,7 +139,7 @@ class UserBlocks:
     # ---- changes -----------------------------------------------------------------------
 
     def add(self, addr: bytes | str, ttl: float | None, comment: str | None, now: float,
-            expires: float | None = None) -> None:  # fmt: skip
+            expires: float | None = None) -> None:
         """Ban addr for ttl seconds (None: until removed); expires: seconds left, when less
         than ttl (a block restored from a file)."""
         packed = ipaddress.ip_address(addr).packed
@@ -188,12 +188,13 @@ class UserBlocks:
             try:
                 if str(getattr(effect, "table", BLOCK_TABLE)) != BLOCK_TABLE:
                     continue
-                addr = bytes(effect.addr)  # type: ignore[attr-defined]
+                # effect_kind found a Block or an Unblock (by class name: mypy cannot follow).
+                addr = bytes(effect.addr)  # type: ignore[union-attr]
                 if kind == "block":
                     ttl = getattr(effect, "ttl", None)
                     comment = block_comment(str(getattr(effect, "detector", "") or ""),
                                             int(getattr(effect, "offense", 0) or 0),
-                                            str(getattr(effect, "reason", "") or ""))  # fmt: skip
+                                            str(getattr(effect, "reason", "") or ""))
                     when = float(getattr(effect, "time", 0.0) or self.clock())
                     self.add(addr, ttl if ttl and ttl > 0 else None, comment, when)
                     self.added += 1
@@ -286,7 +287,7 @@ def read_bans(path: str | Path | None, now: float) -> list[SetElement]:
             timeout = row.get("timeout")
             out.append(SetElement(addr, int(timeout) if timeout else None,
                                   math.ceil(left) if left is not None else None,
-                                  row.get("comment") or None))  # fmt: skip
+                                  row.get("comment") or None))
         except (KeyError, TypeError, ValueError):
             continue
     return out
@@ -308,7 +309,7 @@ class DivertReplies:
 
         try:
             handle.send(pydivert.Packet(reply, direction=pydivert.Direction.OUTBOUND),
-                        recalculate_checksum=False)  # fmt: skip
+                        recalculate_checksum=False)
             self.sent += 1
         except (OSError, ValueError, RuntimeError):
             self.failed += 1
@@ -393,7 +394,7 @@ class DivertWorker:
 
     def wanted_filter(self) -> str:
         return divert_filter(self.engine.policy.policy, self.blocks.addresses(),
-                             direction=self.direction)  # fmt: skip
+                             direction=self.direction)
 
     def _open(self, text: str) -> Any:
         import pydivert
@@ -441,7 +442,7 @@ class DivertWorker:
         if self.handle is None:
             return False
         if not force and self.blocks.version == self._filtered_version \
-                and self.engine.policy is self._filtered_policy:  # fmt: skip
+                and self.engine.policy is self._filtered_policy:
             return False
         self._filtered_version = self.blocks.version
         self._filtered_policy = self.engine.policy
@@ -612,7 +613,7 @@ class DivertWorker:
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {"layer": self.layer_name, "filter": self.filter,
                                   "reopens": self.reopens,
-                                  "filter_fallbacks": self.filter_fallbacks}  # fmt: skip
+                                  "filter_fallbacks": self.filter_fallbacks}
         if self.handle is not None:
             with contextlib.suppress(Exception):
                 out["handle"] = dict(self.handle.stats())
@@ -636,7 +637,7 @@ class DivertWorker:
         self._after_burst()
         result["drops"] = self.blocks.drops
         result["elements"] = [[e.addr, e.timeout, e.expires, e.comment]
-                              for e in self.blocks.elements(now)]  # fmt: skip
+                              for e in self.blocks.elements(now)]
         return result
 
 
@@ -654,7 +655,7 @@ class UserspaceDiversion:
     copies = False
 
     def __init__(self, hooks: Iterable[str], fail_open: bool, bans_path: str | Path,
-                 worker: Callable[[], Any]) -> None:  # fmt: skip
+                 worker: Callable[[], Any]) -> None:
         self.hooks = tuple(hooks)
         self.layer, self.direction = layer_for(self.hooks)
         if not fail_open:
@@ -707,7 +708,7 @@ class UserspaceDiversion:
     def describe(self) -> dict[str, object]:
         ok, why = usable()
         return {"backend": f"divert ({why if ok else 'unusable: ' + why})", "layer": self.layer,
-                "hooks": list(self.hooks), "fail_open": True}  # fmt: skip
+                "hooks": list(self.hooks), "fail_open": True}
 
     # ---- blocks --------------------------------------------------------------------------
 
@@ -743,7 +744,7 @@ class UserspaceDiversion:
     def replace_elements(
         self, table: str, addrs: Iterable[str], timeout: float | None,
         comment: str | None = None, expires: float | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """restore_blocks() at start, before the worker: into the file it will load."""
 
         def put(b: UserBlocks, now: float) -> None:

@@ -122,6 +122,7 @@ class NflogError(OSError):
     """The kernel refused a config request (the errno is the kernel's: EPERM, the group is
     bound by another socket; EBUSY, this socket has bound it already)."""
 
+    errno: int  # always set: the kernel's answer
 
 
 @dataclass(slots=True)
@@ -142,7 +143,7 @@ class LoggedPacket:
 
 
 def _message(msg: int, group: int, attrs: bytes, flags: int, seq: int = 0,
-             family: int = socket.AF_UNSPEC) -> bytes:  # fmt: skip
+             family: int = socket.AF_UNSPEC) -> bytes:
     return nfnl_message(NFNL_SUBSYS_ULOG, msg, group, attrs, flags, seq, family)
 
 
@@ -257,7 +258,7 @@ class NflogClient(NetfilterClient):
     KERNEL = "nfnetlink_log"
 
     def __init__(self, group: int, *, copy_range: int = 0xFFFF,
-                 rcvbuf: int = DEFAULT_RCVBUF) -> None:  # fmt: skip
+                 rcvbuf: int = DEFAULT_RCVBUF) -> None:
         if not 0 <= group <= 0xFFFF:
             raise ValueError(f"NFLOG group {group} is not 0-65535")
         if not 0 <= copy_range <= 0xFFFF:  # 0: the kernel's maximum (65535 - NLA_HDRLEN)
@@ -280,10 +281,11 @@ class NflogClient(NetfilterClient):
         group; EBUSY; ETIMEDOUT: no answer)."""
         # One request: a bind that succeeded with the wrong mode would copy nothing.
         return self._bind(command=NFULNL_CFG_CMD_BIND, copy_mode=NFULNL_COPY_PACKET,
-                          copy_range=self.copy_range, qthresh=1)  # fmt: skip
+                          copy_range=self.copy_range, qthresh=1)
 
     def _config(self, seq: int, **config: int) -> bytes:
-        return config_message(self.group, seq=seq, **config)
+        # config holds config_message's int fields, never its bool `ack`.
+        return config_message(self.group, seq=seq, **config)  # type: ignore[arg-type]
 
     def _keep(self, n: int) -> None:
         self._backlog.append(bytes(self._buf[:n]))
@@ -318,7 +320,7 @@ class NflogClient(NetfilterClient):
         return handled
 
     def _datagram(self, buf: bytes | memoryview, n: int,
-                  handler: Callable[[LoggedPacket], object]) -> int:  # fmt: skip
+                  handler: Callable[[LoggedPacket], object]) -> int:
         """Every packet message of one datagram (buf[:n]) to handler; how many. Anything
         else (NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP) is skipped; a message header that does
         not fit ends the datagram (nothing after it can be found)."""

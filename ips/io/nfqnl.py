@@ -27,7 +27,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from ips.io.netlink import (
     BE32,
@@ -113,7 +113,7 @@ class QueuedPacket:
 
 
 def _message(msg: int, queue_num: int, attrs: bytes, flags: int = NLM_F_REQUEST,
-             seq: int = 0) -> bytes:  # fmt: skip
+             seq: int = 0) -> bytes:
     return nfnl_message(NFNL_SUBSYS_QUEUE, msg, queue_num, attrs, flags, seq)
 
 
@@ -226,12 +226,12 @@ def parse_packet(buf: bytes | bytearray | memoryview, offset: int, end: int) -> 
         )
         if hdr_word == _HDR_WORD and in_word == _INDEV_WORD and out_word == _OUTDEV_WORD:
             return _parse_rest(buf, offset + _PREFIX_LEN, end, pid, hw_protocol, hook, indev,
-                               outdev)  # fmt: skip
+                               outdev)
     return _parse_rest(buf, offset, end, -1, 0, 0, 0, 0)
 
 
 def _parse_rest(buf: bytes | bytearray | memoryview, offset: int, end: int, packet_id: int,
-                hw_protocol: int, hook: int, indev: int, outdev: int) -> QueuedPacket:  # fmt: skip
+                hw_protocol: int, hook: int, indev: int, outdev: int) -> QueuedPacket:
     payload = None
     mark = 0
     while offset + 4 <= end:
@@ -266,7 +266,7 @@ def _parse_rest(buf: bytes | bytearray | memoryview, offset: int, end: int, pack
 # A handler returns None for "accept as is" (which may then be batched with its neighbours);
 # for anything else either a Verdict, which drain sends (in order, see drain), or it gives
 # the verdict itself with client.verdict(...) and returns True.
-Handler = Callable[[QueuedPacket], object]
+Handler = Callable[[QueuedPacket], "Verdict | Literal[True] | None"]
 
 
 class Verdict(NamedTuple):
@@ -344,7 +344,8 @@ class NfqClient(NetfilterClient):
         )
 
     def _config(self, seq: int, **config: int) -> bytes:
-        return config_message(self.queue_num, seq=seq, **config)
+        # config holds config_message's int fields, never its bool `ack`.
+        return config_message(self.queue_num, seq=seq, **config)  # type: ignore[arg-type]
 
     def _keep(self, n: int) -> None:
         """What a request read meanwhile: its packets, parsed, for the next drain."""
@@ -384,7 +385,7 @@ class NfqClient(NetfilterClient):
                 return
 
     def verdict(self, packet_id: int, verdict: int = NF_ACCEPT, *, mark: int | None = None,
-                payload: bytes | None = None) -> None:  # fmt: skip
+                payload: bytes | None = None) -> None:
         self._send(verdict_message(self.queue_num, packet_id, verdict, mark=mark, payload=payload))
 
     def accept(self, packet_id: int) -> None:
@@ -398,7 +399,7 @@ class NfqClient(NetfilterClient):
 
     # ---- receiving --------------------------------------------------------------------------
 
-    def _handler_failed(self, pkt: QueuedPacket) -> object:
+    def _handler_failed(self, pkt: QueuedPacket) -> Verdict | Literal[True] | None:
         """A verdict must always be given, and the loop go on: on_error (accept: batched)."""
         self.handler_errors += 1
         if self.on_error == NF_ACCEPT:
@@ -446,6 +447,7 @@ class NfqClient(NetfilterClient):
         to its own, skips packets no longer queued). A handler that sends a verdict itself
         and returns True does so before the pending batch, whatever the verdict."""
         assert self._sock is not None, "not bound"
+        buf: bytearray | memoryview
         if self._many is not None:
             buf, view = self._many.buf, self._many.view
         else:
@@ -529,7 +531,7 @@ class NfqClient(NetfilterClient):
                                     sent += 1
                                     pending, waiting = -1, 0
                                 send(verdict_message(self.queue_num, pkt.id, v, mark=mark,
-                                                     payload=payload))  # fmt: skip
+                                                     payload=payload))
                                 sent += 1
                         elif msg_type == NLMSG_ERROR:
                             code = -struct.unpack_from("=i", buf, offset + 16)[0]
@@ -573,7 +575,7 @@ class _MultiReceiver:
         libc = ctypes.CDLL(None, use_errno=True)
         self._call = libc.recvmmsg
         self._call.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
-                               ctypes.c_void_p]  # fmt: skip
+                               ctypes.c_void_p]
         self._call.restype = ctypes.c_int
         self._get_errno = ctypes.get_errno
         self.count = count

@@ -49,6 +49,9 @@ from ips.io.nfqnl import NF_ACCEPT, NF_DROP, NfqClient, QueuedPacket, Verdict
 from ips.translate.nft import HANDSHAKE_ACK_MARK, OFFLOAD_MARK, copy_group
 
 if TYPE_CHECKING:
+    from netfilterqueue import NetfilterQueue
+    from netfilterqueue import Packet as NfqPacket
+
     from ips.core.decision import Decision
     from ips.io.adapter import JudgedCell
     from ips.kernel.blocks import KernelBlocks
@@ -103,7 +106,7 @@ def queue_config_message(queue_num: int, flags: int, mask: int, seq: int = 1) ->
     header = struct.pack(
         "=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG,
         _NLM_F_REQUEST, seq, 0,
-    )  # fmt: skip
+    )
     return header + body
 
 
@@ -157,6 +160,8 @@ class InterfaceNames:
 class QueueWorker(EngineAdapter):
     """Binds one NFQUEUE queue and runs the engine over its packets."""
 
+    replies: ReplySender
+
     def __init__(
         self,
         queue_num: int,
@@ -173,7 +178,7 @@ class QueueWorker(EngineAdapter):
         judged_cell: JudgedCell | None = None,
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
-                         on_busy=on_busy)  # fmt: skip
+                         on_busy=on_busy)
         if client not in CLIENTS:
             raise ValueError(f"unknown NFQUEUE client {client!r}: one of {', '.join(CLIENTS)}")
         self.queue_num = queue_num
@@ -184,7 +189,7 @@ class QueueWorker(EngineAdapter):
         self.ifnames = InterfaceNames()
         self._metas: dict[tuple[int, int], Meta] = {}
         self._client: NfqClient | None = None  # our own client, once bound
-        self._nfq = None  # or netfilterqueue's
+        self._nfq: NetfilterQueue | None = None  # or netfilterqueue's
         self.read_copies = read_copies  # offload's NFLOG copies (False: the kernel has none)
         self._copies: NflogClient | None = None
         self.copy_fd: int | None = None  # the copies' socket, once bound (select on it too)
@@ -204,7 +209,7 @@ class QueueWorker(EngineAdapter):
             # GSO stays off, as with netfilterqueue: the kernel segments before queueing, so
             # the engine sees real packets, never 64 KB super-packets.
             client = NfqClient(self.queue_num, max_len=self.max_len, fail_open=self.fail_open,
-                               batch=True, gso=False)  # fmt: skip
+                               batch=True, gso=False)
             fd = client.bind()
             self._client = client
             return fd
@@ -229,7 +234,7 @@ class QueueWorker(EngineAdapter):
                              f"connections' first packets): {os.strerror(exc.errno)}"
                              + (" — another program (ulogd?) listens there"
                                 if exc.errno in (errno.EPERM, errno.EBUSY) else "")
-                             ) from None  # fmt: skip
+                             ) from None
         self._copies = copies
 
     def unbind(self) -> None:
@@ -255,12 +260,12 @@ class QueueWorker(EngineAdapter):
         if c is not None:
             stats.update(verdict_messages=c.verdicts_sent, enobufs=c.enobufs,
                          malformed=c.malformed, kernel_errors=c.kernel_errors,
-                         handler_errors=c.handler_errors)  # fmt: skip
+                         handler_errors=c.handler_errors)
         copies = self._copies
         if copies is not None:
             # copies read, and the times the kernel had more than the socket held (lost)
             stats["copies"] = {"received": copies.received, "enobufs": copies.enobufs,
-                               "malformed": copies.malformed}  # fmt: skip
+                               "malformed": copies.malformed}
         return stats
 
     def process_pending(self) -> None:
@@ -271,6 +276,7 @@ class QueueWorker(EngineAdapter):
                 self._client.on_error = self._error_verdict().verdict
                 self._client.drain(self._on_queued)
             else:
+                # bound: without our own client, netfilterqueue's is
                 self._nfq.run(block=False)  # type: ignore[union-attr]
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
@@ -310,7 +316,7 @@ class QueueWorker(EngineAdapter):
         given = None
         try:
             decision = self.engine.handle(pkt.payload, self._meta(pkt.indev, pkt.outdev),
-                                          self.clock())  # fmt: skip
+                                          self.clock())
             given, reply = kernel_verdict(decision, pkt.mark)
             if reply is not None:
                 self.replies.send(reply)
@@ -331,21 +337,21 @@ class QueueWorker(EngineAdapter):
         counters); its decision is not a verdict any more — the flow was decided, and a
         block it makes stops the rest in the kernel."""
         decision = self.engine.handle(pkt.payload, self._meta(pkt.indev, pkt.outdev),
-                                      self.clock())  # fmt: skip
+                                      self.clock())
         if decision.effects:
             self._packet_effects(decision.effects)
         self._counted()
 
-    def _on_packet(self, pkt: object) -> None:
+    def _on_packet(self, pkt: NfqPacket) -> None:
         """netfilterqueue's callback: the same verdicts, one per packet."""
         try:
             decision = self.engine.handle(
-                pkt.get_payload(),  # type: ignore[attr-defined]
-                self._meta(pkt.indev, pkt.outdev),  # type: ignore[attr-defined]
+                pkt.get_payload(),
+                self._meta(pkt.indev, pkt.outdev),
                 self.clock(),
             )
             # netfilterqueue reads the mark through a call: only an offload needs it
-            mark = pkt.get_mark() if decision.offload else 0  # type: ignore[attr-defined]
+            mark = pkt.get_mark() if decision.offload else 0
             given, reply = kernel_verdict(decision, mark)
             _give(pkt, given)
             if reply is not None:
@@ -368,16 +374,16 @@ class QueueWorker(EngineAdapter):
             cell.value = self.judged
 
 
-def _give(pkt: object, given: Verdict) -> None:
+def _give(pkt: NfqPacket, given: Verdict) -> None:
     """A Verdict through netfilterqueue's Packet."""
     if given.verdict == NF_DROP:
-        pkt.drop()  # type: ignore[attr-defined]
+        pkt.drop()
         return
     if given.payload is not None:
-        pkt.set_payload(given.payload)  # type: ignore[attr-defined]
+        pkt.set_payload(given.payload)
     if given.mark is not None:
-        pkt.set_mark(given.mark)  # type: ignore[attr-defined]
-    pkt.accept()  # type: ignore[attr-defined]
+        pkt.set_mark(given.mark)
+    pkt.accept()
 
 
 def wait_readable(fds: list[int], timeout: float) -> list[int]:

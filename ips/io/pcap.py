@@ -242,7 +242,8 @@ class CaptureReader:
         # The length field can only be interpreted after the byte-order magic that follows it.
         head = read(8)
         if len(head) < 8:
-            return self._cut_section(start, first)
+            self._cut_section(start, first)
+            return None
         rest, bom = head[:4], head[4:]
         if bom == b"\x4d\x3c\x2b\x1a":
             endian = "<"
@@ -255,7 +256,8 @@ class CaptureReader:
             raise self._error(start, f"bad section header block length {total}")
         body = read(total - 12)
         if len(body) < total - 12:
-            return self._cut_section(start, first)
+            self._cut_section(start, first)
+            return None
         if body[-4:] != rest:
             raise self._error(start, "block trailing length does not match its header")
         major = struct.unpack_from(endian + "H", body)[0]

@@ -64,7 +64,7 @@ def compile_bpf(expression: str, iface: str) -> list[tuple[int, int, int, int]]:
         out = subprocess.run(
             ["tcpdump", "-i", iface, "-ddd", expression],
             capture_output=True, text=True, timeout=10, check=False,
-        )  # fmt: skip
+        )
     except FileNotFoundError as exc:
         raise TapError("--bpf needs tcpdump (apt-get install tcpdump) to compile it") from exc
     if out.returncode != 0:
@@ -107,10 +107,10 @@ def interface_linktype(iface: str) -> int:
 def _not_enforced(effects: Iterable[Effect]) -> list[Effect]:
     """A tap enforces nothing: an alert the engine calls `blocked` is `would_drop` for every
     sink (EVE, the recent alerts of `ipsctl top`, the webhook)."""
-    out = list(effects)  # type: ignore[call-overload]
+    out = list(effects)
     for ev in out:
-        if ev.__class__ is Alert and ev.action == "blocked":  # type: ignore[attr-defined]
-            ev.action = "would_drop"  # type: ignore[attr-defined]
+        if ev.__class__ is Alert and ev.action == "blocked":
+            ev.action = "would_drop"
     return out
 
 
@@ -143,7 +143,7 @@ class TapWorker(EngineAdapter):
         on_busy: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
-                         on_busy=on_busy)  # fmt: skip
+                         on_busy=on_busy)
         self.iface = iface
         self.bpf = bpf
         self.bpf_text = bpf_text
@@ -229,7 +229,7 @@ class TapWorker(EngineAdapter):
             if self.blocks is not None and self.blocks.pending:
                 self.blocks.flush()
 
-    def _packet_effects(self, decision_effects: object) -> None:
+    def _packet_effects(self, decision_effects: Iterable[Effect]) -> None:
         super()._packet_effects(_not_enforced(decision_effects))
 
     def effects(self, effects: list[Effect]) -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ips.core.events import Effect
+from ips.kernel.diversion import BlockSets
 from ips.kernel.nft import KernelError, Nft
 from ips.safefile import replace_private_file
 from ips.translate.nft import (
@@ -136,7 +137,8 @@ class KernelBlocks:
             if kind is None:
                 continue
             try:
-                key = (str(effect.table), addr_text(effect.addr))  # type: ignore[attr-defined]
+                # effect_kind found a Block or an Unblock (by class name: mypy cannot follow).
+                key = (str(effect.table), addr_text(effect.addr))  # type: ignore[union-attr]
             except (AttributeError, ValueError) as exc:  # not an address: count, go on
                 self._error(f"{type(effect).__name__} without a valid address: {exc}")
                 continue
@@ -218,7 +220,7 @@ class KernelBlocks:
         more = f" and {len(written) - 5} more" if len(written) > 5 else ""
         with contextlib.suppress(Exception):
             print(f"ipsctl: blocked in the kernel: {', '.join(shown)}{more}", file=self.log,
-                  flush=True)  # fmt: skip
+                  flush=True)
 
     def _error(self, message: str) -> None:
         self.errors += 1
@@ -282,7 +284,7 @@ def element_expiry(element: SetElement, now: float) -> float:
 def save_blocks(
     path: str | Path, elements: Iterable[SetElement], now: float,
     run: dict[str, Any] | None = None,
-) -> int:  # fmt: skip
+) -> int:
     """Write the blocks to `path` (JSON, mode 0600, replaced atomically); returns how many.
     No blocks: the file is removed. `run`: the daemon run that saves them (daemon_run), so
     the next start can say where the blocks it restores came from."""
@@ -304,7 +306,7 @@ def save_blocks(
     # Written beside the file and renamed over it, never through a link planted at its name
     # (the control socket's directory may be shared with the ipsctl group).
     state: dict[str, Any] = {"version": STATE_VERSION, "table": BLOCK_TABLE, "saved_at": now,
-                             "blocks": rows}  # fmt: skip
+                             "blocks": rows}
     if run is not None:
         state["run"] = run
     data = json.dumps(state)
@@ -330,7 +332,7 @@ def daemon_run(pid: int, started: float) -> dict[str, Any]:
     except OSError:
         boot = "unknown"
     return {"id": f"{boot}/{pid}/{started:.3f}", "boot_id": boot, "pid": pid,
-            "started_at": started}  # fmt: skip
+            "started_at": started}
 
 
 def load_saved_blocks(path: str | Path, now: float) -> list[SetElement]:
@@ -364,16 +366,16 @@ def read_saved_blocks(path: str | Path, now: float) -> SavedBlocks:
             out.append(SetElement(
                 addr, int(timeout) if timeout else None,
                 math.ceil(left) if left is not None else None, row.get("comment") or None,
-            ))  # fmt: skip
+            ))
         except (KeyError, TypeError, ValueError):
             continue
     run = data.get("run")
     saved_at = data.get("saved_at")
     return SavedBlocks(out, run if isinstance(run, dict) else None,
-                       float(saved_at) if isinstance(saved_at, int | float) else None)  # fmt: skip
+                       float(saved_at) if isinstance(saved_at, int | float) else None)
 
 
-def restore_blocks(nft: Nft, elements: Iterable[SetElement]) -> int:
+def restore_blocks(nft: BlockSets, elements: Iterable[SetElement]) -> int:
     """Put saved blocks back into the kernel, skipping addresses that are members already
     (the kernel's own entry is newer). Returns how many were added."""
     present = {e.addr for e in nft.elements(BLOCK_TABLE)}

@@ -48,15 +48,19 @@ class BlockSets(Protocol):
     def elements(self, table: str) -> list[SetElement]: ...
 
     def replace_elements(
-        self, table: str, addrs: Iterable[Address], timeout: float | None,
+        self, table: str, addrs: Iterable[str], timeout: float | None,
         comment: str | None = None, expires: float | None = None,
-    ) -> None: ...  # fmt: skip
+    ) -> None: ...
 
 
 class Diversion(Protocol):
     backend: str | None  # what diverts: "nft", "iptables", "tap", "divert"; None: nothing
     kernel_rules: int  # the policy's rules decided in the kernel (the fast path)
-    offload_generation: int | None  # None: no offload with this diversion
+
+    @property
+    def offload_generation(self) -> int | None:
+        """The generation offloaded flows are marked with; None: no offload here."""
+        ...
 
     @property
     def copies(self) -> bool:
@@ -102,9 +106,9 @@ class Diversion(Protocol):
 
     def blocks(self) -> list[SetElement]: ...
 
-    def block(self, addr: Address, ttl: float | None, comment: str) -> None: ...
+    def block(self, addr: str, ttl: float | None, comment: str) -> None: ...
 
-    def unblock(self, addr: Address) -> bool: ...
+    def unblock(self, addr: str) -> bool: ...
 
     def flush_blocks(self) -> None: ...
 
@@ -191,7 +195,7 @@ class NftDiversion:
             self.update(policy)
             for e in blocks:
                 self._nft.replace_elements(BLOCK_TABLE, [e.addr], e.timeout, e.comment,
-                                           e.expires)  # fmt: skip
+                                           e.expires)
         # A killed daemon's table counted packets its own workers judged: ours start at 0.
         self._offered_before = 0
         if backend == "iptables":
@@ -222,7 +226,7 @@ class NftDiversion:
             self.hooks, queue=self.queue, fail_open=self.fail_open,
             nft_queue=self.backend == "nft", offload_generation=offload_generation,
             queues=self.queues, copies=self.copies,
-        )  # fmt: skip
+        )
 
     def kernel_plan(self, policy: Policy) -> NftPlan | None:
         """The plan update() applies `policy`'s kernel part with, nothing offloaded."""
@@ -244,7 +248,7 @@ class NftDiversion:
                 self._tcp_loose_before = None
         except OSError as exc:
             print(f"ipsctl: {TCP_LOOSE}: {exc}: the SYN proxy lets connections picked up "
-                  "mid-stream through", file=sys.stderr)  # fmt: skip
+                  "mid-stream through", file=sys.stderr)
 
     def remove(self) -> None:
         """Stop diverting (iptables first), then delete our table."""

@@ -152,7 +152,7 @@ class Nft:
                 with contextlib.suppress(KernelError):
                     self._delete_unused_set(name)
             raise
-        added = sum(1 for c in commands if "rule" in c.get("add", {}))  # type: ignore[operator]
+        added = sum(1 for c in commands if "rule" in c.get("add", {}))
         split = 0 if plan.blocks_only else nft_json.fast_path_split(policy)
         return Applied(split, added, plan.hooks)
 

@@ -60,7 +60,7 @@ class Capabilities:
             "iptables_nfqueue": self.iptables_nfqueue, "iptables_backend": self.iptables_backend,
             "queue_proc": self.queue_proc, "diversion": self.diversion,
             "reasons": dict(self.reasons),
-        }  # fmt: skip
+        }
 
 
 def _nft_try(lib: Any, commands: list[dict[str, object]]) -> str | None:
@@ -103,7 +103,7 @@ def _probe_nft(caps: Capabilities) -> None:
             {"add": {"element": {**t, "name": "s",
                                  "elem": [{"elem": {"val": "192.0.2.1", "timeout": 5}}]}}},
         ],
-    )  # fmt: skip
+    )
     caps.timeout_sets = err is None
     if err:
         caps.reasons["timeout_sets"] = f"nft sets with timeouts refused: {err}"
@@ -114,7 +114,7 @@ def _probe_nft(caps: Capabilities) -> None:
             {"add": {"rule": {**t, "chain": "c",
                               "expr": [{"queue": {"num": 0, "flags": ["bypass"]}}]}}},
         ],
-    )  # fmt: skip
+    )
     caps.nft_queue = err is None
     if err:
         if "No such file or directory" in err:
@@ -126,7 +126,7 @@ def _probe_nft(caps: Capabilities) -> None:
             {"add": {"chain": {**t, "name": "c"}}},  # no hook: no packet ever meets it
             {"add": {"rule": {**t, "chain": "c", "expr": [{"log": {"group": 0}}]}}},
         ],
-    )  # fmt: skip
+    )
     caps.nft_log = err is None
     if err:
         caps.reasons["nft_log"] = (
@@ -164,7 +164,7 @@ def _probe_iptables(caps: Capabilities) -> None:
         done = subprocess.run(
             ["unshare", "--net", "--", "sh", "-c", script],
             capture_output=True, text=True, timeout=TIMEOUT,
-        )  # fmt: skip
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         caps.reasons["iptables_nfqueue"] = f"probe failed: {exc}"
         return

@@ -291,7 +291,7 @@ def lab_mark(namespace: str) -> str | None:
         out = subprocess.run(
             ["ip", "-n", namespace, "-o", "link", "show", "dev", "lo"],
             capture_output=True, text=True, timeout=MARK_READ_TIMEOUT, check=False,
-        ).stdout  # fmt: skip
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = MARK_RE.search(out)
@@ -430,9 +430,9 @@ def _build(topo: Topology, prefix: str, state: dict[str, Any]) -> None:
     switch = prefix + SWITCH
     _create_netns(switch, state)
     _write_sysctls(switch, SWITCH_SYSCTLS)
-    for node in topo.nodes:
-        _create_netns(prefix + node, state)
-        _write_sysctls(prefix + node, BASE_SYSCTLS)
+    for name in topo.nodes:
+        _create_netns(prefix + name, state)
+        _write_sysctls(prefix + name, BASE_SYSCTLS)
 
     with IPRoute(netns=switch, flags=0) as sw:
         bridges: dict[str, int] = {}

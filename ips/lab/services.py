@@ -34,7 +34,7 @@ class _Bounded:
 
     slots: threading.BoundedSemaphore
 
-    def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+    def process_request(self, request, client_address):
         if not self.slots.acquire(blocking=False):
             self.shutdown_request(request)  # type: ignore[attr-defined]
             return
@@ -44,7 +44,7 @@ class _Bounded:
             self.slots.release()
             raise
 
-    def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
+    def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)  # type: ignore[misc]
         finally:
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(srv)
         for port in args.tcp_echo:
             srv = TCPServer((ANY, port), EchoHandler)
-            srv.slots = threading.BoundedSemaphore(args.max_clients)  # type: ignore[attr-defined]
+            srv.slots = threading.BoundedSemaphore(args.max_clients)
             servers.append(srv)
         for port in args.udp_echo:
             servers.append(UDPServer((ANY, port), UDPEchoHandler))

@@ -607,7 +607,9 @@ class _Checker:
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
             self.error((*key, "port"), f"port must be a number 1-65535, not {port!r}")
             ok = False
-        return Service(str(kind), int(port)) if ok else None
+        if not ok or not isinstance(port, int):  # (not ok already when port is no int)
+            return None
+        return Service(str(kind), port)
 
     def cross_checks(self, nodes: dict[str, Node]) -> None:
         """Problems between nodes: the same address twice in the lab."""
@@ -621,10 +623,10 @@ class _Checker:
                         node.name,
                         ("nodes", node.name, "interfaces", i, "addresses", j),
                     )
-                for addr in iface.extra_addresses:
+                for extra in iface.extra_addresses:
                     self._claim(
                         seen,
-                        addr,
+                        extra,
                         node.name,
                         ("nodes", node.name, "interfaces", i, "extra_addresses"),
                     )

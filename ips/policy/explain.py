@@ -115,7 +115,7 @@ def rule_mismatch(
         ok = {
             "=": n == lo, "!=": n != lo, "<": n < lo, "<=": n <= lo, ">": n > lo,
             ">=": n >= lo, "range": lo <= n <= hi,
-        }[op]  # fmt: skip
+        }[op]
         if not ok:
             return f"length {n} does not match"
     if rule.states is not None:

@@ -11,6 +11,7 @@ import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
@@ -230,6 +231,17 @@ def content_bytes(raw: str) -> bytes:
     return bytes(out)
 
 
+# Lark types every child of a tree as `Tree | Token`; which of the two sits at a position is
+# fixed by the grammar. The builder names it with these (no run-time check: the grammar is the
+# check).
+def _tree(node: Tree | Token) -> Tree:
+    return cast(Tree, node)
+
+
+def _token(node: Tree | Token) -> Token:
+    return cast(Token, node)
+
+
 class _Builder:
     """Turns one statement's Lark tree into AST nodes, shifting line numbers into the file."""
 
@@ -239,8 +251,12 @@ class _Builder:
         self.diags = diags
 
     def tok_span(self, tok: Token) -> Span:
+        # Lark types a token's position as optional (a token made by hand has none); a token
+        # from the parser always has one.
+        line, col = cast(int, tok.line), cast(int, tok.column)
+        end_line, end_col = cast(int, tok.end_line), cast(int, tok.end_column)
         offset = self.line_offset
-        return Span(self.file, tok.line + offset, tok.column, tok.end_line + offset, tok.end_column)
+        return Span(self.file, line + offset, col, end_line + offset, end_col)
 
     def tree_span(self, tree: Tree) -> Span:
         first = last = tree
@@ -266,7 +282,7 @@ class _Builder:
         span = self.span_of(node)
         if isinstance(node, Tree):
             if node.data == "range":
-                lo, hi = (int(t) for t in self.parts(node))
+                lo, hi = (int(_token(t)) for t in self.parts(node))
                 return ast.Item("range", f"{lo}-{hi}", span, lo, hi)
             if node.data == "any":
                 return ast.Item("any", "any", span)
@@ -318,41 +334,49 @@ class _Builder:
     # ---- statements
 
     def statement(self, tree: Tree, text: str) -> ast.Statement | None:
-        (node,) = self.parts(tree)
+        (child,) = self.parts(tree)
+        node = _tree(child)
         span = self.tree_span(node)
         kind = node.data
         ch = self.parts(node)
         if kind == "include":
-            return ast.Include(span, unescape(str(ch[0])), self.tok_span(ch[0]))
+            return ast.Include(span, unescape(str(ch[0])), self.tok_span(_token(ch[0])))
         if kind == "define":
-            return ast.Define(span, str(ch[0]), self.tok_span(ch[0]), self.value(ch[1]))
+            return ast.Define(
+                span, str(ch[0]), self.tok_span(_token(ch[0])), self.value(_tree(ch[1]))
+            )
         if kind == "table_static":
             return ast.TableDecl(
-                span, str(ch[0]), self.tok_span(ch[0]), "static", self.value(ch[1])
+                span, str(ch[0]), self.tok_span(_token(ch[0])), "static", self.value(_tree(ch[1]))
             )
         if kind == "table_file":
             return ast.TableDecl(
-                span, str(ch[0]), self.tok_span(ch[0]), "file", path=unescape(str(ch[1]))
+                span, str(ch[0]), self.tok_span(_token(ch[0])), "file", path=unescape(str(ch[1]))
             )
         if kind == "table_dynamic":
             timeout = size = None
-            for opt in ch[1:]:
+            for opt in map(_tree, ch[1:]):
                 if opt.data == "opt_timeout":
                     timeout = self.item(self.parts(opt)[0])
                 else:
                     size = self.item(self.parts(opt)[0])
             return ast.TableDecl(
-                span, str(ch[0]), self.tok_span(ch[0]), "dynamic", timeout=timeout, size=size
+                span,
+                str(ch[0]),
+                self.tok_span(_token(ch[0])),
+                "dynamic",
+                timeout=timeout,
+                size=size,
             )
         if kind == "option":
-            return ast.OptionStmt(span, str(ch[0]), self.tok_span(ch[0]), self.item(ch[1]))
+            return ast.OptionStmt(span, str(ch[0]), self.tok_span(_token(ch[0])), self.item(ch[1]))
         if kind == "rule":
-            action = ch[0].children[0]
-            clauses = tuple(c for c in (self.clause(x) for x in ch[1:]) if c is not None)
+            action = _token(_tree(ch[0]).children[0])
+            clauses = tuple(c for c in (self.clause(_tree(x)) for x in ch[1:]) if c is not None)
             return ast.RuleStmt(span, str(action), self.tok_span(action), clauses, _one_line(text))
         if kind == "detect":
-            opts = tuple(self.detect_opt(o) for o in ch[1:])
-            return ast.DetectStmt(span, str(ch[0]), self.tok_span(ch[0]), opts)
+            opts = tuple(self.detect_opt(_tree(o)) for o in ch[1:])
+            return ast.DetectStmt(span, str(ch[0]), self.tok_span(_token(ch[0])), opts)
         raise AssertionError(f"unexpected statement {kind}")
 
     def detect_opt(self, tree: Tree) -> ast.DetectOpt:
@@ -373,67 +397,69 @@ class _Builder:
         if kind == "family":
             return ast.FamilyClause(span, 6 if str(tree.children[0]) == "inet6" else 4)
         if kind == "proto":
-            return ast.ProtoClause(span, self.value(ch[0]))
+            return ast.ProtoClause(span, self.value(_tree(ch[0])))
         if kind in ("src", "dst"):
-            endpoint = ch[0]
+            endpoint = _tree(ch[0])
             if endpoint.data == "port_only":
                 return ast.EndpointClause(
-                    span, kind == "src", None, self.value(self.parts(endpoint)[0])
+                    span, kind == "src", None, self.value(_tree(self.parts(endpoint)[0]))
                 )
             addr_and_port = self.parts(endpoint)
-            addr = self.value(addr_and_port[0])
-            port = self.value(addr_and_port[1]) if len(addr_and_port) > 1 else None
+            addr = self.value(_tree(addr_and_port[0]))
+            port = self.value(_tree(addr_and_port[1])) if len(addr_and_port) > 1 else None
             return ast.EndpointClause(span, kind == "src", addr, port)
         if kind == "direction":
-            return ast.InterfaceClause(span, str(ch[0].children[0]), None)
+            return ast.InterfaceClause(span, str(_tree(ch[0]).children[0]), None)
         if kind == "direction_on":
-            return ast.InterfaceClause(span, str(ch[0].children[0]), self.value(ch[1]))
+            direction = str(_tree(ch[0]).children[0])
+            return ast.InterfaceClause(span, direction, self.value(_tree(ch[1])))
         if kind == "on":
-            return ast.InterfaceClause(span, None, self.value(ch[0]))
+            return ast.InterfaceClause(span, None, self.value(_tree(ch[0])))
         if kind == "flags":
             return ast.FlagsClause(span, str(ch[0]))
         if kind == "icmp_type":
-            code = self.value(ch[1]) if len(ch) > 1 else None
-            return ast.IcmpTypeClause(span, self.value(ch[0]), code)
+            code = self.value(_tree(ch[1])) if len(ch) > 1 else None
+            return ast.IcmpTypeClause(span, self.value(_tree(ch[0])), code)
         if kind == "length":
             if isinstance(ch[0], Token) and ch[0].type == "CMP":
                 op, val = str(ch[0]), ch[1]
             else:
                 op, val = "=", ch[0]
             if isinstance(val, Tree):  # a range
-                lo, hi = (int(t) for t in self.parts(val))
+                lo, hi = (int(_token(t)) for t in self.parts(val))
                 if op != "=":
                     self.diags.error(span, "a length range takes no comparison", code="syntax")
                 return ast.LengthClause(span, "range", lo, hi)
-            return ast.LengthClause(span, op, int(val), int(val))
+            length = int(_token(val))
+            return ast.LengthClause(span, op, length, length)
         if kind == "state":
-            return ast.StateClause(span, self.value(ch[0]))
+            return ast.StateClause(span, self.value(_tree(ch[0])))
         if kind == "fragment":
             return ast.FragmentClause(span)
         if kind == "contains":
-            pattern = self.content(ch[0])
+            pattern = self.content(_token(ch[0]))
             if pattern is None:
                 return None
             return ast.ContainsClause(span, pattern, len(ch) > 1)
         if kind == "limit":
             burst = per = else_action = None
-            for opt in ch[1:]:
+            for opt in map(_tree, ch[1:]):
                 if opt.data == "limit_burst":
-                    burst = int(self.parts(opt)[0])
+                    burst = int(_token(self.parts(opt)[0]))
                 elif opt.data == "limit_per":
                     per = self.item(self.parts(opt)[0])
                 else:
-                    else_action = self.item(self.parts(opt)[0].children[0])
+                    else_action = self.item(_tree(self.parts(opt)[0]).children[0])
             return ast.LimitClause(span, str(ch[0]), burst, per, else_action)
         if kind == "rewrite_set":
-            return ast.SetClause(span, self.item(ch[0]), self.value(ch[1]))
+            return ast.SetClause(span, self.item(ch[0]), self.value(_tree(ch[1])))
         if kind == "replace":
-            old, new = self.content(ch[0]), self.content(ch[1])
+            old, new = self.content(_token(ch[0])), self.content(_token(ch[1]))
             if old is None or new is None:
                 return None
             return ast.ReplaceClause(span, old, new)
         if kind == "reject_with":
-            code = self.value(ch[1]) if len(ch) > 1 else None
+            code = self.value(_tree(ch[1])) if len(ch) > 1 else None
             return ast.RejectWithClause(span, self.item(ch[0]), code)
         if kind == "alert":
             return ast.AlertClause(span, unescape(str(ch[0])) if ch else None)
@@ -442,7 +468,7 @@ class _Builder:
         if kind == "inspect":
             return ast.InspectClause(span)
         if kind == "sid":
-            return ast.SidClause(span, int(ch[0]))
+            return ast.SidClause(span, int(_token(ch[0])))
         if kind == "severity":
             return ast.SeverityClause(span, self.item(ch[0]))
         if kind == "label":
@@ -516,8 +542,8 @@ def _report_syntax_error(
         return
     if isinstance(exc, UnexpectedCharacters):
         bad = chunk.split("\n")[exc.line - 1][exc.column - 1 :] if exc.line else ""
-        word = re.match(r"[^\s{},]*", bad)
-        text = word.group(0) if word and word.group(0) else bad[:1]
+        first_word = re.match(r"[^\s{},]*", bad)
+        text = first_word.group(0) if first_word and first_word.group(0) else bad[:1]
         span = Span(file, line, col, line, col + max(1, len(text)))
         expected = set(exc.allowed or ())
         hint = did_you_mean(text, _keywords_for(expected)) if text else None

@@ -19,13 +19,14 @@ import math
 import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 from ips.core.addr import format_addr
 from ips.core.events import Alert, Block, Effect, FlowEnd, LogRecord, PacketEvent, Unblock
 from ips.core.flow import TCP_STATE_NAMES
 from ips.core.packet import PORT_PROTOS
 from ips.safefile import open_private_file
+from ips.sinks.syslog import SyslogSink
 
 PROTO_LABELS = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "IPv6-ICMP", 132: "SCTP", 47: "GRE"}
 
@@ -71,8 +72,12 @@ def _proto_label(proto: int) -> str:
     return PROTO_LABELS.get(proto, str(proto))
 
 
-def _base(ev: PacketEvent, event_type: str, in_iface: str | None) -> dict[str, object]:
-    record: dict[str, object] = {
+# One EVE record: JSON objects nested, as json.dumps takes them (read as Any).
+Record = dict[str, Any]
+
+
+def _base(ev: PacketEvent, event_type: str, in_iface: str | None) -> Record:
+    record: Record = {
         "timestamp": eve_timestamp(ev.time),
         "flow_id": ev.flow_id,
     }
@@ -89,7 +94,7 @@ def _base(ev: PacketEvent, event_type: str, in_iface: str | None) -> dict[str, o
     return record
 
 
-def alert_record(alert: Alert, in_iface: str | None = None) -> dict[str, object]:
+def alert_record(alert: Alert, in_iface: str | None = None) -> Record:
     record = _base(alert, "alert", in_iface)
     record["alert"] = {
         "action": alert.action,
@@ -102,12 +107,12 @@ def alert_record(alert: Alert, in_iface: str | None = None) -> dict[str, object]
         "metadata": {"rule": [alert.rule_name]},
     }
     if alert.extra is not None:
-        record["alert"]["metadata"]["detector"] = [alert.category]  # type: ignore[index]
+        record["alert"]["metadata"]["detector"] = [alert.category]
         record["ipsctl"] = {"detector": alert.category, **alert.extra}
     return record
 
 
-def block_record(block: Block) -> dict[str, object]:
+def block_record(block: Block) -> Record:
     """An address went into a block table (ipsctl_block)."""
     return {
         "timestamp": eve_timestamp(block.time),
@@ -124,7 +129,7 @@ def block_record(block: Block) -> dict[str, object]:
     }
 
 
-def unblock_record(unblock: Unblock) -> dict[str, object]:
+def unblock_record(unblock: Unblock) -> Record:
     """An address left a block table (ipsctl_unblock): expired, manual or flush."""
     return {
         "timestamp": eve_timestamp(unblock.time),
@@ -134,56 +139,56 @@ def unblock_record(unblock: Unblock) -> dict[str, object]:
     }
 
 
-def drop_record(log: LogRecord, in_iface: str | None = None) -> dict[str, object]:
+def drop_record(log: LogRecord, in_iface: str | None = None) -> Record:
     record = _base(log, "drop", in_iface)
     record["drop"] = {"reason": "rules", "rule": log.rule_name}
     return record
 
 
-def log_record(log: LogRecord, in_iface: str | None = None) -> dict[str, object]:
+def log_record(log: LogRecord, in_iface: str | None = None) -> Record:
     """A `log` rule's record. Suricata has no such type; ours is `ipsctl_log`, alongside."""
     record = _base(log, "ipsctl_log", in_iface)
     record["ipsctl_log"] = {"verdict": log.verdict, "rule": log.rule_name}
     return record
 
 
-def flow_record(end: FlowEnd, in_iface: str | None = None) -> dict[str, object]:
+def flow_record(end: FlowEnd, in_iface: str | None = None) -> Record:
     flow = end.flow
     ev = PacketEvent(
         end.time,
-        flow.flow_id,  # type: ignore[attr-defined]
-        flow.family,  # type: ignore[attr-defined]
-        flow.proto,  # type: ignore[attr-defined]
-        flow.src,  # type: ignore[attr-defined]
-        flow.sport,  # type: ignore[attr-defined]
-        flow.dst,  # type: ignore[attr-defined]
-        flow.dport,  # type: ignore[attr-defined]
+        flow.flow_id,
+        flow.family,
+        flow.proto,
+        flow.src,
+        flow.sport,
+        flow.dst,
+        flow.dport,
     )
     record = _base(ev, "flow", in_iface)
     f = flow
-    state = "established" if f.replied else "new"  # type: ignore[attr-defined]
-    tcp_state = TCP_STATE_NAMES[f.tcp_state] if f.proto == 6 else None  # type: ignore[attr-defined]
+    state = "established" if f.replied else "new"
+    tcp_state = TCP_STATE_NAMES[f.tcp_state] if f.proto == 6 else None
     if tcp_state in ("closed", "closing", "time_wait"):
         state = "closed"
     record["flow"] = {
-        "pkts_toserver": f.pkts_fwd,  # type: ignore[attr-defined]
-        "pkts_toclient": f.pkts_rev,  # type: ignore[attr-defined]
-        "bytes_toserver": f.bytes_fwd,  # type: ignore[attr-defined]
-        "bytes_toclient": f.bytes_rev,  # type: ignore[attr-defined]
-        "start": eve_timestamp(f.first_seen),  # type: ignore[attr-defined]
-        "end": eve_timestamp(f.last_seen),  # type: ignore[attr-defined]
-        "age": int(f.last_seen - f.first_seen),  # type: ignore[attr-defined]
+        "pkts_toserver": f.pkts_fwd,
+        "pkts_toclient": f.pkts_rev,
+        "bytes_toserver": f.bytes_fwd,
+        "bytes_toclient": f.bytes_rev,
+        "start": eve_timestamp(f.first_seen),
+        "end": eve_timestamp(f.last_seen),
+        "age": int(f.last_seen - f.first_seen),
         "state": state,
         "reason": EVE_END_REASONS.get(end.reason, end.reason),
     }
     if getattr(f, "offloaded", False):  # Suricata's word: the rest went past the engine
-        record["flow"]["bypass"] = "capture"  # type: ignore[index]
-    if f.proto == 6:  # type: ignore[attr-defined]
-        both = f.flags_fwd | f.flags_rev  # type: ignore[attr-defined]
+        record["flow"]["bypass"] = "capture"
+    if f.proto == 6:
+        both = f.flags_fwd | f.flags_rev
         tcp: dict[str, object] = {
             "tcp_flags": f"{both:02x}",
-            "tcp_flags_ts": f"{f.flags_fwd:02x}",  # type: ignore[attr-defined]
-            "tcp_flags_tc": f"{f.flags_rev:02x}",  # type: ignore[attr-defined]
+            "tcp_flags_ts": f"{f.flags_fwd:02x}",
+            "tcp_flags_tc": f"{f.flags_rev:02x}",
         }
         for name, bit in (("syn", 2), ("fin", 1), ("rst", 4), ("psh", 8), ("ack", 16)):
             if both & bit:
@@ -199,7 +204,7 @@ _TCP_FLAG_WORDS = tuple(
     "".join(f',"{name}":true' for name, bit in
             (("syn", 2), ("fin", 1), ("rst", 4), ("psh", 8), ("ack", 16)) if bits & bit)
     for bits in range(32)
-)  # fmt: skip
+)
 _TEXTS_KEPT = 1024
 _json_texts: dict[str, str] = {}  # interface name or end reason -> its JSON string
 
@@ -220,32 +225,32 @@ def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
     is a timestamp, an address, or a word of ours, except the interface name and the end
     reason, which go through json.dumps."""
     f = end.flow
-    proto = f.proto  # type: ignore[attr-defined]
+    proto = f.proto
     iface = f',"in_iface":{_json_text(in_iface)}' if in_iface else ""
-    src, dst = format_addr(f.src), format_addr(f.dst)  # type: ignore[attr-defined]
+    src, dst = format_addr(f.src), format_addr(f.dst)
     if proto in PORT_PROTOS:
-        endpoints = f'{src}","src_port":{f.sport},"dest_ip":"{dst}","dest_port":{f.dport}'  # type: ignore[attr-defined]
+        endpoints = f'{src}","src_port":{f.sport},"dest_ip":"{dst}","dest_port":{f.dport}'
     else:
         endpoints = f'{src}","dest_ip":"{dst}"'
-    state = "established" if f.replied else "new"  # type: ignore[attr-defined]
+    state = "established" if f.replied else "new"
     if proto == 6:
-        tcp_state = TCP_STATE_NAMES[f.tcp_state]  # type: ignore[attr-defined]
+        tcp_state = TCP_STATE_NAMES[f.tcp_state]
         if tcp_state in ("closed", "closing", "time_wait"):
             state = "closed"
-        fwd, rev = f.flags_fwd, f.flags_rev  # type: ignore[attr-defined]
+        fwd, rev = f.flags_fwd, f.flags_rev
         both = fwd | rev
         words = _TCP_FLAG_WORDS[both & 31]
         tail = (f'}},"tcp":{{"tcp_flags":"{both:02x}","tcp_flags_ts":"{fwd:02x}",'
-                f'"tcp_flags_tc":"{rev:02x}"{words},"state":"{tcp_state}"}}}}')  # fmt: skip
+                f'"tcp_flags_tc":"{rev:02x}"{words},"state":"{tcp_state}"}}}}')
     else:
         tail = "}}"
-    first, last = f.first_seen, f.last_seen  # type: ignore[attr-defined]
+    first, last = f.first_seen, f.last_seen
     bypass = ',"bypass":"capture"' if getattr(f, "offloaded", False) else ""
     return (
-        f'{{"timestamp":"{eve_timestamp(end.time)}","flow_id":{f.flow_id}{iface}'  # type: ignore[attr-defined]
+        f'{{"timestamp":"{eve_timestamp(end.time)}","flow_id":{f.flow_id}{iface}'
         f',"event_type":"flow","src_ip":"{endpoints},"proto":"{_proto_label(proto)}","flow":{{'
-        f'"pkts_toserver":{f.pkts_fwd},"pkts_toclient":{f.pkts_rev},'  # type: ignore[attr-defined]
-        f'"bytes_toserver":{f.bytes_fwd},"bytes_toclient":{f.bytes_rev},'  # type: ignore[attr-defined]
+        f'"pkts_toserver":{f.pkts_fwd},"pkts_toclient":{f.pkts_rev},'
+        f'"bytes_toserver":{f.bytes_fwd},"bytes_toclient":{f.bytes_rev},'
         f'"start":"{eve_timestamp(first)}","end":"{eve_timestamp(last)}",'
         f'"age":{int(last - first)},"state":"{state}",'
         f'"reason":{_json_text(EVE_END_REASONS.get(end.reason, end.reason))}{bypass}{tail}'
@@ -282,7 +287,7 @@ class EveWriter:
         stream: IO[str] | None = None,
         *,
         log: LineStream | None = None,
-        syslog: object | None = None,
+        syslog: SyslogSink | None = None,
         in_iface: str | None = None,
         drops: bool = True,
         passive: bool = False,
@@ -300,7 +305,7 @@ class EveWriter:
     def write(self, record: dict[str, object]) -> None:
         self.write_line(json.dumps(record, separators=(",", ":")))
         if self.syslog is not None and record.get("event_type") in SYSLOG_EVENTS:
-            self.syslog.send(record, _now_of(record))  # type: ignore[attr-defined]
+            self.syslog.send(record, _now_of(record))
 
     def write_line(self, line: str) -> None:
         """A record already in JSON (not one for syslog)."""
@@ -315,7 +320,7 @@ class EveWriter:
             record = alert_record(ev, self.in_iface)
             if self.passive:
                 alert = record["alert"]
-                alert["action"] = PASSIVE_ACTIONS.get(alert["action"], alert["action"])  # type: ignore[index]
+                alert["action"] = PASSIVE_ACTIONS.get(alert["action"], alert["action"])
             self.write(record)
         elif isinstance(ev, FlowEnd):
             self.write_line(flow_line(ev, self.in_iface))
@@ -323,7 +328,7 @@ class EveWriter:
             if self.passive:
                 record = log_record(ev, self.in_iface)
                 if ev.verdict != "accept":
-                    record["ipsctl_log"]["verdict"] = f"would_{ev.verdict}"  # type: ignore[index]
+                    record["ipsctl_log"]["verdict"] = f"would_{ev.verdict}"
                 self.write(record)
             elif ev.verdict in ("drop", "reject") and self.drops:
                 self.write(drop_record(ev, self.in_iface))
@@ -331,13 +336,13 @@ class EveWriter:
                 self.write(log_record(ev, self.in_iface))
         elif isinstance(ev, Block):
             record = block_record(ev)
-            record["ipsctl_block"]["enforced"] = not self.passive or self.blocks_enforced  # type: ignore[index]
+            record["ipsctl_block"]["enforced"] = not self.passive or self.blocks_enforced
             self.write(record)
         elif isinstance(ev, Unblock):
             self.write(unblock_record(ev))
 
     def events(self, evs: Iterable[Effect]) -> None:
-        for ev in evs:  # type: ignore[attr-defined]
+        for ev in evs:
             self.event(ev)
 
 
@@ -351,8 +356,24 @@ def _now_of(record: dict[str, object]) -> float:
     return 0.0
 
 
-def unjudged_alert_record(alert: object, unjudged: dict[str, object],
-                          now: float) -> dict[str, object]:  # fmt: skip
+class UnjudgedNotice(Protocol):
+    """What an unjudged alert tells (ips.daemon.unjudged.UnjudgedAlert)."""
+
+    @property
+    def signature_id(self) -> int: ...
+
+    @property
+    def signature(self) -> str: ...
+
+    @property
+    def passed(self) -> int: ...
+
+    @property
+    def first(self) -> bool: ...
+
+
+def unjudged_alert_record(alert: UnjudgedNotice, unjudged: dict[str, object],
+                          now: float) -> Record:
     """The gate opened: packets passed without inspection (ips/daemon/unjudged.py). An
     `alert` without addresses (it is about the gateway, not a flow), action `allowed`, with
     the counts under `ipsctl.unjudged`."""
@@ -362,24 +383,24 @@ def unjudged_alert_record(alert: object, unjudged: dict[str, object],
         "alert": {
             "action": "allowed",
             "gid": 1,
-            "signature_id": alert.signature_id,  # type: ignore[attr-defined]
+            "signature_id": alert.signature_id,
             "rev": 1,
-            "signature": alert.signature,  # type: ignore[attr-defined]
+            "signature": alert.signature,
             "category": "unjudged",
             "severity": 1,
             "metadata": {"detector": ["unjudged"]},
         },
         "ipsctl": {
             "detector": "unjudged",
-            "passed": alert.passed,  # type: ignore[attr-defined]
-            "first": alert.first,  # type: ignore[attr-defined]
+            "passed": alert.passed,
+            "first": alert.first,
             "unjudged": unjudged,
         },
     }
 
 
-def stats_record(now: float, uptime: float, stats: dict[str, object]) -> dict[str, object]:
+def stats_record(now: float, uptime: float, stats: dict[str, object]) -> Record:
     """A periodic `stats` event: Suricata's layout (stats.uptime, capture, decoder, flow,
     detect, ips) with ours under stats.ipsctl."""
     return {"timestamp": eve_timestamp(now), "event_type": "stats",
-            "stats": {"uptime": int(uptime), **stats}}  # fmt: skip
+            "stats": {"uptime": int(uptime), **stats}}

@@ -179,4 +179,4 @@ class RotatingLog:
 
     def stats(self) -> dict[str, int]:
         return {"lines": self.lines, "rotations": self.rotations, "reopens": self.reopens,
-                "write_errors": self.write_errors, "size": self._size}  # fmt: skip
+                "write_errors": self.write_errors, "size": self._size}

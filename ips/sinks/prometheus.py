@@ -75,7 +75,7 @@ def families(status: dict[str, Any]) -> list[Metric]:
     ]
     counters = status.get("counters") or {}
     out.append(_counter("ipsctl_worker_restarts", "workers replaced (hung or died)",
-                        counters.get("worker_restarts")))  # fmt: skip
+                        counters.get("worker_restarts")))
     policy = status.get("policy") or {}
     out.append(_gauge("ipsctl_policy_rules", "rules of the running policy", policy.get("rules")))
 
@@ -90,21 +90,21 @@ def families(status: dict[str, Any]) -> list[Metric]:
                 verdicts.add_metric([str(verdict)], int(n))
         out.append(verdicts)
         out.append(_counter("ipsctl_bytes", "bytes of the packets the engine judged (IP "
-                            "packets, as queued)", w.get("bytes")))  # fmt: skip
+                            "packets, as queued)", w.get("bytes")))
         out.extend(_rule_families(w, status.get("kernel_hits") or {}))
         out.extend(_alert_families(w))
         out.extend(_flow_families(w))
         malformed = CounterMetricFamily(
             "ipsctl_malformed_packets", "packets that could not be decoded, by reason",
-            labels=["reason"])  # fmt: skip
+            labels=["reason"])
         seen = dict(w.get("malformed") or {})
         for reason in sorted(set(REASONS) | set(seen)):
             malformed.add_metric([reason], int(seen.get(reason, 0)))
         out.append(malformed)
         out.append(_counter("ipsctl_engine_errors", "exceptions inside the engine (the packet "
-                            "got the on-error verdict)", w.get("engine_errors")))  # fmt: skip
+                            "got the on-error verdict)", w.get("engine_errors")))
         out.append(_counter("ipsctl_verdict_errors", "packets whose verdict could not be "
-                            "given normally", w.get("verdict_errors")))  # fmt: skip
+                            "given normally", w.get("verdict_errors")))
         out.append(_latency_family(w.get("latency")))
         out.extend(_gc_families(w.get("gc")))
         out.extend(_webhook_families(w.get("webhook")))
@@ -114,7 +114,7 @@ def families(status: dict[str, Any]) -> list[Metric]:
     tap = status.get("tap")
     if isinstance(tap, dict):
         out.append(_counter("ipsctl_tap_kernel_drops", "packets the kernel dropped before the "
-                            "tap could read them", tap.get("kernel_drops")))  # fmt: skip
+                            "tap could read them", tap.get("kernel_drops")))
     return [m for m in out if m is not None]
 
 
@@ -122,7 +122,7 @@ def _rule_families(w: dict[str, Any], kernel_hits: dict[str, int]) -> list[Metri
     hits = CounterMetricFamily(
         "ipsctl_rule_hits", "packets a rule decided (or matched, for match rules); stage "
         "kernel: in the nftables fast path, engine: in the worker",
-        labels=["rule", "action", "stage"])  # fmt: skip
+        labels=["rule", "action", "stage"])
     for r in (w.get("rules") or [])[:MAX_RULE_SERIES]:
         name = str(r.get("name") or r.get("where"))
         hits.add_metric([name, str(r.get("action")), "engine"], int(r.get("hits") or 0))
@@ -136,7 +136,7 @@ def _alert_families(w: dict[str, Any]) -> list[Metric]:
     detectors = w.get("detectors") or {}
     alerts = CounterMetricFamily(
         "ipsctl_alerts", "alerts, by category: a detector's name, or policy for rule alerts",
-        labels=["category"])  # fmt: skip
+        labels=["category"])
     drops = CounterMetricFamily(
         "ipsctl_detector_drops", "packets a detector's `limit` dropped", labels=["detector"]
     )
@@ -162,7 +162,7 @@ def _flow_families(w: dict[str, Any]) -> list[Metric | None]:
         _counter("ipsctl_flows_expired", "flows ended by their idle timeout", ft.get("expired")),
         _counter("ipsctl_flow_evictions", "flows evicted to make room (the table was full)",
                  ft.get("evicted")),
-    ]  # fmt: skip
+    ]
 
 
 def _latency_family(lat: Any) -> HistogramMetricFamily | None:
@@ -177,7 +177,7 @@ def _latency_family(lat: Any) -> HistogramMetricFamily | None:
         "ipsctl_engine_latency_seconds",
         f"time of engine.handle per packet, sampled 1 packet in {every}",
         buckets=buckets, sum_value=float(lat.get("sum", 0.0)),
-    )  # fmt: skip
+    )
 
 
 def _gc_families(gc: Any) -> list[Metric]:
@@ -185,7 +185,7 @@ def _gc_families(gc: Any) -> list[Metric]:
         return []
     runs = CounterMetricFamily(
         "ipsctl_worker_gc_collections", "the workers' garbage collections, by generation; "
-        "a full one (2) pauses the packet path", labels=["generation"])  # fmt: skip
+        "a full one (2) pauses the packet path", labels=["generation"])
     for generation, n in sorted(gc["collections"].items()):
         runs.add_metric([str(generation)], int(n))
     return [runs]
@@ -195,7 +195,7 @@ def _block_families(b: dict[str, Any]) -> list[Metric | None]:
     added = None
     if "added_by_detectors" in b:
         added = CounterMetricFamily("ipsctl_blocks_added", "blocks added, by whom",
-                                    labels=["by"])  # fmt: skip
+                                    labels=["by"])
         added.add_metric(["detector"], int(b.get("added_by_detectors") or 0))
         added.add_metric(["manual"], int(b.get("added_manually") or 0))
     return [
@@ -206,7 +206,7 @@ def _block_families(b: dict[str, Any]) -> list[Metric | None]:
         _counter("ipsctl_blocks_expired", "blocks that expired", b.get("expired")),
         _counter("ipsctl_block_kernel_errors", "block changes nft refused",
                  b.get("kernel_errors")),
-    ]  # fmt: skip
+    ]
 
 
 def _queue_families(status: dict[str, Any]) -> list[Metric]:
@@ -215,13 +215,13 @@ def _queue_families(status: dict[str, Any]) -> list[Metric]:
         return []
     label = [str(q.get("queue_number"))]
     waiting = GaugeMetricFamily("ipsctl_queue_waiting_packets", "packets in the NFQUEUE waiting "
-                                "for a verdict", labels=["queue"])  # fmt: skip
+                                "for a verdict", labels=["queue"])
     waiting.add_metric(label, int(q.get("queue_total", 0)))
     dropped = CounterMetricFamily("ipsctl_queue_dropped", "packets the kernel dropped: the "
-                                  "queue was full", labels=["queue"])  # fmt: skip
+                                  "queue was full", labels=["queue"])
     dropped.add_metric(label, int(q.get("queue_dropped", 0)))
     user = CounterMetricFamily("ipsctl_queue_user_dropped", "packets dropped in transit: the "
-                               "worker's socket buffer was full", labels=["queue"])  # fmt: skip
+                               "worker's socket buffer was full", labels=["queue"])
     user.add_metric(label, int(q.get("user_dropped", 0)))
     return [waiting, dropped, user]
 
@@ -241,18 +241,18 @@ def _unjudged_families(u: Any) -> list[Metric | None]:
                  u.get("alerts")),
         _gauge("ipsctl_gate_open", "1 while packets are passing without inspection",
                int(bool(u.get("gate_open")))),
-    ]  # fmt: skip
+    ]
 
 
 def _webhook_families(hook: Any) -> list[Metric]:
     if not isinstance(hook, dict):
         return []
     sent = CounterMetricFamily("ipsctl_webhook_notifications", "alert notifications, by "
-                               "outcome", labels=["outcome"])  # fmt: skip
+                               "outcome", labels=["outcome"])
     for outcome in ("sent", "failed", "dropped"):
         sent.add_metric([outcome], int(hook.get(outcome, 0)))
     retries = CounterMetricFamily("ipsctl_webhook_retries", "POSTs tried again",
-                                  value=int(hook.get("retries", 0)))  # fmt: skip
+                                  value=int(hook.get("retries", 0)))
     return [sent, retries]
 
 
@@ -299,6 +299,6 @@ class MetricsServer:
 def start_metrics(listen: tuple[str, int], snapshot: Callable[[], dict[str, Any]]) -> MetricsServer:
     """Serve /metrics on listen (address, port) from a thread; OSError when it cannot bind."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StatusCollector(snapshot))  # type: ignore[arg-type]
+    registry.register(StatusCollector(snapshot))
     httpd, thread = start_http_server(listen[1], addr=listen[0], registry=registry)
     return MetricsServer(httpd, thread)

@@ -28,7 +28,7 @@ ALERT_SEVERITY = {1: CRIT, 2: ERR, 3: WARNING}
 MAX_MESSAGE = 8192  # bigger records are not sent (counted): RFC 5424 receivers cap length
 
 
-def parse_target(text: str) -> tuple[int, object]:
+def parse_target(text: str) -> tuple[int, str | tuple[str, int]]:
     """'unix:/dev/log' | 'udp:HOST:PORT' | 'udp:[V6]:PORT' -> (address family, address)."""
     kind, _, rest = text.partition(":")
     if kind == "unix" and rest:
@@ -83,7 +83,7 @@ class SyslogSink:
             self.dropped += 1
             return
         try:
-            self._sock.sendto(data, self.address)  # type: ignore[arg-type]
+            self._sock.sendto(data, self.address)
             self.sent += 1
         except OSError:  # no receiver, buffer full, unreachable: never the packet path's problem
             self.dropped += 1

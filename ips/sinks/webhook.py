@@ -79,7 +79,7 @@ def http_post(url: str, body: bytes, timeout: float) -> int:
     req = urllib.request.Request(
         url, data=body, method="POST",
         headers={"Content-Type": "application/json", "User-Agent": USER_AGENT},
-    )  # fmt: skip
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             resp.read(65536)

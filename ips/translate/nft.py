@@ -67,6 +67,7 @@ import re
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ips.core.packet import PORT_PROTOS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from ips.policy.diagnostics import Span
@@ -166,7 +167,9 @@ ELEMENT_CHUNK = 100_000  # elements per transaction when loading a named set
 STATIC_SET_RE = re.compile(r"_v[46]_\d{1,3}_[0-9a-f]{8}$")  # the names static_set_name makes
 
 _T = {"family": FAMILY, "table": TABLE}
-Expr = dict[str, object]
+# One nft JSON expression: nested dicts, lists, strings and numbers whose shape follows their
+# keys, as json.loads gives them; their values are read as Any.
+Expr = dict[str, Any]
 Alt = list[Expr]  # conditions that must all hold (one nft rule's matches)
 
 
@@ -242,7 +245,7 @@ class _Group:
         self.first = self.last = rule
         self.k: int | None = None
         self.kind: str | None = None
-        self.values: list[object] = []
+        self.values: list[Any] = []
 
     def take(self, rule: RuleSpec, exprs: list[Expr]) -> bool:
         if rule.span.file != self.file or len(exprs) != len(self.exprs):
@@ -252,17 +255,17 @@ class _Group:
             if len(differ) != 1 or not _mergeable(self.exprs[differ[0]], exprs[differ[0]]):
                 return False
             k = differ[0]
-            kind = _kind(_elements(self.exprs[k]["match"]["right"]))  # type: ignore[index]
+            kind = _kind(_elements(self.exprs[k]["match"]["right"]))
             if kind is None:
                 return False
             self.k, self.kind = k, kind
-            self.values = _elements(self.exprs[k]["match"]["right"])  # type: ignore[index]
+            self.values = _elements(self.exprs[k]["match"]["right"])
         k = self.k
         if exprs[:k] != self.exprs[:k] or exprs[k + 1 :] != self.exprs[k + 1 :]:
             return False
         if not _mergeable(self.exprs[k], exprs[k]):
             return False
-        new = _elements(exprs[k]["match"]["right"])  # type: ignore[index]
+        new = _elements(exprs[k]["match"]["right"])
         if _kind(new) != self.kind:
             return False
         self.values.extend(new)
@@ -274,12 +277,12 @@ class _Group:
         if self.last is not self.first:
             head, _, first_line = comment.rpartition(":")
             comment = f"{head}:{first_line}-{self.last.span.line}"[:MAX_COMMENT]
-        if self.k is None:
+        if self.k is None or self.kind is None:  # set together by take()
             return comment, self.exprs
         match = self.exprs[self.k]["match"]
-        merged = _merge_values(self.values, self.kind)  # type: ignore[arg-type]
-        exprs = [*self.exprs[: self.k], {"match": {**match, "right": merged}},  # type: ignore[dict-item]
-                 *self.exprs[self.k + 1 :]]  # fmt: skip
+        merged = _merge_values(self.values, self.kind)
+        exprs = [*self.exprs[: self.k], {"match": {**match, "right": merged}},
+                 *self.exprs[self.k + 1 :]]
         return comment, exprs
 
 
@@ -291,10 +294,10 @@ def _mergeable(x: Expr, y: Expr) -> bool:
     return (
         mx["op"] == "==" and my["op"] == "==" and left == my["left"]
         and isinstance(left, dict) and ("payload" in left or "meta" in left)
-    )  # fmt: skip
+    )
 
 
-def _kind(values: list[object]) -> str | None:
+def _kind(values: list[Any]) -> str | None:
     """ports (ints and ranges), ip4 or ip6 (addresses and prefixes); None: not mergeable."""
     kinds = set()
     for v in values:
@@ -306,22 +309,22 @@ def _kind(values: list[object]) -> str | None:
             except ValueError:
                 return None
         elif isinstance(v, dict) and "prefix" in v:
-            kinds.add("ip6" if ":" in v["prefix"]["addr"] else "ip4")  # type: ignore[index]
+            kinds.add("ip6" if ":" in v["prefix"]["addr"] else "ip4")
         else:
             return None
     return kinds.pop() if len(kinds) == 1 else None
 
 
-def _elements(value: object) -> list[object]:
+def _elements(value: Any) -> list[Any]:
     if isinstance(value, dict) and "set" in value:
-        return list(value["set"])  # type: ignore[arg-type]
+        return list(value["set"])
     return [value]
 
 
-def _merge_values(values: list[object], kind: str) -> object:
+def _merge_values(values: list[Any], kind: str) -> object:
     """Addresses/prefixes of one family collapsed, or ports/ranges joined, as a set."""
     if kind == "ports":
-        spans = sorted((v, v) if isinstance(v, int) else tuple(v["range"]) for v in values)  # type: ignore[index]
+        spans = sorted((v, v) if isinstance(v, int) else tuple(v["range"]) for v in values)
         joined: list[list[int]] = []
         for lo, hi in spans:
             if joined and lo <= joined[-1][1] + 1:
@@ -334,10 +337,10 @@ def _merge_values(values: list[object], kind: str) -> object:
         if isinstance(v, str):
             nets.append(ipaddress.ip_network(v))
         else:
-            p = v["prefix"]  # type: ignore[index]
+            p = v["prefix"]
             nets.append(ipaddress.ip_network(f"{p['addr']}/{p['len']}"))
     return _nets_value([(int(n.network_address), n.prefixlen) for n in nets],
-                       4 if kind == "ip4" else 6)  # fmt: skip
+                       4 if kind == "ip4" else 6)
 
 
 def rule_comment(rule: RuleSpec) -> str:
@@ -370,7 +373,7 @@ class StaticSet:
     def object(self) -> dict[str, object]:
         return {**_T, "name": self.name, "type": SET_TYPES[self.family]}
 
-    def chunks(self, size: int = ELEMENT_CHUNK) -> Iterable[dict[str, object]]:
+    def chunks(self, size: int = ELEMENT_CHUNK) -> Iterable[Expr]:
         """`add element` commands of at most `size` elements, each for its own transaction."""
         text = _ipv4_text if self.family == 4 else _ipv6_text
         for start in range(0, len(self.nets), size):
@@ -489,7 +492,7 @@ def _payload(protocol: str, field: str) -> Expr:
     return {"payload": {"protocol": protocol, "field": field}}
 
 
-def _one_or_set(values: list[object]) -> object:
+def _one_or_set(values: Sequence[object]) -> object:
     return values[0] if len(values) == 1 else {"set": values}
 
 
@@ -754,7 +757,7 @@ def compile_rule(
         _flags_alts(rule.flags),
         _length_alts(rule.length),
     ]
-    families: list[int | None]
+    families: Sequence[int | None]
     if rule.families == {4, 6} and not _family_specific(rule):
         families = [None]  # one rule for both: no `meta nfproto`
     else:
@@ -827,14 +830,14 @@ def meter_rate(rate: float, burst: int) -> dict[str, object]:
     if rate < 1 or rate != int(rate):
         per, value = "minute", rate * 60
     return {"rate": max(1, math.ceil(value - 1e-9)), "per": per,
-            "burst": max(1, int(burst)), "inv": True}  # fmt: skip
+            "burst": max(1, int(burst)), "inv": True}
 
 
 def metered_rules(policy: Policy, split: int | None = None) -> list[RuleSpec]:
     """The rules whose excess a kernel meter drops (see meter_reason)."""
     split = fast_path_split(policy) if split is None else split
     return [r for r in policy.rules[split:] if r.limit is not None
-            and meter_reason(policy, r.index, split) is None]  # fmt: skip
+            and meter_reason(policy, r.index, split) is None]
 
 
 def meter_set(rule: RuleSpec, family: int) -> str:
@@ -870,8 +873,8 @@ def kernel_meters(
         comment = (rule_comment(rule) + METER_SUFFIX)[:MAX_COMMENT]
         for exprs in compile_rule(plain, hook, static):
             conds = exprs[:-2]  # without `counter` and `drop`
-            nfprotos = [e["match"]["right"] for e in conds  # type: ignore[index]
-                        if "match" in e and e["match"]["left"] == _meta("nfproto")]  # type: ignore[index]
+            nfprotos = [e["match"]["right"] for e in conds
+                        if "match" in e and e["match"]["left"] == _meta("nfproto")]
             for family in sorted(rule.families):
                 nfproto = "ipv4" if family == 4 else "ipv6"
                 if nfprotos and nfprotos[0] != nfproto:
@@ -882,7 +885,7 @@ def kernel_meters(
                     "elem": _payload("ip" if family == 4 else "ip6", "saddr"),
                     "set": f"@{meter_set(rule, family)}",
                     "stmt": [{"limit": meter_rate(limit.rate, limit.burst)}],
-                }}  # fmt: skip
+                }}
                 out.append((comment, [*head, *conds, meter, {"counter": None}, {"drop": None}]))
     return out
 
@@ -916,7 +919,7 @@ def _synproxy_rules() -> list[tuple[str, list[Expr]]]:
             _match("in", {"ct": {"key": "state"}}, ["invalid", "untracked"]),
             {"counter": None},
             {"synproxy": dict(SYNPROXY_OPTIONS[family])},
-        ]))  # fmt: skip
+        ]))
     # The server's SYN+ACK answers the proxy's own SYN (every SYN through the gateway is
     # proxied): the proxy must see it (at postrouting) to finish, so it skips the queue.
     out.append((SYNPROXY_COMMENT, [
@@ -926,13 +929,13 @@ def _synproxy_rules() -> list[tuple[str, list[Expr]]]:
         {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
         {"counter": None},
         {"accept": None},
-    ]))  # fmt: skip
+    ]))
     out.append((SYNPROXY_INVALID_COMMENT, [
         _match("==", _meta("l4proto"), "tcp"),
         _match("in", {"ct": {"key": "state"}}, "invalid"),
         {"counter": None},
         {"drop": None},
-    ]))  # fmt: skip
+    ]))
     return out
 
 
@@ -985,7 +988,7 @@ def block_table_spec(policy: Policy | None) -> TableSpec:
     return TableSpec(
         BLOCK_TABLE, "dynamic", Span("<ipsctl>", 0, 0, 0, 0),
         timeout=DEFAULT_BLOCK_TIMEOUT, size=DEFAULT_BLOCK_SIZE,
-    )  # fmt: skip
+    )
 
 
 def _wanted_sets(policy: Policy) -> dict[str, dict[str, object]]:
@@ -1006,7 +1009,7 @@ def block_rules() -> list[list[Expr]]:
             _match("==", _payload(proto, "saddr"), f"@{set_name(BLOCK_TABLE, family)}"),
             {"counter": None},
             {"drop": None},
-        ])  # fmt: skip
+        ])
     return out
 
 
@@ -1100,7 +1103,7 @@ def build_ruleset(
     plan: NftPlan = NftPlan(),
     existing: TableState | None = None,
     static: StaticSets | None = None,
-) -> list[dict[str, object]]:
+) -> list[Expr]:
     """Commands for one atomic batch that makes `inet ipsctl` run `policy`'s fast path, as
     `plan` says; `existing` is parse_table() of the table as it is now (None: absent or
     unknown).
@@ -1120,10 +1123,10 @@ def build_ruleset(
     offload = plan.offloads(policy)
     if offload and not 0 <= plan.offload_generation < OFFLOAD_PAUSED:  # type: ignore[operator]
         raise ValueError("offload generation must be 0-254")
-    cmds: list[dict[str, object]] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
+    cmds: list[Expr] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     proxied = synproxy_hooks(policy, plan)
     cmds += _chain_commands(plan.hooks, offload, existing.chains if existing else (),
-                            synproxy=bool(proxied))  # fmt: skip
+                            synproxy=bool(proxied))
     icmp_budget = icmp_offload_budget(policy) if offload else None
     meters = [] if plan.blocks_only else metered_rules(policy)
     old_sets = existing.sets if existing else {}
@@ -1145,7 +1148,7 @@ def _chain_commands(
     chains: list[str] = []
     if synproxy:
         raw = {**_T, "name": SYNPROXY_CHAIN, "type": "filter", "hook": "prerouting",
-               "prio": SYNPROXY_PRIORITY}  # fmt: skip
+               "prio": SYNPROXY_PRIORITY}
         cmds.append({"add": {"chain": {**raw, "policy": "accept"}}})
         chains.append(SYNPROXY_CHAIN)
     for hook in hooks:
@@ -1154,7 +1157,7 @@ def _chain_commands(
         chains.append(hook)
         if offload:
             post = {**_T, "name": f"{hook}_offload", "type": "filter", "hook": hook,
-                    "prio": OFFLOAD_PRIORITY}  # fmt: skip
+                    "prio": OFFLOAD_PRIORITY}
             cmds.append({"add": {"chain": {**post, "policy": "accept"}}})
             chains.append(f"{hook}_offload")
     for name in dict.fromkeys((*chains, *old_chains)):
@@ -1252,7 +1255,7 @@ def _hook_rules(
     if plan.nft_queue and queues > 1:
         for i in range(1, queues):
             steered = [_match("==", {"&": [_meta("mark"), QUEUE_MASK]}, i << QUEUE_SHIFT),
-                       {"counter": None}, _queue_stmt(first_queue + i, plan.fail_open)]  # fmt: skip
+                       {"counter": None}, _queue_stmt(first_queue + i, plan.fail_open)]
             cmds.append(_rule(hook, steered, USERSPACE_COMMENT))
         tail.append(_queue_stmt(first_queue, plan.fail_open))
     elif plan.nft_queue:
@@ -1271,7 +1274,7 @@ def _steer_exprs(index: int, queues: int) -> list[list[Expr]]:
             _steer_match(key, queues, index),
             {"mangle": {"key": _meta("mark"),
                         "value": {"|": [_meta("mark"), index << QUEUE_SHIFT]}}},
-        ])  # fmt: skip
+        ])
     return rules
 
 
@@ -1360,7 +1363,7 @@ def _handshake_ack_rules(gen: int) -> list[list[Expr]]:
                 {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
                 {"counter": None},
                 {"accept": None},
-            ])  # fmt: skip
+            ])
     return rules
 
 
@@ -1398,7 +1401,7 @@ def _handshake_copy_rules(gen: int, first_queue: int, queues: int) -> list[list[
                first_queue + i)
         for i in range(queues)
         for nfproto, key in (("ipv4", "ip saddr"), ("ipv6", "ip6 saddr"))
-    ]  # fmt: skip
+    ]
 
 
 def _offload_exprs(gen: int) -> list[list[Expr]]:
@@ -1590,7 +1593,7 @@ def list_set(table: str, family: int) -> list[dict[str, object]]:
 # ---- reading nft's answers -----------------------------------------------------------------------
 
 
-def _objects(listing: dict[str, object] | None) -> list[dict[str, object]]:
+def _objects(listing: dict[str, object] | None) -> list[Expr]:
     if not listing:
         return []
     items = listing.get("nftables", [])
@@ -1620,17 +1623,17 @@ def parse_table(listing: dict[str, object] | None) -> TableState | None:
     sets: dict[str, SetState] = {}
     for obj in objs:
         if "chain" in obj:
-            chains.append(str(obj["chain"]["name"]))  # type: ignore[index]
+            chains.append(str(obj["chain"]["name"]))
         elif "set" in obj:
             s = obj["set"]
-            flags = s.get("flags", [])  # type: ignore[union-attr]
-            sets[s["name"]] = SetState(  # type: ignore[index]
-                name=s["name"],  # type: ignore[index]
-                type=str(s["type"]),  # type: ignore[index]
+            flags = s.get("flags", [])
+            sets[s["name"]] = SetState(
+                name=s["name"],
+                type=str(s["type"]),
                 flags=tuple(flags if isinstance(flags, list) else [flags]),
-                timeout=s.get("timeout"),  # type: ignore[union-attr]
-                size=s.get("size"),  # type: ignore[union-attr]
-                elements=parse_elements(s.get("elem")),  # type: ignore[union-attr]
+                timeout=s.get("timeout"),
+                size=s.get("size"),
+                elements=parse_elements(s.get("elem")),
             )
     return TableState(tuple(chains), sets)
 

@@ -194,7 +194,7 @@ def _protocols(protos: frozenset[int], families: frozenset[int], budget: _Budget
 
 
 def _range(field: str, lo: str | int, hi: str | int, budget: _Budget, *,
-           negated: bool = False) -> str:  # fmt: skip
+           negated: bool = False) -> str:
     """field in [lo, hi] (or outside it). WinDivert's compiler takes `not` only before a
     single test, not before a parenthesised expression: negations are written out."""
     budget.spend(1 if lo == hi else 2)
@@ -206,7 +206,7 @@ def _range(field: str, lo: str | int, hi: str | int, budget: _Budget, *,
 
 
 def _net_ranges(nets: tuple[tuple[int, int], ...], version: int, field: str,
-                budget: _Budget, negated: bool) -> list[str]:  # fmt: skip
+                budget: _Budget, negated: bool) -> list[str]:
     bits = 32 if version == 4 else 128
     make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
     out = []
@@ -239,12 +239,12 @@ def _addresses(spec: AddrSpec | None, side: str, budget: _Budget) -> str:
         alts.append(_and(["ip", join(_net_ranges(spec.nets4, 4, f"ip.{side}Addr", budget, neg))]))
     if spec.nets6:
         alts.append(_and(["ipv6", join(_net_ranges(spec.nets6, 6, f"ipv6.{side}Addr", budget,
-                                                   neg))]))  # fmt: skip
+                                                   neg))]))
     return _or(alts)
 
 
 def _ports(spec: PortSpec | None, field: str, protos: frozenset[int] | None,
-           budget: _Budget) -> str:  # fmt: skip
+           budget: _Budget) -> str:
     if spec is None:
         return EVERYTHING
     with_ports = [p for p in (TCP, UDP) if protos is None or p in protos]
@@ -253,7 +253,7 @@ def _ports(spec: PortSpec | None, field: str, protos: frozenset[int] | None,
     for p in with_ports:
         name = _NAMED[p]
         ranges = [_range(f"{name}.{field}", lo, hi, budget, negated=spec.negated)
-                  for lo, hi in spec.ranges]  # fmt: skip
+                  for lo, hi in spec.ranges]
         alts.append(_and([name, join(ranges)]))
     if protos is None or not set(protos) <= {TCP, UDP}:
         # SCTP, UDP-Lite, DCCP have ports too, which WinDivert cannot read: all of them.
@@ -272,7 +272,7 @@ def _flags(flags: tuple[int, int], budget: _Budget) -> str:
 
 
 def _icmp(types: frozenset[int], code: int | None, protos: frozenset[int],
-          budget: _Budget) -> str:  # fmt: skip
+          budget: _Budget) -> str:
     alts = []
     for p in sorted(protos):
         name = _NAMED[p]

@@ -72,6 +72,8 @@ def _addr_in(net: Any) -> Callable[[bytes], bool]:
 def parse_filter(text: str) -> Pred:
     """A predicate over flows; FilterError on bad input."""
     words = [w for w in text.replace(",", " ").split() if w.lower() != "and"]
+    # Each predicate binds its values as default arguments (the loop rebinds the names), and
+    # mypy cannot infer a lambda with defaults: hence the ignores below.
     preds: list[Pred] = []
     i = 0
     while i < len(words):
@@ -87,28 +89,28 @@ def parse_filter(text: str) -> Pred:
                 num = int(value)
             else:
                 raise FilterError(f"proto: unknown protocol {value!r}")
-            preds.append(lambda f, n=num: f.proto == n)
+            preds.append(lambda f, n=num: f.proto == n)  # type: ignore[misc]
         elif word in ("host", "src", "dst"):
             inside = _addr_in(_network(word, value))
             if word == "host":
-                preds.append(lambda f, t=inside: t(f.src) or t(f.dst))
+                preds.append(lambda f, t=inside: t(f.src) or t(f.dst))  # type: ignore[misc]
             elif word == "src":
-                preds.append(lambda f, t=inside: t(f.src))
+                preds.append(lambda f, t=inside: t(f.src))  # type: ignore[misc]
             else:
-                preds.append(lambda f, t=inside: t(f.dst))
+                preds.append(lambda f, t=inside: t(f.dst))  # type: ignore[misc]
         elif word in ("port", "sport", "dport"):
             lo, hi = _ports(word, value)
             if word == "port":
-                preds.append(lambda f, a=lo, b=hi: a <= f.sport <= b or a <= f.dport <= b)
+                preds.append(lambda f, a=lo, b=hi: a <= f.sport <= b or a <= f.dport <= b)  # type: ignore[misc]
             elif word == "sport":
-                preds.append(lambda f, a=lo, b=hi: a <= f.sport <= b)
+                preds.append(lambda f, a=lo, b=hi: a <= f.sport <= b)  # type: ignore[misc]
             else:
-                preds.append(lambda f, a=lo, b=hi: a <= f.dport <= b)
+                preds.append(lambda f, a=lo, b=hi: a <= f.dport <= b)  # type: ignore[misc]
         elif word == "state":
             if value not in ("new", "established"):
                 raise FilterError(f"state: new or established, not {value!r}")
             want = value == "established"
-            preds.append(lambda f, w=want: bool(f.replied) == w)
+            preds.append(lambda f, w=want: bool(f.replied) == w)  # type: ignore[misc]
         else:
             known = "proto, host, src, dst, port, sport, dport, state"
             raise FilterError(f"unknown filter word {word!r} (known: {known})")
@@ -131,7 +133,7 @@ def flow_row(f: Any, now: float) -> dict[str, Any]:
         "idle": round(max(0.0, now - f.last_seen), 3),
         "state": TCP_STATE_NAMES[f.tcp_state] if f.proto == 6 else
                  ("established" if f.replied else "new"),
-    }  # fmt: skip
+    }
 
 
 def _key(sort: str) -> Callable[[Any], float]:
@@ -197,12 +199,12 @@ def format_flows(rows: list[dict[str, Any]], total: int) -> str:
     if not rows:
         return "no flows" + (f" (of {total})" if total else "")
     lines = [f"{'PROTO':<6} {'SOURCE':<45} {'DESTINATION':<45} {'PKTS':>8} {'BYTES':>10} "
-             f"{'DURATION':>9}  STATE"]  # fmt: skip
+             f"{'DURATION':>9}  STATE"]
     for r in rows:
         src = _endpoint(r["src"], r["sport"], r["proto"])
         dst = _endpoint(r["dst"], r["dport"], r["proto"])
         lines.append(f"{r['proto']:<6} {src:<45} {dst:<45} {r['packets']:>8} {r['bytes']:>10} "
-                     f"{r['duration']:>8.1f}s  {r['state']}")  # fmt: skip
+                     f"{r['duration']:>8.1f}s  {r['state']}")
     lines.append(f"{len(rows)} of {total} flow{'s' if total != 1 else ''}")
     return "\n".join(lines)
 

@@ -96,7 +96,7 @@ def _table(
     for i, c in enumerate(columns):
         width = widths[i] if i < len(widths) else 0
         t.add_column(c, justify="left" if i == 0 or not width else "right", no_wrap=True,
-                     min_width=width or None, overflow="ellipsis")  # fmt: skip
+                     min_width=width or None, overflow="ellipsis")
     for r in rows:
         t.add_row(*r)
     if not rows:
@@ -113,7 +113,7 @@ def render(state: TopState) -> RenderableType:
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted((w.get("verdicts") or {}).items()))
         head.append(f"   pid {s.get('pid')}  up {s.get('uptime', 0):.0f}s   "
                     f"packets {w.get('packets', '?')} ({verdicts or 'none'})   "
-                    f"flows {w.get('flows', '?')}   alerts {w.get('alerts', '?')}")  # fmt: skip
+                    f"flows {w.get('flows', '?')}   alerts {w.get('alerts', '?')}")
     if state.error:
         head.append(f"\n{state.error}", style="bold red")
     pps = state.pps[-1] if state.pps else 0.0
@@ -126,11 +126,11 @@ def render(state: TopState) -> RenderableType:
     talkers = _table("top talkers", ["source", "flows", "packets", "bytes"], [
         [g["key"], str(g["flows"]), human(g["packets"]), human(g["bytes"], "B")]
         for g in state.talkers
-    ], widths=(15, 5, 7, 7))  # fmt: skip
+    ], widths=(15, 5, 7, 7))
     ports = _table("top ports", ["port", "flows", "packets", "bytes"], [
         [g["key"], str(g["flows"]), human(g["packets"]), human(g["bytes"], "B")]
         for g in state.ports
-    ], widths=(9, 5, 7, 7))  # fmt: skip
+    ], widths=(9, 5, 7, 7))
     side = Table.grid(expand=True)
     side.add_column(ratio=1)
     side.add_column(ratio=1)
@@ -142,13 +142,13 @@ def render(state: TopState) -> RenderableType:
         when = time.strftime("%H:%M:%S", time.localtime(float(a.get("time") or 0)))
         alert_rows.append([when, str(al.get("category", "")),
                            f"{ev.get('src_ip')} > {ev.get('dest_ip')}",
-                           str(al.get("action", "")), str(al.get("signature", ""))])  # fmt: skip
+                           str(al.get("action", "")), str(al.get("signature", ""))])
     alerts = _table("recent alerts", ["time", "category", "from > to", "action", "signature"],
-                    alert_rows, widths=(8, 9, 31, 7))  # fmt: skip
+                    alert_rows, widths=(8, 9, 31, 7))
     block_rows = [[b["addr"], str(b.get("detector") or "-"), _left(b.get("expires_in")),
-                   str(b.get("reason") or "")] for b in state.blocks[:8]]  # fmt: skip
+                   str(b.get("reason") or "")] for b in state.blocks[:8]]
     blocks = _table(f"active blocks ({len(state.blocks)})", ["address", "by", "left", "reason"],
-                    block_rows, widths=(15, 9, 6))  # fmt: skip
+                    block_rows, widths=(15, 9, 6))
     return Group(Panel(Group(head, rates)), side, alerts, blocks)
 
 

@@ -61,9 +61,9 @@ class InlineLab:
     # ---- running commands in the lab -----------------------------------------------------
 
     def run(self, node: str, argv: list[str], timeout: float = TIMEOUT,
-            check: bool = False) -> subprocess.CompletedProcess[str]:  # fmt: skip
+            check: bool = False) -> subprocess.CompletedProcess[str]:
         return self.lab.exec(node, argv, capture_output=True, text=True, timeout=timeout,
-                             check=check)  # fmt: skip
+                             check=check)
 
     def python(
         self, node: str, code: str, timeout: float = TIMEOUT
@@ -74,14 +74,14 @@ class InlineLab:
         return self.run(
             node, ["curl", "-s", "-m", str(max_time), "-w", "\n%{time_total}", url],
             timeout=max_time + 5,
-        )  # fmt: skip
+        )
 
     def ipsctl(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """ipsctl as a client in the root namespace (the socket is a file, not a netns thing)."""
         return subprocess.run(
             [sys.executable, "-m", "ips.cli", *args, "--socket", self.socket],
             capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-        )  # fmt: skip
+        )
 
     def status(self) -> dict[str, Any]:
         out = self.ipsctl("status", "--json")
@@ -112,7 +112,7 @@ class InlineLab:
             policy_path = self.workdir / "policy.rules"
             policy_path.write_text(str(policy))
         argv = [*wrapper, sys.executable, "-m", "ips.cli", "run", "--policy", str(policy_path),
-                "--socket", self.socket, "--eve", str(self.eve), *extra]  # fmt: skip
+                "--socket", self.socket, "--eve", str(self.eve), *extra]
         log = open(self.daemon_log, "ab")  # noqa: SIM115 - closed in stop_daemon
         self.daemon = self.lab.popen("gw", argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self._log = log

@@ -26,7 +26,7 @@ def attack_policy(tmp_path: Path, **detect: str) -> Path:
         if line.startswith("table trusted") else line
         for line in GATEWAY_RULES.read_text().splitlines()
         if not line.startswith("detect ")
-    ]  # fmt: skip
+    ]
     defaults = {
         "portscan": f"ports 15 within 60s block {BLOCK_SECONDS}s",
         "sweep": f"hosts 25 within 60s block {BLOCK_SECONDS}s",
@@ -44,7 +44,7 @@ def attack_policy(tmp_path: Path, **detect: str) -> Path:
 
 def detector_alerts(box: InlineLab, category: str) -> list[dict]:
     return [e for e in box.eve_events()
-            if e["event_type"] == "alert" and e["alert"]["category"] == category]  # fmt: skip
+            if e["event_type"] == "alert" and e["alert"]["category"] == category]
 
 
 class ClientProbe:
@@ -101,7 +101,7 @@ def test_nmap_scan_is_detected_and_blocked_in_the_kernel(tmp_path: Path, kind: s
                  "--initial-rtt-timeout", "100ms", "--max-rtt-timeout", "200ms",
                  "-p", "1-200", SERVER],
                 timeout=40,
-            )  # fmt: skip
+            )
             assert scan.returncode == 0, scan.stderr
             assert wait_until(lambda: ATTACKER in box.kernel_blocks(), timeout=5), box.eve_events()[
                 -5:
@@ -120,7 +120,7 @@ def test_nmap_scan_is_detected_and_blocked_in_the_kernel(tmp_path: Path, kind: s
         before = box.queue_line()["id_sequence"]  # type: ignore[index]
         dropped = box.block_drops()
         box.run("attacker", ["nmap", "-sS", "-Pn", "-n", "--max-retries", "0", "-p",
-                             "1000-1050", SERVER], timeout=30)  # fmt: skip
+                             "1000-1050", SERVER], timeout=30)
         assert box.block_drops() - dropped >= 51
         assert box.queue_line()["id_sequence"] - before <= 4  # type: ignore[index]
         if kind == "syn":
@@ -133,7 +133,7 @@ def test_ping_sweep_over_the_server_addresses_is_blocked(tmp_path: Path) -> None
     with inline_lab(tmp_path, "ssw") as box:
         box.start_daemon(attack_policy(tmp_path))
         sweep = box.run("attacker", ["nmap", "-sn", "-n", "--max-retries", "0",
-                                     "10.10.2.100-131"], timeout=40)  # fmt: skip
+                                     "10.10.2.100-131"], timeout=40)
         assert sweep.returncode == 0, sweep.stderr
         assert wait_until(lambda: ATTACKER in box.kernel_blocks(), timeout=5)
         assert detector_alerts(box, "sweep")
@@ -148,7 +148,7 @@ def test_masscan_is_blocked(tmp_path: Path) -> None:
             ["masscan", SERVER, "-p1-300", "--rate", "2000", "--wait", "1",
              "--router-ip", "10.10.1.1"],
             timeout=40,
-        )  # fmt: skip
+        )
         assert scan.returncode == 0, scan.stderr
         assert wait_until(lambda: ATTACKER in box.kernel_blocks(), timeout=5)
         assert detector_alerts(box, "portscan")
@@ -182,14 +182,14 @@ def test_spoofed_flood_respects_trust_and_the_ban_budget(tmp_path: Path) -> None
     client is never banned, and the detector's memory stays under its cap."""
     policy = attack_policy(tmp_path, stealth=f"count 1 within 60s block {BLOCK_SECONDS}s")
     text = policy.read_text().replace("set default   drop",
-                                      "set default   drop\nset ban-budget 20")  # fmt: skip
+                                      "set default   drop\nset ban-budget 20")
     policy.write_text(text)
     with inline_lab(tmp_path, "ssp") as box:
         box.start_daemon(policy)
         box.run("attacker", ["hping3", "-F", "-P", "-U", "-p", "80", "--rand-source",
-                             "-c", "2000", "-i", "u300", SERVER], timeout=30)  # fmt: skip
+                             "-c", "2000", "-i", "u300", SERVER], timeout=30)
         box.run("attacker", ["hping3", "-F", "-P", "-U", "-p", "80", "-a", CLIENT,
-                             "-c", "20", "-i", "u1000", SERVER], timeout=30)  # fmt: skip
+                             "-c", "20", "-i", "u1000", SERVER], timeout=30)
         time.sleep(1)
         bans = box.kernel_blocks()
         assert CLIENT not in bans
@@ -211,7 +211,7 @@ def test_benign_traffic_raises_no_alert(tmp_path: Path) -> None:
             "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)",
             f"    s.sendto(b'query %d' % i, ({SERVER!r}, 53)); s.recv(100); s.close()",
             "print('ok')",
-        ]))  # fmt: skip
+        ]))
         assert dns.stdout.strip() == "ok"
         ping = box.run("client", ["ping", "-c", "10", "-i", "0.2", SERVER])
         assert ping.returncode == 0
@@ -220,6 +220,6 @@ def test_benign_traffic_raises_no_alert(tmp_path: Path) -> None:
         noisy = [
             e for e in box.eve_events()
             if e["event_type"] == "alert" and e["alert"]["category"] in categories
-        ]  # fmt: skip
+        ]
         assert noisy == []
         assert box.kernel_blocks() == set()

@@ -101,7 +101,7 @@ def test_manual_block_is_dropped_in_the_kernel_before_the_queue(tmp_path: Path) 
 
             def eve_of_attacker() -> list[str]:
                 return [e["event_type"] for e in box.eve_events()
-                        if e.get("src_ip") == ATTACKER and e["event_type"] != "flow"]  # fmt: skip
+                        if e.get("src_ip") == ATTACKER and e["event_type"] != "flow"]
 
             # add, del, add, flush
             want = ["ipsctl_block", "ipsctl_unblock", "ipsctl_block", "ipsctl_unblock"]
@@ -111,7 +111,7 @@ def test_manual_block_is_dropped_in_the_kernel_before_the_queue(tmp_path: Path) 
             assert first["ipsctl_block"]["reason"] == "lab test"
             assert first["ipsctl_block"]["ttl"] == 600
             reasons = [e["ipsctl_unblock"]["reason"] for e in box.eve_events()
-                       if e["event_type"] == "ipsctl_unblock"]  # fmt: skip
+                       if e["event_type"] == "ipsctl_unblock"]
             assert reasons[:1] == ["manual"] and "flush" in reasons
 
 
@@ -192,7 +192,7 @@ def test_only_root_may_change_blocks(tmp_path: Path) -> None:
             done = subprocess.run(
                 [sys.executable, "-c", SOCKET_CLIENT, box.socket, CLIENT],
                 capture_output=True, text=True, timeout=30,
-            )  # fmt: skip
+            )
             assert done.returncode == 0, done.stderr
             (lst, status, add, delete, flush) = json.loads(done.stdout)
             assert lst == [True, ""] and status == [True, ""]  # read-only: allowed

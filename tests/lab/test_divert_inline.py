@@ -28,7 +28,7 @@ def root_tc_filters() -> str:
     for dev in sorted(p.name for p in Path("/sys/class/net").iterdir()):
         for hook in ("ingress", "egress"):
             r = subprocess.run(["tc", "filter", "show", "dev", dev, hook],
-                               capture_output=True, text=True)  # fmt: skip
+                               capture_output=True, text=True)
             out.append(f"{dev} {hook}: {r.stdout}")
     return "\n".join(out)
 
@@ -44,7 +44,7 @@ def gw_tc_filters(box: InlineLab) -> str:
 def blocked(box: InlineLab) -> set[str]:
     out = box.ipsctl("blocks", "list", "--json")
     return {row["addr"] for row in json.loads(out.stdout)["blocks"]} if out.returncode == 0 \
-        else set()  # fmt: skip
+        else set()
 
 
 def test_accept_drop_reject_rewrite_end_to_end(tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_manual_block_is_enforced_by_the_adapter_and_expires(tmp_path: Path) -> 
         # the block expires in the adapter, and the attacker gets through again
         assert wait_until(lambda: ATTACKER not in blocked(box), timeout=8)
         assert wait_until(lambda: box.curl("attacker", f"http://{SERVER}/",
-                                           max_time=2).returncode == 0, timeout=5)  # fmt: skip
+                                           max_time=2).returncode == 0, timeout=5)
         # del of an address not blocked is an error; add + del works
         assert box.ipsctl("blocks", "add", ATTACKER).returncode == 0
         assert box.ipsctl("blocks", "del", ATTACKER).returncode == 0
@@ -108,7 +108,7 @@ def test_nmap_scan_is_detected_and_blocked(tmp_path: Path) -> None:
                  "--initial-rtt-timeout", "100ms", "--max-rtt-timeout", "200ms",
                  "-p", "1-200", SERVER],
                 timeout=40,
-            )  # fmt: skip
+            )
             assert scan.returncode == 0, scan.stderr
             assert wait_until(lambda: ATTACKER in blocked(box), timeout=5)
         assert probe.ok >= 1 and probe.failed == 0, (probe.ok, probe.failed)
@@ -118,7 +118,7 @@ def test_nmap_scan_is_detected_and_blocked(tmp_path: Path) -> None:
         # once banned, the attacker's new SYNs stop in the adapter, before the engine
         before = box.status()
         box.run("attacker", ["nmap", "-sS", "-Pn", "-n", "--max-retries", "0", "-p",
-                             "1000-1050", SERVER], timeout=30)  # fmt: skip
+                             "1000-1050", SERVER], timeout=30)
         after = box.status()
         assert after["blocks"]["kernel_drops"] - before["blocks"]["kernel_drops"] >= 51
         assert after["worker"]["packets"] - before["worker"]["packets"] <= 4
@@ -132,7 +132,7 @@ def test_worker_restart_keeps_the_blocks(tmp_path: Path) -> None:
         pid = box.status()["worker"]["pid"]
         subprocess.run(["kill", "-KILL", str(pid)], check=True)  # our daemon's worker, by PID
         assert wait_until(lambda: box.status()["worker"].get("pid") not in (None, pid),
-                          timeout=10)  # fmt: skip
+                          timeout=10)
         assert ATTACKER in blocked(box)
         assert box.curl("client", f"http://{SERVER}/").returncode == 0
         assert box.curl("attacker", f"http://{SERVER}/", max_time=2).returncode == 28
@@ -163,7 +163,7 @@ def test_reader_thread_path_of_windows_runs_here(tmp_path: Path) -> None:
         log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
         root = str(Path(__file__).parents[2])
         proc = box.lab.popen("gw", [sys.executable, "-c", READER_THREAD_WORKER], stdout=log,
-                             stderr=subprocess.STDOUT, cwd=root)  # fmt: skip
+                             stderr=subprocess.STDOUT, cwd=root)
         try:
             assert wait_until(lambda: "bound" in (tmp_path / "worker.log").read_text(), 10)
             ping = box.run("client", ["ping", "-c", "2", "-i", "0.2", "-W", "1", SERVER])

@@ -63,7 +63,7 @@ def as_nobody(sock: str, groups: str | None, *ops: dict) -> list[dict]:
         ["setpriv", "--reuid=65534", "--regid=65534", *creds, "/usr/bin/python3", "-c",
          CLIENT_SCRIPT, sock, *(json.dumps(op) for op in ops)],
         capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -126,7 +126,7 @@ def test_drop_capabilities_keeps_only_the_network_ones(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-c", DROP_SCRIPT, str(victim)], capture_output=True, text=True,
         timeout=30, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     me = got["self"]
@@ -145,7 +145,7 @@ def test_socket_permissions_group_views_and_dropped_capabilities(tmp_path: Path)
     # the daemon sees a group `ipsctl` in its own mount namespace only: the host's
     # /etc/group is not changed
     wrapper = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
-               'mount --bind "$0" /etc/group && exec "$@"', str(group_file))  # fmt: skip
+               'mount --bind "$0" /etc/group && exec "$@"', str(group_file))
     sock_dir = Path(tempfile.mkdtemp(prefix="ipsctl-ctl-"))
     try:
         os.chmod(sock_dir, 0o755)
@@ -168,7 +168,7 @@ def test_socket_permissions_group_views_and_dropped_capabilities(tmp_path: Path)
                 {"op": "blocks_add", "addr": ATTACKER}, {"op": "blocks_flush"},
                 {"op": "apply", "main": "/x.rules", "sources": {"/x.rules": "drop\n"}},
                 {"op": "confirm"},
-            )  # fmt: skip
+            )
             assert views[0]["ok"] is True and views[0]["policy"]["digest"]
             assert views[1]["ok"] is True
             for refused in views[2:]:
@@ -229,7 +229,7 @@ def test_spoofed_scans_from_a_trusted_address_never_block_it(tmp_path: Path) -> 
         else line
         for line in GATEWAY_RULES.read_text().splitlines()
         if not line.startswith("detect ")
-    ]  # fmt: skip
+    ]
     lines += [f"detect {name} {opts}" for name, opts in TRUST_POLICY_DETECT.items()]
     policy = tmp_path / "trust.rules"
     policy.write_text("\n".join(lines) + "\n")
@@ -246,10 +246,10 @@ def test_spoofed_scans_from_a_trusted_address_never_block_it(tmp_path: Path) -> 
             (e["alert"]["category"], e["ipsctl"]["block"]) for e in box.eve_events()
             if e["event_type"] == "alert" and e.get("ipsctl", {}).get("source") == CLIENT
             and "block" in e.get("ipsctl", {})
-        }  # fmt: skip
+        }
         # each detector saw it, and each block was refused because the address is trusted
         assert refusals == {("portscan", "trusted"), ("sweep", "trusted"),
-                            ("stealth", "trusted")}, refusals  # fmt: skip
+                            ("stealth", "trusted")}, refusals
         assert box.curl("client", f"http://{SERVER}/").returncode == 0
         # the control: the same packets from the attacker's own address get it blocked
         out = box.run("attacker", [*forge, ATTACKER, SERVER], timeout=30)
@@ -271,5 +271,5 @@ def test_every_control_command_has_its_permission_and_the_views_alone_are_open()
         assert refusal(op, 0) is None
         assert (refusal(op, 1000) is None) == (op in READ_ONLY_OPS)
     assert refusal("no_such_op", 1000) == {
-        "ok": False, "error": "'no_such_op' needs root (peer uid 1000)"}  # fmt: skip
+        "ok": False, "error": "'no_such_op' needs root (peer uid 1000)"}
     assert refusal(["status"], 1000) is not None  # not even a name

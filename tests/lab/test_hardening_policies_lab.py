@@ -58,12 +58,12 @@ def test_hostile_policies_never_replace_the_running_one(tmp_path: Path) -> None:
             {"op": "apply", "main": main, "sources": {main: "acept\n"}},
             {"op": "apply", "main": main, "sources": {}},
             {"op": "apply", "main": main, "sources": {main: "accept to port " + "{" * 50_000}},
-        ]  # fmt: skip
+        ]
         for req in refused:
             reply = raw_request(box.socket, json.dumps(req).encode() + b"\n")
             assert reply["ok"] is False and reply["diagnostics"], reply
         for junk in (b"[]\n", b"not json\n", b'{"op": "apply"}\n', b"\xff\xfe\n",
-                     b'{"op": "apply", "main": 5, "sources": []}\n'):  # fmt: skip
+                     b'{"op": "apply", "main": 5, "sources": []}\n'):
             reply = raw_request(box.socket, junk)
             assert reply["ok"] is False and reply["error"], reply
         # over 64 MiB (root's bound): refused with an answer, or a reset the client may see

@@ -58,7 +58,7 @@ def run_in(ns: str, code: str) -> Any:
     done = subprocess.run(
         ["ip", "netns", "exec", ns, sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
         capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -83,7 +83,7 @@ def test_block_effects_reach_the_kernel_in_well_under_a_millisecond(ns: str) -> 
         blocks.flush()
         third = sorted(e.addr for e in nft.elements("banned"))
         print(json.dumps([first, second, third, blocks.stats()]))
-    """)  # fmt: skip
+    """)
     first, second, third, stats = got
     assert first["192.0.2.1"] == [100, "portscan|1|15 ports"] and first["::1"][0] == 50
     assert second["192.0.2.1"] == [300, "portscan|2|again"]  # timeout and comment replaced
@@ -110,7 +110,7 @@ def test_a_start_over_a_killed_daemons_table_keeps_its_blocks(ns: str) -> None:
         chains = nft.state().chains
         d.remove()
         print(json.dumps([members, chains, nft.table_exists()]))
-    """)  # fmt: skip
+    """)
     members, chains, exists = got
     assert members == [["192.0.2.1", "portscan|1|x"]]
     # the old chain went, the new one is in (with its offload chain: `set offload` is on)
@@ -134,7 +134,7 @@ def test_blocks_saved_by_a_clean_stop_come_back_with_their_time_left(ns: str, tm
         now = {{e.addr: [e.timeout, e.expires, e.comment] for e in nft.elements("banned")}}
         nft.remove()
         print(json.dumps([added, now]))
-    """)  # fmt: skip
+    """)
     added, now = got
     assert added == 1
     timeout, expires, comment = now["192.0.2.1"]

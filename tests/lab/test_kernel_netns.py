@@ -135,7 +135,7 @@ def test_apply_puts_the_fast_path_in_our_table(ns: str) -> None:
     for name, chain in chains.items():
         assert (chain["hook"], chain["prio"], chain["type"], chain["policy"]) == (
             name, -10, "filter", "accept"
-        )  # fmt: skip
+        )
     sets = {o["set"]["name"]: o["set"] for o in objs if "set" in o}
     assert set(sets) == {"banned_v4", "banned_v6"}
     assert sets["banned_v4"]["type"] == "ipv4_addr" and sets["banned_v6"]["type"] == "ipv6_addr"
@@ -148,7 +148,7 @@ def test_apply_puts_the_fast_path_in_our_table(ns: str) -> None:
     cmds = nft.build_ruleset(load_policy_text(POLICY, "p.rules"), plan)
     for chain in ("forward", "input"):
         want = [c["add"]["rule"]["comment"] for c in cmds
-                if c.get("add", {}).get("rule", {}).get("chain") == chain]  # fmt: skip
+                if c.get("add", {}).get("rule", {}).get("chain") == chain]
         assert comments(objs, chain) == want
     got = comments(objs, "forward")
     assert got[:3] == ["ipsctl:blocks", "ipsctl:blocks", "ipsctl:clear-mark"]
@@ -170,7 +170,7 @@ def test_reapply_keeps_set_members_and_swaps_rules(ns: str) -> None:
     run_in(ns, """
         Nft().add_elements("banned", ["198.51.100.7", "2001:db8:9::1"], 600)
         print(json.dumps(None))
-    """)  # fmt: skip
+    """)
     changed = (
         "table banned dynamic timeout 2h\ntable other dynamic\n"
         "drop from @banned\ndrop from @other\naccept proto udp"
@@ -178,7 +178,7 @@ def test_reapply_keeps_set_members_and_swaps_rules(ns: str) -> None:
     run_in(ns, APPLY, {"text": changed, "hooks": ["forward"]})
     elements = run_in(ns, """
         print(json.dumps([[e.addr, e.timeout] for e in Nft().elements("banned")]))
-    """)  # fmt: skip
+    """)
     assert sorted(elements) == [["198.51.100.7", 600], ["2001:db8:9::1", 600]]
     objs = nft_list(ns, "table", "inet", "ipsctl")
     assert {o["chain"]["name"] for o in objs if "chain" in o} == {"forward"}  # output is gone
@@ -228,7 +228,7 @@ def test_elements_with_timeouts(ns: str) -> None:
         removed = n.delete_elements("banned", ["203.0.113.6", "203.0.113.99"])  # one absent
         third = sorted(e.addr for e in n.elements("banned"))
         print(json.dumps([first, second, removed, third]))
-    """)  # fmt: skip
+    """)
     first, second, removed, third = got
     assert first["203.0.113.5"][0] == 100 and 90 <= first["203.0.113.5"][1] <= 100
     assert first["203.0.113.6"][1] > 3500  # default timeout of the set (1h)
@@ -244,13 +244,13 @@ def test_remove_touches_nothing_else(ns: str) -> None:
     )
     sh(["ip", "netns", "exec", ns, "nft", "-f", "-"], stdin=decoy)
     sh(["ip", "netns", "exec", ns, "iptables", "-w", "-A", "FORWARD", "-s", "192.0.2.99",
-        "-j", "DROP"])  # fmt: skip
+        "-j", "DROP"])
     before_other = nft_list(ns, "table", "inet", "other")
     run_in(ns, APPLY, {"text": POLICY, "hooks": ["forward"]})
     first, second = run_in(ns, "n = Nft(); print(json.dumps([n.remove(), n.remove()]))")
     assert (first, second) == (True, False)
     tables = {(o["table"]["family"], o["table"]["name"]) for o in nft_list(ns, "tables")
-              if "table" in o}  # fmt: skip
+              if "table" in o}
     assert ("inet", "ipsctl") not in tables and ("inet", "other") in tables
     assert _strip_handles(nft_list(ns, "table", "inet", "other")) == _strip_handles(before_other)
     rules = sh(["ip", "netns", "exec", ns, "iptables", "-w", "-S", "FORWARD"])
@@ -274,7 +274,7 @@ def test_iptables_diversion_is_idempotent_and_leaves_user_rules(ns: str) -> None
         d.install(hooks=("forward", "input"), queue=0, fail_open=True)
         d.install(hooks=("forward", "input"), queue=(2, 5), fail_open=True)  # again: refresh
         print(json.dumps(None))
-    """)  # fmt: skip
+    """)
     assert got is None
     for binary in ("iptables", "ip6tables"):
         rules = sh(["ip", "netns", "exec", ns, binary, "-w", "-S"]).splitlines()
@@ -296,7 +296,7 @@ def test_iptables_diversion_is_idempotent_and_leaves_user_rules(ns: str) -> None
     removed = run_in(ns, """
         d = IptablesDiversion()
         print(json.dumps([d.remove(), d.remove()]))
-    """)  # fmt: skip
+    """)
     assert removed == [True, False]
     for binary, addr in (("iptables", "192.0.2.99/32"), ("ip6tables", "2001:db8::99/128")):
         rules = sh(["ip", "netns", "exec", ns, binary, "-w", "-S"])
@@ -311,7 +311,7 @@ def _nft_accepts(ns: str, rule: str) -> bool:
         ["ip", "netns", "exec", ns, "nft", "-f", "-"],
         input=f"table inet tprobe {{\n chain c {{\n  {rule}\n }}\n}}\n",
         capture_output=True, text=True, timeout=TIMEOUT,
-    )  # fmt: skip
+    )
     sh(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tprobe"], check=False)
     return done.returncode == 0
 
@@ -354,7 +354,7 @@ print("null")
 def _counters(ns: str) -> dict[str, int]:
     return run_in(ns, """
         print(json.dumps({k: v.packets for k, v in Nft().counters().items()}))
-    """)  # fmt: skip
+    """)
 
 
 def _ipsctl_chain_counts(ns: str) -> list[int]:
@@ -375,7 +375,7 @@ def test_packets_meet_the_fast_path_then_the_queue(namespaces: Any) -> None:
     # static neighbours: no ARP packets to count
     mac_b = sh(["ip", "-n", b, "-j", "link", "show", "vb"])
     sh(["ip", "-n", a, "neigh", "replace", "10.199.0.2", "lladdr",
-        json.loads(mac_b)[0]["address"], "dev", "va"])  # fmt: skip
+        json.loads(mac_b)[0]["address"], "dev", "va"])
     run_in(b, APPLY, {"text": TRAFFIC_POLICY, "hooks": ["input"]})
     run_in(b, "IptablesDiversion().install(hooks=('input',)); print('null')")
     run_in(a, SEND, [[9001, 3], [9002, 4], [9003, 5]])

@@ -35,7 +35,7 @@ SERIES = (
 
 def _free_port(box: InlineLab, node: str) -> int:
     out = box.python(node, "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
-                           "print(s.getsockname()[1])")  # fmt: skip
+                           "print(s.getsockname()[1])")
     return int(out.stdout)
 
 
@@ -77,12 +77,12 @@ def test_prometheus_scrapes_the_series(tmp_path: Path) -> None:
             ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{pport}"],
             stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        )
         try:
             got = wait_until(
                 lambda: _query(box, pport, 'ipsctl_packets_total{verdict="accept"}'), timeout=40,
                 every=0.5,
-            )  # fmt: skip
+            )
             assert got, (tmp_path / "prometheus.log").read_text()[-2000:]
             accept = _query(box, pport, 'ipsctl_packets_total{verdict="accept"}')[0]
             assert accept["metric"]["job"] == "ipsctl"
@@ -101,18 +101,18 @@ def test_prometheus_scrapes_the_series(tmp_path: Path) -> None:
             assert queue, "the queue's line of /proc/net/netfilter/nfnetlink_queue"
             # a scan: the detector's alert and its block show up in the series too
             box.run("attacker", ["nmap", "-sS", "-Pn", "-n", "-T4", "--max-retries", "0",
-                                 "-p", "1-100", SERVER], timeout=40)  # fmt: skip
+                                 "-p", "1-100", SERVER], timeout=40)
             assert wait_until(lambda: ATTACKER in box.kernel_blocks(), timeout=5)
             assert wait_until(
                 lambda: any(float(r["value"][1]) >= 1 for r in
                             _query(box, pport, 'ipsctl_alerts_total{category="portscan"}')),
                 timeout=10, every=0.5,
-            )  # fmt: skip
+            )
             assert wait_until(
                 lambda: any(float(r["value"][1]) >= 1 for r in
                             _query(box, pport, "ipsctl_blocks_active")),
                 timeout=10, every=0.5,
-            )  # fmt: skip
+            )
         finally:
             prom.send_signal(signal.SIGTERM)
             try:

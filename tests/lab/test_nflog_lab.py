@@ -81,11 +81,11 @@ def test_the_client_reads_the_copies_an_nft_log_rule_sends() -> None:
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=15)
         subprocess.run(netns_argv(ns, ["nft", "-f", "-"]), input=RULES, text=True, check=True,
-                       timeout=15)  # fmt: skip
+                       timeout=15)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         res = subprocess.run(netns_argv(ns, [sys.executable, "-c", IN_NAMESPACE]),
                              capture_output=True, text=True, timeout=30, env=env,
-                             cwd=ROOT)  # fmt: skip
+                             cwd=ROOT)
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False, timeout=15)
     assert res.returncode == 0, res.stderr

@@ -22,13 +22,13 @@ from test_attacks import attack_policy
 from ips.control import request
 
 NMAP = ["nmap", "-sS", "-Pn", "-n", "-T4", "--max-retries", "0", "--host-timeout", "20s",
-        "-p", "1-100", SERVER]  # fmt: skip
+        "-p", "1-100", SERVER]
 FLOOD = ["hping3", "-1", "-c", "1500", "-i", "u200", SERVER]  # 5000/s for 0.3 s, ICMP echo
 
 
 def detector_alerts(events: list[dict]) -> list[dict]:
     return [e for e in events
-            if e["event_type"] == "alert" and e["alert"]["category"] != "policy"]  # fmt: skip
+            if e["event_type"] == "alert" and e["alert"]["category"] != "policy"]
 
 
 def received(hping_output: str) -> tuple[int, int]:
@@ -133,7 +133,7 @@ def test_tap_enforces_blocks_only_when_the_policy_asks(tmp_path: Path) -> None:
 def test_tap_bpf_filter_promiscuous_mode_and_bad_arguments(tmp_path: Path) -> None:
     with inline_lab(tmp_path, "tpb") as box:
         box.start_daemon(attack_policy(tmp_path), "--mode", "tap", "--iface", "lan0",
-                         "--bpf", "not icmp", "--promisc")  # fmt: skip
+                         "--bpf", "not icmp", "--promisc")
         # PACKET_MR_PROMISC counts in the interface's promiscuity (ip -d shows it)
         assert "promiscuity 1" in box.gw_text(["ip", "-d", "link", "show", "lan0"])
         before = box.status()["tap"]["frames"]
@@ -159,7 +159,7 @@ def test_tap_bpf_filter_promiscuous_mode_and_bad_arguments(tmp_path: Path) -> No
         policy = str(attack_policy(tmp_path))
         for extra, message in bad:
             argv = [sys.executable, "-m", "ips.cli", "run", "--policy", policy,
-                    "--socket", str(tmp_path / "x.sock"), *extra]  # fmt: skip
+                    "--socket", str(tmp_path / "x.sock"), *extra]
             out = box.run("gw", argv, timeout=20)
             assert out.returncode == 2, (extra, out.stdout, out.stderr)
             assert message in out.stderr, (extra, out.stderr)
@@ -175,7 +175,7 @@ def test_eve_reopens_on_sighup_and_stats_and_syslog_carry_the_events(tmp_path: P
     try:
         with inline_lab(tmp_path, "tph") as box:
             box.start_daemon(attack_policy(tmp_path), "--mode", "tap", "--iface", "lan0",
-                             "--stats-interval", "1", "--syslog", f"unix:{sock_path}")  # fmt: skip
+                             "--stats-interval", "1", "--syslog", f"unix:{sock_path}")
             box.run("attacker", ["curl", "-s", "--max-time", "2", f"http://{SERVER}:23/"])
             assert wait_until(lambda: any(e["event_type"] == "stats" for e in box.eve_events()))
             stats = [e for e in box.eve_events() if e["event_type"] == "stats"][-1]["stats"]
@@ -198,7 +198,7 @@ def test_eve_reopens_on_sighup_and_stats_and_syslog_carry_the_events(tmp_path: P
             box.run("client", ["curl", "-s", "--max-time", "2", f"http://{SERVER}:23/"])
             assert wait_until(lambda: any(
                 e["event_type"] == "alert" and e["src_ip"] == CLIENT for e in box.eve_events()
-            ))  # fmt: skip
+            ))
             old = [json.loads(line) for line in rotated.read_text().splitlines()]
             assert not any(e.get("src_ip") == CLIENT for e in old)
             assert box.status()["sinks"]["eve"]["reopens"] >= 1

@@ -59,7 +59,7 @@ def as_nobody(box: InlineLab, *args: str, timeout: float = 30) -> subprocess.Com
     return subprocess.run(
         [sys.executable, "-c", AS_NOBODY, *args, "--socket", box.socket],
         capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-    )  # fmt: skip
+    )
 
 
 class Tmux:
@@ -70,7 +70,7 @@ class Tmux:
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True,
-                              timeout=10)  # fmt: skip
+                              timeout=10)
 
     def screen(self) -> str:
         return self("capture-pane", "-p", "-t", "top").stdout
@@ -106,7 +106,7 @@ def test_flows_and_top_as_an_unprivileged_user(open_dir: Path) -> None:
         argv = [sys.executable, "-c", AS_NOBODY, "top", "--socket", box.socket]
         env = f"PYTHONPATH={os.environ.get('PYTHONPATH', ROOT)}"
         started = tmux("new-session", "-d", "-s", "top", "-x", "150", "-y", "50",
-                       "env", env, *argv)  # fmt: skip
+                       "env", env, *argv)
         assert started.returncode == 0, started.stderr
         try:
             deadline = time.monotonic() + 15
@@ -117,7 +117,7 @@ def test_flows_and_top_as_an_unprivileged_user(open_dir: Path) -> None:
                 "attacker",
                 ["nmap", "-sS", "-Pn", "-n", "-T4", "--max-retries", "0", "-p", "1-100", SERVER],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
             try:
                 alert_seen = shown = None
                 deadline = time.monotonic() + 30

@@ -35,7 +35,7 @@ def _run(script: Path, *argv: str, timeout: float = 120) -> subprocess.Completed
     return subprocess.run(
         [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=timeout,
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+    )
 
 
 def _bench_packets(lab) -> list[bytes]:
@@ -103,10 +103,10 @@ def test_report_computes_ratios_and_targets_from_medians(
 
     def ok(tcp: float, udp: float, conn: float, p50: float, queued: dict[int, int] | None = None):
         median = {"tcp_gbps": tcp, "udp_pps": udp, "conn_per_s": conn, "ping_p50_us": p50,
-                  "conn_par_per_s": conn * 4, "ping_p99_us": p50 * 2}  # fmt: skip
+                  "conn_par_per_s": conn * 4, "ping_p99_us": p50 * 2}
         udp_detail = {"queued": queued, "queue_drops": 0} if queued else {}
         return {"label": "", "status": "ok", "median": median,
-                "runs": [{**median, "detail": {"udp": udp_detail}}]}  # fmt: skip
+                "runs": [{**median, "detail": {"udp": udp_detail}}]}
 
     res = {
         "kernel": ok(10.0, 200_000, 8000, 50),

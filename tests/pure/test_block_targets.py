@@ -26,7 +26,7 @@ LAN_BROADCAST = "10.10.1.255"
      ("::ffff:10.10.1.20", "10.10.1.20"), ("::FFFF:0a0a:0114", "10.10.1.20"),
      ("fd00:10:1::66", "fd00:10:1::66"), ("FD00:10:1::66", "fd00:10:1::66"),
      ("fe80::1", "fe80::1"), ("10.10.1.254", "10.10.1.254")],
-)  # fmt: skip
+)
 def test_addresses_that_can_be_a_source_are_blocked_as_their_family_writes_them(
     text: str, blocked: str
 ) -> None:
@@ -44,7 +44,7 @@ def test_addresses_that_can_be_a_source_are_blocked_as_their_family_writes_them(
      (LAN_BROADCAST, "the broadcast address of one of this host's networks"),
      ("fe80::1%lan0", "an address with a zone (%lan0) cannot be blocked"),
      ("10.10.1.300", "not an IP address: '10.10.1.300'"), ("", "not an IP address")],
-)  # fmt: skip
+)
 def test_addresses_that_are_never_a_source_are_refused_saying_why(text: str, why: str) -> None:
     with pytest.raises(ValueError, match="") as caught:
         block_target(text, [LAN_BROADCAST])
@@ -65,7 +65,7 @@ def test_subnet_broadcasts_of_this_hosts_networks() -> None:
     found = supervisor.subnet_broadcasts([
         ("10.10.1.1", 24, None), ("10.0.0.1", 32, None), ("10.1.1.1", 31, None),
         ("192.168.5.1", 24, "192.168.5.255"), ("172.16.0.1", 30, None),
-    ])  # fmt: skip
+    ])
     assert found == ["10.10.1.255", "192.168.5.255", "172.16.0.3"]
 
 
@@ -92,7 +92,7 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> supervisor.Daemon:
 
 def test_the_daemon_refuses_too_whoever_asks(daemon: supervisor.Daemon) -> None:
     for addr, ttl in (("0.0.0.0", 60), ("fe80::1%lan0", 60), (LAN_BROADCAST, 60),
-                      ("10.10.1.20", 0.0001), ("ff02::1", None)):  # fmt: skip
+                      ("10.10.1.20", 0.0001), ("ff02::1", None)):
         reply = daemon.blocks_add(addr, ttl, None)
         assert reply["ok"] is False and reply["error"], (addr, reply)
     reply = daemon.blocks_add("::ffff:10.10.1.20", 1.5, None)
@@ -122,7 +122,7 @@ def test_the_cli_says_exactly_what_was_done(served: str, daemon: supervisor.Daem
     assert out.exit_code == 0, out.output
     assert out.stdout == ("blocked 10.10.1.20 for 2s (::ffff:10.10.1.20 is the IPv4 address "
                           "10.10.1.20; --ttl 1.5s rounded up to whole seconds, the kernel's "
-                          "unit)\n")  # fmt: skip
+                          "unit)\n")
     out = blocks_add(served, "10.10.1.21", "--ttl", "10m")
     assert out.stdout == "blocked 10.10.1.21 for 10m00s\n"
 

@@ -141,7 +141,7 @@ def test_detectors_never_block_the_gateways_own_addresses() -> None:
     policy = load_policy_text(
         "table banned dynamic timeout 1h\ndrop from @banned\naccept\n"
         "detect stealth count 1 within 60s block 1h\n", "p.rules",
-    )  # fmt: skip
+    )
     engine = make_engine(policy, 1000, [f"{GW}/32"])
     blocks: dict[str, list[object]] = {}
     for src in (GW, ATTACKER):
@@ -201,7 +201,7 @@ def test_detector_counters_are_read_whatever_their_shape() -> None:
 @pytest.mark.parametrize(
     ("text", "seconds"), [("2s", 2), ("10m", 600), ("1h", 3600), ("1d", 86400), ("90", 90),
                           ("500ms", 0.5), ("1.5h", 5400)],
-)  # fmt: skip
+)
 def test_ttl_words(text: str, seconds: float) -> None:
     from ips.cli.blocks import parse_ttl
 

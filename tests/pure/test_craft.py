@@ -89,7 +89,7 @@ def view(layers: object) -> Packet:
             proto = nxt
     if frag == FRAG_LATER:
         return Packet(data, family, src, dst, proto, ttl=ttl, tos=tos, payload_offset=off,
-                      frag=frag)  # fmt: skip
+                      frag=frag)
     sport = dport = flags = 0
     itype = icode = -1
     payload = off + 8
@@ -109,7 +109,7 @@ def view(layers: object) -> Packet:
     return Packet(
         data, family, src, dst, proto, sport, dport, flags, itype, icode, ttl, tos,
         l4_offset=off, payload_offset=payload, frag=frag,
-    )  # fmt: skip
+    )
 
 
 def parse(data: bytes):

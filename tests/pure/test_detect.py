@@ -50,7 +50,7 @@ def make(detect: str, *extra: str, default: str = "accept", **kw: object) -> Eng
     text = "\n".join(
         ["table banned dynamic timeout 1h", f"set default {default}", "drop from @banned",
          *extra, detect]
-    )  # fmt: skip
+    )
     return Engine(load_policy_text(text, "t.rules"), **kw)  # type: ignore[arg-type]
 
 
@@ -115,7 +115,7 @@ def test_portscan_fires_at_its_threshold_and_not_below(threshold: int) -> None:
     )
     assert (block.addr_text, block.detector, block.ttl, block.offense) == (
         SCANNER, "portscan", 600.0, 1,
-    )  # fmt: skip
+    )
     assert banned(e) == {addr(SCANNER)}
     # the next packet of the scanner meets `drop from @banned`
     assert e.handle(tcp(SCANNER, VICTIM, 40001, 2000), now=T0 + 2).verdict == "drop"
@@ -187,7 +187,7 @@ def test_open_ports_weigh_less_and_used_services_nothing() -> None:
                 tcp(VICTIM, CLIENT, 1000 + p, 44000 + p, TCP_SYN | TCP_ACK),
                 tcp(CLIENT, VICTIM, 44000 + p, 1000 + p, TCP_ACK | TCP_PSH, payload=b"GET /"),
                 tcp(VICTIM, CLIENT, 1000 + p, 44000 + p, TCP_ACK | TCP_PSH, payload=b"200")],
-            T0 + p * 0.01)  # fmt: skip
+            T0 + p * 0.01)
     assert alerts(e.tick(T0 + 10)) == []
 
 
@@ -255,7 +255,7 @@ def test_sweep_not_below_threshold_and_answered_hosts_do_not_count() -> None:
         host = f"10.0.2.{i + 1}"
         run(e, [tcp(SCANNER, host, 48000 + i, 443),
                 tcp(host, SCANNER, 443, 48000 + i, TCP_SYN | TCP_ACK),
-                udp(SCANNER, host, 49000 + i, 443)], t)  # fmt: skip
+                udp(SCANNER, host, 49000 + i, 443)], t)
         t += 0.01
     assert alerts(e.tick(t + GRACE + 1)) == [] and banned(e) == set()
     # a multicast or broadcast destination is not a host
@@ -270,13 +270,13 @@ def test_a_ping_sweep_of_live_hosts_counts_as_it_is_sent() -> None:
         host = f"fd00::{i + 1:x}" if i % 2 else f"10.0.3.{i + 1}"
         src = "fd00::66" if i % 2 else SCANNER
         effects += run(e, [ping(src, host, ident=i), ping(host, src, ident=i, reply=True)],
-                       T0 + i * 0.01)  # fmt: skip
+                       T0 + i * 0.01)
     assert alerts(effects) == []  # 12 + 12: each family's source is its own
     e = make("detect sweep hosts 25 within 60s block 10m")
     for i in range(25):
         host = f"10.0.3.{i + 1}"
         effects = run(e, [ping(SCANNER, host, ident=i), ping(host, SCANNER, ident=i, reply=True)],
-                      T0 + i * 0.01)  # fmt: skip
+                      T0 + i * 0.01)
     assert len(alerts(effects, "sweep")) == 1 and banned(e) == {addr(SCANNER)}
 
 
@@ -326,7 +326,7 @@ def test_fin_in_a_connection_and_later_fragments_are_not_stealth() -> None:
     e = make("detect stealth count 1 within 60s block 1h")
     run(e, [tcp(CLIENT, VICTIM, 53000, 80),
             tcp(VICTIM, CLIENT, 80, 53000, TCP_SYN | TCP_ACK),
-            tcp(CLIENT, VICTIM, 53000, 80, TCP_FIN)], T0)  # fmt: skip
+            tcp(CLIENT, VICTIM, 53000, 80, TCP_FIN)], T0)
     # a non-first fragment of a TCP datagram: no header, so no flags to judge
     frag = bytearray(build_packet(PROTO_TCP, CLIENT, VICTIM, 1, 2, payload=b"x" * 40))
     frag[6:8] = (0x0010).to_bytes(2, "big")  # offset 16 (x8 bytes), last fragment
@@ -405,7 +405,7 @@ def test_a_flood_leaves_alone_a_source_another_detection_banned_in_the_same_pack
     assert [type(x).__name__ for x in effects] == ["Alert", "Block"]
     assert (effects[0].category, effects[0].action, effects[1].detector) == (  # type: ignore[union-attr]
         "sweep", "blocked", "sweep",
-    )  # fmt: skip
+    )
     assert e.detect is not None and e.detect.by_name["synflood"].blocked == 0
     assert e.blocks.stats()["added"] == 1 and e.stats.blocks == 1
 
@@ -526,7 +526,7 @@ def test_manual_block_unblock_and_adopt() -> None:
         ("set ban-escalation fast", "'set ban-escalation' takes a whole number", None),
         ("set detect-memory 8", "'set detect-memory' takes a whole number from 16", None),
     ],
-)  # fmt: skip
+)
 def test_policy_errors(text: str, message: str, hint: str | None) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy_text(text, "t.rules")
@@ -544,7 +544,7 @@ def test_policy_options_and_alert_only_detectors_need_no_table() -> None:
     )
     assert (policy.ban_budget, policy.ban_escalation, policy.ban_max, policy.detect_memory) == (
         5, 3, 7200.0, 1000,
-    )  # fmt: skip
+    )
     defaults = load_policy_text("", "t.rules")
     assert (defaults.ban_budget, defaults.ban_escalation, defaults.ban_max) == (30, 2, 86400.0)
     assert defaults.detect_memory == 65536
@@ -600,14 +600,14 @@ def test_eve_records_of_detections_blocks_and_unblocks() -> None:
         "detector": "portscan", "source": SCANNER, "target": VICTIM, "targets": [21, 22, 23],
         "count": 3, "score": 3.0, "threshold": 3, "window": 60.0, "failed": 3,
         "block": "added", "ttl": 600.0, "offense": 1,
-    }  # fmt: skip
+    }
     assert block["src_ip"] == SCANNER and "dest_ip" not in block
     assert block["ipsctl_block"] == {
         "table": "banned", "detector": "portscan", "offense": 1, "ttl": 600.0,
         "expires": block["ipsctl_block"]["expires"],
         "reason": f"portscan: 3 ports of {VICTIM} probed within 60s",
         "enforced": True,
-    }  # fmt: skip
+    }
     assert block["ipsctl_block"]["expires"].startswith("2023-11-14T22:23:20")
     assert unblock["ipsctl_unblock"] == {"table": "banned", "reason": "expired"}
 
@@ -663,7 +663,7 @@ def test_benign_captures_raise_no_detector_alert(policy_name: str) -> None:
             continue
         assert (dict(result.detector_alerts), result.blocks, dict(result.detector_drops)) == (
             {}, [], {},
-        ), capture.name  # fmt: skip
+        ), capture.name
     # the one attack indicator among them, a packet with every TCP flag set, is seen
     flags = replay_captures(
         policy, [str(PCAPS / "td_tcp_eight_lowest_weight_flags_set.pcap")], progress=False

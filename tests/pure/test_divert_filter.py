@@ -49,7 +49,7 @@ PORTS = [7, 9, 22, 23, 53, 80, 85, 135, 137, 139, 445, 8000, 8050, 8100, 8101, 4
 def fwd_packet(raw: bytes) -> pydivert.Packet:
     """A packet as the NETWORK_FORWARD layer delivers it."""
     return pydivert.Packet(raw, interface=(3, 0), direction=Direction.OUTBOUND,
-                           layer=Layer.NETWORK_FORWARD)  # fmt: skip
+                           layer=Layer.NETWORK_FORWARD)
 
 
 def checksums_ok(raw: bytes) -> bool:
@@ -70,7 +70,7 @@ def random_packet(rng: random.Random) -> bytes:
     flags = rng.choice([SYN, SYN | ACK, ACK, 0, FIN | PSH | URG, FIN, RST, SYN | FIN])
     payload = rng.choice([b"", b"GET / HTTP/1.0\r\n\r\n"])
     return build_packet(proto, src, dst, rng.choice(PORTS), rng.choice(PORTS), flags=flags,
-                        payload=payload)  # fmt: skip
+                        payload=payload)
 
 
 def engine_cares(policy_text: str, raw: bytes) -> bool:
@@ -84,10 +84,10 @@ def engine_cares(policy_text: str, raw: bytes) -> bool:
 
 def test_packet_views_over_our_bytes_and_back() -> None:
     raw = build_packet(TCP, "10.10.1.20", "10.10.2.10", 40000, 80, flags=PSH | ACK,
-                       payload=b"GET / HTTP/1.0\r\n\r\n")  # fmt: skip
+                       payload=b"GET / HTTP/1.0\r\n\r\n")
     p = fwd_packet(raw)
     assert (p.src_addr, p.dst_addr, p.src_port, p.dst_port) == ("10.10.1.20", "10.10.2.10",
-                                                                40000, 80)  # fmt: skip
+                                                                40000, 80)
     assert p.tcp.psh and p.tcp.ack and not p.tcp.syn
     assert p.payload == b"GET / HTTP/1.0\r\n\r\n" and checksums_ok(raw)
     p.payload = b"GET /other HTTP/1.0\r\n\r\n"
@@ -109,7 +109,7 @@ def test_policies_that_need_every_packet_divert_everything() -> None:
     assert divert_filter(load_policy_text("drop proto tcp to port 23\n")) == "true"  # malformed
     for extra, why in [("detect portscan\ntable banned dynamic\n", "detectors"),
                        ("drop state new proto tcp to port 22\n", "state"),
-                       ("rewrite proto tcp to port 81 set dport 80\n", "translated")]:  # fmt: skip
+                       ("rewrite proto tcp to port 81 set dport 80\n", "translated")]:
         policy = load_policy_text(FILTER_HEAD + extra)
         assert why in (needs_everything(policy) or "") and divert_filter(policy) == "true"
     # host handles: one direction only
@@ -158,7 +158,7 @@ def test_filter_compiles_and_diverts_every_packet_the_engine_judges(index: int) 
 
 def test_negated_and_v6_ranges_are_exact_at_their_edges() -> None:
     f = divert_filter(load_policy_text(FILTER_HEAD + "drop proto udp from !10.10.1.0/24\n"
-                                       "drop from 2001:db8::/32\n"))  # fmt: skip
+                                       "drop from 2001:db8::/32\n"))
     def hit(src: str) -> bool:
         dst = "10.10.2.10" if "." in src else "fd00::1"
         return fwd_packet(build_packet(UDP, src, dst, 1, 2)).matches(f)
@@ -207,10 +207,10 @@ def test_verdicts_map_to_send_nothing_reply_or_rewritten() -> None:
     worker._on_packet(fwd_packet(syn))
     assert handle.sent == [syn]  # accept: re-injected unchanged
     worker._on_packet(fwd_packet(build_packet(TCP, "10.10.1.20", "10.10.2.10", 40001, 23,
-                                              flags=SYN)))  # fmt: skip
+                                              flags=SYN)))
     assert len(handle.sent) == 1  # drop: not sent
     worker._on_packet(fwd_packet(build_packet(TCP, "10.10.1.20", "10.10.2.10", 40002, 445,
-                                              flags=SYN)))  # fmt: skip
+                                              flags=SYN)))
     rst = decode_l3(handle.sent[-1])  # reject: a reset back to the client, not the SYN
     assert (rst.src, rst.dst, rst.sport, rst.dport) == (bytes([10, 10, 2, 10]),
                                                         bytes([10, 10, 1, 20]), 445, 40002)
@@ -268,7 +268,7 @@ def test_ban_set_follows_block_effects_and_survives_in_its_file(tmp_path: Path) 
     bans = UserBlocks(path, clock=lambda: 1000.0, log=None)
     v = bans.version
     bans.note([Block(bytes([10, 10, 1, 66]), table="banned", ttl=600.0, detector="portscan",
-                     offense=1, reason="15 ports", time=1000.0)])  # fmt: skip
+                     offense=1, reason="15 ports", time=1000.0)])
     assert bans.version > v and bans.is_blocked(bytes([10, 10, 1, 66]), 1001.0)
     bans.flush()
     again = UserBlocks(path, clock=lambda: 1100.0, log=None)

@@ -469,7 +469,7 @@ def test_rules_only_for_blocked_sources_are_left_out_of_the_per_packet_search() 
     """`drop from @banned` can never match what the block check let through, so it costs no
     lookup per packet; a rule that also names addresses of its own stays."""
     text = ("table banned dynamic timeout 1h\ndrop from @banned\n"
-            f"drop from {{ @banned, {C} }}\naccept proto icmp\n")  # fmt: skip
+            f"drop from {{ @banned, {C} }}\naccept proto icmp\n")
     e = engine(text)
     assert e.handle(ping(A, B), now=1).verdict == "accept"
     assert e.handle(ping(C, B), now=1).verdict == "drop"
@@ -505,7 +505,7 @@ def test_a_stopping_worker_ends_the_open_flows_within_its_budget(
     assert end_open_flows(eng, sinks, 200.0, 3.0) == 3000
     assert len(sinks.got) == 3000 and len(eng.flows) == 0
     assert all(e.__class__ is FlowEnd and e.reason == "shutdown" and e.time == 200.0
-               for e in sinks.got)  # fmt: skip
+               for e in sinks.got)
     assert len({e.flow.flow_id for e in sinks.got}) == 3000  # type: ignore[attr-defined]
     # A clock that passes the budget after the first chunk: the rest are not written, and
     # the journal says how many.

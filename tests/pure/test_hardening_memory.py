@@ -42,7 +42,7 @@ def test_the_bound_checks_can_fail() -> None:
     """A cap the engine does not know about is reported as exceeded (the checks are real)."""
     r = memory.Report(max_flows=10, detect_memory=10)
     policy = memory.load_policy_text(memory.POLICY.format(trusted=memory.TRUSTED, memory=1000),
-                                     "flood.rules")  # fmt: skip
+                                     "flood.rules")
     engine = memory.Engine(policy, max_flows=1000)
     for i in range(50):
         engine.handle(memory.packet_for(0, memory.spoofed(i)), memory.Meta(), 1.0)

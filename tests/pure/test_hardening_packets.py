@@ -129,6 +129,6 @@ def test_atheris_coverage_guided_run() -> None:
         [sys.executable, str(ROOT / "bench" / "fuzz_atheris.py"), "-runs=20000", "-seed=3",
          "-max_len=400"], capture_output=True, text=True, timeout=120, env=env,
         cwd=ROOT / "bench",
-    )  # fmt: skip
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Done 20000 runs" in out.stderr

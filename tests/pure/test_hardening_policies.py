@@ -39,7 +39,7 @@ def check(path: Path) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(
         [sys.executable, "-m", "ips.cli", "check", str(path)],
         capture_output=True, text=True, timeout=120, cwd=ROOT, preexec_fn=_limits,
-    )  # fmt: skip
+    )
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     assert out.returncode in (0, 1), (out.returncode, out.stderr[-2000:])
     return out
@@ -77,7 +77,7 @@ def test_include_cannot_escape_its_directory_and_nothing_outside_is_read(tmp_pat
         return _read_text(p)
 
     for target in ("../secret.rules", str(outside), "link.rules", "linkdir/secret.rules",
-                   "sub/../../secret.rules", "/etc/passwd"):  # fmt: skip
+                   "sub/../../secret.rules", "/etc/passwd"):
         main = policy_dir / "main.rules"
         main.write_text(f'accept proto icmp\ninclude "{target}"\n')
         found = errors(main, reader)

@@ -69,7 +69,7 @@ def packet(draw: st.DrawFn) -> tuple[bytes, Meta]:
         flags=draw(st.sampled_from([0x02, 0x12, 0x10, 0x00, 0x29, 0x03])),
         icmp_type=draw(st.sampled_from([0, 3, 8, 128, 129])) if proto != PROTO_TCP else None,
         payload=b"p" * draw(st.integers(0, 40)),
-    )  # fmt: skip
+    )
     iif = draw(st.sampled_from([None, "eth0", "eth1", "wlan0"]))
     oif = draw(st.sampled_from([None, "eth1", "eth0"]))
     return data, Meta(iif=iif, oif=oif)

@@ -27,7 +27,7 @@ class Block:
     def __init__(
         self, addr: bytes, ttl: float, detector: str = "portscan", offense: int = 1,
         reason: str = "15 ports", time: float = 100.0, table: str = "banned",
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.addr, self.table, self.ttl, self.detector = addr, table, ttl, detector
         self.offense, self.reason, self.time = offense, reason, time
 
@@ -84,13 +84,13 @@ def test_blocks_of_a_burst_go_to_the_kernel_in_one_transaction() -> None:
     (batch,) = nft.batches
     final = {
         c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in batch if "add" in c
-    }  # fmt: skip  (the last add of each set: the one with the details)
+    }  # the last add of each set: the one with the details
     assert final == {
         "banned_v4": [{"elem": {"val": "192.0.2.1", "timeout": 600,
                                 "comment": "portscan|1|15 ports"}}],
         "banned_v6": [{"elem": {"val": "2001:db8::66", "timeout": 60,
                                 "comment": "stealth|2|15 ports"}}],
-    }  # fmt: skip
+    }
     assert blocks.added == 2 and blocks.errors == 0 and not blocks.pending
     lat = blocks.latency.as_dict()
     assert lat["count"] == 2 and lat["last_ms"] == pytest.approx(0.4, abs=0.01)
@@ -180,7 +180,7 @@ def test_the_queue_worker_writes_blocks_after_the_burst_and_inside_a_long_one() 
     mono = [0.0]
     blocks = kb.KernelBlocks(nft, monotonic=lambda: mono[0], log=None)  # type: ignore[arg-type]
     worker = nfqueue.QueueWorker(0, FakeEngine(), on_events=seen.append, blocks=blocks,  # type: ignore[arg-type]
-                                 on_busy=lambda: busy.append(1))  # fmt: skip
+                                 on_busy=lambda: busy.append(1))
     verdicts: list[str] = []
 
     class Burst:  # netfilterqueue's run(): every packet waiting, then return
@@ -236,10 +236,10 @@ def test_adopt_gives_the_engine_the_kernels_members() -> None:
 
     engine = Adopter()
     elements = [SetElement("192.0.2.1", 600, 120), SetElement("192.0.2.2", 60, 5),
-                SetElement("2001:db8::66", 60), SetElement("198.51.100.1")]  # fmt: skip
+                SetElement("2001:db8::66", 60), SetElement("198.51.100.1")]
     assert kb.adopt_blocks(engine, elements, 1000.0) == 3
     assert engine.got == [(A1, 1120.0), (A6, 1060.0),
-                          (bytes([198, 51, 100, 1]), math.inf)]  # fmt: skip
+                          (bytes([198, 51, 100, 1]), math.inf)]
     assert kb.adopt_blocks(object(), elements, 0.0) == 0  # an engine without adopt_block
 
     class WithOffense:

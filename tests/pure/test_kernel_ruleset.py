@@ -150,7 +150,7 @@ def test_mixed_family_rule_gives_one_rule_per_family() -> None:
         [V4, m("==", PL("ip", "saddr"), "192.0.2.7"), COUNTER, DROP],
         [V6, m("==", PL("ip6", "saddr"), {"prefix": {"addr": "2001:db8::", "len": 32}}),
          COUNTER, DROP],
-    ]  # fmt: skip
+    ]
 
 
 def test_negated_addresses_and_tables_are_anded() -> None:
@@ -172,7 +172,7 @@ def test_networks_or_table_is_split_in_two_rules() -> None:
          DROP],
         [V4, m("==", PL("ip", "saddr"), "@b_v4"), COUNTER, DROP],
         [V6, m("==", PL("ip6", "saddr"), "@b_v6"), COUNTER, DROP],
-    ]  # fmt: skip
+    ]
 
 
 def test_ports_imply_l4proto_and_use_th() -> None:
@@ -313,7 +313,7 @@ def test_reject_default_is_reset_for_tcp_and_icmp_otherwise() -> None:
         [V4, m("==", META("l4proto"), {"set": [17, 136]}), src, COUNTER,
          {"reject": {"type": "icmpx", "expr": 1}}],  # port unreachable (as the engine)
         [V4, src, COUNTER, {"reject": {"type": "icmpx", "expr": 3}}],  # admin prohibited
-    ]  # fmt: skip
+    ]
 
 
 def test_reject_tcp_only_is_one_rule() -> None:
@@ -363,7 +363,7 @@ def test_every_kernel_rule_has_a_counter_and_the_comment_of_its_line() -> None:
         "ipsctl:t.rules:4", "ipsctl:t.rules:4",
         "ipsctl:t.rules:5", "ipsctl:t.rules:5",
         rs.USERSPACE_COMMENT,
-    ]  # fmt: skip
+    ]
     assert all(
         {"counter": None} in r["expr"] for r in rules if r["comment"] != rs.CLEAR_MARK_COMMENT
     )
@@ -384,7 +384,7 @@ def test_table_sets_and_chains() -> None:
          "flags": ["timeout"], "size": 65536, "timeout": 600},
         {"family": "inet", "table": "ipsctl", "name": "banned_v6", "type": "ipv6_addr",
          "flags": ["timeout"], "size": 65536, "timeout": 600},
-    ]  # fmt: skip
+    ]
     chains = [c["add"]["chain"] for c in cmds if "chain" in c.get("add", {})]
     assert [(c["name"], c["hook"], c["prio"], c["type"], c["policy"]) for c in chains] == [
         ("forward", "forward", -10, "filter", "accept"),
@@ -487,12 +487,12 @@ def test_elements_go_to_the_set_of_their_family_with_timeouts() -> None:
             {"elem": {"val": "192.0.2.2", "timeout": 91}}]}}},
         {"add": {"element": {"family": "inet", "table": "ipsctl", "name": "banned_v6", "elem": [
             {"elem": {"val": "2001:db8::1", "timeout": 91}}]}}},
-    ]  # fmt: skip
+    ]
     assert rs.add_elements("b", ["10.0.0.1"])[0]["add"]["element"]["elem"] == ["10.0.0.1"]
     assert rs.delete_elements("b", ["2001:db8::1"]) == [
         {"delete": {"element": {"family": "inet", "table": "ipsctl", "name": "b_v6",
                                 "elem": ["2001:db8::1"]}}}
-    ]  # fmt: skip
+    ]
     with pytest.raises(ValueError):
         rs.add_elements("b", ["not-an-address"])
 
@@ -510,7 +510,7 @@ def test_parse_table_and_counters() -> None:
                   "expr": [{"counter": {"packets": 3, "bytes": 180}}, {"drop": None}]}},
         {"rule": {"chain": "forward", "comment": "ipsctl:t.rules:2",
                   "expr": [{"counter": {"packets": 1, "bytes": 60}}, {"drop": None}]}},
-    ]}  # fmt: skip
+    ]}
     state = rs.parse_table(listing)
     assert state is not None and state.chains == ("forward",)
     assert state.sets["b_v4"].elements == (
@@ -587,13 +587,13 @@ def _holds(match: Any, pkt: Packet, iif: str | None, oif: str | None, members: A
     if op == "!=":
         return not _in(value, right, members)
     return {"<": value < right, "<=": value <= right, ">": value > right,
-            ">=": value >= right}[op]  # fmt: skip
+            ">=": value >= right}[op]
 
 
 def first_kernel_match(
     cmds: list[dict[str, Any]], hook: str, pkt: Packet, iif: str | None, oif: str | None,
     members: dict[str, set[bytes]],
-) -> tuple[str, dict[str, Any]] | None:  # fmt: skip
+) -> tuple[str, dict[str, Any]] | None:
     for rule in rules_of(cmds, hook):
         if rule["comment"] in (rs.CLEAR_MARK_COMMENT, rs.USERSPACE_COMMENT):
             continue  # (the blocks rules are interpreted: they are drops like any other)
@@ -667,7 +667,7 @@ def kernel_rule(draw: st.DrawFn) -> str:
 def packet_case(draw: st.DrawFn) -> tuple[Packet, str, str | None, str | None]:
     v6 = draw(st.booleans())
     pool = ["2001:db8::1", "2001:db8:1::5", "fe80::1"] if v6 else [
-        "10.0.0.1", "10.1.2.3", "10.2.0.7", "192.0.2.1", "10.1.2.0"]  # fmt: skip
+        "10.0.0.1", "10.1.2.3", "10.2.0.7", "192.0.2.1", "10.1.2.0"]
     proto = draw(st.sampled_from([PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 if v6 else PROTO_ICMP]))
     ports = st.sampled_from([22, 53, 80, 443, 1000, 1500, 5000])
     data = build_packet(
@@ -675,7 +675,7 @@ def packet_case(draw: st.DrawFn) -> tuple[Packet, str, str | None, str | None]:
         draw(ports), flags=draw(st.sampled_from([0x02, 0x12, 0x10, 0x00])),
         icmp_type=draw(st.sampled_from([0, 3, 8, 128, 129])) if proto != PROTO_TCP else None,
         payload=b"p" * draw(st.integers(0, 40)),
-    )  # fmt: skip
+    )
     pkt = decode_l3(data)
     assert isinstance(pkt, Packet)
     hook = draw(st.sampled_from(["forward", "input", "output"]))
@@ -789,7 +789,7 @@ def test_replace_elements_sets_timeout_and_comment_in_one_batch() -> None:
     assert [label(c) for c in cmds] == [
         "add:banned_v4", "add:banned_v6", "delete:banned_v4", "delete:banned_v6",
         "add:banned_v4", "add:banned_v6",
-    ]  # fmt: skip
+    ]
     assert cmds[0]["add"]["element"]["elem"] == ["192.0.2.7"]  # a member already: no-op
     assert cmds[4]["add"]["element"]["elem"] == [
         {"elem": {"val": "192.0.2.7", "timeout": 600, "expires": 43, "comment": "manual|0|x"}}
@@ -816,7 +816,7 @@ def test_block_comments_round_trip_and_stay_short() -> None:
     assert len(long.encode()) <= rs.MAX_COMMENT and '"' not in long and "\n" not in long
     assert long.startswith("x/y|1|say  hi ")
     elems = rs.parse_elements([{"elem": {"val": "1.2.3.4", "timeout": 9, "expires": 8,
-                                         "comment": c}}])  # fmt: skip
+                                         "comment": c}}])
     assert elems == (rs.SetElement("1.2.3.4", 9, 8, c),)
 
 
@@ -837,7 +837,7 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     comments = [r["comment"] for r in main]
     # blocks first, then the mark is cleared, then offloaded connections are let through
     assert comments[:4] == [rs.BLOCKS_COMMENT, rs.BLOCKS_COMMENT, rs.CLEAR_MARK_COMMENT,
-                            rs.OFFLOADED_COMMENT]  # fmt: skip
+                            rs.OFFLOADED_COMMENT]
     offloaded = main[3]["expr"]
     assert offloaded[0]["match"]["right"] == 7 << rs.OFFLOAD_CT_SHIFT
     assert offloaded[-1] == {"accept": None}
@@ -846,7 +846,7 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     assert [r["comment"] for r in post] == [rs.OFFLOAD_COMMENT] * 2
     for rule, bit, stamp in ((post[0], rs.OFFLOAD_MARK, 7 << rs.OFFLOAD_CT_SHIFT),
                              (post[1], rs.HANDSHAKE_ACK_MARK,
-                              7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT)):  # fmt: skip
+                              7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT)):
         assert rule["expr"][0]["match"]["right"] == bit
         mangle = rule["expr"][1]["mangle"]
         assert mangle["key"] == {"ct": {"key": "mark"}}
@@ -858,11 +858,11 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     for exprs in acks:
         assert exprs[0]["match"]["right"] == 7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT
         assert {"match": {"op": "==", "left": {"&": [{"payload": {"protocol": "tcp",
-                "field": "flags"}}, 0x3F]}, "right": 0x10}} in exprs  # fmt: skip
+                "field": "flags"}}, 0x3F]}, "right": 0x10}} in exprs
         assert exprs[-1] == {"accept": None}
     # the post chain runs after the queue (nft queue at -10, iptables' filter at 0)
     post_chain = [c["add"]["chain"] for c in rs.build_ruleset(policy, rs.NftPlan(("forward",),
-                  offload_generation=7)) if "chain" in c.get("add", {})]  # fmt: skip
+                  offload_generation=7)) if "chain" in c.get("add", {})]
     assert {c["name"]: c["prio"] for c in post_chain} == {"forward": -10, "forward_offload": 10}
     # `set offload off`, no generation, or a tap's blocks-only table: no offload rules
     off = load_policy_text("set offload off\naccept proto tcp to port 22\n", "o.rules")
@@ -881,7 +881,7 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     paused = _rules_by_chain(rs.build_ruleset(policy, paused_plan))
     assert "forward_offload" not in paused  # no rule in it …
     chains = [c["add"]["chain"]["name"] for c in rs.build_ruleset(
-        policy, paused_plan) if "chain" in c.get("add", {})]  # fmt: skip
+        policy, paused_plan) if "chain" in c.get("add", {})]
     assert chains == ["forward", "forward_offload"]  # … but the chain is there
     held = [r for r in paused["forward"] if r["comment"] == rs.OFFLOADED_COMMENT]
     assert held[0]["expr"][0]["match"]["right"] == rs.OFFLOAD_PAUSED << rs.OFFLOAD_CT_SHIFT
@@ -890,7 +890,7 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
 def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker() -> None:
     policy = load_policy_text("accept proto tcp to port 22\n", "o.rules")
     main = _rules_by_chain(rs.build_ruleset(policy, rs.NftPlan(("forward",), queue=5,
-                                            offload_generation=7)))["forward"]  # fmt: skip
+                                            offload_generation=7)))["forward"]
     comments = [r["comment"] for r in main]
     copied = [r["expr"] for r in main if r["comment"] == rs.COPIED_COMMENT]
     assert len(copied) == 1
@@ -902,10 +902,10 @@ def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker
     hs = 7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT
     assert exprs[0]["match"]["right"] == hs  # a connection whose SYN+ACK allowed it
     assert {"match": {"op": "==", "left": {"&": [{"payload": {"protocol": "tcp",
-            "field": "flags"}}, 0x02]}, "right": 0}} in exprs  # no SYN  # fmt: skip
+            "field": "flags"}}, 0x02]}, "right": 0}} in exprs  # no SYN
     assert {"log": {"group": rs.copy_group(5)}} in exprs and rs.copy_group(5) == 32773
     stamp = next(e["mangle"] for e in exprs if "mangle" in e
-                 and e["mangle"]["key"] == {"ct": {"key": "mark"}})  # fmt: skip
+                 and e["mangle"]["key"] == {"ct": {"key": "mark"}})
     assert stamp["value"]["|"][1] == 7 << rs.OFFLOAD_CT_SHIFT  # the full offload from now on
     assert exprs[-1] == {"accept": None}
     # the log statement comes before the accept (nothing after an accept runs)
@@ -913,7 +913,7 @@ def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker
 
     # two queues: the copy goes to the worker that got the handshake (initiator's hash)
     two = _rules_by_chain(rs.build_ruleset(policy, rs.NftPlan(("forward",), queue=5, queues=2,
-                                           offload_generation=7)))["forward"]  # fmt: skip
+                                           offload_generation=7)))["forward"]
     copied = [r["expr"] for r in two if r["comment"] == rs.COPIED_COMMENT]
     steer = [r["expr"] for r in two if r["comment"] == rs.STEER_COMMENT]
     seen = set()
@@ -931,7 +931,7 @@ def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker
     assert seen == {("ipv4", 0), ("ipv6", 0), ("ipv4", 1), ("ipv6", 1)}
     # a kernel without NFLOG: no copy rule, the first data goes to the queue as before
     plain = _rules_by_chain(rs.build_ruleset(policy, rs.NftPlan(("forward",), offload_generation=7,
-                                             copies=False)))["forward"]  # fmt: skip
+                                             copies=False)))["forward"]
     assert all(r["comment"] != rs.COPIED_COMMENT for r in plain)
     assert sum(r["comment"] == rs.OFFLOADED_COMMENT for r in plain) == 1 + 4  # bare ACKs kept
     # no offload: no copies
@@ -945,10 +945,10 @@ def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_r
     cmds = rs.build_ruleset(load_policy_text(text, "i.rules"),
                             rs.NftPlan(("forward",), offload_generation=7))
     offloaded = [r["expr"] for r in _rules_by_chain(cmds)["forward"]
-                 if r["comment"] == rs.OFFLOADED_COMMENT]  # fmt: skip
+                 if r["comment"] == rs.OFFLOADED_COMMENT]
     assert len(offloaded) == 3 + 4  # and the handshake's bare ACKs
     assert offloaded[0][1]["match"] == {"op": "!=", "left": {"meta": {"key": "l4proto"}},
-                                        "right": {"set": ["icmp", "ipv6-icmp"]}}  # fmt: skip
+                                        "right": {"set": ["icmp", "ipv6-icmp"]}}
     for exprs, l4proto, proto in ((offloaded[1], "icmp", "ip"), (offloaded[2], "ipv6-icmp", "ip6")):
         assert exprs[1]["match"]["right"] == l4proto
         meter = exprs[2]["set"]
@@ -960,7 +960,7 @@ def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_r
     assert {f"{rs.ICMP_METER}_v4", f"{rs.ICMP_METER}_v6"} <= sets
     # no icmpflood detector: one rule for every protocol, and no meter
     plain = rs.build_ruleset(load_policy_text("accept proto icmp\n", "i.rules"),
-                             rs.NftPlan(("forward",), offload_generation=7))  # fmt: skip
+                             rs.NftPlan(("forward",), offload_generation=7))
     rules = [r for r in _rules_by_chain(plain)["forward"] if r["comment"] == rs.OFFLOADED_COMMENT]
     assert len(rules) == 1 + 4
     assert not any(rs.ICMP_METER in str(c) for c in plain)
@@ -969,7 +969,7 @@ def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_r
 def test_a_blocklist_of_consecutive_rules_becomes_one_set_rule() -> None:
     lines = [f"drop from 198.18.{i // 250}.{i % 250 + 1}" for i in range(10_000)]
     lines += ["drop from 198.19.0.0/16", "drop proto tcp to port 23", "drop proto tcp to port 25",
-              "drop proto tcp to port 24", "accept proto udp to port 53"]  # fmt: skip
+              "drop proto tcp to port 24", "accept proto udp to port 53"]
     policy = load_policy_text("\n".join(lines) + "\n", "bl.rules")
     split, rules = rs.kernel_prefix(policy, "forward")
     assert split == len(policy.rules)  # all of it in the kernel
@@ -977,19 +977,19 @@ def test_a_blocklist_of_consecutive_rules_becomes_one_set_rule() -> None:
     # the 10,001 source rules (a /16 joins the /32s), the three ports (joined to 23-25),
     # the UDP accept
     assert comments == ["ipsctl:bl.rules:1-10001", "ipsctl:bl.rules:10002-10004",
-                        "ipsctl:bl.rules:10005"]  # fmt: skip
+                        "ipsctl:bl.rules:10005"]
     saddr = {"payload": {"protocol": "ip", "field": "saddr"}}
     dport = {"payload": {"protocol": "th", "field": "dport"}}
     src_set = next(e["match"]["right"] for e in rules[0][1]
-                   if "match" in e and e["match"]["left"] == saddr)  # fmt: skip
+                   if "match" in e and e["match"]["left"] == saddr)
     # as collapsed networks: exactly the 10,000 hosts and the /16
     nets = [ipaddress.ip_network(v if isinstance(v, str) else
                                  f"{v['prefix']['addr']}/{v['prefix']['len']}")
-            for v in src_set["set"]]  # fmt: skip
+            for v in src_set["set"]]
     assert sum(n.num_addresses for n in nets) == 10_000 + 65536
     assert ipaddress.ip_network("198.19.0.0/16") in nets
     ports = next(e["match"]["right"] for e in rules[1][1]
-                 if "match" in e and e["match"]["left"] == dport)  # fmt: skip
+                 if "match" in e and e["match"]["left"] == dport)
     assert ports == {"range": [23, 25]}
 
 
@@ -1006,7 +1006,7 @@ def test_rules_that_cannot_merge_stop_the_kernel_prefix_at_its_cap() -> None:
     assert rs.fast_path_split(policy) == split
     # 400 rules that differ in their port only (one verdict) are one nft rule
     same = load_policy_text("".join(f"drop proto tcp to port {3 * i}\n" for i in range(400)),
-                            "m.rules")  # fmt: skip
+                            "m.rules")
     split, merged = rs.kernel_prefix(same, "forward")
     assert split == 400 and len(merged) == 1
 

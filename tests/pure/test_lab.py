@@ -112,7 +112,8 @@ BASE_NODE = "{name: eth0, segment: lan, addresses: [10.0.0.1/24]}"
          "(did you mean 'lan'?)"),
         ("segments: [lan]\nnodes: {a: {interfaces: [{segment: lan}]}}\n",
          "an interface needs 'name'"),
-        ("segments: [lan]\nnodes: {a: {interfaces: [{name: averyverylongname0, segment: lan}]}}\n",
+        ("segments: [lan]\nnodes: {a: {interfaces: "
+         "[{name: averyverylongname0, segment: lan}]}}\n",
          "interface name 'averyverylongname0' is longer than 15 characters"),
         ("segments: [lan]\nnodes: {a: {interfaces: [" + BASE_NODE + ", " + BASE_NODE + "]}}\n",
          "interface 'eth0' is defined twice on node 'a'"),

@@ -38,7 +38,7 @@ detect  portscan ports 15 within 60s block 30s
     ("text", "want"),
     [("9108", ("127.0.0.1", 9108)), ("0.0.0.0:9100", ("0.0.0.0", 9100)),
      ("[::1]:9108", ("::1", 9108)), ("127.0.0.2:1", ("127.0.0.2", 1))],
-)  # fmt: skip
+)
 def test_listen_address_defaults_to_localhost(text: str, want: tuple[str, int]) -> None:
     assert parse_listen(text) == want
 
@@ -55,7 +55,7 @@ def test_run_refuses_a_bad_metrics_address_with_a_usage_error(tmp_path: Path) ->
     out = subprocess.run(
         [sys.executable, "-m", "ips.cli", "run", "--policy", str(policy), "--metrics", "x:80"],
         capture_output=True, text=True, cwd=ROOT, timeout=30,
-    )  # fmt: skip
+    )
     assert out.returncode == 2
     assert "not an IP address" in out.stderr
 
@@ -87,7 +87,7 @@ def test_recent_alerts_keep_the_last_ones_numbered() -> None:
     ring = RecentAlerts(size=3)
     for i in range(5):
         d = engine.handle(build_packet(6, "10.0.0.9", "10.0.0.2", 4000 + i, 23, flags=2),
-                          now=float(i))  # fmt: skip
+                          now=float(i))
         ring.events(d.effects)
     assert ring.seq == 5
     assert [a["seq"] for a in ring.since(0)] == [3, 4, 5]
@@ -112,7 +112,7 @@ def test_families_from_a_status_snapshot_agree_with_it() -> None:
         "blocks": {"active": 1, "kernel_drops": 6, "added_by_detectors": 1, "added_manually": 2},
         "queue": {"queue_number": 3, "queue_total": 1, "queue_dropped": 8, "user_dropped": 9},
         "tap": {"kernel_drops": 12},
-    }  # fmt: skip
+    }
     samples = {}
     for fam in families(status):
         for s in fam.samples:

@@ -49,33 +49,33 @@ def test_the_bind_request_copies_whole_packets_sent_one_by_one() -> None:
     # what bind() sends: BIND, MODE (copy packet, range), QTHRESH 1, in one request
     msg = config_message(0x8001, command=nflog.NFULNL_CFG_CMD_BIND,
                          copy_mode=nflog.NFULNL_COPY_PACKET, copy_range=0xFFFF, qthresh=1,
-                         seq=7)  # fmt: skip
+                         seq=7)
     body = (
         b"\x00\x00\x80\x01"  # nfgenmsg: AF_UNSPEC, v0, res_id = group (big endian)
         + struct.pack("=HH", 5, 1) + b"\x01\0\0\0"  # NFULA_CFG_CMD: u8 BIND, padded to 4
         # NFULA_CFG_MODE: packed be32 copy_range, u8 copy_mode (PACKET), u8 pad: 6 bytes
         + struct.pack("=HH", 10, 2) + b"\x00\x00\xff\xff" + b"\x02\x00" + b"\0\0"
         + struct.pack("=HH", 8, 5) + b"\x00\x00\x00\x01"  # NFULA_CFG_QTHRESH (be32)
-    )  # fmt: skip
+    )
     assert msg == _nlmsghdr(16 + len(body), 1, 0x01 | 0x04, seq=7) + body  # REQUEST | ACK
 
 
 def test_config_message_other_settings() -> None:
     msg = config_message(3, nlbufsiz=65536, timeout=10, flags=nflog.NFULNL_CFG_F_SEQ,
-                         family=socket.AF_INET, ack=False)  # fmt: skip
+                         family=socket.AF_INET, ack=False)
     body = (
         b"\x02\x00\x00\x03"  # nfgenmsg: AF_INET, v0, group 3
         + struct.pack("=HH", 8, 3) + b"\x00\x01\x00\x00"  # NFULA_CFG_NLBUFSIZ
         + struct.pack("=HH", 8, 4) + b"\x00\x00\x00\x0a"  # NFULA_CFG_TIMEOUT (1/100 s)
         + struct.pack("=HH", 6, 6) + b"\x00\x01" + b"\0\0"  # NFULA_CFG_FLAGS (be16, padded)
-    )  # fmt: skip
+    )
     assert msg == _nlmsghdr(16 + len(body), 1, 0x01) + body  # NFULNL_MSG_CONFIG, REQUEST
 
 
 def test_unbind_and_the_copy_mode_defaults() -> None:
     unbind = config_message(0x0102, command=nflog.NFULNL_CFG_CMD_UNBIND, seq=2)
     assert unbind == (_nlmsghdr(28, 1, 0x05, seq=2) + b"\x00\x00\x01\x02"
-                      + struct.pack("=HH", 5, 1) + b"\x02\0\0\0")  # fmt: skip
+                      + struct.pack("=HH", 5, 1) + b"\x02\0\0\0")
     # a range alone copies packets; a mode alone sends range 0 (the kernel's maximum)
     assert config_message(1, copy_range=256)[20:] == (
         struct.pack("=HH", 10, 2) + b"\x00\x00\x01\x00\x02\x00\0\0"
@@ -90,7 +90,7 @@ def test_unbind_and_the_copy_mode_defaults() -> None:
 
 def test_packet_message_is_the_kernels_layout_and_parses_back() -> None:
     pkt = LoggedPacket(b"\x45abc", indev=2, outdev=3, mark=0x2A, hw_protocol=0x0800, hook=1,
-                       prefix="ab")  # fmt: skip
+                       prefix="ab")
     msg = packet_message(0x1092, pkt)
     body = (
         b"\x00\x00\x10\x92"
@@ -100,7 +100,7 @@ def test_packet_message_is_the_kernels_layout_and_parses_back() -> None:
         + struct.pack("=HH", 8, 5) + b"\x00\x00\x00\x03"  # NFULA_IFINDEX_OUTDEV
         + struct.pack("=HH", 8, 2) + b"\x00\x00\x00\x2a"  # NFULA_MARK
         + struct.pack("=HH", 8, 9) + b"\x45abc"  # NFULA_PAYLOAD, last
-    )  # fmt: skip
+    )
     assert msg == _nlmsghdr(16 + len(body), 0, 0) + body  # NFULNL_MSG_PACKET, no flags
     assert parse_packet(msg, 20, len(msg)) == pkt
 
@@ -129,10 +129,10 @@ def test_a_copy_as_kernel_6_18_sent_it_for_an_nft_log_rule_on_output() -> None:
         + struct.pack("=HH", 8, 11) + b"\0\0\0\0"  # NFULA_UID
         + struct.pack("=HH", 8, 14) + b"\0\0\0\0"  # NFULA_GID
         + struct.pack("=HH", 4 + len(UDP), 9) + UDP + b"\0" * (-len(UDP) % 4)
-    )  # fmt: skip
+    )
     msg = _nlmsghdr(16 + len(body), 0, 0) + body
     assert parse_packet(msg, 20, len(msg)) == LoggedPacket(UDP, outdev=1, hw_protocol=0x0800,
-                                                           hook=3)  # fmt: skip
+                                                           hook=3)
 
 
 def test_unknown_nested_and_flagged_attributes_are_skipped_or_masked() -> None:
@@ -143,7 +143,7 @@ def test_unknown_nested_and_flagged_attributes_are_skipped_or_masked() -> None:
         + struct.pack("=HH", 8, 99) + b"\0\0\0\0"  # a type this client does not know
         + struct.pack("=HH", 8, 2 | 0x4000) + b"\0\0\0\x09"  # NFULA_MARK, NET_BYTEORDER bit
         + msg[20:]
-    )  # fmt: skip
+    )
     assert parse_packet(body, 0, len(body)) == LoggedPacket(UDP, indev=5, mark=9)
 
 
@@ -158,7 +158,7 @@ def test_unknown_nested_and_flagged_attributes_are_skipped_or_masked() -> None:
         (struct.pack("=HH", 6, 4) + b"\0\1\0\0" + struct.pack("=HH", 4, 9),
          "attribute 4 of length 6"),
     ],
-)  # fmt: skip
+)
 def test_malformed_packet_messages_are_a_clear_error(body: bytes, reason: str) -> None:
     with pytest.raises(MalformedMessage, match=reason):
         parse_packet(body, 0, len(body))
@@ -284,7 +284,7 @@ def test_copies_arriving_before_the_ack_are_kept_for_the_next_drain() -> None:
         kernel.send(_ack(1))
         client._request(command=nflog.NFULNL_CFG_CMD_BIND, copy_range=0xFFFF, qthresh=1)
         assert kernel.recv(4096) == config_message(9, command=1, copy_range=0xFFFF, qthresh=1,
-                                                   seq=1)  # fmt: skip
+                                                   seq=1)
         assert client._sock is not None and client._sock.gettimeout() == 0.0  # non-blocking
         seen: list[LoggedPacket] = []
         assert client.drain(seen.append) == 1 and seen[0].payload[-1] == 0
@@ -300,7 +300,7 @@ def test_copies_arriving_before_the_ack_are_kept_for_the_next_drain() -> None:
         assert client._sock is None
         assert kernel.recv(4096) == config_message(9, command=1, seq=2)  # the refused one
         assert kernel.recv(4096) == config_message(9, command=nflog.NFULNL_CFG_CMD_UNBIND,
-                                                   seq=3)  # fmt: skip
+                                                   seq=3)
     finally:
         kernel.close()
 

@@ -112,7 +112,7 @@ def ping(e: Engine, count: int = 3, icmp_id: int = 7, now: float = 2.0) -> list[
     for i in range(count):
         for src, dst, itype in ((C, S, 8), (S, C, 0)):
             d = e.handle(build_packet(PROTO_ICMP, src, dst, icmp_type=itype, icmp_id=icmp_id),
-                         now=now + i)  # fmt: skip
+                         now=now + i)
             assert d.verdict == "accept", d
             out.append(d.offload)
     return out
@@ -149,7 +149,7 @@ def test_a_new_policy_re_decides_offloaded_flows() -> None:
     assert flow.offloaded  # the engine's record; the kernel side is the daemon's
     e.load(load_policy_text('drop proto tcp to port 5201 payload contains "more"\n', "t.rules"))
     d = e.handle(build_packet(PROTO_TCP, C, S, 40000, 5201, flags=ACK | PSH, payload=b"more"),
-                 now=5.0)  # fmt: skip
+                 now=5.0)
     assert d.verdict == "drop"
 
 
@@ -193,7 +193,7 @@ def test_packets_of_an_offloaded_flow_that_come_back_are_offloaded_again() -> No
     def data(now: float, src: str = C) -> int:
         sport, dport, dst = (40000, 5201, S) if src == C else (5201, 40000, C)
         d = e.handle(build_packet(PROTO_TCP, src, dst, sport, dport, flags=ACK | PSH,
-                                  payload=b"again"), now=now)  # fmt: skip
+                                  payload=b"again"), now=now)
         assert d.verdict == "accept"
         return d.offload
 

@@ -26,7 +26,7 @@ def test_agrees_with_ipaddress(addr: ipaddress._BaseAddress, plen: int, with_len
     "text",
     ["10.0.0", "10.0.0.256", "10.0.0.1/33", "010.0.0.1", "1.2.3.4/", "1.2.3.4/x", "a.b.c.d",
      "::1/129", "2001:db8:::1", "1.2.3.4.5", "", "-1.2.3.4"],
-)  # fmt: skip
+)
 def test_rejects_what_ipaddress_rejects(text: str) -> None:
     assert parse_network(text) is None
     with pytest.raises(ValueError):

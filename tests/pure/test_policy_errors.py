@@ -537,7 +537,7 @@ def test_error_summary_counts_only_errors() -> None:
          None),
         ("set malformed drop\n\nset malformed accept", 3, 5, "'set malformed' given again", None),
     ],
-)  # fmt: skip
+)
 def test_warnings_do_not_refuse_the_policy(
     text: str, line: int, col: int, message: str, hint: str | None
 ) -> None:

@@ -45,7 +45,7 @@ class FakeNft:
         return list(self.members.values())
 
     def replace_elements(self, _table: str, addrs: list[str], timeout: Any, comment: Any,
-                         expires: Any = None) -> None:  # fmt: skip
+                         expires: Any = None) -> None:
         for addr in addrs:
             self.members[addr] = SetElement(addr, timeout, expires, comment)
 
@@ -63,7 +63,7 @@ def test_restored_blocks_show_the_run_that_saved_them(tmp_path: Path) -> None:
     earlier = daemon_run(1111, now - 3600)
     state = tmp_path / "blocks.json"
     save_blocks(state, [SetElement("10.10.1.66", 600, 500, COMMENT),
-                        SetElement("fd00:10:1::66", 600, 500, COMMENT)], now, earlier)  # fmt: skip
+                        SetElement("fd00:10:1::66", 600, 500, COMMENT)], now, earlier)
     d = object.__new__(supervisor.Daemon)
     d.cfg = type("Cfg", (), {"state_file": str(state)})()  # type: ignore[assignment]
     d.counters = Counters()
@@ -74,7 +74,7 @@ def test_restored_blocks_show_the_run_that_saved_them(tmp_path: Path) -> None:
     assert d.restored_from["run"] == earlier and d.restored_from["blocks"] == 2
     rows = {r["addr"]: r for r in d.blocks_list()["blocks"]}
     assert rows["10.10.1.66"]["restored_from"] == {
-        "state_file": str(state), "saved_at": now, "run": earlier["id"]}  # fmt: skip
+        "state_file": str(state), "saved_at": now, "run": earlier["id"]}
     # a block renewed since (a new comment) is no longer the restored one
     d.diversion.nft.members["fd00:10:1::66"] = SetElement(  # type: ignore[attr-defined]
         "fd00:10:1::66", 60, 60, block_comment("manual", 0, "again"))

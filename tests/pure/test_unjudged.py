@@ -90,7 +90,7 @@ def _status(unjudged: dict[str, object] | None) -> dict[str, object]:
                                            "worker_deaths": 0, "applies": 0,
                                            "applies_refused": 0, "rollbacks": 0},
         "unjudged": unjudged,
-    }  # fmt: skip
+    }
 
 
 def test_status_text_and_metrics_show_the_unjudged_packets() -> None:

@@ -35,7 +35,7 @@ def test_run_refuses_a_bad_webhook_url(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "ips.cli", "run", "--policy", str(policy), "--webhook", "x.y/z"],
         capture_output=True, text=True, cwd=ROOT, timeout=30,
-    )  # fmt: skip
+    )
     assert out.returncode == 2 and "http:// or https://" in out.stderr
 
 
@@ -43,7 +43,7 @@ def test_body_suits_slack_discord_and_telegram() -> None:
     record = {"src_ip": "10.0.0.1", "src_port": 5, "dest_ip": "10.0.0.2", "dest_port": 23,
               "proto": "TCP", "alert": {"signature": "telnet attempt", "category": "policy",
                                         "action": "blocked", "severity": 1,
-                                        "signature_id": 7}}  # fmt: skip
+                                        "signature_id": 7}}
     body = json.loads(payload(record))
     assert body["text"] == body["content"] == summary(record)  # Slack/Telegram, Discord
     assert "telnet attempt" in body["text"] and "10.0.0.1:5 -> 10.0.0.2:23" in body["text"]

@@ -412,11 +412,11 @@ class RuleResolver:
             )
             return
         items, negated = self.values.flatten(clause.type_value)
-        found = {self._named_number(item, types, "ICMP type") for item in items}
-        found.discard(None)
+        named = [self._named_number(item, types, "ICMP type") for item in items]
+        found = {number for number in named if number is not None}
         if negated:
             found = set(range(256)) - found
-        rule.icmp_types = frozenset(found)  # type: ignore[arg-type]
+        rule.icmp_types = frozenset(found)
         if clause.code_value is not None:
             if len(items) != 1 or negated:
                 self.diags.error(clause.code_value.span, "'code' needs exactly one ICMP type")
@@ -484,7 +484,7 @@ class RuleResolver:
             return ("tcp-reset", None)
         table = {
             "icmp": names.ICMP_CODES, "icmpv6": names.ICMPV6_CODES, "icmpx": names.ICMPX_CODES
-        }[kind.text]  # fmt: skip
+        }[kind.text]
         if code is None:
             return (kind.text, None)
         items, _ = self.values.flatten(code)

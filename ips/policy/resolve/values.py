@@ -65,7 +65,8 @@ class Values:
             items, negated = self.flatten(decl.value)
             if negated:
                 self.diags.error(decl.value.span, "a table cannot be negated")
-            nets4, nets6 = [], []
+            nets4: list[tuple[int, int]] = []
+            nets6: list[tuple[int, int]] = []
             for item in items:
                 if item.kind == "addr":
                     net = self.network(item)
@@ -108,7 +109,8 @@ class Values:
         if read is None:
             return
         path, text = read
-        nets4, nets6 = [], []
+        nets4: list[tuple[int, int]] = []
+        nets6: list[tuple[int, int]] = []
         for lineno, line in enumerate(text.splitlines(), start=1):
             entry = line.split("#", 1)[0].strip()
             if not entry:
