@@ -297,7 +297,8 @@ def _rdata(
         target = _name(data, pos + 6, base, rend, cache)
         if isinstance(target, Malformed):
             return target
-        return DnsSrv(*_SRV_HEAD.unpack_from(data, pos), target[0])
+        priority, weight, port = _SRV_HEAD.unpack_from(data, pos)
+        return DnsSrv(priority, weight, port, target[0])
     return data[pos:rend]
 
 

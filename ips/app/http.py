@@ -109,10 +109,10 @@ def _headers(lines: list[bytes]) -> list[tuple[str, str]] | Malformed:
             name, value = out[-1]
             out[-1] = (name, value + " " + raw.strip().decode("latin-1"))
             continue
-        name, colon, value = raw.partition(b":")
-        if not colon or not name or name != name.strip():
+        raw_name, colon, raw_value = raw.partition(b":")
+        if not colon or not raw_name or raw_name != raw_name.strip():
             return M_BAD_HEADER
-        out.append((name.decode("latin-1").lower(), value.strip().decode("latin-1")))
+        out.append((raw_name.decode("latin-1").lower(), raw_value.strip().decode("latin-1")))
     return out
 
 
@@ -324,7 +324,7 @@ def _split_host(value: str) -> tuple[str, int | None]:
             port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else None
             return value[1:close], port
         return value, None
-    host, colon, port = value.rpartition(":")
-    if colon and host and port.isdigit() and ":" not in host:
-        return host, int(port) & 0xFFFF
+    host, colon, port_text = value.rpartition(":")
+    if colon and host and port_text.isdigit() and ":" not in host:
+        return host, int(port_text) & 0xFFFF
     return value, None

@@ -297,8 +297,8 @@ def crypto_fragments(payload: bytes) -> list[tuple[int, bytes]] | Malformed:
             out.append((offset, payload[p : p + length]))
             p += length
         elif kind in (0x02, 0x03):  # ACK: largest, delay, range count, first range, ranges
-            got = _skip_varints(payload, p, n, 2)
-            count = _varint(payload, got, n) if got is not None else None
+            after_delay = _skip_varints(payload, p, n, 2)
+            count = _varint(payload, after_delay, n) if after_delay is not None else None
             if count is None or count[0] > MAX_ACK_RANGES:
                 return M_BAD_FRAME
             q = _skip_varints(payload, count[1], n, 1 + 2 * count[0] + (3 if kind == 0x03 else 0))
