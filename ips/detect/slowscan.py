@@ -254,7 +254,7 @@ class SlowScan(Detector):
         self.emit(
             out, now, flow_id=flow.flow_id, proto=flow.proto, src=flow.src, sport=flow.sport,
             dst=dst, dport=flow.dport, sid=sid, signature=SIGNATURES[sid], extra=extra,
-            offender=flow.src if offender else None, reason=reason,
+            offender=flow.src if offender else None, reason=reason, flow=flow,
         )  # fmt: skip
 
 

@@ -1,0 +1,240 @@
+"""The evidence behind a block: is the address a detector wants banned really the sender?
+
+A source address costs nothing to forge (`hping3 -a VICTIM`, `nmap -D DECOY,…`), so a detector
+that bans the source of what it saw can be made to ban anyone: the client next door, the
+DNS resolver, the boss. What a remote forger cannot forge:
+
+  the MAC address   on a directly attached segment every packet carries its sender's MAC
+                    (NFQUEUE gives it: Meta.mac), and the kernel's neighbour table says which
+                    MAC owns which address (it learnt that by asking, ARP / NDP);
+  the route         a packet whose source is not on the segment must come from a router: a
+                    host of the segment (a MAC that is none of our routes' next hops) sending
+                    it forged it;
+  a handshake       a source that completed a TCP handshake saw our side's SYN+ACK, so it
+                    owns the address (FlowTable.handshakes);
+  the hop count     its packets then arrived with a TTL; forged ones sent from elsewhere come
+                    with a different hop count.
+
+`judge` weighs a BlockRequest's flow (the MAC and TTL of its first packet) against that and
+answers one of:
+
+  proven        the MAC is the neighbour entry's, or a handshake from the address with the
+                same hop count                                          -> the address
+  spoofed       another MAC owns the address, a host (no router) sent an off-segment
+                source, or the hop count differs from the address's handshake -> never the
+                address: a "spoofed source" alert, and the sender's MAC is blocked where it
+                can be named (a host of the segment, not a router)
+  unproven      an address of the segment with no neighbour entry (yet): the proof was
+                possible and is missing. The engine holds the request for EVIDENCE_WAIT
+                seconds (the worker refreshes the neighbour table meanwhile) before it
+                takes this answer.
+  unverifiable  nothing to weigh: no link-layer view (tap, replay, WinDivert, tests), or a
+                routed source without a handshake
+
+and `set block-evidence` says what is blocked (docs/language.md, "Evidence"):
+
+  strict (default)  proven and unverifiable: a forged or unproven address of the segment is
+                    never blocked; a routed source without history is, as before (the ban
+                    budget bounds the damage there)
+  proof             proven only: blocks need evidence, whatever the source
+  loose             everything but spoofed
+
+Pure: the neighbour table is given as data (LinkView, read by the daemon's worker with
+pyroute2, ips/kernel/neighbours.py); nothing here reads the system. The judgement runs only
+when a detector asks for a block, never per packet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ips.core.flow import Flow
+from ips.core.tables import NetMatcher
+
+PROVEN = "proven"
+SPOOFED = "spoofed"
+UNPROVEN = "unproven"
+UNVERIFIABLE = "unverifiable"
+
+MODES = ("strict", "proof", "loose")
+# What each mode blocks (spoofed: never).
+BLOCKED_BY_MODE = {
+    "strict": frozenset({PROVEN, UNVERIFIABLE}),
+    "proof": frozenset({PROVEN}),
+    "loose": frozenset({PROVEN, UNVERIFIABLE, UNPROVEN}),
+}
+# Nothing was there to weigh (no link view, no flow, no handshake): a detector's alert then
+# says nothing of evidence, as before there was any.
+NO_EVIDENCE = frozenset({"no-link-view", "no-flow"})
+HOP_SLACK = 2  # hops a route may change by before the hop count is called different
+EVIDENCE_WAIT = 3.0  # seconds an unproven request waits for the neighbour table
+HELD_MAX = 1024  # unproven requests held at once; beyond, they are answered at once
+SPOOF_ALERTS_PER_SECOND = 20.0  # "spoofed source" alerts without a new MAC block
+_INITIAL_TTLS = (32, 64, 128, 255)  # what stacks start with: the hop count is the difference
+
+
+def hops(ttl: int) -> int:
+    """Hops a packet travelled, from its TTL and the nearest initial TTL above it."""
+    for start in _INITIAL_TTLS:
+        if ttl <= start:
+            return start - ttl
+    return 0
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """What the kernel knows of the attached segments, as data.
+
+    neighbours  address (4 or 16 bytes) -> MAC (6 bytes): the neighbour table's resolved
+                entries (reachable, stale, delay, probe, permanent)
+    onlink      the prefixes of the segments (connected routes): an address in them is
+                expected to have a neighbour entry once it talks
+    routers     the MACs of our routes' next hops: they forward packets of other sources"""
+
+    neighbours: dict[bytes, bytes] = field(default_factory=dict)
+    onlink: NetMatcher = field(default_factory=lambda: NetMatcher((), ()))
+    routers: frozenset[bytes] = frozenset()
+
+    def owners(self, mac: bytes) -> list[bytes]:
+        """The addresses the neighbour table gives to `mac` (only for a MAC block: rare)."""
+        return [addr for addr, owner in self.neighbours.items() if owner == mac]
+
+
+def link_view(
+    neighbours: Iterable[tuple[bytes, bytes]],
+    onlink: Iterable[tuple[bytes, int]] = (),
+    router_addrs: Iterable[bytes] = (),
+    router_macs: Iterable[bytes] = (),
+) -> LinkView:
+    """A LinkView from neighbour entries (address, MAC), on-link prefixes (network address,
+    prefix length), the next hops of routes (their MACs are looked up in the neighbours) and
+    MACs known to be routers."""
+    table = dict(neighbours)
+    nets4: list[tuple[int, int]] = []
+    nets6: list[tuple[int, int]] = []
+    for net, plen in onlink:
+        (nets4 if len(net) == 4 else nets6).append((int.from_bytes(net, "big"), plen))
+    routers = set(router_macs)
+    for addr in router_addrs:
+        mac = table.get(addr)
+        if mac is not None:
+            routers.add(mac)
+    return LinkView(table, NetMatcher(tuple(nets4), tuple(nets6)), frozenset(routers))
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """verdict: PROVEN, SPOOFED, UNPROVEN or UNVERIFIABLE; why: the evidence ("mac",
+    "handshake", "mac-mismatch", "not-a-router", "hop-count", "no-neighbour", "routed",
+    "no-link-view", "no-flow"); sender: the MAC the packets came from (None: unknown);
+    owner: the MAC the neighbour table gives the address (None: none); nameable: the sender
+    is a host of the segment that may be blocked by its MAC (spoofed only)."""
+
+    verdict: str
+    why: str
+    sender: bytes | None = None
+    owner: bytes | None = None
+    nameable: bool = False
+
+
+def judge(
+    addr: bytes, flow: Flow | None, view: LinkView | None, handshakes: dict[bytes, int]
+) -> Judgement:
+    """Whether `addr` sent the packets of `flow` (see the module's docstring)."""
+    if flow is None or flow.src != addr:  # the flow says nothing of this address's packets
+        return _by_handshake(addr, None, handshakes, "no-flow", None)
+    mac = flow.mac
+    if view is None or mac is None:
+        return _by_handshake(addr, flow.ttl, handshakes, "no-link-view", mac)
+    owner = view.neighbours.get(addr)
+    if owner is not None:
+        if owner == mac:
+            return Judgement(PROVEN, "mac", mac, owner)
+        # Another MAC owns the address. A router's MAC relays what others sent: the forger
+        # is behind it and cannot be named here.
+        return Judgement(SPOOFED, "mac-mismatch", mac, owner, mac not in view.routers)
+    if view.onlink.contains(addr):
+        found = _by_handshake(addr, flow.ttl, handshakes, "no-neighbour", mac)
+        if found.verdict == UNVERIFIABLE:
+            return Judgement(UNPROVEN, "no-neighbour", mac)
+        return found
+    if mac not in view.routers:
+        # An address from beyond the segment, sent by a host of the segment: only a router
+        # may do that, and this MAC is none of ours.
+        return Judgement(SPOOFED, "not-a-router", mac, None, True)
+    return _by_handshake(addr, flow.ttl, handshakes, "routed", mac)
+
+
+def _by_handshake(
+    addr: bytes, ttl: int | None, handshakes: dict[bytes, int], otherwise: str,
+    mac: bytes | None,
+) -> Judgement:  # fmt: skip
+    known = handshakes.get(addr)
+    if known is None:
+        return Judgement(UNVERIFIABLE, otherwise, mac)
+    if ttl is None or abs(hops(known) - hops(ttl)) <= HOP_SLACK:
+        return Judgement(PROVEN, "handshake", mac)
+    return Judgement(SPOOFED, "hop-count", mac)
+
+
+class BlockEvidence:
+    """The engine's part of it: the link view the daemon gives, the mode, the requests held
+    for a neighbour entry, the pacing of spoof alerts, and counters."""
+
+    def __init__(self) -> None:
+        self.view: LinkView | None = None
+        self.mode = "strict"
+        self.blocked = BLOCKED_BY_MODE["strict"]
+        self.held: list[tuple[object, float]] = []  # (BlockRequest, deadline)
+        self.counts: dict[str, int] = {}  # "verdict:why" -> requests judged so
+        self._tokens = SPOOF_ALERTS_PER_SECOND
+        self._tokens_at = 0.0
+
+    def configure(self, mode: str) -> None:
+        self.mode = mode
+        self.blocked = BLOCKED_BY_MODE[mode]
+
+    def judge(self, addr: bytes, flow: Flow | None, handshakes: dict[bytes, int]) -> Judgement:
+        return judge(addr, flow, self.view, handshakes)
+
+    def count(self, found: Judgement) -> None:
+        key = f"{found.verdict}:{found.why}"
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def allows(self, verdict: str) -> bool:
+        return verdict in self.blocked
+
+    def may_wait(self, found: Judgement) -> bool:
+        """An unproven request may wait for the neighbour table when the mode would refuse
+        it and there is room."""
+        return (
+            found.verdict == UNPROVEN
+            and not self.allows(UNPROVEN)
+            and self.view is not None
+            and len(self.held) < HELD_MAX
+        )
+
+    def paced(self, now: float) -> bool:
+        """One token of the spoof alerts' budget."""
+        tokens = min(
+            SPOOF_ALERTS_PER_SECOND,
+            self._tokens + (now - self._tokens_at) * SPOOF_ALERTS_PER_SECOND,
+        )
+        self._tokens_at = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = max(tokens, 0.0)
+        return False
+
+    def stats(self) -> dict[str, object]:
+        view = self.view
+        return {
+            "mode": self.mode,
+            "link_view": view is not None,
+            "neighbours": len(view.neighbours) if view is not None else 0,
+            "routers": len(view.routers) if view is not None else 0,
+            "held": len(self.held),
+            "judged": dict(self.counts),
+        }
