@@ -40,6 +40,7 @@ from ips.core.events import (
     format_mac,
 )
 from ips.core.flow import Flow, FlowTable, FlowTimeouts
+from ips.core.link import LinkView
 from ips.core.packet import LINKTYPE_RAW, Packet
 from ips.core.tables import DynamicTable
 from ips.detect import Detectors
@@ -53,7 +54,6 @@ from ips.engine.evidence import (
     UNPROVEN,
     BlockEvidence,
     Judgement,
-    LinkView,
 )
 from ips.engine.offload import offload_kind
 from ips.policy.compile import CompiledPolicy, CompiledRule

@@ -343,7 +343,8 @@ class QueueWorker(EngineAdapter):
         """netfilterqueue's callback: the same verdicts, one per packet."""
         try:
             # netfilterqueue gives the 8 bytes of the kernel's field: an Ethernet MAC is 6
-            hw = pkt.get_hw()  # type: ignore[attr-defined]
+            get_hw = getattr(pkt, "get_hw", None)
+            hw = get_hw() if get_hw is not None else None
             decision = self.engine.handle(
                 pkt.get_payload(),  # type: ignore[attr-defined]
                 self._meta(pkt.indev, pkt.outdev, hw[:6] if hw else None),  # type: ignore[attr-defined]

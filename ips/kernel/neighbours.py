@@ -14,7 +14,7 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from ips.engine.evidence import LinkView, link_view
+from ips.core.link import LinkView, link_view
 
 REFRESH_EVERY = 1.0  # seconds between two reads of the tables (a held request waits for it)
 MAX_NEIGHBOURS = 262_144  # entries taken from one dump; more are left out (and never proven)

@@ -20,8 +20,9 @@ from playbook import Playbook, accept, alert, block, drop, mac_block, packet, ti
 from ips.core.craft import tcp_reset_for
 from ips.core.decode import decode_l3
 from ips.core.events import Alert
+from ips.core.link import link_view
 from ips.engine import Engine, Meta
-from ips.engine.evidence import EVIDENCE_WAIT, hops, link_view
+from ips.engine.evidence import EVIDENCE_WAIT, hops
 from ips.kernel.neighbours import view_from_messages
 from ips.policy.model import SPOOF_SID
 from ips.policy.resolve import load_policy_text
@@ -386,3 +387,87 @@ def test_mac_blocks_expire_in_the_engine_with_their_time() -> None:
 
 
 
+
+
+# ---- the kernel's side: the set of banned MACs ---------------------------------------------------
+
+
+def test_inline_plans_have_the_mac_set_and_its_drop_after_the_address_blocks() -> None:
+    from ips.translate import nft as rs
+
+    policy = load_policy_text("table banned dynamic timeout 10m size 100\naccept", "t.rules")
+    cmds = rs.build_ruleset(policy, rs.NftPlan(hooks=("forward", "input", "output"),
+                                               ether_blocks=True))  # fmt: skip
+    sets = {c["add"]["set"]["name"]: c["add"]["set"] for c in cmds if "set" in c.get("add", {})}
+    assert sets["banned_ether"] == {
+        "family": "inet", "table": "ipsctl", "name": "banned_ether", "type": "ether_addr",
+        "flags": ["timeout"], "size": 100, "timeout": 600,
+    }  # fmt: skip
+    rules = [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
+    for hook in ("forward", "input"):
+        chain = [r for r in rules if r["chain"] == hook]
+        assert [r["comment"] for r in chain[:3]] == [rs.BLOCKS_COMMENT] * 2 + [
+            rs.ETHER_BLOCKS_COMMENT
+        ]
+        assert chain[2]["expr"] == [
+            {"match": {"op": "==", "left": {"meta": {"key": "iiftype"}}, "right": "ether"}},
+            {"match": {"op": "==", "left": {"payload": {"protocol": "ether", "field": "saddr"}},
+                       "right": "@banned_ether"}},
+            {"counter": None},
+            {"drop": None},
+        ]  # fmt: skip
+    # an outgoing packet has no sender's MAC: no such rule in output
+    assert rs.ETHER_BLOCKS_COMMENT not in [r["comment"] for r in rules if r["chain"] == "output"]
+    # a plan without it (tap, replay tools) has neither the set nor the rule
+    plain = rs.build_ruleset(policy, rs.NftPlan(hooks=("forward",)))
+    assert "banned_ether" not in json.dumps(plain)
+
+
+def test_the_diversion_of_the_inline_daemon_asks_for_mac_blocks() -> None:
+    from ips.kernel.diversion import NftDiversion
+    from ips.kernel.probe import Capabilities
+
+    diversion = NftDiversion(caps=Capabilities(nft_log=True))  # nothing installed
+    diversion.backend = "nft"
+    assert diversion._plan(1).ether_blocks
+    assert not NftDiversion(caps=Capabilities(), tap=True).kernel_plan(load_policy_text(
+        "set tap-blocks enforce\naccept", "t.rules")).ether_blocks  # type: ignore[union-attr]
+
+
+def test_mac_elements_are_replaced_with_their_timeout_and_comment() -> None:
+    from ips.translate import nft as rs
+
+    cmds = rs.replace_ether_elements(["02:00:00:00:00:66"], 600, "portscan|1|forged")
+    target = {"family": "inet", "table": "ipsctl", "name": "banned_ether"}
+    assert cmds == [
+        {"add": {"element": {**target, "elem": ["02:00:00:00:00:66"]}}},
+        {"delete": {"element": {**target, "elem": ["02:00:00:00:00:66"]}}},
+        {"add": {"element": {**target, "elem": [
+            {"elem": {"val": "02:00:00:00:00:66", "timeout": 600,
+                      "comment": "portscan|1|forged"}}]}}},
+    ]  # fmt: skip
+
+
+def test_kernel_blocks_write_a_mac_block_into_the_mac_set() -> None:
+    from ips.core.events import MacBlock
+    from ips.kernel.blocks import KernelBlocks
+
+    class FakeNft:
+        def __init__(self) -> None:
+            self.batches: list[list[dict[str, object]]] = []
+
+        def run(self, commands: list[dict[str, object]]) -> dict[str, object]:
+            self.batches.append(list(commands))
+            return {}
+
+    nft = FakeNft()
+    blocks = KernelBlocks(nft, clock=lambda: T0, log=None)  # type: ignore[arg-type]
+    effect = MacBlock(ATTACKER_MAC, claimed=packed(CLIENT), table="banned_ether", ttl=600.0,
+                      detector="portscan", evidence="mac-mismatch", reason="forged",
+                      time=T0)  # fmt: skip
+    assert blocks.note([effect])
+    blocks.flush()
+    (batch,) = nft.batches
+    assert batch[-1]["add"]["element"]["name"] == "banned_ether"  # type: ignore[index]
+    assert batch[-1]["add"]["element"]["elem"][0]["elem"]["val"] == ATTACKER_MAC_TEXT  # type: ignore[index]
+    assert blocks.added == 1 and blocks.errors == 0
