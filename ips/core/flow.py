@@ -301,10 +301,11 @@ class FlowTable:
         self._drained = 0
         self._discarded = 0
         # Sources that completed a TCP handshake (their final ACK followed our view of the
-        # responder's SYN+ACK, which a forger elsewhere never sees): address -> the TTL of
-        # their SYN. The evidence behind blocks (ips/engine/evidence.py) reads it; most
-        # recent last, the oldest forgotten first beyond HANDSHAKE_MEMORY.
-        self.handshakes: dict[bytes, int] = {}
+        # responder's SYN+ACK, which a forger elsewhere never sees): address -> (the TTL of
+        # their SYN, the MAC it came from or None). The evidence behind blocks
+        # (ips/engine/evidence.py) reads it; most recent last, the oldest forgotten first
+        # beyond HANDSHAKE_MEMORY.
+        self.handshakes: dict[bytes, tuple[int, bytes | None]] = {}
 
     # -- per packet ---------------------------------------------------------------------
 
@@ -408,7 +409,7 @@ class FlowTable:
         src = flow.src
         if handshakes.pop(src, None) is None and len(handshakes) >= HANDSHAKE_MEMORY:
             del handshakes[next(iter(handshakes))]
-        handshakes[src] = flow.ttl
+        handshakes[src] = (flow.ttl, flow.mac)
 
     def _reuse(self, old: Flow, pkt: Packet, now: float) -> Flow:
         # A fresh SYN on the tuple of a closed or closing connection is a new connection (port

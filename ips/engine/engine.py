@@ -392,7 +392,9 @@ class Engine:
         extra = request.alert.extra
         if extra is not None and found.why not in NO_EVIDENCE:
             extra["evidence"] = f"{found.verdict}:{found.why}"
-        if evidence.allows(found.verdict):
+        # A protected address (trusted, never-block) is refused for that reason whatever the
+        # evidence; a forged one still names its sender below.
+        if evidence.allows(found.verdict) or self.blocks.protected(request.addr, now):
             block, status = self.blocks.request(
                 request.addr, now, request.ttl, request.detector, request.reason
             )

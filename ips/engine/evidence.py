@@ -11,20 +11,24 @@ DNS resolver, the boss. What a remote forger cannot forge:
                     host of the segment (a MAC that is none of our routes' next hops) sending
                     it forged it;
   a handshake       a source that completed a TCP handshake saw our side's SYN+ACK, so it
-                    owns the address (FlowTable.handshakes);
+                    owns the address (FlowTable.handshakes), and sent it from a MAC;
   the hop count     its packets then arrived with a TTL; forged ones sent from elsewhere come
-                    with a different hop count.
+                    with a different hop count (for a routed source: on the segment, a
+                    forger next door has the same, so there only MACs count).
 
 `judge` weighs a BlockRequest's flow (the MAC and TTL of its first packet) against that and
 answers one of:
 
-  proven        the MAC is the neighbour entry's, or a handshake from the address with the
-                same hop count                                          -> the address
-  spoofed       another MAC owns the address, a host (no router) sent an off-segment
-                source, or the hop count differs from the address's handshake -> never the
+  proven        the MAC is the neighbour entry's (or that of the address's handshake, while
+                the table has no entry), or a routed source's handshake came with the same
+                hop count                                               -> the address
+  spoofed       another MAC owns the address (or made its handshake), a host (no router)
+                sent an off-segment source, or a routed source's hop count differs from its
+                handshake's                                             -> never the
                 address: a "spoofed source" alert, and the sender's MAC is blocked where it
                 can be named (a host of the segment, not a router)
-  unproven      an address of the segment with no neighbour entry (yet): the proof was
+  unproven      an address of the segment with no neighbour entry (yet) and no handshake
+                from a MAC: the proof was
                 possible and is missing. The engine holds the request for EVIDENCE_WAIT
                 seconds (the worker refreshes the neighbour table meanwhile) before it
                 takes this answer.
@@ -97,14 +101,15 @@ class Judgement:
 
 
 def judge(
-    addr: bytes, flow: Flow | None, view: LinkView | None, handshakes: dict[bytes, int]
-) -> Judgement:
+    addr: bytes, flow: Flow | None, view: LinkView | None,
+    handshakes: dict[bytes, tuple[int, bytes | None]],
+) -> Judgement:  # fmt: skip
     """Whether `addr` sent the packets of `flow` (see the module's docstring)."""
     if flow is None or flow.src != addr:  # the flow says nothing of this address's packets
-        return _by_handshake(addr, None, handshakes, "no-flow", None)
+        return _by_handshake(addr, None, None, handshakes, "no-flow", None)
     mac = flow.mac
     if view is None or mac is None:
-        return _by_handshake(addr, flow.ttl, handshakes, "no-link-view", mac)
+        return _by_handshake(addr, flow.ttl, mac, handshakes, "no-link-view", None)
     owner = view.neighbours.get(addr)
     if owner is not None:
         if owner == mac:
@@ -113,27 +118,38 @@ def judge(
         # is behind it and cannot be named here.
         return Judgement(SPOOFED, "mac-mismatch", mac, owner, mac not in view.routers)
     if view.onlink.contains(addr):
-        found = _by_handshake(addr, flow.ttl, handshakes, "no-neighbour", mac)
-        if found.verdict == UNVERIFIABLE:
+        # An address of the segment is proven by its MAC alone (a forger next door has the
+        # same hop count): the neighbour table's (none yet), or the one its handshake came
+        # from.
+        known = handshakes.get(addr)
+        if known is None or known[1] is None:
             return Judgement(UNPROVEN, "no-neighbour", mac)
-        return found
+        if known[1] == mac:
+            return Judgement(PROVEN, "handshake", mac, known[1])
+        return Judgement(SPOOFED, "mac-mismatch", mac, known[1], mac not in view.routers)
     if mac not in view.routers:
         # An address from beyond the segment, sent by a host of the segment: only a router
         # may do that, and this MAC is none of ours.
         return Judgement(SPOOFED, "not-a-router", mac, None, True)
-    return _by_handshake(addr, flow.ttl, handshakes, "routed", mac)
+    return _by_handshake(addr, flow.ttl, mac, handshakes, "routed", view)
 
 
 def _by_handshake(
-    addr: bytes, ttl: int | None, handshakes: dict[bytes, int], otherwise: str,
-    mac: bytes | None,
+    addr: bytes, ttl: int | None, mac: bytes | None,
+    handshakes: dict[bytes, tuple[int, bytes | None]], otherwise: str, view: LinkView | None,
 ) -> Judgement:  # fmt: skip
+    """A handshake from `addr` proves it; a packet that came from another MAC than the
+    handshake, or with another hop count, is forged."""
     known = handshakes.get(addr)
     if known is None:
         return Judgement(UNVERIFIABLE, otherwise, mac)
-    if ttl is None or abs(hops(known) - hops(ttl)) <= HOP_SLACK:
-        return Judgement(PROVEN, "handshake", mac)
-    return Judgement(SPOOFED, "hop-count", mac)
+    known_ttl, known_mac = known
+    if mac is not None and known_mac is not None and mac != known_mac:
+        nameable = view is not None and mac not in view.routers
+        return Judgement(SPOOFED, "mac-mismatch", mac, known_mac, nameable)
+    if ttl is None or abs(hops(known_ttl) - hops(ttl)) <= HOP_SLACK:
+        return Judgement(PROVEN, "handshake", mac, known_mac)
+    return Judgement(SPOOFED, "hop-count", mac, known_mac)
 
 
 class BlockEvidence:
@@ -153,7 +169,9 @@ class BlockEvidence:
         self.mode = mode
         self.blocked = BLOCKED_BY_MODE[mode]
 
-    def judge(self, addr: bytes, flow: Flow | None, handshakes: dict[bytes, int]) -> Judgement:
+    def judge(
+        self, addr: bytes, flow: Flow | None, handshakes: dict[bytes, tuple[int, bytes | None]]
+    ) -> Judgement:
         return judge(addr, flow, self.view, handshakes)
 
     def count(self, found: Judgement) -> None:

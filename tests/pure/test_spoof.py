@@ -255,7 +255,7 @@ def test_a_routed_source_with_another_hop_count_than_its_handshake_is_forged() -
     story = Playbook(e, now=T0, step=0.01)
     for step in handshake(REMOTE, ttl=50):  # 14 hops away
         story >> step
-    assert e.flows.handshakes[packed(REMOTE)] == 50
+    assert e.flows.handshakes[packed(REMOTE)] == (50, ROUTER_MAC)
     routed_scan(story, REMOTE, ttl=60)  # 4 hops: sent from elsewhere
     assert (
         story
@@ -311,12 +311,14 @@ def test_the_mac_of_a_protected_address_is_never_blocked() -> None:
 
 
 def test_a_forged_trusted_address_still_names_its_sender() -> None:
+    """The detection's alert says the address is trusted (as before); the spoof alert and the
+    MAC block name who forged it."""
     story = Playbook(engine(view=lab_view(), trusted=CLIENT), now=T0, step=0.01)
     story >> syn(CLIENT, 1) >> rst(CLIENT, 1) >> syn(CLIENT, 2) >> rst(CLIENT, 2) >> syn(CLIENT, 3)
     assert (
         story
         >> rst(CLIENT, 3)
-        << scan_alert(CLIENT, "spoofed", "allowed")
+        << scan_alert(CLIENT, "trusted", "allowed")
         << spoof_alert(CLIENT, "mac-mismatch")
         << mac_block(ATTACKER_MAC_TEXT, claimed=CLIENT)
     )
@@ -471,3 +473,30 @@ def test_kernel_blocks_write_a_mac_block_into_the_mac_set() -> None:
     assert batch[-1]["add"]["element"]["name"] == "banned_ether"  # type: ignore[index]
     assert batch[-1]["add"]["element"]["elem"][0]["elem"]["val"] == ATTACKER_MAC_TEXT  # type: ignore[index]
     assert blocks.added == 1 and blocks.errors == 0
+
+
+def test_before_the_table_knows_the_client_its_handshakes_mac_shows_the_forgery() -> None:
+    """The client talked a moment ago (its handshake came from its MAC) and the worker has
+    not read the neighbour table since: a forger next door has the same hop count, so on
+    the segment only the MAC counts — the handshake's."""
+    view = link_view([(packed(ATTACKER), ATTACKER_MAC)], [(packed("10.10.1.0"), 24)])
+    e = engine(view=view)
+    story = Playbook(e, now=T0, step=0.01)
+    for step in handshake(CLIENT, ttl=64, mac=CLIENT_MAC):
+        story >> step
+    story >> syn(CLIENT, 1) >> rst(CLIENT, 1) >> syn(CLIENT, 2) >> rst(CLIENT, 2) >> syn(CLIENT, 3)
+    assert (
+        story
+        >> rst(CLIENT, 3)
+        << scan_alert(CLIENT, "spoofed", "allowed")
+        << spoof_alert(CLIENT, "mac-mismatch")
+        << mac_block(ATTACKER_MAC_TEXT, claimed=CLIENT)
+    )
+    # and the client's own scan would be proven by the same handshake
+    own = Playbook(engine(view=view), now=T0, step=0.01)
+    for step in handshake(CLIENT, ttl=64, mac=CLIENT_MAC):
+        own >> step
+    for port in (1, 2):
+        own >> syn(CLIENT, port, mac=CLIENT_MAC) >> rst(CLIENT, port)
+    own >> syn(CLIENT, 3, mac=CLIENT_MAC)
+    assert own >> rst(CLIENT, 3) << scan_alert(CLIENT, "added", "blocked") << block(CLIENT)
