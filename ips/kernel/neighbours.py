@@ -82,7 +82,7 @@ def view_from_messages(neighbours: Iterable[Any], routes: Iterable[Any]) -> Link
 
 def read_link_view() -> LinkView:
     """The tables of this network namespace, now."""
-    from pyroute2 import IPRoute  # imported here: only the inline daemon's worker needs it
+    from pyroute2 import IPRoute  # type: ignore[import-untyped]  # only the inline worker needs it
 
     with IPRoute() as ipr:
         neighbours = list(ipr.get_neighbours())
