@@ -30,7 +30,7 @@ from typing import Any
 
 from ips.core.addr import format_addr, parse_addr
 from ips.core.decode import decode_l3
-from ips.core.events import Alert, Block, FlowEnd, LogRecord, Unblock
+from ips.core.events import Alert, Block, FlowEnd, LogRecord, MacBlock, Unblock, format_mac
 from ips.core.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet
 from ips.engine import Engine, Meta
 
@@ -115,7 +115,8 @@ def _verdict(kind: str) -> Callable[..., Expect]:
 accept, drop, reject, rewrite = (_verdict(k) for k in ("accept", "drop", "reject", "rewrite"))
 VERDICTS = ("accept", "drop", "reject", "rewrite")
 EFFECT_KINDS: dict[str, type] = {"alert": Alert, "log": LogRecord, "block": Block,
-                                 "unblock": Unblock, "flow_end": FlowEnd}
+                                 "mac_block": MacBlock, "unblock": Unblock,
+                                 "flow_end": FlowEnd}
 
 
 def alert(*, check: Callable[[Any], bool] | None = None, **fields: Any) -> Expect:
@@ -133,6 +134,13 @@ def block(addr: str | None = None, *, check: Callable[[Any], bool] | None = None
     """A Block of `addr`; fields such as detector, ttl, offense, table."""
     named = (("addr", addr),) if addr is not None else ()
     return Expect("block", named + tuple(fields.items()), check)
+
+
+def mac_block(mac: str | None = None, *, check: Callable[[Any], bool] | None = None,
+              **fields: Any) -> Expect:  # fmt: skip
+    """A MacBlock of `mac` ("aa:bb:…"); fields such as claimed, detector, evidence, ttl."""
+    named = (("mac", mac),) if mac is not None else ()
+    return Expect("mac_block", named + tuple(fields.items()), check)
 
 
 def unblock(addr: str | None = None, *, check: Callable[[Any], bool] | None = None,
@@ -153,9 +161,12 @@ def _line(decision: Any) -> int | None:
 
 def _effect_field(effect: Any, name: str) -> Any:
     # Addresses are written as text in a story; the events hold bytes.
-    if name in ("addr", "src", "dst"):
+    if name in ("addr", "src", "dst", "claimed"):
         raw = getattr(effect, name)
         return format_addr(raw) if isinstance(raw, bytes) else raw
+    if name == "mac":
+        raw = getattr(effect, name)
+        return format_mac(raw) if isinstance(raw, bytes) else raw
     if name == "sid":
         return effect.signature_id
     return getattr(effect, name)
@@ -182,6 +193,8 @@ def describe_packet(fed: Fed) -> str:
         text = f"proto {pkt.proto} {src} > {dst}"
     meta = fed.meta
     where = [f"{k}={v}" for k, v in (("in", meta.iif), ("out", meta.oif)) if v is not None]
+    if meta.mac is not None:
+        where.append(f"from {format_mac(meta.mac)}")
     if where:
         text += " (" + " ".join(where) + ")"
     return text

@@ -7,10 +7,13 @@ them all; a detector's `BlockRequest` is the one record that never leaves the en
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from ips.core.addr import format_addr
 from ips.core.flow import Flow
+
+if TYPE_CHECKING:
+    from ips.core.flow import Flow
 
 
 class PacketEvent:
@@ -203,6 +206,67 @@ class Unblock:
         return f"Unblock({self.addr_text} {self.reason} from @{self.table})"
 
 
+def format_mac(mac: bytes) -> str:
+    """aa:bb:cc:dd:ee:ff"""
+    return ":".join(f"{b:02x}" for b in mac)
+
+
+class MacBlock:
+    """The real sender of forged packets was named by its MAC address, and banned.
+
+    A detector wanted `claimed` (the forged source address) blocked; the evidence showed the
+    packets came from `mac`, which is not the owner of that address on the segment (see
+    ips/engine/evidence.py). The address is left alone; the MAC goes into the nftables set
+    `table` (banned_ether), whose members the kernel drops on the interfaces packets come in
+    on (forward and input), with their own timeout.
+
+    mac       the sender's MAC address (6 bytes)
+    claimed   the source address its packets claimed (4 or 16 bytes)
+    table     the nft set (ETHER_BLOCK_TABLE)
+    ttl       seconds the block lasts
+    detector  the detector whose request this answers
+    evidence  why the address was judged forged ("mac-mismatch", "not-a-router")
+    reason    a line for humans
+    time      when (the engine's `now`)"""
+
+    __slots__ = ("claimed", "detector", "evidence", "mac", "reason", "table", "time", "ttl")
+
+    def __init__(
+        self,
+        mac: bytes,
+        *,
+        claimed: bytes,
+        table: str,
+        ttl: float,
+        detector: str,
+        evidence: str,
+        reason: str = "",
+        time: float = 0.0,
+    ) -> None:
+        self.mac = mac
+        self.claimed = claimed
+        self.table = table
+        self.ttl = ttl
+        self.detector = detector
+        self.evidence = evidence
+        self.reason = reason
+        self.time = time
+
+    @property
+    def mac_text(self) -> str:
+        return format_mac(self.mac)
+
+    @property
+    def claimed_text(self) -> str:
+        return format_addr(self.claimed)
+
+    def __repr__(self) -> str:
+        return (
+            f"MacBlock({self.mac_text} claiming {self.claimed_text} {self.detector} "
+            f"ttl={self.ttl:g}s in @{self.table})"
+        )
+
+
 class BlockRequest:
     """A detector asks for `addr` to be banned for `ttl` seconds (before escalation).
 
@@ -215,12 +279,23 @@ class BlockRequest:
 
     detector  the name of the detector that asks (portscan, sweep, …)
     reason    a line for humans, for the Block
-    time      when (the engine's `now`)"""
+    time      when (the engine's `now`)
+    flow      the offender's flow whose packets made the detection (None: not known): the
+              MAC and TTL its first packet came with are the evidence the engine weighs
+              before it blocks anyone (ips/engine/evidence.py)"""
 
-    __slots__ = ("addr", "alert", "detector", "reason", "time", "ttl")
+    __slots__ = ("addr", "alert", "detector", "flow", "reason", "time", "ttl")
 
     def __init__(
-        self, addr: bytes, *, ttl: float, detector: str, reason: str, time: float, alert: Alert
+        self,
+        addr: bytes,
+        *,
+        ttl: float,
+        detector: str,
+        reason: str,
+        time: float,
+        alert: Alert,
+        flow: Flow | None = None,
     ) -> None:
         self.addr = addr
         self.ttl = ttl
@@ -228,12 +303,13 @@ class BlockRequest:
         self.reason = reason
         self.time = time
         self.alert = alert
+        self.flow = flow
 
     def __repr__(self) -> str:
         return f"BlockRequest({format_addr(self.addr)} by {self.detector})"
 
 
 # What the engine hands to the adapters and the sinks.
-Effect: TypeAlias = Alert | LogRecord | Block | Unblock | FlowEnd
+Effect: TypeAlias = Alert | LogRecord | Block | MacBlock | Unblock | FlowEnd
 # What a detector reports: alerts, and requests that the engine settles into alerts and blocks.
 DetectorEffect: TypeAlias = Alert | BlockRequest

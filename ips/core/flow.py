@@ -74,6 +74,8 @@ __all__ = [
     "FlowTimeouts",
 ]
 
+HANDSHAKE_MEMORY = 65_536  # sources whose completed handshake (and its TTL) is remembered
+
 # TCP states, ordered so that "closing or later" is `state >= TCP_CLOSING`.
 TCP_NONE = 0  # no SYN seen (mid-stream pickup not yet confirmed, or not TCP)
 TCP_SYN_SENT = 1  # initiator sent SYN
@@ -195,6 +197,7 @@ class Flow:
         "flags_rev",
         "flow_id",
         "last_seen",
+        "mac",
         "nat",
         "offloaded",
         "pkts_fwd",
@@ -204,6 +207,7 @@ class Flow:
         "sport",
         "src",
         "tcp_state",
+        "ttl",
         "user",
     )
 
@@ -234,6 +238,11 @@ class Flow:
         self.back_since = float("-inf")  # an offloaded flow back under a new policy: since when
         self.user = None
         self.end_reason: str | None = None
+        # What the first packet says of its sender, for the evidence behind a block
+        # (ips/engine/evidence.py): its TTL (hop limit), and the sender's MAC address when the
+        # adapter knows it (the engine sets it from Meta.mac).
+        self.ttl = pkt.ttl
+        self.mac: bytes | None = None
         self._slot = _GONE
 
     @property
@@ -294,6 +303,12 @@ class FlowTable:
         self._reused = 0
         self._drained = 0
         self._discarded = 0
+        # Sources that completed a TCP handshake (their final ACK followed our view of the
+        # responder's SYN+ACK, which a forger elsewhere never sees): address -> (the TTL of
+        # their SYN, the MAC it came from or None). The evidence behind blocks
+        # (ips/engine/evidence.py) reads it; most recent last, the oldest forgotten first
+        # beyond HANDSHAKE_MEMORY.
+        self.handshakes: dict[bytes, tuple[int, bytes | None]] = {}
 
     # -- per packet ---------------------------------------------------------------------
 
@@ -380,6 +395,8 @@ class FlowTable:
                 # Normally the initiator's final ACK; the responder's data (ACK, no SYN) also
                 # proves it, for when we see only part of the handshake.
                 state = TCP_ESTABLISHED
+                if fwd:
+                    self._handshake(flow)
             if flags & TCP_FIN and state >= TCP_ESTABLISHED:
                 # A FIN before the handshake completes (SYN+FIN scans) does not count.
                 both = flow.flags_fwd & flow.flags_rev & TCP_FIN  # already include `flags`
@@ -388,6 +405,14 @@ class FlowTable:
             flow.tcp_state = state
             if flow._slot != _GONE:
                 self._refile_if_sooner(flow)
+
+    def _handshake(self, flow: Flow) -> None:
+        """The initiator completed a handshake: its address is its own (once per connection)."""
+        handshakes = self.handshakes
+        src = flow.src
+        if handshakes.pop(src, None) is None and len(handshakes) >= HANDSHAKE_MEMORY:
+            del handshakes[next(iter(handshakes))]
+        handshakes[src] = (flow.ttl, flow.mac)
 
     def _reuse(self, old: Flow, pkt: Packet, now: float) -> Flow:
         # A fresh SYN on the tuple of a closed or closing connection is a new connection (port

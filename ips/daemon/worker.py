@@ -127,6 +127,39 @@ def open_sinks(
 # ---- the running worker -------------------------------------------------------------------------
 
 
+class LinkViews:
+    """The kernel's neighbour table and routes, read for the engine's evidence behind blocks
+    (ips/kernel/neighbours.py) at start and every REFRESH_EVERY seconds, inline on NFQUEUE
+    (the packets carry their sender's MAC there). A failed read keeps the last view and is
+    counted (status: evidence)."""
+
+    def __init__(self, engine: Engine, read: Callable[[], Any] | None = None) -> None:
+        from ips.kernel.neighbours import REFRESH_EVERY, read_link_view
+
+        self.engine = engine
+        self.read = read or read_link_view
+        self.every = REFRESH_EVERY
+        self.due = 0.0
+        self.reads = 0
+        self.errors = 0
+        self.last_error = ""
+
+    def refresh(self, now: float) -> None:
+        self.due = now + self.every
+        try:
+            self.engine.set_link_view(self.read())
+            self.reads += 1
+        except Exception as exc:  # the last view stays; blocks are judged with it
+            self.errors += 1
+            if self.errors == 1 or str(exc) != self.last_error:
+                print(f"ipsctl worker: reading the neighbour table: {exc}", file=sys.stderr,
+                      flush=True)  # fmt: skip
+            self.last_error = str(exc)
+
+    def stats(self) -> dict[str, object]:
+        return {"reads": self.reads, "errors": self.errors, "last_error": self.last_error}
+
+
 @dataclass
 class Worker:
     """A worker's parts once set up: what its loop and its control commands work with."""
@@ -137,6 +170,7 @@ class Worker:
     adopted: int = 0  # blocks taken over from the kernel at start
     cfg: DaemonConfig | None = None
     reopen: threading.Event = field(default_factory=threading.Event)  # SIGHUP
+    links: LinkViews | None = None  # inline NFQUEUE: the segments' view for the evidence
 
     def command(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         """The answer to a message of the supervisor; None: stop."""
@@ -186,6 +220,9 @@ class Worker:
                 self.reopen.clear()
                 self.sinks.reopen()
             now = time.time()
+            links = self.links
+            if links is not None and now >= links.due:
+                links.refresh(now)  # before the tick, which judges held requests again
             if now >= next_tick:
                 events = engine.tick(now)
                 if events:
@@ -260,7 +297,14 @@ def set_up(
             sink.events(events)
 
     adapter, adopted = _adapter(cfg, engine, bpf_program, on_events, beat, judged_cell)
-    return Worker(engine, adapter, sinks, adopted, cfg, reopen)
+    links = None
+    if cfg.mode == "inline" and cfg.backend == "nfqueue":
+        # Packets carry their sender's MAC here: the engine weighs it against the kernel's
+        # neighbour table before a detector's block (tap, divert: no view; see
+        # docs/language.md, "Evidence").
+        links = LinkViews(engine)
+        links.refresh(time.time())
+    return Worker(engine, adapter, sinks, adopted, cfg, reopen, links)
 
 
 def _adapter(
@@ -383,6 +427,13 @@ def _stats(worker: Worker, _msg: dict[str, Any]) -> dict[str, Any]:
             "adopted": worker.adopted,
         },
         "detectors": detector_stats(engine),
+        "evidence": {
+            **engine.evidence.stats(),
+            "spoofed": engine.stats.spoofed,
+            "mac_blocks": engine.stats.mac_blocks,
+            "macs_blocked": len(engine.blocks.macs),
+            **({"link_reads": worker.links.stats()} if worker.links is not None else {}),
+        },
         "mode": adapter.mode,
         "tap": own.pop("tap", None),
         "sinks": views.outputs(),

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from ips.core.addr import format_addr
 from ips.core.events import Alert, Block, BlockRequest, DetectorEffect, Effect
+from ips.core.flow import Flow
 from ips.core.tables import NetMatcher
 from ips.policy.model import DETECTOR_SID_BASE, AddrSpec, DetectSpec
 
@@ -159,11 +160,15 @@ class Detector:
         offender: bytes | None = None,
         reason: str = "",
         dropped: bool = False,
+        flow: Flow | None = None,
     ) -> None:
         """Report one detection. With response `block`, the alert waits in a BlockRequest
         for `offender` (the engine settles it: see `answered`); else it goes out at once,
-        unless the detector-wide alert budget is spent. The alert says "blocked" when the
-        packet was dropped (or, see `answered`, the offender is banned)."""
+        unless the detector-wide alert budget is spent. `flow` is the offender's flow whose
+        packets made the detection: what its first packet said of its sender (MAC, TTL) is
+        the evidence the engine weighs before it blocks (ips/engine/evidence.py). The
+        alert says "blocked" when the packet was dropped (or, see `answered`, the offender
+        is banned)."""
         to_ban = offender if self.response == "block" else None
         if to_ban is None and not self._paced(now):
             self.suppressed += 1
@@ -189,7 +194,7 @@ class Detector:
             out.append(
                 BlockRequest(
                     to_ban, ttl=self.ttl, detector=self.name, reason=reason, time=now,
-                    alert=alert,
+                    alert=alert, flow=flow,
                 )
             )
             return

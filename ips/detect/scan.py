@@ -303,7 +303,7 @@ class ScanDetector(Detector):
         self.emit(
             out, now, flow_id=flow.flow_id, proto=flow.proto, src=source, sport=flow.sport,
             dst=dst, dport=flow.dport, sid=1, signature=self.SIGNATURE, extra=extra,
-            offender=source, reason=self.reason(extra),
+            offender=source, reason=self.reason(extra), flow=flow,
         )
 
     SIGNATURE = ""

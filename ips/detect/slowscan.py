@@ -257,7 +257,7 @@ class SlowScan(Detector):
         self.emit(
             out, now, flow_id=flow.flow_id, proto=flow.proto, src=flow.src, sport=flow.sport,
             dst=dst, dport=flow.dport, sid=sid, signature=SIGNATURES[sid], extra=extra,
-            offender=flow.src if offender else None, reason=reason,
+            offender=flow.src if offender else None, reason=reason, flow=flow,
         )
 
 

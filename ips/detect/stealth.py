@@ -122,7 +122,7 @@ class Stealth(Detector):
         self.emit(
             out, now, flow_id=flow.flow_id, proto=pkt.proto, src=src, sport=pkt.sport,
             dst=pkt.dst, dport=pkt.dport, sid=kind, signature=SIGNATURES[kind], extra=extra,
-            offender=src if repeated else None,
+            offender=src if repeated else None, flow=flow,
             reason=f"stealth: {entry.count} {KIND_NAMES[kind]} packets within {self.within:g}s",
         )
 

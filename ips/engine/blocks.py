@@ -18,6 +18,13 @@ that name) or a refusal with its reason:
 
 A detector's `ignore` list is checked earlier: an ignored source is not even watched.
 
+Before any of this, the engine weighs the evidence that the address sent the packets
+(ips/engine/evidence.py): a forged address is never requested. When the forger is a host of
+the segment, `request_mac` bans its MAC instead (a MacBlock, for the nft set banned_ether),
+refused as "protected" when that MAC owns a never-block or trusted address or is a router,
+and counted in the same ban budget. MAC blocks are not escalated; their time is capped by
+ban-max.
+
 Escalation: an address blocked again gets `set ban-escalation F` (2) times its previous
 duration — block × F^(offense-1) — capped at `set ban-max D` (24h) (a `block` duration
 longer than ban-max is used as written, never escalated further). Offenses are remembered
@@ -35,10 +42,10 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Iterable
 
-from ips.core.events import Block, Unblock
+from ips.core.events import Block, MacBlock, Unblock
 from ips.core.tables import DynamicTable, NetMatcher
 from ips.detect.common import not_a_host, parse_networks
-from ips.policy.model import BAN_TABLE, OPTIONS, TRUSTED_TABLE, Policy
+from ips.policy.model import BAN_TABLE, ETHER_BAN_TABLE, OPTIONS, TRUSTED_TABLE, Policy
 
 BUDGET_WINDOW = 60.0  # seconds: the ban budget is per minute
 MAX_DOUBLINGS = 64  # bound on the escalation exponent (the ttl is capped by ban-max anyway)
@@ -61,6 +68,10 @@ class BlockManager:
         # address -> [offenses, forget_at]; insertion order is the order of last offense
         self._history: dict[bytes, list[float]] = {}
         self.refused: Counter[str] = Counter()
+        # MAC -> expiry of its block; the kernel's set (banned_ether) has the same members
+        # and drops them by itself. Bounded by the table `banned`'s size.
+        self.macs: dict[bytes, float] = {}
+        self.macs_added = 0
         self.added = 0
         self.manual = 0
         self.expired = 0
@@ -149,6 +160,43 @@ class BlockManager:
         )
         return block, "added"
 
+    def request_mac(
+        self, mac: bytes, claimed: bytes, now: float, ttl: float, detector: str,
+        evidence: str, routers: frozenset[bytes], owners: list[bytes], reason: str = "",
+    ) -> tuple[MacBlock | None, str]:  # fmt: skip
+        """Ban the MAC of the real sender of forged packets (see the module's docstring).
+        `routers`: the MACs of our routes' next hops; `owners`: the addresses the neighbour
+        table gives this MAC. Returns (MacBlock, "added") or (None, why not)."""
+        macs = self.macs
+        expiry = macs.get(mac)
+        if expiry is not None and expiry > now:
+            return None, "already"
+        if mac in routers or any(self.protected(a, now) for a in owners):
+            return self._refuse("protected-mac")
+        self._prune(now)
+        if len(self._recent) >= self.budget:
+            return self._refuse("budget")
+        size = self.table.size if self.table is not None else 0
+        if expiry is None and len(macs) >= max(size, 1):
+            self.expire_macs(now)
+            if len(macs) >= max(size, 1):
+                return self._refuse("table-full")
+        life = min(ttl, self.max_ttl)
+        macs[mac] = now + life
+        self._recent.append(now)
+        self.macs_added += 1
+        return MacBlock(
+            mac, claimed=claimed, table=ETHER_BAN_TABLE, ttl=life, detector=detector,
+            evidence=evidence, reason=reason, time=now,
+        ), "added"  # fmt: skip
+
+    def expire_macs(self, now: float) -> None:
+        """Forget MAC blocks whose time is up (the kernel's set expires them by itself)."""
+        macs = self.macs
+        if macs:
+            for mac in [m for m, expiry in macs.items() if expiry <= now]:
+                del macs[mac]
+
     def _refuse(self, why: str) -> tuple[None, str]:
         self.refused[why] += 1
         return None, why
@@ -215,4 +263,6 @@ class BlockManager:
             "refused": dict(self.refused),
             "budget": self.budget,
             "remembered": len(self._history),
+            "macs": len(self.macs),
+            "macs_added": self.macs_added,
         }

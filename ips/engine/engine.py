@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ips.core.addr import format_addr
 from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.core.decode import decode_frame, decode_ipv4, decode_l3
 from ips.core.events import (
@@ -34,32 +35,50 @@ from ips.core.events import (
     DetectorEffect,
     Effect,
     FlowEnd,
+    MacBlock,
     Unblock,
+    format_mac,
 )
 from ips.core.flow import Flow, FlowTable, FlowTimeouts
+from ips.core.link import LinkView
 from ips.core.packet import LINKTYPE_RAW, Malformed, Packet
 from ips.core.tables import DynamicTable
 from ips.detect import Detectors
 from ips.engine import nat
 from ips.engine.actions import alert_for, apply_rewrite, log_for, reject_reply
 from ips.engine.blocks import BlockManager
+from ips.engine.evidence import (
+    EVIDENCE_WAIT,
+    NO_EVIDENCE,
+    SPOOFED,
+    UNPROVEN,
+    BlockEvidence,
+    Judgement,
+)
 from ips.engine.offload import offload_kind
 from ips.policy.compile import CompiledPolicy, CompiledRule
-from ips.policy.model import ACCEPT, BAN_TABLE, DROP, REJECT, REWRITE, Policy
+from ips.policy.model import ACCEPT, BAN_TABLE, DROP, REJECT, REWRITE, SPOOF_SID, Policy
 
 
 class Meta:
     """Where a packet came from: input/output interface names (None when unknown or not
-    applicable) and the link type of the bytes (LINKTYPE_RAW: they start at the IP header)."""
+    applicable), the link type of the bytes (LINKTYPE_RAW: they start at the IP header), and
+    the sender's MAC address as the adapter got it (NFQUEUE's NFQA_HWADDR; None: unknown),
+    the evidence behind blocks (ips/engine/evidence.py)."""
 
-    __slots__ = ("iif", "linktype", "oif")
+    __slots__ = ("iif", "linktype", "mac", "oif")
 
     def __init__(
-        self, iif: str | None = None, oif: str | None = None, linktype: int = LINKTYPE_RAW
+        self,
+        iif: str | None = None,
+        oif: str | None = None,
+        linktype: int = LINKTYPE_RAW,
+        mac: bytes | None = None,
     ) -> None:
         self.iif = iif
         self.oif = oif
         self.linktype = linktype
+        self.mac = mac
 
 
 NO_META = Meta()
@@ -82,6 +101,8 @@ class EngineStats:
     detector_alerts: Counter[str] = field(default_factory=Counter)  # by detector
     detector_drops: Counter[str] = field(default_factory=Counter)  # `limit` drops by detector
     blocks: int = 0  # Block effects (detector and manual)
+    mac_blocks: int = 0  # MacBlock effects (the senders of forged packets)
+    spoofed: int = 0  # block requests whose address the evidence showed forged
     offloaded: int = 0  # flows handed to the kernel (Decision.offload)
     unblocks: int = 0
 
@@ -112,6 +133,7 @@ class Engine:
         self._nat_replies: dict[nat.ReplyKey, Flow] = {}
         self.tables: dict[str, DynamicTable] = {}
         self.blocks = BlockManager(never_block)
+        self.evidence = BlockEvidence()
         self.detect: Detectors | None = None  # None: the policy has no `detect` line
         self.load(policy)
 
@@ -128,6 +150,7 @@ class Engine:
         self.tables = compiled.tables
         self.policy = compiled
         self.blocks.configure(compiled.policy, compiled.tables)
+        self.evidence.configure(compiled.policy.block_evidence)
         if compiled.policy.detectors:
             self.detect = Detectors(compiled.policy, self.detect, self.shards)
         else:
@@ -208,6 +231,13 @@ class Engine:
             expiry = blocked.members.get(pkt.src)
             if expiry is not None and expiry > now:
                 return self._blocked
+        mac = meta.mac
+        if mac is not None and self.blocks.macs:
+            # The sender of forged packets, banned by its MAC (inline, the kernel drops it
+            # before the queue; replay and tap judge it the same way).
+            expiry = self.blocks.macs.get(mac)
+            if expiry is not None and expiry > now:
+                return self._blocked
         translated: bytes | None = None
         if self._nat_replies:
             flow_of_reply = self._nat_replies.get(
@@ -222,6 +252,8 @@ class Engine:
                 if pkt.__class__ is not Packet:
                     return self._undecodable(pkt)
         flow, fwd = self.flows.track(pkt, now)
+        if mac is not None and fwd and flow.mac is None:
+            flow.mac = mac  # who sent the flow's first packet: evidence for a block
         effects: list[Effect] | None = None
         detect = self.detect
         if detect is not None:
@@ -331,12 +363,12 @@ class Engine:
         effects: list[Effect] = []
         for ev in found:
             if isinstance(ev, BlockRequest):
-                block, status = self.blocks.request(
-                    ev.addr, ev.time, ev.ttl, ev.detector, ev.reason
-                )
-                effects += detect.answered(ev, block, status)
+                effects += self._request(detect, ev, ev.time, final=False)
             else:
                 effects.append(ev)
+        return self._counted(effects)
+
+    def _counted(self, effects: list[Effect]) -> list[Effect] | None:
         stats = self.stats
         for effect in effects:
             if effect.__class__ is Alert:
@@ -344,7 +376,104 @@ class Engine:
                 stats.detector_alerts[effect.category] += 1
             elif effect.__class__ is Block:
                 stats.blocks += 1
+            elif effect.__class__ is MacBlock:
+                stats.mac_blocks += 1
         return effects or None
+
+    def _request(
+        self, detect: Detectors, request: BlockRequest, now: float, final: bool
+    ) -> list[Effect]:
+        """One block request: the evidence that its address sent the packets is weighed
+        (ips/engine/evidence.py); the BlockManager is asked only when the mode lets that
+        evidence block. An unproven request may wait for the neighbour table (held, judged
+        again at each tick until EVIDENCE_WAIT). A forged address is never blocked: a
+        "spoofed source" alert, and the sender's MAC is banned where it can be named."""
+        evidence = self.evidence
+        found = evidence.judge(request.addr, request.flow, self.flows.handshakes)
+        if not final and evidence.may_wait(found):
+            evidence.held.append((request, now + EVIDENCE_WAIT))
+            return []
+        evidence.count(found)
+        extra = request.alert.extra
+        if extra is not None and found.why not in NO_EVIDENCE:
+            extra["evidence"] = f"{found.verdict}:{found.why}"
+        # A protected address (trusted, never-block) is refused for that reason whatever the
+        # evidence; a forged one still names its sender below.
+        if evidence.allows(found.verdict) or self.blocks.protected(request.addr, now):
+            block, status = self.blocks.request(
+                request.addr, now, request.ttl, request.detector, request.reason
+            )
+        else:
+            block, status = None, found.verdict
+        out = detect.answered(request, block, status)
+        if found.verdict == SPOOFED:
+            self.stats.spoofed += 1
+            out += self._spoofed(request, found, now)
+        return out
+
+    def _spoofed(self, request: BlockRequest, found: Judgement, now: float) -> list[Effect]:
+        """The "spoofed source" alert of a forged address, and the MAC block of its sender
+        when it is a host of the segment (never a router, never the owner of a protected
+        address)."""
+        view = self.evidence.view
+        mac_block: MacBlock | None = None
+        status = "unnamed"
+        if found.nameable and found.sender is not None and view is not None:
+            mac_block, status = self.blocks.request_mac(
+                found.sender, request.addr, now, request.ttl, request.detector, found.why,
+                view.routers, view.owners(found.sender),
+                f"{request.detector}: forged source {format_addr(request.addr)}",
+            )  # fmt: skip
+        if mac_block is None and not self.evidence.paced(now):
+            return []
+        cause = request.alert
+        details: dict[str, object] = {
+            "claimed": format_addr(request.addr),
+            "evidence": found.why,
+            "detector": request.detector,
+            "mac_block": status,
+        }
+        if found.sender is not None:
+            details["sender_mac"] = format_mac(found.sender)
+        if found.owner is not None:
+            details["owner_mac"] = format_mac(found.owner)
+        if mac_block is not None:
+            details["ttl"] = mac_block.ttl
+        alert = Alert(
+            now, cause.flow_id, cause.family, cause.proto, request.addr, cause.sport,
+            cause.dst, cause.dport,
+            action="blocked" if status in ("added", "already") else "allowed",
+            signature_id=SPOOF_SID,
+            signature=f"ipsctl spoofed source: {request.detector} traffic with a forged "
+                      f"source address ({found.why})",
+            severity=1, category="spoofed-source", rule_name=cause.rule_name, extra=details,
+        )  # fmt: skip
+        return [alert] if mac_block is None else [alert, mac_block]
+
+    def set_link_view(self, view: LinkView | None) -> None:
+        """The segments as the kernel knows them (neighbour table, on-link prefixes, routers'
+        MACs), given by the daemon's worker and refreshed by it; None: no view (tap, replay)."""
+        self.evidence.view = view
+
+    def _rejudge(self, detect: Detectors, now: float) -> list[Effect]:
+        """Held requests judged again with the latest link view; those still unproven wait
+        until their deadline, then take that answer."""
+        held = self.evidence.held
+        if not held:
+            return []
+        self.evidence.held = []
+        out: list[Effect] = []
+        for request, deadline in held:
+            if request.detector not in detect.by_name:  # type: ignore[attr-defined]
+                continue  # its detector left the policy (an apply): nothing to answer
+            found = self.evidence.judge(
+                request.addr, request.flow, self.flows.handshakes  # type: ignore[attr-defined]
+            )
+            if found.verdict == UNPROVEN and now < deadline:
+                self.evidence.held.append((request, deadline))
+                continue
+            out += self._request(detect, request, now, final=True)  # type: ignore[arg-type]
+        return out
 
     def _rejected(
         self, detect: Detectors, pkt: Packet, now: float, effects: list[Effect] | None
@@ -450,10 +579,14 @@ class Engine:
             if table is not banned:
                 table.expire(now)
         unblocks = self.blocks.expire(now)
+        self.blocks.expire_macs(now)
         self.stats.unblocks += len(unblocks)
         events += unblocks
         detect = self.detect
         if detect is not None:
+            settled = self._counted(self._rejudge(detect, now))
+            if settled is not None:
+                events += settled
             found = detect.tick(now)
             if found:
                 settled = self._settle(detect, found)

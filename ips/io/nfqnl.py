@@ -57,6 +57,7 @@ NFQA_MARK = 3
 NFQA_TIMESTAMP = 4
 NFQA_IFINDEX_INDEV = 5
 NFQA_IFINDEX_OUTDEV = 6
+NFQA_HWADDR = 9  # struct nfqnl_msg_packet_hw: be16 hw_addrlen, u16 pad, u8 hw_addr[8]
 NFQA_PAYLOAD = 10
 NFQA_CAP_LEN = 13
 
@@ -106,6 +107,9 @@ class QueuedPacket:
     mark: int = 0
     hw_protocol: int = 0
     hook: int = 0
+    # The sender's link-layer address (NFQA_HWADDR: the source MAC of an Ethernet frame that
+    # came in; None on output, or on an interface without one): evidence behind blocks.
+    hwaddr: bytes | None = None
 
 
 # ---- messages (pure) ---------------------------------------------------------------------------
@@ -191,7 +195,7 @@ def packet_message(
     if pkt.mark:
         attrs += attr(NFQA_MARK, BE32.pack(pkt.mark))
     if hwaddr is not None:
-        attrs += attr(9, struct.pack("!HH", len(hwaddr), 0) + hwaddr.ljust(8, b"\0"))
+        attrs += attr(NFQA_HWADDR, struct.pack("!HH", len(hwaddr), 0) + hwaddr.ljust(8, b"\0"))
     if timestamp is not None:
         attrs += attr(NFQA_TIMESTAMP, struct.pack("!QQ", *timestamp))
     attrs += attr(NFQA_PAYLOAD, pkt.payload)
@@ -201,6 +205,7 @@ def packet_message(
 _nla_unpack = NLA.unpack_from
 _hdr_unpack = struct.Struct("!IHB").unpack_from
 _be32_unpack = BE32.unpack_from
+_hwlen_unpack = struct.Struct("!H").unpack_from
 
 
 # The kernel's first attributes of a forwarded packet (nfqnl_build_packet_message's order):
@@ -234,6 +239,7 @@ def _parse_rest(buf: bytes | bytearray | memoryview, offset: int, end: int, pack
                 hw_protocol: int, hook: int, indev: int, outdev: int) -> QueuedPacket:
     payload = None
     mark = 0
+    hwaddr = None
     while offset + 4 <= end:
         length, attr_type = _nla_unpack(buf, offset)
         if length < 4 or offset + length > end:
@@ -252,12 +258,18 @@ def _parse_rest(buf: bytes | bytearray | memoryview, offset: int, end: int, pack
                 outdev = _be32_unpack(buf, offset + 4)[0]
             elif attr_type == NFQA_MARK:
                 mark = _be32_unpack(buf, offset + 4)[0]
+            elif attr_type == NFQA_HWADDR and length >= 14:
+                # the address's bytes as they are in the message (one copy: the buffer is
+                # reused by the next read); 6 for Ethernet, up to 8
+                hwlen = _hwlen_unpack(buf, offset + 4)[0]
+                if 0 < hwlen <= 8 and offset + 8 + hwlen <= end:
+                    hwaddr = bytes(buf[offset + 8 : offset + 8 + hwlen])
         offset += (length + 3) & ~3
     if packet_id < 0:
         raise MalformedMessage("packet message without NFQA_PACKET_HDR")
     if payload is None:
         raise MalformedMessage(f"packet {packet_id} without NFQA_PAYLOAD")
-    return QueuedPacket(packet_id, payload, indev, outdev, mark, hw_protocol, hook)
+    return QueuedPacket(packet_id, payload, indev, outdev, mark, hw_protocol, hook, hwaddr)
 
 
 

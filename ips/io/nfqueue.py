@@ -187,7 +187,7 @@ class QueueWorker(EngineAdapter):
         self.client_name = client
         self.replies = ReplySender()
         self.ifnames = InterfaceNames()
-        self._metas: dict[tuple[int, int], Meta] = {}
+        self._metas: dict[tuple[int, int, bytes | None], Meta] = {}
         self._client: NfqClient | None = None  # our own client, once bound
         self._nfq: NetfilterQueue | None = None  # or netfilterqueue's
         self.read_copies = read_copies  # offload's NFLOG copies (False: the kernel has none)
@@ -297,11 +297,13 @@ class QueueWorker(EngineAdapter):
 
     # ---- per packet -----------------------------------------------------------------------
 
-    def _meta(self, indev: int, outdev: int) -> Meta:
-        key = (indev, outdev)
+    def _meta(self, indev: int, outdev: int, mac: bytes | None = None) -> Meta:
+        """The packet's Meta, one per (interfaces, sender's MAC) seen: made once, then
+        shared (a gateway's segments have few senders)."""
+        key = (indev, outdev, mac)
         meta = self._metas.get(key)
         if meta is None:
-            meta = Meta(iif=self.ifnames(indev), oif=self.ifnames(outdev))
+            meta = Meta(iif=self.ifnames(indev), oif=self.ifnames(outdev), mac=mac)
             if len(self._metas) < 4096:
                 self._metas[key] = meta
         return meta
@@ -315,8 +317,9 @@ class QueueWorker(EngineAdapter):
         Verdict the client sends (see NfqClient.drain for the order)."""
         given = None
         try:
-            decision = self.engine.handle(pkt.payload, self._meta(pkt.indev, pkt.outdev),
-                                          self.clock())
+            decision = self.engine.handle(
+                pkt.payload, self._meta(pkt.indev, pkt.outdev, pkt.hwaddr), self.clock()
+            )
             given, reply = kernel_verdict(decision, pkt.mark)
             if reply is not None:
                 self.replies.send(reply)
@@ -345,9 +348,12 @@ class QueueWorker(EngineAdapter):
     def _on_packet(self, pkt: NfqPacket) -> None:
         """netfilterqueue's callback: the same verdicts, one per packet."""
         try:
+            # netfilterqueue gives the 8 bytes of the kernel's field: an Ethernet MAC is 6
+            get_hw = getattr(pkt, "get_hw", None)
+            hw = get_hw() if get_hw is not None else None
             decision = self.engine.handle(
                 pkt.get_payload(),
-                self._meta(pkt.indev, pkt.outdev),
+                self._meta(pkt.indev, pkt.outdev, hw[:6] if hw else None),
                 self.clock(),
             )
             # netfilterqueue reads the mark through a call: only an offload needs it

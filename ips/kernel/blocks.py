@@ -1,5 +1,7 @@
 """Blocks in the kernel: the members of `inet ipsctl`'s BLOCK_TABLE sets (`banned_v4`,
-`banned_v6`), dropped by the first rules of our chains (ips/translate/nft.py, block_rules).
+`banned_v6`), dropped by the first rules of our chains (ips/translate/nft.py, block_rules),
+and the MACs of the senders of forged packets in `banned_ether` (MacBlock effects), dropped
+by the next rule of the chains packets come in on.
 
 * KernelBlocks — the worker's side: the Block effects of the engine's decisions are queued and
   written in one small libnftables transaction at the end of the burst of packets being read
@@ -28,9 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ips.core.events import Effect
+from ips.core.events import Effect, MacBlock
 from ips.kernel.diversion import BlockSets
 from ips.kernel.nft import KernelError, Nft
+from ips.policy.model import ETHER_BAN_TABLE
 from ips.safefile import replace_private_file
 from ips.translate.nft import (
     BLOCK_TABLE,
@@ -38,6 +41,7 @@ from ips.translate.nft import (
     block_comment,
     parse_block_comment,
     replace_elements,
+    replace_ether_elements,
 )
 
 FLUSH_AFTER = 0.01  # seconds a queued block may wait while a burst of packets goes on
@@ -48,10 +52,10 @@ STATE_VERSION = 1
 
 
 def effect_kind(effect: object) -> str | None:
-    """Block / Unblock effects of the engine -> "block" / "unblock" (by class name, so this
-    works whatever module defines them), None for anything else."""
+    """Block / MacBlock / Unblock effects of the engine -> "block" / "block" / "unblock" (by
+    class name, so this works whatever module defines them), None for anything else."""
     name = type(effect).__name__
-    if name == "Block":
+    if name in ("Block", "MacBlock"):
         return "block"
     if name == "Unblock":
         return "unblock"
@@ -137,8 +141,12 @@ class KernelBlocks:
             if kind is None:
                 continue
             try:
-                # effect_kind found a Block or an Unblock (by class name: mypy cannot follow).
-                key = (str(effect.table), addr_text(effect.addr))  # type: ignore[union-attr]
+                if isinstance(effect, MacBlock):  # the sender of forged packets, by its MAC
+                    key = (ETHER_BAN_TABLE, effect.mac_text)
+                else:
+                    # effect_kind found a Block or an Unblock (by class name: mypy cannot
+                    # follow).
+                    key = (str(effect.table), addr_text(effect.addr))  # type: ignore[union-attr]
             except (AttributeError, ValueError) as exc:  # not an address: count, go on
                 self._error(f"{type(effect).__name__} without a valid address: {exc}")
                 continue
@@ -190,6 +198,8 @@ class KernelBlocks:
             int(getattr(block, "offense", 0) or 0),
             str(getattr(block, "reason", "") or ""),
         )
+        if table == ETHER_BAN_TABLE:
+            return replace_ether_elements([text], ttl if ttl and ttl > 0 else None, comment)
         return replace_elements(table, [text], ttl if ttl and ttl > 0 else None, comment)
 
     def _write_blocks(self, items: list[tuple[tuple[str, str], Any]]) -> None:

@@ -225,7 +225,7 @@ class NftDiversion:
         return NftPlan(
             self.hooks, queue=self.queue, fail_open=self.fail_open,
             nft_queue=self.backend == "nft", offload_generation=offload_generation,
-            queues=self.queues, copies=self.copies,
+            queues=self.queues, copies=self.copies, ether_blocks=True,
         )
 
     def kernel_plan(self, policy: Policy) -> NftPlan | None:

@@ -220,9 +220,15 @@ DETECTOR_SID_BASE: dict[str, int] = {
     name: DETECTOR_SID_FIRST + 100 * (i + 1) for i, name in enumerate(DETECTORS)
 }
 
+# The alert of a forged source (ips/engine/evidence.py): from the reserved range's first block.
+SPOOF_SID = DETECTOR_SID_FIRST + 1
+
 # Table names with a fixed meaning for the detectors.
 BAN_TABLE = "banned"  # dynamic: where detector (and manual) blocks go; mirrored in nftables
 TRUSTED_TABLE = "trusted"  # never blocked by a detector
+# The MACs of the real senders of forged packets (ips/engine/evidence.py): an nftables set of
+# ether addresses (not a policy table), dropped on the interfaces packets come in on.
+ETHER_BAN_TABLE = "banned_ether"
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +320,13 @@ OPTIONS: dict[str, OptionSchema] = {
         minimum=1,
         maximum=16_777_216,
     ),
+    # A detector's block needs evidence that the address really sent the packets (the MAC
+    # of the neighbour entry, a handshake): forged sources are never blocked, their sender is
+    # (by MAC). strict: an address of the segment needs proof; proof: every address; loose:
+    # only what is shown forged is refused. See ips/engine/evidence.py, docs/language.md.
+    "block-evidence": OptionSchema(
+        ("strict", "proof", "loose"), "strict", "what a detector's block needs as evidence"
+    ),
     "tap-blocks": OptionSchema(
         ("report", "enforce"), "report", "tap mode: report detector blocks, or enforce them"
     ),
@@ -374,6 +387,10 @@ class Policy:
     @property
     def tap_blocks_enforced(self) -> bool:
         return self.option("tap-blocks") == "enforce"
+
+    @property
+    def block_evidence(self) -> str:
+        return str(self.option("block-evidence"))
 
     @property
     def detect_memory(self) -> int:

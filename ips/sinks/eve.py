@@ -22,7 +22,16 @@ from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
 from ips.core.addr import format_addr
-from ips.core.events import Alert, Block, Effect, FlowEnd, LogRecord, PacketEvent, Unblock
+from ips.core.events import (
+    Alert,
+    Block,
+    Effect,
+    FlowEnd,
+    LogRecord,
+    MacBlock,
+    PacketEvent,
+    Unblock,
+)
 from ips.core.flow import TCP_STATE_NAMES
 from ips.core.packet import PORT_PROTOS
 from ips.safefile import open_private_file
@@ -122,6 +131,27 @@ def block_record(block: Block) -> Record:
             "table": block.table,
             "detector": block.detector,
             "offense": block.offense,
+            "ttl": block.ttl,
+            "expires": eve_timestamp(block.time + block.ttl),
+            "reason": block.reason,
+        },
+    }
+
+
+def mac_block_record(block: MacBlock) -> Record:
+    """The sender of forged packets went into the set of banned MACs (ipsctl_block with
+    `ether`; src_ip is the address its packets claimed, which is NOT blocked)."""
+    return {
+        "timestamp": eve_timestamp(block.time),
+        "event_type": "ipsctl_block",
+        "src_ip": block.claimed_text,
+        "ipsctl_block": {
+            "table": block.table,
+            "ether": block.mac_text,
+            "claimed": block.claimed_text,
+            "evidence": block.evidence,
+            "detector": block.detector,
+            "offense": 1,
             "ttl": block.ttl,
             "expires": eve_timestamp(block.time + block.ttl),
             "reason": block.reason,
@@ -336,6 +366,10 @@ class EveWriter:
                 self.write(log_record(ev, self.in_iface))
         elif isinstance(ev, Block):
             record = block_record(ev)
+            record["ipsctl_block"]["enforced"] = not self.passive or self.blocks_enforced
+            self.write(record)
+        elif isinstance(ev, MacBlock):
+            record = mac_block_record(ev)
             record["ipsctl_block"]["enforced"] = not self.passive or self.blocks_enforced
             self.write(record)
         elif isinstance(ev, Unblock):

@@ -48,6 +48,11 @@ members (comment `ipsctl:blocks`, with a counter), whatever the order of the pol
 blocked source's packets never reach the queue, and a block still applies when the policy
 starts with `accept from @trusted`. Each member has its own timeout, so blocks expire in the
 kernel even when the daemon is dead; its comment says who blocked it (block_comment).
+The real senders of forged packets are blocked by their MAC address (ips/engine/evidence.py):
+the set ETHER_BAN_TABLE (`banned_ether`, type ether_addr, the same size and timeout), dropped
+by the next rule of the chains packets come in on (forward, input: an outgoing packet has no
+sender's MAC), comment `ipsctl:blocks-ether`; the inline daemon's plans have them
+(NftPlan.ether_blocks).
 
 One nft rule per policy rule is not always possible: nft has no "or" inside a rule, so a rule
 whose address is `{ 10.0.0.0/8, @banned }`, whose `on IF` may be either interface, that speaks
@@ -74,6 +79,7 @@ from ips.policy.diagnostics import Span
 from ips.policy.model import (
     ACCEPT,
     DROP,
+    ETHER_BAN_TABLE,
     REJECT,
     AddrSpec,
     IfaceSpec,
@@ -153,6 +159,8 @@ COMMENT_PREFIX = "ipsctl:"
 USERSPACE_COMMENT = "ipsctl:to-userspace"  # counts the packets left to the engine
 CLEAR_MARK_COMMENT = "ipsctl:clear-mark"
 BLOCKS_COMMENT = "ipsctl:blocks"  # the leading drops of blocked sources (and their counter)
+ETHER_BLOCKS_COMMENT = "ipsctl:blocks-ether"  # the drop of banned MACs (and its counter)
+ETHER_HOOKS = ("forward", "input")  # where a packet has a sender's MAC (`ether saddr`)
 BLOCK_TABLE = "banned"  # the dynamic table detectors and `ipsctl blocks` add to
 DEFAULT_BLOCK_TIMEOUT = 3600  # seconds, when the policy does not declare BLOCK_TABLE
 DEFAULT_BLOCK_SIZE = 65536
@@ -991,13 +999,39 @@ def block_table_spec(policy: Policy | None) -> TableSpec:
     )
 
 
-def _wanted_sets(policy: Policy) -> dict[str, dict[str, object]]:
+def _wanted_sets(policy: Policy, ether: bool = False) -> dict[str, dict[str, object]]:
     sets: dict[str, dict[str, object]] = {}
     tables = [t for t in policy.tables.values() if t.kind == "dynamic" and t.name != BLOCK_TABLE]
-    for table in [block_table_spec(policy), *tables]:
+    blocks = block_table_spec(policy)
+    for table in [blocks, *tables]:
         for family in (4, 6):
             sets[set_name(table.name, family)] = _set_object(table, family)
+    if ether:
+        sets[ETHER_BAN_TABLE] = ether_set_object(blocks)
     return sets
+
+
+def ether_set_object(blocks: TableSpec) -> dict[str, object]:
+    """The set of banned MACs: as large as the block table, with its default timeout."""
+    obj: dict[str, object] = {
+        **_T, "name": ETHER_BAN_TABLE, "type": "ether_addr", "flags": ["timeout"],
+        "size": blocks.size,
+    }  # fmt: skip
+    timeout = _seconds(blocks.timeout)
+    if timeout is not None:
+        obj["timeout"] = timeout
+    return obj
+
+
+def ether_block_rule() -> list[Expr]:
+    """The drop of banned MACs: only on an Ethernet input interface (`ether saddr` reads the
+    frame's header, which only such a packet has)."""
+    return [
+        _match("==", _meta("iiftype"), "ether"),
+        _match("==", _payload("ether", "saddr"), f"@{ETHER_BAN_TABLE}"),
+        {"counter": None},
+        {"drop": None},
+    ]
 
 
 def block_rules() -> list[list[Expr]]:
@@ -1066,6 +1100,9 @@ class NftPlan:
     queues     workers: packets are steered to queue + i by their connection's initiator
     copies     the kernel has NFLOG: a handshake-stamped connection's first other packet is
                passed with a copy to its worker (COPIED_COMMENT); without, it goes to the queue
+    ether_blocks  the set of banned MACs (ETHER_BAN_TABLE) and its drop rule after the
+               address blocks, in the chains packets come in on (the inline daemon's
+               plans; a tap or a replay has no MAC blocks to enforce)
 
     A plan with an unknown hook or impossible queue numbers is refused when it is made.
     """
@@ -1078,6 +1115,7 @@ class NftPlan:
     offload_generation: int | None = None
     queues: int = 1
     copies: bool = True
+    ether_blocks: bool = False
 
     def __post_init__(self) -> None:
         # A hook named twice is one chain; the order of first mention is the chains' order.
@@ -1130,7 +1168,7 @@ def build_ruleset(
     icmp_budget = icmp_offload_budget(policy) if offload else None
     meters = [] if plan.blocks_only else metered_rules(policy)
     old_sets = existing.sets if existing else {}
-    cmds += _set_commands(policy, icmp_budget, old_sets, static, meters)
+    cmds += _set_commands(policy, icmp_budget, old_sets, static, meters, plan.ether_blocks)
     if proxied:
         cmds.append(_rule(SYNPROXY_CHAIN, _synproxy_raw_rule(), SYNPROXY_COMMENT))
     for hook in plan.hooks:
@@ -1174,13 +1212,15 @@ def _set_commands(
     old_sets: dict[str, SetState],
     static: StaticSets,
     meters: Sequence[RuleSpec] = (),
+    ether: bool = False,
 ) -> list[dict[str, object]]:
-    """The sets of the dynamic tables (and the ICMP meter, and the rules' meters) added,
+    """The sets of the dynamic tables (and the ICMP meter, and the rules' meters, and with
+    `ether` the set of banned MACs) added,
     the ones no longer wanted deleted, and the ones whose type or flags changed recreated
     with their members. The named sets of static tables are loaded before (their names
     change with their content): the ones no longer referred to are deleted."""
     cmds: list[dict[str, object]] = []
-    wanted = _wanted_sets(policy)
+    wanted = _wanted_sets(policy, ether)
     if icmp_budget is not None:
         wanted.update(_icmp_meter_sets())
     meter_sets = _meter_sets(meters)
@@ -1229,6 +1269,8 @@ def _hook_rules(
     what is left to userspace."""
     # Blocks first: nothing the policy says may let a blocked source through.
     cmds = [_rule(hook, exprs, BLOCKS_COMMENT) for exprs in block_rules()]
+    if plan.ether_blocks and hook in ETHER_HOOKS:
+        cmds.append(_rule(hook, ether_block_rule(), ETHER_BLOCKS_COMMENT))
     if plan.blocks_only:
         return cmds
     first_queue, queues = plan.first_queue, plan.queues
@@ -1513,6 +1555,32 @@ def replace_elements(
         for fam, items in sorted(by_family.items())
     ]
     return cmds
+
+
+def replace_ether_elements(
+    macs: Iterable[str], timeout: float | None = None, comment: str | None = None
+) -> list[dict[str, object]]:
+    """Put MACs ("aa:bb:cc:dd:ee:ff") in the set of banned MACs with exactly this timeout and
+    comment: add, delete, add again in one batch, as replace_elements does for addresses."""
+    macs = [m.lower() for m in macs]
+    if not macs:
+        return []
+    target = {**_T, "name": ETHER_BAN_TABLE}
+    element = [SetElement(m, _seconds(timeout), None, comment) for m in macs]
+    return [
+        {"add": {"element": {**target, "elem": list(macs)}}},
+        {"delete": {"element": {**target, "elem": list(macs)}}},
+        {"add": {"element": {**target, "elem": _elems(element)}}},
+    ]
+
+
+def delete_ether_elements(macs: Iterable[str]) -> list[dict[str, object]]:
+    """Remove MACs from the set of banned MACs (nft fails the batch if one is absent)."""
+    return [{"delete": {"element": {**_T, "name": ETHER_BAN_TABLE, "elem": list(macs)}}}]
+
+
+def list_ether_set() -> list[dict[str, object]]:
+    return [{"list": {"set": {**_T, "name": ETHER_BAN_TABLE}}}]
 
 
 def delete_elements(table: str, addrs: Iterable[Address]) -> list[dict[str, object]]:

@@ -152,6 +152,19 @@ class InlineLab:
         elems = json.loads(out.stdout)["nftables"][1]["set"].get("elem", [])
         return {str(e["elem"]["val"] if isinstance(e, dict) else e) for e in elems}
 
+    def kernel_mac_blocks(self) -> set[str]:
+        """Members of the kernel's set of banned MACs (`banned_ether`), read with nft."""
+        out = self.run("gw", ["nft", "-j", "list", "set", "inet", "ipsctl", "banned_ether"])
+        if out.returncode != 0:
+            return set()
+        elems = json.loads(out.stdout)["nftables"][1]["set"].get("elem", [])
+        return {str(e["elem"]["val"] if isinstance(e, dict) else e).lower() for e in elems}
+
+    def mac_of(self, node: str, iface: str = "eth0") -> str:
+        """A lab host's MAC address."""
+        out = self.run(node, ["cat", f"/sys/class/net/{iface}/address"])
+        return out.stdout.strip().lower()
+
     def block_drops(self) -> int:
         """Packets the kernel dropped because their source is blocked (rules `ipsctl:blocks`)."""
         table = json.loads(self.gw_text(["nft", "-j", "list", "table", "inet", "ipsctl"]))

@@ -103,9 +103,10 @@ def test_the_fail_open_config_agrees_with_the_one_nfqueue_py_writes() -> None:
 
 
 def test_a_packet_message_as_the_kernel_builds_it_parses_back() -> None:
+    # the sender's MAC (NFQA_HWADDR) is read too: the evidence behind blocks (issue 19, item 1)
     pkt = QueuedPacket(id=77, payload=UDP, indev=3, outdev=4, mark=0x2A, hw_protocol=0x0800,
-                       hook=2)
-    msg = packet_message(0, pkt, timestamp=(1700000000, 5), hwaddr=b"\x02\x00\x00\x00\x00\x01")
+                       hook=2, hwaddr=b"\x02\x00\x00\x00\x00\x01")
+    msg = packet_message(0, pkt, timestamp=(1700000000, 5), hwaddr=pkt.hwaddr)
     assert struct.unpack_from("=HH", msg, 4)[0] == 0x300  # NFNL_SUBSYS_QUEUE, MSG_PACKET
     got = parse_packet(msg, 20, len(msg))
     assert got == pkt
@@ -114,8 +115,9 @@ def test_a_packet_message_as_the_kernel_builds_it_parses_back() -> None:
 @pytest.mark.parametrize("indev, outdev", [(3, 4), (3, 0), (0, 4), (0, 0)])
 def test_the_one_unpack_prefix_and_the_general_loop_agree(indev: int, outdev: int) -> None:
     # FORWARD has both interfaces (the prefix path), INPUT only indev, OUTPUT only outdev
-    pkt = QueuedPacket(id=9, payload=UDP, indev=indev, outdev=outdev, mark=7, hook=1)
-    msg = packet_message(0, pkt, hwaddr=b"\x02\x00\x00\x00\x00\x02")
+    pkt = QueuedPacket(id=9, payload=UDP, indev=indev, outdev=outdev, mark=7, hook=1,
+                       hwaddr=b"\x02\x00\x00\x00\x00\x02")  # fmt: skip
+    msg = packet_message(0, pkt, hwaddr=pkt.hwaddr)
     assert parse_packet(msg, 20, len(msg)) == pkt
     # an attribute the kernel may put before the interfaces (NFQA_PRIORITY = 21)
     body = msg[20:32] + struct.pack("=HH", 8, 21) + b"\0\0\0\1" + msg[32:]
@@ -356,8 +358,12 @@ def test_a_malformed_message_or_a_failing_handler_gets_on_error_not_a_batch_acce
 # ---- in a lab -----------------------------------------------------------------------------
 
 
-
-
-
-
-
+def test_the_senders_mac_is_read_and_absent_without_the_attribute() -> None:
+    """NFQA_HWADDR (an Ethernet sender's 6 bytes in the kernel's 8-byte field) becomes
+    QueuedPacket.hwaddr, the engine's Meta.mac; an outgoing packet has none."""
+    mac = bytes.fromhex("020000000066")
+    pkt = QueuedPacket(id=5, payload=UDP, indev=3, outdev=4, hw_protocol=0x0800, hook=2)
+    with_mac = packet_message(0, pkt, hwaddr=mac)
+    assert parse_packet(with_mac, 20, len(with_mac)).hwaddr == mac
+    without = packet_message(0, pkt)
+    assert parse_packet(without, 20, len(without)).hwaddr is None

@@ -1,0 +1,92 @@
+"""The kernel's view of the attached segments, read for the engine's evidence behind blocks
+(ips/engine/evidence.py): which MAC owns which address (the neighbour table), which prefixes
+are on a segment (connected routes), and which neighbours are routers (next hops of routes).
+
+Read with pyroute2 (two netlink dumps, a few milliseconds for a gateway's tables) by the
+daemon's worker, in its network namespace, at start and then every REFRESH_EVERY seconds;
+the engine gets the result as data (Engine.set_link_view) and never reads the system itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from ips.core.link import LinkView, link_view
+
+REFRESH_EVERY = 1.0  # seconds between two reads of the tables (a held request waits for it)
+MAX_NEIGHBOURS = 262_144  # entries taken from one dump; more are left out (and never proven)
+# linux/neighbour.h: entries whose MAC the kernel has (resolved, or being re-checked)
+NUD_REACHABLE = 0x02
+NUD_STALE = 0x04
+NUD_DELAY = 0x08
+NUD_PROBE = 0x10
+NUD_PERMANENT = 0x80
+RESOLVED = NUD_REACHABLE | NUD_STALE | NUD_DELAY | NUD_PROBE | NUD_PERMANENT
+MAIN_TABLE = 254
+RTN_UNICAST = 1
+
+
+def _packed(text: str | None) -> bytes | None:
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text).packed
+    except ValueError:
+        return None
+
+
+def _mac(text: str | None) -> bytes | None:
+    if not text:
+        return None
+    try:
+        raw = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        return None
+    return raw if len(raw) == 6 and raw != bytes(6) else None
+
+
+def view_from_messages(neighbours: Iterable[Any], routes: Iterable[Any]) -> LinkView:
+    """A LinkView from pyroute2's neighbour and route messages (anything with .get for
+    their fields and attributes, as pyroute2's messages and plain dicts have)."""
+    pairs: list[tuple[bytes, bytes]] = []
+    for msg in neighbours:
+        if not msg.get("state", 0) & RESOLVED:
+            continue
+        addr = _packed(msg.get("NDA_DST"))
+        mac = _mac(msg.get("NDA_LLADDR"))
+        if addr is not None and mac is not None:
+            pairs.append((addr, mac))
+            if len(pairs) >= MAX_NEIGHBOURS:
+                break
+    onlink: list[tuple[bytes, int]] = []
+    gateways: list[bytes] = []
+    for msg in routes:
+        if msg.get("type", RTN_UNICAST) != RTN_UNICAST:
+            continue
+        hops = [msg.get("RTA_GATEWAY")]
+        for nexthop in msg.get("RTA_MULTIPATH") or ():
+            hops.append(nexthop.get("RTA_GATEWAY"))
+        found = [g for g in (_packed(h) for h in hops) if g is not None]
+        if found:
+            gateways += found
+            continue
+        dst = _packed(msg.get("RTA_DST"))
+        plen = int(msg.get("dst_len", 0))
+        if dst is not None and plen > 0:
+            onlink.append((dst, plen))
+    return link_view(pairs, onlink, gateways)
+
+
+def read_link_view() -> LinkView:
+    """The tables of this network namespace, now."""
+    from pyroute2 import IPRoute  # only the inline worker needs it
+
+    with IPRoute() as ipr:
+        neighbours = list(ipr.get_neighbours())
+        routes = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            routes += list(ipr.get_routes(family=family, table=MAIN_TABLE))
+    return view_from_messages(neighbours, routes)
