@@ -6,7 +6,7 @@ collection stalled the packet path for 0.2-0.3 s, six times in 15 s, and all col
 ~20 % of the worker's user time. Packets wait in the kernel queue meanwhile (and beyond its
 length they are dropped or bypass us, per `--fail-open`).
 
-The engine makes no reference cycles per packet or per flow (tests/test_heap.py holds it to
+The engine makes no reference cycles per packet or per flow (tests/pure/test_heap.py holds it to
 that), so flows are freed by reference counting and full collections find nothing to free. The
 young generations keep CPython's defaults: they are cheap (they scan only new objects) and catch
 a stray cycle early. Full collections become rare: CPython runs one after FULL_AFTER collections

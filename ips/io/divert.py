@@ -23,7 +23,7 @@ handle closes), so this backend is fail-open only.
 
 Windows only (not run on Linux, named here so): `_ReaderThread` — WinDivert handles have no
 pollable descriptor, so a thread blocks in recv() and wakes the worker loop through a pipe;
-and the WinDivert driver/service set-up described in the README. On Linux the handle's own
+and the WinDivert driver/service set-up described in docs/backends.md. On Linux the handle's own
 epoll descriptor (eBPFDivert's event fd) is polled; the reader thread can be forced on Linux
 (`reader_thread=True`) so that its logic is still tested here.
 """
@@ -539,7 +539,7 @@ class DivertWorker:
     def _meta(self, ifindex: int, outbound: bool) -> Meta:
         """WinDivert gives one interface: the outgoing one of a forwarded or outbound packet,
         the incoming one of an inbound packet. The other side is unknown (None): a rule on it
-        does not match here (README: divert backend limits)."""
+        does not match here (docs/backends.md: the divert backend's limits)."""
         key = (ifindex, outbound)
         meta = self._metas.get(key)
         if meta is None:

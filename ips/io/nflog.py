@@ -34,7 +34,7 @@ more than one with an NLMSG_DONE (whose 4-byte body the kernel leaves uninitiali
 at once, but the parser and drain take any number of messages per datagram.
 
 Only the socket is I/O here; the message builders and the parser are pure functions, tested
-byte for byte in tests/test_nflog.py.
+byte for byte in tests/pure/test_nflog.py.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ L3 packet) and others we skip. The kernel sends each packet in its own datagram,
 recv is one packet: what batching saves is the verdict side.
 
 Only the socket is I/O here; the message builders and the parser are pure functions, tested
-byte for byte in tests/test_nfqnl.py.
+byte for byte in tests/pure/test_nfqnl.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`ipsctl lab …`: network-namespace labs to try policies on (wired into ips/cli.py as `lab`).
+"""`ipsctl lab …`: network-namespace labs to try policies on (wired into ips/cli/lab.py as `lab`).
 
 Exit codes: 0 ok, 1 the lab cannot be built / found (the message says why), 2 usage
 (an unknown node is a usage error); `exec` exits with the command's own code.

@@ -1,6 +1,6 @@
 """Resolved Policy -> CompiledPolicy: indexed first-match rules the engine runs per packet.
 
-Meaning (documented in the README): rules are tried top to bottom and the first one that
+Meaning (documented in docs/language.md): rules are tried top to bottom and the first one that
 matches decides; `match` rules only alert/log and let the search go on; a rule with a `limit`
 and no `else` stops matching while its rate is exceeded; when nothing matches, `set default`.
 
@@ -487,7 +487,7 @@ class CompiledPolicy:
         packet, reads a dynamic table (but the block table on the source, which the kernel
         enforces itself), or says `inspect`. Rules only for new connections (`state new`)
         cannot match later packets and do not count. What offload does hide — TCP flags,
-        length and ICMP conditions on later packets — is in the README ("Offload")."""
+        length and ICMP conditions on later packets — is in docs/offload.md."""
         known = self._offload_memo.get(candidates)
         if known is not None:
             return known

@@ -170,7 +170,7 @@ class DetectorSchema:
 
 
 # What each detector accepts, and its defaults. The reasons for these numbers are in the
-# README's detector table; the detectors themselves are in ips/detect/.
+# detector table of docs/language.md; the detectors themselves are in ips/detect/.
 DETECTORS: dict[str, DetectorSchema] = {
     "portscan": DetectorSchema(
         frozenset({"ports", "within", "block", "alert", "ignore"}),
@@ -293,7 +293,7 @@ OPTIONS: dict[str, OptionSchema] = {
     # A tap only watches: detector blocks are reported (ipsctl_block, enforced false) unless
     # the policy asks for them to go into the kernel's block sets of the tap host itself.
     # Offload: an accepted flow whose later packets no rule needs to see goes on in the
-    # kernel (a conntrack mark) instead of through the queue. See README "Offload".
+    # kernel (a conntrack mark) instead of through the queue. See docs/offload.md.
     "offload": OptionSchema(
         ("on", "off"), "on", "let the kernel pass decided flows without the queue"
     ),

@@ -10,7 +10,7 @@ once it is set up, and whether a forged source can turn the detectors against a 
 * a scan, a sweep and stealth packets forged "from" a trusted address never block it (while
   the same scan from the attacker's own address does)
 
-Include confinement is in tests/test_hardening_policies.py.
+Include confinement is in tests/pure/test_hardening_policies.py.
 """
 
 from __future__ import annotations

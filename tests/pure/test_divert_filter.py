@@ -173,7 +173,7 @@ def test_negated_and_v6_ranges_are_exact_at_their_edges() -> None:
 
 class RecordingHandle:
     """Stands in for an open pydivert handle (opening a real one needs root and hooks the
-    namespace: tests/test_divert_inline.py does that): records what is sent, recalculating
+    namespace: tests/lab/test_divert_inline.py does that): records what is sent, recalculating
     checksums when asked, as EBPFDivert.send does."""
 
     def __init__(self) -> None:

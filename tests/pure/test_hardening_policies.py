@@ -3,8 +3,9 @@ huge files, deep nesting, non-UTF-8 bytes, byte-level mutations. Each gets clean
 (no traceback) within hard bounds of CPU time and address space; sent to a running daemon, the
 running policy stays and keeps enforcing.
 
-tests/test_policy_fuzz.py and tests/test_policy_errors.py cover text-level fuzzing and the
-single-file cases; this file covers what needs files, processes and the daemon."""
+tests/pure/test_policy_fuzz.py and tests/pure/test_policy_errors.py cover text-level fuzzing
+and the single-file cases; this file covers what needs files and processes, and
+tests/lab/test_hardening_policies_lab.py what needs the daemon."""
 
 from __future__ import annotations
 

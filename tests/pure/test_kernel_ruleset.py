@@ -1,5 +1,5 @@
 """ips/translate/nft.py: policy -> libnftables JSON, pure. The JSON shapes nft accepts were
-checked against nft 1.0.6 (tests/test_kernel_netns.py loads them into a real kernel); here
+checked against nft 1.0.6 (tests/lab/test_kernel_netns.py loads them into a real kernel); here
 each condition's shape, the fast-path split, and — with a small interpreter of the generated
 rules — that the kernel's first match is the engine's (explain.py) on random policies."""
 
