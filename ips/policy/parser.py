@@ -125,6 +125,14 @@ def split_statements(text: str) -> Iterator[tuple[int, str]]:
     n = len(lines)
     i = 0
     while i < n:
+        line = lines[i]
+        if "{" not in line and "}" not in line and "\\" not in line:
+            # Most lines: no brace, no backslash, so a statement of their own (or nothing).
+            i += 1
+            code = line if '"' not in line and "#" not in line else _code_part(line)
+            if code.strip():
+                yield i, line
+            continue
         start = i
         depth = 0
         buf: list[str] = []

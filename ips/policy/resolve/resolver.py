@@ -7,8 +7,10 @@ of the lines within them.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +44,9 @@ class Resolver:
 
     def run_text(self, text: str, display: str, path: Path) -> Policy:
         files = self.files
-        files.load(text, display, path.resolve(), [])
-        policy = self._resolve(files.statements)
+        with cycle_collection_paused():
+            files.load(text, display, path.resolve(), [])
+            policy = self._resolve(files.statements)
         if self.diags.errors:
             order = {f: i for i, f in enumerate(files.files)}
             self.diags.items.sort(
@@ -100,6 +103,22 @@ class Resolver:
                 )
             self._sids[rule.sid] = stmt.span
         policy.rules.append(rule)
+
+
+@contextlib.contextmanager
+def cycle_collection_paused() -> Iterator[None]:
+    """Python's cycle collector off while a policy is read. Syntax nodes and rules hold no
+    reference cycles, so it would find nothing among them; but it is triggered by the count
+    of new objects and then walks all of them, again and again while millions are made:
+    reading a 200,000-line policy took three times as long with it (issue 19, item 5).
+    Memory is still freed as usual (reference counting); collection resumes afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def policy_digest(files: SourceFiles) -> str:
