@@ -7,8 +7,8 @@ addresses, defines and tables, ports, TCP flags, limits, alerts and sids, as an
 administrator writes them), then runs `python -m ips.cli check` on it RUNS times, each in a
 fresh process so that its peak RSS is its own. Prints each run, then the median wall time,
 the median CPU time (user + system: steadier than wall time on a shared machine) and the
-largest peak RSS, and a JSON summary. --root measures another checkout (before/after). --errors breaks every line instead (a misspelt
-keyword), to time the error path.
+largest peak RSS, and a JSON summary. --root measures another checkout (before/after).
+--errors breaks every line instead (a misspelt keyword), to time the error path.
 """
 
 from __future__ import annotations
