@@ -90,16 +90,16 @@ class _Line:
     __slots__ = ("file", "i", "line", "lineno", "starts", "texts")
 
     def __init__(self, line: str, file: str, lineno: int) -> None:
-        texts: list[str] = []
+        pairs = _TOKEN.findall(line)
+        if pairs and pairs[-1][1][0] == "#":
+            pairs.pop()  # a comment runs to the end of the line: it is the last token
         starts: list[int] = []
         pos = 0
-        for blanks, text in _TOKEN.findall(line):
+        for blanks, text in pairs:
             pos += len(blanks)
-            if text[0] == "#":
-                break
-            texts.append(text)
             starts.append(pos)
             pos += len(text)
+        texts = [text for _, text in pairs]
         texts.append("")  # the end of the line: matches nothing, so no bound checks below
         starts.append(pos)
         self.texts = texts
@@ -162,37 +162,42 @@ class _Line:
     def item(self) -> ast.Item:
         """One atom of a value (not `any`, not a set): ADDR, INT, range, WORD, STRING, VAR,
         TABLEREF, tried in Lark's order."""
-        text, start = self.take()
+        i = self.i
+        text = self.texts[i]
+        start = self.starts[i]
+        self.i = i + 1
+        n = self.lineno
+        size = len(text)
+        span = _new_span(Span, (self.file, n, start + 1, n, start + size + 1))
         first = text[:1]
-        end = start + len(text)
         if first == '"':
-            if len(text) < 2:
+            if size < 2:
                 raise _BAIL
-            return ast.Item("string", unescape(text), self.span(start, end))
+            return ast.Item("string", unescape(text), span)
         if first == "$":
-            if (m := _VAR.match(text)) is None or m.end() != len(text):
+            if (m := _VAR.match(text)) is None or m.end() != size:
                 raise _BAIL
-            return ast.Item("var", text[1:], self.span(start, end))
+            return ast.Item("var", text[1:], span)
         if first == "@":
-            if (m := _TABLEREF.match(text)) is None or m.end() != len(text):
+            if (m := _TABLEREF.match(text)) is None or m.end() != size:
                 raise _BAIL
-            return ast.Item("table", text[1:], self.span(start, end))
+            return ast.Item("table", text[1:], span)
         if (m := _ADDR.match(text)) is not None:
-            if m.end() != len(text):
+            if m.end() != size:
                 raise _BAIL
-            return ast.Item("addr", text, self.span(start, end))
+            return ast.Item("addr", text, span)
         if (m := _INT.match(text)) is not None:
-            if m.end() == len(text):
+            if m.end() == size:
                 number = int(text)
-                return ast.Item("int", text, self.span(start, end), number, number)
+                return ast.Item("int", text, span, number, number)
             if (r := _RANGE.fullmatch(text)) is None:
                 raise _BAIL
             lo, hi = int(r.group(1)), int(r.group(2))
-            return ast.Item("range", f"{lo}-{hi}", self.span(start, end), lo, hi)
-        if (m := _WORD.match(text)) is not None and m.end() == len(text):
+            return ast.Item("range", f"{lo}-{hi}", span, lo, hi)
+        if (m := _WORD.match(text)) is not None and m.end() == size:
             if text in KEYWORDS:
                 raise _BAIL
-            return ast.Item("word", text, self.span(start, end))
+            return ast.Item("word", _WORDS.get(text, text), span)
         raise _BAIL
 
     def value(self) -> ast.Value:
@@ -227,8 +232,9 @@ class _Line:
                 span = self.span(first, start + 3)
             return ast.Value((item,), negated, False, span)
         item = self.item()
-        span = item.span if not negated else self.span(first, item.span.end_col - 1)
-        return ast.Value((item,), negated, False, span)
+        if negated:
+            return ast.Value((item,), True, False, self.span(first, item.span.end_col - 1))
+        return ast.Value((item,), False, False, item.span)
 
     def value_follows(self) -> bool:
         """Whether an optional value starts here (after `with WORD`): a keyword of a clause
@@ -335,17 +341,16 @@ class _Line:
     def rule(self, action: str, start: int) -> ast.RuleStmt:
         clauses: list[ast.Clause] = []
         end = start + len(action)
-        while True:
-            text, at = self.take()
-            if text == "":
-                break
-            handler = _CLAUSES.get(text)
+        texts, starts, clauses_by_keyword = self.texts, self.starts, _CLAUSES
+        while (text := texts[self.i]) != "":
+            handler = clauses_by_keyword.get(text)
             if handler is None:
                 raise _BAIL
+            at = starts[self.i]
+            self.i += 1
             clause = handler(self, at)
             clauses.append(clause)
             end = clause.span.end_col - 1
-        self.i -= 1  # leave the end of the line for statement()
         return ast.RuleStmt(
             self.span(start, end),
             action,
@@ -511,6 +516,17 @@ class _Line:
         label, start = self.string()
         return ast.LabelClause(self.span(at, start + len(label)), unescape(label))
 
+
+# Words that stand in many rules (protocols, services, states), one string object each.
+_WORDS = {
+    w: w
+    for w in (
+        "tcp", "udp", "icmp", "icmpv6", "sctp", "esp", "gre", "http", "https", "ssh", "domain",
+        "smtp", "ntp", "telnet", "echo-request", "echo-reply", "destination-unreachable",
+        "time-exceeded", "new", "established", "related", "invalid", "src", "dst",
+        "low", "medium", "high", "critical", "tcp-reset", "port-unreachable",
+    )
+}  # fmt: skip
 
 # The keyword that starts each clause -> its reader.
 _CLAUSES = {

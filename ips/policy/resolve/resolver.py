@@ -111,13 +111,22 @@ def cycle_collection_paused() -> Iterator[None]:
     reference cycles, so it would find nothing among them; but it is triggered by the count
     of new objects and then walks all of them, again and again while millions are made:
     reading a 200,000-line policy took three times as long with it (issue 19, item 5).
-    Memory is still freed as usual (reference counting); collection resumes afterwards."""
+    Memory is still freed as usual (reference counting); collection resumes afterwards.
+
+    At the end, the objects made meanwhile go straight to the oldest generation (freeze, then
+    unfreeze, moves them there without a scan): otherwise the first collection after would
+    walk them all at once (a second of the 200,000 lines' time). They are scanned with the
+    other long-lived objects, at the next full collection; garbage among them is collected
+    then. Skipped when someone else froze objects: unfreeze would undo that."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was_enabled:
+            if gc.get_freeze_count() == 0:
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 

@@ -28,6 +28,10 @@ from ips.policy.model import (
 from ips.policy.resolve.values import Values
 
 
+# The four sets of families a rule can have, each one object for every rule that has it.
+FAMILY_SETS = {f: f for f in map(frozenset, ({4, 6}, {4}, {6}, set()))}
+
+
 @dataclass(slots=True)
 class RuleDraft:
     """A rule while its clauses are read: the RuleSpec so far, and what the checks after
@@ -329,7 +333,7 @@ class RuleResolver:
                 "families (IPv4 and IPv6)",
                 code="conflict",
             )
-        rule.families = frozenset(families)
+        rule.families = FAMILY_SETS[frozenset(families)]
 
     def _action_checks(self, stmt: ast.RuleStmt, draft: RuleDraft) -> None:
         rule, action, rewrite = draft.rule, draft.rule.action, draft.rewrite
