@@ -27,7 +27,6 @@ from ips.policy.model import (
 )
 from ips.policy.resolve.values import Values
 
-
 # The four sets of families a rule can have, each one object for every rule that has it.
 FAMILY_SETS = {f: f for f in map(frozenset, ({4, 6}, {4}, {6}, set()))}
 

@@ -452,7 +452,9 @@ class Values:
         return seconds
 
 
-_DOTTED_QUAD = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(?:/([0-9]{1,3}))?")
+_DOTTED_QUAD = re.compile(
+    r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(?:/([0-9]{1,3}))?"
+)
 _MASKS4 = tuple(((1 << plen) - 1) << (32 - plen) for plen in range(33))
 
 
