@@ -316,8 +316,12 @@ class RuleResolver:
             elif rule.protos == {PROTO_ICMPV6}:
                 families &= {6}
         for spec in (rule.src, rule.dst):
-            if spec is not None and spec.families is not None:
-                families &= set(spec.families)
+            # spec.families, without making a set for each rule
+            if spec is not None and not spec.dynamic and (spec.nets4 or spec.nets6):
+                if not spec.nets4:
+                    families.discard(4)
+                if not spec.nets6:
+                    families.discard(6)
         daddr = draft.rewrite.get("daddr")
         if isinstance(daddr, bytes):
             families &= {4 if len(daddr) == 4 else 6}

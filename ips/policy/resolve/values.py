@@ -452,8 +452,10 @@ class Values:
         return seconds
 
 
+# Octets without leading zeros (those go the long way, and are refused there).
 _DOTTED_QUAD = re.compile(
-    r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(?:/([0-9]{1,3}))?"
+    r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})"
+    r"(?:/([0-9]{1,3}))?"
 )
 _MASKS4 = tuple(((1 << plen) - 1) << (32 - plen) for plen in range(33))
 
@@ -465,9 +467,6 @@ def parse_network(text: str) -> tuple[int, int, int, bool] | None:
     quad = _DOTTED_QUAD.fullmatch(text)
     if quad is not None:  # the usual shape, in one regex (a table file may have 10^6 of them)
         a, b, c, d, plen_text = quad.groups()
-        octets = (a, b, c, d)
-        if any(len(p) > 1 and p[0] == "0" for p in octets):
-            return None  # leading zeros are ambiguous (octal to some tools): refused
         ia, ib, ic, id_ = int(a), int(b), int(c), int(d)
         plen = 32 if plen_text is None else int(plen_text)
         if ia > 255 or ib > 255 or ic > 255 or id_ > 255 or plen > 32:
