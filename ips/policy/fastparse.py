@@ -71,7 +71,6 @@ class _Bail(Exception):
     """Not a line for the fast path: Lark reads it."""
 
 
-_BAIL = _Bail()
 _new_span = tuple.__new__  # Span(...) without NamedTuple's Python-level __new__
 
 
@@ -128,7 +127,7 @@ class _Line:
         """Take the keyword `word`; its start."""
         text, start = self.take()
         if text != word:
-            raise _BAIL
+            raise _Bail
         return start
 
     def matched(self, pattern: re.Pattern[str]) -> tuple[str, int]:
@@ -136,7 +135,7 @@ class _Line:
         text, start = self.take()
         m = pattern.match(text)
         if m is None or m.end() != len(text):
-            raise _BAIL
+            raise _Bail
         return text, start
 
     def word(self) -> tuple[str, int]:
@@ -146,7 +145,7 @@ class _Line:
     def string(self) -> tuple[str, int]:
         text, start = self.take()
         if text[:1] != '"' or len(text) < 2:
-            raise _BAIL
+            raise _Bail
         return text, start
 
     def content(self) -> tuple[bytes, int]:
@@ -154,7 +153,7 @@ class _Line:
         text, start = self.take()
         first = text[:1]
         if not (first == '"' or first == "|") or len(text) < 2:
-            raise _BAIL
+            raise _Bail
         return content_bytes(text), start + len(text)
 
     # ---- values
@@ -172,33 +171,33 @@ class _Line:
         first = text[:1]
         if first == '"':
             if size < 2:
-                raise _BAIL
+                raise _Bail
             return ast.Item("string", unescape(text), span)
         if first == "$":
             if (m := _VAR.match(text)) is None or m.end() != size:
-                raise _BAIL
+                raise _Bail
             return ast.Item("var", text[1:], span)
         if first == "@":
             if (m := _TABLEREF.match(text)) is None or m.end() != size:
-                raise _BAIL
+                raise _Bail
             return ast.Item("table", text[1:], span)
         if (m := _ADDR.match(text)) is not None:
             if m.end() != size:
-                raise _BAIL
+                raise _Bail
             return ast.Item("addr", text, span)
         if (m := _INT.match(text)) is not None:
             if m.end() == size:
                 number = int(text)
                 return ast.Item("int", text, span, number, number)
             if (r := _RANGE.fullmatch(text)) is None:
-                raise _BAIL
+                raise _Bail
             lo, hi = int(r.group(1)), int(r.group(2))
             return ast.Item("range", f"{lo}-{hi}", span, lo, hi)
         if (m := _WORD.match(text)) is not None and m.end() == size:
             if text in KEYWORDS:
-                raise _BAIL
+                raise _Bail
             return ast.Item("word", _WORDS.get(text, text), span)
-        raise _BAIL
+        raise _Bail
 
     def value(self) -> ast.Value:
         """value: NOT? (atom | any | set)."""
@@ -216,7 +215,7 @@ class _Line:
                 if text == "}":
                     break
                 if text == "":
-                    raise _BAIL
+                    raise _Bail
                 items.append(self.item())
                 if self.texts[self.i] == ",":
                     self.i += 1
@@ -243,7 +242,7 @@ class _Line:
         if text == "" or text in _CLAUSES:
             return False
         if text in KEYWORDS and text != "any":
-            raise _BAIL
+            raise _Bail
         return True
 
     # ---- statements
@@ -281,7 +280,7 @@ class _Line:
         else:
             return None  # detect, and what is no statement: Lark reads (and reports) it
         if self.texts[self.i] != "":
-            raise _BAIL
+            raise _Bail
         return stmt
 
     def option_value(self) -> ast.Item:
@@ -290,21 +289,21 @@ class _Line:
         end = start + len(text)
         if text[:1] == '"':
             if len(text) < 2:
-                raise _BAIL
+                raise _Bail
             return ast.Item("string", unescape(text), self.span(start, end))
         for pattern in (_DURATION, _INT, _WORD):
             m = pattern.match(text)
             if m is None:
                 continue
             if m.end() != len(text):
-                raise _BAIL
+                raise _Bail
             span = self.span(start, end)
             if pattern is _DURATION:
                 return ast.Item("duration", text, span)
             if pattern is _INT:
                 return ast.Item("int", text, span, int(text), int(text))
             return ast.Item("word", text, span)
-        raise _BAIL
+        raise _Bail
 
     def table(self, start: int) -> ast.TableDecl:
         name, name_at = self.word()
@@ -321,7 +320,7 @@ class _Line:
                 self.span(start, at + len(path)), name, name_span, "file", path=unescape(path)
             )
         if how != "dynamic":
-            raise _BAIL
+            raise _Bail
         end = at + len(how)
         timeout = size = None
         while (text := self.texts[self.i]) in ("timeout", "size"):
@@ -345,7 +344,7 @@ class _Line:
         while (text := texts[self.i]) != "":
             handler = clauses_by_keyword.get(text)
             if handler is None:
-                raise _BAIL
+                raise _Bail
             at = starts[self.i]
             self.i += 1
             clause = handler(self, at)
@@ -418,7 +417,7 @@ class _Line:
             return ast.LengthClause(span, op, int(text), int(text))
         r = _RANGE.fullmatch(text)
         if r is None or op != "=":
-            raise _BAIL  # a comparison before a range is an error: Lark's path reports it
+            raise _Bail  # a comparison before a range is an error: Lark's path reports it
         return ast.LengthClause(span, "range", int(r.group(1)), int(r.group(2)))
 
     def c_state(self, at: int) -> ast.Clause:
@@ -455,7 +454,7 @@ class _Line:
             else:
                 action, start = self.take()
                 if action not in ACTIONS:
-                    raise _BAIL
+                    raise _Bail
                 end = start + len(action)
                 else_action = ast.Item("word", action, self.span(start, end))
         return ast.LimitClause(self.span(at, end), rate, burst, per, else_action)
@@ -504,12 +503,12 @@ class _Line:
         end = start + len(text)
         if (m := _INT.match(text)) is not None:
             if m.end() != len(text):
-                raise _BAIL
+                raise _Bail
             value = ast.Item("int", text, self.span(start, end), int(text), int(text))
         elif (m := _WORD.match(text)) is not None and m.end() == len(text):
             value = ast.Item("word", text, self.span(start, end))
         else:
-            raise _BAIL
+            raise _Bail
         return ast.SeverityClause(self.span(at, end), value)
 
     def c_label(self, at: int) -> ast.Clause:

@@ -122,6 +122,23 @@ def test_the_bench_policy_is_read_fast() -> None:
     assert lines - taken <= 2  # the two `detect` lines
 
 
+def test_declined_lines_leave_nothing_behind() -> None:
+    """A policy full of errors goes through the fast path first, line after line: declining
+    must keep nothing (re-raising one exception object grew its traceback with every line)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        assert parse_line("accept prto tcp to 10.0.0.1", "f.rules", 1) is None
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(5000):
+            assert parse_line("accept proto tcp to 10.0.0.1 prt 80", "f.rules", n) is None
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000, grown
+
+
 # ---- generated lines ------------------------------------------------------------------------
 
 TRICKY = [
