@@ -125,6 +125,28 @@ class WorkerFailed(RuntimeError):
     """The worker could not start its packet source (no such interface, …): fatal at start."""
 
 
+# A worker answers one request at a time, and a policy `load` takes as long as reading the
+# policy: seconds for a table of a million entries. `status` waits this long for the worker
+# to be free, then says "loading policy" for it, rather than stall behind the load.
+STATUS_WAIT = 0.2
+# How long a worker may take to load a policy: LOAD_TIMEOUT, and LOAD_SECONDS_PER_MB more for
+# each MB of its files (policy, includes, table files). A 1,000,000-entry table (15 MB) loads
+# in 2.5 to 6 s on a busy two-core machine; it is given 40 s.
+LOAD_TIMEOUT = 10.0
+LOAD_SECONDS_PER_MB = 2.0
+BUSY_WITH = {"load": "loading policy"}
+
+
+def load_timeout(sources: dict[str, str]) -> float:
+    """The time a worker is given to load the policy made of these files."""
+    size = sum(len(text) for text in sources.values())
+    return LOAD_TIMEOUT + LOAD_SECONDS_PER_MB * size / 1_000_000
+
+
+class WorkerBusy(TimeoutError):
+    """The worker is still answering another request (a policy load, most likely)."""
+
+
 class WorkerHandle:
     """The supervisor's side of one worker process."""
 
@@ -139,6 +161,7 @@ class WorkerHandle:
         self.heartbeat = ctx.Value("d", time.monotonic(), lock=False)
         self.conn, child = ctx.Pipe()
         self.lock = threading.Lock()
+        self.serving: str | None = None  # the op of the request being answered
         self._ids = itertools.count(1)
         self.process = ctx.Process(
             target=worker_main,
@@ -151,7 +174,7 @@ class WorkerHandle:
         )
         self.process.start()
         child.close()
-        if not self.conn.poll(15):
+        if not self.conn.poll(5 + load_timeout(sources)):  # the worker loads the policy first
             raise RuntimeError("worker did not start")
         hello = self.conn.recv()
         if hello.get("op") == "failed":
@@ -165,10 +188,19 @@ class WorkerHandle:
     def pid(self) -> int:
         return self.process.pid or 0
 
-    def request(self, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    def request(
+        self, msg: dict[str, Any], timeout: float = 10.0, wait: float | None = None
+    ) -> dict[str, Any]:
         """Send a request and wait for its answer. Requests carry an id: the late answer to
-        one that timed out is skipped, not taken for the answer to the next."""
-        with self.lock:
+        one that timed out is skipped, not taken for the answer to the next.
+
+        wait: how long to wait for the worker to finish the request before (None: as long
+        as it takes); then WorkerBusy says what it is busy with."""
+        if not self.lock.acquire(timeout=-1 if wait is None else wait):
+            busy = self.serving or "another request"
+            raise WorkerBusy(BUSY_WITH.get(busy, f"busy with {busy}"))
+        try:
+            self.serving = str(msg.get("op"))
             msg = {**msg, "id": next(self._ids)}
             self.conn.send(msg)
             deadline = time.monotonic() + timeout
@@ -179,6 +211,9 @@ class WorkerHandle:
                 reply = self.conn.recv()
                 if reply.get("id") in (msg["id"], None):
                     return reply
+        finally:
+            self.serving = None
+            self.lock.release()
 
     def silent_for(self) -> float:
         return time.monotonic() - self.heartbeat.value
@@ -420,7 +455,9 @@ class Daemon:
         else:
             self.diversion.update(policy)
         for worker in self.workers:
-            reply = worker.request({"op": "load", "main": main, "sources": sources})
+            reply = worker.request(
+                {"op": "load", "main": main, "sources": sources}, timeout=load_timeout(sources)
+            )
             if not reply.get("ok"):
                 raise RuntimeError(f"worker refused the policy: {reply}")
         if offloading:
@@ -522,7 +559,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         now = time.time()
-        replies = self._ask_workers({"op": "stats"})
+        replies = self._ask_workers({"op": "stats"}, wait=STATUS_WAIT)
         worker = merge_stats(replies) if replies else {}
         queues = read_queue_stats()
         q = queues.get(self.cfg.queue) if self.cfg.mode != "tap" else None
@@ -780,11 +817,13 @@ class Daemon:
             return {"ok": False, "error": "no worker"}
         return replies[0] if len(replies) == 1 else merge_stats(replies)
 
-    def _ask_workers(self, msg: dict[str, Any], timeout: float = 2.0) -> list[dict[str, Any]]:
+    def _ask_workers(
+        self, msg: dict[str, Any], timeout: float = 2.0, wait: float | None = None
+    ) -> list[dict[str, Any]]:
         replies = []
         for worker in list(self.workers):
             try:
-                replies.append(worker.request(msg, timeout=timeout))
+                replies.append(worker.request(msg, timeout=timeout, wait=wait))
             except (TimeoutError, OSError, EOFError) as exc:
                 replies.append({"ok": False, "error": str(exc)})
         return replies

@@ -67,6 +67,7 @@ def format_status(s: dict[str, Any]) -> str:
     lines.append(
         f"worker   pid {w.get('pid')}, restarts {c['worker_restarts']} "
         f"(hung {c['worker_hangs']}, died {c['worker_deaths']})"
+        + (f"; {w['error']}" if w.get("error") else "")  # e.g. loading policy
     )
     lines.append(
         f"applies  {c['applies']} ok, {c['applies_refused']} refused, {c['rollbacks']} rolled back"

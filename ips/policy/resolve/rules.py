@@ -27,6 +27,9 @@ from ips.policy.model import (
 )
 from ips.policy.resolve.values import Values
 
+# The four sets of families a rule can have, each one object for every rule that has it.
+FAMILY_SETS = {f: f for f in map(frozenset, ({4, 6}, {4}, {6}, set()))}
+
 
 @dataclass(slots=True)
 class RuleDraft:
@@ -313,8 +316,12 @@ class RuleResolver:
             elif rule.protos == {PROTO_ICMPV6}:
                 families &= {6}
         for spec in (rule.src, rule.dst):
-            if spec is not None and spec.families is not None:
-                families &= set(spec.families)
+            # spec.families, without making a set for each rule
+            if spec is not None and not spec.dynamic and (spec.nets4 or spec.nets6):
+                if not spec.nets4:
+                    families.discard(4)
+                if not spec.nets6:
+                    families.discard(6)
         daddr = draft.rewrite.get("daddr")
         if isinstance(daddr, bytes):
             families &= {4 if len(daddr) == 4 else 6}
@@ -329,7 +336,7 @@ class RuleResolver:
                 "families (IPv4 and IPv6)",
                 code="conflict",
             )
-        rule.families = frozenset(families)
+        rule.families = FAMILY_SETS[frozenset(families)]
 
     def _action_checks(self, stmt: ast.RuleStmt, draft: RuleDraft) -> None:
         rule, action, rewrite = draft.rule, draft.rule.action, draft.rewrite
