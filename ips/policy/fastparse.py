@@ -113,7 +113,7 @@ class _Line:
     def span(self, start: int, end: int) -> Span:
         """Span of line[start:end] (0-based, end exclusive)."""
         n = self.lineno
-        return _new_span(Span, (self.file, n, start + 1, n, end + 1))  # type: ignore[no-any-return]
+        return _new_span(Span, (self.file, n, start + 1, n, end + 1))
 
     def take(self) -> tuple[str, int]:
         i = self.i
@@ -253,12 +253,12 @@ class _Line:
             stmt: ast.Statement = self.rule(text, start)
         elif text == "set":
             name, name_at = self.word()
-            value = self.option_value()
+            option = self.option_value()
             stmt = ast.OptionStmt(
-                self.span(start, value.span.end_col - 1),
+                self.span(start, option.span.end_col - 1),
                 name,
                 self.span(name_at, name_at + len(name)),
-                value,
+                option,
             )
         elif text == "define":
             name, name_at = self.word()
@@ -326,13 +326,13 @@ class _Line:
         while (text := self.texts[self.i]) in ("timeout", "size"):
             self.i += 1
             if text == "timeout":
-                value, at = self.matched(_DURATION)
-                end = at + len(value)
-                timeout = ast.Item("duration", value, self.span(at, end))
+                duration, at = self.matched(_DURATION)
+                end = at + len(duration)
+                timeout = ast.Item("duration", duration, self.span(at, end))
             else:
-                value, at = self.matched(_INT)
-                end = at + len(value)
-                size = ast.Item("int", value, self.span(at, end), int(value), int(value))
+                count, at = self.matched(_INT)
+                end = at + len(count)
+                size = ast.Item("int", count, self.span(at, end), int(count), int(count))
         return ast.TableDecl(
             self.span(start, end), name, name_span, "dynamic", timeout=timeout, size=size
         )

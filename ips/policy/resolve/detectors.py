@@ -7,7 +7,7 @@ needs the dynamic table `banned` to put the blocked addresses in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ips.policy import ast
@@ -140,7 +140,7 @@ class DetectorResolver:
 
     # ---- what needs the whole policy ----------------------------------------------------------
 
-    def check_slowscan(self, policy: Policy, statements: list[ast.Statement]) -> None:
+    def check_slowscan(self, policy: Policy, statements: Sequence[ast.Statement]) -> None:
         """`detect slowscan` is a long window over the weights portscan and sweep give: check
         that they are there to give them, and that its window is the longer one."""
         spec = policy.detectors.get("slowscan")
