@@ -1,16 +1,16 @@
 """Cost of the application-layer parsers and the reassembler, in-process (µs, min of repeats).
 
-  dns-query        parse_message on a one-question query (38 bytes)
-  dns-response     parse_message on a response with 8 answers of every decoded type and an SOA
-  dns-capture      parse_message on every DNS datagram of the shared captures (mean per message)
-  http-request     parse_requests on a browser-like GET (one request, ~400 bytes)
-  ssh-banner       parse_banner on an OpenSSH banner
-  detect-stream    detect_stream on a ClientHello's first bytes
-  reasm-in-order   Reassembler.add per segment, in order (a 1.8 KB ClientHello in 2 segments)
-  reasm-ooo        Reassembler.add per segment, the same two segments in reverse order
-  community-id     community_id of a TCP 5-tuple (IPv4)
+dns-query        parse_message on a one-question query (38 bytes)
+dns-response     parse_message on a response with 8 answers of every decoded type and an SOA
+dns-capture      parse_message on every DNS datagram of the shared captures (mean per message)
+http-request     parse_requests on a browser-like GET (one request, ~400 bytes)
+ssh-banner       parse_banner on an OpenSSH banner
+detect-stream    detect_stream on a ClientHello's first bytes
+reasm-in-order   Reassembler.add per segment, in order (a 1.8 KB ClientHello in 2 segments)
+reasm-ooo        Reassembler.add per segment, the same two segments in reverse order
+community-id     community_id of a TCP 5-tuple (IPv4)
 
-    .venv/bin/python bench/app_proto.py [--repeat 7] [--number 20000] [--json]
+  .venv/bin/python bench/app_proto.py [--repeat 7] [--number 20000] [--json]
 """
 
 from __future__ import annotations

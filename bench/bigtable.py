@@ -105,8 +105,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 subprocess.run(["ip", "netns", "del", netns], check=False)
             after_check = applied["peak_rss_mb_after_check"]
-            print(f"apply  {applied['seconds']:>6} s  peak {applied['peak_rss_mb']} MB "
-                  f"(after reading the policy: {after_check} MB)")
+            print(
+                f"apply  {applied['seconds']:>6} s  peak {applied['peak_rss_mb']} MB "
+                f"(after reading the policy: {after_check} MB)"
+            )
     print(json.dumps(result))
     return 0
 

@@ -113,10 +113,12 @@ def traffic(n_packets: int, n_flows: int) -> list[bytes]:
                 ]
             )
         else:
-            flows.append([
-                build_packet(PROTO_ICMP, client, server, icmp_type=8, icmp_id=i),
-                build_packet(PROTO_ICMP, server, client, icmp_type=0, icmp_id=i),
-            ])
+            flows.append(
+                [
+                    build_packet(PROTO_ICMP, client, server, icmp_type=8, icmp_id=i),
+                    build_packet(PROTO_ICMP, server, client, icmp_type=0, icmp_id=i),
+                ]
+            )
     out: list[bytes] = []
     while len(out) < n_packets:
         for f in flows:

@@ -59,8 +59,16 @@ from ips.policy.resolve import load_policy_text
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICY = ROOT / "policies" / "gateway.rules"
-LINKTYPES = (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL,
-             LINKTYPE_LOOP, LINKTYPE_IPV4, LINKTYPE_IPV6, 4242)
+LINKTYPES = (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_NULL,
+    LINKTYPE_LOOP,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    4242,
+)
 PROTOS = (PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_SCTP, PROTO_UDPLITE, 47, 0, 255)
 V6_EXT = (0, 43, 44, 51, 60, 135, 59, 50)  # hop-by-hop, routing, fragment, AH, dest, mobility…
 
@@ -110,12 +118,19 @@ def valid_packet(rng: random.Random) -> bytes:
         proto = PROTO_ICMPV6
     icmp_type = rng.choice((0, 3, 5, 8, 11, 13, 17, 128, 129, 1, 135, 255))
     return build_packet(
-        proto, _addr(rng, v6), _addr(rng, v6), rng.randrange(65536),
+        proto,
+        _addr(rng, v6),
+        _addr(rng, v6),
+        rng.randrange(65536),
         rng.choice((22, 23, 53, 80, 443, 445, 7, rng.randrange(65536))),
-        flags=rng.randrange(256), seq=rng.randrange(2**32), ack=rng.randrange(2**32),
+        flags=rng.randrange(256),
+        seq=rng.randrange(2**32),
+        ack=rng.randrange(2**32),
         icmp_type=icmp_type if proto in (PROTO_ICMP, PROTO_ICMPV6) else None,
-        icmp_code=rng.randrange(16), icmp_id=rng.randrange(65536),
-        payload=rng.randbytes(rng.choice((0, 0, 1, 8, 40, 300))), ttl=rng.randrange(256),
+        icmp_code=rng.randrange(16),
+        icmp_id=rng.randrange(65536),
+        payload=rng.randbytes(rng.choice((0, 0, 1, 8, 40, 300))),
+        ttl=rng.randrange(256),
     )
 
 
@@ -176,8 +191,10 @@ def link_frame(rng: random.Random, l3: bytes) -> tuple[int, bytes]:
     v6 = bool(l3) and l3[0] >> 4 == 6
     ethertype = 0x86DD if v6 else 0x0800
     if lt == LINKTYPE_ETHERNET:
-        tags = b"".join(struct.pack("!HH", rng.choice((0x8100, 0x88A8)), rng.randrange(65536))
-                        for _ in range(rng.randrange(0, 3)))
+        tags = b"".join(
+            struct.pack("!HH", rng.choice((0x8100, 0x88A8)), rng.randrange(65536))
+            for _ in range(rng.randrange(0, 3))
+        )
         head = (
             rng.randbytes(12)
             + tags
@@ -211,8 +228,9 @@ def hostile_input(rng: random.Random) -> tuple[int, bytes]:
     elif kind < 0.85:
         data = rng.choice((b"\x45", b"\x60", b"")) + rng.randbytes(rng.randrange(0, 80))
     else:
-        return link_frame(rng, mutate(rng, valid_packet(rng)) if rng.random() < 0.5
-                          else valid_packet(rng))
+        return link_frame(
+            rng, mutate(rng, valid_packet(rng)) if rng.random() < 0.5 else valid_packet(rng)
+        )
     return LINKTYPE_RAW, data
 
 
@@ -305,8 +323,9 @@ class Harness:
                 f"of {r.inputs} inputs"
             )
         if dict(s.malformed) != dict(r.malformed):
-            self._violation(f"malformed counts differ: engine {dict(s.malformed)} "
-                            f"decoder {dict(r.malformed)}")
+            self._violation(
+                f"malformed counts differ: engine {dict(s.malformed)} decoder {dict(r.malformed)}"
+            )
         if s.not_ip != r.not_ip:
             self._violation(f"not-IP counts differ: engine {s.not_ip}, decoder {r.not_ip}")
         return r
@@ -333,9 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(d, default=dict))
     else:
         print(f"inputs {d['inputs']:,} in {d['seconds']} s ({d['rate']:,}/s), RSS {d['rss_mb']} MB")
-        print(f"  decoded packets {report.packets:,}, malformed {d['malformed_total']:,} "
-              f"(counted by the engine under the same reasons), not IP {report.not_ip:,}, "
-              f"link-layer frames {report.frames:,}")
+        print(
+            f"  decoded packets {report.packets:,}, malformed {d['malformed_total']:,} "
+            f"(counted by the engine under the same reasons), not IP {report.not_ip:,}, "
+            f"link-layer frames {report.frames:,}"
+        )
         print(f"  malformed by reason: {dict(report.malformed.most_common())}")
         print(f"  verdicts: {dict(report.verdicts)}; engine errors: {report.engine_errors}")
         print(

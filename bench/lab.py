@@ -124,8 +124,12 @@ class Variant:
 
 VARIANTS = (
     Variant("kernel", "kernel forwarding only (no queue, no ipsctl)", "kernel"),
-    Variant("kernel-ct", "kernel forwarding with conntrack (one ct rule, no queue)", "kernel",
-            conntrack=True),
+    Variant(
+        "kernel-ct",
+        "kernel forwarding with conntrack (one ct rule, no queue)",
+        "kernel",
+        conntrack=True,
+    ),
     Variant("accept-only", "netfilterqueue loop accepting everything, 1 queue", "accept"),
     Variant("ipsctl-offload", "ipsctl, bench policy, offload on, 1 queue", "ipsctl", offload=True),
     Variant(
@@ -302,11 +306,17 @@ class Bench:
     procs: list[subprocess.Popen[Any]] = field(default_factory=list)
     cleanups: list[Callable[[], None]] = field(default_factory=list)
 
-    def run(self, node: str, argv: list[str], timeout: float,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, node: str, argv: list[str], timeout: float, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         try:
             return self.lab.exec(
-                node, argv, capture_output=True, text=True, timeout=timeout, env=_env(),
+                node,
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=_env(),
                 input=input,
             )
         except subprocess.TimeoutExpired:
@@ -599,8 +609,9 @@ def start_conntrack(b: Bench) -> None:
     res = b.run("gw", ["nft", "-f", "-"], timeout=20, input=CONNTRACK_TABLE)
     if res.returncode != 0:
         raise BenchError(f"nft in gw: {res.stderr.strip()}")
-    b.cleanups.append(lambda: b.run("gw", ["nft", "delete", "table", "inet", "benchct"],
-                                    timeout=20))
+    b.cleanups.append(
+        lambda: b.run("gw", ["nft", "delete", "table", "inet", "benchct"], timeout=20)
+    )
 
 
 def start_accept_loop(b: Bench) -> None:
@@ -813,8 +824,9 @@ def run_variant(
                 start_ipsctl(b, v, policy)
             run = one_run(b)
             if v.conntrack:  # that the kernel did track the bench's connections
-                count = b.run("gw", ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"],
-                              timeout=20).stdout.strip()
+                count = b.run(
+                    "gw", ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], timeout=20
+                ).stdout.strip()
                 run["detail"]["conntrack_entries"] = int(count or 0)
     except Unsupported as exc:
         return {**result, "status": "n/a", "reason": str(exc)}
@@ -930,8 +942,10 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
         ratio(metric, "ipsctl-offload-2q", "ipsctl-offload")
         ratio(metric, "ipsctl-10k", "ipsctl-inspect")
     for name in med:
-        if name.startswith("ipsctl") and UDP_CPU in med[name] and UDP_CPU in med.get(
-            "accept-only", {}
+        if (
+            name.startswith("ipsctl")
+            and UDP_CPU in med[name]
+            and UDP_CPU in med.get("accept-only", {})
         ):
             out[f"{UDP_CPU} {name} / accept-only (lower is cheaper)"] = (
                 med[name][UDP_CPU] / med["accept-only"][UDP_CPU]
@@ -1021,8 +1035,10 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
     for name, r in res.items():
         if r["status"] == "ok" and UDP_CPU in r["median"]:
             each = "/".join(f"{run['detail']['udp']['cpu_us_per_packet']:.1f}" for run in r["runs"])
-            print(f"  {name}: gateway CPU us per UDP packet handled: "
-                  f"{r['median'][UDP_CPU]:.1f} (each run {each})")
+            print(
+                f"  {name}: gateway CPU us per UDP packet handled: "
+                f"{r['median'][UDP_CPU]:.1f} (each run {each})"
+            )
     for name, r in res.items():
         if r.get("note"):
             print(f"  {name}: {r['note']}")

@@ -123,8 +123,9 @@ def run(sources: int, max_flows: int = 262_144, detect_memory: int = 65_536) -> 
         engine.handle(packet_for(i, src), meta, now)
         if i % 1000 == 0:  # some sources scan for real: stealth blocks them, within the budget
             for _ in range(3):
-                engine.handle(build_packet(PROTO_TCP, src, b"\x0a\x0a\x02\x64", 1, 80,
-                                           flags=0x29), meta, now)
+                engine.handle(
+                    build_packet(PROTO_TCP, src, b"\x0a\x0a\x02\x64", 1, 80, flags=0x29), meta, now
+                )
         if i % 100 == 0:  # the trusted address, spoofed: XMAS (a stealth scan) and probes
             engine.handle(trusted_xmas, meta, now)
         if i % 10_000 == 9_999:
@@ -194,11 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  detector keys, most held (cap {r.detect_memory:,}): {r.detector_max}")
         print(f"  detector evictions: {r.detector_evicted}")
         print(f"  rule limiter keys: at most {r.limiter_max:,} (cap {LIMIT_KEYS:,})")
-        print(f"  blocks: {r.blocks_added} added (most at once {r.banned_max}), refused "
-              f"{r.refused}; ban history at most {r.history_max:,}")
+        print(
+            f"  blocks: {r.blocks_added} added (most at once {r.banned_max}), refused "
+            f"{r.refused}; ban history at most {r.history_max:,}"
+        )
         print(f"  trusted {TRUSTED} banned: {r.trusted_banned}")
-        print(f"  RSS: {r.rss_start_mb} MB before, {r.rss_end_mb} MB after, "
-              f"peak {r.rss_peak_mb} MB")
+        print(
+            f"  RSS: {r.rss_start_mb} MB before, {r.rss_end_mb} MB after, peak {r.rss_peak_mb} MB"
+        )
         print("  violations: " + ("none" if not r.violations else "; ".join(r.violations[:10])))
     return 1 if r.violations else 0
 

@@ -134,8 +134,12 @@ def worker(mode: str, queue: int, policy: str | None) -> int:
     if mode == "nfq-engine":
         from ips.io.nfqueue import QueueWorker, wait_readable
 
-        qw = QueueWorker(queue, engine, fail_open=False,  # type: ignore[arg-type]
-                         client="netfilterqueue")
+        qw = QueueWorker(
+            queue,
+            engine,
+            fail_open=False,  # type: ignore[arg-type]
+            client="netfilterqueue",
+        )
         fd = qw.bind()
         print("ready", flush=True)
         try:
@@ -195,8 +199,17 @@ def start_gateway(b: benchlab.Bench, variant: str, policy: Path) -> subprocess.P
     if variant == "nfq-accept":
         argv = [sys.executable, str(benchlab.ACCEPT_LOOP), "--queue", str(QUEUE)]
     else:
-        argv = [sys.executable, str(Path(__file__).resolve()), "worker", "--mode", variant,
-                "--queue", str(QUEUE), "--policy", str(policy)]
+        argv = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "worker",
+            "--mode",
+            variant,
+            "--queue",
+            str(QUEUE),
+            "--policy",
+            str(policy),
+        ]
     proc = b.popen("gw", argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     benchlab.wait_line(proc, b"ready", 60, variant)
     return proc
@@ -278,17 +291,25 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for v, rs in runs.items()
         if all("worker_cpu_us_per_packet" in r for r in rs)
     }
-    return {"seconds": args.seconds, "runs": runs, "median_pps": med, "ratios": ratios,
-            "median_cpu_us_per_packet": cpu,
-            "loadavg": loads, "cpus": os.cpu_count()}
+    return {
+        "seconds": args.seconds,
+        "runs": runs,
+        "median_pps": med,
+        "ratios": ratios,
+        "median_cpu_us_per_packet": cpu,
+        "loadavg": loads,
+        "cpus": os.cpu_count(),
+    }
 
 
 def report(res: dict[str, Any]) -> None:
     runs = res["runs"]
-    print(f"\nUDP 64-byte packets/s at the server, median of {len(next(iter(runs.values())))} "
-          f"runs of {res['seconds']:g} s, fail-closed queue 0, {res['cpus']} CPUs; "
-          f"load average (1/5/15 min) before and after each round: "
-          f"{' -> '.join(res['loadavg'])}")
+    print(
+        f"\nUDP 64-byte packets/s at the server, median of {len(next(iter(runs.values())))} "
+        f"runs of {res['seconds']:g} s, fail-closed queue 0, {res['cpus']} CPUs; "
+        f"load average (1/5/15 min) before and after each round: "
+        f"{' -> '.join(res['loadavg'])}"
+    )
     print(f"{'variant':<18}{'pkt/s':>10}  {'each run':<20}{'CPU us/pkt':>11}  description")
     for v, rs in runs.items():
         each = "/".join(f"{r['udp_pps'] / 1000:.0f}k" for r in rs)
@@ -305,8 +326,10 @@ def report(res: dict[str, Any]) -> None:
     for v, rs in runs.items():
         w = rs[-1].get("worker")
         if w:
-            print(f"  {v}: last run's worker: {json.dumps(w)}; hping3 sent "
-                  f"{rs[-1].get('sent_pps', 0):,} pkt/s")
+            print(
+                f"  {v}: last run's worker: {json.dumps(w)}; hping3 sent "
+                f"{rs[-1].get('sent_pps', 0):,} pkt/s"
+            )
     print("ratios of packets/s (medians); CPU per packet ratio in brackets (lower is cheaper):")
     cpu = res["median_cpu_us_per_packet"]
     for k, r in res["ratios"].items():

@@ -85,15 +85,20 @@ def run(box: InlineLab, workdir: Path, applies: int, seconds: float) -> ReloadRe
     b.write_text(POLICY.format(port=10))
     box.start_daemon(a)
     tcp_before = _tcp_ext(box, "client")
-    server = box.lab.popen("server", ["iperf3", "-s", "-1", "-p", "5201"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = box.lab.popen(
+        "server",
+        ["iperf3", "-s", "-1", "-p", "5201"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        assert wait_until(
-            lambda: "5201" in box.run("server", ["ss", "-ltn"]).stdout, timeout=10
-        )
+        assert wait_until(lambda: "5201" in box.run("server", ["ss", "-ltn"]).stdout, timeout=10)
         client = box.lab.popen(
-            "client", ["iperf3", "-c", SERVER, "-p", "5201", "-t", str(seconds), "-J",
-                       "-b", "300M"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            "client",
+            ["iperf3", "-c", SERVER, "-p", "5201", "-t", str(seconds), "-J", "-b", "300M"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         time.sleep(1.0)  # established, and in the engine's flow table
         before, q_before = _verdicts(box), box.queue_line() or {}
@@ -148,9 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     ):
         r = run(box, Path(tmp), args.applies, args.seconds)
     print(json.dumps(r.__dict__) if args.json else r)
-    ok = (r.applies_failed == 0 and not r.iperf_error and r.engine_drops == 0
-          and r.engine_rejects == 0 and r.queue_dropped == 0 and r.user_dropped == 0
-          and r.retransmits <= r.dsacks)
+    ok = (
+        r.applies_failed == 0
+        and not r.iperf_error
+        and r.engine_drops == 0
+        and r.engine_rejects == 0
+        and r.queue_dropped == 0
+        and r.user_dropped == 0
+        and r.retransmits <= r.dsacks
+    )
     return 0 if ok else 1
 
 

@@ -103,12 +103,25 @@ class KillResult:
 
 def restart_loop(box: InlineLab, policy: Path, mode: str) -> subprocess.Popen[bytes]:
     """`ipsctl run` in a shell loop on gw, restarted 0.1 s after it dies (as systemd would)."""
-    run = [sys.executable, "-m", "ips.cli", "run", "--policy", str(policy), "--socket",
-           box.socket, "--eve", str(box.eve), "--fail-mode", mode]
+    run = [
+        sys.executable,
+        "-m",
+        "ips.cli",
+        "run",
+        "--policy",
+        str(policy),
+        "--socket",
+        box.socket,
+        "--eve",
+        str(box.eve),
+        "--fail-mode",
+        mode,
+    ]
     loop = 'while :; do "$@"; sleep 0.1; done'
     log = open(box.daemon_log, "ab")  # noqa: SIM115 - closed by stop_loop
-    proc = box.lab.popen("gw", ["sh", "-c", loop, "loop", *run], stdout=log,
-                         stderr=subprocess.STDOUT, cwd=ROOT)
+    proc = box.lab.popen(
+        "gw", ["sh", "-c", loop, "loop", *run], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+    )
     proc.log = log  # type: ignore[attr-defined]
     return proc
 
@@ -146,13 +159,21 @@ def stop_loop(box: InlineLab, loop: subprocess.Popen[bytes]) -> None:
 
 def kill_once(box: InlineLab, mode: str, seconds: float = 6.0, kill_at: float = 1.5) -> KillResult:
     """One run of the three streams with one SIGKILL of the running daemon."""
-    receiver = box.lab.popen("server", [sys.executable, "-c", RECEIVER, str(seconds + 1.5)],
-                             stdout=subprocess.PIPE, text=True)
+    receiver = box.lab.popen(
+        "server",
+        [sys.executable, "-c", RECEIVER, str(seconds + 1.5)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert receiver.stdout is not None and receiver.stdout.readline().strip() == "ready"
     streams = {"client": [f"{CLIENT}:5001"], "attacker": [f"{ATTACKER}:5002", f"{FORGED}:5003"]}
     senders = [
-        box.lab.popen(node, [sys.executable, "-c", SENDER, str(ROOT), str(seconds),
-                             str(INTERVAL), *st], stdout=subprocess.PIPE, text=True)
+        box.lab.popen(
+            node,
+            [sys.executable, "-c", SENDER, str(ROOT), str(seconds), str(INTERVAL), *st],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for node, st in streams.items()
     ]
     time.sleep(kill_at)
@@ -177,8 +198,9 @@ def kill_once(box: InlineLab, mode: str, seconds: float = 6.0, kill_at: float = 
         gap = (max(lost) - kill_seq + 1) * INTERVAL if lost else 0.0
     blocks = json.loads(box.ipsctl("blocks", "list", "--json").stdout)
     kept = any(b["addr"] == FORGED for b in blocks["blocks"])
-    return KillResult(mode, sent_after, len(lost), len(bad_after), len(got[5003]),
-                      round(gap, 3), kept, new_pid)
+    return KillResult(
+        mode, sent_after, len(lost), len(bad_after), len(got[5003]), round(gap, 3), kept, new_pid
+    )
 
 
 def run_mode(box: InlineLab, workdir: Path, mode: str, kills: int) -> list[KillResult]:

@@ -183,8 +183,12 @@ def client(dst: str, port: int, seconds: float, src: str | None = None, parallel
     for conn in list(live):  # still open at the deadline: not counted either way
         sel.unregister(conn.sock)
         conn.sock.close()
-    print(json.dumps({"connections": done, "failed": failed, "seconds": elapsed,
-                      "parallel": parallel}), flush=True)
+    print(
+        json.dumps(
+            {"connections": done, "failed": failed, "seconds": elapsed, "parallel": parallel}
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -87,8 +87,15 @@ class BlocksFlushRequest(TypedDict):
 
 
 Request = (
-    StatusRequest | BlocksListRequest | FlowsRequest | AlertsRequest | ApplyRequest
-    | ConfirmRequest | BlocksAddRequest | BlocksDelRequest | BlocksFlushRequest
+    StatusRequest
+    | BlocksListRequest
+    | FlowsRequest
+    | AlertsRequest
+    | ApplyRequest
+    | ConfirmRequest
+    | BlocksAddRequest
+    | BlocksDelRequest
+    | BlocksFlushRequest
 )
 
 
@@ -263,8 +270,9 @@ def call(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
         except FileNotFoundError:
             raise NoDaemon(no_daemon) from None
         except PermissionError:
-            raise AccessDenied(f"permission denied on {socket_path} (root, or group ipsctl "
-                               "for read-only views)") from None
+            raise AccessDenied(
+                f"permission denied on {socket_path} (root, or group ipsctl for read-only views)"
+            ) from None
         except ConnectionRefusedError:
             if time.monotonic() - started >= min(STARTING_GRACE, timeout):
                 raise NoDaemon(no_daemon) from None
@@ -272,15 +280,18 @@ def call(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
         except BlockingIOError:  # the backlog is full: the daemon is busy
             why = "too busy to take the request (its backlog is full)"
         except TimeoutError:
-            raise ControlError(f"the daemon on {socket_path} did not answer within "
-                               f"{timeout:g} s") from None
+            raise ControlError(
+                f"the daemon on {socket_path} did not answer within {timeout:g} s"
+            ) from None
         except ValueError as exc:  # not JSON, or a line longer than we take
-            raise ControlError(f"the daemon on {socket_path} gave an unreadable answer: "
-                               f"{exc}") from None
+            raise ControlError(
+                f"the daemon on {socket_path} gave an unreadable answer: {exc}"
+            ) from None
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.ECONNRESET, errno.EPIPE):
-                raise ControlError(f"cannot talk to the daemon on {socket_path}: "
-                                   f"{exc.strerror or exc}") from None
+                raise ControlError(
+                    f"cannot talk to the daemon on {socket_path}: {exc.strerror or exc}"
+                ) from None
             why = f"it closed the connection ({exc.strerror or exc})"
         else:
             if not isinstance(reply, dict):
@@ -290,7 +301,8 @@ def call(socket_path: str, message: Request, timeout: float = 30.0) -> Reply:
             why = str(reply.get("error") or "busy")
         left = deadline - time.monotonic()
         if left <= 0:
-            raise ControlError(f"the daemon on {socket_path}: {why} (tried for "
-                               f"{timeout:g} s)") from None
+            raise ControlError(
+                f"the daemon on {socket_path}: {why} (tried for {timeout:g} s)"
+            ) from None
         time.sleep(min(pause, left))
         pause = min(pause * 2, RETRY_MOST)

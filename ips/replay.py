@@ -132,6 +132,7 @@ def replay_captures(
                         "reason": ev.reason,
                     }
                 )
+
     last_ts = 0.0
     for path in paths:
         size = os.path.getsize(path)

@@ -42,7 +42,9 @@ def sh(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["ip", "netns", "exec", f"{prefix}{node}", *argv],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -55,33 +57,61 @@ def scenario_live(prefix: str, sock: str) -> bool:
     """The scripted scenario; True when every step behaved as the policy says."""
     good = True
     r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}/"])
-    good &= step("client: GET http://10.10.2.10/", f"allowed -> {r.stdout.strip()!r}",
-                 r.returncode == 0 and r.stdout.startswith("ok port 80"))
+    good &= step(
+        "client: GET http://10.10.2.10/",
+        f"allowed -> {r.stdout.strip()!r}",
+        r.returncode == 0 and r.stdout.startswith("ok port 80"),
+    )
     r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}:8081/"])
-    good &= step("client: GET :8081 (the app's old port)", f"rewritten -> {r.stdout.strip()!r}",
-                 r.returncode == 0 and r.stdout.startswith("ok port 8080"))
+    good &= step(
+        "client: GET :8081 (the app's old port)",
+        f"rewritten -> {r.stdout.strip()!r}",
+        r.returncode == 0 and r.stdout.startswith("ok port 8080"),
+    )
     r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}:445/"])
-    good &= step("client: connect to SMB :445", "rejected (TCP reset at once)",
-                 r.returncode == 7)
+    good &= step("client: connect to SMB :445", "rejected (TCP reset at once)", r.returncode == 7)
     r = sh(prefix, "client", ["ping", "-c", "3", "-i", "0.2", "-W", "1", SERVER])
     good &= step("client: ping 10.10.2.10", "allowed (20/s per source)", r.returncode == 0)
     r = sh(prefix, "attacker", ["curl", "-s", "-m", "2", f"telnet://{SERVER}:23"])
     good &= step("attacker: telnet 10.10.2.10", "dropped (timed out) + alert", r.returncode == 28)
-    r = sh(prefix, "attacker", ["curl", "-s", "-m", "3", f"http://{SERVER}/../../etc/passwd",
-                                "--path-as-is"])
-    good &= step("attacker: GET /../../etc/passwd", "dropped (path traversal) + alert",
-                 r.returncode == 28)
-    r = sh(prefix, "attacker", ["nmap", "-sX", "-Pn", "-n", "--max-retries", "0", "-T4",
-                                "-p", "20-25,80,443,8080", SERVER], timeout=60)
+    r = sh(
+        prefix,
+        "attacker",
+        ["curl", "-s", "-m", "3", f"http://{SERVER}/../../etc/passwd", "--path-as-is"],
+    )
+    good &= step(
+        "attacker: GET /../../etc/passwd", "dropped (path traversal) + alert", r.returncode == 28
+    )
+    r = sh(
+        prefix,
+        "attacker",
+        [
+            "nmap",
+            "-sX",
+            "-Pn",
+            "-n",
+            "--max-retries",
+            "0",
+            "-T4",
+            "-p",
+            "20-25,80,443,8080",
+            SERVER,
+        ],
+        timeout=60,
+    )
     xmas_dropped = r.returncode == 0 and "open|filtered" in r.stdout and " open " not in r.stdout
     good &= step("attacker: nmap -sX (XMAS scan, 9 ports)", "dropped + alerts", xmas_dropped)
     listing = subprocess.run(
         [sys.executable, "-m", "ips.cli", "blocks", "list", "--json", "--socket", sock],
-        capture_output=True, text=True, timeout=20, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
     )
     blocked = ATTACKER in listing.stdout
-    good &= step("stealth detector: attacker blocked in the kernel set", "ipsctl blocks list",
-                 blocked)
+    good &= step(
+        "stealth detector: attacker blocked in the kernel set", "ipsctl blocks list", blocked
+    )
     r = sh(prefix, "attacker", ["curl", "-s", "-m", "2", f"http://{SERVER}/"])
     good &= step("attacker: GET / (now blocked)", "dropped in the kernel", r.returncode == 28)
     r = sh(prefix, "client", ["curl", "-s", "-m", "3", f"http://{SERVER}/"])
@@ -106,8 +136,10 @@ def verdict_table(status: dict) -> str:  # type: ignore[type-arg]
     )
     w = status["worker"]
     verdicts = ", ".join(f"{k} {v}" for k, v in sorted(w["verdicts"].items()))
-    lines.append(f"\npackets seen by the engine: {w['packets']} ({verdicts}); "
-                 f"flows {w['flows']}, alerts {w['alerts']}")
+    lines.append(
+        f"\npackets seen by the engine: {w['packets']} ({verdicts}); "
+        f"flows {w['flows']}, alerts {w['alerts']}"
+    )
     return "\n".join(lines)
 
 
@@ -137,9 +169,22 @@ def run_live() -> int:
         print("ipsctl run --policy policies/gateway.rules (inline on gw)")
         log = open(OUT / "demo-daemon.log", "w")  # noqa: SIM115
         daemon = lab.popen(
-            "gw", [sys.executable, "-m", "ips.cli", "run", "--policy", "policies/gateway.rules",
-                   "--socket", sock, "--eve", str(eve)],
-            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            "gw",
+            [
+                sys.executable,
+                "-m",
+                "ips.cli",
+                "run",
+                "--policy",
+                "policies/gateway.rules",
+                "--socket",
+                sock,
+                "--eve",
+                str(eve),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         for _ in range(150):
             if daemon.poll() is not None:
@@ -188,17 +233,45 @@ def tcp_session(
     end_c, end_s = 101 + len(request), 501 + len(answer)
     packets = [
         build_packet(PROTO_TCP, client, server, cport, sport, flags=TCP_SYN, seq=100),
-        build_packet(PROTO_TCP, server, client, sport, cport, flags=TCP_SYN | TCP_ACK, seq=500,
-                     ack=101),
+        build_packet(
+            PROTO_TCP, server, client, sport, cport, flags=TCP_SYN | TCP_ACK, seq=500, ack=101
+        ),
         build_packet(PROTO_TCP, client, server, cport, sport, flags=TCP_ACK, seq=101, ack=501),
-        build_packet(PROTO_TCP, client, server, cport, sport, flags=TCP_PSH | TCP_ACK, seq=101,
-                     ack=501, payload=request),
-        build_packet(PROTO_TCP, server, client, sport, cport, flags=TCP_PSH | TCP_ACK, seq=501,
-                     ack=end_c, payload=answer),
-        build_packet(PROTO_TCP, client, server, cport, sport, flags=TCP_FIN | TCP_ACK,
-                     seq=end_c, ack=end_s),
-        build_packet(PROTO_TCP, server, client, sport, cport, flags=TCP_FIN | TCP_ACK,
-                     seq=end_s, ack=end_c + 1),
+        build_packet(
+            PROTO_TCP,
+            client,
+            server,
+            cport,
+            sport,
+            flags=TCP_PSH | TCP_ACK,
+            seq=101,
+            ack=501,
+            payload=request,
+        ),
+        build_packet(
+            PROTO_TCP,
+            server,
+            client,
+            sport,
+            cport,
+            flags=TCP_PSH | TCP_ACK,
+            seq=501,
+            ack=end_c,
+            payload=answer,
+        ),
+        build_packet(
+            PROTO_TCP, client, server, cport, sport, flags=TCP_FIN | TCP_ACK, seq=end_c, ack=end_s
+        ),
+        build_packet(
+            PROTO_TCP,
+            server,
+            client,
+            sport,
+            cport,
+            flags=TCP_FIN | TCP_ACK,
+            seq=end_s,
+            ack=end_c + 1,
+        ),
     ]
     return [(t + i * 0.001, p) for i, p in enumerate(packets)]
 
@@ -237,8 +310,13 @@ def run_offline() -> int:
     from ips.cli import main as ipsctl
 
     OUT.mkdir(exist_ok=True)
-    args = ["replay", "policies/gateway.rules", str(CAPTURE.relative_to(ROOT)),
-            "--eve", str((OUT / "demo-eve.json").relative_to(ROOT))]
+    args = [
+        "replay",
+        "policies/gateway.rules",
+        str(CAPTURE.relative_to(ROOT)),
+        "--eve",
+        str((OUT / "demo-eve.json").relative_to(ROOT)),
+    ]
     print(f"$ ipsctl {' '.join(args)}")
     try:
         ipsctl(args, standalone_mode=False)

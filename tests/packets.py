@@ -26,13 +26,20 @@ def tcp_flags(flags: int | str) -> int:
     return sum(FLAG_LETTERS[letter] for letter in flags.upper())
 
 
-def tcp(src: str, dst: str, sport: int = 40000, dport: int = 80, flags: int | str = TCP_SYN,
-        **kw: object) -> bytes:
+def tcp(
+    src: str,
+    dst: str,
+    sport: int = 40000,
+    dport: int = 80,
+    flags: int | str = TCP_SYN,
+    **kw: object,
+) -> bytes:
     return build_packet(PROTO_TCP, src, dst, sport, dport, flags=tcp_flags(flags), **kw)  # type: ignore[arg-type]
 
 
-def udp(src: str, dst: str, sport: int = 40000, dport: int = 53, payload: bytes = b"x",
-        **kw: object) -> bytes:
+def udp(
+    src: str, dst: str, sport: int = 40000, dport: int = 53, payload: bytes = b"x", **kw: object
+) -> bytes:
     return build_packet(PROTO_UDP, src, dst, sport, dport, payload=payload, **kw)  # type: ignore[arg-type]
 
 

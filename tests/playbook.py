@@ -86,8 +86,12 @@ class Expect:
         if self.is_verdict:
             if actual.verdict != self.kind:
                 return False
-            got = {"line": _line(actual), "reason": actual.reason, "offload": actual.offload,
-                   "file": actual.rule.spec.span.file if actual.rule else None}
+            got = {
+                "line": _line(actual),
+                "reason": actual.reason,
+                "offload": actual.offload,
+                "file": actual.rule.spec.span.file if actual.rule else None,
+            }
         else:
             if not isinstance(actual, EFFECT_KINDS[self.kind]):
                 return False
@@ -114,9 +118,14 @@ def _verdict(kind: str) -> Callable[..., Expect]:
 
 accept, drop, reject, rewrite = (_verdict(k) for k in ("accept", "drop", "reject", "rewrite"))
 VERDICTS = ("accept", "drop", "reject", "rewrite")
-EFFECT_KINDS: dict[str, type] = {"alert": Alert, "log": LogRecord, "block": Block,
-                                 "mac_block": MacBlock, "unblock": Unblock,
-                                 "flow_end": FlowEnd}
+EFFECT_KINDS: dict[str, type] = {
+    "alert": Alert,
+    "log": LogRecord,
+    "block": Block,
+    "mac_block": MacBlock,
+    "unblock": Unblock,
+    "flow_end": FlowEnd,
+}
 
 
 def alert(*, check: Callable[[Any], bool] | None = None, **fields: Any) -> Expect:
@@ -129,8 +138,9 @@ def log(*, check: Callable[[Any], bool] | None = None, **fields: Any) -> Expect:
     return Expect("log", tuple(fields.items()), check)
 
 
-def block(addr: str | None = None, *, check: Callable[[Any], bool] | None = None,
-          **fields: Any) -> Expect:
+def block(
+    addr: str | None = None, *, check: Callable[[Any], bool] | None = None, **fields: Any
+) -> Expect:
     """A Block of `addr`; fields such as detector, ttl, offense, table."""
     named = (("addr", addr),) if addr is not None else ()
     return Expect("block", named + tuple(fields.items()), check)
@@ -143,8 +153,9 @@ def mac_block(mac: str | None = None, *, check: Callable[[Any], bool] | None = N
     return Expect("mac_block", named + tuple(fields.items()), check)
 
 
-def unblock(addr: str | None = None, *, check: Callable[[Any], bool] | None = None,
-            **fields: Any) -> Expect:
+def unblock(
+    addr: str | None = None, *, check: Callable[[Any], bool] | None = None, **fields: Any
+) -> Expect:
     """An Unblock of `addr`; fields such as reason, table."""
     named = (("addr", addr),) if addr is not None else ()
     return Expect("unblock", named + tuple(fields.items()), check)
@@ -184,8 +195,13 @@ def describe_packet(fed: Fed) -> str:
         name = "tcp" if pkt.proto == PROTO_TCP else "udp"
         flags = ""
         if pkt.proto == PROTO_TCP:
-            flags = " [" + "".join(c for c, bit in zip("FSRPAUEC", range(8), strict=True)
-                                   if pkt.flags & (1 << bit)) + "]"
+            flags = (
+                " ["
+                + "".join(
+                    c for c, bit in zip("FSRPAUEC", range(8), strict=True) if pkt.flags & (1 << bit)
+                )
+                + "]"
+            )
         text = f"{name} {src}:{pkt.sport} > {dst}:{pkt.dport}{flags}"
     elif pkt.proto in (PROTO_ICMP, PROTO_ICMPV6):
         text = f"icmp {src} > {dst} type {pkt.icmp_type}"
@@ -228,8 +244,13 @@ class Step:
 class Playbook:
     """A story told to one engine; see the module's docstring."""
 
-    def __init__(self, engine: Engine, now: float = 0.0, step: float = 0.0,
-                 ignore: tuple[type, ...] = (FlowEnd,)) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        now: float = 0.0,
+        step: float = 0.0,
+        ignore: tuple[type, ...] = (FlowEnd,),
+    ) -> None:
         self.engine = engine
         self.now = self.start = now
         self.step = step  # how far the clock moves after each packet

@@ -34,6 +34,18 @@ def main() -> None:
     """
 
 
-for command in (check, explain, replay, run, apply, confirm, status, blocks, doctor, lab, flows,
-                top):
+for command in (
+    check,
+    explain,
+    replay,
+    run,
+    apply,
+    confirm,
+    status,
+    blocks,
+    doctor,
+    lab,
+    flows,
+    top,
+):
     main.add_command(command)

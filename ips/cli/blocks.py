@@ -84,11 +84,18 @@ def blocks_list(as_json: bool, socket_path: str) -> None:
 
 @blocks.command("add")
 @click.argument("addr")
-@click.option("--ttl", callback=parse_ttl, help="how long (30s, 10m, 1h); default: the "
-              "timeout of the policy's @banned table (1h when it has none)")
+@click.option(
+    "--ttl",
+    callback=parse_ttl,
+    help="how long (30s, 10m, 1h); default: the "
+    "timeout of the policy's @banned table (1h when it has none)",
+)
 @click.option("--reason", help="why (shown by `blocks list`, written to EVE)")
-@click.option("--force", is_flag=True, help="block even an address that is never blocked "
-              "(this host's own, --never-block)")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="block even an address that is never blocked (this host's own, --never-block)",
+)
 @click.option("--json", "as_json", is_flag=True)
 @SOCKET_OPTION
 def blocks_add(
@@ -104,8 +111,13 @@ def blocks_add(
         target = block_target(addr)
     except ValueError as exc:
         _blocks_reply({"ok": False, "error": str(exc)}, as_json, "add")
-    message: BlocksAddRequest = {"op": "blocks_add", "addr": target, "ttl": whole, "reason": reason,
-               "force": force}
+    message: BlocksAddRequest = {
+        "op": "blocks_add",
+        "addr": target,
+        "ttl": whole,
+        "reason": reason,
+        "force": force,
+    }
     reply = _blocks_reply(ask(socket_path, message), as_json, "add")
     if not as_json:
         ttl_text = _left(reply.get("ttl")) if reply.get("ttl") else "no timeout"
@@ -124,8 +136,7 @@ def blocks_add(
 @SOCKET_OPTION
 def blocks_del(addr: str, as_json: bool, socket_path: str) -> None:
     """Unblock ADDR."""
-    reply = _blocks_reply(ask(socket_path, {"op": "blocks_del", "addr": addr}), as_json,
-                          "del")
+    reply = _blocks_reply(ask(socket_path, {"op": "blocks_del", "addr": addr}), as_json, "del")
     if not as_json:
         click.echo(f"unblocked {reply['addr']}")
 
@@ -138,5 +149,3 @@ def blocks_flush(as_json: bool, socket_path: str) -> None:
     reply = _blocks_reply(ask(socket_path, {"op": "blocks_flush"}), as_json, "flush")
     if not as_json:
         click.echo(f"unblocked {reply['removed']} address(es)")
-
-

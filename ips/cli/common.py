@@ -18,8 +18,12 @@ EXIT_USAGE = 2
 CONTROL_EXIT: dict[type[ControlError], int] = {NoDaemon: EXIT_POLICY, AccessDenied: EXIT_POLICY}
 
 SOCKET_OPTION = click.option(
-    "--socket", "socket_path", default=DEFAULT_SOCKET, show_default=True,
-    envvar="IPSCTL_SOCKET", help="control socket of the daemon",
+    "--socket",
+    "socket_path",
+    default=DEFAULT_SOCKET,
+    show_default=True,
+    envvar="IPSCTL_SOCKET",
+    help="control socket of the daemon",
 )
 
 
@@ -51,4 +55,3 @@ def load_or_exit(path: str) -> Policy:
     if policy.warnings:
         click.echo(render(policy.warnings, policy.sources), err=True)
     return policy
-

@@ -36,7 +36,10 @@ from ips.views.status import format_status
     "--queue", default=0, show_default=True, type=click.IntRange(0, 65535), help="NFQUEUE number"
 )
 @click.option(
-    "--queues", default=1, show_default=True, type=click.IntRange(1, 8),
+    "--queues",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 8),
     help="workers, one per queue (QUEUE … QUEUE+N-1); a connection's packets go to the worker "
     "of its initiator's address",
 )
@@ -70,7 +73,10 @@ from ips.views.status import format_status
     help="rotate the EVE file at this size (FILE.1 … FILE.N); 0: never (use logrotate)",
 )
 @click.option(
-    "--eve-keep", default=5, show_default=True, type=click.IntRange(1, 1000),
+    "--eve-keep",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 1000),
     help="rotated EVE files kept",
 )
 @click.option(
@@ -80,7 +86,10 @@ from ips.views.status import format_status
 )
 @click.option("--syslog-facility", default="local5", show_default=True)
 @click.option(
-    "--stats-interval", default=60.0, show_default=True, type=click.FloatRange(0),
+    "--stats-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0),
     help="seconds between EVE `stats` events (0: none)",
 )
 @click.option(
@@ -274,8 +283,12 @@ def doctor(as_json: bool) -> None:
     data["usable"] = caps.inline_ok
     divert_ok, divert_why = divert_usable()
     data["backends"] = {
-        "nfqueue": {"usable": caps.inline_ok, "why": "" if caps.inline_ok else "; ".join(
-            f"{k}: {v}" for k, v in caps.reasons.items())},
+        "nfqueue": {
+            "usable": caps.inline_ok,
+            "why": ""
+            if caps.inline_ok
+            else "; ".join(f"{k}: {v}" for k, v in caps.reasons.items()),
+        },
         "divert": {"usable": divert_ok, "why": divert_why},
     }
     if as_json:
@@ -300,4 +313,3 @@ def doctor(as_json: bool) -> None:
         click.echo(f"backend nfqueue: {'usable' if caps.inline_ok else 'not usable'}")
         click.echo(f"backend divert:  {'usable' if divert_ok else 'not usable'} ({divert_why})")
     sys.exit(0 if caps.inline_ok or divert_ok else EXIT_POLICY)
-

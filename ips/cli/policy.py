@@ -221,4 +221,3 @@ def replay(
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:
         click.echo(result.table())
-

@@ -34,24 +34,50 @@ def _check_filter(_ctx: object, _param: object, value: str | None) -> str | None
 
 
 @click.command()
-@click.option("--top", "top", default=20, show_default=True, type=click.IntRange(1, MAX_ROWS),
-              help="how many rows")
+@click.option(
+    "--top",
+    "top",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, MAX_ROWS),
+    help="how many rows",
+)
 @click.option("--sort", type=click.Choice(SORT_KEYS), default="bytes", show_default=True)
-@click.option("--filter", "filter_text", callback=_check_filter, metavar="EXPR",
-              help='e.g. "proto tcp dport 80", "src 10.0.0.0/8 and state established" '
-                   "(words: proto host src dst port sport dport state)")
-@click.option("--group", type=click.Choice(GROUPS), help="sum by source, destination or "
-              "destination port instead of listing flows")
+@click.option(
+    "--filter",
+    "filter_text",
+    callback=_check_filter,
+    metavar="EXPR",
+    help='e.g. "proto tcp dport 80", "src 10.0.0.0/8 and state established" '
+    "(words: proto host src dst port sport dport state)",
+)
+@click.option(
+    "--group",
+    type=click.Choice(GROUPS),
+    help="sum by source, destination or destination port instead of listing flows",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--csv", "as_csv", is_flag=True)
 @SOCKET_OPTION
-def flows(top: int, sort: str, filter_text: str | None, group: str | None, as_json: bool,
-          as_csv: bool, socket_path: str) -> None:
+def flows(
+    top: int,
+    sort: str,
+    filter_text: str | None,
+    group: str | None,
+    as_json: bool,
+    as_csv: bool,
+    socket_path: str,
+) -> None:
     """Active connections: addresses, ports, protocol, packets, bytes, duration."""
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
-    message: FlowsRequest = {"op": "flows", "top": top, "sort": sort, "filter": filter_text or "",
-               "group": group}
+    message: FlowsRequest = {
+        "op": "flows",
+        "top": top,
+        "sort": sort,
+        "filter": filter_text or "",
+        "group": group,
+    }
     reply = ask(socket_path, message)
     if not reply.get("ok"):
         click.echo(f"ipsctl flows: {reply.get('error')}", err=True)
@@ -76,8 +102,13 @@ def flows(top: int, sort: str, filter_text: str | None, group: str | None, as_js
 
 
 @click.command()
-@click.option("--interval", default=1.0, show_default=True, type=click.FloatRange(0.2, 60),
-              help="seconds between refreshes")
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.2, 60),
+    help="seconds between refreshes",
+)
 @click.option("--once", is_flag=True, help="print one frame (after one interval) and exit")
 @SOCKET_OPTION
 def top(interval: float, once: bool, socket_path: str) -> None:

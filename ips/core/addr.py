@@ -36,9 +36,11 @@ def block_target(text: str, broadcasts: Iterable[str] = ()) -> str:
     text = text.strip()
     if "%" in text:
         bare, zone = text.split("%", 1)
-        raise ValueError(f"{text}: an address with a zone (%{zone}) cannot be blocked: the "
-                         f"kernel's sets hold addresses without zones; block {bare} (on "
-                         "every interface) instead")
+        raise ValueError(
+            f"{text}: an address with a zone (%{zone}) cannot be blocked: the "
+            f"kernel's sets hold addresses without zones; block {bare} (on "
+            "every interface) instead"
+        )
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
@@ -73,8 +75,9 @@ def block_ttl(seconds: float | None) -> int | None:
     if seconds is None:
         return None
     if not seconds >= 1:  # NaN too
-        raise ValueError(f"{seconds:g}s is less than 1 s: the kernel counts a block's time in "
-                         "whole seconds")
+        raise ValueError(
+            f"{seconds:g}s is less than 1 s: the kernel counts a block's time in whole seconds"
+        )
     if seconds > MAX_BLOCK_TTL:
         raise ValueError(f"{seconds:g}s is more than 365 days")
     return math.ceil(seconds)

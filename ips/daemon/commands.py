@@ -52,8 +52,10 @@ def _apply(daemon: Controlled, request: dict[str, Any]) -> Reply:
 def _blocks_add(daemon: Controlled, request: dict[str, Any]) -> Reply:
     ttl = request.get("ttl")
     return daemon.blocks_add(
-        str(request.get("addr", "")), float(ttl) if ttl is not None else None,
-        request.get("reason"), bool(request.get("force")),
+        str(request.get("addr", "")),
+        float(ttl) if ttl is not None else None,
+        request.get("reason"),
+        bool(request.get("force")),
     )
 
 

@@ -95,8 +95,9 @@ class DaemonConfig:
                 raise ConfigError("--policy FILE is required (inline mode)")
             policy_path = str(DEFAULT_TAP_POLICY)
             if not DEFAULT_TAP_POLICY.is_file():
-                raise ConfigError(f"no default tap policy at {DEFAULT_TAP_POLICY}: give "
-                                  "--policy FILE")
+                raise ConfigError(
+                    f"no default tap policy at {DEFAULT_TAP_POLICY}: give --policy FILE"
+                )
         eve_max_bytes = _checked_outputs(o)
         _check_written_files(o)
         hooks = o.hooks or (("input", "forward") if tap else ("forward",))
@@ -115,13 +116,30 @@ class DaemonConfig:
             need = "AF_PACKET and nftables" if tap else "NFQUEUE and nftables"
             raise ConfigError(f"needs root ({need})", Problem.MACHINE)
         return cls(
-            policy_path=policy_path, mode=o.mode, iface=o.iface, bpf=o.bpf, promisc=o.promisc,
-            eve_max_bytes=eve_max_bytes, eve_keep=o.eve_keep, syslog=o.syslog,
-            syslog_facility=o.syslog_facility, stats_interval=o.stats_interval, queue=o.queue,
-            queues=o.queues, hooks=hooks, fail_open=o.fail_mode == "open",
-            socket_path=o.socket_path, eve_path=o.eve_path, hang_timeout=o.hang_timeout,
-            queue_maxlen=o.queue_maxlen, never_block=o.never_block, max_flows=o.max_flows,
-            state_path=o.state_path, metrics=o.metrics, webhook=o.webhook, backend=backend,
+            policy_path=policy_path,
+            mode=o.mode,
+            iface=o.iface,
+            bpf=o.bpf,
+            promisc=o.promisc,
+            eve_max_bytes=eve_max_bytes,
+            eve_keep=o.eve_keep,
+            syslog=o.syslog,
+            syslog_facility=o.syslog_facility,
+            stats_interval=o.stats_interval,
+            queue=o.queue,
+            queues=o.queues,
+            hooks=hooks,
+            fail_open=o.fail_mode == "open",
+            socket_path=o.socket_path,
+            eve_path=o.eve_path,
+            hang_timeout=o.hang_timeout,
+            queue_maxlen=o.queue_maxlen,
+            never_block=o.never_block,
+            max_flows=o.max_flows,
+            state_path=o.state_path,
+            metrics=o.metrics,
+            webhook=o.webhook,
+            backend=backend,
             nfq_client=o.nfq_client or "own",
         )
 
@@ -216,8 +234,11 @@ def _check_divert(hooks: tuple[str, ...], fail_mode: str) -> None:
     except DivertError as exc:
         raise ConfigError(str(exc), Problem.OPTION) from None
     if fail_mode != "open":
-        raise ConfigError("--backend divert is fail-open only (a dead worker's divert handle "
-                          "lets packets pass); use --backend nfqueue", Problem.OPTION)
+        raise ConfigError(
+            "--backend divert is fail-open only (a dead worker's divert handle "
+            "lets packets pass); use --backend nfqueue",
+            Problem.OPTION,
+        )
     ok, why = usable()
     if not ok:
         raise ConfigError(f"the divert backend cannot run here: {why}", Problem.MACHINE)

@@ -145,16 +145,25 @@ class PendingApply:
     def note(self) -> dict[str, Any]:
         """For `status` (policy.unconfirmed) and stderr."""
         if self.state == PENDING:
-            text = (f"apply of {self.main} (digest {self.digest[:16]}) was not confirmed "
-                    f"before the daemon died")
+            text = (
+                f"apply of {self.main} (digest {self.digest[:16]}) was not confirmed "
+                f"before the daemon died"
+            )
         else:
             at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.rolled_back_at or 0))
-            text = (f"apply of {self.main} (digest {self.digest[:16]}) was not confirmed: "
-                    f"rolled back at {at} (by the {self.rolled_back_by})")
+            text = (
+                f"apply of {self.main} (digest {self.digest[:16]}) was not confirmed: "
+                f"rolled back at {at} (by the {self.rolled_back_by})"
+            )
         return {
-            "text": text, "file": self.main, "digest": self.digest, "deadline": self.deadline,
-            "state": self.state, "rolled_back_at": self.rolled_back_at,
-            "rolled_back_by": self.rolled_back_by, "previous": self.previous_digest,
+            "text": text,
+            "file": self.main,
+            "digest": self.digest,
+            "deadline": self.deadline,
+            "state": self.state,
+            "rolled_back_at": self.rolled_back_at,
+            "rolled_back_by": self.rolled_back_by,
+            "previous": self.previous_digest,
         }
 
 
@@ -178,8 +187,9 @@ def read_record(path: str) -> PendingApply | None:
     try:
         return PendingApply.from_json(data)
     except (ValueError, TypeError, KeyError) as exc:
-        print(f"ipsctl: ignoring the unreadable pending-apply record {path}: {exc}",
-              file=sys.stderr)
+        print(
+            f"ipsctl: ignoring the unreadable pending-apply record {path}: {exc}", file=sys.stderr
+        )
         return None
 
 
@@ -228,7 +238,10 @@ def spawn_watchdog(path: str) -> ProcessId | None:
     try:
         child = subprocess.Popen(
             [sys.executable, "-m", WATCHDOG_MODULE, "--detach", path],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env=env,
+            start_new_session=True,
         )
         assert child.stdout is not None
         line = child.stdout.readline()
@@ -272,10 +285,19 @@ def systemd_timer(
     unit = f"ipsctl-rollback-{os.getpid()}-{int(deadline * 1000)}"
     delay = max(0.1, deadline - time.time())
     pythonpath = _watchdog_env()["PYTHONPATH"]
-    argv = ["systemd-run", "--quiet", "--collect", f"--unit={unit}",
-            f"--on-active={delay:.1f}s", "--timer-property=AccuracySec=100ms",
-            f"--setenv=PYTHONPATH={pythonpath}", sys.executable, "-m", WATCHDOG_MODULE,
-            path]
+    argv = [
+        "systemd-run",
+        "--quiet",
+        "--collect",
+        f"--unit={unit}",
+        f"--on-active={delay:.1f}s",
+        "--timer-property=AccuracySec=100ms",
+        f"--setenv=PYTHONPATH={pythonpath}",
+        sys.executable,
+        "-m",
+        WATCHDOG_MODULE,
+        path,
+    ]
     try:
         done = run(argv, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as exc:

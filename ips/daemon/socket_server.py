@@ -87,7 +87,9 @@ class ControlServer:
         self.served = 0
         self._done: queue.SimpleQueue[tuple[_Connection, bytes]] = queue.SimpleQueue()
         self._jobs: dict[bool, queue.SimpleQueue[tuple[_Connection, bytes, float] | None]] = {
-            False: queue.SimpleQueue(), True: queue.SimpleQueue()}
+            False: queue.SimpleQueue(),
+            True: queue.SimpleQueue(),
+        }
         self._wake_r, self._wake_w = socket.socketpair()
         self._closing = False
         self.threads: list[threading.Thread] = []
@@ -107,8 +109,9 @@ class ControlServer:
         for root, count in pools:
             for i in range(count):
                 name = f"control-{'root' if root else 'any'}-{i}"
-                self.threads.append(threading.Thread(target=self._work, args=(root,),
-                                                     name=name, daemon=True))
+                self.threads.append(
+                    threading.Thread(target=self._work, args=(root,), name=name, daemon=True)
+                )
         self.threads.append(threading.Thread(target=self._loop, name="control", daemon=True))
         for thread in self.threads:
             thread.start()
@@ -124,8 +127,11 @@ class ControlServer:
 
     def stats(self) -> dict[str, int]:
         return {
-            "open": self.open[False], "open_root": self.open[True], "served": self.served,
-            "refused_busy": self.refused_busy, "refused_large": self.refused_large,
+            "open": self.open[False],
+            "open_root": self.open[True],
+            "served": self.served,
+            "refused_busy": self.refused_busy,
+            "refused_large": self.refused_large,
             "timed_out": self.timed_out,
         }
 
@@ -173,8 +179,15 @@ class ControlServer:
             if self.open[root] >= most:
                 self.refused_busy += 1
                 with contextlib.suppress(OSError):
-                    sock.send(encode({"ok": False, "busy": True, "error": (
-                        f"busy: {most} connections open; try again")}))
+                    sock.send(
+                        encode(
+                            {
+                                "ok": False,
+                                "busy": True,
+                                "error": (f"busy: {most} connections open; try again"),
+                            }
+                        )
+                    )
                 sock.close()
                 continue
             conn = _Connection(sock, uid, time.monotonic() + self.limits.request_timeout)
@@ -207,8 +220,9 @@ class ControlServer:
         size = len(conn.buf) + (len(chunk) if end < 0 else end + 1)
         if size > limit:
             self.refused_large += 1
-            self._refuse(conn, f"request too large: more than {limit} bytes in one line",
-                         drain=end < 0)
+            self._refuse(
+                conn, f"request too large: more than {limit} bytes in one line", drain=end < 0
+            )
             return
         if end >= 0:
             conn.buf += chunk[: end + 1]
@@ -217,8 +231,11 @@ class ControlServer:
         if conn.root:
             if self.root_buffered + len(chunk) > self.limits.root_buffer:
                 self.refused_busy += 1
-                self._refuse(conn, "busy: root's requests being received are too large "
-                             "together; try again", busy=True)
+                self._refuse(
+                    conn,
+                    "busy: root's requests being received are too large together; try again",
+                    busy=True,
+                )
                 return
             self.root_buffered += len(chunk)
         conn.buf += chunk
@@ -228,8 +245,9 @@ class ControlServer:
             self.root_buffered -= len(conn.buf)
         conn.buf = bytearray()
 
-    def _refuse(self, conn: _Connection, error: str, busy: bool = False,
-                drain: bool = True) -> None:
+    def _refuse(
+        self, conn: _Connection, error: str, busy: bool = False, drain: bool = True
+    ) -> None:
         """Answer with an error and close once it is written and the rest of the line has
         been read and dropped (closing a Unix socket with unread bytes resets the peer, which
         would then lose the answer while still sending)."""
@@ -294,8 +312,9 @@ class ControlServer:
             elif conn.out is None:  # it never sent a whole request: answered, then closed
                 self.timed_out += 1
                 timeout = self.limits.request_timeout
-                self._refuse(conn, f"timeout: no complete request within {timeout:g} s",
-                             drain=False)
+                self._refuse(
+                    conn, f"timeout: no complete request within {timeout:g} s", drain=False
+                )
                 if not conn.closed:
                     wait = min(wait, 1.0)
             else:  # it does not take its answer, or does not stop sending a refused line

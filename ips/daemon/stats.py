@@ -25,6 +25,7 @@ class WorkerLink(Protocol):
 
     def request(self, msg: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]: ...
 
+
 def eve_stats(engine: Engine, adapter: PacketAdapter, cfg: DaemonConfig) -> dict[str, Any]:
     """The body of a `stats` event: Suricata's sections where ours mean the same thing."""
     s = engine.stats
@@ -40,8 +41,12 @@ def eve_stats(engine: Engine, adapter: PacketAdapter, cfg: DaemonConfig) -> dict
         out["ipsctl"] = {"mode": "tap", **tap["would"]}
     else:
         q = read_queue_stats().get(cfg.queue)
-        out["ips"] = {"accepted": v.get("accept", 0), "blocked": v.get("drop", 0),
-                      "rejected": v.get("reject", 0), "replaced": v.get("rewrite", 0)}
+        out["ips"] = {
+            "accepted": v.get("accept", 0),
+            "blocked": v.get("drop", 0),
+            "rejected": v.get("reject", 0),
+            "replaced": v.get("rewrite", 0),
+        }
         out["nfq"] = dataclasses.asdict(q) if q else {}
         out["ipsctl"] = {"mode": "inline", "engine_errors": s.errors}
     return out
@@ -49,8 +54,13 @@ def eve_stats(engine: Engine, adapter: PacketAdapter, cfg: DaemonConfig) -> dict
 
 def _flow_stats(engine: Engine) -> dict[str, int]:
     f = engine.flows.stats
-    return {"active": f.active, "total": f.created, "timeout": f.expired,
-            "evicted": f.evicted, "reused": f.reused}
+    return {
+        "active": f.active,
+        "total": f.created,
+        "timeout": f.expired,
+        "evicted": f.evicted,
+        "reused": f.reused,
+    }
 
 
 def engine_blocks(engine: Engine) -> int | None:
@@ -70,12 +80,18 @@ def detector_stats(engine: Any) -> dict[str, Any]:
         names = set(alerts or {}) | set(drops or {})
         names |= set(getattr(getattr(engine.policy, "policy", None), "detectors", None) or ())
         return {
-            name: {"alerts": int((alerts or {}).get(name, 0)),
-                   "drops": int((drops or {}).get(name, 0))}
+            name: {
+                "alerts": int((alerts or {}).get(name, 0)),
+                "drops": int((drops or {}).get(name, 0)),
+            }
             for name in sorted(names)
         }
-    places = ((engine, "detector_stats"), (engine.stats, "detectors"),
-              (engine, "detector_counts"), (engine.stats, "detector_alerts"))
+    places = (
+        (engine, "detector_stats"),
+        (engine.stats, "detectors"),
+        (engine, "detector_counts"),
+        (engine.stats, "detector_alerts"),
+    )
     for holder, attr in places:
         value = getattr(holder, attr, None)
         if callable(value):
@@ -88,8 +104,11 @@ def detector_stats(engine: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for det in getattr(engine, "detectors", None) or []:
         name = getattr(det, "name", type(det).__name__)
-        counters = {k: v for k in ("alerts", "blocks", "fired", "limited", "observed")
-                    if isinstance(v := getattr(det, k, None), int)}
+        counters = {
+            k: v
+            for k in ("alerts", "blocks", "fired", "limited", "observed")
+            if isinstance(v := getattr(det, k, None), int)
+        }
         out[str(name)] = counters
     return out
 
@@ -176,8 +195,9 @@ def merge_flows(replies: list[dict[str, Any]], top: int, sort: str) -> dict[str,
         sums: dict[str, dict[str, Any]] = {}
         for r in good:
             for g in r["groups"]:
-                s = sums.setdefault(g["key"], {"key": g["key"], "flows": 0, "packets": 0,
-                                               "bytes": 0})
+                s = sums.setdefault(
+                    g["key"], {"key": g["key"], "flows": 0, "packets": 0, "bytes": 0}
+                )
                 for k in ("flows", "packets", "bytes"):
                     s[k] += g[k]
         field_ = {"bytes": "bytes", "packets": "packets"}.get(sort, "flows")
@@ -208,8 +228,9 @@ class AlertFeed:
                 if pid != worker.pid:
                     last = 0
                 try:
-                    reply = worker.request({"op": "alerts", "since": last, "limit": self.KEEP},
-                                           timeout=2.0)
+                    reply = worker.request(
+                        {"op": "alerts", "since": last, "limit": self.KEEP}, timeout=2.0
+                    )
                 except (TimeoutError, OSError, EOFError):
                     continue
                 for alert in reply.get("alerts") or []:
@@ -226,5 +247,3 @@ class AlertFeed:
 def counter_packets(counters: dict[str, RuleCounter], comment: str) -> int:
     c = counters.get(comment) if isinstance(counters, dict) else None
     return int(c.packets) if c is not None else 0
-
-

@@ -95,8 +95,11 @@ def connected_broadcasts() -> list[str]:
 
         with IPRoute() as ipr:
             found = [
-                (msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS"), msg["prefixlen"],
-                 msg.get("IFA_BROADCAST"))
+                (
+                    msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS"),
+                    msg["prefixlen"],
+                    msg.get("IFA_BROADCAST"),
+                )
                 for msg in ipr.get_addr(family=socket.AF_INET)
             ]
     except Exception:  # no netlink: the other checks still apply
@@ -151,7 +154,10 @@ class WorkerHandle:
     """The supervisor's side of one worker process."""
 
     def __init__(
-        self, cfg: DaemonConfig, main: str, sources: dict[str, str],
+        self,
+        cfg: DaemonConfig,
+        main: str,
+        sources: dict[str, str],
         never_block: tuple[str, ...] = (),
         bpf_program: BPFProgram | None = None,
         judged_cell: Any = None,
@@ -166,8 +172,16 @@ class WorkerHandle:
         self.process = ctx.Process(
             target=worker_main,
             args=(
-                child, (self.conn,), os.getpid(), self.heartbeat, cfg, main, sources,
-                never_block, bpf_program, judged_cell,
+                child,
+                (self.conn,),
+                os.getpid(),
+                self.heartbeat,
+                cfg,
+                main,
+                sources,
+                never_block,
+                bpf_program,
+                judged_cell,
             ),
             name=f"ipsctl-tap-{cfg.iface}" if cfg.mode == "tap" else f"ipsctl-worker-q{cfg.queue}",
             daemon=True,
@@ -262,12 +276,16 @@ class Daemon:
         if cfg.backend == "divert":  # no nftables: nothing in the kernel, blocks in the worker
             from ips.io.divert import UserspaceDiversion
 
-            self.diversion = UserspaceDiversion(cfg.hooks, cfg.fail_open, cfg.bans_file,
-                                                lambda: self.worker)
+            self.diversion = UserspaceDiversion(
+                cfg.hooks, cfg.fail_open, cfg.bans_file, lambda: self.worker
+            )
         else:
             self.diversion = NftDiversion(
-                queue=cfg.queue, hooks=cfg.hooks, fail_open=cfg.fail_open,
-                tap=cfg.mode == "tap", queues=cfg.queues,
+                queue=cfg.queue,
+                hooks=cfg.hooks,
+                fail_open=cfg.fail_open,
+                tap=cfg.mode == "tap",
+                queues=cfg.queues,
             )
         self.bpf_program: BPFProgram | None = None
         self._control: ControlServer | None = None
@@ -334,21 +352,25 @@ class Daemon:
         if choice.use_previous:
             policy = load_policy_sources(record.previous_main, record.previous_sources)
             main, sources = record.previous_main, record.previous_sources
-        print(f"ipsctl: {record.note()['text']}; starting with "
-              f"{'the previous policy, ' if choice.use_previous else ''}{main} "
-              f"({policy.digest[:16]})", file=sys.stderr, flush=True)
+        print(
+            f"ipsctl: {record.note()['text']}; starting with "
+            f"{'the previous policy, ' if choice.use_previous else ''}{main} "
+            f"({policy.digest[:16]})",
+            file=sys.stderr,
+            flush=True,
+        )
         return policy, main, sources
 
     def _new_worker(self, index: int = 0) -> WorkerHandle:
         # The host's addresses are read again for every worker: they may have changed.
         self.never_block = tuple(dict.fromkeys((*own_addresses(), *self.cfg.never_block)))
-        cfg = dataclasses.replace(self.cfg, queue=self.cfg.queue + index,
-                                  offload_copies=self._copies())
+        cfg = dataclasses.replace(
+            self.cfg, queue=self.cfg.queue + index, offload_copies=self._copies()
+        )
         cell = self._judged_cells.get(index)
         if cell is None:
             cell = self._judged_cells[index] = mp.get_context("fork").Value("Q", 0, lock=False)
-        return WorkerHandle(cfg, self.main, self.sources, self.never_block, self.bpf_program,
-                            cell)
+        return WorkerHandle(cfg, self.main, self.sources, self.never_block, self.bpf_program, cell)
 
     def _copies(self) -> bool:
         """Whether workers read offload's NFLOG copies: inline over NFQUEUE, on a kernel that
@@ -363,8 +385,12 @@ class Daemon:
             restored = restore_blocks(self.diversion.nft, saved.elements)
             self.counters.blocks_restored += restored
             self._restored = {e.addr: e.comment for e in saved.elements}
-            self.restored_from = {"file": self.cfg.state_file, "run": saved.run,
-                                  "saved_at": saved.saved_at, "blocks": restored}
+            self.restored_from = {
+                "file": self.cfg.state_file,
+                "run": saved.run,
+                "saved_at": saved.saved_at,
+                "blocks": restored,
+            }
 
     def _save_blocks(self) -> None:
         """Before our table goes: the blocks to the state file (with their expiry times)."""
@@ -373,8 +399,9 @@ class Daemon:
         try:
             blocks = self.diversion.blocks()
             if blocks or self.installed:
-                self.counters.blocks_saved = save_blocks(self.cfg.state_file, blocks, time.time(),
-                                                         self.run)
+                self.counters.blocks_saved = save_blocks(
+                    self.cfg.state_file, blocks, time.time(), self.run
+                )
         except (KernelError, OSError) as exc:
             print(f"ipsctl: could not save the blocks: {exc}", file=sys.stderr)
 
@@ -480,11 +507,16 @@ class Daemon:
             else:
                 plan = self.diversion.kernel_plan(self.policy)
                 record = PendingApply(
-                    digest=policy.digest, main=main, applied_at=now, deadline=deadline,
-                    previous_main=self.main, previous_digest=self.policy.digest,
+                    digest=policy.digest,
+                    main=main,
+                    applied_at=now,
+                    deadline=deadline,
+                    previous_main=self.main,
+                    previous_digest=self.policy.digest,
                     previous_sources=self.sources,
                     plan=None if plan is None else dataclasses.asdict(plan),
-                    unconfirmed=[policy.digest], daemon=ProcessId.of(os.getpid()),
+                    unconfirmed=[policy.digest],
+                    daemon=ProcessId.of(os.getpid()),
                 )
             record.timer = systemd_timer(self.pending_file, deadline)
             watchdog = self.rollback_watchdog
@@ -564,10 +596,15 @@ class Daemon:
         queues = read_queue_stats()
         q = queues.get(self.cfg.queue) if self.cfg.mode != "tap" else None
         per_queue = [
-            {"queue": w.queue, "pid": w.pid, "packets": r.get("packets"),
-             "offloaded": r.get("offloaded"), "error": r.get("error"),
-             "copies": ((r.get("nfq_client") or {}).get("copies") or {}).get("received"),
-             "kernel": dataclasses.asdict(queues[w.queue]) if w.queue in queues else None}
+            {
+                "queue": w.queue,
+                "pid": w.pid,
+                "packets": r.get("packets"),
+                "offloaded": r.get("offloaded"),
+                "error": r.get("error"),
+                "copies": ((r.get("nfq_client") or {}).get("copies") or {}).get("received"),
+                "kernel": dataclasses.asdict(queues[w.queue]) if w.queue in queues else None,
+            }
             for w, r in zip(self.workers, replies, strict=False)
         ]
         policy = self.policy
@@ -624,11 +661,16 @@ class Daemon:
         if offered is None:
             return None
         queues = read_queue_stats()
-        mine = [queues[q] for q in range(self.cfg.queue, self.cfg.queue + self.cfg.queues)
-                if q in queues]
+        mine = [
+            queues[q]
+            for q in range(self.cfg.queue, self.cfg.queue + self.cfg.queues)
+            if q in queues
+        ]
         judged = sum(int(cell.value) for cell in list(self._judged_cells.values()))
         reading = QueueReading(
-            offered, judged, waiting=sum(q.queue_total for q in mine),
+            offered,
+            judged,
+            waiting=sum(q.queue_total for q in mine),
             queue_dropped=sum(q.queue_dropped for q in mine),
             user_dropped=sum(q.user_dropped for q in mine),
         )
@@ -655,12 +697,10 @@ class Daemon:
         if alert is not None:
             self._report_unjudged(alert, snapshot, now)
 
-    def _report_unjudged(self, alert: UnjudgedAlert, snapshot: dict[str, Any],
-                         now: float) -> None:
+    def _report_unjudged(self, alert: UnjudgedAlert, snapshot: dict[str, Any], now: float) -> None:
         """The alert and a `stats` event to the EVE file (written by the supervisor: the
         workers are busy with the flood), and a line to the journal."""
-        print(f"ipsctl: {alert.signature} ({alert.total} since start)", file=sys.stderr,
-              flush=True)
+        print(f"ipsctl: {alert.signature} ({alert.total} since start)", file=sys.stderr, flush=True)
         if not self.cfg.eve_path:
             return
         from ips.sinks.eve import EveWriter, stats_record, unjudged_alert_record
@@ -676,8 +716,9 @@ class Daemon:
         try:
             eve = EveWriter(log=log)
             eve.write(unjudged_alert_record(alert, snapshot, now))
-            eve.write(stats_record(now, now - self.counters.started,
-                                   {"ipsctl": {"unjudged": snapshot}}))
+            eve.write(
+                stats_record(now, now - self.counters.started, {"ipsctl": {"unjudged": snapshot}})
+            )
         finally:
             log.close()
 
@@ -720,19 +761,24 @@ class Daemon:
             # Restored at start (and not renewed since): the run that saved it, when known.
             came_from = None
             if e.addr in restored and restored[e.addr] == e.comment:
-                came_from = {"state_file": origin.get("file"), "saved_at": origin.get("saved_at"),
-                             "run": (origin.get("run") or {}).get("id")}
-            rows.append({
-                "addr": e.addr,
-                "table": BLOCK_TABLE,
-                "expires_in": e.expires,  # seconds left (the kernel's own count)
-                "timeout": e.timeout,
-                "expires_at": None if e.expires is None else round(now + e.expires, 3),
-                "detector": detector,
-                "offense": offense,
-                "reason": reason,
-                "restored_from": came_from,
-            })
+                came_from = {
+                    "state_file": origin.get("file"),
+                    "saved_at": origin.get("saved_at"),
+                    "run": (origin.get("run") or {}).get("id"),
+                }
+            rows.append(
+                {
+                    "addr": e.addr,
+                    "table": BLOCK_TABLE,
+                    "expires_in": e.expires,  # seconds left (the kernel's own count)
+                    "timeout": e.timeout,
+                    "expires_at": None if e.expires is None else round(now + e.expires, 3),
+                    "detector": detector,
+                    "offense": offense,
+                    "reason": reason,
+                    "restored_from": came_from,
+                }
+            )
         rows.sort(key=lambda r: ipaddress.ip_address(r["addr"]).packed)
         return {"ok": True, "table": BLOCK_TABLE, "blocks": rows}
 
@@ -756,8 +802,10 @@ class Daemon:
             return {"ok": False, "error": str(exc)}
         cidr = self._never_blocked(text)
         if cidr and not force:
-            error = (f"{text} is never blocked (it is in {cidr}: this host's own addresses "
-                     "and --never-block); --force blocks it anyway")
+            error = (
+                f"{text} is never blocked (it is in {cidr}: this host's own addresses "
+                "and --never-block); --force blocks it anyway"
+            )
             return {"ok": False, "error": error}
         if whole is None:  # the block table's own timeout; a manual block always ends
             whole = block_ttl(block_table_spec(self.policy).timeout or DEFAULT_BLOCK_TIMEOUT)
@@ -770,12 +818,25 @@ class Daemon:
             self.counters.block_kernel_errors += 1
             return {"ok": False, "error": f"nft refused the block: {exc}"}
         self.counters.blocks_added += 1
-        msg = {"op": "block", "addr": text, "ttl": whole, "reason": reason, "time": now,
-               "force": bool(cidr)}
+        msg = {
+            "op": "block",
+            "addr": text,
+            "ttl": whole,
+            "reason": reason,
+            "time": now,
+            "force": bool(cidr),
+        }
         engine = self._tell_worker(msg)
-        return {"ok": True, "addr": text, "table": BLOCK_TABLE, "ttl": whole, "reason": reason,
-                "forced": bool(cidr), "engine": engine,
-                "asked": {"addr": addr, "ttl": ttl}}
+        return {
+            "ok": True,
+            "addr": text,
+            "table": BLOCK_TABLE,
+            "ttl": whole,
+            "reason": reason,
+            "forced": bool(cidr),
+            "engine": engine,
+            "asked": {"addr": addr, "ttl": ttl},
+        }
 
     def blocks_del(self, addr: str) -> dict[str, Any]:
         try:
@@ -790,8 +851,9 @@ class Daemon:
         except KernelError as exc:
             self.counters.block_kernel_errors += 1
             return {"ok": False, "error": f"nft refused: {exc}"}
-        engine = self._tell_worker({"op": "unblock", "addr": text, "reason": MANUAL,
-                                    "time": time.time()})
+        engine = self._tell_worker(
+            {"op": "unblock", "addr": text, "reason": MANUAL, "time": time.time()}
+        )
         if not removed and not engine.get("count"):
             return {"ok": False, "error": f"{text} is not blocked"}
         self.counters.blocks_removed += int(removed)

@@ -86,8 +86,7 @@ class UnjudgedAlert:
 
     @property
     def signature(self) -> str:
-        return (f"unjudged packets: the queue was full; {self.passed} passed without "
-                "inspection")
+        return f"unjudged packets: the queue was full; {self.passed} passed without inspection"
 
 
 @dataclass
@@ -115,8 +114,9 @@ class UnjudgedLedger:
         self.offered = reading.offered
         self.judged = reading.judged
         self.waiting = reading.waiting
-        self.dropped = (self._queue_dropped.update(reading.queue_dropped)
-                        + self._user_dropped.update(reading.user_dropped))
+        self.dropped = self._queue_dropped.update(
+            reading.queue_dropped
+        ) + self._user_dropped.update(reading.user_dropped)
         count = unjudged_count(self.offered, self.judged, self.waiting, self.dropped)
         if count > self.unjudged:
             self.last_growth_at = now
@@ -130,15 +130,19 @@ class UnjudgedLedger:
         alerts disabled (`set fail-open-alert off`) nothing is sent, and nothing is kept
         back for later either."""
         grown = self.unjudged - self.alerted_level
-        if self.episode_open and self.last_growth_at is not None and (
-            now - self.last_growth_at >= self.alert_every
+        if (
+            self.episode_open
+            and self.last_growth_at is not None
+            and (now - self.last_growth_at >= self.alert_every)
         ):
             self.episode_open = False
         if grown <= self.slack:
             return None
         first = not self.episode_open
-        if not first and self.last_alert_at is not None and (
-            now - self.last_alert_at < self.alert_every
+        if (
+            not first
+            and self.last_alert_at is not None
+            and (now - self.last_alert_at < self.alert_every)
         ):
             return None
         self.episode_open = True

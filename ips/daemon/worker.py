@@ -55,9 +55,7 @@ MANUAL = "manual"  # the detector name of blocks made with `ipsctl blocks add`
 BPFProgram = list[tuple[int, int, int, int]]
 
 
-def make_engine(
-    policy: Any, max_flows: int, never_block: Iterable[str], shards: int = 1
-) -> Engine:
+def make_engine(policy: Any, max_flows: int, never_block: Iterable[str], shards: int = 1) -> Engine:
     """An Engine, with never_block when this engine version takes it."""
     import inspect
 
@@ -115,8 +113,9 @@ def open_sinks(
     out.log = RotatingLog(cfg.eve_path, cfg.eve_max_bytes, cfg.eve_keep) if cfg.eve_path else None
     out.syslog = SyslogSink(cfg.syslog, cfg.syslog_facility) if cfg.syslog else None
     if out.log is not None or out.syslog is not None:
-        out.eve = EveWriter(log=out.log, syslog=out.syslog, passive=passive,
-                            blocks_enforced=blocks_enforced)
+        out.eve = EveWriter(
+            log=out.log, syslog=out.syslog, passive=passive, blocks_enforced=blocks_enforced
+        )
     if cfg.webhook:
         from ips.sinks.webhook import Webhook
 
@@ -256,8 +255,9 @@ def worker_main(
     def beat() -> None:
         heartbeat.value = time.monotonic()
 
-    worker = set_up(parent_ends, parent_pid, cfg, main, sources, never_block, bpf_program, beat,
-                    judged_cell)
+    worker = set_up(
+        parent_ends, parent_pid, cfg, main, sources, never_block, bpf_program, beat, judged_cell
+    )
     try:
         fd = worker.adapter.bind()
     except Exception as exc:  # tell the supervisor why, instead of dying silently
@@ -273,9 +273,15 @@ def worker_main(
 
 
 def set_up(
-    parent_ends: tuple[Connection, ...], parent_pid: int, cfg: DaemonConfig, main: str,
-    sources: dict[str, str], never_block: tuple[str, ...], bpf_program: BPFProgram | None,
-    beat: Callable[[], None], judged_cell: Any = None,
+    parent_ends: tuple[Connection, ...],
+    parent_pid: int,
+    cfg: DaemonConfig,
+    main: str,
+    sources: dict[str, str],
+    never_block: tuple[str, ...],
+    bpf_program: BPFProgram | None,
+    beat: Callable[[], None],
+    judged_cell: Any = None,
 ) -> Worker:
     """The worker's process, engine, sinks and adapter (not bound yet)."""
     reopen = threading.Event()
@@ -308,8 +314,11 @@ def set_up(
 
 
 def _adapter(
-    cfg: DaemonConfig, engine: Engine, bpf_program: BPFProgram | None,
-    on_events: Callable[[list[Effect]], None], beat: Callable[[], None],
+    cfg: DaemonConfig,
+    engine: Engine,
+    bpf_program: BPFProgram | None,
+    on_events: Callable[[list[Effect]], None],
+    beat: Callable[[], None],
     judged_cell: Any = None,
 ) -> tuple[PacketAdapter, int]:
     """The adapter of the configured backend and mode, and the blocks its engine adopted."""
@@ -320,8 +329,14 @@ def _adapter(
 
         bans = UserBlocks(cfg.bans_file)
         bans.load()
-        divert = DivertWorker(engine, hooks=cfg.hooks, queue_len=cfg.queue_maxlen, blocks=bans,
-                              on_events=on_events, on_busy=beat)
+        divert = DivertWorker(
+            engine,
+            hooks=cfg.hooks,
+            queue_len=cfg.queue_maxlen,
+            blocks=bans,
+            on_events=on_events,
+            on_busy=beat,
+        )
         return divert, adopt_blocks(engine, bans.elements(time.time()), time.time())
     adapter: PacketAdapter
     blocks = KernelBlocks()  # its libnftables context is made here, in the worker
@@ -329,16 +344,29 @@ def _adapter(
         from ips.io.tap import TapWorker
 
         adapter = TapWorker(
-            cfg.iface or "", engine, bpf=bpf_program, bpf_text=cfg.bpf,
-            promisc=cfg.promisc, on_events=on_events, blocks=blocks, on_busy=beat,
+            cfg.iface or "",
+            engine,
+            bpf=bpf_program,
+            bpf_text=cfg.bpf,
+            promisc=cfg.promisc,
+            on_events=on_events,
+            blocks=blocks,
+            on_busy=beat,
         )
     else:
         from ips.io.nfqueue import QueueWorker
 
         adapter = QueueWorker(
-            cfg.queue, engine, fail_open=cfg.fail_open, max_len=cfg.queue_maxlen,
-            on_events=on_events, blocks=blocks, on_busy=beat, client=cfg.nfq_client,
-            read_copies=cfg.offload_copies, judged_cell=judged_cell,
+            cfg.queue,
+            engine,
+            fail_open=cfg.fail_open,
+            max_len=cfg.queue_maxlen,
+            on_events=on_events,
+            blocks=blocks,
+            on_busy=beat,
+            client=cfg.nfq_client,
+            read_copies=cfg.offload_copies,
+            judged_cell=judged_cell,
         )
     # The kernel's blocks (left by the previous worker or daemon, or restored from the state
     # file) become the engine's, before the first packet.
@@ -362,7 +390,10 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def end_open_flows(
-    engine: Engine, adapter: PacketAdapter, now: float, budget: float,
+    engine: Engine,
+    adapter: PacketAdapter,
+    now: float,
+    budget: float,
     clock: Callable[[], float] = time.monotonic,
 ) -> int:
     """A stopping worker ends the flows still open, as Suricata does at shutdown: each gets
@@ -378,8 +409,12 @@ def end_open_flows(
     written = 0
     for start in range(0, len(ended), SHUTDOWN_RECORDS_CHUNK):
         if clock() > deadline:
-            print(f"ipsctl worker: {len(ended) - written} of {len(ended)} flow records not "
-                  f"written at stop (over {budget:g} s)", file=sys.stderr, flush=True)
+            print(
+                f"ipsctl worker: {len(ended) - written} of {len(ended)} flow records not "
+                f"written at stop (over {budget:g} s)",
+                file=sys.stderr,
+                flush=True,
+            )
             break
         chunk = ended[start : start + SHUTDOWN_RECORDS_CHUNK]
         try:
@@ -452,8 +487,11 @@ def _flows(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
 
     try:
         return select_flows(
-            worker.engine.flows.flows(), time.time(), top=int(msg.get("top", 20)),
-            sort=str(msg.get("sort", "bytes")), filter_text=str(msg.get("filter") or ""),
+            worker.engine.flows.flows(),
+            time.time(),
+            top=int(msg.get("top", 20)),
+            sort=str(msg.get("sort", "bytes")),
+            filter_text=str(msg.get("filter") or ""),
             group=msg.get("group"),
         )
     except FilterError as exc:
@@ -512,8 +550,15 @@ def _forced_block(addr: bytes, ttl: float | None, reason: str, now: float) -> ob
     try:
         from ips.core.events import Block
 
-        return Block(addr, table=BLOCK_TABLE, ttl=ttl or 0.0, detector=MANUAL, offense=0,
-                     reason=reason, time=now)
+        return Block(
+            addr,
+            table=BLOCK_TABLE,
+            ttl=ttl or 0.0,
+            detector=MANUAL,
+            offense=0,
+            reason=reason,
+            time=now,
+        )
     except (ImportError, TypeError):  # an engine without blocks: the EVE log has no record
         return None
 

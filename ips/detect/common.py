@@ -193,8 +193,13 @@ class Detector:
         if to_ban is not None:
             out.append(
                 BlockRequest(
-                    to_ban, ttl=self.ttl, detector=self.name, reason=reason, time=now,
-                    alert=alert, flow=flow,
+                    to_ban,
+                    ttl=self.ttl,
+                    detector=self.name,
+                    reason=reason,
+                    time=now,
+                    alert=alert,
+                    flow=flow,
                 )
             )
             return

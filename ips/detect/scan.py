@@ -75,11 +75,16 @@ class LongWindow(Protocol):
     so that the scan detectors need not import the long window (which imports them)."""
 
     def credit(
-        self, scan: ScanDetector, probe: Probe, weight: float, now: float,
+        self,
+        scan: ScanDetector,
+        probe: Probe,
+        weight: float,
+        now: float,
         out: list[DetectorEffect],
     ) -> None: ...
 
     def target_used(self, scan: ScanDetector, probe: Probe) -> None: ...
+
 
 GRACE = 2.0  # seconds a probe waits for its answer; TCP's first SYN retransmit is at 1 s
 RESOLVE_PER_PACKET = 16  # overdue probes weighed per observed probe (the rest: tick)
@@ -301,9 +306,20 @@ class ScanDetector(Detector):
         flow = probe.flow
         source = flow.src
         self.emit(
-            out, now, flow_id=flow.flow_id, proto=flow.proto, src=source, sport=flow.sport,
-            dst=dst, dport=flow.dport, sid=1, signature=self.SIGNATURE, extra=extra,
-            offender=source, reason=self.reason(extra), flow=flow,
+            out,
+            now,
+            flow_id=flow.flow_id,
+            proto=flow.proto,
+            src=source,
+            sport=flow.sport,
+            dst=dst,
+            dport=flow.dport,
+            sid=1,
+            signature=self.SIGNATURE,
+            extra=extra,
+            offender=source,
+            reason=self.reason(extra),
+            flow=flow,
         )
 
     SIGNATURE = ""

@@ -122,8 +122,9 @@ class SlowScan(Detector):
         self.drop_finished_windows(self.sources, now)
         self.drop_finished_windows(self.spreads, now)
 
-    def _window(self, windows: dict[Key, Window], key: Key, now: float,
-                make: type[Window]) -> Window:
+    def _window(
+        self, windows: dict[Key, Window], key: Key, now: float, make: type[Window]
+    ) -> Window:
         window = windows.get(key)
         if window is not None and now - window.start <= self.within:
             return window
@@ -137,8 +138,9 @@ class SlowScan(Detector):
 
     # ---- fed by portscan and sweep -----------------------------------------------------------
 
-    def credit(self, scan: ScanDetector, probe: Probe, weight: float, now: float,
-               out: list[DetectorEffect]) -> None:
+    def credit(
+        self, scan: ScanDetector, probe: Probe, weight: float, now: float, out: list[DetectorEffect]
+    ) -> None:
         """`scan` gave the target of `probe` this weight in its short window."""
         if isinstance(scan, Sweep):
             self._host(probe, weight, now, out)
@@ -192,8 +194,15 @@ class SlowScan(Detector):
             reason = f"slowscan: {extra['count']} hosts probed within {_span(self.within)}"
             self._emit(probe, now, out, probe.flow.dst, SID_HOSTS, extra, reason, True)
 
-    def _share(self, entry: PairEntry, source: bytes, host: bytes, probe: Probe, now: float,
-               out: list[DetectorEffect]) -> None:
+    def _share(
+        self,
+        entry: PairEntry,
+        source: bytes,
+        host: bytes,
+        probe: Probe,
+        now: float,
+        out: list[DetectorEffect],
+    ) -> None:
         """Add the source's failed ports of `host` to the host's distributed window."""
         ports = [t for t, w in entry.weights.items() if w > 0.0]
         if len(ports) < SHARE_AFTER:
@@ -240,8 +249,9 @@ class SlowScan(Detector):
         )
         self._emit(probe, now, out, host, SID_PORTS, extra, reason, True)
 
-    def _details(self, entry: ScanEntry, view: str, threshold: float,
-                 source: bytes) -> dict[str, object]:
+    def _details(
+        self, entry: ScanEntry, view: str, threshold: float, source: bytes
+    ) -> dict[str, object]:
         return {
             "view": view,
             "source": format_addr(source),
@@ -251,13 +261,33 @@ class SlowScan(Detector):
             "window": self.within,
         }
 
-    def _emit(self, probe: Probe, now: float, out: list[DetectorEffect], dst: bytes, sid: int,
-              extra: dict[str, object], reason: str, offender: bool) -> None:
+    def _emit(
+        self,
+        probe: Probe,
+        now: float,
+        out: list[DetectorEffect],
+        dst: bytes,
+        sid: int,
+        extra: dict[str, object],
+        reason: str,
+        offender: bool,
+    ) -> None:
         flow = probe.flow
         self.emit(
-            out, now, flow_id=flow.flow_id, proto=flow.proto, src=flow.src, sport=flow.sport,
-            dst=dst, dport=flow.dport, sid=sid, signature=SIGNATURES[sid], extra=extra,
-            offender=flow.src if offender else None, reason=reason, flow=flow,
+            out,
+            now,
+            flow_id=flow.flow_id,
+            proto=flow.proto,
+            src=flow.src,
+            sport=flow.sport,
+            dst=dst,
+            dport=flow.dport,
+            sid=sid,
+            signature=SIGNATURES[sid],
+            extra=extra,
+            offender=flow.src if offender else None,
+            reason=reason,
+            flow=flow,
         )
 
 

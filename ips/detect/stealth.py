@@ -27,8 +27,14 @@ from ips.detect.common import ALERT_EVERY, Detector
 from ips.policy.model import DetectSpec
 
 NULL, XMAS, FIN, SYN_FIN, SYN_RST, OTHER = 1, 2, 3, 4, 5, 6
-KIND_NAMES = {NULL: "null", XMAS: "xmas", FIN: "fin", SYN_FIN: "syn-fin", SYN_RST: "syn-rst",
-              OTHER: "invalid"}
+KIND_NAMES = {
+    NULL: "null",
+    XMAS: "xmas",
+    FIN: "fin",
+    SYN_FIN: "syn-fin",
+    SYN_RST: "syn-rst",
+    OTHER: "invalid",
+}
 SIGNATURES = {
     NULL: "ipsctl stealth: NULL scan (TCP without flags)",
     XMAS: "ipsctl stealth: XMAS scan (FIN+PSH+URG)",
@@ -120,9 +126,19 @@ class Stealth(Detector):
         entry.unreported = 0
         entry.last_alert = now
         self.emit(
-            out, now, flow_id=flow.flow_id, proto=pkt.proto, src=src, sport=pkt.sport,
-            dst=pkt.dst, dport=pkt.dport, sid=kind, signature=SIGNATURES[kind], extra=extra,
-            offender=src if repeated else None, flow=flow,
+            out,
+            now,
+            flow_id=flow.flow_id,
+            proto=pkt.proto,
+            src=src,
+            sport=pkt.sport,
+            dst=pkt.dst,
+            dport=pkt.dport,
+            sid=kind,
+            signature=SIGNATURES[kind],
+            extra=extra,
+            offender=src if repeated else None,
+            flow=flow,
             reason=f"stealth: {entry.count} {KIND_NAMES[kind]} packets within {self.within:g}s",
         )
 

@@ -155,8 +155,13 @@ class BlockManager:
         self._remember(addr, offense, now + life + self.max_ttl)
         self.added += 1
         block = Block(
-            addr, table=table.name, ttl=life, detector=detector, offense=offense,
-            reason=reason, time=now,
+            addr,
+            table=table.name,
+            ttl=life,
+            detector=detector,
+            offense=offense,
+            reason=reason,
+            time=now,
         )
         return block, "added"
 
@@ -216,7 +221,12 @@ class BlockManager:
             return None
         self.manual += 1
         return Block(
-            addr, table=table.name, ttl=ttl, detector="manual", offense=1, reason=reason,
+            addr,
+            table=table.name,
+            ttl=ttl,
+            detector="manual",
+            offense=1,
+            reason=reason,
             time=now,
         )
 

@@ -467,7 +467,9 @@ class Engine:
             if request.detector not in detect.by_name:  # type: ignore[attr-defined]
                 continue  # its detector left the policy (an apply): nothing to answer
             found = self.evidence.judge(
-                request.addr, request.flow, self.flows.handshakes  # type: ignore[attr-defined]
+                request.addr,
+                request.flow,
+                self.flows.handshakes,  # type: ignore[attr-defined]
             )
             if found.verdict == UNPROVEN and now < deadline:
                 self.evidence.held.append((request, deadline))

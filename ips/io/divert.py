@@ -108,7 +108,10 @@ class UserBlocks:
     flush, pending, pending_since, overdue, stats), plus the lookup of the packet path."""
 
     def __init__(
-        self, path: str | Path | None = None, *, clock: Callable[[], float] = time.time,
+        self,
+        path: str | Path | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
         log: TextIO | None = sys.stderr,
     ) -> None:
         self.path = Path(path) if path else None
@@ -138,8 +141,14 @@ class UserBlocks:
 
     # ---- changes -----------------------------------------------------------------------
 
-    def add(self, addr: bytes | str, ttl: float | None, comment: str | None, now: float,
-            expires: float | None = None) -> None:
+    def add(
+        self,
+        addr: bytes | str,
+        ttl: float | None,
+        comment: str | None,
+        now: float,
+        expires: float | None = None,
+    ) -> None:
         """Ban addr for ttl seconds (None: until removed); expires: seconds left, when less
         than ttl (a block restored from a file)."""
         packed = ipaddress.ip_address(addr).packed
@@ -192,9 +201,11 @@ class UserBlocks:
                 addr = bytes(effect.addr)  # type: ignore[union-attr]
                 if kind == "block":
                     ttl = getattr(effect, "ttl", None)
-                    comment = block_comment(str(getattr(effect, "detector", "") or ""),
-                                            int(getattr(effect, "offense", 0) or 0),
-                                            str(getattr(effect, "reason", "") or ""))
+                    comment = block_comment(
+                        str(getattr(effect, "detector", "") or ""),
+                        int(getattr(effect, "offense", 0) or 0),
+                        str(getattr(effect, "reason", "") or ""),
+                    )
                     when = float(getattr(effect, "time", 0.0) or self.clock())
                     self.add(addr, ttl if ttl and ttl > 0 else None, comment, when)
                     self.added += 1
@@ -285,9 +296,14 @@ def read_bans(path: str | Path | None, now: float) -> list[SetElement]:
             if left is not None and left <= 0:
                 continue
             timeout = row.get("timeout")
-            out.append(SetElement(addr, int(timeout) if timeout else None,
-                                  math.ceil(left) if left is not None else None,
-                                  row.get("comment") or None))
+            out.append(
+                SetElement(
+                    addr,
+                    int(timeout) if timeout else None,
+                    math.ceil(left) if left is not None else None,
+                    row.get("comment") or None,
+                )
+            )
         except (KeyError, TypeError, ValueError):
             continue
     return out
@@ -308,8 +324,10 @@ class DivertReplies:
         import pydivert
 
         try:
-            handle.send(pydivert.Packet(reply, direction=pydivert.Direction.OUTBOUND),
-                        recalculate_checksum=False)
+            handle.send(
+                pydivert.Packet(reply, direction=pydivert.Direction.OUTBOUND),
+                recalculate_checksum=False,
+            )
             self.sent += 1
         except (OSError, ValueError, RuntimeError):
             self.failed += 1
@@ -393,8 +411,9 @@ class DivertWorker:
     # ---- the handle --------------------------------------------------------------------
 
     def wanted_filter(self) -> str:
-        return divert_filter(self.engine.policy.policy, self.blocks.addresses(),
-                             direction=self.direction)
+        return divert_filter(
+            self.engine.policy.policy, self.blocks.addresses(), direction=self.direction
+        )
 
     def _open(self, text: str) -> Any:
         import pydivert
@@ -441,8 +460,11 @@ class DivertWorker:
         and the packets it still holds are judged and injected through the new one."""
         if self.handle is None:
             return False
-        if not force and self.blocks.version == self._filtered_version \
-                and self.engine.policy is self._filtered_policy:
+        if (
+            not force
+            and self.blocks.version == self._filtered_version
+            and self.engine.policy is self._filtered_policy
+        ):
             return False
         self._filtered_version = self.blocks.version
         self._filtered_policy = self.engine.policy
@@ -611,9 +633,12 @@ class DivertWorker:
         return {"divert": self.stats()}
 
     def stats(self) -> dict[str, object]:
-        out: dict[str, object] = {"layer": self.layer_name, "filter": self.filter,
-                                  "reopens": self.reopens,
-                                  "filter_fallbacks": self.filter_fallbacks}
+        out: dict[str, object] = {
+            "layer": self.layer_name,
+            "filter": self.filter,
+            "reopens": self.reopens,
+            "filter_fallbacks": self.filter_fallbacks,
+        }
         if self.handle is not None:
             with contextlib.suppress(Exception):
                 out["handle"] = dict(self.handle.stats())
@@ -636,8 +661,9 @@ class DivertWorker:
             return {"ok": False, "error": f"unknown op {op!r}"}
         self._after_burst()
         result["drops"] = self.blocks.drops
-        result["elements"] = [[e.addr, e.timeout, e.expires, e.comment]
-                              for e in self.blocks.elements(now)]
+        result["elements"] = [
+            [e.addr, e.timeout, e.expires, e.comment] for e in self.blocks.elements(now)
+        ]
         return result
 
 
@@ -654,13 +680,20 @@ class UserspaceDiversion:
     offload_generation: int | None = None  # no offload: nothing in a kernel to hand flows to
     copies = False
 
-    def __init__(self, hooks: Iterable[str], fail_open: bool, bans_path: str | Path,
-                 worker: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        hooks: Iterable[str],
+        fail_open: bool,
+        bans_path: str | Path,
+        worker: Callable[[], Any],
+    ) -> None:
         self.hooks = tuple(hooks)
         self.layer, self.direction = layer_for(self.hooks)
         if not fail_open:
-            raise DivertError("the divert backend is fail-open only (a dead worker's handle "
-                              "passes packets): --fail-mode closed needs --backend nfqueue")
+            raise DivertError(
+                "the divert backend is fail-open only (a dead worker's handle "
+                "passes packets): --fail-mode closed needs --backend nfqueue"
+            )
         self.bans_path = Path(bans_path)
         self._worker = worker
         self._drops = 0
@@ -707,8 +740,12 @@ class UserspaceDiversion:
 
     def describe(self) -> dict[str, object]:
         ok, why = usable()
-        return {"backend": f"divert ({why if ok else 'unusable: ' + why})", "layer": self.layer,
-                "hooks": list(self.hooks), "fail_open": True}
+        return {
+            "backend": f"divert ({why if ok else 'unusable: ' + why})",
+            "layer": self.layer,
+            "hooks": list(self.hooks),
+            "fail_open": True,
+        }
 
     # ---- blocks --------------------------------------------------------------------------
 
@@ -742,14 +779,19 @@ class UserspaceDiversion:
             self._offline(lambda b, now: b.add(addr, ttl, comment, now))
 
     def replace_elements(
-        self, table: str, addrs: Iterable[str], timeout: float | None,
-        comment: str | None = None, expires: float | None = None,
+        self,
+        table: str,
+        addrs: Iterable[str],
+        timeout: float | None,
+        comment: str | None = None,
+        expires: float | None = None,
     ) -> None:
         """restore_blocks() at start, before the worker: into the file it will load."""
 
         def put(b: UserBlocks, now: float) -> None:
             for a in addrs:
                 b.add(a, timeout, comment, now, expires)
+
         self._offline(put)
 
     def unblock(self, addr: str) -> bool:

@@ -52,8 +52,15 @@ def attr(attr_type: int, value: bytes) -> bytes:
     return NLA.pack(length, attr_type) + value + b"\0" * (-length % 4)
 
 
-def nfnl_message(subsys: int, msg: int, res_id: int, attrs: bytes, flags: int, seq: int = 0,
-                 family: int = socket.AF_UNSPEC) -> bytes:
+def nfnl_message(
+    subsys: int,
+    msg: int,
+    res_id: int,
+    attrs: bytes,
+    flags: int,
+    seq: int = 0,
+    family: int = socket.AF_UNSPEC,
+) -> bytes:
     """nlmsghdr + nfgenmsg + attrs, for nfnetlink subsystem `subsys`."""
     body = NFGEN.pack(family, NFNETLINK_V0, socket.htons(res_id)) + attrs
     return NLMSGHDR.pack(16 + len(body), (subsys << 8) | msg, flags, seq, 0) + body
@@ -88,8 +95,15 @@ def open_netfilter_socket(rcvbuf: int) -> socket.socket:
     return sock
 
 
-def request(sock: socket.socket, msg: bytes, seq: int, buf: bytearray, timeout: float,
-            keep: Callable[[int], None], lost: Callable[[], None]) -> int:
+def request(
+    sock: socket.socket,
+    msg: bytes,
+    seq: int,
+    buf: bytearray,
+    timeout: float,
+    keep: Callable[[int], None],
+    lost: Callable[[], None],
+) -> int:
     """Send `msg` (a request asking for an ACK, sequence number `seq`) and wait for the
     kernel's answer: its errno (0: done). The wait is bounded in all (TimeoutError after
     `timeout` seconds), however much else arrives meanwhile: each other datagram, read into
@@ -174,8 +188,15 @@ class NetfilterClient:
         assert self._sock is not None
         self._seq += 1
         try:
-            code = request(self._sock, self._config(self._seq, **config), self._seq,
-                           self._buf, ACK_TIMEOUT, self._keep, self._lost)
+            code = request(
+                self._sock,
+                self._config(self._seq, **config),
+                self._seq,
+                self._buf,
+                ACK_TIMEOUT,
+                self._keep,
+                self._lost,
+            )
         except TimeoutError:
             raise self.Error(errno.ETIMEDOUT, f"no answer from {self.KERNEL}") from None
         if code:

@@ -141,9 +141,9 @@ class LoggedPacket:
 # ---- messages (pure) ---------------------------------------------------------------------------
 
 
-
-def _message(msg: int, group: int, attrs: bytes, flags: int, seq: int = 0,
-             family: int = socket.AF_UNSPEC) -> bytes:
+def _message(
+    msg: int, group: int, attrs: bytes, flags: int, seq: int = 0, family: int = socket.AF_UNSPEC
+) -> bytes:
     return nfnl_message(NFNL_SUBSYS_ULOG, msg, group, attrs, flags, seq, family)
 
 
@@ -245,7 +245,6 @@ def parse_packet(buf: bytes | bytearray | memoryview, offset: int, end: int) -> 
     return pkt
 
 
-
 # ---- the client ----------------------------------------------------------------------------
 
 
@@ -257,8 +256,9 @@ class NflogClient(NetfilterClient):
     Error = NflogError
     KERNEL = "nfnetlink_log"
 
-    def __init__(self, group: int, *, copy_range: int = 0xFFFF,
-                 rcvbuf: int = DEFAULT_RCVBUF) -> None:
+    def __init__(
+        self, group: int, *, copy_range: int = 0xFFFF, rcvbuf: int = DEFAULT_RCVBUF
+    ) -> None:
         if not 0 <= group <= 0xFFFF:
             raise ValueError(f"NFLOG group {group} is not 0-65535")
         if not 0 <= copy_range <= 0xFFFF:  # 0: the kernel's maximum (65535 - NLA_HDRLEN)
@@ -280,8 +280,12 @@ class NflogClient(NetfilterClient):
         its fd. NflogError with the kernel's errno if refused (EPERM: another socket has the
         group; EBUSY; ETIMEDOUT: no answer)."""
         # One request: a bind that succeeded with the wrong mode would copy nothing.
-        return self._bind(command=NFULNL_CFG_CMD_BIND, copy_mode=NFULNL_COPY_PACKET,
-                          copy_range=self.copy_range, qthresh=1)
+        return self._bind(
+            command=NFULNL_CFG_CMD_BIND,
+            copy_mode=NFULNL_COPY_PACKET,
+            copy_range=self.copy_range,
+            qthresh=1,
+        )
 
     def _config(self, seq: int, **config: int) -> bytes:
         # config holds config_message's int fields, never its bool `ack`.
@@ -319,8 +323,9 @@ class NflogClient(NetfilterClient):
         self.received += handled
         return handled
 
-    def _datagram(self, buf: bytes | memoryview, n: int,
-                  handler: Callable[[LoggedPacket], object]) -> int:
+    def _datagram(
+        self, buf: bytes | memoryview, n: int, handler: Callable[[LoggedPacket], object]
+    ) -> int:
         """Every packet message of one datagram (buf[:n]) to handler; how many. Anything
         else (NLMSG_DONE, NLMSG_ERROR, NLMSG_NOOP) is skipped; a message header that does
         not fit ends the datagram (nothing after it can be found)."""

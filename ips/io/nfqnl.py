@@ -95,7 +95,6 @@ class NfqError(OSError):
     """The kernel refused a request (the errno is the kernel's)."""
 
 
-
 @dataclass(slots=True)
 class QueuedPacket:
     """One packet the kernel queued to us."""
@@ -115,9 +114,9 @@ class QueuedPacket:
 # ---- messages (pure) ---------------------------------------------------------------------------
 
 
-
-def _message(msg: int, queue_num: int, attrs: bytes, flags: int = NLM_F_REQUEST,
-             seq: int = 0) -> bytes:
+def _message(
+    msg: int, queue_num: int, attrs: bytes, flags: int = NLM_F_REQUEST, seq: int = 0
+) -> bytes:
     return nfnl_message(NFNL_SUBSYS_QUEUE, msg, queue_num, attrs, flags, seq)
 
 
@@ -230,13 +229,22 @@ def parse_packet(buf: bytes | bytearray | memoryview, offset: int, end: int) -> 
             buf, offset
         )
         if hdr_word == _HDR_WORD and in_word == _INDEV_WORD and out_word == _OUTDEV_WORD:
-            return _parse_rest(buf, offset + _PREFIX_LEN, end, pid, hw_protocol, hook, indev,
-                               outdev)
+            return _parse_rest(
+                buf, offset + _PREFIX_LEN, end, pid, hw_protocol, hook, indev, outdev
+            )
     return _parse_rest(buf, offset, end, -1, 0, 0, 0, 0)
 
 
-def _parse_rest(buf: bytes | bytearray | memoryview, offset: int, end: int, packet_id: int,
-                hw_protocol: int, hook: int, indev: int, outdev: int) -> QueuedPacket:
+def _parse_rest(
+    buf: bytes | bytearray | memoryview,
+    offset: int,
+    end: int,
+    packet_id: int,
+    hw_protocol: int,
+    hook: int,
+    indev: int,
+    outdev: int,
+) -> QueuedPacket:
     payload = None
     mark = 0
     hwaddr = None
@@ -270,7 +278,6 @@ def _parse_rest(buf: bytes | bytearray | memoryview, offset: int, end: int, pack
     if payload is None:
         raise MalformedMessage(f"packet {packet_id} without NFQA_PAYLOAD")
     return QueuedPacket(packet_id, payload, indev, outdev, mark, hw_protocol, hook, hwaddr)
-
 
 
 # ---- the client ----------------------------------------------------------------------------
@@ -320,8 +327,11 @@ class NfqClient(NetfilterClient):
         if not 1 <= max_len <= 0xFFFFFFFF or not 0 < copy_range <= 0xFFFF:
             raise ValueError("max_len must be >= 1 and copy_range 1-65535")
         # As netfilterqueue sizes its socket: half the queue's worth of full copies.
-        super().__init__(f"queue {queue_num}",
-                         rcvbuf or max_len * (min(copy_range, 4016) + 760) // 2, RECV_BUFFER)
+        super().__init__(
+            f"queue {queue_num}",
+            rcvbuf or max_len * (min(copy_range, 4016) + 760) // 2,
+            RECV_BUFFER,
+        )
         self.queue_num = queue_num
         self.max_len = max_len
         self.copy_range = copy_range
@@ -396,8 +406,14 @@ class NfqClient(NetfilterClient):
                 self.verdicts_sent += 1
                 return
 
-    def verdict(self, packet_id: int, verdict: int = NF_ACCEPT, *, mark: int | None = None,
-                payload: bytes | None = None) -> None:
+    def verdict(
+        self,
+        packet_id: int,
+        verdict: int = NF_ACCEPT,
+        *,
+        mark: int | None = None,
+        payload: bytes | None = None,
+    ) -> None:
         self._send(verdict_message(self.queue_num, packet_id, verdict, mark=mark, payload=payload))
 
     def accept(self, packet_id: int) -> None:
@@ -542,8 +558,11 @@ class NfqClient(NetfilterClient):
                                     send(batch_prefix + pack_id(pending))
                                     sent += 1
                                     pending, waiting = -1, 0
-                                send(verdict_message(self.queue_num, pkt.id, v, mark=mark,
-                                                     payload=payload))
+                                send(
+                                    verdict_message(
+                                        self.queue_num, pkt.id, v, mark=mark, payload=payload
+                                    )
+                                )
                                 sent += 1
                         elif msg_type == NLMSG_ERROR:
                             code = -struct.unpack_from("=i", buf, offset + 16)[0]
@@ -586,8 +605,13 @@ class _MultiReceiver:
 
         libc = ctypes.CDLL(None, use_errno=True)
         self._call = libc.recvmmsg
-        self._call.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
-                               ctypes.c_void_p]
+        self._call.argtypes = [
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        ]
         self._call.restype = ctypes.c_int
         self._get_errno = ctypes.get_errno
         self.count = count

@@ -104,8 +104,12 @@ def queue_config_message(queue_num: int, flags: int, mask: int, seq: int = 1) ->
     nfgen = struct.pack("=BBH", socket.AF_UNSPEC, 0, socket.htons(queue_num))
     body = nfgen + attrs
     header = struct.pack(
-        "=IHHII", 16 + len(body), (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG,
-        _NLM_F_REQUEST, seq, 0,
+        "=IHHII",
+        16 + len(body),
+        (_NFNL_SUBSYS_QUEUE << 8) | _NFQNL_MSG_CONFIG,
+        _NLM_F_REQUEST,
+        seq,
+        0,
     )
     return header + body
 
@@ -177,8 +181,7 @@ class QueueWorker(EngineAdapter):
         read_copies: bool = True,
         judged_cell: JudgedCell | None = None,
     ) -> None:
-        super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
-                         on_busy=on_busy)
+        super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks, on_busy=on_busy)
         if client not in CLIENTS:
             raise ValueError(f"unknown NFQUEUE client {client!r}: one of {', '.join(CLIENTS)}")
         self.queue_num = queue_num
@@ -208,8 +211,13 @@ class QueueWorker(EngineAdapter):
         if self.client_name == "own":
             # GSO stays off, as with netfilterqueue: the kernel segments before queueing, so
             # the engine sees real packets, never 64 KB super-packets.
-            client = NfqClient(self.queue_num, max_len=self.max_len, fail_open=self.fail_open,
-                               batch=True, gso=False)
+            client = NfqClient(
+                self.queue_num,
+                max_len=self.max_len,
+                fail_open=self.fail_open,
+                batch=True,
+                gso=False,
+            )
             fd = client.bind()
             self._client = client
             return fd
@@ -230,11 +238,16 @@ class QueueWorker(EngineAdapter):
         try:
             self.copy_fd = copies.bind()
         except NflogError as exc:
-            raise NflogError(exc.errno, f"NFLOG group {group} (the copies of offloaded "
-                             f"connections' first packets): {os.strerror(exc.errno)}"
-                             + (" — another program (ulogd?) listens there"
-                                if exc.errno in (errno.EPERM, errno.EBUSY) else "")
-                             ) from None
+            raise NflogError(
+                exc.errno,
+                f"NFLOG group {group} (the copies of offloaded "
+                f"connections' first packets): {os.strerror(exc.errno)}"
+                + (
+                    " — another program (ulogd?) listens there"
+                    if exc.errno in (errno.EPERM, errno.EBUSY)
+                    else ""
+                ),
+            ) from None
         self._copies = copies
 
     def unbind(self) -> None:
@@ -258,14 +271,21 @@ class QueueWorker(EngineAdapter):
         stats: dict[str, object] = {"client": self.client_name}
         c = self._client
         if c is not None:
-            stats.update(verdict_messages=c.verdicts_sent, enobufs=c.enobufs,
-                         malformed=c.malformed, kernel_errors=c.kernel_errors,
-                         handler_errors=c.handler_errors)
+            stats.update(
+                verdict_messages=c.verdicts_sent,
+                enobufs=c.enobufs,
+                malformed=c.malformed,
+                kernel_errors=c.kernel_errors,
+                handler_errors=c.handler_errors,
+            )
         copies = self._copies
         if copies is not None:
             # copies read, and the times the kernel had more than the socket held (lost)
-            stats["copies"] = {"received": copies.received, "enobufs": copies.enobufs,
-                               "malformed": copies.malformed}
+            stats["copies"] = {
+                "received": copies.received,
+                "enobufs": copies.enobufs,
+                "malformed": copies.malformed,
+            }
         return stats
 
     def process_pending(self) -> None:
@@ -339,8 +359,7 @@ class QueueWorker(EngineAdapter):
         """A copy of a packet the kernel passed: the engine sees it (flow state, detectors,
         counters); its decision is not a verdict any more — the flow was decided, and a
         block it makes stops the rest in the kernel."""
-        decision = self.engine.handle(pkt.payload, self._meta(pkt.indev, pkt.outdev),
-                                      self.clock())
+        decision = self.engine.handle(pkt.payload, self._meta(pkt.indev, pkt.outdev), self.clock())
         if decision.effects:
             self._packet_effects(decision.effects)
         self._counted()

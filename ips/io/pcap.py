@@ -169,18 +169,26 @@ class CaptureReader:
         self.empty_records += 1
         self._empty_run += 1
         if self._empty_run > MAX_EMPTY_RUN:
-            raise self._error(start, (
-                f"malformed capture: more than {MAX_EMPTY_RUN} packet records in a row "
-                "carry no bytes (a file of zeros or a crafted one); stopped reading"))
+            raise self._error(
+                start,
+                (
+                    f"malformed capture: more than {MAX_EMPTY_RUN} packet records in a row "
+                    "carry no bytes (a file of zeros or a crafted one); stopped reading"
+                ),
+            )
 
     def _count_skipped(self, start: int, btype: int) -> None:
         """Count a pcapng block without a packet; a long run of them is a malformed capture."""
         self.skipped_blocks += 1
         self._skipped_run += 1
         if self._skipped_run > MAX_SKIPPED_RUN:
-            raise self._error(start, (
-                f"malformed capture: more than {MAX_SKIPPED_RUN} blocks in a row carry no "
-                f"packet (last of type {btype:#x}); stopped reading"))
+            raise self._error(
+                start,
+                (
+                    f"malformed capture: more than {MAX_SKIPPED_RUN} blocks in a row carry no "
+                    f"packet (last of type {btype:#x}); stopped reading"
+                ),
+            )
 
     def _read(self, n: int) -> bytes:
         assert self._f is not None

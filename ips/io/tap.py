@@ -63,7 +63,10 @@ def compile_bpf(expression: str, iface: str) -> list[tuple[int, int, int, int]]:
     try:
         out = subprocess.run(
             ["tcpdump", "-i", iface, "-ddd", expression],
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
     except FileNotFoundError as exc:
         raise TapError("--bpf needs tcpdump (apt-get install tcpdump) to compile it") from exc
@@ -142,8 +145,7 @@ class TapWorker(EngineAdapter):
         blocks: KernelBlocks | None = None,
         on_busy: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks,
-                         on_busy=on_busy)
+        super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks, on_busy=on_busy)
         self.iface = iface
         self.bpf = bpf
         self.bpf_text = bpf_text

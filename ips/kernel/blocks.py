@@ -229,8 +229,11 @@ class KernelBlocks:
             shown.append(f"{text} ({getattr(b, 'detector', '?')}, {ms:.1f} ms)")
         more = f" and {len(written) - 5} more" if len(written) > 5 else ""
         with contextlib.suppress(Exception):
-            print(f"ipsctl: blocked in the kernel: {', '.join(shown)}{more}", file=self.log,
-                  flush=True)
+            print(
+                f"ipsctl: blocked in the kernel: {', '.join(shown)}{more}",
+                file=self.log,
+                flush=True,
+            )
 
     def _error(self, message: str) -> None:
         self.errors += 1
@@ -292,7 +295,9 @@ def element_expiry(element: SetElement, now: float) -> float:
 
 
 def save_blocks(
-    path: str | Path, elements: Iterable[SetElement], now: float,
+    path: str | Path,
+    elements: Iterable[SetElement],
+    now: float,
     run: dict[str, Any] | None = None,
 ) -> int:
     """Write the blocks to `path` (JSON, mode 0600, replaced atomically); returns how many.
@@ -315,8 +320,12 @@ def save_blocks(
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the file and renamed over it, never through a link planted at its name
     # (the control socket's directory may be shared with the ipsctl group).
-    state: dict[str, Any] = {"version": STATE_VERSION, "table": BLOCK_TABLE, "saved_at": now,
-                             "blocks": rows}
+    state: dict[str, Any] = {
+        "version": STATE_VERSION,
+        "table": BLOCK_TABLE,
+        "saved_at": now,
+        "blocks": rows,
+    }
     if run is not None:
         state["run"] = run
     data = json.dumps(state)
@@ -341,8 +350,7 @@ def daemon_run(pid: int, started: float) -> dict[str, Any]:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         boot = "unknown"
-    return {"id": f"{boot}/{pid}/{started:.3f}", "boot_id": boot, "pid": pid,
-            "started_at": started}
+    return {"id": f"{boot}/{pid}/{started:.3f}", "boot_id": boot, "pid": pid, "started_at": started}
 
 
 def load_saved_blocks(path: str | Path, now: float) -> list[SetElement]:
@@ -373,16 +381,23 @@ def read_saved_blocks(path: str | Path, now: float) -> SavedBlocks:
             if left is not None and left < 1:
                 continue  # its time is (as good as) up
             timeout = row.get("timeout")
-            out.append(SetElement(
-                addr, int(timeout) if timeout else None,
-                math.ceil(left) if left is not None else None, row.get("comment") or None,
-            ))
+            out.append(
+                SetElement(
+                    addr,
+                    int(timeout) if timeout else None,
+                    math.ceil(left) if left is not None else None,
+                    row.get("comment") or None,
+                )
+            )
         except (KeyError, TypeError, ValueError):
             continue
     run = data.get("run")
     saved_at = data.get("saved_at")
-    return SavedBlocks(out, run if isinstance(run, dict) else None,
-                       float(saved_at) if isinstance(saved_at, int | float) else None)
+    return SavedBlocks(
+        out,
+        run if isinstance(run, dict) else None,
+        float(saved_at) if isinstance(saved_at, int | float) else None,
+    )
 
 
 def restore_blocks(nft: BlockSets, elements: Iterable[SetElement]) -> int:

@@ -48,8 +48,12 @@ class BlockSets(Protocol):
     def elements(self, table: str) -> list[SetElement]: ...
 
     def replace_elements(
-        self, table: str, addrs: Iterable[str], timeout: float | None,
-        comment: str | None = None, expires: float | None = None,
+        self,
+        table: str,
+        addrs: Iterable[str],
+        timeout: float | None,
+        comment: str | None = None,
+        expires: float | None = None,
     ) -> None: ...
 
 
@@ -194,8 +198,7 @@ class NftDiversion:
             self._nft.remove()
             self.update(policy)
             for e in blocks:
-                self._nft.replace_elements(BLOCK_TABLE, [e.addr], e.timeout, e.comment,
-                                           e.expires)
+                self._nft.replace_elements(BLOCK_TABLE, [e.addr], e.timeout, e.comment, e.expires)
         # A killed daemon's table counted packets its own workers judged: ours start at 0.
         self._offered_before = 0
         if backend == "iptables":
@@ -223,9 +226,14 @@ class NftDiversion:
 
     def _plan(self, offload_generation: int) -> NftPlan:
         return NftPlan(
-            self.hooks, queue=self.queue, fail_open=self.fail_open,
-            nft_queue=self.backend == "nft", offload_generation=offload_generation,
-            queues=self.queues, copies=self.copies, ether_blocks=True,
+            self.hooks,
+            queue=self.queue,
+            fail_open=self.fail_open,
+            nft_queue=self.backend == "nft",
+            offload_generation=offload_generation,
+            queues=self.queues,
+            copies=self.copies,
+            ether_blocks=True,
         )
 
     def kernel_plan(self, policy: Policy) -> NftPlan | None:
@@ -247,8 +255,11 @@ class NftDiversion:
                 TCP_LOOSE.write_text(self._tcp_loose_before + "\n")
                 self._tcp_loose_before = None
         except OSError as exc:
-            print(f"ipsctl: {TCP_LOOSE}: {exc}: the SYN proxy lets connections picked up "
-                  "mid-stream through", file=sys.stderr)
+            print(
+                f"ipsctl: {TCP_LOOSE}: {exc}: the SYN proxy lets connections picked up "
+                "mid-stream through",
+                file=sys.stderr,
+            )
 
     def remove(self) -> None:
         """Stop diverting (iptables first), then delete our table."""

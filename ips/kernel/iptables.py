@@ -86,8 +86,10 @@ def install_script(
     if queues > 1:  # the nft chain put the queue index in the mark (QUEUE_MASK)
         first = queue[0] if isinstance(queue, tuple) else queue
         for i in range(1, queues):
-            lines.append(f"-A {CHAIN} -m mark --mark {i << QUEUE_SHIFT:#x}/{QUEUE_MASK:#x} "
-                         f"-j {queue_target(first + i, fail_open)}")
+            lines.append(
+                f"-A {CHAIN} -m mark --mark {i << QUEUE_SHIFT:#x}/{QUEUE_MASK:#x} "
+                f"-j {queue_target(first + i, fail_open)}"
+            )
         queue = first
     lines.append(f"-A {CHAIN} -j {queue_target(queue, fail_open)}")
     have = {chain for chain, _ in listing.jumps}

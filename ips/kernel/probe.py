@@ -54,11 +54,16 @@ class Capabilities:
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "root": self.root, "nft_binary": self.nft_binary, "nft_library": self.nft_library,
-            "nft_queue": self.nft_queue, "nft_log": self.nft_log,
+            "root": self.root,
+            "nft_binary": self.nft_binary,
+            "nft_library": self.nft_library,
+            "nft_queue": self.nft_queue,
+            "nft_log": self.nft_log,
             "timeout_sets": self.timeout_sets,
-            "iptables_nfqueue": self.iptables_nfqueue, "iptables_backend": self.iptables_backend,
-            "queue_proc": self.queue_proc, "diversion": self.diversion,
+            "iptables_nfqueue": self.iptables_nfqueue,
+            "iptables_backend": self.iptables_backend,
+            "queue_proc": self.queue_proc,
+            "diversion": self.diversion,
             "reasons": dict(self.reasons),
         }
 
@@ -98,10 +103,26 @@ def _probe_nft(caps: Capabilities) -> None:
     err = _nft_try(
         lib,
         [
-            {"add": {"set": {**t, "name": "s", "type": "ipv4_addr", "flags": ["timeout"],
-                             "timeout": 60}}},
-            {"add": {"element": {**t, "name": "s",
-                                 "elem": [{"elem": {"val": "192.0.2.1", "timeout": 5}}]}}},
+            {
+                "add": {
+                    "set": {
+                        **t,
+                        "name": "s",
+                        "type": "ipv4_addr",
+                        "flags": ["timeout"],
+                        "timeout": 60,
+                    }
+                }
+            },
+            {
+                "add": {
+                    "element": {
+                        **t,
+                        "name": "s",
+                        "elem": [{"elem": {"val": "192.0.2.1", "timeout": 5}}],
+                    }
+                }
+            },
         ],
     )
     caps.timeout_sets = err is None
@@ -111,8 +132,15 @@ def _probe_nft(caps: Capabilities) -> None:
         lib,
         [
             {"add": {"chain": {**t, "name": "c"}}},  # no hook: no packet ever meets it
-            {"add": {"rule": {**t, "chain": "c",
-                              "expr": [{"queue": {"num": 0, "flags": ["bypass"]}}]}}},
+            {
+                "add": {
+                    "rule": {
+                        **t,
+                        "chain": "c",
+                        "expr": [{"queue": {"num": 0, "flags": ["bypass"]}}],
+                    }
+                }
+            },
         ],
     )
     caps.nft_queue = err is None
@@ -163,7 +191,9 @@ def _probe_iptables(caps: Capabilities) -> None:
     try:
         done = subprocess.run(
             ["unshare", "--net", "--", "sh", "-c", script],
-            capture_output=True, text=True, timeout=TIMEOUT,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         caps.reasons["iptables_nfqueue"] = f"probe failed: {exc}"

@@ -18,7 +18,10 @@ import click
 from ips.lab.topology import Topology, TopologyError
 
 PREFIX_OPTION = click.option(
-    "--prefix", default="ipl-", show_default=True, envvar="IPSCTL_LAB_PREFIX",
+    "--prefix",
+    default="ipl-",
+    show_default=True,
+    envvar="IPSCTL_LAB_PREFIX",
     help="namespace name prefix: the lab's namespaces are PREFIX+node and PREFIX+'sw'",
 )
 DEFAULT_TOPOLOGY = "labs/gateway.yaml"

@@ -267,7 +267,7 @@ def _down_orphan(report: DownReport) -> DownReport:
     report.found = report.orphaned = True
     switch = prefix + SWITCH
     inside = [
-        ServiceProc(name[len(prefix):], pid, start, "")
+        ServiceProc(name[len(prefix) :], pid, start, "")
         for name in names
         for pid in _pids_in(name)
         # `down` run from inside the lab: this process is not to be ended.
@@ -290,14 +290,17 @@ def lab_mark(namespace: str) -> str | None:
     try:
         out = subprocess.run(
             ["ip", "-n", namespace, "-o", "link", "show", "dev", "lo"],
-            capture_output=True, text=True, timeout=MARK_READ_TIMEOUT, check=False,
+            capture_output=True,
+            text=True,
+            timeout=MARK_READ_TIMEOUT,
+            check=False,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
     match = MARK_RE.search(out)
     if match is None or not match.group(1).startswith(MARK):
         return None
-    return match.group(1)[len(MARK):]
+    return match.group(1)[len(MARK) :]
 
 
 def find_orphans(prefix: str | None = None) -> dict[str, list[str]]:
@@ -400,7 +403,7 @@ def list_labs() -> list[LabInfo]:
                 "orphaned",
                 None,
                 min((_made_at(n) for n in names), default=0.0),
-                {n[len(prefix):]: [] for n in names if n != switch},
+                {n[len(prefix) :]: [] for n in names if n != switch},
                 dict.fromkeys(names, True),
                 pids,
             )

@@ -222,9 +222,16 @@ def _duplicate_keys(root: yaml.Node | None) -> list[tuple[int | None, str, str]]
                 where = (*key, k.value)
                 if k.value in first_line:
                     what = "node" if key == ("nodes",) else "key"
-                    problems.append((line, _dotted(where), (
-                        f"{what} '{k.value}' is defined twice (first at line "
-                        f"{first_line[k.value]}); YAML would keep only this one")))
+                    problems.append(
+                        (
+                            line,
+                            _dotted(where),
+                            (
+                                f"{what} '{k.value}' is defined twice (first at line "
+                                f"{first_line[k.value]}); YAML would keep only this one"
+                            ),
+                        )
+                    )
                 else:
                     first_line[k.value] = line
                 stack.append((v, where))

@@ -137,8 +137,7 @@ def render(
             out.append(f"   help: {d.hint}")
     if rest:
         counts = " and ".join(
-            f"{n:,} more {severity}{'s' if n != 1 else ''}"
-            for severity, n in sorted(rest.items())
+            f"{n:,} more {severity}{'s' if n != 1 else ''}" for severity, n in sorted(rest.items())
         )
         out.append(f"… and {counts} (not shown: the first {limit} are)")
     return "\n".join(out)

@@ -113,8 +113,13 @@ def rule_mismatch(
         op, lo, hi = rule.length
         n = pkt.length
         ok = {
-            "=": n == lo, "!=": n != lo, "<": n < lo, "<=": n <= lo, ">": n > lo,
-            ">=": n >= lo, "range": lo <= n <= hi,
+            "=": n == lo,
+            "!=": n != lo,
+            "<": n < lo,
+            "<=": n <= lo,
+            ">": n > lo,
+            ">=": n >= lo,
+            "range": lo <= n <= hi,
         }[op]
         if not ok:
             return f"length {n} does not match"

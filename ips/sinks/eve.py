@@ -231,8 +231,11 @@ def flow_record(end: FlowEnd, in_iface: str | None = None) -> Record:
 # The tcp object's flag words for each combination of FIN, SYN, RST, PSH and ACK, in
 # flow_record's order.
 _TCP_FLAG_WORDS = tuple(
-    "".join(f',"{name}":true' for name, bit in
-            (("syn", 2), ("fin", 1), ("rst", 4), ("psh", 8), ("ack", 16)) if bits & bit)
+    "".join(
+        f',"{name}":true'
+        for name, bit in (("syn", 2), ("fin", 1), ("rst", 4), ("psh", 8), ("ack", 16))
+        if bits & bit
+    )
     for bits in range(32)
 )
 _TEXTS_KEPT = 1024
@@ -270,8 +273,10 @@ def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
         fwd, rev = f.flags_fwd, f.flags_rev
         both = fwd | rev
         words = _TCP_FLAG_WORDS[both & 31]
-        tail = (f'}},"tcp":{{"tcp_flags":"{both:02x}","tcp_flags_ts":"{fwd:02x}",'
-                f'"tcp_flags_tc":"{rev:02x}"{words},"state":"{tcp_state}"}}}}')
+        tail = (
+            f'}},"tcp":{{"tcp_flags":"{both:02x}","tcp_flags_ts":"{fwd:02x}",'
+            f'"tcp_flags_tc":"{rev:02x}"{words},"state":"{tcp_state}"}}}}'
+        )
     else:
         tail = "}}"
     first, last = f.first_seen, f.last_seen
@@ -406,8 +411,7 @@ class UnjudgedNotice(Protocol):
     def first(self) -> bool: ...
 
 
-def unjudged_alert_record(alert: UnjudgedNotice, unjudged: dict[str, object],
-                          now: float) -> Record:
+def unjudged_alert_record(alert: UnjudgedNotice, unjudged: dict[str, object], now: float) -> Record:
     """The gate opened: packets passed without inspection (ips/daemon/unjudged.py). An
     `alert` without addresses (it is about the gateway, not a flow), action `allowed`, with
     the counts under `ipsctl.unjudged`."""
@@ -436,5 +440,8 @@ def unjudged_alert_record(alert: UnjudgedNotice, unjudged: dict[str, object],
 def stats_record(now: float, uptime: float, stats: dict[str, object]) -> Record:
     """A periodic `stats` event: Suricata's layout (stats.uptime, capture, decoder, flow,
     detect, ips) with ours under stats.ipsctl."""
-    return {"timestamp": eve_timestamp(now), "event_type": "stats",
-            "stats": {"uptime": int(uptime), **stats}}
+    return {
+        "timestamp": eve_timestamp(now),
+        "event_type": "stats",
+        "stats": {"uptime": int(uptime), **stats},
+    }

@@ -178,5 +178,10 @@ class RotatingLog:
         self._close()
 
     def stats(self) -> dict[str, int]:
-        return {"lines": self.lines, "rotations": self.rotations, "reopens": self.reopens,
-                "write_errors": self.write_errors, "size": self._size}
+        return {
+            "lines": self.lines,
+            "rotations": self.rotations,
+            "reopens": self.reopens,
+            "write_errors": self.write_errors,
+            "size": self._size,
+        }

@@ -74,8 +74,13 @@ def families(status: dict[str, Any]) -> list[Metric]:
         _gauge("ipsctl_uptime_seconds", "seconds since the daemon started", status.get("uptime")),
     ]
     counters = status.get("counters") or {}
-    out.append(_counter("ipsctl_worker_restarts", "workers replaced (hung or died)",
-                        counters.get("worker_restarts")))
+    out.append(
+        _counter(
+            "ipsctl_worker_restarts",
+            "workers replaced (hung or died)",
+            counters.get("worker_restarts"),
+        )
+    )
     policy = status.get("policy") or {}
     out.append(_gauge("ipsctl_policy_rules", "rules of the running policy", policy.get("rules")))
 
@@ -89,22 +94,39 @@ def families(status: dict[str, Any]) -> list[Metric]:
             if verdict not in ("accept", "drop", "reject", "rewrite"):
                 verdicts.add_metric([str(verdict)], int(n))
         out.append(verdicts)
-        out.append(_counter("ipsctl_bytes", "bytes of the packets the engine judged (IP "
-                            "packets, as queued)", w.get("bytes")))
+        out.append(
+            _counter(
+                "ipsctl_bytes",
+                "bytes of the packets the engine judged (IP packets, as queued)",
+                w.get("bytes"),
+            )
+        )
         out.extend(_rule_families(w, status.get("kernel_hits") or {}))
         out.extend(_alert_families(w))
         out.extend(_flow_families(w))
         malformed = CounterMetricFamily(
-            "ipsctl_malformed_packets", "packets that could not be decoded, by reason",
-            labels=["reason"])
+            "ipsctl_malformed_packets",
+            "packets that could not be decoded, by reason",
+            labels=["reason"],
+        )
         seen = dict(w.get("malformed") or {})
         for reason in sorted(set(REASONS) | set(seen)):
             malformed.add_metric([reason], int(seen.get(reason, 0)))
         out.append(malformed)
-        out.append(_counter("ipsctl_engine_errors", "exceptions inside the engine (the packet "
-                            "got the on-error verdict)", w.get("engine_errors")))
-        out.append(_counter("ipsctl_verdict_errors", "packets whose verdict could not be "
-                            "given normally", w.get("verdict_errors")))
+        out.append(
+            _counter(
+                "ipsctl_engine_errors",
+                "exceptions inside the engine (the packet got the on-error verdict)",
+                w.get("engine_errors"),
+            )
+        )
+        out.append(
+            _counter(
+                "ipsctl_verdict_errors",
+                "packets whose verdict could not be given normally",
+                w.get("verdict_errors"),
+            )
+        )
         out.append(_latency_family(w.get("latency")))
         out.extend(_gc_families(w.get("gc")))
         out.extend(_webhook_families(w.get("webhook")))
@@ -113,16 +135,23 @@ def families(status: dict[str, Any]) -> list[Metric]:
     out.extend(_unjudged_families(status.get("unjudged")))
     tap = status.get("tap")
     if isinstance(tap, dict):
-        out.append(_counter("ipsctl_tap_kernel_drops", "packets the kernel dropped before the "
-                            "tap could read them", tap.get("kernel_drops")))
+        out.append(
+            _counter(
+                "ipsctl_tap_kernel_drops",
+                "packets the kernel dropped before the tap could read them",
+                tap.get("kernel_drops"),
+            )
+        )
     return [m for m in out if m is not None]
 
 
 def _rule_families(w: dict[str, Any], kernel_hits: dict[str, int]) -> list[Metric]:
     hits = CounterMetricFamily(
-        "ipsctl_rule_hits", "packets a rule decided (or matched, for match rules); stage "
+        "ipsctl_rule_hits",
+        "packets a rule decided (or matched, for match rules); stage "
         "kernel: in the nftables fast path, engine: in the worker",
-        labels=["rule", "action", "stage"])
+        labels=["rule", "action", "stage"],
+    )
     for r in (w.get("rules") or [])[:MAX_RULE_SERIES]:
         name = str(r.get("name") or r.get("where"))
         hits.add_metric([name, str(r.get("action")), "engine"], int(r.get("hits") or 0))
@@ -135,8 +164,10 @@ def _rule_families(w: dict[str, Any], kernel_hits: dict[str, int]) -> list[Metri
 def _alert_families(w: dict[str, Any]) -> list[Metric]:
     detectors = w.get("detectors") or {}
     alerts = CounterMetricFamily(
-        "ipsctl_alerts", "alerts, by category: a detector's name, or policy for rule alerts",
-        labels=["category"])
+        "ipsctl_alerts",
+        "alerts, by category: a detector's name, or policy for rule alerts",
+        labels=["category"],
+    )
     drops = CounterMetricFamily(
         "ipsctl_detector_drops", "packets a detector's `limit` dropped", labels=["detector"]
     )
@@ -160,8 +191,11 @@ def _flow_families(w: dict[str, Any]) -> list[Metric | None]:
         _gauge("ipsctl_flows_active", "flows in the flow table", w.get("flows")),
         _counter("ipsctl_flows_created", "flows created", ft.get("created")),
         _counter("ipsctl_flows_expired", "flows ended by their idle timeout", ft.get("expired")),
-        _counter("ipsctl_flow_evictions", "flows evicted to make room (the table was full)",
-                 ft.get("evicted")),
+        _counter(
+            "ipsctl_flow_evictions",
+            "flows evicted to make room (the table was full)",
+            ft.get("evicted"),
+        ),
     ]
 
 
@@ -176,7 +210,8 @@ def _latency_family(lat: Any) -> HistogramMetricFamily | None:
     return HistogramMetricFamily(
         "ipsctl_engine_latency_seconds",
         f"time of engine.handle per packet, sampled 1 packet in {every}",
-        buckets=buckets, sum_value=float(lat.get("sum", 0.0)),
+        buckets=buckets,
+        sum_value=float(lat.get("sum", 0.0)),
     )
 
 
@@ -184,8 +219,10 @@ def _gc_families(gc: Any) -> list[Metric]:
     if not isinstance(gc, dict) or not isinstance(gc.get("collections"), dict):
         return []
     runs = CounterMetricFamily(
-        "ipsctl_worker_gc_collections", "the workers' garbage collections, by generation; "
-        "a full one (2) pauses the packet path", labels=["generation"])
+        "ipsctl_worker_gc_collections",
+        "the workers' garbage collections, by generation; a full one (2) pauses the packet path",
+        labels=["generation"],
+    )
     for generation, n in sorted(gc["collections"].items()):
         runs.add_metric([str(generation)], int(n))
     return [runs]
@@ -194,18 +231,19 @@ def _gc_families(gc: Any) -> list[Metric]:
 def _block_families(b: dict[str, Any]) -> list[Metric | None]:
     added = None
     if "added_by_detectors" in b:
-        added = CounterMetricFamily("ipsctl_blocks_added", "blocks added, by whom",
-                                    labels=["by"])
+        added = CounterMetricFamily("ipsctl_blocks_added", "blocks added, by whom", labels=["by"])
         added.add_metric(["detector"], int(b.get("added_by_detectors") or 0))
         added.add_metric(["manual"], int(b.get("added_manually") or 0))
     return [
         _gauge("ipsctl_blocks_active", "addresses in the kernel's block sets", b.get("active")),
-        _counter("ipsctl_block_kernel_drops", "packets the kernel dropped for blocked sources",
-                 b.get("kernel_drops")),
+        _counter(
+            "ipsctl_block_kernel_drops",
+            "packets the kernel dropped for blocked sources",
+            b.get("kernel_drops"),
+        ),
         added,
         _counter("ipsctl_blocks_expired", "blocks that expired", b.get("expired")),
-        _counter("ipsctl_block_kernel_errors", "block changes nft refused",
-                 b.get("kernel_errors")),
+        _counter("ipsctl_block_kernel_errors", "block changes nft refused", b.get("kernel_errors")),
     ]
 
 
@@ -214,14 +252,21 @@ def _queue_families(status: dict[str, Any]) -> list[Metric]:
     if not isinstance(q, dict):
         return []
     label = [str(q.get("queue_number"))]
-    waiting = GaugeMetricFamily("ipsctl_queue_waiting_packets", "packets in the NFQUEUE waiting "
-                                "for a verdict", labels=["queue"])
+    waiting = GaugeMetricFamily(
+        "ipsctl_queue_waiting_packets",
+        "packets in the NFQUEUE waiting for a verdict",
+        labels=["queue"],
+    )
     waiting.add_metric(label, int(q.get("queue_total", 0)))
-    dropped = CounterMetricFamily("ipsctl_queue_dropped", "packets the kernel dropped: the "
-                                  "queue was full", labels=["queue"])
+    dropped = CounterMetricFamily(
+        "ipsctl_queue_dropped", "packets the kernel dropped: the queue was full", labels=["queue"]
+    )
     dropped.add_metric(label, int(q.get("queue_dropped", 0)))
-    user = CounterMetricFamily("ipsctl_queue_user_dropped", "packets dropped in transit: the "
-                               "worker's socket buffer was full", labels=["queue"])
+    user = CounterMetricFamily(
+        "ipsctl_queue_user_dropped",
+        "packets dropped in transit: the worker's socket buffer was full",
+        labels=["queue"],
+    )
     user.add_metric(label, int(q.get("user_dropped", 0)))
     return [waiting, dropped, user]
 
@@ -231,28 +276,42 @@ def _unjudged_families(u: Any) -> list[Metric | None]:
     if not isinstance(u, dict):
         return []
     return [
-        _counter("ipsctl_unjudged_packets", "packets that passed without inspection: the "
-                 "queue was full and fail-open let them through", u.get("packets")),
-        _counter("ipsctl_queue_offered_packets", "packets the kernel's rules sent towards the "
-                 "queues", u.get("offered")),
-        _counter("ipsctl_queue_judged_packets", "packets the workers gave a verdict",
-                 u.get("judged")),
-        _counter("ipsctl_unjudged_alerts", "alerts sent about packets passed unjudged",
-                 u.get("alerts")),
-        _gauge("ipsctl_gate_open", "1 while packets are passing without inspection",
-               int(bool(u.get("gate_open")))),
+        _counter(
+            "ipsctl_unjudged_packets",
+            "packets that passed without inspection: the "
+            "queue was full and fail-open let them through",
+            u.get("packets"),
+        ),
+        _counter(
+            "ipsctl_queue_offered_packets",
+            "packets the kernel's rules sent towards the queues",
+            u.get("offered"),
+        ),
+        _counter(
+            "ipsctl_queue_judged_packets", "packets the workers gave a verdict", u.get("judged")
+        ),
+        _counter(
+            "ipsctl_unjudged_alerts", "alerts sent about packets passed unjudged", u.get("alerts")
+        ),
+        _gauge(
+            "ipsctl_gate_open",
+            "1 while packets are passing without inspection",
+            int(bool(u.get("gate_open"))),
+        ),
     ]
 
 
 def _webhook_families(hook: Any) -> list[Metric]:
     if not isinstance(hook, dict):
         return []
-    sent = CounterMetricFamily("ipsctl_webhook_notifications", "alert notifications, by "
-                               "outcome", labels=["outcome"])
+    sent = CounterMetricFamily(
+        "ipsctl_webhook_notifications", "alert notifications, by outcome", labels=["outcome"]
+    )
     for outcome in ("sent", "failed", "dropped"):
         sent.add_metric([outcome], int(hook.get(outcome, 0)))
-    retries = CounterMetricFamily("ipsctl_webhook_retries", "POSTs tried again",
-                                  value=int(hook.get("retries", 0)))
+    retries = CounterMetricFamily(
+        "ipsctl_webhook_retries", "POSTs tried again", value=int(hook.get("retries", 0))
+    )
     return [sent, retries]
 
 

@@ -77,7 +77,9 @@ class PostError(Exception):
 def http_post(url: str, body: bytes, timeout: float) -> int:
     """POST body as JSON; the status code, or PostError."""
     req = urllib.request.Request(
-        url, data=body, method="POST",
+        url,
+        data=body,
+        method="POST",
         headers={"Content-Type": "application/json", "User-Agent": USER_AGENT},
     )
     try:

@@ -289,8 +289,11 @@ class _Group:
             return comment, self.exprs
         match = self.exprs[self.k]["match"]
         merged = _merge_values(self.values, self.kind)
-        exprs = [*self.exprs[: self.k], {"match": {**match, "right": merged}},
-                 *self.exprs[self.k + 1 :]]
+        exprs = [
+            *self.exprs[: self.k],
+            {"match": {**match, "right": merged}},
+            *self.exprs[self.k + 1 :],
+        ]
         return comment, exprs
 
 
@@ -300,8 +303,11 @@ def _mergeable(x: Expr, y: Expr) -> bool:
         return False
     left = mx["left"]
     return (
-        mx["op"] == "==" and my["op"] == "==" and left == my["left"]
-        and isinstance(left, dict) and ("payload" in left or "meta" in left)
+        mx["op"] == "=="
+        and my["op"] == "=="
+        and left == my["left"]
+        and isinstance(left, dict)
+        and ("payload" in left or "meta" in left)
     )
 
 
@@ -347,8 +353,9 @@ def _merge_values(values: list[Any], kind: str) -> object:
         else:
             p = v["prefix"]
             nets.append(ipaddress.ip_network(f"{p['addr']}/{p['len']}"))
-    return _nets_value([(int(n.network_address), n.prefixlen) for n in nets],
-                       4 if kind == "ip4" else 6)
+    return _nets_value(
+        [(int(n.network_address), n.prefixlen) for n in nets], 4 if kind == "ip4" else 6
+    )
 
 
 def rule_comment(rule: RuleSpec) -> str:
@@ -742,9 +749,7 @@ def _family_specific(rule: RuleSpec) -> bool:
     return bool(rule.src or rule.dst or rule.icmp_types is not None)
 
 
-def compile_rule(
-    rule: RuleSpec, hook: str, static: StaticSets | None = None
-) -> list[list[Expr]]:
+def compile_rule(rule: RuleSpec, hook: str, static: StaticSets | None = None) -> list[list[Expr]]:
     """The nft rules (each a list of expressions, verdict included) for a kernel-able rule in
     the chain of `hook`; [] when the rule can never match there. With `static`, large static
     tables are looked up in their named sets (and noted as used there)."""
@@ -837,15 +842,22 @@ def meter_rate(rate: float, burst: int) -> dict[str, object]:
     per, value = "second", rate
     if rate < 1 or rate != int(rate):
         per, value = "minute", rate * 60
-    return {"rate": max(1, math.ceil(value - 1e-9)), "per": per,
-            "burst": max(1, int(burst)), "inv": True}
+    return {
+        "rate": max(1, math.ceil(value - 1e-9)),
+        "per": per,
+        "burst": max(1, int(burst)),
+        "inv": True,
+    }
 
 
 def metered_rules(policy: Policy, split: int | None = None) -> list[RuleSpec]:
     """The rules whose excess a kernel meter drops (see meter_reason)."""
     split = fast_path_split(policy) if split is None else split
-    return [r for r in policy.rules[split:] if r.limit is not None
-            and meter_reason(policy, r.index, split) is None]
+    return [
+        r
+        for r in policy.rules[split:]
+        if r.limit is not None and meter_reason(policy, r.index, split) is None
+    ]
 
 
 def meter_set(rule: RuleSpec, family: int) -> str:
@@ -881,19 +893,24 @@ def kernel_meters(
         comment = (rule_comment(rule) + METER_SUFFIX)[:MAX_COMMENT]
         for exprs in compile_rule(plain, hook, static):
             conds = exprs[:-2]  # without `counter` and `drop`
-            nfprotos = [e["match"]["right"] for e in conds
-                        if "match" in e and e["match"]["left"] == _meta("nfproto")]
+            nfprotos = [
+                e["match"]["right"]
+                for e in conds
+                if "match" in e and e["match"]["left"] == _meta("nfproto")
+            ]
             for family in sorted(rule.families):
                 nfproto = "ipv4" if family == 4 else "ipv6"
                 if nfprotos and nfprotos[0] != nfproto:
                     continue
                 head = [] if nfprotos else [_match("==", _meta("nfproto"), nfproto)]
-                meter = {"set": {
-                    "op": "update",
-                    "elem": _payload("ip" if family == 4 else "ip6", "saddr"),
-                    "set": f"@{meter_set(rule, family)}",
-                    "stmt": [{"limit": meter_rate(limit.rate, limit.burst)}],
-                }}
+                meter = {
+                    "set": {
+                        "op": "update",
+                        "elem": _payload("ip" if family == 4 else "ip6", "saddr"),
+                        "set": f"@{meter_set(rule, family)}",
+                        "stmt": [{"limit": meter_rate(limit.rate, limit.burst)}],
+                    }
+                }
                 out.append((comment, [*head, *conds, meter, {"counter": None}, {"drop": None}]))
     return out
 
@@ -921,29 +938,44 @@ def _synproxy_rules() -> list[tuple[str, list[Expr]]]:
     what conntrack still calls invalid for TCP is dropped."""
     out: list[tuple[str, list[Expr]]] = []
     for family, nfproto in ((4, "ipv4"), (6, "ipv6")):
-        out.append((SYNPROXY_COMMENT, [
-            _match("==", _meta("nfproto"), nfproto),
-            _match("==", _meta("l4proto"), "tcp"),
-            _match("in", {"ct": {"key": "state"}}, ["invalid", "untracked"]),
-            {"counter": None},
-            {"synproxy": dict(SYNPROXY_OPTIONS[family])},
-        ]))
+        out.append(
+            (
+                SYNPROXY_COMMENT,
+                [
+                    _match("==", _meta("nfproto"), nfproto),
+                    _match("==", _meta("l4proto"), "tcp"),
+                    _match("in", {"ct": {"key": "state"}}, ["invalid", "untracked"]),
+                    {"counter": None},
+                    {"synproxy": dict(SYNPROXY_OPTIONS[family])},
+                ],
+            )
+        )
     # The server's SYN+ACK answers the proxy's own SYN (every SYN through the gateway is
     # proxied): the proxy must see it (at postrouting) to finish, so it skips the queue.
-    out.append((SYNPROXY_COMMENT, [
-        _match("==", _meta("l4proto"), "tcp"),
-        _match("==", {"&": [_payload("tcp", "flags"), 0x17]}, 0x12),
-        _match("==", {"ct": {"key": "direction"}}, "reply"),
-        {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
-        {"counter": None},
-        {"accept": None},
-    ]))
-    out.append((SYNPROXY_INVALID_COMMENT, [
-        _match("==", _meta("l4proto"), "tcp"),
-        _match("in", {"ct": {"key": "state"}}, "invalid"),
-        {"counter": None},
-        {"drop": None},
-    ]))
+    out.append(
+        (
+            SYNPROXY_COMMENT,
+            [
+                _match("==", _meta("l4proto"), "tcp"),
+                _match("==", {"&": [_payload("tcp", "flags"), 0x17]}, 0x12),
+                _match("==", {"ct": {"key": "direction"}}, "reply"),
+                {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
+                {"counter": None},
+                {"accept": None},
+            ],
+        )
+    )
+    out.append(
+        (
+            SYNPROXY_INVALID_COMMENT,
+            [
+                _match("==", _meta("l4proto"), "tcp"),
+                _match("in", {"ct": {"key": "state"}}, "invalid"),
+                {"counter": None},
+                {"drop": None},
+            ],
+        )
+    )
     return out
 
 
@@ -994,8 +1026,11 @@ def block_table_spec(policy: Policy | None) -> TableSpec:
     if table is not None and table.kind == "dynamic":
         return table
     return TableSpec(
-        BLOCK_TABLE, "dynamic", Span("<ipsctl>", 0, 0, 0, 0),
-        timeout=DEFAULT_BLOCK_TIMEOUT, size=DEFAULT_BLOCK_SIZE,
+        BLOCK_TABLE,
+        "dynamic",
+        Span("<ipsctl>", 0, 0, 0, 0),
+        timeout=DEFAULT_BLOCK_TIMEOUT,
+        size=DEFAULT_BLOCK_SIZE,
     )
 
 
@@ -1038,12 +1073,14 @@ def block_rules() -> list[list[Expr]]:
     """The leading rules of every chain: drop the members of the block sets, both families."""
     out: list[list[Expr]] = []
     for family, proto, nfproto in ((4, "ip", "ipv4"), (6, "ip6", "ipv6")):
-        out.append([
-            _match("==", _meta("nfproto"), nfproto),
-            _match("==", _payload(proto, "saddr"), f"@{set_name(BLOCK_TABLE, family)}"),
-            {"counter": None},
-            {"drop": None},
-        ])
+        out.append(
+            [
+                _match("==", _meta("nfproto"), nfproto),
+                _match("==", _payload(proto, "saddr"), f"@{set_name(BLOCK_TABLE, family)}"),
+                {"counter": None},
+                {"drop": None},
+            ]
+        )
     return out
 
 
@@ -1163,8 +1200,9 @@ def build_ruleset(
         raise ValueError("offload generation must be 0-254")
     cmds: list[Expr] = [{"add": {"table": {"family": FAMILY, "name": TABLE}}}]
     proxied = synproxy_hooks(policy, plan)
-    cmds += _chain_commands(plan.hooks, offload, existing.chains if existing else (),
-                            synproxy=bool(proxied))
+    cmds += _chain_commands(
+        plan.hooks, offload, existing.chains if existing else (), synproxy=bool(proxied)
+    )
     icmp_budget = icmp_offload_budget(policy) if offload else None
     meters = [] if plan.blocks_only else metered_rules(policy)
     old_sets = existing.sets if existing else {}
@@ -1185,8 +1223,13 @@ def _chain_commands(
     cmds: list[dict[str, object]] = []
     chains: list[str] = []
     if synproxy:
-        raw = {**_T, "name": SYNPROXY_CHAIN, "type": "filter", "hook": "prerouting",
-               "prio": SYNPROXY_PRIORITY}
+        raw = {
+            **_T,
+            "name": SYNPROXY_CHAIN,
+            "type": "filter",
+            "hook": "prerouting",
+            "prio": SYNPROXY_PRIORITY,
+        }
         cmds.append({"add": {"chain": {**raw, "policy": "accept"}}})
         chains.append(SYNPROXY_CHAIN)
     for hook in hooks:
@@ -1194,8 +1237,13 @@ def _chain_commands(
         cmds.append({"add": {"chain": {**chain, "policy": "accept"}}})
         chains.append(hook)
         if offload:
-            post = {**_T, "name": f"{hook}_offload", "type": "filter", "hook": hook,
-                    "prio": OFFLOAD_PRIORITY}
+            post = {
+                **_T,
+                "name": f"{hook}_offload",
+                "type": "filter",
+                "hook": hook,
+                "prio": OFFLOAD_PRIORITY,
+            }
             cmds.append({"add": {"chain": {**post, "policy": "accept"}}})
             chains.append(f"{hook}_offload")
     for name in dict.fromkeys((*chains, *old_chains)):
@@ -1296,8 +1344,11 @@ def _hook_rules(
     tail: list[Expr] = [{"counter": None}]
     if plan.nft_queue and queues > 1:
         for i in range(1, queues):
-            steered = [_match("==", {"&": [_meta("mark"), QUEUE_MASK]}, i << QUEUE_SHIFT),
-                       {"counter": None}, _queue_stmt(first_queue + i, plan.fail_open)]
+            steered = [
+                _match("==", {"&": [_meta("mark"), QUEUE_MASK]}, i << QUEUE_SHIFT),
+                {"counter": None},
+                _queue_stmt(first_queue + i, plan.fail_open),
+            ]
             cmds.append(_rule(hook, steered, USERSPACE_COMMENT))
         tail.append(_queue_stmt(first_queue, plan.fail_open))
     elif plan.nft_queue:
@@ -1311,12 +1362,18 @@ def _steer_exprs(index: int, queues: int) -> list[list[Expr]]:
     (one rule per family; index 0 needs none)."""
     rules = []
     for nfproto, key in (("ipv4", "ip saddr"), ("ipv6", "ip6 saddr")):
-        rules.append([
-            _match("==", _meta("nfproto"), nfproto),
-            _steer_match(key, queues, index),
-            {"mangle": {"key": _meta("mark"),
-                        "value": {"|": [_meta("mark"), index << QUEUE_SHIFT]}}},
-        ])
+        rules.append(
+            [
+                _match("==", _meta("nfproto"), nfproto),
+                _steer_match(key, queues, index),
+                {
+                    "mangle": {
+                        "key": _meta("mark"),
+                        "value": {"|": [_meta("mark"), index << QUEUE_SHIFT]},
+                    }
+                },
+            ]
+        )
     return rules
 
 
@@ -1395,17 +1452,24 @@ def _handshake_ack_rules(gen: int) -> list[list[Expr]]:
                 family.append(_match("==", _payload("ip", "hdrlength"), 5))
             else:  # ip6 length is the payload's: no extension header before TCP
                 family.append(_match("==", _payload("ip6", "nexthdr"), "tcp"))
-            rules.append([
-                _match("==", {"&": [_ct_mark(), _GEN_MASK]}, gen | HANDSHAKE_ACK_CT),
-                _match("==", _meta("l4proto"), "tcp"),
-                *family,
-                _match("==", {"&": [_payload("tcp", "flags"), 0x3F]}, 0x10),  # ACK alone
-                _match("==", _payload(proto, "length"), length - 20 + ip_header),
-                _match("==", _payload("tcp", "doff"), doff),
-                {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
-                {"counter": None},
-                {"accept": None},
-            ])
+            rules.append(
+                [
+                    _match("==", {"&": [_ct_mark(), _GEN_MASK]}, gen | HANDSHAKE_ACK_CT),
+                    _match("==", _meta("l4proto"), "tcp"),
+                    *family,
+                    _match("==", {"&": [_payload("tcp", "flags"), 0x3F]}, 0x10),  # ACK alone
+                    _match("==", _payload(proto, "length"), length - 20 + ip_header),
+                    _match("==", _payload("tcp", "doff"), doff),
+                    {
+                        "mangle": {
+                            "key": _meta("mark"),
+                            "value": {"|": [_meta("mark"), ACCEPT_MARK]},
+                        }
+                    },
+                    {"counter": None},
+                    {"accept": None},
+                ]
+            )
     return rules
 
 
@@ -1439,8 +1503,9 @@ def _handshake_copy_rules(gen: int, first_queue: int, queues: int) -> list[list[
     if queues == 1:
         return [copied([], first_queue)]
     return [
-        copied([_match("==", _meta("nfproto"), nfproto), _steer_match(key, queues, i)],
-               first_queue + i)
+        copied(
+            [_match("==", _meta("nfproto"), nfproto), _steer_match(key, queues, i)], first_queue + i
+        )
         for i in range(queues)
         for nfproto, key in (("ipv4", "ip saddr"), ("ipv6", "ip6 saddr"))
     ]

@@ -169,8 +169,12 @@ def _rule_clause(rule: RuleSpec, budget: _Budget) -> str:
     parts.append(_ports(rule.dport, "DstPort", protos, budget))
     if rule.flags is not None and protos == frozenset((TCP,)):
         parts.append(_flags(rule.flags, budget))
-    if rule.icmp_types is not None and protos is not None and len(protos) == 1 \
-            and protos <= {ICMP, ICMPV6}:
+    if (
+        rule.icmp_types is not None
+        and protos is not None
+        and len(protos) == 1
+        and protos <= {ICMP, ICMPV6}
+    ):
         parts.append(_icmp(rule.icmp_types, rule.icmp_code, protos, budget))
     # Not expressible here, so left out (wider): interfaces, direction, payload, length,
     # limits (the rate is counted by the engine on what this clause lets through).
@@ -193,8 +197,9 @@ def _protocols(protos: frozenset[int], families: frozenset[int], budget: _Budget
     return _or(alts)
 
 
-def _range(field: str, lo: str | int, hi: str | int, budget: _Budget, *,
-           negated: bool = False) -> str:
+def _range(
+    field: str, lo: str | int, hi: str | int, budget: _Budget, *, negated: bool = False
+) -> str:
     """field in [lo, hi] (or outside it). WinDivert's compiler takes `not` only before a
     single test, not before a parenthesised expression: negations are written out."""
     budget.spend(1 if lo == hi else 2)
@@ -205,8 +210,9 @@ def _range(field: str, lo: str | int, hi: str | int, budget: _Budget, *,
     return f"{field} >= {lo} and {field} <= {hi}"
 
 
-def _net_ranges(nets: tuple[tuple[int, int], ...], version: int, field: str,
-                budget: _Budget, negated: bool) -> list[str]:
+def _net_ranges(
+    nets: tuple[tuple[int, int], ...], version: int, field: str, budget: _Budget, negated: bool
+) -> list[str]:
     bits = 32 if version == 4 else 128
     make = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
     out = []
@@ -238,13 +244,15 @@ def _addresses(spec: AddrSpec | None, side: str, budget: _Budget) -> str:
     if spec.nets4:
         alts.append(_and(["ip", join(_net_ranges(spec.nets4, 4, f"ip.{side}Addr", budget, neg))]))
     if spec.nets6:
-        alts.append(_and(["ipv6", join(_net_ranges(spec.nets6, 6, f"ipv6.{side}Addr", budget,
-                                                   neg))]))
+        alts.append(
+            _and(["ipv6", join(_net_ranges(spec.nets6, 6, f"ipv6.{side}Addr", budget, neg))])
+        )
     return _or(alts)
 
 
-def _ports(spec: PortSpec | None, field: str, protos: frozenset[int] | None,
-           budget: _Budget) -> str:
+def _ports(
+    spec: PortSpec | None, field: str, protos: frozenset[int] | None, budget: _Budget
+) -> str:
     if spec is None:
         return EVERYTHING
     with_ports = [p for p in (TCP, UDP) if protos is None or p in protos]
@@ -252,8 +260,10 @@ def _ports(spec: PortSpec | None, field: str, protos: frozenset[int] | None,
     alts = []
     for p in with_ports:
         name = _NAMED[p]
-        ranges = [_range(f"{name}.{field}", lo, hi, budget, negated=spec.negated)
-                  for lo, hi in spec.ranges]
+        ranges = [
+            _range(f"{name}.{field}", lo, hi, budget, negated=spec.negated)
+            for lo, hi in spec.ranges
+        ]
         alts.append(_and([name, join(ranges)]))
     if protos is None or not set(protos) <= {TCP, UDP}:
         # SCTP, UDP-Lite, DCCP have ports too, which WinDivert cannot read: all of them.
@@ -271,8 +281,7 @@ def _flags(flags: tuple[int, int], budget: _Budget) -> str:
     return _and(["tcp", *parts])
 
 
-def _icmp(types: frozenset[int], code: int | None, protos: frozenset[int],
-          budget: _Budget) -> str:
+def _icmp(types: frozenset[int], code: int | None, protos: frozenset[int], budget: _Budget) -> str:
     alts = []
     for p in sorted(protos):
         name = _NAMED[p]

@@ -131,8 +131,9 @@ def flow_row(f: Any, now: float) -> dict[str, Any]:
         "bytes_rev": f.bytes_rev,
         "duration": round(max(0.0, f.last_seen - f.first_seen), 3),
         "idle": round(max(0.0, now - f.last_seen), 3),
-        "state": TCP_STATE_NAMES[f.tcp_state] if f.proto == 6 else
-                 ("established" if f.replied else "new"),
+        "state": TCP_STATE_NAMES[f.tcp_state]
+        if f.proto == 6
+        else ("established" if f.replied else "new"),
     }
 
 
@@ -198,13 +199,17 @@ CSV_FIELDS = ("id", "proto", "src", "sport", "dst", "dport", "packets", "bytes",
 def format_flows(rows: list[dict[str, Any]], total: int) -> str:
     if not rows:
         return "no flows" + (f" (of {total})" if total else "")
-    lines = [f"{'PROTO':<6} {'SOURCE':<45} {'DESTINATION':<45} {'PKTS':>8} {'BYTES':>10} "
-             f"{'DURATION':>9}  STATE"]
+    lines = [
+        f"{'PROTO':<6} {'SOURCE':<45} {'DESTINATION':<45} {'PKTS':>8} {'BYTES':>10} "
+        f"{'DURATION':>9}  STATE"
+    ]
     for r in rows:
         src = _endpoint(r["src"], r["sport"], r["proto"])
         dst = _endpoint(r["dst"], r["dport"], r["proto"])
-        lines.append(f"{r['proto']:<6} {src:<45} {dst:<45} {r['packets']:>8} {r['bytes']:>10} "
-                     f"{r['duration']:>8.1f}s  {r['state']}")
+        lines.append(
+            f"{r['proto']:<6} {src:<45} {dst:<45} {r['packets']:>8} {r['bytes']:>10} "
+            f"{r['duration']:>8.1f}s  {r['state']}"
+        )
     lines.append(f"{len(rows)} of {total} flow{'s' if total != 1 else ''}")
     return "\n".join(lines)
 

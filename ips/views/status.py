@@ -58,7 +58,7 @@ def format_status(s: dict[str, Any]) -> str:
         )
     u = s.get("unjudged") or {}
     if u:
-        gate = ("  (the gate is open: packets pass now)" if u.get("gate_open") else "")
+        gate = "  (the gate is open: packets pass now)" if u.get("gate_open") else ""
         lines.append(
             f"unjudged {u.get('packets', 0)} packets passed without inspection{gate}; "
             f"offered to the queue {u.get('offered', 0)}, judged {u.get('judged', 0)}, "
@@ -110,4 +110,3 @@ def format_status(s: dict[str, Any]) -> str:
         shown = ", ".join(never[:8]) + (f", … ({len(never)} in all)" if len(never) > 8 else "")
         lines.append(f"never    blocked: {shown}")
     return "\n".join(lines)
-

@@ -95,8 +95,13 @@ def _table(
     t = Table(title=title, title_justify="left", expand=True, box=None, padding=(0, 1))
     for i, c in enumerate(columns):
         width = widths[i] if i < len(widths) else 0
-        t.add_column(c, justify="left" if i == 0 or not width else "right", no_wrap=True,
-                     min_width=width or None, overflow="ellipsis")
+        t.add_column(
+            c,
+            justify="left" if i == 0 or not width else "right",
+            no_wrap=True,
+            min_width=width or None,
+            overflow="ellipsis",
+        )
     for r in rows:
         t.add_row(*r)
     if not rows:
@@ -111,9 +116,11 @@ def render(state: TopState) -> RenderableType:
     head.append("ipsctl top", style="bold")
     if s.get("ok"):
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted((w.get("verdicts") or {}).items()))
-        head.append(f"   pid {s.get('pid')}  up {s.get('uptime', 0):.0f}s   "
-                    f"packets {w.get('packets', '?')} ({verdicts or 'none'})   "
-                    f"flows {w.get('flows', '?')}   alerts {w.get('alerts', '?')}")
+        head.append(
+            f"   pid {s.get('pid')}  up {s.get('uptime', 0):.0f}s   "
+            f"packets {w.get('packets', '?')} ({verdicts or 'none'})   "
+            f"flows {w.get('flows', '?')}   alerts {w.get('alerts', '?')}"
+        )
     if state.error:
         head.append(f"\n{state.error}", style="bold red")
     pps = state.pps[-1] if state.pps else 0.0
@@ -123,14 +130,24 @@ def render(state: TopState) -> RenderableType:
     rates.append(sparkline(state.pps) + "\n", style="green")
     rates.append(f"bits/s    {human(bps):>7}  ", style="bold")
     rates.append(sparkline(state.bps), style="cyan")
-    talkers = _table("top talkers", ["source", "flows", "packets", "bytes"], [
-        [g["key"], str(g["flows"]), human(g["packets"]), human(g["bytes"], "B")]
-        for g in state.talkers
-    ], widths=(15, 5, 7, 7))
-    ports = _table("top ports", ["port", "flows", "packets", "bytes"], [
-        [g["key"], str(g["flows"]), human(g["packets"]), human(g["bytes"], "B")]
-        for g in state.ports
-    ], widths=(9, 5, 7, 7))
+    talkers = _table(
+        "top talkers",
+        ["source", "flows", "packets", "bytes"],
+        [
+            [g["key"], str(g["flows"]), human(g["packets"]), human(g["bytes"], "B")]
+            for g in state.talkers
+        ],
+        widths=(15, 5, 7, 7),
+    )
+    ports = _table(
+        "top ports",
+        ["port", "flows", "packets", "bytes"],
+        [
+            [g["key"], str(g["flows"]), human(g["packets"]), human(g["bytes"], "B")]
+            for g in state.ports
+        ],
+        widths=(9, 5, 7, 7),
+    )
     side = Table.grid(expand=True)
     side.add_column(ratio=1)
     side.add_column(ratio=1)
@@ -140,15 +157,36 @@ def render(state: TopState) -> RenderableType:
         ev = a.get("event") or {}
         al = ev.get("alert") or {}
         when = time.strftime("%H:%M:%S", time.localtime(float(a.get("time") or 0)))
-        alert_rows.append([when, str(al.get("category", "")),
-                           f"{ev.get('src_ip')} > {ev.get('dest_ip')}",
-                           str(al.get("action", "")), str(al.get("signature", ""))])
-    alerts = _table("recent alerts", ["time", "category", "from > to", "action", "signature"],
-                    alert_rows, widths=(8, 9, 31, 7))
-    block_rows = [[b["addr"], str(b.get("detector") or "-"), _left(b.get("expires_in")),
-                   str(b.get("reason") or "")] for b in state.blocks[:8]]
-    blocks = _table(f"active blocks ({len(state.blocks)})", ["address", "by", "left", "reason"],
-                    block_rows, widths=(15, 9, 6))
+        alert_rows.append(
+            [
+                when,
+                str(al.get("category", "")),
+                f"{ev.get('src_ip')} > {ev.get('dest_ip')}",
+                str(al.get("action", "")),
+                str(al.get("signature", "")),
+            ]
+        )
+    alerts = _table(
+        "recent alerts",
+        ["time", "category", "from > to", "action", "signature"],
+        alert_rows,
+        widths=(8, 9, 31, 7),
+    )
+    block_rows = [
+        [
+            b["addr"],
+            str(b.get("detector") or "-"),
+            _left(b.get("expires_in")),
+            str(b.get("reason") or ""),
+        ]
+        for b in state.blocks[:8]
+    ]
+    blocks = _table(
+        f"active blocks ({len(state.blocks)})",
+        ["address", "by", "left", "reason"],
+        block_rows,
+        widths=(15, 9, 6),
+    )
     return Group(Panel(Group(head, rates)), side, alerts, blocks)
 
 

@@ -60,10 +60,12 @@ class InlineLab:
 
     # ---- running commands in the lab -----------------------------------------------------
 
-    def run(self, node: str, argv: list[str], timeout: float = TIMEOUT,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
-        return self.lab.exec(node, argv, capture_output=True, text=True, timeout=timeout,
-                             check=check)
+    def run(
+        self, node: str, argv: list[str], timeout: float = TIMEOUT, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        return self.lab.exec(
+            node, argv, capture_output=True, text=True, timeout=timeout, check=check
+        )
 
     def python(
         self, node: str, code: str, timeout: float = TIMEOUT
@@ -72,7 +74,8 @@ class InlineLab:
 
     def curl(self, node: str, url: str, max_time: float = 3) -> subprocess.CompletedProcess[str]:
         return self.run(
-            node, ["curl", "-s", "-m", str(max_time), "-w", "\n%{time_total}", url],
+            node,
+            ["curl", "-s", "-m", str(max_time), "-w", "\n%{time_total}", url],
             timeout=max_time + 5,
         )
 
@@ -80,7 +83,10 @@ class InlineLab:
         """ipsctl as a client in the root namespace (the socket is a file, not a netns thing)."""
         return subprocess.run(
             [sys.executable, "-m", "ips.cli", *args, "--socket", self.socket],
-            capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
         )
 
     def status(self) -> dict[str, Any]:
@@ -111,8 +117,20 @@ class InlineLab:
         if not policy_path.exists():  # policy text
             policy_path = self.workdir / "policy.rules"
             policy_path.write_text(str(policy))
-        argv = [*wrapper, sys.executable, "-m", "ips.cli", "run", "--policy", str(policy_path),
-                "--socket", self.socket, "--eve", str(self.eve), *extra]
+        argv = [
+            *wrapper,
+            sys.executable,
+            "-m",
+            "ips.cli",
+            "run",
+            "--policy",
+            str(policy_path),
+            "--socket",
+            self.socket,
+            "--eve",
+            str(self.eve),
+            *extra,
+        ]
         log = open(self.daemon_log, "ab")  # noqa: SIM115 - closed in stop_daemon
         self.daemon = self.lab.popen("gw", argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self._log = log

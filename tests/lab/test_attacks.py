@@ -23,7 +23,8 @@ def attack_policy(tmp_path: Path, **detect: str) -> Path:
     """gateway.rules with the detectors' lines replaced by short blocks (tests must end)."""
     lines = [
         "table trusted = { 127.0.0.0/8, ::1, 10.10.1.20 }   # the client: never blocked"
-        if line.startswith("table trusted") else line
+        if line.startswith("table trusted")
+        else line
         for line in GATEWAY_RULES.read_text().splitlines()
         if not line.startswith("detect ")
     ]
@@ -43,8 +44,11 @@ def attack_policy(tmp_path: Path, **detect: str) -> Path:
 
 
 def detector_alerts(box: InlineLab, category: str) -> list[dict]:
-    return [e for e in box.eve_events()
-            if e["event_type"] == "alert" and e["alert"]["category"] == category]
+    return [
+        e
+        for e in box.eve_events()
+        if e["event_type"] == "alert" and e["alert"]["category"] == category
+    ]
 
 
 class ClientProbe:
@@ -97,9 +101,23 @@ def test_nmap_scan_is_detected_and_blocked_in_the_kernel(tmp_path: Path, kind: s
         with ClientProbe(box) as probe:
             scan = box.run(
                 "attacker",
-                [*SCANS[kind], "-Pn", "-n", "-T4", "--max-retries", "0", "--host-timeout", "20s",
-                 "--initial-rtt-timeout", "100ms", "--max-rtt-timeout", "200ms",
-                 "-p", "1-200", SERVER],
+                [
+                    *SCANS[kind],
+                    "-Pn",
+                    "-n",
+                    "-T4",
+                    "--max-retries",
+                    "0",
+                    "--host-timeout",
+                    "20s",
+                    "--initial-rtt-timeout",
+                    "100ms",
+                    "--max-rtt-timeout",
+                    "200ms",
+                    "-p",
+                    "1-200",
+                    SERVER,
+                ],
                 timeout=40,
             )
             assert scan.returncode == 0, scan.stderr
@@ -119,8 +137,11 @@ def test_nmap_scan_is_detected_and_blocked_in_the_kernel(tmp_path: Path, kind: s
         # last retransmissions towards the attacker's earlier connections)
         before = box.queue_line()["id_sequence"]  # type: ignore[index]
         dropped = box.block_drops()
-        box.run("attacker", ["nmap", "-sS", "-Pn", "-n", "--max-retries", "0", "-p",
-                             "1000-1050", SERVER], timeout=30)
+        box.run(
+            "attacker",
+            ["nmap", "-sS", "-Pn", "-n", "--max-retries", "0", "-p", "1000-1050", SERVER],
+            timeout=30,
+        )
         assert box.block_drops() - dropped >= 51
         assert box.queue_line()["id_sequence"] - before <= 4  # type: ignore[index]
         if kind == "syn":
@@ -132,8 +153,9 @@ def test_nmap_scan_is_detected_and_blocked_in_the_kernel(tmp_path: Path, kind: s
 def test_ping_sweep_over_the_server_addresses_is_blocked(tmp_path: Path) -> None:
     with inline_lab(tmp_path, "ssw") as box:
         box.start_daemon(attack_policy(tmp_path))
-        sweep = box.run("attacker", ["nmap", "-sn", "-n", "--max-retries", "0",
-                                     "10.10.2.100-131"], timeout=40)
+        sweep = box.run(
+            "attacker", ["nmap", "-sn", "-n", "--max-retries", "0", "10.10.2.100-131"], timeout=40
+        )
         assert sweep.returncode == 0, sweep.stderr
         assert wait_until(lambda: ATTACKER in box.kernel_blocks(), timeout=5)
         assert detector_alerts(box, "sweep")
@@ -145,8 +167,17 @@ def test_masscan_is_blocked(tmp_path: Path) -> None:
         box.start_daemon(attack_policy(tmp_path))
         scan = box.run(
             "attacker",
-            ["masscan", SERVER, "-p1-300", "--rate", "2000", "--wait", "1",
-             "--router-ip", "10.10.1.1"],
+            [
+                "masscan",
+                SERVER,
+                "-p1-300",
+                "--rate",
+                "2000",
+                "--wait",
+                "1",
+                "--router-ip",
+                "10.10.1.1",
+            ],
             timeout=40,
         )
         assert scan.returncode == 0, scan.stderr
@@ -183,15 +214,47 @@ def test_spoofed_flood_respects_trust_and_the_ban_budget(tmp_path: Path) -> None
     MAC, which owns none of those addresses, so its MAC is banned instead (before that
     issue, up to the ban budget of the forged addresses were banned)."""
     policy = attack_policy(tmp_path, stealth=f"count 1 within 60s block {BLOCK_SECONDS}s")
-    text = policy.read_text().replace("set default   drop",
-                                      "set default   drop\nset ban-budget 20")
+    text = policy.read_text().replace("set default   drop", "set default   drop\nset ban-budget 20")
     policy.write_text(text)
     with inline_lab(tmp_path, "ssp") as box:
         box.start_daemon(policy)
-        box.run("attacker", ["hping3", "-F", "-P", "-U", "-p", "80", "--rand-source",
-                             "-c", "2000", "-i", "u300", SERVER], timeout=30)
-        box.run("attacker", ["hping3", "-F", "-P", "-U", "-p", "80", "-a", CLIENT,
-                             "-c", "20", "-i", "u1000", SERVER], timeout=30)
+        box.run(
+            "attacker",
+            [
+                "hping3",
+                "-F",
+                "-P",
+                "-U",
+                "-p",
+                "80",
+                "--rand-source",
+                "-c",
+                "2000",
+                "-i",
+                "u300",
+                SERVER,
+            ],
+            timeout=30,
+        )
+        box.run(
+            "attacker",
+            [
+                "hping3",
+                "-F",
+                "-P",
+                "-U",
+                "-p",
+                "80",
+                "-a",
+                CLIENT,
+                "-c",
+                "20",
+                "-i",
+                "u1000",
+                SERVER,
+            ],
+            timeout=30,
+        )
         time.sleep(1)
         bans = box.kernel_blocks()
         assert CLIENT not in bans
@@ -209,20 +272,26 @@ def test_benign_traffic_raises_no_alert(tmp_path: Path) -> None:
         for port in (80, 8080):
             for _ in range(10):
                 box.curl("client", f"http://{SERVER}:{port}/")
-        dns = box.python("client", "\n".join([
-            "import socket",
-            "for i in range(50):",
-            "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)",
-            f"    s.sendto(b'query %d' % i, ({SERVER!r}, 53)); s.recv(100); s.close()",
-            "print('ok')",
-        ]))
+        dns = box.python(
+            "client",
+            "\n".join(
+                [
+                    "import socket",
+                    "for i in range(50):",
+                    "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)",
+                    f"    s.sendto(b'query %d' % i, ({SERVER!r}, 53)); s.recv(100); s.close()",
+                    "print('ok')",
+                ]
+            ),
+        )
         assert dns.stdout.strip() == "ok"
         ping = box.run("client", ["ping", "-c", "10", "-i", "0.2", SERVER])
         assert ping.returncode == 0
         time.sleep(1.2)
         categories = {"portscan", "sweep", "stealth", "icmpflood", "synflood", "udpflood"}
         noisy = [
-            e for e in box.eve_events()
+            e
+            for e in box.eve_events()
             if e["event_type"] == "alert" and e["alert"]["category"] in categories
         ]
         assert noisy == []

@@ -30,8 +30,12 @@ def _bench_module():
 def _run(script: Path, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """A bench script, run as its README line says (from the checkout, output captured)."""
     return subprocess.run(
-        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=timeout,
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [sys.executable, str(script), *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
 
@@ -39,15 +43,29 @@ def test_quick_run_measures_kernel_conntrack_and_accept_only(tmp_path: Path) -> 
     need_root()
     out_json = tmp_path / "lab.json"
     before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
-    res = _run(BENCH, "--quick", "--seconds", "1", "--only", "kernel,kernel-ct,accept-only",
-               "--json", str(out_json))
+    res = _run(
+        BENCH,
+        "--quick",
+        "--seconds",
+        "1",
+        "--only",
+        "kernel,kernel-ct,accept-only",
+        "--json",
+        str(out_json),
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(out_json.read_text())
     for name in ("kernel", "kernel-ct", "accept-only"):
         v = doc["variants"][name]
         assert v["status"] == "ok", v
-        for metric in ("tcp_gbps", "udp_pps", "conn_per_s", "conn_par_per_s", "ping_p50_us",
-                       "ping_p99_us"):
+        for metric in (
+            "tcp_gbps",
+            "udp_pps",
+            "conn_per_s",
+            "conn_par_per_s",
+            "ping_p50_us",
+            "ping_p99_us",
+        ):
             assert v["median"][metric] > 0, (name, metric, v["median"])
         assert v["median"]["ping_p99_us"] >= v["median"]["ping_p50_us"]
     # The accept-only loop really was in the path: the flood went through its queue.
@@ -80,8 +98,17 @@ def test_nfq_client_bench_runs_its_variants_in_a_lab(tmp_path: Path) -> None:
     client still goes end to end (it once broke when lab_for grew an option)."""
     need_root()
     out_json = tmp_path / "nfq.json"
-    res = _run(NFQ_CLIENT_BENCH, "--runs", "1", "--seconds", "1", "--only",
-               "nfq-accept,nfqnl-engine", "--json", str(out_json))
+    res = _run(
+        NFQ_CLIENT_BENCH,
+        "--runs",
+        "1",
+        "--seconds",
+        "1",
+        "--only",
+        "nfq-accept,nfqnl-engine",
+        "--json",
+        str(out_json),
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     doc = json.loads(out_json.read_text())
     for name in ("nfq-accept", "nfqnl-engine"):
@@ -109,4 +136,3 @@ def test_lab_for_refuses_bad_arguments_before_it_brings_a_lab_up(
         assert not [n for n in left if n.startswith(prefix)]
     finally:
         netns.down(prefix)  # if it did come up: not left behind by this test either
-

@@ -73,8 +73,14 @@ print(json.dumps({"first": first, "again": again, "counting": counting, "sets": 
 
 
 def _run(argv: list[str], timeout: float) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, f"{' '.join(argv[:6])} -> {done.returncode}: {done.stderr}"
     return done.stdout
 
@@ -95,15 +101,18 @@ def test_a_million_entry_table_is_applied_in_seconds(tmp_path: Path) -> None:
         # Every element is in the kernel: the sets' own listings, counted.
         in_kernel = {}
         for name in result["sets"]:
-            listing = _run(["ip", "netns", "exec", netns, "nft", "-j", "list", "set", "inet",
-                            "ipsctl", name], 300)
+            listing = _run(
+                ["ip", "netns", "exec", netns, "nft", "-j", "list", "set", "inet", "ipsctl", name],
+                300,
+            )
             (obj,) = [o["set"] for o in json.loads(listing)["nftables"] if "set" in o]
             in_kernel[name] = len(obj.get("elem", []))
         assert in_kernel == result["sets"]
         assert sum(in_kernel.values()) == HOSTS + NETS
         # The rule refers to the sets, with the mask of the /28s; no element in any rule.
-        chain = _run(["ip", "netns", "exec", netns, "nft", "list", "chain", "inet", "ipsctl",
-                      "forward"], 300)
+        chain = _run(
+            ["ip", "netns", "exec", netns, "nft", "list", "chain", "inet", "ipsctl", "forward"], 300
+        )
         assert "ip saddr & 255.255.255.240 == @big_v4_28_" in chain
         assert "ip saddr @big_v4_32_" in chain
         assert "10.0.0.2" not in chain

@@ -100,8 +100,11 @@ def test_manual_block_is_dropped_in_the_kernel_before_the_queue(tmp_path: Path) 
         if engine_has_blocks():  # every manual block and unblock is an EVE event too
 
             def eve_of_attacker() -> list[str]:
-                return [e["event_type"] for e in box.eve_events()
-                        if e.get("src_ip") == ATTACKER and e["event_type"] != "flow"]
+                return [
+                    e["event_type"]
+                    for e in box.eve_events()
+                    if e.get("src_ip") == ATTACKER and e["event_type"] != "flow"
+                ]
 
             # add, del, add, flush
             want = ["ipsctl_block", "ipsctl_unblock", "ipsctl_block", "ipsctl_unblock"]
@@ -110,8 +113,11 @@ def test_manual_block_is_dropped_in_the_kernel_before_the_queue(tmp_path: Path) 
             assert first["ipsctl_block"]["detector"] == "manual"
             assert first["ipsctl_block"]["reason"] == "lab test"
             assert first["ipsctl_block"]["ttl"] == 600
-            reasons = [e["ipsctl_unblock"]["reason"] for e in box.eve_events()
-                       if e["event_type"] == "ipsctl_unblock"]
+            reasons = [
+                e["ipsctl_unblock"]["reason"]
+                for e in box.eve_events()
+                if e["event_type"] == "ipsctl_unblock"
+            ]
             assert reasons[:1] == ["manual"] and "flush" in reasons
 
 
@@ -191,7 +197,9 @@ def test_only_root_may_change_blocks(tmp_path: Path) -> None:
             os.chmod(box.socket, 0o666)
             done = subprocess.run(
                 [sys.executable, "-c", SOCKET_CLIENT, box.socket, CLIENT],
-                capture_output=True, text=True, timeout=30,
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
             assert done.returncode == 0, done.stderr
             (lst, status, add, delete, flush) = json.loads(done.stdout)
@@ -243,4 +251,3 @@ def test_so_peercred_gives_the_uid_of_the_client_and_non_root_is_refused() -> No
     assert server._dispatch({"op": "blocks_list"}, 65534)["ok"] is True
     reply = server._dispatch({"op": "blocks_flush"}, 1000)
     assert reply == {"ok": False, "error": "'blocks_flush' needs root (peer uid 1000)"}
-

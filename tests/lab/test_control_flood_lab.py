@@ -118,8 +118,16 @@ def test_root_is_answered_while_the_socket_is_flooded(tmp_path: Path) -> None:
     gid = free_gid()
     group_file = tmp_path / "group"
     group_file.write_text(Path("/etc/group").read_text() + f"ipsctl:x:{gid}:\n")
-    wrapper = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
-               'mount --bind "$0" /etc/group && exec "$@"', str(group_file))
+    wrapper = (
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount --bind "$0" /etc/group && exec "$@"',
+        str(group_file),
+    )
     sock_dir = Path(tempfile.mkdtemp(prefix="ipsctl-flood-"))
     hammers: list[subprocess.Popen[str]] = []
     try:
@@ -148,7 +156,9 @@ def test_root_is_answered_while_the_socket_is_flooded(tmp_path: Path) -> None:
             def hammer(*args: object) -> subprocess.Popen[str]:
                 proc = subprocess.Popen(
                     [sys.executable, "-c", HAMMER, box.socket, str(gid), *map(str, args)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
                 )
                 hammers.append(proc)
                 return proc
@@ -167,15 +177,19 @@ def test_root_is_answered_while_the_socket_is_flooded(tmp_path: Path) -> None:
                     out = box.ipsctl(*args, timeout=30)
                     latencies.append(time.monotonic() - started)
                     outputs.append(out)
-            results = [json.loads(p.communicate(timeout=90)[0].splitlines()[-1]) for p in
-                       [idle, *rapid, large]]
+            results = [
+                json.loads(p.communicate(timeout=90)[0].splitlines()[-1])
+                for p in [idle, *rapid, large]
+            ]
             sampling.set()
             sampler.join(5)
-            print(f"\ncontrol flood: threads {before['Threads']} -> peak {peak['Threads']}, "
-                  f"RSS {before['VmRSS'] // 1024} -> peak {peak['VmRSS'] // 1024} MB, root's "
-                  f"commands {min(latencies):.2f}-{max(latencies):.2f} s "
-                  f"({len(latencies)} of them; {quiet:.2f} s without the flood); "
-                  f"hammers: {results[:3]}")
+            print(
+                f"\ncontrol flood: threads {before['Threads']} -> peak {peak['Threads']}, "
+                f"RSS {before['VmRSS'] // 1024} -> peak {peak['VmRSS'] // 1024} MB, root's "
+                f"commands {min(latencies):.2f}-{max(latencies):.2f} s "
+                f"({len(latencies)} of them; {quiet:.2f} s without the flood); "
+                f"hammers: {results[:3]}"
+            )
 
             for out in outputs:
                 assert out.returncode == 0, (out.stdout[-500:], out.stderr[-2000:])

@@ -27,8 +27,9 @@ def root_tc_filters() -> str:
     out = []
     for dev in sorted(p.name for p in Path("/sys/class/net").iterdir()):
         for hook in ("ingress", "egress"):
-            r = subprocess.run(["tc", "filter", "show", "dev", dev, hook],
-                               capture_output=True, text=True)
+            r = subprocess.run(
+                ["tc", "filter", "show", "dev", dev, hook], capture_output=True, text=True
+            )
             out.append(f"{dev} {hook}: {r.stdout}")
     return "\n".join(out)
 
@@ -43,8 +44,9 @@ def gw_tc_filters(box: InlineLab) -> str:
 
 def blocked(box: InlineLab) -> set[str]:
     out = box.ipsctl("blocks", "list", "--json")
-    return {row["addr"] for row in json.loads(out.stdout)["blocks"]} if out.returncode == 0 \
-        else set()
+    return (
+        {row["addr"] for row in json.loads(out.stdout)["blocks"]} if out.returncode == 0 else set()
+    )
 
 
 def test_accept_drop_reject_rewrite_end_to_end(tmp_path: Path) -> None:
@@ -90,8 +92,9 @@ def test_manual_block_is_enforced_by_the_adapter_and_expires(tmp_path: Path) -> 
         assert box.status()["blocks"]["kernel_drops"] >= 1
         # the block expires in the adapter, and the attacker gets through again
         assert wait_until(lambda: ATTACKER not in blocked(box), timeout=8)
-        assert wait_until(lambda: box.curl("attacker", f"http://{SERVER}/",
-                                           max_time=2).returncode == 0, timeout=5)
+        assert wait_until(
+            lambda: box.curl("attacker", f"http://{SERVER}/", max_time=2).returncode == 0, timeout=5
+        )
         # del of an address not blocked is an error; add + del works
         assert box.ipsctl("blocks", "add", ATTACKER).returncode == 0
         assert box.ipsctl("blocks", "del", ATTACKER).returncode == 0
@@ -104,9 +107,24 @@ def test_nmap_scan_is_detected_and_blocked(tmp_path: Path) -> None:
         with ClientProbe(box) as probe:
             scan = box.run(
                 "attacker",
-                ["nmap", "-sS", "-Pn", "-n", "-T4", "--max-retries", "0", "--host-timeout", "20s",
-                 "--initial-rtt-timeout", "100ms", "--max-rtt-timeout", "200ms",
-                 "-p", "1-200", SERVER],
+                [
+                    "nmap",
+                    "-sS",
+                    "-Pn",
+                    "-n",
+                    "-T4",
+                    "--max-retries",
+                    "0",
+                    "--host-timeout",
+                    "20s",
+                    "--initial-rtt-timeout",
+                    "100ms",
+                    "--max-rtt-timeout",
+                    "200ms",
+                    "-p",
+                    "1-200",
+                    SERVER,
+                ],
                 timeout=40,
             )
             assert scan.returncode == 0, scan.stderr
@@ -117,8 +135,11 @@ def test_nmap_scan_is_detected_and_blocked(tmp_path: Path) -> None:
         assert alerts and alerts[0]["src_ip"] == ATTACKER
         # once banned, the attacker's new SYNs stop in the adapter, before the engine
         before = box.status()
-        box.run("attacker", ["nmap", "-sS", "-Pn", "-n", "--max-retries", "0", "-p",
-                             "1000-1050", SERVER], timeout=30)
+        box.run(
+            "attacker",
+            ["nmap", "-sS", "-Pn", "-n", "--max-retries", "0", "-p", "1000-1050", SERVER],
+            timeout=30,
+        )
         after = box.status()
         assert after["blocks"]["kernel_drops"] - before["blocks"]["kernel_drops"] >= 51
         assert after["worker"]["packets"] - before["worker"]["packets"] <= 4
@@ -131,8 +152,7 @@ def test_worker_restart_keeps_the_blocks(tmp_path: Path) -> None:
         assert box.ipsctl("blocks", "add", ATTACKER, "--ttl", "10m").returncode == 0
         pid = box.status()["worker"]["pid"]
         subprocess.run(["kill", "-KILL", str(pid)], check=True)  # our daemon's worker, by PID
-        assert wait_until(lambda: box.status()["worker"].get("pid") not in (None, pid),
-                          timeout=10)
+        assert wait_until(lambda: box.status()["worker"].get("pid") not in (None, pid), timeout=10)
         assert ATTACKER in blocked(box)
         assert box.curl("client", f"http://{SERVER}/").returncode == 0
         assert box.curl("attacker", f"http://{SERVER}/", max_time=2).returncode == 28
@@ -162,8 +182,13 @@ def test_reader_thread_path_of_windows_runs_here(tmp_path: Path) -> None:
     with inline_lab(tmp_path, "dvt") as box:
         log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
         root = str(Path(__file__).parents[2])
-        proc = box.lab.popen("gw", [sys.executable, "-c", READER_THREAD_WORKER], stdout=log,
-                             stderr=subprocess.STDOUT, cwd=root)
+        proc = box.lab.popen(
+            "gw",
+            [sys.executable, "-c", READER_THREAD_WORKER],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=root,
+        )
         try:
             assert wait_until(lambda: "bound" in (tmp_path / "worker.log").read_text(), 10)
             ping = box.run("client", ["ping", "-c", "2", "-i", "0.2", "-W", "1", SERVER])

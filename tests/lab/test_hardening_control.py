@@ -60,9 +60,20 @@ print(json.dumps(out))
 def as_nobody(sock: str, groups: str | None, *ops: dict) -> list[dict]:
     creds = ["--groups", groups] if groups else ["--clear-groups"]
     out = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", *creds, "/usr/bin/python3", "-c",
-         CLIENT_SCRIPT, sock, *(json.dumps(op) for op in ops)],
-        capture_output=True, text=True, timeout=30,
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            *creds,
+            "/usr/bin/python3",
+            "-c",
+            CLIENT_SCRIPT,
+            sock,
+            *(json.dumps(op) for op in ops),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
@@ -124,8 +135,12 @@ def test_drop_capabilities_keeps_only_the_network_ones(tmp_path: Path) -> None:
     os.chmod(tmp_path, 0o755)
     root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
-        [sys.executable, "-c", DROP_SCRIPT, str(victim)], capture_output=True, text=True,
-        timeout=30, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+        [sys.executable, "-c", DROP_SCRIPT, str(victim)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
@@ -144,8 +159,16 @@ def test_socket_permissions_group_views_and_dropped_capabilities(tmp_path: Path)
     group_file.write_text(Path("/etc/group").read_text() + f"ipsctl:x:{gid}:\n")
     # the daemon sees a group `ipsctl` in its own mount namespace only: the host's
     # /etc/group is not changed
-    wrapper = ("unshare", "--mount", "--propagation", "private", "sh", "-c",
-               'mount --bind "$0" /etc/group && exec "$@"', str(group_file))
+    wrapper = (
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount --bind "$0" /etc/group && exec "$@"',
+        str(group_file),
+    )
     sock_dir = Path(tempfile.mkdtemp(prefix="ipsctl-ctl-"))
     try:
         os.chmod(sock_dir, 0o755)
@@ -164,8 +187,12 @@ def test_socket_permissions_group_views_and_dropped_capabilities(tmp_path: Path)
             assert denied == {"connect": "Permission denied"}
             # a member: read-only views, every change refused (SO_PEERCRED: uid 65534)
             views = as_nobody(
-                box.socket, str(gid), {"op": "status"}, {"op": "blocks_list"},
-                {"op": "blocks_add", "addr": ATTACKER}, {"op": "blocks_flush"},
+                box.socket,
+                str(gid),
+                {"op": "status"},
+                {"op": "blocks_list"},
+                {"op": "blocks_add", "addr": ATTACKER},
+                {"op": "blocks_flush"},
                 {"op": "apply", "main": "/x.rules", "sources": {"/x.rules": "drop\n"}},
                 {"op": "confirm"},
             )
@@ -225,8 +252,7 @@ print("sent 70")
 
 def test_spoofed_scans_from_a_trusted_address_never_block_it(tmp_path: Path) -> None:
     lines = [
-        f"table trusted = {{ 127.0.0.0/8, {CLIENT} }}" if line.startswith("table trusted")
-        else line
+        f"table trusted = {{ 127.0.0.0/8, {CLIENT} }}" if line.startswith("table trusted") else line
         for line in GATEWAY_RULES.read_text().splitlines()
         if not line.startswith("detect ")
     ]
@@ -243,13 +269,18 @@ def test_spoofed_scans_from_a_trusted_address_never_block_it(tmp_path: Path) -> 
         time.sleep(2.5)  # unanswered probes are weighed 2 s after they were sent
         assert CLIENT not in box.kernel_blocks()
         refusals = {
-            (e["alert"]["category"], e["ipsctl"]["block"]) for e in box.eve_events()
-            if e["event_type"] == "alert" and e.get("ipsctl", {}).get("source") == CLIENT
+            (e["alert"]["category"], e["ipsctl"]["block"])
+            for e in box.eve_events()
+            if e["event_type"] == "alert"
+            and e.get("ipsctl", {}).get("source") == CLIENT
             and "block" in e.get("ipsctl", {})
         }
         # each detector saw it, and each block was refused because the address is trusted
-        assert refusals == {("portscan", "trusted"), ("sweep", "trusted"),
-                            ("stealth", "trusted")}, refusals
+        assert refusals == {
+            ("portscan", "trusted"),
+            ("sweep", "trusted"),
+            ("stealth", "trusted"),
+        }, refusals
         assert box.curl("client", f"http://{SERVER}/").returncode == 0
         # The control was: the same packets from the attacker's own address get it blocked.
         # Since issue 19 (item 1) the forged ones already did, by its MAC (the gateway's
@@ -276,5 +307,7 @@ def test_every_control_command_has_its_permission_and_the_views_alone_are_open()
         assert refusal(op, 0) is None
         assert (refusal(op, 1000) is None) == (op in READ_ONLY_OPS)
     assert refusal("no_such_op", 1000) == {
-        "ok": False, "error": "'no_such_op' needs root (peer uid 1000)"}
+        "ok": False,
+        "error": "'no_such_op' needs root (peer uid 1000)",
+    }
     assert refusal(["status"], 1000) is not None  # not even a name

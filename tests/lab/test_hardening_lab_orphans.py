@@ -108,8 +108,10 @@ def test_lab_without_its_state_file_is_listed_and_removed_with_the_processes_ins
         started = time.monotonic()
         result = CliRunner().invoke(lab_cli, ["down", "--prefix", prefix])
         assert result.exit_code == 0, result.output
-        assert (f"lab {prefix} removed (found by its namespaces; its state file was gone): "
-                "5 namespaces, processes inside stopped (pid ") in result.output
+        assert (
+            f"lab {prefix} removed (found by its namespaces; its state file was gone): "
+            "5 namespaces, processes inside stopped (pid "
+        ) in result.output
         assert time.monotonic() - started < 10
         assert _namespaces(prefix) == [squatter]
         assert inside.wait(timeout=5) is not None

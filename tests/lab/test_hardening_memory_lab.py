@@ -34,8 +34,11 @@ def test_rand_source_flood_in_the_lab_keeps_the_flow_table_at_its_cap(tmp_path: 
         status = box.status()
         worker = status["worker"]["pid"]
         before = _rss_kb(box, worker)
-        flood = box.run("attacker", ["hping3", "-S", "-p", "80", "--rand-source", "-c", "20000",
-                                     "-i", "u40", SERVER], timeout=60)
+        flood = box.run(
+            "attacker",
+            ["hping3", "-S", "-p", "80", "--rand-source", "-c", "20000", "-i", "u40", SERVER],
+            timeout=60,
+        )
         assert "20000 packets transmitted" in flood.stdout + flood.stderr, flood
         assert wait_until(lambda: box.status()["worker"]["packets"] >= 15_000, timeout=10)
         status = box.status()
@@ -46,4 +49,3 @@ def test_rand_source_flood_in_the_lab_keeps_the_flow_table_at_its_cap(tmp_path: 
         assert grown < 40_000, f"worker RSS grew by {grown} kB"
         assert box.curl("client", f"http://{SERVER}/").returncode == 0
         assert CLIENT not in box.kernel_blocks()
-

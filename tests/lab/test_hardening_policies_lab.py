@@ -52,8 +52,11 @@ def test_hostile_policies_never_replace_the_running_one(tmp_path: Path) -> None:
         # the daemon validates again: files handed over by hand, escaping, looping, broken
         main = str(hostile / "main.rules")
         refused = [
-            {"op": "apply", "main": main, "sources": {main: 'include "../x.rules"\n',
-                                                      str(tmp_path / "x.rules"): "accept\n"}},
+            {
+                "op": "apply",
+                "main": main,
+                "sources": {main: 'include "../x.rules"\n', str(tmp_path / "x.rules"): "accept\n"},
+            },
             {"op": "apply", "main": main, "sources": {main: 'include "main.rules"\n'}},
             {"op": "apply", "main": main, "sources": {main: "acept\n"}},
             {"op": "apply", "main": main, "sources": {}},
@@ -62,16 +65,23 @@ def test_hostile_policies_never_replace_the_running_one(tmp_path: Path) -> None:
         for req in refused:
             reply = raw_request(box.socket, json.dumps(req).encode() + b"\n")
             assert reply["ok"] is False and reply["diagnostics"], reply
-        for junk in (b"[]\n", b"not json\n", b'{"op": "apply"}\n', b"\xff\xfe\n",
-                     b'{"op": "apply", "main": 5, "sources": []}\n'):
+        for junk in (
+            b"[]\n",
+            b"not json\n",
+            b'{"op": "apply"}\n',
+            b"\xff\xfe\n",
+            b'{"op": "apply", "main": 5, "sources": []}\n',
+        ):
             reply = raw_request(box.socket, junk)
             assert reply["ok"] is False and reply["error"], reply
         # over 64 MiB (root's bound): refused with an answer, or a reset the client may see
         try:
             big = raw_request(box.socket, b'{"op": "apply", "x": "' + b"a" * (65 << 20) + b'"}')
             limit = 64 << 20
-            assert big == {"ok": False,
-                           "error": f"request too large: more than {limit} bytes in one line"}
+            assert big == {
+                "ok": False,
+                "error": f"request too large: more than {limit} bytes in one line",
+            }
         except ConnectionResetError:
             pass
         status = box.status()
@@ -82,4 +92,3 @@ def test_hostile_policies_never_replace_the_running_one(tmp_path: Path) -> None:
         assert box.curl("client", f"http://{SERVER}/").returncode == 0
         assert box.curl("attacker", f"telnet://{SERVER}:23", max_time=2).returncode == 28
         assert ATTACKER
-

@@ -58,12 +58,17 @@ def check_gateway_verdicts(box: InlineLab) -> dict:
     assert telnet.returncode == 28, telnet
     ping = box.run("client", ["ping", "-c", "2", "-i", "0.2", "-W", "1", SERVER])
     assert ping.returncode == 0
-    assert wait_until(lambda: any(
-        e["event_type"] == "alert" and e["alert"]["signature_id"] == 2000010
+    assert wait_until(
+        lambda: any(
+            e["event_type"] == "alert" and e["alert"]["signature_id"] == 2000010
+            for e in box.eve_events()
+        )
+    )
+    alert = next(
+        e
         for e in box.eve_events()
-    ))
-    alert = next(e for e in box.eve_events() if e["event_type"] == "alert"
-                 and e["alert"]["signature_id"] == 2000010)
+        if e["event_type"] == "alert" and e["alert"]["signature_id"] == 2000010
+    )
     assert alert["src_ip"] == ATTACKER and alert["dest_port"] == 23
     assert alert["alert"]["action"] == "blocked"
     status = box.status()
@@ -78,18 +83,28 @@ def test_accept_drop_reject_rewrite_end_to_end(tmp_path: Path) -> None:
         box.start_daemon(GATEWAY_RULES)
         status = check_gateway_verdicts(box)
         assert status["diversion"]["backend"].startswith("iptables")
+
         # At stop the flows still open end with their records (reason shutdown), as
         # Suricata's do: the answered DNS-like exchange is one of them.
         def dns_records(reason: str) -> list[dict]:
-            return [e for e in box.eve_events() if e["event_type"] == "flow"
-                    and e["flow"]["reason"] == reason and e["proto"] == "UDP"
-                    and e["src_ip"] == CLIENT and e["dest_port"] == 53]
+            return [
+                e
+                for e in box.eve_events()
+                if e["event_type"] == "flow"
+                and e["flow"]["reason"] == reason
+                and e["proto"] == "UDP"
+                and e["src_ip"] == CLIENT
+                and e["dest_port"] == 53
+            ]
 
         assert not dns_records("shutdown")
         open_flows = status["worker"]["flows"]
         box.stop_daemon()
-        ended = [e for e in box.eve_events() if e["event_type"] == "flow"
-                 and e["flow"]["reason"] == "shutdown"]
+        ended = [
+            e
+            for e in box.eve_events()
+            if e["event_type"] == "flow" and e["flow"]["reason"] == "shutdown"
+        ]
         # each open flow once (one may have timed out since the status)
         assert 0 < len(ended) <= open_flows, (len(ended), open_flows)
         assert len({e["flow_id"] for e in ended}) == len(ended)
@@ -131,8 +146,10 @@ def test_fast_path_rules_are_in_the_kernel_and_skip_the_queue(tmp_path: Path) ->
             ]
             if "rule" in o and "comment" in o["rule"]
         }
-        hits = {c: next((x["counter"]["packets"] for x in e if "counter" in x), 0)
-                for c, e in counters.items()}
+        hits = {
+            c: next((x["counter"]["packets"] for x in e if "counter" in x), 0)
+            for c, e in counters.items()
+        }
         assert sum(v for c, v in hits.items() if c.endswith(":2")) >= 10  # 5 pings, 5 replies
         assert sum(v for c, v in hits.items() if c.endswith(":1")) >= 1
         # while a web request goes through the queue
@@ -165,9 +182,11 @@ def test_apply_under_traffic_keeps_the_connection_and_bad_apply_changes_nothing(
     tmp_path: Path,
 ) -> None:
     base = tmp_path / "base.rules"
-    base.write_text(GATEWAY_RULES.read_text().replace(
-        "reject  from $lan", "accept  proto tcp from $lan to $dmz port 7\nreject  from $lan"
-    ))
+    base.write_text(
+        GATEWAY_RULES.read_text().replace(
+            "reject  from $lan", "accept  proto tcp from $lan to $dmz port 7\nreject  from $lan"
+        )
+    )
     with inline_lab(tmp_path, "iap") as box:
         box.start_daemon(base)
         status = box.status()
@@ -177,14 +196,18 @@ def test_apply_under_traffic_keeps_the_connection_and_bad_apply_changes_nothing(
         stream = box.lab.popen(
             "client",
             [sys.executable, "-c", ECHO_CLIENT.format(host=SERVER, seconds=6)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         time.sleep(0.5)
         changed = tmp_path / "changed.rules"
-        changed.write_text(base.read_text().replace(
-            "accept  proto tcp from $admins to $dmz port ssh",
-            "accept  proto tcp from $admins to $dmz port { ssh, 2222 }",
-        ))
+        changed.write_text(
+            base.read_text().replace(
+                "accept  proto tcp from $admins to $dmz port ssh",
+                "accept  proto tcp from $admins to $dmz port { ssh, 2222 }",
+            )
+        )
         digests = set()
         for i in range(6):
             target = changed if i % 2 == 0 else base
@@ -275,18 +298,35 @@ def test_watchdog_replaces_a_hung_worker(tmp_path: Path) -> None:
 def test_nothing_outside_our_table_and_chain_is_touched(tmp_path: Path) -> None:
     with inline_lab(tmp_path, "ino") as box:
         box.run("gw", ["nft", "add", "table", "inet", "decoy"], check=True)
-        box.run("gw", ["nft", "add", "chain", "inet", "decoy", "fw",
-                       "{ type filter hook forward priority 5; }"], check=True)
+        box.run(
+            "gw",
+            [
+                "nft",
+                "add",
+                "chain",
+                "inet",
+                "decoy",
+                "fw",
+                "{ type filter hook forward priority 5; }",
+            ],
+            check=True,
+        )
         box.run("gw", ["nft", "add", "rule", "inet", "decoy", "fw", "counter"], check=True)
-        box.run("gw", ["iptables", "-A", "FORWARD", "-m", "comment", "--comment", "decoy",
-                       "-j", "ACCEPT"], check=True)
+        box.run(
+            "gw",
+            ["iptables", "-A", "FORWARD", "-m", "comment", "--comment", "decoy", "-j", "ACCEPT"],
+            check=True,
+        )
 
         def outside() -> tuple[str, str]:
             nft = json.loads(box.gw_text(["nft", "-j", "list", "table", "inet", "decoy"]))
             for obj in nft["nftables"]:
                 obj.get("rule", {}).get("expr", [{}])[0].pop("counter", None)
-            ipt = [line for line in box.gw_text(["iptables", "-S"]).splitlines()
-                   if "IPSCTL" not in line]
+            ipt = [
+                line
+                for line in box.gw_text(["iptables", "-S"]).splitlines()
+                if "IPSCTL" not in line
+            ]
             return json.dumps(nft, sort_keys=True), "\n".join(ipt)
 
         before = outside()

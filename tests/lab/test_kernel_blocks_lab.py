@@ -57,14 +57,19 @@ POLICY = load_policy_text("table banned dynamic timeout 1h\\ndrop from @banned\\
 def run_in(ns: str, code: str) -> Any:
     done = subprocess.run(
         ["ip", "netns", "exec", ns, sys.executable, "-c", PRELUDE + textwrap.dedent(code)],
-        capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_block_effects_reach_the_kernel_in_well_under_a_millisecond(ns: str) -> None:
-    got = run_in(ns, """
+    got = run_in(
+        ns,
+        """
         nft = Nft()
         nft.apply(POLICY, NftPlan(hooks=("forward",)))
         blocks = kb.KernelBlocks(nft, log=None)
@@ -83,7 +88,8 @@ def test_block_effects_reach_the_kernel_in_well_under_a_millisecond(ns: str) -> 
         blocks.flush()
         third = sorted(e.addr for e in nft.elements("banned"))
         print(json.dumps([first, second, third, blocks.stats()]))
-    """)
+    """,
+    )
     first, second, third, stats = got
     assert first["192.0.2.1"] == [100, "portscan|1|15 ports"] and first["::1"][0] == 50
     assert second["192.0.2.1"] == [300, "portscan|2|again"]  # timeout and comment replaced
@@ -95,7 +101,9 @@ def test_block_effects_reach_the_kernel_in_well_under_a_millisecond(ns: str) -> 
 
 
 def test_a_start_over_a_killed_daemons_table_keeps_its_blocks(ns: str) -> None:
-    got = run_in(ns, """
+    got = run_in(
+        ns,
+        """
         from ips.kernel.diversion import NftDiversion
         from ips.kernel.probe import Capabilities
         nft = Nft()
@@ -110,7 +118,8 @@ def test_a_start_over_a_killed_daemons_table_keeps_its_blocks(ns: str) -> None:
         chains = nft.state().chains
         d.remove()
         print(json.dumps([members, chains, nft.table_exists()]))
-    """)
+    """,
+    )
     members, chains, exists = got
     assert members == [["192.0.2.1", "portscan|1|x"]]
     # the old chain went, the new one is in (with its offload chain: `set offload` is on)
@@ -120,7 +129,9 @@ def test_a_start_over_a_killed_daemons_table_keeps_its_blocks(ns: str) -> None:
 
 def test_blocks_saved_by_a_clean_stop_come_back_with_their_time_left(ns: str, tmp_path: Path):
     state = tmp_path / "blocks.json"
-    got = run_in(ns, f"""
+    got = run_in(
+        ns,
+        f"""
         nft = Nft()
         nft.apply(POLICY, NftPlan(hooks=("forward",)))
         nft.replace_elements("banned", ["192.0.2.1"], 600, "manual|0|by hand")
@@ -134,7 +145,8 @@ def test_blocks_saved_by_a_clean_stop_come_back_with_their_time_left(ns: str, tm
         now = {{e.addr: [e.timeout, e.expires, e.comment] for e in nft.elements("banned")}}
         nft.remove()
         print(json.dumps([added, now]))
-    """)
+    """,
+    )
     added, now = got
     assert added == 1
     timeout, expires, comment = now["192.0.2.1"]
@@ -142,4 +154,3 @@ def test_blocks_saved_by_a_clean_stop_come_back_with_their_time_left(ns: str, tm
     timeout, expires, comment = now["2001:db8::1"]  # the kernel's own entry wins
     # (time left is whole seconds, so a loaded machine may already show 29)
     assert timeout == 30 and 28 <= expires <= 30 and comment == "sweep|1|newer"
-

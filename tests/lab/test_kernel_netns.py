@@ -134,7 +134,10 @@ def test_apply_puts_the_fast_path_in_our_table(ns: str) -> None:
     assert set(chains) == {"forward", "input"}
     for name, chain in chains.items():
         assert (chain["hook"], chain["prio"], chain["type"], chain["policy"]) == (
-            name, -10, "filter", "accept"
+            name,
+            -10,
+            "filter",
+            "accept",
         )
     sets = {o["set"]["name"]: o["set"] for o in objs if "set" in o}
     assert set(sets) == {"banned_v4", "banned_v6"}
@@ -147,8 +150,11 @@ def test_apply_puts_the_fast_path_in_our_table(ns: str) -> None:
     plan = nft.NftPlan(hooks=("forward", "input"))
     cmds = nft.build_ruleset(load_policy_text(POLICY, "p.rules"), plan)
     for chain in ("forward", "input"):
-        want = [c["add"]["rule"]["comment"] for c in cmds
-                if c.get("add", {}).get("rule", {}).get("chain") == chain]
+        want = [
+            c["add"]["rule"]["comment"]
+            for c in cmds
+            if c.get("add", {}).get("rule", {}).get("chain") == chain
+        ]
         assert comments(objs, chain) == want
     got = comments(objs, "forward")
     assert got[:3] == ["ipsctl:blocks", "ipsctl:blocks", "ipsctl:clear-mark"]
@@ -167,18 +173,24 @@ def test_apply_puts_the_fast_path_in_our_table(ns: str) -> None:
 
 def test_reapply_keeps_set_members_and_swaps_rules(ns: str) -> None:
     run_in(ns, APPLY, {"text": POLICY, "hooks": ["forward", "output"]})
-    run_in(ns, """
+    run_in(
+        ns,
+        """
         Nft().add_elements("banned", ["198.51.100.7", "2001:db8:9::1"], 600)
         print(json.dumps(None))
-    """)
+    """,
+    )
     changed = (
         "table banned dynamic timeout 2h\ntable other dynamic\n"
         "drop from @banned\ndrop from @other\naccept proto udp"
     )
     run_in(ns, APPLY, {"text": changed, "hooks": ["forward"]})
-    elements = run_in(ns, """
+    elements = run_in(
+        ns,
+        """
         print(json.dumps([[e.addr, e.timeout] for e in Nft().elements("banned")]))
-    """)
+    """,
+    )
     assert sorted(elements) == [["198.51.100.7", 600], ["2001:db8:9::1", 600]]
     objs = nft_list(ns, "table", "inet", "ipsctl")
     assert {o["chain"]["name"] for o in objs if "chain" in o} == {"forward"}  # output is gone
@@ -218,7 +230,9 @@ print(json.dumps(None))
 
 def test_elements_with_timeouts(ns: str) -> None:
     run_in(ns, APPLY, {"text": POLICY, "hooks": ["forward"]})
-    got = run_in(ns, """
+    got = run_in(
+        ns,
+        """
         n = Nft()
         n.add_elements("banned", ["203.0.113.5"], 100)
         n.add_elements("banned", ["203.0.113.6", "2001:db8::66"])  # the set's default
@@ -228,7 +242,8 @@ def test_elements_with_timeouts(ns: str) -> None:
         removed = n.delete_elements("banned", ["203.0.113.6", "203.0.113.99"])  # one absent
         third = sorted(e.addr for e in n.elements("banned"))
         print(json.dumps([first, second, removed, third]))
-    """)
+    """,
+    )
     first, second, removed, third = got
     assert first["203.0.113.5"][0] == 100 and 90 <= first["203.0.113.5"][1] <= 100
     assert first["203.0.113.6"][1] > 3500  # default timeout of the set (1h)
@@ -243,14 +258,29 @@ def test_remove_touches_nothing_else(ns: str) -> None:
         "  ip saddr 192.0.2.1 counter drop\n }\n}\n"
     )
     sh(["ip", "netns", "exec", ns, "nft", "-f", "-"], stdin=decoy)
-    sh(["ip", "netns", "exec", ns, "iptables", "-w", "-A", "FORWARD", "-s", "192.0.2.99",
-        "-j", "DROP"])
+    sh(
+        [
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "iptables",
+            "-w",
+            "-A",
+            "FORWARD",
+            "-s",
+            "192.0.2.99",
+            "-j",
+            "DROP",
+        ]
+    )
     before_other = nft_list(ns, "table", "inet", "other")
     run_in(ns, APPLY, {"text": POLICY, "hooks": ["forward"]})
     first, second = run_in(ns, "n = Nft(); print(json.dumps([n.remove(), n.remove()]))")
     assert (first, second) == (True, False)
-    tables = {(o["table"]["family"], o["table"]["name"]) for o in nft_list(ns, "tables")
-              if "table" in o}
+    tables = {
+        (o["table"]["family"], o["table"]["name"]) for o in nft_list(ns, "tables") if "table" in o
+    }
     assert ("inet", "ipsctl") not in tables and ("inet", "other") in tables
     assert _strip_handles(nft_list(ns, "table", "inet", "other")) == _strip_handles(before_other)
     rules = sh(["ip", "netns", "exec", ns, "iptables", "-w", "-S", "FORWARD"])
@@ -269,12 +299,15 @@ def _strip_handles(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_iptables_diversion_is_idempotent_and_leaves_user_rules(ns: str) -> None:
     for binary, addr in (("iptables", "192.0.2.99"), ("ip6tables", "2001:db8::99")):
         sh(["ip", "netns", "exec", ns, binary, "-w", "-A", "FORWARD", "-s", addr, "-j", "DROP"])
-    got = run_in(ns, """
+    got = run_in(
+        ns,
+        """
         d = IptablesDiversion()
         d.install(hooks=("forward", "input"), queue=0, fail_open=True)
         d.install(hooks=("forward", "input"), queue=(2, 5), fail_open=True)  # again: refresh
         print(json.dumps(None))
-    """)
+    """,
+    )
     assert got is None
     for binary in ("iptables", "ip6tables"):
         rules = sh(["ip", "netns", "exec", ns, binary, "-w", "-S"]).splitlines()
@@ -293,10 +326,13 @@ def test_iptables_diversion_is_idempotent_and_leaves_user_rules(ns: str) -> None
     # fewer hooks: the INPUT jump goes
     run_in(ns, "IptablesDiversion().install(hooks=('forward',)); print('null')")
     assert "-A INPUT" not in sh(["ip", "netns", "exec", ns, "iptables", "-w", "-S"])
-    removed = run_in(ns, """
+    removed = run_in(
+        ns,
+        """
         d = IptablesDiversion()
         print(json.dumps([d.remove(), d.remove()]))
-    """)
+    """,
+    )
     assert removed == [True, False]
     for binary, addr in (("iptables", "192.0.2.99/32"), ("ip6tables", "2001:db8::99/128")):
         rules = sh(["ip", "netns", "exec", ns, binary, "-w", "-S"])
@@ -310,7 +346,9 @@ def _nft_accepts(ns: str, rule: str) -> bool:
     done = subprocess.run(
         ["ip", "netns", "exec", ns, "nft", "-f", "-"],
         input=f"table inet tprobe {{\n chain c {{\n  {rule}\n }}\n}}\n",
-        capture_output=True, text=True, timeout=TIMEOUT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
     )
     sh(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "tprobe"], check=False)
     return done.returncode == 0
@@ -327,8 +365,6 @@ def test_probe_matches_the_kernel(ns: str) -> None:
         assert "queue" in caps["reasons"]["nft_queue"]
     tables = [o for o in nft_list(ns, "tables") if "table" in o]
     assert tables == []  # the probe table is gone, nothing was left behind
-
-
 
 
 # ---- real packets -----------------------------------------------------------------------------
@@ -352,9 +388,12 @@ print("null")
 
 
 def _counters(ns: str) -> dict[str, int]:
-    return run_in(ns, """
+    return run_in(
+        ns,
+        """
         print(json.dumps({k: v.packets for k, v in Nft().counters().items()}))
-    """)
+    """,
+    )
 
 
 def _ipsctl_chain_counts(ns: str) -> list[int]:
@@ -374,8 +413,20 @@ def test_packets_meet_the_fast_path_then_the_queue(namespaces: Any) -> None:
     sh(["ip", "-n", b, "link", "set", "vb", "up"])
     # static neighbours: no ARP packets to count
     mac_b = sh(["ip", "-n", b, "-j", "link", "show", "vb"])
-    sh(["ip", "-n", a, "neigh", "replace", "10.199.0.2", "lladdr",
-        json.loads(mac_b)[0]["address"], "dev", "va"])
+    sh(
+        [
+            "ip",
+            "-n",
+            a,
+            "neigh",
+            "replace",
+            "10.199.0.2",
+            "lladdr",
+            json.loads(mac_b)[0]["address"],
+            "dev",
+            "va",
+        ]
+    )
     run_in(b, APPLY, {"text": TRAFFIC_POLICY, "hooks": ["input"]})
     run_in(b, "IptablesDiversion().install(hooks=('input',)); print('null')")
     run_in(a, SEND, [[9001, 3], [9002, 4], [9003, 5]])
@@ -430,7 +481,9 @@ def test_a_worker_binds_its_copy_group_only_when_it_reads_copies(ns: str) -> Non
     """Offload's NFLOG copies (queue 7 -> group copy_group(7)): bound with the queue when
     the kernel has NFLOG; not at all when the probe found none (the rules then queue the
     first data instead); released with the queue."""
-    got = run_in(ns, """
+    got = run_in(
+        ns,
+        """
         from ips.engine import Engine
         from ips.io.nfqueue import QueueWorker
         from ips.translate.nft import copy_group
@@ -446,7 +499,8 @@ def test_a_worker_binds_its_copy_group_only_when_it_reads_copies(ns: str) -> Non
             worker.unbind()
         out["after"] = groups()
         print(json.dumps(out))
-    """)
+    """,
+    )
     assert got["True"] == {"fd": True, "groups": [got["group"]]}, got
     assert got["False"] == {"fd": False, "groups": []}, got
     assert got["after"] == [], got

@@ -53,8 +53,11 @@ def unique_prefix() -> str:
 
 
 def lab_namespaces(prefix: str) -> list[str]:
-    return sorted(n for n in os.listdir(netns.NETNS_DIR) if n.startswith(prefix)) \
-        if netns.NETNS_DIR.is_dir() else []
+    return (
+        sorted(n for n in os.listdir(netns.NETNS_DIR) if n.startswith(prefix))
+        if netns.NETNS_DIR.is_dir()
+        else []
+    )
 
 
 @pytest.fixture
@@ -115,19 +118,26 @@ def test_http(gateway_lab: netns.Lab, url: str, body: str) -> None:
 
 @pytest.mark.parametrize("server", ["10.10.2.10", "fd00:10:2::10"])
 def test_udp_echo(gateway_lab: netns.Lab, server: str) -> None:
-    out = py_in(gateway_lab, "attacker", f"""
+    out = py_in(
+        gateway_lab,
+        "attacker",
+        f"""
         import socket
         fam = socket.AF_INET6 if ":" in {server!r} else socket.AF_INET
         s = socket.socket(fam, socket.SOCK_DGRAM)
         s.settimeout(3)
         s.sendto(b"lab-udp-probe", ({server!r}, 53))
         print(s.recvfrom(100)[0].decode())
-    """)
+    """,
+    )
     assert out == "lab-udp-probe"
 
 
 def test_tcp_echo(gateway_lab: netns.Lab) -> None:
-    out = py_in(gateway_lab, "client", """
+    out = py_in(
+        gateway_lab,
+        "client",
+        """
         import socket
         with socket.create_connection(("10.10.2.10", 7), timeout=3) as s:
             s.sendall(b"hello echo")
@@ -136,15 +146,20 @@ def test_tcp_echo(gateway_lab: netns.Lab) -> None:
             while chunk := s.recv(100):
                 data += chunk
         print(data.decode())
-    """)
+    """,
+    )
     assert out == "hello echo"
 
 
 def test_gateway_forwards_and_nodes_are_isolated(gateway_lab: netns.Lab) -> None:
-    sysctl = py_in(gateway_lab, "gw", """
+    sysctl = py_in(
+        gateway_lab,
+        "gw",
+        """
         print(open("/proc/sys/net/ipv4/ip_forward").read().strip(),
               open("/proc/sys/net/ipv6/conf/all/forwarding").read().strip())
-    """)
+    """,
+    )
     assert sysctl == "1 1"
     # The lab did not change the host's own namespace.
     assert not any(n.startswith(gateway_lab.prefix) for n in os.listdir("/sys/class/net"))
@@ -180,8 +195,10 @@ def test_exec_returns_the_exit_code(gateway_lab: netns.Lab) -> None:
     unknown = runner.invoke(lab_cli, ["exec", *p, "clinet", "--", "true"])
     assert unknown.exit_code == 2
     assert "did you mean 'client'?" in unknown.output
-    assert netns.exec(gateway_lab.prefix, "server", ["sh", "-c", "exit 3"],
-                      timeout=TIMEOUT).returncode == 3
+    assert (
+        netns.exec(gateway_lab.prefix, "server", ["sh", "-c", "exit 3"], timeout=TIMEOUT).returncode
+        == 3
+    )
 
 
 def test_second_up_with_same_prefix_is_refused(gateway_lab: netns.Lab) -> None:
@@ -195,12 +212,12 @@ def test_down_removes_everything_and_is_idempotent(prefix: str) -> None:
     lab = netns.up(GATEWAY, prefix)
     pids = [s.pid for s in lab.services]
     assert len(pids) == 1 and Path(f"/proc/{pids[0]}").exists()
-    assert lab_namespaces(prefix) == sorted(prefix + n for n in
-                                            ["attacker", "client", "gw", "server", "sw"])
+    assert lab_namespaces(prefix) == sorted(
+        prefix + n for n in ["attacker", "client", "gw", "server", "sw"]
+    )
     result = CliRunner().invoke(lab_cli, ["down", "--prefix", prefix])
     assert result.exit_code == 0, result.output
-    assert f"lab {prefix} removed: 5 namespaces, services stopped (pid {pids[0]})" \
-        in result.output
+    assert f"lab {prefix} removed: 5 namespaces, services stopped (pid {pids[0]})" in result.output
     assert lab_namespaces(prefix) == []
     assert not netns.state_path(prefix).exists()
     for pid in pids:
@@ -230,12 +247,15 @@ def test_services_failure_is_reported_and_cleaned(
     prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     topo = tmp_path / "one.yaml"
-    topo.write_text("segments: [lan]\nnodes:\n  a:\n    interfaces: [{name: eth0, segment: lan, "
-                    "addresses: [10.77.0.1/24]}]\n    services: [{kind: http, port: 80}]\n")
+    topo.write_text(
+        "segments: [lan]\nnodes:\n  a:\n    interfaces: [{name: eth0, segment: lan, "
+        "addresses: [10.77.0.1/24]}]\n    services: [{kind: http, port: 80}]\n"
+    )
     original = netns._services_argv
     # A services process that exits at once (a bad option): `up` must say so and clean up.
-    monkeypatch.setattr(netns, "_services_argv",
-                        lambda node: [*original(node), "--max-clients", "nope"])
+    monkeypatch.setattr(
+        netns, "_services_argv", lambda node: [*original(node), "--max-clients", "nope"]
+    )
     with pytest.raises(netns.LabError, match=r"services on a did not start: .*invalid int"):
         netns.up(topo, prefix)
     assert lab_namespaces(prefix) == []
@@ -263,4 +283,3 @@ def test_lab_is_quick_to_build(prefix: str) -> None:
         built = time.monotonic() - started
     assert built < 10, f"lab up took {built:.1f} s"
     assert lab_namespaces(prefix) == []
-

@@ -34,8 +34,10 @@ SERIES = (
 
 
 def _free_port(box: InlineLab, node: str) -> int:
-    out = box.python(node, "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
-                           "print(s.getsockname()[1])")
+    out = box.python(
+        node,
+        "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])",
+    )
     return int(out.stdout)
 
 
@@ -74,13 +76,19 @@ def test_prometheus_scrapes_the_series(tmp_path: Path) -> None:
         log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
         prom = box.lab.popen(
             "gw",
-            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{pport}"],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                "prometheus",
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{pport}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
             got = wait_until(
-                lambda: _query(box, pport, 'ipsctl_packets_total{verdict="accept"}'), timeout=40,
+                lambda: _query(box, pport, 'ipsctl_packets_total{verdict="accept"}'),
+                timeout=40,
                 every=0.5,
             )
             assert got, (tmp_path / "prometheus.log").read_text()[-2000:]
@@ -100,18 +108,26 @@ def test_prometheus_scrapes_the_series(tmp_path: Path) -> None:
             queue = _query(box, pport, 'ipsctl_queue_waiting_packets{queue="0"}')
             assert queue, "the queue's line of /proc/net/netfilter/nfnetlink_queue"
             # a scan: the detector's alert and its block show up in the series too
-            box.run("attacker", ["nmap", "-sS", "-Pn", "-n", "-T4", "--max-retries", "0",
-                                 "-p", "1-100", SERVER], timeout=40)
+            box.run(
+                "attacker",
+                ["nmap", "-sS", "-Pn", "-n", "-T4", "--max-retries", "0", "-p", "1-100", SERVER],
+                timeout=40,
+            )
             assert wait_until(lambda: ATTACKER in box.kernel_blocks(), timeout=5)
             assert wait_until(
-                lambda: any(float(r["value"][1]) >= 1 for r in
-                            _query(box, pport, 'ipsctl_alerts_total{category="portscan"}')),
-                timeout=10, every=0.5,
+                lambda: any(
+                    float(r["value"][1]) >= 1
+                    for r in _query(box, pport, 'ipsctl_alerts_total{category="portscan"}')
+                ),
+                timeout=10,
+                every=0.5,
             )
             assert wait_until(
-                lambda: any(float(r["value"][1]) >= 1 for r in
-                            _query(box, pport, "ipsctl_blocks_active")),
-                timeout=10, every=0.5,
+                lambda: any(
+                    float(r["value"][1]) >= 1 for r in _query(box, pport, "ipsctl_blocks_active")
+                ),
+                timeout=10,
+                every=0.5,
             )
         finally:
             prom.send_signal(signal.SIGTERM)
@@ -126,4 +142,3 @@ def test_prometheus_scrapes_the_series(tmp_path: Path) -> None:
         # status shows the same counters the metrics export
         text = box.ipsctl("status").stdout
         assert "latency  engine mean" in text and "flows created" in text
-

@@ -80,12 +80,18 @@ def test_the_client_reads_the_copies_an_nft_log_rule_sends() -> None:
     subprocess.run(["ip", "netns", "add", ns], check=True, timeout=15)
     try:
         subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True, timeout=15)
-        subprocess.run(netns_argv(ns, ["nft", "-f", "-"]), input=RULES, text=True, check=True,
-                       timeout=15)
+        subprocess.run(
+            netns_argv(ns, ["nft", "-f", "-"]), input=RULES, text=True, check=True, timeout=15
+        )
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        res = subprocess.run(netns_argv(ns, [sys.executable, "-c", IN_NAMESPACE]),
-                             capture_output=True, text=True, timeout=30, env=env,
-                             cwd=ROOT)
+        res = subprocess.run(
+            netns_argv(ns, [sys.executable, "-c", IN_NAMESPACE]),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+            cwd=ROOT,
+        )
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False, timeout=15)
     assert res.returncode == 0, res.stderr
@@ -107,4 +113,3 @@ def test_the_client_reads_the_copies_an_nft_log_rule_sends() -> None:
             assert payload.endswith(b"copy %d" % i) and len(payload) == 20 + 8 + 6
         else:
             assert len(payload) == SNAPLEN and payload.endswith(b"L" * (SNAPLEN - 28))
-

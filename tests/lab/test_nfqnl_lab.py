@@ -51,8 +51,13 @@ print(json.dumps(dict(seen=seen, dropped=dropped, received=client.received,
 
 
 def _queue_line(lab: netns.Lab, queue: int) -> list[int] | None:
-    text = lab.exec("gw", ["cat", "/proc/net/netfilter/nfnetlink_queue"], capture_output=True,
-                    text=True, timeout=10).stdout
+    text = lab.exec(
+        "gw",
+        ["cat", "/proc/net/netfilter/nfnetlink_queue"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
     for line in text.splitlines():
         fields = [int(x) for x in line.split()]
         if fields[0] == queue:
@@ -72,8 +77,9 @@ def test_our_client_inline_accepts_traffic_and_drops_a_chosen_port(recv_many: in
     inserted = False
     try:
         argv = [sys.executable, "-c", GATEWAY, str(queue), str(recv_many)]
-        gw = lab.popen("gw", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       env=env, cwd=ROOT)
+        gw = lab.popen(
+            "gw", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+        )
         assert gw.stdout is not None
         assert gw.stdout.readline().strip() == "ready", gw.stderr.read() if gw.stderr else ""
         line = _queue_line(lab, queue)
@@ -83,18 +89,38 @@ def test_our_client_inline_accepts_traffic_and_drops_a_chosen_port(recv_many: in
         inserted = True
 
         def curl(port: int) -> subprocess.CompletedProcess[str]:
-            return lab.exec("client", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
-                                       "-m", "2", f"http://{SERVER}:{port}/"],
-                            capture_output=True, text=True, timeout=10)
+            return lab.exec(
+                "client",
+                [
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "-m",
+                    "2",
+                    f"http://{SERVER}:{port}/",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
 
         ok = curl(80)
         assert (ok.returncode, ok.stdout) == (0, "200")
         echo = lab.exec(
             "client",
-            [sys.executable, "-c", "import socket; s = socket.socket(socket.AF_INET, "
-             "socket.SOCK_DGRAM); s.settimeout(2); "
-             f"s.sendto(b'ping-nfqnl', ('{SERVER}', 53)); print(s.recv(100).decode())"],
-            capture_output=True, text=True, timeout=10,
+            [
+                sys.executable,
+                "-c",
+                "import socket; s = socket.socket(socket.AF_INET, "
+                "socket.SOCK_DGRAM); s.settimeout(2); "
+                f"s.sendto(b'ping-nfqnl', ('{SERVER}', 53)); print(s.recv(100).decode())",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         assert echo.stdout.strip() == "ping-nfqnl", echo.stderr
         blocked = curl(DROP_PORT)
@@ -129,10 +155,16 @@ def test_a_second_bind_of_a_bound_queue_is_refused_with_the_kernels_errno() -> N
     )
     try:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        res = lab.exec("gw", [sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=15, env=env, cwd=ROOT)
+        res = lab.exec(
+            "gw",
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=15,
+            env=env,
+            cwd=ROOT,
+        )
     finally:
         netns.down(prefix)
     # another socket owns the queue: EPERM (the kernel checks the owner before EBUSY)
     assert res.stdout.strip() == "EPERM", res.stderr
-

@@ -27,15 +27,7 @@ from ips.lab import netns
 # ---- the mapping both clients share ------------------------------------------------------------
 
 
-
-
-
-
 # ---- the order drain sends verdicts in (a datagram socket pair plays the kernel) ---------------
-
-
-
-
 
 
 # ---- shared lab scripts ------------------------------------------------------------------------
@@ -96,9 +88,13 @@ print(len(plan))
 
 class Receiver:
     def __init__(self, lab: netns.Lab, ports: tuple[int, ...]) -> None:
-        self.proc = lab.popen("server", [sys.executable, "-c", RECEIVER, SERVER,
-                                         ",".join(map(str, ports))],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = lab.popen(
+            "server",
+            [sys.executable, "-c", RECEIVER, SERVER, ",".join(map(str, ports))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":
             self.kill()
@@ -115,8 +111,13 @@ class Receiver:
 
 
 def send_plan(lab: netns.Lab, plan: str, routes: dict[str, tuple[int, int]]) -> None:
-    done = lab.exec("client", [sys.executable, "-c", SENDER, SERVER, plan, json.dumps(routes)],
-                    capture_output=True, text=True, timeout=20)
+    done = lab.exec(
+        "client",
+        [sys.executable, "-c", SENDER, SERVER, plan, json.dumps(routes)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert done.stdout.strip() == str(len(plan)), done.stderr
 
 
@@ -177,8 +178,13 @@ def _messages(plan: str) -> int:
 
 
 def _queue_total(lab: netns.Lab, queue: int) -> int:
-    text = lab.exec("gw", ["cat", "/proc/net/netfilter/nfnetlink_queue"], capture_output=True,
-                    text=True, timeout=10).stdout
+    text = lab.exec(
+        "gw",
+        ["cat", "/proc/net/netfilter/nfnetlink_queue"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
     for line in text.splitlines():
         f = [int(x) for x in line.split()]
         if f[0] == queue:
@@ -195,19 +201,39 @@ def test_batch_verdicts_after_single_drops_and_rewrites_in_one_burst_keep_order(
     prefix = unique_prefix("nqo")
     lab = netns.up(ROOT / "labs" / "gateway.yaml", prefix=prefix)
     queue = 5
-    rule = ["FORWARD", "-p", "udp", "--dport", "9101:9102", "-j", "NFQUEUE", "--queue-num",
-            str(queue)]
+    rule = [
+        "FORWARD",
+        "-p",
+        "udp",
+        "--dport",
+        "9101:9102",
+        "-j",
+        "NFQUEUE",
+        "--queue-num",
+        str(queue),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     gw = receiver = None
     inserted = False
     try:
         # neighbours resolved first: a burst must not wait in an ARP queue
-        assert lab.exec("client", ["ping", "-c", "1", "-W", "2", SERVER], timeout=10,
-                        capture_output=True).returncode == 0
+        assert (
+            lab.exec(
+                "client", ["ping", "-c", "1", "-W", "2", SERVER], timeout=10, capture_output=True
+            ).returncode
+            == 0
+        )
         receiver = Receiver(lab, (9101, 9102))
-        gw = lab.popen("gw", [sys.executable, "-c", WORKER, str(queue), WORKER_POLICY],
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, env=env, cwd=ROOT)
+        gw = lab.popen(
+            "gw",
+            [sys.executable, "-c", WORKER, str(queue), WORKER_POLICY],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )
         assert gw.stdout is not None and gw.stdin is not None
         assert gw.stdout.readline().strip() == "ready", gw.stderr.read() if gw.stderr else ""
         lab.exec("gw", ["iptables", "-I", *rule], check=True, timeout=15)
@@ -235,8 +261,11 @@ def test_batch_verdicts_after_single_drops_and_rewrites_in_one_burst_keep_order(
     assert got["9101"] == expected(plan, "ar", {"a": 63, "r": 9})
     assert stats["received"] == len(plan) and stats["verdict_errors"] == 0
     assert stats["left"] == [0]  # the kernel holds no packet without a verdict
-    assert stats["verdicts"] == {"accept": plan.count("a"), "drop": plan.count("d"),
-                                 "rewrite": plan.count("r")}
+    assert stats["verdicts"] == {
+        "accept": plan.count("a"),
+        "drop": plan.count("d"),
+        "rewrite": plan.count("r"),
+    }
     # one burst: the messages of the model (batches, never one per accept)
     assert stats["verdict_messages"] == _messages(plan) < len(plan)
     assert stats["kernel_errors"] == stats["malformed"] == stats["enobufs"] == 0

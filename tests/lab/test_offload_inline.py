@@ -55,8 +55,12 @@ print(json.dumps({"first": first, "after": after, "stop": stop}))
 
 def conversation(box: InlineLab, workdir: Path, between: object = None) -> dict:
     (workdir / "client.py").write_text(CLIENT)
-    proc = box.lab.popen("client", [sys.executable, str(workdir / "client.py"), str(workdir),
-                                    SERVER], stdout=subprocess.PIPE, text=True)
+    proc = box.lab.popen(
+        "client",
+        [sys.executable, str(workdir / "client.py"), str(workdir), SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_until(lambda: (workdir / "phase1").exists(), timeout=20)
         if callable(between):
@@ -149,8 +153,11 @@ def test_a_ping_is_offloaded_and_a_flood_over_the_budget_still_reaches_the_detec
         box.run("attacker", ["hping3", "-1", "-c", "2000", "-i", "u500", SERVER], timeout=30)
         time.sleep(0.2)
         assert queued(box) - before >= 1500  # the flood's packets over 20/s were inspected
-        alerts = [e for e in box.eve_events() if e["event_type"] == "alert"
-                  and e["alert"]["category"] == "icmpflood"]
+        alerts = [
+            e
+            for e in box.eve_events()
+            if e["event_type"] == "alert" and e["alert"]["category"] == "icmpflood"
+        ]
         assert alerts and alerts[0]["src_ip"] == ATTACKER, alerts[:1]
         assert box.status()["worker"]["verdicts"].get("drop", 0) >= 500  # limited to ~200/s
 
@@ -231,9 +238,18 @@ def test_after_an_apply_a_connection_is_judged_anew_then_offloaded_again(tmp_pat
     (tmp_path / "client.py").write_text(COMEBACK_CLIENT)
     with inline_lab(tmp_path, "ofb") as box:
         box.start_daemon(policy)
-        proc = box.lab.popen("client", [sys.executable, str(tmp_path / "client.py"),
-                                        str(tmp_path), SERVER, str(REOFFLOAD_AFTER + 0.3)],
-                             stdout=subprocess.PIPE, text=True)
+        proc = box.lab.popen(
+            "client",
+            [
+                sys.executable,
+                str(tmp_path / "client.py"),
+                str(tmp_path),
+                SERVER,
+                str(REOFFLOAD_AFTER + 0.3),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert wait_until(lambda: (tmp_path / "phase1").exists(), timeout=20)
             policy.write_text(POLICY + "# the same rules, a new generation\n")
@@ -271,8 +287,13 @@ def test_a_daemon_whose_copy_group_is_taken_does_not_start_and_names_it(tmp_path
     script = tmp_path / "hold.py"
     script.write_text(HOLD_GROUP)
     with inline_lab(tmp_path, "ofg") as box:
-        holder = box.lab.popen("gw", [sys.executable, str(script), str(copy_group(0))],
-                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        holder = box.lab.popen(
+            "gw",
+            [sys.executable, str(script), str(copy_group(0))],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         try:
             assert holder.stdout is not None and holder.stdout.readline().strip() == "bound"
             with pytest.raises(AssertionError, match=f"NFLOG group {copy_group(0)}.*ulogd"):

@@ -22,22 +22,29 @@ def test_two_queues_share_the_traffic_and_a_sweep_is_still_one_sweep(tmp_path: P
         assert status["diversion"]["queues"] == 2
 
         # many sources: both workers get connections
-        box.run("attacker", ["hping3", "-S", "-p", "80", "--rand-source", "-c", "400",
-                             "-i", "u500", SERVER], timeout=30)
+        box.run(
+            "attacker",
+            ["hping3", "-S", "-p", "80", "--rand-source", "-c", "400", "-i", "u500", SERVER],
+            timeout=30,
+        )
         q0, q1 = box.queue_line(0), box.queue_line(1)
         assert q0 and q1 and q0["id_sequence"] > 50 and q1["id_sequence"] > 50, (q0, q1)
 
         # one source sweeping 32 hosts: all of it in one worker, one detection, one block
         per_worker_before = [w["packets"] for w in box.status()["workers"]]
-        sweep = box.run("attacker", ["nmap", "-sn", "-n", "--max-retries", "0",
-                                     "10.10.2.100-131"], timeout=40)
+        sweep = box.run(
+            "attacker", ["nmap", "-sn", "-n", "--max-retries", "0", "10.10.2.100-131"], timeout=40
+        )
         assert sweep.returncode == 0, sweep.stderr
         assert wait_until(lambda: ATTACKER in box.kernel_blocks(), timeout=5)
         sweeps = detector_alerts(box, "sweep")
         assert len(sweeps) == 1 and sweeps[0]["src_ip"] == ATTACKER, sweeps
-        grew = [after - before for before, after in
-                zip(per_worker_before, [w["packets"] for w in box.status()["workers"]],
-                    strict=True)]
+        grew = [
+            after - before
+            for before, after in zip(
+                per_worker_before, [w["packets"] for w in box.status()["workers"]], strict=True
+            )
+        ]
         assert sorted(grew)[0] <= 2 and sorted(grew)[1] >= 32, grew  # (2: stray packets)
 
         # the client is served whichever worker has it; status adds both workers up

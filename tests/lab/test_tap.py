@@ -21,14 +21,25 @@ from test_attacks import attack_policy
 
 from ips.control import request
 
-NMAP = ["nmap", "-sS", "-Pn", "-n", "-T4", "--max-retries", "0", "--host-timeout", "20s",
-        "-p", "1-100", SERVER]
+NMAP = [
+    "nmap",
+    "-sS",
+    "-Pn",
+    "-n",
+    "-T4",
+    "--max-retries",
+    "0",
+    "--host-timeout",
+    "20s",
+    "-p",
+    "1-100",
+    SERVER,
+]
 FLOOD = ["hping3", "-1", "-c", "1500", "-i", "u200", SERVER]  # 5000/s for 0.3 s, ICMP echo
 
 
 def detector_alerts(events: list[dict]) -> list[dict]:
-    return [e for e in events
-            if e["event_type"] == "alert" and e["alert"]["category"] != "policy"]
+    return [e for e in events if e["event_type"] == "alert" and e["alert"]["category"] != "policy"]
 
 
 def received(hping_output: str) -> tuple[int, int]:
@@ -132,8 +143,16 @@ def test_tap_enforces_blocks_only_when_the_policy_asks(tmp_path: Path) -> None:
 
 def test_tap_bpf_filter_promiscuous_mode_and_bad_arguments(tmp_path: Path) -> None:
     with inline_lab(tmp_path, "tpb") as box:
-        box.start_daemon(attack_policy(tmp_path), "--mode", "tap", "--iface", "lan0",
-                         "--bpf", "not icmp", "--promisc")
+        box.start_daemon(
+            attack_policy(tmp_path),
+            "--mode",
+            "tap",
+            "--iface",
+            "lan0",
+            "--bpf",
+            "not icmp",
+            "--promisc",
+        )
         # PACKET_MR_PROMISC counts in the interface's promiscuity (ip -d shows it)
         assert "promiscuity 1" in box.gw_text(["ip", "-d", "link", "show", "lan0"])
         before = box.status()["tap"]["frames"]
@@ -158,8 +177,17 @@ def test_tap_bpf_filter_promiscuous_mode_and_bad_arguments(tmp_path: Path) -> No
         ]
         policy = str(attack_policy(tmp_path))
         for extra, message in bad:
-            argv = [sys.executable, "-m", "ips.cli", "run", "--policy", policy,
-                    "--socket", str(tmp_path / "x.sock"), *extra]
+            argv = [
+                sys.executable,
+                "-m",
+                "ips.cli",
+                "run",
+                "--policy",
+                policy,
+                "--socket",
+                str(tmp_path / "x.sock"),
+                *extra,
+            ]
             out = box.run("gw", argv, timeout=20)
             assert out.returncode == 2, (extra, out.stdout, out.stderr)
             assert message in out.stderr, (extra, out.stderr)
@@ -174,8 +202,17 @@ def test_eve_reopens_on_sighup_and_stats_and_syslog_carry_the_events(tmp_path: P
     receiver.settimeout(5)
     try:
         with inline_lab(tmp_path, "tph") as box:
-            box.start_daemon(attack_policy(tmp_path), "--mode", "tap", "--iface", "lan0",
-                             "--stats-interval", "1", "--syslog", f"unix:{sock_path}")
+            box.start_daemon(
+                attack_policy(tmp_path),
+                "--mode",
+                "tap",
+                "--iface",
+                "lan0",
+                "--stats-interval",
+                "1",
+                "--syslog",
+                f"unix:{sock_path}",
+            )
             box.run("attacker", ["curl", "-s", "--max-time", "2", f"http://{SERVER}:23/"])
             assert wait_until(lambda: any(e["event_type"] == "stats" for e in box.eve_events()))
             stats = [e for e in box.eve_events() if e["event_type"] == "stats"][-1]["stats"]
@@ -196,9 +233,11 @@ def test_eve_reopens_on_sighup_and_stats_and_syslog_carry_the_events(tmp_path: P
             os.kill(box.daemon.pid, signal.SIGHUP)
             assert wait_until(box.eve.exists, timeout=5)
             box.run("client", ["curl", "-s", "--max-time", "2", f"http://{SERVER}:23/"])
-            assert wait_until(lambda: any(
-                e["event_type"] == "alert" and e["src_ip"] == CLIENT for e in box.eve_events()
-            ))
+            assert wait_until(
+                lambda: any(
+                    e["event_type"] == "alert" and e["src_ip"] == CLIENT for e in box.eve_events()
+                )
+            )
             old = [json.loads(line) for line in rotated.read_text().splitlines()]
             assert not any(e.get("src_ip") == CLIENT for e in old)
             assert box.status()["sinks"]["eve"]["reopens"] >= 1

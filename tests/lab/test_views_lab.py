@@ -58,7 +58,10 @@ def open_dir() -> Iterator[Path]:
 def as_nobody(box: InlineLab, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", AS_NOBODY, *args, "--socket", box.socket],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 
@@ -69,8 +72,9 @@ class Tmux:
         self.name = name
 
     def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["tmux", "-L", self.name, *args], capture_output=True, text=True,
-                              timeout=10)
+        return subprocess.run(
+            ["tmux", "-L", self.name, *args], capture_output=True, text=True, timeout=10
+        )
 
     def screen(self) -> str:
         return self("capture-pane", "-p", "-t", "top").stdout
@@ -105,8 +109,7 @@ def test_flows_and_top_as_an_unprivileged_user(open_dir: Path) -> None:
         tmux = Tmux(unique_prefix("top").rstrip("-"))
         argv = [sys.executable, "-c", AS_NOBODY, "top", "--socket", box.socket]
         env = f"PYTHONPATH={os.environ.get('PYTHONPATH', ROOT)}"
-        started = tmux("new-session", "-d", "-s", "top", "-x", "150", "-y", "50",
-                       "env", env, *argv)
+        started = tmux("new-session", "-d", "-s", "top", "-x", "150", "-y", "50", "env", env, *argv)
         assert started.returncode == 0, started.stderr
         try:
             deadline = time.monotonic() + 15
@@ -116,7 +119,8 @@ def test_flows_and_top_as_an_unprivileged_user(open_dir: Path) -> None:
             scan = box.lab.popen(
                 "attacker",
                 ["nmap", "-sS", "-Pn", "-n", "-T4", "--max-retries", "0", "-p", "1-100", SERVER],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             )
             try:
                 alert_seen = shown = None
@@ -143,4 +147,3 @@ def test_flows_and_top_as_an_unprivileged_user(open_dir: Path) -> None:
             assert "active blocks (1)" in tmux.screen(), tmux.screen()
         finally:
             tmux("kill-server")
-

@@ -63,8 +63,9 @@ def test_daemon_posts_alerts_and_retries_a_failing_receiver(tmp_path: Path) -> N
             # a telnet attempt from the attacker: dropped, with an alert
             box.run("attacker", ["curl", "-s", "-m", "1", f"telnet://{SERVER}:23"], timeout=10)
             # two 503s, then 200: backoff 0.5 s then 1 s
-            assert wait_until(lambda: any(r["status"] == 200 for r in _received(log)),
-                              timeout=15), _received(log)
+            assert wait_until(
+                lambda: any(r["status"] == 200 for r in _received(log)), timeout=15
+            ), _received(log)
             got = [r for r in _received(log) if r["path"] == "/hook/secret-token"]
             assert [r["status"] for r in got[:3]] == [503, 503, 200]
             assert all(r["type"] == "application/json" for r in got)
@@ -116,4 +117,3 @@ def test_daemon_posts_alerts_and_retries_a_failing_receiver(tmp_path: Path) -> N
         finally:
             proc.kill()  # type: ignore[attr-defined]
             proc.wait(5)  # type: ignore[attr-defined]
-

@@ -51,8 +51,20 @@ LOWER = {
     "lab": {"core"},
     "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile"},
     "daemon": {
-        "core", "policy", "translate", "detect", "engine", "kernel", "io", "sinks", "control",
-        "views", "heap", "privileges", "replay", "safefile",
+        "core",
+        "policy",
+        "translate",
+        "detect",
+        "engine",
+        "kernel",
+        "io",
+        "sinks",
+        "control",
+        "views",
+        "heap",
+        "privileges",
+        "replay",
+        "safefile",
     },
 }
 LOWER["cli"] = set(LOWER)
@@ -120,8 +132,10 @@ def import_graph(root: Path) -> dict[str, set[str]]:
                     up = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join([*up, base] if base else up)
                 # `from pkg import mod` imports the module pkg.mod when there is one.
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                           for a in node.names]
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                    for a in node.names
+                ]
             for target in targets:
                 while target and target not in modules:  # `import a.b.c` of a name in a.b
                     target = target.rpartition(".")[0]
@@ -197,8 +211,10 @@ def test_the_upper_floors_point_down_too() -> None:
     assert not {n for n in imports_of(ROOT / "control.py") if n.startswith("ips")}
     below_cli = [*(ROOT / "views").glob("*.py"), *(ROOT / "daemon").glob("*.py")]
     below_daemon = [p for d in ("io", "kernel", "sinks") for p in (ROOT / d).glob("*.py")]
-    for path, forbidden in [*((p, "ips.cli") for p in below_cli),
-                            *((p, "ips.daemon") for p in below_daemon)]:
+    for path, forbidden in [
+        *((p, "ips.cli") for p in below_cli),
+        *((p, "ips.daemon") for p in below_daemon),
+    ]:
         bad = {n for n in imports_of(path) if n == forbidden or n.startswith(forbidden + ".")}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 

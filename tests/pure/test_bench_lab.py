@@ -33,8 +33,12 @@ def _bench_module():
 def _run(script: Path, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """A bench script, run as its README line says (from the checkout, output captured)."""
     return subprocess.run(
-        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=timeout,
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [sys.executable, str(script), *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 
 
@@ -77,8 +81,6 @@ def test_bench_policies_accept_the_bench_traffic_and_only_add_what_they_say() ->
     assert _verdicts(big, [telnet]) == ["drop"]
 
 
-
-
 @pytest.mark.parametrize("argv", [["--only", "nosuch"], ["--runs", "0"]])
 def test_bad_arguments_are_refused_clearly(argv: list[str]) -> None:
     res = _run(BENCH, *argv, timeout=60)
@@ -102,11 +104,21 @@ def test_report_computes_ratios_and_targets_from_medians(
     lab = _bench_module()
 
     def ok(tcp: float, udp: float, conn: float, p50: float, queued: dict[int, int] | None = None):
-        median = {"tcp_gbps": tcp, "udp_pps": udp, "conn_per_s": conn, "ping_p50_us": p50,
-                  "conn_par_per_s": conn * 4, "ping_p99_us": p50 * 2}
+        median = {
+            "tcp_gbps": tcp,
+            "udp_pps": udp,
+            "conn_per_s": conn,
+            "ping_p50_us": p50,
+            "conn_par_per_s": conn * 4,
+            "ping_p99_us": p50 * 2,
+        }
         udp_detail = {"queued": queued, "queue_drops": 0} if queued else {}
-        return {"label": "", "status": "ok", "median": median,
-                "runs": [{**median, "detail": {"udp": udp_detail}}]}
+        return {
+            "label": "",
+            "status": "ok",
+            "median": median,
+            "runs": [{**median, "detail": {"udp": udp_detail}}],
+        }
 
     res = {
         "kernel": ok(10.0, 200_000, 8000, 50),
@@ -137,9 +149,3 @@ def test_report_computes_ratios_and_targets_from_medians(
     out = capsys.readouterr().out
     assert "ipsctl-10k         n/a (not supported by this ipsctl)" in out
     assert "ipsctl-inspect-2q: warning: one queue got (almost) none of the flood" in out
-
-
-
-
-
-

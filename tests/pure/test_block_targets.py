@@ -22,10 +22,16 @@ LAN_BROADCAST = "10.10.1.255"
 
 @pytest.mark.parametrize(
     ("text", "blocked"),
-    [("10.10.1.20", "10.10.1.20"), (" 10.10.1.20 ", "10.10.1.20"),
-     ("::ffff:10.10.1.20", "10.10.1.20"), ("::FFFF:0a0a:0114", "10.10.1.20"),
-     ("fd00:10:1::66", "fd00:10:1::66"), ("FD00:10:1::66", "fd00:10:1::66"),
-     ("fe80::1", "fe80::1"), ("10.10.1.254", "10.10.1.254")],
+    [
+        ("10.10.1.20", "10.10.1.20"),
+        (" 10.10.1.20 ", "10.10.1.20"),
+        ("::ffff:10.10.1.20", "10.10.1.20"),
+        ("::FFFF:0a0a:0114", "10.10.1.20"),
+        ("fd00:10:1::66", "fd00:10:1::66"),
+        ("FD00:10:1::66", "fd00:10:1::66"),
+        ("fe80::1", "fe80::1"),
+        ("10.10.1.254", "10.10.1.254"),
+    ],
 )
 def test_addresses_that_can_be_a_source_are_blocked_as_their_family_writes_them(
     text: str, blocked: str
@@ -35,15 +41,21 @@ def test_addresses_that_can_be_a_source_are_blocked_as_their_family_writes_them(
 
 @pytest.mark.parametrize(
     ("text", "why"),
-    [("0.0.0.0", "the unspecified address"), ("::", "the unspecified address"),
-     ("224.0.0.1", "a multicast address"), ("ff02::1", "a multicast address"),
-     ("255.255.255.255", "the broadcast address"),
-     ("::ffff:255.255.255.255", "the broadcast address"),
-     ("127.0.0.1", "a loopback address"), ("::1", "a loopback address"),
-     ("::ffff:127.0.0.1", "a loopback address"),
-     (LAN_BROADCAST, "the broadcast address of one of this host's networks"),
-     ("fe80::1%lan0", "an address with a zone (%lan0) cannot be blocked"),
-     ("10.10.1.300", "not an IP address: '10.10.1.300'"), ("", "not an IP address")],
+    [
+        ("0.0.0.0", "the unspecified address"),
+        ("::", "the unspecified address"),
+        ("224.0.0.1", "a multicast address"),
+        ("ff02::1", "a multicast address"),
+        ("255.255.255.255", "the broadcast address"),
+        ("::ffff:255.255.255.255", "the broadcast address"),
+        ("127.0.0.1", "a loopback address"),
+        ("::1", "a loopback address"),
+        ("::ffff:127.0.0.1", "a loopback address"),
+        (LAN_BROADCAST, "the broadcast address of one of this host's networks"),
+        ("fe80::1%lan0", "an address with a zone (%lan0) cannot be blocked"),
+        ("10.10.1.300", "not an IP address: '10.10.1.300'"),
+        ("", "not an IP address"),
+    ],
 )
 def test_addresses_that_are_never_a_source_are_refused_saying_why(text: str, why: str) -> None:
     with pytest.raises(ValueError, match="") as caught:
@@ -62,10 +74,15 @@ def test_ttls_are_whole_seconds_rounded_up_and_at_least_one() -> None:
 
 
 def test_subnet_broadcasts_of_this_hosts_networks() -> None:
-    found = supervisor.subnet_broadcasts([
-        ("10.10.1.1", 24, None), ("10.0.0.1", 32, None), ("10.1.1.1", 31, None),
-        ("192.168.5.1", 24, "192.168.5.255"), ("172.16.0.1", 30, None),
-    ])
+    found = supervisor.subnet_broadcasts(
+        [
+            ("10.10.1.1", 24, None),
+            ("10.0.0.1", 32, None),
+            ("10.1.1.1", 31, None),
+            ("192.168.5.1", 24, "192.168.5.255"),
+            ("172.16.0.1", 30, None),
+        ]
+    )
     assert found == ["10.10.1.255", "192.168.5.255", "172.16.0.3"]
 
 
@@ -91,8 +108,13 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> supervisor.Daemon:
 
 
 def test_the_daemon_refuses_too_whoever_asks(daemon: supervisor.Daemon) -> None:
-    for addr, ttl in (("0.0.0.0", 60), ("fe80::1%lan0", 60), (LAN_BROADCAST, 60),
-                      ("10.10.1.20", 0.0001), ("ff02::1", None)):
+    for addr, ttl in (
+        ("0.0.0.0", 60),
+        ("fe80::1%lan0", 60),
+        (LAN_BROADCAST, 60),
+        ("10.10.1.20", 0.0001),
+        ("ff02::1", None),
+    ):
         reply = daemon.blocks_add(addr, ttl, None)
         assert reply["ok"] is False and reply["error"], (addr, reply)
     reply = daemon.blocks_add("::ffff:10.10.1.20", 1.5, None)
@@ -120,9 +142,11 @@ def blocks_add(path: str, *args: str) -> Any:
 def test_the_cli_says_exactly_what_was_done(served: str, daemon: supervisor.Daemon) -> None:
     out = blocks_add(served, "::ffff:10.10.1.20", "--ttl", "1.5s")
     assert out.exit_code == 0, out.output
-    assert out.stdout == ("blocked 10.10.1.20 for 2s (::ffff:10.10.1.20 is the IPv4 address "
-                          "10.10.1.20; --ttl 1.5s rounded up to whole seconds, the kernel's "
-                          "unit)\n")
+    assert out.stdout == (
+        "blocked 10.10.1.20 for 2s (::ffff:10.10.1.20 is the IPv4 address "
+        "10.10.1.20; --ttl 1.5s rounded up to whole seconds, the kernel's "
+        "unit)\n"
+    )
     out = blocks_add(served, "10.10.1.21", "--ttl", "10m")
     assert out.stdout == "blocked 10.10.1.21 for 10m00s\n"
 
@@ -132,7 +156,8 @@ def test_the_cli_refuses_with_a_clear_message(served: str, daemon: supervisor.Da
     assert out.exit_code == 1
     assert out.stderr.strip() == (
         "ipsctl blocks add: fe80::1%lan0: an address with a zone (%lan0) cannot be blocked: the "
-        "kernel's sets hold addresses without zones; block fe80::1 (on every interface) instead")
+        "kernel's sets hold addresses without zones; block fe80::1 (on every interface) instead"
+    )
     out = blocks_add(served, "0.0.0.0")
     assert out.exit_code == 1
     assert "0.0.0.0: the unspecified address, never a packet's source" in out.stderr

@@ -25,28 +25,10 @@ ATTACKER, SERVER = "10.10.1.66", "10.10.2.10"  # as in labs/gateway.yaml
 GW = "10.10.1.1"  # the gateway's own LAN address
 
 
-
-
-
-
-
-
-
-
 # ---- in the lab --------------------------------------------------------------------------------
 
 
-
-
-
-
-
-
-
-
 # ---- units -------------------------------------------------------------------------------------
-
-
 
 
 class FakeEngine:
@@ -140,7 +122,8 @@ def test_detectors_never_block_the_gateways_own_addresses() -> None:
 
     policy = load_policy_text(
         "table banned dynamic timeout 1h\ndrop from @banned\naccept\n"
-        "detect stealth count 1 within 60s block 1h\n", "p.rules",
+        "detect stealth count 1 within 60s block 1h\n",
+        "p.rules",
     )
     engine = make_engine(policy, 1000, [f"{GW}/32"])
     blocks: dict[str, list[object]] = {}
@@ -199,8 +182,16 @@ def test_detector_counters_are_read_whatever_their_shape() -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("2s", 2), ("10m", 600), ("1h", 3600), ("1d", 86400), ("90", 90),
-                          ("500ms", 0.5), ("1.5h", 5400)],
+    ("text", "seconds"),
+    [
+        ("2s", 2),
+        ("10m", 600),
+        ("1h", 3600),
+        ("1d", 86400),
+        ("90", 90),
+        ("500ms", 0.5),
+        ("1.5h", 5400),
+    ],
 )
 def test_ttl_words(text: str, seconds: float) -> None:
     from ips.cli.blocks import parse_ttl

@@ -29,17 +29,26 @@ def sock_path(tmp_path: Path) -> str:
 def serve(path: str, limits: Limits, handle: Any = None) -> ControlServer:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
-    server = ControlServer(listener, handle or (lambda req, uid: {"ok": True, "uid": uid,
-                                                                   "op": req.get("op")}),
-                           limits)
+    server = ControlServer(
+        listener, handle or (lambda req, uid: {"ok": True, "uid": uid, "op": req.get("op")}), limits
+    )
     server.start()
     return server
 
 
 @pytest.fixture
 def small(sock_path: str) -> Iterator[ControlServer]:
-    server = serve(sock_path, Limits(connections=8, root_connections=8, request_timeout=0.5,
-                                     line=4096, root_line=4096, root_buffer=8192))
+    server = serve(
+        sock_path,
+        Limits(
+            connections=8,
+            root_connections=8,
+            request_timeout=0.5,
+            line=4096,
+            root_line=4096,
+            root_buffer=8192,
+        ),
+    )
     yield server
     server.close()
 
@@ -73,8 +82,9 @@ def test_idle_connections_cost_no_thread_and_time_out(small: ControlServer, sock
         s.close()
 
 
-def test_a_busy_server_is_asked_again_within_the_timeout(small: ControlServer,
-                                                         sock_path: str) -> None:
+def test_a_busy_server_is_asked_again_within_the_timeout(
+    small: ControlServer, sock_path: str
+) -> None:
     idle = [connect(sock_path) for _ in range(8)]  # every slot held until the deadline
     started = time.monotonic()
     reply = control.call(sock_path, {"op": "status"}, timeout=5)
@@ -93,8 +103,7 @@ def test_an_oversized_line_is_refused_and_never_kept(small: ControlServer, sock_
     assert control.call(sock_path, {"op": "x" * 3000}, timeout=5)["ok"] is True
 
 
-def test_half_sent_lines_of_root_are_bounded_together(small: ControlServer,
-                                                      sock_path: str) -> None:
+def test_half_sent_lines_of_root_are_bounded_together(small: ControlServer, sock_path: str) -> None:
     first, second, third = (connect(sock_path) for _ in range(3))
     first.sendall(b"y" * 3500)
     second.sendall(b"y" * 3500)
@@ -119,8 +128,9 @@ def test_root_is_served_when_unprivileged_peers_hold_every_slot_and_thread() -> 
         return {"ok": True, "uid": uid}
 
     path = f"\0ipsctl-test-{os.getpid()}-{os.urandom(4).hex()}"  # no file permissions
-    server = serve(path, Limits(connections=4, workers=1, root_workers=1, request_timeout=5),
-                   handle)
+    server = serve(
+        path, Limits(connections=4, workers=1, root_workers=1, request_timeout=5), handle
+    )
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # nobody: one slow command, every other slot held, then more refused

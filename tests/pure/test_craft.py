@@ -88,8 +88,9 @@ def view(layers: object) -> Packet:
                 off += (data[off + 1] + 1) * 8
             proto = nxt
     if frag == FRAG_LATER:
-        return Packet(data, family, src, dst, proto, ttl=ttl, tos=tos, payload_offset=off,
-                      frag=frag)
+        return Packet(
+            data, family, src, dst, proto, ttl=ttl, tos=tos, payload_offset=off, frag=frag
+        )
     sport = dport = flags = 0
     itype = icode = -1
     payload = off + 8
@@ -107,8 +108,21 @@ def view(layers: object) -> Packet:
         sport, dport = struct.unpack_from("!HH", data, off)
         payload = off + 12
     return Packet(
-        data, family, src, dst, proto, sport, dport, flags, itype, icode, ttl, tos,
-        l4_offset=off, payload_offset=payload, frag=frag,
+        data,
+        family,
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+        flags,
+        itype,
+        icode,
+        ttl,
+        tos,
+        l4_offset=off,
+        payload_offset=payload,
+        frag=frag,
     )
 
 

@@ -98,8 +98,9 @@ def check_invariants(p: Packet) -> None:
 
 
 def test_ipv4_tcp_fields() -> None:
-    raw = bytes(IP(src=A4, dst=B4, ttl=33, tos=0xB8) / TCP(sport=1234, dport=443, flags="SA")
-                / b"hello")
+    raw = bytes(
+        IP(src=A4, dst=B4, ttl=33, tos=0xB8) / TCP(sport=1234, dport=443, flags="SA") / b"hello"
+    )
     p = ok(raw)
     assert (p.family, p.src, p.dst, p.proto) == (4, A4B, B4B, 6)
     assert (p.sport, p.dport, p.flags) == (1234, 443, TCP_SYN | TCP_ACK)
@@ -108,8 +109,11 @@ def test_ipv4_tcp_fields() -> None:
 
 
 def test_ipv4_options_and_tcp_options_are_skipped() -> None:
-    raw = bytes(IP(src=A4, dst=B4, options=b"\x01\x01\x01\x00")
-                / TCP(options=[("MSS", 1460), ("NOP", None), ("WScale", 7)]) / b"x")
+    raw = bytes(
+        IP(src=A4, dst=B4, options=b"\x01\x01\x01\x00")
+        / TCP(options=[("MSS", 1460), ("NOP", None), ("WScale", 7)])
+        / b"x"
+    )
     p = ok(raw)
     assert p.l4_offset == 24 and p.payload == b"x"
 
@@ -170,8 +174,13 @@ def test_other_protocol_has_l4_offset_but_no_ports() -> None:
 
 
 def test_ipv6_extension_chain() -> None:
-    raw = bytes(IPv6(src=A6, dst=B6) / IPv6ExtHdrHopByHop() / IPv6ExtHdrRouting()
-                / IPv6ExtHdrDestOpt() / TCP(sport=1, dport=2))
+    raw = bytes(
+        IPv6(src=A6, dst=B6)
+        / IPv6ExtHdrHopByHop()
+        / IPv6ExtHdrRouting()
+        / IPv6ExtHdrDestOpt()
+        / TCP(sport=1, dport=2)
+    )
     p = ok(raw)
     assert (p.proto, p.sport, p.dport, p.l4_offset) == (6, 1, 2, 40 + 8 + 8 + 8)
 
@@ -194,17 +203,28 @@ def test_ipv6_no_next_header_and_esp() -> None:
 
 
 def test_ipv6_fragments() -> None:
-    first = bytes(IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(nh=17, m=1, offset=0, id=7)
-                  / UDP(sport=53, dport=999, len=3000) / (b"a" * 64))
+    first = bytes(
+        IPv6(src=A6, dst=B6)
+        / IPv6ExtHdrFragment(nh=17, m=1, offset=0, id=7)
+        / UDP(sport=53, dport=999, len=3000)
+        / (b"a" * 64)
+    )
     p = ok(first)
     assert (p.frag, p.proto, p.sport, p.dport, p.l4_offset) == (FRAG_FIRST, 17, 53, 999, 48)
-    later = bytes(IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(nh=17, m=1, offset=8, id=7)
-                  / (b"b" * 64))
+    later = bytes(
+        IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(nh=17, m=1, offset=8, id=7) / (b"b" * 64)
+    )
     p = ok(later)
     assert (p.frag, p.proto, p.sport, p.l4_offset, p.payload_offset) == (
-        FRAG_LATER, 17, 0, -1, p.length)
-    atomic = bytes(IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(nh=6, m=0, offset=0)
-                   / TCP(sport=9, dport=10))
+        FRAG_LATER,
+        17,
+        0,
+        -1,
+        p.length,
+    )
+    atomic = bytes(
+        IPv6(src=A6, dst=B6) / IPv6ExtHdrFragment(nh=6, m=0, offset=0) / TCP(sport=9, dport=10)
+    )
     p = ok(atomic)
     assert (p.frag, p.proto, p.sport, p.dport) == (FRAG_NONE, 6, 9, 10)
 
@@ -213,8 +233,9 @@ def test_ipv6_fragments() -> None:
 
 
 def test_ipv4_fragments() -> None:
-    first = bytes(IP(src=A4, dst=B4, flags="MF", id=5) / UDP(sport=1, dport=2, len=1000)
-                  / (b"x" * 40))
+    first = bytes(
+        IP(src=A4, dst=B4, flags="MF", id=5) / UDP(sport=1, dport=2, len=1000) / (b"x" * 40)
+    )
     p = ok(first)
     assert (p.frag, p.sport, p.dport) == (FRAG_FIRST, 1, 2)
     later = bytes(IP(src=A4, dst=B4, frag=6, proto=17, id=5) / (b"x" * 40))
@@ -329,7 +350,7 @@ def test_ethernet_plain_and_vlan_stacks() -> None:
 
 
 def test_ethernet_not_ip_and_errors() -> None:
-    arp = bytes.fromhex("ffffffffffff001122334455" "0806") + b"\0" * 28
+    arp = bytes.fromhex("ffffffffffff0011223344550806") + b"\0" * 28
     assert decode_frame(arp, LINKTYPE_ETHERNET) is None
     assert decode_frame(bytes(Ether() / Dot1Q(vlan=1, type=0x88CC) / (b"\0" * 30)), 1) is None
     bad(decode_frame(b"\0" * 13, LINKTYPE_ETHERNET), "l2.truncated")
@@ -425,9 +446,14 @@ EXPECTED = {
     # the two GRE packets with 2-byte headers are not ours to judge
     "sv_decode-too-small_test.pcap": {"tcp.truncated": 2, "udp.truncated": 4},
     "sv_defrag-bug-6887-eth-vlan-ipv4-tcp-syn_frag-eth-vlan-ip-tcp-syn.pcap": {
-        "ipv4.tiny-fragment": 1, "ipv4.tcp-frag-offset-1": 1, "frag-later": 1},
+        "ipv4.tiny-fragment": 1,
+        "ipv4.tcp-frag-offset-1": 1,
+        "frag-later": 1,
+    },
     "sv_defrag-bug-6887-eth-vlan-ipv6-tcp_frag-eth-vlan-ipv6-tcp.pcap": {
-        "frag-first": 1, "frag-later": 2},
+        "frag-first": 1,
+        "frag-later": 2,
+    },
     "sv_detect-itype-prefilter_icmpv4-ping.pcap": {},
     "sv_eve-flow-vlan_input.pcap": {},
     "sv_exception-policy-defrag-01_ipv4frags.pcap": {"frag-first": 1, "frag-later": 1},
@@ -491,7 +517,10 @@ def test_capture_vlan_files(pcaps_dir: Path) -> None:
     assert len(pkts) == 9 and all(p.proto == 1 and p.vlans == (123,) for p in pkts)
     pkts = _packets(pcaps_dir, "sv_defrag-bug-6887-eth-vlan-ipv6-tcp_frag-eth-vlan-ipv6-tcp.pcap")
     assert [(p.family, p.frag, p.vlans) for p in pkts] == [
-        (6, FRAG_FIRST, (6,)), (6, FRAG_LATER, (6,)), (6, FRAG_LATER, (6,))]
+        (6, FRAG_FIRST, (6,)),
+        (6, FRAG_LATER, (6,)),
+        (6, FRAG_LATER, (6,)),
+    ]
     assert pkts[0].dport == 8080 or pkts[0].sport == 8080
 
 
@@ -526,8 +555,13 @@ def test_capture_misc_link_types_and_protocols(pcaps_dir: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["zk_http-bro.org.pcap", "sv_base64-decode-5885_input.pcap", "zk_communityid-icmp6.pcap",
-     "sv_decode-teredo-01_input.pcap", "sv_community-id-ipv6_input.pcap"],
+    [
+        "zk_http-bro.org.pcap",
+        "sv_base64-decode-5885_input.pcap",
+        "zk_communityid-icmp6.pcap",
+        "sv_decode-teredo-01_input.pcap",
+        "sv_community-id-ipv6_input.pcap",
+    ],
 )
 def test_capture_matches_scapy(pcaps_dir: Path, name: str) -> None:
     """Differential check: addresses, protocol and ports agree with scapy's dissection."""

@@ -48,8 +48,13 @@ XMAS = TCP_FIN | TCP_PSH | TCP_URG
 
 def make(detect: str, *extra: str, default: str = "accept", **kw: object) -> Engine:
     text = "\n".join(
-        ["table banned dynamic timeout 1h", f"set default {default}", "drop from @banned",
-         *extra, detect]
+        [
+            "table banned dynamic timeout 1h",
+            f"set default {default}",
+            "drop from @banned",
+            *extra,
+            detect,
+        ]
     )
     return Engine(load_policy_text(text, "t.rules"), **kw)  # type: ignore[arg-type]
 
@@ -114,7 +119,10 @@ def test_portscan_fires_at_its_threshold_and_not_below(threshold: int) -> None:
         60.0,
     )
     assert (block.addr_text, block.detector, block.ttl, block.offense) == (
-        SCANNER, "portscan", 600.0, 1,
+        SCANNER,
+        "portscan",
+        600.0,
+        1,
     )
     assert banned(e) == {addr(SCANNER)}
     # the next packet of the scanner meets `drop from @banned`
@@ -183,11 +191,16 @@ def test_open_ports_weigh_less_and_used_services_nothing() -> None:
     # a client using 50 services of a server (data both ways): nothing
     e = make("detect portscan ports 10 within 60s alert")
     for p in range(1, 51):
-        run(e, [tcp(CLIENT, VICTIM, 44000 + p, 1000 + p),
+        run(
+            e,
+            [
+                tcp(CLIENT, VICTIM, 44000 + p, 1000 + p),
                 tcp(VICTIM, CLIENT, 1000 + p, 44000 + p, TCP_SYN | TCP_ACK),
                 tcp(CLIENT, VICTIM, 44000 + p, 1000 + p, TCP_ACK | TCP_PSH, payload=b"GET /"),
-                tcp(VICTIM, CLIENT, 1000 + p, 44000 + p, TCP_ACK | TCP_PSH, payload=b"200")],
-            T0 + p * 0.01)
+                tcp(VICTIM, CLIENT, 1000 + p, 44000 + p, TCP_ACK | TCP_PSH, payload=b"200"),
+            ],
+            T0 + p * 0.01,
+        )
     assert alerts(e.tick(T0 + 10)) == []
 
 
@@ -196,11 +209,15 @@ def test_offloaded_connections_are_used_services_not_open_ports() -> None:
     server's answer (the kernel passes it): still a used service, weighing nothing."""
     e = make("detect portscan ports 10 within 60s alert", "accept state established")
     for p in range(1, 51):
-        decisions = [e.handle(pkt, now=T0 + p * 0.01) for pkt in (
-            tcp(CLIENT, VICTIM, 44000 + p, 1000 + p),
-            tcp(VICTIM, CLIENT, 1000 + p, 44000 + p, TCP_SYN | TCP_ACK),
-            tcp(CLIENT, VICTIM, 44000 + p, 1000 + p, TCP_ACK),
-            tcp(CLIENT, VICTIM, 44000 + p, 1000 + p, TCP_ACK | TCP_PSH, payload=b"GET /"))]
+        decisions = [
+            e.handle(pkt, now=T0 + p * 0.01)
+            for pkt in (
+                tcp(CLIENT, VICTIM, 44000 + p, 1000 + p),
+                tcp(VICTIM, CLIENT, 1000 + p, 44000 + p, TCP_SYN | TCP_ACK),
+                tcp(CLIENT, VICTIM, 44000 + p, 1000 + p, TCP_ACK),
+                tcp(CLIENT, VICTIM, 44000 + p, 1000 + p, TCP_ACK | TCP_PSH, payload=b"GET /"),
+            )
+        ]
         assert decisions[-1].offload  # the rest of it went on in the kernel
     assert alerts(e.tick(T0 + 10)) == []
 
@@ -253,9 +270,15 @@ def test_sweep_not_below_threshold_and_answered_hosts_do_not_count() -> None:
         t += 0.01
     for i in range(100):  # a browser: 100 hosts that answer, plus unanswered UDP (QUIC)
         host = f"10.0.2.{i + 1}"
-        run(e, [tcp(SCANNER, host, 48000 + i, 443),
+        run(
+            e,
+            [
+                tcp(SCANNER, host, 48000 + i, 443),
                 tcp(host, SCANNER, 443, 48000 + i, TCP_SYN | TCP_ACK),
-                udp(SCANNER, host, 49000 + i, 443)], t)
+                udp(SCANNER, host, 49000 + i, 443),
+            ],
+            t,
+        )
         t += 0.01
     assert alerts(e.tick(t + GRACE + 1)) == [] and banned(e) == set()
     # a multicast or broadcast destination is not a host
@@ -269,14 +292,18 @@ def test_a_ping_sweep_of_live_hosts_counts_as_it_is_sent() -> None:
     for i in range(24):  # answered pings (nmap -sn over live hosts), IPv6 too
         host = f"fd00::{i + 1:x}" if i % 2 else f"10.0.3.{i + 1}"
         src = "fd00::66" if i % 2 else SCANNER
-        effects += run(e, [ping(src, host, ident=i), ping(host, src, ident=i, reply=True)],
-                       T0 + i * 0.01)
+        effects += run(
+            e, [ping(src, host, ident=i), ping(host, src, ident=i, reply=True)], T0 + i * 0.01
+        )
     assert alerts(effects) == []  # 12 + 12: each family's source is its own
     e = make("detect sweep hosts 25 within 60s block 10m")
     for i in range(25):
         host = f"10.0.3.{i + 1}"
-        effects = run(e, [ping(SCANNER, host, ident=i), ping(host, SCANNER, ident=i, reply=True)],
-                      T0 + i * 0.01)
+        effects = run(
+            e,
+            [ping(SCANNER, host, ident=i), ping(host, SCANNER, ident=i, reply=True)],
+            T0 + i * 0.01,
+        )
     assert len(alerts(effects, "sweep")) == 1 and banned(e) == {addr(SCANNER)}
 
 
@@ -324,9 +351,15 @@ def test_stealth_alerts_are_paced_per_source_with_a_count() -> None:
 
 def test_fin_in_a_connection_and_later_fragments_are_not_stealth() -> None:
     e = make("detect stealth count 1 within 60s block 1h")
-    run(e, [tcp(CLIENT, VICTIM, 53000, 80),
+    run(
+        e,
+        [
+            tcp(CLIENT, VICTIM, 53000, 80),
             tcp(VICTIM, CLIENT, 80, 53000, TCP_SYN | TCP_ACK),
-            tcp(CLIENT, VICTIM, 53000, 80, TCP_FIN)], T0)
+            tcp(CLIENT, VICTIM, 53000, 80, TCP_FIN),
+        ],
+        T0,
+    )
     # a non-first fragment of a TCP datagram: no header, so no flags to judge
     frag = bytearray(build_packet(PROTO_TCP, CLIENT, VICTIM, 1, 2, payload=b"x" * 40))
     frag[6:8] = (0x0010).to_bytes(2, "big")  # offset 16 (x8 bytes), last fragment
@@ -404,7 +437,9 @@ def test_a_flood_leaves_alone_a_source_another_detection_banned_in_the_same_pack
     effects = list(e.handle(tcp(SCANNER, VICTIM, 3000, 80), now=t + 0.01).effects)
     assert [type(x).__name__ for x in effects] == ["Alert", "Block"]
     assert (effects[0].category, effects[0].action, effects[1].detector) == (  # type: ignore[union-attr]
-        "sweep", "blocked", "sweep",
+        "sweep",
+        "blocked",
+        "sweep",
     )
     assert e.detect is not None and e.detect.by_name["synflood"].blocked == 0
     assert e.blocks.stats()["added"] == 1 and e.stats.blocks == 1
@@ -516,10 +551,16 @@ def test_manual_block_unblock_and_adopt() -> None:
 @pytest.mark.parametrize(
     ("text", "message", "hint"),
     [
-        ("detect portscan", "blocks, but the policy has no dynamic table 'banned'",
-         "table banned dynamic timeout 1h"),
-        ("table banned = { 10.0.0.1 }\ndetect sweep block 5m", "table 'banned' is not dynamic",
-         "table banned dynamic timeout 1h"),
+        (
+            "detect portscan",
+            "blocks, but the policy has no dynamic table 'banned'",
+            "table banned dynamic timeout 1h",
+        ),
+        (
+            "table banned = { 10.0.0.1 }\ndetect sweep block 5m",
+            "table 'banned' is not dynamic",
+            "table banned dynamic timeout 1h",
+        ),
         ("drop sid 9000101", "sid 9000101 is reserved for the detectors' alerts", None),
         ("set ban-budget 0", "'set ban-budget' takes a whole number from 1 to 1000000", None),
         ("set ban-max 10", "'set ban-max' takes a duration", None),
@@ -543,7 +584,10 @@ def test_policy_options_and_alert_only_detectors_need_no_table() -> None:
         "t.rules",
     )
     assert (policy.ban_budget, policy.ban_escalation, policy.ban_max, policy.detect_memory) == (
-        5, 3, 7200.0, 1000,
+        5,
+        3,
+        7200.0,
+        1000,
     )
     defaults = load_policy_text("", "t.rules")
     assert (defaults.ban_budget, defaults.ban_escalation, defaults.ban_max) == (30, 2, 86400.0)
@@ -597,13 +641,25 @@ def test_eve_records_of_detections_blocks_and_unblocks() -> None:
     assert alert["alert"]["signature_id"] == 9000101
     assert alert["alert"]["metadata"] == {"rule": ["t.rules:4"], "detector": ["portscan"]}
     assert alert["ipsctl"] == {
-        "detector": "portscan", "source": SCANNER, "target": VICTIM, "targets": [21, 22, 23],
-        "count": 3, "score": 3.0, "threshold": 3, "window": 60.0, "failed": 3,
-        "block": "added", "ttl": 600.0, "offense": 1,
+        "detector": "portscan",
+        "source": SCANNER,
+        "target": VICTIM,
+        "targets": [21, 22, 23],
+        "count": 3,
+        "score": 3.0,
+        "threshold": 3,
+        "window": 60.0,
+        "failed": 3,
+        "block": "added",
+        "ttl": 600.0,
+        "offense": 1,
     }
     assert block["src_ip"] == SCANNER and "dest_ip" not in block
     assert block["ipsctl_block"] == {
-        "table": "banned", "detector": "portscan", "offense": 1, "ttl": 600.0,
+        "table": "banned",
+        "detector": "portscan",
+        "offense": 1,
+        "ttl": 600.0,
         "expires": block["ipsctl_block"]["expires"],
         "reason": f"portscan: 3 ports of {VICTIM} probed within 60s",
         "enforced": True,
@@ -662,7 +718,9 @@ def test_benign_captures_raise_no_detector_alert(policy_name: str) -> None:
         if capture.name in attacks:
             continue
         assert (dict(result.detector_alerts), result.blocks, dict(result.detector_drops)) == (
-            {}, [], {},
+            {},
+            [],
+            {},
         ), capture.name
     # the one attack indicator among them, a packet with every TCP flag set, is seen
     flags = replay_captures(

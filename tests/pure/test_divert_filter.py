@@ -30,14 +30,14 @@ SYN, ACK, FIN, RST, PSH, URG = 0x02, 0x10, 0x01, 0x04, 0x08, 0x20
 FILTER_HEAD = "set default accept\nset malformed accept\n"
 # Filter-style policies (the ones the translator narrows), covering every translated field.
 POLICIES = [
-    "drop proto tcp to port 23 alert \"telnet\"\n",
+    'drop proto tcp to port 23 alert "telnet"\n',
     "reject proto tcp to 10.10.2.0/24 port { 135-139, 445 }\n",
     "drop proto tcp flags FPU/FSRPAU\ndrop proto tcp flags /FSRPAU\n",
     "drop proto udp from !10.10.1.0/24 to port !53\n",
     "accept proto icmp type echo-request limit 5/s per src else drop\n"
     "drop proto icmpv6 type 128 code 0\n",
     "drop from { 192.0.2.0/24, 2001:db8::/32 } to port 8000-8100\n",
-    "rewrite proto udp to port 53 set ttl 64\nmatch proto tcp to port 80 alert \"web\"\n",
+    'rewrite proto udp to port 53 set ttl 64\nmatch proto tcp to port 80 alert "web"\n',
     "drop proto 132\nreject to fd00:10:2::/64 port 7\n",
     "accept proto tcp to port 80\ndrop proto tcp to port 80-90\ndrop to ::/0 port 9\n",
 ]
@@ -48,8 +48,9 @@ PORTS = [7, 9, 22, 23, 53, 80, 85, 135, 137, 139, 445, 8000, 8050, 8100, 8101, 4
 
 def fwd_packet(raw: bytes) -> pydivert.Packet:
     """A packet as the NETWORK_FORWARD layer delivers it."""
-    return pydivert.Packet(raw, interface=(3, 0), direction=Direction.OUTBOUND,
-                           layer=Layer.NETWORK_FORWARD)
+    return pydivert.Packet(
+        raw, interface=(3, 0), direction=Direction.OUTBOUND, layer=Layer.NETWORK_FORWARD
+    )
 
 
 def checksums_ok(raw: bytes) -> bool:
@@ -69,8 +70,9 @@ def random_packet(rng: random.Random) -> bytes:
         return build_packet(proto, src, dst, icmp_type=typ, icmp_code=rng.choice([0, 0, 1]))
     flags = rng.choice([SYN, SYN | ACK, ACK, 0, FIN | PSH | URG, FIN, RST, SYN | FIN])
     payload = rng.choice([b"", b"GET / HTTP/1.0\r\n\r\n"])
-    return build_packet(proto, src, dst, rng.choice(PORTS), rng.choice(PORTS), flags=flags,
-                        payload=payload)
+    return build_packet(
+        proto, src, dst, rng.choice(PORTS), rng.choice(PORTS), flags=flags, payload=payload
+    )
 
 
 def engine_cares(policy_text: str, raw: bytes) -> bool:
@@ -83,17 +85,28 @@ def engine_cares(policy_text: str, raw: bytes) -> bool:
 
 
 def test_packet_views_over_our_bytes_and_back() -> None:
-    raw = build_packet(TCP, "10.10.1.20", "10.10.2.10", 40000, 80, flags=PSH | ACK,
-                       payload=b"GET / HTTP/1.0\r\n\r\n")
+    raw = build_packet(
+        TCP,
+        "10.10.1.20",
+        "10.10.2.10",
+        40000,
+        80,
+        flags=PSH | ACK,
+        payload=b"GET / HTTP/1.0\r\n\r\n",
+    )
     p = fwd_packet(raw)
-    assert (p.src_addr, p.dst_addr, p.src_port, p.dst_port) == ("10.10.1.20", "10.10.2.10",
-                                                                40000, 80)
+    assert (p.src_addr, p.dst_addr, p.src_port, p.dst_port) == (
+        "10.10.1.20",
+        "10.10.2.10",
+        40000,
+        80,
+    )
     assert p.tcp.psh and p.tcp.ack and not p.tcp.syn
     assert p.payload == b"GET / HTTP/1.0\r\n\r\n" and checksums_ok(raw)
     p.payload = b"GET /other HTTP/1.0\r\n\r\n"
     p.recalculate_checksums()
     ours = decode_l3(bytes(p.raw))
-    assert ours.dport == 80 and bytes(p.raw)[ours.payload_offset:].startswith(b"GET /other")
+    assert ours.dport == 80 and bytes(p.raw)[ours.payload_offset :].startswith(b"GET /other")
     assert checksums_ok(bytes(p.raw))
     v6 = fwd_packet(build_packet(UDP, "fd00:10:1::20", "fd00:10:2::10", 5000, 53, payload=b"q"))
     assert v6.ipv6 is not None and v6.udp.dst_port == 53 and v6.payload == b"q"
@@ -107,9 +120,11 @@ def test_policies_that_need_every_packet_divert_everything() -> None:
     assert needs_everything(gateway) == "set default drop"
     assert divert_filter(gateway) == "true"
     assert divert_filter(load_policy_text("drop proto tcp to port 23\n")) == "true"  # malformed
-    for extra, why in [("detect portscan\ntable banned dynamic\n", "detectors"),
-                       ("drop state new proto tcp to port 22\n", "state"),
-                       ("rewrite proto tcp to port 81 set dport 80\n", "translated")]:
+    for extra, why in [
+        ("detect portscan\ntable banned dynamic\n", "detectors"),
+        ("drop state new proto tcp to port 22\n", "state"),
+        ("rewrite proto tcp to port 81 set dport 80\n", "translated"),
+    ]:
         policy = load_policy_text(FILTER_HEAD + extra)
         assert why in (needs_everything(policy) or "") and divert_filter(policy) == "true"
     # host handles: one direction only
@@ -157,11 +172,16 @@ def test_filter_compiles_and_diverts_every_packet_the_engine_judges(index: int) 
 
 
 def test_negated_and_v6_ranges_are_exact_at_their_edges() -> None:
-    f = divert_filter(load_policy_text(FILTER_HEAD + "drop proto udp from !10.10.1.0/24\n"
-                                       "drop from 2001:db8::/32\n"))
+    f = divert_filter(
+        load_policy_text(
+            FILTER_HEAD + "drop proto udp from !10.10.1.0/24\ndrop from 2001:db8::/32\n"
+        )
+    )
+
     def hit(src: str) -> bool:
         dst = "10.10.2.10" if "." in src else "fd00::1"
         return fwd_packet(build_packet(UDP, src, dst, 1, 2)).matches(f)
+
     assert not hit("10.10.1.0") and not hit("10.10.1.255")
     assert hit("10.10.0.255") and hit("10.10.2.0")
     assert hit("2001:db8::") and hit("2001:db8:ffff:ffff:ffff:ffff:ffff:ffff")
@@ -206,14 +226,20 @@ def test_verdicts_map_to_send_nothing_reply_or_rewritten() -> None:
     syn = build_packet(TCP, "10.10.1.20", "10.10.2.10", 40000, 80, flags=SYN)
     worker._on_packet(fwd_packet(syn))
     assert handle.sent == [syn]  # accept: re-injected unchanged
-    worker._on_packet(fwd_packet(build_packet(TCP, "10.10.1.20", "10.10.2.10", 40001, 23,
-                                              flags=SYN)))
+    worker._on_packet(
+        fwd_packet(build_packet(TCP, "10.10.1.20", "10.10.2.10", 40001, 23, flags=SYN))
+    )
     assert len(handle.sent) == 1  # drop: not sent
-    worker._on_packet(fwd_packet(build_packet(TCP, "10.10.1.20", "10.10.2.10", 40002, 445,
-                                              flags=SYN)))
+    worker._on_packet(
+        fwd_packet(build_packet(TCP, "10.10.1.20", "10.10.2.10", 40002, 445, flags=SYN))
+    )
     rst = decode_l3(handle.sent[-1])  # reject: a reset back to the client, not the SYN
-    assert (rst.src, rst.dst, rst.sport, rst.dport) == (bytes([10, 10, 2, 10]),
-                                                        bytes([10, 10, 1, 20]), 445, 40002)
+    assert (rst.src, rst.dst, rst.sport, rst.dport) == (
+        bytes([10, 10, 2, 10]),
+        bytes([10, 10, 1, 20]),
+        445,
+        40002,
+    )
     assert rst.flags & RST and checksums_ok(handle.sent[-1])
     worker._on_packet(fwd_packet(build_packet(UDP, "10.10.1.20", "10.10.2.10", 5000, 9)))
     icmp = decode_l3(handle.sent[-1])
@@ -267,8 +293,19 @@ def test_ban_set_follows_block_effects_and_survives_in_its_file(tmp_path: Path) 
     path = tmp_path / "bans.json"
     bans = UserBlocks(path, clock=lambda: 1000.0, log=None)
     v = bans.version
-    bans.note([Block(bytes([10, 10, 1, 66]), table="banned", ttl=600.0, detector="portscan",
-                     offense=1, reason="15 ports", time=1000.0)])
+    bans.note(
+        [
+            Block(
+                bytes([10, 10, 1, 66]),
+                table="banned",
+                ttl=600.0,
+                detector="portscan",
+                offense=1,
+                reason="15 ports",
+                time=1000.0,
+            )
+        ]
+    )
     assert bans.version > v and bans.is_blocked(bytes([10, 10, 1, 66]), 1001.0)
     bans.flush()
     again = UserBlocks(path, clock=lambda: 1100.0, log=None)

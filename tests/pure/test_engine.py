@@ -107,10 +107,14 @@ def test_state_new_and_established_follow_replies() -> None:
     e = engine("accept state established\naccept proto tcp flags S/SA\nset default drop")
     assert (
         Playbook(e, now=1, step=0.1)
-        >> tcp(A, B, 1000, 80, "S") << accept(line=2)
-        >> tcp(A, B, 1000, 80, "A") << drop(reason="default")  # no reply yet
-        >> tcp(B, A, 80, 1000, "SA") << accept(line=1)
-        >> tcp(A, B, 1000, 80, "A") << accept(line=1)
+        >> tcp(A, B, 1000, 80, "S")
+        << accept(line=2)
+        >> tcp(A, B, 1000, 80, "A")
+        << drop(reason="default")  # no reply yet
+        >> tcp(B, A, 80, 1000, "SA")
+        << accept(line=1)
+        >> tcp(A, B, 1000, 80, "A")
+        << accept(line=1)
     )
 
 
@@ -123,10 +127,14 @@ def test_tcp_flags_with_and_without_mask() -> None:
     )
     assert (
         Playbook(e)
-        >> tcp(A, B, 1, 1, "FPU") << drop(line=1)
-        >> tcp(A, B, 1, 2, "S") << drop(line=2)
-        >> tcp(A, B, 1, 3, "SE") << accept(line=3)  # SYN+ECE
-        >> tcp(A, B, 1, 4, "A") << reject()
+        >> tcp(A, B, 1, 1, "FPU")
+        << drop(line=1)
+        >> tcp(A, B, 1, 2, "S")
+        << drop(line=2)
+        >> tcp(A, B, 1, 3, "SE")
+        << accept(line=3)  # SYN+ECE
+        >> tcp(A, B, 1, 4, "A")
+        << reject()
     )
 
 
@@ -141,10 +149,14 @@ def test_icmp_types_codes_and_family() -> None:
     host_unreach = build_packet(PROTO_ICMP, A, B, icmp_type=3, icmp_code=1)
     assert (
         Playbook(e)
-        >> ping(A, B) << accept(line=1)
-        >> ping(A6, B6) << accept(line=2)
-        >> unreach << drop(line=3)
-        >> host_unreach << reject()
+        >> ping(A, B)
+        << accept(line=1)
+        >> ping(A6, B6)
+        << accept(line=2)
+        >> unreach
+        << drop(line=3)
+        >> host_unreach
+        << reject()
     )
 
 
@@ -158,13 +170,19 @@ def test_addresses_prefixes_negation_and_tables() -> None:
     )
     assert (
         Playbook(e)
-        >> ping("192.0.2.77", A) << accept(line=2)
-        >> ping("2001:db8:1:5::1", B6) << accept(line=2)
-        >> ping("172.16.0.1", A) << drop(line=3)
-        >> ping("10.9.9.9", "10.0.0.1") << accept(line=4)
-        >> ping("10.9.9.9", "10.0.0.2") << reject()
+        >> ping("192.0.2.77", A)
+        << accept(line=2)
+        >> ping("2001:db8:1:5::1", B6)
+        << accept(line=2)
+        >> ping("172.16.0.1", A)
+        << drop(line=3)
+        >> ping("10.9.9.9", "10.0.0.1")
+        << accept(line=4)
+        >> ping("10.9.9.9", "10.0.0.2")
+        << reject()
         # an IPv4-only negated rule never matches IPv6 (as in nftables)
-        >> ping(A6, B6) << reject()
+        >> ping(A6, B6)
+        << reject()
     )
 
 
@@ -179,9 +197,12 @@ def test_ports_ranges_sets_and_negation() -> None:
         story >> tcp(A, B, 1000, port) << accept(line=1)
     assert (
         story
-        >> tcp(A, B, 1000, 8011) << reject()
-        >> udp(A, B, 1000, 9) << drop(line=2)
-        >> udp(A, B, 53, 9) << reject()
+        >> tcp(A, B, 1000, 8011)
+        << reject()
+        >> udp(A, B, 1000, 9)
+        << drop(line=2)
+        >> udp(A, B, 53, 9)
+        << reject()
     )
 
 
@@ -196,11 +217,16 @@ def test_interfaces_and_direction() -> None:
     p = tcp(A, B, 1, 2)
     assert (
         Playbook(e)
-        >> packet(p, Meta(iif="eth0")) << accept(line=1)
-        >> packet(p, Meta(iif="eth1", oif="wan7")) << drop(line=2)
-        >> packet(p, Meta(oif="lan1")) << accept(line=3)
-        >> packet(p, Meta(iif="eth9")) << reject(line=4)
-        >> packet(p, Meta()) << drop(reason="default")
+        >> packet(p, Meta(iif="eth0"))
+        << accept(line=1)
+        >> packet(p, Meta(iif="eth1", oif="wan7"))
+        << drop(line=2)
+        >> packet(p, Meta(oif="lan1"))
+        << accept(line=3)
+        >> packet(p, Meta(iif="eth9"))
+        << reject(line=4)
+        >> packet(p, Meta())
+        << drop(reason="default")
     )
 
 
@@ -218,11 +244,16 @@ def test_length_fragment_and_payload() -> None:
     frag[10:12] = checksum(bytes(frag[:20])).to_bytes(2, "big")
     assert (
         Playbook(e)
-        >> udp(A, B, 1, 2, b"x" * 1000) << drop(line=1)
-        >> tcp(A, B, 1, 2, "PA", payload=b"an EVIL one") << drop(line=2)
-        >> udp(A, B, 1, 2, b"\x00\xde\xad\xbe\xef\x00") << drop(line=3)
-        >> bytes(frag) << accept(line=4)
-        >> udp(A, B, 1, 2, b"clean") << reject()
+        >> udp(A, B, 1, 2, b"x" * 1000)
+        << drop(line=1)
+        >> tcp(A, B, 1, 2, "PA", payload=b"an EVIL one")
+        << drop(line=2)
+        >> udp(A, B, 1, 2, b"\x00\xde\xad\xbe\xef\x00")
+        << drop(line=3)
+        >> bytes(frag)
+        << accept(line=4)
+        >> udp(A, B, 1, 2, b"clean")
+        << reject()
     )
 
 
@@ -242,10 +273,16 @@ def test_rate_limit_without_else_falls_through() -> None:
     e = engine('accept proto udp limit 2/s\ndrop proto udp alert "over"\nset default accept')
     assert (
         Playbook(e, now=5.0)
-        >> udp(A, B, 1, 0) << accept()
-        >> udp(A, B, 1, 1) << accept()
-        >> udp(A, B, 1, 2) << drop() << alert()
-        >> udp(A, B, 1, 3) << drop() << alert()
+        >> udp(A, B, 1, 0)
+        << accept()
+        >> udp(A, B, 1, 1)
+        << accept()
+        >> udp(A, B, 1, 2)
+        << drop()
+        << alert()
+        >> udp(A, B, 1, 3)
+        << drop()
+        << alert()
     )
 
 
@@ -468,8 +505,10 @@ def test_blocked_sources_are_dropped_before_any_rule() -> None:
 def test_rules_only_for_blocked_sources_are_left_out_of_the_per_packet_search() -> None:
     """`drop from @banned` can never match what the block check let through, so it costs no
     lookup per packet; a rule that also names addresses of its own stays."""
-    text = ("table banned dynamic timeout 1h\ndrop from @banned\n"
-            f"drop from {{ @banned, {C} }}\naccept proto icmp\n")
+    text = (
+        "table banned dynamic timeout 1h\ndrop from @banned\n"
+        f"drop from {{ @banned, {C} }}\naccept proto icmp\n"
+    )
     e = engine(text)
     assert e.handle(ping(A, B), now=1).verdict == "accept"
     assert e.handle(ping(C, B), now=1).verdict == "drop"
@@ -504,8 +543,9 @@ def test_a_stopping_worker_ends_the_open_flows_within_its_budget(
     eng, sinks = engine_with(3000), Sinks()
     assert end_open_flows(eng, sinks, 200.0, 3.0) == 3000
     assert len(sinks.got) == 3000 and len(eng.flows) == 0
-    assert all(e.__class__ is FlowEnd and e.reason == "shutdown" and e.time == 200.0
-               for e in sinks.got)
+    assert all(
+        e.__class__ is FlowEnd and e.reason == "shutdown" and e.time == 200.0 for e in sinks.got
+    )
     assert len({e.flow.flow_id for e in sinks.got}) == 3000  # type: ignore[attr-defined]
     # A clock that passes the budget after the first chunk: the rest are not written, and
     # the journal says how many.

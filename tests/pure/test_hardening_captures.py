@@ -40,8 +40,11 @@ def test_two_gigabytes_of_empty_records_with_a_4gib_snaplen_is_refused_quickly(
         f.truncate(2 * GIB)  # then 2 GB of zeros: 134 million empty records, none on disk
     started = time.monotonic()
     reader = read_capture(path)
-    with pytest.raises(CaptureError, match=r"at byte \d+: malformed capture: more than 1024 "
-                       r"packet records in a row carry no bytes"):
+    with pytest.raises(
+        CaptureError,
+        match=r"at byte \d+: malformed capture: more than 1024 "
+        r"packet records in a row carry no bytes",
+    ):
         for _ in reader:
             pass
     assert time.monotonic() - started < 2
@@ -63,8 +66,11 @@ def test_pcapng_of_blocks_without_packets_is_refused_quickly(tmp_path: Path) -> 
     unknown = _block(0x0BAD, b"")  # 12 bytes, a block type nobody knows: skipped
     path.write_bytes(_pcapng_head() + unknown * (MAX_SKIPPED_RUN + 10))
     reader = read_capture(path)
-    with pytest.raises(CaptureError, match=r"malformed capture: more than 65536 blocks in a "
-                       r"row carry no packet \(last of type 0xbad\)"):
+    with pytest.raises(
+        CaptureError,
+        match=r"malformed capture: more than 65536 blocks in a "
+        r"row carry no packet \(last of type 0xbad\)",
+    ):
         list(reader)
     assert reader.records == 0 and reader.skipped_blocks == MAX_SKIPPED_RUN + 1
 
@@ -80,7 +86,8 @@ def test_pcapng_of_empty_packets_is_refused(tmp_path: Path) -> None:
 def test_record_longer_than_any_snaplen_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "long.pcap"
     # 1 MiB claimed by a record in a file whose snaplen is 65535: libpcap refuses it too.
-    path.write_bytes(_pcap_header(65535) + struct.pack("<IIII", 0, 0, 1 << 20, 1 << 20)
-                     + b"\0" * (1 << 20))
+    path.write_bytes(
+        _pcap_header(65535) + struct.pack("<IIII", 0, 0, 1 << 20, 1 << 20) + b"\0" * (1 << 20)
+    )
     with pytest.raises(CaptureError, match="record length 1048576 is implausible"):
         list(read_capture(path))

@@ -55,12 +55,20 @@ def dead_process() -> ProcessId:
 def record(tmp_path: Path, deadline: float = 0.0, **changes: Any) -> PendingApply:
     a, a_main, a_sources = policy(tmp_path, A_TEXT, "a.rules")
     b, b_main, _ = policy(tmp_path, B_TEXT, "b.rules")
-    plan = dataclasses.asdict(NftPlan(("forward",), queue=(3, 4), nft_queue=True,
-                                      offload_generation=0, queues=2))
+    plan = dataclasses.asdict(
+        NftPlan(("forward",), queue=(3, 4), nft_queue=True, offload_generation=0, queues=2)
+    )
     rec = PendingApply(
-        digest=b.digest, main=b_main, applied_at=deadline - 3, deadline=deadline,
-        previous_main=a_main, previous_digest=a.digest, previous_sources=a_sources, plan=plan,
-        unconfirmed=[b.digest], daemon=dead_process(),
+        digest=b.digest,
+        main=b_main,
+        applied_at=deadline - 3,
+        deadline=deadline,
+        previous_main=a_main,
+        previous_digest=a.digest,
+        previous_sources=a_sources,
+        plan=plan,
+        unconfirmed=[b.digest],
+        daemon=dead_process(),
     )
     return dataclasses.replace(rec, **changes)
 
@@ -85,8 +93,9 @@ def test_a_rollback_is_recorded_once_with_who_and_when(tmp_path: Path) -> None:
     rec.roll_back("restart", 200.0)  # the first one stays
     assert (rec.state, rec.rolled_back_by, rec.rolled_back_at) == (ROLLED_BACK, "watchdog", 103.0)
     note = rec.note()
-    assert note["text"].startswith(f"apply of {rec.main} (digest {rec.digest[:16]}) was not "
-                                   "confirmed: rolled back at ")
+    assert note["text"].startswith(
+        f"apply of {rec.main} (digest {rec.digest[:16]}) was not confirmed: rolled back at "
+    )
     assert note["text"].endswith("(by the watchdog)")
 
 
@@ -213,8 +222,9 @@ def test_the_restore_applies_the_saved_plan_with_nothing_offloaded(
     assert rollback.restore_kernel_part(rec, pol) == "the previous policy's kernel part restored"
     ((got, plan),) = applied
     assert got is pol
-    assert plan == NftPlan(("forward",), queue=(3, 4), nft_queue=True, offload_generation=0,
-                           queues=2)
+    assert plan == NftPlan(
+        ("forward",), queue=(3, 4), nft_queue=True, offload_generation=0, queues=2
+    )
     rec.plan = None  # the divert backend: nothing in a kernel
     assert rollback.restore_kernel_part(rec, pol) == "no kernel part to restore"
 

@@ -79,13 +79,17 @@ def test_link_planted_after_a_rotation_is_not_written_through(
     assert secret.read_bytes() == before
 
 
-@pytest.mark.parametrize(("dir_mode", "owner", "reason"), [
-    (0o777, 0, r"writable by others \(mode 0777\) without the sticky bit"),
-    (0o775, 0, r"writable by its group \(mode 0775\) without the sticky bit"),
-    (0o755, NOBODY, f"owned by uid {NOBODY}, not by root or this user"),
-])
-def test_unsafe_directory_is_refused(tmp_path: Path, dir_mode: int, owner: int,
-                                     reason: str) -> None:
+@pytest.mark.parametrize(
+    ("dir_mode", "owner", "reason"),
+    [
+        (0o777, 0, r"writable by others \(mode 0777\) without the sticky bit"),
+        (0o775, 0, r"writable by its group \(mode 0775\) without the sticky bit"),
+        (0o755, NOBODY, f"owned by uid {NOBODY}, not by root or this user"),
+    ],
+)
+def test_unsafe_directory_is_refused(
+    tmp_path: Path, dir_mode: int, owner: int, reason: str
+) -> None:
     if os.geteuid() != 0 and owner == NOBODY:
         pytest.skip("giving a directory away needs root")
     d = tmp_path / "open"
@@ -140,8 +144,9 @@ def test_an_existing_world_readable_eve_file_is_narrowed(events_dir: Path) -> No
     assert eve.read_text() == "old\nnew\n"
 
 
-def test_created_files_get_the_service_group(events_dir: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_created_files_get_the_service_group(
+    events_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if os.geteuid() != 0:
         pytest.skip("giving a file another group needs root")
     other = next(g for g in grp.getgrall() if g.gr_gid != os.getegid())

@@ -62,6 +62,7 @@ def test_cli_up_refuses_a_duplicate_node_before_building_anything(tmp_path: Path
     bad.write_text(TWO_CLIENTS)
     result = CliRunner().invoke(lab_cli, ["up", str(bad), "--prefix", "never-"])
     assert result.exit_code == 1
-    assert f"{bad}:7: nodes.client: node 'client' is defined twice (first at line 3)" \
-        in result.output
+    assert (
+        f"{bad}:7: nodes.client: node 'client' is defined twice (first at line 3)" in result.output
+    )
     assert "NOT brought up" in result.output

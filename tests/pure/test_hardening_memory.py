@@ -41,16 +41,11 @@ def test_spoofed_sources_in_process_stay_under_every_cap() -> None:
 def test_the_bound_checks_can_fail() -> None:
     """A cap the engine does not know about is reported as exceeded (the checks are real)."""
     r = memory.Report(max_flows=10, detect_memory=10)
-    policy = memory.load_policy_text(memory.POLICY.format(trusted=memory.TRUSTED, memory=1000),
-                                     "flood.rules")
+    policy = memory.load_policy_text(
+        memory.POLICY.format(trusted=memory.TRUSTED, memory=1000), "flood.rules"
+    )
     engine = memory.Engine(policy, max_flows=1000)
     for i in range(50):
         engine.handle(memory.packet_for(0, memory.spoofed(i)), memory.Meta(), 1.0)
     memory._check(engine, r, 2.0, b"\x0a\x0a\x01\x14")
     assert any("flow table 50 > 10" in v for v in r.violations)
-
-
-
-
-
-

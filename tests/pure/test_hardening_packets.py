@@ -126,8 +126,17 @@ def test_atheris_coverage_guided_run() -> None:
         pytest.skip("atheris is not installed")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "fuzz_atheris.py"), "-runs=20000", "-seed=3",
-         "-max_len=400"], capture_output=True, text=True, timeout=120, env=env,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "fuzz_atheris.py"),
+            "-runs=20000",
+            "-seed=3",
+            "-max_len=400",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
         cwd=ROOT / "bench",
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -39,7 +39,11 @@ def check(path: Path) -> subprocess.CompletedProcess[str]:
     them: the test then fails on the exit status), with a wall-clock guard against blocking."""
     out = subprocess.run(
         [sys.executable, "-m", "ips.cli", "check", str(path)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, preexec_fn=_limits,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        preexec_fn=_limits,
     )
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
     assert out.returncode in (0, 1), (out.returncode, out.stderr[-2000:])
@@ -77,8 +81,14 @@ def test_include_cannot_escape_its_directory_and_nothing_outside_is_read(tmp_pat
         read.append(Path(p).resolve())
         return _read_text(p)
 
-    for target in ("../secret.rules", str(outside), "link.rules", "linkdir/secret.rules",
-                   "sub/../../secret.rules", "/etc/passwd"):
+    for target in (
+        "../secret.rules",
+        str(outside),
+        "link.rules",
+        "linkdir/secret.rules",
+        "sub/../../secret.rules",
+        "/etc/passwd",
+    ):
         main = policy_dir / "main.rules"
         main.write_text(f'accept proto icmp\ninclude "{target}"\n')
         found = errors(main, reader)
@@ -186,7 +196,3 @@ def test_byte_mutated_policy_files(flips: list[tuple[int, int]], cut: int) -> No
 
 
 # ---- the running daemon keeps its policy ----------------------------------------------------
-
-
-
-

@@ -65,7 +65,11 @@ def packet(draw: st.DrawFn) -> tuple[bytes, Meta]:
     proto = draw(st.sampled_from([PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 if v6 else PROTO_ICMP]))
     ports = st.sampled_from([22, 53, 80, 443, 1000, 1500, 2000, 5000, 65535])
     data = build_packet(
-        proto, src, dst, draw(ports), draw(ports),
+        proto,
+        src,
+        dst,
+        draw(ports),
+        draw(ports),
         flags=draw(st.sampled_from([0x02, 0x12, 0x10, 0x00, 0x29, 0x03])),
         icmp_type=draw(st.sampled_from([0, 3, 8, 128, 129])) if proto != PROTO_TCP else None,
         payload=b"p" * draw(st.integers(0, 40)),

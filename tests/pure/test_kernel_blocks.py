@@ -25,8 +25,14 @@ class Block:
     __slots__ = ("addr", "detector", "offense", "reason", "table", "time", "ttl")
 
     def __init__(
-        self, addr: bytes, ttl: float, detector: str = "portscan", offense: int = 1,
-        reason: str = "15 ports", time: float = 100.0, table: str = "banned",
+        self,
+        addr: bytes,
+        ttl: float,
+        detector: str = "portscan",
+        offense: int = 1,
+        reason: str = "15 ports",
+        time: float = 100.0,
+        table: str = "banned",
     ) -> None:
         self.addr, self.table, self.ttl, self.detector = addr, table, ttl, detector
         self.offense, self.reason, self.time = offense, reason, time
@@ -86,10 +92,12 @@ def test_blocks_of_a_burst_go_to_the_kernel_in_one_transaction() -> None:
         c["add"]["element"]["name"]: c["add"]["element"]["elem"] for c in batch if "add" in c
     }  # the last add of each set: the one with the details
     assert final == {
-        "banned_v4": [{"elem": {"val": "192.0.2.1", "timeout": 600,
-                                "comment": "portscan|1|15 ports"}}],
-        "banned_v6": [{"elem": {"val": "2001:db8::66", "timeout": 60,
-                                "comment": "stealth|2|15 ports"}}],
+        "banned_v4": [
+            {"elem": {"val": "192.0.2.1", "timeout": 600, "comment": "portscan|1|15 ports"}}
+        ],
+        "banned_v6": [
+            {"elem": {"val": "2001:db8::66", "timeout": 60, "comment": "stealth|2|15 ports"}}
+        ],
     }
     assert blocks.added == 2 and blocks.errors == 0 and not blocks.pending
     lat = blocks.latency.as_dict()
@@ -179,8 +187,13 @@ def test_the_queue_worker_writes_blocks_after_the_burst_and_inside_a_long_one() 
     busy: list[int] = []
     mono = [0.0]
     blocks = kb.KernelBlocks(nft, monotonic=lambda: mono[0], log=None)  # type: ignore[arg-type]
-    worker = nfqueue.QueueWorker(0, FakeEngine(), on_events=seen.append, blocks=blocks,  # type: ignore[arg-type]
-                                 on_busy=lambda: busy.append(1))
+    worker = nfqueue.QueueWorker(
+        0,
+        FakeEngine(),
+        on_events=seen.append,
+        blocks=blocks,  # type: ignore[arg-type]
+        on_busy=lambda: busy.append(1),
+    )
     verdicts: list[str] = []
 
     class Burst:  # netfilterqueue's run(): every packet waiting, then return
@@ -235,11 +248,14 @@ def test_adopt_gives_the_engine_the_kernels_members() -> None:
             self.got.append((addr, expires_at))
 
     engine = Adopter()
-    elements = [SetElement("192.0.2.1", 600, 120), SetElement("192.0.2.2", 60, 5),
-                SetElement("2001:db8::66", 60), SetElement("198.51.100.1")]
+    elements = [
+        SetElement("192.0.2.1", 600, 120),
+        SetElement("192.0.2.2", 60, 5),
+        SetElement("2001:db8::66", 60),
+        SetElement("198.51.100.1"),
+    ]
     assert kb.adopt_blocks(engine, elements, 1000.0) == 3
-    assert engine.got == [(A1, 1120.0), (A6, 1060.0),
-                          (bytes([198, 51, 100, 1]), math.inf)]
+    assert engine.got == [(A1, 1120.0), (A6, 1060.0), (bytes([198, 51, 100, 1]), math.inf)]
     assert kb.adopt_blocks(object(), elements, 0.0) == 0  # an engine without adopt_block
 
     class WithOffense:
@@ -279,17 +295,3 @@ def test_the_state_file_keeps_what_is_left_of_each_block(tmp_path: Path) -> None
 
 
 # ---- against the kernel, in a namespace ----------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
-
-
-

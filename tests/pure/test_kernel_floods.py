@@ -37,18 +37,33 @@ def test_a_limit_per_src_else_drop_becomes_a_meter_before_the_queue() -> None:
     assert meter_rule["expr"] == [
         {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": "ipv4"}},
         {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": 1}},
-        {"match": {"op": "==", "left": {"payload": {"protocol": "icmp", "field": "type"}},
-                   "right": 8}},
-        {"set": {"op": "update", "elem": {"payload": {"protocol": "ip", "field": "saddr"}},
-                 "set": "@meter1_v4",
-                 "stmt": [{"limit": {"rate": 20, "per": "second", "burst": 20, "inv": True}}]}},
+        {
+            "match": {
+                "op": "==",
+                "left": {"payload": {"protocol": "icmp", "field": "type"}},
+                "right": 8,
+            }
+        },
+        {
+            "set": {
+                "op": "update",
+                "elem": {"payload": {"protocol": "ip", "field": "saddr"}},
+                "set": "@meter1_v4",
+                "stmt": [{"limit": {"rate": 20, "per": "second", "burst": 20, "inv": True}}],
+            }
+        },
         {"counter": None},
         {"drop": None},
     ]
     sets = {c["add"]["set"]["name"]: c["add"]["set"] for c in cmds if "set" in c.get("add", {})}
     assert sets["meter1_v4"] == {
-        "family": "inet", "table": "ipsctl", "name": "meter1_v4", "type": "ipv4_addr",
-        "flags": ["timeout"], "timeout": rs.METER_TIMEOUT, "size": rs.METER_SIZE,
+        "family": "inet",
+        "table": "ipsctl",
+        "name": "meter1_v4",
+        "type": "ipv4_addr",
+        "flags": ["timeout"],
+        "timeout": rs.METER_TIMEOUT,
+        "size": rs.METER_SIZE,
     }
     assert "meter1_v6" not in sets  # the rule is IPv4 only (icmp)
 
@@ -59,8 +74,7 @@ def test_both_families_get_a_meter_each() -> None:
     assert [m["expr"][0]["match"]["right"] for m in meters] == ["ipv4", "ipv6"]
     stmts = [e["set"] for m in meters for e in m["expr"] if "set" in e]
     assert [s["set"] for s in stmts] == ["@meter0_v4", "@meter0_v6"]
-    assert stmts[0]["stmt"] == [{"limit": {"rate": 100, "per": "second", "burst": 5,
-                                           "inv": True}}]
+    assert stmts[0]["stmt"] == [{"limit": {"rate": 100, "per": "second", "burst": 5, "inv": True}}]
 
 
 def test_meter_rates_round_up() -> None:
@@ -81,20 +95,29 @@ def test_no_meter_where_it_would_change_the_first_match_meaning() -> None:
         'accept proto udp payload contains "x" limit 20/s per src else drop\n',
     ):
         assert rs.meter_reason(P(text), 0) is not None, text
-        assert not any(r["comment"].endswith(rs.METER_SUFFIX)
-                       for r in rules_of(rs.build_ruleset(P(text))))
+        assert not any(
+            r["comment"].endswith(rs.METER_SUFFIX) for r in rules_of(rs.build_ruleset(P(text)))
+        )
     # the shipped gateway policy keeps its limits in the engine (after `state established`)
     assert rs.metered_rules(load_policy(POLICIES / "gateway.rules")) == []
 
 
 def test_an_existing_meter_set_keeps_its_buckets() -> None:
-    old = rs.TableState(chains=("forward",), sets={
-        "meter1_v4": rs.SetState("meter1_v4", "ipv4_addr", ("timeout",), 60, 65536),
-        "meter9_v4": rs.SetState("meter9_v4", "ipv4_addr", ("timeout",), 60, 65536),
-    })
+    old = rs.TableState(
+        chains=("forward",),
+        sets={
+            "meter1_v4": rs.SetState("meter1_v4", "ipv4_addr", ("timeout",), 60, 65536),
+            "meter9_v4": rs.SetState("meter9_v4", "ipv4_addr", ("timeout",), 60, 65536),
+        },
+    )
     cmds = rs.build_ruleset(P(PAYLOAD + PINGS), existing=old)
-    touched = [(verb, obj["name"]) for c in cmds for verb, body in c.items()
-               for kind, obj in body.items() if kind == "set"]
+    touched = [
+        (verb, obj["name"])
+        for c in cmds
+        for verb, body in c.items()
+        for kind, obj in body.items()
+        if kind == "set"
+    ]
     assert ("add", "meter1_v4") not in touched and ("delete", "meter1_v4") not in touched
     assert ("delete", "meter9_v4") in touched  # a meter no longer wanted goes
 
@@ -102,33 +125,52 @@ def test_an_existing_meter_set_keeps_its_buckets() -> None:
 def test_synproxy_on_proxies_tcp_handshakes_before_the_queue() -> None:
     p = P("set synproxy on\n" + PAYLOAD)
     cmds = rs.build_ruleset(p, rs.NftPlan(hooks=("forward", "input", "output")))
-    chains = {c["add"]["chain"]["name"]: c["add"]["chain"] for c in cmds
-              if "chain" in c.get("add", {})}
+    chains = {
+        c["add"]["chain"]["name"]: c["add"]["chain"] for c in cmds if "chain" in c.get("add", {})
+    }
     assert chains[rs.SYNPROXY_CHAIN] == {
-        "family": "inet", "table": "ipsctl", "name": rs.SYNPROXY_CHAIN, "type": "filter",
-        "hook": "prerouting", "prio": -300, "policy": "accept",
+        "family": "inet",
+        "table": "ipsctl",
+        "name": rs.SYNPROXY_CHAIN,
+        "type": "filter",
+        "hook": "prerouting",
+        "prio": -300,
+        "policy": "accept",
     }
     (raw,) = rules_of(cmds, rs.SYNPROXY_CHAIN)
     assert raw["expr"] == [
         {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
-        {"match": {"op": "==", "left": {"&": [{"payload": {"protocol": "tcp", "field": "flags"}},
-                                              0x12]}, "right": 0x02}},
+        {
+            "match": {
+                "op": "==",
+                "left": {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, 0x12]},
+                "right": 0x02,
+            }
+        },
         {"counter": None},
         {"notrack": None},
     ]
     forward = rules_of(cmds, "forward")
     comments = [r["comment"] for r in forward]
     # blocks first, then the proxy, before anything of the policy and the queue
-    assert comments[:7] == [rs.BLOCKS_COMMENT, rs.BLOCKS_COMMENT, rs.CLEAR_MARK_COMMENT,
-                            rs.SYNPROXY_COMMENT, rs.SYNPROXY_COMMENT, rs.SYNPROXY_COMMENT,
-                            rs.SYNPROXY_INVALID_COMMENT]
-    assert forward[3]["expr"][-1] == {"synproxy": {"mss": 1460, "wscale": 7,
-                                                   "flags": ["timestamp", "sack-perm"]}}
+    assert comments[:7] == [
+        rs.BLOCKS_COMMENT,
+        rs.BLOCKS_COMMENT,
+        rs.CLEAR_MARK_COMMENT,
+        rs.SYNPROXY_COMMENT,
+        rs.SYNPROXY_COMMENT,
+        rs.SYNPROXY_COMMENT,
+        rs.SYNPROXY_INVALID_COMMENT,
+    ]
+    assert forward[3]["expr"][-1] == {
+        "synproxy": {"mss": 1460, "wscale": 7, "flags": ["timestamp", "sack-perm"]}
+    }
     assert forward[4]["expr"][-1]["synproxy"]["mss"] == 1440  # IPv6
     # the server's SYN+ACK to the proxy's SYN skips the queue (the proxy must see it)
     assert forward[5]["expr"][-1] == {"accept": None}
     assert {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}} in (
-        forward[5]["expr"])
+        forward[5]["expr"]
+    )
     assert forward[6]["expr"][-1] == {"drop": None}
     assert rs.SYNPROXY_COMMENT in [r["comment"] for r in rules_of(cmds, "input")]
     # the host's own connections are not proxied
@@ -138,8 +180,9 @@ def test_synproxy_on_proxies_tcp_handshakes_before_the_queue() -> None:
 def test_synproxy_off_removes_its_chain() -> None:
     old = rs.TableState(chains=("forward", rs.SYNPROXY_CHAIN), sets={})
     cmds = rs.build_ruleset(P(PAYLOAD), existing=old)
-    assert {"delete": {"chain": {"family": "inet", "table": "ipsctl",
-                                 "name": rs.SYNPROXY_CHAIN}}} in cmds
+    assert {
+        "delete": {"chain": {"family": "inet", "table": "ipsctl", "name": rs.SYNPROXY_CHAIN}}
+    } in cmds
     # a tap's block-only table never proxies
     tap = rs.build_ruleset(P("set synproxy on\n" + PAYLOAD), rs.NftPlan(blocks_only=True))
     assert not rules_of(tap, rs.SYNPROXY_CHAIN)

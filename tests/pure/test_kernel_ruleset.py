@@ -148,8 +148,12 @@ def test_mixed_family_rule_gives_one_rule_per_family() -> None:
     got = policy_rules("drop from { 192.0.2.7, 2001:db8::/32 }")
     assert got == [
         [V4, m("==", PL("ip", "saddr"), "192.0.2.7"), COUNTER, DROP],
-        [V6, m("==", PL("ip6", "saddr"), {"prefix": {"addr": "2001:db8::", "len": 32}}),
-         COUNTER, DROP],
+        [
+            V6,
+            m("==", PL("ip6", "saddr"), {"prefix": {"addr": "2001:db8::", "len": 32}}),
+            COUNTER,
+            DROP,
+        ],
     ]
 
 
@@ -168,8 +172,7 @@ def test_negated_addresses_and_tables_are_anded() -> None:
 def test_networks_or_table_is_split_in_two_rules() -> None:
     got = policy_rules("table b dynamic\ndrop from { 10.0.0.0/8, @b }")
     assert got == [
-        [V4, m("==", PL("ip", "saddr"), {"prefix": {"addr": "10.0.0.0", "len": 8}}), COUNTER,
-         DROP],
+        [V4, m("==", PL("ip", "saddr"), {"prefix": {"addr": "10.0.0.0", "len": 8}}), COUNTER, DROP],
         [V4, m("==", PL("ip", "saddr"), "@b_v4"), COUNTER, DROP],
         [V6, m("==", PL("ip6", "saddr"), "@b_v6"), COUNTER, DROP],
     ]
@@ -310,8 +313,13 @@ def test_reject_default_is_reset_for_tcp_and_icmp_otherwise() -> None:
     src = m("==", PL("ip", "saddr"), {"prefix": {"addr": "10.0.0.0", "len": 8}})
     assert got == [
         [V4, m("==", META("l4proto"), 6), src, COUNTER, {"reject": {"type": "tcp reset"}}],
-        [V4, m("==", META("l4proto"), {"set": [17, 136]}), src, COUNTER,
-         {"reject": {"type": "icmpx", "expr": 1}}],  # port unreachable (as the engine)
+        [
+            V4,
+            m("==", META("l4proto"), {"set": [17, 136]}),
+            src,
+            COUNTER,
+            {"reject": {"type": "icmpx", "expr": 1}},
+        ],  # port unreachable (as the engine)
         [V4, src, COUNTER, {"reject": {"type": "icmpx", "expr": 3}}],  # admin prohibited
     ]
 
@@ -357,11 +365,15 @@ def test_every_kernel_rule_has_a_counter_and_the_comment_of_its_line() -> None:
     rules = rules_of(rs.build_ruleset(P(text)))
     comments = [r["comment"] for r in rules]
     assert comments == [
-        rs.BLOCKS_COMMENT, rs.BLOCKS_COMMENT,
+        rs.BLOCKS_COMMENT,
+        rs.BLOCKS_COMMENT,
         rs.CLEAR_MARK_COMMENT,
-        "ipsctl:t.rules:2", "ipsctl:t.rules:2",
-        "ipsctl:t.rules:4", "ipsctl:t.rules:4",
-        "ipsctl:t.rules:5", "ipsctl:t.rules:5",
+        "ipsctl:t.rules:2",
+        "ipsctl:t.rules:2",
+        "ipsctl:t.rules:4",
+        "ipsctl:t.rules:4",
+        "ipsctl:t.rules:5",
+        "ipsctl:t.rules:5",
         rs.USERSPACE_COMMENT,
     ]
     assert all(
@@ -380,10 +392,24 @@ def test_table_sets_and_chains() -> None:
         assert obj.get("table", obj.get("name")) == "ipsctl"
     sets = [c["add"]["set"] for c in cmds if "set" in c.get("add", {})]
     assert sets == [
-        {"family": "inet", "table": "ipsctl", "name": "banned_v4", "type": "ipv4_addr",
-         "flags": ["timeout"], "size": 65536, "timeout": 600},
-        {"family": "inet", "table": "ipsctl", "name": "banned_v6", "type": "ipv6_addr",
-         "flags": ["timeout"], "size": 65536, "timeout": 600},
+        {
+            "family": "inet",
+            "table": "ipsctl",
+            "name": "banned_v4",
+            "type": "ipv4_addr",
+            "flags": ["timeout"],
+            "size": 65536,
+            "timeout": 600,
+        },
+        {
+            "family": "inet",
+            "table": "ipsctl",
+            "name": "banned_v6",
+            "type": "ipv6_addr",
+            "flags": ["timeout"],
+            "size": 65536,
+            "timeout": 600,
+        },
     ]
     chains = [c["add"]["chain"] for c in cmds if "chain" in c.get("add", {})]
     assert [(c["name"], c["hook"], c["prio"], c["type"], c["policy"]) for c in chains] == [
@@ -482,35 +508,85 @@ def test_long_file_names_keep_the_comment_short() -> None:
 def test_elements_go_to_the_set_of_their_family_with_timeouts() -> None:
     cmds = rs.add_elements("banned", ["192.0.2.1", b"\xc0\x00\x02\x02", "2001:db8::1"], 90.5)
     assert cmds == [
-        {"add": {"element": {"family": "inet", "table": "ipsctl", "name": "banned_v4", "elem": [
-            {"elem": {"val": "192.0.2.1", "timeout": 91}},
-            {"elem": {"val": "192.0.2.2", "timeout": 91}}]}}},
-        {"add": {"element": {"family": "inet", "table": "ipsctl", "name": "banned_v6", "elem": [
-            {"elem": {"val": "2001:db8::1", "timeout": 91}}]}}},
+        {
+            "add": {
+                "element": {
+                    "family": "inet",
+                    "table": "ipsctl",
+                    "name": "banned_v4",
+                    "elem": [
+                        {"elem": {"val": "192.0.2.1", "timeout": 91}},
+                        {"elem": {"val": "192.0.2.2", "timeout": 91}},
+                    ],
+                }
+            }
+        },
+        {
+            "add": {
+                "element": {
+                    "family": "inet",
+                    "table": "ipsctl",
+                    "name": "banned_v6",
+                    "elem": [{"elem": {"val": "2001:db8::1", "timeout": 91}}],
+                }
+            }
+        },
     ]
     assert rs.add_elements("b", ["10.0.0.1"])[0]["add"]["element"]["elem"] == ["10.0.0.1"]
     assert rs.delete_elements("b", ["2001:db8::1"]) == [
-        {"delete": {"element": {"family": "inet", "table": "ipsctl", "name": "b_v6",
-                                "elem": ["2001:db8::1"]}}}
+        {
+            "delete": {
+                "element": {
+                    "family": "inet",
+                    "table": "ipsctl",
+                    "name": "b_v6",
+                    "elem": ["2001:db8::1"],
+                }
+            }
+        }
     ]
     with pytest.raises(ValueError):
         rs.add_elements("b", ["not-an-address"])
 
 
 def test_parse_table_and_counters() -> None:
-    listing = {"nftables": [
-        {"metainfo": {"version": "1.0.6"}},
-        {"table": {"family": "inet", "name": "ipsctl", "handle": 1}},
-        {"set": {"family": "inet", "name": "b_v4", "table": "ipsctl", "type": "ipv4_addr",
-                 "handle": 1, "size": 65536, "flags": ["timeout"], "timeout": 3600,
-                 "elem": [{"elem": {"val": "1.2.3.4", "timeout": 100, "expires": 99}},
-                          "5.6.7.8"]}},
-        {"chain": {"family": "inet", "table": "ipsctl", "name": "forward", "handle": 2}},
-        {"rule": {"chain": "forward", "comment": "ipsctl:t.rules:2",
-                  "expr": [{"counter": {"packets": 3, "bytes": 180}}, {"drop": None}]}},
-        {"rule": {"chain": "forward", "comment": "ipsctl:t.rules:2",
-                  "expr": [{"counter": {"packets": 1, "bytes": 60}}, {"drop": None}]}},
-    ]}
+    listing = {
+        "nftables": [
+            {"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "inet", "name": "ipsctl", "handle": 1}},
+            {
+                "set": {
+                    "family": "inet",
+                    "name": "b_v4",
+                    "table": "ipsctl",
+                    "type": "ipv4_addr",
+                    "handle": 1,
+                    "size": 65536,
+                    "flags": ["timeout"],
+                    "timeout": 3600,
+                    "elem": [
+                        {"elem": {"val": "1.2.3.4", "timeout": 100, "expires": 99}},
+                        "5.6.7.8",
+                    ],
+                }
+            },
+            {"chain": {"family": "inet", "table": "ipsctl", "name": "forward", "handle": 2}},
+            {
+                "rule": {
+                    "chain": "forward",
+                    "comment": "ipsctl:t.rules:2",
+                    "expr": [{"counter": {"packets": 3, "bytes": 180}}, {"drop": None}],
+                }
+            },
+            {
+                "rule": {
+                    "chain": "forward",
+                    "comment": "ipsctl:t.rules:2",
+                    "expr": [{"counter": {"packets": 1, "bytes": 60}}, {"drop": None}],
+                }
+            },
+        ]
+    }
     state = rs.parse_table(listing)
     assert state is not None and state.chains == ("forward",)
     assert state.sets["b_v4"].elements == (
@@ -586,12 +662,15 @@ def _holds(match: Any, pkt: Packet, iif: str | None, oif: str | None, members: A
         return _in(value, right, members)
     if op == "!=":
         return not _in(value, right, members)
-    return {"<": value < right, "<=": value <= right, ">": value > right,
-            ">=": value >= right}[op]
+    return {"<": value < right, "<=": value <= right, ">": value > right, ">=": value >= right}[op]
 
 
 def first_kernel_match(
-    cmds: list[dict[str, Any]], hook: str, pkt: Packet, iif: str | None, oif: str | None,
+    cmds: list[dict[str, Any]],
+    hook: str,
+    pkt: Packet,
+    iif: str | None,
+    oif: str | None,
     members: dict[str, set[bytes]],
 ) -> tuple[str, dict[str, Any]] | None:
     for rule in rules_of(cmds, hook):
@@ -666,13 +745,20 @@ def kernel_rule(draw: st.DrawFn) -> str:
 @st.composite
 def packet_case(draw: st.DrawFn) -> tuple[Packet, str, str | None, str | None]:
     v6 = draw(st.booleans())
-    pool = ["2001:db8::1", "2001:db8:1::5", "fe80::1"] if v6 else [
-        "10.0.0.1", "10.1.2.3", "10.2.0.7", "192.0.2.1", "10.1.2.0"]
+    pool = (
+        ["2001:db8::1", "2001:db8:1::5", "fe80::1"]
+        if v6
+        else ["10.0.0.1", "10.1.2.3", "10.2.0.7", "192.0.2.1", "10.1.2.0"]
+    )
     proto = draw(st.sampled_from([PROTO_TCP, PROTO_UDP, PROTO_ICMPV6 if v6 else PROTO_ICMP]))
     ports = st.sampled_from([22, 53, 80, 443, 1000, 1500, 5000])
     data = build_packet(
-        proto, draw(st.sampled_from(pool)), draw(st.sampled_from(pool)), draw(ports),
-        draw(ports), flags=draw(st.sampled_from([0x02, 0x12, 0x10, 0x00])),
+        proto,
+        draw(st.sampled_from(pool)),
+        draw(st.sampled_from(pool)),
+        draw(ports),
+        draw(ports),
+        flags=draw(st.sampled_from([0x02, 0x12, 0x10, 0x00])),
         icmp_type=draw(st.sampled_from([0, 3, 8, 128, 129])) if proto != PROTO_TCP else None,
         payload=b"p" * draw(st.integers(0, 40)),
     )
@@ -787,8 +873,12 @@ def test_a_reapply_over_a_killed_daemons_table_keeps_the_block_sets() -> None:
 def test_replace_elements_sets_timeout_and_comment_in_one_batch() -> None:
     cmds = rs.replace_elements("banned", ["192.0.2.7", "2001:db8::7"], 600, "manual|0|x", 42.2)
     assert [label(c) for c in cmds] == [
-        "add:banned_v4", "add:banned_v6", "delete:banned_v4", "delete:banned_v6",
-        "add:banned_v4", "add:banned_v6",
+        "add:banned_v4",
+        "add:banned_v6",
+        "delete:banned_v4",
+        "delete:banned_v6",
+        "add:banned_v4",
+        "add:banned_v6",
     ]
     assert cmds[0]["add"]["element"]["elem"] == ["192.0.2.7"]  # a member already: no-op
     assert cmds[4]["add"]["element"]["elem"] == [
@@ -815,8 +905,9 @@ def test_block_comments_round_trip_and_stay_short() -> None:
     long = rs.block_comment("x|y", 1, 'say "hi"\n\\ ' + "é" * 200)
     assert len(long.encode()) <= rs.MAX_COMMENT and '"' not in long and "\n" not in long
     assert long.startswith("x/y|1|say  hi ")
-    elems = rs.parse_elements([{"elem": {"val": "1.2.3.4", "timeout": 9, "expires": 8,
-                                         "comment": c}}])
+    elems = rs.parse_elements(
+        [{"elem": {"val": "1.2.3.4", "timeout": 9, "expires": 8, "comment": c}}]
+    )
     assert elems == (rs.SetElement("1.2.3.4", 9, 8, c),)
 
 
@@ -836,17 +927,22 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     main, post = chains["forward"], chains["forward_offload"]
     comments = [r["comment"] for r in main]
     # blocks first, then the mark is cleared, then offloaded connections are let through
-    assert comments[:4] == [rs.BLOCKS_COMMENT, rs.BLOCKS_COMMENT, rs.CLEAR_MARK_COMMENT,
-                            rs.OFFLOADED_COMMENT]
+    assert comments[:4] == [
+        rs.BLOCKS_COMMENT,
+        rs.BLOCKS_COMMENT,
+        rs.CLEAR_MARK_COMMENT,
+        rs.OFFLOADED_COMMENT,
+    ]
     offloaded = main[3]["expr"]
     assert offloaded[0]["match"]["right"] == 7 << rs.OFFLOAD_CT_SHIFT
     assert offloaded[-1] == {"accept": None}
     # the full offload matches only a stamp without the handshake-ACK bit
     assert offloaded[0]["match"]["left"]["&"][1] == rs.OFFLOAD_CT_MASK | rs.HANDSHAKE_ACK_CT
     assert [r["comment"] for r in post] == [rs.OFFLOAD_COMMENT] * 2
-    for rule, bit, stamp in ((post[0], rs.OFFLOAD_MARK, 7 << rs.OFFLOAD_CT_SHIFT),
-                             (post[1], rs.HANDSHAKE_ACK_MARK,
-                              7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT)):
+    for rule, bit, stamp in (
+        (post[0], rs.OFFLOAD_MARK, 7 << rs.OFFLOAD_CT_SHIFT),
+        (post[1], rs.HANDSHAKE_ACK_MARK, 7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT),
+    ):
         assert rule["expr"][0]["match"]["right"] == bit
         mangle = rule["expr"][1]["mangle"]
         assert mangle["key"] == {"ct": {"key": "mark"}}
@@ -857,19 +953,28 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     assert len(acks) == 4
     for exprs in acks:
         assert exprs[0]["match"]["right"] == 7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT
-        assert {"match": {"op": "==", "left": {"&": [{"payload": {"protocol": "tcp",
-                "field": "flags"}}, 0x3F]}, "right": 0x10}} in exprs
+        assert {
+            "match": {
+                "op": "==",
+                "left": {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, 0x3F]},
+                "right": 0x10,
+            }
+        } in exprs
         assert exprs[-1] == {"accept": None}
     # the post chain runs after the queue (nft queue at -10, iptables' filter at 0)
-    post_chain = [c["add"]["chain"] for c in rs.build_ruleset(policy, rs.NftPlan(("forward",),
-                  offload_generation=7)) if "chain" in c.get("add", {})]
+    post_chain = [
+        c["add"]["chain"]
+        for c in rs.build_ruleset(policy, rs.NftPlan(("forward",), offload_generation=7))
+        if "chain" in c.get("add", {})
+    ]
     assert {c["name"]: c["prio"] for c in post_chain} == {"forward": -10, "forward_offload": 10}
     # `set offload off`, no generation, or a tap's blocks-only table: no offload rules
     off = load_policy_text("set offload off\naccept proto tcp to port 22\n", "o.rules")
-    for cmds in (rs.build_ruleset(off, rs.NftPlan(("forward",), offload_generation=7)),
-                 rs.build_ruleset(policy, rs.NftPlan(("forward",))),
-                 rs.build_ruleset(policy, rs.NftPlan(("forward",), blocks_only=True,
-                                                   offload_generation=7))):
+    for cmds in (
+        rs.build_ruleset(off, rs.NftPlan(("forward",), offload_generation=7)),
+        rs.build_ruleset(policy, rs.NftPlan(("forward",))),
+        rs.build_ruleset(policy, rs.NftPlan(("forward",), blocks_only=True, offload_generation=7)),
+    ):
         by_chain = _rules_by_chain(cmds)
         assert "forward_offload" not in by_chain
         assert all(r["comment"] != rs.OFFLOADED_COMMENT for r in by_chain.get("forward", []))
@@ -880,8 +985,11 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     paused_plan = rs.NftPlan(("forward",), offload_generation=0)
     paused = _rules_by_chain(rs.build_ruleset(policy, paused_plan))
     assert "forward_offload" not in paused  # no rule in it …
-    chains = [c["add"]["chain"]["name"] for c in rs.build_ruleset(
-        policy, paused_plan) if "chain" in c.get("add", {})]
+    chains = [
+        c["add"]["chain"]["name"]
+        for c in rs.build_ruleset(policy, paused_plan)
+        if "chain" in c.get("add", {})
+    ]
     assert chains == ["forward", "forward_offload"]  # … but the chain is there
     held = [r for r in paused["forward"] if r["comment"] == rs.OFFLOADED_COMMENT]
     assert held[0]["expr"][0]["match"]["right"] == rs.OFFLOAD_PAUSED << rs.OFFLOAD_CT_SHIFT
@@ -889,8 +997,9 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
 
 def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker() -> None:
     policy = load_policy_text("accept proto tcp to port 22\n", "o.rules")
-    main = _rules_by_chain(rs.build_ruleset(policy, rs.NftPlan(("forward",), queue=5,
-                                            offload_generation=7)))["forward"]
+    main = _rules_by_chain(
+        rs.build_ruleset(policy, rs.NftPlan(("forward",), queue=5, offload_generation=7))
+    )["forward"]
     comments = [r["comment"] for r in main]
     copied = [r["expr"] for r in main if r["comment"] == rs.COPIED_COMMENT]
     assert len(copied) == 1
@@ -901,25 +1010,37 @@ def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker
     exprs = copied[0]
     hs = 7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT
     assert exprs[0]["match"]["right"] == hs  # a connection whose SYN+ACK allowed it
-    assert {"match": {"op": "==", "left": {"&": [{"payload": {"protocol": "tcp",
-            "field": "flags"}}, 0x02]}, "right": 0}} in exprs  # no SYN
+    assert {
+        "match": {
+            "op": "==",
+            "left": {"&": [{"payload": {"protocol": "tcp", "field": "flags"}}, 0x02]},
+            "right": 0,
+        }
+    } in exprs  # no SYN
     assert {"log": {"group": rs.copy_group(5)}} in exprs and rs.copy_group(5) == 32773
-    stamp = next(e["mangle"] for e in exprs if "mangle" in e
-                 and e["mangle"]["key"] == {"ct": {"key": "mark"}})
+    stamp = next(
+        e["mangle"]
+        for e in exprs
+        if "mangle" in e and e["mangle"]["key"] == {"ct": {"key": "mark"}}
+    )
     assert stamp["value"]["|"][1] == 7 << rs.OFFLOAD_CT_SHIFT  # the full offload from now on
     assert exprs[-1] == {"accept": None}
     # the log statement comes before the accept (nothing after an accept runs)
     assert exprs.index({"log": {"group": rs.copy_group(5)}}) < len(exprs) - 1
 
     # two queues: the copy goes to the worker that got the handshake (initiator's hash)
-    two = _rules_by_chain(rs.build_ruleset(policy, rs.NftPlan(("forward",), queue=5, queues=2,
-                                           offload_generation=7)))["forward"]
+    two = _rules_by_chain(
+        rs.build_ruleset(policy, rs.NftPlan(("forward",), queue=5, queues=2, offload_generation=7))
+    )["forward"]
     copied = [r["expr"] for r in two if r["comment"] == rs.COPIED_COMMENT]
     steer = [r["expr"] for r in two if r["comment"] == rs.STEER_COMMENT]
     seen = set()
     for exprs in copied:
-        nfproto = next(e["match"]["right"] for e in exprs
-                       if "match" in e and e["match"]["left"] == {"meta": {"key": "nfproto"}})
+        nfproto = next(
+            e["match"]["right"]
+            for e in exprs
+            if "match" in e and e["match"]["left"] == {"meta": {"key": "nfproto"}}
+        )
         jhash = next(e["match"] for e in exprs if "match" in e and "jhash" in e["match"]["left"])
         group = next(e["log"]["group"] for e in exprs if "log" in e)
         assert group == rs.copy_group(5 + jhash["right"])
@@ -930,8 +1051,9 @@ def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker
         assert any({"match": jhash} in s for s in steer) or jhash["right"] == 0
     assert seen == {("ipv4", 0), ("ipv6", 0), ("ipv4", 1), ("ipv6", 1)}
     # a kernel without NFLOG: no copy rule, the first data goes to the queue as before
-    plain = _rules_by_chain(rs.build_ruleset(policy, rs.NftPlan(("forward",), offload_generation=7,
-                                             copies=False)))["forward"]
+    plain = _rules_by_chain(
+        rs.build_ruleset(policy, rs.NftPlan(("forward",), offload_generation=7, copies=False))
+    )["forward"]
     assert all(r["comment"] != rs.COPIED_COMMENT for r in plain)
     assert sum(r["comment"] == rs.OFFLOADED_COMMENT for r in plain) == 1 + 4  # bare ACKs kept
     # no offload: no copies
@@ -942,13 +1064,18 @@ def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker
 
 def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_rate() -> None:
     text = "accept proto icmp\ndetect icmpflood rate 300/s per dst limit\n"
-    cmds = rs.build_ruleset(load_policy_text(text, "i.rules"),
-                            rs.NftPlan(("forward",), offload_generation=7))
-    offloaded = [r["expr"] for r in _rules_by_chain(cmds)["forward"]
-                 if r["comment"] == rs.OFFLOADED_COMMENT]
+    cmds = rs.build_ruleset(
+        load_policy_text(text, "i.rules"), rs.NftPlan(("forward",), offload_generation=7)
+    )
+    offloaded = [
+        r["expr"] for r in _rules_by_chain(cmds)["forward"] if r["comment"] == rs.OFFLOADED_COMMENT
+    ]
     assert len(offloaded) == 3 + 4  # and the handshake's bare ACKs
-    assert offloaded[0][1]["match"] == {"op": "!=", "left": {"meta": {"key": "l4proto"}},
-                                        "right": {"set": ["icmp", "ipv6-icmp"]}}
+    assert offloaded[0][1]["match"] == {
+        "op": "!=",
+        "left": {"meta": {"key": "l4proto"}},
+        "right": {"set": ["icmp", "ipv6-icmp"]},
+    }
     for exprs, l4proto, proto in ((offloaded[1], "icmp", "ip"), (offloaded[2], "ipv6-icmp", "ip6")):
         assert exprs[1]["match"]["right"] == l4proto
         meter = exprs[2]["set"]
@@ -959,8 +1086,10 @@ def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_r
     sets = {c["add"]["set"]["name"] for c in cmds if "set" in c.get("add", {})}
     assert {f"{rs.ICMP_METER}_v4", f"{rs.ICMP_METER}_v6"} <= sets
     # no icmpflood detector: one rule for every protocol, and no meter
-    plain = rs.build_ruleset(load_policy_text("accept proto icmp\n", "i.rules"),
-                             rs.NftPlan(("forward",), offload_generation=7))
+    plain = rs.build_ruleset(
+        load_policy_text("accept proto icmp\n", "i.rules"),
+        rs.NftPlan(("forward",), offload_generation=7),
+    )
     rules = [r for r in _rules_by_chain(plain)["forward"] if r["comment"] == rs.OFFLOADED_COMMENT]
     assert len(rules) == 1 + 4
     assert not any(rs.ICMP_METER in str(c) for c in plain)
@@ -968,28 +1097,41 @@ def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_r
 
 def test_a_blocklist_of_consecutive_rules_becomes_one_set_rule() -> None:
     lines = [f"drop from 198.18.{i // 250}.{i % 250 + 1}" for i in range(10_000)]
-    lines += ["drop from 198.19.0.0/16", "drop proto tcp to port 23", "drop proto tcp to port 25",
-              "drop proto tcp to port 24", "accept proto udp to port 53"]
+    lines += [
+        "drop from 198.19.0.0/16",
+        "drop proto tcp to port 23",
+        "drop proto tcp to port 25",
+        "drop proto tcp to port 24",
+        "accept proto udp to port 53",
+    ]
     policy = load_policy_text("\n".join(lines) + "\n", "bl.rules")
     split, rules = rs.kernel_prefix(policy, "forward")
     assert split == len(policy.rules)  # all of it in the kernel
     comments = [c for c, _ in rules]
     # the 10,001 source rules (a /16 joins the /32s), the three ports (joined to 23-25),
     # the UDP accept
-    assert comments == ["ipsctl:bl.rules:1-10001", "ipsctl:bl.rules:10002-10004",
-                        "ipsctl:bl.rules:10005"]
+    assert comments == [
+        "ipsctl:bl.rules:1-10001",
+        "ipsctl:bl.rules:10002-10004",
+        "ipsctl:bl.rules:10005",
+    ]
     saddr = {"payload": {"protocol": "ip", "field": "saddr"}}
     dport = {"payload": {"protocol": "th", "field": "dport"}}
-    src_set = next(e["match"]["right"] for e in rules[0][1]
-                   if "match" in e and e["match"]["left"] == saddr)
+    src_set = next(
+        e["match"]["right"] for e in rules[0][1] if "match" in e and e["match"]["left"] == saddr
+    )
     # as collapsed networks: exactly the 10,000 hosts and the /16
-    nets = [ipaddress.ip_network(v if isinstance(v, str) else
-                                 f"{v['prefix']['addr']}/{v['prefix']['len']}")
-            for v in src_set["set"]]
+    nets = [
+        ipaddress.ip_network(
+            v if isinstance(v, str) else f"{v['prefix']['addr']}/{v['prefix']['len']}"
+        )
+        for v in src_set["set"]
+    ]
     assert sum(n.num_addresses for n in nets) == 10_000 + 65536
     assert ipaddress.ip_network("198.19.0.0/16") in nets
-    ports = next(e["match"]["right"] for e in rules[1][1]
-                 if "match" in e and e["match"]["left"] == dport)
+    ports = next(
+        e["match"]["right"] for e in rules[1][1] if "match" in e and e["match"]["left"] == dport
+    )
     assert ports == {"range": [23, 25]}
 
 
@@ -1005,8 +1147,9 @@ def test_rules_that_cannot_merge_stop_the_kernel_prefix_at_its_cap() -> None:
     assert split == len(rules)  # one nft rule each here
     assert rs.fast_path_split(policy) == split
     # 400 rules that differ in their port only (one verdict) are one nft rule
-    same = load_policy_text("".join(f"drop proto tcp to port {3 * i}\n" for i in range(400)),
-                            "m.rules")
+    same = load_policy_text(
+        "".join(f"drop proto tcp to port {3 * i}\n" for i in range(400)), "m.rules"
+    )
     split, merged = rs.kernel_prefix(same, "forward")
     assert split == 400 and len(merged) == 1
 

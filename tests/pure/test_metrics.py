@@ -30,14 +30,17 @@ detect  portscan ports 15 within 60s block 30s
 """
 
 
-
 # ---- the parts, without a daemon ------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("text", "want"),
-    [("9108", ("127.0.0.1", 9108)), ("0.0.0.0:9100", ("0.0.0.0", 9100)),
-     ("[::1]:9108", ("::1", 9108)), ("127.0.0.2:1", ("127.0.0.2", 1))],
+    [
+        ("9108", ("127.0.0.1", 9108)),
+        ("0.0.0.0:9100", ("0.0.0.0", 9100)),
+        ("[::1]:9108", ("::1", 9108)),
+        ("127.0.0.2:1", ("127.0.0.2", 1)),
+    ],
 )
 def test_listen_address_defaults_to_localhost(text: str, want: tuple[str, int]) -> None:
     assert parse_listen(text) == want
@@ -54,7 +57,10 @@ def test_run_refuses_a_bad_metrics_address_with_a_usage_error(tmp_path: Path) ->
     policy.write_text(POLICY)
     out = subprocess.run(
         [sys.executable, "-m", "ips.cli", "run", "--policy", str(policy), "--metrics", "x:80"],
-        capture_output=True, text=True, cwd=ROOT, timeout=30,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
     )
     assert out.returncode == 2
     assert "not an IP address" in out.stderr
@@ -86,8 +92,9 @@ def test_recent_alerts_keep_the_last_ones_numbered() -> None:
     engine = Engine(load_policy_text(POLICY))
     ring = RecentAlerts(size=3)
     for i in range(5):
-        d = engine.handle(build_packet(6, "10.0.0.9", "10.0.0.2", 4000 + i, 23, flags=2),
-                          now=float(i))
+        d = engine.handle(
+            build_packet(6, "10.0.0.9", "10.0.0.2", 4000 + i, 23, flags=2), now=float(i)
+        )
         ring.events(d.effects)
     assert ring.seq == 5
     assert [a["seq"] for a in ring.since(0)] == [3, 4, 5]
@@ -97,15 +104,28 @@ def test_recent_alerts_keep_the_last_ones_numbered() -> None:
 
 def test_families_from_a_status_snapshot_agree_with_it() -> None:
     status = {
-        "ok": True, "uptime": 5.0, "counters": {"worker_restarts": 1}, "policy": {"rules": 3},
+        "ok": True,
+        "uptime": 5.0,
+        "counters": {"worker_restarts": 1},
+        "policy": {"rules": 3},
         "worker": {
-            "ok": True, "packets": 7, "verdicts": {"accept": 5, "drop": 2}, "bytes": 700,
-            "alerts": 3, "detectors": {"portscan": {"alerts": 2, "drops": 0}},
+            "ok": True,
+            "packets": 7,
+            "verdicts": {"accept": 5, "drop": 2},
+            "bytes": 700,
+            "alerts": 3,
+            "detectors": {"portscan": {"alerts": 2, "drops": 0}},
             "rules": [{"where": "p.rules:5", "name": "web", "action": "accept", "hits": 4}],
-            "flows": 2, "flow_table": {"created": 9, "expired": 4, "evicted": 3},
+            "flows": 2,
+            "flow_table": {"created": 9, "expired": 4, "evicted": 3},
             "malformed": {"tcp.truncated": 1},
-            "latency": {"bounds": [1e-5, 1e-4], "counts": [2, 1, 1], "sum": 0.5, "count": 4,
-                        "every": 16},
+            "latency": {
+                "bounds": [1e-5, 1e-4],
+                "counts": [2, 1, 1],
+                "sum": 0.5,
+                "count": 4,
+                "every": 16,
+            },
             "gc": {"collections": {"0": 40, "1": 3, "2": 1}, "frozen": 9000},
         },
         "kernel_hits": {"p.rules:5": 11},

@@ -47,35 +47,59 @@ def _ack(seq: int, code: int = 0) -> bytes:
 
 def test_the_bind_request_copies_whole_packets_sent_one_by_one() -> None:
     # what bind() sends: BIND, MODE (copy packet, range), QTHRESH 1, in one request
-    msg = config_message(0x8001, command=nflog.NFULNL_CFG_CMD_BIND,
-                         copy_mode=nflog.NFULNL_COPY_PACKET, copy_range=0xFFFF, qthresh=1,
-                         seq=7)
+    msg = config_message(
+        0x8001,
+        command=nflog.NFULNL_CFG_CMD_BIND,
+        copy_mode=nflog.NFULNL_COPY_PACKET,
+        copy_range=0xFFFF,
+        qthresh=1,
+        seq=7,
+    )
     body = (
         b"\x00\x00\x80\x01"  # nfgenmsg: AF_UNSPEC, v0, res_id = group (big endian)
-        + struct.pack("=HH", 5, 1) + b"\x01\0\0\0"  # NFULA_CFG_CMD: u8 BIND, padded to 4
+        + struct.pack("=HH", 5, 1)
+        + b"\x01\0\0\0"  # NFULA_CFG_CMD: u8 BIND, padded to 4
         # NFULA_CFG_MODE: packed be32 copy_range, u8 copy_mode (PACKET), u8 pad: 6 bytes
-        + struct.pack("=HH", 10, 2) + b"\x00\x00\xff\xff" + b"\x02\x00" + b"\0\0"
-        + struct.pack("=HH", 8, 5) + b"\x00\x00\x00\x01"  # NFULA_CFG_QTHRESH (be32)
+        + struct.pack("=HH", 10, 2)
+        + b"\x00\x00\xff\xff"
+        + b"\x02\x00"
+        + b"\0\0"
+        + struct.pack("=HH", 8, 5)
+        + b"\x00\x00\x00\x01"  # NFULA_CFG_QTHRESH (be32)
     )
     assert msg == _nlmsghdr(16 + len(body), 1, 0x01 | 0x04, seq=7) + body  # REQUEST | ACK
 
 
 def test_config_message_other_settings() -> None:
-    msg = config_message(3, nlbufsiz=65536, timeout=10, flags=nflog.NFULNL_CFG_F_SEQ,
-                         family=socket.AF_INET, ack=False)
+    msg = config_message(
+        3,
+        nlbufsiz=65536,
+        timeout=10,
+        flags=nflog.NFULNL_CFG_F_SEQ,
+        family=socket.AF_INET,
+        ack=False,
+    )
     body = (
         b"\x02\x00\x00\x03"  # nfgenmsg: AF_INET, v0, group 3
-        + struct.pack("=HH", 8, 3) + b"\x00\x01\x00\x00"  # NFULA_CFG_NLBUFSIZ
-        + struct.pack("=HH", 8, 4) + b"\x00\x00\x00\x0a"  # NFULA_CFG_TIMEOUT (1/100 s)
-        + struct.pack("=HH", 6, 6) + b"\x00\x01" + b"\0\0"  # NFULA_CFG_FLAGS (be16, padded)
+        + struct.pack("=HH", 8, 3)
+        + b"\x00\x01\x00\x00"  # NFULA_CFG_NLBUFSIZ
+        + struct.pack("=HH", 8, 4)
+        + b"\x00\x00\x00\x0a"  # NFULA_CFG_TIMEOUT (1/100 s)
+        + struct.pack("=HH", 6, 6)
+        + b"\x00\x01"
+        + b"\0\0"  # NFULA_CFG_FLAGS (be16, padded)
     )
     assert msg == _nlmsghdr(16 + len(body), 1, 0x01) + body  # NFULNL_MSG_CONFIG, REQUEST
 
 
 def test_unbind_and_the_copy_mode_defaults() -> None:
     unbind = config_message(0x0102, command=nflog.NFULNL_CFG_CMD_UNBIND, seq=2)
-    assert unbind == (_nlmsghdr(28, 1, 0x05, seq=2) + b"\x00\x00\x01\x02"
-                      + struct.pack("=HH", 5, 1) + b"\x02\0\0\0")
+    assert unbind == (
+        _nlmsghdr(28, 1, 0x05, seq=2)
+        + b"\x00\x00\x01\x02"
+        + struct.pack("=HH", 5, 1)
+        + b"\x02\0\0\0"
+    )
     # a range alone copies packets; a mode alone sends range 0 (the kernel's maximum)
     assert config_message(1, copy_range=256)[20:] == (
         struct.pack("=HH", 10, 2) + b"\x00\x00\x01\x00\x02\x00\0\0"
@@ -89,17 +113,25 @@ def test_unbind_and_the_copy_mode_defaults() -> None:
 
 
 def test_packet_message_is_the_kernels_layout_and_parses_back() -> None:
-    pkt = LoggedPacket(b"\x45abc", indev=2, outdev=3, mark=0x2A, hw_protocol=0x0800, hook=1,
-                       prefix="ab")
+    pkt = LoggedPacket(
+        b"\x45abc", indev=2, outdev=3, mark=0x2A, hw_protocol=0x0800, hook=1, prefix="ab"
+    )
     msg = packet_message(0x1092, pkt)
     body = (
         b"\x00\x00\x10\x92"
-        + struct.pack("=HH", 8, 1) + b"\x08\x00\x01\x00"  # NFULA_PACKET_HDR: be16, u8, pad
-        + struct.pack("=HH", 7, 10) + b"ab\0" + b"\0"  # NFULA_PREFIX, NUL-terminated
-        + struct.pack("=HH", 8, 4) + b"\x00\x00\x00\x02"  # NFULA_IFINDEX_INDEV
-        + struct.pack("=HH", 8, 5) + b"\x00\x00\x00\x03"  # NFULA_IFINDEX_OUTDEV
-        + struct.pack("=HH", 8, 2) + b"\x00\x00\x00\x2a"  # NFULA_MARK
-        + struct.pack("=HH", 8, 9) + b"\x45abc"  # NFULA_PAYLOAD, last
+        + struct.pack("=HH", 8, 1)
+        + b"\x08\x00\x01\x00"  # NFULA_PACKET_HDR: be16, u8, pad
+        + struct.pack("=HH", 7, 10)
+        + b"ab\0"
+        + b"\0"  # NFULA_PREFIX, NUL-terminated
+        + struct.pack("=HH", 8, 4)
+        + b"\x00\x00\x00\x02"  # NFULA_IFINDEX_INDEV
+        + struct.pack("=HH", 8, 5)
+        + b"\x00\x00\x00\x03"  # NFULA_IFINDEX_OUTDEV
+        + struct.pack("=HH", 8, 2)
+        + b"\x00\x00\x00\x2a"  # NFULA_MARK
+        + struct.pack("=HH", 8, 9)
+        + b"\x45abc"  # NFULA_PAYLOAD, last
     )
     assert msg == _nlmsghdr(16 + len(body), 0, 0) + body  # NFULNL_MSG_PACKET, no flags
     assert parse_packet(msg, 20, len(msg)) == pkt
@@ -123,25 +155,37 @@ def test_a_copy_as_kernel_6_18_sent_it_for_an_nft_log_rule_on_output() -> None:
     # the same, the family of the packet, no INDEV on output, the socket's UID and GID
     body = (
         b"\x02\x00\x10\x92"  # NFPROTO_IPV4, v0, group 4242
-        + struct.pack("=HH", 8, 1) + b"\x08\x00\x03\x00"  # IPv4, NF_INET_LOCAL_OUT
-        + struct.pack("=HH", 5, 10) + b"\0" + b"\0\0\0"  # NFULA_PREFIX ""
-        + struct.pack("=HH", 8, 5) + b"\x00\x00\x00\x01"  # outdev lo
-        + struct.pack("=HH", 8, 11) + b"\0\0\0\0"  # NFULA_UID
-        + struct.pack("=HH", 8, 14) + b"\0\0\0\0"  # NFULA_GID
-        + struct.pack("=HH", 4 + len(UDP), 9) + UDP + b"\0" * (-len(UDP) % 4)
+        + struct.pack("=HH", 8, 1)
+        + b"\x08\x00\x03\x00"  # IPv4, NF_INET_LOCAL_OUT
+        + struct.pack("=HH", 5, 10)
+        + b"\0"
+        + b"\0\0\0"  # NFULA_PREFIX ""
+        + struct.pack("=HH", 8, 5)
+        + b"\x00\x00\x00\x01"  # outdev lo
+        + struct.pack("=HH", 8, 11)
+        + b"\0\0\0\0"  # NFULA_UID
+        + struct.pack("=HH", 8, 14)
+        + b"\0\0\0\0"  # NFULA_GID
+        + struct.pack("=HH", 4 + len(UDP), 9)
+        + UDP
+        + b"\0" * (-len(UDP) % 4)
     )
     msg = _nlmsghdr(16 + len(body), 0, 0) + body
-    assert parse_packet(msg, 20, len(msg)) == LoggedPacket(UDP, outdev=1, hw_protocol=0x0800,
-                                                           hook=3)
+    assert parse_packet(msg, 20, len(msg)) == LoggedPacket(
+        UDP, outdev=1, hw_protocol=0x0800, hook=3
+    )
 
 
 def test_unknown_nested_and_flagged_attributes_are_skipped_or_masked() -> None:
     msg = packet_message(1, LoggedPacket(UDP, indev=5))
     body = (
-        struct.pack("=HH", 8, 11) + b"\0\0\0\1"  # NFULA_UID
+        struct.pack("=HH", 8, 11)
+        + b"\0\0\0\1"  # NFULA_UID
         + struct.pack("=HH", 4, 18 | 0x8000)  # NFULA_CT, NLA_F_NESTED, empty
-        + struct.pack("=HH", 8, 99) + b"\0\0\0\0"  # a type this client does not know
-        + struct.pack("=HH", 8, 2 | 0x4000) + b"\0\0\0\x09"  # NFULA_MARK, NET_BYTEORDER bit
+        + struct.pack("=HH", 8, 99)
+        + b"\0\0\0\0"  # a type this client does not know
+        + struct.pack("=HH", 8, 2 | 0x4000)
+        + b"\0\0\0\x09"  # NFULA_MARK, NET_BYTEORDER bit
         + msg[20:]
     )
     assert parse_packet(body, 0, len(body)) == LoggedPacket(UDP, indev=5, mark=9)
@@ -153,10 +197,14 @@ def test_unknown_nested_and_flagged_attributes_are_skipped_or_masked() -> None:
         (struct.pack("=HH", 24, 9) + b"x" * 4, "attribute length 24"),  # runs past the end
         (struct.pack("=HH", 2, 9) + b"xx", "attribute length 2"),  # shorter than its header
         (struct.pack("=HH", 8, 1) + b"\x08\x00\x03\x00", "without NFULA_PAYLOAD"),
-        (struct.pack("=HH", 6, 1) + b"\x08\x00\0\0" + struct.pack("=HH", 4, 9),
-         "NFULA_PACKET_HDR of length 6"),
-        (struct.pack("=HH", 6, 4) + b"\0\1\0\0" + struct.pack("=HH", 4, 9),
-         "attribute 4 of length 6"),
+        (
+            struct.pack("=HH", 6, 1) + b"\x08\x00\0\0" + struct.pack("=HH", 4, 9),
+            "NFULA_PACKET_HDR of length 6",
+        ),
+        (
+            struct.pack("=HH", 6, 4) + b"\0\1\0\0" + struct.pack("=HH", 4, 9),
+            "attribute 4 of length 6",
+        ),
     ],
 )
 def test_malformed_packet_messages_are_a_clear_error(body: bytes, reason: str) -> None:
@@ -283,8 +331,9 @@ def test_copies_arriving_before_the_ack_are_kept_for_the_next_drain() -> None:
         kernel.send(_ack(0))
         kernel.send(_ack(1))
         client._request(command=nflog.NFULNL_CFG_CMD_BIND, copy_range=0xFFFF, qthresh=1)
-        assert kernel.recv(4096) == config_message(9, command=1, copy_range=0xFFFF, qthresh=1,
-                                                   seq=1)
+        assert kernel.recv(4096) == config_message(
+            9, command=1, copy_range=0xFFFF, qthresh=1, seq=1
+        )
         assert client._sock is not None and client._sock.gettimeout() == 0.0  # non-blocking
         seen: list[LoggedPacket] = []
         assert client.drain(seen.append) == 1 and seen[0].payload[-1] == 0
@@ -299,8 +348,7 @@ def test_copies_arriving_before_the_ack_are_kept_for_the_next_drain() -> None:
         client.close()
         assert client._sock is None
         assert kernel.recv(4096) == config_message(9, command=1, seq=2)  # the refused one
-        assert kernel.recv(4096) == config_message(9, command=nflog.NFULNL_CFG_CMD_UNBIND,
-                                                   seq=3)
+        assert kernel.recv(4096) == config_message(9, command=nflog.NFULNL_CFG_CMD_UNBIND, seq=3)
     finally:
         kernel.close()
 
@@ -318,7 +366,3 @@ def test_the_wait_for_an_ack_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 # ---- the real kernel ---------------------------------------------------------------------------
-
-
-
-

@@ -42,9 +42,11 @@ def test_verdict_message_is_the_uapi_layout() -> None:
     msg = verdict_message(7, 0x01020304, nfqnl.NF_DROP)
     expected = (
         _nlmsghdr(32, 1, 0x01)  # NFQNL_MSG_VERDICT, NLM_F_REQUEST
-        + bytes([0, 0]) + b"\x00\x07"  # nfgenmsg: AF_UNSPEC, v0, res_id = queue (big endian)
+        + bytes([0, 0])
+        + b"\x00\x07"  # nfgenmsg: AF_UNSPEC, v0, res_id = queue (big endian)
         + struct.pack("=HH", 12, 2)  # NFQA_VERDICT_HDR
-        + b"\x00\x00\x00\x00" + b"\x01\x02\x03\x04"  # be32 verdict, be32 id
+        + b"\x00\x00\x00\x00"
+        + b"\x01\x02\x03\x04"  # be32 verdict, be32 id
     )
     assert msg == expected
 
@@ -64,23 +66,36 @@ def test_batch_verdict_message_is_the_uapi_layout() -> None:
     assert msg == (
         _nlmsghdr(32, 3, 0x01)  # NFQNL_MSG_VERDICT_BATCH
         + b"\x00\x00\x01\x02"
-        + struct.pack("=HH", 12, 2) + struct.pack("!II", 1, 500)
+        + struct.pack("=HH", 12, 2)
+        + struct.pack("!II", 1, 500)
     )
 
 
 def test_config_message_binds_with_params_length_and_flags_in_one_request() -> None:
     msg = config_message(
-        3, command=nfqnl.NFQNL_CFG_CMD_BIND, copy_range=1500, max_len=4096,
-        flags=nfqnl.NFQA_CFG_F_FAIL_OPEN, mask=0x05, seq=42,
+        3,
+        command=nfqnl.NFQNL_CFG_CMD_BIND,
+        copy_range=1500,
+        max_len=4096,
+        flags=nfqnl.NFQA_CFG_F_FAIL_OPEN,
+        mask=0x05,
+        seq=42,
     )
     body = (
         b"\x00\x00\x00\x03"
-        + struct.pack("=HH", 8, 1) + bytes([1, 0, 0, 0])  # NFQA_CFG_CMD: BIND, pad, pf 0
+        + struct.pack("=HH", 8, 1)
+        + bytes([1, 0, 0, 0])  # NFQA_CFG_CMD: BIND, pad, pf 0
         # NFQA_CFG_PARAMS: packed be32 copy_range + u8 copy_mode (9 bytes, padded to 12)
-        + struct.pack("=HH", 9, 2) + b"\x00\x00\x05\xdc" + b"\x02" + b"\0\0\0"
-        + struct.pack("=HH", 8, 3) + b"\x00\x00\x10\x00"  # NFQA_CFG_QUEUE_MAXLEN
-        + struct.pack("=HH", 8, 5) + b"\x00\x00\x00\x01"  # NFQA_CFG_FLAGS
-        + struct.pack("=HH", 8, 4) + b"\x00\x00\x00\x05"  # NFQA_CFG_MASK
+        + struct.pack("=HH", 9, 2)
+        + b"\x00\x00\x05\xdc"
+        + b"\x02"
+        + b"\0\0\0"
+        + struct.pack("=HH", 8, 3)
+        + b"\x00\x00\x10\x00"  # NFQA_CFG_QUEUE_MAXLEN
+        + struct.pack("=HH", 8, 5)
+        + b"\x00\x00\x00\x01"  # NFQA_CFG_FLAGS
+        + struct.pack("=HH", 8, 4)
+        + b"\x00\x00\x00\x05"  # NFQA_CFG_MASK
     )
     assert msg == _nlmsghdr(16 + len(body), 2, 0x01 | 0x04, seq=42) + body  # REQUEST | ACK
 
@@ -104,8 +119,16 @@ def test_the_fail_open_config_agrees_with_the_one_nfqueue_py_writes() -> None:
 
 def test_a_packet_message_as_the_kernel_builds_it_parses_back() -> None:
     # the sender's MAC (NFQA_HWADDR) is read too: the evidence behind blocks (issue 19, item 1)
-    pkt = QueuedPacket(id=77, payload=UDP, indev=3, outdev=4, mark=0x2A, hw_protocol=0x0800,
-                       hook=2, hwaddr=b"\x02\x00\x00\x00\x00\x01")
+    pkt = QueuedPacket(
+        id=77,
+        payload=UDP,
+        indev=3,
+        outdev=4,
+        mark=0x2A,
+        hw_protocol=0x0800,
+        hook=2,
+        hwaddr=b"\x02\x00\x00\x00\x00\x01",
+    )
     msg = packet_message(0, pkt, timestamp=(1700000000, 5), hwaddr=pkt.hwaddr)
     assert struct.unpack_from("=HH", msg, 4)[0] == 0x300  # NFNL_SUBSYS_QUEUE, MSG_PACKET
     got = parse_packet(msg, 20, len(msg))
@@ -226,8 +249,11 @@ def test_the_first_packets_of_a_drain_are_accepted_at_once_then_batched() -> Non
         for i in range(1, 6):
             kernel.send(packet_message(4, QueuedPacket(i, UDP)))
         assert client.drain(lambda _pkt: None) == 5
-        assert _sent(kernel) == [verdict_message(4, 1, 1), verdict_message(4, 2, 1),
-                                 batch_verdict_message(4, 5, nfqnl.NF_ACCEPT)]
+        assert _sent(kernel) == [
+            verdict_message(4, 1, 1),
+            verdict_message(4, 2, 1),
+            batch_verdict_message(4, 5, nfqnl.NF_ACCEPT),
+        ]
         kernel.send(packet_message(4, QueuedPacket(6, UDP)))  # a new drain: at once again
         assert client.drain(lambda _pkt: None) == 1
         assert _sent(kernel) == [verdict_message(4, 6, 1)]
@@ -275,8 +301,10 @@ def test_after_the_end_of_burst_batch_the_drain_reads_once_more() -> None:
         assert client.drain(lambda pkt: seen.append(pkt.id)) == 4
         assert seen == [1, 2, 3, 9]
         # the burst's batch, then the answer's own (it ended a burst of one)
-        assert _sent(kernel) == [batch_verdict_message(4, 3, nfqnl.NF_ACCEPT),
-                                 batch_verdict_message(4, 9, nfqnl.NF_ACCEPT)]
+        assert _sent(kernel) == [
+            batch_verdict_message(4, 3, nfqnl.NF_ACCEPT),
+            batch_verdict_message(4, 9, nfqnl.NF_ACCEPT),
+        ]
     finally:
         kernel.close()
         client._sock.close()  # type: ignore[union-attr]

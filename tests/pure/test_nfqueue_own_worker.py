@@ -23,10 +23,14 @@ def test_kernel_verdict_maps_every_decision() -> None:
     assert kernel_verdict(Decision("drop")) == (Verdict(nfqnl.NF_DROP), None)
     assert kernel_verdict(Decision("reject", reply=b"rst")) == (Verdict(nfqnl.NF_DROP), b"rst")
     assert kernel_verdict(Decision("rewrite", data=b"new")) == (
-        Verdict(nfqnl.NF_ACCEPT, None, b"new"), None)
+        Verdict(nfqnl.NF_ACCEPT, None, b"new"),
+        None,
+    )
     # offload: the packet's own mark keeps its bits; no mark attribute on the packet is 0
     assert kernel_verdict(Decision("accept", offload=True), 0x7) == (
-        Verdict(nfqnl.NF_ACCEPT, 0x7 | OFFLOAD_MARK), None)
+        Verdict(nfqnl.NF_ACCEPT, 0x7 | OFFLOAD_MARK),
+        None,
+    )
     assert kernel_verdict(Decision("accept", offload=True))[0].mark == OFFLOAD_MARK
 
 
@@ -36,7 +40,8 @@ def test_an_offload_verdict_carries_nfqa_mark_as_be32() -> None:
     attrs = msg[20:]
     assert attrs[:12] == struct.pack("=HH", 12, nfqnl.NFQA_VERDICT_HDR) + struct.pack("!II", 1, 41)
     assert attrs[12:] == struct.pack("=HH", 8, nfqnl.NFQA_MARK) + struct.pack(
-        "!I", OFFLOAD_MARK | 0x10)
+        "!I", OFFLOAD_MARK | 0x10
+    )
 
 
 def test_an_accept_with_changes_waits_for_the_pending_batch_a_drop_does_not() -> None:
@@ -46,8 +51,11 @@ def test_an_accept_with_changes_waits_for_the_pending_batch_a_drop_does_not() ->
     kernel.setblocking(False)
     client._sock = ours
     # 1 accept, 2 drop, 3 accept, 4 rewrite, 5 accept, 6 offload, 7 accept
-    plan = {2: Verdict(nfqnl.NF_DROP), 4: Verdict(nfqnl.NF_ACCEPT, None, b"new"),
-            6: Verdict(nfqnl.NF_ACCEPT, OFFLOAD_MARK)}
+    plan = {
+        2: Verdict(nfqnl.NF_DROP),
+        4: Verdict(nfqnl.NF_ACCEPT, None, b"new"),
+        6: Verdict(nfqnl.NF_ACCEPT, OFFLOAD_MARK),
+    }
     try:
         for i in range(1, 8):
             kernel.send(packet_message(4, QueuedPacket(i, UDP)))
@@ -79,9 +87,9 @@ def test_the_worker_handler_batches_accepts_and_counts_engine_errors() -> None:
     assert worker._on_queued(QueuedPacket(1, b"ok")) is None  # batched by the client
     assert worker._on_queued(QueuedPacket(2, b"bad")) == Verdict(nfqnl.NF_DROP)
     assert worker._on_queued(QueuedPacket(3, b"off", mark=0x3)) == Verdict(
-        nfqnl.NF_ACCEPT, 0x3 | OFFLOAD_MARK)
+        nfqnl.NF_ACCEPT, 0x3 | OFFLOAD_MARK
+    )
     assert worker._on_queued(QueuedPacket(4, b"boom")) == Verdict(nfqnl.NF_DROP)  # on-error
     assert worker.verdict_errors == 1
     with pytest.raises(ValueError, match="one of own, netfilterqueue"):
         QueueWorker(0, Engine(), client="libnfq")  # type: ignore[arg-type]
-

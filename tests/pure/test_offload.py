@@ -80,8 +80,13 @@ def test_flows_a_rule_must_keep_seeing_are_not_offloaded(rule: str) -> None:
     assert e.stats.offloaded == 0
 
 
-@pytest.mark.parametrize("rule", ["accept proto tcp to port 5201 limit 1000/s per src",
-                                  'drop proto tcp payload contains "zz"\naccept proto tcp'])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "accept proto tcp to port 5201 limit 1000/s per src",
+        'drop proto tcp payload contains "zz"\naccept proto tcp',
+    ],
+)
 def test_rules_after_accept_state_established_do_not_prevent_offload(rule: str) -> None:
     """No later packet of a replied flow gets past `accept state established`."""
     e = engine(BASE + rule + "\nset default drop\n")
@@ -111,8 +116,9 @@ def ping(e: Engine, count: int = 3, icmp_id: int = 7, now: float = 2.0) -> list[
     out = []
     for i in range(count):
         for src, dst, itype in ((C, S, 8), (S, C, 0)):
-            d = e.handle(build_packet(PROTO_ICMP, src, dst, icmp_type=itype, icmp_id=icmp_id),
-                         now=now + i)
+            d = e.handle(
+                build_packet(PROTO_ICMP, src, dst, icmp_type=itype, icmp_id=icmp_id), now=now + i
+            )
             assert d.verdict == "accept", d
             out.append(d.offload)
     return out
@@ -148,8 +154,9 @@ def test_a_new_policy_re_decides_offloaded_flows() -> None:
     flow = next(iter(e.flows.flows()))
     assert flow.offloaded  # the engine's record; the kernel side is the daemon's
     e.load(load_policy_text('drop proto tcp to port 5201 payload contains "more"\n', "t.rules"))
-    d = e.handle(build_packet(PROTO_TCP, C, S, 40000, 5201, flags=ACK | PSH, payload=b"more"),
-                 now=5.0)
+    d = e.handle(
+        build_packet(PROTO_TCP, C, S, 40000, 5201, flags=ACK | PSH, payload=b"more"), now=5.0
+    )
     assert d.verdict == "drop"
 
 
@@ -192,8 +199,10 @@ def test_packets_of_an_offloaded_flow_that_come_back_are_offloaded_again() -> No
 
     def data(now: float, src: str = C) -> int:
         sport, dport, dst = (40000, 5201, S) if src == C else (5201, 40000, C)
-        d = e.handle(build_packet(PROTO_TCP, src, dst, sport, dport, flags=ACK | PSH,
-                                  payload=b"again"), now=now)
+        d = e.handle(
+            build_packet(PROTO_TCP, src, dst, sport, dport, flags=ACK | PSH, payload=b"again"),
+            now=now,
+        )
         assert d.verdict == "accept"
         return d.offload
 

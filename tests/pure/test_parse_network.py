@@ -24,8 +24,20 @@ def test_agrees_with_ipaddress(addr: ipaddress._BaseAddress, plen: int, with_len
 
 @pytest.mark.parametrize(
     "text",
-    ["10.0.0", "10.0.0.256", "10.0.0.1/33", "010.0.0.1", "1.2.3.4/", "1.2.3.4/x", "a.b.c.d",
-     "::1/129", "2001:db8:::1", "1.2.3.4.5", "", "-1.2.3.4"],
+    [
+        "10.0.0",
+        "10.0.0.256",
+        "10.0.0.1/33",
+        "010.0.0.1",
+        "1.2.3.4/",
+        "1.2.3.4/x",
+        "a.b.c.d",
+        "::1/129",
+        "2001:db8:::1",
+        "1.2.3.4.5",
+        "",
+        "-1.2.3.4",
+    ],
 )
 def test_rejects_what_ipaddress_rejects(text: str) -> None:
     assert parse_network(text) is None

@@ -34,10 +34,13 @@ def _pcap(endian: str, magic: int, records: list[tuple[int, int, bytes]], linkty
 
 
 @pytest.mark.parametrize("endian", ["<", ">"])
-@pytest.mark.parametrize(("magic", "frac", "expect"), [
-    (0xA1B2C3D4, 250_000, 0.25),
-    (0xA1B23C4D, 250_000_000, 0.25),
-])
+@pytest.mark.parametrize(
+    ("magic", "frac", "expect"),
+    [
+        (0xA1B2C3D4, 250_000, 0.25),
+        (0xA1B23C4D, 250_000_000, 0.25),
+    ],
+)
 def test_classic_pcap_both_byte_orders_and_resolutions(
     tmp_path: Path, endian: str, magic: int, frac: int, expect: float
 ) -> None:
@@ -55,8 +58,11 @@ def test_classic_pcap_both_byte_orders_and_resolutions(
 def test_write_pcap_roundtrip_and_scapy_agrees(tmp_path: Path) -> None:
     path = tmp_path / "w.pcap"
     frame = bytes(Ether() / IP(PKT1))
-    n = write_pcap(path, [(1.5, frame), CaptureRecord(2.9999999, 1, frame, 999), frame],
-                   linktype=LINKTYPE_ETHERNET)
+    n = write_pcap(
+        path,
+        [(1.5, frame), CaptureRecord(2.9999999, 1, frame, 999), frame],
+        linktype=LINKTYPE_ETHERNET,
+    )
     assert n == 3
     recs = list(read_capture(path))
     assert [r.data for r in recs] == [frame] * 3
@@ -162,8 +168,7 @@ def _spb(e: str, data: bytes) -> bytes:
 
 
 def _opb(e: str, ifid: int, ticks: int, data: bytes) -> bytes:
-    head = struct.pack(e + "HHIIII", ifid, 0, ticks >> 32, ticks & 0xFFFFFFFF, len(data),
-                       len(data))
+    head = struct.pack(e + "HHIIII", ifid, 0, ticks >> 32, ticks & 0xFFFFFFFF, len(data), len(data))
     return _block(e, 2, head + data)
 
 
@@ -263,8 +268,8 @@ def test_pcapng_corruption_is_reported(tmp_path: Path) -> None:
         "byte-order magic": _shb(le)[:8] + b"\x01\x02\x03\x04" + _shb(le)[12:],
         "overruns": good + _block(le, 6, struct.pack("<IIIII", 0, 0, 0, 500, 500) + PKT1),
         "before any interface": _shb(le) + _spb(le, PKT1),
-        "option overruns": _shb(le) + _block(le, 1, struct.pack("<HHI", 1, 0, 0)
-                                             + struct.pack("<HH", 9, 40)),
+        "option overruns": _shb(le)
+        + _block(le, 1, struct.pack("<HHI", 1, 0, 0) + struct.pack("<HH", 9, 40)),
         "pcapng version": _block(le, 0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 2, 0, -1)),
     }
     for fragment, data in cases.items():

@@ -33,8 +33,10 @@ def test_a_story_that_holds_passes() -> None:
     e = engine("accept proto tcp flags S\nset default drop")
     assert (
         Playbook(e)
-        >> tcp(A, B, flags="S") << accept(line=1)
-        >> tcp(A, B, flags="A") << drop(reason="default")
+        >> tcp(A, B, flags="S")
+        << accept(line=1)
+        >> tcp(A, B, flags="A")
+        << drop(reason="default")
         >> udp(A, B)  # no verdict stated: left open; no effects either
     )
 
@@ -104,9 +106,12 @@ def test_blocks_and_unblocks_from_ticks() -> None:
     e.block(bytes([10, 0, 0, 1]), now=0.0, ttl=60.0)
     assert (
         Playbook(e)
-        >> tcp(A, B) << drop(reason="blocked")
-        >> tick(61) << unblock(A, reason="expired")
-        >> tcp(A, B, 40001) << accept(reason="default")
+        >> tcp(A, B)
+        << drop(reason="blocked")
+        >> tick(61)
+        << unblock(A, reason="expired")
+        >> tcp(A, B, 40001)
+        << accept(reason="default")
     )
     with pytest.raises(AssertionError, match=r"- << block\(addr='10.0.0.1'\)"):
         assert Playbook(e) >> tick(1) << block(A)

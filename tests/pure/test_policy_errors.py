@@ -527,14 +527,29 @@ def test_error_summary_counts_only_errors() -> None:
 @pytest.mark.parametrize(
     ("text", "line", "col", "message", "hint"),
     [
-        ("accept from 10.1.2.3/8", 1, 13, "'10.1.2.3/8' has host bits set; it means 10.0.0.0/8",
-         "write 10.0.0.0/8"),
+        (
+            "accept from 10.1.2.3/8",
+            1,
+            13,
+            "'10.1.2.3/8' has host bits set; it means 10.0.0.0/8",
+            "write 10.0.0.0/8",
+        ),
         ("table t = { 192.0.2.77/24 }", 1, 13, "has host bits set; it means 192.0.2.0/24", None),
         ("accept to 2001:db8::1/32", 1, 11, "it means 2001:db8::/32", "write 2001:db8::/32"),
-        ("match proto tcp", 1, 1, "a match rule without alert or log has no effect",
-         'add alert "message" or log'),
-        ("set default drop\nset default accept", 2, 5, "'set default' given again; the last wins",
-         None),
+        (
+            "match proto tcp",
+            1,
+            1,
+            "a match rule without alert or log has no effect",
+            'add alert "message" or log',
+        ),
+        (
+            "set default drop\nset default accept",
+            2,
+            5,
+            "'set default' given again; the last wins",
+            None,
+        ),
         ("set malformed drop\n\nset malformed accept", 3, 5, "'set malformed' given again", None),
     ],
 )

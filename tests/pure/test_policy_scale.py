@@ -105,9 +105,9 @@ def test_sets_of_a_former_table_go_and_the_current_ones_stay(tmp_path: Path) -> 
     static = static_sets(policy, PLAN)
     (current,) = static.used
     old = "big_v4_32_0123abcd"
-    existing = TableState(("forward",), {
-        name: SetState(name, "ipv4_addr", (), None, None) for name in (current, old)
-    })
+    existing = TableState(
+        ("forward",), {name: SetState(name, "ipv4_addr", (), None, None) for name in (current, old)}
+    )
     commands = build_ruleset(policy, PLAN, existing=existing, static=static)
     deleted = [c["delete"]["set"]["name"] for c in commands if "set" in c.get("delete", {})]  # type: ignore[index, operator]
     assert deleted == [old]
@@ -133,8 +133,10 @@ def test_a_table_over_the_limit_is_refused_at_check_time(tmp_path: Path) -> None
 def test_table_file_entries_read_as_before(tmp_path: Path) -> None:
     """The hand parser for a.b.c.d[/n] and the ipaddress module for the rest agree with what
     the module alone accepted: host bits cleared, a netmask, IPv6; leading zeros refused."""
-    path = write(tmp_path, ["10.1.2.3/8", "192.0.2.0/255.255.255.0", "2001:db8::5/64",
-                            "198.51.100.7 # comment"])
+    path = write(
+        tmp_path,
+        ["10.1.2.3/8", "192.0.2.0/255.255.255.0", "2001:db8::5/64", "198.51.100.7 # comment"],
+    )
     table = load_policy(path).tables["big"]
     assert table.nets4 == (
         (10 << 24, 8),
@@ -163,8 +165,12 @@ def test_a_dumped_rule_gives_its_comment_and_counters() -> None:
     comment = b"ipsctl:p.rules:2\0"
     userdata = bytes([0, len(comment)]) + comment
     lookup = _nla(1, _nla(1, b"lookup\0") + _nla(2, _nla(1, b"big_v4_32_0123abcd\0")))
-    body = (_nla(1, b"ipsctl\0") + _nla(2, b"forward\0")
-            + _nla(4, lookup + _counter(7, 700) + _counter(1, 60)) + _nla(7, userdata))
+    body = (
+        _nla(1, b"ipsctl\0")
+        + _nla(2, b"forward\0")
+        + _nla(4, lookup + _counter(7, 700) + _counter(1, 60))
+        + _nla(7, userdata)
+    )
     parsed = nft_counters.parse_rules(body)
     assert parsed == ("ipsctl:p.rules:2", [(7, 700), (1, 60)])
     out: dict[str, nft.RuleCounter] = {}

@@ -15,4 +15,3 @@ def test_queue_stats_parse() -> None:
         3: QueueStats(3, 0, 5, 2, 65531, 7, 1, 9),
     }
     assert read_queue_stats("/nonexistent/nfnetlink_queue") == {}
-

@@ -18,8 +18,7 @@ GATEWAY = str(ROOT / "policies" / "gateway.rules")
 
 
 def config(tmp_path: Path, **options: object) -> DaemonConfig:
-    opts = {"policy_path": GATEWAY, "socket_path": str(tmp_path / "run" / "ipsctl.sock"),
-            **options}
+    opts = {"policy_path": GATEWAY, "socket_path": str(tmp_path / "run" / "ipsctl.sock"), **options}
     return DaemonConfig.from_options(RunOptions(**opts), check_policy=lambda _p: None)  # type: ignore[arg-type]
 
 
@@ -56,11 +55,14 @@ def test_run_refuses_an_unsafe_eve_or_state_path_at_start(tmp_path: Path, plante
 def test_run_says_why_and_exits_2(tmp_path: Path, planted: Path) -> None:
     from ips.cli import main
 
-    out = CliRunner().invoke(main, ["run", "--policy", GATEWAY, "--eve", str(planted),
-                                    "--socket", str(tmp_path / "s.sock")])
+    out = CliRunner().invoke(
+        main,
+        ["run", "--policy", GATEWAY, "--eve", str(planted), "--socket", str(tmp_path / "s.sock")],
+    )
     assert out.exit_code == 2
-    assert out.stderr == (f"ipsctl run: --eve: {planted}: it is a symbolic link; refusing to "
-                          "write there\n")
+    assert out.stderr == (
+        f"ipsctl run: --eve: {planted}: it is a symbolic link; refusing to write there\n"
+    )
     assert (tmp_path / "precious").read_text() == "root's\n"
 
 

@@ -29,8 +29,23 @@ def test_the_state_file_records_the_run_and_old_files_still_load(tmp_path: Path)
     assert saved.run == run and saved.saved_at == NOW
     assert saved.elements == [SetElement("10.10.1.66", 600, 490, COMMENT)]
     # a file of an older daemon: no run, the same blocks
-    state.write_text(json.dumps({"version": 1, "table": "banned", "saved_at": NOW, "blocks": [
-        {"addr": "10.10.1.66", "timeout": 600, "expires_at": NOW + 500, "comment": COMMENT}]}))
+    state.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "table": "banned",
+                "saved_at": NOW,
+                "blocks": [
+                    {
+                        "addr": "10.10.1.66",
+                        "timeout": 600,
+                        "expires_at": NOW + 500,
+                        "comment": COMMENT,
+                    }
+                ],
+            }
+        )
+    )
     old = read_saved_blocks(state, NOW + 10)
     assert old.run is None and old.elements == [SetElement("10.10.1.66", 600, 490, COMMENT)]
     assert not state.exists()  # consumed
@@ -44,8 +59,9 @@ class FakeNft:
     def elements(self, _table: str) -> list[SetElement]:
         return list(self.members.values())
 
-    def replace_elements(self, _table: str, addrs: list[str], timeout: Any, comment: Any,
-                         expires: Any = None) -> None:
+    def replace_elements(
+        self, _table: str, addrs: list[str], timeout: Any, comment: Any, expires: Any = None
+    ) -> None:
         for addr in addrs:
             self.members[addr] = SetElement(addr, timeout, expires, comment)
 
@@ -62,8 +78,15 @@ def test_restored_blocks_show_the_run_that_saved_them(tmp_path: Path) -> None:
     now = time.time()  # the daemon restores what has time left now
     earlier = daemon_run(1111, now - 3600)
     state = tmp_path / "blocks.json"
-    save_blocks(state, [SetElement("10.10.1.66", 600, 500, COMMENT),
-                        SetElement("fd00:10:1::66", 600, 500, COMMENT)], now, earlier)
+    save_blocks(
+        state,
+        [
+            SetElement("10.10.1.66", 600, 500, COMMENT),
+            SetElement("fd00:10:1::66", 600, 500, COMMENT),
+        ],
+        now,
+        earlier,
+    )
     d = object.__new__(supervisor.Daemon)
     d.cfg = type("Cfg", (), {"state_file": str(state)})()  # type: ignore[assignment]
     d.counters = Counters()
@@ -74,10 +97,14 @@ def test_restored_blocks_show_the_run_that_saved_them(tmp_path: Path) -> None:
     assert d.restored_from["run"] == earlier and d.restored_from["blocks"] == 2
     rows = {r["addr"]: r for r in d.blocks_list()["blocks"]}
     assert rows["10.10.1.66"]["restored_from"] == {
-        "state_file": str(state), "saved_at": now, "run": earlier["id"]}
+        "state_file": str(state),
+        "saved_at": now,
+        "run": earlier["id"],
+    }
     # a block renewed since (a new comment) is no longer the restored one
     d.diversion.nft.members["fd00:10:1::66"] = SetElement(  # type: ignore[attr-defined]
-        "fd00:10:1::66", 60, 60, block_comment("manual", 0, "again"))
+        "fd00:10:1::66", 60, 60, block_comment("manual", 0, "again")
+    )
     d.diversion.nft.members["10.10.1.99"] = SetElement("10.10.1.99", 60, 60, COMMENT)  # type: ignore[attr-defined]
     rows = {r["addr"]: r for r in d.blocks_list()["blocks"]}
     assert rows["fd00:10:1::66"]["restored_from"] is None

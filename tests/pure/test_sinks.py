@@ -28,9 +28,22 @@ SRC, DST = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 
 
 def alert(action: str = "blocked", severity: int = 1) -> Alert:
-    return Alert(1_700_000_000.5, 7, 4, 6, SRC, 1234, DST, 23, action=action,
-                 signature_id=2000010, signature="telnet attempt", severity=severity,
-                 category="policy", rule_name="p.rules:3")
+    return Alert(
+        1_700_000_000.5,
+        7,
+        4,
+        6,
+        SRC,
+        1234,
+        DST,
+        23,
+        action=action,
+        signature_id=2000010,
+        signature="telnet attempt",
+        severity=severity,
+        category="policy",
+        rule_name="p.rules:3",
+    )
 
 
 def test_parse_size() -> None:
@@ -56,8 +69,11 @@ def test_rotating_log_rotates_by_size_and_keeps_n(tmp_path: Path) -> None:
     for p in tmp_path.glob("eve.json*"):
         assert p.stat().st_size <= 100
     # the newest lines are in eve.json, the older in .1 then .2, each file whole lines
-    kept = [int(json.loads(line)["n"]) for name in ("eve.json.2", "eve.json.1", "eve.json")
-            for line in (tmp_path / name).read_text().splitlines()]
+    kept = [
+        int(json.loads(line)["n"])
+        for name in ("eve.json.2", "eve.json.1", "eve.json")
+        for line in (tmp_path / name).read_text().splitlines()
+    ]
     assert kept == list(range(20 - len(kept), 20))
     assert log.stats()["rotations"] == 20 // 2 - 1
     assert log.write_errors == 0
@@ -71,8 +87,12 @@ def test_two_writers_share_one_rotating_file_and_lose_no_line(tmp_path: Path) ->
         (a if i % 3 else b).write(f'{{"n":{i}}}')
     a.close()
     b.close()
-    seen = [json.loads(line)["n"] for p in tmp_path.glob("eve.json*") if p.suffix != ".lock"
-            for line in p.read_text().splitlines()]
+    seen = [
+        json.loads(line)["n"]
+        for p in tmp_path.glob("eve.json*")
+        if p.suffix != ".lock"
+        for line in p.read_text().splitlines()
+    ]
     assert sorted(seen) == list(range(300))  # every line once, none torn
     assert a.rotations + b.rotations >= 5
     assert max(p.stat().st_size for p in tmp_path.glob("eve.json*")) <= 400 + 2 * 16 * 11
@@ -143,8 +163,9 @@ def test_syslog_targets_and_format() -> None:
     assert severity_of(record) == 3
     assert severity_of({"event_type": "flow"}) == 6
     data = format_5424(record, 21, "gw", 42, 1_700_000_000.25)
-    m = re.fullmatch(rb"<171>1 2023-11-14T22:13:20\.250000Z gw ipsctl 42 alert - \xef\xbb\xbf(.+)",
-                     data)
+    m = re.fullmatch(
+        rb"<171>1 2023-11-14T22:13:20\.250000Z gw ipsctl 42 alert - \xef\xbb\xbf(.+)", data
+    )
     assert m and json.loads(m.group(1)) == record
 
 
@@ -168,8 +189,12 @@ def test_syslog_sink_sends_and_never_raises(tmp_path: Path) -> None:
 
 def test_bpf_program_parsing() -> None:
     text = "4\n40 0 0 12\n21 0 1 2048\n6 0 0 262144\n6 0 0 0\n"
-    assert parse_bpf_program(text) == [(40, 0, 0, 12), (21, 0, 1, 2048), (6, 0, 0, 262144),
-                                       (6, 0, 0, 0)]
+    assert parse_bpf_program(text) == [
+        (40, 0, 0, 12),
+        (21, 0, 1, 2048),
+        (6, 0, 0, 262144),
+        (6, 0, 0, 0),
+    ]
     for bad in ("", "2\n6 0 0 0\n", "1\n6 0 0\n", "x\n"):
         with pytest.raises((TapError, ValueError)):
             parse_bpf_program(bad)
@@ -182,8 +207,11 @@ def test_eve_timestamps_are_what_datetime_prints() -> None:
     rng = random.Random(7)
     times = [rng.uniform(0, 4e9) for _ in range(20_000)]
     times += [1_733_356_800 + rng.randrange(10**6) / 1e6 for _ in range(20_000)]
-    times += [k + edge for k in (0, 1, 1_733_356_799) for edge in
-              (0.0, 5e-7, 1.5e-6, 2.5e-6, 0.9999994999, 0.9999995, 0.99999951, 1e-7)]
+    times += [
+        k + edge
+        for k in (0, 1, 1_733_356_799)
+        for edge in (0.0, 5e-7, 1.5e-6, 2.5e-6, 0.9999994999, 0.9999995, 0.99999951, 1e-7)
+    ]
     times += [-0.5, -1.25, -1e-7, -86_400.0000005]
     for t in times:
         want = datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+0000")
@@ -221,8 +249,9 @@ def test_flow_lines_are_the_flow_records_json() -> None:
             a, b, pa, pb = (src, dst, sport, dport) if forward else (dst, src, dport, sport)
             icmp = {"icmp_type": rng.choice((0, 8, 128, 129, 3))} if proto in (1, 58) else {}
             flags = rng.choice((0x02, 0x12, 0x10, 0x11, 0x18, 0x04, rng.randrange(256)))
-            data = build_packet(proto, a, b, pa, pb, flags=flags,
-                                payload=rng.randbytes(rng.randrange(3)), **icmp)
+            data = build_packet(
+                proto, a, b, pa, pb, flags=flags, payload=rng.randbytes(rng.randrange(3)), **icmp
+            )
             pkt = decode_l3(data)
             if pkt.__class__.__name__ == "Packet":
                 table.track(pkt, now)
@@ -242,5 +271,6 @@ def test_flow_lines_are_the_flow_records_json() -> None:
     lines: list[str] = []
     writer = EveWriter(log=type("L", (), {"write": staticmethod(lines.append)})())
     writer.event(FlowEnd(flows[0], "timeout", now))
-    assert lines == [json.dumps(flow_record(FlowEnd(flows[0], "timeout", now)),
-                                separators=(",", ":"))]
+    assert lines == [
+        json.dumps(flow_record(FlowEnd(flows[0], "timeout", now)), separators=(",", ":"))
+    ]

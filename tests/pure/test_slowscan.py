@@ -37,8 +37,16 @@ SHORT = (
 
 
 def make(slow: str = "detect slowscan", *extra: str, short: tuple[str, ...] = SHORT) -> Engine:
-    text = "\n".join(["table banned dynamic timeout 1h", "set default accept",
-                      "drop from @banned", *extra, *short, slow])
+    text = "\n".join(
+        [
+            "table banned dynamic timeout 1h",
+            "set default accept",
+            "drop from @banned",
+            *extra,
+            *short,
+            slow,
+        ]
+    )
     return Engine(load_policy_text(text, "t.rules"))
 
 
@@ -87,9 +95,17 @@ def test_nmap_T1_pacing_is_seen_by_the_long_window_not_the_short_one(answer: str
             story >> tick(at=at + GRACE + 1)  # a filtered port: weighed when overdue
         if n == 15:
             story << alert(
-                sid=SLOW_PORTS, category="slowscan", action="allowed", src=SCANNER, dst=VICTIM,
-                check=lambda a: a.extra["view"] == "ports" and a.extra["count"] == 15
-                and a.extra["targets"] == list(range(1, 16)) and a.extra["window"] == 6 * HOURS,
+                sid=SLOW_PORTS,
+                category="slowscan",
+                action="allowed",
+                src=SCANNER,
+                dst=VICTIM,
+                check=lambda a: (
+                    a.extra["view"] == "ports"
+                    and a.extra["count"] == 15
+                    and a.extra["targets"] == list(range(1, 16))
+                    and a.extra["window"] == 6 * HOURS
+                ),
             )
     assert story  # every other step: no effect at all (no portscan alert, no block)
     assert set(story.engine.tables["banned"].members) == set()
@@ -140,10 +156,12 @@ def test_slow_sweep_of_hosts_and_used_targets_taken_back() -> None:
         host = f"10.0.2.{i}"
         effects += e.handle(tcp(CLIENT, host, 41000 + i, 443), now=t).effects  # lost
         effects += e.tick(t + GRACE + 1)
-        used = [tcp(CLIENT, host, 42000 + i, 443),
-                tcp(host, CLIENT, 443, 42000 + i, TCP_SYN | TCP_ACK),
-                tcp(CLIENT, host, 42000 + i, 443, TCP_ACK | TCP_PSH, payload=b"hi"),
-                tcp(host, CLIENT, 443, 42000 + i, TCP_ACK | TCP_PSH, payload=b"ok")]
+        used = [
+            tcp(CLIENT, host, 42000 + i, 443),
+            tcp(host, CLIENT, 443, 42000 + i, TCP_SYN | TCP_ACK),
+            tcp(CLIENT, host, 42000 + i, 443, TCP_ACK | TCP_PSH, payload=b"hi"),
+            tcp(host, CLIENT, 443, 42000 + i, TCP_ACK | TCP_PSH, payload=b"ok"),
+        ]
         for n, pkt in enumerate(used):
             effects += e.handle(pkt, now=t + 30 + n * 0.01).effects
         effects += e.tick(t + 30 + GRACE + 1)
@@ -169,8 +187,11 @@ def test_a_scan_split_across_three_sources_is_seen_as_distributed() -> None:
     e = make()
     effects = split_scan(e, 3, 14)  # 42 ports, 14 each: under every per-source threshold
     (found,) = alerts(effects)
-    assert (found.signature_id, found.category, found.action) == (DISTRIBUTED, "slowscan",
-                                                                  "allowed")
+    assert (found.signature_id, found.category, found.action) == (
+        DISTRIBUTED,
+        "slowscan",
+        "allowed",
+    )
     extra = found.extra
     assert extra is not None and extra["view"] == "distributed" and extra["target"] == VICTIM
     assert extra["count"] == extra["threshold"] == 20
@@ -188,8 +209,12 @@ def test_what_the_distributed_view_lets_through() -> None:
     assert alerts(split_scan(make(), 3, 6)) == []  # 18 < 20
     assert len(alerts(split_scan(make(), 3, 7), DISTRIBUTED)) == 1  # 21
     # one source alone is the ports view's (here above 25 ports: none), never "distributed"
-    assert alerts(probe_ports(make("detect slowscan ports 30"), SCANNER, list(range(1, 26)),
-                              T0, every=5)) == []
+    assert (
+        alerts(
+            probe_ports(make("detect slowscan ports 30"), SCANNER, list(range(1, 26)), T0, every=5)
+        )
+        == []
+    )
 
 
 def test_even_with_block_the_distributed_view_only_alerts() -> None:
@@ -211,8 +236,11 @@ def test_even_with_block_the_distributed_view_only_alerts() -> None:
 def test_memory_bound_holds_under_a_spoofed_flood_of_distinct_sources() -> None:
     """5,000 spoofed sources, each failing on 3 ports of the victim: each view keeps at most
     `detect-memory` keys and counts what it let go (the short windows' alerts aside)."""
-    e = make("detect slowscan", "set detect-memory 1000",
-             short=("detect portscan alert", "detect sweep alert"))
+    e = make(
+        "detect slowscan",
+        "set detect-memory 1000",
+        short=("detect portscan alert", "detect sweep alert"),
+    )
     t = T0
     effects: list[object] = []
     for i in range(5000):
@@ -238,7 +266,11 @@ def test_memory_bound_holds_under_a_spoofed_flood_of_distinct_sources() -> None:
 def test_defaults_and_options() -> None:
     policy = load_policy_text("detect portscan alert\ndetect sweep alert\ndetect slowscan", "t")
     assert policy.detectors["slowscan"].params == {
-        "ports": 15, "hosts": 50, "distributed": 20, "within": 6 * HOURS, "response": "alert",
+        "ports": 15,
+        "hosts": 50,
+        "distributed": 20,
+        "within": 6 * HOURS,
+        "response": "alert",
     }
     assert policy.warnings == []
     policy = load_policy_text(
@@ -248,7 +280,10 @@ def test_defaults_and_options() -> None:
     )
     params = policy.detectors["slowscan"].params
     assert (params["ports"], params["hosts"], params["distributed"], params["within"]) == (
-        20, 40, None, 12 * HOURS,
+        20,
+        40,
+        None,
+        12 * HOURS,
     )
     assert (params["response"], params["block"]) == ("block", 7200.0)
 
@@ -256,15 +291,27 @@ def test_defaults_and_options() -> None:
 @pytest.mark.parametrize(
     ("text", "message", "hint"),
     [
-        ("detect slowscan", "detector 'slowscan' has nothing to count",
-         "add `detect portscan` and `detect sweep`"),
-        ("detect portscan alert\ndetect slowscan distributed many",
-         "'distributed many': give a number of ports (at least 1) or off", None),
-        ("detect portscan alert\ndetect slowscan distributed 0",
-         "'distributed 0': give a number of ports (at least 1) or off", None),
+        (
+            "detect slowscan",
+            "detector 'slowscan' has nothing to count",
+            "add `detect portscan` and `detect sweep`",
+        ),
+        (
+            "detect portscan alert\ndetect slowscan distributed many",
+            "'distributed many': give a number of ports (at least 1) or off",
+            None,
+        ),
+        (
+            "detect portscan alert\ndetect slowscan distributed 0",
+            "'distributed 0': give a number of ports (at least 1) or off",
+            None,
+        ),
         ("detect portscan alert\ndetect slowscan ports 0", "'ports' must be at least 1", None),
-        ("detect portscan distributed 5 alert",
-         "'distributed' is not an option of detector 'portscan'", None),
+        (
+            "detect portscan distributed 5 alert",
+            "'distributed' is not an option of detector 'portscan'",
+            None,
+        ),
         ("detect portscan alert\ndetect slowscan rate 5/s", "'rate' is not an option", None),
         ("detect portscan alert\ndetect slowscan block 1h", "no dynamic table 'banned'", None),
     ],
@@ -281,13 +328,19 @@ def test_policy_errors(text: str, message: str, hint: str | None) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("detect portscan alert\ndetect slowscan hosts 30",
-         "slowscan's 'hosts' counts the probes that sweep weighs, "
-         "but there is no `detect sweep`"),
-        ("detect sweep alert\ndetect slowscan distributed 30",
-         "slowscan's 'distributed' counts the probes that portscan weighs"),
-        ("detect portscan within 10m alert\ndetect slowscan within 5m",
-         "slowscan's window (300s) is no longer than portscan's (600s)"),
+        (
+            "detect portscan alert\ndetect slowscan hosts 30",
+            "slowscan's 'hosts' counts the probes that sweep weighs, "
+            "but there is no `detect sweep`",
+        ),
+        (
+            "detect sweep alert\ndetect slowscan distributed 30",
+            "slowscan's 'distributed' counts the probes that portscan weighs",
+        ),
+        (
+            "detect portscan within 10m alert\ndetect slowscan within 5m",
+            "slowscan's window (300s) is no longer than portscan's (600s)",
+        ),
     ],
 )
 def test_policy_warnings(text: str, message: str) -> None:
@@ -321,8 +374,11 @@ def test_benign_captures_raise_no_slowscan_alert(pcaps_dir: Path, tmp_path: Path
         m = re.match(r"\|\s*(\S+\.pcap\S*)\s*\|[^|]*\|([^|]*)\|", line)
         if m and "ATTACK" in m.group(2):
             attacks.add(m.group(1))
-    benign = [str(p) for p in sorted(pcaps_dir.iterdir())
-              if p.suffix in (".pcap", ".pcapng") and p.name not in attacks]
+    benign = [
+        str(p)
+        for p in sorted(pcaps_dir.iterdir())
+        if p.suffix in (".pcap", ".pcapng") and p.name not in attacks
+    ]
     assert len(benign) > 20
     policy = load_policy_text(
         "set default accept\ndetect portscan alert\ndetect sweep alert\ndetect slowscan", "t"

@@ -101,13 +101,21 @@ def test_forged_syns_block_the_sender_by_mac_never_the_forged_address() -> None:
         >> rst(CLIENT, 3)
         << scan_alert(CLIENT, "spoofed", "allowed")
         << spoof_alert(CLIENT, "mac-mismatch")
-        << mac_block(ATTACKER_MAC_TEXT, claimed=CLIENT, detector="portscan",
-                     evidence="mac-mismatch", ttl=600.0)
+        << mac_block(
+            ATTACKER_MAC_TEXT,
+            claimed=CLIENT,
+            detector="portscan",
+            evidence="mac-mismatch",
+            ttl=600.0,
+        )
         # the attacker's next forged packet, and its own, stop (the kernel does it inline)
-        >> syn(CLIENT, 4) << drop(reason="blocked")
-        >> syn(ATTACKER, 5) << drop(reason="blocked")
+        >> syn(CLIENT, 4)
+        << drop(reason="blocked")
+        >> syn(ATTACKER, 5)
+        << drop(reason="blocked")
         # the client is not blocked: its own packets pass
-        >> syn(CLIENT, 80, mac=CLIENT_MAC) << accept()
+        >> syn(CLIENT, 80, mac=CLIENT_MAC)
+        << accept()
     )
     assert packed(CLIENT) not in story.engine.blocks.table.members  # type: ignore[union-attr]
     assert story.engine.stats.spoofed == 1 and story.engine.stats.mac_blocks == 1
@@ -147,7 +155,8 @@ def test_the_real_owner_of_the_address_is_blocked() -> None:
         >> rst(ATTACKER, 3)
         << scan_alert(ATTACKER, "added", "blocked")
         << block(ATTACKER, detector="portscan")
-        >> syn(ATTACKER, 4) << drop(reason="blocked")
+        >> syn(ATTACKER, 4)
+        << drop(reason="blocked")
     )
     # the alert says what proved it
     assert story.steps[-2].effects[0].extra["evidence"] == "proven:mac"
@@ -304,8 +313,11 @@ def test_the_mac_of_a_protected_address_is_never_blocked() -> None:
         story
         >> rst(CLIENT, 3)
         << scan_alert(CLIENT, "spoofed", "allowed")
-        << alert(category="spoofed-source", action="allowed",
-                 check=lambda a: a.extra["mac_block"] == "protected-mac")
+        << alert(
+            category="spoofed-source",
+            action="allowed",
+            check=lambda a: a.extra["mac_block"] == "protected-mac",
+        )
     )
     assert not story.engine.blocks.macs
 
@@ -387,10 +399,6 @@ def test_mac_blocks_expire_in_the_engine_with_their_time() -> None:
     assert story >> syn(ATTACKER, 9) << accept()
 
 
-
-
-
-
 # ---- the kernel's side: the set of banned MACs ---------------------------------------------------
 
 
@@ -432,8 +440,11 @@ def test_the_diversion_of_the_inline_daemon_asks_for_mac_blocks() -> None:
     diversion = NftDiversion(caps=Capabilities(nft_log=True))  # nothing installed
     diversion.backend = "nft"
     assert diversion._plan(1).ether_blocks
-    assert not NftDiversion(caps=Capabilities(), tap=True).kernel_plan(load_policy_text(
-        "set tap-blocks enforce\naccept", "t.rules")).ether_blocks  # type: ignore[union-attr]
+    assert (
+        not NftDiversion(caps=Capabilities(), tap=True)
+        .kernel_plan(load_policy_text("set tap-blocks enforce\naccept", "t.rules"))
+        .ether_blocks
+    )  # type: ignore[union-attr]
 
 
 def test_mac_elements_are_replaced_with_their_timeout_and_comment() -> None:

@@ -33,8 +33,9 @@ def test_unit_verifies(tmp_path: Path) -> None:
     assert ipsctl.exists()
     unit = tmp_path / "ipsd.service"
     unit.write_text(UNIT.read_text().replace("/usr/local/bin/ipsctl", str(ipsctl)))
-    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
     problems = [line for line in result.stderr.splitlines() if "ipsd.service" in line]
     assert result.returncode == 0 and not problems, result.stderr
 

@@ -81,14 +81,28 @@ def test_fail_open_alert_off_sends_nothing_and_keeps_nothing_back() -> None:
 
 def _status(unjudged: dict[str, object] | None) -> dict[str, object]:
     return {
-        "ok": True, "pid": 1, "uptime": 5.0, "mode": "inline",
-        "policy": {"file": "p.rules", "digest": "ab", "age": 1.0, "rules": 1,
-                   "kernel_rules": 0, "confirm_deadline": None},
-        "diversion": {"backend": "iptables", "queue": 0, "hooks": ["forward"],
-                      "fail_open": True},
-        "worker": {"pid": 2}, "counters": {"worker_restarts": 0, "worker_hangs": 0,
-                                           "worker_deaths": 0, "applies": 0,
-                                           "applies_refused": 0, "rollbacks": 0},
+        "ok": True,
+        "pid": 1,
+        "uptime": 5.0,
+        "mode": "inline",
+        "policy": {
+            "file": "p.rules",
+            "digest": "ab",
+            "age": 1.0,
+            "rules": 1,
+            "kernel_rules": 0,
+            "confirm_deadline": None,
+        },
+        "diversion": {"backend": "iptables", "queue": 0, "hooks": ["forward"], "fail_open": True},
+        "worker": {"pid": 2},
+        "counters": {
+            "worker_restarts": 0,
+            "worker_hangs": 0,
+            "worker_deaths": 0,
+            "applies": 0,
+            "applies_refused": 0,
+            "rollbacks": 0,
+        },
         "unjudged": unjudged,
     }
 

@@ -490,7 +490,9 @@ class RuleResolver:
                 self.diags.error(code.span, "tcp-reset takes no code")
             return ("tcp-reset", None)
         table = {
-            "icmp": names.ICMP_CODES, "icmpv6": names.ICMPV6_CODES, "icmpx": names.ICMPX_CODES
+            "icmp": names.ICMP_CODES,
+            "icmpv6": names.ICMPV6_CODES,
+            "icmpx": names.ICMPX_CODES,
         }[kind.text]
         if code is None:
             return (kind.text, None)
