@@ -464,17 +464,17 @@ class Engine:
         self.evidence.held = []
         out: list[Effect] = []
         for request, deadline in held:
-            if request.detector not in detect.by_name:  # type: ignore[attr-defined]
+            if request.detector not in detect.by_name:
                 continue  # its detector left the policy (an apply): nothing to answer
             found = self.evidence.judge(
                 request.addr,
                 request.flow,
-                self.flows.handshakes,  # type: ignore[attr-defined]
+                self.flows.handshakes,
             )
             if found.verdict == UNPROVEN and now < deadline:
                 self.evidence.held.append((request, deadline))
                 continue
-            out += self._request(detect, request, now, final=True)  # type: ignore[arg-type]
+            out += self._request(detect, request, now, final=True)
         return out
 
     def _rejected(

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ips.core.events import BlockRequest
 from ips.core.flow import Flow
 from ips.core.link import LinkView
 
@@ -160,7 +161,7 @@ class BlockEvidence:
         self.view: LinkView | None = None
         self.mode = "strict"
         self.blocked = BLOCKED_BY_MODE["strict"]
-        self.held: list[tuple[object, float]] = []  # (BlockRequest, deadline)
+        self.held: list[tuple[BlockRequest, float]] = []  # (BlockRequest, deadline)
         self.counts: dict[str, int] = {}  # "verdict:why" -> requests judged so
         self._tokens = SPOOF_ALERTS_PER_SECOND
         self._tokens_at = 0.0
