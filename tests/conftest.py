@@ -6,16 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-# Real captures from public test suites, beside the checkout (see ../shared/pcaps/README.md).
-PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
-
-
-def pcap_names() -> list[str]:
-    """The capture files, for parametrize (empty when the folder is missing)."""
-    if not PCAPS.is_dir():
-        return []
-    return sorted(p.name for p in PCAPS.iterdir() if p.suffix in (".pcap", ".pcapng"))
+from captures import PCAPS
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from captures import pcap_names
 
 from ips.app.community_id import community_id_packet
 from ips.app.detect import APP_HTTP, detect_stream
@@ -41,7 +42,6 @@ from ips.core.packet import (
     Packet,
 )
 from ips.io.pcap import read_capture, write_pcap
-from tests.conftest import pcap_names
 
 TSHARK = shutil.which("tshark")
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark is not installed")

@@ -70,7 +70,7 @@ def check_quic(data: bytes) -> None:
 
 def _capture_seeds() -> list[bytes]:
     from app_streams import tcp_connections
-    from conftest import PCAPS
+    from captures import PCAPS
 
     seeds: list[bytes] = []
     for name in ("zk_tls-chrome-34-google.pcap", "sv_community-id-ipv6_input.pcap"):

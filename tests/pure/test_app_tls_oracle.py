@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from app_streams import tcp_connections
-from conftest import PCAPS, pcap_names
+from captures import PCAPS, pcap_names
 
 from ips.app.ja import ja3, ja3s, ja4
 from ips.app.tls import (

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from captures import pcap_names
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -412,14 +413,6 @@ def test_ipv4_ipv6_linktypes_check_version() -> None:
 
 # --- real captures ----------------------------------------------------------------------------
 
-PCAPS = Path(__file__).resolve().parents[3] / "shared" / "pcaps"
-
-
-def _pcap_files() -> list[str]:
-    if not PCAPS.is_dir():
-        return []
-    return sorted(p.name for p in PCAPS.iterdir() if p.suffix in (".pcap", ".pcapng"))
-
 
 def _decode_file(path: Path) -> list[Packet | Malformed | None]:
     return [decode_frame(r.data, r.linktype) for r in read_capture(path)]
@@ -487,7 +480,7 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("name", _pcap_files() or ["<missing>"])
+@pytest.mark.parametrize("name", pcap_names() or ["<missing>"])
 def test_capture_decodes_as_expected(pcaps_dir: Path, name: str) -> None:
     assert name in EXPECTED, f"new capture {name}: add its expectations to EXPECTED"
     results = _decode_file(pcaps_dir / name)
@@ -499,7 +492,7 @@ def test_capture_decodes_as_expected(pcaps_dir: Path, name: str) -> None:
 
 
 def test_every_expected_capture_exists(pcaps_dir: Path) -> None:
-    assert sorted(EXPECTED) == _pcap_files()
+    assert sorted(EXPECTED) == pcap_names()
 
 
 def _packets(pcaps_dir: Path, name: str) -> list[Packet]:
