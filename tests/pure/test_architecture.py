@@ -16,7 +16,7 @@ PURE = [
     *sorted((ROOT / "detect").glob("*.py")),
     *sorted((ROOT / "app").glob("*.py")),
     *sorted((ROOT / "engine").glob("*.py")),
-    *sorted((ROOT / "translate").glob("*.py")),
+    *sorted((ROOT / "translate").rglob("*.py")),  # the nft package too
     ROOT / "policy" / "compile.py",
     ROOT / "policy" / "model.py",
     ROOT / "policy" / "explain.py",
