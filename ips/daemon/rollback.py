@@ -6,7 +6,7 @@ policy permanent.
                   daemon writes a pending-apply record (PENDING_FILE, next to the control
                   socket, a private file replaced atomically): the unconfirmed policy's digest,
                   the deadline, the previous policy's sources and digest, and the plan of its
-                  kernel part (ips/translate/nft.py, NftPlan). `confirm` removes it; the
+                  kernel part (ips/translate/nft/, NftPlan). `confirm` removes it; the
                   daemon's own rollback at the deadline, a clean stop and a restart mark it
                   rolled back.
     the watchdog  `python -m ips.daemon.rollback --detach RECORD`, started by the daemon

@@ -34,7 +34,7 @@ def offload_kind(pkt: Packet, flow: Flow, policy: CompiledPolicy, now: float) ->
     the handshake and that the connection was used), UDP once answered (the UDP flood
     detector counts unanswered datagrams only), an ICMP echo once answered (the kernel
     gives the ICMP flood detector every echo beyond a small per-address budget: see
-    ips/translate/nft.py). OFFLOAD_HANDSHAKE_ACK: the responder's SYN+ACK — the
+    ips/translate/nft/). OFFLOAD_HANDSHAKE_ACK: the responder's SYN+ACK — the
     initiator's bare ACK that follows tells the engine nothing, so the kernel may pass
     it; the next packet (data, or a FIN or reset) it passes too, and sends us a copy,
     which the engine handles like a queued one (its decision is then no verdict, and

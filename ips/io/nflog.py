@@ -2,7 +2,7 @@
 
 What it is for: with offload, the kernel passes the first packet after a connection's
 handshake without holding it in the queue, and sends the worker a *copy* (an nft rule
-`log group G`, ips/translate/nft.py COPIED_COMMENT). The copy is all the engine needs of that
+`log group G`, ips/translate/nft/ COPIED_COMMENT). The copy is all the engine needs of that
 packet (the flow's verdict is decided: there is no verdict to give), and the connection does
 not wait a queue round trip for it.
 

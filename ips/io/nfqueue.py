@@ -18,7 +18,7 @@ what `kernel_verdict` maps the engine's decision to:
 
 With offload, the kernel passes the first packet after a handshake it was allowed to
 complete (its data, a FIN or a reset) and sends the worker a copy over NFLOG
-(ips/io/nflog.py, group copy_group(queue) of ips/translate/nft.py): `process_copies` runs
+(ips/io/nflog.py, group copy_group(queue) of ips/translate/nft/): `process_copies` runs
 the engine over the copies as over queued packets, with no verdict to give.
 
 Block effects (a detector crossed its threshold) go to `blocks` (ips/kernel/blocks.py), which

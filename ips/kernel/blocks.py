@@ -1,5 +1,5 @@
 """Blocks in the kernel: the members of `inet ipsctl`'s BLOCK_TABLE sets (`banned_v4`,
-`banned_v6`), dropped by the first rules of our chains (ips/translate/nft.py, block_rules),
+`banned_v6`), dropped by the first rules of our chains (ips/translate/nft/, block_rules),
 and the MACs of the senders of forged packets in `banned_ether` (MacBlock effects), dropped
 by the next rule of the chains packets come in on.
 

@@ -139,7 +139,7 @@ class NftDiversion:
         self._caps = caps
         self.backend: str | None = None  # "nft" or "iptables" once installed
         self.kernel_rules = 0
-        # The offload generation: a new one with every policy swap (see ips/translate/nft.py).
+        # The offload generation: a new one with every policy swap (see ips/translate/nft/).
         # Random at start, so connections a previous daemon offloaded are (almost surely, 253
         # in 254) not taken for this one's.
         self.offload_generation = random.randint(1, OFFLOAD_PAUSED - 1)

@@ -1,4 +1,4 @@
-"""The nftables adapter: runs the JSON of ips/translate/nft.py through libnftables, one
+"""The nftables adapter: runs the JSON of ips/translate/nft/ through libnftables, one
 atomic batch a call.
 
 libnftables acts in the network namespace its context was created in: the netlink socket is
@@ -252,7 +252,7 @@ class Nft:
         expires: float | None = None,
     ) -> None:
         """Make addresses members with exactly this timeout and comment (one transaction;
-        see ips/translate/nft.py, replace_elements)."""
+        see ips/translate/nft/, replace_elements)."""
         commands = nft_json.replace_elements(table, addrs, timeout, comment, expires)
         if commands:
             self.run(commands)

@@ -2,7 +2,7 @@
 
 Why not `nft list table`: libnftables fetches every element of every set of the table before
 it prints a single rule, and a static table of a million entries (named sets, see
-ips/translate/nft.py) makes that take 15 to 40 seconds — every `ipsctl status` would wait
+ips/translate/nft/) makes that take 15 to 40 seconds — every `ipsctl status` would wait
 that long. A dump of the rules alone (NFT_MSG_GETRULE, filtered to our table by the kernel)
 does not touch the sets: milliseconds.
 

@@ -1,4 +1,4 @@
-"""ips/translate/nft.py: policy -> libnftables JSON, pure. The JSON shapes nft accepts were
+"""ips/translate/nft/: policy -> libnftables JSON, pure. The JSON shapes nft accepts were
 checked against nft 1.0.6 (tests/lab/test_kernel_netns.py loads them into a real kernel); here
 each condition's shape, the fast-path split, and — with a small interpreter of the generated
 rules — that the kernel's first match is the engine's (explain.py) on random policies."""
@@ -598,7 +598,7 @@ def test_parse_table_and_counters() -> None:
 
 
 # ---- the kernel's first match is the engine's -------------------------------------------------
-# A small interpreter of exactly the JSON subset translate/nft.py emits, run against explain.py.
+# A small interpreter of exactly the JSON subset translate/nft/ emits, run against explain.py.
 
 
 def _left(expr: Any, pkt: Packet, iif: str | None, oif: str | None) -> Any:
