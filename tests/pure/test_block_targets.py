@@ -58,7 +58,7 @@ def test_addresses_that_can_be_a_source_are_blocked_as_their_family_writes_them(
     ],
 )
 def test_addresses_that_are_never_a_source_are_refused_saying_why(text: str, why: str) -> None:
-    with pytest.raises(ValueError, match="") as caught:
+    with pytest.raises(ValueError) as caught:
         block_target(text, [LAN_BROADCAST])
     assert why in str(caught.value)
 
