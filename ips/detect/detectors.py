@@ -103,7 +103,7 @@ class Detectors:
             if isinstance(det, Flood) and not det.per_src and shards > 1:
                 # With several workers, a destination's sources are spread over them (the
                 # queue is chosen by the initiator's address): each counts its share.
-                det.rate = float(spec.params["rate"]) / shards  # type: ignore[arg-type]
+                det.rate = spec.number("rate") / shards
                 det.burst = max(det.rate, 1.0)
                 det.idle = det.burst / det.rate
             self.by_name[name] = det

@@ -37,7 +37,7 @@ class Flood(Detector):
 
     def __init__(self, spec: DetectSpec, memory: int) -> None:
         super().__init__(spec, memory)
-        self.rate = float(spec.params["rate"])  # type: ignore[arg-type]
+        self.rate = spec.number("rate")
         self.per = str(spec.params["per"])
         self.per_src = self.per == "src"
         self.burst = max(self.rate, 1.0)

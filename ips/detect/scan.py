@@ -160,8 +160,8 @@ class ScanDetector(Detector):
 
     def __init__(self, spec: DetectSpec, memory: int) -> None:
         super().__init__(spec, memory)
-        self.threshold = float(spec.params[self.threshold_param])  # type: ignore[arg-type]
-        self.within = float(spec.params["within"])  # type: ignore[arg-type]
+        self.threshold = spec.number(self.threshold_param)
+        self.within = spec.number("within")
         self.entries: dict[ScanKey, ScanEntry] = {}  # in order of window start
         self.pending: deque[Probe] = deque()  # in order of due
         self.index: dict[Tuple5, Probe] = {}  # answer 5-tuple -> pending probe

@@ -98,9 +98,9 @@ class SlowScan(Detector):
     def __init__(self, spec: DetectSpec, memory: int) -> None:
         super().__init__(spec, memory)
         params = spec.params
-        self.within = float(params["within"])  # type: ignore[arg-type]
-        self.ports = float(params["ports"])  # type: ignore[arg-type]
-        self.hosts = float(params["hosts"])  # type: ignore[arg-type]
+        self.within = spec.number("within")
+        self.ports = spec.number("ports")
+        self.hosts = spec.number("hosts")
         distributed = params.get("distributed")
         self.distributed = int(distributed) if distributed else 0  # type: ignore[call-overload]
         self.pairs: dict[tuple[bytes, bytes], PairEntry] = {}  # in order of window start

@@ -83,8 +83,8 @@ class Stealth(Detector):
 
     def __init__(self, spec: DetectSpec, memory: int) -> None:
         super().__init__(spec, memory)
-        self.count = int(spec.params["count"])  # type: ignore[call-overload]
-        self.within = float(spec.params["within"])  # type: ignore[arg-type]
+        self.count = int(spec.number("count"))
+        self.within = spec.number("within")
         self.entries: dict[bytes, StealthEntry] = {}  # by source, in order of window start
 
     def tracked(self) -> int:

@@ -161,6 +161,14 @@ class DetectSpec:
     span: Span
     params: dict[str, object]
 
+    def number(self, key: str) -> float:
+        """A numeric parameter (a count, a rate, a duration in seconds). The resolver stores
+        only numbers under these keys; anything else is a bug, said as such."""
+        value = self.params[key]
+        if not isinstance(value, int | float):
+            raise TypeError(f"detector {self.name}: {key} is {value!r}, not a number")
+        return float(value)
+
 
 @dataclass(frozen=True, slots=True)
 class DetectorSchema:

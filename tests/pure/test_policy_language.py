@@ -946,3 +946,14 @@ def test_gateway_policy_resolves_as_written() -> None:
         "synflood",
         "udpflood",
     }
+
+
+def test_a_detectors_numbers_are_read_as_numbers_and_nothing_else() -> None:
+    """DetectSpec.number: the detectors and the nft translation read counts, rates and
+    windows through it; a non-number under such a key is a resolver bug, said as such."""
+    policy = load_policy_text("detect portscan ports 12 within 30s alert\n", "n.rules")
+    spec = policy.detectors["portscan"]
+    assert spec.number("ports") == 12.0 and spec.number("within") == 30.0
+    spec.params["ports"] = "12"
+    with pytest.raises(TypeError, match="portscan: ports is '12', not a number"):
+        spec.number("ports")

@@ -170,8 +170,8 @@ class DetectorResolver:
                             f"add `detect {name} alert`, or leave '{key}' out",
                         )
                 continue
-            long_window = float(spec.params["within"])  # type: ignore[arg-type]
-            short_window = float(short.params["within"])  # type: ignore[arg-type]
+            long_window = spec.number("within")
+            short_window = short.number("within")
             if long_window <= short_window:
                 self.diags.warning(
                     given.get("within", stmt.name_span),

@@ -407,7 +407,7 @@ def icmp_offload_budget(policy: Policy) -> tuple[int, str] | None:
     spec = policy.detectors.get("icmpflood")
     if spec is None:
         return None
-    rate = float(spec.params["rate"])  # type: ignore[arg-type]
+    rate = spec.number("rate")
     return max(1, int(rate * ICMP_OFFLOAD_SHARE)), str(spec.params["per"])
 
 
