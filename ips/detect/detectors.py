@@ -18,6 +18,7 @@ failed probe too: `rejected`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 from ips.core.events import Block, BlockRequest, DetectorEffect, Effect
 from ips.core.flow import Flow
@@ -108,18 +109,18 @@ class Detectors:
                 det.idle = det.burst / det.rate
             self.by_name[name] = det
         get = self.by_name.get
-        self.portscan: PortScan | None = get("portscan")  # type: ignore[assignment]
-        self.sweep: Sweep | None = get("sweep")  # type: ignore[assignment]
-        self.stealth: Stealth | None = get("stealth")  # type: ignore[assignment]
-        self.icmpflood: Flood | None = get("icmpflood")  # type: ignore[assignment]
-        self.synflood: Flood | None = get("synflood")  # type: ignore[assignment]
-        self.udpflood: Flood | None = get("udpflood")  # type: ignore[assignment]
+        self.portscan = _of(PortScan, get("portscan"))
+        self.sweep = _of(Sweep, get("sweep"))
+        self.stealth = _of(Stealth, get("stealth"))
+        self.icmpflood = _of(Flood, get("icmpflood"))
+        self.synflood = _of(Flood, get("synflood"))
+        self.udpflood = _of(Flood, get("udpflood"))
         self.scans: tuple[ScanDetector, ...] = tuple(
             d for d in (self.portscan, self.sweep) if d is not None
         )
         # The long window hears every weight the scans give (also when a kept scan detector
         # outlives a policy without `detect slowscan`: then it hears nothing).
-        self.slowscan: SlowScan | None = get("slowscan")  # type: ignore[assignment]
+        self.slowscan = _of(SlowScan, get("slowscan"))
         for scan in self.scans:
             scan.slow = self.slowscan
         # TCP flags that need no detector on a flow's later packets
@@ -300,3 +301,14 @@ class Detectors:
 
 
 __all__ = ["GRACE", "Detectors", "Result"]
+
+
+DetectorT = TypeVar("DetectorT", bound=Detector)
+
+
+def _of(kind: type[DetectorT], detector: Detector | None) -> DetectorT | None:
+    """The detector of a policy line, as its class (None when the policy has no such line)."""
+    if detector is None:
+        return None
+    assert isinstance(detector, kind), (detector, kind)  # CLASSES maps each name to its class
+    return detector
