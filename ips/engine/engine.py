@@ -632,7 +632,7 @@ def _detect_app(pkt: Packet, flow: Flow) -> None:
     for detection on its first few data packets and never again."""
     proto = pkt.proto
     if proto == PROTO_TCP:
-        found = detect_stream(pkt.data[pkt.payload_offset :])
+        found = detect_stream(pkt.data, pkt.payload_offset)
         if found is None:
             flow.app_tries += 1
             if flow.app_tries >= APP_DETECT_SEGMENTS:
@@ -640,6 +640,6 @@ def _detect_app(pkt: Packet, flow: Flow) -> None:
             return
         flow.app_proto = found
     elif proto == PROTO_UDP:
-        flow.app_proto = detect_datagram(pkt.data[pkt.payload_offset :])
+        flow.app_proto = detect_datagram(pkt.data, pkt.payload_offset)
     else:
         flow.app_proto = ""  # no application layer to name (ICMP, GRE, ...)
