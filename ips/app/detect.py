@@ -50,86 +50,96 @@ _TLS_MAX_RECORD = 16384 + 2048  # a TLSCiphertext's limit (RFC 8446 section 5.2)
 _QUIC_V1 = 1
 
 
-def detect_stream(data: bytes) -> str | None:
-    """The application protocol of a TCP stream from its first bytes; None: need more."""
-    n = len(data)
-    if n == 0:
+def detect_stream(data: bytes, offset: int = 0) -> str | None:
+    """The application protocol of a TCP stream from its first bytes (those of data from
+    offset on: a packet's payload is read where it lies, not copied); None: need more."""
+    n = len(data) - offset
+    if n <= 0:
         return None
-    b0 = data[0]
+    b0 = data[offset]
     if b0 == 0x16:
-        return _tls(data)
+        return _tls(data, offset)
     if b0 == 0x53:  # "S"
         if n < 4:
-            return None if b"SSH-".startswith(data) else _http_or_unknown(data)
-        if data.startswith(b"SSH-"):
+            rest = data[offset:]
+            return None if b"SSH-".startswith(rest) else _http_or_unknown(data, offset)
+        if data.startswith(b"SSH-", offset):
             return APP_SSH
     if b0 in _HTTP_FIRST:
-        verdict = _http(data)
+        verdict = _http(data, offset)
         if verdict != APP_UNKNOWN:
             return verdict
-    return _dns_tcp(data)
+    return _dns_tcp(data, offset)
 
 
-def detect_datagram(data: bytes) -> str:
-    """The application protocol of a UDP datagram's payload."""
-    if len(data) >= 7 and data[0] & 0xC0 == 0xC0 and _quic_initial(data):
+def detect_datagram(data: bytes, offset: int = 0) -> str:
+    """The application protocol of a UDP datagram's payload (data from offset on)."""
+    end = len(data)
+    if end - offset >= 7 and data[offset] & 0xC0 == 0xC0 and _quic_initial(data, offset):
         return APP_QUIC
-    if _dns_message(data, 0, len(data)):
+    if _dns_message(data, offset, end):
         return APP_DNS
     return APP_UNKNOWN
 
 
-def _tls(data: bytes) -> str | None:
-    n = len(data)
+def _tls(data: bytes, off: int) -> str | None:
+    n = len(data) - off
     if n < 6:
         # Record type 0x16 and a 3.x version so far: wait for the handshake type.
-        if n >= 2 and data[1] != 3:
-            return _dns_tcp(data)
+        if n >= 2 and data[off + 1] != 3:
+            return _dns_tcp(data, off)
         return None
-    if data[1] != 3 or data[2] > 4:
-        return _dns_tcp(data)
-    length = _U16.unpack_from(data, 3)[0]
+    if data[off + 1] != 3 or data[off + 2] > 4:
+        return _dns_tcp(data, off)
+    length = _U16.unpack_from(data, off + 3)[0]
     if length == 0 or length > _TLS_MAX_RECORD:
-        return _dns_tcp(data)
-    if data[5] in (1, 2):  # ClientHello, ServerHello
+        return _dns_tcp(data, off)
+    if data[off + 5] in (1, 2):  # ClientHello, ServerHello
         return APP_TLS
-    return _dns_tcp(data)
+    return _dns_tcp(data, off)
 
 
-def _http(data: bytes) -> str | None:
-    if data.startswith(b"HTTP/1."):
+def _http(data: bytes, off: int) -> str | None:
+    if data.startswith(b"HTTP/1.", off):
         return APP_HTTP
-    if data.startswith(_METHOD_PREFIXES):
+    if data.startswith(_METHOD_PREFIXES, off):
         return APP_HTTP
-    return _http_or_unknown(data)
+    return _http_or_unknown(data, off)
 
 
-def _http_or_unknown(data: bytes) -> str:
+def _http_or_unknown(data: bytes, off: int) -> str:
     # A prefix of a method (or of "HTTP/1.") that is not complete yet could still be HTTP.
-    if len(data) < _LONGEST_METHOD and (
-        any(m.startswith(data) for m in _METHOD_PREFIXES) or b"HTTP/1.".startswith(data)
-    ):
-        return None  # type: ignore[return-value]
+    if len(data) - off < _LONGEST_METHOD:
+        rest = data[off:]
+        if any(m.startswith(rest) for m in _METHOD_PREFIXES) or b"HTTP/1.".startswith(rest):
+            return None  # type: ignore[return-value]
     return APP_UNKNOWN
 
 
-def _dns_tcp(data: bytes) -> str | None:
-    n = len(data)
+def _dns_tcp(data: bytes, off: int) -> str | None:
+    n = len(data) - off
     if n < 2 + 12:
         # Only a DNS length prefix and header could still be coming.
-        return None if n < 2 or _U16.unpack_from(data)[0] >= 17 else APP_UNKNOWN
-    length = _U16.unpack_from(data)[0]
+        return None if n < 2 or _U16.unpack_from(data, off)[0] >= 17 else APP_UNKNOWN
+    length = _U16.unpack_from(data, off)[0]
     if length < 17:  # header + the shortest question (root name, type, class)
         return APP_UNKNOWN
-    end = min(n, 2 + length)
-    if _dns_message(data, 2, end):
+    # The header is whole here (n >= 14): without a sane one this is no DNS, complete or not.
+    if not _dns_header_ok(data, off + 2):
+        return APP_UNKNOWN
+    end = min(len(data), off + 2 + length)
+    if end - (off + 2) >= 17 and _dns_question(data, off + 14, end):
         return APP_DNS
-    if n < 2 + length and _dns_header_ok(data, 2):
+    if n < 2 + length:
         return None  # the question may be in the next segment
     return APP_UNKNOWN
 
 
 def _dns_header_ok(data: bytes, off: int) -> bool:
+    # The question count first, byte by byte: it turns away most bytes that are not DNS
+    # before anything is unpacked (detection runs once per flow, on whatever it carries).
+    if data[off + 4] or data[off + 5] != 1:
+        return False
     _id, flags, qd, an, ns, ar = _DNS_HEADER.unpack_from(data, off)
     opcode = (flags >> 11) & 0xF
     if opcode not in (0, 1, 2, 4, 5, 6):
@@ -145,7 +155,11 @@ def _dns_message(data: bytes, off: int, end: int) -> bool:
     """A sane header and one question that parses within [off, end)."""
     if end - off < 17 or not _dns_header_ok(data, off):
         return False
-    pos = off + 12
+    return _dns_question(data, off + 12, end)
+
+
+def _dns_question(data: bytes, pos: int, end: int) -> bool:
+    """One question that parses within [pos, end)."""
     # The question's name: plain labels only (nothing to point back at yet), <= 255 bytes.
     total = 0
     while True:
@@ -167,14 +181,15 @@ def _dns_message(data: bytes, off: int, end: int) -> bool:
     return qclass in (1, 3, 4, 254, 255)
 
 
-def _quic_initial(data: bytes) -> bool:
-    b0 = data[0]
+def _quic_initial(data: bytes, off: int) -> bool:
+    b0 = data[off]
     if b0 & 0x30:  # long-header packet type 0 is Initial
         return False
-    if _U32.unpack_from(data, 1)[0] != _QUIC_V1:
+    if _U32.unpack_from(data, off + 1)[0] != _QUIC_V1:
         return False
-    dcid_len = data[5]
-    if dcid_len > 20 or len(data) < 7 + dcid_len:
+    dcid_len = data[off + 5]
+    n = len(data) - off
+    if dcid_len > 20 or n < 7 + dcid_len:
         return False
-    scid_len = data[6 + dcid_len]
-    return scid_len <= 20 and len(data) >= 7 + dcid_len + scid_len
+    scid_len = data[off + 6 + dcid_len]
+    return scid_len <= 20 and n >= 7 + dcid_len + scid_len

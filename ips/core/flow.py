@@ -178,11 +178,13 @@ class FlowStats:
 class Flow:
     """One bidirectional flow. The initiator's view (family, proto, src, sport, dst, dport) is
     that of the first packet seen. `replied` is conntrack's "seen reply": what policy calls
-    state established. cache_fwd, cache_rev, nat and user belong to the engine; the table never
-    reads them. end_reason is set when the flow leaves the table (END_*)."""
+    state established. cache_fwd, cache_rev, nat, user, app_proto and app_tries belong to the
+    engine; the table never reads them. end_reason is set when the flow leaves the table (END_*)."""
 
     __slots__ = (
         "_slot",
+        "app_proto",
+        "app_tries",
         "back_since",
         "bytes_fwd",
         "bytes_rev",
@@ -243,6 +245,12 @@ class Flow:
         # adapter knows it (the engine sets it from Meta.mac).
         self.ttl = pkt.ttl
         self.mac: bytes | None = None
+        # The application protocol found in the payload by the engine (ips/app/detect.py's
+        # words: tls, http, dns, ssh, quic, or unknown when detection gave up); None while
+        # not known yet, "" for protocols that carry none (not TCP or UDP). app_tries counts
+        # the data segments looked at, so detection on a TCP flow gives up after a few.
+        self.app_proto: str | None = None
+        self.app_tries = 0
         self._slot = _GONE
 
     @property

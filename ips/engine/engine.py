@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ips.app.detect import APP_UNKNOWN, detect_datagram, detect_stream
 from ips.core.addr import format_addr
 from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.core.decode import decode_frame, decode_ipv4, decode_l3
@@ -41,7 +42,7 @@ from ips.core.events import (
 )
 from ips.core.flow import Flow, FlowTable, FlowTimeouts
 from ips.core.link import LinkView
-from ips.core.packet import LINKTYPE_RAW, Malformed, Packet
+from ips.core.packet import LINKTYPE_RAW, PROTO_TCP, PROTO_UDP, Malformed, Packet
 from ips.core.tables import DynamicTable
 from ips.detect import Detectors
 from ips.engine import nat
@@ -252,6 +253,8 @@ class Engine:
                 if pkt.__class__ is not Packet:
                     return self._undecodable(pkt)
         flow, fwd = self.flows.track(pkt, now)
+        if flow.app_proto is None and pkt.payload_offset < pkt.length:
+            _detect_app(pkt, flow)
         if mac is not None and fwd and flow.mac is None:
             flow.mac = mac  # who sent the flow's first packet: evidence for a block
         effects: list[Effect] | None = None
@@ -615,3 +618,28 @@ def _limit_key(per: str, pkt: Packet, flow: Flow) -> object:
     if per == "flow":
         return flow.flow_id
     return None
+
+
+# Data segments of a TCP flow looked at before detection gives up: without reassembly (yet),
+# each is judged alone, and a protocol not named by then is not going to be.
+APP_DETECT_SEGMENTS = 4
+
+
+def _detect_app(pkt: Packet, flow: Flow) -> None:
+    """Name the flow's application protocol from this packet's payload (ips/app/detect.py).
+
+    Called only while flow.app_proto is None and the packet carries payload, so a flow pays
+    for detection on its first few data packets and never again."""
+    proto = pkt.proto
+    if proto == PROTO_TCP:
+        found = detect_stream(pkt.data, pkt.payload_offset)
+        if found is None:
+            flow.app_tries += 1
+            if flow.app_tries >= APP_DETECT_SEGMENTS:
+                flow.app_proto = APP_UNKNOWN
+            return
+        flow.app_proto = found
+    elif proto == PROTO_UDP:
+        flow.app_proto = detect_datagram(pkt.data, pkt.payload_offset)
+    else:
+        flow.app_proto = ""  # no application layer to name (ICMP, GRE, ...)

@@ -182,6 +182,18 @@ def log_record(log: LogRecord, in_iface: str | None = None) -> Record:
     return record
 
 
+# A flow's app_proto as Suricata writes it: "failed" where detection gave up; a flow whose
+# protocol is not known (no payload seen, or none to look for) has no app_proto at all.
+EVE_APP_PROTOS: dict[str | None, str] = {
+    "tls": "tls",
+    "http": "http",
+    "dns": "dns",
+    "ssh": "ssh",
+    "quic": "quic",
+    "unknown": "failed",
+}
+
+
 def flow_record(end: FlowEnd, in_iface: str | None = None) -> Record:
     flow = end.flow
     ev = PacketEvent(
@@ -196,6 +208,9 @@ def flow_record(end: FlowEnd, in_iface: str | None = None) -> Record:
     )
     record = _base(ev, "flow", in_iface)
     f = flow
+    app = EVE_APP_PROTOS.get(getattr(f, "app_proto", None))
+    if app is not None:
+        record["app_proto"] = app
     state = "established" if f.replied else "new"
     tcp_state = TCP_STATE_NAMES[f.tcp_state] if f.proto == 6 else None
     if tcp_state in ("closed", "closing", "time_wait"):
@@ -279,11 +294,14 @@ def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
         )
     else:
         tail = "}}"
+    app = EVE_APP_PROTOS.get(getattr(f, "app_proto", None))
+    app_field = f',"app_proto":"{app}"' if app is not None else ""
     first, last = f.first_seen, f.last_seen
     bypass = ',"bypass":"capture"' if getattr(f, "offloaded", False) else ""
     return (
         f'{{"timestamp":"{eve_timestamp(end.time)}","flow_id":{f.flow_id}{iface}'
-        f',"event_type":"flow","src_ip":"{endpoints},"proto":"{_proto_label(proto)}","flow":{{'
+        f',"event_type":"flow","src_ip":"{endpoints},"proto":"{_proto_label(proto)}"{app_field}'
+        f',"flow":{{'
         f'"pkts_toserver":{f.pkts_fwd},"pkts_toclient":{f.pkts_rev},'
         f'"bytes_toserver":{f.bytes_fwd},"bytes_toclient":{f.bytes_rev},'
         f'"start":"{eve_timestamp(first)}","end":"{eve_timestamp(last)}",'

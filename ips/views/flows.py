@@ -26,6 +26,7 @@ from typing import Any
 from ips.core.addr import format_addr
 from ips.core.flow import TCP_STATE_NAMES
 from ips.policy.names import PROTOCOLS, SERVICES
+from ips.sinks.eve import EVE_APP_PROTOS
 
 SORT_KEYS = ("bytes", "packets", "duration")
 GROUPS = ("src", "dst", "port")
@@ -134,6 +135,8 @@ def flow_row(f: Any, now: float) -> dict[str, Any]:
         "state": TCP_STATE_NAMES[f.tcp_state]
         if f.proto == 6
         else ("established" if f.replied else "new"),
+        # EVE's word (tls, http, dns, ssh, quic, failed); None while not known.
+        "app_proto": EVE_APP_PROTOS.get(getattr(f, "app_proto", None)),
     }
 
 
@@ -193,21 +196,22 @@ def select_flows(
 # ---- as text ------------------------------------------------------------------------------------
 
 CSV_FIELDS = ("id", "proto", "src", "sport", "dst", "dport", "packets", "bytes", "bytes_fwd",
-              "bytes_rev", "duration", "idle", "state")  # fmt: skip
+              "bytes_rev", "duration", "idle", "state", "app_proto")  # fmt: skip
 
 
 def format_flows(rows: list[dict[str, Any]], total: int) -> str:
     if not rows:
         return "no flows" + (f" (of {total})" if total else "")
     lines = [
-        f"{'PROTO':<6} {'SOURCE':<45} {'DESTINATION':<45} {'PKTS':>8} {'BYTES':>10} "
+        f"{'PROTO':<6} {'APP':<6} {'SOURCE':<45} {'DESTINATION':<45} {'PKTS':>8} {'BYTES':>10} "
         f"{'DURATION':>9}  STATE"
     ]
     for r in rows:
+        app = r.get("app_proto") or "-"
         src = _endpoint(r["src"], r["sport"], r["proto"])
         dst = _endpoint(r["dst"], r["dport"], r["proto"])
         lines.append(
-            f"{r['proto']:<6} {src:<45} {dst:<45} {r['packets']:>8} {r['bytes']:>10} "
+            f"{r['proto']:<6} {app:<6} {src:<45} {dst:<45} {r['packets']:>8} {r['bytes']:>10} "
             f"{r['duration']:>8.1f}s  {r['state']}"
         )
     lines.append(f"{len(rows)} of {total} flow{'s' if total != 1 else ''}")

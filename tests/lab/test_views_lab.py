@@ -95,6 +95,7 @@ def test_flows_and_top_as_an_unprivileged_user(open_dir: Path) -> None:
         rows = json.loads(out.stdout)["flows"]
         assert len(rows) == 2 and all(r["dst"] == SERVER and r["proto"] == "tcp" for r in rows)
         assert all(r["bytes"] > 0 and r["packets"] >= 3 for r in rows)
+        assert all(r["app_proto"] == "http" for r in rows), rows  # named by content
         out = as_nobody(box, "flows", "--csv", "--sort", "packets", "--top", "1")
         table = list(csv.DictReader(io.StringIO(out.stdout)))
         assert len(table) == 1 and table[0]["src"] == CLIENT and table[0]["dport"] == "80"

@@ -87,6 +87,15 @@ def test_every_parser_on_random_and_mutated_input(data: bytes) -> None:
     check_ssh(data)
 
 
+@settings(max_examples=2000, deadline=None)
+@given(inputs, st.binary(max_size=60))
+def test_detection_at_an_offset_reads_what_a_copy_would(data: bytes, before: bytes) -> None:
+    # The engine hands a packet and its payload's offset to detection, not a copy.
+    whole = before + data
+    assert detect_stream(whole, len(before)) == detect_stream(data)
+    assert detect_datagram(whole, len(before)) == detect_datagram(data)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.integers(1, 300))
 def test_dns_pointer_chains_end(depth: int) -> None:

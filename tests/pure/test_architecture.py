@@ -39,7 +39,7 @@ LOWER = {
     "translate": {"core", "policy"},
     "detect": {"core", "policy"},
     "app": {"core"},  # application-layer parsers and reassembly (issue 20): pure
-    "engine": {"core", "policy", "detect", "translate"},
+    "engine": {"core", "policy", "detect", "translate", "app"},
     "kernel": {"core", "policy", "translate", "safefile"},
     "io": {"core", "policy", "detect", "translate", "engine", "kernel"},
     "sinks": {"core", "policy", "engine", "safefile"},

@@ -232,7 +232,8 @@ def test_flow_lines_are_the_flow_records_json() -> None:
     """flow_line writes a flow record's JSON itself (the commonest record, made cheaper): it
     must be json.dumps of flow_record, character for character, for flows of every kind —
     TCP in every state and with every flag, UDP, ICMP, IPv6, protocols without ports,
-    offloaded or not, and interface names and end reasons that need escaping."""
+    offloaded or not, with every app_proto or none, and interface names and end reasons that
+    need escaping."""
     rng = random.Random(9)
     table = FlowTable(max_flows=10_000)
     v4 = ("10.10.1.21", "192.0.2.7", "0.0.0.0", "255.255.255.255")
@@ -261,8 +262,12 @@ def test_flow_lines_are_the_flow_records_json() -> None:
     assert {f.tcp_state for f in flows if f.proto == 6} == set(range(len(TCP_STATE_NAMES)))
     reasons = ("timeout", "evicted", "reused", "shutdown", "drained", 'odd "reason"\\', "é")
     ifaces = (None, "", "lan0", 'we"ird\\', "lan\u00e9")
+    # Every application protocol the engine names, "unknown" (EVE's "failed"), not known yet
+    # (None) and none to name ("").
+    apps = (None, "", "tls", "http", "dns", "ssh", "quic", "unknown")
     for flow in flows:
         flow.offloaded = rng.random() < 0.3
+        flow.app_proto = rng.choice(apps)
         end = FlowEnd(flow, rng.choice(reasons), now + rng.random())
         iface = rng.choice(ifaces)
         want = json.dumps(flow_record(end, iface), separators=(",", ":"))
