@@ -3,47 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from labkit import ROOT, need_root, unique_prefix
+from benchkit import BENCH, ROOT, bench_module, run_bench
+from labkit import need_root, unique_prefix
 
 from ips.lab import netns
-
-BENCH = ROOT / "bench" / "lab.py"
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_lab", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_lab"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _run(script: Path, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """A bench script, run as its README line says (from the checkout, output captured)."""
-    return subprocess.run(
-        [sys.executable, str(script), *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 def test_quick_run_measures_kernel_conntrack_and_accept_only(tmp_path: Path) -> None:
     need_root()
     out_json = tmp_path / "lab.json"
     before = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
-    res = _run(
+    res = run_bench(
         BENCH,
         "--quick",
         "--seconds",
@@ -98,7 +73,7 @@ def test_nfq_client_bench_runs_its_variants_in_a_lab(tmp_path: Path) -> None:
     client still goes end to end (it once broke when lab_for grew an option)."""
     need_root()
     out_json = tmp_path / "nfq.json"
-    res = _run(
+    res = run_bench(
         NFQ_CLIENT_BENCH,
         "--runs",
         "1",
@@ -125,7 +100,7 @@ def test_lab_for_refuses_bad_arguments_before_it_brings_a_lab_up(
     """An argument lab_for cannot use fails before netns.up, not after it (where it left a
     lab's namespaces and processes behind)."""
     need_root()
-    lab = _bench_module()
+    lab = bench_module()
     prefix = unique_prefix("blt")
     monkeypatch.setattr(lab, "unique_prefix", lambda: prefix)
     args = argparse.Namespace(seconds=1.0, fail_mode="closed")  # no nfq_client

@@ -3,43 +3,15 @@ lab measures every figure for the kernel and the accept-only loop (behaviour, ne
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from benchkit import BENCH, bench_module, run_bench
 
 from ips.core.build import build_packet
 from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from ips.engine import Engine, Meta
 from ips.policy.resolve import load_policy_text
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository
-BENCH = ROOT / "bench" / "lab.py"
 META = Meta(iif="lan0", oif="dmz0")
-
-
-def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_lab", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_lab"] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _run(script: Path, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """A bench script, run as its README line says (from the checkout, output captured)."""
-    return subprocess.run(
-        [sys.executable, str(script), *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 def _bench_packets(lab) -> list[bytes]:
@@ -64,7 +36,7 @@ def _verdicts(text: str, packets: list[bytes]) -> list[str]:
 
 
 def test_bench_policies_accept_the_bench_traffic_and_only_add_what_they_say() -> None:
-    lab = _bench_module()
+    lab = bench_module()
     base = lab.GATEWAY_RULES.read_text()
     packets = _bench_packets(lab)
     # gateway.rules itself refuses the bench's ports: the bench policy's accept is needed.
@@ -83,13 +55,13 @@ def test_bench_policies_accept_the_bench_traffic_and_only_add_what_they_say() ->
 
 @pytest.mark.parametrize("argv", [["--only", "nosuch"], ["--runs", "0"]])
 def test_bad_arguments_are_refused_clearly(argv: list[str]) -> None:
-    res = _run(BENCH, *argv, timeout=60)
+    res = run_bench(BENCH, *argv, timeout=60)
     assert res.returncode == 2
     assert "nosuch" in res.stderr if "nosuch" in argv else "--runs" in res.stderr
 
 
 def test_ratios_are_shown_so_that_they_do_not_round_onto_their_goal() -> None:
-    lab = _bench_module()
+    lab = bench_module()
     assert lab.shown_ratio(0.95123, 0.95) == 0.951
     assert lab.shown_ratio(0.49984, 0.5) == 0.4998  # not "0.5 … NOT met"
     assert lab.shown_ratio(0.50004, 0.5) == 0.5  # 0.50004 >= 0.5: met, and shown so
@@ -101,7 +73,7 @@ def test_ratios_are_shown_so_that_they_do_not_round_onto_their_goal() -> None:
 def test_report_computes_ratios_and_targets_from_medians(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    lab = _bench_module()
+    lab = bench_module()
 
     def ok(tcp: float, udp: float, conn: float, p50: float, queued: dict[int, int] | None = None):
         median = {
