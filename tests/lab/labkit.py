@@ -28,6 +28,12 @@ ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_LAB = ROOT / "labs" / "gateway.yaml"
 GATEWAY_RULES = ROOT / "policies" / "gateway.rules"
 TIMEOUT = 15
+# nmap's options for a quick scan of the lab's server: one try per port, short timeouts, so
+# a scan of 200 ports ends in seconds; the tests add the scan type, the ports and the target.
+NMAP_QUICK = [
+    "-Pn", "-n", "-T4", "--max-retries", "0", "--host-timeout", "20s",
+    "--initial-rtt-timeout", "100ms", "--max-rtt-timeout", "200ms",
+]  # fmt: skip
 
 CLIENT, ATTACKER, SERVER = "10.10.1.20", "10.10.1.66", "10.10.2.10"
 

@@ -13,7 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
-from labkit import ATTACKER, CLIENT, GATEWAY_RULES, SERVER, InlineLab, inline_lab, wait_until
+from labkit import (
+    ATTACKER,
+    CLIENT,
+    GATEWAY_RULES,
+    NMAP_QUICK,
+    SERVER,
+    InlineLab,
+    inline_lab,
+    wait_until,
+)
 
 BLOCK_SECONDS = 30  # outlasts a scan of filtered ports, so checks see the block
 SHORT_BLOCK = 8  # for the test that waits for a block to expire
@@ -103,17 +112,7 @@ def test_nmap_scan_is_detected_and_blocked_in_the_kernel(tmp_path: Path, kind: s
                 "attacker",
                 [
                     *SCANS[kind],
-                    "-Pn",
-                    "-n",
-                    "-T4",
-                    "--max-retries",
-                    "0",
-                    "--host-timeout",
-                    "20s",
-                    "--initial-rtt-timeout",
-                    "100ms",
-                    "--max-rtt-timeout",
-                    "200ms",
+                    *NMAP_QUICK,
                     "-p",
                     "1-200",
                     SERVER,

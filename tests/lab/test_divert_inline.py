@@ -15,7 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labkit import ATTACKER, CLIENT, GATEWAY_RULES, SERVER, InlineLab, inline_lab, wait_until
+from labkit import (
+    ATTACKER,
+    CLIENT,
+    GATEWAY_RULES,
+    NMAP_QUICK,
+    SERVER,
+    InlineLab,
+    inline_lab,
+    wait_until,
+)
 from test_attacks import ClientProbe, attack_policy, detector_alerts
 from test_inline import check_gateway_verdicts
 
@@ -110,17 +119,7 @@ def test_nmap_scan_is_detected_and_blocked(tmp_path: Path) -> None:
                 [
                     "nmap",
                     "-sS",
-                    "-Pn",
-                    "-n",
-                    "-T4",
-                    "--max-retries",
-                    "0",
-                    "--host-timeout",
-                    "20s",
-                    "--initial-rtt-timeout",
-                    "100ms",
-                    "--max-rtt-timeout",
-                    "200ms",
+                    *NMAP_QUICK,
                     "-p",
                     "1-200",
                     SERVER,
