@@ -409,16 +409,28 @@ def _first_message(
 # ClientHello
 
 
-def parse_client_hello(buf: bytes) -> ClientHello | NeedMore | Malformed:
-    """Parse the ClientHello at the start of a client->server TLS stream (records included)."""
+def _first_record_message(
+    buf: bytes, expected: int
+) -> tuple[bytes | memoryview, int, int, bool, int] | NeedMore | Malformed:
+    """The first handshake message of a stream of TLS records, of type `expected`: (the
+    handshake stream, body start, body end, whether the records stopped, record version)."""
     got = _handshake_bytes(buf)
     if isinstance(got, Malformed):
         return got
     stream, stopped, record_version = got
-    where = _first_message(stream, 0, stopped, HS_CLIENT_HELLO)
+    where = _first_message(stream, 0, stopped, expected)
     if not isinstance(where, tuple):
         return where
-    hello = _client_hello_body(stream, where[0], where[1])
+    return stream, where[0], where[1], stopped, record_version
+
+
+def parse_client_hello(buf: bytes) -> ClientHello | NeedMore | Malformed:
+    """Parse the ClientHello at the start of a client->server TLS stream (records included)."""
+    found = _first_record_message(buf, HS_CLIENT_HELLO)
+    if not isinstance(found, tuple):
+        return found
+    stream, start, end, _, record_version = found
+    hello = _client_hello_body(stream, start, end)
     if isinstance(hello, ClientHello):
         hello.record_version = record_version
     return hello
@@ -611,14 +623,11 @@ def _key_shares(b: bytes | memoryview, p: int, q: int) -> tuple[tuple[int, int],
 
 def parse_server_hello(buf: bytes) -> ServerHello | NeedMore | Malformed:
     """Parse the ServerHello at the start of a server->client TLS stream (records included)."""
-    got = _handshake_bytes(buf)
-    if isinstance(got, Malformed):
-        return got
-    stream, stopped, record_version = got
-    where = _first_message(stream, 0, stopped, HS_SERVER_HELLO)
-    if not isinstance(where, tuple):
-        return where
-    hello = _server_hello_body(stream, where[0], where[1])
+    found = _first_record_message(buf, HS_SERVER_HELLO)
+    if not isinstance(found, tuple):
+        return found
+    stream, start, end, _, record_version = found
+    hello = _server_hello_body(stream, start, end)
     if isinstance(hello, ServerHello):
         hello.record_version = record_version
     return hello
@@ -628,20 +637,16 @@ def parse_server_flight(buf: bytes) -> ServerFlight | NeedMore | Malformed:
     """Parse the ServerHello and, for a full TLS <= 1.2 handshake, the Certificate message that
     follows it. TLS 1.3 (encrypted certificates), a HelloRetryRequest and an abbreviated
     handshake (a resumed session: no Certificate) complete with `certificate` None."""
-    got = _handshake_bytes(buf)
-    if isinstance(got, Malformed):
-        return got
-    stream, stopped, record_version = got
-    where = _first_message(stream, 0, stopped, HS_SERVER_HELLO)
-    if not isinstance(where, tuple):
-        return where
-    hello = _server_hello_body(stream, where[0], where[1])
+    found = _first_record_message(buf, HS_SERVER_HELLO)
+    if not isinstance(found, tuple):
+        return found
+    stream, start, p, stopped, record_version = found
+    hello = _server_hello_body(stream, start, p)
     if isinstance(hello, Malformed):
         return hello
     hello.record_version = record_version
     if hello.selected_version >= TLS13 or hello.hello_retry:
         return ServerFlight(hello, None)
-    p = where[1]
     n = len(stream)
     if n == p:
         return ServerFlight(hello, None) if stopped else NEED_MORE
