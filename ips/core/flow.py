@@ -40,6 +40,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ips.core.app_fields import AppFields
 from ips.core.packet import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -178,12 +179,15 @@ class FlowStats:
 class Flow:
     """One bidirectional flow. The initiator's view (family, proto, src, sport, dst, dport) is
     that of the first packet seen. `replied` is conntrack's "seen reply": what policy calls
-    state established. cache_fwd, cache_rev, nat, user, app_proto and app_tries belong to the
-    engine; the table never reads them. end_reason is set when the flow leaves the table (END_*)."""
+    state established. cache_fwd, cache_rev, nat, user, mac and the app_* and dst_name fields
+    belong to the engine; the table never reads them. end_reason is set when the flow leaves
+    the table (END_*)."""
 
     __slots__ = (
         "_slot",
+        "app",
         "app_proto",
+        "app_state",
         "app_tries",
         "back_since",
         "bytes_fwd",
@@ -192,6 +196,7 @@ class Flow:
         "cache_rev",
         "dport",
         "dst",
+        "dst_name",
         "end_reason",
         "family",
         "first_seen",
@@ -251,6 +256,14 @@ class Flow:
         # the data segments looked at, so detection on a TCP flow gives up after a few.
         self.app_proto: str | None = None
         self.app_tries = 0
+        # What the application layer learned (ips/core/app_fields.py), None until the
+        # inspector (ips/app/inspect.py) starts on the flow; app_state is the inspector's own
+        # per-flow state (reassembly, partial parses), None once it has nothing left to read,
+        # so a flow past its decision pays one attribute check.
+        self.app: AppFields | None = None
+        self.app_state: Any = None
+        # The name passive DNS gave the responder's address when the flow began (or None).
+        self.dst_name: str | None = None
         self._slot = _GONE
 
     @property
