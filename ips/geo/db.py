@@ -111,7 +111,7 @@ class GeoInfo:
         return self.scope if self.scope != "public" else "-"
 
 
-def _country_of(record: Any) -> str | None:
+def country_of_record(record: Any) -> str | None:
     if not isinstance(record, dict):
         return None
     code = record.get("country_code")
@@ -120,7 +120,7 @@ def _country_of(record: Any) -> str | None:
     return code if isinstance(code, str) and code else None
 
 
-def _asn_of(record: Any) -> tuple[int | None, str | None]:
+def asn_of_record(record: Any) -> tuple[int | None, str | None]:
     if not isinstance(record, dict):
         return None, None
     number = record.get("autonomous_system_number")
@@ -205,9 +205,9 @@ class GeoDb:
         org: str | None = None
         if scope == "public":
             if self.country is not None:
-                country = _country_of(self.country.get(address))
+                country = country_of_record(self.country.get(address))
             if self.asn is not None:
-                asn, org = _asn_of(self.asn.get(address))
+                asn, org = asn_of_record(self.asn.get(address))
         if site is not None:  # the operator's word first, the databases for what it leaves out
             country = site.country or country
             if site.asn is not None:  # the database's organisation belongs to its own number
