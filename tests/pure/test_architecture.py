@@ -39,6 +39,7 @@ LOWER = {
     "translate": {"core", "policy"},
     "detect": {"core", "policy"},
     "app": {"core"},  # application-layer parsers and reassembly (issue 20): pure
+    "geo": {"core", "safefile"},  # country, ASN, site file, service names (issue 22)
     "engine": {"core", "policy", "detect", "translate", "app"},
     "kernel": {"core", "policy", "translate", "safefile"},
     "io": {"core", "policy", "detect", "translate", "engine", "kernel"},
