@@ -150,7 +150,8 @@ def build(kind: str, csv_files: tuple[str, ...], output: str, description: str) 
     except OSError as exc:
         click.echo(f"ipsctl: cannot write {output}: {exc}", err=True)
         sys.exit(EXIT_POLICY)
+    plural = "" if overlaps == 1 else "s"
     click.echo(
-        f"{output}: {kind} database, {ranges} ranges ({overlaps} overlap{"s" if overlaps != 1 else ""} resolved), "
+        f"{output}: {kind} database, {ranges} ranges ({overlaps} overlap{plural} resolved), "
         f"{len(data)} bytes"
     )
