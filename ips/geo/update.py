@@ -133,6 +133,9 @@ def _check_reader(path: str, data: bytes, reader: maxminddb.Reader, kind: str | 
     try:
         for text in well_known:
             well_known_records[text] = reader.get(text)
+            record_kind = _kind_of(well_known_records[text])
+            if record_kind is not None:
+                kinds_found[record_kind] += 1
         for address in _samples(meta.ip_version):
             record = reader.get(address)
             if record is None:
@@ -153,7 +156,7 @@ def _check_reader(path: str, data: bytes, reader: maxminddb.Reader, kind: str | 
             raise GeoDataError(
                 f"{path}: cannot tell whether it is a country or an ASN database "
                 f"({kinds_found['country']} country and {kinds_found['asn']} ASN records "
-                "among the samples); give --kind"
+                "among the sample addresses); give --kind"
             )
         kind = present[0]
     _walk(path, reader, int(meta.node_count))
