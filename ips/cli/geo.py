@@ -62,7 +62,9 @@ def _sites(path: str | None) -> SiteMap | None:
 @GEO_DIR_OPTION
 @click.option("--site", "site_file", metavar="FILE", help="site file, consulted first")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per address, a line each")
-def lookup(addresses: tuple[str, ...], geo_dir: str | None, site_file: str | None, as_json: bool) -> None:
+def lookup(
+    addresses: tuple[str, ...], geo_dir: str | None, site_file: str | None, as_json: bool
+) -> None:
     """What the site file and the databases say about ADDR…"""
     sites = _sites(site_file)
     try:

@@ -31,7 +31,7 @@ import maxminddb
 from ips.geo.db import ASN_FILE, COUNTRY_FILE, asn_of_record, country_of_record
 from ips.safefile import replace_private_file
 
-__all__ = ["GeoDataError", "Checked", "check_database", "install_databases"]
+__all__ = ["Checked", "GeoDataError", "check_database", "install_databases"]
 
 MAX_FILE = 1 << 30  # a country or ASN database is tens of MB; a bigger file is not one
 DATA_MODE = 0o644  # public data: any user may read it (ipsctl geo lookup as a user)
@@ -74,7 +74,8 @@ def _samples(ip_version: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Addr
     if ip_version == 6:  # spread over 2000::/3, the global unicast space
         base = int(ipaddress.IPv6Address("2000::"))
         out += [
-            ipaddress.IPv6Address(base + (i * (1 << 125)) // _SPREAD + 0x1234) for i in range(_SPREAD)
+            ipaddress.IPv6Address(base + (i * (1 << 125)) // _SPREAD + 0x1234)
+            for i in range(_SPREAD)
         ]
     return out
 

@@ -41,4 +41,3 @@ def test_the_registry_is_the_full_one() -> None:
     names, pairs = registry_size()
     assert names > 6000
     assert pairs > 11000
-

@@ -153,7 +153,7 @@ def test_kind_is_told_by_the_records_or_refused(tmp_path: Path) -> None:
     path = tmp_path / "a.mmdb"
     path.write_bytes(small_asn_db())
     assert check_database(str(path)).kind == "asn"
-    with pytest.raises(GeoDataError, match="no country record for 1.1.1.1"):
+    with pytest.raises(GeoDataError, match=r"no country record for 1\.1\.1\.1"):
         check_database(str(path), "country")
     odd = tmp_path / "odd.mmdb"
     odd.write_bytes(build_mmdb([(*range_of("1.0.0.0", "9.0.0.0"), {"x": 1})], "odd", EPOCH))
