@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 
 import pytest
 from captures import PCAPS, pcap_names
@@ -143,18 +142,17 @@ def test_packed_and_text_agree_and_bad_lengths_raise(geo: GeoDb) -> None:
         geo.lookup_text("not an address")
 
 
-def test_a_repeated_address_costs_under_two_microseconds(geo: GeoDb) -> None:
+def test_a_repeated_address_is_answered_from_the_cache(geo: GeoDb) -> None:
+    # The cost itself is measured by bench/geo.py, not asserted here: a timed test on a
+    # shared machine fails for reasons that are not the code's.
     addresses = [ipaddress.ip_address(0x08080000 + i).packed for i in range(256)]
-    for a in addresses:
-        geo.lookup(a)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(20):
-            for a in addresses:
-                geo.lookup(a)
-        best = min(best, (time.perf_counter() - start) / (20 * len(addresses)))
-    assert best < 2e-6, f"{best * 1e6:.2f} µs per cached lookup"
+    first = [geo.lookup(a) for a in addresses]
+    before = geo.cache_info()
+    again = [geo.lookup(a) for a in addresses]
+    after = geo.cache_info()
+    assert again == first
+    assert after.hits - before.hits == len(addresses)
+    assert after.misses == before.misses
 
 
 def test_a_missing_directory_gives_scopes_and_no_data(tmp_path: object) -> None:
