@@ -176,11 +176,13 @@ def render(state: TopState) -> RenderableType:
         ev = a.get("event") or {}
         al = ev.get("alert") or {}
         when = time.strftime("%H:%M:%S", time.localtime(float(a.get("time") or 0)))
+        # The responder's passive DNS name rides in the alert as ipsctl.dst_name.
+        name = (ev.get("ipsctl") or {}).get("dst_name")
         alert_rows.append(
             [
                 when,
                 str(al.get("category", "")),
-                f"{ev.get('src_ip')} > {ev.get('dest_ip')}",
+                f"{ev.get('src_ip')} > {ev.get('dest_ip')}" + (f" ({name})" if name else ""),
                 str(al.get("action", "")),
                 str(al.get("signature", "")),
             ]

@@ -160,7 +160,13 @@ def test_top_shows_destinations_with_their_names() -> None:
         if msg["op"] == "flows":
             return select_flows(flows, 200.0, group=msg["group"], top=msg["top"])
         if msg["op"] == "alerts":
-            return {"ok": True, "seq": 0, "alerts": []}
+            event = {
+                "src_ip": "10.0.0.1",
+                "dest_ip": "10.0.0.8",
+                "ipsctl": {"dst_name": "api.shop.example.com"},
+                "alert": {"signature": "no shopping"},
+            }
+            return {"ok": True, "seq": 1, "alerts": [{"seq": 1, "time": 0, "event": event}]}
         return {"ok": True, "blocks": []}
 
     state = TopState()
@@ -171,3 +177,4 @@ def test_top_shows_destinations_with_their_names() -> None:
     assert "top destinations" in text
     line = next(x for x in text.splitlines() if "10.0.0.8" in x and "shop" in x)
     assert "api.shop.example.com" in line
+    assert "10.0.0.1 > 10.0.0.8 (api.shop.example.com)" in text  # the alert names its target
