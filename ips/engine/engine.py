@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ips.app.inspect import AppCounters, AppInspector, NameSource
+from ips.app.passive_dns import PassiveDns
 from ips.core.addr import format_addr
 from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.core.decode import decode_frame, decode_ipv4, decode_l3
@@ -141,13 +142,13 @@ class Engine:
         self.blocks = BlockManager(never_block)
         self.evidence = BlockEvidence()
         self.detect: Detectors | None = None  # None: the policy has no `detect` line
-        # Passive DNS: the inspector teaches it every DNS answer and asks it the name of each
-        # new flow's responder (flow.dst_name). None: no names.
-        self.pdns = names
+        # Passive DNS (ips/app/passive_dns.py): the inspector teaches it every DNS answer it
+        # reads and asks it the name of each new flow's responder (flow.dst_name).
+        self.pdns: NameSource = names if names is not None else PassiveDns()
         # The application layer (ips/app/inspect.py): called right after the flow table for
         # the packets of flows whose app_state is not None; configured by the policy's
         # `set app-layer`, `set app-stream-bytes` and `set app-memcap`.
-        self.app = AppInspector(names=names, counters=self.stats.app)
+        self.app = AppInspector(names=self.pdns, counters=self.stats.app)
         self.load(policy)
 
     # ---- policy ---------------------------------------------------------------------------
@@ -667,12 +668,24 @@ class Engine:
             "reassembly": {
                 **reassembler.counters,
                 "memory": reassembler.used,
-                "memcap": reassembler.memory_cap,
+                "memory_cap": reassembler.memory_cap,
                 "limit": reassembler.limit,
                 "released_flows": counters.released_flows,
                 "released_bytes": counters.released_bytes,
             },
+            "passive_dns": _pdns_stats(self.pdns),
         }
+
+
+def _pdns_stats(pdns: NameSource) -> dict[str, int]:
+    if not isinstance(pdns, PassiveDns):
+        return {}  # another source of names (a test's): nothing of ours to count
+    return {
+        "entries": len(pdns),
+        "learned": pdns.learned,
+        "evicted": pdns.evicted,
+        "expired": pdns.expired,
+    }
 
 
 def _limit_key(per: str, pkt: Packet, flow: Flow) -> object:
