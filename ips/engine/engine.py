@@ -669,7 +669,6 @@ class Engine:
                 **reassembler.counters,
                 "memory": reassembler.used,
                 "memory_cap": reassembler.memory_cap,
-                "limit": reassembler.limit,
                 "released_flows": counters.released_flows,
                 "released_bytes": counters.released_bytes,
             },
@@ -696,5 +695,3 @@ def _limit_key(per: str, pkt: Packet, flow: Flow) -> object:
     if per == "flow":
         return flow.flow_id
     return None
-
-
