@@ -574,7 +574,7 @@ class AppInspector:
                 del ids[next(iter(ids))]
             ids[msg.id] = tx_id
         for body in eve_dns(msg, tx_id):
-            events.append(self._event(flow, to_server, now, APP_DNS, body))
+            events.append(self._event(flow, to_server, now, APP_DNS, body, tx_id))
 
     # ---- events and the end -------------------------------------------------------------------
 
@@ -591,11 +591,9 @@ class AppInspector:
             src, sport, dst, dport = flow.src, flow.sport, flow.dst, flow.dport
         else:
             src, sport, dst, dport = flow.dst, flow.dport, flow.src, flow.sport
-        if tx_id is not None:
-            body = {"tx_id": tx_id, **body}
         event = AppEvent(
             now, flow.flow_id, flow.family, flow.proto, src, sport, dst, dport,
-            event_type=event_type, body=body,
+            event_type=event_type, body=body, tx_id=tx_id,
         )  # fmt: skip
         event.app_proto = flow.app_proto
         event.dst_name = flow.dst_name

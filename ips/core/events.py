@@ -153,9 +153,10 @@ class AppEvent(PacketEvent):
     Suricata's kind. event_type is tls, quic, dns, http or ssh; body is the object EVE
     writes under that name (Suricata's field names). The addresses are those of the
     transaction's request (client to server) for tls, http, ssh and quic, and those of the
-    message for dns (an answer goes server to client), as Suricata writes them."""
+    message for dns (an answer goes server to client), as Suricata writes them. tx_id
+    numbers the flow's transactions (http, dns; None for the others)."""
 
-    __slots__ = ("body", "event_type")
+    __slots__ = ("body", "event_type", "tx_id")
 
     def __init__(
         self,
@@ -170,10 +171,12 @@ class AppEvent(PacketEvent):
         *,
         event_type: str,
         body: dict[str, object],
+        tx_id: int | None = None,
     ) -> None:
         super().__init__(time, flow_id, family, proto, src, sport, dst, dport)
         self.event_type = event_type
         self.body = body
+        self.tx_id = tx_id
 
     def __repr__(self) -> str:
         return (

@@ -157,13 +157,12 @@ def alert_record(alert: Alert, in_iface: str | None = None) -> Record:
 
 def app_record(event: AppEvent, in_iface: str | None = None) -> Record:
     """An application-layer event (tls, quic, dns, http, ssh): the object Suricata writes
-    under its name; HTTP's transaction number is top-level `tx_id`, as Suricata has it."""
+    under its name; the transaction's number (http, dns) is top-level `tx_id`, as Suricata
+    has it."""
     record = _base(event, event.event_type, in_iface)
-    body = event.body
-    if event.event_type == "http" and "tx_id" in body:
-        body = dict(body)
-        record["tx_id"] = body.pop("tx_id")
-    record[event.event_type] = body
+    if event.tx_id is not None:
+        record["tx_id"] = event.tx_id
+    record[event.event_type] = event.body
     return _name_of_destination(record, event)
 
 
