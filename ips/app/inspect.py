@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ips.app.detect import (
     APP_DNS,
@@ -170,6 +170,7 @@ class _Tcp:
         "flight",
         "hello",
         "logged",
+        "prints",
         "requests",
         "responses",
         "server_open",
@@ -182,6 +183,9 @@ class _Tcp:
         self.server_open = True
         self.hello: ClientHello | None = None
         self.flight: ServerFlight | None = None
+        # The fingerprints once computed (ja3, ja4, ja3s: (string, hash) or text), for the
+        # fields and again for the event: each costs several microseconds.
+        self.prints: dict[str, Any] = {}
         self.banners: list[SshBanner | None] = [None, None]  # client, server
         self.requests: list[HttpRequest] = []
         self.responses: list[HttpResponse] = []
@@ -377,7 +381,13 @@ class AppInspector:
             hello = parse_client_hello(data)
             if hello.__class__ is ClientHello:
                 state.hello = hello
-                _tls_client_fields(app, hello)
+                prints = state.prints
+                prints["ja3"] = ja3(hello)
+                prints["ja4"] = ja4(hello)
+                app.tls_sni = _name(hello.sni)
+                app.tls_ja3 = prints["ja3"][1]
+                app.tls_ja4 = prints["ja4"]
+                app.tls_alpn = tuple(p.decode("latin-1") for p in hello.alpn)
                 return True
             if hello.__class__ is Malformed:
                 return self._malformed(hello.reason)
@@ -387,7 +397,8 @@ class AppInspector:
             state.flight = flight
             if flight.certificate_error is not None:
                 self.counters.malformed[flight.certificate_error] += 1
-            app.tls_ja3s = ja3s(flight.server_hello)[1]
+            state.prints["ja3s"] = ja3s(flight.server_hello)
+            app.tls_ja3s = state.prints["ja3s"][1]
             return True
         if flight.__class__ is Malformed:
             return self._malformed(flight.reason)
@@ -399,7 +410,8 @@ class AppInspector:
         server_hello = parse_server_hello(data)
         if server_hello.__class__ is ServerHello:
             state.flight = ServerFlight(server_hello, None)
-            app.tls_ja3s = ja3s(server_hello)[1]
+            state.prints["ja3s"] = ja3s(server_hello)
+            app.tls_ja3s = state.prints["ja3s"][1]
         return True
 
     def _http_side(
@@ -484,9 +496,8 @@ class AppInspector:
         both sides together, as Suricata writes them)."""
         if proto == APP_TLS:
             if state.hello is not None or state.flight is not None:
-                events.append(
-                    self._event(flow, True, now, APP_TLS, _eve_tls(state.hello, state.flight))
-                )
+                body = _eve_tls(state.hello, state.flight, state.prints)
+                events.append(self._event(flow, True, now, APP_TLS, body))
         elif proto == APP_SSH:
             client, server = state.banners
             if client is not None or server is not None:
@@ -638,16 +649,12 @@ class AppInspector:
         return self.reassembler.used
 
 
-def _tls_client_fields(app: AppFields, hello: ClientHello) -> None:
-    app.tls_sni = _name(hello.sni)
-    app.tls_ja3 = ja3(hello)[1]
-    app.tls_ja4 = ja4(hello)
-    app.tls_alpn = tuple(p.decode("latin-1") for p in hello.alpn)
-
-
-def _eve_tls(hello: ClientHello | None, flight: ServerFlight | None) -> dict[str, object]:
+def _eve_tls(
+    hello: ClientHello | None, flight: ServerFlight | None, prints: dict[str, Any]
+) -> dict[str, object]:
     """The EVE `tls` object with Suricata 7's names: certificate fields, sni, version,
-    validity, ja3, ja3s, ja4, client and server ALPNs."""
+    validity, ja3, ja3s, ja4, client and server ALPNs (`prints`: the fingerprints already
+    computed, by name)."""
     out: dict[str, object] = {}
     cert: Certificate | None = flight.certificate if flight is not None else None
     if cert is not None:
@@ -665,13 +672,13 @@ def _eve_tls(hello: ClientHello | None, flight: ServerFlight | None) -> dict[str
         out["notbefore"] = cert.not_before
         out["notafter"] = cert.not_after
     if hello is not None:
-        text, digest = ja3(hello)
+        text, digest = prints.get("ja3") or ja3(hello)
         out["ja3"] = {"hash": digest, "string": text}
     if flight is not None:
-        text, digest = ja3s(flight.server_hello)
+        text, digest = prints.get("ja3s") or ja3s(flight.server_hello)
         out["ja3s"] = {"hash": digest, "string": text}
     if hello is not None:
-        out["ja4"] = ja4(hello)
+        out["ja4"] = prints.get("ja4") or ja4(hello)
         if hello.alpn:
             out["client_alpns"] = [p.decode("latin-1") for p in hello.alpn]
     if flight is not None and flight.server_hello.alpn is not None:
