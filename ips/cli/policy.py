@@ -26,6 +26,7 @@ def policy_summary(policy: Policy) -> dict[str, Any]:
         "rules": len(policy.rules),
         "actions": dict(actions),
         "alerts": sum(1 for r in policy.rules if r.alert),
+        "app_clauses": dict(Counter(c.clause for r in policy.rules for c in r.app)),
         "tables": {
             name: {
                 "kind": t.kind,
@@ -87,6 +88,9 @@ def check(policies: tuple[str, ...], fmt: str) -> None:
         click.echo(f"{path}: ok")
         click.echo(f"  rules      {summary['rules']}" + (f" ({acts})" if acts else ""))
         click.echo(f"  tables     {tables or 'none'}")
+        if summary["app_clauses"]:
+            clauses = ", ".join(f"{c} {n}" for c, n in sorted(summary["app_clauses"].items()))
+            click.echo(f"  app layer  {clauses}")
         click.echo(f"  detectors  {', '.join(policy.detectors) or 'none'}")
         opts = summary["options"]
         click.echo(
