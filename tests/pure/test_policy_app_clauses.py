@@ -63,7 +63,7 @@ def test_port_http_stays_on_the_fast_path() -> None:
 # ---- resolving: values and diagnostics --------------------------------------------------------
 
 
-def rule_of(text: str):  # noqa: ANN201 - a RuleSpec
+def rule_of(text: str):
     return load_policy_text(text).rules[0]
 
 
@@ -210,7 +210,7 @@ def flow_with(app_proto: str | None = "tls", done: bool = True, **fields: object
     return FakeFlow(app, app_proto)
 
 
-def check_of(clauses: str):  # noqa: ANN201 - the compiled L7 check
+def check_of(clauses: str):
     return app_conditions_check(load_policy_text(f"drop {clauses}").rules[0].app)
 
 
@@ -270,7 +270,7 @@ accept proto udp to port 53
 """
 
 
-def explained(packet: str, app: AppContext):  # noqa: ANN201
+def explained(packet: str, app: AppContext):
     return explain(load_policy_text(GATE), packet_from_text(packet), app=app)
 
 
@@ -298,7 +298,7 @@ def test_explain_names_the_deciding_clause() -> None:
 def test_explain_pending_drop_agreeing_with_the_rest_decides_now() -> None:
     """To port 8443 the rules after the pending one drop anyway (the default): no wait."""
     text = 'set default drop\ndrop tls sni "x.lab"\naccept proto tcp to port 443'
-    steps, decider = explain(
+    _steps, decider = explain(
         load_policy_text(text),
         packet_from_text("tcp 10.0.0.1:1000 > 10.0.0.2:8443 flags S"),
         app=AppContext(AppFields(), None),
