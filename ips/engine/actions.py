@@ -16,7 +16,7 @@ from ips.policy.names import ICMPX_TO_ICMP, ICMPX_TO_ICMPV6
 def alert_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: float) -> Alert:
     spec = rule.spec
     action = "blocked" if verdict in (DROP, REJECT) else "allowed"
-    return Alert(
+    alert = Alert(
         now,
         flow_id,
         pkt.family,
@@ -32,10 +32,13 @@ def alert_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: 
         category="policy",
         rule_name=spec.name,
     )
+    if pkt.icmp_type >= 0:
+        alert.icmp = pkt.icmp_type << 8 | pkt.icmp_code
+    return alert
 
 
 def log_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: float) -> LogRecord:
-    return LogRecord(
+    record = LogRecord(
         now,
         flow_id,
         pkt.family,
@@ -47,6 +50,9 @@ def log_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: fl
         verdict=verdict,
         rule_name=rule.spec.name,
     )
+    if pkt.icmp_type >= 0:
+        record.icmp = pkt.icmp_type << 8 | pkt.icmp_code
+    return record
 
 
 def reject_reply(rule: CompiledRule | None, pkt: Packet) -> bytes | None:

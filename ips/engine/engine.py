@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ips.app.detect import APP_UNKNOWN, detect_datagram, detect_stream
+from ips.app.inspect import AppCounters, AppInspector, NameSource
 from ips.core.addr import format_addr
 from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.core.decode import decode_frame, decode_ipv4, decode_l3
@@ -42,7 +42,7 @@ from ips.core.events import (
 )
 from ips.core.flow import Flow, FlowTable, FlowTimeouts
 from ips.core.link import LinkView
-from ips.core.packet import LINKTYPE_RAW, PROTO_TCP, PROTO_UDP, Malformed, Packet
+from ips.core.packet import LINKTYPE_RAW, Malformed, Packet
 from ips.core.tables import DynamicTable
 from ips.detect import Detectors
 from ips.engine import nat
@@ -106,6 +106,10 @@ class EngineStats:
     spoofed: int = 0  # block requests whose address the evidence showed forged
     offloaded: int = 0  # flows handed to the kernel (Decision.offload)
     unblocks: int = 0
+    # The application layer's counters (ips/app/inspect.py): protocols, events, malformed
+    # messages by reason, incomplete messages, reassembly memory returned at flow end. The
+    # reassembler's own counters are Engine.app.reassembler.counters (Engine.app_stats()).
+    app: AppCounters = field(default_factory=AppCounters)
 
 
 class Engine:
@@ -124,6 +128,7 @@ class Engine:
         id_seed: int = 0,
         never_block: Iterable[str] = (),
         shards: int = 1,
+        names: NameSource | None = None,
     ) -> None:
         # shards: engines that share the traffic (one per queue), each with a share of every
         # destination's sources; per-destination flood rates are divided among them.
@@ -136,6 +141,13 @@ class Engine:
         self.blocks = BlockManager(never_block)
         self.evidence = BlockEvidence()
         self.detect: Detectors | None = None  # None: the policy has no `detect` line
+        # Passive DNS: the inspector teaches it every DNS answer and asks it the name of each
+        # new flow's responder (flow.dst_name). None: no names.
+        self.pdns = names
+        # The application layer (ips/app/inspect.py): called right after the flow table for
+        # the packets of flows whose app_state is not None; configured by the policy's
+        # `set app-layer`, `set app-stream-bytes` and `set app-memcap`.
+        self.app = AppInspector(names=names, counters=self.stats.app)
         self.load(policy)
 
     # ---- policy ---------------------------------------------------------------------------
@@ -152,6 +164,10 @@ class Engine:
         self.policy = compiled
         self.blocks.configure(compiled.policy, compiled.tables)
         self.evidence.configure(compiled.policy.block_evidence)
+        spec = compiled.policy
+        self.app.configure(
+            enabled=spec.app_layer, limit=spec.app_stream_bytes, memory_cap=spec.app_memcap
+        )
         if compiled.policy.detectors:
             self.detect = Detectors(compiled.policy, self.detect, self.shards)
         else:
@@ -253,18 +269,24 @@ class Engine:
                 if pkt.__class__ is not Packet:
                     return self._undecodable(pkt)
         flow, fwd = self.flows.track(pkt, now)
-        if flow.app_proto is None and pkt.payload_offset < pkt.length:
-            _detect_app(pkt, flow)
+        effects: list[Effect] | None = None
+        if flow.app_state is not None:
+            # The application layer has something to read in this flow (its first packet,
+            # or a message still incomplete); a flow past that costs only the test above.
+            seen = self.app.inspect(pkt, flow, fwd, now)
+            if seen is not None:
+                effects = list(seen)
         if mac is not None and fwd and flow.mac is None:
             flow.mac = mac  # who sent the flow's first packet: evidence for a block
-        effects: list[Effect] | None = None
         detect = self.detect
         if detect is not None:
             found = detect.observe(pkt, flow, fwd, now)
             if found is not None:
                 detected, dropped_by = found
                 if detected is not None:
-                    effects = self._settle(detect, detected)
+                    settled = self._settle(detect, detected)
+                    if settled is not None:
+                        effects = settled if effects is None else effects + settled
                 if dropped_by is not None:
                     return self._limited(dropped_by, pkt, flow, fwd, effects)
         iif = meta.iif
@@ -300,7 +322,7 @@ class Engine:
                 continue
             refuses = rule.refuses if verdict is rule.verdict else verdict != ACCEPT
             if refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
-                self.flows.discard(flow)  # a refused first packet leaves no connection
+                self._discard(flow)  # a refused first packet leaves no connection
                 if verdict == REJECT and detect is not None:
                     effects = self._rejected(detect, pkt, now, effects)
             if effects is None and translated is None and flow.nat is None:
@@ -316,7 +338,7 @@ class Engine:
                     return rule.else_decision
             return self._finish(rule, verdict, pkt, flow, fwd, now, effects, translated)
         if self._default_refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
-            self.flows.discard(flow)
+            self._discard(flow)
             if self._default_reject and detect is not None:
                 effects = self._rejected(detect, pkt, now, effects)
         if effects is None and translated is None and flow.nat is None and not self._default_reject:
@@ -328,6 +350,14 @@ class Engine:
                     return self._default_handshake_ack
             return self._default
         return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)
+
+    def _discard(self, flow: Flow) -> None:
+        """Forget a flow whose first packet was refused (no end event): its reassembly
+        memory goes back, and what the inspector still owed is not written (the events of
+        the refused packet itself already rode on its Decision)."""
+        self.flows.discard(flow)
+        if flow.app_state is not None:
+            self.app.release(flow, flow.last_seen)
 
     def _offload_kind(self, pkt: Packet, flow: Flow, now: float) -> int:
         """ips/engine/offload.py's choice; an offloaded flow is counted once (a flow that
@@ -352,10 +382,16 @@ class Engine:
             effects = []
         spec = rule.spec
         if spec.alert:
-            effects.append(alert_for(rule, pkt, flow.flow_id, verdict, now))
+            alert = alert_for(rule, pkt, flow.flow_id, verdict, now)
+            alert.app_proto = flow.app_proto
+            alert.dst_name = flow.dst_name
+            effects.append(alert)
             self.stats.alerts += 1
         if spec.log:
-            effects.append(log_for(rule, pkt, flow.flow_id, verdict, now))
+            record = log_for(rule, pkt, flow.flow_id, verdict, now)
+            record.app_proto = flow.app_proto
+            record.dst_name = flow.dst_name
+            effects.append(record)
         return effects
 
     def _settle(self, detect: Detectors, found: list[DetectorEffect]) -> list[Effect] | None:
@@ -498,7 +534,7 @@ class Engine:
         """A detector's `limit` drops the packet, before the rules."""
         self.stats.detector_drops[name] += 1
         if fwd and flow.pkts_fwd == 1 and not flow.replied:
-            self.flows.discard(flow)  # as for a refused first packet: no connection
+            self._discard(flow)  # as for a refused first packet: no connection
         if effects is None:
             return self._detector_drop[name]
         return Decision(DROP, reason=f"detector:{name}", effects=effects)
@@ -576,9 +612,9 @@ class Engine:
         Block). Call it about once a second: scans of unanswered probes are found here."""
         events: list[Effect] = []
         for flow in self.flows.pop_evicted():
-            events.append(self._flow_end(flow, now))
+            self._flow_end(flow, now, events)
         for flow in self.flows.expire(now):
-            events.append(self._flow_end(flow, now))
+            self._flow_end(flow, now, events)
         banned = self.blocks.table
         for table in self.tables.values():
             if table is not banned:
@@ -601,13 +637,42 @@ class Engine:
 
     def drain(self, now: float) -> list[Effect]:
         """End every flow (end of a capture, shutdown)."""
-        events: list[Effect] = [self._flow_end(f, now) for f in self.flows.pop_evicted()]
-        events += [self._flow_end(f, now) for f in self.flows.drain()]
+        events: list[Effect] = []
+        for flow in self.flows.pop_evicted():
+            self._flow_end(flow, now, events)
+        for flow in self.flows.drain():
+            self._flow_end(flow, now, events)
         return events
 
-    def _flow_end(self, flow: Flow, now: float) -> FlowEnd:
+    def _flow_end(self, flow: Flow, now: float, events: list[Effect]) -> None:
+        """A flow left the table: the application events it still owed (its reassembly
+        memory returned), then its FlowEnd."""
         nat.forget(self._nat_replies, flow)
-        return FlowEnd(flow, getattr(flow, "end_reason", "timeout") or "timeout", now)
+        if flow.app_state is not None:
+            owed = self.app.release(flow, now)
+            if owed is not None:
+                events += owed
+        events.append(FlowEnd(flow, getattr(flow, "end_reason", "timeout") or "timeout", now))
+
+    def app_stats(self) -> dict[str, object]:
+        """The application layer's counters, for `ipsctl status` and Prometheus."""
+        counters = self.stats.app
+        reassembler = self.app.reassembler
+        return {
+            "enabled": self.app.enabled,
+            "protocols": dict(counters.protocols),
+            "events": dict(counters.events),
+            "malformed": dict(counters.malformed),
+            "incomplete": dict(counters.incomplete),
+            "reassembly": {
+                **reassembler.counters,
+                "memory": reassembler.used,
+                "memcap": reassembler.memory_cap,
+                "limit": reassembler.limit,
+                "released_flows": counters.released_flows,
+                "released_bytes": counters.released_bytes,
+            },
+        }
 
 
 def _limit_key(per: str, pkt: Packet, flow: Flow) -> object:
@@ -620,26 +685,3 @@ def _limit_key(per: str, pkt: Packet, flow: Flow) -> object:
     return None
 
 
-# Data segments of a TCP flow looked at before detection gives up: without reassembly (yet),
-# each is judged alone, and a protocol not named by then is not going to be.
-APP_DETECT_SEGMENTS = 4
-
-
-def _detect_app(pkt: Packet, flow: Flow) -> None:
-    """Name the flow's application protocol from this packet's payload (ips/app/detect.py).
-
-    Called only while flow.app_proto is None and the packet carries payload, so a flow pays
-    for detection on its first few data packets and never again."""
-    proto = pkt.proto
-    if proto == PROTO_TCP:
-        found = detect_stream(pkt.data, pkt.payload_offset)
-        if found is None:
-            flow.app_tries += 1
-            if flow.app_tries >= APP_DETECT_SEGMENTS:
-                flow.app_proto = APP_UNKNOWN
-            return
-        flow.app_proto = found
-    elif proto == PROTO_UDP:
-        flow.app_proto = detect_datagram(pkt.data, pkt.payload_offset)
-    else:
-        flow.app_proto = ""  # no application layer to name (ICMP, GRE, ...)

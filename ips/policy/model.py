@@ -338,6 +338,29 @@ OPTIONS: dict[str, OptionSchema] = {
     "tap-blocks": OptionSchema(
         ("report", "enforce"), "report", "tap mode: report detector blocks, or enforce them"
     ),
+    # The application layer (ips/app/inspect.py, docs/application-layer.md): protocol
+    # detection, the first bytes of each TCP direction reassembled and read by the TLS,
+    # HTTP, SSH and DNS parsers, QUIC Initials, DNS datagrams; events and L7 fields. off:
+    # none of it (no app_proto, no events, L7 clauses never match).
+    "app-layer": OptionSchema(
+        ("on", "off"), "on", "application-layer detection, parsing and events"
+    ),
+    "app-stream-bytes": OptionSchema(
+        (),
+        4096,
+        "bytes reassembled from the start of each direction of a TCP flow",
+        kind="int",
+        minimum=64,
+        maximum=1 << 20,
+    ),
+    "app-memcap": OptionSchema(
+        (),
+        32 * 1024 * 1024,
+        "bytes of reassembly all flows may hold together",
+        kind="int",
+        minimum=4096,
+        maximum=1 << 34,
+    ),
 }
 
 
@@ -403,3 +426,15 @@ class Policy:
     @property
     def detect_memory(self) -> int:
         return int(self.option("detect-memory"))
+
+    @property
+    def app_layer(self) -> bool:
+        return self.option("app-layer") == "on"
+
+    @property
+    def app_stream_bytes(self) -> int:
+        return int(self.option("app-stream-bytes"))
+
+    @property
+    def app_memcap(self) -> int:
+        return int(self.option("app-memcap"))
