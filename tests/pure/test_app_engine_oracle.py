@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,34 @@ def tls_from_eve(events: Events) -> tuple[Counter, Counter, Counter]:
     return clients, servers, ja4s
 
 
+def tls_without_sequence_analysis(name: str) -> tuple[Counter, Counter]:
+    """The hellos tshark shows when it does not analyse TCP sequence numbers. With analysis
+    on, tshark takes a new connection's data on the ports of a connection reset just before
+    for retransmissions of the old one, and does not dissect them (sv_tls-subjectaltname:
+    a ServerHello after a port reuse); the engine starts a new flow at the new SYN. A hello
+    of ours that tshark shows only this way is counted as such, not as a match."""
+    out = subprocess.run(
+        ["tshark", "-n", "-r", str(PCAPS / name), "-o", "tcp.analyze_sequence_numbers:FALSE",
+         "-Y", "tls.handshake.type == 1 || tls.handshake.type == 2", "-T", "fields",
+         "-E", "occurrence=l", *("-e", "ip.src", "-e", "ipv6.src", "-e", "tcp.srcport"),
+         *("-e", "ip.dst", "-e", "ipv6.dst", "-e", "tcp.dstport"),
+         *("-e", "tls.handshake.extensions_server_name"),
+         *("-e", "tls.handshake.ja3", "-e", "tls.handshake.ja3_full"),
+         *("-e", "tls.handshake.ja3s", "-e", "tls.handshake.ja3s_full")],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    clients: Counter = Counter()
+    servers: Counter = Counter()
+    for line in out.splitlines():
+        f = line.split("\t")
+        key = (f[1] or f[0], int(f[2]), f[4] or f[3], int(f[5]))
+        if f[7]:
+            clients[(key, f[6] or None, f[7], f[8])] += 1
+        if f[9]:
+            servers[(key, f[9], f[10])] += 1
+    return clients, servers
+
+
 def tls_from_tshark(name: str) -> tuple[Counter, Counter]:
     hellos, server_hellos = tshark_hellos(name)
     clients = Counter((key, *row) for key, rows in hellos.items() for row in rows)
@@ -118,7 +147,7 @@ def dns_from_tshark(path: Path, capture: Capture) -> tuple[Counter, Counter]:
     reads; the parser-level oracle compares every type's data)."""
     keys: Counter = Counter()
     skipped: Counter = Counter()
-    for row in tshark_rows(path, "dns || mdns", DNS_FIELDS):
+    for row in tshark_rows(path, "dns || mdns || llmnr", DNS_FIELDS):
         frame = int(row[0][0])
         if len(row[13]) + len(row[14]) > 1 or "teredo" in "".join(row[20]):
             skipped["tunnel"] += 1
@@ -155,9 +184,33 @@ def dns_from_tshark(path: Path, capture: Capture) -> tuple[Counter, Counter]:
     return keys, skipped
 
 
+NBNS_PORT = 137
+
+
+def nbns_from_tshark(path: Path) -> Counter:
+    """NetBIOS name service messages (UDP 137) as ("query"|"answer", id): their format is
+    DNS's, so the engine's detection by content takes them for DNS; tshark dissects them
+    as NBNS (names decoded from NetBIOS's encoding), so only the ids and kinds compare."""
+    keys: Counter = Counter()
+    for row in tshark_rows(path, "nbns", ["nbns.id", "nbns.flags.response"]):
+        keys[("answer" if row[1] == ["1"] else "query", int(row[0][0], 16))] += 1
+    return keys
+
+
+def nbns_from_eve(events: Events) -> Counter:
+    keys: Counter = Counter()
+    for record in events["dns"]:
+        if NBNS_PORT in (record["src_port"], record["dest_port"]):
+            dns = record["dns"]
+            keys[(dns["type"], dns["id"])] += 1
+    return keys
+
+
 def dns_from_eve(events: Events) -> Counter:
     keys: Counter = Counter()
     for record in events["dns"]:
+        if NBNS_PORT in (record["src_port"], record["dest_port"]):
+            continue  # compared with tshark's NBNS by nbns_from_eve
         dns = record["dns"]
         if dns["type"] == "query":
             keys[("query", dns["id"], dns["rrname"], dns["rrtype"])] += 1
@@ -221,6 +274,7 @@ def test_engine_events_equal_tshark(pcaps_dir: Path, tmp_path: Path) -> None:
     compared: Counter = Counter()
     beyond_bound: Counter = Counter()
     lost: Counter = Counter()
+    explained: Counter = Counter()
     left_out: Counter = Counter()
     problems: list[tuple] = []
     for name in pcap_names():
@@ -239,14 +293,23 @@ def test_engine_events_equal_tshark(pcaps_dir: Path, tmp_path: Path) -> None:
         left_out["http-over-udp (ssdp)"] += sum(ssdp.values())
 
         truth = {"tls client": tls_clients, "tls server": tls_servers, "dns": dns_theirs,
-                 "http": http_theirs}  # fmt: skip
+                 "nbns": nbns_from_tshark(path), "http": http_theirs}  # fmt: skip
         for bound, events in ((LARGE_BOUND, large), (DEFAULT_BOUND, default)):
             clients, servers, _ = tls_from_eve(events)
             ours = {"tls client": clients, "tls server": servers, "dns": dns_from_eve(events),
-                    "http": http_from_eve(events)}  # fmt: skip
+                    "nbns": nbns_from_eve(events), "http": http_from_eve(events)}  # fmt: skip
             for kind, theirs in truth.items():
                 extra = ours[kind] - theirs
                 missing = theirs - ours[kind]
+                if extra and kind.startswith("tls"):
+                    # Hellos tshark shows only without TCP sequence analysis (port reuse).
+                    unanalysed = tls_without_sequence_analysis(name)[kind == "tls server"]
+                    seen = extra & unanalysed
+                    if bound == LARGE_BOUND:
+                        explained[f"{kind}: tshark shows it only without sequence analysis"] += sum(
+                            seen.values()
+                        )
+                    extra -= seen
                 if extra:
                     problems.append((name, bound, kind, "not in tshark", extra))
                 if bound == LARGE_BOUND:
@@ -271,6 +334,7 @@ def test_engine_events_equal_tshark(pcaps_dir: Path, tmp_path: Path) -> None:
     print(f"missing with the default bound ({DEFAULT_BOUND} bytes):", dict(beyond_bound))
     print("events of the large bound lost with the default one:", dict(lost))
     print("left out by rule:", dict(left_out))
+    print("ours, explained:", dict(explained))
     assert not problems, problems[:5]
     assert compared["tls client"] >= 40 and compared["tls server"] >= 30
     assert compared["dns"] >= 100 and compared["http"] >= 100
