@@ -683,3 +683,5 @@ def _limit_key(per: str, pkt: Packet, flow: Flow) -> object:
     if per == "flow":
         return flow.flow_id
     return None
+
+
