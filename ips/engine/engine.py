@@ -46,7 +46,13 @@ from ips.core.packet import LINKTYPE_RAW, PROTO_TCP, PROTO_UDP, Malformed, Packe
 from ips.core.tables import DynamicTable
 from ips.detect import Detectors
 from ips.engine import nat
-from ips.engine.actions import alert_for, apply_rewrite, log_for, reject_reply
+from ips.engine.actions import (
+    alert_for,
+    app_reject_replies,
+    apply_rewrite,
+    log_for,
+    reject_reply,
+)
 from ips.engine.blocks import BlockManager
 from ips.engine.evidence import (
     EVIDENCE_WAIT,
@@ -57,7 +63,7 @@ from ips.engine.evidence import (
     Judgement,
 )
 from ips.engine.offload import offload_kind
-from ips.policy.compile import CompiledPolicy, CompiledRule
+from ips.policy.compile import PENDING, CompiledPolicy, CompiledRule
 from ips.policy.model import ACCEPT, BAN_TABLE, DROP, REJECT, REWRITE, SPOOF_SID, Policy
 
 
@@ -85,8 +91,8 @@ class Meta:
 NO_META = Meta()
 
 # A flow's candidate rules for one direction, kept on the flow (Flow.cache_fwd/cache_rev):
-# (policy, iif, oif, the rules to try, whether they allow offload).
-RuleCache = tuple[CompiledPolicy, str | None, str | None, tuple[CompiledRule, ...], bool]
+# (policy, iif, oif, the rules to try, whether they allow offload: CompiledPolicy.offload_state).
+RuleCache = tuple[CompiledPolicy, str | None, str | None, tuple[CompiledRule, ...], int]
 
 
 @dataclass
@@ -105,6 +111,9 @@ class EngineStats:
     mac_blocks: int = 0  # MacBlock effects (the senders of forged packets)
     spoofed: int = 0  # block requests whose address the evidence showed forged
     offloaded: int = 0  # flows handed to the kernel (Decision.offload)
+    # Packets accepted because a terminal rule's application-layer clause was pending (the
+    # field it reads not known yet) and the rules after it would decide otherwise.
+    app_pending: int = 0
     unblocks: int = 0
 
 
@@ -178,6 +187,8 @@ class Engine:
         # rule drops the block set's members), so replay and tap judge them the same way.
         self._blocked_table = compiled.tables.get(BAN_TABLE)
         self._blocked: Decision[CompiledRule] = Decision(DROP, reason="blocked")
+        self._app_pending: Decision[CompiledRule] = Decision(ACCEPT, reason=APP_PENDING)
+        self._dns_rcode = compiled.policy.dns_reject_rcode
 
     # ---- per packet -----------------------------------------------------------------------
 
@@ -283,8 +294,14 @@ class Engine:
                 flow.cache_rev = cache
         for rule in cache[3]:
             check = rule.check
-            if check is not None and not check(pkt, flow, fwd, now):
-                continue
+            if check is not None:
+                held = check(pkt, flow, fwd, now)
+                if not held:
+                    continue
+                if held is PENDING:  # only rules with application-layer clauses say so
+                    if not rule.terminal:
+                        continue
+                    return self._pending(rule, cache[3], pkt, flow, fwd, now, effects, translated)
             verdict = rule.verdict
             limiter = rule.limiter
             if limiter is not None:
@@ -328,6 +345,65 @@ class Engine:
                     return self._default_handshake_ack
             return self._default
         return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)
+
+    def _pending(
+        self,
+        pending: CompiledRule,
+        rules: tuple[CompiledRule, ...],
+        pkt: Packet,
+        flow: Flow,
+        fwd: bool,
+        now: float,
+        effects: list[Effect] | None,
+        translated: bytes | None,
+    ) -> Decision[CompiledRule]:
+        """A terminal rule whose application-layer clause is pending: its verdict depends on
+        a field not known yet (the SNI before the ClientHello). The rules after it are tried
+        as if it did not match: when they give the same accept or drop, that is the verdict
+        whatever the field turns out to be, and they decide (a port the policy drops stays
+        dropped, also before any SNI). Otherwise the packet is accepted ("app-pending"), never
+        offloaded, so that the flow's first message reaches the inspector and the rule."""
+        wanted = pending.verdict
+        agreeing = wanted in (ACCEPT, DROP)
+        after = rules[rules.index(pending) + 1 :] if agreeing else ()
+        for rule in after:
+            check = rule.check
+            if check is not None:
+                held = check(pkt, flow, fwd, now)
+                if not held:
+                    continue
+                if held is PENDING:
+                    if rule.terminal and rule.verdict != wanted:
+                        break  # two unknowns with different verdicts: wait
+                    continue
+            verdict = rule.verdict
+            limiter = rule.limiter
+            if limiter is not None and not limiter.take(_limit_key(rule.limit_key, pkt, flow), now):
+                else_action = rule.spec.limit.else_action  # type: ignore[union-attr]
+                if else_action is None:
+                    continue
+                verdict = else_action
+            if not rule.terminal:
+                rule.hits += 1
+                effects = self._note(rule, pkt, flow, verdict, now, effects)
+                continue
+            if verdict != wanted:
+                break
+            rule.hits += 1
+            if verdict == DROP and fwd and flow.pkts_fwd == 1 and not flow.replied:
+                self.flows.discard(flow)  # a refused first packet leaves no connection
+            return self._finish(rule, verdict, pkt, flow, fwd, now, effects, translated)
+        else:
+            if agreeing and self._default.verdict == wanted:
+                if self._default_refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
+                    self.flows.discard(flow)
+                return self._finish(None, wanted, pkt, flow, fwd, now, effects, translated)
+        self.stats.app_pending += 1
+        if effects is None and translated is None and flow.nat is None:
+            return self._app_pending
+        return self._finish(
+            None, ACCEPT, pkt, flow, fwd, now, effects, translated, reason=APP_PENDING
+        )
 
     def _offload_kind(self, pkt: Packet, flow: Flow, now: float) -> int:
         """ips/engine/offload.py's choice; an offloaded flow is counted once (a flow that
@@ -513,14 +589,18 @@ class Engine:
         now: float,
         effects: list[Effect] | None,
         translated: bytes | None,
+        reason: str = "default",
     ) -> Decision[CompiledRule]:
         """The slow path of a decision: effects, rewrites, translation, reject replies."""
         if rule is not None and (rule.spec.alert or rule.spec.log):
             effects = self._note(rule, pkt, flow, verdict, now, effects)
         data = translated
-        reply = None
+        reply = peer_reply = None
         if verdict == REJECT:
-            reply = reject_reply(rule, pkt)
+            if rule is not None and rule.spec.app:
+                reply, peer_reply = app_reject_replies(rule, pkt, self._dns_rcode)
+            else:
+                reply = reject_reply(rule, pkt)
             data = None
         elif verdict == REWRITE and rule is not None:
             if fwd and flow.nat is None:
@@ -540,8 +620,9 @@ class Engine:
             rule,
             data=data,
             reply=reply,
+            peer_reply=peer_reply,
             effects=effects if effects is not None else (),
-            reason="" if rule is not None else "default",
+            reason="" if rule is not None else reason,
         )
 
     # ---- blocks -------------------------------------------------------------------------------
@@ -608,6 +689,10 @@ class Engine:
     def _flow_end(self, flow: Flow, now: float) -> FlowEnd:
         nat.forget(self._nat_replies, flow)
         return FlowEnd(flow, getattr(flow, "end_reason", "timeout") or "timeout", now)
+
+
+# Decision.reason of a packet accepted while a terminal rule's L7 clause is pending.
+APP_PENDING = "app-pending"
 
 
 def _limit_key(per: str, pkt: Packet, flow: Flow) -> object:
