@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import itertools
 import os
 import sys
 from array import array
@@ -42,11 +43,11 @@ from ips.geo.db import ASN_FILE, COUNTRY_FILE, asn_of_record, country_of_record
 from ips.geo.site import SiteEntry, SiteMap
 
 __all__ = [
+    "NON_PUBLIC_V4",
+    "NON_PUBLIC_V6",
     "GeoQuery",
     "GeoSelection",
     "LabeledRanges",
-    "NON_PUBLIC_V4",
-    "NON_PUBLIC_V6",
     "database_identity",
     "select_networks",
 ]
@@ -157,7 +158,7 @@ def _walk(
         records = _records(data, node_count, record_size)
         tree_size = node_count * record_size // 4
         labels: dict[int, str | None] = {}
-        decoder = reader._decoder  # noqa: SLF001 — decode a data record by its offset
+        decoder = reader._decoder  # the pure reader's: decode a data record by its offset
 
         def label_of(pointer: int) -> str | None:
             label = labels.get(pointer, "")
@@ -199,10 +200,10 @@ def _walk(
                         family = 4
                     elif start >> 32 == 0 and depth >= 96:
                         family, start, last = 4, start & 0xFFFFFFFF, last & 0xFFFFFFFF
-                    if out and out[-1][0] == family and out[-1][3] == label:
-                        if out[-1][2] + 1 == start:
-                            out[-1] = (family, out[-1][1], last, label)
-                            continue
+                    prev = out[-1] if out else None
+                    if prev and prev[0] == family and prev[3] == label and prev[2] + 1 == start:
+                        out[-1] = (family, prev[1], last, label)
+                        continue
                     out.append((family, start, last, label))
         return out, leaves
     finally:
@@ -248,10 +249,10 @@ def _site_pieces(sites: SiteMap) -> dict[int, list[tuple[int, int, SiteEntry]]]:
     for family, points in bounds.items():
         ordered = sorted(points)
         size = 4 if family == 4 else 16
-        for lo, hi in zip(ordered, ordered[1:], strict=False):
-            entry = sites.lookup(lo.to_bytes(size, "big"))
-            if entry is not None:
-                out[family].append((lo, hi - 1, entry))
+        for lo, hi in itertools.pairwise(ordered):
+            found = sites.lookup(lo.to_bytes(size, "big"))
+            if found is not None:
+                out[family].append((lo, hi - 1, found))
     return out
 
 
@@ -354,9 +355,9 @@ def select_networks(query: GeoQuery, directory: str, sites: SiteMap | None) -> G
                 label = labels[bisect.bisect_right(starts, lo) - 1][2]
                 chosen.append((lo, hi, label))
         for lo, hi, entry in pieces[family]:
-            decides, label, value = _site_value(entry, query.kind)
+            decides, site_label, value = _site_value(entry, query.kind)
             if decides and _matches(query, value):
-                chosen.append((lo, hi, label or entry.name))
+                chosen.append((lo, hi, site_label or entry.name))
         for lo, hi, label in sorted(chosen):
             result[family].add(lo, hi, label)
     if sites is not None and len(sites):

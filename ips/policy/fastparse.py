@@ -63,8 +63,6 @@ KEYWORDS = frozenset({
     "detect", "ports", "hosts", "count", "within", "rate", "ignore", "distributed",
     "any", "app", "tls", "quic", "dns", "http", "country", "asn", "org", "refresh",
 })  # fmt: skip
-# Keywords with a hyphen (the test above compares the alphabetic ones with the grammar's).
-_HYPHEN_KEYWORDS = frozenset({"on-error", "allow-empty"})
 # The keywords that start an application-layer clause. Three of them are also names a value
 # holds (`to port http`, `app tls`, `app dns`); item() reads a value only where one must
 # stand, and there Lark's contextual lexer takes them for words (it tries a keyword only where

@@ -86,7 +86,7 @@ RATE_UNITS: dict[str, float] = {
 # ISO 3166-1 alpha-2 country codes, as the country database writes them (DB-IP's data has
 # exactly these, and XK for Kosovo). Codes in the user-assigned ranges (AA, QM-QZ, XA-XZ, ZZ)
 # are also valid in a policy: a site file may give a lab or a branch one (`country XX`).
-COUNTRY_CODES = frozenset("""
+_COUNTRY_TEXT = """
 AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR
 BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ
 EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW
@@ -96,7 +96,8 @@ MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR
 QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG
 TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS XK YE YT ZA
 ZM ZW
-""".split())
+"""
+COUNTRY_CODES = frozenset(_COUNTRY_TEXT.split())
 # Codes people write that ISO spells otherwise.
 COUNTRY_ALIASES = {"UK": "GB", "EL": "GR"}
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ips.geo.db import ASN_FILE, COUNTRY_FILE, default_geo_dir
 from ips.geo.networks import GeoQuery, database_identity, ranges_to_networks, select_networks
@@ -28,10 +29,10 @@ from ips.geo.site import SiteFileError, SiteMap, parse_site_text
 from ips.policy import ast, names
 from ips.policy.diagnostics import Span, did_you_mean
 from ips.policy.model import AddrSpec, GeoLabels, TableSpec
-from ips.policy.resolve.files import os_reason
+from ips.policy.resolve.files import SourceFiles, os_reason
 
-if TYPE_CHECKING:
-    from ips.policy.resolve.values import Values
+# Values.flatten: a value with its $variables expanded -> (items, negated)
+Flatten = Callable[[ast.Value], tuple[list[ast.Item], bool]]
 
 _AS_WORD = re.compile(r"(?i)as(\d{1,10})")
 MAX_ASN = 4_294_967_295
@@ -42,9 +43,11 @@ _INSTALL_HINT = (
 
 
 class GeoResolver:
-    def __init__(self, values: Values) -> None:
-        self.values = values
-        self.diags = values.diags
+    def __init__(self, files: SourceFiles, tables: dict[str, TableSpec], flatten: Flatten) -> None:
+        self.files = files
+        self.diags = files.diags
+        self.tables = tables  # the policy's: a clause's networks become a table of kind geo
+        self.flatten = flatten
         self.options: dict[str, ast.OptionStmt] = {}  # geo-dir, geo-site (the last of each)
         self._data: tuple[str, SiteMap | None] | None = None
         self._data_failed = False
@@ -56,7 +59,7 @@ class GeoResolver:
     def _relative(self, text: str, span: Span) -> Path:
         path = Path(text)
         if not path.is_absolute():
-            declaring = self.values.files.real_path(span.file)
+            declaring = self.files.real_path(span.file)
             path = declaring.parent / path
         return path.resolve()
 
@@ -76,7 +79,7 @@ class GeoResolver:
                 self._data_failed = True
                 return None
         self._data = (directory, sites)
-        files = self.values.files
+        files = self.files
         for name in (COUNTRY_FILE, ASN_FILE):  # new data is a new policy (status says so)
             identity = database_identity(os.path.join(directory, name))
             files.table_texts[f"geo:{directory}/{name}"] = repr(identity)
@@ -85,13 +88,13 @@ class GeoResolver:
     def _read_sites(self, item: ast.Item) -> SiteMap | None:
         path = self._relative(item.text, item.span)
         try:
-            text = self.values.files.reader(path)
+            text = self.files.reader(path)
         except (OSError, ValueError) as exc:
             self.diags.error(
                 item.span, f"cannot read site file '{item.text}': {os_reason(exc)}", code="io"
             )
             return None
-        self.values.files.table_texts[str(path)] = text
+        self.files.table_texts[str(path)] = text
         try:
             return parse_site_text(text, str(path))
         except SiteFileError as exc:
@@ -116,7 +119,7 @@ class GeoResolver:
         return spec
 
     def _query(self, kind: str, value: ast.Value) -> tuple[GeoQuery | None, bool, str]:
-        items, negated = self.values.flatten(value)
+        items, negated = self.flatten(value)
         found: set[Any] = set()
         ok = True
         for item in items:
@@ -187,9 +190,7 @@ class GeoResolver:
             return None
         return text
 
-    def _resolve(
-        self, query: GeoQuery, negated: bool, shown: str, span: Span
-    ) -> AddrSpec | None:
+    def _resolve(self, query: GeoQuery, negated: bool, shown: str, span: Span) -> AddrSpec | None:
         data = self.data()
         if data is None:
             return None
@@ -243,7 +244,7 @@ class GeoResolver:
             )
             return AddrSpec(negated, geo=labels)
         name = _table_name(query)
-        tables = self.values.tables
+        tables = self.tables
         if name not in tables:
             tables[name] = TableSpec(name, "geo", span, nets4, nets6)
         table = tables[name]

@@ -37,7 +37,7 @@ def _json_network(entry: str) -> tuple[str | None, str | None]:
     line holds no network (the metadata line)."""
     try:
         obj = json.loads(entry)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         return None, f"not a JSON object ({exc.msg})"
     if not isinstance(obj, dict):
         return None, "a JSON line of a DROP list is an object"

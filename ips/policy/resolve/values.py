@@ -45,7 +45,7 @@ class Values:
         self._expanded: dict[str, tuple[list[ast.Item], bool]] = {}
         # One object per distinct set of protocols: 200,000 rules share a handful of them.
         self._proto_sets: dict[frozenset[int], frozenset[int]] = {}
-        self.geo = GeoResolver(self)
+        self.geo = GeoResolver(files, self.tables, self.flatten)
 
     # ---- names -----------------------------------------------------------------------------------
 
