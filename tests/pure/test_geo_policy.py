@@ -205,7 +205,9 @@ def test_without_geo_data_the_policy_is_refused_with_the_way_to_install(
     assert "geo-dir" in found[0]
 
 
-def test_geo_dir_option_relative_to_the_policy(geo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_geo_dir_option_relative_to_the_policy(
+    geo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("IPSCTL_GEO_DIR", "/nonexistent")
     sub = geo_dir / "policies"
     sub.mkdir()
@@ -225,7 +227,8 @@ def test_a_site_file_alone_is_enough_with_a_warning(
 
 def test_new_data_is_a_new_digest(geo_dir: Path) -> None:
     before = load("drop from country RU\n", geo_dir)
-    country = build_mmdb([(*range_of("1.2.3.0", "1.2.3.255"), {"country_code": "RU"})], "country", EPOCH)
+    only = [(*range_of("1.2.3.0", "1.2.3.255"), {"country_code": "RU"})]
+    country = build_mmdb(only, "country", EPOCH)
     fresh = geo_dir / "new.mmdb"
     fresh.write_bytes(country)
     os.replace(fresh, geo_dir / "country.mmdb")  # as `ipsctl geo update` installs it
@@ -239,10 +242,14 @@ def test_new_data_is_a_new_digest(geo_dir: Path) -> None:
 
 def test_the_engine_matches_them_as_addresses(geo_dir: Path) -> None:
     engine = Engine(load("drop from country RU\n", geo_dir))
-    assert engine.handle(tcp("1.2.3.9", "192.0.2.1", 4000, 80, flags="S"), now=1.0).verdict == "drop"
-    assert engine.handle(tcp("5.6.7.8", "192.0.2.1", 4000, 80, flags="S"), now=1.1).verdict == "drop"
-    assert engine.handle(tcp("1.2.4.9", "192.0.2.1", 4000, 80, flags="S"), now=1.2).verdict == "accept"
-    assert engine.handle(tcp("2a00::5", "2001:db8::1", 4000, 80, flags="S"), now=1.3).verdict == "drop"
+
+    def verdict(src: str, dst: str, now: float) -> str:
+        return engine.handle(tcp(src, dst, 4000, 80, flags="S"), now=now).verdict
+
+    assert verdict("1.2.3.9", "192.0.2.1", 1.0) == "drop"
+    assert verdict("5.6.7.8", "192.0.2.1", 1.1) == "drop"
+    assert verdict("1.2.4.9", "192.0.2.1", 1.2) == "accept"
+    assert verdict("2a00::5", "2001:db8::1", 1.3) == "drop"
 
 
 def test_nft_gets_interval_sets_with_the_networks(geo_dir: Path) -> None:
@@ -278,7 +285,8 @@ def test_nft_gets_interval_sets_with_the_networks(geo_dir: Path) -> None:
 
 
 def test_explain_names_the_country_that_matched(geo_dir: Path) -> None:
-    policy = load('set geo-site "sites.conf"\ndrop from country { RU, XX }\ndrop to asn 64500\n', geo_dir)
+    text = 'set geo-site "sites.conf"\ndrop from country { RU, XX }\ndrop to asn 64500\n'
+    policy = load(text, geo_dir)
     steps, decider = explain(policy, packet_from_text("tcp 5.6.1.1:4000 > 192.0.2.1:80"))
     assert decider is policy.rules[0]
     assert "source 5.6.1.1 is RU (country { RU, XX })" in steps[0].reason

@@ -56,7 +56,7 @@ def test_firehol_spamhaus_and_json_lines() -> None:
 
 
 def test_bad_lines_are_reported_with_line_and_column() -> None:
-    parsed = parse_list_text("1.2.3.0/24\n  nonsense ; SBL1\n{\"cidr\": 5}\n1.2.3.4/40\n")
+    parsed = parse_list_text('1.2.3.0/24\n  nonsense ; SBL1\n{"cidr": 5}\n1.2.3.4/40\n')
     assert [(p[0], p[1], p[3]) for p in parsed.problems] == [
         (2, 3, "invalid address 'nonsense' in table file"),
         (3, 1, '"cidr" is not a string'),
