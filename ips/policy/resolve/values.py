@@ -250,11 +250,12 @@ class Values:
                     code="bad-value",
                 )
             self.files.sources.setdefault(str(path), text)
-        if not parsed.nets4 and not parsed.nets6 and not spec.allow_empty:
+        refused = parsed.problems and spec.on_error != "skip"  # its bad lines say why
+        if not parsed.nets4 and not parsed.nets6 and not spec.allow_empty and not refused:
             self.diags.error(
                 decl.span,
                 f"table file '{decl.path}' has no address in it"
-                + (f" ({len(parsed.problems)} bad lines)" if parsed.problems else ""),
+                + (f" ({len(parsed.problems)} bad lines skipped)" if parsed.problems else ""),
                 "an empty list would match nothing; if that is meant, say so: "
                 f'table {decl.name} file "{decl.path}" allow-empty',
                 code="empty",
