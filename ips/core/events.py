@@ -77,7 +77,9 @@ class Alert(PacketEvent):
     for a detector, blocked means its response banned the source or dropped the packet.
     category is "policy" for rules, the detector's name for detectors.
     extra holds a detector's details (source, targets, count, threshold, window, …; see
-    ips/detect), None for rules; the EVE writer puts it in the record's `ipsctl` object."""
+    ips/detect); for a rule, the reputation lists its packet's addresses are on
+    ({"lists": {"src": ["spamhaus"]}}), else None. The EVE writer puts it in the record's
+    `ipsctl` object."""
 
     __slots__ = (
         "action",

@@ -35,7 +35,7 @@ FORBIDDEN = {
 # core, with presentation (views) beside control and the lab on its own.
 LOWER = {
     "core": set(),
-    "policy": {"core"},
+    "policy": {"core", "geo"},  # the resolver turns geo clauses into networks (issue 22)
     "translate": {"core", "policy"},
     "detect": {"core", "policy"},
     "app": {"core"},  # application-layer parsers and reassembly (issue 20): pure
