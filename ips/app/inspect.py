@@ -92,6 +92,7 @@ __all__ = [
     "AppCounters",
     "AppInspector",
     "NameSource",
+    "quic_version_text",
     "tls_version_text",
 ]
 
@@ -119,6 +120,18 @@ _TLS_VERSIONS = {
 def tls_version_text(version: int) -> str:
     """Suricata's name of a TLS version number ("TLS 1.2"), UNDETERMINED when unknown."""
     return _TLS_VERSIONS.get(version, "UNDETERMINED")
+
+
+# Google QUIC's version tags, which Suricata names by their letters.
+_GQUIC_VERSIONS = {0x51303339: "Q039", 0x51303433: "Q043", 0x51303434: "Q044",
+                   0x51303435: "Q045", 0x51303436: "Q046"}  # fmt: skip
+
+
+def quic_version_text(version: int) -> str:
+    """quic.version as Suricata 7 writes it (rust/src/quic/parser.rs, `From<QuicVersion> for
+    String`): Google's tags by their letters, any other version in lower-case hex without
+    leading zeros: "1" for QUIC v1, "ff00001d" for draft 29, "6b3343cf" for v2."""
+    return _GQUIC_VERSIONS.get(version) or format(version, "x")
 
 
 class NameSource(Protocol):
@@ -643,6 +656,22 @@ class AppInspector:
         self._close(flow, state)
         return events or None
 
+    def refused(self, flow: Flow, now: float) -> list[AppEvent] | None:
+        """The engine refused (dropped or rejected) a packet of a flow whose client message
+        was read: the flow will never complete, so the events it owes are handed out now
+        rather than at its end, maybe an hour later (a TLS hello whose server will never
+        answer, HTTP requests without response, an SSH client banner), and its inspection is
+        over (memory returned, fields final, as `release`). DNS and QUIC owe nothing (their
+        events go out per message), and a DNS flow goes on being read: the next query of the
+        same socket is judged on its own names. None when nothing was owed."""
+        state = flow.app_state
+        if state.__class__ is not _Tcp or flow.app_proto not in (APP_TLS, APP_SSH, APP_HTTP):
+            return None
+        app = flow.app
+        if app is None or not app.client_done:
+            return None  # the client's message may still come: its rule has not decided
+        return self.release(flow, now)
+
     @property
     def memory(self) -> int:
         """Bytes the reassembler holds for all flows."""
@@ -689,7 +718,7 @@ def _eve_tls(
 def _eve_quic(quic: QuicClientHello, ja4_text: str) -> dict[str, object]:
     """The EVE `quic` object: version, sni, ja4, and the named extensions with values
     (server_name, alpn) as Suricata lists them."""
-    out: dict[str, object] = {"version": str(quic.version)}
+    out: dict[str, object] = {"version": quic_version_text(quic.version)}
     hello = quic.hello
     if hello.sni is not None:
         out["sni"] = hello.sni
