@@ -54,8 +54,10 @@ def alert_app_objects(
             if value is not None:
                 out[key] = value
     elif app_proto == APP_DNS:
-        # Suricata 7's form on alerts: the message's questions under `query`.
+        # The message's questions in the version 2 form of the `dns` events (Suricata 7's
+        # alerts have them under `query`; the schema wants the version said).
         if app.dns_queries:
+            out["version"] = 2
             out["query"] = [{"type": "query", "rrname": name} for name in app.dns_queries]
     elif app_proto == APP_SSH:
         for side, software in (("client", app.ssh_client), ("server", app.ssh_server)):
