@@ -196,7 +196,7 @@ class Detector:
             # passive DNS name, and for ICMP the type and code its Community ID hashes.
             alert.app_proto = flow.app_proto
             alert.dst_name = flow.dst_name
-            if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+            if proto in (PROTO_ICMP, PROTO_ICMPV6):
                 alert.icmp = flow.icmp
         if to_ban is not None:
             out.append(

@@ -393,7 +393,10 @@ class Engine:
         owed = self.app.refused(flow, now)
         if owed is None:
             return effects
-        return list(owed) if effects is None else effects + owed
+        if effects is None:
+            return list(owed)
+        effects.extend(owed)
+        return effects
 
     def _pending(
         self,

@@ -364,12 +364,12 @@ def oracle_ja3(stream: bytes, tmp_path: Path) -> str:
     from scapy.utils import wrpcap
 
     path = tmp_path / "hello.pcap"
-    ip = IP(src=CLIENT, dst=SERVER)
+    ip, back = IP(src=CLIENT, dst=SERVER), IP(src=SERVER, dst=CLIENT)
     wrpcap(
         str(path),
         [
             ip / TCP(sport=40000, dport=443, flags="S", seq=999),
-            IP(src=SERVER, dst=CLIENT) / TCP(sport=443, dport=40000, flags="SA", seq=4999, ack=1000),
+            back / TCP(sport=443, dport=40000, flags="SA", seq=4999, ack=1000),
             ip / TCP(sport=40000, dport=443, flags="A", seq=1000, ack=5000),
             ip / TCP(sport=40000, dport=443, flags="PA", seq=1000, ack=5000) / Raw(stream),
         ],
