@@ -269,6 +269,8 @@ class AppInspector:
         if not self.enabled:
             flow.app_state = None
             return None
+        if self.names is not None:  # every flow's responder, pings included
+            flow.dst_name = self.names.name_of(flow.dst, now)
         proto = pkt.proto
         if proto == PROTO_TCP:
             state: _Tcp | _Udp = _Tcp(self.reassembler.open())
@@ -280,8 +282,6 @@ class AppInspector:
             return None
         flow.app = AppFields()
         flow.app_state = state
-        if self.names is not None:
-            flow.dst_name = self.names.name_of(flow.dst, now)
         return state
 
     # ---- TCP ----------------------------------------------------------------------------------
