@@ -31,7 +31,9 @@ UDP   the first datagram with payload is detected. QUIC: the client's datagrams 
 the policy's L7 clauses wait for. Events (`AppEvent`, Suricata's EVE kinds tls, quic, dns,
 http, ssh) come back from `inspect`, to ride on the packet's Decision, and from `release`,
 which the engine calls when a flow ends: a TLS client whose server never answered, HTTP
-requests without responses, and the reassembly memory still held (counted).
+requests without responses, and the reassembly memory still held (counted); and from
+`refused`, which the engine calls when it drops or rejects a packet of a flow whose client
+message was read (the flow will never complete: its events go out with that packet).
 
 Pure: no clock (`now` is an argument), no I/O. Nothing here raises on any bytes.
 """

@@ -15,7 +15,11 @@ Application layer (ips/app/inspect.py): `tls`, `quic`, `dns` (version 2 query an
 records), `http` and `ssh` events, each with the object of that name as Suricata writes it.
 Every line about a flow or a packet (flow, alert, drop, ipsctl_log and the application
 events) carries the flow's `community_id` (Community ID v1, seed 0); alerts carry the flow's
-`app_proto`; when passive DNS named the flow's responder, `ipsctl.dst_name` says so.
+`app_proto`; when passive DNS named the flow's responder, `ipsctl.dst_name` says so. A
+rule's alert (and drop/log record) has the application-layer object of what the client said
+(`tls`, `http`, `dns`, `quic`, `ssh`: ips/app/alert_fields.py) at the top level, as
+Suricata's alert metadata has it; a flow record's `ipsctl` has the `sni` and `http_host`
+the application layer read.
 """
 
 from __future__ import annotations
