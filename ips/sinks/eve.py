@@ -226,9 +226,13 @@ def unblock_record(unblock: Unblock) -> Record:
 
 
 def drop_record(log: LogRecord, in_iface: str | None = None) -> Record:
+    """A refusing `log` rule's record, as Suricata's drop log writes it; the rule's name goes
+    in ipsctl's own object (Suricata's `drop` object has no place for it)."""
     record = _base(log, "drop", in_iface)
-    record["drop"] = {"reason": "rules", "rule": log.rule_name}
-    return _name_of_destination(record, log)
+    record["drop"] = {"reason": "rules"}
+    record = _name_of_destination(record, log)
+    record.setdefault("ipsctl", {})["rule"] = log.rule_name
+    return record
 
 
 def log_record(log: LogRecord, in_iface: str | None = None) -> Record:

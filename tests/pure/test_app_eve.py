@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from eve_schema import eve_validator
 
 from ips.app.community_id import community_id
 from ips.app.dns import DnsMessage, eve_dns, parse_message
@@ -20,18 +21,10 @@ from ips.core.packet import PROTO_TCP, PROTO_UDP
 from tests.pure.test_app_oracle import Capture
 from tests.pure.test_app_parsers import dns_query, dns_response
 
-jsonschema = pytest.importorskip("jsonschema")
-
-SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "suricata-eve-schema.json"
-
 
 @pytest.fixture(scope="module")
 def validator() -> object:
-    if not SCHEMA.is_file():
-        pytest.skip(f"Suricata's EVE schema not found at {SCHEMA}")
-    schema = json.loads(SCHEMA.read_text())
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
+    return eve_validator()
 
 
 def line(event_type: str, proto: int, body: dict[str, object]) -> dict[str, object]:

@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from eve_schema import assert_valid_eve
 from scapy.layers.dns import DNS
 from scapy.layers.inet import IP, TCP, UDP
 
@@ -39,7 +40,6 @@ from tests.pure.test_app_tls import chrome_like_extensions, client_hello_message
 
 CLIENT, SERVER = "10.10.1.20", "10.10.2.10"
 DATA = TCP_PSH | TCP_ACK
-SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "schemas" / "suricata-eve-schema.json"
 
 
 def hello_bytes(sni: str) -> bytes:
@@ -111,18 +111,6 @@ def eve_lines(effects: list[Effect]) -> list[dict]:
     out = io.StringIO()
     EveWriter(out).events(effects)
     return [json.loads(line) for line in out.getvalue().splitlines()]
-
-
-def assert_valid_eve(records_: list[dict]) -> None:
-    if not SCHEMA.is_file():
-        pytest.skip(f"Suricata's EVE schema not found at {SCHEMA}")
-    jsonschema = pytest.importorskip("jsonschema")
-    schema = json.loads(SCHEMA.read_text())
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    for record in records_:
-        suricata_part = {k: v for k, v in record.items() if not k.startswith("ipsctl")}
-        errors = [e.message for e in validator.iter_errors(suricata_part)]
-        assert not errors, (record, errors)
 
 
 # ---- TLS: drop, reject, allow-list ---------------------------------------------------------
