@@ -221,6 +221,21 @@ def _ip_header(pkt: Packet, proto: int, payload_len: int, src: bytes, tos: int =
     return _IPV6_HDR.pack(0x60000000, payload_len, proto, REPLY_HOP_LIMIT, src, pkt.src)
 
 
+def _may_reset(pkt: Packet) -> bool:
+    """Whether a reset may answer pkt: a TCP segment whose header is here (not a later
+    fragment, not truncated), not itself a RST (never answer one), between unicast
+    addresses."""
+    l4 = pkt.l4_offset
+    return not (
+        pkt.proto != PROTO_TCP
+        or l4 < 0
+        or pkt.frag == FRAG_LATER
+        or l4 + 20 > len(pkt.data)
+        or pkt.flags & TCP_RST
+        or _no_reply_addresses(pkt)
+    )
+
+
 def tcp_reset_for(pkt: Packet) -> bytes | None:
     """The RST a firewall sends back to pkt's sender, from pkt's destination (RFC 793, "Reset
     Generation"): if pkt has ACK, seq = its ack number and flags RST; otherwise seq 0, ack =
@@ -229,17 +244,10 @@ def tcp_reset_for(pkt: Packet) -> bytes | None:
     None when pkt is not TCP, has no TCP header here (non-first fragment, truncated), is
     itself a RST (never answer one), or comes from or goes to a multicast/broadcast address.
     For a first fragment the payload length is what this fragment holds."""
+    if not _may_reset(pkt):
+        return None
     l4 = pkt.l4_offset
     data = pkt.data
-    if (
-        pkt.proto != PROTO_TCP
-        or l4 < 0
-        or pkt.frag == FRAG_LATER
-        or l4 + 20 > len(data)
-        or pkt.flags & TCP_RST
-        or _no_reply_addresses(pkt)
-    ):
-        return None
     seq, ack = _U32x2.unpack_from(data, l4 + 4)
     flags = pkt.flags
     if flags & TCP_ACK:
@@ -306,17 +314,10 @@ def tcp_reset_to_peer(pkt: Packet) -> bytes | None:
     expected one is accepted). It acknowledges what pkt acknowledges, when pkt has ACK.
 
     None in the cases tcp_reset_for sends nothing."""
+    if not _may_reset(pkt):
+        return None
     l4 = pkt.l4_offset
     data = pkt.data
-    if (
-        pkt.proto != PROTO_TCP
-        or l4 < 0
-        or pkt.frag == FRAG_LATER
-        or l4 + 20 > len(data)
-        or pkt.flags & TCP_RST
-        or _no_reply_addresses(pkt)
-    ):
-        return None
     seq, ack = _U32x2.unpack_from(data, l4 + 4)
     if pkt.flags & TCP_ACK:
         r_ack, r_flags = ack, TCP_RST | TCP_ACK

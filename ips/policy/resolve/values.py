@@ -176,23 +176,17 @@ class Values:
             if item.kind in ("string", "word"):
                 valid = self._add_name(names, item.text, item.span) or valid
             elif item.kind == "table":
-                table = self.tables.get(item.text)
-                if table is None:
-                    self.diags.error(
-                        item.span,
-                        f"unknown table '@{item.text}'",
-                        _prefixed_hint("@", item.text, self.tables)
-                        or 'declare it: table NAME file "names.txt" (one name a line)',
-                        code="unknown-name",
-                    )
-                elif table.names is None:
+                table = self._known_table(
+                    item, 'declare it: table NAME file "names.txt" (one name a line)'
+                )
+                if table is not None and table.names is None:
                     self.diags.error(
                         item.span,
                         f"'@{item.text}' is a {table.kind} table of addresses, not of names",
                         "a table of names is a static or file table that name clauses use",
                         code="type",
                     )
-                else:
+                elif table is not None and table.names is not None:
                     names.update(table.names)
                     valid = True
             else:
@@ -372,16 +366,10 @@ class Values:
                 if net is not None:
                     (nets4 if net[0] == 4 else nets6).append(net[1:])
             elif item.kind == "table":
-                table = self.tables.get(item.text)
+                table = self._known_table(item, "declare it: table NAME = { … }")
                 if table is None:
-                    self.diags.error(
-                        item.span,
-                        f"unknown table '@{item.text}'",
-                        _prefixed_hint("@", item.text, self.tables)
-                        or "declare it: table NAME = { … }",
-                        code="unknown-name",
-                    )
-                elif table.names is not None:
+                    continue  # reported
+                if table.names is not None:
                     self.diags.error(
                         item.span,
                         f"'@{item.text}' holds names (a name clause uses it at "
@@ -425,6 +413,18 @@ class Values:
     def warn_empty(self, value: ast.Value) -> None:
         if value.is_set and not value.items:
             self.diags.warning(value.span, "an empty set matches nothing")
+
+    def _known_table(self, item: ast.Item, declare_hint: str) -> TableSpec | None:
+        """The table an `@name` item names; None, reported with a hint, when none is."""
+        table = self.tables.get(item.text)
+        if table is None:
+            self.diags.error(
+                item.span,
+                f"unknown table '@{item.text}'",
+                _prefixed_hint("@", item.text, self.tables) or declare_hint,
+                code="unknown-name",
+            )
+        return table
 
     def network(self, item: ast.Item) -> tuple[int, int, int] | None:
         """An address item -> (version, network as int, prefix length), or None (reported)."""
