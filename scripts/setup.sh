@@ -9,12 +9,14 @@ cd "$(dirname "$0")/.."
 # libnftables is loaded by pip-nftables) and iptables: the diversion; the rest is the lab:
 # namespaces, clients and the real attack tools the tests run; prometheus and tmux: the
 # metrics test scrapes with a real Prometheus server, the `ipsctl top` test runs it in tmux;
-# tshark is the oracle of the application-layer parsers' tests (TLS, DNS, HTTP, SSH, community_id).
+# tshark is the oracle of the application-layer parsers' tests (TLS, DNS, HTTP, SSH, community_id);
+# dnsmasq-base (a DNS server without a system service) and bind9-dnsutils (dig) are the real DNS
+# server and client of the application-layer lab tests.
 apt_packages=(
   python3 python3-venv python3-dev gcc make
   libnetfilter-queue-dev nftables iptables iproute2 util-linux systemd
   iputils-ping curl nmap hping3 masscan ncat socat tcpdump iperf3
-  prometheus tmux tshark
+  prometheus tmux tshark dnsmasq-base bind9-dnsutils
 )
 missing=()
 for p in "${apt_packages[@]}"; do
