@@ -85,7 +85,11 @@ def test_tls_sni_drop_holds_for_every_address_of_the_name(tmp_path: Path) -> Non
 def test_tls_sni_reject_resets_at_once(tmp_path: Path) -> None:
     with app_lab(tmp_path, "atr") as app:
         app.box.start_daemon(policy('reject tls sni { "blocked.lab", "*.bad.lab" }'))
-        for name, address in (("blocked.lab", SERVER), ("blocked.lab", SERVER_2), ("x.bad.lab", SERVER)):
+        for name, address in (
+            ("blocked.lab", SERVER),
+            ("blocked.lab", SERVER_2),
+            ("x.bad.lab", SERVER),
+        ):
             out = app.https(name, address)
             # a reset, not a timeout: curl fails at once (35: TLS connect error, 56: reset)
             assert curl_failed_fast(out), (name, address, out)
@@ -101,7 +105,8 @@ class Capture:
         self.path = path
         self.proc = app.box.lab.popen(
             node,
-            ["tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-n", "-s", "0", "-w", str(path), bpf],
+            # --immediate-mode: each packet reaches tcpdump at once (not a ring block later)
+            ["tcpdump", "-i", "eth0", "--immediate-mode", "-U", "-n", "-w", str(path), bpf],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
