@@ -10,6 +10,15 @@ Measured in one run, each figure the median of several passes over the same pack
 plus the policy compile time for 10,000 rules. Ratios are printed against decode-only and
 between the 10,000- and 10-rule policies.
 
+The application layer (ips/app/inspect.py), each case with `set app-layer on` and `off`:
+  tls-captures   the TLS captures of ../shared/pcaps (read once, then replayed in-process
+                 through Engine.handle with their own link types and times)
+  client-hello   flows that each carry one post-quantum ClientHello (1.6 KiB, one segment):
+                 the difference on - off per flow is the cost of a ClientHello
+  dns-message    one-datagram DNS flows (a query): the cost of a DNS message
+  decided-flow   the data packets of one TLS flow past its decision (its hello and the
+                 server's flight read): the cost a decided flow's packet pays
+
     .venv/bin/python bench/engine.py [--packets 200000] [--flows 2000] [--runs 5] [--json]
 """
 
@@ -22,6 +31,7 @@ import random
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from ips.core.build import build_packet
 from ips.core.decode import decode_l3
@@ -126,6 +136,107 @@ def traffic(n_packets: int, n_flows: int) -> list[bytes]:
     return out[:n_packets]
 
 
+PCAPS = Path(__file__).resolve().parents[2] / "shared" / "pcaps"
+TLS_CAPTURES = (
+    "sv_tls-subjectaltname_input.pcap",
+    "zk_tls-chrome-34-google.pcap",
+    "sv_community-id-ipv6_input.pcap",
+    "sv_base64-decode-5885_input.pcap",
+)
+ACCEPT = "set default accept\n"
+
+
+def _client_hello() -> bytes:
+    """A Chrome-like ClientHello with an X25519MLKEM768 key share, in TLS records."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.pure.test_app_tls import chrome_like_extensions, client_hello_message, records
+
+    return records(client_hello_message(chrome_like_extensions("example.com")))
+
+
+def app_cases(runs: int, n_flows: int = 2000) -> dict[str, dict[str, float]]:
+    """µs per packet (or per flow) of the application-layer cases, with app-layer on and off."""
+    from ips.io.pcap import read_capture
+
+    captured: list[tuple[bytes, Meta, float]] = []
+    for name in TLS_CAPTURES:
+        path = PCAPS / name
+        if path.is_file():
+            for rec in read_capture(path):
+                captured.append((rec.data, Meta(linktype=rec.linktype), rec.timestamp))
+    hello = _client_hello()
+    hello_flows = []
+    dns_flows = []
+    for i in range(n_flows):
+        client, cport = f"10.10.{i // 250 % 250}.{i % 250 + 1}", 20000 + i
+        hello_flows += [
+            build_packet(PROTO_TCP, client, "10.20.0.1", cport, 443, flags=0x02, seq=999),
+            build_packet(PROTO_TCP, "10.20.0.1", client, 443, cport, flags=0x12, seq=4999),
+            build_packet(PROTO_TCP, client, "10.20.0.1", cport, 443, flags=0x18, seq=1000,
+                         payload=hello),
+        ]  # fmt: skip
+        name = b"\x03www\x07example\x03com\x00"
+        query = (i & 0xFFFF).to_bytes(2, "big") + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+        dns_flows.append(
+            build_packet(PROTO_UDP, client, "10.20.0.53", cport, 53,
+                         payload=query + name + b"\x00\x01\x00\x01")
+        )  # fmt: skip
+    decided = [
+        build_packet(PROTO_TCP, "10.10.0.1", "10.20.0.1", 40000, 443, flags=0x18,
+                     seq=1000 + len(hello) + 100 * k, payload=b"x" * 100)
+        for k in range(20_000)
+    ]  # fmt: skip
+
+    def replay(policy, items) -> float:
+        def go() -> None:
+            engine = Engine(policy)
+            handle = engine.handle
+            for data, meta, now in items:
+                handle(data, meta, now)
+
+        return timed(go, runs)
+
+    def plain(policy, packets, warm=()) -> float:
+        def go() -> float:
+            engine = Engine(policy)
+            handle = engine.handle
+            for p in warm:
+                handle(p, NO_META_RAW, 1.0)
+            t0 = time.perf_counter()
+            for p in packets:
+                handle(p, NO_META_RAW, 1.0)
+            return time.perf_counter() - t0
+
+        samples = []
+        for _ in range(runs):
+            gc.collect()
+            samples.append(go())
+        return statistics.median(samples)
+
+    flight_start = [
+        build_packet(PROTO_TCP, "10.10.0.1", "10.20.0.1", 40000, 443, flags=0x02, seq=999),
+        build_packet(PROTO_TCP, "10.20.0.1", "10.10.0.1", 443, 40000, flags=0x12, seq=4999),
+        build_packet(PROTO_TCP, "10.10.0.1", "10.20.0.1", 40000, 443, flags=0x18, seq=1000,
+                     payload=hello),
+        build_packet(PROTO_TCP, "10.20.0.1", "10.10.0.1", 443, 40000, flags=0x19, seq=5000),
+    ]  # fmt: skip
+    out: dict[str, dict[str, float]] = {}
+    for mode in ("on", "off"):
+        policy = load_policy_text(ACCEPT + f"set app-layer {mode}\n", "app.rules")
+        out[mode] = {
+            "tls-captures us/packet": 1e6 * replay(policy, captured) / max(1, len(captured)),
+            "client-hello us/flow": 1e6 * plain(policy, hello_flows) / n_flows,
+            "dns-message us/flow": 1e6 * plain(policy, dns_flows) / n_flows,
+            "decided-flow us/packet": 1e6 * plain(policy, decided, flight_start) / len(decided),
+        }
+    out["on - off"] = {k: out["on"][k] - out["off"][k] for k in out["on"]}
+    out["packets"] = {"tls-captures": len(captured)}
+    return out
+
+
+NO_META_RAW = Meta()
+
+
 def timed(fn, runs: int) -> float:
     """Median seconds of `runs` calls."""
     samples = []
@@ -205,6 +316,7 @@ def main() -> int:
             "decode / loop": round(pps["decode"] / pps["loop"], 3),
         },
     }
+    report["app"] = app_cases(args.runs)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -221,6 +333,11 @@ def main() -> int:
     )
     for name, value in report["ratios"].items():  # type: ignore[union-attr]
         print(f"ratio {name:<30}{value:.3f}")
+    app = report["app"]
+    print(f"application layer ({app['packets']['tls-captures']} packets of TLS captures)")
+    print(f"{'':<26}{'on':>9}{'off':>9}{'on - off':>10}")
+    for k in app["on"]:
+        print(f"{k:<26}{app['on'][k]:>9.2f}{app['off'][k]:>9.2f}{app['on - off'][k]:>10.2f}")
     return 0
 
 

@@ -101,6 +101,8 @@ def engine_handler(client: nfqnl.NfqClient, engine: Any) -> nfqnl.Handler:
             client.drop(pkt.id)
             if verdict == "reject" and decision.reply is not None:
                 replies.send(decision.reply)
+                if decision.peer_reply is not None:
+                    replies.send(decision.peer_reply)
             return True
         if decision.data is not None:
             client.verdict(pkt.id, nfqnl.NF_ACCEPT, payload=decision.data)

@@ -28,7 +28,12 @@ from ips.core.packet import (
     Packet,
 )
 
-__all__ = ["community_id", "community_id_packet", "icmp_port_equivalents"]
+__all__ = [
+    "community_id",
+    "community_id_packet",
+    "community_id_portless",
+    "icmp_port_equivalents",
+]
 
 _SEED_PROTO = struct.Struct("!H")
 _PROTO_PAD = struct.Struct("!BB")
@@ -95,18 +100,20 @@ def community_id_packet(pkt: Packet, seed: int = 0) -> str:
     fragment, whose transport header is elsewhere, hashes without ports as the spec does)."""
     proto = pkt.proto
     if pkt.frag == FRAG_LATER:
-        return _portless(pkt, seed)
+        return community_id_portless(proto, pkt.src, pkt.dst, seed)
     if proto in (PROTO_ICMP, PROTO_ICMPV6):
         if pkt.icmp_type < 0:
-            return _portless(pkt, seed)
+            return community_id_portless(proto, pkt.src, pkt.dst, seed)
         return community_id(proto, pkt.src, pkt.dst, pkt.icmp_type, pkt.icmp_code, seed=seed)
     return community_id(proto, pkt.src, pkt.dst, pkt.sport, pkt.dport, seed=seed)
 
 
-def _portless(pkt: Packet, seed: int) -> str:
-    src, dst = (pkt.src, pkt.dst) if pkt.src <= pkt.dst else (pkt.dst, pkt.src)
+def community_id_portless(proto: int, src: bytes, dst: bytes, seed: int = 0) -> str:
+    """The Community ID without ports: what the specification hashes when the transport
+    header is not there (a later fragment, an ICMP message whose type is not known)."""
+    src, dst = (src, dst) if src <= dst else (dst, src)
     h = hashlib.sha1(_SEED_PROTO.pack(seed & 0xFFFF))
     h.update(src)
     h.update(dst)
-    h.update(_PROTO_PAD.pack(pkt.proto & 0xFF, 0))
+    h.update(_PROTO_PAD.pack(proto & 0xFF, 0))
     return "1:" + base64.b64encode(h.digest()).decode("ascii")

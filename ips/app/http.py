@@ -28,6 +28,7 @@ __all__ = [
     "eve_http",
     "parse_requests",
     "parse_responses",
+    "split_host",
 ]
 
 MAX_HEADER_BYTES = 16384
@@ -294,7 +295,7 @@ def eve_http(request: HttpRequest | None, response: HttpResponse | None) -> dict
     out: dict[str, object] = {}
     if request is not None:
         if request.host is not None:
-            host, port = _split_host(request.host)
+            host, port = split_host(request.host)
             out["hostname"] = host
             if port is not None:
                 out["http_port"] = port
@@ -315,7 +316,7 @@ def eve_http(request: HttpRequest | None, response: HttpResponse | None) -> dict
     return out
 
 
-def _split_host(value: str) -> tuple[str, int | None]:
+def split_host(value: str) -> tuple[str, int | None]:
     """A Host header's name and port ("[2001:db8::1]:8080" -> ("2001:db8::1", 8080))."""
     if value.startswith("["):
         close = value.find("]")

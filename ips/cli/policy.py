@@ -26,10 +26,12 @@ def policy_summary(policy: Policy) -> dict[str, Any]:
         "rules": len(policy.rules),
         "actions": dict(actions),
         "alerts": sum(1 for r in policy.rules if r.alert),
+        "app_clauses": dict(Counter(c.clause for r in policy.rules for c in r.app)),
         "tables": {
             name: {
                 "kind": t.kind,
-                "entries": len(t.nets4) + len(t.nets6),
+                "entries": t.entries,
+                **({"holds": "names"} if t.names is not None else {}),
                 **({"timeout": t.timeout} if t.timeout else {}),
             }
             for name, t in policy.tables.items()
@@ -78,12 +80,17 @@ def check(policies: tuple[str, ...], fmt: str) -> None:
             click.echo(render(policy.warnings, policy.sources), err=True)
         acts = ", ".join(f"{n} {a}" for a, n in sorted(summary["actions"].items()))
         tables = ", ".join(
-            f"@{n} ({t['kind']}, {t['entries']})" if t["kind"] != "dynamic" else f"@{n} (dynamic)"
+            f"@{n} ({t['kind']}, {t['entries']}{' names' if t.get('holds') else ''})"
+            if t["kind"] != "dynamic"
+            else f"@{n} (dynamic)"
             for n, t in summary["tables"].items()
         )
         click.echo(f"{path}: ok")
         click.echo(f"  rules      {summary['rules']}" + (f" ({acts})" if acts else ""))
         click.echo(f"  tables     {tables or 'none'}")
+        if summary["app_clauses"]:
+            clauses = ", ".join(f"{c} {n}" for c, n in sorted(summary["app_clauses"].items()))
+            click.echo(f"  app layer  {clauses}")
         click.echo(f"  detectors  {', '.join(policy.detectors) or 'none'}")
         opts = summary["options"]
         click.echo(
@@ -123,6 +130,16 @@ def check(policies: tuple[str, ...], fmt: str) -> None:
     metavar="TABLE=ADDR",
     help="treat ADDR as a member of dynamic TABLE (repeatable)",
 )
+@click.option("--app", "app_proto", help="the flow's application protocol (tls, http, dns, ...)")
+@click.option("--sni", help="the TLS ClientHello's server name")
+@click.option("--ja3", help="the TLS client's JA3 hash")
+@click.option("--ja4", help="the TLS client's JA4 fingerprint")
+@click.option("--quic-sni", help="the server name of the QUIC Initial's ClientHello")
+@click.option("--dns", "dns_queries", multiple=True, help="a name the DNS query asks (repeatable)")
+@click.option("--http-host", help="the HTTP request's Host")
+@click.option("--http-uri", help="the HTTP request's URI")
+@click.option("--http-method", help="the HTTP request's method")
+@click.option("--http-user-agent", help="the HTTP request's User-Agent")
 def explain(
     policy_path: str,
     packet: str,
@@ -130,8 +147,13 @@ def explain(
     oif: str | None,
     established: bool,
     members: tuple[str, ...],
+    **l7: Any,
 ) -> None:
-    """Show which rule of POLICY decides a packet, and why each earlier rule does not."""
+    """Show which rule of POLICY decides a packet, and why each earlier rule does not.
+
+    Application-layer clauses read the L7 options (--sni, --dns, --http-host, ...): with
+    any of them, the flow's client message is taken as read (what is not given is absent);
+    without, it is not read yet, and a rule that needs it is pending."""
     from ips.core.addr import parse_addr
     from ips.policy.explain import explain as explain_rules
     from ips.policy.packetspec import PacketSpecError, packet_from_text
@@ -153,17 +175,68 @@ def explain(
             dynamic.setdefault(name, set()).add(parse_addr(addr))
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--member") from None
-    steps, decider = explain_rules(policy, pkt, iif, oif, established, dynamic)
+    app = explain_app_context(pkt.proto, l7)
+    steps, decider = explain_rules(policy, pkt, iif, oif, established, dynamic, app)
     click.echo(f"packet: {packet}")
     for step in steps:
         r = step.rule
-        mark = "MATCH" if step.matched else "no   "
+        mark = "MATCH" if step.matched else ("wait " if step.pending else "no   ")
         click.echo(f"  {mark} {r.span.file}:{r.span.line}  {r.text}")
         click.echo(f"        {step.reason}")
+    waiting = next((s for s in steps if s.rule is decider and s.pending), None)
     if decider is None:
         click.echo(f"=> no rule matched: default verdict {policy.default_verdict}")
+    elif waiting is not None:
+        click.echo(
+            f"=> accept (app-pending): {decider.span.file}:{decider.span.line} decides once "
+            f"the application layer is read ({waiting.reason}); not offloaded meanwhile"
+        )
     else:
         click.echo(f"=> {decider.action} by {decider.span.file}:{decider.span.line}")
+
+
+# Which application protocol an L7 option implies, when --app is not given.
+_L7_OPTION_PROTOS = {
+    "sni": "tls",
+    "ja3": "tls",
+    "ja4": "tls",
+    "quic_sni": "quic",
+    "dns_queries": "dns",
+    "http_host": "http",
+    "http_uri": "http",
+    "http_method": "http",
+    "http_user_agent": "http",
+}
+
+
+def explain_app_context(proto: int, options: dict[str, Any]) -> Any:
+    """The AppContext of an explained packet, from explain's L7 options."""
+    from ips.core.app_fields import AppFields
+    from ips.core.packet import PROTO_TCP, PROTO_UDP
+    from ips.policy.domains import normalize
+    from ips.policy.explain import NOTHING_KNOWN, AppContext
+
+    given = {k: v for k, v in options.items() if v not in (None, ())}
+    if proto not in (PROTO_TCP, PROTO_UDP):
+        return AppContext(None, "")  # no application layer to parse (ICMP, GRE, ...)
+    if not given:
+        return NOTHING_KNOWN
+    fields = AppFields()
+    fields.client_done = True
+    for option, attr in (("sni", "tls_sni"), ("quic_sni", "quic_sni"), ("http_host", "http_host")):
+        if option in given:
+            setattr(fields, attr, normalize(given[option]))
+    fields.tls_ja3 = given.get("ja3")
+    fields.tls_ja4 = given.get("ja4")
+    fields.dns_queries = tuple(normalize(q) for q in given.get("dns_queries", ()))
+    fields.http_uri = given.get("http_uri")
+    fields.http_method = given.get("http_method")
+    fields.http_user_agent = given.get("http_user_agent")
+    app_proto = given.get("app_proto")
+    if app_proto is None:
+        implied = {_L7_OPTION_PROTOS[k] for k in given if k in _L7_OPTION_PROTOS}
+        app_proto = implied.pop() if len(implied) == 1 else None
+    return AppContext(fields, app_proto)
 
 
 # ---- replay -----------------------------------------------------------------------------------

@@ -5,6 +5,8 @@ Both use only read-only ops of the control socket: root, or a member of group ip
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 from typing import Any
@@ -33,6 +35,14 @@ def _check_filter(_ctx: object, _param: object, value: str | None) -> str | None
     return value
 
 
+def _check_name(_ctx: object, _param: object, value: str | None) -> str | None:
+    if value is not None:
+        if not value.strip() or len(value.split()) != 1:
+            raise click.BadParameter("one name, *.name or *")
+        _check_filter(_ctx, _param, f"name {value}")
+    return value
+
+
 @click.command()
 @click.option(
     "--top",
@@ -49,7 +59,15 @@ def _check_filter(_ctx: object, _param: object, value: str | None) -> str | None
     callback=_check_filter,
     metavar="EXPR",
     help='e.g. "proto tcp dport 80", "src 10.0.0.0/8 and state established" '
-    "(words: proto host src dst port sport dport state)",
+    "(words: proto host src dst port sport dport state name)",
+)
+@click.option(
+    "--name",
+    "name",
+    callback=_check_name,
+    metavar="NAME",
+    help="only flows whose responder has this name (passive DNS): "
+    '"example.com", "*.example.com" (its subdomains), "*" (any known name)',
 )
 @click.option(
     "--group",
@@ -63,14 +81,18 @@ def flows(
     top: int,
     sort: str,
     filter_text: str | None,
+    name: str | None,
     group: str | None,
     as_json: bool,
     as_csv: bool,
     socket_path: str,
 ) -> None:
-    """Active connections: addresses, ports, protocol, packets, bytes, duration."""
+    """Active connections: addresses, ports, protocol, packets, bytes, duration, and the
+    responder's name when passive DNS learned it."""
     if as_json and as_csv:
         raise click.UsageError("--json and --csv exclude each other")
+    if name:  # one more word of the filter, which every term must satisfy
+        filter_text = f"{filter_text or ''} name {name}".strip()
     message: FlowsRequest = {
         "op": "flows",
         "top": top,
@@ -87,14 +109,22 @@ def flows(
         click.echo(json.dumps(reply, indent=2))
     elif group:
         rows = reply.get("groups") or []
+        named = group == "dst"  # destinations carry their passive DNS name
         if as_csv:
-            click.echo("key,flows,packets,bytes")
+            # A DNS name may hold a comma (only unprintable bytes are escaped): quote as CSV.
+            out = io.StringIO()
+            writer = csv.writer(out, lineterminator="\n")
+            writer.writerow(["key", "flows", "packets", "bytes"] + (["name"] if named else []))
             for g in rows:
-                click.echo(f"{g['key']},{g['flows']},{g['packets']},{g['bytes']}")
+                cells = [g["key"], g["flows"], g["packets"], g["bytes"]]
+                writer.writerow([*cells, g.get("name") or ""] if named else cells)
+            click.echo(out.getvalue(), nl=False)
         else:
-            click.echo(f"{group.upper():<45} {'FLOWS':>7} {'PKTS':>9} {'BYTES':>12}")
+            head = f"{group.upper():<45} {'FLOWS':>7} {'PKTS':>9} {'BYTES':>12}"
+            click.echo(head + ("  NAME" if named else ""))
             for g in rows:
-                click.echo(f"{g['key']:<45} {g['flows']:>7} {g['packets']:>9} {g['bytes']:>12}")
+                line = f"{g['key']:<45} {g['flows']:>7} {g['packets']:>9} {g['bytes']:>12}"
+                click.echo(line + (f"  {g.get('name') or '-'}" if named else ""))
     elif as_csv:
         click.echo(flows_csv(reply.get("flows") or []), nl=False)
     else:

@@ -19,6 +19,23 @@ message in hand (the packet being judged), and is replaced by the next one.
 
 from __future__ import annotations
 
+from typing import Final
+
+
+class _NotStarted:
+    """The app_state of a flow the inspector has not seen yet (see APP_NOT_STARTED)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "APP_NOT_STARTED"
+
+
+# A new flow's `app_state`: the inspector has yet to see it. Not None, so the engine's one
+# test (`flow.app_state is not None`) sends a flow's first packet to the inspector, which
+# starts it (AppFields, reassembly) or, with application parsing off, sets None for good.
+APP_NOT_STARTED: Final = _NotStarted()
+
 
 class AppFields:
     """The L7 fields of one flow (None: not known)."""

@@ -42,6 +42,8 @@ from ips.core.packet import (
 )
 
 __all__ = [
+    "DNS_NXDOMAIN",
+    "DNS_REFUSED",
     "ICMP6_ADDR_UNREACH",
     "ICMP6_ADMIN_PROHIBITED",
     "ICMP6_DST_UNREACH",
@@ -59,6 +61,7 @@ __all__ = [
     "REPLY_HOP_LIMIT",
     "checksum",
     "csum_adjust",
+    "dns_refusal_for",
     "icmp_unreachable_for",
     "l4_checksum",
     "replace_payload",
@@ -69,6 +72,7 @@ __all__ = [
     "set_sport",
     "set_ttl",
     "tcp_reset_for",
+    "tcp_reset_to_peer",
 ]
 
 # ICMPv4 destination unreachable (type 3) codes, RFC 792 / RFC 1812.
@@ -291,6 +295,109 @@ def icmp_unreachable_for(
     icmp += pkt.data[: _ICMP6_MAX - 40 - 8]
     icmp[2:4] = _U16.pack(l4_checksum(source, pkt.src, PROTO_ICMPV6, icmp))
     return _ip_header(pkt, PROTO_ICMPV6, len(icmp), source) + icmp
+
+
+def tcp_reset_to_peer(pkt: Packet) -> bytes | None:
+    """The RST that tears down the other end of pkt's connection: from pkt's sender to pkt's
+    destination, with pkt's own sequence number — the one the destination expects next,
+    since pkt itself is dropped — so that the destination (the server a rejected
+    ClientHello was going to) forgets the connection at once instead of waiting for a
+    client that is gone (RFC 5961 3.2: a reset whose sequence number is exactly the next
+    expected one is accepted). It acknowledges what pkt acknowledges, when pkt has ACK.
+
+    None in the cases tcp_reset_for sends nothing."""
+    l4 = pkt.l4_offset
+    data = pkt.data
+    if (
+        pkt.proto != PROTO_TCP
+        or l4 < 0
+        or pkt.frag == FRAG_LATER
+        or l4 + 20 > len(data)
+        or pkt.flags & TCP_RST
+        or _no_reply_addresses(pkt)
+    ):
+        return None
+    seq, ack = _U32x2.unpack_from(data, l4 + 4)
+    if pkt.flags & TCP_ACK:
+        r_ack, r_flags = ack, TCP_RST | TCP_ACK
+    else:
+        r_ack, r_flags = 0, TCP_RST
+    tcp = bytearray(_TCP_HDR.pack(pkt.sport, pkt.dport, seq, r_ack, 5 << 4, r_flags, 0, 0, 0))
+    tcp[16:18] = _U16.pack(l4_checksum(pkt.src, pkt.dst, PROTO_TCP, tcp))
+    return _to_destination(pkt, PROTO_TCP, tcp)
+
+
+def _to_destination(pkt: Packet, proto: int, segment: bytes | bytearray) -> bytes:
+    """segment in a fresh IP header from pkt's sender to pkt's destination."""
+    n = len(segment)
+    if pkt.family == 4:
+        hdr = bytearray(
+            _IPV4_HDR.pack(0x45, 0, 20 + n, 0, 0, REPLY_HOP_LIMIT, proto, 0, pkt.src, pkt.dst)
+        )
+        hdr[10:12] = _U16.pack(checksum(hdr))
+        return bytes(hdr) + bytes(segment)
+    return _IPV6_HDR.pack(0x60000000, n, proto, REPLY_HOP_LIMIT, pkt.src, pkt.dst) + bytes(segment)
+
+
+DNS_NXDOMAIN = 3  # RCODE: the name does not exist (RFC 1035 4.1.1)
+DNS_REFUSED = 5  # RCODE: the server refuses to answer (RFC 1035 4.1.1)
+_DNS_HDR = struct.Struct("!HHHHHH")
+_UDP_HDR = struct.Struct("!HHHH")
+
+
+def _dns_questions_end(data: bytes, pos: int, end: int, count: int) -> int:
+    """Where `count` questions starting at pos end, or -1 when they do not fit. Names are
+    walked label by label; a compression pointer ends a name (two bytes)."""
+    for _ in range(count):
+        while True:
+            if pos >= end:
+                return -1
+            length = data[pos]
+            if length == 0:
+                pos += 1
+                break
+            if length & 0xC0 == 0xC0:
+                pos += 2
+                break
+            if length & 0xC0:
+                return -1  # the reserved label types
+            pos += 1 + length
+        pos += 4  # type, class
+        if pos > end:
+            return -1
+    return pos
+
+
+def dns_refusal_for(pkt: Packet, rcode: int = DNS_NXDOMAIN) -> bytes | None:
+    """The DNS response a rejected query over UDP gets, from the server's address and port
+    to the client's: the query's ID, opcode and questions, QR set, RD copied and RA set
+    as RD (a recursive resolver's answer), no records, and `rcode` (NXDOMAIN or REFUSED).
+    The client's resolver takes it as the server's own answer and stops at once, instead
+    of retrying a silent server.
+
+    None (the caller falls back to an ICMP error) when pkt is not a UDP datagram holding a
+    whole DNS query (QR clear, at least one question that fits), or may not be answered
+    (a fragment, multicast or broadcast addresses)."""
+    l4 = pkt.l4_offset
+    if pkt.proto != PROTO_UDP or l4 < 0 or pkt.frag or _no_reply_addresses(pkt):
+        return None
+    data = pkt.data
+    start, end = pkt.payload_offset, pkt.length
+    if end > len(data) or end - start < 12:
+        return None
+    ident, flags, qdcount = _DNS_HDR.unpack_from(data, start)[:3]
+    if flags & 0x8000 or qdcount == 0:
+        return None  # a response, or a message that asks nothing
+    questions_end = _dns_questions_end(data, start + 12, end, qdcount)
+    if questions_end < 0:
+        return None
+    rd = flags & 0x0100
+    reply_flags = 0x8000 | (flags & 0x7800) | rd | (0x0080 if rd else 0) | (rcode & 0xF)
+    message = _DNS_HDR.pack(ident, reply_flags, qdcount, 0, 0, 0) + data[start + 12 : questions_end]
+    udp = bytearray(_UDP_HDR.pack(pkt.dport, pkt.sport, 8 + len(message), 0) + message)
+    csum = l4_checksum(pkt.dst, pkt.src, PROTO_UDP, udp)
+    udp[6:8] = _U16.pack(csum or 0xFFFF)
+    return _ip_header(pkt, PROTO_UDP, len(udp), pkt.dst) + bytes(udp)
 
 
 # -- rewrites ----------------------------------------------------------------------------

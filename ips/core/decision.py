@@ -41,6 +41,9 @@ class Decision(Generic[RuleT]):
     data     replacement bytes for the packet (rewrite, or a reply of a translated flow),
              else None
     reply    bytes the adapter must send back (the TCP reset / ICMP error of a reject)
+    peer_reply  bytes the adapter must send on, to the packet's destination: the reset that
+             closes the server's end of a connection an application-layer clause rejected
+             (a complete IP packet, sent as `reply` is); None otherwise
     effects  events to hand to the sinks (alerts, log records); () when none
     reason   why, when no rule decided: "default", "malformed:<reason>", "error", "not-ip"
     offload  0; OFFLOAD_FLOW: accept, and the flow's later packets need no inspection: the
@@ -49,7 +52,7 @@ class Decision(Generic[RuleT]):
              kernel may pass the initiator's bare ACK that completes the handshake
     """
 
-    __slots__ = ("data", "effects", "offload", "reason", "reply", "rule", "verdict")
+    __slots__ = ("data", "effects", "offload", "peer_reply", "reason", "reply", "rule", "verdict")
 
     def __init__(
         self,
@@ -60,12 +63,14 @@ class Decision(Generic[RuleT]):
         effects: tuple[Effect, ...] | list[Effect] = (),
         reason: str = "",
         offload: int = 0,
+        peer_reply: bytes | None = None,
     ) -> None:
         self.verdict = verdict
         self.offload = offload
         self.rule = rule
         self.data = data
         self.reply = reply
+        self.peer_reply = peer_reply
         self.effects = effects
         self.reason = reason
 

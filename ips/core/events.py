@@ -17,9 +17,26 @@ if TYPE_CHECKING:
 
 
 class PacketEvent:
-    """Common fields: when, which flow, and the packet's addresses as seen on the wire."""
+    """Common fields: when, which flow, and the packet's addresses as seen on the wire.
 
-    __slots__ = ("dport", "dst", "family", "flow_id", "proto", "sport", "src", "time")
+    Set by the maker when it knows them (else left at -1 / None): `icmp`, the packet's ICMP
+    type << 8 | code, which an ICMP event's Community ID hashes in place of ports;
+    `app_proto`, the flow's application protocol (ips/app/detect.py's words); `dst_name`,
+    the passive DNS name of the flow's responder."""
+
+    __slots__ = (
+        "app_proto",
+        "dport",
+        "dst",
+        "dst_name",
+        "family",
+        "flow_id",
+        "icmp",
+        "proto",
+        "sport",
+        "src",
+        "time",
+    )
 
     def __init__(
         self,
@@ -40,6 +57,9 @@ class PacketEvent:
         self.sport = sport
         self.dst = dst
         self.dport = dport
+        self.icmp = -1
+        self.app_proto: str | None = None
+        self.dst_name: str | None = None
 
     @property
     def src_ip(self) -> str:
@@ -126,6 +146,43 @@ class LogRecord(PacketEvent):
         super().__init__(time, flow_id, family, proto, src, sport, dst, dport)
         self.verdict = verdict
         self.rule_name = rule_name
+
+
+class AppEvent(PacketEvent):
+    """What the application layer read of a flow (ips/app/inspect.py): one EVE event of
+    Suricata's kind. event_type is tls, quic, dns, http or ssh; body is the object EVE
+    writes under that name (Suricata's field names). The addresses are those of the
+    transaction's request (client to server) for tls, http, ssh and quic, and those of the
+    message for dns (an answer goes server to client), as Suricata writes them. tx_id
+    numbers the flow's transactions (http, dns; None for the others)."""
+
+    __slots__ = ("body", "event_type", "tx_id")
+
+    def __init__(
+        self,
+        time: float,
+        flow_id: int,
+        family: int,
+        proto: int,
+        src: bytes,
+        sport: int,
+        dst: bytes,
+        dport: int,
+        *,
+        event_type: str,
+        body: dict[str, object],
+        tx_id: int | None = None,
+    ) -> None:
+        super().__init__(time, flow_id, family, proto, src, sport, dst, dport)
+        self.event_type = event_type
+        self.body = body
+        self.tx_id = tx_id
+
+    def __repr__(self) -> str:
+        return (
+            f"AppEvent({self.event_type} {self.src_ip}:{self.sport} > "
+            f"{self.dest_ip}:{self.dport} {self.body!r})"
+        )
 
 
 class FlowEnd:
@@ -310,6 +367,6 @@ class BlockRequest:
 
 
 # What the engine hands to the adapters and the sinks.
-Effect: TypeAlias = Alert | LogRecord | Block | MacBlock | Unblock | FlowEnd
+Effect: TypeAlias = Alert | LogRecord | Block | MacBlock | Unblock | FlowEnd | AppEvent
 # What a detector reports: alerts, and requests that the engine settles into alerts and blocks.
 DetectorEffect: TypeAlias = Alert | BlockRequest

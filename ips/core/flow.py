@@ -40,7 +40,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ips.core.app_fields import AppFields
+from ips.core.app_fields import APP_NOT_STARTED, AppFields
 from ips.core.packet import (
     PROTO_ICMP,
     PROTO_ICMPV6,
@@ -188,7 +188,6 @@ class Flow:
         "app",
         "app_proto",
         "app_state",
-        "app_tries",
         "back_since",
         "bytes_fwd",
         "bytes_rev",
@@ -203,6 +202,7 @@ class Flow:
         "flags_fwd",
         "flags_rev",
         "flow_id",
+        "icmp",
         "last_seen",
         "mac",
         "nat",
@@ -250,18 +250,20 @@ class Flow:
         # adapter knows it (the engine sets it from Meta.mac).
         self.ttl = pkt.ttl
         self.mac: bytes | None = None
+        # ICMP and ICMPv6: the first packet's type << 8 | code (-1 otherwise). A flow's
+        # Community ID hashes them in place of ports, as Suricata hashes its flow's first.
+        self.icmp = pkt.icmp_type << 8 | pkt.icmp_code if pkt.icmp_type >= 0 else -1
         # The application protocol found in the payload by the engine (ips/app/detect.py's
         # words: tls, http, dns, ssh, quic, or unknown when detection gave up); None while
-        # not known yet, "" for protocols that carry none (not TCP or UDP). app_tries counts
-        # the data segments looked at, so detection on a TCP flow gives up after a few.
+        # not known yet, "" for protocols that carry none (not TCP or UDP).
         self.app_proto: str | None = None
-        self.app_tries = 0
         # What the application layer learned (ips/core/app_fields.py), None until the
         # inspector (ips/app/inspect.py) starts on the flow; app_state is the inspector's own
-        # per-flow state (reassembly, partial parses), None once it has nothing left to read,
-        # so a flow past its decision pays one attribute check.
+        # per-flow state (reassembly, partial parses): APP_NOT_STARTED until the inspector has
+        # seen the flow, None once it has nothing left to read, so a flow past its decision
+        # pays one attribute check.
         self.app: AppFields | None = None
-        self.app_state: Any = None
+        self.app_state: Any = APP_NOT_STARTED
         # The name passive DNS gave the responder's address when the flow began (or None).
         self.dst_name: str | None = None
         self._slot = _GONE

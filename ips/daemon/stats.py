@@ -200,6 +200,10 @@ def merge_flows(replies: list[dict[str, Any]], top: int, sort: str) -> dict[str,
                 )
                 for k in ("flows", "packets", "bytes"):
                     s[k] += g[k]
+                if g.get("name") and not s.get("name"):  # group dst: the address's name
+                    s["name"] = g["name"]
+                elif "name" in g:
+                    s.setdefault("name", None)
         field_ = {"bytes": "bytes", "packets": "packets"}.get(sort, "flows")
         groups = sorted(sums.values(), key=lambda g: g[field_], reverse=True)[:top]
         return {"ok": True, "total": total, "groups": groups}

@@ -462,6 +462,7 @@ def _stats(worker: Worker, _msg: dict[str, Any]) -> dict[str, Any]:
             "adopted": worker.adopted,
         },
         "detectors": detector_stats(engine),
+        "app": engine.app_stats(),
         "evidence": {
             **engine.evidence.stats(),
             "spoofed": engine.stats.spoofed,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ips.core import craft
 from ips.core.events import Alert, LogRecord
-from ips.core.packet import FRAG_LATER, PROTO_TCP, Packet
+from ips.core.packet import FRAG_LATER, PROTO_TCP, PROTO_UDP, Packet
 from ips.policy.compile import CompiledRule
 from ips.policy.model import DROP, REJECT
 from ips.policy.names import ICMPX_TO_ICMP, ICMPX_TO_ICMPV6
@@ -16,7 +16,7 @@ from ips.policy.names import ICMPX_TO_ICMP, ICMPX_TO_ICMPV6
 def alert_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: float) -> Alert:
     spec = rule.spec
     action = "blocked" if verdict in (DROP, REJECT) else "allowed"
-    return Alert(
+    alert = Alert(
         now,
         flow_id,
         pkt.family,
@@ -32,10 +32,13 @@ def alert_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: 
         category="policy",
         rule_name=spec.name,
     )
+    if pkt.icmp_type >= 0:
+        alert.icmp = pkt.icmp_type << 8 | pkt.icmp_code
+    return alert
 
 
 def log_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: float) -> LogRecord:
-    return LogRecord(
+    record = LogRecord(
         now,
         flow_id,
         pkt.family,
@@ -47,6 +50,9 @@ def log_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: fl
         verdict=verdict,
         rule_name=rule.spec.name,
     )
+    if pkt.icmp_type >= 0:
+        record.icmp = pkt.icmp_type << 8 | pkt.icmp_code
+    return record
 
 
 def reject_reply(rule: CompiledRule | None, pkt: Packet) -> bytes | None:
@@ -61,6 +67,26 @@ def reject_reply(rule: CompiledRule | None, pkt: Packet) -> bytes | None:
     if kind == "icmpx" and code is not None:
         code = (ICMPX_TO_ICMP if pkt.family == 4 else ICMPX_TO_ICMPV6)[code]
     return craft.icmp_unreachable_for(pkt, code)
+
+
+def app_reject_replies(
+    rule: CompiledRule, pkt: Packet, dns_rcode: int
+) -> tuple[bytes | None, bytes | None]:
+    """The replies of a reject decided by a rule with application-layer clauses: (to the
+    sender, to the destination). A DNS query over UDP rejected by `dns query` gets a DNS
+    answer (NXDOMAIN or REFUSED, `set dns-reject`) from the server; a TCP connection
+    (TLS, HTTP, DNS over TCP) is reset both ways, since the server has already accepted
+    it and would otherwise hold it open. An explicit `with icmp …` is kept as written."""
+    how = rule.spec.reject_with
+    if how is not None and how[0] != "tcp-reset":
+        return reject_reply(rule, pkt), None
+    if pkt.proto == PROTO_UDP and any(c.field == "dns_queries" for c in rule.spec.app):
+        answer = craft.dns_refusal_for(pkt, dns_rcode)
+        if answer is not None:
+            return answer, None
+    if pkt.proto == PROTO_TCP:
+        return craft.tcp_reset_for(pkt), craft.tcp_reset_to_peer(pkt)
+    return reject_reply(rule, pkt), None
 
 
 def apply_rewrite(rule: CompiledRule, pkt: Packet) -> bytes | None:

@@ -25,7 +25,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ips.app.detect import APP_UNKNOWN, detect_datagram, detect_stream
+from ips.app.inspect import AppCounters, AppInspector, NameSource
+from ips.app.passive_dns import PassiveDns
 from ips.core.addr import format_addr
 from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.core.decode import decode_frame, decode_ipv4, decode_l3
@@ -42,11 +43,17 @@ from ips.core.events import (
 )
 from ips.core.flow import Flow, FlowTable, FlowTimeouts
 from ips.core.link import LinkView
-from ips.core.packet import LINKTYPE_RAW, PROTO_TCP, PROTO_UDP, Malformed, Packet
+from ips.core.packet import LINKTYPE_RAW, Malformed, Packet
 from ips.core.tables import DynamicTable
 from ips.detect import Detectors
 from ips.engine import nat
-from ips.engine.actions import alert_for, apply_rewrite, log_for, reject_reply
+from ips.engine.actions import (
+    alert_for,
+    app_reject_replies,
+    apply_rewrite,
+    log_for,
+    reject_reply,
+)
 from ips.engine.blocks import BlockManager
 from ips.engine.evidence import (
     EVIDENCE_WAIT,
@@ -57,7 +64,7 @@ from ips.engine.evidence import (
     Judgement,
 )
 from ips.engine.offload import offload_kind
-from ips.policy.compile import CompiledPolicy, CompiledRule
+from ips.policy.compile import PENDING, CompiledPolicy, CompiledRule
 from ips.policy.model import ACCEPT, BAN_TABLE, DROP, REJECT, REWRITE, SPOOF_SID, Policy
 
 
@@ -85,8 +92,8 @@ class Meta:
 NO_META = Meta()
 
 # A flow's candidate rules for one direction, kept on the flow (Flow.cache_fwd/cache_rev):
-# (policy, iif, oif, the rules to try, whether they allow offload).
-RuleCache = tuple[CompiledPolicy, str | None, str | None, tuple[CompiledRule, ...], bool]
+# (policy, iif, oif, the rules to try, whether they allow offload: CompiledPolicy.offload_state).
+RuleCache = tuple[CompiledPolicy, str | None, str | None, tuple[CompiledRule, ...], int]
 
 
 @dataclass
@@ -105,7 +112,14 @@ class EngineStats:
     mac_blocks: int = 0  # MacBlock effects (the senders of forged packets)
     spoofed: int = 0  # block requests whose address the evidence showed forged
     offloaded: int = 0  # flows handed to the kernel (Decision.offload)
+    # Packets accepted because a terminal rule's application-layer clause was pending (the
+    # field it reads not known yet) and the rules after it would decide otherwise.
+    app_pending: int = 0
     unblocks: int = 0
+    # The application layer's counters (ips/app/inspect.py): protocols, events, malformed
+    # messages by reason, incomplete messages, reassembly memory returned at flow end. The
+    # reassembler's own counters are Engine.app.reassembler.counters (Engine.app_stats()).
+    app: AppCounters = field(default_factory=AppCounters)
 
 
 class Engine:
@@ -124,6 +138,7 @@ class Engine:
         id_seed: int = 0,
         never_block: Iterable[str] = (),
         shards: int = 1,
+        names: NameSource | None = None,
     ) -> None:
         # shards: engines that share the traffic (one per queue), each with a share of every
         # destination's sources; per-destination flood rates are divided among them.
@@ -136,6 +151,13 @@ class Engine:
         self.blocks = BlockManager(never_block)
         self.evidence = BlockEvidence()
         self.detect: Detectors | None = None  # None: the policy has no `detect` line
+        # Passive DNS (ips/app/passive_dns.py): the inspector teaches it every DNS answer it
+        # reads and asks it the name of each new flow's responder (flow.dst_name).
+        self.pdns: NameSource = names if names is not None else PassiveDns()
+        # The application layer (ips/app/inspect.py): called right after the flow table for
+        # the packets of flows whose app_state is not None; configured by the policy's
+        # `set app-layer`, `set app-stream-bytes` and `set app-memcap`.
+        self.app = AppInspector(names=self.pdns, counters=self.stats.app)
         self.load(policy)
 
     # ---- policy ---------------------------------------------------------------------------
@@ -152,6 +174,10 @@ class Engine:
         self.policy = compiled
         self.blocks.configure(compiled.policy, compiled.tables)
         self.evidence.configure(compiled.policy.block_evidence)
+        spec = compiled.policy
+        self.app.configure(
+            enabled=spec.app_layer, limit=spec.app_stream_bytes, memory_cap=spec.app_memcap
+        )
         if compiled.policy.detectors:
             self.detect = Detectors(compiled.policy, self.detect, self.shards)
         else:
@@ -178,6 +204,8 @@ class Engine:
         # rule drops the block set's members), so replay and tap judge them the same way.
         self._blocked_table = compiled.tables.get(BAN_TABLE)
         self._blocked: Decision[CompiledRule] = Decision(DROP, reason="blocked")
+        self._app_pending: Decision[CompiledRule] = Decision(ACCEPT, reason=APP_PENDING)
+        self._dns_rcode = compiled.policy.dns_reject_rcode
 
     # ---- per packet -----------------------------------------------------------------------
 
@@ -253,18 +281,24 @@ class Engine:
                 if pkt.__class__ is not Packet:
                     return self._undecodable(pkt)
         flow, fwd = self.flows.track(pkt, now)
-        if flow.app_proto is None and pkt.payload_offset < pkt.length:
-            _detect_app(pkt, flow)
+        effects: list[Effect] | None = None
+        if flow.app_state is not None:
+            # The application layer has something to read in this flow (its first packet,
+            # or a message still incomplete); a flow past that costs only the test above.
+            seen = self.app.inspect(pkt, flow, fwd, now)
+            if seen is not None:
+                effects = list(seen)
         if mac is not None and fwd and flow.mac is None:
             flow.mac = mac  # who sent the flow's first packet: evidence for a block
-        effects: list[Effect] | None = None
         detect = self.detect
         if detect is not None:
             found = detect.observe(pkt, flow, fwd, now)
             if found is not None:
                 detected, dropped_by = found
                 if detected is not None:
-                    effects = self._settle(detect, detected)
+                    settled = self._settle(detect, detected)
+                    if settled is not None:
+                        effects = settled if effects is None else effects + settled
                 if dropped_by is not None:
                     return self._limited(dropped_by, pkt, flow, fwd, effects)
         iif = meta.iif
@@ -283,8 +317,14 @@ class Engine:
                 flow.cache_rev = cache
         for rule in cache[3]:
             check = rule.check
-            if check is not None and not check(pkt, flow, fwd, now):
-                continue
+            if check is not None:
+                held = check(pkt, flow, fwd, now)
+                if not held:
+                    continue
+                if held is PENDING:  # only rules with application-layer clauses say so
+                    if not rule.terminal:
+                        continue
+                    return self._pending(rule, cache[3], pkt, flow, fwd, now, effects, translated)
             verdict = rule.verdict
             limiter = rule.limiter
             if limiter is not None:
@@ -300,7 +340,7 @@ class Engine:
                 continue
             refuses = rule.refuses if verdict is rule.verdict else verdict != ACCEPT
             if refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
-                self.flows.discard(flow)  # a refused first packet leaves no connection
+                self._discard(flow)  # a refused first packet leaves no connection
                 if verdict == REJECT and detect is not None:
                     effects = self._rejected(detect, pkt, now, effects)
             if effects is None and translated is None and flow.nat is None:
@@ -316,7 +356,7 @@ class Engine:
                     return rule.else_decision
             return self._finish(rule, verdict, pkt, flow, fwd, now, effects, translated)
         if self._default_refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
-            self.flows.discard(flow)
+            self._discard(flow)
             if self._default_reject and detect is not None:
                 effects = self._rejected(detect, pkt, now, effects)
         if effects is None and translated is None and flow.nat is None and not self._default_reject:
@@ -328,6 +368,73 @@ class Engine:
                     return self._default_handshake_ack
             return self._default
         return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)
+
+    def _pending(
+        self,
+        pending: CompiledRule,
+        rules: tuple[CompiledRule, ...],
+        pkt: Packet,
+        flow: Flow,
+        fwd: bool,
+        now: float,
+        effects: list[Effect] | None,
+        translated: bytes | None,
+    ) -> Decision[CompiledRule]:
+        """A terminal rule whose application-layer clause is pending: its verdict depends on
+        a field not known yet (the SNI before the ClientHello). The rules after it are tried
+        as if it did not match: when they give the same accept or drop, that is the verdict
+        whatever the field turns out to be, and they decide (a port the policy drops stays
+        dropped, also before any SNI). Otherwise the packet is accepted ("app-pending"), never
+        offloaded, so that the flow's first message reaches the inspector and the rule."""
+        wanted = pending.verdict
+        agreeing = wanted in (ACCEPT, DROP)
+        after = rules[rules.index(pending) + 1 :] if agreeing else ()
+        for rule in after:
+            check = rule.check
+            if check is not None:
+                held = check(pkt, flow, fwd, now)
+                if not held:
+                    continue
+                if held is PENDING:
+                    if rule.terminal and rule.verdict != wanted:
+                        break  # two unknowns with different verdicts: wait
+                    continue
+            verdict = rule.verdict
+            limiter = rule.limiter
+            if limiter is not None and not limiter.take(_limit_key(rule.limit_key, pkt, flow), now):
+                else_action = rule.spec.limit.else_action  # type: ignore[union-attr]
+                if else_action is None:
+                    continue
+                verdict = else_action
+            if not rule.terminal:
+                rule.hits += 1
+                effects = self._note(rule, pkt, flow, verdict, now, effects)
+                continue
+            if verdict != wanted:
+                break
+            rule.hits += 1
+            if verdict == DROP and fwd and flow.pkts_fwd == 1 and not flow.replied:
+                self._discard(flow)  # a refused first packet leaves no connection
+            return self._finish(rule, verdict, pkt, flow, fwd, now, effects, translated)
+        else:
+            if agreeing and self._default.verdict == wanted:
+                if self._default_refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
+                    self._discard(flow)
+                return self._finish(None, wanted, pkt, flow, fwd, now, effects, translated)
+        self.stats.app_pending += 1
+        if effects is None and translated is None and flow.nat is None:
+            return self._app_pending
+        return self._finish(
+            None, ACCEPT, pkt, flow, fwd, now, effects, translated, reason=APP_PENDING
+        )
+
+    def _discard(self, flow: Flow) -> None:
+        """Forget a flow whose first packet was refused (no end event): its reassembly
+        memory goes back, and what the inspector still owed is not written (the events of
+        the refused packet itself already rode on its Decision)."""
+        self.flows.discard(flow)
+        if flow.app_state is not None:
+            self.app.release(flow, flow.last_seen)
 
     def _offload_kind(self, pkt: Packet, flow: Flow, now: float) -> int:
         """ips/engine/offload.py's choice; an offloaded flow is counted once (a flow that
@@ -352,10 +459,16 @@ class Engine:
             effects = []
         spec = rule.spec
         if spec.alert:
-            effects.append(alert_for(rule, pkt, flow.flow_id, verdict, now))
+            alert = alert_for(rule, pkt, flow.flow_id, verdict, now)
+            alert.app_proto = flow.app_proto
+            alert.dst_name = flow.dst_name
+            effects.append(alert)
             self.stats.alerts += 1
         if spec.log:
-            effects.append(log_for(rule, pkt, flow.flow_id, verdict, now))
+            record = log_for(rule, pkt, flow.flow_id, verdict, now)
+            record.app_proto = flow.app_proto
+            record.dst_name = flow.dst_name
+            effects.append(record)
         return effects
 
     def _settle(self, detect: Detectors, found: list[DetectorEffect]) -> list[Effect] | None:
@@ -498,7 +611,7 @@ class Engine:
         """A detector's `limit` drops the packet, before the rules."""
         self.stats.detector_drops[name] += 1
         if fwd and flow.pkts_fwd == 1 and not flow.replied:
-            self.flows.discard(flow)  # as for a refused first packet: no connection
+            self._discard(flow)  # as for a refused first packet: no connection
         if effects is None:
             return self._detector_drop[name]
         return Decision(DROP, reason=f"detector:{name}", effects=effects)
@@ -513,14 +626,18 @@ class Engine:
         now: float,
         effects: list[Effect] | None,
         translated: bytes | None,
+        reason: str = "default",
     ) -> Decision[CompiledRule]:
         """The slow path of a decision: effects, rewrites, translation, reject replies."""
         if rule is not None and (rule.spec.alert or rule.spec.log):
             effects = self._note(rule, pkt, flow, verdict, now, effects)
         data = translated
-        reply = None
+        reply = peer_reply = None
         if verdict == REJECT:
-            reply = reject_reply(rule, pkt)
+            if rule is not None and rule.spec.app:
+                reply, peer_reply = app_reject_replies(rule, pkt, self._dns_rcode)
+            else:
+                reply = reject_reply(rule, pkt)
             data = None
         elif verdict == REWRITE and rule is not None:
             if fwd and flow.nat is None:
@@ -540,8 +657,9 @@ class Engine:
             rule,
             data=data,
             reply=reply,
+            peer_reply=peer_reply,
             effects=effects if effects is not None else (),
-            reason="" if rule is not None else "default",
+            reason="" if rule is not None else reason,
         )
 
     # ---- blocks -------------------------------------------------------------------------------
@@ -576,9 +694,9 @@ class Engine:
         Block). Call it about once a second: scans of unanswered probes are found here."""
         events: list[Effect] = []
         for flow in self.flows.pop_evicted():
-            events.append(self._flow_end(flow, now))
+            self._flow_end(flow, now, events)
         for flow in self.flows.expire(now):
-            events.append(self._flow_end(flow, now))
+            self._flow_end(flow, now, events)
         banned = self.blocks.table
         for table in self.tables.values():
             if table is not banned:
@@ -601,13 +719,57 @@ class Engine:
 
     def drain(self, now: float) -> list[Effect]:
         """End every flow (end of a capture, shutdown)."""
-        events: list[Effect] = [self._flow_end(f, now) for f in self.flows.pop_evicted()]
-        events += [self._flow_end(f, now) for f in self.flows.drain()]
+        events: list[Effect] = []
+        for flow in self.flows.pop_evicted():
+            self._flow_end(flow, now, events)
+        for flow in self.flows.drain():
+            self._flow_end(flow, now, events)
         return events
 
-    def _flow_end(self, flow: Flow, now: float) -> FlowEnd:
+    def _flow_end(self, flow: Flow, now: float, events: list[Effect]) -> None:
+        """A flow left the table: the application events it still owed (its reassembly
+        memory returned), then its FlowEnd."""
         nat.forget(self._nat_replies, flow)
-        return FlowEnd(flow, getattr(flow, "end_reason", "timeout") or "timeout", now)
+        if flow.app_state is not None:
+            owed = self.app.release(flow, now)
+            if owed is not None:
+                events += owed
+        events.append(FlowEnd(flow, getattr(flow, "end_reason", "timeout") or "timeout", now))
+
+    def app_stats(self) -> dict[str, object]:
+        """The application layer's counters, for `ipsctl status` and Prometheus."""
+        counters = self.stats.app
+        reassembler = self.app.reassembler
+        return {
+            "enabled": self.app.enabled,
+            "protocols": dict(counters.protocols),
+            "events": dict(counters.events),
+            "malformed": dict(counters.malformed),
+            "incomplete": dict(counters.incomplete),
+            "reassembly": {
+                **reassembler.counters,
+                "memory": reassembler.used,
+                "memory_cap": reassembler.memory_cap,
+                "released_flows": counters.released_flows,
+                "released_bytes": counters.released_bytes,
+            },
+            "passive_dns": _pdns_stats(self.pdns),
+        }
+
+
+def _pdns_stats(pdns: NameSource) -> dict[str, int]:
+    if not isinstance(pdns, PassiveDns):
+        return {}  # another source of names (a test's): nothing of ours to count
+    return {
+        "entries": len(pdns),
+        "learned": pdns.learned,
+        "evicted": pdns.evicted,
+        "expired": pdns.expired,
+    }
+
+
+# Decision.reason of a packet accepted while a terminal rule's L7 clause is pending.
+APP_PENDING = "app-pending"
 
 
 def _limit_key(per: str, pkt: Packet, flow: Flow) -> object:
@@ -618,28 +780,3 @@ def _limit_key(per: str, pkt: Packet, flow: Flow) -> object:
     if per == "flow":
         return flow.flow_id
     return None
-
-
-# Data segments of a TCP flow looked at before detection gives up: without reassembly (yet),
-# each is judged alone, and a protocol not named by then is not going to be.
-APP_DETECT_SEGMENTS = 4
-
-
-def _detect_app(pkt: Packet, flow: Flow) -> None:
-    """Name the flow's application protocol from this packet's payload (ips/app/detect.py).
-
-    Called only while flow.app_proto is None and the packet carries payload, so a flow pays
-    for detection on its first few data packets and never again."""
-    proto = pkt.proto
-    if proto == PROTO_TCP:
-        found = detect_stream(pkt.data, pkt.payload_offset)
-        if found is None:
-            flow.app_tries += 1
-            if flow.app_tries >= APP_DETECT_SEGMENTS:
-                flow.app_proto = APP_UNKNOWN
-            return
-        flow.app_proto = found
-    elif proto == PROTO_UDP:
-        flow.app_proto = detect_datagram(pkt.data, pkt.payload_offset)
-    else:
-        flow.app_proto = ""  # no application layer to name (ICMP, GRE, ...)

@@ -19,13 +19,20 @@ from ips.core.packet import (
     TCP_SYN,
     Packet,
 )
-from ips.policy.compile import CompiledPolicy
+from ips.policy.compile import OFFLOAD_WHEN_APP_DONE, CompiledPolicy
 
 REOFFLOAD_AFTER = 1.0  # seconds a flow that came back at an apply stays with the engine
 _ICMP_ECHOS = (0, 8)  # echo reply, request
 _ICMPV6_ECHOS = (128, 129)  # echo request, reply
 _SYN_ACK = TCP_SYN | TCP_ACK
 _SYN_ACK_FIN_RST = TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST
+
+
+def app_final(flow: Flow) -> bool:
+    """Whether the L7 fields rules read are final: the protocol named, and the client's
+    first message read (or no application parsing on the flow at all)."""
+    app = flow.app
+    return flow.app_proto is not None and (app is None or app.client_done)
 
 
 def offload_kind(pkt: Packet, flow: Flow, policy: CompiledPolicy, now: float) -> int:
@@ -61,8 +68,10 @@ def offload_kind(pkt: Packet, flow: Flow, policy: CompiledPolicy, now: float) ->
         return 0
     if fwd_cache[0] is not policy or rev_cache[0] is not policy:
         return 0
-    if not (fwd_cache[4] and rev_cache[4]):  # CompiledPolicy.offload_safe, each direction
+    if not (fwd_cache[4] and rev_cache[4]):  # CompiledPolicy.offload_state, each direction
         return 0
+    if OFFLOAD_WHEN_APP_DONE in (fwd_cache[4], rev_cache[4]) and not app_final(flow):
+        return 0  # a candidate rule reads L7 fields not known yet: the decision waits
     if kind == OFFLOAD_HANDSHAKE_ACK:
         return kind
     if now - flow.back_since < REOFFLOAD_AFTER:

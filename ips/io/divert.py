@@ -592,6 +592,8 @@ class DivertWorker:
             elif verdict == "reject":
                 if decision.reply is not None:
                     self.replies.send(handle, decision.reply)
+                if decision.peer_reply is not None:  # the server's end of a rejected flow
+                    self.replies.send(handle, decision.peer_reply)
             elif decision.data is not None:
                 packet.raw = decision.data
                 handle.send(packet, recalculate_checksum=True)

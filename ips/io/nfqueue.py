@@ -343,6 +343,8 @@ class QueueWorker(EngineAdapter):
             given, reply = kernel_verdict(decision, pkt.mark)
             if reply is not None:
                 self.replies.send(reply)
+                if decision.peer_reply is not None:  # the server's end of a rejected flow
+                    self.replies.send(decision.peer_reply)
             if decision.effects:
                 self._packet_effects(decision.effects)
         except Exception:  # a verdict must always be given
@@ -381,6 +383,8 @@ class QueueWorker(EngineAdapter):
             _give(pkt, given)
             if reply is not None:
                 self.replies.send(reply)
+                if decision.peer_reply is not None:  # the server's end of a rejected flow
+                    self.replies.send(decision.peer_reply)
             if decision.effects:
                 self._packet_effects(decision.effects)
         except Exception:  # a verdict must always be given

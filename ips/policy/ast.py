@@ -105,6 +105,25 @@ class ContainsClause(Clause):
 
 
 @dataclass(slots=True)
+class AppClause(Clause):
+    """`app tls`, `app { tls, quic }`: the flow's application protocol."""
+
+    value: Value
+
+
+@dataclass(slots=True)
+class AppFieldClause(Clause):
+    """`tls sni "x"`, `dns query @t`, `http method GET` (value), or `http uri contains "s"
+    [nocase]` (contains: the text, value None)."""
+
+    proto: str  # tls | quic | dns | http
+    field: Item  # the word after it: sni, ja3, ja4, query, host, method, uri, user-agent
+    value: Value | None
+    contains: str | None = None
+    nocase: bool = False
+
+
+@dataclass(slots=True)
 class LimitClause(Clause):
     rate_text: str
     burst: int | None

@@ -8,6 +8,11 @@ How it stays fast. A rule's conditions split in two:
   * static: family, protocol, addresses, ports, interfaces — the same for every packet of a
     flow in one direction;
   * dynamic: TCP flags, ICMP type, length, state, fragment, payload, dynamic tables, limits.
+Application-layer clauses (`tls sni`, `dns query`, `app` ...) read what the flow's inspector
+learned (flow.app, an AppFields, and flow.app_proto) and are a per-packet check too, with a
+third answer: PENDING while the field they read may still come (the client has not finished
+its first message). The engine's rule loop says what a pending rule means (a terminal one
+accepts the packet without offload, "app-pending"; see docs/language.md).
 The static part is indexed: per dimension, a lookup gives a bitset (a Python int) of the rules
 that can match; AND-ing the dimensions gives the candidates, in rule order. That is done once
 per flow and direction and cached in the flow, up to the first candidate that needs no dynamic
@@ -23,6 +28,7 @@ from collections.abc import Callable
 from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.core.packet import FRAG_LATER, PORT_PROTOS, Packet
 from ips.core.tables import DynamicTable, NetMatcher, TokenBuckets
+from ips.policy.domains import NameSet, normalize
 from ips.policy.model import (
     ACCEPT,
     BAN_TABLE,
@@ -31,6 +37,7 @@ from ips.policy.model import (
     REJECT,
     REWRITE,
     AddrSpec,
+    AppCondition,
     IfaceSpec,
     Policy,
     PortSpec,
@@ -38,6 +45,26 @@ from ips.policy.model import (
 )
 
 Check = Callable[[Packet, object, bool, float], bool]
+
+
+class Pending:
+    """The answer of an application-layer check that cannot be given yet (truthy, so that
+    the engine's `if not found: continue` passes it on to its one `is PENDING` test)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+PENDING = Pending()
+
+# CompiledPolicy.candidates' second answer, the offload permission of a flow direction:
+OFFLOAD_NEVER = 0
+OFFLOAD_SAFE = 1
+# Safe once the application-layer fields the candidate rules read are final: the client's
+# first message read (AppFields.client_done) and the protocol named (Flow.app_proto).
+OFFLOAD_WHEN_APP_DONE = 2
 
 
 class CompiledRule:
@@ -67,6 +94,8 @@ class CompiledRule:
         self.refuses = spec.action in (DROP, REJECT)
         self.hits = 0
         self.check = _dynamic_check(spec, tables)
+        if spec.app:
+            self.check = _with_app_check(self.check, spec.app)
         self.limiter: TokenBuckets | None = None
         self.limit_key = ""
         self.else_decision: Decision[CompiledRule] | None = None
@@ -154,6 +183,100 @@ def _dynamic_check(spec: RuleSpec, tables: dict[str, DynamicTable]) -> Check | N
         return True
 
     return all_ok
+
+
+def _with_app_check(check: Check | None, conditions: tuple[AppCondition, ...]) -> Check:
+    """The rule's per-packet check followed by its application-layer clauses (True, False or
+    PENDING): the packet's own conditions first, they cost less and never wait."""
+    app_check = app_conditions_check(conditions)
+    if check is None:
+
+        def app_only(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+            return app_check(flow)  # type: ignore[return-value]
+
+        return app_only
+    packet_check = check
+
+    def packet_then_app(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+        if not packet_check(pkt, flow, fwd, now):
+            return False
+        return app_check(flow)  # type: ignore[return-value]
+
+    return packet_then_app
+
+
+def app_conditions_check(conditions: tuple[AppCondition, ...]) -> Callable[[object], object]:
+    """flow -> True, False or PENDING for a rule's application-layer clauses (all must hold).
+
+    False, final, when the flow has no AppFields (application parsing off, or neither TCP
+    nor UDP). `app X` is pending while the flow's protocol is not named yet, and decided
+    first: a flow known to be another protocol is refused at once. The other clauses read
+    client-side fields: pending while the client's first message may still come."""
+    protos = [c for c in conditions if c.kind == "proto"]
+    fields = tuple(field_check(c) for c in conditions if c.kind != "proto")
+    proto_values = protos[0].values if protos else None
+    proto_negated = protos[0].negated if protos else False
+
+    def app_ok(flow: object) -> object:
+        app = flow.app  # type: ignore[attr-defined]
+        if app is None:
+            return False
+        if proto_values is not None:
+            proto = flow.app_proto  # type: ignore[attr-defined]
+            if proto is None:
+                return PENDING
+            if (proto in proto_values) == proto_negated:
+                return False
+        if not fields:
+            return True
+        if not app.client_done:
+            return PENDING
+        for check in fields:  # noqa: SIM110 - a plain loop beats all() and its generator here
+            if not check(app):
+                return False
+        return True
+
+    return app_ok
+
+
+def field_check(cond: AppCondition) -> Callable[[object], bool]:
+    """AppFields -> whether one clause on a client-side field holds (the field final)."""
+    attr, negated = cond.field, cond.negated
+    if cond.kind == "names":
+        names: NameSet = cond.names or NameSet()
+        if attr == "dns_queries":
+
+            def queries_ok(app: object) -> bool:
+                # any name of the message in hand: one bad question condemns the message
+                queried: tuple[str, ...] = getattr(app, attr)
+                hit = any(names.matches(normalize(q)) for q in queried)
+                return hit != negated
+
+            return queries_ok
+
+        def name_ok(app: object) -> bool:
+            value = getattr(app, attr)
+            return (value is not None and names.matches(normalize(value))) != negated
+
+        return name_ok
+    if cond.kind == "exact":
+        values = cond.values
+        fold = str.upper if attr == "http_method" else str.lower
+
+        def exact_ok(app: object) -> bool:
+            value = getattr(app, attr)
+            return (value is not None and fold(value) in values) != negated
+
+        return exact_ok
+    text, nocase = cond.text, cond.nocase
+
+    def contains_ok(app: object) -> bool:
+        value = getattr(app, attr)
+        if value is None:
+            return False
+        return text in (value.lower() if nocase else value)
+
+    return contains_ok
 
 
 def _length_check(op: str, lo: int, hi: int) -> Check:
@@ -365,7 +488,7 @@ class CompiledPolicy:
         self.digest = policy.digest
         self.offload = policy.offload
         self._offload_memo: dict[tuple[CompiledRule, ...], bool] = {}
-        self._candidates_memo: dict[int, tuple[tuple[CompiledRule, ...], bool]] = {}
+        self._candidates_memo: dict[int, tuple[tuple[CompiledRule, ...], int]] = {}
         self._families = {4: _FamilyIndex(4), 6: _FamilyIndex(6)}
         self._iif = _IfaceIndex()
         self._oif = _IfaceIndex()
@@ -454,11 +577,11 @@ class CompiledPolicy:
 
     def candidates(
         self, pkt: Packet, iif: str | None, oif: str | None
-    ) -> tuple[tuple[CompiledRule, ...], bool]:
+    ) -> tuple[tuple[CompiledRule, ...], int]:
         """The rules to try, in order, up to the first that needs no per-packet check, and
-        whether they allow offload (`offload_safe`): all the engine asks of the compiler for
-        a flow direction, in one call. One pair per distinct bitset, memoised: flows alike
-        share it."""
+        whether they allow offload (`offload_state`: OFFLOAD_NEVER, OFFLOAD_SAFE or
+        OFFLOAD_WHEN_APP_DONE): all the engine asks of the compiler for a flow direction, in
+        one call. One pair per distinct bitset, memoised: flows alike share it."""
         bits = self.candidate_bits(pkt, iif, oif)
         known = self._candidates_memo.get(bits)
         if known is not None:
@@ -466,8 +589,20 @@ class CompiledPolicy:
         if len(self._candidates_memo) >= MEMO_MAX:
             self._candidates_memo.clear()
         rules = self._candidates(bits)
-        found = self._candidates_memo[bits] = (rules, self.offload_safe(rules))
+        found = self._candidates_memo[bits] = (rules, self.offload_state(rules))
         return found
+
+    def offload_state(self, candidates: tuple[CompiledRule, ...]) -> int:
+        """offload_safe, and whether it waits for the application layer: a flow whose
+        candidates read L7 fields stays with the engine until they are final (its packets
+        are judged until then); one whose candidates read `dns query` never leaves (each DNS
+        message is judged), and offload_safe already says so."""
+        if not self.offload_safe(candidates):
+            return OFFLOAD_NEVER
+        for rule in candidates:
+            if rule.spec.app:
+                return OFFLOAD_WHEN_APP_DONE
+        return OFFLOAD_SAFE
 
     def _candidates(self, bits: int) -> tuple[CompiledRule, ...]:
         rules = self.rules
@@ -522,6 +657,8 @@ def _takes_every_replied_packet(spec: RuleSpec) -> bool:
     `new`): once the flow is replied (offload needs that) it decides every later packet."""
     if spec.action == MATCH or spec.states is None or "established" not in spec.states:
         return False
+    if spec.app:
+        return False  # it may still not match: the rules after it are reached
     dynamic_addr = (spec.src is not None and spec.src.dynamic) or (
         spec.dst is not None and spec.dst.dynamic
     )
@@ -541,6 +678,8 @@ def _offload_safe_rule(spec: RuleSpec) -> bool:
         return True  # matches no later packet of an established flow
     if spec.inspect or spec.contains or spec.limit is not None or spec.action == REWRITE:
         return False
+    if any(cond.field == "dns_queries" for cond in spec.app):
+        return False  # every DNS message of the flow is judged by its names
     if spec.rewrite is not None:
         return False
     if spec.dst is not None and spec.dst.dynamic:

@@ -11,8 +11,20 @@ import ipaddress
 from dataclasses import dataclass
 
 from ips.core.addr import format_addr
+from ips.core.app_fields import AppFields
 from ips.core.packet import FRAG_LATER, PORT_PROTOS, Packet
-from ips.policy.model import MATCH, AddrSpec, IfaceSpec, Policy, PortSpec, RuleSpec
+from ips.policy.domains import normalize
+from ips.policy.model import (
+    ACCEPT,
+    DROP,
+    MATCH,
+    AddrSpec,
+    AppCondition,
+    IfaceSpec,
+    Policy,
+    PortSpec,
+    RuleSpec,
+)
 from ips.policy.names import PROTOCOLS
 
 PROTO_NAMES = {v: k for k, v in reversed(list(PROTOCOLS.items()))}
@@ -23,6 +35,66 @@ class RuleVerdict:
     rule: RuleSpec
     matched: bool
     reason: str  # why not (or, when matched, what matched)
+    pending: bool = False  # an application-layer clause waits for a field not known yet
+
+
+@dataclass(frozen=True, slots=True)
+class AppContext:
+    """What the application layer knows of the explained packet's flow: its AppFields (None:
+    no application parsing, as for ICMP) and the protocol detection named (None: not yet)."""
+
+    fields: AppFields | None
+    proto: str | None
+
+
+# The flow of a packet explained without L7 context: parsing on, nothing read yet.
+NOTHING_KNOWN = AppContext(AppFields(), None)
+
+
+def app_verdict(conditions: tuple[AppCondition, ...], app: AppContext) -> tuple[str, str]:
+    """(state, why) of a rule's application-layer clauses: state "match", "no" or "pending",
+    in the order compile.app_conditions_check decides them."""
+    fields = app.fields
+    if fields is None:
+        return "no", "no application-layer parsing on this flow"
+    for cond in conditions:
+        if cond.kind != "proto":
+            continue
+        if app.proto is None:
+            return "pending", f"pending: app needs {cond.needs}"
+        if (app.proto in cond.values) == cond.negated:
+            return "no", f"app is {app.proto or 'none'}, not {cond.shown}"
+    others = [c for c in conditions if c.kind != "proto"]
+    if others and not fields.client_done:
+        return "pending", f"pending: {others[0].clause} needs {others[0].needs}"
+    for cond in others:
+        value = getattr(fields, cond.field)
+        if not _app_holds(cond, value):
+            shown = ", ".join(value) if isinstance(value, tuple) else value
+            return "no", f"{cond.clause} is {_quoted(shown)}, not {cond.shown}"
+    return "match", "matches: " + ", ".join(f"{c.clause} {c.shown}" for c in conditions)
+
+
+def _quoted(value: object) -> str:
+    return "none" if value in (None, "") else f'"{value}"'
+
+
+def _app_holds(cond: AppCondition, value: object) -> bool:
+    if cond.kind == "names":
+        assert cond.names is not None
+        if isinstance(value, tuple):
+            hit = any(cond.names.matches(normalize(v)) for v in value)
+        else:
+            hit = isinstance(value, str) and cond.names.matches(normalize(value))
+        return hit != cond.negated
+    if cond.kind == "exact":
+        if not isinstance(value, str):
+            return cond.negated
+        folded = value.upper() if cond.field == "http_method" else value.lower()
+        return (folded in cond.values) != cond.negated
+    if not isinstance(value, str):
+        return False
+    return cond.text in (value.lower() if cond.nocase else value)
 
 
 def _proto_name(proto: int) -> str:
@@ -143,23 +215,53 @@ def explain(
     oif: str | None = None,
     established: bool = False,
     dynamic_members: dict[str, set[bytes]] | None = None,
+    app: AppContext = NOTHING_KNOWN,
 ) -> tuple[list[RuleVerdict], RuleSpec | None]:
     """Every rule up to the deciding one, with its reason; and the deciding rule (None: the
-    default verdict). `match` rules that hold are listed and the walk goes on."""
+    default verdict). `match` rules that hold are listed and the walk goes on.
+
+    A terminal rule whose application-layer clause is pending (its step says pending) is
+    the deciding rule — the packet is accepted, "app-pending" — unless the rules after it
+    (or the default) give its own accept or drop anyway: then they decide, as in the
+    engine (ips/engine/engine.py, Engine._pending)."""
     out: list[RuleVerdict] = []
+    pending: RuleSpec | None = None
     for rule in policy.rules:
         reason = rule_mismatch(rule, pkt, iif, oif, established, dynamic_members)
         if reason is not None:
             out.append(RuleVerdict(rule, False, reason))
             continue
-        note = "matches"
+        if rule.app:
+            state, why = app_verdict(rule.app, app)
+            if state == "no":
+                out.append(RuleVerdict(rule, False, why))
+                continue
+            if state == "pending":
+                out.append(RuleVerdict(rule, False, why, pending=True))
+                if rule.action == MATCH:
+                    continue
+                if pending is None:
+                    pending = rule
+                    if rule.action in (ACCEPT, DROP):
+                        continue
+                    return out, pending
+                if rule.action == pending.action:
+                    continue
+                return out, pending
+            note = why
+        else:
+            note = "matches"
         if rule.limit is not None:
             note = f"matches while under {rule.limit.text}" + (
                 f" (above it: {rule.limit.else_action})" if rule.limit.else_action else ""
             )
         out.append(RuleVerdict(rule, True, note))
         if rule.action != MATCH:
+            if pending is not None and rule.action != pending.action:
+                return out, pending
             return out, rule
+    if pending is not None and policy.default_verdict != pending.action:
+        return out, pending
     return out, None
 
 

@@ -61,8 +61,14 @@ KEYWORDS = frozenset({
     "payload", "contains", "nocase", "limit", "replace", "with", "alert", "log", "inspect",
     "sid", "severity", "label", "inet6", "inet", "in", "out", "port", "burst", "per", "else",
     "detect", "ports", "hosts", "count", "within", "rate", "ignore", "distributed",
-    "any",
+    "any", "app", "tls", "quic", "dns", "http",
 })  # fmt: skip
+# The keywords that start an application-layer clause. Three of them are also names a value
+# holds (`to port http`, `app tls`, `app dns`); item() reads a value only where one must
+# stand, and there Lark's contextual lexer takes them for words (it tries a keyword only where
+# the parser accepts it), so item() does too rather than send every `port http` to Lark.
+L7_KEYWORDS = frozenset({"app", "tls", "quic", "dns", "http"})
+_VALUE_KEYWORDS = KEYWORDS - L7_KEYWORDS
 ACTIONS = frozenset({"accept", "pass", "drop", "block", "reject", "rewrite", "match"})
 _CMP = frozenset({"<=", ">=", "<", ">", "=", "!="})
 
@@ -194,7 +200,7 @@ class _Line:
             lo, hi = int(r.group(1)), int(r.group(2))
             return ast.Item("range", f"{lo}-{hi}", span, lo, hi)
         if (m := _WORD.match(text)) is not None and m.end() == size:
-            if text in KEYWORDS:
+            if text in _VALUE_KEYWORDS:
                 raise _Bail
             return ast.Item("word", _WORDS.get(text, text), span)
         raise _Bail
@@ -436,6 +442,29 @@ class _Line:
             end = self.starts[self.i - 1] + 6
         return ast.ContainsClause(self.span(at, end), pattern, nocase)
 
+    def c_app(self, at: int) -> ast.Clause:
+        value = self.value()
+        return ast.AppClause(self.span(at, value.span.end_col - 1), value)
+
+    def c_app_field(self, at: int) -> ast.Clause:
+        """`tls sni VALUE`, `http uri contains "s" [nocase]`: the protocol keyword is taken."""
+        proto = self.texts[self.i - 1]
+        name, start = self.word()
+        field = ast.Item("word", name, self.span(start, start + len(name)))
+        if self.texts[self.i] == "contains":
+            self.i += 1
+            text, start = self.string()
+            end = start + len(text)
+            nocase = self.texts[self.i] == "nocase"
+            if nocase:
+                end = self.starts[self.i] + 6
+                self.i += 1
+            return ast.AppFieldClause(
+                self.span(at, end), proto, field, None, unescape(text), nocase
+            )
+        value = self.value()
+        return ast.AppFieldClause(self.span(at, value.span.end_col - 1), proto, field, value)
+
     def c_limit(self, at: int) -> ast.Clause:
         rate, start = self.matched(_RATE)
         end = start + len(rate)
@@ -543,6 +572,11 @@ _CLAUSES = {
     "state": _Line.c_state,
     "fragment": _Line.c_fragment,
     "payload": _Line.c_payload,
+    "app": _Line.c_app,
+    "tls": _Line.c_app_field,
+    "quic": _Line.c_app_field,
+    "dns": _Line.c_app_field,
+    "http": _Line.c_app_field,
     "limit": _Line.c_limit,
     "set": _Line.c_set,
     "replace": _Line.c_replace,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ips.policy.diagnostics import Diagnostic, Span
+from ips.policy.domains import NameSet
 
 # Verdicts (the strings the engine returns).
 ACCEPT = "accept"
@@ -89,6 +90,61 @@ class RewriteSpec:
     replace: tuple[tuple[bytes, bytes], ...] = ()
 
 
+# The application-layer clauses: (protocol word, field word) -> (the AppFields attribute it
+# reads, how its value is written). ips/core/app_fields.py says what each field holds.
+APP_FIELDS: dict[tuple[str, str], tuple[str, str]] = {
+    ("tls", "sni"): ("tls_sni", "names"),
+    ("tls", "ja3"): ("tls_ja3", "exact"),
+    ("tls", "ja4"): ("tls_ja4", "exact"),
+    ("quic", "sni"): ("quic_sni", "names"),
+    ("dns", "query"): ("dns_queries", "names"),
+    ("http", "host"): ("http_host", "names"),
+    ("http", "method"): ("http_method", "exact"),
+    ("http", "uri"): ("http_uri", "contains"),
+    ("http", "user-agent"): ("http_user_agent", "contains"),
+}
+APP_PROTOS = ("tls", "http", "dns", "ssh", "quic", "unknown")
+# What a pending clause waits for, by its protocol word (`ipsctl explain` says it).
+APP_NEEDS = {
+    "app": "the first bytes of the flow",
+    "tls": "the ClientHello",
+    "quic": "the client's QUIC Initial",
+    "dns": "the DNS query",
+    "http": "the HTTP request",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AppCondition:
+    """One application-layer clause of a rule: `app tls`, `tls sni "*.bad.lab"`, `http uri
+    contains "/admin"`. It reads one field of the flow's AppFields (or, for `app`, the
+    flow's app_proto) and holds as a whole or not at all; `negated` inverts a known value.
+
+    kind      names: a NameSet (suffix lookup); exact: one of `values`; contains: `text` is
+              in the field (both lower-case with nocase); proto: app_proto is in `values`
+    clause    how it is named: "tls sni", "dns query", "app", "http uri contains"
+    shown     its value as written, for explain"""
+
+    clause: str
+    field: str
+    kind: str
+    negated: bool = False
+    names: NameSet | None = None
+    values: frozenset[str] = frozenset()
+    text: str = ""
+    nocase: bool = False
+    shown: str = ""
+
+    @property
+    def proto_word(self) -> str:
+        return self.clause.split(" ", 1)[0]
+
+    @property
+    def needs(self) -> str:
+        """What the clause waits for while it is pending."""
+        return APP_NEEDS.get(self.proto_word, "the application layer")
+
+
 @dataclass(slots=True)
 class RuleSpec:
     index: int  # position in first-match order, from 0
@@ -119,6 +175,7 @@ class RuleSpec:
     message: str | None = None
     log: bool = False
     inspect: bool = False  # flows this rule could match are never offloaded
+    app: tuple[AppCondition, ...] = ()  # application-layer clauses (all must hold)
     sid: int | None = None
     severity: int = 2
     label: str | None = None
@@ -139,6 +196,7 @@ class RuleSpec:
             or self.fragment
             or self.contains
             or self.limit
+            or self.app
             or (self.src and self.src.dynamic)
             or (self.dst and self.dst.dynamic)
         )
@@ -153,6 +211,13 @@ class TableSpec:
     nets6: tuple[tuple[int, int], ...] = ()
     timeout: float | None = None  # dynamic: default entry lifetime in seconds
     size: int = 65536
+    # A table of domain name patterns (used by `tls sni @t`, `dns query @t`, ...) instead of
+    # addresses: which one a table is follows from the clauses that use it.
+    names: NameSet | None = None
+
+    @property
+    def entries(self) -> int:
+        return len(self.names) if self.names is not None else len(self.nets4) + len(self.nets6)
 
 
 @dataclass(slots=True)
@@ -335,8 +400,37 @@ OPTIONS: dict[str, OptionSchema] = {
     "block-evidence": OptionSchema(
         ("strict", "proof", "loose"), "strict", "what a detector's block needs as evidence"
     ),
+    # What a `reject` decided by a `dns query` clause answers a DNS query over UDP with: a
+    # response from the server's address saying the name does not exist, or that the
+    # server refuses to answer (docs/language.md, "Application layer").
+    "dns-reject": OptionSchema(
+        ("nxdomain", "refused"), "nxdomain", "the answer a rejected DNS query gets"
+    ),
     "tap-blocks": OptionSchema(
         ("report", "enforce"), "report", "tap mode: report detector blocks, or enforce them"
+    ),
+    # The application layer (ips/app/inspect.py, docs/application-layer.md): protocol
+    # detection, the first bytes of each TCP direction reassembled and read by the TLS,
+    # HTTP, SSH and DNS parsers, QUIC Initials, DNS datagrams; events and L7 fields. off:
+    # none of it (no app_proto, no events, L7 clauses never match).
+    "app-layer": OptionSchema(
+        ("on", "off"), "on", "application-layer detection, parsing and events"
+    ),
+    "app-stream-bytes": OptionSchema(
+        (),
+        4096,
+        "bytes reassembled from the start of each direction of a TCP flow",
+        kind="int",
+        minimum=64,
+        maximum=1 << 20,
+    ),
+    "app-memcap": OptionSchema(
+        (),
+        32 * 1024 * 1024,
+        "bytes of reassembly all flows may hold together",
+        kind="int",
+        minimum=4096,
+        maximum=1 << 34,
     ),
 }
 
@@ -401,5 +495,22 @@ class Policy:
         return str(self.option("block-evidence"))
 
     @property
+    def dns_reject_rcode(self) -> int:
+        """The RCODE of the answer to a rejected DNS query: NXDOMAIN (3) or REFUSED (5)."""
+        return 5 if self.option("dns-reject") == "refused" else 3
+
+    @property
     def detect_memory(self) -> int:
         return int(self.option("detect-memory"))
+
+    @property
+    def app_layer(self) -> bool:
+        return self.option("app-layer") == "on"
+
+    @property
+    def app_stream_bytes(self) -> int:
+        return int(self.option("app-stream-bytes"))
+
+    @property
+    def app_memcap(self) -> int:
+        return int(self.option("app-memcap"))

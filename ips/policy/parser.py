@@ -408,6 +408,14 @@ class _Builder:
             if pattern is None:
                 return None
             return ast.ContainsClause(span, pattern, len(ch) > 1)
+        if kind == "app":
+            return ast.AppClause(span, self.value(_tree(ch[0])))
+        if kind in ("app_field", "app_contains"):
+            proto = str(_tree(ch[0]).children[0])
+            field = self.item(ch[1])
+            if kind == "app_field":
+                return ast.AppFieldClause(span, proto, field, self.value(_tree(ch[2])))
+            return ast.AppFieldClause(span, proto, field, None, unescape(str(ch[2])), len(ch) > 3)
         if kind == "limit":
             burst = per = else_action = None
             for opt in map(_tree, ch[1:]):

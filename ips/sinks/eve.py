@@ -10,6 +10,12 @@ target(s), count, threshold, window, …; Suricata puts protocol details at the 
 same way) and whose `alert.metadata` has `detector: [NAME]` (Suricata's metadata is lists of
 strings). Blocks have no Suricata equivalent: `ipsctl_block` and `ipsctl_unblock` events,
 with src_ip the address and an object of the same name (no flow, no destination).
+
+Application layer (ips/app/inspect.py): `tls`, `quic`, `dns` (version 2 query and answer
+records), `http` and `ssh` events, each with the object of that name as Suricata writes it.
+Every line about a flow or a packet (flow, alert, drop, ipsctl_log and the application
+events) carries the flow's `community_id` (Community ID v1, seed 0); alerts carry the flow's
+`app_proto`; when passive DNS named the flow's responder, `ipsctl.dst_name` says so.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
+from ips.app.community_id import community_id, community_id_portless
 from ips.core.addr import format_addr
 from ips.core.events import (
     Alert,
+    AppEvent,
     Block,
     Effect,
     FlowEnd,
@@ -85,6 +93,18 @@ def _proto_label(proto: int) -> str:
 Record = dict[str, Any]
 
 
+def flow_community_id(
+    proto: int, src: bytes, dst: bytes, sport: int, dport: int, icmp: int = -1
+) -> str:
+    """The Community ID of a flow or event: ports for TCP, UDP and SCTP; for ICMP and
+    ICMPv6 the type and code (`icmp`, type << 8 | code), without them when not known."""
+    if proto == 1 or proto == 58:
+        if icmp < 0:
+            return community_id_portless(proto, src, dst)
+        return community_id(proto, src, dst, icmp >> 8, icmp & 0xFF)
+    return community_id(proto, src, dst, sport, dport)
+
+
 def _base(ev: PacketEvent, event_type: str, in_iface: str | None) -> Record:
     record: Record = {
         "timestamp": eve_timestamp(ev.time),
@@ -100,6 +120,17 @@ def _base(ev: PacketEvent, event_type: str, in_iface: str | None) -> Record:
     if ev.proto in PORT_PROTOS:
         record["dest_port"] = ev.dport
     record["proto"] = _proto_label(ev.proto)
+    record["community_id"] = flow_community_id(
+        ev.proto, ev.src, ev.dst, ev.sport, ev.dport, ev.icmp
+    )
+    return record
+
+
+def _name_of_destination(record: Record, ev: PacketEvent) -> Record:
+    """ipsctl.dst_name: the passive DNS name of the flow's responder, when known."""
+    if ev.dst_name is not None:
+        own = record.setdefault("ipsctl", {})
+        own["dst_name"] = ev.dst_name
     return record
 
 
@@ -115,10 +146,24 @@ def alert_record(alert: Alert, in_iface: str | None = None) -> Record:
         "severity": alert.severity,
         "metadata": {"rule": [alert.rule_name]},
     }
+    app = EVE_APP_PROTOS.get(alert.app_proto)
+    if app is not None:
+        record["app_proto"] = app
     if alert.extra is not None:
         record["alert"]["metadata"]["detector"] = [alert.category]
         record["ipsctl"] = {"detector": alert.category, **alert.extra}
-    return record
+    return _name_of_destination(record, alert)
+
+
+def app_record(event: AppEvent, in_iface: str | None = None) -> Record:
+    """An application-layer event (tls, quic, dns, http, ssh): the object Suricata writes
+    under its name; the transaction's number (http, dns) is top-level `tx_id`, as Suricata
+    has it."""
+    record = _base(event, event.event_type, in_iface)
+    if event.tx_id is not None:
+        record["tx_id"] = event.tx_id
+    record[event.event_type] = event.body
+    return _name_of_destination(record, event)
 
 
 def block_record(block: Block) -> Record:
@@ -172,14 +217,14 @@ def unblock_record(unblock: Unblock) -> Record:
 def drop_record(log: LogRecord, in_iface: str | None = None) -> Record:
     record = _base(log, "drop", in_iface)
     record["drop"] = {"reason": "rules", "rule": log.rule_name}
-    return record
+    return _name_of_destination(record, log)
 
 
 def log_record(log: LogRecord, in_iface: str | None = None) -> Record:
     """A `log` rule's record. Suricata has no such type; ours is `ipsctl_log`, alongside."""
     record = _base(log, "ipsctl_log", in_iface)
     record["ipsctl_log"] = {"verdict": log.verdict, "rule": log.rule_name}
-    return record
+    return _name_of_destination(record, log)
 
 
 # A flow's app_proto as Suricata writes it: "failed" where detection gave up; a flow whose
@@ -206,11 +251,14 @@ def flow_record(end: FlowEnd, in_iface: str | None = None) -> Record:
         flow.dst,
         flow.dport,
     )
+    ev.icmp = flow.icmp
     record = _base(ev, "flow", in_iface)
+    cid = record.pop("community_id")
     f = flow
     app = EVE_APP_PROTOS.get(getattr(f, "app_proto", None))
     if app is not None:
         record["app_proto"] = app
+    record["community_id"] = cid
     state = "established" if f.replied else "new"
     tcp_state = TCP_STATE_NAMES[f.tcp_state] if f.proto == 6 else None
     if tcp_state in ("closed", "closing", "time_wait"):
@@ -240,6 +288,8 @@ def flow_record(end: FlowEnd, in_iface: str | None = None) -> Record:
                 tcp[name] = True
         tcp["state"] = tcp_state
         record["tcp"] = tcp
+    if f.dst_name is not None:
+        record["ipsctl"] = {"dst_name": f.dst_name}
     return record
 
 
@@ -290,23 +340,26 @@ def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
         words = _TCP_FLAG_WORDS[both & 31]
         tail = (
             f'}},"tcp":{{"tcp_flags":"{both:02x}","tcp_flags_ts":"{fwd:02x}",'
-            f'"tcp_flags_tc":"{rev:02x}"{words},"state":"{tcp_state}"}}}}'
+            f'"tcp_flags_tc":"{rev:02x}"{words},"state":"{tcp_state}"}}'
         )
     else:
-        tail = "}}"
+        tail = "}"  # the flow object's end; the record's comes after ipsctl's object
     app = EVE_APP_PROTOS.get(getattr(f, "app_proto", None))
     app_field = f',"app_proto":"{app}"' if app is not None else ""
+    cid = flow_community_id(proto, f.src, f.dst, f.sport, f.dport, f.icmp)
     first, last = f.first_seen, f.last_seen
     bypass = ',"bypass":"capture"' if getattr(f, "offloaded", False) else ""
+    name = f.dst_name
+    own = "" if name is None else f',"ipsctl":{{"dst_name":{json.dumps(name)}}}'
     return (
         f'{{"timestamp":"{eve_timestamp(end.time)}","flow_id":{f.flow_id}{iface}'
         f',"event_type":"flow","src_ip":"{endpoints},"proto":"{_proto_label(proto)}"{app_field}'
-        f',"flow":{{'
+        f',"community_id":"{cid}","flow":{{'
         f'"pkts_toserver":{f.pkts_fwd},"pkts_toclient":{f.pkts_rev},'
         f'"bytes_toserver":{f.bytes_fwd},"bytes_toclient":{f.bytes_rev},'
         f'"start":"{eve_timestamp(first)}","end":"{eve_timestamp(last)}",'
         f'"age":{int(last - first)},"state":"{state}",'
-        f'"reason":{_json_text(EVE_END_REASONS.get(end.reason, end.reason))}{bypass}{tail}'
+        f'"reason":{_json_text(EVE_END_REASONS.get(end.reason, end.reason))}{bypass}{tail}{own}}}'
     )
 
 
@@ -377,6 +430,8 @@ class EveWriter:
             self.write(record)
         elif isinstance(ev, FlowEnd):
             self.write_line(flow_line(ev, self.in_iface))
+        elif isinstance(ev, AppEvent):
+            self.write(app_record(ev, self.in_iface))
         elif isinstance(ev, LogRecord):
             if self.passive:
                 record = log_record(ev, self.in_iface)

@@ -129,6 +129,7 @@ def families(status: dict[str, Any]) -> list[Metric]:
         )
         out.append(_latency_family(w.get("latency")))
         out.extend(_gc_families(w.get("gc")))
+        out.extend(_app_families(w.get("app")))
         out.extend(_webhook_families(w.get("webhook")))
     out.extend(_block_families(status.get("blocks") or {}))
     out.extend(_queue_families(status))
@@ -183,6 +184,48 @@ def _alert_families(w: dict[str, Any]) -> list[Metric]:
     if isinstance(total, int):
         alerts.add_metric(["policy"], max(0, total - by_detectors))
     return [alerts, drops]
+
+
+def _labelled(name: str, doc: str, label: str, counts: Any) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    if isinstance(counts, dict):
+        for key, n in sorted(counts.items()):
+            if isinstance(n, int):
+                family.add_metric([str(key)], n)
+    return family
+
+
+def _app_families(app: Any) -> list[Metric | None]:
+    """The application layer (ips/app/inspect.py): protocols, events, malformed and
+    incomplete messages, reassembly, passive DNS."""
+    if not isinstance(app, dict):
+        return []
+    r = app.get("reassembly") or {}
+    segments = {k: v for k, v in r.items() if k not in REASSEMBLY_TOTALS}
+    pdns = app.get("passive_dns") or {}
+    return [
+        _labelled("ipsctl_app_flows", "flows by detected application protocol", "protocol",
+                  app.get("protocols")),
+        _labelled("ipsctl_app_events", "application-layer events, by EVE type", "type",
+                  app.get("events")),
+        _labelled("ipsctl_app_malformed", "malformed application messages, by reason",
+                  "reason", app.get("malformed")),
+        _labelled("ipsctl_app_incomplete", "directions that ended before their message was "
+                  "whole, by protocol", "protocol", app.get("incomplete")),
+        _labelled("ipsctl_app_reassembly_segments", "TCP segments (or parts) the reassembler "
+                  "trimmed, dropped or found again, by reason", "reason", segments),
+        _gauge("ipsctl_app_reassembly_memory_bytes", "bytes the reassembler holds",
+               r.get("memory")),
+        _counter("ipsctl_app_reassembly_released_bytes", "reassembly bytes returned when "
+                 "their flow ended", r.get("released_bytes")),
+        _gauge("ipsctl_passive_dns_entries", "addresses passive DNS names", pdns.get("entries")),
+        _counter("ipsctl_passive_dns_learned", "addresses learned from DNS answers",
+                 pdns.get("learned")),
+    ]  # fmt: skip
+
+
+# The reassembly section's entries that are totals or levels, not counts of segments.
+REASSEMBLY_TOTALS = frozenset({"memory", "memory_cap", "released_flows", "released_bytes"})
 
 
 def _flow_families(w: dict[str, Any]) -> list[Metric | None]:

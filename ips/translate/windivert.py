@@ -80,6 +80,8 @@ def needs_everything(policy: Policy) -> str | None:
             return f"{rule.name}: state needs whole flows"
         if rule.fragment:
             return f"{rule.name}: fragments"
+        if rule.app:
+            return f"{rule.name}: application-layer clauses read whole flows"
         rw = rule.rewrite
         if rule.action == REWRITE and rw is not None and (rw.dport is not None or rw.daddr):
             return f"{rule.name}: rewritten flows' replies are translated back"

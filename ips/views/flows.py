@@ -9,9 +9,15 @@ flows_csv (at the end) write them for the CLI. A filter is words, all of which m
                                          initiator / the responder
     port P | sport P | dport P           a port or range (80, 8000-8080, http)
     state new|established                established: the flow has seen a reply
+    name N | name *.N | name *           the responder's name (passive DNS, `Flow.dst_name`):
+                                         exactly N, any subdomain of N (not N itself, as
+                                         in the policy's name patterns), or any known name
     and                                  optional, between terms
 
-e.g. `proto tcp dport 80`, `src 10.10.1.0/24 and state established`.
+e.g. `proto tcp dport 80`, `src 10.10.1.0/24 and state established`, `name *.example.com`.
+
+The responder's name is the one passive DNS learned from the answer that led the client to
+its address (ips/app/passive_dns.py); a row carries it as `dst_name` (None when not known).
 """
 
 from __future__ import annotations
@@ -112,10 +118,25 @@ def parse_filter(text: str) -> Pred:
                 raise FilterError(f"state: new or established, not {value!r}")
             want = value == "established"
             preds.append(lambda f, w=want: bool(f.replied) == w)  # type: ignore[misc]
+        elif word == "name":
+            preds.append(_name_matcher(value))
         else:
-            known = "proto, host, src, dst, port, sport, dport, state"
+            known = "proto, host, src, dst, port, sport, dport, state, name"
             raise FilterError(f"unknown filter word {word!r} (known: {known})")
     return lambda f: all(p(f) for p in preds)
+
+
+def _name_matcher(pattern: str) -> Pred:
+    """`name` filter: "*" any known name, "*.x" a subdomain of x (not x), else exactly x."""
+    pattern = pattern.rstrip(".")
+    if pattern == "*":
+        return lambda f: bool(getattr(f, "dst_name", None))
+    if pattern.startswith("*.") and "*" not in pattern[1:]:
+        suffix = pattern[1:]  # ".x": the name ends with it, so it is longer than x
+        return lambda f: (getattr(f, "dst_name", None) or "").endswith(suffix)
+    if not pattern or "*" in pattern:
+        raise FilterError(f"name: a name, *.name or *, not {pattern!r}")
+    return lambda f: getattr(f, "dst_name", None) == pattern
 
 
 def flow_row(f: Any, now: float) -> dict[str, Any]:
@@ -137,6 +158,8 @@ def flow_row(f: Any, now: float) -> dict[str, Any]:
         else ("established" if f.replied else "new"),
         # EVE's word (tls, http, dns, ssh, quic, failed); None while not known.
         "app_proto": EVE_APP_PROTOS.get(getattr(f, "app_proto", None)),
+        # The responder's name from passive DNS; None while not known.
+        "dst_name": getattr(f, "dst_name", None),
     }
 
 
@@ -170,11 +193,16 @@ def select_flows(
         rows = [flow_row(f, now) for f in heapq.nlargest(top, chosen, key=_key(sort))]
         return {"ok": True, "total": len(chosen), "flows": rows}
     sums: dict[Any, list[int]] = {}
+    # group dst: each address's name, from its most recently started named flow.
+    names: dict[Any, tuple[float, str]] = {}
     for f in chosen:
         if group == "src":
             k: Any = f.src
         elif group == "dst":
             k = f.dst
+            name = getattr(f, "dst_name", None)
+            if name and (k not in names or f.first_seen >= names[k][0]):
+                names[k] = (f.first_seen, name)
         else:
             k = (f.proto, f.dport)
         s = sums.setdefault(k, [0, 0, 0])
@@ -189,14 +217,17 @@ def select_flows(
             label = f"{k[1]}/{PROTO_LABELS.get(k[0], str(k[0]))}"
         else:
             label = format_addr(k)
-        groups.append({"key": label, "flows": n, "packets": pkts, "bytes": nbytes})
+        row: dict[str, Any] = {"key": label, "flows": n, "packets": pkts, "bytes": nbytes}
+        if group == "dst":
+            row["name"] = names[k][1] if k in names else None
+        groups.append(row)
     return {"ok": True, "total": len(chosen), "groups": groups}
 
 
 # ---- as text ------------------------------------------------------------------------------------
 
 CSV_FIELDS = ("id", "proto", "src", "sport", "dst", "dport", "packets", "bytes", "bytes_fwd",
-              "bytes_rev", "duration", "idle", "state", "app_proto")  # fmt: skip
+              "bytes_rev", "duration", "idle", "state", "app_proto", "dst_name")  # fmt: skip
 
 
 def format_flows(rows: list[dict[str, Any]], total: int) -> str:
@@ -204,7 +235,7 @@ def format_flows(rows: list[dict[str, Any]], total: int) -> str:
         return "no flows" + (f" (of {total})" if total else "")
     lines = [
         f"{'PROTO':<6} {'APP':<6} {'SOURCE':<45} {'DESTINATION':<45} {'PKTS':>8} {'BYTES':>10} "
-        f"{'DURATION':>9}  STATE"
+        f"{'DURATION':>9}  {'STATE':<11}  NAME"
     ]
     for r in rows:
         app = r.get("app_proto") or "-"
@@ -212,7 +243,7 @@ def format_flows(rows: list[dict[str, Any]], total: int) -> str:
         dst = _endpoint(r["dst"], r["dport"], r["proto"])
         lines.append(
             f"{r['proto']:<6} {app:<6} {src:<45} {dst:<45} {r['packets']:>8} {r['bytes']:>10} "
-            f"{r['duration']:>8.1f}s  {r['state']}"
+            f"{r['duration']:>8.1f}s  {r['state']:<11}  {r.get('dst_name') or '-'}"
         )
     lines.append(f"{len(rows)} of {total} flow{'s' if total != 1 else ''}")
     return "\n".join(lines)

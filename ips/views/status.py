@@ -6,6 +6,39 @@ from __future__ import annotations
 from typing import Any
 
 
+def _counts(counts: Any) -> str:
+    if not isinstance(counts, dict) or not counts:
+        return "none"
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
+def _app_lines(app: Any) -> list[str]:
+    """The application layer: flows by protocol, events, malformed and incomplete
+    messages, reassembly memory and what it dropped, passive DNS."""
+    if not isinstance(app, dict):
+        return []
+    if not app.get("enabled"):
+        return ["app      off (set app-layer off)"]
+    r = app.get("reassembly") or {}
+    dropped = {k: r[k] for k in ("beyond-limit", "memcap", "too-many-pieces") if r.get(k)}
+    pdns = app.get("passive_dns") or {}
+    lines = [
+        f"app      flows {_counts(app.get('protocols'))}; events {_counts(app.get('events'))}",
+        f"         malformed {sum((app.get('malformed') or {}).values())}"
+        f" ({_counts(app.get('malformed'))}), incomplete {_counts(app.get('incomplete'))}",
+        f"         reassembly {r.get('memory', 0)} of {r.get('memory_cap', 0)} bytes held, "
+        f"dropped: {_counts(dropped)}; returned at flow end {r.get('released_bytes', 0)} bytes "
+        f"of {r.get('released_flows', 0)} flows",
+    ]
+    if pdns:
+        lines.append(
+            f"         passive DNS {pdns.get('entries', 0)} names, learned "
+            f"{pdns.get('learned', 0)}, evicted {pdns.get('evicted', 0)}, "
+            f"expired {pdns.get('expired', 0)}"
+        )
+    return lines
+
+
 def format_status(s: dict[str, Any]) -> str:
     p, w, c, q, d = s["policy"], s["worker"], s["counters"], s.get("queue") or {}, s["diversion"]
     lines = [
@@ -64,6 +97,7 @@ def format_status(s: dict[str, Any]) -> str:
             f"offered to the queue {u.get('offered', 0)}, judged {u.get('judged', 0)}, "
             f"waiting {u.get('waiting', 0)}, dropped {u.get('dropped', 0)}"
         )
+    lines += _app_lines(w.get("app"))
     lines.append(
         f"worker   pid {w.get('pid')}, restarts {c['worker_restarts']} "
         f"(hung {c['worker_hangs']}, died {c['worker_deaths']})"

@@ -2,7 +2,8 @@
 
 Reads only the control socket's read-only ops (status, flows, alerts, blocks_list), so a
 member of the socket's group sees it without root. Rates are those of the packets the engine
-judged (the kernel fast path and blocked sources never reach it).
+judged (the kernel fast path and blocked sources never reach it). Destinations are shown with
+the name passive DNS learned for them (the name the client asked for), as ntopng does.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class TopState:
         self.status: dict[str, Any] = {}
         self.talkers: list[dict[str, Any]] = []
         self.ports: list[dict[str, Any]] = []
+        self.destinations: list[dict[str, Any]] = []
         self.blocks: list[dict[str, Any]] = []
         self.error = ""
 
@@ -73,6 +75,8 @@ class TopState:
             self.talkers = talk.get("groups") or []
             ports = request({"op": "flows", "group": "port", "sort": "bytes", "top": 8})
             self.ports = ports.get("groups") or []
+            dests = request({"op": "flows", "group": "dst", "sort": "bytes", "top": 8})
+            self.destinations = dests.get("groups") or []
             alerts = request({"op": "alerts", "since": self.seq, "limit": 10})
             seq = int(alerts.get("seq") or 0)
             if seq < self.seq:  # a new worker numbers from 1 again
@@ -152,16 +156,33 @@ def render(state: TopState) -> RenderableType:
     side.add_column(ratio=1)
     side.add_column(ratio=1)
     side.add_row(talkers, ports)
+    destinations = _table(
+        "top destinations",
+        ["destination", "name", "flows", "packets", "bytes"],
+        [
+            [
+                g["key"],
+                str(g.get("name") or "-"),
+                str(g["flows"]),
+                human(g["packets"]),
+                human(g["bytes"], "B"),
+            ]
+            for g in state.destinations
+        ],
+        widths=(15, 0, 5, 7, 7),
+    )
     alert_rows = []
     for a in state.alerts:
         ev = a.get("event") or {}
         al = ev.get("alert") or {}
         when = time.strftime("%H:%M:%S", time.localtime(float(a.get("time") or 0)))
+        # The responder's passive DNS name rides in the alert as ipsctl.dst_name.
+        name = (ev.get("ipsctl") or {}).get("dst_name")
         alert_rows.append(
             [
                 when,
                 str(al.get("category", "")),
-                f"{ev.get('src_ip')} > {ev.get('dest_ip')}",
+                f"{ev.get('src_ip')} > {ev.get('dest_ip')}" + (f" ({name})" if name else ""),
                 str(al.get("action", "")),
                 str(al.get("signature", "")),
             ]
@@ -187,7 +208,7 @@ def render(state: TopState) -> RenderableType:
         block_rows,
         widths=(15, 9, 6),
     )
-    return Group(Panel(Group(head, rates)), side, alerts, blocks)
+    return Group(Panel(Group(head, rates)), side, destinations, alerts, blocks)
 
 
 def _left(seconds: Any) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import ips.engine.engine as engine_module
+import ips.app.inspect as inspect_module
 from ips.core.build import build_packet
 from ips.core.events import FlowEnd
 from ips.core.flow import Flow
@@ -45,19 +45,29 @@ def only_flow(engine: Engine) -> Flow:
 
 
 def tcp_stream(engine: Engine, dport: int, *segments: bytes, server_first: bool = False) -> Flow:
-    """A handshake, then each segment from the client (or the server first when asked)."""
+    """A handshake, then each segment from the client (or the server first when asked), in
+    sequence (the engine reassembles each direction)."""
     now = 100.0
-    engine.handle(build_packet(PROTO_TCP, CLIENT, SERVER, 40000, dport, flags=TCP_SYN), now=now)
-    syn_ack = build_packet(PROTO_TCP, SERVER, CLIENT, dport, 40000, flags=TCP_SYN | TCP_ACK)
+    engine.handle(
+        build_packet(PROTO_TCP, CLIENT, SERVER, 40000, dport, flags=TCP_SYN, seq=999), now=now
+    )
+    syn_ack = build_packet(
+        PROTO_TCP, SERVER, CLIENT, dport, 40000, flags=TCP_SYN | TCP_ACK, seq=4999, ack=1000
+    )
     engine.handle(syn_ack, now=now)
-    engine.handle(build_packet(PROTO_TCP, CLIENT, SERVER, 40000, dport, flags=TCP_ACK), now=now)
+    engine.handle(
+        build_packet(PROTO_TCP, CLIENT, SERVER, 40000, dport, flags=TCP_ACK, seq=1000), now=now
+    )
     flow = only_flow(engine)
     assert flow.app_proto is None  # the handshake carries no payload
+    seq = 5000 if server_first else 1000
     for payload in segments:
         a, b, pa, pb = (
             (SERVER, CLIENT, dport, 40000) if server_first else (CLIENT, SERVER, 40000, dport)
         )
-        engine.handle(build_packet(PROTO_TCP, a, b, pa, pb, flags=DATA, payload=payload), now=now)
+        packet = build_packet(PROTO_TCP, a, b, pa, pb, flags=DATA, seq=seq, payload=payload)
+        engine.handle(packet, now=now)
+        seq += len(payload)
     return flow
 
 
@@ -89,13 +99,14 @@ def test_the_server_speaking_first_names_the_flow() -> None:
     assert tcp_stream(new_engine(), 22, SSH_BANNER, server_first=True).app_proto == "ssh"
 
 
-def test_an_undecided_stream_tries_the_next_segments_then_gives_up() -> None:
-    # "GE" could still be "GET ": detection waits for the next segment (no reassembly yet).
-    assert tcp_stream(new_engine(), 5555, b"GE", HTTP_GET).app_proto == "http"
-    flow = tcp_stream(new_engine(), 5555, b"GE", b"GE", b"GE")
-    assert flow.app_proto is None and flow.app_tries == 3
-    flow = tcp_stream(new_engine(), 5555, b"GE", b"GE", b"GE", b"GE", HTTP_GET)
-    assert flow.app_proto == "unknown"  # four data segments without an answer: given up
+def test_an_undecided_stream_waits_for_the_next_segments_of_its_direction() -> None:
+    # "GE" could still be "GET ": detection waits for more of the stream, reassembled.
+    assert tcp_stream(new_engine(), 5555, b"GE", HTTP_GET[2:]).app_proto == "http"
+    assert tcp_stream(new_engine(), 5555, b"G", b"E", b"T", HTTP_GET[3:]).app_proto == "http"
+    assert tcp_stream(new_engine(), 5555, b"GE").app_proto is None  # not decided yet
+    # "GEGE" could still be a DNS message's length prefix and header; 16 bytes cannot.
+    assert tcp_stream(new_engine(), 5555, b"GE", b"GE").app_proto is None
+    assert tcp_stream(new_engine(), 5555, b"GE", b"GE" * 8).app_proto == "unknown"
 
 
 def test_udp_flows_are_named_by_their_first_datagram() -> None:
@@ -124,13 +135,13 @@ def test_flows_without_an_application_layer_stay_unnamed() -> None:
 
 def test_a_named_flow_is_not_looked_at_again(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = engine_module.detect_stream
+    real = inspect_module.detect_stream
 
     def counted(data: bytes, offset: int = 0) -> str | None:
         calls.append(len(data) - offset)
         return real(data, offset)
 
-    monkeypatch.setattr(engine_module, "detect_stream", counted)
+    monkeypatch.setattr(inspect_module, "detect_stream", counted)
     flow = tcp_stream(new_engine(), 443, CLIENT_HELLO, b"x" * 100, b"y" * 200, server_first=False)
     assert flow.app_proto == "tls"
     assert calls == [len(CLIENT_HELLO)]  # the handshake has no payload, the later data is not read

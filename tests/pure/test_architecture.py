@@ -42,7 +42,7 @@ LOWER = {
     "engine": {"core", "policy", "detect", "translate", "app"},
     "kernel": {"core", "policy", "translate", "safefile"},
     "io": {"core", "policy", "detect", "translate", "engine", "kernel"},
-    "sinks": {"core", "policy", "engine", "safefile"},
+    "sinks": {"core", "policy", "engine", "safefile", "app"},  # app: EVE's objects, community_id
     "control": set(),  # the protocol is for any client (the CLI, a console): a leaf
     "views": {"core", "policy", "engine", "control", "sinks"},
     "heap": set(),

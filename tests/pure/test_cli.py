@@ -409,7 +409,11 @@ def check_eve(path: Path, report: dict, *, monotonic: bool = True) -> list[dict]
         assert isinstance(ev["proto"], str)
         if ev["proto"] in ("TCP", "UDP", "SCTP"):
             assert isinstance(ev["src_port"], int) and isinstance(ev["dest_port"], int)
-        assert ev["event_type"] in ("alert", "flow", "drop", "ipsctl_log")
+        assert ev["event_type"] in (
+            *("alert", "flow", "drop", "ipsctl_log"),
+            *("tls", "quic", "dns", "http", "ssh"),  # the application layer's events
+        )
+        assert ev["community_id"].startswith("1:")
         if ev["event_type"] == "alert":
             alert = ev["alert"]
             assert alert["action"] in ("allowed", "blocked")

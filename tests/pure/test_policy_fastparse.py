@@ -151,7 +151,8 @@ TRICKY = [
     "#c", "# c", "\u0663", "\u0663\u0664", "1.\u0662.3.4", "\xa0", "\u2028", "\f", "\r", "\t",
     "tcp-reset", "icmp", "port-unreachable", "echo-request", "established", "src", "dst",
     "else", "drop", "nocase", "code", "burst", "per", "with", "file", "dynamic", "timeout", "size",
-    "9" * 5000, "1" * 4301, "_x", "x_", "-x",
+    "9" * 5000, "1" * 4301, "_x", "x_", "-x", "sni", "query", "user-agent", "ja4", "uri",
+    "*.bad.lab", '"*.bad.lab"', "method",
 ]  # fmt: skip
 WORDS = sorted(set(FUZZ_WORDS) | set(TRICKY) | KEYWORDS)
 SEPARATORS = [" ", " ", " ", "", "\t", "  ", ", ", " # comment"]
@@ -188,6 +189,13 @@ CLAUSES = [
     "with icmp port-unreachable", "with icmp any", "with icmpv6 { 1 }", "alert",
     "alert \"m\\\"x\"", "log", "inspect", "sid 5", "sid 0", "severity high", "severity 3",
     "label \"l\"", "inet", "inet6",
+    # the application-layer clauses (issue 20)
+    "tls sni \"a.lab\"", "tls sni { \"a.lab\", \"*.b.lab\", @t }", "quic sni !\"x\"",
+    "dns query @t", "http host $x", "http method GET", "http method { get, POST }",
+    "http uri contains \"/a\" nocase", "http user-agent contains \"curl\"",
+    "http contains contains \"x\"", "http host contains \"x\"", "tls ja3 \"ab\"",
+    "app tls", "app { tls, quic, http, dns }", "app !ssh", "to port http", "app http",
+    "with tcp-reset http host \"x\"", "tls sni", "http uri contains |00|",
 ]  # fmt: skip
 STATEMENTS = [
     "define x = 10.0.0.1", "define x = { 1, 2, 3 }", "define lan=10.0.0.0/8",

@@ -14,12 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ips.core.packet import PORT_PROTOS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP
+from ips.core.packet import PORT_PROTOS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP
 from ips.policy import ast, names
 from ips.policy.diagnostics import Span, did_you_mean
+from ips.policy.domains import HTTP_METHOD_SHAPE, JA3_SHAPE, JA4_SHAPE
 from ips.policy.model import (
+    APP_FIELDS,
+    APP_PROTOS,
     DETECTOR_SID_FIRST,
     DETECTOR_SID_LAST,
+    AppCondition,
     IfaceSpec,
     LimitSpec,
     RewriteSpec,
@@ -29,6 +33,18 @@ from ips.policy.resolve.values import Values
 
 # The four sets of families a rule can have, each one object for every rule that has it.
 FAMILY_SETS = {f: f for f in map(frozenset, ({4, 6}, {4}, {6}, set()))}
+
+# The transport protocols an application protocol runs over: an L7 clause implies them, as
+# a port implies TCP, UDP or SCTP (and `tls sni` never has to look at a UDP packet).
+_TCP, _UDP, _TCP_UDP = frozenset({PROTO_TCP}), frozenset({PROTO_UDP}), PORT_PROTOS & {6, 17}
+APP_TRANSPORTS: dict[str, frozenset[int]] = {
+    "tls": _TCP,
+    "http": _TCP,
+    "ssh": _TCP,
+    "quic": _UDP,
+    "dns": _TCP_UDP,
+    "unknown": _TCP_UDP,
+}
 
 
 @dataclass(slots=True)
@@ -42,6 +58,7 @@ class RuleDraft:
     proto_given: Span | None = None
     port_span: Span | None = None
     needs_tcp: Span | None = None
+    app_transports: list[tuple[frozenset[int], Span, str]] = field(default_factory=list)
     icmp_clause: ast.IcmpTypeClause | None = None
     rewrite: dict[str, object] = field(default_factory=dict)
     replace: list[tuple[bytes, bytes]] = field(default_factory=list)
@@ -164,6 +181,149 @@ class RuleResolver:
         if not pattern:
             self.diags.error(clause.span, "payload contains needs a non-empty pattern")
         draft.rule.contains += ((pattern.lower() if nocase else pattern, nocase),)
+
+    def app(self, clause: ast.AppClause, draft: RuleDraft) -> None:
+        """`app tls`, `app { tls, quic }`: the application protocol detection names."""
+        if not self._once(draft, "app", clause):
+            return
+        words, negated = self.values.words(clause.value, "an application protocol")
+        found: set[str] = set()
+        for w in words:
+            if w.text not in APP_PROTOS:
+                self.diags.error(
+                    w.span,
+                    f"unknown application protocol '{w.text}'",
+                    did_you_mean(w.text, APP_PROTOS) or f"known: {', '.join(APP_PROTOS)}",
+                    code="unknown-name",
+                )
+                continue
+            found.add(w.text)
+        if not words:
+            self.values.warn_empty(clause.value)
+        transports = frozenset().union(*(APP_TRANSPORTS[p] for p in found)) if found else None
+        if transports and not negated:
+            draft.app_transports.append((transports, clause.span, "app"))
+        shown = ", ".join(sorted(found))
+        draft.rule.app += (
+            AppCondition(
+                "app",
+                "app_proto",
+                "proto",
+                negated,
+                values=frozenset(found),
+                shown=("!" if negated else "") + (shown if len(found) == 1 else f"{{ {shown} }}"),
+            ),
+        )
+
+    def app_field(self, clause: ast.AppFieldClause, draft: RuleDraft) -> None:
+        """`tls sni P`, `tls ja3 "…"`, `dns query P`, `http method M`, `http uri contains "s"`."""
+        proto, fld = clause.proto, clause.field
+        known = [f for p, f in APP_FIELDS if p == proto]
+        entry = APP_FIELDS.get((proto, fld.text))
+        if entry is None:
+            self.diags.error(
+                fld.span,
+                f"unknown field '{proto} {fld.text}'",
+                did_you_mean(fld.text, known)
+                or f"{proto} has: " + ", ".join(f"{proto} {f}" for f in known),
+                code="unknown-name",
+            )
+            return
+        name = f"{proto} {fld.text}"
+        if not self._once(draft, name, clause):
+            return
+        attr, kind = entry
+        if kind == "contains" and clause.contains is None:
+            self.diags.error(
+                clause.span,
+                f"'{name}' takes 'contains \"text\"'",
+                f'e.g. {name} contains "/admin"',
+                code="syntax",
+            )
+            return
+        if kind != "contains" and clause.contains is not None:
+            self.diags.error(
+                clause.span,
+                f"'{name}' does not take 'contains'",
+                f"{name} takes {'a name, a { set } or a @table' if kind == 'names' else 'a value'}",
+                code="syntax",
+            )
+            return
+        draft.app_transports.append((APP_TRANSPORTS[proto], clause.span, proto))
+        condition = self._app_condition(clause, name, attr, kind)
+        if condition is not None:
+            draft.rule.app += (condition,)
+
+    def _app_condition(
+        self, clause: ast.AppFieldClause, name: str, attr: str, kind: str
+    ) -> AppCondition | None:
+        if kind == "contains":
+            text = clause.contains or ""
+            if not text:
+                self.diags.error(clause.span, f"{name} contains needs a non-empty text")
+                return None
+            nocase = clause.nocase
+            shown = f'"{text}"' + (" nocase" if nocase else "")
+            folded = text.lower() if nocase else text
+            return AppCondition(name, attr, kind, text=folded, nocase=nocase, shown=shown)
+        value = clause.value
+        assert value is not None
+        if kind == "names":
+            found = self.values.names(value, name)
+            if found is None:
+                return None
+            names_set, negated = found
+            shown = ("!" if negated else "") + names_set.describe()
+            return AppCondition(name, attr, kind, negated, names=names_set, shown=shown)
+        words, negated = self.values.words(value, f"a value of {name}")
+        values: set[str] = set()
+        for w in words:
+            checked = self._app_value(name, w)
+            if checked is not None:
+                values.add(checked)
+        if not words:
+            self.values.warn_empty(value)
+        body = ", ".join(f'"{v}"' if name != "http method" else v for v in sorted(values))
+        shown = ("!" if negated else "") + (body if len(values) == 1 else f"{{ {body} }}")
+        return AppCondition(name, attr, kind, negated, values=frozenset(values), shown=shown)
+
+    def _app_value(self, name: str, item: ast.Item) -> str | None:
+        """One JA3 hash, JA4 fingerprint or HTTP method, checked and in the form compared."""
+        text = item.text
+        if name == "http method":
+            method = text.upper()
+            if HTTP_METHOD_SHAPE.fullmatch(method) is None:
+                self.diags.error(
+                    item.span,
+                    f"'{text}' is not an HTTP method",
+                    did_you_mean(method, ("GET", "POST", "PUT", "DELETE", "HEAD", "CONNECT"))
+                    or "e.g. GET, POST, CONNECT",
+                    code="bad-value",
+                )
+                return None
+            return method
+        folded = text.lower()
+        if name == "tls ja3":
+            if JA3_SHAPE.fullmatch(folded) is None:
+                self.diags.error(
+                    item.span,
+                    f"'{text}' is not a JA3 hash",
+                    "a JA3 is the MD5 of the JA3 string: 32 hex digits, "
+                    'e.g. "e7d705a3286e19ea42f587b344ee6865"',
+                    code="bad-value",
+                )
+                return None
+            return folded
+        if JA4_SHAPE.fullmatch(folded) is None:
+            self.diags.error(
+                item.span,
+                f"'{text}' is not a JA4 fingerprint",
+                "a JA4 is a_b_c: 10 characters (t13d1516h2), then two 12-digit hex hashes, "
+                'e.g. "t13d1516h2_8daaf6152771_b186095e22b6"',
+                code="bad-value",
+            )
+            return None
+        return folded
 
     def limit(self, clause: ast.LimitClause, draft: RuleDraft) -> None:
         if self._once(draft, "limit", clause):
@@ -305,6 +465,21 @@ class RuleResolver:
                 rule.protos = protos
             elif not rule.protos <= protos:
                 self.diags.error(span, message, code="conflict")
+        for protos, span, word in draft.app_transports:
+            # An application protocol runs over TCP or UDP: its clause implies them, and a
+            # `proto` that allows others is narrowed (the clause never holds on them).
+            if rule.protos is None:
+                rule.protos = protos
+            elif rule.protos & protos:
+                rule.protos = frozenset(rule.protos & protos)
+            else:
+                over = " or ".join(names_of(p) for p in sorted(protos))
+                self.diags.error(
+                    span,
+                    f"'{word}' runs over {over}: this rule's protocol excludes it",
+                    f"write proto {names_of(min(protos))}",
+                    code="conflict",
+                )
 
     def _families(self, stmt: ast.RuleStmt, draft: RuleDraft) -> None:
         """The address families the rule can match: what `inet`, the protocols, addresses,
@@ -519,6 +694,10 @@ class RuleResolver:
         return 2
 
 
+def names_of(proto: int) -> str:
+    return {PROTO_TCP: "tcp", PROTO_UDP: "udp"}.get(proto, str(proto))
+
+
 CLAUSES: dict[type[ast.Clause], Callable[[RuleResolver, Any, RuleDraft], None]] = {
     ast.FamilyClause: RuleResolver.family,
     ast.ProtoClause: RuleResolver.proto,
@@ -531,6 +710,8 @@ CLAUSES: dict[type[ast.Clause], Callable[[RuleResolver, Any, RuleDraft], None]] 
     ast.FragmentClause: RuleResolver.fragment,
     ast.ContainsClause: RuleResolver.contains,
     ast.LimitClause: RuleResolver.limit,
+    ast.AppClause: RuleResolver.app,
+    ast.AppFieldClause: RuleResolver.app_field,
     ast.SetClause: RuleResolver.set_field,
     ast.ReplaceClause: RuleResolver.replace,
     ast.RejectWithClause: RuleResolver.reject_with,

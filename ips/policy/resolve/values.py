@@ -13,6 +13,7 @@ import re
 
 from ips.policy import ast, names
 from ips.policy.diagnostics import Span, did_you_mean
+from ips.policy.domains import NameSet, normalize, pattern_problem
 from ips.policy.model import OPTIONS, AddrSpec, OptionSchema, Policy, PortSpec, TableSpec
 from ips.policy.resolve.files import SourceFiles
 
@@ -28,6 +29,8 @@ class Values:
         self.defines: dict[str, ast.Define] = {}
         self.table_decls: dict[str, ast.TableDecl] = {}
         self.tables: dict[str, TableSpec] = {}
+        # Tables of names: those a name clause (`tls sni @t`) uses, and where it first does.
+        self.name_tables: dict[str, Span] = {}
         self._expanded: dict[str, tuple[list[ast.Item], bool]] = {}
         # One object per distinct set of protocols: 200,000 rules share a handful of them.
         self._proto_sets: dict[frozenset[int], frozenset[int]] = {}
@@ -58,12 +61,25 @@ class Values:
                     )
                 else:
                     self.table_decls[stmt.name] = stmt
+            elif isinstance(stmt, ast.RuleStmt):
+                self._note_name_tables(stmt)
         for decl in self.table_decls.values():
             self.tables[decl.name] = self._table(decl)
 
+    def _note_name_tables(self, stmt: ast.RuleStmt) -> None:
+        """A table a name clause uses holds names, not addresses: one pass over the rules
+        says which (a table declared once serves one kind of clause)."""
+        for clause in stmt.clauses:
+            if type(clause) is ast.AppFieldClause and clause.value is not None:
+                for item in clause.value.items:
+                    if item.kind == "table":
+                        self.name_tables.setdefault(item.text, item.span)
+
     def _table(self, decl: ast.TableDecl) -> TableSpec:
         spec = TableSpec(decl.name, decl.kind, decl.span)
-        if decl.kind == "static" and decl.value is not None:
+        if decl.name in self.name_tables and decl.kind != "dynamic":
+            spec.names = self._names_table(decl)
+        elif decl.kind == "static" and decl.value is not None:
             items, negated = self.flatten(decl.value)
             if negated:
                 self.diags.error(decl.value.span, "a table cannot be negated")
@@ -90,12 +106,98 @@ class Values:
                 spec.size = decl.size.lo
         return spec
 
+    def _names_table(self, decl: ast.TableDecl) -> NameSet:
+        """The name patterns of a table a name clause uses: from its `{ … }`, or from its
+        file (one pattern per line, `#` comments), each checked with its place."""
+        names = NameSet()
+        if decl.kind == "static":
+            assert decl.value is not None
+            items, negated = self.flatten(decl.value)
+            if negated:
+                self.diags.error(decl.value.span, "a table cannot be negated")
+            for item in items:
+                if item.kind in ("string", "word"):
+                    self._add_name(names, item.text, item.span)
+                else:
+                    self.diags.error(
+                        item.span,
+                        f"'{item.text}' is not a name",
+                        'a table used by a name clause holds names: "example.com", "*.example.com"',
+                        code="type",
+                    )
+            return names
+        read = self.files.read_table_file(decl)
+        if read is None:
+            return names
+        path, text = read
+        file = str(path)
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            entry = line.split("#", 1)[0].strip()
+            if not entry:
+                continue
+            col = len(line) - len(line.lstrip()) + 1
+            span = Span(file, lineno, col, lineno, col + len(entry))
+            if not self._add_name(names, entry, span):
+                self.files.sources.setdefault(file, text)
+        return names
+
+    def _add_name(self, names: NameSet, text: str, span: Span) -> bool:
+        pattern = normalize(text)
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            message, hint = problem
+            self.diags.error(span, message, hint, code="bad-value")
+            return False
+        names.add(pattern)
+        return True
+
+    def names(self, value: ast.Value, clause: str) -> tuple[NameSet, bool] | None:
+        """The name patterns of a name clause's value: quoted names, a `{ set }` of them, and
+        @tables of names; (patterns, negated), or None when nothing valid is left."""
+        items, negated = self.flatten(value)
+        names = NameSet()
+        valid = not items
+        for item in items:
+            if item.kind in ("string", "word"):
+                valid = self._add_name(names, item.text, item.span) or valid
+            elif item.kind == "table":
+                table = self.tables.get(item.text)
+                if table is None:
+                    self.diags.error(
+                        item.span,
+                        f"unknown table '@{item.text}'",
+                        _prefixed_hint("@", item.text, self.tables)
+                        or 'declare it: table NAME file "names.txt" (one name a line)',
+                        code="unknown-name",
+                    )
+                elif table.names is None:
+                    self.diags.error(
+                        item.span,
+                        f"'@{item.text}' is a {table.kind} table of addresses, not of names",
+                        "a table of names is a static or file table that name clauses use",
+                        code="type",
+                    )
+                else:
+                    names.update(table.names)
+                    valid = True
+            else:
+                self.diags.error(
+                    item.span,
+                    f"'{item.text}' is not a name",
+                    f'{clause} takes a quoted name ("example.com", "*.example.com"), a '
+                    "{ set } of them or a @table",
+                    code="type",
+                )
+        if not items:
+            self.warn_empty(value)
+        return (names, negated) if valid else None
+
     def check_table_sizes(self, policy: Policy) -> None:
         """A static or file table over `set table-max-entries` is refused here, at check
         time: the engine and the kernel would each have to hold all of it."""
         limit = int(policy.option("table-max-entries"))
         for table in self.tables.values():
-            entries = len(table.nets4) + len(table.nets6)
+            entries = table.entries
             if table.kind != "dynamic" and entries > limit:
                 self.diags.error(
                     self.table_decls[table.name].name_span,
@@ -229,6 +331,14 @@ class Values:
                         _prefixed_hint("@", item.text, self.tables)
                         or "declare it: table NAME = { … }",
                         code="unknown-name",
+                    )
+                elif table.names is not None:
+                    self.diags.error(
+                        item.span,
+                        f"'@{item.text}' holds names (a name clause uses it at "
+                        f"{self.name_tables[item.text]}), not addresses",
+                        "use two tables: one of addresses, one of names",
+                        code="type",
                     )
                 elif table.kind == "dynamic":
                     if not allow_dynamic:

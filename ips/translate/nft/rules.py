@@ -41,6 +41,8 @@ def kernel_reason(rule: RuleSpec) -> str | None:
         return "'state' is decided by the engine's flow table"
     if rule.contains:
         return "'payload contains' needs userspace"
+    if rule.app:
+        return "application-layer clauses need userspace"
     if rule.limit is not None:
         return "'limit' is counted by the engine"
     if rule.fragment:

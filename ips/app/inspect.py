@@ -1,0 +1,705 @@
+"""The per-flow application-layer inspector: detection, reassembly and the parsers in one step.
+
+The engine holds one `AppInspector` and calls `inspect(pkt, flow, fwd, now)` right after the
+flow table, for every packet of a flow whose `app_state` is not None. A new flow's app_state is
+`APP_NOT_STARTED`: its first packet starts the inspector's work (AppFields, and the TCP streams
+of the shared `Reassembler`, whose memory cap is global). From then on:
+
+TCP   each segment goes to the reassembler, per direction (the flow's initiator is the client);
+      when new in-order bytes arrive, the protocol is detected from them (ips/app/detect.py,
+      either direction, on any port) and the detected protocol's parser reads the direction:
+        tls   client: the ClientHello (SNI, ALPN, JA3, JA4); server: the ServerHello (JA3S)
+              and, for TLS <= 1.2, the first certificate
+        http  requests (method, host, URI, user agent) and responses, paired in order
+        ssh   both sides' banners
+        dns   every message of either direction (2-byte length prefixes)
+      A parser's NEED_MORE waits for more bytes; a Malformed is counted by its reason and that
+      direction is done; a direction that ends (FIN or RST, or the reassembly bound reached)
+      before its message was whole is done too (counted as incomplete). When both directions
+      are done, the flow's events are complete and its streams are closed: the bytes go back
+      to the reassembler and app_state becomes None, so every later packet of the flow costs
+      the engine one attribute check. An HTTP flow is done when its server side is: no later
+      request could be paired with a response within the bound.
+UDP   the first datagram with payload is detected. QUIC: the client's datagrams go to a
+      `QuicInitialReader` (at most QUIC_DATAGRAMS of them) until its ClientHello is read
+      (SNI, ALPN, JA4 "q"). DNS: every datagram of the flow is a message, parsed as it comes
+      (queries name `dns_queries` of the packet being judged; answers teach passive DNS).
+      Anything else: done at once.
+
+`flow.app` (ips/core/app_fields.py) is filled as the fields are read; `client_done` and
+`server_done` say when a side's fields are final (a value, or None for good), which is what
+the policy's L7 clauses wait for. Events (`AppEvent`, Suricata's EVE kinds tls, quic, dns,
+http, ssh) come back from `inspect`, to ride on the packet's Decision, and from `release`,
+which the engine calls when a flow ends: a TLS client whose server never answered, HTTP
+requests without responses, and the reassembly memory still held (counted).
+
+Pure: no clock (`now` is an argument), no I/O. Nothing here raises on any bytes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ips.app.detect import (
+    APP_DNS,
+    APP_HTTP,
+    APP_QUIC,
+    APP_SSH,
+    APP_TLS,
+    APP_UNKNOWN,
+    detect_datagram,
+    detect_stream,
+)
+from ips.app.dns import DnsMessage, eve_dns, parse_message, parse_tcp_stream
+from ips.app.http import (
+    UNTIL_CLOSE,
+    HttpRequest,
+    HttpResponse,
+    eve_http,
+    parse_requests,
+    parse_responses,
+    split_host,
+)
+from ips.app.ja import ja3, ja3s, ja4
+from ips.app.quic import QuicClientHello, QuicInitialReader
+from ips.app.reassembly import (
+    DEFAULT_LIMIT,
+    DEFAULT_MEMORY_CAP,
+    Direction,
+    Reassembler,
+    TcpStreams,
+)
+from ips.app.ssh import SshBanner, eve_ssh, parse_banner
+from ips.app.tls import (
+    Certificate,
+    ClientHello,
+    ServerFlight,
+    ServerHello,
+    parse_client_hello,
+    parse_server_flight,
+    parse_server_hello,
+)
+from ips.core.app_fields import APP_NOT_STARTED, AppFields
+from ips.core.events import AppEvent
+from ips.core.flow import Flow
+from ips.core.packet import FRAG_NONE, PROTO_TCP, PROTO_UDP, Malformed, Packet
+
+__all__ = [
+    "APP_PROTOCOLS",
+    "QUIC_DATAGRAMS",
+    "AppCounters",
+    "AppInspector",
+    "NameSource",
+    "tls_version_text",
+]
+
+# Client datagrams of a QUIC flow read before giving up on its ClientHello: a hello with
+# post-quantum key shares spans two or three; a client sends at most a few Initials.
+QUIC_DATAGRAMS = 8
+# DNS transaction ids remembered per flow (query id -> tx_id) to give an answer its query's
+# tx_id, as Suricata does; the oldest are forgotten first.
+DNS_IDS_KEPT = 64
+
+# The protocols whose parsers are wired (detection may also answer "unknown").
+APP_PROTOCOLS = (APP_TLS, APP_HTTP, APP_DNS, APP_SSH, APP_QUIC)
+
+# Suricata's words for TLS versions (tls.version in EVE).
+_TLS_VERSIONS = {
+    0x0200: "SSLv2",
+    0x0300: "SSLv3",
+    0x0301: "TLS 1.0",
+    0x0302: "TLS 1.1",
+    0x0303: "TLS 1.2",
+    0x0304: "TLS 1.3",
+}
+
+
+def tls_version_text(version: int) -> str:
+    """Suricata's name of a TLS version number ("TLS 1.2"), UNDETERMINED when unknown."""
+    return _TLS_VERSIONS.get(version, "UNDETERMINED")
+
+
+class NameSource(Protocol):
+    """Passive DNS as the inspector uses it (ips/app/passive_dns.py)."""
+
+    def learn(self, msg: DnsMessage, now: float) -> int: ...
+
+    def name_of(self, addr: bytes, now: float) -> str | None: ...
+
+
+@dataclass
+class AppCounters:
+    """What the inspector counted since the engine started.
+
+    protocols   flows by detected application protocol (unknown included)
+    events      events by type (tls, quic, dns, http, ssh)
+    malformed   malformed messages by reason ("tls.bad-extension", "dns.truncated-name"...)
+    incomplete  directions (QUIC: flows) that ended before their message was whole, by
+                protocol: the stream closed, the reassembly bound or the datagram bound
+                was reached, or the flow ended
+    released_flows, released_bytes
+                flows that ended while their streams still held bytes, and those bytes
+                (returned to the reassembler's memory)"""
+
+    protocols: Counter[str] = field(default_factory=Counter)
+    events: Counter[str] = field(default_factory=Counter)
+    malformed: Counter[str] = field(default_factory=Counter)
+    incomplete: Counter[str] = field(default_factory=Counter)
+    released_flows: int = 0
+    released_bytes: int = 0
+
+
+def _name(text: str | None) -> str | None:
+    """A name as policy clauses compare it: lower-case, without the trailing dot."""
+    if text is None:
+        return None
+    return text.rstrip(".").lower()
+
+
+class _Tcp:
+    """The inspector's state of one TCP flow: its streams and what was read of each side."""
+
+    __slots__ = (
+        "banners",
+        "client_open",
+        "dns_ids",
+        "dns_offset",
+        "dns_tx",
+        "flight",
+        "hello",
+        "logged",
+        "prints",
+        "requests",
+        "responses",
+        "server_open",
+        "streams",
+    )
+
+    def __init__(self, streams: TcpStreams) -> None:
+        self.streams = streams
+        self.client_open = True  # the client's side may still give something
+        self.server_open = True
+        self.hello: ClientHello | None = None
+        self.flight: ServerFlight | None = None
+        # The fingerprints once computed (ja3, ja4, ja3s: (string, hash) or text), for the
+        # fields and again for the event: each costs several microseconds.
+        self.prints: dict[str, Any] = {}
+        self.banners: list[SshBanner | None] = [None, None]  # client, server
+        self.requests: list[HttpRequest] = []
+        self.responses: list[HttpResponse] = []
+        self.logged = 0  # HTTP transactions already written as events
+        self.dns_offset = [0, 0]  # bytes of each side's stream already read (server, client)
+        self.dns_ids: dict[int, int] = {}  # query id -> its tx_id, until answered
+        self.dns_tx = 0  # the next DNS tx_id
+
+
+class _Udp:
+    """The inspector's state of one UDP flow (QUIC: the Initial reader; DNS: tx ids)."""
+
+    __slots__ = ("datagrams", "dns_ids", "dns_tx", "quic")
+
+    def __init__(self) -> None:
+        self.quic: QuicInitialReader | None = None
+        self.datagrams = 0
+        self.dns_ids: dict[int, int] = {}  # query id -> its tx_id, until answered
+        self.dns_tx = 0  # the next DNS tx_id
+
+
+class AppInspector:
+    """One per engine: the reassembler (bound per direction, global memory cap), the
+    counters, and passive DNS (`names`, None: no passive DNS)."""
+
+    def __init__(
+        self,
+        *,
+        enabled: bool = True,
+        limit: int = DEFAULT_LIMIT,
+        memory_cap: int = DEFAULT_MEMORY_CAP,
+        names: NameSource | None = None,
+        counters: AppCounters | None = None,
+    ) -> None:
+        self.enabled = enabled
+        self.reassembler = Reassembler(limit=limit, memory_cap=memory_cap)
+        self.names = names
+        self.counters = counters if counters is not None else AppCounters()
+
+    def configure(self, *, enabled: bool, limit: int, memory_cap: int) -> None:
+        """New settings (a policy load). Flows in progress keep what they hold; a flow whose
+        direction already reached the old bound stays complete."""
+        self.enabled = enabled
+        self.reassembler.limit = limit
+        self.reassembler.memory_cap = memory_cap
+
+    # ---- per packet ---------------------------------------------------------------------------
+
+    def inspect(self, pkt: Packet, flow: Flow, fwd: bool, now: float) -> list[AppEvent] | None:
+        """Read one packet of a flow whose app_state is not None; the events it completes."""
+        state = flow.app_state
+        if state is APP_NOT_STARTED:
+            state = self._start(pkt, flow, now)
+            if state is None:
+                return None
+        elif not self.enabled:  # application parsing turned off by a policy load
+            self.release(flow, now)
+            return None
+        if pkt.frag != FRAG_NONE:
+            # Inline, conntrack reassembles fragments before the queue; a fragment seen here
+            # (replay, tap) carries a piece of a segment that the streams cannot place.
+            return None
+        if state.__class__ is _Tcp:
+            return self._tcp(pkt, flow, fwd, state, now)
+        return self._udp(pkt, flow, fwd, state, now)
+
+    def _start(self, pkt: Packet, flow: Flow, now: float) -> _Tcp | _Udp | None:
+        if not self.enabled:
+            flow.app_state = None
+            return None
+        proto = pkt.proto
+        if proto == PROTO_TCP:
+            state: _Tcp | _Udp = _Tcp(self.reassembler.open())
+        elif proto == PROTO_UDP:
+            state = _Udp()
+        else:
+            flow.app_proto = ""  # nothing to name (ICMP, GRE...)
+            flow.app_state = None
+            return None
+        flow.app = AppFields()
+        flow.app_state = state
+        if self.names is not None:
+            flow.dst_name = self.names.name_of(flow.dst, now)
+        return state
+
+    # ---- TCP ----------------------------------------------------------------------------------
+
+    def _tcp(
+        self, pkt: Packet, flow: Flow, fwd: bool, state: _Tcp, now: float
+    ) -> list[AppEvent] | None:
+        streams = state.streams
+        new = self.reassembler.add_packet(streams, fwd, pkt)
+        side = streams.to_server if fwd else streams.to_client
+        # Nothing new in order: only a FIN or RST of a side still open is news (its message
+        # will not be completed).
+        if not new and (not side.fin or not (state.client_open if fwd else state.server_open)):
+            return None
+        app: AppFields = flow.app  # type: ignore[assignment]  # set by _start
+        proto = flow.app_proto
+        both = False
+        if proto is None:
+            proto = self._detect_stream(flow, streams, fwd)
+            if proto is None:
+                return None
+            if proto not in (APP_TLS, APP_HTTP, APP_SSH, APP_DNS):
+                self._close(flow, state)
+                return None
+            if proto in (APP_HTTP, APP_DNS):
+                app.server_done = True  # no server-side field to wait for
+            both = True  # the other side may hold bytes that came before detection
+        events: list[AppEvent] = []
+        if proto == APP_DNS:
+            app.dns_queries = ()  # the names of the client message in this packet, if any
+        for to_server in (fwd, not fwd) if both else (fwd,):
+            if state.client_open if to_server else state.server_open:
+                d = streams.to_server if to_server else streams.to_client
+                self._side(proto, flow, app, state, to_server, d, now, events)
+        if proto == APP_HTTP:
+            self._http_pairs(flow, state, now, events, final=not state.server_open)
+            if not state.server_open:
+                state.client_open = False
+        if not state.client_open and not state.server_open:
+            self._finish_tcp(proto, flow, state, now, events)
+            self._close(flow, state)
+        return events or None
+
+    def _detect_stream(self, flow: Flow, streams: TcpStreams, fwd: bool) -> str | None:
+        """The protocol from the first bytes of either direction (this packet's first);
+        None while too few bytes have arrived."""
+        for d in (
+            (streams.to_server, streams.to_client)
+            if fwd
+            else (
+                streams.to_client,
+                streams.to_server,
+            )
+        ):
+            if not d.buf:
+                continue
+            found = detect_stream(bytes(d.buf))
+            if found is None and (d.complete or d.fin):
+                found = APP_UNKNOWN  # this side will say no more
+            if found is not None:
+                flow.app_proto = found
+                self.counters.protocols[found] += 1
+                return found
+        return None
+
+    def _side(
+        self,
+        proto: str,
+        flow: Flow,
+        app: AppFields,
+        state: _Tcp,
+        to_server: bool,
+        d: Direction,
+        now: float,
+        events: list[AppEvent],
+    ) -> None:
+        """Read one direction's bytes with the flow's parser; mark it done when it is."""
+        data = bytes(d.buf)
+        ended = d.complete or d.fin
+        done = False
+        if proto == APP_TLS:
+            done = self._tls_side(app, state, to_server, data, ended)
+        elif proto == APP_HTTP:
+            done = self._http_side(app, state, to_server, data, ended)
+        elif proto == APP_SSH:
+            done = self._ssh_side(app, state, to_server, data, ended)
+        else:
+            done = self._dns_side(flow, app, state, to_server, data, ended, now, events)
+        if done:
+            if to_server:
+                state.client_open = False
+                app.client_done = True
+            else:
+                state.server_open = False
+                app.server_done = True
+
+    def _malformed(self, reason: str) -> bool:
+        self.counters.malformed[reason] += 1
+        return True
+
+    def _incomplete(self, proto: str, ended: bool) -> bool:
+        if ended:
+            self.counters.incomplete[proto] += 1
+        return ended
+
+    def _tls_side(
+        self, app: AppFields, state: _Tcp, to_server: bool, data: bytes, ended: bool
+    ) -> bool:
+        if to_server:
+            hello = parse_client_hello(data)
+            if hello.__class__ is ClientHello:
+                state.hello = hello
+                prints = state.prints
+                prints["ja3"] = ja3(hello)
+                prints["ja4"] = ja4(hello)
+                app.tls_sni = _name(hello.sni)
+                app.tls_ja3 = prints["ja3"][1]
+                app.tls_ja4 = prints["ja4"]
+                app.tls_alpn = tuple(p.decode("latin-1") for p in hello.alpn)
+                return True
+            if hello.__class__ is Malformed:
+                return self._malformed(hello.reason)
+            return self._incomplete(APP_TLS, ended)
+        flight = parse_server_flight(data)
+        if flight.__class__ is ServerFlight:
+            state.flight = flight
+            if flight.certificate_error is not None:
+                self.counters.malformed[flight.certificate_error] += 1
+            state.prints["ja3s"] = ja3s(flight.server_hello)
+            app.tls_ja3s = state.prints["ja3s"][1]
+            return True
+        if flight.__class__ is Malformed:
+            return self._malformed(flight.reason)
+        if not ended:
+            return False
+        # The certificate did not fit in the bound (or the stream ended): the ServerHello
+        # alone still gives JA3S.
+        self.counters.incomplete[APP_TLS] += 1
+        server_hello = parse_server_hello(data)
+        if server_hello.__class__ is ServerHello:
+            state.flight = ServerFlight(server_hello, None)
+            state.prints["ja3s"] = ja3s(server_hello)
+            app.tls_ja3s = state.prints["ja3s"][1]
+        return True
+
+    def _http_side(
+        self, app: AppFields, state: _Tcp, to_server: bool, data: bytes, ended: bool
+    ) -> bool:
+        if to_server:
+            requests, _used, why = parse_requests(data)
+            state.requests = requests
+            if requests and app.http_method is None:
+                first = requests[0]
+                app.http_method = first.method
+                app.http_uri = first.uri
+                app.http_user_agent = first.user_agent
+                if first.host is not None:
+                    app.http_host = _name(split_host(first.host)[0])
+                app.client_done = True  # the first request's fields are final
+            if why.__class__ is Malformed:
+                return self._malformed(why.reason)
+            return ended
+        methods = [r.method for r in state.requests]
+        responses, _used, why = parse_responses(data, methods)
+        state.responses = responses
+        if why.__class__ is Malformed:
+            return self._malformed(why.reason)
+        return ended or why == UNTIL_CLOSE
+
+    def _ssh_side(
+        self, app: AppFields, state: _Tcp, to_server: bool, data: bytes, ended: bool
+    ) -> bool:
+        banner = parse_banner(data, server=not to_server)
+        if banner is None:
+            return self._incomplete(APP_SSH, ended)
+        if isinstance(banner, Malformed):
+            return self._malformed(banner.reason)
+        state.banners[0 if to_server else 1] = banner
+        if to_server:
+            app.ssh_client = banner.software
+        else:
+            app.ssh_server = banner.software
+        return True
+
+    def _dns_side(
+        self,
+        flow: Flow,
+        app: AppFields,
+        state: _Tcp,
+        to_server: bool,
+        data: bytes,
+        ended: bool,
+        now: float,
+        events: list[AppEvent],
+    ) -> bool:
+        index = 0 if to_server else 1
+        offset = state.dns_offset[index]
+        messages, used = parse_tcp_stream(data[offset:])
+        state.dns_offset[index] = offset + used
+        for msg in messages:
+            if isinstance(msg, Malformed):
+                return self._malformed(msg.reason)
+            self._dns_message(flow, app, msg, to_server, state, now, events)
+        if ended and offset + used < len(data):
+            self.counters.incomplete[APP_DNS] += 1
+        return ended
+
+    def _http_pairs(
+        self, flow: Flow, state: _Tcp, now: float, events: list[AppEvent], final: bool
+    ) -> None:
+        """HTTP events for the transactions whose request and response were both read; at
+        the end (final), the rest too (a request without response, or the reverse)."""
+        requests, responses = state.requests, state.responses
+        count = max(len(requests), len(responses)) if final else min(len(requests), len(responses))
+        for i in range(state.logged, count):
+            request = requests[i] if i < len(requests) else None
+            response = responses[i] if i < len(responses) else None
+            events.append(self._event(flow, True, now, APP_HTTP, eve_http(request, response), i))
+        state.logged = max(state.logged, count)
+
+    def _finish_tcp(
+        self, proto: str, flow: Flow, state: _Tcp, now: float, events: list[AppEvent]
+    ) -> None:
+        """The events written once a flow's inspection is over: TLS and SSH (one per flow,
+        both sides together, as Suricata writes them)."""
+        if proto == APP_TLS:
+            if state.hello is not None or state.flight is not None:
+                body = _eve_tls(state.hello, state.flight, state.prints)
+                events.append(self._event(flow, True, now, APP_TLS, body))
+        elif proto == APP_SSH:
+            client, server = state.banners
+            if client is not None or server is not None:
+                events.append(self._event(flow, True, now, APP_SSH, eve_ssh(client, server)))
+        elif proto == APP_HTTP:
+            self._http_pairs(flow, state, now, events, final=True)
+
+    # ---- UDP ----------------------------------------------------------------------------------
+
+    def _udp(
+        self, pkt: Packet, flow: Flow, fwd: bool, state: _Udp, now: float
+    ) -> list[AppEvent] | None:
+        start = pkt.payload_offset
+        if start >= pkt.length:
+            return None
+        app: AppFields = flow.app  # type: ignore[assignment]  # set by _start
+        proto = flow.app_proto
+        if proto is None:
+            proto = flow.app_proto = detect_datagram(pkt.data, start)
+            self.counters.protocols[proto] += 1
+            if proto == APP_QUIC:
+                state.quic = QuicInitialReader()
+                app.server_done = True  # QUIC's server side gives no field here
+            elif proto == APP_DNS:
+                app.server_done = True
+            else:
+                self._close(flow, state)
+                return None
+        if proto == APP_DNS:
+            app.dns_queries = ()
+            msg = parse_message(pkt.data, start)
+            if isinstance(msg, Malformed):
+                self.counters.malformed[msg.reason] += 1
+                return None
+            events: list[AppEvent] = []
+            self._dns_message(flow, app, msg, fwd, state, now, events)
+            return events or None
+        reader = state.quic
+        if not fwd or reader is None:
+            return None  # only the client's Initials carry the hello
+        state.datagrams += 1
+        got = reader.feed(bytes(pkt.data[start:]))
+        if got.__class__ is QuicClientHello:
+            quic: QuicClientHello = got
+            hello = quic.hello
+            app.quic_sni = _name(hello.sni)
+            app.quic_ja4 = ja4(hello, "q")
+            event = self._event(flow, True, now, APP_QUIC, _eve_quic(quic, app.quic_ja4))
+            self._close(flow, state)
+            return [event]
+        if got.__class__ is Malformed:
+            self.counters.malformed[got.reason] += 1
+            self._close(flow, state)
+        elif state.datagrams >= QUIC_DATAGRAMS:
+            self.counters.incomplete[APP_QUIC] += 1
+            self._close(flow, state)
+        return None
+
+    # ---- DNS (both transports) ----------------------------------------------------------------
+
+    def _dns_message(
+        self,
+        flow: Flow,
+        app: AppFields,
+        msg: DnsMessage,
+        to_server: bool,
+        state: _Tcp | _Udp,
+        now: float,
+        events: list[AppEvent],
+    ) -> None:
+        """One DNS message: a query names the packet's dns_queries, an answer teaches passive
+        DNS; both are events, in the message's own direction, as Suricata writes them."""
+        ids = state.dns_ids
+        tx_id = ids.pop(msg.id, None) if msg.qr else None
+        if tx_id is None:
+            tx_id = state.dns_tx
+            state.dns_tx += 1
+        if msg.qr:
+            if self.names is not None:
+                self.names.learn(msg, now)
+        else:
+            app.dns_queries = tuple(_name(q.name) or "" for q in msg.questions)
+            app.client_done = True
+            if len(ids) >= DNS_IDS_KEPT:
+                del ids[next(iter(ids))]
+            ids[msg.id] = tx_id
+        for body in eve_dns(msg, tx_id):
+            events.append(self._event(flow, to_server, now, APP_DNS, body, tx_id))
+
+    # ---- events and the end -------------------------------------------------------------------
+
+    def _event(
+        self,
+        flow: Flow,
+        to_server: bool,
+        now: float,
+        event_type: str,
+        body: dict[str, object],
+        tx_id: int | None = None,
+    ) -> AppEvent:
+        if to_server:
+            src, sport, dst, dport = flow.src, flow.sport, flow.dst, flow.dport
+        else:
+            src, sport, dst, dport = flow.dst, flow.dport, flow.src, flow.sport
+        event = AppEvent(
+            now, flow.flow_id, flow.family, flow.proto, src, sport, dst, dport,
+            event_type=event_type, body=body, tx_id=tx_id,
+        )  # fmt: skip
+        event.app_proto = flow.app_proto
+        event.dst_name = flow.dst_name
+        self.counters.events[event_type] += 1
+        return event
+
+    def _close(self, flow: Flow, state: _Tcp | _Udp) -> None:
+        """The flow's inspection is over: its fields are final, its memory returned."""
+        if state.__class__ is _Tcp:
+            self.reassembler.close(state.streams)
+        app = flow.app
+        if app is not None:
+            app.client_done = True
+            app.server_done = True
+        flow.app_state = None
+
+    def release(self, flow: Flow, now: float) -> list[AppEvent] | None:
+        """The flow ended (or was forgotten): the events still owed (a TLS hello whose server
+        never answered, HTTP requests without responses, one SSH banner), its reassembly
+        memory returned (counted), its fields final."""
+        state = flow.app_state
+        if state is None:
+            return None
+        if state is APP_NOT_STARTED:
+            flow.app_state = None
+            return None
+        events: list[AppEvent] = []
+        if state.__class__ is _Tcp:
+            held = state.streams.to_server.held + state.streams.to_client.held
+            if held:
+                self.counters.released_flows += 1
+                self.counters.released_bytes += held
+            proto = flow.app_proto
+            if proto in (APP_TLS, APP_SSH, APP_HTTP):
+                self._finish_tcp(proto, flow, state, now, events)
+        self._close(flow, state)
+        return events or None
+
+    @property
+    def memory(self) -> int:
+        """Bytes the reassembler holds for all flows."""
+        return self.reassembler.used
+
+
+def _eve_tls(
+    hello: ClientHello | None, flight: ServerFlight | None, prints: dict[str, Any]
+) -> dict[str, object]:
+    """The EVE `tls` object with Suricata 7's names: certificate fields, sni, version,
+    validity, ja3, ja3s, ja4, client and server ALPNs (`prints`: the fingerprints already
+    computed, by name)."""
+    out: dict[str, object] = {}
+    cert: Certificate | None = flight.certificate if flight is not None else None
+    if cert is not None:
+        out["subject"] = cert.subject
+        out["issuerdn"] = cert.issuer
+        out["serial"] = cert.serial_text
+        out["fingerprint"] = cert.fingerprint
+    if hello is not None and hello.sni is not None:
+        out["sni"] = hello.sni
+    if flight is not None:
+        out["version"] = tls_version_text(flight.server_hello.selected_version)
+    elif hello is not None:
+        out["version"] = tls_version_text(hello.max_version)
+    if cert is not None:
+        out["notbefore"] = cert.not_before
+        out["notafter"] = cert.not_after
+    if hello is not None:
+        text, digest = prints.get("ja3") or ja3(hello)
+        out["ja3"] = {"hash": digest, "string": text}
+    if flight is not None:
+        text, digest = prints.get("ja3s") or ja3s(flight.server_hello)
+        out["ja3s"] = {"hash": digest, "string": text}
+    if hello is not None:
+        out["ja4"] = prints.get("ja4") or ja4(hello)
+        if hello.alpn:
+            out["client_alpns"] = [p.decode("latin-1") for p in hello.alpn]
+    if flight is not None and flight.server_hello.alpn is not None:
+        out["server_alpns"] = [flight.server_hello.alpn.decode("latin-1")]
+    return out
+
+
+def _eve_quic(quic: QuicClientHello, ja4_text: str) -> dict[str, object]:
+    """The EVE `quic` object: version, sni, ja4, and the named extensions with values
+    (server_name, alpn) as Suricata lists them."""
+    out: dict[str, object] = {"version": str(quic.version)}
+    hello = quic.hello
+    if hello.sni is not None:
+        out["sni"] = hello.sni
+    out["ja4"] = ja4_text
+    extensions: list[dict[str, object]] = []
+    if hello.sni is not None:
+        extensions.append({"name": "server_name", "type": 0, "values": [hello.sni]})
+    if hello.alpn:
+        values = [p.decode("latin-1") for p in hello.alpn]
+        extensions.append({"name": "alpn", "type": 16, "values": values})
+    if extensions:
+        out["extensions"] = extensions
+    return out
