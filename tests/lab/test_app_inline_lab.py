@@ -85,16 +85,29 @@ def test_tls_sni_drop_holds_for_every_address_of_the_name(tmp_path: Path) -> Non
 def test_tls_sni_reject_resets_at_once(tmp_path: Path) -> None:
     with app_lab(tmp_path, "atr") as app:
         app.box.start_daemon(policy('reject tls sni { "blocked.lab", "*.bad.lab" }'))
-        for name, address in (
-            ("blocked.lab", SERVER),
-            ("blocked.lab", SERVER_2),
-            ("x.bad.lab", SERVER),
-        ):
-            out = app.https(name, address)
-            # a reset, not a timeout: curl fails at once (35: TLS connect error, 56: reset)
-            assert curl_failed_fast(out), (name, address, out)
-        assert ok_body(app.https("ok.lab"), "ok.lab")
-        assert app.https("bad.lab").returncode == 0  # "*.bad.lab" is its subdomains only
+        # the server's side of the reset: its connection is closed too, not left half open
+        resets = Capture(
+            app, "server", "tcp port 443 and tcp[tcpflags] & tcp-rst != 0", tmp_path / "rst.pcap"
+        )
+        try:
+            for name, address in (
+                ("blocked.lab", SERVER),
+                ("blocked.lab", SERVER_2),
+                ("x.bad.lab", SERVER),
+            ):
+                out = app.https(name, address)
+                # a reset, not a timeout: curl fails at once (35: TLS connect error, 56: reset)
+                assert curl_failed_fast(out), (name, address, out)
+            assert ok_body(app.https("ok.lab"), "ok.lab")
+            assert app.https("bad.lab").returncode == 0  # "*.bad.lab" is its subdomains only
+        finally:
+            resets.stop()
+        read = app.box.run("server", ["tcpdump", "-n", "-r", str(resets.path)], check=True)
+        to_server = [line for line in read.stdout.splitlines() if " > " in line and ".443:" in line]
+        # one reset per refused connection, arriving at the server's port 443 (both addresses)
+        assert len(to_server) >= 3, read.stdout
+        destinations = {line.split(" > ")[1].split(":")[0].rsplit(".", 1)[0] for line in to_server}
+        assert destinations == {SERVER, SERVER_2}, read.stdout
         check_eve(app)
 
 
