@@ -199,6 +199,9 @@ def test_dns_query_reject_answers_nxdomain_then_refused(tmp_path: Path) -> None:
         assert app.dig("deep.x.BAD.lab") == ("NXDOMAIN", [])
         assert app.dig("good.lab") == ("NOERROR", [SERVER])
         assert app.dig("bad.lab") == ("NOERROR", [BAD])  # not a subdomain of itself
+        # over TCP there is no answer to forge: the connection is reset, the query never arrives
+        assert app.dig("z.bad.lab", "+tcp")[0] == "no answer"
+        assert app.dig("good.lab", "+tcp") == ("NOERROR", [SERVER])
         seen = app.dns_queries_seen()[before:]
         assert "good.lab" in seen and "bad.lab" in seen
         assert not [name for name in seen if name.lower().endswith(".bad.lab")], seen
