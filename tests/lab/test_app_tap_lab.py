@@ -7,6 +7,7 @@ Its own lab (own namespace prefix); traffic only between the lab's hosts, every 
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,15 @@ def traffic(app: AppLab) -> dict[str, Any]:
     }
 
 
+def event_counts(events: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
+    kinds = ("tls", "quic", "dns", "http")
+    return Counter(
+        (e["event_type"], str(e[e["event_type"]].get("type", "")))
+        for e in events
+        if e["event_type"] in kinds
+    )
+
+
 def test_tap_logs_the_same_application_events_as_inline(tmp_path: Path) -> None:
     validator = schema_validator()
     everything_works = {
@@ -65,6 +75,8 @@ def test_tap_logs_the_same_application_events_as_inline(tmp_path: Path) -> None:
 
         assert app_events(inline) >= EXPECTED, app_events(inline)
         assert app_events(tap) == app_events(inline)
+        # … as many of each (a DNS query and its answer, one TLS and one QUIC record per flow)
+        assert event_counts(tap) == event_counts(inline)
         alerts = [e for e in tap if e["event_type"] == "alert"]
         assert alerts and {a["alert"]["action"] for a in alerts} == {"would_drop"}
         assert all(a["alert"]["signature"] == "blocked sni" for a in alerts)
