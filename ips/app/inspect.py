@@ -31,7 +31,9 @@ UDP   the first datagram with payload is detected. QUIC: the client's datagrams 
 the policy's L7 clauses wait for. Events (`AppEvent`, Suricata's EVE kinds tls, quic, dns,
 http, ssh) come back from `inspect`, to ride on the packet's Decision, and from `release`,
 which the engine calls when a flow ends: a TLS client whose server never answered, HTTP
-requests without responses, and the reassembly memory still held (counted).
+requests without responses, and the reassembly memory still held (counted); and from
+`refused`, which the engine calls when it drops or rejects a packet of a flow whose client
+message was read (the flow will never complete: its events go out with that packet).
 
 Pure: no clock (`now` is an argument), no I/O. Nothing here raises on any bytes.
 """
@@ -92,6 +94,7 @@ __all__ = [
     "AppCounters",
     "AppInspector",
     "NameSource",
+    "quic_version_text",
     "tls_version_text",
 ]
 
@@ -119,6 +122,18 @@ _TLS_VERSIONS = {
 def tls_version_text(version: int) -> str:
     """Suricata's name of a TLS version number ("TLS 1.2"), UNDETERMINED when unknown."""
     return _TLS_VERSIONS.get(version, "UNDETERMINED")
+
+
+# Google QUIC's version tags, which Suricata names by their letters.
+_GQUIC_VERSIONS = {0x51303339: "Q039", 0x51303433: "Q043", 0x51303434: "Q044",
+                   0x51303435: "Q045", 0x51303436: "Q046"}  # fmt: skip
+
+
+def quic_version_text(version: int) -> str:
+    """quic.version as Suricata 7 writes it (rust/src/quic/parser.rs, `From<QuicVersion> for
+    String`): Google's tags by their letters, any other version in lower-case hex without
+    leading zeros: "1" for QUIC v1, "ff00001d" for draft 29, "6b3343cf" for v2."""
+    return _GQUIC_VERSIONS.get(version) or format(version, "x")
 
 
 class NameSource(Protocol):
@@ -256,6 +271,8 @@ class AppInspector:
         if not self.enabled:
             flow.app_state = None
             return None
+        if self.names is not None:  # every flow's responder, pings included
+            flow.dst_name = self.names.name_of(flow.dst, now)
         proto = pkt.proto
         if proto == PROTO_TCP:
             state: _Tcp | _Udp = _Tcp(self.reassembler.open())
@@ -267,8 +284,6 @@ class AppInspector:
             return None
         flow.app = AppFields()
         flow.app_state = state
-        if self.names is not None:
-            flow.dst_name = self.names.name_of(flow.dst, now)
         return state
 
     # ---- TCP ----------------------------------------------------------------------------------
@@ -643,6 +658,22 @@ class AppInspector:
         self._close(flow, state)
         return events or None
 
+    def refused(self, flow: Flow, now: float) -> list[AppEvent] | None:
+        """The engine refused (dropped or rejected) a packet of a flow whose client message
+        was read: the flow will never complete, so the events it owes are handed out now
+        rather than at its end, maybe an hour later (a TLS hello whose server will never
+        answer, HTTP requests without response, an SSH client banner), and its inspection is
+        over (memory returned, fields final, as `release`). DNS and QUIC owe nothing (their
+        events go out per message), and a DNS flow goes on being read: the next query of the
+        same socket is judged on its own names. None when nothing was owed."""
+        state = flow.app_state
+        if state.__class__ is not _Tcp or flow.app_proto not in (APP_TLS, APP_SSH, APP_HTTP):
+            return None
+        app = flow.app
+        if app is None or not app.client_done:
+            return None  # the client's message may still come: its rule has not decided
+        return self.release(flow, now)
+
     @property
     def memory(self) -> int:
         """Bytes the reassembler holds for all flows."""
@@ -689,7 +720,7 @@ def _eve_tls(
 def _eve_quic(quic: QuicClientHello, ja4_text: str) -> dict[str, object]:
     """The EVE `quic` object: version, sni, ja4, and the named extensions with values
     (server_name, alpn) as Suricata lists them."""
-    out: dict[str, object] = {"version": str(quic.version)}
+    out: dict[str, object] = {"version": quic_version_text(quic.version)}
     hello = quic.hello
     if hello.sni is not None:
         out["sni"] = hello.sni

@@ -7,6 +7,7 @@ The commands by audience, one module each:
     blocks.py  blocks list/add/del/flush     the blocked sources
     views.py   flows, top                    live views of a running daemon
     lab.py     lab                           the network-namespace lab
+    geo.py     geo lookup/update/build       country and ASN data (offline)
 What they share (exit codes, the socket option, the control client): common.py.
 """
 
@@ -17,6 +18,7 @@ import click
 from ips import __version__
 from ips.cli.blocks import blocks
 from ips.cli.daemon import apply, confirm, doctor, run, status
+from ips.cli.geo import geo
 from ips.cli.lab import lab
 from ips.cli.policy import check, explain, replay
 from ips.cli.views import flows, top
@@ -47,5 +49,6 @@ for command in (
     lab,
     flows,
     top,
+    geo,
 ):
     main.add_command(command)

@@ -22,9 +22,13 @@ class PacketEvent:
     Set by the maker when it knows them (else left at -1 / None): `icmp`, the packet's ICMP
     type << 8 | code, which an ICMP event's Community ID hashes in place of ports;
     `app_proto`, the flow's application protocol (ips/app/detect.py's words); `dst_name`,
-    the passive DNS name of the flow's responder."""
+    the passive DNS name of the flow's responder; `app_layer`, on a rule's alert or log
+    record, what the application layer knew of the flow's client message when the rule
+    matched ({EVE object name: object}, e.g. {"tls": {"sni": ...}}: ips/app/alert_fields.py),
+    which EVE puts at the record's top level as Suricata does."""
 
     __slots__ = (
+        "app_layer",
         "app_proto",
         "dport",
         "dst",
@@ -60,6 +64,7 @@ class PacketEvent:
         self.icmp = -1
         self.app_proto: str | None = None
         self.dst_name: str | None = None
+        self.app_layer: dict[str, dict[str, object]] | None = None
 
     @property
     def src_ip(self) -> str:
@@ -77,7 +82,9 @@ class Alert(PacketEvent):
     for a detector, blocked means its response banned the source or dropped the packet.
     category is "policy" for rules, the detector's name for detectors.
     extra holds a detector's details (source, targets, count, threshold, window, …; see
-    ips/detect), None for rules; the EVE writer puts it in the record's `ipsctl` object."""
+    ips/detect); for a rule, the reputation lists its packet's addresses are on
+    ({"lists": {"src": ["spamhaus"]}}), else None. The EVE writer puts it in the record's
+    `ipsctl` object."""
 
     __slots__ = (
         "action",

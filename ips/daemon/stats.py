@@ -157,6 +157,8 @@ class Counters:
     blocks_restored: int = 0  # put back at start from the state file of a clean stop
     blocks_saved: int = 0  # written to the state file at a clean stop
     block_kernel_errors: int = 0  # nft refused a manual block operation
+    table_refreshes: int = 0  # reputation lists read again and swapped in (`refresh`)
+    table_refreshes_refused: int = 0  # ... and refused: the old set kept
 
 
 def merge_stats(replies: list[dict[str, Any]]) -> dict[str, Any]:

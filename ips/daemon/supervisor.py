@@ -28,6 +28,7 @@ from ips.control import SOCKET_GROUP
 from ips.core.addr import block_target, block_ttl
 from ips.daemon import commands
 from ips.daemon.config import DaemonConfig, keep_capabilities
+from ips.daemon.refresh import RefreshClock, refresh_tables
 from ips.daemon.rollback import (
     PENDING,
     PendingApply,
@@ -52,7 +53,7 @@ from ips.kernel.nft import KernelError
 from ips.kernel.probe import read_queue_stats
 from ips.policy.diagnostics import PolicyError
 from ips.policy.model import Policy
-from ips.policy.resolve import load_policy_collecting, load_policy_sources
+from ips.policy.resolve import load_policy_collecting, load_policy_sources, read_text
 from ips.privileges import drop_or_warn
 from ips.sinks.base import Exporter
 from ips.translate.nft import (
@@ -260,6 +261,7 @@ class Daemon:
         self.reopen_logs = threading.Event()  # SIGHUP: the worker reopens the EVE file
         self.lock = threading.RLock()  # one policy change at a time
         self.policy: Policy | None = None
+        self.table_refresh = RefreshClock()  # `table … file … refresh 1h` (daemon/refresh.py)
         self.main = ""
         self.sources: dict[str, str] = {}
         self.loaded_at = 0.0
@@ -414,6 +416,33 @@ class Daemon:
             self._watchdog()
             self._check_confirm_deadline()
             self._watch_unjudged()
+            self._refresh_tables()
+
+    def _refresh_tables(self) -> None:
+        """Reputation lists due are read again; a changed one that resolves is swapped in
+        as an apply would, a refused one keeps the old set (daemon/refresh.py)."""
+        with self.lock:
+            policy = self.policy
+            if policy is None or not self.main:
+                return
+            due = self.table_refresh.due_tables(policy, time.monotonic())
+            if not due or self.confirm_deadline is not None:
+                return  # an unconfirmed apply is settled first: its rollback must be exact
+            result = refresh_tables(
+                due, self.main, self.sources, read_text, self.table_refresh, time.time()
+            )
+            for problem in result.problems:
+                print(f"ipsctl: {problem}", file=sys.stderr)
+            if result.policy is None or result.sources is None:
+                self.counters.table_refreshes_refused += bool(result.problems)
+                return
+            try:
+                self._swap(result.policy, self.main, result.sources)
+            except (KernelError, RuntimeError, OSError) as exc:
+                self.counters.table_refreshes_refused += 1
+                print(f"ipsctl: a refreshed table could not be applied: {exc}", file=sys.stderr)
+                return
+            self.counters.table_refreshes += 1
 
     def stop(self) -> None:
         self.stopping.set()
@@ -629,6 +658,7 @@ class Daemon:
             "worker": {"pid": self.worker.pid if self.worker else None, **worker},
             "workers": per_queue,
             "counters": self.counters.__dict__,
+            "tables": self.table_refresh.as_dict(),  # reputation lists read again
             "blocks": self._block_summary(worker, counters),
             "never_block": list(self.never_block),
             "detectors": worker.get("detectors") or {},

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from ips.core.addr import format_addr
 from ips.core.events import Alert, Block, BlockRequest, DetectorEffect, Effect
 from ips.core.flow import Flow
+from ips.core.packet import PROTO_ICMP, PROTO_ICMPV6
 from ips.core.tables import NetMatcher
 from ips.policy.model import DETECTOR_SID_BASE, AddrSpec, DetectSpec
 
@@ -190,6 +191,13 @@ class Detector:
             rule_name=self.rule_name,
             extra=extra,
         )
+        if flow is not None:
+            # As a rule's alert has them: the flow's application protocol and responder's
+            # passive DNS name, and for ICMP the type and code its Community ID hashes.
+            alert.app_proto = flow.app_proto
+            alert.dst_name = flow.dst_name
+            if proto in (PROTO_ICMP, PROTO_ICMPV6):
+                alert.icmp = flow.icmp
         if to_ban is not None:
             out.append(
                 BlockRequest(

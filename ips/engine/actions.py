@@ -8,7 +8,7 @@ from __future__ import annotations
 from ips.core import craft
 from ips.core.events import Alert, LogRecord
 from ips.core.packet import FRAG_LATER, PROTO_TCP, PROTO_UDP, Packet
-from ips.policy.compile import CompiledRule
+from ips.policy.compile import CompiledRule, list_hits
 from ips.policy.model import DROP, REJECT
 from ips.policy.names import ICMPX_TO_ICMP, ICMPX_TO_ICMPV6
 
@@ -16,6 +16,8 @@ from ips.policy.names import ICMPX_TO_ICMP, ICMPX_TO_ICMPV6
 def alert_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: float) -> Alert:
     spec = rule.spec
     action = "blocked" if verdict in (DROP, REJECT) else "allowed"
+    # a hit on a reputation list is tagged with the list's name (EVE: ipsctl.lists)
+    lists = list_hits(rule, pkt.src, pkt.dst) if rule.lists else None
     alert = Alert(
         now,
         flow_id,
@@ -31,6 +33,7 @@ def alert_for(rule: CompiledRule, pkt: Packet, flow_id: int, verdict: str, now: 
         severity=spec.severity,
         category="policy",
         rule_name=spec.name,
+        extra={"lists": lists} if lists else None,
     )
     if pkt.icmp_type >= 0:
         alert.icmp = pkt.icmp_type << 8 | pkt.icmp_code

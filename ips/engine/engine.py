@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ips.app.alert_fields import alert_app_objects
 from ips.app.inspect import AppCounters, AppInspector, NameSource
 from ips.app.passive_dns import PassiveDns
 from ips.core.addr import format_addr
@@ -339,10 +340,13 @@ class Engine:
                 effects = self._note(rule, pkt, flow, verdict, now, effects)
                 continue
             refuses = rule.refuses if verdict is rule.verdict else verdict != ACCEPT
-            if refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
-                self._discard(flow)  # a refused first packet leaves no connection
-                if verdict == REJECT and detect is not None:
-                    effects = self._rejected(detect, pkt, now, effects)
+            if refuses:
+                if fwd and flow.pkts_fwd == 1 and not flow.replied:
+                    self._discard(flow)  # a refused first packet leaves no connection
+                    if verdict == REJECT and detect is not None:
+                        effects = self._rejected(detect, pkt, now, effects)
+                elif flow.app_state is not None:
+                    effects = self._owed(flow, now, effects)
             if effects is None and translated is None and flow.nat is None:
                 if verdict is rule.verdict and rule.decision is not None:
                     if verdict == ACCEPT and policy.offload and flow.replied:
@@ -355,10 +359,13 @@ class Engine:
                 if verdict is not rule.verdict and rule.else_decision is not None:
                     return rule.else_decision
             return self._finish(rule, verdict, pkt, flow, fwd, now, effects, translated)
-        if self._default_refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
-            self._discard(flow)
-            if self._default_reject and detect is not None:
-                effects = self._rejected(detect, pkt, now, effects)
+        if self._default_refuses:
+            if fwd and flow.pkts_fwd == 1 and not flow.replied:
+                self._discard(flow)
+                if self._default_reject and detect is not None:
+                    effects = self._rejected(detect, pkt, now, effects)
+            elif flow.app_state is not None:
+                effects = self._owed(flow, now, effects)
         if effects is None and translated is None and flow.nat is None and not self._default_reject:
             if self._default_offload is not None and policy.offload and flow.replied:
                 kind = self._offload_kind(pkt, flow, now)
@@ -368,6 +375,28 @@ class Engine:
                     return self._default_handshake_ack
             return self._default
         return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)
+
+    def _discard(self, flow: Flow) -> None:
+        """Forget a flow whose first packet was refused (no end event): its reassembly
+        memory goes back, and what the inspector still owed is not written (the events of
+        the refused packet itself already rode on its Decision)."""
+        self.flows.discard(flow)
+        if flow.app_state is not None:
+            self.app.release(flow, flow.last_seen)
+
+    def _owed(self, flow: Flow, now: float, effects: list[Effect] | None) -> list[Effect] | None:
+        """The flow's packet is refused (drop, reject) while its inspection is still open:
+        when the client's message was read, the flow will never complete (the next copy of
+        the message meets the same rule), so the events the inspector owes it (the `tls`
+        event with the SNI that was refused) ride on this Decision instead of waiting for
+        the flow's end. ips/app/inspect.py `AppInspector.refused`."""
+        owed = self.app.refused(flow, now)
+        if owed is None:
+            return effects
+        if effects is None:
+            return list(owed)
+        effects.extend(owed)
+        return effects
 
     def _pending(
         self,
@@ -413,13 +442,19 @@ class Engine:
             if verdict != wanted:
                 break
             rule.hits += 1
-            if verdict == DROP and fwd and flow.pkts_fwd == 1 and not flow.replied:
-                self._discard(flow)  # a refused first packet leaves no connection
+            if verdict == DROP:
+                if fwd and flow.pkts_fwd == 1 and not flow.replied:
+                    self._discard(flow)  # a refused first packet leaves no connection
+                elif flow.app_state is not None:
+                    effects = self._owed(flow, now, effects)
             return self._finish(rule, verdict, pkt, flow, fwd, now, effects, translated)
         else:
             if agreeing and self._default.verdict == wanted:
-                if self._default_refuses and fwd and flow.pkts_fwd == 1 and not flow.replied:
-                    self._discard(flow)
+                if self._default_refuses:
+                    if fwd and flow.pkts_fwd == 1 and not flow.replied:
+                        self._discard(flow)
+                    elif flow.app_state is not None:
+                        effects = self._owed(flow, now, effects)
                 return self._finish(None, wanted, pkt, flow, fwd, now, effects, translated)
         self.stats.app_pending += 1
         if effects is None and translated is None and flow.nat is None:
@@ -427,14 +462,6 @@ class Engine:
         return self._finish(
             None, ACCEPT, pkt, flow, fwd, now, effects, translated, reason=APP_PENDING
         )
-
-    def _discard(self, flow: Flow) -> None:
-        """Forget a flow whose first packet was refused (no end event): its reassembly
-        memory goes back, and what the inspector still owed is not written (the events of
-        the refused packet itself already rode on its Decision)."""
-        self.flows.discard(flow)
-        if flow.app_state is not None:
-            self.app.release(flow, flow.last_seen)
 
     def _offload_kind(self, pkt: Packet, flow: Flow, now: float) -> int:
         """ips/engine/offload.py's choice; an offloaded flow is counted once (a flow that
@@ -458,16 +485,22 @@ class Engine:
         if effects is None:
             effects = []
         spec = rule.spec
+        # What the application layer knew of the client's message when the rule matched:
+        # the SNI, host or query names its L7 clauses read, on the record (as Suricata's
+        # alert metadata has the flow's tls/http/dns object).
+        app_layer = alert_app_objects(flow.app, flow.app_proto)
         if spec.alert:
             alert = alert_for(rule, pkt, flow.flow_id, verdict, now)
             alert.app_proto = flow.app_proto
             alert.dst_name = flow.dst_name
+            alert.app_layer = app_layer
             effects.append(alert)
             self.stats.alerts += 1
         if spec.log:
             record = log_for(rule, pkt, flow.flow_id, verdict, now)
             record.app_proto = flow.app_proto
             record.dst_name = flow.dst_name
+            record.app_layer = app_layer
             effects.append(record)
         return effects
 
@@ -564,6 +597,7 @@ class Engine:
                       f"source address ({found.why})",
             severity=1, category="spoofed-source", rule_name=cause.rule_name, extra=details,
         )  # fmt: skip
+        alert.icmp, alert.app_proto, alert.dst_name = cause.icmp, cause.app_proto, cause.dst_name
         return [alert] if mac_block is None else [alert, mac_block]
 
     def set_link_view(self, view: LinkView | None) -> None:

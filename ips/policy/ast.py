@@ -57,11 +57,16 @@ class ProtoClause(Clause):
 
 @dataclass(slots=True)
 class EndpointClause(Clause):
-    """`from …` (is_src) or `to …`: an address value and/or a port value."""
+    """`from …` (is_src) or `to …`: an address value and/or a port value.
+
+    geo: None for addresses; "country" or "asn" when `addr` holds country codes or AS
+    numbers (`from country { RU, CN }`), "org" when it holds the one string of `from org
+    contains "…"`."""
 
     is_src: bool
     addr: Value | None
     port: Value | None
+    geo: str | None = None
 
 
 @dataclass(slots=True)
@@ -211,6 +216,10 @@ class TableDecl(Statement):
     path: str | None = None
     timeout: Item | None = None
     size: Item | None = None
+    # a file table's options: `refresh 1h`, `on-error skip`, `allow-empty`
+    refresh: Item | None = None
+    on_error: Item | None = None
+    allow_empty: bool = False
 
 
 @dataclass(slots=True)

@@ -79,6 +79,7 @@ class CompiledRule:
         "index",
         "limit_key",
         "limiter",
+        "lists",
         "offload_decision",
         "refuses",
         "spec",
@@ -86,8 +87,24 @@ class CompiledRule:
         "verdict",
     )
 
-    def __init__(self, spec: RuleSpec, tables: dict[str, DynamicTable]) -> None:
+    def __init__(
+        self,
+        spec: RuleSpec,
+        tables: dict[str, DynamicTable],
+        lists: dict[str, NetMatcher] | None = None,
+    ) -> None:
         self.spec = spec
+        # The reputation lists (file tables) this rule's addresses name, for its alerts:
+        # (side, table, membership); only for rules that alert.
+        self.lists: tuple[tuple[str, str, NetMatcher], ...] = ()
+        if spec.alert and lists:
+            self.lists = tuple(
+                (side, name, lists[name])
+                for side, addr in (("src", spec.src), ("dst", spec.dst))
+                if addr is not None and not addr.negated
+                for name in addr.tables
+                if name in lists
+            )
         self.index = spec.index
         self.verdict = spec.action
         self.terminal = spec.action != MATCH
@@ -471,6 +488,20 @@ class _FamilyIndex:
         self.frag_ok = 0  # rules a non-first fragment can match (no port/flags/payload needs)
 
 
+def _named_tables(rule: RuleSpec) -> tuple[str, ...]:
+    return (rule.src.tables if rule.src else ()) + (rule.dst.tables if rule.dst else ())
+
+
+def list_hits(rule: CompiledRule, src: bytes, dst: bytes) -> dict[str, list[str]]:
+    """The reputation lists a packet's addresses are on, of those the rule names:
+    {"src": ["spamhaus"]}; empty when none (or the rule names none)."""
+    hits: dict[str, list[str]] = {}
+    for side, name, matcher in rule.lists:
+        if matcher.contains(src if side == "src" else dst):
+            hits.setdefault(side, []).append(name)
+    return hits
+
+
 class CompiledPolicy:
     """The policy the engine runs: rules in order plus the index over them."""
 
@@ -481,7 +512,13 @@ class CompiledPolicy:
             for name, t in policy.tables.items()
             if t.kind == "dynamic"
         }
-        self.rules = [CompiledRule(spec, self.tables) for spec in policy.rules]
+        lists = {
+            name: NetMatcher(t.nets4, t.nets6)
+            for name, t in policy.tables.items()
+            if t.kind == "file" and t.names is None
+            and any(r.alert and name in _named_tables(r) for r in policy.rules)
+        }  # fmt: skip
+        self.rules = [CompiledRule(spec, self.tables, lists) for spec in policy.rules]
         self.default_verdict = policy.default_verdict
         self.on_error = policy.on_error
         self.malformed_verdict = policy.malformed_verdict

@@ -112,6 +112,8 @@ def _addr_in(spec: AddrSpec, addr: bytes, dynamic_members: dict[str, set[bytes]]
 
 
 def _describe_addr(spec: AddrSpec) -> str:
+    if spec.geo is not None:
+        return ("!" if spec.negated else "") + spec.geo.shown
     parts = [str(ipaddress.ip_network((net, plen))) for net, plen in (*spec.nets4, *spec.nets6)]
     parts += [f"@{name}" for name in spec.dynamic]
     body = parts[0] if len(parts) == 1 else "{ " + ", ".join(parts[:6])
@@ -251,6 +253,7 @@ def explain(
             note = why
         else:
             note = "matches"
+        note += geo_note(rule, pkt)
         if rule.limit is not None:
             note = f"matches while under {rule.limit.text}" + (
                 f" (above it: {rule.limit.else_action})" if rule.limit.else_action else ""
@@ -263,6 +266,19 @@ def explain(
     if pending is not None and policy.default_verdict != pending.action:
         return out, pending
     return out, None
+
+
+def geo_note(rule: RuleSpec, pkt: Packet) -> str:
+    """What put a matching packet's address in a geo clause's networks: `; source
+    203.0.113.9 is RU (country { CN, RU })`, `; destination … is AS13335 Cloudflare, Inc.`."""
+    notes = []
+    for side, spec, addr in (("source", rule.src, pkt.src), ("destination", rule.dst, pkt.dst)):
+        if spec is None or spec.geo is None:
+            continue
+        label = spec.geo.label_of(addr)
+        what = label if label is not None else f"not in {spec.geo.shown}"
+        notes.append(f"{side} {format_addr(addr)} is {what} ({_describe_addr(spec)})")
+    return "".join(f"; {n}" for n in notes)
 
 
 def tcp_flag_letters(flags: int) -> str:

@@ -61,7 +61,7 @@ KEYWORDS = frozenset({
     "payload", "contains", "nocase", "limit", "replace", "with", "alert", "log", "inspect",
     "sid", "severity", "label", "inet6", "inet", "in", "out", "port", "burst", "per", "else",
     "detect", "ports", "hosts", "count", "within", "rate", "ignore", "distributed",
-    "any", "app", "tls", "quic", "dns", "http",
+    "any", "app", "tls", "quic", "dns", "http", "country", "asn", "org", "refresh",
 })  # fmt: skip
 # The keywords that start an application-layer clause. Three of them are also names a value
 # holds (`to port http`, `app tls`, `app dns`); item() reads a value only where one must
@@ -322,9 +322,25 @@ class _Line:
             )
         if how == "file":
             path, at = self.string()
-            return ast.TableDecl(
-                self.span(start, at + len(path)), name, name_span, "file", path=unescape(path)
+            end = at + len(path)
+            decl = ast.TableDecl(
+                self.span(start, end), name, name_span, "file", path=unescape(path)
             )
+            while (text := self.texts[self.i]) in ("refresh", "on-error", "allow-empty"):
+                self.i += 1
+                if text == "refresh":
+                    duration, at = self.matched(_DURATION)
+                    end = at + len(duration)
+                    decl.refresh = ast.Item("duration", duration, self.span(at, end))
+                elif text == "on-error":
+                    word, at = self.word()
+                    end = at + len(word)
+                    decl.on_error = ast.Item("word", word, self.span(at, end))
+                else:
+                    end = self.starts[self.i - 1] + len(text)
+                    decl.allow_empty = True
+            decl.span = self.span(start, end)
+            return decl
         if how != "dynamic":
             raise _Bail
         end = at + len(how)
@@ -377,15 +393,28 @@ class _Line:
     def c_endpoint(self, at: int) -> ast.Clause:
         is_src = self.texts[self.i - 1] == "from"
         addr = None
-        if self.texts[self.i] != "port":
+        geo = self.texts[self.i]
+        if geo in ("country", "asn"):
+            self.i += 1
             addr = self.value()
+        elif geo == "org":
+            self.i += 1
+            self.keyword("contains")
+            text = self.item()
+            if text.kind != "string":
+                raise _Bail
+            addr = ast.Value((text,), False, False, text.span)
+        else:
+            geo = None
+            if self.texts[self.i] != "port":
+                addr = self.value()
         port = None
         if self.texts[self.i] == "port":
             self.i += 1
             port = self.value()
         last = port if port is not None else addr
         assert last is not None
-        return ast.EndpointClause(self.span(at, last.span.end_col - 1), is_src, addr, port)
+        return ast.EndpointClause(self.span(at, last.span.end_col - 1), is_src, addr, port, geo)
 
     def c_direction(self, at: int) -> ast.Clause:
         direction = self.texts[self.i - 1]

@@ -21,6 +21,36 @@ VERDICTS = (ACCEPT, DROP, REJECT, REWRITE)
 
 
 @dataclass(frozen=True, slots=True)
+class GeoLabels:
+    """What a geo clause (`from country { RU, CN }`, `to asn 13335`, `from org contains
+    "…"`) selected, for `ipsctl explain`: per family, sorted disjoint inclusive ranges, each
+    with the value that put it there (`RU`, `AS13335 Cloudflare, Inc.`, `site HQ lab XX`)."""
+
+    shown: str  # the clause's value as written: country { CN, RU }
+    ranges4: tuple[tuple[int, int], ...] = ()
+    labels4: tuple[str, ...] = ()
+    ranges6: tuple[tuple[int, int], ...] = ()
+    labels6: tuple[str, ...] = ()
+
+    def label_of(self, addr: bytes) -> str | None:
+        """The value that put ADDR (4 or 16 packed bytes) in the set; None when outside."""
+        ranges, labels = (
+            (self.ranges4, self.labels4) if len(addr) == 4 else (self.ranges6, self.labels6)
+        )
+        value = int.from_bytes(addr, "big")
+        lo, hi = 0, len(ranges)
+        while lo < hi:  # the last range that starts at or before value
+            mid = (lo + hi) // 2
+            if ranges[mid][0] <= value:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo and ranges[lo - 1][1] >= value:
+            return labels[lo - 1]
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class AddrSpec:
     """An address constraint for one endpoint.
 
@@ -36,6 +66,8 @@ class AddrSpec:
     # one as named sets instead of writing its networks into the rule. Not part of the
     # meaning (the networks are), so not compared.
     tables: tuple[str, ...] = field(default=(), compare=False)
+    # A geo clause's networks: which country, AS number or organisation put each there.
+    geo: GeoLabels | None = field(default=None, compare=False)
 
     @property
     def families(self) -> frozenset[int] | None:
@@ -205,7 +237,7 @@ class RuleSpec:
 @dataclass(slots=True)
 class TableSpec:
     name: str
-    kind: str  # static | file | dynamic
+    kind: str  # static | file | dynamic | geo (the networks of a geo clause, made by ipsctl)
     span: Span
     nets4: tuple[tuple[int, int], ...] = ()
     nets6: tuple[tuple[int, int], ...] = ()
@@ -214,6 +246,13 @@ class TableSpec:
     # A table of domain name patterns (used by `tls sni @t`, `dns query @t`, ...) instead of
     # addresses: which one a table is follows from the clauses that use it.
     names: NameSet | None = None
+    # A file table (a reputation list): where it was read from, how often the daemon reads
+    # it again (seconds; None: only at apply), whether a bad line refuses the whole file
+    # ("refuse") or only itself ("skip"), and whether a file without entries may empty it.
+    path: str | None = None
+    refresh: float | None = None
+    on_error: str = "refuse"
+    allow_empty: bool = False
 
     @property
     def entries(self) -> int:
@@ -308,7 +347,8 @@ ETHER_BAN_TABLE = "banned_ether"
 class OptionSchema:
     """A `set NAME VALUE` option.
 
-    kind    choice: one of `choices`; int: a whole number; duration: 30s, 10m, 24h (seconds)
+    kind    choice: one of `choices`; int: a whole number; duration: 30s, 10m, 24h (seconds);
+            text: a quoted string
     minimum/maximum bound int and duration values (inclusive)."""
 
     choices: tuple[str, ...]
@@ -432,7 +472,15 @@ OPTIONS: dict[str, OptionSchema] = {
         minimum=4096,
         maximum=1 << 34,
     ),
+    # Where the country and ASN databases of geo clauses (`from country RU`) are read
+    # (docs/geo.md): "" is $IPSCTL_GEO_DIR, else /var/lib/ipsctl/geo. The site file, whose
+    # networks come before the databases', is named relative to the policy file.
+    "geo-dir": OptionSchema((), "", "the directory of the geo databases", kind="text"),
+    "geo-site": OptionSchema((), "", "a site file naming local networks", kind="text"),
 }
+
+# Table files that a table's `on-error` may say: the whole file refused, or the bad line only.
+TABLE_ON_ERROR = ("refuse", "skip")
 
 
 @dataclass(slots=True)

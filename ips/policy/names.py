@@ -82,3 +82,26 @@ DURATION_UNITS: dict[str, float] = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d"
 RATE_UNITS: dict[str, float] = {
     "s": 1, "second": 1, "m": 60, "minute": 60, "h": 3600, "hour": 3600, "d": 86400, "day": 86400,
 }  # fmt: skip
+
+# ISO 3166-1 alpha-2 country codes, as the country database writes them (DB-IP's data has
+# exactly these, and XK for Kosovo). Codes in the user-assigned ranges (AA, QM-QZ, XA-XZ, ZZ)
+# are also valid in a policy: a site file may give a lab or a branch one (`country XX`).
+_COUNTRY_TEXT = """
+AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ BR
+BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ
+EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW
+GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY
+KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV
+MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM PN PR PS PT PW PY
+QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF TG
+TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS XK YE YT ZA
+ZM ZW
+"""
+COUNTRY_CODES = frozenset(_COUNTRY_TEXT.split())
+# Codes people write that ISO spells otherwise.
+COUNTRY_ALIASES = {"UK": "GB", "EL": "GR"}
+
+
+def user_assigned_country(code: str) -> bool:
+    """AA, QM-QZ, XA-XZ and ZZ: ISO leaves these to users (a site file's `country XX`)."""
+    return code in ("AA", "ZZ") or (code[0] == "Q" and "M" <= code[1] <= "Z") or code[0] == "X"

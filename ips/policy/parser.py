@@ -317,9 +317,17 @@ class _Builder:
                 span, str(ch[0]), self.tok_span(_token(ch[0])), "static", self.value(_tree(ch[1]))
             )
         if kind == "table_file":
-            return ast.TableDecl(
+            decl = ast.TableDecl(
                 span, str(ch[0]), self.tok_span(_token(ch[0])), "file", path=unescape(str(ch[1]))
             )
+            for opt in map(_tree, ch[2:]):
+                if opt.data == "opt_refresh":
+                    decl.refresh = self.item(self.parts(opt)[0])
+                elif opt.data == "opt_on_error":
+                    decl.on_error = self.item(self.parts(opt)[0])
+                else:
+                    decl.allow_empty = True
+            return decl
         if kind == "table_dynamic":
             timeout = size = None
             for opt in map(_tree, ch[1:]):
@@ -371,10 +379,20 @@ class _Builder:
                 return ast.EndpointClause(
                     span, kind == "src", None, self.value(_tree(self.parts(endpoint)[0]))
                 )
+            if endpoint.data == "org_endpoint":
+                parts = self.parts(endpoint)
+                text = self.item(parts[0])
+                org = ast.Value((text,), False, False, text.span)
+                port = self.value(_tree(parts[1])) if len(parts) > 1 else None
+                return ast.EndpointClause(span, kind == "src", org, port, "org")
+            geo = None
             addr_and_port = self.parts(endpoint)
+            if endpoint.data == "geo_endpoint":
+                geo = str(_tree(addr_and_port[0]).children[0])
+                addr_and_port = addr_and_port[1:]
             addr = self.value(_tree(addr_and_port[0]))
             port = self.value(_tree(addr_and_port[1])) if len(addr_and_port) > 1 else None
-            return ast.EndpointClause(span, kind == "src", addr, port)
+            return ast.EndpointClause(span, kind == "src", addr, port, geo)
         if kind == "direction":
             return ast.InterfaceClause(span, str(_tree(ch[0]).children[0]), None)
         if kind == "direction_on":

@@ -15,7 +15,11 @@ Application layer (ips/app/inspect.py): `tls`, `quic`, `dns` (version 2 query an
 records), `http` and `ssh` events, each with the object of that name as Suricata writes it.
 Every line about a flow or a packet (flow, alert, drop, ipsctl_log and the application
 events) carries the flow's `community_id` (Community ID v1, seed 0); alerts carry the flow's
-`app_proto`; when passive DNS named the flow's responder, `ipsctl.dst_name` says so.
+`app_proto`; when passive DNS named the flow's responder, `ipsctl.dst_name` says so. A
+rule's alert (and drop/log record) has the application-layer object of what the client said
+(`tls`, `http`, `dns`, `quic`, `ssh`: ips/app/alert_fields.py) at the top level, as
+Suricata's alert metadata has it; a flow record's `ipsctl` has the `sni` and `http_host`
+the application layer read.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from ips.core.events import (
     PacketEvent,
     Unblock,
 )
-from ips.core.flow import TCP_STATE_NAMES
+from ips.core.flow import TCP_STATE_NAMES, Flow
 from ips.core.packet import PORT_PROTOS
 from ips.safefile import open_private_file
 from ips.sinks.syslog import SyslogSink
@@ -127,7 +131,14 @@ def _base(ev: PacketEvent, event_type: str, in_iface: str | None) -> Record:
 
 
 def _name_of_destination(record: Record, ev: PacketEvent) -> Record:
-    """ipsctl.dst_name: the passive DNS name of the flow's responder, when known."""
+    """ipsctl.dst_name: the passive DNS name of the flow's responder, when known; and the
+    application-layer objects of a rule's alert or log record (`tls`, `http`, `dns`, `quic`,
+    `ssh`: what the client said when the rule matched) at the top level, as Suricata puts
+    them on alerts."""
+    app_layer = ev.app_layer
+    if app_layer is not None:
+        for name, body in app_layer.items():
+            record.setdefault(name, body)
     if ev.dst_name is not None:
         own = record.setdefault("ipsctl", {})
         own["dst_name"] = ev.dst_name
@@ -288,9 +299,27 @@ def flow_record(end: FlowEnd, in_iface: str | None = None) -> Record:
                 tcp[name] = True
         tcp["state"] = tcp_state
         record["tcp"] = tcp
-    if f.dst_name is not None:
-        record["ipsctl"] = {"dst_name": f.dst_name}
+    own = _flow_names(f)
+    if own is not None:
+        record["ipsctl"] = own
     return record
+
+
+def _flow_names(f: Flow) -> dict[str, str] | None:
+    """A flow record's `ipsctl` object: the responder's passive DNS name (`dst_name`) and the
+    server name the application layer read (`sni` of TLS or QUIC, `http_host`), when known;
+    None when neither is."""
+    own: dict[str, str] = {}
+    if f.dst_name is not None:
+        own["dst_name"] = f.dst_name
+    app = f.app
+    if app is not None:
+        sni = app.tls_sni or app.quic_sni
+        if sni:
+            own["sni"] = sni
+        if app.http_host:
+            own["http_host"] = app.http_host
+    return own or None
 
 
 # The tcp object's flag words for each combination of FIN, SYN, RST, PSH and ACK, in
@@ -349,8 +378,11 @@ def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
     cid = flow_community_id(proto, f.src, f.dst, f.sport, f.dport, f.icmp)
     first, last = f.first_seen, f.last_seen
     bypass = ',"bypass":"capture"' if getattr(f, "offloaded", False) else ""
-    name = f.dst_name
-    own = "" if name is None else f',"ipsctl":{{"dst_name":{json.dumps(name)}}}'
+    if f.dst_name is None and f.app is None:
+        own = ""  # the common case: nothing named
+    else:
+        names = _flow_names(f)
+        own = "" if names is None else ',"ipsctl":' + json.dumps(names, separators=(",", ":"))
     return (
         f'{{"timestamp":"{eve_timestamp(end.time)}","flow_id":{f.flow_id}{iface}'
         f',"event_type":"flow","src_ip":"{endpoints},"proto":"{_proto_label(proto)}"{app_field}'

@@ -9,7 +9,8 @@ flows_csv (at the end) write them for the CLI. A filter is words, all of which m
                                          initiator / the responder
     port P | sport P | dport P           a port or range (80, 8000-8080, http)
     state new|established                established: the flow has seen a reply
-    name N | name *.N | name *           the responder's name (passive DNS, `Flow.dst_name`):
+    name N | name *.N | name *           the responder's name (passive DNS, `Flow.dst_name`,
+                                         or the SNI or HTTP host the flow's client sent):
                                          exactly N, any subdomain of N (not N itself, as
                                          in the policy's name patterns), or any known name
     and                                  optional, between terms
@@ -18,6 +19,10 @@ e.g. `proto tcp dport 80`, `src 10.10.1.0/24 and state established`, `name *.exa
 
 The responder's name is the one passive DNS learned from the answer that led the client to
 its address (ips/app/passive_dns.py); a row carries it as `dst_name` (None when not known).
+The application layer may have read the server's name too: the SNI of a TLS or QUIC hello
+(`sni`) or the Host of the first HTTP request (`http_host`), as ntopng shows the server name.
+The NAME column shows the passive DNS name, else the SNI, else the HTTP host; `name` filters
+and the names of `group dst` use the same.
 """
 
 from __future__ import annotations
@@ -126,17 +131,44 @@ def parse_filter(text: str) -> Pred:
     return lambda f: all(p(f) for p in preds)
 
 
+def server_sni(f: Any) -> str | None:
+    """The SNI the flow's client sent (TLS or QUIC), None when not known."""
+    app = getattr(f, "app", None)
+    if app is None:
+        return None
+    return app.tls_sni or app.quic_sni or None
+
+
+def server_http_host(f: Any) -> str | None:
+    """The Host of the flow's first HTTP request, None when not known."""
+    app = getattr(f, "app", None)
+    return None if app is None else app.http_host or None
+
+
+def server_name(f: Any) -> str | None:
+    """The name the flow's responder goes by: passive DNS's, else the SNI, else the HTTP
+    host (the client's own words, which passive DNS may not have seen: a resolver over
+    DoH, a name from /etc/hosts, a flow that began before ipsctl)."""
+    return getattr(f, "dst_name", None) or server_sni(f) or server_http_host(f)
+
+
 def _name_matcher(pattern: str) -> Pred:
-    """`name` filter: "*" any known name, "*.x" a subdomain of x (not x), else exactly x."""
+    """`name` filter: "*" any known name, "*.x" a subdomain of x (not x), else exactly x;
+    over the flow's names (passive DNS, SNI, HTTP host): one of them holding is enough."""
     pattern = pattern.rstrip(".")
+
+    def names(f: Any) -> tuple[str, ...]:
+        return tuple(n for n in (getattr(f, "dst_name", None), server_sni(f),
+                                 server_http_host(f)) if n)  # fmt: skip
+
     if pattern == "*":
-        return lambda f: bool(getattr(f, "dst_name", None))
+        return lambda f: bool(names(f))
     if pattern.startswith("*.") and "*" not in pattern[1:]:
         suffix = pattern[1:]  # ".x": the name ends with it, so it is longer than x
-        return lambda f: (getattr(f, "dst_name", None) or "").endswith(suffix)
+        return lambda f: any(n.endswith(suffix) for n in names(f))
     if not pattern or "*" in pattern:
         raise FilterError(f"name: a name, *.name or *, not {pattern!r}")
-    return lambda f: getattr(f, "dst_name", None) == pattern
+    return lambda f: pattern in names(f)
 
 
 def flow_row(f: Any, now: float) -> dict[str, Any]:
@@ -160,6 +192,9 @@ def flow_row(f: Any, now: float) -> dict[str, Any]:
         "app_proto": EVE_APP_PROTOS.get(getattr(f, "app_proto", None)),
         # The responder's name from passive DNS; None while not known.
         "dst_name": getattr(f, "dst_name", None),
+        # The server name the application layer read (TLS/QUIC SNI, HTTP Host), if any.
+        "sni": server_sni(f),
+        "http_host": server_http_host(f),
     }
 
 
@@ -200,7 +235,7 @@ def select_flows(
             k: Any = f.src
         elif group == "dst":
             k = f.dst
-            name = getattr(f, "dst_name", None)
+            name = server_name(f)
             if name and (k not in names or f.first_seen >= names[k][0]):
                 names[k] = (f.first_seen, name)
         else:
@@ -227,7 +262,8 @@ def select_flows(
 # ---- as text ------------------------------------------------------------------------------------
 
 CSV_FIELDS = ("id", "proto", "src", "sport", "dst", "dport", "packets", "bytes", "bytes_fwd",
-              "bytes_rev", "duration", "idle", "state", "app_proto", "dst_name")  # fmt: skip
+              "bytes_rev", "duration", "idle", "state", "app_proto", "dst_name", "sni",
+              "http_host")  # fmt: skip
 
 
 def format_flows(rows: list[dict[str, Any]], total: int) -> str:
@@ -243,10 +279,15 @@ def format_flows(rows: list[dict[str, Any]], total: int) -> str:
         dst = _endpoint(r["dst"], r["dport"], r["proto"])
         lines.append(
             f"{r['proto']:<6} {app:<6} {src:<45} {dst:<45} {r['packets']:>8} {r['bytes']:>10} "
-            f"{r['duration']:>8.1f}s  {r['state']:<11}  {r.get('dst_name') or '-'}"
+            f"{r['duration']:>8.1f}s  {r['state']:<11}  {_row_name(r)}"
         )
     lines.append(f"{len(rows)} of {total} flow{'s' if total != 1 else ''}")
     return "\n".join(lines)
+
+
+def _row_name(row: dict[str, Any]) -> str:
+    """The NAME column: passive DNS's name, else the SNI, else the HTTP host, else "-"."""
+    return row.get("dst_name") or row.get("sni") or row.get("http_host") or "-"
 
 
 def _endpoint(addr: str, port: int, proto: str) -> str:

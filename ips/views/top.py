@@ -176,8 +176,7 @@ def render(state: TopState) -> RenderableType:
         ev = a.get("event") or {}
         al = ev.get("alert") or {}
         when = time.strftime("%H:%M:%S", time.localtime(float(a.get("time") or 0)))
-        # The responder's passive DNS name rides in the alert as ipsctl.dst_name.
-        name = (ev.get("ipsctl") or {}).get("dst_name")
+        name = alert_name(ev)
         alert_rows.append(
             [
                 when,
@@ -209,6 +208,19 @@ def render(state: TopState) -> RenderableType:
         widths=(15, 9, 6),
     )
     return Group(Panel(Group(head, rates)), side, destinations, alerts, blocks)
+
+
+def alert_name(ev: dict[str, Any]) -> str | None:
+    """The name of an alert's destination: the passive DNS name (ipsctl.dst_name), else the
+    server name its client sent (the alert's tls or quic SNI, its http hostname)."""
+    name = (ev.get("ipsctl") or {}).get("dst_name")
+    if name:
+        return str(name)
+    for key, field in (("tls", "sni"), ("quic", "sni"), ("http", "hostname")):
+        value = (ev.get(key) or {}).get(field)
+        if value:
+            return str(value)
+    return None
 
 
 def _left(seconds: Any) -> str:

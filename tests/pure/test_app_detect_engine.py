@@ -190,5 +190,7 @@ def test_replayed_captures_name_their_flows(capture: str, want: str) -> None:
         schema = json.loads(SCHEMA.read_text())
         validator = jsonschema.validators.validator_for(schema)(schema)
         for f in flows:
-            errors = [e.message for e in validator.iter_errors(f)]
+            # ipsctl's own top-level object (the names: ipsctl.sni, ipsctl.http_host) aside
+            suricata_part = {k: v for k, v in f.items() if k != "ipsctl"}
+            errors = [e.message for e in validator.iter_errors(suricata_part)]
             assert not errors, (f, errors)

@@ -506,3 +506,23 @@ def test_random_segment_streams_never_raise_and_stay_within_memory(
         inspector.release(flow, 99.0)
         assert flow.app_state is None
     assert inspector.memory == 0
+
+
+def test_status_and_prometheus_show_the_app_counters() -> None:
+    from ips.sinks.prometheus import families
+    from ips.views.status import _app_lines
+
+    conn = Conn(engine())
+    conn.send(True, CLIENT_HELLO)
+    conn.eng.drain(200.0)
+    stats = conn.eng.app_stats()
+    text = "\n".join(_app_lines(stats))
+    assert "flows tls 1; events tls 1" in text and "returned at flow end" in text
+    metrics = {
+        (m.name, tuple(s.labels.values())): s.value
+        for m in families({"ok": True, "worker": {"ok": True, "app": stats}})
+        for s in m.samples
+    }
+    assert metrics[("ipsctl_app_events", ("tls",))] == 1
+    assert metrics[("ipsctl_app_flows", ("tls",))] == 1
+    assert metrics[("ipsctl_app_reassembly_memory_bytes", ())] == 0

@@ -35,10 +35,11 @@ FORBIDDEN = {
 # core, with presentation (views) beside control and the lab on its own.
 LOWER = {
     "core": set(),
-    "policy": {"core"},
+    "policy": {"core", "geo"},  # the resolver turns geo clauses into networks (issue 22)
     "translate": {"core", "policy"},
     "detect": {"core", "policy"},
     "app": {"core"},  # application-layer parsers and reassembly (issue 20): pure
+    "geo": {"core", "safefile"},  # country, ASN, site file, service names (issue 22)
     "engine": {"core", "policy", "detect", "translate", "app"},
     "kernel": {"core", "policy", "translate", "safefile"},
     "io": {"core", "policy", "detect", "translate", "engine", "kernel"},

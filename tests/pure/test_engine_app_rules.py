@@ -3,9 +3,11 @@ clause is pending accepts the packet ("app-pending", never offloaded) unless the
 it decide the same anyway; the rule decides once flow.app says; offload waits for the fields;
 a reject answers a DNS query with NXDOMAIN or REFUSED and resets a TCP connection both ways.
 
-The inspector that fills flow.app is not part of this branch: a small stand-in below starts
-an AppFields on every TCP/UDP flow (as the inspector does when a flow starts) and reads DNS
-queries with ips/app/dns.py; the tests set the other fields by hand."""
+Every engine here runs the real inspector (ips/app/inspect.py): DNS queries are real
+datagrams, the TLS connections carry a real ClientHello (tests/pure/test_app_tls.py's
+builder). tests/pure/test_engine_app_real.py has the rest of the real-bytes cases (a hello
+over two segments, HTTP, QUIC, SSH, fingerprints, the events a refusal writes); one test
+below replaces flow.app by an object that fails when read, which no bytes could do."""
 
 from __future__ import annotations
 
@@ -17,55 +19,30 @@ from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import IP, TCP, UDP
 
 from ips.app.dns import DnsMessage, parse_message
-from ips.core.app_fields import AppFields
 from ips.core.craft import DNS_NXDOMAIN, DNS_REFUSED, dns_refusal_for, tcp_reset_to_peer
 from ips.core.decision import OFFLOAD_FLOW, Decision
 from ips.core.decode import decode_l3
+from ips.core.events import Alert
 from ips.core.flow import Flow
-from ips.core.packet import PROTO_TCP, PROTO_UDP, Packet
+from ips.core.packet import Packet
 from ips.engine import Engine
 from ips.engine.engine import APP_PENDING
 from ips.io.nfqnl import QueuedPacket
 from ips.io.nfqueue import QueueWorker
 from ips.policy.resolve import load_policy_text
+from tests.pure.test_app_tls import chrome_like_extensions, client_hello_message, records
 
 C, S = "10.10.1.20", "10.10.2.10"
 
 
-def inspecting_engine(text: str) -> Engine:
-    """An Engine whose flows get an AppFields when they start, and whose DNS datagrams are
-    read into it, as the inspector of branch app-wire does."""
-    engine = Engine(load_policy_text(text))
-    track = engine.flows.track
-
-    def track_and_inspect(pkt: Packet, now: float) -> tuple[Flow, bool]:
-        flow, fwd = track(pkt, now)
-        if flow.app is None and pkt.proto in (PROTO_TCP, PROTO_UDP):
-            flow.app = AppFields()
-        if pkt.proto == PROTO_UDP and pkt.payload_offset < pkt.length and flow.app is not None:
-            msg = parse_message(pkt.data, pkt.payload_offset, pkt.length)
-            if isinstance(msg, DnsMessage) and not msg.qr:
-                flow.app.dns_queries = tuple(q.name for q in msg.questions)
-                flow.app.client_done = True
-                flow.app_proto = "dns"
-        return flow, fwd
-
-    engine.flows.track = track_and_inspect  # type: ignore[method-assign]
-    return engine
+def real_engine(text: str) -> Engine:
+    """An Engine with its own inspector: flow.app is what the bytes said."""
+    return Engine(load_policy_text(text))
 
 
 def only_flow(engine: Engine) -> Flow:
     (flow,) = engine.flows.flows()
     return flow
-
-
-def client_said(flow: Flow, **fields: object) -> None:
-    """What the inspector would have read from the client's first message."""
-    assert flow.app is not None
-    for name, value in fields.items():
-        setattr(flow.app, name, value)
-    flow.app.client_done = True
-    flow.app_proto = "tls"
 
 
 TLS_GATE = """\
@@ -85,29 +62,32 @@ def handshake(engine: Engine) -> list[Decision]:
     ]
 
 
-def client_hello(engine: Engine) -> Decision:
-    hello = tcp(C, S, 40000, 443, flags="PA", seq=101, ack=901, payload=b"\x16\x03\x01hello")
+def hello_bytes(sni: str) -> bytes:
+    """A real ClientHello (one segment: the engine's inspector reads it)."""
+    return records(client_hello_message(chrome_like_extensions(sni, pq=False)))
+
+
+def client_hello(engine: Engine, sni: str) -> Decision:
+    hello = tcp(C, S, 40000, 443, flags="PA", seq=101, ack=901, payload=hello_bytes(sni))
     return engine.handle(hello, now=1.3)
 
 
 def test_pending_accepts_without_offload_then_the_sni_drops() -> None:
-    engine = inspecting_engine(TLS_GATE.format(action="drop"))
+    engine = real_engine(TLS_GATE.format(action="drop"))
     syn, syn_ack, ack = handshake(engine)
     assert (syn.verdict, syn.reason, syn.offload) == ("accept", APP_PENDING, 0)
     assert syn_ack.verdict == "accept" and syn_ack.offload == 0  # waits for the fields
     assert (ack.verdict, ack.reason, ack.offload) == ("accept", APP_PENDING, 0)
     assert engine.stats.app_pending == 2
-    client_said(only_flow(engine), tls_sni="www.bad.lab")
-    decided = client_hello(engine)
+    decided = client_hello(engine, "www.bad.lab")
     assert decided.verdict == "drop" and decided.rule is not None
     assert decided.rule.spec.span.line == 2
 
 
 def test_a_name_not_blocked_goes_on_and_offloads_once_known() -> None:
-    engine = inspecting_engine(TLS_GATE.format(action="drop"))
+    engine = real_engine(TLS_GATE.format(action="drop"))
     handshake(engine)
-    client_said(only_flow(engine), tls_sni="ok.lab")
-    hello = client_hello(engine)
+    hello = client_hello(engine, "ok.lab")
     assert hello.verdict == "accept" and hello.rule is not None
     assert hello.rule.spec.span.line == 3  # accept state established
     assert hello.offload == OFFLOAD_FLOW  # the fields are final: the flow may leave
@@ -115,7 +95,7 @@ def test_a_name_not_blocked_goes_on_and_offloads_once_known() -> None:
 
 def test_a_pending_drop_the_rest_would_drop_anyway_is_decided_at_once() -> None:
     """A port the policy drops stays dropped before any SNI is known (a scan sees nothing)."""
-    engine = inspecting_engine(TLS_GATE.format(action="drop").replace(" to port 443\n", "\n", 1))
+    engine = real_engine(TLS_GATE.format(action="drop").replace(" to port 443\n", "\n", 1))
     syn = engine.handle(tcp(C, S, 40001, 8443, flags="S"), now=1.0)
     assert syn.verdict == "drop" and syn.reason == "default"
     assert engine.stats.app_pending == 0
@@ -123,21 +103,18 @@ def test_a_pending_drop_the_rest_would_drop_anyway_is_decided_at_once() -> None:
 
 
 def test_a_pending_match_rule_is_skipped_and_alerts_once_known() -> None:
-    engine = inspecting_engine(
-        'match tls sni "*.bad.lab" alert "bad name"\naccept proto tcp to port 443'
-    )
-    syn = engine.handle(tcp(C, S, 40000, 443, flags="S"), now=1.0)
+    engine = real_engine('match tls sni "*.bad.lab" alert "bad name"\naccept proto tcp to port 443')
+    syn = engine.handle(tcp(C, S, 40000, 443, flags="S", seq=100), now=1.0)
     assert syn.verdict == "accept" and not syn.effects and syn.reason != APP_PENDING
-    client_said(only_flow(engine), tls_sni="x.bad.lab")
-    data = engine.handle(tcp(C, S, 40000, 443, flags="PA", payload=b"x"), now=1.1)
-    assert [e.signature for e in data.effects] == ["bad name"]  # type: ignore[attr-defined]
+    hello = tcp(C, S, 40000, 443, flags="PA", seq=101, payload=hello_bytes("x.bad.lab"))
+    data = engine.handle(hello, now=1.1)
+    assert [e.signature for e in data.effects if isinstance(e, Alert)] == ["bad name"]
 
 
 def test_app_layer_off_makes_l7_rules_final_false() -> None:
-    # With the inspector of branch app-wire merged, the application layer is on by default:
-    # `set app-layer off` is what leaves flow.app None.
-    engine = Engine(load_policy_text(TLS_GATE.format(action="drop") + "set app-layer off\n"))
+    engine = Engine(load_policy_text("set app-layer off\n" + TLS_GATE.format(action="drop")))
     syn = engine.handle(tcp(C, S, 40000, 443, flags="S"), now=1.0)
+    assert only_flow(engine).app is None  # application parsing off: nothing will be known
     assert syn.verdict == "accept" and syn.reason != APP_PENDING
 
 
@@ -159,10 +136,9 @@ def test_flows_without_l7_rules_never_read_the_app_fields() -> None:
 
 
 def test_reject_resets_both_ways_with_the_right_numbers() -> None:
-    engine = inspecting_engine(TLS_GATE.format(action="reject"))
+    engine = real_engine(TLS_GATE.format(action="reject"))
     handshake(engine)
-    client_said(only_flow(engine), tls_sni="blocked.lab")
-    decided = client_hello(engine)  # seq 101, ack 901, 10 bytes of payload
+    decided = client_hello(engine, "blocked.lab")  # seq 101, ack 901
     assert decided.verdict == "reject"
     assert decided.reply is not None and decided.peer_reply is not None
     to_client = IP(decided.reply)
@@ -210,7 +186,7 @@ def dns_query(name: str, ident: int = 0x1234, rd: int = 1) -> bytes:
     ("option", "rcode"), [("", DNS_NXDOMAIN), ("set dns-reject refused", DNS_REFUSED)]
 )
 def test_a_rejected_dns_query_gets_an_answer_from_the_server(option: str, rcode: int) -> None:
-    engine = inspecting_engine(DNS_GATE.format(option=option))
+    engine = real_engine(DNS_GATE.format(option=option))
     decided = engine.handle(dns_query("www.bad.lab"), now=1.0)
     assert decided.verdict == "reject" and decided.peer_reply is None
     assert decided.reply is not None
@@ -248,7 +224,7 @@ def test_the_dns_answer_copies_rd_into_ra_and_refuses_non_queries() -> None:
 
 
 def test_dns_query_rules_keep_dns_flows_with_the_engine() -> None:
-    engine = inspecting_engine(DNS_GATE.format(option=""))
+    engine = real_engine(DNS_GATE.format(option=""))
     engine.handle(dns_query("ok.lab"), now=1.0)
     answer = udp(S, C, 53, 53000, payload=bytes(DNS(id=0x1234, qr=1, qd=DNSQR(qname="ok.lab"))))
     assert engine.handle(answer, now=1.1).offload == 0

@@ -152,7 +152,8 @@ TRICKY = [
     "tcp-reset", "icmp", "port-unreachable", "echo-request", "established", "src", "dst",
     "else", "drop", "nocase", "code", "burst", "per", "with", "file", "dynamic", "timeout", "size",
     "9" * 5000, "1" * 4301, "_x", "x_", "-x", "sni", "query", "user-agent", "ja4", "uri",
-    "*.bad.lab", '"*.bad.lab"', "method",
+    "*.bad.lab", '"*.bad.lab"', "method", "country", "asn", "org", "RU", "AS13335", "refresh",
+    "on-error", "allow-empty", "skip", "contains",
 ]  # fmt: skip
 WORDS = sorted(set(FUZZ_WORDS) | set(TRICKY) | KEYWORDS)
 SEPARATORS = [" ", " ", " ", "", "\t", "  ", ", ", " # comment"]

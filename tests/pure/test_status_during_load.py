@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ips.daemon import supervisor
+from ips.daemon.refresh import RefreshClock
 from ips.daemon.stats import Counters
 from ips.views.status import format_status
 
@@ -83,6 +84,7 @@ def loading_daemon() -> Iterator[tuple[supervisor.Daemon, threading.Event, threa
     d.confirm_deadline = d.unconfirmed = d.restored_from = None
     d.never_block = ()
     d.run = {"id": "run-1"}
+    d.table_refresh = RefreshClock()
     yield d, loading, release
     release.set()
     ours.send({"op": "stop", "id": 0})

@@ -128,6 +128,11 @@ class SourceFiles:
             display = str(real)
         self.load(text, display, real, stack)
 
+    def real_path(self, display: str) -> Path:
+        """The resolved path of a file read, by its display name: what a path written in
+        it (a table file, a site file) is relative to."""
+        return self._real_paths.get(display, Path(display).resolve())
+
     def read_table_file(self, decl: ast.TableDecl) -> tuple[Path, str] | None:
         """The path and text of a `table NAME file "…"`, relative to the file that declares
         it; None when it cannot be read (reported)."""

@@ -112,7 +112,10 @@ class RuleResolver:
         if not self._once(draft, "from" if clause.is_src else "to", clause):
             return
         addr, port = clause.addr, clause.port
-        spec = self.values.addr(addr) if addr is not None else None
+        if clause.geo is not None:
+            spec = self.values.geo.addr(clause)
+        else:
+            spec = self.values.addr(addr) if addr is not None else None
         ports = self.values.ports(port) if port is not None else None
         if port is not None:
             draft.port_span = port.span

@@ -14,8 +14,19 @@ import re
 from ips.policy import ast, names
 from ips.policy.diagnostics import Span, did_you_mean
 from ips.policy.domains import NameSet, normalize, pattern_problem
-from ips.policy.model import OPTIONS, AddrSpec, OptionSchema, Policy, PortSpec, TableSpec
+from ips.policy.model import (
+    OPTIONS,
+    TABLE_ON_ERROR,
+    AddrSpec,
+    OptionSchema,
+    Policy,
+    PortSpec,
+    TableSpec,
+)
 from ips.policy.resolve.files import SourceFiles
+from ips.policy.resolve.geo import GeoResolver
+from ips.policy.resolve.lists import parse_list_text
+from ips.policy.resolve.netparse import parse_network
 
 MAX_DEFINE_DEPTH = 32
 
@@ -34,6 +45,7 @@ class Values:
         self._expanded: dict[str, tuple[list[ast.Item], bool]] = {}
         # One object per distinct set of protocols: 200,000 rules share a handful of them.
         self._proto_sets: dict[frozenset[int], frozenset[int]] = {}
+        self.geo = GeoResolver(files, self.tables, self.flatten)
 
     # ---- names -----------------------------------------------------------------------------------
 
@@ -63,6 +75,9 @@ class Values:
                     self.table_decls[stmt.name] = stmt
             elif isinstance(stmt, ast.RuleStmt):
                 self._note_name_tables(stmt)
+            elif isinstance(stmt, ast.OptionStmt) and stmt.name in ("geo-dir", "geo-site"):
+                # needed by the rules' geo clauses, which may come before the option
+                self.geo.options[stmt.name] = stmt
         for decl in self.table_decls.values():
             self.tables[decl.name] = self._table(decl)
 
@@ -209,34 +224,68 @@ class Values:
                 )
 
     def _table_file(self, decl: ast.TableDecl, spec: TableSpec) -> None:
+        """A table read from a file: a plain list, a FireHOL netset or Spamhaus DROP
+        (ips/policy/resolve/lists.py). With `on-error skip` a bad line is a warning and the
+        rest is kept; otherwise (`refuse`, the default) it is an error and the policy (or,
+        on the daemon's refresh, the new file) is refused. A file with no entry at all is
+        refused unless the table says `allow-empty`: a list truncated to nothing must not
+        silently let everything through."""
+        self._table_file_options(decl, spec)
         read = self.files.read_table_file(decl)
         if read is None:
             return
         path, text = read
-        nets4: list[tuple[int, int]] = []
-        nets6: list[tuple[int, int]] = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            entry = line.split("#", 1)[0].strip()
-            if not entry:
-                continue
-            # The common a.b.c.d[/n] by hand (a table file may have a million lines), the rest
-            # (IPv6, a netmask instead of a length) by the ipaddress module, as before.
-            parsed = parse_network(entry) if ":" not in entry else None
-            if parsed is not None:
-                nets4.append((parsed[1], parsed[2]))
-                continue
-            try:
-                net = ipaddress.ip_network(entry, strict=False)
-            except ValueError:
+        spec.path = str(path)
+        parsed = parse_list_text(text)
+        for lineno, col, end_col, message in parsed.problems:
+            span = Span(str(path), lineno, col, lineno, end_col)
+            if spec.on_error == "skip":
+                self.diags.warning(span, message + " (skipped: on-error skip)", code="bad-value")
+            else:
                 self.diags.error(
-                    Span(str(path), lineno, 1, lineno, len(line) + 1),
-                    f"invalid address '{entry}' in table file",
+                    span,
+                    message,
+                    f"fix the line, or let the table skip bad lines: table {decl.name} file "
+                    f'"{decl.path}" on-error skip',
                     code="bad-value",
                 )
-                self.files.sources.setdefault(str(path), text)
-                continue
-            (nets4 if net.version == 4 else nets6).append((int(net.network_address), net.prefixlen))
-        spec.nets4, spec.nets6 = tuple(nets4), tuple(nets6)
+            self.files.sources.setdefault(str(path), text)
+        refused = parsed.problems and spec.on_error != "skip"  # its bad lines say why
+        if not parsed.nets4 and not parsed.nets6 and not spec.allow_empty and not refused:
+            self.diags.error(
+                decl.span,
+                f"table file '{decl.path}' has no address in it"
+                + (f" ({len(parsed.problems)} bad lines skipped)" if parsed.problems else ""),
+                "an empty list would match nothing; if that is meant, say so: "
+                f'table {decl.name} file "{decl.path}" allow-empty',
+                code="empty",
+            )
+        spec.nets4, spec.nets6 = parsed.nets4, parsed.nets6
+
+    def _table_file_options(self, decl: ast.TableDecl, spec: TableSpec) -> None:
+        spec.allow_empty = decl.allow_empty
+        if decl.refresh is not None:
+            seconds = self.duration(decl.refresh)
+            if seconds is not None and seconds < 10:
+                self.diags.error(
+                    decl.refresh.span,
+                    "a table is refreshed at most every 10s",
+                    "e.g. refresh 1h",
+                    code="bad-value",
+                )
+            spec.refresh = seconds
+        if decl.on_error is not None:
+            word = decl.on_error.text
+            if word not in TABLE_ON_ERROR:
+                self.diags.error(
+                    decl.on_error.span,
+                    f"'{word}' is not a value of a table's on-error",
+                    did_you_mean(word, TABLE_ON_ERROR)
+                    or "refuse (a bad line refuses the whole file) or skip (only the line)",
+                    code="bad-value",
+                )
+            else:
+                spec.on_error = word
 
     # ---- values ----------------------------------------------------------------------------------
 
@@ -510,7 +559,17 @@ class Values:
             )
             return
         value: str | int | float | None
-        if schema.kind == "choice":
+        if schema.kind == "text":
+            if stmt.value.kind != "string":
+                self.diags.error(
+                    stmt.value.span,
+                    f"'set {stmt.name}' takes a quoted string",
+                    f'e.g. set {stmt.name} "/var/lib/ipsctl/geo"',
+                    code="bad-value",
+                )
+                return
+            value = stmt.value.text
+        elif schema.kind == "choice":
             value = names.ACTION_ALIASES.get(stmt.value.text, stmt.value.text)
             if value not in schema.choices:
                 self.diags.error(
@@ -562,54 +621,6 @@ class Values:
             )
             return None
         return seconds
-
-
-# Octets without leading zeros (those go the long way, and are refused there).
-_DOTTED_QUAD = re.compile(
-    r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})"
-    r"(?:/([0-9]{1,3}))?"
-)
-_MASKS4 = tuple(((1 << plen) - 1) << (32 - plen) for plen in range(33))
-
-
-def parse_network(text: str) -> tuple[int, int, int, bool] | None:
-    """'a.b.c.d[/n]' or an IPv6 address[/n] -> (version, network int, prefix length, whether
-    host bits were set), or None when invalid. IPv4 is parsed by hand: a large policy has
-    thousands of addresses, and the ipaddress module is slow at this."""
-    quad = _DOTTED_QUAD.fullmatch(text)
-    if quad is not None:  # the usual shape, in one regex (a table file may have 10^6 of them)
-        a, b, c, d, plen_text = quad.groups()
-        ia, ib, ic, id_ = int(a), int(b), int(c), int(d)
-        plen = 32 if plen_text is None else int(plen_text)
-        if ia > 255 or ib > 255 or ic > 255 or id_ > 255 or plen > 32:
-            return None
-        value = (ia << 24) | (ib << 16) | (ic << 8) | id_
-        mask = _MASKS4[plen]
-        return 4, value & mask, plen, value & ~mask != 0
-    addr, slash, plen_text = text.partition("/")
-    if ":" not in addr:
-        parts = addr.split(".")
-        if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 for p in parts):
-            return None
-        octets = [int(p) for p in parts]
-        if max(octets) > 255 or any(len(p) > 1 and p[0] == "0" for p in parts):
-            return None  # leading zeros are ambiguous (octal to some tools): refused
-        value = (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
-        width, version = 32, 4
-    else:
-        try:
-            value = int(ipaddress.IPv6Address(addr))
-        except ValueError:
-            return None
-        width, version = 128, 6
-    if slash:
-        if not plen_text.isdigit() or int(plen_text) > width:
-            return None
-        plen = int(plen_text)
-    else:
-        plen = width
-    mask = ((1 << plen) - 1) << (width - plen)
-    return version, value & mask, plen, value & ~mask != 0
 
 
 def _merge_ranges(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:

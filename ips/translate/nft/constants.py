@@ -89,7 +89,8 @@ PROTO_UDPLITE = 136
 # sets (see the package docstring); a smaller one stays in its rules, merged, as it always did.
 NAMED_SET_MIN = 1024
 ELEMENT_CHUNK = 100_000  # elements per transaction when loading a named set
-STATIC_SET_RE = re.compile(r"_v[46]_\d{1,3}_[0-9a-f]{8}$")  # the names static_set_name makes
+# the names static_set_name makes: a prefix length, or "iv" for a geo table's interval set
+STATIC_SET_RE = re.compile(r"_v[46]_(?:\d{1,3}|iv)_[0-9a-f]{8}$")
 
 _T = {"family": FAMILY, "table": TABLE}
 # One nft JSON expression: nested dicts, lists, strings and numbers whose shape follows their

@@ -41,13 +41,28 @@ class StaticSet:
     family: int
     plen: int
     nets: tuple[int, ...]
+    # An interval set (a geo clause's networks): `ranges` holds its elements, first and last
+    # address of each, and the set is looked up without a mask (plen is the full width).
+    ranges: tuple[tuple[int, int], ...] = ()
+    interval: bool = False
 
     def object(self) -> dict[str, object]:
-        return {**_T, "name": self.name, "type": SET_TYPES[self.family]}
+        obj: dict[str, object] = {**_T, "name": self.name, "type": SET_TYPES[self.family]}
+        if self.interval:
+            obj["flags"] = ["interval"]
+        return obj
 
     def chunks(self, size: int = ELEMENT_CHUNK) -> Iterable[Expr]:
         """`add element` commands of at most `size` elements, each for its own transaction."""
         text = _ipv4_text if self.family == 4 else _ipv6_text
+        if self.interval:
+            for start in range(0, len(self.ranges), size):
+                elems: list[object] = [
+                    text(lo) if lo == hi else {"range": [text(lo), text(hi)]}
+                    for lo, hi in self.ranges[start : start + size]
+                ]
+                yield {"add": {"element": {**_T, "name": self.name, "elem": elems}}}
+            return
         for start in range(0, len(self.nets), size):
             elems = [text(n) for n in self.nets[start : start + size]]
             yield {"add": {"element": {**_T, "name": self.name, "elem": elems}}}
@@ -61,8 +76,40 @@ def _ipv6_text(value: int) -> str:
     return str(ipaddress.IPv6Address(value))
 
 
-def static_set_name(table: str, family: int, plen: int, digest: str) -> str:
+def static_set_name(table: str, family: int, plen: int | str, digest: str) -> str:
+    """`big_v4_28_HASH` (the /28 networks of table big), `country.RU_v4_iv_HASH` (the
+    interval set of a geo clause's networks)."""
     return f"{table[:64]}_v{family}_{plen}_{digest[:8]}"
+
+
+def _interval_family(table: TableSpec, family: int) -> _TableFamily | None:
+    """A geo table's networks of one family as one interval set, adjacent networks merged
+    into ranges: a country's tens of thousands of networks are one lookup in the kernel,
+    whatever their prefix lengths (a set per length would be as many nft rules)."""
+    nets = table.nets4 if family == 4 else table.nets6
+    if not nets:
+        return None
+    cached = _FAMILY_CACHE.get(id(nets))
+    if cached is not None and cached[0] is nets:
+        return cached[1]
+    width = 32 if family == 4 else 128
+    ranges: list[tuple[int, int]] = []
+    for net, plen in sorted(nets):
+        last = net | ((1 << (width - plen)) - 1)
+        if ranges and net <= ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], last))
+        else:
+            ranges.append((net, last))
+    digest = hashlib.sha256(
+        b"".join(lo.to_bytes(16, "big") + hi.to_bytes(16, "big") for lo, hi in ranges)
+    ).hexdigest()
+    name = static_set_name(table.name, family, "iv", digest)
+    named = StaticSet(name, table.name, family, width, (), tuple(ranges), interval=True)
+    result = _TableFamily(frozenset(nets), (named,))
+    if len(_FAMILY_CACHE) >= _FAMILY_CACHE_SIZE:
+        _FAMILY_CACHE.pop(next(iter(_FAMILY_CACHE)))
+    _FAMILY_CACHE[id(nets)] = (nets, result)
+    return result
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +183,8 @@ class StaticSets:
         table = self.tables.get(name)
         if table is None or table.kind == "dynamic":
             return None
+        if table.kind == "geo":
+            return _interval_family(table, family)
         return _table_family(table, family)
 
 
