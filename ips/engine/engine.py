@@ -152,6 +152,9 @@ class Engine:
         self.blocks = BlockManager(never_block)
         self.evidence = BlockEvidence()
         self.detect: Detectors | None = None  # None: the policy has no `detect` line
+        # application-layer events of flows offloaded before the inspector finished, handed
+        # out at the next tick (the offloading packet's Decision is a shared, effect-free one)
+        self._late_events: list[Effect] = []
         # Passive DNS (ips/app/passive_dns.py): the inspector teaches it every DNS answer it
         # reads and asks it the name of each new flow's responder (flow.dst_name).
         self.pdns: NameSource = names if names is not None else PassiveDns()
@@ -470,6 +473,13 @@ class Engine:
         if kind == OFFLOAD_FLOW and not flow.offloaded:
             flow.offloaded = True
             self.stats.offloaded += 1
+            if flow.app_state is not None:
+                # Offloaded before the inspector finished (its wait is bounded): what it
+                # has read is all it will read, so its events go out at the next tick
+                # rather than at the flow's end, and its memory comes back now.
+                owed = self.app.release(flow, now)
+                if owed:
+                    self._late_events.extend(owed)
         return kind
 
     def _note(
@@ -726,7 +736,8 @@ class Engine:
         """Expire flows, table entries, blocks and NAT state; weigh the scan probes whose
         answer is overdue. Returns the events: FlowEnd, Unblock, and detections (Alert,
         Block). Call it about once a second: scans of unanswered probes are found here."""
-        events: list[Effect] = []
+        events: list[Effect] = list(self._late_events)
+        self._late_events.clear()
         for flow in self.flows.pop_evicted():
             self._flow_end(flow, now, events)
         for flow in self.flows.expire(now):
@@ -753,7 +764,8 @@ class Engine:
 
     def drain(self, now: float) -> list[Effect]:
         """End every flow (end of a capture, shutdown)."""
-        events: list[Effect] = []
+        events: list[Effect] = list(self._late_events)
+        self._late_events.clear()
         for flow in self.flows.pop_evicted():
             self._flow_end(flow, now, events)
         for flow in self.flows.drain():

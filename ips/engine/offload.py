@@ -22,6 +22,11 @@ from ips.core.packet import (
 from ips.policy.compile import OFFLOAD_WHEN_APP_DONE, CompiledPolicy
 
 REOFFLOAD_AFTER = 1.0  # seconds a flow that came back at an apply stays with the engine
+# While the inspector reads a flow's first bytes, offload waits, so that events carry both
+# sides (the certificate, the HTTP status) and come while the flow lives. It waits at most
+# until the flow has carried this many times `app-stream-bytes` (both directions, headers
+# included): a flow whose other side stays silent (an upload) is not kept from the kernel.
+APP_OFFLOAD_WAIT = 4
 _ICMP_ECHOS = (0, 8)  # echo reply, request
 _ICMPV6_ECHOS = (128, 129)  # echo request, reply
 _SYN_ACK = TCP_SYN | TCP_ACK
@@ -33,6 +38,15 @@ def app_final(flow: Flow) -> bool:
     first message read (or no application parsing on the flow at all)."""
     app = flow.app
     return flow.app_proto is not None and (app is None or app.client_done)
+
+
+def app_reading(flow: Flow, policy: CompiledPolicy) -> bool:
+    """Whether the inspector still reads the flow's first bytes and offload should wait for
+    it (bounded by APP_OFFLOAD_WAIT)."""
+    if flow.app_state is None:
+        return False
+    limit = policy.policy.app_stream_bytes * APP_OFFLOAD_WAIT
+    return flow.bytes_fwd + flow.bytes_rev < limit
 
 
 def offload_kind(pkt: Packet, flow: Flow, policy: CompiledPolicy, now: float) -> int:
@@ -72,6 +86,8 @@ def offload_kind(pkt: Packet, flow: Flow, policy: CompiledPolicy, now: float) ->
         return 0
     if OFFLOAD_WHEN_APP_DONE in (fwd_cache[4], rev_cache[4]) and not app_final(flow):
         return 0  # a candidate rule reads L7 fields not known yet: the decision waits
+    if app_reading(flow, policy):
+        return 0  # the events want the rest of the flow's first bytes
     if kind == OFFLOAD_HANDSHAKE_ACK:
         return kind
     if now - flow.back_since < REOFFLOAD_AFTER:

@@ -240,12 +240,6 @@ def test_http_host_drop(tmp_path: Path) -> None:
         assert ("http", "ok.lab") in app_events(events)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="offload (on by default) hands a TCP flow to the kernel at its first data packet "
-    "(or once the client's L7 fields are final): the inspector never sees the server's side, "
-    "and the flow's tls/http events wait for its end (an idle timeout: the FIN is not seen)",
-)
 def test_inline_tls_and_http_events_come_while_the_flow_lives(tmp_path: Path) -> None:
     with app_lab(tmp_path, "aev") as app:
         app.box.start_daemon(policy())

@@ -179,9 +179,10 @@ def test_a_short_connection_costs_the_queue_two_packets(tmp_path: Path) -> None:
     """SYN and SYN+ACK reach the engine through the queue; the handshake's bare ACK passes in
     the kernel (the SYN+ACK's verdict allowed it), and so does the first data, whose copy
     reaches the engine over NFLOG: the engine saw every connection carry data and offloaded
-    it."""
+    it. That shortcut is for flows the application layer does not read: with it on (the
+    default) offload waits for the inspector, so this test turns it off."""
     with inline_lab(tmp_path, "ofh") as box:
-        box.start_daemon(POLICY)
+        box.start_daemon("set app-layer off\n" + POLICY)
         before = queued(box)
         script = tmp_path / "short.py"
         script.write_text(SHORT_CONNECTIONS)
@@ -196,7 +197,7 @@ def test_a_short_connection_costs_the_queue_two_packets(tmp_path: Path) -> None:
         assert status["worker"]["nfq_client"]["copies"]["received"] == 20
         # with `set offload off` each connection's every packet is queued (at least 7)
         box.stop_daemon()
-        box.start_daemon("set offload off\n" + POLICY)
+        box.start_daemon("set app-layer off\nset offload off\n" + POLICY)
         before = queued(box)
         out = box.run("client", [sys.executable, str(script), SERVER, "20"], timeout=30)
         assert out.stdout.strip() == "ok", out.stderr

@@ -27,7 +27,7 @@ from ips.app.ja import ja3, ja4
 from ips.app.tls import ClientHello, parse_client_hello
 from ips.core.build import build_packet
 from ips.core.craft import DNS_NXDOMAIN
-from ips.core.decision import OFFLOAD_FLOW, Decision
+from ips.core.decision import Decision
 from ips.core.events import Alert, AppEvent, Effect
 from ips.core.flow import Flow
 from ips.core.packet import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_PSH, TCP_SYN
@@ -191,7 +191,8 @@ def test_a_name_not_blocked_passes_and_its_event_waits_for_the_server() -> None:
     conn.handshake()
     _first, second = conn.hello_in_two("ok.lab")
     assert second.verdict == "accept" and second.rule is not None
-    assert second.rule.spec.span.line == 3 and second.offload == OFFLOAD_FLOW
+    # The inspector still reads: offload waits for the server's hello (its event wants it).
+    assert second.rule.spec.span.line == 3 and second.offload == 0
     assert not app_events(second.effects, "tls")  # the server's hello is still to come
     (event,) = app_events(eng.drain(200.0), "tls")
     assert event.body["sni"] == "ok.lab"

@@ -21,7 +21,13 @@ EXCHANGE_OFFLOADED = [0, HS_ACK, 0, FLOW, FLOW, FLOW]
 
 
 def engine(text: str) -> Engine:
-    return Engine(load_policy_text(text, "t.rules"))
+    """An engine for the offload mechanics. Application parsing is off here: while the
+    inspector reads a flow's first bytes, offload waits for it (tested on its own below)."""
+    return Engine(load_policy_text("set app-layer off\n" + text, "t.rules"))
+
+
+def inspecting_engine(text: str, limit: int = 4096) -> Engine:
+    return Engine(load_policy_text(f"set app-stream-bytes {limit}\n" + text, "t.rules"))
 
 
 def tcp_exchange(e: Engine, dport: int = 5201, now: float = 1.0) -> list[bool]:
@@ -32,9 +38,15 @@ def tcp_exchange(e: Engine, dport: int = 5201, now: float = 1.0) -> list[bool]:
         build_packet(PROTO_TCP, C, S, 40000, dport, flags=SYN),
         build_packet(PROTO_TCP, S, C, dport, 40000, flags=SYNACK),
         build_packet(PROTO_TCP, C, S, 40000, dport, flags=ACK),
-        build_packet(PROTO_TCP, C, S, 40000, dport, flags=ACK | PSH, payload=b"hello"),
-        build_packet(PROTO_TCP, S, C, dport, 40000, flags=ACK | PSH, payload=b"world"),
-        build_packet(PROTO_TCP, C, S, 40000, dport, flags=ACK | PSH, payload=b"more"),
+        build_packet(
+            PROTO_TCP, C, S, 40000, dport, flags=ACK | PSH, payload=b"hello from the client"
+        ),
+        build_packet(
+            PROTO_TCP, S, C, dport, 40000, flags=ACK | PSH, payload=b"world from the server"
+        ),
+        build_packet(
+            PROTO_TCP, C, S, 40000, dport, flags=ACK | PSH, payload=b"more from the client"
+        ),
     ]
     out = []
     for i, p in enumerate(packets):
@@ -155,7 +167,10 @@ def test_a_new_policy_re_decides_offloaded_flows() -> None:
     assert flow.offloaded  # the engine's record; the kernel side is the daemon's
     e.load(load_policy_text('drop proto tcp to port 5201 payload contains "more"\n', "t.rules"))
     d = e.handle(
-        build_packet(PROTO_TCP, C, S, 40000, 5201, flags=ACK | PSH, payload=b"more"), now=5.0
+        build_packet(
+            PROTO_TCP, C, S, 40000, 5201, flags=ACK | PSH, payload=b"more from the client"
+        ),
+        now=5.0,
     )
     assert d.verdict == "drop"
 
@@ -200,7 +215,9 @@ def test_packets_of_an_offloaded_flow_that_come_back_are_offloaded_again() -> No
     def data(now: float, src: str = C) -> int:
         sport, dport, dst = (40000, 5201, S) if src == C else (5201, 40000, C)
         d = e.handle(
-            build_packet(PROTO_TCP, src, dst, sport, dport, flags=ACK | PSH, payload=b"again"),
+            build_packet(
+                PROTO_TCP, src, dst, sport, dport, flags=ACK | PSH, payload=b"again from the client"
+            ),
             now=now,
         )
         assert d.verdict == "accept"
@@ -210,3 +227,98 @@ def test_packets_of_an_offloaded_flow_that_come_back_are_offloaded_again() -> No
     assert data(5.0 + REOFFLOAD_AFTER / 2) == 0
     assert data(5.1 + REOFFLOAD_AFTER) == FLOW
     assert e.stats.offloaded == 1
+
+
+# ---- offload waits while the inspector reads (ips/engine/offload.py app_reading) ----------
+
+
+def test_offload_waits_until_the_inspector_has_named_the_protocol() -> None:
+    # The first data packet is too short to tell a protocol from; the inspector keeps
+    # reading, so neither the handshake's ACK nor the flow goes to the kernel yet.
+    e = inspecting_engine("set default accept\n")
+    seq_c, seq_s = 100, 900
+    out = [
+        e.handle(build_packet(PROTO_TCP, C, S, 40000, 5201, flags=SYN, seq=seq_c), now=1.0),
+        e.handle(
+            build_packet(PROTO_TCP, S, C, 5201, 40000, flags=SYNACK, seq=seq_s, ack=seq_c + 1),
+            now=1.0,
+        ),
+        e.handle(
+            build_packet(PROTO_TCP, C, S, 40000, 5201, flags=ACK | PSH, seq=seq_c + 1,
+                         ack=seq_s + 1, payload=b"hi"),
+            now=1.1,
+        ),
+        e.handle(
+            build_packet(PROTO_TCP, S, C, 5201, 40000, flags=ACK | PSH, seq=seq_s + 1,
+                         ack=seq_c + 3, payload=b"yo"),
+            now=1.1,
+        ),
+    ]  # fmt: skip
+    assert [d.offload for d in out] == [0, 0, 0, 0]
+    flow = next(iter(e.flows.flows()))
+    assert flow.app_state is not None and not flow.offloaded
+    # More of the client's stream: not a protocol ipsctl knows; inspection over, offload.
+    more = build_packet(
+        PROTO_TCP, C, S, 40000, 5201, flags=ACK | PSH, seq=seq_c + 3, ack=seq_s + 3,
+        payload=b"\x00\x01 a binary blob here",
+    )  # fmt: skip
+    assert e.handle(more, now=2.0).offload == FLOW
+    assert flow.app_state is None and flow.app_proto == "unknown"
+
+
+def test_an_http_flow_stays_until_the_response_is_read() -> None:
+    e = inspecting_engine("set default accept\n")
+    request = b"GET / HTTP/1.1\r\nHost: ok.lab\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+    seq_c, seq_s = 100, 900
+    out = [
+        e.handle(build_packet(PROTO_TCP, C, S, 40000, 80, flags=SYN, seq=seq_c), now=1.0),
+        e.handle(
+            build_packet(PROTO_TCP, S, C, 80, 40000, flags=SYNACK, seq=seq_s, ack=seq_c + 1),
+            now=1.0,
+        ),
+        e.handle(
+            build_packet(
+                PROTO_TCP, C, S, 40000, 80, flags=ACK | PSH, seq=seq_c + 1, ack=seq_s + 1,
+                payload=request,
+            ),
+            now=1.1,
+        ),
+    ]  # fmt: skip
+    assert [d.offload for d in out] == [0, 0, 0]  # the response is still to be read
+    answer = build_packet(
+        PROTO_TCP, S, C, 80, 40000, flags=ACK | PSH, seq=seq_s + 1, ack=seq_c + 1 + len(request),
+        payload=response,
+    )  # fmt: skip
+    decision = e.handle(answer, now=1.2)
+    # The server's side was seen, so the event has the status (offloaded at the request,
+    # the flow would have given an event without it).
+    http = [ev for ev in decision.effects if getattr(ev, "event_type", "") == "http"]
+    assert http and http[0].body["status"] == 200  # type: ignore[attr-defined]
+
+
+def test_the_wait_is_bounded_and_what_was_read_comes_out_at_the_next_tick() -> None:
+    # An HTTP upload whose server says nothing: past APP_OFFLOAD_WAIT × app-stream-bytes of
+    # flow the flow is offloaded anyway, and the request's event is handed out at the tick.
+    e = inspecting_engine("set default accept\n", limit=256)
+    seq_c, seq_s = 100, 900
+    e.handle(build_packet(PROTO_TCP, C, S, 40000, 80, flags=SYN, seq=seq_c), now=1.0)
+    e.handle(
+        build_packet(PROTO_TCP, S, C, 80, 40000, flags=SYNACK, seq=seq_s, ack=seq_c + 1), now=1.0
+    )
+    head = b"POST /up HTTP/1.1\r\nHost: ok.lab\r\nContent-Length: 100000\r\n\r\n"
+    seq = seq_c + 1
+    offloads = []
+    for i in range(12):
+        chunk = head if i == 0 else b"x" * 200
+        pkt = build_packet(
+            PROTO_TCP, C, S, 40000, 80, flags=ACK | PSH, seq=seq, ack=seq_s + 1, payload=chunk
+        )
+        seq += len(chunk)
+        offloads.append(e.handle(pkt, now=1.1 + i / 100).offload)
+    assert FLOW in offloads and offloads[0] == 0
+    flow = next(iter(e.flows.flows()))
+    assert flow.offloaded and flow.app_state is None
+    events = e.tick(2.0)
+    http = [ev for ev in events if getattr(ev, "event_type", "") == "http"]
+    assert [h.body["url"] for h in http] == ["/up"]  # type: ignore[attr-defined]
