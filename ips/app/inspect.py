@@ -39,8 +39,10 @@ Pure: no clock (`now` is an argument), no I/O. Nothing here raises on any bytes.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Protocol
 
 from ips.app.detect import (
     APP_DNS,
@@ -183,9 +185,9 @@ class _Tcp:
         self.server_open = True
         self.hello: ClientHello | None = None
         self.flight: ServerFlight | None = None
-        # The fingerprints once computed (ja3, ja4, ja3s: (string, hash) or text), for the
-        # fields and again for the event: each costs several microseconds.
-        self.prints: dict[str, Any] = {}
+        # The fingerprints, computed when first read (a `tls ja3` clause, the tls event's
+        # body) and kept for the other reader: each costs several microseconds.
+        self.prints = _Prints()
         self.banners: list[SshBanner | None] = [None, None]  # client, server
         self.requests: list[HttpRequest] = []
         self.responses: list[HttpResponse] = []
@@ -205,6 +207,44 @@ class _Udp:
         self.datagrams = 0
         self.dns_ids: dict[int, int] = {}  # query id -> its tx_id, until answered
         self.dns_tx = 0  # the next DNS tx_id
+
+
+class _Prints:
+    """The TLS fingerprints of one flow, each computed when first asked for and kept: the
+    flow's fields (AppFields.later) and its tls event share them, and a flow whose
+    fingerprints nobody reads never pays for them."""
+
+    __slots__ = ("_ja3", "_ja3s", "_ja4", "hello", "server_hello")
+
+    def __init__(self) -> None:
+        self.hello: ClientHello | None = None
+        self.server_hello: ServerHello | None = None
+        self._ja3: tuple[str, str] | None = None
+        self._ja4: str | None = None
+        self._ja3s: tuple[str, str] | None = None
+
+    def ja3(self) -> tuple[str, str]:
+        """(JA3 string, MD5) of the ClientHello (set before this is asked)."""
+        if self._ja3 is None:
+            self._ja3 = ja3(self.hello)  # type: ignore[arg-type]
+        return self._ja3
+
+    def ja3_hash(self) -> str:
+        return self.ja3()[1]
+
+    def ja4(self) -> str:
+        if self._ja4 is None:
+            self._ja4 = ja4(self.hello)  # type: ignore[arg-type]
+        return self._ja4
+
+    def ja3s(self) -> tuple[str, str]:
+        """(JA3S string, MD5) of the ServerHello (set before this is asked)."""
+        if self._ja3s is None:
+            self._ja3s = ja3s(self.server_hello)  # type: ignore[arg-type]
+        return self._ja3s
+
+    def ja3s_hash(self) -> str:
+        return self.ja3s()[1]
 
 
 class AppInspector:
@@ -382,11 +422,10 @@ class AppInspector:
             if hello.__class__ is ClientHello:
                 state.hello = hello
                 prints = state.prints
-                prints["ja3"] = ja3(hello)
-                prints["ja4"] = ja4(hello)
+                prints.hello = hello
                 app.tls_sni = _name(hello.sni)
-                app.tls_ja3 = prints["ja3"][1]
-                app.tls_ja4 = prints["ja4"]
+                app.later("tls_ja3", prints.ja3_hash)
+                app.later("tls_ja4", prints.ja4)
                 app.tls_alpn = tuple(p.decode("latin-1") for p in hello.alpn)
                 return True
             if hello.__class__ is Malformed:
@@ -397,8 +436,8 @@ class AppInspector:
             state.flight = flight
             if flight.certificate_error is not None:
                 self.counters.malformed[flight.certificate_error] += 1
-            state.prints["ja3s"] = ja3s(flight.server_hello)
-            app.tls_ja3s = state.prints["ja3s"][1]
+            state.prints.server_hello = flight.server_hello
+            app.later("tls_ja3s", state.prints.ja3s_hash)
             return True
         if flight.__class__ is Malformed:
             return self._malformed(flight.reason)
@@ -410,8 +449,8 @@ class AppInspector:
         server_hello = parse_server_hello(data)
         if server_hello.__class__ is ServerHello:
             state.flight = ServerFlight(server_hello, None)
-            state.prints["ja3s"] = ja3s(server_hello)
-            app.tls_ja3s = state.prints["ja3s"][1]
+            state.prints.server_hello = server_hello
+            app.later("tls_ja3s", state.prints.ja3s_hash)
         return True
 
     def _http_side(
@@ -486,7 +525,8 @@ class AppInspector:
         for i in range(state.logged, count):
             request = requests[i] if i < len(requests) else None
             response = responses[i] if i < len(responses) else None
-            events.append(self._event(flow, True, now, APP_HTTP, eve_http(request, response), i))
+            build = partial(eve_http, request, response)
+            events.append(self._event(flow, True, now, APP_HTTP, build, i))
         state.logged = max(state.logged, count)
 
     def _finish_tcp(
@@ -496,12 +536,13 @@ class AppInspector:
         both sides together, as Suricata writes them)."""
         if proto == APP_TLS:
             if state.hello is not None or state.flight is not None:
-                body = _eve_tls(state.hello, state.flight, state.prints)
-                events.append(self._event(flow, True, now, APP_TLS, body))
+                build = partial(_eve_tls, state.hello, state.flight, state.prints)
+                events.append(self._event(flow, True, now, APP_TLS, build))
         elif proto == APP_SSH:
             client, server = state.banners
             if client is not None or server is not None:
-                events.append(self._event(flow, True, now, APP_SSH, eve_ssh(client, server)))
+                build = partial(eve_ssh, client, server)
+                events.append(self._event(flow, True, now, APP_SSH, build))
         elif proto == APP_HTTP:
             self._http_pairs(flow, state, now, events, final=True)
 
@@ -544,8 +585,8 @@ class AppInspector:
             quic: QuicClientHello = got
             hello = quic.hello
             app.quic_sni = _name(hello.sni)
-            app.quic_ja4 = ja4(hello, "q")
-            event = self._event(flow, True, now, APP_QUIC, _eve_quic(quic, app.quic_ja4))
+            app.later("quic_ja4", partial(ja4, hello, "q"))
+            event = self._event(flow, True, now, APP_QUIC, partial(_eve_quic, quic, app))
             self._close(flow, state)
             return [event]
         if got.__class__ is Malformed:
@@ -584,8 +625,10 @@ class AppInspector:
             if len(ids) >= DNS_IDS_KEPT:
                 del ids[next(iter(ids))]
             ids[msg.id] = tx_id
-        for body in eve_dns(msg, tx_id):
-            events.append(self._event(flow, to_server, now, APP_DNS, body, tx_id))
+        # eve_dns writes one object per question of a query, one for an answer.
+        for index in range(1 if msg.qr else len(msg.questions)):
+            build = partial(_eve_dns_one, msg, tx_id, index)
+            events.append(self._event(flow, to_server, now, APP_DNS, build, tx_id))
 
     # ---- events and the end -------------------------------------------------------------------
 
@@ -595,16 +638,17 @@ class AppInspector:
         to_server: bool,
         now: float,
         event_type: str,
-        body: dict[str, object],
+        build: Callable[[], dict[str, object]],
         tx_id: int | None = None,
     ) -> AppEvent:
+        """An event whose body is built when a sink first reads it (AppEvent.build)."""
         if to_server:
             src, sport, dst, dport = flow.src, flow.sport, flow.dst, flow.dport
         else:
             src, sport, dst, dport = flow.dst, flow.dport, flow.src, flow.sport
         event = AppEvent(
             now, flow.flow_id, flow.family, flow.proto, src, sport, dst, dport,
-            event_type=event_type, body=body, tx_id=tx_id,
+            event_type=event_type, build=build, tx_id=tx_id,
         )  # fmt: skip
         event.app_proto = flow.app_proto
         event.dst_name = flow.dst_name
@@ -650,11 +694,11 @@ class AppInspector:
 
 
 def _eve_tls(
-    hello: ClientHello | None, flight: ServerFlight | None, prints: dict[str, Any]
+    hello: ClientHello | None, flight: ServerFlight | None, prints: _Prints
 ) -> dict[str, object]:
     """The EVE `tls` object with Suricata 7's names: certificate fields, sni, version,
-    validity, ja3, ja3s, ja4, client and server ALPNs (`prints`: the fingerprints already
-    computed, by name)."""
+    validity, ja3, ja3s, ja4, client and server ALPNs (`prints`: the flow's fingerprints,
+    shared with its fields)."""
     out: dict[str, object] = {}
     cert: Certificate | None = flight.certificate if flight is not None else None
     if cert is not None:
@@ -672,13 +716,13 @@ def _eve_tls(
         out["notbefore"] = cert.not_before
         out["notafter"] = cert.not_after
     if hello is not None:
-        text, digest = prints.get("ja3") or ja3(hello)
+        text, digest = prints.ja3()
         out["ja3"] = {"hash": digest, "string": text}
     if flight is not None:
-        text, digest = prints.get("ja3s") or ja3s(flight.server_hello)
+        text, digest = prints.ja3s()
         out["ja3s"] = {"hash": digest, "string": text}
     if hello is not None:
-        out["ja4"] = prints.get("ja4") or ja4(hello)
+        out["ja4"] = prints.ja4()
         if hello.alpn:
             out["client_alpns"] = [p.decode("latin-1") for p in hello.alpn]
     if flight is not None and flight.server_hello.alpn is not None:
@@ -686,14 +730,14 @@ def _eve_tls(
     return out
 
 
-def _eve_quic(quic: QuicClientHello, ja4_text: str) -> dict[str, object]:
-    """The EVE `quic` object: version, sni, ja4, and the named extensions with values
-    (server_name, alpn) as Suricata lists them."""
+def _eve_quic(quic: QuicClientHello, app: AppFields) -> dict[str, object]:
+    """The EVE `quic` object: version, sni, ja4 (the flow's quic_ja4), and the named
+    extensions with values (server_name, alpn) as Suricata lists them."""
     out: dict[str, object] = {"version": str(quic.version)}
     hello = quic.hello
     if hello.sni is not None:
         out["sni"] = hello.sni
-    out["ja4"] = ja4_text
+    out["ja4"] = app.quic_ja4
     extensions: list[dict[str, object]] = []
     if hello.sni is not None:
         extensions.append({"name": "server_name", "type": 0, "values": [hello.sni]})
@@ -703,3 +747,8 @@ def _eve_quic(quic: QuicClientHello, ja4_text: str) -> dict[str, object]:
     if extensions:
         out["extensions"] = extensions
     return out
+
+
+def _eve_dns_one(msg: DnsMessage, tx_id: int, index: int) -> dict[str, object]:
+    """The index-th EVE `dns` object of a message (a query has one per question)."""
+    return eve_dns(msg, tx_id)[index]
