@@ -72,6 +72,7 @@ from ips.app.reassembly import (
     Direction,
     Reassembler,
     TcpStreams,
+    tcp_seq,
 )
 from ips.app.ssh import SshBanner, eve_ssh, parse_banner
 from ips.app.tls import (
@@ -86,7 +87,7 @@ from ips.app.tls import (
 from ips.core.app_fields import APP_NOT_STARTED, AppFields
 from ips.core.events import AppEvent
 from ips.core.flow import Flow
-from ips.core.packet import FRAG_NONE, PROTO_TCP, PROTO_UDP, Malformed, Packet
+from ips.core.packet import FRAG_NONE, PROTO_TCP, PROTO_UDP, TCP_SYN, Malformed, Packet
 
 __all__ = [
     "APP_PROTOCOLS",
@@ -197,6 +198,21 @@ class _Tcp:
         self.dns_tx = 0  # the next DNS tx_id
 
 
+class _TcpQuiet:
+    """A TCP flow that has carried no payload yet (a handshake, a SYN scan's probe and its
+    reset): the inspector keeps only what the reassembler would have kept of such packets,
+    each direction's start (the byte after its SYN's sequence number) and whether it ended,
+    and builds the streams and the parsers' state at the first payload byte."""
+
+    __slots__ = ("client_base", "client_fin", "server_base", "server_fin")
+
+    def __init__(self) -> None:
+        self.client_base = -1  # as Direction.base: -1 until a SYN was seen
+        self.server_base = -1
+        self.client_fin = False
+        self.server_fin = False
+
+
 class _Udp:
     """The inspector's state of one UDP flow (QUIC: the Initial reader; DNS: tx ids)."""
 
@@ -288,17 +304,34 @@ class AppInspector:
             # Inline, conntrack reassembles fragments before the queue; a fragment seen here
             # (replay, tap) carries a piece of a segment that the streams cannot place.
             return None
-        if state.__class__ is _Tcp:
+        cls = state.__class__
+        if cls is _TcpQuiet:
+            if pkt.payload_offset >= pkt.length:
+                _quiet(state, pkt, fwd)
+                return None
+            state = self._wake(flow, state)
+            cls = _Tcp
+        if cls is _Tcp:
             return self._tcp(pkt, flow, fwd, state, now)
         return self._udp(pkt, flow, fwd, state, now)
 
-    def _start(self, pkt: Packet, flow: Flow, now: float) -> _Tcp | _Udp | None:
+    def _wake(self, flow: Flow, quiet: _TcpQuiet) -> _Tcp:
+        """The first payload of a TCP flow: its streams, started where its SYNs said."""
+        streams = self.reassembler.open()
+        to_server, to_client = streams.to_server, streams.to_client
+        to_server.base, to_server.fin = quiet.client_base, quiet.client_fin
+        to_client.base, to_client.fin = quiet.server_base, quiet.server_fin
+        state = _Tcp(streams)
+        flow.app_state = state
+        return state
+
+    def _start(self, pkt: Packet, flow: Flow, now: float) -> _TcpQuiet | _Udp | None:
         if not self.enabled:
             flow.app_state = None
             return None
         proto = pkt.proto
         if proto == PROTO_TCP:
-            state: _Tcp | _Udp = _Tcp(self.reassembler.open())
+            state: _TcpQuiet | _Udp = _TcpQuiet()
         elif proto == PROTO_UDP:
             state = _Udp()
         else:
@@ -752,3 +785,24 @@ def _eve_quic(quic: QuicClientHello, app: AppFields) -> dict[str, object]:
 def _eve_dns_one(msg: DnsMessage, tx_id: int, index: int) -> dict[str, object]:
     """The index-th EVE `dns` object of a message (a query has one per question)."""
     return eve_dns(msg, tx_id)[index]
+
+
+def _quiet(state: _TcpQuiet, pkt: Packet, fwd: bool) -> None:
+    """What Reassembler.add does with a segment without payload, on a flow with no stream
+    yet: a SYN sets its direction's start, a FIN or RST ends the direction."""
+    if pkt.l4_offset < 0 or pkt.l4_offset + 8 > pkt.length:
+        return  # as Reassembler.add_packet: no sequence number to read
+    flags = pkt.flags
+    if flags & TCP_SYN:
+        base = (tcp_seq(pkt) + 1) & 0xFFFFFFFF
+        if fwd:
+            state.client_base = base
+        else:
+            state.server_base = base
+    elif (state.client_base if fwd else state.server_base) < 0:
+        return  # as Reassembler.add: a direction not started ignores an empty segment
+    if flags & 0x05:  # FIN or RST
+        if fwd:
+            state.client_fin = True
+        else:
+            state.server_fin = True
