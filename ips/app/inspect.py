@@ -59,9 +59,10 @@ from ips.app.http import (
     UNTIL_CLOSE,
     HttpRequest,
     HttpResponse,
+    Progress,
     eve_http,
-    parse_requests,
-    parse_responses,
+    requests_from,
+    responses_from,
     split_host,
 )
 from ips.app.ja import ja3, ja3s, ja4
@@ -172,6 +173,7 @@ class _Tcp:
         "dns_tx",
         "flight",
         "hello",
+        "http_progress",
         "logged",
         "prints",
         "requests",
@@ -193,9 +195,28 @@ class _Tcp:
         self.requests: list[HttpRequest] = []
         self.responses: list[HttpResponse] = []
         self.logged = 0  # HTTP transactions already written as events
+        # How far each side's HTTP messages were read (client, server): where to resume.
+        self.http_progress = (_HttpProgress(), _HttpProgress())
         self.dns_offset = [0, 0]  # bytes of each side's stream already read (server, client)
         self.dns_ids: dict[int, int] = {}  # query id -> its tx_id, until answered
         self.dns_tx = 0  # the next DNS tx_id
+
+
+class _HttpProgress:
+    """How far one side's HTTP messages were read (ips/app/http.py's Progress), and how many
+    request methods framed the responses (server side)."""
+
+    __slots__ = ("methods", "resume", "wanted", "whole")
+
+    def __init__(self) -> None:
+        self.resume = 0
+        self.whole = 0
+        self.wanted = 0
+        self.methods = 0
+
+    def update(self, got: Progress, methods: int) -> None:
+        self.resume, self.whole, self.wanted = got.resume, got.whole, got.wanted
+        self.methods = methods
 
 
 class _TcpQuiet:
@@ -419,8 +440,16 @@ class AppInspector:
         events: list[AppEvent],
     ) -> None:
         """Read one direction's bytes with the flow's parser; mark it done when it is."""
-        data = bytes(d.buf)
         ended = d.complete or d.fin
+        if proto == APP_HTTP and not ended:
+            # An HTTP body of known length still arriving: nothing to read until it is
+            # whole (and the requests known to frame the responses are the same).
+            progress = state.http_progress[0 if to_server else 1]
+            if len(d.buf) < progress.wanted and (
+                to_server or progress.methods == len(state.requests)
+            ):
+                return
+        data = bytes(d.buf)
         done = False
         if proto == APP_TLS:
             done = self._tls_side(app, state, to_server, data, ended)
@@ -490,7 +519,13 @@ class AppInspector:
         self, app: AppFields, state: _Tcp, to_server: bool, data: bytes, ended: bool
     ) -> bool:
         if to_server:
-            requests, _used, why = parse_requests(data)
+            # Resumed where the last call stopped: the requests wholly read stay as they
+            # were (the stream only grows), the rest is read again with the new bytes.
+            progress = state.http_progress[0]
+            requests = state.requests[: progress.whole]
+            got = requests_from(data, progress.resume, requests)
+            progress.update(got, 0)
+            why = got.why
             state.requests = requests
             if requests and app.http_method is None:
                 first = requests[0]
@@ -504,7 +539,15 @@ class AppInspector:
                 return self._malformed(why.reason)
             return ended
         methods = [r.method for r in state.requests]
-        responses, _used, why = parse_responses(data, methods)
+        progress = state.http_progress[1]
+        if progress.whole > progress.methods < len(methods):
+            # A response wholly read was framed before its request was known, and now it
+            # is (a HEAD's answer has no body): read them all again.
+            progress.resume = progress.whole = 0
+        responses = state.responses[: progress.whole]
+        got = responses_from(data, methods, progress.resume, responses)
+        progress.update(got, len(methods))
+        why = got.why
         state.responses = responses
         if why.__class__ is Malformed:
             return self._malformed(why.reason)
