@@ -81,6 +81,7 @@ from ips.app.tls import (
     ClientHello,
     ServerFlight,
     ServerHello,
+    bytes_wanted,
     parse_client_hello,
     parse_server_flight,
     parse_server_hello,
@@ -180,6 +181,7 @@ class _Tcp:
         "responses",
         "server_open",
         "streams",
+        "tls_wanted",
     )
 
     def __init__(self, streams: TcpStreams) -> None:
@@ -188,6 +190,9 @@ class _Tcp:
         self.server_open = True
         self.hello: ClientHello | None = None
         self.flight: ServerFlight | None = None
+        # Each side's stream length below which its TLS parse cannot answer anew (client,
+        # server): ips/app/tls.py's bytes_wanted.
+        self.tls_wanted = [0, 0]
         # The fingerprints, computed when first read (a `tls ja3` clause, the tls event's
         # body) and kept for the other reader: each costs several microseconds.
         self.prints = _Prints()
@@ -441,7 +446,12 @@ class AppInspector:
     ) -> None:
         """Read one direction's bytes with the flow's parser; mark it done when it is."""
         ended = d.complete or d.fin
-        if proto == APP_HTTP and not ended:
+        if proto == APP_TLS and not ended:
+            # A hello (or certificate) of known length still arriving: its records are
+            # not read again until it can be whole (tls.bytes_wanted).
+            if len(d.buf) < state.tls_wanted[0 if to_server else 1]:
+                return
+        elif proto == APP_HTTP and not ended:
             # An HTTP body of known length still arriving: nothing to read until it is
             # whole (and the requests known to frame the responses are the same).
             progress = state.http_progress[0 if to_server else 1]
@@ -492,6 +502,8 @@ class AppInspector:
                 return True
             if hello.__class__ is Malformed:
                 return self._malformed(hello.reason)
+            if not ended:
+                state.tls_wanted[0] = bytes_wanted(data, server=False)
             return self._incomplete(APP_TLS, ended)
         flight = parse_server_flight(data)
         if flight.__class__ is ServerFlight:
@@ -504,6 +516,7 @@ class AppInspector:
         if flight.__class__ is Malformed:
             return self._malformed(flight.reason)
         if not ended:
+            state.tls_wanted[1] = bytes_wanted(data, server=True)
             return False
         # The certificate did not fit in the bound (or the stream ended): the ServerHello
         # alone still gives JA3S.

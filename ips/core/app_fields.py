@@ -88,12 +88,12 @@ class AppFields:
         self.client_done = False
         self.server_done = False
         self.tls_sni: str | None = None
-        self._tls_ja3: str | None | Later = None  # the MD5 hash, lower-case hex
-        self._tls_ja4: str | None | Later = None
-        self._tls_ja3s: str | None | Later = None
+        self._tls_ja3: str | Later | None = None  # the MD5 hash, lower-case hex
+        self._tls_ja4: str | Later | None = None
+        self._tls_ja3s: str | Later | None = None
         self.tls_alpn: tuple[str, ...] = ()
         self.quic_sni: str | None = None
-        self._quic_ja4: str | None | Later = None
+        self._quic_ja4: str | Later | None = None
         self.dns_queries: tuple[str, ...] = ()
         self.http_host: str | None = None  # without a port, lower-case
         self.http_uri: str | None = None
