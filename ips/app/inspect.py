@@ -446,6 +446,8 @@ class AppInspector:
     ) -> None:
         """Read one direction's bytes with the flow's parser; mark it done when it is."""
         ended = d.complete or d.fin
+        if not ended and not d.buf:
+            return  # the other side, which has sent nothing yet: no parser has news
         if proto == APP_TLS and not ended:
             # A hello (or certificate) of known length still arriving: its records are
             # not read again until it can be whole (tls.bytes_wanted).
@@ -701,21 +703,22 @@ class AppInspector:
         """One DNS message: a query names the packet's dns_queries, an answer teaches passive
         DNS; both are events, in the message's own direction, as Suricata writes them."""
         ids = state.dns_ids
-        tx_id = ids.pop(msg.id, None) if msg.qr else None
+        answer = msg.flags & 0x8000  # (msg.qr, without the property call)
+        tx_id = ids.pop(msg.id, None) if answer else None
         if tx_id is None:
             tx_id = state.dns_tx
             state.dns_tx += 1
-        if msg.qr:
+        if answer:
             if self.names is not None:
                 self.names.learn(msg, now)
         else:
-            app.dns_queries = tuple(_name(q.name) or "" for q in msg.questions)
+            app.dns_queries = tuple([q.name.rstrip(".").lower() for q in msg.questions])
             app.client_done = True
             if len(ids) >= DNS_IDS_KEPT:
                 del ids[next(iter(ids))]
             ids[msg.id] = tx_id
         # eve_dns writes one object per question of a query, one for an answer.
-        for index in range(1 if msg.qr else len(msg.questions)):
+        for index in range(1 if answer else len(msg.questions)):
             build = partial(_eve_dns_one, msg, tx_id, index)
             events.append(self._event(flow, to_server, now, APP_DNS, build, tx_id))
 
