@@ -500,7 +500,7 @@ class AppInspector:
                 app.tls_sni = _name(hello.sni)
                 app.later("tls_ja3", prints.ja3_hash)
                 app.later("tls_ja4", prints.ja4)
-                app.tls_alpn = tuple(p.decode("latin-1") for p in hello.alpn)
+                app.tls_alpn = tuple([p.decode("latin-1") for p in hello.alpn])
                 return True
             if hello.__class__ is Malformed:
                 return self._malformed(hello.reason)

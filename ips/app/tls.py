@@ -496,6 +496,7 @@ def _client_extensions(
     h: ClientHello, b: bytes | memoryview, p: int, end: int
 ) -> ClientHello | Malformed:
     types: list[int] = []
+    read = _CLIENT_EXTENSIONS_READ
     while p < end:
         if p + 4 > end:
             return M_BAD_EXTENSIONS
@@ -507,6 +508,9 @@ def _client_extensions(
         types.append(etype)
         if len(types) > MAX_EXTENSIONS:
             return M_TOO_MANY_EXTENSIONS
+        if etype not in read:
+            p = q  # most extensions (GREASE, padding, tickets...) are only counted
+            continue
         if etype == EXT_SERVER_NAME:
             h.sni_present = True
             if elen and h.sni is None:
@@ -544,6 +548,13 @@ def _client_extensions(
         p = q
     h.extensions = tuple(types)
     return h
+
+
+# The ClientHello extensions whose contents are read (the others are only listed).
+_CLIENT_EXTENSIONS_READ = frozenset({
+    EXT_SERVER_NAME, EXT_ALPN, EXT_SUPPORTED_GROUPS, EXT_SIGNATURE_ALGORITHMS,
+    EXT_SUPPORTED_VERSIONS, EXT_EC_POINT_FORMATS, EXT_KEY_SHARE,
+})  # fmt: skip
 
 
 def _u16_list(b: bytes | memoryview, p: int, q: int) -> tuple[int, ...] | None:
