@@ -65,7 +65,7 @@ from ips.app.http import (
     responses_from,
     split_host,
 )
-from ips.app.ja import ja3, ja3s, ja4
+from ips.app.ja import ja3_memo, ja3s_memo, ja4_memo
 from ips.app.quic import QuicClientHello, QuicInitialReader
 from ips.app.reassembly import (
     DEFAULT_LIMIT,
@@ -268,7 +268,7 @@ class _Prints:
     def ja3(self) -> tuple[str, str]:
         """(JA3 string, MD5) of the ClientHello (set before this is asked)."""
         if self._ja3 is None:
-            self._ja3 = ja3(self.hello)  # type: ignore[arg-type]
+            self._ja3 = ja3_memo(self.hello)  # type: ignore[arg-type]
         return self._ja3
 
     def ja3_hash(self) -> str:
@@ -276,13 +276,13 @@ class _Prints:
 
     def ja4(self) -> str:
         if self._ja4 is None:
-            self._ja4 = ja4(self.hello)  # type: ignore[arg-type]
+            self._ja4 = ja4_memo(self.hello)  # type: ignore[arg-type]
         return self._ja4
 
     def ja3s(self) -> tuple[str, str]:
         """(JA3S string, MD5) of the ServerHello (set before this is asked)."""
         if self._ja3s is None:
-            self._ja3s = ja3s(self.server_hello)  # type: ignore[arg-type]
+            self._ja3s = ja3s_memo(self.server_hello)  # type: ignore[arg-type]
         return self._ja3s
 
     def ja3s_hash(self) -> str:
@@ -676,7 +676,7 @@ class AppInspector:
             quic: QuicClientHello = got
             hello = quic.hello
             app.quic_sni = _name(hello.sni)
-            app.later("quic_ja4", partial(ja4, hello, "q"))
+            app.later("quic_ja4", partial(ja4_memo, hello, "q"))
             event = self._event(flow, True, now, APP_QUIC, partial(_eve_quic, quic, app))
             self._close(flow, state)
             return [event]

@@ -178,3 +178,28 @@ def test_http_resumed_at_random_cuts_equals_a_parse_from_the_start(data: st.Data
         else:
             methods = [r.method for r in parse_requests(up)[0]]
             _resumed_responses(stream, methods, cuts)
+
+
+def test_memoised_fingerprints_equal_the_functions_and_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ips.app import ja
+    from ips.app.tls import ClientHello, ServerFlight
+
+    monkeypatch.setattr(ja, "MEMO_SIZE", 3)  # the memo starts over often in this test
+    hellos, servers = [], []
+    for stream, server in TLS_STREAMS:
+        got = parse_server_flight(stream) if server else parse_client_hello(stream)
+        if isinstance(got, ClientHello):
+            hellos.append(got)
+        elif isinstance(got, ServerFlight):
+            servers.append(got.server_hello)
+    assert len(hellos) > 10 and len(servers) > 10
+    for _ in range(2):  # the second pass answers from the memo where it still holds them
+        for hello in hellos:
+            assert ja.ja3_memo(hello) == ja.ja3(hello)
+            assert ja.ja4_memo(hello) == ja.ja4(hello)
+            assert ja.ja4_memo(hello, "q") == ja.ja4(hello, "q")
+        for server_hello in servers:
+            assert ja.ja3s_memo(server_hello) == ja.ja3s(server_hello)
+    assert len(ja._ja3_memo) <= 3 and len(ja._ja4_memo) <= 3 and len(ja._ja3s_memo) <= 3
