@@ -251,9 +251,7 @@ def app_cases(runs: int, n_flows: int = 2000) -> dict[str, dict[str, float]]:
                 handle(data, meta, now)
         return time.thread_time() - t0
 
-    samples: dict[str, dict[str, list[float]]] = {
-        case: {"on": [], "off": []} for case in cases
-    }
+    samples: dict[str, dict[str, list[float]]] = {case: {"on": [], "off": []} for case in cases}
     for round_ in range(runs):
         for case, (warm, items) in cases.items():
             count = len(items) // _PER.get(case, 1)

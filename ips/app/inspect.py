@@ -2,8 +2,9 @@
 
 The engine holds one `AppInspector` and calls `inspect(pkt, flow, fwd, now)` right after the
 flow table, for every packet of a flow whose `app_state` is not None. A new flow's app_state is
-`APP_NOT_STARTED`: its first packet starts the inspector's work (AppFields, and the TCP streams
-of the shared `Reassembler`, whose memory cap is global). From then on:
+`APP_NOT_STARTED`: its first packet starts the inspector's work (AppFields; for TCP, at the
+first payload byte, the streams of the shared `Reassembler`, whose memory cap is global).
+From then on:
 
 TCP   each segment goes to the reassembler, per direction (the flow's initiator is the client);
       when new in-order bytes arrive, the protocol is detected from them (ips/app/detect.py,
@@ -25,6 +26,16 @@ UDP   the first datagram with payload is detected. QUIC: the client's datagrams 
       (SNI, ALPN, JA4 "q"). DNS: every datagram of the flow is a message, parsed as it comes
       (queries name `dns_queries` of the packet being judged; answers teach passive DNS).
       Anything else: done at once.
+
+What the work costs is kept to what is asked for (docs/application-layer.md, "Cost"):
+- a TCP flow's streams and parser state start at its first payload byte; before it (a
+  handshake, a SYN scan's probe and reset) only each direction's start and end are kept;
+- a side is not parsed again while more bytes cannot change the answer: a TLS hello or
+  certificate of known length waits for its bytes (tls.bytes_wanted), HTTP resumes where the
+  last segment left it and waits for a body of known length (http.requests_from);
+- the fingerprints (JA3, JA4, JA3S, QUIC's JA4) are computed when first read, by a policy
+  clause or an event's body, once per flow, and remembered by their inputs (ja.ja3_memo);
+- an event's body (AppEvent.body) is built when a sink reads it, not here.
 
 `flow.app` (ips/core/app_fields.py) is filled as the fields are read; `client_done` and
 `server_done` say when a side's fields are final (a value, or None for good), which is what
