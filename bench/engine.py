@@ -10,16 +10,23 @@ Measured in one run, each figure the median of several passes over the same pack
 plus the policy compile time for 10,000 rules. Ratios are printed against decode-only and
 between the 10,000- and 10-rule policies.
 
-The application layer (ips/app/inspect.py), each case with `set app-layer on` and `off`:
+The application layer (ips/app/inspect.py), each case with `set app-layer on` and `off`,
+measured as CPU time of this thread in interleaved rounds (on, off, then off, on...): each
+figure is the median over the rounds, `on / off` the median of each round's own ratio, with
+the lowest and highest round (the spread: this machine is shared):
   tls-captures   the TLS captures of ../shared/pcaps (read once, then replayed in-process
                  through Engine.handle with their own link types and times)
+  tls-captures+bodies  the same, every AppEvent's body built as the EVE sink does (the
+                 bodies are built when first read: without this, nothing builds them)
   client-hello   flows that each carry one post-quantum ClientHello (1.6 KiB, one segment):
                  the difference on - off per flow is the cost of a ClientHello
   dns-message    one-datagram DNS flows (a query): the cost of a DNS message
+  syn-scan       a SYN and its reset per flow, no payload: what a scan's probe costs
   decided-flow   the data packets of one TLS flow past its decision (its hello and the
                  server's flight read): the cost a decided flow's packet pays
 
     .venv/bin/python bench/engine.py [--packets 200000] [--flows 2000] [--runs 5] [--json]
+                                     [--app-only] [--app-runs 9]
 """
 
 from __future__ import annotations
