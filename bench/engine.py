@@ -10,16 +10,23 @@ Measured in one run, each figure the median of several passes over the same pack
 plus the policy compile time for 10,000 rules. Ratios are printed against decode-only and
 between the 10,000- and 10-rule policies.
 
-The application layer (ips/app/inspect.py), each case with `set app-layer on` and `off`:
+The application layer (ips/app/inspect.py), each case with `set app-layer on` and `off`,
+measured as CPU time of this thread in interleaved rounds (on, off, then off, on...): each
+figure is the median over the rounds, `on / off` the median of each round's own ratio, with
+the lowest and highest round (the spread: this machine is shared):
   tls-captures   the TLS captures of ../shared/pcaps (read once, then replayed in-process
                  through Engine.handle with their own link types and times)
+  tls-captures+bodies  the same, every AppEvent's body built as the EVE sink does (the
+                 bodies are built when first read: without this, nothing builds them)
   client-hello   flows that each carry one post-quantum ClientHello (1.6 KiB, one segment):
                  the difference on - off per flow is the cost of a ClientHello
   dns-message    one-datagram DNS flows (a query): the cost of a DNS message
+  syn-scan       a SYN and its reset per flow, no payload: what a scan's probe costs
   decided-flow   the data packets of one TLS flow past its decision (its hello and the
                  server's flight read): the cost a decided flow's packet pays
 
     .venv/bin/python bench/engine.py [--packets 200000] [--flows 2000] [--runs 5] [--json]
+                                     [--app-only] [--app-runs 9]
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from pathlib import Path
 
 from ips.core.build import build_packet
 from ips.core.decode import decode_l3
+from ips.core.events import AppEvent
 from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from ips.engine import Engine, Meta
 from ips.policy.compile import CompiledPolicy
@@ -154,8 +162,9 @@ def _client_hello() -> bytes:
     return records(client_hello_message(chrome_like_extensions("example.com")))
 
 
-def app_cases(runs: int, n_flows: int = 2000) -> dict[str, dict[str, float]]:
-    """µs per packet (or per flow) of the application-layer cases, with app-layer on and off."""
+def app_inputs(n_flows: int = 2000) -> dict[str, tuple[list, list]]:
+    """The application-layer cases: name -> (warm-up items, measured items), each item
+    (packet bytes, Meta, time); the warm-up is replayed before the clock starts."""
     from ips.io.pcap import read_capture
 
     captured: list[tuple[bytes, Meta, float]] = []
@@ -167,6 +176,7 @@ def app_cases(runs: int, n_flows: int = 2000) -> dict[str, dict[str, float]]:
     hello = _client_hello()
     hello_flows = []
     dns_flows = []
+    syn_flows = []
     for i in range(n_flows):
         client, cport = f"10.10.{i // 250 % 250}.{i % 250 + 1}", 20000 + i
         hello_flows += [
@@ -181,38 +191,15 @@ def app_cases(runs: int, n_flows: int = 2000) -> dict[str, dict[str, float]]:
             build_packet(PROTO_UDP, client, "10.20.0.53", cport, 53,
                          payload=query + name + b"\x00\x01\x00\x01")
         )  # fmt: skip
+        syn_flows += [
+            build_packet(PROTO_TCP, client, "10.20.0.1", cport, 443, flags=0x02, seq=999),
+            build_packet(PROTO_TCP, "10.20.0.1", client, 443, cport, flags=0x14, seq=0),
+        ]  # fmt: skip
     decided = [
         build_packet(PROTO_TCP, "10.10.0.1", "10.20.0.1", 40000, 443, flags=0x18,
                      seq=1000 + len(hello) + 100 * k, payload=b"x" * 100)
         for k in range(20_000)
     ]  # fmt: skip
-
-    def replay(policy, items) -> float:
-        def go() -> None:
-            engine = Engine(policy)
-            handle = engine.handle
-            for data, meta, now in items:
-                handle(data, meta, now)
-
-        return timed(go, runs)
-
-    def plain(policy, packets, warm=()) -> float:
-        def go() -> float:
-            engine = Engine(policy)
-            handle = engine.handle
-            for p in warm:
-                handle(p, NO_META_RAW, 1.0)
-            t0 = time.perf_counter()
-            for p in packets:
-                handle(p, NO_META_RAW, 1.0)
-            return time.perf_counter() - t0
-
-        samples = []
-        for _ in range(runs):
-            gc.collect()
-            samples.append(go())
-        return statistics.median(samples)
-
     flight_start = [
         build_packet(PROTO_TCP, "10.10.0.1", "10.20.0.1", 40000, 443, flags=0x02, seq=999),
         build_packet(PROTO_TCP, "10.20.0.1", "10.10.0.1", 443, 40000, flags=0x12, seq=4999),
@@ -220,17 +207,78 @@ def app_cases(runs: int, n_flows: int = 2000) -> dict[str, dict[str, float]]:
                      payload=hello),
         build_packet(PROTO_TCP, "10.20.0.1", "10.10.0.1", 443, 40000, flags=0x19, seq=5000),
     ]  # fmt: skip
-    out: dict[str, dict[str, float]] = {}
-    for mode in ("on", "off"):
-        policy = load_policy_text(ACCEPT + f"set app-layer {mode}\n", "app.rules")
-        out[mode] = {
-            "tls-captures us/packet": 1e6 * replay(policy, captured) / max(1, len(captured)),
-            "client-hello us/flow": 1e6 * plain(policy, hello_flows) / n_flows,
-            "dns-message us/flow": 1e6 * plain(policy, dns_flows) / n_flows,
-            "decided-flow us/packet": 1e6 * plain(policy, decided, flight_start) / len(decided),
-        }
-    out["on - off"] = {k: out["on"][k] - out["off"][k] for k in out["on"]}
-    out["packets"] = {"tls-captures": len(captured)}
+
+    def plain(packets: list[bytes]) -> list[tuple[bytes, Meta, float]]:
+        return [(p, NO_META_RAW, 1.0) for p in packets]
+
+    return {
+        "tls-captures us/packet": ([], captured),
+        "tls-captures+bodies us/packet": ([], captured),
+        "client-hello us/flow": ([], plain(hello_flows)),
+        "dns-message us/flow": ([], plain(dns_flows)),
+        "syn-scan us/flow": ([], plain(syn_flows)),
+        "decided-flow us/packet": (plain(flight_start), plain(decided)),
+    }
+
+
+# What each case's time is divided by: packets, or flows (3 packets a hello flow, 2 a SYN
+# probe and its reset, 1 a DNS query).
+_PER = {"client-hello us/flow": 3, "syn-scan us/flow": 2, "dns-message us/flow": 1}
+
+
+def app_cases(runs: int, n_flows: int = 2000) -> dict[str, dict[str, float]]:
+    """µs of CPU per packet (or per flow) of the application-layer cases, with app-layer on
+    and off, measured in interleaved rounds (on, off, on, off...) so that both see the same
+    machine; each figure is the median over the rounds, and `on / off` the median of each
+    round's own ratio, with its lowest and highest (the spread)."""
+    cases = app_inputs(n_flows)
+    policies = {
+        mode: load_policy_text(ACCEPT + f"set app-layer {mode}\n", "app.rules")
+        for mode in ("on", "off")
+    }
+
+    def measure(policy, warm, items, bodies: bool) -> float:
+        engine = Engine(policy)
+        handle = engine.handle
+        for data, meta, now in warm:
+            handle(data, meta, now)
+        gc.collect()
+        # CPU time of this thread: what the engine costs, not the time other work on the
+        # shared machine took the core away.
+        t0 = time.thread_time()
+        if bodies:
+            # As the EVE sink does in the same process: each event's body is built (the
+            # fingerprints in it computed); the JSON writing is left out.
+            for data, meta, now in items:
+                for effect in handle(data, meta, now).effects:
+                    if effect.__class__ is AppEvent:
+                        effect.body  # noqa: B018
+        else:
+            for data, meta, now in items:
+                handle(data, meta, now)
+        return time.thread_time() - t0
+
+    samples: dict[str, dict[str, list[float]]] = {case: {"on": [], "off": []} for case in cases}
+    for round_ in range(runs):
+        for case, (warm, items) in cases.items():
+            count = len(items) // _PER.get(case, 1)
+            order = ("on", "off") if round_ % 2 == 0 else ("off", "on")
+            for mode in order:
+                took = measure(policies[mode], warm, items, "bodies" in case)
+                samples[case][mode].append(1e6 * took / count)
+    out: dict[str, dict[str, float]] = {"on": {}, "off": {}, "on - off": {}, "on / off": {}}
+    out["on / off lowest"] = {}
+    out["on / off highest"] = {}
+    for case, by_mode in samples.items():
+        on, off = by_mode["on"], by_mode["off"]
+        ratios = [a / b for a, b in zip(on, off, strict=True)]
+        out["on"][case] = statistics.median(on)
+        out["off"][case] = statistics.median(off)
+        out["on - off"][case] = statistics.median([a - b for a, b in zip(on, off, strict=True)])
+        out["on / off"][case] = statistics.median(ratios)
+        out["on / off lowest"][case] = min(ratios)
+        out["on / off highest"][case] = max(ratios)
+    out["packets"] = {"tls-captures": len(cases["tls-captures us/packet"][1])}
     return out
 
 
@@ -254,7 +302,18 @@ def main() -> int:
     ap.add_argument("--flows", type=int, default=2_000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--app-only", action="store_true", help="only the application-layer cases (on vs off)"
+    )
+    ap.add_argument("--app-runs", type=int, default=9, help="interleaved on/off rounds")
     args = ap.parse_args()
+    if args.app_only:
+        app = app_cases(args.app_runs)
+        if args.json:
+            print(json.dumps({"app": app}, indent=2))
+        else:
+            print_app(app, args.app_runs)
+        return 0
 
     packets = traffic(args.packets, args.flows)
     meta = Meta(iif="eth0", oif="eth1")
@@ -316,7 +375,7 @@ def main() -> int:
             "decode / loop": round(pps["decode"] / pps["loop"], 3),
         },
     }
-    report["app"] = app_cases(args.runs)
+    report["app"] = app_cases(args.app_runs)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -333,12 +392,22 @@ def main() -> int:
     )
     for name, value in report["ratios"].items():  # type: ignore[union-attr]
         print(f"ratio {name:<30}{value:.3f}")
-    app = report["app"]
-    print(f"application layer ({app['packets']['tls-captures']} packets of TLS captures)")
-    print(f"{'':<26}{'on':>9}{'off':>9}{'on - off':>10}")
-    for k in app["on"]:
-        print(f"{k:<26}{app['on'][k]:>9.2f}{app['off'][k]:>9.2f}{app['on - off'][k]:>10.2f}")
+    print_app(report["app"], args.app_runs)  # type: ignore[arg-type]
     return 0
+
+
+def print_app(app: dict[str, dict[str, float]], runs: int) -> None:
+    print(
+        f"application layer, CPU µs, medians of {runs} interleaved on/off rounds "
+        f"({app['packets']['tls-captures']:.0f} packets of TLS captures)"
+    )
+    print(f"{'':<30}{'on':>8}{'off':>8}{'on - off':>10}{'on / off':>10}{'spread':>14}")
+    for k in app["on"]:
+        spread = f"{app['on / off lowest'][k]:.2f}-{app['on / off highest'][k]:.2f}"
+        print(
+            f"{k:<30}{app['on'][k]:>8.2f}{app['off'][k]:>8.2f}{app['on - off'][k]:>10.2f}"
+            f"{app['on / off'][k]:>10.2f}{spread:>14}"
+        )
 
 
 if __name__ == "__main__":

@@ -326,6 +326,8 @@ def parse_message(data: bytes, off: int = 0, end: int = -1) -> DnsMessage | Malf
         questions.append(DnsQuestion(name, qtype, qclass))
     sections: list[list[DnsRecord]] = [[], [], []]
     for count, out in zip((an, ns, ar), sections, strict=True):
+        if not count:
+            continue  # (a query has no records: three calls saved per message)
         got_pos = _records(data, pos, off, end, count, out, cache)
         if isinstance(got_pos, Malformed):
             return got_pos

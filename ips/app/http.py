@@ -25,9 +25,12 @@ __all__ = [
     "REASONS",
     "HttpRequest",
     "HttpResponse",
+    "Progress",
     "eve_http",
     "parse_requests",
     "parse_responses",
+    "requests_from",
+    "responses_from",
     "split_host",
 ]
 
@@ -182,15 +185,41 @@ def _skip_chunks(data: bytes, pos: int) -> int | Malformed | None:
             return pos
 
 
+class Progress(NamedTuple):
+    """How far `requests_from` / `responses_from` got.
+
+    used    bytes used (as parse_requests returns it)
+    why     END, INCOMPLETE, UNTIL_CLOSE or a Malformed
+    resume  where the first message not wholly read starts: a later call with more bytes
+            may start there, with the first `whole` messages
+    whole   how many of the messages are wholly read (the last may be waiting for its body)
+    wanted  the stream length below which more bytes cannot change the answer (a body of
+            known length still arriving); len(data) + 1 when any byte may"""
+
+    used: int
+    why: str | Malformed
+    resume: int
+    whole: int
+    wanted: int
+
+
 def parse_requests(data: bytes) -> tuple[list[HttpRequest], int, str | Malformed]:
     """The requests at the start of a client's stream: (requests, bytes used, why it stopped:
     END, INCOMPLETE or a Malformed)."""
     out: list[HttpRequest] = []
-    pos = 0
+    got = requests_from(data, 0, out)
+    return out, got.used, got.why
+
+
+def requests_from(data: bytes, start: int, out: list[HttpRequest]) -> Progress:
+    """parse_requests from offset `start`, appending to `out` (the requests before `start`,
+    from an earlier call's `resume` and `whole`): the stream so far need not be read again
+    from its start as segments arrive."""
+    pos = start
     n = len(data)
     while pos < n:
         if len(out) >= MAX_MESSAGES:
-            return out, pos, M_TOO_MANY_MESSAGES
+            return Progress(pos, M_TOO_MANY_MESSAGES, pos, len(out), n + 1)
         # Tolerate empty lines between requests (RFC 9112 section 2.2).
         while data[pos : pos + 2] == b"\r\n" or data[pos : pos + 1] == b"\n":
             pos += 2 if data[pos] == 0x0D else 1
@@ -198,27 +227,27 @@ def parse_requests(data: bytes) -> tuple[list[HttpRequest], int, str | Malformed
             break
         got = _header_block(data, pos)
         if got is None:
-            return out, pos, INCOMPLETE
+            return Progress(pos, INCOMPLETE, pos, len(out), n + 1)
         if isinstance(got, Malformed):
-            return out, pos, got
+            return Progress(pos, got, pos, len(out), n + 1)
         lines, body = got
         parts = lines[0].split(b" ")
         if len(parts) == 3:
             method, uri, version = parts
             if not version.startswith(b"HTTP/"):
-                return out, pos, M_BAD_REQUEST_LINE
+                return Progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
         elif len(parts) == 2:
             (method, uri), version = parts, b""
         else:
-            return out, pos, M_BAD_REQUEST_LINE
+            return Progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
         if not method or not uri or method.strip(_TCHAR):
-            return out, pos, M_BAD_REQUEST_LINE
+            return Progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
         headers = _headers(lines[1:])
         if isinstance(headers, Malformed):
-            return out, pos, headers
+            return Progress(pos, headers, pos, len(out), n + 1)
         length = _length(headers)
         if isinstance(length, Malformed):
-            return out, pos, length
+            return Progress(pos, length, pos, len(out), n + 1)
         out.append(HttpRequest(
             method.decode("latin-1"), uri.decode("latin-1"), version.decode("latin-1"),
             _get(headers, "host"), _get(headers, "user-agent"), _get(headers, "content-type"),
@@ -227,15 +256,16 @@ def parse_requests(data: bytes) -> tuple[list[HttpRequest], int, str | Malformed
         if _chunked(headers):
             end = _skip_chunks(data, body)
             if end is None:
-                return out, n, INCOMPLETE
+                return Progress(n, INCOMPLETE, pos, len(out) - 1, n + 1)
             if isinstance(end, Malformed):
-                return out, pos, end
+                return Progress(pos, end, pos, len(out) - 1, n + 1)
             pos = end
         else:
-            pos = body + (length or 0)
-            if pos > n:
-                return out, n, INCOMPLETE
-    return out, pos, END
+            end = body + (length or 0)
+            if end > n:
+                return Progress(n, INCOMPLETE, pos, len(out) - 1, end)
+            pos = end
+    return Progress(pos, END, pos, len(out), n + 1)
 
 
 def parse_responses(
@@ -245,27 +275,37 @@ def parse_responses(
     stopped: END, INCOMPLETE, UNTIL_CLOSE or a Malformed). `request_methods` are the methods
     of the requests answered, in order, when known: a response to HEAD has no body."""
     out: list[HttpResponse] = []
-    pos = 0
+    got = responses_from(data, request_methods, 0, out)
+    return out, got.used, got.why
+
+
+def responses_from(
+    data: bytes, request_methods: Sequence[str], start: int, out: list[HttpResponse]
+) -> Progress:
+    """parse_responses from offset `start`, appending to `out` (see requests_from). The
+    responses before `start` were framed with the methods known then: a caller resumes only
+    when those are still the same."""
+    pos = start
     n = len(data)
     while pos < n:
         if len(out) >= MAX_MESSAGES:
-            return out, pos, M_TOO_MANY_MESSAGES
+            return Progress(pos, M_TOO_MANY_MESSAGES, pos, len(out), n + 1)
         got = _header_block(data, pos)
         if got is None:
-            return out, pos, INCOMPLETE
+            return Progress(pos, INCOMPLETE, pos, len(out), n + 1)
         if isinstance(got, Malformed):
-            return out, pos, got
+            return Progress(pos, got, pos, len(out), n + 1)
         lines, body = got
         version, _, rest = lines[0].partition(b" ")
         code, _, reason = rest.partition(b" ")
         if not version.startswith(b"HTTP/") or len(code) != 3 or not code.isdigit():
-            return out, pos, M_BAD_STATUS_LINE
+            return Progress(pos, M_BAD_STATUS_LINE, pos, len(out), n + 1)
         headers = _headers(lines[1:])
         if isinstance(headers, Malformed):
-            return out, pos, headers
+            return Progress(pos, headers, pos, len(out), n + 1)
         length = _length(headers)
         if isinstance(length, Malformed):
-            return out, pos, length
+            return Progress(pos, length, pos, len(out), n + 1)
         status = int(code)
         out.append(HttpResponse(
             version.decode("latin-1"), status, reason.decode("latin-1").strip(),
@@ -277,17 +317,18 @@ def parse_responses(
         elif _chunked(headers):
             end = _skip_chunks(data, body)
             if end is None:
-                return out, n, INCOMPLETE
+                return Progress(n, INCOMPLETE, pos, len(out) - 1, n + 1)
             if isinstance(end, Malformed):
-                return out, pos, end
+                return Progress(pos, end, pos, len(out) - 1, n + 1)
             pos = end
         elif length is None:
-            return out, n, UNTIL_CLOSE
+            return Progress(n, UNTIL_CLOSE, pos, len(out) - 1, n + 1)
         else:
-            pos = body + length
-            if pos > n:
-                return out, n, INCOMPLETE
-    return out, pos, END
+            end = body + length
+            if end > n:
+                return Progress(n, INCOMPLETE, pos, len(out) - 1, end)
+            pos = end
+    return Progress(pos, END, pos, len(out), n + 1)
 
 
 def eve_http(request: HttpRequest | None, response: HttpResponse | None) -> dict[str, object]:

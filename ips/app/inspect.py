@@ -2,8 +2,9 @@
 
 The engine holds one `AppInspector` and calls `inspect(pkt, flow, fwd, now)` right after the
 flow table, for every packet of a flow whose `app_state` is not None. A new flow's app_state is
-`APP_NOT_STARTED`: its first packet starts the inspector's work (AppFields, and the TCP streams
-of the shared `Reassembler`, whose memory cap is global). From then on:
+`APP_NOT_STARTED`: its first packet starts the inspector's work (AppFields; for TCP, at the
+first payload byte, the streams of the shared `Reassembler`, whose memory cap is global).
+From then on:
 
 TCP   each segment goes to the reassembler, per direction (the flow's initiator is the client);
       when new in-order bytes arrive, the protocol is detected from them (ips/app/detect.py,
@@ -26,6 +27,16 @@ UDP   the first datagram with payload is detected. QUIC: the client's datagrams 
       (queries name `dns_queries` of the packet being judged; answers teach passive DNS).
       Anything else: done at once.
 
+What the work costs is kept to what is asked for (docs/application-layer.md, "Cost"):
+- a TCP flow's streams and parser state start at its first payload byte; before it (a
+  handshake, a SYN scan's probe and reset) only each direction's start and end are kept;
+- a side is not parsed again while more bytes cannot change the answer: a TLS hello or
+  certificate of known length waits for its bytes (tls.bytes_wanted), HTTP resumes where the
+  last segment left it and waits for a body of known length (http.requests_from);
+- the fingerprints (JA3, JA4, JA3S, QUIC's JA4) are computed when first read, by a policy
+  clause or an event's body, once per flow, and remembered by their inputs (ja.ja3_memo);
+- an event's body (AppEvent.body) is built when a sink reads it, not here.
+
 `flow.app` (ips/core/app_fields.py) is filled as the fields are read; `client_done` and
 `server_done` say when a side's fields are final (a value, or None for good), which is what
 the policy's L7 clauses wait for. Events (`AppEvent`, Suricata's EVE kinds tls, quic, dns,
@@ -41,8 +52,10 @@ Pure: no clock (`now` is an argument), no I/O. Nothing here raises on any bytes.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from functools import partial
+from typing import Protocol
 
 from ips.app.detect import (
     APP_DNS,
@@ -59,12 +72,13 @@ from ips.app.http import (
     UNTIL_CLOSE,
     HttpRequest,
     HttpResponse,
+    Progress,
     eve_http,
-    parse_requests,
-    parse_responses,
+    requests_from,
+    responses_from,
     split_host,
 )
-from ips.app.ja import ja3, ja3s, ja4
+from ips.app.ja import ja3_memo, ja3s_memo, ja4_memo
 from ips.app.quic import QuicClientHello, QuicInitialReader
 from ips.app.reassembly import (
     DEFAULT_LIMIT,
@@ -72,6 +86,7 @@ from ips.app.reassembly import (
     Direction,
     Reassembler,
     TcpStreams,
+    tcp_seq,
 )
 from ips.app.ssh import SshBanner, eve_ssh, parse_banner
 from ips.app.tls import (
@@ -79,6 +94,7 @@ from ips.app.tls import (
     ClientHello,
     ServerFlight,
     ServerHello,
+    bytes_wanted,
     parse_client_hello,
     parse_server_flight,
     parse_server_hello,
@@ -86,7 +102,7 @@ from ips.app.tls import (
 from ips.core.app_fields import APP_NOT_STARTED, AppFields
 from ips.core.events import AppEvent
 from ips.core.flow import Flow
-from ips.core.packet import FRAG_NONE, PROTO_TCP, PROTO_UDP, Malformed, Packet
+from ips.core.packet import FRAG_NONE, PROTO_TCP, PROTO_UDP, TCP_SYN, Malformed, Packet
 
 __all__ = [
     "APP_PROTOCOLS",
@@ -184,12 +200,14 @@ class _Tcp:
         "dns_tx",
         "flight",
         "hello",
+        "http_progress",
         "logged",
         "prints",
         "requests",
         "responses",
         "server_open",
         "streams",
+        "tls_wanted",
     )
 
     def __init__(self, streams: TcpStreams) -> None:
@@ -198,16 +216,53 @@ class _Tcp:
         self.server_open = True
         self.hello: ClientHello | None = None
         self.flight: ServerFlight | None = None
-        # The fingerprints once computed (ja3, ja4, ja3s: (string, hash) or text), for the
-        # fields and again for the event: each costs several microseconds.
-        self.prints: dict[str, Any] = {}
+        # Each side's stream length below which its TLS parse cannot answer anew (client,
+        # server): ips/app/tls.py's bytes_wanted.
+        self.tls_wanted = [0, 0]
+        # The fingerprints, computed when first read (a `tls ja3` clause, the tls event's
+        # body) and kept for the other reader: each costs several microseconds.
+        self.prints = _Prints()
         self.banners: list[SshBanner | None] = [None, None]  # client, server
         self.requests: list[HttpRequest] = []
         self.responses: list[HttpResponse] = []
         self.logged = 0  # HTTP transactions already written as events
+        # How far each side's HTTP messages were read (client, server): where to resume.
+        self.http_progress = (_HttpProgress(), _HttpProgress())
         self.dns_offset = [0, 0]  # bytes of each side's stream already read (server, client)
         self.dns_ids: dict[int, int] = {}  # query id -> its tx_id, until answered
         self.dns_tx = 0  # the next DNS tx_id
+
+
+class _HttpProgress:
+    """How far one side's HTTP messages were read (ips/app/http.py's Progress), and how many
+    request methods framed the responses (server side)."""
+
+    __slots__ = ("methods", "resume", "wanted", "whole")
+
+    def __init__(self) -> None:
+        self.resume = 0
+        self.whole = 0
+        self.wanted = 0
+        self.methods = 0
+
+    def update(self, got: Progress, methods: int) -> None:
+        self.resume, self.whole, self.wanted = got.resume, got.whole, got.wanted
+        self.methods = methods
+
+
+class _TcpQuiet:
+    """A TCP flow that has carried no payload yet (a handshake, a SYN scan's probe and its
+    reset): the inspector keeps only what the reassembler would have kept of such packets,
+    each direction's start (the byte after its SYN's sequence number) and whether it ended,
+    and builds the streams and the parsers' state at the first payload byte."""
+
+    __slots__ = ("client_base", "client_fin", "server_base", "server_fin")
+
+    def __init__(self) -> None:
+        self.client_base = -1  # as Direction.base: -1 until a SYN was seen
+        self.server_base = -1
+        self.client_fin = False
+        self.server_fin = False
 
 
 class _Udp:
@@ -220,6 +275,44 @@ class _Udp:
         self.datagrams = 0
         self.dns_ids: dict[int, int] = {}  # query id -> its tx_id, until answered
         self.dns_tx = 0  # the next DNS tx_id
+
+
+class _Prints:
+    """The TLS fingerprints of one flow, each computed when first asked for and kept: the
+    flow's fields (AppFields.later) and its tls event share them, and a flow whose
+    fingerprints nobody reads never pays for them."""
+
+    __slots__ = ("_ja3", "_ja3s", "_ja4", "hello", "server_hello")
+
+    def __init__(self) -> None:
+        self.hello: ClientHello | None = None
+        self.server_hello: ServerHello | None = None
+        self._ja3: tuple[str, str] | None = None
+        self._ja4: str | None = None
+        self._ja3s: tuple[str, str] | None = None
+
+    def ja3(self) -> tuple[str, str]:
+        """(JA3 string, MD5) of the ClientHello (set before this is asked)."""
+        if self._ja3 is None:
+            self._ja3 = ja3_memo(self.hello)  # type: ignore[arg-type]
+        return self._ja3
+
+    def ja3_hash(self) -> str:
+        return self.ja3()[1]
+
+    def ja4(self) -> str:
+        if self._ja4 is None:
+            self._ja4 = ja4_memo(self.hello)  # type: ignore[arg-type]
+        return self._ja4
+
+    def ja3s(self) -> tuple[str, str]:
+        """(JA3S string, MD5) of the ServerHello (set before this is asked)."""
+        if self._ja3s is None:
+            self._ja3s = ja3s_memo(self.server_hello)  # type: ignore[arg-type]
+        return self._ja3s
+
+    def ja3s_hash(self) -> str:
+        return self.ja3s()[1]
 
 
 class AppInspector:
@@ -263,11 +356,28 @@ class AppInspector:
             # Inline, conntrack reassembles fragments before the queue; a fragment seen here
             # (replay, tap) carries a piece of a segment that the streams cannot place.
             return None
-        if state.__class__ is _Tcp:
+        cls = state.__class__
+        if cls is _TcpQuiet:
+            if pkt.payload_offset >= pkt.length:
+                _quiet(state, pkt, fwd)
+                return None
+            state = self._wake(flow, state)
+            cls = _Tcp
+        if cls is _Tcp:
             return self._tcp(pkt, flow, fwd, state, now)
         return self._udp(pkt, flow, fwd, state, now)
 
-    def _start(self, pkt: Packet, flow: Flow, now: float) -> _Tcp | _Udp | None:
+    def _wake(self, flow: Flow, quiet: _TcpQuiet) -> _Tcp:
+        """The first payload of a TCP flow: its streams, started where its SYNs said."""
+        streams = self.reassembler.open()
+        to_server, to_client = streams.to_server, streams.to_client
+        to_server.base, to_server.fin = quiet.client_base, quiet.client_fin
+        to_client.base, to_client.fin = quiet.server_base, quiet.server_fin
+        state = _Tcp(streams)
+        flow.app_state = state
+        return state
+
+    def _start(self, pkt: Packet, flow: Flow, now: float) -> _TcpQuiet | _Udp | None:
         if not self.enabled:
             flow.app_state = None
             return None
@@ -275,7 +385,7 @@ class AppInspector:
             flow.dst_name = self.names.name_of(flow.dst, now)
         proto = pkt.proto
         if proto == PROTO_TCP:
-            state: _Tcp | _Udp = _Tcp(self.reassembler.open())
+            state: _TcpQuiet | _Udp = _TcpQuiet()
         elif proto == PROTO_UDP:
             state = _Udp()
         else:
@@ -361,8 +471,23 @@ class AppInspector:
         events: list[AppEvent],
     ) -> None:
         """Read one direction's bytes with the flow's parser; mark it done when it is."""
-        data = bytes(d.buf)
         ended = d.complete or d.fin
+        if not ended and not d.buf:
+            return  # the other side, which has sent nothing yet: no parser has news
+        if proto == APP_TLS and not ended:
+            # A hello (or certificate) of known length still arriving: its records are
+            # not read again until it can be whole (tls.bytes_wanted).
+            if len(d.buf) < state.tls_wanted[0 if to_server else 1]:
+                return
+        elif proto == APP_HTTP and not ended:
+            # An HTTP body of known length still arriving: nothing to read until it is
+            # whole (and the requests known to frame the responses are the same).
+            progress = state.http_progress[0 if to_server else 1]
+            if len(d.buf) < progress.wanted and (
+                to_server or progress.methods == len(state.requests)
+            ):
+                return
+        data = bytes(d.buf)
         done = False
         if proto == APP_TLS:
             done = self._tls_side(app, state, to_server, data, ended)
@@ -397,27 +522,29 @@ class AppInspector:
             if hello.__class__ is ClientHello:
                 state.hello = hello
                 prints = state.prints
-                prints["ja3"] = ja3(hello)
-                prints["ja4"] = ja4(hello)
+                prints.hello = hello
                 app.tls_sni = _name(hello.sni)
-                app.tls_ja3 = prints["ja3"][1]
-                app.tls_ja4 = prints["ja4"]
-                app.tls_alpn = tuple(p.decode("latin-1") for p in hello.alpn)
+                app.later("tls_ja3", prints.ja3_hash)
+                app.later("tls_ja4", prints.ja4)
+                app.tls_alpn = tuple([p.decode("latin-1") for p in hello.alpn])
                 return True
             if hello.__class__ is Malformed:
                 return self._malformed(hello.reason)
+            if not ended:
+                state.tls_wanted[0] = bytes_wanted(data, server=False)
             return self._incomplete(APP_TLS, ended)
         flight = parse_server_flight(data)
         if flight.__class__ is ServerFlight:
             state.flight = flight
             if flight.certificate_error is not None:
                 self.counters.malformed[flight.certificate_error] += 1
-            state.prints["ja3s"] = ja3s(flight.server_hello)
-            app.tls_ja3s = state.prints["ja3s"][1]
+            state.prints.server_hello = flight.server_hello
+            app.later("tls_ja3s", state.prints.ja3s_hash)
             return True
         if flight.__class__ is Malformed:
             return self._malformed(flight.reason)
         if not ended:
+            state.tls_wanted[1] = bytes_wanted(data, server=True)
             return False
         # The certificate did not fit in the bound (or the stream ended): the ServerHello
         # alone still gives JA3S.
@@ -425,15 +552,21 @@ class AppInspector:
         server_hello = parse_server_hello(data)
         if server_hello.__class__ is ServerHello:
             state.flight = ServerFlight(server_hello, None)
-            state.prints["ja3s"] = ja3s(server_hello)
-            app.tls_ja3s = state.prints["ja3s"][1]
+            state.prints.server_hello = server_hello
+            app.later("tls_ja3s", state.prints.ja3s_hash)
         return True
 
     def _http_side(
         self, app: AppFields, state: _Tcp, to_server: bool, data: bytes, ended: bool
     ) -> bool:
         if to_server:
-            requests, _used, why = parse_requests(data)
+            # Resumed where the last call stopped: the requests wholly read stay as they
+            # were (the stream only grows), the rest is read again with the new bytes.
+            progress = state.http_progress[0]
+            requests = state.requests[: progress.whole]
+            got = requests_from(data, progress.resume, requests)
+            progress.update(got, 0)
+            why = got.why
             state.requests = requests
             if requests and app.http_method is None:
                 first = requests[0]
@@ -447,7 +580,15 @@ class AppInspector:
                 return self._malformed(why.reason)
             return ended
         methods = [r.method for r in state.requests]
-        responses, _used, why = parse_responses(data, methods)
+        progress = state.http_progress[1]
+        if progress.whole > progress.methods < len(methods):
+            # A response wholly read was framed before its request was known, and now it
+            # is (a HEAD's answer has no body): read them all again.
+            progress.resume = progress.whole = 0
+        responses = state.responses[: progress.whole]
+        got = responses_from(data, methods, progress.resume, responses)
+        progress.update(got, len(methods))
+        why = got.why
         state.responses = responses
         if why.__class__ is Malformed:
             return self._malformed(why.reason)
@@ -501,7 +642,8 @@ class AppInspector:
         for i in range(state.logged, count):
             request = requests[i] if i < len(requests) else None
             response = responses[i] if i < len(responses) else None
-            events.append(self._event(flow, True, now, APP_HTTP, eve_http(request, response), i))
+            build = partial(eve_http, request, response)
+            events.append(self._event(flow, True, now, APP_HTTP, build, i))
         state.logged = max(state.logged, count)
 
     def _finish_tcp(
@@ -511,12 +653,13 @@ class AppInspector:
         both sides together, as Suricata writes them)."""
         if proto == APP_TLS:
             if state.hello is not None or state.flight is not None:
-                body = _eve_tls(state.hello, state.flight, state.prints)
-                events.append(self._event(flow, True, now, APP_TLS, body))
+                build = partial(_eve_tls, state.hello, state.flight, state.prints)
+                events.append(self._event(flow, True, now, APP_TLS, build))
         elif proto == APP_SSH:
             client, server = state.banners
             if client is not None or server is not None:
-                events.append(self._event(flow, True, now, APP_SSH, eve_ssh(client, server)))
+                build = partial(eve_ssh, client, server)
+                events.append(self._event(flow, True, now, APP_SSH, build))
         elif proto == APP_HTTP:
             self._http_pairs(flow, state, now, events, final=True)
 
@@ -559,8 +702,8 @@ class AppInspector:
             quic: QuicClientHello = got
             hello = quic.hello
             app.quic_sni = _name(hello.sni)
-            app.quic_ja4 = ja4(hello, "q")
-            event = self._event(flow, True, now, APP_QUIC, _eve_quic(quic, app.quic_ja4))
+            app.later("quic_ja4", partial(ja4_memo, hello, "q"))
+            event = self._event(flow, True, now, APP_QUIC, partial(_eve_quic, quic, app))
             self._close(flow, state)
             return [event]
         if got.__class__ is Malformed:
@@ -586,21 +729,24 @@ class AppInspector:
         """One DNS message: a query names the packet's dns_queries, an answer teaches passive
         DNS; both are events, in the message's own direction, as Suricata writes them."""
         ids = state.dns_ids
-        tx_id = ids.pop(msg.id, None) if msg.qr else None
+        answer = msg.flags & 0x8000  # (msg.qr, without the property call)
+        tx_id = ids.pop(msg.id, None) if answer else None
         if tx_id is None:
             tx_id = state.dns_tx
             state.dns_tx += 1
-        if msg.qr:
+        if answer:
             if self.names is not None:
                 self.names.learn(msg, now)
         else:
-            app.dns_queries = tuple(_name(q.name) or "" for q in msg.questions)
+            app.dns_queries = tuple([q.name.rstrip(".").lower() for q in msg.questions])
             app.client_done = True
             if len(ids) >= DNS_IDS_KEPT:
                 del ids[next(iter(ids))]
             ids[msg.id] = tx_id
-        for body in eve_dns(msg, tx_id):
-            events.append(self._event(flow, to_server, now, APP_DNS, body, tx_id))
+        # eve_dns writes one object per question of a query, one for an answer.
+        for index in range(1 if answer else len(msg.questions)):
+            build = partial(_eve_dns_one, msg, tx_id, index)
+            events.append(self._event(flow, to_server, now, APP_DNS, build, tx_id))
 
     # ---- events and the end -------------------------------------------------------------------
 
@@ -610,16 +756,17 @@ class AppInspector:
         to_server: bool,
         now: float,
         event_type: str,
-        body: dict[str, object],
+        build: Callable[[], dict[str, object]],
         tx_id: int | None = None,
     ) -> AppEvent:
+        """An event whose body is built when a sink first reads it (AppEvent.build)."""
         if to_server:
             src, sport, dst, dport = flow.src, flow.sport, flow.dst, flow.dport
         else:
             src, sport, dst, dport = flow.dst, flow.dport, flow.src, flow.sport
         event = AppEvent(
             now, flow.flow_id, flow.family, flow.proto, src, sport, dst, dport,
-            event_type=event_type, body=body, tx_id=tx_id,
+            event_type=event_type, build=build, tx_id=tx_id,
         )  # fmt: skip
         event.app_proto = flow.app_proto
         event.dst_name = flow.dst_name
@@ -681,11 +828,11 @@ class AppInspector:
 
 
 def _eve_tls(
-    hello: ClientHello | None, flight: ServerFlight | None, prints: dict[str, Any]
+    hello: ClientHello | None, flight: ServerFlight | None, prints: _Prints
 ) -> dict[str, object]:
     """The EVE `tls` object with Suricata 7's names: certificate fields, sni, version,
-    validity, ja3, ja3s, ja4, client and server ALPNs (`prints`: the fingerprints already
-    computed, by name)."""
+    validity, ja3, ja3s, ja4, client and server ALPNs (`prints`: the flow's fingerprints,
+    shared with its fields)."""
     out: dict[str, object] = {}
     cert: Certificate | None = flight.certificate if flight is not None else None
     if cert is not None:
@@ -703,13 +850,13 @@ def _eve_tls(
         out["notbefore"] = cert.not_before
         out["notafter"] = cert.not_after
     if hello is not None:
-        text, digest = prints.get("ja3") or ja3(hello)
+        text, digest = prints.ja3()
         out["ja3"] = {"hash": digest, "string": text}
     if flight is not None:
-        text, digest = prints.get("ja3s") or ja3s(flight.server_hello)
+        text, digest = prints.ja3s()
         out["ja3s"] = {"hash": digest, "string": text}
     if hello is not None:
-        out["ja4"] = prints.get("ja4") or ja4(hello)
+        out["ja4"] = prints.ja4()
         if hello.alpn:
             out["client_alpns"] = [p.decode("latin-1") for p in hello.alpn]
     if flight is not None and flight.server_hello.alpn is not None:
@@ -717,14 +864,14 @@ def _eve_tls(
     return out
 
 
-def _eve_quic(quic: QuicClientHello, ja4_text: str) -> dict[str, object]:
-    """The EVE `quic` object: version, sni, ja4, and the named extensions with values
-    (server_name, alpn) as Suricata lists them."""
+def _eve_quic(quic: QuicClientHello, app: AppFields) -> dict[str, object]:
+    """The EVE `quic` object: version, sni, ja4 (the flow's quic_ja4), and the named
+    extensions with values (server_name, alpn) as Suricata lists them."""
     out: dict[str, object] = {"version": quic_version_text(quic.version)}
     hello = quic.hello
     if hello.sni is not None:
         out["sni"] = hello.sni
-    out["ja4"] = ja4_text
+    out["ja4"] = app.quic_ja4
     extensions: list[dict[str, object]] = []
     if hello.sni is not None:
         extensions.append({"name": "server_name", "type": 0, "values": [hello.sni]})
@@ -734,3 +881,29 @@ def _eve_quic(quic: QuicClientHello, ja4_text: str) -> dict[str, object]:
     if extensions:
         out["extensions"] = extensions
     return out
+
+
+def _eve_dns_one(msg: DnsMessage, tx_id: int, index: int) -> dict[str, object]:
+    """The index-th EVE `dns` object of a message (a query has one per question)."""
+    return eve_dns(msg, tx_id)[index]
+
+
+def _quiet(state: _TcpQuiet, pkt: Packet, fwd: bool) -> None:
+    """What Reassembler.add does with a segment without payload, on a flow with no stream
+    yet: a SYN sets its direction's start, a FIN or RST ends the direction."""
+    if pkt.l4_offset < 0 or pkt.l4_offset + 8 > pkt.length:
+        return  # as Reassembler.add_packet: no sequence number to read
+    flags = pkt.flags
+    if flags & TCP_SYN:
+        base = (tcp_seq(pkt) + 1) & 0xFFFFFFFF
+        if fwd:
+            state.client_base = base
+        else:
+            state.server_base = base
+    elif (state.client_base if fwd else state.server_base) < 0:
+        return  # as Reassembler.add: a direction not started ignores an empty segment
+    if flags & 0x05:  # FIN or RST
+        if fwd:
+            state.client_fin = True
+        else:
+            state.server_fin = True

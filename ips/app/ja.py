@@ -23,10 +23,13 @@ __all__ = [
     "GREASE",
     "is_grease",
     "ja3",
+    "ja3_memo",
     "ja3_string",
     "ja3s",
+    "ja3s_memo",
     "ja3s_string",
     "ja4",
+    "ja4_memo",
     "ja4_raw",
 ]
 
@@ -142,3 +145,56 @@ def ja4_raw(hello: ClientHello, transport: str = "t", original: bool = False) ->
         )
     raw = f"{a}_{cipher_text}_{ext_text}"
     return f"{raw}_{_hex_list(sigs)}" if sigs else raw
+
+
+# ---- memoised forms, for the engine's path -------------------------------------------------
+#
+# The clients behind a network are few (a browser, an OS library, a few tools), and each sends
+# the same lists in every connection, so the engine computes the same fingerprints again and
+# again: these remember them by the exact inputs each reads (the same answer as the function,
+# by construction). Bounded: when MEMO_SIZE different inputs were seen, the memo starts over
+# (a flood of made-up hellos costs a key and a miss each, as without it).
+
+MEMO_SIZE = 1024
+
+_ja3_memo: dict[tuple[object, ...], tuple[str, str]] = {}
+_ja3s_memo: dict[tuple[object, ...], tuple[str, str]] = {}
+_ja4_memo: dict[tuple[object, ...], str] = {}
+
+
+def ja3_memo(hello: ClientHello) -> tuple[str, str]:
+    """ja3(hello), remembered by the lists it reads."""
+    key = (hello.version, hello.ciphers, hello.extensions, hello.supported_groups,
+           hello.ec_point_formats)  # fmt: skip
+    got = _ja3_memo.get(key)
+    if got is None:
+        got = ja3(hello)
+        if len(_ja3_memo) >= MEMO_SIZE:
+            _ja3_memo.clear()
+        _ja3_memo[key] = got
+    return got
+
+
+def ja3s_memo(hello: ServerHello) -> tuple[str, str]:
+    """ja3s(hello), remembered by the fields it reads."""
+    key = (hello.version, hello.cipher, hello.extensions)
+    got = _ja3s_memo.get(key)
+    if got is None:
+        got = ja3s(hello)
+        if len(_ja3s_memo) >= MEMO_SIZE:
+            _ja3s_memo.clear()
+        _ja3s_memo[key] = got
+    return got
+
+
+def ja4_memo(hello: ClientHello, transport: str = "t") -> str:
+    """ja4(hello, transport), remembered by the fields it reads (the first ALPN value only)."""
+    key = (transport, hello.version, hello.supported_versions, hello.sni_present,
+           hello.ciphers, hello.extensions, hello.alpn[:1], hello.signature_algorithms)  # fmt: skip
+    got = _ja4_memo.get(key)
+    if got is None:
+        got = ja4(hello, transport)
+        if len(_ja4_memo) >= MEMO_SIZE:
+            _ja4_memo.clear()
+        _ja4_memo[key] = got
+    return got

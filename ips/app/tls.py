@@ -37,6 +37,7 @@ __all__ = [
     "NeedMore",
     "ServerFlight",
     "ServerHello",
+    "bytes_wanted",
     "parse_certificate",
     "parse_client_hello",
     "parse_client_hello_message",
@@ -495,6 +496,7 @@ def _client_extensions(
     h: ClientHello, b: bytes | memoryview, p: int, end: int
 ) -> ClientHello | Malformed:
     types: list[int] = []
+    read = _CLIENT_EXTENSIONS_READ
     while p < end:
         if p + 4 > end:
             return M_BAD_EXTENSIONS
@@ -506,6 +508,9 @@ def _client_extensions(
         types.append(etype)
         if len(types) > MAX_EXTENSIONS:
             return M_TOO_MANY_EXTENSIONS
+        if etype not in read:
+            p = q  # most extensions (GREASE, padding, tickets...) are only counted
+            continue
         if etype == EXT_SERVER_NAME:
             h.sni_present = True
             if elen and h.sni is None:
@@ -543,6 +548,13 @@ def _client_extensions(
         p = q
     h.extensions = tuple(types)
     return h
+
+
+# The ClientHello extensions whose contents are read (the others are only listed).
+_CLIENT_EXTENSIONS_READ = frozenset({
+    EXT_SERVER_NAME, EXT_ALPN, EXT_SUPPORTED_GROUPS, EXT_SIGNATURE_ALGORITHMS,
+    EXT_SUPPORTED_VERSIONS, EXT_EC_POINT_FORMATS, EXT_KEY_SHARE,
+})  # fmt: skip
 
 
 def _u16_list(b: bytes | memoryview, p: int, q: int) -> tuple[int, ...] | None:
@@ -661,6 +673,52 @@ def parse_server_flight(buf: bytes) -> ServerFlight | NeedMore | Malformed:
     if isinstance(cert, Malformed):
         return ServerFlight(hello, None, cert.reason)
     return ServerFlight(hello, cert)
+
+
+def bytes_wanted(buf: bytes, server: bool) -> int:
+    """After parse_client_hello (server False) or parse_server_flight (server True) answered
+    NEED_MORE on `buf`: the stream length below which more bytes cannot change that answer,
+    len(buf) + 1 when any byte may. The message awaited (the ClientHello; the ServerHello,
+    then the Certificate) has its length in its header, and inside a record whose length is
+    known no other byte is looked at; so a caller can skip the calls until enough bytes are
+    there, instead of re-reading the records from their start on every segment."""
+    n = len(buf)
+    p = 0
+    stream = 0  # handshake bytes in the records up to p
+    while p + 5 <= n:
+        ctype, _version, length = _REC.unpack_from(buf, p)
+        if ctype != CONTENT_HANDSHAKE:
+            return n + 1
+        stream += length
+        p += 5 + length
+    if p <= n:
+        return n + 1  # the buffer ends at a record's header: its next byte is read
+    # The last record is partial: its body ends at buffer offset p, stream offset `stream`.
+    return _wanted_in_record(buf, n, p, stream, server)
+
+
+def _wanted_in_record(buf: bytes, n: int, record_end: int, stream_end: int, server: bool) -> int:
+    """bytes_wanted when the buffer ends inside a record whose body ends at record_end
+    (buffer offset) and at stream_end (handshake-stream offset)."""
+    have = stream_end - (record_end - n)  # handshake bytes present
+    got = _handshake_bytes(buf)
+    if not isinstance(got, tuple):
+        return n + 1
+    hs = got[0]
+    if len(hs) != have:
+        return n + 1  # not the layout assumed above: read on every byte
+    if have < 4:
+        return n + 1
+    end = 4 + ((hs[1] << 16) | (hs[2] << 8) | hs[3])
+    if end <= have:
+        if not server or have - end < 4:
+            return n + 1
+        end += 4 + ((hs[end + 1] << 16) | (hs[end + 2] << 8) | hs[end + 3])
+        if end <= have:
+            return n + 1
+    # The stream offset `end` is reached at buffer offset n + (end - have), if that lies in
+    # this record; else the next record's header comes first.
+    return min(n + (end - have), record_end + 1)
 
 
 def _server_hello_body(b: bytes | memoryview, p: int, end: int) -> ServerHello | Malformed:
@@ -865,13 +923,25 @@ def _name(b: bytes, p: int, end: int) -> tuple[tuple[str, str], ...] | None:
             value_el = _tlv(b, oid_el[2], atv[2])
             if value_el is None:
                 return None
-            oid = _oid(b, oid_el[1], oid_el[2])
+            raw_oid = b[oid_el[1] : oid_el[2]]
+            oid = _OID_TEXT.get(raw_oid)
+            if oid is None:
+                oid = _oid(b, oid_el[1], oid_el[2])
+                if oid is not None and len(_OID_TEXT) < _OID_CACHE_SIZE:
+                    _OID_TEXT[raw_oid] = oid
             if oid is None:
                 return None
             out.append((oid, _string(b, value_el)))
             if len(out) > MAX_NAME_ATTRIBUTES:
                 return None
     return tuple(out)
+
+
+# Attribute OIDs in their dotted form, by their DER bytes: a handful (CN, O, C...) name
+# nearly every certificate, so each is decoded once. Bounded: a stream of certificates with
+# made-up OIDs fills it, then they are decoded each time as before.
+_OID_TEXT: dict[bytes, str] = {}
+_OID_CACHE_SIZE = 256
 
 
 def _oid(b: bytes, p: int, end: int) -> str | None:

@@ -7,6 +7,7 @@ them all; a detector's `BlockRequest` is the one record that never leaves the en
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeAlias
 
 from ips.core.addr import format_addr
@@ -161,9 +162,13 @@ class AppEvent(PacketEvent):
     writes under that name (Suricata's field names). The addresses are those of the
     transaction's request (client to server) for tls, http, ssh and quic, and those of the
     message for dns (an answer goes server to client), as Suricata writes them. tx_id
-    numbers the flow's transactions (http, dns; None for the others)."""
+    numbers the flow's transactions (http, dns; None for the others).
 
-    __slots__ = ("body", "event_type", "tx_id")
+    The body may be given as `build`, a function that makes it when first read: the engine
+    only hands events on, and a sink that writes them (EVE) reads the body, in the same
+    process, so the dict (and the fingerprints in it) is made only where it is written."""
+
+    __slots__ = ("_body", "_build", "event_type", "tx_id")
 
     def __init__(
         self,
@@ -177,13 +182,25 @@ class AppEvent(PacketEvent):
         dport: int,
         *,
         event_type: str,
-        body: dict[str, object],
+        body: dict[str, object] | None = None,
         tx_id: int | None = None,
+        build: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         super().__init__(time, flow_id, family, proto, src, sport, dst, dport)
+        if body is None and build is None:
+            raise ValueError("an AppEvent needs a body or a function that builds it")
         self.event_type = event_type
-        self.body = body
+        self._body = body
+        self._build = build
         self.tx_id = tx_id
+
+    @property
+    def body(self) -> dict[str, object]:
+        body = self._body
+        if body is None:
+            body = self._body = self._build()  # type: ignore[misc]
+            self._build = None
+        return body
 
     def __repr__(self) -> str:
         return (
