@@ -126,8 +126,8 @@ def replay_captures(
     opened: Enricher | None = None
     if eve_stream is not None:
         if enrich is None:
-            spec = engine.policy.policy
-            enrich = opened = open_enricher(spec.geo_dir or None, spec.geo_sites)
+            source = engine.policy.policy
+            enrich = opened = open_enricher(source.geo_dir or None, source.geo_sites)
         eve = EveWriter(eve_stream, enrich=enrich)
     result = ReplayResult(engine.policy.digest)
     result.geo_problem = enrich.problem if enrich is not None else None
