@@ -22,6 +22,8 @@ import json
 import os
 from typing import Any
 
+import maxminddb
+
 from ips.core.packet import PORT_PROTOS
 from ips.geo.db import ASN_FILE, COUNTRY_FILE, GeoDb, GeoInfo, default_geo_dir
 from ips.geo.rdns import ReverseDns
@@ -76,14 +78,15 @@ def short_label(obj: dict[str, Any] | None) -> str:
 
 def flow_service(proto: int, sport: int, dport: int, responder_known: bool = True) -> str | None:
     """The IANA name of the responder's port. A flow's responder is its destination; for a
-    packet of an alert, whose direction is not known, the destination port's name, else the
-    source port's (a reply from a server)."""
+    packet of an alert, whose direction is not known, the lower port's name, else the
+    other's (a server's port is usually the lower: many ephemeral ports are registered
+    too, 40000 as safetynetp)."""
     if proto not in PORT_PROTOS:
         return None
-    name = service_name(dport, proto)
-    if name is None and not responder_known:
-        name = service_name(sport, proto)
-    return name
+    if responder_known:
+        return service_name(dport, proto)
+    low, high = (sport, dport) if sport < dport else (dport, sport)
+    return service_name(low, proto) or service_name(high, proto)
 
 
 class Enricher:
@@ -210,7 +213,7 @@ def open_enricher(
     problem: str | None = None
     try:
         geo = GeoDb.open(directory, sites)
-    except (OSError, ValueError) as exc:  # maxminddb's InvalidDatabaseError is a ValueError
+    except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
         geo = GeoDb(None, None, sites, directory=directory)
         problem = f"cannot read the geo data in {directory}: {exc}"
     if problem is None and geo.missing:
