@@ -62,6 +62,12 @@ def _geo_json(info: GeoInfo) -> str | None:
     return None if obj is None else json.dumps(obj, separators=(",", ":"))
 
 
+@functools.lru_cache(maxsize=4096)
+def _service_json(port: int, proto: int) -> str | None:
+    name = service_name(port, proto)
+    return None if name is None else '"service":' + json.dumps(name)
+
+
 def short_label(obj: dict[str, Any] | None) -> str:
     """A table cell: `DE AS3320`, `HQ`, `HQ DE`, `private`, or `-`."""
     if not obj:
@@ -102,11 +108,25 @@ class Enricher:
         self.geo = geo
         self.rdns = rdns
         self.problem = problem
+        # address -> its object and JSON text: one dict probe for an end seen before (the
+        # GeoDb's own cache answers by address too, but the answer's hash costs more).
+        self._ends: dict[bytes, tuple[dict[str, Any] | None, str | None]] = {}
+
+    def _end(self, addr: bytes) -> tuple[dict[str, Any] | None, str | None]:
+        known = self._ends.get(addr)
+        if known is None:
+            assert self.geo is not None
+            info = self.geo.lookup(addr)
+            known = (geo_object(info), _geo_json(info))
+            if len(self._ends) >= _OBJECTS_KEPT:
+                self._ends.clear()  # rare; the GeoDb's LRU keeps the answers meanwhile
+            self._ends[addr] = known
+        return known
 
     def endpoint(self, addr: bytes) -> dict[str, Any] | None:
         if self.geo is None:
             return None
-        return geo_object(self.geo.lookup(addr))
+        return self._end(addr)[0]
 
     def reverse_name(self, addr: bytes) -> str | None:
         """The cached PTR name of ADDR (asked in the background when not cached); None when
@@ -133,11 +153,10 @@ class Enricher:
         up."""
         out: dict[str, Any] = {}
         if self.geo is not None:
-            lookup = self.geo.lookup
-            src_obj = geo_object(lookup(src))
+            src_obj = self._end(src)[0]
             if src_obj is not None:
                 out["src_geo"] = src_obj
-            dst_obj = geo_object(lookup(dst))
+            dst_obj = self._end(dst)[0]
             if dst_obj is not None:
                 out["dst_geo"] = dst_obj
         service = flow_service(proto, sport, dport, responder_known)
@@ -157,17 +176,16 @@ class Enricher:
         gives, from cached pieces: the flow line (ips/sinks/eve.py) is the commonest record."""
         parts: list[str] = []
         if self.geo is not None:
-            lookup = self.geo.lookup
-            text = _geo_json(lookup(src))
+            text = self._end(src)[1]
             if text is not None:
                 parts.append('"src_geo":' + text)
-            text = _geo_json(lookup(dst))
+            text = self._end(dst)[1]
             if text is not None:
                 parts.append('"dst_geo":' + text)
         if proto in PORT_PROTOS:
-            service = service_name(dport, proto)
+            service = _service_json(dport, proto)
             if service is not None:
-                parts.append('"service":' + json.dumps(service))
+                parts.append(service)
         if not named and self.rdns is not None:
             rdns = self.reverse_name(dst)
             if rdns is not None:
