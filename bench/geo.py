@@ -5,6 +5,11 @@ cached-v6        the same for IPv6 addresses
 uncached-v4      GeoDb.lookup of IPv4 addresses never seen (scope, both databases, a new entry)
 uncached-v6      the same for IPv6 addresses
 service-name     service_name(port, proto) of a known port
+enrich-flow      the fields of one flow record (ips/geo/enrich.py): both ends' geo objects
+                 and the responder's service name, as the EVE flow line's JSON text
+                 (Enricher.fields_json), for ends seen before
+enrich-flow-dict the same as a dict (Enricher.fields: alerts, `ipsctl flows` rows)
+enrich-flow-new  fields_json of flows whose ends were never seen (two uncached lookups)
 open             GeoDb.open of the data directory (ms, once)
 
   .venv/bin/python bench/geo.py [--geo-dir DIR] [--repeat 5] [--json]
@@ -20,6 +25,7 @@ import timeit
 from collections.abc import Callable
 
 from ips.geo.db import GeoDb, default_geo_dir
+from ips.geo.enrich import Enricher
 from ips.geo.services import service_name
 
 
@@ -68,7 +74,9 @@ def main() -> int:
     # Never-seen addresses: a fresh slice per repeat, so every lookup misses the cache.
     cold: dict[str, list[float]] = {"uncached-v4": [], "uncached-v6": []}
     for r in range(args.repeat):
-        base = 100_000 + r * count
+        # 10,000-15,119: public addresses mostly (v4 of 100,000 and more lands in 240/4,
+        # reserved, which costs only the scope check), none seen by another case.
+        base = 10_000 + r * count
         for name, make in (("uncached-v4", v4), ("uncached-v6", v6)):
             fresh = [make(base + i) for i in range(count)]
             start = time.perf_counter()
@@ -81,6 +89,32 @@ def main() -> int:
         / 100_000
         * 1e6
     )
+    # One flow record's fields: a private client and a public server on a registered port.
+    enrich = Enricher(db)
+    client = ipaddress.IPv4Address("10.1.2.3").packed
+    fields_json, fields = enrich.fields_json, enrich.fields
+    for a in hot_v4:
+        fields_json(6, client, a, 40000, 443, False)
+
+    def flows_json() -> None:
+        for a in hot_v4:
+            fields_json(6, client, a, 40000, 443, False)
+
+    def flows_dict() -> None:
+        for a in hot_v4:
+            fields(6, client, a, 40000, 443)
+
+    results["enrich-flow"] = per_lookup(flows_json, count, args.repeat)
+    results["enrich-flow-dict"] = per_lookup(flows_dict, count, args.repeat)
+    new: list[float] = []
+    for r in range(args.repeat):
+        # Addresses no other case looked up (those use 0-1,023 and 10,000-15,119).
+        ends = [(v4(50_000 + r * count + i), v4(70_000 + r * count + i)) for i in range(count)]
+        start = time.perf_counter()
+        for src, dst in ends:
+            fields_json(6, src, dst, 40000, 443, False)
+        new.append((time.perf_counter() - start) / count * 1e6)
+    results["enrich-flow-new"] = min(new)
     db.close()
     if args.json:
         print(json.dumps({"us": results, "open_ms": opened_ms}))

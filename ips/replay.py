@@ -16,6 +16,7 @@ import click
 
 from ips.core.events import Block, Effect, FlowEnd
 from ips.engine import Engine, Meta
+from ips.geo.enrich import Enricher, open_enricher
 from ips.io.pcap import read_capture
 from ips.policy.compile import CompiledPolicy
 from ips.policy.model import Policy
@@ -43,6 +44,7 @@ class ReplayResult:
     detector_drops: Counter[str] = field(default_factory=Counter)  # `limit` drops
     blocks: list[dict[str, object]] = field(default_factory=list)  # in order
     unblocks: int = 0
+    geo_problem: str | None = None  # the EVE lines' geo fields are absent: why
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -112,11 +114,23 @@ def replay_captures(
     eve_stream: IO[str] | None = None,
     progress: bool | None = None,
     engine: Engine | None = None,
+    enrich: Enricher | None = None,
 ) -> ReplayResult:
-    """Replay each capture through one engine (flows carry across files, as on a wire)."""
+    """Replay each capture through one engine (flows carry across files, as on a wire).
+    The EVE lines carry who is on the other end as the daemon's do (ips/geo/enrich.py):
+    ENRICH, else the geo data the policy names (missing data: the fields are absent, and
+    `geo_problem` of the result says why). No reverse DNS: a capture's addresses are not
+    asked about."""
     engine = engine or Engine(policy)
-    eve = EveWriter(eve_stream) if eve_stream is not None else None
+    eve = None
+    opened: Enricher | None = None
+    if eve_stream is not None:
+        if enrich is None:
+            source = engine.policy.policy
+            enrich = opened = open_enricher(source.geo_dir or None, source.geo_sites)
+        eve = EveWriter(eve_stream, enrich=enrich)
     result = ReplayResult(engine.policy.digest)
+    result.geo_problem = enrich.problem if enrich is not None else None
     flows_ended = 0
 
     def note_blocks(events: Iterable[Effect]) -> None:
@@ -184,6 +198,8 @@ def replay_captures(
     flows_ended += len(ended)
     if eve is not None:
         eve.events(ended)
+    if opened is not None:
+        opened.close()
 
     stats = engine.stats
     result.packets = stats.packets

@@ -159,6 +159,13 @@ from ips.views.status import format_status
     callback=lambda _c, _p, v: _webhook_url(v),
     help="POST every alert as JSON to URL (Slack, Discord, Telegram-style), with retries",
 )
+@click.option(
+    "--reverse-dns",
+    "reverse_dns",
+    is_flag=True,
+    help="name responders that passive DNS did not by reverse DNS (the system resolver, "
+    "in the background, cached); as `set reverse-dns on` in the policy",
+)
 @SOCKET_OPTION
 def run(**options: Any) -> None:
     """Run the daemon (until SIGTERM): inline, diverting packets (NFQUEUE, or pydivert) and

@@ -290,6 +290,8 @@ def replay(
     finally:
         if eve_stream is not None:
             eve_stream.close()
+    if result.geo_problem:  # the EVE lines have no countries or AS numbers
+        click.echo(f"ipsctl replay: {result.geo_problem}", err=True)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:

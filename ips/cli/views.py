@@ -59,7 +59,7 @@ def _check_name(_ctx: object, _param: object, value: str | None) -> str | None:
     callback=_check_filter,
     metavar="EXPR",
     help='e.g. "proto tcp dport 80", "src 10.0.0.0/8 and state established" '
-    "(words: proto host src dst port sport dport state name)",
+    "(words: proto host src dst port sport dport state name country asn)",
 )
 @click.option(
     "--name",
@@ -120,10 +120,19 @@ def flows(
                 writer.writerow([*cells, g.get("name") or ""] if named else cells)
             click.echo(out.getvalue(), nl=False)
         else:
-            head = f"{group.upper():<45} {'FLOWS':>7} {'PKTS':>9} {'BYTES':>12}"
+            from ips.geo.enrich import short_label
+
+            # Who the address is (country, AS, site) or the port's IANA service name, then
+            # the destination's name, last (a name may hold anything).
+            third = "SERVICE" if group == "port" else "WHO"
+            head = f"{group.upper():<45} {'FLOWS':>7} {'PKTS':>9} {'BYTES':>12}  {third:<16}"
             click.echo(head + ("  NAME" if named else ""))
             for g in rows:
-                line = f"{g['key']:<45} {g['flows']:>7} {g['packets']:>9} {g['bytes']:>12}"
+                extra = g.get("service") if group == "port" else short_label(g.get("geo"))
+                line = (
+                    f"{g['key']:<45} {g['flows']:>7} {g['packets']:>9} {g['bytes']:>12}  "
+                    f"{extra or '-':<16}"
+                )
                 click.echo(line + (f"  {g.get('name') or '-'}" if named else ""))
     elif as_csv:
         click.echo(flows_csv(reply.get("flows") or []), nl=False)

@@ -51,6 +51,7 @@ class DaemonConfig:
     backend: str = "nfqueue"  # nfqueue | divert (pydivert: WinDivert / eBPFDivert)
     nfq_client: str = "own"  # own (ips/io/nfqnl.py, batched verdicts) | netfilterqueue
     offload_copies: bool = True  # the worker reads offload's NFLOG copies (set from the probe)
+    reverse_dns: bool = False  # name responders by reverse DNS (or `set reverse-dns on`)
 
     @property
     def state_file(self) -> str:
@@ -141,6 +142,7 @@ class DaemonConfig:
             webhook=o.webhook,
             backend=backend,
             nfq_client=o.nfq_client or "own",
+            reverse_dns=o.reverse_dns,
         )
 
 
@@ -172,6 +174,7 @@ class RunOptions:
     webhook: str | None = None
     backend: str | None = None  # None: the platform's
     nfq_client: str | None = None  # None: own
+    reverse_dns: bool = False
     socket_path: str = DEFAULT_SOCKET
 
 

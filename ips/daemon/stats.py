@@ -206,6 +206,9 @@ def merge_flows(replies: list[dict[str, Any]], top: int, sort: str) -> dict[str,
                     s["name"] = g["name"]
                 elif "name" in g:
                     s.setdefault("name", None)
+                for k in ("geo", "service", "rdns"):  # the same address's or port's
+                    if k in g and s.get(k) is None:
+                        s[k] = g[k]
         field_ = {"bytes": "bytes", "packets": "packets"}.get(sort, "flows")
         groups = sorted(sums.values(), key=lambda g: g[field_], reverse=True)[:top]
         return {"ok": True, "total": total, "groups": groups}

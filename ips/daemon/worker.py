@@ -37,6 +37,9 @@ from ips.sinks.base import Sink
 from ips.translate.nft import BLOCK_TABLE
 
 if TYPE_CHECKING:
+    from ips.geo.enrich import Enricher
+    from ips.geo.rdns import ReverseDns
+    from ips.policy.model import Policy
     from ips.sinks.eve import EveWriter
     from ips.sinks.logfile import RotatingLog
     from ips.sinks.meter import PacketMeter, RecentAlerts
@@ -101,20 +104,72 @@ class WorkerSinks:
             self.syslog.close()
 
 
+class PeerFields:
+    """Who is on the other end, for the worker's EVE records, recent alerts and `flows`
+    (ips/geo/enrich.py): the geo data the policy names (`set geo-dir`, `set geo-site`, else
+    $IPSCTL_GEO_DIR or the default), opened again with each policy, and reverse DNS when
+    `ipsctl run --reverse-dns` or `set reverse-dns on` asks for it (its threads and cache
+    kept across policies). Missing data is no error here: the fields are absent and status
+    says what is missing."""
+
+    def __init__(self, reverse_dns: bool = False) -> None:
+        self.forced_rdns = reverse_dns
+        self.enrich: Enricher | None = None
+        self._rdns: ReverseDns | None = None
+
+    def load(self, policy: Policy) -> Enricher:
+        from ips.geo.enrich import open_enricher
+        from ips.geo.rdns import ReverseDns
+
+        want = self.forced_rdns or str(policy.option("reverse-dns")) == "on"
+        if want and self._rdns is None:
+            self._rdns = ReverseDns().start()
+        elif not want and self._rdns is not None:
+            self._rdns.close()
+            self._rdns = None
+        old = self.enrich
+        self.enrich = open_enricher(policy.geo_dir or None, policy.geo_sites, rdns=self._rdns)
+        if old is not None and old.geo is not None:
+            old.geo.close()
+        if self.enrich.problem and (old is None or old.problem != self.enrich.problem):
+            print(f"ipsctl worker: {self.enrich.problem}", file=sys.stderr, flush=True)
+        return self.enrich
+
+    def status(self) -> dict[str, Any] | None:
+        return self.enrich.status() if self.enrich is not None else None
+
+    def close(self) -> None:
+        if self.enrich is not None:
+            self.enrich.close()
+        elif self._rdns is not None:
+            self._rdns.close()
+
+
 def open_sinks(
-    cfg: DaemonConfig, engine: Engine, passive: bool, blocks_enforced: bool
+    cfg: DaemonConfig,
+    engine: Engine,
+    passive: bool,
+    blocks_enforced: bool,
+    peers: PeerFields | None = None,
 ) -> WorkerSinks:
-    from ips.sinks.eve import EveWriter
+    from ips.sinks.eve import EveWriter, alert_record
     from ips.sinks.logfile import RotatingLog
     from ips.sinks.meter import RecentAlerts, install_meter
     from ips.sinks.syslog import SyslogSink
 
-    out = WorkerSinks(meter=install_meter(engine), alerts=RecentAlerts())
+    def recent(alert: Any) -> dict[str, Any]:  # with the fields of the policy loaded now
+        return alert_record(alert, None, peers.enrich if peers is not None else None)
+
+    out = WorkerSinks(meter=install_meter(engine), alerts=RecentAlerts(record=recent))
     out.log = RotatingLog(cfg.eve_path, cfg.eve_max_bytes, cfg.eve_keep) if cfg.eve_path else None
     out.syslog = SyslogSink(cfg.syslog, cfg.syslog_facility) if cfg.syslog else None
     if out.log is not None or out.syslog is not None:
         out.eve = EveWriter(
-            log=out.log, syslog=out.syslog, passive=passive, blocks_enforced=blocks_enforced
+            log=out.log,
+            syslog=out.syslog,
+            passive=passive,
+            blocks_enforced=blocks_enforced,
+            enrich=peers.enrich if peers is not None else None,
         )
     if cfg.webhook:
         from ips.sinks.webhook import Webhook
@@ -170,6 +225,7 @@ class Worker:
     cfg: DaemonConfig | None = None
     reopen: threading.Event = field(default_factory=threading.Event)  # SIGHUP
     links: LinkViews | None = None  # inline NFQUEUE: the segments' view for the evidence
+    peers: PeerFields = field(default_factory=PeerFields)  # geo, service, reverse DNS fields
 
     def command(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         """The answer to a message of the supervisor; None: stop."""
@@ -235,6 +291,7 @@ class Worker:
         self.adapter.unbind()  # first: the queue's fail mode covers the packets from now on
         end_open_flows(self.engine, self.adapter, time.time(), SHUTDOWN_RECORDS_BUDGET)
         self.sinks.close()
+        self.peers.close()
 
 
 def worker_main(
@@ -295,7 +352,9 @@ def set_up(
     tap = cfg.mode == "tap"
     policy = load_policy_sources(main, sources)
     engine = make_engine(policy, cfg.max_flows, never_block, cfg.queues)
-    sinks = open_sinks(cfg, engine, tap, policy.tap_blocks_enforced)
+    peers = PeerFields(cfg.reverse_dns)
+    peers.load(policy)
+    sinks = open_sinks(cfg, engine, tap, policy.tap_blocks_enforced, peers)
     every = sinks.sinks()
 
     def on_events(events: list[Effect]) -> None:
@@ -310,7 +369,7 @@ def set_up(
         # docs/language.md, "Evidence").
         links = LinkViews(engine)
         links.refresh(time.time())
-    return Worker(engine, adapter, sinks, adopted, cfg, reopen, links)
+    return Worker(engine, adapter, sinks, adopted, cfg, reopen, links, peers)
 
 
 def _adapter(
@@ -431,7 +490,11 @@ def end_open_flows(
 
 def _load(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
     engine = worker.engine
-    engine.load(load_policy_sources(msg["main"], msg["sources"]))
+    policy = load_policy_sources(msg["main"], msg["sources"])
+    engine.load(policy)
+    enrich = worker.peers.load(policy)
+    if worker.sinks.eve is not None:
+        worker.sinks.eve.enrich = enrich
     worker.adapter.policy_loaded()
     settle()  # frees the replaced policy (it has cycles) and freezes the new one
     return {"ok": True, "digest": engine.policy.digest}
@@ -463,6 +526,7 @@ def _stats(worker: Worker, _msg: dict[str, Any]) -> dict[str, Any]:
         },
         "detectors": detector_stats(engine),
         "app": engine.app_stats(),
+        "geo": worker.peers.status(),
         "evidence": {
             **engine.evidence.stats(),
             "spoofed": engine.stats.spoofed,
@@ -494,6 +558,7 @@ def _flows(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
             sort=str(msg.get("sort", "bytes")),
             filter_text=str(msg.get("filter") or ""),
             group=msg.get("group"),
+            enrich=worker.peers.enrich,
         )
     except FilterError as exc:
         return {"ok": False, "error": str(exc)}

@@ -7,6 +7,7 @@ This is what the compiler (ips/policy/compile.py) turns into fast matchers, what
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from ips.policy.diagnostics import Diagnostic, Span
 from ips.policy.domains import NameSet
@@ -477,6 +478,12 @@ OPTIONS: dict[str, OptionSchema] = {
     # networks come before the databases', is named relative to the policy file.
     "geo-dir": OptionSchema((), "", "the directory of the geo databases", kind="text"),
     "geo-site": OptionSchema((), "", "a site file naming local networks", kind="text"),
+    # Reverse DNS of the responders that passive DNS has no name for, for display (flows,
+    # top, EVE's ipsctl.dst_rdns): asked of the system resolver in the background by the
+    # daemon, cached and bounded (ips/geo/rdns.py, docs/geo.md). Off: no query is ever sent.
+    "reverse-dns": OptionSchema(
+        ("on", "off"), "off", "reverse DNS names of responders, for display"
+    ),
 }
 
 # Table files that a table's `on-error` may say: the whole file refused, or the bad line only.
@@ -493,6 +500,11 @@ class Policy:
     files: list[str] = field(default_factory=list)  # in include order
     digest: str = ""  # sha256 of the sources, to tell which policy is running
     warnings: list[Diagnostic] = field(default_factory=list)
+    # Where the fields of who is on the other end come from (ips/geo/enrich.py): the geo
+    # databases' directory and the site map, as `set geo-dir` / `set geo-site` say (else
+    # $IPSCTL_GEO_DIR or the default, and no site map). Set by the resolver.
+    geo_dir: str = ""
+    geo_sites: Any = None
 
     def option(self, name: str) -> str | int | float:
         """The value of `set NAME`, or its default."""

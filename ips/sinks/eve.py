@@ -20,6 +20,13 @@ rule's alert (and drop/log record) has the application-layer object of what the 
 (`tls`, `http`, `dns`, `quic`, `ssh`: ips/app/alert_fields.py) at the top level, as
 Suricata's alert metadata has it; a flow record's `ipsctl` has the `sni` and `http_host`
 the application layer read.
+
+Who is on the other end (ips/geo/enrich.py), when the writer has an Enricher: flow records,
+alerts, drop and ipsctl_log records carry `ipsctl.src_geo` and `ipsctl.dst_geo` (country,
+asn, org, site; a non-public address its scope only), `ipsctl.service` (the IANA name of the
+responder's port) and, with reverse DNS on and no passive DNS name, `ipsctl.dst_rdns`.
+Suricata's schema has no place for them. The lookups happen here, where the line is written,
+through GeoDb's cache: never on the packet path.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from ips.core.events import (
 )
 from ips.core.flow import TCP_STATE_NAMES, Flow
 from ips.core.packet import PORT_PROTOS
+from ips.geo.enrich import Enricher
 from ips.safefile import open_private_file
 from ips.sinks.syslog import SyslogSink
 
@@ -145,7 +153,22 @@ def _name_of_destination(record: Record, ev: PacketEvent) -> Record:
     return record
 
 
-def alert_record(alert: Alert, in_iface: str | None = None) -> Record:
+def _peer_fields(record: Record, ev: PacketEvent, enrich: Enricher | None) -> Record:
+    """ipsctl's src_geo, dst_geo, service and dst_rdns of a packet's record (an alert's
+    packet may be a reply: its service is the destination port's, else the source's)."""
+    if enrich is not None:
+        named = ev.dst_name is not None
+        fields = enrich.fields(
+            ev.proto, ev.src, ev.dst, ev.sport, ev.dport, named=named, responder_known=False
+        )
+        if fields:
+            record.setdefault("ipsctl", {}).update(fields)
+    return record
+
+
+def alert_record(
+    alert: Alert, in_iface: str | None = None, enrich: Enricher | None = None
+) -> Record:
     record = _base(alert, "alert", in_iface)
     record["alert"] = {
         "action": alert.action,
@@ -163,7 +186,7 @@ def alert_record(alert: Alert, in_iface: str | None = None) -> Record:
     if alert.extra is not None:
         record["alert"]["metadata"]["detector"] = [alert.category]
         record["ipsctl"] = {"detector": alert.category, **alert.extra}
-    return _name_of_destination(record, alert)
+    return _peer_fields(_name_of_destination(record, alert), alert, enrich)
 
 
 def app_record(event: AppEvent, in_iface: str | None = None) -> Record:
@@ -225,21 +248,25 @@ def unblock_record(unblock: Unblock) -> Record:
     }
 
 
-def drop_record(log: LogRecord, in_iface: str | None = None) -> Record:
+def drop_record(
+    log: LogRecord, in_iface: str | None = None, enrich: Enricher | None = None
+) -> Record:
     """A refusing `log` rule's record, as Suricata's drop log writes it; the rule's name goes
     in ipsctl's own object (Suricata's `drop` object has no place for it)."""
     record = _base(log, "drop", in_iface)
     record["drop"] = {"reason": "rules"}
     record = _name_of_destination(record, log)
     record.setdefault("ipsctl", {})["rule"] = log.rule_name
-    return record
+    return _peer_fields(record, log, enrich)
 
 
-def log_record(log: LogRecord, in_iface: str | None = None) -> Record:
+def log_record(
+    log: LogRecord, in_iface: str | None = None, enrich: Enricher | None = None
+) -> Record:
     """A `log` rule's record. Suricata has no such type; ours is `ipsctl_log`, alongside."""
     record = _base(log, "ipsctl_log", in_iface)
     record["ipsctl_log"] = {"verdict": log.verdict, "rule": log.rule_name}
-    return _name_of_destination(record, log)
+    return _peer_fields(_name_of_destination(record, log), log, enrich)
 
 
 # A flow's app_proto as Suricata writes it: "failed" where detection gave up; a flow whose
@@ -254,7 +281,9 @@ EVE_APP_PROTOS: dict[str | None, str] = {
 }
 
 
-def flow_record(end: FlowEnd, in_iface: str | None = None) -> Record:
+def flow_record(
+    end: FlowEnd, in_iface: str | None = None, enrich: Enricher | None = None
+) -> Record:
     flow = end.flow
     ev = PacketEvent(
         end.time,
@@ -303,8 +332,11 @@ def flow_record(end: FlowEnd, in_iface: str | None = None) -> Record:
                 tcp[name] = True
         tcp["state"] = tcp_state
         record["tcp"] = tcp
-    own = _flow_names(f)
-    if own is not None:
+    own = _flow_names(f) or {}
+    if enrich is not None:
+        named = bool(own.get("dst_name") or own.get("sni") or own.get("http_host"))
+        own.update(enrich.fields(f.proto, f.src, f.dst, f.sport, f.dport, named=named))
+    if own:
         record["ipsctl"] = own
     return record
 
@@ -349,7 +381,7 @@ def _json_text(text: str) -> str:
     return quoted
 
 
-def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
+def flow_line(end: FlowEnd, in_iface: str | None = None, enrich: Enricher | None = None) -> str:
     """flow_record as its JSON line, written out directly: the same text as
     json.dumps(flow_record(end, in_iface), separators=(",", ":")) at under half the cost —
     every connection ends in one, so it is the commonest record by far. Every string in it
@@ -383,10 +415,23 @@ def flow_line(end: FlowEnd, in_iface: str | None = None) -> str:
     first, last = f.first_seen, f.last_seen
     bypass = ',"bypass":"capture"' if getattr(f, "offloaded", False) else ""
     if f.dst_name is None and f.app is None:
-        own = ""  # the common case: nothing named
+        names_text = ""  # the common case: nothing named
+        named = False
     else:
         names = _flow_names(f)
-        own = "" if names is None else ',"ipsctl":' + json.dumps(names, separators=(",", ":"))
+        named = names is not None
+        names_text = "" if names is None else json.dumps(names, separators=(",", ":"))[1:-1]
+    peers = (
+        enrich.fields_json(proto, f.src, f.dst, f.sport, f.dport, named)
+        if enrich is not None
+        else ""
+    )
+    if names_text and peers:
+        own = f',"ipsctl":{{{names_text},{peers}}}'
+    elif names_text or peers:
+        own = f',"ipsctl":{{{names_text or peers}}}'
+    else:
+        own = ""
     return (
         f'{{"timestamp":"{eve_timestamp(end.time)}","flow_id":{f.flow_id}{iface}'
         f',"event_type":"flow","src_ip":"{endpoints},"proto":"{_proto_label(proto)}"{app_field}'
@@ -434,6 +479,7 @@ class EveWriter:
         drops: bool = True,
         passive: bool = False,
         blocks_enforced: bool = True,
+        enrich: Enricher | None = None,
     ):
         self.stream = stream
         self.log = log
@@ -442,6 +488,7 @@ class EveWriter:
         self.drops = drops
         self.passive = passive
         self.blocks_enforced = blocks_enforced
+        self.enrich = enrich  # who is on the other end (ips/geo/enrich.py); None: no fields
         self.written = 0
 
     def write(self, record: dict[str, object]) -> None:
@@ -459,25 +506,25 @@ class EveWriter:
 
     def event(self, ev: object) -> None:
         if isinstance(ev, Alert):
-            record = alert_record(ev, self.in_iface)
+            record = alert_record(ev, self.in_iface, self.enrich)
             if self.passive:
                 alert = record["alert"]
                 alert["action"] = PASSIVE_ACTIONS.get(alert["action"], alert["action"])
             self.write(record)
         elif isinstance(ev, FlowEnd):
-            self.write_line(flow_line(ev, self.in_iface))
+            self.write_line(flow_line(ev, self.in_iface, self.enrich))
         elif isinstance(ev, AppEvent):
             self.write(app_record(ev, self.in_iface))
         elif isinstance(ev, LogRecord):
             if self.passive:
-                record = log_record(ev, self.in_iface)
+                record = log_record(ev, self.in_iface, self.enrich)
                 if ev.verdict != "accept":
                     record["ipsctl_log"]["verdict"] = f"would_{ev.verdict}"
                 self.write(record)
             elif ev.verdict in ("drop", "reject") and self.drops:
-                self.write(drop_record(ev, self.in_iface))
+                self.write(drop_record(ev, self.in_iface, self.enrich))
             else:
-                self.write(log_record(ev, self.in_iface))
+                self.write(log_record(ev, self.in_iface, self.enrich))
         elif isinstance(ev, Block):
             record = block_record(ev)
             record["ipsctl_block"]["enforced"] = not self.passive or self.blocks_enforced

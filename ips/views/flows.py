@@ -13,6 +13,8 @@ flows_csv (at the end) write them for the CLI. A filter is words, all of which m
                                          or the SNI or HTTP host the flow's client sent):
                                          exactly N, any subdomain of N (not N itself, as
                                          in the policy's name patterns), or any known name
+    country CC | asn N                   either end's country (ISO code) or AS number, as
+                                         the geo data and site file say (docs/geo.md)
     and                                  optional, between terms
 
 e.g. `proto tcp dport 80`, `src 10.10.1.0/24 and state established`, `name *.example.com`.
@@ -22,7 +24,14 @@ its address (ips/app/passive_dns.py); a row carries it as `dst_name` (None when 
 The application layer may have read the server's name too: the SNI of a TLS or QUIC hello
 (`sni`) or the Host of the first HTTP request (`http_host`), as ntopng shows the server name.
 The NAME column shows the passive DNS name, else the SNI, else the HTTP host; `name` filters
-and the names of `group dst` use the same.
+and the names of `group dst` use the same. With reverse DNS on (ips/geo/rdns.py), a responder
+none of these name gets its PTR name (`dst_rdns`), in the NAME column too.
+
+Who is on the other end (ips/geo/enrich.py), looked up here, where the rows are made, never on
+the packet path: a row has `src_geo` and `dst_geo` (country, asn, org, site; a non-public
+address its scope only; None when nothing is known) and `service`, the IANA name of the
+responder's port (5432/tcp: postgresql). The table shows them beside the addresses
+(`192.0.2.7:443 [US AS64500]`) and in a SERVICE column; CSV has them flat (src_country, …).
 """
 
 from __future__ import annotations
@@ -36,6 +45,8 @@ from typing import Any
 
 from ips.core.addr import format_addr
 from ips.core.flow import TCP_STATE_NAMES
+from ips.geo.db import GeoDb, GeoInfo
+from ips.geo.enrich import Enricher, flow_service, short_label
 from ips.policy.names import PROTOCOLS, SERVICES
 from ips.sinks.eve import EVE_APP_PROTOS
 
@@ -81,8 +92,13 @@ def _addr_in(net: Any) -> Callable[[bytes], bool]:
     return test
 
 
-def parse_filter(text: str) -> Pred:
-    """A predicate over flows; FilterError on bad input."""
+_NO_GEO = GeoDb()  # scopes only: a filter checked without data, or a daemon without any
+
+
+def parse_filter(text: str, geo: Callable[[bytes], GeoInfo] | None = None) -> Pred:
+    """A predicate over flows; FilterError on bad input. GEO answers `country` and `asn`
+    (GeoDb.lookup; without it they match nothing)."""
+    lookup = geo or _NO_GEO.lookup
     words = [w for w in text.replace(",", " ").split() if w.lower() != "and"]
     # Each predicate binds its values as default arguments (the loop rebinds the names), and
     # mypy cannot infer a lambda with defaults: hence the ignores below.
@@ -125,8 +141,21 @@ def parse_filter(text: str) -> Pred:
             preds.append(lambda f, w=want: bool(f.replied) == w)  # type: ignore[misc]
         elif word == "name":
             preds.append(_name_matcher(value))
+        elif word == "country":
+            code = value.upper()
+            if len(code) != 2 or not code.isalpha():
+                raise FilterError(f"country: a two-letter code (DE, US), not {value!r}")
+            preds.append(
+                lambda f, c=code, g=lookup: g(f.src).country == c or g(f.dst).country == c  # type: ignore[misc]
+            )
+        elif word == "asn":
+            digits = value[2:] if value.startswith("as") else value
+            if not digits.isdigit() or not 0 < int(digits) < 1 << 32:
+                raise FilterError(f"asn: an AS number (13335 or AS13335), not {value!r}")
+            number = int(digits)
+            preds.append(lambda f, n=number, g=lookup: g(f.src).asn == n or g(f.dst).asn == n)  # type: ignore[misc]
         else:
-            known = "proto, host, src, dst, port, sport, dport, state, name"
+            known = "proto, host, src, dst, port, sport, dport, state, name, country, asn"
             raise FilterError(f"unknown filter word {word!r} (known: {known})")
     return lambda f: all(p(f) for p in preds)
 
@@ -171,8 +200,8 @@ def _name_matcher(pattern: str) -> Pred:
     return lambda f: pattern in names(f)
 
 
-def flow_row(f: Any, now: float) -> dict[str, Any]:
-    return {
+def flow_row(f: Any, now: float, enrich: Enricher | None = None) -> dict[str, Any]:
+    row = {
         "id": f.flow_id,
         "proto": PROTO_LABELS.get(f.proto, str(f.proto)),
         "src": format_addr(f.src),
@@ -196,6 +225,16 @@ def flow_row(f: Any, now: float) -> dict[str, Any]:
         "sni": server_sni(f),
         "http_host": server_http_host(f),
     }
+    geo = (
+        enrich.fields(f.proto, f.src, f.dst, f.sport, f.dport, named=server_name(f) is not None)
+        if enrich is not None
+        else {}
+    )
+    row["src_geo"] = geo.get("src_geo")
+    row["dst_geo"] = geo.get("dst_geo")
+    row["service"] = flow_service(f.proto, f.sport, f.dport)
+    row["dst_rdns"] = geo.get("dst_rdns")
+    return row
 
 
 def _key(sort: str) -> Callable[[Any], float]:
@@ -214,18 +253,22 @@ def select_flows(
     sort: str = "bytes",
     filter_text: str = "",
     group: str | None = None,
+    enrich: Enricher | None = None,
 ) -> dict[str, Any]:
     """The `top` biggest flows by `sort` (after the filter), or with `group` the biggest
-    sources, destinations or destination ports (flows, packets, bytes summed)."""
+    sources, destinations or destination ports (flows, packets, bytes summed). ENRICH
+    gives the rows who is on the other end (and answers the `country` and `asn` filters)."""
     if sort not in SORT_KEYS:
         raise FilterError(f"sort must be one of {', '.join(SORT_KEYS)}, not {sort!r}")
     if group is not None and group not in GROUPS:
         raise FilterError(f"group must be one of {', '.join(GROUPS)}, not {group!r}")
     top = max(0, min(int(top), MAX_ROWS))
-    pred = parse_filter(filter_text) if filter_text.strip() else None
+    geo = enrich.geo.lookup if enrich is not None and enrich.geo is not None else None
+    pred = parse_filter(filter_text, geo) if filter_text.strip() else None
     chosen = [f for f in flows if pred is None or pred(f)]
     if group is None:
-        rows = [flow_row(f, now) for f in heapq.nlargest(top, chosen, key=_key(sort))]
+        biggest = heapq.nlargest(top, chosen, key=_key(sort))
+        rows = [flow_row(f, now, enrich) for f in biggest]
         return {"ok": True, "total": len(chosen), "flows": rows}
     sums: dict[Any, list[int]] = {}
     # group dst: each address's name, from its most recently started named flow.
@@ -253,41 +296,72 @@ def select_flows(
         else:
             label = format_addr(k)
         row: dict[str, Any] = {"key": label, "flows": n, "packets": pkts, "bytes": nbytes}
+        if group == "port":
+            row["service"] = flow_service(k[0], 0, k[1])
+        elif enrich is not None:
+            row["geo"] = enrich.endpoint(k)
         if group == "dst":
-            row["name"] = names[k][1] if k in names else None
+            name = names[k][1] if k in names else None
+            if name is None and enrich is not None:
+                name = enrich.reverse_name(k)
+            row["name"] = name
+        elif group == "src" and enrich is not None and enrich.rdns is not None:
+            row["rdns"] = enrich.reverse_name(k)
         groups.append(row)
     return {"ok": True, "total": len(chosen), "groups": groups}
 
 
 # ---- as text ------------------------------------------------------------------------------------
 
+GEO_KEYS = ("country", "asn", "org", "site", "scope")
 CSV_FIELDS = ("id", "proto", "src", "sport", "dst", "dport", "packets", "bytes", "bytes_fwd",
               "bytes_rev", "duration", "idle", "state", "app_proto", "dst_name", "sni",
-              "http_host")  # fmt: skip
+              "http_host", "service", "dst_rdns",
+              *(f"{end}_{key}" for end in ("src", "dst") for key in GEO_KEYS))  # fmt: skip
 
 
 def format_flows(rows: list[dict[str, Any]], total: int) -> str:
     if not rows:
         return "no flows" + (f" (of {total})" if total else "")
-    lines = [
-        f"{'PROTO':<6} {'APP':<6} {'SOURCE':<45} {'DESTINATION':<45} {'PKTS':>8} {'BYTES':>10} "
-        f"{'DURATION':>9}  {'STATE':<11}  NAME"
+    ends = [
+        (
+            _endpoint(r["src"], r["sport"], r["proto"]) + _where(r.get("src_geo")),
+            _endpoint(r["dst"], r["dport"], r["proto"]) + _where(r.get("dst_geo")),
+        )
+        for r in rows
     ]
-    for r in rows:
+    width = max([45, *(len(e) for pair in ends for e in pair)])
+    lines = [
+        f"{'PROTO':<6} {'APP':<6} {'SOURCE':<{width}} {'DESTINATION':<{width}} {'SERVICE':<12} "
+        f"{'PKTS':>8} {'BYTES':>10} {'DURATION':>9}  {'STATE':<11}  NAME"
+    ]
+    for r, (src, dst) in zip(rows, ends, strict=True):
         app = r.get("app_proto") or "-"
-        src = _endpoint(r["src"], r["sport"], r["proto"])
-        dst = _endpoint(r["dst"], r["dport"], r["proto"])
+        service = r.get("service") or "-"
         lines.append(
-            f"{r['proto']:<6} {app:<6} {src:<45} {dst:<45} {r['packets']:>8} {r['bytes']:>10} "
-            f"{r['duration']:>8.1f}s  {r['state']:<11}  {_row_name(r)}"
+            f"{r['proto']:<6} {app:<6} {src:<{width}} {dst:<{width}} {service:<12} "
+            f"{r['packets']:>8} {r['bytes']:>10} {r['duration']:>8.1f}s  {r['state']:<11}  "
+            f"{_row_name(r)}"
         )
     lines.append(f"{len(rows)} of {total} flow{'s' if total != 1 else ''}")
     return "\n".join(lines)
 
 
 def _row_name(row: dict[str, Any]) -> str:
-    """The NAME column: passive DNS's name, else the SNI, else the HTTP host, else "-"."""
-    return row.get("dst_name") or row.get("sni") or row.get("http_host") or "-"
+    """The NAME column: passive DNS's name, else the SNI, else the HTTP host, else the
+    reverse DNS name, else "-"."""
+    return (
+        row.get("dst_name") or row.get("sni") or row.get("http_host") or row.get("dst_rdns")
+        or "-"
+    )  # fmt: skip
+
+
+def _where(obj: dict[str, Any] | None) -> str:
+    """` [US AS15169]`, ` [HQ]` beside an address; nothing for a bare scope (the address
+    says it is private) or when nothing is known."""
+    if not obj or set(obj) == {"scope"}:
+        return ""
+    return f" [{short_label(obj)}]"
 
 
 def _endpoint(addr: str, port: int, proto: str) -> str:
@@ -300,5 +374,11 @@ def flows_csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    for row in rows:
+        flat = dict(row)
+        for end in ("src", "dst"):
+            obj = row.get(f"{end}_geo") or {}
+            for key in GEO_KEYS:
+                flat[f"{end}_{key}"] = obj.get(key)
+        writer.writerow(flat)
     return out.getvalue()

@@ -39,6 +39,30 @@ def _app_lines(app: Any) -> list[str]:
     return lines
 
 
+def _geo_lines(geo: Any) -> list[str]:
+    """Who is on the other end: the data's directory, what is missing, the lookup cache,
+    reverse DNS."""
+    if not isinstance(geo, dict) or not geo.get("enabled"):
+        return []
+    cache = geo.get("cache") or {}
+    where = f"{geo.get('directory')}" + (", site file" if geo.get("site") else "")
+    if geo.get("problem"):
+        state = str(geo["problem"])
+    else:
+        state = f"{where}; cache {cache.get('entries', 0)} addresses"
+        state += f" ({cache.get('hits', 0)} hits, {cache.get('misses', 0)} misses)"
+    lines = [f"geo      {state}"]
+    rdns = geo.get("reverse_dns")
+    if isinstance(rdns, dict):
+        lines.append(
+            f"         reverse DNS {rdns.get('entries', 0)} cached, {rdns.get('in_flight', 0)} "
+            f"in flight; asked {rdns.get('queries', 0)} (named {rdns.get('answered', 0)}, "
+            f"no name {rdns.get('no_name', 0)}), not asked: rate {rdns.get('rate_limited', 0)}, "
+            f"queue full {rdns.get('queue_full', 0)}"
+        )
+    return lines
+
+
 def format_status(s: dict[str, Any]) -> str:
     p, w, c, q, d = s["policy"], s["worker"], s["counters"], s.get("queue") or {}, s["diversion"]
     lines = [
@@ -98,6 +122,7 @@ def format_status(s: dict[str, Any]) -> str:
             f"waiting {u.get('waiting', 0)}, dropped {u.get('dropped', 0)}"
         )
     lines += _app_lines(w.get("app"))
+    lines += _geo_lines(w.get("geo"))
     lines.append(
         f"worker   pid {w.get('pid')}, restarts {c['worker_restarts']} "
         f"(hung {c['worker_hangs']}, died {c['worker_deaths']})"

@@ -3,7 +3,10 @@
 Reads only the control socket's read-only ops (status, flows, alerts, blocks_list), so a
 member of the socket's group sees it without root. Rates are those of the packets the engine
 judged (the kernel fast path and blocked sources never reach it). Destinations are shown with
-the name passive DNS learned for them (the name the client asked for), as ntopng does.
+the name passive DNS learned for them (the name the client asked for), as ntopng does, else
+their reverse DNS name when the daemon asks (ips/geo/rdns.py); sources and destinations with
+who they are (country, AS number and organisation, or the site's name: ips/geo/enrich.py),
+ports with their IANA service name.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
+
+from ips.geo.enrich import short_label
 
 Request = Callable[[dict[str, Any]], dict[str, Any]]
 HISTORY = 60  # seconds of rate history in the sparklines
@@ -136,18 +141,29 @@ def render(state: TopState) -> RenderableType:
     rates.append(sparkline(state.bps), style="cyan")
     talkers = _table(
         "top talkers",
-        ["source", "flows", "packets", "bytes"],
+        ["source", "who", "flows", "packets", "bytes"],
         [
-            [g["key"], str(g["flows"]), human(g["packets"]), human(g["bytes"], "B")]
+            [
+                g["key"] + (f" ({g['rdns']})" if g.get("rdns") else ""),
+                who(g.get("geo")),
+                str(g["flows"]),
+                human(g["packets"]),
+                human(g["bytes"], "B"),
+            ]
             for g in state.talkers
         ],
-        widths=(15, 5, 7, 7),
+        widths=(15, 0, 5, 7, 7),
     )
     ports = _table(
         "top ports",
         ["port", "flows", "packets", "bytes"],
         [
-            [g["key"], str(g["flows"]), human(g["packets"]), human(g["bytes"], "B")]
+            [
+                g["key"] + (f" {g['service']}" if g.get("service") else ""),
+                str(g["flows"]),
+                human(g["packets"]),
+                human(g["bytes"], "B"),
+            ]
             for g in state.ports
         ],
         widths=(9, 5, 7, 7),
@@ -158,18 +174,19 @@ def render(state: TopState) -> RenderableType:
     side.add_row(talkers, ports)
     destinations = _table(
         "top destinations",
-        ["destination", "name", "flows", "packets", "bytes"],
+        ["destination", "name", "who", "flows", "packets", "bytes"],
         [
             [
                 g["key"],
                 str(g.get("name") or "-"),
+                who(g.get("geo"), org=True),
                 str(g["flows"]),
                 human(g["packets"]),
                 human(g["bytes"], "B"),
             ]
             for g in state.destinations
         ],
-        widths=(15, 0, 5, 7, 7),
+        widths=(15, 0, 0, 5, 7, 7),
     )
     alert_rows = []
     for a in state.alerts:
@@ -181,7 +198,8 @@ def render(state: TopState) -> RenderableType:
             [
                 when,
                 str(al.get("category", "")),
-                f"{ev.get('src_ip')} > {ev.get('dest_ip')}" + (f" ({name})" if name else ""),
+                f"{ev.get('src_ip')}{_where(ev, 'src_geo')} > {ev.get('dest_ip')}"
+                f"{_where(ev, 'dst_geo')}" + (f" ({name})" if name else ""),
                 str(al.get("action", "")),
                 str(al.get("signature", "")),
             ]
@@ -210,17 +228,38 @@ def render(state: TopState) -> RenderableType:
     return Group(Panel(Group(head, rates)), side, destinations, alerts, blocks)
 
 
+def who(geo: Any, org: bool = False) -> str:
+    """The `who` cell: `US AS15169` (with ORG: `US AS15169 Google LLC`), a site's name,
+    `private`, or `-`."""
+    if not isinstance(geo, dict):
+        return "-"
+    label = short_label(geo)
+    if org and geo.get("org"):
+        label += f" {geo['org']}"
+    return label
+
+
+def _where(ev: dict[str, Any], key: str) -> str:
+    """` [RU AS64500]` after an alert's address; nothing for a bare scope or no data."""
+    geo = (ev.get("ipsctl") or {}).get(key)
+    if not isinstance(geo, dict) or set(geo) <= {"scope"}:
+        return ""
+    return f" [{short_label(geo)}]"
+
+
 def alert_name(ev: dict[str, Any]) -> str | None:
     """The name of an alert's destination: the passive DNS name (ipsctl.dst_name), else the
     server name its client sent (the alert's tls or quic SNI, its http hostname)."""
-    name = (ev.get("ipsctl") or {}).get("dst_name")
+    own = ev.get("ipsctl") or {}
+    name = own.get("dst_name")
     if name:
         return str(name)
     for key, field in (("tls", "sni"), ("quic", "sni"), ("http", "hostname")):
         value = (ev.get(key) or {}).get(field)
         if value:
             return str(value)
-    return None
+    rdns = own.get("dst_rdns")
+    return str(rdns) if rdns else None
 
 
 def _left(seconds: Any) -> str:

@@ -43,14 +43,15 @@ LOWER = {
     "engine": {"core", "policy", "detect", "translate", "app"},
     "kernel": {"core", "policy", "translate", "safefile"},
     "io": {"core", "policy", "detect", "translate", "engine", "kernel"},
-    "sinks": {"core", "policy", "engine", "safefile", "app"},  # app: EVE's objects, community_id
+    # app: EVE's objects, community_id; geo: the fields of who is on the other end
+    "sinks": {"core", "policy", "engine", "safefile", "app", "geo"},
     "control": set(),  # the protocol is for any client (the CLI, a console): a leaf
-    "views": {"core", "policy", "engine", "control", "sinks"},
+    "views": {"core", "policy", "engine", "control", "sinks", "geo"},
     "heap": set(),
     "safefile": set(),
     "privileges": set(),
     "lab": {"core"},
-    "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile"},
+    "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile", "geo"},
     "daemon": {
         "core",
         "policy",
@@ -66,6 +67,7 @@ LOWER = {
         "privileges",
         "replay",
         "safefile",
+        "geo",
     },
 }
 LOWER["cli"] = set(LOWER)

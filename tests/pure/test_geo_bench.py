@@ -18,5 +18,8 @@ def test_bench_geo_runs_and_reports_every_figure() -> None:
         "uncached-v4",
         "uncached-v6",
         "service-name",
+        "enrich-flow",
+        "enrich-flow-dict",
+        "enrich-flow-new",
     }
     assert all(value > 0 for value in figures.values()), figures

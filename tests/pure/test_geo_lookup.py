@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import shutil
-import subprocess
 
 import pytest
-from captures import PCAPS, pcap_names
+from mmdb_oracle import capture_addresses, mmdblookup
 
-from ips.core.decode import decode_frame
-from ips.core.packet import Packet
 from ips.geo.db import ASN_FILE, COUNTRY_FILE, GeoDb, default_geo_dir, scope_of
-from ips.io.pcap import CaptureError, read_capture
 
 GEO_DIR = default_geo_dir()
 
@@ -29,40 +24,6 @@ def geo() -> GeoDb:
     db = GeoDb.open(GEO_DIR)
     yield db
     db.close()
-
-
-def capture_addresses() -> set[bytes]:
-    found: set[bytes] = set()
-    for name in pcap_names():
-        try:
-            with read_capture(PCAPS / name) as reader:
-                for record in reader:
-                    packet = decode_frame(record.data, record.linktype)
-                    if isinstance(packet, Packet):
-                        found.update((packet.src, packet.dst))
-        except CaptureError:
-            continue  # the corrupt captures are there for the decoder's tests
-    return found
-
-
-def mmdblookup(path: str, address: str, *keys: str) -> str | int | None:
-    """One value from mmdblookup, or None when the address has no entry or no such key."""
-    proc = subprocess.run(
-        ["mmdblookup", "-f", path, "-i", address, *keys],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return None
-    text = proc.stdout.strip()
-    string = re.fullmatch(r'"(.*)" <utf8_string>', text, re.S)
-    if string:
-        return string.group(1)
-    number = re.fullmatch(r"(\d+) <uint(16|32|64)>", text)
-    if number:
-        return int(number.group(1))
-    raise AssertionError(f"mmdblookup said {text!r}")
 
 
 def test_the_captures_hold_public_addresses_of_both_families() -> None:

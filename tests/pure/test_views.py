@@ -56,6 +56,7 @@ def test_flows_sorted_filtered_and_grouped() -> None:
     assert talkers[0] == {"key": "10.0.0.1", "flows": 2, "packets": 7, "bytes": 5 * 1040 + 2 * 140}
     ports = select_flows(flows, 200.0, group="port", sort="packets")["groups"]
     assert ports[0]["key"] == "53/udp" and ports[0]["packets"] == 9
+    assert ports[0]["service"] == "domain"  # IANA's name, for display
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,16 @@ class GeoResolver:
             files.table_texts[f"geo:{directory}/{name}"] = repr(identity)
         return self._data
 
+    def display_data(self) -> tuple[str, SiteMap | None]:
+        """(directory, site map) for the fields of records and views (ips/geo/enrich.py):
+        the clauses' data when the policy says where it is, else the default directory and
+        no site map (read without touching the digest: display is not policy)."""
+        if self.options:
+            data = self.data()
+            if data is not None:
+                return data
+        return default_geo_dir(), None
+
     def _read_sites(self, item: ast.Item) -> SiteMap | None:
         path = self._relative(item.text, item.span)
         try:

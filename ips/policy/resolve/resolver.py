@@ -47,6 +47,8 @@ class Resolver:
         with cycle_collection_paused():
             files.load(text, display, path.resolve(), [])
             policy = self._resolve(files.statements)
+            # Before the check: a site file that cannot be read is an error of the policy.
+            policy.geo_dir, policy.geo_sites = self.values.geo.display_data()
         if self.diags.errors:
             order = {f: i for i, f in enumerate(files.files)}
             self.diags.items.sort(
