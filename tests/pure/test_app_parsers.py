@@ -26,7 +26,14 @@ from ips.app.dns import (
     parse_message,
     parse_tcp_stream,
 )
-from ips.app.http import END, INCOMPLETE, UNTIL_CLOSE, parse_requests, parse_responses
+from ips.app.http import (
+    END,
+    INCOMPLETE,
+    UNTIL_CLOSE,
+    parse_requests,
+    parse_responses,
+    split_host,
+)
 from ips.app.ssh import SshBanner, parse_banner
 from ips.core.addr import parse_addr
 from ips.core.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Malformed
@@ -237,3 +244,14 @@ def test_community_id_spec_vectors() -> None:
     v1, v2 = parse_addr("fe80::200:86ff:fe05:80da"), parse_addr("fe80::260:97ff:fe07:69ea")
     assert community_id(PROTO_ICMPV6, v1, v2, 135, 0) == "1:dGHyGvjMfljg6Bppwm3bg0LO8TY="
     assert community_id(PROTO_ICMPV6, v2, v1, 136, 0) == "1:dGHyGvjMfljg6Bppwm3bg0LO8TY="
+
+
+def test_non_ascii_digits_are_not_numbers() -> None:
+    # "²".isdigit() is True but int("²") raises: found by hypothesis in a Content-Length and
+    # a Host port. Such a length is malformed, such a port is part of the name.
+    stream = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: ²\r\n\r\n".encode()
+    why = parse_requests(stream)[2]
+    assert isinstance(why, Malformed) and why.reason == "http.bad-content-length"
+    assert split_host("example.com:²") == ("example.com:²", None)
+    assert split_host("[2001:db8::1]:²") == ("2001:db8::1", None)
+    assert split_host("example.com:8080") == ("example.com", 8080)
