@@ -375,6 +375,10 @@ class AppInspector:
         to_client.base, to_client.fin = quiet.server_base, quiet.server_fin
         state = _Tcp(streams)
         flow.app_state = state
+        # The fields start with the payload too: a flow that never carries any (a SYN
+        # flood's, a scan's probe) holds nothing more than its quiet state, and that only
+        # while it is in the table (detectors may keep ended flows a while).
+        flow.app = AppFields()
         return state
 
     def _start(self, pkt: Packet, flow: Flow, now: float) -> _TcpQuiet | _Udp | None:
@@ -392,7 +396,8 @@ class AppInspector:
             flow.app_proto = ""  # nothing to name (ICMP, GRE...)
             flow.app_state = None
             return None
-        flow.app = AppFields()
+        if state.__class__ is _Udp:
+            flow.app = AppFields()  # a TCP flow's come with its first payload (_wake)
         flow.app_state = state
         return state
 
@@ -408,7 +413,7 @@ class AppInspector:
         # will not be completed).
         if not new and (not side.fin or not (state.client_open if fwd else state.server_open)):
             return None
-        app: AppFields = flow.app  # type: ignore[assignment]  # set by _start
+        app: AppFields = flow.app  # type: ignore[assignment]  # set by _wake
         proto = flow.app_proto
         both = False
         if proto is None:
@@ -671,7 +676,7 @@ class AppInspector:
         start = pkt.payload_offset
         if start >= pkt.length:
             return None
-        app: AppFields = flow.app  # type: ignore[assignment]  # set by _start
+        app: AppFields = flow.app  # type: ignore[assignment]  # set by _wake
         proto = flow.app_proto
         if proto is None:
             proto = flow.app_proto = detect_datagram(pkt.data, start)

@@ -42,7 +42,7 @@ DEFAULT_GEO_DIR = "/var/lib/ipsctl/geo"  # where scripts/setup.sh installs the d
 GEO_DIR_ENV = "IPSCTL_GEO_DIR"
 COUNTRY_FILE = "country.mmdb"
 ASN_FILE = "asn.mmdb"
-DEFAULT_CACHE_SIZE = 65536  # addresses; an entry is about 300 bytes: ~20 MB when full
+DEFAULT_CACHE_SIZE = 16384  # addresses; an entry is about 300 bytes: ~5 MB when full
 
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 

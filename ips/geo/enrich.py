@@ -31,7 +31,7 @@ from ips.geo.services import service_name
 
 __all__ = ["Enricher", "geo_object", "open_enricher"]
 
-_OBJECTS_KEPT = 65536
+_OBJECTS_KEPT = 16384
 _RDNS_SCOPES = frozenset({"public", "private"})  # worth a PTR query
 
 

@@ -225,10 +225,12 @@ def _with_app_check(check: Check | None, conditions: tuple[AppCondition, ...]) -
 def app_conditions_check(conditions: tuple[AppCondition, ...]) -> Callable[[object], object]:
     """flow -> True, False or PENDING for a rule's application-layer clauses (all must hold).
 
-    False, final, when the flow has no AppFields (application parsing off, or neither TCP
-    nor UDP). `app X` is pending while the flow's protocol is not named yet, and decided
-    first: a flow known to be another protocol is refused at once. The other clauses read
-    client-side fields: pending while the client's first message may still come."""
+    False, final, when the flow has no AppFields and never will (application parsing off,
+    neither TCP nor UDP, or its inspection over); pending while it has none yet but the
+    inspector still reads it (a TCP flow gets its fields with its first payload). `app X`
+    is pending while the flow's protocol is not named yet, and decided first: a flow known
+    to be another protocol is refused at once. The other clauses read client-side fields:
+    pending while the client's first message may still come."""
     protos = [c for c in conditions if c.kind == "proto"]
     fields = tuple(field_check(c) for c in conditions if c.kind != "proto")
     proto_values = protos[0].values if protos else None
@@ -237,7 +239,7 @@ def app_conditions_check(conditions: tuple[AppCondition, ...]) -> Callable[[obje
     def app_ok(flow: object) -> object:
         app = flow.app  # type: ignore[attr-defined]
         if app is None:
-            return False
+            return PENDING if flow.app_state is not None else False  # type: ignore[attr-defined]
         if proto_values is not None:
             proto = flow.app_proto  # type: ignore[attr-defined]
             if proto is None:

@@ -20,20 +20,24 @@ detect  stealth   count 3  within 60s  block 30s
 """
 
 
-def _rss_kb(box, pid: int) -> int:  # type: ignore[no-untyped-def]
+def _rss_kb(box, pid: int, kind: str = "RssAnon") -> int:  # type: ignore[no-untyped-def]
+    """The worker's resident memory of one kind. RssAnon by default: its heap. The pages of
+    files it maps (the geo databases, read where flow records are written) count in RssFile;
+    they are the kernel's page cache, shared and given back under pressure."""
     text = box.gw_text(["cat", f"/proc/{pid}/status"])
-    return next(int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS:"))
+    return next(int(line.split()[1]) for line in text.splitlines() if line.startswith(kind + ":"))
 
 
 def test_rand_source_flood_in_the_lab_keeps_the_flow_table_at_its_cap(tmp_path: Path) -> None:
     """20,000 SYNs from random sources (hping3 --rand-source, bounded) through the worker, with
     --max-flows 2000: the table fills to its cap and stays there; no engine error; the
-    worker's memory barely moves; the client is still served."""
+    worker's heap grows by a bounded amount; the client is still served."""
     with inline_lab(tmp_path, "hmf") as box:
         box.start_daemon(FLOOD_POLICY, "--max-flows", "2000")
         status = box.status()
         worker = status["worker"]["pid"]
         before = _rss_kb(box, worker)
+        before_file = _rss_kb(box, worker, "RssFile")
         flood = box.run(
             "attacker",
             ["hping3", "-S", "-p", "80", "--rand-source", "-c", "20000", "-i", "u40", SERVER],
@@ -46,6 +50,13 @@ def test_rand_source_flood_in_the_lab_keeps_the_flow_table_at_its_cap(tmp_path: 
         assert status["worker"]["engine_errors"] == 0
         assert 1_500 <= status["worker"]["flows"] <= 2_000, status["worker"]["flows"]
         grown = _rss_kb(box, worker) - before
-        assert grown < 40_000, f"worker RSS grew by {grown} kB"
+        grown_file = _rss_kb(box, worker, "RssFile") - before_file
+        print(f"worker RssAnon grew by {grown} kB, RssFile by {grown_file} kB")
+        # Measured here (RssAnon): 21 MB before the application layer and the geo fields,
+        # 37 MB with the application layer, 43 MB with the geo caches too (bounded: 16,384
+        # addresses). The detectors keep the flood's flows for their window, so this grows
+        # with the sources of one window, not with time; 64 MB leaves room for the
+        # allocator's spread between runs.
+        assert grown < 64_000, f"worker RssAnon grew by {grown} kB (RssFile by {grown_file} kB)"
         assert box.curl("client", f"http://{SERVER}/").returncode == 0
         assert CLIENT not in box.kernel_blocks()

@@ -197,9 +197,15 @@ def test_static_name_tables_and_check_shows_the_clauses(tmp_path: Path) -> None:
 
 
 class FakeFlow:
-    def __init__(self, app: AppFields | None, app_proto: str | None = None) -> None:
+    """What the L7 check reads of a flow: its fields, its protocol, and whether the
+    inspector still reads it (app_state not None)."""
+
+    def __init__(
+        self, app: AppFields | None, app_proto: str | None = None, reading: bool = False
+    ) -> None:
         self.app = app
         self.app_proto = app_proto
+        self.app_state = object() if reading else None
 
 
 def flow_with(app_proto: str | None = "tls", done: bool = True, **fields: object) -> FakeFlow:
@@ -221,6 +227,8 @@ def test_pending_while_the_client_message_may_still_come() -> None:
     assert check(flow_with(tls_sni="ok.lab")) is False
     assert check(flow_with(tls_sni=None)) is False  # final: no SNI will come
     assert check(FakeFlow(None)) is False  # no application parsing: final, never matches
+    # no fields yet but the inspector reads the flow (a TCP handshake): pending
+    assert check(FakeFlow(None, reading=True)) is PENDING
 
 
 def test_app_is_pending_until_named_and_refused_early() -> None:
