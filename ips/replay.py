@@ -19,6 +19,7 @@ from ips.engine import Engine, Meta
 from ips.io.pcap import read_capture
 from ips.policy.compile import CompiledPolicy
 from ips.policy.model import Policy
+from ips.sinks.base import Sink
 from ips.sinks.eve import EveWriter
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
@@ -105,6 +106,17 @@ class ReplayResult:
         return "\n".join(lines)
 
 
+class _Fanout:
+    """The replay's sinks as one."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+
+    def events(self, events: Iterable[Effect]) -> None:
+        for sink in self.sinks:
+            sink.events(events)
+
+
 def replay_captures(
     policy: Policy | CompiledPolicy,
     paths: Iterable[str],
@@ -112,10 +124,15 @@ def replay_captures(
     eve_stream: IO[str] | None = None,
     progress: bool | None = None,
     engine: Engine | None = None,
+    sinks: Iterable[Sink] = (),
 ) -> ReplayResult:
-    """Replay each capture through one engine (flows carry across files, as on a wire)."""
+    """Replay each capture through one engine (flows carry across files, as on a wire).
+    Every effect goes to the EVE stream, if any, and to each of `sinks` (the store)."""
     engine = engine or Engine(policy)
-    eve = EveWriter(eve_stream) if eve_stream is not None else None
+    outputs: list[Sink] = list(sinks)
+    if eve_stream is not None:
+        outputs.insert(0, EveWriter(eve_stream))
+    eve = _Fanout(outputs) if outputs else None
     result = ReplayResult(engine.policy.digest)
     flows_ended = 0
 

@@ -50,6 +50,8 @@ LOWER = {
     "safefile": set(),
     "privileges": set(),
     "lab": {"core"},
+    # store (issue 21): the flow and event store; its filters are `flows`' (views.flows)
+    "store": {"core", "policy", "sinks", "views"},
     "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile"},
     "daemon": {
         "core",
@@ -66,6 +68,7 @@ LOWER = {
         "privileges",
         "replay",
         "safefile",
+        "store",
     },
 }
 LOWER["cli"] = set(LOWER)
