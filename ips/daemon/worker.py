@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ips.sinks.meter import PacketMeter, RecentAlerts
     from ips.sinks.syslog import SyslogSink
     from ips.sinks.webhook import Webhook
+    from ips.store.sink import StoreSink
 
 TICK_EVERY = 1.0
 HEARTBEAT_EVERY = 0.25
@@ -76,13 +77,14 @@ class WorkerSinks:
     alerts: RecentAlerts | None = None
     webhook: Webhook | None = None
     meter: PacketMeter | None = None
+    store: StoreSink | None = None
 
     def sinks(self) -> list[Sink]:
-        return [s for s in (self.alerts, self.eve, self.webhook) if s is not None]
+        return [s for s in (self.alerts, self.eve, self.webhook, self.store) if s is not None]
 
     def outputs(self) -> dict[str, object]:
-        """status `sinks`: the counters of the EVE file and the syslog socket."""
-        named = {"eve": self.log, "syslog": self.syslog}
+        """status `sinks`: the counters of the EVE file, the syslog socket and the store."""
+        named = {"eve": self.log, "syslog": self.syslog, "store": self.store}
         return {name: out.stats() for name, out in named.items() if out}
 
     def reopen(self) -> bool:
@@ -95,6 +97,8 @@ class WorkerSinks:
     def close(self) -> None:
         if self.webhook is not None:
             self.webhook.close()
+        if self.store is not None:
+            self.store.close()
         if self.log is not None:
             self.log.close()
         if self.syslog is not None:
@@ -120,6 +124,18 @@ def open_sinks(
         from ips.sinks.webhook import Webhook
 
         out.webhook = Webhook(cfg.webhook).start()  # its thread: after the fork
+    if cfg.store:
+        from ips.store.backend import open_store
+        from ips.store.records import DEFAULT_HOME, HomeNetworks
+        from ips.store.retention import Retention
+        from ips.store.sink import StoreSink
+
+        out.store = StoreSink(
+            open_store(cfg.store),  # checked at start (DaemonConfig): a failure here is rare
+            iface=cfg.iface,
+            home=HomeNetworks(cfg.store_home or DEFAULT_HOME),
+            retention=Retention.parse(cfg.store_retention),
+        ).start()  # its thread: after the fork
     return out
 
 

@@ -64,7 +64,7 @@ class Retention:
         def word(age: float) -> str:
             if age == 0:
                 return "forever"
-            for unit in ("y", "w", "d", "h", "m"):
+            for unit in ("y", "d", "h", "m"):
                 if age % UNITS[unit] == 0:
                     return f"{int(age // UNITS[unit])}{unit}"
             return f"{age:g}s"
