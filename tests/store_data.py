@@ -36,7 +36,9 @@ def synthetic_flows(n: int, seed: int = 1, t0: float = T0, span: float = 3 * 360
         v6 = rng.random() < 0.2
         if v6:
             src = bytes.fromhex("fd000000000000000000000000000000")[:15] + bytes([rng.randrange(8)])
-            dst = bytes.fromhex("20010db8000000000000000000000000")[:15] + bytes([rng.randrange(16)])
+            dst = bytes.fromhex("20010db8000000000000000000000000")[:15] + bytes(
+                [rng.randrange(16)]
+            )
         else:
             src = bytes([10, 0, rng.randrange(4), rng.randrange(1, 20)])
             dst = bytes([rng.choice((93, 142, 10)), 0, 0, rng.randrange(1, 30)])
@@ -99,7 +101,9 @@ def synthetic_events(n: int, seed: int = 2, t0: float = T0) -> list[Any]:
 
 def postgres_bin() -> str | None:
     """The directory of initdb and postgres (Debian's /usr/lib/postgresql/N/bin), or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4])
+    )
     if found:
         return os.path.dirname(found[-1])
     initdb = shutil.which("initdb")

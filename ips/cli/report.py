@@ -59,7 +59,9 @@ def parse_when(text: str, now: float) -> float:
     return when.timestamp()
 
 
-def _period(since: str, until: str | None, clock: Callable[[], float] = time.time) -> tuple[float, float]:
+def _period(
+    since: str, until: str | None, clock: Callable[[], float] = time.time
+) -> tuple[float, float]:
     now = clock()
     try:
         lo = parse_when(since, now)
@@ -93,7 +95,9 @@ def human_bytes(n: float) -> str:
 
 def csv_text(rows: Iterable[dict[str, Any]], fields: Iterable[str]) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        out, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
@@ -173,7 +177,8 @@ def report_top(
 def format_volume(result: dict[str, Any]) -> str:
     rows = result["rows"]
     where = f" on {result['interface']}" if result["interface"] else ""
-    head = f"volume{where} per {result['step']}, {stamp(result['since'])} to {stamp(result['until'])} UTC"
+    period = f"{stamp(result['since'])} to {stamp(result['until'])} UTC"
+    head = f"volume{where} per {result['step']}, {period}"
     if not rows:
         return head + "\nnothing in this period"
     lines = [head, f"{'TIME (UTC)':<19}  {'FLOWS':>9}  {'PACKETS':>12}  {'BYTES':>10}  "

@@ -119,7 +119,9 @@ _INSERT = {
     table: f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
     for table, cols in RAW_TABLES.items()
 }
-_ROLLUP_COLS = "bucket, dim, key, flows, packets, bytes, bytes_fwd, bytes_rev, peak_bytes, peak_packets"
+_ROLLUP_COLS = (
+    "bucket, dim, key, flows, packets, bytes, bytes_fwd, bytes_rev, peak_bytes, peak_packets"
+)
 
 
 def _minute_upsert(d: Dialect) -> str:
@@ -163,9 +165,7 @@ def rollup_params(
     for (_level, bucket, dim, key), (f, p, b, bf, br) in sorted(minutes.items()):
         minute_rows.append((bucket, dim, key, f, p, b, bf, br, b, p))
         hour = bucket_of(bucket, "1h")
-        hour_rows.append(
-            (hour, dim, key, f, p, b, bf, br, dim, bucket, key, dim, bucket, key)
-        )
+        hour_rows.append((hour, dim, key, f, p, b, bf, br, dim, bucket, key, dim, bucket, key))
     hour_rows.sort(key=lambda r: (r[1], r[0], r[2]))
     return minute_rows, hour_rows
 
@@ -419,7 +419,9 @@ class PostgresStore:
                 else:
 
                     def version() -> int:
-                        row = self.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+                        row = self.conn.execute(
+                            "SELECT MAX(version) FROM schema_version"
+                        ).fetchone()
                         return int(row[0] or 0) if row else 0
 
                     migrate(self.conn.execute, version, POSTGRES, (RAW, ROLLUP))

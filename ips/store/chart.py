@@ -60,9 +60,7 @@ def volume_svg(result: dict[str, Any]) -> str:
         parts.append(f'<text x="4" y="{MARGIN + 4}">{_rate(top)}</text>')
         for i in (0, len(rows) - 1):
             stamp = datetime.fromtimestamp(rows[i]["time"], UTC).strftime("%m-%d %H:%M")
-            parts.append(
-                f'<text x="{MARGIN + i * bar:.1f}" y="{base + 16}">{escape(stamp)}</text>'
-            )
+            parts.append(f'<text x="{MARGIN + i * bar:.1f}" y="{base + 16}">{escape(stamp)}</text>')
         parts.append(
             f'<line x1="{MARGIN}" x2="{WIDTH - MARGIN}" y1="{base}" y2="{base}" stroke="black"/>'
         )

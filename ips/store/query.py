@@ -107,9 +107,7 @@ def filter_sql(text: str, table: str = "flows") -> tuple[str, list[Any]]:
                 clauses.append("(" + " OR ".join(f"{c} IS NOT NULL" for c in names) + ")")
             elif pattern.startswith("*."):
                 like = "%" + _like_escape(pattern[1:])
-                clauses.append(
-                    "(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in names) + ")"
-                )
+                clauses.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in names) + ")")
                 params += [like] * len(names)
             else:
                 clauses.append("(" + " OR ".join(f"{c} = ?" for c in names) + ")")
@@ -120,7 +118,9 @@ def filter_sql(text: str, table: str = "flows") -> tuple[str, list[Any]]:
 # ---- periods ------------------------------------------------------------------------------------
 
 
-def split_period(since: float, until: float) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
+def split_period(
+    since: float, until: float
+) -> tuple[list[tuple[int, int]], tuple[int, int] | None]:
     """[since, until) rounded out to whole minutes, as minute ranges at its ends and the whole
     hours between them: ([(lo, hi) of minutes], (lo, hi) of hours or None)."""
     lo = int(since // 60) * 60
@@ -216,7 +216,9 @@ def _top_raw(
 ) -> dict[str, list[int]]:
     where, params = filter_sql(filter_text, "flows")
     key = _RAW_KEY[by]
-    present = "" if by in ("src", "dst", "port", "proto", "direction") else f" AND {key} IS NOT NULL"
+    present = (
+        "" if by in ("src", "dst", "port", "proto", "direction") else f" AND {key} IS NOT NULL"
+    )
     if by == "port":
         present = " AND proto IN (6, 17, 132, 136)"
     sql = (
@@ -281,8 +283,11 @@ def volume(
         "total_bytes": sum(r["bytes"] for r in rows),
         "peak": None
         if peak is None
-        else {"time": peak["time"], "bytes_per_minute": peak["peak_bytes"],
-              "bits_per_second": round(peak["peak_bytes"] * 8 / 60)},  # fmt: skip
+        else {
+            "time": peak["time"],
+            "bytes_per_minute": peak["peak_bytes"],
+            "bits_per_second": round(peak["peak_bytes"] * 8 / 60),
+        },
     }
 
 
@@ -342,11 +347,9 @@ def history(
     )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    given = 0
-    for row in store.raw_query(sql, [since, until, *params], since, until):
+    for given, row in enumerate(store.raw_query(sql, [since, until, *params], since, until)):
         if limit is not None and given >= limit:
-            return
-        given += 1
+            return  # each partition had its own LIMIT: the first `limit` of them all
         out = dict(zip(cols, row, strict=True))
         for col in _ADDRESS_COLUMNS & out.keys():
             out[col] = format_addr(bytes(out[col]))

@@ -44,8 +44,11 @@ class HomeNetworks:
         for cidr in cidrs:
             net = ipaddress.ip_network(cidr, strict=False)
             self.ranges.append(
-                (len(net.network_address.packed), net.network_address.packed,
-                 net.broadcast_address.packed)  # fmt: skip
+                (
+                    len(net.network_address.packed),
+                    net.network_address.packed,
+                    net.broadcast_address.packed,
+                )
             )
 
     def holds(self, addr: bytes) -> bool:
@@ -193,7 +196,9 @@ def flow_keys(row: Row) -> list[tuple[str, str]]:
     return keys
 
 
-def add_rollups(rows: Iterable[Row], into: dict[RollupKey, Sums] | None = None) -> dict[RollupKey, Sums]:
+def add_rollups(
+    rows: Iterable[Row], into: dict[RollupKey, Sums] | None = None
+) -> dict[RollupKey, Sums]:
     """The sums the flow rows add to each minute's rows ("1m", bucket, dim, key). The hour
     rows are made from these by the backend (each minute's increment, and the minute's total
     as the hour's peak candidate)."""

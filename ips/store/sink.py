@@ -100,7 +100,7 @@ class StoreSink:
                 self.dropped += 1
                 continue
             if ev.__class__ is FlowEnd:
-                queue.append((_FLOW, flow_row(ev, self.iface, self.home)))  # type: ignore[arg-type]
+                queue.append((_FLOW, flow_row(ev, self.iface, self.home)))
             else:
                 queue.append(ev)
             self.queued += 1

@@ -12,9 +12,10 @@ import textwrap
 import time
 from pathlib import Path
 
+from store_data import T0
+
 from ips.store.backend import SqliteStore
 from ips.store.query import history, volume
-from store_data import T0
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -15,8 +15,14 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from store_data import T0, fresh_database, postgres_bin, postgres_server, synthetic_events
-from store_data import synthetic_flows
+from store_data import (
+    T0,
+    fresh_database,
+    postgres_bin,
+    postgres_server,
+    synthetic_events,
+    synthetic_flows,
+)
 
 from ips.cli import main
 from ips.store.backend import PostgresStore, SqliteStore, StoreError, open_store

@@ -74,8 +74,16 @@ def test_run_with_a_store_that_cannot_be_opened_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--policy", POLICY, "--store", bad])
     assert result.exit_code == 2 and "--store: cannot open the store" in result.output
     retention = CliRunner().invoke(
-        main, ["run", "--policy", POLICY, "--store", str(tmp_path / "ok"), "--store-retention",
-               "raw forever-ish"]  # fmt: skip
+        main,
+        [
+            "run",
+            "--policy",
+            POLICY,
+            "--store",
+            str(tmp_path / "ok"),
+            "--store-retention",
+            "raw forever-ish",
+        ],
     )
     assert retention.exit_code == 2 and "not an age" in retention.output
 

@@ -95,7 +95,9 @@ def _python_sums(flows: list[Any], since: float, until: float, key: Any) -> dict
     return sums
 
 
-def test_top_from_rollups_equals_the_sums_of_the_flows(filled: SqliteStore, flows: list[Any]) -> None:
+def test_top_from_rollups_equals_the_sums_of_the_flows(
+    filled: SqliteStore, flows: list[Any]
+) -> None:
     from ips.core.addr import format_addr
 
     # Whole minutes: the rollups' period is rounded out to minutes.
@@ -116,9 +118,10 @@ def test_top_from_rollups_equals_the_sums_of_the_flows(filled: SqliteStore, flow
 def test_top_by_every_dimension_rollups_equal_raw(filled: SqliteStore, by: str) -> None:
     kw: dict[str, Any] = {"by": by, "since": T0, "until": T0 + 4 * 3600, "limit": 50}
     for metric in ("bytes", "packets", "flows"):
-        assert top(filled, metric=metric, **kw)["rows"] == top(
-            filled, metric=metric, filter_text="port 0-65535", **kw
-        )["rows"]
+        assert (
+            top(filled, metric=metric, **kw)["rows"]
+            == top(filled, metric=metric, filter_text="port 0-65535", **kw)["rows"]
+        )
 
 
 def test_split_period() -> None:
