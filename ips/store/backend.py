@@ -23,7 +23,15 @@ from typing import Any, Protocol
 
 from ips.store.records import RollupKey, Row, Sums, bucket_of
 from ips.store.retention import Retention
-from ips.store.schema import MIGRATIONS, RAW, RAW_TABLES, ROLLUP, SCHEMA_VERSION, pending
+from ips.store.schema import (
+    DIMENSIONS,
+    MIGRATIONS,
+    RAW,
+    RAW_TABLES,
+    ROLLUP,
+    SCHEMA_VERSION,
+    pending,
+)
 
 DAY = 86400
 RAW_FILE = re.compile(r"^raw-(\d{4}-\d{2}-\d{2})\.sqlite$")
@@ -122,52 +130,59 @@ _INSERT = {
 _ROLLUP_COLS = (
     "bucket, dim, key, flows, packets, bytes, bytes_fwd, bytes_rev, peak_bytes, peak_packets"
 )
+_SUMS = "flows, packets, bytes, bytes_fwd, bytes_rev"
+# A batch's minute sums go first into a temporary table of the connection (one plain insert
+# per row, or COPY), then into the rollups with two set-wise upserts in the same
+# transaction: the same SQL in both backends.
+STAGE_TABLE = (
+    "CREATE TEMP TABLE IF NOT EXISTS rollup_stage (bucket {BIGINT} NOT NULL, "
+    "dim TEXT NOT NULL, key TEXT NOT NULL, flows {BIGINT} NOT NULL, packets {BIGINT} NOT NULL, "
+    "bytes {BIGINT} NOT NULL, bytes_fwd {BIGINT} NOT NULL, bytes_rev {BIGINT} NOT NULL)"
+)
+STAGE_INSERT = (
+    f"INSERT INTO rollup_stage (bucket, dim, key, {_SUMS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
-def _minute_upsert(d: Dialect) -> str:
-    # A minute's peak is itself: reports read peak_* of either level the same way.
+def _adds(table: str) -> str:
+    return ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in _SUMS.split(", "))
+
+
+def minute_upsert(d: Dialect) -> str:
+    """The staged minutes added to rollup_1m. A minute's peak is itself (its new total), so
+    reports read peak_* of either level the same way. (`WHERE 1 = 1`: SQLite's parser needs
+    a WHERE before ON CONFLICT in an INSERT … SELECT.)"""
     return d.sql(
-        f"INSERT INTO rollup_1m ({_ROLLUP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "ON CONFLICT (dim, bucket, key) DO UPDATE SET "
-        "flows = rollup_1m.flows + excluded.flows, packets = rollup_1m.packets + excluded.packets, "
-        "bytes = rollup_1m.bytes + excluded.bytes, "
-        "bytes_fwd = rollup_1m.bytes_fwd + excluded.bytes_fwd, "
-        "bytes_rev = rollup_1m.bytes_rev + excluded.bytes_rev, "
+        f"INSERT INTO rollup_1m ({_ROLLUP_COLS}) SELECT bucket, dim, key, {_SUMS}, bytes, packets "
+        "FROM rollup_stage WHERE 1 = 1 ORDER BY dim, bucket, key "
+        f"ON CONFLICT (dim, bucket, key) DO UPDATE SET {_adds('rollup_1m')}, "
         "peak_bytes = rollup_1m.bytes + excluded.bytes, "
         "peak_packets = rollup_1m.packets + excluded.packets"
     )
 
 
-def _hour_upsert(d: Dialect) -> str:
-    """An hour's row gets a minute's increment, and as its peak candidate that minute's total
-    so far (read back from rollup_1m, written just before in the same transaction): the
-    peak is then right whichever worker wrote the minute's other flows."""
-    minute = "SELECT {col} FROM rollup_1m WHERE dim = ? AND bucket = ? AND key = ?"
+def hour_upsert(d: Dialect) -> str:
+    """The staged minutes summed into their hours, each hour's peak candidate being the
+    largest total of its minutes in the batch, read back from rollup_1m (just written, in
+    the same transaction): so the peak is right whichever batch or worker wrote the
+    minute's other flows."""
     return d.sql(
-        f"INSERT INTO rollup_1h ({_ROLLUP_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
-        f"({minute.format(col='bytes')}), ({minute.format(col='packets')})) "
-        "ON CONFLICT (dim, bucket, key) DO UPDATE SET "
-        "flows = rollup_1h.flows + excluded.flows, packets = rollup_1h.packets + excluded.packets, "
-        "bytes = rollup_1h.bytes + excluded.bytes, "
-        "bytes_fwd = rollup_1h.bytes_fwd + excluded.bytes_fwd, "
-        "bytes_rev = rollup_1h.bytes_rev + excluded.bytes_rev, "
+        f"INSERT INTO rollup_1h ({_ROLLUP_COLS}) "
+        "SELECT s.bucket / 3600 * 3600 AS hour, s.dim, s.key, SUM(s.flows), SUM(s.packets), "
+        "SUM(s.bytes), SUM(s.bytes_fwd), SUM(s.bytes_rev), MAX(m.bytes), MAX(m.packets) "
+        "FROM rollup_stage s JOIN rollup_1m m "
+        "ON m.dim = s.dim AND m.bucket = s.bucket AND m.key = s.key "
+        "WHERE 1 = 1 GROUP BY s.dim, s.bucket / 3600 * 3600, s.key "
+        "ORDER BY s.dim, hour, s.key "
+        f"ON CONFLICT (dim, bucket, key) DO UPDATE SET {_adds('rollup_1h')}, "
         f"peak_bytes = {d.greatest}(rollup_1h.peak_bytes, excluded.peak_bytes), "
         f"peak_packets = {d.greatest}(rollup_1h.peak_packets, excluded.peak_packets)"
     )
 
 
-def rollup_params(
-    minutes: dict[RollupKey, Sums],
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """The parameters of the minute upserts and of the hour upserts, in a stable order (so
-    concurrent writers take the rows' locks in the same order)."""
-    minute_rows, hour_rows = [], []
-    for (_level, bucket, dim, key), (f, p, b, bf, br) in sorted(minutes.items()):
-        minute_rows.append((bucket, dim, key, f, p, b, bf, br, b, p))
-        hour = bucket_of(bucket, "1h")
-        hour_rows.append((hour, dim, key, f, p, b, bf, br, dim, bucket, key, dim, bucket, key))
-    hour_rows.sort(key=lambda r: (r[1], r[0], r[2]))
-    return minute_rows, hour_rows
+def stage_rows(minutes: dict[RollupKey, Sums]) -> list[tuple[Any, ...]]:
+    """The staging table's rows of a batch's minute sums."""
+    return [(bucket, dim, key, *sums) for (_level, bucket, dim, key), sums in minutes.items()]
 
 
 def normalise(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -180,6 +195,10 @@ def normalise(row: Sequence[Any]) -> tuple[Any, ...]:
             v = bytes(v)
         out.append(v)
     return tuple(out)
+
+
+MINUTE_UPSERT_SQLITE, HOUR_UPSERT_SQLITE = minute_upsert(SQLITE), hour_upsert(SQLITE)
+MINUTE_UPSERT_POSTGRES, HOUR_UPSERT_POSTGRES = minute_upsert(POSTGRES), hour_upsert(POSTGRES)
 
 
 def day_of(t: float) -> str:
@@ -206,6 +225,9 @@ def _sqlite_connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         # NORMAL in WAL: a commit survives the process being killed (it is in the WAL, in
         # the kernel's hands); only a power loss can take the last commits back.
         conn.execute("PRAGMA synchronous = NORMAL")
+    # The rollups' b-trees are updated all over at every batch: keep more of them in memory
+    # (64 MiB a connection, instead of 2).
+    conn.execute("PRAGMA cache_size = -65536")
     return conn
 
 
@@ -304,12 +326,14 @@ class SqliteStore:
                     conn.execute("ROLLBACK")
                     raise
             if batch.minutes:
-                minute_rows, hour_rows = rollup_params(batch.minutes)
                 conn = self.rollup
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.executemany(_minute_upsert(SQLITE), minute_rows)
-                    conn.executemany(_hour_upsert(SQLITE), hour_rows)
+                    conn.execute(SQLITE.ddl(STAGE_TABLE))
+                    conn.executemany(STAGE_INSERT, stage_rows(batch.minutes))
+                    conn.execute(MINUTE_UPSERT_SQLITE)
+                    conn.execute(HOUR_UPSERT_SQLITE)
+                    conn.execute("DELETE FROM rollup_stage")
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -359,8 +383,12 @@ class SqliteStore:
             for level in ("1m", "1h"):
                 level_cut = cut[level]
                 if level_cut is not None:
-                    cur = conn.execute(f"DELETE FROM rollup_{level} WHERE bucket < ?", (level_cut,))
-                    gone[level] = cur.rowcount
+                    for dim in DIMENSIONS:  # the primary key's prefix: no index of its own
+                        cur = conn.execute(
+                            f"DELETE FROM rollup_{level} WHERE dim = ? AND bucket < ?",
+                            (dim, level_cut),
+                        )
+                        gone[level] += cur.rowcount
             conn.execute("COMMIT")
         return gone
 
@@ -438,9 +466,12 @@ class PostgresStore:
                     for row in rows:
                         copy.write_row(row)
             if batch.minutes:
-                minute_rows, hour_rows = rollup_params(batch.minutes)
-                cur.executemany(_minute_upsert(POSTGRES), minute_rows)
-                cur.executemany(_hour_upsert(POSTGRES), hour_rows)
+                cur.execute(POSTGRES.ddl(STAGE_TABLE) + " ON COMMIT DELETE ROWS")
+                with cur.copy(f"COPY rollup_stage (bucket, dim, key, {_SUMS}) FROM STDIN") as copy:
+                    for row in stage_rows(batch.minutes):
+                        copy.write_row(row)
+                cur.execute(MINUTE_UPSERT_POSTGRES)
+                cur.execute(HOUR_UPSERT_POSTGRES)
 
     def raw_query(
         self, sql: str, params: Sequence[Any], since: float, until: float
@@ -468,10 +499,12 @@ class PostgresStore:
             for level in ("1m", "1h"):
                 level_cut = cut[level]
                 if level_cut is not None:
-                    cur = self.conn.execute(
-                        f"DELETE FROM rollup_{level} WHERE bucket < %s", (level_cut,)
-                    )
-                    gone[level] = cur.rowcount
+                    for dim in DIMENSIONS:
+                        cur = self.conn.execute(
+                            f"DELETE FROM rollup_{level} WHERE dim = %s AND bucket < %s",
+                            (dim, level_cut),
+                        )
+                        gone[level] += cur.rowcount
         return gone
 
     def integrity(self) -> list[str]:

@@ -162,13 +162,14 @@ def top(
         raise FilterError(f"--by: one of {', '.join(BY)}, not {by!r}")
     if metric not in METRICS:
         raise FilterError(f"--metric: one of {', '.join(METRICS)}, not {metric!r}")
+    limit = max(0, min(limit, MAX_ROWS))
     if filter_text.strip():
         sums = _top_raw(store, by, since, until, filter_text)
         source = "raw"
     else:
-        sums = _top_rollups(store, by, since, until)
+        sums = _top_rollups(store, by, since, until, metric, limit)
         source = "rollups"
-    rows = _ranked(sums, metric, max(0, min(limit, MAX_ROWS)))
+    rows = _ranked(sums, metric, limit)
     return {"by": by, "metric": metric, "since": since, "until": until,
             "source": source, "rows": rows}  # fmt: skip
 
@@ -177,7 +178,12 @@ def _dim(by: str) -> str:
     return "interface" if by == "interface" else by
 
 
-def _top_rollups(store: StoreBackend, by: str, since: float, until: float) -> dict[str, list[int]]:
+def _top_rollups(
+    store: StoreBackend, by: str, since: float, until: float, metric: str, limit: int
+) -> dict[str, list[int]]:
+    """The period's sums per key from the rollups, ranked and cut in SQL (ties by key in
+    byte order: SQLite's BINARY collation, PostgreSQL's "C"), so only `limit` rows come
+    back."""
     minutes, hours = split_period(since, until)
     parts, params = [], []
     for lo, hi in minutes:
@@ -189,9 +195,10 @@ def _top_rollups(store: StoreBackend, by: str, since: float, until: float) -> di
                      "WHERE dim = ? AND bucket >= ? AND bucket < ?")  # fmt: skip
         params += [_dim(by), hours[0], hours[1]]
     sql = (
-        "SELECT key, SUM(flows), SUM(packets), SUM(bytes) FROM ("
+        "SELECT key, SUM(flows) AS f, SUM(packets) AS p, SUM(bytes) AS b FROM ("
         + " UNION ALL ".join(parts)
-        + ") AS periods GROUP BY key"
+        + f") AS periods GROUP BY key ORDER BY {metric[0]} DESC, "
+        + f"key{store.dialect.collate} LIMIT {int(limit)}"
     )
     sums: dict[str, list[int]] = {}
     for key, f, p, b in store.rollup_query(sql, params):

@@ -175,14 +175,22 @@ def port_key(proto: int, dport: int) -> str:
     return f"{dport}/{PROTO_WORDS.get(proto, str(proto))}"
 
 
-def flow_keys(row: Row) -> list[tuple[str, str]]:
-    """The (dimension, key) pairs a flow row adds to."""
-    proto = row[_PROTO]
+def flow_keys(row: Row, names: dict[bytes, str] | None = None) -> list[tuple[str, str]]:
+    """The (dimension, key) pairs a flow row adds to. names: a cache of formatted
+    addresses (a batch's flows share them)."""
+    names = {} if names is None else names
+    proto, src, dst = row[_PROTO], row[_SRC], row[_DST]
+    src_text = names.get(src)
+    if src_text is None:
+        src_text = names[src] = format_addr(src)
+    dst_text = names.get(dst)
+    if dst_text is None:
+        dst_text = names[dst] = format_addr(dst)
     keys = [
         ("all", ""),
-        ("src", format_addr(row[_SRC])),
-        ("dst", format_addr(row[_DST])),
-        ("proto", PROTO_WORDS.get(proto, str(proto))),
+        ("src", src_text),
+        ("dst", dst_text),
+        ("proto", PROTO_WORDS.get(proto) or str(proto)),
         ("direction", row[_DIRECTION]),
     ]
     if proto in PORT_PROTOS:
@@ -200,20 +208,24 @@ def add_rollups(
     rows: Iterable[Row], into: dict[RollupKey, Sums] | None = None
 ) -> dict[RollupKey, Sums]:
     """The sums the flow rows add to each minute's rows ("1m", bucket, dim, key). The hour
-    rows are made from these by the backend (each minute's increment, and the minute's total
-    as the hour's peak candidate)."""
+    rows are made from these by the backend (summed, with each hour's largest minute as its
+    peak candidate)."""
     sums: dict[RollupKey, Sums] = {} if into is None else into
+    names: dict[bytes, str] = {}
+    get = sums.get
     for row in rows:
         pf, pr, bf, br = row[_PF], row[_PR], row[_BF], row[_BR]
-        minute = bucket_of(row[_END], "1m")
-        for dim, key in flow_keys(row):
-            s = sums.get(("1m", minute, dim, key))
+        packets, nbytes = pf + pr, bf + br
+        minute = int(row[_END] // 60) * 60
+        for dim, key in flow_keys(row, names):
+            k = ("1m", minute, dim, key)
+            s = get(k)
             if s is None:
-                sums[("1m", minute, dim, key)] = [1, pf + pr, bf + br, bf, br]
+                sums[k] = [1, packets, nbytes, bf, br]
             else:
                 s[0] += 1
-                s[1] += pf + pr
-                s[2] += bf + br
+                s[1] += packets
+                s[2] += nbytes
                 s[3] += bf
                 s[4] += br
     return sums

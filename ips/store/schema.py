@@ -145,8 +145,7 @@ V1_RAW = (
         iface TEXT, reason TEXT NOT NULL, replied INTEGER NOT NULL, offloaded INTEGER NOT NULL,
         direction TEXT NOT NULL, sni TEXT, http_host TEXT, dst_name TEXT, community_id TEXT)""",
     "CREATE INDEX flows_time ON flows (time_end)",
-    "CREATE INDEX flows_src ON flows (src, time_end)",
-    "CREATE INDEX flows_dst ON flows (dst, time_end)",
+    "CREATE INDEX flows_src ON flows (src, time_end)",  # `--filter src/host A`: no scan
     """CREATE TABLE alerts (
         id {ID},
         time {REAL} NOT NULL, flow_id {BIGINT} NOT NULL, family INTEGER NOT NULL,
@@ -188,8 +187,6 @@ _ROLLUP_TABLE = """CREATE TABLE {table} (
 V1_ROLLUP = (
     _ROLLUP_TABLE.replace("{table}", "rollup_1m"),
     _ROLLUP_TABLE.replace("{table}", "rollup_1h"),
-    "CREATE INDEX rollup_1m_bucket ON rollup_1m (bucket)",
-    "CREATE INDEX rollup_1h_bucket ON rollup_1h (bucket)",
 )
 
 
