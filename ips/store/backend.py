@@ -21,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
-from ips.store.records import RollupKey, Row, Sums, bucket_of
+from ips.store.records import RollupKey, Row, Sums
 from ips.store.retention import Retention
 from ips.store.schema import (
     DIMENSIONS,
