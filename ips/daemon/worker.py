@@ -51,6 +51,7 @@ HEARTBEAT_EVERY = 0.25
 # the unit's TimeoutStopSec (10 s), which must leave time to take the diversion out.
 SHUTDOWN_RECORDS_BUDGET = 3.0
 WORKER_STOP_TIMEOUT = SHUTDOWN_RECORDS_BUDGET + 3.0
+STORE_CLOSE_TIMEOUT = 2.0  # seconds the store sink may take to write its queue at stop
 SHUTDOWN_RECORDS_CHUNK = 1024  # records handed to the sinks between looks at the clock
 MANUAL = "manual"  # the detector name of blocks made with `ipsctl blocks add`
 BPFProgram = list[tuple[int, int, int, int]]
@@ -98,7 +99,8 @@ class WorkerSinks:
         if self.webhook is not None:
             self.webhook.close()
         if self.store is not None:
-            self.store.close()
+            # Inside WORKER_STOP_TIMEOUT: the supervisor stops waiting for the worker then.
+            self.store.close(timeout=STORE_CLOSE_TIMEOUT)
         if self.log is not None:
             self.log.close()
         if self.syslog is not None:

@@ -276,6 +276,13 @@ class SqliteStore:
             raise StoreError(f"{self.root}: {exc}") from None
 
     def _open(self, path: Path, parts: tuple[str, ...]) -> sqlite3.Connection:
+        if not self.readonly and not path.exists():
+            # Made here, 0640, not by SQLite with the umask's mode: the rows are the network's
+            # history (its WAL and shared-memory files take the same mode).
+            try:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640))
+            except FileExistsError:
+                pass  # another worker made it a moment ago
         conn = _sqlite_connect(path, self.readonly)
         if self.readonly:
             return conn
