@@ -10,6 +10,7 @@ numeric, its bytea a memoryview), so the report code above sees the same Python 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sqlite3
@@ -279,10 +280,9 @@ class SqliteStore:
         if not self.readonly and not path.exists():
             # Made here, 0640, not by SQLite with the umask's mode: the rows are the network's
             # history (its WAL and shared-memory files take the same mode).
-            try:
+            # (FileExistsError: another worker made it a moment ago.)
+            with contextlib.suppress(FileExistsError):
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640))
-            except FileExistsError:
-                pass  # another worker made it a moment ago
         conn = _sqlite_connect(path, self.readonly)
         if self.readonly:
             return conn
