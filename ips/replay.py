@@ -20,6 +20,7 @@ from ips.geo.enrich import Enricher, open_enricher
 from ips.io.pcap import read_capture
 from ips.policy.compile import CompiledPolicy
 from ips.policy.model import Policy
+from ips.sinks.base import Sink
 from ips.sinks.eve import EveWriter
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
@@ -107,6 +108,17 @@ class ReplayResult:
         return "\n".join(lines)
 
 
+class _Fanout:
+    """The replay's sinks as one."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+
+    def events(self, events: Iterable[Effect]) -> None:
+        for sink in self.sinks:
+            sink.events(events)
+
+
 def replay_captures(
     policy: Policy | CompiledPolicy,
     paths: Iterable[str],
@@ -115,20 +127,22 @@ def replay_captures(
     progress: bool | None = None,
     engine: Engine | None = None,
     enrich: Enricher | None = None,
+    sinks: Iterable[Sink] = (),
 ) -> ReplayResult:
     """Replay each capture through one engine (flows carry across files, as on a wire).
-    The EVE lines carry who is on the other end as the daemon's do (ips/geo/enrich.py):
-    ENRICH, else the geo data the policy names (missing data: the fields are absent, and
-    `geo_problem` of the result says why). No reverse DNS: a capture's addresses are not
-    asked about."""
+    Every effect goes to the EVE stream, if any, and to each of `sinks` (the store). The EVE
+    lines carry who is on the other end as the daemon's do (ips/geo/enrich.py): ENRICH, else
+    the geo data the policy names (missing data: the fields are absent, and `geo_problem` of
+    the result says why). No reverse DNS: a capture's addresses are not asked about."""
     engine = engine or Engine(policy)
-    eve = None
+    outputs: list[Sink] = list(sinks)
     opened: Enricher | None = None
     if eve_stream is not None:
         if enrich is None:
             source = engine.policy.policy
             enrich = opened = open_enricher(source.geo_dir or None, source.geo_sites)
-        eve = EveWriter(eve_stream, enrich=enrich)
+        outputs.insert(0, EveWriter(eve_stream, enrich=enrich))
+    eve = _Fanout(outputs) if outputs else None
     result = ReplayResult(engine.policy.digest)
     result.geo_problem = enrich.problem if enrich is not None else None
     flows_ended = 0

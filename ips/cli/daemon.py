@@ -166,6 +166,28 @@ from ips.views.status import format_status
     help="name responders that passive DNS did not by reverse DNS (the system resolver, "
     "in the background, cached); as `set reverse-dns on` in the policy",
 )
+@click.option(
+    "--store",
+    "store",
+    metavar="DIR|URL",
+    help="keep flows, alerts, blocks, log records and application events for `ipsctl report` "
+    "and `history`: a directory (SQLite, a file per day) or a postgresql:// URL",
+)
+@click.option(
+    "--store-retention",
+    default="raw 7d, 1m 90d, 1h 1y",
+    show_default=True,
+    help="how long the store keeps raw rows and the minute and hour rollups",
+)
+@click.option(
+    "--store-home",
+    "store_home",
+    multiple=True,
+    metavar="CIDR",
+    callback=lambda _c, _p, v: tuple(_cidr(x) for x in v),
+    help="the protected networks, for a flow's direction in the store (repeatable; default: "
+    "the private ranges)",
+)
 @SOCKET_OPTION
 def run(**options: Any) -> None:
     """Run the daemon (until SIGTERM): inline, diverting packets (NFQUEUE, or pydivert) and

@@ -257,12 +257,19 @@ def explain_app_context(proto: int, options: dict[str, Any]) -> Any:
     default=None,
     help="progress bar (default: on for large files on a terminal)",
 )
+@click.option(
+    "--store",
+    "store_target",
+    metavar="DIR|URL",
+    help="also fill this store (a directory or a postgresql:// URL) for `report` and `history`",
+)
 def replay(
     policy_path: str,
     captures: tuple[str, ...],
     as_json: bool,
     eve_path: str | None,
     progress: bool | None,
+    store_target: str | None,
 ) -> None:
     """Run POLICY over CAPTURES (pcap or pcapng, by magic number): verdict totals, per-rule
     hits, malformed packets, alerts."""
@@ -280,9 +287,23 @@ def replay(
         except OSError as exc:
             click.echo(f"ipsctl replay: --eve: {exc}", err=True)
             sys.exit(EXIT_USAGE)
+    store = None
+    if store_target:
+        from ips.store.backend import StoreError, open_store
+        from ips.store.sink import StoreSink
+
+        try:
+            store = StoreSink(open_store(store_target), synchronous=True)
+        except StoreError as exc:
+            click.echo(f"ipsctl replay: --store: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
     try:
         result: ReplayResult = replay_captures(
-            policy, captures, eve_stream=eve_stream, progress=progress
+            policy,
+            captures,
+            eve_stream=eve_stream,
+            progress=progress,
+            sinks=[store] if store is not None else [],
         )
     except (OSError, ValueError) as exc:
         click.echo(f"ipsctl replay: {exc}", err=True)
@@ -290,6 +311,14 @@ def replay(
     finally:
         if eve_stream is not None:
             eve_stream.close()
+        if store is not None:
+            store.close()
+            if store.write_errors:
+                click.echo(
+                    f"ipsctl replay: --store: {store.write_errors} batches not written "
+                    f"({store.last_error})",
+                    err=True,
+                )
     if result.geo_problem:  # the EVE lines have no countries or AS numbers
         click.echo(f"ipsctl replay: {result.geo_problem}", err=True)
     if as_json:

@@ -52,6 +52,9 @@ class DaemonConfig:
     nfq_client: str = "own"  # own (ips/io/nfqnl.py, batched verdicts) | netfilterqueue
     offload_copies: bool = True  # the worker reads offload's NFLOG copies (set from the probe)
     reverse_dns: bool = False  # name responders by reverse DNS (or `set reverse-dns on`)
+    store: str | None = None  # the flow and event store: a directory or a postgresql:// URL
+    store_retention: str = "raw 7d, 1m 90d, 1h 1y"
+    store_home: tuple[str, ...] = ()  # the protected networks (a flow's direction); (): private
 
     @property
     def state_file(self) -> str:
@@ -101,6 +104,7 @@ class DaemonConfig:
                 )
         eve_max_bytes = _checked_outputs(o)
         _check_written_files(o)
+        _check_store(o)
         hooks = o.hooks or (("input", "forward") if tap else ("forward",))
         hooks = tuple(dict.fromkeys(hooks))
         check_policy(policy_path)
@@ -143,6 +147,9 @@ class DaemonConfig:
             backend=backend,
             nfq_client=o.nfq_client or "own",
             reverse_dns=o.reverse_dns,
+            store=o.store,
+            store_retention=o.store_retention,
+            store_home=o.store_home,
         )
 
 
@@ -175,6 +182,9 @@ class RunOptions:
     backend: str | None = None  # None: the platform's
     nfq_client: str | None = None  # None: own
     reverse_dns: bool = False
+    store: str | None = None
+    store_retention: str = "raw 7d, 1m 90d, 1h 1y"
+    store_home: tuple[str, ...] = ()
     socket_path: str = DEFAULT_SOCKET
 
 
@@ -226,6 +236,28 @@ def _check_written_files(o: RunOptions) -> None:
                 raise ConfigError(f"{option} {path}: no directory {directory}") from None
         except OSError as exc:
             raise ConfigError(f"{option}: {exc}") from None
+
+
+def _check_store(o: RunOptions) -> None:
+    """--store: its retention must parse, its networks too, and the store must open (and be
+    brought to this ipsctl's schema) now, at start: a store that cannot be opened is a usage
+    error (exit 2), not a worker that fails later."""
+    if o.store is None:
+        return
+    from ips.store.backend import StoreError, open_store
+    from ips.store.records import HomeNetworks
+    from ips.store.retention import Retention
+
+    try:
+        Retention.parse(o.store_retention)
+        if o.store_home:
+            HomeNetworks(o.store_home)
+    except ValueError as exc:
+        raise ConfigError(f"--store: {exc}") from None
+    try:
+        open_store(o.store).close()
+    except StoreError as exc:
+        raise ConfigError(f"--store: cannot open the store: {exc}") from None
 
 
 def _check_divert(hooks: tuple[str, ...], fail_mode: str) -> None:

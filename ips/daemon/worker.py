@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ips.sinks.meter import PacketMeter, RecentAlerts
     from ips.sinks.syslog import SyslogSink
     from ips.sinks.webhook import Webhook
+    from ips.store.sink import StoreSink
 
 TICK_EVERY = 1.0
 HEARTBEAT_EVERY = 0.25
@@ -53,6 +54,7 @@ HEARTBEAT_EVERY = 0.25
 # the unit's TimeoutStopSec (10 s), which must leave time to take the diversion out.
 SHUTDOWN_RECORDS_BUDGET = 3.0
 WORKER_STOP_TIMEOUT = SHUTDOWN_RECORDS_BUDGET + 3.0
+STORE_CLOSE_TIMEOUT = 2.0  # seconds the store sink may take to write its queue at stop
 SHUTDOWN_RECORDS_CHUNK = 1024  # records handed to the sinks between looks at the clock
 MANUAL = "manual"  # the detector name of blocks made with `ipsctl blocks add`
 BPFProgram = list[tuple[int, int, int, int]]
@@ -79,13 +81,14 @@ class WorkerSinks:
     alerts: RecentAlerts | None = None
     webhook: Webhook | None = None
     meter: PacketMeter | None = None
+    store: StoreSink | None = None
 
     def sinks(self) -> list[Sink]:
-        return [s for s in (self.alerts, self.eve, self.webhook) if s is not None]
+        return [s for s in (self.alerts, self.eve, self.webhook, self.store) if s is not None]
 
     def outputs(self) -> dict[str, object]:
-        """status `sinks`: the counters of the EVE file and the syslog socket."""
-        named = {"eve": self.log, "syslog": self.syslog}
+        """status `sinks`: the counters of the EVE file, the syslog socket and the store."""
+        named = {"eve": self.log, "syslog": self.syslog, "store": self.store}
         return {name: out.stats() for name, out in named.items() if out}
 
     def reopen(self) -> bool:
@@ -98,6 +101,9 @@ class WorkerSinks:
     def close(self) -> None:
         if self.webhook is not None:
             self.webhook.close()
+        if self.store is not None:
+            # Inside WORKER_STOP_TIMEOUT: the supervisor stops waiting for the worker then.
+            self.store.close(timeout=STORE_CLOSE_TIMEOUT)
         if self.log is not None:
             self.log.close()
         if self.syslog is not None:
@@ -175,6 +181,18 @@ def open_sinks(
         from ips.sinks.webhook import Webhook
 
         out.webhook = Webhook(cfg.webhook).start()  # its thread: after the fork
+    if cfg.store:
+        from ips.store.backend import open_store
+        from ips.store.records import DEFAULT_HOME, HomeNetworks
+        from ips.store.retention import Retention
+        from ips.store.sink import StoreSink
+
+        out.store = StoreSink(
+            open_store(cfg.store),  # checked at start (DaemonConfig): a failure here is rare
+            iface=cfg.iface,
+            home=HomeNetworks(cfg.store_home or DEFAULT_HOME),
+            retention=Retention.parse(cfg.store_retention),
+        ).start()  # its thread: after the fork
     return out
 
 

@@ -51,6 +51,8 @@ LOWER = {
     "safefile": set(),
     "privileges": set(),
     "lab": {"core"},
+    # store (issue 21): the flow and event store; its filters are `flows`' (views.flows)
+    "store": {"core", "policy", "sinks", "views"},
     "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile", "geo"},
     "daemon": {
         "core",
@@ -68,6 +70,7 @@ LOWER = {
         "replay",
         "safefile",
         "geo",
+        "store",
     },
 }
 LOWER["cli"] = set(LOWER)
