@@ -11,6 +11,8 @@ Which rows a report reads:
   top without --filter    the rollups: whole hours of the period from the hour rollups, the
                           minutes at its ends from the minute rollups (so the period is
                           rounded to whole minutes); by sni: the SNI of TLS and QUIC flows
+  by country, asn         each distinct country (AS number) of a flow's two ends once; the
+                          rollups hold them from schema version 2 on, the raw rows as columns
   top with --filter       the raw flows (raw retention, 7 days by default), summed in SQL per
                           partition (SQLite: per day file) and merged here
   volume                  the minute or hour rollups; a row's peak is its largest minute
@@ -153,10 +155,12 @@ def _ranked(
     i = _METRIC_INDEX[metric] - 1
     # Ties: by key, in byte order, the same in both backends.
     best = sorted(sums.items(), key=lambda kv: (-kv[1][i], kv[0].encode()))[:limit]
-    rows = [{"key": k, "flows": s[0], "packets": s[1], "bytes": s[2]} for k, s in best]
-    if by == "port":  # the service name beside the port: 5432/tcp postgresql
-        for row in rows:
-            row["service"] = port_service(row["key"])
+    rows: list[dict[str, Any]] = []
+    for key, s in best:
+        row: dict[str, Any] = {"key": key, "flows": s[0], "packets": s[1], "bytes": s[2]}
+        if by == "port":  # the service name beside the port: 5432/tcp postgresql
+            row["service"] = port_service(key)
+        rows.append(row)
     return rows
 
 
