@@ -188,3 +188,35 @@ def fresh_database(url: str, name: str) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     return url.replace("@/postgres?", f"@/{name}?")
+
+
+# The synthetic flows' public destinations, for a geo database of the tests' own (their IPv6
+# ends are documentation space: no country, whatever a database says).
+SYNTHETIC_GEO = (
+    ("93.0.0.0", "93.255.255.255", "DE", 3320, "Deutsche Telekom AG"),
+    ("142.0.0.0", "142.255.255.255", "US", 15169, "Google LLC"),
+)
+
+
+def write_geo_dir(directory: str, ranges: Any = SYNTHETIC_GEO, epoch: int = 1_764_547_200) -> str:
+    """country.mmdb and asn.mmdb in DIRECTORY (built with ips/geo/mmdb_writer.py) answering
+    (first, last, country, asn, org) RANGES, sorted and not overlapping."""
+    from ips.geo.db import ASN_FILE, COUNTRY_FILE
+    from ips.geo.mmdb_writer import build_mmdb, range_of
+
+    country = build_mmdb(
+        [(*range_of(a, b), {"country_code": cc}) for a, b, cc, _n, _o in ranges], "country", epoch
+    )
+    asn = build_mmdb(
+        [
+            (*range_of(a, b), {"autonomous_system_number": n, "autonomous_system_organization": o})
+            for a, b, _cc, n, o in ranges
+        ],
+        "asn",
+        epoch,
+    )
+    with open(os.path.join(directory, COUNTRY_FILE), "wb") as out:
+        out.write(country)
+    with open(os.path.join(directory, ASN_FILE), "wb") as out:
+        out.write(asn)
+    return directory

@@ -288,12 +288,17 @@ def replay(
             click.echo(f"ipsctl replay: --eve: {exc}", err=True)
             sys.exit(EXIT_USAGE)
     store = None
+    enrich = None
     if store_target:
+        from ips.geo.enrich import open_enricher
         from ips.store.backend import StoreError, open_store
         from ips.store.sink import StoreSink
 
+        # One Enricher for the EVE lines and the store's rows, so both name the same
+        # countries and AS numbers.
+        enrich = open_enricher(policy.geo_dir or None, policy.geo_sites)
         try:
-            store = StoreSink(open_store(store_target), synchronous=True)
+            store = StoreSink(open_store(store_target), synchronous=True, enrich=enrich)
         except StoreError as exc:
             click.echo(f"ipsctl replay: --store: {exc}", err=True)
             sys.exit(EXIT_USAGE)
@@ -303,6 +308,7 @@ def replay(
             captures,
             eve_stream=eve_stream,
             progress=progress,
+            enrich=enrich,
             sinks=[store] if store is not None else [],
         )
     except (OSError, ValueError) as exc:
@@ -311,6 +317,8 @@ def replay(
     finally:
         if eve_stream is not None:
             eve_stream.close()
+        if enrich is not None:
+            enrich.close()
         if store is not None:
             store.close()
             if store.write_errors:

@@ -23,6 +23,7 @@ import click
 from ips.cli.common import EXIT_POLICY, EXIT_USAGE
 from ips.store.backend import StoreBackend, StoreError, open_store
 from ips.store.query import BY, HISTORY, METRICS, history, history_columns, top, volume
+from ips.store.records import asn_key
 from ips.store.retention import parse_age
 from ips.views.flows import FilterError
 
@@ -134,12 +135,19 @@ def format_top(result: dict[str, Any]) -> str:
             f"{stamp(result['since'])} to {stamp(result['until'])} UTC")  # fmt: skip
     if not rows:
         return head + "\nnothing in this period"
-    width = max(len("KEY"), *(len(r["key"]) for r in rows))
+    keys = [_top_key(r) for r in rows]
+    width = max(len("KEY"), *(len(k) for k in keys))
     lines = [head, f"{'KEY':<{width}}  {'FLOWS':>9}  {'PACKETS':>12}  {'BYTES':>14}  {'':>9}"]
-    for r in rows:
-        lines.append(f"{r['key']:<{width}}  {r['flows']:>9}  {r['packets']:>12}  "
+    for key, r in zip(keys, rows, strict=True):
+        lines.append(f"{key:<{width}}  {r['flows']:>9}  {r['packets']:>12}  "
                      f"{r['bytes']:>14}  {human_bytes(r['bytes']):>9}")  # fmt: skip
     return "\n".join(lines)
+
+
+def _top_key(row: dict[str, Any]) -> str:
+    """A row's key cell: a port with its IANA service name beside it (5432/tcp postgresql)."""
+    service = row.get("service")
+    return f"{row['key']} {service}" if service else str(row["key"])
 
 
 @report.command("top")
@@ -156,7 +164,8 @@ def report_top(
     by: str, metric: str, since: str, until: str | None, filter_text: str, limit: int,
     as_json: bool, as_csv: bool, store_target: str,
 ) -> None:  # fmt: skip
-    """The biggest sources, destinations, ports, apps, SNIs or interfaces of a period."""
+    """The biggest sources, destinations, ports (with their IANA service names), apps, SNIs,
+    interfaces, countries or AS numbers of a period."""
     lo, hi = _period(since, until)
     store = _open(store_target)
     try:
@@ -169,7 +178,8 @@ def report_top(
     if as_json:
         click.echo(json.dumps(result, indent=2))
     elif as_csv:
-        click.echo(csv_text(result["rows"], ("key", "flows", "packets", "bytes")), nl=False)
+        fields = ("key", "service") if by == "port" else ("key",)
+        click.echo(csv_text(result["rows"], (*fields, "flows", "packets", "bytes")), nl=False)
     else:
         click.echo(format_top(result))
 
@@ -232,8 +242,8 @@ def report_volume(
 # ---- history and export -------------------------------------------------------------------------
 
 _SHOWN = {
-    "flows": ("time_end", "proto", "src", "sport", "dst", "dport", "app_proto", "bytes", "reason",
-              "name"),
+    "flows": ("time_end", "proto", "src", "src_geo", "sport", "dst", "dst_geo", "dport",
+              "service", "app_proto", "bytes", "reason", "name"),
     "alerts": ("time", "action", "proto", "src", "sport", "dst", "dport", "signature"),
     "blocks": ("time", "kind", "addr", "detector", "ttl", "reason"),
     "logs": ("time", "verdict", "proto", "src", "sport", "dst", "dport", "rule_name"),
@@ -248,6 +258,11 @@ def _shown(kind: str, row: dict[str, Any]) -> list[str]:
             value: Any = stamp(row[col])
         elif col == "bytes":
             value = human_bytes(row["bytes_fwd"] + row["bytes_rev"])
+        elif col in ("src_geo", "dst_geo"):  # DE AS3320: the end's country and AS number
+            end = col[:3]
+            parts = [row[f"{end}_country"], asn_key(row[f"{end}_asn"])
+                     if row[f"{end}_asn"] is not None else None]  # fmt: skip
+            value = " ".join(p for p in parts if p) or None
         elif col == "name" and kind == "flows":
             value = row["dst_name"] or row["sni"] or row["http_host"]
         elif col == "ttl" and row[col] is not None:

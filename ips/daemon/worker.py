@@ -192,6 +192,7 @@ def open_sinks(
             iface=cfg.iface,
             home=HomeNetworks(cfg.store_home or DEFAULT_HOME),
             retention=Retention.parse(cfg.store_retention),
+            enrich=peers.enrich if peers is not None else None,
         ).start()  # its thread: after the fork
     return out
 
@@ -513,6 +514,8 @@ def _load(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
     enrich = worker.peers.load(policy)
     if worker.sinks.eve is not None:
         worker.sinks.eve.enrich = enrich
+    if worker.sinks.store is not None:
+        worker.sinks.store.enrich = enrich
     worker.adapter.policy_loaded()
     settle()  # frees the replaced policy (it has cycles) and freezes the new one
     return {"ok": True, "digest": engine.policy.digest}

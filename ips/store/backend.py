@@ -273,6 +273,11 @@ class SqliteStore:
             else:
                 self.root.mkdir(mode=0o750, parents=True, exist_ok=True)
             self.rollup = self._open(self.root / ROLLUP_FILE, (ROLLUP,))
+            if not readonly:
+                # Every day's file brought forward now, not when a row of its day comes:
+                # the readers open them read-only and ask for the newest columns.
+                for _day, path in self.day_files():
+                    self._open(path, (RAW,)).close()
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"{self.root}: {exc}") from None
 

@@ -11,6 +11,8 @@ Which rows a report reads:
   top without --filter    the rollups: whole hours of the period from the hour rollups, the
                           minutes at its ends from the minute rollups (so the period is
                           rounded to whole minutes); by sni: the SNI of TLS and QUIC flows
+  by country, asn         each distinct country (AS number) of a flow's two ends once; the
+                          rollups hold them from schema version 2 on, the raw rows as columns
   top with --filter       the raw flows (raw retention, 7 days by default), summed in SQL per
                           partition (SQLite: per day file) and merged here
   volume                  the minute or hour rollups; a row's peak is its largest minute
@@ -26,15 +28,16 @@ from collections.abc import Iterator
 from typing import Any
 
 from ips.core.addr import format_addr
+from ips.geo.services import service_name
 from ips.policy.names import PROTOCOLS
 from ips.store.backend import StoreBackend
-from ips.store.records import PROTO_WORDS, port_key
+from ips.store.records import PROTO_WORDS, asn_key, port_key
 from ips.store.schema import LEVELS
 from ips.views.flows import FilterError, parse_filter
 from ips.views.flows import _network as network_of
 from ips.views.flows import _ports as ports_of
 
-BY = ("src", "dst", "port", "app", "sni", "interface", "proto", "direction")
+BY = ("src", "dst", "port", "app", "sni", "interface", "proto", "direction", "country", "asn")
 METRICS = ("bytes", "packets", "flows")
 HISTORY = ("flows", "alerts", "blocks", "logs", "app")
 MAX_ROWS = 100_000
@@ -140,11 +143,25 @@ def split_period(
 _METRIC_INDEX = {"flows": 1, "packets": 2, "bytes": 3}
 
 
-def _ranked(sums: dict[str, list[int]], metric: str, limit: int) -> list[dict[str, Any]]:
+def port_service(key: str) -> str | None:
+    """The IANA name of a port key ("5432/tcp" -> "postgresql"), None when none is known."""
+    port, _, proto = key.partition("/")
+    return service_name(int(port), proto) if port.isdigit() else None
+
+
+def _ranked(
+    sums: dict[str, list[int]], metric: str, limit: int, by: str = ""
+) -> list[dict[str, Any]]:
     i = _METRIC_INDEX[metric] - 1
     # Ties: by key, in byte order, the same in both backends.
     best = sorted(sums.items(), key=lambda kv: (-kv[1][i], kv[0].encode()))[:limit]
-    return [{"key": k, "flows": s[0], "packets": s[1], "bytes": s[2]} for k, s in best]
+    rows: list[dict[str, Any]] = []
+    for key, s in best:
+        row: dict[str, Any] = {"key": key, "flows": s[0], "packets": s[1], "bytes": s[2]}
+        if by == "port":  # the service name beside the port: 5432/tcp postgresql
+            row["service"] = port_service(key)
+        rows.append(row)
+    return rows
 
 
 def top(
@@ -169,7 +186,7 @@ def top(
     else:
         sums = _top_rollups(store, by, since, until, metric, limit)
         source = "rollups"
-    rows = _ranked(sums, metric, limit)
+    rows = _ranked(sums, metric, limit, by)
     return {"by": by, "metric": metric, "since": since, "until": until,
             "source": source, "rows": rows}  # fmt: skip
 
@@ -218,9 +235,40 @@ _RAW_KEY = {
 }
 
 
+# A flow adds to each distinct country (AS number) of its ends once, as in the rollups
+# (records.flow_keys): the source's, then the destination's when it differs.
+_BOTH_ENDS = (
+    "SELECT {src} AS k, pkts_fwd + pkts_rev AS p, bytes_fwd + bytes_rev AS b FROM flows "
+    "WHERE time_end >= ? AND time_end < ? AND {where} AND {src} IS NOT NULL "
+    "UNION ALL "
+    "SELECT {dst} AS k, pkts_fwd + pkts_rev AS p, bytes_fwd + bytes_rev AS b FROM flows "
+    "WHERE time_end >= ? AND time_end < ? AND {where} AND {dst} IS NOT NULL "
+    "AND ({src} IS NULL OR {dst} <> {src})"
+)
+
+
+def _top_raw_ends(
+    store: StoreBackend, by: str, since: float, until: float, filter_text: str
+) -> dict[str, list[int]]:
+    where, params = filter_sql(filter_text, "flows")
+    ends = _BOTH_ENDS.format(src=f"src_{by}", dst=f"dst_{by}", where=where)
+    sql = f"SELECT k, COUNT(*), SUM(p), SUM(b) FROM ({ends}) AS ends GROUP BY k"
+    args = [since, until, *params, since, until, *params]
+    sums: dict[str, list[int]] = {}
+    for value, f, p, b in store.raw_query(sql, args, since, until):
+        label = asn_key(int(value)) if by == "asn" else str(value)
+        s = sums.setdefault(label, [0, 0, 0])
+        s[0] += int(f)
+        s[1] += int(p)
+        s[2] += int(b)
+    return sums
+
+
 def _top_raw(
     store: StoreBackend, by: str, since: float, until: float, filter_text: str
 ) -> dict[str, list[int]]:
+    if by in ("country", "asn"):
+        return _top_raw_ends(store, by, since, until, filter_text)
     where, params = filter_sql(filter_text, "flows")
     key = _RAW_KEY[by]
     present = (
@@ -311,7 +359,7 @@ _HISTORY_COLUMNS = {
     "flows": ("time_start", "time_end", "flow_id", "proto", "src", "sport", "dst", "dport",
               "app_proto", "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev", "iface", "reason",
               "replied", "offloaded", "direction", "sni", "http_host", "dst_name",
-              "community_id"),
+              "community_id", "src_country", "src_asn", "dst_country", "dst_asn", "service"),
     "alerts": ("time", "flow_id", "proto", "src", "sport", "dst", "dport", "action",
                "signature_id", "signature", "severity", "category", "rule_name", "app_proto",
                "dst_name", "community_id", "iface", "extra"),

@@ -17,6 +17,7 @@ from typing import Any
 from ips.core.addr import format_addr
 from ips.core.events import Alert, AppEvent, Block, FlowEnd, LogRecord, MacBlock, Unblock
 from ips.core.packet import PORT_PROTOS
+from ips.geo.enrich import Enricher, flow_service
 from ips.sinks.eve import EVE_APP_PROTOS, flow_community_id
 from ips.store.schema import LEVELS
 
@@ -62,10 +63,25 @@ class HomeNetworks:
         return "in" if ours_dst else "external"
 
 
-def flow_row(end: FlowEnd, iface: str | None, home: HomeNetworks) -> Row:
+def _geo_end(enrich: Enricher | None, addr: bytes) -> tuple[str | None, int | None]:
+    """An end's country and AS number; (None, None) without geo data or an answer (a
+    private address has neither, whatever a database says)."""
+    obj = enrich.endpoint(addr) if enrich is not None else None
+    if not obj:
+        return None, None
+    return obj.get("country"), obj.get("asn")
+
+
+def flow_row(
+    end: FlowEnd, iface: str | None, home: HomeNetworks, enrich: Enricher | None = None
+) -> Row:
     """The flows table's row (schema.FLOW_COLUMNS) of a flow record: a snapshot, taken when
-    the record is handed over (the Flow is the engine's and may be reused after)."""
+    the record is handed over (the Flow is the engine's and may be reused after). ENRICH
+    gives the ends' countries and AS numbers (the EVE writer's, so both say the same); the
+    service name comes from the registry in the package, with or without it."""
     f = end.flow
+    src_country, src_asn = _geo_end(enrich, f.src)
+    dst_country, dst_asn = _geo_end(enrich, f.dst)
     app = f.app
     sni = http_host = None
     if app is not None:
@@ -95,6 +111,11 @@ def flow_row(end: FlowEnd, iface: str | None, home: HomeNetworks) -> Row:
         http_host,
         f.dst_name,
         flow_community_id(f.proto, f.src, f.dst, f.sport, f.dport, f.icmp),
+        src_country,
+        src_asn,
+        dst_country,
+        dst_asn,
+        flow_service(f.proto, f.sport, f.dport),
     )
 
 
@@ -160,6 +181,7 @@ def app_row(e: AppEvent, iface: str | None) -> Row:
 # Indexes into a flow row (schema.FLOW_COLUMNS), for the rollups.
 _END, _PROTO, _SRC, _DPORT, _APP = 1, 4, 5, 8, 9
 _DST, _PF, _PR, _BF, _BR, _IFACE, _DIRECTION, _SNI = 7, 10, 11, 12, 13, 14, 18, 19
+_SRC_COUNTRY, _SRC_ASN, _DST_COUNTRY, _DST_ASN = 23, 24, 25, 26
 
 RollupKey = tuple[str, int, str, str]  # level, bucket, dim, key
 Sums = list[int]  # flows, packets, bytes, bytes_fwd, bytes_rev
@@ -173,6 +195,10 @@ def bucket_of(t: float, level: str) -> int:
 
 def port_key(proto: int, dport: int) -> str:
     return f"{dport}/{PROTO_WORDS.get(proto, str(proto))}"
+
+
+def asn_key(asn: int) -> str:
+    return f"AS{asn}"
 
 
 def flow_keys(row: Row, names: dict[bytes, str] | None = None) -> list[tuple[str, str]]:
@@ -201,6 +227,17 @@ def flow_keys(row: Row, names: dict[bytes, str] | None = None) -> list[tuple[str
         keys.append(("app", row[_APP]))
     if row[_SNI]:
         keys.append(("sni", row[_SNI]))
+    # Each distinct country and AS number of the two ends once (schema.DIMENSIONS).
+    src_country, dst_country = row[_SRC_COUNTRY], row[_DST_COUNTRY]
+    if src_country:
+        keys.append(("country", src_country))
+    if dst_country and dst_country != src_country:
+        keys.append(("country", dst_country))
+    src_asn, dst_asn = row[_SRC_ASN], row[_DST_ASN]
+    if src_asn is not None:
+        keys.append(("asn", asn_key(src_asn)))
+    if dst_asn is not None and dst_asn != src_asn:
+        keys.append(("asn", asn_key(dst_asn)))
     return keys
 
 

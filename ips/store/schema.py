@@ -47,6 +47,13 @@ FLOW_COLUMNS = (
     "http_host",
     "dst_name",
     "community_id",
+    # Who is on the other end (schema version 2, ips/geo/enrich.py): NULL when the geo data
+    # has no answer (a private address, a missing database) or the port has no IANA name.
+    "src_country",  # ISO 3166 code, e.g. DE
+    "src_asn",
+    "dst_country",
+    "dst_asn",
+    "service",  # the IANA name of the responder's port, e.g. postgresql for 5432/tcp
 )
 ALERT_COLUMNS = (
     "time",
@@ -128,7 +135,12 @@ RAW_TABLES = {
 }
 # The dimensions of the rollups: each flow adds to one row per dimension and level (`all`
 # is the total, key ""). port is "DPORT/PROTO"; app, sni and dst_name only when known.
-DIMENSIONS = ("all", "src", "dst", "port", "proto", "interface", "direction", "app", "sni")
+# country and asn (version 2): the countries (DE) and AS numbers (AS3320) of the flow's
+# ends, each distinct one once: a flow from DE to US adds to both, one within DE to DE once.
+DIMENSIONS = (
+    "all", "src", "dst", "port", "proto", "interface", "direction", "app", "sni", "country",
+    "asn",
+)  # fmt: skip
 ROLLUP_COLUMNS = ("bucket", "dim", "key", "flows", "packets", "bytes", "bytes_fwd", "bytes_rev")
 LEVELS = {"1m": 60, "1h": 3600}
 
@@ -203,8 +215,23 @@ class Migration:
         return self.raw if part == RAW else self.rollup
 
 
+# Version 2: the countries, AS numbers and service name of a flow. One column per ALTER
+# (SQLite's rule); rows written before have NULL there. The rollups need no change: the new
+# dimensions are keys of the same tables (from version 2 on, for the flows written since).
+V2_RAW = tuple(
+    f"ALTER TABLE flows ADD COLUMN {column} {kind}"
+    for column, kind in (
+        ("src_country", "TEXT"),
+        ("src_asn", "{BIGINT}"),
+        ("dst_country", "TEXT"),
+        ("dst_asn", "{BIGINT}"),
+        ("service", "TEXT"),
+    )
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows, alerts, blocks, logs, app events; 1m and 1h rollups", V1_RAW, V1_ROLLUP),
+    Migration(2, "flows: src/dst country and AS number, service name", V2_RAW, ()),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

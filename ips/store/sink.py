@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ips.core.events import Alert, AppEvent, Block, Effect, FlowEnd, LogRecord, MacBlock, Unblock
+from ips.geo.enrich import Enricher
 from ips.store.backend import Batch, StoreBackend
 from ips.store.records import (
     HomeNetworks,
@@ -63,8 +64,12 @@ class StoreSink:
         expire_every: float = EXPIRE_EVERY,
         clock: Callable[[], float] = time.time,
         synchronous: bool = False,
+        enrich: Enricher | None = None,
     ) -> None:
         self.backend = backend
+        # The countries and AS numbers of a flow's ends: the Enricher the EVE writer has
+        # (the worker swaps it with each policy); None: those columns stay NULL.
+        self.enrich = enrich
         self.iface = iface
         self.home = home or HomeNetworks()
         self.retention = retention
@@ -100,7 +105,7 @@ class StoreSink:
                 self.dropped += 1
                 continue
             if ev.__class__ is FlowEnd:
-                queue.append((_FLOW, flow_row(ev, self.iface, self.home)))
+                queue.append((_FLOW, flow_row(ev, self.iface, self.home, self.enrich)))
             else:
                 queue.append(ev)
             self.queued += 1

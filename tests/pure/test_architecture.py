@@ -52,7 +52,8 @@ LOWER = {
     "privileges": set(),
     "lab": {"core"},
     # store (issue 21): the flow and event store; its filters are `flows`' (views.flows)
-    "store": {"core", "policy", "sinks", "views"},
+    # geo (issue 22): a flow's countries, AS numbers and service name in its row
+    "store": {"core", "policy", "sinks", "views", "geo"},
     "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile", "geo"},
     "daemon": {
         "core",

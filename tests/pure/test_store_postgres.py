@@ -22,9 +22,11 @@ from store_data import (
     postgres_server,
     synthetic_events,
     synthetic_flows,
+    write_geo_dir,
 )
 
 from ips.cli import main
+from ips.geo.enrich import Enricher, open_enricher
 from ips.store.backend import PostgresStore, SqliteStore, StoreError, open_store
 from ips.store.query import BY, HISTORY, history, top, volume
 from ips.store.retention import Retention
@@ -53,8 +55,8 @@ def server() -> Iterator[str]:
         yield url
 
 
-def _fill(store: Any, flows: list[Any], events: list[Any]) -> None:
-    sink = StoreSink(store, synchronous=True, batch_size=300, iface="eth1")
+def _fill(store: Any, flows: list[Any], events: list[Any], enrich: Enricher) -> None:
+    sink = StoreSink(store, synchronous=True, batch_size=300, iface="eth1", enrich=enrich)
     sink.events(flows)
     sink.events(events)
     sink.flush()
@@ -68,8 +70,11 @@ def pair(server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     pg_url = fresh_database(server, "pair")
     pg = PostgresStore(pg_url)
     pg.url = pg_url  # type: ignore[attr-defined]
-    _fill(lite, flows, events)
-    _fill(pg, flows, events)
+    enrich = open_enricher(write_geo_dir(str(tmp_path_factory.mktemp("geo"))))
+    assert enrich.problem is None
+    _fill(lite, flows, events, enrich)
+    _fill(pg, flows, events, enrich)
+    enrich.close()
     yield lite, pg
     lite.close()
     pg.close()
@@ -115,6 +120,10 @@ def test_the_cli_prints_the_same_for_both(pair: tuple[Any, Any]) -> None:
     commands = [
         ["report", "top", "--by", "dst", *period],
         ["report", "top", "--by", "sni", "--csv", *period],
+        ["report", "top", "--by", "country", *period],
+        ["report", "top", "--by", "asn", "--json", *period],
+        ["report", "top", "--by", "port", "--csv", *period],
+        ["history", "flows", "--limit", "50", *period],
         ["report", "volume", "--step", "1h", *period],
         ["history", "alerts", "--json", *period],
         ["export", "flows", "--format", "csv", "--filter", "dport 443", *period],
@@ -134,7 +143,7 @@ def test_schema_and_migration(server: str) -> None:
     store.close()
     again = open_store(url)  # opening again applies nothing
     rows = again.conn.execute("SELECT version FROM schema_version").fetchall()
-    assert [r[0] for r in rows] == [SCHEMA_VERSION]
+    assert [r[0] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
     again.conn.execute("INSERT INTO schema_version VALUES (%s, 'future')", (SCHEMA_VERSION + 1,))
     again.conn.commit()
     again.close()
@@ -145,7 +154,12 @@ def test_schema_and_migration(server: str) -> None:
 def test_retention_in_postgres(server: str) -> None:
     day = 86400.0
     store = PostgresStore(fresh_database(server, "retention"))
-    _fill(store, synthetic_flows(200, seed=3) + synthetic_flows(200, seed=4, t0=T0 + 9 * day), [])
+    _fill(
+        store,
+        synthetic_flows(200, seed=3) + synthetic_flows(200, seed=4, t0=T0 + 9 * day),
+        [],
+        Enricher(),
+    )
     before = volume(store, since=T0, until=T0 + 11 * day, step="1h")
     store.expire(T0 + 9 * day + 7200, Retention())
     assert len(list(history(store, "flows", since=0, until=2e9, limit=None))) == 200
