@@ -201,22 +201,12 @@ SYNTHETIC_GEO = (
 def write_geo_dir(directory: str, ranges: Any = SYNTHETIC_GEO, epoch: int = 1_764_547_200) -> str:
     """country.mmdb and asn.mmdb in DIRECTORY (built with ips/geo/mmdb_writer.py) answering
     (first, last, country, asn, org) RANGES, sorted and not overlapping."""
-    from ips.geo.db import ASN_FILE, COUNTRY_FILE
-    from ips.geo.mmdb_writer import build_mmdb, range_of
+    from geo_data import write_geo_databases
 
-    country = build_mmdb(
-        [(*range_of(a, b), {"country_code": cc}) for a, b, cc, _n, _o in ranges], "country", epoch
-    )
-    asn = build_mmdb(
-        [
-            (*range_of(a, b), {"autonomous_system_number": n, "autonomous_system_organization": o})
-            for a, b, _cc, n, o in ranges
-        ],
-        "asn",
+    write_geo_databases(
+        directory,
+        [(a, b, cc) for a, b, cc, _n, _o in ranges],
+        [(a, b, n, o) for a, b, _cc, n, o in ranges],
         epoch,
     )
-    with open(os.path.join(directory, COUNTRY_FILE), "wb") as out:
-        out.write(country)
-    with open(os.path.join(directory, ASN_FILE), "wb") as out:
-        out.write(asn)
     return directory

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from eve_schema import assert_valid_eve
+from geo_data import write_geo_databases
 
 from ips.core.build import build_packet
 from ips.core.decode import decode_l3
@@ -26,7 +27,6 @@ from ips.daemon.worker import PeerFields
 from ips.engine import Engine
 from ips.geo.db import GeoDb
 from ips.geo.enrich import Enricher, geo_object, open_enricher, short_label
-from ips.geo.mmdb_writer import build_mmdb, range_of
 from ips.geo.site import parse_site_text
 from ips.policy.resolve import load_policy_text
 from ips.sinks.eve import EveWriter, alert_record, drop_record, flow_line, flow_record
@@ -51,19 +51,7 @@ SITES = '10.10.5.0/24 = "HQ lab" country XX\n'
 
 @pytest.fixture
 def geo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    country = build_mmdb(
-        [(*range_of(a, b), {"country_code": cc}) for a, b, cc in COUNTRIES], "country", EPOCH
-    )
-    asn = build_mmdb(
-        [
-            (*range_of(a, b), {"autonomous_system_number": n, "autonomous_system_organization": o})
-            for a, b, n, o in ASNS
-        ],
-        "asn",
-        EPOCH,
-    )
-    (tmp_path / "country.mmdb").write_bytes(country)
-    (tmp_path / "asn.mmdb").write_bytes(asn)
+    write_geo_databases(tmp_path, COUNTRIES, ASNS, EPOCH)
     (tmp_path / "sites.conf").write_text(SITES)
     monkeypatch.setenv("IPSCTL_GEO_DIR", str(tmp_path))
     return tmp_path

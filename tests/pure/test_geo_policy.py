@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
+from geo_data import write_geo_databases
 from packets import ip, tcp
 
 from ips.engine import Engine
@@ -50,22 +51,7 @@ SITES = """\
 
 @pytest.fixture
 def geo_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    country = build_mmdb(
-        [(*range_of(a, b), {"country_code": cc}) for a, b, cc in COUNTRIES], "country", EPOCH
-    )
-    asn = build_mmdb(
-        [
-            (
-                *range_of(a, b),
-                {"autonomous_system_number": n, "autonomous_system_organization": org},
-            )
-            for a, b, n, org in ASNS
-        ],
-        "asn",
-        EPOCH,
-    )
-    (tmp_path / "country.mmdb").write_bytes(country)
-    (tmp_path / "asn.mmdb").write_bytes(asn)
+    write_geo_databases(tmp_path, COUNTRIES, ASNS, EPOCH)
     (tmp_path / "sites.conf").write_text(SITES)
     monkeypatch.setenv("IPSCTL_GEO_DIR", str(tmp_path))
     return tmp_path
