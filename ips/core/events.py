@@ -209,15 +209,38 @@ class AppEvent(PacketEvent):
         )
 
 
+class KernelVolume:
+    """An offloaded flow's real volume, from conntrack's accounting (ips/io/conntrack.py):
+    every packet of the connection both ways, the ones the kernel passed after the offload
+    included. source: "destroy" (the final counts conntrack reported when it forgot the
+    connection) or "get" (its entry read when the engine ended the flow)."""
+
+    __slots__ = ("bytes_fwd", "bytes_rev", "pkts_fwd", "pkts_rev", "source")
+
+    def __init__(
+        self, pkts_fwd: int, pkts_rev: int, bytes_fwd: int, bytes_rev: int, source: str
+    ) -> None:
+        self.pkts_fwd = pkts_fwd
+        self.pkts_rev = pkts_rev
+        self.bytes_fwd = bytes_fwd
+        self.bytes_rev = bytes_rev
+        self.source = source
+
+
 class FlowEnd:
-    """A flow left the table (timed out, closed, evicted, or the capture ended)."""
+    """A flow left the table (timed out, closed, evicted, or the capture ended). kernel: the
+    kernel's counts of an offloaded flow, when the worker read them (None: the engine's
+    counts are the flow's, or all that is known)."""
 
-    __slots__ = ("flow", "reason", "time")
+    __slots__ = ("flow", "kernel", "reason", "time")
 
-    def __init__(self, flow: Flow, reason: str, time: float) -> None:
+    def __init__(
+        self, flow: Flow, reason: str, time: float, kernel: KernelVolume | None = None
+    ) -> None:
         self.flow = flow
         self.reason = reason
         self.time = time
+        self.kernel = kernel
 
 
 class Block:

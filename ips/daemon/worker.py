@@ -39,6 +39,7 @@ from ips.translate.nft import BLOCK_TABLE
 if TYPE_CHECKING:
     from ips.geo.enrich import Enricher
     from ips.geo.rdns import ReverseDns
+    from ips.io.conntrack import OffloadedVolumes
     from ips.policy.model import Policy
     from ips.sinks.eve import EveWriter
     from ips.sinks.logfile import RotatingLog
@@ -245,6 +246,7 @@ class Worker:
     reopen: threading.Event = field(default_factory=threading.Event)  # SIGHUP
     links: LinkViews | None = None  # inline NFQUEUE: the segments' view for the evidence
     peers: PeerFields = field(default_factory=PeerFields)  # geo, service, reverse DNS fields
+    volumes: OffloadedVolumes | None = None  # inline NFQUEUE: offloaded flows' kernel counts
 
     def command(self, msg: dict[str, Any]) -> dict[str, Any] | None:
         """The answer to a message of the supervisor; None: stop."""
@@ -265,6 +267,10 @@ class Worker:
         control = conn.fileno()
         copy_fd = adapter.copy_fd  # NFQUEUE: copies of packets the kernel passed
         fds = [fd, control] if copy_fd is None else [fd, control, copy_fd]
+        volumes = self.volumes
+        volumes_fd = volumes.fileno() if volumes is not None else None
+        if volumes_fd is not None:
+            fds.append(volumes_fd)
         started = time.time()
         next_tick = started + TICK_EVERY
         interval = self.cfg.stats_interval
@@ -276,6 +282,8 @@ class Worker:
                 adapter.process_pending()
             if copy_fd is not None and copy_fd in ready:
                 adapter.process_copies()
+            if volumes is not None and volumes_fd in ready:
+                volumes.read()  # conntrack's DESTROY events: held flow records completed
             if control in ready:
                 try:
                     msg = conn.recv()
@@ -301,6 +309,8 @@ class Worker:
                 events = engine.tick(now)
                 if events:
                     adapter.effects(events)  # expiry counted; eve
+                if volumes is not None:
+                    volumes.tick(now)  # held records whose DESTROY did not come in time
                 next_tick = now + TICK_EVERY
             if next_stats is not None and now >= next_stats and eve is not None:
                 eve.write(stats_record(now, now - started, eve_stats(engine, adapter, self.cfg)))
@@ -309,6 +319,11 @@ class Worker:
     def tear_down(self) -> None:
         self.adapter.unbind()  # first: the queue's fail mode covers the packets from now on
         end_open_flows(self.engine, self.adapter, time.time(), SHUTDOWN_RECORDS_BUDGET)
+        if self.volumes is not None:
+            try:
+                self.volumes.close()  # the held records, with the counts they have
+            except Exception as exc:  # never in the way of the stop
+                print(f"ipsctl worker: held flow records: {exc}", file=sys.stderr, flush=True)
         self.sinks.close()
         self.peers.close()
 
@@ -376,19 +391,40 @@ def set_up(
     sinks = open_sinks(cfg, engine, tap, policy.tap_blocks_enforced, peers)
     every = sinks.sinks()
 
-    def on_events(events: list[Effect]) -> None:
+    def deliver(events: list[Effect]) -> None:
         for sink in every:
             sink.events(events)
 
+    inline_nfqueue = cfg.mode == "inline" and cfg.backend == "nfqueue"
+    volumes = _offloaded_volumes(deliver) if inline_nfqueue and every else None
+
+    def on_events(events: list[Effect]) -> None:
+        if volumes is not None:  # offloaded flows' records wait for the kernel's counts
+            events = volumes.filter(events, time.time())
+        deliver(events)
+
     adapter, adopted = _adapter(cfg, engine, bpf_program, on_events, beat, judged_cell)
     links = None
-    if cfg.mode == "inline" and cfg.backend == "nfqueue":
+    if inline_nfqueue:
         # Packets carry their sender's MAC here: the engine weighs it against the kernel's
         # neighbour table before a detector's block (tap, divert: no view; see
         # docs/language.md, "Evidence").
         links = LinkViews(engine)
         links.refresh(time.time())
-    return Worker(engine, adapter, sinks, adopted, cfg, reopen, links, peers)
+    return Worker(engine, adapter, sinks, adopted, cfg, reopen, links, peers, volumes)
+
+
+def _offloaded_volumes(deliver: Callable[[list[Effect]], None]) -> OffloadedVolumes | None:
+    """Conntrack's sockets for offloaded flows' real volumes; None (said on stderr) when the
+    kernel will not give them: those records keep the engine's counts."""
+    from ips.io.conntrack import ConntrackWatch, OffloadedVolumes
+
+    try:
+        return OffloadedVolumes(deliver, ConntrackWatch())
+    except OSError as exc:
+        print(f"ipsctl worker: conntrack events: {exc}: offloaded flows keep the engine's "
+              "counts", file=sys.stderr, flush=True)  # fmt: skip
+        return None
 
 
 def _adapter(
@@ -564,6 +600,7 @@ def _stats(worker: Worker, _msg: dict[str, Any]) -> dict[str, Any]:
         "alerts_seq": views.alerts.seq if views.alerts is not None else 0,
         "webhook": views.webhook.stats() if views.webhook is not None else None,
         "gc": collector_stats(),
+        "conntrack_volumes": worker.volumes.stats() if worker.volumes is not None else None,
         **own,  # divert's or the NFQUEUE client's
     }
 

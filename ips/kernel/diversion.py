@@ -40,6 +40,7 @@ from ips.translate.nft import (
 )
 
 TCP_LOOSE = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_loose")
+CONNTRACK_ACCT = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
 
 
 class BlockSets(Protocol):
@@ -147,6 +148,7 @@ class NftDiversion:
         # flushed and refilled): what it had counted is kept here, read just before.
         self._offered_before = 0
         self._tcp_loose_before: str | None = None  # set while the SYN proxy needs it at 0
+        self._acct_before: str | None = None  # set while we hold nf_conntrack_acct at 1
         self._nft = Nft()
         self._iptables = IptablesDiversion()
 
@@ -201,6 +203,7 @@ class NftDiversion:
                 self._nft.replace_elements(BLOCK_TABLE, [e.addr], e.timeout, e.comment, e.expires)
         # A killed daemon's table counted packets its own workers judged: ours start at 0.
         self._offered_before = 0
+        self._count_in_conntrack(True)
         if backend == "iptables":
             self._iptables.install(self.hooks, self.queue, self.fail_open, self.queues)
         else:  # a killed daemon's fallback jumps (a kernel that gained `queue` since)
@@ -261,11 +264,30 @@ class NftDiversion:
                 file=sys.stderr,
             )
 
+    def _count_in_conntrack(self, on: bool) -> None:
+        """Offloaded flows' real volumes come from conntrack's accounting
+        (ips/io/conntrack.py): nf_conntrack_acct 1 in this network namespace while the daemon runs;
+        the value found is put back at stop. Connections conntrack knew before have no
+        counters (the kernel adds them to new entries only)."""
+        try:
+            if on and self._acct_before is None:
+                self._acct_before = CONNTRACK_ACCT.read_text().strip()
+                CONNTRACK_ACCT.write_text("1\n")
+            elif not on and self._acct_before is not None:
+                CONNTRACK_ACCT.write_text(self._acct_before + "\n")
+                self._acct_before = None
+        except OSError as exc:
+            print(
+                f"ipsctl: {CONNTRACK_ACCT}: {exc}: offloaded flows keep the engine's counts",
+                file=sys.stderr,
+            )
+
     def remove(self) -> None:
         """Stop diverting (iptables first), then delete our table."""
         self._iptables.remove()
         self._nft.remove()
         self._track_tcp_strictly(False)
+        self._count_in_conntrack(False)
         self.backend = None
 
     def counters(self) -> dict[str, RuleCounter]:

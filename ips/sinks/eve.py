@@ -307,11 +307,14 @@ def flow_record(
     tcp_state = TCP_STATE_NAMES[f.tcp_state] if f.proto == 6 else None
     if tcp_state in ("closed", "closing", "time_wait"):
         state = "closed"
+    # An offloaded flow's volume is the kernel's when the worker read conntrack's accounting
+    # (ips/io/conntrack.py): the engine stopped counting at the offload.
+    volume = getattr(end, "kernel", None) or f
     record["flow"] = {
-        "pkts_toserver": f.pkts_fwd,
-        "pkts_toclient": f.pkts_rev,
-        "bytes_toserver": f.bytes_fwd,
-        "bytes_toclient": f.bytes_rev,
+        "pkts_toserver": volume.pkts_fwd,
+        "pkts_toclient": volume.pkts_rev,
+        "bytes_toserver": volume.bytes_fwd,
+        "bytes_toclient": volume.bytes_rev,
         "start": eve_timestamp(f.first_seen),
         "end": eve_timestamp(f.last_seen),
         "age": int(f.last_seen - f.first_seen),
@@ -320,6 +323,14 @@ def flow_record(
     }
     if getattr(f, "offloaded", False):  # Suricata's word: the rest went past the engine
         record["flow"]["bypass"] = "capture"
+    kernel = getattr(end, "kernel", None)
+    if kernel is not None:  # Suricata's `bypassed`: what went past the engine
+        record["flow"]["bypassed"] = {
+            "pkts_toserver": max(0, kernel.pkts_fwd - f.pkts_fwd),
+            "pkts_toclient": max(0, kernel.pkts_rev - f.pkts_rev),
+            "bytes_toserver": max(0, kernel.bytes_fwd - f.bytes_fwd),
+            "bytes_toclient": max(0, kernel.bytes_rev - f.bytes_rev),
+        }
     if f.proto == 6:
         both = f.flags_fwd | f.flags_rev
         tcp: dict[str, object] = {
@@ -333,6 +344,8 @@ def flow_record(
         tcp["state"] = tcp_state
         record["tcp"] = tcp
     own = _flow_names(f) or {}
+    if kernel is not None:  # where the counts come from: conntrack's "destroy" or "get"
+        own["counted_by"] = f"conntrack-{kernel.source}"
     if enrich is not None:
         named = bool(own.get("dst_name") or own.get("sni") or own.get("http_host"))
         own.update(enrich.fields(f.proto, f.src, f.dst, f.sport, f.dport, named=named))
@@ -387,6 +400,8 @@ def flow_line(end: FlowEnd, in_iface: str | None = None, enrich: Enricher | None
     every connection ends in one, so it is the commonest record by far. Every string in it
     is a timestamp, an address, or a word of ours, except the interface name and the end
     reason, which go through json.dumps."""
+    if end.kernel is not None:  # an offloaded flow with the kernel's counts: rare, the long way
+        return json.dumps(flow_record(end, in_iface, enrich), separators=(",", ":"))
     f = end.flow
     proto = f.proto
     iface = f',"in_iface":{_json_text(in_iface)}' if in_iface else ""

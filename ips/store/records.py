@@ -80,6 +80,8 @@ def flow_row(
     gives the ends' countries and AS numbers (the EVE writer's, so both say the same); the
     service name comes from the registry in the package, with or without it."""
     f = end.flow
+    # An offloaded flow's volume: the kernel's when the worker read it (ips/io/conntrack.py).
+    volume = getattr(end, "kernel", None) or f
     src_country, src_asn = _geo_end(enrich, f.src)
     dst_country, dst_asn = _geo_end(enrich, f.dst)
     app = f.app
@@ -98,10 +100,10 @@ def flow_row(
         f.dst,
         f.dport,
         EVE_APP_PROTOS.get(getattr(f, "app_proto", None)),
-        f.pkts_fwd,
-        f.pkts_rev,
-        f.bytes_fwd,
-        f.bytes_rev,
+        volume.pkts_fwd,
+        volume.pkts_rev,
+        volume.bytes_fwd,
+        volume.bytes_rev,
         iface,
         end.reason,
         1 if f.replied else 0,

@@ -41,7 +41,7 @@ FLOW_COLUMNS = (
     "iface",
     "reason",  # why the flow ended: timeout, closed, evicted, reused, shutdown
     "replied",  # 1: the responder answered (state established)
-    "offloaded",  # 1: the kernel carried the rest; the counters stop at offload
+    "offloaded",  # 1: the kernel carried the rest (counts: conntrack's when it gave them)
     "direction",  # in, out, internal, external (against the protected networks)
     "sni",
     "http_host",
