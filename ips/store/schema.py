@@ -55,7 +55,9 @@ FLOW_COLUMNS = (
     "dst_asn",
     "service",  # the IANA name of the responder's port, e.g. postgresql for 5432/tcp
 )
-ALERT_COLUMNS = (
+# What every row about one packet starts with (alerts, log records): when, which flow, and
+# the packet's addresses and ports as the event gives them.
+PACKET_COLUMNS = (
     "time",
     "flow_id",
     "family",
@@ -64,6 +66,9 @@ ALERT_COLUMNS = (
     "sport",
     "dst",
     "dport",
+)
+ALERT_COLUMNS = (
+    *PACKET_COLUMNS,
     "action",
     "signature_id",
     "signature",
@@ -88,14 +93,7 @@ BLOCK_COLUMNS = (
     "mac",
 )
 LOG_COLUMNS = (
-    "time",
-    "flow_id",
-    "family",
-    "proto",
-    "src",
-    "sport",
-    "dst",
-    "dport",
+    *PACKET_COLUMNS,
     "verdict",
     "rule_name",
     "dst_name",
