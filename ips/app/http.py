@@ -127,6 +127,20 @@ def _get(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
+def _framing(
+    lines: list[bytes],
+) -> tuple[list[tuple[str, str]], int | None] | Malformed:
+    """A message's header fields (after its start line) and its Content-Length (None: none
+    given); requests and responses read them alike."""
+    headers = _headers(lines[1:])
+    if isinstance(headers, Malformed):
+        return headers
+    length = _length(headers)
+    if isinstance(length, Malformed):
+        return length
+    return headers, length
+
+
 def _length(headers: list[tuple[str, str]]) -> int | Malformed | None:
     text = _get(headers, "content-length")
     if text is None:
@@ -242,12 +256,10 @@ def requests_from(data: bytes, start: int, out: list[HttpRequest]) -> Progress:
             return Progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
         if not method or not uri or method.strip(_TCHAR):
             return Progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
-        headers = _headers(lines[1:])
-        if isinstance(headers, Malformed):
-            return Progress(pos, headers, pos, len(out), n + 1)
-        length = _length(headers)
-        if isinstance(length, Malformed):
-            return Progress(pos, length, pos, len(out), n + 1)
+        framed = _framing(lines)
+        if isinstance(framed, Malformed):
+            return Progress(pos, framed, pos, len(out), n + 1)
+        headers, length = framed
         out.append(HttpRequest(
             method.decode("latin-1"), uri.decode("latin-1"), version.decode("latin-1"),
             _get(headers, "host"), _get(headers, "user-agent"), _get(headers, "content-type"),
@@ -300,12 +312,10 @@ def responses_from(
         code, _, reason = rest.partition(b" ")
         if not version.startswith(b"HTTP/") or len(code) != 3 or not code.isdigit():
             return Progress(pos, M_BAD_STATUS_LINE, pos, len(out), n + 1)
-        headers = _headers(lines[1:])
-        if isinstance(headers, Malformed):
-            return Progress(pos, headers, pos, len(out), n + 1)
-        length = _length(headers)
-        if isinstance(length, Malformed):
-            return Progress(pos, length, pos, len(out), n + 1)
+        framed = _framing(lines)
+        if isinstance(framed, Malformed):
+            return Progress(pos, framed, pos, len(out), n + 1)
+        headers, length = framed
         status = int(code)
         out.append(HttpResponse(
             version.decode("latin-1"), status, reason.decode("latin-1").strip(),
