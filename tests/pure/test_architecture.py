@@ -55,6 +55,8 @@ LOWER = {
     # geo (issue 22): a flow's countries, AS numbers and service name in its row
     "store": {"core", "policy", "sinks", "views", "geo"},
     "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile", "geo"},
+    # mix (issue 23): captures mixed into a labelled one; reads them with io.pcap
+    "mix": {"core", "io"},
     "daemon": {
         "core",
         "policy",
