@@ -336,6 +336,7 @@ def _write(
             f.close()
 
     names = {ix.input: ix.name for ix in indexes}
+    first_flow = {ix.input: ix.flows[0].flow if ix.flows else 0 for ix in indexes}
     labels: list[FlowLabel] = []
     for i, (pid, first, last, count, t0, t1) in enumerate(out_flows):
         p = by_id[pid]  # type: ignore[index]
@@ -346,6 +347,7 @@ def _write(
                 sport=flow.sport, dst=format_addr(p.responder), dport=flow.dport,
                 first_packet=first, last_packet=last, packets=count,  # type: ignore[arg-type]
                 start=t0 / US, end=t1 / US, input=names[flow.input],  # type: ignore[operator]
+                input_flow=flow.flow - first_flow[flow.input], round=p.round,
             )
         )  # fmt: skip
     class_counts: dict[str, ClassCount] = {}
