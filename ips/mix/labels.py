@@ -40,7 +40,7 @@ import json
 import os
 from array import array
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -98,10 +98,24 @@ class FlowLabel:
     round: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["class"] = d.pop("cls")
         # The contract's key order: flow, class, then the rest (readers do not care, people do).
-        return {"flow": d.pop("flow"), "class": d.pop("class"), **d}
+        return {
+            "flow": self.flow,
+            "class": self.cls,
+            "proto": self.proto,
+            "src": self.src,
+            "sport": self.sport,
+            "dst": self.dst,
+            "dport": self.dport,
+            "first_packet": self.first_packet,
+            "last_packet": self.last_packet,
+            "packets": self.packets,
+            "start": self.start,
+            "end": self.end,
+            "input": self.input,
+            "input_flow": self.input_flow,
+            "round": self.round,
+        }
 
 
 @dataclass(frozen=True)
