@@ -279,10 +279,16 @@ def _place(
     responder = book.map(flow.input, round_, flow.responder, "servers" if is_benign else "victims")
     plan.placements.append(
         Placement(
-            len(plan.placements), flow.flow, flow.cls, w_index, round_, start_us, initiator,
+            len(plan.placements),
+            flow.flow,
+            flow.cls,
+            w_index,
+            round_,
+            start_us,
+            initiator,
             responder,
         )
-    )  # fmt: skip
+    )
     plan.reused += round_ > 0
     result.packets += flow.packets
     result.flows += 1
