@@ -217,6 +217,7 @@ def _index_all(request: MixRequest, tmp: str, progress: Progress | None) -> list
             request.idle_timeout_us,
             tell,
         )
+        tell(size)
         first_flow += len(ix.flows)
         indexes.append(ix)
     return indexes
