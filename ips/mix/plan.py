@@ -137,9 +137,13 @@ class AddressBook:
     def __init__(self, networks: dict[str, list[Network]], rng: Rng) -> None:
         self._rng = rng
         self._pools: dict[tuple[str, int], _Pool] = {}
+        # Roles given the same network draw from one pool: a victim never gets a server's
+        # address by chance (they share one only when the network is full).
+        by_network: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, _Pool] = {}
         for role, nets in networks.items():
             for n in nets:
-                self._pools[(role, n.family)] = _Pool(n.net)
+                pool = by_network.setdefault(n.net, _Pool(n.net))
+                self._pools[(role, n.family)] = pool
         self._map: dict[tuple[int, int, bytes], bytes] = {}
         self.collisions = 0
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ips.cli import main
 from ips.core.build import build_packet
@@ -669,3 +671,69 @@ def test_a_mix_of_a_mix(inputs: dict[str, Path], tmp_path: Path) -> None:
     labels = read_labels(second)
     _check_labels_match(second, labels)
     assert labels.header.classes["benign"].packets > 0
+
+
+@st.composite
+def _plans(draw: st.DrawFn) -> tuple[list[Window], list[int], dict[str, list[FlowSummary]]]:
+    pools: dict[str, list[FlowSummary]] = {}
+    n = 0
+    for cls in ("benign", "ddos", "scan"):
+        flows = []
+        for _ in range(draw(st.integers(1, 30))):
+            host = draw(st.integers(1, 8))
+            flows.append(
+                FlowSummary(
+                    n,
+                    len(pools),
+                    cls,
+                    6,
+                    4,
+                    bytes([10, 0, 0, host]),
+                    1000 + n,
+                    bytes([10, 0, 1, draw(st.integers(1, 4))]),
+                    80,
+                    draw(st.integers(0, 10**7)),
+                    draw(st.integers(0, 3 * 10**6)),
+                    draw(st.integers(1, 40)),
+                )
+            )
+            n += 1
+        pools[cls] = sorted(flows, key=lambda f: f.start_us)
+    windows, counts, t = [], [], 0
+    for _ in range(draw(st.integers(1, 4))):
+        length = draw(st.integers(10**6, 10**7))
+        ddos = draw(st.integers(0, 60)) / 100
+        scan = draw(st.integers(0, 30)) / 100
+        shares = tuple((c, s) for c, s in (("ddos", ddos), ("scan", scan)) if s)
+        windows.append(Window(t, t + length, shares))
+        counts.append(draw(st.integers(0, 500)))
+        t += length + draw(st.integers(0, 10**6))
+    return windows, counts, pools
+
+
+@settings(max_examples=60, deadline=None)
+@given(_plans(), st.integers(0, 2**32))
+def test_plan_properties(
+    case: tuple[list[Window], list[int], dict[str, list[FlowSummary]]], seed: int
+) -> None:
+    windows, counts, pools = case
+    networks = {r: parse_networks(list(n), r) for r, n in _NETS.items()}
+    plan = plan_mix(windows, counts, pools, {}, networks, random.Random(seed))
+    again = plan_mix(windows, counts, pools, {}, networks, random.Random(seed))
+    assert plan.placements == again.placements
+    flows = {f.flow: f for fl in pools.values() for f in fl}
+    biggest = max(f.packets for f in flows.values())
+    for p in plan.placements:
+        w, f = windows[p.window], flows[p.flow]
+        assert w.start_us <= p.start_us and p.start_us + f.duration_us < w.end_us
+        assert p.cls == f.cls
+    for results in plan.results:
+        for r in results.values():
+            assert r.packets <= r.target + biggest // 2
+    # One host of an input round is one new address; two hosts are two.
+    seen: dict[tuple[int, int, bytes], bytes] = {}
+    for p in plan.placements:
+        f = flows[p.flow]
+        for old, new in ((f.initiator, p.initiator), (f.responder, p.responder)):
+            assert seen.setdefault((f.input, p.round, old), new) == new
+    assert len(set(seen.values())) == len(seen) - plan.address_collisions
