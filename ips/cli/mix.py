@@ -70,7 +70,7 @@ def _from_spec(path: str) -> dict[str, Any]:
         raise SpecError(f"{path}: a mapping is expected (inputs:, ratio: or timeline:, ...)")
     known = {
         "inputs", "output", "seed", "ratio", "timeline", "packets", "duration", "rate", "start",
-        "networks", "timing", "idle_timeout",
+        "networks", "timing", "idle_timeout", "keep_addresses",
     }  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:
@@ -110,7 +110,16 @@ def _from_spec(path: str) -> dict[str, Any]:
     if not isinstance(timing, dict):
         raise SpecError(f"{path}: timing: maps a class to spread or keep")
     out["timing"] = {str(c): str(v) for c, v in timing.items()}
-    for key in ("output", "seed", "packets", "duration", "rate", "start", "idle_timeout"):
+    for key in (
+        "output",
+        "seed",
+        "packets",
+        "duration",
+        "rate",
+        "start",
+        "idle_timeout",
+        "keep_addresses",
+    ):
         if data.get(key) is not None:
             out[key] = data[key]
     return out
@@ -175,6 +184,12 @@ def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
     metavar="CLASS=spread|keep",
     help="spread flows at random, or keep their spacing (default: benign spread, attacks keep)",
 )
+@click.option(
+    "--keep-addresses",
+    is_flag=True,
+    default=None,
+    help="keep the inputs' own addresses (copies of a flow still get new ones)",
+)
 @click.option("--idle-timeout", default=None, help="a flow ends after this idle time [300s]")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option(
@@ -196,6 +211,7 @@ def mix(
     attackers: tuple[str, ...],
     victims: tuple[str, ...],
     timing: tuple[str, ...],
+    keep_addresses: bool | None,
     idle_timeout: str | None,
     as_json: bool,
     progress: bool | None,
@@ -246,6 +262,9 @@ def mix(
             networks=networks,
             timing=timings,
             idle_timeout_us=parse_duration(str(idle_text)),
+            keep_addresses=bool(
+                keep_addresses if keep_addresses is not None else spec.get("keep_addresses")
+            ),
         )
         if ratio is not None and timeline is None and spec.get("timeline") is not None:
             request.timeline = None  # an option given on the command line wins over the spec

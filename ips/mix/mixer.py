@@ -75,6 +75,7 @@ class MixRequest:
     networks: dict[str, list[str]] = field(default_factory=dict)  # role -> networks
     timing: dict[str, str] = field(default_factory=dict)  # class -> spread | keep
     idle_timeout_us: int = 300 * US
+    keep_addresses: bool = False  # the first round of each input keeps its addresses
     run_records: int = RUN_RECORDS
 
 
@@ -175,6 +176,7 @@ def run_mix(request: MixRequest, progress: Progress | None = None) -> MixReport:
             timing,
             networks,
             random.Random(request.seed),
+            request.keep_addresses,
         )
         start_us = request.start_us
         if start_us is None:

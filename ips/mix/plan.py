@@ -52,8 +52,8 @@ KEEP = "keep"
 TIMINGS = (SPREAD, KEEP)
 
 # Networks when the user names none: private ranges, one per role and family. Victims default
-# to the servers' networks, so attacks land in the network benign clients use (each role draws
-# its own addresses there).
+# to the servers' network, so attacks land in the network benign clients use (one pool: a
+# victim and a server never share an address by chance).
 DEFAULT_NETWORKS: dict[str, tuple[str, ...]] = {
     "clients": ("10.50.0.0/16", "fd00:50::/64"),
     "servers": ("10.60.0.0/16", "fd00:60::/64"),
@@ -134,8 +134,13 @@ class AddressBook:
     Memory: one entry per host of each input round used.
     """
 
-    def __init__(self, networks: dict[str, list[Network]], rng: Rng) -> None:
+    def __init__(
+        self, networks: dict[str, list[Network]], rng: Rng, keep_first_round: bool = False
+    ) -> None:
         self._rng = rng
+        # The first round of each input keeps its own addresses (for policies that name real
+        # ones: reputation lists, geo); later rounds are copies and get new ones.
+        self._keep = keep_first_round
         self._pools: dict[tuple[str, int], _Pool] = {}
         # Roles given the same network draw from one pool: a victim never gets a server's
         # address by chance (they share one only when the network is full).
@@ -148,6 +153,8 @@ class AddressBook:
         self.collisions = 0
 
     def map(self, input_id: int, round_: int, address: bytes, role: str) -> bytes:
+        if self._keep and round_ == 0:
+            return address
         key = (input_id, round_, address)
         new = self._map.get(key)
         if new is None:
@@ -230,18 +237,20 @@ def plan_mix(
     timing: dict[str, str],
     networks: dict[str, list[Network]],
     rng: Rng,
+    keep_addresses: bool = False,
 ) -> MixPlan:
     """Place flows so that each window holds `window_packets[i]` packets shared by its classes.
 
     `flows_by_class`: each class's flows in input order (input, then first packet);
-    `timing`: `spread` or `keep` per class.
+    `timing`: `spread` or `keep` per class; `keep_addresses`: the first round of each input
+    keeps its original addresses.
     """
     if len(window_packets) != len(windows):
         raise ValueError("one packet count per window")
     for cls, flows in flows_by_class.items():
         if not flows:
             raise SpecError(f"the inputs of class {cls!r} hold no flow")
-    book = AddressBook(networks, rng)
+    book = AddressBook(networks, rng, keep_addresses)
     cursors = {
         c: _Cursor(f, timing.get(c, _default_timing(c)), rng) for c, f in flows_by_class.items()
     }

@@ -737,3 +737,26 @@ def test_plan_properties(
         for old, new in ((f.initiator, p.initiator), (f.responder, p.responder)):
             assert seen.setdefault((f.input, p.round, old), new) == new
     assert len(set(seen.values())) == len(seen) - plan.address_collisions
+
+
+def test_keep_addresses_for_the_first_round_only(inputs: dict[str, Path], tmp_path: Path) -> None:
+    scan_packets = 4000  # the portscan input has 4,000: a fifth more means a second round
+    out, report = _mix(
+        tmp_path,
+        [("benign", inputs["small"]), ("scan", inputs["scan"])],
+        ratio="50/50",
+        packets=int(scan_packets * 2.4),
+        seed=1,
+        keep_addresses=True,
+    )
+    labels = read_labels(out)
+    scans = [f for f in labels.flows if f.cls == "scan"]
+    assert {f.src for f in scans if f.round == 0} == {"203.0.113.66"}
+    later = {f.src for f in scans if f.round > 0}
+    assert later and "203.0.113.66" not in later and report.reused > 0
+    assert all(
+        f.src.startswith(("192.168.", "2001:db8:"))
+        for f in labels.flows
+        if f.cls == "benign" and f.round == 0
+    )
+    _check_labels_match(out, labels)
