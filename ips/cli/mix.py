@@ -20,7 +20,7 @@ import yaml
 from ips.cli.common import EXIT_USAGE
 from ips.io.pcap import CaptureError
 from ips.mix.mixer import MixReport, MixRequest, Progress, run_mix
-from ips.mix.spec import ROLES, US, SpecError, check_class_name, parse_duration
+from ips.mix.spec import BENIGN, ROLES, US, SpecError, check_class_name, parse_duration
 
 
 def _fail(message: str) -> None:
@@ -173,7 +173,7 @@ def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
 @click.option("--duration", help="proportional: the output's length (default: the benign input's)")
 @click.option("--rate", type=float, help="timeline: packets a second (default: the benign input's)")
 @click.option("--start", help="the output's first instant: epoch seconds or ISO 8601")
-@click.option("--seed", type=int, help="the same seed, inputs and options give the same bytes")
+@click.option("--seed", type=int, help="the same seed, inputs and options give the same bytes [0]")
 @click.option("--clients", multiple=True, metavar="NET", help="benign initiators' network(s)")
 @click.option("--servers", multiple=True, metavar="NET", help="benign responders' network(s)")
 @click.option("--attackers", multiple=True, metavar="NET", help="attack initiators' network(s)")
@@ -311,6 +311,16 @@ def _summary(report: MixReport) -> str:
                     f"window {i}: {cls} got {r['packets']} of {r['target']} packets (its flows "
                     "are too few, too big or too long for the window; see docs/evaluation.md)"
                 )
+    attack_packets = sum(c.packets for cls, c in report.classes.items() if cls != BENIGN)
+    if report.packets and attack_packets < 0.2 * report.packets and BENIGN in report.classes:
+        share = attack_packets / report.packets
+        # Precision of a detector that finds every attack packet and wrongly flags 1 % of the
+        # benign ones: the base-rate fallacy in one number.
+        precision = share / (share + (1 - share) * 0.01)
+        notes.append(
+            f"attacks are {share:.2%} of packets: a detector with a 1 % false-positive rate "
+            f"would be right in only {precision:.0%} of its alerts (the base rate)"
+        )
     if report.too_long:
         notes.append(f"{report.too_long} flows longer than their window left out")
     if report.reused:

@@ -434,6 +434,7 @@ def test_cli_mix_and_its_errors(inputs: dict[str, Path], tmp_path: Path) -> None
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "benign" in result.output and "scan" in result.output
+    assert "right in only 84% of its alerts (the base rate)" in result.output
     labels = read_labels(out)
     assert all(f.src.startswith("10.66.") for f in labels.flows if f.cls == "scan")
     # The same through a YAML spec (file names relative to it), with --json.
