@@ -110,18 +110,23 @@ def _from_spec(path: str) -> dict[str, Any]:
     if not isinstance(timing, dict):
         raise SpecError(f"{path}: timing: maps a class to spread or keep")
     out["timing"] = {str(c): str(v) for c, v in timing.items()}
-    for key in (
-        "output",
-        "seed",
-        "packets",
-        "duration",
-        "rate",
-        "start",
-        "idle_timeout",
-        "keep_addresses",
-    ):
-        if data.get(key) is not None:
-            out[key] = data[key]
+    kinds: dict[str, tuple[type, ...]] = {
+        "output": (str,),
+        "seed": (int,),
+        "packets": (int,),
+        "rate": (int, float),
+        "duration": (str, int, float),
+        "start": (str, int, float),
+        "idle_timeout": (str, int, float),
+        "keep_addresses": (bool,),
+    }
+    for key, kind in kinds.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kind):
+            raise SpecError(f"{path}: {key}: {value!r} is not a {kind[0].__name__}")
+        out[key] = value
     return out
 
 

@@ -145,6 +145,9 @@ def run_mix(request: MixRequest, progress: Progress | None = None) -> MixReport:
         if cls not in classes:
             classes.append(cls)
     networks = _networks(request.networks)
+    for cls in request.timing:
+        if cls not in classes:
+            raise SpecError(f"timing of {cls!r}: no input of that class")
     timing = {c: request.timing.get(c, SPREAD if c == BENIGN else KEEP) for c in classes}
     for cls, how in timing.items():
         if how not in (SPREAD, KEEP):

@@ -488,6 +488,25 @@ def test_cli_mix_and_its_errors(inputs: dict[str, Path], tmp_path: Path) -> None
         ),
         (["mix", "-i", "benign", "--ratio", "1", "-o", str(out)], "CLASS=FILE"),
     ]
+    bad_spec = tmp_path / "bad.yaml"
+    bad_spec.write_text(f"inputs: {{benign: {inputs['small']}}}\nratio: 1\nseed: one\n")
+    bad_cases.append((["mix", "--spec", str(bad_spec), "-o", str(out)], "seed: 'one' is not"))
+    bad_cases.append(
+        (
+            [
+                "mix",
+                "-i",
+                f"benign={inputs['small']}",
+                "--ratio",
+                "1",
+                "--timing",
+                "x=keep",
+                "-o",
+                str(out),
+            ],
+            "timing of 'x'",
+        )
+    )
     for args, message in bad_cases:
         result = runner.invoke(main, args)
         assert result.exit_code == 2, (args, result.output)
