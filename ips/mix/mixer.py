@@ -161,6 +161,9 @@ def run_mix(request: MixRequest, progress: Progress | None = None) -> MixReport:
         flows_by_class: dict[str, list[FlowSummary]] = {c: [] for c in classes}
         for ix in indexes:
             flows_by_class[ix.cls].extend(ix.flows)
+        for flows in flows_by_class.values():
+            # By input, then time: the order `keep` walks (a capture need not be in time order).
+            flows.sort(key=lambda f: (f.input, f.start_us, f.flow))
         for cls, flows in flows_by_class.items():
             if not flows:
                 raise SpecError(f"the inputs of class {cls!r} hold no packet a mix can use")

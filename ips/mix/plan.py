@@ -241,7 +241,7 @@ def plan_mix(
 ) -> MixPlan:
     """Place flows so that each window holds `window_packets[i]` packets shared by its classes.
 
-    `flows_by_class`: each class's flows in input order (input, then first packet);
+    `flows_by_class`: each class's flows by input, then by first packet's time;
     `timing`: `spread` or `keep` per class; `keep_addresses`: the first round of each input
     keeps its original addresses.
     """
@@ -382,13 +382,17 @@ def _fill_keep(
                     continue
                 origin, block_round = flow.start_us, round_
             offset = flow.start_us - origin
+            other_stretch = bool(block) and (
+                round_ != block_round or flow.input != block[0][1].input
+            )
             if (
-                round_ != block_round
+                other_stretch
+                or offset < 0
                 or offset + flow.duration_us >= length
                 or flow.packets - missing > missing
             ):
-                # A new round, the window's end, or too big for what is left: the block ends
-                # here; this flow comes first next time.
+                # A new round or input, out of time order, the window's end, or too big for
+                # what is left: the block ends here; this flow comes first next time.
                 cursor.front = (round_, i)
                 break
             block.append((round_, flow, offset))

@@ -780,3 +780,28 @@ def test_keep_addresses_for_the_first_round_only(inputs: dict[str, Path], tmp_pa
         if f.cls == "benign" and f.round == 0
     )
     _check_labels_match(out, labels)
+
+
+def test_an_attack_capture_out_of_time_order_stays_in_its_window(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    with read_capture(inputs["scan"]) as reader:
+        records = list(reader)
+    random.Random(3).shuffle(records)  # written in no time order at all
+    shuffled = tmp_path / "shuffled-scan.pcap"
+    write_pcap(shuffled, records)
+    out, _ = _mix(
+        tmp_path,
+        [("benign", inputs["small"]), ("scan", shuffled), ("scan", inputs["scan"])],
+        # A window little longer than the scan's 2 s: a stretch walked out of time order
+        # would start before it.
+        timeline="0-20s benign; 20-23s 40% scan; 23-40s benign",
+        rate=100.0,
+        seed=4,
+        start_us=int(T0 * 10**6),
+    )
+    labels = read_labels(out)
+    scans = [f for f in labels.flows if f.cls == "scan"]
+    assert scans
+    assert all(f.start >= T0 + 20 and f.end < T0 + 23 for f in scans)
+    _check_labels_match(out, labels)
