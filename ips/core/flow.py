@@ -203,10 +203,12 @@ class Flow:
         "flags_rev",
         "flow_id",
         "icmp",
+        "iif",
         "last_seen",
         "mac",
         "nat",
         "offloaded",
+        "oif",
         "pkts_fwd",
         "pkts_rev",
         "proto",
@@ -266,6 +268,11 @@ class Flow:
         self.app_state: Any = APP_NOT_STARTED
         # The name passive DNS gave the responder's address when the flow began (or None).
         self.dst_name: str | None = None
+        # The interfaces the flow's first decided packet came in on and would go out on
+        # (inline: NFQUEUE's names; tap: the interface read), set by the engine; None when
+        # not known (no packet of it reached the rules, or the adapter gives none).
+        self.iif: str | None = None
+        self.oif: str | None = None
         self._slot = _GONE
 
     @property
