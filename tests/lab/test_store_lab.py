@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appkit import need_tools
 from labkit import (
     ATTACKER,
     CLIENT,
@@ -152,6 +153,8 @@ def kernel_connections(box: InlineLab, src: str) -> list[dict[str, Any]]:
 def test_report_top_ranks_the_transfer_with_the_kernels_bytes_and_keeps_the_rest(
     tmp_path: Path,
 ) -> None:
+    need_root()
+    need_tools("iperf3", "nmap", "curl", "ss")  # CI=true: a missing one fails
     store = str(tmp_path / "store")
     with store_lab(tmp_path, "stl") as box:
         box.start_daemon(POLICY, "--store", store)
