@@ -19,6 +19,9 @@ second LAN client (`clientb`, 10.10.1.30).
    order); what is lost is the tail, at most one batch, and is printed (docs/store.md has
    the measured figure); the restarted daemon writes on with no errors and the rows of the
    first run are still there.
+
+Each with SQLite (`--store DIR`) and with PostgreSQL (`--store postgresql://…`, a server the
+test starts itself; PostgreSQL's own recovery instead of integrity_check).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from appkit import need_tools
 from labkit import (
     ATTACKER,
@@ -49,6 +53,7 @@ from labkit import (
     unique_prefix,
     wait_until,
 )
+from store_data import fresh_database, postgres_bin, postgres_server
 from test_conntrack_volumes_lab import conntrack_entries
 
 from ips.control import call
@@ -83,6 +88,31 @@ CLIENT_B_NODE = f"""
     routes:
       - {{to: default, via: 10.10.1.1}}
 """
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The store the daemon writes: a directory (SQLite), or a database on a PostgreSQL
+    server the test starts itself (tests/store_data.py: a temporary cluster on a unix
+    socket, which the daemon reaches from gw's namespace: a socket file is no network
+    thing). Without PostgreSQL (initdb, psycopg): skipped, a failure under CI=true."""
+    need_root()
+    if request.param == "sqlite":
+        yield str(tmp_path / "store")
+        return
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        postgres_bin_dir = None
+    else:
+        postgres_bin_dir = postgres_bin()
+    if postgres_bin_dir is None:
+        message = "PostgreSQL (initdb, postgres) or psycopg is not installed"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true: {message}")
+        pytest.skip(message)
+    with postgres_server() as url:
+        yield fresh_database(url, "ipsctl_lab")
 
 
 @contextmanager
@@ -151,11 +181,10 @@ def kernel_connections(box: InlineLab, src: str) -> list[dict[str, Any]]:
 
 
 def test_report_top_ranks_the_transfer_with_the_kernels_bytes_and_keeps_the_rest(
-    tmp_path: Path,
+    tmp_path: Path, store_target: str
 ) -> None:
-    need_root()
     need_tools("iperf3", "nmap", "curl", "ss")  # CI=true: a missing one fails
-    store = str(tmp_path / "store")
+    store = store_target
     with store_lab(tmp_path, "stl") as box:
         box.start_daemon(POLICY, "--store", store)
         iperf3_transfer(box)
@@ -305,11 +334,20 @@ def kill_everything(box: InlineLab) -> float:
     return when
 
 
-def sqlite_checks(store: Path) -> dict[str, list[str]]:
-    """PRAGMA integrity_check of every file of the store, each with a connection of its
-    own (as the restarted daemon opens them: this also recovers a WAL left behind)."""
+def sqlite_checks(target: str) -> dict[str, list[str]]:
+    """PRAGMA integrity_check of every file of a SQLite store, each with a connection of its
+    own (as the restarted daemon opens them: this also recovers a WAL left behind); for
+    PostgreSQL, its own recovery: {"postgresql": ["ok"]} once a connection reads the flows."""
     out = {}
-    for path in sorted(store.glob("*.sqlite")):
+    if target.startswith("postgresql:"):
+        store = open_store(target, readonly=True)
+        try:
+            list(store.raw_query("SELECT COUNT(*) FROM flows", [], 0, FAR))
+            out["postgresql"] = ["ok"]
+        finally:
+            store.close()
+        return out
+    for path in sorted(Path(target).glob("*.sqlite")):
         conn = sqlite3.connect(path)
         try:
             out[path.name] = [r[0] for r in conn.execute("PRAGMA integrity_check")]
@@ -318,26 +356,36 @@ def sqlite_checks(store: Path) -> dict[str, list[str]]:
     return out
 
 
-def stored_flow_ids(store: Path) -> list[int]:
-    ids: list[int] = []
-    for path in sorted(store.glob("raw-*.sqlite")):
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            ids += [r[0] for r in conn.execute("SELECT flow_id FROM flows ORDER BY id")]
-        finally:
-            conn.close()
-    return ids
+FAR = 2**40  # a time after every row's: whole store
 
 
-def rollup_flows(store: Path) -> int:
-    conn = sqlite3.connect(f"file:{store / 'rollup.sqlite'}?mode=ro", uri=True)
+def integrity(target: str) -> list[str]:
+    store = open_store(target, readonly=True)
     try:
-        row = conn.execute(
-            "SELECT COALESCE(SUM(flows), 0) FROM rollup_1m WHERE dim = 'all'"
-        ).fetchone()
-        return int(row[0])
+        return store.integrity()
     finally:
-        conn.close()
+        store.close()
+
+
+def stored_flow_ids(target: str) -> list[int]:
+    """The flow ids of the store's flow rows in the order they were written (SQLite: day
+    file by day file, each by its row id; PostgreSQL: by row id)."""
+    store = open_store(target, readonly=True)
+    try:
+        return [r[0] for r in store.raw_query("SELECT flow_id FROM flows ORDER BY id", [], 0, FAR)]
+    finally:
+        store.close()
+
+
+def rollup_flows(target: str) -> int:
+    store = open_store(target, readonly=True)
+    try:
+        rows = store.rollup_query(
+            "SELECT COALESCE(SUM(flows), 0) FROM rollup_1m WHERE dim = 'all'", []
+        )
+        return int(rows[0][0])
+    finally:
+        store.close()
 
 
 @dataclass
@@ -377,7 +425,7 @@ def store_status(box: InlineLab) -> dict[str, Any]:
     return dict(reply.get("sinks", {}).get("store") or {})
 
 
-def kill_with_records_waiting(box: InlineLab, store: Path, written_before: int) -> Kill:
+def kill_with_records_waiting(box: InlineLab, store: str, written_before: int) -> Kill:
     """Once this run has written 3 ticks' records, SIGKILL the daemon at the worst moment
     the test can see: records waiting in the queue (else after 10 s, whatever waits)."""
     assert wait_until(lambda: store_status(box).get("written", 0) >= 3 * RATE, timeout=30), (
@@ -394,7 +442,7 @@ def kill_with_records_waiting(box: InlineLab, store: Path, written_before: int) 
     records = [e for e in box.eve_events() if e.get("event_type") == "flow"]
     box.eve.rename(box.workdir / f"eve-{at:.0f}.json")  # the next run's EVE starts empty
     checks = sqlite_checks(store)
-    problems = open_store(str(store), readonly=True).integrity()
+    problems = integrity(store)
     everything = stored_flow_ids(store)
     return Kill(records, everything[written_before:], rollup_flows(store), last, checks,
                 problems, at)  # fmt: skip
@@ -403,9 +451,11 @@ def kill_with_records_waiting(box: InlineLab, store: Path, written_before: int) 
 KILLS = 3
 
 
-def test_sigkill_under_traffic_then_a_restart_keeps_what_was_committed(tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    daemon_args = ("--store", str(store), "--max-flows", str(MAX_FLOWS))
+def test_sigkill_under_traffic_then_a_restart_keeps_what_was_committed(
+    tmp_path: Path, store_target: str
+) -> None:
+    store = store_target
+    daemon_args = ("--store", store, "--max-flows", str(MAX_FLOWS))
     kills: list[Kill] = []
     with store_lab(tmp_path, "stk") as box:
         sink = box.lab.popen("server", [sys.executable, "-c", SINK, "120"])
@@ -451,7 +501,7 @@ def test_sigkill_under_traffic_then_a_restart_keeps_what_was_committed(tmp_path:
     assert after["write_errors"] == 0 and after["dropped"] == 0, after
     assert stored_flow_ids(store)[: len(committed)] == committed
     assert all(r == ["ok"] for r in sqlite_checks(store).values())
-    assert open_store(str(store), readonly=True).integrity() == []
+    assert integrity(store) == []
 
 
 def _epoch(stamp: str) -> float:
