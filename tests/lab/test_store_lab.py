@@ -230,6 +230,16 @@ def test_report_top_ranks_the_transfer_with_the_kernels_bytes_and_keeps_the_rest
     assert abs(first["bytes"] - k_bytes) <= 0.01 * k_bytes, (first, kernel)
     assert first["bytes"] >= 0.5 * SIZE  # the bulk crossed (see the conntrack test)
     assert {r["key"] for r in top["rows"]} >= {CLIENT, CLIENT_B}
+    # With a filter the raw rows are read (summed in SQL): the same answer for the client.
+    raw = cli_json("report", "top", "--store", store, "--by", "src", "--metric", "bytes",
+                   "--since", "10m", "--filter", "proto tcp")  # fmt: skip
+    assert raw["source"] == "raw" and raw["rows"][0] == first, raw
+    # The offloaded transfer's row: the kernel's counts of its connection, both ways.
+    data = max(kernel, key=lambda e: e["bytes"][0])
+    (row,) = cli_json("history", "flows", "--store", store, "--since", "10m",
+                      "--filter", f"src {CLIENT} sport {data['sport']}")  # fmt: skip
+    assert row["offloaded"] == 1, row
+    assert abs(row["bytes_fwd"] - data["bytes"][0]) <= 0.01 * data["bytes"][0], (row, data)
 
     alerts = cli_json("history", "alerts", "--store", store, "--since", "10m")
     scan_alerts = [a for a in alerts if a["src"] == ATTACKER and a["category"] == "portscan"]
