@@ -180,8 +180,8 @@ class Flow:
     """One bidirectional flow. The initiator's view (family, proto, src, sport, dst, dport) is
     that of the first packet seen. `replied` is conntrack's "seen reply": what policy calls
     state established. cache_fwd, cache_rev, nat, user, mac, iif, oif and the app_* and
-    dst_name fields belong to the engine; the table never reads them. end_reason is set when the flow leaves
-    the table (END_*)."""
+    dst_name fields belong to the engine; the table never reads them. end_reason is set when
+    the flow leaves the table (END_*)."""
 
     __slots__ = (
         "_slot",
