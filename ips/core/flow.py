@@ -179,9 +179,9 @@ class FlowStats:
 class Flow:
     """One bidirectional flow. The initiator's view (family, proto, src, sport, dst, dport) is
     that of the first packet seen. `replied` is conntrack's "seen reply": what policy calls
-    state established. cache_fwd, cache_rev, nat, user, mac and the app_* and dst_name fields
-    belong to the engine; the table never reads them. end_reason is set when the flow leaves
-    the table (END_*)."""
+    state established. cache_fwd, cache_rev, nat, user, mac, iif, oif and the app_* and
+    dst_name fields belong to the engine; the table never reads them. end_reason is set when
+    the flow leaves the table (END_*)."""
 
     __slots__ = (
         "_slot",
@@ -203,10 +203,12 @@ class Flow:
         "flags_rev",
         "flow_id",
         "icmp",
+        "iif",
         "last_seen",
         "mac",
         "nat",
         "offloaded",
+        "oif",
         "pkts_fwd",
         "pkts_rev",
         "proto",
@@ -266,6 +268,11 @@ class Flow:
         self.app_state: Any = APP_NOT_STARTED
         # The name passive DNS gave the responder's address when the flow began (or None).
         self.dst_name: str | None = None
+        # The interfaces the flow's first decided packet came in on and would go out on
+        # (inline: NFQUEUE's names; tap: the interface read), set by the engine; None when
+        # not known (no packet of it reached the rules, or the adapter gives none).
+        self.iif: str | None = None
+        self.oif: str | None = None
         self._slot = _GONE
 
     @property

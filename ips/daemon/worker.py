@@ -174,6 +174,9 @@ def open_sinks(
         out.eve = EveWriter(
             log=out.log,
             syslog=out.syslog,
+            # Tap mode: the interface read is every record's in_iface (the store's rows name
+            # it too); inline, a flow record names the flow's own interfaces.
+            in_iface=cfg.iface if cfg.mode == "tap" else None,
             passive=passive,
             blocks_enforced=blocks_enforced,
             enrich=peers.enrich if peers is not None else None,
