@@ -484,6 +484,7 @@ def _adapter(
             client=cfg.nfq_client,
             read_copies=cfg.offload_copies,
             judged_cell=judged_cell,
+            gso=cfg.nfq_gso,
         )
     # The kernel's blocks (left by the previous worker or daemon, or restored from the state
     # file) become the engine's, before the first packet.
