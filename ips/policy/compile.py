@@ -89,6 +89,7 @@ class CompiledRule:
     __slots__ = (
         "check",
         "decision",
+        "depth",
         "else_decision",
         "handshake_ack_decision",
         "hits",
@@ -98,6 +99,7 @@ class CompiledRule:
         "lists",
         "offload_decision",
         "refuses",
+        "skip_encrypted",
         "spec",
         "terminal",
         "verdict",

@@ -16,9 +16,9 @@ from ips.policy.diagnostics import Span, did_you_mean
 from ips.policy.domains import NameSet, normalize, pattern_problem
 from ips.policy.model import (
     MAX_PAYLOAD_DEPTH,
-    UNLIMITED_DEPTH,
     OPTIONS,
     TABLE_ON_ERROR,
+    UNLIMITED_DEPTH,
     AddrSpec,
     OptionSchema,
     Policy,
@@ -546,7 +546,7 @@ class Values:
             self.diags.error(
                 item.span,
                 f"{what} must be from 1 byte to 1G ({MAX_PAYLOAD_DEPTH} bytes)",
-                "no limit at all is written unlimited" if bytes_ else hint,
+                hint if bytes_ else "no limit at all is written unlimited",
                 code="bad-value",
             )
             return None
