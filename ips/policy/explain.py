@@ -212,7 +212,12 @@ def rule_mismatch(
         payload = payload[:depth]
     for pattern, nocase in rule.contains:
         if pattern not in (payload.lower() if nocase else payload):
-            within = "" if depth == UNLIMITED_DEPTH else f" within its first {size_text(depth)}"
+            within = (
+                ""
+                if depth == UNLIMITED_DEPTH
+                else f" within the first {size_text(depth)} of its direction of the flow "
+                "(payload contains reads no further)"
+            )
             return f"payload does not contain {pattern!r}{within}"
     return None
 
@@ -267,8 +272,6 @@ def explain(
                 "(set encrypted-payload skip)"
             )
         if reason is not None:
-            if reason.startswith("payload does not"):
-                reason += depth_note(policy, rule)
             out.append(RuleVerdict(rule, False, reason))
             continue
         if rule.app:
