@@ -27,6 +27,8 @@ Variants (--only NAME,...):
                       without that option runs at its defaults, and the report says so)
   ipsctl-offload-2q   the same with `ipsctl run --queues 2`: a worker per core of this
                       2-core machine, as a gateway would run it
+  ipsctl-offload-nodepth  offload on, `set payload-depth unlimited`: the payload rules read
+                      every byte, as before inspection depth (a web port's flows never leave)
   ipsctl-inspect      ipsctl, the bench policy, `set offload off`: every packet inspected
   ipsctl-inspect-2q   the same with `ipsctl run --queues 2`
   ipsctl-10k          10,000 generated rules before the bench policy's rules, offload off
@@ -124,6 +126,7 @@ class Variant:
     offload: bool | None = None
     queues: int = 1
     conntrack: bool = False  # kernel: with conntrack loaded in gw
+    settings: str = ""  # `set` lines put before the bench policy
 
 
 VARIANTS = (
@@ -142,6 +145,13 @@ VARIANTS = (
         "ipsctl",
         offload=True,
         queues=2,
+    ),
+    Variant(
+        "ipsctl-offload-nodepth",
+        "ipsctl, bench policy + `set payload-depth unlimited`, offload on, 1 queue",
+        "ipsctl",
+        offload=True,
+        settings="set payload-depth unlimited    # bench/lab.py: payload rules read everything\n",
     ),
     Variant(
         "ipsctl-inspect", "ipsctl, bench policy, offload off, 1 queue", "ipsctl", offload=False
@@ -797,7 +807,7 @@ def run_has_option(option: str) -> bool:
 def prepare_policy(v: Variant, workdir: Path) -> tuple[Path, str | None]:
     """The variant's policy file and a note on it; Unsupported if this ipsctl refuses what
     the variant is about (offload off, several queues)."""
-    text = bench_policy(GATEWAY_RULES.read_text())
+    text = v.settings + bench_policy(GATEWAY_RULES.read_text())
     if v.rules == "10k":
         text = policy_10k(text)
     note = None

@@ -21,6 +21,7 @@ from ips.policy.explain import AppContext, explain
 from ips.policy.model import DEFAULT_PAYLOAD_DEPTH, UNLIMITED_DEPTH
 from ips.policy.resolve import load_policy, load_policy_text
 from tests.pure.test_app_tls import chrome_like_extensions, client_hello_message, records
+from tests.pure.test_policy_fastparse import compare_line
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = ROOT / "policies" / "gateway.rules"
@@ -276,6 +277,27 @@ def test_bad_depths_are_refused_with_place_and_hint(
     assert f"t.rules:{where}:" in shown
     assert message in shown
     assert hint in shown
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "set payload-depth 64k",
+        "set payload-depth 1M",
+        "set payload-depth 2GiB",
+        "set payload-depth 4096",
+        "set payload-depth unlimited",
+        "set payload-depth 1m",
+        "set encrypted-payload inspect",
+        'drop proto tcp to port 80 payload contains "x" depth 8k alert',
+        'drop depth 16KiB proto tcp payload contains |2e 2e| nocase',
+        'drop proto tcp payload contains "x" depth unlimited sid 7',
+        'drop proto tcp payload contains "x" depth 1m',
+        'drop proto tcp payload contains "x" depth 100',
+    ],
+)
+def test_the_fast_reader_and_lark_read_depths_alike(line: str) -> None:
+    assert compare_line(line)  # taken by the fast path, and the very statement Lark builds
 
 
 def test_explain_says_how_far_payload_contains_reads() -> None:
