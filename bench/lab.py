@@ -1048,21 +1048,22 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
         f"{len(STORM_DSTS)} Python storm clients with 1 and {STORM_PARALLEL} connections in "
         f"flight each; ping -i {PING_INTERVAL:g}, unloaded"
     )
+    w = max(19, 1 + max((len(n) for n in res), default=0))  # the variant column's width
     head = (
-        f"{'variant':<19}{'TCP Gbit/s':>11}{'to 443':>8}{'UDP64 pkt/s':>13}{'conn/s':>9}"
+        f"{'variant':<{w}}{'TCP Gbit/s':>11}{'to 443':>8}{'UDP64 pkt/s':>13}{'conn/s':>9}"
         f"{f'x{STORM_PARALLEL}':>8}{'ping p50 us':>13}{'p99 us':>8}  queue drops (UDP)"
     )
     print(head)
     for name, r in res.items():
         if r["status"] != "ok":
             what = "n/a (not supported by this ipsctl)" if r["status"] == "n/a" else "error"
-            print(f"{name:<19}{what}: {r['reason']}")
+            print(f"{name:<{w}}{what}: {r['reason']}")
             continue
         m = {k: r["median"].get(k, float("nan")) for k in METRICS}
         drops = [run["detail"]["udp"].get("queue_drops") for run in r["runs"]]
         drop_text = "-" if drops[0] is None else "/".join(str(d) for d in drops)
         print(
-            f"{name:<19}{m['tcp_gbps']:>11.2f}{m['tcp443_gbps']:>8.2f}{m['udp_pps']:>13,.0f}{m['conn_per_s']:>9,.0f}"
+            f"{name:<{w}}{m['tcp_gbps']:>11.2f}{m['tcp443_gbps']:>8.2f}{m['udp_pps']:>13,.0f}{m['conn_per_s']:>9,.0f}"
             f"{m['conn_par_per_s']:>8,.0f}{m['ping_p50_us']:>13.0f}{m['ping_p99_us']:>8.0f}"
             f"  {drop_text}"
         )
