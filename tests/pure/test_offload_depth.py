@@ -10,7 +10,8 @@ import math
 from pathlib import Path
 
 import pytest
-from packets import tcp
+from packets import tcp, udp
+from scapy.layers.dns import DNS, DNSQR
 
 from ips.core.decision import OFFLOAD_FLOW, Decision
 from ips.core.decode import decode_l3
@@ -226,6 +227,23 @@ def test_a_flow_of_the_rules_protocol_stays() -> None:
     assert conn.stream(100_000) is None  # its `limit` counts every packet: never offloaded
 
 
+def test_a_dns_query_rule_keeps_dns_flows_and_lets_other_udp_go() -> None:
+    engine = engine_of('reject dns query { "bad.lab" }\naccept\n')
+    query = bytes(DNS(id=7, rd=1, qd=DNSQR(qname="ok.lab", qtype="A")))
+    answer = bytes(DNS(id=7, qr=1, qd=DNSQR(qname="ok.lab", qtype="A")))
+    dns = [
+        engine.handle(udp(C, S, 53000, 53, payload=query), now=1.0),
+        engine.handle(udp(S, C, 53, 53000, payload=answer), now=1.1),
+        engine.handle(udp(C, S, 53000, 53, payload=query), now=1.2),
+    ]
+    assert [d.offload for d in dns] == [0, 0, 0]  # every DNS message is judged
+    other = [
+        engine.handle(udp(C, S, 53001, 5000, payload=b"\x00\x07opaque"), now=1.0),
+        engine.handle(udp(S, C, 5000, 53001, payload=b"\x00\x07opaque"), now=1.1),
+    ]
+    assert [d.offload for d in other] == [0, OFFLOAD_FLOW]  # named unknown: offloaded
+
+
 def test_an_app_bound_payload_rule_is_ruled_out_by_another_protocol() -> None:
     text = 'set app-stream-bytes 64\ndrop app http payload contains "evil"\naccept\n'
     conn = Connection(engine_of(text), 5201)
@@ -290,7 +308,7 @@ def test_bad_depths_are_refused_with_place_and_hint(
         "set payload-depth 1m",
         "set encrypted-payload inspect",
         'drop proto tcp to port 80 payload contains "x" depth 8k alert',
-        'drop depth 16KiB proto tcp payload contains |2e 2e| nocase',
+        "drop depth 16KiB proto tcp payload contains |2e 2e| nocase",
         'drop proto tcp payload contains "x" depth unlimited sid 7',
         'drop proto tcp payload contains "x" depth 1m',
         'drop proto tcp payload contains "x" depth 100',
