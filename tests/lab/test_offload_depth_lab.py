@@ -56,15 +56,32 @@ def test_an_upload_to_443_is_offloaded_after_the_payload_depth(tmp_path: Path) -
         through_queue = queued(box) - before
         assert sent >= SIZE
         # The data connection's first MiB (about 725 full segments) and the server's ACKs of
-        # it, the handshakes, and iperf3's control connection (a few dozen packets, all
-        # queued: it never carries a MiB). Twice the depth's segments bounds all of it; the
+        # it, what was in flight when the engine decided (the sender's window: the queue
+        # holds it; measured 818-1,490 in all for 443 streams), the handshakes, and iperf3's
+        # control connection (a few dozen packets, all queued: it never carries a MiB). The
         # 20 MiB are over 14,000 segments.
         depth_segments = DEFAULT_PAYLOAD_DEPTH // MSS + 1
-        assert through_queue <= 2 * depth_segments + 200, through_queue
-        assert through_queue * 10 < SIZE // MSS, through_queue
+        assert through_queue <= 3 * depth_segments + 100, through_queue
+        assert through_queue * 5 < SIZE // MSS, through_queue
         offload = box.status()["offload"]
         assert offload["flows"] >= 1, offload
         # The kernel counts what it passed as it forwards it: GSO super-packets of up to
         # 64 KiB, so hundreds, not thousands.
         assert offload["kernel_packets"] >= SIZE // 65536, offload
-        print(f"queued {through_queue} packets for {sent} bytes; offload {offload}")
+        box.stop_daemon()  # ends the open flows: their records
+        events = box.eve_events()
+    print(f"queued {through_queue} packets for {sent} bytes; offload {offload}")
+    # Per connection, from the flow records: what the engine saw itself (the totals are
+    # conntrack's, `bypassed` what went past the engine in the kernel). In bytes: conntrack
+    # counts the GSO super-packets the kernel forwards, so its packet counts are no measure.
+    seen = {}
+    for e in events:
+        if e.get("event_type") == "flow" and e.get("dest_port") == 443:
+            f = e["flow"]
+            bypassed = f.get("bypassed", {}).get("bytes_toserver", 0)
+            seen[e["src_port"]] = (f["bytes_toserver"] - bypassed, f["bytes_toserver"])
+    print(f"per connection (bytes to the server the engine saw, all of them): {seen}")
+    data = max(seen.values(), key=lambda v: v[1])
+    assert data[1] >= SIZE // 2, seen  # the transfer (its last bytes may be cut by a reset)
+    # The engine read the first MiB of the upload and a little more (what was in flight).
+    assert DEFAULT_PAYLOAD_DEPTH <= data[0] <= 2 * DEFAULT_PAYLOAD_DEPTH, seen
