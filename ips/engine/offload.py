@@ -1,7 +1,10 @@
 """The offload choice: may an accepted packet's flow go on in the kernel, without the queue?
 
-The policy says which rules allow it (CompiledPolicy.offload_safe, cached per flow and
-direction); this module says when in a flow's life it may happen.
+The policy says which rules allow it (CompiledPolicy.offload_state, cached per flow and
+direction: never, now, once the L7 fields are final, or later — once each rule that holds the
+flow back is past its payload depth or ruled out by the flow's application protocol, as its
+offload plan says); this module says when in a flow's life it may happen, and weighs a plan
+against the flow (needs_met).
 """
 
 from __future__ import annotations
