@@ -11,6 +11,7 @@ import click
 
 from ips.cli.common import EXIT_POLICY, EXIT_USAGE, echo_errors, error_report, load_or_exit
 from ips.policy.diagnostics import PolicyError, render
+from ips.policy.explain import size_text
 from ips.policy.model import Policy
 from ips.policy.resolve import load_policy
 
@@ -27,6 +28,14 @@ def policy_summary(policy: Policy) -> dict[str, Any]:
         "actions": dict(actions),
         "alerts": sum(1 for r in policy.rules if r.alert),
         "app_clauses": dict(Counter(c.clause for r in policy.rules for c in r.app)),
+        # How far `payload contains` reads (docs/offload.md): each depth of the rules that
+        # have one, in bytes (0: unlimited), and how many rules read to it.
+        "payload_depths": [
+            {"depth": depth, "rules": n}
+            for depth, n in sorted(
+                Counter(policy.depth_of(r) for r in policy.rules if r.contains).items()
+            )
+        ],
         "tables": {
             name: {
                 "kind": t.kind,
@@ -91,6 +100,16 @@ def check(policies: tuple[str, ...], fmt: str) -> None:
         if summary["app_clauses"]:
             clauses = ", ".join(f"{c} {n}" for c, n in sorted(summary["app_clauses"].items()))
             click.echo(f"  app layer  {clauses}")
+        if summary["payload_depths"]:
+            depths = ", ".join(
+                f"{n} rule{'s' if n > 1 else ''} read "
+                + (f"the first {size_text(d)}" if d else "everything (unlimited)")
+                for d, n in ((p["depth"], p["rules"]) for p in summary["payload_depths"])
+            )
+            encrypted = "not read" if policy.encrypted_payload_skipped else "read too"
+            click.echo(
+                f"  payload    {depths} of each direction of a flow; TLS/SSH/QUIC {encrypted}"
+            )
         click.echo(f"  detectors  {', '.join(policy.detectors) or 'none'}")
         opts = summary["options"]
         click.echo(

@@ -209,6 +209,8 @@ class Flow:
         "nat",
         "offloaded",
         "oif",
+        "payload_fwd",
+        "payload_rev",
         "pkts_fwd",
         "pkts_rev",
         "proto",
@@ -234,6 +236,10 @@ class Flow:
         self.pkts_rev = 0
         self.bytes_fwd = pkt.length
         self.bytes_rev = 0
+        # Transport payload bytes seen each way (retransmissions too): how far into each
+        # direction a flow is, for the policy's inspection depth (`payload contains`).
+        self.payload_fwd = pkt.length - pkt.payload_offset
+        self.payload_rev = 0
         self.flags_fwd = pkt.flags
         self.flags_rev = 0
         self.replied = False
@@ -362,11 +368,13 @@ class FlowTable:
             fwd = True
             flow.pkts_fwd += 1
             flow.bytes_fwd += pkt.length
+            flow.payload_fwd += pkt.length - pkt.payload_offset
             flow.flags_fwd |= flags
         else:
             fwd = False
             flow.pkts_rev += 1
             flow.bytes_rev += pkt.length
+            flow.payload_rev += pkt.length - pkt.payload_offset
             flow.flags_rev |= flags
             flow.replied = True
         if now > flow.last_seen:  # a clock that steps back must not make a flow younger
