@@ -10,6 +10,7 @@ The commands by audience, one module each:
     geo.py     geo lookup/update/build       country and ASN data (offline)
     report.py  report top/volume, history,   the store's readers: what happened yesterday
                export
+    evaluate.py eval                         a policy scored against labelled traffic
 What they share (exit codes, the socket option, the control client): common.py.
 """
 
@@ -20,6 +21,7 @@ import click
 from ips import __version__
 from ips.cli.blocks import blocks
 from ips.cli.daemon import apply, confirm, doctor, run, status
+from ips.cli.evaluate import evaluate
 from ips.cli.geo import geo
 from ips.cli.lab import lab
 from ips.cli.policy import check, explain, replay
@@ -56,5 +58,6 @@ for command in (
     report,
     history_command,
     export,
+    evaluate,
 ):
     main.add_command(command)

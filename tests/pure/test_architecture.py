@@ -17,6 +17,7 @@ PURE = [
     *sorted((ROOT / "app").glob("*.py")),
     *sorted((ROOT / "engine").glob("*.py")),
     *sorted((ROOT / "translate").rglob("*.py")),  # the nft package too
+    *sorted((ROOT / "evaluate").glob("*.py")),  # labelled evaluation: detections in, counts out
     ROOT / "policy" / "compile.py",
     ROOT / "policy" / "model.py",
     ROOT / "policy" / "explain.py",
@@ -57,6 +58,8 @@ LOWER = {
     "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile", "geo"},
     # mix (issue 23): captures mixed into a labelled one; reads them with io.pcap
     "mix": {"core", "io"},
+    # evaluate (issue 23): detections scored against mix's labels; pure
+    "evaluate": {"core", "mix"},
     "daemon": {
         "core",
         "policy",
