@@ -51,7 +51,7 @@ LOWER = {
     "heap": set(),
     "safefile": set(),
     "privileges": set(),
-    "lab": {"core"},
+    "lab": {"core", "io"},  # io: `replay --to` reads the capture it sends (lab/wire.py)
     # store (issue 21): the flow and event store; its filters are `flows`' (views.flows)
     # geo (issue 22): a flow's countries, AS numbers and service name in its row
     "store": {"core", "policy", "sinks", "views", "geo"},
