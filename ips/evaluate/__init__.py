@@ -9,14 +9,18 @@ clock was aligned to the capture's; a labelled flow's span is [first packet, las
 the capture, as the labels say — never what the engine or the tap saw of it, so a flow the
 IPS cut short by a drop keeps its whole span, and its early alert still falls inside it):
 
-* A rule's alert names the 5-tuple of the packet it matched. It matches the labelled flow of
-  that 5-tuple (either direction; ICMP and other port-less protocols by addresses alone)
-  whose span, widened by S, holds the alert's time; of two (a reused port), the later one.
+* An alert names the 5-tuple of its packet. Its *packet's flow* is the labelled flow of that
+  5-tuple (either direction; ICMP and other port-less protocols by addresses alone) whose
+  span, widened by S, holds the alert's time; of two (a reused port), the later one. The
+  alert's time is then moved into that flow's span: offline it is there already; over an
+  EVE file this takes away the replay's jitter, so both are scored on the same clock.
+* A rule's alert matches its packet's flow, and only it.
 * A detector's alert blames addresses: the sender (`source`, else the packet's source) —
   or, for a flood measured `per dst` and a distributed scan, the victim (`target`). It
   matches every labelled flow *initiated by* a blamed sender (or *answered by* a named
   victim) that was active at some time in [t - W - S, t + S], W the detector's own window
-  (its evidence; 10 s when the alert gives none).
+  (its evidence; 10 s when the alert gives none), S = 0 when its packet's flow is labelled
+  (its time is then the capture's own).
 * A detector's block (`ipsctl_block`) matches every flow initiated by the blocked address
   that is active while the block lasts ([t - S, t + ttl + S]): inline, those flows' packets
   are dropped before any alert could name them — detected by the block, not missed.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ips.evaluate.detections import BLOCK, PORT_PROTOS, RULE, Detection
@@ -169,24 +169,44 @@ class Scorer:
 
     # ---- matching ---------------------------------------------------------------------------
 
-    def matches(self, det: Detection) -> list[int]:
-        """The labelled flows a detection names (the rules of ips/evaluate/__init__.py)."""
+    def packet_flow(self, det: Detection) -> int | None:
+        """The labelled flow of the packet an alert names: its 5-tuple (either direction;
+        ICMP and other port-less protocols by addresses alone), its span widened by the slack
+        holding the alert's time; of two (a port reused within the slack), the later one
+        that had started."""
         s = self.slack
+        candidates = self._by_tuple.get(
+            _flow_key(det.proto, det.src, det.sport, det.dst, det.dport), []
+        )
+        active = [
+            i for i in candidates if self.flows[i].start - s <= det.time <= self.flows[i].end + s
+        ]
+        return max(active, key=lambda i: self.flows[i].start) if active else None
+
+    def anchored(self, det: Detection) -> tuple[Detection, int | None]:
+        """An alert placed on the capture's clock by its packet: when its packet's flow is
+        a labelled one, its time moved into that flow's span (offline it is there already;
+        over an EVE file it was off by the replay's jitter). Blocks name no packet."""
+        if det.kind == BLOCK:
+            return det, None
+        anchor = self.packet_flow(det)
+        if anchor is None:
+            return det, None
+        f = self.flows[anchor]
+        when = min(max(det.time, f.start), f.end)
+        return (det if when == det.time else replace(det, time=when)), anchor
+
+    def matches(self, det: Detection, anchor: int | None = None) -> list[int]:
+        """The labelled flows a detection names (the rules of ips/evaluate/__init__.py).
+        `anchor`: the flow of the alert's packet (see `anchored`): a detector's alert so
+        placed needs no slack, its time is the capture's own."""
         if det.kind == RULE:
-            candidates = self._by_tuple.get(
-                _flow_key(det.proto, det.src, det.sport, det.dst, det.dport), []
-            )
-            active = [
-                i
-                for i in candidates
-                if self.flows[i].start - s <= det.time <= self.flows[i].end + s
-            ]
-            # Two flows of one 5-tuple both near the time (a port reused within the slack):
-            # the alert is about the later one that had started.
-            return [max(active, key=lambda i: self.flows[i].start)] if active else []
+            return [anchor] if anchor is not None else []
+        s = self.slack
         if det.kind == BLOCK:
             lo, hi = det.time - s, det.until + s
         else:
+            s = 0.0 if anchor is not None else s
             lo, hi = det.time - det.window - s, det.time + s
         found: set[int] = set()
         for addr in det.sources:
@@ -200,7 +220,8 @@ class Scorer:
         return sorted(found)
 
     def add(self, det: Detection) -> None:
-        matched = self.matches(det)
+        det, anchor = self.anchored(det)
+        matched = self.matches(det, anchor)
         attack = any(self.flows[i].cls != BENIGN for i in matched)
         row = self.alerts.setdefault(
             det.key,

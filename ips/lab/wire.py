@@ -5,11 +5,13 @@ it).
 
 Only into a lab interface. IFACE is one when all of these hold (`lab_interface_refusal`):
 
-1. the process runs in a network namespace other than the initial one (the host's own):
-   /proc/self/ns/net is not /proc/1/ns/net (and both can be read);
+1. the process runs in a named network namespace (/proc/self/ns/net is the namespace bound
+   at /run/netns/NAME, as `ip netns exec` and `ipsctl lab exec` run things), and — where
+   /proc/1/ns/net can be read — not in the initial one (the host's own);
 2. that namespace is an ipsctl lab's: its loopback carries the lab's mark (the alias
    `ipsctl-lab:PREFIX`, set by `ipsctl lab up` the moment it makes the namespace,
-   ips/lab/netns.py) — a container's namespace, or one made by hand, is not a lab's;
+   ips/lab/netns.py) and NAME starts with that PREFIX — a container's namespace, or one
+   made by hand, is not a lab's;
 3. IFACE is a veth (rtnetlink's link kind `veth`): its other end is in the lab's switch
    namespace (the lab makes every pair there), so the frames stay between the lab's
    namespaces. A physical NIC, a bridge, a tunnel or a macvlan is refused.
@@ -61,6 +63,7 @@ class LinkFacts:
 
     iface: str
     exists: bool
+    namespace: str | None  # the /run/netns name of this process's namespace, if it has one
     initial_namespace: bool | None  # None: cannot be told (/proc/1/ns/net unreadable)
     loopback_alias: str
     kind: str  # rtnetlink's IFLA_INFO_KIND: "veth", "bridge", "" for a physical NIC
@@ -70,36 +73,57 @@ class LinkFacts:
 
 def lab_interface_refusal(facts: LinkFacts) -> str | None:
     """None when the interface is a lab interface (see the module's doc); else why not."""
-    if facts.initial_namespace is None:
-        return (
-            "cannot tell this network namespace from the host's (/proc/1/ns/net is not "
-            "readable): replay --to needs root inside a lab namespace"
-        )
+    hint = "run it inside one: ipsctl lab exec NODE -- ipsctl replay --to IFACE …"
     if facts.initial_namespace:
         return (
-            "this is the host's own network namespace; replay --to sends only into a lab "
-            "(run it inside one: ipsctl lab exec NODE -- ipsctl replay --to IFACE …)"
+            f"this is the host's own network namespace; replay --to sends only into a lab ({hint})"
         )
-    if not facts.loopback_alias.startswith(MARK):
+    if facts.namespace is None:
+        return f"this process is not in a named network namespace (/run/netns); {hint}"
+    mark = facts.loopback_alias
+    if not mark.startswith(MARK) or not facts.namespace.startswith(mark[len(MARK) :]):
         return (
-            "this network namespace is not an ipsctl lab's (its loopback has no "
-            f"'{MARK}PREFIX' mark): build one with ipsctl lab up"
+            f"network namespace {facts.namespace!r} is not an ipsctl lab's (its loopback has "
+            f"no '{MARK}PREFIX' mark of its name's prefix): build one with ipsctl lab up"
         )
     if not facts.exists:
         return f"no interface {facts.iface!r} in this lab namespace"
     if facts.kind != "veth":
-        what = facts.kind or "not a virtual link"
+        what = (
+            f"link kind {facts.kind}" if facts.kind else "a device of no link kind: NIC, loopback"
+        )
         return f"{facts.iface!r} is not a veth ({what}): only a lab's veth interfaces"
     return None
 
 
+NETNS_DIR = "/run/netns"
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def _initial_namespace() -> bool | None:
     try:
+        return _same_file(os.stat("/proc/self/ns/net"), os.stat("/proc/1/ns/net"))
+    except OSError:  # not readable in some sandboxes, even to root
+        return None
+
+
+def _namespace_name() -> str | None:
+    """The name under /run/netns this process's network namespace is bound at, if any."""
+    try:
         own = os.stat("/proc/self/ns/net")
-        init = os.stat("/proc/1/ns/net")
+        names = sorted(os.listdir(NETNS_DIR))
     except OSError:
         return None
-    return (own.st_dev, own.st_ino) == (init.st_dev, init.st_ino)
+    for name in names:
+        try:
+            if _same_file(os.stat(os.path.join(NETNS_DIR, name)), own):
+                return name
+        except OSError:
+            continue
+    return None
 
 
 def link_facts(iface: str) -> LinkFacts:
@@ -114,7 +138,14 @@ def link_facts(iface: str) -> LinkFacts:
             alias = ipr.get_links(lo[0])[0].get_attr("IFLA_IFALIAS") or ""
         found = ipr.link_lookup(ifname=iface)
         if not found:
-            return LinkFacts(iface, False, _initial_namespace(), alias, "")
+            return LinkFacts(
+                iface,
+                exists=False,
+                namespace=_namespace_name(),
+                initial_namespace=_initial_namespace(),
+                loopback_alias=alias,
+                kind="",
+            )
         link = ipr.get_links(found[0])[0]
         info = link.get_attr("IFLA_LINKINFO")
         kind = (info.get_attr("IFLA_INFO_KIND") if info is not None else None) or ""
@@ -122,12 +153,13 @@ def link_facts(iface: str) -> LinkFacts:
         mtu = link.get_attr("IFLA_MTU") or 1500
     return LinkFacts(
         iface,
-        True,
-        _initial_namespace(),
-        alias,
-        kind,
-        bytes.fromhex(mac_text.replace(":", "")),
-        mtu,
+        exists=True,
+        namespace=_namespace_name(),
+        initial_namespace=_initial_namespace(),
+        loopback_alias=alias,
+        kind=kind,
+        mac=bytes.fromhex(mac_text.replace(":", "")),
+        mtu=mtu,
     )
 
 
