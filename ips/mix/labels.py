@@ -14,10 +14,14 @@ OUT.labels.jsonl
 
         {"flow": i, "class": "benign", "proto": 6, "src": "10.0.0.1", "sport": 1234,
          "dst": "10.0.0.2", "dport": 80, "first_packet": k, "last_packet": m,
-         "packets": n, "start": t0, "end": t1, "input": "file name"}
+         "packets": n, "start": t0, "end": t1, "input": "file name",
+         "input_flow": j, "round": r}
 
     `src` is the flow's initiator (the sender of its first packet), after remapping; times are
     seconds since the epoch (floats) after rebasing; packet indexes are 0-based in OUT.pcapng.
+    `input_flow` and `round` were added to the first contract, compatibly: which flow of its
+    input this is (0-based, in the order of first packets there) and how many times the input
+    had been used up before (a copy with new addresses when > 0).
 
 OUT.labels.packets
     one line per packet of OUT.pcapng, in order: the index of its flow, as text. A packet's
@@ -36,7 +40,7 @@ import json
 import os
 from array import array
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -87,12 +91,31 @@ class FlowLabel:
     start: float
     end: float
     input: str
+    # Added after the contract (readers ignore unknown keys): which flow of its input this is
+    # (0-based, in the order of first packets there), and how many times its input had been
+    # used up before (a copy with new addresses when > 0). -1 and 0 when the file lacks them.
+    input_flow: int = -1
+    round: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["class"] = d.pop("cls")
         # The contract's key order: flow, class, then the rest (readers do not care, people do).
-        return {"flow": d.pop("flow"), "class": d.pop("class"), **d}
+        return {
+            "flow": self.flow,
+            "class": self.cls,
+            "proto": self.proto,
+            "src": self.src,
+            "sport": self.sport,
+            "dst": self.dst,
+            "dport": self.dport,
+            "first_packet": self.first_packet,
+            "last_packet": self.last_packet,
+            "packets": self.packets,
+            "start": self.start,
+            "end": self.end,
+            "input": self.input,
+            "input_flow": self.input_flow,
+            "round": self.round,
+        }
 
 
 @dataclass(frozen=True)
@@ -316,7 +339,16 @@ def _parse_flow(path: str, lineno: int, line: str, expected: int) -> FlowLabel:
         start=float(obj["start"]),
         end=float(obj["end"]),
         input=obj["input"],
+        input_flow=_optional_int(obj, "input_flow", -1, path, lineno),
+        round=_optional_int(obj, "round", 0, path, lineno),
     )
+
+
+def _optional_int(obj: dict[str, Any], key: str, default: int, path: str, lineno: int) -> int:
+    value = obj.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise LabelsError(f"{path}:{lineno}: flow field {key!r} of the wrong type")
+    return value
 
 
 def _read_packet_map(path: str, flows: int) -> array[int]:

@@ -92,7 +92,7 @@ def test_the_file_is_the_contract(tmp_path: Path) -> None:
     first = json.loads(lines[1])
     assert list(first) == [
         "flow", "class", "proto", "src", "sport", "dst", "dport", "first_packet",
-        "last_packet", "packets", "start", "end", "input",
+        "last_packet", "packets", "start", "end", "input", "input_flow", "round",
     ]  # fmt: skip
     assert first["class"] == "benign" and first["start"] == 1_700_000_000.0
     assert (tmp_path / "mixed.labels.packets").read_text() == "0\n1\n0\n1\n2\n0\n"
