@@ -16,6 +16,8 @@ The story of `crafted_mix` (the hand count is in tests/pure/test_evaluate.py):
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,3 +156,26 @@ def write_labelled(path: Path, flows: list[LabelledFlow]) -> Path:
 
 def crafted_mix(directory: Path, t0: float = T0) -> Path:
     return write_labelled(directory / "mix.pcap", crafted_flows(t0))
+
+
+def mixed_by_ipsctl_mix(directory: Path, seed: int = 3) -> Path:
+    """The crafted mix's classes as three inputs, mixed again by `ipsctl mix` (proportional,
+    by packets, as the crafted mix has them): a capture written by the mixer itself (pcapng,
+    addresses remapped into its role networks), with its labels."""
+    flows = crafted_flows()
+    inputs = []
+    for cls in ("benign", "portscan", "telnet"):
+        path = directory / f"{cls}.pcap"
+        write_pcap(path, sorted(p for f in flows if f.cls == cls for p in f.packets))
+        inputs += ["-i", f"{cls}={path}"]
+    out = directory / "mixed.pcapng"
+    done = subprocess.run(
+        [sys.executable, "-m", "ips.cli", "mix", *inputs, "--ratio",
+         "benign=68,portscan=25,telnet=7", "--seed", str(seed), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return out
