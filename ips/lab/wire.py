@@ -274,7 +274,7 @@ def replay_to(
                 ahead = started + due - clock()
                 if ahead > SLEEP_AHEAD:
                     sleep(ahead)
-                if _send(sock, frame, result):
+                if _send(sock, frame, result, sleep):
                     result.sent += 1
                     result.bytes += len(frame)
                     last_sent = clock()
@@ -286,7 +286,9 @@ def replay_to(
     return result
 
 
-def _send(sock: socket.socket, frame: bytes, result: WireResult) -> bool:
+def _send(
+    sock: socket.socket, frame: bytes, result: WireResult, sleep: Callable[[float], None]
+) -> bool:
     for _ in range(RETRIES):
         try:
             sock.send(frame)
@@ -295,6 +297,6 @@ def _send(sock: socket.socket, frame: bytes, result: WireResult) -> bool:
             if exc.errno != errno.ENOBUFS:
                 result.send_errors[errno.errorcode.get(exc.errno or 0, str(exc.errno))] += 1
                 return False
-            time.sleep(RETRY_PAUSE)
+            sleep(RETRY_PAUSE)
     result.send_errors["ENOBUFS"] += 1
     return False

@@ -32,6 +32,7 @@ import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
@@ -490,3 +491,60 @@ def test_scorer_takes_detections_in_any_order() -> None:
     scorer.add(detector(3.0, "10.0.0.66"))
     scorer.add(detector(2.0, "10.0.0.66"))
     assert scorer.result().episodes[0].detected_at == 2.0
+
+
+class FakeSocket:
+    """A packet socket that records what it is asked to send (no root needed)."""
+
+    sent: ClassVar[list[bytes]] = []
+
+    def __init__(self, *args: object) -> None:
+        FakeSocket.sent = []
+
+    def bind(self, address: object) -> None:
+        self.address = address
+
+    def send(self, frame: bytes) -> int:
+        FakeSocket.sent.append(frame)
+        return len(frame)
+
+    def close(self) -> None:
+        pass
+
+
+def test_replay_to_paces_frames_and_dresses_raw_ip(
+    mix: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, capture = mix
+    monkeypatch.setattr("ips.lab.wire.socket.socket", FakeSocket)
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    mac = bytes.fromhex("0a0000000066")
+    lab = facts(mac=mac, mtu=1500)
+    result = replay_to(
+        str(capture), "eth0", speed=4, facts=lab, clock=lambda: now[0], wall=lambda: 5.0,
+        sleep=sleep,
+    )  # fmt: skip
+    assert result.sent == 64 and len(FakeSocket.sent) == 64 and not result.skipped
+    frame = FakeSocket.sent[0]
+    assert frame[:6] == bytes([2, 0, 0, 0, 0, 1]) and frame[6:12] == mac
+    assert frame[12:14] == b"\x08\x00" and frame[14] >> 4 == 4
+    # the capture spans 41.01 s; at 4 times its pace the last frame goes out at 10.2525 s
+    assert result.planned == pytest.approx(41.01 / 4)
+    assert now[0] == pytest.approx(41.01 / 4)
+    assert result.as_dict()["clock_offset"] == pytest.approx(5.0 - T0)
+
+    now[0] = 0.0
+    result = replay_to(
+        str(capture), "eth0", pps=10, limit=20, facts=lab, clock=lambda: now[0], sleep=sleep
+    )
+    assert result.sent == 20 and result.planned == pytest.approx(1.9)
+
+    small = facts(mac=mac, mtu=39)  # every frame of the capture is longer: skipped, counted
+    result = replay_to(str(capture), "eth0", facts=small, clock=lambda: 0.0, sleep=sleep)
+    assert result.sent == 0 and result.skipped == {"longer than the MTU": 64}
