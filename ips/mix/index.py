@@ -13,7 +13,8 @@ input, their length, link type and where the IP header starts) goes to an index 
 
 Packets that cannot go into a mix are counted by reason and left out: malformed ones (the
 decoder's reason), frames that carry no IP datagram (ARP...), and datagrams found inside
-something the address rewrite cannot reach (`unsupported-encapsulation`).
+something the address rewrite cannot reach (`mix.unsupported-encapsulation`). A frame cut by
+the capture's snaplen is decoded as if padded to its length on the wire, so it goes in.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from ips.core.decode import decode_frame
 from ips.core.packet import PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Malformed
 from ips.io.pcap import read_capture
 from ips.mix.plan import FlowSummary
-from ips.mix.rewrite import l3_offset
+from ips.mix.rewrite import UNSUPPORTED, open_frame
 
 __all__ = ["INDEX_RECORD", "InputIndex", "index_capture"]
 
@@ -103,16 +103,16 @@ def index_capture(
         for n, record in enumerate(reader):
             if progress is not None and n % 4096 == 0:
                 progress(reader.data_offset)
-            packet = decode_frame(record.data, record.linktype)
-            if packet is None:
+            opened = open_frame(record.data, record.linktype, record.orig_len)
+            if opened is None:
                 result.left_out["not-ip"] += 1
                 continue
-            if isinstance(packet, Malformed):
-                result.left_out[packet.reason] += 1
+            if isinstance(opened, Malformed):
+                result.left_out[opened.reason] += 1
                 continue
-            offset = l3_offset(record.data, record.linktype, packet)
-            if offset < 0 or offset > _MAX_L3_OFFSET or record.linktype > 0xFFFF:
-                result.left_out["unsupported-encapsulation"] += 1
+            _, packet, offset = opened
+            if offset > _MAX_L3_OFFSET or record.linktype > 0xFFFF:
+                result.left_out[UNSUPPORTED.reason] += 1
                 continue
             now = round(record.timestamp * 1_000_000)
             a, b = (packet.src, packet.sport), (packet.dst, packet.dport)

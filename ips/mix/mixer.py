@@ -32,13 +32,12 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ips.core.addr import format_addr
-from ips.core.decode import decode_frame
 from ips.core.packet import Malformed
 from ips.mix.index import INDEX_RECORD, InputIndex, index_capture
 from ips.mix.labels import ClassCount, FlowLabel, LabelsHeader, write_labels
 from ips.mix.pcapng import PcapngWriter
 from ips.mix.plan import DEFAULT_NETWORKS, KEEP, SPREAD, FlowSummary, MixPlan, Placement, plan_mix
-from ips.mix.rewrite import rewrite_addresses
+from ips.mix.rewrite import open_frame, rewrite_addresses
 from ips.mix.spec import (
     BENIGN,
     ROLES,
@@ -295,10 +294,11 @@ def _write(
                 f = files[input_id]
                 f.seek(offset)
                 frame = f.read(caplen)
-                packet = decode_frame(frame, linktype)
-                if packet is None or isinstance(packet, Malformed) or len(frame) < caplen:
+                opened = open_frame(frame, linktype, orig_len)
+                if len(frame) < caplen or opened is None or isinstance(opened, Malformed):
                     skipped["changed-input"] += 1  # the file changed between the passes
                     continue
+                padded, packet, _ = opened
                 p = by_id[pid]
                 flow = flows[p.flow]
                 if packet.src == flow.initiator and (
@@ -307,7 +307,7 @@ def _write(
                     new_src, new_dst = p.initiator, p.responder
                 else:
                     new_src, new_dst = p.responder, p.initiator
-                frame = rewrite_addresses(frame, l3, packet, new_src, new_dst)
+                frame = rewrite_addresses(padded, l3, packet, new_src, new_dst)[:caplen]
                 ts = new_ts - _TIME_BIAS
                 out_index = out_flow_of.get(pid)
                 if out_index is None:

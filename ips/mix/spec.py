@@ -233,6 +233,8 @@ def parse_networks(texts: list[str], role: str) -> list[Network]:
 
 def _fmt_time(us: int) -> str:
     s = us / US
+    if s == 0:
+        return "0"
     if s % 60 == 0 and s >= 60:
         return f"{s / 60:g}m"
     return f"{s:g}s"

@@ -23,7 +23,7 @@ from ips.core.build import build_packet
 from ips.core.craft import checksum, l4_checksum
 from ips.core.decode import decode_frame
 from ips.core.packet import LINKTYPE_ETHERNET, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
-from ips.io.pcap import read_capture, write_pcap
+from ips.io.pcap import CaptureRecord, read_capture, write_pcap
 from ips.mix.index import index_capture
 from ips.mix.labels import Labels, read_labels
 from ips.mix.mixer import MixReport, MixRequest, run_mix
@@ -603,3 +603,19 @@ def test_plan_is_deterministic_and_keeps_flows_whole() -> None:
     assert a.reused > 0
     assert all(len({r for r, _ in v}) == len(v) for v in rounds.values())
     assert all(p.start_us >= 0 and p.start_us + 500 < 10**7 for p in a.placements)
+
+
+def test_snaplen_cut_packets_go_in_rewritten_like_whole_ones(tmp_path: Path) -> None:
+    """A capture taken with a snaplen mixes into the same packets as the whole capture, cut."""
+    whole, cut = tmp_path / "whole.pcap", tmp_path / "cut.pcap"
+    _benign(whole, 200, 30.0, seed=8)
+    with read_capture(whole) as reader:
+        records = [CaptureRecord(r.timestamp, r.linktype, r.data[:54], len(r.data)) for r in reader]
+    write_pcap(cut, records)
+    a, _ = _mix(tmp_path, [("benign", whole)], "a", ratio="1", seed=1)
+    b, report = _mix(tmp_path, [("benign", cut)], "b", ratio="1", seed=1)
+    assert not report.left_out
+    with read_capture(a) as ra, read_capture(b) as rb:
+        pairs = list(zip(ra, rb, strict=True))
+    assert pairs and all(x.data[:54] == y.data and x.orig_len == y.orig_len for x, y in pairs)
+    assert any(len(y.data) < y.orig_len for _, y in pairs)
