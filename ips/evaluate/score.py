@@ -22,6 +22,7 @@ BENIGN = "benign"
 DEFAULT_GAP = 10.0
 # The base rate the warning speaks of: 1 % of flows are attacks.
 WARNING_BASE_RATE = 0.01
+EXAMPLES = 10  # flagged benign flows listed in the JSON
 
 
 def _ratio(num: int | float, den: int | float) -> float | None:
@@ -409,6 +410,12 @@ class Scorer:
             "packets": n_packets[BENIGN],
             "flagged": flagged,
             "fpr": fpr,
+            # The first flagged flows, to look at: which input they came from, who flagged.
+            "flagged_examples": [
+                {"flow": flows[i].flow, "input": flows[i].input, "by": sorted(self.flow_keys[i])}
+                for i in sorted(self.flow_first)
+                if flows[i].cls == BENIGN
+            ][:EXAMPLES],
         }
         return Evaluation(
             params={"slack": self.slack, "gap": self.gap},

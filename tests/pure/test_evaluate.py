@@ -100,6 +100,7 @@ def test_the_crafted_mix_gives_the_hand_count(mix: tuple[Path, Path]) -> None:
         "packets": 44,
         "flagged": 1,
         "fpr": pytest.approx(1 / 11),
+        "flagged_examples": [{"flow": 10, "input": "crafted", "by": [f"rule {policy}:2"]}],
     }
 
     keys = {r["key"]: r for r in out["detectors"]}
