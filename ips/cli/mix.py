@@ -285,6 +285,13 @@ def _summary(report: MixReport) -> str:
             parts.append(f"{cls} {r['packets']}/{r['target']}")
         lines.append(f"  window {i}: " + ", ".join(parts) + "  (packets placed/target)")
     notes = []
+    for i, w in enumerate(report.windows):
+        for cls, r in w["classes"].items():  # type: ignore[attr-defined]
+            if r["packets"] < 0.9 * r["target"]:
+                notes.append(
+                    f"window {i}: {cls} got {r['packets']} of {r['target']} packets (its flows "
+                    "are too few, too big or too long for the window; see docs/evaluation.md)"
+                )
     if report.too_long:
         notes.append(f"{report.too_long} flows longer than their window left out")
     if report.reused:

@@ -6,7 +6,7 @@ than `idle_timeout` or when a TCP SYN opens the 5-tuple again after a FIN or RST
 initiator is the sender of its first packet.
 
 What stays in memory: per flow, one `FlowSummary` (addresses, ports, first time, duration,
-packet count: about 250 bytes) and, while the input is read, its entry in the 5-tuple table.
+packet count) and, while the input is read, its entry in the 5-tuple table.
 Per packet nothing: each packet's small record (its flow, time, where its bytes are in the
 input, their length, link type and where the IP header starts) goes to an index file on disk,
 32 bytes a packet, which the second pass reads in order.
@@ -63,14 +63,30 @@ class InputIndex:
 
 class _Building:
     __slots__ = (
-        "closing", "dport", "family", "first", "flow", "initiator", "last", "packets", "proto",
-        "responder", "sport",
-    )  # fmt: skip
+        "closing",
+        "dport",
+        "family",
+        "first",
+        "flow",
+        "initiator",
+        "last",
+        "packets",
+        "proto",
+        "responder",
+        "sport",
+    )
 
     def __init__(
-        self, flow: int, proto: int, family: int, src: bytes, sport: int, dst: bytes, dport: int,
+        self,
+        flow: int,
+        proto: int,
+        family: int,
+        src: bytes,
+        sport: int,
+        dst: bytes,
+        dport: int,
         now: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.flow = flow
         self.proto = proto
         self.family = family
@@ -129,9 +145,15 @@ def index_capture(
                 flow = None  # idle too long, or a new connection on the same 5-tuple
             if flow is None:
                 flow = _Building(
-                    first_flow + len(building), packet.proto, packet.family, packet.src,
-                    packet.sport, packet.dst, packet.dport, now,
-                )  # fmt: skip
+                    first_flow + len(building),
+                    packet.proto,
+                    packet.family,
+                    packet.src,
+                    packet.sport,
+                    packet.dst,
+                    packet.dport,
+                    now,
+                )
                 building.append(flow)
                 table[key] = flow
             flow.packets += 1
@@ -139,32 +161,42 @@ def index_capture(
             if packet.proto == PROTO_TCP and packet.flags & (TCP_FIN | TCP_RST):
                 flow.closing = True
             out.write(
-                pack(flow.flow, now, reader.data_offset, len(record.data), record.orig_len,
-                     record.linktype, offset)
-            )  # fmt: skip
+                pack(
+                    flow.flow,
+                    now,
+                    reader.data_offset,
+                    len(record.data),
+                    record.orig_len,
+                    record.linktype,
+                    offset,
+                )
+            )
             result.packets += 1
         result.records = reader.records
         result.truncated = reader.truncated
         if progress is not None:
             progress(reader.data_offset)
     del table
-    result.flows = [
-        FlowSummary(
-            flow=f.flow,
-            input=input_id,
-            cls=cls,
-            proto=f.proto,
-            family=f.family,
-            initiator=f.initiator,
-            sport=f.sport,
-            responder=f.responder,
-            dport=f.dport,
-            start_us=f.first,
-            duration_us=f.last - f.first,
-            packets=f.packets,
+    # Each record is dropped as its summary is made: the two never all coexist.
+    building.reverse()
+    while building:
+        f = building.pop()
+        result.flows.append(
+            FlowSummary(
+                flow=f.flow,
+                input=input_id,
+                cls=cls,
+                proto=f.proto,
+                family=f.family,
+                initiator=f.initiator,
+                sport=f.sport,
+                responder=f.responder,
+                dport=f.dport,
+                start_us=f.first,
+                duration_us=f.last - f.first,
+                packets=f.packets,
+            )
         )
-        for f in building
-    ]
     return result
 
 

@@ -5,15 +5,16 @@ Two passes, so inputs larger than memory work:
 1. each input is read once (ips/mix/index.py): flows found, a 32-byte record per packet on
    disk, one small summary per flow in memory;
 2. the plan (ips/mix/plan.py, pure, seeded) places flows; each input's index file is read in
-   order and, for every placement of a packet's flow, a 44-byte sort record (new time,
+   order and, for every placement of a packet's flow, a 42-byte sort record (new time,
    placement, where to read the packet) is made. The records are sorted in runs of at most
    `run_records` (in memory, as bytes whose order is the output order) and merged from disk;
    each packet is then read by offset from its input, its addresses rewritten, and written.
 
-Memory: per flow of the inputs, its summary (about 250 bytes) and its placements (about
-150 bytes each); per flow of the output, a small record for its labels line (about 200 bytes);
-per host of each input round, its new address; plus one sort run (`run_records` × ~80 bytes).
-Nothing per packet: the packet-to-flow map of the labels is written as packets go.
+Memory grows with flows, not packets: per flow of the inputs its summary and placements, per
+flow of the output a small record for its labels line, per host of each input round its new
+address, plus one sort run (`run_records` × ~80 bytes). About 1 KB per flow at the peak
+(bench/mix.py). Nothing per packet: the packet-to-flow map of the labels is written as
+packets go, and the labels' flow lines are made one at a time.
 
 Output order is by new time, then placement, then input order: the same inputs, options and
 seed give the same bytes.
@@ -113,6 +114,20 @@ class MixReport:
         }
 
 
+class _OutFlow:
+    """What the labels line of an output flow needs, gathered as its packets are written."""
+
+    __slots__ = ("end", "first", "last", "packets", "placement", "start")
+
+    def __init__(self, placement: int, first: int, ts: int) -> None:
+        self.placement = placement
+        self.first = first
+        self.last = first
+        self.packets = 0
+        self.start = ts
+        self.end = ts
+
+
 # (stage, done, total): stage "index <file>" in bytes, then "write" in packets.
 Progress = Callable[[str, int, int], None]
 
@@ -194,9 +209,15 @@ def _index_all(request: MixRequest, tmp: str, progress: Progress | None) -> list
                 progress(stage, done, size)
 
         ix = index_capture(
-            i, cls, path, os.path.join(tmp, f"input{i}.idx"), first_flow,
-            request.idle_timeout_us, tell,
-        )  # fmt: skip
+            i,
+            cls,
+            path,
+            os.path.join(tmp, f"input{i}.idx"),
+            first_flow,
+            request.idle_timeout_us,
+            tell,
+        )
+        tell(size)
         first_flow += len(ix.flows)
         indexes.append(ix)
     return indexes
@@ -278,7 +299,7 @@ def _write(
     by_id = {p.placement: p for p in placements}
     files: list[BinaryIO] = []
     out_flow_of: dict[int, int] = {}
-    out_flows: list[list[object]] = []  # [placement, first, last, packets, start_us, end_us]
+    out_flows: list[_OutFlow] = []
     skipped: Counter[str] = Counter()
     written = 0
     tmp_out = f"{request.output}.tmp{os.getpid()}"
@@ -312,11 +333,11 @@ def _write(
                 out_index = out_flow_of.get(pid)
                 if out_index is None:
                     out_index = out_flow_of[pid] = len(out_flows)
-                    out_flows.append([pid, written, written, 0, ts, ts])
+                    out_flows.append(_OutFlow(pid, written, ts))
                 record = out_flows[out_index]
-                record[2] = written
-                record[3] += 1  # type: ignore[operator]
-                record[5] = ts
+                record.last = written
+                record.packets += 1
+                record.end = ts
                 writer.packet(
                     linktype, ts, frame, orig_len, f"ipsctl-label: {p.cls} flow {out_index}"
                 )
@@ -337,23 +358,35 @@ def _write(
 
     names = {ix.input: ix.name for ix in indexes}
     first_flow = {ix.input: ix.flows[0].flow if ix.flows else 0 for ix in indexes}
-    labels: list[FlowLabel] = []
-    for i, (pid, first, last, count, t0, t1) in enumerate(out_flows):
-        p = by_id[pid]  # type: ignore[index]
-        flow = flows[p.flow]
-        labels.append(
-            FlowLabel(
-                flow=i, cls=p.cls, proto=flow.proto, src=format_addr(p.initiator),
-                sport=flow.sport, dst=format_addr(p.responder), dport=flow.dport,
-                first_packet=first, last_packet=last, packets=count,  # type: ignore[arg-type]
-                start=t0 / US, end=t1 / US, input=names[flow.input],  # type: ignore[operator]
-                input_flow=flow.flow - first_flow[flow.input], round=p.round,
-            )
-        )  # fmt: skip
     class_counts: dict[str, ClassCount] = {}
-    for label in labels:
-        c = class_counts.get(label.cls, ClassCount(0, 0))
-        class_counts[label.cls] = ClassCount(c.packets + label.packets, c.flows + 1)
+    for record in out_flows:
+        cls = by_id[record.placement].cls
+        c = class_counts.get(cls, ClassCount(0, 0))
+        class_counts[cls] = ClassCount(c.packets + record.packets, c.flows + 1)
+
+    def labels() -> Iterator[FlowLabel]:
+        # Made one at a time as they are written: no second copy of every flow in memory.
+        for i, record in enumerate(out_flows):
+            p = by_id[record.placement]
+            flow = flows[p.flow]
+            yield FlowLabel(
+                flow=i,
+                cls=p.cls,
+                proto=flow.proto,
+                src=format_addr(p.initiator),
+                sport=flow.sport,
+                dst=format_addr(p.responder),
+                dport=flow.dport,
+                first_packet=record.first,
+                last_packet=record.last,
+                packets=record.packets,
+                start=record.start / US,
+                end=record.end / US,
+                input=names[flow.input],
+                input_flow=flow.flow - first_flow[flow.input],
+                round=p.round,
+            )
+
     windows = [
         {
             "start": (start_us + w.start_us) / US,
@@ -369,7 +402,7 @@ def _write(
         seed=request.seed,
         strategy=strategy,
         packets=written,
-        flows=len(labels),
+        flows=len(out_flows),
         classes=class_counts,
         extra={"windows": windows},
     )
@@ -379,7 +412,7 @@ def _write(
             for line in f:
                 yield int(line)
 
-    paths = write_labels(request.output, header, labels, packet_flows())
+    paths = write_labels(request.output, header, labels(), packet_flows())
     left_out: Counter[str] = Counter()
     for ix in indexes:
         left_out.update(ix.left_out)
@@ -388,7 +421,7 @@ def _write(
         labels=paths,
         strategy=strategy,
         packets=written,
-        flows=len(labels),
+        flows=len(out_flows),
         classes=class_counts,
         windows=windows,
         inputs=[
@@ -441,10 +474,17 @@ def _sorted_runs(
                     for p in placed:
                         run.append(
                             pack(
-                                start_us + p.start_us + rel + _TIME_BIAS, p.placement, seq,
-                                ix.input, offset, caplen, orig_len, linktype, l3,
+                                start_us + p.start_us + rel + _TIME_BIAS,
+                                p.placement,
+                                seq,
+                                ix.input,
+                                offset,
+                                caplen,
+                                orig_len,
+                                linktype,
+                                l3,
                             )
-                        )  # fmt: skip
+                        )
                     if len(run) >= run_records:
                         run_paths.append(_spill(run, tmp, len(run_paths)))
                         run = []

@@ -51,8 +51,9 @@ SPREAD = "spread"
 KEEP = "keep"
 TIMINGS = (SPREAD, KEEP)
 
-# Networks when the user names none: documentation-style private ranges, one per role and
-# family. Victims default to the servers' networks: attacks aim at the hosts benign clients use.
+# Networks when the user names none: private ranges, one per role and family. Victims default
+# to the servers' networks, so attacks land in the network benign clients use (each role draws
+# its own addresses there).
 DEFAULT_NETWORKS: dict[str, tuple[str, ...]] = {
     "clients": ("10.50.0.0/16", "fd00:50::/64"),
     "servers": ("10.60.0.0/16", "fd00:60::/64"),
@@ -279,10 +280,16 @@ def _place(
     responder = book.map(flow.input, round_, flow.responder, "servers" if is_benign else "victims")
     plan.placements.append(
         Placement(
-            len(plan.placements), flow.flow, flow.cls, w_index, round_, start_us, initiator,
+            len(plan.placements),
+            flow.flow,
+            flow.cls,
+            w_index,
+            round_,
+            start_us,
+            initiator,
             responder,
         )
-    )  # fmt: skip
+    )
     plan.reused += round_ > 0
     result.packets += flow.packets
     result.flows += 1

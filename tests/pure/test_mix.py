@@ -619,3 +619,53 @@ def test_snaplen_cut_packets_go_in_rewritten_like_whole_ones(tmp_path: Path) -> 
         pairs = list(zip(ra, rb, strict=True))
     assert pairs and all(x.data[:54] == y.data and x.orig_len == y.orig_len for x, y in pairs)
     assert any(len(y.data) < y.orig_len for _, y in pairs)
+
+
+def _pcapng_with_simple_blocks(path: Path) -> None:
+    """A pcapng of an interface, a Simple Packet Block and an Enhanced Packet Block."""
+
+    def block(kind: int, body: bytes) -> bytes:
+        body += b"\0" * (-len(body) % 4)
+        return struct.pack("<II", kind, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+
+    one = build_packet(PROTO_UDP, "192.0.2.1", "192.0.2.2", 1, 2, payload=b"abc")
+    two = build_packet(PROTO_UDP, "192.0.2.2", "192.0.2.1", 2, 1, payload=b"defgh")
+    path.write_bytes(
+        block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+        + block(1, struct.pack("<HHI", 101, 0, 0))
+        + block(3, struct.pack("<I", len(one)) + one)
+        + block(6, struct.pack("<IIIII", 0, 0, 1, len(two), len(two)) + two)
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["zk_http-vlan-0.pcap", "sv_http-ipv6_input.pcap", "mixed", "simple-blocks"]
+)
+def test_data_offset_points_at_each_records_bytes(
+    name: str, inputs: dict[str, Path], tmp_path: Path, pcaps_dir: Path
+) -> None:
+    """The reader's `data_offset` (what the second pass seeks to), pcap and pcapng."""
+    if name == "mixed":
+        path, _ = _mix(tmp_path, [("benign", inputs["small"])], ratio="1", seed=1)
+    elif name == "simple-blocks":
+        path = tmp_path / "simple.pcapng"
+        _pcapng_with_simple_blocks(path)
+    else:
+        path = pcaps_dir / name
+    data = path.read_bytes()
+    with read_capture(path) as reader:
+        records = [(reader.data_offset, r.data) for r in reader]
+    assert records
+    assert all(data[at : at + len(d)] == d for at, d in records)
+
+
+def test_a_mix_of_a_mix(inputs: dict[str, Path], tmp_path: Path) -> None:
+    """A pcapng output (comments and all) is an input like any other."""
+    ins = [("benign", inputs["small"]), ("scan", inputs["scan"])]
+    first, _ = _mix(tmp_path, ins, "first", ratio="90/10", seed=1)
+    ins = [("benign", first), ("ddos", inputs["ddos"])]
+    second, report = _mix(tmp_path, ins, "second", ratio="95/5", seed=2)
+    assert report.skipped_at_write == 0 and not report.left_out
+    labels = read_labels(second)
+    _check_labels_match(second, labels)
+    assert labels.header.classes["benign"].packets > 0
