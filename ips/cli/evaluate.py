@@ -15,13 +15,17 @@ from typing import Any, NoReturn
 import click
 
 from ips.cli.common import EXIT_USAGE, load_or_exit
+from ips.core.decision import Decision
 from ips.core.events import Alert, Block, Effect
+from ips.engine import NO_META, Engine, Meta
 from ips.evaluate.align import clock_offset, flow_start_of
-from ips.evaluate.detections import Detection, from_alert, from_block, from_eve
+from ips.evaluate.detections import DROP, Detection, from_alert, from_block, from_eve
 from ips.evaluate.report import table
 from ips.evaluate.score import DEFAULT_GAP, Evaluation, Scorer
 from ips.evaluate.timeline import timeline_svg
 from ips.mix.labels import Labels, LabelsError, labels_paths, read_labels
+from ips.policy.compile import CompiledRule
+from ips.policy.model import Policy
 
 # Over an EVE file the alerts' times are the replay's wall clock brought back to the capture's:
 # a packet's time may be off by the sender's and the reader's scheduling, so the windows of
@@ -51,6 +55,38 @@ class DetectionCollector:
                 self.detections.append(from_block(ev))
 
 
+REFUSED = frozenset({"drop", "reject"})
+
+
+def _drop_recorder(policy: Policy, labels: Labels, out: list[Detection]) -> Engine:
+    """An engine that also notes each packet it refuses without an alert (`--drops`), by
+    the packet's index in the capture — which the labels map to its flow, so no decoding."""
+
+    class DropRecorder(Engine):
+        packet = 0
+
+        def handle(
+            self, data: bytes, meta: Meta = NO_META, now: float = 0.0
+        ) -> Decision[CompiledRule]:
+            decision = super().handle(data, meta, now)
+            index = self.packet
+            self.packet = index + 1
+            if (
+                decision.verdict in REFUSED
+                and index < len(labels.packet_flow)
+                and not any(ev.__class__ is Alert for ev in decision.effects)
+            ):
+                f = labels.flows[labels.packet_flow[index]]
+                rule = decision.rule
+                why = rule.spec.name if rule is not None else f"({decision.reason or 'engine'})"
+                out.append(
+                    Detection(now, DROP, f"drop {why}", f.proto, f.src, f.sport, f.dst, f.dport)
+                )
+            return decision
+
+    return DropRecorder(policy)
+
+
 def _labels(path: str) -> Labels:
     jsonl, _ = labels_paths(path)
     try:
@@ -74,7 +110,7 @@ def _first_packet_time(capture: str) -> float | None:
 
 
 def _run_engine(
-    policy_path: str, capture: str, labels: Labels, progress: bool | None
+    policy_path: str, capture: str, labels: Labels, progress: bool | None, drops: bool = False
 ) -> tuple[list[Detection], dict[str, Any]]:
     from ips.heap import tune_collector
     from ips.replay import replay_captures
@@ -88,8 +124,11 @@ def _run_engine(
         )
     tune_collector()
     collector = DetectionCollector()
+    engine = _drop_recorder(policy, labels, collector.detections) if drops else None
     try:
-        result = replay_captures(policy, [capture], sinks=[collector], progress=progress)
+        result = replay_captures(
+            policy, [capture], sinks=[collector], progress=progress, engine=engine
+        )
     except (OSError, ValueError) as exc:
         fail(f"capture: {exc}")
     packets = sum(int(str(c["packets"])) for c in result.captures)
@@ -98,15 +137,16 @@ def _run_engine(
             f"{capture} does not match its labels: {packets} packets in the capture, "
             f"{labels.header.packets} in the labels"
         )
-    engine = {
+    summary = {
         "policy": policy_path,
         "packets": result.packets,
         "alerts": result.alerts,
         "verdicts": dict(result.verdicts),
         "blocks": len(result.blocks),
         "engine_errors": result.errors,
+        "drops_counted": drops,
     }
-    return collector.detections, engine
+    return collector.detections, summary
 
 
 def _read_eve(
@@ -214,6 +254,11 @@ def _read_eve(
     help="with --eve: the speed the capture was replayed at (`replay --to --speed`)",
 )
 @click.option(
+    "--drops",
+    is_flag=True,
+    help="also count packets the engine refused without an alert (offline only)",
+)
+@click.option(
     "--progress/--no-progress",
     default=None,
     help="progress bar (default: on for large files on a terminal)",
@@ -228,6 +273,7 @@ def evaluate(
     gap: float,
     offset: float | None,
     speed: float,
+    drops: bool,
     progress: bool | None,
 ) -> None:
     """Score POLICY over CAPTURE against its labels: precision, recall, false-positive rate
@@ -244,6 +290,8 @@ def evaluate(
         fail("--eve scores an EVE file instead of running a policy: give no POLICY or CAPTURE")
     if (offset is not None or speed != 1.0) and eve_path is None:
         fail("--offset and --speed go with --eve")
+    if drops and eve_path is not None:
+        fail("--drops needs the engine's verdicts: an EVE file has no silent drops")
     if labels_path is None:
         if eve_path is not None:
             fail("--eve needs --labels FILE")
@@ -254,7 +302,7 @@ def evaluate(
         detections, source = _read_eve(eve_path, labels, offset, speed)
         window_slack = EVE_SLACK if slack is None else slack
     else:
-        detections, source = _run_engine(paths[0], paths[1], labels, progress)
+        detections, source = _run_engine(paths[0], paths[1], labels, progress, drops)
         window_slack = 0.0 if slack is None else slack
 
     packets = {name: c.packets for name, c in labels.header.classes.items()}

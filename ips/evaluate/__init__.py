@@ -24,6 +24,8 @@ IPS cut short by a drop keeps its whole span, and its early alert still falls in
 * A detector's block (`ipsctl_block`) matches every flow initiated by the blocked address
   that is active while the block lasts ([t - S, t + ttl + S]): inline, those flows' packets
   are dropped before any alert could name them — detected by the block, not missed.
+* With `--drops` (offline), a packet refused without an alert detects its own flow (found by
+  its index in the capture), as a block does: not an alert.
 * A flow is *detected* when at least one alert or block matches it; its detection time is
   the earliest one's (a block's: the later of its start and the flow's).
 * An alert is *true* when it matches at least one attack flow, *false* otherwise (whether it

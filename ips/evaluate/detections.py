@@ -14,6 +14,11 @@ A detection names:
                `per dst`, a distributed scan: the sources are many and may be spoofed);
   * `window`   the detector's own counting window (its evidence lies in [time - window, time]);
   * `until`    for a block, when it ends (time + ttl): the block covers its address till then.
+
+A `DROP` (only with `eval --drops`, offline) is a packet the engine refused without an alert:
+keyed `drop RULE` (or `drop (default)`, `drop (blocked)`: why, when no rule decided), it
+names its packet's 5-tuple as a rule's alert does, and, like a block, detects without being
+an alert.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 from ips.core.events import Alert, Block
 
-RULE, DETECTOR, BLOCK = "rule", "detector", "block"
+RULE, DETECTOR, BLOCK, DROP = "rule", "detector", "block", "drop"
 # Protocols whose flows are told apart by ports (as EVE writes them); for the others (ICMP)
 # a flow is its protocol and two addresses, so an alert without ports still names it.
 PORT_PROTOS = frozenset({6, 17, 132})
@@ -36,7 +41,7 @@ DEFAULT_WINDOW = 10.0
 @dataclass(frozen=True)
 class Detection:
     time: float
-    kind: str  # RULE, DETECTOR or BLOCK
+    kind: str  # RULE, DETECTOR, BLOCK, or DROP (a packet refused without an alert)
     key: str  # who: "rule NAME" or the detector's name
     proto: int
     src: str

@@ -80,7 +80,7 @@ def table(ev: Evaluation, heading: list[str] | None = None) -> str:
     width = min(width, 40)
     lines.append(
         f"{'detector / rule':<{width}} {'alerts':>6} {'true':>6} {'precision':>9} "
-        f"{'blocks':>6} {'recall':>7} {'FPR':>6} {'TTD median':>10}  detected flows"
+        f"{'blocks':>6} {'drops':>6} {'recall':>7} {'FPR':>6} {'TTD median':>10}  detected flows"
     )
     for r in ev.keys:
         detected = ", ".join(f"{c} {n}" for c, n in r["detected"].items())
@@ -88,7 +88,7 @@ def table(ev: Evaluation, heading: list[str] | None = None) -> str:
             detected += (", " if detected else "") + f"benign {r['benign_flagged']}"
         lines.append(
             f"{_cut(str(r['key']), width):<{width}} {r['alerts']:>6} {r['true_alerts']:>6} "
-            f"{pct(r['precision']):>9} {r['blocks']:>6} {pct(r['recall_all']):>7} "
+            f"{pct(r['precision']):>9} {r['blocks']:>6} {r['drops']:>6} {pct(r['recall_all']):>7} "
             f"{pct(r['fpr']):>6} {secs(r['time_to_detect_median']):>10}  {detected or '-'}"
         )
     if not ev.keys:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ips.evaluate.detections import BLOCK, PORT_PROTOS, RULE, Detection
+from ips.evaluate.detections import BLOCK, DROP, PORT_PROTOS, RULE, Detection
 from ips.mix.labels import FlowLabel
 
 BENIGN = "benign"
@@ -201,7 +201,7 @@ class Scorer:
         """The labelled flows a detection names (the rules of ips/evaluate/__init__.py).
         `anchor`: the flow of the alert's packet (see `anchored`): a detector's alert so
         placed needs no slack, its time is the capture's own."""
-        if det.kind == RULE:
+        if det.kind in (RULE, DROP):
             return [anchor] if anchor is not None else []
         s = self.slack
         if det.kind == BLOCK:
@@ -226,9 +226,20 @@ class Scorer:
         attack = any(self.flows[i].cls != BENIGN for i in matched)
         row = self.alerts.setdefault(
             det.key,
-            {"kind": det.kind, "alerts": 0, "true_alerts": 0, "blocks": 0, "true_blocks": 0},
+            {
+                "kind": det.kind,
+                "alerts": 0,
+                "true_alerts": 0,
+                "blocks": 0,
+                "true_blocks": 0,
+                "drops": 0,
+                "true_drops": 0,
+            },
         )
-        if det.kind == BLOCK:
+        if det.kind == DROP:
+            row["drops"] += 1
+            row["true_drops"] += attack
+        elif det.kind == BLOCK:
             row["blocks"] += 1
             row["true_blocks"] += attack
             self.blocks.append((det.time, det.until, det.key, attack))
@@ -348,6 +359,8 @@ class Scorer:
                     "precision": _ratio(row["true_alerts"], row["alerts"]),
                     "blocks": row["blocks"],
                     "true_blocks": row["true_blocks"],
+                    "drops": row["drops"],
+                    "true_drops": row["true_drops"],
                     "detected": {c: counts.get(c, 0) for c in classes if counts.get(c)},
                     "recall": {
                         c: _ratio(counts.get(c, 0), n_flows[c]) for c in classes if counts.get(c)

@@ -549,3 +549,24 @@ def test_replay_to_paces_frames_and_dresses_raw_ip(
     small = facts(mac=mac, mtu=39)  # every frame of the capture is longer: skipped, counted
     result = replay_to(str(capture), "eth0", facts=small, clock=lambda: 0.0, sleep=sleep)
     assert result.sent == 0 and result.skipped == {"longer than the MTU": 64}
+
+
+def test_drops_count_packets_refused_without_an_alert(mix: tuple[Path, Path]) -> None:
+    """--drops: a silent `drop` detects its packet's flow (not an alert). Here the 8th probe
+    (port 445, after the detector's one alert: missed before) and one benign HTTP flow."""
+    policy, capture = mix
+    policy.write_text(
+        POLICY + "drop proto tcp to port 445\ndrop proto tcp from 10.9.1.1 to port 80\n"
+    )
+    plain = eval_json(str(policy), str(capture))["totals"]
+    assert (plain["tp"], plain["fp"]) == (7, 1)
+    out = eval_json(str(policy), str(capture), "--drops")
+    t = out["totals"]
+    assert (t["tp"], t["fn"], t["fp"], t["tn"]) == (8, 2, 2, 9)
+    assert (t["alerts"], t["true_alerts"]) == (6, 3)  # drops are not alerts
+    keys = {r["key"]: r for r in out["detectors"]}
+    assert keys[f"drop {policy}:4"]["drops"] == 1 and keys[f"drop {policy}:4"]["true_drops"] == 1
+    assert keys[f"drop {policy}:5"]["drops"] == 3  # SYN, ACK, FIN of the client; not the reply
+    assert keys[f"drop {policy}:5"]["benign_flagged"] == 1
+    code, _, err = run("eval", "--eve", "e.json", "--labels", str(capture), "--drops")
+    assert code == 2 and "--drops" in err
