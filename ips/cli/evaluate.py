@@ -317,7 +317,9 @@ def evaluate(
         title = f"{paths[1] if paths else eve_path}: attacks and detections"
         try:
             with open(svg_path, "w", encoding="utf-8") as f:
-                f.write(timeline_svg(ev, origin, end, title))
+                windows = labels.header.extra.get("windows")
+                plan = windows if isinstance(windows, list) else None
+                f.write(timeline_svg(ev, origin, end, title, plan))
         except OSError as exc:
             fail(f"--svg: {exc}")
     jsonl, _ = labels_paths(labels_path)

@@ -1,10 +1,12 @@
 """`ipsctl eval --svg FILE`: the timeline drawn by hand, as the store's chart is (no plotting
 library): one lane per attack class with its bursts shaded, one lane per detector or rule with
-a tick per alert (green: true, red: false) and a bar per block, on the capture's clock."""
+a tick per alert (green: true, red: false) and a bar per block, on the capture's clock; above
+them the mix's planned windows, when it had several (a timeline)."""
 
 from __future__ import annotations
 
 from html import escape
+from typing import Any
 
 from ips.evaluate.score import Evaluation
 
@@ -25,11 +27,40 @@ def _step(span: float) -> float:
     return step
 
 
-def timeline_svg(ev: Evaluation, origin: float, end: float, title: str = "") -> str:
-    """The SVG text. `origin` and `end`: the capture's first and last packet times."""
+def _window_label(window: dict[str, Any]) -> str:
+    """`ddos 30%, scan 5%` of a mix window: its attack classes' shares of its packets."""
+    classes = window.get("classes")
+    if not isinstance(classes, dict):
+        return ""
+    total = sum(c.get("packets", 0) for c in classes.values() if isinstance(c, dict)) or 1
+    parts = [
+        f"{name} {100 * c.get('packets', 0) / total:.0f}%"
+        for name, c in classes.items()
+        if name != "benign" and isinstance(c, dict) and c.get("packets")
+    ]
+    return ", ".join(parts) or "benign"
+
+
+def timeline_svg(
+    ev: Evaluation,
+    origin: float,
+    end: float,
+    title: str = "",
+    windows: list[dict[str, Any]] | None = None,
+) -> str:
+    """The SVG text. `origin` and `end`: the capture's first and last packet times;
+    `windows`: the mix's planned windows (the labels header's `windows`), drawn as a lane of
+    their own when there are several."""
     classes = [row["class"] for row in ev.classes]
     keys = [row["key"] for row in ev.keys]
-    lanes = len(classes) + len(keys)
+    windows = [
+        w
+        for w in windows or []
+        if isinstance(w, dict)
+        and isinstance(w.get("start"), int | float)
+        and isinstance(w.get("end"), int | float)
+    ]
+    lanes = len(classes) + len(keys) + (1 if len(windows) > 1 else 0)
     height = TOP + max(lanes, 1) * LANE + 40
     span = max(end - origin, 1e-6)
     plot = WIDTH - LEFT - RIGHT
@@ -44,6 +75,20 @@ def timeline_svg(ev: Evaluation, origin: float, end: float, title: str = "") -> 
         "</text>",
     ]
     lane = 0
+    if len(windows) > 1:
+        y = TOP
+        parts.append(f'<text x="4" y="{y + 16}">mix windows</text>')
+        for k, w in enumerate(windows):
+            x0, x1 = x(float(w["start"])), x(float(w["end"]))
+            parts.append(
+                f'<rect x="{x0:.1f}" y="{y + 4}" width="{max(x1 - x0, 1.0):.1f}" '
+                f'height="{LANE - 8}" fill="{"#ecf0f1" if k % 2 else "#d5dbdb"}"/>'
+            )
+            parts.append(
+                f'<text x="{x0 + 3:.1f}" y="{y + 16}" font-size="9">'
+                f"{escape(_window_label(w)[:40])}</text>"
+            )
+        lane += 1
     for i, cls in enumerate(classes):
         y = TOP + lane * LANE
         colour = COLOURS[i % len(COLOURS)]

@@ -46,6 +46,7 @@ from ips.evaluate.align import clock_offset, flow_start_of
 from ips.evaluate.detections import BLOCK, DETECTOR, RULE, Detection, eve_time
 from ips.evaluate.report import table
 from ips.evaluate.score import ppv
+from ips.evaluate.timeline import timeline_svg
 from ips.lab.wire import LinkFacts, WireError, lab_interface_refusal, parse_mac, replay_to
 from ips.mix.labels import FlowLabel
 from ips.sinks.eve import alert_record
@@ -570,3 +571,22 @@ def test_drops_count_packets_refused_without_an_alert(mix: tuple[Path, Path]) ->
     assert keys[f"drop {policy}:5"]["benign_flagged"] == 1
     code, _, err = run("eval", "--eve", "e.json", "--labels", str(capture), "--drops")
     assert code == 2 and "--drops" in err
+
+
+def test_the_timeline_draws_the_mix_windows() -> None:
+    flows = [flow(0, "scan", "10.0.0.66", "10.0.0.9", 12.0, 13.0)]
+    ev = evaluate(flows, [detector(12.5, "10.0.0.66")])
+    windows = [
+        {"start": 0.0, "end": 10.0, "classes": {"benign": {"packets": 70}}},
+        {
+            "start": 10.0,
+            "end": 20.0,
+            "classes": {"benign": {"packets": 70}, "scan": {"packets": 30}},
+        },
+        {"start": "bad"},  # not a window: left out
+    ]
+    root = ET.fromstring(timeline_svg(ev, 0.0, 20.0, "t", windows))
+    texts = [t.text or "" for t in root.iter("{http://www.w3.org/2000/svg}text")]
+    assert "mix windows" in texts and "benign" in texts and "scan 30%" in texts
+    one = ET.fromstring(timeline_svg(ev, 0.0, 20.0, "t", windows[:1]))
+    assert "mix windows" not in [t.text for t in one.iter("{http://www.w3.org/2000/svg}text")]
