@@ -11,6 +11,7 @@ The commands by audience, one module each:
     report.py  report top/volume, history,   the store's readers: what happened yesterday
                export
     mix.py     mix                           labelled mixes of captures (the researcher)
+    evaluate.py eval                         a policy scored against labelled traffic
 What they share (exit codes, the socket option, the control client): common.py.
 """
 
@@ -21,6 +22,7 @@ import click
 from ips import __version__
 from ips.cli.blocks import blocks
 from ips.cli.daemon import apply, confirm, doctor, run, status
+from ips.cli.evaluate import evaluate
 from ips.cli.geo import geo
 from ips.cli.lab import lab
 from ips.cli.mix import mix
@@ -59,5 +61,6 @@ for command in (
     history_command,
     export,
     mix,
+    evaluate,
 ):
     main.add_command(command)
