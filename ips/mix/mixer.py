@@ -170,10 +170,8 @@ def run_mix(request: MixRequest, progress: Progress | None = None) -> MixReport:
         if ratios is not None:
             windows, window_packets, strategy = _proportional(request, ratios, flows_by_class)
         else:
-            assert timeline is not None and request.timeline is not None
-            windows, window_packets, strategy = _timeline(
-                request, timeline, request.timeline, flows_by_class, indexes
-            )
+            assert timeline is not None
+            windows, window_packets, strategy = _timeline(request, timeline, flows_by_class)
         used = {c for w in windows for c, _ in w.shares()}
         plan = plan_mix(
             windows,
@@ -263,8 +261,6 @@ def _proportional(
         duration = max(_span(pool), longest + 1, US)
     attacks = tuple((c, s) for c, s in ratios if c != BENIGN)
     window = Window(0, duration, attacks)
-    if BENIGN not in dict(ratios) and abs(sum(s for _, s in attacks) - 1.0) > 1e-9:
-        raise SpecError("internal: shares without benign must add up to 1")
     strategy = "proportional " + ",".join(f"{c}={s * 100:g}" for c, s in ratios)
     return [window], [total], strategy
 
@@ -272,9 +268,7 @@ def _proportional(
 def _timeline(
     request: MixRequest,
     windows: list[Window],
-    text: str,
     flows_by_class: dict[str, list[FlowSummary]],
-    indexes: list[InputIndex],
 ) -> tuple[list[Window], list[int], str]:
     rate = request.rate
     if rate is None:
