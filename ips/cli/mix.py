@@ -20,7 +20,7 @@ import yaml
 from ips.cli.common import EXIT_USAGE
 from ips.io.pcap import CaptureError
 from ips.mix.mixer import MixReport, MixRequest, Progress, run_mix
-from ips.mix.spec import ROLES, US, SpecError, check_class_name, parse_duration
+from ips.mix.spec import BENIGN, ROLES, US, SpecError, check_class_name, parse_duration
 
 
 def _fail(message: str) -> None:
@@ -70,7 +70,7 @@ def _from_spec(path: str) -> dict[str, Any]:
         raise SpecError(f"{path}: a mapping is expected (inputs:, ratio: or timeline:, ...)")
     known = {
         "inputs", "output", "seed", "ratio", "timeline", "packets", "duration", "rate", "start",
-        "networks", "timing", "idle_timeout",
+        "networks", "timing", "idle_timeout", "keep_addresses",
     }  # fmt: skip
     unknown = sorted(set(data) - known)
     if unknown:
@@ -110,9 +110,23 @@ def _from_spec(path: str) -> dict[str, Any]:
     if not isinstance(timing, dict):
         raise SpecError(f"{path}: timing: maps a class to spread or keep")
     out["timing"] = {str(c): str(v) for c, v in timing.items()}
-    for key in ("output", "seed", "packets", "duration", "rate", "start", "idle_timeout"):
-        if data.get(key) is not None:
-            out[key] = data[key]
+    kinds: dict[str, tuple[type, ...]] = {
+        "output": (str,),
+        "seed": (int,),
+        "packets": (int,),
+        "rate": (int, float),
+        "duration": (str, int, float),
+        "start": (str, int, float),
+        "idle_timeout": (str, int, float),
+        "keep_addresses": (bool,),
+    }
+    for key, kind in kinds.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kind):
+            raise SpecError(f"{path}: {key}: {value!r} is not a {kind[0].__name__}")
+        out[key] = value
     return out
 
 
@@ -164,7 +178,7 @@ def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
 @click.option("--duration", help="proportional: the output's length (default: the benign input's)")
 @click.option("--rate", type=float, help="timeline: packets a second (default: the benign input's)")
 @click.option("--start", help="the output's first instant: epoch seconds or ISO 8601")
-@click.option("--seed", type=int, help="the same seed, inputs and options give the same bytes")
+@click.option("--seed", type=int, help="the same seed, inputs and options give the same bytes [0]")
 @click.option("--clients", multiple=True, metavar="NET", help="benign initiators' network(s)")
 @click.option("--servers", multiple=True, metavar="NET", help="benign responders' network(s)")
 @click.option("--attackers", multiple=True, metavar="NET", help="attack initiators' network(s)")
@@ -174,6 +188,12 @@ def _progress_bar(enabled: bool) -> Iterator[Progress | None]:
     multiple=True,
     metavar="CLASS=spread|keep",
     help="spread flows at random, or keep their spacing (default: benign spread, attacks keep)",
+)
+@click.option(
+    "--keep-addresses",
+    is_flag=True,
+    default=None,
+    help="keep the inputs' own addresses (copies of a flow still get new ones)",
 )
 @click.option("--idle-timeout", default=None, help="a flow ends after this idle time [300s]")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
@@ -196,6 +216,7 @@ def mix(
     attackers: tuple[str, ...],
     victims: tuple[str, ...],
     timing: tuple[str, ...],
+    keep_addresses: bool | None,
     idle_timeout: str | None,
     as_json: bool,
     progress: bool | None,
@@ -246,6 +267,9 @@ def mix(
             networks=networks,
             timing=timings,
             idle_timeout_us=parse_duration(str(idle_text)),
+            keep_addresses=bool(
+                keep_addresses if keep_addresses is not None else spec.get("keep_addresses")
+            ),
         )
         if ratio is not None and timeline is None and spec.get("timeline") is not None:
             request.timeline = None  # an option given on the command line wins over the spec
@@ -292,6 +316,16 @@ def _summary(report: MixReport) -> str:
                     f"window {i}: {cls} got {r['packets']} of {r['target']} packets (its flows "
                     "are too few, too big or too long for the window; see docs/evaluation.md)"
                 )
+    attack_packets = sum(c.packets for cls, c in report.classes.items() if cls != BENIGN)
+    if report.packets and attack_packets < 0.2 * report.packets and BENIGN in report.classes:
+        share = attack_packets / report.packets
+        # Precision of a detector that finds every attack packet and wrongly flags 1 % of the
+        # benign ones: the base-rate fallacy in one number.
+        precision = share / (share + (1 - share) * 0.01)
+        notes.append(
+            f"attacks are {share:.2%} of packets: a detector with a 1 % false-positive rate "
+            f"would be right in only {precision:.0%} of its alerts (the base rate)"
+        )
     if report.too_long:
         notes.append(f"{report.too_long} flows longer than their window left out")
     if report.reused:

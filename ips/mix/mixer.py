@@ -75,6 +75,7 @@ class MixRequest:
     networks: dict[str, list[str]] = field(default_factory=dict)  # role -> networks
     timing: dict[str, str] = field(default_factory=dict)  # class -> spread | keep
     idle_timeout_us: int = 300 * US
+    keep_addresses: bool = False  # the first round of each input keeps its addresses
     run_records: int = RUN_RECORDS
 
 
@@ -144,6 +145,9 @@ def run_mix(request: MixRequest, progress: Progress | None = None) -> MixReport:
         if cls not in classes:
             classes.append(cls)
     networks = _networks(request.networks)
+    for cls in request.timing:
+        if cls not in classes:
+            raise SpecError(f"timing of {cls!r}: no input of that class")
     timing = {c: request.timing.get(c, SPREAD if c == BENIGN else KEEP) for c in classes}
     for cls, how in timing.items():
         if how not in (SPREAD, KEEP):
@@ -157,16 +161,17 @@ def run_mix(request: MixRequest, progress: Progress | None = None) -> MixReport:
         flows_by_class: dict[str, list[FlowSummary]] = {c: [] for c in classes}
         for ix in indexes:
             flows_by_class[ix.cls].extend(ix.flows)
+        for flows in flows_by_class.values():
+            # By input, then time: the order `keep` walks (a capture need not be in time order).
+            flows.sort(key=lambda f: (f.input, f.start_us, f.flow))
         for cls, flows in flows_by_class.items():
             if not flows:
                 raise SpecError(f"the inputs of class {cls!r} hold no packet a mix can use")
         if ratios is not None:
             windows, window_packets, strategy = _proportional(request, ratios, flows_by_class)
         else:
-            assert timeline is not None and request.timeline is not None
-            windows, window_packets, strategy = _timeline(
-                request, timeline, request.timeline, flows_by_class, indexes
-            )
+            assert timeline is not None
+            windows, window_packets, strategy = _timeline(request, timeline, flows_by_class)
         used = {c for w in windows for c, _ in w.shares()}
         plan = plan_mix(
             windows,
@@ -175,6 +180,7 @@ def run_mix(request: MixRequest, progress: Progress | None = None) -> MixReport:
             timing,
             networks,
             random.Random(request.seed),
+            request.keep_addresses,
         )
         start_us = request.start_us
         if start_us is None:
@@ -255,8 +261,6 @@ def _proportional(
         duration = max(_span(pool), longest + 1, US)
     attacks = tuple((c, s) for c, s in ratios if c != BENIGN)
     window = Window(0, duration, attacks)
-    if BENIGN not in dict(ratios) and abs(sum(s for _, s in attacks) - 1.0) > 1e-9:
-        raise SpecError("internal: shares without benign must add up to 1")
     strategy = "proportional " + ",".join(f"{c}={s * 100:g}" for c, s in ratios)
     return [window], [total], strategy
 
@@ -264,9 +268,7 @@ def _proportional(
 def _timeline(
     request: MixRequest,
     windows: list[Window],
-    text: str,
     flows_by_class: dict[str, list[FlowSummary]],
-    indexes: list[InputIndex],
 ) -> tuple[list[Window], list[int], str]:
     rate = request.rate
     if rate is None:

@@ -52,8 +52,8 @@ KEEP = "keep"
 TIMINGS = (SPREAD, KEEP)
 
 # Networks when the user names none: private ranges, one per role and family. Victims default
-# to the servers' networks, so attacks land in the network benign clients use (each role draws
-# its own addresses there).
+# to the servers' network, so attacks land in the network benign clients use (one pool: a
+# victim and a server never share an address by chance).
 DEFAULT_NETWORKS: dict[str, tuple[str, ...]] = {
     "clients": ("10.50.0.0/16", "fd00:50::/64"),
     "servers": ("10.60.0.0/16", "fd00:60::/64"),
@@ -134,16 +134,27 @@ class AddressBook:
     Memory: one entry per host of each input round used.
     """
 
-    def __init__(self, networks: dict[str, list[Network]], rng: Rng) -> None:
+    def __init__(
+        self, networks: dict[str, list[Network]], rng: Rng, keep_first_round: bool = False
+    ) -> None:
         self._rng = rng
+        # The first round of each input keeps its own addresses (for policies that name real
+        # ones: reputation lists, geo); later rounds are copies and get new ones.
+        self._keep = keep_first_round
         self._pools: dict[tuple[str, int], _Pool] = {}
+        # Roles given the same network draw from one pool: a victim never gets a server's
+        # address by chance (they share one only when the network is full).
+        by_network: dict[ipaddress.IPv4Network | ipaddress.IPv6Network, _Pool] = {}
         for role, nets in networks.items():
             for n in nets:
-                self._pools[(role, n.family)] = _Pool(n.net)
+                pool = by_network.setdefault(n.net, _Pool(n.net))
+                self._pools[(role, n.family)] = pool
         self._map: dict[tuple[int, int, bytes], bytes] = {}
         self.collisions = 0
 
     def map(self, input_id: int, round_: int, address: bytes, role: str) -> bytes:
+        if self._keep and round_ == 0:
+            return address
         key = (input_id, round_, address)
         new = self._map.get(key)
         if new is None:
@@ -226,18 +237,20 @@ def plan_mix(
     timing: dict[str, str],
     networks: dict[str, list[Network]],
     rng: Rng,
+    keep_addresses: bool = False,
 ) -> MixPlan:
     """Place flows so that each window holds `window_packets[i]` packets shared by its classes.
 
-    `flows_by_class`: each class's flows in input order (input, then first packet);
-    `timing`: `spread` or `keep` per class.
+    `flows_by_class`: each class's flows by input, then by first packet's time;
+    `timing`: `spread` or `keep` per class; `keep_addresses`: the first round of each input
+    keeps its original addresses.
     """
     if len(window_packets) != len(windows):
         raise ValueError("one packet count per window")
     for cls, flows in flows_by_class.items():
         if not flows:
             raise SpecError(f"the inputs of class {cls!r} hold no flow")
-    book = AddressBook(networks, rng)
+    book = AddressBook(networks, rng, keep_addresses)
     cursors = {
         c: _Cursor(f, timing.get(c, _default_timing(c)), rng) for c, f in flows_by_class.items()
     }
@@ -369,13 +382,17 @@ def _fill_keep(
                     continue
                 origin, block_round = flow.start_us, round_
             offset = flow.start_us - origin
+            other_stretch = bool(block) and (
+                round_ != block_round or flow.input != block[0][1].input
+            )
             if (
-                round_ != block_round
+                other_stretch
+                or offset < 0
                 or offset + flow.duration_us >= length
                 or flow.packets - missing > missing
             ):
-                # A new round, the window's end, or too big for what is left: the block ends
-                # here; this flow comes first next time.
+                # A new round or input, out of time order, the window's end, or too big for
+                # what is left: the block ends here; this flow comes first next time.
                 cursor.front = (round_, i)
                 break
             block.append((round_, flow, offset))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ips.cli import main
 from ips.core.build import build_packet
@@ -432,6 +434,7 @@ def test_cli_mix_and_its_errors(inputs: dict[str, Path], tmp_path: Path) -> None
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "benign" in result.output and "scan" in result.output
+    assert "right in only 84% of its alerts (the base rate)" in result.output
     labels = read_labels(out)
     assert all(f.src.startswith("10.66.") for f in labels.flows if f.cls == "scan")
     # The same through a YAML spec (file names relative to it), with --json.
@@ -485,6 +488,25 @@ def test_cli_mix_and_its_errors(inputs: dict[str, Path], tmp_path: Path) -> None
         ),
         (["mix", "-i", "benign", "--ratio", "1", "-o", str(out)], "CLASS=FILE"),
     ]
+    bad_spec = tmp_path / "bad.yaml"
+    bad_spec.write_text(f"inputs: {{benign: {inputs['small']}}}\nratio: 1\nseed: one\n")
+    bad_cases.append((["mix", "--spec", str(bad_spec), "-o", str(out)], "seed: 'one' is not"))
+    bad_cases.append(
+        (
+            [
+                "mix",
+                "-i",
+                f"benign={inputs['small']}",
+                "--ratio",
+                "1",
+                "--timing",
+                "x=keep",
+                "-o",
+                str(out),
+            ],
+            "timing of 'x'",
+        )
+    )
     for args, message in bad_cases:
         result = runner.invoke(main, args)
         assert result.exit_code == 2, (args, result.output)
@@ -669,3 +691,117 @@ def test_a_mix_of_a_mix(inputs: dict[str, Path], tmp_path: Path) -> None:
     labels = read_labels(second)
     _check_labels_match(second, labels)
     assert labels.header.classes["benign"].packets > 0
+
+
+@st.composite
+def _plans(draw: st.DrawFn) -> tuple[list[Window], list[int], dict[str, list[FlowSummary]]]:
+    pools: dict[str, list[FlowSummary]] = {}
+    n = 0
+    for cls in ("benign", "ddos", "scan"):
+        flows = []
+        for _ in range(draw(st.integers(1, 30))):
+            host = draw(st.integers(1, 8))
+            flows.append(
+                FlowSummary(
+                    n,
+                    len(pools),
+                    cls,
+                    6,
+                    4,
+                    bytes([10, 0, 0, host]),
+                    1000 + n,
+                    bytes([10, 0, 1, draw(st.integers(1, 4))]),
+                    80,
+                    draw(st.integers(0, 10**7)),
+                    draw(st.integers(0, 3 * 10**6)),
+                    draw(st.integers(1, 40)),
+                )
+            )
+            n += 1
+        pools[cls] = sorted(flows, key=lambda f: f.start_us)
+    windows, counts, t = [], [], 0
+    for _ in range(draw(st.integers(1, 4))):
+        length = draw(st.integers(10**6, 10**7))
+        ddos = draw(st.integers(0, 60)) / 100
+        scan = draw(st.integers(0, 30)) / 100
+        shares = tuple((c, s) for c, s in (("ddos", ddos), ("scan", scan)) if s)
+        windows.append(Window(t, t + length, shares))
+        counts.append(draw(st.integers(0, 500)))
+        t += length + draw(st.integers(0, 10**6))
+    return windows, counts, pools
+
+
+@settings(max_examples=60, deadline=None)
+@given(_plans(), st.integers(0, 2**32))
+def test_plan_properties(
+    case: tuple[list[Window], list[int], dict[str, list[FlowSummary]]], seed: int
+) -> None:
+    windows, counts, pools = case
+    networks = {r: parse_networks(list(n), r) for r, n in _NETS.items()}
+    plan = plan_mix(windows, counts, pools, {}, networks, random.Random(seed))
+    again = plan_mix(windows, counts, pools, {}, networks, random.Random(seed))
+    assert plan.placements == again.placements
+    flows = {f.flow: f for fl in pools.values() for f in fl}
+    biggest = max(f.packets for f in flows.values())
+    for p in plan.placements:
+        w, f = windows[p.window], flows[p.flow]
+        assert w.start_us <= p.start_us and p.start_us + f.duration_us < w.end_us
+        assert p.cls == f.cls
+    for results in plan.results:
+        for r in results.values():
+            assert r.packets <= r.target + biggest // 2
+    # One host of an input round is one new address; two hosts are two.
+    seen: dict[tuple[int, int, bytes], bytes] = {}
+    for p in plan.placements:
+        f = flows[p.flow]
+        for old, new in ((f.initiator, p.initiator), (f.responder, p.responder)):
+            assert seen.setdefault((f.input, p.round, old), new) == new
+    assert len(set(seen.values())) == len(seen) - plan.address_collisions
+
+
+def test_keep_addresses_for_the_first_round_only(inputs: dict[str, Path], tmp_path: Path) -> None:
+    scan_packets = 4000  # the portscan input has 4,000: a fifth more means a second round
+    out, report = _mix(
+        tmp_path,
+        [("benign", inputs["small"]), ("scan", inputs["scan"])],
+        ratio="50/50",
+        packets=int(scan_packets * 2.4),
+        seed=1,
+        keep_addresses=True,
+    )
+    labels = read_labels(out)
+    scans = [f for f in labels.flows if f.cls == "scan"]
+    assert {f.src for f in scans if f.round == 0} == {"203.0.113.66"}
+    later = {f.src for f in scans if f.round > 0}
+    assert later and "203.0.113.66" not in later and report.reused > 0
+    assert all(
+        f.src.startswith(("192.168.", "2001:db8:"))
+        for f in labels.flows
+        if f.cls == "benign" and f.round == 0
+    )
+    _check_labels_match(out, labels)
+
+
+def test_an_attack_capture_out_of_time_order_stays_in_its_window(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    with read_capture(inputs["scan"]) as reader:
+        records = list(reader)
+    random.Random(3).shuffle(records)  # written in no time order at all
+    shuffled = tmp_path / "shuffled-scan.pcap"
+    write_pcap(shuffled, records)
+    out, _ = _mix(
+        tmp_path,
+        [("benign", inputs["small"]), ("scan", shuffled), ("scan", inputs["scan"])],
+        # A window little longer than the scan's 2 s: a stretch walked out of time order
+        # would start before it.
+        timeline="0-20s benign; 20-23s 40% scan; 23-40s benign",
+        rate=100.0,
+        seed=4,
+        start_us=int(T0 * 10**6),
+    )
+    labels = read_labels(out)
+    scans = [f for f in labels.flows if f.cls == "scan"]
+    assert scans
+    assert all(f.start >= T0 + 20 and f.end < T0 + 23 for f in scans)
+    _check_labels_match(out, labels)
