@@ -87,6 +87,11 @@ class LongWindow(Protocol):
 
 
 GRACE = 2.0  # seconds a probe waits for its answer; TCP's first SYN retransmit is at 1 s
+# A key (a source, or a source and a host) holds at most this many times its threshold of
+# probes waiting for their answer: enough for every one of them to weigh ¼ (an open port) and
+# still reach the threshold, so a scan is judged on them; its further probes wait for room.
+PENDING_PER_THRESHOLD = 4
+DEFAULT_PROBES = 16_384  # `set detect-probes`: probes held per detector (ips/policy/model.py)
 RESOLVE_PER_PACKET = 16  # overdue probes weighed per observed probe (the rest: tick)
 RESOLVE_PER_TICK = 200_000
 W_FAILED = 1.0
@@ -112,15 +117,17 @@ Target = bytes | int
 
 
 class ScanEntry:
-    """One key's window (a source, or a source and a target host): weight per target."""
+    """One key's window (a source, or a source and a target host): weight per target, and
+    how many of its probes wait for their answer."""
 
-    __slots__ = ("fired", "score", "start", "weights")
+    __slots__ = ("fired", "pending", "score", "start", "weights")
 
     def __init__(self, start: float) -> None:
         self.start = start
         self.weights: dict[Target, float] = {}
         self.score = 0.0
         self.fired = False
+        self.pending = 0
 
 
 class Probe:
@@ -166,6 +173,12 @@ class ScanDetector(Detector):
         self.pending: deque[Probe] = deque()  # in order of due
         self.index: dict[Tuple5, Probe] = {}  # answer 5-tuple -> pending probe
         self.slow: LongWindow | None = None  # `detect slowscan`, told every weight (Detectors)
+        # Pending probes hold their flow until weighed: at most `probes` of them (Detectors
+        # sets it from `set detect-probes`), at most per_key for one key.
+        self.probes = DEFAULT_PROBES
+        self.per_key = max(16, int(PENDING_PER_THRESHOLD * self.threshold))
+        self.probes_dropped = 0  # the oldest pending probe forgotten to make room
+        self.probes_skipped = 0  # a probe not held: its key had per_key waiting already
 
     def tracked(self) -> int:
         return len(self.entries)
@@ -173,6 +186,9 @@ class ScanDetector(Detector):
     def stats(self) -> dict[str, int]:
         out = super().stats()
         out["pending"] = len(self.pending)
+        out["probes"] = self.probes
+        out["probes_dropped"] = self.probes_dropped
+        out["probes_skipped"] = self.probes_skipped
         return out
 
     # ---- per packet --------------------------------------------------------------------------
@@ -211,17 +227,25 @@ class ScanDetector(Detector):
         entry = self._entry(key, now)
         if entry.fired:
             return  # detected in this window already: nothing more to learn
+        echo = kind == ECHO and self.ECHO_COUNTS
+        if entry.pending >= self.per_key and not echo:
+            # Enough of this key's probes wait to judge it (see PENDING_PER_THRESHOLD): one
+            # source cannot take the room of the others, and a scan is still judged.
+            self.probes_skipped += 1
+            return
         pending = self.pending
-        if len(pending) >= self.memory:
+        if len(pending) >= self.probes:
             old = pending.popleft()  # forgotten, not guessed: an early verdict may be wrong
+            old.entry.pending -= 1
             self._unindex(old)
-            self.evicted += 1
+            self.probes_dropped += 1
         probe = Probe(now + GRACE, entry, key, target, flow, kind, answer)
-        if kind == ECHO and self.ECHO_COUNTS:
+        if echo:
             probe.outcome = FAILED  # counted now, whatever the answer (see Sweep)
             self._credit(probe, W_FAILED, now, out)
             if entry.fired:
                 return
+        entry.pending += 1
         pending.append(probe)
         self.index[answer] = probe
 
@@ -249,6 +273,7 @@ class ScanDetector(Detector):
         while pending and budget > 0 and pending[0].due <= now:
             probe = pending.popleft()
             budget -= 1
+            probe.entry.pending -= 1
             self._unindex(probe)
             if probe.outcome == FAILED:
                 continue  # counted when the failure came
