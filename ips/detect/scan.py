@@ -91,6 +91,10 @@ GRACE = 2.0  # seconds a probe waits for its answer; TCP's first SYN retransmit 
 # probes waiting for their answer: enough for every one of them to weigh ¼ (an open port) and
 # still reach the threshold, so a scan is judged on them; its further probes wait for room.
 PENDING_PER_THRESHOLD = 4
+# With the queue full, the oldest probe of a key with others waiting is weighed after this
+# many seconds rather than forgotten: TCP's first SYN retransmit is at 1 s, a live target has
+# answered by then.
+EARLY = 1.0
 DEFAULT_PROBES = 16_384  # `set detect-probes`: probes held per detector (ips/policy/model.py)
 RESOLVE_PER_PACKET = 16  # overdue probes weighed per observed probe (the rest: tick)
 RESOLVE_PER_TICK = 200_000
@@ -178,6 +182,7 @@ class ScanDetector(Detector):
         self.probes = DEFAULT_PROBES
         self.per_key = max(16, int(PENDING_PER_THRESHOLD * self.threshold))
         self.probes_dropped = 0  # the oldest pending probe forgotten to make room
+        self.probes_early = 0  # the oldest pending probe weighed before GRACE to make room
         self.probes_skipped = 0  # a probe not held: its key had per_key waiting already
 
     def tracked(self) -> int:
@@ -188,6 +193,7 @@ class ScanDetector(Detector):
         out["pending"] = len(self.pending)
         out["probes"] = self.probes
         out["probes_dropped"] = self.probes_dropped
+        out["probes_early"] = self.probes_early
         out["probes_skipped"] = self.probes_skipped
         return out
 
@@ -235,10 +241,7 @@ class ScanDetector(Detector):
             return
         pending = self.pending
         if len(pending) >= self.probes:
-            old = pending.popleft()  # forgotten, not guessed: an early verdict may be wrong
-            old.entry.pending -= 1
-            self._unindex(old)
-            self.probes_dropped += 1
+            self._make_room(now, out)
         probe = Probe(now + GRACE, entry, key, target, flow, kind, answer)
         if echo:
             probe.outcome = FAILED  # counted now, whatever the answer (see Sweep)
@@ -275,13 +278,31 @@ class ScanDetector(Detector):
             budget -= 1
             probe.entry.pending -= 1
             self._unindex(probe)
-            if probe.outcome == FAILED:
-                continue  # counted when the failure came
-            weight = self.weigh(probe)
-            if weight > 0.0:
-                self._credit(probe, weight, now, out)
-            elif self.slow is not None and (probe.outcome == ANSWERED or probe.flow.replied):
-                self.slow.target_used(self, probe)  # a target in use is no failure over hours
+            self._judge(probe, now, out)
+
+    def _judge(self, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
+        if probe.outcome == FAILED:
+            return  # counted when the failure came
+        weight = self.weigh(probe)
+        if weight > 0.0:
+            self._credit(probe, weight, now, out)
+        elif self.slow is not None and (probe.outcome == ANSWERED or probe.flow.replied):
+            self.slow.target_used(self, probe)  # a target in use is no failure over hours
+
+    def _make_room(self, now: float, out: list[DetectorEffect]) -> None:
+        """The queue of pending probes is full: its oldest goes. When its key has other
+        probes waiting (a scanner's look: a forged source sends one) and it has waited
+        EARLY seconds, it is weighed now (a live target has answered a SYN by then);
+        else it is forgotten, not guessed."""
+        old = self.pending.popleft()
+        entry = old.entry
+        entry.pending -= 1
+        self._unindex(old)
+        if entry.pending > 0 and now - (old.due - GRACE) >= EARLY:
+            self.probes_early += 1
+            self._judge(old, now, out)
+        else:
+            self.probes_dropped += 1
 
     def _credit(self, probe: Probe, weight: float, now: float, out: list[DetectorEffect]) -> None:
         entry = probe.entry

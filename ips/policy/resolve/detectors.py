@@ -121,8 +121,9 @@ class DetectorResolver:
         if value.text not in allowed:
             self.diags.error(
                 value.span,
-                f"'per {value.text}': detector '{draft.name}' counts "
-                f"per {' or per '.join(allowed)}",
+                f"'per {value.text}': detector 'volume' counts per src, per dst or per port"
+                if draft.name in PER
+                else f"'per {value.text}': a detector counts per src or per dst",
                 did_you_mean(value.text, allowed),
             )
         draft.params[key] = value.text
@@ -153,8 +154,12 @@ class DetectorResolver:
             or (unit and (key != "bytes" or unit not in BYTE_UNITS))
         ):
             example = "10MB/s, 500kB/s, 1Gbit/s" if key == "bytes" else "1000/s, 60000/m"
+            hint = did_you_mean(unit, BYTE_UNITS) if unit and key == "bytes" else None
             self.diags.error(
-                value.span, f"'{value.text}' is not a {key} rate", f"e.g. {example}", "bad-value"
+                value.span,
+                f"'{value.text}' is not a {key} rate",
+                hint or f"e.g. {example}",
+                "bad-value",
             )
             return
         per_second = int(m.group(1)) / names.RATE_UNITS[m.group(3)]
