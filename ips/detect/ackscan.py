@@ -7,13 +7,15 @@ what a connection picked up mid-stream looks like, so they cannot count it. On a
 tap there is no answer to wait for, and an ACK scan goes unseen. This detector counts, per
 source, the distinct targets (host and port) that got a bare ACK (no payload) as the first
 packet of a flow — a flow never seen opening — when GRACE seconds later the source sent
-nothing more in that flow and no answer but a reset was seen:
+nothing more in that flow (but the probe again) and no answer but a reset was seen:
 
   outcome GRACE seconds after the bare ACK               weight
   reset by the target (or refused by our `reject`)       1
-  nothing more in the flow, from either side             1
+  nothing more in the flow, from either side, but the    1
+    probe again (a retransmission: the same size)
   the source went on in that flow (a connection          0
-    picked up mid-stream sends more: data, ACKs)
+    picked up mid-stream sends more: data, or a stream
+    of ACKs — more than RETRIES copies of the probe)
   answered by the target with anything but a reset       0
 
 `ports` distinct targets within `within` (a tumbling window from the source's first probe)
@@ -33,6 +35,10 @@ from ips.core.events import DetectorEffect
 from ips.core.packet import TCP_RST
 from ips.detect.common import TARGETS_SHOWN
 from ips.detect.scan import ANSWERED, FAILED, W_FAILED, Probe, ScanDetector, ScanEntry, Target
+
+# A scanner that hears nothing sends a probe again (nmap: once or twice, more when it sees
+# loss): that many more of the same size still count as one silent probe.
+RETRIES = 2
 
 
 def target_of(dst: bytes, port: int) -> bytes:
@@ -63,8 +69,11 @@ class AckScan(ScanDetector):
         flow = probe.flow
         if flow.flags_rev & TCP_RST:
             return W_FAILED
-        if flow.replied or flow.pkts_fwd > 1 or flow.offloaded:
+        if flow.replied or flow.offloaded:
             return 0.0
+        sent = flow.pkts_fwd
+        if sent > 1 + RETRIES or flow.bytes_fwd != sent * probe.size:
+            return 0.0  # the source went on: data, or an ACK stream (a download seen one-sided)
         return W_FAILED
 
     def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[DetectorEffect]) -> None:

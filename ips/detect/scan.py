@@ -137,7 +137,7 @@ class ScanEntry:
 class Probe:
     """A probe waiting for its answer."""
 
-    __slots__ = ("answer", "due", "entry", "flow", "key", "kind", "outcome", "target")
+    __slots__ = ("answer", "due", "entry", "flow", "key", "kind", "outcome", "size", "target")
 
     def __init__(
         self,
@@ -148,6 +148,7 @@ class Probe:
         flow: Flow,
         kind: int,
         answer: Tuple5,
+        size: int = 0,
     ) -> None:
         self.due = due
         self.entry = entry
@@ -157,6 +158,7 @@ class Probe:
         self.kind = kind
         self.answer = answer  # the 5-tuple of an answer, as it would be on the wire
         self.outcome = UNKNOWN
+        self.size = size  # the probe's length (its retransmissions have the same)
 
 
 def answer_tuple(pkt: Packet) -> Tuple5:
@@ -242,7 +244,7 @@ class ScanDetector(Detector):
         pending = self.pending
         if len(pending) >= self.probes:
             self._make_room(now, out)
-        probe = Probe(now + GRACE, entry, key, target, flow, kind, answer)
+        probe = Probe(now + GRACE, entry, key, target, flow, kind, answer, pkt.length)
         if echo:
             probe.outcome = FAILED  # counted now, whatever the answer (see Sweep)
             self._credit(probe, W_FAILED, now, out)

@@ -386,3 +386,21 @@ def test_benign_captures_raise_nothing_with_every_new_detector_at_its_defaults()
             [],
             {},
         ), capture.name
+
+
+def test_retransmitted_ack_probes_still_count_and_a_one_sided_download_does_not() -> None:
+    e = make("detect ackscan ports 10")
+    effects: list[object] = []
+    # a download seen from the client's side only: a stream of bare ACKs in each of 12 flows
+    for i in range(12):
+        acks = [tcp("10.0.6.1", f"10.0.7.{i + 1}", 33000 + i, 443, "A")] * 20
+        more, _ = feed(e, acks, T0 + i * 0.1, 0.005)
+        effects += more
+    effects += e.tick(T0 + 5)
+    assert alerts(effects) == []
+    # nmap -sA against filtered ports: every probe sent twice, nothing comes back
+    probes = [tcp(SCANNER, VICTIM, 61000, port, "A") for port in range(1, 11) for _ in range(2)]
+    effects, _ = feed(e, probes, T0 + 10, 0.05)
+    effects += e.tick(T0 + 10 + GRACE + 2)
+    (alert,) = alerts(effects, "ackscan")
+    assert (alert.extra or {})["count"] == 10
