@@ -145,6 +145,7 @@ class Detectors:
         for scan in (self.portscan, self.sweep):
             if scan is not None:
                 scan.slow = self.slowscan
+        self._scratch: list[DetectorEffect] = []
         if self.volumes:
             self.observe = self._observe_with_volume  # type: ignore[method-assign]
         # TCP flags that need no detector on a flow's later packets
@@ -169,15 +170,15 @@ class Detectors:
     def _observe_with_volume(self, pkt: Packet, flow: Flow, fwd: bool, now: float) -> Result | None:
         """`observe` when the policy has `detect volume` lines: they see every packet."""
         found = Detectors.observe(self, pkt, flow, fwd, now)
-        out: list[DetectorEffect] | None = None
+        out = self._scratch  # empty, and handed out only when something was reported
         drop = None
         for volume in self.volumes:
-            if out is None:
-                out = []
             if volume.count(pkt, flow, now, out) and drop is None:
                 drop = volume.key
         if not out and drop is None:
             return found
+        if out:
+            self._scratch = []
         if found is None:
             return (out or None, drop)
         effects, dropped = found
