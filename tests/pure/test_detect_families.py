@@ -7,6 +7,7 @@ at its defaults."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -404,3 +405,31 @@ def test_retransmitted_ack_probes_still_count_and_a_one_sided_download_does_not(
     effects += e.tick(T0 + 10 + GRACE + 2)
     (alert,) = alerts(effects, "ackscan")
     assert (alert.extra or {})["count"] == 10
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.from_regex(r"\A[0-9]{1,14}[A-Za-z]{0,5}/(s|m|h|d|x|second)\Z"))
+def test_any_byte_rate_is_read_or_refused_with_a_diagnostic(rate: str) -> None:
+    text = f"detect volume bytes {rate} per port\n"
+    try:
+        policy = load_policy_text(text, "t.rules")
+    except PolicyError as err:
+        assert "t.rules:1:" in str(err)
+        return
+    assert float(policy.detectors["volume"].params["rate"]) > 0  # type: ignore[arg-type]
+
+
+def test_new_detectors_summarise_as_json_and_keep_their_state_across_an_apply() -> None:
+    from ips.cli.policy import policy_summary
+
+    text = "\n".join(["table banned dynamic timeout 1h", *ALL_NEW])
+    policy = load_policy_text(text, "t.rules")
+    summary = json.loads(json.dumps(policy_summary(policy)))
+    assert summary["detectors"]["reflection"]["port"][2] == [53, 53]
+    assert summary["detectors"]["volume-2"]["metric"] == "packets"
+    e = Engine(policy)
+    feed(e, [udp(s, VICTIM, 53, 40000) for s in reflectors(30)], T0, 0.001)
+    before = e.detect.by_name["reflection"]  # type: ignore[union-attr]
+    e.load(load_policy_text(text + "\ndetect portscan alert\n", "t.rules"))
+    assert e.detect.by_name["reflection"] is before  # type: ignore[union-attr]
+    assert before.stats()["counted"] == 30
