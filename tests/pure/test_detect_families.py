@@ -88,6 +88,9 @@ def test_dns_amplification_from_50_resolvers_is_limited_at_the_victim_and_nobody
     assert not [x for x in effects if isinstance(x, Block)] and not e.tables["banned"].members
     stats = e.detect.stats()["reflection"]  # type: ignore[union-attr]
     assert stats["counted"] == 1000 and stats["drops"] == drops and stats["tracked"] == 1
+    # a victim keeps at most `sources` senders, packed: 20 IPv4 addresses
+    victim = e.detect.by_name["reflection"].victims[addr(VICTIM)]  # type: ignore[union-attr, attr-defined]
+    assert len(victim.sources) == 20 * 4
 
 
 def test_syn_ack_backscatter_and_smurf_replies_are_reflection() -> None:
