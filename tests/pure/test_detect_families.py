@@ -15,6 +15,7 @@ import pytest
 from captures import PCAPS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from packets import ip as addr
 from packets import ping, tcp, udp
 
 from ips.core import craft
