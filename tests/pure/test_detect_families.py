@@ -437,3 +437,23 @@ def test_new_detectors_summarise_as_json_and_keep_their_state_across_an_apply() 
     e.load(load_policy_text(text + "\ndetect portscan alert\n", "t.rules"))
     assert e.detect.by_name["reflection"] is before  # type: ignore[union-attr]
     assert before.stats()["counted"] == 30
+
+
+def test_workers_share_what_is_counted_per_destination_not_per_source() -> None:
+    e = make(
+        "detect volume packets 1000/s per dst",
+        "detect volume packets 1000/s per src",
+        "detect volume packets 1000/s per port",
+        "detect udpflood per src",
+        "detect udpflood per dst",
+        shards=4,
+    )
+    by = e.detect.by_name  # type: ignore[union-attr]
+    rates = {k: by[k].rate for k in ("volume", "volume-2", "volume-3", "udpflood", "udpflood-dst")}  # type: ignore[attr-defined]
+    assert rates == {
+        "volume": 250.0,
+        "volume-2": 1000.0,
+        "volume-3": 250.0,
+        "udpflood": 5000.0,
+        "udpflood-dst": 2500.0,
+    }
