@@ -296,6 +296,8 @@ class Detectors:
         elif itype == (8 if v4 else 128):  # echo request
             if first and self.sweep is not None:
                 self._probe(pkt, flow, ECHO, now, out, False)
+            if first and self.reflection is not None and not_a_host(pkt.dst):
+                self.reflection.asked(pkt, now)  # ping ff02::1: every node answers, unicast
             for icmpflood in self.icmpfloods:
                 if icmpflood.count(pkt, flow, now, out) and drop is None:
                     drop = icmpflood.key

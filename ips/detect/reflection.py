@@ -18,7 +18,8 @@ it as the request's reverse direction (the victim initiated the flow). Two more 
 recognised: the answer to a probe a scan detector still waits for (a capture, or a tap, in
 which the request's flow was refused), and the unicast answers to a multicast or broadcast
 request (an SSDP M-SEARCH or a WS-Discovery probe is answered by each device of the segment,
-from its own address: `ASK_WINDOW` seconds after the request). UDP between two equal ports
+from its own address, as a ping of ff02::1 is by each node: `ASK_WINDOW` seconds after the
+request). UDP between two equal ports
 (NTP peers 123↔123, IKE 500↔500, NetBIOS 137↔137) is a conversation, not an answer.
 
 A destination is under attack when, within a tumbling window of `within` seconds, its
@@ -114,8 +115,9 @@ class Reflection(Detector):
     # ---- per packet ----------------------------------------------------------------------------
 
     def asked(self, pkt: Packet, now: float) -> None:
-        """A UDP request to a multicast or broadcast address, on an amplifier port: its
-        answers come from each device's own address, and are solicited."""
+        """A request to a multicast or broadcast address — UDP on an amplifier port, or an
+        ICMP echo (its identifier in both port fields): its answers come from each device's
+        own address, and are solicited."""
         asks = self.asks
         key = (pkt.src, pkt.sport, pkt.dport)
         if key not in asks and len(asks) >= ASKS:
@@ -136,7 +138,7 @@ class Reflection(Detector):
         src = pkt.src
         if self.ignore is not None and (src in self.ignore or victim_addr in self.ignore):
             return False
-        if kind == UDP_ANSWER and self.asks:
+        if kind != TCP_ANSWER and self.asks:
             asked = self.asks.get((victim_addr, pkt.dport, pkt.sport))
             if asked is not None and now - asked <= ASK_WINDOW:
                 self.solicited += 1

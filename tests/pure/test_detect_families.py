@@ -122,10 +122,17 @@ def test_answers_that_were_asked_for_or_come_from_few_sources_are_not_reflection
     # an SSDP M-SEARCH to the multicast group, answered by 60 devices from their port 1900
     search = [udp(VICTIM, "239.255.255.250", 50000, 1900, b"M-SEARCH")]
     devices = [udp(f"10.0.1.{i + 1}", VICTIM, 1900, 50000, b"HTTP/1.1 200") for i in range(60)]
-    effects, drops = feed(e, asked + lost + peers * 5 + search + devices * 4, T0, 0.0002)
+    # a ping of all IPv6 nodes, answered by 150 of them
+    all_nodes = [ping("2001:db8::10", "ff02::1", ident=9)]
+    nodes = [
+        ping(f"2001:db8::{i + 100:x}", "2001:db8::10", ident=9, reply=True) for i in range(150)
+    ]
+    effects, drops = feed(
+        e, asked + lost + peers * 5 + search + devices * 4 + all_nodes + nodes, T0, 0.0002
+    )
     assert (alerts(effects), drops) == ([], 0)
     stats = e.detect.stats()["reflection"]  # type: ignore[union-attr]
-    assert stats["counted"] == 2000 and stats["solicited"] == 240
+    assert stats["counted"] == 2000 and stats["solicited"] == 240 + 150
 
 
 def test_reflection_thresholds_are_shared_among_workers() -> None:
