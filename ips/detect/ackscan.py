@@ -32,9 +32,19 @@ from __future__ import annotations
 
 from ips.core.addr import format_addr
 from ips.core.events import DetectorEffect
-from ips.core.packet import TCP_RST
+from ips.core.packet import TCP_RST, Packet
 from ips.detect.common import TARGETS_SHOWN
-from ips.detect.scan import ANSWERED, FAILED, W_FAILED, Probe, ScanDetector, ScanEntry, Target
+from ips.detect.scan import (
+    ANSWERED,
+    FAILED,
+    UNKNOWN,
+    W_FAILED,
+    Probe,
+    ScanDetector,
+    ScanEntry,
+    Target,
+    answer_tuple,
+)
 
 # A scanner that hears nothing sends a probe again (nmap: once or twice, more when it sees
 # loss): that many more of the same size still count as one silent probe.
@@ -75,6 +85,17 @@ class AckScan(ScanDetector):
         if sent > 1 + RETRIES or flow.bytes_fwd != sent * probe.size:
             return 0.0  # the source went on: data, or an ACK stream (a download seen one-sided)
         return W_FAILED
+
+    def again(self, pkt: Packet) -> None:
+        """The first packet of a flow with a pending probe's 5-tuple: the probe's flow was
+        refused (and forgotten) by the policy, and its source went on in a new one. Data, or
+        more than RETRIES copies of the probe, is a connection picked up mid-stream."""
+        probe = self.index.get(answer_tuple(pkt))
+        if probe is None or probe.outcome != UNKNOWN:
+            return
+        probe.copies += 1
+        if pkt.length != probe.size or probe.copies > RETRIES:
+            probe.outcome = ANSWERED  # weighs nothing
 
     def fire(self, entry: ScanEntry, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
         targets = [t for t, w in entry.weights.items() if w > 0.0]

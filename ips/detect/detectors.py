@@ -224,6 +224,8 @@ class Detectors:
                 self.stealth.observe(pkt, flow, kind, now, out)
         elif fwd and flow.pkts_fwd == 1 and not flow.replied:
             if self.scans:
+                if self.ackscan is not None and self.ackscan.index:
+                    self.ackscan.again(pkt)  # a refused flow's source going on in a new one
                 answers_probe = self._answers(pkt, flags & TCP_RST != 0, now, out)
                 if answers_probe:
                     pass

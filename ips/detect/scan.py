@@ -137,7 +137,9 @@ class ScanEntry:
 class Probe:
     """A probe waiting for its answer."""
 
-    __slots__ = ("answer", "due", "entry", "flow", "key", "kind", "outcome", "size", "target")
+    __slots__ = (
+        "answer", "copies", "due", "entry", "flow", "key", "kind", "outcome", "size", "target",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -159,6 +161,7 @@ class Probe:
         self.answer = answer  # the 5-tuple of an answer, as it would be on the wire
         self.outcome = UNKNOWN
         self.size = size  # the probe's length (its retransmissions have the same)
+        self.copies = 0  # first packets of later flows with its 5-tuple (ackscan.py)
 
 
 def answer_tuple(pkt: Packet) -> Tuple5:

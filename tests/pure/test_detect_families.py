@@ -464,3 +464,23 @@ def test_workers_share_what_is_counted_per_destination_not_per_source() -> None:
         "udpflood": 5000.0,
         "udpflood-dst": 2500.0,
     }
+
+
+def test_connections_picked_up_mid_stream_by_a_gateway_that_refuses_them_are_no_ack_scan() -> None:
+    # a restarted gateway with `set default drop`: each connection's next packets are refused,
+    # each one the first packet of a new flow (the refused one is forgotten)
+    e = make("set default drop", "detect ackscan ports 10")
+    effects: list[object] = []
+    for i in range(30):
+        client, port = f"10.0.8.{i + 1}", 40000 + i
+        bare = tcp(client, VICTIM, port, 443, "A")
+        data = tcp(client, VICTIM, port, 443, "PA", payload=b"more")
+        more, _ = feed(e, [bare, data] if i % 2 else [bare] * 4, T0 + i * 0.01, 0.1)
+        effects += more
+    effects += e.tick(T0 + GRACE + 2)
+    assert alerts(effects) == []
+    # a scan refused the same way still counts (each probe sent twice, never answered)
+    probes = [tcp(SCANNER, VICTIM, 61000, port, "A") for port in range(1, 11) for _ in range(2)]
+    effects, _ = feed(e, probes, T0 + 10, 0.05)
+    effects += e.tick(T0 + 10 + GRACE + 2)
+    assert len(alerts(effects, "ackscan")) == 1
