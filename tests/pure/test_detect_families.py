@@ -237,13 +237,13 @@ def test_window_and_maimon_probes_count_and_connections_picked_up_mid_stream_do_
     e = make("detect ackscan ports 10")
     effects: list[object] = []
     t = T0
-    for i in range(40):  # 40 connections picked up mid-stream: a bare ACK, then more of them
-        client, port = f"10.0.2.{i + 1}", 30000 + i
+    for i in range(40):  # a client's 40 connections picked up mid-stream: a bare ACK, then data
+        client, port = "10.0.2.1", 30000 + i
         more, _ = feed(
             e,
             [
-                tcp(client, VICTIM, port, 443, "A"),
-                tcp(client, VICTIM, port, 443, "PA", payload=b"data"),
+                tcp(client, f"10.0.9.{i + 1}", port, 443, "A"),
+                tcp(client, f"10.0.9.{i + 1}", port, 443, "PA", payload=b"data"),
             ],
             t,
             0.01,
@@ -471,10 +471,10 @@ def test_connections_picked_up_mid_stream_by_a_gateway_that_refuses_them_are_no_
     # each one the first packet of a new flow (the refused one is forgotten)
     e = make("set default drop", "detect ackscan ports 10")
     effects: list[object] = []
-    for i in range(30):
-        client, port = f"10.0.8.{i + 1}", 40000 + i
-        bare = tcp(client, VICTIM, port, 443, "A")
-        data = tcp(client, VICTIM, port, 443, "PA", payload=b"more")
+    for i in range(30):  # one busy client's 30 connections
+        server, port = f"10.0.8.{i + 1}", 40000 + i
+        bare = tcp("10.0.3.3", server, port, 443, "A")
+        data = tcp("10.0.3.3", server, port, 443, "PA", payload=b"more")
         more, _ = feed(e, [bare, data] if i % 2 else [bare] * 4, T0 + i * 0.01, 0.1)
         effects += more
     effects += e.tick(T0 + GRACE + 2)
