@@ -40,6 +40,14 @@ probe is never a probe itself. An ICMP error counts only for a probe we saw, sti
 for its answer, and only on its way back to the prober: a forged error cannot make an
 innocent host look like a scanner without knowing its connection's ports.
 
+Memory: a pending probe holds its flow (about 1 KB with it) until it is weighed, GRACE
+seconds: a flood of forged sources makes one each. At most `set detect-probes` are held per
+detector, and one key at most PENDING_PER_THRESHOLD × its threshold (its further probes are
+skipped until those are weighed: `probes_skipped`); with the queue full, its oldest probe
+goes — weighed early when its key has others waiting and it waited EARLY seconds
+(`probes_early`), else forgotten, never guessed (`probes_dropped`). Windows: at most
+`detect-memory` keys, the oldest evicted first (`evicted`).
+
 Known limits: scanners slower than `ports` per `within` are not seen (every window detector
 shares this; `detect slowscan` keeps a long window over the same weights: slowscan.py); with
 asymmetric routing (we see no answers) everything looks unanswered — put such sources in
