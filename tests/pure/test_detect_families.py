@@ -484,3 +484,31 @@ def test_connections_picked_up_mid_stream_by_a_gateway_that_refuses_them_are_no_
     effects, _ = feed(e, probes, T0 + 10, 0.05)
     effects += e.tick(T0 + 10 + GRACE + 2)
     assert len(alerts(effects, "ackscan")) == 1
+
+
+def test_eve_lines_of_the_new_detectors() -> None:
+    import io
+
+    from ips.sinks.eve import EveWriter
+
+    e = make(
+        "detect reflection alert",
+        "detect volume packets 100/s per dst alert",
+        "detect ackscan ports 3",
+    )
+    effects, _ = feed(
+        e, [udp(s, VICTIM, 11211, 40000, b"v" * 1000) for s in reflectors(40) * 5], T0, 0.001
+    )
+    more, _ = feed(e, [tcp(SCANNER, VICTIM, 61000, port, "A") for port in (1, 2, 3)], T0 + 1, 0.01)
+    effects += more + e.tick(T0 + 1 + GRACE + 1)
+    out = io.StringIO()
+    EveWriter(out).events(effects)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    by = {r["alert"]["category"]: r for r in records if r["event_type"] == "alert"}
+    assert set(by) == {"reflection", "volume", "ackscan"}
+    reflection = by["reflection"]["ipsctl"]
+    assert reflection["detector"] == "reflection" and reflection["service_port"] == 11211
+    assert len(reflection["reflectors"]) == 20 and reflection["answers"] == "udp"
+    assert by["volume"]["ipsctl"]["metric"] == "packets" and by["volume"]["ipsctl"]["key"] == VICTIM
+    assert by["ackscan"]["ipsctl"]["targets"] == ["10.0.0.10:1", "10.0.0.10:2", "10.0.0.10:3"]
+    assert by["ackscan"]["alert"]["signature_id"] == 9000821
