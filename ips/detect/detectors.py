@@ -23,7 +23,8 @@ Several workers (`--queue-balance` hashes source, destination and protocol): a d
 senders are spread over the workers, so each counts its share of what is counted per
 destination (or per destination port): those rates and reflection's `sources` are divided by
 the number of workers. What is counted per source stays whole (a source's packets to one
-destination reach one worker); a source's targets on several hosts are split among them.
+destination reach one worker); a source's targets on several hosts (sweep, ackscan, volume
+per src) are split among them: see docs/language.md, "Several workers".
 """
 
 from __future__ import annotations
