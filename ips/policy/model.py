@@ -201,6 +201,9 @@ class RuleSpec:
     states: frozenset[str] | None = None
     fragment: bool = False
     contains: tuple[tuple[bytes, bool], ...] = ()
+    # How far into each direction of a flow `contains` reads, in bytes (`depth 8k`); None:
+    # the policy's `set payload-depth`; UNLIMITED_DEPTH: the whole flow.
+    depth: int | None = None
     limit: LimitSpec | None = None
     rewrite: RewriteSpec | None = None
     reject_with: tuple[str, int | None] | None = None  # ("tcp-reset"|"icmp"|"icmpv6", code)
@@ -402,7 +405,7 @@ class OptionSchema:
     """A `set NAME VALUE` option.
 
     kind    choice: one of `choices`; int: a whole number; duration: 30s, 10m, 24h (seconds);
-            text: a quoted string
+            text: a quoted string; size: 64k, 1M, a number of bytes, or `unlimited` (0)
     minimum/maximum bound int and duration values (inclusive)."""
 
     choices: tuple[str, ...]
@@ -414,6 +417,17 @@ class OptionSchema:
 
 
 DEFAULT_TABLE_MAX_ENTRIES = 2_000_000
+
+# `payload contains` reads the first bytes of each direction of a flow, as Suricata's stream
+# depth (stream.reassembly.depth, 1 MiB by default); past them it matches nothing, and a flow
+# whose candidate rules are all past their depth may be offloaded (docs/offload.md).
+DEFAULT_PAYLOAD_DEPTH = 1 << 20
+MAX_PAYLOAD_DEPTH = 1 << 30
+UNLIMITED_DEPTH = 0  # `unlimited`: every byte of the flow (and never offloaded by depth)
+# The application protocols whose payload is ciphertext once their handshake is done: with
+# `set encrypted-payload skip` (the default, as Suricata's `encryption-handling: default`),
+# `payload contains` does not read a flow the inspector named one of these.
+ENCRYPTED_APPS = frozenset({"tls", "ssh", "quic"})
 
 OPTIONS: dict[str, OptionSchema] = {
     "default": OptionSchema(
@@ -538,6 +552,21 @@ OPTIONS: dict[str, OptionSchema] = {
         minimum=4096,
         maximum=1 << 34,
     ),
+    # How far into each direction of a flow `payload contains` reads (a rule's `depth`
+    # overrides it): a size (64k, 1M), a number of bytes, or `unlimited`. See docs/offload.md.
+    "payload-depth": OptionSchema(
+        (),
+        DEFAULT_PAYLOAD_DEPTH,
+        "bytes of each direction of a flow that `payload contains` reads",
+        kind="size",
+        minimum=1,
+        maximum=MAX_PAYLOAD_DEPTH,
+    ),
+    # TLS, SSH and QUIC carry ciphertext past their handshake: `payload contains` does not
+    # read a flow named one of them (skip), unless told to (inspect).
+    "encrypted-payload": OptionSchema(
+        ("skip", "inspect"), "skip", "whether `payload contains` reads TLS, SSH and QUIC flows"
+    ),
     # Where the country and ASN databases of geo clauses (`from country RU`) are read
     # (docs/geo.md): "" is $IPSCTL_GEO_DIR, else /var/lib/ipsctl/geo. The site file, whose
     # networks come before the databases', is named relative to the policy file.
@@ -643,3 +672,16 @@ class Policy:
     @property
     def app_memcap(self) -> int:
         return int(self.option("app-memcap"))
+
+    @property
+    def payload_depth(self) -> int:
+        """Bytes of each direction `payload contains` reads; UNLIMITED_DEPTH (0): all."""
+        return int(self.option("payload-depth"))
+
+    @property
+    def encrypted_payload_skipped(self) -> bool:
+        return self.option("encrypted-payload") == "skip"
+
+    def depth_of(self, rule: RuleSpec) -> int:
+        """The depth a rule's `payload contains` reads to: its own, or the policy's."""
+        return self.payload_depth if rule.depth is None else rule.depth
