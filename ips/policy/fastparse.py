@@ -62,6 +62,7 @@ KEYWORDS = frozenset({
     "payload", "contains", "nocase", "depth", "limit", "replace", "with", "alert", "log", "inspect",
     "sid", "severity", "label", "inet6", "inet", "in", "out", "port", "burst", "per", "else",
     "detect", "ports", "hosts", "count", "within", "rate", "ignore", "distributed",
+    "sources", "bytes", "packets",
     "any", "app", "tls", "quic", "dns", "http", "country", "asn", "org", "refresh",
 })  # fmt: skip
 # The keywords that start an application-layer clause. Three of them are also names a value

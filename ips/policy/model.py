@@ -265,9 +265,17 @@ class TableSpec:
 
 @dataclass(slots=True)
 class DetectSpec:
-    name: str
+    name: str  # the detector (portscan, udpflood, volume …)
     span: Span
     params: dict[str, object]
+    # Its key in Policy.detectors, stats and `detector:KEY` drop reasons: the name, but for the
+    # second flood line of a name (NAME-src or NAME-dst: a flood measured per source and per
+    # destination) and the later `detect volume` lines (volume-2, volume-3 …).
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = self.name
 
     def number(self, key: str) -> float:
         """A numeric parameter (a count, a rate, a duration in seconds). The resolver stores
@@ -284,6 +292,15 @@ class DetectorSchema:
     defaults: dict[str, object]
     response: str  # block | limit | alert
 
+
+# The UDP services that answer a small request with a large (or many) datagrams, after
+# US-CERT TA14-017A "UDP-Based Amplification Attacks": QOTD 17, CharGEN 19, DNS 53, portmap
+# 111, NTP 123, NetBIOS 137, SNMP 161, CLDAP 389, ISAKMP 500, RIPv1 520, SSDP 1900, ARD 3283,
+# WS-Discovery 3702, mDNS 5353, CoAP 5683, memcached 11211 (as inclusive port ranges).
+AMPLIFIER_PORTS: tuple[tuple[int, int], ...] = tuple(
+    (p, p)
+    for p in (17, 19, 53, 111, 123, 137, 161, 389, 500, 520, 1900, 3283, 3702, 5353, 5683, 11211)
+)
 
 # What each detector accepts, and its defaults. The reasons for these numbers are in the
 # detector table of docs/language.md; the detectors themselves are in ips/detect/.
@@ -325,6 +342,38 @@ DETECTORS: dict[str, DetectorSchema] = {
         {"ports": 15, "hosts": 50, "distributed": 20, "within": 21600.0},
         "alert",
     ),
+    # Unsolicited answers converging on one destination (ips/detect/reflection.py). It limits
+    # at the victim and bans nobody: the packets come from real amplifiers (or servers)
+    # answering a forged address, and banning them is what the attacker wants.
+    "reflection": DetectorSchema(
+        frozenset({"rate", "sources", "within", "port", "block", "limit", "alert", "ignore"}),
+        {"rate": 100.0, "sources": 20, "within": 10.0, "port": AMPLIFIER_PORTS},
+        "limit",
+    ),
+    # Bare ACKs (nmap -sA/-sW/-sM) of flows never seen opening, judged without answers
+    # (ips/detect/ackscan.py); it alerts: silence is weak evidence, and ACKs are forged freely.
+    "ackscan": DetectorSchema(
+        frozenset({"ports", "within", "block", "alert", "ignore"}),
+        {"ports": 25, "within": 60.0},
+        "alert",
+    ),
+    # Volume over a rate (ips/detect/volume.py): `bytes` or `packets` (one of them, no default).
+    "volume": DetectorSchema(
+        frozenset({"bytes", "packets", "per", "port", "block", "limit", "alert", "ignore"}),
+        {"per": "dst"},
+        "alert",
+    ),
+}
+
+# Detectors that may be given more than once: a flood once per source and once per
+# destination (its `per` tells the lines apart), volume any number of times.
+REPEATABLE = frozenset({"icmpflood", "synflood", "udpflood", "volume"})
+# A flood line's default rate when its `per` is not the detector's default (packets/s). The
+# reasons are in docs/language.md: per destination the rate is the sum over every source.
+FLOOD_RATES: dict[tuple[str, str], float] = {
+    ("icmpflood", "dst"): 500.0,
+    ("synflood", "src"): 200.0,
+    ("udpflood", "dst"): 10000.0,
 }
 
 # Detector alerts use signature ids from this reserved range (one block of 100 per detector,
@@ -333,8 +382,12 @@ DETECTORS: dict[str, DetectorSchema] = {
 DETECTOR_SID_FIRST = 9_000_000
 DETECTOR_SID_LAST = 9_000_999
 DETECTOR_SID_BASE: dict[str, int] = {
-    name: DETECTOR_SID_FIRST + 100 * (i + 1) for i, name in enumerate(DETECTORS)
+    name: DETECTOR_SID_FIRST + 100 * (i + 1) for i, name in enumerate(list(DETECTORS)[:7])
 }
+# The block of 100 at 9000900 is the supervisor's (unjudged packets, 9000901): the detectors
+# added after slowscan share the block at 9000800, 20 ids each.
+DETECTOR_SID_BASE |= {"reflection": 9_000_800, "ackscan": 9_000_820, "volume": 9_000_840}
+assert set(DETECTOR_SID_BASE) == set(DETECTORS)
 
 # The alert of a forged source (ips/engine/evidence.py): from the reserved range's first block.
 SPOOF_SID = DETECTOR_SID_FIRST + 1
@@ -414,6 +467,18 @@ OPTIONS: dict[str, OptionSchema] = {
         (),
         65_536,
         "most addresses each detector tracks",
+        kind="int",
+        minimum=16,
+        maximum=16_777_216,
+    ),
+    # Each scan detector holds every probe until its answer is weighed (2 s): with its flow.
+    # A flood of spoofed sources makes one probe each; this caps them (the oldest is
+    # forgotten, counted in `probes_dropped`), and one key (a source, or a source and host)
+    # may hold at most 4 x its threshold of them (`probes_skipped`). See ips/detect/scan.py.
+    "detect-probes": OptionSchema(
+        (),
+        16_384,
+        "most probes each scan detector holds while their answers are due",
         kind="int",
         minimum=16,
         maximum=16_777_216,
@@ -591,6 +656,10 @@ class Policy:
     @property
     def detect_memory(self) -> int:
         return int(self.option("detect-memory"))
+
+    @property
+    def detect_probes(self) -> int:
+        return int(self.option("detect-probes"))
 
     @property
     def app_layer(self) -> bool:
