@@ -53,7 +53,8 @@ LOWER = {
     "lab": {"core"},
     # store (issue 21): the flow and event store; its filters are `flows`' (views.flows)
     # geo (issue 22): a flow's countries, AS numbers and service name in its row
-    "store": {"core", "policy", "sinks", "views", "geo"},
+    # privileges: the store's writer process holds no capabilities
+    "store": {"core", "policy", "sinks", "views", "geo", "privileges"},
     "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile", "geo"},
     "daemon": {
         "core",
