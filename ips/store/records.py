@@ -114,8 +114,11 @@ def flow_snapshot(end: FlowEnd, enrich: Enricher | None = None) -> Snapshot:
 
 def snapshot_row(snap: Snapshot, iface: str | None, home: HomeNetworks) -> Row:
     """The flows table's row (schema.FLOW_COLUMNS) of a flow_snapshot."""
+    fields = snap[0]
+    # fmt: off
     (first_seen, last_seen, flow_id, family, proto, src, sport, dst, dport, app_proto,
-     pkts_fwd, pkts_rev, bytes_fwd, bytes_rev, replied, offloaded, dst_name, icmp) = snap[0]  # fmt: skip
+     pkts_fwd, pkts_rev, bytes_fwd, bytes_rev, replied, offloaded, dst_name, icmp) = fields
+    # fmt: on
     reason = snap[1]
     kernel = names = geo = None
     if len(snap) > 2:

@@ -66,8 +66,8 @@ from typing import Any
 from ips.core.events import Effect, FlowEnd
 from ips.geo.enrich import Enricher
 from ips.store.records import (
-    FLOW_FIELDS,
     DEFAULT_HOME,
+    FLOW_FIELDS,
     HomeNetworks,
     Row,
     flow_snapshot,
@@ -152,11 +152,11 @@ class ProcessStoreSink:
                 self.dropped += 1
                 continue
             if ev.__class__ is FlowEnd:
-                f = ev.flow  # type: ignore[attr-defined]
-                if plain and f.app is None and ev.kernel is None:  # type: ignore[attr-defined]
+                f = ev.flow
+                if plain and f.app is None and ev.kernel is None:
                     queue.append((FLOW_FIELDS(f), ev.reason))  # flow_snapshot's common case
                 else:
-                    queue.append(flow_snapshot(ev, enrich))  # type: ignore[arg-type]
+                    queue.append(flow_snapshot(ev, enrich))
             else:
                 queue.append(ev)
             self.queued += 1
@@ -380,7 +380,7 @@ def _zero() -> dict[str, Any]:
     }
 
 
-# ---- the writer process ---------------------------------------------------------------------------
+# ---- the writer process -------------------------------------------------------------------------
 
 
 def _die_with_parent(parent: int) -> None:
