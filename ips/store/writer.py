@@ -145,21 +145,28 @@ class ProcessStoreSink:
     # ---- the packet path ----
 
     def events(self, events: Iterable[Effect]) -> None:
-        queue, limit, enrich = self.queue, self.queue_limit, self.enrich
+        queue, enrich = self.queue, self.enrich
+        append = queue.append
         plain = enrich is None or enrich.geo is None
+        # Only this thread appends (the hand-over thread takes): the room only grows meanwhile.
+        room = self.queue_limit - len(queue)
+        taken = dropped = 0
         for ev in events:
-            if len(queue) >= limit:
-                self.dropped += 1
+            if taken >= room:
+                dropped += 1
                 continue
-            if ev.__class__ is FlowEnd:
-                f = ev.flow
-                if plain and f.app is None and ev.kernel is None:
-                    queue.append((FLOW_FIELDS(f), ev.reason))  # flow_snapshot's common case
-                else:
-                    queue.append(flow_snapshot(ev, enrich))
+            taken += 1
+            if ev.__class__ is not FlowEnd:
+                append(ev)
+                continue
+            f = ev.flow
+            if plain and f.app is None and ev.kernel is None:
+                append((FLOW_FIELDS(f), ev.reason))  # flow_snapshot's common case
             else:
-                queue.append(ev)
-            self.queued += 1
+                append(flow_snapshot(ev, enrich))
+        self.queued += taken
+        if dropped:
+            self.dropped += dropped
         if len(queue) >= self.batch_size and not self.wake.is_set():
             self.wake.set()
 
