@@ -48,6 +48,10 @@ EXPIRE_EVERY = 600.0
 _FLOW = object()  # the queue's tag of a flow row already made
 
 
+# The effects the store keeps besides flow records (effect_row makes their rows).
+STORED = (Alert, Block, Unblock, MacBlock, LogRecord, AppEvent)
+
+
 def effect_row(item: Effect, iface: str | None) -> tuple[str, Row] | None:
     """The table and row of an effect other than a flow record (None: not stored)."""
     if isinstance(item, Alert):

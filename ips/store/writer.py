@@ -73,7 +73,14 @@ from ips.store.records import (
     flow_snapshot,
     snapshot_row,
 )
-from ips.store.sink import BATCH_SIZE, EXPIRE_EVERY, FLUSH_EVERY, QUEUE_LIMIT, effect_row
+from ips.store.sink import (
+    BATCH_SIZE,
+    EXPIRE_EVERY,
+    FLUSH_EVERY,
+    QUEUE_LIMIT,
+    STORED,
+    effect_row,
+)
 
 STOP_BUDGET = 3.0  # seconds a writer whose worker is gone may take to write what it has
 START_TIMEOUT = 30.0  # seconds a new writer may take to open the store and say so
@@ -139,6 +146,7 @@ class ProcessStoreSink:
         self.dropped = 0
         self.sent = 0  # records handed to a writer
         self.lost = 0  # handed to a writer that died before it confirmed them
+        self.unencodable = 0  # records that made no row or could not be encoded (a bug)
         self.writer_exits = 0
         self.last_error: str | None = None
         self._writer: dict[str, Any] = _zero()
@@ -155,6 +163,8 @@ class ProcessStoreSink:
         room = self.queue_limit - len(queue)
         taken = dropped = 0
         for ev in events:
+            if ev.__class__ is not FlowEnd and not isinstance(ev, STORED):
+                continue  # not a record the store keeps (a verdict's other effects)
             if taken >= room:
                 dropped += 1
                 continue
@@ -251,6 +261,9 @@ class ProcessStoreSink:
             except (OSError, EOFError):
                 self._writer_gone()
                 continue
+            except Exception as exc:  # never let the thread die: the store would go silent
+                self.last_error = f"store hand-over: {type(exc).__name__}: {exc}"
+                continue
             if self.proc is not None and self.proc.poll() is not None:
                 self._writer_gone()
                 continue
@@ -269,14 +282,29 @@ class ProcessStoreSink:
                 item = queue.popleft()
                 if item.__class__ is tuple:
                     flows.append(item)
-                else:
+                    continue
+                try:
                     made = effect_row(item, iface)
-                    if made is not None:
-                        others.append(made)
-            blob = marshal.dumps((flows, others), MARSHAL_VERSION)
+                except Exception as exc:  # an effect that makes no row: counted, not raised
+                    self._unencodable(1, exc)
+                    continue
+                if made is not None:
+                    others.append(made)
+            try:
+                blob = marshal.dumps((flows, others), MARSHAL_VERSION)
+            except ValueError as exc:  # a value marshal cannot carry: the batch is lost
+                self._unencodable(len(flows) + len(others), exc)
+                continue
             assert self._to_writer is not None
-            self.sent += n
+            self.sent += len(flows) + len(others)
             self._to_writer.send_bytes(blob)  # the GIL is released while the pipe is full
+            # The writer's counters after each batch: it must never wait on a full pipe back
+            # while this thread waits on a full pipe to it.
+            self._read_counters()
+
+    def _unencodable(self, records: int, exc: Exception) -> None:
+        self.unencodable += records
+        self.last_error = f"store hand-over: {type(exc).__name__}: {exc}"
 
     def _read_counters(self) -> None:
         with self._lock:
@@ -354,6 +382,7 @@ class ProcessStoreSink:
                 "dropped": self.dropped,
                 "write_errors": b["write_errors"] + w["write_errors"],
                 "lost": self.lost,
+                "unencodable": self.unencodable,
                 "last_error": w["last_error"] or self.last_error,
                 "expired": expired,
                 "expire_errors": b["expire_errors"] + w["expire_errors"],

@@ -187,3 +187,17 @@ def test_the_writer_dies_with_its_worker(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s")
     assert store.integrity() == []
     store.close()
+
+
+def test_a_record_that_makes_no_row_is_counted_and_the_rest_written(tmp_path: Path) -> None:
+    from ips.core.events import Alert
+
+    bad = Alert(T0, 1, 4, 6, b"\x0a\x00\x00\x01", 1, b"\x5d\x00\x00\x01", 22, action="blocked",
+                signature_id=1, signature="s", severity=2, category="c", rule_name="r",
+                extra={"not json": {1, 2}})  # fmt: skip
+    sink = ProcessStoreSink(str(tmp_path / "s"), batch_size=100, flush_every=0.02).start()
+    sink.events([bad, object(), *synthetic_flows(150)])  # object(): not a stored record
+    assert _wait(lambda: sink.stats()["written"] == 150)
+    sink.close()
+    s = sink.stats()
+    assert s["unencodable"] == 1 and s["queued"] == 151 and "TypeError" in s["last_error"]
