@@ -53,6 +53,12 @@ class Dialect:
     collate: str  # appended to a text ORDER BY: byte order in both
 
     def ddl(self, statement: str) -> str:
+        """A statement of the schema in this dialect ("" when it is only the other's: a
+        statement starting with {SQLITE} is SQLite's alone)."""
+        if statement.startswith("{SQLITE}"):
+            if self.name != "sqlite":
+                return ""
+            statement = statement.removeprefix("{SQLITE}")
         for word, value in self.types.items():
             statement = statement.replace("{" + word + "}", value)
         return statement
@@ -63,7 +69,13 @@ class Dialect:
 
 SQLITE = Dialect(
     "sqlite",
-    {"ID": "INTEGER PRIMARY KEY", "REAL": "REAL", "BIGINT": "INTEGER", "BLOB": "BLOB"},
+    {
+        "ID": "INTEGER PRIMARY KEY",
+        "REAL": "REAL",
+        "BIGINT": "INTEGER",
+        "BLOB": "BLOB",
+        "WITHOUT_ROWID": " WITHOUT ROWID",
+    },
     greatest="max",
     collate="",
 )
@@ -81,6 +93,7 @@ POSTGRES = _PgDialect(
         "REAL": "DOUBLE PRECISION",
         "BIGINT": "BIGINT",
         "BLOB": "BYTEA",
+        "WITHOUT_ROWID": "",
     },
     greatest="GREATEST",
     collate=' COLLATE "C"',
@@ -249,7 +262,9 @@ def migrate(execute: Any, fetch_version: Any, dialect: Dialect, parts: Iterable[
     for migration in pending(applied, MIGRATIONS):
         for part in parts:
             for statement in migration.statements(part):
-                execute(dialect.ddl(statement))
+                made = dialect.ddl(statement)
+                if made:  # "": a statement of the other dialect only
+                    execute(made)
         execute(
             dialect.sql("INSERT INTO schema_version (version, applied) VALUES (?, ?)"),
             (migration.version, migration.summary),

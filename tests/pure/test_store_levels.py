@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from store_data import T0, synthetic_flows
 
-from ips.store.backend import SqliteStore
+from ips.store.backend import SQLITE, SqliteStore
 from ips.store.query import BY, plan_period, top, volume
 from ips.store.retention import Retention
+from ips.store.schema import V1_ROLLUP
 from ips.store.sink import StoreSink
 
 DAY, HOUR = 86400, 3600
@@ -100,25 +101,40 @@ def test_a_day_is_the_sum_of_its_hours_and_its_peak_is_its_largest_minute(
         assert one["peak_packets"] == max(m["packets"] for m in minutes)
 
 
-def test_the_day_level_is_filled_from_the_hours_when_a_store_is_migrated(
-    tmp_path: Path,
-) -> None:
+def test_a_version_2_store_is_brought_to_the_day_level(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "s")
     sink = StoreSink(store, synchronous=True, batch_size=300)
     sink.events(synthetic_flows(1500, seed=22, span=3 * DAY))
     sink.flush()
-    written = store.rollup.execute("SELECT * FROM rollup_1d ORDER BY dim, bucket, key").fetchall()
+    tables = {
+        level: store.rollup.execute(
+            f"SELECT * FROM rollup_{level} ORDER BY dim, bucket, key"
+        ).fetchall()
+        for level in ("1m", "1h", "1d")
+    }
     store.close()
-    # The store as version 2 left it: no day rollups.
-    conn = sqlite3.connect(tmp_path / "s" / "rollup.sqlite")
-    conn.execute("DROP TABLE rollup_1d")
-    conn.execute("DELETE FROM schema_version WHERE version = 3")
+    # The rollup file as version 2 made it: rowid tables, minutes and hours, no days.
+    old = tmp_path / "old"
+    old.mkdir()
+    conn = sqlite3.connect(old / "rollup.sqlite")
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL, applied TEXT)")
+    for statement in V1_ROLLUP:
+        conn.execute(SQLITE.ddl(statement))
+    for level in ("1m", "1h"):
+        conn.executemany(f"INSERT INTO rollup_{level} VALUES ({', '.join('?' * 10)})",
+                         tables[level])  # fmt: skip
+    conn.executemany("INSERT INTO schema_version VALUES (?, 'old')", [(1,), (2,)])
     conn.commit()
     conn.close()
-    again = SqliteStore(tmp_path / "s")
-    migrated = again.rollup.execute("SELECT * FROM rollup_1d ORDER BY dim, bucket, key").fetchall()
+    again = SqliteStore(old)
+    for level in ("1m", "1h", "1d"):
+        got = again.rollup.execute(f"SELECT * FROM rollup_{level} ORDER BY dim, bucket, key")
+        assert got.fetchall() == tables[level], level
+        (sql,) = again.rollup.execute(
+            "SELECT sql FROM sqlite_master WHERE name = ?", (f"rollup_{level}",)
+        ).fetchone()
+        assert sql.endswith("WITHOUT ROWID"), sql
     again.close()
-    assert written and migrated == written
 
 
 def test_day_rollups_outlive_the_hours(tmp_path: Path) -> None:
