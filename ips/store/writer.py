@@ -321,8 +321,8 @@ class ProcessStoreSink:
                 left = self.deadline - time.monotonic()
                 if left <= 0 or not self._from_writer.poll(left):
                     return
-                counters = marshal.loads(self._from_writer.recv_bytes())
-                with self._lock:
+                with self._lock:  # stats() reads the same pipe
+                    counters = marshal.loads(self._from_writer.recv_bytes())
                     self._writer = counters
                 if counters.get("closed"):
                     break
