@@ -133,6 +133,7 @@ def test_the_cli_prints_the_same_for_both(pair: tuple[Any, Any]) -> None:
         ["report", "top", "--by", "port", "--csv", *period],
         ["history", "flows", "--limit", "50", *period],
         ["report", "volume", "--step", "1h", *period],
+        ["report", "volume", "--step", "1d", "--since", f"@{T0}", "--until", f"@{T0 + 4 * 86400}"],
         ["history", "alerts", "--json", *period],
         ["export", "flows", "--format", "csv", "--filter", "dport 443", *period],
     ]
