@@ -201,3 +201,29 @@ def test_a_record_that_makes_no_row_is_counted_and_the_rest_written(tmp_path: Pa
     sink.close()
     s = sink.stats()
     assert s["unencodable"] == 1 and s["queued"] == 151 and "TypeError" in s["last_error"]
+
+
+def test_a_stop_past_its_budget_reports_what_is_not_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sqlite3
+
+    sink = ProcessStoreSink(str(tmp_path / "s"), batch_size=100, flush_every=0.02).start()
+    sink.events(synthetic_flows(100))
+    assert _wait(lambda: sink.stats()["written"] == 100)
+    writer = sink.proc
+    assert writer is not None
+    # Another process holds the rollup file's lock: the writer's next batch waits for it
+    # (up to its busy timeout, 10 s), longer than the stop's budget.
+    held = sqlite3.connect(tmp_path / "s" / "rollup.sqlite", isolation_level=None)
+    held.execute("BEGIN EXCLUSIVE")
+    try:
+        sink.events(synthetic_flows(200, seed=9))
+        sink.close(timeout=0.5)
+    finally:
+        held.execute("ROLLBACK")
+        held.close()
+    s = sink.stats()
+    assert s["written"] == 100 and s["waiting"] > 0
+    assert f"{s['waiting']} records not written at stop" in capsys.readouterr().err
+    assert not _alive(writer.pid)  # killed at the end of the budget: no orphan
