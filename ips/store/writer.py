@@ -234,11 +234,12 @@ class ProcessStoreSink:
 
     def _reap(self) -> None:
         """The writer gone (or made to go): its pipes closed, its exit status collected."""
-        for conn in (self._to_writer, self._from_writer):
-            if conn is not None:
-                with contextlib.suppress(OSError):
-                    conn.close()
-        self._to_writer = self._from_writer = None
+        with self._lock:  # not while stats() or the thread reads the writer's counters
+            for conn in (self._to_writer, self._from_writer):
+                if conn is not None:
+                    with contextlib.suppress(OSError):
+                        conn.close()
+            self._to_writer = self._from_writer = None
         if self.proc is not None:
             if self.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -268,7 +269,10 @@ class ProcessStoreSink:
                 self._writer_gone()
                 continue
             if self.stopping and not self.queue:
-                self._finish()
+                try:
+                    self._finish()
+                except Exception as exc:  # the stop goes on; close() reports what is left
+                    self.last_error = f"store stop: {type(exc).__name__}: {exc}"
                 return
 
     def _hand_over(self) -> None:
@@ -313,20 +317,23 @@ class ProcessStoreSink:
                 self._writer = marshal.loads(conn.recv_bytes())
 
     def _finish(self) -> None:
-        """A clean stop: tell the writer; wait for its last counters and its exit."""
-        assert self._to_writer is not None and self._from_writer is not None
+        """A clean stop: tell the writer; wait for its last counters and its exit. (close()
+        may reap the writer meanwhile, at the end of its budget: its pipes then raise.)"""
+        to_writer, from_writer = self._to_writer, self._from_writer
+        if to_writer is None or from_writer is None:
+            return
         try:
-            self._to_writer.send_bytes(b"")
+            to_writer.send_bytes(b"")
             while True:
                 left = self.deadline - time.monotonic()
-                if left <= 0 or not self._from_writer.poll(left):
+                if left <= 0 or not from_writer.poll(left):
                     return
                 with self._lock:  # stats() reads the same pipe
-                    counters = marshal.loads(self._from_writer.recv_bytes())
+                    counters = marshal.loads(from_writer.recv_bytes())
                     self._writer = counters
                 if counters.get("closed"):
                     break
-        except (OSError, EOFError):
+        except (OSError, EOFError, ValueError):
             return
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
