@@ -172,6 +172,19 @@ def fill_rollups(store: Any, n: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def top_postgres(url: str, n: int) -> dict[str, Any]:
+    """The rollups of n flows into PostgreSQL, then `report top` over the day and over 24 h
+    not aligned to it."""
+    out: dict[str, Any] = {}
+    pg = PostgresStore(fresh_database(url, "top"))
+    out["postgres_top_flows"] = n
+    out["postgres_rollup_fill_per_s"] = fill_rollups(pg, n)
+    out["postgres_top_day_s"], _ = time_top(pg)
+    out["postgres_top_24h_s"], _ = time_top(pg, since=T0 + 43_234.5, until=T0 + 43_234.5 + DAY)
+    pg.close()
+    return out
+
+
 def packets(n_flows: int, runs: int, per_flow: int = 2, thread: bool = False) -> dict[str, float]:
     """Engine.handle over n_flows UDP flows of per_flow packets, ticks every second of
     packet time; store off vs on (the daemon's ProcessStoreSink; thread: the StoreSink with
@@ -258,7 +271,9 @@ def main() -> int:
     ap.add_argument("--packets-per-flow", type=int, default=2)
     ap.add_argument("--top-flows", type=int, default=0, help="rollups of N flows, then top")
     ap.add_argument("--thread-sink", action="store_true", help="packets: the writer thread")
-    ap.add_argument("--only", choices=("packets", "top", "ingest"), help="one part alone")
+    ap.add_argument(
+        "--only", choices=("packets", "top", "top-postgres", "ingest"), help="one part alone"
+    )
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument("--scale-postgres", action="store_true")
@@ -284,13 +299,10 @@ def main() -> int:
                 out["postgres_bytes_per_million_flows"] = pg.size() * 1e6 / args.flows
                 pg.close()
             if args.top_flows:
-                pg = PostgresStore(fresh_database(url, "top"))
-                out["postgres_top_flows"] = args.top_flows
-                out["postgres_rollup_fill_per_s"] = fill_rollups(pg, args.top_flows)
-                out["postgres_top_day_s"], _ = time_top(pg)
-                out["postgres_top_24h_s"], _ = time_top(pg, since=T0 + 43_234.5,
-                                                        until=T0 + 43_234.5 + DAY)  # fmt: skip
-                pg.close()
+                out.update(top_postgres(url, args.top_flows))
+    if args.top_flows and args.only == "top-postgres":
+        with postgres_server() as url:
+            out.update(top_postgres(url, args.top_flows))
     if args.only is None:
         with tempfile.TemporaryDirectory() as tmp:
             store = SqliteStore(Path(tmp) / "s")
