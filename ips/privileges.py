@@ -121,3 +121,20 @@ def drop_or_warn(who: str, keep: Iterable[int] = KEEP) -> None:
         drop_capabilities(keep)
     except CapabilityError as exc:
         print(f"ipsctl: {who}: could not drop capabilities: {exc}", file=sys.stderr)
+
+
+def clear_capabilities() -> bool:
+    """Empty this process's effective, permitted and inheritable sets (and the ambient
+    set), for a helper that runs as root but needs no privilege and never executes anything
+    (the store's writer). Needs no capability itself; the bounding set stays as it was.
+    Returns False when there was nothing to do (not Linux, not root)."""
+    if not sys.platform.startswith("linux") or os.geteuid() != 0:
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = _Header(_CAP_VERSION_3, 0)
+    data = (_Data * 2)()
+    if libc.capset(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise CapabilityError(err, f"capset: {os.strerror(err)}")
+    return True

@@ -184,9 +184,9 @@ from ips.views.status import format_status
 )
 @click.option(
     "--store-retention",
-    default="raw 7d, 1m 90d, 1h 1y",
+    default="raw 7d, 1m 90d, 1h 1y, 1d 10y",
     show_default=True,
-    help="how long the store keeps raw rows and the minute and hour rollups",
+    help="how long the store keeps raw rows and the minute, hour and day rollups",
 )
 @click.option(
     "--store-home",

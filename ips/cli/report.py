@@ -206,7 +206,7 @@ def format_volume(result: dict[str, Any]) -> str:
 
 @report.command("volume")
 @click.option("--interface", default=None, metavar="IF")
-@click.option("--step", type=click.Choice(["1m", "1h"]), default="1h", show_default=True)
+@click.option("--step", type=click.Choice(["1m", "1h", "1d"]), default="1h", show_default=True)
 @click.option("--since", default="24h", show_default=True)
 @click.option("--until", default=None)
 @click.option("--svg", "svg_path", default=None, type=click.Path(dir_okay=False),
@@ -328,7 +328,7 @@ def history_command(
 @click.option("--since", default="24h", show_default=True)
 @click.option("--until", default=None)
 @click.option("--filter", "filter_text", default="", metavar="EXPR")
-@click.option("--step", type=click.Choice(["1m", "1h"]), default="1h", help="volume's step")
+@click.option("--step", type=click.Choice(["1m", "1h", "1d"]), default="1h", help="volume's step")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl",
               show_default=True)  # fmt: skip
 @click.option("-o", "--output", default="-", type=click.File("w"), help="the file (- : stdout)")

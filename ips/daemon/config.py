@@ -54,7 +54,7 @@ class DaemonConfig:
     offload_copies: bool = True  # the worker reads offload's NFLOG copies (set from the probe)
     reverse_dns: bool = False  # name responders by reverse DNS (or `set reverse-dns on`)
     store: str | None = None  # the flow and event store: a directory or a postgresql:// URL
-    store_retention: str = "raw 7d, 1m 90d, 1h 1y"
+    store_retention: str = "raw 7d, 1m 90d, 1h 1y, 1d 10y"
     store_home: tuple[str, ...] = ()  # the protected networks (a flow's direction); (): private
 
     @property
@@ -193,7 +193,7 @@ class RunOptions:
     nfq_gso: str | None = None  # on | off; None: on (with our client)
     reverse_dns: bool = False
     store: str | None = None
-    store_retention: str = "raw 7d, 1m 90d, 1h 1y"
+    store_retention: str = "raw 7d, 1m 90d, 1h 1y, 1d 10y"
     store_home: tuple[str, ...] = ()
     socket_path: str = DEFAULT_SOCKET
 

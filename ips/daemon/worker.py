@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from ips.sinks.meter import PacketMeter, RecentAlerts
     from ips.sinks.syslog import SyslogSink
     from ips.sinks.webhook import Webhook
-    from ips.store.sink import StoreSink
+    from ips.store.writer import ProcessStoreSink
 
 TICK_EVERY = 1.0
 HEARTBEAT_EVERY = 0.25
@@ -82,7 +82,7 @@ class WorkerSinks:
     alerts: RecentAlerts | None = None
     webhook: Webhook | None = None
     meter: PacketMeter | None = None
-    store: StoreSink | None = None
+    store: ProcessStoreSink | None = None
 
     def sinks(self) -> list[Sink]:
         return [s for s in (self.alerts, self.eve, self.webhook, self.store) if s is not None]
@@ -186,18 +186,19 @@ def open_sinks(
 
         out.webhook = Webhook(cfg.webhook).start()  # its thread: after the fork
     if cfg.store:
-        from ips.store.backend import open_store
-        from ips.store.records import DEFAULT_HOME, HomeNetworks
-        from ips.store.retention import Retention
-        from ips.store.sink import StoreSink
+        from ips.store.records import DEFAULT_HOME
+        from ips.store.writer import ProcessStoreSink
 
-        out.store = StoreSink(
-            open_store(cfg.store),  # checked at start (DaemonConfig): a failure here is rare
+        # The writer is a process of its own (ips/store/writer.py): the rows, the rollups and
+        # SQLite's or PostgreSQL's work stay off this process's GIL. Started here, after the
+        # capabilities were dropped: it inherits none worth having and clears the rest.
+        out.store = ProcessStoreSink(
+            cfg.store,  # checked at start (DaemonConfig): a failure here is rare
             iface=cfg.iface,
-            home=HomeNetworks(cfg.store_home or DEFAULT_HOME),
-            retention=Retention.parse(cfg.store_retention),
+            home=cfg.store_home or DEFAULT_HOME,
+            retention=cfg.store_retention,
             enrich=peers.enrich if peers is not None else None,
-        ).start()  # its thread: after the fork
+        ).start()  # its thread and its process: after the fork
     return out
 
 

@@ -26,6 +26,7 @@ from ips.store.records import RollupKey, Row, Sums
 from ips.store.retention import Retention
 from ips.store.schema import (
     DIMENSIONS,
+    LEVELS,
     MIGRATIONS,
     RAW,
     RAW_TABLES,
@@ -52,6 +53,12 @@ class Dialect:
     collate: str  # appended to a text ORDER BY: byte order in both
 
     def ddl(self, statement: str) -> str:
+        """A statement of the schema in this dialect ("" when it is only the other's: a
+        statement starting with {SQLITE} is SQLite's alone)."""
+        if statement.startswith("{SQLITE}"):
+            if self.name != "sqlite":
+                return ""
+            statement = statement.removeprefix("{SQLITE}")
         for word, value in self.types.items():
             statement = statement.replace("{" + word + "}", value)
         return statement
@@ -62,7 +69,13 @@ class Dialect:
 
 SQLITE = Dialect(
     "sqlite",
-    {"ID": "INTEGER PRIMARY KEY", "REAL": "REAL", "BIGINT": "INTEGER", "BLOB": "BLOB"},
+    {
+        "ID": "INTEGER PRIMARY KEY",
+        "REAL": "REAL",
+        "BIGINT": "INTEGER",
+        "BLOB": "BLOB",
+        "WITHOUT_ROWID": " WITHOUT ROWID",
+    },
     greatest="max",
     collate="",
 )
@@ -80,6 +93,7 @@ POSTGRES = _PgDialect(
         "REAL": "DOUBLE PRECISION",
         "BIGINT": "BIGINT",
         "BLOB": "BYTEA",
+        "WITHOUT_ROWID": "",
     },
     greatest="GREATEST",
     collate=' COLLATE "C"',
@@ -162,22 +176,24 @@ def minute_upsert(d: Dialect) -> str:
     )
 
 
-def hour_upsert(d: Dialect) -> str:
-    """The staged minutes summed into their hours, each hour's peak candidate being the
-    largest total of its minutes in the batch, read back from rollup_1m (just written, in
-    the same transaction): so the peak is right whichever batch or worker wrote the
-    minute's other flows."""
+def hour_upsert(d: Dialect, level: str = "1h") -> str:
+    """The staged minutes summed into their hours (or days: level 1d), each one's peak
+    candidate being the largest total of its minutes in the batch, read back from rollup_1m
+    (just written, in the same transaction): so the peak is right whichever batch or worker
+    wrote the minute's other flows."""
+    size = LEVELS[level]
+    table = f"rollup_{level}"
     return d.sql(
-        f"INSERT INTO rollup_1h ({_ROLLUP_COLS}) "
-        "SELECT s.bucket / 3600 * 3600 AS hour, s.dim, s.key, SUM(s.flows), SUM(s.packets), "
-        "SUM(s.bytes), SUM(s.bytes_fwd), SUM(s.bytes_rev), MAX(m.bytes), MAX(m.packets) "
-        "FROM rollup_stage s JOIN rollup_1m m "
+        f"INSERT INTO {table} ({_ROLLUP_COLS}) "
+        f"SELECT s.bucket / {size} * {size} AS hour, s.dim, s.key, SUM(s.flows), "
+        "SUM(s.packets), SUM(s.bytes), SUM(s.bytes_fwd), SUM(s.bytes_rev), MAX(m.bytes), "
+        "MAX(m.packets) FROM rollup_stage s JOIN rollup_1m m "
         "ON m.dim = s.dim AND m.bucket = s.bucket AND m.key = s.key "
-        "WHERE 1 = 1 GROUP BY s.dim, s.bucket / 3600 * 3600, s.key "
+        f"WHERE 1 = 1 GROUP BY s.dim, s.bucket / {size} * {size}, s.key "
         "ORDER BY s.dim, hour, s.key "
-        f"ON CONFLICT (dim, bucket, key) DO UPDATE SET {_adds('rollup_1h')}, "
-        f"peak_bytes = {d.greatest}(rollup_1h.peak_bytes, excluded.peak_bytes), "
-        f"peak_packets = {d.greatest}(rollup_1h.peak_packets, excluded.peak_packets)"
+        f"ON CONFLICT (dim, bucket, key) DO UPDATE SET {_adds(table)}, "
+        f"peak_bytes = {d.greatest}({table}.peak_bytes, excluded.peak_bytes), "
+        f"peak_packets = {d.greatest}({table}.peak_packets, excluded.peak_packets)"
     )
 
 
@@ -200,6 +216,7 @@ def normalise(row: Sequence[Any]) -> tuple[Any, ...]:
 
 MINUTE_UPSERT_SQLITE, HOUR_UPSERT_SQLITE = minute_upsert(SQLITE), hour_upsert(SQLITE)
 MINUTE_UPSERT_POSTGRES, HOUR_UPSERT_POSTGRES = minute_upsert(POSTGRES), hour_upsert(POSTGRES)
+DAY_UPSERT_SQLITE, DAY_UPSERT_POSTGRES = hour_upsert(SQLITE, "1d"), hour_upsert(POSTGRES, "1d")
 
 
 def day_of(t: float) -> str:
@@ -245,7 +262,9 @@ def migrate(execute: Any, fetch_version: Any, dialect: Dialect, parts: Iterable[
     for migration in pending(applied, MIGRATIONS):
         for part in parts:
             for statement in migration.statements(part):
-                execute(dialect.ddl(statement))
+                made = dialect.ddl(statement)
+                if made:  # "": a statement of the other dialect only
+                    execute(made)
         execute(
             dialect.sql("INSERT INTO schema_version (version, applied) VALUES (?, ?)"),
             (migration.version, migration.summary),
@@ -345,6 +364,7 @@ class SqliteStore:
                     conn.executemany(STAGE_INSERT, stage_rows(batch.minutes))
                     conn.execute(MINUTE_UPSERT_SQLITE)
                     conn.execute(HOUR_UPSERT_SQLITE)
+                    conn.execute(DAY_UPSERT_SQLITE)
                     conn.execute("DELETE FROM rollup_stage")
                     conn.execute("COMMIT")
                 except BaseException:
@@ -370,7 +390,7 @@ class SqliteStore:
 
     def expire(self, now: float, retention: Retention) -> dict[str, int]:
         cut = retention.cutoffs(now)
-        gone = {"raw_files": 0, "raw_rows": 0, "1m": 0, "1h": 0}
+        gone = {"raw_files": 0, "raw_rows": 0, "1m": 0, "1h": 0, "1d": 0}
         with self._lock:
             raw_cut = cut["raw"]
             if raw_cut is not None:
@@ -392,7 +412,7 @@ class SqliteStore:
                         conn.execute("COMMIT")
             conn = self.rollup
             conn.execute("BEGIN IMMEDIATE")
-            for level in ("1m", "1h"):
+            for level in ("1m", "1h", "1d"):
                 level_cut = cut[level]
                 if level_cut is not None:
                     for dim in DIMENSIONS:  # the primary key's prefix: no index of its own
@@ -484,6 +504,7 @@ class PostgresStore:
                         copy.write_row(row)
                 cur.execute(MINUTE_UPSERT_POSTGRES)
                 cur.execute(HOUR_UPSERT_POSTGRES)
+                cur.execute(DAY_UPSERT_POSTGRES)
 
     def raw_query(
         self, sql: str, params: Sequence[Any], since: float, until: float
@@ -500,7 +521,7 @@ class PostgresStore:
 
     def expire(self, now: float, retention: Retention) -> dict[str, int]:
         cut = retention.cutoffs(now)
-        gone = {"raw_files": 0, "raw_rows": 0, "1m": 0, "1h": 0}
+        gone = {"raw_files": 0, "raw_rows": 0, "1m": 0, "1h": 0, "1d": 0}
         with self._lock, self.conn.transaction():
             raw_cut = cut["raw"]
             if raw_cut is not None:
@@ -508,7 +529,7 @@ class PostgresStore:
                     col = "time_end" if table == "flows" else "time"
                     cur = self.conn.execute(f"DELETE FROM {table} WHERE {col} < %s", (raw_cut,))
                     gone["raw_rows"] += cur.rowcount
-            for level in ("1m", "1h"):
+            for level in ("1m", "1h", "1d"):
                 level_cut = cut[level]
                 if level_cut is not None:
                     for dim in DIMENSIONS:

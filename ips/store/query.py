@@ -8,14 +8,15 @@ filtered in Python. A word that means nothing for a table (`state` for alerts, p
 blocks) is a FilterError.
 
 Which rows a report reads:
-  top without --filter    the rollups: whole hours of the period from the hour rollups, the
-                          minutes at its ends from the minute rollups (so the period is
-                          rounded to whole minutes); by sni: the SNI of TLS and QUIC flows
+  top without --filter    the rollups (plan_period): whole days of the period from the day
+                          rollups, whole hours at its ends from the hour rollups, the minutes
+                          left from the minute rollups (so the period is rounded to whole
+                          minutes); by sni: the SNI of TLS and QUIC flows
   by country, asn         each distinct country (AS number) of a flow's two ends once; the
                           rollups hold them from schema version 2 on, the raw rows as columns
   top with --filter       the raw flows (raw retention, 7 days by default), summed in SQL per
                           partition (SQLite: per day file) and merged here
-  volume                  the minute or hour rollups; a row's peak is its largest minute
+  volume                  the minute, hour or day rollups; a row's peak is its largest minute
   history, export         the raw tables, ordered by time
 
 Times are seconds since the epoch (UTC); a period is [since, until). A flow belongs to the
@@ -138,6 +139,34 @@ def split_period(
     return minutes, (first_hour, last_hour)
 
 
+def plan_period(since: float, until: float) -> list[tuple[str, int, int]]:
+    """Which rollup level answers which part of [since, until) (rounded out to whole
+    minutes): the whole days from the day rollups, the whole hours left at either end from
+    the hour rollups, the minutes left from the minute rollups. [(level, lo, hi)], the
+    coarsest first; together they cover the period exactly, each part once."""
+    lo = int(since // 60) * 60
+    hi = -(-int(until) // 60) * 60 if until > lo else lo
+    if hi <= lo:
+        return [("1m", lo, hi)]
+    day = LEVELS["1d"]
+    first_day, last_day = -(-lo // day) * day, hi // day * day
+    if first_day >= last_day:
+        edges = [(lo, hi)]
+        plan: list[tuple[str, int, int]] = []
+    else:
+        edges = [(lo, first_day), (last_day, hi)]
+        plan = [("1d", first_day, last_day)]
+    for edge_lo, edge_hi in edges:
+        if edge_lo >= edge_hi:
+            continue
+        minutes, hours = split_period(edge_lo, edge_hi)
+        if hours is not None:
+            plan.append(("1h", *hours))
+        plan += [("1m", m_lo, m_hi) for m_lo, m_hi in minutes if m_lo < m_hi]
+    coarsest = list(LEVELS)[::-1]
+    return sorted(plan, key=lambda part: (coarsest.index(part[0]), part[1]))
+
+
 # ---- top ----------------------------------------------------------------------------------------
 
 _METRIC_INDEX = {"flows": 1, "packets": 2, "bytes": 3}
@@ -201,16 +230,11 @@ def _top_rollups(
     """The period's sums per key from the rollups, ranked and cut in SQL (ties by key in
     byte order: SQLite's BINARY collation, PostgreSQL's "C"), so only `limit` rows come
     back."""
-    minutes, hours = split_period(since, until)
     parts, params = [], []
-    for lo, hi in minutes:
-        parts.append("SELECT key, flows, packets, bytes FROM rollup_1m "
+    for level, lo, hi in plan_period(since, until):
+        parts.append(f"SELECT key, flows, packets, bytes FROM rollup_{level} "
                      "WHERE dim = ? AND bucket >= ? AND bucket < ?")  # fmt: skip
         params += [_dim(by), lo, hi]
-    if hours is not None:
-        parts.append("SELECT key, flows, packets, bytes FROM rollup_1h "
-                     "WHERE dim = ? AND bucket >= ? AND bucket < ?")  # fmt: skip
-        params += [_dim(by), hours[0], hours[1]]
     sql = (
         "SELECT key, SUM(flows) AS f, SUM(packets) AS p, SUM(bytes) AS b FROM ("
         + " UNION ALL ".join(parts)

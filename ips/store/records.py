@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import operator
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,7 +19,7 @@ from ips.core.addr import format_addr
 from ips.core.events import Alert, AppEvent, Block, FlowEnd, LogRecord, MacBlock, Unblock
 from ips.core.packet import PORT_PROTOS
 from ips.geo.enrich import Enricher, flow_service
-from ips.sinks.eve import EVE_APP_PROTOS, flow_community_id, flow_ifaces
+from ips.sinks.eve import EVE_APP_PROTOS, flow_community_id
 from ips.store.schema import LEVELS
 
 Row = tuple[Any, ...]
@@ -72,56 +73,102 @@ def _geo_end(enrich: Enricher | None, addr: bytes) -> tuple[str | None, int | No
     return obj.get("country"), obj.get("asn")
 
 
-def flow_row(
-    end: FlowEnd, iface: str | None, home: HomeNetworks, enrich: Enricher | None = None
-) -> Row:
-    """The flows table's row (schema.FLOW_COLUMNS) of a flow record: a snapshot, taken when
-    the record is handed over (the Flow is the engine's and may be reused after). ENRICH
-    gives the ends' countries and AS numbers (the EVE writer's, so both say the same); the
-    service name comes from the registry in the package, with or without it."""
+# The Flow's fields a row is made of, read in one C call on the packet path (flow_snapshot).
+FLOW_FIELDS = operator.attrgetter(
+    "first_seen", "last_seen", "flow_id", "family", "proto", "src", "sport", "dst", "dport",
+    "app_proto", "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev", "replied", "offloaded",
+    "dst_name", "icmp", "iif", "oif",
+)  # fmt: skip
+# A flow record as the packet path keeps it: (the Flow's fields (FLOW_FIELDS), the reason)
+# when the record has no more to it (the common case: two objects, nothing copied twice), else
+# (fields, reason, the kernel's volume (pkts_fwd, pkts_rev, bytes_fwd, bytes_rev) or None,
+# (sni, http_host) or None, the ends' (country, asn, country, asn) or None). Plain values
+# only (bytes, int, float, str, bool, None): it crosses to the writer process with marshal.
+Snapshot = tuple[Any, ...]
+
+
+def flow_snapshot(end: FlowEnd, enrich: Enricher | None = None) -> Snapshot:
+    """What a flow record's row needs, copied when the record is handed over (the Flow is
+    the engine's and may be reused after): the cheap part of flow_row, on the packet path.
+    The rest (the Community ID, the direction, the service name) is snapshot_row's, in the
+    writer. ENRICH gives the ends' countries and AS numbers (the EVE writer's, so both say
+    the same); without geo data nothing is looked up."""
     f = end.flow
-    # The interfaces: tap mode's own (IFACE) or the flow's, as the engine saw them inline.
-    in_iface, out_iface = flow_ifaces(f, iface)
-    # An offloaded flow's volume: the kernel's when the worker read it (ips/io/conntrack.py).
-    volume = getattr(end, "kernel", None) or f
-    src_country, src_asn = _geo_end(enrich, f.src)
-    dst_country, dst_asn = _geo_end(enrich, f.dst)
     app = f.app
-    sni = http_host = None
-    if app is not None:
-        sni = app.tls_sni or app.quic_sni or None
-        http_host = app.http_host or None
+    kernel = end.kernel  # an offloaded flow's volume: the kernel's (ips/io/conntrack.py)
+    geo = None
+    if enrich is not None and enrich.geo is not None:
+        geo = (*_geo_end(enrich, f.src), *_geo_end(enrich, f.dst))
+    if app is None and kernel is None and geo is None:
+        return (FLOW_FIELDS(f), end.reason)
     return (
-        f.first_seen,
-        f.last_seen,
-        f.flow_id,
-        f.family,
-        f.proto,
-        f.src,
-        f.sport,
-        f.dst,
-        f.dport,
-        EVE_APP_PROTOS.get(getattr(f, "app_proto", None)),
-        volume.pkts_fwd,
-        volume.pkts_rev,
-        volume.bytes_fwd,
-        volume.bytes_rev,
-        in_iface,
+        FLOW_FIELDS(f),
         end.reason,
-        1 if f.replied else 0,
-        1 if getattr(f, "offloaded", False) else 0,
-        home.direction(f.src, f.dst),
+        None
+        if kernel is None
+        else (kernel.pkts_fwd, kernel.pkts_rev, kernel.bytes_fwd, kernel.bytes_rev),
+        None if app is None else (app.tls_sni or app.quic_sni or None, app.http_host or None),
+        geo,
+    )
+
+
+def snapshot_row(snap: Snapshot, iface: str | None, home: HomeNetworks) -> Row:
+    """The flows table's row (schema.FLOW_COLUMNS) of a flow_snapshot."""
+    fields = snap[0]
+    # fmt: off
+    (first_seen, last_seen, flow_id, family, proto, src, sport, dst, dport, app_proto,
+     pkts_fwd, pkts_rev, bytes_fwd, bytes_rev, replied, offloaded, dst_name, icmp, iif,
+     oif) = fields
+    # fmt: on
+    reason = snap[1]
+    # The interfaces: tap mode's own (IFACE) or the flow's, as the engine saw them inline.
+    in_iface, out_iface = (iface, None) if iface else (iif, oif)
+    kernel = names = geo = None
+    if len(snap) > 2:
+        kernel, names, geo = snap[2:]
+    if kernel is not None:
+        pkts_fwd, pkts_rev, bytes_fwd, bytes_rev = kernel
+    sni, http_host = names if names is not None else (None, None)
+    src_country, src_asn, dst_country, dst_asn = geo if geo is not None else (None,) * 4
+    return (
+        first_seen,
+        last_seen,
+        flow_id,
+        family,
+        proto,
+        src,
+        sport,
+        dst,
+        dport,
+        EVE_APP_PROTOS.get(app_proto),
+        pkts_fwd,
+        pkts_rev,
+        bytes_fwd,
+        bytes_rev,
+        in_iface,
+        reason,
+        1 if replied else 0,
+        1 if offloaded else 0,
+        home.direction(src, dst),
         sni,
         http_host,
-        f.dst_name,
-        flow_community_id(f.proto, f.src, f.dst, f.sport, f.dport, f.icmp),
+        dst_name,
+        flow_community_id(proto, src, dst, sport, dport, icmp),
         src_country,
         src_asn,
         dst_country,
         dst_asn,
-        flow_service(f.proto, f.sport, f.dport),
+        flow_service(proto, sport, dport),
         out_iface,
     )
+
+
+def flow_row(
+    end: FlowEnd, iface: str | None, home: HomeNetworks, enrich: Enricher | None = None
+) -> Row:
+    """The flows table's row (schema.FLOW_COLUMNS) of a flow record, at once (replay's
+    synchronous store): the same row the writer process makes of its snapshot."""
+    return snapshot_row(flow_snapshot(end, enrich), iface, home)
 
 
 def _cid(ev: Any) -> str:

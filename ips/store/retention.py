@@ -1,6 +1,6 @@
 """How long the store keeps each level: raw rows, minute rollups, hour rollups.
 
-Written `raw 7d, 1m 90d, 1h 1y` (the default): a level, then an age in s, m, h, d, w or y
+Written `raw 7d, 1m 90d, 1h 1y, 1d 10y` (the default): a level, then an age in s, m, h, d, w or y
 (365 days); `0` or `forever` keeps a level for ever. Pure: the decisions take `now`.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
-DEFAULT_RETENTION = "raw 7d, 1m 90d, 1h 1y"
-RETENTION_LEVELS = ("raw", "1m", "1h")
+DEFAULT_RETENTION = "raw 7d, 1m 90d, 1h 1y, 1d 10y"
+RETENTION_LEVELS = ("raw", "1m", "1h", "1d")
 
 
 def parse_age(text: str) -> float:
@@ -36,11 +36,14 @@ class Retention:
     raw: float = 7 * 86400
     minute: float = 90 * 86400
     hour: float = 365 * 86400
+    # A day's rows are few (one per key and day): ten years of them cost less than a week
+    # of raw rows.
+    day: float = 10 * 365 * 86400
 
     @classmethod
     def parse(cls, text: str) -> Retention:
-        """`raw 7d, 1m 90d, 1h 1y`; a level left out keeps its default."""
-        ages = {"raw": cls.raw, "1m": cls.minute, "1h": cls.hour}
+        """`raw 7d, 1m 90d, 1h 1y, 1d 10y`; a level left out keeps its default."""
+        ages = {"raw": cls.raw, "1m": cls.minute, "1h": cls.hour, "1d": cls.day}
         for part in text.replace(";", ",").split(","):
             words = part.split()
             if not words:
@@ -48,17 +51,17 @@ class Retention:
             if len(words) != 2 or words[0] not in ages:
                 raise ValueError(
                     f"retention: {part.strip()!r}: a level ({', '.join(RETENTION_LEVELS)}) "
-                    "and an age, e.g. 'raw 7d, 1m 90d, 1h 1y'"
+                    "and an age, e.g. 'raw 7d, 1m 90d, 1h 1y, 1d 10y'"
                 )
             ages[words[0]] = parse_age(words[1])
-        return cls(ages["raw"], ages["1m"], ages["1h"])
+        return cls(ages["raw"], ages["1m"], ages["1h"], ages["1d"])
 
     def cutoffs(self, now: float) -> dict[str, float | None]:
         """For each level, the time before which its rows go (None: kept for ever)."""
-        return {
-            level: (now - age if age > 0 else None)
-            for level, age in (("raw", self.raw), ("1m", self.minute), ("1h", self.hour))
-        }
+        return {level: (now - age if age > 0 else None) for level, age in self._ages()}
+
+    def _ages(self) -> tuple[tuple[str, float], ...]:
+        return (("raw", self.raw), ("1m", self.minute), ("1h", self.hour), ("1d", self.day))
 
     def text(self) -> str:
         def word(age: float) -> str:
@@ -69,4 +72,4 @@ class Retention:
                     return f"{int(age // UNITS[unit])}{unit}"
             return f"{age:g}s"
 
-        return f"raw {word(self.raw)}, 1m {word(self.minute)}, 1h {word(self.hour)}"
+        return ", ".join(f"{level} {word(age)}" for level, age in self._ages())

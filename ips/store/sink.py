@@ -48,6 +48,23 @@ EXPIRE_EVERY = 600.0
 _FLOW = object()  # the queue's tag of a flow row already made
 
 
+# The effects the store keeps besides flow records (effect_row makes their rows).
+STORED = (Alert, Block, Unblock, MacBlock, LogRecord, AppEvent)
+
+
+def effect_row(item: Effect, iface: str | None) -> tuple[str, Row] | None:
+    """The table and row of an effect other than a flow record (None: not stored)."""
+    if isinstance(item, Alert):
+        return "alerts", alert_row(item, iface)
+    if isinstance(item, (Block, Unblock, MacBlock)):
+        return "blocks", block_row(item)
+    if isinstance(item, LogRecord):
+        return "logs", log_row(item, iface)
+    if isinstance(item, AppEvent):
+        return "app_events", app_row(item, iface)
+    return None
+
+
 class StoreSink:
     """A Sink (and an Output) writing to a StoreBackend from its own thread."""
 
@@ -91,6 +108,7 @@ class StoreSink:
         self.written = 0
         self.batches = 0
         self.write_errors = 0
+        self.failed = 0  # records of the batches that failed
         self.last_error: str | None = None
         self.expired: dict[str, int] = {}
         self.expire_errors = 0
@@ -143,14 +161,10 @@ class StoreSink:
         for item in items:
             if item.__class__ is tuple and item[0] is _FLOW:
                 raw.setdefault("flows", []).append(item[1])
-            elif isinstance(item, Alert):
-                raw.setdefault("alerts", []).append(alert_row(item, iface))
-            elif isinstance(item, (Block, Unblock, MacBlock)):
-                raw.setdefault("blocks", []).append(block_row(item))
-            elif isinstance(item, LogRecord):
-                raw.setdefault("logs", []).append(log_row(item, iface))
-            elif isinstance(item, AppEvent):
-                raw.setdefault("app_events", []).append(app_row(item, iface))
+            else:
+                made = effect_row(item, iface)
+                if made is not None:
+                    raw.setdefault(made[0], []).append(made[1])
         return Batch(raw, add_rollups(raw.get("flows", ())))
 
     def flush(self) -> int:
@@ -162,15 +176,37 @@ class StoreSink:
                 chunk = items[start : start + self.batch_size]
                 try:
                     batch = self.make_batch(chunk)
-                    self.backend.write(batch)
-                except Exception as exc:  # disk full, read-only, server gone: counted
-                    self.write_errors += 1
-                    self.last_error = f"{type(exc).__name__}: {exc}"
+                except Exception as exc:  # a record that makes no row: counted, not raised
+                    self._failed(len(chunk), exc)
                     continue
-                self.written += len(chunk)
-                self.batches += 1
-                done += len(chunk)
+                if self.write_batch(batch, len(chunk)):
+                    done += len(chunk)
         return done
+
+    def write_rows(self, raw: dict[str, list[Row]], records: int) -> bool:
+        """Write rows already made (the writer process's batches), with their rollups."""
+        try:
+            batch = Batch(raw, add_rollups(raw.get("flows", ())))
+        except Exception as exc:
+            self._failed(records, exc)
+            return False
+        return self.write_batch(batch, records)
+
+    def write_batch(self, batch: Batch, records: int) -> bool:
+        """One batch in one transaction per file; a failure is counted, not raised."""
+        try:
+            self.backend.write(batch)
+        except Exception as exc:  # disk full, read-only, server gone: counted
+            self._failed(records, exc)
+            return False
+        self.written += records
+        self.batches += 1
+        return True
+
+    def _failed(self, records: int, exc: Exception) -> None:
+        self.write_errors += 1
+        self.failed += records
+        self.last_error = f"{type(exc).__name__}: {exc}"
 
     def expire_due(self) -> None:
         now = self.clock()

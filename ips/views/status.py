@@ -164,11 +164,13 @@ def format_status(s: dict[str, Any]) -> str:
             f"{hook.get('retries', 0)}"
             + (f" (last error: {hook['last_error']})" if hook.get("last_error") else "")
         )
-    store = (s.get("sinks") or {}).get("store")  # the store sink (issue 21, ips/store/sink.py)
+    store = (s.get("sinks") or {}).get("store")  # the store sink (issue 21, ips/store/writer.py)
     if store:
         lines.append(
             f"store    {store['target']}: written {store['written']}, dropped {store['dropped']}, "
             f"write errors {store['write_errors']}, waiting {store['waiting']}"
+            # The writer process died: records it had not confirmed (ips/store/writer.py).
+            + (f", lost {store['lost']}" if store.get("lost") else "")
             + (f" (last error: {store['last_error']})" if store.get("last_error") else "")
         )
     never = s.get("never_block") or []

@@ -58,7 +58,8 @@ LOWER = {
     "lab": {"core", "io"},  # io: `replay --to` reads the capture it sends (lab/wire.py)
     # store (issue 21): the flow and event store; its filters are `flows`' (views.flows)
     # geo (issue 22): a flow's countries, AS numbers and service name in its row
-    "store": {"core", "policy", "sinks", "views", "geo"},
+    # privileges: the store's writer process holds no capabilities
+    "store": {"core", "policy", "sinks", "views", "geo", "privileges"},
     "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile", "geo"},
     # mix (issue 23): captures mixed into a labelled one; reads them with io.pcap
     "mix": {"core", "io"},

@@ -66,6 +66,8 @@ def _fill(store: Any, flows: list[Any], events: list[Any], enrich: Enricher) -> 
 @pytest.fixture(scope="module")
 def pair(server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
     flows, events = synthetic_flows(2500, seed=11), synthetic_events(150)
+    # And days after: the day rollups, and reports that read them (PERIODS).
+    flows += synthetic_flows(600, seed=12, t0=T0 + 86400, span=3 * 86400)
     lite = SqliteStore(tmp_path_factory.mktemp("pair") / "s")
     pg_url = fresh_database(server, "pair")
     pg = PostgresStore(pg_url)
@@ -80,7 +82,13 @@ def pair(server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     pg.close()
 
 
-PERIODS = [(T0, T0 + 4 * 3600), (T0 + 1234.5, T0 + 2 * 3600 + 99), (T0 + 3600, T0 + 7200)]
+PERIODS = [
+    (T0, T0 + 4 * 3600),
+    (T0 + 1234.5, T0 + 2 * 3600 + 99),
+    (T0 + 3600, T0 + 7200),
+    (T0, T0 + 4 * 86400),  # whole days: the day rollups
+    (T0 + 1234.5, T0 + 3 * 86400 + 5000),  # days, hours and minutes
+]
 
 
 @pytest.mark.parametrize("by", BY)
@@ -96,7 +104,7 @@ def test_top_is_the_same_in_both(pair: tuple[Any, Any], by: str, metric: str) ->
             assert a["rows"] or filt
 
 
-@pytest.mark.parametrize("step", ["1m", "1h"])
+@pytest.mark.parametrize("step", ["1m", "1h", "1d"])
 def test_volume_is_the_same_in_both(pair: tuple[Any, Any], step: str) -> None:
     lite, pg = pair
     for since, until in PERIODS:
@@ -125,6 +133,7 @@ def test_the_cli_prints_the_same_for_both(pair: tuple[Any, Any]) -> None:
         ["report", "top", "--by", "port", "--csv", *period],
         ["history", "flows", "--limit", "50", *period],
         ["report", "volume", "--step", "1h", *period],
+        ["report", "volume", "--step", "1d", "--since", f"@{T0}", "--until", f"@{T0 + 4 * 86400}"],
         ["history", "alerts", "--json", *period],
         ["export", "flows", "--format", "csv", "--filter", "dport 443", *period],
     ]

@@ -245,7 +245,7 @@ def test_retention_text() -> None:
     r = Retention.parse("raw 2d, 1h forever")
     assert (r.raw, r.minute, r.hour) == (2 * 86400, 90 * 86400, 0)
     assert r.cutoffs(1000.0)["1h"] is None
-    assert Retention().text() == "raw 7d, 1m 90d, 1h 1y"
+    assert Retention().text() == "raw 7d, 1m 90d, 1h 1y, 1d 10y"
     assert parse_age("36h") == 36 * 3600
     for bad in ("raw", "raw 7x", "2m 3d", "raw -1d"):
         with pytest.raises(ValueError):
