@@ -242,6 +242,13 @@ class Engine:
                 decision = None
             if decision is not None:
                 return decision
+        return self.handle_python(data, meta, now)
+
+    def handle_python(
+        self, data: bytes, meta: Meta = NO_META, now: float = 0.0
+    ) -> Decision[CompiledRule]:
+        """`handle` in Python alone: the reference the compiled path is held to, and where
+        it sends every packet it does not decide itself."""
         self.stats.packets += 1
         try:
             pkt: Packet | Malformed | None

@@ -20,7 +20,24 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ips.fast._fastpath import FastPath
 
-__all__ = ["FORCED_PURE", "available", "new_fast_path", "run_pcap"]
+__all__ = [
+    "FORCED_PURE",
+    "STOP_BUDGET",
+    "STOP_EFFECTS",
+    "STOP_END",
+    "STOP_RECORD",
+    "STOP_TICK",
+    "available",
+    "new_fast_path",
+    "run_pcap",
+]
+
+# Why run_pcap hands back to its caller (the same values as in _fastpath.pyx).
+STOP_END = 0  # no complete record header left
+STOP_RECORD = 1  # a record the caller reads itself: empty, implausibly long, or cut short
+STOP_TICK = 2  # the record at hand was judged and its time reached the next tick
+STOP_EFFECTS = 3  # the record at hand was judged and its Decision carries effects
+STOP_BUDGET = 4  # the budget of records was judged (the caller updates its progress)
 
 # IPSCTL_PURE=1 (any value but "" and "0"): the pure-Python engine only, the extension unused.
 FORCED_PURE = os.environ.get("IPSCTL_PURE", "") not in ("", "0")

@@ -479,3 +479,61 @@ cdef bint _contains(const uint8_t *p, Py_ssize_t start, Py_ssize_t end, bytes pa
     if plen == 0:
         return True
     return memmem(p + start, end - start, PyBytes_AS_STRING(pattern), plen) is not NULL
+
+
+# run_pcap's reasons to hand back to its caller
+STOP_END = 0        # no complete record header left (the caller looks at what remains)
+STOP_RECORD = 1     # a record the caller reads itself: empty, implausibly long, or cut short
+STOP_TICK = 2       # the record at hand was judged and its time reached the next tick
+STOP_EFFECTS = 3    # the record at hand was judged and its Decision carries effects
+STOP_BUDGET = 4     # `budget` records judged (the caller updates its progress)
+
+
+def run_pcap(FastPath fast, const uint8_t[::1] buf, Py_ssize_t pos, int linktype,
+             long long divisor, long long max_record, object meta, double next_tick,
+             double last_ts, Py_ssize_t budget):
+    """Judge the classic little-endian pcap records of `buf` from byte `pos`, each at its own
+    time, as ips/replay.py's loop would through Engine.handle: the fast path first, the
+    engine's Python path (Engine.handle_python) for the rest. `next_tick` is the time of the
+    next tick (NaN: not set yet, the first record sets it to its time + 1 s).
+
+    Returns (reason, pos after the last record judged, records judged, the latest time seen,
+    next_tick, the time of the last record, its Decision when reason is STOP_EFFECTS or
+    STOP_TICK else None)."""
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef Py_ssize_t count = 0
+    cdef const uint8_t *p
+    cdef uint32_t sec, frac, caplen
+    cdef double ts = 0.0
+    cdef object slow = fast.engine.handle_python
+    cdef object decision = None
+    cdef object ts_obj
+    if n == 0:
+        return (STOP_END, pos, 0, last_ts, next_tick, ts, None)
+    while True:
+        if count >= budget:
+            return (STOP_BUDGET, pos, count, last_ts, next_tick, ts, None)
+        if pos + 16 > n:
+            return (STOP_END, pos, count, last_ts, next_tick, ts, None)
+        p = &buf[pos]
+        sec = p[0] | (p[1] << 8) | (p[2] << 16) | (<uint32_t>p[3] << 24)
+        frac = p[4] | (p[5] << 8) | (p[6] << 16) | (<uint32_t>p[7] << 24)
+        caplen = p[8] | (p[9] << 8) | (p[10] << 16) | (<uint32_t>p[11] << 24)
+        if caplen == 0 or caplen > max_record or pos + 16 + <Py_ssize_t>caplen > n:
+            return (STOP_RECORD, pos, count, last_ts, next_tick, ts, None)
+        ts = <double>sec + <double>frac / <double>divisor
+        ts_obj = ts
+        p += 16
+        decision = fast._handle(p, caplen, linktype, meta, ts_obj)
+        if decision is None:
+            decision = slow(PyBytes_FromStringAndSize(<const char *>p, caplen), meta, ts_obj)
+        pos += 16 + caplen
+        count += 1
+        if ts > last_ts:
+            last_ts = ts
+        if decision.effects:
+            return (STOP_EFFECTS, pos, count, last_ts, next_tick, ts, decision)
+        if next_tick != next_tick:  # NaN: the first record
+            next_tick = ts + 1.0
+        elif ts >= next_tick:
+            return (STOP_TICK, pos, count, last_ts, next_tick, ts, None)
