@@ -13,6 +13,7 @@ state; no clock, no I/O); this loader alone reads the environment, once, at impo
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -48,9 +49,8 @@ _import_error = ""
 
 if not FORCED_PURE:
     try:
-        from ips.fast import _fastpath as _module
+        _module = importlib.import_module("ips.fast._fastpath")
     except ImportError as exc:  # not built: the pure-Python engine alone
-        _module = None
         _import_error = str(exc)
 
 

@@ -40,7 +40,9 @@ LOWER = {
     "detect": {"core", "policy"},
     "app": {"core"},  # application-layer parsers and reassembly (issue 20): pure
     "geo": {"core", "safefile"},  # country, ASN, site file, service names (issue 22)
-    "engine": {"core", "policy", "detect", "translate", "app"},
+    # fast (issue 24): the compiled packet path; its loader reads IPSCTL_PURE
+    "fast": {"core", "policy"},
+    "engine": {"core", "policy", "detect", "translate", "app", "fast"},
     "kernel": {"core", "policy", "translate", "safefile"},
     "io": {"core", "policy", "detect", "translate", "engine", "kernel"},
     # app: EVE's objects, community_id; geo: the fields of who is on the other end
@@ -54,7 +56,7 @@ LOWER = {
     # store (issue 21): the flow and event store; its filters are `flows`' (views.flows)
     # geo (issue 22): a flow's countries, AS numbers and service name in its row
     "store": {"core", "policy", "sinks", "views", "geo"},
-    "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile", "geo"},
+    "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile", "geo", "fast"},
     "daemon": {
         "core",
         "policy",

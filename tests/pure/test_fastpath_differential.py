@@ -348,7 +348,7 @@ def test_mapped_replay_reads_damaged_captures_as_the_reader(tmp_path: Path, tail
     text = "set default accept\nset app-layer off\n"
     reference = _replay(text, [path], fast_path=False, mapped=False)
     assert _replay(text, [path], fast_path=True, mapped=True) == reference
-    assert '"truncated": %d' % len(tail) in reference[0]
+    assert f'"truncated": {len(tail)}' in reference[0]
 
 
 def test_mapped_replay_refuses_what_the_reader_refuses(tmp_path: Path) -> None:
