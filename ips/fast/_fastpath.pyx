@@ -169,6 +169,8 @@ cdef class FastPath:
     cdef bint offload_on
     cdef double reoffload_after
     cdef dict programs           # id(candidate tuple) -> (tuple, [RuleProg])
+    cdef object last_rules       # the candidate tuple of the last packet, and its program
+    cdef list last_progs
     cdef public long long fast_packets
     cdef object ACCEPT_, DROP_
 
@@ -213,8 +215,18 @@ cdef class FastPath:
         self.default_fast = verdict == ACCEPT or verdict == DROP
         self.offload_on = bool(engine.policy.offload)
         self.programs = {}
+        self.last_rules = None
+        self.last_progs = None
 
     cdef list _program(self, tuple rules):
+        if rules is self.last_rules:  # consecutive packets of one flow, or flows alike
+            return self.last_progs
+        progs = self._lookup_program(rules)
+        self.last_rules = rules
+        self.last_progs = progs
+        return progs
+
+    cdef list _lookup_program(self, tuple rules):
         cdef PyObject *found = PyDict_GetItem(self.programs, id(rules))
         if found is not NULL:
             pair = <tuple>found
