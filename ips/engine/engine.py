@@ -224,7 +224,7 @@ class Engine:
         self._app_pending: Decision[CompiledRule] = Decision(ACCEPT, reason=APP_PENDING)
         self._dns_rcode = compiled.policy.dns_reject_rcode
         if self._fast_path is not None:
-            self._fast_path.refresh()
+            self._fast_path.refresh(self)
 
     # ---- per packet -----------------------------------------------------------------------
 

@@ -14,11 +14,12 @@ KNOWN_SPEC_FIELDS: frozenset[str]
 class FastPath:
     fast_packets: int
     def __init__(self, engine: Any, reoffload_after: float) -> None: ...
-    def refresh(self) -> None: ...
+    def refresh(self, engine: Any) -> None: ...
     def handle(self, data: bytes, meta: Any, now: float) -> Decision[Any] | None: ...
 
 def run_pcap(
     fast: FastPath,
+    slow: Any,
     buf: Any,
     pos: int,
     linktype: int,

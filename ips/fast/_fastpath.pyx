@@ -151,7 +151,6 @@ cdef RuleProg _rule_prog(object rule):
 cdef class FastPath:
     """The fast path of one Engine (made by it, refreshed at each policy load)."""
 
-    cdef object engine
     cdef object stats
     cdef object verdicts
     cdef dict flows
@@ -172,20 +171,17 @@ cdef class FastPath:
     cdef object last_rules       # the candidate tuple of the last packet, and its program
     cdef list last_progs
     cdef public long long fast_packets
-    cdef object ACCEPT_, DROP_
 
     def __init__(self, engine, double reoffload_after):
-        self.engine = engine
+        # The engine itself is not kept: it holds this object, and a cycle would leave both
+        # to the garbage collector (tests/pure/test_heap.py); what is kept are its parts.
         self.reoffload_after = reoffload_after
         self.programs = {}
         self.fast_packets = 0
-        self.ACCEPT_ = ACCEPT
-        self.DROP_ = DROP
-        self.refresh()
+        self.refresh(engine)
 
-    def refresh(self):
+    def refresh(self, engine):
         """Read the engine's state again (its policy was loaded)."""
-        engine = self.engine
         self.stats = engine.stats
         self.verdicts = engine.stats.verdicts
         self.flows = engine.flows._flows
@@ -501,12 +497,12 @@ STOP_EFFECTS = 3    # the record at hand was judged and its Decision carries eff
 STOP_BUDGET = 4     # `budget` records judged (the caller updates its progress)
 
 
-def run_pcap(FastPath fast, const uint8_t[::1] buf, Py_ssize_t pos, int linktype,
-             long long divisor, long long max_record, object meta, double next_tick,
-             double last_ts, Py_ssize_t budget):
+def run_pcap(FastPath fast, object slow, const uint8_t[::1] buf, Py_ssize_t pos,
+             int linktype, long long divisor, long long max_record, object meta,
+             double next_tick, double last_ts, Py_ssize_t budget):
     """Judge the classic little-endian pcap records of `buf` from byte `pos`, each at its own
-    time, as ips/replay.py's loop would through Engine.handle: the fast path first, the
-    engine's Python path (Engine.handle_python) for the rest. `next_tick` is the time of the
+    time, as ips/replay.py's loop would through Engine.handle: the fast path first, `slow`
+    (the engine's Python path, Engine.handle_python) for the rest. `next_tick` is the time of the
     next tick (NaN: not set yet, the first record sets it to its time + 1 s).
 
     Returns (reason, pos after the last record judged, records judged, the latest time seen,
@@ -517,7 +513,6 @@ def run_pcap(FastPath fast, const uint8_t[::1] buf, Py_ssize_t pos, int linktype
     cdef const uint8_t *p
     cdef uint32_t sec, frac, caplen
     cdef double ts = 0.0
-    cdef object slow = fast.engine.handle_python
     cdef object decision = None
     cdef object ts_obj
     if n == 0:
