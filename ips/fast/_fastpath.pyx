@@ -39,8 +39,82 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
-from ips.policy.compile import OFFLOAD_WHEN_APP_DONE
+from cpython.ref cimport Py_XDECREF
+
+from ips.core.decision import Decision
+from ips.core.flow import Flow
+from ips.policy.compile import OFFLOAD_WHEN_APP_DONE, CompiledRule
 from ips.policy.model import ACCEPT, DROP
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        const char *name
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+
+cdef enum:
+    T_OBJECT_EX = 16
+
+
+# ---- slots read and written in place ----------------------------------------------------------
+# Flow, CompiledRule and Decision are __slots__ classes: each slot is a pointer at a fixed
+# offset in the object, which their member descriptors name. Reading and writing it there is
+# what `flow.pkts_fwd` and `flow.pkts_fwd = n` do, without the attribute lookup (the largest
+# cost of this path). The offsets are checked at import: a class whose attribute is not such
+# a slot any more makes the import fail, and the engine runs in Python (the loader says so).
+
+cdef Py_ssize_t _offset(type cls, str name) except -1:
+    descr = cls.__dict__.get(name)
+    if type(descr).__name__ != "member_descriptor":
+        raise ImportError(f"{cls.__name__}.{name} is not a __slots__ member")
+    cdef PyMemberDef *member = (<PyMemberDescrObject *><PyObject *>descr).d_member
+    if member.type != T_OBJECT_EX:
+        raise ImportError(f"{cls.__name__}.{name} is not an object slot")
+    return member.offset
+
+
+cdef inline object _get(object obj, Py_ssize_t offset):
+    cdef PyObject *value = (<PyObject **>((<char *><PyObject *>obj) + offset))[0]
+    if value is NULL:
+        raise AttributeError("slot not set")
+    return <object>value
+
+
+cdef inline void _set(object obj, Py_ssize_t offset, object value):
+    cdef PyObject **slot = <PyObject **>((<char *><PyObject *>obj) + offset)
+    cdef PyObject *old = slot[0]
+    Py_INCREF(value)
+    slot[0] = <PyObject *>value
+    Py_XDECREF(old)
+
+
+cdef type FLOW = Flow
+cdef Py_ssize_t F_APP_STATE = _offset(Flow, "app_state")
+cdef Py_ssize_t F_NAT = _offset(Flow, "nat")
+cdef Py_ssize_t F_SPORT = _offset(Flow, "sport")
+cdef Py_ssize_t F_SRC = _offset(Flow, "src")
+cdef Py_ssize_t F_REPLIED = _offset(Flow, "replied")
+cdef Py_ssize_t F_TCP_STATE = _offset(Flow, "tcp_state")
+cdef Py_ssize_t F_CACHE_FWD = _offset(Flow, "cache_fwd")
+cdef Py_ssize_t F_CACHE_REV = _offset(Flow, "cache_rev")
+cdef Py_ssize_t F_PKTS_FWD = _offset(Flow, "pkts_fwd")
+cdef Py_ssize_t F_PKTS_REV = _offset(Flow, "pkts_rev")
+cdef Py_ssize_t F_BYTES_FWD = _offset(Flow, "bytes_fwd")
+cdef Py_ssize_t F_BYTES_REV = _offset(Flow, "bytes_rev")
+cdef Py_ssize_t F_FLAGS_FWD = _offset(Flow, "flags_fwd")
+cdef Py_ssize_t F_FLAGS_REV = _offset(Flow, "flags_rev")
+cdef Py_ssize_t F_LAST_SEEN = _offset(Flow, "last_seen")
+cdef Py_ssize_t F_MAC = _offset(Flow, "mac")
+cdef Py_ssize_t F_APP = _offset(Flow, "app")
+cdef Py_ssize_t F_APP_PROTO = _offset(Flow, "app_proto")
+cdef Py_ssize_t F_BACK_SINCE = _offset(Flow, "back_since")
+cdef Py_ssize_t F_OFFLOADED = _offset(Flow, "offloaded")
+cdef type RULE = CompiledRule
+cdef Py_ssize_t R_HITS = _offset(CompiledRule, "hits")
+cdef type DECISION = Decision
+cdef Py_ssize_t D_VERDICT = _offset(Decision, "verdict")
 
 cdef extern from "<string.h>" nogil:
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
@@ -110,6 +184,11 @@ cdef RuleProg _rule_prog(object rule):
     prog.offload_decision = rule.offload_decision
     prog.accepts = rule.verdict == ACCEPT
     prog.contains = ()
+    if type(rule) is not RULE:
+        return prog
+    for decision in (rule.decision, rule.offload_decision):
+        if decision is not None and type(decision) is not DECISION:
+            return prog
     spec = rule.spec
     fields = getattr(spec, "__dataclass_fields__", None)
     if fields is None:
@@ -152,6 +231,7 @@ cdef class FastPath:
     """The fast path of one Engine (made by it, refreshed at each policy load)."""
 
     cdef object stats
+    cdef dict stats_dict
     cdef object verdicts
     cdef dict flows
     cdef dict nat_replies
@@ -183,6 +263,8 @@ cdef class FastPath:
     def refresh(self, engine):
         """Read the engine's state again (its policy was loaded)."""
         self.stats = engine.stats
+        # EngineStats is a plain dataclass: its counters live in its __dict__
+        self.stats_dict = engine.stats.__dict__
         self.verdicts = engine.stats.verdicts
         self.flows = engine.flows._flows
         self.nat_replies = engine._nat_replies
@@ -208,7 +290,10 @@ cdef class FastPath:
         self.default_decision = engine._default
         self.default_offload = engine._default_offload
         verdict = engine._default.verdict
-        self.default_fast = verdict == ACCEPT or verdict == DROP
+        self.default_fast = (verdict == ACCEPT or verdict == DROP) and (
+            type(engine._default) is DECISION
+            and (self.default_offload is None or type(self.default_offload) is DECISION)
+        )
         self.offload_on = bool(engine.policy.offload)
         self.programs = {}
         self.last_rules = None
@@ -335,14 +420,16 @@ cdef class FastPath:
         if found is NULL:
             return None
         flow = <object>found
-        if flow.app_state is not None or flow.nat is not None:
+        if type(flow) is not FLOW:
             return None
-        cdef bint fwd = flow.sport == py_sport and flow.src == src
-        cdef bint replied = flow.replied
+        if _get(flow, F_APP_STATE) is not None or _get(flow, F_NAT) is not None:
+            return None
+        cdef bint fwd = _get(flow, F_SPORT) == py_sport and _get(flow, F_SRC) == src
+        cdef bint replied = _get(flow, F_REPLIED)
         if not fwd:
             replied = True
         if proto == PROTO_TCP:
-            if flow.tcp_state != TCP_ESTABLISHED:
+            if _get(flow, F_TCP_STATE) != TCP_ESTABLISHED:
                 return None
         # ---- detectors
         if self.has_detect:
@@ -356,11 +443,13 @@ cdef class FastPath:
         # ---- the rules the flow's cache names
         iif = meta.iif
         oif = meta.oif
-        cache = flow.cache_fwd if fwd else flow.cache_rev
-        if cache is None:
+        cache_obj = _get(flow, F_CACHE_FWD) if fwd else _get(flow, F_CACHE_REV)
+        if type(cache_obj) is not tuple or len(<tuple>cache_obj) < 5:
             return None
-        policy = self.policy
-        if cache[0] is not policy or cache[1] != iif or cache[2] != oif:
+        cdef tuple cache = <tuple>cache_obj
+        if cache[0] is not self.policy or cache[1] != iif or cache[2] != oif:
+            return None
+        if type(cache[3]) is not tuple:
             return None
         cdef list progs = self._program(<tuple>cache[3])
         cdef RuleProg prog
@@ -396,24 +485,25 @@ cdef class FastPath:
         if matched is None and not self.default_fast:
             return None
         # ---- decided: count as the Python path does, in its order
-        stats = self.stats
-        stats.packets += 1
+        counts = self.stats_dict
+        counts["packets"] = counts["packets"] + 1
         if fwd:
-            flow.pkts_fwd += 1
-            flow.bytes_fwd += length
-            flow.flags_fwd |= flags
+            _set(flow, F_PKTS_FWD, _get(flow, F_PKTS_FWD) + 1)
+            _set(flow, F_BYTES_FWD, _get(flow, F_BYTES_FWD) + length)
+            _set(flow, F_FLAGS_FWD, _get(flow, F_FLAGS_FWD) | flags)
         else:
-            flow.pkts_rev += 1
-            flow.bytes_rev += length
-            flow.flags_rev |= flags
-            flow.replied = True
-        if now > <double>flow.last_seen:
-            flow.last_seen = now_obj
-        if mac is not None and fwd and flow.mac is None:
-            flow.mac = mac
+            _set(flow, F_PKTS_REV, _get(flow, F_PKTS_REV) + 1)
+            _set(flow, F_BYTES_REV, _get(flow, F_BYTES_REV) + length)
+            _set(flow, F_FLAGS_REV, _get(flow, F_FLAGS_REV) | flags)
+            _set(flow, F_REPLIED, True)
+        if now > <double>_get(flow, F_LAST_SEEN):
+            _set(flow, F_LAST_SEEN, now_obj)
+        if mac is not None and fwd and _get(flow, F_MAC) is None:
+            _set(flow, F_MAC, mac)
         if matched is not None:
             decision = matched.decision
-            matched.rule.hits += 1
+            rule = matched.rule
+            _set(rule, R_HITS, _get(rule, R_HITS) + 1)
             if matched.accepts and self.offload_on and replied:
                 if self._offload_kind(flow, proto, payload_offset < total, now) == OFFLOAD_FLOW:
                     decision = matched.offload_decision
@@ -422,7 +512,7 @@ cdef class FastPath:
             if self.default_offload is not None and self.offload_on and replied:
                 if self._offload_kind(flow, proto, payload_offset < total, now) == OFFLOAD_FLOW:
                     decision = self.default_offload
-        verdict = decision.verdict
+        verdict = _get(decision, D_VERDICT)
         verdicts = self.verdicts
         cdef PyObject *count = PyDict_GetItem(verdicts, verdict)
         if count is NULL:
@@ -438,8 +528,8 @@ cdef class FastPath:
         and the engine's counting of a newly offloaded flow."""
         if proto == PROTO_TCP and not has_payload:
             return 0
-        fwd_cache = flow.cache_fwd
-        rev_cache = flow.cache_rev
+        fwd_cache = _get(flow, F_CACHE_FWD)
+        rev_cache = _get(flow, F_CACHE_REV)
         if fwd_cache is None or rev_cache is None:
             return 0
         if fwd_cache[0] is not self.policy or rev_cache[0] is not self.policy:
@@ -449,14 +539,15 @@ cdef class FastPath:
         if not (fwd_state and rev_state):
             return 0
         if fwd_state == _OFFLOAD_WHEN_APP_DONE or rev_state == _OFFLOAD_WHEN_APP_DONE:
-            app = flow.app
-            if flow.app_proto is None or not (app is None or app.client_done):
+            app = _get(flow, F_APP)
+            if _get(flow, F_APP_PROTO) is None or not (app is None or app.client_done):
                 return 0
-        if now - <double>flow.back_since < self.reoffload_after:
+        if now - <double>_get(flow, F_BACK_SINCE) < self.reoffload_after:
             return 0
-        if not flow.offloaded:
-            flow.offloaded = True
-            self.stats.offloaded += 1
+        if not _get(flow, F_OFFLOADED):
+            _set(flow, F_OFFLOADED, True)
+            counts = self.stats_dict
+            counts["offloaded"] = counts["offloaded"] + 1
         return OFFLOAD_FLOW
 
 
