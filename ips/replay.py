@@ -204,7 +204,8 @@ class _Run:
             pos = PCAP_HEADER_LEN
             while True:
                 reason, pos, judged, self.last_ts, self.next_tick, ts, decision = fast.run_pcap(
-                    self.engine._fast_path, self.engine.handle_python, mem, pos,
+                    self.engine._fast_path, self.engine.handle_python,
+                    self.engine.handle_packet, mem, pos,
                     layout.linktype, layout.divisor,
                     layout.max_record, meta, self.next_tick, self.last_ts, 65536,
                 )  # fmt: skip

@@ -233,14 +233,16 @@ class Engine:
         verdict and is counted."""
         fast = self._fast
         if fast is not None:
-            # The compiled path decides what needs no Python (and counts it); None: it
-            # touched nothing, and the packet is decided below.
+            # The compiled path decides what needs no Python (and counts it); otherwise it
+            # touched nothing, and hands back the packet decoded, or None (not decoded).
             try:
                 decision = fast(data, meta, now)
             except Exception:  # a bug of the fast path: counted, and the packet goes on
                 self.fast_failures += 1
                 decision = None
             if decision is not None:
+                if isinstance(decision, Packet):  # decoded, not decided: Python decides
+                    return self.handle_packet(decision, meta, now)
                 return decision
         return self.handle_python(data, meta, now)
 

@@ -3,6 +3,7 @@
 from typing import Any
 
 from ips.core.decision import Decision
+from ips.core.packet import Packet
 
 STOP_END: int
 STOP_RECORD: int
@@ -15,11 +16,12 @@ class FastPath:
     fast_packets: int
     def __init__(self, engine: Any, reoffload_after: float) -> None: ...
     def refresh(self, engine: Any) -> None: ...
-    def handle(self, data: bytes, meta: Any, now: float) -> Decision[Any] | None: ...
+    def handle(self, data: bytes, meta: Any, now: float) -> Decision[Any] | Packet | None: ...
 
 def run_pcap(
     fast: FastPath,
     slow: Any,
+    slow_packet: Any,
     buf: Any,
     pos: int,
     linktype: int,

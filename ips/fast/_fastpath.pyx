@@ -43,6 +43,7 @@ from cpython.ref cimport Py_XDECREF
 
 from ips.core.decision import Decision
 from ips.core.flow import Flow
+from ips.core.packet import Packet
 from ips.policy.compile import OFFLOAD_WHEN_APP_DONE, CompiledRule
 from ips.policy.model import ACCEPT, DROP
 
@@ -91,6 +92,7 @@ cdef inline void _set(object obj, Py_ssize_t offset, object value):
 
 
 cdef type FLOW = Flow
+cdef object PACKET = Packet
 cdef Py_ssize_t F_APP_STATE = _offset(Flow, "app_state")
 cdef Py_ssize_t F_NAT = _offset(Flow, "nat")
 cdef Py_ssize_t F_SPORT = _offset(Flow, "sport")
@@ -321,7 +323,10 @@ cdef class FastPath:
 
     def handle(self, data, meta, now):
         """The Decision of `data` (bytes, as Engine.handle takes them) when the fast path
-        may decide it, with everything counted; None (nothing changed) otherwise."""
+        may decide it, with everything counted. Otherwise nothing is changed, and the answer
+        is the packet decoded (a `Packet`, as ips/core/decode.py makes it: the engine decides
+        it with `handle_packet`), or None when this module does not decode it (the engine
+        decodes it itself)."""
         if type(data) is not bytes:
             return None
         return self._handle(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
@@ -333,7 +338,7 @@ cdef class FastPath:
         cdef int proto, family, sport, dport, flags = 0, doff, hl
         cdef Py_ssize_t total, payload_offset, ulen
         cdef Py_ssize_t addr_len, src_off, dst_off
-        cdef double now
+        cdef int ttl, tos
         cdef uint16_t etype
         if linktype == LINKTYPE_ETHERNET:
             if n < 14:
@@ -383,8 +388,6 @@ cdef class FastPath:
             if doff < 20 or hl + doff > total:
                 return None
             flags = p[hl + 13]
-            if flags & STATE_FLAGS:
-                return None  # the state machine's business
             payload_offset = hl + doff
         elif proto == PROTO_UDP:
             if total - hl < 8:
@@ -397,12 +400,33 @@ cdef class FastPath:
             return None
         sport = (p[hl] << 8) | p[hl + 1]
         dport = (p[hl + 2] << 8) | p[hl + 3]
-        # ---- blocks and translations
         addr_len = 4 if family == 4 else 16
         src_off = 12 if family == 4 else 8
         dst_off = 16 if family == 4 else 24
         src = PyBytes_FromStringAndSize(<const char *>p + src_off, addr_len)
-        now = now_obj
+        dst = PyBytes_FromStringAndSize(<const char *>p + dst_off, addr_len)
+        decision = self._decide(p, proto, total, payload_offset, sport, dport, flags, src, dst,
+                                meta, now_obj)
+        if decision is not None:
+            return decision
+        # Not for this path: the packet as the Python decoder makes it, for the engine.
+        if family == 4:
+            ttl = p[8]
+            tos = p[1]
+        else:
+            ttl = p[7]
+            tos = ((p[0] & 0x0F) << 4) | (p[1] >> 4)
+        return PACKET(PyBytes_FromStringAndSize(<const char *>p, total), family, src, dst, proto,
+                      sport, dport, flags, -1, -1, ttl, tos, hl, payload_offset, 0, ())
+
+    cdef object _decide(self, const uint8_t *p, int proto, Py_ssize_t total,
+                        Py_ssize_t payload_offset, int sport, int dport, int flags, object src,
+                        object dst, object meta, object now_obj):
+        """The Decision of a decoded TCP or UDP packet, counted; None: nothing changed."""
+        cdef double now = now_obj
+        if proto == PROTO_TCP and flags & STATE_FLAGS:
+            return None  # the state machine's business
+        # ---- blocks and translations
         if self.blocked is not None and self.blocked:
             expiry = self.blocked.get(src)
             if expiry is not None and expiry > now_obj:
@@ -412,7 +436,6 @@ cdef class FastPath:
             return None
         if self.nat_replies:
             return None
-        dst = PyBytes_FromStringAndSize(<const char *>p + dst_off, addr_len)
         # ---- the flow
         py_sport = sport
         key = (proto, src, py_sport, dst, dport)
@@ -588,12 +611,14 @@ STOP_EFFECTS = 3    # the record at hand was judged and its Decision carries eff
 STOP_BUDGET = 4     # `budget` records judged (the caller updates its progress)
 
 
-def run_pcap(FastPath fast, object slow, const uint8_t[::1] buf, Py_ssize_t pos,
+def run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] buf,
+             Py_ssize_t pos,
              int linktype, long long divisor, long long max_record, object meta,
              double next_tick, double last_ts, Py_ssize_t budget):
     """Judge the classic little-endian pcap records of `buf` from byte `pos`, each at its own
-    time, as ips/replay.py's loop would through Engine.handle: the fast path first, `slow`
-    (the engine's Python path, Engine.handle_python) for the rest. `next_tick` is the time of the
+    time, as ips/replay.py's loop would through Engine.handle: the fast path first, then
+    `slow_packet` (Engine.handle_packet) for a packet it decoded but did not decide, `slow`
+    (Engine.handle_python) for one it did not decode. `next_tick` is the time of the
     next tick (NaN: not set yet, the first record sets it to its time + 1 s).
 
     Returns (reason, pos after the last record judged, records judged, the latest time seen,
@@ -625,6 +650,8 @@ def run_pcap(FastPath fast, object slow, const uint8_t[::1] buf, Py_ssize_t pos,
         decision = fast._handle(p, caplen, linktype, meta, ts_obj)
         if decision is None:
             decision = slow(PyBytes_FromStringAndSize(<const char *>p, caplen), meta, ts_obj)
+        elif type(decision) is PACKET:
+            decision = slow_packet(decision, meta, ts_obj)
         pos += 16 + caplen
         count += 1
         if ts > last_ts:
