@@ -28,8 +28,9 @@ from hypothesis import strategies as st
 
 from ips import fast
 from ips.core.build import build_packet
+from ips.core.decode import decode_frame
 from ips.core.flow import Flow
-from ips.core.packet import LINKTYPE_RAW, PROTO_ICMP, PROTO_TCP, PROTO_UDP
+from ips.core.packet import LINKTYPE_RAW, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from ips.engine import Engine, Meta
 from ips.io.pcap import MAX_EMPTY_RUN, CaptureError, read_capture, write_pcap
 from ips.policy.compile import CompiledRule
@@ -365,3 +366,34 @@ def test_mapped_replay_refuses_what_the_reader_refuses(tmp_path: Path) -> None:
     with pytest.raises(CaptureError) as mapped_error:
         _replay(text, [zeros], fast_path=True, mapped=True)
     assert str(mapped_error.value) == str(reader_error.value)
+
+
+_PACKET_FIELDS = (
+    "data", "family", "src", "dst", "proto", "sport", "dport", "flags", "icmp_type",
+    "icmp_code", "ttl", "tos", "length", "l4_offset", "payload_offset", "frag", "vlans",
+)  # fmt: skip
+
+
+def test_a_packet_decoded_in_compiled_code_is_the_python_decoders(pcaps_dir: Path) -> None:
+    """What the fast path decodes but does not decide goes back as a Packet; it must be the
+    very Packet ips/core/decode.py makes (an engine without flows decides nothing)."""
+    need_fast_path()
+    engine = Engine(load_policy_text("set default accept\n", "t.rules"))
+    path = engine._fast_path
+    assert path is not None
+    decoded = 0
+    samples = [r for p in shared_captures() for r in capture_records(p)]
+    samples += [(1.0, LINKTYPE_RAW, p) for p in BENCH.traffic(500, 100)]
+    for ts, linktype, data in samples:
+        got = path.handle(data, Meta(linktype=linktype), ts)
+        if got is None:
+            continue
+        assert isinstance(got, Packet)
+        want = decode_frame(data, linktype)
+        assert isinstance(want, Packet)
+        assert [getattr(got, f) for f in _PACKET_FIELDS] == [
+            getattr(want, f) for f in _PACKET_FIELDS
+        ]
+        decoded += 1
+    assert decoded > len(samples) // 2
+    assert engine.stats.packets == 0 and len(engine.flows) == 0
