@@ -214,10 +214,16 @@ def test_the_fast_path_decides_most_packets_of_the_captures(pcaps_dir: Path) -> 
 # ---- generated traffic: bench/engine.py's, the 10-rule and the 10,000-rule policies ------------
 
 
-@pytest.mark.parametrize("rules", [0, 10_000], ids=["ten", "ten-thousand"])
-def test_bench_traffic_decides_the_same(rules: int) -> None:
+@pytest.mark.parametrize(
+    ("rules", "detectors"),
+    [(0, False), (10_000, False), (0, True)],
+    ids=["ten", "ten-thousand", "ten-detectors"],
+)
+def test_bench_traffic_decides_the_same(rules: int, detectors: bool) -> None:
+    """The detectors declare what they need (Detectors.interest): with all six on, the
+    packets they do not need still take the fast path."""
     need_fast_path()
-    text = BENCH.TEN_RULES.replace(
+    text = (BENCH.TEN_RULES + (BENCH.DETECTORS if detectors else "")).replace(
         "set default drop\n", "set default drop\n" + "\n".join(BENCH.generated_rules(rules)) + "\n"
     )
     pair = Pair(text)
