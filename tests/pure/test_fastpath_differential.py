@@ -403,3 +403,15 @@ def test_a_packet_decoded_in_compiled_code_is_the_python_decoders(pcaps_dir: Pat
         decoded += 1
     assert decoded > len(samples) // 2
     assert engine.stats.packets == 0 and len(engine.flows) == 0
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_the_progress_bar_shows_packets_per_second(
+    tmp_path: Path, mapped: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _damaged(tmp_path, b"", empty=0)
+    policy = load_policy_text("set default accept\n", "t.rules")
+    result = replay_captures(policy, [path], progress=True, mapped=mapped)
+    assert result.packets == 300
+    err = capsys.readouterr().err
+    assert "packets/s" in err and "300 packets" in err
