@@ -3,8 +3,9 @@
 
 `FastPath.handle(data, meta, now)` does exactly what `Engine.handle` would do for a packet it
 can prove needs nothing but counting and a rule the flow's cache already names, and returns
-the same Decision object; for every other packet it returns None *before changing anything*,
-and the engine's Python path decides it. A packet qualifies when:
+the same Decision object; for every other packet it changes nothing and returns the packet
+decoded (a `Packet`, as ips/core/decode.py makes it, for `Engine.handle_packet`) or None (not
+decoded here: `Engine.handle_python`). A packet qualifies when:
 
   * its bytes are raw IP or Ethernet without VLAN tags, IPv4 without options and not a
     fragment, or IPv6 without extension headers, carrying TCP or UDP whose header the
