@@ -41,4 +41,4 @@ bench-lab: setup
 	$(BIN)/python bench/lab.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info ips/fast/_fastpath.c ips/fast/_fastpath*.so
