@@ -2,7 +2,10 @@
 
 Brings up labs/gateway.yaml (client 10.10.1.20 -> gw -> server 10.10.2.10, a fresh lab with
 its own prefix for every variant and run), and measures, for each variant, in one run:
-  TCP bulk      iperf3, one stream, Gbit/s at the receiver
+  TCP bulk      iperf3, one stream, Gbit/s at the receiver: to port 5201 (a bench port no
+                content rule reads) and to port 443 (a web port: gateway.rules' two `payload
+                contains` rules read the first payload-depth bytes of the upload, then the
+                flow may be offloaded), each with the packets the queue took during it
   UDP 64 bytes  hping3 --udp --flood with 64-byte payloads, 4 senders (one flow each) towards
                 4 server addresses (NFQUEUE's --queue-balance hashes addresses, not ports: one
                 address pair would always land in one queue); packets/s the server received,
@@ -24,6 +27,8 @@ Variants (--only NAME,...):
                       without that option runs at its defaults, and the report says so)
   ipsctl-offload-2q   the same with `ipsctl run --queues 2`: a worker per core of this
                       2-core machine, as a gateway would run it
+  ipsctl-offload-nodepth  offload on, `set payload-depth unlimited`: the payload rules read
+                      every byte, as before inspection depth (a web port's flows never leave)
   ipsctl-inspect      ipsctl, the bench policy, `set offload off`: every packet inspected
   ipsctl-inspect-2q   the same with `ipsctl run --queues 2`
   ipsctl-10k          10,000 generated rules before the bench policy's rules, offload off
@@ -48,7 +53,7 @@ everything started is stopped by PID and the lab removed, also on errors or Ctrl
 
     python bench/lab.py [--runs 3] [--seconds 5] [--only kernel,accept-only] [--quick]
                         [--json FILE] [--fail-mode closed|open]
-                        [--nfq-client own|netfilterqueue]
+                        [--nfq-client own|netfilterqueue] [--tcp-only]
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ ACCEPT_LOOP = ROOT / "bench" / "accept_loop.py"
 SERVER = "10.10.2.10"
 BENCH_PORTS = "5201-5209"
 TCP_PORT = 5201
+TCP_WEB_PORT = 443  # a port of gateway.rules' $web: its payload rules are candidates there
 UDP_PORT = 5202  # + stream index
 UDP_DSTS = ("10.10.2.10", "10.10.2.100", "10.10.2.101", "10.10.2.102")
 # The client's own addresses (labs/gateway.yaml): each sender and storm client uses its own,
@@ -120,6 +126,7 @@ class Variant:
     offload: bool | None = None
     queues: int = 1
     conntrack: bool = False  # kernel: with conntrack loaded in gw
+    settings: str = ""  # `set` lines put before the bench policy
 
 
 VARIANTS = (
@@ -140,6 +147,13 @@ VARIANTS = (
         queues=2,
     ),
     Variant(
+        "ipsctl-offload-nodepth",
+        "ipsctl, bench policy + `set payload-depth unlimited`, offload on, 1 queue",
+        "ipsctl",
+        offload=True,
+        settings="set payload-depth unlimited    # bench/lab.py: payload rules read everything\n",
+    ),
+    Variant(
         "ipsctl-inspect", "ipsctl, bench policy, offload off, 1 queue", "ipsctl", offload=False
     ),
     Variant(
@@ -157,8 +171,8 @@ VARIANTS = (
         offload=False,
     ),
 )
-METRICS = ("tcp_gbps", "udp_pps", "conn_per_s", "conn_par_per_s", "ping_p50_us",
-           "ping_p99_us")  # fmt: skip
+METRICS = ("tcp_gbps", "tcp443_gbps", "udp_pps", "conn_per_s", "conn_par_per_s",
+           "ping_p50_us", "ping_p99_us")  # fmt: skip
 # Beside them, for the variants with a queue: the gateway's CPU time per UDP packet it
 # handled (user + system; lower is cheaper), steadier than packets/s on a shared machine.
 UDP_CPU = "udp_cpu_us_per_packet"
@@ -371,19 +385,22 @@ def wait_listening(b: Bench, ports: list[int], timeout: float = 10.0) -> None:
     raise BenchError(f"server: iperf3 not listening on {ports} after {timeout:.0f} s")
 
 
-def measure_tcp(b: Bench) -> float:
-    """Gbit/s of one iperf3 TCP stream, as its receiver counted them."""
+def measure_tcp(b: Bench, port: int = TCP_PORT) -> tuple[float, int | None]:
+    """Gbit/s of one iperf3 TCP stream to `port`, as its receiver counted them; and the
+    packets gw's queues took meanwhile (iperf3's data and control connections, both ways;
+    None without a queue): with offload, what the engine saw before the kernel took over."""
+    before_q = b.queues()
     server = b.popen(
         "server",
-        ["iperf3", "-s", "-1", "-p", str(TCP_PORT), "-B", SERVER],
+        ["iperf3", "-s", "-1", "-p", str(port), "-B", SERVER],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_listening(b, [TCP_PORT])
+        wait_listening(b, [port])
         client = b.popen(
             "client",
-            ["iperf3", "-c", SERVER, "-p", str(TCP_PORT), "-t", f"{b.seconds:g}", "-J"],
+            ["iperf3", "-c", SERVER, "-p", str(port), "-t", f"{b.seconds:g}", "-J"],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -395,9 +412,16 @@ def measure_tcp(b: Bench) -> float:
             raise BenchError(f"iperf3: {err.strip() or out.strip()[:200]}") from None
         if "error" in doc:
             raise BenchError(f"iperf3: {doc['error']}")
-        return doc["end"]["sum_received"]["bits_per_second"] / 1e9
+        gbps = doc["end"]["sum_received"]["bits_per_second"] / 1e9
     finally:
         stop(server, 3)
+    after_q = b.queues()
+    if not after_q:
+        return gbps, None
+    queued = sum(
+        after_q[q]["id_sequence"] - before_q.get(q, {}).get("id_sequence", 0) for q in after_q
+    )
+    return gbps, queued
 
 
 def server_rx_packets(b: Bench) -> int:
@@ -567,15 +591,21 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[k]
 
 
-def one_run(b: Bench) -> dict[str, Any]:
-    p50, p99, ping_info = measure_ping(b)
-    tcp = measure_tcp(b)
+def one_run(b: Bench, tcp_only: bool = False) -> dict[str, Any]:
+    if not tcp_only:
+        p50, p99, ping_info = measure_ping(b)  # first: unloaded
+    tcp, tcp_queued = measure_tcp(b)
+    tcp443, tcp443_queued = measure_tcp(b, TCP_WEB_PORT)
+    tcp_detail = {"tcp_queued": tcp_queued, "tcp443_queued": tcp443_queued}
+    if tcp_only:
+        return {"tcp_gbps": tcp, "tcp443_gbps": tcp443, "detail": {"udp": {}, **tcp_detail}}
     udp, udp_info = measure_udp(b)
     conns, storm_info = measure_storm(b)
     time.sleep(1.0)  # the first storm's last connections closed before the next one counts
     conns_par, storm_par_info = measure_storm(b, STORM_PARALLEL)
     return {
         "tcp_gbps": tcp,
+        "tcp443_gbps": tcp443,
         "udp_pps": udp,
         "conn_per_s": conns,
         "conn_par_per_s": conns_par,
@@ -586,6 +616,7 @@ def one_run(b: Bench) -> dict[str, Any]:
             "storm": storm_info,
             "storm_parallel": storm_par_info,
             "ping": ping_info,
+            **tcp_detail,
         },
     }
 
@@ -776,7 +807,7 @@ def run_has_option(option: str) -> bool:
 def prepare_policy(v: Variant, workdir: Path) -> tuple[Path, str | None]:
     """The variant's policy file and a note on it; Unsupported if this ipsctl refuses what
     the variant is about (offload off, several queues)."""
-    text = bench_policy(GATEWAY_RULES.read_text())
+    text = v.settings + bench_policy(GATEWAY_RULES.read_text())
     if v.rules == "10k":
         text = policy_10k(text)
     note = None
@@ -822,7 +853,7 @@ def run_variant(
             elif v.kind == "ipsctl":
                 assert policy is not None
                 start_ipsctl(b, v, policy)
-            run = one_run(b)
+            run = one_run(b, getattr(args, "tcp_only", False))
             if v.conntrack:  # that the kernel did track the bench's connections
                 count = b.run(
                     "gw", ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], timeout=20
@@ -855,7 +886,11 @@ def run_all(
             results.setdefault(v.name, {**one, "runs": []})["runs"].extend(one["runs"])
     for r in results.values():
         if r["status"] == "ok":
-            r["median"] = {m: statistics.median(run[m] for run in r["runs"]) for m in METRICS}
+            r["median"] = {
+                m: statistics.median(run[m] for run in r["runs"])
+                for m in METRICS
+                if all(m in run for run in r["runs"])
+            }
             cpu = [run["detail"]["udp"].get("cpu_us_per_packet") for run in r["runs"]]
             if all(c is not None for c in cpu):
                 r["median"][UDP_CPU] = statistics.median(cpu)
@@ -868,6 +903,13 @@ def run_all(
 # reported as added microseconds instead.
 TARGETS = (
     ("TCP bulk, offload on / kernel", "tcp_gbps", "ipsctl-offload", "kernel", 0.95),
+    (
+        "TCP bulk to 443 (gateway web rules), offload on / kernel",
+        "tcp443_gbps",
+        "ipsctl-offload",
+        "kernel",
+        0.95,
+    ),
     (
         "UDP64 pkt/s, full inspection 1 queue / accept-only",
         "udp_pps",
@@ -926,10 +968,10 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = {}
 
     def ratio(metric: str, a: str, b: str) -> None:
-        if a in med and b in med and med[b][metric] > 0:
+        if a in med and b in med and med[b].get(metric, 0) > 0 and metric in med[a]:
             out[f"{metric} {a} / {b}"] = med[a][metric] / med[b][metric]
 
-    for metric in ("tcp_gbps", "udp_pps", "conn_per_s", "conn_par_per_s"):
+    for metric in ("tcp_gbps", "tcp443_gbps", "udp_pps", "conn_per_s", "conn_par_per_s"):
         for name in med:
             if name != "kernel":
                 ratio(metric, name, "kernel")
@@ -951,7 +993,7 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
                 med[name][UDP_CPU] / med["accept-only"][UDP_CPU]
             )
     for name in med:
-        if name != "kernel" and "kernel" in med:
+        if name != "kernel" and "kernel" in med and "ping_p50_us" in med[name]:
             for p in ("ping_p50_us", "ping_p99_us"):
                 out[f"{p} {name} - kernel (us added)"] = med[name][p] - med["kernel"][p]
     return out
@@ -972,7 +1014,7 @@ def targets(res: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for title, metric, a, b, goal in TARGETS:
         row: dict[str, Any] = {"target": title, "goal": f">= {goal:g}"}
-        if a in med and b in med and med[b][metric] > 0:
+        if a in med and b in med and med[b].get(metric, 0) > 0 and metric in med[a]:
             value = med[a][metric] / med[b][metric]
             row.update(value=shown_ratio(value, goal), met=value >= goal)
         notes = [f"{n}: {res[n]['note']}" for n in (a, b) if res.get(n, {}).get("note")]
@@ -983,7 +1025,7 @@ def targets(res: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         "target": "ping p50 added by gw, offload on vs kernel",
         "goal": f"<= {PING_TARGET_US:g} us",
     }
-    if "ipsctl-offload" in med and "kernel" in med:
+    if "ipsctl-offload" in med and "ping_p50_us" in med["ipsctl-offload"] and "kernel" in med:
         added = med["ipsctl-offload"]["ping_p50_us"] - med["kernel"]["ping_p50_us"]
         row.update(value=round(added, 1), met=added <= PING_TARGET_US)
         if res["ipsctl-offload"].get("note"):
@@ -1006,24 +1048,32 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
         f"{len(STORM_DSTS)} Python storm clients with 1 and {STORM_PARALLEL} connections in "
         f"flight each; ping -i {PING_INTERVAL:g}, unloaded"
     )
+    w = max(19, 1 + max((len(n) for n in res), default=0))  # the variant column's width
     head = (
-        f"{'variant':<19}{'TCP Gbit/s':>11}{'UDP64 pkt/s':>13}{'conn/s':>9}"
+        f"{'variant':<{w}}{'TCP Gbit/s':>11}{'to 443':>8}{'UDP64 pkt/s':>13}{'conn/s':>9}"
         f"{f'x{STORM_PARALLEL}':>8}{'ping p50 us':>13}{'p99 us':>8}  queue drops (UDP)"
     )
     print(head)
     for name, r in res.items():
         if r["status"] != "ok":
             what = "n/a (not supported by this ipsctl)" if r["status"] == "n/a" else "error"
-            print(f"{name:<19}{what}: {r['reason']}")
+            print(f"{name:<{w}}{what}: {r['reason']}")
             continue
-        m = r["median"]
+        m = {k: r["median"].get(k, float("nan")) for k in METRICS}
         drops = [run["detail"]["udp"].get("queue_drops") for run in r["runs"]]
         drop_text = "-" if drops[0] is None else "/".join(str(d) for d in drops)
         print(
-            f"{name:<19}{m['tcp_gbps']:>11.2f}{m['udp_pps']:>13,.0f}{m['conn_per_s']:>9,.0f}"
+            f"{name:<{w}}{m['tcp_gbps']:>11.2f}{m['tcp443_gbps']:>8.2f}{m['udp_pps']:>13,.0f}{m['conn_per_s']:>9,.0f}"
             f"{m['conn_par_per_s']:>8,.0f}{m['ping_p50_us']:>13.0f}{m['ping_p99_us']:>8.0f}"
             f"  {drop_text}"
         )
+    for name, r in res.items():
+        if r["status"] == "ok" and r["runs"][0]["detail"].get("tcp_queued") is not None:
+            each = [
+                f"{run['detail']['tcp_queued']}/{run['detail']['tcp443_queued']}"
+                for run in r["runs"]
+            ]
+            print(f"  {name}: packets queued during TCP bulk, port 5201/443, each run: {each}")
     for name, r in res.items():
         if r["status"] == "ok" and r["runs"][0]["detail"]["udp"].get("queued"):
             shares = [run["detail"]["udp"]["queued"] for run in r["runs"]]
@@ -1082,6 +1132,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=("own", "netfilterqueue"),
         help="the NFQUEUE client of ipsctl's workers (default: ipsctl's default)",
     )
+    ap.add_argument(
+        "--tcp-only",
+        action="store_true",
+        help="measure only TCP bulk (to 5201 and to 443): the offload figures",
+    )
     args = ap.parse_args(argv)
     quick = (1, 2.0) if args.quick else (3, 5.0)  # explicit --runs/--seconds win
     args.runs = quick[0] if args.runs is None else args.runs
@@ -1132,6 +1187,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": args.seconds,
                 "fail_mode": args.fail_mode,
                 "nfq_client": args.nfq_client or "default",
+                "tcp_only": args.tcp_only,
                 "policy": POLICY_NOTE,
                 "udp_streams": list(UDP_DSTS),
                 "storm_clients": list(STORM_DSTS),

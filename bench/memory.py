@@ -1,14 +1,17 @@
 """Memory bounds under a spoofed-source flood, in-process: N distinct sources (1,000,000 by
-default) through the engine with all six detectors, and a trusted address spoofed in between;
+default) through the engine with every detector, and a trusted address spoofed in between;
 one source in a thousand scans for real (3 XMAS packets) and is blocked, within the ban budget.
 
 Each source sends one packet of a mix that feeds every kind of state: SYNs to the web servers
 (accepted: flows; synflood per destination; portscan probes), XMAS packets (stealth, per
 source), UDP (udpflood per source), ICMP echo through a `limit 20/s per src` rule (token
-buckets per source; icmpflood) and probes of many ports (portscan, sweep). Simulated time runs
+buckets per source; icmpflood) and probes of many ports (portscan, sweep); every fourth source
+also sends an unsolicited NTP answer to a victim of its own (reflection) or a bare ACK
+(ackscan), and everything counts for `volume`. Simulated time runs
 at 10,000 packets a second, so the flow table's unreplied timeout (30 s) alone would not keep
 it under its cap. Every 10,000 packets: tick, and check the flow table, every detector's keys,
-the rule limiters, the block table and the ban history against their caps.
+the rule limiters, the block table and the ban history against their caps, and the scan
+detectors' pending probes against `set detect-probes`.
 
     .venv/bin/python bench/memory.py [--sources 1000000] [--max-flows 262144]
                                      [--detect-memory 65536] [--json]
@@ -52,6 +55,10 @@ detect stealth    count 3  within 60s   block 1h
 detect icmpflood  rate 200/s  per src   limit
 detect synflood   rate 500/s  per dst   limit
 detect udpflood   rate 5000/s per src   limit
+detect udpflood   rate 10000/s per dst  limit
+detect reflection                       limit
+detect ackscan                          alert
+detect volume     bytes 1MB/s per dst   alert
 """
 
 
@@ -98,6 +105,16 @@ def packet_for(i: int, src: bytes) -> bytes:
     return build_packet(PROTO_TCP, src, dst, 2000, 1 + i % 1024, flags=0x02)  # probe
 
 
+def extra_for(i: int, src: bytes) -> bytes:
+    """A second packet of every fourth source: an unsolicited NTP answer to a victim of its
+    own (reflection), or a bare ACK of no connection (ackscan)."""
+    if i % 8 == 0:
+        return build_packet(PROTO_UDP, src, spoofed(i + 1), 123, 40000, payload=b"a" * 400)
+    return build_packet(
+        PROTO_TCP, src, bytes((10, 10, 2, 100 + i % SERVERS)), 3000, 1 + i % 1024, flags=0x10
+    )
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -121,6 +138,8 @@ def run(sources: int, max_flows: int = 262_144, detect_memory: int = 65_536) -> 
         now += 1.0 / RATE
         src = spoofed(i)
         engine.handle(packet_for(i, src), meta, now)
+        if i % 4 == 0:
+            engine.handle(extra_for(i, src), meta, now)
         if i % 1000 == 0:  # some sources scan for real: stealth blocks them, within the budget
             for _ in range(3):
                 engine.handle(
@@ -159,6 +178,8 @@ def _check(engine: Engine, r: Report, now: float, trusted: bytes) -> None:
         r.detector_evicted[name] = s["evicted"]
         if s["tracked"] > s["memory"]:
             r.violations.append(f"detector {name}: {s['tracked']} keys > {s['memory']}")
+        if s.get("pending", 0) > s.get("probes", 0):
+            r.violations.append(f"detector {name}: {s['pending']} probes > {s['probes']}")
     for rule in engine.policy.rules:
         if rule.limiter is not None:
             keys = len(rule.limiter.buckets)

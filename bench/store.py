@@ -64,7 +64,7 @@ def flows(n: int, seed: int, t0: float = T0, span: float = DAY) -> list[FlowEnd]
             first_seen=end - rng.random() * 60, last_seen=end,
             pkts_fwd=rng.randrange(1, 40), pkts_rev=rng.randrange(0, 60),
             bytes_fwd=rng.randrange(40, 20_000), bytes_rev=rng.randrange(0, 200_000),
-            replied=True, offloaded=False, app=None, dst_name=None, icmp=-1,
+            replied=True, offloaded=False, app=None, dst_name=None, icmp=-1, iif=None, oif=None,
             app_proto={443: "tls", 80: "http", 53: "dns", 22: "ssh"}.get(dport),
         )  # fmt: skip
         out.append(FlowEnd(f, "timeout", end + 30))  # type: ignore[arg-type]

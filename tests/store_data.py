@@ -61,7 +61,7 @@ def synthetic_flows(n: int, seed: int = 1, t0: float = T0, span: float = 3 * 360
             offloaded=rng.random() < 0.1, app=app,
             app_proto={443: "tls", 80: "http", 53: "dns", 22: "ssh"}.get(dport),
             dst_name=name if rng.random() < 0.5 else None, icmp=0x0800 if proto == 1 else -1,
-            tcp_state=0, flags_fwd=0, flags_rev=0,
+            tcp_state=0, flags_fwd=0, flags_rev=0, iif=None, oif=None,
         )  # fmt: skip
         out.append(FlowEnd(flow, rng.choice(("timeout", "closed", "evicted")), end + 30))  # type: ignore[arg-type]
     return out

@@ -10,6 +10,8 @@ The commands by audience, one module each:
     geo.py     geo lookup/update/build       country and ASN data (offline)
     report.py  report top/volume, history,   the store's readers: what happened yesterday
                export
+    mix.py     mix                           labelled mixes of captures (the researcher)
+    evaluate.py eval                         a policy scored against labelled traffic
 What they share (exit codes, the socket option, the control client): common.py.
 """
 
@@ -20,8 +22,10 @@ import click
 from ips import __version__
 from ips.cli.blocks import blocks
 from ips.cli.daemon import apply, confirm, doctor, run, status
+from ips.cli.evaluate import evaluate
 from ips.cli.geo import geo
 from ips.cli.lab import lab
+from ips.cli.mix import mix
 from ips.cli.policy import check, explain, replay
 from ips.cli.report import export, history_command, report
 from ips.cli.views import flows, top
@@ -56,5 +60,7 @@ for command in (
     report,
     history_command,
     export,
+    mix,
+    evaluate,
 ):
     main.add_command(command)

@@ -145,6 +145,15 @@ from ips.views.status import format_status
     "verdicts; the default) or netfilterqueue (the binding, one verdict per packet)",
 )
 @click.option(
+    "--gso",
+    "nfq_gso",
+    type=click.Choice(["on", "off"]),
+    default=None,
+    help="NFQUEUE with our client: TCP super-packets (GSO/GRO, up to 64 KB) queued whole and "
+    "judged once (on, the default), or segmented by the kernel first (off: every wire "
+    "packet judged and counted)",
+)
+@click.option(
     "--metrics",
     "metrics",
     metavar="[ADDR:]PORT",

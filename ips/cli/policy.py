@@ -11,6 +11,7 @@ import click
 
 from ips.cli.common import EXIT_POLICY, EXIT_USAGE, echo_errors, error_report, load_or_exit
 from ips.policy.diagnostics import PolicyError, render
+from ips.policy.explain import size_text
 from ips.policy.model import Policy
 from ips.policy.resolve import load_policy
 
@@ -27,6 +28,14 @@ def policy_summary(policy: Policy) -> dict[str, Any]:
         "actions": dict(actions),
         "alerts": sum(1 for r in policy.rules if r.alert),
         "app_clauses": dict(Counter(c.clause for r in policy.rules for c in r.app)),
+        # How far `payload contains` reads (docs/offload.md): each depth of the rules that
+        # have one, in bytes (0: unlimited), and how many rules read to it.
+        "payload_depths": [
+            {"depth": depth, "rules": n}
+            for depth, n in sorted(
+                Counter(policy.depth_of(r) for r in policy.rules if r.contains).items()
+            )
+        ],
         "tables": {
             name: {
                 "kind": t.kind,
@@ -91,6 +100,16 @@ def check(policies: tuple[str, ...], fmt: str) -> None:
         if summary["app_clauses"]:
             clauses = ", ".join(f"{c} {n}" for c, n in sorted(summary["app_clauses"].items()))
             click.echo(f"  app layer  {clauses}")
+        if summary["payload_depths"]:
+            depths = ", ".join(
+                f"{n} rule{'s' if n > 1 else ''} read "
+                + (f"the first {size_text(d)}" if d else "everything (unlimited)")
+                for d, n in ((p["depth"], p["rules"]) for p in summary["payload_depths"])
+            )
+            encrypted = "not read" if policy.encrypted_payload_skipped else "read too"
+            click.echo(
+                f"  payload    {depths} of each direction of a flow; TLS/SSH/QUIC {encrypted}"
+            )
         click.echo(f"  detectors  {', '.join(policy.detectors) or 'none'}")
         opts = summary["options"]
         click.echo(
@@ -243,8 +262,7 @@ def explain_app_context(proto: int, options: dict[str, Any]) -> Any:
 
 
 @click.command()
-@click.argument("policy_path", metavar="POLICY", type=click.Path(dir_okay=False))
-@click.argument("captures", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, metavar="POLICY CAPTURE... | --to IFACE CAPTURE")
 @click.option("--json", "as_json", is_flag=True, help="print the results as JSON")
 @click.option(
     "--eve",
@@ -263,16 +281,56 @@ def explain_app_context(proto: int, options: dict[str, Any]) -> Any:
     metavar="DIR|URL",
     help="also fill this store (a directory or a postgresql:// URL) for `report` and `history`",
 )
+@click.option(
+    "--to",
+    "to_iface",
+    metavar="IFACE",
+    help="send CAPTURE onto this lab interface instead (a veth of an ipsctl lab namespace)",
+)
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="with --to: X times the recorded pace",
+)
+@click.option(
+    "--pps",
+    type=click.FloatRange(min=0, min_open=True),
+    help="with --to: this many packets per second, whatever the recorded times",
+)
+@click.option(
+    "--limit", type=click.IntRange(min=1), help="with --to: send at most this many packets"
+)
+@click.option(
+    "--dst-mac",
+    default="02:00:00:00:00:01",
+    show_default=True,
+    help="with --to: destination MAC of raw-IP packets (they get an Ethernet header)",
+)
 def replay(
-    policy_path: str,
-    captures: tuple[str, ...],
+    paths: tuple[str, ...],
     as_json: bool,
     eve_path: str | None,
     progress: bool | None,
     store_target: str | None,
+    to_iface: str | None,
+    speed: float,
+    pps: float | None,
+    limit: int | None,
+    dst_mac: str,
 ) -> None:
     """Run POLICY over CAPTURES (pcap or pcapng, by magic number): verdict totals, per-rule
-    hits, malformed packets, alerts."""
+    hits, malformed packets, alerts. With --to IFACE: send one CAPTURE onto a lab interface
+    at its recorded pace (--speed, --pps) instead (docs/evaluation.md)."""
+    if to_iface is not None:
+        _replay_to(paths, to_iface, speed, pps, limit, dst_mac, as_json, (eve_path, store_target))
+        return
+    if speed != 1.0 or pps is not None or limit is not None:
+        raise click.UsageError("--speed, --pps and --limit go with --to")
+    if len(paths) < 2:
+        raise click.UsageError("give POLICY and at least one CAPTURE (or --to IFACE CAPTURE)")
+    policy_path, captures = paths[0], paths[1:]
     from ips.heap import tune_collector
     from ips.replay import ReplayResult, replay_captures
 
@@ -333,3 +391,39 @@ def replay(
         click.echo(json.dumps(result.as_dict(), indent=2))
     else:
         click.echo(result.table())
+
+
+def _replay_to(
+    paths: tuple[str, ...],
+    iface: str,
+    speed: float,
+    pps: float | None,
+    limit: int | None,
+    dst_mac: str,
+    as_json: bool,
+    engine_options: tuple[str | None, str | None],
+) -> None:
+    """`replay --to IFACE CAPTURE`: the capture onto a lab wire (ips/lab/wire.py)."""
+    from ips.io.pcap import CaptureError
+    from ips.lab.wire import WireError, replay_to
+
+    if any(engine_options):
+        click.echo(
+            "ipsctl replay: --to sends a capture, no engine runs: no --eve, --store", err=True
+        )
+        sys.exit(EXIT_USAGE)
+    if len(paths) != 1:
+        click.echo("ipsctl replay: --to IFACE takes one CAPTURE (and no POLICY)", err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        result = replay_to(paths[0], iface, speed=speed, pps=pps, limit=limit, dst_mac=dst_mac)
+    except WireError as exc:
+        click.echo(f"ipsctl replay: --to {iface}: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except (OSError, CaptureError) as exc:
+        click.echo(f"ipsctl replay: {exc}", err=True)
+        sys.exit(EXIT_POLICY)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        click.echo(result.text())

@@ -29,6 +29,7 @@ import struct
 
 from ips.core.packet import (
     FRAG_LATER,
+    FRAG_NONE,
     PROTO_ICMP,
     PROTO_ICMPV6,
     PROTO_TCP,
@@ -193,6 +194,36 @@ def _patch_l4(buf: bytearray, at: int, proto: int, old_sum: int, new_sum: int) -
             buf[at] = buf[at + 1] = 0xFF
     else:
         _patch(buf, at, old_sum, new_sum)
+
+
+def complete_l4_checksum(data: bytes, pkt: Packet) -> bytes:
+    """`data` (the bytes of `pkt`, or a rewrite of them: offsets do not move) with its TCP,
+    UDP or ICMPv6 checksum computed over the whole segment, from the addresses in `data`.
+
+    Why: a queue with the GSO flag gets packets whose checksum the kernel has not filled in
+    yet (NFQA_SKB_CSUMNOTREADY; the field holds only the pseudo-header's sum, finished by the
+    NIC or at segmentation). An incremental update keeps such a field partial, and the kernel
+    sends the bytes of a verdict as they are (nfqnl_mangle: CHECKSUM_NONE): a rewritten packet
+    needs the full checksum. Anything else (a later fragment, UDP-Lite, ICMP over IPv4,
+    whose checksum the kernel always fills in) comes back unchanged."""
+    if pkt.proto not in (PROTO_TCP, PROTO_UDP, PROTO_ICMPV6) or pkt.l4_offset < 0:
+        return data
+    if pkt.frag != FRAG_NONE:  # the segment is not all here
+        return data
+    buf = bytearray(data)
+    at = _l4_csum_at(buf, pkt)
+    if at < 0:
+        return data
+    if pkt.family == 4:
+        src, dst = bytes(buf[12:16]), bytes(buf[16:20])
+    else:
+        src, dst = bytes(buf[8:24]), bytes(buf[24:40])
+    buf[at : at + 2] = b"\0\0"
+    csum = l4_checksum(src, dst, pkt.proto, buf[pkt.l4_offset :])
+    if csum == 0 and pkt.proto == PROTO_UDP:
+        csum = 0xFFFF
+    buf[at : at + 2] = _U16.pack(csum)
+    return bytes(buf)
 
 
 # -- replies -----------------------------------------------------------------------------

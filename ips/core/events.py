@@ -250,7 +250,7 @@ class Block:
     table     the dynamic table it went into ("banned"); the inline daemon mirrors it into
               the nftables set of that name, so the kernel drops the address at line rate
     ttl       seconds the block lasts (escalated for repeat offenders)
-    detector  portscan, sweep, stealth, icmpflood, synflood, udpflood, or manual
+    detector  the detector's key in the policy (portscan, udpflood-dst, volume-2 …), or manual
     offense   1 for an address's first detector block, 2 for the next one, …
     reason    a line for humans ("portscan: 15 ports of 10.0.0.5 within 60s")
     time      when (the engine's `now`)"""

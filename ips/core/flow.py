@@ -179,9 +179,9 @@ class FlowStats:
 class Flow:
     """One bidirectional flow. The initiator's view (family, proto, src, sport, dst, dport) is
     that of the first packet seen. `replied` is conntrack's "seen reply": what policy calls
-    state established. cache_fwd, cache_rev, nat, user, mac and the app_* and dst_name fields
-    belong to the engine; the table never reads them. end_reason is set when the flow leaves
-    the table (END_*)."""
+    state established. cache_fwd, cache_rev, nat, user, mac, iif, oif and the app_* and
+    dst_name fields belong to the engine; the table never reads them. end_reason is set when
+    the flow leaves the table (END_*)."""
 
     __slots__ = (
         "_slot",
@@ -203,10 +203,14 @@ class Flow:
         "flags_rev",
         "flow_id",
         "icmp",
+        "iif",
         "last_seen",
         "mac",
         "nat",
         "offloaded",
+        "oif",
+        "payload_fwd",
+        "payload_rev",
         "pkts_fwd",
         "pkts_rev",
         "proto",
@@ -232,6 +236,10 @@ class Flow:
         self.pkts_rev = 0
         self.bytes_fwd = pkt.length
         self.bytes_rev = 0
+        # Transport payload bytes seen each way (retransmissions too): how far into each
+        # direction a flow is, for the policy's inspection depth (`payload contains`).
+        self.payload_fwd = pkt.length - pkt.payload_offset
+        self.payload_rev = 0
         self.flags_fwd = pkt.flags
         self.flags_rev = 0
         self.replied = False
@@ -266,6 +274,11 @@ class Flow:
         self.app_state: Any = APP_NOT_STARTED
         # The name passive DNS gave the responder's address when the flow began (or None).
         self.dst_name: str | None = None
+        # The interfaces the flow's first decided packet came in on and would go out on
+        # (inline: NFQUEUE's names; tap: the interface read), set by the engine; None when
+        # not known (no packet of it reached the rules, or the adapter gives none).
+        self.iif: str | None = None
+        self.oif: str | None = None
         self._slot = _GONE
 
     @property
@@ -355,11 +368,13 @@ class FlowTable:
             fwd = True
             flow.pkts_fwd += 1
             flow.bytes_fwd += pkt.length
+            flow.payload_fwd += pkt.length - pkt.payload_offset
             flow.flags_fwd |= flags
         else:
             fwd = False
             flow.pkts_rev += 1
             flow.bytes_rev += pkt.length
+            flow.payload_rev += pkt.length - pkt.payload_offset
             flow.flags_rev |= flags
             flow.replied = True
         if now > flow.last_seen:  # a clock that steps back must not make a flow younger

@@ -50,6 +50,7 @@ class DaemonConfig:
     webhook: str | None = None  # alerts are POSTed there (ips/sinks/webhook.py)
     backend: str = "nfqueue"  # nfqueue | divert (pydivert: WinDivert / eBPFDivert)
     nfq_client: str = "own"  # own (ips/io/nfqnl.py, batched verdicts) | netfilterqueue
+    nfq_gso: bool = True  # own client: GSO super-packets queued whole (docs/backends.md)
     offload_copies: bool = True  # the worker reads offload's NFLOG copies (set from the probe)
     reverse_dns: bool = False  # name responders by reverse DNS (or `set reverse-dns on`)
     store: str | None = None  # the flow and event store: a directory or a postgresql:// URL
@@ -113,6 +114,13 @@ class DaemonConfig:
             raise ConfigError("--queues is for the NFQUEUE backend inline")
         if o.nfq_client is not None and (tap or backend == "divert"):
             raise ConfigError("--nfq-client is for the NFQUEUE backend inline")
+        if o.nfq_gso is not None and (tap or backend == "divert"):
+            raise ConfigError("--gso is for the NFQUEUE backend inline")
+        if o.nfq_gso == "on" and o.nfq_client == "netfilterqueue":
+            raise ConfigError(
+                "--gso on needs our NFQUEUE client: netfilterqueue's 4 KB buffer cuts "
+                "super-packets (use --nfq-client own, or --gso off)"
+            )
         if backend == "divert":
             if tap:
                 raise ConfigError("--backend divert is for inline mode (a tap reads AF_PACKET)")
@@ -146,6 +154,7 @@ class DaemonConfig:
             webhook=o.webhook,
             backend=backend,
             nfq_client=o.nfq_client or "own",
+            nfq_gso=o.nfq_gso != "off",
             reverse_dns=o.reverse_dns,
             store=o.store,
             store_retention=o.store_retention,
@@ -181,6 +190,7 @@ class RunOptions:
     webhook: str | None = None
     backend: str | None = None  # None: the platform's
     nfq_client: str | None = None  # None: own
+    nfq_gso: str | None = None  # on | off; None: on (with our client)
     reverse_dns: bool = False
     store: str | None = None
     store_retention: str = "raw 7d, 1m 90d, 1h 1y"

@@ -174,6 +174,9 @@ def open_sinks(
         out.eve = EveWriter(
             log=out.log,
             syslog=out.syslog,
+            # Tap mode: the interface read is every record's in_iface (the store's rows name
+            # it too); inline, a flow record names the flow's own interfaces.
+            in_iface=cfg.iface if cfg.mode == "tap" else None,
             passive=passive,
             blocks_enforced=blocks_enforced,
             enrich=peers.enrich if peers is not None else None,
@@ -481,6 +484,7 @@ def _adapter(
             client=cfg.nfq_client,
             read_copies=cfg.offload_copies,
             judged_cell=judged_cell,
+            gso=cfg.nfq_gso,
         )
     # The kernel's blocks (left by the previous worker or daemon, or restored from the state
     # file) become the engine's, before the first packet.

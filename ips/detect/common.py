@@ -87,6 +87,9 @@ class Detector:
         ignore = params.get("ignore")
         self.ignore: AddrList | None = AddrList(ignore) if isinstance(ignore, AddrSpec) else None
         self.sid_base = DETECTOR_SID_BASE[self.name]
+        # The policy's key for this detector: its name, or NAME-dst, volume-2 … for a
+        # detector given more than once (ips/policy/model.py, DetectSpec.key).
+        self.key = spec.key
         self.rule_name = f"{spec.span.file}:{spec.span.line}"
         self.alerts = 0
         self.suppressed = 0
@@ -203,7 +206,7 @@ class Detector:
                 BlockRequest(
                     to_ban,
                     ttl=self.ttl,
-                    detector=self.name,
+                    detector=self.key,
                     reason=reason,
                     time=now,
                     alert=alert,

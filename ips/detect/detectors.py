@@ -10,9 +10,21 @@ packet of an answered flow. What reaches a detector:
   * the first answer of a flow, if a RST        portscan, sweep (rejected probes)
   * ICMP/ICMPv6 destination unreachable         portscan, sweep (rejected probes)
   * ICMP/ICMPv6 echo request                    icmpflood; sweep if first
-  * UDP of a flow not answered (yet)            udpflood; portscan, sweep if first
+  * UDP of a flow not answered (yet)            udpflood; portscan, sweep if first;
+                                                reflection, from an amplifier port
+  * a SYN/ACK or RST of a flow nobody answered  reflection (no SYN of ours seen)
+  * an ICMP echo reply opening a flow           reflection
+  * a bare ACK opening a flow                   ackscan (and portscan, sweep)
+  * every packet, with `detect volume`          volume
 and, from the engine, a first packet the policy rejects (our own reset or ICMP error is a
 failed probe too: `rejected`).
+
+Several workers (`--queue-balance` hashes source, destination and protocol): a destination's
+senders are spread over the workers, so each counts its share of what is counted per
+destination (or per destination port): those rates and reflection's `sources` are divided by
+the number of workers. What is counted per source stays whole (a source's packets to one
+destination reach one worker); a source's targets on several hosts (sweep, ackscan, volume
+per src) are split among them: see docs/language.md, "Several workers".
 """
 
 from __future__ import annotations
@@ -36,8 +48,10 @@ from ips.core.packet import (
     TCP_SYN,
     Packet,
 )
+from ips.detect.ackscan import AckScan, target_of
 from ips.detect.common import Detector, not_a_host
 from ips.detect.flood import Flood, IcmpFlood, SynFlood, UdpFlood
+from ips.detect.reflection import ICMP_ANSWER, TCP_ANSWER, UDP_ANSWER, Reflection
 from ips.detect.scan import (
     ACK,
     DATAGRAM,
@@ -55,6 +69,7 @@ from ips.detect.scan import (
 )
 from ips.detect.slowscan import SlowScan
 from ips.detect.stealth import KIND_OF_FLAGS, Stealth
+from ips.detect.volume import Volume
 from ips.policy.model import Policy
 
 CLASSES: dict[str, Callable[..., Detector]] = {
@@ -65,6 +80,9 @@ CLASSES: dict[str, Callable[..., Detector]] = {
     "synflood": SynFlood,
     "udpflood": UdpFlood,
     "slowscan": SlowScan,
+    "reflection": Reflection,
+    "ackscan": AckScan,
+    "volume": Volume,
 }
 
 _SFRA = TCP_SYN | TCP_FIN | TCP_RST | TCP_ACK
@@ -73,6 +91,8 @@ _ICMP6_SWEEP = frozenset((128,))
 _ICMP4_ANSWERS = frozenset((0, 14, 18))  # their replies
 _ICMP6_ANSWERS = frozenset((129,))
 _UDPS = (PROTO_UDP, PROTO_UDPLITE)
+# A TCP packet that only answers: SYN+ACK, or a reset (with ACK or without).
+_ANSWER_FLAGS = frozenset((TCP_SYN | TCP_ACK, TCP_RST, TCP_RST | TCP_ACK))
 _ICMPS = (PROTO_ICMP, PROTO_ICMPV6)
 
 Result = tuple[list[DetectorEffect] | None, str | None]
@@ -89,7 +109,9 @@ class PacketInterest(NamedTuple):
 
 
 # The detector classes whose packets `observe` routes by the tests PacketInterest declares.
-_DECLARED = (PortScan, Sweep, Stealth, IcmpFlood, SynFlood, UdpFlood, SlowScan)
+_DECLARED = (
+    PortScan, Sweep, Stealth, IcmpFlood, SynFlood, UdpFlood, SlowScan, Reflection, AckScan
+)  # fmt: skip
 
 
 class Detectors:
@@ -106,62 +128,89 @@ class Detectors:
         shards: int = 1,
     ) -> None:
         memory = policy.detect_memory
-        self.by_name: dict[str, Detector] = {}
-        for name, spec in policy.detectors.items():
-            old = previous.by_name.get(name) if previous is not None else None
+        self.by_name: dict[str, Detector] = {}  # by the policy's key (a name, NAME-dst …)
+        for key, spec in policy.detectors.items():
+            old = previous.by_name.get(key) if previous is not None else None
             if old is not None and old.same_config(spec, memory):
                 det = old  # same settings: keep what it has learned (an `apply` is no reset)
                 det.spec = spec
                 det.rule_name = f"{spec.span.file}:{spec.span.line}"
             else:
-                det = CLASSES[name](spec, memory)
-            if isinstance(det, Flood) and not det.per_src and shards > 1:
-                # With several workers, a destination's sources are spread over them (the
-                # queue is chosen by the initiator's address): each counts its share.
-                det.rate = spec.number("rate") / shards
-                det.burst = max(det.rate, 1.0)
-                det.idle = det.burst / det.rate
-            self.by_name[name] = det
+                det = CLASSES[spec.name](spec, memory)
+            _share(det, spec.params, shards)
+            if isinstance(det, ScanDetector):
+                det.probes = policy.detect_probes
+            self.by_name[key] = det
+        dets = self.by_name.values()
         get = self.by_name.get
         self.portscan = _of(PortScan, get("portscan"))
         self.sweep = _of(Sweep, get("sweep"))
         self.stealth = _of(Stealth, get("stealth"))
-        self.icmpflood = _of(Flood, get("icmpflood"))
-        self.synflood = _of(Flood, get("synflood"))
-        self.udpflood = _of(Flood, get("udpflood"))
+        # A flood may be measured per source and per destination: two detectors of a name.
+        self.icmpfloods = tuple(d for d in dets if isinstance(d, IcmpFlood))
+        self.synfloods = tuple(d for d in dets if isinstance(d, SynFlood))
+        self.udpfloods = tuple(d for d in dets if isinstance(d, UdpFlood))
+        self.reflection = _of(Reflection, get("reflection"))
+        self.ackscan = _of(AckScan, get("ackscan"))
+        self.volumes = tuple(d for d in dets if isinstance(d, Volume))
         self.scans: tuple[ScanDetector, ...] = tuple(
-            d for d in (self.portscan, self.sweep) if d is not None
+            d for d in (self.portscan, self.sweep, self.ackscan) if d is not None
         )
-        # The long window hears every weight the scans give (also when a kept scan detector
-        # outlives a policy without `detect slowscan`: then it hears nothing).
+        # The long window hears every weight portscan and sweep give (also when a kept scan
+        # detector outlives a policy without `detect slowscan`: then it hears nothing).
         self.slowscan = _of(SlowScan, get("slowscan"))
-        for scan in self.scans:
-            scan.slow = self.slowscan
+        for scan in (self.portscan, self.sweep):
+            if scan is not None:
+                scan.slow = self.slowscan
+        self._scratch: list[DetectorEffect] = []
+        if self.volumes:
+            self.observe = self._observe_with_volume  # type: ignore[method-assign]
         # TCP flags that need no detector on a flow's later packets
         quiet = []
         for flags in range(256):
             busy = (
                 (self.stealth is not None and KIND_OF_FLAGS[flags] != 0)
-                or (self.synflood is not None and flags & _SFRA == TCP_SYN)
+                or (bool(self.synfloods) and flags & _SFRA == TCP_SYN)
                 or (bool(self.scans) and flags & TCP_RST != 0)
+                or (self.reflection is not None and flags & _SFRA in _ANSWER_FLAGS)
             )
             quiet.append(not busy)
         self._tcp_quiet: tuple[bool, ...] = tuple(quiet)
         self._tcp_first = bool(self.scans)  # (synflood's SYNs are not quiet anyway)
-        self._udp_busy = self.udpflood is not None or bool(self.scans)
+        self._udp_busy = bool(self.udpfloods) or bool(self.scans) or self.reflection is not None
         # What `observe` lets go on a flow already under way, declared for the compiled fast
         # path (ips/fast/), which skips the call for those packets. Only the classes whose
-        # packets `observe` routes as above declare it: with any other detector, None (every
-        # packet comes here). Whoever changes what `observe` lets go changes this too (the
-        # differential test, tests/pure/test_fastpath_differential.py, holds them together).
+        # packets `observe` routes by the two tables above declare it: with any other
+        # detector (`volume` sees every packet), None, and every packet comes here. Whoever
+        # changes what `observe` lets go changes this too (the differential test,
+        # tests/pure/test_fastpath_differential.py, holds them together).
         self.interest: PacketInterest | None = None
-        if all(type(d) in _DECLARED for d in self.by_name.values()):
+        if all(type(d) in _DECLARED for d in dets):
             self.interest = PacketInterest(self._tcp_quiet, self._udp_busy)
 
     def __bool__(self) -> bool:
         return bool(self.by_name)
 
     # ---- per packet --------------------------------------------------------------------------
+
+    def _observe_with_volume(self, pkt: Packet, flow: Flow, fwd: bool, now: float) -> Result | None:
+        """`observe` when the policy has `detect volume` lines: they see every packet."""
+        found = Detectors.observe(self, pkt, flow, fwd, now)
+        out = self._scratch  # empty, and handed out only when something was reported
+        drop = None
+        for volume in self.volumes:
+            if volume.count(pkt, flow, now, out) and drop is None:
+                drop = volume.key
+        if not out and drop is None:
+            return found
+        if out:
+            self._scratch = []
+        if found is None:
+            return (out or None, drop)
+        effects, dropped = found
+        if out:
+            effects = out if effects is None else effects + out
+        return (effects, dropped if dropped is not None else drop)
 
     def observe(self, pkt: Packet, flow: Flow, fwd: bool, now: float) -> Result | None:
         """Look at one packet after the flow table counted it (before the rules)."""
@@ -194,13 +243,19 @@ class Detectors:
         out: list[DetectorEffect] = []
         drop = None
         kind = KIND_OF_FLAGS[flags]
+        sfra = flags & _SFRA
+        answers_probe = False
         if kind:
             if self.stealth is not None:
                 self.stealth.observe(pkt, flow, kind, now, out)
         elif fwd and flow.pkts_fwd == 1 and not flow.replied:
-            if self.scans and not self._answers(pkt, flags & TCP_RST != 0, now, out):
-                sfra = flags & _SFRA
-                if sfra == TCP_SYN:
+            if self.scans:
+                if self.ackscan is not None and self.ackscan.index:
+                    self.ackscan.again(pkt)  # a refused flow's source going on in a new one
+                answers_probe = self._answers(pkt, flags & TCP_RST != 0, now, out)
+                if answers_probe:
+                    pass
+                elif sfra == TCP_SYN:
                     self._probe(pkt, flow, SYN, now, out, True)
                 elif (sfra == TCP_ACK or sfra == TCP_ACK | TCP_FIN) and (
                     pkt.payload_offset >= pkt.length
@@ -209,13 +264,19 @@ class Detectors:
                     self._probe(pkt, flow, ACK, now, out, True)
         elif flags & TCP_RST and not fwd and flow.pkts_rev == 1 and self.scans:
             self._answers(pkt, True, now, out)  # the target reset the probe
-        synflood = self.synflood
-        if (
-            synflood is not None
-            and flags & _SFRA == TCP_SYN
-            and synflood.count(pkt, flow, now, out)
+        if sfra == TCP_SYN:
+            for synflood in self.synfloods:
+                if synflood.count(pkt, flow, now, out) and drop is None:
+                    drop = synflood.key
+        elif (
+            self.reflection is not None
+            and fwd
+            and not flow.replied
+            and not answers_probe
+            and sfra in _ANSWER_FLAGS
+            and self.reflection.count(pkt, flow, TCP_ANSWER, now, out)
         ):
-            drop = "synflood"
+            drop = self.reflection.key  # a SYN/ACK or reset, and no SYN of ours seen
         if out or drop:
             return (out or None, drop)
         return None
@@ -225,16 +286,26 @@ class Detectors:
             return None
         out: list[DetectorEffect] = []
         drop = None
-        if (
-            self.scans
-            and fwd
-            and flow.pkts_fwd == 1
-            and pkt.dport not in TRACEROUTE_PORTS
-            and not self._answers(pkt, False, now, out)
-        ):
-            self._probe(pkt, flow, DATAGRAM, now, out, True)
-        if self.udpflood is not None and self.udpflood.count(pkt, flow, now, out):
-            drop = "udpflood"
+        first = fwd and flow.pkts_fwd == 1
+        answers_probe = False
+        if self.scans and first and pkt.dport not in TRACEROUTE_PORTS:
+            answers_probe = self._answers(pkt, False, now, out)
+            if not answers_probe:
+                self._probe(pkt, flow, DATAGRAM, now, out, True)
+        for udpflood in self.udpfloods:
+            if udpflood.count(pkt, flow, now, out) and drop is None:
+                drop = udpflood.key
+        reflection = self.reflection
+        if reflection is not None and fwd:
+            if reflection.udp_answer(pkt):
+                if (
+                    not answers_probe
+                    and reflection.count(pkt, flow, UDP_ANSWER, now, out)
+                    and drop is None
+                ):
+                    drop = reflection.key
+            elif first and not_a_host(pkt.dst) and reflection.ports[pkt.dport]:
+                reflection.asked(pkt, now)  # SSDP M-SEARCH: answered by each device, unicast
         if out or drop:
             return (out or None, drop)
         return None
@@ -253,13 +324,25 @@ class Detectors:
         elif itype == (8 if v4 else 128):  # echo request
             if first and self.sweep is not None:
                 self._probe(pkt, flow, ECHO, now, out, False)
-            if self.icmpflood is not None and self.icmpflood.count(pkt, flow, now, out):
-                drop = "icmpflood"
-        elif first and self.sweep is not None:
-            if itype in (_ICMP4_SWEEP if v4 else _ICMP6_SWEEP):
-                self._probe(pkt, flow, ECHO, now, out, False)
-            elif itype in (_ICMP4_ANSWERS if v4 else _ICMP6_ANSWERS):
-                self._answers(pkt, False, now, out)  # a reply whose request left no flow
+            if first and self.reflection is not None and not_a_host(pkt.dst):
+                self.reflection.asked(pkt, now)  # ping ff02::1: every node answers, unicast
+            for icmpflood in self.icmpfloods:
+                if icmpflood.count(pkt, flow, now, out) and drop is None:
+                    drop = icmpflood.key
+        elif itype in (_ICMP4_ANSWERS if v4 else _ICMP6_ANSWERS):
+            # a reply whose request left no flow (refused), or that nobody sent (smurf)
+            answers_probe = first and self.sweep is not None and self._answers(pkt, False, now, out)
+            reflection = self.reflection
+            if (
+                reflection is not None
+                and fwd
+                and not flow.replied
+                and not answers_probe
+                and reflection.count(pkt, flow, ICMP_ANSWER, now, out)
+            ):
+                drop = reflection.key
+        elif first and self.sweep is not None and itype in (_ICMP4_SWEEP if v4 else _ICMP6_SWEEP):
+            self._probe(pkt, flow, ECHO, now, out, False)
         if out or drop:
             return (out or None, drop)
         return None
@@ -281,6 +364,9 @@ class Detectors:
         sweep = self.sweep
         if sweep is not None and not sweep.ignored(src):
             sweep.probe(src, dst, pkt, flow, kind, now, out)
+        ackscan = self.ackscan
+        if kind == ACK and ackscan is not None and not ackscan.ignored(src):
+            ackscan.probe(src, target_of(dst, pkt.dport), pkt, flow, kind, now, out)
 
     def _answers(self, pkt: Packet, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
         """Whether `pkt` answers a pending probe (and note the answer)."""
@@ -334,3 +420,22 @@ def _of(kind: type[DetectorT], detector: Detector | None) -> DetectorT | None:
         return None
     assert isinstance(detector, kind), (detector, kind)  # CLASSES maps each name to its class
     return detector
+
+
+def _share(det: Detector, params: dict[str, object], shards: int) -> None:
+    """With several workers, a destination's (or a destination port's) senders are spread
+    over them (the queue is chosen by source, destination and protocol): each counts its
+    share of what is counted per destination."""
+    if shards <= 1:
+        return
+    per = params.get("per")
+    if isinstance(det, Flood) and per == "dst":
+        det.rate = float(params["rate"]) / shards  # type: ignore[arg-type]
+        det.burst = max(det.rate, 1.0)
+        det.idle = det.burst / det.rate
+    elif isinstance(det, Volume) and per in ("dst", "port"):
+        det.configure_rate(float(params["rate"]) / shards)  # type: ignore[arg-type]
+    elif isinstance(det, Reflection):
+        det.rate = float(params["rate"]) / shards  # type: ignore[arg-type]
+        det.burst = max(det.rate, 1.0)
+        det.sources = max(1, -(-int(params["sources"]) // shards))  # type: ignore[call-overload]

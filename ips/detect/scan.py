@@ -40,6 +40,14 @@ probe is never a probe itself. An ICMP error counts only for a probe we saw, sti
 for its answer, and only on its way back to the prober: a forged error cannot make an
 innocent host look like a scanner without knowing its connection's ports.
 
+Memory: a pending probe holds its flow (about 1 KB with it) until it is weighed, GRACE
+seconds: a flood of forged sources makes one each. At most `set detect-probes` are held per
+detector, and one key at most PENDING_PER_THRESHOLD × its threshold (its further probes are
+skipped until those are weighed: `probes_skipped`); with the queue full, its oldest probe
+goes — weighed early when its key has others waiting and it waited EARLY seconds
+(`probes_early`), else forgotten, never guessed (`probes_dropped`). Windows: at most
+`detect-memory` keys, the oldest evicted first (`evicted`).
+
 Known limits: scanners slower than `ports` per `within` are not seen (every window detector
 shares this; `detect slowscan` keeps a long window over the same weights: slowscan.py); with
 asymmetric routing (we see no answers) everything looks unanswered — put such sources in
@@ -87,6 +95,15 @@ class LongWindow(Protocol):
 
 
 GRACE = 2.0  # seconds a probe waits for its answer; TCP's first SYN retransmit is at 1 s
+# A key (a source, or a source and a host) holds at most this many times its threshold of
+# probes waiting for their answer: enough for every one of them to weigh ¼ (an open port) and
+# still reach the threshold, so a scan is judged on them; its further probes wait for room.
+PENDING_PER_THRESHOLD = 4
+# With the queue full, the oldest probe of a key with others waiting is weighed after this
+# many seconds rather than forgotten: TCP's first SYN retransmit is at 1 s, a live target has
+# answered by then.
+EARLY = 1.0
+DEFAULT_PROBES = 16_384  # `set detect-probes`: probes held per detector (ips/policy/model.py)
 RESOLVE_PER_PACKET = 16  # overdue probes weighed per observed probe (the rest: tick)
 RESOLVE_PER_TICK = 200_000
 W_FAILED = 1.0
@@ -112,21 +129,25 @@ Target = bytes | int
 
 
 class ScanEntry:
-    """One key's window (a source, or a source and a target host): weight per target."""
+    """One key's window (a source, or a source and a target host): weight per target, and
+    how many of its probes wait for their answer."""
 
-    __slots__ = ("fired", "score", "start", "weights")
+    __slots__ = ("fired", "pending", "score", "start", "weights")
 
     def __init__(self, start: float) -> None:
         self.start = start
         self.weights: dict[Target, float] = {}
         self.score = 0.0
         self.fired = False
+        self.pending = 0
 
 
 class Probe:
     """A probe waiting for its answer."""
 
-    __slots__ = ("answer", "due", "entry", "flow", "key", "kind", "outcome", "target")
+    __slots__ = (
+        "answer", "copies", "due", "entry", "flow", "key", "kind", "outcome", "size", "target",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -137,6 +158,7 @@ class Probe:
         flow: Flow,
         kind: int,
         answer: Tuple5,
+        size: int = 0,
     ) -> None:
         self.due = due
         self.entry = entry
@@ -146,6 +168,8 @@ class Probe:
         self.kind = kind
         self.answer = answer  # the 5-tuple of an answer, as it would be on the wire
         self.outcome = UNKNOWN
+        self.size = size  # the probe's length (its retransmissions have the same)
+        self.copies = 0  # first packets of later flows with its 5-tuple (ackscan.py)
 
 
 def answer_tuple(pkt: Packet) -> Tuple5:
@@ -166,6 +190,13 @@ class ScanDetector(Detector):
         self.pending: deque[Probe] = deque()  # in order of due
         self.index: dict[Tuple5, Probe] = {}  # answer 5-tuple -> pending probe
         self.slow: LongWindow | None = None  # `detect slowscan`, told every weight (Detectors)
+        # Pending probes hold their flow until weighed: at most `probes` of them (Detectors
+        # sets it from `set detect-probes`), at most per_key for one key.
+        self.probes = DEFAULT_PROBES
+        self.per_key = max(16, int(PENDING_PER_THRESHOLD * self.threshold))
+        self.probes_dropped = 0  # the oldest pending probe forgotten to make room
+        self.probes_early = 0  # the oldest pending probe weighed before GRACE to make room
+        self.probes_skipped = 0  # a probe not held: its key had per_key waiting already
 
     def tracked(self) -> int:
         return len(self.entries)
@@ -173,6 +204,10 @@ class ScanDetector(Detector):
     def stats(self) -> dict[str, int]:
         out = super().stats()
         out["pending"] = len(self.pending)
+        out["probes"] = self.probes
+        out["probes_dropped"] = self.probes_dropped
+        out["probes_early"] = self.probes_early
+        out["probes_skipped"] = self.probes_skipped
         return out
 
     # ---- per packet --------------------------------------------------------------------------
@@ -211,17 +246,22 @@ class ScanDetector(Detector):
         entry = self._entry(key, now)
         if entry.fired:
             return  # detected in this window already: nothing more to learn
+        echo = kind == ECHO and self.ECHO_COUNTS
+        if entry.pending >= self.per_key and not echo:
+            # Enough of this key's probes wait to judge it (see PENDING_PER_THRESHOLD): one
+            # source cannot take the room of the others, and a scan is still judged.
+            self.probes_skipped += 1
+            return
         pending = self.pending
-        if len(pending) >= self.memory:
-            old = pending.popleft()  # forgotten, not guessed: an early verdict may be wrong
-            self._unindex(old)
-            self.evicted += 1
-        probe = Probe(now + GRACE, entry, key, target, flow, kind, answer)
-        if kind == ECHO and self.ECHO_COUNTS:
+        if len(pending) >= self.probes:
+            self._make_room(now, out)
+        probe = Probe(now + GRACE, entry, key, target, flow, kind, answer, pkt.length)
+        if echo:
             probe.outcome = FAILED  # counted now, whatever the answer (see Sweep)
             self._credit(probe, W_FAILED, now, out)
             if entry.fired:
                 return
+        entry.pending += 1
         pending.append(probe)
         self.index[answer] = probe
 
@@ -249,14 +289,33 @@ class ScanDetector(Detector):
         while pending and budget > 0 and pending[0].due <= now:
             probe = pending.popleft()
             budget -= 1
+            probe.entry.pending -= 1
             self._unindex(probe)
-            if probe.outcome == FAILED:
-                continue  # counted when the failure came
-            weight = self.weigh(probe)
-            if weight > 0.0:
-                self._credit(probe, weight, now, out)
-            elif self.slow is not None and (probe.outcome == ANSWERED or probe.flow.replied):
-                self.slow.target_used(self, probe)  # a target in use is no failure over hours
+            self._judge(probe, now, out)
+
+    def _judge(self, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
+        if probe.outcome == FAILED:
+            return  # counted when the failure came
+        weight = self.weigh(probe)
+        if weight > 0.0:
+            self._credit(probe, weight, now, out)
+        elif self.slow is not None and (probe.outcome == ANSWERED or probe.flow.replied):
+            self.slow.target_used(self, probe)  # a target in use is no failure over hours
+
+    def _make_room(self, now: float, out: list[DetectorEffect]) -> None:
+        """The queue of pending probes is full: its oldest goes. When its key has other
+        probes waiting (a scanner's look: a forged source sends one) and it has waited
+        EARLY seconds, it is weighed now (a live target has answered a SYN by then);
+        else it is forgotten, not guessed."""
+        old = self.pending.popleft()
+        entry = old.entry
+        entry.pending -= 1
+        self._unindex(old)
+        if entry.pending > 0 and now - (old.due - GRACE) >= EARLY:
+            self.probes_early += 1
+            self._judge(old, now, out)
+        else:
+            self.probes_dropped += 1
 
     def _credit(self, probe: Probe, weight: float, now: float, out: list[DetectorEffect]) -> None:
         entry = probe.entry

@@ -352,6 +352,10 @@ class Engine:
                 flow.back_since = now  # back from the kernel under a new policy (an apply)
             if fwd:
                 flow.cache_fwd = cache
+                if flow.iif is None and flow.oif is None:
+                    # Where the flow came in and goes out, for its record (a cache miss is
+                    # the first packet each way, or a new policy: not the per-packet path).
+                    flow.iif, flow.oif = iif, oif
             else:
                 flow.cache_rev = cache
         for rule in cache[3]:

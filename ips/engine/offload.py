@@ -1,7 +1,10 @@
 """The offload choice: may an accepted packet's flow go on in the kernel, without the queue?
 
-The policy says which rules allow it (CompiledPolicy.offload_safe, cached per flow and
-direction); this module says when in a flow's life it may happen.
+The policy says which rules allow it (CompiledPolicy.offload_state, cached per flow and
+direction: never, now, once the L7 fields are final, or later — once each rule that holds the
+flow back is past its payload depth or ruled out by the flow's application protocol, as its
+offload plan says); this module says when in a flow's life it may happen, and weighs a plan
+against the flow (needs_met).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from ips.core.packet import (
     TCP_SYN,
     Packet,
 )
-from ips.policy.compile import OFFLOAD_WHEN_APP_DONE, CompiledPolicy
+from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledPolicy, OffloadNeed
+from ips.policy.model import ENCRYPTED_APPS, UNLIMITED_DEPTH
 
 REOFFLOAD_AFTER = 1.0  # seconds a flow that came back at an apply stays with the engine
 # While the inspector reads a flow's first bytes, offload waits, so that events carry both
@@ -47,6 +51,29 @@ def app_reading(flow: Flow, policy: CompiledPolicy) -> bool:
         return False
     limit = policy.policy.app_stream_bytes * APP_OFFLOAD_WAIT
     return flow.bytes_fwd + flow.bytes_rev < limit
+
+
+def needs_met(needs: tuple[OffloadNeed, ...], flow: Flow, fwd: bool) -> bool:
+    """Whether every candidate rule of one direction that held offload back has let go
+    (CompiledPolicy.offload_plan): its application protocol rules it out, or it is past its
+    `payload contains` depth in this direction and (for a rule with L7 clauses) its fields
+    are final."""
+    proto = flow.app_proto
+    seen = flow.payload_fwd if fwd else flow.payload_rev
+    for protos, encrypted_out, depth, wants_app in needs:
+        if proto is not None:  # named ("" for a flow without an application layer)
+            if protos is not None and proto not in protos:
+                continue  # its L7 clauses name another protocol: it can never match
+            if encrypted_out and proto in ENCRYPTED_APPS:
+                continue  # its payload is not read on an encrypted protocol
+        if depth is None:
+            if not wants_app:
+                return False  # only a protocol could rule it out, and none did
+        elif depth == UNLIMITED_DEPTH or seen < depth:
+            return False
+        if wants_app and not app_final(flow):
+            return False
+    return True
 
 
 def offload_kind(pkt: Packet, flow: Flow, policy: CompiledPolicy, now: float) -> int:
@@ -82,10 +109,15 @@ def offload_kind(pkt: Packet, flow: Flow, policy: CompiledPolicy, now: float) ->
         return 0
     if fwd_cache[0] is not policy or rev_cache[0] is not policy:
         return 0
-    if not (fwd_cache[4] and rev_cache[4]):  # CompiledPolicy.offload_state, each direction
+    fwd_state, rev_state = fwd_cache[4], rev_cache[4]  # CompiledPolicy.offload_state
+    if not (fwd_state and rev_state):
         return 0
-    if OFFLOAD_WHEN_APP_DONE in (fwd_cache[4], rev_cache[4]) and not app_final(flow):
+    if OFFLOAD_WHEN_APP_DONE in (fwd_state, rev_state) and not app_final(flow):
         return 0  # a candidate rule reads L7 fields not known yet: the decision waits
+    if fwd_state == OFFLOAD_LATER and not needs_met(policy.plan_of(fwd_cache[3]), flow, True):
+        return 0  # a payload rule not yet past its depth this way, or the like
+    if rev_state == OFFLOAD_LATER and not needs_met(policy.plan_of(rev_cache[3]), flow, False):
+        return 0
     if app_reading(flow, policy):
         return 0  # the events want the rest of the flow's first bytes
     if kind == OFFLOAD_HANDSHAKE_ACK:

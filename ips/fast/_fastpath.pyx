@@ -45,7 +45,7 @@ from cpython.ref cimport Py_XDECREF
 from ips.core.decision import Decision
 from ips.core.flow import Flow
 from ips.core.packet import Packet
-from ips.policy.compile import OFFLOAD_WHEN_APP_DONE, CompiledRule
+from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledRule
 from ips.policy.model import ACCEPT, DROP
 
 cdef extern from "Python.h":
@@ -106,6 +106,8 @@ cdef Py_ssize_t F_PKTS_FWD = _offset(Flow, "pkts_fwd")
 cdef Py_ssize_t F_PKTS_REV = _offset(Flow, "pkts_rev")
 cdef Py_ssize_t F_BYTES_FWD = _offset(Flow, "bytes_fwd")
 cdef Py_ssize_t F_BYTES_REV = _offset(Flow, "bytes_rev")
+cdef Py_ssize_t F_PAYLOAD_FWD = _offset(Flow, "payload_fwd")
+cdef Py_ssize_t F_PAYLOAD_REV = _offset(Flow, "payload_rev")
 cdef Py_ssize_t F_FLAGS_FWD = _offset(Flow, "flags_fwd")
 cdef Py_ssize_t F_FLAGS_REV = _offset(Flow, "flags_rev")
 cdef Py_ssize_t F_LAST_SEEN = _offset(Flow, "last_seen")
@@ -150,13 +152,16 @@ cdef enum:
     LEN_RANGE = 7
 
 cdef int _OFFLOAD_WHEN_APP_DONE = OFFLOAD_WHEN_APP_DONE
+cdef int _OFFLOAD_LATER = OFFLOAD_LATER
 
 # The fields of a RuleSpec this module knows; a rule whose spec sets any other (a field added
-# later) goes to Python, so a new condition can never be skipped here by mistake.
+# later) goes to Python, so a new condition can never be skipped here by mistake. (`depth`
+# only narrows where `contains` reads: a pattern found in the whole payload sends the packet
+# to Python anyway, and one not found there is not found within the depth either.)
 KNOWN_SPEC_FIELDS = frozenset((
     "index", "action", "span", "text", "families", "protos", "src", "dst", "sport", "dport",
     "iif", "oif", "anyif", "direction", "flags", "icmp_types", "icmp_code", "length",
-    "states", "fragment", "contains", "limit", "rewrite", "reject_with", "alert", "message",
+    "states", "fragment", "contains", "depth", "limit", "rewrite", "reject_with", "alert", "message",
     "log", "inspect", "app", "sid", "severity", "label",
 ))
 _LENGTH_OPS = {"=": LEN_EQ, "!=": LEN_NE, "<": LEN_LT, "<=": LEN_LE, ">": LEN_GT,
@@ -508,16 +513,28 @@ cdef class FastPath:
             break
         if matched is None and not self.default_fast:
             return None
+        # An offload that waits on a plan (OFFLOAD_LATER: payload depths, the application
+        # protocol) is weighed by ips/engine/offload.py's needs_met: Python.
+        if replied and self.offload_on and (proto != PROTO_TCP or payload_offset < total):
+            if (matched is not None and matched.accepts) or (
+                matched is None and self.default_offload is not None
+            ):
+                if _waits_on_plan(_get(flow, F_CACHE_FWD)) or _waits_on_plan(
+                    _get(flow, F_CACHE_REV)
+                ):
+                    return None
         # ---- decided: count as the Python path does, in its order
         counts = self.stats_dict
         counts["packets"] = counts["packets"] + 1
         if fwd:
             _set(flow, F_PKTS_FWD, _get(flow, F_PKTS_FWD) + 1)
             _set(flow, F_BYTES_FWD, _get(flow, F_BYTES_FWD) + length)
+            _set(flow, F_PAYLOAD_FWD, _get(flow, F_PAYLOAD_FWD) + (total - payload_offset))
             _set(flow, F_FLAGS_FWD, _get(flow, F_FLAGS_FWD) | flags)
         else:
             _set(flow, F_PKTS_REV, _get(flow, F_PKTS_REV) + 1)
             _set(flow, F_BYTES_REV, _get(flow, F_BYTES_REV) + length)
+            _set(flow, F_PAYLOAD_REV, _get(flow, F_PAYLOAD_REV) + (total - payload_offset))
             _set(flow, F_FLAGS_REV, _get(flow, F_FLAGS_REV) | flags)
             _set(flow, F_REPLIED, True)
         if now > <double>_get(flow, F_LAST_SEEN):
@@ -573,6 +590,10 @@ cdef class FastPath:
             counts = self.stats_dict
             counts["offloaded"] = counts["offloaded"] + 1
         return OFFLOAD_FLOW
+
+
+cdef inline bint _waits_on_plan(object cache):
+    return type(cache) is tuple and len(<tuple>cache) >= 5 and (<tuple>cache)[4] == _OFFLOAD_LATER
 
 
 cdef inline bint _length_ok(int op, Py_ssize_t n, int lo, int hi):

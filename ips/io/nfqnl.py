@@ -59,7 +59,10 @@ NFQA_IFINDEX_INDEV = 5
 NFQA_IFINDEX_OUTDEV = 6
 NFQA_HWADDR = 9  # struct nfqnl_msg_packet_hw: be16 hw_addrlen, u16 pad, u8 hw_addr[8]
 NFQA_PAYLOAD = 10
-NFQA_CAP_LEN = 13
+NFQA_CAP_LEN = 13  # be32: the packet's length, present when the copy range cut it
+NFQA_SKB_INFO = 14  # be32 flags: NFQA_SKB_CSUMNOTREADY, NFQA_SKB_GSO, ...
+NFQA_SKB_CSUMNOTREADY = 0x01  # the transport checksum is not filled in yet (GSO flag)
+NFQA_SKB_GSO = 0x02  # a GSO/GRO super-packet, queued whole (needs NFQA_CFG_F_GSO)
 
 NFQNL_CFG_CMD_BIND = 1
 NFQNL_CFG_CMD_UNBIND = 2
@@ -109,6 +112,11 @@ class QueuedPacket:
     # The sender's link-layer address (NFQA_HWADDR: the source MAC of an Ethernet frame that
     # came in; None on output, or on an interface without one): evidence behind blocks.
     hwaddr: bytes | None = None
+    # The packet's real length when the copy range cut the copy (NFQA_CAP_LEN), else 0. Only
+    # a GSO super-packet can be longer than the largest range netlink allows (65,531 bytes).
+    cap_len: int = 0
+    gso: bool = False  # NFQA_SKB_GSO: several segments judged as one packet
+    csum_partial: bool = False  # NFQA_SKB_CSUMNOTREADY: the L4 checksum holds a seed only
 
 
 # ---- messages (pure) ---------------------------------------------------------------------------
@@ -197,6 +205,11 @@ def packet_message(
         attrs += attr(NFQA_HWADDR, struct.pack("!HH", len(hwaddr), 0) + hwaddr.ljust(8, b"\0"))
     if timestamp is not None:
         attrs += attr(NFQA_TIMESTAMP, struct.pack("!QQ", *timestamp))
+    if pkt.cap_len:
+        attrs += attr(NFQA_CAP_LEN, BE32.pack(pkt.cap_len))
+    info = (NFQA_SKB_GSO if pkt.gso else 0) | (NFQA_SKB_CSUMNOTREADY if pkt.csum_partial else 0)
+    if info:
+        attrs += attr(NFQA_SKB_INFO, BE32.pack(info))
     attrs += attr(NFQA_PAYLOAD, pkt.payload)
     return _message(NFQNL_MSG_PACKET, queue_num, attrs, flags=0)
 
@@ -248,6 +261,8 @@ def _parse_rest(
     payload = None
     mark = 0
     hwaddr = None
+    cap_len = 0
+    skb_info = 0
     while offset + 4 <= end:
         length, attr_type = _nla_unpack(buf, offset)
         if length < 4 or offset + length > end:
@@ -266,6 +281,10 @@ def _parse_rest(
                 outdev = _be32_unpack(buf, offset + 4)[0]
             elif attr_type == NFQA_MARK:
                 mark = _be32_unpack(buf, offset + 4)[0]
+            elif attr_type == NFQA_CAP_LEN:
+                cap_len = _be32_unpack(buf, offset + 4)[0]
+            elif attr_type == NFQA_SKB_INFO:
+                skb_info = _be32_unpack(buf, offset + 4)[0]
             elif attr_type == NFQA_HWADDR and length >= 14:
                 # the address's bytes as they are in the message (one copy: the buffer is
                 # reused by the next read); 6 for Ethernet, up to 8
@@ -277,7 +296,19 @@ def _parse_rest(
         raise MalformedMessage("packet message without NFQA_PACKET_HDR")
     if payload is None:
         raise MalformedMessage(f"packet {packet_id} without NFQA_PAYLOAD")
-    return QueuedPacket(packet_id, payload, indev, outdev, mark, hw_protocol, hook, hwaddr)
+    return QueuedPacket(
+        packet_id,
+        payload,
+        indev,
+        outdev,
+        mark,
+        hw_protocol,
+        hook,
+        hwaddr,
+        cap_len,
+        bool(skb_info & NFQA_SKB_GSO),
+        bool(skb_info & NFQA_SKB_CSUMNOTREADY),
+    )
 
 
 # ---- the client ----------------------------------------------------------------------------

@@ -40,8 +40,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ips.core.addr import format_addr
+from ips.core.craft import complete_l4_checksum
 from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
+from ips.core.decode import decode_l3
 from ips.core.events import Effect
+from ips.core.packet import Packet
 from ips.engine import Engine, Meta
 from ips.io.adapter import EngineAdapter
 from ips.io.nflog import LoggedPacket, NflogClient, NflogError
@@ -180,6 +183,7 @@ class QueueWorker(EngineAdapter):
         client: str = "own",
         read_copies: bool = True,
         judged_cell: JudgedCell | None = None,
+        gso: bool = True,
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks, on_busy=on_busy)
         if client not in CLIENTS:
@@ -200,6 +204,12 @@ class QueueWorker(EngineAdapter):
         # it holds the count of every worker of this queue so far, so this one adds to it.
         self.judged_cell = judged_cell
         self.judged = judged_cell.value if judged_cell is not None else 0
+        # GSO (our client only): the kernel queues a TCP super-packet (up to 64 KB, many
+        # segments) whole instead of segmenting it first, and the engine judges it once.
+        self.gso = gso and client == "own"
+        self.gso_packets = 0  # super-packets judged (NFQA_SKB_GSO)
+        self.cut = 0  # packets longer than the copy range, judged on the part copied
+        self.cut_rewrites_dropped = 0  # of those, rewritten ones: the rest of them is not ours
 
     # ---- queue set-up -------------------------------------------------------------------------
 
@@ -209,14 +219,18 @@ class QueueWorker(EngineAdapter):
         if self.read_copies:
             self._bind_copies()
         if self.client_name == "own":
-            # GSO stays off, as with netfilterqueue: the kernel segments before queueing, so
-            # the engine sees real packets, never 64 KB super-packets.
+            # GSO on (by default): a bulk TCP stream reaches the queue as super-packets of up
+            # to 64 KB, judged once each, instead of 45 segments judged one by one (the
+            # kernel segments them after the verdict). Checksums of such packets may not be
+            # filled in yet (NFQA_SKB_CSUMNOTREADY): the engine never checks them. With
+            # netfilterqueue GSO stays off: its 4 KB receive buffer would cut super-packets
+            # and stall TCP (DESIGN.md, NFQUEUE traps).
             client = NfqClient(
                 self.queue_num,
                 max_len=self.max_len,
                 fail_open=self.fail_open,
                 batch=True,
-                gso=False,
+                gso=self.gso,
             )
             fd = client.bind()
             self._client = client
@@ -272,6 +286,10 @@ class QueueWorker(EngineAdapter):
         c = self._client
         if c is not None:
             stats.update(
+                gso=self.gso,
+                gso_packets=self.gso_packets,
+                cut=self.cut,
+                cut_rewrites_dropped=self.cut_rewrites_dropped,
                 verdict_messages=c.verdicts_sent,
                 enobufs=c.enobufs,
                 malformed=c.malformed,
@@ -337,10 +355,25 @@ class QueueWorker(EngineAdapter):
         Verdict the client sends (see NfqClient.drain for the order)."""
         given = None
         try:
+            payload = pkt.payload
+            if pkt.gso:
+                self.gso_packets += 1
+            cut = pkt.cap_len > len(payload)
+            if cut:
+                self.cut += 1
+                payload = as_copied(payload)
             decision = self.engine.handle(
-                pkt.payload, self._meta(pkt.indev, pkt.outdev, pkt.hwaddr), self.clock()
+                payload, self._meta(pkt.indev, pkt.outdev, pkt.hwaddr), self.clock()
             )
             given, reply = kernel_verdict(decision, pkt.mark)
+            new_bytes = given.payload
+            if new_bytes is not None:
+                if cut:
+                    # New bytes would replace the whole packet; only its first part is here.
+                    self.cut_rewrites_dropped += 1
+                    given = _DROPPED[0]
+                elif pkt.csum_partial:
+                    given = given._replace(payload=_with_full_checksum(new_bytes))
             if reply is not None:
                 self.replies.send(reply)
                 if decision.peer_reply is not None:  # the server's end of a rejected flow
@@ -401,6 +434,26 @@ class QueueWorker(EngineAdapter):
         cell = self.judged_cell
         if cell is not None:
             cell.value = self.judged
+
+
+def _with_full_checksum(data: bytes) -> bytes:
+    """New bytes for a packet queued with its checksum not filled in (ips.core.craft.
+    complete_l4_checksum says why)."""
+    pkt = decode_l3(data)
+    return complete_l4_checksum(data, pkt) if isinstance(pkt, Packet) else data
+
+
+def as_copied(data: bytes) -> bytes:
+    """A packet the copy range cut (a GSO super-packet longer than 65,531 bytes), with its IP
+    length saying what was copied, so that the engine judges its headers and the payload it
+    has instead of calling it truncated. Only the engine's copy changes: the kernel keeps
+    the packet (the verdict carries no bytes). The IPv4 header checksum is left stale: the
+    engine does not read it."""
+    if len(data) >= 20 and data[0] >> 4 == 4:
+        return data[:2] + len(data).to_bytes(2, "big") + data[4:]
+    if len(data) >= 40 and data[0] >> 4 == 6:
+        return data[:4] + min(len(data) - 40, 0xFFFF).to_bytes(2, "big") + data[6:]
+    return data
 
 
 def _give(pkt: NfqPacket, given: Verdict) -> None:

@@ -123,6 +123,9 @@ class CaptureReader:
         self._empty_run = 0  # empty packet records since the last one with data
         self._skipped_run = 0  # pcapng blocks without a packet since the last packet
         self._offset = 0
+        # Where the captured bytes of the record just returned start in the file: what
+        # `ipsctl mix` keeps to read a packet again by seeking (ips/mix/index.py).
+        self.data_offset = 0
         # Closed when iteration ends, on error, or by close()/__exit__.
         self._f: BinaryIO | None = open(self.path, "rb", buffering=1 << 20)  # noqa: SIM115
         try:
@@ -253,6 +256,7 @@ class CaptureReader:
             if len(data) < caplen:
                 self.truncated = self._offset - start
                 return
+            self.data_offset = start + 16
             yield CaptureRecord(sec + frac / divisor, linktype, data, origlen)
 
     # -- pcapng -------------------------------------------------------------------------------
@@ -341,6 +345,7 @@ class CaptureReader:
                 iface = interfaces[ifid]
                 self._count_packet(start, caplen)
                 last_ts = ((ts_hi << 32) | ts_lo) / iface.divisor + iface.tsoffset
+                self.data_offset = start + 28  # block header 8, packet fields 20
                 yield CaptureRecord(last_ts, iface.linktype, body[20 : 20 + caplen], origlen)
             elif btype == _BT_SPB:
                 if total < 16:
@@ -353,6 +358,7 @@ class CaptureReader:
                 # SPBs carry no timestamp: repeat the last one so time never runs backwards
                 # for a consumer that ages flows by it.
                 data = body[4 : 4 + caplen]
+                self.data_offset = start + 12
                 yield CaptureRecord(last_ts, interfaces[0].linktype, data, origlen)
             elif btype == _BT_IDB:
                 if total < 20:

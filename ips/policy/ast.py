@@ -18,7 +18,8 @@ from ips.policy.diagnostics import Span
 class Item:
     """One element of a value: `10.0.0.0/8`, `80`, `8080-8089`, `ssh`, `"x"`, `$lan`, `@banned`.
 
-    kind is one of: addr, int, range, word, string, var, table, any, hex.
+    kind is one of: addr, int, range, word, string, var, table, any, hex, duration, rate,
+    size (64k, 1M: a number and a unit, as written).
     For int and range, lo/hi hold the numbers; for string, text is already unescaped.
     """
 
@@ -107,6 +108,14 @@ class FragmentClause(Clause):
 class ContainsClause(Clause):
     pattern: bytes
     nocase: bool
+
+
+@dataclass(slots=True)
+class DepthClause(Clause):
+    """`depth 8k`: how far into each direction of a flow the rule's `payload contains`
+    reads (a size, a number of bytes, or `unlimited`), instead of `set payload-depth`."""
+
+    value: Item
 
 
 @dataclass(slots=True)

@@ -31,11 +31,15 @@ from ips.core.tables import DynamicTable, NetMatcher, TokenBuckets
 from ips.policy.domains import NameSet, normalize
 from ips.policy.model import (
     ACCEPT,
+    APP_FIELDS,
+    APP_PROTOS,
     BAN_TABLE,
     DROP,
+    ENCRYPTED_APPS,
     MATCH,
     REJECT,
     REWRITE,
+    UNLIMITED_DEPTH,
     AddrSpec,
     AppCondition,
     IfaceSpec,
@@ -65,6 +69,18 @@ OFFLOAD_SAFE = 1
 # Safe once the application-layer fields the candidate rules read are final: the client's
 # first message read (AppFields.client_done) and the protocol named (Flow.app_proto).
 OFFLOAD_WHEN_APP_DONE = 2
+# Safe once each candidate rule that needs later packets is past its depth in this direction
+# (`payload contains`), has its L7 fields final, or is ruled out by the flow's application
+# protocol: CompiledPolicy.offload_plans[rules] says, per such rule, what it waits for
+# (ips/engine/offload.py weighs it against the flow).
+OFFLOAD_LATER = 3
+
+# One entry of an offload plan, for one candidate rule that holds offload back for now:
+# (the application protocols it can match — None: any; whether an encrypted protocol rules
+# it out (its `payload contains` does not read those flows); the depth its payload is read
+# to — None: it has no payload to wait out, UNLIMITED_DEPTH: it never is; whether it waits
+# for the L7 fields to be final).
+OffloadNeed = tuple[frozenset[str] | None, bool, int | None, bool]
 
 
 class CompiledRule:
@@ -73,6 +89,7 @@ class CompiledRule:
     __slots__ = (
         "check",
         "decision",
+        "depth",
         "else_decision",
         "handshake_ack_decision",
         "hits",
@@ -82,6 +99,7 @@ class CompiledRule:
         "lists",
         "offload_decision",
         "refuses",
+        "skip_encrypted",
         "spec",
         "terminal",
         "verdict",
@@ -92,8 +110,14 @@ class CompiledRule:
         spec: RuleSpec,
         tables: dict[str, DynamicTable],
         lists: dict[str, NetMatcher] | None = None,
+        depth: int = UNLIMITED_DEPTH,
+        skip_encrypted: bool = False,
     ) -> None:
         self.spec = spec
+        # How far into each direction its `payload contains` reads (the rule's `depth`, or
+        # the policy's `payload-depth`), and whether it skips TLS, SSH and QUIC flows.
+        self.depth = depth
+        self.skip_encrypted = skip_encrypted and bool(spec.contains)
         # The reputation lists (file tables) this rule's addresses name, for its alerts:
         # (side, table, membership); only for rules that alert.
         self.lists: tuple[tuple[str, str, NetMatcher], ...] = ()
@@ -110,7 +134,7 @@ class CompiledRule:
         self.terminal = spec.action != MATCH
         self.refuses = spec.action in (DROP, REJECT)
         self.hits = 0
-        self.check = _dynamic_check(spec, tables)
+        self.check = _dynamic_check(spec, tables, depth, self.skip_encrypted)
         if spec.app:
             self.check = _with_app_check(self.check, spec.app)
         self.limiter: TokenBuckets | None = None
@@ -141,7 +165,12 @@ class CompiledRule:
 # ---- dynamic checks ---------------------------------------------------------------------------
 
 
-def _dynamic_check(spec: RuleSpec, tables: dict[str, DynamicTable]) -> Check | None:
+def _dynamic_check(
+    spec: RuleSpec,
+    tables: dict[str, DynamicTable],
+    depth: int = UNLIMITED_DEPTH,
+    skip_encrypted: bool = False,
+) -> Check | None:
     """One function that runs every per-packet condition of a rule, or None if there are none.
 
     Each condition is a small closure; the combined check stops at the first that fails."""
@@ -185,8 +214,8 @@ def _dynamic_check(spec: RuleSpec, tables: dict[str, DynamicTable]) -> Check | N
     for spec_addr, is_src in ((spec.src, True), (spec.dst, False)):
         if spec_addr is not None and spec_addr.dynamic:
             preds.append(_dynamic_addr_check(spec_addr, is_src, tables))
-    for pattern, nocase in spec.contains:
-        preds.append(_contains_check(pattern, nocase))
+    if spec.contains:
+        preds.append(_payload_check(spec.contains, depth, skip_encrypted))
     if not preds:
         return None
     if len(preds) == 1:
@@ -314,6 +343,54 @@ def _length_check(op: str, lo: int, hi: int) -> Check:
         return test(pkt.length)
 
     return length_ok
+
+
+def _payload_check(
+    patterns: tuple[tuple[bytes, bool], ...], depth: int, skip_encrypted: bool
+) -> Check:
+    """A rule's `payload contains` clauses (all must match), read within the first `depth`
+    bytes of the packet's direction of its flow (UNLIMITED_DEPTH: everywhere): a pattern
+    matches only when it lies wholly within them, as content past Suricata's stream depth is
+    never inspected. With skip_encrypted, a flow the inspector named TLS, SSH or QUIC is not
+    read at all (its payload is ciphertext)."""
+    if depth == UNLIMITED_DEPTH and not skip_encrypted:
+        if len(patterns) == 1:
+            return _contains_check(*patterns[0])
+        checks = tuple(_contains_check(p, nocase) for p, nocase in patterns)
+
+        def all_contained(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+            for check in checks:  # noqa: SIM110 - a plain loop beats all() here
+                if not check(pkt, flow, fwd, now):
+                    return False
+            return True
+
+        return all_contained
+    window = depth if depth != UNLIMITED_DEPTH else -1
+    encrypted = ENCRYPTED_APPS if skip_encrypted else frozenset()
+
+    def payload_ok(pkt: Packet, flow: object, fwd: bool, now: float) -> bool:
+        if flow.app_proto in encrypted:  # type: ignore[attr-defined]
+            return False
+        start = pkt.payload_offset
+        end = pkt.length
+        if window >= 0:
+            # Where this packet's payload starts in its direction: the flow table has already
+            # counted it (Flow.payload_fwd/rev).
+            seen = flow.payload_fwd if fwd else flow.payload_rev  # type: ignore[attr-defined]
+            offset = seen - (end - start)
+            if offset >= window:
+                return False
+            end = min(end, start + window - offset)
+        data = pkt.data
+        for pattern, nocase in patterns:
+            if nocase:
+                if pattern not in data[start:end].lower():
+                    return False
+            elif data.find(pattern, start, end) < 0:
+                return False
+        return True
+
+    return payload_ok
 
 
 def _contains_check(pattern: bytes, nocase: bool) -> Check:
@@ -520,13 +597,20 @@ class CompiledPolicy:
             if t.kind == "file" and t.names is None
             and any(r.alert and name in _named_tables(r) for r in policy.rules)
         }  # fmt: skip
-        self.rules = [CompiledRule(spec, self.tables, lists) for spec in policy.rules]
+        skip_encrypted = policy.encrypted_payload_skipped
+        self.rules = [
+            CompiledRule(spec, self.tables, lists, policy.depth_of(spec), skip_encrypted)
+            for spec in policy.rules
+        ]
         self.default_verdict = policy.default_verdict
         self.on_error = policy.on_error
         self.malformed_verdict = policy.malformed_verdict
         self.digest = policy.digest
         self.offload = policy.offload
         self._offload_memo: dict[tuple[CompiledRule, ...], bool] = {}
+        # The candidates whose offload_state is OFFLOAD_LATER -> what each of their rules
+        # that holds offload back waits for (read by ips/engine/offload.py).
+        self.offload_plans: dict[tuple[CompiledRule, ...], tuple[OffloadNeed, ...]] = {}
         self._candidates_memo: dict[int, tuple[tuple[CompiledRule, ...], int]] = {}
         self._families = {4: _FamilyIndex(4), 6: _FamilyIndex(6)}
         self._iif = _IfaceIndex()
@@ -627,6 +711,7 @@ class CompiledPolicy:
             return known
         if len(self._candidates_memo) >= MEMO_MAX:
             self._candidates_memo.clear()
+            self.offload_plans.clear()
         rules = self._candidates(bits)
         found = self._candidates_memo[bits] = (rules, self.offload_state(rules))
         return found
@@ -637,11 +722,56 @@ class CompiledPolicy:
         are judged until then); one whose candidates read `dns query` never leaves (each DNS
         message is judged), and offload_safe already says so."""
         if not self.offload_safe(candidates):
-            return OFFLOAD_NEVER
+            plan = self.offload_plan(candidates)
+            if plan is None:
+                return OFFLOAD_NEVER
+            self.offload_plans[candidates] = plan
+            return OFFLOAD_LATER
         for rule in candidates:
             if rule.spec.app:
                 return OFFLOAD_WHEN_APP_DONE
         return OFFLOAD_SAFE
+
+    def plan_of(self, candidates: tuple[CompiledRule, ...]) -> tuple[OffloadNeed, ...]:
+        """The offload plan of candidates whose state is OFFLOAD_LATER (made again when the
+        memo was emptied meanwhile)."""
+        plan = self.offload_plans.get(candidates)
+        if plan is None:
+            plan = self.offload_plan(candidates)
+            if plan is None:  # not OFFLOAD_LATER candidates after all: nothing lets them go
+                return ((None, False, None, False),)
+            self.offload_plans[candidates] = plan
+        return plan
+
+    def offload_plan(self, candidates: tuple[CompiledRule, ...]) -> tuple[OffloadNeed, ...] | None:
+        """For candidates that are not offload-safe as they stand: what each rule that holds
+        offload back waits for, or None when one of them never lets go (a `limit`, an `inspect`,
+        `payload-depth unlimited` … on a rule no application protocol can rule out).
+
+        A rule lets go once its `payload contains` is past its depth in the direction, or its
+        L7 fields are final, or the flow's application protocol rules it out: its L7 clauses
+        name another protocol (`http uri contains` on a TLS flow), or its payload is not read
+        on an encrypted protocol (`set encrypted-payload skip`)."""
+        if not self.offload:
+            return None
+        needs: list[OffloadNeed] = []
+        for rule in candidates:
+            spec = rule.spec
+            protos = app_protos_of(spec)
+            if _offload_safe_rule(spec):
+                if spec.app:
+                    needs.append((protos, False, None, True))
+            elif spec.contains and _offload_safe_rule(spec, payload_waits=True):
+                needs.append((protos, rule.skip_encrypted, rule.depth, bool(spec.app)))
+            elif protos is not None or rule.skip_encrypted:
+                # Held back by more than its payload or L7 fields (a `limit`, an `inspect`):
+                # only a flow's protocol that rules it out lets it go.
+                needs.append((protos, rule.skip_encrypted, None, False))
+            else:
+                return None
+            if _takes_every_replied_packet(spec):
+                break
+        return tuple(needs)
 
     def _candidates(self, bits: int) -> tuple[CompiledRule, ...]:
         rules = self.rules
@@ -712,10 +842,34 @@ def _takes_every_replied_packet(spec: RuleSpec) -> bool:
     )
 
 
-def _offload_safe_rule(spec: RuleSpec) -> bool:
+def app_protos_of(spec: RuleSpec) -> frozenset[str] | None:
+    """The application protocols a rule's L7 clauses can match (`tls sni` only TLS, `app {
+    http, tls }` those two, `app !ssh` all but SSH); None when it has no L7 clause. A flow
+    whose protocol is named and not among them can never match the rule."""
+    protos: frozenset[str] | None = None
+    for cond in spec.app:
+        if cond.kind == "proto":
+            allowed = cond.values
+            if cond.negated:
+                allowed = frozenset(APP_PROTOS) - allowed
+        else:
+            allowed = frozenset({word for (word, _), (attr, _) in APP_FIELDS.items()
+                                 if attr == cond.field})  # fmt: skip
+            if cond.negated:
+                # A negated field clause holds when the field is absent, so on any protocol.
+                continue
+        protos = allowed if protos is None else protos & allowed
+    return protos
+
+
+def _offload_safe_rule(spec: RuleSpec, payload_waits: bool = False) -> bool:
+    """Whether the rule never needs a flow's later packets; with payload_waits, the same but
+    for its `payload contains` (which lets go once past its depth)."""
     if spec.states is not None and spec.states == frozenset({"new"}):
         return True  # matches no later packet of an established flow
-    if spec.inspect or spec.contains or spec.limit is not None or spec.action == REWRITE:
+    if spec.contains and not payload_waits:
+        return False
+    if spec.inspect or spec.limit is not None or spec.action == REWRITE:
         return False
     if any(cond.field == "dns_queries" for cond in spec.app):
         return False  # every DNS message of the flow is judged by its names

@@ -17,7 +17,9 @@ from ips.policy.domains import normalize
 from ips.policy.model import (
     ACCEPT,
     DROP,
+    ENCRYPTED_APPS,
     MATCH,
+    UNLIMITED_DEPTH,
     AddrSpec,
     AppCondition,
     IfaceSpec,
@@ -141,9 +143,11 @@ def rule_mismatch(
     oif: str | None,
     established: bool,
     dynamic_members: dict[str, set[bytes]] | None = None,
+    depth: int = UNLIMITED_DEPTH,
 ) -> str | None:
     """None when every condition of the rule holds (rate limits aside), else the first reason
-    it does not."""
+    it does not. The packet's payload is taken as the first of its direction of its flow:
+    `payload contains` reads its first `depth` bytes (UNLIMITED_DEPTH: all of it)."""
     members = dynamic_members or {}
     if pkt.family not in rule.families:
         fams = "/".join(f"IPv{f}" for f in sorted(rule.families))
@@ -204,10 +208,40 @@ def rule_mismatch(
     if rule.fragment and not pkt.frag:
         return "packet is not a fragment"
     payload = pkt.data[pkt.payload_offset :]
+    if depth != UNLIMITED_DEPTH:
+        payload = payload[:depth]
     for pattern, nocase in rule.contains:
         if pattern not in (payload.lower() if nocase else payload):
-            return f"payload does not contain {pattern!r}"
+            within = (
+                ""
+                if depth == UNLIMITED_DEPTH
+                else f" within the first {size_text(depth)} of its direction of the flow "
+                "(payload contains reads no further)"
+            )
+            return f"payload does not contain {pattern!r}{within}"
     return None
+
+
+def size_text(size: int) -> str:
+    """A size as a policy writes it: 1048576 -> 1M, 8192 -> 8k, 1000 -> 1000 bytes."""
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("k", 1 << 10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale}{unit}"
+    return f"{size} bytes"
+
+
+def depth_note(policy: Policy, rule: RuleSpec) -> str:
+    """What `ipsctl explain` says of a rule's payload clauses: how far they read."""
+    if not rule.contains:
+        return ""
+    depth = policy.depth_of(rule)
+    if depth == UNLIMITED_DEPTH:
+        return "; payload contains reads every byte of the flow (depth unlimited)"
+    whose = "its depth" if rule.depth is not None else "set payload-depth"
+    return (
+        f"; payload contains reads only the first {size_text(depth)} of each direction of a "
+        f"flow ({whose}): past them it matches nothing, and the flow may be offloaded"
+    )
 
 
 def explain(
@@ -229,7 +263,14 @@ def explain(
     out: list[RuleVerdict] = []
     pending: RuleSpec | None = None
     for rule in policy.rules:
-        reason = rule_mismatch(rule, pkt, iif, oif, established, dynamic_members)
+        depth = policy.depth_of(rule)
+        reason = rule_mismatch(rule, pkt, iif, oif, established, dynamic_members, depth)
+        encrypted = app.proto in ENCRYPTED_APPS and policy.encrypted_payload_skipped
+        if reason is None and rule.contains and encrypted:
+            reason = (
+                f"the payload of a {app.proto} flow is ciphertext and not read "
+                "(set encrypted-payload skip)"
+            )
         if reason is not None:
             out.append(RuleVerdict(rule, False, reason))
             continue
@@ -258,6 +299,7 @@ def explain(
             note = f"matches while under {rule.limit.text}" + (
                 f" (above it: {rule.limit.else_action})" if rule.limit.else_action else ""
             )
+        note += depth_note(policy, rule)
         out.append(RuleVerdict(rule, True, note))
         if rule.action != MATCH:
             if pending is not None and rule.action != pending.action:

@@ -46,6 +46,7 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*\*?")
 _VAR = re.compile(r"\$[A-Za-z_][A-Za-z0-9_\-]*")
 _TABLEREF = re.compile(r"@[A-Za-z_][A-Za-z0-9_\-]*")
 _DURATION = re.compile(r"\d+(ms|s|m|h|d)(?![A-Za-z0-9])")
+_SIZE = re.compile(r"\d+(k|K|KiB|M|MiB|G|GiB)(?![A-Za-z0-9])")
 _RATE = re.compile(r"\d+\/(s|m|h|d|second|minute|hour|day)(?![A-Za-z0-9])")
 _FLAGSPEC = re.compile(r"[A-Za-z]*\/[A-Za-z]+|[A-Za-z]+")
 # `80-90` is three tokens for Lark (INT "-" INT); here one bare word.
@@ -58,9 +59,10 @@ KEYWORDS = frozenset({
     "include", "define", "table", "file", "dynamic", "timeout", "size", "set",
     "accept", "pass", "drop", "block", "reject", "rewrite", "match",
     "proto", "from", "to", "on", "flags", "type", "code", "length", "state", "fragment",
-    "payload", "contains", "nocase", "limit", "replace", "with", "alert", "log", "inspect",
+    "payload", "contains", "nocase", "depth", "limit", "replace", "with", "alert", "log", "inspect",
     "sid", "severity", "label", "inet6", "inet", "in", "out", "port", "burst", "per", "else",
     "detect", "ports", "hosts", "count", "within", "rate", "ignore", "distributed",
+    "sources", "bytes", "packets",
     "any", "app", "tls", "quic", "dns", "http", "country", "asn", "org", "refresh",
 })  # fmt: skip
 # The keywords that start an application-layer clause. Three of them are also names a value
@@ -290,14 +292,20 @@ class _Line:
         return stmt
 
     def option_value(self) -> ast.Item:
-        """option_value: WORD | INT | DURATION | STRING (DURATION first: it has priority)."""
+        """option_value: WORD | INT | DURATION | SIZE | STRING (DURATION and SIZE first: they
+        have priority)."""
         text, start = self.take()
         end = start + len(text)
         if text[:1] == '"':
             if len(text) < 2:
                 raise _Bail
             return ast.Item("string", unescape(text), self.span(start, end))
-        for pattern in (_DURATION, _INT, _WORD):
+        return self.sized(text, start)
+
+    def sized(self, text: str, start: int) -> ast.Item:
+        """A DURATION, SIZE, INT or WORD bare word, tried in Lark's order (priority first)."""
+        end = start + len(text)
+        for pattern in (_DURATION, _SIZE, _INT, _WORD):
             m = pattern.match(text)
             if m is None:
                 continue
@@ -306,6 +314,8 @@ class _Line:
             span = self.span(start, end)
             if pattern is _DURATION:
                 return ast.Item("duration", text, span)
+            if pattern is _SIZE:
+                return ast.Item("size", text, span)
             if pattern is _INT:
                 return ast.Item("int", text, span, int(text), int(text))
             return ast.Item("word", text, span)
@@ -471,6 +481,13 @@ class _Line:
             end = self.starts[self.i - 1] + 6
         return ast.ContainsClause(self.span(at, end), pattern, nocase)
 
+    def c_depth(self, at: int) -> ast.Clause:
+        text, start = self.take()
+        if text in KEYWORDS:
+            raise _Bail  # Lark's contextual lexer takes it for a WORD there; it reports it
+        value = self.sized(text, start)
+        return ast.DepthClause(self.span(at, value.span.end_col - 1), value)
+
     def c_app(self, at: int) -> ast.Clause:
         value = self.value()
         return ast.AppClause(self.span(at, value.span.end_col - 1), value)
@@ -601,6 +618,7 @@ _CLAUSES = {
     "state": _Line.c_state,
     "fragment": _Line.c_fragment,
     "payload": _Line.c_payload,
+    "depth": _Line.c_depth,
     "app": _Line.c_app,
     "tls": _Line.c_app_field,
     "quic": _Line.c_app_field,

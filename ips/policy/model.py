@@ -201,6 +201,9 @@ class RuleSpec:
     states: frozenset[str] | None = None
     fragment: bool = False
     contains: tuple[tuple[bytes, bool], ...] = ()
+    # How far into each direction of a flow `contains` reads, in bytes (`depth 8k`); None:
+    # the policy's `set payload-depth`; UNLIMITED_DEPTH: the whole flow.
+    depth: int | None = None
     limit: LimitSpec | None = None
     rewrite: RewriteSpec | None = None
     reject_with: tuple[str, int | None] | None = None  # ("tcp-reset"|"icmp"|"icmpv6", code)
@@ -262,9 +265,17 @@ class TableSpec:
 
 @dataclass(slots=True)
 class DetectSpec:
-    name: str
+    name: str  # the detector (portscan, udpflood, volume …)
     span: Span
     params: dict[str, object]
+    # Its key in Policy.detectors, stats and `detector:KEY` drop reasons: the name, but for the
+    # second flood line of a name (NAME-src or NAME-dst: a flood measured per source and per
+    # destination) and the later `detect volume` lines (volume-2, volume-3 …).
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = self.name
 
     def number(self, key: str) -> float:
         """A numeric parameter (a count, a rate, a duration in seconds). The resolver stores
@@ -281,6 +292,15 @@ class DetectorSchema:
     defaults: dict[str, object]
     response: str  # block | limit | alert
 
+
+# The UDP services that answer a small request with a large (or many) datagrams, after
+# US-CERT TA14-017A "UDP-Based Amplification Attacks": QOTD 17, CharGEN 19, DNS 53, portmap
+# 111, NTP 123, NetBIOS 137, SNMP 161, CLDAP 389, ISAKMP 500, RIPv1 520, SSDP 1900, ARD 3283,
+# WS-Discovery 3702, mDNS 5353, CoAP 5683, memcached 11211 (as inclusive port ranges).
+AMPLIFIER_PORTS: tuple[tuple[int, int], ...] = tuple(
+    (p, p)
+    for p in (17, 19, 53, 111, 123, 137, 161, 389, 500, 520, 1900, 3283, 3702, 5353, 5683, 11211)
+)
 
 # What each detector accepts, and its defaults. The reasons for these numbers are in the
 # detector table of docs/language.md; the detectors themselves are in ips/detect/.
@@ -322,6 +342,38 @@ DETECTORS: dict[str, DetectorSchema] = {
         {"ports": 15, "hosts": 50, "distributed": 20, "within": 21600.0},
         "alert",
     ),
+    # Unsolicited answers converging on one destination (ips/detect/reflection.py). It limits
+    # at the victim and bans nobody: the packets come from real amplifiers (or servers)
+    # answering a forged address, and banning them is what the attacker wants.
+    "reflection": DetectorSchema(
+        frozenset({"rate", "sources", "within", "port", "block", "limit", "alert", "ignore"}),
+        {"rate": 100.0, "sources": 20, "within": 10.0, "port": AMPLIFIER_PORTS},
+        "limit",
+    ),
+    # Bare ACKs (nmap -sA/-sW/-sM) of flows never seen opening, judged without answers
+    # (ips/detect/ackscan.py); it alerts: silence is weak evidence, and ACKs are forged freely.
+    "ackscan": DetectorSchema(
+        frozenset({"ports", "within", "block", "alert", "ignore"}),
+        {"ports": 25, "within": 60.0},
+        "alert",
+    ),
+    # Volume over a rate (ips/detect/volume.py): `bytes` or `packets` (one of them, no default).
+    "volume": DetectorSchema(
+        frozenset({"bytes", "packets", "per", "port", "block", "limit", "alert", "ignore"}),
+        {"per": "dst"},
+        "alert",
+    ),
+}
+
+# Detectors that may be given more than once: a flood once per source and once per
+# destination (its `per` tells the lines apart), volume any number of times.
+REPEATABLE = frozenset({"icmpflood", "synflood", "udpflood", "volume"})
+# A flood line's default rate when its `per` is not the detector's default (packets/s). The
+# reasons are in docs/language.md: per destination the rate is the sum over every source.
+FLOOD_RATES: dict[tuple[str, str], float] = {
+    ("icmpflood", "dst"): 500.0,
+    ("synflood", "src"): 200.0,
+    ("udpflood", "dst"): 10000.0,
 }
 
 # Detector alerts use signature ids from this reserved range (one block of 100 per detector,
@@ -330,8 +382,12 @@ DETECTORS: dict[str, DetectorSchema] = {
 DETECTOR_SID_FIRST = 9_000_000
 DETECTOR_SID_LAST = 9_000_999
 DETECTOR_SID_BASE: dict[str, int] = {
-    name: DETECTOR_SID_FIRST + 100 * (i + 1) for i, name in enumerate(DETECTORS)
+    name: DETECTOR_SID_FIRST + 100 * (i + 1) for i, name in enumerate(list(DETECTORS)[:7])
 }
+# The block of 100 at 9000900 is the supervisor's (unjudged packets, 9000901): the detectors
+# added after slowscan share the block at 9000800, 20 ids each.
+DETECTOR_SID_BASE |= {"reflection": 9_000_800, "ackscan": 9_000_820, "volume": 9_000_840}
+assert set(DETECTOR_SID_BASE) == set(DETECTORS)
 
 # The alert of a forged source (ips/engine/evidence.py): from the reserved range's first block.
 SPOOF_SID = DETECTOR_SID_FIRST + 1
@@ -349,7 +405,7 @@ class OptionSchema:
     """A `set NAME VALUE` option.
 
     kind    choice: one of `choices`; int: a whole number; duration: 30s, 10m, 24h (seconds);
-            text: a quoted string
+            text: a quoted string; size: 64k, 1M, a number of bytes, or `unlimited` (0)
     minimum/maximum bound int and duration values (inclusive)."""
 
     choices: tuple[str, ...]
@@ -361,6 +417,17 @@ class OptionSchema:
 
 
 DEFAULT_TABLE_MAX_ENTRIES = 2_000_000
+
+# `payload contains` reads the first bytes of each direction of a flow, as Suricata's stream
+# depth (stream.reassembly.depth, 1 MiB by default); past them it matches nothing, and a flow
+# whose candidate rules are all past their depth may be offloaded (docs/offload.md).
+DEFAULT_PAYLOAD_DEPTH = 1 << 20
+MAX_PAYLOAD_DEPTH = 1 << 30
+UNLIMITED_DEPTH = 0  # `unlimited`: every byte of the flow (and never offloaded by depth)
+# The application protocols whose payload is ciphertext once their handshake is done: with
+# `set encrypted-payload skip` (the default, as Suricata's `encryption-handling: default`),
+# `payload contains` does not read a flow the inspector named one of these.
+ENCRYPTED_APPS = frozenset({"tls", "ssh", "quic"})
 
 OPTIONS: dict[str, OptionSchema] = {
     "default": OptionSchema(
@@ -400,6 +467,18 @@ OPTIONS: dict[str, OptionSchema] = {
         (),
         65_536,
         "most addresses each detector tracks",
+        kind="int",
+        minimum=16,
+        maximum=16_777_216,
+    ),
+    # Each scan detector holds every probe until its answer is weighed (2 s): with its flow.
+    # A flood of spoofed sources makes one probe each; this caps them (the oldest is
+    # forgotten, counted in `probes_dropped`), and one key (a source, or a source and host)
+    # may hold at most 4 x its threshold of them (`probes_skipped`). See ips/detect/scan.py.
+    "detect-probes": OptionSchema(
+        (),
+        16_384,
+        "most probes each scan detector holds while their answers are due",
         kind="int",
         minimum=16,
         maximum=16_777_216,
@@ -472,6 +551,21 @@ OPTIONS: dict[str, OptionSchema] = {
         kind="int",
         minimum=4096,
         maximum=1 << 34,
+    ),
+    # How far into each direction of a flow `payload contains` reads (a rule's `depth`
+    # overrides it): a size (64k, 1M), a number of bytes, or `unlimited`. See docs/offload.md.
+    "payload-depth": OptionSchema(
+        (),
+        DEFAULT_PAYLOAD_DEPTH,
+        "bytes of each direction of a flow that `payload contains` reads",
+        kind="size",
+        minimum=1,
+        maximum=MAX_PAYLOAD_DEPTH,
+    ),
+    # TLS, SSH and QUIC carry ciphertext past their handshake: `payload contains` does not
+    # read a flow named one of them (skip), unless told to (inspect).
+    "encrypted-payload": OptionSchema(
+        ("skip", "inspect"), "skip", "whether `payload contains` reads TLS, SSH and QUIC flows"
     ),
     # Where the country and ASN databases of geo clauses (`from country RU`) are read
     # (docs/geo.md): "" is $IPSCTL_GEO_DIR, else /var/lib/ipsctl/geo. The site file, whose
@@ -564,6 +658,10 @@ class Policy:
         return int(self.option("detect-memory"))
 
     @property
+    def detect_probes(self) -> int:
+        return int(self.option("detect-probes"))
+
+    @property
     def app_layer(self) -> bool:
         return self.option("app-layer") == "on"
 
@@ -574,3 +672,16 @@ class Policy:
     @property
     def app_memcap(self) -> int:
         return int(self.option("app-memcap"))
+
+    @property
+    def payload_depth(self) -> int:
+        """Bytes of each direction `payload contains` reads; UNLIMITED_DEPTH (0): all."""
+        return int(self.option("payload-depth"))
+
+    @property
+    def encrypted_payload_skipped(self) -> bool:
+        return self.option("encrypted-payload") == "skip"
+
+    def depth_of(self, rule: RuleSpec) -> int:
+        """The depth a rule's `payload contains` reads to: its own, or the policy's."""
+        return self.payload_depth if rule.depth is None else rule.depth

@@ -79,6 +79,7 @@ def _terminal_texts() -> dict[str, str]:
         STRING='a "string"',
         HEX="|hex bytes|",
         DURATION="a duration (30s, 10m, 1h)",
+        SIZE="a size (64k, 1M)",
         RATE="a rate (50/s)",
         FLAGSPEC="TCP flags (S/SA)",
         CMP="a comparison (<, >, =)",
@@ -271,6 +272,8 @@ class _Builder:
             return ast.Item("duration", str(node), span)
         if kind == "RATE":
             return ast.Item("rate", str(node), span)
+        if kind == "SIZE":
+            return ast.Item("size", str(node), span)
         return ast.Item("word", str(node), span)
 
     def value(self, tree: Tree) -> ast.Value:
@@ -426,6 +429,8 @@ class _Builder:
             if pattern is None:
                 return None
             return ast.ContainsClause(span, pattern, len(ch) > 1)
+        if kind == "depth":
+            return ast.DepthClause(span, self.item(ch[0]))
         if kind == "app":
             return ast.AppClause(span, self.value(_tree(ch[0])))
         if kind in ("app_field", "app_contains"):

@@ -296,6 +296,7 @@ def flow_record(
         flow.dport,
     )
     ev.icmp = flow.icmp
+    in_iface, out_iface = flow_ifaces(flow, in_iface)
     record = _base(ev, "flow", in_iface)
     cid = record.pop("community_id")
     f = flow
@@ -344,6 +345,8 @@ def flow_record(
         tcp["state"] = tcp_state
         record["tcp"] = tcp
     own = _flow_names(f) or {}
+    if out_iface is not None:
+        own["out_iface"] = out_iface
     if kernel is not None:  # where the counts come from: conntrack's "destroy" or "get"
         own["counted_by"] = f"conntrack-{kernel.source}"
     if enrich is not None:
@@ -352,6 +355,16 @@ def flow_record(
     if own:
         record["ipsctl"] = own
     return record
+
+
+def flow_ifaces(flow: Flow, given: str | None) -> tuple[str | None, str | None]:
+    """A flow record's interfaces: (in_iface, out_iface). GIVEN is the writer's own (tap
+    mode's interface read), which wins and has no way out; otherwise the flow's, as the
+    engine found them on its first decided packet (inline: where it came in on and went out
+    on)."""
+    if given:
+        return given, None
+    return getattr(flow, "iif", None), getattr(flow, "oif", None)
 
 
 def _flow_names(f: Flow) -> dict[str, str] | None:
@@ -404,6 +417,7 @@ def flow_line(end: FlowEnd, in_iface: str | None = None, enrich: Enricher | None
         return json.dumps(flow_record(end, in_iface, enrich), separators=(",", ":"))
     f = end.flow
     proto = f.proto
+    in_iface, out_iface = flow_ifaces(f, in_iface)
     iface = f',"in_iface":{_json_text(in_iface)}' if in_iface else ""
     src, dst = format_addr(f.src), format_addr(f.dst)
     if proto in PORT_PROTOS:
@@ -436,6 +450,9 @@ def flow_line(end: FlowEnd, in_iface: str | None = None, enrich: Enricher | None
         names = _flow_names(f)
         named = names is not None
         names_text = "" if names is None else json.dumps(names, separators=(",", ":"))[1:-1]
+    if out_iface is not None:
+        out_text = f'"out_iface":{_json_text(out_iface)}'
+        names_text = f"{names_text},{out_text}" if names_text else out_text
     peers = (
         enrich.fields_json(proto, f.src, f.dst, f.sport, f.dport, named)
         if enrich is not None

@@ -229,7 +229,6 @@ _RAW_KEY = {
     "port": "proto, dport",
     "app": "app_proto",
     "sni": "sni",
-    "interface": "iface",
     "proto": "proto",
     "direction": "direction",
 }
@@ -247,11 +246,21 @@ _BOTH_ENDS = (
 )
 
 
+# A flow crosses its way in (`iface`) and its way out (`out_iface`, inline): like the two
+# ends' countries, each distinct interface once (records.flow_keys).
+_END_COLUMNS = {
+    "country": ("src_country", "dst_country"),
+    "asn": ("src_asn", "dst_asn"),
+    "interface": ("iface", "out_iface"),
+}
+
+
 def _top_raw_ends(
     store: StoreBackend, by: str, since: float, until: float, filter_text: str
 ) -> dict[str, list[int]]:
     where, params = filter_sql(filter_text, "flows")
-    ends = _BOTH_ENDS.format(src=f"src_{by}", dst=f"dst_{by}", where=where)
+    first, second = _END_COLUMNS[by]
+    ends = _BOTH_ENDS.format(src=first, dst=second, where=where)
     sql = f"SELECT k, COUNT(*), SUM(p), SUM(b) FROM ({ends}) AS ends GROUP BY k"
     args = [since, until, *params, since, until, *params]
     sums: dict[str, list[int]] = {}
@@ -267,7 +276,7 @@ def _top_raw_ends(
 def _top_raw(
     store: StoreBackend, by: str, since: float, until: float, filter_text: str
 ) -> dict[str, list[int]]:
-    if by in ("country", "asn"):
+    if by in _END_COLUMNS:
         return _top_raw_ends(store, by, since, until, filter_text)
     where, params = filter_sql(filter_text, "flows")
     key = _RAW_KEY[by]
@@ -359,7 +368,8 @@ _HISTORY_COLUMNS = {
     "flows": ("time_start", "time_end", "flow_id", "proto", "src", "sport", "dst", "dport",
               "app_proto", "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev", "iface", "reason",
               "replied", "offloaded", "direction", "sni", "http_host", "dst_name",
-              "community_id", "src_country", "src_asn", "dst_country", "dst_asn", "service"),
+              "community_id", "src_country", "src_asn", "dst_country", "dst_asn", "service",
+              "out_iface"),
     "alerts": ("time", "flow_id", "proto", "src", "sport", "dst", "dport", "action",
                "signature_id", "signature", "severity", "category", "rule_name", "app_proto",
                "dst_name", "community_id", "iface", "extra"),

@@ -18,7 +18,7 @@ from ips.core.addr import format_addr
 from ips.core.events import Alert, AppEvent, Block, FlowEnd, LogRecord, MacBlock, Unblock
 from ips.core.packet import PORT_PROTOS
 from ips.geo.enrich import Enricher, flow_service
-from ips.sinks.eve import EVE_APP_PROTOS, flow_community_id
+from ips.sinks.eve import EVE_APP_PROTOS, flow_community_id, flow_ifaces
 from ips.store.schema import LEVELS
 
 Row = tuple[Any, ...]
@@ -80,6 +80,8 @@ def flow_row(
     gives the ends' countries and AS numbers (the EVE writer's, so both say the same); the
     service name comes from the registry in the package, with or without it."""
     f = end.flow
+    # The interfaces: tap mode's own (IFACE) or the flow's, as the engine saw them inline.
+    in_iface, out_iface = flow_ifaces(f, iface)
     # An offloaded flow's volume: the kernel's when the worker read it (ips/io/conntrack.py).
     volume = getattr(end, "kernel", None) or f
     src_country, src_asn = _geo_end(enrich, f.src)
@@ -104,7 +106,7 @@ def flow_row(
         volume.pkts_rev,
         volume.bytes_fwd,
         volume.bytes_rev,
-        iface,
+        in_iface,
         end.reason,
         1 if f.replied else 0,
         1 if getattr(f, "offloaded", False) else 0,
@@ -118,6 +120,7 @@ def flow_row(
         dst_country,
         dst_asn,
         flow_service(f.proto, f.sport, f.dport),
+        out_iface,
     )
 
 
@@ -183,7 +186,7 @@ def app_row(e: AppEvent, iface: str | None) -> Row:
 # Indexes into a flow row (schema.FLOW_COLUMNS), for the rollups.
 _END, _PROTO, _SRC, _DPORT, _APP = 1, 4, 5, 8, 9
 _DST, _PF, _PR, _BF, _BR, _IFACE, _DIRECTION, _SNI = 7, 10, 11, 12, 13, 14, 18, 19
-_SRC_COUNTRY, _SRC_ASN, _DST_COUNTRY, _DST_ASN = 23, 24, 25, 26
+_SRC_COUNTRY, _SRC_ASN, _DST_COUNTRY, _DST_ASN, _OUT_IFACE = 23, 24, 25, 26, 28
 
 RollupKey = tuple[str, int, str, str]  # level, bucket, dim, key
 Sums = list[int]  # flows, packets, bytes, bytes_fwd, bytes_rev
@@ -223,8 +226,13 @@ def flow_keys(row: Row, names: dict[bytes, str] | None = None) -> list[tuple[str
     ]
     if proto in PORT_PROTOS:
         keys.append(("port", port_key(proto, row[_DPORT])))
-    if row[_IFACE]:
-        keys.append(("interface", row[_IFACE]))
+    # A flow crosses the interface it came in on and (inline) the one it went out on: it
+    # adds to each once, so an interface's volume is all that crossed it, either way.
+    in_iface, out_iface = row[_IFACE], row[_OUT_IFACE]
+    if in_iface:
+        keys.append(("interface", in_iface))
+    if out_iface and out_iface != in_iface:
+        keys.append(("interface", out_iface))
     if row[_APP]:
         keys.append(("app", row[_APP]))
     if row[_SNI]:

@@ -54,6 +54,9 @@ FLOW_COLUMNS = (
     "dst_country",
     "dst_asn",
     "service",  # the IANA name of the responder's port, e.g. postgresql for 5432/tcp
+    # Version 3: the interface the flow went out on (inline); `iface` is the one it came
+    # in on (inline) or the interface read (tap). NULL when not known.
+    "out_iface",
 )
 # What every row about one packet starts with (alerts, log records): when, which flow, and
 # the packet's addresses and ports as the event gives them.
@@ -132,7 +135,8 @@ RAW_TABLES = {
     "app_events": APP_COLUMNS,
 }
 # The dimensions of the rollups: each flow adds to one row per dimension and level (`all`
-# is the total, key ""). port is "DPORT/PROTO"; app, sni and dst_name only when known.
+# is the total, key ""). interface: the flow's way in and (version 3, inline) way out, each
+# distinct one once. port is "DPORT/PROTO"; app, sni and dst_name only when known.
 # country and asn (version 2): the countries (DE) and AS numbers (AS3320) of the flow's
 # ends, each distinct one once: a flow from DE to US adds to both, one within DE to DE once.
 DIMENSIONS = (
@@ -227,9 +231,14 @@ V2_RAW = tuple(
     )
 )
 
+# Version 3: an inline flow's way out (its way in is `iface`). The rollups need no change:
+# a flow adds to the `interface` dimension of each of its interfaces once.
+V3_RAW = ("ALTER TABLE flows ADD COLUMN out_iface TEXT",)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flows, alerts, blocks, logs, app events; 1m and 1h rollups", V1_RAW, V1_ROLLUP),
     Migration(2, "flows: src/dst country and AS number, service name", V2_RAW, ()),
+    Migration(3, "flows: the interface a flow went out on", V3_RAW, ()),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -56,6 +56,15 @@ def test_check_shipped_policies_prints_the_summary(name: str) -> None:
     result = ipsctl("check", path)
     assert result.exit_code == 0, result.output
     out = result.stdout.splitlines()
+    # How far payload rules read, for a policy that has some (docs/offload.md).
+    payload = [ln for ln in out if ln.startswith("  payload ")]
+    out = [ln for ln in out if not ln.startswith("  payload ")]
+    readers = sum(1 for r in policy.rules if r.contains)
+    if readers:
+        assert payload[0].startswith(f"  payload    {readers} rule"), payload
+        assert "of each direction of a flow" in payload[0]
+    else:
+        assert not payload
     assert out[0] == f"{path}: ok"
     actions = Counter(r.action for r in policy.rules)
     acts = ", ".join(f"{n} {a}" for a, n in sorted(actions.items()))

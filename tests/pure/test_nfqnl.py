@@ -395,3 +395,18 @@ def test_the_senders_mac_is_read_and_absent_without_the_attribute() -> None:
     assert parse_packet(with_mac, 20, len(with_mac)).hwaddr == mac
     without = packet_message(0, pkt)
     assert parse_packet(without, 20, len(without)).hwaddr is None
+
+
+def test_a_super_packet_cut_by_the_copy_range_says_so() -> None:
+    # NFQA_CAP_LEN (the real length, when the copy was cut) and NFQA_SKB_INFO's GSO flag:
+    # with the queue's GSO flag on, a TCP super-packet of up to 64 KB arrives whole
+    pkt = QueuedPacket(id=5, payload=UDP, indev=3, outdev=4, cap_len=65_535, gso=True)
+    msg = packet_message(0, pkt)
+    got = parse_packet(msg, 20, len(msg))
+    assert got == pkt
+    assert (got.cap_len, got.gso) == (65_535, True)
+    plain = packet_message(0, QueuedPacket(id=6, payload=UDP, indev=3, outdev=4))
+    assert (
+        parse_packet(plain, 20, len(plain)).cap_len,
+        parse_packet(plain, 20, len(plain)).gso,
+    ) == (0, False)

@@ -264,7 +264,11 @@ def test_offload_waits_for_app_rules_and_never_for_dns_query() -> None:
     tls_rules = (policy.rules[0],)
     dns_rules = (policy.rules[1],)
     assert policy.offload_state(tls_rules) == 2  # OFFLOAD_WHEN_APP_DONE
-    assert policy.offload_state(dns_rules) == 0  # never: each DNS message is judged
+    # Never while the flow may be DNS (each DNS message is judged); a flow named another
+    # protocol can never match the rule, so it leaves the flow's candidates (OFFLOAD_LATER,
+    # with a plan that only a protocol other than DNS meets: tests/pure/test_offload_depth.py).
+    assert policy.offload_state(dns_rules) == 3
+    assert policy.plan_of(dns_rules) == ((frozenset({"dns"}), False, None, False),)
 
 
 # ---- explain ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ KEYWORDS = [
     "accept", "pass", "drop", "block", "reject", "rewrite", "match", "include", "define",
     "table", "set", "detect", "proto", "from", "to", "port", "in", "out", "on", "flags",
     "type", "code", "length", "state", "fragment", "payload", "contains", "nocase", "limit",
+    "depth", "64k", "1M", "unlimited", "payload-depth", "encrypted-payload",
     "burst", "per", "else", "replace", "with", "alert", "log", "sid", "severity", "label",
     "inet", "inet6", "any", "file", "dynamic", "timeout", "size", "ports", "hosts", "count",
     "within", "rate", "ignore", "default", "on-error", "malformed", "tcp-reset", "icmp",

@@ -16,7 +16,7 @@ from typing import Any
 
 from ips.policy import ast
 from ips.policy.diagnostics import Diagnostics, PolicyError, Span
-from ips.policy.model import Policy
+from ips.policy.model import REPEATABLE, DetectSpec, Policy
 from ips.policy.resolve.detectors import DetectorResolver
 from ips.policy.resolve.files import Reader, SourceFiles, os_reason
 from ips.policy.resolve.rules import RuleResolver
@@ -89,15 +89,22 @@ class Resolver:
         spec = self.detectors.resolve(stmt)
         if spec is None:
             return
-        if spec.name in policy.detectors:
+        earlier = policy.detectors.get(spec.name)
+        if earlier is None:
+            policy.detectors[spec.name] = spec
+            return
+        key = repeat_key(spec, policy)
+        if key is None:
+            again = "per src and once per dst" if spec.name in REPEATABLE else None
             self.diags.error(
                 stmt.name_span,
-                f"detector '{spec.name}' is already configured at "
-                f"{policy.detectors[spec.name].span}",
+                f"detector '{spec.name}' is already configured at {earlier.span}",
+                f"a flood may be given twice: once {again}" if again else None,
                 code="duplicate",
             )
-        else:
-            policy.detectors[spec.name] = spec
+            return
+        spec.key = key
+        policy.detectors[key] = spec
 
     def rule(self, stmt: ast.RuleStmt, policy: Policy) -> None:
         rule = self.rules.resolve(stmt, len(policy.rules))
@@ -156,3 +163,21 @@ STATEMENTS: dict[type[ast.Statement], Callable[[Resolver, Any, Policy], None]] =
     ast.DetectStmt: Resolver.detect,
     ast.RuleStmt: Resolver.rule,
 }
+
+
+def repeat_key(spec: DetectSpec, policy: Policy) -> str | None:
+    """The key of a detector given again (its first line has the name as key): volume-N for
+    the Nth `detect volume`, NAME-PER for a flood's line with the other `per`; None when it
+    may not be given again (another detector, or a flood's `per` given twice)."""
+    if spec.name == "volume":
+        n = 2
+        while f"volume-{n}" in policy.detectors:
+            n += 1
+        return f"volume-{n}"
+    if spec.name not in REPEATABLE:
+        return None
+    per = str(spec.params["per"])
+    taken = [d for d in policy.detectors.values() if d.name == spec.name]
+    if any(d.params["per"] == per for d in taken):
+        return None
+    return f"{spec.name}-{per}"

@@ -185,6 +185,11 @@ class RuleResolver:
             self.diags.error(clause.span, "payload contains needs a non-empty pattern")
         draft.rule.contains += ((pattern.lower() if nocase else pattern, nocase),)
 
+    def depth(self, clause: ast.DepthClause, draft: RuleDraft) -> None:
+        """`depth 8k`: how far into each direction `payload contains` reads, for this rule."""
+        if self._once(draft, "depth", clause):
+            draft.rule.depth = self.values.size(clause.value, "'depth'", "depth 8k")
+
     def app(self, clause: ast.AppClause, draft: RuleDraft) -> None:
         """`app tls`, `app { tls, quic }`: the application protocol detection names."""
         if not self._once(draft, "app", clause):
@@ -539,6 +544,14 @@ class RuleResolver:
                 rule.protos = frozenset({PROTO_TCP})
             else:
                 self.diags.error(stmt.span, "reject with tcp-reset needs proto tcp")
+        depth_at = draft.seen.get("depth")
+        if depth_at is not None and not rule.contains:
+            self.diags.error(
+                depth_at,
+                "'depth' bounds a rule's 'payload contains', and this rule has none",
+                'e.g. drop proto tcp to port 80 payload contains "/etc/passwd" depth 8k',
+                code="bad-value",
+            )
         if action == "match" and not (rule.alert or rule.log):
             self.diags.warning(
                 stmt.action_span,
@@ -712,6 +725,7 @@ CLAUSES: dict[type[ast.Clause], Callable[[RuleResolver, Any, RuleDraft], None]] 
     ast.StateClause: RuleResolver.state,
     ast.FragmentClause: RuleResolver.fragment,
     ast.ContainsClause: RuleResolver.contains,
+    ast.DepthClause: RuleResolver.depth,
     ast.LimitClause: RuleResolver.limit,
     ast.AppClause: RuleResolver.app,
     ast.AppFieldClause: RuleResolver.app_field,

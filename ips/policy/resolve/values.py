@@ -15,8 +15,10 @@ from ips.policy import ast, names
 from ips.policy.diagnostics import Span, did_you_mean
 from ips.policy.domains import NameSet, normalize, pattern_problem
 from ips.policy.model import (
+    MAX_PAYLOAD_DEPTH,
     OPTIONS,
     TABLE_ON_ERROR,
+    UNLIMITED_DEPTH,
     AddrSpec,
     OptionSchema,
     Policy,
@@ -510,6 +512,46 @@ class Values:
             return None
         return int(m.group(1)) * names.DURATION_UNITS[m.group(2)]
 
+    def size(self, item: ast.Item, what: str, example: str) -> int | None:
+        """A size: `64k`, `1M` (k/K/KiB and M/MiB and G/GiB count 1024s), a number of bytes,
+        or `unlimited` (UNLIMITED_DEPTH); within 1 byte and MAX_PAYLOAD_DEPTH. None after an
+        error, which names WHAT and shows EXAMPLE."""
+        hint = f"a number of bytes or a size: 4096, 64k, 1M, or unlimited (e.g. {example})"
+        if item.kind == "word" and item.text == "unlimited":
+            return UNLIMITED_DEPTH
+        if item.kind == "duration" and item.text.endswith("m") and not item.text.endswith("ms"):
+            self.diags.error(
+                item.span,
+                f"'{item.text}' is a duration (m is minutes), not a size",
+                f"a mebibyte is written {item.text[:-1]}M",
+                code="bad-value",
+            )
+            return None
+        bytes_ = None
+        if item.kind == "int" and len(item.text) <= 12:
+            bytes_ = int(item.text)
+        elif item.kind == "size":
+            m = re.fullmatch(r"(\d{1,9})([A-Za-z]+)", item.text)
+            if m is not None:
+                bytes_ = int(m.group(1)) * SIZE_UNITS[m.group(2)]
+        if bytes_ is None:
+            self.diags.error(
+                item.span,
+                f"'{item.text}' is not a size for {what}",
+                did_you_mean(item.text, ("unlimited",)) or hint,
+                code="bad-value",
+            )
+            return None
+        if not 1 <= bytes_ <= MAX_PAYLOAD_DEPTH:
+            self.diags.error(
+                item.span,
+                f"{what} must be from 1 byte to 1G ({MAX_PAYLOAD_DEPTH} bytes)",
+                hint if bytes_ else "no limit at all is written unlimited",
+                code="bad-value",
+            )
+            return None
+        return bytes_
+
     def rate(self, text: str, span: Span) -> float | None:
         m = re.fullmatch(r"(\d{1,9})/(\w+)", text)
         if not m or m.group(2) not in names.RATE_UNITS or int(m.group(1)) == 0:
@@ -580,6 +622,10 @@ class Values:
                     code="bad-value",
                 )
                 return
+        elif schema.kind == "size":
+            value = self.size(stmt.value, f"'set {stmt.name}'", f"set {stmt.name} 64k")
+            if value is None:
+                return
         else:
             value = self._number_option(stmt, schema)
             if value is None:
@@ -621,6 +667,14 @@ class Values:
             )
             return None
         return seconds
+
+
+# The units of a size (`64k`, `1M`): binary multiples, as Suricata's `1mb` and Snort's.
+SIZE_UNITS = {
+    "k": 1024, "K": 1024, "KiB": 1024,
+    "M": 1 << 20, "MiB": 1 << 20,
+    "G": 1 << 30, "GiB": 1 << 30,
+}  # fmt: skip
 
 
 def _merge_ranges(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
