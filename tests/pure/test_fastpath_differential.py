@@ -184,14 +184,26 @@ def shared_captures() -> list[Path]:
 # ---- the shared captures ------------------------------------------------------------------------
 
 
+NEWER_DETECTORS = """\
+set default accept
+detect reflection
+detect ackscan
+detect udpflood rate 50/s per dst limit
+"""
+
+
 @pytest.mark.parametrize(
-    "policy", ["gateway", "ten+detect", "accept"], ids=["gateway", "ten-detect", "accept"]
+    "policy",
+    ["gateway", "ten+detect", "accept", "newer-detectors", "volume"],
 )
 def test_every_shared_capture_decides_the_same(pcaps_dir: Path, policy: str) -> None:
     text = {
         "gateway": GATEWAY,
         "ten+detect": BENCH.TEN_RULES + BENCH.DETECTORS,
         "accept": "set default accept\n",
+        "newer-detectors": NEWER_DETECTORS,
+        # `volume` sees every packet: its detectors declare nothing, all goes to Python
+        "volume": NEWER_DETECTORS + "detect volume packets 2000/s per dst\n",
     }[policy]
     pair = Pair(text)
     last = 0.0
@@ -199,6 +211,11 @@ def test_every_shared_capture_decides_the_same(pcaps_dir: Path, policy: str) -> 
         last = max(last, replay(pair, capture_records(path)))
     pair.finish(last)
     assert pair.packets > 1000
+    if fast.available():
+        if policy == "volume":
+            assert pair.fast_packets == 0
+        elif policy in ("accept", "newer-detectors"):
+            assert pair.fast_packets > 0
 
 
 def test_the_fast_path_decides_most_packets_of_the_captures(pcaps_dir: Path) -> None:
