@@ -289,6 +289,13 @@ def _progress(path: str, size: int, show: bool) -> _Bar:
 _LE_RECORD = struct.Struct("<IIII")
 
 
+def _plain_handle(engine: Engine) -> bool:
+    """Whether `engine.handle` is the Engine's own: the mapped loop calls the engine's parts
+    directly, so an engine whose `handle` is overridden (a subclass: `eval --drops` notes
+    every decision there) or wrapped (a meter) is fed through its `handle`, record by record."""
+    return type(engine).handle is Engine.handle and "handle" not in vars(engine)
+
+
 def replay_captures(
     policy: Policy | CompiledPolicy,
     paths: Iterable[str],
@@ -352,6 +359,7 @@ def replay_captures(
                 and layout is not None
                 and layout.endian == "<"
                 and engine._fast_path is not None
+                and _plain_handle(engine)
             ):
                 count = run.mapped(reader, layout, bar)
             else:

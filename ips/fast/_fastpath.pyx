@@ -157,7 +157,7 @@ cdef int _OFFLOAD_LATER = OFFLOAD_LATER
 # The fields of a RuleSpec this module knows; a rule whose spec sets any other (a field added
 # later) goes to Python, so a new condition can never be skipped here by mistake. (`depth`
 # only narrows where `contains` reads: a pattern found in the whole payload sends the packet
-# to Python anyway, and one not found there is not found within the depth either.)
+# to Python, which knows the depth, and one not found there is not found within it either.)
 KNOWN_SPEC_FIELDS = frozenset((
     "index", "action", "span", "text", "families", "protos", "src", "dst", "sport", "dport",
     "iif", "oif", "anyif", "direction", "flags", "icmp_types", "icmp_code", "length",
@@ -506,6 +506,9 @@ cdef class FastPath:
                         break
                 if not ok:
                     continue
+                # Found in the payload: whether it lies within the rule's depth, or the flow
+                # is one whose payload the rule skips (encrypted), is the compiler's check.
+                return None
             # matched
             if not prog.terminal or prog.decision is None:
                 return None  # alerts, logs, rejects, rewrites: Python
