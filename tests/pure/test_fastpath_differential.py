@@ -279,6 +279,7 @@ HYPOTHESIS_POLICY = (
 match   proto tcp to port 8080 length > 100 alert "long"
 accept  proto udp to port 40001 length <= 80
 drop    proto tcp to port 40000 payload contains "hello" nocase
+drop    proto tcp to port 40001 payload contains "world" depth 12
 """
 )
 
