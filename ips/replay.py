@@ -5,19 +5,31 @@ This is an adapter (it reads files); the engine it drives is the same as inline.
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
+import struct
 import sys
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO
 
-import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
+from ips import fast
 from ips.core.events import Block, Effect, FlowEnd
 from ips.engine import Engine, Meta
 from ips.geo.enrich import Enricher, open_enricher
-from ips.io.pcap import read_capture
+from ips.io.pcap import PCAP_HEADER_LEN, CaptureReader, PcapLayout, read_capture
 from ips.policy.compile import CompiledPolicy
 from ips.policy.model import Policy
 from ips.sinks.base import Sink
@@ -119,6 +131,171 @@ class _Fanout:
             sink.events(events)
 
 
+class _Run:
+    """One replay's state across its captures: the engine, where effects go, the tick clock
+    (every TICK_EVERY seconds of capture time), the latest time seen, the flows ended."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        eve: _Fanout | None,
+        note_blocks: Callable[[Iterable[Effect]], None],
+    ) -> None:
+        self.engine = engine
+        self.eve = eve
+        self.note_blocks = note_blocks
+        self.next_tick = math.nan  # NaN: the first record sets it
+        self.last_ts = 0.0
+        self.flows_ended = 0
+        self.metas: dict[int, Meta] = {}
+
+    def meta(self, linktype: int) -> Meta:
+        meta = self.metas.get(linktype)
+        if meta is None:
+            meta = self.metas[linktype] = Meta(linktype=linktype)
+        return meta
+
+    def effects(self, effects: Iterable[Effect]) -> None:
+        if self.eve is not None:
+            self.eve.events(effects)
+        self.note_blocks(effects)
+
+    def after(self, ts: float) -> None:
+        """The tick clock after a record at time `ts` was judged."""
+        if self.next_tick != self.next_tick:  # NaN
+            self.next_tick = ts + TICK_EVERY
+        elif ts >= self.next_tick:
+            ended = self.engine.tick(ts)
+            self.flows_ended += sum(1 for ev in ended if ev.__class__ is FlowEnd)
+            self.note_blocks(ended)
+            if self.eve is not None:
+                self.eve.events(ended)
+            self.next_tick = ts + TICK_EVERY
+
+    def records(self, reader: CaptureReader, bar: _Bar) -> int:
+        """The records as ips/io/pcap.py reads them, each through Engine.handle."""
+        count = 0
+        handle = self.engine.handle
+        for rec in reader:
+            count += 1
+            ts = rec.timestamp
+            if ts > self.last_ts:
+                self.last_ts = ts
+            decision = handle(rec.data, self.meta(rec.linktype), ts)
+            if decision.effects:
+                self.effects(decision.effects)
+            self.after(ts)
+            if count & 0xFFF == 0:
+                bar.update(reader._offset, count)
+        bar.update(reader._offset, count)
+        return count
+
+    def mapped(self, reader: CaptureReader, layout: PcapLayout, bar: _Bar) -> int:
+        """A classic little-endian pcap file mapped into memory, its records parsed and the
+        fast packets judged in compiled code (ips/fast/ run_pcap); the same decisions, in the
+        same order, as `records`. The records the compiled loop leaves (empty, implausibly
+        long, cut short) are read here by the reader's own rules."""
+        assert reader._f is not None
+        meta = self.meta(layout.linktype)
+        handle = self.engine.handle
+        count = 0
+        with mmap.mmap(reader._f.fileno(), 0, access=mmap.ACCESS_READ) as mem:
+            size = len(mem)
+            pos = PCAP_HEADER_LEN
+            while True:
+                reason, pos, judged, self.last_ts, self.next_tick, ts, decision = fast.run_pcap(
+                    self.engine._fast_path, self.engine.handle_python,
+                    self.engine.handle_packet, mem, pos,
+                    layout.linktype, layout.divisor,
+                    layout.max_record, meta, self.next_tick, self.last_ts, 65536,
+                )  # fmt: skip
+                if judged:
+                    count += judged
+                    reader._empty_run = 0
+                    reader.records += judged
+                if reason == fast.STOP_EFFECTS:
+                    self.effects(decision.effects)
+                    self.after(ts)
+                elif reason == fast.STOP_TICK:
+                    self.after(ts)
+                elif reason == fast.STOP_RECORD:
+                    sec, frac, caplen, _orig = _LE_RECORD.unpack_from(mem, pos)
+                    if caplen > layout.max_record:
+                        raise reader._error(
+                            pos, f"record length {caplen} is implausible (corrupt file?)"
+                        )
+                    reader._count_packet(pos, caplen)
+                    if pos + 16 + caplen > size:
+                        reader.truncated = size - pos
+                        break
+                    # an empty record: the engine counts it malformed, as from the reader
+                    ts = sec + frac / layout.divisor
+                    count += 1
+                    if ts > self.last_ts:
+                        self.last_ts = ts
+                    decision = handle(b"", meta, ts)
+                    if decision.effects:
+                        self.effects(decision.effects)
+                    self.after(ts)
+                    pos += 16
+                elif reason == fast.STOP_END:
+                    reader.truncated = size - pos
+                    break
+                bar.update(pos, count)
+        bar.update(size, count)
+        return count
+
+
+class _Bar:
+    """The progress of one capture on a TTY: bytes read and packets per second (rich)."""
+
+    def __init__(self, path: str, size: int, show: bool) -> None:
+        self.progress: Progress | None = None
+        if not show:
+            return
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[packets]:>12,} packets"),
+            TextColumn("{task.fields[rate]:>10,.0f} packets/s"),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr),
+            transient=False,
+        )
+        self.task = self.progress.add_task(os.path.basename(path), total=size, packets=0, rate=0)
+        self.start = time.monotonic()
+
+    def update(self, done: int, packets: int) -> None:
+        if self.progress is None:
+            return
+        elapsed = max(time.monotonic() - self.start, 1e-6)
+        self.progress.update(self.task, completed=done, packets=packets, rate=packets / elapsed)
+
+    def __enter__(self) -> _Bar:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _progress(path: str, size: int, show: bool) -> _Bar:
+    return _Bar(path, size, show)
+
+
+_LE_RECORD = struct.Struct("<IIII")
+
+
+def _plain_handle(engine: Engine) -> bool:
+    """Whether `engine.handle` is the Engine's own: the mapped loop calls the engine's parts
+    directly, so an engine whose `handle` is overridden (a subclass: `eval --drops` notes
+    every decision there) or wrapped (a meter) is fed through its `handle`, record by record."""
+    return type(engine).handle is Engine.handle and "handle" not in vars(engine)
+
+
 def replay_captures(
     policy: Policy | CompiledPolicy,
     paths: Iterable[str],
@@ -128,12 +305,18 @@ def replay_captures(
     engine: Engine | None = None,
     enrich: Enricher | None = None,
     sinks: Iterable[Sink] = (),
+    mapped: bool | None = None,
 ) -> ReplayResult:
     """Replay each capture through one engine (flows carry across files, as on a wire).
     Every effect goes to the EVE stream, if any, and to each of `sinks` (the store). The EVE
     lines carry who is on the other end as the daemon's do (ips/geo/enrich.py): ENRICH, else
     the geo data the policy names (missing data: the fields are absent, and `geo_problem` of
-    the result says why). No reverse DNS: a capture's addresses are not asked about."""
+    the result says why). No reverse DNS: a capture's addresses are not asked about.
+
+    A classic little-endian pcap file is mapped into memory and its records judged by the
+    compiled loop (ips/fast/ run_pcap) when the engine has the compiled path, unless
+    `mapped` is False; other files (pcapng, big-endian pcap), or an engine without it, go
+    through ips/io/pcap.py's reader. Both give the same result."""
     engine = engine or Engine(policy)
     outputs: list[Sink] = list(sinks)
     opened: Enricher | None = None
@@ -145,7 +328,6 @@ def replay_captures(
     eve = _Fanout(outputs) if outputs else None
     result = ReplayResult(engine.policy.digest)
     result.geo_problem = enrich.problem if enrich is not None else None
-    flows_ended = 0
 
     def note_blocks(events: Iterable[Effect]) -> None:
         for ev in events:
@@ -161,7 +343,7 @@ def replay_captures(
                     }
                 )
 
-    last_ts = 0.0
+    run = _Run(engine, eve, note_blocks)
     for path in paths:
         size = os.path.getsize(path)
         show = (
@@ -170,44 +352,23 @@ def replay_captures(
             else (size >= PROGRESS_MIN_BYTES and sys.stderr.isatty())
         )
         reader = read_capture(path)
-        count = 0
-        next_tick = None
-        metas: dict[int, Meta] = {}
-        with (
-            reader,
-            click.progressbar(
-                length=size,
-                label=os.path.basename(path),
-                file=sys.stderr if show else None,
-                hidden=not show,
-            ) as bar,
-        ):
-            for rec in reader:
-                count += 1
-                ts = rec.timestamp
-                last_ts = max(last_ts, ts)
-                meta = metas.get(rec.linktype)
-                if meta is None:
-                    meta = metas[rec.linktype] = Meta(linktype=rec.linktype)
-                decision = engine.handle(rec.data, meta, ts)
-                if decision.effects:
-                    if eve is not None:
-                        eve.events(decision.effects)
-                    note_blocks(decision.effects)
-                if next_tick is None:
-                    next_tick = ts + TICK_EVERY
-                elif ts >= next_tick:
-                    ended = engine.tick(ts)
-                    flows_ended += sum(1 for ev in ended if ev.__class__ is FlowEnd)
-                    note_blocks(ended)
-                    if eve is not None:
-                        eve.events(ended)
-                    next_tick = ts + TICK_EVERY
-                if show:
-                    bar.update(len(rec.data) + 16)
+        with reader, _progress(path, size, show) as bar:
+            layout = reader.layout
+            if (
+                mapped is not False
+                and layout is not None
+                and layout.endian == "<"
+                and engine._fast_path is not None
+                and _plain_handle(engine)
+            ):
+                count = run.mapped(reader, layout, bar)
+            else:
+                count = run.records(reader, bar)
         result.captures.append(
             {"path": path, "packets": count, "format": reader.format, "truncated": reader.truncated}
         )
+    last_ts = run.last_ts
+    flows_ended = run.flows_ended
     ended = engine.drain(last_ts)
     flows_ended += len(ended)
     if eve is not None:

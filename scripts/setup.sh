@@ -52,6 +52,12 @@ fi
 "$venv/bin/python" -m pip install -q --upgrade pip
 # pydivert only as a binary wheel: its source build downloads WinDivert/eBPFDivert binaries.
 "$venv/bin/python" -m pip install -q --only-binary pydivert -e '.[dev]'
+# The editable install builds the compiled packet path (ips/fast/_fastpath.pyx, with Cython
+# from [build-system] and gcc and python3-dev from above); the Makefile runs this script again
+# when the .pyx changes. Without it the engine runs in pure Python and says so.
+if ! IPSCTL_PURE= "$venv/bin/python" -c 'import sys, ips.fast; sys.exit(not ips.fast.available())'; then
+  echo "setup: warning: the compiled packet path was not built; the engine runs in pure Python" >&2
+fi
 
 # Country and ASN data (docs/geo.md): registry packages pinned by version and checked against
 # their sha512 integrity before use; no account, nothing fetched at run time. The country

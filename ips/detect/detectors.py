@@ -30,7 +30,7 @@ per src) are split among them: see docs/language.md, "Several workers".
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from ips.core.events import Block, BlockRequest, DetectorEffect, Effect
 from ips.core.flow import Flow
@@ -98,6 +98,22 @@ _ICMPS = (PROTO_ICMP, PROTO_ICMPV6)
 Result = tuple[list[DetectorEffect] | None, str | None]
 
 
+class PacketInterest(NamedTuple):
+    """Which packets of a flow past its first packet the detectors need (`observe` returns
+    None for the others, touching nothing): TCP packets whose flags byte is not quiet
+    (tcp_quiet[flags] False), UDP packets of a flow not answered yet when udp_unreplied,
+    and every packet of any other protocol."""
+
+    tcp_quiet: tuple[bool, ...]
+    udp_unreplied: bool
+
+
+# The detector classes whose packets `observe` routes by the tests PacketInterest declares.
+_DECLARED = (
+    PortScan, Sweep, Stealth, IcmpFlood, SynFlood, UdpFlood, SlowScan, Reflection, AckScan
+)  # fmt: skip
+
+
 class Detectors:
     """All detectors of one policy. `observe` returns None (nothing to report: the common
     case) or (effects or None, name of the detector whose `limit` drops the packet or None).
@@ -162,6 +178,15 @@ class Detectors:
         self._tcp_quiet: tuple[bool, ...] = tuple(quiet)
         self._tcp_first = bool(self.scans)  # (synflood's SYNs are not quiet anyway)
         self._udp_busy = bool(self.udpfloods) or bool(self.scans) or self.reflection is not None
+        # What `observe` lets go on a flow already under way, declared for the compiled fast
+        # path (ips/fast/), which skips the call for those packets. Only the classes whose
+        # packets `observe` routes by the two tables above declare it: with any other
+        # detector (`volume` sees every packet), None, and every packet comes here. Whoever
+        # changes what `observe` lets go changes this too (the differential test,
+        # tests/pure/test_fastpath_differential.py, holds them together).
+        self.interest: PacketInterest | None = None
+        if all(type(d) in _DECLARED for d in dets):
+            self.interest = PacketInterest(self._tcp_quiet, self._udp_busy)
 
     def __bool__(self) -> bool:
         return bool(self.by_name)
@@ -383,7 +408,7 @@ class Detectors:
         return {name: det.stats() for name, det in self.by_name.items()}
 
 
-__all__ = ["GRACE", "Detectors", "Result"]
+__all__ = ["GRACE", "Detectors", "PacketInterest", "Result"]
 
 
 DetectorT = TypeVar("DetectorT", bound=Detector)

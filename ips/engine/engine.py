@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ips.app.alert_fields import alert_app_objects
 from ips.app.inspect import AppCounters, AppInspector, NameSource
@@ -64,9 +65,13 @@ from ips.engine.evidence import (
     BlockEvidence,
     Judgement,
 )
-from ips.engine.offload import offload_kind
+from ips.engine.offload import REOFFLOAD_AFTER, offload_kind
+from ips.fast import new_fast_path
 from ips.policy.compile import PENDING, CompiledPolicy, CompiledRule
 from ips.policy.model import ACCEPT, BAN_TABLE, DROP, REJECT, REWRITE, SPOOF_SID, Policy
+
+if TYPE_CHECKING:
+    from ips.fast._fastpath import FastPath
 
 
 class Meta:
@@ -140,6 +145,7 @@ class Engine:
         never_block: Iterable[str] = (),
         shards: int = 1,
         names: NameSource | None = None,
+        fast: bool = True,
     ) -> None:
         # shards: engines that share the traffic (one per queue), each with a share of every
         # destination's sources; per-destination flood rates are divided among them.
@@ -162,7 +168,14 @@ class Engine:
         # the packets of flows whose app_state is not None; configured by the policy's
         # `set app-layer`, `set app-stream-bytes` and `set app-memcap`.
         self.app = AppInspector(names=self.pdns, counters=self.stats.app)
+        # The compiled fast path (ips/fast/): the packets of decided flows that need no
+        # Python; None when it is not built, IPSCTL_PURE is set, or fast=False (the tests'
+        # reference engine).
+        self._fast_path: FastPath | None = None
+        self.fast_failures = 0
         self.load(policy)
+        self._fast_path = new_fast_path(self, REOFFLOAD_AFTER) if fast else None
+        self._fast = self._fast_path.handle if self._fast_path is not None else None
 
     # ---- policy ---------------------------------------------------------------------------
 
@@ -210,12 +223,34 @@ class Engine:
         self._blocked: Decision[CompiledRule] = Decision(DROP, reason="blocked")
         self._app_pending: Decision[CompiledRule] = Decision(ACCEPT, reason=APP_PENDING)
         self._dns_rcode = compiled.policy.dns_reject_rcode
+        if self._fast_path is not None:
+            self._fast_path.refresh(self)
 
     # ---- per packet -----------------------------------------------------------------------
 
     def handle(self, data: bytes, meta: Meta = NO_META, now: float = 0.0) -> Decision[CompiledRule]:
         """Decide one packet. Never raises: an internal error gives the `set on-error`
         verdict and is counted."""
+        fast = self._fast
+        if fast is not None:
+            # The compiled path decides what needs no Python (and counts it); otherwise it
+            # touched nothing, and hands back the packet decoded, or None (not decoded).
+            try:
+                decision = fast(data, meta, now)
+            except Exception:  # a bug of the fast path: counted, and the packet goes on
+                self.fast_failures += 1
+                decision = None
+            if decision is not None:
+                if isinstance(decision, Packet):  # decoded, not decided: Python decides
+                    return self.handle_packet(decision, meta, now)
+                return decision
+        return self.handle_python(data, meta, now)
+
+    def handle_python(
+        self, data: bytes, meta: Meta = NO_META, now: float = 0.0
+    ) -> Decision[CompiledRule]:
+        """`handle` in Python alone: the reference the compiled path is held to, and where
+        it sends every packet it does not decide itself."""
         self.stats.packets += 1
         try:
             pkt: Packet | Malformed | None

@@ -32,6 +32,7 @@ __all__ = [
     "CaptureError",
     "CaptureReader",
     "CaptureRecord",
+    "PcapLayout",
     "read_capture",
     "write_pcap",
 ]
@@ -70,6 +71,20 @@ class CaptureRecord(NamedTuple):
     orig_len: int  # length of the packet on the wire
 
 
+class PcapLayout(NamedTuple):
+    """What a classic pcap file's header says of its records (CaptureReader.layout): their
+    byte order ("<" or ">"), link type, the divisor of their fraction of a second, and the
+    longest record this reader accepts. Records start at byte HEADER_LEN."""
+
+    endian: str
+    linktype: int
+    divisor: int
+    max_record: int
+
+
+PCAP_HEADER_LEN = 24
+
+
 class CaptureError(ValueError):
     """The capture file is not a pcap/pcapng file or is corrupt at `offset`."""
 
@@ -104,6 +119,7 @@ class CaptureReader:
         self.records = 0  # packet records read (empty ones included)
         self.empty_records = 0  # packet records with no captured bytes
         self.skipped_blocks = 0  # pcapng blocks that carry no packet, skipped
+        self.layout: PcapLayout | None = None  # classic pcap only: what its header says
         self._empty_run = 0  # empty packet records since the last one with data
         self._skipped_run = 0  # pcapng blocks without a packet since the last packet
         self._offset = 0
@@ -218,6 +234,7 @@ class CaptureReader:
             raise self._error(4, f"unsupported pcap version {major}")
         divisor = 1_000_000 if m == _PCAP_US else 1_000_000_000
         max_record = min(_MAX_RECORD, max(snaplen, _LIBPCAP_MAX_SNAPLEN))
+        self.layout = PcapLayout(endian, network & _LINKTYPE_MASK, divisor, max_record)
         return self._iter_pcap(endian, network & _LINKTYPE_MASK, divisor, max_record)
 
     def _iter_pcap(

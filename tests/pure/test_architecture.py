@@ -45,7 +45,9 @@ LOWER = {
     "detect": {"core", "policy"},
     "app": {"core"},  # application-layer parsers and reassembly (issue 20): pure
     "geo": {"core", "safefile"},  # country, ASN, site file, service names (issue 22)
-    "engine": {"core", "policy", "detect", "translate", "app"},
+    # fast (issue 24): the compiled packet path; its loader reads IPSCTL_PURE
+    "fast": {"core", "policy"},
+    "engine": {"core", "policy", "detect", "translate", "app", "fast"},
     "kernel": {"core", "policy", "translate", "safefile"},
     "io": {"core", "policy", "detect", "translate", "engine", "kernel"},
     # app: EVE's objects, community_id; geo: the fields of who is on the other end
@@ -60,7 +62,7 @@ LOWER = {
     # geo (issue 22): a flow's countries, AS numbers and service name in its row
     # privileges: the store's writer process holds no capabilities
     "store": {"core", "policy", "sinks", "views", "geo", "privileges"},
-    "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile", "geo"},
+    "replay": {"core", "policy", "detect", "engine", "io", "sinks", "safefile", "geo", "fast"},
     # mix (issue 23): captures mixed into a labelled one; reads them with io.pcap
     "mix": {"core", "io"},
     # evaluate (issue 23): detections scored against mix's labels; pure

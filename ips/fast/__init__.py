@@ -1,0 +1,88 @@
+"""The compiled per-packet path (docs/architecture.md, "The compiled path").
+
+`ips/fast/_fastpath.pyx`, built by Cython at `pip install -e .` (setup.py), decides the
+packets of decided flows that need no Python, exactly as the engine would; the engine's
+Python path stays the reference and decides everything else. When the extension is missing
+(not built, or a platform without a compiler), or IPSCTL_PURE=1 is set, the engine runs in
+pure Python alone: the same decisions, slower; a missing extension is said once, as a
+RuntimeWarning.
+
+The pure rule holds for what runs per packet (the extension reads bytes and the engine's
+state; no clock, no I/O); this loader alone reads the environment, once, at import.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ips.fast._fastpath import FastPath
+
+__all__ = [
+    "FORCED_PURE",
+    "STOP_BUDGET",
+    "STOP_EFFECTS",
+    "STOP_END",
+    "STOP_RECORD",
+    "STOP_TICK",
+    "available",
+    "new_fast_path",
+    "run_pcap",
+]
+
+# Why run_pcap hands back to its caller (the same values as in _fastpath.pyx).
+STOP_END = 0  # no complete record header left
+STOP_RECORD = 1  # a record the caller reads itself: empty, implausibly long, or cut short
+STOP_TICK = 2  # the record at hand was judged and its time reached the next tick
+STOP_EFFECTS = 3  # the record at hand was judged and its Decision carries effects
+STOP_BUDGET = 4  # the budget of records was judged (the caller updates its progress)
+
+# IPSCTL_PURE=1 (any value but "" and "0"): the pure-Python engine only, the extension unused.
+FORCED_PURE = os.environ.get("IPSCTL_PURE", "") not in ("", "0")
+
+_module: Any = None
+_warned = False
+_import_error = ""
+
+if not FORCED_PURE:
+    try:
+        _module = importlib.import_module("ips.fast._fastpath")
+    except ImportError as exc:  # not built: the pure-Python engine alone
+        _import_error = str(exc)
+
+
+def available() -> bool:
+    """Whether the compiled path is in use (built, and not switched off by IPSCTL_PURE)."""
+    return _module is not None
+
+
+def _warn_missing() -> None:
+    global _warned
+    if _warned or FORCED_PURE:
+        return
+    _warned = True
+    warnings.warn(
+        "ipsctl: the compiled packet path (ips/fast/_fastpath) is not built; the pure-Python "
+        f"engine runs alone, slower ({_import_error}). Build it with `pip install -e .` "
+        "(needs gcc and the Python headers), or set IPSCTL_PURE=1 to say this is meant.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+def new_fast_path(engine: object, reoffload_after: float) -> FastPath | None:
+    """The fast path of `engine`, or None (pure Python: IPSCTL_PURE, or not built)."""
+    if _module is None:
+        _warn_missing()
+        return None
+    fast: FastPath = _module.FastPath(engine, reoffload_after)
+    return fast
+
+
+def run_pcap(*args: Any) -> Any:
+    """ips/fast/_fastpath.pyx `run_pcap` (only when available())."""
+    assert _module is not None
+    return _module.run_pcap(*args)

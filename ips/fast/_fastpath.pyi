@@ -1,0 +1,34 @@
+"""Types of the compiled module ips/fast/_fastpath.pyx (for mypy; the code is the .pyx)."""
+
+from typing import Any
+
+from ips.core.decision import Decision
+from ips.core.packet import Packet
+
+STOP_END: int
+STOP_RECORD: int
+STOP_TICK: int
+STOP_EFFECTS: int
+STOP_BUDGET: int
+KNOWN_SPEC_FIELDS: frozenset[str]
+
+class FastPath:
+    fast_packets: int
+    def __init__(self, engine: Any, reoffload_after: float) -> None: ...
+    def refresh(self, engine: Any) -> None: ...
+    def handle(self, data: bytes, meta: Any, now: float) -> Decision[Any] | Packet | None: ...
+
+def run_pcap(
+    fast: FastPath,
+    slow: Any,
+    slow_packet: Any,
+    buf: Any,
+    pos: int,
+    linktype: int,
+    divisor: int,
+    max_record: int,
+    meta: Any,
+    next_tick: float,
+    last_ts: float,
+    budget: int,
+) -> tuple[int, int, int, float, float, float, Decision[Any] | None]: ...

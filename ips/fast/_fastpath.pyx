@@ -1,0 +1,689 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""The compiled per-packet path: the packets of a decided flow that need no Python.
+
+`FastPath.handle(data, meta, now)` does exactly what `Engine.handle` would do for a packet it
+can prove needs nothing but counting and a rule the flow's cache already names, and returns
+the same Decision object; for every other packet it changes nothing and returns the packet
+decoded (a `Packet`, as ips/core/decode.py makes it, for `Engine.handle_packet`) or None (not
+decoded here: `Engine.handle_python`). A packet qualifies when:
+
+  * its bytes are raw IP or Ethernet without VLAN tags, IPv4 without options and not a
+    fragment, or IPv6 without extension headers, carrying TCP or UDP whose header the
+    decoder would accept (anything it would count as malformed goes to Python);
+  * its flow exists, has no translation (NAT), no application-layer work left
+    (`app_state is None`), and its rule cache for this direction was made under the
+    running policy and the packet's interfaces;
+  * TCP: the flow is established and the packet carries no SYN, FIN or RST (those move the
+    state machine), so the flow table would only count it;
+  * no block applies (the `banned` table, a MAC block, a translated reply), and the
+    policy's detectors declared this packet of no interest (`Detectors.interest`; a policy
+    whose detectors declare nothing sends every packet to Python);
+  * walking the cached candidate rules in order, every rule reached has conditions this
+    module evaluates exactly (TCP flags, ICMP type, length, state, fragment, payload
+    contains) and the first that matches is a terminal rule with a prebuilt Decision
+    (accept or drop, no alert or log, no limit) -- or none matches and the default is
+    accept or drop. A payload rule that *matches* goes to Python (its alert is made there).
+
+Then it counts what the engine counts (EngineStats.packets and verdicts, the flow's packets,
+bytes, flags and last_seen, the rule's hits, an offload) and returns the rule's Decision
+(or its offload variant, chosen as ips/engine/offload.py chooses). tests/pure/
+test_fastpath_differential.py holds it to the Python engine, packet for packet.
+
+`run_pcap` reads classic pcap records from a buffer (an mmap of the file) and judges each:
+the fast ones here, the others through the engine's Python path, returning to the caller at
+each tick, each decision with effects, and each record it leaves to the Python reader.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+
+from cpython.ref cimport Py_XDECREF
+
+from ips.core.decision import Decision
+from ips.core.flow import Flow
+from ips.core.packet import Packet
+from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledRule
+from ips.policy.model import ACCEPT, DROP
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        const char *name
+        int type
+        Py_ssize_t offset
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef *d_member
+
+cdef enum:
+    T_OBJECT_EX = 16
+
+
+# ---- slots read and written in place ----------------------------------------------------------
+# Flow, CompiledRule and Decision are __slots__ classes: each slot is a pointer at a fixed
+# offset in the object, which their member descriptors name. Reading and writing it there is
+# what `flow.pkts_fwd` and `flow.pkts_fwd = n` do, without the attribute lookup (the largest
+# cost of this path). The offsets are checked at import: a class whose attribute is not such
+# a slot any more makes the import fail, and the engine runs in Python (the loader says so).
+
+cdef Py_ssize_t _offset(type cls, str name) except -1:
+    descr = cls.__dict__.get(name)
+    if type(descr).__name__ != "member_descriptor":
+        raise ImportError(f"{cls.__name__}.{name} is not a __slots__ member")
+    cdef PyMemberDef *member = (<PyMemberDescrObject *><PyObject *>descr).d_member
+    if member.type != T_OBJECT_EX:
+        raise ImportError(f"{cls.__name__}.{name} is not an object slot")
+    return member.offset
+
+
+cdef inline object _get(object obj, Py_ssize_t offset):
+    cdef PyObject *value = (<PyObject **>((<char *><PyObject *>obj) + offset))[0]
+    if value is NULL:
+        raise AttributeError("slot not set")
+    return <object>value
+
+
+cdef inline void _set(object obj, Py_ssize_t offset, object value):
+    cdef PyObject **slot = <PyObject **>((<char *><PyObject *>obj) + offset)
+    cdef PyObject *old = slot[0]
+    Py_INCREF(value)
+    slot[0] = <PyObject *>value
+    Py_XDECREF(old)
+
+
+cdef type FLOW = Flow
+cdef object PACKET = Packet
+cdef Py_ssize_t F_APP_STATE = _offset(Flow, "app_state")
+cdef Py_ssize_t F_NAT = _offset(Flow, "nat")
+cdef Py_ssize_t F_SPORT = _offset(Flow, "sport")
+cdef Py_ssize_t F_SRC = _offset(Flow, "src")
+cdef Py_ssize_t F_REPLIED = _offset(Flow, "replied")
+cdef Py_ssize_t F_TCP_STATE = _offset(Flow, "tcp_state")
+cdef Py_ssize_t F_CACHE_FWD = _offset(Flow, "cache_fwd")
+cdef Py_ssize_t F_CACHE_REV = _offset(Flow, "cache_rev")
+cdef Py_ssize_t F_PKTS_FWD = _offset(Flow, "pkts_fwd")
+cdef Py_ssize_t F_PKTS_REV = _offset(Flow, "pkts_rev")
+cdef Py_ssize_t F_BYTES_FWD = _offset(Flow, "bytes_fwd")
+cdef Py_ssize_t F_BYTES_REV = _offset(Flow, "bytes_rev")
+cdef Py_ssize_t F_PAYLOAD_FWD = _offset(Flow, "payload_fwd")
+cdef Py_ssize_t F_PAYLOAD_REV = _offset(Flow, "payload_rev")
+cdef Py_ssize_t F_FLAGS_FWD = _offset(Flow, "flags_fwd")
+cdef Py_ssize_t F_FLAGS_REV = _offset(Flow, "flags_rev")
+cdef Py_ssize_t F_LAST_SEEN = _offset(Flow, "last_seen")
+cdef Py_ssize_t F_MAC = _offset(Flow, "mac")
+cdef Py_ssize_t F_APP = _offset(Flow, "app")
+cdef Py_ssize_t F_APP_PROTO = _offset(Flow, "app_proto")
+cdef Py_ssize_t F_BACK_SINCE = _offset(Flow, "back_since")
+cdef Py_ssize_t F_OFFLOADED = _offset(Flow, "offloaded")
+cdef type RULE = CompiledRule
+cdef Py_ssize_t R_HITS = _offset(CompiledRule, "hits")
+cdef type DECISION = Decision
+cdef Py_ssize_t D_VERDICT = _offset(Decision, "verdict")
+
+cdef extern from "<string.h>" nogil:
+    void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
+
+cdef enum:
+    PROTO_TCP = 6
+    PROTO_UDP = 17
+    TCP_FIN = 0x01
+    TCP_SYN = 0x02
+    TCP_RST = 0x04
+    TCP_ACK = 0x10
+    STATE_FLAGS = 0x07
+    TCP_ESTABLISHED = 3
+    TCP_CLOSING = 5
+    LINKTYPE_ETHERNET = 1
+    LINKTYPE_RAW = 101
+    OFFLOAD_FLOW = 1
+    # RuleProg.kind
+    RULE_BAIL = 0      # reached: Python decides (a condition or an action not done here)
+    RULE_NEVER = 1     # cannot match a packet of the fast path (ICMP type, fragment)
+    RULE_CHECK = 2     # conditions evaluated here
+    # length operators
+    LEN_NONE = 0
+    LEN_EQ = 1
+    LEN_NE = 2
+    LEN_LT = 3
+    LEN_LE = 4
+    LEN_GT = 5
+    LEN_GE = 6
+    LEN_RANGE = 7
+
+cdef int _OFFLOAD_WHEN_APP_DONE = OFFLOAD_WHEN_APP_DONE
+cdef int _OFFLOAD_LATER = OFFLOAD_LATER
+
+# The fields of a RuleSpec this module knows; a rule whose spec sets any other (a field added
+# later) goes to Python, so a new condition can never be skipped here by mistake. (`depth`
+# only narrows where `contains` reads: a pattern found in the whole payload sends the packet
+# to Python, which knows the depth, and one not found there is not found within it either.)
+KNOWN_SPEC_FIELDS = frozenset((
+    "index", "action", "span", "text", "families", "protos", "src", "dst", "sport", "dport",
+    "iif", "oif", "anyif", "direction", "flags", "icmp_types", "icmp_code", "length",
+    "states", "fragment", "contains", "depth", "limit", "rewrite", "reject_with", "alert", "message",
+    "log", "inspect", "app", "sid", "severity", "label",
+))
+_LENGTH_OPS = {"=": LEN_EQ, "!=": LEN_NE, "<": LEN_LT, "<=": LEN_LE, ">": LEN_GT,
+               ">=": LEN_GE, "range": LEN_RANGE}
+
+
+cdef class RuleProg:
+    """One candidate rule as this module runs it."""
+    cdef int kind
+    cdef object rule
+    cdef bint terminal
+    cdef object decision          # the prebuilt Decision, or None: a match goes to Python
+    cdef object offload_decision
+    cdef bint accepts
+    cdef bint has_flags
+    cdef int flags_value, flags_mask
+    cdef int length_op, length_lo, length_hi
+    cdef bint has_states, want_new, want_est
+    cdef tuple contains           # ((pattern, nocase), ...)
+
+
+cdef RuleProg _rule_prog(object rule):
+    cdef RuleProg prog = RuleProg()
+    prog.rule = rule
+    prog.kind = RULE_BAIL
+    prog.terminal = rule.terminal
+    prog.decision = rule.decision
+    prog.offload_decision = rule.offload_decision
+    prog.accepts = rule.verdict == ACCEPT
+    prog.contains = ()
+    if type(rule) is not RULE:
+        return prog
+    for decision in (rule.decision, rule.offload_decision):
+        if decision is not None and type(decision) is not DECISION:
+            return prog
+    spec = rule.spec
+    fields = getattr(spec, "__dataclass_fields__", None)
+    if fields is None:
+        return prog
+    for name, field in fields.items():
+        if name not in KNOWN_SPEC_FIELDS and getattr(spec, name) != field.default:
+            return prog
+    if rule.limiter is not None or spec.limit is not None or spec.app:
+        return prog
+    for addr in (spec.src, spec.dst):
+        if addr is not None and addr.dynamic:
+            return prog
+    if spec.icmp_types is not None or spec.fragment:
+        # TCP and UDP packets have icmp_type -1 and are not fragments here: never a match.
+        prog.kind = RULE_NEVER
+        return prog
+    if spec.flags is not None:
+        prog.has_flags = True
+        prog.flags_value, prog.flags_mask = spec.flags
+    if spec.length is not None:
+        op, lo, hi = spec.length
+        prog.length_op = _LENGTH_OPS[op]
+        prog.length_lo = lo
+        prog.length_hi = hi
+    if spec.states is not None:
+        prog.has_states = True
+        prog.want_new = "new" in spec.states
+        prog.want_est = "established" in spec.states
+    prog.contains = tuple((bytes(p), bool(nocase)) for p, nocase in spec.contains)
+    any_dynamic = prog.has_flags or prog.length_op or prog.has_states or prog.contains
+    if rule.check is not None and not any_dynamic:
+        return prog  # the compiler checks something this module does not know of
+    if rule.check is None and any_dynamic:
+        return prog
+    prog.kind = RULE_CHECK
+    return prog
+
+
+cdef class FastPath:
+    """The fast path of one Engine (made by it, refreshed at each policy load)."""
+
+    cdef object stats
+    cdef dict stats_dict
+    cdef object verdicts
+    cdef dict flows
+    cdef dict nat_replies
+    cdef object blocks
+    cdef object policy
+    cdef object blocked          # the `banned` table's members dict, or None
+    cdef bint has_detect
+    cdef bint detect_declared
+    cdef uint8_t tcp_quiet[256]
+    cdef bint udp_unreplied_busy
+    cdef object default_decision
+    cdef object default_offload  # None unless the default verdict is accept
+    cdef bint default_fast       # default accept or drop (reject makes a reply: Python)
+    cdef bint offload_on
+    cdef double reoffload_after
+    cdef dict programs           # id(candidate tuple) -> (tuple, [RuleProg])
+    cdef object last_rules       # the candidate tuple of the last packet, and its program
+    cdef list last_progs
+    cdef public long long fast_packets
+
+    def __init__(self, engine, double reoffload_after):
+        # The engine itself is not kept: it holds this object, and a cycle would leave both
+        # to the garbage collector (tests/pure/test_heap.py); what is kept are its parts.
+        self.reoffload_after = reoffload_after
+        self.programs = {}
+        self.fast_packets = 0
+        self.refresh(engine)
+
+    def refresh(self, engine):
+        """Read the engine's state again (its policy was loaded)."""
+        self.stats = engine.stats
+        # EngineStats is a plain dataclass: its counters live in its __dict__
+        self.stats_dict = engine.stats.__dict__
+        self.verdicts = engine.stats.verdicts
+        self.flows = engine.flows._flows
+        self.nat_replies = engine._nat_replies
+        self.blocks = engine.blocks
+        self.policy = engine.policy
+        table = engine._blocked_table
+        self.blocked = table.members if table is not None else None
+        detect = engine.detect
+        self.has_detect = detect is not None
+        self.detect_declared = True
+        self.udp_unreplied_busy = False
+        cdef int i
+        for i in range(256):
+            self.tcp_quiet[i] = 1
+        if detect is not None:
+            interest = getattr(detect, "interest", None)
+            if interest is None:
+                self.detect_declared = False
+            else:
+                for i in range(256):
+                    self.tcp_quiet[i] = 1 if interest.tcp_quiet[i] else 0
+                self.udp_unreplied_busy = bool(interest.udp_unreplied)
+        self.default_decision = engine._default
+        self.default_offload = engine._default_offload
+        verdict = engine._default.verdict
+        self.default_fast = (verdict == ACCEPT or verdict == DROP) and (
+            type(engine._default) is DECISION
+            and (self.default_offload is None or type(self.default_offload) is DECISION)
+        )
+        self.offload_on = bool(engine.policy.offload)
+        self.programs = {}
+        self.last_rules = None
+        self.last_progs = None
+
+    cdef list _program(self, tuple rules):
+        if rules is self.last_rules:  # consecutive packets of one flow, or flows alike
+            return self.last_progs
+        progs = self._lookup_program(rules)
+        self.last_rules = rules
+        self.last_progs = progs
+        return progs
+
+    cdef list _lookup_program(self, tuple rules):
+        cdef PyObject *found = PyDict_GetItem(self.programs, id(rules))
+        if found is not NULL:
+            pair = <tuple>found
+            if pair[0] is rules:
+                return <list>pair[1]
+        progs = [_rule_prog(rule) for rule in rules]
+        if len(self.programs) >= 65536:
+            self.programs = {}
+        self.programs[id(rules)] = (rules, progs)
+        return progs
+
+    def handle(self, data, meta, now):
+        """The Decision of `data` (bytes, as Engine.handle takes them) when the fast path
+        may decide it, with everything counted. Otherwise nothing is changed, and the answer
+        is the packet decoded (a `Packet`, as ips/core/decode.py makes it: the engine decides
+        it with `handle_packet`), or None when this module does not decode it (the engine
+        decodes it itself)."""
+        if type(data) is not bytes:
+            return None
+        return self._handle(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
+                            meta.linktype, meta, now)
+
+    cdef object _handle(self, const uint8_t *p, Py_ssize_t n, int linktype, object meta,
+                        object now_obj):
+        cdef Py_ssize_t off = 0
+        cdef int proto, family, sport, dport, flags = 0, doff, hl
+        cdef Py_ssize_t total, payload_offset, ulen
+        cdef Py_ssize_t addr_len, src_off, dst_off
+        cdef int ttl, tos
+        cdef uint16_t etype
+        if linktype == LINKTYPE_ETHERNET:
+            if n < 14:
+                return None
+            etype = (p[12] << 8) | p[13]
+            if etype != 0x0800 and etype != 0x86DD:
+                return None
+            off = 14
+            p += 14
+            n -= 14
+            if n < 1 or (p[0] >> 4) != (4 if etype == 0x0800 else 6):
+                return None
+        elif linktype != LINKTYPE_RAW:
+            return None
+        if n < 20:
+            return None
+        # ---- decode: only what the Python decoder accepts without a second look
+        if (p[0] >> 4) == 4:
+            family = 4
+            if (p[0] & 0x0F) != 5:
+                return None  # options: Python checks them
+            total = (p[2] << 8) | p[3]
+            if total < 20 or total > n:
+                return None
+            if ((p[6] << 8) | p[7]) & 0x3FFF:
+                return None  # a fragment
+            proto = p[9]
+            hl = 20
+        elif (p[0] >> 4) == 6:
+            family = 6
+            if n < 40:
+                return None
+            ulen = (p[4] << 8) | p[5]
+            if ulen == 0:
+                return None
+            total = 40 + ulen
+            if total > n:
+                return None
+            proto = p[6]
+            hl = 40
+        else:
+            return None
+        if proto == PROTO_TCP:
+            if total - hl < 20:
+                return None
+            doff = (p[hl + 12] >> 4) << 2
+            if doff < 20 or hl + doff > total:
+                return None
+            flags = p[hl + 13]
+            payload_offset = hl + doff
+        elif proto == PROTO_UDP:
+            if total - hl < 8:
+                return None
+            ulen = (p[hl + 4] << 8) | p[hl + 5]
+            if ulen < 8 or ulen > total - hl:
+                return None
+            payload_offset = hl + 8
+        else:
+            return None
+        sport = (p[hl] << 8) | p[hl + 1]
+        dport = (p[hl + 2] << 8) | p[hl + 3]
+        addr_len = 4 if family == 4 else 16
+        src_off = 12 if family == 4 else 8
+        dst_off = 16 if family == 4 else 24
+        src = PyBytes_FromStringAndSize(<const char *>p + src_off, addr_len)
+        dst = PyBytes_FromStringAndSize(<const char *>p + dst_off, addr_len)
+        decision = self._decide(p, proto, total, payload_offset, sport, dport, flags, src, dst,
+                                meta, now_obj)
+        if decision is not None:
+            return decision
+        # Not for this path: the packet as the Python decoder makes it, for the engine.
+        if family == 4:
+            ttl = p[8]
+            tos = p[1]
+        else:
+            ttl = p[7]
+            tos = ((p[0] & 0x0F) << 4) | (p[1] >> 4)
+        return PACKET(PyBytes_FromStringAndSize(<const char *>p, total), family, src, dst, proto,
+                      sport, dport, flags, -1, -1, ttl, tos, hl, payload_offset, 0, ())
+
+    cdef object _decide(self, const uint8_t *p, int proto, Py_ssize_t total,
+                        Py_ssize_t payload_offset, int sport, int dport, int flags, object src,
+                        object dst, object meta, object now_obj):
+        """The Decision of a decoded TCP or UDP packet, counted; None: nothing changed."""
+        cdef double now = now_obj
+        if proto == PROTO_TCP and flags & STATE_FLAGS:
+            return None  # the state machine's business
+        # ---- blocks and translations
+        if self.blocked is not None and self.blocked:
+            expiry = self.blocked.get(src)
+            if expiry is not None and expiry > now_obj:
+                return None
+        mac = meta.mac
+        if mac is not None and self.blocks.macs:
+            return None
+        if self.nat_replies:
+            return None
+        # ---- the flow
+        py_sport = sport
+        key = (proto, src, py_sport, dst, dport)
+        cdef PyObject *found = PyDict_GetItem(self.flows, key)
+        if found is NULL:
+            return None
+        flow = <object>found
+        if type(flow) is not FLOW:
+            return None
+        if _get(flow, F_APP_STATE) is not None or _get(flow, F_NAT) is not None:
+            return None
+        cdef bint fwd = _get(flow, F_SPORT) == py_sport and _get(flow, F_SRC) == src
+        cdef bint replied = _get(flow, F_REPLIED)
+        if not fwd:
+            replied = True
+        if proto == PROTO_TCP:
+            if _get(flow, F_TCP_STATE) != TCP_ESTABLISHED:
+                return None
+        # ---- detectors
+        if self.has_detect:
+            if not self.detect_declared:
+                return None
+            if proto == PROTO_TCP:
+                if not self.tcp_quiet[flags]:
+                    return None
+            elif self.udp_unreplied_busy and not replied:
+                return None
+        # ---- the rules the flow's cache names
+        iif = meta.iif
+        oif = meta.oif
+        cache_obj = _get(flow, F_CACHE_FWD) if fwd else _get(flow, F_CACHE_REV)
+        if type(cache_obj) is not tuple or len(<tuple>cache_obj) < 5:
+            return None
+        cdef tuple cache = <tuple>cache_obj
+        if cache[0] is not self.policy or cache[1] != iif or cache[2] != oif:
+            return None
+        if type(cache[3]) is not tuple:
+            return None
+        cdef list progs = self._program(<tuple>cache[3])
+        cdef RuleProg prog
+        cdef RuleProg matched = None
+        cdef Py_ssize_t length = total
+        cdef bint ok
+        for prog in progs:
+            if prog.kind == RULE_NEVER:
+                continue
+            if prog.kind == RULE_BAIL:
+                return None
+            if prog.has_flags and (flags & prog.flags_mask) != prog.flags_value:
+                continue
+            if prog.length_op:
+                if not _length_ok(prog.length_op, length, prog.length_lo, prog.length_hi):
+                    continue
+            if prog.has_states:
+                if not (prog.want_est if replied else prog.want_new):
+                    continue
+            if prog.contains:
+                ok = True
+                for pattern, nocase in prog.contains:
+                    if not _contains(p, payload_offset, total, <bytes>pattern, nocase):
+                        ok = False
+                        break
+                if not ok:
+                    continue
+                # Found in the payload: whether it lies within the rule's depth, or the flow
+                # is one whose payload the rule skips (encrypted), is the compiler's check.
+                return None
+            # matched
+            if not prog.terminal or prog.decision is None:
+                return None  # alerts, logs, rejects, rewrites: Python
+            matched = prog
+            break
+        if matched is None and not self.default_fast:
+            return None
+        # An offload that waits on a plan (OFFLOAD_LATER: payload depths, the application
+        # protocol) is weighed by ips/engine/offload.py's needs_met: Python.
+        if replied and self.offload_on and (proto != PROTO_TCP or payload_offset < total):
+            if (matched is not None and matched.accepts) or (
+                matched is None and self.default_offload is not None
+            ):
+                if _waits_on_plan(_get(flow, F_CACHE_FWD)) or _waits_on_plan(
+                    _get(flow, F_CACHE_REV)
+                ):
+                    return None
+        # ---- decided: count as the Python path does, in its order
+        counts = self.stats_dict
+        counts["packets"] = counts["packets"] + 1
+        if fwd:
+            _set(flow, F_PKTS_FWD, _get(flow, F_PKTS_FWD) + 1)
+            _set(flow, F_BYTES_FWD, _get(flow, F_BYTES_FWD) + length)
+            _set(flow, F_PAYLOAD_FWD, _get(flow, F_PAYLOAD_FWD) + (total - payload_offset))
+            _set(flow, F_FLAGS_FWD, _get(flow, F_FLAGS_FWD) | flags)
+        else:
+            _set(flow, F_PKTS_REV, _get(flow, F_PKTS_REV) + 1)
+            _set(flow, F_BYTES_REV, _get(flow, F_BYTES_REV) + length)
+            _set(flow, F_PAYLOAD_REV, _get(flow, F_PAYLOAD_REV) + (total - payload_offset))
+            _set(flow, F_FLAGS_REV, _get(flow, F_FLAGS_REV) | flags)
+            _set(flow, F_REPLIED, True)
+        if now > <double>_get(flow, F_LAST_SEEN):
+            _set(flow, F_LAST_SEEN, now_obj)
+        if mac is not None and fwd and _get(flow, F_MAC) is None:
+            _set(flow, F_MAC, mac)
+        if matched is not None:
+            decision = matched.decision
+            rule = matched.rule
+            _set(rule, R_HITS, _get(rule, R_HITS) + 1)
+            if matched.accepts and self.offload_on and replied:
+                if self._offload_kind(flow, proto, payload_offset < total, now) == OFFLOAD_FLOW:
+                    decision = matched.offload_decision
+        else:
+            decision = self.default_decision
+            if self.default_offload is not None and self.offload_on and replied:
+                if self._offload_kind(flow, proto, payload_offset < total, now) == OFFLOAD_FLOW:
+                    decision = self.default_offload
+        verdict = _get(decision, D_VERDICT)
+        verdicts = self.verdicts
+        cdef PyObject *count = PyDict_GetItem(verdicts, verdict)
+        if count is NULL:
+            verdicts[verdict] = 1
+        else:
+            verdicts[verdict] = <object>count + 1
+        self.fast_packets += 1
+        return decision
+
+    cdef int _offload_kind(self, object flow, int proto, bint has_payload, double now):
+        """ips/engine/offload.py's offload_kind for a packet of this path (an established
+        TCP flow without SYN, FIN or RST, or UDP; no NAT; no application-layer work left),
+        and the engine's counting of a newly offloaded flow."""
+        if proto == PROTO_TCP and not has_payload:
+            return 0
+        fwd_cache = _get(flow, F_CACHE_FWD)
+        rev_cache = _get(flow, F_CACHE_REV)
+        if fwd_cache is None or rev_cache is None:
+            return 0
+        if fwd_cache[0] is not self.policy or rev_cache[0] is not self.policy:
+            return 0
+        fwd_state = fwd_cache[4]
+        rev_state = rev_cache[4]
+        if not (fwd_state and rev_state):
+            return 0
+        if fwd_state == _OFFLOAD_WHEN_APP_DONE or rev_state == _OFFLOAD_WHEN_APP_DONE:
+            app = _get(flow, F_APP)
+            if _get(flow, F_APP_PROTO) is None or not (app is None or app.client_done):
+                return 0
+        if now - <double>_get(flow, F_BACK_SINCE) < self.reoffload_after:
+            return 0
+        if not _get(flow, F_OFFLOADED):
+            _set(flow, F_OFFLOADED, True)
+            counts = self.stats_dict
+            counts["offloaded"] = counts["offloaded"] + 1
+        return OFFLOAD_FLOW
+
+
+cdef inline bint _waits_on_plan(object cache):
+    return type(cache) is tuple and len(<tuple>cache) >= 5 and (<tuple>cache)[4] == _OFFLOAD_LATER
+
+
+cdef inline bint _length_ok(int op, Py_ssize_t n, int lo, int hi):
+    if op == LEN_EQ:
+        return n == lo
+    if op == LEN_NE:
+        return n != lo
+    if op == LEN_LT:
+        return n < lo
+    if op == LEN_LE:
+        return n <= lo
+    if op == LEN_GT:
+        return n > lo
+    if op == LEN_GE:
+        return n >= lo
+    return lo <= n <= hi
+
+
+cdef bint _contains(const uint8_t *p, Py_ssize_t start, Py_ssize_t end, bytes pattern,
+                    bint nocase):
+    """Whether the payload p[start:end] holds `pattern` (ASCII case folded with nocase, as
+    bytes.lower() folds it)."""
+    cdef Py_ssize_t plen = PyBytes_GET_SIZE(pattern)
+    if nocase:
+        payload = PyBytes_FromStringAndSize(<const char *>p + start, end - start)
+        return pattern in payload.lower()
+    if plen == 0:
+        return True
+    return memmem(p + start, end - start, PyBytes_AS_STRING(pattern), plen) is not NULL
+
+
+# run_pcap's reasons to hand back to its caller
+STOP_END = 0        # no complete record header left (the caller looks at what remains)
+STOP_RECORD = 1     # a record the caller reads itself: empty, implausibly long, or cut short
+STOP_TICK = 2       # the record at hand was judged and its time reached the next tick
+STOP_EFFECTS = 3    # the record at hand was judged and its Decision carries effects
+STOP_BUDGET = 4     # `budget` records judged (the caller updates its progress)
+
+
+def run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] buf,
+             Py_ssize_t pos,
+             int linktype, long long divisor, long long max_record, object meta,
+             double next_tick, double last_ts, Py_ssize_t budget):
+    """Judge the classic little-endian pcap records of `buf` from byte `pos`, each at its own
+    time, as ips/replay.py's loop would through Engine.handle: the fast path first, then
+    `slow_packet` (Engine.handle_packet) for a packet it decoded but did not decide, `slow`
+    (Engine.handle_python) for one it did not decode. `next_tick` is the time of the
+    next tick (NaN: not set yet, the first record sets it to its time + 1 s).
+
+    Returns (reason, pos after the last record judged, records judged, the latest time seen,
+    next_tick, the time of the last record, its Decision when reason is STOP_EFFECTS or
+    STOP_TICK else None)."""
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef Py_ssize_t count = 0
+    cdef const uint8_t *p
+    cdef uint32_t sec, frac, caplen
+    cdef double ts = 0.0
+    cdef object decision = None
+    cdef object ts_obj
+    if n == 0:
+        return (STOP_END, pos, 0, last_ts, next_tick, ts, None)
+    while True:
+        if count >= budget:
+            return (STOP_BUDGET, pos, count, last_ts, next_tick, ts, None)
+        if pos + 16 > n:
+            return (STOP_END, pos, count, last_ts, next_tick, ts, None)
+        p = &buf[pos]
+        sec = p[0] | (p[1] << 8) | (p[2] << 16) | (<uint32_t>p[3] << 24)
+        frac = p[4] | (p[5] << 8) | (p[6] << 16) | (<uint32_t>p[7] << 24)
+        caplen = p[8] | (p[9] << 8) | (p[10] << 16) | (<uint32_t>p[11] << 24)
+        if caplen == 0 or caplen > max_record or pos + 16 + <Py_ssize_t>caplen > n:
+            return (STOP_RECORD, pos, count, last_ts, next_tick, ts, None)
+        ts = <double>sec + <double>frac / <double>divisor
+        ts_obj = ts
+        p += 16
+        decision = fast._handle(p, caplen, linktype, meta, ts_obj)
+        if decision is None:
+            decision = slow(PyBytes_FromStringAndSize(<const char *>p, caplen), meta, ts_obj)
+        elif type(decision) is PACKET:
+            decision = slow_packet(decision, meta, ts_obj)
+        pos += 16 + caplen
+        count += 1
+        if ts > last_ts:
+            last_ts = ts
+        if decision.effects:
+            return (STOP_EFFECTS, pos, count, last_ts, next_tick, ts, decision)
+        if next_tick != next_tick:  # NaN: the first record
+            next_tick = ts + 1.0
+        elif ts >= next_tick:
+            return (STOP_TICK, pos, count, last_ts, next_tick, ts, None)

@@ -1,0 +1,435 @@
+"""The compiled fast path (ips/fast/) against the Python engine, its definition: two engines,
+one with the fast path and one without (fast=False), fed the same packets — every shared
+capture, generated traffic, hypothesis-made packets, the 10,000-rule policy — must give the
+same decisions and effects packet for packet, and end with the same counters (EngineStats,
+every rule's hits, the flow table's contents and its statistics), tick after tick.
+
+Without the extension (not built, or IPSCTL_PURE=1) both engines are the Python engine and
+the comparison still runs; a test that needs the fast path to have decided packets fails
+under CI=true when it is not built (unless IPSCTL_PURE=1 says that is meant) and skips
+otherwise."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import struct
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from captures import PCAPS
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ips import fast
+from ips.core.build import build_packet
+from ips.core.decode import decode_frame
+from ips.core.flow import Flow
+from ips.core.packet import LINKTYPE_RAW, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
+from ips.engine import Engine, Meta
+from ips.io.pcap import MAX_EMPTY_RUN, CaptureError, read_capture, write_pcap
+from ips.policy.compile import CompiledRule
+from ips.policy.resolve import load_policy_text
+from ips.replay import replay_captures
+
+ROOT = Path(__file__).resolve().parents[2]
+GATEWAY = (ROOT / "policies" / "gateway.rules").read_text()
+META = Meta(iif="lan0", oif="dmz0")
+
+
+def _bench_engine() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_engine", ROOT / "bench" / "engine.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_engine"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+BENCH = _bench_engine()
+
+
+def need_fast_path() -> None:
+    """The comparison means something only when the fast path runs."""
+    if fast.available():
+        return
+    if fast.FORCED_PURE:
+        pytest.skip("IPSCTL_PURE=1: the pure-Python engine alone")
+    if os.environ.get("CI") == "true":
+        pytest.fail("the compiled fast path (ips/fast/_fastpath) is not built")
+    pytest.skip("the compiled fast path is not built")
+
+
+# ---- what is compared ---------------------------------------------------------------------------
+
+_FLOW_FIELDS = (
+    "family", "proto", "src", "sport", "dst", "dport", "flow_id", "first_seen", "last_seen",
+    "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev", "flags_fwd", "flags_rev", "replied",
+    "tcp_state", "offloaded", "back_since", "end_reason", "ttl", "mac", "icmp", "app_proto",
+    "dst_name", "nat",
+)  # fmt: skip
+
+
+def flow_view(flow: Flow) -> tuple[object, ...]:
+    return tuple(getattr(flow, name) for name in _FLOW_FIELDS)
+
+
+def plain(value: object, depth: int = 0) -> object:
+    """A comparable form of a decision's or an event's contents: flows by their fields,
+    rules by their position, other objects by their attributes."""
+    if depth > 6:
+        return repr(value)
+    if isinstance(value, Flow):
+        return ("flow", flow_view(value))
+    if isinstance(value, CompiledRule):
+        return ("rule", value.spec.index)
+    if isinstance(value, (list, tuple)):
+        return [plain(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v, depth + 1) for k, v in value.items()}
+    if value is None or isinstance(value, (str, bytes, int, float, bool)):
+        return value
+    fields: dict[str, object] = {}
+    for cls in type(value).__mro__:
+        for name in getattr(cls, "__slots__", ()):
+            if hasattr(value, name):
+                fields[name] = plain(getattr(value, name), depth + 1)
+    for name, item in getattr(value, "__dict__", {}).items():
+        fields[name] = plain(item, depth + 1)
+    return (type(value).__name__, fields)
+
+
+def unordered(events: list[Any]) -> list[str]:
+    """Events of a tick, in any order: the flow table's timer wheel hands due flows out in
+    set order, which differs between any two engines (the Python engine's too)."""
+    return sorted(repr(plain(event)) for event in events)
+
+
+def engine_state(engine: Engine) -> dict[str, object]:
+    return {
+        "stats": plain(engine.stats.__dict__),
+        "hits": [rule.hits for rule in engine.policy.rules],
+        "flows": sorted(flow_view(f) for f in engine.flows.flows()),
+        "flow_stats": engine.flows.stats,
+        "handshakes": dict(engine.flows.handshakes),
+        "tables": {name: dict(t.members) for name, t in engine.tables.items()},
+    }
+
+
+class Pair:
+    """The reference engine and the engine with the fast path, fed together."""
+
+    def __init__(self, policy_text: str, name: str = "test.rules") -> None:
+        self.slow = Engine(load_policy_text(policy_text, name), fast=False)
+        self.fast = Engine(load_policy_text(policy_text, name))
+        self.packets = 0
+        self.next_tick: float | None = None
+
+    def handle(self, data: bytes, meta: Meta, now: float) -> None:
+        self.packets += 1
+        want = self.slow.handle(data, meta, now)
+        got = self.fast.handle(data, meta, now)
+        assert plain(got) == plain(want), (self.packets, data.hex())
+        if self.next_tick is None:
+            self.next_tick = now + 1.0
+        elif now >= self.next_tick:
+            self.tick(now)
+            self.next_tick = now + 1.0
+
+    def tick(self, now: float) -> None:
+        assert unordered(self.fast.tick(now)) == unordered(self.slow.tick(now))
+        self.check_state()
+
+    def check_state(self) -> None:
+        assert engine_state(self.fast) == engine_state(self.slow)
+
+    def finish(self, now: float) -> None:
+        assert self.fast.fast_failures == 0
+        self.check_state()
+        assert unordered(self.fast.drain(now)) == unordered(self.slow.drain(now))
+        self.check_state()
+
+    @property
+    def fast_packets(self) -> int:
+        path = self.fast._fast_path
+        return path.fast_packets if path is not None else 0
+
+
+def replay(pair: Pair, records: Iterable[tuple[float, int, bytes]]) -> float:
+    metas: dict[int, Meta] = {}
+    last = 0.0
+    for ts, linktype, data in records:
+        meta = metas.get(linktype)
+        if meta is None:
+            meta = metas[linktype] = Meta(linktype=linktype)
+        pair.handle(data, meta, ts)
+        last = max(last, ts)
+    return last
+
+
+def capture_records(path: Path) -> list[tuple[float, int, bytes]]:
+    with read_capture(path) as reader:
+        return [(r.timestamp, r.linktype, r.data) for r in reader]
+
+
+def shared_captures() -> list[Path]:
+    return sorted(p for p in PCAPS.glob("*") if p.suffix in (".pcap", ".pcapng"))
+
+
+# ---- the shared captures ------------------------------------------------------------------------
+
+
+NEWER_DETECTORS = """\
+set default accept
+detect reflection
+detect ackscan
+detect udpflood rate 50/s per dst limit
+"""
+
+
+@pytest.mark.parametrize(
+    "policy",
+    ["gateway", "ten+detect", "accept", "newer-detectors", "volume"],
+)
+def test_every_shared_capture_decides_the_same(pcaps_dir: Path, policy: str) -> None:
+    text = {
+        "gateway": GATEWAY,
+        "ten+detect": BENCH.TEN_RULES + BENCH.DETECTORS,
+        "accept": "set default accept\n",
+        "newer-detectors": NEWER_DETECTORS,
+        # `volume` sees every packet: its detectors declare nothing, all goes to Python
+        "volume": NEWER_DETECTORS + "detect volume packets 2000/s per dst\n",
+    }[policy]
+    pair = Pair(text)
+    last = 0.0
+    for path in shared_captures():
+        last = max(last, replay(pair, capture_records(path)))
+    pair.finish(last)
+    assert pair.packets > 1000
+    if fast.available():
+        if policy == "volume":
+            assert pair.fast_packets == 0
+        elif policy in ("accept", "newer-detectors"):
+            assert pair.fast_packets > 0
+
+
+def test_the_fast_path_decides_most_packets_of_the_captures(pcaps_dir: Path) -> None:
+    need_fast_path()
+    pair = Pair("set default accept\nset app-layer off\n")
+    last = 0.0
+    for path in shared_captures():
+        last = max(last, replay(pair, capture_records(path)))
+    pair.finish(last)
+    assert pair.fast_packets > pair.packets // 3
+
+
+# ---- generated traffic: bench/engine.py's, the 10-rule and the 10,000-rule policies ------------
+
+
+@pytest.mark.parametrize(
+    ("rules", "detectors"),
+    [(0, False), (10_000, False), (0, True)],
+    ids=["ten", "ten-thousand", "ten-detectors"],
+)
+def test_bench_traffic_decides_the_same(rules: int, detectors: bool) -> None:
+    """The detectors declare what they need (Detectors.interest): with all six on, the
+    packets they do not need still take the fast path."""
+    need_fast_path()
+    text = (BENCH.TEN_RULES + (BENCH.DETECTORS if detectors else "")).replace(
+        "set default drop\n", "set default drop\n" + "\n".join(BENCH.generated_rules(rules)) + "\n"
+    )
+    pair = Pair(text)
+    packets = BENCH.traffic(6000, 400)
+    for i, data in enumerate(packets):
+        pair.handle(data, META, 1000.0 + i * 0.001)
+    pair.finish(1010.0)
+    assert pair.fast_packets > 0
+
+
+# ---- hypothesis: packets of a few hosts and ports, any flags, payloads with the patterns ------
+
+_HOSTS = ["10.10.1.10", "10.10.1.20", "10.10.2.10", "10.10.2.20", "192.0.2.7"]
+_PORTS = [22, 23, 53, 80, 137, 443, 7, 8080, 8081, 40000, 40001]
+_PAYLOADS = [b"", b"x" * 64, b"GET /../../etc/passwd", b"/ETC/PASSWD", b"hello ../.. world"]
+
+packet_specs = st.lists(
+    st.tuples(
+        st.sampled_from([PROTO_TCP, PROTO_TCP, PROTO_TCP, PROTO_UDP, PROTO_ICMP]),
+        st.sampled_from(_HOSTS),
+        st.sampled_from(_HOSTS),
+        st.sampled_from(_PORTS),
+        st.sampled_from(_PORTS),
+        st.sampled_from([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x00, 0x29, 0x03, 0x10, 0x18]),
+        st.sampled_from(_PAYLOADS),
+        st.floats(min_value=0.0, max_value=3.0),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+HYPOTHESIS_POLICY = (
+    GATEWAY
+    + """
+match   proto tcp to port 8080 length > 100 alert "long"
+accept  proto udp to port 40001 length <= 80
+drop    proto tcp to port 40000 payload contains "hello" nocase
+drop    proto tcp to port 40001 payload contains "world" depth 12
+"""
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(packet_specs)
+def test_generated_packets_decide_the_same(specs: list[tuple[Any, ...]]) -> None:
+    pair = Pair(HYPOTHESIS_POLICY)
+    now = 100.0
+    for proto, src, dst, sport, dport, flags, payload, gap, reply in specs:
+        if reply:
+            src, dst, sport, dport = dst, src, dport, sport
+        now += gap
+        if proto == PROTO_TCP:
+            data = build_packet(proto, src, dst, sport, dport, flags=flags, payload=payload)
+        elif proto == PROTO_UDP:
+            data = build_packet(proto, src, dst, sport, dport, payload=payload)
+        else:
+            data = build_packet(proto, src, dst, icmp_type=8 if not reply else 0, icmp_id=sport)
+        pair.handle(data, Meta(iif="lan0", oif="dmz0", linktype=LINKTYPE_RAW), now)
+    pair.finish(now + 100)
+
+
+def test_a_policy_load_refreshes_the_fast_path() -> None:
+    """After an apply, the flows' caches name the old policy: nothing fast until the Python
+    path has cached the new one; the same decisions throughout."""
+    pair = Pair(BENCH.TEN_RULES)
+    packets = BENCH.traffic(2000, 100)
+    for i, data in enumerate(packets[:1000]):
+        pair.handle(data, META, 10.0 + i * 0.001)
+    for engine in (pair.slow, pair.fast):
+        engine.load(load_policy_text("set default accept\n", "new.rules"))
+    for i, data in enumerate(packets[1000:]):
+        pair.handle(data, META, 12.0 + i * 0.001)
+    pair.finish(20.0)
+
+
+def test_the_loader_says_why_the_pure_engine_runs_alone() -> None:
+    """Without the extension an engine still decides (in Python), and the loader says so."""
+    engine = Engine(load_policy_text("set default accept\n", "t.rules"), fast=False)
+    assert engine._fast_path is None
+    assert engine.handle(build_packet(PROTO_UDP, "10.0.0.1", "10.0.0.2", 1, 2), META).verdict
+    assert fast.available() == (fast._module is not None)
+
+
+# ---- offline replay: the mapped compiled loop against the reader and the Python engine ---------
+
+
+def _replay(text: str, paths: list[str], fast_path: bool, mapped: bool) -> tuple[str, str]:
+    policy = load_policy_text(text, "replay.rules")
+    eve = io.StringIO()
+    engine = Engine(policy, fast=fast_path)
+    result = replay_captures(
+        policy, paths, engine=engine, eve_stream=eve, progress=False, mapped=mapped
+    )
+    assert engine.fast_failures == 0
+    # EVE lines sorted: the flows a tick ends come out in set order (see `unordered`)
+    return json.dumps(result.as_dict(), sort_keys=True), "".join(
+        sorted(eve.getvalue().splitlines(True))
+    )
+
+
+@pytest.mark.parametrize("policy", ["gateway", "accept"])
+def test_replay_gives_the_same_result_on_every_path(pcaps_dir: Path, policy: str) -> None:
+    text = GATEWAY if policy == "gateway" else "set default accept\nset app-layer off\n"
+    paths = [str(p) for p in shared_captures()]
+    reference = _replay(text, paths, fast_path=False, mapped=False)
+    assert _replay(text, paths, fast_path=True, mapped=False) == reference
+    assert _replay(text, paths, fast_path=True, mapped=True) == reference
+
+
+def _damaged(tmp_path: Path, tail: bytes, empty: int = 3) -> str:
+    """A capture of the bench traffic with empty records among them and `tail` at its end."""
+    path = tmp_path / "damaged.pcap"
+    packets = BENCH.traffic(300, 40)
+    records: list[tuple[float, bytes]] = [(10.0 + i * 0.01, p) for i, p in enumerate(packets)]
+    records[100:100] = [(11.0, b"")] * empty
+    write_pcap(path, records)
+    with open(path, "ab") as f:
+        f.write(tail)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"", b"\x01\x02\x03", struct.pack("<IIII", 12, 0, 60, 60) + b"x" * 10],
+    ids=["clean", "cut-header", "cut-record"],
+)
+def test_mapped_replay_reads_damaged_captures_as_the_reader(tmp_path: Path, tail: bytes) -> None:
+    path = _damaged(tmp_path, tail)
+    text = "set default accept\nset app-layer off\n"
+    reference = _replay(text, [path], fast_path=False, mapped=False)
+    assert _replay(text, [path], fast_path=True, mapped=True) == reference
+    assert f'"truncated": {len(tail)}' in reference[0]
+
+
+def test_mapped_replay_refuses_what_the_reader_refuses(tmp_path: Path) -> None:
+    text = "set default accept\n"
+    long_record = _damaged(tmp_path, struct.pack("<IIII", 12, 0, 1 << 27, 60))
+    with pytest.raises(CaptureError) as reader_error:
+        _replay(text, [long_record], fast_path=False, mapped=False)
+    with pytest.raises(CaptureError) as mapped_error:
+        _replay(text, [long_record], fast_path=True, mapped=True)
+    assert str(mapped_error.value) == str(reader_error.value)
+    zeros = _damaged(tmp_path, b"", empty=MAX_EMPTY_RUN + 5)
+    with pytest.raises(CaptureError) as reader_error:
+        _replay(text, [zeros], fast_path=False, mapped=False)
+    with pytest.raises(CaptureError) as mapped_error:
+        _replay(text, [zeros], fast_path=True, mapped=True)
+    assert str(mapped_error.value) == str(reader_error.value)
+
+
+_PACKET_FIELDS = (
+    "data", "family", "src", "dst", "proto", "sport", "dport", "flags", "icmp_type",
+    "icmp_code", "ttl", "tos", "length", "l4_offset", "payload_offset", "frag", "vlans",
+)  # fmt: skip
+
+
+def test_a_packet_decoded_in_compiled_code_is_the_python_decoders(pcaps_dir: Path) -> None:
+    """What the fast path decodes but does not decide goes back as a Packet; it must be the
+    very Packet ips/core/decode.py makes (an engine without flows decides nothing)."""
+    need_fast_path()
+    engine = Engine(load_policy_text("set default accept\n", "t.rules"))
+    path = engine._fast_path
+    assert path is not None
+    decoded = 0
+    samples = [r for p in shared_captures() for r in capture_records(p)]
+    samples += [(1.0, LINKTYPE_RAW, p) for p in BENCH.traffic(500, 100)]
+    for ts, linktype, data in samples:
+        got = path.handle(data, Meta(linktype=linktype), ts)
+        if got is None:
+            continue
+        assert isinstance(got, Packet)
+        want = decode_frame(data, linktype)
+        assert isinstance(want, Packet)
+        assert [getattr(got, f) for f in _PACKET_FIELDS] == [
+            getattr(want, f) for f in _PACKET_FIELDS
+        ]
+        decoded += 1
+    assert decoded > len(samples) // 2
+    assert engine.stats.packets == 0 and len(engine.flows) == 0
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_the_progress_bar_shows_packets_per_second(
+    tmp_path: Path, mapped: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _damaged(tmp_path, b"", empty=0)
+    policy = load_policy_text("set default accept\n", "t.rules")
+    result = replay_captures(policy, [path], progress=True, mapped=mapped)
+    assert result.packets == 300
+    err = capsys.readouterr().err
+    assert "packets/s" in err and "300 packets" in err
