@@ -42,11 +42,11 @@ innocent host look like a scanner without knowing its connection's ports.
 
 Memory: a pending probe holds its flow (about 1 KB with it) until it is weighed, GRACE
 seconds: a flood of forged sources makes one each. At most `set detect-probes` are held per
-detector, and one key at most PENDING_PER_THRESHOLD × its threshold (its further probes are
-skipped until those are weighed: `probes_skipped`); with the queue full, its oldest probe
-goes — weighed early when its key has others waiting and it waited EARLY seconds
-(`probes_early`), else forgotten, never guessed (`probes_dropped`). Windows: at most
-`detect-memory` keys, the oldest evicted first (`evicted`).
+detector, and one key probes of at most PENDING_PER_THRESHOLD × its threshold targets (and,
+past that many probes, none more of a target already waiting: `probes_skipped`); with the
+queue full, its oldest probe goes — weighed early when its key has others waiting and it
+waited EARLY seconds (`probes_early`), else forgotten, never guessed (`probes_dropped`).
+Windows: at most `detect-memory` keys, the oldest evicted first (`evicted`).
 
 Known limits: scanners slower than `ports` per `within` are not seen (every window detector
 shares this; `detect slowscan` keeps a long window over the same weights: slowscan.py); with
@@ -130,9 +130,9 @@ Target = bytes | int
 
 class ScanEntry:
     """One key's window (a source, or a source and a target host): weight per target, and
-    how many of its probes wait for their answer."""
+    how many of its probes wait for their answer, in all and per target."""
 
-    __slots__ = ("fired", "pending", "score", "start", "weights")
+    __slots__ = ("fired", "pending", "score", "start", "waiting", "weights")
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -140,6 +140,19 @@ class ScanEntry:
         self.score = 0.0
         self.fired = False
         self.pending = 0
+        self.waiting: dict[Target, int] = {}  # probes waiting, per target
+
+
+def _left(probe: Probe) -> None:
+    """A probe stops waiting (weighed, or its room taken): its key's counts go down."""
+    entry = probe.entry
+    entry.pending -= 1
+    waiting = entry.waiting
+    left = waiting.get(probe.target, 0) - 1
+    if left > 0:
+        waiting[probe.target] = left
+    else:
+        waiting.pop(probe.target, None)
 
 
 class Probe:
@@ -247,9 +260,15 @@ class ScanDetector(Detector):
         if entry.fired:
             return  # detected in this window already: nothing more to learn
         echo = kind == ECHO and self.ECHO_COUNTS
-        if entry.pending >= self.per_key and not echo:
+        if not echo and (
+            (entry.pending >= self.per_key and target in entry.waiting)
+            or len(entry.waiting) >= self.per_key
+        ):
             # Enough of this key's probes wait to judge it (see PENDING_PER_THRESHOLD): one
-            # source cannot take the room of the others, and a scan is still judged.
+            # source cannot take the room of the others, and a scan is still judged. What
+            # the cap counts is targets: a key's score is one weight per target, so probes
+            # of a target already waiting add nothing once the key is at its cap, while a
+            # new target does (40 SYNs to one host must not hide the sweep that follows).
             self.probes_skipped += 1
             return
         pending = self.pending
@@ -262,6 +281,7 @@ class ScanDetector(Detector):
             if entry.fired:
                 return
         entry.pending += 1
+        entry.waiting[target] = entry.waiting.get(target, 0) + 1
         pending.append(probe)
         self.index[answer] = probe
 
@@ -289,7 +309,7 @@ class ScanDetector(Detector):
         while pending and budget > 0 and pending[0].due <= now:
             probe = pending.popleft()
             budget -= 1
-            probe.entry.pending -= 1
+            _left(probe)
             self._unindex(probe)
             self._judge(probe, now, out)
 
@@ -309,7 +329,7 @@ class ScanDetector(Detector):
         else it is forgotten, not guessed."""
         old = self.pending.popleft()
         entry = old.entry
-        entry.pending -= 1
+        _left(old)
         self._unindex(old)
         if entry.pending > 0 and now - (old.due - GRACE) >= EARLY:
             self.probes_early += 1

@@ -512,3 +512,22 @@ def test_eve_lines_of_the_new_detectors() -> None:
     assert by["volume"]["ipsctl"]["metric"] == "packets" and by["volume"]["ipsctl"]["key"] == VICTIM
     assert by["ackscan"]["ipsctl"]["targets"] == ["10.0.0.10:1", "10.0.0.10:2", "10.0.0.10:3"]
     assert by["ackscan"]["alert"]["signature_id"] == 9000821
+
+
+def test_probes_of_one_target_do_not_use_up_the_room_of_the_sweep_that_follows() -> None:
+    # The per-key cap counts the targets waiting: 40 SYNs to one host (answered by resets,
+    # still waiting to be weighed) once took all of the key's room in the sweep detector, and
+    # the 20 hosts swept next were skipped (found by the lab's forged-scan test).
+    engine = make("set default accept", "detect sweep hosts 10 within 60s alert")
+    packets = []
+    for port in range(1, 41):
+        packets.append(tcp(SCANNER, VICTIM, 40000 + port, port, "S"))
+        packets.append(tcp(VICTIM, SCANNER, port, 40000 + port, "RA"))
+    packets += [tcp(SCANNER, f"10.0.2.{host}", 44444, 4444, "S") for host in range(100, 120)]
+    effects, _ = feed(engine, packets, T0, 0.002)
+    for t in (1.0, 2.0, GRACE + 1.0):
+        effects += engine.tick(T0 + t)
+    found = alerts(effects, "sweep")
+    assert len(found) == 1
+    stats = engine.detect.stats()["sweep"]  # type: ignore[union-attr]
+    assert stats["probes_skipped"] == 0 and stats["pending"] == 0
