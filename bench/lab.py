@@ -30,6 +30,7 @@ Variants (--only NAME,...):
   ipsctl-offload-nodepth  offload on, `set payload-depth unlimited`: the payload rules read
                       every byte, as before inspection depth (a web port's flows never leave)
   ipsctl-inspect      ipsctl, the bench policy, `set offload off`: every packet inspected
+  ipsctl-inspect-gso  the same with `ipsctl run --gso on`: TCP super-packets judged whole
   ipsctl-inspect-2q   the same with `ipsctl run --queues 2`
   ipsctl-10k          10,000 generated rules before the bench policy's rules, offload off
 Any other variant whose option this ipsctl refuses (`set offload off`, `--queues`) is
@@ -127,6 +128,7 @@ class Variant:
     queues: int = 1
     conntrack: bool = False  # kernel: with conntrack loaded in gw
     settings: str = ""  # `set` lines put before the bench policy
+    run_args: tuple[str, ...] = ()  # more `ipsctl run` options of this variant
 
 
 VARIANTS = (
@@ -155,6 +157,13 @@ VARIANTS = (
     ),
     Variant(
         "ipsctl-inspect", "ipsctl, bench policy, offload off, 1 queue", "ipsctl", offload=False
+    ),
+    Variant(
+        "ipsctl-inspect-gso",
+        "ipsctl, bench policy, offload off, 1 queue, `--gso on` (super-packets judged whole)",
+        "ipsctl",
+        offload=False,
+        run_args=("--gso", "on"),
     ),
     Variant(
         "ipsctl-inspect-2q",
@@ -690,7 +699,7 @@ def start_ipsctl(b: Bench, v: Variant, policy: Path) -> None:
     )
     if v.queues > 1:
         argv += ["--queues", str(v.queues)]
-    argv += list(b.run_args)
+    argv += list(v.run_args) + list(b.run_args)
     log = open(log_path, "w")  # noqa: SIM115 - closed by the cleanup below
     daemon = b.popen("gw", argv, stdout=log, stderr=subprocess.STDOUT)
     b.cleanups.append(log.close)

@@ -150,7 +150,7 @@ from ips.views.status import format_status
     type=click.Choice(["on", "off"]),
     default=None,
     help="NFQUEUE with our client: TCP super-packets (GSO/GRO, up to 64 KB) queued whole and "
-    "judged once (on, the default), or segmented by the kernel first (off: every wire "
+    "judged once (on), or segmented by the kernel first (off, the default: every wire "
     "packet judged and counted)",
 )
 @click.option(

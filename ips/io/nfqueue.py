@@ -183,7 +183,7 @@ class QueueWorker(EngineAdapter):
         client: str = "own",
         read_copies: bool = True,
         judged_cell: JudgedCell | None = None,
-        gso: bool = True,
+        gso: bool = False,
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks, on_busy=on_busy)
         if client not in CLIENTS:
@@ -219,7 +219,7 @@ class QueueWorker(EngineAdapter):
         if self.read_copies:
             self._bind_copies()
         if self.client_name == "own":
-            # GSO on (by default): a bulk TCP stream reaches the queue as super-packets of up
+            # GSO on (`--gso on`): a bulk TCP stream reaches the queue as super-packets of up
             # to 64 KB, judged once each, instead of 45 segments judged one by one (the
             # kernel segments them after the verdict). Checksums of such packets may not be
             # filled in yet (NFQA_SKB_CSUMNOTREADY): the engine never checks them. With
