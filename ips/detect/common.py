@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from ips.core.addr import format_addr
 from ips.core.events import Alert, Block, BlockRequest, DetectorEffect, Effect
 from ips.core.flow import Flow
-from ips.core.packet import PROTO_ICMP, PROTO_ICMPV6
+from ips.core.packet import PROTO_ICMP, PROTO_ICMPV6, Packet
 from ips.core.tables import NetMatcher
 from ips.policy.model import DETECTOR_SID_BASE, AddrSpec, DetectSpec
 
@@ -146,6 +146,40 @@ class Detector:
             return True
         self._tokens = tokens if tokens > 0.0 else 0.0
         return False
+
+    def emit_packet(
+        self,
+        out: list[DetectorEffect],
+        now: float,
+        pkt: Packet,
+        flow: Flow,
+        *,
+        sid: int,
+        signature: str,
+        extra: dict[str, object],
+        reason: str,
+        dropped: bool,
+    ) -> None:
+        """Report a detection made by this packet of this flow (floods, reflection, volume):
+        the alert names the packet's addresses and ports, its sender is the offender, and the
+        flow is the evidence behind a block (see emit)."""
+        self.emit(
+            out,
+            now,
+            flow_id=flow.flow_id,
+            proto=pkt.proto,
+            src=pkt.src,
+            sport=pkt.sport,
+            dst=pkt.dst,
+            dport=pkt.dport,
+            sid=sid,
+            signature=signature,
+            extra=extra,
+            offender=pkt.src,
+            reason=reason,
+            dropped=dropped,
+            flow=flow,
+        )
 
     def emit(
         self,

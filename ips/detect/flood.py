@@ -116,22 +116,16 @@ class Flood(Detector):
             f"{self.name}: over {self.rate:g}/s "
             f"{'from' if self.per_src else 'to'} {extra['source' if self.per_src else 'target']}"
         )
-        self.emit(
+        self.emit_packet(
             out,
             now,
-            flow_id=flow.flow_id,
-            proto=pkt.proto,
-            src=pkt.src,
-            sport=pkt.sport,
-            dst=pkt.dst,
-            dport=pkt.dport,
+            pkt,
+            flow,
             sid=1 if self.per_src else 2,
             signature=f"{self.SIGNATURE} ({'per source' if self.per_src else 'per destination'})",
             extra=extra,
-            offender=pkt.src,
             reason=reason,
             dropped=dropped,
-            flow=flow,
         )
 
     def answered(self, request: BlockRequest, block: Block | None, status: str) -> list[Effect]:

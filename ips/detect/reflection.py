@@ -207,23 +207,17 @@ class Reflection(Detector):
         }
         if kind == UDP_ANSWER:
             extra["service_port"] = pkt.sport
-        self.emit(
+        self.emit_packet(
             out,
             now,
-            flow_id=flow.flow_id,
-            proto=pkt.proto,
-            src=pkt.src,
-            sport=pkt.sport,
-            dst=pkt.dst,
-            dport=pkt.dport,
+            pkt,
+            flow,
             sid=kind,
             signature=f"ipsctl reflection: unsolicited {KINDS[kind]} answers from many sources",
             extra=extra,
-            offender=pkt.src,
             reason=f"reflection: unsolicited answers to {extra['target']} from "
             f"{len(senders)}+ sources",
             dropped=dropped,
-            flow=flow,
         )
 
     # ---- time ----------------------------------------------------------------------------------

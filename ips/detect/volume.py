@@ -123,22 +123,16 @@ class Volume(Detector):
             "window": 1.0,
         }
         unit = "B/s" if self.by_bytes else "packets/s"
-        self.emit(
+        self.emit_packet(
             out,
             now,
-            flow_id=flow.flow_id,
-            proto=pkt.proto,
-            src=pkt.src,
-            sport=pkt.sport,
-            dst=pkt.dst,
-            dport=pkt.dport,
+            pkt,
+            flow,
             sid=1 if self.by_bytes else 2,
             signature=f"ipsctl volume: {self.metric} over the rate (per {self.per})",
             extra=extra,
-            offender=pkt.src,
             reason=f"volume: over {self.rate:g} {unit} per {self.per} {shown}",
             dropped=dropped,
-            flow=flow,
         )
 
     def answered(self, request: BlockRequest, block: Block | None, status: str) -> list[Effect]:
