@@ -830,6 +830,10 @@ def prepare_policy(v: Variant, workdir: Path) -> tuple[Path, str | None]:
             note = "this ipsctl has no `set offload`: ran at its defaults (no offload)"
         elif "offload" in refusal:
             raise Unsupported(refusal)
+        else:
+            # Refused for another reason: never run the variant without the setting it is
+            # about (a run once measured "offload off" with offload on this way).
+            raise BenchError(f"the bench policy for {v.name} is refused: {refusal}")
     refusal = policy_refusal(text, workdir, v.name)
     if refusal is not None:
         raise BenchError(f"the bench policy for {v.name} is refused: {refusal}")
