@@ -284,3 +284,41 @@ def addr_list(addrs: Iterable[bytes]) -> list[str]:
             break
         out.append(format_addr(a))
     return out
+
+
+SCAN_BUDGET = 8  # buckets looked at per eviction (a full table): bounded work per packet
+TICK_BUDGET = 4096  # buckets looked at per tick for expiry
+
+
+class BucketDetector(Detector):
+    """A detector with one token bucket per key (floods, volume): each bucket is [tokens,
+    last refill, last alert, count over the rate], refilled at `rate` up to one second's
+    worth, so a bucket idle for `idle` seconds is full again and can be forgotten. What they
+    share is how their table stays bounded."""
+
+    buckets: dict[Any, list[float]]
+    idle: float
+
+    def _make_room(self, now: float) -> None:
+        """Evict one bucket: the first idle one (it would be full again, so nothing is lost)
+        among the oldest few; buckets still in use go to the back. Else the oldest."""
+        buckets = self.buckets
+        for _ in range(SCAN_BUDGET):
+            key = next(iter(buckets))
+            b = buckets.pop(key)
+            if now - b[1] >= self.idle:
+                self.evicted += 1
+                return
+            buckets[key] = b
+        del buckets[next(iter(buckets))]
+        self.evicted += 1
+
+    def tick(self, now: float, out: list[DetectorEffect]) -> None:
+        """Drop idle buckets (a new one starts full: nothing is lost), a bounded number per
+        tick; buckets in use, or whose alert is recent, go to the back."""
+        buckets = self.buckets
+        for _ in range(min(TICK_BUDGET, len(buckets))):
+            key = next(iter(buckets))
+            b = buckets.pop(key)
+            if now - b[1] < self.idle or now - b[2] < ALERT_EVERY:
+                buckets[key] = b

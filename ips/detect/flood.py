@@ -24,14 +24,11 @@ from ips.core.addr import format_addr
 from ips.core.events import Block, BlockRequest, DetectorEffect, Effect
 from ips.core.flow import Flow
 from ips.core.packet import Packet
-from ips.detect.common import ALERT_EVERY, Detector
+from ips.detect.common import ALERT_EVERY, BucketDetector
 from ips.policy.model import DetectSpec
 
-SCAN_BUDGET = 8  # buckets looked at per eviction (a full table) — bounded work per packet
-TICK_BUDGET = 4096  # buckets looked at per tick for expiry
 
-
-class Flood(Detector):
+class Flood(BucketDetector):
     SIGNATURE = ""
     PACKETS = ""  # what is counted, for the alert's details
 
@@ -139,30 +136,6 @@ class Flood(Detector):
         bucket[2] = request.time
         bucket[3] = 0.0
         return super().answered(request, block, status)
-
-    def _make_room(self, now: float) -> None:
-        """Evict one bucket: the first idle one (it would be full again, so nothing is lost)
-        among the oldest few; buckets still in use go to the back. Else the oldest."""
-        buckets = self.buckets
-        for _ in range(SCAN_BUDGET):
-            key = next(iter(buckets))
-            b = buckets.pop(key)
-            if now - b[1] >= self.idle:
-                self.evicted += 1
-                return
-            buckets[key] = b
-        del buckets[next(iter(buckets))]
-        self.evicted += 1
-
-    def tick(self, now: float, out: list[DetectorEffect]) -> None:
-        """Drop idle buckets (a new one starts full: nothing is lost), a bounded number per
-        tick; buckets in use go to the back."""
-        buckets = self.buckets
-        for _ in range(min(TICK_BUDGET, len(buckets))):
-            key = next(iter(buckets))
-            b = buckets.pop(key)
-            if now - b[1] < self.idle or now - b[2] < ALERT_EVERY:
-                buckets[key] = b
 
 
 class IcmpFlood(Flood):

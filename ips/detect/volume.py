@@ -28,15 +28,13 @@ from ips.core.addr import format_addr
 from ips.core.events import Block, BlockRequest, DetectorEffect, Effect
 from ips.core.flow import Flow
 from ips.core.packet import Packet
-from ips.detect.common import ALERT_EVERY, Detector
+from ips.detect.common import ALERT_EVERY, BucketDetector
 from ips.policy.model import DetectSpec
 
-SCAN_BUDGET = 8  # buckets looked at per eviction
-TICK_BUDGET = 4096  # buckets looked at per tick for expiry
 FULL_PACKET = 65535.0  # the smallest byte burst: one packet of any size fits
 
 
-class Volume(Detector):
+class Volume(BucketDetector):
     name = "volume"
 
     def __init__(self, spec: DetectSpec, memory: int) -> None:
@@ -140,26 +138,3 @@ class Volume(Detector):
         if status == "already":
             return []
         return super().answered(request, block, status)
-
-    def _make_room(self, now: float) -> None:
-        """Evict one bucket: the first idle one among the oldest few (it would be full again,
-        so nothing is lost); buckets in use go to the back. Else the oldest."""
-        buckets = self.buckets
-        for _ in range(SCAN_BUDGET):
-            key = next(iter(buckets))
-            b = buckets.pop(key)
-            if now - b[1] >= self.idle:
-                self.evicted += 1
-                return
-            buckets[key] = b
-        del buckets[next(iter(buckets))]
-        self.evicted += 1
-
-    def tick(self, now: float, out: list[DetectorEffect]) -> None:
-        """Drop idle buckets (a new one starts full), a bounded number per tick."""
-        buckets = self.buckets
-        for _ in range(min(TICK_BUDGET, len(buckets))):
-            key = next(iter(buckets))
-            b = buckets.pop(key)
-            if now - b[1] < self.idle or now - b[2] < ALERT_EVERY:
-                buckets[key] = b
