@@ -206,10 +206,14 @@ class InlineLab:
 
 
 @contextmanager
-def inline_lab(tmp_path: Path, tag: str = "in") -> Iterator[InlineLab]:
+def inline_lab(
+    tmp_path: Path, tag: str = "in", topology: Path = GATEWAY_LAB
+) -> Iterator[InlineLab]:
+    """The lab of `topology` (labs/gateway.yaml by default) with its own prefix; the daemon
+    stopped and the lab removed at the end, also when the test fails."""
     need_root()
     prefix = unique_prefix(tag)
-    lab = netns.up(GATEWAY_LAB, prefix=prefix)
+    lab = netns.up(topology, prefix=prefix)
     box = InlineLab(lab, tmp_path)
     try:
         yield box

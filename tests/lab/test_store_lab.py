@@ -49,15 +49,14 @@ from labkit import (
     ROOT,
     SERVER,
     InlineLab,
+    inline_lab,
     need_root,
-    unique_prefix,
     wait_until,
 )
 from store_data import fresh_database, postgres_bin, postgres_server
 from test_conntrack_volumes_lab import conntrack_entries
 
 from ips.control import call
-from ips.lab import netns
 from ips.store.backend import open_store
 
 CLIENT_B = "10.10.1.30"
@@ -117,21 +116,11 @@ def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @contextmanager
 def store_lab(tmp_path: Path, tag: str) -> Iterator[InlineLab]:
-    """labs/gateway.yaml plus clientb, with its own prefix; the daemon stopped and the lab
-    removed at the end, also when the test fails."""
-    need_root()
+    """labs/gateway.yaml plus clientb (inline_lab with that topology)."""
     topology = tmp_path / "lab.yaml"
     topology.write_text(GATEWAY_LAB.read_text().rstrip("\n") + "\n" + CLIENT_B_NODE)
-    prefix = unique_prefix(tag)
-    lab = netns.up(topology, prefix=prefix)
-    box = InlineLab(lab, tmp_path)
-    try:
+    with inline_lab(tmp_path, tag, topology) as box:
         yield box
-    finally:
-        try:
-            box.stop_daemon()
-        finally:
-            netns.down(prefix)
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
