@@ -32,8 +32,9 @@ Variants (--only NAME,...):
                       2-core machine, as a gateway would run it
   ipsctl-offload-nodepth  offload on, `set payload-depth unlimited`: the payload rules read
                       every byte, as before inspection depth (a web port's flows never leave)
-  ipsctl-inspect      ipsctl, the bench policy, `set offload off`: every packet inspected
-  ipsctl-inspect-gso  the same with `ipsctl run --gso on`: TCP super-packets judged whole
+  ipsctl-inspect      ipsctl, the bench policy, `set offload off`: every packet inspected (TCP
+                      as the super-packets GSO makes, judged whole: the default)
+  ipsctl-inspect-segments  the same with `ipsctl run --gso off`: every TCP wire segment judged
   ipsctl-inspect-2q   the same with `ipsctl run --queues 2`
   ipsctl-10k          10,000 generated rules before the bench policy's rules, offload off
 Any other variant whose option this ipsctl refuses (`set offload off`, `--queues`) is
@@ -159,14 +160,17 @@ VARIANTS = (
         settings="set payload-depth unlimited    # bench/lab.py: payload rules read everything\n",
     ),
     Variant(
-        "ipsctl-inspect", "ipsctl, bench policy, offload off, 1 queue", "ipsctl", offload=False
-    ),
-    Variant(
-        "ipsctl-inspect-gso",
-        "ipsctl, bench policy, offload off, 1 queue, `--gso on` (super-packets judged whole)",
+        "ipsctl-inspect",
+        "ipsctl, bench policy, offload off, 1 queue (GSO on, the default: super-packets judged)",
         "ipsctl",
         offload=False,
-        run_args=("--gso", "on"),
+    ),
+    Variant(
+        "ipsctl-inspect-segments",
+        "ipsctl, bench policy, offload off, 1 queue, `--gso off` (every wire segment judged)",
+        "ipsctl",
+        offload=False,
+        run_args=("--gso", "off"),
     ),
     Variant(
         "ipsctl-inspect-2q",
@@ -972,9 +976,7 @@ TARGETS = (
         higher_is_better=False,
         added=True,
     ),
-    Target(
-        "TCP bulk Gbit/s, full inspection with GSO", "tcp_gbps", "ipsctl-inspect-gso", None, 5.0
-    ),
+    Target("TCP bulk Gbit/s, full inspection with GSO", "tcp_gbps", "ipsctl-inspect", None, 5.0),
     Target("TCP bulk, offload on / kernel", "tcp_gbps", "ipsctl-offload", "kernel", 0.95),
     Target(
         "TCP bulk to 443 (gateway web rules), offload on / kernel",
