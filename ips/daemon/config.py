@@ -50,7 +50,7 @@ class DaemonConfig:
     webhook: str | None = None  # alerts are POSTed there (ips/sinks/webhook.py)
     backend: str = "nfqueue"  # nfqueue | divert (pydivert: WinDivert / eBPFDivert)
     nfq_client: str = "own"  # own (ips/io/nfqnl.py, batched verdicts) | netfilterqueue
-    nfq_gso: bool = False  # own client: GSO super-packets queued whole (docs/backends.md)
+    nfq_gso: bool = True  # own client: GSO super-packets queued whole (docs/backends.md)
     offload_copies: bool = True  # the worker reads offload's NFLOG copies (set from the probe)
     reverse_dns: bool = False  # name responders by reverse DNS (or `set reverse-dns on`)
     store: str | None = None  # the flow and event store: a directory or a postgresql:// URL
@@ -154,7 +154,9 @@ class DaemonConfig:
             webhook=o.webhook,
             backend=backend,
             nfq_client=o.nfq_client or "own",
-            nfq_gso=o.nfq_gso == "on",
+            # GSO is on unless told off, with our client only (netfilterqueue's buffer
+            # cuts super-packets): docs/backends.md, "GSO super-packets".
+            nfq_gso=o.nfq_gso == "on" or (o.nfq_gso is None and (o.nfq_client or "own") == "own"),
             reverse_dns=o.reverse_dns,
             store=o.store,
             store_retention=o.store_retention,
@@ -190,7 +192,7 @@ class RunOptions:
     webhook: str | None = None
     backend: str | None = None  # None: the platform's
     nfq_client: str | None = None  # None: own
-    nfq_gso: str | None = None  # on | off; None: off
+    nfq_gso: str | None = None  # on | off; None: on with our client, off with netfilterqueue
     reverse_dns: bool = False
     store: str | None = None
     store_retention: str = "raw 7d, 1m 90d, 1h 1y, 1d 10y"

@@ -1,6 +1,7 @@
 """GSO in full inspection (issue 24, item 2): with the queue's GSO flag (`ipsctl run --gso
-on`, our NFQUEUE client), a bulk TCP stream reaches the worker as super-packets of up to 64 KB,
-each judged once, instead of every segment; the kernel segments them after the verdict.
+on`, the default with our NFQUEUE client), a bulk TCP stream reaches the worker as
+super-packets of up to 64 KB, each judged once, instead of every segment; the kernel segments
+them after the verdict.
 
 Checked with the real daemon on the lab's gw, offload off (every packet inspected):
 - an iperf3 transfer of 20 MiB arrives whole, and the worker counted super-packets;
@@ -8,7 +9,7 @@ Checked with the real daemon on the lab's gw, offload off (every packet inspecte
   most one MSS, 1,448 bytes here);
 - a `payload contains` rule still finds its string inside a super-packet and stops the
   connection that carries it;
-- with `--gso off` (the default) the same transfer comes as wire packets only (no
+- with `--gso off` the same transfer comes as wire packets only (no
   super-packet counted).
 """
 
@@ -91,7 +92,7 @@ def nfq_client(box: InlineLab) -> dict[str, Any]:
 
 def test_a_bulk_stream_is_judged_as_super_packets(tmp_path: Path) -> None:
     with inline_lab(tmp_path, "gso") as box:
-        box.start_daemon(POLICY, "--gso", "on")
+        box.start_daemon(POLICY)  # --gso on, the default
         received = transfer(box)
         assert received >= 0.5 * SIZE  # iperf3's closing reset may lose its socket's tail
         stats = nfq_client(box)
@@ -134,7 +135,7 @@ def test_a_bulk_stream_is_judged_as_super_packets(tmp_path: Path) -> None:
 
 def test_with_gso_off_the_engine_judges_wire_packets(tmp_path: Path) -> None:
     with inline_lab(tmp_path, "nogso") as box:
-        box.start_daemon(POLICY)  # --gso off, the default
+        box.start_daemon(POLICY, "--gso", "off")
         received = transfer(box)
         assert received >= 0.5 * SIZE
         stats = nfq_client(box)

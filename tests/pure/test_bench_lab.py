@@ -116,8 +116,39 @@ def test_report_computes_ratios_and_targets_from_medians(
     assert got["new connections/s, offload on 2 queues / kernel, 16 in flight"]["value"] == 0.525
     assert rat["conn_per_s ipsctl-offload-2q / ipsctl-offload"] == pytest.approx(1.4)
     assert "value" not in got["UDP64 pkt/s, 10,000 rules / gateway rules (offload off)"]
-    assert got["ping p50 added by gw, offload on vs kernel"]["met"] is False  # 110 us
+    assert got["ping p50 added by gw, offload on vs kernel (us)"]["met"] is False  # 110 us
+    assert got["ping p50 added by gw, full inspection vs kernel (us)"]["value"] == 150
+    assert got["new connections/s, offload on / accept-only, 1 in flight"]["value"] == 0.75
+    assert got["new connections/s, offload on / accept-only, 1 in flight"]["met"] is False
+    assert got["TCP bulk Gbit/s, full inspection with GSO"]["met"] is False  # 0.5 Gbit/s
     lab.print_report(res, type("A", (), {"runs": 1, "seconds": 2.0, "fail_mode": "closed"})())
     out = capsys.readouterr().out
     assert "ipsctl-10k         n/a (not supported by this ipsctl)" in out
     assert "ipsctl-inspect-2q: warning: one queue got (almost) none of the flood" in out
+
+
+def test_lower_is_better_goals_and_the_offline_goals() -> None:
+    lab = bench_module()
+
+    def ok(median: dict[str, float]) -> dict[str, object]:
+        return {"label": "", "status": "ok", "median": median, "runs": []}
+
+    res = {
+        "accept-only": ok({lab.UDP_CPU: 4.0}),
+        "ipsctl-inspect": ok({lab.UDP_CPU: 5.4}),
+    }
+    got = {t["target"]: t for t in lab.targets(res)}
+    cpu = got["UDP64 CPU us/packet, full inspection / accept-only (lower is better)"]
+    assert (cpu["value"], cpu["met"], cpu["goal"]) == (1.35, True, "<= 1.35")
+    res["ipsctl-inspect"] = ok({lab.UDP_CPU: 5.401})
+    cpu = {t["target"]: t for t in lab.targets(res)}[cpu["target"]]
+    assert cpu["met"] is False and cpu["value"] > 1.35  # never shown as 1.35 beside NOT met
+    offline = {
+        "app off": {"packets_per_s": 1_200_000.0},
+        "app on": {"packets_per_s": 450_000.0},
+    }
+    rows = {t["target"]: t["met"] for t in lab.offline_targets(offline)}
+    assert rows == {
+        "offline replay pkt/s, gateway policy, app off (one core)": True,
+        "offline replay pkt/s, gateway policy, app on (one core)": False,
+    }

@@ -154,7 +154,8 @@ def test_gso_is_on_by_default_with_our_client_and_refused_with_netfilterqueue(
         opts = {"policy_path": GATEWAY, "socket_path": str(tmp_path / "s.sock"), **options}
         return DaemonConfig.from_options(RunOptions(**opts), check_policy=lambda _p: None)  # type: ignore[arg-type]
 
-    assert config().nfq_gso is False  # opt-in (docs/backends.md says why)
+    assert config().nfq_gso is True  # the default with our client (docs/backends.md)
+    assert config(nfq_client="netfilterqueue").nfq_gso is False  # its buffer cuts them
     assert config(nfq_gso="on").nfq_gso is True
     assert config(nfq_gso="off").nfq_gso is False
     with pytest.raises(ConfigError, match="netfilterqueue's 4 KB buffer"):
