@@ -434,6 +434,12 @@ def _dynamic_addr_check(spec: AddrSpec, is_src: bool, tables: dict[str, DynamicT
 
 MEMO_MAX = 65536  # entries of a lookup memo; a full one is emptied (a spoofed flood's churn)
 
+# CompiledPolicy.candidate_entry: the candidate rules of a flow direction, their offload
+# state, and their walks by TCP flags byte (None: no candidate has a `flags` condition).
+CandidateEntry = tuple[
+    tuple["CompiledRule", ...], int, list[tuple["CompiledRule", ...] | None] | None
+]
+
 
 class _AddrIndex:
     """Address -> bitset of rules whose static address condition admits it (one family).
@@ -611,7 +617,7 @@ class CompiledPolicy:
         # The candidates whose offload_state is OFFLOAD_LATER -> what each of their rules
         # that holds offload back waits for (read by ips/engine/offload.py).
         self.offload_plans: dict[tuple[CompiledRule, ...], tuple[OffloadNeed, ...]] = {}
-        self._candidates_memo: dict[int, tuple[tuple[CompiledRule, ...], int]] = {}
+        self._candidates_memo: dict[int, CandidateEntry] = {}
         self._families = {4: _FamilyIndex(4), 6: _FamilyIndex(6)}
         self._iif = _IfaceIndex()
         self._oif = _IfaceIndex()
@@ -705,6 +711,12 @@ class CompiledPolicy:
         whether they allow offload (`offload_state`: OFFLOAD_NEVER, OFFLOAD_SAFE or
         OFFLOAD_WHEN_APP_DONE): all the engine asks of the compiler for a flow direction, in
         one call. One pair per distinct bitset, memoised: flows alike share it."""
+        rules, state, _ = self.candidate_entry(pkt, iif, oif)
+        return rules, state
+
+    def candidate_entry(self, pkt: Packet, iif: str | None, oif: str | None) -> CandidateEntry:
+        """`candidates`, with the walks by TCP flags byte of those rules (`walk`), or None
+        when no candidate has a `flags` condition. What the engine keeps per flow direction."""
         bits = self.candidate_bits(pkt, iif, oif)
         known = self._candidates_memo.get(bits)
         if known is not None:
@@ -713,8 +725,31 @@ class CompiledPolicy:
             self._candidates_memo.clear()
             self.offload_plans.clear()
         rules = self._candidates(bits)
-        found = self._candidates_memo[bits] = (rules, self.offload_state(rules))
+        walks: list[tuple[CompiledRule, ...] | None] | None = None
+        if any(rule.spec.flags is not None for rule in rules):
+            walks = [None] * 256
+        found = self._candidates_memo[bits] = (rules, self.offload_state(rules), walks)
         return found
+
+    @staticmethod
+    def walk(
+        rules: tuple[CompiledRule, ...],
+        walks: list[tuple[CompiledRule, ...] | None],
+        flags: int,
+    ) -> tuple[CompiledRule, ...]:
+        """The candidates a packet with this TCP flags byte can reach: those without a
+        `flags` condition, and those whose condition this byte meets. Leaving out the others
+        changes nothing but the work: a rule's flags test is the first of its per-packet
+        conditions (_dynamic_check, then _with_app_check), so when it fails the rule does
+        not match, touches no limiter and counts no hit. Made once per flags byte, kept in
+        `walks` (shared by every flow with these candidates)."""
+        walk = tuple(
+            rule
+            for rule in rules
+            if rule.spec.flags is None or flags & rule.spec.flags[1] == rule.spec.flags[0]
+        )
+        walks[flags] = walk
+        return walk
 
     def offload_state(self, candidates: tuple[CompiledRule, ...]) -> int:
         """offload_safe, and whether it waits for the application layer: a flow whose
