@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from ips.app.alert_fields import alert_app_objects
 from ips.app.inspect import AppCounters, AppInspector, NameSource
+from ips.core.app_fields import APP_NOT_STARTED
 from ips.app.passive_dns import PassiveDns
 from ips.core.addr import format_addr
 from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
@@ -336,7 +337,9 @@ class Engine:
         # a refused first packet costs the table no filing and no removal.
         flow, fwd = self.flows.open(pkt, now)
         effects: list[Effect] | None = None
-        if flow.app_state is not None:
+        if flow.app_state is APP_NOT_STARTED and not self.app.enabled:
+            flow.app_state = None  # what the inspector's first look does with parsing off
+        elif flow.app_state is not None:
             # The application layer has something to read in this flow (its first packet,
             # or a message still incomplete); a flow past that costs only the test above.
             seen = self.app.inspect(pkt, flow, fwd, now)
@@ -445,7 +448,11 @@ class Engine:
         """Forget a flow whose first packet was refused (no end event): its reassembly
         memory goes back, and what the inspector still owed is not written (the events of
         the refused packet itself already rode on its Decision)."""
-        self.flows.discard(flow)
+        flows = self.flows
+        if flow is flows._opened:
+            flows._discard_opened(flow)  # not filed yet (FlowTable.open): the common case
+        else:
+            flows.discard(flow)
         if flow.app_state is not None:
             self.app.release(flow, flow.last_seen)
 

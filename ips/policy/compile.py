@@ -492,17 +492,20 @@ class _AddrIndex:
 
 class _PortIndex:
     """Port -> bitset of rules whose port condition admits it. Single ports in a dict, wider
-    ranges as elementary intervals found by bisection."""
+    ranges as elementary intervals found by bisection; each port's answer memoised (at most
+    65,536 of them)."""
 
-    __slots__ = ("bounds", "exact", "free", "interval_bits")
+    __slots__ = ("bounds", "exact", "free", "interval_bits", "memo")
 
     def __init__(self) -> None:
+        self.memo: dict[int, int] = {}
         self.free = 0
         self.exact: dict[int, int] = {}
         self.bounds: list[int] = []
         self.interval_bits: list[int] = [0]
 
     def build(self, specs: list[tuple[int, PortSpec | None]]) -> None:
+        self.memo.clear()
         toggles: dict[int, int] = {}  # boundary -> XOR of rule bits changing there
         base = 0
         for bit, spec in specs:
@@ -528,6 +531,7 @@ class _PortIndex:
         bits = self.free | self.exact.get(port, 0)
         if self.bounds:
             bits |= self.interval_bits[bisect_right(self.bounds, port)]
+        self.memo[port] = bits
         return bits
 
 
@@ -667,6 +671,7 @@ class CompiledPolicy:
         for bit, _ in self._anyif_specs:
             self._anyif_bits |= bit
         self._anyif_cache: dict[tuple[str | None, str | None], int] = {}
+        self._if_memo: dict[tuple[str | None, str | None], int] = {}
 
     def _anyif(self, iif: str | None, oif: str | None) -> int:
         """Bits of rules without `on IF`, plus those whose `on IF` names iif or oif."""
@@ -682,26 +687,50 @@ class CompiledPolicy:
         return bits
 
     def candidate_bits(self, pkt: Packet, iif: str | None, oif: str | None) -> int:
-        """Bitset of the rules whose static conditions admit this packet."""
+        """Bitset of the rules whose static conditions admit this packet. Every dimension's
+        answer is memoised (addresses, ports, the pair of interfaces), and read here straight
+        from its memo: this runs for every first packet of a flow direction."""
         fx = self._families[pkt.family]
         proto = pkt.proto
         bits = fx.any_proto | fx.proto_bits.get(proto, 0)
         if not bits:
             return 0
-        bits &= fx.src.lookup(pkt.src) & fx.dst.lookup(pkt.dst)
+        src_bits = fx.src.memo.get(pkt.src)
+        if src_bits is None:
+            src_bits = fx.src.lookup(pkt.src)
+        dst_bits = fx.dst.memo.get(pkt.dst)
+        if dst_bits is None:
+            dst_bits = fx.dst.lookup(pkt.dst)
+        bits &= src_bits & dst_bits
         if not bits:
             return 0
         if pkt.frag == FRAG_LATER:
             bits &= fx.frag_ok
         elif proto in PORT_PROTOS:
-            bits &= fx.sport.lookup(pkt.sport) & fx.dport.lookup(pkt.dport)
-        bits &= self._iif.lookup(iif) & self._oif.lookup(oif)
+            sport_bits = fx.sport.memo.get(pkt.sport)
+            if sport_bits is None:
+                sport_bits = fx.sport.lookup(pkt.sport)
+            dport_bits = fx.dport.memo.get(pkt.dport)
+            if dport_bits is None:
+                dport_bits = fx.dport.lookup(pkt.dport)
+            bits &= sport_bits & dport_bits
+        if_bits = self._if_memo.get((iif, oif))
+        if if_bits is None:
+            if_bits = self._interface_bits(iif, oif)
+        return bits & if_bits
+
+    def _interface_bits(self, iif: str | None, oif: str | None) -> int:
+        """The rules the pair of interfaces admits (`in`/`out`, `on`, a direction that needs
+        an interface), memoised for a few thousand pairs."""
+        bits = self._iif.lookup(iif) & self._oif.lookup(oif)
         if self._anyif_bits:
             bits &= self._anyif(iif, oif)
         if self._dir_in and iif is None:
             bits &= ~self._dir_in
         if self._dir_out and oif is None:
             bits &= ~self._dir_out
+        if len(self._if_memo) < 4096:
+            self._if_memo[(iif, oif)] = bits
         return bits
 
     def candidates(
