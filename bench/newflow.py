@@ -5,17 +5,17 @@ when built), measured as CPU time of this thread, in interleaved rounds; printed
 over the rounds of µs per packet, with the lowest and highest round:
 
   refused-first   first packets the gateway policy refuses (`set default drop`): sources
-                  and destinations outside the lab's networks, every packet a new flow —
-                  SYNs, mid-stream data segments both ways (ACK+PSH with payload) and UDP
-                  datagrams (2 in 5 are scan probes: SYNs and datagrams), 5,000 new flows a
-                  second of packet time (what 93 % of bench/replay_speed.py's
-                  capture is). A refused first packet leaves no flow, so each is a new flow.
-  new-connection  TCP connections the policy accepts, lab client to a lab server's bench port (bench/lab.py's policy and storm port), with
-                  offload on (the gateway's setting): SYN, SYN+ACK, the handshake's ACK, a
-                  request and its answer — what a connection costs the engine before the
-                  kernel carries it (`conn/s` in bench/lab.py). µs per packet and per
-                  connection; the packets the engine sees per connection with offload are
-                  those up to the first Decision with an offload mark.
+                  and destinations outside the lab's networks, each packet's own — SYNs,
+                  data segments both ways (ACK+PSH with payload), UDP datagrams (2 in 5 are
+                  scan probes), 5,000 a second of packet time: a forged-source flood, the
+                  worst case of what 93 % of bench/replay_speed.py's capture is (a refused
+                  first packet leaves no flow, so each is a new flow again).
+  new-connection  TCP connections the policy accepts, lab client to a lab server's bench
+                  port (bench/lab.py's policy and storm port), offload on (the policy's
+                  default): SYN, SYN+ACK, the handshake's ACK, a request and its answer,
+                  each connection's packets up to the first Decision with an offload mark
+                  (the kernel carries the rest: `conn/s` in bench/lab.py); µs per packet
+                  and per connection, and how many packets that is.
 
 Run it with another checkout's `ips` first on PYTHONPATH to measure its code (the before).
 
@@ -170,7 +170,8 @@ def main() -> None:
     print(f"gateway.rules, app-layer {args.app}, {args.rounds} rounds, thread CPU time")
     for name, row in table.items():
         unit = "µs/connection" if name == "per-conn" else "µs/packet"
-        print(f"{name:<16} {row['median_us']:8.2f} {unit:<14} ({row['low']:.2f} – {row['high']:.2f})")
+        spread = f"({row['low']:.2f} – {row['high']:.2f})"
+        print(f"{name:<16} {row['median_us']:8.2f} {unit:<14} {spread}")
     print(f"packets the engine sees per connection (offload on): {per_conn:.1f}")
 
 

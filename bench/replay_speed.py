@@ -147,8 +147,8 @@ def make_lab_capture(source: Path, path: Path) -> int:
         with read_capture(mixed) as reader:
             return write_pcap(path, reader, LINKTYPE_ETHERNET)
     finally:
-        for made in (mixed, mixed.with_suffix(".labels.jsonl"), mixed.with_suffix(".labels.packets")):
-            made.unlink(missing_ok=True)
+        for suffix in (".pcapng", ".labels.jsonl", ".labels.packets"):
+            mixed.with_suffix(suffix).unlink(missing_ok=True)
 
 
 def run_once(variant: str, policy_text: str, capture: Path) -> tuple[float, int]:

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING
 
 from ips.app.alert_fields import alert_app_objects
 from ips.app.inspect import AppCounters, AppInspector, NameSource
-from ips.core.app_fields import APP_NOT_STARTED
 from ips.app.passive_dns import PassiveDns
 from ips.core.addr import format_addr
+from ips.core.app_fields import APP_NOT_STARTED
 from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.core.decode import decode_frame, decode_ipv4, decode_l3
 from ips.core.events import (
