@@ -110,6 +110,8 @@ _RECLAIM_BUDGET = 32  # bound on expired flows reclaimed per insertion at capaci
 _ID_MASK = (1 << 53) - 1  # ids stay exact in JSON consumers that use doubles
 _ID_MULT = 0x9E3779B97F4A7C15 & _ID_MASK | 1  # odd, so counter -> id is a bijection
 
+_NEVER = float("-inf")  # Flow.back_since of a flow never back from the kernel
+
 # Flags whose presence on an established flow needs the state machine.
 _STATE_FLAGS = TCP_SYN | TCP_FIN | TCP_RST
 
@@ -250,7 +252,7 @@ class Flow:
         self.cache_rev: Any = None
         self.nat: tuple[bytes, int, bytes, int] | None = None  # (orig dst, dport, new dst, dport)
         self.offloaded = False  # its later packets go on in the kernel (the engine sees none)
-        self.back_since = float("-inf")  # an offloaded flow back under a new policy: since when
+        self.back_since = _NEVER  # an offloaded flow back under a new policy: since when
         self.user = None
         self.end_reason: str | None = None
         # What the first packet says of its sender, for the evidence behind a block
@@ -447,7 +449,10 @@ class FlowTable:
         queue holds, in its place, an entry that is gone (an eviction's scan counts those
         too; a shared stand-in, so that the refused flow itself is not kept)."""
         self._opened = None
-        slot = int((flow.first_seen + self._timeout(flow)) // _SLOT) + 1
+        timeout = (
+            self._tcp_timeouts[flow.tcp_state] if flow.proto == PROTO_TCP else self._timeout(flow)
+        )
+        slot = int((flow.first_seen + timeout) // _SLOT) + 1
         wheel = self._wheel
         if slot not in wheel:
             wheel[slot] = set()
