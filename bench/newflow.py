@@ -17,9 +17,22 @@ over the rounds of µs per packet, with the lowest and highest round:
                   (the kernel carries the rest: `conn/s` in bench/lab.py); µs per packet
                   and per connection, and how many packets that is.
 
+With --stages CAPTURE: the cost of each stage of the Python path, each stage alone over the
+same packets (the first --stage-packets records of CAPTURE, decoded once; the gateway policy,
+app-layer off, the Python engine without the compiled path), CPU µs per packet:
+
+  decode            ips/core/decode.py's decode_frame (the compiled path decodes in C)
+  engine            Engine.handle_packet: every stage below, and the rules
+  flow table        a first packet's flow made and discarded (FlowTable.open/discard, or
+                    track/discard in a checkout without them), a later one's counted
+  detectors         Detectors.observe (flow table + detectors, less the flow table alone)
+  candidates        CompiledPolicy.candidate_entry (candidates in a checkout without it)
+  the rest          engine − the three: the rule walk, the discard, the engine's own code
+
 Run it with another checkout's `ips` first on PYTHONPATH to measure its code (the before).
 
     .venv/bin/python bench/newflow.py [--flows 20000] [--rounds 5] [--app off|on] [--json]
+                                      [--stages bench/out/replay-1000000.pcap]
 """
 
 from __future__ import annotations
@@ -137,13 +150,92 @@ def run_connections(conns: list[list[bytes]], text: str) -> tuple[float, int, fl
     return cpu, seen, seen / len(conns)
 
 
+def stages(capture: Path, count: int) -> dict[str, float]:
+    """CPU µs per packet of each stage alone (see the module's doc)."""
+    from ips.core.decode import decode_frame
+    from ips.core.flow import FlowTable
+    from ips.core.packet import Packet
+    from ips.io.pcap import read_capture
+    from ips.policy.resolve import load_policy_text
+
+    records = []
+    with read_capture(capture) as reader:
+        for rec in reader:
+            records.append((rec.timestamp, rec.data, rec.linktype))
+            if len(records) >= count:
+                break
+    text = _policy_text("off")
+    decoded: list[object] = []
+
+    def timed(fn: object) -> float:
+        gc.disable()
+        start = time.thread_time()
+        fn()  # type: ignore[operator]
+        cpu = time.thread_time() - start
+        gc.enable()
+        return cpu / len(records) * 1e6
+
+    def decode() -> None:
+        for _, data, linktype in records:
+            decoded.append(decode_frame(data, linktype))
+
+    out = {"decode": timed(decode)}
+    packets = [(r[0], p) for r, p in zip(records, decoded, strict=True) if p.__class__ is Packet]
+    meta = Meta(linktype=1)
+
+    def engine() -> None:
+        e = Engine(load_policy_text(text, "gateway.rules"), fast=False)
+        for ts, pkt in packets:
+            e.handle_packet(pkt, meta, ts)  # type: ignore[arg-type]
+
+    def table(detect: bool) -> None:
+        flows = FlowTable()
+        observe = Engine(load_policy_text(text, "g"), fast=False).detect.observe  # type: ignore[union-attr]
+        deferred = hasattr(flows, "open")
+        for ts, pkt in packets:
+            if deferred:
+                flow, fwd = flows.open(pkt, ts)  # type: ignore[arg-type]
+            else:
+                flow, fwd = flows.track(pkt, ts)  # type: ignore[arg-type]
+            if detect:
+                observe(pkt, flow, fwd, ts)  # type: ignore[arg-type]
+            if fwd and flow.pkts_fwd == 1 and not flow.replied:
+                flows.discard(flow)  # as a refused first packet
+            elif deferred:
+                flows.settle()
+
+    def candidates() -> None:
+        policy = Engine(load_policy_text(text, "g"), fast=False).policy
+        find = getattr(policy, "candidate_entry", policy.candidates)
+        for _, pkt in packets:
+            find(pkt, None, None)
+
+    out["engine"] = timed(engine)
+    out["flow table"] = timed(lambda: table(False))
+    out["detectors"] = timed(lambda: table(True)) - out["flow table"]
+    out["candidates"] = timed(candidates)
+    out["the rest"] = out["engine"] - out["flow table"] - out["detectors"] - out["candidates"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--flows", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--app", choices=("on", "off"), default="off")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--stages", type=Path, metavar="CAPTURE", help="each stage's cost alone")
+    ap.add_argument("--stage-packets", type=int, default=150_000)
     args = ap.parse_args()
+    if args.stages is not None:
+        costs = stages(args.stages, args.stage_packets)
+        if args.json:
+            print(json.dumps(costs, indent=2))
+            return
+        print(f"{args.stages.name}, first {args.stage_packets:,} records, thread CPU time")
+        for name, us in costs.items():
+            print(f"{name:<12} {us:6.2f} µs/packet")
+        return
     text = _policy_text(args.app)
     refused = refused_first(args.flows * 5)
     conns = new_connections(args.flows)
