@@ -110,6 +110,8 @@ _RECLAIM_BUDGET = 32  # bound on expired flows reclaimed per insertion at capaci
 _ID_MASK = (1 << 53) - 1  # ids stay exact in JSON consumers that use doubles
 _ID_MULT = 0x9E3779B97F4A7C15 & _ID_MASK | 1  # odd, so counter -> id is a bijection
 
+_NEVER = float("-inf")  # Flow.back_since of a flow never back from the kernel
+
 # Flags whose presence on an established flow needs the state machine.
 _STATE_FLAGS = TCP_SYN | TCP_FIN | TCP_RST
 
@@ -250,7 +252,7 @@ class Flow:
         self.cache_rev: Any = None
         self.nat: tuple[bytes, int, bytes, int] | None = None  # (orig dst, dport, new dst, dport)
         self.offloaded = False  # its later packets go on in the kernel (the engine sees none)
-        self.back_since = float("-inf")  # an offloaded flow back under a new policy: since when
+        self.back_since = _NEVER  # an offloaded flow back under a new policy: since when
         self.user = None
         self.end_reason: str | None = None
         # What the first packet says of its sender, for the evidence behind a block
@@ -332,6 +334,7 @@ class FlowTable:
         # are skipped when met, and the deque is compacted when it grows past twice the table.
         self._unreplied: deque[Flow] = deque()
         self._ended: list[Flow] = []
+        self._opened: Flow | None = None  # created by `open`, not filed yet (see there)
         self._active = 0
         self._created = 0
         self._expired = 0
@@ -351,11 +354,26 @@ class FlowTable:
     def track(self, pkt: Packet, now: float) -> tuple[Flow, bool]:
         """Find or create the flow of `pkt`, count the packet, and return (flow, forward),
         forward being True when the packet goes initiator -> responder."""
+        found = self.open(pkt, now)
+        if self._opened is not None:
+            self.settle()
+        return found
+
+    def open(self, pkt: Packet, now: float) -> tuple[Flow, bool]:
+        """`track`, except that a flow it creates is not filed yet: `settle` files it, once
+        the packet is decided (the engine). A first packet refused meanwhile is `discard`ed
+        before it was ever filed, which spares the table's two keys, its timer entry and
+        their removal — the work of most packets of a scan or of a capture from elsewhere.
+        Nothing reads the table between the two calls, and `settle` files the flow exactly
+        as `track` would have (its deadline, its place among the unreplied), and `discard`
+        leaves the table exactly as filing then removing it would have (see there)."""
+        if self._opened is not None:
+            self.settle()  # a caller that did not settle the last packet's flow
         src = pkt.src
         sport = pkt.sport
         flow = self._flows.get((pkt.proto, src, sport, pkt.dst, pkt.dport))
         if flow is None:
-            return self._create(pkt, now), True
+            return self._open(pkt, now), True
         flags = pkt.flags
         # SYN without ACK on a closing/closed TCP flow (tcp_state is NONE for other protocols),
         # or on an offloaded one: the engine saw none of its end, but the kernel sends it
@@ -363,7 +381,8 @@ class FlowTable:
         if flags & (TCP_SYN | TCP_ACK) == TCP_SYN and (
             flow.tcp_state >= TCP_CLOSING or flow.offloaded
         ):
-            return self._reuse(flow, pkt, now), True
+            self._reuse(flow)
+            return self._open(pkt, now), True
         if sport == flow.sport and src == flow.src:
             fwd = True
             flow.pkts_fwd += 1
@@ -391,25 +410,64 @@ class FlowTable:
             return None
         return flow, (pkt.sport == flow.sport and pkt.src == flow.src)
 
-    def _create(self, pkt: Packet, now: float) -> Flow:
+    def _open(self, pkt: Packet, now: float) -> Flow:
+        """A new flow, counted (its id, `created`, `active`) but not filed: `settle` files
+        it, or `discard` forgets it."""
         if self._active >= self.max_flows:
             self._make_room(now)
         self._next_id += 1
         flow = Flow(pkt, (self._next_id * self._id_mult + self._id_seed) & _ID_MASK, now)
-        fkey = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
-        flows = self._flows
-        flows[fkey] = flow
-        flows[(pkt.proto, pkt.dst, pkt.dport, pkt.src, pkt.sport)] = flow
         self._active += 1
         self._created += 1
         if pkt.proto == PROTO_TCP:
-            self._tcp_update(flow, True, pkt.flags)
-        self._file(flow, int((now + self._timeout(flow)) // _SLOT) + 1)
+            self._tcp_update(flow, True, pkt.flags)  # (not filed: nothing to move)
+        self._opened = flow
+        return flow
+
+    def settle(self) -> None:
+        """File the flow the last `open` created, unless it was discarded: its two keys, its
+        timer slot (the deadline it had when created: nothing but a packet changes its state
+        or its replied flag), its place at the end of the unreplied."""
+        flow = self._opened
+        if flow is None:
+            return
+        self._opened = None
+        proto, src, sport, dst, dport = flow.proto, flow.src, flow.sport, flow.dst, flow.dport
+        flows = self._flows
+        flows[(proto, src, sport, dst, dport)] = flow
+        flows[(proto, dst, dport, src, sport)] = flow
+        self._file(flow, int((flow.first_seen + self._timeout(flow)) // _SLOT) + 1)
         unreplied = self._unreplied
         unreplied.append(flow)
         if len(unreplied) > 2 * self._active + 1024:
             self._unreplied = deque(f for f in unreplied if f._slot != _GONE and not f.replied)
-        return flow
+
+    def _discard_opened(self, flow: Flow) -> None:
+        """Discard the flow `open` created and nobody filed: the table left as filing it
+        and then removing it would have left it. That is: the timer slot it would have had
+        exists (possibly empty: an eviction's scan counts such slots), and the unreplied
+        queue holds, in its place, an entry that is gone (an eviction's scan counts those
+        too; a shared stand-in, so that the refused flow itself is not kept)."""
+        self._opened = None
+        timeout = (
+            self._tcp_timeouts[flow.tcp_state] if flow.proto == PROTO_TCP else self._timeout(flow)
+        )
+        slot = int((flow.first_seen + timeout) // _SLOT) + 1
+        wheel = self._wheel
+        if slot not in wheel:
+            wheel[slot] = set()
+            heapq.heappush(self._slots, slot)
+        unreplied = self._unreplied
+        if len(unreplied) + 1 > 2 * self._active + 1024:
+            # filing it would have compacted the queue, the flow itself kept at its end
+            unreplied = self._unreplied = deque(
+                f for f in unreplied if f._slot != _GONE and not f.replied
+            )
+        unreplied.append(_GONE_STAND_IN)
+        flow._slot = _GONE
+        self._active -= 1
+        flow.end_reason = END_DISCARDED
+        self._discarded += 1
 
     # -- TCP ----------------------------------------------------------------------------
 
@@ -452,7 +510,7 @@ class FlowTable:
             del handshakes[next(iter(handshakes))]
         handshakes[src] = (flow.ttl, flow.mac)
 
-    def _reuse(self, old: Flow, pkt: Packet, now: float) -> Flow:
+    def _reuse(self, old: Flow) -> None:
         # A fresh SYN on the tuple of a closed or closing connection is a new connection (port
         # reuse, as conntrack does in TIME_WAIT). Starting a new flow matters for policy: the
         # old flow is "replied", and the new SYN may even come from the old responder.
@@ -460,7 +518,6 @@ class FlowTable:
         old.end_reason = END_REUSED
         self._reused += 1
         self._ended.append(old)
-        return self._create(pkt, now)
 
     # -- timers -------------------------------------------------------------------------
 
@@ -506,6 +563,9 @@ class FlowTable:
         """Forget a flow without an end event: its first packet was refused by the policy, so
         it never existed on the wire (conntrack likewise drops an unconfirmed entry when its
         packet is dropped). A reply seen later (in a capture) starts a flow of its own."""
+        if flow is self._opened:
+            self._discard_opened(flow)
+            return
         if flow._slot == _GONE or self._flows.get(flow.key) is not flow:
             return
         self._remove(flow)
@@ -649,6 +709,14 @@ class FlowTable:
             active=self._active,
             discarded=self._discarded,
         )
+
+
+# What FlowTable's unreplied queue holds in place of a flow discarded before it was filed:
+# an entry whose flow is gone, as a filed flow is once removed (only _slot and replied are
+# read there).
+_GONE_STAND_IN = Flow.__new__(Flow)
+_GONE_STAND_IN._slot = _GONE
+_GONE_STAND_IN.replied = False
 
 
 def _first_seen(flow: Flow) -> float:

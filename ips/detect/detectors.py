@@ -252,7 +252,12 @@ class Detectors:
             if self.scans:
                 if self.ackscan is not None and self.ackscan.index:
                     self.ackscan.again(pkt)  # a refused flow's source going on in a new one
-                answers_probe = self._answers(pkt, flags & TCP_RST != 0, now, out)
+                answers_probe = self._answer(
+                    (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport),
+                    flags & TCP_RST != 0,
+                    now,
+                    out,
+                )
                 if answers_probe:
                     pass
                 elif sfra == TCP_SYN:
@@ -357,7 +362,9 @@ class Detectors:
         if not_a_host(dst) or not_a_host(src):
             return
         for det in self.scans:
-            det.resolve(now, RESOLVE_PER_PACKET, out)  # answers now due, before the new probe
+            pending = det.pending
+            if pending and pending[0].due <= now:
+                det.resolve(now, RESOLVE_PER_PACKET, out)  # answers now due, before the probe
         portscan = self.portscan
         if ports and portscan is not None and not portscan.ignored(src):
             portscan.probe((src, dst), pkt.dport, pkt, flow, kind, now, out)
@@ -375,7 +382,9 @@ class Detectors:
     def _answer(self, answer: Tuple5, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
         found = False
         for det in self.scans:
-            found = det.answer(answer, failed, now, out) or found
+            # (ScanDetector.answer does nothing for a tuple not in its index: asked only then)
+            if answer in det.index:
+                found = det.answer(answer, failed, now, out) or found
         return found
 
     def rejected(self, pkt: Packet, now: float) -> list[DetectorEffect] | None:

@@ -30,6 +30,7 @@ from ips.app.alert_fields import alert_app_objects
 from ips.app.inspect import AppCounters, AppInspector, NameSource
 from ips.app.passive_dns import PassiveDns
 from ips.core.addr import format_addr
+from ips.core.app_fields import APP_NOT_STARTED
 from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.core.decode import decode_frame, decode_ipv4, decode_l3
 from ips.core.events import (
@@ -98,8 +99,17 @@ class Meta:
 NO_META = Meta()
 
 # A flow's candidate rules for one direction, kept on the flow (Flow.cache_fwd/cache_rev):
-# (policy, iif, oif, the rules to try, whether they allow offload: CompiledPolicy.offload_state).
-RuleCache = tuple[CompiledPolicy, str | None, str | None, tuple[CompiledRule, ...], int]
+# (policy, iif, oif, the rules to try, whether they allow offload: CompiledPolicy.offload_state,
+# the rules to try by TCP flags byte or None: CompiledPolicy.walk). The compiled path
+# (ips/fast/) reads the first five.
+RuleCache = tuple[
+    CompiledPolicy,
+    str | None,
+    str | None,
+    tuple[CompiledRule, ...],
+    int,
+    list[tuple[CompiledRule, ...] | None] | None,
+]
 
 
 @dataclass
@@ -265,6 +275,8 @@ class Engine:
         except Exception:
             self.stats.errors += 1
             decision = self._on_error
+        if self.flows._opened is not None:
+            self.flows.settle()
         self.stats.verdicts[decision.verdict] += 1
         return decision
 
@@ -278,6 +290,8 @@ class Engine:
         except Exception:
             self.stats.errors += 1
             decision = self._on_error
+        if self.flows._opened is not None:
+            self.flows.settle()
         self.stats.verdicts[decision.verdict] += 1
         return decision
 
@@ -319,9 +333,13 @@ class Engine:
                 pkt = decode_l3(translated, pkt.vlans)  # type: ignore[assignment]
                 if pkt.__class__ is not Packet:
                     return self._undecodable(pkt)
-        flow, fwd = self.flows.track(pkt, now)
+        # The flow is filed once the packet is decided (handle_*: FlowTable.settle), so that
+        # a refused first packet costs the table no filing and no removal.
+        flow, fwd = self.flows.open(pkt, now)
         effects: list[Effect] | None = None
-        if flow.app_state is not None:
+        if flow.app_state is APP_NOT_STARTED and not self.app.enabled:
+            flow.app_state = None  # what the inspector's first look does with parsing off
+        elif flow.app_state is not None:
             # The application layer has something to read in this flow (its first packet,
             # or a message still incomplete); a flow past that costs only the test above.
             seen = self.app.inspect(pkt, flow, fwd, now)
@@ -345,9 +363,9 @@ class Engine:
         policy = self.policy
         cache: RuleCache | None = flow.cache_fwd if fwd else flow.cache_rev
         if cache is None or cache[0] is not policy or cache[1] != iif or cache[2] != oif:
-            rules, offload_safe = policy.candidates(pkt, iif, oif)
-            # (policy, interfaces, the rules to try, whether they allow offload)
-            cache = (policy, iif, oif, rules, offload_safe)
+            rules, offload_safe, walks = policy.candidate_entry(pkt, iif, oif)
+            # (policy, interfaces, the rules to try, whether they allow offload, their walks)
+            cache = (policy, iif, oif, rules, offload_safe, walks)
             if flow.offloaded:
                 flow.back_since = now  # back from the kernel under a new policy (an apply)
             if fwd:
@@ -358,7 +376,15 @@ class Engine:
                     flow.iif, flow.oif = iif, oif
             else:
                 flow.cache_rev = cache
-        for rule in cache[3]:
+        walks = cache[5]
+        if walks is None:
+            rules = cache[3]
+        else:
+            # Only the rules whose `flags` condition this packet's flags meet (and those
+            # without one): the others cannot match (CompiledPolicy.walk).
+            walk = walks[pkt.flags]
+            rules = walk if walk is not None else policy.walk(cache[3], walks, pkt.flags)
+        for rule in rules:
             check = rule.check
             if check is not None:
                 held = check(pkt, flow, fwd, now)
@@ -367,7 +393,7 @@ class Engine:
                 if held is PENDING:  # only rules with application-layer clauses say so
                     if not rule.terminal:
                         continue
-                    return self._pending(rule, cache[3], pkt, flow, fwd, now, effects, translated)
+                    return self._pending(rule, rules, pkt, flow, fwd, now, effects, translated)
             verdict = rule.verdict
             limiter = rule.limiter
             if limiter is not None:
@@ -422,7 +448,11 @@ class Engine:
         """Forget a flow whose first packet was refused (no end event): its reassembly
         memory goes back, and what the inspector still owed is not written (the events of
         the refused packet itself already rode on its Decision)."""
-        self.flows.discard(flow)
+        flows = self.flows
+        if flow is flows._opened:
+            flows._discard_opened(flow)  # not filed yet (FlowTable.open): the common case
+        else:
+            flows.discard(flow)
         if flow.app_state is not None:
             self.app.release(flow, flow.last_seen)
 

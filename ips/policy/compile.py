@@ -434,6 +434,12 @@ def _dynamic_addr_check(spec: AddrSpec, is_src: bool, tables: dict[str, DynamicT
 
 MEMO_MAX = 65536  # entries of a lookup memo; a full one is emptied (a spoofed flood's churn)
 
+# CompiledPolicy.candidate_entry: the candidate rules of a flow direction, their offload
+# state, and their walks by TCP flags byte (None: no candidate has a `flags` condition).
+CandidateEntry = tuple[
+    tuple["CompiledRule", ...], int, list[tuple["CompiledRule", ...] | None] | None
+]
+
 
 class _AddrIndex:
     """Address -> bitset of rules whose static address condition admits it (one family).
@@ -486,17 +492,20 @@ class _AddrIndex:
 
 class _PortIndex:
     """Port -> bitset of rules whose port condition admits it. Single ports in a dict, wider
-    ranges as elementary intervals found by bisection."""
+    ranges as elementary intervals found by bisection; each port's answer memoised (at most
+    65,536 of them)."""
 
-    __slots__ = ("bounds", "exact", "free", "interval_bits")
+    __slots__ = ("bounds", "exact", "free", "interval_bits", "memo")
 
     def __init__(self) -> None:
+        self.memo: dict[int, int] = {}
         self.free = 0
         self.exact: dict[int, int] = {}
         self.bounds: list[int] = []
         self.interval_bits: list[int] = [0]
 
     def build(self, specs: list[tuple[int, PortSpec | None]]) -> None:
+        self.memo.clear()
         toggles: dict[int, int] = {}  # boundary -> XOR of rule bits changing there
         base = 0
         for bit, spec in specs:
@@ -522,6 +531,7 @@ class _PortIndex:
         bits = self.free | self.exact.get(port, 0)
         if self.bounds:
             bits |= self.interval_bits[bisect_right(self.bounds, port)]
+        self.memo[port] = bits
         return bits
 
 
@@ -611,7 +621,7 @@ class CompiledPolicy:
         # The candidates whose offload_state is OFFLOAD_LATER -> what each of their rules
         # that holds offload back waits for (read by ips/engine/offload.py).
         self.offload_plans: dict[tuple[CompiledRule, ...], tuple[OffloadNeed, ...]] = {}
-        self._candidates_memo: dict[int, tuple[tuple[CompiledRule, ...], int]] = {}
+        self._candidates_memo: dict[int, CandidateEntry] = {}
         self._families = {4: _FamilyIndex(4), 6: _FamilyIndex(6)}
         self._iif = _IfaceIndex()
         self._oif = _IfaceIndex()
@@ -661,6 +671,7 @@ class CompiledPolicy:
         for bit, _ in self._anyif_specs:
             self._anyif_bits |= bit
         self._anyif_cache: dict[tuple[str | None, str | None], int] = {}
+        self._if_memo: dict[tuple[str | None, str | None], int] = {}
 
     def _anyif(self, iif: str | None, oif: str | None) -> int:
         """Bits of rules without `on IF`, plus those whose `on IF` names iif or oif."""
@@ -676,26 +687,50 @@ class CompiledPolicy:
         return bits
 
     def candidate_bits(self, pkt: Packet, iif: str | None, oif: str | None) -> int:
-        """Bitset of the rules whose static conditions admit this packet."""
+        """Bitset of the rules whose static conditions admit this packet. Every dimension's
+        answer is memoised (addresses, ports, the pair of interfaces), and read here straight
+        from its memo: this runs for every first packet of a flow direction."""
         fx = self._families[pkt.family]
         proto = pkt.proto
         bits = fx.any_proto | fx.proto_bits.get(proto, 0)
         if not bits:
             return 0
-        bits &= fx.src.lookup(pkt.src) & fx.dst.lookup(pkt.dst)
+        src_bits = fx.src.memo.get(pkt.src)
+        if src_bits is None:
+            src_bits = fx.src.lookup(pkt.src)
+        dst_bits = fx.dst.memo.get(pkt.dst)
+        if dst_bits is None:
+            dst_bits = fx.dst.lookup(pkt.dst)
+        bits &= src_bits & dst_bits
         if not bits:
             return 0
         if pkt.frag == FRAG_LATER:
             bits &= fx.frag_ok
         elif proto in PORT_PROTOS:
-            bits &= fx.sport.lookup(pkt.sport) & fx.dport.lookup(pkt.dport)
-        bits &= self._iif.lookup(iif) & self._oif.lookup(oif)
+            sport_bits = fx.sport.memo.get(pkt.sport)
+            if sport_bits is None:
+                sport_bits = fx.sport.lookup(pkt.sport)
+            dport_bits = fx.dport.memo.get(pkt.dport)
+            if dport_bits is None:
+                dport_bits = fx.dport.lookup(pkt.dport)
+            bits &= sport_bits & dport_bits
+        if_bits = self._if_memo.get((iif, oif))
+        if if_bits is None:
+            if_bits = self._interface_bits(iif, oif)
+        return bits & if_bits
+
+    def _interface_bits(self, iif: str | None, oif: str | None) -> int:
+        """The rules the pair of interfaces admits (`in`/`out`, `on`, a direction that needs
+        an interface), memoised for a few thousand pairs."""
+        bits = self._iif.lookup(iif) & self._oif.lookup(oif)
         if self._anyif_bits:
             bits &= self._anyif(iif, oif)
         if self._dir_in and iif is None:
             bits &= ~self._dir_in
         if self._dir_out and oif is None:
             bits &= ~self._dir_out
+        if len(self._if_memo) < 4096:
+            self._if_memo[(iif, oif)] = bits
         return bits
 
     def candidates(
@@ -705,6 +740,12 @@ class CompiledPolicy:
         whether they allow offload (`offload_state`: OFFLOAD_NEVER, OFFLOAD_SAFE or
         OFFLOAD_WHEN_APP_DONE): all the engine asks of the compiler for a flow direction, in
         one call. One pair per distinct bitset, memoised: flows alike share it."""
+        rules, state, _ = self.candidate_entry(pkt, iif, oif)
+        return rules, state
+
+    def candidate_entry(self, pkt: Packet, iif: str | None, oif: str | None) -> CandidateEntry:
+        """`candidates`, with the walks by TCP flags byte of those rules (`walk`), or None
+        when no candidate has a `flags` condition. What the engine keeps per flow direction."""
         bits = self.candidate_bits(pkt, iif, oif)
         known = self._candidates_memo.get(bits)
         if known is not None:
@@ -713,8 +754,31 @@ class CompiledPolicy:
             self._candidates_memo.clear()
             self.offload_plans.clear()
         rules = self._candidates(bits)
-        found = self._candidates_memo[bits] = (rules, self.offload_state(rules))
+        walks: list[tuple[CompiledRule, ...] | None] | None = None
+        if any(rule.spec.flags is not None for rule in rules):
+            walks = [None] * 256
+        found = self._candidates_memo[bits] = (rules, self.offload_state(rules), walks)
         return found
+
+    @staticmethod
+    def walk(
+        rules: tuple[CompiledRule, ...],
+        walks: list[tuple[CompiledRule, ...] | None],
+        flags: int,
+    ) -> tuple[CompiledRule, ...]:
+        """The candidates a packet with this TCP flags byte can reach: those without a
+        `flags` condition, and those whose condition this byte meets. Leaving out the others
+        changes nothing but the work: a rule's flags test is the first of its per-packet
+        conditions (_dynamic_check, then _with_app_check), so when it fails the rule does
+        not match, touches no limiter and counts no hit. Made once per flags byte, kept in
+        `walks` (shared by every flow with these candidates)."""
+        walk = tuple(
+            rule
+            for rule in rules
+            if rule.spec.flags is None or flags & rule.spec.flags[1] == rule.spec.flags[0]
+        )
+        walks[flags] = walk
+        return walk
 
     def offload_state(self, candidates: tuple[CompiledRule, ...]) -> int:
         """offload_safe, and whether it waits for the application layer: a flow whose

@@ -89,7 +89,7 @@ def test_engine_error_gives_on_error_verdict_and_is_counted() -> None:
         def broken(*args: object) -> object:
             raise RuntimeError("bug")
 
-        e.flows.track = broken  # type: ignore[method-assign]
+        e.flows.open = broken  # type: ignore[method-assign]
         d = e.handle(tcp(A, B, 1, 2))
         assert d.verdict == mode and d.reason == "error"
         assert e.stats.errors == 1
