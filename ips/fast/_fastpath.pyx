@@ -8,24 +8,28 @@ decoded (a `Packet`, as ips/core/decode.py makes it, for `Engine.handle_packet`)
 decoded here: `Engine.handle_python`). A packet qualifies when:
 
   * its bytes are raw IP or Ethernet without VLAN tags, IPv4 without options and not a
-    fragment, or IPv6 without extension headers, carrying TCP or UDP whose header the
-    decoder would accept (anything it would count as malformed goes to Python);
+    fragment, or IPv6 without extension headers, carrying TCP, UDP or an ICMP/ICMPv6 echo
+    request or reply whose header the decoder would accept (anything it would count as
+    malformed goes to Python);
   * its flow exists, has no translation (NAT), no application-layer work left
     (`app_state is None`), and its rule cache for this direction was made under the
     running policy and the packet's interfaces;
   * TCP: the flow is established and the packet carries no SYN, FIN or RST (those move the
     state machine), so the flow table would only count it;
   * no block applies (the `banned` table, a MAC block, a translated reply), and the
-    policy's detectors declared this packet of no interest (`Detectors.interest`; a policy
+    policy's detectors declared that they do nothing with this packet, or only count it in
+    a flood's token bucket that exists and has a token (`Detectors.interest`; a policy
     whose detectors declare nothing sends every packet to Python);
   * walking the cached candidate rules in order, every rule reached has conditions this
-    module evaluates exactly (TCP flags, ICMP type, length, state, fragment, payload
-    contains) and the first that matches is a terminal rule with a prebuilt Decision
-    (accept or drop, no alert or log, no limit) -- or none matches and the default is
-    accept or drop. A payload rule that *matches* goes to Python (its alert is made there).
+    module evaluates exactly (TCP flags, ICMP type and code, length, state, fragment,
+    payload contains) and the first that matches is a terminal rule with a prebuilt
+    Decision (accept or drop, no alert or log; a `limit` whose bucket exists and has a
+    token) -- or none matches and the default is accept or drop. A payload rule that
+    *matches* goes to Python (its alert is made there).
 
-Then it counts what the engine counts (EngineStats.packets and verdicts, the flow's packets,
-bytes, flags and last_seen, the rule's hits, an offload) and returns the rule's Decision
+Then it counts what the engine counts (the flood and limit buckets, EngineStats.packets and
+verdicts, the flow's packets, bytes, flags and last_seen, the rule's hits, an offload) and
+returns the rule's Decision
 (or its offload variant, chosen as ips/engine/offload.py chooses). tests/pure/
 test_fastpath_differential.py holds it to the Python engine, packet for packet.
 
