@@ -31,6 +31,8 @@ Variants (--only NAME,...):
                       every byte, as before inspection depth (a web port's flows never leave)
   ipsctl-inspect      ipsctl, the bench policy, `set offload off`: every packet inspected
   ipsctl-inspect-gso  the same with `ipsctl run --gso on`: TCP super-packets judged whole
+  ipsctl-inspect-busy the same with `ipsctl run --busy-poll 300`: the worker polls its queue
+                      300 us after each burst before it sleeps (a ping's reply is caught)
   ipsctl-inspect-2q   the same with `ipsctl run --queues 2`
   ipsctl-10k          10,000 generated rules before the bench policy's rules, offload off
 Any other variant whose option this ipsctl refuses (`set offload off`, `--queues`) is
@@ -164,6 +166,13 @@ VARIANTS = (
         "ipsctl",
         offload=False,
         run_args=("--gso", "on"),
+    ),
+    Variant(
+        "ipsctl-inspect-busy",
+        "ipsctl, bench policy, offload off, 1 queue, `--busy-poll 300` (300 us after a burst)",
+        "ipsctl",
+        offload=False,
+        run_args=("--busy-poll", "300"),
     ),
     Variant(
         "ipsctl-inspect-2q",
@@ -573,6 +582,9 @@ def measure_storm(b: Bench, parallel: int = 1) -> tuple[float, dict[str, Any]]:
 
 def measure_ping(b: Bench) -> tuple[float, float, dict[str, Any]]:
     count = max(10, int(b.seconds / PING_INTERVAL))
+    # the gateway's CPU while it passes the pings (what polling after a burst costs)
+    cpu_before = tree_cpu_seconds(b.gateway.pid) if b.gateway is not None else 0.0
+    started = time.monotonic()
     out = b.run(
         "client",
         [
@@ -588,10 +600,15 @@ def measure_ping(b: Bench) -> tuple[float, float, dict[str, Any]]:
         ],
         timeout=b.seconds + STEP_SLACK,
     ).stdout
+    info: dict[str, Any] = {"sent": count}
+    if b.gateway is not None:
+        cpu = tree_cpu_seconds(b.gateway.pid) - cpu_before
+        info["gw_cpu_percent"] = round(100 * cpu / (time.monotonic() - started), 2)
     rtts = sorted(float(m) * 1000 for m in re.findall(r"time=([\d.]+) ms", out))
     if len(rtts) < count // 2:
         raise BenchError(f"ping: only {len(rtts)} of {count} replies")
-    return percentile(rtts, 50), percentile(rtts, 99), {"replies": len(rtts), "sent": count}
+    info["replies"] = len(rtts)
+    return percentile(rtts, 50), percentile(rtts, 99), info
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -1102,6 +1119,10 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
                 f"  {name}: gateway CPU us per UDP packet handled: "
                 f"{r['median'][UDP_CPU]:.1f} (each run {each})"
             )
+    for name, r in res.items():
+        if r["status"] == "ok" and "gw_cpu_percent" in r["runs"][0]["detail"].get("ping", {}):
+            each = "/".join(f"{run['detail']['ping']['gw_cpu_percent']:.1f}" for run in r["runs"])
+            print(f"  {name}: gateway CPU while pinging, % of a core, each run: {each}")
     for name, r in res.items():
         if r.get("note"):
             print(f"  {name}: {r['note']}")
