@@ -211,7 +211,9 @@ cdef tuple _flood_progs(object floods):
     not what this module knows how to count (then their packets go to Python)."""
     progs = []
     for det in floods:
-        if not isinstance(det, Flood) or type(det.buckets) is not dict:
+        if not isinstance(det, Flood) or type(det).count is not Flood.count:
+            return None  # a flood that counts otherwise: not what _floods_take mirrors
+        if type(det.buckets) is not dict:
             return None
         if type(det.rate) is not float or type(det.burst) is not float:
             return None
@@ -332,7 +334,7 @@ cdef RuleProg _rule_prog(object rule):
     if limiter is not None:
         # A `limit`: TokenBuckets.take, done here for a bucket that exists and has a token.
         if type(limiter) is not TokenBuckets or type(limiter.buckets) is not dict:
-            return prog
+            return prog  # (a subclass may take otherwise: not what _limit_take mirrors)
         if type(limiter.rate) not in (float, int) or type(limiter.burst) is not float:
             return prog
         if rule.limit_key not in _LIMIT_PER:
