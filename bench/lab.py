@@ -31,8 +31,6 @@ Variants (--only NAME,...):
                       every byte, as before inspection depth (a web port's flows never leave)
   ipsctl-inspect      ipsctl, the bench policy, `set offload off`: every packet inspected
   ipsctl-inspect-gso  the same with `ipsctl run --gso on`: TCP super-packets judged whole
-  ipsctl-inspect-busy the same with `ipsctl run --busy-poll 300`: the worker polls its queue
-                      300 us after each burst before it sleeps (a ping's reply is caught)
   ipsctl-inspect-2q   the same with `ipsctl run --queues 2`
   ipsctl-10k          10,000 generated rules before the bench policy's rules, offload off
 Any other variant whose option this ipsctl refuses (`set offload off`, `--queues`) is
@@ -166,13 +164,6 @@ VARIANTS = (
         "ipsctl",
         offload=False,
         run_args=("--gso", "on"),
-    ),
-    Variant(
-        "ipsctl-inspect-busy",
-        "ipsctl, bench policy, offload off, 1 queue, `--busy-poll 300` (300 us after a burst)",
-        "ipsctl",
-        offload=False,
-        run_args=("--busy-poll", "300"),
     ),
     Variant(
         "ipsctl-inspect-2q",
@@ -582,7 +573,7 @@ def measure_storm(b: Bench, parallel: int = 1) -> tuple[float, dict[str, Any]]:
 
 def measure_ping(b: Bench) -> tuple[float, float, dict[str, Any]]:
     count = max(10, int(b.seconds / PING_INTERVAL))
-    # the gateway's CPU while it passes the pings (what polling after a burst costs)
+    # the gateway's CPU while it passes the pings (what an idle gateway's wake-ups cost)
     cpu_before = tree_cpu_seconds(b.gateway.pid) if b.gateway is not None else 0.0
     started = time.monotonic()
     out = b.run(

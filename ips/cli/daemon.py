@@ -154,18 +154,6 @@ from ips.views.status import format_status
     "packet judged and counted)",
 )
 @click.option(
-    "--busy-poll",
-    "busy_poll_us",
-    metavar="USEC",
-    type=click.IntRange(0, 10_000),
-    default=0,
-    show_default=True,
-    help="after a burst of packets, look at the queue again for USEC microseconds before "
-    "sleeping: what the burst set off (a ping's reply, a handshake's next segment) is judged "
-    "without the wake-up of a sleeping thread, at the price of up to USEC of CPU per burst "
-    "(docs/operations.md); 0: sleep at once",
-)
-@click.option(
     "--metrics",
     "metrics",
     metavar="[ADDR:]PORT",

@@ -51,9 +51,6 @@ class DaemonConfig:
     backend: str = "nfqueue"  # nfqueue | divert (pydivert: WinDivert / eBPFDivert)
     nfq_client: str = "own"  # own (ips/io/nfqnl.py, batched verdicts) | netfilterqueue
     nfq_gso: bool = False  # own client: GSO super-packets queued whole (docs/backends.md)
-    # seconds the worker keeps looking at its queue after a burst before it sleeps
-    # (--busy-poll, docs/operations.md); 0: it sleeps at once
-    busy_poll: float = 0.0
     offload_copies: bool = True  # the worker reads offload's NFLOG copies (set from the probe)
     reverse_dns: bool = False  # name responders by reverse DNS (or `set reverse-dns on`)
     store: str | None = None  # the flow and event store: a directory or a postgresql:// URL
@@ -158,7 +155,6 @@ class DaemonConfig:
             backend=backend,
             nfq_client=o.nfq_client or "own",
             nfq_gso=o.nfq_gso == "on",
-            busy_poll=o.busy_poll_us / 1e6,
             reverse_dns=o.reverse_dns,
             store=o.store,
             store_retention=o.store_retention,
@@ -195,7 +191,6 @@ class RunOptions:
     backend: str | None = None  # None: the platform's
     nfq_client: str | None = None  # None: own
     nfq_gso: str | None = None  # on | off; None: off
-    busy_poll_us: int = 0  # microseconds; 0: off
     reverse_dns: bool = False
     store: str | None = None
     store_retention: str = "raw 7d, 1m 90d, 1h 1y, 1d 10y"

@@ -275,7 +275,6 @@ class Worker:
         volumes_fd = volumes.fileno() if volumes is not None else None
         if volumes_fd is not None:
             fds.append(volumes_fd)
-        busy_poll = self.cfg.busy_poll
         started = time.time()
         next_tick = started + TICK_EVERY
         interval = self.cfg.stats_interval
@@ -285,8 +284,6 @@ class Worker:
             ready = wait_readable(fds, HEARTBEAT_EVERY)
             if fd in ready:
                 adapter.process_pending()
-                if busy_poll > 0.0:
-                    poll_after_burst(adapter, fd, busy_poll)
             if copy_fd is not None and copy_fd in ready:
                 adapter.process_copies()
             if volumes is not None and volumes_fd in ready:
@@ -333,23 +330,6 @@ class Worker:
                 print(f"ipsctl worker: held flow records: {exc}", file=sys.stderr, flush=True)
         self.sinks.close()
         self.peers.close()
-
-
-def poll_after_burst(adapter: PacketAdapter, fd: int, seconds: float) -> None:
-    """`--busy-poll`: after a burst, look at the queue again without sleeping, for `seconds`,
-    handling what arrives meanwhile. A thread that sleeps in select() pays a wake-up for its
-    next packet (on a virtual machine, the halted vCPU's too: 100 µs and more); what a burst
-    sets off — the reply to a ping just let through, a handshake's next segment — comes within
-    a few tens of microseconds and is caught here instead. Bounded: at most `seconds` per
-    burst (the loop then goes on to its control messages and ticks), and nothing when the
-    queue stays busy (then the drain itself never sleeps)."""
-    from ips.io.nfqueue import wait_readable
-
-    clock = time.perf_counter
-    deadline = clock() + seconds
-    while clock() < deadline:
-        if wait_readable([fd], 0.0):
-            adapter.process_pending()
 
 
 def worker_main(
