@@ -417,6 +417,8 @@ cdef class FastPath:
     cdef dict programs           # id(candidate tuple) -> (tuple, [RuleProg])
     cdef object last_rules       # the candidate tuple of the last packet, and its program
     cdef list last_progs
+    cdef object other_rules      # the one before (a flow's other direction: a ping's reply)
+    cdef list other_progs
     cdef public long long fast_packets
 
     def __init__(self, engine, double reoffload_after):
@@ -477,11 +479,18 @@ cdef class FastPath:
         self.programs = {}
         self.last_rules = None
         self.last_progs = None
+        self.other_rules = None
+        self.other_progs = None
 
     cdef list _program(self, tuple rules):
         if rules is self.last_rules:  # consecutive packets of one flow, or flows alike
             return self.last_progs
-        progs = self._lookup_program(rules)
+        if rules is self.other_rules:  # the two directions of one flow, in turn
+            progs = self.other_progs
+        else:
+            progs = self._lookup_program(rules)
+        self.other_rules = self.last_rules
+        self.other_progs = self.last_progs
         self.last_rules = rules
         self.last_progs = progs
         return progs
