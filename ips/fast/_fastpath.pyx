@@ -125,6 +125,28 @@ cdef Py_ssize_t F_APP_PROTO = _offset(Flow, "app_proto")
 cdef Py_ssize_t F_BACK_SINCE = _offset(Flow, "back_since")
 cdef Py_ssize_t F_OFFLOADED = _offset(Flow, "offloaded")
 cdef Py_ssize_t F_FLOW_ID = _offset(Flow, "flow_id")
+# The engine's Meta (ips/engine/engine.py, a __slots__ class too): bound when the first
+# FastPath is made (the engine module imports this one, so not at import); left unbound —
+# its attributes then read by name — if its attributes are not such slots any more.
+cdef type META = None
+cdef Py_ssize_t M_IIF = 0, M_OIF = 0, M_MAC = 0, M_LINKTYPE = 0
+
+
+cdef _bind_meta():
+    global META, M_IIF, M_OIF, M_MAC, M_LINKTYPE
+    if META is not None:
+        return
+    try:
+        from ips.engine.engine import Meta
+        M_IIF = _offset(Meta, "iif")
+        M_OIF = _offset(Meta, "oif")
+        M_MAC = _offset(Meta, "mac")
+        M_LINKTYPE = _offset(Meta, "linktype")
+    except ImportError:
+        return
+    META = Meta
+
+
 cdef type RULE = CompiledRule
 cdef Py_ssize_t R_HITS = _offset(CompiledRule, "hits")
 cdef type DECISION = Decision
@@ -427,6 +449,7 @@ cdef class FastPath:
         self.reoffload_after = reoffload_after
         self.programs = {}
         self.fast_packets = 0
+        _bind_meta()
         self.refresh(engine)
 
     def refresh(self, engine):
@@ -515,8 +538,9 @@ cdef class FastPath:
         decodes it itself)."""
         if type(data) is not bytes:
             return None
+        linktype = _get(meta, M_LINKTYPE) if type(meta) is META else meta.linktype
         return self._handle(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-                            meta.linktype, meta, now)
+                            linktype, meta, now)
 
     cdef object _handle(self, const uint8_t *p, Py_ssize_t n, int linktype, object meta,
                         object now_obj):
@@ -637,7 +661,8 @@ cdef class FastPath:
             expiry = self.blocked.get(src)
             if expiry is not None and expiry > now_obj:
                 return None
-        mac = meta.mac
+        cdef bint meta_slots = type(meta) is META
+        mac = _get(meta, M_MAC) if meta_slots else meta.mac
         if mac is not None and self.blocks.macs:
             return None
         if self.nat_replies:
@@ -690,8 +715,12 @@ cdef class FastPath:
             elif fwd and not replied and self.echo_reply_busy:
                 return None  # an echo reply nobody asked for: reflection's
         # ---- the rules the flow's cache names
-        iif = meta.iif
-        oif = meta.oif
+        if meta_slots:
+            iif = _get(meta, M_IIF)
+            oif = _get(meta, M_OIF)
+        else:
+            iif = meta.iif
+            oif = meta.oif
         cache_obj = _get(flow, F_CACHE_FWD) if fwd else _get(flow, F_CACHE_REV)
         if type(cache_obj) is not tuple or len(<tuple>cache_obj) < 5:
             return None
