@@ -580,6 +580,9 @@ def measure_storm(b: Bench, parallel: int = 1) -> tuple[float, dict[str, Any]]:
 
 def measure_ping(b: Bench) -> tuple[float, float, dict[str, Any]]:
     count = max(10, int(b.seconds / PING_INTERVAL))
+    # the gateway's CPU while it passes the pings (what an idle gateway's wake-ups cost)
+    cpu_before = tree_cpu_seconds(b.gateway.pid) if b.gateway is not None else 0.0
+    started = time.monotonic()
     out = b.run(
         "client",
         [
@@ -595,10 +598,15 @@ def measure_ping(b: Bench) -> tuple[float, float, dict[str, Any]]:
         ],
         timeout=b.seconds + STEP_SLACK,
     ).stdout
+    info: dict[str, Any] = {"sent": count}
+    if b.gateway is not None:
+        cpu = tree_cpu_seconds(b.gateway.pid) - cpu_before
+        info["gw_cpu_percent"] = round(100 * cpu / (time.monotonic() - started), 2)
     rtts = sorted(float(m) * 1000 for m in re.findall(r"time=([\d.]+) ms", out))
     if len(rtts) < count // 2:
         raise BenchError(f"ping: only {len(rtts)} of {count} replies")
-    return percentile(rtts, 50), percentile(rtts, 99), {"replies": len(rtts), "sent": count}
+    info["replies"] = len(rtts)
+    return percentile(rtts, 50), percentile(rtts, 99), info
 
 
 def percentile(sorted_values: list[float], p: float) -> float:
@@ -1211,6 +1219,10 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
                 f"  {name}: gateway CPU us per UDP packet handled: "
                 f"{r['median'][UDP_CPU]:.1f} (each run {each})"
             )
+    for name, r in res.items():
+        if r["status"] == "ok" and "gw_cpu_percent" in r["runs"][0]["detail"].get("ping", {}):
+            each = "/".join(f"{run['detail']['ping']['gw_cpu_percent']:.1f}" for run in r["runs"])
+            print(f"  {name}: gateway CPU while pinging, % of a core, each run: {each}")
     for name, r in res.items():
         if r.get("note"):
             print(f"  {name}: {r['note']}")

@@ -56,6 +56,9 @@ class TokenBuckets:
         self.buckets: dict[object, list[float]] = {}
 
     def take(self, key: object, now: float) -> bool:
+        # ips/fast/_fastpath.pyx (`_limit_take`) does this for the packets it decides, when
+        # the bucket exists and has a token, with the same double operations in the same
+        # order: whoever changes one changes the other (the differential test compares them).
         bucket = self.buckets.get(key)
         if bucket is None:
             if len(self.buckets) >= self.max_keys:

@@ -99,13 +99,31 @@ Result = tuple[list[DetectorEffect] | None, str | None]
 
 
 class PacketInterest(NamedTuple):
-    """Which packets of a flow past its first packet the detectors need (`observe` returns
-    None for the others, touching nothing): TCP packets whose flags byte is not quiet
-    (tcp_quiet[flags] False), UDP packets of a flow not answered yet when udp_unreplied,
-    and every packet of any other protocol."""
+    """What `observe` does with the packets of a flow past its first packet, declared for
+    the compiled fast path (ips/fast/_fastpath.pyx), which decides some of them without
+    calling it. `observe` returns None, touching nothing, for TCP packets whose flags byte
+    is quiet (tcp_quiet[flags]) and for UDP of an answered flow. For the others:
+
+      UDP of a flow not answered (forward)   nothing unless udp_unreplied; then each flood
+        of udp_floods counts it (Flood.count), and reflection counts it when it comes from
+        one of amplifier_ports (a byte per port, None: no reflection) to another port
+        (Reflection.udp_answer, .count); past the first packet, nothing else (`_udp`)
+      ICMP/ICMPv6 echo request               each flood of echo_floods counts it (`_icmp`)
+      echo reply, forward, flow not answered reflection counts it if echo_reply_unanswered
+      echo reply otherwise                   nothing
+      every other packet                     anything: the fast path leaves it to Python
+
+    The fast path may count a flood's packet itself, with Flood.count's arithmetic, when
+    its bucket exists and has a token (a new key or a packet over the rate: Python).
+    Whoever changes what `_udp` or `_icmp` does past a flow's first packet changes this
+    too; tests/pure/test_fastpath_differential.py holds them together."""
 
     tcp_quiet: tuple[bool, ...]
     udp_unreplied: bool
+    udp_floods: tuple[Flood, ...] = ()
+    amplifier_ports: bytes | None = None
+    echo_floods: tuple[Flood, ...] = ()
+    echo_reply_unanswered: bool = False
 
 
 # The detector classes whose packets `observe` routes by the tests PacketInterest declares.
@@ -186,7 +204,15 @@ class Detectors:
         # tests/pure/test_fastpath_differential.py, holds them together).
         self.interest: PacketInterest | None = None
         if all(type(d) in _DECLARED for d in dets):
-            self.interest = PacketInterest(self._tcp_quiet, self._udp_busy)
+            reflection = self.reflection
+            self.interest = PacketInterest(
+                self._tcp_quiet,
+                bool(self.udpfloods) or reflection is not None,  # (the scans: first only)
+                self.udpfloods,
+                reflection.ports if reflection is not None else None,
+                self.icmpfloods,
+                reflection is not None,
+            )
 
     def __bool__(self) -> bool:
         return bool(self.by_name)

@@ -47,7 +47,12 @@ class Flood(BucketDetector):
         return len(self.buckets)
 
     def count(self, pkt: Packet, flow: Flow, now: float, out: list[DetectorEffect]) -> bool:
-        """Count one packet; True when it is over the rate and the response is `limit`."""
+        """Count one packet; True when it is over the rate and the response is `limit`.
+
+        ips/fast/_fastpath.pyx (`_floods_take`) does this for the packets it decides, when
+        the bucket exists and has a token: the same ignore test and double operations in the
+        same order. Whoever changes one changes the other (tests/pure/
+        test_fastpath_differential.py compares the buckets to the bit)."""
         key = pkt.src if self.per_src else pkt.dst
         if self.ignore is not None and (
             pkt.src in self.ignore or (not self.per_src and key in self.ignore)

@@ -8,24 +8,28 @@ decoded (a `Packet`, as ips/core/decode.py makes it, for `Engine.handle_packet`)
 decoded here: `Engine.handle_python`). A packet qualifies when:
 
   * its bytes are raw IP or Ethernet without VLAN tags, IPv4 without options and not a
-    fragment, or IPv6 without extension headers, carrying TCP or UDP whose header the
-    decoder would accept (anything it would count as malformed goes to Python);
+    fragment, or IPv6 without extension headers, carrying TCP, UDP or an ICMP/ICMPv6 echo
+    request or reply whose header the decoder would accept (anything it would count as
+    malformed goes to Python);
   * its flow exists, has no translation (NAT), no application-layer work left
     (`app_state is None`), and its rule cache for this direction was made under the
     running policy and the packet's interfaces;
   * TCP: the flow is established and the packet carries no SYN, FIN or RST (those move the
     state machine), so the flow table would only count it;
   * no block applies (the `banned` table, a MAC block, a translated reply), and the
-    policy's detectors declared this packet of no interest (`Detectors.interest`; a policy
+    policy's detectors declared that they do nothing with this packet, or only count it in
+    a flood's token bucket that exists and has a token (`Detectors.interest`; a policy
     whose detectors declare nothing sends every packet to Python);
   * walking the cached candidate rules in order, every rule reached has conditions this
-    module evaluates exactly (TCP flags, ICMP type, length, state, fragment, payload
-    contains) and the first that matches is a terminal rule with a prebuilt Decision
-    (accept or drop, no alert or log, no limit) -- or none matches and the default is
-    accept or drop. A payload rule that *matches* goes to Python (its alert is made there).
+    module evaluates exactly (TCP flags, ICMP type and code, length, state, fragment,
+    payload contains) and the first that matches is a terminal rule with a prebuilt
+    Decision (accept or drop, no alert or log; a `limit` whose bucket exists and has a
+    token) -- or none matches and the default is accept or drop. A payload rule that
+    *matches* goes to Python (its alert is made there).
 
-Then it counts what the engine counts (EngineStats.packets and verdicts, the flow's packets,
-bytes, flags and last_seen, the rule's hits, an offload) and returns the rule's Decision
+Then it counts what the engine counts (the flood and limit buckets, EngineStats.packets and
+verdicts, the flow's packets, bytes, flags and last_seen, the rule's hits, an offload) and
+returns the rule's Decision
 (or its offload variant, chosen as ips/engine/offload.py chooses). tests/pure/
 test_fastpath_differential.py holds it to the Python engine, packet for packet.
 
@@ -36,6 +40,8 @@ each tick, each decision with effects, and each record it leaves to the Python r
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
@@ -45,6 +51,8 @@ from cpython.ref cimport Py_XDECREF
 from ips.core.decision import Decision
 from ips.core.flow import Flow
 from ips.core.packet import Packet
+from ips.core.tables import TokenBuckets
+from ips.detect.flood import Flood
 from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledRule
 from ips.policy.model import ACCEPT, DROP
 
@@ -116,6 +124,29 @@ cdef Py_ssize_t F_APP = _offset(Flow, "app")
 cdef Py_ssize_t F_APP_PROTO = _offset(Flow, "app_proto")
 cdef Py_ssize_t F_BACK_SINCE = _offset(Flow, "back_since")
 cdef Py_ssize_t F_OFFLOADED = _offset(Flow, "offloaded")
+cdef Py_ssize_t F_FLOW_ID = _offset(Flow, "flow_id")
+# The engine's Meta (ips/engine/engine.py, a __slots__ class too): bound when the first
+# FastPath is made (the engine module imports this one, so not at import); left unbound —
+# its attributes then read by name — if its attributes are not such slots any more.
+cdef type META = None
+cdef Py_ssize_t M_IIF = 0, M_OIF = 0, M_MAC = 0, M_LINKTYPE = 0
+
+
+cdef _bind_meta():
+    global META, M_IIF, M_OIF, M_MAC, M_LINKTYPE
+    if META is not None:
+        return
+    try:
+        from ips.engine.engine import Meta
+        M_IIF = _offset(Meta, "iif")
+        M_OIF = _offset(Meta, "oif")
+        M_MAC = _offset(Meta, "mac")
+        M_LINKTYPE = _offset(Meta, "linktype")
+    except ImportError:
+        return
+    META = Meta
+
+
 cdef type RULE = CompiledRule
 cdef Py_ssize_t R_HITS = _offset(CompiledRule, "hits")
 cdef type DECISION = Decision
@@ -125,8 +156,10 @@ cdef extern from "<string.h>" nogil:
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 
 cdef enum:
+    PROTO_ICMP = 1
     PROTO_TCP = 6
     PROTO_UDP = 17
+    PROTO_ICMPV6 = 58
     TCP_FIN = 0x01
     TCP_SYN = 0x02
     TCP_RST = 0x04
@@ -150,6 +183,111 @@ cdef enum:
     LEN_GT = 5
     LEN_GE = 6
     LEN_RANGE = 7
+    # RuleProg.limit_per: the key of a rule's `limit` buckets (ips/engine/engine.py _limit_key)
+    LIMIT_NONE = 0
+    LIMIT_SRC = 1
+    LIMIT_DST = 2
+    LIMIT_FLOW = 3
+    LIMIT_RULE = 4
+    # flood detectors counted here per packet, at most (a policy has one or two of a kind)
+    MAX_FLOODS = 8
+
+_LIMIT_PER = {"src": LIMIT_SRC, "dst": LIMIT_DST, "flow": LIMIT_FLOW, "rule": LIMIT_RULE}
+
+# ---- token buckets --------------------------------------------------------------------------
+# The detectors' floods (ips/detect/flood.py Flood.count) and the rules' limits
+# (ips/core/tables.py TokenBuckets.take) keep [tokens, last update, ...] lists of Python
+# floats; this module updates them for the packets it decides, with the same double
+# operations in the same order, so that both paths leave the same bits behind. The product
+# is rounded before the sum, as Python rounds it: a fused multiply-add (which a compiler may
+# make of `a + b * c`) rounds once and could differ in the last bit.
+cdef extern from *:
+    """
+    static double ips_refill(double tokens, double elapsed, double rate) {
+        volatile double product = elapsed * rate;
+        return tokens + product;
+    }
+    """
+    double ips_refill(double tokens, double elapsed, double rate)
+
+
+cdef struct BucketUpdate:
+    PyObject *bucket    # the bucket's list (borrowed: its detector's table holds it)
+    double tokens       # its tokens after this packet
+    bint refilled       # its last update moves to now
+
+
+cdef class FloodProg:
+    """One flood detector (Flood) as this module counts its packets: Flood.count for a
+    packet whose bucket exists and has a token. Read when the policy is loaded (a detector's
+    rate, burst and table never change afterwards: BucketDetector empties its table in
+    place)."""
+    cdef dict buckets
+    cdef bint per_src
+    cdef double rate, burst
+    cdef object ignore            # the `ignore` AddrList, or None
+
+
+cdef tuple _flood_progs(object floods):
+    """FloodProgs of the flood detectors a PacketInterest names, or None when one of them is
+    not what this module knows how to count (then their packets go to Python)."""
+    progs = []
+    for det in floods:
+        if not isinstance(det, Flood) or type(det).count is not Flood.count:
+            return None  # a flood that counts otherwise: not what _floods_take mirrors
+        if type(det.buckets) is not dict:
+            return None
+        if type(det.rate) is not float or type(det.burst) is not float:
+            return None
+        prog = FloodProg()
+        prog.buckets = det.buckets
+        prog.per_src = bool(det.per_src)
+        prog.rate = det.rate
+        prog.burst = det.burst
+        prog.ignore = det.ignore
+        progs.append(prog)
+    if len(progs) > MAX_FLOODS:
+        return None
+    return tuple(progs)
+
+
+cdef int _floods_take(tuple floods, object src, object dst, double now,
+                      BucketUpdate *out) except -2:
+    """Flood.count of every flood in `floods` for one packet, without changing anything:
+    the updates to make (their number), or -1 when a bucket is missing (Python makes it) or
+    has no token left (over the rate: Python alerts, limits or asks for a block)."""
+    cdef FloodProg flood
+    cdef int n = 0
+    cdef PyObject *found
+    cdef double tokens, elapsed
+    cdef bint refilled
+    for flood in floods:
+        key = src if flood.per_src else dst
+        if flood.ignore is not None:
+            # The same membership test Flood.count makes (an ignored packet is not counted).
+            if src in flood.ignore or (not flood.per_src and key in flood.ignore):
+                continue
+        found = PyDict_GetItem(flood.buckets, key)
+        if found is NULL or type(<object>found) is not list or PyList_GET_SIZE(<object>found) < 2:
+            return -1
+        first = <object>PyList_GET_ITEM(<object>found, 0)
+        last = <object>PyList_GET_ITEM(<object>found, 1)
+        if not PyFloat_CheckExact(first) or not PyFloat_CheckExact(last):
+            return -1
+        tokens = PyFloat_AS_DOUBLE(first)
+        elapsed = now - PyFloat_AS_DOUBLE(last)
+        refilled = False
+        if elapsed > 0.0:
+            tokens = ips_refill(tokens, elapsed, flood.rate)
+            tokens = tokens if tokens < flood.burst else flood.burst
+            refilled = True
+        if not tokens >= 1.0:
+            return -1
+        out[n].bucket = found
+        out[n].tokens = tokens - 1.0
+        out[n].refilled = refilled
+        n += 1
+    return n
 
 cdef int _OFFLOAD_WHEN_APP_DONE = OFFLOAD_WHEN_APP_DONE
 cdef int _OFFLOAD_LATER = OFFLOAD_LATER
@@ -181,6 +319,12 @@ cdef class RuleProg:
     cdef int length_op, length_lo, length_hi
     cdef bint has_states, want_new, want_est
     cdef tuple contains           # ((pattern, nocase), ...)
+    cdef bint has_icmp            # `type`: the ICMP types (and code) it matches
+    cdef uint8_t icmp_types[256]
+    cdef int icmp_code            # -1: any code
+    cdef int limit_per            # LIMIT_NONE, or the key of its `limit` buckets
+    cdef dict limit_buckets       # its TokenBuckets' table (never replaced: emptied in place)
+    cdef double limit_rate, limit_burst
 
 
 cdef RuleProg _rule_prog(object rule):
@@ -204,15 +348,43 @@ cdef RuleProg _rule_prog(object rule):
     for name, field in fields.items():
         if name not in KNOWN_SPEC_FIELDS and getattr(spec, name) != field.default:
             return prog
-    if rule.limiter is not None or spec.limit is not None or spec.app:
+    if spec.app:
         return prog
+    limiter = rule.limiter
+    if (limiter is None) != (spec.limit is None):
+        return prog
+    if limiter is not None:
+        # A `limit`: TokenBuckets.take, done here for a bucket that exists and has a token.
+        if type(limiter) is not TokenBuckets or type(limiter.buckets) is not dict:
+            return prog  # (a subclass may take otherwise: not what _limit_take mirrors)
+        if type(limiter.rate) not in (float, int) or type(limiter.burst) is not float:
+            return prog
+        if rule.limit_key not in _LIMIT_PER:
+            return prog
+        prog.limit_per = _LIMIT_PER[rule.limit_key]
+        prog.limit_buckets = limiter.buckets
+        # float * int converts the int as float() does: the same double
+        prog.limit_rate = float(limiter.rate)
+        prog.limit_burst = limiter.burst
     for addr in (spec.src, spec.dst):
         if addr is not None and addr.dynamic:
             return prog
-    if spec.icmp_types is not None or spec.fragment:
-        # TCP and UDP packets have icmp_type -1 and are not fragments here: never a match.
+    if spec.fragment:
+        # The packets of this module are not fragments: never a match.
         prog.kind = RULE_NEVER
         return prog
+    prog.icmp_code = -1
+    if spec.icmp_types is not None:
+        # TCP and UDP packets have icmp_type -1: never a match for them.
+        prog.has_icmp = True
+        for itype in spec.icmp_types:
+            if not 0 <= itype <= 255:
+                return prog
+            prog.icmp_types[itype] = 1
+        if spec.icmp_code is not None:
+            if not 0 <= spec.icmp_code <= 255:
+                return prog
+            prog.icmp_code = spec.icmp_code
     if spec.flags is not None:
         prog.has_flags = True
         prog.flags_value, prog.flags_mask = spec.flags
@@ -226,7 +398,9 @@ cdef RuleProg _rule_prog(object rule):
         prog.want_new = "new" in spec.states
         prog.want_est = "established" in spec.states
     prog.contains = tuple((bytes(p), bool(nocase)) for p, nocase in spec.contains)
-    any_dynamic = prog.has_flags or prog.length_op or prog.has_states or prog.contains
+    any_dynamic = (
+        prog.has_flags or prog.length_op or prog.has_states or prog.contains or prog.has_icmp
+    )
     if rule.check is not None and not any_dynamic:
         return prog  # the compiler checks something this module does not know of
     if rule.check is None and any_dynamic:
@@ -250,6 +424,13 @@ cdef class FastPath:
     cdef bint detect_declared
     cdef uint8_t tcp_quiet[256]
     cdef bint udp_unreplied_busy
+    # What the detectors do with the packets they look at that this module decides anyway
+    # (PacketInterest): the floods it counts itself (None: it may not; Python), reflection's
+    # amplifier ports, and whether a forward echo reply of an unanswered flow is wanted.
+    cdef tuple udp_floods
+    cdef bytes amplifier_ports
+    cdef tuple echo_floods
+    cdef bint echo_reply_busy
     cdef object default_decision
     cdef object default_offload  # None unless the default verdict is accept
     cdef bint default_fast       # default accept or drop (reject makes a reply: Python)
@@ -258,6 +439,8 @@ cdef class FastPath:
     cdef dict programs           # id(candidate tuple) -> (tuple, [RuleProg])
     cdef object last_rules       # the candidate tuple of the last packet, and its program
     cdef list last_progs
+    cdef object other_rules      # the one before (a flow's other direction: a ping's reply)
+    cdef list other_progs
     cdef public long long fast_packets
 
     def __init__(self, engine, double reoffload_after):
@@ -266,6 +449,7 @@ cdef class FastPath:
         self.reoffload_after = reoffload_after
         self.programs = {}
         self.fast_packets = 0
+        _bind_meta()
         self.refresh(engine)
 
     def refresh(self, engine):
@@ -284,6 +468,10 @@ cdef class FastPath:
         self.has_detect = detect is not None
         self.detect_declared = True
         self.udp_unreplied_busy = False
+        self.udp_floods = ()
+        self.amplifier_ports = None
+        self.echo_floods = ()
+        self.echo_reply_busy = False
         cdef int i
         for i in range(256):
             self.tcp_quiet[i] = 1
@@ -295,6 +483,14 @@ cdef class FastPath:
                 for i in range(256):
                     self.tcp_quiet[i] = 1 if interest.tcp_quiet[i] else 0
                 self.udp_unreplied_busy = bool(interest.udp_unreplied)
+                self.udp_floods = _flood_progs(interest.udp_floods)
+                ports = interest.amplifier_ports
+                if ports is not None and (type(ports) is not bytes or len(ports) != 65536):
+                    self.udp_floods = None  # not the table this module reads: Python
+                    ports = None
+                self.amplifier_ports = ports
+                self.echo_floods = _flood_progs(interest.echo_floods)
+                self.echo_reply_busy = bool(interest.echo_reply_unanswered)
         self.default_decision = engine._default
         self.default_offload = engine._default_offload
         verdict = engine._default.verdict
@@ -306,11 +502,18 @@ cdef class FastPath:
         self.programs = {}
         self.last_rules = None
         self.last_progs = None
+        self.other_rules = None
+        self.other_progs = None
 
     cdef list _program(self, tuple rules):
         if rules is self.last_rules:  # consecutive packets of one flow, or flows alike
             return self.last_progs
-        progs = self._lookup_program(rules)
+        if rules is self.other_rules:  # the two directions of one flow, in turn
+            progs = self.other_progs
+        else:
+            progs = self._lookup_program(rules)
+        self.other_rules = self.last_rules
+        self.other_progs = self.last_progs
         self.last_rules = rules
         self.last_progs = progs
         return progs
@@ -335,13 +538,15 @@ cdef class FastPath:
         decodes it itself)."""
         if type(data) is not bytes:
             return None
+        linktype = _get(meta, M_LINKTYPE) if type(meta) is META else meta.linktype
         return self._handle(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-                            meta.linktype, meta, now)
+                            linktype, meta, now)
 
     cdef object _handle(self, const uint8_t *p, Py_ssize_t n, int linktype, object meta,
                         object now_obj):
         cdef Py_ssize_t off = 0
         cdef int proto, family, sport, dport, flags = 0, doff, hl
+        cdef int icmp_type = -1, icmp_code = -1
         cdef Py_ssize_t total, payload_offset, ulen
         cdef Py_ssize_t addr_len, src_off, dst_off
         cdef int ttl, tos
@@ -402,17 +607,33 @@ cdef class FastPath:
             if ulen < 8 or ulen > total - hl:
                 return None
             payload_offset = hl + 8
+        elif proto == (PROTO_ICMP if family == 4 else PROTO_ICMPV6):
+            # Echo requests and replies only: the identifier is in both port fields (the
+            # flow's key), as ips/core/decode.py puts it. Other ICMP messages: Python.
+            if total - hl < 8:
+                return None
+            icmp_type = p[hl]
+            icmp_code = p[hl + 1]
+            if family == 4:
+                if icmp_type != 8 and icmp_type != 0:
+                    return None
+            elif icmp_type != 128 and icmp_type != 129:
+                return None
+            payload_offset = hl + 8
         else:
             return None
-        sport = (p[hl] << 8) | p[hl + 1]
-        dport = (p[hl + 2] << 8) | p[hl + 3]
+        if icmp_type >= 0:
+            sport = dport = (p[hl + 4] << 8) | p[hl + 5]
+        else:
+            sport = (p[hl] << 8) | p[hl + 1]
+            dport = (p[hl + 2] << 8) | p[hl + 3]
         addr_len = 4 if family == 4 else 16
         src_off = 12 if family == 4 else 8
         dst_off = 16 if family == 4 else 24
         src = PyBytes_FromStringAndSize(<const char *>p + src_off, addr_len)
         dst = PyBytes_FromStringAndSize(<const char *>p + dst_off, addr_len)
-        decision = self._decide(p, proto, total, payload_offset, sport, dport, flags, src, dst,
-                                meta, now_obj)
+        decision = self._decide(p, proto, total, payload_offset, sport, dport, flags, icmp_type,
+                                icmp_code, src, dst, meta, now_obj)
         if decision is not None:
             return decision
         # Not for this path: the packet as the Python decoder makes it, for the engine.
@@ -423,12 +644,15 @@ cdef class FastPath:
             ttl = p[7]
             tos = ((p[0] & 0x0F) << 4) | (p[1] >> 4)
         return PACKET(PyBytes_FromStringAndSize(<const char *>p, total), family, src, dst, proto,
-                      sport, dport, flags, -1, -1, ttl, tos, hl, payload_offset, 0, ())
+                      sport, dport, flags, icmp_type, icmp_code, ttl, tos, hl, payload_offset, 0,
+                      ())
 
     cdef object _decide(self, const uint8_t *p, int proto, Py_ssize_t total,
-                        Py_ssize_t payload_offset, int sport, int dport, int flags, object src,
-                        object dst, object meta, object now_obj):
-        """The Decision of a decoded TCP or UDP packet, counted; None: nothing changed."""
+                        Py_ssize_t payload_offset, int sport, int dport, int flags,
+                        int icmp_type, int icmp_code, object src, object dst, object meta,
+                        object now_obj):
+        """The Decision of a decoded TCP, UDP or ICMP echo packet, counted; None: nothing
+        changed."""
         cdef double now = now_obj
         if proto == PROTO_TCP and flags & STATE_FLAGS:
             return None  # the state machine's business
@@ -437,7 +661,8 @@ cdef class FastPath:
             expiry = self.blocked.get(src)
             if expiry is not None and expiry > now_obj:
                 return None
-        mac = meta.mac
+        cdef bint meta_slots = type(meta) is META
+        mac = _get(meta, M_MAC) if meta_slots else meta.mac
         if mac is not None and self.blocks.macs:
             return None
         if self.nat_replies:
@@ -460,18 +685,42 @@ cdef class FastPath:
         if proto == PROTO_TCP:
             if _get(flow, F_TCP_STATE) != TCP_ESTABLISHED:
                 return None
-        # ---- detectors
+        # ---- detectors: Detectors.observe for a packet past its flow's first
+        cdef BucketUpdate updates[MAX_FLOODS]
+        cdef int n_updates = 0
+        cdef tuple floods = None
         if self.has_detect:
             if not self.detect_declared:
                 return None
             if proto == PROTO_TCP:
                 if not self.tcp_quiet[flags]:
                     return None
-            elif self.udp_unreplied_busy and not replied:
-                return None
+            elif proto == PROTO_UDP:
+                if self.udp_unreplied_busy and not replied:
+                    # forward, of a flow nobody answered: the udpfloods count it, reflection
+                    # wants it when it comes from an amplifier port (to another port)
+                    if self.udp_floods is None:
+                        return None
+                    if self.amplifier_ports is not None and sport != dport and (
+                        (<const uint8_t *>PyBytes_AS_STRING(self.amplifier_ports))[sport]
+                    ):
+                        return None
+                    floods = self.udp_floods
+            elif icmp_type == 8 or icmp_type == 128:
+                # an echo request: the icmpfloods count it (sweep and reflection look at a
+                # flow's first, which is never here: its flow would not exist yet)
+                if self.echo_floods is None:
+                    return None
+                floods = self.echo_floods
+            elif fwd and not replied and self.echo_reply_busy:
+                return None  # an echo reply nobody asked for: reflection's
         # ---- the rules the flow's cache names
-        iif = meta.iif
-        oif = meta.oif
+        if meta_slots:
+            iif = _get(meta, M_IIF)
+            oif = _get(meta, M_OIF)
+        else:
+            iif = meta.iif
+            oif = meta.oif
         cache_obj = _get(flow, F_CACHE_FWD) if fwd else _get(flow, F_CACHE_REV)
         if type(cache_obj) is not tuple or len(<tuple>cache_obj) < 5:
             return None
@@ -485,11 +734,18 @@ cdef class FastPath:
         cdef RuleProg matched = None
         cdef Py_ssize_t length = total
         cdef bint ok
+        cdef object limit_bucket = None   # the matched rule's `limit` bucket, and its tokens
+        cdef double limit_tokens = 0.0
         for prog in progs:
             if prog.kind == RULE_NEVER:
                 continue
             if prog.kind == RULE_BAIL:
                 return None
+            if prog.has_icmp:
+                if icmp_type < 0 or not prog.icmp_types[icmp_type]:
+                    continue
+                if prog.icmp_code >= 0 and icmp_code != prog.icmp_code:
+                    continue
             if prog.has_flags and (flags & prog.flags_mask) != prog.flags_value:
                 continue
             if prog.length_op:
@@ -512,6 +768,13 @@ cdef class FastPath:
             # matched
             if not prog.terminal or prog.decision is None:
                 return None  # alerts, logs, rejects, rewrites: Python
+            if prog.limit_per != LIMIT_NONE:
+                limit_bucket = _limit_bucket(prog, src, dst, flow)
+                if limit_bucket is None:
+                    return None  # a new key: Python makes its bucket
+                limit_tokens = _limit_take(prog, <list>limit_bucket, now)
+                if not limit_tokens >= 0.0:
+                    return None  # over the rate: its `else`, or the rules after it (Python)
             matched = prog
             break
         if matched is None and not self.default_fast:
@@ -526,7 +789,24 @@ cdef class FastPath:
                     _get(flow, F_CACHE_REV)
                 ):
                     return None
-        # ---- decided: count as the Python path does, in its order
+        # The floods' buckets last: nothing that may still send the packet to Python (and
+        # no Python code) runs between their reading and their update.
+        if floods is not None and len(floods) > 0:
+            n_updates = _floods_take(floods, src, dst, now, updates)
+            if n_updates < 0:
+                return None
+        # ---- decided: count as the Python path does (its order matters only for what is
+        # read back, and nothing here reads what it wrote)
+        cdef int i
+        cdef list bucket
+        for i in range(n_updates):
+            bucket = <list><object>updates[i].bucket
+            bucket[0] = updates[i].tokens
+            if updates[i].refilled:
+                bucket[1] = now_obj
+        if limit_bucket is not None:
+            (<list>limit_bucket)[0] = limit_tokens
+            (<list>limit_bucket)[1] = now_obj
         counts = self.stats_dict
         counts["packets"] = counts["packets"] + 1
         if fwd:
@@ -593,6 +873,47 @@ cdef class FastPath:
             counts = self.stats_dict
             counts["offloaded"] = counts["offloaded"] + 1
         return OFFLOAD_FLOW
+
+
+cdef object _limit_bucket(RuleProg prog, object src, object dst, object flow):
+    """The bucket TokenBuckets.take would update for this packet (its key as
+    ips/engine/engine.py `_limit_key` makes it), or None when there is none yet or it is not
+    a pair of floats."""
+    cdef int per = prog.limit_per
+    if per == LIMIT_SRC:
+        key = src
+    elif per == LIMIT_DST:
+        key = dst
+    elif per == LIMIT_FLOW:
+        key = _get(flow, F_FLOW_ID)
+    else:
+        key = None
+    cdef PyObject *found = PyDict_GetItem(prog.limit_buckets, key)
+    if found is NULL:
+        return None
+    bucket = <object>found
+    if type(bucket) is not list or PyList_GET_SIZE(bucket) < 2:
+        return None
+    if not PyFloat_CheckExact(<object>PyList_GET_ITEM(bucket, 0)):
+        return None
+    if not PyFloat_CheckExact(<object>PyList_GET_ITEM(bucket, 1)):
+        return None
+    return bucket
+
+
+cdef double _limit_take(RuleProg prog, list bucket, double now):
+    """TokenBuckets.take without its writes: the bucket's tokens after taking one, or -1
+    when it has none (over the rate)."""
+    cdef double tokens = ips_refill(
+        PyFloat_AS_DOUBLE(<object>PyList_GET_ITEM(bucket, 0)),
+        now - PyFloat_AS_DOUBLE(<object>PyList_GET_ITEM(bucket, 1)),
+        prog.limit_rate,
+    )
+    if tokens > prog.limit_burst:
+        tokens = prog.limit_burst
+    if tokens >= 1.0:
+        return tokens - 1.0
+    return -1.0
 
 
 cdef inline bint _waits_on_plan(object cache):
