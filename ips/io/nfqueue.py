@@ -7,7 +7,10 @@ ips/daemon/worker.py) so a hung worker can be killed and replaced.
 
 Two clients of the queue: our own (ips/io/nfqnl.py, the default), which sends the verdicts
 of plain accepts as NFQNL_MSG_VERDICT_BATCH runs, and the netfilterqueue binding (one verdict
-per packet; `ipsctl run --nfq-client netfilterqueue`). Both tell the kernel, per packet,
+per packet; `ipsctl run --nfq-client netfilterqueue`). Our own client's loop runs compiled
+when the extension is built (ips/io/_nfqdrain.pyx: the same verdicts and bookkeeping, the
+engine's fast path called from C; `_judge_decoded`, `_judge_queued` and `_verdict_for` are
+its ways back into Python), else in Python (`NfqClient.drain` with `_on_queued`). Both tell the kernel, per packet,
 what `kernel_verdict` maps the engine's decision to:
   accept   -> NF_ACCEPT (own client: batched with its neighbours)
   offload  -> NF_ACCEPT with the packet's mark | OFFLOAD_MARK (the kernel passes the flow on),
