@@ -10,8 +10,8 @@ of plain accepts as NFQNL_MSG_VERDICT_BATCH runs, and the netfilterqueue binding
 per packet; `ipsctl run --nfq-client netfilterqueue`). Our own client's loop runs compiled
 when the extension is built (ips/io/_nfqdrain.pyx: the same verdicts and bookkeeping, the
 engine's fast path called from C; `_judge_decoded`, `_judge_queued` and `_verdict_for` are
-its ways back into Python), else in Python (`NfqClient.drain` with `_on_queued`). Both tell the kernel, per packet,
-what `kernel_verdict` maps the engine's decision to:
+its ways back into Python), else in Python (`NfqClient.drain` with `_on_queued`). Both
+clients tell the kernel, per packet, what `kernel_verdict` maps the engine's decision to:
   accept   -> NF_ACCEPT (own client: batched with its neighbours)
   offload  -> NF_ACCEPT with the packet's mark | OFFLOAD_MARK (the kernel passes the flow on),
               or | HANDSHAKE_ACK_MARK (a SYN+ACK: the kernel passes the bare ACK that follows)
