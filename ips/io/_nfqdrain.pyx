@@ -233,6 +233,11 @@ cdef class CompiledDrain:
     cdef long long published
     cdef object cell
     cdef uint32_t offload_bits   # the mark bit of the offload _decided saw last
+    # The fast path returns the policy's prebuilt Decisions, the same few objects again and
+    # again: the last one seen and what _decided made of it (held, so never another's id).
+    cdef object last_decision
+    cdef int last_kind
+    cdef uint32_t last_bits
     cdef public long long compiled_packets  # decided by the fast path inside this loop
 
     def __cinit__(self):
@@ -602,6 +607,16 @@ cdef class CompiledDrain:
         """What `kernel_verdict` gives for a Decision of the fast path, when it is one of the
         three this loop sends itself: 1 plain accept, 2 drop, 3 accept with the offload mark
         (offload_bits). -1: anything else (effects, new bytes, a reject): Python."""
+        if decision is self.last_decision:
+            self.offload_bits = self.last_bits
+            return self.last_kind
+        kind = self._kind(decision)
+        self.last_decision = decision
+        self.last_kind = kind
+        self.last_bits = self.offload_bits
+        return kind
+
+    cdef int _kind(self, object decision) except -2:
         effects = decision.effects
         if effects:
             return -1
