@@ -544,13 +544,19 @@ cdef class CompiledDrain:
                             plain = 1 if on_error == NF_ACCEPT else 4
                         # the worker's bookkeeping (_judged, then _counted)
                         self.judged += 1
-                        if blocks is not None and blocks.pending_since is not None and blocks.overdue():
-                            blocks.flush()
-                        busy_count += 1
-                        if busy_count >= _BUSY_EVERY:
-                            busy_count = 0
-                            if on_busy is not None:
-                                on_busy()
+                        try:
+                            if (blocks is not None and blocks.pending_since is not None
+                                    and blocks.overdue()):
+                                blocks.flush()
+                            busy_count += 1
+                            if busy_count >= _BUSY_EVERY:
+                                busy_count = 0
+                                if on_busy is not None:
+                                    on_busy()
+                        except Exception:
+                            # Out of _on_queued in Python: the drain's handler error, on_error
+                            client.handler_errors += 1
+                            plain = 1 if on_error == NF_ACCEPT else 4
                         # the verdict, in the Python drain's order
                         if plain == 1:
                             if batch and handled > batch_after:

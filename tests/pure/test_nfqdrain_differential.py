@@ -488,3 +488,35 @@ def test_the_verdict_checks_here_can_fail() -> None:
     finally:
         py.kernel.close()
         cc.kernel.close()
+
+
+def test_bookkeeping_that_raises_is_a_handler_error_in_both_drains(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An exception of the bookkeeping after the verdict was chosen (here: the block writer's
+    flush) is, as in the Python drain, the client's handler error: the packet gets on_error."""
+    need_compiled_drain()
+    clock = Clock()
+    sides = [Side("off", False, clock), Side("off", True, clock)]
+
+    def failing_flush() -> None:
+        raise RuntimeError("nft is gone")
+
+    try:
+        for side in sides:
+            monkeypatch.setattr(side.engine.policy, "on_error", "drop")  # on_error: a drop each
+            side.blocks.pending_since = clock.now - 5.0  # overdue: flushed after each packet
+            side.blocks.flush = failing_flush  # type: ignore[method-assign]
+            for i in range(1, 9):
+                pkt = QueuedPacket(i, udp(CLIENTS[0], SERVERS[0], 40000, 7000), 1, 2)
+                side.kernel.send(packet_message(QUEUE, pkt), [i])
+            with pytest.raises(RuntimeError):  # process_pending's own flush, at the end
+                side.worker.process_pending()
+            side.kernel.collect()
+        py, cc = sides
+        assert cc.kernel.verdicts == py.kernel.verdicts
+        assert len(cc.kernel.verdicts) == 8
+        assert py.client.handler_errors == cc.client.handler_errors == 8
+    finally:
+        for side in sides:
+            side.kernel.close()
