@@ -21,7 +21,8 @@ demo: setup
 # compiled path's tests again with IPSCTL_PURE=1: the pure-Python engine alone must pass too.
 test: lint
 	$(BIN)/python -m pytest -n auto -q
-	IPSCTL_PURE=1 $(BIN)/python -m pytest -n auto -q tests/pure/test_fastpath_differential.py tests/pure/test_fastpath_loader.py
+	IPSCTL_PURE=1 $(BIN)/python -m pytest -n auto -q tests/pure/test_fastpath_differential.py tests/pure/test_fastpath_loader.py \
+		tests/pure/test_nfqdrain_differential.py
 
 # The pure tests only (tests/pure/): no root, no namespaces, anywhere, in seconds.
 test-pure: setup
