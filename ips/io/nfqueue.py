@@ -40,7 +40,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ips.core.addr import format_addr
 from ips.core.craft import complete_l4_checksum
@@ -49,7 +49,6 @@ from ips.core.decode import decode_l3
 from ips.core.events import Effect
 from ips.core.packet import Packet
 from ips.engine import Engine, Meta
-from ips.fast import FORCED_PURE
 from ips.io.adapter import EngineAdapter
 from ips.io.nflog import LoggedPacket, NflogClient, NflogError
 from ips.io.nfqnl import NF_ACCEPT, NF_DROP, NfqClient, QueuedPacket, Verdict
@@ -63,7 +62,6 @@ if TYPE_CHECKING:
     from ips.io._nfqdrain import CompiledDrain
     from ips.io.adapter import JudgedCell
     from ips.kernel.blocks import KernelBlocks
-    from ips.sinks.meter import PacketMeter
 
 # Netlink / nfnetlink_queue constants (linux/netfilter/nfnetlink_queue.h)
 _NLM_F_REQUEST = 0x01
@@ -86,14 +84,24 @@ _OFFLOAD_MARKS = {OFFLOAD_FLOW: OFFLOAD_MARK, OFFLOAD_HANDSHAKE_ACK: HANDSHAKE_A
 
 # The compiled receive/verdict loop (ips/io/_nfqdrain.pyx; docs/architecture.md, "The
 # compiled path"): used by our own client when built, unless IPSCTL_PURE=1 (the pure-Python
-# engine alone) or IPSCTL_PY_DRAIN=1 (this loop in Python, the compiled fast path kept: what
-# bench/lab.py compares it with). Read once, at import, as ips/fast's loader does.
+# engine alone, as ips/fast's loader reads it) or IPSCTL_PY_DRAIN=1 (this loop in Python,
+# the compiled fast path kept: what bench/lab.py compares it with). Read once, at import.
 _drain_module: Any = None
-if not FORCED_PURE and os.environ.get("IPSCTL_PY_DRAIN", "") in ("", "0"):
+if all(os.environ.get(name, "") in ("", "0") for name in ("IPSCTL_PURE", "IPSCTL_PY_DRAIN")):
     try:
         from ips.io import _nfqdrain as _drain_module
     except ImportError:  # not built: ips/fast's loader says so, once
         _drain_module = None
+
+
+class EngineMeter(Protocol):
+    """The daemon's meter around engine.handle (ips/sinks/meter.py's PacketMeter), as the
+    compiled drain keeps it: bytes of every packet, one in `every` timed."""
+
+    bytes: int
+    every: int
+
+    def observe(self, seconds: float) -> None: ...
 
 
 def kernel_verdict(decision: Decision, mark: int = 0) -> tuple[Verdict, bytes | None]:
@@ -201,7 +209,7 @@ class QueueWorker(EngineAdapter):
         read_copies: bool = True,
         judged_cell: JudgedCell | None = None,
         gso: bool = False,
-        meter: PacketMeter | None = None,
+        meter: EngineMeter | None = None,
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks, on_busy=on_busy)
         if client not in CLIENTS:
