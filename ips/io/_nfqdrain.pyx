@@ -614,6 +614,10 @@ cdef class CompiledDrain:
         three this loop sends itself: 1 plain accept, 2 drop, 3 accept with the offload mark
         (offload_bits). -1: anything else (effects, new bytes, a reject): Python."""
         if decision is self.last_decision:
+            # its effects looked at each time: a Decision reused with effects set must not
+            # pass as the plain one it was
+            if decision.effects:
+                return -1
             self.offload_bits = self.last_bits
             return self.last_kind
         kind = self._kind(decision)

@@ -520,3 +520,60 @@ def test_bookkeeping_that_raises_is_a_handler_error_in_both_drains(
     finally:
         for side in sides:
             side.kernel.close()
+
+
+def test_every_kind_of_fast_decision_maps_as_kernel_verdict_maps_it() -> None:
+    """A stand-in fast path that decides every packet with Decisions from a small pool, the
+    same objects again and again (one of them given effects now and then): plain accepts,
+    drops, both offload kinds (with and without a packet mark), a reject with replies, a
+    rewrite (its checksum completed for a CHECKSUM-not-ready packet), effects. The compiled
+    loop's own mapping and its cache of the last Decision must give what kernel_verdict
+    gives in the Python drain."""
+    need_compiled_drain()
+    from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
+
+    rewritten = udp(CLIENTS[1], SERVERS[1], 40001, 7001, payload=b"new")
+    shared_with_effects = Decision("accept")
+    pool = [
+        Decision("accept"),
+        Decision("accept"),
+        Decision("drop"),
+        Decision("accept", offload=OFFLOAD_FLOW),
+        Decision("accept", offload=OFFLOAD_HANDSHAKE_ACK),
+        Decision("reject", reply=b"rst", peer_reply=b"peer"),
+        Decision("rewrite", data=rewritten),
+        Decision("accept", data=rewritten),
+        shared_with_effects,
+    ]
+    clock = Clock()
+    sides = [Side("off", False, clock), Side("off", True, clock)]
+    try:
+        for side in sides:
+            rng = random.Random(5)
+
+            def fast_path(
+                data: bytes, meta: object, now: float, rng: random.Random = rng
+            ) -> object:
+                decision = rng.choice(pool + [pool[0]] * 6 + [shared_with_effects] * 6)
+                if decision is shared_with_effects:
+                    decision.effects = ("effect",) if rng.random() < 0.5 else ()
+                return decision
+
+            side.engine._fast = fast_path
+            for i in range(1, 700):
+                pkt = QueuedPacket(i, udp(CLIENTS[0], SERVERS[0], 40000, 7000), 1, 2)
+                pkt.mark = (0, 0x10, 0x7)[i % 3]
+                pkt.csum_partial = i % 5 == 0
+                side.kernel.send(packet_message(QUEUE, pkt), [i])
+                if i % 97 == 0:
+                    side.drain()
+            side.drain()
+        py, cc = sides
+        assert cc.kernel.verdicts == py.kernel.verdicts
+        assert cc.worker.replies.sent == py.worker.replies.sent != []  # type: ignore[attr-defined]
+        assert cc.events == py.events and py.events
+        marks = {m[32:40] for m in cc.kernel.verdicts if len(m) == 40}
+        assert len(marks) >= 4  # both offload marks, over several packet marks
+    finally:
+        for side in sides:
+            side.kernel.close()
