@@ -427,7 +427,6 @@ cdef class CompiledDrain:
         cdef int32_t code
         cdef const uint8_t *buf
         cdef Parsed pkt
-        cdef uint32_t mark_bits
         cdef int plain  # 1 plain accept, 0 `given` is the Verdict, 2 drop, 3 offload, 4 on_error
         cdef long long compiled = 0
         cdef bint cut
