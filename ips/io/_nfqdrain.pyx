@@ -3,8 +3,9 @@
 with the queue worker's handler (ips/io/nfqueue.py `QueueWorker._on_queued`) folded in.
 
 `CompiledDrain(client, worker).drain()` reads the queue's socket with recvmmsg(2), parses
-the netlink messages in C and, for each queued packet that is neither a GSO super-packet nor
-cut by the copy range, calls the engine's compiled fast path (`FastPath.handle`) itself:
+the netlink messages in C and, for each queued packet the copy range did not cut (a GSO
+super-packet included, counted in the worker's gso_packets), calls the engine's compiled fast
+path (`FastPath.handle`) itself:
 
   * a plain accept joins the pending batch verdict, built and sent here;
   * a drop, or an accept with an offload mark, becomes its verdict message here, through
@@ -14,7 +15,8 @@ cut by the copy range, calls the engine's compiled fast path (`FastPath.handle`)
     goes to `worker._verdict_for`, the tail of the Python handler;
   * a packet the fast path did not decide goes to `worker._judge_decoded` with what the fast
     path made of it (the decoded `Packet`, so it is not decoded twice, or None);
-  * GSO and cut packets go to `worker._judge_queued` as a `QueuedPacket`, as in Python.
+  * a cut packet (only a GSO super-packet longer than 65,531 bytes can be) goes to
+    `worker._judge_queued` as a `QueuedPacket`, as in Python.
 
 Everything observable is as the Python drain does it: the verdict messages and their order
 (batch_after, BATCH_MAX, the end-of-burst batch and one more read, accepts with changes after
@@ -490,7 +492,7 @@ cdef class CompiledDrain:
                         cut = pkt.cap_len > <uint32_t>pkt.payload_len
                         timing = False
                         try:
-                            if (pkt.skb_info & NFQA_SKB_GSO) or cut:
+                            if cut:
                                 # as in Python, with the worker's handler (engine.handle)
                                 hw = (PyBytes_FromStringAndSize(
                                     <const char *>buf + pkt.hw_at, pkt.hw_len)
@@ -503,6 +505,8 @@ cdef class CompiledDrain:
                                 if given is not None:
                                     plain = 0
                             else:
+                                if pkt.skb_info & NFQA_SKB_GSO:  # a super-packet, judged once
+                                    worker.gso_packets += 1
                                 meta = self._meta(buf, &pkt)
                                 if meter is not None:
                                     meter_bytes += pkt.payload_len

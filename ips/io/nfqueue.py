@@ -410,7 +410,7 @@ class QueueWorker(EngineAdapter):
     def _judge_queued(self, pkt: QueuedPacket) -> Verdict | None:
         """The verdict of one queued packet (None: a plain accept), its reply sent and its
         effects handed on; the bookkeeping (_judged, _counted) is the caller's. The compiled
-        drain calls this for GSO and cut packets."""
+        drain calls this for packets the copy range cut."""
         try:
             payload = pkt.payload
             if pkt.gso:
