@@ -8,9 +8,9 @@ STAMP  := $(VENV)/.ipsctl-installed
 
 setup: $(STAMP)
 
-# The compiled packet path (ips/fast/_fastpath.pyx) is built by the editable install: a change
+# The compiled packet path (ips/fast/_fastpath.pyx) and NFQUEUE loop (ips/io/_nfqdrain.pyx) are built by the editable install: a change
 # to it (or to its build, setup.py) makes `make` install again, which rebuilds it.
-$(STAMP): pyproject.toml setup.py scripts/setup.sh ips/fast/_fastpath.pyx
+$(STAMP): pyproject.toml setup.py scripts/setup.sh ips/fast/_fastpath.pyx ips/io/_nfqdrain.pyx
 	bash scripts/setup.sh $(VENV)
 	touch $(STAMP)
 
@@ -21,7 +21,8 @@ demo: setup
 # compiled path's tests again with IPSCTL_PURE=1: the pure-Python engine alone must pass too.
 test: lint
 	$(BIN)/python -m pytest -n auto -q
-	IPSCTL_PURE=1 $(BIN)/python -m pytest -n auto -q tests/pure/test_fastpath_differential.py tests/pure/test_fastpath_loader.py
+	IPSCTL_PURE=1 $(BIN)/python -m pytest -n auto -q tests/pure/test_fastpath_differential.py tests/pure/test_fastpath_loader.py \
+		tests/pure/test_nfqdrain_differential.py
 
 # The pure tests only (tests/pure/): no root, no namespaces, anywhere, in seconds.
 test-pure: setup
@@ -41,4 +42,5 @@ bench-lab: setup
 	$(BIN)/python bench/lab.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info ips/fast/_fastpath.c ips/fast/_fastpath*.so
+	rm -rf $(VENV) build *.egg-info ips/fast/_fastpath.c ips/fast/_fastpath*.so \
+		ips/io/_nfqdrain.c ips/io/_nfqdrain*.so

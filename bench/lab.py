@@ -37,6 +37,11 @@ Variants (--only NAME,...):
   ipsctl-inspect-segments  the same with `ipsctl run --gso off`: every TCP wire segment judged
   ipsctl-inspect-2q   the same with `ipsctl run --queues 2`
   ipsctl-10k          10,000 generated rules before the bench policy's rules, offload off
+  ipsctl-inspect-pydrain  ipsctl-inspect with IPSCTL_PY_DRAIN=1: the NFQUEUE loop in Python (the
+                      compiled fast path kept), against which the compiled loop is measured
+  ipsctl-inspect-nodetect  the bench policy without its `detect` lines, offload off: the
+                      loop and the fast path alone (no detector sends packets to Python)
+  ipsctl-inspect-nodetect-pydrain  the same, the loop in Python
 Any other variant whose option this ipsctl refuses (`set offload off`, `--queues`) is
 printed as n/a, found by `ipsctl check` and `ipsctl run --help` before its lab is built.
 Each figure is the median of --runs runs; the runs are interleaved (round 1 runs every
@@ -133,6 +138,8 @@ class Variant:
     conntrack: bool = False  # kernel: with conntrack loaded in gw
     settings: str = ""  # `set` lines put before the bench policy
     run_args: tuple[str, ...] = ()  # more `ipsctl run` options of this variant
+    env: tuple[tuple[str, str], ...] = ()  # more environment of `ipsctl run`
+    detectors: bool = True  # False: the bench policy without its `detect` lines
 
 
 VARIANTS = (
@@ -164,6 +171,28 @@ VARIANTS = (
         "ipsctl, bench policy, offload off, 1 queue (GSO on, the default: super-packets judged)",
         "ipsctl",
         offload=False,
+    ),
+    Variant(
+        "ipsctl-inspect-pydrain",
+        "ipsctl, bench policy, offload off, 1 queue, the NFQUEUE loop in Python",
+        "ipsctl",
+        offload=False,
+        env=(("IPSCTL_PY_DRAIN", "1"),),
+    ),
+    Variant(
+        "ipsctl-inspect-nodetect",
+        "ipsctl, bench policy without `detect` lines, offload off, 1 queue",
+        "ipsctl",
+        offload=False,
+        detectors=False,
+    ),
+    Variant(
+        "ipsctl-inspect-nodetect-pydrain",
+        "ipsctl, bench policy without `detect` lines, offload off, the loop in Python",
+        "ipsctl",
+        offload=False,
+        detectors=False,
+        env=(("IPSCTL_PY_DRAIN", "1"),),
     ),
     Variant(
         "ipsctl-inspect-segments",
@@ -352,8 +381,10 @@ class Bench:
         except subprocess.TimeoutExpired:
             raise BenchError(f"{node}: {' '.join(argv[:3])}… took over {timeout:.0f} s") from None
 
-    def popen(self, node: str, argv: list[str], **kw: Any) -> subprocess.Popen[Any]:
-        proc = self.lab.popen(node, argv, env=_env(), cwd=ROOT, **kw)
+    def popen(
+        self, node: str, argv: list[str], more_env: tuple[tuple[str, str], ...] = (), **kw: Any
+    ) -> subprocess.Popen[Any]:
+        proc = self.lab.popen(node, argv, env={**_env(), **dict(more_env)}, cwd=ROOT, **kw)
         self.procs.append(proc)
         return proc
 
@@ -716,7 +747,7 @@ def start_ipsctl(b: Bench, v: Variant, policy: Path) -> None:
         argv += ["--queues", str(v.queues)]
     argv += list(v.run_args) + list(b.run_args)
     log = open(log_path, "w")  # noqa: SIM115 - closed by the cleanup below
-    daemon = b.popen("gw", argv, stdout=log, stderr=subprocess.STDOUT)
+    daemon = b.popen("gw", argv, v.env, stdout=log, stderr=subprocess.STDOUT)
     b.cleanups.append(log.close)
     b.gateway = daemon
     deadline = time.monotonic() + START_TIMEOUT
@@ -834,6 +865,8 @@ def prepare_policy(v: Variant, workdir: Path) -> tuple[Path, str | None]:
     text = v.settings + bench_policy(GATEWAY_RULES.read_text())
     if v.rules == "10k":
         text = policy_10k(text)
+    if not v.detectors:
+        text = "".join(ln for ln in text.splitlines(True) if not ln.startswith("detect"))
     note = None
     if v.offload is not None:
         refusal = policy_refusal(with_offload(text, v.offload), workdir, v.name)

@@ -12,13 +12,16 @@ worker cannot take in time is dropped, so the server counts only what passed the
                      `set offload off`), accepted runs as batch verdicts
   nfq-engine     (e) netfilterqueue + the Engine: ips.io.nfqueue.QueueWorker, as
                      `ipsctl run --nfq-client netfilterqueue` runs
+  own-worker     (f) our client in QueueWorker, as `ipsctl run` runs it: the compiled
+                     loop (ips/io/_nfqdrain.pyx) when built
+  own-worker-py  (f') the same with the loop in Python (NfqClient.drain)
 Runs are interleaved (run 1 of every variant, then run 2, …) so a change in the machine's
 load hits all variants alike; the median of --runs is kept. Load average is printed.
 
 Needs root; only the lab's namespaces and addresses; bounded; cleans up on exit or error.
 
     python bench/nfq_client.py [--runs 3] [--seconds 5] [--only nfq-accept,nfqnl-batch]
-                               [--json FILE]
+                               [--json FILE] [--no-detect]
     python bench/nfq_client.py worker --mode MODE --queue N [--policy FILE]   (runs in gw)
 """
 
@@ -50,7 +53,8 @@ from ips.io import nfqnl  # noqa: E402
 
 QUEUE = 0
 MODES = ("nfqnl-single", "nfqnl-batch", "nfqnl-mmsg", "nfqnl-engine", "nfqnl-engine-mmsg",
-         "nfq-engine")  # fmt: skip
+         "nfq-engine", "own-worker", "own-worker-py")  # fmt: skip
+WORKER_MODES = ("nfq-engine", "own-worker", "own-worker-py")  # QueueWorker runs the queue
 RECV_MANY = 64  # packets per recvmmsg call in the *-mmsg variants
 VARIANTS = {
     "kernel": "kernel forwarding, no queue",
@@ -61,6 +65,8 @@ VARIANTS = {
     "nfqnl-engine": "(d) our client + Engine, batch verdicts for accepts",
     "nfqnl-engine-mmsg": "(d') as (d), receiving with recvmmsg",
     "nfq-engine": "(e) netfilterqueue + Engine (QueueWorker, as ipsctl)",
+    "own-worker": "(f) our client + Engine (QueueWorker, as ipsctl: the compiled loop)",
+    "own-worker-py": "(f') as (f), the loop in Python",
 }
 RATIOS = (
     ("nfqnl-single", "nfq-accept"),
@@ -71,6 +77,9 @@ RATIOS = (
     ("nfqnl-engine-mmsg", "nfq-engine"),
     ("nfq-engine", "nfq-accept"),
     ("nfqnl-engine", "nfqnl-batch"),
+    ("own-worker", "nfq-accept"),
+    ("own-worker-py", "nfq-accept"),
+    ("own-worker", "own-worker-py"),
 )
 
 
@@ -125,7 +134,7 @@ def worker(mode: str, queue: int, policy: str | None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     engine = None
-    if "engine" in mode:
+    if "engine" in mode or mode in WORKER_MODES:
         from ips.engine import Engine
         from ips.policy.resolve import load_policy
 
@@ -133,16 +142,20 @@ def worker(mode: str, queue: int, policy: str | None) -> int:
             raise SystemExit(f"{mode} needs --policy")
         engine = Engine(load_policy(policy))
     stats: dict[str, Any] = {}
-    if mode == "nfq-engine":
+    if mode in WORKER_MODES:
         from ips.io.nfqueue import QueueWorker, wait_readable
 
         qw = QueueWorker(
             queue,
-            engine,
-            fail_open=False,  # type: ignore[arg-type]
-            client="netfilterqueue",
+            engine,  # type: ignore[arg-type]
+            fail_open=False,
+            client="netfilterqueue" if mode == "nfq-engine" else "own",
+            read_copies=False,
         )
         fd = qw.bind()
+        if mode == "own-worker-py":
+            qw._compiled = None  # NfqClient.drain with QueueWorker._on_queued
+        stats["drain"] = qw.client_stats().get("drain")
         print("ready", flush=True)
         try:
             while not stop:
@@ -150,7 +163,7 @@ def worker(mode: str, queue: int, policy: str | None) -> int:
                     qw.process_pending()
         finally:
             qw.unbind()
-        stats = {"packets": engine.stats.packets, "verdict_errors": qw.verdict_errors}  # type: ignore[union-attr]
+        stats.update(packets=engine.stats.packets, verdict_errors=qw.verdict_errors)  # type: ignore[union-attr]
     else:
         client = nfqnl.NfqClient(
             queue,
@@ -273,6 +286,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="ipsctl-nfqclient-"))
     policy = workdir / "bench.rules"
     text = benchlab.bench_policy(benchlab.GATEWAY_RULES.read_text())
+    if args.no_detect:  # the loop and the fast path alone: no detector sends packets to Python
+        text = "".join(ln for ln in text.splitlines(True) if not ln.startswith("detect"))
     policy.write_text(benchlab.with_offload(text, False))
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in args.variants}
     loads = [loadavg()]
@@ -354,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--only", help="comma-separated: " + ",".join(VARIANTS))
     ap.add_argument("--json", dest="json_path", metavar="FILE")
+    ap.add_argument(
+        "--no-detect", action="store_true", help="the engine's policy without its `detect` lines"
+    )
     args = ap.parse_args(argv)
     if args.runs < 1 or not 1 <= args.seconds <= 60:
         ap.error("--runs >= 1 and --seconds between 1 and 60")

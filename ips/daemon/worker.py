@@ -407,7 +407,7 @@ def set_up(
             events = volumes.filter(events, time.time())
         deliver(events)
 
-    adapter, adopted = _adapter(cfg, engine, bpf_program, on_events, beat, judged_cell)
+    adapter, adopted = _adapter(cfg, engine, bpf_program, on_events, beat, judged_cell, sinks.meter)
     links = None
     if inline_nfqueue:
         # Packets carry their sender's MAC here: the engine weighs it against the kernel's
@@ -438,8 +438,10 @@ def _adapter(
     on_events: Callable[[list[Effect]], None],
     beat: Callable[[], None],
     judged_cell: Any = None,
+    meter: PacketMeter | None = None,
 ) -> tuple[PacketAdapter, int]:
-    """The adapter of the configured backend and mode, and the blocks its engine adopted."""
+    """The adapter of the configured backend and mode, and the blocks its engine adopted
+    (meter: the one around engine.handle, which the NFQUEUE compiled drain keeps)."""
     from ips.kernel.blocks import KernelBlocks, adopt_blocks
 
     if cfg.backend == "divert":  # pydivert: the ban set is the adapter's, from the bans file
@@ -486,6 +488,7 @@ def _adapter(
             read_copies=cfg.offload_copies,
             judged_cell=judged_cell,
             gso=cfg.nfq_gso,
+            meter=meter,
         )
     # The kernel's blocks (left by the previous worker or daemon, or restored from the state
     # file) become the engine's, before the first packet.

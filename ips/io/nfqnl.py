@@ -18,6 +18,9 @@ recv is one packet: what batching saves is the verdict side.
 
 Only the socket is I/O here; the message builders and the parser are pure functions, tested
 byte for byte in tests/pure/test_nfqnl.py.
+`NfqClient.drain` is the reference loop: ips/io/_nfqdrain.pyx is the same loop compiled
+(the queue worker uses it when built), held to this one by tests/pure/
+test_nfqdrain_differential.py.
 """
 
 from __future__ import annotations

@@ -7,8 +7,11 @@ ips/daemon/worker.py) so a hung worker can be killed and replaced.
 
 Two clients of the queue: our own (ips/io/nfqnl.py, the default), which sends the verdicts
 of plain accepts as NFQNL_MSG_VERDICT_BATCH runs, and the netfilterqueue binding (one verdict
-per packet; `ipsctl run --nfq-client netfilterqueue`). Both tell the kernel, per packet,
-what `kernel_verdict` maps the engine's decision to:
+per packet; `ipsctl run --nfq-client netfilterqueue`). Our own client's loop runs compiled
+when the extension is built (ips/io/_nfqdrain.pyx: the same verdicts and bookkeeping, the
+engine's fast path called from C; `_judge_decoded`, `_judge_queued` and `_verdict_for` are
+its ways back into Python), else in Python (`NfqClient.drain` with `_on_queued`). Both
+clients tell the kernel, per packet, what `kernel_verdict` maps the engine's decision to:
   accept   -> NF_ACCEPT (own client: batched with its neighbours)
   offload  -> NF_ACCEPT with the packet's mark | OFFLOAD_MARK (the kernel passes the flow on),
               or | HANDSHAKE_ACK_MARK (a SYN+ACK: the kernel passes the bare ACK that follows)
@@ -37,7 +40,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ips.core.addr import format_addr
 from ips.core.craft import complete_l4_checksum
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
     from netfilterqueue import Packet as NfqPacket
 
     from ips.core.decision import Decision
+    from ips.io._nfqdrain import CompiledDrain
     from ips.io.adapter import JudgedCell
     from ips.kernel.blocks import KernelBlocks
 
@@ -77,6 +81,27 @@ _PLAIN = (_ACCEPT, None)
 _DROPPED = (Verdict(NF_DROP), None)
 # Decision.offload -> the verdict's mark bit (OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK)
 _OFFLOAD_MARKS = {OFFLOAD_FLOW: OFFLOAD_MARK, OFFLOAD_HANDSHAKE_ACK: HANDSHAKE_ACK_MARK}
+
+# The compiled receive/verdict loop (ips/io/_nfqdrain.pyx; docs/architecture.md, "The
+# compiled path"): used by our own client when built, unless IPSCTL_PURE=1 (the pure-Python
+# engine alone, as ips/fast's loader reads it) or IPSCTL_PY_DRAIN=1 (this loop in Python,
+# the compiled fast path kept: what bench/lab.py compares it with). Read once, at import.
+_drain_module: Any = None
+if all(os.environ.get(name, "") in ("", "0") for name in ("IPSCTL_PURE", "IPSCTL_PY_DRAIN")):
+    try:
+        from ips.io import _nfqdrain as _drain_module
+    except ImportError:  # not built: ips/fast's loader says so, once
+        _drain_module = None
+
+
+class EngineMeter(Protocol):
+    """The daemon's meter around engine.handle (ips/sinks/meter.py's PacketMeter), as the
+    compiled drain keeps it: bytes of every packet, one in `every` timed."""
+
+    bytes: int
+    every: int
+
+    def observe(self, seconds: float) -> None: ...
 
 
 def kernel_verdict(decision: Decision, mark: int = 0) -> tuple[Verdict, bytes | None]:
@@ -184,6 +209,7 @@ class QueueWorker(EngineAdapter):
         read_copies: bool = True,
         judged_cell: JudgedCell | None = None,
         gso: bool = False,
+        meter: EngineMeter | None = None,
     ) -> None:
         super().__init__(engine, on_events=on_events, clock=clock, blocks=blocks, on_busy=on_busy)
         if client not in CLIENTS:
@@ -210,6 +236,10 @@ class QueueWorker(EngineAdapter):
         self.gso_packets = 0  # super-packets judged (NFQA_SKB_GSO)
         self.cut = 0  # packets longer than the copy range, judged on the part copied
         self.cut_rewrites_dropped = 0  # of those, rewritten ones: the rest of them is not ours
+        # The daemon's meter around engine.handle (ips/sinks/meter.py): the compiled drain,
+        # which calls the engine's parts itself, keeps its counts.
+        self.meter = meter
+        self._compiled: CompiledDrain | None = None  # the compiled drain, once bound
 
     # ---- queue set-up -------------------------------------------------------------------------
 
@@ -234,6 +264,8 @@ class QueueWorker(EngineAdapter):
             )
             fd = client.bind()
             self._client = client
+            if self._compiled_drain_allowed():
+                self._compiled = _drain_module.CompiledDrain(client, self, self.meter)
             return fd
         from netfilterqueue import NetfilterQueue  # imported here: only the daemon needs it
 
@@ -245,6 +277,15 @@ class QueueWorker(EngineAdapter):
         os.set_blocking(fd, False)
         self._nfq = nfq
         return fd
+
+    def _compiled_drain_allowed(self) -> bool:
+        """Whether our client's queue is read by the compiled drain: built (and not
+        IPSCTL_PURE or IPSCTL_PY_DRAIN), and engine.handle not wrapped by anything but the
+        meter this worker was given (the compiled drain calls the engine's parts itself:
+        another wrapper would be skipped)."""
+        return _drain_module is not None and (
+            "handle" not in vars(self.engine) or self.meter is not None
+        )
 
     def _bind_copies(self) -> None:
         group = copy_group(self.queue_num)
@@ -269,6 +310,7 @@ class QueueWorker(EngineAdapter):
             self._copies.close()
             self._copies = None
             self.copy_fd = None
+        self._compiled = None
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -286,6 +328,7 @@ class QueueWorker(EngineAdapter):
         c = self._client
         if c is not None:
             stats.update(
+                drain="compiled" if self._compiled is not None else "python",
                 gso=self.gso,
                 gso_packets=self.gso_packets,
                 cut=self.cut,
@@ -312,7 +355,11 @@ class QueueWorker(EngineAdapter):
             if self._client is not None:
                 # what a message that does not parse gets (the policy may have changed)
                 self._client.on_error = self._error_verdict().verdict
-                self._client.drain(self._on_queued)
+                compiled = self._compiled
+                if compiled is not None and self.engine._fast is not None:
+                    compiled.drain()
+                else:
+                    self._client.drain(self._on_queued)
             else:
                 # bound: without our own client, netfilterqueue's is
                 self._nfq.run(block=False)  # type: ignore[union-attr]
@@ -353,7 +400,17 @@ class QueueWorker(EngineAdapter):
     def _on_queued(self, pkt: QueuedPacket) -> Verdict | None:
         """Our client's handler: None for a plain accept (the client batches it), else the
         Verdict the client sends (see NfqClient.drain for the order)."""
-        given = None
+        given = self._judge_queued(pkt)
+        self._judged()
+        # Inside a burst that goes on (drain returns only when the socket is empty): write
+        # blocks that have waited long enough, and show we are alive.
+        self._counted()
+        return given
+
+    def _judge_queued(self, pkt: QueuedPacket) -> Verdict | None:
+        """The verdict of one queued packet (None: a plain accept), its reply sent and its
+        effects handed on; the bookkeeping (_judged, _counted) is the caller's. The compiled
+        drain calls this for packets the copy range cut."""
         try:
             payload = pkt.payload
             if pkt.gso:
@@ -365,14 +422,47 @@ class QueueWorker(EngineAdapter):
             decision = self.engine.handle(
                 payload, self._meta(pkt.indev, pkt.outdev, pkt.hwaddr), self.clock()
             )
-            given, reply = kernel_verdict(decision, pkt.mark)
+        except Exception:  # a verdict must always be given
+            self.verdict_errors += 1
+            return self._error_given()
+        return self._verdict_for(decision, pkt.mark, cut, pkt.csum_partial)
+
+    def _judge_decoded(
+        self,
+        decoded: Packet | None,
+        payload: bytes,
+        meta: Meta,
+        now: float,
+        mark: int,
+        csum_partial: bool,
+    ) -> Verdict | None:
+        """The compiled drain's packets the fast path did not decide: the rest of
+        Engine.handle (the packet it decoded, or None: not decoded), then _verdict_for."""
+        try:
+            if decoded is not None:
+                decision = self.engine.handle_packet(decoded, meta, now)
+            else:
+                decision = self.engine.handle_python(payload, meta, now)
+        except Exception:  # a verdict must always be given
+            self.verdict_errors += 1
+            return self._error_given()
+        return self._verdict_for(decision, mark, False, csum_partial)
+
+    def _verdict_for(
+        self, decision: Decision, mark: int, cut: bool, csum_partial: bool
+    ) -> Verdict | None:
+        """What the client sends for a decision (None: a plain accept, batched): the
+        kernel's verdict, the reject's replies sent, the effects handed on."""
+        given = None
+        try:
+            given, reply = kernel_verdict(decision, mark)
             new_bytes = given.payload
             if new_bytes is not None:
                 if cut:
                     # New bytes would replace the whole packet; only its first part is here.
                     self.cut_rewrites_dropped += 1
                     given = _DROPPED[0]
-                elif pkt.csum_partial:
+                elif csum_partial:
                     given = given._replace(payload=_with_full_checksum(new_bytes))
             if reply is not None:
                 self.replies.send(reply)
@@ -384,10 +474,11 @@ class QueueWorker(EngineAdapter):
             self.verdict_errors += 1
             if given is None:
                 given = self._error_verdict()
-        self._judged()
-        # Inside a burst that goes on (drain returns only when the socket is empty): write
-        # blocks that have waited long enough, and show we are alive.
-        self._counted()
+        return None if given is _ACCEPT else given
+
+    def _error_given(self) -> Verdict | None:
+        """The on-error verdict as a handler returns it (None: accept)."""
+        given = self._error_verdict()
         return None if given is _ACCEPT else given
 
     def _on_copied(self, pkt: LoggedPacket) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from labkit import ROOT, SERVER, InlineLab, inline_lab, need_root, unique_prefix, wait_until
 
-from ips.io import nfqnl
+from ips.io import nfqnl, nfqueue
 from ips.lab import netns
 
 # ---- the mapping both clients share ------------------------------------------------------------
@@ -339,5 +339,10 @@ def test_the_daemon_drops_rewrites_and_offloads_with_either_client(
         assert nfq["client"] == client
         if client == "own":
             assert nfq["kernel_errors"] == nfq["malformed"] == nfq["handler_errors"] == 0
+            # the compiled loop when it is built (the daemon runs with this process's env)
+            built = nfqueue._drain_module is not None
+            assert nfq["drain"] == ("compiled" if built else "python")
+            # the meter around the engine still counts every packet's bytes
+            assert status["worker"]["bytes"] > 0 and status["worker"]["latency"]["count"] > 0
         queue = box.queue_line()
         assert queue is not None and queue["queue_dropped"] == queue["user_dropped"] == 0
