@@ -222,7 +222,7 @@ DEPTHS = """\
 set default accept
 set offload on
 set payload-depth 2k
-drop proto tcp to port { http, https, 8080 } payload contains "/etc/passwd" alert "passwd" sid 9300001
+drop proto tcp to port { http, https, 8080 } payload contains "/etc/passwd" sid 9300001
 drop proto tcp to port http payload contains "EVIL" depth 300 alert "evil" sid 9300002
 drop proto udp payload contains "evil-marker" depth 100 alert "udp marker" sid 9300003
 drop http host "blocked.example" alert "blocked host" sid 9300004
