@@ -54,7 +54,7 @@ from ips.core.packet import Packet
 from ips.core.tables import TokenBuckets
 from ips.detect.flood import Flood
 from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledRule
-from ips.policy.model import ACCEPT, DROP
+from ips.policy.model import ACCEPT, DROP, ENCRYPTED_APPS, UNLIMITED_DEPTH
 
 cdef extern from "Python.h":
     ctypedef struct PyMemberDef:
@@ -779,16 +779,6 @@ cdef class FastPath:
             break
         if matched is None and not self.default_fast:
             return None
-        # An offload that waits on a plan (OFFLOAD_LATER: payload depths, the application
-        # protocol) is weighed by ips/engine/offload.py's needs_met: Python.
-        if replied and self.offload_on and (proto != PROTO_TCP or payload_offset < total):
-            if (matched is not None and matched.accepts) or (
-                matched is None and self.default_offload is not None
-            ):
-                if _waits_on_plan(_get(flow, F_CACHE_FWD)) or _waits_on_plan(
-                    _get(flow, F_CACHE_REV)
-                ):
-                    return None
         # The floods' buckets last: nothing that may still send the packet to Python (and
         # no Python code) runs between their reading and their update.
         if floods is not None and len(floods) > 0:
@@ -846,7 +836,8 @@ cdef class FastPath:
         self.fast_packets += 1
         return decision
 
-    cdef int _offload_kind(self, object flow, int proto, bint has_payload, double now):
+    cdef int _offload_kind(self, object flow, int proto, bint has_payload,
+                           double now) except -1:
         """ips/engine/offload.py's offload_kind for a packet of this path (an established
         TCP flow without SYN, FIN or RST, or UDP; no NAT; no application-layer work left),
         and the engine's counting of a newly offloaded flow."""
@@ -866,6 +857,12 @@ cdef class FastPath:
             app = _get(flow, F_APP)
             if _get(flow, F_APP_PROTO) is None or not (app is None or app.client_done):
                 return 0
+        # A direction whose candidates wait on a plan (OFFLOAD_LATER: payload depths, the
+        # application protocol) lets go once every rule of its plan has.
+        if fwd_state == _OFFLOAD_LATER and not self._plan_met(fwd_cache[3], flow, True):
+            return 0
+        if rev_state == _OFFLOAD_LATER and not self._plan_met(rev_cache[3], flow, False):
+            return 0
         if now - <double>_get(flow, F_BACK_SINCE) < self.reoffload_after:
             return 0
         if not _get(flow, F_OFFLOADED):
@@ -873,6 +870,31 @@ cdef class FastPath:
             counts = self.stats_dict
             counts["offloaded"] = counts["offloaded"] + 1
         return OFFLOAD_FLOW
+
+
+    cdef int _plan_met(self, object candidates, object flow, bint fwd) except -1:
+        """ips/engine/offload.py's needs_met of the plan CompiledPolicy.plan_of gives for
+        these candidates (the same calls, on the same objects, in the same order: plan_of
+        may make the plan again and keep it, as it does for the Python path)."""
+        plan = self.policy.plan_of(candidates)
+        proto = _get(flow, F_APP_PROTO)
+        seen = _get(flow, F_PAYLOAD_FWD) if fwd else _get(flow, F_PAYLOAD_REV)
+        for protos, encrypted_out, depth, wants_app in plan:
+            if proto is not None:  # named ("" for a flow without an application layer)
+                if protos is not None and proto not in protos:
+                    continue
+                if encrypted_out and proto in ENCRYPTED_APPS:
+                    continue
+            if depth is None:
+                if not wants_app:
+                    return 0
+            elif depth == UNLIMITED_DEPTH or seen < depth:
+                return 0
+            if wants_app:
+                app = _get(flow, F_APP)
+                if proto is None or not (app is None or app.client_done):
+                    return 0
+        return 1
 
 
 cdef object _limit_bucket(RuleProg prog, object src, object dst, object flow):
@@ -916,8 +938,6 @@ cdef double _limit_take(RuleProg prog, list bucket, double now):
     return -1.0
 
 
-cdef inline bint _waits_on_plan(object cache):
-    return type(cache) is tuple and len(<tuple>cache) >= 5 and (<tuple>cache)[4] == _OFFLOAD_LATER
 
 
 cdef inline bint _length_ok(int op, Py_ssize_t n, int lo, int hi):

@@ -215,9 +215,23 @@ detect udpflood rate 50/s per dst limit
 """
 
 
+# Payload rules with depths, on every address: the offload of a flow they are candidates of
+# waits on its plan (OFFLOAD_LATER) until each is past its depth, or ruled out by the flow's
+# application protocol (TLS with `encrypted-payload skip`, another protocol's L7 clause).
+DEPTHS = """\
+set default accept
+set offload on
+set payload-depth 2k
+drop proto tcp to port { http, https, 8080 } payload contains "/etc/passwd" sid 9300001
+drop proto tcp to port http payload contains "EVIL" depth 300 alert "evil" sid 9300002
+drop proto udp payload contains "evil-marker" depth 100 alert "udp marker" sid 9300003
+drop http host "blocked.example" alert "blocked host" sid 9300004
+"""
+
+
 @pytest.mark.parametrize(
     "policy",
-    ["gateway", "ten+detect", "accept", "newer-detectors", "volume"],
+    ["gateway", "ten+detect", "accept", "newer-detectors", "volume", "depths"],
 )
 def test_every_shared_capture_decides_the_same(pcaps_dir: Path, policy: str) -> None:
     text = {
@@ -227,6 +241,7 @@ def test_every_shared_capture_decides_the_same(pcaps_dir: Path, policy: str) -> 
         "newer-detectors": NEWER_DETECTORS,
         # `volume` sees every packet: its detectors declare nothing, all goes to Python
         "volume": NEWER_DETECTORS + "detect volume packets 2000/s per dst\n",
+        "depths": DEPTHS,
     }[policy]
     pair = Pair(text)
     last = 0.0
@@ -237,8 +252,11 @@ def test_every_shared_capture_decides_the_same(pcaps_dir: Path, policy: str) -> 
     if fast.available():
         if policy == "volume":
             assert pair.fast_packets == 0
-        elif policy in ("accept", "newer-detectors"):
+        elif policy in ("accept", "newer-detectors", "depths"):
             assert pair.fast_packets > 0
+        if policy == "depths":
+            # Flows offloaded by the compiled path once past their plans, and some while not.
+            assert pair.fast.stats.offloaded == pair.slow.stats.offloaded > 0
 
 
 def test_the_fast_path_decides_most_packets_of_the_captures(pcaps_dir: Path) -> None:
