@@ -19,6 +19,7 @@ import argparse
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -49,22 +50,32 @@ def policy_text(detect: bool) -> str:
     return text
 
 
-def measure(compiled: bool, text: str, burst: int, rounds: int) -> tuple[float, int]:
-    """CPU µs per packet (best round) and the packets the compiled path decided."""
-    engine = Engine(load_policy_text(text))
+def worker_on_socket_pair(
+    engine: Engine, compiled: bool, clock: Callable[[], float]
+) -> tuple[QueueWorker, socket.socket, socket.socket]:
+    """A QueueWorker whose "netlink socket" is one end of a datagram socket pair, with the
+    compiled loop or the Python one; and the two ends (the worker's, the "kernel's")."""
     ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     for s in (ours, kernel):
         s.setblocking(False)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
-    worker = QueueWorker(QUEUE, engine, client="own", read_copies=False, clock=lambda: 1000.0)
+    worker = QueueWorker(QUEUE, engine, client="own", read_copies=False, clock=clock)
     client = NfqClient(QUEUE)
     client._sock = ours
     worker._client = client
+    worker._compiled = None
     if compiled:
         if nfqueue._drain_module is None:
             raise SystemExit("the compiled drain is not built (or IPSCTL_PURE/IPSCTL_PY_DRAIN)")
         worker._compiled = nfqueue._drain_module.CompiledDrain(client, worker)
+    return worker, ours, kernel
+
+
+def measure(compiled: bool, text: str, burst: int, rounds: int) -> tuple[float, int]:
+    """CPU µs per packet (best round) and the packets the compiled path decided."""
+    engine = Engine(load_policy_text(text))
+    worker, ours, kernel = worker_on_socket_pair(engine, compiled, lambda: 1000.0)
     request = build_packet(PROTO_UDP, CLIENT, SERVER, 40000, 5201, payload=b"x" * 36)
     answer = build_packet(PROTO_UDP, SERVER, CLIENT, 5201, 40000, payload=b"y")
     kernel.send(packet_message(QUEUE, QueuedPacket(1, request, 1, 2), hwaddr=MAC))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import socket
 import statistics
 import struct
 import sys
@@ -30,11 +29,10 @@ for p in (str(ROOT), str(HERE)):
         sys.path.insert(0, p)
 
 import lab as benchlab  # noqa: E402  (bench/lab.py: the bench policy)
+from nfq_drain import worker_on_socket_pair  # noqa: E402  (bench/nfq_drain.py)
 
 from ips.engine import Engine  # noqa: E402
-from ips.io import nfqueue  # noqa: E402
-from ips.io.nfqnl import NfqClient, QueuedPacket, packet_message  # noqa: E402
-from ips.io.nfqueue import QueueWorker  # noqa: E402
+from ips.io.nfqnl import QueuedPacket, packet_message  # noqa: E402
 from ips.policy.resolve import load_policy_text  # noqa: E402
 
 CLIENT, SERVER = "10.10.1.20", "10.10.2.10"
@@ -70,19 +68,7 @@ def measure(compiled: bool, flushed: bool, pings: int) -> tuple[float, int]:
     """Median µs per ping (two packets drained), and the packets the compiled path decided."""
     text = benchlab.with_offload(benchlab.bench_policy(benchlab.GATEWAY_RULES.read_text()), False)
     engine = Engine(load_policy_text(text))
-    ours, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    for s in (ours, kernel):
-        s.setblocking(False)
-    worker = QueueWorker(0, engine, client="own", read_copies=False, clock=time.time)
-    client = NfqClient(0)
-    client._sock = ours
-    worker._client = client
-    if compiled:
-        if nfqueue._drain_module is None:
-            raise SystemExit("the compiled drain is not built (or IPSCTL_PURE/IPSCTL_PY_DRAIN)")
-        worker._compiled = nfqueue._drain_module.CompiledDrain(client, worker)
-    else:
-        worker._compiled = None
+    worker, ours, kernel = worker_on_socket_pair(engine, compiled, time.time)
     times = []
     packet_id = 1
     try:

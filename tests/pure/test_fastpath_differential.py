@@ -328,7 +328,12 @@ drop    proto tcp to port 40001 payload contains "world" depth 12
 @settings(max_examples=60, deadline=None)
 @given(packet_specs)
 def test_generated_packets_decide_the_same(specs: list[tuple[Any, ...]]) -> None:
-    pair = Pair(HYPOTHESIS_POLICY)
+    feed_generated(Pair(HYPOTHESIS_POLICY), specs)
+
+
+def feed_generated(pair: Pair, specs: list[tuple[Any, ...]]) -> None:
+    """Generated packets (a reply turns the spec around; ICMP: an echo request, or its reply)
+    to both engines, then the end of the run."""
     now = 100.0
     for proto, src, dst, sport, dport, flags, payload, gap, reply in specs:
         if reply:
@@ -339,7 +344,7 @@ def test_generated_packets_decide_the_same(specs: list[tuple[Any, ...]]) -> None
         elif proto == PROTO_UDP:
             data = build_packet(proto, src, dst, sport, dport, payload=payload)
         else:
-            data = build_packet(proto, src, dst, icmp_type=8 if not reply else 0, icmp_id=sport)
+            data = build_packet(proto, src, dst, icmp_type=0 if reply else 8, icmp_id=sport)
         pair.handle(data, Meta(iif="lan0", oif="dmz0", linktype=LINKTYPE_RAW), now)
     pair.finish(now + 100)
 
@@ -647,17 +652,4 @@ low_rate_specs = st.lists(
 def test_generated_packets_at_low_rates_decide_the_same(specs: list[tuple[Any, ...]]) -> None:
     """Rates of a few packets a second, gaps of none to most of a second (and a clock that
     steps back): floods and limits cross their rates both ways at every step."""
-    pair = Pair(LOW_RATES_POLICY)
-    now = 100.0
-    for proto, src, dst, sport, dport, flags, payload, gap, reply in specs:
-        if reply:
-            src, dst, sport, dport = dst, src, dport, sport
-        now += gap
-        if proto == PROTO_TCP:
-            data = build_packet(proto, src, dst, sport, dport, flags=flags, payload=payload)
-        elif proto == PROTO_UDP:
-            data = build_packet(proto, src, dst, sport, dport, payload=payload)
-        else:
-            data = build_packet(proto, src, dst, icmp_type=0 if reply else 8, icmp_id=sport)
-        pair.handle(data, Meta(iif="lan0", oif="dmz0", linktype=LINKTYPE_RAW), now)
-    pair.finish(now + 100)
+    feed_generated(Pair(LOW_RATES_POLICY), specs)
