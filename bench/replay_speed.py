@@ -168,7 +168,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--policy", type=Path, default=GATEWAY)
     ap.add_argument("--variants", default="pure,compiled,compiled+mmap")
-    ap.add_argument("--apps", default="on,off", help="application parsing: on, off or both")
+    ap.add_argument(
+        "--apps", default="on,off", help="application parsing, comma-separated: on,off (both)"
+    )
     ap.add_argument("--lab", action="store_true", help="also the capture in the lab's networks")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -185,11 +187,14 @@ def main() -> None:
             made = make_lab_capture(capture, lab)
             print(f"  {made} packets, {lab.stat().st_size / 1e6:.0f} MB", file=sys.stderr)
         captures["lab "] = lab
+    apps = args.apps.split(",")
+    if not apps or any(app not in ("on", "off") for app in apps):
+        ap.error(f"--apps {args.apps!r}: on, off, or on,off")
     text = args.policy.read_text()
     cases = []
     for where in captures:
         for variant in args.variants.split(","):
-            for app in args.apps.split(","):
+            for app in apps:
                 cases.append((where, variant, app))
     results: dict[str, list[tuple[float, int]]] = {f"{w}{v} app {a}": [] for w, v, a in cases}
     for r in range(args.rounds):
