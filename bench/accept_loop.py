@@ -19,12 +19,8 @@ import os
 import signal
 import sys
 
-from ips.io.nfqueue import (
-    DEFAULT_MAX_LEN,
-    NFQA_CFG_F_FAIL_OPEN,
-    queue_config_message,
-    wait_readable,
-)
+from ips.io.adapter import wait_readable
+from ips.io.nfqueue import DEFAULT_MAX_LEN, NFQA_CFG_F_FAIL_OPEN, queue_config_message
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -143,7 +143,8 @@ def worker(mode: str, queue: int, policy: str | None) -> int:
         engine = Engine(load_policy(policy))
     stats: dict[str, Any] = {}
     if mode in WORKER_MODES:
-        from ips.io.nfqueue import QueueWorker, wait_readable
+        from ips.io.adapter import wait_readable
+        from ips.io.nfqueue import QueueWorker
 
         qw = QueueWorker(
             queue,

@@ -263,27 +263,25 @@ class Worker:
 
     def loop(self, conn: Connection, fd: int, beat: Callable[[], None]) -> None:
         """Until the supervisor says stop or is gone."""
-        from ips.io.nfqueue import wait_readable
         from ips.sinks.eve import stats_record
 
         assert self.cfg is not None
         adapter, engine, eve = self.adapter, self.engine, self.sinks.eve
         control = conn.fileno()
         copy_fd = adapter.copy_fd  # NFQUEUE: copies of packets the kernel passed
-        fds = [fd, control] if copy_fd is None else [fd, control, copy_fd]
+        others = [control] if copy_fd is None else [control, copy_fd]
         volumes = self.volumes
         volumes_fd = volumes.fileno() if volumes is not None else None
         if volumes_fd is not None:
-            fds.append(volumes_fd)
+            others.append(volumes_fd)
         started = time.time()
         next_tick = started + TICK_EVERY
         interval = self.cfg.stats_interval
         next_stats = started + interval if interval > 0 and eve else None
         while True:
             beat()
-            ready = wait_readable(fds, HEARTBEAT_EVERY)
-            if fd in ready:
-                adapter.process_pending()
+            # The adapter's packets are judged inside the wait, as soon as they come.
+            ready = adapter.wait_and_process(fd, others, HEARTBEAT_EVERY)
             if copy_fd is not None and copy_fd in ready:
                 adapter.process_copies()
             if volumes is not None and volumes_fd in ready:

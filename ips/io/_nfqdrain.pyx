@@ -75,6 +75,7 @@ cdef extern from "<poll.h>" nogil:
         short revents
     int poll(pollfd *fds, unsigned long nfds, int timeout)
     enum:
+        POLLIN
         POLLOUT
 
 cdef extern from "<time.h>" nogil:
@@ -383,6 +384,41 @@ cdef class CompiledDrain:
         if pkt.hw_len:
             memcpy(self.last_hw, buf + pkt.hw_at, pkt.hw_len)
         return meta
+
+    def wait(self, list fds, double timeout):
+        """poll(2) on the queue's socket and on `fds` for up to `timeout` seconds; if the
+        queue's socket is readable, drain it at once: no Python runs between the wake-up and
+        the first read of the queue (a packet after an idle gap otherwise waits for the
+        worker's select loop to run, on cold caches). Returns the fds of `fds` that are
+        readable (the queue's own is never among them); [] when interrupted by a signal."""
+        sock = self.client._sock
+        assert sock is not None, "not bound"
+        cdef int count = len(fds) + 1
+        cdef pollfd *pfds = <pollfd *>malloc(count * sizeof(pollfd))
+        if pfds is NULL:
+            raise MemoryError()
+        cdef int i, rc
+        cdef int ms = <int>(timeout * 1000.0) if timeout > 0.0 else 0
+        try:
+            pfds[0].fd = sock.fileno()
+            pfds[0].events = POLLIN
+            pfds[0].revents = 0
+            for i in range(1, count):
+                pfds[i].fd = fds[i - 1]
+                pfds[i].events = POLLIN
+                pfds[i].revents = 0
+            with nogil:
+                rc = poll(pfds, count, ms)
+            if rc < 0:
+                if errno == EINTR:
+                    return []
+                raise OSError(errno, os.strerror(errno))
+            ready = [fds[i - 1] for i in range(1, count) if pfds[i].revents]
+            if pfds[0].revents:
+                self.drain()
+            return ready
+        finally:
+            free(pfds)
 
     def drain(self, long long limit=1 << 30):
         """NfqClient.drain(worker._on_queued, limit), compiled (see the module's docstring);

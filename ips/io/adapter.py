@@ -16,6 +16,7 @@ worker's control commands ask of it.
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -85,6 +86,11 @@ class PacketAdapter(Protocol):
         """Judge every packet waiting."""
         ...
 
+    def wait_and_process(self, fd: int, others: list[int], timeout: float) -> list[int]:
+        """Wait up to timeout for fd (bind's) or others; judge the packets waiting on fd;
+        return those of others that are readable."""
+        ...
+
     def process_copies(self) -> None:
         """Read what waits on copy_fd."""
         ...
@@ -108,9 +114,32 @@ class PacketAdapter(Protocol):
         ...
 
 
+def wait_then_process(
+    adapter: PacketAdapter, fd: int, others: list[int], timeout: float
+) -> list[int]:
+    """PacketAdapter.wait_and_process as select(2) and process_pending do it."""
+    ready = wait_readable([fd, *others], timeout)
+    if fd in ready:
+        adapter.process_pending()
+    return [f for f in ready if f != fd]
+
+
+def wait_readable(fds: list[int], timeout: float) -> list[int]:
+    """select() on fds, retrying on EINTR."""
+    while True:
+        try:
+            ready, _, _ = select.select(fds, [], [], timeout)
+            return ready
+        except InterruptedError:
+            continue
+
+
 class EngineAdapter:
     """The engine, where its effects go, and the heartbeat inside long bursts: what the
     NFQUEUE and tap adapters share (a PacketAdapter without packets of its own)."""
+
+    def wait_and_process(self, fd: int, others: list[int], timeout: float) -> list[int]:
+        return wait_then_process(self, fd, others, timeout)  # type: ignore[arg-type]
 
     mode = "inline"
     copy_fd: int | None = None

@@ -46,7 +46,7 @@ from typing import Any, TextIO
 
 from ips.core.events import Effect
 from ips.engine import Engine, Meta
-from ips.io.adapter import BUSY_EVERY
+from ips.io.adapter import BUSY_EVERY, wait_then_process
 from ips.kernel.blocks import Latency, effect_kind, save_blocks
 from ips.kernel.nft import KernelError
 from ips.translate.nft import BLOCK_TABLE, SetElement, block_comment
@@ -518,6 +518,9 @@ class DivertWorker:
         self.blocks.flush()
 
     # ---- the loop ----------------------------------------------------------------------
+
+    def wait_and_process(self, fd: int, others: list[int], timeout: float) -> list[int]:
+        return wait_then_process(self, fd, others, timeout)
 
     def process_pending(self) -> None:
         """Handle every packet waiting, then follow block changes (file, filter)."""

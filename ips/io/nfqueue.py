@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import select
 import socket
 import struct
 import time
@@ -370,6 +369,28 @@ class QueueWorker(EngineAdapter):
             if self.blocks is not None and self.blocks.pending:
                 self.blocks.flush()
 
+    def wait_and_process(self, fd: int, others: list[int], timeout: float) -> list[int]:
+        """Wait for the queue (fd) or others; with the compiled loop, the queue's packets are
+        drained as soon as poll(2) returns, in compiled code (CompiledDrain.wait: no Python
+        between a wake-up and the first read, which on cold caches was most of what a packet
+        after an idle gap waited for); otherwise select and process_pending."""
+        compiled = self._compiled
+        client = self._client
+        if compiled is None or client is None or self.engine._fast is None or client._backlog:
+            return super().wait_and_process(fd, others, timeout)
+        # What a message that does not parse gets: set before the wait (a policy changes
+        # only between two waits, in this worker's own loop).
+        client.on_error = self._error_verdict().verdict
+        try:
+            return compiled.wait(others, timeout)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
+                raise
+            return []  # the others, if readable, are found by the next wait
+        finally:
+            if self.blocks is not None and self.blocks.pending:
+                self.blocks.flush()
+
     def process_copies(self) -> None:
         """The copies waiting: each goes through the engine, then the blocks they made are
         written."""
@@ -557,13 +578,3 @@ def _give(pkt: NfqPacket, given: Verdict) -> None:
     if given.mark is not None:
         pkt.set_mark(given.mark)
     pkt.accept()
-
-
-def wait_readable(fds: list[int], timeout: float) -> list[int]:
-    """select() on fds, retrying on EINTR."""
-    while True:
-        try:
-            ready, _, _ = select.select(fds, [], [], timeout)
-            return ready
-        except InterruptedError:
-            continue

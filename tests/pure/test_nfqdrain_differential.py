@@ -18,9 +18,11 @@ worker must fall back to the Python drain (tested here), and the comparison is s
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -221,8 +223,12 @@ class Side:
     def _beat(self) -> None:
         self.beats += 1
 
-    def drain(self) -> None:
-        self.worker.process_pending()
+    def drain(self, via_wait: bool = False) -> None:
+        if via_wait:  # as the daemon's loop runs it: the wait drains what came
+            fd = self.kernel.ours.fileno()
+            assert self.worker.wait_and_process(fd, [], 5.0) == []
+        else:
+            self.worker.process_pending()
         self.kernel.collect()
         assert self.kernel.covered <= self.cell.value
 
@@ -347,7 +353,9 @@ class Traffic:
 # ---- the comparison ------------------------------------------------------------------------------
 
 
-def run_both(seed: int, offload: str, bursts: list[int]) -> tuple[Side, Side]:
+def run_both(
+    seed: int, offload: str, bursts: list[int], via_wait: bool = False
+) -> tuple[Side, Side]:
     clock = Clock()
     py, cc = Side(offload, False, clock), Side(offload, True, clock)
     traffic = Traffic(seed)
@@ -358,7 +366,7 @@ def run_both(seed: int, offload: str, bursts: list[int]) -> tuple[Side, Side]:
                 py.kernel.send(datagram, ids)
                 cc.kernel.send(datagram, ids)
             py.drain()
-            cc.drain()
+            cc.drain(via_wait)
             assert cc.kernel.verdicts == py.kernel.verdicts
             assert py.kernel.queued == [] and cc.kernel.queued == []
             clock.now += traffic.rng.choice((0.3, 0.7, 1.5, 30.0))
@@ -388,6 +396,54 @@ def test_the_compiled_drain_sends_what_the_python_drain_sends(seed: int, offload
     assert kinds == {(3 << 8) | 1, (3 << 8) | 3}
     assert any(len(m) > 40 for m in cc.kernel.verdicts)  # rewrites (and offload marks)
     assert cc.beats > 0  # a burst past BUSY_EVERY beat inside it
+
+
+@pytest.mark.parametrize("offload", ["off", "on"])
+def test_the_compiled_wait_drains_as_the_python_drain_does(offload: str) -> None:
+    """The daemon's loop waits in compiled code (CompiledDrain.wait: poll, then the drain
+    at once): the same verdicts as select and the Python drain."""
+    need_compiled_drain()
+    bursts = [1, 3, 40, 2, 3 * BATCH_MAX + 17, 1, 300, 1, 64]
+    _, cc = run_both(5, offload, bursts, via_wait=True)
+    assert cc.worker._compiled is not None and cc.worker._compiled.compiled_packets > 100
+
+
+def test_the_wait_reports_the_other_fds_and_times_out() -> None:
+    """wait_and_process with the compiled loop and without: a readable other fd is
+    returned (the queue drained too when it has packets), an idle wait ends at its
+    timeout with nothing."""
+    need_compiled_drain()
+    clock = Clock()
+    sides = [Side("off", False, clock), Side("off", True, clock)]
+    traffic = Traffic(6)
+    other, writer = os.pipe()
+    try:
+        for side in sides:
+            fd = side.kernel.ours.fileno()
+            start = time.monotonic()
+            assert side.worker.wait_and_process(fd, [other], 0.05) == []
+            assert time.monotonic() - start >= 0.04  # it waited
+        os.write(writer, b"x")
+        for side in sides:
+            assert side.worker.wait_and_process(side.kernel.ours.fileno(), [other], 5.0) == [other]
+            side.kernel.collect()
+            assert side.kernel.verdicts == []  # the queue had nothing
+        for _ in range(50):
+            datagram, ids = traffic.datagram()
+            for side in sides:
+                side.kernel.send(datagram, ids)
+        for side in sides:
+            assert side.worker.wait_and_process(side.kernel.ours.fileno(), [other], 5.0) == [other]
+            side.kernel.collect()
+        py, cc = sides
+        assert py.kernel.verdicts and cc.kernel.verdicts == py.kernel.verdicts
+        assert py.kernel.queued == [] and cc.kernel.queued == []
+        assert cc.counters() == py.counters()
+    finally:
+        os.close(other)
+        os.close(writer)
+        for side in sides:
+            side.kernel.close()
 
 
 def test_a_long_flood_of_one_flow_is_decided_in_the_loop_and_batched() -> None:
