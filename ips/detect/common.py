@@ -297,7 +297,35 @@ class BucketDetector(Detector):
     share is how their table stays bounded."""
 
     buckets: dict[Any, list[float]]
+    rate: float
+    burst: float
     idle: float
+
+    def take(self, key: Any, amount: float, now: float) -> list[float] | None:
+        """Take `amount` from key's bucket (a new one starts full, less the amount): None
+        when it had enough, else the bucket, its count over the rate raised by `amount`.
+
+        ips/fast/_fastpath.pyx (`_floods_take`) does this for the flood packets it decides,
+        when the bucket exists and has a token: the same double operations in the same
+        order. Whoever changes one changes the other (tests/pure/
+        test_fastpath_differential.py compares the buckets to the bit)."""
+        buckets = self.buckets
+        b = buckets.get(key)
+        if b is None:
+            if len(buckets) >= self.memory:
+                self._make_room(now)
+            buckets[key] = [self.burst - amount, now, float("-inf"), 0.0]
+            return None
+        elapsed = now - b[1]
+        if elapsed > 0.0:
+            tokens = b[0] + elapsed * self.rate
+            b[0] = tokens if tokens < self.burst else self.burst
+            b[1] = now
+        if b[0] >= amount:
+            b[0] -= amount
+            return None
+        b[3] += amount
+        return b
 
     def _make_room(self, now: float) -> None:
         """Evict one bucket: the first idle one (it would be full again, so nothing is lost)

@@ -50,30 +50,17 @@ class Flood(BucketDetector):
         """Count one packet; True when it is over the rate and the response is `limit`.
 
         ips/fast/_fastpath.pyx (`_floods_take`) does this for the packets it decides, when
-        the bucket exists and has a token: the same ignore test and double operations in the
-        same order. Whoever changes one changes the other (tests/pure/
+        the bucket exists and has a token: the same ignore test, and `take`'s double
+        operations in the same order. Whoever changes one changes the other (tests/pure/
         test_fastpath_differential.py compares the buckets to the bit)."""
         key = pkt.src if self.per_src else pkt.dst
         if self.ignore is not None and (
             pkt.src in self.ignore or (not self.per_src and key in self.ignore)
         ):
             return False
-        buckets = self.buckets
-        b = buckets.get(key)
+        b = self.take(key, 1.0, now)
         if b is None:
-            if len(buckets) >= self.memory:
-                self._make_room(now)
-            buckets[key] = [self.burst - 1.0, now, float("-inf"), 0.0]
             return False
-        elapsed = now - b[1]
-        if elapsed > 0.0:
-            tokens = b[0] + elapsed * self.rate
-            b[0] = tokens if tokens < self.burst else self.burst
-            b[1] = now
-        if b[0] >= 1.0:
-            b[0] -= 1.0
-            return False
-        b[3] += 1.0
         if self.response == "limit":
             self.drops += 1
             if now - b[2] >= ALERT_EVERY:

@@ -73,22 +73,9 @@ class Volume(BucketDetector):
         per = self.per
         key: bytes | int = pkt.dst if per == "dst" else pkt.src if per == "src" else pkt.dport
         amount = float(pkt.length) if self.by_bytes else 1.0
-        buckets = self.buckets
-        b = buckets.get(key)
+        b = self.take(key, amount, now)
         if b is None:
-            if len(buckets) >= self.memory:
-                self._make_room(now)
-            buckets[key] = [self.burst - amount, now, float("-inf"), 0.0]
             return False
-        elapsed = now - b[1]
-        if elapsed > 0.0:
-            tokens = b[0] + elapsed * self.rate
-            b[0] = tokens if tokens < self.burst else self.burst
-            b[1] = now
-        if b[0] >= amount:
-            b[0] -= amount
-            return False
-        b[3] += amount
         limit = self.response == "limit"
         if limit:
             self.drops += 1

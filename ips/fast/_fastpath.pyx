@@ -195,8 +195,8 @@ cdef enum:
 _LIMIT_PER = {"src": LIMIT_SRC, "dst": LIMIT_DST, "flow": LIMIT_FLOW, "rule": LIMIT_RULE}
 
 # ---- token buckets --------------------------------------------------------------------------
-# The detectors' floods (ips/detect/flood.py Flood.count) and the rules' limits
-# (ips/core/tables.py TokenBuckets.take) keep [tokens, last update, ...] lists of Python
+# The detectors' floods (ips/detect/flood.py Flood.count and BucketDetector.take) and the
+# rules' limits (ips/core/tables.py TokenBuckets.take) keep [tokens, last update, ...] lists of Python
 # floats; this module updates them for the packets it decides, with the same double
 # operations in the same order, so that both paths leave the same bits behind. The product
 # is rounded before the sum, as Python rounds it: a fused multiply-add (which a compiler may
@@ -233,7 +233,9 @@ cdef tuple _flood_progs(object floods):
     not what this module knows how to count (then their packets go to Python)."""
     progs = []
     for det in floods:
-        if not isinstance(det, Flood) or type(det).count is not Flood.count:
+        if not isinstance(det, Flood) or type(det).count is not Flood.count or (
+            type(det).take is not Flood.take
+        ):
             return None  # a flood that counts otherwise: not what _floods_take mirrors
         if type(det.buckets) is not dict:
             return None
