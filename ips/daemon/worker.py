@@ -331,10 +331,13 @@ class Worker:
         next_tick = started + TICK_EVERY
         interval = self.cfg.stats_interval
         next_stats = started + interval if interval > 0 and eve else None
+        wait_for = HEARTBEAT_EVERY
         while True:
             beat()
-            # The adapter's packets are judged inside the wait, as soon as they come.
-            ready = adapter.wait_and_process(fd, others, HEARTBEAT_EVERY)
+            # The adapter's packets are judged inside the wait, as soon as they come; it
+            # lingers (packets do not end it) until one of the others is readable or the
+            # next of this loop's dues below, so this Python runs per due, not per wake-up.
+            ready = adapter.wait_and_process(fd, others, wait_for, linger=True)
             if copy_fd is not None and copy_fd in ready:
                 adapter.process_copies()
             if volumes is not None and volumes_fd in ready:
@@ -371,6 +374,12 @@ class Worker:
             if next_stats is not None and now >= next_stats and eve is not None:
                 eve.write(stats_record(now, now - started, eve_stats(engine, adapter, self.cfg)))
                 next_stats = now + interval
+            due = next_tick
+            if links is not None:
+                due = min(due, links.due)
+            if next_stats is not None:
+                due = min(due, next_stats)
+            wait_for = min(HEARTBEAT_EVERY, max(due - time.time(), 0.0))
 
     def tear_down(self) -> None:
         self.adapter.unbind()  # first: the queue's fail mode covers the packets from now on
