@@ -33,6 +33,27 @@ returns the rule's Decision
 (or its offload variant, chosen as ips/engine/offload.py chooses). tests/pure/
 test_fastpath_differential.py holds it to the Python engine, packet for packet.
 
+A packet of no flow (`_flowless`: a flow's first packet, which the engine would open a flow
+for) is decided here when the policy refuses it with nothing to say, for then the flow is
+discarded before it is filed (Engine._discard, FlowTable._discard_opened) and nothing of it
+stays but counters:
+
+  * TCP or UDP as above, no block, no translation, application parsing off (its first
+    look at a flow is Python's);
+  * the detectors declared what they do with a flow's first packet (PacketInterest
+    first_tcp, first_udp_quiet): nothing, or only an answer to a pending probe that is no
+    failure (not a reset), which `note_answer` (Python) notes as `_tcp` would;
+  * the flow table would not make room first (not full) and has no unsettled flow; the
+    timer slot the flow would have had exists and its unreplied queue needs no compacting
+    (Python makes the one and compacts the other);
+  * the candidate rules, found as CompiledPolicy.candidate_entry finds them (the same memo
+    reads and lookups; a bitset whose candidates are not memoised yet goes to Python) and
+    walked with state new, reach a terminal drop with a prebuilt Decision (its `limit`, per
+    source or destination or rule, with a token) -- or none matches and the default drops.
+
+Then it counts EngineStats.packets and verdicts, the rule's hits and its limit's bucket, and
+the flow table's next id, created, discarded and the unreplied queue's stand-in for the flow.
+
 `run_pcap` reads classic pcap records from a buffer (an mmap of the file) and judges each:
 the fast ones here, the others through the engine's Python path, returning to the caller at
 each tick, each decision with effects, and each record it leaves to the Python reader.
