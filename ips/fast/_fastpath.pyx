@@ -71,6 +71,7 @@ from cpython.ref cimport Py_XDECREF
 
 from collections import deque
 
+from ips.core import decode as _decode
 from ips.core.decision import Decision
 from ips.core.flow import _GONE_STAND_IN, _SLOT, Flow, FlowTable, FlowTimeouts
 from ips.core.packet import Packet
@@ -126,6 +127,8 @@ cdef inline void _set(object obj, Py_ssize_t offset, object value):
 
 cdef type FLOW = Flow
 cdef type FLOW_TABLE = FlowTable
+# The ethertypes of VLAN tags ips/core/decode.py peels (a frame with one is Python's).
+cdef frozenset _VLAN_TPIDS = _decode._VLAN_TPIDS
 cdef type COMPILED_POLICY = CompiledPolicy
 # What FlowTable._discard_opened puts in the unreplied queue for a discarded flow, and the
 # timer wheel's granularity (ips/core/flow.py).
@@ -500,6 +503,7 @@ cdef class FastPath:
     cdef object flow_timeouts
     cdef object app
     cdef object default_drop
+    cdef object not_ip_decision  # Engine._not_ip, or None (Python counts not-IP frames)
     cdef dict families
     cdef dict if_memo
     cdef dict candidates_memo
@@ -573,13 +577,37 @@ cdef class FastPath:
         self.other_progs = None
 
     cdef _refresh_flowless(self, engine):
-        """What _flowless reads, checked to be what it mirrors; flowless_on False (every
-        packet of no flow goes to Python) when anything is not."""
+        """What _flowless and _not_ip read, checked to be what they mirror; flowless_on False
+        (every packet of no flow goes to Python) or not_ip_decision None (every frame that
+        is not IP goes to Python) when anything is not."""
         self.flowless_on = False
+        self.table = None
+        self.not_ip_decision = None
         self.first_tcp = None
         self.answer_indexes = ()
         self.note_answer = None
         self.first_udp_quiet = False
+        self.default_drop = None
+        # ---- the flow table: its counters and queues are plain attributes
+        flows = engine.flows
+        if type(flows) is not FLOW_TABLE or type(flows.__dict__) is not dict:
+            return
+        table = flows.__dict__
+        if "_opened" not in table:
+            return
+        for name in ("_next_id", "_created", "_discarded", "_active", "max_flows"):
+            if type(table.get(name)) is not int:
+                return
+        if type(table.get("_tcp_timeouts")) is not tuple or type(table.get("_wheel")) is not dict:
+            return
+        if type(table.get("_unreplied")) is not deque or type(flows.timeouts) is not FlowTimeouts:
+            return
+        self.table = table
+        self.flow_timeouts = flows.timeouts
+        not_ip = engine._not_ip
+        if type(not_ip) is DECISION and type(self.stats_dict.get("not_ip")) is int:
+            self.not_ip_decision = not_ip
+        # ---- the detectors' declaration for a flow's first packet
         detect = engine.detect
         if detect is not None:
             interest = getattr(detect, "interest", None)
@@ -599,28 +627,13 @@ cdef class FastPath:
         else:
             self.first_tcp = bytes(256)  # no detector: nothing to do with any first packet
             self.first_udp_quiet = True
-        flows = engine.flows
-        if type(flows) is not FLOW_TABLE or type(flows.__dict__) is not dict:
-            return
-        table = flows.__dict__
-        if "_opened" not in table:
-            return
-        for name in ("_next_id", "_created", "_discarded", "_active", "max_flows"):
-            if type(table.get(name)) is not int:
-                return
-        if type(table.get("_tcp_timeouts")) is not tuple or type(table.get("_wheel")) is not dict:
-            return
-        if type(table.get("_unreplied")) is not deque or type(flows.timeouts) is not FlowTimeouts:
-            return
+        # ---- the policy: its candidates found as CompiledPolicy finds them, its default
         policy = engine.policy
         if type(policy) is not COMPILED_POLICY:
             return  # (a subclass may find its candidates otherwise)
         default = engine._default
-        self.default_drop = None
         if type(default) is DECISION and default.verdict == DROP and engine._default_refuses:
             self.default_drop = default
-        self.table = table
-        self.flow_timeouts = flows.timeouts
         self.app = engine.app
         self.families = policy._families
         self.if_memo = policy._if_memo
@@ -678,7 +691,9 @@ cdef class FastPath:
                 return None
             etype = (p[12] << 8) | p[13]
             if etype != 0x0800 and etype != 0x86DD:
-                return None
+                if etype in _VLAN_TPIDS:
+                    return None  # tags: Python peels them
+                return self._not_ip()
             off = 14
             p += 14
             n -= 14
@@ -921,6 +936,18 @@ cdef class FastPath:
             verdicts[verdict] = <object>count + 1
         self.fast_packets += 1
         return decision
+
+    cdef object _not_ip(self):
+        """An Ethernet frame that carries no IP (ARP, LLDP...): Engine.handle_python's
+        `_undecodable(None)`, counted as there (EngineStats.packets and not_ip; such a
+        Decision is returned before the verdicts are counted, and settles nothing)."""
+        if self.not_ip_decision is None:
+            return None
+        counts = self.stats_dict
+        counts["packets"] = counts["packets"] + 1
+        counts["not_ip"] = counts["not_ip"] + 1
+        self.fast_packets += 1
+        return self.not_ip_decision
 
     cdef object _flowless(self, const uint8_t *p, int proto, Py_ssize_t total,
                           Py_ssize_t payload_offset, int sport, int dport, int flags,
