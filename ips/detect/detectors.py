@@ -120,7 +120,7 @@ class PacketInterest(NamedTuple):
         FIRST_ANSWER               whether its 5-tuple is in one of answer_indexes (the
                                    scans' pending probes); if so, `_answer` notes it: with
                                    RST a failure (weighed at once: anything), else what
-                                   note_answer does, which reports nothing
+                                   Detectors.note_answer does, which reports nothing
         FIRST_ANSWER_ELSE_PROBE    FIRST_ANSWER; not an answer, a probe (anything)
         FIRST_ANSWER_ELSE_PROBE_IF_EMPTY  the same, a probe only without payload
         FIRST_BUSY                 anything
@@ -140,7 +140,6 @@ class PacketInterest(NamedTuple):
     echo_reply_unanswered: bool = False
     first_tcp: bytes | None = None
     answer_indexes: tuple[Mapping[Tuple5, object], ...] = ()
-    note_answer: Callable[[Tuple5, float], bool] | None = None
     first_udp_quiet: bool = False
 
 
@@ -240,7 +239,6 @@ class Detectors:
                 reflection is not None,
                 self._first_tcp(),
                 tuple(det.index for det in self.scans),
-                self.note_answer,
                 not self._udp_busy,
             )
 
@@ -274,7 +272,8 @@ class Detectors:
         """`_answer` for a flow's first packet that answers a pending probe and is no failure
         (no RST), as `_tcp` calls it: the probe is noted as answered; nothing is reported
         (only a failure is weighed at once). Whether one answered. For the compiled fast
-        path (PacketInterest.note_answer), which decides such a packet after this call."""
+        path (ips/fast/_fastpath.pyx `_flowless`), which decides such a packet after this
+        call."""
         return self._answer(answer, False, now, [])
 
     def __bool__(self) -> bool:

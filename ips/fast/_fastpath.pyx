@@ -622,7 +622,9 @@ cdef class FastPath:
                     return
             self.first_tcp = first_tcp
             self.answer_indexes = indexes
-            self.note_answer = interest.note_answer
+            # (a bound method held here, not in the declaration: Detectors holds that, and
+            # a method of its own there would be a reference cycle, garbage at each load)
+            self.note_answer = getattr(detect, "note_answer", None)
             self.first_udp_quiet = bool(interest.first_udp_quiet)
         else:
             self.first_tcp = bytes(256)  # no detector: nothing to do with any first packet
