@@ -29,7 +29,7 @@ per src) are split among them: see docs/language.md, "Several workers".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, TypeVar
 
 from ips.core.events import Block, BlockRequest, DetectorEffect, Effect
@@ -61,6 +61,7 @@ from ips.detect.scan import (
     SYN,
     TRACEROUTE_PORTS,
     PortScan,
+    Probe,
     ScanDetector,
     Sweep,
     Tuple5,
@@ -121,7 +122,13 @@ class PacketInterest(NamedTuple):
                                    scans' pending probes); if so, `_answer` notes it: with
                                    RST a failure (weighed at once: anything), else what
                                    Detectors.note_answer does, which reports nothing
-        FIRST_ANSWER_ELSE_PROBE    FIRST_ANSWER; not an answer, a probe (anything)
+        FIRST_ANSWER_ELSE_PROBE    FIRST_ANSWER; not an answer, a probe (anything), which
+                                   does nothing when it repeats a probe still pending: the
+                                   5-tuple of its answer (its own turned around) in every
+                                   one of answer_indexes, and no scan's first pending probe
+                                   due (pending_probes, in the same order: `_probe` weighs
+                                   those first; ScanDetector.probe takes a probe whose answer
+                                   is indexed for a retransmission of it)
         FIRST_ANSWER_ELSE_PROBE_IF_EMPTY  the same, a probe only without payload
         FIRST_BUSY                 anything
       UDP          nothing when first_udp_quiet (no detector looks at unanswered UDP)
@@ -140,6 +147,7 @@ class PacketInterest(NamedTuple):
     echo_reply_unanswered: bool = False
     first_tcp: bytes | None = None
     answer_indexes: tuple[Mapping[Tuple5, object], ...] = ()
+    pending_probes: tuple[Sequence[Probe], ...] = ()
     first_udp_quiet: bool = False
 
 
@@ -239,6 +247,7 @@ class Detectors:
                 reflection is not None,
                 self._first_tcp(),
                 tuple(det.index for det in self.scans),
+                tuple(det.pending for det in self.scans),
                 not self._udp_busy,
             )
 

@@ -497,6 +497,7 @@ cdef class FastPath:
     cdef bint flowless_on
     cdef bytes first_tcp
     cdef tuple answer_indexes
+    cdef tuple pending_probes
     cdef object note_answer
     cdef bint first_udp_quiet
     cdef dict table
@@ -585,6 +586,7 @@ cdef class FastPath:
         self.not_ip_decision = None
         self.first_tcp = None
         self.answer_indexes = ()
+        self.pending_probes = ()
         self.note_answer = None
         self.first_udp_quiet = False
         self.default_drop = None
@@ -620,8 +622,13 @@ cdef class FastPath:
             for index in indexes:
                 if type(index) is not dict:
                     return
+            pendings = tuple(interest.pending_probes)
+            for pending in pendings:
+                if type(pending) is not deque:
+                    return
             self.first_tcp = first_tcp
             self.answer_indexes = indexes
+            self.pending_probes = pendings
             # (a bound method held here, not in the declaration: Detectors holds that, and
             # a method of its own there would be a reference cycle, garbage at each load)
             self.note_answer = getattr(detect, "note_answer", None)
@@ -985,10 +992,13 @@ cdef class FastPath:
                 if answers:
                     if flags & TCP_RST or self.note_answer is None:
                         return None  # a failed probe: weighed at once (Python)
-                elif need == FIRST_ANSWER_ELSE_PROBE:
-                    return None  # a probe
-                elif need == FIRST_ANSWER_ELSE_PROBE_IF_EMPTY and payload_offset >= total:
-                    return None  # a probe (an ACK without payload)
+                elif need == FIRST_ANSWER_ELSE_PROBE or (
+                    need == FIRST_ANSWER_ELSE_PROBE_IF_EMPTY and payload_offset >= total
+                ):
+                    # a probe (a SYN, an ACK without payload): Python's, unless it repeats
+                    # one still pending and none is due (then it does nothing)
+                    if not self._probe_repeats(proto, src, sport, dst, dport, now_obj):
+                        return None
         elif not self.first_udp_quiet:
             return None
         # ---- the flow table: FlowTable.open would make a flow, without making room
@@ -1065,6 +1075,24 @@ cdef class FastPath:
         self.fast_packets += 1
         self.flowless_packets += 1
         return decision
+
+    cdef bint _probe_repeats(self, int proto, object src, int sport, object dst, int dport,
+                             object now_obj) except -1:
+        """Whether a probe repeats one that every scan detector holds pending, while none
+        has a probe due (PacketInterest.pending_probes): then `_probe` and
+        ScanDetector.probe do nothing with it."""
+        cdef tuple indexes = self.answer_indexes
+        cdef tuple pendings = self.pending_probes
+        if not indexes or len(pendings) != len(indexes):
+            return False
+        answer = (proto, dst, dport, src, sport)
+        for index in indexes:
+            if not PyDict_Contains(index, answer):
+                return False
+        for pending in pendings:
+            if len(pending) and (<object>pending[0]).due <= now_obj:
+                return False  # weighed first (Python)
+        return True
 
     cdef object _flowless_rules(self, int proto, object src, object dst, int sport,
                                 int dport, int flags, object iif, object oif,

@@ -769,7 +769,8 @@ def refused_traffic(seed: int) -> list[tuple[float, bytes]]:
     """Packets of no flow, most of them refused, over six seconds (the flow table's timer
     slots made anew each second, its unreplied queue compacted every thousand or so): TCP
     of any flags with and without payload, UDP, and probes followed by their answers (a
-    first packet of no flow that answers a pending probe: the detectors note it)."""
+    first packet of no flow that answers a pending probe: the detectors note it; one that
+    repeats a pending probe: nothing to do, unless a probe is due)."""
     rng = random.Random(seed)
     out: list[tuple[float, bytes]] = []
     now = 20.0
@@ -791,9 +792,13 @@ def refused_traffic(seed: int) -> list[tuple[float, bytes]]:
         elif kind < 0.85:
             out.append((now, build_packet(PROTO_UDP, src, dst, sport, dport, payload=b"u" * 30)))
         else:
-            # a probe, then its answer (data, SYN+ACK or a reset) a little later
+            # a probe, repeated now and then (within its grace time or after), then its
+            # answer (data, SYN+ACK or a reset) a little later
             probe = rng.choice([0x02, 0x10])
             out.append((now, build_packet(PROTO_TCP, src, dst, sport, dport, flags=probe)))
+            for _ in range(rng.choice([0, 0, 1, 3])):
+                again = now + rng.choice([0.05, 0.3, 1.0, 2.5])
+                out.append((again, build_packet(PROTO_TCP, src, dst, sport, dport, flags=probe)))
             answer = rng.choice([0x18, 0x10, 0x12, 0x14])
             payload = b"a" * 40 if answer == 0x18 else b""
             out.append(
@@ -817,6 +822,19 @@ def test_refused_packets_of_no_flow_decide_the_same(policy: str, seed: int) -> N
     policy memos as the Python engine, tick after tick."""
     need_fast_path()
     pair = Pair(_REFUSED_POLICIES[policy])
+    # the answers the compiled path has the detectors note (Detectors.note_answer)
+    noted: list[tuple[Any, ...]] = []
+    detect = pair.fast.detect
+    fast_path = pair.fast._fast_path
+    if detect is not None and fast_path is not None:
+        note = detect.note_answer
+
+        def counted(answer: Any, now: float) -> bool:
+            noted.append(answer)
+            return note(answer, now)
+
+        detect.note_answer = counted  # type: ignore[method-assign]
+        fast_path.refresh(pair.fast)
     now = 0.0
     for now, data in refused_traffic(seed):
         pair.handle(data, META, now)
@@ -829,5 +847,36 @@ def test_refused_packets_of_no_flow_decide_the_same(policy: str, seed: int) -> N
         assert sum(rule.hits for rule in slow.policy.rules if rule.spec.src is not None) > 0
     if policy in ("ten-thousand", "gateway"):
         # answers to pending probes, noted by the compiled path's call
-        scans = slow.detect.scans if slow.detect is not None else ()
-        assert any(probe.outcome != 0 for det in scans for probe in det.pending)
+        assert noted
+
+
+@pytest.mark.parametrize("probe", [0x10, 0x02], ids=["ack", "syn"])
+def test_a_repeated_probe_is_decided_in_compiled_code_unless_probes_are_due(probe: int) -> None:
+    """A scanner's probes of twenty ports, unanswered; each repeated within its grace time
+    does nothing (decided in compiled code); repeated once they are due, `_probe` weighs
+    them first (Python), and the repeat is a new probe: with SYNs, the scan is complete and
+    its alert rides on that packet's Decision (an unanswered ACK weighs nothing)."""
+    need_fast_path()
+    policy = "set app-layer off\nset default drop\ndetect portscan ports 15 within 60s alert\n"
+    pair = Pair(policy)
+    pair.next_tick = 200.0  # no tick here: the due probes are weighed by a packet
+    scanner, target = "198.18.5.5", "10.30.0.1"
+    now = 100.0
+    for port in range(1000, 1020):
+        now += 0.01
+        pair.handle(build_packet(PROTO_TCP, scanner, target, 40000, port, flags=probe), META, now)
+    before = pair.flowless_packets
+    for port in range(1000, 1020):  # within their grace time: nothing to do
+        now += 0.01
+        pair.handle(build_packet(PROTO_TCP, scanner, target, 40000, port, flags=probe), META, now)
+    assert pair.flowless_packets == before + 20
+    # a data segment of no flow (no probe): it opens the flow table's timer slot of this
+    # second (Python), so that the repeat below is left to Python for its probes alone
+    data = build_packet(PROTO_TCP, "192.0.2.1", target, 40001, 80, flags=0x18, payload=b"x")
+    pair.handle(data, META, 102.5)
+    assert pair.flowless_packets == before + 20
+    # due now: the first repeat weighs them (an alert), before any tick
+    pair.handle(build_packet(PROTO_TCP, scanner, target, 40000, 1000, flags=probe), META, 102.6)
+    assert pair.flowless_packets == before + 20
+    assert pair.slow.stats.alerts == (1 if probe == 0x02 else 0)
+    pair.finish(104.0)
