@@ -18,6 +18,7 @@ worker must fall back to the Python drain (tested here), and the comparison is s
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import socket
@@ -762,4 +763,35 @@ def test_a_lingering_wait_leaves_no_block_unwritten_until_its_timeout() -> None:
             side.kernel.collect()
             assert side.kernel.queued == []
         finally:
+            side.kernel.close()
+
+
+def test_the_daemons_shared_cell_is_written_as_its_setter_would() -> None:
+    """The daemon's JudgedCell is a multiprocessing.Value("Q", lock=False): the compiled loop
+    writes its shared memory directly (CompiledDrain._publish). After each drain it holds
+    what the Python loop's cell holds: every packet judged so far."""
+    need_compiled_drain()
+    clock = Clock()
+    sides = [Side("off", False, clock), Side("off", True, clock)]
+    cells = []
+    for side in sides:
+        cell = multiprocessing.get_context("fork").Value("Q", 0, lock=False)
+        side.worker.judged_cell = cell
+        cells.append(cell)
+    traffic = Traffic(14)
+    try:
+        for burst in (3, 50, 1, 200):
+            for _ in range(burst):
+                datagram, ids = traffic.datagram()
+                for side in sides:
+                    side.kernel.send(datagram, ids)
+            for side in sides:
+                side.worker.process_pending()
+                side.kernel.collect()
+            py, cc = sides
+            assert cells[1].value == cells[0].value == py.worker.judged == cc.worker.judged
+            assert cc.kernel.covered == py.kernel.covered <= cells[1].value
+        assert cells[1].value > 200
+    finally:
+        for side in sides:
             side.kernel.close()
