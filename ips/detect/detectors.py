@@ -278,12 +278,7 @@ class Detectors:
             if self.scans:
                 if self.ackscan is not None and self.ackscan.index:
                     self.ackscan.again(pkt)  # a refused flow's source going on in a new one
-                answers_probe = self._answer(
-                    (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport),
-                    flags & TCP_RST != 0,
-                    now,
-                    out,
-                )
+                answers_probe = self._answers(pkt, flags & TCP_RST != 0, now, out)
                 if answers_probe:
                     pass
                 elif sfra == TCP_SYN:
@@ -391,26 +386,44 @@ class Detectors:
             pending = det.pending
             if pending and pending[0].due <= now:
                 det.resolve(now, RESOLVE_PER_PACKET, out)  # answers now due, before the probe
+        # The 5-tuple of its answer (answer_tuple), made once for every scan detector. One
+        # whose index awaits it already takes it for a retransmission (the first probe
+        # stands for it): looked up first, before anything is built or called for it.
+        dport = pkt.dport
+        answer = (pkt.proto, dst, dport, src, pkt.sport)
+        size = pkt.length
         portscan = self.portscan
-        if ports and portscan is not None and not portscan.ignored(src):
-            portscan.probe((src, dst), pkt.dport, pkt, flow, kind, now, out)
+        if ports and portscan is not None and answer not in portscan.index:
+            ignore = portscan.ignore
+            if ignore is None or src not in ignore:
+                portscan.probe((src, dst), dport, flow, kind, now, out, answer, size)
         sweep = self.sweep
-        if sweep is not None and not sweep.ignored(src):
-            sweep.probe(src, dst, pkt, flow, kind, now, out)
+        if sweep is not None and answer not in sweep.index:
+            ignore = sweep.ignore
+            if ignore is None or src not in ignore:
+                sweep.probe(src, dst, flow, kind, now, out, answer, size)
         ackscan = self.ackscan
-        if kind == ACK and ackscan is not None and not ackscan.ignored(src):
-            ackscan.probe(src, target_of(dst, pkt.dport), pkt, flow, kind, now, out)
+        if kind == ACK and ackscan is not None and answer not in ackscan.index:
+            ignore = ackscan.ignore
+            if ignore is None or src not in ignore:
+                ackscan.probe(src, target_of(dst, dport), flow, kind, now, out, answer, size)
 
     def _answers(self, pkt: Packet, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
-        """Whether `pkt` answers a pending probe (and note the answer)."""
-        return self._answer((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport), failed, now, out)
+        """Whether `pkt` answers a pending probe (and note the answer). Most packets answer
+        none: they cost a tuple and a look-up in each index."""
+        own = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        for det in self.scans:
+            if own in det.index:
+                return self._answer(own, failed, now, out)
+        return False
 
     def _answer(self, answer: Tuple5, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
         found = False
         for det in self.scans:
-            # (ScanDetector.answer does nothing for a tuple not in its index: asked only then)
-            if answer in det.index:
-                found = det.answer(answer, failed, now, out) or found
+            probe = det.index.get(answer)
+            if probe is not None:
+                det.answer(probe, failed, now, out)
+                found = True
         return found
 
     def rejected(self, pkt: Packet, now: float) -> list[DetectorEffect] | None:
