@@ -409,15 +409,20 @@ class Detectors:
                 ackscan.probe(src, target_of(dst, dport), flow, kind, now, out, answer, size)
 
     def _answers(self, pkt: Packet, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
-        """Whether `pkt` answers a pending probe (and note the answer). Most packets answer
-        none: they cost a tuple and a look-up in each index."""
+        """Whether `pkt` answers a pending probe (and note the answer): `_answer` for its
+        own 5-tuple, written out (every flow's first packet asks)."""
         own = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        found = False
         for det in self.scans:
-            if own in det.index:
-                return self._answer(own, failed, now, out)
-        return False
+            probe = det.index.get(own)
+            if probe is not None:
+                det.answer(probe, failed, now, out)
+                found = True
+        return found
 
     def _answer(self, answer: Tuple5, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
+        """Whether a packet with this 5-tuple answers a pending probe, noted in each scan
+        detector that waits for it (in their order)."""
         found = False
         for det in self.scans:
             probe = det.index.get(answer)
