@@ -71,6 +71,11 @@ def not_a_host(addr: bytes) -> bool:
     return first == 0xFF or addr in (_V6_LOOPBACK, _V6_UNSPECIFIED)
 
 
+# not_a_host of an IPv4 address, by its first byte (1: not a host): for the scan detectors,
+# which ask it of both addresses of every probe.
+NOT_A_HOST_V4 = bytes(not_a_host(bytes((first, 0, 0, 0))) for first in range(256))
+
+
 class Detector:
     """The part every detector shares: its configuration, counters, `emit`, which makes the
     alert of a detection (and the block request its response wants), and `answered`, which

@@ -49,7 +49,7 @@ from ips.core.packet import (
     Packet,
 )
 from ips.detect.ackscan import AckScan, target_of
-from ips.detect.common import Detector, not_a_host
+from ips.detect.common import NOT_A_HOST_V4, Detector, not_a_host
 from ips.detect.flood import Flood, IcmpFlood, SynFlood, UdpFlood
 from ips.detect.reflection import ICMP_ANSWER, TCP_ANSWER, UDP_ANSWER, Reflection
 from ips.detect.scan import (
@@ -380,7 +380,10 @@ class Detectors:
     ) -> None:
         src = pkt.src
         dst = pkt.dst
-        if not_a_host(dst) or not_a_host(src):
+        if len(src) == 4 == len(dst):
+            if NOT_A_HOST_V4[src[0]] or NOT_A_HOST_V4[dst[0]]:
+                return
+        elif not_a_host(dst) or not_a_host(src):
             return
         for det in self.scans:
             pending = det.pending
