@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
@@ -395,3 +395,50 @@ def test_the_oracle_is_the_frozen_copy() -> None:
     assert type(twin.old.detect).__module__ == "scan_oracle.oracle_detectors"
     assert type(twin.old.detect.by_name["portscan"]).__module__ == "scan_oracle.oracle_scan"  # type: ignore[union-attr]
     assert type(twin.new.detect.by_name["portscan"]).__module__ == "ips.detect.scan"  # type: ignore[union-attr]
+
+
+# ---- windows that end ---------------------------------------------------------------------------
+
+
+class _Window:
+    __slots__ = ("start",)
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+
+
+def _drop_one_by_one(entries: dict[int, _Window], horizon: float) -> None:
+    """What Detector.drop_finished_windows did before (the oracle): the first key, again
+    after each deletion."""
+    while entries:
+        key = next(iter(entries))
+        if entries[key].start >= horizon:
+            break
+        del entries[key]
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_finished_windows_go_as_they_went_one_by_one(ordered: bool) -> None:
+    """Detector.drop_finished_windows (ips/detect/common.py, shared by the oracle) against
+    the loop it replaced: windows started at times that go back now and then, renewed
+    (moved to the end), evicted from the front, expired with every horizon."""
+    rng = random.Random(7)
+    detector = Engine(load_policy_text(EVERYTHING, "t.rules"), fast=False).detect.by_name["stealth"]  # type: ignore[union-attr]
+    detector.within = 10.0  # type: ignore[attr-defined]
+    kind = OrderedDict if ordered else dict
+    got: dict[int, _Window] = kind()
+    want: dict[int, _Window] = kind()
+    now = 0.0
+    for step in range(20_000):
+        now += rng.choice((0.0, 0.01, 0.1, 1.0, -0.5))
+        key = rng.randrange(3000)
+        for entries in (got, want):
+            entries.pop(key, None)  # a new window: at the end
+            entries[key] = _Window(now)
+            if len(entries) > 2000:
+                del entries[next(iter(entries))]
+        if step % rng.choice((1, 7, 500)) == 0:
+            detector.drop_finished_windows(got, now)
+            _drop_one_by_one(want, now - 10.0)
+            assert [(k, w.start) for k, w in got.items()] == [(k, w.start) for k, w in want.items()]
+    assert 0 < len(got) < 2000
