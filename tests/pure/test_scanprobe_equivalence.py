@@ -12,7 +12,10 @@ connections, retransmissions, UDP probes refused by ICMP unreachable, answered o
 ICMP echo and timestamp sweeps, bare ACK and SCTP probes, traceroute, multicast and forged
 ICMP errors, our own `reject`), bursty enough that the queue of pending probes is full (`set
 detect-probes`: its oldest weighed early or forgotten), keys are evicted (`set
-detect-memory`) and keys reach their cap of waiting probes."""
+detect-memory`) and keys reach their cap of waiting probes.
+
+The oracle shares ips/detect/common.py with the code under test: what changed there
+(`Detector.drop_finished_windows`) is held to the loop it replaced on its own, below."""
 
 from __future__ import annotations
 
