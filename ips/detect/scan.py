@@ -308,35 +308,14 @@ class ScanDetector(Detector):
             waiting.pop(target, None)
 
     def resolve(self, now: float, budget: int, out: list[DetectorEffect]) -> None:
-        """Weigh the probes whose answer is due. Every probe passes here once: what `_leave`
-        and `_judge` do is written out in the loop (two calls fewer a probe)."""
+        """Weigh the probes whose answer is due. (Their work written out in this loop was
+        measured slower than these two calls, in CPython 3.11.)"""
         pending = self.pending
-        index = self.index
-        weigh = self.weigh
-        while pending and budget > 0:
-            probe = pending[0]
-            if not probe.due <= now:
-                break
-            pending.popleft()
+        while pending and budget > 0 and pending[0].due <= now:
+            probe = pending.popleft()
             budget -= 1
-            index.pop(probe.answer, None)  # (_leave)
-            entry = probe.entry
-            entry.pending -= 1
-            waiting = entry.waiting
-            target = probe.target
-            left = waiting.get(target, 0) - 1
-            if left > 0:
-                waiting[target] = left
-            else:
-                waiting.pop(target, None)
-            outcome = probe.outcome  # (_judge)
-            if outcome == FAILED:
-                continue  # counted when the failure came
-            weight = weigh(probe)
-            if weight > 0.0:
-                self._credit(probe, weight, now, out)
-            elif self.slow is not None and (outcome == ANSWERED or probe.flow.replied):
-                self.slow.target_used(self, probe)  # a target in use is no failure over hours
+            self._leave(probe)
+            self._judge(probe, now, out)
 
     def _judge(self, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
         if probe.outcome == FAILED:
