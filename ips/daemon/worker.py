@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ips.geo.enrich import Enricher
     from ips.geo.rdns import ReverseDns
     from ips.io.conntrack import OffloadedVolumes
+    from ips.kernel.neighbours import TableWatch
     from ips.policy.model import Policy
     from ips.sinks.eve import EveWriter
     from ips.sinks.logfile import RotatingLog
@@ -207,35 +208,83 @@ def open_sinks(
 
 class LinkViews:
     """The kernel's neighbour table and routes, read for the engine's evidence behind blocks
-    (ips/kernel/neighbours.py) at start and every REFRESH_EVERY seconds, inline on NFQUEUE
-    (the packets carry their sender's MAC there). A failed read keeps the last view and is
-    counted (status: evidence)."""
+    (ips/kernel/neighbours.py), inline on NFQUEUE (the packets carry their sender's MAC
+    there): at start; then, with a watch (rtnetlink's announcements of neighbour and route
+    changes, in the worker's poll set), when they changed, at most every REFRESH_EVERY
+    seconds, and every WATCHED_REFRESH_EVERY seconds in any case; without one (it could not
+    be opened), every REFRESH_EVERY seconds. A read stalls the worker's packets for its few
+    milliseconds, so an idle gateway should not pay it every second. A failed read keeps the
+    last view and is counted (status: evidence)."""
 
-    def __init__(self, engine: Engine, read: Callable[[], Any] | None = None) -> None:
-        from ips.kernel.neighbours import REFRESH_EVERY, read_link_view
+    def __init__(
+        self,
+        engine: Engine,
+        read: Callable[[], Any] | None = None,
+        watch: TableWatch | None = None,
+    ) -> None:
+        from ips.kernel.neighbours import REFRESH_EVERY, WATCHED_REFRESH_EVERY, read_link_view
 
         self.engine = engine
         self.read = read or read_link_view
-        self.every = REFRESH_EVERY
+        self.watch = watch
+        self.spacing = REFRESH_EVERY
+        self.every = REFRESH_EVERY if watch is None else WATCHED_REFRESH_EVERY
         self.due = 0.0
+        self.last = float("-inf")
         self.reads = 0
+        self.changes = 0  # wake-ups by the watch with something announced
         self.errors = 0
         self.last_error = ""
 
+    def fileno(self) -> int | None:
+        return self.watch.fileno() if self.watch is not None else None
+
+    def announced(self, now: float) -> None:
+        """The watch is readable: if a table changed, read them as soon as the spacing allows."""
+        assert self.watch is not None
+        try:
+            changed = self.watch.changed()
+        except OSError as exc:  # the socket broke: back to reading every REFRESH_EVERY
+            self._error(exc)
+            self.watch.close()
+            self.watch = None
+            self.every = self.spacing
+            changed = True
+        if changed:
+            self.changes += 1
+            self.due = min(self.due, max(now, self.last + self.spacing))
+
     def refresh(self, now: float) -> None:
+        self.last = now
         self.due = now + self.every
         try:
             self.engine.set_link_view(self.read())
             self.reads += 1
         except Exception as exc:  # the last view stays; blocks are judged with it
-            self.errors += 1
-            if self.errors == 1 or str(exc) != self.last_error:
-                print(f"ipsctl worker: reading the neighbour table: {exc}", file=sys.stderr,
-                      flush=True)  # fmt: skip
-            self.last_error = str(exc)
+            self._error(exc)
+
+    def _error(self, exc: Exception) -> None:
+        self.errors += 1
+        if self.errors == 1 or str(exc) != self.last_error:
+            print(f"ipsctl worker: reading the neighbour table: {exc}", file=sys.stderr,
+                  flush=True)  # fmt: skip
+        self.last_error = str(exc)
 
     def stats(self) -> dict[str, object]:
-        return {"reads": self.reads, "errors": self.errors, "last_error": self.last_error}
+        watch = self.watch
+        return {
+            "reads": self.reads,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "watched": watch is not None,
+            "announcements": self.changes,
+            "overruns": watch.overruns if watch is not None else 0,
+        }
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+            self.watch = None
 
 
 @dataclass
@@ -274,18 +323,27 @@ class Worker:
         volumes_fd = volumes.fileno() if volumes is not None else None
         if volumes_fd is not None:
             others.append(volumes_fd)
+        links = self.links
+        links_fd = links.fileno() if links is not None else None
+        if links_fd is not None:
+            others.append(links_fd)
         started = time.time()
         next_tick = started + TICK_EVERY
         interval = self.cfg.stats_interval
         next_stats = started + interval if interval > 0 and eve else None
+        wait_for = HEARTBEAT_EVERY
         while True:
             beat()
-            # The adapter's packets are judged inside the wait, as soon as they come.
-            ready = adapter.wait_and_process(fd, others, HEARTBEAT_EVERY)
+            # The adapter's packets are judged inside the wait, as soon as they come; it
+            # lingers (packets do not end it) until one of the others is readable or the
+            # next of this loop's dues below, so this Python runs per due, not per wake-up.
+            ready = adapter.wait_and_process(fd, others, wait_for, linger=True)
             if copy_fd is not None and copy_fd in ready:
                 adapter.process_copies()
             if volumes is not None and volumes_fd in ready:
                 volumes.read()  # conntrack's DESTROY events: held flow records completed
+            if links is not None and links_fd is not None and links_fd in ready:
+                links.announced(time.time())  # a neighbour or route changed: read them soon
             if control in ready:
                 try:
                     msg = conn.recv()
@@ -304,7 +362,6 @@ class Worker:
                 self.reopen.clear()
                 self.sinks.reopen()
             now = time.time()
-            links = self.links
             if links is not None and now >= links.due:
                 links.refresh(now)  # before the tick, which judges held requests again
             if now >= next_tick:
@@ -317,6 +374,12 @@ class Worker:
             if next_stats is not None and now >= next_stats and eve is not None:
                 eve.write(stats_record(now, now - started, eve_stats(engine, adapter, self.cfg)))
                 next_stats = now + interval
+            due = next_tick
+            if links is not None:
+                due = min(due, links.due)
+            if next_stats is not None:
+                due = min(due, next_stats)
+            wait_for = min(HEARTBEAT_EVERY, max(due - time.time(), 0.0))
 
     def tear_down(self) -> None:
         self.adapter.unbind()  # first: the queue's fail mode covers the packets from now on
@@ -328,6 +391,8 @@ class Worker:
                 print(f"ipsctl worker: held flow records: {exc}", file=sys.stderr, flush=True)
         self.sinks.close()
         self.peers.close()
+        if self.links is not None:
+            self.links.close()
 
 
 def worker_main(
@@ -411,9 +476,22 @@ def set_up(
         # Packets carry their sender's MAC here: the engine weighs it against the kernel's
         # neighbour table before a detector's block (tap, divert: no view; see
         # docs/language.md, "Evidence").
-        links = LinkViews(engine)
+        links = LinkViews(engine, watch=_table_watch())
         links.refresh(time.time())
     return Worker(engine, adapter, sinks, adopted, cfg, reopen, links, peers, volumes)
+
+
+def _table_watch() -> TableWatch | None:
+    """Announcements of neighbour and route changes; None (said on stderr) when the kernel
+    will not give them: the tables are then read every REFRESH_EVERY seconds."""
+    from ips.kernel.neighbours import REFRESH_EVERY, TableWatch
+
+    try:
+        return TableWatch()
+    except OSError as exc:
+        print(f"ipsctl worker: neighbour and route announcements: {exc}: the tables are read "
+              f"every {REFRESH_EVERY:g} s", file=sys.stderr, flush=True)  # fmt: skip
+        return None
 
 
 def _offloaded_volumes(deliver: Callable[[list[Effect]], None]) -> OffloadedVolumes | None:

@@ -29,7 +29,7 @@ per src) are split among them: see docs/language.md, "Several workers".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple, TypeVar
 
 from ips.core.events import Block, BlockRequest, DetectorEffect, Effect
@@ -61,6 +61,7 @@ from ips.detect.scan import (
     SYN,
     TRACEROUTE_PORTS,
     PortScan,
+    Probe,
     ScanDetector,
     Sweep,
     Tuple5,
@@ -113,6 +114,26 @@ class PacketInterest(NamedTuple):
       echo reply otherwise                   nothing
       every other packet                     anything: the fast path leaves it to Python
 
+    And for the first packet of a flow not in the table (a flowless packet, forward):
+
+      TCP          by first_tcp[flags] (None: anything, for every flags byte):
+        FIRST_NOTHING              nothing
+        FIRST_ANSWER               whether its 5-tuple is in one of answer_indexes (the
+                                   scans' pending probes); if so, `_answer` notes it: with
+                                   RST a failure (weighed at once: anything), else what
+                                   Detectors.note_answer does, which reports nothing
+        FIRST_ANSWER_ELSE_PROBE    FIRST_ANSWER; not an answer, a probe (anything), which
+                                   does nothing when it repeats a probe still pending: the
+                                   5-tuple of its answer (its own turned around) in every
+                                   one of answer_indexes, and no scan's first pending probe
+                                   due (pending_probes, in the same order: `_probe` weighs
+                                   those first; ScanDetector.probe takes a probe whose answer
+                                   is indexed for a retransmission of it)
+        FIRST_ANSWER_ELSE_PROBE_IF_EMPTY  the same, a probe only without payload
+        FIRST_BUSY                 anything
+      UDP          nothing when first_udp_quiet (no detector looks at unanswered UDP)
+      every other  anything
+
     The fast path may count a flood's packet itself, with Flood.count's arithmetic, when
     its bucket exists and has a token (a new key or a packet over the rate: Python).
     Whoever changes what `_udp` or `_icmp` does past a flow's first packet changes this
@@ -124,6 +145,18 @@ class PacketInterest(NamedTuple):
     amplifier_ports: bytes | None = None
     echo_floods: tuple[Flood, ...] = ()
     echo_reply_unanswered: bool = False
+    first_tcp: bytes | None = None
+    answer_indexes: tuple[Mapping[Tuple5, object], ...] = ()
+    pending_probes: tuple[Sequence[Probe], ...] = ()
+    first_udp_quiet: bool = False
+
+
+# PacketInterest.first_tcp: what `_tcp` does with a flow's first packet, by its flags byte.
+FIRST_NOTHING = 0
+FIRST_ANSWER = 1
+FIRST_ANSWER_ELSE_PROBE = 2
+FIRST_ANSWER_ELSE_PROBE_IF_EMPTY = 3
+FIRST_BUSY = 4
 
 
 # The detector classes whose packets `observe` routes by the tests PacketInterest declares.
@@ -212,7 +245,45 @@ class Detectors:
                 reflection.ports if reflection is not None else None,
                 self.icmpfloods,
                 reflection is not None,
+                self._first_tcp(),
+                tuple(det.index for det in self.scans),
+                tuple(det.pending for det in self.scans),
+                not self._udp_busy,
             )
+
+    def _first_tcp(self) -> bytes | None:
+        """PacketInterest.first_tcp: what `_tcp` does with a TCP flow's first packet (forward,
+        not replied), by its flags byte; None (all to Python) with `ackscan`, whose `again`
+        looks at every first packet while it has pending probes."""
+        if self.ackscan is not None:
+            return None
+        first = bytearray(256)
+        for flags in range(256):
+            kind = KIND_OF_FLAGS[flags]
+            sfra = flags & _SFRA
+            if (
+                (kind and self.stealth is not None)
+                or (sfra == TCP_SYN and self.synfloods)
+                or (self.reflection is not None and sfra in _ANSWER_FLAGS)
+            ):
+                first[flags] = FIRST_BUSY
+            elif kind or not self.scans:
+                first[flags] = FIRST_NOTHING  # (flags of a stealth kind skip the scans)
+            elif sfra == TCP_SYN:
+                first[flags] = FIRST_ANSWER_ELSE_PROBE
+            elif sfra in (TCP_ACK, TCP_ACK | TCP_FIN):
+                first[flags] = FIRST_ANSWER_ELSE_PROBE_IF_EMPTY
+            else:
+                first[flags] = FIRST_ANSWER
+        return bytes(first)
+
+    def note_answer(self, answer: Tuple5, now: float) -> bool:
+        """`_answer` for a flow's first packet that answers a pending probe and is no failure
+        (no RST), as `_tcp` calls it: the probe is noted as answered; nothing is reported
+        (only a failure is weighed at once). Whether one answered. For the compiled fast
+        path (ips/fast/_fastpath.pyx `_flowless`), which decides such a packet after this
+        call."""
+        return self._answer(answer, False, now, [])
 
     def __bool__(self) -> bool:
         return bool(self.by_name)
@@ -464,7 +535,17 @@ class Detectors:
         return {name: det.stats() for name, det in self.by_name.items()}
 
 
-__all__ = ["GRACE", "Detectors", "PacketInterest", "Result"]
+__all__ = [
+    "FIRST_ANSWER",
+    "FIRST_ANSWER_ELSE_PROBE",
+    "FIRST_ANSWER_ELSE_PROBE_IF_EMPTY",
+    "FIRST_BUSY",
+    "FIRST_NOTHING",
+    "GRACE",
+    "Detectors",
+    "PacketInterest",
+    "Result",
+]
 
 
 DetectorT = TypeVar("DetectorT", bound=Detector)

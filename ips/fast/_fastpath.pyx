@@ -33,13 +33,34 @@ returns the rule's Decision
 (or its offload variant, chosen as ips/engine/offload.py chooses). tests/pure/
 test_fastpath_differential.py holds it to the Python engine, packet for packet.
 
+A packet of no flow (`_flowless`: a flow's first packet, which the engine would open a flow
+for) is decided here when the policy refuses it with nothing to say, for then the flow is
+discarded before it is filed (Engine._discard, FlowTable._discard_opened) and nothing of it
+stays but counters:
+
+  * TCP or UDP as above, no block, no translation, application parsing off (its first
+    look at a flow is Python's);
+  * the detectors declared what they do with a flow's first packet (PacketInterest
+    first_tcp, first_udp_quiet): nothing, or only an answer to a pending probe that is no
+    failure (not a reset), which `note_answer` (Python) notes as `_tcp` would;
+  * the flow table would not make room first (not full) and has no unsettled flow; the
+    timer slot the flow would have had exists and its unreplied queue needs no compacting
+    (Python makes the one and compacts the other);
+  * the candidate rules, found as CompiledPolicy.candidate_entry finds them (the same memo
+    reads and lookups; a bitset whose candidates are not memoised yet goes to Python) and
+    walked with state new, reach a terminal drop with a prebuilt Decision (its `limit`, per
+    source or destination or rule, with a token) -- or none matches and the default drops.
+
+Then it counts EngineStats.packets and verdicts, the rule's hits and its limit's bucket, and
+the flow table's next id, created, discarded and the unreplied queue's stand-in for the flow.
+
 `run_pcap` reads classic pcap records from a buffer (an mmap of the file) and judges each:
 the fast ones here, the others through the engine's Python path, returning to the caller at
 each tick, each decision with effects, and each record it leaves to the Python reader.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.dict cimport PyDict_Contains, PyDict_GetItem, PyDict_SetItem
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
@@ -48,12 +69,16 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 from cpython.ref cimport Py_XDECREF
 
+from collections import deque
+
+from ips.core import decode as _decode
 from ips.core.decision import Decision
-from ips.core.flow import Flow
+from ips.core.flow import _GONE_STAND_IN, _SLOT, Flow, FlowTable, FlowTimeouts
 from ips.core.packet import Packet
 from ips.core.tables import TokenBuckets
 from ips.detect.flood import Flood
-from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledRule
+from ips.detect import detectors as _detectors
+from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledPolicy, CompiledRule
 from ips.policy.model import ACCEPT, DROP, ENCRYPTED_APPS, UNLIMITED_DEPTH
 
 cdef extern from "Python.h":
@@ -101,6 +126,19 @@ cdef inline void _set(object obj, Py_ssize_t offset, object value):
 
 
 cdef type FLOW = Flow
+cdef type FLOW_TABLE = FlowTable
+# The ethertypes of VLAN tags ips/core/decode.py peels (a frame with one is Python's).
+cdef frozenset _VLAN_TPIDS = _decode._VLAN_TPIDS
+cdef type COMPILED_POLICY = CompiledPolicy
+# What FlowTable._discard_opened puts in the unreplied queue for a discarded flow, and the
+# timer wheel's granularity (ips/core/flow.py).
+cdef object GONE_STAND_IN = _GONE_STAND_IN
+cdef object FLOW_SLOT = _SLOT
+# PacketInterest.first_tcp's values (ips/detect/detectors.py)
+cdef int FIRST_NOTHING = _detectors.FIRST_NOTHING
+cdef int FIRST_ANSWER = _detectors.FIRST_ANSWER
+cdef int FIRST_ANSWER_ELSE_PROBE = _detectors.FIRST_ANSWER_ELSE_PROBE
+cdef int FIRST_ANSWER_ELSE_PROBE_IF_EMPTY = _detectors.FIRST_ANSWER_ELSE_PROBE_IF_EMPTY
 cdef object PACKET = Packet
 cdef Py_ssize_t F_APP_STATE = _offset(Flow, "app_state")
 cdef Py_ssize_t F_NAT = _offset(Flow, "nat")
@@ -165,7 +203,10 @@ cdef enum:
     TCP_RST = 0x04
     TCP_ACK = 0x10
     STATE_FLAGS = 0x07
+    TCP_NONE = 0
+    TCP_SYN_SENT = 1
     TCP_ESTABLISHED = 3
+    TCP_CLOSED = 6
     TCP_CLOSING = 5
     LINKTYPE_ETHERNET = 1
     LINKTYPE_RAW = 101
@@ -316,6 +357,7 @@ cdef class RuleProg:
     cdef object decision          # the prebuilt Decision, or None: a match goes to Python
     cdef object offload_decision
     cdef bint accepts
+    cdef bint drops               # its verdict is drop (a refused first packet leaves no flow)
     cdef bint has_flags
     cdef int flags_value, flags_mask
     cdef int length_op, length_lo, length_hi
@@ -337,6 +379,7 @@ cdef RuleProg _rule_prog(object rule):
     prog.decision = rule.decision
     prog.offload_decision = rule.offload_decision
     prog.accepts = rule.verdict == ACCEPT
+    prog.drops = rule.verdict == DROP and rule.refuses is True
     prog.contains = ()
     if type(rule) is not RULE:
         return prog
@@ -444,6 +487,31 @@ cdef class FastPath:
     cdef object other_rules      # the one before (a flow's other direction: a ping's reply)
     cdef list other_progs
     cdef public long long fast_packets
+    # Packets of no flow, refused, decided here (fast_packets counts them too).
+    cdef public long long flowless_packets
+    # What a flowless packet needs (see _flowless): whether it may be decided here at all,
+    # the detectors' declaration for a flow's first packet, the flow table (its __dict__: its
+    # counters and queues are plain attributes), the application layer, the default's
+    # Decision when it drops, and the compiled policy's index (its memos, read as
+    # CompiledPolicy.candidate_bits reads them).
+    cdef bint flowless_on
+    cdef bytes first_tcp
+    cdef tuple answer_indexes
+    cdef tuple pending_probes
+    cdef object note_answer
+    cdef bint first_udp_quiet
+    cdef dict table
+    cdef object flow_timeouts
+    cdef object app
+    cdef object default_drop
+    cdef object not_ip_decision  # Engine._not_ip, or None (Python counts not-IP frames)
+    cdef dict families
+    cdef dict if_memo
+    cdef dict candidates_memo
+    # _walk's answer
+    cdef RuleProg walk_matched
+    cdef object walk_bucket
+    cdef double walk_tokens
 
     def __init__(self, engine, double reoffload_after):
         # The engine itself is not kept: it holds this object, and a cycle would leave both
@@ -451,6 +519,7 @@ cdef class FastPath:
         self.reoffload_after = reoffload_after
         self.programs = {}
         self.fast_packets = 0
+        self.flowless_packets = 0
         _bind_meta()
         self.refresh(engine)
 
@@ -501,11 +570,84 @@ cdef class FastPath:
             and (self.default_offload is None or type(self.default_offload) is DECISION)
         )
         self.offload_on = bool(engine.policy.offload)
+        self._refresh_flowless(engine)
         self.programs = {}
         self.last_rules = None
         self.last_progs = None
         self.other_rules = None
         self.other_progs = None
+
+    cdef _refresh_flowless(self, engine):
+        """What _flowless and _not_ip read, checked to be what they mirror; flowless_on False
+        (every packet of no flow goes to Python) or not_ip_decision None (every frame that
+        is not IP goes to Python) when anything is not."""
+        self.flowless_on = False
+        self.table = None
+        self.not_ip_decision = None
+        self.first_tcp = None
+        self.answer_indexes = ()
+        self.pending_probes = ()
+        self.note_answer = None
+        self.first_udp_quiet = False
+        self.default_drop = None
+        # ---- the flow table: its counters and queues are plain attributes
+        flows = engine.flows
+        if type(flows) is not FLOW_TABLE or type(flows.__dict__) is not dict:
+            return
+        table = flows.__dict__
+        if "_opened" not in table:
+            return
+        for name in ("_next_id", "_created", "_discarded", "_active", "max_flows"):
+            if type(table.get(name)) is not int:
+                return
+        if type(table.get("_tcp_timeouts")) is not tuple or type(table.get("_wheel")) is not dict:
+            return
+        if type(table.get("_unreplied")) is not deque or type(flows.timeouts) is not FlowTimeouts:
+            return
+        self.table = table
+        self.flow_timeouts = flows.timeouts
+        not_ip = engine._not_ip
+        if type(not_ip) is DECISION and type(self.stats_dict.get("not_ip")) is int:
+            self.not_ip_decision = not_ip
+        # ---- the detectors' declaration for a flow's first packet
+        detect = engine.detect
+        if detect is not None:
+            interest = getattr(detect, "interest", None)
+            if interest is None:
+                return
+            first_tcp = interest.first_tcp
+            if first_tcp is not None and (type(first_tcp) is not bytes or len(first_tcp) != 256):
+                return
+            indexes = tuple(interest.answer_indexes)
+            for index in indexes:
+                if type(index) is not dict:
+                    return
+            pendings = tuple(interest.pending_probes)
+            for pending in pendings:
+                if type(pending) is not deque:
+                    return
+            self.first_tcp = first_tcp
+            self.answer_indexes = indexes
+            self.pending_probes = pendings
+            # (a bound method held here, not in the declaration: Detectors holds that, and
+            # a method of its own there would be a reference cycle, garbage at each load)
+            self.note_answer = getattr(detect, "note_answer", None)
+            self.first_udp_quiet = bool(interest.first_udp_quiet)
+        else:
+            self.first_tcp = bytes(256)  # no detector: nothing to do with any first packet
+            self.first_udp_quiet = True
+        # ---- the policy: its candidates found as CompiledPolicy finds them, its default
+        policy = engine.policy
+        if type(policy) is not COMPILED_POLICY:
+            return  # (a subclass may find its candidates otherwise)
+        default = engine._default
+        if type(default) is DECISION and default.verdict == DROP and engine._default_refuses:
+            self.default_drop = default
+        self.app = engine.app
+        self.families = policy._families
+        self.if_memo = policy._if_memo
+        self.candidates_memo = policy._candidates_memo
+        self.flowless_on = True
 
     cdef list _program(self, tuple rules):
         if rules is self.last_rules:  # consecutive packets of one flow, or flows alike
@@ -558,7 +700,9 @@ cdef class FastPath:
                 return None
             etype = (p[12] << 8) | p[13]
             if etype != 0x0800 and etype != 0x86DD:
-                return None
+                if etype in _VLAN_TPIDS:
+                    return None  # tags: Python peels them
+                return self._not_ip()
             off = 14
             p += 14
             n -= 14
@@ -656,8 +800,6 @@ cdef class FastPath:
         """The Decision of a decoded TCP, UDP or ICMP echo packet, counted; None: nothing
         changed."""
         cdef double now = now_obj
-        if proto == PROTO_TCP and flags & STATE_FLAGS:
-            return None  # the state machine's business
         # ---- blocks and translations
         if self.blocked is not None and self.blocked:
             expiry = self.blocked.get(src)
@@ -674,7 +816,10 @@ cdef class FastPath:
         key = (proto, src, py_sport, dst, dport)
         cdef PyObject *found = PyDict_GetItem(self.flows, key)
         if found is NULL:
-            return None
+            return self._flowless(p, proto, total, payload_offset, sport, dport, flags, src,
+                                  dst, key, meta, meta_slots, now_obj, now)
+        if proto == PROTO_TCP and flags & STATE_FLAGS:
+            return None  # the state machine's business
         flow = <object>found
         if type(flow) is not FLOW:
             return None
@@ -732,53 +877,16 @@ cdef class FastPath:
         if type(cache[3]) is not tuple:
             return None
         cdef list progs = self._program(<tuple>cache[3])
-        cdef RuleProg prog
         cdef RuleProg matched = None
         cdef Py_ssize_t length = total
-        cdef bint ok
         cdef object limit_bucket = None   # the matched rule's `limit` bucket, and its tokens
         cdef double limit_tokens = 0.0
-        for prog in progs:
-            if prog.kind == RULE_NEVER:
-                continue
-            if prog.kind == RULE_BAIL:
-                return None
-            if prog.has_icmp:
-                if icmp_type < 0 or not prog.icmp_types[icmp_type]:
-                    continue
-                if prog.icmp_code >= 0 and icmp_code != prog.icmp_code:
-                    continue
-            if prog.has_flags and (flags & prog.flags_mask) != prog.flags_value:
-                continue
-            if prog.length_op:
-                if not _length_ok(prog.length_op, length, prog.length_lo, prog.length_hi):
-                    continue
-            if prog.has_states:
-                if not (prog.want_est if replied else prog.want_new):
-                    continue
-            if prog.contains:
-                ok = True
-                for pattern, nocase in prog.contains:
-                    if not _contains(p, payload_offset, total, <bytes>pattern, nocase):
-                        ok = False
-                        break
-                if not ok:
-                    continue
-                # Found in the payload: whether it lies within the rule's depth, or the flow
-                # is one whose payload the rule skips (encrypted), is the compiler's check.
-                return None
-            # matched
-            if not prog.terminal or prog.decision is None:
-                return None  # alerts, logs, rejects, rewrites: Python
-            if prog.limit_per != LIMIT_NONE:
-                limit_bucket = _limit_bucket(prog, src, dst, flow)
-                if limit_bucket is None:
-                    return None  # a new key: Python makes its bucket
-                limit_tokens = _limit_take(prog, <list>limit_bucket, now)
-                if not limit_tokens >= 0.0:
-                    return None  # over the rate: its `else`, or the rules after it (Python)
-            matched = prog
-            break
+        if self._walk(progs, p, total, payload_offset, flags, icmp_type, icmp_code, replied,
+                      src, dst, flow, now) < 0:
+            return None
+        matched = self.walk_matched
+        limit_bucket = self.walk_bucket
+        limit_tokens = self.walk_tokens
         if matched is None and not self.default_fast:
             return None
         # The floods' buckets last: nothing that may still send the packet to Python (and
@@ -837,6 +945,269 @@ cdef class FastPath:
             verdicts[verdict] = <object>count + 1
         self.fast_packets += 1
         return decision
+
+    cdef object _not_ip(self):
+        """An Ethernet frame that carries no IP (ARP, LLDP...): Engine.handle_python's
+        `_undecodable(None)`, counted as there (EngineStats.packets and not_ip; such a
+        Decision is returned before the verdicts are counted, and settles nothing)."""
+        if self.not_ip_decision is None:
+            return None
+        counts = self.stats_dict
+        counts["packets"] = counts["packets"] + 1
+        counts["not_ip"] = counts["not_ip"] + 1
+        self.fast_packets += 1
+        return self.not_ip_decision
+
+    cdef object _flowless(self, const uint8_t *p, int proto, Py_ssize_t total,
+                          Py_ssize_t payload_offset, int sport, int dport, int flags,
+                          object src, object dst, object key, object meta, bint meta_slots,
+                          object now_obj, double now):
+        """The Decision of a TCP or UDP packet of no flow (a flow's first packet) when the
+        engine would refuse it with nothing to say: the flow FlowTable.open makes for it,
+        discarded before it was filed (Engine._discard, FlowTable._discard_opened), and
+        everything counted as there; None: nothing changed. Blocks and translations were
+        checked by the caller."""
+        if not self.flowless_on:
+            return None
+        if proto != PROTO_TCP and proto != PROTO_UDP:
+            return None
+        if self.app.enabled:
+            return None  # its first look at the flow: Python (ips/app/inspect.py)
+        # ---- the detectors (Detectors.observe of a flow's first packet, forward)
+        cdef int need
+        cdef bint answers = False
+        if proto == PROTO_TCP:
+            if self.first_tcp is None:
+                return None
+            need = (<const uint8_t *>PyBytes_AS_STRING(self.first_tcp))[flags]
+            if need != FIRST_NOTHING:
+                if need != FIRST_ANSWER and need != FIRST_ANSWER_ELSE_PROBE and (
+                    need != FIRST_ANSWER_ELSE_PROBE_IF_EMPTY
+                ):
+                    return None  # FIRST_BUSY, or a value this module does not know
+                for index in self.answer_indexes:
+                    if PyDict_Contains(index, key):
+                        answers = True
+                        break
+                if answers:
+                    if flags & TCP_RST or self.note_answer is None:
+                        return None  # a failed probe: weighed at once (Python)
+                elif need == FIRST_ANSWER_ELSE_PROBE or (
+                    need == FIRST_ANSWER_ELSE_PROBE_IF_EMPTY and payload_offset >= total
+                ):
+                    # a probe (a SYN, an ACK without payload): Python's, unless it repeats
+                    # one still pending and none is due (then it does nothing)
+                    if not self._probe_repeats(proto, src, sport, dst, dport, now_obj):
+                        return None
+        elif not self.first_udp_quiet:
+            return None
+        # ---- the flow table: FlowTable.open would make a flow, without making room
+        cdef dict table = self.table
+        if table["_opened"] is not None:
+            return None  # an open flow not settled: open settles it first (Python)
+        active = table["_active"]
+        if active >= table["max_flows"]:
+            return None  # open makes room first: expiry, eviction (Python)
+        # ---- the rules
+        if meta_slots:
+            iif = _get(meta, M_IIF)
+            oif = _get(meta, M_OIF)
+        else:
+            iif = meta.iif
+            oif = meta.oif
+        rules = self._flowless_rules(proto, src, dst, sport, dport, flags, iif, oif, total)
+        if rules is None:
+            return None
+        cdef list progs = self._program(<tuple>rules)
+        if self._walk(progs, p, total, payload_offset, flags, -1, -1, False, src, dst, None,
+                      now) < 0:
+            return None
+        cdef RuleProg matched = self.walk_matched
+        if matched is None:
+            decision = self.default_drop
+            if decision is None:
+                return None  # a default that accepts (the flow is filed) or rejects
+        else:
+            if not matched.drops:
+                return None  # accepted: the flow is filed (Python)
+            decision = matched.decision
+        # ---- FlowTable._discard_opened: the timer slot the flow would have had must exist
+        # (Python makes it), and the unreplied queue must not need compacting (Python does)
+        if proto == PROTO_TCP:
+            if flags & TCP_RST:
+                state = TCP_CLOSED
+            elif flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
+                state = TCP_SYN_SENT
+            else:
+                state = TCP_NONE
+            timeout = (<tuple>table["_tcp_timeouts"])[state]
+        else:
+            timeout = self.flow_timeouts.udp_new  # unreplied UDP
+        slot = int((now_obj + timeout) // FLOW_SLOT) + 1
+        if not PyDict_Contains(table["_wheel"], slot):
+            return None
+        unreplied = table["_unreplied"]
+        if len(unreplied) + 1 > 2 * (active + 1) + 1024:
+            return None
+        # ---- decided: count as the Python path does, the detectors first (the answer it
+        # gives to a pending probe, as `_tcp` notes it; the last Python code run here)
+        if answers:
+            self.note_answer(key, now_obj)
+        if self.walk_bucket is not None:
+            (<list>self.walk_bucket)[0] = self.walk_tokens
+            (<list>self.walk_bucket)[1] = now_obj
+        counts = self.stats_dict
+        counts["packets"] = counts["packets"] + 1
+        table["_next_id"] = table["_next_id"] + 1
+        table["_created"] = table["_created"] + 1
+        table["_discarded"] = table["_discarded"] + 1
+        unreplied.append(GONE_STAND_IN)
+        if matched is not None:
+            rule = matched.rule
+            _set(rule, R_HITS, _get(rule, R_HITS) + 1)
+        verdict = _get(decision, D_VERDICT)
+        verdicts = self.verdicts
+        cdef PyObject *count = PyDict_GetItem(verdicts, verdict)
+        if count is NULL:
+            verdicts[verdict] = 1
+        else:
+            verdicts[verdict] = <object>count + 1
+        self.fast_packets += 1
+        self.flowless_packets += 1
+        return decision
+
+    cdef bint _probe_repeats(self, int proto, object src, int sport, object dst, int dport,
+                             object now_obj) except -1:
+        """Whether a probe repeats one that every scan detector holds pending, while none
+        has a probe due (PacketInterest.pending_probes): then `_probe` and
+        ScanDetector.probe do nothing with it."""
+        cdef tuple indexes = self.answer_indexes
+        cdef tuple pendings = self.pending_probes
+        if not indexes or len(pendings) != len(indexes):
+            return False
+        answer = (proto, dst, dport, src, sport)
+        for index in indexes:
+            if not PyDict_Contains(index, answer):
+                return False
+        for pending in pendings:
+            if len(pending) and (<object>pending[0]).due <= now_obj:
+                return False  # weighed first (Python)
+        return True
+
+    cdef object _flowless_rules(self, int proto, object src, object dst, int sport,
+                                int dport, int flags, object iif, object oif,
+                                Py_ssize_t total):
+        """The rules the engine would walk for this packet: CompiledPolicy.candidate_entry
+        (candidate_bits, with the same memo reads and, on a miss, the same lookups, in the
+        same order), then its walk by TCP flags byte; None when the bitset's candidates are
+        not memoised (Python makes them)."""
+        cdef PyObject *found
+        fx = <object>PyDict_GetItem(self.families, 4 if len(src) == 4 else 6)
+        bits = fx.any_proto | fx.proto_bits.get(proto, 0)
+        if bits:
+            index = fx.src
+            found = PyDict_GetItem(index.memo, src)
+            src_bits = <object>found if found is not NULL else index.lookup(src)
+            index = fx.dst
+            found = PyDict_GetItem(index.memo, dst)
+            dst_bits = <object>found if found is not NULL else index.lookup(dst)
+            bits &= src_bits & dst_bits
+            if bits:
+                # TCP and UDP are PORT_PROTOS (and a packet of this module no fragment)
+                py_sport = sport
+                py_dport = dport
+                index = fx.sport
+                found = PyDict_GetItem(index.memo, py_sport)
+                sport_bits = <object>found if found is not NULL else index.lookup(py_sport)
+                index = fx.dport
+                found = PyDict_GetItem(index.memo, py_dport)
+                dport_bits = <object>found if found is not NULL else index.lookup(py_dport)
+                bits &= sport_bits & dport_bits
+                found = PyDict_GetItem(self.if_memo, (iif, oif))
+                if found is NULL:
+                    if_bits = self.policy._interface_bits(iif, oif)
+                else:
+                    if_bits = <object>found
+                bits = bits & if_bits
+        else:
+            bits = 0
+        found = PyDict_GetItem(self.candidates_memo, bits)
+        if found is NULL:
+            return None
+        entry = <object>found
+        rules = entry[0]
+        walks = entry[2]
+        if type(rules) is not tuple:
+            return None
+        if walks is None:
+            return rules
+        walk = walks[flags]
+        if walk is None:
+            walk = self.policy.walk(rules, walks, flags)  # made once per flags byte, kept
+        if type(walk) is not tuple:
+            return None
+        return walk
+
+    cdef int _walk(self, list progs, const uint8_t *p, Py_ssize_t total,
+                   Py_ssize_t payload_offset, int flags, int icmp_type, int icmp_code,
+                   bint replied, object src, object dst, object flow,
+                   double now) except -2:
+        """Walk the candidate rules `progs` in order, as the engine's rule loop would, without
+        changing anything: -1 when a rule reached needs Python; otherwise 0, with
+        walk_matched the first terminal rule that matches (None: none does, the default
+        decides), and walk_bucket, walk_tokens its `limit` bucket and that bucket's tokens
+        after this packet (None: no limit). `flow` is None for a packet of no flow (its
+        first, refused: a `limit per flow` then goes to Python)."""
+        cdef RuleProg prog
+        cdef bint ok
+        cdef double tokens
+        self.walk_matched = None
+        self.walk_bucket = None
+        self.walk_tokens = 0.0
+        for prog in progs:
+            if prog.kind == RULE_NEVER:
+                continue
+            if prog.kind == RULE_BAIL:
+                return -1
+            if prog.has_icmp:
+                if icmp_type < 0 or not prog.icmp_types[icmp_type]:
+                    continue
+                if prog.icmp_code >= 0 and icmp_code != prog.icmp_code:
+                    continue
+            if prog.has_flags and (flags & prog.flags_mask) != prog.flags_value:
+                continue
+            if prog.length_op:
+                if not _length_ok(prog.length_op, total, prog.length_lo, prog.length_hi):
+                    continue
+            if prog.has_states:
+                if not (prog.want_est if replied else prog.want_new):
+                    continue
+            if prog.contains:
+                ok = True
+                for pattern, nocase in prog.contains:
+                    if not _contains(p, payload_offset, total, <bytes>pattern, nocase):
+                        ok = False
+                        break
+                if not ok:
+                    continue
+                # Found in the payload: whether it lies within the rule's depth, or the flow
+                # is one whose payload the rule skips (encrypted), is the compiler's check.
+                return -1
+            # matched
+            if not prog.terminal or prog.decision is None:
+                return -1  # alerts, logs, rejects, rewrites: Python
+            if prog.limit_per != LIMIT_NONE:
+                bucket = _limit_bucket(prog, src, dst, flow)
+                if bucket is None:
+                    return -1  # a new key (or per flow of no flow): Python makes its bucket
+                tokens = _limit_take(prog, <list>bucket, now)
+                if not tokens >= 0.0:
+                    return -1  # over the rate: its `else`, or the rules after it (Python)
+                self.walk_bucket = bucket
+                self.walk_tokens = tokens
+            self.walk_matched = prog
+            return 0
+        return 0
 
     cdef int _offload_kind(self, object flow, int proto, bint has_payload,
                            double now) except -1:
@@ -909,6 +1280,8 @@ cdef object _limit_bucket(RuleProg prog, object src, object dst, object flow):
     elif per == LIMIT_DST:
         key = dst
     elif per == LIMIT_FLOW:
+        if flow is None:
+            return None  # a packet of no flow: its flow's id is Python's to make
         key = _get(flow, F_FLOW_ID)
     else:
         key = None

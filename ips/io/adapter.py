@@ -86,9 +86,13 @@ class PacketAdapter(Protocol):
         """Judge every packet waiting."""
         ...
 
-    def wait_and_process(self, fd: int, others: list[int], timeout: float) -> list[int]:
+    def wait_and_process(
+        self, fd: int, others: list[int], timeout: float, linger: bool = False
+    ) -> list[int]:
         """Wait up to timeout for fd (bind's) or others; judge the packets waiting on fd;
-        return those of others that are readable."""
+        return those of others that are readable. With linger, packets judged do not end
+        the wait: it goes on until others are readable or the timeout is over (the caller
+        has nothing to do before then), or the packets made blocks to write."""
         ...
 
     def process_copies(self) -> None:
@@ -115,13 +119,23 @@ class PacketAdapter(Protocol):
 
 
 def wait_then_process(
-    adapter: PacketAdapter, fd: int, others: list[int], timeout: float
+    adapter: PacketAdapter, fd: int, others: list[int], timeout: float, linger: bool = False
 ) -> list[int]:
     """PacketAdapter.wait_and_process as select(2) and process_pending do it."""
-    ready = wait_readable([fd, *others], timeout)
-    if fd in ready:
-        adapter.process_pending()
-    return [f for f in ready if f != fd]
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = wait_readable([fd, *others], timeout)
+        if fd in ready:
+            adapter.process_pending()
+        ready_others = [f for f in ready if f != fd]
+        if not linger or ready_others or not ready:
+            return ready_others
+        blocks = adapter.blocks
+        if blocks is not None and blocks.pending:  # written by the caller at once
+            return ready_others
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+            return ready_others
 
 
 def wait_readable(fds: list[int], timeout: float) -> list[int]:
@@ -138,8 +152,10 @@ class EngineAdapter:
     """The engine, where its effects go, and the heartbeat inside long bursts: what the
     NFQUEUE and tap adapters share (a PacketAdapter without packets of its own)."""
 
-    def wait_and_process(self, fd: int, others: list[int], timeout: float) -> list[int]:
-        return wait_then_process(self, fd, others, timeout)  # type: ignore[arg-type]
+    def wait_and_process(
+        self, fd: int, others: list[int], timeout: float, linger: bool = False
+    ) -> list[int]:
+        return wait_then_process(self, fd, others, timeout, linger)  # type: ignore[arg-type]
 
     mode = "inline"
     copy_fd: int | None = None

@@ -519,8 +519,10 @@ class DivertWorker:
 
     # ---- the loop ----------------------------------------------------------------------
 
-    def wait_and_process(self, fd: int, others: list[int], timeout: float) -> list[int]:
-        return wait_then_process(self, fd, others, timeout)
+    def wait_and_process(
+        self, fd: int, others: list[int], timeout: float, linger: bool = False
+    ) -> list[int]:
+        return wait_then_process(self, fd, others, timeout, linger)
 
     def process_pending(self) -> None:
         """Handle every packet waiting, then follow block changes (file, filter)."""

@@ -369,7 +369,9 @@ class QueueWorker(EngineAdapter):
             if self.blocks is not None and self.blocks.pending:
                 self.blocks.flush()
 
-    def wait_and_process(self, fd: int, others: list[int], timeout: float) -> list[int]:
+    def wait_and_process(
+        self, fd: int, others: list[int], timeout: float, linger: bool = False
+    ) -> list[int]:
         """Wait for the queue (fd) or others; with the compiled loop, the queue's packets are
         drained as soon as poll(2) returns, in compiled code (CompiledDrain.wait: no Python
         between a wake-up and the first read, which on cold caches was most of what a packet
@@ -377,12 +379,12 @@ class QueueWorker(EngineAdapter):
         compiled = self._compiled
         client = self._client
         if compiled is None or client is None or self.engine._fast is None or client._backlog:
-            return super().wait_and_process(fd, others, timeout)
+            return super().wait_and_process(fd, others, timeout, linger)
         # What a message that does not parse gets: set before the wait (a policy changes
         # only between two waits, in this worker's own loop).
         client.on_error = self._error_verdict().verdict
         try:
-            return compiled.wait(others, timeout)
+            return compiled.wait(others, timeout, linger)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.ENOBUFS, errno.EINTR):
                 raise

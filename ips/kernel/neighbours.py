@@ -3,12 +3,16 @@
 are on a segment (connected routes), and which neighbours are routers (next hops of routes).
 
 Read with pyroute2 (two netlink dumps, a few milliseconds for a gateway's tables) by the
-daemon's worker, in its network namespace, at start and then every REFRESH_EVERY seconds;
-the engine gets the result as data (Engine.set_link_view) and never reads the system itself.
+daemon's worker, in its network namespace, at start and then when the kernel says they
+changed (TableWatch: rtnetlink's neighbour and route groups), at most every REFRESH_EVERY
+seconds, and every WATCHED_REFRESH_EVERY seconds in any case; without the watch, every
+REFRESH_EVERY seconds. The engine gets the result as data (Engine.set_link_view) and never
+reads the system itself.
 """
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -16,7 +20,16 @@ from typing import Any
 
 from ips.core.link import LinkView, link_view
 
-REFRESH_EVERY = 1.0  # seconds between two reads of the tables (a held request waits for it)
+REFRESH_EVERY = 1.0  # fewest seconds between two reads of the tables (a held request waits)
+# Seconds between two reads when nothing was announced: a read costs a gateway's worker a few
+# milliseconds of CPU, during which its packets wait, so the tables are read when they change,
+# and this only covers what a watch could miss.
+WATCHED_REFRESH_EVERY = 30.0
+# linux/rtnetlink.h: the multicast groups of neighbour and route changes
+RTMGRP_NEIGH = 0x4
+RTMGRP_IPV4_ROUTE = 0x40
+RTMGRP_IPV6_ROUTE = 0x400
+WATCH_RCVBUF = 1 << 20
 MAX_NEIGHBOURS = 262_144  # entries taken from one dump; more are left out (and never proven)
 # linux/neighbour.h: entries whose MAC the kernel has (resolved, or being re-checked)
 NUD_REACHABLE = 0x02
@@ -90,3 +103,45 @@ def read_link_view() -> LinkView:
         for family in (socket.AF_INET, socket.AF_INET6):
             routes += list(ipr.get_routes(family=family, table=MAIN_TABLE))
     return view_from_messages(neighbours, routes)
+
+
+class TableWatch:
+    """A NETLINK_ROUTE socket subscribed to the neighbour and route groups: readable when the
+    kernel changed an entry of the tables read_link_view reads. The messages are not parsed
+    (the tables are read again whole): only whether any came, or some were lost."""
+
+    def __init__(self) -> None:
+        flags = socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+        self.sock = socket.socket(socket.AF_NETLINK, flags, socket.NETLINK_ROUTE)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, WATCH_RCVBUF)
+            self.sock.bind((0, RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
+        except OSError:
+            self.sock.close()
+            raise
+        self.messages = 0  # datagrams read
+        self.overruns = 0  # ENOBUFS: announcements lost (the tables are read again anyway)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def changed(self) -> bool:
+        """Read what is waiting; True if anything changed (or may have: announcements lost)."""
+        seen = False
+        while True:
+            try:
+                if not self.sock.recv(65536):
+                    return seen
+            except BlockingIOError:
+                return seen
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                self.overruns += 1
+            self.messages += 1
+            seen = True
+
+    def close(self) -> None:
+        self.sock.close()

@@ -127,8 +127,54 @@ def detector_state(engine: Engine) -> dict[str, object] | None:
     }
 
 
+def table_internals(engine: Engine) -> dict[str, object]:
+    """What the flow table keeps besides its flows: the next id, its timer wheel (slots and
+    the ids of their flows), the unreplied queue (each entry's flow id, or None for one that
+    is gone: a discarded flow's stand-in among them). A flow opened and discarded before it
+    was filed leaves its marks there (FlowTable._discard_opened)."""
+    table = engine.flows
+    gone = -1  # Flow._slot of a flow no longer in a table
+    return {
+        "next_id": table._next_id,
+        "active": table._active,
+        "wheel": sorted(
+            (slot, sorted(f.flow_id for f in flows)) for slot, flows in table._wheel.items()
+        ),
+        "slots": sorted(table._slots),
+        "unreplied": [f.flow_id if f._slot != gone else None for f in table._unreplied],
+    }
+
+
+def policy_memos(engine: Engine) -> dict[str, object]:
+    """The compiled policy's lookup memos (CompiledPolicy.candidate_bits and candidate_entry)
+    and the walks by flags byte made so far: the compiled path looks candidates up as the
+    engine does, filling the same memos."""
+    policy = engine.policy
+    dims: dict[str, object] = {}
+    for family, fx in sorted(policy._families.items()):
+        for name in ("src", "dst", "sport", "dport"):
+            dims[f"{family}.{name}"] = sorted(getattr(fx, name).memo.items())
+    return {
+        "dims": dims,
+        "interfaces": sorted(policy._if_memo.items(), key=repr),
+        "candidates": sorted(
+            (
+                bits,
+                [r.spec.index for r in rules],
+                state,
+                None
+                if walks is None
+                else [None if w is None else [r.spec.index for r in w] for w in walks],
+            )
+            for bits, (rules, state, walks) in policy._candidates_memo.items()
+        ),
+    }
+
+
 def engine_state(engine: Engine) -> dict[str, object]:
     return {
+        "table": table_internals(engine),
+        "memos": policy_memos(engine),
         "stats": plain(engine.stats.__dict__),
         "hits": [rule.hits for rule in engine.policy.rules],
         # the rules' `limit` token buckets, to the bit
@@ -182,6 +228,12 @@ class Pair:
         path = self.fast._fast_path
         return path.fast_packets if path is not None else 0
 
+    @property
+    def flowless_packets(self) -> int:
+        """Packets of no flow refused in compiled code (FastPath._flowless)."""
+        path = self.fast._fast_path
+        return path.flowless_packets if path is not None else 0
+
 
 def replay(pair: Pair, records: Iterable[tuple[float, int, bytes]]) -> float:
     metas: dict[int, Meta] = {}
@@ -231,11 +283,13 @@ drop http host "blocked.example" alert "blocked host" sid 9300004
 
 @pytest.mark.parametrize(
     "policy",
-    ["gateway", "ten+detect", "accept", "newer-detectors", "volume", "depths"],
+    ["gateway", "gateway-app-off", "ten+detect", "accept", "newer-detectors", "volume", "depths"],
 )
 def test_every_shared_capture_decides_the_same(pcaps_dir: Path, policy: str) -> None:
     text = {
         "gateway": GATEWAY,
+        # without application parsing, refused first packets are decided in compiled code
+        "gateway-app-off": "set app-layer off\n" + GATEWAY,
         "ten+detect": BENCH.TEN_RULES + BENCH.DETECTORS,
         "accept": "set default accept\n",
         "newer-detectors": NEWER_DETECTORS,
@@ -250,8 +304,12 @@ def test_every_shared_capture_decides_the_same(pcaps_dir: Path, policy: str) -> 
     pair.finish(last)
     assert pair.packets > 1000
     if fast.available():
+        if policy == "gateway-app-off":
+            # most of these captures' flows are refused at their first packet
+            assert pair.flowless_packets > pair.packets // 4, pair.flowless_packets
         if policy == "volume":
-            assert pair.fast_packets == 0
+            # nothing but Ethernet frames that are not IP (which no detector sees)
+            assert 0 < pair.fast_packets <= pair.slow.stats.not_ip
         elif policy in ("accept", "newer-detectors", "depths"):
             assert pair.fast_packets > 0
         if policy == "depths":
@@ -329,6 +387,16 @@ drop    proto tcp to port 40001 payload contains "world" depth 12
 @given(packet_specs)
 def test_generated_packets_decide_the_same(specs: list[tuple[Any, ...]]) -> None:
     feed_generated(Pair(HYPOTHESIS_POLICY), specs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(packet_specs)
+def test_generated_packets_without_app_parsing_decide_the_same(
+    specs: list[tuple[Any, ...]],
+) -> None:
+    """The same without application parsing: the refused first packets (of 192.0.2.7, to
+    ports no rule accepts, mid-stream segments) are decided in compiled code."""
+    feed_generated(Pair("set app-layer off\n" + HYPOTHESIS_POLICY), specs)
 
 
 def feed_generated(pair: Pair, specs: list[tuple[Any, ...]]) -> None:
@@ -446,17 +514,22 @@ _PACKET_FIELDS = (
 
 def test_a_packet_decoded_in_compiled_code_is_the_python_decoders(pcaps_dir: Path) -> None:
     """What the fast path decodes but does not decide goes back as a Packet; it must be the
-    very Packet ips/core/decode.py makes (an engine without flows decides nothing)."""
+    very Packet ips/core/decode.py makes (an engine without flows that accepts by default
+    decides nothing but the frames that are not IP, which it counts as such)."""
     need_fast_path()
     engine = Engine(load_policy_text("set default accept\n", "t.rules"))
     path = engine._fast_path
     assert path is not None
-    decoded = 0
+    decoded = not_ip = 0
     samples = [r for p in shared_captures() for r in capture_records(p)]
     samples += [(1.0, LINKTYPE_RAW, p) for p in BENCH.traffic(500, 100)]
     for ts, linktype, data in samples:
         got = path.handle(data, Meta(linktype=linktype), ts)
         if got is None:
+            continue
+        if got is engine._not_ip:
+            assert decode_frame(data, linktype) is None
+            not_ip += 1
             continue
         assert isinstance(got, Packet)
         want = decode_frame(data, linktype)
@@ -466,7 +539,8 @@ def test_a_packet_decoded_in_compiled_code_is_the_python_decoders(pcaps_dir: Pat
         ]
         decoded += 1
     assert decoded > len(samples) // 2
-    assert engine.stats.packets == 0 and len(engine.flows) == 0
+    assert engine.stats.packets == engine.stats.not_ip == not_ip > 0
+    assert len(engine.flows) == 0
 
 
 @pytest.mark.parametrize("mapped", [False, True])
@@ -653,3 +727,156 @@ def test_generated_packets_at_low_rates_decide_the_same(specs: list[tuple[Any, .
     """Rates of a few packets a second, gaps of none to most of a second (and a clock that
     steps back): floods and limits cross their rates both ways at every step."""
     feed_generated(Pair(LOW_RATES_POLICY), specs)
+
+
+# ---- packets of no flow that the policy refuses ------------------------------------------------
+
+_REFUSED_POLICIES = {
+    # the bench's ten rules, its 10,000 generated rules (drop from 198.18.0.0/15 among them:
+    # terminal drops that count their hits) and the six detectors of the gateway
+    "ten-thousand": "set app-layer off\n"
+    + (BENCH.TEN_RULES + BENCH.DETECTORS).replace(
+        "set default drop\n",
+        "set default drop\n" + "\n".join(BENCH.generated_rules(10_000)) + "\n",
+    ),
+    "gateway": "set app-layer off\n" + GATEWAY,
+    # no detector: UDP of no flow is decided in compiled code too
+    "no-detectors": "set app-layer off\n" + BENCH.TEN_RULES,
+    # drops with limits per source, per rule and per flow (the last always to Python), a
+    # default that rejects (our reply: Python)
+    "limits": """\
+set app-layer off
+set default reject
+drop proto tcp from 198.18.0.0/16 limit 40/s per src else accept
+drop proto udp limit 30/s
+drop proto tcp from 192.0.2.0/24 limit 50/s per flow
+drop proto tcp to 203.0.113.0/24
+detect portscan ports 15 within 60s alert
+""",
+}
+
+# sources: many (no one of them a scanner for long: the detectors would ban it, and its
+# packets go to Python as blocked), and a few that come back often
+_REFUSED_SOURCES = ["198.18.0.1", "198.18.1.7", "198.19.3.3", "192.0.2.7", "10.10.1.10"]
+_REFUSED_NETS = ["198.18.{}.{}", "198.19.{}.{}", "192.0.{}.{}", "100.64.{}.{}"]
+_REFUSED_TARGETS = ["10.20.0.5", "10.30.0.1", "203.0.113.9", "10.20.7.1"]
+# mid-stream segments (ACK, ACK with data, PSH+ACK, FIN+ACK), answers (SYN+ACK, resets),
+# probes (SYN, bare ACK), a stealth flag combination
+_REFUSED_FLAGS = [0x10, 0x10, 0x18, 0x18, 0x11, 0x12, 0x04, 0x14, 0x02, 0x01, 0x29]
+
+
+def refused_traffic(seed: int) -> list[tuple[float, bytes]]:
+    """Packets of no flow, most of them refused, over six seconds (the flow table's timer
+    slots made anew each second, its unreplied queue compacted every thousand or so): TCP
+    of any flags with and without payload, UDP, and probes followed by their answers (a
+    first packet of no flow that answers a pending probe: the detectors note it; one that
+    repeats a pending probe: nothing to do, unless a probe is due)."""
+    rng = random.Random(seed)
+    out: list[tuple[float, bytes]] = []
+    now = 20.0
+    while now < 26.0:
+        if rng.random() < 0.2:
+            src = rng.choice(_REFUSED_SOURCES)
+        else:
+            src = rng.choice(_REFUSED_NETS).format(rng.randrange(4), rng.randrange(1, 250))
+        dst = rng.choice(_REFUSED_TARGETS)
+        sport = 30000 + rng.randrange(200)
+        dport = rng.choice([22, 25, 80, 443, 445, 3306, 8080, 20000 + rng.randrange(50)])
+        kind = rng.random()
+        if kind < 0.7:
+            flags = rng.choice(_REFUSED_FLAGS)
+            payload = b"d" * rng.choice([0, 0, 20, 300]) if flags & 0x10 else b""
+            out.append(
+                (now, build_packet(PROTO_TCP, src, dst, sport, dport, flags=flags, payload=payload))
+            )
+        elif kind < 0.85:
+            out.append((now, build_packet(PROTO_UDP, src, dst, sport, dport, payload=b"u" * 30)))
+        else:
+            # a probe, repeated now and then (within its grace time or after), then its
+            # answer (data, SYN+ACK or a reset) a little later
+            probe = rng.choice([0x02, 0x10])
+            out.append((now, build_packet(PROTO_TCP, src, dst, sport, dport, flags=probe)))
+            for _ in range(rng.choice([0, 0, 1, 3])):
+                again = now + rng.choice([0.05, 0.3, 1.0, 2.5])
+                out.append((again, build_packet(PROTO_TCP, src, dst, sport, dport, flags=probe)))
+            answer = rng.choice([0x18, 0x10, 0x12, 0x14])
+            payload = b"a" * 40 if answer == 0x18 else b""
+            out.append(
+                (
+                    now + 0.01,
+                    build_packet(PROTO_TCP, dst, src, dport, sport, flags=answer, payload=payload),
+                )
+            )
+        now += rng.expovariate(900.0)
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+@pytest.mark.parametrize("policy", sorted(_REFUSED_POLICIES))
+@pytest.mark.parametrize("seed", [3, 4])
+def test_refused_packets_of_no_flow_decide_the_same(policy: str, seed: int) -> None:
+    """A first packet the policy refuses leaves no flow; the compiled path decides it when
+    the detectors declare nothing to do with it (or only note an answer to a pending probe)
+    and the rules drop it with nothing to say: the same decisions, rule hits, limits, flow
+    table (its counters, next id, timer slots and unreplied queue), detector state and
+    policy memos as the Python engine, tick after tick."""
+    need_fast_path()
+    pair = Pair(_REFUSED_POLICIES[policy])
+    # the answers the compiled path has the detectors note (Detectors.note_answer)
+    noted: list[tuple[Any, ...]] = []
+    detect = pair.fast.detect
+    fast_path = pair.fast._fast_path
+    if detect is not None and fast_path is not None:
+        note = detect.note_answer
+
+        def counted(answer: Any, now: float) -> bool:
+            noted.append(answer)
+            return note(answer, now)
+
+        detect.note_answer = counted  # type: ignore[method-assign]
+        fast_path.refresh(pair.fast)
+    now = 0.0
+    for now, data in refused_traffic(seed):
+        pair.handle(data, META, now)
+    pair.finish(now + 1.0)
+    slow = pair.slow
+    assert pair.flowless_packets > pair.packets // 10, (pair.flowless_packets, pair.packets)
+    assert slow.flows.stats.discarded > pair.packets // 2
+    if policy == "ten-thousand":
+        # drop from 198.18.x.y: terminal drops met by packets of no flow
+        assert sum(rule.hits for rule in slow.policy.rules if rule.spec.src is not None) > 0
+    if policy in ("ten-thousand", "gateway"):
+        # answers to pending probes, noted by the compiled path's call
+        assert noted
+
+
+@pytest.mark.parametrize("probe", [0x10, 0x02], ids=["ack", "syn"])
+def test_a_repeated_probe_is_decided_in_compiled_code_unless_probes_are_due(probe: int) -> None:
+    """A scanner's probes of twenty ports, unanswered; each repeated within its grace time
+    does nothing (decided in compiled code); repeated once they are due, `_probe` weighs
+    them first (Python), and the repeat is a new probe: with SYNs, the scan is complete and
+    its alert rides on that packet's Decision (an unanswered ACK weighs nothing)."""
+    need_fast_path()
+    policy = "set app-layer off\nset default drop\ndetect portscan ports 15 within 60s alert\n"
+    pair = Pair(policy)
+    pair.next_tick = 200.0  # no tick here: the due probes are weighed by a packet
+    scanner, target = "198.18.5.5", "10.30.0.1"
+    now = 100.0
+    for port in range(1000, 1020):
+        now += 0.01
+        pair.handle(build_packet(PROTO_TCP, scanner, target, 40000, port, flags=probe), META, now)
+    before = pair.flowless_packets
+    for port in range(1000, 1020):  # within their grace time: nothing to do
+        now += 0.01
+        pair.handle(build_packet(PROTO_TCP, scanner, target, 40000, port, flags=probe), META, now)
+    assert pair.flowless_packets == before + 20
+    # a data segment of no flow (no probe): it opens the flow table's timer slot of this
+    # second (Python), so that the repeat below is left to Python for its probes alone
+    data = build_packet(PROTO_TCP, "192.0.2.1", target, 40001, 80, flags=0x18, payload=b"x")
+    pair.handle(data, META, 102.5)
+    assert pair.flowless_packets == before + 20
+    # due now: the first repeat weighs them (an alert), before any tick
+    pair.handle(build_packet(PROTO_TCP, scanner, target, 40000, 1000, flags=probe), META, 102.6)
+    assert pair.flowless_packets == before + 20
+    assert pair.slow.stats.alerts == (1 if probe == 0x02 else 0)
+    pair.finish(104.0)

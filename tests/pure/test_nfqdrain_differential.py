@@ -22,6 +22,7 @@ import os
 import random
 import socket
 import struct
+import threading
 import time
 from typing import Any
 
@@ -632,4 +633,133 @@ def test_every_kind_of_fast_decision_maps_as_kernel_verdict_maps_it() -> None:
         assert len(marks) >= 4  # both offload marks, over several packet marks
     finally:
         for side in sides:
+            side.kernel.close()
+
+
+def _feed(side: Side, bursts: list[list[tuple[bytes, list[int]]]], then_write: int | None) -> None:
+    """Queue the bursts 50 ms apart while the worker waits, then make `then_write` readable.
+    Their ids are noted as queued before the thread starts (_feeding): the worker's judged
+    cell reads the verdicts from its own thread, and must find every id it could judge."""
+    for burst in bursts:
+        time.sleep(0.05)
+        for datagram, _ids in burst:
+            side.kernel.theirs.send(datagram)
+    if then_write is not None:
+        time.sleep(0.05)
+        os.write(then_write, b"x")
+
+
+def _feeding(
+    side: Side, bursts: list[list[tuple[bytes, list[int]]]], then_write: int | None
+) -> threading.Thread:
+    for burst in bursts:
+        for _datagram, ids in burst:
+            side.kernel.queued.extend(ids)
+    return threading.Thread(target=_feed, args=(side, bursts, then_write))
+
+
+def test_a_lingering_wait_judges_every_burst_until_another_fd_is_readable() -> None:
+    """With linger, judged packets do not end the wait (the worker's loop runs its Python per
+    due, not per wake-up): three bursts queued 50 ms apart are all judged within the one
+    call, which returns when the other fd becomes readable. Compiled and Python alike. (No
+    block writer: blocks to write end a lingering wait, the next test's case.)"""
+    need_compiled_drain()
+    clock = Clock()
+    sides = [Side("off", False, clock), Side("off", True, clock)]
+    for side in sides:
+        side.worker.blocks = None
+    traffic = Traffic(11)
+    bursts = [[traffic.datagram() for _ in range(n)] for n in (5, 40, 3)]
+    other, writer = os.pipe()
+    try:
+        for side in sides:
+            feeder = _feeding(side, bursts, writer)
+            feeder.start()
+            try:
+                ready = side.worker.wait_and_process(
+                    side.kernel.ours.fileno(), [other], 5.0, linger=True
+                )
+            finally:
+                feeder.join()
+            assert ready == [other], side.worker._compiled
+            os.read(other, 1)
+            side.kernel.collect()
+            # every burst was judged in that one wait
+            assert side.kernel.queued == [], (side.worker._compiled, side.client.received)
+        # (how the bursts were batched into verdict messages depends on the threads' timing)
+        py, cc = sides
+        assert engine_state(cc.engine) == engine_state(py.engine)
+        assert cc.client.received == py.client.received > 40
+    finally:
+        os.close(other)
+        os.close(writer)
+        for side in sides:
+            side.kernel.close()
+
+
+def test_a_lingering_wait_ends_at_its_timeout_and_without_linger_at_the_first_drain() -> None:
+    need_compiled_drain()
+    clock = Clock()
+    traffic = Traffic(12)
+    bursts = [[traffic.datagram() for _ in range(n)] for n in (4, 4)]
+    for compiled in (False, True):
+        # lingering: the bursts queued while it waits are judged, and it waits to its end
+        side = Side("off", compiled, clock)
+        side.worker.blocks = None  # blocks to write would end the wait (the next test)
+        try:
+            feeder = _feeding(side, bursts, None)
+            start = time.monotonic()
+            feeder.start()
+            try:
+                ready = side.worker.wait_and_process(
+                    side.kernel.ours.fileno(), [], 1.0, linger=True
+                )
+                waited = time.monotonic() - start
+            finally:
+                feeder.join()
+            assert ready == []
+            side.kernel.collect()
+            assert side.kernel.queued == [] and waited >= 0.99, (compiled, waited)
+        finally:
+            side.kernel.close()
+        # not lingering: the first drain ends it, long before its timeout
+        side = Side("off", compiled, clock)
+        side.worker.blocks = None
+        try:
+            for datagram, ids in bursts[0]:
+                side.kernel.send(datagram, ids)
+            start = time.monotonic()
+            assert side.worker.wait_and_process(side.kernel.ours.fileno(), [], 5.0) == []
+            assert time.monotonic() - start < 4.0, compiled
+            side.kernel.collect()
+            assert side.kernel.queued == []
+        finally:
+            side.kernel.close()
+
+
+def test_a_lingering_wait_leaves_no_block_unwritten_until_its_timeout() -> None:
+    """Blocks to write are written at the end of the burst, lingering or not: the compiled
+    wait returns for the caller to write them, the Python one writes them in
+    process_pending."""
+    need_compiled_drain()
+    clock = Clock()
+    traffic = Traffic(13)
+    burst = [traffic.datagram() for _ in range(6)]
+    for compiled in (False, True):
+        side = Side("off", compiled, clock)
+        try:
+            side.blocks.pending_since = clock()  # a block waits to be written
+            for datagram, ids in burst:
+                side.kernel.send(datagram, ids)
+            # the compiled wait must not linger to its end with blocks to write: 5 s is the
+            # bound it would reach; the Python one writes them inside and lingers on
+            timeout = 5.0 if compiled else 0.2
+            start = time.monotonic()
+            side.worker.wait_and_process(side.kernel.ours.fileno(), [], timeout, linger=True)
+            if compiled:
+                assert time.monotonic() - start < 4.0
+            assert side.blocks.flushes and not side.blocks.pending, compiled
+            side.kernel.collect()
+            assert side.kernel.queued == []
+        finally:
             side.kernel.close()
