@@ -49,7 +49,7 @@ from ips.core.packet import (
     Packet,
 )
 from ips.detect.ackscan import AckScan, target_of
-from ips.detect.common import Detector, not_a_host
+from ips.detect.common import NOT_A_HOST_V4, Detector, not_a_host
 from ips.detect.flood import Flood, IcmpFlood, SynFlood, UdpFlood
 from ips.detect.reflection import ICMP_ANSWER, TCP_ANSWER, UDP_ANSWER, Reflection
 from ips.detect.scan import (
@@ -349,12 +349,7 @@ class Detectors:
             if self.scans:
                 if self.ackscan is not None and self.ackscan.index:
                     self.ackscan.again(pkt)  # a refused flow's source going on in a new one
-                answers_probe = self._answer(
-                    (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport),
-                    flags & TCP_RST != 0,
-                    now,
-                    out,
-                )
+                answers_probe = self._answers(pkt, flags & TCP_RST != 0, now, out)
                 if answers_probe:
                     pass
                 elif sfra == TCP_SYN:
@@ -456,32 +451,58 @@ class Detectors:
     ) -> None:
         src = pkt.src
         dst = pkt.dst
-        if not_a_host(dst) or not_a_host(src):
+        if len(src) == 4 == len(dst):
+            if NOT_A_HOST_V4[src[0]] or NOT_A_HOST_V4[dst[0]]:
+                return
+        elif not_a_host(dst) or not_a_host(src):
             return
         for det in self.scans:
             pending = det.pending
             if pending and pending[0].due <= now:
                 det.resolve(now, RESOLVE_PER_PACKET, out)  # answers now due, before the probe
+        # The 5-tuple of its answer (answer_tuple), made once for every scan detector. One
+        # whose index awaits it already takes it for a retransmission (the first probe
+        # stands for it): looked up first, before anything is built or called for it.
+        dport = pkt.dport
+        answer = (pkt.proto, dst, dport, src, pkt.sport)
+        size = pkt.length
         portscan = self.portscan
-        if ports and portscan is not None and not portscan.ignored(src):
-            portscan.probe((src, dst), pkt.dport, pkt, flow, kind, now, out)
+        if ports and portscan is not None and answer not in portscan.index:
+            ignore = portscan.ignore
+            if ignore is None or src not in ignore:
+                portscan.probe((src, dst), dport, flow, kind, now, out, answer, size)
         sweep = self.sweep
-        if sweep is not None and not sweep.ignored(src):
-            sweep.probe(src, dst, pkt, flow, kind, now, out)
+        if sweep is not None and answer not in sweep.index:
+            ignore = sweep.ignore
+            if ignore is None or src not in ignore:
+                sweep.probe(src, dst, flow, kind, now, out, answer, size)
         ackscan = self.ackscan
-        if kind == ACK and ackscan is not None and not ackscan.ignored(src):
-            ackscan.probe(src, target_of(dst, pkt.dport), pkt, flow, kind, now, out)
+        if kind == ACK and ackscan is not None and answer not in ackscan.index:
+            ignore = ackscan.ignore
+            if ignore is None or src not in ignore:
+                ackscan.probe(src, target_of(dst, dport), flow, kind, now, out, answer, size)
 
     def _answers(self, pkt: Packet, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
-        """Whether `pkt` answers a pending probe (and note the answer)."""
-        return self._answer((pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport), failed, now, out)
-
-    def _answer(self, answer: Tuple5, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
+        """Whether `pkt` answers a pending probe (and note the answer): `_answer` for its
+        own 5-tuple, written out (every flow's first packet asks)."""
+        own = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
         found = False
         for det in self.scans:
-            # (ScanDetector.answer does nothing for a tuple not in its index: asked only then)
-            if answer in det.index:
-                found = det.answer(answer, failed, now, out) or found
+            probe = det.index.get(own)
+            if probe is not None:
+                det.answer(probe, failed, now, out)
+                found = True
+        return found
+
+    def _answer(self, answer: Tuple5, failed: bool, now: float, out: list[DetectorEffect]) -> bool:
+        """Whether a packet with this 5-tuple answers a pending probe, noted in each scan
+        detector that waits for it (in their order)."""
+        found = False
+        for det in self.scans:
+            probe = det.index.get(answer)
+            if probe is not None:
+                det.answer(probe, failed, now, out)
+                found = True
         return found
 
     def rejected(self, pkt: Packet, now: float) -> list[DetectorEffect] | None:
