@@ -936,6 +936,11 @@ cdef class FastPath:
             if self.default_offload is not None and self.offload_on and replied:
                 if self._offload_kind(flow, proto, payload_offset < total, now) == OFFLOAD_FLOW:
                     decision = self.default_offload
+        self._count_verdict(decision)
+        return decision
+
+    cdef int _count_verdict(self, object decision) except -1:
+        """EngineStats.verdicts as the Python path counts a Decision, and this path's own."""
         verdict = _get(decision, D_VERDICT)
         verdicts = self.verdicts
         cdef PyObject *count = PyDict_GetItem(verdicts, verdict)
@@ -944,7 +949,7 @@ cdef class FastPath:
         else:
             verdicts[verdict] = <object>count + 1
         self.fast_packets += 1
-        return decision
+        return 0
 
     cdef object _not_ip(self):
         """An Ethernet frame that carries no IP (ARP, LLDP...): Engine.handle_python's
@@ -1065,14 +1070,7 @@ cdef class FastPath:
         if matched is not None:
             rule = matched.rule
             _set(rule, R_HITS, _get(rule, R_HITS) + 1)
-        verdict = _get(decision, D_VERDICT)
-        verdicts = self.verdicts
-        cdef PyObject *count = PyDict_GetItem(verdicts, verdict)
-        if count is NULL:
-            verdicts[verdict] = 1
-        else:
-            verdicts[verdict] = <object>count + 1
-        self.fast_packets += 1
+        self._count_verdict(decision)
         self.flowless_packets += 1
         return decision
 
