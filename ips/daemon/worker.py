@@ -243,7 +243,8 @@ class LinkViews:
         """The watch is readable: if a table changed, read them as soon as the spacing allows."""
         assert self.watch is not None
         try:
-            changed = self.watch.changed()
+            view = self.engine.evidence.view
+            changed = self.watch.changed(view.neighbours if view is not None else None)
         except OSError as exc:  # the socket broke: back to reading every REFRESH_EVERY
             self._error(exc)
             self.watch.close()

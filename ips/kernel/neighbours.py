@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import struct
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,6 +31,12 @@ RTMGRP_NEIGH = 0x4
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_ROUTE = 0x400
 WATCH_RCVBUF = 1 << 20
+# linux/rtnetlink.h, linux/neighbour.h: what the watch reads of an announcement
+RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWNEIGH, RTM_DELNEIGH = 24, 25, 28, 29
+NDA_DST, NDA_LLADDR = 1, 2
+NLMSG_HEADER = struct.Struct("=IHHII")
+NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
+RTATTR = struct.Struct("=HH")
 MAX_NEIGHBOURS = 262_144  # entries taken from one dump; more are left out (and never proven)
 # linux/neighbour.h: entries whose MAC the kernel has (resolved, or being re-checked)
 NUD_REACHABLE = 0x02
@@ -107,8 +114,13 @@ def read_link_view() -> LinkView:
 
 class TableWatch:
     """A NETLINK_ROUTE socket subscribed to the neighbour and route groups: readable when the
-    kernel changed an entry of the tables read_link_view reads. The messages are not parsed
-    (the tables are read again whole): only whether any came, or some were lost."""
+    kernel changed an entry of the tables read_link_view reads.
+
+    A neighbour's announcements are mostly its state cycling (reachable, stale, delay, probe
+    and back: every half minute or so for each host that talks), which changes nothing the
+    view holds; so a neighbour announcement counts as a change only when it makes an address
+    resolved with another MAC than the view's, or unresolved (or deleted) while the view has
+    it. A route announcement always counts (the tables are read again whole)."""
 
     def __init__(self) -> None:
         flags = socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
@@ -125,13 +137,13 @@ class TableWatch:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def changed(self) -> bool:
-        """Read what is waiting; True if anything changed (or may have: announcements lost)."""
+    def changed(self, neighbours: dict[bytes, bytes] | None) -> bool:
+        """Read what is waiting; True if anything changed the view whose neighbours are
+        `neighbours` (None: no view yet, any announcement counts), or may have (lost)."""
         seen = False
         while True:
             try:
-                if not self.sock.recv(65536):
-                    return seen
+                data = self.sock.recv(65536)
             except BlockingIOError:
                 return seen
             except InterruptedError:
@@ -140,8 +152,55 @@ class TableWatch:
                 if exc.errno != errno.ENOBUFS:
                     raise
                 self.overruns += 1
+                seen = True
+                continue
+            if not data:
+                return seen
             self.messages += 1
-            seen = True
+            if not seen:
+                seen = neighbours is None or announces_change(data, neighbours)
 
     def close(self) -> None:
         self.sock.close()
+
+
+def announces_change(data: bytes, neighbours: dict[bytes, bytes]) -> bool:
+    """Whether a datagram of rtnetlink announcements changes a view with these neighbours
+    (see TableWatch). Anything it cannot read counts as a change."""
+    offset = 0
+    while offset + NLMSG_HEADER.size <= len(data):
+        length, msg_type, _flags, _seq, _pid = NLMSG_HEADER.unpack_from(data, offset)
+        if length < NLMSG_HEADER.size or offset + length > len(data):
+            return True
+        body = offset + NLMSG_HEADER.size
+        end = offset + length
+        offset += (length + 3) & ~3
+        if msg_type in (RTM_NEWROUTE, RTM_DELROUTE):
+            return True
+        if msg_type not in (RTM_NEWNEIGH, RTM_DELNEIGH):
+            continue
+        if body + NDMSG.size > end:
+            return True
+        state = NDMSG.unpack_from(data, body)[2]
+        addr = mac = None
+        at = body + NDMSG.size
+        while at + RTATTR.size <= end:
+            attr_len, attr_type = RTATTR.unpack_from(data, at)
+            if attr_len < RTATTR.size or at + attr_len > end:
+                return True
+            value = data[at + RTATTR.size : at + attr_len]
+            if attr_type == NDA_DST:
+                addr = value
+            elif attr_type == NDA_LLADDR:
+                mac = value
+            at += (attr_len + 3) & ~3
+        if addr is None:
+            return True
+        known = neighbours.get(addr)
+        resolved = msg_type == RTM_NEWNEIGH and state & RESOLVED
+        if resolved and len(mac or b"") == 6 and mac != bytes(6):
+            if known != mac:
+                return True
+        elif known is not None:
+            return True
+    return False

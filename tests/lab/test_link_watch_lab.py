@@ -16,6 +16,7 @@ from labkit import GATEWAY_RULES, InlineLab, inline_lab, wait_until
 
 NEW_NEIGHBOUR = "10.10.1.77"  # no lab host has it: a permanent entry made for the test
 NEW_MAC = "02:00:00:00:01:77"
+OTHER_MAC = "02:00:00:00:01:78"
 
 
 def evidence(box: InlineLab) -> dict:
@@ -42,6 +43,17 @@ def test_the_tables_are_read_when_they_change_not_every_second(tmp_path: Path) -
         )
         after = evidence(box)["link_reads"]
         assert after["announcements"] >= 1 and after["reads"] > idle["reads"], after
+
+        # its state changing with the same MAC (as every talking neighbour's cycles) is
+        # announced but changes nothing the view holds: no read; a new MAC is read
+        box.run("gw", ["ip", "neigh", "replace", NEW_NEIGHBOUR, "lladdr", NEW_MAC, "dev", "lan0",
+                       "nud", "reachable"], check=True)  # fmt: skip
+        time.sleep(1.5)
+        same = evidence(box)["link_reads"]
+        assert same["reads"] == after["reads"], (after, same)
+        box.run("gw", ["ip", "neigh", "replace", NEW_NEIGHBOUR, "lladdr", OTHER_MAC, "dev",
+                       "lan0", "nud", "permanent"], check=True)  # fmt: skip
+        assert wait_until(lambda: evidence(box)["link_reads"]["reads"] > same["reads"], timeout=5)
 
         # a route through the new neighbour makes its MAC a router's
         routers = evidence(box)["routers"]

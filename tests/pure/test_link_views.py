@@ -6,9 +6,24 @@ what is tested is the schedule the worker's loop follows."""
 
 from __future__ import annotations
 
+import struct
+
 from ips.daemon.worker import LinkViews
 from ips.engine import Engine
-from ips.kernel.neighbours import REFRESH_EVERY, WATCHED_REFRESH_EVERY
+from ips.kernel.neighbours import (
+    NDA_DST,
+    NDA_LLADDR,
+    NUD_DELAY,
+    NUD_PROBE,
+    NUD_REACHABLE,
+    NUD_STALE,
+    REFRESH_EVERY,
+    RTM_DELNEIGH,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    WATCHED_REFRESH_EVERY,
+    announces_change,
+)
 from ips.policy.resolve import load_policy_text
 
 
@@ -23,7 +38,7 @@ class ScriptedWatch:
     def fileno(self) -> int:
         return 99
 
-    def changed(self) -> bool:
+    def changed(self, _neighbours: dict[bytes, bytes] | None) -> bool:
         answer = self.answers.pop(0)
         if isinstance(answer, OSError):
             raise answer
@@ -91,3 +106,48 @@ def test_a_broken_watch_falls_back_to_reading_every_second() -> None:
     stats = links.stats()
     assert stats["watched"] is False and stats["errors"] == 1
     assert "Bad file descriptor" in str(stats["last_error"])
+
+
+# ---- which announcements change the view (ips/kernel/neighbours.py announces_change) -------
+
+NUD_INCOMPLETE, NUD_FAILED = 0x01, 0x20
+A = bytes([10, 10, 1, 77])
+MAC = bytes.fromhex("020000000177")
+OTHER_MAC = bytes.fromhex("020000000178")
+
+
+def neigh(msg_type: int, state: int, addr: bytes = A, mac: bytes | None = MAC) -> bytes:
+    """An rtnetlink neighbour message as the kernel sends it (ndmsg, NDA_DST, NDA_LLADDR)."""
+    attrs = b""
+    for attr_type, value in ((NDA_DST, addr), (NDA_LLADDR, mac)):
+        if value is None:
+            continue
+        attr = struct.pack("=HH", 4 + len(value), attr_type) + value
+        attrs += attr + bytes(-len(attr) % 4)
+    body = struct.pack("=BxxxiHBB", 2, 3, state, 0, 1) + attrs
+    return struct.pack("=IHHII", 16 + len(body), msg_type, 0, 0, 0) + body
+
+
+def test_a_neighbours_state_cycling_is_no_change() -> None:
+    view = {A: MAC}
+    for state in (NUD_REACHABLE, NUD_STALE, NUD_DELAY, NUD_PROBE):
+        assert not announces_change(neigh(RTM_NEWNEIGH, state), view)
+    # an address the view does not have, unresolved (being asked for): nothing either
+    assert not announces_change(neigh(RTM_NEWNEIGH, NUD_INCOMPLETE, addr=bytes(4), mac=None), view)
+    assert not announces_change(neigh(RTM_DELNEIGH, NUD_FAILED, addr=bytes(4)), view)
+
+
+def test_what_the_view_holds_changing_is_a_change() -> None:
+    view = {A: MAC}
+    assert announces_change(neigh(RTM_NEWNEIGH, NUD_REACHABLE, mac=OTHER_MAC), view)  # new MAC
+    assert announces_change(neigh(RTM_NEWNEIGH, NUD_REACHABLE), {})  # newly resolved
+    assert announces_change(neigh(RTM_NEWNEIGH, NUD_FAILED, mac=None), view)  # unresolved
+    assert announces_change(neigh(RTM_DELNEIGH, NUD_REACHABLE), view)  # deleted
+    route = struct.pack("=IHHII", 28, RTM_NEWROUTE, 0, 0, 0) + bytes(12)
+    assert announces_change(route, view)
+    # one datagram, a quiet message then a change
+    both = neigh(RTM_NEWNEIGH, NUD_STALE) + neigh(RTM_DELNEIGH, NUD_STALE)
+    assert announces_change(both, view)
+    # what cannot be read counts as a change
+    assert announces_change(neigh(RTM_NEWNEIGH, NUD_STALE)[:-3], view)
+    assert announces_change(neigh(RTM_NEWNEIGH, NUD_STALE, addr=b"")[:28], view)
