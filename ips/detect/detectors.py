@@ -149,6 +149,10 @@ class PacketInterest(NamedTuple):
     answer_indexes: tuple[Mapping[Tuple5, object], ...] = ()
     pending_probes: tuple[Sequence[Probe], ...] = ()
     first_udp_quiet: bool = False
+    # What `note_answer` does, when every scan detector answers as ScanDetector.answer: set
+    # each found Probe's outcome from UNKNOWN to ANSWERED, nothing else (no failure, no
+    # effect). The compiled path may then do it itself.
+    answers_note_outcome: bool = False
 
 
 # PacketInterest.first_tcp: what `_tcp` does with a flow's first packet, by its flags byte.
@@ -249,6 +253,7 @@ class Detectors:
                 tuple(det.index for det in self.scans),
                 tuple(det.pending for det in self.scans),
                 not self._udp_busy,
+                all(type(det).answer is ScanDetector.answer for det in self.scans),
             )
 
     def _first_tcp(self) -> bytes | None:

@@ -78,6 +78,7 @@ from ips.core.packet import Packet
 from ips.core.tables import TokenBuckets
 from ips.detect.flood import Flood
 from ips.detect import detectors as _detectors
+from ips.detect.scan import ANSWERED as _ANSWERED_OUTCOME, UNKNOWN as _UNKNOWN_OUTCOME, Probe
 from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledPolicy, CompiledRule
 from ips.policy.model import ACCEPT, DROP, ENCRYPTED_APPS, UNLIMITED_DEPTH
 
@@ -185,6 +186,10 @@ cdef _bind_meta():
     META = Meta
 
 
+cdef type PROBE = Probe
+cdef Py_ssize_t P_OUTCOME = _offset(Probe, "outcome")
+cdef object ANSWERED_OUTCOME = _ANSWERED_OUTCOME
+cdef object UNKNOWN_OUTCOME = _UNKNOWN_OUTCOME
 cdef type RULE = CompiledRule
 cdef Py_ssize_t R_HITS = _offset(CompiledRule, "hits")
 cdef type DECISION = Decision
@@ -489,6 +494,7 @@ cdef class FastPath:
     cdef public long long fast_packets
     # Packets of no flow, refused, decided here (fast_packets counts them too).
     cdef public long long flowless_packets
+    cdef public long long answers_noted  # refused packets of no flow that answered a probe
     # What a flowless packet needs (see _flowless): whether it may be decided here at all,
     # the detectors' declaration for a flow's first packet, the flow table (its __dict__: its
     # counters and queues are plain attributes), the application layer, the default's
@@ -499,6 +505,7 @@ cdef class FastPath:
     cdef tuple answer_indexes
     cdef tuple pending_probes
     cdef object note_answer
+    cdef public bint answers_in_c  # PacketInterest.answers_note_outcome: note_answer done here
     cdef bint first_udp_quiet
     cdef dict table
     cdef object flow_timeouts
@@ -520,6 +527,7 @@ cdef class FastPath:
         self.programs = {}
         self.fast_packets = 0
         self.flowless_packets = 0
+        self.answers_noted = 0
         _bind_meta()
         self.refresh(engine)
 
@@ -632,6 +640,7 @@ cdef class FastPath:
             # (a bound method held here, not in the declaration: Detectors holds that, and
             # a method of its own there would be a reference cycle, garbage at each load)
             self.note_answer = getattr(detect, "note_answer", None)
+            self.answers_in_c = bool(getattr(interest, "answers_note_outcome", False))
             self.first_udp_quiet = bool(interest.first_udp_quiet)
         else:
             self.first_tcp = bytes(256)  # no detector: nothing to do with any first packet
@@ -1057,7 +1066,7 @@ cdef class FastPath:
         # ---- decided: count as the Python path does, the detectors first (the answer it
         # gives to a pending probe, as `_tcp` notes it; the last Python code run here)
         if answers:
-            self.note_answer(key, now_obj)
+            self._note_answer(key, now_obj)
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
             (<list>self.walk_bucket)[1] = now_obj
@@ -1073,6 +1082,26 @@ cdef class FastPath:
         self._count_verdict(decision)
         self.flowless_packets += 1
         return decision
+
+    cdef int _note_answer(self, object key, object now_obj) except -1:
+        """Detectors.note_answer(key, now): with every scan detector's answer declared as
+        ScanDetector.answer's (PacketInterest.answers_note_outcome), each Probe found for the
+        key goes from UNKNOWN to ANSWERED here; else (or anything not a Probe found) Python."""
+        cdef PyObject *found
+        self.answers_noted += 1
+        if self.answers_in_c:
+            for index in self.answer_indexes:
+                found = PyDict_GetItem(index, key)
+                if found is not NULL and type(<object>found) is not PROBE:
+                    break
+            else:
+                for index in self.answer_indexes:
+                    found = PyDict_GetItem(index, key)
+                    if found is not NULL and _get(<object>found, P_OUTCOME) == UNKNOWN_OUTCOME:
+                        _set(<object>found, P_OUTCOME, ANSWERED_OUTCOME)
+                return 0
+        self.note_answer(key, now_obj)
+        return 0
 
     cdef bint _probe_repeats(self, int proto, object src, int sport, object dst, int dport,
                              object now_obj) except -1:
