@@ -190,6 +190,13 @@ cdef type PROBE = Probe
 cdef Py_ssize_t P_OUTCOME = _offset(Probe, "outcome")
 cdef object ANSWERED_OUTCOME = _ANSWERED_OUTCOME
 cdef object UNKNOWN_OUTCOME = _UNKNOWN_OUTCOME
+cdef inline object _memo_bits(object index, object key):
+    """A dimension's candidate bits for key, as CompiledPolicy.candidate_bits reads them: its
+    memo, else its lookup (which memoises)."""
+    cdef PyObject *found = PyDict_GetItem(index.memo, key)
+    return <object>found if found is not NULL else index.lookup(key)
+
+
 cdef type RULE = CompiledRule
 cdef Py_ssize_t R_HITS = _offset(CompiledRule, "hits")
 cdef type DECISION = Decision
@@ -1132,24 +1139,10 @@ cdef class FastPath:
         fx = <object>PyDict_GetItem(self.families, 4 if len(src) == 4 else 6)
         bits = fx.any_proto | fx.proto_bits.get(proto, 0)
         if bits:
-            index = fx.src
-            found = PyDict_GetItem(index.memo, src)
-            src_bits = <object>found if found is not NULL else index.lookup(src)
-            index = fx.dst
-            found = PyDict_GetItem(index.memo, dst)
-            dst_bits = <object>found if found is not NULL else index.lookup(dst)
-            bits &= src_bits & dst_bits
+            bits &= _memo_bits(fx.src, src) & _memo_bits(fx.dst, dst)
             if bits:
                 # TCP and UDP are PORT_PROTOS (and a packet of this module no fragment)
-                py_sport = sport
-                py_dport = dport
-                index = fx.sport
-                found = PyDict_GetItem(index.memo, py_sport)
-                sport_bits = <object>found if found is not NULL else index.lookup(py_sport)
-                index = fx.dport
-                found = PyDict_GetItem(index.memo, py_dport)
-                dport_bits = <object>found if found is not NULL else index.lookup(py_dport)
-                bits &= sport_bits & dport_bits
+                bits &= _memo_bits(fx.sport, sport) & _memo_bits(fx.dport, dport)
                 found = PyDict_GetItem(self.if_memo, (iif, oif))
                 if found is NULL:
                     if_bits = self.policy._interface_bits(iif, oif)
