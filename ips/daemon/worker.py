@@ -345,6 +345,9 @@ class Worker:
                 volumes.read()  # conntrack's DESTROY events: held flow records completed
             if links is not None and links_fd is not None and links_fd in ready:
                 links.announced(time.time())  # a neighbour or route changed: read them soon
+                if links.fileno() is None:  # the watch broke and was closed: not polled again
+                    others.remove(links_fd)
+                    links_fd = None
             if control in ready:
                 try:
                     msg = conn.recv()
