@@ -81,32 +81,39 @@ def flow_view(flow: Flow) -> tuple[object, ...]:
     return tuple(getattr(flow, name) for name in _FLOW_FIELDS)
 
 
-def plain(value: object, depth: int = 0) -> object:
+def plain(value: object, depth: int = 0, ordered: bool = False, limit: int = 6) -> object:
     """A comparable form of a decision's or an event's contents: flows by their fields,
-    rules by their position, other objects by their attributes."""
-    if depth > 6:
+    rules by their position, other objects by their attributes (to `limit` levels). With
+    `ordered`, a dict's order counts too (its items as a list)."""
+    if depth > limit:
         return repr(value)
     if isinstance(value, Flow):
         return ("flow", flow_view(value))
     if isinstance(value, CompiledRule):
         return ("rule", value.spec.index)
+
+    def inner(item: object) -> object:
+        return plain(item, depth + 1, ordered, limit)
+
     if isinstance(value, (list, tuple, deque)):
-        return [plain(v, depth + 1) for v in value]
+        return [inner(v) for v in value]
     if isinstance(value, (set, frozenset)):
-        return sorted(repr(plain(v, depth + 1)) for v in value)
+        return sorted(repr(inner(v)) for v in value)
     if isinstance(value, bytearray):
         return bytes(value)
     if isinstance(value, dict):
-        return {k: plain(v, depth + 1) for k, v in value.items()}
+        if ordered:
+            return [(inner(k), inner(v)) for k, v in value.items()]
+        return {k: inner(v) for k, v in value.items()}
     if value is None or isinstance(value, (str, bytes, int, float, bool)):
         return value
     fields: dict[str, object] = {}
     for cls in type(value).__mro__:
         for name in getattr(cls, "__slots__", ()):
             if hasattr(value, name):
-                fields[name] = plain(getattr(value, name), depth + 1)
+                fields[name] = inner(getattr(value, name))
     for name, item in getattr(value, "__dict__", {}).items():
-        fields[name] = plain(item, depth + 1)
+        fields[name] = inner(item)
     return (type(value).__name__, fields)
 
 

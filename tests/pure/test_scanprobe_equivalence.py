@@ -21,24 +21,23 @@ from __future__ import annotations
 
 import random
 import struct
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import pytest
 from packets import ping, tcp, udp
 from scan_oracle.oracle_detectors import Detectors as OracleDetectors
+from test_fastpath_differential import plain as differential_plain
 
 from ips.core import craft
 from ips.core.build import build_packet
 from ips.core.decode import decode_l3
 from ips.core.events import FlowEnd
-from ips.core.flow import Flow
 from ips.core.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, Packet
 from ips.detect.detectors import Detectors
 from ips.engine import Engine, Meta
 from ips.io.pcap import read_capture
-from ips.policy.compile import CompiledRule
 from ips.policy.resolve import load_policy_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,40 +100,12 @@ POLICIES = {
 
 # ---- what is compared ---------------------------------------------------------------------------
 
-_FLOW_FIELDS = (
-    "family", "proto", "src", "sport", "dst", "dport", "flow_id", "first_seen", "last_seen",
-    "pkts_fwd", "pkts_rev", "bytes_fwd", "bytes_rev", "flags_fwd", "flags_rev", "replied",
-    "tcp_state", "offloaded", "end_reason", "ttl", "icmp", "app_proto", "dst_name",
-)  # fmt: skip
 
-
-def plain(value: object, depth: int = 0) -> object:
-    """A comparable form of a decision, an event or a detector's state: flows by their
-    fields, rules by their position, other objects by their class name and attributes."""
-    if depth > 8:
-        return repr(value)
-    if isinstance(value, Flow):
-        return ("flow", tuple(getattr(value, name, None) for name in _FLOW_FIELDS))
-    if isinstance(value, CompiledRule):
-        return ("rule", value.spec.index)
-    if isinstance(value, (list, tuple, deque)):
-        return [plain(v, depth + 1) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted(repr(plain(v, depth + 1)) for v in value)
-    if isinstance(value, bytearray):
-        return bytes(value)
-    if isinstance(value, dict):
-        return [(plain(k, depth + 1), plain(v, depth + 1)) for k, v in value.items()]
-    if value is None or isinstance(value, (str, bytes, int, float, bool)):
-        return value
-    fields: dict[str, object] = {}
-    for cls in type(value).__mro__:
-        for name in getattr(cls, "__slots__", ()):
-            if hasattr(value, name):
-                fields[name] = plain(getattr(value, name), depth + 1)
-    for name, item in getattr(value, "__dict__", {}).items():
-        fields[name] = plain(item, depth + 1)
-    return (type(value).__name__, fields)
+def plain(value: object) -> object:
+    """A comparable form of a decision, an event or a detector's state (the differential
+    test's, with a dict's order counted: the detectors evict by it), deep enough for the
+    scans' windows of pending probes."""
+    return differential_plain(value, ordered=True, limit=8)
 
 
 def detector_state(detect: Any) -> dict[str, object]:
