@@ -1093,19 +1093,20 @@ cdef class FastPath:
     cdef int _note_answer(self, object key, object now_obj) except -1:
         """Detectors.note_answer(key, now): with every scan detector's answer declared as
         ScanDetector.answer's (PacketInterest.answers_note_outcome), each Probe found for the
-        key goes from UNKNOWN to ANSWERED here; else (or anything not a Probe found) Python."""
+        key goes from UNKNOWN to ANSWERED here; else (or anything not a Probe found) Python,
+        whose marking is the same and leaves a probe marked here as it is."""
         cdef PyObject *found
         self.answers_noted += 1
         if self.answers_in_c:
             for index in self.answer_indexes:
                 found = PyDict_GetItem(index, key)
-                if found is not NULL and type(<object>found) is not PROBE:
+                if found is NULL:
+                    continue
+                if type(<object>found) is not PROBE:
                     break
+                if _get(<object>found, P_OUTCOME) == UNKNOWN_OUTCOME:
+                    _set(<object>found, P_OUTCOME, ANSWERED_OUTCOME)
             else:
-                for index in self.answer_indexes:
-                    found = PyDict_GetItem(index, key)
-                    if found is not NULL and _get(<object>found, P_OUTCOME) == UNKNOWN_OUTCOME:
-                        _set(<object>found, P_OUTCOME, ANSWERED_OUTCOME)
                 return 0
         self.note_answer(key, now_obj)
         return 0
