@@ -5,6 +5,7 @@ what is lost is at most the batch being written and what was queued."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -52,6 +53,10 @@ def test_sigkill_mid_batch_loses_at_most_the_batch(tmp_path: Path) -> None:
         assert proc.stdout is not None
         deadline = time.monotonic() + 60
         while committed < 10_000 and time.monotonic() < deadline:
+            # A child that stalls must not hold the test past its deadline: wait for its
+            # next line with select, not in readline (it prints whole lines, flushed).
+            if not select.select([proc.stdout], [], [], deadline - time.monotonic())[0]:
+                break
             line = proc.stdout.readline()
             if not line:
                 break

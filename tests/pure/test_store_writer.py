@@ -7,6 +7,7 @@ counted, a store that cannot be opened is an error at start."""
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -175,6 +176,9 @@ def test_the_writer_dies_with_its_worker(tmp_path: Path) -> None:
     worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert worker.stdout is not None
+        # its first line, the writer's PID, within a bound (readline alone would wait forever
+        # for a worker that hung before printing it)
+        assert select.select([worker.stdout], [], [], 60)[0], "the worker printed nothing"
         writer = int(worker.stdout.readline())
         assert _alive(writer)
         os.kill(worker.pid, signal.SIGKILL)
