@@ -37,6 +37,7 @@ distributed window lists at most TARGETS_SHOWN sources.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TypeVar, cast
 
 from ips.core.addr import format_addr
@@ -103,9 +104,10 @@ class SlowScan(Detector):
         self.hosts = spec.number("hosts")
         distributed = params.get("distributed")
         self.distributed = int(distributed) if distributed else 0  # type: ignore[call-overload]
-        self.pairs: dict[tuple[bytes, bytes], PairEntry] = {}  # in order of window start
-        self.sources: dict[bytes, ScanEntry] = {}
-        self.spreads: dict[bytes, Spread] = {}
+        # In order of window start, the oldest evicted first: OrderedDicts (as Stealth's).
+        self.pairs: OrderedDict[tuple[bytes, bytes], PairEntry] = OrderedDict()
+        self.sources: OrderedDict[bytes, ScanEntry] = OrderedDict()
+        self.spreads: OrderedDict[bytes, Spread] = OrderedDict()
 
     def tracked(self) -> int:
         return len(self.pairs) + len(self.sources) + len(self.spreads)
@@ -123,7 +125,7 @@ class SlowScan(Detector):
         self.drop_finished_windows(self.spreads, now)
 
     def _window(
-        self, windows: dict[Key, Window], key: Key, now: float, make: type[Window]
+        self, windows: OrderedDict[Key, Window], key: Key, now: float, make: type[Window]
     ) -> Window:
         window = windows.get(key)
         if window is not None and now - window.start <= self.within:
@@ -131,7 +133,7 @@ class SlowScan(Detector):
         if window is not None:
             del windows[key]  # its window is over: a new one, at the end (start order)
         elif len(windows) >= self.memory:
-            del windows[next(iter(windows))]  # the oldest window goes first
+            windows.popitem(last=False)  # the oldest window goes first
             self.evicted += 1
         window = windows[key] = make(now)
         return window
