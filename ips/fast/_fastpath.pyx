@@ -62,12 +62,14 @@ each tick, each decision with effects, and each record it leaves to the Python r
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Contains, PyDict_GetItem, PyDict_SetItem
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.long cimport PyLong_FromDouble, PyLong_FromLongLong
+from libc.math cimport copysign, floor, fmod, isfinite
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
-from cpython.ref cimport Py_XDECREF
+from cpython.ref cimport Py_DECREF, Py_XDECREF
 
 from collections import deque
 
@@ -190,17 +192,70 @@ cdef type PROBE = Probe
 cdef Py_ssize_t P_OUTCOME = _offset(Probe, "outcome")
 cdef object ANSWERED_OUTCOME = _ANSWERED_OUTCOME
 cdef object UNKNOWN_OUTCOME = _UNKNOWN_OUTCOME
-cdef inline object _memo_bits(object index, object key):
-    """A dimension's candidate bits for key, as CompiledPolicy.candidate_bits reads them: its
-    memo, else its lookup (which memoises)."""
-    cdef PyObject *found = PyDict_GetItem(index.memo, key)
-    return <object>found if found is not NULL else index.lookup(key)
+cdef class FamilyIndexes:
+    """One family's _FamilyIndex (ips/policy/compile.py) as _flowless_rules reads it: its
+    dictionaries and lookups held here, read when the policy is loaded (they are made with
+    it and never replaced: a full memo is emptied in place), so that a packet reads no
+    attribute of them."""
+    cdef object any_proto
+    cdef dict proto_bits
+    cdef dict src_memo, dst_memo, sport_memo, dport_memo
+    cdef object src_lookup, dst_lookup, sport_lookup, dport_lookup
+
+
+cdef FamilyIndexes _family_indexes(object fx):
+    """FamilyIndexes of `fx`, or None when its parts are not what this module reads."""
+    cdef FamilyIndexes out = FamilyIndexes()
+    out.any_proto = fx.any_proto
+    if type(out.any_proto) is not int or type(fx.proto_bits) is not dict:
+        return None
+    out.proto_bits = fx.proto_bits
+    for index in (fx.src, fx.dst, fx.sport, fx.dport):
+        if type(index.memo) is not dict:
+            return None
+    out.src_memo = fx.src.memo
+    out.dst_memo = fx.dst.memo
+    out.sport_memo = fx.sport.memo
+    out.dport_memo = fx.dport.memo
+    out.src_lookup = fx.src.lookup
+    out.dst_lookup = fx.dst.lookup
+    out.sport_lookup = fx.sport.lookup
+    out.dport_lookup = fx.dport.lookup
+    return out
+
+
+cdef double _SLOT_WIDTH = FLOW_SLOT
+
+
+cdef object _timer_slot(double deadline):
+    """`int(deadline // _SLOT) + 1` as ips/core/flow.py computes a flow's timer slot: the
+    float floor division done as CPython's float_floor_div does it (the same operations,
+    so the same double), then int(); None for a deadline int() refuses (not finite)."""
+    cdef double mod, div, floordiv
+    if not isfinite(deadline):
+        return None
+    mod = fmod(deadline, _SLOT_WIDTH)
+    div = (deadline - mod) / _SLOT_WIDTH
+    if mod:
+        if (_SLOT_WIDTH < 0) != (mod < 0):
+            div -= 1.0
+    if div:
+        floordiv = floor(div)
+        if div - floordiv > 0.5:
+            floordiv += 1.0
+    else:
+        floordiv = copysign(0.0, deadline / _SLOT_WIDTH)
+    if not -9.0e18 < floordiv < 9.0e18:
+        return PyLong_FromDouble(floordiv) + 1 if isfinite(floordiv) else None
+    return PyLong_FromLongLong(<long long>floordiv + 1)  # exact: an integral double
 
 
 cdef type RULE = CompiledRule
 cdef Py_ssize_t R_HITS = _offset(CompiledRule, "hits")
 cdef type DECISION = Decision
 cdef Py_ssize_t D_VERDICT = _offset(Decision, "verdict")
+cdef Py_ssize_t D_EFFECTS = _offset(Decision, "effects")
+cdef tuple EMPTY = ()
 
 cdef extern from "<string.h>" nogil:
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
@@ -381,6 +436,7 @@ cdef class RuleProg:
     cdef int limit_per            # LIMIT_NONE, or the key of its `limit` buckets
     cdef dict limit_buckets       # its TokenBuckets' table (never replaced: emptied in place)
     cdef double limit_rate, limit_burst
+    cdef long long owed_hits      # hits counted here, not yet added to the rule's (_flush)
 
 
 cdef RuleProg _rule_prog(object rule):
@@ -522,6 +578,23 @@ cdef class FastPath:
     cdef dict families
     cdef dict if_memo
     cdef dict candidates_memo
+    cdef FamilyIndexes family4, family6
+    cdef double udp_new_timeout  # flow_timeouts.udp_new (FlowTimeouts is frozen)
+    # Counts owed to the engine's objects: what this module counted for the packets it
+    # decided since the last `_flush`, written there in one go. Nothing but this module's
+    # own C code runs while anything is owed: every call out of it (into Python: the
+    # engine's path, a lookup, a detector's note, a Packet made) and every return to its
+    # caller flushes first, so no Python code ever reads a counter that lags.
+    cdef bint owed
+    cdef long long owed_packets      # EngineStats.packets
+    # flows opened and discarded (_flowless): the flow table's _next_id, _created and
+    # _discarded, and the stand-ins their unreplied queue has for them
+    cdef long long owed_discarded
+    cdef dict owed_table             # the flow table those are owed to
+    cdef int owed_verdict_kinds      # EngineStats.verdicts, in the order first counted
+    cdef PyObject *owed_verdicts[4]  # (references held until flushed)
+    cdef long long owed_verdict_counts[4]
+    cdef list owed_rules             # the RuleProgs with owed_hits
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
@@ -535,11 +608,13 @@ cdef class FastPath:
         self.fast_packets = 0
         self.flowless_packets = 0
         self.answers_noted = 0
+        self.owed_rules = []
         _bind_meta()
         self.refresh(engine)
 
     def refresh(self, engine):
         """Read the engine's state again (its policy was loaded)."""
+        self._flush()  # (nothing is owed when called from Python: a habit kept)
         self.stats = engine.stats
         # EngineStats is a plain dataclass: its counters live in its __dict__
         self.stats_dict = engine.stats.__dict__
@@ -661,6 +736,13 @@ cdef class FastPath:
             self.default_drop = default
         self.app = engine.app
         self.families = policy._families
+        self.family4 = _family_indexes(policy._families[4])
+        self.family6 = _family_indexes(policy._families[6])
+        if self.family4 is None or self.family6 is None:
+            return
+        if type(self.flow_timeouts.udp_new) not in (float, int):
+            return
+        self.udp_new_timeout = self.flow_timeouts.udp_new
         self.if_memo = policy._if_memo
         self.candidates_memo = policy._candidates_memo
         self.flowless_on = True
@@ -684,6 +766,7 @@ cdef class FastPath:
             pair = <tuple>found
             if pair[0] is rules:
                 return <list>pair[1]
+        self._flush()
         progs = [_rule_prog(rule) for rule in rules]
         if len(self.programs) >= 65536:
             self.programs = {}
@@ -699,8 +782,80 @@ cdef class FastPath:
         if type(data) is not bytes:
             return None
         linktype = _get(meta, M_LINKTYPE) if type(meta) is META else meta.linktype
-        return self._handle(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-                            linktype, meta, now)
+        try:
+            return self._handle(<const uint8_t *>PyBytes_AS_STRING(data),
+                                PyBytes_GET_SIZE(data), linktype, meta, now)
+        finally:
+            self._flush()
+
+    def flush(self):
+        """Write what is owed (see `_flush`); for tests, which look at it between packets
+        fed to `run_pcap`'s parts."""
+        self._flush()
+
+    cdef int _flush(self) except -1:
+        """Write the counts owed to the engine's objects (see `owed`)."""
+        if self.owed:
+            self._write_owed()
+        return 0
+
+    cdef int _write_owed(self) except -1:
+        cdef PyObject *found
+        cdef int i
+        cdef long long n
+        cdef RuleProg prog
+        self.owed = False
+        counts = self.stats_dict
+        if self.owed_packets:
+            n = self.owed_packets
+            self.owed_packets = 0
+            counts["packets"] = counts["packets"] + n
+        if self.owed_discarded:
+            n = self.owed_discarded
+            self.owed_discarded = 0
+            table = self.owed_table
+            self.owed_table = None
+            table["_next_id"] = table["_next_id"] + n
+            table["_created"] = table["_created"] + n
+            table["_discarded"] = table["_discarded"] + n
+            unreplied = table["_unreplied"]
+            for _ in range(n):
+                unreplied.append(GONE_STAND_IN)
+        verdicts = self.verdicts
+        for i in range(self.owed_verdict_kinds):
+            verdict = <object>self.owed_verdicts[i]
+            n = self.owed_verdict_counts[i]
+            found = PyDict_GetItem(verdicts, verdict)
+            verdicts[verdict] = n if found is NULL else <object>found + n
+            Py_DECREF(verdict)  # the reference owed_verdicts held
+            self.owed_verdicts[i] = NULL
+        self.owed_verdict_kinds = 0
+        if self.owed_rules:
+            rules = self.owed_rules
+            self.owed_rules = []
+            for prog in rules:
+                rule = prog.rule
+                n = prog.owed_hits
+                prog.owed_hits = 0
+                _set(rule, R_HITS, _get(rule, R_HITS) + n)
+        return 0
+
+    cdef inline object _memo_or_lookup(self, dict memo, object lookup, object key):
+        """A dimension's candidate bits for key, as CompiledPolicy.candidate_bits reads
+        them: its memo, else its lookup (Python, which memoises: nothing owed then)."""
+        cdef PyObject *found = PyDict_GetItem(memo, key)
+        if found is not NULL:
+            return <object>found
+        self._flush()
+        return lookup(key)
+
+    cdef inline int _owe_hit(self, RuleProg prog) except -1:
+        """The rule's `hits` + 1 (owed)."""
+        if prog.owed_hits == 0:
+            self.owed_rules.append(prog)
+        prog.owed_hits += 1
+        self.owed = True
+        return 0
 
     cdef object _handle(self, const uint8_t *p, Py_ssize_t n, int linktype, object meta,
                         object now_obj):
@@ -799,6 +954,7 @@ cdef class FastPath:
         if decision is not None:
             return decision
         # Not for this path: the packet as the Python decoder makes it, for the engine.
+        self._flush()  # (Packet.__init__ is Python)
         if family == 4:
             ttl = p[8]
             tos = p[1]
@@ -923,8 +1079,8 @@ cdef class FastPath:
         if limit_bucket is not None:
             (<list>limit_bucket)[0] = limit_tokens
             (<list>limit_bucket)[1] = now_obj
-        counts = self.stats_dict
-        counts["packets"] = counts["packets"] + 1
+        self.owed_packets += 1
+        self.owed = True
         if fwd:
             _set(flow, F_PKTS_FWD, _get(flow, F_PKTS_FWD) + 1)
             _set(flow, F_BYTES_FWD, _get(flow, F_BYTES_FWD) + length)
@@ -942,8 +1098,7 @@ cdef class FastPath:
             _set(flow, F_MAC, mac)
         if matched is not None:
             decision = matched.decision
-            rule = matched.rule
-            _set(rule, R_HITS, _get(rule, R_HITS) + 1)
+            self._owe_hit(matched)
             if matched.accepts and self.offload_on and replied:
                 if self._offload_kind(flow, proto, payload_offset < total, now) == OFFLOAD_FLOW:
                     decision = matched.offload_decision
@@ -957,14 +1112,23 @@ cdef class FastPath:
 
     cdef int _count_verdict(self, object decision) except -1:
         """EngineStats.verdicts as the Python path counts a Decision, and this path's own."""
-        verdict = _get(decision, D_VERDICT)
-        verdicts = self.verdicts
-        cdef PyObject *count = PyDict_GetItem(verdicts, verdict)
-        if count is NULL:
-            verdicts[verdict] = 1
-        else:
-            verdicts[verdict] = <object>count + 1
+        cdef PyObject *verdict = (<PyObject **>((<char *><PyObject *>decision) + D_VERDICT))[0]
+        cdef int i
         self.fast_packets += 1
+        for i in range(self.owed_verdict_kinds):
+            if self.owed_verdicts[i] == verdict:
+                self.owed_verdict_counts[i] += 1
+                return 0
+        if verdict is NULL:
+            raise AttributeError("slot not set")
+        if self.owed_verdict_kinds == 4:
+            self._flush()
+        i = self.owed_verdict_kinds
+        Py_INCREF(<object>verdict)
+        self.owed_verdicts[i] = verdict
+        self.owed_verdict_counts[i] = 1
+        self.owed_verdict_kinds = i + 1
+        self.owed = True
         return 0
 
     cdef object _not_ip(self):
@@ -974,7 +1138,8 @@ cdef class FastPath:
         if self.not_ip_decision is None:
             return None
         counts = self.stats_dict
-        counts["packets"] = counts["packets"] + 1
+        self.owed_packets += 1
+        self.owed = True
         counts["not_ip"] = counts["not_ip"] + 1
         self.fast_packets += 1
         return self.not_ip_decision
@@ -1054,6 +1219,7 @@ cdef class FastPath:
             decision = matched.decision
         # ---- FlowTable._discard_opened: the timer slot the flow would have had must exist
         # (Python makes it), and the unreplied queue must not need compacting (Python does)
+        cdef double timeout
         if proto == PROTO_TCP:
             if flags & TCP_RST:
                 state = TCP_CLOSED
@@ -1063,12 +1229,14 @@ cdef class FastPath:
                 state = TCP_NONE
             timeout = (<tuple>table["_tcp_timeouts"])[state]
         else:
-            timeout = self.flow_timeouts.udp_new  # unreplied UDP
-        slot = int((now_obj + timeout) // FLOW_SLOT) + 1
-        if not PyDict_Contains(table["_wheel"], slot):
+            timeout = self.udp_new_timeout  # unreplied UDP
+        slot = _timer_slot(now + timeout)  # (now is now_obj's double: the same sum)
+        if slot is None or not PyDict_Contains(table["_wheel"], slot):
             return None
+        if self.owed_table is not None and self.owed_table is not table:
+            self._flush()  # (a table that is not the one owed to: never, but cheap to say)
         unreplied = table["_unreplied"]
-        if len(unreplied) + 1 > 2 * (active + 1) + 1024:
+        if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
             return None
         # ---- decided: count as the Python path does, the detectors first (the answer it
         # gives to a pending probe, as `_tcp` notes it; the last Python code run here)
@@ -1077,15 +1245,14 @@ cdef class FastPath:
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
             (<list>self.walk_bucket)[1] = now_obj
-        counts = self.stats_dict
-        counts["packets"] = counts["packets"] + 1
-        table["_next_id"] = table["_next_id"] + 1
-        table["_created"] = table["_created"] + 1
-        table["_discarded"] = table["_discarded"] + 1
-        unreplied.append(GONE_STAND_IN)
+        # The flow's counting (its id, created, discarded, its stand-in in the unreplied
+        # queue) and the packet's, owed (_flush).
+        self.owed_packets += 1
+        self.owed_discarded += 1
+        self.owed_table = table
+        self.owed = True
         if matched is not None:
-            rule = matched.rule
-            _set(rule, R_HITS, _get(rule, R_HITS) + 1)
+            self._owe_hit(matched)
         self._count_verdict(decision)
         self.flowless_packets += 1
         return decision
@@ -1108,6 +1275,7 @@ cdef class FastPath:
                     _set(<object>found, P_OUTCOME, ANSWERED_OUTCOME)
             else:
                 return 0
+        self._flush()
         self.note_answer(key, now_obj)
         return 0
 
@@ -1137,15 +1305,21 @@ cdef class FastPath:
         same order), then its walk by TCP flags byte; None when the bitset's candidates are
         not memoised (Python makes them)."""
         cdef PyObject *found
-        fx = <object>PyDict_GetItem(self.families, 4 if len(src) == 4 else 6)
-        bits = fx.any_proto | fx.proto_bits.get(proto, 0)
+        cdef FamilyIndexes fx = self.family4 if len(src) == 4 else self.family6
+        found = PyDict_GetItem(fx.proto_bits, proto)
+        bits = fx.any_proto | (<object>found if found is not NULL else 0)
         if bits:
-            bits &= _memo_bits(fx.src, src) & _memo_bits(fx.dst, dst)
+            bits &= self._memo_or_lookup(fx.src_memo, fx.src_lookup, src) & (
+                self._memo_or_lookup(fx.dst_memo, fx.dst_lookup, dst)
+            )
             if bits:
                 # TCP and UDP are PORT_PROTOS (and a packet of this module no fragment)
-                bits &= _memo_bits(fx.sport, sport) & _memo_bits(fx.dport, dport)
+                bits &= self._memo_or_lookup(fx.sport_memo, fx.sport_lookup, sport) & (
+                    self._memo_or_lookup(fx.dport_memo, fx.dport_lookup, dport)
+                )
                 found = PyDict_GetItem(self.if_memo, (iif, oif))
                 if found is NULL:
+                    self._flush()
                     if_bits = self.policy._interface_bits(iif, oif)
                 else:
                     if_bits = <object>found
@@ -1164,6 +1338,7 @@ cdef class FastPath:
             return rules
         walk = walks[flags]
         if walk is None:
+            self._flush()
             walk = self.policy.walk(rules, walks, flags)  # made once per flags byte, kept
         if type(walk) is not tuple:
             return None
@@ -1270,6 +1445,7 @@ cdef class FastPath:
         """ips/engine/offload.py's needs_met of the plan CompiledPolicy.plan_of gives for
         these candidates (the same calls, on the same objects, in the same order: plan_of
         may make the plan again and keep it, as it does for the Python path)."""
+        self._flush()
         plan = self.policy.plan_of(candidates)
         proto = _get(flow, F_APP_PROTO)
         seen = _get(flow, F_PAYLOAD_FWD) if fwd else _get(flow, F_PAYLOAD_REV)
@@ -1386,6 +1562,18 @@ def run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] 
     Returns (reason, pos after the last record judged, records judged, the latest time seen,
     next_tick, the time of the last record, its Decision when reason is STOP_EFFECTS or
     STOP_TICK else None)."""
+    if buf.shape[0] == 0:
+        return (STOP_END, pos, 0, last_ts, next_tick, 0.0, None)
+    try:
+        return _run_pcap(fast, slow, slow_packet, buf, pos, linktype, divisor, max_record,
+                         meta, next_tick, last_ts, budget)
+    finally:
+        fast._flush()  # what the fast path owes, written before its caller reads anything
+
+
+cdef tuple _run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] buf,
+                     Py_ssize_t pos, int linktype, long long divisor, long long max_record,
+                     object meta, double next_tick, double last_ts, Py_ssize_t budget):
     cdef Py_ssize_t n = buf.shape[0]
     cdef Py_ssize_t count = 0
     cdef const uint8_t *p
@@ -1393,8 +1581,7 @@ def run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] 
     cdef double ts = 0.0
     cdef object decision = None
     cdef object ts_obj
-    if n == 0:
-        return (STOP_END, pos, 0, last_ts, next_tick, ts, None)
+    cdef PyObject *effects
     while True:
         if count >= budget:
             return (STOP_BUDGET, pos, count, last_ts, next_tick, ts, None)
@@ -1411,14 +1598,23 @@ def run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] 
         p += 16
         decision = fast._handle(p, caplen, linktype, meta, ts_obj)
         if decision is None:
+            fast._flush()
             decision = slow(PyBytes_FromStringAndSize(<const char *>p, caplen), meta, ts_obj)
         elif type(decision) is PACKET:
+            fast._flush()
             decision = slow_packet(decision, meta, ts_obj)
         pos += 16 + caplen
         count += 1
         if ts > last_ts:
             last_ts = ts
-        if decision.effects:
+        # decision.effects: read in its slot when it is a Decision (an empty tuple is false)
+        if type(decision) is DECISION:
+            effects = (<PyObject **>((<char *><PyObject *>decision) + D_EFFECTS))[0]
+            if effects is NULL:
+                decision.effects  # (not set: the AttributeError Python would raise)
+            if <object>effects is not EMPTY and <object>effects:
+                return (STOP_EFFECTS, pos, count, last_ts, next_tick, ts, decision)
+        elif decision.effects:
             return (STOP_EFFECTS, pos, count, last_ts, next_tick, ts, decision)
         if next_tick != next_tick:  # NaN: the first record
             next_tick = ts + 1.0
