@@ -257,6 +257,20 @@ cdef Py_ssize_t D_VERDICT = _offset(Decision, "verdict")
 cdef Py_ssize_t D_EFFECTS = _offset(Decision, "effects")
 cdef tuple EMPTY = ()
 
+# A 5-tuple key is looked up in several dictionaries (the flows, each scan detector's index):
+# a tuple does not keep its hash, so it is computed once and handed to each lookup, which is
+# then the same lookup (CPython's own functions, private but exported; before 3.13 only).
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030D0000
+    #define ips_get_known(d, k, h) _PyDict_GetItem_KnownHash((d), (k), (h))
+    #else
+    #define ips_get_known(d, k, h) PyDict_GetItemWithError((d), (k))
+    #endif
+    """
+    PyObject *ips_get_known(object d, object key, Py_hash_t h) except? NULL
+
+
 cdef extern from "<string.h>" nogil:
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 
@@ -985,11 +999,14 @@ cdef class FastPath:
             return None
         # ---- the flow
         py_sport = sport
-        key = (proto, src, py_sport, dst, dport)
-        cdef PyObject *found = PyDict_GetItem(self.flows, key)
+        py_dport = dport
+        key = (proto, src, py_sport, dst, py_dport)
+        cdef Py_hash_t key_hash = hash(key)
+        cdef PyObject *found = ips_get_known(self.flows, key, key_hash)
         if found is NULL:
             return self._flowless(p, proto, total, payload_offset, sport, dport, flags, src,
-                                  dst, key, meta, meta_slots, now_obj, now)
+                                  dst, py_sport, py_dport, key, key_hash, meta, meta_slots,
+                                  now_obj, now)
         if proto == PROTO_TCP and flags & STATE_FLAGS:
             return None  # the state machine's business
         flow = <object>found
@@ -1146,7 +1163,8 @@ cdef class FastPath:
 
     cdef object _flowless(self, const uint8_t *p, int proto, Py_ssize_t total,
                           Py_ssize_t payload_offset, int sport, int dport, int flags,
-                          object src, object dst, object key, object meta, bint meta_slots,
+                          object src, object dst, object py_sport, object py_dport,
+                          object key, Py_hash_t key_hash, object meta, bint meta_slots,
                           object now_obj, double now):
         """The Decision of a TCP or UDP packet of no flow (a flow's first packet) when the
         engine would refuse it with nothing to say: the flow FlowTable.open makes for it,
@@ -1172,7 +1190,7 @@ cdef class FastPath:
                 ):
                     return None  # FIRST_BUSY, or a value this module does not know
                 for index in self.answer_indexes:
-                    if PyDict_Contains(index, key):
+                    if ips_get_known(index, key, key_hash) is not NULL:
                         answers = True
                         break
                 if answers:
@@ -1183,7 +1201,7 @@ cdef class FastPath:
                 ):
                     # a probe (a SYN, an ACK without payload): Python's, unless it repeats
                     # one still pending and none is due (then it does nothing)
-                    if not self._probe_repeats(proto, src, sport, dst, dport, now_obj):
+                    if not self._probe_repeats(proto, src, py_sport, dst, py_dport, now_obj):
                         return None
         elif not self.first_udp_quiet:
             return None
@@ -1201,7 +1219,7 @@ cdef class FastPath:
         else:
             iif = meta.iif
             oif = meta.oif
-        rules = self._flowless_rules(proto, src, dst, sport, dport, flags, iif, oif, total)
+        rules = self._flowless_rules(proto, src, dst, py_sport, py_dport, flags, iif, oif)
         if rules is None:
             return None
         cdef list progs = self._program(<tuple>rules)
@@ -1241,7 +1259,7 @@ cdef class FastPath:
         # ---- decided: count as the Python path does, the detectors first (the answer it
         # gives to a pending probe, as `_tcp` notes it; the last Python code run here)
         if answers:
-            self._note_answer(key, now_obj)
+            self._note_answer(key, key_hash, now_obj)
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
             (<list>self.walk_bucket)[1] = now_obj
@@ -1257,7 +1275,7 @@ cdef class FastPath:
         self.flowless_packets += 1
         return decision
 
-    cdef int _note_answer(self, object key, object now_obj) except -1:
+    cdef int _note_answer(self, object key, Py_hash_t key_hash, object now_obj) except -1:
         """Detectors.note_answer(key, now): with every scan detector's answer declared as
         ScanDetector.answer's (PacketInterest.answers_note_outcome), each Probe found for the
         key goes from UNKNOWN to ANSWERED here; else (or anything not a Probe found) Python,
@@ -1266,7 +1284,7 @@ cdef class FastPath:
         self.answers_noted += 1
         if self.answers_in_c:
             for index in self.answer_indexes:
-                found = PyDict_GetItem(index, key)
+                found = ips_get_known(index, key, key_hash)
                 if found is NULL:
                     continue
                 if type(<object>found) is not PROBE:
@@ -1279,8 +1297,8 @@ cdef class FastPath:
         self.note_answer(key, now_obj)
         return 0
 
-    cdef bint _probe_repeats(self, int proto, object src, int sport, object dst, int dport,
-                             object now_obj) except -1:
+    cdef bint _probe_repeats(self, int proto, object src, object sport, object dst,
+                             object dport, object now_obj) except -1:
         """Whether a probe repeats one that every scan detector holds pending, while none
         has a probe due (PacketInterest.pending_probes): then `_probe` and
         ScanDetector.probe do nothing with it."""
@@ -1289,17 +1307,17 @@ cdef class FastPath:
         if not indexes or len(pendings) != len(indexes):
             return False
         answer = (proto, dst, dport, src, sport)
+        cdef Py_hash_t answer_hash = hash(answer)
         for index in indexes:
-            if not PyDict_Contains(index, answer):
+            if ips_get_known(index, answer, answer_hash) is NULL:
                 return False
         for pending in pendings:
             if len(pending) and (<object>pending[0]).due <= now_obj:
                 return False  # weighed first (Python)
         return True
 
-    cdef object _flowless_rules(self, int proto, object src, object dst, int sport,
-                                int dport, int flags, object iif, object oif,
-                                Py_ssize_t total):
+    cdef object _flowless_rules(self, int proto, object src, object dst, object sport,
+                                object dport, int flags, object iif, object oif):
         """The rules the engine would walk for this packet: CompiledPolicy.candidate_entry
         (candidate_bits, with the same memo reads and, on a miss, the same lookups, in the
         same order), then its walk by TCP flags byte; None when the bitset's candidates are
