@@ -62,7 +62,7 @@ each tick, each decision with effects, and each record it leaves to the Python r
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Contains, PyDict_GetItem, PyDict_SetItem
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
-from cpython.long cimport PyLong_FromDouble, PyLong_FromLongLong
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromDouble, PyLong_FromLongLong
 from libc.math cimport copysign, floor, fmod, isfinite
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
@@ -225,12 +225,29 @@ cdef FamilyIndexes _family_indexes(object fx):
 
 
 cdef double _SLOT_WIDTH = FLOW_SLOT
+cdef object _NO_INTERFACE = object()  # what no interface name is (see FastPath.last_ifs)
 
 
-cdef object _timer_slot(double deadline):
+cdef inline int _narrow(object value, long long *out) except -1:
+    """Whether `value` is an int that a long long holds (then in *out)."""
+    cdef int overflow = 0
+    if type(value) is not int:
+        return False
+    out[0] = PyLong_AsLongLongAndOverflow(value, &overflow)
+    return overflow == 0
+
+
+def timer_slot(double deadline):
+    """_timer_slot, for tests (ips/core/flow.py's `int(deadline // _SLOT) + 1`)."""
+    cdef double floordiv
+    return _timer_slot(deadline, &floordiv)
+
+
+cdef object _timer_slot(double deadline, double *floor_out):
     """`int(deadline // _SLOT) + 1` as ips/core/flow.py computes a flow's timer slot: the
     float floor division done as CPython's float_floor_div does it (the same operations,
-    so the same double), then int(); None for a deadline int() refuses (not finite)."""
+    so the same double, left in *floor_out), then int(); None for a deadline int() refuses
+    (not finite)."""
     cdef double mod, div, floordiv
     if not isfinite(deadline):
         return None
@@ -245,6 +262,7 @@ cdef object _timer_slot(double deadline):
             floordiv += 1.0
     else:
         floordiv = copysign(0.0, deadline / _SLOT_WIDTH)
+    floor_out[0] = floordiv
     if not -9.0e18 < floordiv < 9.0e18:
         return PyLong_FromDouble(floordiv) + 1 if isfinite(floordiv) else None
     return PyLong_FromLongLong(<long long>floordiv + 1)  # exact: an integral double
@@ -609,6 +627,12 @@ cdef class FastPath:
     cdef PyObject *owed_verdicts[4]  # (references held until flushed)
     cdef long long owed_verdict_counts[4]
     cdef list owed_rules             # the RuleProgs with owed_hits
+    cdef double slot_floor           # _slot_of's last answer (None: none yet)
+    cdef object last_slot
+    cdef bint bits_are_wide          # _flowless_rules' bitset (see _bits_start)
+    cdef long long bits_narrow
+    cdef object bits_wide
+    cdef object last_iif, last_oif, last_ifs  # the last (iif, oif) pair, made once
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
@@ -623,6 +647,7 @@ cdef class FastPath:
         self.flowless_packets = 0
         self.answers_noted = 0
         self.owed_rules = []
+        self.last_iif = self.last_oif = _NO_INTERFACE  # (no pair made yet)
         _bind_meta()
         self.refresh(engine)
 
@@ -862,6 +887,58 @@ cdef class FastPath:
             return <object>found
         self._flush()
         return lookup(key)
+
+    # The candidate bitset of _flowless_rules, made as CompiledPolicy.candidate_bits makes
+    # it (the same values combined by | and &: the same int), in a C integer while every
+    # value fits one (a policy of fewer than 64 rules; an interface bitset's complement is
+    # a negative int, in two's complement as Python's & reads it), else in Python ints.
+    cdef inline int _bits_start(self, object value) except -1:
+        self.bits_are_wide = False
+        self.bits_narrow = 0
+        self.bits_wide = None
+        return self._bits_or(value)
+
+    cdef inline int _bits_or(self, object value) except -1:
+        cdef long long narrow
+        if not self.bits_are_wide and _narrow(value, &narrow):
+            self.bits_narrow |= narrow
+        else:
+            self._bits_widen()
+            self.bits_wide = self.bits_wide | value
+        return 0
+
+    cdef inline int _bits_and(self, object value) except -1:
+        cdef long long narrow
+        if not self.bits_are_wide and _narrow(value, &narrow):
+            self.bits_narrow &= narrow
+        else:
+            self._bits_widen()
+            self.bits_wide = self.bits_wide & value
+        return 0
+
+    cdef inline int _bits_widen(self) except -1:
+        if not self.bits_are_wide:
+            self.bits_wide = PyLong_FromLongLong(self.bits_narrow)
+            self.bits_are_wide = True
+        return 0
+
+    cdef inline bint _bits_nonzero(self):
+        return bool(self.bits_wide) if self.bits_are_wide else self.bits_narrow != 0
+
+    cdef object _slot_of(self, double deadline):
+        """_timer_slot(deadline), the last answer kept: with slots of one second, that
+        division is floor() (fmod by 1.0 and the subtraction are exact), so every deadline
+        in [slot_floor, slot_floor + 1) has the same slot."""
+        cdef double floordiv
+        if self.last_slot is not None and (
+            self.slot_floor <= deadline < self.slot_floor + 1.0
+        ):
+            return self.last_slot
+        slot = _timer_slot(deadline, &floordiv)
+        if _SLOT_WIDTH == 1.0 and slot is not None:
+            self.slot_floor = floordiv
+            self.last_slot = slot
+        return slot
 
     cdef inline int _owe_hit(self, RuleProg prog) except -1:
         """The rule's `hits` + 1 (owed)."""
@@ -1248,7 +1325,7 @@ cdef class FastPath:
             timeout = (<tuple>table["_tcp_timeouts"])[state]
         else:
             timeout = self.udp_new_timeout  # unreplied UDP
-        slot = _timer_slot(now + timeout)  # (now is now_obj's double: the same sum)
+        slot = self._slot_of(now + timeout)  # (now is now_obj's double: the same sum)
         if slot is None or not PyDict_Contains(table["_wheel"], slot):
             return None
         if self.owed_table is not None and self.owed_table is not table:
@@ -1325,25 +1402,30 @@ cdef class FastPath:
         cdef PyObject *found
         cdef FamilyIndexes fx = self.family4 if len(src) == 4 else self.family6
         found = PyDict_GetItem(fx.proto_bits, proto)
-        bits = fx.any_proto | (<object>found if found is not NULL else 0)
-        if bits:
-            bits &= self._memo_or_lookup(fx.src_memo, fx.src_lookup, src) & (
-                self._memo_or_lookup(fx.dst_memo, fx.dst_lookup, dst)
-            )
-            if bits:
+        self._bits_start(fx.any_proto)
+        self._bits_or(<object>found if found is not NULL else 0)
+        if self._bits_nonzero():
+            # (src, then dst: the order of the lookups; the order of the & is the value's)
+            self._bits_and(self._memo_or_lookup(fx.src_memo, fx.src_lookup, src))
+            self._bits_and(self._memo_or_lookup(fx.dst_memo, fx.dst_lookup, dst))
+            if self._bits_nonzero():
                 # TCP and UDP are PORT_PROTOS (and a packet of this module no fragment)
-                bits &= self._memo_or_lookup(fx.sport_memo, fx.sport_lookup, sport) & (
-                    self._memo_or_lookup(fx.dport_memo, fx.dport_lookup, dport)
-                )
-                found = PyDict_GetItem(self.if_memo, (iif, oif))
+                self._bits_and(self._memo_or_lookup(fx.sport_memo, fx.sport_lookup, sport))
+                self._bits_and(self._memo_or_lookup(fx.dport_memo, fx.dport_lookup, dport))
+                if iif is not self.last_iif or oif is not self.last_oif:
+                    self.last_iif = iif
+                    self.last_oif = oif
+                    self.last_ifs = (iif, oif)
+                found = PyDict_GetItem(self.if_memo, self.last_ifs)
                 if found is NULL:
                     self._flush()
                     if_bits = self.policy._interface_bits(iif, oif)
                 else:
                     if_bits = <object>found
-                bits = bits & if_bits
+                self._bits_and(if_bits)
         else:
-            bits = 0
+            self._bits_start(0)
+        bits = self.bits_wide if self.bits_are_wide else PyLong_FromLongLong(self.bits_narrow)
         found = PyDict_GetItem(self.candidates_memo, bits)
         if found is NULL:
             return None

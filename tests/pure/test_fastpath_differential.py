@@ -11,6 +11,7 @@ otherwise."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import io
 import json
@@ -538,6 +539,24 @@ def test_mapped_replay_of_a_repeated_capture_leaves_the_same_state(
     assert got[3] == reference[3]
     if fast.available():
         assert got[4] > 5_000, got[4]  # refused first packets decided in compiled code
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.floats(min_value=1.6e9, max_value=1.8e9),
+        st.integers(min_value=-(2**60), max_value=2**60).map(float),
+    )
+)
+def test_a_timer_slot_in_compiled_code_is_the_flow_tables(deadline: float) -> None:
+    """The timer slot of a refused first packet's flow, computed in compiled code as
+    CPython's float floor division computes it (FastPath._slot_of), is ips/core/flow.py's."""
+    from ips.core.flow import _SLOT
+
+    need_fast_path()
+    module = importlib.import_module("ips.fast._fastpath")
+    assert module.timer_slot(deadline) == int(deadline // _SLOT) + 1
 
 
 def _damaged(tmp_path: Path, tail: bytes, empty: int = 3) -> str:
