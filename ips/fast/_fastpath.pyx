@@ -290,6 +290,7 @@ cdef extern from *:
 
 
 cdef extern from "<string.h>" nogil:
+    int memcmp(const void *a, const void *b, size_t n)
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 
 cdef enum:
@@ -627,6 +628,8 @@ cdef class FastPath:
     cdef PyObject *owed_verdicts[4]  # (references held until flushed)
     cdef long long owed_verdict_counts[4]
     cdef list owed_rules             # the RuleProgs with owed_hits
+    cdef bytes last_addr, other_addr # _address's last two
+    cdef list port_ints              # _port's ints (None: not made yet)
     cdef double slot_floor           # _slot_of's last answer (None: none yet)
     cdef object last_slot
     cdef bint bits_are_wide          # _flowless_rules' bitset (see _bits_start)
@@ -648,6 +651,7 @@ cdef class FastPath:
         self.answers_noted = 0
         self.owed_rules = []
         self.last_iif = self.last_oif = _NO_INTERFACE  # (no pair made yet)
+        self.port_ints = [None] * 65536
         _bind_meta()
         self.refresh(engine)
 
@@ -858,8 +862,7 @@ cdef class FastPath:
             table["_created"] = table["_created"] + n
             table["_discarded"] = table["_discarded"] + n
             unreplied = table["_unreplied"]
-            for _ in range(n):
-                unreplied.append(GONE_STAND_IN)
+            unreplied.extend((GONE_STAND_IN,) * n)  # (appended one by one: the same)
         verdicts = self.verdicts
         for i in range(self.owed_verdict_kinds):
             verdict = <object>self.owed_verdicts[i]
@@ -939,6 +942,35 @@ cdef class FastPath:
             self.slot_floor = floordiv
             self.last_slot = slot
         return slot
+
+    cdef inline object _address(self, const uint8_t *at, Py_ssize_t size):
+        """The bytes of an address: one of the last two made when it is the same (a scan,
+        a flow's two directions: the object and its hash made once; bytes do not change)."""
+        cdef bytes known = self.last_addr
+        if known is not None and PyBytes_GET_SIZE(known) == size and (
+            memcmp(PyBytes_AS_STRING(known), at, size) == 0
+        ):
+            return known
+        known = self.other_addr
+        if known is not None and PyBytes_GET_SIZE(known) == size and (
+            memcmp(PyBytes_AS_STRING(known), at, size) == 0
+        ):
+            self.other_addr = self.last_addr
+            self.last_addr = known
+            return known
+        made = PyBytes_FromStringAndSize(<const char *>at, size)
+        self.other_addr = self.last_addr
+        self.last_addr = made
+        return made
+
+    cdef inline object _port(self, int port):
+        """The int of a port (0..65535), each made once (ints do not change)."""
+        cdef PyObject *known = PyList_GET_ITEM(self.port_ints, port)
+        if <object>known is not None:
+            return <object>known
+        made = port
+        self.port_ints[port] = made
+        return made
 
     cdef inline int _owe_hit(self, RuleProg prog) except -1:
         """The rule's `hits` + 1 (owed)."""
@@ -1038,8 +1070,8 @@ cdef class FastPath:
         addr_len = 4 if family == 4 else 16
         src_off = 12 if family == 4 else 8
         dst_off = 16 if family == 4 else 24
-        src = PyBytes_FromStringAndSize(<const char *>p + src_off, addr_len)
-        dst = PyBytes_FromStringAndSize(<const char *>p + dst_off, addr_len)
+        src = self._address(p + src_off, addr_len)
+        dst = self._address(p + dst_off, addr_len)
         decision = self._decide(p, proto, total, payload_offset, sport, dport, flags, icmp_type,
                                 icmp_code, src, dst, meta, now_obj)
         if decision is not None:
@@ -1075,8 +1107,8 @@ cdef class FastPath:
         if self.nat_replies:
             return None
         # ---- the flow
-        py_sport = sport
-        py_dport = dport
+        py_sport = self._port(sport)
+        py_dport = self._port(dport)
         key = (proto, src, py_sport, dst, py_dport)
         cdef Py_hash_t key_hash = hash(key)
         cdef PyObject *found = ips_get_known(self.flows, key, key_hash)
