@@ -81,6 +81,7 @@ from ips.core.tables import TokenBuckets
 from ips.detect.flood import Flood
 from ips.detect import detectors as _detectors
 from ips.detect.scan import ANSWERED as _ANSWERED_OUTCOME, UNKNOWN as _UNKNOWN_OUTCOME, Probe
+from ips.detect.scan import TRACEROUTE_PORTS as _TRACEROUTE_PORTS
 from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledPolicy, CompiledRule
 from ips.policy.model import ACCEPT, DROP, ENCRYPTED_APPS, UNLIMITED_DEPTH
 
@@ -142,6 +143,12 @@ cdef int FIRST_NOTHING = _detectors.FIRST_NOTHING
 cdef int FIRST_ANSWER = _detectors.FIRST_ANSWER
 cdef int FIRST_ANSWER_ELSE_PROBE = _detectors.FIRST_ANSWER_ELSE_PROBE
 cdef int FIRST_ANSWER_ELSE_PROBE_IF_EMPTY = _detectors.FIRST_ANSWER_ELSE_PROBE_IF_EMPTY
+cdef int FIRST_BUSY = _detectors.FIRST_BUSY
+# The ports a UDP first packet is neither an answer nor a probe to (`_udp`): a range
+if type(_TRACEROUTE_PORTS) is not range or _TRACEROUTE_PORTS.step != 1:
+    raise ImportError("ips.detect.scan.TRACEROUTE_PORTS is not a range of step 1")
+cdef int TRACEROUTE_FIRST = _TRACEROUTE_PORTS.start
+cdef int TRACEROUTE_END = _TRACEROUTE_PORTS.stop
 cdef object PACKET = Packet
 cdef Py_ssize_t F_APP_STATE = _offset(Flow, "app_state")
 cdef Py_ssize_t F_NAT = _offset(Flow, "nat")
@@ -603,6 +610,7 @@ cdef class FastPath:
     cdef object note_answer
     cdef public bint answers_in_c  # PacketInterest.answers_note_outcome: note_answer done here
     cdef bint first_udp_quiet
+    cdef int first_udp               # PacketInterest.first_udp (when not first_udp_quiet)
     cdef dict table
     cdef object flow_timeouts
     cdef object app
@@ -722,6 +730,7 @@ cdef class FastPath:
         self.pending_probes = ()
         self.note_answer = None
         self.first_udp_quiet = False
+        self.first_udp = FIRST_BUSY
         self.default_drop = None
         # ---- the flow table: its counters and queues are plain attributes
         flows = engine.flows
@@ -767,6 +776,8 @@ cdef class FastPath:
             self.note_answer = getattr(detect, "note_answer", None)
             self.answers_in_c = bool(getattr(interest, "answers_note_outcome", False))
             self.first_udp_quiet = bool(interest.first_udp_quiet)
+            first_udp = getattr(interest, "first_udp", FIRST_BUSY)
+            self.first_udp = first_udp if type(first_udp) is int else FIRST_BUSY
         else:
             self.first_tcp = bytes(256)  # no detector: nothing to do with any first packet
             self.first_udp_quiet = True
@@ -1289,6 +1300,10 @@ cdef class FastPath:
         # ---- the detectors (Detectors.observe of a flow's first packet, forward)
         cdef int need
         cdef bint answers = False
+        cdef tuple floods = None
+        cdef BucketUpdate updates[MAX_FLOODS]
+        cdef int n_updates = 0
+        cdef int i
         if proto == PROTO_TCP:
             if self.first_tcp is None:
                 return None
@@ -1313,7 +1328,29 @@ cdef class FastPath:
                     if not self._probe_repeats(proto, src, py_sport, dst, py_dport, now_obj):
                         return None
         elif not self.first_udp_quiet:
-            return None
+            # `_udp`: the floods count it (their buckets taken last, below), and by
+            # first_udp, the scans note it as an answer or take it as a probe
+            need = self.first_udp
+            if need != FIRST_NOTHING and need != FIRST_ANSWER_ELSE_PROBE:
+                return None  # FIRST_BUSY (reflection), or a value this module does not know
+            floods = self.udp_floods
+            if floods is None:
+                return None  # floods this module does not count
+            if need == FIRST_ANSWER_ELSE_PROBE and not (
+                TRACEROUTE_FIRST <= dport < TRACEROUTE_END
+            ):
+                for index in self.answer_indexes:
+                    if ips_get_known(index, key, key_hash) is not NULL:
+                        answers = True
+                        break
+                if answers:
+                    if self.note_answer is None:
+                        return None
+                    if len(floods) and not self.answers_in_c:
+                        return None  # (Python's note_answer would run between the floods'
+                                     # reading and their update)
+                elif not self._probe_repeats(proto, src, py_sport, dst, py_dport, now_obj):
+                    return None  # a probe: Python's
         # ---- the flow table: FlowTable.open would make a flow, without making room
         cdef dict table = self.table
         if table["_opened"] is not None:
@@ -1365,10 +1402,21 @@ cdef class FastPath:
         unreplied = table["_unreplied"]
         if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
             return None
+        # The floods' buckets last: nothing that may still send the packet to Python (and
+        # no Python code) runs between their reading and their update.
+        if floods is not None and len(floods) > 0:
+            n_updates = _floods_take(floods, src, dst, now, updates)
+            if n_updates < 0:
+                return None
         # ---- decided: count as the Python path does, the detectors first (the answer it
         # gives to a pending probe, as `_tcp` notes it; the last Python code run here)
         if answers:
             self._note_answer(key, key_hash, now_obj)
+        for i in range(n_updates):
+            bucket = <list><object>updates[i].bucket
+            bucket[0] = updates[i].tokens
+            if updates[i].refilled:
+                bucket[1] = now_obj
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
             (<list>self.walk_bucket)[1] = now_obj

@@ -885,6 +885,19 @@ def refused_traffic(seed: int) -> list[tuple[float, bytes]]:
             )
         elif kind < 0.85:
             out.append((now, build_packet(PROTO_UDP, src, dst, sport, dport, payload=b"u" * 30)))
+        elif kind < 0.91:
+            # a UDP probe (now and then to a traceroute port: no probe), repeated now and
+            # then, and answered (or not)
+            if rng.random() < 0.15:
+                dport = 33434 + rng.randrange(101)
+            out.append((now, build_packet(PROTO_UDP, src, dst, sport, dport, payload=b"q" * 20)))
+            for _ in range(rng.choice([0, 0, 1, 3])):
+                again = now + rng.choice([0.05, 0.3, 1.0, 2.5])
+                probe_again = build_packet(PROTO_UDP, src, dst, sport, dport, payload=b"q" * 20)
+                out.append((again, probe_again))
+            if rng.random() < 0.6:
+                reply = build_packet(PROTO_UDP, dst, src, dport, sport, payload=b"r" * 20)
+                out.append((now + 0.01, reply))
         else:
             # a probe, repeated now and then (within its grace time or after), then its
             # answer (data, SYN+ACK or a reset) a little later
@@ -935,6 +948,46 @@ def test_refused_packets_of_no_flow_decide_the_same(policy: str, seed: int) -> N
     if policy in ("ten-thousand", "gateway"):
         # answers to pending probes, noted by the compiled path
         assert fast_path is not None and fast_path.answers_noted > 0
+
+
+@pytest.mark.parametrize("floods", [False, True], ids=["scans", "scans+udpflood"])
+def test_a_udp_probe_repeated_or_answered_is_decided_in_compiled_code(floods: bool) -> None:
+    """UDP first packets with scans watching (PacketInterest.first_udp): a probe is
+    Python's; the same probe repeated within its grace time does nothing, and its answer is
+    noted (each flood counting them, from the buckets the first probes made): both decided
+    in compiled code. Due probes are Python's again, as are a flood's packets over its rate
+    (an alert: an effect)."""
+    need_fast_path()
+    policy = "set app-layer off\nset default drop\ndetect portscan ports 15 within 60s alert\n"
+    if floods:
+        policy += "detect udpflood rate 30/s per dst alert\n"
+    pair = Pair(policy)
+    pair.next_tick = 200.0  # no tick here: the due probes are weighed by a packet
+    scanner, target = "198.18.5.5", "10.30.0.1"
+    now = 100.0
+    for port in range(1000, 1020):
+        now += 0.01
+        pair.handle(build_packet(PROTO_UDP, scanner, target, 40000, port, payload=b"p"), META, now)
+    before = pair.flowless_packets
+    noted = pair.fast._fast_path.answers_noted
+    for port in range(1000, 1020):  # within their grace time: nothing to do
+        now += 0.01
+        pair.handle(build_packet(PROTO_UDP, scanner, target, 40000, port, payload=b"p"), META, now)
+    for port in range(1000, 1005):  # answers (refused too): noted
+        now += 0.01
+        pair.handle(build_packet(PROTO_UDP, target, scanner, port, 40000, payload=b"a"), META, now)
+    # (with the flood per dst, the first answer makes its bucket for the scanner: Python)
+    assert pair.flowless_packets == before + 25 - floods
+    assert pair.fast._fast_path.answers_noted == noted + 5 - floods
+    pair.check_state()
+    # a burst past the flood's rate (to new ports: probes, and over the rate: Python)
+    for port in range(2000, 2060):
+        now += 0.001
+        pair.handle(build_packet(PROTO_UDP, scanner, target, 40000, port, payload=b"p"), META, now)
+    assert (pair.slow.stats.detector_alerts["udpflood"] > 0) == floods
+    # due now: the first repeat weighs them (an alert), before any tick
+    pair.handle(build_packet(PROTO_UDP, scanner, target, 40000, 1010, payload=b"p"), META, 102.6)
+    pair.finish(104.0)
 
 
 @pytest.mark.parametrize("probe", [0x10, 0x02], ids=["ack", "syn"])
