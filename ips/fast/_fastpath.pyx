@@ -41,8 +41,10 @@ stays but counters:
   * TCP or UDP as above, no block, no translation, application parsing off (its first
     look at a flow is Python's);
   * the detectors declared what they do with a flow's first packet (PacketInterest
-    first_tcp, first_udp_quiet): nothing, or only an answer to a pending probe that is no
-    failure (not a reset), which `note_answer` (Python) notes as `_tcp` would;
+    first_tcp, first_udp_quiet, first_udp): nothing, or only an answer to a pending probe
+    that is no failure (not a reset), which `note_answer` notes as `_tcp` and `_udp` would,
+    or a probe that repeats one still pending (nothing to do); a UDP packet counted by the
+    floods from a bucket with a token;
   * the flow table would not make room first (not full) and has no unsettled flow; the
     timer slot the flow would have had exists and its unreplied queue needs no compacting
     (Python makes the one and compacts the other);
@@ -53,6 +55,10 @@ stays but counters:
 
 Then it counts EngineStats.packets and verdicts, the rule's hits and its limit's bucket, and
 the flow table's next id, created, discarded and the unreplied queue's stand-in for the flow.
+
+Counters are owed (`FastPath.owed`): counted in C fields and written to the engine's objects
+by `_flush` before any call out of this module and before returning to its caller, so that
+no Python code reads one that lags.
 
 `run_pcap` reads classic pcap records from a buffer (an mmap of the file) and judges each:
 the fast ones here, the others through the engine's Python path, returning to the caller at
