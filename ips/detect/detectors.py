@@ -123,7 +123,9 @@ class PacketInterest(NamedTuple):
                                    RST a failure (weighed at once: anything), else what
                                    Detectors.note_answer does, which reports nothing
         FIRST_ANSWER_ELSE_PROBE    FIRST_ANSWER; not an answer, a probe (anything), which
-                                   does nothing when it repeats a probe still pending: the
+                                   does nothing when one of its addresses is no host
+                                   (not_a_host: `_probe` returns first), or when it
+                                   repeats a probe still pending: the
                                    5-tuple of its answer (its own turned around) in every
                                    one of answer_indexes, and no scan's first pending probe
                                    due (pending_probes, in the same order: `_probe` weighs

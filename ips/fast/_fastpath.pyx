@@ -85,6 +85,7 @@ from ips.core.flow import _GONE_STAND_IN, _SLOT, Flow, FlowTable, FlowTimeouts
 from ips.core.packet import Packet
 from ips.core.tables import TokenBuckets
 from ips.detect.flood import Flood
+from ips.detect import common as _detect_common
 from ips.detect import detectors as _detectors
 from ips.detect.scan import ANSWERED as _ANSWERED_OUTCOME, UNKNOWN as _UNKNOWN_OUTCOME, Probe
 from ips.detect.scan import TRACEROUTE_PORTS as _TRACEROUTE_PORTS
@@ -279,6 +280,22 @@ cdef object _timer_slot(double deadline, double *floor_out):
     if not -9.0e18 < floordiv < 9.0e18:
         return PyLong_FromDouble(floordiv) + 1 if isfinite(floordiv) else None
     return PyLong_FromLongLong(<long long>floordiv + 1)  # exact: an integral double
+
+
+# ips/detect/common.py's not_a_host: an IPv4 address by its first byte (NOT_A_HOST_V4),
+# an IPv6 one multicast (ff00::/8), loopback or unspecified.
+cdef bytes NOT_A_HOST_V4 = _detect_common.NOT_A_HOST_V4
+if len(NOT_A_HOST_V4) != 256:
+    raise ImportError("ips.detect.common.NOT_A_HOST_V4 is not a table of 256 bytes")
+cdef bytes V6_LOOPBACK = bytes(15) + b"\x01"
+cdef bytes V6_UNSPECIFIED = bytes(16)
+
+
+cdef inline bint _not_a_host(bytes addr):
+    cdef const uint8_t *a = <const uint8_t *>PyBytes_AS_STRING(addr)
+    if PyBytes_GET_SIZE(addr) == 4:
+        return (<const uint8_t *>PyBytes_AS_STRING(NOT_A_HOST_V4))[a[0]] != 0
+    return a[0] == 0xFF or addr == V6_LOOPBACK or addr == V6_UNSPECIFIED
 
 
 cdef type RULE = CompiledRule
@@ -1329,9 +1346,10 @@ cdef class FastPath:
                 elif need == FIRST_ANSWER_ELSE_PROBE or (
                     need == FIRST_ANSWER_ELSE_PROBE_IF_EMPTY and payload_offset >= total
                 ):
-                    # a probe (a SYN, an ACK without payload): Python's, unless it repeats
-                    # one still pending and none is due (then it does nothing)
-                    if not self._probe_repeats(proto, src, py_sport, dst, py_dport, now_obj):
+                    # a probe (a SYN, an ACK without payload): Python's, unless `_probe`
+                    # does nothing with it (see _probe_does_nothing)
+                    if not self._probe_does_nothing(proto, src, py_sport, dst, py_dport,
+                                                    now_obj):
                         return None
         elif not self.first_udp_quiet:
             # `_udp`: the floods count it (their buckets taken last, below), and by
@@ -1355,7 +1373,8 @@ cdef class FastPath:
                     if len(floods) and not self.answers_in_c:
                         return None  # (Python's note_answer would run between the floods'
                                      # reading and their update)
-                elif not self._probe_repeats(proto, src, py_sport, dst, py_dport, now_obj):
+                elif not self._probe_does_nothing(proto, src, py_sport, dst, py_dport,
+                                                  now_obj):
                     return None  # a probe: Python's
         # ---- the flow table: FlowTable.open would make a flow, without making room
         cdef dict table = self.table
@@ -1459,6 +1478,15 @@ cdef class FastPath:
         self._flush()
         self.note_answer(key, now_obj)
         return 0
+
+    cdef bint _probe_does_nothing(self, int proto, object src, object sport, object dst,
+                                  object dport, object now_obj) except -1:
+        """Whether Detectors._probe does nothing with this probe: one of its addresses is no
+        host (multicast, broadcast, loopback, unspecified: `_probe` returns first), or it
+        repeats a probe still pending (_probe_repeats)."""
+        if _not_a_host(src) or _not_a_host(dst):
+            return True
+        return self._probe_repeats(proto, src, sport, dst, dport, now_obj)
 
     cdef bint _probe_repeats(self, int proto, object src, object sport, object dst,
                              object dport, object now_obj) except -1:

@@ -854,6 +854,8 @@ detect portscan ports 15 within 60s alert
 _REFUSED_SOURCES = ["198.18.0.1", "198.18.1.7", "198.19.3.3", "192.0.2.7", "10.10.1.10"]
 _REFUSED_NETS = ["198.18.{}.{}", "198.19.{}.{}", "192.0.{}.{}", "100.64.{}.{}"]
 _REFUSED_TARGETS = ["10.20.0.5", "10.30.0.1", "203.0.113.9", "10.20.7.1"]
+# addresses that are no host (multicast, broadcast, loopback): `_probe` skips them
+_NO_HOSTS = ["239.255.255.250", "255.255.255.255", "224.0.0.251", "127.0.0.1", "0.0.0.0"]
 # mid-stream segments (ACK, ACK with data, PSH+ACK, FIN+ACK), answers (SYN+ACK, resets),
 # probes (SYN, bare ACK), a stealth flag combination
 _REFUSED_FLAGS = [0x10, 0x10, 0x18, 0x18, 0x11, 0x12, 0x04, 0x14, 0x02, 0x01, 0x29]
@@ -874,6 +876,10 @@ def refused_traffic(seed: int) -> list[tuple[float, bytes]]:
         else:
             src = rng.choice(_REFUSED_NETS).format(rng.randrange(4), rng.randrange(1, 250))
         dst = rng.choice(_REFUSED_TARGETS)
+        if rng.random() < 0.06:
+            dst = rng.choice(_NO_HOSTS)
+        elif rng.random() < 0.01:
+            src = rng.choice(_NO_HOSTS)
         sport = 30000 + rng.randrange(200)
         dport = rng.choice([22, 25, 80, 443, 445, 3306, 8080, 20000 + rng.randrange(50)])
         kind = rng.random()
@@ -979,6 +985,22 @@ def test_a_udp_probe_repeated_or_answered_is_decided_in_compiled_code(floods: bo
     # (with the flood per dst, the first answer makes its bucket for the scanner: Python)
     assert pair.flowless_packets == before + 25 - floods
     assert pair.fast._fast_path.answers_noted == noted + 5 - floods
+    pair.check_state()
+    # to addresses that are no host (SSDP, mDNS, broadcast; IPv6 multicast, loopback):
+    # `_probe` skips them, whatever is pending (with the flood, a new bucket each: Python)
+    before = pair.flowless_packets
+    for src, dst in [
+        ("198.18.5.5", "239.255.255.250"),
+        ("198.18.5.5", "224.0.0.251"),
+        ("198.18.5.5", "255.255.255.255"),
+        ("2001:db8::5", "ff02::fb"),
+        ("2001:db8::5", "::1"),
+        ("2001:db8::5", "2001:db8::9"),  # a host: a probe (Python), then its repeat
+    ]:
+        for _ in range(2):
+            now += 0.01
+            pair.handle(build_packet(PROTO_UDP, src, dst, 5353, 1900, payload=b"m"), META, now)
+    assert pair.flowless_packets == before + (6 if floods else 11)
     pair.check_state()
     # a burst past the flood's rate (to new ports: probes, and over the rate: Python)
     for port in range(2000, 2060):
