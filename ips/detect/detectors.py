@@ -123,7 +123,9 @@ class PacketInterest(NamedTuple):
                                    RST a failure (weighed at once: anything), else what
                                    Detectors.note_answer does, which reports nothing
         FIRST_ANSWER_ELSE_PROBE    FIRST_ANSWER; not an answer, a probe (anything), which
-                                   does nothing when it repeats a probe still pending: the
+                                   does nothing when one of its addresses is no host
+                                   (not_a_host: `_probe` returns first), or when it
+                                   repeats a probe still pending: the
                                    5-tuple of its answer (its own turned around) in every
                                    one of answer_indexes, and no scan's first pending probe
                                    due (pending_probes, in the same order: `_probe` weighs
@@ -131,7 +133,13 @@ class PacketInterest(NamedTuple):
                                    is indexed for a retransmission of it)
         FIRST_ANSWER_ELSE_PROBE_IF_EMPTY  the same, a probe only without payload
         FIRST_BUSY                 anything
-      UDP          nothing when first_udp_quiet (no detector looks at unanswered UDP)
+      UDP          nothing when first_udp_quiet (no detector looks at unanswered UDP);
+                   else each flood of udp_floods counts it, and besides, by first_udp:
+        FIRST_NOTHING              nothing
+        FIRST_ANSWER_ELSE_PROBE    as for TCP (no failure: UDP has no reset), except that
+                                   a packet to a traceroute port (TRACEROUTE_PORTS) is
+                                   neither an answer nor a probe: nothing
+        FIRST_BUSY                 anything
       every other  anything
 
     The fast path may count a flood's packet itself, with Flood.count's arithmetic, when
@@ -153,6 +161,7 @@ class PacketInterest(NamedTuple):
     # each found Probe's outcome from UNKNOWN to ANSWERED, nothing else (no failure, no
     # effect). The compiled path may then do it itself.
     answers_note_outcome: bool = False
+    first_udp: int = 4  # FIRST_BUSY (defined below)
 
 
 # PacketInterest.first_tcp: what `_tcp` does with a flow's first packet, by its flags byte.
@@ -254,6 +263,7 @@ class Detectors:
                 tuple(det.pending for det in self.scans),
                 not self._udp_busy,
                 all(type(det).answer is ScanDetector.answer for det in self.scans),
+                self._first_udp(),
             )
 
     def _first_tcp(self) -> bytes | None:
@@ -281,6 +291,15 @@ class Detectors:
             else:
                 first[flags] = FIRST_ANSWER
         return bytes(first)
+
+    def _first_udp(self) -> int:
+        """PacketInterest.first_udp: what `_udp` does with a UDP flow's first packet (forward,
+        not replied) besides the floods' counting."""
+        if self.reflection is not None:
+            return FIRST_BUSY  # udp_answer, asked: not declared
+        if self.scans:
+            return FIRST_ANSWER_ELSE_PROBE
+        return FIRST_NOTHING
 
     def note_answer(self, answer: Tuple5, now: float) -> bool:
         """`_answer` for a flow's first packet that answers a pending probe and is no failure

@@ -41,8 +41,10 @@ stays but counters:
   * TCP or UDP as above, no block, no translation, application parsing off (its first
     look at a flow is Python's);
   * the detectors declared what they do with a flow's first packet (PacketInterest
-    first_tcp, first_udp_quiet): nothing, or only an answer to a pending probe that is no
-    failure (not a reset), which `note_answer` (Python) notes as `_tcp` would;
+    first_tcp, first_udp_quiet, first_udp): nothing, or only an answer to a pending probe
+    that is no failure (not a reset), which `note_answer` notes as `_tcp` and `_udp` would,
+    or a probe that repeats one still pending (nothing to do); a UDP packet counted by the
+    floods from a bucket with a token;
   * the flow table would not make room first (not full) and has no unsettled flow; the
     timer slot the flow would have had exists and its unreplied queue needs no compacting
     (Python makes the one and compacts the other);
@@ -54,6 +56,10 @@ stays but counters:
 Then it counts EngineStats.packets and verdicts, the rule's hits and its limit's bucket, and
 the flow table's next id, created, discarded and the unreplied queue's stand-in for the flow.
 
+Counters are owed (`FastPath.owed`): counted in C fields and written to the engine's objects
+by `_flush` before any call out of this module and before returning to its caller, so that
+no Python code reads one that lags.
+
 `run_pcap` reads classic pcap records from a buffer (an mmap of the file) and judges each:
 the fast ones here, the others through the engine's Python path, returning to the caller at
 each tick, each decision with effects, and each record it leaves to the Python reader.
@@ -62,12 +68,14 @@ each tick, each decision with effects, and each record it leaves to the Python r
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Contains, PyDict_GetItem, PyDict_SetItem
 from cpython.float cimport PyFloat_AS_DOUBLE, PyFloat_CheckExact
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_FromDouble, PyLong_FromLongLong
+from libc.math cimport copysign, floor, fmod, isfinite
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
-from cpython.ref cimport Py_XDECREF
+from cpython.ref cimport Py_DECREF, Py_XDECREF
 
 from collections import deque
 
@@ -77,8 +85,10 @@ from ips.core.flow import _GONE_STAND_IN, _SLOT, Flow, FlowTable, FlowTimeouts
 from ips.core.packet import Packet
 from ips.core.tables import TokenBuckets
 from ips.detect.flood import Flood
+from ips.detect import common as _detect_common
 from ips.detect import detectors as _detectors
 from ips.detect.scan import ANSWERED as _ANSWERED_OUTCOME, UNKNOWN as _UNKNOWN_OUTCOME, Probe
+from ips.detect.scan import TRACEROUTE_PORTS as _TRACEROUTE_PORTS
 from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledPolicy, CompiledRule
 from ips.policy.model import ACCEPT, DROP, ENCRYPTED_APPS, UNLIMITED_DEPTH
 
@@ -140,6 +150,12 @@ cdef int FIRST_NOTHING = _detectors.FIRST_NOTHING
 cdef int FIRST_ANSWER = _detectors.FIRST_ANSWER
 cdef int FIRST_ANSWER_ELSE_PROBE = _detectors.FIRST_ANSWER_ELSE_PROBE
 cdef int FIRST_ANSWER_ELSE_PROBE_IF_EMPTY = _detectors.FIRST_ANSWER_ELSE_PROBE_IF_EMPTY
+cdef int FIRST_BUSY = _detectors.FIRST_BUSY
+# The ports a UDP first packet is neither an answer nor a probe to (`_udp`): a range
+if type(_TRACEROUTE_PORTS) is not range or _TRACEROUTE_PORTS.step != 1:
+    raise ImportError("ips.detect.scan.TRACEROUTE_PORTS is not a range of step 1")
+cdef int TRACEROUTE_FIRST = _TRACEROUTE_PORTS.start
+cdef int TRACEROUTE_END = _TRACEROUTE_PORTS.stop
 cdef object PACKET = Packet
 cdef Py_ssize_t F_APP_STATE = _offset(Flow, "app_state")
 cdef Py_ssize_t F_NAT = _offset(Flow, "nat")
@@ -190,19 +206,121 @@ cdef type PROBE = Probe
 cdef Py_ssize_t P_OUTCOME = _offset(Probe, "outcome")
 cdef object ANSWERED_OUTCOME = _ANSWERED_OUTCOME
 cdef object UNKNOWN_OUTCOME = _UNKNOWN_OUTCOME
-cdef inline object _memo_bits(object index, object key):
-    """A dimension's candidate bits for key, as CompiledPolicy.candidate_bits reads them: its
-    memo, else its lookup (which memoises)."""
-    cdef PyObject *found = PyDict_GetItem(index.memo, key)
-    return <object>found if found is not NULL else index.lookup(key)
+cdef class FamilyIndexes:
+    """One family's _FamilyIndex (ips/policy/compile.py) as _flowless_rules reads it: its
+    dictionaries and lookups held here, read when the policy is loaded (they are made with
+    it and never replaced: a full memo is emptied in place), so that a packet reads no
+    attribute of them."""
+    cdef object any_proto
+    cdef dict proto_bits
+    cdef dict src_memo, dst_memo, sport_memo, dport_memo
+    cdef object src_lookup, dst_lookup, sport_lookup, dport_lookup
+
+
+cdef FamilyIndexes _family_indexes(object fx):
+    """FamilyIndexes of `fx`, or None when its parts are not what this module reads."""
+    cdef FamilyIndexes out = FamilyIndexes()
+    out.any_proto = fx.any_proto
+    if type(out.any_proto) is not int or type(fx.proto_bits) is not dict:
+        return None
+    out.proto_bits = fx.proto_bits
+    for index in (fx.src, fx.dst, fx.sport, fx.dport):
+        if type(index.memo) is not dict:
+            return None
+    out.src_memo = fx.src.memo
+    out.dst_memo = fx.dst.memo
+    out.sport_memo = fx.sport.memo
+    out.dport_memo = fx.dport.memo
+    out.src_lookup = fx.src.lookup
+    out.dst_lookup = fx.dst.lookup
+    out.sport_lookup = fx.sport.lookup
+    out.dport_lookup = fx.dport.lookup
+    return out
+
+
+cdef double _SLOT_WIDTH = FLOW_SLOT
+cdef object _NO_INTERFACE = object()  # what no interface name is (see FastPath.last_ifs)
+
+
+cdef inline int _narrow(object value, long long *out) except -1:
+    """Whether `value` is an int that a long long holds (then in *out)."""
+    cdef int overflow = 0
+    if type(value) is not int:
+        return False
+    out[0] = PyLong_AsLongLongAndOverflow(value, &overflow)
+    return overflow == 0
+
+
+def timer_slot(double deadline):
+    """_timer_slot, for tests (ips/core/flow.py's `int(deadline // _SLOT) + 1`)."""
+    cdef double floordiv
+    return _timer_slot(deadline, &floordiv)
+
+
+cdef object _timer_slot(double deadline, double *floor_out):
+    """`int(deadline // _SLOT) + 1` as ips/core/flow.py computes a flow's timer slot: the
+    float floor division done as CPython's float_floor_div does it (the same operations,
+    so the same double, left in *floor_out), then int(); None for a deadline int() refuses
+    (not finite)."""
+    cdef double mod, div, floordiv
+    if not isfinite(deadline):
+        return None
+    mod = fmod(deadline, _SLOT_WIDTH)
+    div = (deadline - mod) / _SLOT_WIDTH
+    if mod:
+        if (_SLOT_WIDTH < 0) != (mod < 0):
+            div -= 1.0
+    if div:
+        floordiv = floor(div)
+        if div - floordiv > 0.5:
+            floordiv += 1.0
+    else:
+        floordiv = copysign(0.0, deadline / _SLOT_WIDTH)
+    floor_out[0] = floordiv
+    if not -9.0e18 < floordiv < 9.0e18:
+        return PyLong_FromDouble(floordiv) + 1 if isfinite(floordiv) else None
+    return PyLong_FromLongLong(<long long>floordiv + 1)  # exact: an integral double
+
+
+# ips/detect/common.py's not_a_host: an IPv4 address by its first byte (NOT_A_HOST_V4),
+# an IPv6 one multicast (ff00::/8), loopback or unspecified.
+cdef bytes NOT_A_HOST_V4 = _detect_common.NOT_A_HOST_V4
+if len(NOT_A_HOST_V4) != 256:
+    raise ImportError("ips.detect.common.NOT_A_HOST_V4 is not a table of 256 bytes")
+cdef bytes V6_LOOPBACK = bytes(15) + b"\x01"
+cdef bytes V6_UNSPECIFIED = bytes(16)
+
+
+cdef inline bint _not_a_host(bytes addr):
+    cdef const uint8_t *a = <const uint8_t *>PyBytes_AS_STRING(addr)
+    if PyBytes_GET_SIZE(addr) == 4:
+        return (<const uint8_t *>PyBytes_AS_STRING(NOT_A_HOST_V4))[a[0]] != 0
+    return a[0] == 0xFF or addr == V6_LOOPBACK or addr == V6_UNSPECIFIED
 
 
 cdef type RULE = CompiledRule
 cdef Py_ssize_t R_HITS = _offset(CompiledRule, "hits")
 cdef type DECISION = Decision
 cdef Py_ssize_t D_VERDICT = _offset(Decision, "verdict")
+cdef Py_ssize_t D_EFFECTS = _offset(Decision, "effects")
+cdef tuple EMPTY = ()
+
+# A 5-tuple key is looked up in several dictionaries (the flows, each scan detector's index):
+# a tuple does not keep its hash, so it is computed once and handed to each lookup, which is
+# then the same lookup (CPython's own functions, private but exported; before 3.13 only).
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030D0000
+    #define ips_get_known(d, k, h) _PyDict_GetItem_KnownHash((d), (k), (h))
+    #else
+    #define ips_get_known(d, k, h) PyDict_GetItemWithError((d), (k))
+    #endif
+    """
+    PyObject *ips_get_known(object d, object key, Py_hash_t h) except? NULL
+
 
 cdef extern from "<string.h>" nogil:
+    int memcmp(const void *a, const void *b, size_t n)
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 
 cdef enum:
@@ -381,6 +499,7 @@ cdef class RuleProg:
     cdef int limit_per            # LIMIT_NONE, or the key of its `limit` buckets
     cdef dict limit_buckets       # its TokenBuckets' table (never replaced: emptied in place)
     cdef double limit_rate, limit_burst
+    cdef long long owed_hits      # hits counted here, not yet added to the rule's (_flush)
 
 
 cdef RuleProg _rule_prog(object rule):
@@ -514,6 +633,7 @@ cdef class FastPath:
     cdef object note_answer
     cdef public bint answers_in_c  # PacketInterest.answers_note_outcome: note_answer done here
     cdef bint first_udp_quiet
+    cdef int first_udp               # PacketInterest.first_udp (when not first_udp_quiet)
     cdef dict table
     cdef object flow_timeouts
     cdef object app
@@ -522,6 +642,31 @@ cdef class FastPath:
     cdef dict families
     cdef dict if_memo
     cdef dict candidates_memo
+    cdef FamilyIndexes family4, family6
+    cdef double udp_new_timeout  # flow_timeouts.udp_new (FlowTimeouts is frozen)
+    # Counts owed to the engine's objects: what this module counted for the packets it
+    # decided since the last `_flush`, written there in one go. Nothing but this module's
+    # own C code runs while anything is owed: every call out of it (into Python: the
+    # engine's path, a lookup, a detector's note, a Packet made) and every return to its
+    # caller flushes first, so no Python code ever reads a counter that lags.
+    cdef bint owed
+    cdef long long owed_packets      # EngineStats.packets
+    # flows opened and discarded (_flowless): the flow table's _next_id, _created and
+    # _discarded, and the stand-ins their unreplied queue has for them
+    cdef long long owed_discarded
+    cdef dict owed_table             # the flow table those are owed to
+    cdef int owed_verdict_kinds      # EngineStats.verdicts, in the order first counted
+    cdef PyObject *owed_verdicts[4]  # (references held until flushed)
+    cdef long long owed_verdict_counts[4]
+    cdef list owed_rules             # the RuleProgs with owed_hits
+    cdef bytes last_addr, other_addr # _address's last two
+    cdef list port_ints              # _port's ints (None: not made yet)
+    cdef double slot_floor           # _slot_of's last answer (None: none yet)
+    cdef object last_slot
+    cdef bint bits_are_wide          # _flowless_rules' bitset (see _bits_start)
+    cdef long long bits_narrow
+    cdef object bits_wide
+    cdef object last_iif, last_oif, last_ifs  # the last (iif, oif) pair, made once
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
@@ -535,11 +680,15 @@ cdef class FastPath:
         self.fast_packets = 0
         self.flowless_packets = 0
         self.answers_noted = 0
+        self.owed_rules = []
+        self.last_iif = self.last_oif = _NO_INTERFACE  # (no pair made yet)
+        self.port_ints = [None] * 65536
         _bind_meta()
         self.refresh(engine)
 
     def refresh(self, engine):
         """Read the engine's state again (its policy was loaded)."""
+        self._flush()  # (nothing is owed when called from Python: a habit kept)
         self.stats = engine.stats
         # EngineStats is a plain dataclass: its counters live in its __dict__
         self.stats_dict = engine.stats.__dict__
@@ -604,6 +753,7 @@ cdef class FastPath:
         self.pending_probes = ()
         self.note_answer = None
         self.first_udp_quiet = False
+        self.first_udp = FIRST_BUSY
         self.default_drop = None
         # ---- the flow table: its counters and queues are plain attributes
         flows = engine.flows
@@ -649,6 +799,8 @@ cdef class FastPath:
             self.note_answer = getattr(detect, "note_answer", None)
             self.answers_in_c = bool(getattr(interest, "answers_note_outcome", False))
             self.first_udp_quiet = bool(interest.first_udp_quiet)
+            first_udp = getattr(interest, "first_udp", FIRST_BUSY)
+            self.first_udp = first_udp if type(first_udp) is int else FIRST_BUSY
         else:
             self.first_tcp = bytes(256)  # no detector: nothing to do with any first packet
             self.first_udp_quiet = True
@@ -661,6 +813,13 @@ cdef class FastPath:
             self.default_drop = default
         self.app = engine.app
         self.families = policy._families
+        self.family4 = _family_indexes(policy._families[4])
+        self.family6 = _family_indexes(policy._families[6])
+        if self.family4 is None or self.family6 is None:
+            return
+        if type(self.flow_timeouts.udp_new) not in (float, int):
+            return
+        self.udp_new_timeout = self.flow_timeouts.udp_new
         self.if_memo = policy._if_memo
         self.candidates_memo = policy._candidates_memo
         self.flowless_on = True
@@ -684,6 +843,7 @@ cdef class FastPath:
             pair = <tuple>found
             if pair[0] is rules:
                 return <list>pair[1]
+        self._flush()
         progs = [_rule_prog(rule) for rule in rules]
         if len(self.programs) >= 65536:
             self.programs = {}
@@ -699,8 +859,160 @@ cdef class FastPath:
         if type(data) is not bytes:
             return None
         linktype = _get(meta, M_LINKTYPE) if type(meta) is META else meta.linktype
-        return self._handle(<const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data),
-                            linktype, meta, now)
+        try:
+            return self._handle(<const uint8_t *>PyBytes_AS_STRING(data),
+                                PyBytes_GET_SIZE(data), linktype, meta, now)
+        finally:
+            self._flush()
+
+    def flush(self):
+        """Write what is owed (see `_flush`); for tests, which look at it between packets
+        fed to `run_pcap`'s parts."""
+        self._flush()
+
+    cdef int _flush(self) except -1:
+        """Write the counts owed to the engine's objects (see `owed`)."""
+        if self.owed:
+            self._write_owed()
+        return 0
+
+    cdef int _write_owed(self) except -1:
+        cdef PyObject *found
+        cdef int i
+        cdef long long n
+        cdef RuleProg prog
+        self.owed = False
+        counts = self.stats_dict
+        if self.owed_packets:
+            n = self.owed_packets
+            self.owed_packets = 0
+            counts["packets"] = counts["packets"] + n
+        if self.owed_discarded:
+            n = self.owed_discarded
+            self.owed_discarded = 0
+            table = self.owed_table
+            self.owed_table = None
+            table["_next_id"] = table["_next_id"] + n
+            table["_created"] = table["_created"] + n
+            table["_discarded"] = table["_discarded"] + n
+            unreplied = table["_unreplied"]
+            unreplied.extend((GONE_STAND_IN,) * n)  # (appended one by one: the same)
+        verdicts = self.verdicts
+        for i in range(self.owed_verdict_kinds):
+            verdict = <object>self.owed_verdicts[i]
+            n = self.owed_verdict_counts[i]
+            found = PyDict_GetItem(verdicts, verdict)
+            verdicts[verdict] = n if found is NULL else <object>found + n
+            Py_DECREF(verdict)  # the reference owed_verdicts held
+            self.owed_verdicts[i] = NULL
+        self.owed_verdict_kinds = 0
+        if self.owed_rules:
+            rules = self.owed_rules
+            self.owed_rules = []
+            for prog in rules:
+                rule = prog.rule
+                n = prog.owed_hits
+                prog.owed_hits = 0
+                _set(rule, R_HITS, _get(rule, R_HITS) + n)
+        return 0
+
+    cdef inline object _memo_or_lookup(self, dict memo, object lookup, object key):
+        """A dimension's candidate bits for key, as CompiledPolicy.candidate_bits reads
+        them: its memo, else its lookup (Python, which memoises: nothing owed then)."""
+        cdef PyObject *found = PyDict_GetItem(memo, key)
+        if found is not NULL:
+            return <object>found
+        self._flush()
+        return lookup(key)
+
+    # The candidate bitset of _flowless_rules, made as CompiledPolicy.candidate_bits makes
+    # it (the same values combined by | and &: the same int), in a C integer while every
+    # value fits one (a policy of fewer than 64 rules; an interface bitset's complement is
+    # a negative int, in two's complement as Python's & reads it), else in Python ints.
+    cdef inline int _bits_start(self, object value) except -1:
+        self.bits_are_wide = False
+        self.bits_narrow = 0
+        self.bits_wide = None
+        return self._bits_or(value)
+
+    cdef inline int _bits_or(self, object value) except -1:
+        cdef long long narrow
+        if not self.bits_are_wide and _narrow(value, &narrow):
+            self.bits_narrow |= narrow
+        else:
+            self._bits_widen()
+            self.bits_wide = self.bits_wide | value
+        return 0
+
+    cdef inline int _bits_and(self, object value) except -1:
+        cdef long long narrow
+        if not self.bits_are_wide and _narrow(value, &narrow):
+            self.bits_narrow &= narrow
+        else:
+            self._bits_widen()
+            self.bits_wide = self.bits_wide & value
+        return 0
+
+    cdef inline int _bits_widen(self) except -1:
+        if not self.bits_are_wide:
+            self.bits_wide = PyLong_FromLongLong(self.bits_narrow)
+            self.bits_are_wide = True
+        return 0
+
+    cdef inline bint _bits_nonzero(self):
+        return bool(self.bits_wide) if self.bits_are_wide else self.bits_narrow != 0
+
+    cdef object _slot_of(self, double deadline):
+        """_timer_slot(deadline), the last answer kept: with slots of one second, that
+        division is floor() (fmod by 1.0 and the subtraction are exact), so every deadline
+        in [slot_floor, slot_floor + 1) has the same slot."""
+        cdef double floordiv
+        if self.last_slot is not None and (
+            self.slot_floor <= deadline < self.slot_floor + 1.0
+        ):
+            return self.last_slot
+        slot = _timer_slot(deadline, &floordiv)
+        if _SLOT_WIDTH == 1.0 and slot is not None:
+            self.slot_floor = floordiv
+            self.last_slot = slot
+        return slot
+
+    cdef inline object _address(self, const uint8_t *at, Py_ssize_t size):
+        """The bytes of an address: one of the last two made when it is the same (a scan,
+        a flow's two directions: the object and its hash made once; bytes do not change)."""
+        cdef bytes known = self.last_addr
+        if known is not None and PyBytes_GET_SIZE(known) == size and (
+            memcmp(PyBytes_AS_STRING(known), at, size) == 0
+        ):
+            return known
+        known = self.other_addr
+        if known is not None and PyBytes_GET_SIZE(known) == size and (
+            memcmp(PyBytes_AS_STRING(known), at, size) == 0
+        ):
+            self.other_addr = self.last_addr
+            self.last_addr = known
+            return known
+        made = PyBytes_FromStringAndSize(<const char *>at, size)
+        self.other_addr = self.last_addr
+        self.last_addr = made
+        return made
+
+    cdef inline object _port(self, int port):
+        """The int of a port (0..65535), each made once (ints do not change)."""
+        cdef PyObject *known = PyList_GET_ITEM(self.port_ints, port)
+        if <object>known is not None:
+            return <object>known
+        made = port
+        self.port_ints[port] = made
+        return made
+
+    cdef inline int _owe_hit(self, RuleProg prog) except -1:
+        """The rule's `hits` + 1 (owed)."""
+        if prog.owed_hits == 0:
+            self.owed_rules.append(prog)
+        prog.owed_hits += 1
+        self.owed = True
+        return 0
 
     cdef object _handle(self, const uint8_t *p, Py_ssize_t n, int linktype, object meta,
                         object now_obj):
@@ -792,13 +1104,14 @@ cdef class FastPath:
         addr_len = 4 if family == 4 else 16
         src_off = 12 if family == 4 else 8
         dst_off = 16 if family == 4 else 24
-        src = PyBytes_FromStringAndSize(<const char *>p + src_off, addr_len)
-        dst = PyBytes_FromStringAndSize(<const char *>p + dst_off, addr_len)
+        src = self._address(p + src_off, addr_len)
+        dst = self._address(p + dst_off, addr_len)
         decision = self._decide(p, proto, total, payload_offset, sport, dport, flags, icmp_type,
                                 icmp_code, src, dst, meta, now_obj)
         if decision is not None:
             return decision
         # Not for this path: the packet as the Python decoder makes it, for the engine.
+        self._flush()  # (Packet.__init__ is Python)
         if family == 4:
             ttl = p[8]
             tos = p[1]
@@ -828,12 +1141,15 @@ cdef class FastPath:
         if self.nat_replies:
             return None
         # ---- the flow
-        py_sport = sport
-        key = (proto, src, py_sport, dst, dport)
-        cdef PyObject *found = PyDict_GetItem(self.flows, key)
+        py_sport = self._port(sport)
+        py_dport = self._port(dport)
+        key = (proto, src, py_sport, dst, py_dport)
+        cdef Py_hash_t key_hash = hash(key)
+        cdef PyObject *found = ips_get_known(self.flows, key, key_hash)
         if found is NULL:
             return self._flowless(p, proto, total, payload_offset, sport, dport, flags, src,
-                                  dst, key, meta, meta_slots, now_obj, now)
+                                  dst, py_sport, py_dport, key, key_hash, meta, meta_slots,
+                                  now_obj, now)
         if proto == PROTO_TCP and flags & STATE_FLAGS:
             return None  # the state machine's business
         flow = <object>found
@@ -923,8 +1239,8 @@ cdef class FastPath:
         if limit_bucket is not None:
             (<list>limit_bucket)[0] = limit_tokens
             (<list>limit_bucket)[1] = now_obj
-        counts = self.stats_dict
-        counts["packets"] = counts["packets"] + 1
+        self.owed_packets += 1
+        self.owed = True
         if fwd:
             _set(flow, F_PKTS_FWD, _get(flow, F_PKTS_FWD) + 1)
             _set(flow, F_BYTES_FWD, _get(flow, F_BYTES_FWD) + length)
@@ -942,8 +1258,7 @@ cdef class FastPath:
             _set(flow, F_MAC, mac)
         if matched is not None:
             decision = matched.decision
-            rule = matched.rule
-            _set(rule, R_HITS, _get(rule, R_HITS) + 1)
+            self._owe_hit(matched)
             if matched.accepts and self.offload_on and replied:
                 if self._offload_kind(flow, proto, payload_offset < total, now) == OFFLOAD_FLOW:
                     decision = matched.offload_decision
@@ -957,14 +1272,23 @@ cdef class FastPath:
 
     cdef int _count_verdict(self, object decision) except -1:
         """EngineStats.verdicts as the Python path counts a Decision, and this path's own."""
-        verdict = _get(decision, D_VERDICT)
-        verdicts = self.verdicts
-        cdef PyObject *count = PyDict_GetItem(verdicts, verdict)
-        if count is NULL:
-            verdicts[verdict] = 1
-        else:
-            verdicts[verdict] = <object>count + 1
+        cdef PyObject *verdict = (<PyObject **>((<char *><PyObject *>decision) + D_VERDICT))[0]
+        cdef int i
         self.fast_packets += 1
+        for i in range(self.owed_verdict_kinds):
+            if self.owed_verdicts[i] == verdict:
+                self.owed_verdict_counts[i] += 1
+                return 0
+        if verdict is NULL:
+            raise AttributeError("slot not set")
+        if self.owed_verdict_kinds == 4:
+            self._flush()
+        i = self.owed_verdict_kinds
+        Py_INCREF(<object>verdict)
+        self.owed_verdicts[i] = verdict
+        self.owed_verdict_counts[i] = 1
+        self.owed_verdict_kinds = i + 1
+        self.owed = True
         return 0
 
     cdef object _not_ip(self):
@@ -974,14 +1298,16 @@ cdef class FastPath:
         if self.not_ip_decision is None:
             return None
         counts = self.stats_dict
-        counts["packets"] = counts["packets"] + 1
+        self.owed_packets += 1
+        self.owed = True
         counts["not_ip"] = counts["not_ip"] + 1
         self.fast_packets += 1
         return self.not_ip_decision
 
     cdef object _flowless(self, const uint8_t *p, int proto, Py_ssize_t total,
                           Py_ssize_t payload_offset, int sport, int dport, int flags,
-                          object src, object dst, object key, object meta, bint meta_slots,
+                          object src, object dst, object py_sport, object py_dport,
+                          object key, Py_hash_t key_hash, object meta, bint meta_slots,
                           object now_obj, double now):
         """The Decision of a TCP or UDP packet of no flow (a flow's first packet) when the
         engine would refuse it with nothing to say: the flow FlowTable.open makes for it,
@@ -997,6 +1323,10 @@ cdef class FastPath:
         # ---- the detectors (Detectors.observe of a flow's first packet, forward)
         cdef int need
         cdef bint answers = False
+        cdef tuple floods = None
+        cdef BucketUpdate updates[MAX_FLOODS]
+        cdef int n_updates = 0
+        cdef int i
         if proto == PROTO_TCP:
             if self.first_tcp is None:
                 return None
@@ -1007,7 +1337,7 @@ cdef class FastPath:
                 ):
                     return None  # FIRST_BUSY, or a value this module does not know
                 for index in self.answer_indexes:
-                    if PyDict_Contains(index, key):
+                    if ips_get_known(index, key, key_hash) is not NULL:
                         answers = True
                         break
                 if answers:
@@ -1016,12 +1346,36 @@ cdef class FastPath:
                 elif need == FIRST_ANSWER_ELSE_PROBE or (
                     need == FIRST_ANSWER_ELSE_PROBE_IF_EMPTY and payload_offset >= total
                 ):
-                    # a probe (a SYN, an ACK without payload): Python's, unless it repeats
-                    # one still pending and none is due (then it does nothing)
-                    if not self._probe_repeats(proto, src, sport, dst, dport, now_obj):
+                    # a probe (a SYN, an ACK without payload): Python's, unless `_probe`
+                    # does nothing with it (see _probe_does_nothing)
+                    if not self._probe_does_nothing(proto, src, py_sport, dst, py_dport,
+                                                    now_obj):
                         return None
         elif not self.first_udp_quiet:
-            return None
+            # `_udp`: the floods count it (their buckets taken last, below), and by
+            # first_udp, the scans note it as an answer or take it as a probe
+            need = self.first_udp
+            if need != FIRST_NOTHING and need != FIRST_ANSWER_ELSE_PROBE:
+                return None  # FIRST_BUSY (reflection), or a value this module does not know
+            floods = self.udp_floods
+            if floods is None:
+                return None  # floods this module does not count
+            if need == FIRST_ANSWER_ELSE_PROBE and not (
+                TRACEROUTE_FIRST <= dport < TRACEROUTE_END
+            ):
+                for index in self.answer_indexes:
+                    if ips_get_known(index, key, key_hash) is not NULL:
+                        answers = True
+                        break
+                if answers:
+                    if self.note_answer is None:
+                        return None
+                    if len(floods) and not self.answers_in_c:
+                        return None  # (Python's note_answer would run between the floods'
+                                     # reading and their update)
+                elif not self._probe_does_nothing(proto, src, py_sport, dst, py_dport,
+                                                  now_obj):
+                    return None  # a probe: Python's
         # ---- the flow table: FlowTable.open would make a flow, without making room
         cdef dict table = self.table
         if table["_opened"] is not None:
@@ -1036,7 +1390,7 @@ cdef class FastPath:
         else:
             iif = meta.iif
             oif = meta.oif
-        rules = self._flowless_rules(proto, src, dst, sport, dport, flags, iif, oif, total)
+        rules = self._flowless_rules(proto, src, dst, py_sport, py_dport, flags, iif, oif)
         if rules is None:
             return None
         cdef list progs = self._program(<tuple>rules)
@@ -1054,6 +1408,7 @@ cdef class FastPath:
             decision = matched.decision
         # ---- FlowTable._discard_opened: the timer slot the flow would have had must exist
         # (Python makes it), and the unreplied queue must not need compacting (Python does)
+        cdef double timeout
         if proto == PROTO_TCP:
             if flags & TCP_RST:
                 state = TCP_CLOSED
@@ -1063,34 +1418,46 @@ cdef class FastPath:
                 state = TCP_NONE
             timeout = (<tuple>table["_tcp_timeouts"])[state]
         else:
-            timeout = self.flow_timeouts.udp_new  # unreplied UDP
-        slot = int((now_obj + timeout) // FLOW_SLOT) + 1
-        if not PyDict_Contains(table["_wheel"], slot):
+            timeout = self.udp_new_timeout  # unreplied UDP
+        slot = self._slot_of(now + timeout)  # (now is now_obj's double: the same sum)
+        if slot is None or not PyDict_Contains(table["_wheel"], slot):
             return None
+        if self.owed_table is not None and self.owed_table is not table:
+            self._flush()  # (a table that is not the one owed to: never, but cheap to say)
         unreplied = table["_unreplied"]
-        if len(unreplied) + 1 > 2 * (active + 1) + 1024:
+        if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
             return None
+        # The floods' buckets last: nothing that may still send the packet to Python (and
+        # no Python code) runs between their reading and their update.
+        if floods is not None and len(floods) > 0:
+            n_updates = _floods_take(floods, src, dst, now, updates)
+            if n_updates < 0:
+                return None
         # ---- decided: count as the Python path does, the detectors first (the answer it
         # gives to a pending probe, as `_tcp` notes it; the last Python code run here)
         if answers:
-            self._note_answer(key, now_obj)
+            self._note_answer(key, key_hash, now_obj)
+        for i in range(n_updates):
+            bucket = <list><object>updates[i].bucket
+            bucket[0] = updates[i].tokens
+            if updates[i].refilled:
+                bucket[1] = now_obj
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
             (<list>self.walk_bucket)[1] = now_obj
-        counts = self.stats_dict
-        counts["packets"] = counts["packets"] + 1
-        table["_next_id"] = table["_next_id"] + 1
-        table["_created"] = table["_created"] + 1
-        table["_discarded"] = table["_discarded"] + 1
-        unreplied.append(GONE_STAND_IN)
+        # The flow's counting (its id, created, discarded, its stand-in in the unreplied
+        # queue) and the packet's, owed (_flush).
+        self.owed_packets += 1
+        self.owed_discarded += 1
+        self.owed_table = table
+        self.owed = True
         if matched is not None:
-            rule = matched.rule
-            _set(rule, R_HITS, _get(rule, R_HITS) + 1)
+            self._owe_hit(matched)
         self._count_verdict(decision)
         self.flowless_packets += 1
         return decision
 
-    cdef int _note_answer(self, object key, object now_obj) except -1:
+    cdef int _note_answer(self, object key, Py_hash_t key_hash, object now_obj) except -1:
         """Detectors.note_answer(key, now): with every scan detector's answer declared as
         ScanDetector.answer's (PacketInterest.answers_note_outcome), each Probe found for the
         key goes from UNKNOWN to ANSWERED here; else (or anything not a Probe found) Python,
@@ -1099,7 +1466,7 @@ cdef class FastPath:
         self.answers_noted += 1
         if self.answers_in_c:
             for index in self.answer_indexes:
-                found = PyDict_GetItem(index, key)
+                found = ips_get_known(index, key, key_hash)
                 if found is NULL:
                     continue
                 if type(<object>found) is not PROBE:
@@ -1108,11 +1475,21 @@ cdef class FastPath:
                     _set(<object>found, P_OUTCOME, ANSWERED_OUTCOME)
             else:
                 return 0
+        self._flush()
         self.note_answer(key, now_obj)
         return 0
 
-    cdef bint _probe_repeats(self, int proto, object src, int sport, object dst, int dport,
-                             object now_obj) except -1:
+    cdef bint _probe_does_nothing(self, int proto, object src, object sport, object dst,
+                                  object dport, object now_obj) except -1:
+        """Whether Detectors._probe does nothing with this probe: one of its addresses is no
+        host (multicast, broadcast, loopback, unspecified: `_probe` returns first), or it
+        repeats a probe still pending (_probe_repeats)."""
+        if _not_a_host(src) or _not_a_host(dst):
+            return True
+        return self._probe_repeats(proto, src, sport, dst, dport, now_obj)
+
+    cdef bint _probe_repeats(self, int proto, object src, object sport, object dst,
+                             object dport, object now_obj) except -1:
         """Whether a probe repeats one that every scan detector holds pending, while none
         has a probe due (PacketInterest.pending_probes): then `_probe` and
         ScanDetector.probe do nothing with it."""
@@ -1121,37 +1498,48 @@ cdef class FastPath:
         if not indexes or len(pendings) != len(indexes):
             return False
         answer = (proto, dst, dport, src, sport)
+        cdef Py_hash_t answer_hash = hash(answer)
         for index in indexes:
-            if not PyDict_Contains(index, answer):
+            if ips_get_known(index, answer, answer_hash) is NULL:
                 return False
         for pending in pendings:
             if len(pending) and (<object>pending[0]).due <= now_obj:
                 return False  # weighed first (Python)
         return True
 
-    cdef object _flowless_rules(self, int proto, object src, object dst, int sport,
-                                int dport, int flags, object iif, object oif,
-                                Py_ssize_t total):
+    cdef object _flowless_rules(self, int proto, object src, object dst, object sport,
+                                object dport, int flags, object iif, object oif):
         """The rules the engine would walk for this packet: CompiledPolicy.candidate_entry
         (candidate_bits, with the same memo reads and, on a miss, the same lookups, in the
         same order), then its walk by TCP flags byte; None when the bitset's candidates are
         not memoised (Python makes them)."""
         cdef PyObject *found
-        fx = <object>PyDict_GetItem(self.families, 4 if len(src) == 4 else 6)
-        bits = fx.any_proto | fx.proto_bits.get(proto, 0)
-        if bits:
-            bits &= _memo_bits(fx.src, src) & _memo_bits(fx.dst, dst)
-            if bits:
+        cdef FamilyIndexes fx = self.family4 if len(src) == 4 else self.family6
+        found = PyDict_GetItem(fx.proto_bits, proto)
+        self._bits_start(fx.any_proto)
+        self._bits_or(<object>found if found is not NULL else 0)
+        if self._bits_nonzero():
+            # (src, then dst: the order of the lookups; the order of the & is the value's)
+            self._bits_and(self._memo_or_lookup(fx.src_memo, fx.src_lookup, src))
+            self._bits_and(self._memo_or_lookup(fx.dst_memo, fx.dst_lookup, dst))
+            if self._bits_nonzero():
                 # TCP and UDP are PORT_PROTOS (and a packet of this module no fragment)
-                bits &= _memo_bits(fx.sport, sport) & _memo_bits(fx.dport, dport)
-                found = PyDict_GetItem(self.if_memo, (iif, oif))
+                self._bits_and(self._memo_or_lookup(fx.sport_memo, fx.sport_lookup, sport))
+                self._bits_and(self._memo_or_lookup(fx.dport_memo, fx.dport_lookup, dport))
+                if iif is not self.last_iif or oif is not self.last_oif:
+                    self.last_iif = iif
+                    self.last_oif = oif
+                    self.last_ifs = (iif, oif)
+                found = PyDict_GetItem(self.if_memo, self.last_ifs)
                 if found is NULL:
+                    self._flush()
                     if_bits = self.policy._interface_bits(iif, oif)
                 else:
                     if_bits = <object>found
-                bits = bits & if_bits
+                self._bits_and(if_bits)
         else:
-            bits = 0
+            self._bits_start(0)
+        bits = self.bits_wide if self.bits_are_wide else PyLong_FromLongLong(self.bits_narrow)
         found = PyDict_GetItem(self.candidates_memo, bits)
         if found is NULL:
             return None
@@ -1164,6 +1552,7 @@ cdef class FastPath:
             return rules
         walk = walks[flags]
         if walk is None:
+            self._flush()
             walk = self.policy.walk(rules, walks, flags)  # made once per flags byte, kept
         if type(walk) is not tuple:
             return None
@@ -1270,6 +1659,7 @@ cdef class FastPath:
         """ips/engine/offload.py's needs_met of the plan CompiledPolicy.plan_of gives for
         these candidates (the same calls, on the same objects, in the same order: plan_of
         may make the plan again and keep it, as it does for the Python path)."""
+        self._flush()
         plan = self.policy.plan_of(candidates)
         proto = _get(flow, F_APP_PROTO)
         seen = _get(flow, F_PAYLOAD_FWD) if fwd else _get(flow, F_PAYLOAD_REV)
@@ -1386,6 +1776,18 @@ def run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] 
     Returns (reason, pos after the last record judged, records judged, the latest time seen,
     next_tick, the time of the last record, its Decision when reason is STOP_EFFECTS or
     STOP_TICK else None)."""
+    if buf.shape[0] == 0:
+        return (STOP_END, pos, 0, last_ts, next_tick, 0.0, None)
+    try:
+        return _run_pcap(fast, slow, slow_packet, buf, pos, linktype, divisor, max_record,
+                         meta, next_tick, last_ts, budget)
+    finally:
+        fast._flush()  # what the fast path owes, written before its caller reads anything
+
+
+cdef tuple _run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] buf,
+                     Py_ssize_t pos, int linktype, long long divisor, long long max_record,
+                     object meta, double next_tick, double last_ts, Py_ssize_t budget):
     cdef Py_ssize_t n = buf.shape[0]
     cdef Py_ssize_t count = 0
     cdef const uint8_t *p
@@ -1393,8 +1795,7 @@ def run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] 
     cdef double ts = 0.0
     cdef object decision = None
     cdef object ts_obj
-    if n == 0:
-        return (STOP_END, pos, 0, last_ts, next_tick, ts, None)
+    cdef PyObject *effects
     while True:
         if count >= budget:
             return (STOP_BUDGET, pos, count, last_ts, next_tick, ts, None)
@@ -1411,14 +1812,23 @@ def run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] 
         p += 16
         decision = fast._handle(p, caplen, linktype, meta, ts_obj)
         if decision is None:
+            fast._flush()
             decision = slow(PyBytes_FromStringAndSize(<const char *>p, caplen), meta, ts_obj)
         elif type(decision) is PACKET:
+            fast._flush()
             decision = slow_packet(decision, meta, ts_obj)
         pos += 16 + caplen
         count += 1
         if ts > last_ts:
             last_ts = ts
-        if decision.effects:
+        # decision.effects: read in its slot when it is a Decision (an empty tuple is false)
+        if type(decision) is DECISION:
+            effects = (<PyObject **>((<char *><PyObject *>decision) + D_EFFECTS))[0]
+            if effects is NULL:
+                decision.effects  # (not set: the AttributeError Python would raise)
+            if <object>effects is not EMPTY and <object>effects:
+                return (STOP_EFFECTS, pos, count, last_ts, next_tick, ts, decision)
+        elif decision.effects:
             return (STOP_EFFECTS, pos, count, last_ts, next_tick, ts, decision)
         if next_tick != next_tick:  # NaN: the first record
             next_tick = ts + 1.0

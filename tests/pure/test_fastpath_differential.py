@@ -11,6 +11,7 @@ otherwise."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import io
 import json
@@ -472,6 +473,92 @@ def test_replay_gives_the_same_result_on_every_path(pcaps_dir: Path, policy: str
     assert _replay(text, paths, fast_path=True, mapped=True) == reference
 
 
+def _bench_replay_module() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "bench_replay_speed", ROOT / "bench" / "replay_speed.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _replay_state(text: str, path: str, fast_path: bool, mapped: bool) -> tuple[object, ...]:
+    """A replay's result, EVE lines, its engine's whole state at the end, and its flow
+    table's internals, counters and rule hits at each tick (flows then carry their ids)."""
+    policy = load_policy_text(text, "replay.rules")
+    eve = io.StringIO()
+    engine = Engine(policy, fast=fast_path)
+    at_ticks: list[object] = []
+    tick = engine.tick
+
+    def noted_tick(now: float) -> Any:
+        at_ticks.append(
+            (
+                now,
+                table_internals(engine),
+                plain(engine.stats.__dict__),
+                [rule.hits for rule in engine.policy.rules],
+            )
+        )
+        return tick(now)
+
+    engine.tick = noted_tick  # type: ignore[method-assign]
+    result = replay_captures(
+        policy, [path], engine=engine, eve_stream=eve, progress=False, mapped=mapped
+    )
+    assert engine.fast_failures == 0
+    lines = "".join(sorted(eve.getvalue().splitlines(True)))
+    flowless = engine._fast_path.flowless_packets if engine._fast_path is not None else 0
+    state = engine_state(engine)
+    return json.dumps(result.as_dict(), sort_keys=True), lines, state, at_ticks, flowless
+
+
+@pytest.mark.parametrize("policy", ["gateway-app-off", "ten+detect-app-off"])
+def test_mapped_replay_of_a_repeated_capture_leaves_the_same_state(
+    tmp_path: Path, policy: str
+) -> None:
+    """The mapped compiled loop owes its counters to the engine's objects between calls out
+    of it (FastPath._flush): over the shared captures repeated with their addresses moved
+    (bench/replay_speed.py's capture, ~3 repetitions: refused first packets by the thousand
+    between the Python engine's packets and ticks), the result, the EVE lines and the
+    engine's whole state (counters, the flow table's ids, wheel and unreplied queue, rule
+    hits, detectors) are the Python engine's."""
+    text = {
+        "gateway-app-off": "set app-layer off\n" + GATEWAY,
+        "ten+detect-app-off": "set app-layer off\n" + BENCH.TEN_RULES + BENCH.DETECTORS,
+    }[policy]
+    path = tmp_path / "repeated.pcap"
+    _bench_replay_module().make_capture(path, 12_000)
+    reference = _replay_state(text, str(path), fast_path=False, mapped=False)
+    got = _replay_state(text, str(path), fast_path=True, mapped=True)
+    assert got[0] == reference[0]
+    assert got[1] == reference[1]
+    assert got[2] == reference[2]
+    assert len(got[3]) > 100  # ticks
+    assert got[3] == reference[3]
+    if fast.available():
+        assert got[4] > 5_000, got[4]  # refused first packets decided in compiled code
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.floats(min_value=1.6e9, max_value=1.8e9),
+        st.integers(min_value=-(2**60), max_value=2**60).map(float),
+    )
+)
+def test_a_timer_slot_in_compiled_code_is_the_flow_tables(deadline: float) -> None:
+    """The timer slot of a refused first packet's flow, computed in compiled code as
+    CPython's float floor division computes it (FastPath._slot_of), is ips/core/flow.py's."""
+    from ips.core.flow import _SLOT
+
+    need_fast_path()
+    module = importlib.import_module("ips.fast._fastpath")
+    assert module.timer_slot(deadline) == int(deadline // _SLOT) + 1
+
+
 def _damaged(tmp_path: Path, tail: bytes, empty: int = 3) -> str:
     """A capture of the bench traffic with empty records among them and `tail` at its end."""
     path = tmp_path / "damaged.pcap"
@@ -767,6 +854,8 @@ detect portscan ports 15 within 60s alert
 _REFUSED_SOURCES = ["198.18.0.1", "198.18.1.7", "198.19.3.3", "192.0.2.7", "10.10.1.10"]
 _REFUSED_NETS = ["198.18.{}.{}", "198.19.{}.{}", "192.0.{}.{}", "100.64.{}.{}"]
 _REFUSED_TARGETS = ["10.20.0.5", "10.30.0.1", "203.0.113.9", "10.20.7.1"]
+# addresses that are no host (multicast, broadcast, loopback): `_probe` skips them
+_NO_HOSTS = ["239.255.255.250", "255.255.255.255", "224.0.0.251", "127.0.0.1", "0.0.0.0"]
 # mid-stream segments (ACK, ACK with data, PSH+ACK, FIN+ACK), answers (SYN+ACK, resets),
 # probes (SYN, bare ACK), a stealth flag combination
 _REFUSED_FLAGS = [0x10, 0x10, 0x18, 0x18, 0x11, 0x12, 0x04, 0x14, 0x02, 0x01, 0x29]
@@ -787,6 +876,10 @@ def refused_traffic(seed: int) -> list[tuple[float, bytes]]:
         else:
             src = rng.choice(_REFUSED_NETS).format(rng.randrange(4), rng.randrange(1, 250))
         dst = rng.choice(_REFUSED_TARGETS)
+        if rng.random() < 0.06:
+            dst = rng.choice(_NO_HOSTS)
+        elif rng.random() < 0.01:
+            src = rng.choice(_NO_HOSTS)
         sport = 30000 + rng.randrange(200)
         dport = rng.choice([22, 25, 80, 443, 445, 3306, 8080, 20000 + rng.randrange(50)])
         kind = rng.random()
@@ -798,6 +891,19 @@ def refused_traffic(seed: int) -> list[tuple[float, bytes]]:
             )
         elif kind < 0.85:
             out.append((now, build_packet(PROTO_UDP, src, dst, sport, dport, payload=b"u" * 30)))
+        elif kind < 0.91:
+            # a UDP probe (now and then to a traceroute port: no probe), repeated now and
+            # then, and answered (or not)
+            if rng.random() < 0.15:
+                dport = 33434 + rng.randrange(101)
+            out.append((now, build_packet(PROTO_UDP, src, dst, sport, dport, payload=b"q" * 20)))
+            for _ in range(rng.choice([0, 0, 1, 3])):
+                again = now + rng.choice([0.05, 0.3, 1.0, 2.5])
+                probe_again = build_packet(PROTO_UDP, src, dst, sport, dport, payload=b"q" * 20)
+                out.append((again, probe_again))
+            if rng.random() < 0.6:
+                reply = build_packet(PROTO_UDP, dst, src, dport, sport, payload=b"r" * 20)
+                out.append((now + 0.01, reply))
         else:
             # a probe, repeated now and then (within its grace time or after), then its
             # answer (data, SYN+ACK or a reset) a little later
@@ -848,6 +954,62 @@ def test_refused_packets_of_no_flow_decide_the_same(policy: str, seed: int) -> N
     if policy in ("ten-thousand", "gateway"):
         # answers to pending probes, noted by the compiled path
         assert fast_path is not None and fast_path.answers_noted > 0
+
+
+@pytest.mark.parametrize("floods", [False, True], ids=["scans", "scans+udpflood"])
+def test_a_udp_probe_repeated_or_answered_is_decided_in_compiled_code(floods: bool) -> None:
+    """UDP first packets with scans watching (PacketInterest.first_udp): a probe is
+    Python's; the same probe repeated within its grace time does nothing, and its answer is
+    noted (each flood counting them, from the buckets the first probes made): both decided
+    in compiled code. Due probes are Python's again, as are a flood's packets over its rate
+    (an alert: an effect)."""
+    need_fast_path()
+    policy = "set app-layer off\nset default drop\ndetect portscan ports 15 within 60s alert\n"
+    if floods:
+        policy += "detect udpflood rate 30/s per dst alert\n"
+    pair = Pair(policy)
+    pair.next_tick = 200.0  # no tick here: the due probes are weighed by a packet
+    scanner, target = "198.18.5.5", "10.30.0.1"
+    now = 100.0
+    for port in range(1000, 1020):
+        now += 0.01
+        pair.handle(build_packet(PROTO_UDP, scanner, target, 40000, port, payload=b"p"), META, now)
+    before = pair.flowless_packets
+    noted = pair.fast._fast_path.answers_noted
+    for port in range(1000, 1020):  # within their grace time: nothing to do
+        now += 0.01
+        pair.handle(build_packet(PROTO_UDP, scanner, target, 40000, port, payload=b"p"), META, now)
+    for port in range(1000, 1005):  # answers (refused too): noted
+        now += 0.01
+        pair.handle(build_packet(PROTO_UDP, target, scanner, port, 40000, payload=b"a"), META, now)
+    # (with the flood per dst, the first answer makes its bucket for the scanner: Python)
+    assert pair.flowless_packets == before + 25 - floods
+    assert pair.fast._fast_path.answers_noted == noted + 5 - floods
+    pair.check_state()
+    # to addresses that are no host (SSDP, mDNS, broadcast; IPv6 multicast, loopback):
+    # `_probe` skips them, whatever is pending (with the flood, a new bucket each: Python)
+    before = pair.flowless_packets
+    for src, dst in [
+        ("198.18.5.5", "239.255.255.250"),
+        ("198.18.5.5", "224.0.0.251"),
+        ("198.18.5.5", "255.255.255.255"),
+        ("2001:db8::5", "ff02::fb"),
+        ("2001:db8::5", "::1"),
+        ("2001:db8::5", "2001:db8::9"),  # a host: a probe (Python), then its repeat
+    ]:
+        for _ in range(2):
+            now += 0.01
+            pair.handle(build_packet(PROTO_UDP, src, dst, 5353, 1900, payload=b"m"), META, now)
+    assert pair.flowless_packets == before + (6 if floods else 11)
+    pair.check_state()
+    # a burst past the flood's rate (to new ports: probes, and over the rate: Python)
+    for port in range(2000, 2060):
+        now += 0.001
+        pair.handle(build_packet(PROTO_UDP, scanner, target, 40000, port, payload=b"p"), META, now)
+    assert (pair.slow.stats.detector_alerts["udpflood"] > 0) == floods
+    # due now: the first repeat weighs them (an alert), before any tick
+    pair.handle(build_packet(PROTO_UDP, scanner, target, 40000, 1010, payload=b"p"), META, 102.6)
+    pair.finish(104.0)
 
 
 @pytest.mark.parametrize("probe", [0x10, 0x02], ids=["ack", "syn"])
