@@ -164,6 +164,7 @@ cdef Py_ssize_t F_APP_PROTO = _offset(Flow, "app_proto")
 cdef Py_ssize_t F_BACK_SINCE = _offset(Flow, "back_since")
 cdef Py_ssize_t F_OFFLOADED = _offset(Flow, "offloaded")
 cdef Py_ssize_t F_FLOW_ID = _offset(Flow, "flow_id")
+cdef Py_ssize_t F_SLOT = _offset(Flow, "_slot")
 # The engine's Meta (ips/engine/engine.py, a __slots__ class too): bound when the first
 # FastPath is made (the engine module imports this one, so not at import); left unbound —
 # its attributes then read by name — if its attributes are not such slots any more.
@@ -215,8 +216,11 @@ cdef enum:
     TCP_RST = 0x04
     TCP_ACK = 0x10
     STATE_FLAGS = 0x07
+    SYN_ACK_FIN_RST = 0x17
+    SYN_ACK = 0x12
     TCP_NONE = 0
     TCP_SYN_SENT = 1
+    TCP_SYN_RECV = 2
     TCP_ESTABLISHED = 3
     TCP_CLOSED = 6
     TCP_CLOSING = 5
@@ -368,6 +372,7 @@ cdef class RuleProg:
     cdef bint terminal
     cdef object decision          # the prebuilt Decision, or None: a match goes to Python
     cdef object offload_decision
+    cdef object handshake_ack_decision
     cdef bint accepts
     cdef bint drops               # its verdict is drop (a refused first packet leaves no flow)
     cdef bint has_flags
@@ -390,12 +395,13 @@ cdef RuleProg _rule_prog(object rule):
     prog.terminal = rule.terminal
     prog.decision = rule.decision
     prog.offload_decision = rule.offload_decision
+    prog.handshake_ack_decision = rule.handshake_ack_decision
     prog.accepts = rule.verdict == ACCEPT
     prog.drops = rule.verdict == DROP and rule.refuses is True
     prog.contains = ()
     if type(rule) is not RULE:
         return prog
-    for decision in (rule.decision, rule.offload_decision):
+    for decision in (rule.decision, rule.offload_decision, rule.handshake_ack_decision):
         if decision is not None and type(decision) is not DECISION:
             return prog
     spec = rule.spec
@@ -522,6 +528,14 @@ cdef class FastPath:
     cdef dict families
     cdef dict if_memo
     cdef dict candidates_memo
+    # What a handshake's answer needs (see _syn_ack): whether it may be decided here at all,
+    # the detectors' declaration for reverse TCP packets (None: no detector), the default's
+    # Decision with OFFLOAD_HANDSHAKE_ACK, and the flow table's timeout of state SYN_RECV.
+    cdef bint syn_ack_on
+    cdef bytes reverse_tcp_quiet
+    cdef object default_handshake_ack
+    cdef object syn_recv_timeout
+    cdef public long long syn_ack_packets  # handshake answers decided here
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
@@ -535,6 +549,7 @@ cdef class FastPath:
         self.fast_packets = 0
         self.flowless_packets = 0
         self.answers_noted = 0
+        self.syn_ack_packets = 0
         _bind_meta()
         self.refresh(engine)
 
@@ -586,6 +601,7 @@ cdef class FastPath:
         )
         self.offload_on = bool(engine.policy.offload)
         self._refresh_flowless(engine)
+        self._refresh_syn_ack(engine)
         self.programs = {}
         self.last_rules = None
         self.last_progs = None
@@ -664,6 +680,42 @@ cdef class FastPath:
         self.if_memo = policy._if_memo
         self.candidates_memo = policy._candidates_memo
         self.flowless_on = True
+
+    cdef _refresh_syn_ack(self, engine):
+        """What _syn_ack reads, checked to be what it mirrors; syn_ack_on False (every
+        handshake answer goes to Python) when anything is not."""
+        self.syn_ack_on = False
+        self.reverse_tcp_quiet = None
+        self.default_handshake_ack = None
+        self.syn_recv_timeout = None
+        if self.table is None:
+            return  # the flow table is not the one this module reads (_refresh_flowless)
+        timeouts = self.table["_tcp_timeouts"]
+        if len(timeouts) <= TCP_SYN_RECV or type(timeouts[TCP_SYN_RECV]) is not float:
+            return
+        if FLOW_SLOT != 1.0:
+            return  # _syn_ack's timer slot is computed for slots of one second
+        detect = engine.detect
+        if detect is not None:
+            interest = getattr(detect, "interest", None)
+            if interest is None:
+                return  # a detector that declares nothing (volume): every packet is observed
+            quiet = getattr(interest, "reverse_tcp_quiet", None)
+            if type(quiet) is not bytes or len(quiet) != 256:
+                return
+            self.reverse_tcp_quiet = quiet
+        policy = engine.policy
+        if type(policy) is not COMPILED_POLICY:
+            return  # (a subclass may find its candidates otherwise)
+        handshake = engine._default_handshake_ack
+        if type(handshake) is not DECISION:
+            return
+        self.default_handshake_ack = handshake
+        self.syn_recv_timeout = timeouts[TCP_SYN_RECV]
+        self.families = policy._families
+        self.if_memo = policy._if_memo
+        self.candidates_memo = policy._candidates_memo
+        self.syn_ack_on = True
 
     cdef list _program(self, tuple rules):
         if rules is self.last_rules:  # consecutive packets of one flow, or flows alike
@@ -835,6 +887,11 @@ cdef class FastPath:
             return self._flowless(p, proto, total, payload_offset, sport, dport, flags, src,
                                   dst, key, meta, meta_slots, now_obj, now)
         if proto == PROTO_TCP and flags & STATE_FLAGS:
+            if flags & SYN_ACK_FIN_RST == SYN_ACK:
+                # a responder's SYN+ACK: the handshake's answer, decided here when it needs
+                # nothing but the state machine's one step and the reverse candidates
+                return self._syn_ack(p, total, payload_offset, sport, dport, flags, src, dst,
+                                     <object>found, meta, meta_slots, now_obj, now)
             return None  # the state machine's business
         flow = <object>found
         if type(flow) is not FLOW:
@@ -1090,6 +1147,130 @@ cdef class FastPath:
         self.flowless_packets += 1
         return decision
 
+    cdef object _syn_ack(self, const uint8_t *p, Py_ssize_t total, Py_ssize_t payload_offset,
+                         int sport, int dport, int flags, object src, object dst, object flow,
+                         object meta, bint meta_slots, object now_obj, double now):
+        """The Decision of a responder's SYN+ACK (no FIN, no RST) answering the SYN of a flow
+        the policy accepted (state SYN_SENT), when it needs no Python: everything
+        FlowTable.open, Detectors.observe, the engine's rule loop and offload_kind do with
+        it, done and counted here; None: nothing changed. Blocks and translations were
+        checked by the caller. Its conditions:
+
+          * the flow has no translation, no application-layer work left, is not offloaded
+            (a flow back from the kernel notes when), and has no candidates of this
+            direction yet (the reverse direction's first packet: its candidates are found
+            here as CompiledPolicy.candidate_entry finds them, and kept on the flow);
+          * the flow table has no unsettled flow, and moving the flow to SYN_RECV would not
+            file it sooner on the timer wheel (_refile_if_sooner: Python refiles it);
+          * the detectors declared that they do nothing with a reverse TCP packet of these
+            flags (PacketInterest.reverse_tcp_quiet);
+          * walked with state established, the candidates reach a terminal accept or drop
+            with a prebuilt Decision (a `limit` with a token), or none matches and the
+            default accepts or drops.
+
+        The offload is offload_kind's for a SYN+ACK: OFFLOAD_HANDSHAKE_ACK when both
+        directions' candidates allow it (a plan weighed as needs_met weighs it), which the
+        engine does not count (only OFFLOAD_FLOW marks the flow offloaded)."""
+        if not self.syn_ack_on or type(flow) is not FLOW:
+            return None
+        if _get(flow, F_APP_STATE) is not None or _get(flow, F_NAT) is not None:
+            return None
+        if _get(flow, F_SPORT) == sport and _get(flow, F_SRC) == src:
+            return None  # forward: a SYN+ACK from the initiator is no answer
+        if _get(flow, F_TCP_STATE) != TCP_SYN_SENT or _get(flow, F_OFFLOADED):
+            return None
+        if _get(flow, F_CACHE_REV) is not None:
+            return None  # a reverse packet came before it (rare): Python
+        if self.reverse_tcp_quiet is not None and not (
+            (<const uint8_t *>PyBytes_AS_STRING(self.reverse_tcp_quiet))[flags]
+        ):
+            return None  # a detector looks at it
+        cdef dict table = self.table
+        if table["_opened"] is not None:
+            return None  # an open flow not settled: open settles it first (Python)
+        # ---- FlowTable._tcp_update: SYN_SENT -> SYN_RECV refiles the flow only if sooner
+        last_seen = _get(flow, F_LAST_SEEN)
+        seen = now_obj if now > <double>last_seen else last_seen
+        slot_obj = _get(flow, F_SLOT)
+        if slot_obj != -1:
+            if int((seen + self.syn_recv_timeout) // FLOW_SLOT) + 1 < slot_obj:
+                return None
+        # ---- the reverse direction's candidates, and the rules
+        if meta_slots:
+            iif = _get(meta, M_IIF)
+            oif = _get(meta, M_OIF)
+        else:
+            iif = meta.iif
+            oif = meta.oif
+        entry = self._candidate_entry(PROTO_TCP, src, dst, sport, dport, iif, oif)
+        if entry is None:
+            return None
+        walk = self._entry_walk(<tuple>entry, flags)
+        if walk is None:
+            return None
+        cdef list progs = self._program(<tuple>walk)
+        if self._walk(progs, p, total, payload_offset, flags, -1, -1, True, src, dst, flow,
+                      now) < 0:
+            return None
+        cdef RuleProg matched = self.walk_matched
+        if matched is None and not self.default_fast:
+            return None
+        # ---- decided: count as the Python path does (FlowTable.open, then the engine)
+        if self.walk_bucket is not None:
+            (<list>self.walk_bucket)[0] = self.walk_tokens
+            (<list>self.walk_bucket)[1] = now_obj
+        counts = self.stats_dict
+        counts["packets"] = counts["packets"] + 1
+        _set(flow, F_PKTS_REV, _get(flow, F_PKTS_REV) + 1)
+        _set(flow, F_BYTES_REV, _get(flow, F_BYTES_REV) + total)
+        _set(flow, F_PAYLOAD_REV, _get(flow, F_PAYLOAD_REV) + (total - payload_offset))
+        _set(flow, F_FLAGS_REV, _get(flow, F_FLAGS_REV) | flags)
+        _set(flow, F_REPLIED, True)
+        if seen is not last_seen:
+            _set(flow, F_LAST_SEEN, seen)
+        _set(flow, F_TCP_STATE, TCP_SYN_RECV)
+        rev_cache = (self.policy, iif, oif, entry[0], entry[1], entry[2])
+        _set(flow, F_CACHE_REV, rev_cache)
+        if matched is not None:
+            decision = matched.decision
+            rule = matched.rule
+            _set(rule, R_HITS, _get(rule, R_HITS) + 1)
+            if matched.accepts and self.offload_on and self._handshake_offload(flow):
+                decision = matched.handshake_ack_decision
+        else:
+            decision = self.default_decision
+            if self.default_offload is not None and self.offload_on and (
+                self._handshake_offload(flow)
+            ):
+                decision = self.default_handshake_ack
+        self._count_verdict(decision)
+        self.syn_ack_packets += 1
+        return decision
+
+    cdef bint _handshake_offload(self, object flow) except -1:
+        """offload_kind's answer for a SYN+ACK just counted (state SYN_RECV, no
+        translation, no application-layer work left): whether it is
+        OFFLOAD_HANDSHAKE_ACK."""
+        fwd_cache = _get(flow, F_CACHE_FWD)
+        rev_cache = _get(flow, F_CACHE_REV)
+        if fwd_cache is None or rev_cache is None:
+            return False
+        if fwd_cache[0] is not self.policy or rev_cache[0] is not self.policy:
+            return False
+        fwd_state = fwd_cache[4]
+        rev_state = rev_cache[4]
+        if not (fwd_state and rev_state):
+            return False
+        if fwd_state == _OFFLOAD_WHEN_APP_DONE or rev_state == _OFFLOAD_WHEN_APP_DONE:
+            app = _get(flow, F_APP)
+            if _get(flow, F_APP_PROTO) is None or not (app is None or app.client_done):
+                return False
+        if fwd_state == _OFFLOAD_LATER and not self._plan_met(fwd_cache[3], flow, True):
+            return False
+        if rev_state == _OFFLOAD_LATER and not self._plan_met(rev_cache[3], flow, False):
+            return False
+        return True  # (no back_since wait: offload_kind returns a handshake's kind before it)
+
     cdef int _note_answer(self, object key, object now_obj) except -1:
         """Detectors.note_answer(key, now): with every scan detector's answer declared as
         ScanDetector.answer's (PacketInterest.answers_note_outcome), each Probe found for the
@@ -1136,6 +1317,17 @@ cdef class FastPath:
         (candidate_bits, with the same memo reads and, on a miss, the same lookups, in the
         same order), then its walk by TCP flags byte; None when the bitset's candidates are
         not memoised (Python makes them)."""
+        entry = self._candidate_entry(proto, src, dst, sport, dport, iif, oif)
+        if entry is None:
+            return None
+        return self._entry_walk(entry, flags)
+
+    cdef object _candidate_entry(self, int proto, object src, object dst, int sport,
+                                 int dport, object iif, object oif):
+        """CompiledPolicy.candidate_entry of a TCP or UDP packet (candidate_bits, with the
+        same memo reads and, on a miss, the same lookups, in the same order): the memoised
+        (rules, offload state, walks), or None when the bitset's entry is not memoised
+        (Python makes it) or is not of that shape."""
         cdef PyObject *found
         fx = <object>PyDict_GetItem(self.families, 4 if len(src) == 4 else 6)
         bits = fx.any_proto | fx.proto_bits.get(proto, 0)
@@ -1156,6 +1348,14 @@ cdef class FastPath:
         if found is NULL:
             return None
         entry = <object>found
+        if type(entry) is not tuple or len(<tuple>entry) != 3:
+            return None
+        return entry
+
+    cdef object _entry_walk(self, tuple entry, int flags):
+        """The rules of a candidate entry a packet with this TCP flags byte walks (the
+        engine's `walks[flags]`, made by CompiledPolicy.walk when missing); None when they are
+        not a tuple."""
         rules = entry[0]
         walks = entry[2]
         if type(rules) is not tuple:
