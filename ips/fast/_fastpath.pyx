@@ -531,7 +531,7 @@ cdef class FastPath:
     # What a handshake's answer needs (see _syn_ack): whether it may be decided here at all,
     # the detectors' declaration for reverse TCP packets (None: no detector), the default's
     # Decision with OFFLOAD_HANDSHAKE_ACK, and the flow table's timeout of state SYN_RECV.
-    cdef bint syn_ack_on
+    cdef public bint syn_ack_on
     cdef bytes reverse_tcp_quiet
     cdef object default_handshake_ack
     cdef object syn_recv_timeout
@@ -942,14 +942,23 @@ cdef class FastPath:
             iif = meta.iif
             oif = meta.oif
         cache_obj = _get(flow, F_CACHE_FWD) if fwd else _get(flow, F_CACHE_REV)
-        if type(cache_obj) is not tuple or len(<tuple>cache_obj) < 5:
+        if type(cache_obj) is not tuple or len(<tuple>cache_obj) < 6:
             return None
         cdef tuple cache = <tuple>cache_obj
         if cache[0] is not self.policy or cache[1] != iif or cache[2] != oif:
             return None
-        if type(cache[3]) is not tuple:
+        # The rules this flags byte can reach, as the engine walks them (`walks[flags]`,
+        # made by CompiledPolicy.walk when missing, so that both paths leave the same walks
+        # behind); all the candidates when none has a `flags` condition.
+        rules = cache[3]
+        walks = cache[5]
+        if walks is not None:
+            rules = walks[flags]
+            if rules is None:
+                rules = self.policy.walk(cache[3], walks, flags)
+        if type(rules) is not tuple:
             return None
-        cdef list progs = self._program(<tuple>cache[3])
+        cdef list progs = self._program(<tuple>rules)
         cdef RuleProg matched = None
         cdef Py_ssize_t length = total
         cdef object limit_bucket = None   # the matched rule's `limit` bucket, and its tokens
