@@ -536,6 +536,13 @@ cdef class FastPath:
     cdef object default_handshake_ack
     cdef object syn_recv_timeout
     cdef public long long syn_ack_packets  # handshake answers decided here
+    # With application parsing on: the inspector's state of a TCP flow without payload yet
+    # (AppInspector.tcp_quiet_state; None: such flows' answers go to Python), the offset of
+    # its server_base slot, and the bytes under which offload_kind's app_reading holds a
+    # flow back (the policy's app-stream-bytes x APP_OFFLOAD_WAIT).
+    cdef type quiet_state
+    cdef Py_ssize_t quiet_server_base
+    cdef object app_reading_bytes
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
@@ -688,6 +695,8 @@ cdef class FastPath:
         self.reverse_tcp_quiet = None
         self.default_handshake_ack = None
         self.syn_recv_timeout = None
+        self.quiet_state = None
+        self.app_reading_bytes = None
         if self.table is None:
             return  # the flow table is not the one this module reads (_refresh_flowless)
         timeouts = self.table["_tcp_timeouts"]
@@ -712,6 +721,17 @@ cdef class FastPath:
             return
         self.default_handshake_ack = handshake
         self.syn_recv_timeout = timeouts[TCP_SYN_RECV]
+        self.app = engine.app
+        quiet = getattr(engine.app, "tcp_quiet_state", None)
+        limit = policy.policy.app_stream_bytes
+        if type(quiet) is type and type(limit) is int:
+            try:
+                self.quiet_server_base = _offset(quiet, "server_base")
+                from ips.engine.offload import APP_OFFLOAD_WAIT  # (the engine imports this module)
+                self.app_reading_bytes = limit * APP_OFFLOAD_WAIT
+                self.quiet_state = quiet
+            except ImportError:
+                pass  # not the slots this module writes: such flows' answers go to Python
         self.families = policy._families
         self.if_memo = policy._if_memo
         self.candidates_memo = policy._candidates_memo
@@ -1182,8 +1202,22 @@ cdef class FastPath:
         engine does not count (only OFFLOAD_FLOW marks the flow offloaded)."""
         if not self.syn_ack_on or type(flow) is not FLOW:
             return None
-        if _get(flow, F_APP_STATE) is not None or _get(flow, F_NAT) is not None:
+        if _get(flow, F_NAT) is not None:
             return None
+        # ---- the application layer: AppInspector.inspect of an answer without payload on a
+        # flow without payload yet (_quiet: the server's start), and offload_kind's
+        # app_reading, which holds such a flow back while it carries few bytes
+        app_state = _get(flow, F_APP_STATE)
+        cdef bint app_reading = False
+        if app_state is not None:
+            if type(app_state) is not self.quiet_state or not self.app.enabled:
+                return None  # no state of the kind done here, or parsing turned off (release)
+            if payload_offset < total:
+                return None  # its first payload: the streams start (Python)
+            if not (_get(flow, F_BYTES_FWD) + _get(flow, F_BYTES_REV) + total
+                    < self.app_reading_bytes):
+                return None  # past app_reading's bound: offload_kind weighs it (Python)
+            app_reading = True
         if _get(flow, F_SPORT) == sport and _get(flow, F_SRC) == src:
             return None  # forward: a SYN+ACK from the initiator is no answer
         if _get(flow, F_TCP_STATE) != TCP_SYN_SENT or _get(flow, F_OFFLOADED):
@@ -1224,6 +1258,10 @@ cdef class FastPath:
         cdef RuleProg matched = self.walk_matched
         if matched is None and not self.default_fast:
             return None
+        if app_reading and not (
+            matched.accepts if matched is not None else self.default_offload is not None
+        ):
+            return None  # refused while the inspector reads: what it owes (_owed) is Python's
         # ---- decided: count as the Python path does (FlowTable.open, then the engine)
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
@@ -1240,16 +1278,27 @@ cdef class FastPath:
         _set(flow, F_TCP_STATE, TCP_SYN_RECV)
         rev_cache = (self.policy, iif, oif, entry[0], entry[1], entry[2])
         _set(flow, F_CACHE_REV, rev_cache)
+        cdef Py_ssize_t l4 = 20 if (p[0] >> 4) == 4 else 40
+        cdef uint32_t seq
+        if app_reading:
+            # _quiet: the server's stream starts after its SYN's sequence number
+            seq = ((<uint32_t>p[l4 + 4] << 24) | (<uint32_t>p[l4 + 5] << 16)
+                   | (<uint32_t>p[l4 + 6] << 8) | <uint32_t>p[l4 + 7])
+            _set(app_state, self.quiet_server_base, (<object>seq + 1) & 0xFFFFFFFF)
         if matched is not None:
             decision = matched.decision
             rule = matched.rule
             _set(rule, R_HITS, _get(rule, R_HITS) + 1)
-            if matched.accepts and self.offload_on and self._handshake_offload(flow):
+            # (weighed also while the inspector reads, as offload_kind weighs the plans,
+            # which plan_of may make again, before app_reading says no)
+            if matched.accepts and self.offload_on and self._handshake_offload(flow) and (
+                not app_reading
+            ):
                 decision = matched.handshake_ack_decision
         else:
             decision = self.default_decision
             if self.default_offload is not None and self.offload_on and (
-                self._handshake_offload(flow)
+                self._handshake_offload(flow) and not app_reading
             ):
                 decision = self.default_handshake_ack
         self._count_verdict(decision)
