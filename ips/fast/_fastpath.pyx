@@ -73,7 +73,7 @@ from collections import deque
 
 from ips.core import decode as _decode
 from ips.core.decision import Decision
-from ips.core.flow import _GONE_STAND_IN, _SLOT, Flow, FlowTable, FlowTimeouts
+from ips.core.flow import HANDSHAKE_MEMORY, _GONE_STAND_IN, _SLOT, Flow, FlowTable, FlowTimeouts
 from ips.core.packet import Packet
 from ips.core.tables import TokenBuckets
 from ips.detect.flood import Flood
@@ -165,6 +165,7 @@ cdef Py_ssize_t F_BACK_SINCE = _offset(Flow, "back_since")
 cdef Py_ssize_t F_OFFLOADED = _offset(Flow, "offloaded")
 cdef Py_ssize_t F_FLOW_ID = _offset(Flow, "flow_id")
 cdef Py_ssize_t F_SLOT = _offset(Flow, "_slot")
+cdef Py_ssize_t F_TTL = _offset(Flow, "ttl")
 # The engine's Meta (ips/engine/engine.py, a __slots__ class too): bound when the first
 # FastPath is made (the engine module imports this one, so not at import); left unbound —
 # its attributes then read by name — if its attributes are not such slots any more.
@@ -543,6 +544,10 @@ cdef class FastPath:
     cdef type quiet_state
     cdef Py_ssize_t quiet_server_base
     cdef object app_reading_bytes
+    # The flow table's timeout of state ESTABLISHED, its handshakes and their bound
+    # (FlowTable._handshake), for a handshake's last ACK.
+    cdef object est_timeout
+    cdef dict handshakes
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
@@ -700,7 +705,11 @@ cdef class FastPath:
         if self.table is None:
             return  # the flow table is not the one this module reads (_refresh_flowless)
         timeouts = self.table["_tcp_timeouts"]
-        if len(timeouts) <= TCP_SYN_RECV or type(timeouts[TCP_SYN_RECV]) is not float:
+        if len(timeouts) <= TCP_ESTABLISHED or type(timeouts[TCP_SYN_RECV]) is not float or (
+            type(timeouts[TCP_ESTABLISHED]) is not float
+        ):
+            return
+        if type(engine.flows.handshakes) is not dict or type(HANDSHAKE_MEMORY) is not int:
             return
         if FLOW_SLOT != 1.0:
             return  # _syn_ack's timer slot is computed for slots of one second
@@ -721,6 +730,8 @@ cdef class FastPath:
             return
         self.default_handshake_ack = handshake
         self.syn_recv_timeout = timeouts[TCP_SYN_RECV]
+        self.est_timeout = timeouts[TCP_ESTABLISHED]
+        self.handshakes = engine.flows.handshakes
         self.app = engine.app
         quiet = getattr(engine.app, "tcp_quiet_state", None)
         limit = policy.policy.app_stream_bytes
@@ -916,15 +927,43 @@ cdef class FastPath:
         flow = <object>found
         if type(flow) is not FLOW:
             return None
-        if _get(flow, F_APP_STATE) is not None or _get(flow, F_NAT) is not None:
+        if _get(flow, F_NAT) is not None:
             return None
+        # With application parsing on, a TCP flow that carried no payload yet (the
+        # inspector's quiet state): AppInspector.inspect does nothing with a segment without
+        # payload, SYN, FIN or RST (_quiet), so its handshake's ACK and bare ACKs are decided
+        # here (offload_kind gives a TCP packet without payload none; a refusal, which may
+        # owe the inspector's events, goes to Python).
+        app_state = _get(flow, F_APP_STATE)
+        cdef bint app_quiet = False
+        if app_state is not None:
+            if proto != PROTO_TCP or payload_offset < total or (
+                type(app_state) is not self.quiet_state
+            ) or not self.app.enabled:
+                return None
+            app_quiet = True
         cdef bint fwd = _get(flow, F_SPORT) == py_sport and _get(flow, F_SRC) == src
         cdef bint replied = _get(flow, F_REPLIED)
         if not fwd:
             replied = True
+        # A handshake's last step (SYN_RECV, an ACK either way: FlowTable._tcp_update), done
+        # here when moving the flow to ESTABLISHED would not file it sooner on the timer
+        # wheel (its timeout grows); the initiator's ACK records its handshake (_handshake).
+        cdef bint handshake_done = False
         if proto == PROTO_TCP:
             if _get(flow, F_TCP_STATE) != TCP_ESTABLISHED:
-                return None
+                if _get(flow, F_TCP_STATE) != TCP_SYN_RECV or not (flags & TCP_ACK):
+                    return None
+                if not self.syn_ack_on or self.table["_opened"] is not None:
+                    return None
+                last_seen = _get(flow, F_LAST_SEEN)
+                slot_obj = _get(flow, F_SLOT)
+                if slot_obj != -1 and int(
+                    ((now_obj if now > <double>last_seen else last_seen) + self.est_timeout)
+                    // FLOW_SLOT
+                ) + 1 < slot_obj:
+                    return None
+                handshake_done = True
         # ---- detectors: Detectors.observe for a packet past its flow's first
         cdef BucketUpdate updates[MAX_FLOODS]
         cdef int n_updates = 0
@@ -991,6 +1030,10 @@ cdef class FastPath:
         limit_tokens = self.walk_tokens
         if matched is None and not self.default_fast:
             return None
+        if app_quiet and not (
+            matched.accepts if matched is not None else self.default_offload is not None
+        ):
+            return None  # refused while the inspector reads: what it owes (_owed) is Python's
         # The floods' buckets last: nothing that may still send the packet to Python (and
         # no Python code) runs between their reading and their update.
         if floods is not None and len(floods) > 0:
@@ -1024,6 +1067,10 @@ cdef class FastPath:
             _set(flow, F_REPLIED, True)
         if now > <double>_get(flow, F_LAST_SEEN):
             _set(flow, F_LAST_SEEN, now_obj)
+        if handshake_done:
+            _set(flow, F_TCP_STATE, TCP_ESTABLISHED)
+            if fwd:
+                self._handshake(flow)  # (before this packet's MAC is the flow's, as there)
         if mac is not None and fwd and _get(flow, F_MAC) is None:
             _set(flow, F_MAC, mac)
         if matched is not None:
@@ -1304,6 +1351,16 @@ cdef class FastPath:
         self._count_verdict(decision)
         self.syn_ack_packets += 1
         return decision
+
+    cdef int _handshake(self, object flow) except -1:
+        """FlowTable._handshake: the initiator completed a handshake (the same dict
+        operations, in the same order)."""
+        handshakes = self.handshakes
+        src = _get(flow, F_SRC)
+        if handshakes.pop(src, None) is None and len(handshakes) >= HANDSHAKE_MEMORY:
+            del handshakes[next(iter(handshakes))]
+        handshakes[src] = (_get(flow, F_TTL), _get(flow, F_MAC))
+        return 0
 
     cdef bint _handshake_offload(self, object flow) except -1:
         """offload_kind's answer for a SYN+ACK just counted (state SYN_RECV, no

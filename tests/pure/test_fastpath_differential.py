@@ -217,7 +217,8 @@ def engine_state(engine: Engine) -> dict[str, object]:
             (f.flow_id, repr(plain(f.app_state, limit=3))) for f in engine.flows.flows()
         ),
         "flow_stats": engine.flows.stats,
-        "handshakes": dict(engine.flows.handshakes),
+        # (in order: the oldest is forgotten first)
+        "handshakes": list(engine.flows.handshakes.items()),
         "tables": {name: dict(t.members) for name, t in engine.tables.items()},
     }
 
@@ -1073,3 +1074,29 @@ def test_a_handshake_answer_is_offloaded_in_compiled_code() -> None:
         assert pair.slow.handle(answer, META, now + 0.0002).offload == OFFLOAD_HANDSHAKE_ACK
     pair.finish(now + 1.0)
     assert pair.slow.stats.verdicts == {"accept": 150}
+
+
+def test_a_handshake_with_application_parsing_is_decided_in_compiled_code() -> None:
+    """With application parsing on, the connection of bench/newflow.py: the SYN and the
+    request in Python (a new flow; the inspector reads the payload), the SYN+ACK and the
+    handshake's ACK in compiled code (the inspector's quiet state: nothing to read yet)."""
+    need_fast_path()
+    pair = Pair(_HANDSHAKE_POLICIES["gateway-app"])
+    now = 40.0
+    client, server = "10.10.1.20", "10.10.2.10"
+    for i in range(30):
+        now += 0.01
+        cport = 42000 + i
+        pair.handle(build_packet(PROTO_TCP, client, server, cport, 5209, flags=0x02), META, now)
+        before = pair.fast_packets
+        answer = build_packet(PROTO_TCP, server, client, 5209, cport, flags=0x12)
+        pair.handle(answer, META, now + 0.0001)
+        ack = build_packet(PROTO_TCP, client, server, cport, 5209, flags=0x10)
+        pair.handle(ack, META, now + 0.0002)
+        request = b"GET / HTTP/1.1\r\nHost: s\r\n\r\n"
+        data = build_packet(PROTO_TCP, client, server, cport, 5209, flags=0x18, payload=request)
+        pair.handle(data, META, now + 0.0003)
+        # (the first answer's candidates are not memoised yet: Python makes them)
+        assert pair.fast_packets == before + (2 if i > 0 else 1)
+    pair.finish(now + 1.0)
+    assert pair.slow.flows.handshakes  # the ACKs recorded the clients' handshakes
