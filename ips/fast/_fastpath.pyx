@@ -15,7 +15,10 @@ decoded here: `Engine.handle_python`). A packet qualifies when:
     (`app_state is None`), and its rule cache for this direction was made under the
     running policy and the packet's interfaces;
   * TCP: the flow is established and the packet carries no SYN, FIN or RST (those move the
-    state machine), so the flow table would only count it;
+    state machine), so the flow table would only count it -- or the flow is in SYN_RECV
+    and the packet an ACK, the handshake's last step (moved and recorded here); with
+    application parsing on, a flow the inspector has read nothing of yet (its quiet state)
+    and a packet without payload, accepted;
   * no block applies (the `banned` table, a MAC block, a translated reply), and the
     policy's detectors declared that they do nothing with this packet, or only count it in
     a flood's token bucket that exists and has a token (`Detectors.interest`; a policy
@@ -53,6 +56,13 @@ stays but counters:
 
 Then it counts EngineStats.packets and verdicts, the rule's hits and its limit's bucket, and
 the flow table's next id, created, discarded and the unreplied queue's stand-in for the flow.
+
+A responder's SYN+ACK answering the SYN of a flow the policy accepted (`_syn_ack`) is
+decided here when the detectors declared nothing to do with it (reverse_tcp_quiet), its
+flow has no application-layer work left (or the inspector's quiet state, whose one step it
+does), and its direction's candidates -- found as CompiledPolicy.candidate_entry finds
+them, and kept on the flow -- reach an accept or drop with a prebuilt Decision: the flow
+moved to SYN_RECV and counted, and OFFLOAD_HANDSHAKE_ACK chosen as offload_kind chooses it.
 
 `run_pcap` reads classic pcap records from a buffer (an mmap of the file) and judges each:
 the fast ones here, the others through the engine's Python path, returning to the caller at
