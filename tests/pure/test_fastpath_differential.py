@@ -1100,3 +1100,32 @@ def test_a_handshake_with_application_parsing_is_decided_in_compiled_code() -> N
         assert pair.fast_packets == before + (2 if i > 0 else 1)
     pair.finish(now + 1.0)
     assert pair.slow.flows.handshakes  # the ACKs recorded the clients' handshakes
+
+
+def test_handshakes_beyond_their_memory_are_forgotten_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flow table remembers HANDSHAKE_MEMORY sources that completed a handshake, the
+    oldest forgotten first: the compiled path records a handshake's last ACK with the same
+    dict operations (here with a memory of 4, so that the traffic's clients overflow it)."""
+    need_fast_path()
+    import ips.core.flow as flow_module
+    from ips.fast import _fastpath
+
+    monkeypatch.setattr(flow_module, "HANDSHAKE_MEMORY", 4)
+    monkeypatch.setattr(_fastpath, "HANDSHAKE_MEMORY", 4)
+    pair = Pair(_HANDSHAKE_POLICIES["gateway-app"])
+    now = 50.0
+    for i in range(40):
+        now += 0.01
+        client, cport = f"10.10.1.{40 + i % 9}", 43000 + i
+        for src, dst, sport, dport, flags in (
+            (client, "10.10.2.10", cport, 5209, 0x02),
+            ("10.10.2.10", client, 5209, cport, 0x12),
+            (client, "10.10.2.10", cport, 5209, 0x10),
+        ):
+            pair.handle(build_packet(PROTO_TCP, src, dst, sport, dport, flags=flags), META, now)
+        pair.check_state()
+    pair.finish(now + 1.0)
+    assert len(pair.slow.flows.handshakes) == 4
+    assert pair.fast_packets >= 2 * 39
