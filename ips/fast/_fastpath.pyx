@@ -79,7 +79,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 from cpython.ref cimport Py_XDECREF
 
-from collections import deque
+from collections import OrderedDict, deque
 
 from ips.core import decode as _decode
 from ips.core.decision import Decision
@@ -557,7 +557,7 @@ cdef class FastPath:
     # The flow table's timeout of state ESTABLISHED, its handshakes and their bound
     # (FlowTable._handshake), for a handshake's last ACK.
     cdef object est_timeout
-    cdef dict handshakes
+    cdef object handshakes      # an OrderedDict
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
@@ -719,7 +719,8 @@ cdef class FastPath:
             type(timeouts[TCP_ESTABLISHED]) is not float
         ):
             return
-        if type(engine.flows.handshakes) is not dict or type(HANDSHAKE_MEMORY) is not int:
+        handshakes = engine.flows.handshakes
+        if type(handshakes) is not OrderedDict or type(HANDSHAKE_MEMORY) is not int:
             return
         if FLOW_SLOT != 1.0:
             return  # _syn_ack's timer slot is computed for slots of one second
@@ -1368,7 +1369,7 @@ cdef class FastPath:
         handshakes = self.handshakes
         src = _get(flow, F_SRC)
         if handshakes.pop(src, None) is None and len(handshakes) >= HANDSHAKE_MEMORY:
-            del handshakes[next(iter(handshakes))]
+            handshakes.popitem(last=False)
         handshakes[src] = (_get(flow, F_TTL), _get(flow, F_MAC))
         return 0
 
