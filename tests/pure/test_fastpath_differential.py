@@ -1036,7 +1036,13 @@ def test_accepted_handshakes_decide_the_same(policy: str, seed: int) -> None:
     need_fast_path()
     pair = Pair(_HANDSHAKE_POLICIES[policy])
     now = 0.0
-    for now, data in handshake_traffic(seed):
+    traffic = handshake_traffic(seed)
+    for i, (now, data) in enumerate(traffic):
+        if i == len(traffic) // 2:
+            # an apply in the middle: handshakes under way whose forward candidates name
+            # the old policy, offloaded flows that come back
+            for engine in (pair.slow, pair.fast):
+                engine.load(load_policy_text(_HANDSHAKE_POLICIES[policy], "applied.rules"))
         pair.handle(data, META, now)
     pair.finish(now + 1.0)
     verdicts = pair.slow.stats.verdicts
