@@ -1243,10 +1243,13 @@ cdef class FastPath:
         it, done and counted here; None: nothing changed. Blocks and translations were
         checked by the caller. Its conditions:
 
-          * the flow has no translation, no application-layer work left, is not offloaded
-            (a flow back from the kernel notes when), and has no candidates of this
-            direction yet (the reverse direction's first packet: its candidates are found
-            here as CompiledPolicy.candidate_entry finds them, and kept on the flow);
+          * the flow has no translation, no application-layer work left (or, with parsing
+            on, the inspector's quiet state and an answer without payload: _quiet's step
+            is done here, and no offload while the inspector reads, as app_reading says),
+            is not offloaded (a flow back from the kernel notes when), and has no
+            candidates of this direction yet (the reverse direction's first packet: its
+            candidates are found here as CompiledPolicy.candidate_entry finds them, and
+            kept on the flow);
           * the flow table has no unsettled flow, and moving the flow to SYN_RECV would not
             file it sooner on the timer wheel (_refile_if_sooner: Python refiles it);
           * the detectors declared that they do nothing with a reverse TCP packet of these
