@@ -319,6 +319,12 @@ class AppInspector:
     """One per engine: the reassembler (bound per direction, global memory cap), the
     counters, and passive DNS (`names`, None: no passive DNS)."""
 
+    # The state of a TCP flow that has carried no payload yet, for the compiled path
+    # (ips/fast/_fastpath.pyx `_syn_ack`): what `inspect` does with a responder's SYN+ACK
+    # without payload on such a flow is `_quiet`'s one step (the direction's start, from its
+    # sequence number), which it does itself.
+    tcp_quiet_state = _TcpQuiet
+
     def __init__(
         self,
         *,

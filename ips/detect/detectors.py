@@ -112,6 +112,10 @@ class PacketInterest(NamedTuple):
       ICMP/ICMPv6 echo request               each flood of echo_floods counts it (`_icmp`)
       echo reply, forward, flow not answered reflection counts it if echo_reply_unanswered
       echo reply otherwise                   nothing
+      TCP of the reverse direction           nothing when reverse_tcp_quiet[flags] (None:
+        (responder to initiator)             anything): `_tcp` looks at a reverse packet only
+                                             for stealth's flag combinations, a reset that
+                                             may answer a probe, and synflood's SYNs
       every other packet                     anything: the fast path leaves it to Python
 
     And for the first packet of a flow not in the table (a flowless packet, forward):
@@ -162,6 +166,10 @@ class PacketInterest(NamedTuple):
     # effect). The compiled path may then do it itself.
     answers_note_outcome: bool = False
     first_udp: int = 4  # FIRST_BUSY (defined below)
+    # By TCP flags byte: 1 when `observe` does nothing with a TCP packet of the reverse
+    # direction (a responder's SYN+ACK, say), whatever the flow's state; the compiled path
+    # decides a handshake's answer without calling it (ips/fast/_fastpath.pyx `_syn_ack`).
+    reverse_tcp_quiet: bytes | None = None
 
 
 # PacketInterest.first_tcp: what `_tcp` does with a flow's first packet, by its flags byte.
@@ -264,7 +272,24 @@ class Detectors:
                 not self._udp_busy,
                 all(type(det).answer is ScanDetector.answer for det in self.scans),
                 self._first_udp(),
+                self._reverse_tcp_quiet(),
             )
+
+    def _reverse_tcp_quiet(self) -> bytes:
+        """PacketInterest.reverse_tcp_quiet: the flags bytes of a reverse TCP packet that
+        `observe` lets go untouched. Going backward, `_tcp` calls stealth for a flag
+        combination of its kinds, the scans for a reset (the first answer of a flow may
+        reset a probe) and synflood for a SYN without ACK (a simultaneous open); reflection
+        looks at forward packets only, and a packet with quiet flags never reaches `_tcp`."""
+        quiet = bytearray(256)
+        for flags in range(256):
+            busy = (
+                (self.stealth is not None and KIND_OF_FLAGS[flags] != 0)
+                or (bool(self.scans) and flags & TCP_RST != 0)
+                or (bool(self.synfloods) and flags & _SFRA == TCP_SYN)
+            )
+            quiet[flags] = 1 if self._tcp_quiet[flags] or not busy else 0
+        return bytes(quiet)
 
     def _first_tcp(self) -> bytes | None:
         """PacketInterest.first_tcp: what `_tcp` does with a TCP flow's first packet (forward,

@@ -15,7 +15,10 @@ decoded here: `Engine.handle_python`). A packet qualifies when:
     (`app_state is None`), and its rule cache for this direction was made under the
     running policy and the packet's interfaces;
   * TCP: the flow is established and the packet carries no SYN, FIN or RST (those move the
-    state machine), so the flow table would only count it;
+    state machine), so the flow table would only count it -- or the flow is in SYN_RECV
+    and the packet an ACK, the handshake's last step (moved and recorded here); with
+    application parsing on, a flow the inspector has read nothing of yet (its quiet state)
+    and a packet without payload, accepted;
   * no block applies (the `banned` table, a MAC block, a translated reply), and the
     policy's detectors declared that they do nothing with this packet, or only count it in
     a flood's token bucket that exists and has a token (`Detectors.interest`; a policy
@@ -60,6 +63,13 @@ Counters are owed (`FastPath.owed`): counted in C fields and written to the engi
 by `_flush` before any call out of this module and before returning to its caller, so that
 no Python code reads one that lags.
 
+A responder's SYN+ACK answering the SYN of a flow the policy accepted (`_syn_ack`) is
+decided here when the detectors declared nothing to do with it (reverse_tcp_quiet), its
+flow has no application-layer work left (or the inspector's quiet state, whose one step it
+does), and its direction's candidates -- found as CompiledPolicy.candidate_entry finds
+them, and kept on the flow -- reach an accept or drop with a prebuilt Decision: the flow
+moved to SYN_RECV and counted, and OFFLOAD_HANDSHAKE_ACK chosen as offload_kind chooses it.
+
 `run_pcap` reads classic pcap records from a buffer (an mmap of the file) and judges each:
 the fast ones here, the others through the engine's Python path, returning to the caller at
 each tick, each decision with effects, and each record it leaves to the Python reader.
@@ -77,11 +87,11 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 from cpython.ref cimport Py_DECREF, Py_XDECREF
 
-from collections import deque
+from collections import OrderedDict, deque
 
 from ips.core import decode as _decode
 from ips.core.decision import Decision
-from ips.core.flow import _GONE_STAND_IN, _SLOT, Flow, FlowTable, FlowTimeouts
+from ips.core.flow import HANDSHAKE_MEMORY, _GONE_STAND_IN, _SLOT, Flow, FlowTable, FlowTimeouts
 from ips.core.packet import Packet
 from ips.core.tables import TokenBuckets
 from ips.detect.flood import Flood
@@ -180,6 +190,8 @@ cdef Py_ssize_t F_APP_PROTO = _offset(Flow, "app_proto")
 cdef Py_ssize_t F_BACK_SINCE = _offset(Flow, "back_since")
 cdef Py_ssize_t F_OFFLOADED = _offset(Flow, "offloaded")
 cdef Py_ssize_t F_FLOW_ID = _offset(Flow, "flow_id")
+cdef Py_ssize_t F_SLOT = _offset(Flow, "_slot")
+cdef Py_ssize_t F_TTL = _offset(Flow, "ttl")
 # The engine's Meta (ips/engine/engine.py, a __slots__ class too): bound when the first
 # FastPath is made (the engine module imports this one, so not at import); left unbound —
 # its attributes then read by name — if its attributes are not such slots any more.
@@ -333,8 +345,11 @@ cdef enum:
     TCP_RST = 0x04
     TCP_ACK = 0x10
     STATE_FLAGS = 0x07
+    SYN_ACK_FIN_RST = 0x17
+    SYN_ACK = 0x12
     TCP_NONE = 0
     TCP_SYN_SENT = 1
+    TCP_SYN_RECV = 2
     TCP_ESTABLISHED = 3
     TCP_CLOSED = 6
     TCP_CLOSING = 5
@@ -486,6 +501,7 @@ cdef class RuleProg:
     cdef bint terminal
     cdef object decision          # the prebuilt Decision, or None: a match goes to Python
     cdef object offload_decision
+    cdef object handshake_ack_decision
     cdef bint accepts
     cdef bint drops               # its verdict is drop (a refused first packet leaves no flow)
     cdef bint has_flags
@@ -509,12 +525,13 @@ cdef RuleProg _rule_prog(object rule):
     prog.terminal = rule.terminal
     prog.decision = rule.decision
     prog.offload_decision = rule.offload_decision
+    prog.handshake_ack_decision = rule.handshake_ack_decision
     prog.accepts = rule.verdict == ACCEPT
     prog.drops = rule.verdict == DROP and rule.refuses is True
     prog.contains = ()
     if type(rule) is not RULE:
         return prog
-    for decision in (rule.decision, rule.offload_decision):
+    for decision in (rule.decision, rule.offload_decision, rule.handshake_ack_decision):
         if decision is not None and type(decision) is not DECISION:
             return prog
     spec = rule.spec
@@ -667,6 +684,25 @@ cdef class FastPath:
     cdef long long bits_narrow
     cdef object bits_wide
     cdef object last_iif, last_oif, last_ifs  # the last (iif, oif) pair, made once
+    # What a handshake's answer needs (see _syn_ack): whether it may be decided here at all,
+    # the detectors' declaration for reverse TCP packets (None: no detector), the default's
+    # Decision with OFFLOAD_HANDSHAKE_ACK, and the flow table's timeout of state SYN_RECV.
+    cdef public bint syn_ack_on
+    cdef bytes reverse_tcp_quiet
+    cdef object default_handshake_ack
+    cdef object syn_recv_timeout
+    cdef public long long syn_ack_packets  # handshake answers decided here
+    # With application parsing on: the inspector's state of a TCP flow without payload yet
+    # (AppInspector.tcp_quiet_state; None: such flows' answers go to Python), the offset of
+    # its server_base slot, and the bytes under which offload_kind's app_reading holds a
+    # flow back (the policy's app-stream-bytes x APP_OFFLOAD_WAIT).
+    cdef type quiet_state
+    cdef Py_ssize_t quiet_server_base
+    cdef object app_reading_bytes
+    # The flow table's timeout of state ESTABLISHED, its handshakes and their bound
+    # (FlowTable._handshake), for a handshake's last ACK.
+    cdef object est_timeout
+    cdef object handshakes      # an OrderedDict
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
@@ -683,6 +719,7 @@ cdef class FastPath:
         self.owed_rules = []
         self.last_iif = self.last_oif = _NO_INTERFACE  # (no pair made yet)
         self.port_ints = [None] * 65536
+        self.syn_ack_packets = 0
         _bind_meta()
         self.refresh(engine)
 
@@ -735,6 +772,7 @@ cdef class FastPath:
         )
         self.offload_on = bool(engine.policy.offload)
         self._refresh_flowless(engine)
+        self._refresh_syn_ack(engine)
         self.programs = {}
         self.last_rules = None
         self.last_progs = None
@@ -823,6 +861,62 @@ cdef class FastPath:
         self.if_memo = policy._if_memo
         self.candidates_memo = policy._candidates_memo
         self.flowless_on = True
+
+    cdef _refresh_syn_ack(self, engine):
+        """What _syn_ack reads, checked to be what it mirrors; syn_ack_on False (every
+        handshake answer goes to Python) when anything is not."""
+        self.syn_ack_on = False
+        self.reverse_tcp_quiet = None
+        self.default_handshake_ack = None
+        self.syn_recv_timeout = None
+        self.quiet_state = None
+        self.app_reading_bytes = None
+        if self.table is None:
+            return  # the flow table is not the one this module reads (_refresh_flowless)
+        timeouts = self.table["_tcp_timeouts"]
+        if len(timeouts) <= TCP_ESTABLISHED or type(timeouts[TCP_SYN_RECV]) is not float or (
+            type(timeouts[TCP_ESTABLISHED]) is not float
+        ):
+            return
+        handshakes = engine.flows.handshakes
+        if type(handshakes) is not OrderedDict or type(HANDSHAKE_MEMORY) is not int:
+            return
+        if FLOW_SLOT != 1.0:
+            return  # _syn_ack's timer slot is computed for slots of one second
+        detect = engine.detect
+        if detect is not None:
+            interest = getattr(detect, "interest", None)
+            if interest is None:
+                return  # a detector that declares nothing (volume): every packet is observed
+            quiet = getattr(interest, "reverse_tcp_quiet", None)
+            if type(quiet) is not bytes or len(quiet) != 256:
+                return
+            self.reverse_tcp_quiet = quiet
+        policy = engine.policy
+        if type(policy) is not COMPILED_POLICY:
+            return  # (a subclass may find its candidates otherwise)
+        handshake = engine._default_handshake_ack
+        if type(handshake) is not DECISION:
+            return
+        self.default_handshake_ack = handshake
+        self.syn_recv_timeout = timeouts[TCP_SYN_RECV]
+        self.est_timeout = timeouts[TCP_ESTABLISHED]
+        self.handshakes = engine.flows.handshakes
+        self.app = engine.app
+        quiet = getattr(engine.app, "tcp_quiet_state", None)
+        limit = policy.policy.app_stream_bytes
+        if type(quiet) is type and type(limit) is int:
+            try:
+                self.quiet_server_base = _offset(quiet, "server_base")
+                from ips.engine.offload import APP_OFFLOAD_WAIT  # (the engine imports this module)
+                self.app_reading_bytes = limit * APP_OFFLOAD_WAIT
+                self.quiet_state = quiet
+            except ImportError:
+                pass  # not the slots this module writes: such flows' answers go to Python
+        self.families = policy._families
+        self.if_memo = policy._if_memo
+        self.candidates_memo = policy._candidates_memo
+        self.syn_ack_on = True
 
     cdef list _program(self, tuple rules):
         if rules is self.last_rules:  # consecutive packets of one flow, or flows alike
@@ -1151,19 +1245,52 @@ cdef class FastPath:
                                   dst, py_sport, py_dport, key, key_hash, meta, meta_slots,
                                   now_obj, now)
         if proto == PROTO_TCP and flags & STATE_FLAGS:
+            if flags & SYN_ACK_FIN_RST == SYN_ACK:
+                # a responder's SYN+ACK: the handshake's answer, decided here when it needs
+                # nothing but the state machine's one step and the reverse candidates
+                return self._syn_ack(p, total, payload_offset, sport, dport, flags, src, dst,
+                                     <object>found, meta, meta_slots, now_obj, now)
             return None  # the state machine's business
         flow = <object>found
         if type(flow) is not FLOW:
             return None
-        if _get(flow, F_APP_STATE) is not None or _get(flow, F_NAT) is not None:
+        if _get(flow, F_NAT) is not None:
             return None
+        # With application parsing on, a TCP flow that carried no payload yet (the
+        # inspector's quiet state): AppInspector.inspect does nothing with a segment without
+        # payload, SYN, FIN or RST (_quiet), so its handshake's ACK and bare ACKs are decided
+        # here (offload_kind gives a TCP packet without payload none; a refusal, which may
+        # owe the inspector's events, goes to Python).
+        app_state = _get(flow, F_APP_STATE)
+        cdef bint app_quiet = False
+        if app_state is not None:
+            if proto != PROTO_TCP or payload_offset < total or (
+                type(app_state) is not self.quiet_state
+            ) or not self.app.enabled:
+                return None
+            app_quiet = True
         cdef bint fwd = _get(flow, F_SPORT) == py_sport and _get(flow, F_SRC) == src
         cdef bint replied = _get(flow, F_REPLIED)
         if not fwd:
             replied = True
+        # A handshake's last step (SYN_RECV, an ACK either way: FlowTable._tcp_update), done
+        # here when moving the flow to ESTABLISHED would not file it sooner on the timer
+        # wheel (its timeout grows); the initiator's ACK records its handshake (_handshake).
+        cdef bint handshake_done = False
         if proto == PROTO_TCP:
             if _get(flow, F_TCP_STATE) != TCP_ESTABLISHED:
-                return None
+                if _get(flow, F_TCP_STATE) != TCP_SYN_RECV or not (flags & TCP_ACK):
+                    return None
+                if not self.syn_ack_on or self.table["_opened"] is not None:
+                    return None
+                last_seen = _get(flow, F_LAST_SEEN)
+                slot_obj = _get(flow, F_SLOT)
+                if slot_obj != -1 and int(
+                    ((now_obj if now > <double>last_seen else last_seen) + self.est_timeout)
+                    // FLOW_SLOT
+                ) + 1 < slot_obj:
+                    return None
+                handshake_done = True
         # ---- detectors: Detectors.observe for a packet past its flow's first
         cdef BucketUpdate updates[MAX_FLOODS]
         cdef int n_updates = 0
@@ -1201,14 +1328,23 @@ cdef class FastPath:
             iif = meta.iif
             oif = meta.oif
         cache_obj = _get(flow, F_CACHE_FWD) if fwd else _get(flow, F_CACHE_REV)
-        if type(cache_obj) is not tuple or len(<tuple>cache_obj) < 5:
+        if type(cache_obj) is not tuple or len(<tuple>cache_obj) < 6:
             return None
         cdef tuple cache = <tuple>cache_obj
         if cache[0] is not self.policy or cache[1] != iif or cache[2] != oif:
             return None
-        if type(cache[3]) is not tuple:
+        # The rules this flags byte can reach, as the engine walks them (`walks[flags]`,
+        # made by CompiledPolicy.walk when missing, so that both paths leave the same walks
+        # behind); all the candidates when none has a `flags` condition.
+        rules = cache[3]
+        walks = cache[5]
+        if walks is not None:
+            rules = walks[flags]
+            if rules is None:
+                rules = self.policy.walk(cache[3], walks, flags)
+        if type(rules) is not tuple:
             return None
-        cdef list progs = self._program(<tuple>cache[3])
+        cdef list progs = self._program(<tuple>rules)
         cdef RuleProg matched = None
         cdef Py_ssize_t length = total
         cdef object limit_bucket = None   # the matched rule's `limit` bucket, and its tokens
@@ -1221,6 +1357,10 @@ cdef class FastPath:
         limit_tokens = self.walk_tokens
         if matched is None and not self.default_fast:
             return None
+        if app_quiet and not (
+            matched.accepts if matched is not None else self.default_offload is not None
+        ):
+            return None  # refused while the inspector reads: what it owes (_owed) is Python's
         # The floods' buckets last: nothing that may still send the packet to Python (and
         # no Python code) runs between their reading and their update.
         if floods is not None and len(floods) > 0:
@@ -1254,6 +1394,10 @@ cdef class FastPath:
             _set(flow, F_REPLIED, True)
         if now > <double>_get(flow, F_LAST_SEEN):
             _set(flow, F_LAST_SEEN, now_obj)
+        if handshake_done:
+            _set(flow, F_TCP_STATE, TCP_ESTABLISHED)
+            if fwd:
+                self._handshake(flow)  # (before this packet's MAC is the flow's, as there)
         if mac is not None and fwd and _get(flow, F_MAC) is None:
             _set(flow, F_MAC, mac)
         if matched is not None:
@@ -1457,6 +1601,172 @@ cdef class FastPath:
         self.flowless_packets += 1
         return decision
 
+    cdef object _syn_ack(self, const uint8_t *p, Py_ssize_t total, Py_ssize_t payload_offset,
+                         int sport, int dport, int flags, object src, object dst, object flow,
+                         object meta, bint meta_slots, object now_obj, double now):
+        """The Decision of a responder's SYN+ACK (no FIN, no RST) answering the SYN of a flow
+        the policy accepted (state SYN_SENT), when it needs no Python: everything
+        FlowTable.open, Detectors.observe, the engine's rule loop and offload_kind do with
+        it, done and counted here; None: nothing changed. Blocks and translations were
+        checked by the caller. Its conditions:
+
+          * the flow has no translation, no application-layer work left (or, with parsing
+            on, the inspector's quiet state and an answer without payload: _quiet's step
+            is done here, and no offload while the inspector reads, as app_reading says),
+            is not offloaded (a flow back from the kernel notes when), and has no
+            candidates of this direction yet (the reverse direction's first packet: its
+            candidates are found here as CompiledPolicy.candidate_entry finds them, and
+            kept on the flow);
+          * the flow table has no unsettled flow, and moving the flow to SYN_RECV would not
+            file it sooner on the timer wheel (_refile_if_sooner: Python refiles it);
+          * the detectors declared that they do nothing with a reverse TCP packet of these
+            flags (PacketInterest.reverse_tcp_quiet);
+          * walked with state established, the candidates reach a terminal accept or drop
+            with a prebuilt Decision (a `limit` with a token), or none matches and the
+            default accepts or drops.
+
+        The offload is offload_kind's for a SYN+ACK: OFFLOAD_HANDSHAKE_ACK when both
+        directions' candidates allow it (a plan weighed as needs_met weighs it), which the
+        engine does not count (only OFFLOAD_FLOW marks the flow offloaded)."""
+        if not self.syn_ack_on or type(flow) is not FLOW:
+            return None
+        if _get(flow, F_NAT) is not None:
+            return None
+        # ---- the application layer: AppInspector.inspect of an answer without payload on a
+        # flow without payload yet (_quiet: the server's start), and offload_kind's
+        # app_reading, which holds such a flow back while it carries few bytes
+        app_state = _get(flow, F_APP_STATE)
+        cdef bint app_reading = False
+        if app_state is not None:
+            if type(app_state) is not self.quiet_state or not self.app.enabled:
+                return None  # no state of the kind done here, or parsing turned off (release)
+            if payload_offset < total:
+                return None  # its first payload: the streams start (Python)
+            if not (_get(flow, F_BYTES_FWD) + _get(flow, F_BYTES_REV) + total
+                    < self.app_reading_bytes):
+                return None  # past app_reading's bound: offload_kind weighs it (Python)
+            app_reading = True
+        if _get(flow, F_SPORT) == sport and _get(flow, F_SRC) == src:
+            return None  # forward: a SYN+ACK from the initiator is no answer
+        if _get(flow, F_TCP_STATE) != TCP_SYN_SENT or _get(flow, F_OFFLOADED):
+            return None
+        if _get(flow, F_CACHE_REV) is not None:
+            return None  # a reverse packet came before it (rare): Python
+        if self.reverse_tcp_quiet is not None and not (
+            (<const uint8_t *>PyBytes_AS_STRING(self.reverse_tcp_quiet))[flags]
+        ):
+            return None  # a detector looks at it
+        cdef dict table = self.table
+        if table["_opened"] is not None:
+            return None  # an open flow not settled: open settles it first (Python)
+        # ---- FlowTable._tcp_update: SYN_SENT -> SYN_RECV refiles the flow only if sooner
+        last_seen = _get(flow, F_LAST_SEEN)
+        seen = now_obj if now > <double>last_seen else last_seen
+        slot_obj = _get(flow, F_SLOT)
+        if slot_obj != -1:
+            if int((seen + self.syn_recv_timeout) // FLOW_SLOT) + 1 < slot_obj:
+                return None
+        # ---- the reverse direction's candidates, and the rules
+        if meta_slots:
+            iif = _get(meta, M_IIF)
+            oif = _get(meta, M_OIF)
+        else:
+            iif = meta.iif
+            oif = meta.oif
+        entry = self._candidate_entry(PROTO_TCP, src, dst, self._port(sport), self._port(dport),
+                                      iif, oif)
+        if entry is None:
+            return None
+        walk = self._entry_walk(<tuple>entry, flags)
+        if walk is None:
+            return None
+        cdef list progs = self._program(<tuple>walk)
+        if self._walk(progs, p, total, payload_offset, flags, -1, -1, True, src, dst, flow,
+                      now) < 0:
+            return None
+        cdef RuleProg matched = self.walk_matched
+        if matched is None and not self.default_fast:
+            return None
+        if app_reading and not (
+            matched.accepts if matched is not None else self.default_offload is not None
+        ):
+            return None  # refused while the inspector reads: what it owes (_owed) is Python's
+        # ---- decided: count as the Python path does (FlowTable.open, then the engine)
+        if self.walk_bucket is not None:
+            (<list>self.walk_bucket)[0] = self.walk_tokens
+            (<list>self.walk_bucket)[1] = now_obj
+        self.owed_packets += 1
+        self.owed = True
+        _set(flow, F_PKTS_REV, _get(flow, F_PKTS_REV) + 1)
+        _set(flow, F_BYTES_REV, _get(flow, F_BYTES_REV) + total)
+        _set(flow, F_PAYLOAD_REV, _get(flow, F_PAYLOAD_REV) + (total - payload_offset))
+        _set(flow, F_FLAGS_REV, _get(flow, F_FLAGS_REV) | flags)
+        _set(flow, F_REPLIED, True)
+        if seen is not last_seen:
+            _set(flow, F_LAST_SEEN, seen)
+        _set(flow, F_TCP_STATE, TCP_SYN_RECV)
+        rev_cache = (self.policy, iif, oif, entry[0], entry[1], entry[2])
+        _set(flow, F_CACHE_REV, rev_cache)
+        cdef Py_ssize_t l4 = 20 if (p[0] >> 4) == 4 else 40
+        cdef uint32_t seq
+        if app_reading:
+            # _quiet: the server's stream starts after its SYN's sequence number
+            seq = ((<uint32_t>p[l4 + 4] << 24) | (<uint32_t>p[l4 + 5] << 16)
+                   | (<uint32_t>p[l4 + 6] << 8) | <uint32_t>p[l4 + 7])
+            _set(app_state, self.quiet_server_base, (<object>seq + 1) & 0xFFFFFFFF)
+        if matched is not None:
+            decision = matched.decision
+            self._owe_hit(matched)
+            # (weighed also while the inspector reads, as offload_kind weighs the plans,
+            # which plan_of may make again, before app_reading says no)
+            if matched.accepts and self.offload_on and self._handshake_offload(flow) and (
+                not app_reading
+            ):
+                decision = matched.handshake_ack_decision
+        else:
+            decision = self.default_decision
+            if self.default_offload is not None and self.offload_on and (
+                self._handshake_offload(flow) and not app_reading
+            ):
+                decision = self.default_handshake_ack
+        self._count_verdict(decision)
+        self.syn_ack_packets += 1
+        return decision
+
+    cdef int _handshake(self, object flow) except -1:
+        """FlowTable._handshake: the initiator completed a handshake (the same dict
+        operations, in the same order)."""
+        handshakes = self.handshakes
+        src = _get(flow, F_SRC)
+        if handshakes.pop(src, None) is None and len(handshakes) >= HANDSHAKE_MEMORY:
+            handshakes.popitem(last=False)
+        handshakes[src] = (_get(flow, F_TTL), _get(flow, F_MAC))
+        return 0
+
+    cdef bint _handshake_offload(self, object flow) except -1:
+        """offload_kind's answer for a SYN+ACK just counted (state SYN_RECV, no
+        translation, no application-layer work left): whether it is
+        OFFLOAD_HANDSHAKE_ACK."""
+        fwd_cache = _get(flow, F_CACHE_FWD)
+        rev_cache = _get(flow, F_CACHE_REV)
+        if fwd_cache is None or rev_cache is None:
+            return False
+        if fwd_cache[0] is not self.policy or rev_cache[0] is not self.policy:
+            return False
+        fwd_state = fwd_cache[4]
+        rev_state = rev_cache[4]
+        if not (fwd_state and rev_state):
+            return False
+        if fwd_state == _OFFLOAD_WHEN_APP_DONE or rev_state == _OFFLOAD_WHEN_APP_DONE:
+            app = _get(flow, F_APP)
+            if _get(flow, F_APP_PROTO) is None or not (app is None or app.client_done):
+                return False
+        if fwd_state == _OFFLOAD_LATER and not self._plan_met(fwd_cache[3], flow, True):
+            return False
+        if rev_state == _OFFLOAD_LATER and not self._plan_met(rev_cache[3], flow, False):
+            return False
+        return True  # (no back_since wait: offload_kind returns a handshake's kind before it)
+
     cdef int _note_answer(self, object key, Py_hash_t key_hash, object now_obj) except -1:
         """Detectors.note_answer(key, now): with every scan detector's answer declared as
         ScanDetector.answer's (PacketInterest.answers_note_outcome), each Probe found for the
@@ -1513,6 +1823,17 @@ cdef class FastPath:
         (candidate_bits, with the same memo reads and, on a miss, the same lookups, in the
         same order), then its walk by TCP flags byte; None when the bitset's candidates are
         not memoised (Python makes them)."""
+        entry = self._candidate_entry(proto, src, dst, sport, dport, iif, oif)
+        if entry is None:
+            return None
+        return self._entry_walk(entry, flags)
+
+    cdef object _candidate_entry(self, int proto, object src, object dst, object sport,
+                                 object dport, object iif, object oif):
+        """CompiledPolicy.candidate_entry of a TCP or UDP packet (candidate_bits, with the
+        same memo reads and, on a miss, the same lookups, in the same order): the memoised
+        (rules, offload state, walks), or None when the bitset's entry is not memoised
+        (Python makes it) or is not of that shape."""
         cdef PyObject *found
         cdef FamilyIndexes fx = self.family4 if len(src) == 4 else self.family6
         found = PyDict_GetItem(fx.proto_bits, proto)
@@ -1544,6 +1865,14 @@ cdef class FastPath:
         if found is NULL:
             return None
         entry = <object>found
+        if type(entry) is not tuple or len(<tuple>entry) != 3:
+            return None
+        return entry
+
+    cdef object _entry_walk(self, tuple entry, int flags):
+        """The rules of a candidate entry a packet with this TCP flags byte walks (the
+        engine's `walks[flags]`, made by CompiledPolicy.walk when missing); None when they are
+        not a tuple."""
         rules = entry[0]
         walks = entry[2]
         if type(rules) is not tuple:

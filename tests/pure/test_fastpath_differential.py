@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 
 from ips import fast
 from ips.core.build import build_packet
+from ips.core.decision import OFFLOAD_HANDSHAKE_ACK
 from ips.core.decode import decode_frame
 from ips.core.flow import Flow
 from ips.core.packet import LINKTYPE_RAW, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
@@ -179,8 +180,28 @@ def policy_memos(engine: Engine) -> dict[str, object]:
     }
 
 
+def cache_view(engine: Engine, cache: Any) -> object:
+    """A flow direction's candidate cache (the engine's RuleCache): made under the running
+    policy or not, its interfaces, its rules by position, its offload state, whether it has
+    walks by flags byte."""
+    if cache is None:
+        return None
+    policy, iif, oif, rules, state, walks = cache
+    return (policy is engine.policy, iif, oif, [r.spec.index for r in rules], state, walks is None)
+
+
 def engine_state(engine: Engine) -> dict[str, object]:
     return {
+        # every flow's candidate caches, both ways (the compiled path makes a handshake's
+        # answer's)
+        "caches": sorted(
+            (
+                f.flow_id,
+                repr(cache_view(engine, f.cache_fwd)),
+                repr(cache_view(engine, f.cache_rev)),
+            )
+            for f in engine.flows.flows()
+        ),
         "table": table_internals(engine),
         "memos": policy_memos(engine),
         "stats": plain(engine.stats.__dict__),
@@ -192,8 +213,13 @@ def engine_state(engine: Engine) -> dict[str, object]:
         ],
         "detectors": detector_state(engine),
         "flows": sorted(flow_view(f) for f in engine.flows.flows()),
+        # the inspector's state of each flow (a handshake's answer notes the server's start)
+        "app_states": sorted(
+            (f.flow_id, repr(plain(f.app_state, limit=3))) for f in engine.flows.flows()
+        ),
         "flow_stats": engine.flows.stats,
-        "handshakes": dict(engine.flows.handshakes),
+        # (in order: the oldest is forgotten first)
+        "handshakes": list(engine.flows.handshakes.items()),
         "tables": {name: dict(t.members) for name, t in engine.tables.items()},
     }
 
@@ -235,6 +261,12 @@ class Pair:
     def fast_packets(self) -> int:
         path = self.fast._fast_path
         return path.fast_packets if path is not None else 0
+
+    @property
+    def syn_ack_packets(self) -> int:
+        """Handshake answers (SYN+ACK) decided in compiled code (FastPath._syn_ack)."""
+        path = self.fast._fast_path
+        return path.syn_ack_packets if path is not None else 0
 
     @property
     def flowless_packets(self) -> int:
@@ -1042,3 +1074,226 @@ def test_a_repeated_probe_is_decided_in_compiled_code_unless_probes_are_due(prob
     assert pair.flowless_packets == before + 20
     assert pair.slow.stats.alerts == (1 if probe == 0x02 else 0)
     pair.finish(104.0)
+
+
+# ---- accepted handshakes: the responder's SYN+ACK ------------------------------------------------
+
+# bench/newflow.py's and bench/lab.py's ports (5201-5209: no payload rule, offloaded at the
+# SYN+ACK) beside the gateway's web ports (payload rules: offload waits on their depth)
+_BENCH_ACCEPT = "accept  proto { tcp, udp } from $lan to $dmz port 5201-5209\n"
+# (the servers trusted: the answers with FIN below are `stealth`'s SYN+FIN, which would ban
+# them, and every later answer would be a blocked source's)
+_GATEWAY_BENCH = GATEWAY.replace(
+    "accept  state established\n", "accept  state established\n" + _BENCH_ACCEPT
+).replace(
+    "table trusted = { 127.0.0.0/8, ::1 }", "table trusted = { 127.0.0.0/8, ::1, 10.10.2.0/24 }"
+)
+
+_HANDSHAKE_POLICIES = {
+    # the gateway's six detectors (stealth and synflood look at some reverse flags bytes)
+    "gateway": "set app-layer off\n" + _GATEWAY_BENCH,
+    "gateway-offload-off": "set app-layer off\nset offload off\n" + _GATEWAY_BENCH,
+    # application parsing on: the inspector's state of a flow without payload yet, and
+    # no offload while it reads (offload_kind's app_reading)
+    "gateway-app": _GATEWAY_BENCH,
+    "no-detectors": "set app-layer off\n"
+    + BENCH.TEN_RULES.replace("10.20.0.0/16", "10.10.2.0/24")
+    + "accept proto tcp from 10.10.1.0/24 to 10.10.2.0/24 port 5201-5209\n",
+    # rules the answer meets itself: limits per source, per flow (a new key each flow) and
+    # per rule, a drop of one server's answers, a payload rule on the way back (offload
+    # waits on its depth that way), states, and a default that accepts
+    "reverse-rules": """\
+set app-layer off
+set default accept
+accept proto tcp from 10.10.2.10 port 80 limit 40/s per src else drop
+accept proto tcp from 10.10.2.20 port 443 limit 30/s per flow
+drop   proto tcp from 10.10.2.20 port 8080
+accept proto tcp from 10.10.2.10 port 22 limit 25/s
+drop   proto tcp from 10.10.2.0/24 port 5209 payload contains "EVIL"
+accept proto tcp state new to 10.10.2.0/24
+accept proto tcp state established flags SA/SAFR from 10.10.2.0/24 port 25
+detect portscan ports 15 within 60s alert
+detect synflood rate 40/s per dst limit
+""",
+    # the same with application parsing on: the inspector notes the answer's start (its
+    # drops, while the inspector reads, owe its events: Python)
+    "reverse-rules-app": """\
+set default accept
+accept proto tcp from 10.10.2.10 port 80 limit 40/s per src else drop
+drop   proto tcp from 10.10.2.20 port 8080
+accept proto tcp state new to 10.10.2.0/24
+detect portscan ports 15 within 60s alert
+""",
+    # `volume` declares nothing: every packet goes to Python
+    "volume": "set app-layer off\n"
+    + _GATEWAY_BENCH
+    + "detect volume packets 20000/s per dst alert\n",
+}
+
+_CLIENTS = ["10.10.1.10", "10.10.1.20", "10.10.1.30"]
+_SERVERS = ["10.10.2.10", "10.10.2.20"]
+_SERVICES = [80, 443, 8080, 22, 25, 5201, 5209, 5209]
+# the answer's flags byte: SYN+ACK alone, or with PSH, ECE, ECE+CWR, URG; with FIN (Python)
+_ANSWER_FLAGS = [0x12, 0x12, 0x12, 0x1A, 0x52, 0xD2, 0x32, 0x13]
+
+
+def handshake_traffic(seed: int) -> list[tuple[float, bytes]]:
+    """TCP connections from the LAN to the servers, most of them accepted: SYN (sometimes
+    repeated), the answer (any of _ANSWER_FLAGS, now and then with payload, repeated, or
+    after a reverse segment), the handshake's ACK, data both ways and an end, or nothing
+    after the SYN+ACK; ports reused, phases of 20 to 600 connections a second (the limits
+    crossed), and a clock that steps back."""
+    rng = random.Random(seed)
+    out: list[tuple[float, bytes]] = []
+    now = 30.0
+
+    def tcp(
+        at: float, src: str, dst: str, sp: int, dp: int, flags: int, payload: bytes = b""
+    ) -> None:
+        out.append((at, build_packet(PROTO_TCP, src, dst, sp, dp, flags=flags, payload=payload)))
+
+    for seconds, rate in ((1.5, 20), (1.0, 600), (1.5, 60), (1.0, 300)):
+        end = now + seconds
+        while now < end:
+            client, server = rng.choice(_CLIENTS), rng.choice(_SERVERS)
+            cport = 41000 + rng.randrange(300)  # reused now and then
+            port = rng.choice(_SERVICES)
+            t = now
+            tcp(t, client, server, cport, port, 0x02)
+            if rng.random() < 0.1:
+                t += 0.2
+                tcp(t, client, server, cport, port, 0x02)  # the SYN again
+            if rng.random() < 0.05:
+                t += 0.0001
+                tcp(t, server, client, port, cport, 0x10)  # a reverse segment first
+            flags = rng.choice(_ANSWER_FLAGS)
+            payload = b"EVIL answer" if rng.random() < 0.05 else b""
+            t += rng.choice([0.0, 0.0002, 0.001])
+            tcp(t, server, client, port, cport, flags, payload)
+            if rng.random() < 0.1:
+                tcp(t + 0.3, server, client, port, cport, flags)  # the answer again
+            if rng.random() < 0.8:
+                t += 0.0002
+                tcp(t, client, server, cport, port, 0x10)
+                tcp(t + 0.0001, client, server, cport, port, 0x18, b"GET / HTTP/1.1\r\n\r\n")
+                tcp(t + 0.0003, server, client, port, cport, 0x18, b"HTTP/1.1 200 OK\r\n\r\n")
+                end_flags = rng.choice([0x11, 0x14])
+                tcp(t + 0.0004, client, server, cport, port, end_flags)
+            now += rng.expovariate(rate)
+        if seconds == 1.0 and rate == 600:
+            now -= 0.4  # the clock steps back once
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+@pytest.mark.parametrize("policy", sorted(_HANDSHAKE_POLICIES))
+@pytest.mark.parametrize("seed", [5, 6])
+def test_accepted_handshakes_decide_the_same(policy: str, seed: int) -> None:
+    """The responder's SYN+ACK of a flow whose SYN was accepted: decided in compiled code
+    (FastPath._syn_ack: the flow's state moved, its reverse candidates found and kept, the
+    rules walked, OFFLOAD_HANDSHAKE_ACK chosen as offload_kind chooses it) when the
+    detectors declare nothing to do with it and the flow has no application-layer work
+    left; the same decisions, caches, flow table, detector state, limits and counters as
+    the Python engine, tick after tick."""
+    need_fast_path()
+    pair = Pair(_HANDSHAKE_POLICIES[policy])
+    now = 0.0
+    traffic = handshake_traffic(seed)
+    for i, (now, data) in enumerate(traffic):
+        if i == len(traffic) // 2:
+            # an apply in the middle: handshakes under way whose forward candidates name
+            # the old policy, offloaded flows that come back
+            for engine in (pair.slow, pair.fast):
+                engine.load(load_policy_text(_HANDSHAKE_POLICIES[policy], "applied.rules"))
+        pair.handle(data, META, now)
+    pair.finish(now + 1.0)
+    verdicts = pair.slow.stats.verdicts
+    assert verdicts["accept"] > pair.packets // 2, verdicts
+    if policy == "volume":
+        assert pair.syn_ack_packets == 0  # a detector that declares nothing sees every packet
+    else:
+        assert pair.syn_ack_packets > 100, (pair.syn_ack_packets, pair.packets)
+    if policy in ("gateway", "no-detectors", "reverse-rules"):
+        assert pair.slow.stats.offloaded > 0
+    if policy == "reverse-rules":
+        # the answers met limits over their rate (Python) and under it (compiled code)
+        limited = [r for r in pair.slow.policy.rules if r.limiter is not None]
+        assert all(r.hits > 0 for r in limited), [r.hits for r in limited]
+
+
+def test_a_handshake_answer_is_offloaded_in_compiled_code() -> None:
+    """bench/newflow.py's connection: the SYN in Python (a new flow), its SYN+ACK decided
+    in compiled code with OFFLOAD_HANDSHAKE_ACK, as the Python engine decides it."""
+    need_fast_path()
+    pair = Pair(_HANDSHAKE_POLICIES["gateway"])
+    now = 40.0
+    client, server = "10.10.1.20", "10.10.2.10"
+    for i in range(50):
+        now += 0.01
+        syn = build_packet(PROTO_TCP, client, server, 42000 + i, 5209, flags=0x02)
+        pair.handle(syn, META, now)
+        before = pair.syn_ack_packets
+        answer = build_packet(PROTO_TCP, server, client, 5209, 42000 + i, flags=0x12)
+        pair.handle(answer, META, now + 0.0001)
+        # (the first answer's candidates are not memoised yet: Python makes them)
+        assert pair.syn_ack_packets == before + (i > 0)
+        got = pair.fast.handle(answer, META, now + 0.0002)  # its retransmission: Python
+        assert got.offload == OFFLOAD_HANDSHAKE_ACK
+        assert pair.slow.handle(answer, META, now + 0.0002).offload == OFFLOAD_HANDSHAKE_ACK
+    pair.finish(now + 1.0)
+    assert pair.slow.stats.verdicts == {"accept": 150}
+
+
+def test_a_handshake_with_application_parsing_is_decided_in_compiled_code() -> None:
+    """With application parsing on, the connection of bench/newflow.py: the SYN and the
+    request in Python (a new flow; the inspector reads the payload), the SYN+ACK and the
+    handshake's ACK in compiled code (the inspector's quiet state: nothing to read yet)."""
+    need_fast_path()
+    pair = Pair(_HANDSHAKE_POLICIES["gateway-app"])
+    now = 40.0
+    client, server = "10.10.1.20", "10.10.2.10"
+    for i in range(30):
+        now += 0.01
+        cport = 42000 + i
+        pair.handle(build_packet(PROTO_TCP, client, server, cport, 5209, flags=0x02), META, now)
+        before = pair.fast_packets
+        answer = build_packet(PROTO_TCP, server, client, 5209, cport, flags=0x12)
+        pair.handle(answer, META, now + 0.0001)
+        ack = build_packet(PROTO_TCP, client, server, cport, 5209, flags=0x10)
+        pair.handle(ack, META, now + 0.0002)
+        request = b"GET / HTTP/1.1\r\nHost: s\r\n\r\n"
+        data = build_packet(PROTO_TCP, client, server, cport, 5209, flags=0x18, payload=request)
+        pair.handle(data, META, now + 0.0003)
+        # (the first answer's candidates are not memoised yet: Python makes them)
+        assert pair.fast_packets == before + (2 if i > 0 else 1)
+    pair.finish(now + 1.0)
+    assert pair.slow.flows.handshakes  # the ACKs recorded the clients' handshakes
+
+
+def test_handshakes_beyond_their_memory_are_forgotten_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flow table remembers HANDSHAKE_MEMORY sources that completed a handshake, the
+    oldest forgotten first: the compiled path records a handshake's last ACK with the same
+    dict operations (here with a memory of 4, so that the traffic's clients overflow it)."""
+    need_fast_path()
+    import ips.core.flow as flow_module
+    from ips.fast import _fastpath
+
+    monkeypatch.setattr(flow_module, "HANDSHAKE_MEMORY", 4)
+    monkeypatch.setattr(_fastpath, "HANDSHAKE_MEMORY", 4)
+    pair = Pair(_HANDSHAKE_POLICIES["gateway-app"])
+    now = 50.0
+    for i in range(40):
+        now += 0.01
+        client, cport = f"10.10.1.{40 + i % 9}", 43000 + i
+        for src, dst, sport, dport, flags in (
+            (client, "10.10.2.10", cport, 5209, 0x02),
+            ("10.10.2.10", client, 5209, cport, 0x12),
+            (client, "10.10.2.10", cport, 5209, 0x10),
+        ):
+            pair.handle(build_packet(PROTO_TCP, src, dst, sport, dport, flags=flags), META, now)
+        pair.check_state()
+    pair.finish(now + 1.0)
+    assert len(pair.slow.flows.handshakes) == 4
+    assert pair.fast_packets >= 2 * 39

@@ -539,3 +539,26 @@ def test_flow_ids_unique_and_stable() -> None:
 def test_bad_max_flows() -> None:
     with pytest.raises(ValueError):
         FlowTable(max_flows=0)
+
+
+def test_the_oldest_handshake_is_forgotten_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond HANDSHAKE_MEMORY sources, the one whose handshake is oldest goes first; a
+    source that completes another handshake is the most recent again."""
+    import ips.core.flow as flow_module
+
+    monkeypatch.setattr(flow_module, "HANDSHAKE_MEMORY", 3)
+    table = FlowTable()
+
+    def handshake(src: str, sport: int) -> None:
+        syn = pkt(src=src, sport=sport, flags=SYN)
+        table.track(syn, 1.0)
+        table.track(rev(syn, SA), 1.0)
+        table.track(fwd(syn, A), 1.0)
+
+    for i, src in enumerate(["10.0.0.1", "10.0.0.2", "10.0.0.3"]):
+        handshake(src, 40000 + i)
+    handshake("10.0.0.1", 41000)  # again: the most recent now
+    handshake("10.0.0.4", 41001)  # the memory is full: 10.0.0.2 goes
+    assert [ipaddress.ip_address(a) for a in table.handshakes] == [
+        ipaddress.ip_address(a) for a in ("10.0.0.3", "10.0.0.1", "10.0.0.4")
+    ]
