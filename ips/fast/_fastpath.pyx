@@ -1462,8 +1462,14 @@ cdef class FastPath:
             return None
         if proto != PROTO_TCP and proto != PROTO_UDP:
             return None
-        if self.app.enabled:
-            return None  # its first look at the flow: Python (ips/app/inspect.py)
+        # With application parsing on, the inspector's first look at the flow
+        # (AppInspector.inspect): for a TCP segment without payload, `_start` and `_quiet`
+        # make a quiet state that goes with the refused flow (`release` then counts
+        # nothing, owes nothing), and ask passive DNS the responder's name, which is done
+        # below once decided; anything else (payload, UDP) is the inspector's (Python).
+        cdef bint app_on = self.app.enabled
+        if app_on and (proto != PROTO_TCP or payload_offset < total):
+            return None
         # ---- the detectors (Detectors.observe of a flow's first packet, forward)
         cdef int need
         cdef bint answers = False
@@ -1577,8 +1583,15 @@ cdef class FastPath:
             n_updates = _floods_take(floods, src, dst, now, updates)
             if n_updates < 0:
                 return None
-        # ---- decided: count as the Python path does, the detectors first (the answer it
-        # gives to a pending probe, as `_tcp` notes it; the last Python code run here)
+        # ---- decided: count as the Python path does: the inspector's first look (`_start`
+        # asks passive DNS the responder's name: its order and expiry are what that
+        # leaves), the detectors (the answer it gives to a pending probe, as `_tcp` notes
+        # it; the last Python code run here)
+        if app_on:
+            names = self.app.names
+            if names is not None:
+                self._flush()
+                names.name_of(dst, now_obj)
         if answers:
             self._note_answer(key, key_hash, now_obj)
         for i in range(n_updates):

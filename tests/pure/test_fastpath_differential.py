@@ -30,6 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ips import fast
+from ips.app.passive_dns import PassiveDns
 from ips.core.build import build_packet
 from ips.core.decision import OFFLOAD_HANDSHAKE_ACK
 from ips.core.decode import decode_frame
@@ -220,6 +221,14 @@ def engine_state(engine: Engine) -> dict[str, object]:
         "flow_stats": engine.flows.stats,
         # (in order: the oldest is forgotten first)
         "handshakes": list(engine.flows.handshakes.items()),
+        # passive DNS: a new flow's first look asks it the responder's name (its order
+        # and expiry are what that leaves)
+        "pdns": (
+            list(engine.pdns._entries.items()),
+            (engine.pdns.learned, engine.pdns.evicted, engine.pdns.expired),
+        )
+        if isinstance(engine.pdns, PassiveDns)
+        else None,
         "tables": {name: dict(t.members) for name, t in engine.tables.items()},
     }
 
@@ -546,7 +555,7 @@ def _replay_state(text: str, path: str, fast_path: bool, mapped: bool) -> tuple[
     return json.dumps(result.as_dict(), sort_keys=True), lines, state, at_ticks, flowless
 
 
-@pytest.mark.parametrize("policy", ["gateway-app-off", "ten+detect-app-off"])
+@pytest.mark.parametrize("policy", ["gateway-app-off", "gateway-app-on", "ten+detect-app-off"])
 def test_mapped_replay_of_a_repeated_capture_leaves_the_same_state(
     tmp_path: Path, policy: str
 ) -> None:
@@ -558,6 +567,7 @@ def test_mapped_replay_of_a_repeated_capture_leaves_the_same_state(
     hits, detectors) are the Python engine's."""
     text = {
         "gateway-app-off": "set app-layer off\n" + GATEWAY,
+        "gateway-app-on": GATEWAY,
         "ten+detect-app-off": "set app-layer off\n" + BENCH.TEN_RULES + BENCH.DETECTORS,
     }[policy]
     path = tmp_path / "repeated.pcap"
@@ -866,6 +876,9 @@ _REFUSED_POLICIES = {
         "set default drop\n" + "\n".join(BENCH.generated_rules(10_000)) + "\n",
     ),
     "gateway": "set app-layer off\n" + GATEWAY,
+    # with application parsing on: refused TCP segments without payload (the inspector's
+    # first look makes a quiet state that goes with the flow, and asks passive DNS)
+    "gateway-app-on": GATEWAY,
     # no detector: UDP of no flow is decided in compiled code too
     "no-detectors": "set app-layer off\n" + BENCH.TEN_RULES,
     # drops with limits per source, per rule and per flow (the last always to Python), a
