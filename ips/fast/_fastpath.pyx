@@ -1283,12 +1283,7 @@ cdef class FastPath:
                     return None
                 if not self.syn_ack_on or self.table["_opened"] is not None:
                     return None
-                last_seen = _get(flow, F_LAST_SEEN)
-                slot_obj = _get(flow, F_SLOT)
-                if slot_obj != -1 and int(
-                    ((now_obj if now > <double>last_seen else last_seen) + self.est_timeout)
-                    // FLOW_SLOT
-                ) + 1 < slot_obj:
+                if self._refiled_sooner(flow, now_obj, now, self.est_timeout):
                     return None
                 handshake_done = True
         # ---- detectors: Detectors.observe for a packet past its flow's first
@@ -1673,12 +1668,10 @@ cdef class FastPath:
         if table["_opened"] is not None:
             return None  # an open flow not settled: open settles it first (Python)
         # ---- FlowTable._tcp_update: SYN_SENT -> SYN_RECV refiles the flow only if sooner
+        if self._refiled_sooner(flow, now_obj, now, self.syn_recv_timeout):
+            return None
         last_seen = _get(flow, F_LAST_SEEN)
         seen = now_obj if now > <double>last_seen else last_seen
-        slot_obj = _get(flow, F_SLOT)
-        if slot_obj != -1:
-            if int((seen + self.syn_recv_timeout) // FLOW_SLOT) + 1 < slot_obj:
-                return None
         # ---- the reverse direction's candidates, and the rules
         if meta_slots:
             iif = _get(meta, M_IIF)
@@ -1745,6 +1738,18 @@ cdef class FastPath:
         self._count_verdict(decision)
         self.syn_ack_packets += 1
         return decision
+
+    cdef bint _refiled_sooner(self, object flow, object now_obj, double now,
+                              object timeout) except -1:
+        """Whether FlowTable._refile_if_sooner would move the flow on the timer wheel when
+        its TCP state changes to one of this timeout (its slot from the packet's time, or
+        its last_seen if later): Python does that."""
+        slot_obj = _get(flow, F_SLOT)
+        if slot_obj == -1:
+            return False
+        last_seen = _get(flow, F_LAST_SEEN)
+        seen = now_obj if now > <double>last_seen else last_seen
+        return int((seen + timeout) // FLOW_SLOT) + 1 < slot_obj
 
     cdef int _handshake(self, object flow) except -1:
         """FlowTable._handshake: the initiator completed a handshake (the same dict
