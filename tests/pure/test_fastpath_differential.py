@@ -34,7 +34,7 @@ from ips.app.passive_dns import PassiveDns
 from ips.core.build import build_packet
 from ips.core.decision import OFFLOAD_HANDSHAKE_ACK
 from ips.core.decode import decode_frame
-from ips.core.flow import Flow
+from ips.core.flow import Flow, FlowTimeouts
 from ips.core.packet import LINKTYPE_RAW, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Packet
 from ips.engine import Engine, Meta
 from ips.io.pcap import MAX_EMPTY_RUN, CaptureError, read_capture, write_pcap
@@ -236,9 +236,11 @@ def engine_state(engine: Engine) -> dict[str, object]:
 class Pair:
     """The reference engine and the engine with the fast path, fed together."""
 
-    def __init__(self, policy_text: str, name: str = "test.rules") -> None:
-        self.slow = Engine(load_policy_text(policy_text, name), fast=False)
-        self.fast = Engine(load_policy_text(policy_text, name))
+    def __init__(
+        self, policy_text: str, name: str = "test.rules", timeouts: FlowTimeouts | None = None
+    ) -> None:
+        self.slow = Engine(load_policy_text(policy_text, name), fast=False, timeouts=timeouts)
+        self.fast = Engine(load_policy_text(policy_text, name), timeouts=timeouts)
         self.packets = 0
         self.next_tick: float | None = None
 
@@ -1232,6 +1234,22 @@ def test_accepted_handshakes_decide_the_same(policy: str, seed: int) -> None:
         # the answers met limits over their rate (Python) and under it (compiled code)
         limited = [r for r in pair.slow.policy.rules if r.limiter is not None]
         assert all(r.hits > 0 for r in limited), [r.hits for r in limited]
+
+
+@pytest.mark.parametrize("policy", ["gateway", "gateway-app"])
+def test_a_handshake_step_that_would_refile_its_flow_sooner_goes_to_python(policy: str) -> None:
+    """With ESTABLISHED's timeout shorter than a new connection's, the handshake's last ACK
+    moves its flow sooner on the timer wheel (FlowTable._refile_if_sooner): Python's to do.
+    The compiled path must leave it (FastPath._refiled_sooner); the flow table's wheel and
+    slots, compared tick after tick, say whether it did."""
+    need_fast_path()
+    timeouts = FlowTimeouts(tcp_new=30.0, tcp_established=5.0)
+    pair = Pair(_HANDSHAKE_POLICIES[policy], timeouts=timeouts)
+    now = 0.0
+    for now, data in handshake_traffic(5):
+        pair.handle(data, META, now)
+    pair.finish(now + 1.0)
+    assert pair.syn_ack_packets > 100  # the answers (SYN_SENT -> SYN_RECV: no sooner)
 
 
 def test_a_handshake_answer_is_offloaded_in_compiled_code() -> None:
