@@ -805,8 +805,11 @@ class Engine:
         """Expire flows, table entries, blocks and NAT state; weigh the scan probes whose
         answer is overdue. Returns the events: FlowEnd, Unblock, and detections (Alert,
         Block). Call it about once a second: scans of unanswered probes are found here."""
-        events: list[Effect] = list(self._late_events)
-        self._late_events.clear()
+        late = self._late_events
+        events: list[Effect] = []
+        if late:
+            events += late
+            late.clear()
         # Each part is asked first whether it has anything due (FlowTable.due, BlockManager.
         # due, and in Detectors.tick each detector's `due`): most ticks have nothing due, and
         # cost those checks alone. Whatever is due is done as it always was, in this order.
