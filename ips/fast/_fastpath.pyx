@@ -7,10 +7,11 @@ the same Decision object; for every other packet it changes nothing and returns 
 decoded (a `Packet`, as ips/core/decode.py makes it, for `Engine.handle_packet`) or None (not
 decoded here: `Engine.handle_python`). A packet qualifies when:
 
-  * its bytes are raw IP or Ethernet without VLAN tags, IPv4 without options and not a
-    fragment, or IPv6 without extension headers, carrying TCP, UDP or an ICMP/ICMPv6 echo
-    request or reply whose header the decoder would accept (anything it would count as
-    malformed goes to Python);
+  * its bytes are raw IP or Ethernet (VLAN tags peeled as ips/core/decode.py peels them:
+    decisions never read them, a Packet returned carries their ids), IPv4 without options
+    and not a fragment, or IPv6 without extension headers, carrying TCP, UDP or an
+    ICMP/ICMPv6 echo request or reply whose header the decoder would accept (anything it
+    would count as malformed goes to Python);
   * its flow exists, has no translation (NAT), no application-layer work left
     (`app_state is None`), and its rule cache for this direction was made under the
     running policy and the packet's interfaces;
@@ -148,8 +149,9 @@ cdef inline void _set(object obj, Py_ssize_t offset, object value):
 
 cdef type FLOW = Flow
 cdef type FLOW_TABLE = FlowTable
-# The ethertypes of VLAN tags ips/core/decode.py peels (a frame with one is Python's).
+# The ethertypes of VLAN tags ips/core/decode.py peels, and how many it peels (`_vlan_tags`).
 cdef frozenset _VLAN_TPIDS = _decode._VLAN_TPIDS
+cdef Py_ssize_t _MAX_VLAN_TAGS = _decode._MAX_VLAN_TAGS
 cdef type COMPILED_POLICY = CompiledPolicy
 # What FlowTable._discard_opened puts in the unreplied queue for a discarded flow, and the
 # timer wheel's granularity (ips/core/flow.py).
@@ -437,6 +439,25 @@ cdef tuple _flood_progs(object floods):
     if len(progs) > MAX_FLOODS:
         return None
     return tuple(progs)
+
+
+cdef object _vlan_tags(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off, uint16_t *etype):
+    """The VLAN ids of an Ethernet frame's tags, outermost first, as ips/core/decode.py
+    `_by_ethertype` peels them from `off` (whose ethertype, a tag's, is `etype`); `off` and
+    `etype` moved past them. None for what it counts malformed (more than _MAX_VLAN_TAGS
+    tags, a tag cut short), which is left to it."""
+    cdef list tags = []
+    cdef Py_ssize_t at = off[0]
+    cdef uint16_t kind = etype[0]
+    while kind in _VLAN_TPIDS:
+        if len(tags) >= _MAX_VLAN_TAGS or at + 4 > n:
+            return None
+        tags.append(((p[at] << 8) | p[at + 1]) & 0x0FFF)
+        kind = (p[at + 2] << 8) | p[at + 3]
+        at += 4
+    off[0] = at
+    etype[0] = kind
+    return tuple(tags)
 
 
 cdef int _floods_take(tuple floods, object src, object dst, double now,
@@ -1117,17 +1138,20 @@ cdef class FastPath:
         cdef Py_ssize_t addr_len, src_off, dst_off
         cdef int ttl, tos
         cdef uint16_t etype
+        cdef object vlans = ()
         if linktype == LINKTYPE_ETHERNET:
             if n < 14:
                 return None
             etype = (p[12] << 8) | p[13]
-            if etype != 0x0800 and etype != 0x86DD:
-                if etype in _VLAN_TPIDS:
-                    return None  # tags: Python peels them
-                return self._not_ip()
             off = 14
-            p += 14
-            n -= 14
+            if etype in _VLAN_TPIDS:
+                vlans = _vlan_tags(p, n, &off, &etype)
+                if vlans is None:
+                    return None  # too many tags, or cut short: Python's malformed
+            if etype != 0x0800 and etype != 0x86DD:
+                return self._not_ip()
+            p += off
+            n -= off
             if n < 1 or (p[0] >> 4) != (4 if etype == 0x0800 else 6):
                 return None
         elif linktype != LINKTYPE_RAW:
@@ -1214,7 +1238,7 @@ cdef class FastPath:
             tos = ((p[0] & 0x0F) << 4) | (p[1] >> 4)
         return PACKET(PyBytes_FromStringAndSize(<const char *>p, total), family, src, dst, proto,
                       sport, dport, flags, icmp_type, icmp_code, ttl, tos, hl, payload_offset, 0,
-                      ())
+                      vlans)
 
     cdef object _decide(self, const uint8_t *p, int proto, Py_ssize_t total,
                         Py_ssize_t payload_offset, int sport, int dport, int flags,
