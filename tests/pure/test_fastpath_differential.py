@@ -230,7 +230,21 @@ def engine_state(engine: Engine) -> dict[str, object]:
         if isinstance(engine.pdns, PassiveDns)
         else None,
         "tables": {name: dict(t.members) for name, t in engine.tables.items()},
+        # the reassembler's counters by reason and the memory it holds (a refused first
+        # segment with payload is placed in it before its flow is discarded)
+        "reassembler": (
+            list(engine.app.reassembler.counters.items()),
+            engine.app.reassembler.used,
+        ),
+        # the application layer's counters in the order first counted (`status` lists them
+        # so); "stats" compares their values
+        "app_order": [list(counter) for counter in _app_counters(engine)],
     }
+
+
+def _app_counters(engine: Engine) -> list[Any]:
+    app = engine.stats.app
+    return [app.protocols, app.events, app.malformed, app.incomplete]
 
 
 class Pair:
@@ -1328,3 +1342,162 @@ def test_handshakes_beyond_their_memory_are_forgotten_alike(
     pair.finish(now + 1.0)
     assert len(pair.slow.flows.handshakes) == 4
     assert pair.fast_packets >= 2 * 39
+
+
+# ---- refused first segments with payload, application parsing on ----------------------------
+
+# First payloads of every kind the stream detection tells apart (ips/app/detect.py): each
+# protocol (the parsers then read it: Python), the starts of each that need more bytes
+# (held until the flow's release), and bytes of no protocol (unknown).
+_DNS_QUERY = bytes.fromhex("1234 0100 0001 0000 0000 0000 07 6578616d706c65 03 636f6d 00 0001 0001")
+_FIRST_PAYLOADS = [
+    # TLS: a ClientHello's and a ServerHello's record starts (Python), application data,
+    # record starts too short to tell, and a 0x16 that is no TLS record
+    b"\x16\x03\x01\x00\x50\x01\x00\x00\x4c\x03\x03" + bytes(range(60)),
+    b"\x16\x03\x03\x00\x40\x02\x00\x00\x3c\x03\x03" + bytes(40),
+    b"\x17\x03\x03\x01\x00" + bytes(range(200)),
+    b"\x16",
+    b"\x16\x03",
+    b"\x16\x03\x01\x00",
+    b"\x16\x05\x00\x00\x00\x00\x00\x00",
+    # HTTP: requests, a response, method starts, a line of no method
+    b"GET /index.html HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+    b"POST /x HTTP/1.0\r\nContent-Length: 4\r\n\r\nabcd",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"GE",
+    b"PROPF",
+    b"HTTP/",
+    b"Gxyz and then some text that is no request at all",
+    b"HELLO there",
+    # SSH: a banner, its starts, an S that is none
+    b"SSH-2.0-OpenSSH_9.6\r\n",
+    b"SS",
+    b"SSH",
+    b"Sx",
+    b"SEARC",
+    # DNS over TCP: a whole query (an event: Python), a length prefix and a header still
+    # arriving, a question cut, a length too small
+    struct.pack("!H", len(_DNS_QUERY)) + _DNS_QUERY,
+    struct.pack("!H", len(_DNS_QUERY)) + _DNS_QUERY[:14],
+    b"\x00",
+    b"\x03\xe8" + bytes.fromhex("abcd 0100 0001 0000 0000 0000") + b"\x3f" + b"q" * 40,
+    b"\x00\x05" + bytes(20),
+    # no protocol
+    b"d" * 20,
+    b"\x00\x00\x00\x00",
+    bytes(range(256)) * 2,
+]
+_FIRST_FLAGS = [0x10, 0x18, 0x18, 0x11, 0x14, 0x19, 0x02]
+
+_FIRST_PAYLOAD_POLICIES = {
+    "gateway-app-on": GATEWAY,
+    # a bound of 64 bytes (longer payloads reach it: Python) and a memory cap of 4 KiB that
+    # the accepted flows' held bytes fill (a payload over the cap: "memcap", Python)
+    "gateway-app-small": "set app-stream-bytes 64\nset app-memcap 4096\n" + GATEWAY,
+    # no detector at all
+    "no-detectors-app": "set default drop\naccept proto tcp from 10.10.1.0/24 to port 80\n",
+}
+
+
+def first_payload_traffic(seed: int) -> list[tuple[float, bytes]]:
+    """The first packets of many flows picked up mid-stream (their SYN never seen), most of
+    them refused, with payloads of every kind (_FIRST_PAYLOADS), several flows with the same
+    payload, retransmissions, and now and then an accepted flow from the lan whose first
+    bytes need more to tell (held: the reassembler's memory grows toward its cap)."""
+    rng = random.Random(seed)
+    out: list[tuple[float, bytes]] = []
+    now = 30.0
+    while now < 34.0:
+        payload = rng.choice(_FIRST_PAYLOADS)
+        if rng.random() < 0.15:
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 90)))
+        flags = rng.choice(_FIRST_FLAGS)
+        if rng.random() < 0.15:
+            # accepted (lan to a web server): a flow is filed and its bytes held
+            src, dst, dport = f"10.10.1.{rng.randrange(20, 200)}", "10.10.2.5", 80
+            flags = 0x18
+        else:
+            src = rng.choice(_REFUSED_NETS).format(rng.randrange(4), rng.randrange(1, 250))
+            dst = rng.choice(_REFUSED_TARGETS)
+            dport = rng.choice([22, 53, 80, 443, 8080, 20000 + rng.randrange(50)])
+        sport = 30000 + rng.randrange(2000)
+        seq = rng.randrange(1 << 32)
+        for copy in range(rng.choice([1, 1, 1, 2, 3])):
+            packet = build_packet(
+                PROTO_TCP, src, dst, sport, dport, flags=flags, seq=seq, payload=payload
+            )
+            out.append((now + copy * 0.2, packet))
+        now += rng.expovariate(700.0)
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+@pytest.mark.parametrize("policy", sorted(_FIRST_PAYLOAD_POLICIES))
+@pytest.mark.parametrize("seed", [7, 8])
+def test_refused_first_segments_with_payload_decide_the_same(policy: str, seed: int) -> None:
+    """With application parsing on, a refused first TCP segment with payload is decided in
+    compiled code when the inspector's first look leaves only counters: the stream
+    detection needs more bytes (the release counts the flow and its bytes) or names no
+    protocol (protocols["unknown"]); a protocol (its parser), a payload at the bound or
+    over the memory cap go to Python. The same decisions, application counters (their
+    order too), reassembler counters and memory, passive DNS, flow table and detector
+    state as the Python engine, tick after tick."""
+    need_fast_path()
+    pair = Pair(_FIRST_PAYLOAD_POLICIES[policy])
+    now = 0.0
+    for now, data in first_payload_traffic(seed):
+        pair.handle(data, META, now)
+    pair.finish(now + 1.0)
+    app = pair.slow.stats.app
+    # every outcome occurred: held bytes released, unknown, and each protocol (Python's)
+    assert app.released_flows > 0 and app.protocols["unknown"] > 0, app
+    assert {"tls", "http", "ssh", "dns"} <= set(app.protocols), app.protocols
+    assert pair.flowless_packets > pair.packets // 3, (pair.flowless_packets, pair.packets)
+    if policy == "gateway-app-small":
+        reasons = pair.slow.app.reassembler.counters
+        assert reasons["memcap"] > 0 and reasons["beyond-limit"] > 0, reasons
+
+
+_DETECTION_SEEDS = [
+    b"GET ", b"PROPPATCH ", b"HTTP/1.1 200", b"SEARCH ", b"SSH-2.0-x", b"\x16\x03\x01\x00\x10\x01",
+    b"\x16\x03\x03\x48\x01\x02", b"\x16\x03\x05", b"\x00\x1d" + _DNS_QUERY[:12] + b"\x03abc\x00",
+    struct.pack("!H", len(_DNS_QUERY)) + _DNS_QUERY,
+]  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.tuples(
+            st.sampled_from(_DETECTION_SEEDS), st.integers(0, 40), st.binary(max_size=30)
+        ).map(lambda t: t[0][: t[1]] + t[2]),
+        st.tuples(st.sampled_from(_DETECTION_SEEDS), st.integers(0, 40), st.integers(0, 255)).map(
+            lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1 :]
+        ),
+    )
+)
+def test_the_compiled_stream_detection_is_detect_streams(data: bytes) -> None:
+    """The compiled path's port of ips/app/detect.py `detect_stream` (which tells what a
+    refused first segment leaves) answers as the Python function, on any bytes: random,
+    starts of each protocol's first bytes cut anywhere, and those with one byte changed."""
+    need_fast_path()
+    from ips.app.detect import detect_stream
+    from ips.fast import _fastpath
+
+    assert _fastpath.detect_stream_compiled(data) == detect_stream(data)
+
+
+def test_the_compiled_stream_detection_agrees_on_every_short_start() -> None:
+    """Every one- and two-byte stream, and every start of the seeds and the payloads
+    above: the compiled detection's answer is detect_stream's."""
+    need_fast_path()
+    from ips.app.detect import detect_stream
+    from ips.fast import _fastpath
+
+    samples = [bytes([a, b]) for a in range(256) for b in range(256)]
+    samples += [bytes([a]) for a in range(256)]
+    for seed in _DETECTION_SEEDS + _FIRST_PAYLOADS:
+        samples += [seed[:i] for i in range(len(seed) + 1)]
+    for data in samples:
+        assert _fastpath.detect_stream_compiled(data) == detect_stream(data), data
