@@ -1382,6 +1382,9 @@ _FIRST_PAYLOADS = [
     b"\x00",
     b"\x03\xe8" + bytes.fromhex("abcd 0100 0001 0000 0000 0000") + b"\x3f" + b"q" * 40,
     b"\x00\x05" + bytes(20),
+    # a start that needs more, exactly 64 bytes long (the small policy's bound: complete,
+    # so unknown)
+    b"\x03\xe8" + bytes.fromhex("abcd 0100 0001 0000 0000 0000") + b"\x3f" + b"q" * 49,
     # no protocol
     b"d" * 20,
     b"\x00\x00\x00\x00",
@@ -1499,5 +1502,33 @@ def test_the_compiled_stream_detection_agrees_on_every_short_start() -> None:
     samples += [bytes([a]) for a in range(256)]
     for seed in _DETECTION_SEEDS + _FIRST_PAYLOADS:
         samples += [seed[:i] for i in range(len(seed) + 1)]
+    # TLS record headers at their bounds: versions, lengths, handshake types
+    for major in (2, 3, 4):
+        for minor in range(7):
+            for length in (0, 1, 17, 0x4800, 0x4801, 0xFFFF):
+                for kind in range(4):
+                    header = bytes([0x16, major, minor]) + struct.pack("!H", length)
+                    samples += [header + bytes([kind]), header + bytes([kind]) + bytes(12)]
+    # DNS over TCP at its bounds: lengths, opcodes, the Z bit, counts, labels, classes
+    question = b"\x07example\x03com\x00"
+    for opcode in range(16):
+        for z in (0, 0x40):
+            flags = (opcode << 11) | z | 0x0100
+            for counts in ((1, 0, 0, 0), (1, 256, 256, 256), (1, 257, 0, 0), (2, 0, 0, 0)):
+                header = struct.pack("!HH4H", 0x1234, flags, *counts)
+                body = header + question + b"\x00\x01\x00\x01"
+                samples.append(struct.pack("!H", len(body)) + body)
+    for label in (0x00, 0x01, 0x3F, 0x40, 0x80, 0xC0):
+        for qclass in (0, 1, 2, 3, 4, 5, 253, 254, 255, 256, 0x8001, 0x80FF, 0xFFFF):
+            body = (
+                struct.pack("!HH4H", 1, 0x0100, 1, 0, 0, 0)
+                + bytes([label])
+                + b"a" * (label & 0x3F)
+                + b"\x00"
+                + struct.pack("!HH", 1, qclass)
+            )
+            for length in (16, 17, len(body), len(body) + 1, 0xFFFF):
+                framed = struct.pack("!H", length) + body
+                samples += [framed, framed[:-1], framed[:-4]]
     for data in samples:
         assert _fastpath.detect_stream_compiled(data) == detect_stream(data), data
