@@ -1461,19 +1461,17 @@ cdef class FastPath:
         # (AppInspector.inspect): for a TCP segment without payload, `_start` and `_quiet`
         # make a quiet state that goes with the refused flow (`release` then counts
         # nothing, owes nothing), and ask passive DNS the responder's name, which is done
-        # below once decided; for a segment with payload, the stream detection's answer
-        # says what stays once the flow is discarded (`_app_first_look`: counted below
-        # once decided, or Python's: a protocol's parser); UDP is the inspector's (Python).
+        # below once decided; for a payload, the protocol detection's answer says what stays
+        # once the flow is discarded (`_app_first_look`: counted below once decided, the
+        # parsers of TLS, HTTP and SSH run then, or Python's: DNS, QUIC, a segment at the
+        # bound or over the memory cap).
         cdef bint app_on = self.app.enabled
         cdef int app_look = APP_LOOK_NONE
         if app_on:
-            if proto != PROTO_TCP:
+            app_look = _app_first_look(self.app, proto, p + payload_offset,
+                                       total - payload_offset, flags)
+            if app_look == APP_LOOK_PYTHON:
                 return None
-            if payload_offset < total:
-                app_look = _app_first_look(self.app, p + payload_offset, total - payload_offset,
-                                           flags)
-                if app_look == APP_LOOK_PYTHON:
-                    return None
         # ---- the detectors (Detectors.observe of a flow's first packet, forward)
         cdef int need
         cdef bint answers = False
@@ -1592,12 +1590,17 @@ cdef class FastPath:
         # leaves), the detectors (the answer it gives to a pending probe, as `_tcp` notes
         # it; the last Python code run here)
         if app_on:
-            names = self.app.names
-            if names is not None:
-                self._flush()
-                names.name_of(dst, now_obj)
-            if app_look != APP_LOOK_NONE:
-                _count_app_first_look(self.app, app_look, total - payload_offset)
+            if app_look == APP_LOOK_INSPECT:
+                self._flush()  # (the inspector asks passive DNS itself)
+                _inspect_refused_segment(self.app, p, total, payload_offset, sport, dport,
+                                         flags, src, dst, now_obj)
+            else:
+                names = self.app.names
+                if names is not None:
+                    self._flush()
+                    names.name_of(dst, now_obj)
+                if app_look != APP_LOOK_NONE:
+                    _count_app_first_look(self.app, app_look, total - payload_offset)
         if answers:
             self._note_answer(key, key_hash, now_obj)
         for i in range(n_updates):
@@ -2239,7 +2242,8 @@ cdef extern from *:
         IPS_DET_TLS = 2,
         IPS_DET_HTTP = 3,
         IPS_DET_SSH = 4,
-        IPS_DET_DNS = 5
+        IPS_DET_DNS = 5,
+        IPS_DET_QUIC = 6
     };
 
     /* HTTP_METHODS, each followed by a space (_METHOD_PREFIXES) */
@@ -2364,6 +2368,24 @@ cdef extern from *:
         }
         return ips_dns_tcp(d, n);
     }
+
+    /* _quic_initial: a version 1 long-header Initial with sane connection id lengths */
+    static int ips_quic_initial(const uint8_t *d, Py_ssize_t n) {
+        Py_ssize_t dcid_len, scid_len;
+        if (d[0] & 0x30) return 0;
+        if (d[1] != 0 || d[2] != 0 || d[3] != 0 || d[4] != 1) return 0;
+        dcid_len = d[5];
+        if (dcid_len > 20 || n < 7 + dcid_len) return 0;
+        scid_len = d[6 + dcid_len];
+        return scid_len <= 20 && n >= 7 + dcid_len + scid_len;
+    }
+
+    /* ips/app/detect.py detect_datagram, on the bytes d[0:n] */
+    static int ips_detect_datagram(const uint8_t *d, Py_ssize_t n) {
+        if (n >= 7 && (d[0] & 0xC0) == 0xC0 && ips_quic_initial(d, n)) return IPS_DET_QUIC;
+        if (n >= 17 && ips_dns_header_ok(d) && ips_dns_question(d, 12, n)) return IPS_DET_DNS;
+        return IPS_DET_UNKNOWN;
+    }
     """
     int IPS_DET_NEED_MORE
     int IPS_DET_UNKNOWN
@@ -2372,10 +2394,13 @@ cdef extern from *:
     int IPS_DET_SSH
     int IPS_DET_DNS
     int ips_detect_stream(const uint8_t *d, Py_ssize_t n)
+    int ips_detect_datagram(const uint8_t *d, Py_ssize_t n)
+    int IPS_DET_QUIC
 
 # The names ips/app/detect.py gives ips_detect_stream's answers (None: need more bytes).
 _DETECTED = {IPS_DET_NEED_MORE: None, IPS_DET_UNKNOWN: "unknown", IPS_DET_TLS: "tls",
-             IPS_DET_HTTP: "http", IPS_DET_SSH: "ssh", IPS_DET_DNS: "dns"}
+             IPS_DET_HTTP: "http", IPS_DET_SSH: "ssh", IPS_DET_DNS: "dns",
+             IPS_DET_QUIC: "quic"}
 
 
 def detect_stream_compiled(bytes data):
@@ -2385,22 +2410,40 @@ def detect_stream_compiled(bytes data):
                                        PyBytes_GET_SIZE(data))]
 
 
+def detect_datagram_compiled(bytes data):
+    """ips/app/detect.py's `detect_datagram(data)` as this module computes it."""
+    return _DETECTED[ips_detect_datagram(<const uint8_t *>PyBytes_AS_STRING(data),
+                                         PyBytes_GET_SIZE(data))]
+
+
 cdef enum:
-    # What the inspector's first look at a refused segment with payload leaves (see above)
+    # What the inspector's first look at a refused flow's first packet leaves (see above)
     APP_LOOK_PYTHON = -1   # the inspector's to do (Python)
-    APP_LOOK_NONE = 0      # nothing: no payload (the quiet state goes with the flow)
+    APP_LOOK_NONE = 0      # nothing: no payload (the quiet or UDP state goes with the flow)
     APP_LOOK_HELD = 1      # held until the release: released_flows and released_bytes
     APP_LOOK_UNKNOWN = 2   # protocols["unknown"]
+    APP_LOOK_INSPECT = 3   # a protocol's parser reads it, which leaves no event (see below)
 
 
-cdef int _app_first_look(object app, const uint8_t *payload, Py_ssize_t n,
+cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize_t n,
                          int flags) except -2:
-    """What the inspector's first look at a refused flow's first TCP segment (n > 0 bytes
-    of payload, not a fragment) leaves once the flow is discarded: APP_LOOK_HELD,
-    APP_LOOK_UNKNOWN, or APP_LOOK_PYTHON when this module does not reproduce it. Changes
-    nothing (`_count_app_first_look` counts it once the packet is decided)."""
+    """What the inspector's first look at a refused flow's first packet (TCP or UDP, n
+    bytes of payload, not a fragment) leaves once the flow is discarded: one of APP_LOOK_*.
+    Changes nothing (`_count_app_first_look` or `_inspect_refused_segment` does it once the
+    packet is decided)."""
+    if n <= 0:
+        return APP_LOOK_NONE
     if type(app) is not APP_INSPECTOR:
         return APP_LOOK_PYTHON  # (a subclass may look otherwise)
+    counters = app.counters
+    if type(counters) is not APP_COUNTERS or type(counters.protocols) is not COUNTER:
+        return APP_LOOK_PYTHON
+    if proto == PROTO_UDP:
+        # `_udp`: detect_datagram names the datagram's protocol; unknown closes the flow's
+        # inspection at once; QUIC's and DNS's readers read it (events, passive DNS).
+        if ips_detect_datagram(payload, n) == IPS_DET_UNKNOWN:
+            return APP_LOOK_UNKNOWN
+        return APP_LOOK_PYTHON
     reassembler = app.reassembler
     if type(reassembler) is not REASSEMBLER:
         return APP_LOOK_PYTHON
@@ -2414,16 +2457,15 @@ cdef int _app_first_look(object app, const uint8_t *payload, Py_ssize_t n,
     cap = reassembler.memory_cap
     if type(used) is not int or type(cap) is not int or used + n > cap:
         return APP_LOOK_PYTHON
-    counters = app.counters
-    if type(counters) is not APP_COUNTERS or type(counters.protocols) is not COUNTER:
-        return APP_LOOK_PYTHON
     cdef int found = ips_detect_stream(payload, n)
     if found == IPS_DET_NEED_MORE:
         # _detect_stream: a side that ended (FIN or RST) says no more: unknown
         return APP_LOOK_UNKNOWN if flags & (TCP_FIN | TCP_RST) else APP_LOOK_HELD
     if found == IPS_DET_UNKNOWN:
         return APP_LOOK_UNKNOWN
-    return APP_LOOK_PYTHON  # a protocol: its parser reads the segment
+    if found == IPS_DET_TLS or found == IPS_DET_HTTP or found == IPS_DET_SSH:
+        return APP_LOOK_INSPECT
+    return APP_LOOK_PYTHON  # DNS: each message read is an event (on the packet's Decision)
 
 
 cdef int _count_app_first_look(object app, int look, Py_ssize_t n) except -1:
@@ -2439,4 +2481,34 @@ cdef int _count_app_first_look(object app, int look, Py_ssize_t n) except -1:
     elif look == APP_LOOK_HELD:
         counters.released_flows += 1
         counters.released_bytes += n
+    return 0
+
+
+cdef int _inspect_refused_segment(object app, const uint8_t *p, Py_ssize_t total,
+                                  Py_ssize_t payload_offset, int sport, int dport, int flags,
+                                  object src, object dst, object now_obj) except -1:
+    """The inspector's first look at a refused flow's first TCP segment whose payload
+    starts a TLS, HTTP or SSH stream, done by the inspector itself (nothing owed: the
+    caller flushed): its parser reads the client's side and may count a malformed or
+    incomplete message, and `release` (Engine._discard) may count the events the flow owed
+    and the bytes it held. `inspect` makes no event of such a segment: TLS and SSH events
+    are made when both sides are done, HTTP's when a response pairs a request, and the
+    server's side of a flow whose first packet this is has neither bytes nor an end. The
+    flow and the packet are made as FlowTable.open and the decoder make them; nothing of
+    either stays (the events `release` makes are not written: `_discard` drops them)."""
+    cdef int family = p[0] >> 4
+    if family == 4:
+        hl = (p[0] & 0x0F) * 4
+        ttl = p[8]
+        tos = p[1]
+    else:
+        hl = 40
+        ttl = p[7]
+        tos = ((p[0] & 0x0F) << 4) | (p[1] >> 4)
+    pkt = PACKET(PyBytes_FromStringAndSize(<const char *>p, total), family, src, dst,
+                 PROTO_TCP, sport, dport, flags, -1, -1, ttl, tos, hl, payload_offset, 0, ())
+    flow = FLOW(pkt, 0, now_obj)  # (its id is never read: the events are dropped)
+    app.inspect(pkt, flow, True, now_obj)
+    if _get(flow, F_APP_STATE) is not None:
+        app.release(flow, now_obj)  # (the flow's last_seen)
     return 0

@@ -41,6 +41,13 @@ from ips.io.pcap import MAX_EMPTY_RUN, CaptureError, read_capture, write_pcap
 from ips.policy.compile import CompiledRule
 from ips.policy.resolve import load_policy_text
 from ips.replay import replay_captures
+from tests.pure.test_app_parsers import dns_query, dns_response
+from tests.pure.test_app_tls import (
+    chrome_like_extensions,
+    client_hello_message,
+    records,
+    server_hello_message,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = (ROOT / "policies" / "gateway.rules").read_text()
@@ -1390,6 +1397,32 @@ _FIRST_PAYLOADS = [
     b"\x00\x00\x00\x00",
     bytes(range(256)) * 2,
 ]
+_FIRST_PAYLOADS += [
+    # whole ClientHellos (parsed: the release counts the tls event the flow owed), one cut
+    # (the parser waits for its length), a ServerHello read as a client's (malformed)
+    records(client_hello_message(chrome_like_extensions("Example.COM", pq=False))),
+    records(client_hello_message(chrome_like_extensions("refused.example")))[:900],
+    records(server_hello_message(b"")),
+    # HTTP requests the parser reads whole, one cut, one malformed
+    b"GET /a HTTP/1.1\r\nHost: refused.example\r\nUser-Agent: t\r\n\r\n"
+    b"GET /b HTTP/1.1\r\nHost: refused.example\r\n\r\n",
+    b"GET /cut HTTP/1.1\r\nHost: refu",
+    b"GET \x00\x01 bad\r\n\r\n",
+    # an SSH banner cut, and one that is malformed
+    b"SSH-2.0-Open",
+    b"SSH-9\r\n",
+]
+# UDP datagrams: DNS (each message is an event: Python), a QUIC Initial's start (its
+# reader: Python), bytes of no protocol (unknown), and none (the flow's UDP state goes)
+_FIRST_DATAGRAMS = [
+    dns_query("refused.example"),
+    dns_response(),
+    b"\xc3\x00\x00\x00\x01\x08" + bytes(8) + b"\x00" + bytes(60),
+    b"\xc3\x00\x00\x00\x02\x08" + bytes(70),
+    b"u" * 30,
+    bytes(range(40)),
+    b"",
+]
 _FIRST_FLAGS = [0x10, 0x18, 0x18, 0x11, 0x14, 0x19, 0x02]
 
 _FIRST_PAYLOAD_POLICIES = {
@@ -1423,8 +1456,18 @@ def first_payload_traffic(seed: int) -> list[tuple[float, bytes]]:
             src = rng.choice(_REFUSED_NETS).format(rng.randrange(4), rng.randrange(1, 250))
             dst = rng.choice(_REFUSED_TARGETS)
             dport = rng.choice([22, 53, 80, 443, 8080, 20000 + rng.randrange(50)])
+        if rng.random() < 0.1:
+            dst = "192.0.2.1"  # the name passive DNS learns (dns_response: example.com)
         sport = 30000 + rng.randrange(2000)
         seq = rng.randrange(1 << 32)
+        if rng.random() < 0.25:
+            datagram = rng.choice(_FIRST_DATAGRAMS)
+            if datagram is _FIRST_DATAGRAMS[1]:
+                src, sport = "10.10.2.53", 53  # an answer that teaches passive DNS
+            packet = build_packet(PROTO_UDP, src, dst, sport, dport, payload=datagram)
+            out.append((now, packet))
+            now += rng.expovariate(700.0)
+            continue
         for copy in range(rng.choice([1, 1, 1, 2, 3])):
             packet = build_packet(
                 PROTO_TCP, src, dst, sport, dport, flags=flags, seq=seq, payload=payload
@@ -1452,9 +1495,16 @@ def test_refused_first_segments_with_payload_decide_the_same(policy: str, seed: 
         pair.handle(data, META, now)
     pair.finish(now + 1.0)
     app = pair.slow.stats.app
-    # every outcome occurred: held bytes released, unknown, and each protocol (Python's)
+    # every outcome occurred: held bytes released, unknown, each protocol, the events owed
+    # at the release (tls, http), malformed and incomplete messages, names asked and learned
     assert app.released_flows > 0 and app.protocols["unknown"] > 0, app
-    assert {"tls", "http", "ssh", "dns"} <= set(app.protocols), app.protocols
+    assert {"tls", "http", "ssh", "dns", "quic"} <= set(app.protocols), app.protocols
+    # (a ClientHello is longer than the small bound: cut, incomplete, no event)
+    assert {"http", "dns"} <= set(app.events), app.events
+    if policy != "gateway-app-small":
+        assert app.events["tls"] > 0, app.events
+    assert app.malformed, app
+    assert pair.slow.pdns.learned > 0
     assert pair.flowless_packets > pair.packets // 3, (pair.flowless_packets, pair.packets)
     if policy == "gateway-app-small":
         reasons = pair.slow.app.reassembler.counters
@@ -1489,6 +1539,29 @@ def test_the_compiled_stream_detection_is_detect_streams(data: bytes) -> None:
     from ips.fast import _fastpath
 
     assert _fastpath.detect_stream_compiled(data) == detect_stream(data)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=60),
+        st.tuples(
+            st.sampled_from([*_FIRST_DATAGRAMS, _DNS_QUERY]),
+            st.integers(0, 70),
+            st.integers(0, 255),
+        ).map(lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1 :]),
+    )
+)
+def test_the_compiled_datagram_detection_is_detect_datagrams(data: bytes) -> None:
+    """The compiled path's port of ips/app/detect.py `detect_datagram` answers as the
+    Python function: random bytes, and QUIC and DNS datagrams with one byte changed."""
+    need_fast_path()
+    from ips.app.detect import detect_datagram
+    from ips.fast import _fastpath
+
+    assert _fastpath.detect_datagram_compiled(data) == detect_datagram(data)
+    for cut in (7, 17, 30):
+        assert _fastpath.detect_datagram_compiled(data[:cut]) == detect_datagram(data[:cut])
 
 
 def test_the_compiled_stream_detection_agrees_on_every_short_start() -> None:
