@@ -1596,7 +1596,7 @@ cdef class FastPath:
                                          flags, src, dst, now_obj)
             else:
                 names = self.app.names
-                if names is not None:
+                if names is not None and _name_of_does_something(names, dst):
                     self._flush()
                     names.name_of(dst, now_obj)
                 if app_look != APP_LOOK_NONE:
@@ -2224,12 +2224,14 @@ from collections import Counter as _Counter
 
 from ips.app.detect import APP_UNKNOWN as _APP_UNKNOWN
 from ips.app.inspect import AppCounters as _AppCounters, AppInspector as _AppInspector
+from ips.app.passive_dns import PassiveDns as _PassiveDns
 from ips.app.reassembly import Reassembler as _Reassembler
 
 cdef type APP_INSPECTOR = _AppInspector
 cdef type APP_COUNTERS = _AppCounters
 cdef type REASSEMBLER = _Reassembler
 cdef type COUNTER = _Counter
+cdef type PASSIVE_DNS = _PassiveDns
 cdef object APP_UNKNOWN = _APP_UNKNOWN
 
 cdef extern from *:
@@ -2512,3 +2514,16 @@ cdef int _inspect_refused_segment(object app, const uint8_t *p, Py_ssize_t total
     if _get(flow, F_APP_STATE) is not None:
         app.release(flow, now_obj)  # (the flow's last_seen)
     return 0
+
+
+cdef bint _name_of_does_something(object names, object addr) except -1:
+    """Whether passive DNS's `name_of(addr, now)` may change anything: PassiveDns.name_of
+    of an address it has no entry for returns None and touches nothing (an entry is moved
+    to the end, or dropped when expired), so the call is left out then -- for most refused
+    packets, and with it the flush of what is owed before a call out of this module."""
+    if type(names) is not PASSIVE_DNS:
+        return True  # (another NameSource: asked)
+    entries = names._entries
+    if not isinstance(entries, dict):
+        return True
+    return PyDict_GetItem(entries, addr) is not NULL
