@@ -2224,6 +2224,9 @@ from collections import Counter as _Counter
 
 from ips.app.detect import APP_UNKNOWN as _APP_UNKNOWN
 from ips.app.inspect import AppCounters as _AppCounters, AppInspector as _AppInspector
+from ips.app import http as _http
+from ips.app import tls as _tls
+from ips.app.detect import APP_HTTP as _APP_HTTP, APP_TLS as _APP_TLS
 from ips.app.passive_dns import PassiveDns as _PassiveDns
 from ips.app.reassembly import Reassembler as _Reassembler
 
@@ -2233,6 +2236,17 @@ cdef type REASSEMBLER = _Reassembler
 cdef type COUNTER = _Counter
 cdef type PASSIVE_DNS = _PassiveDns
 cdef object APP_UNKNOWN = _APP_UNKNOWN
+cdef object APP_TLS = _APP_TLS
+cdef object APP_HTTP = _APP_HTTP
+# What the TLS and HTTP parsers answer for the two first segments read here without them
+# (see _app_first_look): a ServerHello read as a client's stream, an HTTP response read as
+# requests; checked against the bounds those answers rely on (else: the inspector reads).
+cdef object TLS_UNEXPECTED = _tls.M_UNEXPECTED_MESSAGE.reason
+cdef bint TLS_SERVER_FIRST_OK = _tls.MAX_RECORD >= 16384 + 2048
+cdef object HTTP_BAD_REQUEST_LINE = _http.M_BAD_REQUEST_LINE.reason
+cdef object HTTP_TOO_MANY_HEADERS = _http.M_TOO_MANY_HEADERS.reason
+cdef Py_ssize_t HTTP_MAX_HEADER_BYTES = _http.MAX_HEADER_BYTES
+cdef Py_ssize_t HTTP_MAX_HEADERS = _http.MAX_HEADERS
 
 cdef extern from *:
     """
@@ -2425,6 +2439,13 @@ cdef enum:
     APP_LOOK_HELD = 1      # held until the release: released_flows and released_bytes
     APP_LOOK_UNKNOWN = 2   # protocols["unknown"]
     APP_LOOK_INSPECT = 3   # a protocol's parser reads it, which leaves no event (see below)
+    # TLS or HTTP whose parser's answer is known from a few bytes (see _app_first_look):
+    # protocols[tls|http], the parser's malformed reason (or none: the request's header
+    # block still arriving), and the release of the bytes held
+    APP_LOOK_TLS_UNEXPECTED = 4
+    APP_LOOK_HTTP_BAD_LINE = 5
+    APP_LOOK_HTTP_TOO_MANY = 6
+    APP_LOOK_HTTP_HELD = 7
 
 
 cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize_t n,
@@ -2438,7 +2459,9 @@ cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize
     if type(app) is not APP_INSPECTOR:
         return APP_LOOK_PYTHON  # (a subclass may look otherwise)
     counters = app.counters
-    if type(counters) is not APP_COUNTERS or type(counters.protocols) is not COUNTER:
+    if type(counters) is not APP_COUNTERS or type(counters.protocols) is not COUNTER or (
+        type(counters.malformed) is not COUNTER
+    ):
         return APP_LOOK_PYTHON
     if proto == PROTO_UDP:
         # `_udp`: detect_datagram names the datagram's protocol; unknown closes the flow's
@@ -2465,24 +2488,87 @@ cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize
         return APP_LOOK_UNKNOWN if flags & (TCP_FIN | TCP_RST) else APP_LOOK_HELD
     if found == IPS_DET_UNKNOWN:
         return APP_LOOK_UNKNOWN
-    if found == IPS_DET_TLS or found == IPS_DET_HTTP or found == IPS_DET_SSH:
+    if found == IPS_DET_TLS:
+        return _tls_first_look(payload, n)
+    if found == IPS_DET_HTTP:
+        return _http_first_look(payload, n)
+    if found == IPS_DET_SSH:
         return APP_LOOK_INSPECT
     return APP_LOOK_PYTHON  # DNS: each message read is an event (on the packet's Decision)
 
 
+cdef int _tls_first_look(const uint8_t *d, Py_ssize_t n):
+    """A first segment detected as TLS (a handshake record, 3.x, a sane length, a hello's
+    type): when its one record holds a ServerHello (a flow picked up at the server's
+    answer), `parse_client_hello` answers "tls.unexpected-message" whatever follows
+    (_handshake_bytes takes the single record, _first_message reads its first byte), and
+    the release owes no event (no hello, no server flight). Anything else: the inspector."""
+    cdef Py_ssize_t length = (d[3] << 8) | d[4]
+    if TLS_SERVER_FIRST_OK and d[5] == 2 and 5 + length >= n:
+        return APP_LOOK_TLS_UNEXPECTED
+    return APP_LOOK_INSPECT
+
+
+cdef int _http_first_look(const uint8_t *d, Py_ssize_t n):
+    """A first segment detected as HTTP that starts with "HTTP/1." (a response: a flow
+    picked up at the server's answer), read by `requests_from` as the client's requests:
+    its header block (_header_block: up to the first blank line, CRLF or LF) not complete
+    yet: INCOMPLETE, nothing counted (the bytes held until the release); complete, with
+    more than MAX_HEADERS header lines: "http.too-many-headers"; else its start line is
+    no request line whatever it holds (the method token "HTTP/1..." keeps its "/" once
+    stripped of token characters, and a version or the part count fails otherwise):
+    "http.bad-request-line". No request, so the release owes no event. A request (its
+    fields, events at the release): the inspector."""
+    cdef const uint8_t *crlf
+    cdef const uint8_t *lf
+    cdef const uint8_t *at
+    cdef Py_ssize_t lines, i
+    if n < 7 or memcmp(d, b"HTTP/1.", 7) != 0 or n >= HTTP_MAX_HEADER_BYTES:
+        return APP_LOOK_INSPECT
+    crlf = <const uint8_t *>memmem(d, n, b"\r\n\r\n", 4)
+    lf = <const uint8_t *>memmem(d, n, b"\n\n", 2)
+    if crlf is NULL and lf is NULL:
+        return APP_LOOK_HTTP_HELD
+    at = lf if crlf is NULL or (lf is not NULL and lf < crlf) else crlf
+    lines = 1
+    for i in range(at - d):
+        if d[i] == 0x0A:
+            lines += 1
+    if lines > HTTP_MAX_HEADERS + 1:
+        return APP_LOOK_HTTP_TOO_MANY
+    return APP_LOOK_HTTP_BAD_LINE
+
+
+cdef inline int _count_in(object counter, object key) except -1:
+    """Counter's `counter[key] += 1` (a missing key is 0)."""
+    cdef PyObject *found = PyDict_GetItem(counter, key)
+    PyDict_SetItem(counter, key, 1 if found is NULL else <object>found + 1)
+    return 0
+
+
 cdef int _count_app_first_look(object app, int look, Py_ssize_t n) except -1:
     """Count what `_app_first_look` said the inspector's first look leaves (the packet is
-    decided): as `_detect_stream` counts a protocol (Counter's `+= 1`: a missing key is
-    0), or as `release` counts a flow whose streams still held bytes."""
-    cdef PyObject *found
+    decided): as `_detect_stream` counts a protocol, as the parser counts a malformed
+    message, and as `release` counts a flow whose streams still held bytes."""
     counters = app.counters
     if look == APP_LOOK_UNKNOWN:
-        protocols = counters.protocols
-        found = PyDict_GetItem(protocols, APP_UNKNOWN)
-        PyDict_SetItem(protocols, APP_UNKNOWN, 1 if found is NULL else <object>found + 1)
-    elif look == APP_LOOK_HELD:
-        counters.released_flows += 1
-        counters.released_bytes += n
+        _count_in(counters.protocols, APP_UNKNOWN)
+        return 0
+    if look == APP_LOOK_TLS_UNEXPECTED:
+        _count_in(counters.protocols, APP_TLS)
+        _count_in(counters.malformed, TLS_UNEXPECTED)
+    elif look == APP_LOOK_HTTP_BAD_LINE or look == APP_LOOK_HTTP_TOO_MANY or (
+        look == APP_LOOK_HTTP_HELD
+    ):
+        _count_in(counters.protocols, APP_HTTP)
+        if look == APP_LOOK_HTTP_BAD_LINE:
+            _count_in(counters.malformed, HTTP_BAD_REQUEST_LINE)
+        elif look == APP_LOOK_HTTP_TOO_MANY:
+            _count_in(counters.malformed, HTTP_TOO_MANY_HEADERS)
+    elif look != APP_LOOK_HELD:
+        return 0
+    counters.released_flows += 1
+    counters.released_bytes += n
     return 0
 
 
