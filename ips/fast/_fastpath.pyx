@@ -1579,6 +1579,8 @@ cdef class FastPath:
         unreplied = table["_unreplied"]
         if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
             return None
+        if app_look == APP_LOOK_DNS and not _flow_ids_known(table):
+            return None  # (the flow's id rides on its events)
         # The floods' buckets last: nothing that may still send the packet to Python (and
         # no Python code) runs between their reading and their update.
         if floods is not None and len(floods) > 0:
@@ -1590,10 +1592,18 @@ cdef class FastPath:
         # leaves), the detectors (the answer it gives to a pending probe, as `_tcp` notes
         # it; the last Python code run here)
         if app_on:
-            if app_look == APP_LOOK_INSPECT:
+            if app_look == APP_LOOK_INSPECT or app_look == APP_LOOK_DNS:
                 self._flush()  # (the inspector asks passive DNS itself)
-                _inspect_refused_segment(self.app, p, total, payload_offset, sport, dport,
-                                         flags, src, dst, now_obj)
+                events = _inspect_refused_first(self.app, table, p, total, payload_offset,
+                                                proto, sport, dport, flags, src, dst, now_obj)
+                if events is not None:
+                    # Engine._finish's Decision for a refusal with effects (a DNS message's
+                    # events): no data, no reply, the rule, or the default's reason
+                    decision = DECISION(
+                        _get(decision, D_VERDICT),
+                        matched.rule if matched is not None else None,
+                        None, None, list(events), "" if matched is not None else "default",
+                    )
             else:
                 names = self.app.names
                 if names is not None and _name_of_does_something(names, dst):
@@ -2229,12 +2239,14 @@ from ips.app import tls as _tls
 from ips.app.detect import APP_HTTP as _APP_HTTP, APP_TLS as _APP_TLS
 from ips.app.passive_dns import PassiveDns as _PassiveDns
 from ips.app.reassembly import Reassembler as _Reassembler
+from ips.core.flow import _ID_MASK
 
 cdef type APP_INSPECTOR = _AppInspector
 cdef type APP_COUNTERS = _AppCounters
 cdef type REASSEMBLER = _Reassembler
 cdef type COUNTER = _Counter
 cdef type PASSIVE_DNS = _PassiveDns
+cdef object FLOW_ID_MASK = _ID_MASK
 cdef object APP_UNKNOWN = _APP_UNKNOWN
 cdef object APP_TLS = _APP_TLS
 cdef object APP_HTTP = _APP_HTTP
@@ -2446,6 +2458,9 @@ cdef enum:
     APP_LOOK_HTTP_BAD_LINE = 5
     APP_LOOK_HTTP_TOO_MANY = 6
     APP_LOOK_HTTP_HELD = 7
+    # a UDP datagram that is a DNS message: the inspector reads it (its events ride on the
+    # packet's Decision, as Engine._decide puts them there)
+    APP_LOOK_DNS = 8
 
 
 cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize_t n,
@@ -2454,6 +2469,7 @@ cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize
     bytes of payload, not a fragment) leaves once the flow is discarded: one of APP_LOOK_*.
     Changes nothing (`_count_app_first_look` or `_inspect_refused_segment` does it once the
     packet is decided)."""
+    cdef int found
     if n <= 0:
         return APP_LOOK_NONE
     if type(app) is not APP_INSPECTOR:
@@ -2466,9 +2482,12 @@ cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize
     if proto == PROTO_UDP:
         # `_udp`: detect_datagram names the datagram's protocol; unknown closes the flow's
         # inspection at once; QUIC's and DNS's readers read it (events, passive DNS).
-        if ips_detect_datagram(payload, n) == IPS_DET_UNKNOWN:
+        found = ips_detect_datagram(payload, n)
+        if found == IPS_DET_UNKNOWN:
             return APP_LOOK_UNKNOWN
-        return APP_LOOK_PYTHON
+        if found == IPS_DET_DNS:
+            return APP_LOOK_DNS
+        return APP_LOOK_PYTHON  # QUIC: its reader
     reassembler = app.reassembler
     if type(reassembler) is not REASSEMBLER:
         return APP_LOOK_PYTHON
@@ -2482,7 +2501,7 @@ cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize
     cap = reassembler.memory_cap
     if type(used) is not int or type(cap) is not int or used + n > cap:
         return APP_LOOK_PYTHON
-    cdef int found = ips_detect_stream(payload, n)
+    found = ips_detect_stream(payload, n)
     if found == IPS_DET_NEED_MORE:
         # _detect_stream: a side that ended (FIN or RST) says no more: unknown
         return APP_LOOK_UNKNOWN if flags & (TCP_FIN | TCP_RST) else APP_LOOK_HELD
@@ -2572,18 +2591,21 @@ cdef int _count_app_first_look(object app, int look, Py_ssize_t n) except -1:
     return 0
 
 
-cdef int _inspect_refused_segment(object app, const uint8_t *p, Py_ssize_t total,
-                                  Py_ssize_t payload_offset, int sport, int dport, int flags,
-                                  object src, object dst, object now_obj) except -1:
-    """The inspector's first look at a refused flow's first TCP segment whose payload
-    starts a TLS, HTTP or SSH stream, done by the inspector itself (nothing owed: the
-    caller flushed): its parser reads the client's side and may count a malformed or
-    incomplete message, and `release` (Engine._discard) may count the events the flow owed
-    and the bytes it held. `inspect` makes no event of such a segment: TLS and SSH events
+cdef object _inspect_refused_first(object app, dict table, const uint8_t *p, Py_ssize_t total,
+                                  Py_ssize_t payload_offset, int proto, int sport, int dport,
+                                  int flags, object src, object dst, object now_obj):
+    """The inspector's first look at a refused flow's first packet, done by the inspector
+    itself (nothing owed: the caller flushed), as Engine._decide and _discard do it: the
+    flow and the packet made as FlowTable.open (its next id) and the decoder make them,
+    `inspect`, then `release` (whose events `_discard` drops); nothing of either stays.
+    Returns the events `inspect` made (a list), or None.
+
+    A TCP segment that starts a TLS, HTTP or SSH stream makes none: its parser reads the
+    client's side (and may count a malformed or incomplete message); TLS and SSH events
     are made when both sides are done, HTTP's when a response pairs a request, and the
-    server's side of a flow whose first packet this is has neither bytes nor an end. The
-    flow and the packet are made as FlowTable.open and the decoder make them; nothing of
-    either stays (the events `release` makes are not written: `_discard` drops them)."""
+    server's side of a flow whose first packet this is has neither bytes nor an end; the
+    release may count the events the flow owed and the bytes it held. A DNS datagram makes
+    one per question of a query, or one for an answer (which teaches passive DNS)."""
     cdef int family = p[0] >> 4
     if family == 4:
         hl = (p[0] & 0x0F) * 4
@@ -2594,12 +2616,20 @@ cdef int _inspect_refused_segment(object app, const uint8_t *p, Py_ssize_t total
         ttl = p[7]
         tos = ((p[0] & 0x0F) << 4) | (p[1] >> 4)
     pkt = PACKET(PyBytes_FromStringAndSize(<const char *>p, total), family, src, dst,
-                 PROTO_TCP, sport, dport, flags, -1, -1, ttl, tos, hl, payload_offset, 0, ())
-    flow = FLOW(pkt, 0, now_obj)  # (its id is never read: the events are dropped)
-    app.inspect(pkt, flow, True, now_obj)
+                 proto, sport, dport, flags, -1, -1, ttl, tos, hl, payload_offset, 0, ())
+    flow_id = ((table["_next_id"] + 1) * table["_id_mult"] + table["_id_seed"]) & FLOW_ID_MASK
+    flow = FLOW(pkt, flow_id, now_obj)
+    events = app.inspect(pkt, flow, True, now_obj)
     if _get(flow, F_APP_STATE) is not None:
         app.release(flow, now_obj)  # (the flow's last_seen)
-    return 0
+    return events
+
+
+cdef bint _flow_ids_known(dict table):
+    """Whether the flow table's next flow id can be made here as FlowTable._open makes it."""
+    return type(table.get("_next_id")) is int and type(table.get("_id_mult")) is int and (
+        type(table.get("_id_seed")) is int
+    )
 
 
 cdef bint _name_of_does_something(object names, object addr) except -1:
