@@ -41,8 +41,15 @@ for) is decided here when the policy refuses it with nothing to say, for then th
 discarded before it is filed (Engine._discard, FlowTable._discard_opened) and nothing of it
 stays but counters:
 
-  * TCP or UDP as above, no block, no translation, application parsing off (its first
-    look at a flow is Python's);
+  * TCP or UDP as above, no block, no translation; with application parsing on, the
+    inspector's first look at the flow leaves what this module can reproduce or run
+    (`_app_first_look`, at the end of this file): nothing but a quiet state (no payload),
+    counters only (a stream whose first bytes need more, or name no protocol -- ips/app/
+    detect.py's detection ported to C --, a ServerHello or an HTTP response read as a
+    client's), or the inspector's own look, run here once the packet is decided (a TLS,
+    HTTP or SSH client's first bytes: no event possible; a DNS datagram: its events put
+    on the Decision as Engine._finish puts them); QUIC, DNS over TCP, a segment at the
+    reassembly bound or over its memory cap go to Python;
   * the detectors declared what they do with a flow's first packet (PacketInterest
     first_tcp, first_udp_quiet, first_udp): nothing, or only an answer to a pending probe
     that is no failure (not a reset), which `note_answer` notes as `_tcp` and `_udp` would,
@@ -57,7 +64,10 @@ stays but counters:
     source or destination or rule, with a token) -- or none matches and the default drops.
 
 Then it counts EngineStats.packets and verdicts, the rule's hits and its limit's bucket, and
-the flow table's next id, created, discarded and the unreplied queue's stand-in for the flow.
+the flow table's next id, created, discarded and the unreplied queue's stand-in for the flow;
+with parsing on, the application layer's counters the first look leaves (protocols, malformed
+messages, the flows and bytes released), and asks passive DNS the responder's name when it
+knows the address (name_of of an unknown address changes nothing).
 
 Counters are owed (`FastPath.owed`): counted in C fields and written to the engine's objects
 by `_flush` before any call out of this module and before returning to its caller, so that
