@@ -1270,13 +1270,19 @@ cdef class FastPath:
         # inspector's quiet state): AppInspector.inspect does nothing with a segment without
         # payload, SYN, FIN or RST (_quiet), so its handshake's ACK and bare ACKs are decided
         # here (offload_kind gives a TCP packet without payload none; a refusal, which may
-        # owe the inspector's events, goes to Python).
+        # owe the inspector's events, goes to Python). So are bare ACKs of a flow whose
+        # streams the inspector reads, when `inspect` does nothing with them either
+        # (`_bare_segment_reads_nothing`).
         app_state = _get(flow, F_APP_STATE)
         cdef bint app_quiet = False
         if app_state is not None:
-            if proto != PROTO_TCP or payload_offset < total or (
-                type(app_state) is not self.quiet_state
-            ) or not self.app.enabled:
+            if proto != PROTO_TCP or payload_offset < total:
+                return None
+            if type(app_state) is not self.quiet_state and not _bare_segment_reads_nothing(
+                self.app, app_state, flow, py_sport, src
+            ):
+                return None
+            if not self.app.enabled:  # (an app object is there: either state needs one)
                 return None
             app_quiet = True
         cdef bint fwd = _get(flow, F_SPORT) == py_sport and _get(flow, F_SRC) == src
@@ -2257,6 +2263,9 @@ cdef type REASSEMBLER = _Reassembler
 cdef type COUNTER = _Counter
 cdef type PASSIVE_DNS = _PassiveDns
 cdef object FLOW_ID_MASK = _ID_MASK
+# The inspector's state of a TCP flow whose streams it reads (None: not named; such flows'
+# bare ACKs go to Python)
+cdef object TCP_READING = getattr(_AppInspector, "tcp_reading_state", None)
 cdef object APP_UNKNOWN = _APP_UNKNOWN
 cdef object APP_TLS = _APP_TLS
 cdef object APP_HTTP = _APP_HTTP
@@ -2653,3 +2662,24 @@ cdef bint _name_of_does_something(object names, object addr) except -1:
     if not isinstance(entries, dict):
         return True
     return PyDict_GetItem(entries, addr) is not NULL
+
+
+cdef bint _bare_segment_reads_nothing(object app, object app_state, object flow,
+                                      object sport, object src) except -1:
+    """Whether `inspect` does nothing with a TCP segment without payload, SYN, FIN or RST
+    of a flow whose streams the inspector reads (its `_Tcp` state): Reassembler.add places
+    nothing (no payload, no SYN, no FIN) and changes nothing (a closed flow counts only a
+    payload), so `_tcp` returns at once -- unless the packet's direction had ended (a FIN
+    or RST seen) while its side is still being read: then the side is read once more
+    (its message will not be completed). Read as `_tcp` reads them: the state's streams,
+    the direction's end, the side's openness."""
+    if TCP_READING is None or type(app_state) is not TCP_READING:
+        return False
+    if type(app) is not APP_INSPECTOR:
+        return False
+    cdef bint fwd = _get(flow, F_SPORT) == sport and _get(flow, F_SRC) == src
+    streams = app_state.streams
+    side = streams.to_server if fwd else streams.to_client
+    if side.fin and (app_state.client_open if fwd else app_state.server_open):
+        return False
+    return True

@@ -1615,3 +1615,62 @@ def test_the_compiled_stream_detection_agrees_on_every_short_start() -> None:
                 samples += [framed, framed[:-1], framed[:-4]]
     for data in samples:
         assert _fastpath.detect_stream_compiled(data) == detect_stream(data), data
+
+
+def _segment(
+    ends: tuple[str, str, int, int], fwd: bool, flags: int, seq: int, payload: bytes = b""
+) -> bytes:
+    """A TCP segment of the connection (client, server, client port, server port)."""
+    client, server, cport, port = ends
+    if fwd:
+        return build_packet(
+            PROTO_TCP, client, server, cport, port, flags=flags, seq=seq, payload=payload
+        )
+    return build_packet(
+        PROTO_TCP, server, client, port, cport, flags=flags, seq=seq, payload=payload
+    )
+
+
+@pytest.mark.parametrize("cut", [300, 1000])
+def test_bare_acks_of_a_flow_being_read_are_decided_in_compiled_code(cut: int) -> None:
+    """With application parsing on, a bare ACK of an accepted flow whose first bytes the
+    inspector is reading (a ClientHello or a request still arriving): `inspect` does
+    nothing with it, so the compiled path decides it — unless its direction has ended (a
+    FIN) while its side is still read, which `inspect` reads once more (Python). The same
+    decisions, application state and counters as the Python engine."""
+    need_fast_path()
+    pair = Pair(GATEWAY)
+    hello = records(client_hello_message(chrome_like_extensions("reading.example")))
+    request = b"GET /slow HTTP/1.1\r\nHost: reading.example\r\nUser-Agent: t\r\n\r\n"
+    now = 60.0
+    decided = 0
+    for i in range(24):
+        now += 0.01
+        port, first, at = (443, hello, cut) if i % 2 else (80, request, 20)
+        ends = (f"10.10.1.{20 + i % 5}", "10.10.2.10", 44000 + i, port)
+        head, rest = first[:at], first[at:]
+        c, s = 1000, 5000  # each side's first sequence number after its SYN
+        for fwd, flags, seq, payload in (
+            (True, 0x02, c - 1, b""),
+            (False, 0x12, s - 1, b""),
+            (True, 0x10, c, b""),
+            (True, 0x18, c, head),  # the inspector starts reading
+        ):
+            pair.handle(_segment(ends, fwd, flags, seq, payload), META, now)
+        before = pair.fast_packets
+        # bare ACKs, each way: nothing to read
+        pair.handle(_segment(ends, False, 0x10, s), META, now)
+        pair.handle(_segment(ends, True, 0x10, c + len(head)), META, now)
+        decided += pair.fast_packets - before
+        if i % 3 == 0:
+            # the client's side ends before its message is whole: its next bare ACK is read
+            steps = [(True, 0x11, c + len(head)), (True, 0x10, c + len(head) + 1)]
+            for fwd, flags, seq in steps:
+                pair.handle(_segment(ends, fwd, flags, seq), META, now)
+        else:
+            pair.handle(_segment(ends, True, 0x18, c + len(head), rest), META, now)
+        pair.handle(_segment(ends, False, 0x10, s), META, now)
+        pair.check_state()
+    pair.finish(now + 1.0)
+    assert decided >= 2 * 20, decided
+    assert pair.slow.stats.app.incomplete, pair.slow.stats.app
