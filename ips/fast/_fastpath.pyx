@@ -18,7 +18,8 @@ decoded here: `Engine.handle_python`). A packet qualifies when:
     state machine), so the flow table would only count it -- or the flow is in SYN_RECV
     and the packet an ACK, the handshake's last step (moved and recorded here); with
     application parsing on, a flow the inspector has read nothing of yet (its quiet state)
-    and a packet without payload, accepted;
+    and a packet without payload, accepted -- or a flow whose first bytes it reads and a
+    bare ACK that `inspect` lets go (`_bare_segment_reads_nothing`), accepted;
   * no block applies (the `banned` table, a MAC block, a translated reply), and the
     policy's detectors declared that they do nothing with this packet, or only count it in
     a flood's token bucket that exists and has a token (`Detectors.interest`; a policy
