@@ -1596,8 +1596,10 @@ cdef class FastPath:
         unreplied = table["_unreplied"]
         if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
             return None
-        if app_look == APP_LOOK_DNS and not _flow_ids_known(table):
-            return None  # (the flow's id rides on its events)
+        if (app_look == APP_LOOK_DNS or app_look == APP_LOOK_INSPECT) and not _flow_ids_known(
+            table
+        ):
+            return None  # (the inspector's flow is made with the table's next id)
         # The floods' buckets last: nothing that may still send the packet to Python (and
         # no Python code) runs between their reading and their update.
         if floods is not None and len(floods) > 0:

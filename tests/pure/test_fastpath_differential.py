@@ -1468,12 +1468,15 @@ def first_payload_traffic(seed: int) -> list[tuple[float, bytes]]:
             dport = rng.choice([22, 53, 80, 443, 8080, 20000 + rng.randrange(50)])
         if rng.random() < 0.1:
             dst = "192.0.2.1"  # the name passive DNS learns (dns_response: example.com)
+        elif rng.random() < 0.1:
+            src, dst = f"2001:db8:7::{rng.randrange(1, 200):x}", "2001:db8::1"  # (learned too)
         sport = 30000 + rng.randrange(2000)
         seq = rng.randrange(1 << 32)
         if rng.random() < 0.25:
             datagram = rng.choice(_FIRST_DATAGRAMS)
             if datagram is _FIRST_DATAGRAMS[1]:
-                src, sport = "10.10.2.53", 53  # an answer that teaches passive DNS
+                # an answer that teaches passive DNS
+                src, sport = ("2001:db8::53" if ":" in dst else "10.10.2.53"), 53
             packet = build_packet(PROTO_UDP, src, dst, sport, dport, payload=datagram)
             out.append((now, packet))
             now += rng.expovariate(700.0)
