@@ -324,6 +324,11 @@ class AppInspector:
     # without payload on such a flow is `_quiet`'s one step (the direction's start, from its
     # sequence number), which it does itself.
     tcp_quiet_state = _TcpQuiet
+    # The state of a TCP flow whose streams are read, for the compiled path's bare ACKs
+    # (ips/fast/_fastpath.pyx `_bare_segment_reads_nothing`): `inspect` does nothing with a
+    # segment without payload, SYN, FIN or RST unless its direction ended while its side
+    # is still read, which the compiled path reads in the state itself.
+    tcp_reading_state = _Tcp
 
     def __init__(
         self,

@@ -19,7 +19,8 @@ decoded here: `Engine.handle_python`). A packet qualifies when:
     state machine), so the flow table would only count it -- or the flow is in SYN_RECV
     and the packet an ACK, the handshake's last step (moved and recorded here); with
     application parsing on, a flow the inspector has read nothing of yet (its quiet state)
-    and a packet without payload, accepted;
+    and a packet without payload, accepted -- or a flow whose first bytes it reads and a
+    bare ACK that `inspect` lets go (`_bare_segment_reads_nothing`), accepted;
   * no block applies (the `banned` table, a MAC block, a translated reply), and the
     policy's detectors declared that they do nothing with this packet, or only count it in
     a flood's token bucket that exists and has a token (`Detectors.interest`; a policy
@@ -42,8 +43,15 @@ for) is decided here when the policy refuses it with nothing to say, for then th
 discarded before it is filed (Engine._discard, FlowTable._discard_opened) and nothing of it
 stays but counters:
 
-  * TCP or UDP as above, no block, no translation, application parsing off (its first
-    look at a flow is Python's);
+  * TCP or UDP as above, no block, no translation; with application parsing on, the
+    inspector's first look at the flow leaves what this module can reproduce or run
+    (`_app_first_look`, at the end of this file): nothing but a quiet state (no payload),
+    counters only (a stream whose first bytes need more, or name no protocol -- ips/app/
+    detect.py's detection ported to C --, a ServerHello or an HTTP response read as a
+    client's), or the inspector's own look, run here once the packet is decided (a TLS,
+    HTTP or SSH client's first bytes: no event possible; a DNS datagram: its events put
+    on the Decision as Engine._finish puts them); QUIC, DNS over TCP, a segment at the
+    reassembly bound or over its memory cap go to Python;
   * the detectors declared what they do with a flow's first packet (PacketInterest
     first_tcp, first_udp_quiet, first_udp): nothing, or only an answer to a pending probe
     that is no failure (not a reset), which `note_answer` notes as `_tcp` and `_udp` would,
@@ -58,7 +66,10 @@ stays but counters:
     source or destination or rule, with a token) -- or none matches and the default drops.
 
 Then it counts EngineStats.packets and verdicts, the rule's hits and its limit's bucket, and
-the flow table's next id, created, discarded and the unreplied queue's stand-in for the flow.
+the flow table's next id, created, discarded and the unreplied queue's stand-in for the flow;
+with parsing on, the application layer's counters the first look leaves (protocols, malformed
+messages, the flows and bytes released), and asks passive DNS the responder's name when it
+knows the address (name_of of an unknown address changes nothing).
 
 Counters are owed (`FastPath.owed`): counted in C fields and written to the engine's objects
 by `_flush` before any call out of this module and before returning to its caller, so that
@@ -1284,13 +1295,19 @@ cdef class FastPath:
         # inspector's quiet state): AppInspector.inspect does nothing with a segment without
         # payload, SYN, FIN or RST (_quiet), so its handshake's ACK and bare ACKs are decided
         # here (offload_kind gives a TCP packet without payload none; a refusal, which may
-        # owe the inspector's events, goes to Python).
+        # owe the inspector's events, goes to Python). So are bare ACKs of a flow whose
+        # streams the inspector reads, when `inspect` does nothing with them either
+        # (`_bare_segment_reads_nothing`).
         app_state = _get(flow, F_APP_STATE)
         cdef bint app_quiet = False
         if app_state is not None:
-            if proto != PROTO_TCP or payload_offset < total or (
-                type(app_state) is not self.quiet_state
-            ) or not self.app.enabled:
+            if proto != PROTO_TCP or payload_offset < total:
+                return None
+            if type(app_state) is not self.quiet_state and not _bare_segment_reads_nothing(
+                self.app, app_state, flow, py_sport, src
+            ):
+                return None
+            if not self.app.enabled:  # (an app object is there: either state needs one)
                 return None
             app_quiet = True
         cdef bint fwd = _get(flow, F_SPORT) == py_sport and _get(flow, F_SRC) == src
@@ -1485,10 +1502,17 @@ cdef class FastPath:
         # (AppInspector.inspect): for a TCP segment without payload, `_start` and `_quiet`
         # make a quiet state that goes with the refused flow (`release` then counts
         # nothing, owes nothing), and ask passive DNS the responder's name, which is done
-        # below once decided; anything else (payload, UDP) is the inspector's (Python).
+        # below once decided; for a payload, the protocol detection's answer says what stays
+        # once the flow is discarded (`_app_first_look`: counted below once decided, the
+        # parsers of TLS, HTTP and SSH run then, or Python's: DNS, QUIC, a segment at the
+        # bound or over the memory cap).
         cdef bint app_on = self.app.enabled
-        if app_on and (proto != PROTO_TCP or payload_offset < total):
-            return None
+        cdef int app_look = APP_LOOK_NONE
+        if app_on:
+            app_look = _app_first_look(self.app, proto, p + payload_offset,
+                                       total - payload_offset, flags)
+            if app_look == APP_LOOK_PYTHON:
+                return None
         # ---- the detectors (Detectors.observe of a flow's first packet, forward)
         cdef int need
         cdef bint answers = False
@@ -1596,6 +1620,10 @@ cdef class FastPath:
         unreplied = table["_unreplied"]
         if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
             return None
+        if (app_look == APP_LOOK_DNS or app_look == APP_LOOK_INSPECT) and not _flow_ids_known(
+            table
+        ):
+            return None  # (the inspector's flow is made with the table's next id)
         # The floods' buckets last: nothing that may still send the packet to Python (and
         # no Python code) runs between their reading and their update.
         if floods is not None and len(floods) > 0:
@@ -1607,10 +1635,25 @@ cdef class FastPath:
         # leaves), the detectors (the answer it gives to a pending probe, as `_tcp` notes
         # it; the last Python code run here)
         if app_on:
-            names = self.app.names
-            if names is not None:
-                self._flush()
-                names.name_of(dst, now_obj)
+            if app_look == APP_LOOK_INSPECT or app_look == APP_LOOK_DNS:
+                self._flush()  # (the inspector asks passive DNS itself)
+                events = _inspect_refused_first(self.app, table, p, total, payload_offset,
+                                                proto, sport, dport, flags, src, dst, now_obj)
+                if events is not None:
+                    # Engine._finish's Decision for a refusal with effects (a DNS message's
+                    # events): no data, no reply, the rule, or the default's reason
+                    decision = DECISION(
+                        _get(decision, D_VERDICT),
+                        matched.rule if matched is not None else None,
+                        None, None, list(events), "" if matched is not None else "default",
+                    )
+            else:
+                names = self.app.names
+                if names is not None and _name_of_does_something(names, dst):
+                    self._flush()
+                    names.name_of(dst, now_obj)
+                if app_look != APP_LOOK_NONE:
+                    _count_app_first_look(self.app, app_look, total - payload_offset)
         if answers:
             self._note_answer(key, key_hash, now_obj)
         for i in range(n_updates):
@@ -2205,3 +2248,465 @@ cdef tuple _run_pcap(FastPath fast, object slow, object slow_packet, const uint8
             next_tick = ts + 1.0
         elif ts >= next_tick:
             return (STOP_TICK, pos, count, last_ts, next_tick, ts, None)
+
+
+# ---- the inspector's first look at a refused TCP segment with payload -------------------------
+# With application parsing on, a TCP flow's first payload starts the inspector's work
+# (ips/app/inspect.py: `_start`, `_wake`, the reassembler's `add_packet`, `_detect_stream`).
+# For a first packet the policy refuses, the flow is discarded at once (Engine._discard,
+# which calls `release`), so of that work only counters stay, and which ones depends on the
+# stream detection's answer for the segment's payload (the whole stream so far):
+#
+#   * not enough bytes to tell (ips/app/detect.py answers None) and no FIN or RST: the
+#     bytes are held until `release`, which counts the flow and its bytes in
+#     AppCounters.released_flows and released_bytes and gives the memory back;
+#   * None with a FIN or RST, or "unknown": AppCounters.protocols["unknown"] + 1 and the
+#     streams closed at once (nothing held at the release);
+#   * a protocol: its parser reads the client's side (and may count a malformed or an
+#     incomplete message, learn a DNS answer, make DNS events), and the release may count
+#     the flow's owed events: Python's.
+#
+# That holds when the reassembler takes the payload whole and in order: a payload shorter
+# than its bound (`limit`; a direction that reaches it is complete, which changes the
+# answer) that fits under its memory cap (else "memcap" is counted and nothing kept). The
+# stream detection is ips/app/detect.py's `detect_stream` ported to C (ips_detect_stream,
+# the same tests in the same order); tests/pure/test_fastpath_differential.py holds the two
+# together on generated bytes, and the refused traffic's counters to the Python engine's.
+
+from collections import Counter as _Counter
+
+from ips.app.detect import APP_UNKNOWN as _APP_UNKNOWN
+from ips.app.inspect import AppCounters as _AppCounters, AppInspector as _AppInspector
+from ips.app import http as _http
+from ips.app import tls as _tls
+from ips.app.detect import APP_HTTP as _APP_HTTP, APP_TLS as _APP_TLS
+from ips.app.passive_dns import PassiveDns as _PassiveDns
+from ips.app.reassembly import Reassembler as _Reassembler
+from ips.core.flow import _ID_MASK
+
+cdef type APP_INSPECTOR = _AppInspector
+cdef type APP_COUNTERS = _AppCounters
+cdef type REASSEMBLER = _Reassembler
+cdef type COUNTER = _Counter
+cdef type PASSIVE_DNS = _PassiveDns
+cdef object FLOW_ID_MASK = _ID_MASK
+# The inspector's state of a TCP flow whose streams it reads (None: not named; such flows'
+# bare ACKs go to Python)
+cdef object TCP_READING = getattr(_AppInspector, "tcp_reading_state", None)
+cdef object APP_UNKNOWN = _APP_UNKNOWN
+cdef object APP_TLS = _APP_TLS
+cdef object APP_HTTP = _APP_HTTP
+# What the TLS and HTTP parsers answer for the two first segments read here without them
+# (see _app_first_look): a ServerHello read as a client's stream, an HTTP response read as
+# requests; checked against the bounds those answers rely on (else: the inspector reads).
+cdef object TLS_UNEXPECTED = _tls.M_UNEXPECTED_MESSAGE.reason
+cdef bint TLS_SERVER_FIRST_OK = _tls.MAX_RECORD >= 16384 + 2048
+cdef object HTTP_BAD_REQUEST_LINE = _http.M_BAD_REQUEST_LINE.reason
+cdef object HTTP_TOO_MANY_HEADERS = _http.M_TOO_MANY_HEADERS.reason
+cdef Py_ssize_t HTTP_MAX_HEADER_BYTES = _http.MAX_HEADER_BYTES
+cdef Py_ssize_t HTTP_MAX_HEADERS = _http.MAX_HEADERS
+
+cdef extern from *:
+    """
+    /* ips/app/detect.py detect_stream, on the bytes d[0:n]: the same tests in the same
+       order. */
+    enum {
+        IPS_DET_NEED_MORE = 0,  /* None: too few bytes yet */
+        IPS_DET_UNKNOWN = 1,
+        IPS_DET_TLS = 2,
+        IPS_DET_HTTP = 3,
+        IPS_DET_SSH = 4,
+        IPS_DET_DNS = 5,
+        IPS_DET_QUIC = 6
+    };
+
+    /* HTTP_METHODS, each followed by a space (_METHOD_PREFIXES) */
+    static const char *const ips_http_methods[] = {
+        "GET ", "POST ", "HEAD ", "PUT ", "DELETE ", "OPTIONS ", "CONNECT ", "TRACE ",
+        "PATCH ", "PROPFIND ", "PROPPATCH ", "MKCOL ", "COPY ", "MOVE ", "LOCK ", "UNLOCK ",
+        "SEARCH ",
+    };
+    #define IPS_N_METHODS ((int)(sizeof(ips_http_methods) / sizeof(ips_http_methods[0])))
+    #define IPS_LONGEST_METHOD 10  /* len(b"PROPPATCH ") */
+
+    /* word.startswith(d[0:n]) */
+    static int ips_prefix_of(const uint8_t *d, Py_ssize_t n, const char *word) {
+        size_t len = strlen(word);
+        return (size_t)n <= len && memcmp(word, d, (size_t)n) == 0;
+    }
+
+    /* d[0:n].startswith(word) */
+    static int ips_starts_with(const uint8_t *d, Py_ssize_t n, const char *word) {
+        size_t len = strlen(word);
+        return (size_t)n >= len && memcmp(d, word, len) == 0;
+    }
+
+    static unsigned ips_u16(const uint8_t *d) { return ((unsigned)d[0] << 8) | d[1]; }
+
+    /* _HTTP_FIRST: the first letters of the methods, and "H" */
+    static int ips_http_first(uint8_t b) {
+        int i;
+        if (b == 'H') return 1;
+        for (i = 0; i < IPS_N_METHODS; i++)
+            if ((uint8_t)ips_http_methods[i][0] == b) return 1;
+        return 0;
+    }
+
+    static int ips_http_or_unknown(const uint8_t *d, Py_ssize_t n) {
+        int i;
+        if (n < IPS_LONGEST_METHOD) {
+            for (i = 0; i < IPS_N_METHODS; i++)
+                if (ips_prefix_of(d, n, ips_http_methods[i])) return IPS_DET_NEED_MORE;
+            if (ips_prefix_of(d, n, "HTTP/1.")) return IPS_DET_NEED_MORE;
+        }
+        return IPS_DET_UNKNOWN;
+    }
+
+    static int ips_http(const uint8_t *d, Py_ssize_t n) {
+        int i;
+        if (ips_starts_with(d, n, "HTTP/1.")) return IPS_DET_HTTP;
+        for (i = 0; i < IPS_N_METHODS; i++)
+            if (ips_starts_with(d, n, ips_http_methods[i])) return IPS_DET_HTTP;
+        return ips_http_or_unknown(d, n);
+    }
+
+    /* _dns_header_ok: the 12-byte header at h */
+    static int ips_dns_header_ok(const uint8_t *h) {
+        unsigned flags, opcode;
+        if (h[4] || h[5] != 1) return 0;
+        flags = ips_u16(h + 2);
+        opcode = (flags >> 11) & 0xF;
+        if (!(opcode == 0 || opcode == 1 || opcode == 2 || opcode == 4 || opcode == 5
+              || opcode == 6)) return 0;
+        if (flags & 0x0040) return 0;
+        if (ips_u16(h + 4) != 1) return 0;
+        return ips_u16(h + 6) <= 256 && ips_u16(h + 8) <= 256 && ips_u16(h + 10) <= 256;
+    }
+
+    /* _dns_question: one question that parses within [pos, end) */
+    static int ips_dns_question(const uint8_t *d, Py_ssize_t pos, Py_ssize_t end) {
+        unsigned total = 0, ln, qclass;
+        for (;;) {
+            if (pos >= end) return 0;
+            ln = d[pos];
+            if (ln == 0) { pos += 1; break; }
+            if (ln & 0xC0) return 0;
+            total += ln + 1;
+            if (total > 255) return 0;
+            pos += ln + 1;
+        }
+        if (pos + 4 > end) return 0;
+        qclass = ips_u16(d + pos + 2) & 0x7FFF;
+        return qclass == 1 || qclass == 3 || qclass == 4 || qclass == 254 || qclass == 255;
+    }
+
+    static int ips_dns_tcp(const uint8_t *d, Py_ssize_t n) {
+        Py_ssize_t length, end;
+        if (n < 2 + 12)
+            return (n < 2 || ips_u16(d) >= 17) ? IPS_DET_NEED_MORE : IPS_DET_UNKNOWN;
+        length = ips_u16(d);
+        if (length < 17) return IPS_DET_UNKNOWN;
+        if (!ips_dns_header_ok(d + 2)) return IPS_DET_UNKNOWN;
+        end = n < 2 + length ? n : 2 + length;
+        if (end - 2 >= 17 && ips_dns_question(d, 14, end)) return IPS_DET_DNS;
+        if (n < 2 + length) return IPS_DET_NEED_MORE;
+        return IPS_DET_UNKNOWN;
+    }
+
+    static int ips_tls(const uint8_t *d, Py_ssize_t n) {
+        unsigned length;
+        if (n < 6) {
+            if (n >= 2 && d[1] != 3) return ips_dns_tcp(d, n);
+            return IPS_DET_NEED_MORE;
+        }
+        if (d[1] != 3 || d[2] > 4) return ips_dns_tcp(d, n);
+        length = ips_u16(d + 3);
+        if (length == 0 || length > 16384 + 2048) return ips_dns_tcp(d, n);
+        if (d[5] == 1 || d[5] == 2) return IPS_DET_TLS;
+        return ips_dns_tcp(d, n);
+    }
+
+    static int ips_detect_stream(const uint8_t *d, Py_ssize_t n) {
+        int verdict;
+        if (n <= 0) return IPS_DET_NEED_MORE;
+        if (d[0] == 0x16) return ips_tls(d, n);
+        if (d[0] == 0x53) {  /* "S" */
+            if (n < 4)
+                return ips_prefix_of(d, n, "SSH-") ? IPS_DET_NEED_MORE
+                                                   : ips_http_or_unknown(d, n);
+            if (memcmp(d, "SSH-", 4) == 0) return IPS_DET_SSH;
+        }
+        if (ips_http_first(d[0])) {
+            verdict = ips_http(d, n);
+            if (verdict != IPS_DET_UNKNOWN) return verdict;
+        }
+        return ips_dns_tcp(d, n);
+    }
+
+    /* _quic_initial: a version 1 long-header Initial with sane connection id lengths */
+    static int ips_quic_initial(const uint8_t *d, Py_ssize_t n) {
+        Py_ssize_t dcid_len, scid_len;
+        if (d[0] & 0x30) return 0;
+        if (d[1] != 0 || d[2] != 0 || d[3] != 0 || d[4] != 1) return 0;
+        dcid_len = d[5];
+        if (dcid_len > 20 || n < 7 + dcid_len) return 0;
+        scid_len = d[6 + dcid_len];
+        return scid_len <= 20 && n >= 7 + dcid_len + scid_len;
+    }
+
+    /* ips/app/detect.py detect_datagram, on the bytes d[0:n] */
+    static int ips_detect_datagram(const uint8_t *d, Py_ssize_t n) {
+        if (n >= 7 && (d[0] & 0xC0) == 0xC0 && ips_quic_initial(d, n)) return IPS_DET_QUIC;
+        if (n >= 17 && ips_dns_header_ok(d) && ips_dns_question(d, 12, n)) return IPS_DET_DNS;
+        return IPS_DET_UNKNOWN;
+    }
+    """
+    int IPS_DET_NEED_MORE
+    int IPS_DET_UNKNOWN
+    int IPS_DET_TLS
+    int IPS_DET_HTTP
+    int IPS_DET_SSH
+    int IPS_DET_DNS
+    int ips_detect_stream(const uint8_t *d, Py_ssize_t n)
+    int ips_detect_datagram(const uint8_t *d, Py_ssize_t n)
+    int IPS_DET_QUIC
+
+# The names ips/app/detect.py gives ips_detect_stream's answers (None: need more bytes).
+_DETECTED = {IPS_DET_NEED_MORE: None, IPS_DET_UNKNOWN: "unknown", IPS_DET_TLS: "tls",
+             IPS_DET_HTTP: "http", IPS_DET_SSH: "ssh", IPS_DET_DNS: "dns",
+             IPS_DET_QUIC: "quic"}
+
+
+def detect_stream_compiled(bytes data):
+    """ips/app/detect.py's `detect_stream(data)` as this module computes it (for the test
+    that holds the two together)."""
+    return _DETECTED[ips_detect_stream(<const uint8_t *>PyBytes_AS_STRING(data),
+                                       PyBytes_GET_SIZE(data))]
+
+
+def detect_datagram_compiled(bytes data):
+    """ips/app/detect.py's `detect_datagram(data)` as this module computes it."""
+    return _DETECTED[ips_detect_datagram(<const uint8_t *>PyBytes_AS_STRING(data),
+                                         PyBytes_GET_SIZE(data))]
+
+
+cdef enum:
+    # What the inspector's first look at a refused flow's first packet leaves (see above)
+    APP_LOOK_PYTHON = -1   # the inspector's to do (Python)
+    APP_LOOK_NONE = 0      # nothing: no payload (the quiet or UDP state goes with the flow)
+    APP_LOOK_HELD = 1      # held until the release: released_flows and released_bytes
+    APP_LOOK_UNKNOWN = 2   # protocols["unknown"]
+    APP_LOOK_INSPECT = 3   # a protocol's parser reads it, which leaves no event (see below)
+    # TLS or HTTP whose parser's answer is known from a few bytes (see _app_first_look):
+    # protocols[tls|http], the parser's malformed reason (or none: the request's header
+    # block still arriving), and the release of the bytes held
+    APP_LOOK_TLS_UNEXPECTED = 4
+    APP_LOOK_HTTP_BAD_LINE = 5
+    APP_LOOK_HTTP_TOO_MANY = 6
+    APP_LOOK_HTTP_HELD = 7
+    # a UDP datagram that is a DNS message: the inspector reads it (its events ride on the
+    # packet's Decision, as Engine._decide puts them there)
+    APP_LOOK_DNS = 8
+
+
+cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize_t n,
+                         int flags) except -2:
+    """What the inspector's first look at a refused flow's first packet (TCP or UDP, n
+    bytes of payload, not a fragment) leaves once the flow is discarded: one of APP_LOOK_*.
+    Changes nothing (`_count_app_first_look` or `_inspect_refused_segment` does it once the
+    packet is decided)."""
+    cdef int found
+    if n <= 0:
+        return APP_LOOK_NONE
+    if type(app) is not APP_INSPECTOR:
+        return APP_LOOK_PYTHON  # (a subclass may look otherwise)
+    counters = app.counters
+    if type(counters) is not APP_COUNTERS or type(counters.protocols) is not COUNTER or (
+        type(counters.malformed) is not COUNTER
+    ):
+        return APP_LOOK_PYTHON
+    if proto == PROTO_UDP:
+        # `_udp`: detect_datagram names the datagram's protocol; unknown closes the flow's
+        # inspection at once; QUIC's and DNS's readers read it (events, passive DNS).
+        found = ips_detect_datagram(payload, n)
+        if found == IPS_DET_UNKNOWN:
+            return APP_LOOK_UNKNOWN
+        if found == IPS_DET_DNS:
+            return APP_LOOK_DNS
+        return APP_LOOK_PYTHON  # QUIC: its reader
+    reassembler = app.reassembler
+    if type(reassembler) is not REASSEMBLER:
+        return APP_LOOK_PYTHON
+    # Reassembler.add: the payload taken whole, in order, below the bound (a direction that
+    # reaches it is complete, and "beyond-limit" counted past it) and under the memory cap
+    # ("memcap" counted, nothing kept).
+    limit = reassembler.limit
+    if type(limit) is not int or n >= <Py_ssize_t>limit:
+        return APP_LOOK_PYTHON
+    used = reassembler.used
+    cap = reassembler.memory_cap
+    if type(used) is not int or type(cap) is not int or used + n > cap:
+        return APP_LOOK_PYTHON
+    found = ips_detect_stream(payload, n)
+    if found == IPS_DET_NEED_MORE:
+        # _detect_stream: a side that ended (FIN or RST) says no more: unknown
+        return APP_LOOK_UNKNOWN if flags & (TCP_FIN | TCP_RST) else APP_LOOK_HELD
+    if found == IPS_DET_UNKNOWN:
+        return APP_LOOK_UNKNOWN
+    if found == IPS_DET_TLS:
+        return _tls_first_look(payload, n)
+    if found == IPS_DET_HTTP:
+        return _http_first_look(payload, n)
+    if found == IPS_DET_SSH:
+        return APP_LOOK_INSPECT
+    return APP_LOOK_PYTHON  # DNS: each message read is an event (on the packet's Decision)
+
+
+cdef int _tls_first_look(const uint8_t *d, Py_ssize_t n):
+    """A first segment detected as TLS (a handshake record, 3.x, a sane length, a hello's
+    type): when its one record holds a ServerHello (a flow picked up at the server's
+    answer), `parse_client_hello` answers "tls.unexpected-message" whatever follows
+    (_handshake_bytes takes the single record, _first_message reads its first byte), and
+    the release owes no event (no hello, no server flight). Anything else: the inspector."""
+    cdef Py_ssize_t length = (d[3] << 8) | d[4]
+    if TLS_SERVER_FIRST_OK and d[5] == 2 and 5 + length >= n:
+        return APP_LOOK_TLS_UNEXPECTED
+    return APP_LOOK_INSPECT
+
+
+cdef int _http_first_look(const uint8_t *d, Py_ssize_t n):
+    """A first segment detected as HTTP that starts with "HTTP/1." (a response: a flow
+    picked up at the server's answer), read by `requests_from` as the client's requests:
+    its header block (_header_block: up to the first blank line, CRLF or LF) not complete
+    yet: INCOMPLETE, nothing counted (the bytes held until the release); complete, with
+    more than MAX_HEADERS header lines: "http.too-many-headers"; else its start line is
+    no request line whatever it holds (the method token "HTTP/1..." keeps its "/" once
+    stripped of token characters, and a version or the part count fails otherwise):
+    "http.bad-request-line". No request, so the release owes no event. A request (its
+    fields, events at the release): the inspector."""
+    cdef const uint8_t *crlf
+    cdef const uint8_t *lf
+    cdef const uint8_t *at
+    cdef Py_ssize_t lines, i
+    if n < 7 or memcmp(d, b"HTTP/1.", 7) != 0 or n >= HTTP_MAX_HEADER_BYTES:
+        return APP_LOOK_INSPECT
+    crlf = <const uint8_t *>memmem(d, n, b"\r\n\r\n", 4)
+    lf = <const uint8_t *>memmem(d, n, b"\n\n", 2)
+    if crlf is NULL and lf is NULL:
+        return APP_LOOK_HTTP_HELD
+    at = lf if crlf is NULL or (lf is not NULL and lf < crlf) else crlf
+    lines = 1
+    for i in range(at - d):
+        if d[i] == 0x0A:
+            lines += 1
+    if lines > HTTP_MAX_HEADERS + 1:
+        return APP_LOOK_HTTP_TOO_MANY
+    return APP_LOOK_HTTP_BAD_LINE
+
+
+cdef inline int _count_in(object counter, object key) except -1:
+    """Counter's `counter[key] += 1` (a missing key is 0)."""
+    cdef PyObject *found = PyDict_GetItem(counter, key)
+    PyDict_SetItem(counter, key, 1 if found is NULL else <object>found + 1)
+    return 0
+
+
+cdef int _count_app_first_look(object app, int look, Py_ssize_t n) except -1:
+    """Count what `_app_first_look` said the inspector's first look leaves (the packet is
+    decided): as `_detect_stream` counts a protocol, as the parser counts a malformed
+    message, and as `release` counts a flow whose streams still held bytes."""
+    counters = app.counters
+    if look == APP_LOOK_UNKNOWN:
+        _count_in(counters.protocols, APP_UNKNOWN)
+        return 0
+    if look == APP_LOOK_TLS_UNEXPECTED:
+        _count_in(counters.protocols, APP_TLS)
+        _count_in(counters.malformed, TLS_UNEXPECTED)
+    elif look == APP_LOOK_HTTP_BAD_LINE or look == APP_LOOK_HTTP_TOO_MANY or (
+        look == APP_LOOK_HTTP_HELD
+    ):
+        _count_in(counters.protocols, APP_HTTP)
+        if look == APP_LOOK_HTTP_BAD_LINE:
+            _count_in(counters.malformed, HTTP_BAD_REQUEST_LINE)
+        elif look == APP_LOOK_HTTP_TOO_MANY:
+            _count_in(counters.malformed, HTTP_TOO_MANY_HEADERS)
+    elif look != APP_LOOK_HELD:
+        return 0
+    counters.released_flows += 1
+    counters.released_bytes += n
+    return 0
+
+
+cdef object _inspect_refused_first(object app, dict table, const uint8_t *p, Py_ssize_t total,
+                                  Py_ssize_t payload_offset, int proto, int sport, int dport,
+                                  int flags, object src, object dst, object now_obj):
+    """The inspector's first look at a refused flow's first packet, done by the inspector
+    itself (nothing owed: the caller flushed), as Engine._decide and _discard do it: the
+    flow and the packet made as FlowTable.open (its next id) and the decoder make them,
+    `inspect`, then `release` (whose events `_discard` drops); nothing of either stays.
+    Returns the events `inspect` made (a list), or None.
+
+    A TCP segment that starts a TLS, HTTP or SSH stream makes none: its parser reads the
+    client's side (and may count a malformed or incomplete message); TLS and SSH events
+    are made when both sides are done, HTTP's when a response pairs a request, and the
+    server's side of a flow whose first packet this is has neither bytes nor an end; the
+    release may count the events the flow owed and the bytes it held. A DNS datagram makes
+    one per question of a query, or one for an answer (which teaches passive DNS)."""
+    cdef int family = p[0] >> 4
+    if family == 4:
+        hl = (p[0] & 0x0F) * 4
+        ttl = p[8]
+        tos = p[1]
+    else:
+        hl = 40
+        ttl = p[7]
+        tos = ((p[0] & 0x0F) << 4) | (p[1] >> 4)
+    pkt = PACKET(PyBytes_FromStringAndSize(<const char *>p, total), family, src, dst,
+                 proto, sport, dport, flags, -1, -1, ttl, tos, hl, payload_offset, 0, ())
+    flow_id = ((table["_next_id"] + 1) * table["_id_mult"] + table["_id_seed"]) & FLOW_ID_MASK
+    flow = FLOW(pkt, flow_id, now_obj)
+    events = app.inspect(pkt, flow, True, now_obj)
+    if _get(flow, F_APP_STATE) is not None:
+        app.release(flow, now_obj)  # (the flow's last_seen)
+    return events
+
+
+cdef bint _flow_ids_known(dict table):
+    """Whether the flow table's next flow id can be made here as FlowTable._open makes it."""
+    return type(table.get("_next_id")) is int and type(table.get("_id_mult")) is int and (
+        type(table.get("_id_seed")) is int
+    )
+
+
+cdef bint _name_of_does_something(object names, object addr) except -1:
+    """Whether passive DNS's `name_of(addr, now)` may change anything: PassiveDns.name_of
+    of an address it has no entry for returns None and touches nothing (an entry is moved
+    to the end, or dropped when expired), so the call is left out then -- for most refused
+    packets, and with it the flush of what is owed before a call out of this module."""
+    if type(names) is not PASSIVE_DNS:
+        return True  # (another NameSource: asked)
+    entries = names._entries
+    if not isinstance(entries, dict):
+        return True
+    return PyDict_GetItem(entries, addr) is not NULL
+
+
+cdef bint _bare_segment_reads_nothing(object app, object app_state, object flow,
+                                      object sport, object src) except -1:
+    """Whether `inspect` does nothing with a TCP segment without payload, SYN, FIN or RST
+    of a flow whose streams the inspector reads (its `_Tcp` state): Reassembler.add places
+    nothing (no payload, no SYN, no FIN) and changes nothing (a closed flow counts only a
+    payload), so `_tcp` returns at once -- unless the packet's direction had ended (a FIN
+    or RST seen) while its side is still being read: then the side is read once more
+    (its message will not be completed). Read as `_tcp` reads them: the state's streams,
+    the direction's end, the side's openness."""
+    if TCP_READING is None or type(app_state) is not TCP_READING:
+        return False
+    if type(app) is not APP_INSPECTOR:
+        return False
+    cdef bint fwd = _get(flow, F_SPORT) == sport and _get(flow, F_SRC) == src
+    streams = app_state.streams
+    side = streams.to_server if fwd else streams.to_client
+    if side.fin and (app_state.client_open if fwd else app_state.server_open):
+        return False
+    return True

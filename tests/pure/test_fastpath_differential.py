@@ -41,6 +41,13 @@ from ips.io.pcap import MAX_EMPTY_RUN, CaptureError, read_capture, write_pcap
 from ips.policy.compile import CompiledRule
 from ips.policy.resolve import load_policy_text
 from ips.replay import replay_captures
+from tests.pure.test_app_parsers import dns_query, dns_response
+from tests.pure.test_app_tls import (
+    chrome_like_extensions,
+    client_hello_message,
+    records,
+    server_hello_message,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = (ROOT / "policies" / "gateway.rules").read_text()
@@ -230,7 +237,21 @@ def engine_state(engine: Engine) -> dict[str, object]:
         if isinstance(engine.pdns, PassiveDns)
         else None,
         "tables": {name: dict(t.members) for name, t in engine.tables.items()},
+        # the reassembler's counters by reason and the memory it holds (a refused first
+        # segment with payload is placed in it before its flow is discarded)
+        "reassembler": (
+            list(engine.app.reassembler.counters.items()),
+            engine.app.reassembler.used,
+        ),
+        # the application layer's counters in the order first counted (`status` lists them
+        # so); "stats" compares their values
+        "app_order": [list(counter) for counter in _app_counters(engine)],
     }
+
+
+def _app_counters(engine: Engine) -> list[Any]:
+    app = engine.stats.app
+    return [app.protocols, app.events, app.malformed, app.incomplete]
 
 
 class Pair:
@@ -1328,3 +1349,331 @@ def test_handshakes_beyond_their_memory_are_forgotten_alike(
     pair.finish(now + 1.0)
     assert len(pair.slow.flows.handshakes) == 4
     assert pair.fast_packets >= 2 * 39
+
+
+# ---- refused first segments with payload, application parsing on ----------------------------
+
+# First payloads of every kind the stream detection tells apart (ips/app/detect.py): each
+# protocol (the parsers then read it: Python), the starts of each that need more bytes
+# (held until the flow's release), and bytes of no protocol (unknown).
+_DNS_QUERY = bytes.fromhex("1234 0100 0001 0000 0000 0000 07 6578616d706c65 03 636f6d 00 0001 0001")
+_FIRST_PAYLOADS = [
+    # TLS: a ClientHello's and a ServerHello's record starts (Python), application data,
+    # record starts too short to tell, and a 0x16 that is no TLS record
+    b"\x16\x03\x01\x00\x50\x01\x00\x00\x4c\x03\x03" + bytes(range(60)),
+    b"\x16\x03\x03\x00\x40\x02\x00\x00\x3c\x03\x03" + bytes(40),
+    b"\x17\x03\x03\x01\x00" + bytes(range(200)),
+    b"\x16",
+    b"\x16\x03",
+    b"\x16\x03\x01\x00",
+    b"\x16\x05\x00\x00\x00\x00\x00\x00",
+    # HTTP: requests, a response, method starts, a line of no method
+    b"GET /index.html HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+    b"POST /x HTTP/1.0\r\nContent-Length: 4\r\n\r\nabcd",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"GE",
+    b"PROPF",
+    b"HTTP/",
+    b"Gxyz and then some text that is no request at all",
+    b"HELLO there",
+    # SSH: a banner, its starts, an S that is none
+    b"SSH-2.0-OpenSSH_9.6\r\n",
+    b"SS",
+    b"SSH",
+    b"Sx",
+    b"SEARC",
+    # DNS over TCP: a whole query (an event: Python), a length prefix and a header still
+    # arriving, a question cut, a length too small
+    struct.pack("!H", len(_DNS_QUERY)) + _DNS_QUERY,
+    struct.pack("!H", len(_DNS_QUERY)) + _DNS_QUERY[:14],
+    b"\x00",
+    b"\x03\xe8" + bytes.fromhex("abcd 0100 0001 0000 0000 0000") + b"\x3f" + b"q" * 40,
+    b"\x00\x05" + bytes(20),
+    # a start that needs more, exactly 64 bytes long (the small policy's bound: complete,
+    # so unknown)
+    b"\x03\xe8" + bytes.fromhex("abcd 0100 0001 0000 0000 0000") + b"\x3f" + b"q" * 49,
+    # no protocol
+    b"d" * 20,
+    b"\x00\x00\x00\x00",
+    bytes(range(256)) * 2,
+]
+_FIRST_PAYLOADS += [
+    # whole ClientHellos (parsed: the release counts the tls event the flow owed), one cut
+    # (the parser waits for its length), a ServerHello read as a client's (malformed)
+    records(client_hello_message(chrome_like_extensions("Example.COM", pq=False))),
+    records(client_hello_message(chrome_like_extensions("refused.example")))[:900],
+    records(server_hello_message(b"")),
+    # HTTP requests the parser reads whole, one cut, one malformed
+    b"GET /a HTTP/1.1\r\nHost: refused.example\r\nUser-Agent: t\r\n\r\n"
+    b"GET /b HTTP/1.1\r\nHost: refused.example\r\n\r\n",
+    b"GET /cut HTTP/1.1\r\nHost: refu",
+    b"GET \x00\x01 bad\r\n\r\n",
+    # HTTP responses read as a client's requests (a flow picked up at the server's
+    # answer): a header block still arriving, one ended by LF alone, one with too many
+    # header lines
+    b"HTTP/1.1 200 OK\r\nServer: x\r\n",
+    b"HTTP/1.0 404 Not Found\n\nbody",
+    b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 140 + b"\r\n",
+    # a ServerHello read as a client's (a single record), and followed by another record:
+    # a ChangeCipherSpec, or a handshake record of a bad version (malformed as that)
+    records(server_hello_message(b"")) + b"\x14\x03\x03\x00\x01\x01",
+    records(server_hello_message(b"")) + b"\x16\x03\x09\x00\x01\x00",
+    # an SSH banner cut, and one that is malformed
+    b"SSH-2.0-Open",
+    b"SSH-9\r\n",
+]
+# UDP datagrams: DNS (each message is an event: Python), a QUIC Initial's start (its
+# reader: Python), bytes of no protocol (unknown), and none (the flow's UDP state goes)
+_FIRST_DATAGRAMS = [
+    dns_query("refused.example"),
+    dns_response(),
+    b"\xc3\x00\x00\x00\x01\x08" + bytes(8) + b"\x00" + bytes(60),
+    b"\xc3\x00\x00\x00\x02\x08" + bytes(70),
+    b"u" * 30,
+    bytes(range(40)),
+    b"",
+]
+_FIRST_FLAGS = [0x10, 0x18, 0x18, 0x11, 0x14, 0x19, 0x02]
+
+_FIRST_PAYLOAD_POLICIES = {
+    "gateway-app-on": GATEWAY,
+    # a bound of 64 bytes (longer payloads reach it: Python) and a memory cap of 4 KiB that
+    # the accepted flows' held bytes fill (a payload over the cap: "memcap", Python)
+    "gateway-app-small": "set app-stream-bytes 64\nset app-memcap 4096\n" + GATEWAY,
+    # no detector at all
+    "no-detectors-app": "set default drop\naccept proto tcp from 10.10.1.0/24 to port 80\n",
+}
+
+
+def first_payload_traffic(seed: int) -> list[tuple[float, bytes]]:
+    """The first packets of many flows picked up mid-stream (their SYN never seen), most of
+    them refused, with payloads of every kind (_FIRST_PAYLOADS), several flows with the same
+    payload, retransmissions, and now and then an accepted flow from the lan whose first
+    bytes need more to tell (held: the reassembler's memory grows toward its cap)."""
+    rng = random.Random(seed)
+    out: list[tuple[float, bytes]] = []
+    now = 30.0
+    while now < 34.0:
+        payload = rng.choice(_FIRST_PAYLOADS)
+        if rng.random() < 0.15:
+            payload = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 90)))
+        flags = rng.choice(_FIRST_FLAGS)
+        if rng.random() < 0.15:
+            # accepted (lan to a web server): a flow is filed and its bytes held
+            src, dst, dport = f"10.10.1.{rng.randrange(20, 200)}", "10.10.2.5", 80
+            flags = 0x18
+        else:
+            src = rng.choice(_REFUSED_NETS).format(rng.randrange(4), rng.randrange(1, 250))
+            dst = rng.choice(_REFUSED_TARGETS)
+            dport = rng.choice([22, 53, 80, 443, 8080, 20000 + rng.randrange(50)])
+        if rng.random() < 0.1:
+            dst = "192.0.2.1"  # the name passive DNS learns (dns_response: example.com)
+        elif rng.random() < 0.1:
+            src, dst = f"2001:db8:7::{rng.randrange(1, 200):x}", "2001:db8::1"  # (learned too)
+        sport = 30000 + rng.randrange(2000)
+        seq = rng.randrange(1 << 32)
+        if rng.random() < 0.25:
+            datagram = rng.choice(_FIRST_DATAGRAMS)
+            if datagram is _FIRST_DATAGRAMS[1]:
+                # an answer that teaches passive DNS
+                src, sport = ("2001:db8::53" if ":" in dst else "10.10.2.53"), 53
+            packet = build_packet(PROTO_UDP, src, dst, sport, dport, payload=datagram)
+            out.append((now, packet))
+            now += rng.expovariate(700.0)
+            continue
+        for copy in range(rng.choice([1, 1, 1, 2, 3])):
+            packet = build_packet(
+                PROTO_TCP, src, dst, sport, dport, flags=flags, seq=seq, payload=payload
+            )
+            out.append((now + copy * 0.2, packet))
+        now += rng.expovariate(700.0)
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+@pytest.mark.parametrize("policy", sorted(_FIRST_PAYLOAD_POLICIES))
+@pytest.mark.parametrize("seed", [7, 8])
+def test_refused_first_segments_with_payload_decide_the_same(policy: str, seed: int) -> None:
+    """With application parsing on, a refused first TCP segment with payload is decided in
+    compiled code when the inspector's first look leaves only counters: the stream
+    detection needs more bytes (the release counts the flow and its bytes) or names no
+    protocol (protocols["unknown"]); a protocol (its parser), a payload at the bound or
+    over the memory cap go to Python. The same decisions, application counters (their
+    order too), reassembler counters and memory, passive DNS, flow table and detector
+    state as the Python engine, tick after tick."""
+    need_fast_path()
+    pair = Pair(_FIRST_PAYLOAD_POLICIES[policy])
+    now = 0.0
+    for now, data in first_payload_traffic(seed):
+        pair.handle(data, META, now)
+    pair.finish(now + 1.0)
+    app = pair.slow.stats.app
+    # every outcome occurred: held bytes released, unknown, each protocol, the events owed
+    # at the release (tls, http), malformed and incomplete messages, names asked and learned
+    assert app.released_flows > 0 and app.protocols["unknown"] > 0, app
+    assert {"tls", "http", "ssh", "dns", "quic"} <= set(app.protocols), app.protocols
+    # (a ClientHello is longer than the small bound: cut, incomplete, no event)
+    assert {"http", "dns"} <= set(app.events), app.events
+    if policy != "gateway-app-small":
+        assert app.events["tls"] > 0, app.events
+    assert app.malformed, app
+    assert pair.slow.pdns.learned > 0
+    assert pair.flowless_packets > pair.packets // 4, (pair.flowless_packets, pair.packets)
+    if policy == "gateway-app-small":
+        reasons = pair.slow.app.reassembler.counters
+        assert reasons["memcap"] > 0 and reasons["beyond-limit"] > 0, reasons
+
+
+_DETECTION_SEEDS = [
+    b"GET ", b"PROPPATCH ", b"HTTP/1.1 200", b"SEARCH ", b"SSH-2.0-x", b"\x16\x03\x01\x00\x10\x01",
+    b"\x16\x03\x03\x48\x01\x02", b"\x16\x03\x05", b"\x00\x1d" + _DNS_QUERY[:12] + b"\x03abc\x00",
+    struct.pack("!H", len(_DNS_QUERY)) + _DNS_QUERY,
+]  # fmt: skip
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.tuples(
+            st.sampled_from(_DETECTION_SEEDS), st.integers(0, 40), st.binary(max_size=30)
+        ).map(lambda t: t[0][: t[1]] + t[2]),
+        st.tuples(st.sampled_from(_DETECTION_SEEDS), st.integers(0, 40), st.integers(0, 255)).map(
+            lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1 :]
+        ),
+    )
+)
+def test_the_compiled_stream_detection_is_detect_streams(data: bytes) -> None:
+    """The compiled path's port of ips/app/detect.py `detect_stream` (which tells what a
+    refused first segment leaves) answers as the Python function, on any bytes: random,
+    starts of each protocol's first bytes cut anywhere, and those with one byte changed."""
+    need_fast_path()
+    from ips.app.detect import detect_stream
+    from ips.fast import _fastpath
+
+    assert _fastpath.detect_stream_compiled(data) == detect_stream(data)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=60),
+        st.tuples(
+            st.sampled_from([*_FIRST_DATAGRAMS, _DNS_QUERY]),
+            st.integers(0, 70),
+            st.integers(0, 255),
+        ).map(lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1 :]),
+    )
+)
+def test_the_compiled_datagram_detection_is_detect_datagrams(data: bytes) -> None:
+    """The compiled path's port of ips/app/detect.py `detect_datagram` answers as the
+    Python function: random bytes, and QUIC and DNS datagrams with one byte changed."""
+    need_fast_path()
+    from ips.app.detect import detect_datagram
+    from ips.fast import _fastpath
+
+    assert _fastpath.detect_datagram_compiled(data) == detect_datagram(data)
+    for cut in (7, 17, 30):
+        assert _fastpath.detect_datagram_compiled(data[:cut]) == detect_datagram(data[:cut])
+
+
+def test_the_compiled_stream_detection_agrees_on_every_short_start() -> None:
+    """Every one- and two-byte stream, and every start of the seeds and the payloads
+    above: the compiled detection's answer is detect_stream's."""
+    need_fast_path()
+    from ips.app.detect import detect_stream
+    from ips.fast import _fastpath
+
+    samples = [bytes([a, b]) for a in range(256) for b in range(256)]
+    samples += [bytes([a]) for a in range(256)]
+    for seed in _DETECTION_SEEDS + _FIRST_PAYLOADS:
+        samples += [seed[:i] for i in range(len(seed) + 1)]
+    # TLS record headers at their bounds: versions, lengths, handshake types
+    for major in (2, 3, 4):
+        for minor in range(7):
+            for length in (0, 1, 17, 0x4800, 0x4801, 0xFFFF):
+                for kind in range(4):
+                    header = bytes([0x16, major, minor]) + struct.pack("!H", length)
+                    samples += [header + bytes([kind]), header + bytes([kind]) + bytes(12)]
+    # DNS over TCP at its bounds: lengths, opcodes, the Z bit, counts, labels, classes
+    question = b"\x07example\x03com\x00"
+    for opcode in range(16):
+        for z in (0, 0x40):
+            flags = (opcode << 11) | z | 0x0100
+            for counts in ((1, 0, 0, 0), (1, 256, 256, 256), (1, 257, 0, 0), (2, 0, 0, 0)):
+                header = struct.pack("!HH4H", 0x1234, flags, *counts)
+                body = header + question + b"\x00\x01\x00\x01"
+                samples.append(struct.pack("!H", len(body)) + body)
+    for label in (0x00, 0x01, 0x3F, 0x40, 0x80, 0xC0):
+        for qclass in (0, 1, 2, 3, 4, 5, 253, 254, 255, 256, 0x8001, 0x80FF, 0xFFFF):
+            body = (
+                struct.pack("!HH4H", 1, 0x0100, 1, 0, 0, 0)
+                + bytes([label])
+                + b"a" * (label & 0x3F)
+                + b"\x00"
+                + struct.pack("!HH", 1, qclass)
+            )
+            for length in (16, 17, len(body), len(body) + 1, 0xFFFF):
+                framed = struct.pack("!H", length) + body
+                samples += [framed, framed[:-1], framed[:-4]]
+    for data in samples:
+        assert _fastpath.detect_stream_compiled(data) == detect_stream(data), data
+
+
+def _segment(
+    ends: tuple[str, str, int, int], fwd: bool, flags: int, seq: int, payload: bytes = b""
+) -> bytes:
+    """A TCP segment of the connection (client, server, client port, server port)."""
+    client, server, cport, port = ends
+    if fwd:
+        return build_packet(
+            PROTO_TCP, client, server, cport, port, flags=flags, seq=seq, payload=payload
+        )
+    return build_packet(
+        PROTO_TCP, server, client, port, cport, flags=flags, seq=seq, payload=payload
+    )
+
+
+@pytest.mark.parametrize("cut", [300, 1000])
+def test_bare_acks_of_a_flow_being_read_are_decided_in_compiled_code(cut: int) -> None:
+    """With application parsing on, a bare ACK of an accepted flow whose first bytes the
+    inspector is reading (a ClientHello or a request still arriving): `inspect` does
+    nothing with it, so the compiled path decides it — unless its direction has ended (a
+    FIN) while its side is still read, which `inspect` reads once more (Python). The same
+    decisions, application state and counters as the Python engine."""
+    need_fast_path()
+    pair = Pair(GATEWAY)
+    hello = records(client_hello_message(chrome_like_extensions("reading.example")))
+    request = b"GET /slow HTTP/1.1\r\nHost: reading.example\r\nUser-Agent: t\r\n\r\n"
+    now = 60.0
+    decided = 0
+    for i in range(24):
+        now += 0.01
+        port, first, at = (443, hello, cut) if i % 2 else (80, request, 20)
+        ends = (f"10.10.1.{20 + i % 5}", "10.10.2.10", 44000 + i, port)
+        head, rest = first[:at], first[at:]
+        c, s = 1000, 5000  # each side's first sequence number after its SYN
+        for fwd, flags, seq, payload in (
+            (True, 0x02, c - 1, b""),
+            (False, 0x12, s - 1, b""),
+            (True, 0x10, c, b""),
+            (True, 0x18, c, head),  # the inspector starts reading
+        ):
+            pair.handle(_segment(ends, fwd, flags, seq, payload), META, now)
+        before = pair.fast_packets
+        # bare ACKs, each way: nothing to read
+        pair.handle(_segment(ends, False, 0x10, s), META, now)
+        pair.handle(_segment(ends, True, 0x10, c + len(head)), META, now)
+        decided += pair.fast_packets - before
+        if i % 3 == 0:
+            # the client's side ends before its message is whole: its next bare ACK is read
+            steps = [(True, 0x11, c + len(head)), (True, 0x10, c + len(head) + 1)]
+            for fwd, flags, seq in steps:
+                pair.handle(_segment(ends, fwd, flags, seq), META, now)
+        else:
+            pair.handle(_segment(ends, True, 0x18, c + len(head), rest), META, now)
+        pair.handle(_segment(ends, False, 0x10, s), META, now)
+        pair.check_state()
+    pair.finish(now + 1.0)
+    assert decided >= 2 * 20, decided
+    assert pair.slow.stats.app.incomplete, pair.slow.stats.app
