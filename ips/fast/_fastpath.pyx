@@ -1764,6 +1764,13 @@ cdef class FastPath:
         active = table["_active"]
         if active >= table["max_flows"]:
             return None  # open makes room first: expiry, eviction (Python)
+        # A flood over its rate with `limit` drops the packet before the rules (the engine's
+        # `_limited`), which the Python path then never looks up: so whether the floods let
+        # it go is asked before the candidate lookups (which fill the policy's memos), and
+        # their buckets are taken again last (below).
+        if floods is not None and len(floods) > 0:
+            if _floods_take(floods, src, dst, now, updates, True) < 0:
+                return None
         # ---- the rules
         if meta_slots:
             iif = _get(meta, M_IIF)
