@@ -1,0 +1,282 @@
+"""New probes of the scan detectors filed by the compiled path (ips/fast/_fastpath.pyx
+`_probe_plan`, `_probe_file`, `_refused_flow`) against the Python engine: a refused first
+packet that is a new probe of `portscan` or `sweep` (a SYN, a bare ACK or FIN+ACK, a UDP
+datagram) leaves a Flow (discarded, held by its probes), a window (ScanEntry) when it opens
+one, and a Probe in each scan's queue and index. Two engines (one with the fast path, one
+without) fed the same probes must leave the same objects in the same order: besides what
+the differential test compares (tests/pure/test_fastpath_differential.py: detector state,
+flow table, counters, tick after tick), every slot of each probe's flow, which probes share
+a flow, whether a probe's window is still its key's, the order of the windows, of the index
+and of each window's targets. The traffic crosses what may still go to Python: windows
+rolling over, keys at their cap of pending probes, a queue of pending probes that is full,
+windows evicted from a full table, detections, due probes, answers and resets, an ignored
+source, IPv4 and IPv6, and the floods' new keys and rates."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from test_fastpath_differential import META, Pair, cache_view, need_fast_path, plain
+
+from ips.core.build import build_packet
+from ips.core.flow import Flow
+from ips.core.packet import PROTO_TCP, PROTO_UDP
+from ips.engine import Engine, Meta
+
+
+def flow_slots(engine: Engine, flow: Flow) -> list[tuple[str, str, object]]:
+    """Every slot of a flow, with its type (1 == 1.0 == True in a comparison); its candidate
+    caches by cache_view."""
+    out: list[tuple[str, str, object]] = []
+    for name in sorted(Flow.__slots__):
+        value = getattr(flow, name)
+        if name in ("cache_fwd", "cache_rev"):
+            value = cache_view(engine, value)
+        elif name in ("app", "app_state"):
+            value = plain(value)  # (the application layer's objects, by their fields)
+        out.append((name, type(value).__name__, value))
+    return out
+
+
+def probe_view(engine: Engine) -> list[object]:
+    """The scans' probes as objects: each pending probe's flow (all of it, and which probes
+    share it), whether its window is its key's in `entries` and its index entry is itself,
+    its due time's and size's types; and the order of the windows, of the index and of each
+    window's waiting targets (the differential test compares those tables unordered)."""
+    detect = engine.detect
+    assert detect is not None
+    shared: dict[int, int] = {}
+    out: list[object] = []
+    for scan in detect.scans:
+        out.append(("windows", list(scan.entries)))
+        out.append(("index", list(scan.index)))
+        out.append(("waiting", [list(entry.waiting.items()) for entry in scan.entries.values()]))
+        for probe in scan.pending:
+            flow = probe.flow
+            out.append(
+                (
+                    shared.setdefault(id(flow), len(shared)),
+                    flow_slots(engine, flow),
+                    probe.entry is scan.entries.get(probe.key),
+                    scan.index.get(probe.answer) is probe,
+                    type(probe.due).__name__,
+                    type(probe.size).__name__,
+                    type(probe.entry.start).__name__,
+                )
+            )
+    return out
+
+
+class ProbePair(Pair):
+    """A Pair that also compares the probes' objects (probe_view) at each check."""
+
+    def check_state(self) -> None:
+        super().check_state()
+        got, want = probe_view(self.fast), probe_view(self.slow)
+        if got != want:  # the first difference, plainly
+            at = next(i for i, (g, w) in enumerate(zip(got, want, strict=False)) if g != w)
+            assert (self.packets, at, got[at]) == (self.packets, at, want[at])
+            assert len(got) == len(want)
+
+
+_SCAN_POLICY = """\
+set app-layer off
+set default drop
+set detect-memory {memory}
+set detect-probes {probes}
+detect portscan ports 4 within 3s alert ignore {{ 198.18.9.9 }}
+detect sweep hosts 5 within 3s alert
+detect synflood rate {syn}/s per dst limit
+detect udpflood rate {udp}/s per src limit
+accept proto tcp from 10.10.1.0/24 to 10.10.2.0/24 port 443
+"""
+
+# (detect-memory, detect-probes, synflood's rate, udpflood's rate): roomy tables and
+# floods that let nearly everything go; small tables (windows evicted, the queue full:
+# _make_room, Python) and floods crossed both ways
+_SETTINGS = {
+    "roomy": (65536, 16384, 5000, 5000),
+    "small": (16, 24, 10, 10),
+}
+
+_SCANNERS_V4 = ["198.18.0.1", "198.18.0.2", "198.18.0.3", "198.18.9.9"]
+_SCANNERS_V6 = ["2001:db8:1::1", "2001:db8:1::2"]
+_HOSTS_V4 = [f"10.30.0.{i}" for i in range(1, 9)]
+_HOSTS_V6 = [f"2001:db8:2::{i}" for i in range(1, 5)]
+
+
+def probe_traffic(seed: int, seconds: float = 12.0) -> list[tuple[float, bytes]]:
+    """Probes of several scanners (IPv4 and IPv6) to several hosts and ports: SYNs, bare
+    ACKs and FIN+ACKs, UDP datagrams, ACKs with payload (no probe), repeats of earlier
+    probes (within and past their grace time), their answers (SYN+ACK, UDP, and resets:
+    failures), bursts of one scanner to many ports of one host (its key at the cap of
+    pending probes) and to many hosts (a sweep), an accepted connection now and then; in
+    phases of 5 to 400 packets a second over `seconds` (windows of 3 s roll over)."""
+    rng = random.Random(seed)
+    out: list[tuple[float, bytes]] = []
+    sent: list[tuple[int, str, str, int, int, int]] = []  # (proto, src, dst, sport, dport, flags)
+    now = 100.0
+    end = now + seconds
+
+    def add(at: float, proto: int, src: str, dst: str, sp: int, dp: int, flags: int = 0,
+            payload: bytes = b"") -> None:  # fmt: skip
+        if proto == PROTO_UDP:
+            data = build_packet(PROTO_UDP, src, dst, sp, dp, payload=payload or b"u")
+        else:
+            data = build_packet(PROTO_TCP, src, dst, sp, dp, flags=flags, payload=payload)
+        out.append((at, data))
+
+    phase_rate = 50.0
+    while now < end:
+        if rng.random() < 0.02:
+            phase_rate = rng.choice([5.0, 50.0, 400.0])
+        v6 = rng.random() < 0.3
+        scanner = rng.choice(_SCANNERS_V6 if v6 else _SCANNERS_V4)
+        host = rng.choice(_HOSTS_V6 if v6 else _HOSTS_V4)
+        sport = 40000 + rng.randrange(4)
+        port = rng.randrange(20, 60)
+        roll = rng.random()
+        if roll < 0.25:
+            add(now, PROTO_TCP, scanner, host, sport, port, 0x02)
+            sent.append((PROTO_TCP, scanner, host, sport, port, 0x02))
+        elif roll < 0.33:
+            flags = rng.choice([0x10, 0x11])
+            add(now, PROTO_TCP, scanner, host, sport, port, flags)
+            sent.append((PROTO_TCP, scanner, host, sport, port, flags))
+        elif roll < 0.36:
+            add(now, PROTO_TCP, scanner, host, sport, port, 0x18, b"data")  # no probe
+        elif roll < 0.56:
+            add(now, PROTO_UDP, scanner, host, sport, port)
+            sent.append((PROTO_UDP, scanner, host, sport, port, 0))
+        elif roll < 0.70 and sent:
+            proto, src, dst, sp, dp, flags = rng.choice(sent[-40:])
+            add(now, proto, src, dst, sp, dp, flags)  # a repeat (maybe past its grace)
+        elif roll < 0.82 and sent:
+            proto, src, dst, sp, dp, flags = rng.choice(sent[-40:])
+            if proto == PROTO_UDP:
+                add(now, PROTO_UDP, dst, src, dp, sp)  # a reply
+            else:
+                answer = rng.choice([0x12, 0x12, 0x14, 0x04])  # SYN+ACK, or a reset
+                add(now, PROTO_TCP, dst, src, dp, sp, answer)
+        elif roll < 0.86:
+            # one scanner, many ports of one host at once: its key reaches its cap
+            for i in range(rng.choice([10, 20, 30])):
+                proto = rng.choice([PROTO_TCP, PROTO_UDP])
+                add(now + i * 0.0005, proto, scanner, host, sport, 1000 + i, 0x02)
+        elif roll < 0.90:
+            # one scanner, many hosts (a sweep), the same port
+            hosts = _HOSTS_V6 if v6 else _HOSTS_V4
+            for i, target in enumerate(hosts):
+                add(now + i * 0.0005, PROTO_TCP, scanner, target, sport, port, 0x02)
+        else:
+            # an accepted connection (its flow filed), and its answer
+            client = f"10.10.1.{rng.randrange(1, 5)}"
+            server = f"10.10.2.{rng.randrange(1, 3)}"
+            cport = 50000 + rng.randrange(200)
+            add(now, PROTO_TCP, client, server, cport, 443, 0x02)
+            add(now + 0.0002, PROTO_TCP, server, client, 443, cport, 0x12)
+        now += rng.expovariate(phase_rate)
+    out.sort(key=lambda item: item[0])
+    return out
+
+
+def run_pair(pair: Pair, traffic: list[tuple[float, bytes]], metas: list[Meta]) -> float:
+    now = 0.0
+    for i, (now, data) in enumerate(traffic):
+        pair.handle(data, metas[i % len(metas)], now)
+        if i % 97 == 0:
+            pair.check_state()
+    return now
+
+
+@pytest.mark.parametrize("settings", sorted(_SETTINGS))
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_new_probes_filed_in_compiled_code_leave_the_same_objects(settings: str, seed: int) -> None:
+    """Probes of several keys and targets, IPv4 and IPv6, TCP SYN, bare ACK, FIN+ACK and
+    UDP: the same decisions, detector state and probe objects as the Python engine (probe_
+    view, checked every 97 packets and at each tick), and most new probes filed in compiled
+    code. The traffic meets windows rolling over, keys at their cap (probes_skipped),
+    detections (a fired window takes no more probes), and with small tables windows
+    evicted, the queue of pending probes full (Python makes room) and floods over their
+    rates (Python)."""
+    need_fast_path()
+    memory, probes, syn, udp = _SETTINGS[settings]
+    text = _SCAN_POLICY.format(memory=memory, probes=probes, syn=syn, udp=udp)
+    pair = ProbePair(text)
+    # interfaces and the sender's MAC (the flow keeps them), and none
+    metas = [META, Meta(iif="lan0", oif="dmz0", mac=b"\x02\x00\x00\x00\x00\x01"), Meta()]
+    now = run_pair(pair, probe_traffic(seed), metas)
+    pair.finish(now + 3.0)
+    fast_path = pair.fast._fast_path
+    slow = pair.slow
+    assert slow.detect is not None
+    portscan, sweep = slow.detect.portscan, slow.detect.sweep
+    assert portscan is not None and sweep is not None
+    # (with small tables the queue of pending probes is mostly full: Python makes room)
+    assert fast_path.probes_filed > (100 if settings == "roomy" else 40), fast_path.probes_filed
+    assert portscan.probes_skipped > 0  # keys at their cap
+    alerts = slow.stats.detector_alerts
+    if settings == "roomy":  # (with the queue full, most probes are forgotten unweighed)
+        assert alerts["portscan"] + alerts["sweep"] > 0  # windows that fired
+    if settings == "small":
+        assert portscan.evicted > 0  # (sweep keeps a window per scanner: fewer than 16)
+        assert portscan.probes_dropped + portscan.probes_early > 0  # the queue full
+        assert alerts["synflood"] > 0 and alerts["udpflood"] > 0
+
+
+def test_a_probe_opens_new_windows_and_shares_its_flow() -> None:
+    """Step by step: a SYN that opens a window in portscan and in sweep (one Flow, held by
+    both probes), the same scanner's next ports (portscan's window grows, sweep's target is
+    the same host), its window over (a new one, the old kept by its probes), an IPv6 UDP
+    probe; each decided in compiled code, the objects the same as Python's."""
+    need_fast_path()
+    pair = ProbePair(_SCAN_POLICY.format(memory=65536, probes=16384, syn=5000, udp=5000))
+    pair.next_tick = 1000.0  # no tick: the windows and probes stay as filed
+    scanner, host = "198.18.0.1", "10.30.0.1"
+    now = 100.0
+    # (the first packet of its addresses and ports: the policy's candidates of them are
+    # made by Python; the probe's objects the same)
+    pair.handle(build_packet(PROTO_TCP, scanner, host, 40000, 22, flags=0x02), META, now)
+    pair.check_state()
+    before = pair.flowless_packets
+    fast = pair.fast.detect
+    assert fast is not None and fast.portscan is not None and fast.sweep is not None
+    assert fast.portscan.pending[0].flow is fast.sweep.pending[0].flow
+    for port in (23, 25, 80):
+        now += 0.1
+        pair.handle(build_packet(PROTO_TCP, scanner, host, 40000, port, flags=0x02), META, now)
+    pair.check_state()
+    assert len(fast.portscan.pending) == 4 and len(fast.sweep.pending) == 4
+    assert list(fast.sweep.entries[bytes([198, 18, 0, 1])].waiting.values()) == [4]
+    # past the window (3 s), before the probes are due (a packet weighs them: Python)
+    pair.slow.tick(now + 2.5)
+    pair.fast.tick(now + 2.5)
+    now += 3.5
+    pair.handle(build_packet(PROTO_TCP, scanner, host, 40000, 443, flags=0x10), META, now)
+    pair.check_state()
+    pair.handle(build_packet(PROTO_UDP, "2001:db8:1::1", "2001:db8:2::1", 5000, 53), META, now)
+    pair.check_state()
+    assert pair.flowless_packets == before + 4  # (the IPv6 probe's candidates: Python)
+    pair.finish(now + 3.0)
+
+
+@pytest.mark.parametrize("app", ["off", "on"])
+def test_the_gateway_policy_files_probes_the_same(app: str) -> None:
+    """The gateway's six detectors over the probe traffic: synflood counts each SYN (its
+    buckets per destination made and taken here), stealth and the flows accepted between
+    them; with application parsing on, a new probe is Python's (the inspector's state goes
+    with its flow) and a repeat is compiled."""
+    need_fast_path()
+    from test_fastpath_differential import GATEWAY
+
+    text = ("set app-layer off\n" if app == "off" else "") + GATEWAY
+    pair = ProbePair(text)
+    now = run_pair(pair, probe_traffic(7, seconds=8.0), [META])
+    pair.finish(now + 3.0)
+    fast_path: Any = pair.fast._fast_path
+    if app == "off":
+        assert fast_path.probes_filed > 100
+    else:
+        assert fast_path.probes_filed == 0
