@@ -259,7 +259,22 @@ def test_a_probe_opens_new_windows_and_shares_its_flow() -> None:
     pair.handle(build_packet(PROTO_UDP, "2001:db8:1::1", "2001:db8:2::1", 5000, 53), META, now)
     pair.check_state()
     assert pair.flowless_packets == before + 4  # (the IPv6 probe's candidates: Python)
-    pair.finish(now + 3.0)
+    # a window's last instant: `within` seconds after its start is still in it
+    other = "198.18.0.2"
+    pair.handle(build_packet(PROTO_TCP, other, host, 40000, 22, flags=0x02), META, 200.0)
+    for engine in (pair.slow, pair.fast):
+        engine.tick(202.5)  # (its probes weighed: none due at 203)
+    # (a segment that is no probe first: the flow table's timer slot of that second is
+    # made by Python)
+    pair.handle(build_packet(PROTO_TCP, host, other, 22, 40000, flags=0x18, payload=b"x"), META, 203.0)
+    pair.check_state()
+    before = pair.flowless_packets
+    pair.handle(build_packet(PROTO_TCP, other, host, 40000, 23, flags=0x02), META, 203.0)
+    assert pair.flowless_packets == before + 1
+    pair.check_state()
+    window = fast.portscan.entries[(bytes([198, 18, 0, 2]), bytes([10, 30, 0, 1]))]
+    assert window.start == 200.0 and list(window.waiting) == [23]
+    pair.finish(205.0)
 
 
 @pytest.mark.parametrize("app", ["off", "on"])
