@@ -266,7 +266,8 @@ def test_a_probe_opens_new_windows_and_shares_its_flow() -> None:
         engine.tick(202.5)  # (its probes weighed: none due at 203)
     # (a segment that is no probe first: the flow table's timer slot of that second is
     # made by Python)
-    pair.handle(build_packet(PROTO_TCP, host, other, 22, 40000, flags=0x18, payload=b"x"), META, 203.0)
+    segment = build_packet(PROTO_TCP, host, other, 22, 40000, flags=0x18, payload=b"x")
+    pair.handle(segment, META, 203.0)
     pair.check_state()
     before = pair.flowless_packets
     pair.handle(build_packet(PROTO_TCP, other, host, 40000, 23, flags=0x02), META, 203.0)
