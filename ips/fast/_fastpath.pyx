@@ -88,6 +88,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from cpython.ref cimport Py_DECREF, Py_XDECREF
 
 from collections import OrderedDict, deque
+from heapq import heappush as _heappush
 
 from ips.core import decode as _decode
 from ips.core.decision import Decision
@@ -820,6 +821,7 @@ cdef class FastPath:
     # mixing (FlowTable._open's flow_id), and the probes filed here.
     cdef tuple syn_floods
     cdef bint probes_in_c
+    cdef bint slots_in_c             # the flow table's timer heap is a list (heapq's)
     cdef ScanProg probe_portscan, probe_sweep
     cdef object flowless_entry
     cdef unsigned long long id_mult, id_seed
@@ -961,6 +963,7 @@ cdef class FastPath:
         is not IP goes to Python) when anything is not."""
         self.flowless_on = False
         self.table = None
+        self.slots_in_c = False
         self.not_ip_decision = None
         self.first_tcp = None
         self.answer_indexes = ()
@@ -988,6 +991,7 @@ cdef class FastPath:
             return
         self.table = table
         self.flow_timeouts = flows.timeouts
+        self.slots_in_c = type(table.get("_slots")) is list
         not_ip = engine._not_ip
         if type(not_ip) is DECISION and type(self.stats_dict.get("not_ip")) is int:
             self.not_ip_decision = not_ip
@@ -1808,7 +1812,10 @@ cdef class FastPath:
         else:
             timeout = self.udp_new_timeout  # unreplied UDP
         slot = self._slot_of(now + timeout)  # (now is now_obj's double: the same sum)
-        if slot is None or not PyDict_Contains(table["_wheel"], slot):
+        if slot is None:
+            return None
+        cdef bint new_slot = not PyDict_Contains(table["_wheel"], slot)
+        if new_slot and not self.slots_in_c:
             return None
         if self.owed_table is not None and self.owed_table is not table:
             self._flush()  # (a table that is not the one owed to: never, but cheap to say)
@@ -1840,6 +1847,11 @@ cdef class FastPath:
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
             (<list>self.walk_bucket)[1] = now_obj
+        if new_slot:
+            # FlowTable._discard_opened: the timer slot the flow would have had is made
+            # (empty: an eviction's scan counts such slots), its number on the heap
+            PyDict_SetItem(table["_wheel"], slot, set())
+            _heappush(table["_slots"], slot)
         # The flow's counting (its id, created, discarded, its stand-in in the unreplied
         # queue) and the packet's, owed (_flush).
         self.owed_packets += 1
