@@ -101,6 +101,7 @@ from ips.detect import detectors as _detectors
 from ips.detect.scan import ANSWERED as _ANSWERED_OUTCOME, UNKNOWN as _UNKNOWN_OUTCOME, Probe
 from ips.detect.scan import ACK as _PROBE_ACK, DATAGRAM as _PROBE_DATAGRAM, GRACE as _GRACE
 from ips.detect.scan import SYN as _PROBE_SYN, ScanEntry, PortScan, Sweep
+from ips.detect.scan import RESOLVE_PER_PACKET
 from ips.core.flow import END_DISCARDED, _GONE as _FLOW_GONE, _NEVER as _FLOW_NEVER
 from ips.core.flow import _ID_MASK as _FLOW_ID_MASK
 from ips.detect.scan import TRACEROUTE_PORTS as _TRACEROUTE_PORTS
@@ -826,6 +827,7 @@ cdef class FastPath:
     cdef object flowless_entry
     cdef unsigned long long id_mult, id_seed
     cdef public long long probes_filed
+    cdef public long long probes_resolved  # scans whose due probes were weighed ahead here
     cdef object probe_kind, probe_answer  # the plan's probe: its kind, its answer's 5-tuple
     cdef Py_hash_t probe_answer_hash
     cdef dict table
@@ -898,6 +900,7 @@ cdef class FastPath:
         self.port_ints = [None] * 65536
         self.syn_ack_packets = 0
         self.probes_filed = 0
+        self.probes_resolved = 0
         _bind_meta()
         self.refresh(engine)
 
@@ -2092,24 +2095,37 @@ cdef class FastPath:
 
     cdef int _probe_plan(self, object kind, int proto, object src, object sport, object dst,
                          object dport, object now_obj, double now) except -1:
-        """What Detectors._probe would do with this probe (of `kind`, with ports), planned
-        without changing anything: PLAN_NOTHING (one of its addresses is no host, or every
-        scan awaits its answer already, has detected its key in this window or is told to
-        ignore its source), PLAN_FILE (a window to open, a probe to file or to count as
-        skipped, in one scan at least: each ScanProg's plan, which _probe_file carries out
-        once the packet is decided) or PLAN_PYTHON: a scan has a probe due (`_probe` weighs
-        it first), a queue is full (ScanDetector._make_room weighs or forgets its oldest),
-        or this module does not file probes (probes_in_c False: then only a repeat of a
-        pending probe does nothing here, _probe_repeats)."""
+        """What Detectors._probe would do with this probe (of `kind`, with ports), planned:
+        PLAN_NOTHING (one of its addresses is no host, or every scan awaits its answer
+        already, has detected its key in this window or is told to ignore its source),
+        PLAN_FILE (a window to open, a probe to file or to count as skipped, in one scan at
+        least: each ScanProg's plan, which _probe_file carries out once the packet is
+        decided) or PLAN_PYTHON: a queue is full (ScanDetector._make_room weighs or forgets
+        its oldest), a scan's due probes would report something or are too many, or this
+        module does not file probes (probes_in_c False: then only a repeat of a pending
+        probe while none is due does nothing here, _probe_repeats).
+
+        The one change made here: the scans' due probes, weighed first as `_probe` weighs
+        them (ScanDetector.resolve_quietly: only when that reports nothing and leaves none
+        due), so that whatever decides the packet afterwards — this module or the Python
+        path, whose `_probe` then finds none due — leaves the same state."""
         if _not_a_host(src) or _not_a_host(dst):
             return PLAN_NOTHING
         if not self.probes_in_c:
             if self._probe_repeats(proto, src, sport, dst, dport, now_obj):
                 return PLAN_NOTHING
             return PLAN_PYTHON
-        for pending in self.pending_probes:
+        # `_probe` weighs the due probes of each scan first, up to RESOLVE_PER_PACKET: done
+        # here when that reports nothing (no detection) and leaves none due (else Python)
+        for prog in (self.probe_portscan, self.probe_sweep):
+            if prog is None:
+                continue
+            pending = (<ScanProg>prog).pending
             if len(pending) and (<object>pending[0]).due <= now_obj:
-                return PLAN_PYTHON  # weighed first (Python)
+                self._flush()
+                if not (<ScanProg>prog).det.resolve_quietly(now_obj, RESOLVE_PER_PACKET):
+                    return PLAN_PYTHON
+                self.probes_resolved += 1
         answer = (proto, dst, dport, src, sport)
         cdef Py_hash_t answer_hash = hash(answer)
         cdef int plan = PLAN_NOTHING

@@ -220,6 +220,7 @@ def test_new_probes_filed_in_compiled_code_leave_the_same_objects(settings: str,
     # (with small tables the queue of pending probes is mostly full: Python makes room)
     assert fast_path.probes_filed > (100 if settings == "roomy" else 40), fast_path.probes_filed
     assert portscan.probes_skipped > 0  # keys at their cap
+    assert fast_path.probes_resolved > 0  # due probes weighed ahead in compiled code
     alerts = slow.stats.detector_alerts
     if settings == "roomy":  # (with the queue full, most probes are forgotten unweighed)
         assert alerts["portscan"] + alerts["sweep"] > 0  # windows that fired
@@ -299,3 +300,59 @@ def test_the_gateway_policy_files_probes_the_same(app: str) -> None:
         assert fast_path.probes_filed > 100
     else:
         assert fast_path.probes_filed == 0
+
+
+_DUE_POLICY = """\
+set app-layer off
+set default drop
+detect portscan ports {ports} within 60s alert
+detect sweep hosts 25 within 60s alert
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "flags", "count", "ports", "compiled"),
+    [
+        ("unanswered ACKs weigh nothing", 0x10, 5, 4, True),
+        ("SYNs short of the threshold", 0x02, 5, 15, True),
+        ("SYNs that reach the threshold: a detection", 0x02, 4, 4, False),
+        ("more due than a packet weighs", 0x10, 17, 5, False),  # (20 a key pending)
+        ("a long window hears the weights", 0x10, 5, 4, False),
+    ],
+)
+def test_due_probes_are_weighed_ahead_in_compiled_code_when_quiet(
+    case: str, flags: int, count: int, ports: int, compiled: bool
+) -> None:
+    """A new probe while earlier ones are due: `_probe` weighs them first (up to
+    RESOLVE_PER_PACKET). The compiled path weighs them itself (ScanDetector.
+    resolve_quietly) and files the probe when that reports nothing and leaves none due;
+    a detection, more due probes than one packet weighs, or `slowscan` (which hears every
+    weight): Python, the state the same either way."""
+    need_fast_path()
+    text = _DUE_POLICY.format(ports=ports)
+    if case.startswith("a long window"):
+        text += "detect slowscan ports 100 within 1h alert\n"
+    pair = ProbePair(text)
+    pair.next_tick = 1000.0  # no tick: the due probes are weighed by a packet
+    scanner, host = "198.18.0.1", "10.30.0.1"
+    for i in range(count):
+        data = build_packet(PROTO_TCP, scanner, host, 40000, 100 + i, flags=flags)
+        pair.handle(data, META, 100.0 + i * 0.001)
+    # (a segment that is no probe first, to a port seen: the timer slot and candidates of
+    # that second made, so that the probe below has no other reason to go to Python)
+    segment = build_packet(PROTO_TCP, host, scanner, 100, 40001, flags=0x18, payload=b"x")
+    pair.handle(segment, META, 102.5)
+    pair.check_state()
+    before = pair.flowless_packets
+    resolved = pair.fast._fast_path.probes_resolved
+    pair.handle(build_packet(PROTO_TCP, scanner, host, 40000, 100, flags=flags), META, 102.5)
+    pair.check_state()
+    assert pair.flowless_packets == before + compiled
+    assert (pair.fast._fast_path.probes_resolved > resolved) == compiled
+    fast = pair.fast.detect
+    assert fast is not None and fast.portscan is not None
+    detection = case.endswith("a detection")
+    if count <= 16:  # the due ones weighed, the new one filed (not in a window that fired)
+        assert len(fast.portscan.pending) == (0 if detection else 1)
+    assert (pair.slow.stats.alerts > 0) == detection
+    pair.finish(110.0)
