@@ -1724,7 +1724,7 @@ cdef class FastPath:
                     probe_plan = self._probe_plan(
                         PROBE_SYN if need == FIRST_ANSWER_ELSE_PROBE else PROBE_ACK,
                         proto, src, py_sport, dst, py_dport, now_obj, now)
-                    if probe_plan == PLAN_PYTHON or (probe_plan == PLAN_FILE and app_on):
+                    if probe_plan == PLAN_PYTHON:
                         return None
             if flags & SYN_ACK_FIN_RST == TCP_SYN and self.syn_floods is not None and len(
                 self.syn_floods
@@ -1835,17 +1835,18 @@ cdef class FastPath:
         # asks passive DNS the responder's name: its order and expiry are what that
         # leaves), the detectors (the answer it gives to a pending probe, as `_tcp` notes
         # it; the last Python code run here)
+        dst_name = None  # (the flow's, which a new probe keeps: _refused_flow)
         if app_on:
             names = self.app.names
             if names is not None:
                 self._flush()
-                names.name_of(dst, now_obj)
+                dst_name = names.name_of(dst, now_obj)
         if answers:
             self._note_answer(key, key_hash, now_obj)
         if probe_plan == PLAN_FILE:
             # (before this packet's flow is owed: its id is the next one)
             self._probe_file(p, proto, total, payload_offset, flags, src, py_sport, dst,
-                             py_dport, meta, meta_slots, now_obj)
+                             py_dport, meta, meta_slots, now_obj, dst_name)
         _floods_apply(updates, n_updates, now_obj)
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
@@ -2209,7 +2210,7 @@ cdef class FastPath:
     cdef int _probe_file(self, const uint8_t *p, int proto, Py_ssize_t total,
                          Py_ssize_t payload_offset, int flags, object src, object sport,
                          object dst, object dport, object meta, bint meta_slots,
-                         object now_obj) except -1:
+                         object now_obj, object dst_name) except -1:
         """_probe_plan's plan carried out, as ScanDetector.probe does it in each scan, in
         order: the window opened (the old one out of `entries`, or the oldest evicted when
         full: `evicted`), a probe skipped counted, or a Probe filed (its window's counts, the
@@ -2247,7 +2248,7 @@ cdef class FastPath:
                 continue
             if flow is None:
                 flow = self._refused_flow(p, proto, total, payload_offset, flags, src, sport,
-                                          dst, dport, meta, meta_slots, now_obj)
+                                          dst, dport, meta, meta_slots, now_obj, dst_name)
             probe = PyType_GenericAlloc(PROBE, 0)
             _set(probe, P_DUE, now_obj + GRACE_SECONDS)
             _set(probe, P_ENTRY, entry)
@@ -2272,12 +2273,14 @@ cdef class FastPath:
     cdef object _refused_flow(self, const uint8_t *p, int proto, Py_ssize_t total,
                               Py_ssize_t payload_offset, int flags, object src, object sport,
                               object dst, object dport, object meta, bint meta_slots,
-                              object now_obj):
+                              object now_obj, object dst_name):
         """The Flow FlowTable.open makes for this packet (Flow.__init__, the TCP state of
         its first packet, the next id), as the engine's path leaves it once refused: no
-        application state (parsing off), the sender's MAC, the forward candidate cache and
-        its interfaces, discarded (Engine._discard: out of every table, END_DISCARDED).
-        Its id is the one after those owed (_flush writes them)."""
+        application state (parsing off; with parsing on, a TCP segment without payload,
+        whose quiet state `release` closes: app_state None, app None), the responder's name
+        passive DNS gave (`_start`, with parsing on), the sender's MAC, the forward
+        candidate cache and its interfaces, discarded (Engine._discard: out of every table,
+        END_DISCARDED). Its id is the one after those owed (_flush writes them)."""
         cdef dict table = self.table
         cdef unsigned long long next_id = <unsigned long long>table["_next_id"] + (
             <unsigned long long>self.owed_discarded + 1
@@ -2335,7 +2338,7 @@ cdef class FastPath:
         _set(flow, F_APP_PROTO, None)
         _set(flow, F_APP, None)
         _set(flow, F_APP_STATE, None)
-        _set(flow, F_DST_NAME, None)
+        _set(flow, F_DST_NAME, dst_name)
         _set(flow, F_IIF, iif)
         _set(flow, F_OIF, oif)
         _set(flow, F_SLOT, FLOW_GONE)
