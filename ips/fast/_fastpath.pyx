@@ -39,18 +39,29 @@ test_fastpath_differential.py holds it to the Python engine, packet for packet.
 A packet of no flow (`_flowless`: a flow's first packet, which the engine would open a flow
 for) is decided here when the policy refuses it with nothing to say, for then the flow is
 discarded before it is filed (Engine._discard, FlowTable._discard_opened) and nothing of it
-stays but counters:
+stays but counters (and, for a new probe, what the scan detectors keep of it):
 
   * TCP or UDP as above, no block, no translation, application parsing off (its first
     look at a flow is Python's);
   * the detectors declared what they do with a flow's first packet (PacketInterest
-    first_tcp, first_udp_quiet, first_udp): nothing, or only an answer to a pending probe
-    that is no failure (not a reset), which `note_answer` notes as `_tcp` and `_udp` would,
-    or a probe that repeats one still pending (nothing to do); a UDP packet counted by the
-    floods from a bucket with a token;
-  * the flow table would not make room first (not full) and has no unsettled flow; the
-    timer slot the flow would have had exists and its unreplied queue needs no compacting
-    (Python makes the one and compacts the other);
+    first_tcp, first_udp_quiet, first_udp, first_syn_floods, probe_scans): nothing, or only
+    an answer to a pending probe that is no failure (not a reset), which `note_answer`
+    notes as `_tcp` and `_udp` would, or a probe (a SYN, a bare ACK or FIN+ACK, a UDP
+    datagram) of portscan and sweep: one that repeats a pending probe does nothing, a new
+    one is filed here (_probe_plan, _probe_file: what ScanDetector.probe does in each scan,
+    its window opened or rolled over, the oldest evicted from a full table, a key at its
+    cap counted skipped, and a Probe in the queue and index holding the Flow that
+    FlowTable.open would have made, _refused_flow: the same objects, every slot set as
+    Python sets it); the scans' due probes are weighed first, as `_probe` weighs them,
+    when that reports nothing and leaves none due (ScanDetector.resolve_quietly); a queue
+    of pending probes that is full (_make_room weighs), a detection among the due probes,
+    or `slowscan` (which hears every weight) goes to Python. A UDP packet counted by the
+    floods, a SYN by synflood (first_syn_floods), from a bucket with a token, or a new
+    key's bucket made when the table has room (asked before the candidate lookups: a
+    flood's `limit` drops the packet before the rules, which Python then never looks up);
+  * the flow table would not make room first (not full) and has no unsettled flow; its
+    unreplied queue needs no compacting (Python compacts it); the timer slot the flow would
+    have had is made here when it does not exist yet (FlowTable._discard_opened);
   * the candidate rules, found as CompiledPolicy.candidate_entry finds them (the same memo
     reads and lookups; a bitset whose candidates are not memoised yet goes to Python) and
     walked with state new, reach a terminal drop with a prebuilt Decision (its `limit`, per
@@ -58,6 +69,9 @@ stays but counters:
 
 Then it counts EngineStats.packets and verdicts, the rule's hits and its limit's bucket, and
 the flow table's next id, created, discarded and the unreplied queue's stand-in for the flow.
+With application parsing on, a TCP segment without payload is taken too (the inspector's
+quiet state goes with the refused flow; a new probe's flow keeps the responder's name passive
+DNS gave); UDP and payload are the inspector's (Python).
 
 Counters are owed (`FastPath.owed`): counted in C fields and written to the engine's objects
 by `_flush` before any call out of this module and before returning to its caller, so that
