@@ -362,3 +362,39 @@ def test_due_probes_are_weighed_ahead_in_compiled_code_when_quiet(
         assert len(fast.portscan.pending) == (0 if detection else 1)
     assert (pair.slow.stats.alerts > 0) == detection
     pair.finish(110.0)
+
+
+@pytest.mark.parametrize(
+    ("ports", "count", "quiet"),
+    [(15, 5, True), (4, 3, True), (4, 4, False), (5, 17, False)],
+    ids=["short", "one-short", "detection", "too-many"],
+)
+def test_resolve_quietly_is_resolve_when_it_reports_nothing(
+    ports: int, count: int, quiet: bool
+) -> None:
+    """ScanDetector.resolve_quietly (the Python engine alone, with or without the
+    extension): what `resolve` does, when that reports nothing and leaves no probe due;
+    otherwise False and nothing changed (a detection; more due probes than the budget)."""
+    from test_fastpath_differential import detector_state
+
+    from ips.detect.scan import RESOLVE_PER_PACKET
+    from ips.policy.resolve import load_policy_text
+
+    engines = [
+        Engine(load_policy_text(_DUE_POLICY.format(ports=ports), "due.rules"), fast=False)
+        for _ in range(2)
+    ]
+    for engine in engines:
+        for i in range(count):
+            data = build_packet(PROTO_TCP, "198.18.0.1", "10.30.0.1", 40000, 100 + i, flags=0x02)
+            engine.handle(data, META, 100.0 + i * 0.001)
+    asked, reference = engines
+    assert asked.detect is not None and reference.detect is not None
+    portscan = asked.detect.portscan
+    assert portscan is not None and reference.detect.portscan is not None
+    assert portscan.resolve_quietly(102.5, RESOLVE_PER_PACKET) == quiet
+    if quiet:
+        out: list[object] = []
+        reference.detect.portscan.resolve(102.5, RESOLVE_PER_PACKET, out)  # type: ignore[arg-type]
+        assert out == [] and not portscan.pending
+    assert detector_state(asked) == detector_state(reference)
