@@ -1710,6 +1710,7 @@ cdef class FastPath:
         cdef int need
         cdef bint answers = False
         cdef int probe_plan = PLAN_NOTHING  # a new probe to file (_probe_plan)
+        probe_kind = None  # a probe's kind: planned once the rules refuse the packet
         cdef tuple floods = None
         cdef BucketUpdate updates[MAX_FLOODS]
         cdef int n_updates = 0
@@ -1734,12 +1735,9 @@ cdef class FastPath:
                     need == FIRST_ANSWER_ELSE_PROBE_IF_EMPTY and payload_offset >= total
                 ):
                     # a probe (a SYN, an ACK without payload): `_probe` does nothing with
-                    # it, or files it as _probe_plan plans (carried out once decided)
-                    probe_plan = self._probe_plan(
-                        PROBE_SYN if need == FIRST_ANSWER_ELSE_PROBE else PROBE_ACK,
-                        proto, src, py_sport, dst, py_dport, now_obj, now)
-                    if probe_plan == PLAN_PYTHON:
-                        return None
+                    # it, or files it as _probe_plan plans (below, once the rules refuse
+                    # the packet: an accepted one is Python's, and not planned for nothing)
+                    probe_kind = PROBE_SYN if need == FIRST_ANSWER_ELSE_PROBE else PROBE_ACK
             if flags & SYN_ACK_FIN_RST == TCP_SYN and self.syn_floods is not None and len(
                 self.syn_floods
             ):
@@ -1774,10 +1772,7 @@ cdef class FastPath:
                                      # reading and their update)
                 else:
                     # a probe: `_probe` does nothing with it, or files it (_probe_plan)
-                    probe_plan = self._probe_plan(PROBE_DATAGRAM, proto, src, py_sport, dst,
-                                                  py_dport, now_obj, now)
-                    if probe_plan == PLAN_PYTHON:
-                        return None
+                    probe_kind = PROBE_DATAGRAM
         # ---- the flow table: FlowTable.open would make a flow, without making room
         cdef dict table = self.table
         if table["_opened"] is not None:
@@ -1815,8 +1810,14 @@ cdef class FastPath:
             if not matched.drops:
                 return None  # accepted: the flow is filed (Python)
             decision = matched.decision
-        # ---- FlowTable._discard_opened: the timer slot the flow would have had must exist
-        # (Python makes it), and the unreplied queue must not need compacting (Python does)
+        # ---- a probe, refused: what `_probe` does with it (the due probes weighed first)
+        if probe_kind is not None:
+            probe_plan = self._probe_plan(probe_kind, proto, src, py_sport, dst, py_dport,
+                                          now_obj, now)
+            if probe_plan == PLAN_PYTHON:
+                return None
+        # ---- FlowTable._discard_opened: the timer slot the flow would have had (made here
+        # when missing), and the unreplied queue must not need compacting (Python does)
         cdef double timeout
         if proto == PROTO_TCP:
             if flags & TCP_RST:
