@@ -839,6 +839,7 @@ cdef class FastPath:
     cdef bint slots_in_c             # the flow table's timer heap is a list (heapq's)
     cdef ScanProg probe_portscan, probe_sweep
     cdef object flowless_entry
+    cdef dict syn_accepted           # (destination, port) of SYNs not refused (a guess)
     cdef unsigned long long id_mult, id_seed
     cdef public long long probes_filed
     cdef public long long probes_resolved  # scans whose due probes were weighed ahead here
@@ -989,6 +990,7 @@ cdef class FastPath:
         self.first_udp_quiet = False
         self.first_udp = FIRST_BUSY
         self.syn_floods = ()
+        self.syn_accepted = {}  # (a new policy: guessed afresh)
         self.probes_in_c = False
         self.probe_portscan = self.probe_sweep = None
         self.default_drop = None
@@ -1706,6 +1708,13 @@ cdef class FastPath:
         cdef bint app_on = self.app.enabled
         if app_on and (proto != PROTO_TCP or payload_offset < total):
             return None
+        # A SYN to a destination and port whose last SYN the rules accepted is most likely
+        # accepted too: a new connection, Python's. Looking its candidates up here first
+        # would be done twice (a guess that only chooses the path: Python decides the
+        # same, and a SYN it would refuse is decided there as before).
+        if proto == PROTO_TCP and flags & SYN_ACK_FIN_RST == TCP_SYN and self.syn_accepted:
+            if PyDict_GetItem(self.syn_accepted, (dst, py_dport)) is not NULL:
+                return None
         # ---- the detectors (Detectors.observe of a flow's first packet, forward)
         cdef int need
         cdef bint answers = False
@@ -1805,9 +1814,11 @@ cdef class FastPath:
         if matched is None:
             decision = self.default_drop
             if decision is None:
+                self._syn_not_refused(proto, flags, dst, py_dport)
                 return None  # a default that accepts (the flow is filed) or rejects
         else:
             if not matched.drops:
+                self._syn_not_refused(proto, flags, dst, py_dport)
                 return None  # accepted: the flow is filed (Python)
             decision = matched.decision
         # ---- a probe, refused: what `_probe` does with it (the due probes weighed first)
@@ -2108,6 +2119,16 @@ cdef class FastPath:
             if len(pending) and (<object>pending[0]).due <= now_obj:
                 return False  # weighed first (Python)
         return True
+
+    cdef int _syn_not_refused(self, int proto, int flags, object dst, object dport) except -1:
+        """A SYN the rules do not refuse: its destination and port noted (syn_accepted), so
+        that the next SYN there goes to Python at once (see _flowless)."""
+        if proto != PROTO_TCP or flags & SYN_ACK_FIN_RST != TCP_SYN:
+            return 0
+        if len(self.syn_accepted) >= 65536:
+            self.syn_accepted = {}
+        self.syn_accepted[(dst, dport)] = True
+        return 0
 
     cdef int _probe_plan(self, object kind, int proto, object src, object sport, object dst,
                          object dport, object now_obj, double now) except -1:

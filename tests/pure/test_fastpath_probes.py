@@ -398,3 +398,37 @@ def test_resolve_quietly_is_resolve_when_it_reports_nothing(
         reference.detect.portscan.resolve(102.5, RESOLVE_PER_PACKET, out)  # type: ignore[arg-type]
         assert out == [] and not portscan.pending
     assert detector_state(asked) == detector_state(reference)
+
+
+def test_a_syn_where_the_last_was_accepted_goes_to_python() -> None:
+    """The compiled path guesses that a SYN to a destination and port whose last SYN the
+    rules accepted is accepted too, and leaves it to Python at once (a new connection: its
+    candidates would be looked up twice). The guess only chooses the path: a SYN there that
+    the rules refuse is decided by Python, the same; elsewhere refused SYNs stay compiled."""
+    need_fast_path()
+    text = (
+        "set app-layer off\nset default drop\n"
+        "accept proto tcp from 10.10.1.1 to 10.10.2.1 port 443\n"
+        "detect portscan ports 15 within 60s alert\n"
+    )
+    pair = ProbePair(text)
+    pair.next_tick = 1000.0
+    now = 100.0
+
+    def syn(src: str, sport: int, dport: int) -> int:
+        """The SYN handled; 1 when decided in compiled code."""
+        nonlocal now
+        now += 0.01
+        before = pair.flowless_packets
+        pair.handle(build_packet(PROTO_TCP, src, "10.10.2.1", sport, dport, flags=0x02), META, now)
+        return pair.flowless_packets - before
+
+    syn("198.18.0.9", 40000, 443)  # (the policy's candidates of it made by Python)
+    assert syn("198.18.0.9", 40001, 443) == 1  # refused in compiled code
+    syn("10.10.1.1", 41000, 443)  # (its candidates made by Python: no guess yet)
+    syn("10.10.1.1", 41001, 443)  # accepted: the rules walked in compiled code first
+    assert pair.slow.stats.verdicts["accept"] == 2
+    assert syn("198.18.0.9", 40002, 443) == 0  # refused, by Python
+    syn("198.18.0.9", 40003, 444)
+    assert syn("198.18.0.9", 40004, 444) == 1  # another port: compiled
+    pair.finish(now + 3.0)
