@@ -77,6 +77,10 @@ Counters are owed (`FastPath.owed`): counted in C fields and written to the engi
 by `_flush` before any call out of this module and before returning to its caller, so that
 no Python code reads one that lags.
 
+A SYN to a destination and port whose last SYN the rules here did not refuse goes to Python
+at once (syn_accepted: most likely a new connection, whose candidates would be looked up
+twice; a guess that only chooses the path).
+
 A responder's SYN+ACK answering the SYN of a flow the policy accepted (`_syn_ack`) is
 decided here when the detectors declared nothing to do with it (reverse_tcp_quiet), its
 flow has no application-layer work left (or the inspector's quiet state, whose one step it
@@ -2091,15 +2095,6 @@ cdef class FastPath:
         self._flush()
         self.note_answer(key, now_obj)
         return 0
-
-    cdef bint _probe_does_nothing(self, int proto, object src, object sport, object dst,
-                                  object dport, object now_obj) except -1:
-        """Whether Detectors._probe does nothing with this probe: one of its addresses is no
-        host (multicast, broadcast, loopback, unspecified: `_probe` returns first), or it
-        repeats a probe still pending (_probe_repeats)."""
-        if _not_a_host(src) or _not_a_host(dst):
-            return True
-        return self._probe_repeats(proto, src, sport, dst, dport, now_obj)
 
     cdef bint _probe_repeats(self, int proto, object src, object sport, object dst,
                              object dport, object now_obj) except -1:
