@@ -119,7 +119,7 @@ from ips.detect import detectors as _detectors
 from ips.detect.scan import ANSWERED as _ANSWERED_OUTCOME, UNKNOWN as _UNKNOWN_OUTCOME, Probe
 from ips.detect.scan import ACK as _PROBE_ACK, DATAGRAM as _PROBE_DATAGRAM, GRACE as _GRACE
 from ips.detect.scan import SYN as _PROBE_SYN, ScanEntry, PortScan, Sweep
-from ips.detect.scan import RESOLVE_PER_PACKET
+from ips.detect.scan import EARLY as _EARLY, RESOLVE_PER_PACKET
 from ips.core.flow import END_DISCARDED, _GONE as _FLOW_GONE, _NEVER as _FLOW_NEVER
 from ips.core.flow import _ID_MASK as _FLOW_ID_MASK
 from ips.detect.scan import TRACEROUTE_PORTS as _TRACEROUTE_PORTS
@@ -253,6 +253,7 @@ cdef object UNKNOWN_OUTCOME = _UNKNOWN_OUTCOME
 # left unset, so then every new probe goes to Python (probes_known False).
 cdef type SCAN_ENTRY = ScanEntry
 cdef object GRACE_SECONDS = _GRACE
+cdef object EARLY_SECONDS = _EARLY
 cdef object PROBE_SYN = _PROBE_SYN, PROBE_ACK = _PROBE_ACK, PROBE_DATAGRAM = _PROBE_DATAGRAM
 cdef object FLOW_NEVER = _FLOW_NEVER        # Flow.back_since of a flow never offloaded
 cdef object FLOW_GONE = _FLOW_GONE          # Flow._slot of a flow in no table
@@ -325,6 +326,7 @@ cdef class ScanProg:
     cdef bint new_window          # a window opens (the old one, if any, goes)
     cdef object old_entry         # the window found (None: none)
     cdef object key, target
+    cdef bint make_room           # the queue is full: its oldest probe is forgotten first
 
 
 cdef ScanProg _scan_prog(object det):
@@ -338,7 +340,7 @@ cdef ScanProg _scan_prog(object det):
         return None
     if type(attrs.get("pending")) is not deque:
         return None
-    for name in ("memory", "probes", "per_key", "evicted", "probes_skipped"):
+    for name in ("memory", "probes", "per_key", "evicted", "probes_skipped", "probes_dropped"):
         if type(attrs.get(name)) is not int:
             return None
     cdef ScanProg prog = ScanProg()
@@ -2186,6 +2188,7 @@ cdef class FastPath:
         cdef bint new
         prog.action = SCAN_NOTHING
         prog.new_window = False
+        prog.make_room = False
         prog.old_entry = None
         prog.key = None
         prog.target = None
@@ -2233,7 +2236,22 @@ cdef class FastPath:
             prog.action = SCAN_SKIP
             return SCAN_SKIP
         if len(prog.pending) >= prog.probes:
-            return -1  # _make_room weighs or forgets the oldest probe (Python)
+            # ScanDetector._make_room: the oldest probe leaves; it is weighed early (Python)
+            # when its window has others waiting and it waited EARLY seconds, else forgotten
+            # (done here: _probe_file)
+            if len(prog.pending) != prog.probes:
+                return -1  # (a queue longer than its bound: never, but Python's to judge)
+            oldest = prog.pending[0]
+            if type(oldest) is not PROBE:
+                return -1
+            old_entry = _get(oldest, P_ENTRY)
+            if type(old_entry) is not SCAN_ENTRY:
+                return -1
+            if _get(old_entry, E_PENDING) - 1 > 0 and (
+                now_obj - (_get(oldest, P_DUE) - GRACE_SECONDS) >= EARLY_SECONDS
+            ):
+                return -1
+            prog.make_room = True
         prog.old_entry = entry
         prog.action = SCAN_FILE
         return SCAN_FILE
@@ -2277,6 +2295,8 @@ cdef class FastPath:
             if prog.action == SCAN_SKIP:
                 prog.attrs["probes_skipped"] = prog.attrs["probes_skipped"] + 1
                 continue
+            if prog.make_room:
+                self._forget_oldest(prog)
             if flow is None:
                 flow = self._refused_flow(p, proto, total, payload_offset, flags, src, sport,
                                           dst, dport, meta, meta_slots, now_obj, dst_name)
@@ -2299,6 +2319,25 @@ cdef class FastPath:
             prog.index[answer] = probe
             self.probes_filed += 1
         self.probe_answer = None
+        return 0
+
+    cdef int _forget_oldest(self, ScanProg prog) except -1:
+        """ScanDetector._make_room when its oldest probe is forgotten (_scan_plan checked
+        that it is not weighed early): out of the queue, `_leave` (out of the index, its
+        window's counts down), `probes_dropped`."""
+        old = prog.pending.popleft()
+        prog.index.pop(_get(old, P_ANSWER), None)
+        entry = _get(old, P_ENTRY)
+        _set(entry, E_PENDING, _get(entry, E_PENDING) - 1)
+        waiting = <dict>_get(entry, E_WAITING)
+        target = _get(old, P_TARGET)
+        found = PyDict_GetItem(waiting, target)
+        left = (0 if found is NULL else <object>found) - 1
+        if left > 0:
+            waiting[target] = left
+        else:
+            waiting.pop(target, None)
+        prog.attrs["probes_dropped"] = prog.attrs["probes_dropped"] + 1
         return 0
 
     cdef object _refused_flow(self, const uint8_t *p, int proto, Py_ssize_t total,

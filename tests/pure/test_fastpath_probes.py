@@ -432,3 +432,48 @@ def test_a_syn_where_the_last_was_accepted_goes_to_python() -> None:
     syn("198.18.0.9", 40003, 444)
     assert syn("198.18.0.9", 40004, 444) == 1  # another port: compiled
     pair.finish(now + 3.0)
+
+
+@pytest.mark.parametrize("early", [False, True], ids=["forgotten", "weighed-early"])
+def test_a_full_queue_forgets_its_oldest_probe_in_compiled_code(early: bool) -> None:
+    """`set detect-probes 16`, and more new probes: ScanDetector._make_room takes the
+    oldest pending probe out. A probe whose window has no other waiting (forged sources:
+    one probe each) is forgotten (`probes_dropped`): done in compiled code, the new probe
+    filed. One whose window has others waiting and that waited EARLY seconds is weighed
+    early (`probes_early`, maybe a detection): Python."""
+    need_fast_path()
+    text = (
+        "set app-layer off\nset default drop\nset detect-probes 16\n"
+        "detect portscan ports 15 within 60s alert\n"
+    )
+    pair = ProbePair(text)
+    pair.next_tick = 1000.0  # no tick: the queue fills
+    now = 100.0
+    for i in range(16):
+        # forged sources, one probe each; or one scanner's ports (its window has others)
+        src = "198.18.0.1" if early else f"198.18.1.{i + 1}"
+        now += 0.01
+        pair.handle(
+            build_packet(PROTO_TCP, src, "10.30.0.1", 40000, 100 + i, flags=0x10), META, now
+        )
+    # a second later (EARLY), before the probes are due (GRACE): the queue is full
+    now = 101.5
+    segment = build_packet(
+        PROTO_TCP, "10.30.0.1", "198.18.9.1", 80, 40001, flags=0x18, payload=b"x"
+    )
+    pair.handle(segment, META, now)  # (the timer slot and candidates of that second made)
+    before = pair.flowless_packets
+    for i in range(4):
+        now += 0.01
+        src = "198.18.0.1" if early else f"198.18.2.{i + 1}"
+        pair.handle(
+            build_packet(PROTO_TCP, src, "10.30.0.1", 40000, 200 + i, flags=0x10), META, now
+        )
+        pair.check_state()
+    portscan = pair.slow.detect.portscan if pair.slow.detect is not None else None
+    assert portscan is not None and len(portscan.pending) == 16
+    if early:
+        assert portscan.probes_early == 4 and pair.flowless_packets == before
+    else:
+        assert portscan.probes_dropped == 4 and pair.flowless_packets >= before + 3
+    pair.finish(now + 3.0)
