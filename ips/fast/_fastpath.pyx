@@ -53,8 +53,9 @@ stays but counters (and, for a new probe, what the scan detectors keep of it):
     cap counted skipped, and a Probe in the queue and index holding the Flow that
     FlowTable.open would have made, _refused_flow: the same objects, every slot set as
     Python sets it); the scans' due probes are weighed first, as `_probe` weighs them,
-    when that reports nothing and leaves none due (ScanDetector.resolve_quietly); a queue
-    of pending probes that is full (_make_room weighs), a detection among the due probes,
+    when that reports nothing and leaves none due (ScanDetector.resolve_quietly); a full
+    queue of pending probes forgets its oldest here (_forget_oldest), as _make_room does
+    when it does not weigh it early; an early weighing, a detection among the due probes,
     or `slowscan` (which hears every weight) goes to Python. A UDP packet counted by the
     floods, a SYN by synflood (first_syn_floods), from a bucket with a token, or a new
     key's bucket made when the table has room (asked before the candidate lookups: a
@@ -2134,8 +2135,8 @@ cdef class FastPath:
         already, has detected its key in this window or is told to ignore its source),
         PLAN_FILE (a window to open, a probe to file or to count as skipped, in one scan at
         least: each ScanProg's plan, which _probe_file carries out once the packet is
-        decided) or PLAN_PYTHON: a queue is full (ScanDetector._make_room weighs or forgets
-        its oldest), a scan's due probes would report something or are too many, or this
+        decided) or PLAN_PYTHON: a queue is full and ScanDetector._make_room would weigh its
+        oldest early, a scan's due probes would report something or are too many, or this
         module does not file probes (probes_in_c False: then only a repeat of a pending
         probe while none is due does nothing here, _probe_repeats).
 
@@ -2183,7 +2184,8 @@ cdef class FastPath:
                         object dst, object dport, object now_obj, double now) except -2:
         """One scan's part of _probe_plan: `_probe`'s tests (its index, its `ignore`) and
         ScanDetector.probe's up to the filing (the window, `fired`, the cap per key, the
-        queue's room), planned in prog; -1: the queue is full (Python)."""
+        queue's room), planned in prog; -1: Python's (a full queue weighing its oldest
+        early)."""
         cdef PyObject *found
         cdef bint new
         prog.action = SCAN_NOTHING
