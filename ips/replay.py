@@ -166,8 +166,9 @@ class _Run:
             self.next_tick = ts + TICK_EVERY
         elif ts >= self.next_tick:
             ended = self.engine.tick(ts)
-            self.flows_ended += sum(1 for ev in ended if ev.__class__ is FlowEnd)
-            self.note_blocks(ended)
+            if ended:  # (most ticks end nothing: no count, no blocks to note)
+                self.flows_ended += sum(1 for ev in ended if ev.__class__ is FlowEnd)
+                self.note_blocks(ended)
             if self.eve is not None:
                 self.eve.events(ended)
             self.next_tick = ts + TICK_EVERY

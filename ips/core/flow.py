@@ -575,6 +575,14 @@ class FlowTable:
         flow.end_reason = END_DISCARDED
         self._discarded += 1
 
+    def due(self, now: float) -> bool:
+        """Whether pop_evicted() or expire(now) has anything to give: flows ended by track(),
+        or a wheel slot due (expire's test of the first slot). The engine's tick asks first."""
+        if self._ended:
+            return True
+        slots = self._slots
+        return bool(slots) and slots[0] <= int(now // _SLOT)
+
     def expire(self, now: float, budget: int = 10_000) -> list[Flow]:
         """Remove and return flows idle past their timeout (end_reason END_TIMEOUT).
 

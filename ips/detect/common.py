@@ -9,6 +9,7 @@ engine's block manager answers (see `Detector.emit` and `Detector.answered`).
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -109,6 +110,13 @@ class Detector:
         then kept across `apply`)."""
         return spec.params == self.spec.params and memory == self.memory
 
+    def window_over(self, entries: dict[_Key, Any], now: float) -> bool:
+        """Whether drop_finished_windows(entries, now) would drop anything: the test it makes
+        of the first entry, alone (its `due` check)."""
+        for entry in entries.values():
+            return not entry.start >= now - self.within  # type: ignore[attr-defined]
+        return False
+
     def drop_finished_windows(self, entries: dict[_Key, Any], now: float) -> None:
         """Forget entries whose window (`within`, from their `start`) is over. Entries are
         kept in insertion order, which is start order, so this stops at the first live one.
@@ -141,6 +149,15 @@ class Detector:
             "blocks": self.blocked,
             "drops": self.drops,
         }
+
+    def due(self, now: float) -> bool:
+        """Whether tick(now) would change anything. Detectors.tick calls `tick` only when
+        this says so: most ticks have nothing due, and then cost this check alone. It may
+        say True for nothing (a tick then runs for nothing), never False when tick would
+        drop, weigh or move anything (tests/pure/test_tick_due.py compares an engine whose
+        ticks skip with one whose ticks never do). A detector that does not say ticks
+        always."""
+        return True
 
     def tick(self, now: float, out: list[DetectorEffect]) -> None:
         """Expiry of old state (and, for scans, probes whose answer is overdue)."""
@@ -311,6 +328,14 @@ class BucketDetector(Detector):
     burst: float
     idle: float
 
+    def __init__(self, spec: DetectSpec, memory: int) -> None:
+        super().__init__(spec, memory)
+        # At most the last use (bucket[1]) of every bucket: a bucket is dropped only once
+        # idle, so no tick has anything to drop while this is recent (`due`). A bucket's last
+        # use only grows (here and in ips/fast/_fastpath.pyx `_floods_take`); a new one
+        # lowers this to its time; a tick that looks at every bucket sets it exactly.
+        self.oldest_use = math.inf
+
     def take(self, key: Any, amount: float, now: float) -> list[float] | None:
         """Take `amount` from key's bucket (a new one starts full, less the amount): None
         when it had enough, else the bucket, its count over the rate raised by `amount`.
@@ -325,6 +350,8 @@ class BucketDetector(Detector):
             if len(buckets) >= self.memory:
                 self._make_room(now)
             buckets[key] = [self.burst - amount, now, float("-inf"), 0.0]
+            if now < self.oldest_use:
+                self.oldest_use = now
             return None
         elapsed = now - b[1]
         if elapsed > 0.0:
@@ -351,12 +378,38 @@ class BucketDetector(Detector):
         del buckets[next(iter(buckets))]
         self.evicted += 1
 
+    def due(self, now: float) -> bool:
+        """A bucket is kept while `now - its last use < idle`, so none goes while the oldest
+        use is that recent; and a tick that looks at every bucket puts each kept one back in
+        the order it had. Past TICK_BUDGET buckets a tick moves those it looks at behind the
+        others (an order `_make_room` reads): it always runs."""
+        buckets = self.buckets
+        if not buckets:
+            return False
+        return len(buckets) > TICK_BUDGET or not now - self.oldest_use < self.idle
+
     def tick(self, now: float, out: list[DetectorEffect]) -> None:
         """Drop idle buckets (a new one starts full: nothing is lost), a bounded number per
         tick; buckets in use, or whose alert is recent, go to the back."""
         buckets = self.buckets
-        for _ in range(min(TICK_BUDGET, len(buckets))):
-            key = next(iter(buckets))
-            b = buckets.pop(key)
-            if now - b[1] < self.idle or now - b[2] < ALERT_EVERY:
-                buckets[key] = b
+        idle = self.idle
+        if len(buckets) > TICK_BUDGET:
+            for _ in range(TICK_BUDGET):
+                key = next(iter(buckets))
+                b = buckets.pop(key)
+                if now - b[1] < idle or now - b[2] < ALERT_EVERY:
+                    buckets[key] = b
+            return  # oldest_use stays what it was: still at most every last use
+        # Every bucket looked at: the kept ones would all go to the back, in the order they
+        # have, so the idle ones are deleted where they are (the same table, at less cost).
+        oldest = math.inf
+        gone = []
+        for key, b in buckets.items():
+            if now - b[1] < idle or now - b[2] < ALERT_EVERY:
+                if b[1] < oldest:
+                    oldest = b[1]
+            else:
+                gone.append(key)
+        for key in gone:
+            del buckets[key]
+        self.oldest_use = oldest

@@ -608,7 +608,8 @@ class Detectors:
         and let go of expired state."""
         out: list[DetectorEffect] = []
         for det in self.by_name.values():
-            det.tick(now, out)
+            if det.due(now):  # asked in turn: an earlier one's tick may give it work
+                det.tick(now, out)
         return out
 
     def stats(self) -> dict[str, dict[str, int]]:

@@ -222,6 +222,15 @@ class Reflection(Detector):
 
     # ---- time ----------------------------------------------------------------------------------
 
+    def due(self, now: float) -> bool:
+        """Victims are looked at whenever there are some (the tick moves those it keeps to
+        the back); requests when the oldest is old enough to go (the tick's test)."""
+        if self.victims:
+            return True
+        for asked in self.asks.values():
+            return not now - asked <= ASK_WINDOW
+        return False
+
     def tick(self, now: float, out: list[DetectorEffect]) -> None:
         """Forget destinations whose window is over and whose bucket is full again (a new
         one starts so: nothing is lost), a bounded number per tick, and old requests."""

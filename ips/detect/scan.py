@@ -398,6 +398,13 @@ class ScanDetector(Detector):
         if self.slow is not None:
             self.slow.credit(self, probe, weight, now, out)  # its long window (slowscan.py)
 
+    def due(self, now: float) -> bool:
+        """A probe due (resolve's test of the first), or a window over."""
+        pending = self.pending
+        if pending and pending[0].due <= now:
+            return True
+        return self.window_over(self.entries, now)
+
     def tick(self, now: float, out: list[DetectorEffect]) -> None:
         self.resolve(now, RESOLVE_PER_TICK, out)
         # (pending probes keep what they need of an entry whose window is over)

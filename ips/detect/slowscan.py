@@ -119,6 +119,13 @@ class SlowScan(Detector):
         out["spreads"] = len(self.spreads)
         return out
 
+    def due(self, now: float) -> bool:
+        return (
+            self.window_over(self.pairs, now)
+            or self.window_over(self.sources, now)
+            or self.window_over(self.spreads, now)
+        )
+
     def tick(self, now: float, out: list[DetectorEffect]) -> None:
         self.drop_finished_windows(self.pairs, now)
         self.drop_finished_windows(self.sources, now)

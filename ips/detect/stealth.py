@@ -147,5 +147,8 @@ class Stealth(Detector):
             reason=f"stealth: {entry.count} {KIND_NAMES[kind]} packets within {self.within:g}s",
         )
 
+    def due(self, now: float) -> bool:
+        return self.window_over(self.entries, now)
+
     def tick(self, now: float, out: list[DetectorEffect]) -> None:
         self.drop_finished_windows(self.entries, now)

@@ -255,6 +255,12 @@ class BlockManager:
         self._remember(addr, offenses, expires_at + self.max_ttl)
         return True
 
+    def due(self, now: float) -> bool:
+        """Whether expire(now) or expire_macs(now) may have anything to do: a block (of
+        an address or a MAC) held. (The engine's tick asks first.)"""
+        table = self.table
+        return bool(self.macs) or (table is not None and bool(table.members))
+
     def expire(self, now: float) -> list[Unblock]:
         """Blocks whose time is up: out of the table, each an Unblock("expired")."""
         table = self.table

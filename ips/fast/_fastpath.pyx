@@ -7,10 +7,11 @@ the same Decision object; for every other packet it changes nothing and returns 
 decoded (a `Packet`, as ips/core/decode.py makes it, for `Engine.handle_packet`) or None (not
 decoded here: `Engine.handle_python`). A packet qualifies when:
 
-  * its bytes are raw IP or Ethernet without VLAN tags, IPv4 without options and not a
-    fragment, or IPv6 without extension headers, carrying TCP, UDP or an ICMP/ICMPv6 echo
-    request or reply whose header the decoder would accept (anything it would count as
-    malformed goes to Python);
+  * its bytes are raw IP or Ethernet (VLAN tags peeled as ips/core/decode.py peels them:
+    decisions never read them, a Packet returned carries their ids), IPv4 without options
+    and not a fragment, or IPv6 without extension headers, carrying TCP, UDP or an
+    ICMP/ICMPv6 echo request or reply whose header the decoder would accept (anything it
+    would count as malformed goes to Python);
   * its flow exists, has no translation (NAT), no application-layer work left
     (`app_state is None`), and its rule cache for this direction was made under the
     running policy and the packet's interfaces;
@@ -173,8 +174,9 @@ cdef inline void _set(object obj, Py_ssize_t offset, object value):
 
 cdef type FLOW = Flow
 cdef type FLOW_TABLE = FlowTable
-# The ethertypes of VLAN tags ips/core/decode.py peels (a frame with one is Python's).
+# The ethertypes of VLAN tags ips/core/decode.py peels, and how many it peels (`_vlan_tags`).
 cdef frozenset _VLAN_TPIDS = _decode._VLAN_TPIDS
+cdef Py_ssize_t _MAX_VLAN_TAGS = _decode._MAX_VLAN_TAGS
 cdef type COMPILED_POLICY = CompiledPolicy
 # What FlowTable._discard_opened puts in the unreplied queue for a discarded flow, and the
 # timer wheel's granularity (ips/core/flow.py).
@@ -552,6 +554,7 @@ cdef struct BucketUpdate:
     bint refilled       # its last update moves to now
     PyObject *buckets   # a new key's: its detector's table (borrowed), NULL for an update
     PyObject *key       # and the key (borrowed: the packet's address)
+    PyObject *attrs     # and its detector's __dict__ (borrowed: its FloodProg holds it)
 
 
 cdef class FloodProg:
@@ -564,6 +567,7 @@ cdef class FloodProg:
     cdef double rate, burst
     cdef object ignore            # the `ignore` AddrList, or None
     cdef Py_ssize_t memory        # the keys its table holds before making room (Python's)
+    cdef dict attrs               # its __dict__: `oldest_use`, which a new bucket lowers
 
 
 cdef tuple _flood_progs(object floods):
@@ -586,10 +590,31 @@ cdef tuple _flood_progs(object floods):
         prog.burst = det.burst
         prog.ignore = det.ignore
         prog.memory = det.memory if type(det.memory) is int else 0
+        attrs = getattr(det, "__dict__", None)
+        prog.attrs = attrs if type(attrs) is dict else {}
         progs.append(prog)
     if len(progs) > MAX_FLOODS:
         return None
     return tuple(progs)
+
+
+cdef object _vlan_tags(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off, uint16_t *etype):
+    """The VLAN ids of an Ethernet frame's tags, outermost first, as ips/core/decode.py
+    `_by_ethertype` peels them from `off` (whose ethertype, a tag's, is `etype`); `off` and
+    `etype` moved past them. None for what it counts malformed (more than _MAX_VLAN_TAGS
+    tags, a tag cut short), which is left to it."""
+    cdef list tags = []
+    cdef Py_ssize_t at = off[0]
+    cdef uint16_t kind = etype[0]
+    while kind in _VLAN_TPIDS:
+        if len(tags) >= _MAX_VLAN_TAGS or at + 4 > n:
+            return None
+        tags.append(((p[at] << 8) | p[at + 1]) & 0x0FFF)
+        kind = (p[at + 2] << 8) | p[at + 3]
+        at += 4
+    off[0] = at
+    etype[0] = kind
+    return tuple(tags)
 
 
 cdef int _floods_take(tuple floods, object src, object dst, double now,
@@ -620,6 +645,7 @@ cdef int _floods_take(tuple floods, object src, object dst, double now,
             out[n].refilled = True
             out[n].buckets = <PyObject *>flood.buckets
             out[n].key = <PyObject *>key
+            out[n].attrs = <PyObject *>flood.attrs
             n += 1
             continue
         if found is NULL or type(<object>found) is not list or PyList_GET_SIZE(<object>found) < 2:
@@ -648,13 +674,17 @@ cdef int _floods_take(tuple floods, object src, object dst, double now,
 cdef int _floods_apply(BucketUpdate *updates, int n, object now_obj) except -1:
     """The updates _floods_take planned, made: a bucket's tokens (and its last update), or a
     new key's bucket as BucketDetector.take makes it ([burst - 1, now, -inf, 0.0], at the
-    end of its table)."""
+    end of its table, its time lowering the detector's `oldest_use` bound)."""
     cdef int i
     cdef list bucket
+    cdef PyObject *oldest
     for i in range(n):
         if updates[i].buckets is not NULL:
             PyDict_SetItem(<dict>updates[i].buckets, <object>updates[i].key,
                            [updates[i].tokens, now_obj, NEG_INF, 0.0])
+            oldest = PyDict_GetItem(<dict>updates[i].attrs, "oldest_use")
+            if oldest is not NULL and now_obj < <object>oldest:
+                (<dict>updates[i].attrs)["oldest_use"] = now_obj
             continue
         bucket = <list><object>updates[i].bucket
         bucket[0] = updates[i].tokens
@@ -1367,17 +1397,20 @@ cdef class FastPath:
         cdef Py_ssize_t addr_len, src_off, dst_off
         cdef int ttl, tos
         cdef uint16_t etype
+        cdef object vlans = ()
         if linktype == LINKTYPE_ETHERNET:
             if n < 14:
                 return None
             etype = (p[12] << 8) | p[13]
-            if etype != 0x0800 and etype != 0x86DD:
-                if etype in _VLAN_TPIDS:
-                    return None  # tags: Python peels them
-                return self._not_ip()
             off = 14
-            p += 14
-            n -= 14
+            if etype in _VLAN_TPIDS:
+                vlans = _vlan_tags(p, n, &off, &etype)
+                if vlans is None:
+                    return None  # too many tags, or cut short: Python's malformed
+            if etype != 0x0800 and etype != 0x86DD:
+                return self._not_ip()
+            p += off
+            n -= off
             if n < 1 or (p[0] >> 4) != (4 if etype == 0x0800 else 6):
                 return None
         elif linktype != LINKTYPE_RAW:
@@ -1464,7 +1497,7 @@ cdef class FastPath:
             tos = ((p[0] & 0x0F) << 4) | (p[1] >> 4)
         return PACKET(PyBytes_FromStringAndSize(<const char *>p, total), family, src, dst, proto,
                       sport, dport, flags, icmp_type, icmp_code, ttl, tos, hl, payload_offset, 0,
-                      ())
+                      vlans)
 
     cdef object _decide(self, const uint8_t *p, int proto, Py_ssize_t total,
                         Py_ssize_t payload_offset, int sport, int dport, int flags,

@@ -16,10 +16,19 @@ counts for its 5-tuple are known: a DESTROY seen before (kept in a bounded dict)
 arrives within HOLD_SECONDS, or else the GET made when the flow ended. A flow whose entry
 conntrack no longer has and whose DESTROY never came keeps the engine's counts (counted).
 Parsing is pure and counts malformed messages; ConntrackWatch is the socket.
+
+Conntrack sends a DESTROY for every connection of the namespace, and most were never
+offloaded: on a busy gateway each would wake every worker to be parsed and thrown away. The
+events socket therefore carries a socket filter (classic BPF, `offloaded_only_filter`) that
+passes only the events whose ct mark has bits of an offload stamp (OFFLOADED_CT_BITS, the
+generation and the handshake bit that ips/translate/nft's offload chain writes: once stamped
+they are never cleared). The kernel drops the others before they are queued to the socket. A
+kernel that refuses the filter leaves the socket unfiltered (said in `stats`: `filtered`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import socket
 import struct
@@ -31,6 +40,7 @@ from typing import Any
 from ips.core.events import FlowEnd, KernelVolume
 from ips.io.netlink import (
     BE32,
+    HEADERS,
     NLA,
     NLA_TYPE_MASK,
     NLM_F_REQUEST,
@@ -41,6 +51,7 @@ from ips.io.netlink import (
     nfnl_message,
     open_netfilter_socket,
 )
+from ips.translate.nft.constants import HANDSHAKE_ACK_CT, OFFLOAD_CT_MASK
 
 NFNL_SUBSYS_CTNETLINK = 1
 IPCTNL_MSG_CT_NEW = 0
@@ -57,6 +68,21 @@ CTA_TUPLE_PROTO = 2
 CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
 CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
 CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES = 1, 2
+CTA_MARK = 8
+
+# The ct-mark bits of an offload stamp: a connection ever offloaded has one of them set.
+OFFLOADED_CT_BITS = OFFLOAD_CT_MASK | HANDSHAKE_ACK_CT
+
+# Classic BPF (linux/filter.h, linux/bpf_common.h) for the events socket's filter.
+SO_ATTACH_FILTER = 26
+BPF_LD, BPF_LDX, BPF_JMP, BPF_RET, BPF_MISC = 0x00, 0x01, 0x05, 0x06, 0x07
+BPF_W, BPF_B = 0x00, 0x10
+BPF_IMM, BPF_ABS, BPF_IND = 0x00, 0x20, 0x40
+BPF_JEQ, BPF_JSET = 0x10, 0x40
+BPF_K, BPF_TAX = 0x00, 0x00
+SKF_AD_OFF = -0x1000
+SKF_AD_NLATTR = 12  # A = offset of the attribute of type X at or after offset A, else 0
+BpfProgram = list[tuple[int, int, int, int]]  # (code, jt, jf, k) per instruction
 
 BE16 = struct.Struct("!H")
 BE64 = struct.Struct("!Q")
@@ -174,6 +200,33 @@ def get_request(tuple5: Tuple5, seq: int) -> bytes:
     )
 
 
+def offloaded_only_filter(mark_bits: int = OFFLOADED_CT_BITS) -> BpfProgram:
+    """A socket filter passing the ctnetlink messages whose top-level CTA_MARK has one of
+    `mark_bits` set, and dropping the rest (no mark: the kernel leaves the attribute out
+    when the mark is 0). The kernel's netlink-attribute extension finds the attribute, as
+    libnetfilter_conntrack's filters do; a multicast event is one message per buffer."""
+    drop_all, keep_all = 0, 0xFFFFFFFF
+    return [
+        (BPF_LDX | BPF_W | BPF_IMM, 0, 0, CTA_MARK),  # X = the attribute type sought
+        (BPF_LD | BPF_W | BPF_IMM, 0, 0, HEADERS),  # A = where the attributes start
+        (BPF_LD | BPF_B | BPF_ABS, 0, 0, (SKF_AD_OFF + SKF_AD_NLATTR) & 0xFFFFFFFF),
+        (BPF_JMP | BPF_JEQ | BPF_K, 3, 0, 0),  # no CTA_MARK: never stamped
+        (BPF_MISC | BPF_TAX, 0, 0, 0),  # X = the attribute's offset
+        (BPF_LD | BPF_W | BPF_IND, 0, 0, 4),  # A = the mark (big-endian, as BPF loads)
+        (BPF_JMP | BPF_JSET | BPF_K, 1, 0, mark_bits),
+        (BPF_RET | BPF_K, 0, 0, drop_all),
+        (BPF_RET | BPF_K, 0, 0, keep_all),
+    ]
+
+
+def attach_filter(sock: socket.socket, program: BpfProgram) -> None:
+    """SO_ATTACH_FILTER: struct sock_fprog {u16 len; struct sock_filter *filter;}."""
+    code = b"".join(struct.pack("=HBBI", *ins) for ins in program)
+    buf = ctypes.create_string_buffer(code)
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(buf))  # native: padded pointer
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
 class ConntrackVolumes:
     """Offloaded flows' records held until the kernel's counts are known (pure: time is an
     argument). `hold` takes a FlowEnd and returns it at once when it needs nothing (not
@@ -262,11 +315,20 @@ class ConntrackVolumes:
 
 class ConntrackWatch:
     """The sockets: one subscribed to DESTROY events (its fd for the worker's wait), one for
-    GET requests (so an answer never mixes with events)."""
+    GET requests (so an answer never mixes with events). `mark_bits`: the events socket
+    passes only connections whose ct mark has one of these bits (see the module's
+    docstring); None: every DESTROY."""
 
-    def __init__(self, rcvbuf: int = 4 << 20) -> None:
+    def __init__(self, rcvbuf: int = 4 << 20, mark_bits: int | None = OFFLOADED_CT_BITS) -> None:
         self._events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)
+        self.filtered = False
         try:
+            if mark_bits is not None:
+                try:
+                    attach_filter(self._events, offloaded_only_filter(mark_bits))
+                    self.filtered = True
+                except OSError:
+                    pass  # an old kernel: every DESTROY is read, and most thrown away
             self._events.bind((0, 1 << (NFNLGRP_CONNTRACK_DESTROY - 1)))
             try:
                 self._events.setsockopt(socket.SOL_SOCKET, 33, rcvbuf)  # SO_RCVBUFFORCE
@@ -375,7 +437,11 @@ class OffloadedVolumes:
             self.deliver(done)
 
     def stats(self) -> dict[str, object]:
-        return {**self.volumes.stats(), "enobufs": self.watch.enobufs}
+        return {
+            **self.volumes.stats(),
+            "enobufs": self.watch.enobufs,
+            "filtered": self.watch.filtered,
+        }
 
     def close(self) -> None:
         """At stop: a last look at the events, then every held record with what it has."""

@@ -101,6 +101,8 @@ def test_an_offloaded_transfer_is_counted_with_the_kernels_volumes(tmp_path: Pat
         kernel = transfer()
         assert kernel is not None, "no conntrack entry with accounting for the transfer"
         status = box.status()
+        # Only stamped connections' DESTROY events reach the worker (the socket's filter).
+        assert status["worker"]["conntrack_volumes"]["filtered"] is True, status.get("worker")
         box.stop_daemon()  # ends the open flows: their records, with the kernel's counts
         # The value the daemon found (a new namespace's 0) is back.
         assert box.gw_text(["cat", "/proc/sys/net/netfilter/nf_conntrack_acct"]).strip() == "0"
