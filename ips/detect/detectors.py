@@ -137,6 +137,8 @@ class PacketInterest(NamedTuple):
                                    is indexed for a retransmission of it)
         FIRST_ANSWER_ELSE_PROBE_IF_EMPTY  the same, a probe only without payload
         FIRST_BUSY                 anything
+                   and besides, a packet whose SYN, FIN, RST and ACK bits are SYN alone is
+                   counted by each flood of first_syn_floods (synflood, after the scans)
       UDP          nothing when first_udp_quiet (no detector looks at unanswered UDP);
                    else each flood of udp_floods counts it, and besides, by first_udp:
         FIRST_NOTHING              nothing
@@ -146,8 +148,18 @@ class PacketInterest(NamedTuple):
         FIRST_BUSY                 anything
       every other  anything
 
+    A probe that is no repeat (its answer not in a scan's index) is filed by
+    ScanDetector.probe in portscan (key: source and target host, target: its port) and
+    sweep (key: its source, target: its host), in that order, each unless its `ignore`
+    holds the source; probe_scans names those two (None when absent) when that is all a
+    probe's bookkeeping is (their classes' `probe`, `_new_window` and `answer` are
+    ScanDetector's, no ackscan): the compiled path may then file a probe itself, the same
+    objects in the same tables (a queue of pending probes that is full makes room first,
+    which weighs: Python). None: a probe that is no repeat goes to Python.
+
     The fast path may count a flood's packet itself, with Flood.count's arithmetic, when
-    its bucket exists and has a token (a new key or a packet over the rate: Python).
+    its bucket exists and has a token, and make a new key's bucket when the table has room
+    (a full table, or a packet over the rate: Python).
     Whoever changes what `_udp` or `_icmp` does past a flow's first packet changes this
     too; tests/pure/test_fastpath_differential.py holds them together."""
 
@@ -170,6 +182,11 @@ class PacketInterest(NamedTuple):
     # direction (a responder's SYN+ACK, say), whatever the flow's state; the compiled path
     # decides a handshake's answer without calling it (ips/fast/_fastpath.pyx `_syn_ack`).
     reverse_tcp_quiet: bytes | None = None
+    # The floods that count a flow's first TCP packet whose SYN, FIN, RST and ACK bits are
+    # SYN alone (synflood), besides what first_tcp says of it; and the scans whose probes
+    # the compiled path may file itself (see above).
+    first_syn_floods: tuple[Flood, ...] = ()
+    probe_scans: tuple[ScanDetector | None, ScanDetector | None] | None = None
 
 
 # PacketInterest.first_tcp: what `_tcp` does with a flow's first packet, by its flags byte.
@@ -273,7 +290,24 @@ class Detectors:
                 all(type(det).answer is ScanDetector.answer for det in self.scans),
                 self._first_udp(),
                 self._reverse_tcp_quiet(),
+                self.synfloods,
+                self._probe_scans(),
             )
+
+    def _probe_scans(self) -> tuple[ScanDetector | None, ScanDetector | None] | None:
+        """PacketInterest.probe_scans: (portscan, sweep) when filing a probe is `_probe`'s
+        loop below and ScanDetector.probe in each (no ackscan, whose probes are its own)."""
+        if self.ackscan is not None:
+            return None
+        for det in self.scans:
+            cls = type(det)
+            if (
+                cls.probe is not ScanDetector.probe
+                or cls._new_window is not ScanDetector._new_window
+                or cls.answer is not ScanDetector.answer
+            ):
+                return None
+        return (self.portscan, self.sweep)
 
     def _reverse_tcp_quiet(self) -> bytes:
         """PacketInterest.reverse_tcp_quiet: the flags bytes of a reverse TCP packet that
@@ -301,10 +335,9 @@ class Detectors:
         for flags in range(256):
             kind = KIND_OF_FLAGS[flags]
             sfra = flags & _SFRA
-            if (
-                (kind and self.stealth is not None)
-                or (sfra == TCP_SYN and self.synfloods)
-                or (self.reflection is not None and sfra in _ANSWER_FLAGS)
+            # (synflood's count of a SYN, after the scans, is PacketInterest.first_syn_floods)
+            if (kind and self.stealth is not None) or (
+                self.reflection is not None and sfra in _ANSWER_FLAGS
             ):
                 first[flags] = FIRST_BUSY
             elif kind or not self.scans:

@@ -317,6 +317,50 @@ class ScanDetector(Detector):
             self._leave(probe)
             self._judge(probe, now, out)
 
+    def resolve_quietly(self, now: float, budget: int) -> bool:
+        """`resolve(now, budget, …)` when it would report nothing and leave no probe due:
+        then done, and True. False, nothing changed, when more than `budget` probes are due
+        (a second `resolve` would weigh more), or one of them would complete a scan, or a
+        long window (`slow`) hears the weights. For the compiled path (ips/fast/
+        _fastpath.pyx `_probe_plan`), which resolves a probe's due probes before filing it,
+        as Detectors._probe does first; whoever changes `_judge` or `_credit` changes this."""
+        if self.slow is not None:
+            return False
+        due: list[Probe] = []
+        for probe in self.pending:
+            if not probe.due <= now:
+                break
+            if len(due) == budget:
+                return False
+            due.append(probe)
+        # `_credit`'s arithmetic on copies of what it changes: a window's score and weights
+        scores: dict[int, float] = {}
+        weights: dict[tuple[int, Target], float] = {}
+        threshold = self.threshold - _EPS
+        for probe in due:
+            if probe.outcome == FAILED:
+                continue
+            weight = self.weigh(probe)
+            entry = probe.entry
+            if weight <= 0.0 or entry.fired:
+                continue
+            at = (id(entry), probe.target)
+            old = weights.get(at)
+            if old is None:
+                old = entry.weights.get(probe.target, 0.0)
+            if weight <= old:
+                continue
+            weights[at] = weight
+            score = scores.get(id(entry), entry.score) + (weight - old)
+            scores[id(entry)] = score
+            if score >= threshold:
+                return False  # a detection: its alert and response are Python's to make
+        out: list[DetectorEffect] = []
+        self.resolve(now, budget, out)
+        if out:  # (never: the weighing above found no detection)
+            raise RuntimeError("a quiet resolve reported something")
+        return True
+
     def _judge(self, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
         if probe.outcome == FAILED:
             return  # counted when the failure came

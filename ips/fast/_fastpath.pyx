@@ -41,7 +41,7 @@ test_fastpath_differential.py holds it to the Python engine, packet for packet.
 A packet of no flow (`_flowless`: a flow's first packet, which the engine would open a flow
 for) is decided here when the policy refuses it with nothing to say, for then the flow is
 discarded before it is filed (Engine._discard, FlowTable._discard_opened) and nothing of it
-stays but counters:
+stays but counters (and, for a new probe, what the scan detectors keep of it):
 
   * TCP or UDP as above, no block, no translation; with application parsing on, the
     inspector's first look at the flow leaves what this module can reproduce or run
@@ -53,13 +53,25 @@ stays but counters:
     on the Decision as Engine._finish puts them); QUIC, DNS over TCP, a segment at the
     reassembly bound or over its memory cap go to Python;
   * the detectors declared what they do with a flow's first packet (PacketInterest
-    first_tcp, first_udp_quiet, first_udp): nothing, or only an answer to a pending probe
-    that is no failure (not a reset), which `note_answer` notes as `_tcp` and `_udp` would,
-    or a probe that repeats one still pending (nothing to do); a UDP packet counted by the
-    floods from a bucket with a token;
-  * the flow table would not make room first (not full) and has no unsettled flow; the
-    timer slot the flow would have had exists and its unreplied queue needs no compacting
-    (Python makes the one and compacts the other);
+    first_tcp, first_udp_quiet, first_udp, first_syn_floods, probe_scans): nothing, or only
+    an answer to a pending probe that is no failure (not a reset), which `note_answer`
+    notes as `_tcp` and `_udp` would, or a probe (a SYN, a bare ACK or FIN+ACK, a UDP
+    datagram) of portscan and sweep: one that repeats a pending probe does nothing, a new
+    one is filed here (_probe_plan, _probe_file: what ScanDetector.probe does in each scan,
+    its window opened or rolled over, the oldest evicted from a full table, a key at its
+    cap counted skipped, and a Probe in the queue and index holding the Flow that
+    FlowTable.open would have made, _refused_flow: the same objects, every slot set as
+    Python sets it); the scans' due probes are weighed first, as `_probe` weighs them,
+    when that reports nothing and leaves none due (ScanDetector.resolve_quietly); a full
+    queue of pending probes forgets its oldest here (_forget_oldest), as _make_room does
+    when it does not weigh it early; an early weighing, a detection among the due probes,
+    or `slowscan` (which hears every weight) goes to Python. A UDP packet counted by the
+    floods, a SYN by synflood (first_syn_floods), from a bucket with a token, or a new
+    key's bucket made when the table has room (asked before the candidate lookups: a
+    flood's `limit` drops the packet before the rules, which Python then never looks up);
+  * the flow table would not make room first (not full) and has no unsettled flow; its
+    unreplied queue needs no compacting (Python compacts it); the timer slot the flow would
+    have had is made here when it does not exist yet (FlowTable._discard_opened);
   * the candidate rules, found as CompiledPolicy.candidate_entry finds them (the same memo
     reads and lookups; a bitset whose candidates are not memoised yet goes to Python) and
     walked with state new, reach a terminal drop with a prebuilt Decision (its `limit`, per
@@ -69,11 +81,16 @@ Then it counts EngineStats.packets and verdicts, the rule's hits and its limit's
 the flow table's next id, created, discarded and the unreplied queue's stand-in for the flow;
 with parsing on, the application layer's counters the first look leaves (protocols, malformed
 messages, the flows and bytes released), and asks passive DNS the responder's name when it
-knows the address (name_of of an unknown address changes nothing).
+knows the address (name_of of an unknown address changes nothing; a new probe's flow keeps
+the name it gives).
 
 Counters are owed (`FastPath.owed`): counted in C fields and written to the engine's objects
 by `_flush` before any call out of this module and before returning to its caller, so that
 no Python code reads one that lags.
+
+A SYN to a destination and port whose last SYN the rules here did not refuse goes to Python
+at once (syn_accepted: most likely a new connection, whose candidates would be looked up
+twice; a guess that only chooses the path).
 
 A responder's SYN+ACK answering the SYN of a flow the policy accepted (`_syn_ack`) is
 decided here when the detectors declared nothing to do with it (reverse_tcp_quiet), its
@@ -100,6 +117,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t
 from cpython.ref cimport Py_DECREF, Py_XDECREF
 
 from collections import OrderedDict, deque
+from heapq import heappush as _heappush
 
 from ips.core import decode as _decode
 from ips.core.decision import Decision
@@ -110,6 +128,11 @@ from ips.detect.flood import Flood
 from ips.detect import common as _detect_common
 from ips.detect import detectors as _detectors
 from ips.detect.scan import ANSWERED as _ANSWERED_OUTCOME, UNKNOWN as _UNKNOWN_OUTCOME, Probe
+from ips.detect.scan import ACK as _PROBE_ACK, DATAGRAM as _PROBE_DATAGRAM, GRACE as _GRACE
+from ips.detect.scan import SYN as _PROBE_SYN, ScanEntry, PortScan, Sweep
+from ips.detect.scan import EARLY as _EARLY, RESOLVE_PER_PACKET
+from ips.core.flow import END_DISCARDED, _GONE as _FLOW_GONE, _NEVER as _FLOW_NEVER
+from ips.core.flow import _ID_MASK as _FLOW_ID_MASK
 from ips.detect.scan import TRACEROUTE_PORTS as _TRACEROUTE_PORTS
 from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledPolicy, CompiledRule
 from ips.policy.model import ACCEPT, DROP, ENCRYPTED_APPS, UNLIMITED_DEPTH
@@ -231,6 +254,121 @@ cdef type PROBE = Probe
 cdef Py_ssize_t P_OUTCOME = _offset(Probe, "outcome")
 cdef object ANSWERED_OUTCOME = _ANSWERED_OUTCOME
 cdef object UNKNOWN_OUTCOME = _UNKNOWN_OUTCOME
+
+
+# ---- new probes of the scan detectors, filed here (FastPath._probe_plan, _probe_file) ----------
+# A refused first packet that is a new probe leaves, besides counters, objects Python made:
+# the Flow that FlowTable.open made (discarded, but held by the probes), a ScanEntry when
+# the probe opens a window, and a Probe in each scan's queue and index. This module makes
+# the same objects (every slot set to what their __init__ and the engine's path set), and
+# only while their classes have exactly the slots listed here: a slot added later would be
+# left unset, so then every new probe goes to Python (probes_known False).
+cdef type SCAN_ENTRY = ScanEntry
+cdef object GRACE_SECONDS = _GRACE
+cdef object EARLY_SECONDS = _EARLY
+cdef object PROBE_SYN = _PROBE_SYN, PROBE_ACK = _PROBE_ACK, PROBE_DATAGRAM = _PROBE_DATAGRAM
+cdef object FLOW_NEVER = _FLOW_NEVER        # Flow.back_since of a flow never offloaded
+cdef object FLOW_GONE = _FLOW_GONE          # Flow._slot of a flow in no table
+cdef object FLOW_DISCARDED = END_DISCARDED  # the end_reason Engine._discard leaves
+cdef object NEG_INF = float("-inf")
+cdef bint probes_known = (
+    frozenset(Flow.__slots__) == frozenset((
+        "_slot", "app", "app_proto", "app_state", "back_since", "bytes_fwd", "bytes_rev",
+        "cache_fwd", "cache_rev", "dport", "dst", "dst_name", "end_reason", "family",
+        "first_seen", "flags_fwd", "flags_rev", "flow_id", "icmp", "iif", "last_seen", "mac",
+        "nat", "offloaded", "oif", "payload_fwd", "payload_rev", "pkts_fwd", "pkts_rev",
+        "proto", "replied", "sport", "src", "tcp_state", "ttl", "user",
+    ))
+    and frozenset(Probe.__slots__) == frozenset((
+        "answer", "copies", "due", "entry", "flow", "key", "kind", "outcome", "size", "target",
+    ))
+    and frozenset(ScanEntry.__slots__) == frozenset((
+        "fired", "pending", "score", "start", "waiting", "weights",
+    ))
+)
+cdef Py_ssize_t F_FAMILY = _offset(Flow, "family")
+cdef Py_ssize_t F_PROTO = _offset(Flow, "proto")
+cdef Py_ssize_t F_DST = _offset(Flow, "dst")
+cdef Py_ssize_t F_DPORT = _offset(Flow, "dport")
+cdef Py_ssize_t F_FIRST_SEEN = _offset(Flow, "first_seen")
+cdef Py_ssize_t F_END_REASON = _offset(Flow, "end_reason")
+cdef Py_ssize_t F_ICMP = _offset(Flow, "icmp")
+cdef Py_ssize_t F_IIF = _offset(Flow, "iif")
+cdef Py_ssize_t F_OIF = _offset(Flow, "oif")
+cdef Py_ssize_t F_USER = _offset(Flow, "user")
+cdef Py_ssize_t F_DST_NAME = _offset(Flow, "dst_name")
+cdef Py_ssize_t P_DUE = _offset(Probe, "due")
+cdef Py_ssize_t P_ENTRY = _offset(Probe, "entry")
+cdef Py_ssize_t P_KEY = _offset(Probe, "key")
+cdef Py_ssize_t P_TARGET = _offset(Probe, "target")
+cdef Py_ssize_t P_FLOW = _offset(Probe, "flow")
+cdef Py_ssize_t P_KIND = _offset(Probe, "kind")
+cdef Py_ssize_t P_ANSWER = _offset(Probe, "answer")
+cdef Py_ssize_t P_SIZE = _offset(Probe, "size")
+cdef Py_ssize_t P_COPIES = _offset(Probe, "copies")
+cdef Py_ssize_t E_START = _offset(ScanEntry, "start")
+cdef Py_ssize_t E_WEIGHTS = _offset(ScanEntry, "weights")
+cdef Py_ssize_t E_SCORE = _offset(ScanEntry, "score")
+cdef Py_ssize_t E_FIRED = _offset(ScanEntry, "fired")
+cdef Py_ssize_t E_PENDING = _offset(ScanEntry, "pending")
+cdef Py_ssize_t E_WAITING = _offset(ScanEntry, "waiting")
+
+cdef extern from "Python.h":
+    # A new object of a class whose instances are only slots: what object.__new__ makes
+    # (every slot unset), without the call.
+    object PyType_GenericAlloc(type cls, Py_ssize_t nitems)
+
+
+cdef class ScanProg:
+    """One scan detector (portscan or sweep) as this module files a probe in it:
+    ScanDetector.probe (with _new_window) for a probe whose answer it does not await. Its
+    tables are read when the policy is loaded (a detector never replaces them), its
+    settings too (`probes` is set by Detectors when it is made, `per_key` at its making)."""
+    cdef object det
+    cdef dict attrs               # its __dict__: the counters evicted and probes_skipped
+    cdef object entries           # the windows, an OrderedDict
+    cdef dict index
+    cdef object pending           # a deque
+    cdef object within
+    cdef Py_ssize_t memory, probes, per_key
+    cdef object ignore
+    cdef bint by_host             # portscan: key (source, host), target its port
+    # the plan for the packet at hand (_probe_plan), carried out by _probe_file
+    cdef int action               # SCAN_NOTHING, SCAN_SKIP or SCAN_FILE
+    cdef bint new_window          # a window opens (the old one, if any, goes)
+    cdef object old_entry         # the window found (None: none)
+    cdef object key, target
+    cdef bint make_room           # the queue is full: its oldest probe is forgotten first
+
+
+cdef ScanProg _scan_prog(object det):
+    """The ScanProg of a scan detector, or None when it is not what this module files in."""
+    if det is None:
+        return None
+    attrs = getattr(det, "__dict__", None)
+    if type(attrs) is not dict:
+        return None
+    if type(attrs.get("entries")) is not OrderedDict or type(attrs.get("index")) is not dict:
+        return None
+    if type(attrs.get("pending")) is not deque:
+        return None
+    for name in ("memory", "probes", "per_key", "evicted", "probes_skipped", "probes_dropped"):
+        if type(attrs.get(name)) is not int:
+            return None
+    cdef ScanProg prog = ScanProg()
+    prog.det = det
+    prog.attrs = attrs
+    prog.entries = attrs["entries"]
+    prog.index = attrs["index"]
+    prog.pending = attrs["pending"]
+    prog.within = attrs.get("within")
+    prog.memory = attrs["memory"]
+    prog.probes = attrs["probes"]
+    prog.per_key = attrs["per_key"]
+    prog.ignore = attrs.get("ignore")
+    if prog.memory < 1:
+        return None  # (popitem of an empty table: Python's error)
+    return prog
 cdef class FamilyIndexes:
     """One family's _FamilyIndex (ips/policy/compile.py) as _flowless_rules reads it: its
     dictionaries and lookups held here, read when the policy is loaded (they are made with
@@ -390,6 +528,15 @@ cdef enum:
     LIMIT_RULE = 4
     # flood detectors counted here per packet, at most (a policy has one or two of a kind)
     MAX_FLOODS = 8
+    # _probe_plan's answers: `_probe` does nothing, files the probe (in one scan at least,
+    # or counts it skipped), or does what this module does not (Python)
+    PLAN_NOTHING = 0
+    PLAN_FILE = 1
+    PLAN_PYTHON = 2
+    # ScanProg.action
+    SCAN_NOTHING = 0
+    SCAN_SKIP = 1
+    SCAN_FILE = 2
 
 _LIMIT_PER = {"src": LIMIT_SRC, "dst": LIMIT_DST, "flow": LIMIT_FLOW, "rule": LIMIT_RULE}
 
@@ -414,6 +561,9 @@ cdef struct BucketUpdate:
     PyObject *bucket    # the bucket's list (borrowed: its detector's table holds it)
     double tokens       # its tokens after this packet
     bint refilled       # its last update moves to now
+    PyObject *buckets   # a new key's: its detector's table (borrowed), NULL for an update
+    PyObject *key       # and the key (borrowed: the packet's address)
+    PyObject *attrs     # and its detector's __dict__ (borrowed: its FloodProg holds it)
 
 
 cdef class FloodProg:
@@ -425,6 +575,8 @@ cdef class FloodProg:
     cdef bint per_src
     cdef double rate, burst
     cdef object ignore            # the `ignore` AddrList, or None
+    cdef Py_ssize_t memory        # the keys its table holds before making room (Python's)
+    cdef dict attrs               # its __dict__: `oldest_use`, which a new bucket lowers
 
 
 cdef tuple _flood_progs(object floods):
@@ -446,6 +598,9 @@ cdef tuple _flood_progs(object floods):
         prog.rate = det.rate
         prog.burst = det.burst
         prog.ignore = det.ignore
+        prog.memory = det.memory if type(det.memory) is int else 0
+        attrs = getattr(det, "__dict__", None)
+        prog.attrs = attrs if type(attrs) is dict else {}
         progs.append(prog)
     if len(progs) > MAX_FLOODS:
         return None
@@ -472,10 +627,13 @@ cdef object _vlan_tags(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off, uint16_t
 
 
 cdef int _floods_take(tuple floods, object src, object dst, double now,
-                      BucketUpdate *out) except -2:
+                      BucketUpdate *out, bint make_new=False) except -2:
     """Flood.count of every flood in `floods` for one packet, without changing anything:
     the updates to make (their number), or -1 when a bucket is missing (Python makes it) or
-    has no token left (over the rate: Python alerts, limits or asks for a block)."""
+    has no token left (over the rate: Python alerts, limits or asks for a block). With
+    `make_new`, a missing bucket is one to make (`take`'s new key: a full bucket less the
+    packet's token) when its table has room (else `take` makes room first: Python); see
+    _floods_apply."""
     cdef FloodProg flood
     cdef int n = 0
     cdef PyObject *found
@@ -488,6 +646,17 @@ cdef int _floods_take(tuple floods, object src, object dst, double now,
             if src in flood.ignore or (not flood.per_src and key in flood.ignore):
                 continue
         found = PyDict_GetItem(flood.buckets, key)
+        if found is NULL and make_new:
+            if len(flood.buckets) >= flood.memory:
+                return -1
+            out[n].bucket = NULL
+            out[n].tokens = flood.burst - 1.0
+            out[n].refilled = True
+            out[n].buckets = <PyObject *>flood.buckets
+            out[n].key = <PyObject *>key
+            out[n].attrs = <PyObject *>flood.attrs
+            n += 1
+            continue
         if found is NULL or type(<object>found) is not list or PyList_GET_SIZE(<object>found) < 2:
             return -1
         first = <object>PyList_GET_ITEM(<object>found, 0)
@@ -506,8 +675,31 @@ cdef int _floods_take(tuple floods, object src, object dst, double now,
         out[n].bucket = found
         out[n].tokens = tokens - 1.0
         out[n].refilled = refilled
+        out[n].buckets = NULL
         n += 1
     return n
+
+
+cdef int _floods_apply(BucketUpdate *updates, int n, object now_obj) except -1:
+    """The updates _floods_take planned, made: a bucket's tokens (and its last update), or a
+    new key's bucket as BucketDetector.take makes it ([burst - 1, now, -inf, 0.0], at the
+    end of its table, its time lowering the detector's `oldest_use` bound)."""
+    cdef int i
+    cdef list bucket
+    cdef PyObject *oldest
+    for i in range(n):
+        if updates[i].buckets is not NULL:
+            PyDict_SetItem(<dict>updates[i].buckets, <object>updates[i].key,
+                           [updates[i].tokens, now_obj, NEG_INF, 0.0])
+            oldest = PyDict_GetItem(<dict>updates[i].attrs, "oldest_use")
+            if oldest is not NULL and now_obj < <object>oldest:
+                (<dict>updates[i].attrs)["oldest_use"] = now_obj
+            continue
+        bucket = <list><object>updates[i].bucket
+        bucket[0] = updates[i].tokens
+        if updates[i].refilled:
+            bucket[1] = now_obj
+    return 0
 
 cdef int _OFFLOAD_WHEN_APP_DONE = OFFLOAD_WHEN_APP_DONE
 cdef int _OFFLOAD_LATER = OFFLOAD_LATER
@@ -683,6 +875,22 @@ cdef class FastPath:
     cdef public bint answers_in_c  # PacketInterest.answers_note_outcome: note_answer done here
     cdef bint first_udp_quiet
     cdef int first_udp               # PacketInterest.first_udp (when not first_udp_quiet)
+    # New probes (see _probe_plan): PacketInterest.first_syn_floods as this module counts
+    # them (None: a first SYN goes to Python), the scans it files probes in (probes_in_c:
+    # PacketInterest.probe_scans declared, and each is what ScanProg reads), the candidate
+    # entry _flowless_rules found last (the discarded flow's cache), the flow table's id
+    # mixing (FlowTable._open's flow_id), and the probes filed here.
+    cdef tuple syn_floods
+    cdef bint probes_in_c
+    cdef bint slots_in_c             # the flow table's timer heap is a list (heapq's)
+    cdef ScanProg probe_portscan, probe_sweep
+    cdef object flowless_entry
+    cdef dict syn_accepted           # (destination, port) of SYNs not refused (a guess)
+    cdef unsigned long long id_mult, id_seed
+    cdef public long long probes_filed
+    cdef public long long probes_resolved  # scans whose due probes were weighed ahead here
+    cdef object probe_kind, probe_answer  # the plan's probe: its kind, its answer's 5-tuple
+    cdef Py_hash_t probe_answer_hash
     cdef dict table
     cdef object flow_timeouts
     cdef object app
@@ -752,6 +960,8 @@ cdef class FastPath:
         self.last_iif = self.last_oif = _NO_INTERFACE  # (no pair made yet)
         self.port_ints = [None] * 65536
         self.syn_ack_packets = 0
+        self.probes_filed = 0
+        self.probes_resolved = 0
         _bind_meta()
         self.refresh(engine)
 
@@ -817,6 +1027,7 @@ cdef class FastPath:
         is not IP goes to Python) when anything is not."""
         self.flowless_on = False
         self.table = None
+        self.slots_in_c = False
         self.not_ip_decision = None
         self.first_tcp = None
         self.answer_indexes = ()
@@ -824,6 +1035,10 @@ cdef class FastPath:
         self.note_answer = None
         self.first_udp_quiet = False
         self.first_udp = FIRST_BUSY
+        self.syn_floods = ()
+        self.syn_accepted = {}  # (a new policy: guessed afresh)
+        self.probes_in_c = False
+        self.probe_portscan = self.probe_sweep = None
         self.default_drop = None
         # ---- the flow table: its counters and queues are plain attributes
         flows = engine.flows
@@ -841,6 +1056,7 @@ cdef class FastPath:
             return
         self.table = table
         self.flow_timeouts = flows.timeouts
+        self.slots_in_c = type(table.get("_slots")) is list
         not_ip = engine._not_ip
         if type(not_ip) is DECISION and type(self.stats_dict.get("not_ip")) is int:
             self.not_ip_decision = not_ip
@@ -871,6 +1087,8 @@ cdef class FastPath:
             self.first_udp_quiet = bool(interest.first_udp_quiet)
             first_udp = getattr(interest, "first_udp", FIRST_BUSY)
             self.first_udp = first_udp if type(first_udp) is int else FIRST_BUSY
+            self.syn_floods = _flood_progs(getattr(interest, "first_syn_floods", ()))
+            self._refresh_probes(interest, table)
         else:
             self.first_tcp = bytes(256)  # no detector: nothing to do with any first packet
             self.first_udp_quiet = True
@@ -893,6 +1111,45 @@ cdef class FastPath:
         self.if_memo = policy._if_memo
         self.candidates_memo = policy._candidates_memo
         self.flowless_on = True
+
+    cdef _refresh_probes(self, interest, dict table):
+        """Whether _flowless may file a new probe itself (probes_in_c), and what it files in:
+        the scans PacketInterest.probe_scans names, each the ScanProg of the detector whose
+        index and queue answer_indexes and pending_probes hold, in that order."""
+        scans = getattr(interest, "probe_scans", None)
+        if not probes_known or type(scans) is not tuple or len(<tuple>scans) != 2:
+            return
+        portscan, sweep = scans
+        if portscan is not None and type(portscan) is not PortScan:
+            return
+        if sweep is not None and type(sweep) is not Sweep:
+            return
+        progs = [_scan_prog(det) for det in scans if det is not None]
+        if None in progs or not progs:
+            return
+        indexes = tuple([(<ScanProg>prog).index for prog in progs])
+        pendings = tuple([(<ScanProg>prog).pending for prog in progs])
+        if len(indexes) != len(self.answer_indexes) or len(pendings) != len(self.pending_probes):
+            return
+        cdef Py_ssize_t i
+        for i in range(len(indexes)):
+            if indexes[i] is not self.answer_indexes[i] or pendings[i] is not self.pending_probes[i]:
+                return
+        mult = table.get("_id_mult")
+        seed = table.get("_id_seed")
+        if type(mult) is not int or type(seed) is not int or not (0 <= mult < 2 ** 63) or not (
+            0 <= seed < 2 ** 63
+        ) or _FLOW_ID_MASK != 2 ** 53 - 1:
+            return
+        self.id_mult = mult
+        self.id_seed = seed
+        if portscan is not None:
+            self.probe_portscan = progs[0]
+            self.probe_portscan.by_host = True
+        if sweep is not None:
+            self.probe_sweep = progs[len(progs) - 1]
+            self.probe_sweep.by_host = False
+        self.probes_in_c = True
 
     cdef _refresh_syn_ack(self, engine):
         """What _syn_ack reads, checked to be what it mirrors; syn_ack_on False (every
@@ -1513,9 +1770,18 @@ cdef class FastPath:
                                        total - payload_offset, flags)
             if app_look == APP_LOOK_PYTHON:
                 return None
+        # A SYN to a destination and port whose last SYN the rules accepted is most likely
+        # accepted too: a new connection, Python's. Looking its candidates up here first
+        # would be done twice (a guess that only chooses the path: Python decides the
+        # same, and a SYN it would refuse is decided there as before).
+        if proto == PROTO_TCP and flags & SYN_ACK_FIN_RST == TCP_SYN and self.syn_accepted:
+            if PyDict_GetItem(self.syn_accepted, (dst, py_dport)) is not NULL:
+                return None
         # ---- the detectors (Detectors.observe of a flow's first packet, forward)
         cdef int need
         cdef bint answers = False
+        cdef int probe_plan = PLAN_NOTHING  # a new probe to file (_probe_plan)
+        probe_kind = None  # a probe's kind: planned once the rules refuse the packet
         cdef tuple floods = None
         cdef BucketUpdate updates[MAX_FLOODS]
         cdef int n_updates = 0
@@ -1539,11 +1805,20 @@ cdef class FastPath:
                 elif need == FIRST_ANSWER_ELSE_PROBE or (
                     need == FIRST_ANSWER_ELSE_PROBE_IF_EMPTY and payload_offset >= total
                 ):
-                    # a probe (a SYN, an ACK without payload): Python's, unless `_probe`
-                    # does nothing with it (see _probe_does_nothing)
-                    if not self._probe_does_nothing(proto, src, py_sport, dst, py_dport,
-                                                    now_obj):
-                        return None
+                    # a probe (a SYN, an ACK without payload): `_probe` does nothing with
+                    # it, or files it as _probe_plan plans (below, once the rules refuse
+                    # the packet: an accepted one is Python's, and not planned for nothing)
+                    probe_kind = PROBE_SYN if need == FIRST_ANSWER_ELSE_PROBE else PROBE_ACK
+            if flags & SYN_ACK_FIN_RST == TCP_SYN and self.syn_floods is not None and len(
+                self.syn_floods
+            ):
+                # synflood counts a SYN after the scans (`_tcp`): its buckets taken last
+                floods = self.syn_floods
+                if answers and not self.answers_in_c:
+                    return None  # (Python's note_answer would run between the floods'
+                                 # reading and their update)
+            elif flags & SYN_ACK_FIN_RST == TCP_SYN and self.syn_floods is None:
+                return None  # floods this module does not count
         elif not self.first_udp_quiet:
             # `_udp`: the floods count it (their buckets taken last, below), and by
             # first_udp, the scans note it as an answer or take it as a probe
@@ -1566,9 +1841,9 @@ cdef class FastPath:
                     if len(floods) and not self.answers_in_c:
                         return None  # (Python's note_answer would run between the floods'
                                      # reading and their update)
-                elif not self._probe_does_nothing(proto, src, py_sport, dst, py_dport,
-                                                  now_obj):
-                    return None  # a probe: Python's
+                else:
+                    # a probe: `_probe` does nothing with it, or files it (_probe_plan)
+                    probe_kind = PROBE_DATAGRAM
         # ---- the flow table: FlowTable.open would make a flow, without making room
         cdef dict table = self.table
         if table["_opened"] is not None:
@@ -1576,6 +1851,13 @@ cdef class FastPath:
         active = table["_active"]
         if active >= table["max_flows"]:
             return None  # open makes room first: expiry, eviction (Python)
+        # A flood over its rate with `limit` drops the packet before the rules (the engine's
+        # `_limited`), which the Python path then never looks up: so whether the floods let
+        # it go is asked before the candidate lookups (which fill the policy's memos), and
+        # their buckets are taken again last (below).
+        if floods is not None and len(floods) > 0:
+            if _floods_take(floods, src, dst, now, updates, True) < 0:
+                return None
         # ---- the rules
         if meta_slots:
             iif = _get(meta, M_IIF)
@@ -1594,13 +1876,21 @@ cdef class FastPath:
         if matched is None:
             decision = self.default_drop
             if decision is None:
+                self._syn_not_refused(proto, flags, dst, py_dport)
                 return None  # a default that accepts (the flow is filed) or rejects
         else:
             if not matched.drops:
+                self._syn_not_refused(proto, flags, dst, py_dport)
                 return None  # accepted: the flow is filed (Python)
             decision = matched.decision
-        # ---- FlowTable._discard_opened: the timer slot the flow would have had must exist
-        # (Python makes it), and the unreplied queue must not need compacting (Python does)
+        # ---- a probe, refused: what `_probe` does with it (the due probes weighed first)
+        if probe_kind is not None:
+            probe_plan = self._probe_plan(probe_kind, proto, src, py_sport, dst, py_dport,
+                                          now_obj, now)
+            if probe_plan == PLAN_PYTHON:
+                return None
+        # ---- FlowTable._discard_opened: the timer slot the flow would have had (made here
+        # when missing), and the unreplied queue must not need compacting (Python does)
         cdef double timeout
         if proto == PROTO_TCP:
             if flags & TCP_RST:
@@ -1613,7 +1903,10 @@ cdef class FastPath:
         else:
             timeout = self.udp_new_timeout  # unreplied UDP
         slot = self._slot_of(now + timeout)  # (now is now_obj's double: the same sum)
-        if slot is None or not PyDict_Contains(table["_wheel"], slot):
+        if slot is None:
+            return None
+        cdef bint new_slot = not PyDict_Contains(table["_wheel"], slot)
+        if new_slot and not self.slots_in_c:
             return None
         if self.owed_table is not None and self.owed_table is not table:
             self._flush()  # (a table that is not the one owed to: never, but cheap to say)
@@ -1624,16 +1917,25 @@ cdef class FastPath:
             table
         ):
             return None  # (the inspector's flow is made with the table's next id)
+        if probe_plan == PLAN_FILE and app_on and (
+            proto != PROTO_TCP or app_look != APP_LOOK_NONE
+        ):
+            # A new probe's flow is the inspector's flow in Python: the one it reads (its
+            # UDP state, a TCP stream's fields) is the one the probe keeps. _refused_flow
+            # makes a flow the inspector has not read: only a TCP segment without payload
+            # (whose quiet state goes with the refused flow) is filed here.
+            return None
         # The floods' buckets last: nothing that may still send the packet to Python (and
         # no Python code) runs between their reading and their update.
         if floods is not None and len(floods) > 0:
-            n_updates = _floods_take(floods, src, dst, now, updates)
+            n_updates = _floods_take(floods, src, dst, now, updates, True)
             if n_updates < 0:
                 return None
         # ---- decided: count as the Python path does: the inspector's first look (`_start`
         # asks passive DNS the responder's name: its order and expiry are what that
         # leaves), the detectors (the answer it gives to a pending probe, as `_tcp` notes
         # it; the last Python code run here)
+        dst_name = None  # (the flow's, which a new probe keeps: _refused_flow)
         if app_on:
             if app_look == APP_LOOK_INSPECT or app_look == APP_LOOK_DNS:
                 self._flush()  # (the inspector asks passive DNS itself)
@@ -1651,19 +1953,24 @@ cdef class FastPath:
                 names = self.app.names
                 if names is not None and _name_of_does_something(names, dst):
                     self._flush()
-                    names.name_of(dst, now_obj)
+                    dst_name = names.name_of(dst, now_obj)
                 if app_look != APP_LOOK_NONE:
                     _count_app_first_look(self.app, app_look, total - payload_offset)
         if answers:
             self._note_answer(key, key_hash, now_obj)
-        for i in range(n_updates):
-            bucket = <list><object>updates[i].bucket
-            bucket[0] = updates[i].tokens
-            if updates[i].refilled:
-                bucket[1] = now_obj
+        if probe_plan == PLAN_FILE:
+            # (before this packet's flow is owed: its id is the next one)
+            self._probe_file(p, proto, total, payload_offset, flags, src, py_sport, dst,
+                             py_dport, meta, meta_slots, now_obj, dst_name)
+        _floods_apply(updates, n_updates, now_obj)
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
             (<list>self.walk_bucket)[1] = now_obj
+        if new_slot:
+            # FlowTable._discard_opened: the timer slot the flow would have had is made
+            # (empty: an eviction's scan counts such slots), its number on the heap
+            PyDict_SetItem(table["_wheel"], slot, set())
+            _heappush(table["_slots"], slot)
         # The flow's counting (its id, created, discarded, its stand-in in the unreplied
         # queue) and the packet's, owed (_flush).
         self.owed_packets += 1
@@ -1874,15 +2181,6 @@ cdef class FastPath:
         self.note_answer(key, now_obj)
         return 0
 
-    cdef bint _probe_does_nothing(self, int proto, object src, object sport, object dst,
-                                  object dport, object now_obj) except -1:
-        """Whether Detectors._probe does nothing with this probe: one of its addresses is no
-        host (multicast, broadcast, loopback, unspecified: `_probe` returns first), or it
-        repeats a probe still pending (_probe_repeats)."""
-        if _not_a_host(src) or _not_a_host(dst):
-            return True
-        return self._probe_repeats(proto, src, sport, dst, dport, now_obj)
-
     cdef bint _probe_repeats(self, int proto, object src, object sport, object dst,
                              object dport, object now_obj) except -1:
         """Whether a probe repeats one that every scan detector holds pending, while none
@@ -1902,6 +2200,304 @@ cdef class FastPath:
                 return False  # weighed first (Python)
         return True
 
+    cdef int _syn_not_refused(self, int proto, int flags, object dst, object dport) except -1:
+        """A SYN the rules do not refuse: its destination and port noted (syn_accepted), so
+        that the next SYN there goes to Python at once (see _flowless)."""
+        if proto != PROTO_TCP or flags & SYN_ACK_FIN_RST != TCP_SYN:
+            return 0
+        if len(self.syn_accepted) >= 65536:
+            self.syn_accepted = {}
+        self.syn_accepted[(dst, dport)] = True
+        return 0
+
+    cdef int _probe_plan(self, object kind, int proto, object src, object sport, object dst,
+                         object dport, object now_obj, double now) except -1:
+        """What Detectors._probe would do with this probe (of `kind`, with ports), planned:
+        PLAN_NOTHING (one of its addresses is no host, or every scan awaits its answer
+        already, has detected its key in this window or is told to ignore its source),
+        PLAN_FILE (a window to open, a probe to file or to count as skipped, in one scan at
+        least: each ScanProg's plan, which _probe_file carries out once the packet is
+        decided) or PLAN_PYTHON: a queue is full and ScanDetector._make_room would weigh its
+        oldest early, a scan's due probes would report something or are too many, or this
+        module does not file probes (probes_in_c False: then only a repeat of a pending
+        probe while none is due does nothing here, _probe_repeats).
+
+        The one change made here: the scans' due probes, weighed first as `_probe` weighs
+        them (ScanDetector.resolve_quietly: only when that reports nothing and leaves none
+        due), so that whatever decides the packet afterwards — this module or the Python
+        path, whose `_probe` then finds none due — leaves the same state."""
+        if _not_a_host(src) or _not_a_host(dst):
+            return PLAN_NOTHING
+        if not self.probes_in_c:
+            if self._probe_repeats(proto, src, sport, dst, dport, now_obj):
+                return PLAN_NOTHING
+            return PLAN_PYTHON
+        # `_probe` weighs the due probes of each scan first, up to RESOLVE_PER_PACKET: done
+        # here when that reports nothing (no detection) and leaves none due (else Python)
+        for prog in (self.probe_portscan, self.probe_sweep):
+            if prog is None:
+                continue
+            pending = (<ScanProg>prog).pending
+            if len(pending) and (<object>pending[0]).due <= now_obj:
+                self._flush()
+                if not (<ScanProg>prog).det.resolve_quietly(now_obj, RESOLVE_PER_PACKET):
+                    return PLAN_PYTHON
+                self.probes_resolved += 1
+        answer = (proto, dst, dport, src, sport)
+        cdef Py_hash_t answer_hash = hash(answer)
+        cdef int plan = PLAN_NOTHING
+        cdef int action
+        for prog in (self.probe_portscan, self.probe_sweep):
+            if prog is None:
+                continue
+            action = self._scan_plan(<ScanProg>prog, answer, answer_hash, src, dst, dport,
+                                     now_obj, now)
+            if action < 0:
+                return PLAN_PYTHON
+            if action != SCAN_NOTHING:
+                plan = PLAN_FILE
+        if plan == PLAN_FILE:
+            self.probe_kind = kind
+            self.probe_answer = answer
+            self.probe_answer_hash = answer_hash
+        return plan
+
+    cdef int _scan_plan(self, ScanProg prog, object answer, Py_hash_t answer_hash, object src,
+                        object dst, object dport, object now_obj, double now) except -2:
+        """One scan's part of _probe_plan: `_probe`'s tests (its index, its `ignore`) and
+        ScanDetector.probe's up to the filing (the window, `fired`, the cap per key, the
+        queue's room), planned in prog; -1: Python's (a full queue weighing its oldest
+        early)."""
+        cdef PyObject *found
+        cdef bint new
+        prog.action = SCAN_NOTHING
+        prog.new_window = False
+        prog.make_room = False
+        prog.old_entry = None
+        prog.key = None
+        prog.target = None
+        if ips_get_known(prog.index, answer, answer_hash) is not NULL:
+            return SCAN_NOTHING  # a retransmission: its first probe stands for it
+        if prog.ignore is not None and src in prog.ignore:
+            return SCAN_NOTHING
+        if prog.by_host:
+            key = (src, dst)
+            target = dport
+        else:
+            key = src
+            target = dst
+        found = PyDict_GetItem(prog.entries, key)  # (an OrderedDict reads as a dict)
+        entry = None
+        if found is NULL:
+            new = True
+        else:
+            entry = <object>found
+            if type(entry) is not SCAN_ENTRY:
+                return -1
+            start = _get(entry, E_START)
+            within = prog.within
+            if PyFloat_CheckExact(start) and PyFloat_CheckExact(within) and (
+                PyFloat_CheckExact(now_obj)
+            ):
+                new = not (now - PyFloat_AS_DOUBLE(start) <= PyFloat_AS_DOUBLE(within))
+            else:
+                new = not (now_obj - start <= within)
+        cdef Py_ssize_t per_key = prog.per_key
+        if new:
+            prog.new_window = True
+            prog.old_entry = entry
+            skip = 0 >= per_key  # a new window's counts: nothing waits yet
+        else:
+            if _get(entry, E_FIRED):
+                return SCAN_NOTHING  # detected in this window already
+            waiting = _get(entry, E_WAITING)
+            skip = (_get(entry, E_PENDING) >= per_key and target in waiting) or (
+                len(waiting) >= per_key
+            )
+        prog.key = key
+        prog.target = target
+        if skip:
+            prog.action = SCAN_SKIP
+            return SCAN_SKIP
+        if len(prog.pending) >= prog.probes:
+            # ScanDetector._make_room: the oldest probe leaves; it is weighed early (Python)
+            # when its window has others waiting and it waited EARLY seconds, else forgotten
+            # (done here: _probe_file)
+            if len(prog.pending) != prog.probes:
+                return -1  # (a queue longer than its bound: never, but Python's to judge)
+            oldest = prog.pending[0]
+            if type(oldest) is not PROBE:
+                return -1
+            old_entry = _get(oldest, P_ENTRY)
+            if type(old_entry) is not SCAN_ENTRY:
+                return -1
+            if _get(old_entry, E_PENDING) - 1 > 0 and (
+                now_obj - (_get(oldest, P_DUE) - GRACE_SECONDS) >= EARLY_SECONDS
+            ):
+                return -1
+            prog.make_room = True
+        prog.old_entry = entry
+        prog.action = SCAN_FILE
+        return SCAN_FILE
+
+    cdef int _probe_file(self, const uint8_t *p, int proto, Py_ssize_t total,
+                         Py_ssize_t payload_offset, int flags, object src, object sport,
+                         object dst, object dport, object meta, bint meta_slots,
+                         object now_obj, object dst_name) except -1:
+        """_probe_plan's plan carried out, as ScanDetector.probe does it in each scan, in
+        order: the window opened (the old one out of `entries`, or the oldest evicted when
+        full: `evicted`), a probe skipped counted, or a Probe filed (its window's counts, the
+        queue, the index) holding the flow FlowTable.open made (_refused_flow)."""
+        cdef ScanProg prog
+        flow = None
+        answer = self.probe_answer
+        for obj in (self.probe_portscan, self.probe_sweep):
+            if obj is None:
+                continue
+            prog = <ScanProg>obj
+            if prog.action == SCAN_NOTHING:
+                continue
+            key = prog.key
+            target = prog.target
+            entry = prog.old_entry
+            prog.old_entry = prog.key = prog.target = None  # (not kept past the packet)
+            if prog.new_window:
+                entries = prog.entries
+                if entry is not None:
+                    del entries[key]  # the old window lives on in its pending probes
+                elif len(entries) >= prog.memory:
+                    entries.popitem(last=False)  # the oldest window goes first
+                    prog.attrs["evicted"] = prog.attrs["evicted"] + 1
+                entry = PyType_GenericAlloc(SCAN_ENTRY, 0)
+                _set(entry, E_START, now_obj)
+                _set(entry, E_WEIGHTS, {})
+                _set(entry, E_SCORE, 0.0)
+                _set(entry, E_FIRED, False)
+                _set(entry, E_PENDING, 0)
+                _set(entry, E_WAITING, {})
+                entries[key] = entry
+            if prog.action == SCAN_SKIP:
+                prog.attrs["probes_skipped"] = prog.attrs["probes_skipped"] + 1
+                continue
+            if prog.make_room:
+                self._forget_oldest(prog)
+            if flow is None:
+                flow = self._refused_flow(p, proto, total, payload_offset, flags, src, sport,
+                                          dst, dport, meta, meta_slots, now_obj, dst_name)
+            probe = PyType_GenericAlloc(PROBE, 0)
+            _set(probe, P_DUE, now_obj + GRACE_SECONDS)
+            _set(probe, P_ENTRY, entry)
+            _set(probe, P_KEY, key)
+            _set(probe, P_TARGET, target)
+            _set(probe, P_FLOW, flow)
+            _set(probe, P_KIND, self.probe_kind)
+            _set(probe, P_ANSWER, answer)
+            _set(probe, P_OUTCOME, UNKNOWN_OUTCOME)
+            _set(probe, P_SIZE, total)
+            _set(probe, P_COPIES, 0)
+            _set(entry, E_PENDING, _get(entry, E_PENDING) + 1)
+            waiting = <dict>_get(entry, E_WAITING)
+            found = PyDict_GetItem(waiting, target)
+            waiting[target] = 1 if found is NULL else <object>found + 1
+            prog.pending.append(probe)
+            prog.index[answer] = probe
+            self.probes_filed += 1
+        self.probe_answer = None
+        return 0
+
+    cdef int _forget_oldest(self, ScanProg prog) except -1:
+        """ScanDetector._make_room when its oldest probe is forgotten (_scan_plan checked
+        that it is not weighed early): out of the queue, `_leave` (out of the index, its
+        window's counts down), `probes_dropped`."""
+        old = prog.pending.popleft()
+        prog.index.pop(_get(old, P_ANSWER), None)
+        entry = _get(old, P_ENTRY)
+        _set(entry, E_PENDING, _get(entry, E_PENDING) - 1)
+        waiting = <dict>_get(entry, E_WAITING)
+        target = _get(old, P_TARGET)
+        found = PyDict_GetItem(waiting, target)
+        left = (0 if found is NULL else <object>found) - 1
+        if left > 0:
+            waiting[target] = left
+        else:
+            waiting.pop(target, None)
+        prog.attrs["probes_dropped"] = prog.attrs["probes_dropped"] + 1
+        return 0
+
+    cdef object _refused_flow(self, const uint8_t *p, int proto, Py_ssize_t total,
+                              Py_ssize_t payload_offset, int flags, object src, object sport,
+                              object dst, object dport, object meta, bint meta_slots,
+                              object now_obj, object dst_name):
+        """The Flow FlowTable.open makes for this packet (Flow.__init__, the TCP state of
+        its first packet, the next id), as the engine's path leaves it once refused: no
+        application state (parsing off; with parsing on, a TCP segment without payload,
+        whose quiet state `release` closes: app_state None, app None), the responder's name
+        passive DNS gave (`_start`, with parsing on), the sender's MAC, the forward
+        candidate cache and its interfaces, discarded (Engine._discard: out of every table,
+        END_DISCARDED). Its id is the one after those owed (_flush writes them)."""
+        cdef dict table = self.table
+        cdef unsigned long long next_id = <unsigned long long>table["_next_id"] + (
+            <unsigned long long>self.owed_discarded + 1
+        )
+        # (next_id * mult + seed) & _ID_MASK: modulo 2**64, whose low 53 bits are those
+        cdef unsigned long long flow_id = (next_id * self.id_mult + self.id_seed) & (
+            (<unsigned long long>1 << 53) - 1
+        )
+        if meta_slots:
+            iif = _get(meta, M_IIF)
+            oif = _get(meta, M_OIF)
+            mac = _get(meta, M_MAC)
+        else:
+            iif = meta.iif
+            oif = meta.oif
+            mac = meta.mac
+        entry = <tuple>self.flowless_entry
+        cdef int state = TCP_NONE
+        if proto == PROTO_TCP:
+            if flags & TCP_RST:
+                state = TCP_CLOSED
+            elif flags & (TCP_SYN | TCP_ACK) == TCP_SYN:
+                state = TCP_SYN_SENT
+        cdef bint v4 = len(src) == 4
+        flow = PyType_GenericAlloc(FLOW, 0)
+        _set(flow, F_FAMILY, 4 if v4 else 6)
+        _set(flow, F_PROTO, proto)
+        _set(flow, F_SRC, src)
+        _set(flow, F_SPORT, sport)
+        _set(flow, F_DST, dst)
+        _set(flow, F_DPORT, dport)
+        _set(flow, F_FLOW_ID, flow_id)
+        _set(flow, F_FIRST_SEEN, now_obj)
+        _set(flow, F_LAST_SEEN, now_obj)
+        _set(flow, F_PKTS_FWD, 1)
+        _set(flow, F_PKTS_REV, 0)
+        _set(flow, F_BYTES_FWD, total)
+        _set(flow, F_BYTES_REV, 0)
+        _set(flow, F_PAYLOAD_FWD, total - payload_offset)
+        _set(flow, F_PAYLOAD_REV, 0)
+        _set(flow, F_FLAGS_FWD, flags)
+        _set(flow, F_FLAGS_REV, 0)
+        _set(flow, F_REPLIED, False)
+        _set(flow, F_TCP_STATE, state)
+        _set(flow, F_CACHE_FWD, (self.policy, iif, oif, entry[0], entry[1], entry[2]))
+        _set(flow, F_CACHE_REV, None)
+        _set(flow, F_NAT, None)
+        _set(flow, F_OFFLOADED, False)
+        _set(flow, F_BACK_SINCE, FLOW_NEVER)
+        _set(flow, F_USER, None)
+        _set(flow, F_END_REASON, FLOW_DISCARDED)
+        _set(flow, F_TTL, p[8] if v4 else p[7])
+        _set(flow, F_MAC, mac)
+        _set(flow, F_ICMP, -1)
+        _set(flow, F_APP_PROTO, None)
+        _set(flow, F_APP, None)
+        _set(flow, F_APP_STATE, None)
+        _set(flow, F_DST_NAME, dst_name)
+        _set(flow, F_IIF, iif)
+        _set(flow, F_OIF, oif)
+        _set(flow, F_SLOT, FLOW_GONE)
+        return flow
+
     cdef object _flowless_rules(self, int proto, object src, object dst, object sport,
                                 object dport, int flags, object iif, object oif):
         """The rules the engine would walk for this packet: CompiledPolicy.candidate_entry
@@ -1909,6 +2505,7 @@ cdef class FastPath:
         same order), then its walk by TCP flags byte; None when the bitset's candidates are
         not memoised (Python makes them)."""
         entry = self._candidate_entry(proto, src, dst, sport, dport, iif, oif)
+        self.flowless_entry = entry  # (a new probe's flow keeps it: _refused_flow)
         if entry is None:
             return None
         return self._entry_walk(entry, flags)
