@@ -202,6 +202,9 @@ class ScanDetector(Detector):
         self.probes_dropped = 0  # the oldest pending probe forgotten to make room
         self.probes_early = 0  # the oldest pending probe weighed before GRACE to make room
         self.probes_skipped = 0  # a probe not held: its key had per_key waiting already
+        # What a quiet resolve reported after all (resolve_quietly: never, while its weighing
+        # is _credit's), held for the next tick rather than lost.
+        self.unreported: list[DetectorEffect] = []
 
     def tracked(self) -> int:
         return len(self.entries)
@@ -357,8 +360,13 @@ class ScanDetector(Detector):
                 return False  # a detection: its alert and response are Python's to make
         out: list[DetectorEffect] = []
         self.resolve(now, budget, out)
-        if out:  # (never: the weighing above found no detection)
-            raise RuntimeError("a quiet resolve reported something")
+        if out:
+            # Never, while the weighing above is _credit's. Should they ever disagree, what
+            # was reported goes out at the next tick, and the error is counted where the
+            # compiled path counts its failures (Engine.fast_failures; the packet is then
+            # Python's, whose `_probe` finds no probe due).
+            self.unreported += out
+            raise RuntimeError("a quiet resolve reported something: sent at the next tick")
         return True
 
     def _judge(self, probe: Probe, now: float, out: list[DetectorEffect]) -> None:
@@ -403,9 +411,12 @@ class ScanDetector(Detector):
         pending = self.pending
         if pending and pending[0].due <= now:
             return True
-        return self.window_over(self.entries, now)
+        return bool(self.unreported) or self.window_over(self.entries, now)
 
     def tick(self, now: float, out: list[DetectorEffect]) -> None:
+        if self.unreported:
+            out += self.unreported
+            self.unreported.clear()
         self.resolve(now, RESOLVE_PER_TICK, out)
         # (pending probes keep what they need of an entry whose window is over)
         self.drop_finished_windows(self.entries, now)

@@ -2821,7 +2821,16 @@ cdef tuple _run_pcap(FastPath fast, object slow, object slow_packet, const uint8
         ts = <double>sec + <double>frac / <double>divisor
         ts_obj = ts
         p += 16
-        decision = fast._handle(p, caplen, linktype, meta, ts_obj)
+        try:
+            decision = fast._handle(p, caplen, linktype, meta, ts_obj)
+        except Exception:
+            # A bug of the fast path: counted and the packet left to Python, as
+            # Engine.handle does inline, rather than ending the replay (`slow` is the
+            # engine's handle_python, whose engine counts it).
+            engine = getattr(slow, "__self__", None)
+            if engine is not None:
+                engine.fast_failures += 1
+            decision = None
         if decision is None:
             fast._flush()
             decision = slow(PyBytes_FromStringAndSize(<const char *>p, caplen), meta, ts_obj)

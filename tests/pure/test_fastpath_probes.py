@@ -15,6 +15,7 @@ source, IPv4 and IPv6, and the floods' new keys and rates."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -400,6 +401,40 @@ def test_resolve_quietly_is_resolve_when_it_reports_nothing(
     assert detector_state(asked) == detector_state(reference)
 
 
+def test_a_quiet_resolve_that_reports_after_all_loses_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Should resolve_quietly's own weighing ever disagree with `_credit`'s (a bug: here its
+    weighing is made to see nothing), what `resolve` reported is held and goes out at the
+    next tick, and the call raises (the compiled path counts that in fast_failures and
+    leaves the packet to Python) instead of losing the detection."""
+    from ips.core.events import Alert
+    from ips.detect.scan import RESOLVE_PER_PACKET
+    from ips.policy.resolve import load_policy_text
+
+    engine = Engine(load_policy_text(_DUE_POLICY.format(ports=4), "due.rules"), fast=False)
+    for i in range(4):
+        data = build_packet(PROTO_TCP, "198.18.0.1", "10.30.0.1", 40000, 100 + i, flags=0x02)
+        engine.handle(data, META, 100.0 + i * 0.001)
+    assert engine.detect is not None and engine.detect.portscan is not None
+    portscan = engine.detect.portscan
+    weigh = portscan.weigh
+    calls = {"n": 0}
+
+    def first_four_see_nothing(probe: Any) -> float:
+        calls["n"] += 1
+        return 0.0 if calls["n"] <= 4 else weigh(probe)
+
+    monkeypatch.setattr(portscan, "weigh", first_four_see_nothing)
+    with pytest.raises(RuntimeError):
+        portscan.resolve_quietly(102.5, RESOLVE_PER_PACKET)
+    assert not portscan.pending and len(portscan.unreported) == 1
+    assert portscan.due(102.6)  # nothing pending, but something to say
+    found = engine.detect.tick(102.6)
+    assert [type(e) for e in found] == [Alert] and not portscan.unreported
+    assert not portscan.due(102.7)
+
+
 def test_a_syn_where_the_last_was_accepted_goes_to_python() -> None:
     """The compiled path guesses that a SYN to a destination and port whose last SYN the
     rules accepted is accepted too, and leaves it to Python at once (a new connection: its
@@ -477,3 +512,52 @@ def test_a_full_queue_forgets_its_oldest_probe_in_compiled_code(early: bool) -> 
     else:
         assert portscan.probes_dropped == 4 and pair.flowless_packets >= before + 3
     pair.finish(now + 3.0)
+
+
+def test_a_fast_path_failure_in_a_mapped_replay_is_counted_and_the_packet_is_pythons(
+    tmp_path: Path,
+) -> None:
+    """A bug of the compiled path met in the mapped replay's compiled loop (here a scan's
+    resolve_quietly made to raise) ends neither the replay nor the packet: it is counted in
+    Engine.fast_failures, as Engine.handle counts it inline, and the packet is decided by
+    Python, so the replay's result is the pure engine's."""
+    need_fast_path()
+    import io
+    import json
+
+    from ips.io.pcap import write_pcap
+    from ips.policy.resolve import load_policy_text
+    from ips.replay import replay_captures
+
+    text = _DUE_POLICY.format(ports=15)
+    scanner, host = "198.18.0.1", "10.30.0.1"
+    # SYNs to 40 ports, 0.5 s apart: probes come due (GRACE) while others still arrive
+    records = [
+        (100.0 + i * 0.5, build_packet(PROTO_TCP, scanner, host, 40000, 100 + i, flags=0x02))
+        for i in range(40)
+    ]
+    path = tmp_path / "scan.pcap"
+    write_pcap(path, records)
+
+    def replay(fast: bool, broken: bool) -> tuple[str, str, int]:
+        policy = load_policy_text(text, "due.rules")
+        engine = Engine(policy, fast=fast)
+        if broken:
+            assert engine.detect is not None and engine.detect.portscan is not None
+
+            def resolve_quietly(now: float, budget: int) -> bool:
+                raise RuntimeError("a deliberate bug")
+
+            engine.detect.portscan.resolve_quietly = resolve_quietly  # type: ignore[method-assign]
+        eve = io.StringIO()
+        result = replay_captures(
+            policy, [str(path)], engine=engine, eve_stream=eve, progress=False, mapped=True
+        )
+        lines = "".join(sorted(eve.getvalue().splitlines(True)))
+        return json.dumps(result.as_dict(), sort_keys=True), lines, engine.fast_failures
+
+    reference = replay(fast=False, broken=False)
+    broken = replay(fast=True, broken=True)
+    assert broken[2] > 0  # the bug was met, and counted
+    assert broken[:2] == reference[:2]
+    assert '"alert"' in reference[1]  # (the scan is found: the probes were weighed)
