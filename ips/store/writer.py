@@ -217,20 +217,27 @@ class ProcessStoreSink:
         finally:
             os.close(to_read)  # the writer's ends: theirs alone, so EOF means it is gone
             os.close(back_write)
-        self._to_writer = Connection(to_write, readable=False)
-        self._from_writer = Connection(back_read, writable=False)
-        self._writer = _zero()
-        # The first message: the store is open (or why not).
+        to_writer = Connection(to_write, readable=False)
+        from_writer = Connection(back_read, writable=False)
+        # The first message: the store is open (or why not). It is read before the pipes are
+        # published: stats(), on another thread, reads every message on a published pipe as
+        # counters, and would take this one.
         try:
-            if not self._from_writer.poll(START_TIMEOUT):
+            if not from_writer.poll(START_TIMEOUT):
                 raise WriterError("store writer: no answer")
-            hello = marshal.loads(self._from_writer.recv_bytes())
+            hello = marshal.loads(from_writer.recv_bytes())
+            refused = f"{hello['error']}" if hello.get("error") else None
         except (EOFError, OSError, WriterError) as exc:
+            refused = f"store writer did not start: {exc}"
+        if refused is not None:
+            for conn in (to_writer, from_writer):
+                with contextlib.suppress(OSError):
+                    conn.close()
             self._reap()
-            raise WriterError(f"store writer did not start: {exc}") from None
-        if hello.get("error"):
-            self._reap()
-            raise WriterError(hello["error"])
+            raise WriterError(refused)
+        with self._lock:
+            self._to_writer, self._from_writer = to_writer, from_writer
+            self._writer = _zero()
 
     def _reap(self) -> None:
         """The writer gone (or made to go): its pipes closed, its exit status collected."""

@@ -121,6 +121,34 @@ def test_a_killed_writer_is_counted_and_started_again(tmp_path: Path) -> None:
     assert len(_rows(tmp_path / "s", "flows")) == s["written"]
 
 
+def test_stats_while_a_writer_starts_leaves_its_first_message_to_the_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer (re)started by the hand-over thread while another thread asks for stats:
+    the writer's first message (the store is open) is the start's, not a counter report
+    (a race CI once lost: stats() took it, and then failed on it)."""
+    from ips.store import writer as writer_module
+
+    sink = ProcessStoreSink(str(tmp_path / "s"), batch_size=100, flush_every=0.02)
+    asked: list[dict[str, Any]] = []
+
+    class StatsAskedMeanwhile(writer_module.Connection):
+        def poll(self, timeout: float | None = 0.0) -> bool:
+            ready = bool(super().poll(timeout))
+            if timeout and not asked:  # the start's wait for the first message
+                asked.append(sink.stats())
+            return ready
+
+    monkeypatch.setattr(writer_module, "Connection", StatsAskedMeanwhile)
+    sink.start()
+    try:
+        assert asked and asked[0]["written"] == 0
+        sink.events(synthetic_flows(50, seed=3))
+        assert _wait(lambda: sink.stats()["written"] == 50)
+    finally:
+        sink.close()
+
+
 def test_write_errors_are_counted_and_the_next_batch_tries_again(tmp_path: Path) -> None:
     sink = ProcessStoreSink(str(tmp_path / "s"), batch_size=100, flush_every=0.02).start()
     sink.events(synthetic_flows(100, t0=T0))
