@@ -1,4 +1,5 @@
-"""`ipsctl blocks`: the blocked sources in the kernel's @banned sets (detectors' and manual)."""
+"""`ipsctl blocks`: the blocked sources in the kernel's @banned sets (detectors' and manual),
+and the MACs banned for forged packets (@banned_ether)."""
 
 from __future__ import annotations
 
@@ -52,13 +53,14 @@ def _blocks_reply(reply: Reply, as_json: bool, what: str) -> Reply:
 
 @click.group()
 def blocks() -> None:
-    """Blocked sources: the kernel's @banned sets (detectors' blocks and manual ones).
+    """Blocked sources: the kernel's @banned sets (detectors' blocks and manual ones), and
+    the MACs of senders of forged packets (@banned_ether).
 
     \b
-    list              address, time left, who blocked it and why (root or group ipsctl)
+    list              address or MAC, time left, who blocked it and why (root or group ipsctl)
     add ADDR          block ADDR now, in the kernel [--ttl 10m] [--reason TEXT] (root)
-    del ADDR          unblock ADDR (root)
-    flush             unblock everything (root)
+    del ADDR|MAC      unblock ADDR, or lift the ban of MAC (root)
+    flush             unblock everything, MACs too (root)
     """
 
 
@@ -66,7 +68,7 @@ def blocks() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @SOCKET_OPTION
 def blocks_list(as_json: bool, socket_path: str) -> None:
-    """Blocked addresses, with the time left in the kernel."""
+    """Blocked addresses, then banned MACs, with the time left in the kernel."""
     reply = _blocks_reply(ask(socket_path, {"op": "blocks_list"}), as_json, "list")
     if as_json:
         return
@@ -74,10 +76,10 @@ def blocks_list(as_json: bool, socket_path: str) -> None:
     if not rows:
         click.echo("no blocks")
         return
-    click.echo(f"{'ADDRESS':<39} {'TABLE':<8} {'LEFT':>8}  {'BY':<10} {'OFFENSE':>7}  REASON")
+    click.echo(f"{'ADDRESS':<39} {'TABLE':<12} {'LEFT':>8}  {'BY':<10} {'OFFENSE':>7}  REASON")
     for r in rows:
         click.echo(
-            f"{r['addr']:<39} {r['table']:<8} {_left(r.get('expires_in')):>8}  "
+            f"{r['addr']:<39} {r['table']:<12} {_left(r.get('expires_in')):>8}  "
             f"{r.get('detector') or '-':<10} {r.get('offense') or 0:>7}  {r.get('reason') or ''}"
         )
 
@@ -135,7 +137,7 @@ def blocks_add(
 @click.option("--json", "as_json", is_flag=True)
 @SOCKET_OPTION
 def blocks_del(addr: str, as_json: bool, socket_path: str) -> None:
-    """Unblock ADDR."""
+    """Unblock ADDR (an IP address), or lift the ban of a MAC (aa:bb:cc:dd:ee:ff)."""
     reply = _blocks_reply(ask(socket_path, {"op": "blocks_del", "addr": addr}), as_json, "del")
     if not as_json:
         click.echo(f"unblocked {reply['addr']}")
@@ -145,7 +147,7 @@ def blocks_del(addr: str, as_json: bool, socket_path: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @SOCKET_OPTION
 def blocks_flush(as_json: bool, socket_path: str) -> None:
-    """Unblock every address."""
+    """Unblock every address and lift every MAC ban."""
     reply = _blocks_reply(ask(socket_path, {"op": "blocks_flush"}), as_json, "flush")
     if not as_json:
-        click.echo(f"unblocked {reply['removed']} address(es)")
+        click.echo(f"unblocked {reply['removed']} address(es) and MAC(s)")

@@ -81,3 +81,15 @@ def block_ttl(seconds: float | None) -> int | None:
     if seconds > MAX_BLOCK_TTL:
         raise ValueError(f"{seconds:g}s is more than 365 days")
     return math.ceil(seconds)
+
+
+def parse_mac(text: str) -> bytes | None:
+    """A MAC address written as six hex pairs separated by ':' or '-' (either case), as
+    bytes; None when `text` is not one (then it may be an IP address)."""
+    parts = text.strip().replace("-", ":").split(":")
+    if len(parts) != 6 or not all(len(p) == 2 and set(p) <= _HEX for p in parts):
+        return None
+    return bytes(int(p, 16) for p in parts)
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ips.control import SOCKET_GROUP
-from ips.core.addr import block_target, block_ttl
+from ips.core.addr import block_target, block_ttl, parse_mac
+from ips.core.events import format_mac
 from ips.daemon import commands
 from ips.daemon.config import DaemonConfig, keep_capabilities
 from ips.daemon.refresh import RefreshClock, refresh_tables
@@ -52,7 +53,7 @@ from ips.kernel.diversion import Diversion, NftDiversion
 from ips.kernel.nft import KernelError
 from ips.kernel.probe import read_queue_stats
 from ips.policy.diagnostics import PolicyError
-from ips.policy.model import Policy
+from ips.policy.model import ETHER_BAN_TABLE, Policy
 from ips.policy.resolve import load_policy_collecting, load_policy_sources, read_text
 from ips.privileges import drop_or_warn
 from ips.sinks.base import Exporter
@@ -62,6 +63,7 @@ from ips.translate.nft import (
     DEFAULT_BLOCK_TIMEOUT,
     OFFLOADED_COMMENT,
     RuleCounter,
+    SetElement,
     block_comment,
     block_table_spec,
     parse_block_comment,
@@ -782,12 +784,12 @@ class Daemon:
     # ---- blocks (ipsctl blocks …) -----------------------------------------------------------
 
     def blocks_list(self) -> dict[str, Any]:
+        """The kernel's blocks: addresses (BLOCK_TABLE), then MACs (ETHER_BAN_TABLE)."""
         now = time.time()
         rows: list[dict[str, Any]] = []
         restored = getattr(self, "_restored", {})
         origin = getattr(self, "restored_from", None) or {}
         for e in self.diversion.blocks():
-            detector, offense, reason = parse_block_comment(e.comment)
             # Restored at start (and not renewed since): the run that saved it, when known.
             came_from = None
             if e.addr in restored and restored[e.addr] == e.comment:
@@ -796,21 +798,11 @@ class Daemon:
                     "saved_at": origin.get("saved_at"),
                     "run": (origin.get("run") or {}).get("id"),
                 }
-            rows.append(
-                {
-                    "addr": e.addr,
-                    "table": BLOCK_TABLE,
-                    "expires_in": e.expires,  # seconds left (the kernel's own count)
-                    "timeout": e.timeout,
-                    "expires_at": None if e.expires is None else round(now + e.expires, 3),
-                    "detector": detector,
-                    "offense": offense,
-                    "reason": reason,
-                    "restored_from": came_from,
-                }
-            )
+            rows.append(_block_row(e, BLOCK_TABLE, now, came_from))
         rows.sort(key=lambda r: ipaddress.ip_address(r["addr"]).packed)
-        return {"ok": True, "table": BLOCK_TABLE, "blocks": rows}
+        macs = [_block_row(e, ETHER_BAN_TABLE, now, None) for e in self.diversion.mac_blocks()]
+        macs.sort(key=lambda r: str(r["addr"]))
+        return {"ok": True, "table": BLOCK_TABLE, "blocks": rows + macs}
 
     def _never_blocked(self, addr: str) -> str | None:
         ip = ipaddress.ip_address(addr)
@@ -869,13 +861,16 @@ class Daemon:
         }
 
     def blocks_del(self, addr: str) -> dict[str, Any]:
+        mac = parse_mac(addr)
+        if mac is not None:
+            return self._mac_unblock(format_mac(mac))
         try:
             ip = ipaddress.ip_address(addr)
             if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
                 ip = ip.ipv4_mapped  # as blocks_add wrote it
             text = str(ip)
         except ValueError:
-            return {"ok": False, "error": f"not an IP address: {addr!r}"}
+            return {"ok": False, "error": f"not an IP or MAC address: {addr!r}"}
         try:
             removed = self.diversion.unblock(text)
         except KernelError as exc:
@@ -889,9 +884,30 @@ class Daemon:
         self.counters.blocks_removed += int(removed)
         return {"ok": True, "addr": text, "removed": removed, "engine": engine}
 
+    def _mac_unblock(self, mac: str) -> dict[str, Any]:
+        """`blocks del` of a MAC banned for forged packets: out of the kernel's set, and
+        forgotten by the engine (which would otherwise not ban it again before the old ban's
+        end)."""
+        try:
+            removed = self.diversion.unblock_mac(mac)
+        except KernelError as exc:
+            self.counters.block_kernel_errors += 1
+            return {"ok": False, "error": f"nft refused: {exc}"}
+        engine = self._tell_worker({"op": "unblock_mac", "mac": mac, "time": time.time()})
+        if not removed and not engine.get("count"):
+            return {"ok": False, "error": f"{mac} is not blocked"}
+        self.counters.blocks_removed += int(removed)
+        return {
+            "ok": True,
+            "addr": mac,
+            "table": ETHER_BAN_TABLE,
+            "removed": removed,
+            "engine": engine,
+        }
+
     def blocks_flush(self) -> dict[str, Any]:
         try:
-            count = len(self.diversion.blocks())
+            count = len(self.diversion.blocks()) + len(self.diversion.mac_blocks())
             self.diversion.flush_blocks()
         except KernelError as exc:
             self.counters.block_kernel_errors += 1
@@ -973,3 +989,22 @@ def run(cfg: DaemonConfig) -> int:
     finally:
         daemon.stop()
     return 0
+
+
+def _block_row(
+    e: SetElement, table: str, now: float, restored_from: dict[str, Any] | None
+) -> dict[str, Any]:
+    """A row of `blocks list`: a member of a block set, with who blocked it and why (its
+    comment) and the time left in the kernel."""
+    detector, offense, reason = parse_block_comment(e.comment)
+    return {
+        "addr": e.addr,
+        "table": table,
+        "expires_in": e.expires,  # seconds left (the kernel's own count)
+        "timeout": e.timeout,
+        "expires_at": None if e.expires is None else round(now + e.expires, 3),
+        "detector": detector,
+        "offense": offense,
+        "reason": reason,
+        "restored_from": restored_from,
+    }

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from ips.core.addr import parse_mac
 from ips.core.events import Effect
 from ips.daemon.config import DaemonConfig, keep_capabilities
 from ips.daemon.stats import detector_stats, engine_blocks, eve_stats, rule_hits
@@ -735,6 +736,11 @@ def _manual(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
             effect = _forced_block(addr, msg.get("ttl"), reason, now)
         if effect is not None:
             effects.append(effect)
+    elif op == "unblock_mac":
+        forget = getattr(engine, "unblock_mac", None)
+        mac = parse_mac(str(msg["mac"]))
+        forgotten = bool(forget(mac)) if forget is not None and mac is not None else False
+        return {"ok": True, "engine": forgotten, "count": int(forgotten)}
     else:
         fn = getattr(engine, "unblock", None)
         if op == "unblock":
@@ -742,6 +748,10 @@ def _manual(worker: Worker, msg: dict[str, Any]) -> dict[str, Any]:
         else:
             table = engine.tables.get(BLOCK_TABLE)
             addrs = list(table.members) if table is not None else []
+            # A flush lifts the MAC bans too (the supervisor emptied their set).
+            forget_all = getattr(engine, "unblock_macs", None)
+            if forget_all is not None:
+                forget_all()
         for addr in addrs:
             effect = fn(addr, now, reason=reason) if fn is not None else None
             if effect is not None:
@@ -792,6 +802,7 @@ WORKER_COMMANDS: dict[str, Callable[[Worker, dict[str, Any]], dict[str, Any] | N
     "block": _manual,
     "unblock": _manual,
     "unblock_all": _manual,
+    "unblock_mac": _manual,
     "reopen": _reopen,
     "stop": _stop,
 }

@@ -195,6 +195,17 @@ class BlockManager:
             evidence=evidence, reason=reason, time=now,
         ), "added"  # fmt: skip
 
+    def forget_mac(self, mac: bytes) -> bool:
+        """An operator lifted the ban of `mac` (`ipsctl blocks del`): forgotten, so that its
+        next forged packet bans it again. False when it was not banned."""
+        return self.macs.pop(mac, None) is not None
+
+    def forget_macs(self) -> int:
+        """Every MAC ban lifted (`ipsctl blocks flush`); returns how many there were."""
+        n = len(self.macs)
+        self.macs.clear()
+        return n
+
     def expire_macs(self, now: float) -> None:
         """Forget MAC blocks whose time is up (the kernel's set expires them by itself)."""
         macs = self.macs

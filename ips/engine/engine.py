@@ -794,6 +794,15 @@ class Engine:
             self.stats.unblocks += 1
         return unblock
 
+    def unblock_mac(self, mac: bytes) -> bool:
+        """Forget the ban of a MAC (`ipsctl blocks del MAC`; the kernel's set is the
+        supervisor's): its next forged packet bans it again. False when it was not banned."""
+        return self.blocks.forget_mac(mac)
+
+    def unblock_macs(self) -> int:
+        """Forget every MAC ban (`ipsctl blocks flush`); returns how many there were."""
+        return self.blocks.forget_macs()
+
     def adopt_block(self, addr: bytes, expires_at: float) -> bool:
         """A block already in the kernel's set when the daemon starts: into the table, to
         expire (Unblock) at `expires_at`; it counts as one offense for escalation."""

@@ -811,6 +811,12 @@ class UserspaceDiversion:
         if self._ask({"op": "ban_flush"}) is None:
             self._offline(lambda b, now: b.clear())
 
+    def mac_blocks(self) -> list[SetElement]:
+        return []  # WinDivert sees packets above the link layer: no MAC is ever banned here
+
+    def unblock_mac(self, mac: str) -> bool:
+        return False
+
     def _offline(self, change: Callable[[UserBlocks, float], object]) -> object:
         blocks = UserBlocks(self.bans_path, log=None)
         blocks.load()

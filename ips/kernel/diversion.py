@@ -115,7 +115,16 @@ class Diversion(Protocol):
 
     def unblock(self, addr: str) -> bool: ...
 
-    def flush_blocks(self) -> None: ...
+    def flush_blocks(self) -> None:
+        """Unblock every address and every MAC."""
+        ...
+
+    def mac_blocks(self) -> list[SetElement]:
+        """The MACs banned for forged packets (ETHER_BAN_TABLE); none where there is no
+        link layer to ban them at."""
+        ...
+
+    def unblock_mac(self, mac: str) -> bool: ...
 
 
 class NftDiversion:
@@ -348,6 +357,13 @@ class NftDiversion:
 
     def flush_blocks(self) -> None:
         self._nft.flush_elements(BLOCK_TABLE)
+        self._nft.flush_ether_elements()
+
+    def mac_blocks(self) -> list[SetElement]:
+        return self._nft.ether_elements()
+
+    def unblock_mac(self, mac: str) -> bool:
+        return self._nft.delete_ether_elements([mac]) > 0
 
     def describe(self) -> dict[str, object]:
         return {

@@ -299,6 +299,44 @@ class Nft:
                     out.extend(nft_json.parse_elements(obj["set"].get("elem")))
         return out
 
+    # ---- the set of banned MACs (ETHER_BAN_TABLE: one set, no families) ----------------------
+
+    def ether_elements(self) -> list[SetElement]:
+        """Members of the set of banned MACs (expires: seconds left); none when it is absent
+        (a policy without a block table)."""
+        try:
+            listing = self.run(nft_json.list_ether_set())
+        except KernelError as exc:
+            if _missing(exc):
+                return []
+            raise
+        out: list[SetElement] = []
+        for obj in listing.get("nftables", []):
+            if "set" in obj:
+                out.extend(nft_json.parse_elements(obj["set"].get("elem")))
+        return out
+
+    def delete_ether_elements(self, macs: Iterable[str]) -> int:
+        """Remove MACs from the set of banned MACs; those not (or no longer) members are
+        skipped. Returns how many were removed."""
+        removed = 0
+        for mac in macs:  # one by one: nft refuses a whole batch for one absent element
+            try:
+                self.run(nft_json.delete_ether_elements([mac]))
+                removed += 1
+            except KernelError as exc:
+                if not _missing(exc):
+                    raise
+        return removed
+
+    def flush_ether_elements(self) -> None:
+        """Remove every member of the set of banned MACs (nothing when it is absent)."""
+        try:
+            self.run(nft_json.flush_ether_set())
+        except KernelError as exc:
+            if not _missing(exc):
+                raise
+
 
 def _clean_error(text: str) -> str:
     """nft's error text without the `internal:0:0-0: ` position it gives JSON input."""

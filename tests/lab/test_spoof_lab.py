@@ -12,6 +12,7 @@ Only lab hosts are targets (the server 10.10.2.10); every tool run is bounded.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -69,6 +70,20 @@ def test_hping3_forging_the_clients_address_blocks_the_attacker_not_the_client(
         ether = [e for e in box.eve_events() if e["event_type"] == "ipsctl_block"]
         assert [e["ipsctl_block"]["ether"] for e in ether] == [attacker_mac]
         assert box.status()["worker"]["evidence"]["spoofed"] >= 1
+        # The operator sees the ban in `blocks list` and lifts it: the kernel's set and the
+        # engine (which drops a banned MAC's packets too) let the attacker through again.
+        out = box.ipsctl("blocks", "list", "--json")
+        assert out.returncode == 0, out.stderr
+        bans = [b for b in json.loads(out.stdout)["blocks"] if b["table"] == "banned_ether"]
+        assert [b["addr"] for b in bans] == [attacker_mac], bans
+        assert bans[0]["detector"] == "portscan" and 0 < bans[0]["expires_in"] <= BLOCK_SECONDS
+        assert attacker_mac in box.ipsctl("blocks", "list").stdout
+        out = box.ipsctl("blocks", "del", attacker_mac.upper().replace(":", "-"))
+        assert out.returncode == 0 and f"unblocked {attacker_mac}" in out.stdout, out
+        assert attacker_mac not in box.kernel_mac_blocks()
+        assert box.curl("attacker", f"http://{SERVER}/", max_time=2).returncode == 0
+        again = box.ipsctl("blocks", "del", attacker_mac)
+        assert again.returncode == 1 and "is not blocked" in again.stderr, again
 
 
 def test_nmap_decoys_block_only_the_real_scanner(tmp_path: Path) -> None:

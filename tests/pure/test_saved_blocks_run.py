@@ -73,6 +73,9 @@ class FakeDiversion:
     def blocks(self) -> list[SetElement]:
         return self.nft.elements("banned")
 
+    def mac_blocks(self) -> list[SetElement]:
+        return []
+
 
 def test_restored_blocks_show_the_run_that_saved_them(tmp_path: Path) -> None:
     now = time.time()  # the daemon restores what has time left now

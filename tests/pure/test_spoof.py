@@ -399,6 +399,29 @@ def test_mac_blocks_expire_in_the_engine_with_their_time() -> None:
     assert story >> syn(ATTACKER, 9) << accept()
 
 
+def test_a_mac_ban_lifted_by_the_operator_is_forgotten_and_can_come_again() -> None:
+    """`ipsctl blocks del MAC` (the worker's unblock_mac): the engine stops dropping the
+    MAC's packets at once, and its next forged scan bans it again (not "already")."""
+    e = engine(view=lab_view())
+    story = Playbook(e, now=T0, step=0.01)
+
+    def forged_scan(first: int) -> None:
+        story >> syn(CLIENT, first) >> rst(CLIENT, first)
+        story >> syn(CLIENT, first + 1) >> rst(CLIENT, first + 1) >> syn(CLIENT, first + 2)
+        story >> rst(CLIENT, first + 2) << scan_alert(CLIENT, "spoofed", "allowed")
+        story << spoof_alert(CLIENT, "mac-mismatch") << mac_block(ATTACKER_MAC_TEXT)
+
+    forged_scan(1)
+    assert story >> syn(ATTACKER, 9) << drop(reason="blocked")
+    assert e.unblock_mac(ATTACKER_MAC) is True
+    assert e.unblock_mac(ATTACKER_MAC) is False  # not banned any more
+    assert story >> syn(ATTACKER, 10) << accept()
+    story >> tick(61)  # the portscan window of the first scan is over
+    forged_scan(20)
+    assert e.stats.mac_blocks == 2
+    assert e.unblock_macs() == 1 and not e.blocks.macs
+
+
 # ---- the kernel's side: the set of banned MACs ---------------------------------------------------
 
 

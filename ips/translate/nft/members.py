@@ -103,6 +103,10 @@ def list_ether_set() -> list[dict[str, object]]:
     return [{"list": {"set": {**_T, "name": ETHER_BAN_TABLE}}}]
 
 
+def flush_ether_set() -> list[dict[str, object]]:
+    return [{"flush": {"set": {**_T, "name": ETHER_BAN_TABLE}}}]
+
+
 def delete_elements(table: str, addrs: Iterable[Address]) -> list[dict[str, object]]:
     """Remove addresses from dynamic table `table` (nft fails the batch if one is absent)."""
     by_family: dict[int, list[object]] = {}
