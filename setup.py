@@ -15,7 +15,7 @@ if os.environ.get("IPSCTL_NO_EXTENSION", "") in ("", "0"):
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        ["ips/fast/_fastpath.pyx", "ips/io/_nfqdrain.pyx"],
+        ["ips/fast/_fastpath.pyx", "ips/fast/_streamparse.pyx", "ips/io/_nfqdrain.pyx"],
         compiler_directives={"language_level": "3"},
         quiet=True,
     )
