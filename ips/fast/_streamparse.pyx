@@ -539,6 +539,13 @@ cdef object _lines(const unsigned char* d, Py_ssize_t pos, Py_ssize_t at):
         a = e + 1
 
 
+cdef bint _is_chunked(list headers) except -1:
+    """_chunked(headers): the reference reads a Transfer-Encoding when there is one."""
+    if _get(headers, "transfer-encoding") is None:
+        return False
+    return _chunked(headers)
+
+
 def requests_from(data, Py_ssize_t start, list out):
     """ips/app/http.py requests_from, compiled: the same Progress and requests."""
     if type(data) is not bytes:
@@ -603,7 +610,7 @@ def requests_from(data, Py_ssize_t start, list out):
             _get(headers, "host"), _get(headers, "user-agent"), _get(headers, "content-type"),
             length, tuple(headers),
         ))
-        if _chunked(headers):
+        if _is_chunked(headers):
             got = _skip_chunks(raw, body)
             if got is None:
                 return Progress(n, INCOMPLETE, pos, len(out) - 1, n + 1)
@@ -677,7 +684,7 @@ def responses_from(data, request_methods, Py_ssize_t start, list out):
         answered = request_methods[count - 1] if count <= known else ""
         if status < 200 or status == 204 or status == 304 or answered == "HEAD":
             pos = body
-        elif _chunked(headers):
+        elif _is_chunked(headers):
             got = _skip_chunks(raw, body)
             if got is None:
                 return Progress(n, INCOMPLETE, pos, count - 1, n + 1)
