@@ -366,6 +366,9 @@ cdef object _key_shares(const unsigned char* b, Py_ssize_t p, Py_ssize_t q):
 
 # ---- HTTP -----------------------------------------------------------------------------------
 
+# The NamedTuples are made as their own __new__ makes them (tuple.__new__(cls, fields)),
+# without the call through that Python function.
+cdef object _tuple_new = tuple.__new__
 cdef object HttpRequest = _http.HttpRequest
 cdef object HttpResponse = _http.HttpResponse
 cdef object Progress = _http.Progress
@@ -546,6 +549,10 @@ cdef bint _is_chunked(list headers) except -1:
     return _chunked(headers)
 
 
+cdef inline object _progress(used, why, resume, whole, wanted):
+    return _tuple_new(Progress, (used, why, resume, whole, wanted))
+
+
 def requests_from(data, Py_ssize_t start, list out):
     """ips/app/http.py requests_from, compiled: the same Progress and requests."""
     if type(data) is not bytes:
@@ -559,7 +566,7 @@ def requests_from(data, Py_ssize_t start, list out):
     cdef bint bad
     while pos < n:
         if PyList_GET_SIZE(out) >= MAX_MESSAGES:
-            return Progress(pos, M_TOO_MANY_MESSAGES, pos, len(out), n + 1)
+            return _progress(pos, M_TOO_MANY_MESSAGES, pos, len(out), n + 1)
         # Tolerate empty lines between requests (RFC 9112 section 2.2).
         while pos < n and (d[pos] == 10 or (d[pos] == 13 and pos + 1 < n and d[pos + 1] == 10)):
             pos += 2 if d[pos] == 13 else 1
@@ -568,18 +575,18 @@ def requests_from(data, Py_ssize_t start, list out):
         block = _block_end(d, n, pos)
         if block.at < 0:
             if n - pos >= MAX_HEADER_BYTES:
-                return Progress(pos, M_HEADERS_TOO_LONG, pos, len(out), n + 1)
-            return Progress(pos, INCOMPLETE, pos, len(out), n + 1)
+                return _progress(pos, M_HEADERS_TOO_LONG, pos, len(out), n + 1)
+            return _progress(pos, INCOMPLETE, pos, len(out), n + 1)
         lines = _lines(d, pos, block.at)
         if type(lines) is not list:
-            return Progress(pos, lines, pos, len(out), n + 1)
+            return _progress(pos, lines, pos, len(out), n + 1)
         body = block.after
         # The request line: two or three fields split by single spaces.
         a = lines[0]
         b = lines[1]
         hit = <const unsigned char*> memchr(d + a, 32, b - a) if b > a else NULL
         if hit == NULL:
-            return Progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
+            return _progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
         sp1 = hit - d
         hit = <const unsigned char*> memchr(d + sp1 + 1, 32, b - sp1 - 1) if b > sp1 + 1 else NULL
         if hit == NULL:
@@ -587,42 +594,42 @@ def requests_from(data, Py_ssize_t start, list out):
         else:
             sp2 = hit - d
             if b > sp2 + 1 and memchr(d + sp2 + 1, 32, b - sp2 - 1) != NULL:
-                return Progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)  # four fields
+                return _progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)  # four fields
             if b - sp2 - 1 < 5 or memcmp(d + sp2 + 1, b"HTTP/", 5) != 0:
-                return Progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
+                return _progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
         if sp1 == a or sp2 == sp1 + 1:
-            return Progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
+            return _progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
         bad = False
         for i in range(a, sp1):
             if not TCHAR[d[i]]:
                 bad = True
                 break
         if bad:
-            return Progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
+            return _progress(pos, M_BAD_REQUEST_LINE, pos, len(out), n + 1)
         headers = _headers(d, lines)
         if type(headers) is not list:
-            return Progress(pos, headers, pos, len(out), n + 1)
+            return _progress(pos, headers, pos, len(out), n + 1)
         length = _content_length(headers)
         if length is not None and type(length) is not int:
-            return Progress(pos, length, pos, len(out), n + 1)
-        out.append(HttpRequest(
+            return _progress(pos, length, pos, len(out), n + 1)
+        out.append(_tuple_new(HttpRequest, (
             _text(d, a, sp1), _text(d, sp1 + 1, sp2), _text(d, sp2 + 1, b) if sp2 < b else "",
             _get(headers, "host"), _get(headers, "user-agent"), _get(headers, "content-type"),
             length, tuple(headers),
-        ))
+        )))
         if _is_chunked(headers):
             got = _skip_chunks(raw, body)
             if got is None:
-                return Progress(n, INCOMPLETE, pos, len(out) - 1, n + 1)
+                return _progress(n, INCOMPLETE, pos, len(out) - 1, n + 1)
             if type(got) is not int:
-                return Progress(pos, got, pos, len(out) - 1, n + 1)
+                return _progress(pos, got, pos, len(out) - 1, n + 1)
             pos = got
         else:
             end = body + (<Py_ssize_t> length if length is not None else 0)
             if end > n:
-                return Progress(n, INCOMPLETE, pos, len(out) - 1, end)
+                return _progress(n, INCOMPLETE, pos, len(out) - 1, end)
             pos = end
-    return Progress(pos, END, pos, len(out), n + 1)
+    return _progress(pos, END, pos, len(out), n + 1)
 
 
 def responses_from(data, request_methods, Py_ssize_t start, list out):
@@ -640,15 +647,15 @@ def responses_from(data, request_methods, Py_ssize_t start, list out):
     while pos < n:
         count = PyList_GET_SIZE(out)
         if count >= MAX_MESSAGES:
-            return Progress(pos, M_TOO_MANY_MESSAGES, pos, count, n + 1)
+            return _progress(pos, M_TOO_MANY_MESSAGES, pos, count, n + 1)
         block = _block_end(d, n, pos)
         if block.at < 0:
             if n - pos >= MAX_HEADER_BYTES:
-                return Progress(pos, M_HEADERS_TOO_LONG, pos, count, n + 1)
-            return Progress(pos, INCOMPLETE, pos, count, n + 1)
+                return _progress(pos, M_HEADERS_TOO_LONG, pos, count, n + 1)
+            return _progress(pos, INCOMPLETE, pos, count, n + 1)
         lines = _lines(d, pos, block.at)
         if type(lines) is not list:
-            return Progress(pos, lines, pos, count, n + 1)
+            return _progress(pos, lines, pos, count, n + 1)
         body = block.after
         # The status line: version SP code SP reason (partitions at the first spaces).
         a = lines[0]
@@ -661,13 +668,13 @@ def responses_from(data, request_methods, Py_ssize_t start, list out):
             sp1 - a < 5 or memcmp(d + a, b"HTTP/", 5) != 0 or sp1 >= b or sp2 - sp1 - 1 != 3
             or not (48 <= d[sp1 + 1] <= 57 and 48 <= d[sp1 + 2] <= 57 and 48 <= d[sp1 + 3] <= 57)
         ):
-            return Progress(pos, M_BAD_STATUS_LINE, pos, count, n + 1)
+            return _progress(pos, M_BAD_STATUS_LINE, pos, count, n + 1)
         headers = _headers(d, lines)
         if type(headers) is not list:
-            return Progress(pos, headers, pos, count, n + 1)
+            return _progress(pos, headers, pos, count, n + 1)
         length = _content_length(headers)
         if length is not None and type(length) is not int:
-            return Progress(pos, length, pos, count, n + 1)
+            return _progress(pos, length, pos, count, n + 1)
         status = (d[sp1 + 1] - 48) * 100 + (d[sp1 + 2] - 48) * 10 + (d[sp1 + 3] - 48)
         # The reason, str.strip()ped (latin-1 whitespace).
         ra = sp2 + 1 if sp2 < b else b
@@ -676,10 +683,10 @@ def responses_from(data, request_methods, Py_ssize_t start, list out):
             ra += 1
         while rb > ra and _latin1_space(d[rb - 1]):
             rb -= 1
-        out.append(HttpResponse(
+        out.append(_tuple_new(HttpResponse, (
             _text(d, a, sp1), status, _text(d, ra, rb),
             _get(headers, "content-type"), length, tuple(headers),
-        ))
+        )))
         count += 1
         answered = request_methods[count - 1] if count <= known else ""
         if status < 200 or status == 204 or status == 304 or answered == "HEAD":
@@ -687,15 +694,15 @@ def responses_from(data, request_methods, Py_ssize_t start, list out):
         elif _is_chunked(headers):
             got = _skip_chunks(raw, body)
             if got is None:
-                return Progress(n, INCOMPLETE, pos, count - 1, n + 1)
+                return _progress(n, INCOMPLETE, pos, count - 1, n + 1)
             if type(got) is not int:
-                return Progress(pos, got, pos, count - 1, n + 1)
+                return _progress(pos, got, pos, count - 1, n + 1)
             pos = got
         elif length is None:
-            return Progress(n, UNTIL_CLOSE, pos, count - 1, n + 1)
+            return _progress(n, UNTIL_CLOSE, pos, count - 1, n + 1)
         else:
             end = body + <Py_ssize_t> length
             if end > n:
-                return Progress(n, INCOMPLETE, pos, count - 1, end)
+                return _progress(n, INCOMPLETE, pos, count - 1, end)
             pos = end
-    return Progress(pos, END, pos, len(out), n + 1)
+    return _progress(pos, END, pos, len(out), n + 1)
