@@ -555,6 +555,8 @@ cdef inline object _progress(used, why, resume, whole, wanted):
 
 def requests_from(data, Py_ssize_t start, list out):
     """ips/app/http.py requests_from, compiled: the same Progress and requests."""
+    if start < 0:  # never from the inspector; Python's negative slices are the reference's
+        return _http.requests_from(data, start, out)
     if type(data) is not bytes:
         data = bytes(data)
     cdef bytes raw = data
@@ -634,6 +636,8 @@ def requests_from(data, Py_ssize_t start, list out):
 
 def responses_from(data, request_methods, Py_ssize_t start, list out):
     """ips/app/http.py responses_from, compiled: the same Progress and responses."""
+    if start < 0:  # never from the inspector; Python's negative slices are the reference's
+        return _http.responses_from(data, request_methods, start, out)
     if type(data) is not bytes:
         data = bytes(data)
     cdef bytes raw = data

@@ -281,6 +281,15 @@ def test_other_buffers_are_read_as_bytes(compiled: Any) -> None:
             assert messages_view(got, out) == messages_view(*_python_requests(data))
 
 
+def test_any_start_offset(compiled: Any) -> None:
+    """The inspector resumes at offsets inside the data; any other start gives the same too
+    (a negative one is read as Python slices read it, beyond the end reads nothing)."""
+    data = HTTP_BUILT[0]
+    for start in (-len(data) - 5, -3, -1, 0, 1, 5, len(data) - 1, len(data), len(data) + 9):
+        same_requests(compiled, data, start)
+        same_responses(compiled, HTTP_BUILT[1], ("GET",), start)
+
+
 def _python_requests(data: bytes) -> tuple[Any, list[Any]]:
     out: list[Any] = []
     return http.requests_from(data, 0, out), out
