@@ -12,8 +12,11 @@ CI=true, where a missing build is a failure (unless IPSCTL_PURE=1 says that is m
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +36,9 @@ from test_app_tls import (
 )
 
 from ips.app import http, tls
+from ips.engine import Engine
 from ips.fast import FORCED_PURE
+from ips.policy.resolve import load_policy_text
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # a missing build is reported by the tests below
@@ -405,3 +410,64 @@ def test_generated_hellos(compiled: Any, draw: st.DataObject) -> None:
     data = records(message, draw.draw(st.integers(1, 1 << 14)))
     same_hello(compiled, data)
     same_hello(compiled, data[: draw.draw(st.integers(0, len(data)))])
+
+
+# ---- the loader and the engine's wiring -----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_LOADER = """
+import sys, warnings
+{hide}
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from ips.fast.parsers import stream_parsers
+    from ips.engine import Engine
+    from ips.policy.resolve import load_policy_text
+    engines = [Engine(load_policy_text("set default accept\\n", "t.rules")) for _ in range(2)]
+from ips.app import tls
+print(stream_parsers() is None, engines[0].app._parse_client_hello is tls.parse_client_hello,
+      len([w for w in caught if "compiled stream parsers" in str(w.message)]))
+"""
+
+_HIDE = """
+class NoParsers:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ips.fast._streamparse":
+            raise ImportError("hidden by the test")
+        return None
+sys.meta_path.insert(0, NoParsers())
+"""
+
+
+def _run(code: str, **env: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_ipsctl_pure_keeps_the_python_parsers_without_a_warning() -> None:
+    assert _run(_LOADER.format(hide=""), IPSCTL_PURE="1") == "True True 0"
+
+
+def test_a_missing_build_keeps_the_python_parsers_and_says_so_once() -> None:
+    assert _run(_LOADER.format(hide=_HIDE), IPSCTL_PURE="") == "True True 1"
+
+
+def test_the_engine_hands_them_to_its_inspector_with_its_compiled_path(compiled: Any) -> None:
+    policy = load_policy_text("set default accept\n", "t.rules")
+    fast, reference = Engine(policy, fast=True), Engine(policy, fast=False)
+    assert fast.app._parse_client_hello is compiled.parse_client_hello
+    assert fast.app._requests_from is compiled.requests_from
+    assert fast.app._responses_from is compiled.responses_from
+    assert reference.app._parse_client_hello is tls.parse_client_hello
+    assert reference.app._requests_from is http.requests_from
+    assert reference.app._responses_from is http.responses_from
