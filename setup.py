@@ -1,5 +1,6 @@
-"""The compiled packet path (ips/fast/_fastpath.pyx) and the compiled NFQUEUE loop
-(ips/io/_nfqdrain.pyx), built by Cython at `pip install -e .`.
+"""The compiled packet path (ips/fast/_fastpath.pyx), the compiled TLS and HTTP parsers
+(ips/fast/_streamparse.pyx) and the compiled NFQUEUE loop (ips/io/_nfqdrain.pyx), built by
+Cython at `pip install -e .`.
 
 Everything else about the package is in pyproject.toml. Without a C compiler the build of the
 extension fails: set IPSCTL_NO_EXTENSION=1 to install without it (the engine then runs in
