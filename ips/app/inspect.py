@@ -52,7 +52,7 @@ Pure: no clock (`now` is an argument), no I/O. Nothing here raises on any bytes.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -92,6 +92,7 @@ from ips.app.ssh import SshBanner, eve_ssh, parse_banner
 from ips.app.tls import (
     Certificate,
     ClientHello,
+    NeedMore,
     ServerFlight,
     ServerHello,
     bytes_wanted,
@@ -110,6 +111,7 @@ __all__ = [
     "AppCounters",
     "AppInspector",
     "NameSource",
+    "StreamParsers",
     "quic_version_text",
     "tls_version_text",
 ]
@@ -150,6 +152,20 @@ def quic_version_text(version: int) -> str:
     String`): Google's tags by their letters, any other version in lower-case hex without
     leading zeros: "1" for QUIC v1, "ff00001d" for draft 29, "6b3343cf" for v2."""
     return _GQUIC_VERSIONS.get(version) or format(version, "x")
+
+
+class StreamParsers(Protocol):
+    """Parsers with the results of ips/app/tls.py `parse_client_hello` and ips/app/http.py
+    `requests_from` / `responses_from` (the engine passes the compiled ones, ips/fast/
+    parsers.py, when its compiled path is on; those modules are the default)."""
+
+    def parse_client_hello(self, buf: bytes) -> ClientHello | NeedMore | Malformed: ...
+
+    def requests_from(self, data: bytes, start: int, out: list[HttpRequest]) -> Progress: ...
+
+    def responses_from(
+        self, data: bytes, request_methods: Sequence[str], start: int, out: list[HttpResponse]
+    ) -> Progress: ...
 
 
 class NameSource(Protocol):
@@ -338,8 +354,18 @@ class AppInspector:
         memory_cap: int = DEFAULT_MEMORY_CAP,
         names: NameSource | None = None,
         counters: AppCounters | None = None,
+        parsers: StreamParsers | None = None,
     ) -> None:
         self.enabled = enabled
+        # The TLS ClientHello and HTTP parsers (`parsers`: compiled ones with the same
+        # results; None: ips/app's, the reference).
+        self._parse_client_hello = parse_client_hello
+        self._requests_from = requests_from
+        self._responses_from = responses_from
+        if parsers is not None:
+            self._parse_client_hello = parsers.parse_client_hello
+            self._requests_from = parsers.requests_from
+            self._responses_from = parsers.responses_from
         self.reassembler = Reassembler(limit=limit, memory_cap=memory_cap)
         self.names = names
         self.counters = counters if counters is not None else AppCounters()
@@ -534,7 +560,7 @@ class AppInspector:
         self, app: AppFields, state: _Tcp, to_server: bool, data: bytes, ended: bool
     ) -> bool:
         if to_server:
-            hello = parse_client_hello(data)
+            hello = self._parse_client_hello(data)
             if hello.__class__ is ClientHello:
                 state.hello = hello
                 prints = state.prints
@@ -580,7 +606,7 @@ class AppInspector:
             # were (the stream only grows), the rest is read again with the new bytes.
             progress = state.http_progress[0]
             requests = state.requests[: progress.whole]
-            got = requests_from(data, progress.resume, requests)
+            got = self._requests_from(data, progress.resume, requests)
             progress.update(got, 0)
             why = got.why
             state.requests = requests
@@ -602,7 +628,7 @@ class AppInspector:
             # is (a HEAD's answer has no body): read them all again.
             progress.resume = progress.whole = 0
         responses = state.responses[: progress.whole]
-        got = responses_from(data, methods, progress.resume, responses)
+        got = self._responses_from(data, methods, progress.resume, responses)
         progress.update(got, len(methods))
         why = got.why
         state.responses = responses

@@ -82,6 +82,8 @@ class Direction:
 
     @property
     def held(self) -> int:
+        if not self.pieces:  # the common case: asked of every flow that ends
+            return len(self.buf)
         return len(self.buf) + sum(len(p) for _, p in self.pieces)
 
 
@@ -130,16 +132,20 @@ class Reassembler:
         if streams.closed:
             return
         for d in (streams.to_server, streams.to_client):
-            self.used -= d.held
-            d.buf = bytearray()
-            d.pieces = []
+            if d.buf or d.pieces:
+                self.used -= d.held
+                d.buf = bytearray()
+                d.pieces = []
         streams.closed = True
 
     def add_packet(self, streams: TcpStreams, to_server: bool, pkt: Packet) -> int:
         """`add` for a decoded TCP packet."""
-        if pkt.l4_offset < 0 or pkt.l4_offset + 8 > pkt.length:
+        l4 = pkt.l4_offset
+        if l4 < 0 or l4 + 8 > pkt.length:
             return 0
-        return self.add(streams, to_server, tcp_seq(pkt), pkt.flags, pkt.data[pkt.payload_offset :])
+        data = pkt.data
+        seq = _U32.unpack_from(data, l4 + 4)[0]  # tcp_seq(pkt), without the call
+        return self.add(streams, to_server, seq, pkt.flags, data[pkt.payload_offset :])
 
     def add(
         self, streams: TcpStreams, to_server: bool, seq: int, flags: int, payload: bytes

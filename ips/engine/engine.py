@@ -68,6 +68,7 @@ from ips.engine.evidence import (
 )
 from ips.engine.offload import REOFFLOAD_AFTER, offload_kind
 from ips.fast import new_fast_path
+from ips.fast.parsers import stream_parsers
 from ips.policy.compile import PENDING, CompiledPolicy, CompiledRule
 from ips.policy.model import ACCEPT, BAN_TABLE, DROP, REJECT, REWRITE, SPOOF_SID, Policy
 
@@ -177,7 +178,10 @@ class Engine:
         # The application layer (ips/app/inspect.py): called right after the flow table for
         # the packets of flows whose app_state is not None; configured by the policy's
         # `set app-layer`, `set app-stream-bytes` and `set app-memcap`.
-        self.app = AppInspector(names=self.pdns, counters=self.stats.app)
+        # Its TLS and HTTP parsers are the compiled ones (ips/fast/parsers.py) with the
+        # compiled path, when built.
+        parsers = stream_parsers() if fast else None
+        self.app = AppInspector(names=self.pdns, counters=self.stats.app, parsers=parsers)
         # The compiled fast path (ips/fast/): the packets of decided flows that need no
         # Python; None when it is not built, IPSCTL_PURE is set, or fast=False (the tests'
         # reference engine).
