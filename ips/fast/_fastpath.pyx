@@ -115,6 +115,8 @@ from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 from cpython.ref cimport Py_DECREF, Py_XDECREF
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from libc.stdint cimport uint64_t
 
 from collections import OrderedDict, deque
 from heapq import heappush as _heappush
@@ -138,6 +140,7 @@ from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledPol
 from ips.policy.model import ACCEPT, DROP, ENCRYPTED_APPS, UNLIMITED_DEPTH
 
 cdef extern from "Python.h":
+    ctypedef size_t Py_uhash_t
     ctypedef struct PyMemberDef:
         const char *name
         int type
@@ -482,8 +485,65 @@ cdef extern from *:
     PyObject *ips_get_known(object d, object key, Py_hash_t h) except? NULL
 
 
+# ---- the candidate cache ----------------------------------------------------------------------
+# A packet of no flow finds its candidate rules as CompiledPolicy.candidate_entry finds them:
+# up to six dictionary reads (the memos of its addresses, ports and interface pair, then the
+# entry memoised for the bitset those make). Every read that finds its key changes nothing,
+# so a packet whose reads would all find theirs can take the entry they lead to from a cache
+# of this module, keyed by the packet's own dimensions, without making them: the same answer
+# and, as in Python, nothing changed. Whether they would all find their keys is known
+# exactly from each memo's version tag (PEP 509: every change of a dictionary gives it a new
+# tag, unique among all dictionaries): a memo whose tag is the one a slot noted when it read
+# the key there has not changed since; one that changed (a new key, or emptied when full)
+# is read again for this key, and the slot noted afresh when it still holds the same value.
+# CPython 3.12 deprecates the tag (3.14 removes it): there, this cache is not used.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030C0000
+    #define IPS_DICT_VERSIONS 1
+    static uint64_t ips_dict_version(PyObject *d) { return ((PyDictObject *)d)->ma_version_tag; }
+    #else
+    #define IPS_DICT_VERSIONS 0
+    static uint64_t ips_dict_version(PyObject *d) { (void)d; return 0; }
+    #endif
+    #define IPS_CAND_SLOTS 8192  /* a power of two */
+    """
+    bint IPS_DICT_VERSIONS
+    int IPS_CAND_SLOTS
+    uint64_t ips_dict_version(PyObject *d)
+
+cdef enum:
+    # the memos a cache slot depends on (ips_cand_slot.versions)
+    CAND_SRC = 0
+    CAND_DST = 1
+    CAND_SPORT = 2
+    CAND_DPORT = 3
+    CAND_IFS = 4
+    CAND_ENTRY = 5
+    # how far candidate_bits reads for a packet (ips_cand_slot.reads): the protocol bits
+    # alone (none of its rules takes the protocol), the addresses too (none takes both),
+    # or every dimension
+    READS_PROTO = 0
+    READS_ADDRESSES = 1
+    READS_ALL = 2
+
+cdef struct ips_cand_slot:
+    PyObject *entry           # the memoised entry (a reference held); NULL: an empty slot
+    PyObject *iif             # the interface pair, by identity (references held)
+    PyObject *oif
+    uint64_t versions[6]      # each memo's tag when the slot last found its key there
+    long long values[5]       # what the memos of src, dst, sport, dport, the pair gave
+    long long bits            # the bitset, the candidates memo's key
+    int reads
+    uint16_t sport, dport
+    uint8_t proto, alen
+    uint8_t src[16]
+    uint8_t dst[16]
+
+
 cdef extern from "<string.h>" nogil:
     int memcmp(const void *a, const void *b, size_t n)
+    void *memcpy(void *dst, const void *src, size_t n)
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 
 cdef enum:
@@ -943,6 +1003,14 @@ cdef class FastPath:
     # (FlowTable._handshake), for a handshake's last ACK.
     cdef object est_timeout
     cdef object handshakes      # an OrderedDict
+    # The candidate cache (see ips_cand_slot; NULL: not used), its hits, and whether the
+    # last _candidate_entry read a memo that missed its key (Python's lookup ran).
+    cdef ips_cand_slot *cand_slots
+    cdef public long long cand_hits
+    cdef bint memo_missed
+    cdef bint cand_narrow            # every value _candidate_lookup read fits a long long
+    cdef int cand_reads              # how far it read (READS_*)
+    cdef long long cand_values[5]    # the values it read (CAND_SRC ... CAND_IFS)
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
@@ -962,8 +1030,31 @@ cdef class FastPath:
         self.syn_ack_packets = 0
         self.probes_filed = 0
         self.probes_resolved = 0
+        self.cand_hits = 0
+        if IPS_DICT_VERSIONS:
+            self.cand_slots = <ips_cand_slot *>PyMem_Calloc(IPS_CAND_SLOTS, sizeof(ips_cand_slot))
         _bind_meta()
         self.refresh(engine)
+
+    def __dealloc__(self):
+        self._cand_clear()
+        PyMem_Free(self.cand_slots)
+        self.cand_slots = NULL
+
+    cdef int _cand_clear(self) except -1:
+        """Every slot of the candidate cache emptied (a new policy: other memos)."""
+        cdef Py_ssize_t i
+        cdef ips_cand_slot *slot
+        if self.cand_slots is NULL:
+            return 0
+        for i in range(IPS_CAND_SLOTS):
+            slot = &self.cand_slots[i]
+            if slot.entry is not NULL:
+                Py_XDECREF(slot.entry)
+                Py_XDECREF(slot.iif)
+                Py_XDECREF(slot.oif)
+                slot.entry = slot.iif = slot.oif = NULL
+        return 0
 
     def refresh(self, engine):
         """Read the engine's state again (its policy was loaded)."""
@@ -1025,6 +1116,7 @@ cdef class FastPath:
         """What _flowless and _not_ip read, checked to be what they mirror; flowless_on False
         (every packet of no flow goes to Python) or not_ip_decision None (every frame that
         is not IP goes to Python) when anything is not."""
+        self._cand_clear()
         self.flowless_on = False
         self.table = None
         self.slots_in_c = False
@@ -1306,6 +1398,7 @@ cdef class FastPath:
         if found is not NULL:
             return <object>found
         self._flush()
+        self.memo_missed = True
         return lookup(key)
 
     # The candidate bitset of _flowless_rules, made as CompiledPolicy.candidate_bits makes
@@ -2515,20 +2608,144 @@ cdef class FastPath:
         """CompiledPolicy.candidate_entry of a TCP or UDP packet (candidate_bits, with the
         same memo reads and, on a miss, the same lookups, in the same order): the memoised
         (rules, offload state, walks), or None when the bitset's entry is not memoised
-        (Python makes it) or is not of that shape."""
+        (Python makes it) or is not of that shape. From the candidate cache when every read
+        would find its key (see ips_cand_slot)."""
+        cdef ips_cand_slot *slot = NULL
+        cdef Py_ssize_t alen = PyBytes_GET_SIZE(src)
+        cdef int c_sport = 0, c_dport = 0
+        cdef Py_uhash_t h
+        if self.cand_slots is not NULL and PyBytes_GET_SIZE(dst) == alen and (
+            type(sport) is int and type(dport) is int
+        ):
+            c_sport = sport
+            c_dport = dport
+            # (the addresses' hashes are the bytes' own, kept in them: the flow's key made them)
+            h = (<Py_uhash_t>hash(src)) ^ ((<Py_uhash_t>hash(dst)) * <Py_uhash_t>0x9E3779B97F4A7C15)
+            h ^= ((<Py_uhash_t>c_sport << 16) | <Py_uhash_t>c_dport) * <Py_uhash_t>0xC2B2AE3D27D4EB4F
+            h ^= <Py_uhash_t>proto
+            h ^= h >> 29
+            slot = &self.cand_slots[h & <Py_uhash_t>(IPS_CAND_SLOTS - 1)]
+            if slot.entry is not NULL and slot.sport == c_sport and slot.dport == c_dport and (
+                slot.proto == proto and slot.alen == alen
+                and slot.iif == <PyObject *>iif and slot.oif == <PyObject *>oif
+                and memcmp(slot.src, PyBytes_AS_STRING(src), alen) == 0
+                and memcmp(slot.dst, PyBytes_AS_STRING(dst), alen) == 0
+            ):
+                if self._cand_still(slot, src, dst, sport, dport, iif, oif):
+                    self.cand_hits += 1
+                    return <object>slot.entry
+        entry = self._candidate_lookup(proto, src, dst, sport, dport, iif, oif)
+        if slot is not NULL and entry is not None and not self.memo_missed:
+            self._cand_fill(slot, proto, src, dst, c_sport, c_dport, iif, oif, entry)
+        return entry
+
+    cdef bint _cand_still(self, ips_cand_slot *slot, object src, object dst, object sport,
+                          object dport, object iif, object oif) except -1:
+        """Whether the memos the slot read would each find its key again, with the value
+        the slot noted (each memo whose tag moved read again, and its tag noted)."""
+        cdef FamilyIndexes fx = self.family4 if slot.alen == 4 else self.family6
+        if slot.reads >= READS_ADDRESSES:
+            if not self._cand_memo_holds(slot, CAND_SRC, fx.src_memo, src):
+                return False
+            if not self._cand_memo_holds(slot, CAND_DST, fx.dst_memo, dst):
+                return False
+        if slot.reads >= READS_ALL:
+            if not self._cand_memo_holds(slot, CAND_SPORT, fx.sport_memo, sport):
+                return False
+            if not self._cand_memo_holds(slot, CAND_DPORT, fx.dport_memo, dport):
+                return False
+            if ips_dict_version(<PyObject *>self.if_memo) != slot.versions[CAND_IFS]:
+                if not self._cand_memo_holds(slot, CAND_IFS, self.if_memo, (iif, oif)):
+                    return False
+        cdef PyObject *found
+        if ips_dict_version(<PyObject *>self.candidates_memo) != slot.versions[CAND_ENTRY]:
+            found = PyDict_GetItem(self.candidates_memo, PyLong_FromLongLong(slot.bits))
+            if found is not slot.entry:
+                return False
+            slot.versions[CAND_ENTRY] = ips_dict_version(<PyObject *>self.candidates_memo)
+        return True
+
+    cdef inline bint _cand_memo_holds(self, ips_cand_slot *slot, int which, dict memo,
+                                      object key) except -1:
+        """Whether `memo` holds `key` with the value slot.values[which] (its tag noted)."""
+        cdef uint64_t version = ips_dict_version(<PyObject *>memo)
+        if version == slot.versions[which]:
+            return True
+        cdef PyObject *found = PyDict_GetItem(memo, key)
+        cdef long long value
+        if found is NULL or not _narrow(<object>found, &value) or value != slot.values[which]:
+            return False
+        slot.versions[which] = version
+        return True
+
+    cdef int _cand_fill(self, ips_cand_slot *slot, int proto, object src, object dst,
+                        int sport, int dport, object iif, object oif, object entry) except -1:
+        """The slot made for what _candidate_lookup just read (every memo found its key:
+        their values, the bitset and the memos' tags are those it left in cand_*)."""
+        cdef long long bits
+        if self.bits_are_wide or not self.cand_narrow:
+            return 0  # (a wide bitset: not cached)
+        Py_INCREF(entry)
+        Py_INCREF(iif)
+        Py_INCREF(oif)
+        Py_XDECREF(slot.entry)
+        Py_XDECREF(slot.iif)
+        Py_XDECREF(slot.oif)
+        slot.entry = <PyObject *>entry
+        slot.iif = <PyObject *>iif
+        slot.oif = <PyObject *>oif
+        slot.proto = proto
+        slot.alen = PyBytes_GET_SIZE(src)
+        slot.sport = sport
+        slot.dport = dport
+        memcpy(slot.src, PyBytes_AS_STRING(src), slot.alen)
+        memcpy(slot.dst, PyBytes_AS_STRING(dst), slot.alen)
+        slot.reads = self.cand_reads
+        slot.bits = self.bits_narrow
+        cdef FamilyIndexes fx = self.family4 if slot.alen == 4 else self.family6
+        cdef int i
+        for i in range(5):
+            slot.values[i] = self.cand_values[i]
+        slot.versions[CAND_SRC] = ips_dict_version(<PyObject *>fx.src_memo)
+        slot.versions[CAND_DST] = ips_dict_version(<PyObject *>fx.dst_memo)
+        slot.versions[CAND_SPORT] = ips_dict_version(<PyObject *>fx.sport_memo)
+        slot.versions[CAND_DPORT] = ips_dict_version(<PyObject *>fx.dport_memo)
+        slot.versions[CAND_IFS] = ips_dict_version(<PyObject *>self.if_memo)
+        slot.versions[CAND_ENTRY] = ips_dict_version(<PyObject *>self.candidates_memo)
+        return 0
+
+    cdef inline object _cand_value(self, int which, object value):
+        """A memo's value on its way into the bitset, noted for _cand_fill."""
+        if not _narrow(value, &self.cand_values[which]):
+            self.cand_narrow = False
+        return value
+
+    cdef object _candidate_lookup(self, int proto, object src, object dst, object sport,
+                                  object dport, object iif, object oif):
+        """_candidate_entry made as CompiledPolicy.candidate_entry makes it (memo_missed:
+        whether a read missed, and Python looked its key up)."""
         cdef PyObject *found
         cdef FamilyIndexes fx = self.family4 if len(src) == 4 else self.family6
+        self.memo_missed = False
+        self.cand_narrow = True
+        self.cand_reads = READS_PROTO
         found = PyDict_GetItem(fx.proto_bits, proto)
         self._bits_start(fx.any_proto)
         self._bits_or(<object>found if found is not NULL else 0)
         if self._bits_nonzero():
             # (src, then dst: the order of the lookups; the order of the & is the value's)
-            self._bits_and(self._memo_or_lookup(fx.src_memo, fx.src_lookup, src))
-            self._bits_and(self._memo_or_lookup(fx.dst_memo, fx.dst_lookup, dst))
+            self.cand_reads = READS_ADDRESSES
+            self._bits_and(self._cand_value(
+                CAND_SRC, self._memo_or_lookup(fx.src_memo, fx.src_lookup, src)))
+            self._bits_and(self._cand_value(
+                CAND_DST, self._memo_or_lookup(fx.dst_memo, fx.dst_lookup, dst)))
             if self._bits_nonzero():
                 # TCP and UDP are PORT_PROTOS (and a packet of this module no fragment)
-                self._bits_and(self._memo_or_lookup(fx.sport_memo, fx.sport_lookup, sport))
-                self._bits_and(self._memo_or_lookup(fx.dport_memo, fx.dport_lookup, dport))
+                self.cand_reads = READS_ALL
+                self._bits_and(self._cand_value(
+                    CAND_SPORT, self._memo_or_lookup(fx.sport_memo, fx.sport_lookup, sport)))
+                self._bits_and(self._cand_value(
+                    CAND_DPORT, self._memo_or_lookup(fx.dport_memo, fx.dport_lookup, dport)))
                 if iif is not self.last_iif or oif is not self.last_oif:
                     self.last_iif = iif
                     self.last_oif = oif
@@ -2536,10 +2753,11 @@ cdef class FastPath:
                 found = PyDict_GetItem(self.if_memo, self.last_ifs)
                 if found is NULL:
                     self._flush()
+                    self.memo_missed = True
                     if_bits = self.policy._interface_bits(iif, oif)
                 else:
                     if_bits = <object>found
-                self._bits_and(if_bits)
+                self._bits_and(self._cand_value(CAND_IFS, if_bits))
         else:
             self._bits_start(0)
         bits = self.bits_wide if self.bits_are_wide else PyLong_FromLongLong(self.bits_narrow)
