@@ -188,6 +188,9 @@ cdef type FLOW = Flow
 cdef type FLOW_TABLE = FlowTable
 # The ethertypes of VLAN tags ips/core/decode.py peels, and how many it peels (`_vlan_tags`).
 cdef frozenset _VLAN_TPIDS = _decode._VLAN_TPIDS
+# (an ethertype's membership of _VLAN_TPIDS, read per frame without making an int of it)
+cdef bytes _VLAN_TPID_TABLE = bytes([1 if t in _VLAN_TPIDS else 0 for t in range(65536)])
+cdef const uint8_t *_VLAN_TPID = <const uint8_t *>PyBytes_AS_STRING(_VLAN_TPID_TABLE)
 cdef Py_ssize_t _MAX_VLAN_TAGS = _decode._MAX_VLAN_TAGS
 cdef type COMPILED_POLICY = CompiledPolicy
 # What FlowTable._discard_opened puts in the unreplied queue for a discarded flow, and the
@@ -406,6 +409,14 @@ cdef FamilyIndexes _family_indexes(object fx):
 
 cdef double _SLOT_WIDTH = FLOW_SLOT
 cdef object _NO_INTERFACE = object()  # what no interface name is (see FastPath.last_ifs)
+
+
+cdef inline PyObject *_known_item(dict d, object key) except NULL:
+    """d[key], borrowed (KeyError as d[key] raises it)."""
+    cdef PyObject *found = PyDict_GetItem(d, key)
+    if found is NULL:
+        raise KeyError(key)
+    return found
 
 
 cdef inline int _narrow(object value, long long *out) except -1:
@@ -1008,6 +1019,14 @@ cdef class FastPath:
     cdef ips_cand_slot *cand_slots
     cdef public long long cand_hits
     cdef bint memo_missed
+    # The flow table's attributes as _table_view read them last (borrowed references)
+    cdef uint64_t table_version
+    cdef PyObject *table_opened
+    cdef PyObject *table_active
+    cdef PyObject *table_max_flows
+    cdef PyObject *table_tcp_timeouts
+    cdef PyObject *table_wheel
+    cdef PyObject *table_unreplied
     cdef bint cand_narrow            # every value _candidate_lookup read fits a long long
     cdef int cand_reads              # how far it read (READS_*)
     cdef long long cand_values[5]    # the values it read (CAND_SRC ... CAND_IFS)
@@ -1117,6 +1136,7 @@ cdef class FastPath:
         (every packet of no flow goes to Python) or not_ip_decision None (every frame that
         is not IP goes to Python) when anything is not."""
         self._cand_clear()
+        self.table_opened = NULL  # (the table's view read again: _table_view)
         self.flowless_on = False
         self.table = None
         self.slots_in_c = False
@@ -1345,6 +1365,23 @@ cdef class FastPath:
         fed to `run_pcap`'s parts."""
         self._flush()
 
+    cdef int _table_view(self) except -1:
+        """The flow table's attributes _flowless reads (table_*: borrowed from its __dict__,
+        valid while that dictionary's version tag is table_version), read again when it
+        changed (see ips_cand_slot: a dictionary's tag changes with any change of it)."""
+        cdef dict table = self.table
+        cdef uint64_t version = ips_dict_version(<PyObject *>table)
+        if IPS_DICT_VERSIONS and version == self.table_version and self.table_opened is not NULL:
+            return 0
+        self.table_opened = _known_item(table, "_opened")
+        self.table_active = _known_item(table, "_active")
+        self.table_max_flows = _known_item(table, "max_flows")
+        self.table_tcp_timeouts = _known_item(table, "_tcp_timeouts")
+        self.table_wheel = _known_item(table, "_wheel")
+        self.table_unreplied = _known_item(table, "_unreplied")
+        self.table_version = version
+        return 0
+
     cdef int _flush(self) except -1:
         """Write the counts owed to the engine's objects (see `owed`)."""
         if self.owed:
@@ -1505,7 +1542,7 @@ cdef class FastPath:
                 return None
             etype = (p[12] << 8) | p[13]
             off = 14
-            if etype in _VLAN_TPIDS:
+            if _VLAN_TPID[etype]:
                 vlans = _vlan_tags(p, n, &off, &etype)
                 if vlans is None:
                     return None  # too many tags, or cut short: Python's malformed
@@ -1939,10 +1976,11 @@ cdef class FastPath:
                     probe_kind = PROBE_DATAGRAM
         # ---- the flow table: FlowTable.open would make a flow, without making room
         cdef dict table = self.table
-        if table["_opened"] is not None:
+        self._table_view()
+        if <object>self.table_opened is not None:
             return None  # an open flow not settled: open settles it first (Python)
-        active = table["_active"]
-        if active >= table["max_flows"]:
+        active = <object>self.table_active
+        if active >= <object>self.table_max_flows:
             return None  # open makes room first: expiry, eviction (Python)
         # A flood over its rate with `limit` drops the packet before the rules (the engine's
         # `_limited`), which the Python path then never looks up: so whether the floods let
@@ -1985,6 +2023,7 @@ cdef class FastPath:
         # ---- FlowTable._discard_opened: the timer slot the flow would have had (made here
         # when missing), and the unreplied queue must not need compacting (Python does)
         cdef double timeout
+        self._table_view()  # (read again: Python may have run since)
         if proto == PROTO_TCP:
             if flags & TCP_RST:
                 state = TCP_CLOSED
@@ -1992,18 +2031,19 @@ cdef class FastPath:
                 state = TCP_SYN_SENT
             else:
                 state = TCP_NONE
-            timeout = (<tuple>table["_tcp_timeouts"])[state]
+            timeout = (<tuple><object>self.table_tcp_timeouts)[state]
         else:
             timeout = self.udp_new_timeout  # unreplied UDP
         slot = self._slot_of(now + timeout)  # (now is now_obj's double: the same sum)
         if slot is None:
             return None
-        cdef bint new_slot = not PyDict_Contains(table["_wheel"], slot)
+        cdef bint new_slot = not PyDict_Contains(<object>self.table_wheel, slot)
         if new_slot and not self.slots_in_c:
             return None
         if self.owed_table is not None and self.owed_table is not table:
             self._flush()  # (a table that is not the one owed to: never, but cheap to say)
-        unreplied = table["_unreplied"]
+            self._table_view()
+        unreplied = <object>self.table_unreplied
         if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
             return None
         if (app_look == APP_LOOK_DNS or app_look == APP_LOOK_INSPECT) and not _flow_ids_known(
@@ -2062,7 +2102,8 @@ cdef class FastPath:
         if new_slot:
             # FlowTable._discard_opened: the timer slot the flow would have had is made
             # (empty: an eviction's scan counts such slots), its number on the heap
-            PyDict_SetItem(table["_wheel"], slot, set())
+            self._table_view()  # (read again: Python may have run since)
+            PyDict_SetItem(<object>self.table_wheel, slot, set())
             _heappush(table["_slots"], slot)
         # The flow's counting (its id, created, discarded, its stand-in in the unreplied
         # queue) and the packet's, owed (_flush).
