@@ -133,6 +133,8 @@ from ips.detect.scan import ANSWERED as _ANSWERED_OUTCOME, UNKNOWN as _UNKNOWN_O
 from ips.detect.scan import ACK as _PROBE_ACK, DATAGRAM as _PROBE_DATAGRAM, GRACE as _GRACE
 from ips.detect.scan import SYN as _PROBE_SYN, ScanEntry, PortScan, Sweep
 from ips.detect.scan import EARLY as _EARLY, RESOLVE_PER_PACKET
+from ips.detect import scan as _scan
+from ips.core.packet import PROTO_UDPLITE as _PROTO_UDPLITE
 from ips.core.flow import END_DISCARDED, _GONE as _FLOW_GONE, _NEVER as _FLOW_NEVER
 from ips.core.flow import _ID_MASK as _FLOW_ID_MASK
 from ips.detect.scan import TRACEROUTE_PORTS as _TRACEROUTE_PORTS
@@ -345,6 +347,44 @@ cdef class ScanProg:
     cdef object old_entry         # the window found (None: none)
     cdef object key, target
     cdef bint make_room           # the queue is full: its oldest probe is forgotten first
+    # _resolve_quietly's due probes, their weights, and the scores of their windows
+    cdef list quiet_due
+    cdef double quiet_weights[64]
+
+
+# ScanDetector.resolve_quietly in compiled code (_resolve_quietly): the methods it mirrors, as
+# the classes have them at import (a detector whose class or instance has others is weighed
+# by its own resolve_quietly), and the weights and outcomes they use.
+cdef tuple _QUIET_METHODS = ("resolve_quietly", "resolve", "_leave", "_judge", "_credit", "weigh")
+cdef dict _QUIET_ORIGINALS = {
+    cls: tuple([cls.__dict__.get(name) or getattr(cls, name) for name in _QUIET_METHODS])
+    for cls in (PortScan, Sweep)
+}
+cdef double W_FAILED = _scan.W_FAILED
+cdef double W_HANDSHAKE = _scan.W_HANDSHAKE
+cdef double QUIET_EPS = _scan._EPS
+cdef object FAILED_OUTCOME = _scan.FAILED
+cdef int PROTO_UDPLITE_C = _PROTO_UDPLITE
+cdef bint quiet_known = (
+    type(_scan.W_FAILED) is float and type(_scan.W_HANDSHAKE) is float
+    and type(_scan._EPS) is float
+)
+
+
+cdef bint _quiet_methods_known(ScanProg prog):
+    """Whether prog's detector resolves with the methods _resolve_quietly mirrors."""
+    cls = type(prog.det)
+    originals = _QUIET_ORIGINALS.get(cls)
+    if originals is None or not quiet_known:
+        return False
+    cdef Py_ssize_t i
+    for i in range(len(_QUIET_METHODS)):
+        name = _QUIET_METHODS[i]
+        if PyDict_Contains(prog.attrs, name):
+            return False  # (an instance's own: never but in tests)
+        if getattr(cls, name) is not (<tuple>originals)[i]:
+            return False
+    return True
 
 
 cdef ScanProg _scan_prog(object det):
@@ -960,6 +1000,7 @@ cdef class FastPath:
     cdef unsigned long long id_mult, id_seed
     cdef public long long probes_filed
     cdef public long long probes_resolved  # scans whose due probes were weighed ahead here
+    cdef public long long quiet_in_c       # those weighed by _resolve_quietly (not Python)
     cdef object probe_kind, probe_answer  # the plan's probe: its kind, its answer's 5-tuple
     cdef Py_hash_t probe_answer_hash
     cdef dict table
@@ -1050,6 +1091,7 @@ cdef class FastPath:
         self.probes_filed = 0
         self.probes_resolved = 0
         self.cand_hits = 0
+        self.quiet_in_c = 0
         if IPS_DICT_VERSIONS:
             self.cand_slots = <ips_cand_slot *>PyMem_Calloc(IPS_CAND_SLOTS, sizeof(ips_cand_slot))
         _bind_meta()
@@ -2344,6 +2386,144 @@ cdef class FastPath:
         self.syn_accepted[(dst, dport)] = True
         return 0
 
+    cdef int _resolve_quietly(self, ScanProg prog, object now_obj, Py_ssize_t budget) except -2:
+        """ScanDetector.resolve_quietly(now, budget) of a PortScan or Sweep whose methods are
+        the classes' own, in compiled code: 1 (True: the due probes weighed as `resolve`
+        weighs them, none of them completing a scan), 0 (False: nothing changed: more due
+        than `budget`, or a detection), or -1: Python's to say (a long window, values not of
+        the types read here, another method)."""
+        if not _quiet_methods_known(prog) or budget > 64:
+            return -1
+        attrs = prog.attrs
+        cdef PyObject *found = PyDict_GetItem(attrs, "slow")
+        if found is NULL or <object>found is not None:
+            return -1
+        found = PyDict_GetItem(attrs, "threshold")
+        if found is NULL or not PyFloat_CheckExact(<object>found):
+            return -1
+        cdef double threshold = PyFloat_AS_DOUBLE(<object>found) - QUIET_EPS
+        if not PyFloat_CheckExact(now_obj):
+            return -1
+        cdef double now = PyFloat_AS_DOUBLE(now_obj)
+        # The due probes (at most `budget`), as resolve_quietly lists them
+        cdef list due = []
+        for probe in prog.pending:
+            if type(probe) is not PROBE:
+                return -1
+            when = _get(probe, P_DUE)
+            if not PyFloat_CheckExact(when):
+                return -1
+            if not PyFloat_AS_DOUBLE(when) <= now:
+                break
+            if len(due) == budget:
+                return 0
+            due.append(probe)
+        # Each weighed (`weigh`), on copies of what `_credit` changes: a window's score and
+        # weights (keyed by the window and the target, as resolve_quietly keys them)
+        cdef dict scores = {}
+        cdef dict weights = {}
+        cdef Py_ssize_t i, n = len(due)
+        cdef double weight, old, score
+        for i in range(n):
+            probe = due[i]
+            prog.quiet_weights[i] = 0.0
+            if _get(probe, P_OUTCOME) == FAILED_OUTCOME:
+                continue
+            weight = self._weigh(prog, probe)
+            if weight < -0.5:
+                return -1
+            prog.quiet_weights[i] = weight
+            entry = _get(probe, P_ENTRY)
+            if type(entry) is not SCAN_ENTRY:
+                return -1
+            if weight <= 0.0 or _get(entry, E_FIRED):
+                continue
+            target = _get(probe, P_TARGET)
+            at = (id(entry), target)
+            found = PyDict_GetItem(weights, at)
+            if found is NULL:
+                entry_weights = _get(entry, E_WEIGHTS)
+                if type(entry_weights) is not dict:
+                    return -1
+                found = PyDict_GetItem(<dict>entry_weights, target)
+                old_obj = 0.0 if found is NULL else <object>found
+            else:
+                old_obj = <object>found
+            if not PyFloat_CheckExact(old_obj):
+                return -1
+            old = PyFloat_AS_DOUBLE(old_obj)
+            if weight <= old:
+                continue
+            weights[at] = weight
+            found = PyDict_GetItem(scores, id(entry))
+            score_obj = _get(entry, E_SCORE) if found is NULL else <object>found
+            if not PyFloat_CheckExact(score_obj):
+                return -1
+            score = PyFloat_AS_DOUBLE(score_obj) + (weight - old)
+            scores[id(entry)] = score
+            if score >= threshold:
+                return 0  # a detection: its alert and response are Python's to make
+        # `resolve`: each due probe out of the queue (`_leave`) and judged (`_judge`:
+        # `_credit` for a positive weight, which completes no scan: seen above)
+        cdef object pending = prog.pending
+        cdef dict index = prog.index
+        for i in range(n):
+            probe = pending.popleft()
+            index.pop(_get(probe, P_ANSWER), None)
+            entry = _get(probe, P_ENTRY)
+            _set(entry, E_PENDING, _get(entry, E_PENDING) - 1)
+            waiting = <dict>_get(entry, E_WAITING)
+            target = _get(probe, P_TARGET)
+            found = PyDict_GetItem(waiting, target)
+            left = (0 if found is NULL else <object>found) - 1
+            if left > 0:
+                waiting[target] = left
+            else:
+                waiting.pop(target, None)
+            if _get(probe, P_OUTCOME) == FAILED_OUTCOME:
+                continue
+            weight = prog.quiet_weights[i]
+            if weight > 0.0:
+                entry_weights = <dict>_get(entry, E_WEIGHTS)
+                found = PyDict_GetItem(entry_weights, target)
+                old = 0.0 if found is NULL else PyFloat_AS_DOUBLE(<object>found)
+                if weight <= old or _get(entry, E_FIRED):
+                    continue
+                entry_weights[target] = weight
+                _set(entry, E_SCORE, _get(entry, E_SCORE) + (weight - old))
+        return 1
+
+    cdef double _weigh(self, ScanProg prog, object probe) except -2:
+        """PortScan.weigh (prog.by_host) or Sweep.weigh of a probe; -1: not the types read
+        here (Python's)."""
+        kind = _get(probe, P_KIND)
+        outcome = _get(probe, P_OUTCOME)
+        flow = _get(probe, P_FLOW)
+        if type(flow) is not FLOW:
+            return -1.0
+        cdef int proto = _get(flow, F_PROTO)
+        if prog.by_host:
+            if outcome == ANSWERED_OUTCOME:
+                return W_HANDSHAKE if kind == PROBE_SYN else 0.0
+            if proto == PROTO_TCP:
+                if <int>_get(flow, F_FLAGS_REV) & TCP_RST:
+                    return W_FAILED
+                if _get(flow, F_OFFLOADED):
+                    return 0.0
+                if _get(flow, F_REPLIED):
+                    return W_HANDSHAKE if kind == PROBE_SYN and _get(flow, F_PKTS_REV) <= 1 else 0.0
+                return W_FAILED if kind == PROBE_SYN else 0.0
+            return 0.0 if _get(flow, F_REPLIED) else W_FAILED
+        if outcome == ANSWERED_OUTCOME:
+            return 0.0
+        if proto == PROTO_TCP:
+            if <int>_get(flow, F_FLAGS_REV) & TCP_RST:
+                return W_FAILED
+            return 0.0 if _get(flow, F_REPLIED) or kind != PROBE_SYN else W_FAILED
+        if proto == PROTO_UDP or proto == PROTO_UDPLITE_C:
+            return 0.0
+        return 0.0 if _get(flow, F_REPLIED) else W_FAILED
+
     cdef int _probe_plan(self, object kind, int proto, object src, object sport, object dst,
                          object dport, object now_obj, double now) except -1:
         """What Detectors._probe would do with this probe (of `kind`, with ports), planned:
@@ -2373,8 +2553,13 @@ cdef class FastPath:
                 continue
             pending = (<ScanProg>prog).pending
             if len(pending) and (<object>pending[0]).due <= now_obj:
-                self._flush()
-                if not (<ScanProg>prog).det.resolve_quietly(now_obj, RESOLVE_PER_PACKET):
+                quiet = self._resolve_quietly(<ScanProg>prog, now_obj, RESOLVE_PER_PACKET)
+                if quiet > 0:
+                    self.quiet_in_c += 1
+                if quiet < 0:
+                    self._flush()
+                    quiet = (<ScanProg>prog).det.resolve_quietly(now_obj, RESOLVE_PER_PACKET)
+                if not quiet:
                     return PLAN_PYTHON
                 self.probes_resolved += 1
         answer = (proto, dst, dport, src, sport)

@@ -180,3 +180,78 @@ def test_memos_emptied_when_full_leave_the_same_state(monkeypatch: pytest.Monkey
     now = _feed(pair, packets[:1500], 0.0)
     now = _feed(pair, packets[:1500], now + 100.0)
     pair.finish(now + 1.0)
+
+
+# ---- due probes weighed in compiled code (FastPath._resolve_quietly) -----------------------------
+
+_WEIGH_POLICY = """\
+set app-layer off
+set default drop
+accept proto tcp to 10.30.0.1 port { 80, 81, 82, 83 }
+accept proto udp to 10.30.0.2 port 53
+detect portscan ports 15 within 60s alert
+detect sweep hosts 25 within 60s alert
+"""
+
+
+@pytest.mark.parametrize("rounds", [1, 3])
+def test_due_probes_weighed_in_compiled_code_weigh_as_python(rounds: int) -> None:
+    """Probes of every weight come due, then a new probe from the same scanner: the compiled
+    path weighs the due ones first (ScanDetector.resolve_quietly, in compiled code) and the
+    windows' weights and scores, the queues and indexes are the Python engine's. The probes:
+    SYNs accepted and answered by a SYN+ACK alone (an open port knocked on: W_HANDSHAKE),
+    answered and followed by more from the target (a connection: nothing), answered by a
+    reset (W_FAILED), or not at all; refused SYNs and ACKs left unanswered or answered; UDP
+    datagrams (a sweep weighs none); probes to other hosts (the sweep's)."""
+    need_fast_path()
+    pair = Pair(_WEIGH_POLICY)
+    pair.next_tick = 1e9  # no tick: the due probes are weighed by a packet
+    scanner, host = "198.18.0.1", "10.30.0.1"
+    now = 100.0
+    sport = 40000
+    for _ in range(rounds):
+        # accepted SYNs and what the target says to each
+        for port, answers in ((80, [0x12]), (81, [0x12, 0x18]), (82, [0x14]), (83, [])):
+            sport += 1
+            now += 0.01
+            pair.handle(build_packet(PROTO_TCP, scanner, host, sport, port, flags=0x02), META, now)
+            for flags in answers:
+                now += 0.001
+                payload = b"hello" if flags == 0x18 else b""
+                reply = build_packet(PROTO_TCP, host, scanner, port, sport, flags=flags,
+                                     payload=payload)  # fmt: skip
+                pair.handle(reply, META, now)
+        # refused probes (SYN, ACK) to ports and hosts, some answered by data
+        for i, (dst, port, flags) in enumerate(
+            [(host, 700, 0x02), (host, 701, 0x10), ("10.30.0.7", 22, 0x02),
+             ("10.30.0.8", 22, 0x10), (host, 702, 0x02)]
+        ):  # fmt: skip
+            sport += 1
+            now += 0.01
+            pair.handle(build_packet(PROTO_TCP, scanner, dst, sport, port, flags=flags), META, now)
+            if i == 4:
+                now += 0.001
+                data = build_packet(PROTO_TCP, dst, scanner, port, sport, flags=0x18, payload=b"x")
+                pair.handle(data, META, now)
+        # UDP datagrams: one accepted and answered, others refused
+        for dst, port in (("10.30.0.2", 53), ("10.30.0.9", 161), (host, 123)):
+            sport += 1
+            now += 0.01
+            pair.handle(build_packet(PROTO_UDP, scanner, dst, sport, port, payload=b"q"), META, now)
+            if port == 53:
+                now += 0.001
+                answer = build_packet(PROTO_UDP, dst, scanner, port, sport, payload=b"a")
+                pair.handle(answer, META, now)
+        pair.check_state()
+        # past their grace time: a new refused probe weighs them first
+        now += 2.5
+        sport += 1
+        pair.handle(build_packet(PROTO_TCP, scanner, host, sport, 900, flags=0x02), META, now)
+        pair.check_state()
+    path = pair.fast._fast_path
+    assert path is not None and path.quiet_in_c >= rounds
+    fast = pair.fast.detect
+    assert fast is not None and fast.portscan is not None
+    weights = [w for entry in fast.portscan.entries.values() for w in entry.weights.values()]
+    assert 0.25 in weights and 1.0 in weights  # (W_HANDSHAKE and W_FAILED both credited)
+    pair.finish(now + 10.0)
