@@ -595,6 +595,28 @@ cdef struct ips_cand_slot:
 cdef extern from "<string.h>" nogil:
     int memcmp(const void *a, const void *b, size_t n)
     void *memcpy(void *dst, const void *src, size_t n)
+
+# Whether two addresses of `n` bytes (4 or 16) are equal: fixed-size compares the compiler
+# makes inline (a memcmp of a size it does not know is a call).
+cdef extern from *:
+    """
+    static inline int ips_same_address(const void *a, const void *b, Py_ssize_t n) {
+        if (n == 4) {
+            uint32_t x, y;
+            memcpy(&x, a, 4);
+            memcpy(&y, b, 4);
+            return x == y;
+        }
+        if (n == 16) {
+            uint64_t x[2], y[2];
+            memcpy(x, a, 16);
+            memcpy(y, b, 16);
+            return ((x[0] ^ y[0]) | (x[1] ^ y[1])) == 0;
+        }
+        return memcmp(a, b, (size_t)n) == 0;
+    }
+    """
+    bint ips_same_address(const void *a, const void *b, Py_ssize_t n) nogil
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 
 cdef enum:
@@ -1537,12 +1559,12 @@ cdef class FastPath:
         a flow's two directions: the object and its hash made once; bytes do not change)."""
         cdef bytes known = self.last_addr
         if known is not None and PyBytes_GET_SIZE(known) == size and (
-            memcmp(PyBytes_AS_STRING(known), at, size) == 0
+            ips_same_address(PyBytes_AS_STRING(known), at, size)
         ):
             return known
         known = self.other_addr
         if known is not None and PyBytes_GET_SIZE(known) == size and (
-            memcmp(PyBytes_AS_STRING(known), at, size) == 0
+            ips_same_address(PyBytes_AS_STRING(known), at, size)
         ):
             self.other_addr = self.last_addr
             self.last_addr = known
@@ -2854,8 +2876,8 @@ cdef class FastPath:
             if slot.entry is not NULL and slot.sport == c_sport and slot.dport == c_dport and (
                 slot.proto == proto and slot.alen == alen
                 and slot.iif == <PyObject *>iif and slot.oif == <PyObject *>oif
-                and memcmp(slot.src, PyBytes_AS_STRING(src), alen) == 0
-                and memcmp(slot.dst, PyBytes_AS_STRING(dst), alen) == 0
+                and ips_same_address(slot.src, PyBytes_AS_STRING(src), alen)
+                and ips_same_address(slot.dst, PyBytes_AS_STRING(dst), alen)
             ):
                 if self._cand_still(slot, src, dst, sport, dport, iif, oif):
                     self.cand_hits += 1
