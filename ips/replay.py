@@ -198,27 +198,34 @@ class _Run:
         long, cut short) are read here by the reader's own rules."""
         assert reader._f is not None
         meta = self.meta(layout.linktype)
-        handle = self.engine.handle
+        engine = self.engine
+        handle = engine.handle
         count = 0
-        with mmap.mmap(reader._f.fileno(), 0, access=mmap.ACCESS_READ) as mem:
+        # What each call of the compiled loop is given, and what its answers are compared
+        # to, named once: it returns at every tick of capture time (a second), thousands of
+        # times in a long capture.
+        run_pcap = fast.compiled_run_pcap()
+        fast_path, slow, slow_packet = engine._fast_path, engine.handle_python, engine.handle_packet
+        linktype, divisor, max_record = layout.linktype, layout.divisor, layout.max_record
+        stop_tick, stop_effects = fast.STOP_TICK, fast.STOP_EFFECTS
+        after = self.after
+        with _map_capture(reader._f.fileno()) as mem:
             size = len(mem)
             pos = PCAP_HEADER_LEN
             while True:
-                reason, pos, judged, self.last_ts, self.next_tick, ts, decision = fast.run_pcap(
-                    self.engine._fast_path, self.engine.handle_python,
-                    self.engine.handle_packet, mem, pos,
-                    layout.linktype, layout.divisor,
-                    layout.max_record, meta, self.next_tick, self.last_ts, 65536,
+                reason, pos, judged, self.last_ts, self.next_tick, ts, decision = run_pcap(
+                    fast_path, slow, slow_packet, mem, pos, linktype, divisor, max_record,
+                    meta, self.next_tick, self.last_ts, 65536,
                 )  # fmt: skip
                 if judged:
                     count += judged
                     reader._empty_run = 0
                     reader.records += judged
-                if reason == fast.STOP_EFFECTS:
+                if reason == stop_tick:
+                    after(ts)
+                elif reason == stop_effects:
                     self.effects(decision.effects)
-                    self.after(ts)
-                elif reason == fast.STOP_TICK:
-                    self.after(ts)
+                    after(ts)
                 elif reason == fast.STOP_RECORD:
                     sec, frac, caplen, _orig = _LE_RECORD.unpack_from(mem, pos)
                     if caplen > layout.max_record:
@@ -288,6 +295,15 @@ def _progress(path: str, size: int, show: bool) -> _Bar:
 
 
 _LE_RECORD = struct.Struct("<IIII")
+
+
+def _map_capture(fileno: int) -> mmap.mmap:
+    """The whole file mapped read-only, its pages mapped at once where the system can
+    (MAP_POPULATE, Linux): the loop then reads it without a page fault every few pages."""
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    if not populate:
+        return mmap.mmap(fileno, 0, access=mmap.ACCESS_READ)
+    return mmap.mmap(fileno, 0, flags=mmap.MAP_SHARED | populate, prot=mmap.PROT_READ)
 
 
 def _plain_handle(engine: Engine) -> bool:

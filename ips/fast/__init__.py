@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ __all__ = [
     "STOP_RECORD",
     "STOP_TICK",
     "available",
+    "compiled_run_pcap",
     "new_fast_path",
     "run_pcap",
 ]
@@ -86,3 +88,11 @@ def run_pcap(*args: Any) -> Any:
     """ips/fast/_fastpath.pyx `run_pcap` (only when available())."""
     assert _module is not None
     return _module.run_pcap(*args)
+
+
+def compiled_run_pcap() -> Callable[..., Any]:
+    """ips/fast/_fastpath.pyx `run_pcap` itself (only when available()), for a caller that
+    calls it in a loop: no Python call in between."""
+    assert _module is not None
+    function: Callable[..., Any] = _module.run_pcap
+    return function

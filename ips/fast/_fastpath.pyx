@@ -115,6 +115,8 @@ from cpython.ref cimport Py_INCREF
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 from cpython.ref cimport Py_DECREF, Py_XDECREF
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from libc.stdint cimport uint64_t
 
 from collections import OrderedDict, deque
 from heapq import heappush as _heappush
@@ -131,6 +133,8 @@ from ips.detect.scan import ANSWERED as _ANSWERED_OUTCOME, UNKNOWN as _UNKNOWN_O
 from ips.detect.scan import ACK as _PROBE_ACK, DATAGRAM as _PROBE_DATAGRAM, GRACE as _GRACE
 from ips.detect.scan import SYN as _PROBE_SYN, ScanEntry, PortScan, Sweep
 from ips.detect.scan import EARLY as _EARLY, RESOLVE_PER_PACKET
+from ips.detect import scan as _scan
+from ips.core.packet import PROTO_UDPLITE as _PROTO_UDPLITE
 from ips.core.flow import END_DISCARDED, _GONE as _FLOW_GONE, _NEVER as _FLOW_NEVER
 from ips.core.flow import _ID_MASK as _FLOW_ID_MASK
 from ips.detect.scan import TRACEROUTE_PORTS as _TRACEROUTE_PORTS
@@ -138,6 +142,7 @@ from ips.policy.compile import OFFLOAD_LATER, OFFLOAD_WHEN_APP_DONE, CompiledPol
 from ips.policy.model import ACCEPT, DROP, ENCRYPTED_APPS, UNLIMITED_DEPTH
 
 cdef extern from "Python.h":
+    ctypedef size_t Py_uhash_t
     ctypedef struct PyMemberDef:
         const char *name
         int type
@@ -185,6 +190,9 @@ cdef type FLOW = Flow
 cdef type FLOW_TABLE = FlowTable
 # The ethertypes of VLAN tags ips/core/decode.py peels, and how many it peels (`_vlan_tags`).
 cdef frozenset _VLAN_TPIDS = _decode._VLAN_TPIDS
+# (an ethertype's membership of _VLAN_TPIDS, read per frame without making an int of it)
+cdef bytes _VLAN_TPID_TABLE = bytes([1 if t in _VLAN_TPIDS else 0 for t in range(65536)])
+cdef const uint8_t *_VLAN_TPID = <const uint8_t *>PyBytes_AS_STRING(_VLAN_TPID_TABLE)
 cdef Py_ssize_t _MAX_VLAN_TAGS = _decode._MAX_VLAN_TAGS
 cdef type COMPILED_POLICY = CompiledPolicy
 # What FlowTable._discard_opened puts in the unreplied queue for a discarded flow, and the
@@ -339,6 +347,44 @@ cdef class ScanProg:
     cdef object old_entry         # the window found (None: none)
     cdef object key, target
     cdef bint make_room           # the queue is full: its oldest probe is forgotten first
+    # _resolve_quietly's due probes, their weights, and the scores of their windows
+    cdef list quiet_due
+    cdef double quiet_weights[64]
+
+
+# ScanDetector.resolve_quietly in compiled code (_resolve_quietly): the methods it mirrors, as
+# the classes have them at import (a detector whose class or instance has others is weighed
+# by its own resolve_quietly), and the weights and outcomes they use.
+cdef tuple _QUIET_METHODS = ("resolve_quietly", "resolve", "_leave", "_judge", "_credit", "weigh")
+cdef dict _QUIET_ORIGINALS = {
+    cls: tuple([cls.__dict__.get(name) or getattr(cls, name) for name in _QUIET_METHODS])
+    for cls in (PortScan, Sweep)
+}
+cdef double W_FAILED = _scan.W_FAILED
+cdef double W_HANDSHAKE = _scan.W_HANDSHAKE
+cdef double QUIET_EPS = _scan._EPS
+cdef object FAILED_OUTCOME = _scan.FAILED
+cdef int PROTO_UDPLITE_C = _PROTO_UDPLITE
+cdef bint quiet_known = (
+    type(_scan.W_FAILED) is float and type(_scan.W_HANDSHAKE) is float
+    and type(_scan._EPS) is float
+)
+
+
+cdef bint _quiet_methods_known(ScanProg prog):
+    """Whether prog's detector resolves with the methods _resolve_quietly mirrors."""
+    cls = type(prog.det)
+    originals = _QUIET_ORIGINALS.get(cls)
+    if originals is None or not quiet_known:
+        return False
+    cdef Py_ssize_t i
+    for i in range(len(_QUIET_METHODS)):
+        name = _QUIET_METHODS[i]
+        if PyDict_Contains(prog.attrs, name):
+            return False  # (an instance's own: never but in tests)
+        if getattr(cls, name) is not (<tuple>originals)[i]:
+            return False
+    return True
 
 
 cdef ScanProg _scan_prog(object det):
@@ -403,6 +449,14 @@ cdef FamilyIndexes _family_indexes(object fx):
 
 cdef double _SLOT_WIDTH = FLOW_SLOT
 cdef object _NO_INTERFACE = object()  # what no interface name is (see FastPath.last_ifs)
+
+
+cdef inline PyObject *_known_item(dict d, object key) except NULL:
+    """d[key], borrowed (KeyError as d[key] raises it)."""
+    cdef PyObject *found = PyDict_GetItem(d, key)
+    if found is NULL:
+        raise KeyError(key)
+    return found
 
 
 cdef inline int _narrow(object value, long long *out) except -1:
@@ -482,8 +536,87 @@ cdef extern from *:
     PyObject *ips_get_known(object d, object key, Py_hash_t h) except? NULL
 
 
+# ---- the candidate cache ----------------------------------------------------------------------
+# A packet of no flow finds its candidate rules as CompiledPolicy.candidate_entry finds them:
+# up to six dictionary reads (the memos of its addresses, ports and interface pair, then the
+# entry memoised for the bitset those make). Every read that finds its key changes nothing,
+# so a packet whose reads would all find theirs can take the entry they lead to from a cache
+# of this module, keyed by the packet's own dimensions, without making them: the same answer
+# and, as in Python, nothing changed. Whether they would all find their keys is known
+# exactly from each memo's version tag (PEP 509: every change of a dictionary gives it a new
+# tag, unique among all dictionaries): a memo whose tag is the one a slot noted when it read
+# the key there has not changed since; one that changed (a new key, or emptied when full)
+# is read again for this key, and the slot noted afresh when it still holds the same value.
+# CPython 3.12 deprecates the tag (3.14 removes it): there, this cache is not used.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030C0000
+    #define IPS_DICT_VERSIONS 1
+    static uint64_t ips_dict_version(PyObject *d) { return ((PyDictObject *)d)->ma_version_tag; }
+    #else
+    #define IPS_DICT_VERSIONS 0
+    static uint64_t ips_dict_version(PyObject *d) { (void)d; return 0; }
+    #endif
+    #define IPS_CAND_SLOTS 8192  /* a power of two */
+    """
+    bint IPS_DICT_VERSIONS
+    int IPS_CAND_SLOTS
+    uint64_t ips_dict_version(PyObject *d)
+
+cdef enum:
+    # the memos a cache slot depends on (ips_cand_slot.versions)
+    CAND_SRC = 0
+    CAND_DST = 1
+    CAND_SPORT = 2
+    CAND_DPORT = 3
+    CAND_IFS = 4
+    CAND_ENTRY = 5
+    # how far candidate_bits reads for a packet (ips_cand_slot.reads): the protocol bits
+    # alone (none of its rules takes the protocol), the addresses too (none takes both),
+    # or every dimension
+    READS_PROTO = 0
+    READS_ADDRESSES = 1
+    READS_ALL = 2
+
+cdef struct ips_cand_slot:
+    PyObject *entry           # the memoised entry (a reference held); NULL: an empty slot
+    PyObject *iif             # the interface pair, by identity (references held)
+    PyObject *oif
+    uint64_t versions[6]      # each memo's tag when the slot last found its key there
+    long long values[5]       # what the memos of src, dst, sport, dport, the pair gave
+    long long bits            # the bitset, the candidates memo's key
+    int reads
+    uint16_t sport, dport
+    uint8_t proto, alen
+    uint8_t src[16]
+    uint8_t dst[16]
+
+
 cdef extern from "<string.h>" nogil:
     int memcmp(const void *a, const void *b, size_t n)
+    void *memcpy(void *dst, const void *src, size_t n)
+
+# Whether two addresses of `n` bytes (4 or 16) are equal: fixed-size compares the compiler
+# makes inline (a memcmp of a size it does not know is a call).
+cdef extern from *:
+    """
+    static inline int ips_same_address(const void *a, const void *b, Py_ssize_t n) {
+        if (n == 4) {
+            uint32_t x, y;
+            memcpy(&x, a, 4);
+            memcpy(&y, b, 4);
+            return x == y;
+        }
+        if (n == 16) {
+            uint64_t x[2], y[2];
+            memcpy(x, a, 16);
+            memcpy(y, b, 16);
+            return ((x[0] ^ y[0]) | (x[1] ^ y[1])) == 0;
+        }
+        return memcmp(a, b, (size_t)n) == 0;
+    }
+    """
+    bint ips_same_address(const void *a, const void *b, Py_ssize_t n) nogil
     void *memmem(const void *haystack, size_t haystacklen, const void *needle, size_t needlelen)
 
 cdef enum:
@@ -889,6 +1022,7 @@ cdef class FastPath:
     cdef unsigned long long id_mult, id_seed
     cdef public long long probes_filed
     cdef public long long probes_resolved  # scans whose due probes were weighed ahead here
+    cdef public long long quiet_in_c       # those weighed by _resolve_quietly (not Python)
     cdef object probe_kind, probe_answer  # the plan's probe: its kind, its answer's 5-tuple
     cdef Py_hash_t probe_answer_hash
     cdef dict table
@@ -943,6 +1077,22 @@ cdef class FastPath:
     # (FlowTable._handshake), for a handshake's last ACK.
     cdef object est_timeout
     cdef object handshakes      # an OrderedDict
+    # The candidate cache (see ips_cand_slot; NULL: not used), its hits, and whether the
+    # last _candidate_entry read a memo that missed its key (Python's lookup ran).
+    cdef ips_cand_slot *cand_slots
+    cdef public long long cand_hits
+    cdef bint memo_missed
+    # The flow table's attributes as _table_view read them last (borrowed references)
+    cdef uint64_t table_version
+    cdef PyObject *table_opened
+    cdef PyObject *table_active
+    cdef PyObject *table_max_flows
+    cdef PyObject *table_tcp_timeouts
+    cdef PyObject *table_wheel
+    cdef PyObject *table_unreplied
+    cdef bint cand_narrow            # every value _candidate_lookup read fits a long long
+    cdef int cand_reads              # how far it read (READS_*)
+    cdef long long cand_values[5]    # the values it read (CAND_SRC ... CAND_IFS)
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
@@ -962,8 +1112,32 @@ cdef class FastPath:
         self.syn_ack_packets = 0
         self.probes_filed = 0
         self.probes_resolved = 0
+        self.cand_hits = 0
+        self.quiet_in_c = 0
+        if IPS_DICT_VERSIONS:
+            self.cand_slots = <ips_cand_slot *>PyMem_Calloc(IPS_CAND_SLOTS, sizeof(ips_cand_slot))
         _bind_meta()
         self.refresh(engine)
+
+    def __dealloc__(self):
+        self._cand_clear()
+        PyMem_Free(self.cand_slots)
+        self.cand_slots = NULL
+
+    cdef int _cand_clear(self) except -1:
+        """Every slot of the candidate cache emptied (a new policy: other memos)."""
+        cdef Py_ssize_t i
+        cdef ips_cand_slot *slot
+        if self.cand_slots is NULL:
+            return 0
+        for i in range(IPS_CAND_SLOTS):
+            slot = &self.cand_slots[i]
+            if slot.entry is not NULL:
+                Py_XDECREF(slot.entry)
+                Py_XDECREF(slot.iif)
+                Py_XDECREF(slot.oif)
+                slot.entry = slot.iif = slot.oif = NULL
+        return 0
 
     def refresh(self, engine):
         """Read the engine's state again (its policy was loaded)."""
@@ -1025,6 +1199,8 @@ cdef class FastPath:
         """What _flowless and _not_ip read, checked to be what they mirror; flowless_on False
         (every packet of no flow goes to Python) or not_ip_decision None (every frame that
         is not IP goes to Python) when anything is not."""
+        self._cand_clear()
+        self.table_opened = NULL  # (the table's view read again: _table_view)
         self.flowless_on = False
         self.table = None
         self.slots_in_c = False
@@ -1253,6 +1429,23 @@ cdef class FastPath:
         fed to `run_pcap`'s parts."""
         self._flush()
 
+    cdef int _table_view(self) except -1:
+        """The flow table's attributes _flowless reads (table_*: borrowed from its __dict__,
+        valid while that dictionary's version tag is table_version), read again when it
+        changed (see ips_cand_slot: a dictionary's tag changes with any change of it)."""
+        cdef dict table = self.table
+        cdef uint64_t version = ips_dict_version(<PyObject *>table)
+        if IPS_DICT_VERSIONS and version == self.table_version and self.table_opened is not NULL:
+            return 0
+        self.table_opened = _known_item(table, "_opened")
+        self.table_active = _known_item(table, "_active")
+        self.table_max_flows = _known_item(table, "max_flows")
+        self.table_tcp_timeouts = _known_item(table, "_tcp_timeouts")
+        self.table_wheel = _known_item(table, "_wheel")
+        self.table_unreplied = _known_item(table, "_unreplied")
+        self.table_version = version
+        return 0
+
     cdef int _flush(self) except -1:
         """Write the counts owed to the engine's objects (see `owed`)."""
         if self.owed:
@@ -1306,6 +1499,7 @@ cdef class FastPath:
         if found is not NULL:
             return <object>found
         self._flush()
+        self.memo_missed = True
         return lookup(key)
 
     # The candidate bitset of _flowless_rules, made as CompiledPolicy.candidate_bits makes
@@ -1365,12 +1559,12 @@ cdef class FastPath:
         a flow's two directions: the object and its hash made once; bytes do not change)."""
         cdef bytes known = self.last_addr
         if known is not None and PyBytes_GET_SIZE(known) == size and (
-            memcmp(PyBytes_AS_STRING(known), at, size) == 0
+            ips_same_address(PyBytes_AS_STRING(known), at, size)
         ):
             return known
         known = self.other_addr
         if known is not None and PyBytes_GET_SIZE(known) == size and (
-            memcmp(PyBytes_AS_STRING(known), at, size) == 0
+            ips_same_address(PyBytes_AS_STRING(known), at, size)
         ):
             self.other_addr = self.last_addr
             self.last_addr = known
@@ -1412,7 +1606,7 @@ cdef class FastPath:
                 return None
             etype = (p[12] << 8) | p[13]
             off = 14
-            if etype in _VLAN_TPIDS:
+            if _VLAN_TPID[etype]:
                 vlans = _vlan_tags(p, n, &off, &etype)
                 if vlans is None:
                     return None  # too many tags, or cut short: Python's malformed
@@ -1846,10 +2040,11 @@ cdef class FastPath:
                     probe_kind = PROBE_DATAGRAM
         # ---- the flow table: FlowTable.open would make a flow, without making room
         cdef dict table = self.table
-        if table["_opened"] is not None:
+        self._table_view()
+        if <object>self.table_opened is not None:
             return None  # an open flow not settled: open settles it first (Python)
-        active = table["_active"]
-        if active >= table["max_flows"]:
+        active = <object>self.table_active
+        if active >= <object>self.table_max_flows:
             return None  # open makes room first: expiry, eviction (Python)
         # A flood over its rate with `limit` drops the packet before the rules (the engine's
         # `_limited`), which the Python path then never looks up: so whether the floods let
@@ -1892,6 +2087,7 @@ cdef class FastPath:
         # ---- FlowTable._discard_opened: the timer slot the flow would have had (made here
         # when missing), and the unreplied queue must not need compacting (Python does)
         cdef double timeout
+        self._table_view()  # (read again: Python may have run since)
         if proto == PROTO_TCP:
             if flags & TCP_RST:
                 state = TCP_CLOSED
@@ -1899,18 +2095,19 @@ cdef class FastPath:
                 state = TCP_SYN_SENT
             else:
                 state = TCP_NONE
-            timeout = (<tuple>table["_tcp_timeouts"])[state]
+            timeout = (<tuple><object>self.table_tcp_timeouts)[state]
         else:
             timeout = self.udp_new_timeout  # unreplied UDP
         slot = self._slot_of(now + timeout)  # (now is now_obj's double: the same sum)
         if slot is None:
             return None
-        cdef bint new_slot = not PyDict_Contains(table["_wheel"], slot)
+        cdef bint new_slot = not PyDict_Contains(<object>self.table_wheel, slot)
         if new_slot and not self.slots_in_c:
             return None
         if self.owed_table is not None and self.owed_table is not table:
             self._flush()  # (a table that is not the one owed to: never, but cheap to say)
-        unreplied = table["_unreplied"]
+            self._table_view()
+        unreplied = <object>self.table_unreplied
         if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
             return None
         if (app_look == APP_LOOK_DNS or app_look == APP_LOOK_INSPECT) and not _flow_ids_known(
@@ -1969,7 +2166,8 @@ cdef class FastPath:
         if new_slot:
             # FlowTable._discard_opened: the timer slot the flow would have had is made
             # (empty: an eviction's scan counts such slots), its number on the heap
-            PyDict_SetItem(table["_wheel"], slot, set())
+            self._table_view()  # (read again: Python may have run since)
+            PyDict_SetItem(<object>self.table_wheel, slot, set())
             _heappush(table["_slots"], slot)
         # The flow's counting (its id, created, discarded, its stand-in in the unreplied
         # queue) and the packet's, owed (_flush).
@@ -2210,6 +2408,144 @@ cdef class FastPath:
         self.syn_accepted[(dst, dport)] = True
         return 0
 
+    cdef int _resolve_quietly(self, ScanProg prog, object now_obj, Py_ssize_t budget) except -2:
+        """ScanDetector.resolve_quietly(now, budget) of a PortScan or Sweep whose methods are
+        the classes' own, in compiled code: 1 (True: the due probes weighed as `resolve`
+        weighs them, none of them completing a scan), 0 (False: nothing changed: more due
+        than `budget`, or a detection), or -1: Python's to say (a long window, values not of
+        the types read here, another method)."""
+        if not _quiet_methods_known(prog) or budget > 64:
+            return -1
+        attrs = prog.attrs
+        cdef PyObject *found = PyDict_GetItem(attrs, "slow")
+        if found is NULL or <object>found is not None:
+            return -1
+        found = PyDict_GetItem(attrs, "threshold")
+        if found is NULL or not PyFloat_CheckExact(<object>found):
+            return -1
+        cdef double threshold = PyFloat_AS_DOUBLE(<object>found) - QUIET_EPS
+        if not PyFloat_CheckExact(now_obj):
+            return -1
+        cdef double now = PyFloat_AS_DOUBLE(now_obj)
+        # The due probes (at most `budget`), as resolve_quietly lists them
+        cdef list due = []
+        for probe in prog.pending:
+            if type(probe) is not PROBE:
+                return -1
+            when = _get(probe, P_DUE)
+            if not PyFloat_CheckExact(when):
+                return -1
+            if not PyFloat_AS_DOUBLE(when) <= now:
+                break
+            if len(due) == budget:
+                return 0
+            due.append(probe)
+        # Each weighed (`weigh`), on copies of what `_credit` changes: a window's score and
+        # weights (keyed by the window and the target, as resolve_quietly keys them)
+        cdef dict scores = {}
+        cdef dict weights = {}
+        cdef Py_ssize_t i, n = len(due)
+        cdef double weight, old, score
+        for i in range(n):
+            probe = due[i]
+            prog.quiet_weights[i] = 0.0
+            if _get(probe, P_OUTCOME) == FAILED_OUTCOME:
+                continue
+            weight = self._weigh(prog, probe)
+            if weight < -0.5:
+                return -1
+            prog.quiet_weights[i] = weight
+            entry = _get(probe, P_ENTRY)
+            if type(entry) is not SCAN_ENTRY:
+                return -1
+            if weight <= 0.0 or _get(entry, E_FIRED):
+                continue
+            target = _get(probe, P_TARGET)
+            at = (id(entry), target)
+            found = PyDict_GetItem(weights, at)
+            if found is NULL:
+                entry_weights = _get(entry, E_WEIGHTS)
+                if type(entry_weights) is not dict:
+                    return -1
+                found = PyDict_GetItem(<dict>entry_weights, target)
+                old_obj = 0.0 if found is NULL else <object>found
+            else:
+                old_obj = <object>found
+            if not PyFloat_CheckExact(old_obj):
+                return -1
+            old = PyFloat_AS_DOUBLE(old_obj)
+            if weight <= old:
+                continue
+            weights[at] = weight
+            found = PyDict_GetItem(scores, id(entry))
+            score_obj = _get(entry, E_SCORE) if found is NULL else <object>found
+            if not PyFloat_CheckExact(score_obj):
+                return -1
+            score = PyFloat_AS_DOUBLE(score_obj) + (weight - old)
+            scores[id(entry)] = score
+            if score >= threshold:
+                return 0  # a detection: its alert and response are Python's to make
+        # `resolve`: each due probe out of the queue (`_leave`) and judged (`_judge`:
+        # `_credit` for a positive weight, which completes no scan: seen above)
+        cdef object pending = prog.pending
+        cdef dict index = prog.index
+        for i in range(n):
+            probe = pending.popleft()
+            index.pop(_get(probe, P_ANSWER), None)
+            entry = _get(probe, P_ENTRY)
+            _set(entry, E_PENDING, _get(entry, E_PENDING) - 1)
+            waiting = <dict>_get(entry, E_WAITING)
+            target = _get(probe, P_TARGET)
+            found = PyDict_GetItem(waiting, target)
+            left = (0 if found is NULL else <object>found) - 1
+            if left > 0:
+                waiting[target] = left
+            else:
+                waiting.pop(target, None)
+            if _get(probe, P_OUTCOME) == FAILED_OUTCOME:
+                continue
+            weight = prog.quiet_weights[i]
+            if weight > 0.0:
+                entry_weights = <dict>_get(entry, E_WEIGHTS)
+                found = PyDict_GetItem(entry_weights, target)
+                old = 0.0 if found is NULL else PyFloat_AS_DOUBLE(<object>found)
+                if weight <= old or _get(entry, E_FIRED):
+                    continue
+                entry_weights[target] = weight
+                _set(entry, E_SCORE, _get(entry, E_SCORE) + (weight - old))
+        return 1
+
+    cdef double _weigh(self, ScanProg prog, object probe) except -2:
+        """PortScan.weigh (prog.by_host) or Sweep.weigh of a probe; -1: not the types read
+        here (Python's)."""
+        kind = _get(probe, P_KIND)
+        outcome = _get(probe, P_OUTCOME)
+        flow = _get(probe, P_FLOW)
+        if type(flow) is not FLOW:
+            return -1.0
+        cdef int proto = _get(flow, F_PROTO)
+        if prog.by_host:
+            if outcome == ANSWERED_OUTCOME:
+                return W_HANDSHAKE if kind == PROBE_SYN else 0.0
+            if proto == PROTO_TCP:
+                if <int>_get(flow, F_FLAGS_REV) & TCP_RST:
+                    return W_FAILED
+                if _get(flow, F_OFFLOADED):
+                    return 0.0
+                if _get(flow, F_REPLIED):
+                    return W_HANDSHAKE if kind == PROBE_SYN and _get(flow, F_PKTS_REV) <= 1 else 0.0
+                return W_FAILED if kind == PROBE_SYN else 0.0
+            return 0.0 if _get(flow, F_REPLIED) else W_FAILED
+        if outcome == ANSWERED_OUTCOME:
+            return 0.0
+        if proto == PROTO_TCP:
+            if <int>_get(flow, F_FLAGS_REV) & TCP_RST:
+                return W_FAILED
+            return 0.0 if _get(flow, F_REPLIED) or kind != PROBE_SYN else W_FAILED
+        if proto == PROTO_UDP or proto == PROTO_UDPLITE_C:
+            return 0.0
+        return 0.0 if _get(flow, F_REPLIED) else W_FAILED
+
     cdef int _probe_plan(self, object kind, int proto, object src, object sport, object dst,
                          object dport, object now_obj, double now) except -1:
         """What Detectors._probe would do with this probe (of `kind`, with ports), planned:
@@ -2239,8 +2575,13 @@ cdef class FastPath:
                 continue
             pending = (<ScanProg>prog).pending
             if len(pending) and (<object>pending[0]).due <= now_obj:
-                self._flush()
-                if not (<ScanProg>prog).det.resolve_quietly(now_obj, RESOLVE_PER_PACKET):
+                quiet = self._resolve_quietly(<ScanProg>prog, now_obj, RESOLVE_PER_PACKET)
+                if quiet > 0:
+                    self.quiet_in_c += 1
+                if quiet < 0:
+                    self._flush()
+                    quiet = (<ScanProg>prog).det.resolve_quietly(now_obj, RESOLVE_PER_PACKET)
+                if not quiet:
                     return PLAN_PYTHON
                 self.probes_resolved += 1
         answer = (proto, dst, dport, src, sport)
@@ -2515,20 +2856,144 @@ cdef class FastPath:
         """CompiledPolicy.candidate_entry of a TCP or UDP packet (candidate_bits, with the
         same memo reads and, on a miss, the same lookups, in the same order): the memoised
         (rules, offload state, walks), or None when the bitset's entry is not memoised
-        (Python makes it) or is not of that shape."""
+        (Python makes it) or is not of that shape. From the candidate cache when every read
+        would find its key (see ips_cand_slot)."""
+        cdef ips_cand_slot *slot = NULL
+        cdef Py_ssize_t alen = PyBytes_GET_SIZE(src)
+        cdef int c_sport = 0, c_dport = 0
+        cdef Py_uhash_t h
+        if self.cand_slots is not NULL and PyBytes_GET_SIZE(dst) == alen and (
+            type(sport) is int and type(dport) is int
+        ):
+            c_sport = sport
+            c_dport = dport
+            # (the addresses' hashes are the bytes' own, kept in them: the flow's key made them)
+            h = (<Py_uhash_t>hash(src)) ^ ((<Py_uhash_t>hash(dst)) * <Py_uhash_t>0x9E3779B97F4A7C15)
+            h ^= ((<Py_uhash_t>c_sport << 16) | <Py_uhash_t>c_dport) * <Py_uhash_t>0xC2B2AE3D27D4EB4F
+            h ^= <Py_uhash_t>proto
+            h ^= h >> 29
+            slot = &self.cand_slots[h & <Py_uhash_t>(IPS_CAND_SLOTS - 1)]
+            if slot.entry is not NULL and slot.sport == c_sport and slot.dport == c_dport and (
+                slot.proto == proto and slot.alen == alen
+                and slot.iif == <PyObject *>iif and slot.oif == <PyObject *>oif
+                and ips_same_address(slot.src, PyBytes_AS_STRING(src), alen)
+                and ips_same_address(slot.dst, PyBytes_AS_STRING(dst), alen)
+            ):
+                if self._cand_still(slot, src, dst, sport, dport, iif, oif):
+                    self.cand_hits += 1
+                    return <object>slot.entry
+        entry = self._candidate_lookup(proto, src, dst, sport, dport, iif, oif)
+        if slot is not NULL and entry is not None and not self.memo_missed:
+            self._cand_fill(slot, proto, src, dst, c_sport, c_dport, iif, oif, entry)
+        return entry
+
+    cdef bint _cand_still(self, ips_cand_slot *slot, object src, object dst, object sport,
+                          object dport, object iif, object oif) except -1:
+        """Whether the memos the slot read would each find its key again, with the value
+        the slot noted (each memo whose tag moved read again, and its tag noted)."""
+        cdef FamilyIndexes fx = self.family4 if slot.alen == 4 else self.family6
+        if slot.reads >= READS_ADDRESSES:
+            if not self._cand_memo_holds(slot, CAND_SRC, fx.src_memo, src):
+                return False
+            if not self._cand_memo_holds(slot, CAND_DST, fx.dst_memo, dst):
+                return False
+        if slot.reads >= READS_ALL:
+            if not self._cand_memo_holds(slot, CAND_SPORT, fx.sport_memo, sport):
+                return False
+            if not self._cand_memo_holds(slot, CAND_DPORT, fx.dport_memo, dport):
+                return False
+            if ips_dict_version(<PyObject *>self.if_memo) != slot.versions[CAND_IFS]:
+                if not self._cand_memo_holds(slot, CAND_IFS, self.if_memo, (iif, oif)):
+                    return False
+        cdef PyObject *found
+        if ips_dict_version(<PyObject *>self.candidates_memo) != slot.versions[CAND_ENTRY]:
+            found = PyDict_GetItem(self.candidates_memo, PyLong_FromLongLong(slot.bits))
+            if found is not slot.entry:
+                return False
+            slot.versions[CAND_ENTRY] = ips_dict_version(<PyObject *>self.candidates_memo)
+        return True
+
+    cdef inline bint _cand_memo_holds(self, ips_cand_slot *slot, int which, dict memo,
+                                      object key) except -1:
+        """Whether `memo` holds `key` with the value slot.values[which] (its tag noted)."""
+        cdef uint64_t version = ips_dict_version(<PyObject *>memo)
+        if version == slot.versions[which]:
+            return True
+        cdef PyObject *found = PyDict_GetItem(memo, key)
+        cdef long long value
+        if found is NULL or not _narrow(<object>found, &value) or value != slot.values[which]:
+            return False
+        slot.versions[which] = version
+        return True
+
+    cdef int _cand_fill(self, ips_cand_slot *slot, int proto, object src, object dst,
+                        int sport, int dport, object iif, object oif, object entry) except -1:
+        """The slot made for what _candidate_lookup just read (every memo found its key:
+        their values, the bitset and the memos' tags are those it left in cand_*)."""
+        cdef long long bits
+        if self.bits_are_wide or not self.cand_narrow:
+            return 0  # (a wide bitset: not cached)
+        Py_INCREF(entry)
+        Py_INCREF(iif)
+        Py_INCREF(oif)
+        Py_XDECREF(slot.entry)
+        Py_XDECREF(slot.iif)
+        Py_XDECREF(slot.oif)
+        slot.entry = <PyObject *>entry
+        slot.iif = <PyObject *>iif
+        slot.oif = <PyObject *>oif
+        slot.proto = proto
+        slot.alen = PyBytes_GET_SIZE(src)
+        slot.sport = sport
+        slot.dport = dport
+        memcpy(slot.src, PyBytes_AS_STRING(src), slot.alen)
+        memcpy(slot.dst, PyBytes_AS_STRING(dst), slot.alen)
+        slot.reads = self.cand_reads
+        slot.bits = self.bits_narrow
+        cdef FamilyIndexes fx = self.family4 if slot.alen == 4 else self.family6
+        cdef int i
+        for i in range(5):
+            slot.values[i] = self.cand_values[i]
+        slot.versions[CAND_SRC] = ips_dict_version(<PyObject *>fx.src_memo)
+        slot.versions[CAND_DST] = ips_dict_version(<PyObject *>fx.dst_memo)
+        slot.versions[CAND_SPORT] = ips_dict_version(<PyObject *>fx.sport_memo)
+        slot.versions[CAND_DPORT] = ips_dict_version(<PyObject *>fx.dport_memo)
+        slot.versions[CAND_IFS] = ips_dict_version(<PyObject *>self.if_memo)
+        slot.versions[CAND_ENTRY] = ips_dict_version(<PyObject *>self.candidates_memo)
+        return 0
+
+    cdef inline object _cand_value(self, int which, object value):
+        """A memo's value on its way into the bitset, noted for _cand_fill."""
+        if not _narrow(value, &self.cand_values[which]):
+            self.cand_narrow = False
+        return value
+
+    cdef object _candidate_lookup(self, int proto, object src, object dst, object sport,
+                                  object dport, object iif, object oif):
+        """_candidate_entry made as CompiledPolicy.candidate_entry makes it (memo_missed:
+        whether a read missed, and Python looked its key up)."""
         cdef PyObject *found
         cdef FamilyIndexes fx = self.family4 if len(src) == 4 else self.family6
+        self.memo_missed = False
+        self.cand_narrow = True
+        self.cand_reads = READS_PROTO
         found = PyDict_GetItem(fx.proto_bits, proto)
         self._bits_start(fx.any_proto)
         self._bits_or(<object>found if found is not NULL else 0)
         if self._bits_nonzero():
             # (src, then dst: the order of the lookups; the order of the & is the value's)
-            self._bits_and(self._memo_or_lookup(fx.src_memo, fx.src_lookup, src))
-            self._bits_and(self._memo_or_lookup(fx.dst_memo, fx.dst_lookup, dst))
+            self.cand_reads = READS_ADDRESSES
+            self._bits_and(self._cand_value(
+                CAND_SRC, self._memo_or_lookup(fx.src_memo, fx.src_lookup, src)))
+            self._bits_and(self._cand_value(
+                CAND_DST, self._memo_or_lookup(fx.dst_memo, fx.dst_lookup, dst)))
             if self._bits_nonzero():
                 # TCP and UDP are PORT_PROTOS (and a packet of this module no fragment)
-                self._bits_and(self._memo_or_lookup(fx.sport_memo, fx.sport_lookup, sport))
-                self._bits_and(self._memo_or_lookup(fx.dport_memo, fx.dport_lookup, dport))
+                self.cand_reads = READS_ALL
+                self._bits_and(self._cand_value(
+                    CAND_SPORT, self._memo_or_lookup(fx.sport_memo, fx.sport_lookup, sport)))
+                self._bits_and(self._cand_value(
+                    CAND_DPORT, self._memo_or_lookup(fx.dport_memo, fx.dport_lookup, dport)))
                 if iif is not self.last_iif or oif is not self.last_oif:
                     self.last_iif = iif
                     self.last_oif = oif
@@ -2536,10 +3001,11 @@ cdef class FastPath:
                 found = PyDict_GetItem(self.if_memo, self.last_ifs)
                 if found is NULL:
                     self._flush()
+                    self.memo_missed = True
                     if_bits = self.policy._interface_bits(iif, oif)
                 else:
                     if_bits = <object>found
-                self._bits_and(if_bits)
+                self._bits_and(self._cand_value(CAND_IFS, if_bits))
         else:
             self._bits_start(0)
         bits = self.bits_wide if self.bits_are_wide else PyLong_FromLongLong(self.bits_narrow)
