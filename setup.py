@@ -1,5 +1,6 @@
-"""The compiled packet path (ips/fast/_fastpath.pyx) and the compiled NFQUEUE loop
-(ips/io/_nfqdrain.pyx), built by Cython at `pip install -e .`.
+"""The compiled packet path (ips/fast/_fastpath.pyx), the compiled NFQUEUE loop
+(ips/io/_nfqdrain.pyx) and the compiled DNS parser (ips/fast/_dnsparse.pyx), built by Cython
+at `pip install -e .`.
 
 Everything else about the package is in pyproject.toml. Without a C compiler the build of the
 extension fails: set IPSCTL_NO_EXTENSION=1 to install without it (the engine then runs in
@@ -15,7 +16,7 @@ if os.environ.get("IPSCTL_NO_EXTENSION", "") in ("", "0"):
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        ["ips/fast/_fastpath.pyx", "ips/io/_nfqdrain.pyx"],
+        ["ips/fast/_fastpath.pyx", "ips/io/_nfqdrain.pyx", "ips/fast/_dnsparse.pyx"],
         compiler_directives={"language_level": "3"},
         quiet=True,
     )
