@@ -343,6 +343,12 @@ class AppInspector:
         self.reassembler = Reassembler(limit=limit, memory_cap=memory_cap)
         self.names = names
         self.counters = counters if counters is not None else AppCounters()
+        # The DNS parsers: ips/app/dns.py's, the reference, unless the engine's compiled
+        # path gave its own (ips/fast/_dnsparse.pyx: the same answers, faster).
+        self.parse_dns_message: Callable[..., DnsMessage | Malformed] = parse_message
+        self.parse_dns_stream: Callable[[bytes], tuple[list[DnsMessage | Malformed], int]] = (
+            parse_tcp_stream
+        )
 
     def configure(self, *, enabled: bool, limit: int, memory_cap: int) -> None:
         """New settings (a policy load). Flows in progress keep what they hold; a flow whose
@@ -638,7 +644,7 @@ class AppInspector:
     ) -> bool:
         index = 0 if to_server else 1
         offset = state.dns_offset[index]
-        messages, used = parse_tcp_stream(data[offset:])
+        messages, used = self.parse_dns_stream(data[offset:])
         state.dns_offset[index] = offset + used
         for msg in messages:
             if isinstance(msg, Malformed):
@@ -702,7 +708,7 @@ class AppInspector:
                 return None
         if proto == APP_DNS:
             app.dns_queries = ()
-            msg = parse_message(pkt.data, start)
+            msg = self.parse_dns_message(pkt.data, start)
             if isinstance(msg, Malformed):
                 self.counters.malformed[msg.reason] += 1
                 return None

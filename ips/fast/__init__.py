@@ -7,6 +7,11 @@ Python path stays the reference and decides everything else. When the extension 
 pure Python alone: the same decisions, slower; a missing extension is said once, as a
 RuntimeWarning.
 
+`ips/fast/_dnsparse.pyx`, built alongside, is ips/app/dns.py's DNS message parser compiled
+(the same values and Malformed reasons; dns.py stays the reference): `new_fast_path` gives
+it to the engine's inspector, so an engine with the compiled path parses DNS in C and the
+reference engine (fast=False) in Python.
+
 The pure rule holds for what runs per packet (the extension reads bytes and the engine's
 state; no clock, no I/O); this loader alone reads the environment, once, at import.
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,6 +35,7 @@ __all__ = [
     "STOP_RECORD",
     "STOP_TICK",
     "available",
+    "compiled_dns",
     "new_fast_path",
     "run_pcap",
 ]
@@ -47,11 +54,19 @@ _module: Any = None
 _warned = False
 _import_error = ""
 
+_dns_module: Any = None
+_dns_warned = False
+_dns_import_error = ""
+
 if not FORCED_PURE:
     try:
         _module = importlib.import_module("ips.fast._fastpath")
     except ImportError as exc:  # not built: the pure-Python engine alone
         _import_error = str(exc)
+    try:
+        _dns_module = importlib.import_module("ips.fast._dnsparse")
+    except ImportError as exc:  # not built: ips/app/dns.py parses DNS
+        _dns_import_error = str(exc)
 
 
 def available() -> bool:
@@ -73,13 +88,36 @@ def _warn_missing() -> None:
     )
 
 
-def new_fast_path(engine: object, reoffload_after: float) -> FastPath | None:
-    """The fast path of `engine`, or None (pure Python: IPSCTL_PURE, or not built)."""
+def new_fast_path(engine: Any, reoffload_after: float) -> FastPath | None:
+    """The fast path of `engine`, or None (pure Python: IPSCTL_PURE, or not built). With it,
+    the engine's inspector parses DNS messages with the compiled parser when that is built."""
     if _module is None:
         _warn_missing()
         return None
     fast: FastPath = _module.FastPath(engine, reoffload_after)
+    dns = compiled_dns()
+    if dns is not None:
+        engine.app.parse_dns_message, engine.app.parse_dns_stream = dns
     return fast
+
+
+def compiled_dns() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
+    """ips/fast/_dnsparse.pyx's `parse_message` and `parse_tcp_stream` (what ips/app/dns.py's
+    functions of those names answer), or None: IPSCTL_PURE, or not built (said once, as a
+    RuntimeWarning, when the rest of the compiled path is built)."""
+    global _dns_warned
+    if _dns_module is None:
+        if not (_dns_warned or FORCED_PURE or _module is None):
+            _dns_warned = True
+            warnings.warn(
+                "ipsctl: the compiled DNS parser (ips/fast/_dnsparse) is not built; DNS "
+                f"messages are parsed in Python, slower ({_dns_import_error}). Build it "
+                "with `pip install -e .`.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return None
+    return _dns_module.parse_message, _dns_module.parse_tcp_stream
 
 
 def run_pcap(*args: Any) -> Any:
