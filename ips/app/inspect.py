@@ -344,11 +344,15 @@ class AppInspector:
         self.names = names
         self.counters = counters if counters is not None else AppCounters()
         # The DNS parsers: ips/app/dns.py's, the reference, unless the engine's compiled
-        # path gave its own (ips/fast/_dnsparse.pyx: the same answers, faster).
+        # path gave its own (ips/fast/_dnsparse.pyx: the same answers, faster; ips/fast/
+        # __init__.py new_fast_path).
         self.parse_dns_message: Callable[..., DnsMessage | Malformed] = parse_message
         self.parse_dns_stream: Callable[[bytes], tuple[list[DnsMessage | Malformed], int]] = (
             parse_tcp_stream
         )
+        # What is done with a parsed message: `_dns_message`, or the compiled path's own
+        # (ips/fast/_dnsparse.pyx DnsMessageReader: the same events, counts and state).
+        self.read_dns_message: Callable[..., None] = self._dns_message
 
     def configure(self, *, enabled: bool, limit: int, memory_cap: int) -> None:
         """New settings (a policy load). Flows in progress keep what they hold; a flow whose
@@ -649,7 +653,7 @@ class AppInspector:
         for msg in messages:
             if isinstance(msg, Malformed):
                 return self._malformed(msg.reason)
-            self._dns_message(flow, app, msg, to_server, state, now, events)
+            self.read_dns_message(flow, app, msg, to_server, state, now, events)
         if ended and offset + used < len(data):
             self.counters.incomplete[APP_DNS] += 1
         return ended
@@ -713,7 +717,7 @@ class AppInspector:
                 self.counters.malformed[msg.reason] += 1
                 return None
             events: list[AppEvent] = []
-            self._dns_message(flow, app, msg, fwd, state, now, events)
+            self.read_dns_message(flow, app, msg, fwd, state, now, events)
             return events or None
         reader = state.quic
         if not fwd or reader is None:

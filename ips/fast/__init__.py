@@ -9,8 +9,9 @@ RuntimeWarning.
 
 `ips/fast/_dnsparse.pyx`, built alongside, is ips/app/dns.py's DNS message parser compiled
 (the same values and Malformed reasons; dns.py stays the reference): `new_fast_path` gives
-it to the engine's inspector, so an engine with the compiled path parses DNS in C and the
-reference engine (fast=False) in Python.
+it to the engine's inspector, with `DnsMessageReader`, the inspector's reading of a parsed
+message (its events, passive DNS) compiled, so an engine with the compiled path reads DNS in
+C and the reference engine (fast=False) in Python.
 
 The pure rule holds for what runs per packet (the extension reads bytes and the engine's
 state; no clock, no I/O); this loader alone reads the environment, once, at import.
@@ -21,7 +22,6 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -97,13 +97,17 @@ def new_fast_path(engine: Any, reoffload_after: float) -> FastPath | None:
     fast: FastPath = _module.FastPath(engine, reoffload_after)
     dns = compiled_dns()
     if dns is not None:
-        engine.app.parse_dns_message, engine.app.parse_dns_stream = dns
+        app = engine.app
+        app.parse_dns_message = dns.parse_message
+        app.parse_dns_stream = dns.parse_tcp_stream
+        app.read_dns_message = dns.DnsMessageReader(app)
     return fast
 
 
-def compiled_dns() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
-    """ips/fast/_dnsparse.pyx's `parse_message` and `parse_tcp_stream` (what ips/app/dns.py's
-    functions of those names answer), or None: IPSCTL_PURE, or not built (said once, as a
+def compiled_dns() -> Any:
+    """The module ips/fast/_dnsparse.pyx: `parse_message` and `parse_tcp_stream` (what
+    ips/app/dns.py's functions of those names answer) and `DnsMessageReader` (what
+    AppInspector._dns_message does); or None: IPSCTL_PURE, or not built (said once, as a
     RuntimeWarning, when the rest of the compiled path is built)."""
     global _dns_warned
     if _dns_module is None:
@@ -117,7 +121,7 @@ def compiled_dns() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
                 stacklevel=3,
             )
         return None
-    return _dns_module.parse_message, _dns_module.parse_tcp_stream
+    return _dns_module
 
 
 def run_pcap(*args: Any) -> Any:

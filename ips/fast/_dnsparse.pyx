@@ -517,3 +517,114 @@ cpdef tuple parse_tcp_stream(object data):
         out.append(parse_message(data, pos + 2, pos + 2 + length))
         pos += 2 + length
     return out, pos
+
+
+# ---- a message's inspection (ips/app/inspect.py AppInspector._dns_message) --------------------
+
+from functools import partial as _partial
+
+from ips.app.detect import APP_DNS as _APP_DNS
+from ips.app import inspect as _inspect
+from ips.core.events import AppEvent as _AppEvent, PacketEvent as _PacketEvent
+
+cdef type PARTIAL = _partial
+cdef type APP_EVENT = _AppEvent
+cdef object APP_DNS = _APP_DNS
+cdef object EVE_DNS_ONE = _inspect._eve_dns_one
+cdef Py_ssize_t DNS_IDS_KEPT = _inspect.DNS_IDS_KEPT
+
+# The fields an AppEvent's two __init__ set, in the order they set them: an event is made
+# here by setting them on AppEvent.__new__'s object, which is what the constructor does
+# (without its two Python frames). Should the classes gain or lose a field, the events are
+# made with the constructor instead (EVENT_FIELDS_KNOWN is then false).
+_EVENT_FIELDS = (
+    "time", "flow_id", "family", "proto", "src", "sport", "dst", "dport", "icmp",
+    "app_proto", "dst_name", "app_layer", "event_type", "_body", "_build", "tx_id",
+)
+cdef bint EVENT_FIELDS_KNOWN = (
+    set(_PacketEvent.__slots__) | set(_AppEvent.__slots__) == set(_EVENT_FIELDS)
+    and _AppEvent.__mro__ == (_AppEvent, _PacketEvent, object)
+)
+EVENTS_MADE_DIRECTLY = EVENT_FIELDS_KNOWN  # (for the tests: the path they hold to the other)
+
+
+cdef object _app_event(
+    object now, object flow, bint to_server, object build, object tx_id
+):
+    """AppInspector._event's AppEvent for a DNS message (counted by the caller)."""
+    cdef object src, sport, dst, dport, event
+    if to_server:
+        src, sport, dst, dport = flow.src, flow.sport, flow.dst, flow.dport
+    else:
+        src, sport, dst, dport = flow.dst, flow.dport, flow.src, flow.sport
+    if not EVENT_FIELDS_KNOWN:
+        event = APP_EVENT(
+            now, flow.flow_id, flow.family, flow.proto, src, sport, dst, dport,
+            event_type=APP_DNS, build=build, tx_id=tx_id,
+        )
+        event.app_proto = flow.app_proto
+        event.dst_name = flow.dst_name
+        return event
+    event = APP_EVENT.__new__(APP_EVENT)
+    event.time = now
+    event.flow_id = flow.flow_id
+    event.family = flow.family
+    event.proto = flow.proto
+    event.src = src
+    event.sport = sport
+    event.dst = dst
+    event.dport = dport
+    event.icmp = -1
+    event.app_proto = flow.app_proto
+    event.dst_name = flow.dst_name
+    event.app_layer = None
+    event.event_type = APP_DNS
+    event._body = None
+    event._build = build
+    event.tx_id = tx_id
+    return event
+
+
+cdef class DnsMessageReader:
+    """AppInspector._dns_message compiled, for one inspector: a query names the packet's
+    dns_queries and waits for its answer, an answer teaches passive DNS; each is an event
+    (one per question of a query), counted, with the same fields, the same tx_id and the same
+    lazily built body as the inspector's own. Called as that method is."""
+
+    cdef object inspector
+
+    def __init__(self, inspector):
+        self.inspector = inspector
+
+    def __call__(
+        self, object flow, object app, object msg, bint to_server, object state,
+        object now, list events,
+    ):
+        cdef object inspector = self.inspector
+        cdef dict ids = state.dns_ids
+        cdef object tx_id, ident = msg.id, names, event_counts
+        cdef bint answer = (msg.flags & 0x8000) != 0
+        cdef list queries
+        cdef Py_ssize_t index, count
+        tx_id = ids.pop(ident, None) if answer else None
+        if tx_id is None:
+            tx_id = state.dns_tx
+            state.dns_tx += 1
+        if answer:
+            names = inspector.names
+            if names is not None:
+                names.learn(msg, now)
+            count = 1
+        else:
+            queries = [q.name.rstrip(".").lower() for q in msg.questions]
+            app.dns_queries = tuple(queries)
+            app.client_done = True
+            if len(ids) >= DNS_IDS_KEPT:
+                del ids[next(iter(ids))]
+            ids[ident] = tx_id
+            count = len(msg.questions)
+        for index in range(count):
+            build = PARTIAL(EVE_DNS_ONE, msg, tx_id, index)
+            events.append(_app_event(now, flow, to_server, build, tx_id))
+            event_counts = inspector.counters.events
+            event_counts[APP_DNS] += 1

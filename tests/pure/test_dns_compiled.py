@@ -20,6 +20,7 @@ import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,7 +29,11 @@ from hypothesis import strategies as st
 
 from ips import fast
 from ips.app import dns
+from ips.app.inspect import AppInspector, _Udp
+from ips.app.passive_dns import PassiveDns
+from ips.core.app_fields import AppFields
 from ips.core.decode import decode_frame
+from ips.core.events import AppEvent, PacketEvent
 from ips.core.packet import PROTO_TCP, PROTO_UDP, Malformed, Packet
 from ips.engine import Engine
 from ips.io.pcap import CaptureError, read_capture
@@ -45,7 +50,7 @@ def compiled() -> tuple[ParseMessage, ParseStream]:
     """The compiled parsers, or skip (fail under CI=true: the build is part of CI)."""
     got = fast.compiled_dns()
     if got is not None:
-        return got
+        return got.parse_message, got.parse_tcp_stream
     if fast.FORCED_PURE:
         pytest.skip("IPSCTL_PURE=1: the pure-Python engine alone")
     if os.environ.get("CI") == "true":
@@ -349,3 +354,138 @@ def test_the_engine_with_the_compiled_path_parses_with_it() -> None:
     reference = Engine(policy, fast=False)
     assert reference.app.parse_dns_message is dns.parse_message
     assert reference.app.parse_dns_stream is dns.parse_tcp_stream
+
+
+# ---- a parsed message's reading: events, passive DNS (AppInspector._dns_message) -----------
+
+
+def _flow(index: int) -> SimpleNamespace:
+    """What the inspector reads of a flow to make an event."""
+    return SimpleNamespace(
+        src=bytes([10, 0, 0, index & 0xFF]), dst=b"\xc0\x00\x02\x35", sport=40000 + index,
+        dport=53, flow_id=1000 + index, family=4, proto=PROTO_UDP, app_proto="dns",
+        dst_name=None if index % 3 else "resolver.example",
+    )  # fmt: skip
+
+
+def _event_fields(event: AppEvent) -> dict[str, object]:
+    fields = {name: getattr(event, name) for name in EVENT_FIELDS if name != "_build"}
+    fields["class"] = type(event)
+    fields["body"] = event.body  # built (by the partial each side made)
+    return fields
+
+
+EVENT_FIELDS = sorted(set(PacketEvent.__slots__) | set(AppEvent.__slots__))
+
+
+def read_both(messages: list[dns.DnsMessage], flows: int = 3) -> None:
+    """The same messages read by the inspector's `_dns_message` and by the compiled reader,
+    each on inspectors, flows and passive DNS of their own: the same events, fields, state and
+    counts after every message."""
+    module = fast.compiled_dns()
+    if module is None:
+        compiled()  # skips, or fails under CI
+        return
+    sides = []
+    for compiled_side in (False, True):
+        inspector = AppInspector(names=PassiveDns(max_entries=8))
+        reader = module.DnsMessageReader(inspector) if compiled_side else inspector._dns_message
+        states = [_Udp() for _ in range(flows)]
+        apps = [AppFields() for _ in range(flows)]
+        sides.append((inspector, reader, states, apps, [_flow(i) for i in range(flows)]))
+    for number, msg in enumerate(messages):
+        which = number % flows
+        to_server = not msg.flags & 0x8000
+        now = 1000.0 + number
+        seen = []
+        for inspector, reader, states, apps, flow_list in sides:
+            events: list[AppEvent] = []
+            reader(flow_list[which], apps[which], msg, to_server, states[which], now, events)
+            state, app, names = states[which], apps[which], inspector.names
+            assert isinstance(names, PassiveDns)
+            seen.append((
+                [_event_fields(e) for e in events],
+                list(state.dns_ids.items()), state.dns_tx,
+                app.dns_queries, app.client_done, app.server_done,
+                dict(inspector.counters.events),
+                list(names._entries.items()), names.learned, names.evicted, names.expired,
+            ))  # fmt: skip
+        assert seen[0] == seen[1], (number, msg)
+
+
+def test_the_reader_makes_events_directly() -> None:
+    module = fast.compiled_dns()
+    if module is None:
+        compiled()
+        return
+    # The fields the reader sets are all the event's (else it calls the constructor, and
+    # this says the faster path went unused).
+    assert module.EVENTS_MADE_DIRECTLY
+
+
+def _answer_to(query: bytes, answers: list[tuple[bytes, int, bytes]]) -> bytes:
+    """A response to `query` (same id and question) with (owner, type, rdata) answers."""
+    ident, _flags, qd = struct.unpack_from("!HHH", query)
+    body = query[12:]
+    out = struct.pack("!HHHHHH", ident, 0x8180, qd, len(answers), 0, 0) + body
+    for owner, rtype, rdata in answers:
+        out += owner + struct.pack("!HHIH", rtype, 1, 60, len(rdata)) + rdata
+    return out
+
+
+def test_reading_queries_and_answers_the_same_way() -> None:
+    wire = []
+    queries = []
+    for i in range(100):  # more waiting ids than DNS_IDS_KEPT: the oldest are forgotten
+        query = dns_query(f"host{i}.Example.COM.", 1 if i % 2 else 28, ident=i)
+        queries.append(query)
+        wire.append(query)
+        if i % 3 == 0:
+            cname = b"\x03cdn\x03net\x00"
+            wire.append(
+                _answer_to(query, [
+                    (b"\xc0\x0c", 5, cname),
+                    (cname, 1, bytes([192, 0, 2, i])),
+                    (b"\xc0\x0c", 28, bytes(15) + bytes([i])),
+                ])
+            )  # fmt: skip
+    # Answers to queries forgotten and to queries still waiting.
+    wire += [_answer_to(q, []) for q in queries[1:40:2] + queries[70:90:2]]
+    wire += [dns_response(), dns_query(), _answer_to(dns_query(), [])]
+    two = bytearray(dns_query())
+    two[5] = 2
+    two += b"\x01b\x00\x00\x01\x00\x01"
+    wire.append(bytes(two))  # a query of two questions: two events
+    messages = [dns.parse_message(w) for w in wire]
+    assert all(isinstance(m, dns.DnsMessage) for m in messages)
+    # Made by hand (no parser writes a trailing dot): the query names drop it.
+    question = dns.DnsQuestion("Trailing.Example.", 1, 1)
+    messages.append(dns.DnsMessage(7, 0x0100, (question,), (), (), ()))
+    read_both(messages, flows=1)  # type: ignore[arg-type]
+    read_both(messages, flows=3)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(messages(), mutated()), min_size=1, max_size=12))
+def test_reading_made_messages_the_same_way(wire: list[bytes]) -> None:
+    parsed = [dns.parse_message(w) for w in wire]
+    read_both([m for m in parsed if isinstance(m, dns.DnsMessage)], flows=2)
+
+
+def test_reading_the_captures_messages_the_same_way(pcaps_dir: Path) -> None:
+    found = []
+    for path in sorted(pcaps_dir.iterdir()):
+        if path.suffix not in (".pcap", ".pcapng"):
+            continue
+        try:
+            records = list(read_capture(path))
+        except CaptureError:
+            continue
+        for record in records:
+            pkt = decode_frame(record.data, record.linktype)
+            if isinstance(pkt, Packet) and pkt.proto == PROTO_UDP:
+                msg = dns.parse_message(pkt.data, pkt.payload_offset)
+                if isinstance(msg, dns.DnsMessage):
+                    found.append(msg)
+    assert len(found) >= 100
+    read_both(found, flows=5)
