@@ -585,6 +585,107 @@ cdef object _app_event(
     return event
 
 
+# ---- passive DNS (ips/app/passive_dns.py PassiveDns.learn) --------------------------------------
+
+from ips.app import passive_dns as _passive_dns
+
+cdef type PASSIVE_DNS = _passive_dns.PassiveDns
+cdef object PY_PACKED = _passive_dns._packed
+cdef object PY_LEARN = _passive_dns.PassiveDns.learn
+cdef int OPCODE_QUERY = _passive_dns._OPCODE_QUERY
+cdef int RCODE_NOERROR = _passive_dns._RCODE_NOERROR
+cdef int CLASS_IN = _dns.CLASS_IN
+
+
+cdef object _packed_a(object text):
+    """passive_dns._packed of an A record's text: the dotted quad the parsers write (one to
+    three digits, at most 255, four times) is read here; anything else by _packed itself,
+    whose int() accepts more (spaces, signs, underscores) and says what it refuses."""
+    cdef Py_ssize_t size, i
+    cdef const char *s
+    cdef unsigned char out[4]
+    cdef int part = 0, digits = 0, value = 0
+    cdef char ch
+    if type(text) is not str:
+        return PY_PACKED(TYPE_A, text)
+    s = PyUnicode_AsUTF8AndSize(text, &size)
+    for i in range(size):
+        ch = s[i]
+        if ch == b".":
+            if digits == 0 or part == 3:
+                return PY_PACKED(TYPE_A, text)
+            out[part] = <unsigned char>value
+            part += 1
+            digits = value = 0
+        elif b"0" <= ch <= b"9" and digits < 3:
+            value = value * 10 + (ch - 48)
+            digits += 1
+            if value > 255:
+                return PY_PACKED(TYPE_A, text)
+        else:
+            return PY_PACKED(TYPE_A, text)
+    if part != 3 or digits == 0:
+        return PY_PACKED(TYPE_A, text)
+    out[3] = <unsigned char>value
+    return PyBytes_FromStringAndSize(<const char *>out, 4)
+
+
+cdef Py_ssize_t learn(object pdns, object msg, object now) except -1:
+    """PassiveDns.learn compiled, for a PassiveDns itself (not a subclass): the same entries
+    in the same order, the same counts."""
+    cdef object flags = msg.flags, answers, questions, rec, rtype, rdata, addr, owner, name
+    cdef object qname, ttl, entries, min_ttl, max_ttl
+    cdef dict cnames, asked
+    cdef Py_ssize_t count = 0
+    if not (flags & 0x8000) or (flags >> 11) & 0xF != OPCODE_QUERY or flags & 0xF != RCODE_NOERROR:
+        return 0
+    answers = msg.answers
+    questions = msg.questions
+    if not answers or not questions:
+        return 0
+    # Every name reachable from a question through the answer section's CNAMEs, mapped to
+    # that question (passive_dns.py says why, and what a loop does).
+    cnames = {}
+    for rec in answers:
+        if rec.rtype == TYPE_CNAME and rec.rclass == CLASS_IN and isinstance(rec.rdata, str):
+            cnames.setdefault(rec.name.lower(), rec.rdata.lower())
+    asked = {}
+    for question in questions:
+        qname = question.name.lower()
+        name = qname
+        while name and name not in asked:
+            asked[name] = qname
+            name = cnames.get(name, "")
+    min_ttl = pdns.min_ttl
+    max_ttl = pdns.max_ttl
+    for rec in answers:
+        rtype = rec.rtype
+        if (rtype != TYPE_A and rtype != TYPE_AAAA) or rec.rclass != CLASS_IN:
+            continue
+        rdata = rec.rdata
+        if not isinstance(rdata, str):
+            continue
+        addr = _packed_a(rdata) if rtype == TYPE_A else PY_PACKED(rtype, rdata)
+        if addr is None:
+            continue
+        owner = rec.name.lower()
+        name = asked.get(owner) or owner
+        if not name:
+            continue
+        ttl = min(max(float(rec.ttl), min_ttl), max_ttl)
+        if ttl <= 0:
+            continue
+        # PassiveDns._store
+        entries = pdns._entries
+        if entries.pop(addr, None) is None and len(entries) >= pdns.max_entries:
+            entries.popitem(last=False)
+            pdns.evicted += 1
+        entries[addr] = (name, now + ttl)
+        pdns.learned += 1
+        count += 1
+    return count
+
+
 cdef class DnsMessageReader:
     """AppInspector._dns_message compiled, for one inspector: a query names the packet's
     dns_queries and waits for its answer, an answer teaches passive DNS; each is an event
@@ -612,7 +713,9 @@ cdef class DnsMessageReader:
             state.dns_tx += 1
         if answer:
             names = inspector.names
-            if names is not None:
+            if type(names) is PASSIVE_DNS and type(names).learn is PY_LEARN:
+                learn(names, msg, now)
+            elif names is not None:
                 names.learn(msg, now)
             count = 1
         else:

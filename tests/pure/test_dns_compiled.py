@@ -378,7 +378,9 @@ def _event_fields(event: AppEvent) -> dict[str, object]:
 EVENT_FIELDS = sorted(set(PacketEvent.__slots__) | set(AppEvent.__slots__))
 
 
-def read_both(messages: list[dns.DnsMessage], flows: int = 3) -> None:
+def read_both(
+    messages: list[dns.DnsMessage], flows: int = 3, passive: dict[str, Any] | None = None
+) -> None:
     """The same messages read by the inspector's `_dns_message` and by the compiled reader,
     each on inspectors, flows and passive DNS of their own: the same events, fields, state and
     counts after every message."""
@@ -388,7 +390,7 @@ def read_both(messages: list[dns.DnsMessage], flows: int = 3) -> None:
         return
     sides = []
     for compiled_side in (False, True):
-        inspector = AppInspector(names=PassiveDns(max_entries=8))
+        inspector = AppInspector(names=PassiveDns(**(passive or {"max_entries": 8})))
         reader = module.DnsMessageReader(inspector) if compiled_side else inspector._dns_message
         states = [_Udp() for _ in range(flows)]
         apps = [AppFields() for _ in range(flows)]
@@ -489,3 +491,40 @@ def test_reading_the_captures_messages_the_same_way(pcaps_dir: Path) -> None:
                     found.append(msg)
     assert len(found) >= 100
     read_both(found, flows=5)
+
+
+def test_passive_dns_learns_the_same_from_odd_answers() -> None:
+    # Made by hand: A texts no parser writes (passive_dns._packed's int() reads some of them),
+    # CNAME chains and loops, other classes, owners in capitals, TTLs at and past the bounds.
+    def rec(name: str, rtype: int, rdata: object, ttl: int = 60, rclass: int = 1) -> dns.DnsRecord:
+        return dns.DnsRecord(name, rtype, rclass, ttl, rdata)  # type: ignore[arg-type]
+
+    texts = [
+        "192.0.2.1", "01.2.3.4", "1.2.3", "1.2.3.4.", "256.1.1.1", " 1.2.3.4", "+1.2.3.4",
+        "1_0.2.3.4", "\u0661.2.3.4", "1..2.3", "", "0.0.0.0", "255.255.255.255", "1.2.3.0400",
+        "2001:db8::1", "::ffff:1.2.3.4",
+    ]  # fmt: skip
+    question = (dns.DnsQuestion("WWW.Example.com", 1, 1),)
+    messages = []
+    for i, text in enumerate(texts):
+        answers = (
+            rec("www.example.com", 5, "elsewhere.example", rclass=3),  # not IN: not followed
+            rec("www.example.com", 5, "CDN.example.net"),
+            rec("cdn.example.net", 5, "www.example.com"),  # a loop
+            rec("cdn.example.net", 1, text, ttl=i * 40000),
+            rec("Other.example", 1, text),
+            rec("other.example", 1, text, rclass=3),
+            rec("", 1, text),
+            rec("cdn.example.net", 28, text, ttl=0),
+            rec("cdn.example.net", 1, b"\x01\x02\x03\x04"),
+        )
+        messages.append(dns.DnsMessage(i, 0x8180, question, answers, (), ()))
+    messages.append(dns.DnsMessage(99, 0x8183, question, messages[0].answers, (), ()))  # NXDOMAIN
+    messages.append(dns.DnsMessage(98, 0x8980, question, messages[0].answers, (), ()))  # opcode 1
+    messages.append(dns.DnsMessage(97, 0x8180, (), messages[0].answers, (), ()))
+    for passive in (
+        {"max_entries": 3},
+        {"max_entries": 100, "min_ttl": 30.0, "max_ttl": 3600.0},
+        {"max_entries": 100, "min_ttl": 0, "max_ttl": 100},
+    ):
+        read_both(messages, flows=1, passive=passive)
