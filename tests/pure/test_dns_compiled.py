@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -351,9 +353,11 @@ def test_the_engine_with_the_compiled_path_parses_with_it() -> None:
     compiled_engine = Engine(policy, fast=True)
     assert compiled_engine.app.parse_dns_message is parse
     assert compiled_engine.app.parse_dns_stream is stream
+    assert type(compiled_engine.app.read_dns_message).__name__ == "DnsMessageReader"
     reference = Engine(policy, fast=False)
     assert reference.app.parse_dns_message is dns.parse_message
     assert reference.app.parse_dns_stream is dns.parse_tcp_stream
+    assert reference.app.read_dns_message == reference.app._dns_message
 
 
 # ---- a parsed message's reading: events, passive DNS (AppInspector._dns_message) -----------
@@ -528,3 +532,52 @@ def test_passive_dns_learns_the_same_from_odd_answers() -> None:
         {"max_entries": 100, "min_ttl": 0, "max_ttl": 100},
     ):
         read_both(messages, flows=1, passive=passive)
+
+
+# ---- the loader: IPSCTL_PURE and a missing build (each in a fresh interpreter) ----------------
+
+_WHICH_PARSER = """
+import warnings
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from ips.engine import Engine
+    from ips.policy.resolve import load_policy_text
+    engines = [Engine(load_policy_text("set default accept\\n", "t.rules")) for _ in range(2)]
+reader = engines[1].app.read_dns_message
+print(engines[0].app.parse_dns_message.__module__,
+      getattr(reader, "__qualname__", type(reader).__qualname__),
+      len([w for w in caught if "compiled DNS parser" in str(w.message)]))
+"""
+
+_HIDE_DNSPARSE = """
+import sys
+class NoDnsParser:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ips.fast._dnsparse":
+            raise ImportError("hidden by the test")
+        return None
+sys.meta_path.insert(0, NoDnsParser())
+"""
+
+
+def _run(code: str, **env: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_the_loader_honours_ipsctl_pure_and_a_missing_build() -> None:
+    python = "ips.app.dns AppInspector._dns_message"
+    assert _run(_WHICH_PARSER, IPSCTL_PURE="1") == f"{python} 0"
+    if fast.available():  # the compiled DNS parser comes with the compiled path
+        assert _run(_HIDE_DNSPARSE + _WHICH_PARSER, IPSCTL_PURE="") == f"{python} 1"
+        if fast.compiled_dns() is not None:
+            got = _run(_WHICH_PARSER, IPSCTL_PURE="")
+            assert got == "ips.fast._dnsparse DnsMessageReader 0"
