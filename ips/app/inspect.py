@@ -351,8 +351,9 @@ class AppInspector:
             parse_tcp_stream
         )
         # What is done with a parsed message: `_dns_message`, or the compiled path's own
-        # (ips/fast/_dnsparse.pyx DnsMessageReader: the same events, counts and state).
-        self.read_dns_message: Callable[..., None] = self._dns_message
+        # (ips/fast/_dnsparse.pyx read_message: the same events, counts and state). A plain
+        # function called with the inspector, as a bound method kept here would be a cycle.
+        self.read_dns_message: Callable[..., None] = AppInspector._dns_message
 
     def configure(self, *, enabled: bool, limit: int, memory_cap: int) -> None:
         """New settings (a policy load). Flows in progress keep what they hold; a flow whose
@@ -653,7 +654,7 @@ class AppInspector:
         for msg in messages:
             if isinstance(msg, Malformed):
                 return self._malformed(msg.reason)
-            self.read_dns_message(flow, app, msg, to_server, state, now, events)
+            self.read_dns_message(self, flow, app, msg, to_server, state, now, events)
         if ended and offset + used < len(data):
             self.counters.incomplete[APP_DNS] += 1
         return ended
@@ -717,7 +718,7 @@ class AppInspector:
                 self.counters.malformed[msg.reason] += 1
                 return None
             events: list[AppEvent] = []
-            self.read_dns_message(flow, app, msg, fwd, state, now, events)
+            self.read_dns_message(self, flow, app, msg, fwd, state, now, events)
             return events or None
         reader = state.quic
         if not fwd or reader is None:

@@ -9,7 +9,7 @@ RuntimeWarning.
 
 `ips/fast/_dnsparse.pyx`, built alongside, is ips/app/dns.py's DNS message parser compiled
 (the same values and Malformed reasons; dns.py stays the reference): `new_fast_path` gives
-it to the engine's inspector, with `DnsMessageReader`, the inspector's reading of a parsed
+it to the engine's inspector, with `read_message`, the inspector's reading of a parsed
 message (its events, passive DNS) compiled, so an engine with the compiled path reads DNS in
 C and the reference engine (fast=False) in Python.
 
@@ -90,7 +90,7 @@ def _warn_missing() -> None:
 
 def new_fast_path(engine: Any, reoffload_after: float) -> FastPath | None:
     """The fast path of `engine`, or None (pure Python: IPSCTL_PURE, or not built). With it,
-    the engine's inspector parses DNS messages with the compiled parser when that is built."""
+    the engine's inspector parses and reads DNS messages in compiled code when that is built."""
     if _module is None:
         _warn_missing()
         return None
@@ -100,13 +100,13 @@ def new_fast_path(engine: Any, reoffload_after: float) -> FastPath | None:
         app = engine.app
         app.parse_dns_message = dns.parse_message
         app.parse_dns_stream = dns.parse_tcp_stream
-        app.read_dns_message = dns.DnsMessageReader(app)
+        app.read_dns_message = dns.read_message
     return fast
 
 
 def compiled_dns() -> Any:
     """The module ips/fast/_dnsparse.pyx: `parse_message` and `parse_tcp_stream` (what
-    ips/app/dns.py's functions of those names answer) and `DnsMessageReader` (what
+    ips/app/dns.py's functions of those names answer) and `read_message` (what
     AppInspector._dns_message does); or None: IPSCTL_PURE, or not built (said once, as a
     RuntimeWarning, when the rest of the compiled path is built)."""
     global _dns_warned

@@ -9,16 +9,13 @@ EVENTS_MADE_DIRECTLY: bool
 
 def parse_message(data: bytes, off: int = 0, end: int = -1) -> DnsMessage | Malformed: ...
 def parse_tcp_stream(data: bytes) -> tuple[list[DnsMessage | Malformed], int]: ...
-
-class DnsMessageReader:
-    def __init__(self, inspector: Any) -> None: ...
-    def __call__(
-        self,
-        flow: Any,
-        app: Any,
-        msg: DnsMessage,
-        to_server: bool,
-        state: Any,
-        now: float,
-        events: list[Any],
-    ) -> None: ...
+def read_message(
+    inspector: Any,
+    flow: Any,
+    app: Any,
+    msg: DnsMessage,
+    to_server: bool,
+    state: Any,
+    now: float,
+    events: list[Any],
+) -> None: ...

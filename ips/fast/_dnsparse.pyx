@@ -686,48 +686,41 @@ cdef Py_ssize_t learn(object pdns, object msg, object now) except -1:
     return count
 
 
-cdef class DnsMessageReader:
-    """AppInspector._dns_message compiled, for one inspector: a query names the packet's
-    dns_queries and waits for its answer, an answer teaches passive DNS; each is an event
-    (one per question of a query), counted, with the same fields, the same tx_id and the same
-    lazily built body as the inspector's own. Called as that method is."""
-
-    cdef object inspector
-
-    def __init__(self, inspector):
-        self.inspector = inspector
-
-    def __call__(
-        self, object flow, object app, object msg, bint to_server, object state,
-        object now, list events,
-    ):
-        cdef object inspector = self.inspector
-        cdef dict ids = state.dns_ids
-        cdef object tx_id, ident = msg.id, names, event_counts
-        cdef bint answer = (msg.flags & 0x8000) != 0
-        cdef list queries
-        cdef Py_ssize_t index, count
-        tx_id = ids.pop(ident, None) if answer else None
-        if tx_id is None:
-            tx_id = state.dns_tx
-            state.dns_tx += 1
-        if answer:
-            names = inspector.names
-            if type(names) is PASSIVE_DNS and type(names).learn is PY_LEARN:
-                learn(names, msg, now)
-            elif names is not None:
-                names.learn(msg, now)
-            count = 1
-        else:
-            queries = [q.name.rstrip(".").lower() for q in msg.questions]
-            app.dns_queries = tuple(queries)
-            app.client_done = True
-            if len(ids) >= DNS_IDS_KEPT:
-                del ids[next(iter(ids))]
-            ids[ident] = tx_id
-            count = len(msg.questions)
-        for index in range(count):
-            build = PARTIAL(EVE_DNS_ONE, msg, tx_id, index)
-            events.append(_app_event(now, flow, to_server, build, tx_id))
-            event_counts = inspector.counters.events
-            event_counts[APP_DNS] += 1
+def read_message(
+    object inspector, object flow, object app, object msg, bint to_server, object state,
+    object now, list events,
+):
+    """AppInspector._dns_message compiled, called as that function is (the inspector first:
+    a reader that held its inspector, kept on it, would be a reference cycle): a query names
+    the packet's dns_queries and waits for its answer, an answer teaches passive DNS; each is
+    an event (one per question of a query), counted, with the same fields, the same tx_id and
+    the same lazily built body as the inspector's own."""
+    cdef dict ids = state.dns_ids
+    cdef object tx_id, ident = msg.id, names, event_counts, build
+    cdef bint answer = (msg.flags & 0x8000) != 0
+    cdef list queries
+    cdef Py_ssize_t index, count
+    tx_id = ids.pop(ident, None) if answer else None
+    if tx_id is None:
+        tx_id = state.dns_tx
+        state.dns_tx += 1
+    if answer:
+        names = inspector.names
+        if type(names) is PASSIVE_DNS and type(names).learn is PY_LEARN:
+            learn(names, msg, now)
+        elif names is not None:
+            names.learn(msg, now)
+        count = 1
+    else:
+        queries = [q.name.rstrip(".").lower() for q in msg.questions]
+        app.dns_queries = tuple(queries)
+        app.client_done = True
+        if len(ids) >= DNS_IDS_KEPT:
+            del ids[next(iter(ids))]
+        ids[ident] = tx_id
+        count = len(msg.questions)
+    for index in range(count):
+        build = PARTIAL(EVE_DNS_ONE, msg, tx_id, index)
+        events.append(_app_event(now, flow, to_server, build, tx_id))
+        event_counts = inspector.counters.events
+        event_counts[APP_DNS] += 1

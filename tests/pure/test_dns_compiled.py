@@ -353,11 +353,11 @@ def test_the_engine_with_the_compiled_path_parses_with_it() -> None:
     compiled_engine = Engine(policy, fast=True)
     assert compiled_engine.app.parse_dns_message is parse
     assert compiled_engine.app.parse_dns_stream is stream
-    assert type(compiled_engine.app.read_dns_message).__name__ == "DnsMessageReader"
+    assert compiled_engine.app.read_dns_message is fast.compiled_dns().read_message
     reference = Engine(policy, fast=False)
     assert reference.app.parse_dns_message is dns.parse_message
     assert reference.app.parse_dns_stream is dns.parse_tcp_stream
-    assert reference.app.read_dns_message == reference.app._dns_message
+    assert reference.app.read_dns_message is AppInspector._dns_message
 
 
 # ---- a parsed message's reading: events, passive DNS (AppInspector._dns_message) -----------
@@ -395,7 +395,7 @@ def read_both(
     sides = []
     for compiled_side in (False, True):
         inspector = AppInspector(names=PassiveDns(**(passive or {"max_entries": 8})))
-        reader = module.DnsMessageReader(inspector) if compiled_side else inspector._dns_message
+        reader = module.read_message if compiled_side else AppInspector._dns_message
         states = [_Udp() for _ in range(flows)]
         apps = [AppFields() for _ in range(flows)]
         sides.append((inspector, reader, states, apps, [_flow(i) for i in range(flows)]))
@@ -406,7 +406,16 @@ def read_both(
         seen = []
         for inspector, reader, states, apps, flow_list in sides:
             events: list[AppEvent] = []
-            reader(flow_list[which], apps[which], msg, to_server, states[which], now, events)
+            reader(
+                inspector,
+                flow_list[which],
+                apps[which],
+                msg,
+                to_server,
+                states[which],
+                now,
+                events,
+            )
             state, app, names = states[which], apps[which], inspector.names
             assert isinstance(names, PassiveDns)
             seen.append((
@@ -543,9 +552,7 @@ with warnings.catch_warnings(record=True) as caught:
     from ips.engine import Engine
     from ips.policy.resolve import load_policy_text
     engines = [Engine(load_policy_text("set default accept\\n", "t.rules")) for _ in range(2)]
-reader = engines[1].app.read_dns_message
-print(engines[0].app.parse_dns_message.__module__,
-      getattr(reader, "__qualname__", type(reader).__qualname__),
+print(engines[0].app.parse_dns_message.__module__, engines[1].app.read_dns_message.__qualname__,
       len([w for w in caught if "compiled DNS parser" in str(w.message)]))
 """
 
@@ -580,4 +587,4 @@ def test_the_loader_honours_ipsctl_pure_and_a_missing_build() -> None:
         assert _run(_HIDE_DNSPARSE + _WHICH_PARSER, IPSCTL_PURE="") == f"{python} 1"
         if fast.compiled_dns() is not None:
             got = _run(_WHICH_PARSER, IPSCTL_PURE="")
-            assert got == "ips.fast._dnsparse DnsMessageReader 0"
+            assert got == "ips.fast._dnsparse read_message 0"
