@@ -11,10 +11,10 @@ written as ips/core/addr.py `format_addr` writes them, and the same `Malformed` 
 pointer must point strictly before the label sequence it continues, a name's wire length
 is bounded by MAX_NAME, the message's records by MAX_RECORDS, and names already read are
 remembered by the offset they started at and reused when a pointer lands there, as the
-Python parser's per-message cache does. That cache decides more than speed: a name reused
-from it is not read again under the present bound (a record's data ends before the
-message does), so a message can parse or be malformed depending on it; the compiled walk
-keeps the same cache with the same keys, filled at the same moments.
+Python parser's per-message cache does. That cache could decide more than speed: a name
+reused from it is not read again under the present bound (a record's data ends before the
+message does), so the compiled walk keeps the same cache with the same keys, filled at the
+same moments, rather than rely on an argument that the answer never depends on it.
 
 What is not plain bytes from offset 0 on (a bytearray, a memoryview, a negative offset)
 is handed to the Python parser, which defines what happens then.
