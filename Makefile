@@ -8,9 +8,10 @@ STAMP  := $(VENV)/.ipsctl-installed
 
 setup: $(STAMP)
 
-# The compiled packet path (ips/fast/_fastpath.pyx) and NFQUEUE loop (ips/io/_nfqdrain.pyx) are built by the editable install: a change
+# The compiled packet path (ips/fast/_fastpath.pyx, _streamparse.pyx, _dnsparse.pyx) and NFQUEUE loop (ips/io/_nfqdrain.pyx) are built by the editable install: a change
 # to it (or to its build, setup.py) makes `make` install again, which rebuilds it.
-$(STAMP): pyproject.toml setup.py scripts/setup.sh ips/fast/_fastpath.pyx ips/fast/_streamparse.pyx ips/io/_nfqdrain.pyx
+$(STAMP): pyproject.toml setup.py scripts/setup.sh ips/fast/_fastpath.pyx ips/io/_nfqdrain.pyx \
+		ips/fast/_streamparse.pyx ips/fast/_dnsparse.pyx
 	bash scripts/setup.sh $(VENV)
 	touch $(STAMP)
 
@@ -42,5 +43,6 @@ bench-lab: setup
 	$(BIN)/python bench/lab.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info ips/fast/_fastpath.c ips/fast/_fastpath*.so ips/fast/_streamparse.c ips/fast/_streamparse*.so \
-		ips/io/_nfqdrain.c ips/io/_nfqdrain*.so
+	rm -rf $(VENV) build *.egg-info ips/fast/_fastpath.c ips/fast/_fastpath*.so \
+		ips/io/_nfqdrain.c ips/io/_nfqdrain*.so ips/fast/_streamparse.c ips/fast/_streamparse*.so \
+		ips/fast/_dnsparse.c ips/fast/_dnsparse*.so

@@ -369,6 +369,17 @@ class AppInspector:
         self.reassembler = Reassembler(limit=limit, memory_cap=memory_cap)
         self.names = names
         self.counters = counters if counters is not None else AppCounters()
+        # The DNS parsers: ips/app/dns.py's, the reference, unless the engine's compiled
+        # path gave its own (ips/fast/_dnsparse.pyx: the same answers, faster; ips/fast/
+        # __init__.py new_fast_path).
+        self.parse_dns_message: Callable[..., DnsMessage | Malformed] = parse_message
+        self.parse_dns_stream: Callable[[bytes], tuple[list[DnsMessage | Malformed], int]] = (
+            parse_tcp_stream
+        )
+        # What is done with a parsed message: `_dns_message`, or the compiled path's own
+        # (ips/fast/_dnsparse.pyx read_message: the same events, counts and state). A plain
+        # function called with the inspector, as a bound method kept here would be a cycle.
+        self.read_dns_message: Callable[..., None] = AppInspector._dns_message
 
     def configure(self, *, enabled: bool, limit: int, memory_cap: int) -> None:
         """New settings (a policy load). Flows in progress keep what they hold; a flow whose
@@ -664,12 +675,12 @@ class AppInspector:
     ) -> bool:
         index = 0 if to_server else 1
         offset = state.dns_offset[index]
-        messages, used = parse_tcp_stream(data[offset:])
+        messages, used = self.parse_dns_stream(data[offset:])
         state.dns_offset[index] = offset + used
         for msg in messages:
             if isinstance(msg, Malformed):
                 return self._malformed(msg.reason)
-            self._dns_message(flow, app, msg, to_server, state, now, events)
+            self.read_dns_message(self, flow, app, msg, to_server, state, now, events)
         if ended and offset + used < len(data):
             self.counters.incomplete[APP_DNS] += 1
         return ended
@@ -728,12 +739,12 @@ class AppInspector:
                 return None
         if proto == APP_DNS:
             app.dns_queries = ()
-            msg = parse_message(pkt.data, start)
+            msg = self.parse_dns_message(pkt.data, start)
             if isinstance(msg, Malformed):
                 self.counters.malformed[msg.reason] += 1
                 return None
             events: list[AppEvent] = []
-            self._dns_message(flow, app, msg, fwd, state, now, events)
+            self.read_dns_message(self, flow, app, msg, fwd, state, now, events)
             return events or None
         reader = state.quic
         if not fwd or reader is None:

@@ -7,6 +7,12 @@ Python path stays the reference and decides everything else. When the extension 
 pure Python alone: the same decisions, slower; a missing extension is said once, as a
 RuntimeWarning.
 
+`ips/fast/_dnsparse.pyx`, built alongside, is ips/app/dns.py's DNS message parser compiled
+(the same values and Malformed reasons; dns.py stays the reference): `new_fast_path` gives
+it to the engine's inspector, with `read_message`, the inspector's reading of a parsed
+message (its events, passive DNS) compiled, so an engine with the compiled path reads DNS in
+C and the reference engine (fast=False) in Python.
+
 The pure rule holds for what runs per packet (the extension reads bytes and the engine's
 state; no clock, no I/O); this loader alone reads the environment, once, at import.
 """
@@ -30,6 +36,7 @@ __all__ = [
     "STOP_RECORD",
     "STOP_TICK",
     "available",
+    "compiled_dns",
     "compiled_run_pcap",
     "new_fast_path",
     "run_pcap",
@@ -49,11 +56,19 @@ _module: Any = None
 _warned = False
 _import_error = ""
 
+_dns_module: Any = None
+_dns_warned = False
+_dns_import_error = ""
+
 if not FORCED_PURE:
     try:
         _module = importlib.import_module("ips.fast._fastpath")
     except ImportError as exc:  # not built: the pure-Python engine alone
         _import_error = str(exc)
+    try:
+        _dns_module = importlib.import_module("ips.fast._dnsparse")
+    except ImportError as exc:  # not built: ips/app/dns.py parses DNS
+        _dns_import_error = str(exc)
 
 
 def available() -> bool:
@@ -75,13 +90,40 @@ def _warn_missing() -> None:
     )
 
 
-def new_fast_path(engine: object, reoffload_after: float) -> FastPath | None:
-    """The fast path of `engine`, or None (pure Python: IPSCTL_PURE, or not built)."""
+def new_fast_path(engine: Any, reoffload_after: float) -> FastPath | None:
+    """The fast path of `engine`, or None (pure Python: IPSCTL_PURE, or not built). With it,
+    the engine's inspector parses and reads DNS messages in compiled code when that is built."""
     if _module is None:
         _warn_missing()
         return None
     fast: FastPath = _module.FastPath(engine, reoffload_after)
+    dns = compiled_dns()
+    if dns is not None:
+        app = engine.app
+        app.parse_dns_message = dns.parse_message
+        app.parse_dns_stream = dns.parse_tcp_stream
+        app.read_dns_message = dns.read_message
     return fast
+
+
+def compiled_dns() -> Any:
+    """The module ips/fast/_dnsparse.pyx: `parse_message` and `parse_tcp_stream` (what
+    ips/app/dns.py's functions of those names answer) and `read_message` (what
+    AppInspector._dns_message does); or None: IPSCTL_PURE, or not built (said once, as a
+    RuntimeWarning, when the rest of the compiled path is built)."""
+    global _dns_warned
+    if _dns_module is None:
+        if not (_dns_warned or FORCED_PURE or _module is None):
+            _dns_warned = True
+            warnings.warn(
+                "ipsctl: the compiled DNS parser (ips/fast/_dnsparse) is not built; DNS "
+                f"messages are parsed in Python, slower ({_dns_import_error}). Build it "
+                "with `pip install -e .`.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return None
+    return _dns_module
 
 
 def run_pcap(*args: Any) -> Any:
