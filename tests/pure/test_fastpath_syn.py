@@ -130,7 +130,7 @@ class SynPair(Pair):
             flows = [engine.flows._flows.get(key) for engine in (self.fast, self.slow)]
             views = [
                 None if f is None else full_flow(e, f)
-                for f, e in zip(flows, (self.fast, self.slow))
+                for f, e in zip(flows, (self.fast, self.slow), strict=True)
             ]
             assert views[0] == views[1], (self.packets, data.hex())
         if self.packets % self.every == 0:
