@@ -88,9 +88,16 @@ Counters are owed (`FastPath.owed`): counted in C fields and written to the engi
 by `_flush` before any call out of this module and before returning to its caller, so that
 no Python code reads one that lags.
 
-A SYN to a destination and port whose last SYN the rules here did not refuse goes to Python
-at once (syn_accepted: most likely a new connection, whose candidates would be looked up
-twice; a guess that only chooses the path).
+A SYN (no ACK, FIN or RST) of no flow that the rules or the default accept (`_syn_first`,
+called at _flowless's accepting return points) has its flow filed here, as the engine's path
+files it: FlowTable.open's counts and Flow, with parsing on the inspector's first look
+(passive DNS's name, the quiet state with the client's start), the probe it is and
+synflood's count, the forward cache, the rule's hits, FlowTable.settle (both keys, the timer
+slot, the unreplied queue); not with payload while parsing is on, nor when the table would
+make room, compact its queue or a probe plan needs Python. Where it does not run (or cannot
+file the flow), a SYN to a destination and port whose last SYN the rules here did not refuse
+goes to Python at once (syn_accepted: most likely a new connection, whose candidates would
+be looked up twice; a guess that only chooses the path).
 
 A responder's SYN+ACK answering the SYN of a flow the policy accepted (`_syn_ack`) is
 decided here when the detectors declared nothing to do with it (reverse_tcp_quiet), its
