@@ -490,3 +490,37 @@ def test_a_mapped_replay_files_accepted_syns_after_the_owed_refusals(
     assert got[3] == reference[3]
     need_fast_path()
     assert got[4] > 400, got[4]
+
+
+def test_a_refused_syn_where_the_last_was_accepted_stays_compiled() -> None:
+    """With accepted SYNs filed in compiled code, the guess that sent a SYN to a
+    destination and port whose last SYN was accepted to Python at once (syn_accepted, noted
+    when an accepted SYN could not be filed there: here one with payload, which the
+    inspector reads) is not consulted: later accepted and refused SYNs there are both
+    decided in compiled code."""
+    text = (
+        "set default drop\n"
+        "accept proto tcp from 10.10.1.1 to 10.10.2.1 port 443\n"
+        "detect portscan ports 15 within 60s alert\n"
+    )
+    pair = SynPair(text)
+    now = 100.0
+    decided: list[int] = []
+    syns = [
+        ("198.18.0.9", 40000, b""),
+        ("10.10.1.1", 41000, b""),
+        ("10.10.1.1", 41001, b"\x16\x03\x01"),  # accepted, with payload: Python
+        ("198.18.0.9", 40001, b""),
+        ("10.10.1.1", 41002, b""),
+        ("198.18.0.9", 40002, b""),
+    ]
+    for src, sport, payload in syns:
+        now += 0.01
+        before = pair.fast_packets
+        pair.handle(tcp(src, "10.10.2.1", sport, 443, SYN, payload), META, now)
+        decided.append(pair.fast_packets - before)
+    pair.finish(now + 3.0)
+    need_fast_path()
+    # (the first of each kind: its candidates made by Python)
+    assert decided == [0, 0, 0, 1, 1, 1]
+    assert pair.syn_flows == 1
