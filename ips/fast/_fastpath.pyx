@@ -2829,11 +2829,13 @@ cdef class FastPath:
         if slot is None:
             return None
         wheel = table["_wheel"]
-        cdef PyObject *bucket = PyDict_GetItem(wheel, slot)
-        if bucket is NULL:
+        cdef PyObject *found = PyDict_GetItem(wheel, slot)
+        # (held by a reference of its own: Python code may run before the flow is filed)
+        bucket = None if found is NULL else <object>found
+        if bucket is None:
             if not self.slots_in_c:
                 return None
-        elif type(<object>bucket) is not set:
+        elif type(bucket) is not set:
             return None
         unreplied = table["_unreplied"]
         if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
@@ -2891,13 +2893,11 @@ cdef class FastPath:
         flows = self.flows
         flows[key] = flow
         flows[(proto, dst, py_dport, src, py_sport)] = flow
-        if bucket is NULL:
-            found_set = set()
-            PyDict_SetItem(wheel, slot, found_set)
+        if bucket is None:
+            bucket = set()
+            PyDict_SetItem(wheel, slot, bucket)
             _heappush(table["_slots"], slot)
-        else:
-            found_set = <object>bucket
-        (<set>found_set).add(flow)
+        (<set>bucket).add(flow)
         _set(flow, F_SLOT, slot)
         unreplied.append(flow)
         self.owed_packets += 1
