@@ -88,9 +88,16 @@ Counters are owed (`FastPath.owed`): counted in C fields and written to the engi
 by `_flush` before any call out of this module and before returning to its caller, so that
 no Python code reads one that lags.
 
-A SYN to a destination and port whose last SYN the rules here did not refuse goes to Python
-at once (syn_accepted: most likely a new connection, whose candidates would be looked up
-twice; a guess that only chooses the path).
+A SYN (no ACK, FIN or RST) of no flow that the rules or the default accept (`_syn_first`,
+called at _flowless's accepting return points) has its flow filed here, as the engine's path
+files it: FlowTable.open's counts and Flow, with parsing on the inspector's first look
+(passive DNS's name, the quiet state with the client's start), the probe it is and
+synflood's count, the forward cache, the rule's hits, FlowTable.settle (both keys, the timer
+slot, the unreplied queue); not with payload while parsing is on, nor when the table would
+make room, compact its queue or a probe plan needs Python. Where it does not run (or cannot
+file the flow), a SYN to a destination and port whose last SYN the rules here did not refuse
+goes to Python at once (syn_accepted: most likely a new connection, whose candidates would
+be looked up twice; a guess that only chooses the path).
 
 A responder's SYN+ACK answering the SYN of a flow the policy accepted (`_syn_ack`) is
 decided here when the detectors declared nothing to do with it (reverse_tcp_quiet), its
@@ -1093,6 +1100,17 @@ cdef class FastPath:
     cdef bint cand_narrow            # every value _candidate_lookup read fits a long long
     cdef int cand_reads              # how far it read (READS_*)
     cdef long long cand_values[5]    # the values it read (CAND_SRC ... CAND_IFS)
+    # What an accepted SYN's flow needs (see _syn_first): whether it may be filed here at
+    # all, the flow table's timeout of state SYN_SENT, whether the default accepts (with a
+    # prebuilt Decision), and with application parsing on, the inspector's quiet state
+    # (AppInspector.tcp_quiet_state: None, such SYNs go to Python) and its slots' offsets.
+    cdef public bint syn_first_on
+    cdef object syn_sent_timeout
+    cdef bint default_accepts
+    cdef type syn_quiet_state
+    cdef Py_ssize_t quiet_client_base_at, quiet_server_base_at
+    cdef Py_ssize_t quiet_client_fin_at, quiet_server_fin_at
+    cdef public long long syn_flows  # accepted SYNs whose flow was filed here
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
@@ -1189,6 +1207,7 @@ cdef class FastPath:
         self.offload_on = bool(engine.policy.offload)
         self._refresh_flowless(engine)
         self._refresh_syn_ack(engine)
+        self._refresh_syn_first(engine)
         self.programs = {}
         self.last_rules = None
         self.last_progs = None
@@ -1968,7 +1987,9 @@ cdef class FastPath:
         # accepted too: a new connection, Python's. Looking its candidates up here first
         # would be done twice (a guess that only chooses the path: Python decides the
         # same, and a SYN it would refuse is decided there as before).
-        if proto == PROTO_TCP and flags & SYN_ACK_FIN_RST == TCP_SYN and self.syn_accepted:
+        if proto == PROTO_TCP and flags & SYN_ACK_FIN_RST == TCP_SYN and self.syn_accepted and (
+            not self.syn_first_on  # (accepted SYNs filed here: no guess needed, _syn_first)
+        ):
             if PyDict_GetItem(self.syn_accepted, (dst, py_dport)) is not NULL:
                 return None
         # ---- the detectors (Detectors.observe of a flow's first packet, forward)
@@ -2071,10 +2092,21 @@ cdef class FastPath:
         if matched is None:
             decision = self.default_drop
             if decision is None:
+                filed = self._syn_first(p, proto, total, payload_offset, sport, flags, src, dst,
+                                        py_sport, py_dport, key, key_hash, meta, meta_slots,
+                                        now_obj, now, None, probe_kind, answers, floods, app_look)
+                if filed is not None:
+                    return filed  # an accepted SYN's flow, filed here (_syn_first)
                 self._syn_not_refused(proto, flags, dst, py_dport)
                 return None  # a default that accepts (the flow is filed) or rejects
         else:
             if not matched.drops:
+                filed = self._syn_first(p, proto, total, payload_offset, sport, flags, src, dst,
+                                        py_sport, py_dport, key, key_hash, meta, meta_slots,
+                                        now_obj, now, matched, probe_kind, answers, floods,
+                                        app_look)
+                if filed is not None:
+                    return filed  # an accepted SYN's flow, filed here (_syn_first)
                 self._syn_not_refused(proto, flags, dst, py_dport)
                 return None  # accepted: the flow is filed (Python)
             decision = matched.decision
@@ -2684,13 +2716,13 @@ cdef class FastPath:
     cdef int _probe_file(self, const uint8_t *p, int proto, Py_ssize_t total,
                          Py_ssize_t payload_offset, int flags, object src, object sport,
                          object dst, object dport, object meta, bint meta_slots,
-                         object now_obj, object dst_name) except -1:
+                         object now_obj, object dst_name, object flow=None) except -1:
         """_probe_plan's plan carried out, as ScanDetector.probe does it in each scan, in
         order: the window opened (the old one out of `entries`, or the oldest evicted when
         full: `evicted`), a probe skipped counted, or a Probe filed (its window's counts, the
-        queue, the index) holding the flow FlowTable.open made (_refused_flow)."""
+        queue, the index) holding the flow FlowTable.open made (_refused_flow; or `flow`, an
+        accepted SYN's, filed: _syn_first)."""
         cdef ScanProg prog
-        flow = None
         answer = self.probe_answer
         for obj in (self.probe_portscan, self.probe_sweep):
             if obj is None:
@@ -3156,6 +3188,191 @@ cdef class FastPath:
                 if proto is None or not (app is None or app.client_done):
                     return 0
         return 1
+
+
+    # ---- an accepted SYN of no flow: its flow filed here -------------------------------------
+
+    cdef _refresh_syn_first(self, engine):
+        """What _syn_first reads, checked to be what it mirrors; syn_first_on False (every
+        accepted SYN of no flow goes to Python) when anything is not."""
+        self.syn_first_on = False
+        self.syn_sent_timeout = None
+        self.default_accepts = False
+        self.syn_quiet_state = None
+        if not self.flowless_on or self.table is None:
+            return  # what _flowless reads is not what it mirrors (_refresh_flowless)
+        table = self.table
+        timeouts = table["_tcp_timeouts"]
+        if len(timeouts) <= TCP_SYN_SENT or type(timeouts[TCP_SYN_SENT]) is not float:
+            return
+        if type(table.get("_flows")) is not dict or table["_flows"] is not self.flows:
+            return
+        mult = table.get("_id_mult")
+        seed = table.get("_id_seed")
+        if not _flow_ids_known(table) or not (0 <= mult < 2 ** 63) or not (
+            0 <= seed < 2 ** 63
+        ) or _FLOW_ID_MASK != 2 ** 53 - 1:
+            return
+        # (the same values _refresh_probes keeps, for _refused_flow's flow id)
+        self.id_mult = mult
+        self.id_seed = seed
+        if type(self.app) is not APP_INSPECTOR:
+            return  # (another inspector may start a flow otherwise)
+        self.default_accepts = self.default_fast and engine._default.verdict == ACCEPT
+        # With parsing on, a SYN's flow holds the inspector's quiet state (_start, _quiet):
+        # made here with its four slots set as its __init__ and _quiet set them.
+        quiet = getattr(engine.app, "tcp_quiet_state", None)
+        if type(quiet) is type and getattr(quiet, "__slots__", None) == (
+            "client_base", "client_fin", "server_base", "server_fin"
+        ) and quiet.__dictoffset__ == 0 and quiet.__base__ is object:
+            self.quiet_client_base_at = _offset(quiet, "client_base")
+            self.quiet_server_base_at = _offset(quiet, "server_base")
+            self.quiet_client_fin_at = _offset(quiet, "client_fin")
+            self.quiet_server_fin_at = _offset(quiet, "server_fin")
+            self.syn_quiet_state = quiet
+        self.syn_sent_timeout = timeouts[TCP_SYN_SENT]
+        self.syn_first_on = True
+
+    cdef object _syn_first(self, const uint8_t *p, int proto, Py_ssize_t total,
+                           Py_ssize_t payload_offset, int sport, int flags, object src,
+                           object dst, object py_sport, object py_dport, object key,
+                           Py_hash_t key_hash, object meta, bint meta_slots, object now_obj,
+                           double now, RuleProg matched, object probe_kind, bint answers,
+                           tuple floods, int app_look):
+        """The Decision of a SYN (no ACK, FIN or RST) of no flow that the rules _flowless
+        walked accept (`matched`, or the default when None), with its flow filed as the
+        engine's path files it; None: nothing changed (Python decides). _flowless checked
+        the blocks, the detectors' declaration for a first SYN (`answers`: it answers a
+        pending probe; `probe_kind`: a probe the scans may file; `floods`: synflood's
+        buckets, which have a token or room for a new key), the flow table (no unsettled
+        flow, not full) and found the candidates (flowless_entry). Done here, in the order
+        Python does it:
+
+          * FlowTable.open: the next id, `created` and `active` counted, the Flow made
+            (_refused_flow's, kept: no end_reason, filed) in state SYN_SENT;
+          * with parsing on (a SYN without payload), AppInspector.inspect's first look:
+            passive DNS's name of the responder (`_start`), the quiet state with the
+            client's start after the SYN's sequence number (`_quiet`);
+          * Detectors.observe (`_tcp`): the answer noted, the probe filed holding this flow
+            (_probe_plan, _probe_file: the due probes weighed first when that reports
+            nothing), synflood's buckets taken;
+          * the engine: the forward candidate cache and interfaces (_refused_flow), the
+            rule's hits and `limit` bucket, its Decision (not replied: no offload);
+          * FlowTable.settle: both keys in the table, the flow on the timer wheel under the
+            deadline of SYN_SENT (its slot made when missing), at the end of the unreplied
+            queue, which must not need compacting (Python compacts it);
+          * EngineStats.packets and verdicts (owed, as for every packet decided here).
+
+        Not here: a SYN with payload while parsing is on (the inspector reads it), a rule
+        or default that rejects, a Decision not prebuilt, a timer slot that cannot be made
+        here, a probe plan that needs Python (_probe_plan)."""
+        if not self.syn_first_on or proto != PROTO_TCP or flags & SYN_ACK_FIN_RST != TCP_SYN:
+            return None
+        if matched is None:
+            if not self.default_accepts:
+                return None  # a default that rejects (a reply is made): Python
+            decision = self.default_decision
+        else:
+            if not matched.accepts or matched.decision is None:
+                return None
+            decision = matched.decision
+        entry = self.flowless_entry
+        if type(entry) is not tuple or len(<tuple>entry) != 3:
+            return None
+        cdef bint app_on = self.app.enabled
+        if app_on and (
+            self.syn_quiet_state is None or app_look != APP_LOOK_NONE or payload_offset < total
+        ):
+            return None  # a SYN with payload: the inspector reads it (Python)
+        # ---- FlowTable.open and settle: nothing made room for, nothing compacted
+        cdef dict table = self.table
+        if table["_opened"] is not None:
+            return None
+        active = table["_active"]
+        if active >= table["max_flows"]:
+            return None  # open makes room first: expiry, eviction (Python)
+        slot = self._slot_of(now + <double>self.syn_sent_timeout)  # (settle's deadline)
+        if slot is None:
+            return None
+        wheel = table["_wheel"]
+        cdef PyObject *found = PyDict_GetItem(wheel, slot)
+        # (held by a reference of its own: Python code may run before the flow is filed)
+        bucket = None if found is NULL else <object>found
+        if bucket is None:
+            if not self.slots_in_c:
+                return None
+        elif type(bucket) is not set:
+            return None
+        unreplied = table["_unreplied"]
+        if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
+            return None  # settle compacts the queue (Python)
+        # ---- the detectors: the probe this SYN is (the due probes weighed first)
+        cdef int probe_plan = PLAN_NOTHING
+        if probe_kind is not None:
+            probe_plan = self._probe_plan(probe_kind, proto, src, py_sport, dst, py_dport,
+                                          now_obj, now)
+            if probe_plan == PLAN_PYTHON:
+                return None
+        # The floods' buckets last: nothing that may still send the packet to Python (and
+        # no Python code) runs between their reading and their update.
+        cdef BucketUpdate updates[MAX_FLOODS]
+        cdef int n_updates = 0
+        if floods is not None and len(floods) > 0:
+            n_updates = _floods_take(floods, src, dst, now, updates, True)
+            if n_updates < 0:
+                return None
+        # ---- decided. What is owed is written first: the flow's id follows those of the
+        # flows discarded before it, and its place in the unreplied queue their stand-ins.
+        self._flush()
+        flow = self._refused_flow(p, proto, total, payload_offset, flags, src, py_sport, dst,
+                                  py_dport, meta, meta_slots, now_obj, None)
+        _set(flow, F_END_REASON, None)
+        table["_next_id"] = table["_next_id"] + 1
+        table["_active"] = active + 1
+        table["_created"] = table["_created"] + 1
+        cdef Py_ssize_t l4
+        cdef uint32_t seq
+        if app_on:
+            # AppInspector._start (the responder's name) and _quiet (the client's start)
+            names = self.app.names
+            if names is not None and _name_of_does_something(names, dst):
+                _set(flow, F_DST_NAME, names.name_of(dst, now_obj))
+            state = PyType_GenericAlloc(self.syn_quiet_state, 0)
+            l4 = 20 if (p[0] >> 4) == 4 else 40
+            seq = ((<uint32_t>p[l4 + 4] << 24) | (<uint32_t>p[l4 + 5] << 16)
+                   | (<uint32_t>p[l4 + 6] << 8) | <uint32_t>p[l4 + 7])
+            _set(state, self.quiet_client_base_at, (<object>seq + 1) & 0xFFFFFFFF)
+            _set(state, self.quiet_server_base_at, -1)
+            _set(state, self.quiet_client_fin_at, False)
+            _set(state, self.quiet_server_fin_at, False)
+            _set(flow, F_APP_STATE, state)
+        if answers:
+            self._note_answer(key, key_hash, now_obj)
+        if probe_plan == PLAN_FILE:
+            self._probe_file(p, proto, total, payload_offset, flags, src, py_sport, dst,
+                             py_dport, meta, meta_slots, now_obj, _get(flow, F_DST_NAME), flow)
+        _floods_apply(updates, n_updates, now_obj)
+        if self.walk_bucket is not None:
+            (<list>self.walk_bucket)[0] = self.walk_tokens
+            (<list>self.walk_bucket)[1] = now_obj
+        # FlowTable.settle: its two keys, its timer slot, its place among the unreplied
+        flows = self.flows
+        flows[key] = flow
+        flows[(proto, dst, py_dport, src, py_sport)] = flow
+        if bucket is None:
+            bucket = set()
+            PyDict_SetItem(wheel, slot, bucket)
+            _heappush(table["_slots"], slot)
+        (<set>bucket).add(flow)
+        _set(flow, F_SLOT, slot)
+        unreplied.append(flow)
+        self.owed_packets += 1
+        self.owed = True
+        if matched is not None:
+            self._owe_hit(matched)
+        self._count_verdict(decision)
+        self.syn_flows += 1
+        return decision
 
 
 cdef object _limit_bucket(RuleProg prog, object src, object dst, object flow):
