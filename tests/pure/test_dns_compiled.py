@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from fresh_python import hiding, run_fresh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -556,35 +555,14 @@ print(engines[0].app.parse_dns_message.__module__, engines[1].app.read_dns_messa
       len([w for w in caught if "compiled DNS parser" in str(w.message)]))
 """
 
-_HIDE_DNSPARSE = """
-import sys
-class NoDnsParser:
-    def find_spec(self, name, path=None, target=None):
-        if name == "ips.fast._dnsparse":
-            raise ImportError("hidden by the test")
-        return None
-sys.meta_path.insert(0, NoDnsParser())
-"""
-
-
-def _run(code: str, **env: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
 
 def test_the_loader_honours_ipsctl_pure_and_a_missing_build() -> None:
     python = "ips.app.dns AppInspector._dns_message"
-    assert _run(_WHICH_PARSER, IPSCTL_PURE="1") == f"{python} 0"
+    assert run_fresh(_WHICH_PARSER, IPSCTL_PURE="1") == f"{python} 0"
     if fast.available():  # the compiled DNS parser comes with the compiled path
-        assert _run(_HIDE_DNSPARSE + _WHICH_PARSER, IPSCTL_PURE="") == f"{python} 1"
+        assert (
+            run_fresh(hiding("ips.fast._dnsparse") + _WHICH_PARSER, IPSCTL_PURE="") == f"{python} 1"
+        )
         if fast.compiled_dns() is not None:
-            got = _run(_WHICH_PARSER, IPSCTL_PURE="")
+            got = run_fresh(_WHICH_PARSER, IPSCTL_PURE="")
             assert got == "ips.fast._dnsparse read_message 0"

@@ -4,12 +4,7 @@ alone, silently; a missing extension makes the engine run in Python too, and say
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from fresh_python import hiding, run_fresh
 
 _ENGINES = """
 import warnings
@@ -28,33 +23,13 @@ print(ips.fast.available(), all(e._fast_path is None for e in engines), sorted(v
       len([w for w in caught if "compiled packet path" in str(w.message)]))
 """
 
-_MISSING = """
-import sys
-class NoExtension:
-    def find_spec(self, name, path=None, target=None):
-        if name == "ips.fast._fastpath":
-            raise ImportError("hidden by the test")
-        return None
-sys.meta_path.insert(0, NoExtension())
-"""
-
-
-def _run(code: str, **env: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
 
 def test_ipsctl_pure_runs_the_python_engine_alone_without_a_warning() -> None:
-    assert _run(_ENGINES, IPSCTL_PURE="1") == "False True ['accept'] 0"
+    assert run_fresh(_ENGINES, IPSCTL_PURE="1") == "False True ['accept'] 0"
 
 
 def test_a_missing_extension_runs_the_python_engine_and_says_so_once() -> None:
-    assert _run(_MISSING + _ENGINES, IPSCTL_PURE="") == "False True ['accept'] 1"
+    assert (
+        run_fresh(hiding("ips.fast._fastpath") + _ENGINES, IPSCTL_PURE="")
+        == "False True ['accept'] 1"
+    )

@@ -12,16 +12,14 @@ CI=true, where a missing build is a failure (unless IPSCTL_PURE=1 says that is m
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 from app_streams import tcp_connections
 from captures import PCAPS, pcap_names
+from fresh_python import hiding, run_fresh
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_app_tls import (
@@ -414,8 +412,6 @@ def test_generated_hellos(compiled: Any, draw: st.DataObject) -> None:
 
 # ---- the loader and the engine's wiring -----------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[2]
-
 _LOADER = """
 import sys, warnings
 {hide}
@@ -431,35 +427,16 @@ print(stream_parsers() is None, engines[0].app._parse_client_hello is tls.parse_
       len([w for w in caught if "compiled stream parsers" in str(w.message)]))
 """
 
-_HIDE = """
-class NoParsers:
-    def find_spec(self, name, path=None, target=None):
-        if name == "ips.fast._streamparse":
-            raise ImportError("hidden by the test")
-        return None
-sys.meta_path.insert(0, NoParsers())
-"""
-
-
-def _run(code: str, **env: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
 
 def test_ipsctl_pure_keeps_the_python_parsers_without_a_warning() -> None:
-    assert _run(_LOADER.format(hide=""), IPSCTL_PURE="1") == "True True 0"
+    assert run_fresh(_LOADER.format(hide=""), IPSCTL_PURE="1") == "True True 0"
 
 
 def test_a_missing_build_keeps_the_python_parsers_and_says_so_once() -> None:
-    assert _run(_LOADER.format(hide=_HIDE), IPSCTL_PURE="") == "True True 1"
+    assert (
+        run_fresh(_LOADER.format(hide=hiding("ips.fast._streamparse")), IPSCTL_PURE="")
+        == "True True 1"
+    )
 
 
 def test_the_engine_hands_them_to_its_inspector_with_its_compiled_path(compiled: Any) -> None:
