@@ -1105,6 +1105,11 @@ cdef class FastPath:
     # prebuilt Decision), and with application parsing on, the inspector's quiet state
     # (AppInspector.tcp_quiet_state: None, such SYNs go to Python) and its slots' offsets.
     cdef public bint syn_first_on
+    # Whether a refused first datagram detected as DNS is read without the Flow and the
+    # inspector's state (_inspect_refused_dns; False: _inspect_refused_first, for the tests
+    # that hold the two together)
+    cdef public bint refused_dns_on
+    cdef public long long refused_dns  # refused first DNS datagrams read so
     cdef object syn_sent_timeout
     cdef bint default_accepts
     cdef type syn_quiet_state
@@ -1120,6 +1125,8 @@ cdef class FastPath:
         # The engine itself is not kept: it holds this object, and a cycle would leave both
         # to the garbage collector (tests/pure/test_heap.py); what is kept are its parts.
         self.reoffload_after = reoffload_after
+        self.refused_dns_on = True
+        self.refused_dns = 0
         self.programs = {}
         self.fast_packets = 0
         self.flowless_packets = 0
@@ -2168,8 +2175,14 @@ cdef class FastPath:
         if app_on:
             if app_look == APP_LOOK_INSPECT or app_look == APP_LOOK_DNS:
                 self._flush()  # (the inspector asks passive DNS itself)
-                events = _inspect_refused_first(self.app, table, p, total, payload_offset,
-                                                proto, sport, dport, flags, src, dst, now_obj)
+                if app_look == APP_LOOK_DNS and self.refused_dns_on:
+                    self.refused_dns += 1
+                    events = _inspect_refused_dns(self.app, table, p, total, payload_offset,
+                                                  proto, sport, dport, src, dst, now_obj)
+                else:
+                    events = _inspect_refused_first(self.app, table, p, total,
+                                                    payload_offset, proto, sport, dport,
+                                                    flags, src, dst, now_obj)
                 if events is not None:
                     # Engine._finish's Decision for a refusal with effects (a DNS message's
                     # events): no data, no reply, the rule, or the default's reason
@@ -3958,6 +3971,66 @@ cdef object _inspect_refused_first(object app, dict table, const uint8_t *p, Py_
     if _get(flow, F_APP_STATE) is not None:
         app.release(flow, now_obj)  # (the flow's last_seen)
     return events
+
+
+from ips.app.detect import APP_DNS as _APP_DNS
+from ips.core.packet import Malformed as _Malformed
+
+cdef object APP_DNS = _APP_DNS
+cdef type MALFORMED = _Malformed
+
+
+cdef class _RefusedDatagram:
+    """What the inspector's DNS reader (`read_dns_message`: AppInspector._dns_message or
+    ips/fast/_dnsparse.pyx read_message) reads and writes of a refused flow's first
+    datagram, in place of the three objects `inspect` hands it (the Flow, its AppFields,
+    its _Udp state), all of which the refused flow's discard drops: the flow's fields the
+    events copy, as FlowTable.open and `_start`/`_udp` leave them (app_proto "dns", the
+    responder's name), the fresh state's tx ids, and the fields a query writes."""
+    cdef public object family, proto, src, sport, dst, dport, flow_id, app_proto, dst_name
+    cdef public dict dns_ids
+    cdef public object dns_tx, dns_queries, client_done
+
+
+cdef object _inspect_refused_dns(object app, dict table, const uint8_t *p, Py_ssize_t total,
+                                 Py_ssize_t payload_offset, int proto, int sport, int dport,
+                                 object src, object dst, object now_obj):
+    """`_inspect_refused_first` for a UDP datagram detected as DNS (APP_LOOK_DNS, an
+    AppInspector itself with Counter counters: `_app_first_look` checked), without the
+    Flow, the Packet and the inspector's state: `_start` asks passive DNS the responder's
+    name, `_udp` counts the protocol, parses the message with the inspector's parser (a
+    malformed one counted, no events) and reads it with its reader (events counted, an
+    answer taught to passive DNS); `release` of a _Udp state counts nothing. Returns the
+    events (a list) or None, as `inspect` does."""
+    cdef _RefusedDatagram flow = _RefusedDatagram.__new__(_RefusedDatagram)
+    flow.family = p[0] >> 4
+    flow.proto = proto
+    flow.src = src
+    flow.sport = sport
+    flow.dst = dst
+    flow.dport = dport
+    flow.flow_id = ((table["_next_id"] + 1) * table["_id_mult"] + table["_id_seed"]) & (
+        FLOW_ID_MASK
+    )
+    flow.dst_name = None
+    names = app.names
+    if names is not None:
+        flow.dst_name = names.name_of(dst, now_obj)
+    flow.app_proto = APP_DNS
+    counters = app.counters
+    _count_in(counters.protocols, APP_DNS)
+    flow.dns_queries = ()
+    msg = app.parse_dns_message(PyBytes_FromStringAndSize(<const char *>p, total),
+                                payload_offset)
+    if isinstance(msg, MALFORMED):
+        _count_in(counters.malformed, msg.reason)
+        return None
+    flow.dns_ids = {}
+    flow.dns_tx = 0
+    flow.client_done = False
+    events = []
+    app.read_dns_message(app, flow, flow, msg, True, flow, now_obj, events)
+    return events or None
 
 
 cdef bint _flow_ids_known(dict table):
