@@ -1110,6 +1110,7 @@ cdef class FastPath:
     # that hold the two together)
     cdef public bint refused_dns_on
     cdef public long long refused_dns  # refused first DNS datagrams read so
+    cdef public long long refused_hellos  # refused first ClientHellos read so
     cdef object syn_sent_timeout
     cdef bint default_accepts
     cdef type syn_quiet_state
@@ -1127,6 +1128,7 @@ cdef class FastPath:
         self.reoffload_after = reoffload_after
         self.refused_dns_on = True
         self.refused_dns = 0
+        self.refused_hellos = 0
         self.programs = {}
         self.fast_packets = 0
         self.flowless_packets = 0
@@ -2196,8 +2198,12 @@ cdef class FastPath:
                 if names is not None and _name_of_does_something(names, dst):
                     self._flush()
                     dst_name = names.name_of(dst, now_obj)
+                if app_look == APP_LOOK_TLS_HELLO:
+                    self._flush()  # (the inspector's parser is called)
+                    self.refused_hellos += 1
                 if app_look != APP_LOOK_NONE:
-                    _count_app_first_look(self.app, app_look, total - payload_offset)
+                    _count_app_first_look(self.app, app_look, p + payload_offset,
+                                          total - payload_offset)
         if answers:
             self._note_answer(key, key_hash, now_obj)
         if probe_plan == PLAN_FILE:
@@ -3809,6 +3815,9 @@ cdef enum:
     # a UDP datagram that is a DNS message: the inspector reads it (its events ride on the
     # packet's Decision, as Engine._decide puts them there)
     APP_LOOK_DNS = 8
+    # a TCP segment (no SYN, FIN or RST) that starts a TLS stream with a ClientHello record:
+    # the inspector's parser reads it (see _read_refused_hello)
+    APP_LOOK_TLS_HELLO = 9
 
 
 cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize_t n,
@@ -3856,7 +3865,12 @@ cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize
     if found == IPS_DET_UNKNOWN:
         return APP_LOOK_UNKNOWN
     if found == IPS_DET_TLS:
-        return _tls_first_look(payload, n)
+        found = _tls_first_look(payload, n)
+        if found == APP_LOOK_INSPECT and payload[5] == 1 and not flags & (
+            TCP_SYN | TCP_FIN | TCP_RST
+        ) and type(counters.events) is COUNTER:
+            return APP_LOOK_TLS_HELLO
+        return found
     if found == IPS_DET_HTTP:
         return _http_first_look(payload, n)
     if found == IPS_DET_SSH:
@@ -3913,11 +3927,14 @@ cdef inline int _count_in(object counter, object key) except -1:
     return 0
 
 
-cdef int _count_app_first_look(object app, int look, Py_ssize_t n) except -1:
+cdef int _count_app_first_look(object app, int look, const uint8_t *payload,
+                               Py_ssize_t n) except -1:
     """Count what `_app_first_look` said the inspector's first look leaves (the packet is
     decided): as `_detect_stream` counts a protocol, as the parser counts a malformed
     message, and as `release` counts a flow whose streams still held bytes."""
     counters = app.counters
+    if look == APP_LOOK_TLS_HELLO:
+        return _read_refused_hello(app, counters, payload, n)
     if look == APP_LOOK_UNKNOWN:
         _count_in(counters.protocols, APP_UNKNOWN)
         return 0
@@ -3936,6 +3953,28 @@ cdef int _count_app_first_look(object app, int look, Py_ssize_t n) except -1:
         return 0
     counters.released_flows += 1
     counters.released_bytes += n
+    return 0
+
+
+cdef int _read_refused_hello(object app, object counters, const uint8_t *payload,
+                             Py_ssize_t n) except -1:
+    """What the inspector leaves of a refused flow's first segment that starts a TLS
+    stream with a ClientHello record (APP_LOOK_TLS_HELLO: placed whole in order, no SYN,
+    FIN or RST; the server's side empty): `_detect_stream` counts the protocol, `_tls_side`
+    reads the client's bytes with the inspector's parser (a malformed hello counted; a hello
+    still arriving counts nothing while its side has not ended), `release` counts the bytes
+    the streams held, and `_finish_tcp` makes (and counts) the tls event a parsed hello is
+    owed, which `_discard` drops. The hello's fields and fingerprints are the flow's, and
+    computed only when read: nothing else stays."""
+    _count_in(counters.protocols, APP_TLS)
+    hello = app._parse_client_hello(PyBytes_FromStringAndSize(<const char *>payload, n))
+    cdef bint owed = type(hello) is CLIENT_HELLO
+    if type(hello) is MALFORMED:
+        _count_in(counters.malformed, hello.reason)
+    counters.released_flows += 1
+    counters.released_bytes += n
+    if owed:
+        _count_in(counters.events, APP_TLS)
     return 0
 
 
@@ -3975,9 +4014,11 @@ cdef object _inspect_refused_first(object app, dict table, const uint8_t *p, Py_
 
 from ips.app.detect import APP_DNS as _APP_DNS
 from ips.core.packet import Malformed as _Malformed
+from ips.app.tls import ClientHello as _ClientHello
 
 cdef object APP_DNS = _APP_DNS
 cdef type MALFORMED = _Malformed
+cdef type CLIENT_HELLO = _ClientHello
 
 
 cdef class _RefusedDatagram:

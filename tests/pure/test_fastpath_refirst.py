@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from ips.core.build import build_packet
-from ips.core.packet import PROTO_UDP
+from ips.core.packet import PROTO_TCP, PROTO_UDP
 from ips.engine import Engine, Meta
 from tests.pure.test_app_parsers import dns_query, dns_response, qname
+from tests.pure.test_app_tls import chrome_like_extensions, client_hello_message, records
 from tests.pure.test_fastpath_differential import (
     GATEWAY,
     META,
@@ -56,6 +57,12 @@ class BodyPair(Pair):
         elif now >= self.next_tick:
             self.tick(now)
             self.next_tick = now + 1.0
+
+    @property
+    def refused_hellos(self) -> int:
+        """Refused first TLS ClientHello segments read in compiled code."""
+        path = self.fast._fast_path
+        return path.refused_hellos if path is not None else 0
 
     @property
     def refused_dns(self) -> int:
@@ -194,3 +201,61 @@ def test_the_compiled_reading_can_be_turned_off() -> None:
     decision = engine.handle(query, META, 1.0)
     assert engine._fast_path.refused_dns == 0
     assert len(decision.effects) == 1
+
+
+ACK, PSH_ACK, FIN_ACK, SYN, RST = 0x10, 0x18, 0x11, 0x02, 0x04
+
+
+def _hello_payload(rng: random.Random) -> bytes:
+    """A ClientHello's records: whole (one record or several), truncated (still arriving),
+    bit-flipped (malformed or not), without extensions, or a ServerHello-looking record."""
+    message = client_hello_message(
+        None if rng.random() < 0.1 else chrome_like_extensions(f"s{rng.randrange(5)}.example.com")
+    )
+    data = records(message, size=rng.choice([1 << 14, 1 << 14, 100, 37]))
+    roll = rng.random()
+    if roll < 0.2:
+        return data[: rng.randrange(6, len(data))]
+    if roll < 0.45:
+        flipped = bytearray(data)
+        at = rng.randrange(6, len(flipped))
+        flipped[at] ^= 1 << rng.randrange(8)
+        return bytes(flipped)
+    return data
+
+
+def tls_traffic(seed: int, count: int = 400) -> list[tuple[float, bytes]]:
+    """Refused first TCP segments carrying a ClientHello (whole, cut, malformed), now and then
+    with FIN, RST or SYN (the inspector's own), to refused ports, IPv4 and IPv6."""
+    rng = random.Random(seed)
+    out: list[tuple[float, bytes]] = []
+    now = 100.0
+    for _ in range(count):
+        now += rng.expovariate(100)
+        six = rng.random() < 0.2
+        host = rng.choice(_HOSTS6 if six else _HOSTS4)
+        server = rng.choice(_SERVERS6 if six else _SERVERS4)
+        flags = rng.choice([PSH_ACK] * 8 + [ACK, FIN_ACK, RST, SYN])
+        packet = build_packet(
+            PROTO_TCP, host, server, 30000 + rng.randrange(40), rng.choice([443, 8443]),
+            flags=flags, payload=_hello_payload(rng), seq=rng.randrange(1 << 32),
+        )  # fmt: skip
+        out.append((now, packet))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_refused_client_hellos_decide_the_same(seed: int) -> None:
+    """Refused first segments that start a TLS stream with a ClientHello (parsed, cut,
+    malformed) leave what the Python engine leaves: decisions, app counters (the protocol,
+    the malformed reasons, the bytes released, the tls event owed and dropped), passive
+    DNS, the flow table and the reassembler."""
+    pair = BodyPair(_REFUSING)
+    now = 0.0
+    for now, data in tls_traffic(seed):
+        pair.handle(data, META, now)
+    pair.finish(now + 1.0)
+    need_fast_path()
+    assert pair.refused_hellos > 200, pair.refused_hellos
+    app = pair.fast.stats.app
+    assert app.events["tls"] > 50 and sum(app.malformed.values()) > 5, app
