@@ -1111,6 +1111,7 @@ cdef class FastPath:
     cdef public bint refused_dns_on
     cdef public long long refused_dns  # refused first DNS datagrams read so
     cdef public long long refused_hellos  # refused first ClientHellos read so
+    cdef public long long refused_requests  # refused first HTTP segments read so
     cdef object syn_sent_timeout
     cdef bint default_accepts
     cdef type syn_quiet_state
@@ -1129,6 +1130,7 @@ cdef class FastPath:
         self.refused_dns_on = True
         self.refused_dns = 0
         self.refused_hellos = 0
+        self.refused_requests = 0
         self.programs = {}
         self.fast_packets = 0
         self.flowless_packets = 0
@@ -2201,6 +2203,9 @@ cdef class FastPath:
                 if app_look == APP_LOOK_TLS_HELLO:
                     self._flush()  # (the inspector's parser is called)
                     self.refused_hellos += 1
+                elif app_look == APP_LOOK_HTTP_REQUESTS:
+                    self._flush()  # (the inspector's parser is called)
+                    self.refused_requests += 1
                 if app_look != APP_LOOK_NONE:
                     _count_app_first_look(self.app, app_look, p + payload_offset,
                                           total - payload_offset)
@@ -3818,6 +3823,9 @@ cdef enum:
     # a TCP segment (no SYN, FIN or RST) that starts a TLS stream with a ClientHello record:
     # the inspector's parser reads it (see _read_refused_hello)
     APP_LOOK_TLS_HELLO = 9
+    # a TCP segment (no SYN, FIN or RST) that starts an HTTP stream read as requests by the
+    # inspector's parser (see _read_refused_requests)
+    APP_LOOK_HTTP_REQUESTS = 10
 
 
 cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize_t n,
@@ -3872,7 +3880,12 @@ cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize
             return APP_LOOK_TLS_HELLO
         return found
     if found == IPS_DET_HTTP:
-        return _http_first_look(payload, n)
+        found = _http_first_look(payload, n)
+        if found == APP_LOOK_INSPECT and not flags & (TCP_SYN | TCP_FIN | TCP_RST) and (
+            type(counters.events) is COUNTER
+        ):
+            return APP_LOOK_HTTP_REQUESTS
+        return found
     if found == IPS_DET_SSH:
         return APP_LOOK_INSPECT
     return APP_LOOK_PYTHON  # DNS: each message read is an event (on the packet's Decision)
@@ -3935,6 +3948,8 @@ cdef int _count_app_first_look(object app, int look, const uint8_t *payload,
     counters = app.counters
     if look == APP_LOOK_TLS_HELLO:
         return _read_refused_hello(app, counters, payload, n)
+    if look == APP_LOOK_HTTP_REQUESTS:
+        return _read_refused_requests(app, counters, payload, n)
     if look == APP_LOOK_UNKNOWN:
         _count_in(counters.protocols, APP_UNKNOWN)
         return 0
@@ -3975,6 +3990,32 @@ cdef int _read_refused_hello(object app, object counters, const uint8_t *payload
     counters.released_bytes += n
     if owed:
         _count_in(counters.events, APP_TLS)
+    return 0
+
+
+cdef int _read_refused_requests(object app, object counters, const uint8_t *payload,
+                                Py_ssize_t n) except -1:
+    """What the inspector leaves of a refused flow's first segment that starts an HTTP
+    stream (APP_LOOK_HTTP_REQUESTS: placed whole in order, no SYN, FIN or RST; the server's
+    side empty): `_detect_stream` counts the protocol, `_http_side` reads the client's
+    bytes as requests with the inspector's parser from the start (a malformed stream
+    counted), `_http_pairs` makes no event while the server's side is open, `release`
+    counts the bytes the streams held and `_finish_tcp`'s final `_http_pairs` makes (and
+    counts) one http event per request read, which `_discard` drops. The requests' fields
+    are the flow's: nothing else stays."""
+    _count_in(counters.protocols, APP_HTTP)
+    cdef list requests = []
+    got = app._requests_from(PyBytes_FromStringAndSize(<const char *>payload, n), 0,
+                             requests)
+    why = got.why
+    if type(why) is MALFORMED:
+        _count_in(counters.malformed, why.reason)
+    counters.released_flows += 1
+    counters.released_bytes += n
+    cdef Py_ssize_t i
+    event_counts = counters.events
+    for i in range(len(requests)):
+        _count_in(event_counts, APP_HTTP)
     return 0
 
 

@@ -259,3 +259,61 @@ def test_refused_client_hellos_decide_the_same(seed: int) -> None:
     assert pair.refused_hellos > 200, pair.refused_hellos
     app = pair.fast.stats.app
     assert app.events["tls"] > 50 and sum(app.malformed.values()) > 5, app
+
+
+_REQUESTS = [
+    b"GET / HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t/1\r\n\r\n",
+    b"GET /a HTTP/1.1\r\nHost: [2001:db8::1]:8080\r\n\r\nGET /b HTTP/1.1\r\nHost: x:80\r\n\r\n",
+    b"POST /form HTTP/1.1\r\nHost: example.org\r\nContent-Length: 5\r\n\r\nabcde",
+    b"POST /form HTTP/1.1\r\nHost: example.org\r\nContent-Length: 50\r\n\r\nabc",
+    b"HEAD /x HTTP/1.0\n\n",
+    b"GET /unfinished HTTP/1.1\r\nHost: exa",
+    b"GET  HTTP/1.1\r\n\r\n",
+    b"PUT /p HTTP/9\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nBad header line\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n\r\n",
+]
+
+
+def http_traffic(seed: int, count: int = 400) -> list[tuple[float, bytes]]:
+    """Refused first TCP segments that start an HTTP stream: requests (one or several,
+    bodies whole or cut, headers cut), malformed request lines and headers, a response
+    (read as requests), bit-flipped, now and then with FIN, RST or SYN."""
+    rng = random.Random(seed)
+    out: list[tuple[float, bytes]] = []
+    now = 100.0
+    for _ in range(count):
+        now += rng.expovariate(100)
+        six = rng.random() < 0.2
+        host = rng.choice(_HOSTS6 if six else _HOSTS4)
+        server = rng.choice(_SERVERS6 if six else _SERVERS4)
+        payload = rng.choice(_REQUESTS)
+        if rng.random() < 0.3:
+            flipped = bytearray(payload)
+            at = rng.randrange(4, len(flipped))
+            flipped[at] ^= 1 << rng.randrange(8)
+            payload = bytes(flipped)
+        flags = rng.choice([PSH_ACK] * 8 + [ACK, FIN_ACK, RST, SYN])
+        packet = build_packet(
+            PROTO_TCP, host, server, 30000 + rng.randrange(40), rng.choice([8080, 81]),
+            flags=flags, payload=payload, seq=rng.randrange(1 << 32),
+        )  # fmt: skip
+        out.append((now, packet))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_refused_http_requests_decide_the_same(seed: int) -> None:
+    """Refused first segments that start an HTTP stream leave what the Python engine
+    leaves: decisions, app counters (the protocol, malformed reasons, the bytes released,
+    the http events owed and dropped), passive DNS, the flow table and the reassembler."""
+    pair = BodyPair(_REFUSING)
+    now = 0.0
+    for now, data in http_traffic(seed):
+        pair.handle(data, META, now)
+    pair.finish(now + 1.0)
+    need_fast_path()
+    path = pair.fast._fast_path
+    assert path is not None and path.refused_requests > 200, path.refused_requests
+    app = pair.fast.stats.app
+    assert app.events["http"] > 100 and sum(app.malformed.values()) > 20, app
