@@ -1110,6 +1110,10 @@ cdef class FastPath:
     # that hold the two together)
     cdef public bint refused_dns_on
     cdef public long long refused_dns  # refused first DNS datagrams read so
+    # What the inspector left on a refused UDP flow that a new scan probe keeps (set only
+    # around that probe's filing: _refused_flow reads them; None otherwise)
+    cdef object refused_app
+    cdef object refused_app_proto
     cdef public long long refused_hellos  # refused first ClientHellos read so
     cdef public long long refused_requests  # refused first HTTP segments read so
     cdef object syn_sent_timeout
@@ -2157,8 +2161,8 @@ cdef class FastPath:
             table
         ):
             return None  # (the inspector's flow is made with the table's next id)
-        if probe_plan == PLAN_FILE and app_on and (
-            proto != PROTO_TCP or app_look != APP_LOOK_NONE
+        if probe_plan == PLAN_FILE and app_on and not _probe_flow_known(
+            proto, app_look, self.refused_dns_on
         ):
             # A new probe's flow is the inspector's flow in Python: the one it reads (its
             # UDP state, a TCP stream's fields) is the one the probe keeps. _refused_flow
@@ -2176,13 +2180,17 @@ cdef class FastPath:
         # leaves), the detectors (the answer it gives to a pending probe, as `_tcp` notes
         # it; the last Python code run here)
         dst_name = None  # (the flow's, which a new probe keeps: _refused_flow)
+        datagram = None  # (a DNS datagram's reading: _inspect_refused_dns)
         if app_on:
             if app_look == APP_LOOK_INSPECT or app_look == APP_LOOK_DNS:
                 self._flush()  # (the inspector asks passive DNS itself)
                 if app_look == APP_LOOK_DNS and self.refused_dns_on:
                     self.refused_dns += 1
+                    datagram = _RefusedDatagram.__new__(_RefusedDatagram)
                     events = _inspect_refused_dns(self.app, table, p, total, payload_offset,
-                                                  proto, sport, dport, src, dst, now_obj)
+                                                  proto, sport, dport, src, dst, now_obj,
+                                                  datagram)
+                    dst_name = datagram.dst_name
                 else:
                     events = _inspect_refused_first(self.app, table, p, total,
                                                     payload_offset, proto, sport, dport,
@@ -2212,9 +2220,19 @@ cdef class FastPath:
         if answers:
             self._note_answer(key, key_hash, now_obj)
         if probe_plan == PLAN_FILE:
+            if app_on and proto == PROTO_UDP:
+                # What the inspector left on the UDP flow a probe keeps (_refused_flow)
+                self.refused_app = _released_udp_fields(app_look, datagram)
+                self.refused_app_proto = (
+                    APP_DNS if app_look == APP_LOOK_DNS else
+                    APP_UNKNOWN if app_look == APP_LOOK_UNKNOWN else None
+                )
             # (before this packet's flow is owed: its id is the next one)
-            self._probe_file(p, proto, total, payload_offset, flags, src, py_sport, dst,
-                             py_dport, meta, meta_slots, now_obj, dst_name)
+            try:
+                self._probe_file(p, proto, total, payload_offset, flags, src, py_sport, dst,
+                                 py_dport, meta, meta_slots, now_obj, dst_name)
+            finally:
+                self.refused_app = self.refused_app_proto = None
         _floods_apply(updates, n_updates, now_obj)
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
@@ -2886,8 +2904,8 @@ cdef class FastPath:
         _set(flow, F_TTL, p[8] if v4 else p[7])
         _set(flow, F_MAC, mac)
         _set(flow, F_ICMP, -1)
-        _set(flow, F_APP_PROTO, None)
-        _set(flow, F_APP, None)
+        _set(flow, F_APP_PROTO, self.refused_app_proto)
+        _set(flow, F_APP, self.refused_app)
         _set(flow, F_APP_STATE, None)
         _set(flow, F_DST_NAME, dst_name)
         _set(flow, F_IIF, iif)
@@ -4076,15 +4094,16 @@ cdef class _RefusedDatagram:
 
 cdef object _inspect_refused_dns(object app, dict table, const uint8_t *p, Py_ssize_t total,
                                  Py_ssize_t payload_offset, int proto, int sport, int dport,
-                                 object src, object dst, object now_obj):
+                                 object src, object dst, object now_obj,
+                                 _RefusedDatagram flow):
     """`_inspect_refused_first` for a UDP datagram detected as DNS (APP_LOOK_DNS, an
     AppInspector itself with Counter counters: `_app_first_look` checked), without the
     Flow, the Packet and the inspector's state: `_start` asks passive DNS the responder's
     name, `_udp` counts the protocol, parses the message with the inspector's parser (a
     malformed one counted, no events) and reads it with its reader (events counted, an
     answer taught to passive DNS); `release` of a _Udp state counts nothing. Returns the
-    events (a list) or None, as `inspect` does."""
-    cdef _RefusedDatagram flow = _RefusedDatagram.__new__(_RefusedDatagram)
+    events (a list) or None, as `inspect` does; `flow` (new) is left holding what a scan's
+    probe keeps of the flow (its responder's name, a query's names)."""
     flow.family = p[0] >> 4
     flow.proto = proto
     flow.src = src
@@ -4113,6 +4132,38 @@ cdef object _inspect_refused_dns(object app, dict table, const uint8_t *p, Py_ss
     events = []
     app.read_dns_message(app, flow, flow, msg, True, flow, now_obj, events)
     return events or None
+
+
+from ips.core.app_fields import AppFields as _AppFields
+
+cdef type APP_FIELDS = _AppFields
+
+
+cdef bint _probe_flow_known(int proto, int app_look, bint refused_dns_on):
+    """Whether the flow a new scan probe keeps, as the inspector leaves it once the packet
+    is refused (released), is made here (_refused_flow): a TCP segment without payload (its
+    quiet state gone with it), or a UDP datagram without payload, not DNS nor QUIC
+    ("unknown"), or DNS read here (_inspect_refused_dns): their fields are
+    _released_udp_fields'. Else the flow the inspector read is Python's."""
+    if proto == PROTO_TCP:
+        return app_look == APP_LOOK_NONE
+    if proto != PROTO_UDP:
+        return False
+    return app_look == APP_LOOK_NONE or app_look == APP_LOOK_UNKNOWN or (
+        app_look == APP_LOOK_DNS and refused_dns_on
+    )
+
+
+cdef object _released_udp_fields(int app_look, object datagram):
+    """The AppFields a refused UDP flow keeps (in a scan's probe): made by `_start`, the
+    names of a DNS query read (`_dns_message`; none for an answer or a malformed message),
+    and both sides done (`_close`, by `_udp` for an unknown protocol, by `release`)."""
+    fields = APP_FIELDS()
+    if app_look == APP_LOOK_DNS:
+        fields.dns_queries = (<_RefusedDatagram>datagram).dns_queries
+    fields.client_done = True
+    fields.server_done = True
+    return fields
 
 
 cdef bint _flow_ids_known(dict table):

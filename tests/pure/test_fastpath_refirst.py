@@ -317,3 +317,63 @@ def test_refused_http_requests_decide_the_same(seed: int) -> None:
     assert path is not None and path.refused_requests > 200, path.refused_requests
     app = pair.fast.stats.app
     assert app.events["http"] > 100 and sum(app.malformed.values()) > 20, app
+
+
+_SCANNED = """\
+set app-layer on
+set default drop
+detect portscan ports 15 within 60s alert
+detect sweep hosts 10 within 60s alert
+"""
+
+
+def udp_probe_traffic(seed: int, count: int = 900) -> list[tuple[float, bytes]]:
+    """Refused first UDP datagrams to many ports and hosts (the scans file each as a probe,
+    holding its flow): DNS queries and answers (some malformed), datagrams that are not
+    DNS, empty ones; now and then the scanned host answers (a probe's answer)."""
+    rng = random.Random(seed)
+    out: list[tuple[float, bytes]] = []
+    now = 100.0
+    for i in range(count):
+        now += rng.expovariate(200)
+        scanner = rng.choice(_HOSTS4)
+        target = f"10.20.{rng.randrange(3, 6)}.{rng.randrange(1, 30)}"
+        sport, dport = 20000 + rng.randrange(30), rng.randrange(1, 2000)
+        roll = rng.random()
+        if roll < 0.35:
+            payload = dns_query(f"p{rng.randrange(20)}.example.com", ident=i & 0xFFFF)
+        elif roll < 0.45:
+            payload = _mutated(rng, dns_response())
+        elif roll < 0.55:
+            payload = _answer(i & 0xFFFF, "srv.example.net", bytes((10, 20, 3, 7)), 300)
+        elif roll < 0.85:
+            payload = b"probe" * rng.randrange(1, 4)
+        else:
+            payload = b""
+        out.append((now, build_packet(PROTO_UDP, scanner, target, sport, dport, payload=payload)))
+        if rng.random() < 0.05:
+            answer = build_packet(PROTO_UDP, target, scanner, dport, sport, payload=b"r")
+            out.append((now + 1e-4, answer))
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_udp_probes_keep_the_flow_the_inspector_left(seed: int) -> None:
+    """A refused first UDP datagram that a scan files as a probe (DNS read here, not DNS,
+    empty) is filed in compiled code with the flow the Python inspector leaves (its
+    application fields, protocol and responder's name): every probe's flow compared in
+    full, with the decisions, events and the whole state."""
+    from tests.pure.test_fastpath_syn import SynPair, full_state
+
+    pair = SynPair(_SCANNED, every=25)
+    now = 0.0
+    for now, data in udp_probe_traffic(seed):
+        pair.handle(data, META, now)
+    pair.check_state()
+    pair.finish(now + 1.0)
+    need_fast_path()
+    path = pair.fast._fast_path
+    assert path is not None and path.refused_dns > 100, path.refused_dns
+    probes = full_state(pair.fast)
+    assert "dns" in repr(probes) and "unknown" in repr(probes)
+    assert path.probes_filed > 300, path.probes_filed
