@@ -21,6 +21,10 @@ class FastPath:
     quiet_in_c: int  # due probes weighed ahead by the compiled resolve_quietly
     syn_flows: int  # accepted SYNs whose flow was filed in compiled code (_syn_first)
     syn_first_on: bool
+    refused_dns_on: bool  # refused first DNS datagrams read without a Flow
+    refused_dns: int  # how many were
+    refused_hellos: int  # refused first TLS ClientHello segments read without a Flow
+    refused_requests: int  # refused first HTTP segments read without a Flow
     def __init__(self, engine: Any, reoffload_after: float) -> None: ...
     def refresh(self, engine: Any) -> None: ...
     def handle(self, data: bytes, meta: Any, now: float) -> Decision[Any] | Packet | None: ...

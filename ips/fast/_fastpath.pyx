@@ -1105,6 +1105,17 @@ cdef class FastPath:
     # prebuilt Decision), and with application parsing on, the inspector's quiet state
     # (AppInspector.tcp_quiet_state: None, such SYNs go to Python) and its slots' offsets.
     cdef public bint syn_first_on
+    # Whether a refused first datagram detected as DNS is read without the Flow and the
+    # inspector's state (_inspect_refused_dns; False: _inspect_refused_first, for the tests
+    # that hold the two together)
+    cdef public bint refused_dns_on
+    cdef public long long refused_dns  # refused first DNS datagrams read so
+    # What the inspector left on a refused UDP flow that a new scan probe keeps (set only
+    # around that probe's filing: _refused_flow reads them; None otherwise)
+    cdef object refused_app
+    cdef object refused_app_proto
+    cdef public long long refused_hellos  # refused first ClientHellos read so
+    cdef public long long refused_requests  # refused first HTTP segments read so
     cdef object syn_sent_timeout
     cdef bint default_accepts
     cdef type syn_quiet_state
@@ -1120,6 +1131,10 @@ cdef class FastPath:
         # The engine itself is not kept: it holds this object, and a cycle would leave both
         # to the garbage collector (tests/pure/test_heap.py); what is kept are its parts.
         self.reoffload_after = reoffload_after
+        self.refused_dns_on = True
+        self.refused_dns = 0
+        self.refused_hellos = 0
+        self.refused_requests = 0
         self.programs = {}
         self.fast_packets = 0
         self.flowless_packets = 0
@@ -2146,8 +2161,8 @@ cdef class FastPath:
             table
         ):
             return None  # (the inspector's flow is made with the table's next id)
-        if probe_plan == PLAN_FILE and app_on and (
-            proto != PROTO_TCP or app_look != APP_LOOK_NONE
+        if probe_plan == PLAN_FILE and app_on and not _probe_flow_known(
+            proto, app_look, self.refused_dns_on
         ):
             # A new probe's flow is the inspector's flow in Python: the one it reads (its
             # UDP state, a TCP stream's fields) is the one the probe keeps. _refused_flow
@@ -2165,11 +2180,21 @@ cdef class FastPath:
         # leaves), the detectors (the answer it gives to a pending probe, as `_tcp` notes
         # it; the last Python code run here)
         dst_name = None  # (the flow's, which a new probe keeps: _refused_flow)
+        datagram = None  # (a DNS datagram's reading: _inspect_refused_dns)
         if app_on:
             if app_look == APP_LOOK_INSPECT or app_look == APP_LOOK_DNS:
                 self._flush()  # (the inspector asks passive DNS itself)
-                events = _inspect_refused_first(self.app, table, p, total, payload_offset,
-                                                proto, sport, dport, flags, src, dst, now_obj)
+                if app_look == APP_LOOK_DNS and self.refused_dns_on:
+                    self.refused_dns += 1
+                    datagram = _RefusedDatagram.__new__(_RefusedDatagram)
+                    events = _inspect_refused_dns(self.app, table, p, total, payload_offset,
+                                                  proto, sport, dport, src, dst, now_obj,
+                                                  datagram)
+                    dst_name = datagram.dst_name
+                else:
+                    events = _inspect_refused_first(self.app, table, p, total,
+                                                    payload_offset, proto, sport, dport,
+                                                    flags, src, dst, now_obj)
                 if events is not None:
                     # Engine._finish's Decision for a refusal with effects (a DNS message's
                     # events): no data, no reply, the rule, or the default's reason
@@ -2183,14 +2208,31 @@ cdef class FastPath:
                 if names is not None and _name_of_does_something(names, dst):
                     self._flush()
                     dst_name = names.name_of(dst, now_obj)
+                if app_look == APP_LOOK_TLS_HELLO:
+                    self._flush()  # (the inspector's parser is called)
+                    self.refused_hellos += 1
+                elif app_look == APP_LOOK_HTTP_REQUESTS:
+                    self._flush()  # (the inspector's parser is called)
+                    self.refused_requests += 1
                 if app_look != APP_LOOK_NONE:
-                    _count_app_first_look(self.app, app_look, total - payload_offset)
+                    _count_app_first_look(self.app, app_look, p + payload_offset,
+                                          total - payload_offset)
         if answers:
             self._note_answer(key, key_hash, now_obj)
         if probe_plan == PLAN_FILE:
+            if app_on and proto == PROTO_UDP:
+                # What the inspector left on the UDP flow a probe keeps (_refused_flow)
+                self.refused_app = _released_udp_fields(app_look, datagram)
+                self.refused_app_proto = (
+                    APP_DNS if app_look == APP_LOOK_DNS else
+                    APP_UNKNOWN if app_look == APP_LOOK_UNKNOWN else None
+                )
             # (before this packet's flow is owed: its id is the next one)
-            self._probe_file(p, proto, total, payload_offset, flags, src, py_sport, dst,
-                             py_dport, meta, meta_slots, now_obj, dst_name)
+            try:
+                self._probe_file(p, proto, total, payload_offset, flags, src, py_sport, dst,
+                                 py_dport, meta, meta_slots, now_obj, dst_name)
+            finally:
+                self.refused_app = self.refused_app_proto = None
         _floods_apply(updates, n_updates, now_obj)
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
@@ -2862,8 +2904,8 @@ cdef class FastPath:
         _set(flow, F_TTL, p[8] if v4 else p[7])
         _set(flow, F_MAC, mac)
         _set(flow, F_ICMP, -1)
-        _set(flow, F_APP_PROTO, None)
-        _set(flow, F_APP, None)
+        _set(flow, F_APP_PROTO, self.refused_app_proto)
+        _set(flow, F_APP, self.refused_app)
         _set(flow, F_APP_STATE, None)
         _set(flow, F_DST_NAME, dst_name)
         _set(flow, F_IIF, iif)
@@ -3796,6 +3838,12 @@ cdef enum:
     # a UDP datagram that is a DNS message: the inspector reads it (its events ride on the
     # packet's Decision, as Engine._decide puts them there)
     APP_LOOK_DNS = 8
+    # a TCP segment (no SYN, FIN or RST) that starts a TLS stream with a ClientHello record:
+    # the inspector's parser reads it (see _read_refused_hello)
+    APP_LOOK_TLS_HELLO = 9
+    # a TCP segment (no SYN, FIN or RST) that starts an HTTP stream read as requests by the
+    # inspector's parser (see _read_refused_requests)
+    APP_LOOK_HTTP_REQUESTS = 10
 
 
 cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize_t n,
@@ -3843,9 +3891,19 @@ cdef int _app_first_look(object app, int proto, const uint8_t *payload, Py_ssize
     if found == IPS_DET_UNKNOWN:
         return APP_LOOK_UNKNOWN
     if found == IPS_DET_TLS:
-        return _tls_first_look(payload, n)
+        found = _tls_first_look(payload, n)
+        if found == APP_LOOK_INSPECT and payload[5] == 1 and not flags & (
+            TCP_SYN | TCP_FIN | TCP_RST
+        ) and type(counters.events) is COUNTER:
+            return APP_LOOK_TLS_HELLO
+        return found
     if found == IPS_DET_HTTP:
-        return _http_first_look(payload, n)
+        found = _http_first_look(payload, n)
+        if found == APP_LOOK_INSPECT and not flags & (TCP_SYN | TCP_FIN | TCP_RST) and (
+            type(counters.events) is COUNTER
+        ):
+            return APP_LOOK_HTTP_REQUESTS
+        return found
     if found == IPS_DET_SSH:
         return APP_LOOK_INSPECT
     return APP_LOOK_PYTHON  # DNS: each message read is an event (on the packet's Decision)
@@ -3900,11 +3958,16 @@ cdef inline int _count_in(object counter, object key) except -1:
     return 0
 
 
-cdef int _count_app_first_look(object app, int look, Py_ssize_t n) except -1:
+cdef int _count_app_first_look(object app, int look, const uint8_t *payload,
+                               Py_ssize_t n) except -1:
     """Count what `_app_first_look` said the inspector's first look leaves (the packet is
     decided): as `_detect_stream` counts a protocol, as the parser counts a malformed
     message, and as `release` counts a flow whose streams still held bytes."""
     counters = app.counters
+    if look == APP_LOOK_TLS_HELLO:
+        return _read_refused_hello(app, counters, payload, n)
+    if look == APP_LOOK_HTTP_REQUESTS:
+        return _read_refused_requests(app, counters, payload, n)
     if look == APP_LOOK_UNKNOWN:
         _count_in(counters.protocols, APP_UNKNOWN)
         return 0
@@ -3923,6 +3986,54 @@ cdef int _count_app_first_look(object app, int look, Py_ssize_t n) except -1:
         return 0
     counters.released_flows += 1
     counters.released_bytes += n
+    return 0
+
+
+cdef int _read_refused_hello(object app, object counters, const uint8_t *payload,
+                             Py_ssize_t n) except -1:
+    """What the inspector leaves of a refused flow's first segment that starts a TLS
+    stream with a ClientHello record (APP_LOOK_TLS_HELLO: placed whole in order, no SYN,
+    FIN or RST; the server's side empty): `_detect_stream` counts the protocol, `_tls_side`
+    reads the client's bytes with the inspector's parser (a malformed hello counted; a hello
+    still arriving counts nothing while its side has not ended), `release` counts the bytes
+    the streams held, and `_finish_tcp` makes (and counts) the tls event a parsed hello is
+    owed, which `_discard` drops. The hello's fields and fingerprints are the flow's, and
+    computed only when read: nothing else stays."""
+    _count_in(counters.protocols, APP_TLS)
+    hello = app._parse_client_hello(PyBytes_FromStringAndSize(<const char *>payload, n))
+    cdef bint owed = type(hello) is CLIENT_HELLO
+    if type(hello) is MALFORMED:
+        _count_in(counters.malformed, hello.reason)
+    counters.released_flows += 1
+    counters.released_bytes += n
+    if owed:
+        _count_in(counters.events, APP_TLS)
+    return 0
+
+
+cdef int _read_refused_requests(object app, object counters, const uint8_t *payload,
+                                Py_ssize_t n) except -1:
+    """What the inspector leaves of a refused flow's first segment that starts an HTTP
+    stream (APP_LOOK_HTTP_REQUESTS: placed whole in order, no SYN, FIN or RST; the server's
+    side empty): `_detect_stream` counts the protocol, `_http_side` reads the client's
+    bytes as requests with the inspector's parser from the start (a malformed stream
+    counted), `_http_pairs` makes no event while the server's side is open, `release`
+    counts the bytes the streams held and `_finish_tcp`'s final `_http_pairs` makes (and
+    counts) one http event per request read, which `_discard` drops. The requests' fields
+    are the flow's: nothing else stays."""
+    _count_in(counters.protocols, APP_HTTP)
+    cdef list requests = []
+    got = app._requests_from(PyBytes_FromStringAndSize(<const char *>payload, n), 0,
+                             requests)
+    why = got.why
+    if type(why) is MALFORMED:
+        _count_in(counters.malformed, why.reason)
+    counters.released_flows += 1
+    counters.released_bytes += n
+    cdef Py_ssize_t i
+    event_counts = counters.events
+    for i in range(len(requests)):
+        _count_in(event_counts, APP_HTTP)
     return 0
 
 
@@ -3958,6 +4069,101 @@ cdef object _inspect_refused_first(object app, dict table, const uint8_t *p, Py_
     if _get(flow, F_APP_STATE) is not None:
         app.release(flow, now_obj)  # (the flow's last_seen)
     return events
+
+
+from ips.app.detect import APP_DNS as _APP_DNS
+from ips.core.packet import Malformed as _Malformed
+from ips.app.tls import ClientHello as _ClientHello
+
+cdef object APP_DNS = _APP_DNS
+cdef type MALFORMED = _Malformed
+cdef type CLIENT_HELLO = _ClientHello
+
+
+cdef class _RefusedDatagram:
+    """What the inspector's DNS reader (`read_dns_message`: AppInspector._dns_message or
+    ips/fast/_dnsparse.pyx read_message) reads and writes of a refused flow's first
+    datagram, in place of the three objects `inspect` hands it (the Flow, its AppFields,
+    its _Udp state), all of which the refused flow's discard drops: the flow's fields the
+    events copy, as FlowTable.open and `_start`/`_udp` leave them (app_proto "dns", the
+    responder's name), the fresh state's tx ids, and the fields a query writes."""
+    cdef public object family, proto, src, sport, dst, dport, flow_id, app_proto, dst_name
+    cdef public dict dns_ids
+    cdef public object dns_tx, dns_queries, client_done
+
+
+cdef object _inspect_refused_dns(object app, dict table, const uint8_t *p, Py_ssize_t total,
+                                 Py_ssize_t payload_offset, int proto, int sport, int dport,
+                                 object src, object dst, object now_obj,
+                                 _RefusedDatagram flow):
+    """`_inspect_refused_first` for a UDP datagram detected as DNS (APP_LOOK_DNS, an
+    AppInspector itself with Counter counters: `_app_first_look` checked), without the
+    Flow, the Packet and the inspector's state: `_start` asks passive DNS the responder's
+    name, `_udp` counts the protocol, parses the message with the inspector's parser (a
+    malformed one counted, no events) and reads it with its reader (events counted, an
+    answer taught to passive DNS); `release` of a _Udp state counts nothing. Returns the
+    events (a list) or None, as `inspect` does; `flow` (new) is left holding what a scan's
+    probe keeps of the flow (its responder's name, a query's names)."""
+    flow.family = p[0] >> 4
+    flow.proto = proto
+    flow.src = src
+    flow.sport = sport
+    flow.dst = dst
+    flow.dport = dport
+    flow.flow_id = ((table["_next_id"] + 1) * table["_id_mult"] + table["_id_seed"]) & (
+        FLOW_ID_MASK
+    )
+    flow.dst_name = None
+    names = app.names
+    if names is not None:
+        flow.dst_name = names.name_of(dst, now_obj)
+    flow.app_proto = APP_DNS
+    counters = app.counters
+    _count_in(counters.protocols, APP_DNS)
+    flow.dns_queries = ()
+    msg = app.parse_dns_message(PyBytes_FromStringAndSize(<const char *>p, total),
+                                payload_offset)
+    if isinstance(msg, MALFORMED):
+        _count_in(counters.malformed, msg.reason)
+        return None
+    flow.dns_ids = {}
+    flow.dns_tx = 0
+    flow.client_done = False
+    events = []
+    app.read_dns_message(app, flow, flow, msg, True, flow, now_obj, events)
+    return events or None
+
+
+from ips.core.app_fields import AppFields as _AppFields
+
+cdef type APP_FIELDS = _AppFields
+
+
+cdef bint _probe_flow_known(int proto, int app_look, bint refused_dns_on):
+    """Whether the flow a new scan probe keeps, as the inspector leaves it once the packet
+    is refused (released), is made here (_refused_flow): a TCP segment without payload (its
+    quiet state gone with it), or a UDP datagram without payload, not DNS nor QUIC
+    ("unknown"), or DNS read here (_inspect_refused_dns): their fields are
+    _released_udp_fields'. Else the flow the inspector read is Python's."""
+    if proto == PROTO_TCP:
+        return app_look == APP_LOOK_NONE
+    if proto != PROTO_UDP:
+        return False
+    return app_look == APP_LOOK_NONE or app_look == APP_LOOK_UNKNOWN or (
+        app_look == APP_LOOK_DNS and refused_dns_on
+    )
+
+
+cdef object _released_udp_fields(int app_look, object datagram):
+    """The AppFields a refused UDP flow keeps (in a scan's probe): made by `_start`, the
+    names of a DNS query read (`_dns_message`; none for an answer or a malformed message),
+    and both sides done (`_close`, by `_udp` for an unknown protocol, by `release`)."""
+    fields = APP_FIELDS()
+    if app_look == APP_LOOK_DNS:
+        fields.dns_queries = (<_RefusedDatagram>datagram).dns_queries
+    fields.client_done = True
+    fields.server_done = True
+    return fields
 
 
 cdef bint _flow_ids_known(dict table):
