@@ -2561,23 +2561,12 @@ cdef class FastPath:
                 return 0  # a detection: its alert and response are Python's to make
         # `resolve`: each due probe out of the queue (`_leave`) and judged (`_judge`:
         # `_credit` for a positive weight, which completes no scan: seen above)
-        cdef object pending = prog.pending
-        cdef dict index = prog.index
         for i in range(n):
-            probe = pending.popleft()
-            index.pop(_get(probe, P_ANSWER), None)
-            entry = _get(probe, P_ENTRY)
-            _set(entry, E_PENDING, _get(entry, E_PENDING) - 1)
-            waiting = <dict>_get(entry, E_WAITING)
-            target = _get(probe, P_TARGET)
-            found = PyDict_GetItem(waiting, target)
-            left = (0 if found is NULL else <object>found) - 1
-            if left > 0:
-                waiting[target] = left
-            else:
-                waiting.pop(target, None)
+            probe = self._leave_oldest(prog)
             if _get(probe, P_OUTCOME) == FAILED_OUTCOME:
                 continue
+            entry = _get(probe, P_ENTRY)
+            target = _get(probe, P_TARGET)
             weight = prog.quiet_weights[i]
             if weight > 0.0:
                 entry_weights = <dict>_get(entry, E_WEIGHTS)
@@ -2822,22 +2811,29 @@ cdef class FastPath:
 
     cdef int _forget_oldest(self, ScanProg prog) except -1:
         """ScanDetector._make_room when its oldest probe is forgotten (_scan_plan checked
-        that it is not weighed early): out of the queue, `_leave` (out of the index, its
-        window's counts down), `probes_dropped`."""
-        old = prog.pending.popleft()
-        prog.index.pop(_get(old, P_ANSWER), None)
-        entry = _get(old, P_ENTRY)
+        that it is not weighed early): out of the queue and `_leave`, `probes_dropped`."""
+        self._leave_oldest(prog)
+        prog.attrs["probes_dropped"] = prog.attrs["probes_dropped"] + 1
+        return 0
+
+    cdef object _leave_oldest(self, ScanProg prog):
+        """The oldest pending probe out of the queue and ScanDetector._leave done for it (out
+        of the index, its window's counts of pending probes and of waiting targets down);
+        returns the probe."""
+        cdef PyObject *found
+        probe = prog.pending.popleft()
+        prog.index.pop(_get(probe, P_ANSWER), None)
+        entry = _get(probe, P_ENTRY)
         _set(entry, E_PENDING, _get(entry, E_PENDING) - 1)
         waiting = <dict>_get(entry, E_WAITING)
-        target = _get(old, P_TARGET)
+        target = _get(probe, P_TARGET)
         found = PyDict_GetItem(waiting, target)
         left = (0 if found is NULL else <object>found) - 1
         if left > 0:
             waiting[target] = left
         else:
             waiting.pop(target, None)
-        prog.attrs["probes_dropped"] = prog.attrs["probes_dropped"] + 1
-        return 0
+        return probe
 
     cdef object _refused_flow(self, const uint8_t *p, int proto, Py_ssize_t total,
                               Py_ssize_t payload_offset, int flags, object src, object sport,
