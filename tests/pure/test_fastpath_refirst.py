@@ -28,6 +28,7 @@ from tests.pure.test_fastpath_differential import (
     capture_records,
     need_fast_path,
     plain,
+    replay,
     shared_captures,
 )
 
@@ -154,14 +155,8 @@ def test_the_shared_captures_read_refused_dns_the_same(pcaps_dir: Any) -> None:
     events' bodies included, compared in full at the end of each capture."""
     pair = BodyPair(GATEWAY, "gateway.rules")
     last = 0.0
-    metas: dict[int, Meta] = {}
     for path in shared_captures():
-        for ts, linktype, data in capture_records(path):
-            meta = metas.get(linktype)
-            if meta is None:
-                meta = metas[linktype] = Meta(linktype=linktype)
-            pair.handle(data, meta, ts)
-            last = max(last, ts)
+        last = max(last, replay(pair, capture_records(path)))
         pair.check_state()
     pair.finish(last)
     need_fast_path()

@@ -39,6 +39,7 @@ from tests.pure.test_fastpath_differential import (
     engine_state,
     need_fast_path,
     plain,
+    replay,
     shared_captures,
 )
 
@@ -404,14 +405,8 @@ def test_the_shared_captures_decide_the_same(pcaps_dir: Any, policy: str) -> Non
     }[policy]
     pair = SynPair(text, every=100)
     last = 0.0
-    metas: dict[int, Meta] = {}
     for path in shared_captures():
-        for ts, linktype, data in capture_records(path):
-            meta = metas.get(linktype)
-            if meta is None:
-                meta = metas[linktype] = Meta(linktype=linktype)
-            pair.handle(data, meta, ts)
-            last = max(last, ts)
+        last = max(last, replay(pair, capture_records(path)))
         pair.check_state()
     pair.finish(last)
     if policy.startswith("accept"):
