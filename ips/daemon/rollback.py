@@ -117,6 +117,10 @@ class PendingApply:
     previous_digest: str
     previous_sources: dict[str, str]
     plan: dict[str, Any] | None  # NftPlan of the previous policy's kernel part; None: none
+    # The sysctls the daemon holds for a policy (ips/kernel/diversion.py, HELD_SYSCTLS) as
+    # the previous policy ran with them: an unconfirmed `set synproxy on` sets conntrack's
+    # tcp_loose to 0, which a rollback without a daemon must undo with the kernel part.
+    sysctls: dict[str, str] = field(default_factory=dict)
     unconfirmed: list[str] = field(default_factory=list)  # every digest applied unconfirmed
     daemon: ProcessId | None = None
     watchdog: ProcessId | None = None
@@ -318,7 +322,8 @@ def stop_systemd_timer(unit: str | None, run: Any = subprocess.run) -> None:
 
 def restore_kernel_part(record: PendingApply, policy: Any) -> str:
     """Put the previous policy's kernel part back (nothing offloaded: no engine is there to
-    judge what comes back). Returns what was done."""
+    judge what comes back), and the sysctls it ran with. Returns what was done."""
+    from ips.kernel.diversion import restore_held_sysctls
     from ips.kernel.nft import Nft
     from ips.translate.nft import NftPlan
 
@@ -333,6 +338,9 @@ def restore_kernel_part(record: PendingApply, policy: Any) -> str:
         plan["queue"] = tuple(plan["queue"])
     plan["offload_generation"] = 0 if plan.get("offload_generation") is not None else None
     nft.apply(policy, NftPlan(**plan))
+    rewritten = restore_held_sysctls(record.sysctls)
+    if rewritten:
+        return f"the previous policy's kernel part restored, and {', '.join(rewritten)}"
     return "the previous policy's kernel part restored"
 
 

@@ -49,7 +49,7 @@ from ips.daemon.stats import AlertFeed, Counters, counter_packets, merge_flows, 
 from ips.daemon.unjudged import QueueReading, UnjudgedAlert, UnjudgedLedger
 from ips.daemon.worker import MANUAL, WORKER_STOP_TIMEOUT, BPFProgram, worker_main
 from ips.kernel.blocks import daemon_run
-from ips.kernel.diversion import Diversion, NftDiversion
+from ips.kernel.diversion import Diversion, NftDiversion, held_sysctls
 from ips.kernel.nft import KernelError
 from ips.kernel.probe import read_queue_stats
 from ips.policy.diagnostics import PolicyError
@@ -546,6 +546,7 @@ class Daemon:
                     previous_digest=self.policy.digest,
                     previous_sources=self.sources,
                     plan=None if plan is None else dataclasses.asdict(plan),
+                    sysctls={} if plan is None else held_sysctls(),
                     unconfirmed=[policy.digest],
                     daemon=ProcessId.of(os.getpid()),
                 )

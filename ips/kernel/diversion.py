@@ -15,6 +15,7 @@ so the blocks in the sets — and the drops of the old fast path — never stop 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sys
 from collections.abc import Iterable, Sequence
@@ -41,6 +42,37 @@ from ips.translate.nft import (
 
 TCP_LOOSE = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_loose")
 CONNTRACK_ACCT = Path("/proc/sys/net/netfilter/nf_conntrack_acct")
+# The sysctls a policy makes the daemon hold at a value of its own (the SYN proxy's strict
+# tracking, offload's accounting), each put back when the daemon lets go of it.
+HELD_SYSCTLS = (TCP_LOOSE, CONNTRACK_ACCT)
+
+
+def held_sysctls() -> dict[str, str]:
+    """What HELD_SYSCTLS read now in this network namespace (those this kernel lacks, or
+    conntrack not loaded yet, are left out): saved with an unconfirmed apply, so that a
+    rollback without a daemon puts back the values the previous policy ran with."""
+    values = {}
+    for path in HELD_SYSCTLS:
+        with contextlib.suppress(OSError):
+            values[str(path)] = path.read_text().strip()
+    return values
+
+
+def restore_held_sysctls(values: dict[str, str]) -> list[str]:
+    """Write back the values held_sysctls() read, where they differ now (only paths of
+    HELD_SYSCTLS: the record that carries them is a file). Returns the names rewritten."""
+    rewritten = []
+    for path in HELD_SYSCTLS:
+        value = values.get(str(path))
+        if value is None:
+            continue
+        try:
+            if path.read_text().strip() != value:
+                path.write_text(value + "\n")
+                rewritten.append(path.name)
+        except OSError as exc:
+            print(f"ipsctl: {path}: {exc}: left as it is", file=sys.stderr)
+    return rewritten
 
 
 class BlockSets(Protocol):

@@ -1,6 +1,7 @@
 """`apply --confirm` survives the daemon (issue 19, item 3): an unconfirmed apply is rolled
 back at its deadline even when the daemon was SIGKILLed in between (the detached watchdog of
-ips/daemon/rollback.py puts the previous policy's kernel part back), and the restarted
+ips/daemon/rollback.py puts the previous policy's kernel part back, and the sysctl its SYN
+proxy had changed), and the restarted
 daemon runs the previous policy and says in `status` that the apply was not confirmed. A
 confirmed apply is not touched by the same kill."""
 
@@ -18,11 +19,20 @@ CONFIRM = 3.0
 WATCHDOG = "ips.daemon.rollback"  # the module name in a watchdog's command line
 
 
-def lockout(tmp_path: Path) -> Path:
-    """Policy B: drops (in the kernel) the client that the gateway policy A lets through."""
+TCP_LOOSE = "/proc/sys/net/netfilter/nf_conntrack_tcp_loose"
+
+
+def lockout(tmp_path: Path, synproxy: bool = False) -> Path:
+    """Policy B: drops (in the kernel) the client that the gateway policy A lets through;
+    with `synproxy`, its SYN proxy also sets conntrack's tcp_loose to 0 in gw."""
     path = tmp_path / "lockout.rules"
-    path.write_text(f"drop from {CLIENT}\nset default accept\n")
+    extra = "set synproxy on\n" if synproxy else ""
+    path.write_text(f"{extra}drop from {CLIENT}\nset default accept\n")
     return path
+
+
+def tcp_loose(box: InlineLab) -> str:
+    return box.gw_text(["cat", TCP_LOOSE]).strip()
 
 
 def b_in_kernel(box: InlineLab) -> bool:
@@ -54,11 +64,16 @@ def test_unconfirmed_apply_is_rolled_back_although_the_daemon_was_killed(tmp_pat
             box.start_daemon(GATEWAY_RULES)
             original = box.status()["policy"]["digest"]
             assert client_passes(box)
-            out = box.ipsctl("apply", str(lockout(tmp_path)), "--confirm", str(CONFIRM))
+            loose = tcp_loose(box)
+            assert loose != "0"  # gateway.rules has no SYN proxy
+            out = box.ipsctl(
+                "apply", str(lockout(tmp_path, synproxy=True)), "--confirm", str(CONFIRM)
+            )
             assert out.returncode == 0, out.stderr
             policy = box.status()["policy"]
             deadline, unconfirmed = policy["confirm_deadline"], policy["digest"]
             assert b_in_kernel(box) and not client_passes(box)
+            assert tcp_loose(box) == "0"
             box.kill_daemon(signal.SIGKILL)
             assert b_in_kernel(box)  # the kernel part stays in force without a daemon ...
             # ... until the deadline: then the previous policy's kernel part is back
@@ -67,6 +82,7 @@ def test_unconfirmed_apply_is_rolled_back_although_the_daemon_was_killed(tmp_pat
             print(f"rolled back {late:.2f} s after the deadline")
             assert -0.1 < late < 1.5
             assert client_passes(box)  # A's kernel part, and fail-open without a daemon
+            assert tcp_loose(box) == loose  # and the sysctl A ran with
             # a restart runs A and says what happened to B
             box.start_daemon(GATEWAY_RULES)
             policy = box.status()["policy"]

@@ -6,6 +6,7 @@ the lab: tests/lab/test_hardening_confirm_lab.py."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 import subprocess
@@ -227,6 +228,45 @@ def test_the_restore_applies_the_saved_plan_with_nothing_offloaded(
     )
     rec.plan = None  # the divert backend: nothing in a kernel
     assert rollback.restore_kernel_part(rec, pol) == "no kernel part to restore"
+
+
+def test_the_restore_puts_back_the_sysctls_the_previous_policy_ran_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unconfirmed `set synproxy on` left conntrack's tcp_loose at 0: the watchdog's
+    rollback writes back the value saved with the record (and only a held sysctl's)."""
+    import ips.kernel.diversion as diversion
+    import ips.kernel.nft
+
+    class FakeNft:
+        def table_exists(self) -> bool:
+            return True
+
+        def apply(self, pol: Any, plan: NftPlan) -> None:
+            pass
+
+    loose, acct = tmp_path / "nf_conntrack_tcp_loose", tmp_path / "nf_conntrack_acct"
+    loose.write_text("1\n")
+    acct.write_text("0\n")
+    monkeypatch.setattr(diversion, "HELD_SYSCTLS", (loose, acct))
+    monkeypatch.setattr(ips.kernel.nft, "Nft", FakeNft)
+    saved = diversion.held_sysctls()
+    assert saved == {str(loose): "1", str(acct): "0"}
+    loose.write_text("0\n")  # the unconfirmed policy's SYN proxy
+    rec = read_back(tmp_path, record(tmp_path, 100.0, sysctls=saved))
+    pol = load_policy_sources(rec.previous_main, rec.previous_sources)
+    done = rollback.restore_kernel_part(rec, pol)
+    assert done == "the previous policy's kernel part restored, and nf_conntrack_tcp_loose"
+    assert loose.read_text() == "1\n" and acct.read_text() == "0\n"
+    rec.sysctls = {str(loose): "0", "/proc/sys/net/ipv4/ip_forward": "0"}
+    assert rollback.restore_kernel_part(rec, pol).endswith("nf_conntrack_tcp_loose")
+    assert loose.read_text() == "0\n"  # and a path that is not held is never written
+    # A record written before the field existed restores the kernel part alone.
+    raw = json.loads(rec.to_json())
+    del raw["sysctls"]
+    legacy = PendingApply.from_json(json.dumps(raw).encode())
+    assert legacy.sysctls == {}
+    assert rollback.restore_kernel_part(legacy, pol) == "the previous policy's kernel part restored"
 
 
 def read_back(tmp_path: Path, rec: PendingApply) -> PendingApply:
