@@ -23,7 +23,8 @@ or fail-closed) until a new daemon starts, which first removes what the old one 
 Blocks (the members of the `banned_v4`/`banned_v6` sets, dropped by the first rules of our
 chains) are the kernel's: the worker writes its engine's Block effects there, the supervisor
 writes `ipsctl blocks add/del/flush` there (and tells the worker's engine), and a starting
-worker adopts what the kernel holds. Across a restart:
+worker adopts what the kernel holds; the MACs banned for forged packets (`banned_ether`) are
+kept the same way. Across a restart:
   killed (SIGKILL, crash)  the table stays: fast path and blocks keep dropping, blocks expire
                            by their kernel timeouts; the next start applies over the table
                            (sets kept) and its worker adopts them.

@@ -382,18 +382,20 @@ class Daemon:
         return self.cfg.offloading and self.diversion.copies
 
     def _restore_blocks(self) -> None:
-        from ips.kernel.blocks import read_saved_blocks, restore_blocks
+        from ips.kernel.blocks import read_saved_blocks, restore_blocks, restore_mac_blocks
 
         saved = read_saved_blocks(self.cfg.state_file, time.time())
-        if saved.elements:
+        if saved.elements or saved.macs:
             restored = restore_blocks(self.diversion.nft, saved.elements)
-            self.counters.blocks_restored += restored
-            self._restored = {e.addr: e.comment for e in saved.elements}
+            restored_macs = restore_mac_blocks(self.diversion.nft, saved.macs)
+            self.counters.blocks_restored += restored + restored_macs
+            self._restored = {e.addr: e.comment for e in saved.elements + saved.macs}
             self.restored_from = {
                 "file": self.cfg.state_file,
                 "run": saved.run,
                 "saved_at": saved.saved_at,
                 "blocks": restored,
+                "mac_blocks": restored_macs,
             }
 
     def _save_blocks(self) -> None:
@@ -402,9 +404,10 @@ class Daemon:
 
         try:
             blocks = self.diversion.blocks()
-            if blocks or self.installed:
+            macs = self.diversion.mac_blocks()
+            if blocks or macs or self.installed:
                 self.counters.blocks_saved = save_blocks(
-                    self.cfg.state_file, blocks, time.time(), self.run
+                    self.cfg.state_file, blocks, time.time(), self.run, macs
                 )
         except (KernelError, OSError) as exc:
             print(f"ipsctl: could not save the blocks: {exc}", file=sys.stderr)
@@ -790,18 +793,23 @@ class Daemon:
         rows: list[dict[str, Any]] = []
         restored = getattr(self, "_restored", {})
         origin = getattr(self, "restored_from", None) or {}
-        for e in self.diversion.blocks():
-            # Restored at start (and not renewed since): the run that saved it, when known.
-            came_from = None
+
+        def came_from(e: SetElement) -> dict[str, Any] | None:
+            """Restored at start (and not renewed since): the run that saved it, if known."""
             if e.addr in restored and restored[e.addr] == e.comment:
-                came_from = {
+                return {
                     "state_file": origin.get("file"),
                     "saved_at": origin.get("saved_at"),
                     "run": (origin.get("run") or {}).get("id"),
                 }
-            rows.append(_block_row(e, BLOCK_TABLE, now, came_from))
+            return None
+
+        for e in self.diversion.blocks():
+            rows.append(_block_row(e, BLOCK_TABLE, now, came_from(e)))
         rows.sort(key=lambda r: ipaddress.ip_address(r["addr"]).packed)
-        macs = [_block_row(e, ETHER_BAN_TABLE, now, None) for e in self.diversion.mac_blocks()]
+        macs = [
+            _block_row(e, ETHER_BAN_TABLE, now, came_from(e)) for e in self.diversion.mac_blocks()
+        ]
         macs.sort(key=lambda r: str(r["addr"]))
         return {"ok": True, "table": BLOCK_TABLE, "blocks": rows + macs}
 

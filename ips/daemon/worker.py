@@ -523,7 +523,7 @@ def _adapter(
 ) -> tuple[PacketAdapter, int]:
     """The adapter of the configured backend and mode, and the blocks its engine adopted
     (meter: the one around engine.handle, which the NFQUEUE compiled drain keeps)."""
-    from ips.kernel.blocks import KernelBlocks, adopt_blocks
+    from ips.kernel.blocks import KernelBlocks, adopt_blocks, adopt_mac_blocks
 
     if cfg.backend == "divert":  # pydivert: the ban set is the adapter's, from the bans file
         from ips.io.divert import DivertWorker, UserBlocks
@@ -571,10 +571,12 @@ def _adapter(
             gso=cfg.nfq_gso,
             meter=meter,
         )
-    # The kernel's blocks (left by the previous worker or daemon, or restored from the state
-    # file) become the engine's, before the first packet.
+    # The kernel's blocks and MAC bans (left by the previous worker or daemon, or restored
+    # from the state file) become the engine's, before the first packet.
     try:
-        adopted = adopt_blocks(engine, blocks.nft.elements(BLOCK_TABLE), time.time())
+        now = time.time()
+        adopted = adopt_blocks(engine, blocks.nft.elements(BLOCK_TABLE), now)
+        adopted += adopt_mac_blocks(engine, blocks.nft.ether_elements(), now)
     except Exception as exc:  # the kernel still drops them; only the engine does not know
         blocks._error(f"adopting the kernel's blocks: {exc}")
         adopted = 0

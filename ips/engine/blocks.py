@@ -195,6 +195,16 @@ class BlockManager:
             evidence=evidence, reason=reason, time=now,
         ), "added"  # fmt: skip
 
+    def adopt_mac(self, mac: bytes, expires_at: float) -> bool:
+        """Take over a MAC ban that is already in the kernel's set (found at start), so that
+        the MAC's next forged packet finds it banned ("already"). False when there is no
+        table `banned` (whose size bounds the bans) or the bans are that many already."""
+        size = self.table.size if self.table is not None else 0
+        if mac not in self.macs and len(self.macs) >= size:
+            return False
+        self.macs[mac] = expires_at
+        return True
+
     def forget_mac(self, mac: bytes) -> bool:
         """An operator lifted the ban of `mac` (`ipsctl blocks del`): forgotten, so that its
         next forged packet bans it again. False when it was not banned."""

@@ -812,6 +812,11 @@ class Engine:
         expire (Unblock) at `expires_at`; it counts as one offense for escalation."""
         return self.blocks.adopt(addr, expires_at)
 
+    def adopt_mac_block(self, mac: bytes, expires_at: float) -> bool:
+        """A MAC ban already in the kernel's set (banned_ether) when the daemon starts: held
+        until `expires_at`, as if this engine had made it."""
+        return self.blocks.adopt_mac(mac, expires_at)
+
     # ---- time -------------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[Effect]:

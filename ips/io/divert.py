@@ -817,6 +817,20 @@ class UserspaceDiversion:
     def unblock_mac(self, mac: str) -> bool:
         return False
 
+    def ether_elements(self) -> list[SetElement]:
+        return []  # no MAC is banned here (mac_blocks)
+
+    def replace_ether_elements(
+        self,
+        macs: Iterable[str],
+        timeout: float | None = None,
+        comment: str | None = None,
+        expires: float | None = None,
+    ) -> None:
+        """A saved MAC ban has nowhere to go: WinDivert cannot drop by MAC (a state file
+        carried over from the nfqueue backend); refused, so restore_mac_blocks says so."""
+        raise KernelError(f"the divert backend cannot ban a MAC ({', '.join(macs)})")
+
     def _offline(self, change: Callable[[UserBlocks, float], object]) -> object:
         blocks = UserBlocks(self.bans_path, log=None)
         blocks.load()

@@ -8,12 +8,14 @@ by the next rule of the chains packets come in on.
   (or at once when a burst goes on longer than FLUSH_AFTER), so the path from the packet that
   crossed a threshold to the kernel drop is a fraction of a millisecond of nft, and the packet
   loop never waits for more than one batch.
-* adopt_blocks — a worker that starts hands the kernel's members to its engine
-  (engine.adopt_block), so the engine's view of who is blocked is the kernel's.
-* save_blocks / restore_blocks — a clean stop removes our table (nothing of ipsctl stays in
-  the kernel when it is stopped), so the blocks are written to a state file first and put back
-  at the next start, with what is left of their time. A killed daemon leaves its table, and the
-  next start keeps its sets (see Diversion.remove_stale): nothing to save then.
+* adopt_blocks / adopt_mac_blocks — a worker that starts hands the kernel's members to its
+  engine (engine.adopt_block, engine.adopt_mac_block), so the engine's view of who is blocked
+  is the kernel's.
+* save_blocks / restore_blocks / restore_mac_blocks — a clean stop removes our table (nothing
+  of ipsctl stays in the kernel when it is stopped), so the blocks and the MAC bans are written
+  to a state file first and put back at the next start, with what is left of their time. A
+  killed daemon leaves its table, and the next start keeps its sets (see
+  Diversion.remove_stale): nothing to save then.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ips.core.events import Effect, MacBlock
+from ips.core.addr import parse_mac
+from ips.core.events import Effect, MacBlock, format_mac
 from ips.kernel.diversion import BlockSets
 from ips.kernel.nft import KernelError, Nft
 from ips.policy.model import ETHER_BAN_TABLE
@@ -282,6 +285,20 @@ def adopt_blocks(engine: Any, elements: Iterable[SetElement], now: float) -> int
     return taken
 
 
+def adopt_mac_blocks(engine: Any, elements: Iterable[SetElement], now: float) -> int:
+    """Tell the engine about the MAC bans in the kernel (engine.adopt_mac_block(mac,
+    expires_at)), so that it does not ban them again as new; returns how many it took."""
+    adopt = getattr(engine, "adopt_mac_block", None)
+    if adopt is None:
+        return 0
+    taken = 0
+    for element in elements:
+        mac = parse_mac(element.addr)
+        if mac is not None:
+            taken += adopt(mac, element_expiry(element, now)) is not False
+    return taken
+
+
 def element_expiry(element: SetElement, now: float) -> float:
     """The wall-clock time an element leaves the set (inf: never)."""
     if element.expires is not None:
@@ -294,17 +311,8 @@ def element_expiry(element: SetElement, now: float) -> float:
 # ---- across a clean stop: the state file ---------------------------------------------------------
 
 
-def save_blocks(
-    path: str | Path,
-    elements: Iterable[SetElement],
-    now: float,
-    run: dict[str, Any] | None = None,
-) -> int:
-    """Write the blocks to `path` (JSON, mode 0600, replaced atomically); returns how many.
-    No blocks: the file is removed. `run`: the daemon run that saves them (daemon_run), so
-    the next start can say where the blocks it restores came from."""
-    path = Path(path)
-    rows = [
+def _state_rows(elements: Iterable[SetElement], now: float) -> list[dict[str, Any]]:
+    return [
         {
             "addr": e.addr,
             "timeout": e.timeout,
@@ -313,7 +321,23 @@ def save_blocks(
         }
         for e in elements
     ]
-    if not rows:
+
+
+def save_blocks(
+    path: str | Path,
+    elements: Iterable[SetElement],
+    now: float,
+    run: dict[str, Any] | None = None,
+    macs: Iterable[SetElement] = (),
+) -> int:
+    """Write the blocks and the MAC bans (`macs`, the members of ETHER_BAN_TABLE) to `path`
+    (JSON, mode 0600, replaced atomically); returns how many in all. None: the file is
+    removed. `run`: the daemon run that saves them (daemon_run), so the next start can say
+    where the blocks it restores came from."""
+    path = Path(path)
+    rows = _state_rows(elements, now)
+    ether = _state_rows(macs, now)
+    if not rows and not ether:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         return 0
@@ -326,11 +350,13 @@ def save_blocks(
         "saved_at": now,
         "blocks": rows,
     }
+    if ether:  # left out when there are none: a file an older ipsctl can read as it was
+        state["ether"] = ether
     if run is not None:
         state["run"] = run
     data = json.dumps(state)
     replace_private_file(str(path), data.encode(), mode=0o600)
-    return len(rows)
+    return len(rows) + len(ether)
 
 
 @dataclass
@@ -341,6 +367,7 @@ class SavedBlocks:
     elements: list[SetElement]
     run: dict[str, Any] | None = None
     saved_at: float | None = None
+    macs: list[SetElement] = field(default_factory=list)  # the MAC bans ("aa:bb:…")
 
 
 def daemon_run(pid: int, started: float) -> dict[str, Any]:
@@ -372,10 +399,30 @@ def read_saved_blocks(path: str | Path, now: float) -> SavedBlocks:
             path.unlink()
     if not isinstance(data, dict):
         return SavedBlocks([])
+    run = data.get("run")
+    saved_at = data.get("saved_at")
+    return SavedBlocks(
+        _saved_elements(data.get("blocks"), addr_text, now),
+        run if isinstance(run, dict) else None,
+        float(saved_at) if isinstance(saved_at, int | float) else None,
+        _saved_elements(data.get("ether"), _mac_text, now),
+    )
+
+
+def _mac_text(text: str) -> str:
+    mac = parse_mac(text)
+    if mac is None:
+        raise ValueError(f"not a MAC address: {text!r}")
+    return format_mac(mac)
+
+
+def _saved_elements(rows: Any, name: Callable[[str], str], now: float) -> list[SetElement]:
+    """A state file's rows with time left, each member named by `name` (a row it refuses,
+    or any other odd row, is skipped: one bad row must not cost the others)."""
     out: list[SetElement] = []
-    for row in data.get("blocks", []):
+    for row in rows if isinstance(rows, list) else []:
         try:
-            addr = addr_text(str(row["addr"]))
+            addr = name(str(row["addr"]))
             expires_at = row.get("expires_at")
             left = None if expires_at is None else float(expires_at) - now
             if left is not None and left < 1:
@@ -389,15 +436,29 @@ def read_saved_blocks(path: str | Path, now: float) -> SavedBlocks:
                     row.get("comment") or None,
                 )
             )
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             continue
-    run = data.get("run")
-    saved_at = data.get("saved_at")
-    return SavedBlocks(
-        out,
-        run if isinstance(run, dict) else None,
-        float(saved_at) if isinstance(saved_at, int | float) else None,
-    )
+    return out
+
+
+def restore_mac_blocks(nft: BlockSets, macs: Iterable[SetElement]) -> int:
+    """Put saved MAC bans back into the kernel's set of banned MACs, skipping those that are
+    members already. Returns how many were added."""
+    macs = list(macs)
+    if not macs:  # the usual case: no listing asked of the kernel for nothing
+        return 0
+    present = {e.addr for e in nft.ether_elements()}
+    added = 0
+    for e in macs:
+        if e.addr in present:
+            continue
+        timeout = e.timeout if e.timeout is not None else e.expires
+        try:
+            nft.replace_ether_elements([e.addr], timeout, e.comment, e.expires)
+            added += 1
+        except KernelError as exc:
+            print(f"ipsctl: could not restore the ban of {e.addr}: {exc}", file=sys.stderr)
+    return added
 
 
 def restore_blocks(nft: BlockSets, elements: Iterable[SetElement]) -> int:

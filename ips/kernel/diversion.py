@@ -76,9 +76,20 @@ def restore_held_sysctls(values: dict[str, str]) -> list[str]:
 
 
 class BlockSets(Protocol):
-    """The members of the block sets as elements, for saving and restoring them."""
+    """The members of the block sets as elements, for saving and restoring them, and the
+    banned MACs (ETHER_BAN_TABLE) likewise."""
 
     def elements(self, table: str) -> list[SetElement]: ...
+
+    def ether_elements(self) -> list[SetElement]: ...
+
+    def replace_ether_elements(
+        self,
+        macs: Iterable[str],
+        timeout: float | None = None,
+        comment: str | None = None,
+        expires: float | None = None,
+    ) -> None: ...
 
     def replace_elements(
         self,

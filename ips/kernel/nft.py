@@ -316,6 +316,19 @@ class Nft:
                 out.extend(nft_json.parse_elements(obj["set"].get("elem")))
         return out
 
+    def replace_ether_elements(
+        self,
+        macs: Iterable[str],
+        timeout: float | None = None,
+        comment: str | None = None,
+        expires: float | None = None,
+    ) -> None:
+        """Ban MACs with exactly this timeout and comment (one transaction; see
+        ips/translate/nft/, replace_ether_elements)."""
+        commands = nft_json.replace_ether_elements(macs, timeout, comment, expires)
+        if commands:
+            self.run(commands)
+
     def delete_ether_elements(self, macs: Iterable[str]) -> int:
         """Remove MACs from the set of banned MACs; those not (or no longer) members are
         skipped. Returns how many were removed."""

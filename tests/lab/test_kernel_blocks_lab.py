@@ -133,22 +133,32 @@ def test_blocks_saved_by_a_clean_stop_come_back_with_their_time_left(ns: str, tm
         ns,
         f"""
         nft = Nft()
-        nft.apply(POLICY, NftPlan(hooks=("forward",)))
+        nft.apply(POLICY, NftPlan(hooks=("forward",), ether_blocks=True))
         nft.replace_elements("banned", ["192.0.2.1"], 600, "manual|0|by hand")
         nft.replace_elements("banned", ["2001:db8::1"], 600, "stealth|1|xmas")
-        kb.save_blocks({str(state)!r}, nft.elements("banned"), time.time())
+        nft.replace_ether_elements(["02:00:00:00:00:0a"], 600, "portscan|1|forged")
+        nft.replace_ether_elements(["02:00:00:00:00:0b"], 600, "sweep|1|forged")
+        kb.save_blocks({str(state)!r}, nft.elements("banned"), time.time(), None,
+                       nft.ether_elements())
         nft.remove()
-        nft.apply(POLICY, NftPlan(hooks=("forward",)))
+        nft.apply(POLICY, NftPlan(hooks=("forward",), ether_blocks=True))
         nft.replace_elements("banned", ["2001:db8::1"], 30, "sweep|1|newer")  # already back
-        saved = kb.load_saved_blocks({str(state)!r}, time.time() + 100)  # 100 s later
-        added = kb.restore_blocks(nft, saved)
+        nft.replace_ether_elements(["02:00:00:00:00:0b"], 30, "sweep|2|newer")
+        saved = kb.read_saved_blocks({str(state)!r}, time.time() + 100)  # 100 s later
+        added = kb.restore_blocks(nft, saved.elements)
+        added_macs = kb.restore_mac_blocks(nft, saved.macs)
         now = {{e.addr: [e.timeout, e.expires, e.comment] for e in nft.elements("banned")}}
+        macs = {{e.addr: [e.timeout, e.expires, e.comment] for e in nft.ether_elements()}}
         nft.remove()
-        print(json.dumps([added, now]))
+        print(json.dumps([added, now, added_macs, macs]))
     """,
     )
-    added, now = got
-    assert added == 1
+    added, now, added_macs, macs = got
+    assert added == 1 and added_macs == 1
+    # A MAC ban comes back as an address's block does: its time left, its comment ...
+    timeout, expires, comment = macs["02:00:00:00:00:0a"]
+    assert timeout == 600 and 490 <= expires <= 500 and comment == "portscan|1|forged"
+    assert macs["02:00:00:00:00:0b"][0::2] == [30, "sweep|2|newer"]  # ... the kernel's wins
     timeout, expires, comment = now["192.0.2.1"]
     assert timeout == 600 and 490 <= expires <= 500 and comment == "manual|0|by hand"
     timeout, expires, comment = now["2001:db8::1"]  # the kernel's own entry wins

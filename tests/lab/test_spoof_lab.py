@@ -78,6 +78,19 @@ def test_hping3_forging_the_clients_address_blocks_the_attacker_not_the_client(
         assert [b["addr"] for b in bans] == [attacker_mac], bans
         assert bans[0]["detector"] == "portscan" and 0 < bans[0]["expires_in"] <= BLOCK_SECONDS
         assert attacker_mac in box.ipsctl("blocks", "list").stdout
+        # A clean stop takes the table (and the ban) out of the kernel; the next start puts
+        # the ban back from the state file, with its time left, and its engine adopts it.
+        box.stop_daemon()
+        assert attacker_mac not in box.kernel_mac_blocks()
+        box.start_daemon(scan_policy(tmp_path))
+        assert attacker_mac in box.kernel_mac_blocks()
+        assert box.curl("attacker", f"http://{SERVER}/", max_time=2).returncode != 0
+        out = box.ipsctl("blocks", "list", "--json")
+        (back,) = [b for b in json.loads(out.stdout)["blocks"] if b["table"] == "banned_ether"]
+        assert back["addr"] == attacker_mac and back["detector"] == "portscan", back
+        assert 0 < back["expires_in"] <= bans[0]["expires_in"] and back["restored_from"], back
+        kept = box.status()["blocks"]
+        assert kept["restored_from"]["mac_blocks"] == 1 and kept["adopted"] >= 1, kept
         out = box.ipsctl("blocks", "del", attacker_mac.upper().replace(":", "-"))
         assert out.returncode == 0 and f"unblocked {attacker_mac}" in out.stdout, out
         assert attacker_mac not in box.kernel_mac_blocks()

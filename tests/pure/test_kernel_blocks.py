@@ -295,3 +295,83 @@ def test_the_state_file_keeps_what_is_left_of_each_block(tmp_path: Path) -> None
 
 
 # ---- against the kernel, in a namespace ----------------------------------------------------------
+
+
+def test_mac_bans_are_saved_restored_and_adopted_like_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "blocks.json"
+    macs = [
+        SetElement("02:00:00:00:00:0a", 600, 500, "portscan|1|forged"),
+        SetElement("02:00:00:00:00:0b", 60, 2),  # will have expired
+    ]
+    assert kb.save_blocks(path, [SetElement("192.0.2.1", 600, 500)], 1000.0, None, macs) == 3
+    raw = json.loads(path.read_text())
+    raw["ether"].append({"addr": "not-a-mac", "expires_at": None})  # one odd row: skipped
+    raw["ether"].append({"addr": "02-00-00-00-00-0C", "timeout": None, "expires_at": None})
+    path.write_text(json.dumps(raw))
+    saved = kb.read_saved_blocks(path, 1100.0)
+    assert saved.elements == [SetElement("192.0.2.1", 600, 400, None)]
+    assert saved.macs == [
+        SetElement("02:00:00:00:00:0a", 600, 400, "portscan|1|forged"),
+        SetElement("02:00:00:00:00:0c", None, None, None),  # written as the kernel lists it
+    ]
+    # Only MAC bans still saves a file; a file without them (an older ipsctl's) has none.
+    assert kb.save_blocks(path, [], 0.0, None, macs[:1]) == 1
+    assert kb.read_saved_blocks(path, 0.0).macs == [macs[0]]
+    kb.save_blocks(path, [SetElement("192.0.2.1")], 0.0)
+    assert "ether" not in json.loads(path.read_text())
+    assert kb.read_saved_blocks(path, 0.0).macs == []
+
+    class BanSet:
+        def __init__(self, refuse: bool = False) -> None:
+            self.members = [SetElement("02:00:00:00:00:0c", 30, 20, "sweep|2|newer")]
+            self.refuse = refuse
+
+        def ether_elements(self) -> list[SetElement]:
+            return list(self.members)
+
+        def replace_ether_elements(
+            self, macs: list[str], timeout: float | None, comment: str | None, expires: float | None
+        ) -> None:
+            if self.refuse:
+                raise KernelError("the divert backend cannot ban a MAC")
+            self.members += [SetElement(m, int(timeout or 0), expires, comment) for m in macs]
+
+    bans = BanSet()
+    assert kb.restore_mac_blocks(bans, saved.macs) == 1  # type: ignore[arg-type]
+    assert bans.members[1] == SetElement("02:00:00:00:00:0a", 600, 400, "portscan|1|forged")
+    assert kb.restore_mac_blocks(BanSet(refuse=True), saved.macs) == 0  # type: ignore[arg-type]
+
+    class Adopter:
+        def __init__(self) -> None:
+            self.got: list[tuple[bytes, float]] = []
+
+        def adopt_mac_block(self, mac: bytes, expires_at: float) -> bool:
+            self.got.append((mac, expires_at))
+            return len(self.got) < 2  # the second is refused (a full table): not counted
+
+    engine = Adopter()
+    assert kb.adopt_mac_blocks(engine, [*bans.members, SetElement("junk")], 1000.0) == 1
+    assert engine.got == [
+        (bytes.fromhex("02000000000c"), 1020.0),
+        (bytes.fromhex("02000000000a"), 1400.0),
+    ]
+    assert kb.adopt_mac_blocks(object(), bans.members, 0.0) == 0
+
+
+def test_the_engine_adopts_a_mac_ban_and_does_not_ban_it_again() -> None:
+    from ips.engine import Engine
+    from ips.policy.resolve import load_policy_text
+
+    engine = Engine(load_policy_text("table banned dynamic size 2 timeout 1h\n", "p.rules"))
+    mac = bytes.fromhex("02000000000a")
+    assert engine.adopt_mac_block(mac, 1600.0)
+    assert engine.adopt_mac_block(bytes.fromhex("02000000000b"), 1600.0)
+    assert not engine.adopt_mac_block(bytes.fromhex("02000000000c"), 1600.0)  # size 2: full
+    blocks = engine.blocks
+    got = blocks.request_mac(
+        mac, bytes(4), 1000.0, 60.0, "portscan", "mac-mismatch", frozenset(), []
+    )
+    assert got == (None, "already")
+    blocks.expire_macs(1600.0)
+    assert blocks.macs == {}
+    assert not Engine(load_policy_text("set default accept\n", "q.rules")).adopt_mac_block(mac, 1.0)

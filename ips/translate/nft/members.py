@@ -78,15 +78,22 @@ def replace_elements(
 
 
 def replace_ether_elements(
-    macs: Iterable[str], timeout: float | None = None, comment: str | None = None
+    macs: Iterable[str],
+    timeout: float | None = None,
+    comment: str | None = None,
+    expires: float | None = None,
 ) -> list[dict[str, object]]:
     """Put MACs ("aa:bb:cc:dd:ee:ff") in the set of banned MACs with exactly this timeout and
-    comment: add, delete, add again in one batch, as replace_elements does for addresses."""
+    comment: add, delete, add again in one batch, as replace_elements does for addresses
+    (`expires` likewise: seconds left, for a ban carried over a restart)."""
     macs = [m.lower() for m in macs]
     if not macs:
         return []
     target = {**_T, "name": ETHER_BAN_TABLE}
-    element = [SetElement(m, _seconds(timeout), None, comment) for m in macs]
+    ttl, left = _seconds(timeout), _seconds(expires)
+    element = [
+        SetElement(m, ttl, left if left is not None and ttl else None, comment) for m in macs
+    ]
     return [
         {"add": {"element": {**target, "elem": list(macs)}}},
         {"delete": {"element": {**target, "elem": list(macs)}}},
