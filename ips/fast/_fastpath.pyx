@@ -3727,10 +3727,33 @@ cdef extern from *:
         return qclass == 1 || qclass == 3 || qclass == 4 || qclass == 254 || qclass == 255;
     }
 
+    /* _dns_header_could_start: the first n (< 12) bytes at h can begin a header
+       ips_dns_header_ok accepts */
+    static int ips_dns_header_could_start(const uint8_t *h, Py_ssize_t n) {
+        unsigned opcode;
+        int high;
+        if (n > 2) {
+            opcode = (h[2] >> 3) & 0xF;
+            if (!(opcode == 0 || opcode == 1 || opcode == 2 || opcode == 4 || opcode == 5
+                  || opcode == 6)) return 0;
+        }
+        if (n > 3 && (h[3] & 0x40)) return 0;
+        if (n > 4 && h[4]) return 0;
+        if (n > 5 && h[5] != 1) return 0;
+        for (high = 6; high <= 10; high += 2)
+            if (n > high && (h[high] > 1 || (h[high] == 1 && n > high + 1 && h[high + 1])))
+                return 0;
+        return 1;
+    }
+
     static int ips_dns_tcp(const uint8_t *d, Py_ssize_t n) {
         Py_ssize_t length, end;
-        if (n < 2 + 12)
-            return (n < 2 || ips_u16(d) >= 17) ? IPS_DET_NEED_MORE : IPS_DET_UNKNOWN;
+        if (n < 2 + 12) {
+            if (n < 2) return IPS_DET_NEED_MORE;
+            if (ips_u16(d) < 17) return IPS_DET_UNKNOWN;
+            return ips_dns_header_could_start(d + 2, n - 2) ? IPS_DET_NEED_MORE
+                                                            : IPS_DET_UNKNOWN;
+        }
         length = ips_u16(d);
         if (length < 17) return IPS_DET_UNKNOWN;
         if (!ips_dns_header_ok(d + 2)) return IPS_DET_UNKNOWN;
