@@ -345,6 +345,10 @@ class AppInspector:
     # segment without payload, SYN, FIN or RST unless its direction ended while its side
     # is still read, which the compiled path reads in the state itself.
     tcp_reading_state = _Tcp
+    # A quiet flow's first payload that names its protocol unknown is finished without the
+    # streams (`_first_payload_unknown`); False: the full path, the reference it must equal
+    # (the tests compare the two).
+    unknown_at_once = True
 
     def __init__(
         self,
@@ -409,11 +413,44 @@ class AppInspector:
             if pkt.payload_offset >= pkt.length:
                 _quiet(state, pkt, fwd)
                 return None
+            if self.unknown_at_once and self._first_payload_unknown(pkt, flow, fwd, state):
+                return None
             state = self._wake(flow, state)
             cls = _Tcp
         if cls is _Tcp:
             return self._tcp(pkt, flow, fwd, state, now)
         return self._udp(pkt, flow, fwd, state, now)
+
+    def _first_payload_unknown(self, pkt: Packet, flow: Flow, fwd: bool, quiet: _TcpQuiet) -> bool:
+        """A quiet flow's first payload that names its protocol unknown by itself: named and
+        finished here, as `_wake`, the reassembler and `_tcp` would leave it (the fields
+        made and final, unknown counted, no state, the reassembler's memory as before),
+        without building the streams and the parsers' state only to drop them (most of
+        what such a packet cost, one per connection of a protocol we do not parse). False:
+        the full path decides (a SYN or FIN with data, a segment not at its direction's
+        start, one the reassembler would cut or refuse, bytes that may still be TLS, HTTP,
+        SSH or DNS)."""
+        l4 = pkt.l4_offset
+        data = pkt.data
+        if flow.app_proto is not None or l4 < 0 or l4 + 8 > pkt.length or pkt.flags & 0x07:
+            return False
+        n = len(data) - pkt.payload_offset  # what Reassembler.add_packet places
+        reassembler = self.reassembler
+        if n >= reassembler.limit or reassembler.used + n > reassembler.memory_cap:
+            return False
+        base = quiet.client_base if fwd else quiet.server_base
+        if base >= 0 and tcp_seq(pkt) != base:
+            return False
+        if detect_stream(data, pkt.payload_offset) != APP_UNKNOWN:
+            return False
+        app = AppFields()
+        app.client_done = True
+        app.server_done = True
+        flow.app = app
+        flow.app_proto = APP_UNKNOWN
+        self.counters.protocols[APP_UNKNOWN] += 1
+        flow.app_state = None
+        return True
 
     def _wake(self, flow: Flow, quiet: _TcpQuiet) -> _Tcp:
         """The first payload of a TCP flow: its streams, started where its SYNs said."""
