@@ -1,5 +1,5 @@
 """A quiet TCP flow's first payload that names its protocol unknown by itself is finished by
-the inspector without building the streams (ips/app/inspect.py `_first_payload_unknown`):
+the inspector without building the streams (ips/app/inspect.py `_first_payload`):
 against the full path (`unknown_at_once = False`: the streams built, the payload placed,
 detected, the streams closed), the reference. Two engines fed the same packets must give the
 same decisions and leave the same state: flows and their application fields, the

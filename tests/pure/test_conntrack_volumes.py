@@ -196,6 +196,40 @@ def test_the_fast_eve_line_says_the_same_as_the_record() -> None:
     assert json.loads(flow_line(end)) == flow_record(end)
 
 
+def test_the_fast_eve_line_of_an_offloaded_flow_is_the_records_json_to_the_byte() -> None:
+    """flow_line writes offloaded flows' records itself (they were json.dumps of
+    flow_record): the same text, byte for byte, for counts from a DESTROY and from a GET,
+    with interfaces, names and the `ipsctl` object's order (names, out_iface, counted_by)."""
+    import json
+
+    from ips.core.app_fields import AppFields
+    from ips.sinks.eve import flow_line
+
+    for source in ("destroy", "get"):
+        for named in (False, True):
+            for ifaces in ((None, None), ("lan0", "dmz0")):
+                end = offloaded_end()
+                flow = end.flow
+                flow.iif, flow.oif = ifaces
+                if named:
+                    flow.dst_name = "svc.example"
+                    flow.app = AppFields()
+                    flow.app.http_host = 'host "quoted"'
+                v = ConntrackVolumes(hold_seconds=0.0)
+                if source == "destroy":
+                    v.hold(end, 100.0, None)
+                    assert v.destroyed(counts_of(end)) == [end]
+                else:
+                    v.hold(end, 100.0, counts_of(end))
+                    assert v.due(100.0) == [end]
+                assert end.kernel is not None and end.kernel.source == source
+                want = json.dumps(flow_record(end), separators=(",", ":"))
+                assert flow_line(end) == want
+                assert flow_line(end, "eth9") == json.dumps(
+                    flow_record(end, "eth9"), separators=(",", ":")
+                )
+
+
 class _CountingWatch:
     """A ConntrackWatch stand-in: GETs counted and answered with fixed counts."""
 
