@@ -16,7 +16,8 @@ its own prefix for every variant and run), and measures, for each variant, in on
                 twice: one connection in flight per client (each waits for the last: the
                 round trips through gw bound the rate — a latency figure), and STORM_PARALLEL
                 in flight per client (how many connections a second the path can take, as
-                `ab -c` measures it)
+                `ab -c` measures it); with a queue, also the gateway's CPU time and the
+                packets its queue took per connection. --storm-only measures nothing else.
   ping          ping -i 0.01 from client to server, unloaded; p50 and p99 of per-packet RTT
   offline       with --offline: bench/replay_speed.py's `ipsctl replay` figure (compiled path,
                 mapped capture of >= 1,000,000 packets, policies/gateway.rules, application
@@ -26,6 +27,8 @@ Variants (--only NAME,...):
   kernel-ct           the same with conntrack on (one `ct state` rule, no queue): the floor
                       of anything that tracks connections, as ipsctl's offload does
   accept-only         bench/accept_loop.py on queue 0: netfilterqueue accepting every packet
+  accept-only-ct      the same with conntrack on in gw (kernel-ct's rule): the floor of an
+                      NFQUEUE program that offloads with conntrack marks, as ipsctl does
   ipsctl-offload      ipsctl, the bench policy, flow offload on (`set offload on`; an ipsctl
                       without that option runs at its defaults, and the report says so)
   ipsctl-offload-2q   the same with `ipsctl run --queues 2`: a worker per core of this
@@ -151,6 +154,13 @@ VARIANTS = (
         conntrack=True,
     ),
     Variant("accept-only", "netfilterqueue loop accepting everything, 1 queue", "accept"),
+    Variant(
+        "accept-only-ct",
+        "the accept-only loop with conntrack on in gw (one ct rule): what offload's "
+        "conntrack costs any NFQUEUE program",
+        "accept",
+        conntrack=True,
+    ),
     Variant("ipsctl-offload", "ipsctl, bench policy, offload on, 1 queue", "ipsctl", offload=True),
     Variant(
         "ipsctl-offload-2q",
@@ -1119,6 +1129,9 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
                 ratio(metric, name, "accept-only")
         ratio(metric, "ipsctl-offload", "ipsctl-inspect")
         ratio(metric, "ipsctl-offload", "kernel-ct")
+        # offload needs conntrack: the accept-only loop with conntrack on is its floor
+        ratio(metric, "ipsctl-offload", "accept-only-ct")
+        ratio(metric, "accept-only-ct", "accept-only")
         ratio(metric, "ipsctl-inspect-2q", "ipsctl-inspect")
         ratio(metric, "ipsctl-offload-2q", "ipsctl-offload")
         ratio(metric, "ipsctl-10k", "ipsctl-inspect")
