@@ -16,7 +16,8 @@ its own prefix for every variant and run), and measures, for each variant, in on
                 twice: one connection in flight per client (each waits for the last: the
                 round trips through gw bound the rate — a latency figure), and STORM_PARALLEL
                 in flight per client (how many connections a second the path can take, as
-                `ab -c` measures it)
+                `ab -c` measures it); with a queue, also the gateway's CPU time and the
+                packets its queue took per connection. --storm-only measures nothing else.
   ping          ping -i 0.01 from client to server, unloaded; p50 and p99 of per-packet RTT
   offline       with --offline: bench/replay_speed.py's `ipsctl replay` figure (compiled path,
                 mapped capture of >= 1,000,000 packets, policies/gateway.rules, application
@@ -26,6 +27,8 @@ Variants (--only NAME,...):
   kernel-ct           the same with conntrack on (one `ct state` rule, no queue): the floor
                       of anything that tracks connections, as ipsctl's offload does
   accept-only         bench/accept_loop.py on queue 0: netfilterqueue accepting every packet
+  accept-only-ct      the same with conntrack on in gw (kernel-ct's rule): the floor of an
+                      NFQUEUE program that offloads with conntrack marks, as ipsctl does
   ipsctl-offload      ipsctl, the bench policy, flow offload on (`set offload on`; an ipsctl
                       without that option runs at its defaults, and the report says so)
   ipsctl-offload-2q   the same with `ipsctl run --queues 2`: a worker per core of this
@@ -151,6 +154,13 @@ VARIANTS = (
         conntrack=True,
     ),
     Variant("accept-only", "netfilterqueue loop accepting everything, 1 queue", "accept"),
+    Variant(
+        "accept-only-ct",
+        "the accept-only loop with conntrack on in gw (one ct rule): what offload's "
+        "conntrack costs any NFQUEUE program",
+        "accept",
+        conntrack=True,
+    ),
     Variant("ipsctl-offload", "ipsctl, bench policy, offload on, 1 queue", "ipsctl", offload=True),
     Variant(
         "ipsctl-offload-2q",
@@ -571,6 +581,11 @@ def measure_udp(b: Bench) -> tuple[float, dict[str, Any]]:
 
 
 def measure_storm(b: Bench, parallel: int = 1) -> tuple[float, dict[str, Any]]:
+    """Connections/s of the storm, and with a queue what one connection cost the gateway:
+    its CPU time (user + system of the loop or of ipsctl and its workers) and the packets
+    the queue took, per completed connection."""
+    before_q = b.queues()
+    cpu_before = tree_cpu_seconds(b.gateway.pid) if b.gateway is not None else 0.0
     clients = [
         b.popen(
             "client",
@@ -606,7 +621,15 @@ def measure_storm(b: Bench, parallel: int = 1) -> tuple[float, dict[str, Any]]:
         done += doc["connections"]
         failed += doc["failed"]
         elapsed = max(elapsed, doc["seconds"])
-    return done / elapsed, {"failed": failed}
+    info: dict[str, Any] = {"failed": failed}
+    if b.gateway is not None and done > 0:
+        cpu = tree_cpu_seconds(b.gateway.pid) - cpu_before
+        info["cpu_us_per_conn"] = round(cpu / done * 1e6, 1)
+        after_q = b.queues()
+        queued = sum(q["id_sequence"] - before_q.get(n, {}).get("id_sequence", 0)
+                     for n, q in after_q.items())  # fmt: skip
+        info["queued_per_conn"] = round(queued / done, 2)
+    return done / elapsed, info
 
 
 def measure_ping(b: Bench) -> tuple[float, float, dict[str, Any]]:
@@ -646,7 +669,16 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[k]
 
 
-def one_run(b: Bench, tcp_only: bool = False) -> dict[str, Any]:
+def one_run(b: Bench, tcp_only: bool = False, storm_only: bool = False) -> dict[str, Any]:
+    if storm_only:  # new connections/s only, with what a connection cost the gateway
+        conns, storm_info = measure_storm(b)
+        time.sleep(1.0)
+        conns_par, storm_par_info = measure_storm(b, STORM_PARALLEL)
+        return {
+            "conn_per_s": conns,
+            "conn_par_per_s": conns_par,
+            "detail": {"udp": {}, "storm": storm_info, "storm_parallel": storm_par_info},
+        }
     if not tcp_only:
         p50, p99, ping_info = measure_ping(b)  # first: unloaded
     tcp, tcp_queued = measure_tcp(b)
@@ -914,7 +946,7 @@ def run_variant(
             elif v.kind == "ipsctl":
                 assert policy is not None
                 start_ipsctl(b, v, policy)
-            run = one_run(b, getattr(args, "tcp_only", False))
+            run = one_run(b, getattr(args, "tcp_only", False), getattr(args, "storm_only", False))
             if v.conntrack:  # that the kernel did track the bench's connections
                 count = b.run(
                     "gw", ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], timeout=20
@@ -1097,6 +1129,9 @@ def ratios(res: dict[str, dict[str, Any]]) -> dict[str, float]:
                 ratio(metric, name, "accept-only")
         ratio(metric, "ipsctl-offload", "ipsctl-inspect")
         ratio(metric, "ipsctl-offload", "kernel-ct")
+        # offload needs conntrack: the accept-only loop with conntrack on is its floor
+        ratio(metric, "ipsctl-offload", "accept-only-ct")
+        ratio(metric, "accept-only-ct", "accept-only")
         ratio(metric, "ipsctl-inspect-2q", "ipsctl-inspect")
         ratio(metric, "ipsctl-offload-2q", "ipsctl-offload")
         ratio(metric, "ipsctl-10k", "ipsctl-inspect")
@@ -1253,6 +1288,15 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
                 f"{r['median'][UDP_CPU]:.1f} (each run {each})"
             )
     for name, r in res.items():
+        if r["status"] != "ok" or "cpu_us_per_conn" not in r["runs"][0]["detail"].get("storm", {}):
+            continue
+        for key, what in (("storm", "1"), ("storm_parallel", f"{STORM_PARALLEL}")):
+            runs = [run["detail"].get(key, {}) for run in r["runs"]]
+            cpu = "/".join(f"{d.get('cpu_us_per_conn', float('nan')):.1f}" for d in runs)
+            queued = "/".join(f"{d.get('queued_per_conn', float('nan')):.2f}" for d in runs)
+            print(f"  {name}: {what} in flight: gateway CPU us per connection {cpu}, "
+                  f"queued packets per connection {queued} (each run)")  # fmt: skip
+    for name, r in res.items():
         if r["status"] == "ok" and "gw_cpu_percent" in r["runs"][0]["detail"].get("ping", {}):
             each = "/".join(f"{run['detail']['ping']['gw_cpu_percent']:.1f}" for run in r["runs"])
             print(f"  {name}: gateway CPU while pinging, % of a core, each run: {each}")
@@ -1317,7 +1361,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure only TCP bulk (to 5201 and to 443): the offload figures",
     )
+    ap.add_argument(
+        "--storm-only",
+        action="store_true",
+        help="measure only new connections/s (1 and 16 in flight), with the gateway's CPU "
+        "time and queued packets per connection",
+    )
     args = ap.parse_args(argv)
+    if args.tcp_only and args.storm_only:
+        ap.error("--tcp-only and --storm-only: one or the other")
     quick = (1, 2.0) if args.quick else (3, 5.0)  # explicit --runs/--seconds win
     args.runs = quick[0] if args.runs is None else args.runs
     args.seconds = quick[1] if args.seconds is None else args.seconds
@@ -1372,6 +1424,7 @@ def main(argv: list[str] | None = None) -> int:
                 "fail_mode": args.fail_mode,
                 "nfq_client": args.nfq_client or "default",
                 "tcp_only": args.tcp_only,
+                "storm_only": args.storm_only,
                 "policy": POLICY_NOTE,
                 "udp_streams": list(UDP_DSTS),
                 "storm_clients": list(STORM_DSTS),

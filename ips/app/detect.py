@@ -36,6 +36,7 @@ APP_UNKNOWN = "unknown"
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _DNS_HEADER = struct.Struct("!HHHHHH")
+_DNS_OPCODES = frozenset((0, 1, 2, 4, 5, 6))  # query, iquery, status, notify, update, DSO
 
 # Request methods of HTTP/1.x (RFC 9110 plus WebDAV's commonest), each followed by a space.
 HTTP_METHODS = (
@@ -119,8 +120,16 @@ def _http_or_unknown(data: bytes, off: int) -> str:
 def _dns_tcp(data: bytes, off: int) -> str | None:
     n = len(data) - off
     if n < 2 + 12:
-        # Only a DNS length prefix and header could still be coming.
-        return None if n < 2 or _U16.unpack_from(data, off)[0] >= 17 else APP_UNKNOWN
+        # Only a DNS length prefix and header could still be coming: worth waiting for while
+        # the bytes that came can start them. A stream whose first bytes already rule DNS
+        # out (as they rule out the other protocols above) is named unknown now, not at its
+        # first FIN: Suricata's probing parsers likewise fail as soon as the bytes seen
+        # contradict a protocol, and an unknown flow needs no more reading.
+        if n < 2:
+            return None
+        if _U16.unpack_from(data, off)[0] < 17:
+            return APP_UNKNOWN
+        return None if _dns_header_could_start(data, off + 2, n - 2) else APP_UNKNOWN
     length = _U16.unpack_from(data, off)[0]
     if length < 17:  # header + the shortest question (root name, type, class)
         return APP_UNKNOWN
@@ -142,13 +151,32 @@ def _dns_header_ok(data: bytes, off: int) -> bool:
         return False
     _id, flags, qd, an, ns, ar = _DNS_HEADER.unpack_from(data, off)
     opcode = (flags >> 11) & 0xF
-    if opcode not in (0, 1, 2, 4, 5, 6):
+    if opcode not in _DNS_OPCODES:
         return False
     if flags & 0x0040:  # the Z bit must be zero
         return False
     if qd != 1:  # every DNS implementation in use sends exactly one question
         return False
     return an <= 256 and ns <= 256 and ar <= 256
+
+
+def _dns_header_could_start(data: bytes, off: int, n: int) -> bool:
+    """Whether the first n (< 12) bytes at off can begin a header `_dns_header_ok` accepts:
+    each test of it whose bytes have come, byte by byte (the id is free)."""
+    if n > 2 and (data[off + 2] >> 3) & 0xF not in _DNS_OPCODES:
+        return False
+    if n > 3 and data[off + 3] & 0x40:  # the Z bit
+        return False
+    if n > 4 and data[off + 4]:  # the question count is 1
+        return False
+    if n > 5 and data[off + 5] != 1:
+        return False
+    for high in (6, 8, 10):  # the answer, authority and additional counts are <= 256
+        if n > high:
+            top = data[off + high]
+            if top > 1 or (top == 1 and n > high + 1 and data[off + high + 1]):
+                return False
+    return True
 
 
 def _dns_message(data: bytes, off: int, end: int) -> bool:

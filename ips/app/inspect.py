@@ -345,6 +345,10 @@ class AppInspector:
     # segment without payload, SYN, FIN or RST unless its direction ended while its side
     # is still read, which the compiled path reads in the state itself.
     tcp_reading_state = _Tcp
+    # A quiet flow's first payload that names its protocol unknown is finished without the
+    # streams, and another protocol it names is not detected again (`_first_payload`).
+    # False: the full path, the reference it must equal (the tests compare the two).
+    unknown_at_once = True
 
     def __init__(
         self,
@@ -409,11 +413,45 @@ class AppInspector:
             if pkt.payload_offset >= pkt.length:
                 _quiet(state, pkt, fwd)
                 return None
-            state = self._wake(flow, state)
-            cls = _Tcp
+            found = self._first_payload(pkt, flow, fwd, state) if self.unknown_at_once else None
+            if found == APP_UNKNOWN:
+                return None
+            return self._tcp(pkt, flow, fwd, self._wake(flow, state), now, found)
         if cls is _Tcp:
             return self._tcp(pkt, flow, fwd, state, now)
         return self._udp(pkt, flow, fwd, state, now)
+
+    def _first_payload(self, pkt: Packet, flow: Flow, fwd: bool, quiet: _TcpQuiet) -> str | None:
+        """A quiet flow's first payload, when it is the whole stream so far (in order at its
+        direction's start, neither cut nor refused by the reassembler, no SYN, FIN or RST):
+        the protocol it names by itself, which the full path's detection would name too
+        (`_tcp` takes it instead of detecting again); None: the full path decides. Unknown
+        is named and finished here, as `_wake`, the reassembler and `_tcp` would leave it
+        (the fields made and final, unknown counted, no state, the reassembler's memory as
+        before), without building the streams and the parsers' state only to drop them:
+        most of what such a packet cost, one per connection of a protocol not parsed."""
+        l4 = pkt.l4_offset
+        data = pkt.data
+        if flow.app_proto is not None or l4 < 0 or l4 + 8 > pkt.length or pkt.flags & 0x07:
+            return None
+        n = len(data) - pkt.payload_offset  # what Reassembler.add_packet places
+        reassembler = self.reassembler
+        if n >= reassembler.limit or reassembler.used + n > reassembler.memory_cap:
+            return None
+        base = quiet.client_base if fwd else quiet.server_base
+        if base >= 0 and tcp_seq(pkt) != base:
+            return None
+        found = detect_stream(data, pkt.payload_offset)
+        if found != APP_UNKNOWN:
+            return found
+        app = AppFields()
+        app.client_done = True
+        app.server_done = True
+        flow.app = app
+        flow.app_proto = APP_UNKNOWN
+        self.counters.protocols[APP_UNKNOWN] += 1
+        flow.app_state = None
+        return APP_UNKNOWN
 
     def _wake(self, flow: Flow, quiet: _TcpQuiet) -> _Tcp:
         """The first payload of a TCP flow: its streams, started where its SYNs said."""
@@ -452,8 +490,16 @@ class AppInspector:
     # ---- TCP ----------------------------------------------------------------------------------
 
     def _tcp(
-        self, pkt: Packet, flow: Flow, fwd: bool, state: _Tcp, now: float
+        self,
+        pkt: Packet,
+        flow: Flow,
+        fwd: bool,
+        state: _Tcp,
+        now: float,
+        found: str | None = None,
     ) -> list[AppEvent] | None:
+        """found: the protocol `_first_payload` read in this packet, the stream's only bytes
+        (None: detect here)."""
         streams = state.streams
         new = self.reassembler.add_packet(streams, fwd, pkt)
         side = streams.to_server if fwd else streams.to_client
@@ -465,7 +511,7 @@ class AppInspector:
         proto = flow.app_proto
         both = False
         if proto is None:
-            proto = self._detect_stream(flow, streams, fwd)
+            proto = self._detect_stream(flow, streams, fwd, found)
             if proto is None:
                 return None
             if proto not in (APP_TLS, APP_HTTP, APP_SSH, APP_DNS):
@@ -490,9 +536,16 @@ class AppInspector:
             self._close(flow, state)
         return events or None
 
-    def _detect_stream(self, flow: Flow, streams: TcpStreams, fwd: bool) -> str | None:
+    def _detect_stream(
+        self, flow: Flow, streams: TcpStreams, fwd: bool, found: str | None = None
+    ) -> str | None:
         """The protocol from the first bytes of either direction (this packet's first);
-        None while too few bytes have arrived."""
+        None while too few bytes have arrived. found: what this packet's bytes, the only
+        ones, were read to name already."""
+        if found is not None:
+            flow.app_proto = found
+            self.counters.protocols[found] += 1
+            return found
         for d in (
             (streams.to_server, streams.to_client)
             if fwd

@@ -52,6 +52,14 @@ if TYPE_CHECKING:
 
 TICK_EVERY = 1.0
 HEARTBEAT_EVERY = 0.25
+# Conntrack's DESTROY events (offloaded flows' final counts) are read at most this often:
+# each read is a return to this loop's Python from the compiled wait, and with one wake-up
+# per event a gateway answering short connections paid one for most of them, often right
+# between a connection's queued packets (a SYN reusing a closed connection's tuple makes
+# conntrack announce the old entry's end as it queues the SYN). The events wait in the
+# socket's buffer meanwhile (4 MiB: thousands of them), and a flow record waits for its
+# DESTROY up to HOLD_SECONDS (ips/io/conntrack.py), far longer.
+VOLUMES_READ_EVERY = 0.1
 # Seconds a stopping worker may spend writing the flow records of the flows still open
 # (reason `shutdown`), and seconds the supervisor waits for a worker to stop: both well inside
 # the unit's TimeoutStopSec (10 s), which must leave time to take the diversion out.
@@ -323,12 +331,13 @@ class Worker:
         others = [control] if copy_fd is None else [control, copy_fd]
         volumes = self.volumes
         volumes_fd = volumes.fileno() if volumes is not None else None
-        if volumes_fd is not None:
-            others.append(volumes_fd)
         links = self.links
         links_fd = links.fileno() if links is not None else None
         if links_fd is not None:
             others.append(links_fd)
+        # The DESTROY events' socket is polled only once VOLUMES_READ_EVERY has passed since
+        # the last read (`others` without it until then; the wait ends at that due).
+        volumes_due = 0.0
         started = time.time()
         next_tick = started + TICK_EVERY
         interval = self.cfg.stats_interval
@@ -339,11 +348,15 @@ class Worker:
             # The adapter's packets are judged inside the wait, as soon as they come; it
             # lingers (packets do not end it) until one of the others is readable or the
             # next of this loop's dues below, so this Python runs per due, not per wake-up.
-            ready = adapter.wait_and_process(fd, others, wait_for, linger=True)
+            polled = others
+            if volumes_fd is not None and time.time() >= volumes_due:
+                polled = [*others, volumes_fd]
+            ready = adapter.wait_and_process(fd, polled, wait_for, linger=True)
             if copy_fd is not None and copy_fd in ready:
                 adapter.process_copies()
             if volumes is not None and volumes_fd in ready:
                 volumes.read()  # conntrack's DESTROY events: held flow records completed
+                volumes_due = time.time() + VOLUMES_READ_EVERY
             if links is not None and links_fd is not None and links_fd in ready:
                 links.announced(time.time())  # a neighbour or route changed: read them soon
                 if links.fileno() is None:  # the watch broke and was closed: not polled again
@@ -374,12 +387,18 @@ class Worker:
                 if events:
                     adapter.effects(events)  # expiry counted; eve
                 if volumes is not None:
+                    # The events the pacing left in the socket first: a DESTROY that came
+                    # within a record's wait completes it, read late or not.
+                    volumes.read()
+                    volumes_due = time.time() + VOLUMES_READ_EVERY
                     volumes.tick(now)  # held records whose DESTROY did not come in time
                 next_tick = now + TICK_EVERY
             if next_stats is not None and now >= next_stats and eve is not None:
                 eve.write(stats_record(now, now - started, eve_stats(engine, adapter, self.cfg)))
                 next_stats = now + interval
             due = next_tick
+            if volumes_fd is not None and volumes_due > now:
+                due = min(due, volumes_due)
             if links is not None:
                 due = min(due, links.due)
             if next_stats is not None:

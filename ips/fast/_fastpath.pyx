@@ -1033,6 +1033,7 @@ cdef class FastPath:
     cdef object probe_kind, probe_answer  # the plan's probe: its kind, its answer's 5-tuple
     cdef Py_hash_t probe_answer_hash
     cdef dict table
+    cdef object engine_flows  # the FlowTable whose __dict__ `table` is (None with it)
     cdef object flow_timeouts
     cdef object app
     cdef object default_drop
@@ -1237,6 +1238,7 @@ cdef class FastPath:
         self.table_opened = NULL  # (the table's view read again: _table_view)
         self.flowless_on = False
         self.table = None
+        self.engine_flows = None
         self.slots_in_c = False
         self.not_ip_decision = None
         self.first_tcp = None
@@ -1265,6 +1267,7 @@ cdef class FastPath:
         if type(table.get("_unreplied")) is not deque or type(flows.timeouts) is not FlowTimeouts:
             return
         self.table = table
+        self.engine_flows = flows
         self.flow_timeouts = flows.timeouts
         self.slots_in_c = type(table.get("_slots")) is list
         not_ip = engine._not_ip
@@ -1462,6 +1465,21 @@ cdef class FastPath:
         """Write what is owed (see `_flush`); for tests, which look at it between packets
         fed to `run_pcap`'s parts."""
         self._flush()
+
+    cdef bint _reused(self, object flow) except -1:
+        """FlowTable.open's port reuse, for a SYN (no ACK) on `flow`'s tuple: when the flow is
+        closing or closed, or offloaded (the engine saw none of its end), the table ends it
+        (`_reuse`: removed, counted, kept for the tick's flow end) and True. False: nothing
+        done (an open flow not settled yet, which open settles first: Python)."""
+        if type(flow) is not FLOW or self.engine_flows is None:
+            return False
+        if not (_get(flow, F_TCP_STATE) >= TCP_CLOSING or _get(flow, F_OFFLOADED)):
+            return False
+        if self.table["_opened"] is not None:
+            return False
+        self._flush()  # (what is owed to the table first: _reuse is Python)
+        self.engine_flows._reuse(flow)
+        return True
 
     cdef int _table_view(self) except -1:
         """The flow table's attributes _flowless reads (table_*: borrowed from its __dict__,
@@ -1770,6 +1788,14 @@ cdef class FastPath:
                 # nothing but the state machine's one step and the reverse candidates
                 return self._syn_ack(p, total, payload_offset, sport, dport, flags, src, dst,
                                      <object>found, meta, meta_slots, now_obj, now)
+            if flags & SYN_ACK_FIN_RST == TCP_SYN and self._reused(<object>found):
+                # A SYN on the tuple of a closed or offloaded connection (the client reused
+                # its port): FlowTable.open ends that flow (_reuse) and opens a new one, as
+                # for a SYN of no flow, which is decided here (or, if not, by Python, which
+                # then finds no flow: the same steps in the same order).
+                return self._flowless(p, proto, total, payload_offset, sport, dport, flags,
+                                      src, dst, py_sport, py_dport, key, key_hash, meta,
+                                      meta_slots, now_obj, now)
             return None  # the state machine's business
         flow = <object>found
         if type(flow) is not FLOW:
@@ -3727,10 +3753,33 @@ cdef extern from *:
         return qclass == 1 || qclass == 3 || qclass == 4 || qclass == 254 || qclass == 255;
     }
 
+    /* _dns_header_could_start: the first n (< 12) bytes at h can begin a header
+       ips_dns_header_ok accepts */
+    static int ips_dns_header_could_start(const uint8_t *h, Py_ssize_t n) {
+        unsigned opcode;
+        int high;
+        if (n > 2) {
+            opcode = (h[2] >> 3) & 0xF;
+            if (!(opcode == 0 || opcode == 1 || opcode == 2 || opcode == 4 || opcode == 5
+                  || opcode == 6)) return 0;
+        }
+        if (n > 3 && (h[3] & 0x40)) return 0;
+        if (n > 4 && h[4]) return 0;
+        if (n > 5 && h[5] != 1) return 0;
+        for (high = 6; high <= 10; high += 2)
+            if (n > high && (h[high] > 1 || (h[high] == 1 && n > high + 1 && h[high + 1])))
+                return 0;
+        return 1;
+    }
+
     static int ips_dns_tcp(const uint8_t *d, Py_ssize_t n) {
         Py_ssize_t length, end;
-        if (n < 2 + 12)
-            return (n < 2 || ips_u16(d) >= 17) ? IPS_DET_NEED_MORE : IPS_DET_UNKNOWN;
+        if (n < 2 + 12) {
+            if (n < 2) return IPS_DET_NEED_MORE;
+            if (ips_u16(d) < 17) return IPS_DET_UNKNOWN;
+            return ips_dns_header_could_start(d + 2, n - 2) ? IPS_DET_NEED_MORE
+                                                            : IPS_DET_UNKNOWN;
+        }
         length = ips_u16(d);
         if (length < 17) return IPS_DET_UNKNOWN;
         if (!ips_dns_header_ok(d + 2)) return IPS_DET_UNKNOWN;

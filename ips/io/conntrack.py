@@ -264,6 +264,10 @@ class ConntrackVolumes:
             out.append(self._release(self._held.popitem(last=False)[1]))
         return out
 
+    def destroy_known(self, key: Tuple5) -> bool:
+        """Whether a DESTROY for this tuple was read and waits for the engine's end."""
+        return key in self._destroyed
+
     def destroyed(self, counts: ConntrackCounts) -> list[FlowEnd]:
         held = self._held.pop(counts.tuple5, None)
         if held is not None:
@@ -410,7 +414,12 @@ class OffloadedVolumes:
         out: list[Any] = []
         for event in events:
             if isinstance(event, FlowEnd) and getattr(event.flow, "offloaded", False):
-                counts = self.watch.get(ConntrackVolumes.key(event))
+                key = ConntrackVolumes.key(event)
+                # A DESTROY already read completes the record at once (hold): the entry's
+                # counts now would not be used, and asking for them is a netlink round trip
+                # (most of an offloaded flow's end when its tuple was reused).
+                known = self.volumes.destroy_known(key)
+                counts = None if known else self.watch.get(key)
                 out.extend(self.volumes.hold(event, now, counts))
             else:
                 out.append(event)

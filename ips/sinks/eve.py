@@ -413,8 +413,6 @@ def flow_line(end: FlowEnd, in_iface: str | None = None, enrich: Enricher | None
     every connection ends in one, so it is the commonest record by far. Every string in it
     is a timestamp, an address, or a word of ours, except the interface name and the end
     reason, which go through json.dumps."""
-    if end.kernel is not None:  # an offloaded flow with the kernel's counts: rare, the long way
-        return json.dumps(flow_record(end, in_iface, enrich), separators=(",", ":"))
     f = end.flow
     proto = f.proto
     in_iface, out_iface = flow_ifaces(f, in_iface)
@@ -443,6 +441,19 @@ def flow_line(end: FlowEnd, in_iface: str | None = None, enrich: Enricher | None
     cid = flow_community_id(proto, f.src, f.dst, f.sport, f.dport, f.icmp)
     first, last = f.first_seen, f.last_seen
     bypass = ',"bypass":"capture"' if getattr(f, "offloaded", False) else ""
+    # An offloaded flow with the kernel's counts (ips/io/conntrack.py): its volume is the
+    # kernel's, `bypassed` what went past the engine, and `counted_by` says where the counts
+    # come from (since short connections are offloaded at their first payload, most records
+    # of a busy gateway are these).
+    kernel = end.kernel
+    volume = f if kernel is None else kernel
+    if kernel is not None:
+        bypass += (
+            f',"bypassed":{{"pkts_toserver":{max(0, kernel.pkts_fwd - f.pkts_fwd)},'
+            f'"pkts_toclient":{max(0, kernel.pkts_rev - f.pkts_rev)},'
+            f'"bytes_toserver":{max(0, kernel.bytes_fwd - f.bytes_fwd)},'
+            f'"bytes_toclient":{max(0, kernel.bytes_rev - f.bytes_rev)}}}'
+        )
     if f.dst_name is None and f.app is None:
         names_text = ""  # the common case: nothing named
         named = False
@@ -453,6 +464,9 @@ def flow_line(end: FlowEnd, in_iface: str | None = None, enrich: Enricher | None
     if out_iface is not None:
         out_text = f'"out_iface":{_json_text(out_iface)}'
         names_text = f"{names_text},{out_text}" if names_text else out_text
+    if kernel is not None:  # "destroy" or "get": words of ours
+        counted = f'"counted_by":"conntrack-{kernel.source}"'
+        names_text = f"{names_text},{counted}" if names_text else counted
     peers = (
         enrich.fields_json(proto, f.src, f.dst, f.sport, f.dport, named)
         if enrich is not None
@@ -468,8 +482,8 @@ def flow_line(end: FlowEnd, in_iface: str | None = None, enrich: Enricher | None
         f'{{"timestamp":"{eve_timestamp(end.time)}","flow_id":{f.flow_id}{iface}'
         f',"event_type":"flow","src_ip":"{endpoints},"proto":"{_proto_label(proto)}"{app_field}'
         f',"community_id":"{cid}","flow":{{'
-        f'"pkts_toserver":{f.pkts_fwd},"pkts_toclient":{f.pkts_rev},'
-        f'"bytes_toserver":{f.bytes_fwd},"bytes_toclient":{f.bytes_rev},'
+        f'"pkts_toserver":{volume.pkts_fwd},"pkts_toclient":{volume.pkts_rev},'
+        f'"bytes_toserver":{volume.bytes_fwd},"bytes_toclient":{volume.bytes_rev},'
         f'"start":"{eve_timestamp(first)}","end":"{eve_timestamp(last)}",'
         f'"age":{int(last - first)},"state":"{state}",'
         f'"reason":{_json_text(EVE_END_REASONS.get(end.reason, end.reason))}{bypass}{tail}{own}}}'

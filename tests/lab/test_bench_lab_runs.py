@@ -65,6 +65,29 @@ def test_quick_run_measures_kernel_conntrack_and_accept_only(tmp_path: Path) -> 
     assert not {n for n in after - before if n.startswith("bl")}
 
 
+def test_storm_only_measures_connections_and_their_cost(tmp_path: Path) -> None:
+    """--storm-only: conn/s at 1 and 16 in flight, and per connection the gateway's CPU
+    time and the packets its queue took (the accept-only loop queues every packet of a
+    connection: at least its SYN, SYN+ACK, ACK, data and FIN)."""
+    need_root()
+    out_json = tmp_path / "storm.json"
+    res = run_bench(
+        BENCH, "--quick", "--seconds", "1", "--only", "accept-only", "--storm-only",
+        "--json", str(out_json),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    doc = json.loads(out_json.read_text())
+    v = doc["variants"]["accept-only"]
+    assert v["status"] == "ok", v
+    assert v["median"]["conn_per_s"] > 0 and v["median"]["conn_par_per_s"] > 0
+    assert "tcp_gbps" not in v["median"] and "udp_pps" not in v["median"]
+    for key in ("storm", "storm_parallel"):
+        detail = v["runs"][0]["detail"][key]
+        assert detail["cpu_us_per_conn"] > 0, detail
+        assert detail["queued_per_conn"] >= 5, detail
+    assert "gateway CPU us per connection" in res.stdout
+
+
 NFQ_CLIENT_BENCH = ROOT / "bench" / "nfq_client.py"
 
 

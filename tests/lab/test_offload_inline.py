@@ -205,6 +205,29 @@ def test_a_short_connection_costs_the_queue_two_packets(tmp_path: Path) -> None:
         assert queued(box) - before >= 140
 
 
+def test_with_the_application_layer_a_connection_of_no_known_protocol_costs_four(
+    tmp_path: Path,
+) -> None:
+    """With application parsing on (the default) the handshake's ACK and the first data are
+    queued for the inspector; a first payload that no protocol the inspector knows can start
+    ("hello N": not TLS, HTTP, SSH, nor a DNS header) names the flow unknown there, and the
+    engine offloads it: SYN, SYN+ACK, ACK and the data, 4 packets a connection (10 before
+    the protocol was named this early: every packet up to the server's FIN)."""
+    with inline_lab(tmp_path, "ofa") as box:
+        box.start_daemon(POLICY)
+        before = queued(box)
+        script = tmp_path / "short.py"
+        script.write_text(SHORT_CONNECTIONS)
+        out = box.run("client", [sys.executable, str(script), SERVER, "20"], timeout=30)
+        assert out.stdout.strip() == "ok", out.stderr
+        time.sleep(0.2)
+        assert queued(box) - before == 80
+        status = box.status()
+        assert status["offload"]["flows"] == 20, status["offload"]
+        assert status["offload"]["copied"] == 0  # the data was queued, not copied
+        assert status["worker"]["app"]["protocols"].get("unknown") == 20
+
+
 # 200 echoes, wait for the go file, 10 echoes (that bring the connection back to the engine
 # after the apply), a pause of REOFFLOAD_AFTER and more, then 200 echoes
 COMEBACK_CLIENT = r"""

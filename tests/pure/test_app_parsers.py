@@ -90,6 +90,16 @@ def test_detection_by_content_whatever_the_port() -> None:
     assert detect_stream(struct.pack("!H", len(q)) + q[:14]) is None  # question to come
     assert detect_stream(b"\x00\x00\x00\x00 random binary protocol") == APP_UNKNOWN
     assert detect_stream(b"EHLO mail.example\r\n") == APP_UNKNOWN
+    # Fewer bytes than a DNS header: unknown as soon as the bytes that came rule it out
+    # (not at the flow's first FIN), and still waiting while they could start one.
+    assert detect_stream(b"storm-1\n") == APP_UNKNOWN  # opcode 13 in the flags' place
+    assert detect_stream(b"hey") is None  # "he" a length, "y" an id's first byte
+    assert detect_stream(b"hello") == APP_UNKNOWN  # "o" as flags: opcode 13
+    for cut in range(2, 14):  # a query's every start can still be DNS
+        assert detect_stream(struct.pack("!H", len(q)) + q[: cut - 2]) is None
+    assert detect_stream(struct.pack("!HHHH", 40, 1, 0x0100, 2)) == APP_UNKNOWN  # 2 questions
+    assert detect_stream(struct.pack("!HHHHBB", 40, 1, 0x0100, 1, 1, 1)) == APP_UNKNOWN  # 257
+    assert detect_stream(struct.pack("!HHHHB", 40, 1, 0x0100, 1, 1)) is None  # 256 may come
     assert detect_datagram(q) == APP_DNS
     assert detect_datagram(dns_response()) == APP_DNS
     initial = b"\xc3\x00\x00\x00\x01\x08" + bytes(8) + b"\x00" + bytes(1200)

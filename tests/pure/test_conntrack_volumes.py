@@ -194,3 +194,67 @@ def test_the_fast_eve_line_says_the_same_as_the_record() -> None:
     v.hold(end, 100.0, counts_of(end))
     assert v.due(100.0) == [end]
     assert json.loads(flow_line(end)) == flow_record(end)
+
+
+def test_the_fast_eve_line_of_an_offloaded_flow_is_the_records_json_to_the_byte() -> None:
+    """flow_line writes offloaded flows' records itself (they were json.dumps of
+    flow_record): the same text, byte for byte, for counts from a DESTROY and from a GET,
+    with interfaces, names and the `ipsctl` object's order (names, out_iface, counted_by)."""
+    import json
+
+    from ips.core.app_fields import AppFields
+    from ips.sinks.eve import flow_line
+
+    for source in ("destroy", "get"):
+        for named in (False, True):
+            for ifaces in ((None, None), ("lan0", "dmz0")):
+                end = offloaded_end()
+                flow = end.flow
+                flow.iif, flow.oif = ifaces
+                if named:
+                    flow.dst_name = "svc.example"
+                    flow.app = AppFields()
+                    flow.app.http_host = 'host "quoted"'
+                v = ConntrackVolumes(hold_seconds=0.0)
+                if source == "destroy":
+                    v.hold(end, 100.0, None)
+                    assert v.destroyed(counts_of(end)) == [end]
+                else:
+                    v.hold(end, 100.0, counts_of(end))
+                    assert v.due(100.0) == [end]
+                assert end.kernel is not None and end.kernel.source == source
+                want = json.dumps(flow_record(end), separators=(",", ":"))
+                assert flow_line(end) == want
+                assert flow_line(end, "eth9") == json.dumps(
+                    flow_record(end, "eth9"), separators=(",", ":")
+                )
+
+
+class _CountingWatch:
+    """A ConntrackWatch stand-in: GETs counted and answered with fixed counts."""
+
+    def __init__(self, answer: ConntrackCounts | None) -> None:
+        self.answer = answer
+        self.gets = 0
+
+    def get(self, _tuple5: object) -> ConntrackCounts | None:
+        self.gets += 1
+        return self.answer
+
+
+def test_the_worker_asks_conntrack_only_for_flows_whose_destroy_is_not_known() -> None:
+    """OffloadedVolumes.filter: a flow whose DESTROY was read already is completed with it
+    and costs no GET (a netlink round trip); one whose DESTROY is not known yet is held with
+    the GET's counts, which go out at the deadline."""
+    from ips.io.conntrack import OffloadedVolumes
+
+    delivered: list[object] = []
+    known, unknown = offloaded_end(), offloaded_end()
+    watch = _CountingWatch(counts_of(unknown))
+    vols = OffloadedVolumes(delivered.extend, watch, ConntrackVolumes(hold_seconds=3.0))  # type: ignore[arg-type]
+    vols.volumes.destroyed(counts_of(known))
+    assert vols.filter([known], 100.0) == [known] and watch.gets == 0
+    assert known.kernel is not None and known.kernel.source == "destroy"
+    assert vols.filter([unknown], 100.0) == [] and watch.gets == 1
+    assert vols.volumes.due(103.0) == [unknown]
+    assert unknown.kernel is not None and unknown.kernel.source == "get"

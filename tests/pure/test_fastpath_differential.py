@@ -1603,7 +1603,12 @@ def test_the_compiled_stream_detection_agrees_on_every_short_start() -> None:
             for counts in ((1, 0, 0, 0), (1, 256, 256, 256), (1, 257, 0, 0), (2, 0, 0, 0)):
                 header = struct.pack("!HH4H", 0x1234, flags, *counts)
                 body = header + question + b"\x00\x01\x00\x01"
-                samples.append(struct.pack("!H", len(body)) + body)
+                framed = struct.pack("!H", len(body)) + body
+                samples += [framed[:i] for i in range(len(framed) + 1)]  # what can wait
+    for high in range(3):  # a count's bytes on either side of 256, cut anywhere
+        for low in (0, 1, 0xFF):
+            header = struct.pack("!HHH", 0x1234, 0x0100, 1) + bytes([high, low]) * 3
+            samples += [b"\x00\x40" + header[:i] for i in range(len(header) + 1)]
     for label in (0x00, 0x01, 0x3F, 0x40, 0x80, 0xC0):
         for qclass in (0, 1, 2, 3, 4, 5, 253, 254, 255, 256, 0x8001, 0x80FF, 0xFFFF):
             body = (
