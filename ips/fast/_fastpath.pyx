@@ -4236,7 +4236,7 @@ from ips.core.flow import END_TIMEOUT as _END_TIMEOUT
 from ips.detect.common import BucketDetector as _BucketDetector, Detector as _Detector
 from ips.detect.detectors import Detectors as _Detectors
 from ips.detect.scan import ScanDetector as _ScanDetector
-from ips.detect.stealth import Stealth as _Stealth
+from ips.detect.stealth import Stealth as _Stealth, StealthEntry as _StealthEntry
 
 from cpython.dict cimport PyDict_Next
 
@@ -4270,6 +4270,8 @@ cdef object _TABLE_FILE = FlowTable._file
 cdef object _TABLE_POP_EVICTED = FlowTable.pop_evicted
 cdef dict _COMMON_GLOBALS = vars(_detect_common)   # TICK_BUDGET and ALERT_EVERY, read per tick
 cdef object INF_FLOAT = float("inf")
+cdef type STEALTH_ENTRY = _StealthEntry
+cdef Py_ssize_t STEALTH_START = _offset(_StealthEntry, "start")
 cdef double INFINITY_C = INF_FLOAT
 cdef Py_ssize_t EXPIRE_BUDGET = FlowTable.expire.__defaults__[0]  # expire's `budget`
 cdef object _BLOCK_MANAGER = None   # ips/engine/blocks.py BlockManager (imported on first use:
@@ -4477,6 +4479,7 @@ cdef class Ticker:
         """`if flows.due(now): pop_evicted, expire`, each flow ended (Engine._flow_end)."""
         engine = self.engine
         cdef double floordiv
+        cdef long long first_slot
         if type(flows) is not FLOW_TABLE or not self.flows_known.check(flows):
             return self._flows_in_python(flows, now_obj, events)
         fattrs = <dict>flows.__dict__
@@ -4485,11 +4488,20 @@ cdef class Ticker:
         if type(slots) is not list:
             return self._flows_in_python(flows, now_obj, events)
         # FlowTable.due: flows ended by track(), or a slot due (`slots[0] <= int(now // _SLOT)`)
+        if not ended:
+            if not slots:
+                return 0
+            first = (<list>slots)[0]
+            _timer_slot(now, &floordiv)  # (floordiv: `now // _SLOT`, integral)
+            if _narrow(first, &first_slot) and -9.0e15 < floordiv < 9.0e15:
+                if not <double>first_slot <= floordiv:
+                    return 0
+            elif not first <= _timer_slot(now, &floordiv) - 1:
+                return 0
         due_slot = _timer_slot(now, &floordiv) - 1
-        if not ended and not (slots and (<list>slots)[0] <= due_slot):
-            return 0
-        for flow in flows.pop_evicted():
-            engine._flow_end(flow, now_obj, events)
+        if ended:  # (pop_evicted of none: an empty list for another)
+            for flow in flows.pop_evicted():
+                engine._flow_end(flow, now_obj, events)
         expired = self._expire(flows, fattrs, now_obj, now, due_slot)
         if expired is None:
             self.in_python += 1
@@ -4534,7 +4546,6 @@ cdef class Ticker:
         cdef double deadline, floordiv
         cdef int proto
         cdef long long expired = 0
-        remove = flows._remove
         while slots and budget > 0:
             slot = (<list>slots)[0]
             if not slot <= due_slot:
@@ -4568,7 +4579,7 @@ cdef class Ticker:
                             deadline = deadline_obj
                     if deadline <= now:
                         flow._slot = FLOW_GONE
-                        remove(flow)
+                        flows._remove(flow)
                         flow.end_reason = _END_TIMEOUT
                         expired += 1
                         out.append(flow)
@@ -4640,16 +4651,14 @@ cdef class Ticker:
         buckets, or with values of other types, its own."""
         attrs = part.attrs
         buckets = attrs.get("buckets")
-        idle_obj = attrs.get("idle")
-        oldest_obj = attrs.get("oldest_use")
-        alert_every_obj = _COMMON_GLOBALS.get("ALERT_EVERY")
-        if (
-            type(buckets) is not dict or not PyFloat_CheckExact(idle_obj)
-            or not PyFloat_CheckExact(oldest_obj) or not PyFloat_CheckExact(alert_every_obj)
-        ):
+        if type(buckets) is not dict:
             return self._python_part(part, now_obj, out)
         if not buckets:
             return 0
+        idle_obj = attrs.get("idle")
+        oldest_obj = attrs.get("oldest_use")
+        if not PyFloat_CheckExact(idle_obj) or not PyFloat_CheckExact(oldest_obj):
+            return self._python_part(part, now_obj, out)
         cdef double idle = PyFloat_AS_DOUBLE(idle_obj)
         if len(<dict>buckets) > _COMMON_GLOBALS["TICK_BUDGET"]:
             self.in_python += 1
@@ -4657,6 +4666,9 @@ cdef class Ticker:
             return 0
         if now - PyFloat_AS_DOUBLE(oldest_obj) < idle:
             return 0  # no bucket idle yet
+        alert_every_obj = _COMMON_GLOBALS.get("ALERT_EVERY")
+        if not PyFloat_CheckExact(alert_every_obj):
+            return self._python_part(part, now_obj, out)
         cdef double alert_every = PyFloat_AS_DOUBLE(alert_every_obj)
         cdef double oldest = INFINITY_C
         oldest_obj = INF_FLOAT
@@ -4697,7 +4709,13 @@ cdef class Ticker:
         cdef double horizon = now - PyFloat_AS_DOUBLE(within_obj)
         cdef list finished = []
         for key in entries:
-            start = getattr(entries[key], "start")
+            entry = entries[key]
+            if type(entry) is SCAN_ENTRY:
+                start = _get(entry, E_START)
+            elif type(entry) is STEALTH_ENTRY:
+                start = _get(entry, STEALTH_START)
+            else:
+                start = getattr(entry, "start")
             if not PyFloat_CheckExact(start):
                 return -1
             if PyFloat_AS_DOUBLE(start) >= horizon:
