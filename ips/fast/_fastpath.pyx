@@ -4232,6 +4232,7 @@ cdef bint _bare_segment_reads_nothing(object app, object app_state, object flow,
 # engine ticking here to one ticking in Python, state and effects, tick after tick.
 
 from heapq import heappop as _heappop
+from weakref import ref as _weakref
 from ips.core.flow import END_TIMEOUT as _END_TIMEOUT
 from ips.detect.common import BucketDetector as _BucketDetector, Detector as _Detector
 from ips.detect.detectors import Detectors as _Detectors
@@ -4392,7 +4393,8 @@ cdef class Ticker:
     """Engine.tick of one engine (see the section's notes): `ticker(now)` is what
     `engine.tick(now)` returns, with the same changes made."""
     cdef FastPath fast
-    cdef object engine
+    cdef object engine_ref        # a weak reference: the engine holds this object
+    cdef object engine            # the engine, and its __dict__, during a tick (else None)
     cdef dict engine_attrs
     cdef object detect            # the Detectors the parts were read from
     cdef object by_name           # and its table of detectors
@@ -4410,7 +4412,11 @@ cdef class Ticker:
             _BLOCK_MANAGER = BlockManager
             _BLOCKS_DUE = BlockManager.due
         self.fast = fast
-        self.engine = engine
+        # The engine itself is not kept between ticks: it holds this object, and a cycle
+        # would leave both to the cyclic collector (tests/pure/test_heap.py).
+        self.engine_ref = _weakref(engine)
+        self.engine = None
+        self.engine_attrs = None
         self.flows_known = Known(
             ("due", "expire", "_expire_into", "_timeout", "_file", "pop_evicted"),
             (_TABLE_DUE, _TABLE_EXPIRE, _TABLE_EXPIRE_INTO, _TABLE_TIMEOUT, _TABLE_FILE,
@@ -4418,17 +4424,25 @@ cdef class Ticker:
         )
         self.blocks_known = Known(("due",), (_BLOCKS_DUE,))
         self.detectors_known = Known(("tick",), (_DETECTORS_TICK,))
-        self.engine_attrs = engine.__dict__
         self.detect = None
         self.by_name = None
         self.parts = []
 
     def __call__(self, now):
+        engine = self.engine_ref()
+        if engine is None:
+            raise ReferenceError("the engine of this tick is gone")
         self.fast._flush()  # (what the fast path owes, written before Python reads anything)
         if not PyFloat_CheckExact(now) or not isfinite(PyFloat_AS_DOUBLE(now)):
             self.in_python += 1
-            return self.engine._tick_in_python(now)
-        return self._tick(now, PyFloat_AS_DOUBLE(now))
+            return engine._tick_in_python(now)
+        self.engine = engine
+        self.engine_attrs = engine.__dict__
+        try:
+            return self._tick(now, PyFloat_AS_DOUBLE(now))
+        finally:
+            self.engine = None
+            self.engine_attrs = None
 
     cdef list _tick(self, object now_obj, double now):
         """Engine._tick_in_python, in its order."""

@@ -232,3 +232,18 @@ def test_a_replay_ticking_in_its_compiled_loop_writes_what_python_writes(
     want = _replay(text, paths, False)
     assert got == want
     assert '"flow_end"' in got[1] or "flow" in got[1]
+
+
+def test_a_policy_load_midway_ticks_as_python_does() -> None:
+    """A reload replaces the Detectors (keeping the detectors configured alike): the Ticker
+    reads its parts again, and ticks the new and the kept detectors as Python does."""
+    pair = Pair(NO_SLOWSCAN, timeouts=SHORT)
+    story = grid_story(11, 400)
+    half = len(story) // 2
+    feed(pair, story[:half], 0.25)
+    changed = NO_SLOWSCAN.replace("detect udpflood rate 2/s", "detect udpflood rate 3/s")
+    for engine in (pair.compiled, pair.pure):
+        engine.load(load_policy_text(changed, "t.rules"))
+    floods = pair.ticker.floods_in_c
+    feed(pair, story[half:], 0.25)
+    assert pair.ticker.floods_in_c > floods and pair.ticker.scans_in_c > 0
