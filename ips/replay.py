@@ -215,7 +215,7 @@ class _Run:
         after = self.after
         # The compiled loop ticks itself (the engine's tick, a second of capture time
         # apart, as `after` would) and hands back only the ticks that gave events.
-        tick = engine.tick if TICK_EVERY == 1.0 else None
+        tick: Callable[[float], list[Effect]] | None = engine.tick if TICK_EVERY == 1.0 else None
         if getattr(tick, "__func__", None) is Engine.tick and engine._ticker is not None:
             tick = engine._ticker  # what Engine.tick calls (the compiled tick), without its frame
         with _map_capture(reader._f.fileno()) as mem:
