@@ -166,12 +166,16 @@ class _Run:
             self.next_tick = ts + TICK_EVERY
         elif ts >= self.next_tick:
             ended = self.engine.tick(ts)
-            if ended:  # (most ticks end nothing: no count, no blocks to note)
-                self.flows_ended += sum(1 for ev in ended if ev.__class__ is FlowEnd)
-                self.note_blocks(ended)
-            if self.eve is not None:
-                self.eve.events(ended)
+            if ended:  # (most ticks end nothing: no count, no blocks to note, nothing to write)
+                self.ticked(ended)
             self.next_tick = ts + TICK_EVERY
+
+    def ticked(self, ended: list[Effect]) -> None:
+        """What a tick gave (not empty): flows ended counted, blocks noted, events written."""
+        self.flows_ended += sum(1 for ev in ended if ev.__class__ is FlowEnd)
+        self.note_blocks(ended)
+        if self.eve is not None:
+            self.eve.events(ended)
 
     def records(self, reader: CaptureReader, bar: _Bar) -> int:
         """The records as ips/io/pcap.py reads them, each through Engine.handle."""
@@ -207,21 +211,28 @@ class _Run:
         run_pcap = fast.compiled_run_pcap()
         fast_path, slow, slow_packet = engine._fast_path, engine.handle_python, engine.handle_packet
         linktype, divisor, max_record = layout.linktype, layout.divisor, layout.max_record
-        stop_tick, stop_effects = fast.STOP_TICK, fast.STOP_EFFECTS
+        stop_tick, stop_effects, stop_ticked = fast.STOP_TICK, fast.STOP_EFFECTS, fast.STOP_TICKED
         after = self.after
+        # The compiled loop ticks itself (the engine's tick, a second of capture time
+        # apart, as `after` would) and hands back only the ticks that gave events.
+        tick: Callable[[float], list[Effect]] | None = engine.tick if TICK_EVERY == 1.0 else None
+        if getattr(tick, "__func__", None) is Engine.tick and engine._ticker is not None:
+            tick = engine._ticker  # what Engine.tick calls (the compiled tick), without its frame
         with _map_capture(reader._f.fileno()) as mem:
             size = len(mem)
             pos = PCAP_HEADER_LEN
             while True:
                 reason, pos, judged, self.last_ts, self.next_tick, ts, decision = run_pcap(
                     fast_path, slow, slow_packet, mem, pos, linktype, divisor, max_record,
-                    meta, self.next_tick, self.last_ts, 65536,
+                    meta, self.next_tick, self.last_ts, 65536, tick,
                 )  # fmt: skip
                 if judged:
                     count += judged
                     reader._empty_run = 0
                     reader.records += judged
-                if reason == stop_tick:
+                if reason == stop_ticked:
+                    self.ticked(decision)
+                elif reason == stop_tick:
                     after(ts)
                 elif reason == stop_effects:
                     self.effects(decision.effects)

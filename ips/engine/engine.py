@@ -22,7 +22,7 @@ the kernel), ips/engine/blocks.py (who may be banned).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -67,7 +67,7 @@ from ips.engine.evidence import (
     Judgement,
 )
 from ips.engine.offload import REOFFLOAD_AFTER, offload_kind
-from ips.fast import new_fast_path
+from ips.fast import new_fast_path, new_ticker
 from ips.fast.parsers import stream_parsers
 from ips.policy.compile import PENDING, CompiledPolicy, CompiledRule
 from ips.policy.model import ACCEPT, BAN_TABLE, DROP, REJECT, REWRITE, SPOOF_SID, Policy
@@ -190,6 +190,10 @@ class Engine:
         self.load(policy)
         self._fast_path = new_fast_path(self, REOFFLOAD_AFTER) if fast else None
         self._fast = self._fast_path.handle if self._fast_path is not None else None
+        # The compiled tick (see `tick`), None without the compiled path.
+        self._ticker: Callable[[float], list[Effect]] | None = (
+            new_ticker(self, self._fast_path) if self._fast_path is not None else None
+        )
 
     # ---- policy ---------------------------------------------------------------------------
 
@@ -822,7 +826,20 @@ class Engine:
     def tick(self, now: float) -> list[Effect]:
         """Expire flows, table entries, blocks and NAT state; weigh the scan probes whose
         answer is overdue. Returns the events: FlowEnd, Unblock, and detections (Alert,
-        Block). Call it about once a second: scans of unanswered probes are found here."""
+        Block). Call it about once a second: scans of unanswered probes are found here.
+
+        With the compiled path, its Ticker (ips/fast/_fastpath.pyx) makes this tick: the
+        same calls in the same order, the parts it knows done in compiled code (each part's
+        `due`, the floods' bucket passes, the windows' drops, the scans' quiet weighing, the
+        flow table's expiry); `_tick_in_python` is the reference it is held to
+        (tests/pure/test_tick_compiled.py)."""
+        ticker = self._ticker
+        if ticker is not None:
+            return ticker(now)
+        return self._tick_in_python(now)
+
+    def _tick_in_python(self, now: float) -> list[Effect]:
+        """Engine.tick in Python (see `tick`)."""
         late = self._late_events
         events: list[Effect] = []
         if late:

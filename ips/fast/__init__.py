@@ -35,10 +35,12 @@ __all__ = [
     "STOP_END",
     "STOP_RECORD",
     "STOP_TICK",
+    "STOP_TICKED",
     "available",
     "compiled_dns",
     "compiled_run_pcap",
     "new_fast_path",
+    "new_ticker",
     "run_pcap",
 ]
 
@@ -48,6 +50,7 @@ STOP_RECORD = 1  # a record the caller reads itself: empty, implausibly long, or
 STOP_TICK = 2  # the record at hand was judged and its time reached the next tick
 STOP_EFFECTS = 3  # the record at hand was judged and its Decision carries effects
 STOP_BUDGET = 4  # the budget of records was judged (the caller updates its progress)
+STOP_TICKED = 5  # the record at hand was judged, and the tick run_pcap made gave events
 
 # IPSCTL_PURE=1 (any value but "" and "0"): the pure-Python engine only, the extension unused.
 FORCED_PURE = os.environ.get("IPSCTL_PURE", "") not in ("", "0")
@@ -104,6 +107,13 @@ def new_fast_path(engine: Any, reoffload_after: float) -> FastPath | None:
         app.parse_dns_stream = dns.parse_tcp_stream
         app.read_dns_message = dns.read_message
     return fast
+
+
+def new_ticker(engine: Any, fast: FastPath) -> Any:
+    """The compiled Engine.tick of `engine` (ips/fast/_fastpath.pyx Ticker), whose fast path
+    is `fast` (only when available())."""
+    assert _module is not None
+    return _module.new_ticker(fast, engine)
 
 
 def compiled_dns() -> Any:

@@ -3519,12 +3519,13 @@ STOP_RECORD = 1     # a record the caller reads itself: empty, implausibly long,
 STOP_TICK = 2       # the record at hand was judged and its time reached the next tick
 STOP_EFFECTS = 3    # the record at hand was judged and its Decision carries effects
 STOP_BUDGET = 4     # `budget` records judged (the caller updates its progress)
+STOP_TICKED = 5     # the record at hand was judged, and `tick` called gave events
 
 
 def run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] buf,
              Py_ssize_t pos,
              int linktype, long long divisor, long long max_record, object meta,
-             double next_tick, double last_ts, Py_ssize_t budget):
+             double next_tick, double last_ts, Py_ssize_t budget, object tick=None):
     """Judge the classic little-endian pcap records of `buf` from byte `pos`, each at its own
     time, as ips/replay.py's loop would through Engine.handle: the fast path first, then
     `slow_packet` (Engine.handle_packet) for a packet it decoded but did not decide, `slow`
@@ -3533,19 +3534,26 @@ def run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] 
 
     Returns (reason, pos after the last record judged, records judged, the latest time seen,
     next_tick, the time of the last record, its Decision when reason is STOP_EFFECTS or
-    STOP_TICK else None)."""
+    STOP_TICK else None).
+
+    With `tick` (Engine.tick), a record that reaches the next tick is followed by the tick
+    here, as the caller would make it (`tick(time)`, the next one a second later): a tick
+    without events goes on to the next record; one with events hands them back
+    (STOP_TICKED, the events in the Decision's place). Without, the caller ticks
+    (STOP_TICK)."""
     if buf.shape[0] == 0:
         return (STOP_END, pos, 0, last_ts, next_tick, 0.0, None)
     try:
         return _run_pcap(fast, slow, slow_packet, buf, pos, linktype, divisor, max_record,
-                         meta, next_tick, last_ts, budget)
+                         meta, next_tick, last_ts, budget, tick)
     finally:
         fast._flush()  # what the fast path owes, written before its caller reads anything
 
 
 cdef tuple _run_pcap(FastPath fast, object slow, object slow_packet, const uint8_t[::1] buf,
                      Py_ssize_t pos, int linktype, long long divisor, long long max_record,
-                     object meta, double next_tick, double last_ts, Py_ssize_t budget):
+                     object meta, double next_tick, double last_ts, Py_ssize_t budget,
+                     object tick):
     cdef Py_ssize_t n = buf.shape[0]
     cdef Py_ssize_t count = 0
     cdef const uint8_t *p
@@ -3600,7 +3608,13 @@ cdef tuple _run_pcap(FastPath fast, object slow, object slow_packet, const uint8
         if next_tick != next_tick:  # NaN: the first record
             next_tick = ts + 1.0
         elif ts >= next_tick:
-            return (STOP_TICK, pos, count, last_ts, next_tick, ts, None)
+            if tick is None:
+                return (STOP_TICK, pos, count, last_ts, next_tick, ts, None)
+            fast._flush()  # (what the fast path owes, written before the tick reads anything)
+            ended = tick(ts_obj)
+            next_tick = ts + 1.0
+            if ended:
+                return (STOP_TICKED, pos, count, last_ts, next_tick, ts, ended)
 
 
 # ---- the inspector's first look at a refused TCP segment with payload -------------------------
@@ -4250,3 +4264,553 @@ cdef bint _bare_segment_reads_nothing(object app, object app_state, object flow,
     if side.fin and (app_state.client_open if fwd else app_state.server_open):
         return False
     return True
+
+
+# ---- the engine's tick in compiled code (Ticker) ------------------------------------------------
+# Engine.tick (ips/engine/engine.py) runs once a second of traffic: in a replay, thousands of
+# ticks, each many small Python calls (every part asked whether it has anything due; the
+# floods' bucket passes, the windows' drops, the scans' weighing of their due probes, the flow
+# table's expiry). Ticker makes the same calls in the same order, and does in compiled code
+# what it knows of them: each part's `due`, and its work when the part is one of the classes
+# read here with their own methods (a flood's BucketDetector.due and tick, stealth's windows,
+# portscan's and sweep's due probes when ScanDetector.resolve_quietly would weigh them,
+# FlowTable.due and expire) on values of the types read here. Anything else — another
+# detector, a value of another type, probes that complete a scan, blocks, held requests —
+# is the Python method's, called where Engine.tick calls it, before anything here changed
+# that part. The Python engine stays the reference: tests/pure/test_tick_compiled.py holds an
+# engine ticking here to one ticking in Python, state and effects, tick after tick.
+
+from heapq import heappop as _heappop
+from weakref import ref as _weakref
+from ips.core.flow import END_TIMEOUT as _END_TIMEOUT
+from ips.detect.common import BucketDetector as _BucketDetector, Detector as _Detector
+from ips.detect.detectors import Detectors as _Detectors
+from ips.detect.scan import ScanDetector as _ScanDetector
+from ips.detect.stealth import Stealth as _Stealth, StealthEntry as _StealthEntry
+
+from cpython.dict cimport PyDict_Next
+
+cdef extern from "Python.h":
+    PyObject *PySet_Pop(object s) except NULL
+
+
+cdef enum:
+    PART_PYTHON = 0     # its own `due` and `tick`, in Python
+    PART_FLOOD = 1      # BucketDetector.due and tick
+    PART_WINDOWS = 2    # Stealth: Detector.window_over and drop_finished_windows of `entries`
+    PART_SCAN = 3       # ScanDetector.due and tick (resolve_quietly's weighing, then the windows)
+
+# The methods the parts mirror, as their classes have them at import: a detector whose class
+# has others (a subclass's, or a test's) is ticked by its own.
+cdef object _BUCKET_DUE = _BucketDetector.due
+cdef object _BUCKET_TICK = _BucketDetector.tick
+cdef object _WINDOW_OVER = _Detector.window_over
+cdef object _DROP_WINDOWS = _Detector.drop_finished_windows
+cdef object _STEALTH_DUE = _Stealth.due
+cdef object _STEALTH_TICK = _Stealth.tick
+cdef object _SCAN_DUE = _ScanDetector.due
+cdef object _SCAN_TICK = _ScanDetector.tick
+cdef object _SCAN_RESOLVE = _ScanDetector.resolve
+cdef object _DETECTORS_TICK = _Detectors.tick
+cdef object _TABLE_DUE = FlowTable.due
+cdef object _TABLE_EXPIRE = FlowTable.expire
+cdef object _TABLE_EXPIRE_INTO = FlowTable._expire_into
+cdef object _TABLE_TIMEOUT = FlowTable._timeout
+cdef object _TABLE_FILE = FlowTable._file
+cdef object _TABLE_POP_EVICTED = FlowTable.pop_evicted
+cdef dict _COMMON_GLOBALS = vars(_detect_common)   # TICK_BUDGET and ALERT_EVERY, read per tick
+cdef object INF_FLOAT = float("inf")
+cdef type STEALTH_ENTRY = _StealthEntry
+cdef Py_ssize_t STEALTH_START = _offset(_StealthEntry, "start")
+cdef double INFINITY_C = INF_FLOAT
+cdef Py_ssize_t EXPIRE_BUDGET = FlowTable.expire.__defaults__[0]  # expire's `budget`
+cdef object _BLOCK_MANAGER = None   # ips/engine/blocks.py BlockManager (imported on first use:
+cdef object _BLOCKS_DUE = None      # ips.engine imports this module)
+
+
+cdef extern from "Python.h":
+    PyObject **_PyObject_GetDictPtr(object obj)
+    ctypedef struct _TypeTag "PyTypeObject":
+        unsigned int tp_version_tag
+        unsigned long tp_flags
+    unsigned long Py_TPFLAGS_VALID_VERSION_TAG
+
+
+cdef bint _own(object obj, str name, object original):
+    """Whether obj's `name` is `original` (its class's, as at import; not an instance's)."""
+    cdef dict attrs = getattr(obj, "__dict__", None)
+    if attrs is not None and PyDict_Contains(attrs, name):
+        return False
+    return getattr(type(obj), name, None) is original
+
+
+cdef inline Py_ssize_t _attrs_len(object obj):
+    cdef PyObject **attrs = _PyObject_GetDictPtr(obj)
+    if attrs is NULL or attrs[0] is NULL:
+        return -1
+    return len(<object>attrs[0])
+
+
+cdef class Known:
+    """Whether an object's methods `names` are `originals` (_own: its class's, as at import;
+    not an instance's), asked at every tick: the answer is kept while the object's class is
+    unchanged (CPython's version tag of a type, renewed whenever it or a base is changed)
+    and its instance attributes are as many (an instance's own method is one more)."""
+    cdef tuple names, originals
+    cdef type cls
+    cdef unsigned int tag
+    cdef Py_ssize_t attrs_len
+    cdef bint answer
+
+    def __init__(self, tuple names, tuple originals):
+        self.names = names
+        self.originals = originals
+        self.cls = None
+
+    cdef bint check(self, object obj) except -1:
+        cdef type cls = type(obj)
+        cdef _TypeTag *t = <_TypeTag *><PyObject *>cls
+        cdef Py_ssize_t n = _attrs_len(obj)
+        if (
+            cls is self.cls and t.tp_flags & Py_TPFLAGS_VALID_VERSION_TAG
+            and t.tp_version_tag == self.tag and n == self.attrs_len
+        ):
+            return self.answer
+        cdef bint answer = True
+        cdef Py_ssize_t i
+        for i in range(len(self.names)):
+            if not _own(obj, self.names[i], self.originals[i]):
+                answer = False
+                break
+        self.cls = cls
+        # (read after the look-ups above, which give the type a tag when it has none)
+        self.tag = t.tp_version_tag if t.tp_flags & Py_TPFLAGS_VALID_VERSION_TAG else 0
+        self.attrs_len = n
+        self.answer = answer
+        return answer
+
+
+cdef class TickPart:
+    """One detector of Detectors.by_name as Ticker ticks it."""
+    cdef object det
+    cdef int kind
+    cdef Known known              # its methods are those of its kind (else its own tick)
+    cdef dict attrs               # its __dict__
+    cdef ScanProg scan            # PART_SCAN: the ScanProg of its tables
+
+
+cdef tuple _FLOOD_METHODS = (("due", "tick"), (_BUCKET_DUE, _BUCKET_TICK))
+cdef tuple _WINDOWS_METHODS = (
+    ("due", "tick", "window_over", "drop_finished_windows"),
+    (_STEALTH_DUE, _STEALTH_TICK, _WINDOW_OVER, _DROP_WINDOWS),
+)
+cdef tuple _SCAN_METHODS = (
+    ("due", "tick", "resolve", "window_over", "drop_finished_windows"),
+    (_SCAN_DUE, _SCAN_TICK, _SCAN_RESOLVE, _WINDOW_OVER, _DROP_WINDOWS),
+)
+
+
+cdef TickPart _tick_part(object det):
+    cdef TickPart part = TickPart()
+    part.det = det
+    part.kind = PART_PYTHON
+    attrs = getattr(det, "__dict__", None)
+    if type(attrs) is not dict:
+        return part
+    part.attrs = attrs
+    for kind, methods in ((PART_FLOOD, _FLOOD_METHODS), (PART_WINDOWS, _WINDOWS_METHODS),
+                          (PART_SCAN, _SCAN_METHODS)):
+        known = Known(*methods)
+        if not known.check(det):
+            continue
+        if kind == PART_WINDOWS and type(attrs.get("entries")) is not OrderedDict:
+            continue
+        if kind == PART_SCAN:
+            if type(det) not in (PortScan, Sweep) or type(attrs.get("unreported")) is not list:
+                continue
+            part.scan = _scan_prog(det)
+            if part.scan is None:
+                continue
+            part.scan.by_host = type(det) is PortScan
+        part.kind = kind
+        part.known = known
+        break
+    return part
+
+
+cdef class Ticker:
+    """Engine.tick of one engine (see the section's notes): `ticker(now)` is what
+    `engine.tick(now)` returns, with the same changes made."""
+    cdef FastPath fast
+    cdef object engine_ref        # a weak reference: the engine holds this object
+    cdef object engine            # the engine, and its __dict__, during a tick (else None)
+    cdef dict engine_attrs
+    cdef object detect            # the Detectors the parts were read from
+    cdef object by_name           # and its table of detectors
+    cdef list parts
+    cdef bint detect_known        # Detectors.tick is its class's own
+    cdef Known flows_known, blocks_known, detectors_known
+    # What was done here rather than in Python (tests: that the compiled parts ran)
+    cdef public long long floods_in_c, windows_in_c, scans_in_c, flows_in_c, flows_ended_in_c
+    cdef public long long in_python
+
+    def __init__(self, FastPath fast, engine):
+        global _BLOCK_MANAGER, _BLOCKS_DUE
+        if _BLOCK_MANAGER is None:
+            from ips.engine.blocks import BlockManager
+            _BLOCK_MANAGER = BlockManager
+            _BLOCKS_DUE = BlockManager.due
+        self.fast = fast
+        # The engine itself is not kept between ticks: it holds this object, and a cycle
+        # would leave both to the cyclic collector (tests/pure/test_heap.py).
+        self.engine_ref = _weakref(engine)
+        self.engine = None
+        self.engine_attrs = None
+        self.flows_known = Known(
+            ("due", "expire", "_expire_into", "_timeout", "_file", "pop_evicted"),
+            (_TABLE_DUE, _TABLE_EXPIRE, _TABLE_EXPIRE_INTO, _TABLE_TIMEOUT, _TABLE_FILE,
+             _TABLE_POP_EVICTED),
+        )
+        self.blocks_known = Known(("due",), (_BLOCKS_DUE,))
+        self.detectors_known = Known(("tick",), (_DETECTORS_TICK,))
+        self.detect = None
+        self.by_name = None
+        self.parts = []
+
+    def __call__(self, now):
+        engine = self.engine_ref()
+        if engine is None:
+            raise ReferenceError("the engine of this tick is gone")
+        self.fast._flush()  # (what the fast path owes, written before Python reads anything)
+        if not PyFloat_CheckExact(now) or not isfinite(PyFloat_AS_DOUBLE(now)):
+            self.in_python += 1
+            return engine._tick_in_python(now)
+        self.engine = engine
+        self.engine_attrs = engine.__dict__
+        try:
+            return self._tick(now, PyFloat_AS_DOUBLE(now))
+        finally:
+            self.engine = None
+            self.engine_attrs = None
+
+    cdef list _tick(self, object now_obj, double now):
+        """Engine._tick_in_python, in its order."""
+        engine = self.engine
+        attrs = self.engine_attrs
+        cdef list events = []
+        late = attrs["_late_events"]
+        if late:
+            events += late
+            late.clear()
+        self._flows(attrs["flows"], now_obj, now, events)
+        blocks = attrs["blocks"]
+        banned = blocks.table
+        for table in (<dict>attrs["tables"]).values():
+            if table is not banned and table.members:
+                table.expire(now_obj)
+        if self._blocks_due(blocks, now_obj):
+            unblocks = blocks.expire(now_obj)
+            blocks.expire_macs(now_obj)
+            stats = attrs["stats"]
+            stats.unblocks += len(unblocks)
+            events += unblocks
+        detect = attrs["detect"]
+        if detect is not None:
+            if attrs["evidence"].held:  # requests held for evidence, judged again
+                settled = engine._counted(engine._rejudge(detect, now_obj))
+                if settled is not None:
+                    events += settled
+            found = self._detect(detect, now_obj, now)
+            if found:
+                settled = engine._settle(detect, found)
+                if settled is not None:
+                    events += settled
+        return events
+
+    cdef bint _blocks_due(self, object blocks, object now_obj) except -1:
+        """BlockManager.due, read here when it is the class's own."""
+        if type(blocks) is not _BLOCK_MANAGER or not self.blocks_known.check(blocks):
+            return bool(blocks.due(now_obj))
+        if blocks.macs:
+            return True
+        table = blocks.table
+        return table is not None and bool(table.members)
+
+    # ---- the flow table ----------------------------------------------------------------------
+
+    cdef int _flows(self, object flows, object now_obj, double now, list events) except -1:
+        """`if flows.due(now): pop_evicted, expire`, each flow ended (Engine._flow_end)."""
+        engine = self.engine
+        cdef double floordiv
+        cdef long long first_slot
+        if type(flows) is not FLOW_TABLE or not self.flows_known.check(flows):
+            return self._flows_in_python(flows, now_obj, events)
+        fattrs = <dict>flows.__dict__
+        ended = fattrs.get("_ended")
+        slots = fattrs.get("_slots")
+        if type(slots) is not list:
+            return self._flows_in_python(flows, now_obj, events)
+        # FlowTable.due: flows ended by track(), or a slot due (`slots[0] <= int(now // _SLOT)`)
+        if not ended:
+            if not slots:
+                return 0
+            first = (<list>slots)[0]
+            _timer_slot(now, &floordiv)  # (floordiv: `now // _SLOT`, integral)
+            if _narrow(first, &first_slot) and -9.0e15 < floordiv < 9.0e15:
+                if not <double>first_slot <= floordiv:
+                    return 0
+            elif not first <= _timer_slot(now, &floordiv) - 1:
+                return 0
+        due_slot = _timer_slot(now, &floordiv) - 1
+        if ended:  # (pop_evicted of none: an empty list for another)
+            for flow in flows.pop_evicted():
+                engine._flow_end(flow, now_obj, events)
+        expired = self._expire(flows, fattrs, now_obj, now, due_slot)
+        if expired is None:
+            self.in_python += 1
+            expired = flows.expire(now_obj)
+        else:
+            self.flows_in_c += 1
+        for flow in expired:
+            engine._flow_end(flow, now_obj, events)
+        return 0
+
+    cdef int _flows_in_python(self, object flows, object now_obj, list events) except -1:
+        self.in_python += 1
+        engine = self.engine
+        if flows.due(now_obj):
+            for flow in flows.pop_evicted():
+                engine._flow_end(flow, now_obj, events)
+            for flow in flows.expire(now_obj):
+                engine._flow_end(flow, now_obj, events)
+        return 0
+
+    cdef list _expire(self, object flows, dict fattrs, object now_obj, double now,
+                      object due_slot):
+        """FlowTable.expire(now) (`_expire_into` with expire's budget), or None, nothing
+        changed, when the table's values are not of the types read here."""
+        slots = fattrs.get("_slots")
+        wheel = fattrs.get("_wheel")
+        tcp_timeouts = fattrs.get("_tcp_timeouts")
+        timeouts = fattrs.get("timeouts")
+        if type(slots) is not list or type(wheel) is not dict or type(tcp_timeouts) is not tuple:
+            return None
+        if type(fattrs.get("_expired")) is not int:
+            return None
+        udp_replied = getattr(timeouts, "udp_replied", None)
+        udp_new = getattr(timeouts, "udp_new", None)
+        icmp = getattr(timeouts, "icmp", None)
+        other = getattr(timeouts, "other", None)
+        for value in (udp_replied, udp_new, icmp, other) + <tuple>tcp_timeouts:
+            if not PyFloat_CheckExact(value):
+                return None
+        cdef list out = []
+        cdef Py_ssize_t budget = EXPIRE_BUDGET
+        cdef double deadline, floordiv
+        cdef int proto
+        cdef long long expired = 0
+        while slots and budget > 0:
+            slot = (<list>slots)[0]
+            if not slot <= due_slot:
+                break
+            found = PyDict_GetItem(<dict>wheel, slot)
+            if found is not NULL:
+                bucket = <object>found
+                while bucket and budget > 0:
+                    flow = <object>PySet_Pop(bucket)
+                    Py_DECREF(flow)  # (PySet_Pop's new reference, now held by `flow`)
+                    budget -= 1
+                    if type(flow) is not FLOW:
+                        deadline_obj = flow.last_seen + flows._timeout(flow)
+                        deadline = deadline_obj
+                    else:
+                        proto = _get(flow, F_PROTO)
+                        if proto == PROTO_TCP:
+                            timeout = (<tuple>tcp_timeouts)[_get(flow, F_TCP_STATE)]
+                        elif proto == PROTO_UDP or proto == PROTO_UDPLITE_C:
+                            timeout = udp_replied if _get(flow, F_REPLIED) else udp_new
+                        elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+                            timeout = icmp
+                        else:
+                            timeout = other
+                        last_seen = _get(flow, F_LAST_SEEN)
+                        if PyFloat_CheckExact(last_seen):
+                            deadline = PyFloat_AS_DOUBLE(last_seen) + PyFloat_AS_DOUBLE(timeout)
+                            deadline_obj = deadline
+                        else:
+                            deadline_obj = last_seen + timeout
+                            deadline = deadline_obj
+                    if deadline <= now:
+                        flow._slot = FLOW_GONE
+                        flows._remove(flow)
+                        flow.end_reason = _END_TIMEOUT
+                        expired += 1
+                        out.append(flow)
+                    else:
+                        # Saw traffic since filing (FlowTable._file in its new slot)
+                        new_slot = _timer_slot(deadline, &floordiv)
+                        if new_slot is None:
+                            new_slot = int(deadline_obj // FLOW_SLOT) + 1  # (its error)
+                        found = PyDict_GetItem(<dict>wheel, new_slot)
+                        if found is NULL:
+                            target = set()
+                            (<dict>wheel)[new_slot] = target
+                            _heappush(slots, new_slot)
+                        else:
+                            target = <object>found
+                        target.add(flow)
+                        flow._slot = new_slot
+                if bucket:
+                    break
+                del (<dict>wheel)[slot]
+            _heappop(slots)
+        if expired:
+            fattrs["_expired"] = fattrs["_expired"] + expired
+            self.flows_ended_in_c += expired
+        return out
+
+    # ---- the detectors -----------------------------------------------------------------------
+
+    cdef object _detect(self, object detect, object now_obj, double now):
+        """Detectors.tick: each detector in turn, its tick when it has something due."""
+        by_name = getattr(detect, "by_name", None)
+        if detect is not self.detect or by_name is not self.by_name:
+            self.detect = detect
+            self.by_name = by_name
+            self.detect_known = type(by_name) is dict
+            self.parts = [_tick_part(det) for det in by_name.values()] if self.detect_known else []
+        if (
+            not self.detect_known or not self.detectors_known.check(detect)
+            or len(<dict>by_name) != len(self.parts)
+        ):
+            self.in_python += 1
+            return detect.tick(now_obj)
+        cdef list out = []
+        cdef TickPart part
+        for part in self.parts:
+            if part.kind != PART_PYTHON and not part.known.check(part.det):
+                self._python_part(part, now_obj, out)  # (its class changed: a test's)
+            elif part.kind == PART_FLOOD:
+                self._flood(part, now_obj, now, out)
+            elif part.kind == PART_WINDOWS:
+                if self._windows(part, part.attrs.get("entries"), now) < 0:
+                    self._python_part(part, now_obj, out)
+            elif part.kind == PART_SCAN:
+                self._scan(part, now_obj, now, out)
+            else:
+                self._python_part(part, now_obj, out)
+        return out
+
+    cdef int _python_part(self, TickPart part, object now_obj, list out) except -1:
+        det = part.det
+        if det.due(now_obj):  # asked in turn: an earlier one's tick may give it work
+            self.in_python += 1
+            det.tick(now_obj, out)
+        return 0
+
+    cdef int _flood(self, TickPart part, object now_obj, double now, list out) except -1:
+        """BucketDetector.due, then its tick: a pass over every bucket (the idle ones
+        dropped where they are, the oldest use of the others kept); past TICK_BUDGET
+        buckets, or with values of other types, its own."""
+        attrs = part.attrs
+        buckets = attrs.get("buckets")
+        if type(buckets) is not dict:
+            return self._python_part(part, now_obj, out)
+        if not buckets:
+            return 0
+        idle_obj = attrs.get("idle")
+        oldest_obj = attrs.get("oldest_use")
+        if not PyFloat_CheckExact(idle_obj) or not PyFloat_CheckExact(oldest_obj):
+            return self._python_part(part, now_obj, out)
+        cdef double idle = PyFloat_AS_DOUBLE(idle_obj)
+        if len(<dict>buckets) > _COMMON_GLOBALS["TICK_BUDGET"]:
+            self.in_python += 1
+            part.det.tick(now_obj, out)
+            return 0
+        if now - PyFloat_AS_DOUBLE(oldest_obj) < idle:
+            return 0  # no bucket idle yet
+        alert_every_obj = _COMMON_GLOBALS.get("ALERT_EVERY")
+        if not PyFloat_CheckExact(alert_every_obj):
+            return self._python_part(part, now_obj, out)
+        cdef double alert_every = PyFloat_AS_DOUBLE(alert_every_obj)
+        cdef double oldest = INFINITY_C
+        oldest_obj = INF_FLOAT
+        cdef list gone = []
+        cdef Py_ssize_t pos = 0
+        cdef PyObject *key
+        cdef PyObject *value
+        cdef double last_use
+        while PyDict_Next(<dict>buckets, &pos, &key, &value):
+            bucket = <object>value
+            if type(bucket) is not list or PyList_GET_SIZE(bucket) < 3:
+                return self._python_part(part, now_obj, out)
+            used = <object>PyList_GET_ITEM(bucket, 1)
+            alerted = <object>PyList_GET_ITEM(bucket, 2)
+            if not PyFloat_CheckExact(used) or not PyFloat_CheckExact(alerted):
+                return self._python_part(part, now_obj, out)
+            last_use = PyFloat_AS_DOUBLE(used)
+            if now - last_use < idle or now - PyFloat_AS_DOUBLE(alerted) < alert_every:
+                if last_use < oldest:
+                    oldest = last_use
+                    oldest_obj = used
+            else:
+                gone.append(<object>key)
+        for gone_key in gone:
+            del (<dict>buckets)[gone_key]
+        attrs["oldest_use"] = oldest_obj
+        self.floods_in_c += 1
+        return 0
+
+    cdef int _windows(self, TickPart part, object entries, double now) except -2:
+        """Detector.window_over(entries, now), then drop_finished_windows: 1 when windows
+        went, 0 when none was over, -1 (nothing changed) for values of other types."""
+        within_obj = part.attrs.get("within")
+        if type(entries) is not OrderedDict or not PyFloat_CheckExact(within_obj):
+            return -1
+        if not entries:
+            return 0
+        cdef double horizon = now - PyFloat_AS_DOUBLE(within_obj)
+        cdef list finished = []
+        for key in entries:
+            entry = entries[key]
+            if type(entry) is SCAN_ENTRY:
+                start = _get(entry, E_START)
+            elif type(entry) is STEALTH_ENTRY:
+                start = _get(entry, STEALTH_START)
+            else:
+                start = getattr(entry, "start")
+            if not PyFloat_CheckExact(start):
+                return -1
+            if PyFloat_AS_DOUBLE(start) >= horizon:
+                break
+            finished.append(key)
+        if not finished:
+            return 0
+        for key in finished:
+            del entries[key]
+        self.windows_in_c += 1
+        return 1
+
+    cdef int _scan(self, TickPart part, object now_obj, double now, list out) except -1:
+        """ScanDetector.due, then its tick: the due probes weighed by resolve_quietly when
+        that reports nothing (FastPath._resolve_quietly), then the windows over dropped."""
+        cdef ScanProg scan = part.scan
+        attrs = part.attrs
+        if attrs.get("unreported"):
+            return self._python_part(part, now_obj, out)
+        pending = scan.pending
+        if pending and (<object>pending[0]).due <= now_obj:
+            if self.fast._resolve_quietly(scan, now_obj, 64) != 1:
+                self.in_python += 1
+                part.det.tick(now_obj, out)  # its whole tick: nothing was changed here
+                return 0
+            self.scans_in_c += 1
+        if self._windows(part, scan.entries, now) < 0:
+            self.in_python += 1
+            part.det.drop_finished_windows(scan.entries, now_obj)
+        return 0
+
+
+def new_ticker(FastPath fast, engine):
+    """The Ticker of `engine` (whose fast path is `fast`)."""
+    return Ticker(fast, engine)
