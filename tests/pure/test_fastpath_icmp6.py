@@ -117,11 +117,11 @@ def ether(l3: bytes, vlans: Iterable[int] = ()) -> bytes:
     return out + struct.pack("!H", 0x0800 if l3[:1] and l3[0] >> 4 == 4 else 0x86DD) + l3
 
 
-LAN = ["10.10.1.%d" % k for k in range(2, 12)]
-DMZ = ["10.10.2.%d" % k for k in range(10, 16)]
-LAN6 = ["2001:db8:1::%x" % k for k in range(2, 9)]
-DMZ6 = ["2001:db8:2::%x" % k for k in range(10, 14)]
-LINK6 = ["fe80::%x" % k for k in range(1, 6)]
+LAN = [f"10.10.1.{k}" for k in range(2, 12)]
+DMZ = [f"10.10.2.{k}" for k in range(10, 16)]
+LAN6 = [f"2001:db8:1::{k:x}" for k in range(2, 9)]
+DMZ6 = [f"2001:db8:2::{k:x}" for k in range(10, 14)]
+LINK6 = [f"fe80::{k:x}" for k in range(1, 6)]
 
 
 def probe_and_errors(rng: random.Random, t: float) -> list[tuple[float, bytes]]:
@@ -159,7 +159,7 @@ def neighbours(rng: random.Random, t: float) -> list[tuple[float, bytes]]:
             (
                 t,
                 ipv6(
-                    a, "ff02::1:ff00:%x" % rng.randrange(1, 9), 58, icmp(135, 0, bytes(4), target)
+                    a, f"ff02::1:ff00:{rng.randrange(1, 9):x}", 58, icmp(135, 0, bytes(4), target)
                 ),
             )
         )
@@ -445,17 +445,17 @@ def test_refused_messages_of_no_flow_are_decided_in_compiled_code() -> None:
     t = 100.0
     frames = []
     for k in range(40):
-        src = "fe80::%x" % (k % 5 + 1)
+        src = f"fe80::{k % 5 + 1:x}"
         mld = icmp(143, 0, b"\0\0\0\1", bytes([4, 0, 0, 0]) + ip("ff02::fb"))
         frames.append(ipv6(src, "ff02::16", 58, mld, exts=[(0, ROUTER_ALERT)], hlim=1))
         frames.append(ipv6(src, "ff02::2", 58, icmp(133)))
-        frames.append(ipv4("10.10.9.%d" % k, "10.10.2.10", 17, bytes(20), frag=100))
+        frames.append(ipv4(f"10.10.9.{k}", "10.10.2.10", 17, bytes(20), frag=100))
         frames.append(
             ipv6(
-                "2001:db8:9::%x" % k, "2001:db8:2::1", 6, bytes(20), exts=[(44, frag_ext(5, False))]
+                f"2001:db8:9::{k:x}", "2001:db8:2::1", 6, bytes(20), exts=[(44, frag_ext(5, False))]
             )
         )
-        frames.append(ipv4("192.0.2.%d" % k, "10.10.2.10", 47, bytes(8)))
+        frames.append(ipv4(f"192.0.2.{k}", "10.10.2.10", 47, bytes(8)))
     for data in frames:
         pair.handle(data, RAW, t)
         t += 0.3
