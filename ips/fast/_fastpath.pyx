@@ -1420,6 +1420,7 @@ cdef class FastPath:
     cdef double icmp_timeout, other_timeout
     cdef public long long malformed_packets       # malformed frames counted here
     cdef public long long other_flowless_packets  # of flowless_packets, by _flowless_other
+    cdef public long long other_flows  # accepted first packets without ports filed here
     cdef dict families
     cdef dict if_memo
     cdef dict candidates_memo
@@ -2276,7 +2277,8 @@ cdef class FastPath:
                 if fwd and not replied and self.echo_reply_busy:
                     return None  # an echo reply nobody asked for: reflection's
             elif self._icmp_busy(proto, icmp_type, False, fwd, replied, p, total,
-                                 payload_offset - 8 if payload_offset < total else -1, dst):
+                                 payload_offset - 8 if payload_offset < total else -1, dst,
+                                 key):
                 return None  # (any other ICMP message: `_rest`)
         # ---- the rules the flow's cache names
         if meta_slots:
@@ -2550,10 +2552,11 @@ cdef class FastPath:
 
     cdef int _icmp_busy(self, int proto, int icmp_type, bint first, bint fwd, bint replied,
                         const uint8_t *p, Py_ssize_t total, Py_ssize_t l4_offset,
-                        object dst) except -1:
+                        object dst, object key) except -1:
         """What Detectors._icmp does with an ICMP or ICMPv6 message that is no echo request
         (whose floods `_decide` counts): 0 nothing, 1 something (Python). By the message's
-        protocol, as `_icmp` reads its types (`v4`: ICMP, whatever the IP version)."""
+        protocol, as `_icmp` reads its types (`v4`: ICMP, whatever the IP version). `key`:
+        the packet's 5-tuple (a flow's first answer is looked up with it: `_answers`)."""
         cdef bint v4 = proto == PROTO_ICMP
         if not self.icmp_declared:
             return 1
@@ -2564,10 +2567,13 @@ cdef class FastPath:
         if (v4 and (icmp_type == 0 or icmp_type == 14 or icmp_type == 18)) or (
             not v4 and icmp_type == 129
         ):
-            # an answer: a first one may answer sweep's probe; reflection counts one
-            # forward of a flow not answered
+            # an answer: a first one may answer a probe (`_answers`: its own 5-tuple in a
+            # scan's index, noted: Python); reflection counts one forward of a flow not
+            # answered
             if first and self.icmp_sweep:
-                return 1
+                for index in self.icmp_indexes:
+                    if PyDict_GetItem(<dict>index, key) is not NULL:
+                        return 1
             if fwd and not replied and self.echo_reply_busy:
                 return 1
             return 0
@@ -2596,7 +2602,7 @@ cdef class FastPath:
                 # nothing: quoted_answer wants 28 bytes past the header)
                 l4_offset = payload_offset - 8 if payload_offset < total else -1
                 if self._icmp_busy(proto, icmp_type, True, True, False, p, total, l4_offset,
-                                   dst):
+                                   dst, (proto, src, py_sport, dst, py_dport)):
                     return None
             elif proto == PROTO_SCTP_C or proto == PROTO_UDPLITE_C or (
                 proto == PROTO_TCP or proto == PROTO_UDP
@@ -2619,6 +2625,7 @@ cdef class FastPath:
             iif = meta.iif
             oif = meta.oif
         entry = self._portless_entry(proto, src, dst, frag_later, iif, oif)
+        self.flowless_entry = entry  # (an accepted message's flow keeps it: _file_other)
         if entry is None:
             return None
         rules = self._entry_walk(entry, flags)
@@ -2637,10 +2644,18 @@ cdef class FastPath:
         if matched is None:
             decision = self.default_drop
             if decision is None:
-                return None  # a default that accepts (the flow is filed) or rejects
+                if self.default_accepts and not frag_later:
+                    return self._file_other(p, proto, total, payload_offset, icmp_type,
+                                            icmp_code, src, dst, py_sport, py_dport, meta,
+                                            meta_slots, now_obj, now, None)
+                return None  # a default that rejects: a reply is made (Python)
         else:
             if not matched.drops:
-                return None  # accepted: the flow is filed (Python)
+                if matched.accepts and not frag_later:
+                    return self._file_other(p, proto, total, payload_offset, icmp_type,
+                                            icmp_code, src, dst, py_sport, py_dport, meta,
+                                            meta_slots, now_obj, now, matched)
+                return None  # a reject, a rewrite: Python
             decision = matched.decision
         # ---- FlowTable._discard_opened: the timer slot the flow would have had
         cdef double timeout
@@ -2682,6 +2697,87 @@ cdef class FastPath:
         self._count_verdict(decision)
         self.flowless_packets += 1
         self.other_flowless_packets += 1
+        return decision
+
+    cdef object _file_other(self, const uint8_t *p, int proto, Py_ssize_t total,
+                            Py_ssize_t payload_offset, int icmp_type, int icmp_code,
+                            object src, object dst, object py_sport, object py_dport,
+                            object meta, bint meta_slots, object now_obj, double now,
+                            RuleProg matched):
+        """The Decision of a first packet without ports (an ICMP or ICMPv6 message, GRE...,
+        not a fragment) that the rules `_flowless_other` walked accept (`matched`, or the
+        default when None), with its flow filed as the engine's path files it (as
+        `_syn_first` files an accepted SYN's: FlowTable.open's id and counts, the Flow with
+        the forward candidate cache, its interfaces, the sender's MAC and, for ICMP, its
+        first type and code; the rule's hits and `limit` bucket; FlowTable.settle's two
+        keys, the timer slot of ICMP's or `other`'s timeout, the end of the unreplied
+        queue); None: nothing changed (Python decides). The detectors do nothing with it
+        (checked by the caller), and it is not replied: no offload."""
+        if not self.syn_first_on or not self.rest_on:
+            return None  # (the flow table and the ids are not what this module files)
+        if matched is None:
+            decision = self.default_decision
+        else:
+            if matched.decision is None:
+                return None
+            decision = matched.decision
+        entry = self.flowless_entry
+        if type(entry) is not tuple or len(<tuple>entry) != 3:
+            return None
+        cdef dict table = self.table
+        if table["_opened"] is not None:
+            return None
+        active = table["_active"]
+        if active >= table["max_flows"]:
+            return None  # open makes room first: expiry, eviction (Python)
+        cdef double timeout = (
+            self.icmp_timeout if proto == PROTO_ICMP or proto == PROTO_ICMPV6 else
+            self.other_timeout
+        )
+        slot = self._slot_of(now + timeout)  # (settle's deadline: first_seen + timeout)
+        if slot is None:
+            return None
+        wheel = table["_wheel"]
+        cdef PyObject *found = PyDict_GetItem(wheel, slot)
+        bucket = None if found is NULL else <object>found
+        if bucket is None:
+            if not self.slots_in_c:
+                return None
+        elif type(bucket) is not set:
+            return None
+        unreplied = table["_unreplied"]
+        if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
+            return None  # settle compacts the queue (Python)
+        # ---- decided. What is owed is written first: the flow's id follows those of the
+        # flows discarded before it, and its place in the unreplied queue their stand-ins.
+        self._flush()
+        flow = self._refused_flow(p, proto, total, payload_offset, 0, src, py_sport, dst,
+                                  py_dport, meta, meta_slots, now_obj, None)
+        _set(flow, F_END_REASON, None)
+        if icmp_type >= 0:
+            _set(flow, F_ICMP, icmp_type << 8 | icmp_code)
+        table["_next_id"] = table["_next_id"] + 1
+        table["_active"] = active + 1
+        table["_created"] = table["_created"] + 1
+        if self.walk_bucket is not None:
+            (<list>self.walk_bucket)[0] = self.walk_tokens
+            (<list>self.walk_bucket)[1] = now_obj
+        flows = self.flows
+        flows[(proto, src, py_sport, dst, py_dport)] = flow
+        flows[(proto, dst, py_dport, src, py_sport)] = flow
+        if bucket is None:
+            bucket = set()
+            PyDict_SetItem(wheel, slot, bucket)
+            _heappush(table["_slots"], slot)
+        (<set>bucket).add(flow)
+        _set(flow, F_SLOT, slot)
+        unreplied.append(flow)
+        self.owed_packets += 1
+        self.owed = True
+        if matched is not None:
+            self._owe_hit(matched)
+        self._count_verdict(decision)
+        self.other_flows += 1
         return decision
 
     cdef object _portless_entry(self, int proto, object src, object dst, bint frag_later,
