@@ -2288,6 +2288,17 @@ cdef class FastPath:
             iif = meta.iif
             oif = meta.oif
         cache_obj = _get(flow, F_CACHE_FWD) if fwd else _get(flow, F_CACHE_REV)
+        # An ICMP message's flow answered for the first time (an echo's or a neighbour
+        # solicitation's reply): its reverse candidates found as the engine finds them
+        # (CompiledPolicy.candidate_entry: ICMP has no ports), its cache set once decided.
+        new_cache = None
+        if cache_obj is None and not fwd and (proto == PROTO_ICMP or proto == PROTO_ICMPV6) and (
+            self.rest_on and self.flowless_on and not _get(flow, F_OFFLOADED)
+        ):
+            entry = self._portless_entry(proto, src, dst, False, iif, oif)
+            if entry is None:
+                return None
+            cache_obj = new_cache = (self.policy, iif, oif, entry[0], entry[1], entry[2])
         if type(cache_obj) is not tuple or len(<tuple>cache_obj) < 6:
             return None
         cdef tuple cache = <tuple>cache_obj
@@ -2328,7 +2339,9 @@ cdef class FastPath:
             if n_updates < 0:
                 return None
         # ---- decided: count as the Python path does (its order matters only for what is
-        # read back, and nothing here reads what it wrote)
+        # read back, and nothing here reads what it wrote but the offload: the cache first)
+        if new_cache is not None:
+            _set(flow, F_CACHE_REV, new_cache)
         cdef int i
         cdef list bucket
         for i in range(n_updates):

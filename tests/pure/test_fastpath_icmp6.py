@@ -383,6 +383,9 @@ POLICIES = {
     "reflection": "set app-layer off\nset default drop\ndetect reflection\n"
     "detect sweep hosts 3 within 5s alert\n",
     "reject": "set app-layer off\nset default reject\ndetect portscan ports 3 within 5s alert\n",
+    # echoes offloaded once answered (their reverse candidates found in compiled code first)
+    "offload": "set app-layer off\nset offload on\nset default accept\n"
+    "drop proto icmpv6 type 143\ndetect icmpflood rate 50/s per src limit\n",
 }
 
 
@@ -400,6 +403,13 @@ def test_made_traffic_decides_the_same(policy: str, seed: int) -> None:
         assert path.malformed_packets > 0
         assert path.other_flowless_packets > 20, path.other_flowless_packets
         assert pair.slow.stats.malformed == pair.fast.stats.malformed
+    if fast.available() and policy in ("gateway-app-off", "types", "accept", "offload"):
+        path = pair.fast._fast_path
+        assert path is not None
+        # accepted first messages without ports filed in compiled code
+        assert path.other_flows > 10, path.other_flows
+    if fast.available() and policy == "offload":
+        assert pair.fast.stats.offloaded == pair.slow.stats.offloaded > 0
 
 
 def test_icmp_messages_of_a_flow_are_decided_in_compiled_code() -> None:
