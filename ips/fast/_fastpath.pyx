@@ -140,6 +140,7 @@ from ips.detect.scan import ANSWERED as _ANSWERED_OUTCOME, UNKNOWN as _UNKNOWN_O
 from ips.detect.scan import ACK as _PROBE_ACK, DATAGRAM as _PROBE_DATAGRAM, GRACE as _GRACE
 from ips.detect.scan import SYN as _PROBE_SYN, ScanEntry, PortScan, Sweep
 from ips.detect.scan import EARLY as _EARLY, RESOLVE_PER_PACKET
+from ips.detect.scan import ECHO as _PROBE_ECHO
 from ips.detect import scan as _scan
 from ips.core.packet import PROTO_UDPLITE as _PROTO_UDPLITE
 from ips.core.flow import END_DISCARDED, _GONE as _FLOW_GONE, _NEVER as _FLOW_NEVER
@@ -282,6 +283,7 @@ cdef type SCAN_ENTRY = ScanEntry
 cdef object GRACE_SECONDS = _GRACE
 cdef object EARLY_SECONDS = _EARLY
 cdef object PROBE_SYN = _PROBE_SYN, PROBE_ACK = _PROBE_ACK, PROBE_DATAGRAM = _PROBE_DATAGRAM
+cdef object PROBE_ECHO = _PROBE_ECHO  # an echo request: sweep's alone (`_probe`, ports False)
 cdef object FLOW_NEVER = _FLOW_NEVER        # Flow.back_since of a flow never offloaded
 cdef object FLOW_GONE = _FLOW_GONE          # Flow._slot of a flow in no table
 cdef object FLOW_DISCARDED = END_DISCARDED  # the end_reason Engine._discard leaves
@@ -354,6 +356,11 @@ cdef class ScanProg:
     cdef object old_entry         # the window found (None: none)
     cdef object key, target
     cdef bint make_room           # the queue is full: its oldest probe is forgotten first
+    # An echo request, which a class with ECHO_COUNTS (Sweep) counts as it is sent: the
+    # probe is filed FAILED, and its window credited W_FAILED over `echo_old` (the target's
+    # weight) when `echo_credit` (ScanDetector.probe's `_credit`, which does not detect here)
+    cdef bint echo_counts, echo_credit
+    cdef double echo_old
     # _resolve_quietly's due probes, their weights, and the scores of their windows
     cdef list quiet_due
     cdef double quiet_weights[64]
@@ -368,6 +375,7 @@ cdef dict _QUIET_ORIGINALS = {
     for cls in (PortScan, Sweep)
 }
 cdef double W_FAILED = _scan.W_FAILED
+cdef object W_FAILED_OBJ = _scan.W_FAILED
 cdef double W_HANDSHAKE = _scan.W_HANDSHAKE
 cdef double QUIET_EPS = _scan._EPS
 cdef object FAILED_OUTCOME = _scan.FAILED
@@ -1248,6 +1256,7 @@ cdef class RuleProg:
     cdef int limit_per            # LIMIT_NONE, or the key of its `limit` buckets
     cdef dict limit_buckets       # its TokenBuckets' table (never replaced: emptied in place)
     cdef double limit_rate, limit_burst
+    cdef Py_ssize_t limit_max_keys  # TokenBuckets.max_keys (-1: unknown, no new key here)
     cdef long long owed_hits      # hits counted here, not yet added to the rule's (_flush)
 
 
@@ -1292,6 +1301,8 @@ cdef RuleProg _rule_prog(object rule):
         # float * int converts the int as float() does: the same double
         prog.limit_rate = float(limiter.rate)
         prog.limit_burst = limiter.burst
+        max_keys = getattr(limiter, "max_keys", None)
+        prog.limit_max_keys = max_keys if type(max_keys) is int and max_keys > 0 else -1
     for addr in (spec.src, spec.dst):
         if addr is not None and addr.dynamic:
             return prog
@@ -1498,6 +1509,7 @@ cdef class FastPath:
     # around that probe's filing: _refused_flow reads them; None otherwise)
     cdef object refused_app
     cdef object refused_app_proto
+    cdef int refused_icmp  # Flow.icmp of the flow _refused_flow makes (-1 but for ICMP)
     cdef public long long refused_hellos  # refused first ClientHellos read so
     cdef public long long refused_requests  # refused first HTTP segments read so
     cdef object syn_sent_timeout
@@ -1509,6 +1521,11 @@ cdef class FastPath:
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
+    # A `limit` bucket the walk would make (a new key: _limit_new_key), when walk_new_keys
+    cdef bint walk_new_keys
+    cdef dict walk_new_buckets
+    cdef object walk_new_key
+    cdef double walk_new_tokens
     cdef double walk_tokens
 
     def __init__(self, engine, double reoffload_after):
@@ -1519,6 +1536,7 @@ cdef class FastPath:
         self.refused_dns = 0
         self.refused_hellos = 0
         self.refused_requests = 0
+        self.refused_icmp = -1
         self.programs = {}
         self.fast_packets = 0
         self.flowless_packets = 0
@@ -2607,6 +2625,11 @@ cdef class FastPath:
         discarded (its timer slot: ICMP's timeout, or `other`'s). None: nothing changed.
         Blocks and translations were checked by the caller."""
         cdef Py_ssize_t l4_offset
+        cdef object probe_kind = None  # sweep's probe, an echo request: planned once decided
+        cdef int probe_plan = PLAN_NOTHING
+        cdef tuple floods = None
+        cdef BucketUpdate updates[MAX_FLOODS]
+        cdef int n_updates = 0
         if not self.flowless_on or not self.rest_on or self.app.enabled:
             return None
         if self.has_detect and not frag_later:
@@ -2614,8 +2637,16 @@ cdef class FastPath:
                 # (the header is 8 bytes before a payload; a message without one quotes
                 # nothing: quoted_answer wants 28 bytes past the header)
                 l4_offset = payload_offset - 8 if payload_offset < total else -1
-                if self._icmp_busy(proto, icmp_type, True, True, False, p, total, l4_offset,
-                                   dst, (proto, src, py_sport, dst, py_dport)):
+                if icmp_type == (8 if proto == PROTO_ICMP else 128):
+                    # an echo request (`_icmp`): sweep files it as a probe, each icmpflood
+                    # counts it (their buckets taken last); reflection: Python
+                    if self.echo_reply_busy or self.echo_floods is None:
+                        return None
+                    floods = self.echo_floods
+                    if self.icmp_sweep:
+                        probe_kind = PROBE_ECHO
+                elif self._icmp_busy(proto, icmp_type, True, True, False, p, total, l4_offset,
+                                     dst, (proto, src, py_sport, dst, py_dport)):
                     return None
             elif proto == PROTO_SCTP_C or proto == PROTO_UDPLITE_C or (
                 proto == PROTO_TCP or proto == PROTO_UDP
@@ -2629,6 +2660,11 @@ cdef class FastPath:
         active = <object>self.table_active
         if active >= <object>self.table_max_flows:
             return None
+        # A flood over its rate drops the packet before the rules (as in _flowless): asked
+        # before the candidate lookups, the buckets taken again last.
+        if floods is not None and len(floods) > 0:
+            if _floods_take(floods, src, dst, now, updates, True) < 0:
+                return None
         # ---- the rules: CompiledPolicy.candidate_entry without ports (a later fragment:
         # only the rules that need no transport header, `frag_ok`)
         if meta_slots:
@@ -2650,9 +2686,13 @@ cdef class FastPath:
             for prog in progs:
                 if prog.kind == RULE_NEVER:
                     return None  # a `fragment` rule (RULE_NEVER for other packets): Python
-        if self._walk(progs, p, total, payload_offset, flags, icmp_type, icmp_code, False, src,
-                      dst, None, now) < 0:
-            return None
+        self.walk_new_keys = True  # (a rule's `limit` bucket for a new key made here)
+        try:
+            if self._walk(progs, p, total, payload_offset, flags, icmp_type, icmp_code, False,
+                          src, dst, None, now) < 0:
+                return None
+        finally:
+            self.walk_new_keys = False
         cdef RuleProg matched = self.walk_matched
         if matched is None:
             decision = self.default_drop
@@ -2660,16 +2700,24 @@ cdef class FastPath:
                 if self.default_accepts and not frag_later:
                     return self._file_other(p, proto, total, payload_offset, icmp_type,
                                             icmp_code, src, dst, py_sport, py_dport, meta,
-                                            meta_slots, now_obj, now, None)
+                                            meta_slots, now_obj, now, None, probe_kind,
+                                            floods)
                 return None  # a default that rejects: a reply is made (Python)
         else:
             if not matched.drops:
                 if matched.accepts and not frag_later:
                     return self._file_other(p, proto, total, payload_offset, icmp_type,
                                             icmp_code, src, dst, py_sport, py_dport, meta,
-                                            meta_slots, now_obj, now, matched)
+                                            meta_slots, now_obj, now, matched, probe_kind,
+                                            floods)
                 return None  # a reject, a rewrite: Python
             decision = matched.decision
+        # ---- an echo request refused: what `_probe` does with it (the due probes first)
+        if probe_kind is not None:
+            probe_plan = self._probe_plan(probe_kind, proto, src, py_sport, dst, py_dport,
+                                          now_obj, now)
+            if probe_plan == PLAN_PYTHON:
+                return None
         # ---- FlowTable._discard_opened: the timer slot the flow would have had
         cdef double timeout
         self._table_view()
@@ -2694,7 +2742,23 @@ cdef class FastPath:
         unreplied = <object>self.table_unreplied
         if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
             return None
-        # ---- decided: count as the Python path does
+        # The floods' buckets last: nothing that may still send the packet to Python (and
+        # no Python code) runs between their reading and their update.
+        if floods is not None and len(floods) > 0:
+            n_updates = _floods_take(floods, src, dst, now, updates, True)
+            if n_updates < 0:
+                return None
+        # ---- decided: count as the Python path does (the probe holds the discarded flow,
+        # made before this packet's flow is owed: its id is the next one)
+        if probe_plan == PLAN_FILE:
+            self.refused_icmp = icmp_type << 8 | icmp_code
+            try:
+                self._probe_file(p, proto, total, payload_offset, 0, src, py_sport, dst,
+                                 py_dport, meta, meta_slots, now_obj, None)
+            finally:
+                self.refused_icmp = -1
+        _floods_apply(updates, n_updates, now_obj)
+        self._limit_new_apply(now_obj)
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
             (<list>self.walk_bucket)[1] = now_obj
@@ -2716,7 +2780,7 @@ cdef class FastPath:
                             Py_ssize_t payload_offset, int icmp_type, int icmp_code,
                             object src, object dst, object py_sport, object py_dport,
                             object meta, bint meta_slots, object now_obj, double now,
-                            RuleProg matched):
+                            RuleProg matched, object probe_kind, tuple floods):
         """The Decision of a first packet without ports (an ICMP or ICMPv6 message, GRE...,
         not a fragment) that the rules `_flowless_other` walked accept (`matched`, or the
         default when None), with its flow filed as the engine's path files it (as
@@ -2725,7 +2789,9 @@ cdef class FastPath:
         first type and code; the rule's hits and `limit` bucket; FlowTable.settle's two
         keys, the timer slot of ICMP's or `other`'s timeout, the end of the unreplied
         queue); None: nothing changed (Python decides). The detectors do nothing with it
-        (checked by the caller), and it is not replied: no offload."""
+        (checked by the caller) but, for an echo request, sweep's probe (`probe_kind`,
+        filed holding this flow) and the icmpfloods' count (`floods`, which have a token);
+        it is not replied: no offload."""
         if not self.syn_first_on or not self.rest_on:
             return None  # (the flow table and the ids are not what this module files)
         if matched is None:
@@ -2761,6 +2827,18 @@ cdef class FastPath:
         unreplied = table["_unreplied"]
         if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
             return None  # settle compacts the queue (Python)
+        cdef int probe_plan = PLAN_NOTHING
+        if probe_kind is not None:
+            probe_plan = self._probe_plan(probe_kind, proto, src, py_sport, dst, py_dport,
+                                          now_obj, now)
+            if probe_plan == PLAN_PYTHON:
+                return None
+        cdef BucketUpdate updates[MAX_FLOODS]
+        cdef int n_updates = 0
+        if floods is not None and len(floods) > 0:
+            n_updates = _floods_take(floods, src, dst, now, updates, True)
+            if n_updates < 0:
+                return None
         # ---- decided. What is owed is written first: the flow's id follows those of the
         # flows discarded before it, and its place in the unreplied queue their stand-ins.
         self._flush()
@@ -2772,6 +2850,11 @@ cdef class FastPath:
         table["_next_id"] = table["_next_id"] + 1
         table["_active"] = active + 1
         table["_created"] = table["_created"] + 1
+        if probe_plan == PLAN_FILE:
+            self._probe_file(p, proto, total, payload_offset, 0, src, py_sport, dst,
+                             py_dport, meta, meta_slots, now_obj, None, flow)
+        _floods_apply(updates, n_updates, now_obj)
+        self._limit_new_apply(now_obj)
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
             (<list>self.walk_bucket)[1] = now_obj
@@ -3520,8 +3603,11 @@ cdef class FastPath:
         for prog in (self.probe_portscan, self.probe_sweep):
             if prog is None:
                 continue
+            if kind is PROBE_ECHO and prog is self.probe_portscan:
+                (<ScanProg>prog).action = SCAN_NOTHING  # (`_probe` with ports False)
+                continue
             action = self._scan_plan(<ScanProg>prog, answer, answer_hash, src, dst, dport,
-                                     now_obj, now)
+                                     now_obj, now, kind is PROBE_ECHO)
             if action < 0:
                 return PLAN_PYTHON
             if action != SCAN_NOTHING:
@@ -3533,7 +3619,8 @@ cdef class FastPath:
         return plan
 
     cdef int _scan_plan(self, ScanProg prog, object answer, Py_hash_t answer_hash, object src,
-                        object dst, object dport, object now_obj, double now) except -2:
+                        object dst, object dport, object now_obj, double now,
+                        bint echo=False) except -2:
         """One scan's part of _probe_plan: `_probe`'s tests (its index, its `ignore`) and
         ScanDetector.probe's up to the filing (the window, `fired`, the cap per key, the
         queue's room), planned in prog; -1: Python's (a full queue weighing its oldest
@@ -3543,6 +3630,8 @@ cdef class FastPath:
         prog.action = SCAN_NOTHING
         prog.new_window = False
         prog.make_room = False
+        prog.echo_counts = False
+        prog.echo_credit = False
         prog.old_entry = None
         prog.key = None
         prog.target = None
@@ -3586,6 +3675,12 @@ cdef class FastPath:
             )
         prog.key = key
         prog.target = target
+        if echo:
+            if type(prog.det).ECHO_COUNTS is True:
+                prog.echo_counts = True
+                skip = False  # (`not echo and (...)`: an echo is never skipped)
+            elif type(prog.det).ECHO_COUNTS is not False:
+                return -1
         if skip:
             prog.action = SCAN_SKIP
             return SCAN_SKIP
@@ -3606,9 +3701,40 @@ cdef class FastPath:
             ):
                 return -1
             prog.make_room = True
+        if prog.echo_counts and self._echo_credit_plan(prog, entry, new, target) < 0:
+            return -1
         prog.old_entry = entry
         prog.action = SCAN_FILE
         return SCAN_FILE
+
+    cdef int _echo_credit_plan(self, ScanProg prog, object entry, bint new,
+                               object target) except -2:
+        """ScanDetector._credit of an echo that counts as it is sent (W_FAILED for its
+        target), planned in prog when it does not detect; -1: Python's (it would detect, the
+        long window hears it, or a method or a value is not what this mirrors)."""
+        cdef double old = 0.0, score = 0.0
+        if not _quiet_methods_known(prog) or getattr(prog.det, "slow", None) is not None:
+            return -1
+        threshold = getattr(prog.det, "threshold", None)
+        if not PyFloat_CheckExact(threshold):
+            return -1
+        if not new:
+            weights = _get(entry, E_WEIGHTS)
+            score_obj = _get(entry, E_SCORE)
+            if type(weights) is not dict or not PyFloat_CheckExact(score_obj):
+                return -1
+            found = (<dict>weights).get(target, 0.0)
+            if not PyFloat_CheckExact(found):
+                return -1
+            old = PyFloat_AS_DOUBLE(found)
+            score = PyFloat_AS_DOUBLE(score_obj)
+        if not W_FAILED > old:
+            return 0  # (`weight <= old`: nothing credited)
+        if score + (W_FAILED - old) >= PyFloat_AS_DOUBLE(threshold) - QUIET_EPS:
+            return -1  # it would detect (fire: Python)
+        prog.echo_credit = True
+        prog.echo_old = old
+        return 0
 
     cdef int _probe_file(self, const uint8_t *p, int proto, Py_ssize_t total,
                          Py_ssize_t payload_offset, int flags, object src, object sport,
@@ -3665,6 +3791,13 @@ cdef class FastPath:
             _set(probe, P_OUTCOME, UNKNOWN_OUTCOME)
             _set(probe, P_SIZE, total)
             _set(probe, P_COPIES, 0)
+            if prog.echo_counts:
+                # counted as it is sent: FAILED, its window credited (_echo_credit_plan)
+                _set(probe, P_OUTCOME, FAILED_OUTCOME)
+                if prog.echo_credit:
+                    (<dict>_get(entry, E_WEIGHTS))[target] = W_FAILED_OBJ
+                    _set(entry, E_SCORE,
+                         PyFloat_AS_DOUBLE(_get(entry, E_SCORE)) + (W_FAILED - prog.echo_old))
             _set(entry, E_PENDING, _get(entry, E_PENDING) + 1)
             waiting = <dict>_get(entry, E_WAITING)
             found = PyDict_GetItem(waiting, target)
@@ -3765,7 +3898,7 @@ cdef class FastPath:
         _set(flow, F_END_REASON, FLOW_DISCARDED)
         _set(flow, F_TTL, p[8] if v4 else p[7])
         _set(flow, F_MAC, mac)
-        _set(flow, F_ICMP, -1)
+        _set(flow, F_ICMP, self.refused_icmp)
         _set(flow, F_APP_PROTO, self.refused_app_proto)
         _set(flow, F_APP, self.refused_app)
         _set(flow, F_APP_STATE, None)
@@ -3987,6 +4120,7 @@ cdef class FastPath:
         self.walk_matched = None
         self.walk_bucket = None
         self.walk_tokens = 0.0
+        self.walk_new_buckets = None
         for prog in progs:
             if prog.kind == RULE_NEVER:
                 continue
@@ -4022,6 +4156,9 @@ cdef class FastPath:
             if prog.limit_per != LIMIT_NONE:
                 bucket = _limit_bucket(prog, src, dst, flow)
                 if bucket is None:
+                    if self.walk_new_keys and self._limit_new_key(prog, src, dst):
+                        self.walk_matched = prog  # (its new bucket: walk_new_*)
+                        return 0
                     return -1  # a new key (or per flow of no flow): Python makes its bucket
                 tokens = _limit_take(prog, <list>bucket, now)
                 if not tokens >= 0.0:
@@ -4030,6 +4167,37 @@ cdef class FastPath:
                 self.walk_tokens = tokens
             self.walk_matched = prog
             return 0
+        return 0
+
+    cdef bint _limit_new_key(self, RuleProg prog, object src, object dst) except -1:
+        """Whether TokenBuckets.take would make this packet's bucket (a key it has none for,
+        per src, dst or rule, in a table with room: `[burst - 1, now]`, a token taken),
+        noted in walk_new_* for the caller to make once decided (only callers that set
+        walk_new_keys do)."""
+        cdef int per = prog.limit_per
+        if prog.limit_max_keys < 0 or len(prog.limit_buckets) >= prog.limit_max_keys:
+            return False  # (a full table shrinks first: Python)
+        if per == LIMIT_SRC:
+            key = src
+        elif per == LIMIT_DST:
+            key = dst
+        elif per == LIMIT_RULE:
+            key = None
+        else:
+            return False  # per flow: a flow of no flow has no id yet
+        if PyDict_GetItem(prog.limit_buckets, key) is not NULL:
+            return False  # (a bucket that is not a pair of floats: Python's)
+        self.walk_new_buckets = prog.limit_buckets
+        self.walk_new_key = key
+        self.walk_new_tokens = prog.limit_burst - 1.0
+        return True
+
+    cdef int _limit_new_apply(self, object now_obj) except -1:
+        """The bucket _limit_new_key noted, made as TokenBuckets.take makes it."""
+        if self.walk_new_buckets is not None:
+            (<dict>self.walk_new_buckets)[self.walk_new_key] = [self.walk_new_tokens, now_obj]
+            self.walk_new_buckets = None
+            self.walk_new_key = None
         return 0
 
     cdef int _offload_kind(self, object flow, int proto, bint has_payload,
