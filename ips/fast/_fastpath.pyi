@@ -25,6 +25,7 @@ class FastPath:
     refused_dns: int  # how many were
     refused_hellos: int  # refused first TLS ClientHello segments read without a Flow
     refused_requests: int  # refused first HTTP segments read without a Flow
+    probes_filed: int  # new scan probes filed in compiled code
     malformed_packets: int  # malformed frames counted in compiled code (_malformed_frame)
     other_flowless_packets: int  # of flowless_packets, those without ports (_flowless_other)
     other_flows: int  # accepted first packets without ports filed in compiled code
