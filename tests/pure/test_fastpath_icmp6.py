@@ -98,6 +98,10 @@ def generic_ext(units: int = 0) -> bytes:
 ROUTER_ALERT = bytes([0, 5, 2, 0, 0, 1, 0])  # hop-by-hop: router alert (MLD), PadN
 
 
+# An authentication header of 24 bytes: its length byte 4 ((4 + 2) * 4 bytes), the rest.
+AH = bytes([4]) + bytes(22)
+
+
 def frag_ext(offset: int, more: bool, ident: int = 99) -> bytes:
     return struct.pack("!BHI", 0, (offset << 3) | (1 if more else 0), ident)
 
@@ -204,7 +208,14 @@ def errors_and_echoes(rng: random.Random, t: float) -> list[tuple[float, bytes]]
     body = bytes(rng.randrange(0, 40))
     msg = icmp(itype, code, rest, body)
     exts = rng.choice(
-        ([], [], [(0, generic_ext())], [(60, generic_ext(1))], [(44, frag_ext(0, False))])
+        (
+            [],
+            [],
+            [(0, generic_ext())],
+            [(60, generic_ext(1))],
+            [(44, frag_ext(0, False))],
+            [(51, AH), (60, generic_ext())],  # (AH counts its length in 4-byte words)
+        )
     )
     if six:
         pkt = ipv6(a, b, 58, msg, exts=exts)
