@@ -515,6 +515,26 @@ def test_icmp_messages_of_a_flow_are_decided_in_compiled_code() -> None:
     pair.finish(t + 1)
 
 
+def test_icmp_types_are_read_by_their_protocol() -> None:
+    """Type 8 is an echo request in ICMP only, 128 in ICMPv6 only (Detectors._icmp reads the
+    types by protocol): a host whose echoes made its icmpflood bucket sends messages of the
+    other protocol's echo type in flows of their own, which no flood counts."""
+    need_fast_path()
+    pair = Pair("set app-layer off\nset default accept\ndetect icmpflood rate 50/s per src limit\n")
+    t = 10.0
+    for k in range(30):
+        pair.handle(ipv6("2001:db8::1", "2001:db8::2", 58, echo(128, 7)), RAW, t)
+        pair.handle(ipv4("10.0.0.1", "10.0.0.2", 1, echo(8, 7)), RAW, t)
+        pair.handle(ipv6("2001:db8::1", "2001:db8::3", 58, echo(8, 7)), RAW, t + 0.001)
+        pair.handle(ipv4("10.0.0.1", "10.0.0.3", 1, echo(128, 7)), RAW, t + 0.001)
+        pair.handle(ipv6("2001:db8::1", "2001:db8::4", 1, echo(8, 7)), RAW, t + 0.002)
+        pair.handle(ipv4("10.0.0.1", "10.0.0.4", 58, echo(128, 7)), RAW, t + 0.002)
+        t += 0.01 * (k % 3)
+        pair.check_state()
+    pair.finish(t)
+    assert pair.fast_packets > 150
+
+
 def test_refused_messages_of_no_flow_are_decided_in_compiled_code() -> None:
     """MLD reports behind a hop-by-hop header, router solicitations, later fragments, GRE:
     refused first packets, decided in compiled code, each counted as the Python engine
