@@ -1523,6 +1523,7 @@ cdef class FastPath:
     cdef object walk_bucket
     # A `limit` bucket the walk would make (a new key: _limit_new_key), when walk_new_keys
     cdef bint walk_new_keys
+    cdef bint walk_frag  # the packet walked is a first fragment (`fragment` rules: Python)
     cdef dict walk_new_buckets
     cdef object walk_new_key
     cdef double walk_new_tokens
@@ -2472,6 +2473,21 @@ cdef class FastPath:
                 dst = self._address(p + src_at + alen, alen)
                 decision = self._decide(p, proto, d.length, d.payload_offset, d.sport, d.dport, 0,
                                         d.icmp_type, d.icmp_code, src, dst, meta, now_obj)
+            elif d.frag == FRAG_FIRST_C and (proto == PROTO_TCP or proto == PROTO_UDP) and (
+                d.family == 4 and d.l4_offset == 20 and self.flowless_on
+                and not self.app.enabled
+            ):
+                # A first fragment of TCP or UDP (IPv4 without options: the headers where
+                # this module reads them; parsing off) is any packet to _decide: its
+                # headers are whole, and only a `fragment` rule tells it apart (_walk).
+                src = self._address(p + src_at, alen)
+                dst = self._address(p + src_at + alen, alen)
+                self.walk_frag = True
+                try:
+                    decision = self._decide(p, proto, d.length, d.payload_offset, d.sport,
+                                            d.dport, d.flags, -1, -1, src, dst, meta, now_obj)
+                finally:
+                    self.walk_frag = False
             elif d.frag == FRAG_LATER_C or (
                 d.frag == FRAG_NONE_C and proto != PROTO_TCP and proto != PROTO_UDP
                 and proto != PROTO_UDPLITE_C and proto != PROTO_SCTP_C
@@ -4123,6 +4139,8 @@ cdef class FastPath:
         self.walk_new_buckets = None
         for prog in progs:
             if prog.kind == RULE_NEVER:
+                if self.walk_frag:
+                    return -1  # (a `fragment` rule, which a first fragment matches: Python)
                 continue
             if prog.kind == RULE_BAIL:
                 return -1
