@@ -1432,6 +1432,7 @@ cdef class FastPath:
     cdef public long long malformed_packets       # malformed frames counted here
     cdef public long long other_flowless_packets  # of flowless_packets, by _flowless_other
     cdef public long long other_flows  # accepted first packets without ports filed here
+    cdef public long long compactions  # unreplied queues compacted here (_compact_unreplied)
     cdef dict families
     cdef dict if_memo
     cdef dict candidates_memo
@@ -2756,14 +2757,16 @@ cdef class FastPath:
             self._flush()
             self._table_view()
         unreplied = <object>self.table_unreplied
-        if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
-            return None
+        # (the unreplied queue to compact first, as FlowTable does: once decided)
+        compact = len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024
         # The floods' buckets last: nothing that may still send the packet to Python (and
         # no Python code) runs between their reading and their update.
         if floods is not None and len(floods) > 0:
             n_updates = _floods_take(floods, src, dst, now, updates, True)
             if n_updates < 0:
                 return None
+        if compact:
+            self._compact_unreplied(table)
         # ---- decided: count as the Python path does (the probe holds the discarded flow,
         # made before this packet's flow is owed: its id is the next one)
         if probe_plan == PLAN_FILE:
@@ -2841,8 +2844,8 @@ cdef class FastPath:
         elif type(bucket) is not set:
             return None
         unreplied = table["_unreplied"]
-        if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
-            return None  # settle compacts the queue (Python)
+        # (the unreplied queue to compact first, as FlowTable does: once decided)
+        compact = len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024
         cdef int probe_plan = PLAN_NOTHING
         if probe_kind is not None:
             probe_plan = self._probe_plan(probe_kind, proto, src, py_sport, dst, py_dport,
@@ -2855,6 +2858,10 @@ cdef class FastPath:
             n_updates = _floods_take(floods, src, dst, now, updates, True)
             if n_updates < 0:
                 return None
+        if compact:
+            # (FlowTable.settle compacts after filing the flow, which the filter keeps)
+            self._compact_unreplied(table)
+            unreplied = table["_unreplied"]
         # ---- decided. What is owed is written first: the flow's id follows those of the
         # flows discarded before it, and its place in the unreplied queue their stand-ins.
         self._flush()
@@ -2891,6 +2898,28 @@ cdef class FastPath:
         self._count_verdict(decision)
         self.other_flows += 1
         return decision
+
+    cdef int _compact_unreplied(self, dict table) except -1:
+        """FlowTable's compaction of its unreplied queue (`_discard_opened`, `settle`: a
+        queue longer than twice the table and 1,024 keeps only the flows still filed and not
+        replied, in their order), for a packet decided: what is owed written first (the
+        stand-ins of the flows discarded before it, which it drops)."""
+        self._flush()
+        cdef object gone = FLOW_GONE
+        kept = deque()
+        for flow in <object>table["_unreplied"]:
+            if type(flow) is FLOW:
+                slot = _get(flow, F_SLOT)
+                replied = _get(flow, F_REPLIED)
+            else:
+                slot = flow._slot
+                replied = flow.replied
+            if slot != gone and not replied:
+                kept.append(flow)
+        table["_unreplied"] = kept
+        self._table_view()
+        self.compactions += 1
+        return 0
 
     cdef object _portless_entry(self, int proto, object src, object dst, bint frag_later,
                                 object iif, object oif):
@@ -3120,8 +3149,8 @@ cdef class FastPath:
             self._flush()  # (a table that is not the one owed to: never, but cheap to say)
             self._table_view()
         unreplied = <object>self.table_unreplied
-        if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
-            return None
+        # (the unreplied queue to compact first, as FlowTable does: once decided)
+        compact = len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024
         if (app_look == APP_LOOK_DNS or app_look == APP_LOOK_INSPECT) and not _flow_ids_known(
             table
         ):
@@ -3140,6 +3169,8 @@ cdef class FastPath:
             n_updates = _floods_take(floods, src, dst, now, updates, True)
             if n_updates < 0:
                 return None
+        if compact:
+            self._compact_unreplied(table)
         # ---- decided: count as the Python path does: the inspector's first look (`_start`
         # asks passive DNS the responder's name: its order and expiry are what that
         # leaves), the detectors (the answer it gives to a pending probe, as `_tcp` notes

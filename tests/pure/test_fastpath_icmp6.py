@@ -566,6 +566,38 @@ def test_refused_messages_of_no_flow_are_decided_in_compiled_code() -> None:
     assert pair.slow.flows.stats == pair.fast.flows.stats
 
 
+@pytest.mark.parametrize("policy", ["gateway-app-off", "types"])
+def test_the_unreplied_queue_is_compacted_alike(policy: str) -> None:
+    """Thousands of refused first packets (segments, datagrams, messages without ports)
+    between flows accepted, answered or not, and expiring: the flow table's unreplied queue
+    grows past twice the table and 1,024 again and again, and is compacted in compiled code
+    as FlowTable compacts it (the flows still filed and not replied, in their order)."""
+    pair = Pair(POLICIES[policy])
+    rng = random.Random(7)
+    t = 50.0
+    for k in range(5000):
+        src = f"198.51.100.{k % 200}"
+        if k % 97 == 0:
+            a, b = rng.choice(LINK6), "fe80::99"
+            pair.handle(ipv6(a, b, 58, icmp(135, 0, bytes(4), ip(b))), RAW, t)  # accepted
+            if k % 2:
+                pair.handle(ipv6(b, a, 58, icmp(136, 0, bytes(4), ip(b))), RAW, t)
+        kind = k % 3
+        if kind == 0:
+            data = tcp(src, "10.10.2.10", 20000 + k, 9, flags="A")
+        elif kind == 1:
+            data = udp(src, "10.10.2.10", 20000 + k, 9999)
+        else:
+            data = ipv4(src, "10.10.2.10", 47, bytes(8))
+        pair.handle(data, RAW, t)
+        t += rng.choice((0.001, 0.01, 0.2))
+    pair.finish(t)
+    if fast.available():
+        path = pair.fast._fast_path
+        assert path is not None
+        assert path.compactions >= 2, path.compactions
+
+
 def test_malformed_frames_are_counted_in_compiled_code() -> None:
     """Every reason the decoder gives, counted alike (the first of each reason by Python,
     which makes its Decision; the others here)."""
