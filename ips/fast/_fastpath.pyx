@@ -125,7 +125,7 @@ from cpython.ref cimport Py_DECREF, Py_XDECREF
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint64_t
 
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from heapq import heappush as _heappush
 
 from ips.core import decode as _decode
@@ -140,6 +140,7 @@ from ips.detect.scan import ANSWERED as _ANSWERED_OUTCOME, UNKNOWN as _UNKNOWN_O
 from ips.detect.scan import ACK as _PROBE_ACK, DATAGRAM as _PROBE_DATAGRAM, GRACE as _GRACE
 from ips.detect.scan import SYN as _PROBE_SYN, ScanEntry, PortScan, Sweep
 from ips.detect.scan import EARLY as _EARLY, RESOLVE_PER_PACKET
+from ips.detect.scan import ECHO as _PROBE_ECHO
 from ips.detect import scan as _scan
 from ips.core.packet import PROTO_UDPLITE as _PROTO_UDPLITE
 from ips.core.flow import END_DISCARDED, _GONE as _FLOW_GONE, _NEVER as _FLOW_NEVER
@@ -282,6 +283,7 @@ cdef type SCAN_ENTRY = ScanEntry
 cdef object GRACE_SECONDS = _GRACE
 cdef object EARLY_SECONDS = _EARLY
 cdef object PROBE_SYN = _PROBE_SYN, PROBE_ACK = _PROBE_ACK, PROBE_DATAGRAM = _PROBE_DATAGRAM
+cdef object PROBE_ECHO = _PROBE_ECHO  # an echo request: sweep's alone (`_probe`, ports False)
 cdef object FLOW_NEVER = _FLOW_NEVER        # Flow.back_since of a flow never offloaded
 cdef object FLOW_GONE = _FLOW_GONE          # Flow._slot of a flow in no table
 cdef object FLOW_DISCARDED = END_DISCARDED  # the end_reason Engine._discard leaves
@@ -354,6 +356,11 @@ cdef class ScanProg:
     cdef object old_entry         # the window found (None: none)
     cdef object key, target
     cdef bint make_room           # the queue is full: its oldest probe is forgotten first
+    # An echo request, which a class with ECHO_COUNTS (Sweep) counts as it is sent: the
+    # probe is filed FAILED, and its window credited W_FAILED over `echo_old` (the target's
+    # weight) when `echo_credit` (ScanDetector.probe's `_credit`, which does not detect here)
+    cdef bint echo_counts, echo_credit
+    cdef double echo_old
     # _resolve_quietly's due probes, their weights, and the scores of their windows
     cdef list quiet_due
     cdef double quiet_weights[64]
@@ -368,6 +375,7 @@ cdef dict _QUIET_ORIGINALS = {
     for cls in (PortScan, Sweep)
 }
 cdef double W_FAILED = _scan.W_FAILED
+cdef object W_FAILED_OBJ = _scan.W_FAILED
 cdef double W_HANDSHAKE = _scan.W_HANDSHAKE
 cdef double QUIET_EPS = _scan._EPS
 cdef object FAILED_OUTCOME = _scan.FAILED
@@ -766,6 +774,375 @@ cdef object _vlan_tags(const uint8_t *p, Py_ssize_t n, Py_ssize_t *off, uint16_t
     return tuple(tags)
 
 
+# ---- the whole decoder, for the frames the fast decoder of _handle leaves ---------------------
+# `_handle` decodes at once what most packets are (IPv4 without options, not a fragment, or
+# IPv6 without extension headers; TCP, UDP, an ICMP echo). Whatever else an Ethernet or raw IP
+# frame holds is decoded here as ips/core/decode.py's decode_frame decodes it (the same tests
+# in the same order: the same Packet fields, or the same Malformed reason): IPv6 extension
+# headers, IPv4 options, fragments, every ICMP and ICMPv6 message, the other protocols, and
+# the malformed. FastPath._rest then decides what it can (_flowless_other, _decide) and
+# counts the malformed as Engine._undecodable counts them.
+
+cdef enum:
+    DECODED_PACKET = 0
+    DECODED_MALFORMED = 1
+    DECODED_NOT_IP = 2
+    DECODED_NOT_HERE = 3   # a link type this module does not read: Python's decoder
+    FRAG_NONE_C = 0
+    FRAG_FIRST_C = 1
+    FRAG_LATER_C = 2
+    PROTO_SCTP_C = 132
+
+cdef struct ips_decoded:
+    int reason            # an index of DECODE_REASONS (DECODED_MALFORMED)
+    Py_ssize_t ip_at      # where the IP datagram starts in the frame
+    Py_ssize_t length     # the datagram's length (Packet.length: its data, cut to it)
+    Py_ssize_t vlan_at    # where the first VLAN tag starts, and how many there are
+    int vlan_count
+    int family, proto, sport, dport, flags, icmp_type, icmp_code, ttl, tos, frag
+    Py_ssize_t l4_offset, payload_offset
+
+# The reason codes, by index, as ips/core/decode.py spells them (its Malformed constants).
+cdef tuple DECODE_REASONS = tuple(m.reason for m in (
+    _decode.M_IP_TRUNCATED, _decode.M_IP_BAD_VERSION, _decode.M_IPV4_TRUNCATED,
+    _decode.M_IPV4_BAD_IHL, _decode.M_IPV4_BAD_TOTAL_LENGTH, _decode.M_IPV4_BAD_OPTION,
+    _decode.M_IPV4_TINY_FRAGMENT, _decode.M_IPV4_TCP_FRAG_OFFSET_1, _decode.M_IPV6_TRUNCATED,
+    _decode.M_IPV6_JUMBO, _decode.M_IPV6_EXT_TRUNCATED, _decode.M_IPV6_BAD_HBH,
+    _decode.M_IPV6_TOO_MANY_EXT, _decode.M_IPV6_TINY_FRAGMENT, _decode.M_TCP_TRUNCATED,
+    _decode.M_TCP_BAD_DOFF, _decode.M_UDP_TRUNCATED, _decode.M_UDP_BAD_LENGTH,
+    _decode.M_UDPLITE_TRUNCATED, _decode.M_SCTP_TRUNCATED, _decode.M_ICMP_TRUNCATED,
+    _decode.M_ICMPV6_TRUNCATED, _decode.M_L2_TRUNCATED, _decode.M_L2_TOO_MANY_VLANS,
+))
+
+cdef enum:
+    R_IP_TRUNCATED = 0
+    R_IP_BAD_VERSION = 1
+    R_IPV4_TRUNCATED = 2
+    R_IPV4_BAD_IHL = 3
+    R_IPV4_BAD_TOTAL_LENGTH = 4
+    R_IPV4_BAD_OPTION = 5
+    R_IPV4_TINY_FRAGMENT = 6
+    R_IPV4_TCP_FRAG_OFFSET_1 = 7
+    R_IPV6_TRUNCATED = 8
+    R_IPV6_JUMBO = 9
+    R_IPV6_EXT_TRUNCATED = 10
+    R_IPV6_BAD_HBH = 11
+    R_IPV6_TOO_MANY_EXT = 12
+    R_IPV6_TINY_FRAGMENT = 13
+    R_TCP_TRUNCATED = 14
+    R_TCP_BAD_DOFF = 15
+    R_UDP_TRUNCATED = 16
+    R_UDP_BAD_LENGTH = 17
+    R_UDPLITE_TRUNCATED = 18
+    R_SCTP_TRUNCATED = 19
+    R_ICMP_TRUNCATED = 20
+    R_ICMPV6_TRUNCATED = 21
+    R_L2_TRUNCATED = 22
+    R_L2_TOO_MANY_VLANS = 23
+
+# ips/core/decode.py's constants, read once: the extension headers it walks, and the bounds
+cdef bint _EXT_KNOWN = (
+    _decode._EXT_ALL == frozenset((0, 43, 60, 135, 44, 51)) and _decode._EXT_HBH == 0
+    and _decode._EXT_FRAG == 44 and _decode._EXT_AH == 51 and _decode._NO_NEXT == 59
+    and _decode._ETH_IPV4 == 0x0800 and _decode._ETH_IPV6 == 0x86DD
+    and _decode._PORTS_ONLY == frozenset((PROTO_SCTP_C, _PROTO_UDPLITE))
+    and _decode._ICMPS == frozenset((PROTO_ICMP, PROTO_ICMPV6))
+)
+cdef int _MAX_IPV6_EXT = _decode._MAX_IPV6_EXT
+
+
+cdef inline int _malformed_at(ips_decoded *d, int reason):
+    d.reason = reason
+    return DECODED_MALFORMED
+
+
+cdef inline int _tiny(ips_decoded *d, int family):
+    return _malformed_at(d, R_IPV4_TINY_FRAGMENT if family == 4 else R_IPV6_TINY_FRAGMENT)
+
+
+cdef int _ips_decode_frame(const uint8_t *p, Py_ssize_t n, int linktype, ips_decoded *d):
+    """decode_frame (Engine.handle_python's decoding) of an Ethernet or raw IP frame: its
+    answer's kind (DECODED_*), the Packet's fields or the reason in `d`."""
+    cdef Py_ssize_t off = 0
+    cdef uint16_t etype
+    cdef int version
+    d.vlan_count = 0
+    d.vlan_at = 0
+    if not _EXT_KNOWN:
+        return DECODED_NOT_HERE
+    if linktype == LINKTYPE_ETHERNET:
+        if n < 14:
+            return _malformed_at(d, R_L2_TRUNCATED)
+        etype = (p[12] << 8) | p[13]
+        off = 14
+        d.vlan_at = 14
+        while _VLAN_TPID[etype]:
+            if d.vlan_count >= _MAX_VLAN_TAGS:
+                return _malformed_at(d, R_L2_TOO_MANY_VLANS)
+            if off + 4 > n:
+                return _malformed_at(d, R_L2_TRUNCATED)
+            etype = (p[off + 2] << 8) | p[off + 3]
+            d.vlan_count += 1
+            off += 4
+        if etype == 0x0800:
+            version = 4
+        elif etype == 0x86DD:
+            version = 6
+        else:
+            return DECODED_NOT_IP
+        # _l3_expect: the datagram must be of the version its link layer announced
+        if off >= n:
+            return _malformed_at(d, R_IP_TRUNCATED)
+        if (p[off] >> 4) != version:
+            return _malformed_at(d, R_IP_BAD_VERSION)
+    elif linktype == LINKTYPE_RAW:
+        # decode_l3 (and decode_ipv4, which Engine.handle_python calls for version 4)
+        if n < 1:
+            return _malformed_at(d, R_IP_TRUNCATED)
+        version = p[0] >> 4
+        if version != 4 and version != 6:
+            return _malformed_at(d, R_IP_BAD_VERSION)
+    else:
+        return DECODED_NOT_HERE
+    d.ip_at = off
+    if version == 4:
+        return _ips_decode_ipv4(p + off, n - off, d)
+    return _ips_decode_ipv6(p + off, n - off, d)
+
+
+cdef int _ips_decode_ipv4(const uint8_t *p, Py_ssize_t n, ips_decoded *d):
+    """decode_ipv4."""
+    cdef Py_ssize_t hl, total, doff, i, olen
+    cdef int fo, proto
+    if n < 20:
+        return _malformed_at(d, R_IPV4_TRUNCATED)
+    hl = (p[0] & 0x0F) << 2
+    if hl < 20:
+        return _malformed_at(d, R_IPV4_BAD_IHL)
+    total = (p[2] << 8) | p[3]
+    if total < 20:
+        return _malformed_at(d, R_IPV4_BAD_TOTAL_LENGTH)
+    if total > n:
+        return _malformed_at(d, R_IPV4_TRUNCATED)
+    if hl > total:
+        return _malformed_at(d, R_IPV4_BAD_IHL)
+    if hl > 20:
+        # _ipv4_options_ok
+        i = 20
+        while i < hl:
+            if p[i] == 0:
+                break
+            if p[i] == 1:
+                i += 1
+                continue
+            if i + 1 >= hl:
+                return _malformed_at(d, R_IPV4_BAD_OPTION)
+            olen = p[i + 1]
+            if olen < 2 or i + olen > hl:
+                return _malformed_at(d, R_IPV4_BAD_OPTION)
+            i += olen
+    d.family = 4
+    d.length = total
+    d.ttl = p[8]
+    d.tos = p[1]
+    proto = p[9]
+    d.proto = proto
+    d.sport = d.dport = d.flags = 0
+    d.icmp_type = d.icmp_code = -1
+    d.frag = FRAG_NONE_C
+    fo = (p[6] << 8) | p[7]
+    if fo & 0x3FFF:
+        if fo & 0x1FFF:
+            if proto == PROTO_TCP and fo & 0x1FFF == 1:
+                return _malformed_at(d, R_IPV4_TCP_FRAG_OFFSET_1)
+            d.frag = FRAG_LATER_C
+            d.l4_offset = -1
+            d.payload_offset = total
+            return DECODED_PACKET
+        d.frag = FRAG_FIRST_C
+    if proto == PROTO_TCP:
+        if total - hl < 20:
+            return _malformed_at(d, R_IPV4_TINY_FRAGMENT if d.frag else R_TCP_TRUNCATED)
+        doff = (p[hl + 12] >> 4) << 2
+        if doff < 20:
+            return _malformed_at(d, R_TCP_BAD_DOFF)
+        if hl + doff > total:
+            return _malformed_at(d, R_IPV4_TINY_FRAGMENT if d.frag else R_TCP_BAD_DOFF)
+        d.sport = (p[hl] << 8) | p[hl + 1]
+        d.dport = (p[hl + 2] << 8) | p[hl + 3]
+        d.flags = p[hl + 13]
+        d.l4_offset = hl
+        d.payload_offset = hl + doff
+        return DECODED_PACKET
+    return _ips_decode_l4(p, total, hl, d)
+
+
+cdef int _ips_decode_ipv6(const uint8_t *p, Py_ssize_t n, ips_decoded *d):
+    """_decode_ipv6."""
+    cdef Py_ssize_t end, off, hlen, doff
+    cdef int nh, count = 0, fo
+    if n < 40:
+        return _malformed_at(d, R_IPV6_TRUNCATED)
+    nh = p[6]
+    end = (p[4] << 8) | p[5]
+    if end == 0 and nh == 0:
+        return _malformed_at(d, R_IPV6_JUMBO)
+    end += 40
+    if end > n:
+        return _malformed_at(d, R_IPV6_TRUNCATED)
+    d.family = 6
+    d.length = end
+    d.ttl = p[7]
+    d.tos = ((p[0] & 0x0F) << 4) | (p[1] >> 4)
+    d.sport = d.dport = d.flags = 0
+    d.icmp_type = d.icmp_code = -1
+    d.frag = FRAG_NONE_C
+    off = 40
+    while nh == 0 or nh == 43 or nh == 60 or nh == 135 or nh == 44 or nh == 51:
+        count += 1
+        if count > _MAX_IPV6_EXT:
+            return _malformed_at(d, R_IPV6_TOO_MANY_EXT)
+        if off + 8 > end:
+            return _malformed_at(d, R_IPV6_EXT_TRUNCATED)
+        if nh == 44:
+            fo = (p[off + 2] << 8) | p[off + 3]
+            nh = p[off]
+            off += 8
+            if fo & 0xFFF8:
+                d.proto = nh
+                d.frag = FRAG_LATER_C
+                d.l4_offset = -1
+                d.payload_offset = end
+                return DECODED_PACKET
+            if fo & 1:
+                d.frag = FRAG_FIRST_C
+            continue
+        if nh == 0 and off != 40:
+            return _malformed_at(d, R_IPV6_BAD_HBH)
+        if nh == 51:
+            hlen = (p[off + 1] + 2) << 2
+        else:
+            hlen = (p[off + 1] + 1) << 3
+        if off + hlen > end:
+            return _malformed_at(d, R_IPV6_EXT_TRUNCATED)
+        nh = p[off]
+        off += hlen
+    d.proto = nh
+    if nh == PROTO_TCP:
+        if end - off < 20:
+            return _malformed_at(d, R_IPV6_TINY_FRAGMENT if d.frag else R_TCP_TRUNCATED)
+        doff = (p[off + 12] >> 4) << 2
+        if doff < 20:
+            return _malformed_at(d, R_TCP_BAD_DOFF)
+        if off + doff > end:
+            return _malformed_at(d, R_IPV6_TINY_FRAGMENT if d.frag else R_TCP_BAD_DOFF)
+        d.sport = (p[off] << 8) | p[off + 1]
+        d.dport = (p[off + 2] << 8) | p[off + 3]
+        d.flags = p[off + 13]
+        d.l4_offset = off
+        d.payload_offset = off + doff
+        return DECODED_PACKET
+    if nh == 59:
+        d.l4_offset = -1
+        d.payload_offset = end
+        return DECODED_PACKET
+    return _ips_decode_l4(p, end, off, d)
+
+
+cdef int _ips_decode_l4(const uint8_t *p, Py_ssize_t end, Py_ssize_t off, ips_decoded *d):
+    """_decode_l4: the transport header at `off` (every protocol but TCP)."""
+    cdef Py_ssize_t avail = end - off, hlen
+    cdef int proto = d.proto, ulen
+    cdef bint echo
+    d.l4_offset = off
+    if proto == PROTO_UDP:
+        if avail < 8:
+            return _tiny(d, d.family) if d.frag else _malformed_at(d, R_UDP_TRUNCATED)
+        ulen = (p[off + 4] << 8) | p[off + 5]
+        if ulen < 8 or (ulen > avail and not d.frag):
+            return _malformed_at(d, R_UDP_BAD_LENGTH)
+        d.sport = (p[off] << 8) | p[off + 1]
+        d.dport = (p[off + 2] << 8) | p[off + 3]
+        d.payload_offset = off + 8
+        return DECODED_PACKET
+    if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+        if avail < 4:
+            if d.frag:
+                return _tiny(d, d.family)
+            return _malformed_at(d, R_ICMP_TRUNCATED if proto == PROTO_ICMP else R_ICMPV6_TRUNCATED)
+        d.icmp_type = p[off]
+        d.icmp_code = p[off + 1]
+        if proto == PROTO_ICMP:
+            echo = d.icmp_type == 8 or d.icmp_type == 0
+        else:
+            echo = d.icmp_type == 128 or d.icmp_type == 129
+        if echo:
+            if avail < 8:
+                if d.frag:
+                    return _tiny(d, d.family)
+                return _malformed_at(
+                    d, R_ICMP_TRUNCATED if proto == PROTO_ICMP else R_ICMPV6_TRUNCATED)
+            d.sport = d.dport = (p[off + 4] << 8) | p[off + 5]
+        d.payload_offset = off + 8 if avail >= 8 else end
+        return DECODED_PACKET
+    if proto == PROTO_SCTP_C or proto == PROTO_UDPLITE_C:
+        hlen = 12 if proto == PROTO_SCTP_C else 8
+        if avail < hlen:
+            if d.frag:
+                return _tiny(d, d.family)
+            return _malformed_at(
+                d, R_SCTP_TRUNCATED if proto == PROTO_SCTP_C else R_UDPLITE_TRUNCATED)
+        d.sport = (p[off] << 8) | p[off + 1]
+        d.dport = (p[off + 2] << 8) | p[off + 3]
+        d.payload_offset = off + hlen
+        return DECODED_PACKET
+    d.payload_offset = off  # (GRE, ESP, IGMP...: not parsed; the header starts here)
+    return DECODED_PACKET
+
+
+cdef object _decoded_vlans(const uint8_t *frame, ips_decoded *d):
+    """The Packet's vlans: the ids of the frame's tags, outermost first (_by_ethertype)."""
+    if d.vlan_count == 0:
+        return ()
+    cdef int i
+    cdef Py_ssize_t at
+    tags = []
+    for i in range(d.vlan_count):
+        at = d.vlan_at + 4 * i
+        tags.append(((frame[at] << 8) | frame[at + 1]) & 0x0FFF)
+    return tuple(tags)
+
+
+def decode_frame_compiled(bytes data, int linktype):
+    """What this module's decoder makes of a frame, for the tests that hold it to
+    ips/core/decode.py's decode_frame: a Packet, the Malformed reason (a str), None (no IP),
+    or NotImplemented (a link type it leaves to Python)."""
+    cdef const uint8_t *p = <const uint8_t *>PyBytes_AS_STRING(data)
+    cdef ips_decoded d
+    cdef int kind = _ips_decode_frame(p, PyBytes_GET_SIZE(data), linktype, &d)
+    if kind == DECODED_NOT_HERE:
+        return NotImplemented
+    if kind == DECODED_NOT_IP:
+        return None
+    if kind == DECODED_MALFORMED:
+        return DECODE_REASONS[d.reason]
+    return _decoded_packet(p, &d)
+
+
+cdef object _decoded_packet(const uint8_t *frame, ips_decoded *d):
+    """The Packet decode_frame makes."""
+    cdef const uint8_t *ip = frame + d.ip_at
+    cdef Py_ssize_t alen = 4 if d.family == 4 else 16
+    cdef Py_ssize_t src_at = 12 if d.family == 4 else 8
+    return PACKET(
+        PyBytes_FromStringAndSize(<const char *>ip, d.length), d.family,
+        PyBytes_FromStringAndSize(<const char *>(ip + src_at), alen),
+        PyBytes_FromStringAndSize(<const char *>(ip + src_at + alen), alen),
+        d.proto, d.sport, d.dport, d.flags, d.icmp_type, d.icmp_code, d.ttl, d.tos,
+        d.l4_offset, d.payload_offset, d.frag, _decoded_vlans(frame, d),
+    )
+
+
 cdef int _floods_take(tuple floods, object src, object dst, double now,
                       BucketUpdate *out, bint make_new=False) except -2:
     """Flood.count of every flood in `floods` for one packet, without changing anything:
@@ -879,6 +1256,7 @@ cdef class RuleProg:
     cdef int limit_per            # LIMIT_NONE, or the key of its `limit` buckets
     cdef dict limit_buckets       # its TokenBuckets' table (never replaced: emptied in place)
     cdef double limit_rate, limit_burst
+    cdef Py_ssize_t limit_max_keys  # TokenBuckets.max_keys (-1: unknown, no new key here)
     cdef long long owed_hits      # hits counted here, not yet added to the rule's (_flush)
 
 
@@ -923,6 +1301,8 @@ cdef RuleProg _rule_prog(object rule):
         # float * int converts the int as float() does: the same double
         prog.limit_rate = float(limiter.rate)
         prog.limit_burst = limiter.burst
+        max_keys = getattr(limiter, "max_keys", None)
+        prog.limit_max_keys = max_keys if type(max_keys) is int and max_keys > 0 else -1
     for addr in (spec.src, spec.dst):
         if addr is not None and addr.dynamic:
             return prog
@@ -1038,6 +1418,22 @@ cdef class FastPath:
     cdef object app
     cdef object default_drop
     cdef object not_ip_decision  # Engine._not_ip, or None (Python counts not-IP frames)
+    # What _rest and _flowless_other read (see _refresh_rest): whether they may decide
+    # anything, the engine's Decisions of malformed frames by reason and EngineStats.malformed,
+    # whether the detectors' ICMP routing is Detectors._icmp's (icmp_declared), the scans'
+    # indexes an ICMP unreachable's quote is looked up in, whether `sweep` is on, and the
+    # flow table's timeouts of ICMP and of the protocols without ports.
+    cdef bint rest_on
+    cdef dict malformed_decisions
+    cdef object malformed_counts  # (a Counter: a dict subclass)
+    cdef bint icmp_declared
+    cdef tuple icmp_indexes
+    cdef bint icmp_sweep
+    cdef double icmp_timeout, other_timeout
+    cdef public long long malformed_packets       # malformed frames counted here
+    cdef public long long other_flowless_packets  # of flowless_packets, by _flowless_other
+    cdef public long long other_flows  # accepted first packets without ports filed here
+    cdef public long long compactions  # unreplied queues compacted here (_compact_unreplied)
     cdef dict families
     cdef dict if_memo
     cdef dict candidates_memo
@@ -1115,6 +1511,7 @@ cdef class FastPath:
     # around that probe's filing: _refused_flow reads them; None otherwise)
     cdef object refused_app
     cdef object refused_app_proto
+    cdef int refused_icmp  # Flow.icmp of the flow _refused_flow makes (-1 but for ICMP)
     cdef public long long refused_hellos  # refused first ClientHellos read so
     cdef public long long refused_requests  # refused first HTTP segments read so
     cdef object syn_sent_timeout
@@ -1126,6 +1523,12 @@ cdef class FastPath:
     # _walk's answer
     cdef RuleProg walk_matched
     cdef object walk_bucket
+    # A `limit` bucket the walk would make (a new key: _limit_new_key), when walk_new_keys
+    cdef bint walk_new_keys
+    cdef bint walk_frag  # the packet walked is a first fragment (`fragment` rules: Python)
+    cdef dict walk_new_buckets
+    cdef object walk_new_key
+    cdef double walk_new_tokens
     cdef double walk_tokens
 
     def __init__(self, engine, double reoffload_after):
@@ -1136,6 +1539,7 @@ cdef class FastPath:
         self.refused_dns = 0
         self.refused_hellos = 0
         self.refused_requests = 0
+        self.refused_icmp = -1
         self.programs = {}
         self.fast_packets = 0
         self.flowless_packets = 0
@@ -1222,6 +1626,7 @@ cdef class FastPath:
         )
         self.offload_on = bool(engine.policy.offload)
         self._refresh_flowless(engine)
+        self._refresh_rest(engine)
         self._refresh_syn_ack(engine)
         self._refresh_syn_first(engine)
         self.programs = {}
@@ -1324,6 +1729,47 @@ cdef class FastPath:
         self.if_memo = policy._if_memo
         self.candidates_memo = policy._candidates_memo
         self.flowless_on = True
+
+    cdef _refresh_rest(self, engine):
+        """What _rest, _malformed_frame and _flowless_other read, checked to be what they
+        mirror (after _refresh_flowless); rest_on False (every frame `_handle`'s own decoder
+        leaves is decided by Python, decoded here when it can be) when anything is not."""
+        self.rest_on = False
+        self.malformed_decisions = None
+        self.malformed_counts = None
+        self.icmp_declared = False
+        self.icmp_indexes = ()
+        self.icmp_sweep = False
+        malformed = engine._malformed
+        counts = engine.stats.malformed
+        if type(malformed) is dict and type(counts) is Counter:
+            self.malformed_decisions = malformed
+            self.malformed_counts = counts
+        detect = engine.detect
+        if detect is not None:
+            # Detectors._icmp routes the messages by type as _icmp_busy reads it (a subclass
+            # may not); the scans' indexes are those `_answer` looks a quote up in
+            interest = getattr(detect, "interest", None)
+            if type(detect) is not _detectors.Detectors or interest is None:
+                return
+            indexes = tuple(interest.answer_indexes)
+            if tuple(scan.index for scan in detect.scans) != indexes or any(
+                type(index) is not dict for index in indexes
+            ):
+                return
+            self.icmp_indexes = indexes
+            self.icmp_sweep = detect.sweep is not None
+            if bool(self.echo_reply_busy) != (detect.reflection is not None):
+                return
+        self.icmp_declared = True
+        timeouts = self.flow_timeouts
+        if timeouts is None or type(timeouts.icmp) not in (float, int) or type(
+            timeouts.other
+        ) not in (float, int):
+            return
+        self.icmp_timeout = timeouts.icmp
+        self.other_timeout = timeouts.other
+        self.rest_on = True
 
     cdef _refresh_probes(self, interest, dict table):
         """Whether _flowless may file a new probe itself (probes_in_c), and what it files in:
@@ -1653,81 +2099,84 @@ cdef class FastPath:
         cdef int ttl, tos
         cdef uint16_t etype
         cdef object vlans = ()
+        # (the frame as given: what this decoder leaves, `_rest` decodes whole)
+        cdef const uint8_t *frame = p
+        cdef Py_ssize_t frame_n = n
         if linktype == LINKTYPE_ETHERNET:
             if n < 14:
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
             etype = (p[12] << 8) | p[13]
             off = 14
             if _VLAN_TPID[etype]:
                 vlans = _vlan_tags(p, n, &off, &etype)
                 if vlans is None:
-                    return None  # too many tags, or cut short: Python's malformed
+                    return self._rest(frame, frame_n, linktype, meta, now_obj)  # malformed
             if etype != 0x0800 and etype != 0x86DD:
                 return self._not_ip()
             p += off
             n -= off
             if n < 1 or (p[0] >> 4) != (4 if etype == 0x0800 else 6):
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
         elif linktype != LINKTYPE_RAW:
             return None
         if n < 20:
-            return None
+            return self._rest(frame, frame_n, linktype, meta, now_obj)
         # ---- decode: only what the Python decoder accepts without a second look
         if (p[0] >> 4) == 4:
             family = 4
             if (p[0] & 0x0F) != 5:
-                return None  # options: Python checks them
+                return self._rest(frame, frame_n, linktype, meta, now_obj)  # options
             total = (p[2] << 8) | p[3]
             if total < 20 or total > n:
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
             if ((p[6] << 8) | p[7]) & 0x3FFF:
-                return None  # a fragment
+                return self._rest(frame, frame_n, linktype, meta, now_obj)  # a fragment
             proto = p[9]
             hl = 20
         elif (p[0] >> 4) == 6:
             family = 6
             if n < 40:
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
             ulen = (p[4] << 8) | p[5]
             if ulen == 0:
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
             total = 40 + ulen
             if total > n:
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
             proto = p[6]
             hl = 40
         else:
-            return None
+            return self._rest(frame, frame_n, linktype, meta, now_obj)
         if proto == PROTO_TCP:
             if total - hl < 20:
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
             doff = (p[hl + 12] >> 4) << 2
             if doff < 20 or hl + doff > total:
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
             flags = p[hl + 13]
             payload_offset = hl + doff
         elif proto == PROTO_UDP:
             if total - hl < 8:
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
             ulen = (p[hl + 4] << 8) | p[hl + 5]
             if ulen < 8 or ulen > total - hl:
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
             payload_offset = hl + 8
         elif proto == (PROTO_ICMP if family == 4 else PROTO_ICMPV6):
-            # Echo requests and replies only: the identifier is in both port fields (the
-            # flow's key), as ips/core/decode.py puts it. Other ICMP messages: Python.
+            # Echo requests and replies here: the identifier is in both port fields (the
+            # flow's key), as ips/core/decode.py puts it. Other ICMP messages: `_rest`.
             if total - hl < 8:
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
             icmp_type = p[hl]
             icmp_code = p[hl + 1]
             if family == 4:
                 if icmp_type != 8 and icmp_type != 0:
-                    return None
+                    return self._rest(frame, frame_n, linktype, meta, now_obj)
             elif icmp_type != 128 and icmp_type != 129:
-                return None
+                return self._rest(frame, frame_n, linktype, meta, now_obj)
             payload_offset = hl + 8
         else:
-            return None
+            return self._rest(frame, frame_n, linktype, meta, now_obj)
         if icmp_type >= 0:
             sport = dport = (p[hl + 4] << 8) | p[hl + 5]
         else:
@@ -1779,6 +2228,11 @@ cdef class FastPath:
         cdef Py_hash_t key_hash = hash(key)
         cdef PyObject *found = ips_get_known(self.flows, key, key_hash)
         if found is NULL:
+            if proto != PROTO_TCP and proto != PROTO_UDP:
+                # an ICMP message (`_rest` and the echoes of `_handle`'s decoder)
+                return self._flowless_other(p, proto, total, payload_offset, flags, False,
+                                            icmp_type, icmp_code, src, dst, py_sport, py_dport,
+                                            meta, meta_slots, now_obj, now)
             return self._flowless(p, proto, total, payload_offset, sport, dport, flags, src,
                                   dst, py_sport, py_dport, key, key_hash, meta, meta_slots,
                                   now_obj, now)
@@ -1859,14 +2313,19 @@ cdef class FastPath:
                     ):
                         return None
                     floods = self.udp_floods
-            elif icmp_type == 8 or icmp_type == 128:
+            elif icmp_type == (8 if proto == PROTO_ICMP else 128):
                 # an echo request: the icmpfloods count it (sweep and reflection look at a
                 # flow's first, which is never here: its flow would not exist yet)
                 if self.echo_floods is None:
                     return None
                 floods = self.echo_floods
-            elif fwd and not replied and self.echo_reply_busy:
-                return None  # an echo reply nobody asked for: reflection's
+            elif icmp_type == (0 if proto == PROTO_ICMP else 129):
+                if fwd and not replied and self.echo_reply_busy:
+                    return None  # an echo reply nobody asked for: reflection's
+            elif self._icmp_busy(proto, icmp_type, False, fwd, replied, p, total,
+                                 payload_offset - 8 if payload_offset < total else -1, dst,
+                                 key):
+                return None  # (any other ICMP message: `_rest`)
         # ---- the rules the flow's cache names
         if meta_slots:
             iif = _get(meta, M_IIF)
@@ -1875,6 +2334,17 @@ cdef class FastPath:
             iif = meta.iif
             oif = meta.oif
         cache_obj = _get(flow, F_CACHE_FWD) if fwd else _get(flow, F_CACHE_REV)
+        # An ICMP message's flow answered for the first time (an echo's or a neighbour
+        # solicitation's reply): its reverse candidates found as the engine finds them
+        # (CompiledPolicy.candidate_entry: ICMP has no ports), its cache set once decided.
+        new_cache = None
+        if cache_obj is None and not fwd and (proto == PROTO_ICMP or proto == PROTO_ICMPV6) and (
+            self.rest_on and self.flowless_on and not _get(flow, F_OFFLOADED)
+        ):
+            entry = self._portless_entry(proto, src, dst, False, iif, oif)
+            if entry is None:
+                return None
+            cache_obj = new_cache = (self.policy, iif, oif, entry[0], entry[1], entry[2])
         if type(cache_obj) is not tuple or len(<tuple>cache_obj) < 6:
             return None
         cdef tuple cache = <tuple>cache_obj
@@ -1915,7 +2385,9 @@ cdef class FastPath:
             if n_updates < 0:
                 return None
         # ---- decided: count as the Python path does (its order matters only for what is
-        # read back, and nothing here reads what it wrote)
+        # read back, and nothing here reads what it wrote but the offload: the cache first)
+        if new_cache is not None:
+            _set(flow, F_CACHE_REV, new_cache)
         cdef int i
         cdef list bucket
         for i in range(n_updates):
@@ -1947,15 +2419,18 @@ cdef class FastPath:
                 self._handshake(flow)  # (before this packet's MAC is the flow's, as there)
         if mac is not None and fwd and _get(flow, F_MAC) is None:
             _set(flow, F_MAC, mac)
+        # offload_kind offloads an ICMP flow on an echo only
+        cdef bint offloadable = icmp_type < 0 or icmp_type == (
+            0 if proto == PROTO_ICMP else 129) or icmp_type == (8 if proto == PROTO_ICMP else 128)
         if matched is not None:
             decision = matched.decision
             self._owe_hit(matched)
-            if matched.accepts and self.offload_on and replied:
+            if matched.accepts and self.offload_on and replied and offloadable:
                 if self._offload_kind(flow, proto, payload_offset < total, now) == OFFLOAD_FLOW:
                     decision = matched.offload_decision
         else:
             decision = self.default_decision
-            if self.default_offload is not None and self.offload_on and replied:
+            if self.default_offload is not None and self.offload_on and replied and offloadable:
                 if self._offload_kind(flow, proto, payload_offset < total, now) == OFFLOAD_FLOW:
                     decision = self.default_offload
         self._count_verdict(decision)
@@ -1994,6 +2469,525 @@ cdef class FastPath:
         counts["not_ip"] = counts["not_ip"] + 1
         self.fast_packets += 1
         return self.not_ip_decision
+
+    # ---- the frames the fast decoder leaves (see _ips_decode_frame) ------------------------
+
+    cdef object _rest(self, const uint8_t *frame, Py_ssize_t n, int linktype, object meta,
+                      object now_obj):
+        """A frame `_handle`'s own decoder does not take, decoded as decode_frame decodes it:
+        a malformed one counted as Engine._undecodable counts it, a frame without IP as
+        `_not_ip`; an ICMP or ICMPv6 message of any type (not a fragment) decided by
+        `_decide`, a later fragment or a packet of another protocol (GRE, IGMP...) of no
+        flow by `_flowless_other`. Otherwise the Packet, for Engine.handle_packet; None when
+        this module does not read the link type."""
+        cdef ips_decoded d
+        cdef int kind = _ips_decode_frame(frame, n, linktype, &d)
+        if kind == DECODED_NOT_HERE:
+            return None
+        if kind == DECODED_NOT_IP:
+            return self._not_ip()
+        if kind == DECODED_MALFORMED:
+            return self._malformed_frame(DECODE_REASONS[d.reason])
+        cdef const uint8_t *p = frame + d.ip_at
+        cdef int proto = d.proto
+        cdef Py_ssize_t alen = 4 if d.family == 4 else 16
+        cdef Py_ssize_t src_at = 12 if d.family == 4 else 8
+        cdef bint icmp = proto == PROTO_ICMP or proto == PROTO_ICMPV6
+        decision = None
+        if self.rest_on:
+            if d.frag == FRAG_NONE_C and icmp:
+                src = self._address(p + src_at, alen)
+                dst = self._address(p + src_at + alen, alen)
+                decision = self._decide(p, proto, d.length, d.payload_offset, d.sport, d.dport, 0,
+                                        d.icmp_type, d.icmp_code, src, dst, meta, now_obj)
+            elif d.frag == FRAG_FIRST_C and (proto == PROTO_TCP or proto == PROTO_UDP) and (
+                d.family == 4 and d.l4_offset == 20 and self.flowless_on
+                and not self.app.enabled
+            ):
+                # A first fragment of TCP or UDP (IPv4 without options: the headers where
+                # this module reads them; parsing off) is any packet to _decide: its
+                # headers are whole, and only a `fragment` rule tells it apart (_walk).
+                src = self._address(p + src_at, alen)
+                dst = self._address(p + src_at + alen, alen)
+                self.walk_frag = True
+                try:
+                    decision = self._decide(p, proto, d.length, d.payload_offset, d.sport,
+                                            d.dport, d.flags, -1, -1, src, dst, meta, now_obj)
+                finally:
+                    self.walk_frag = False
+            elif d.frag == FRAG_LATER_C or (
+                d.frag == FRAG_NONE_C and proto != PROTO_TCP and proto != PROTO_UDP
+                and proto != PROTO_UDPLITE_C and proto != PROTO_SCTP_C
+            ):
+                src = self._address(p + src_at, alen)
+                dst = self._address(p + src_at + alen, alen)
+                decision = self._other_of_no_flow(p, &d, src, dst, meta, now_obj)
+        if decision is not None:
+            return decision
+        self._flush()  # (Packet.__init__ is Python)
+        return _decoded_packet(frame, &d)
+
+    cdef object _malformed_frame(self, object reason):
+        """Engine._undecodable of a Malformed: EngineStats.packets and malformed[reason]
+        counted, the engine's Decision for the reason (made by Python the first time: None
+        then); returned, as there, before the verdicts are counted."""
+        if self.malformed_decisions is None or self.malformed_counts is None:
+            return None
+        cdef PyObject *found = PyDict_GetItem(self.malformed_decisions, reason)
+        if found is NULL:
+            return None
+        decision = <object>found
+        counts = self.malformed_counts
+        found = PyDict_GetItem(counts, reason)
+        counts[reason] = 1 if found is NULL else <object>found + 1
+        self.owed_packets += 1
+        self.owed = True
+        self.fast_packets += 1
+        self.malformed_packets += 1
+        return decision
+
+    cdef object _other_of_no_flow(self, const uint8_t *p, ips_decoded *d, object src,
+                                  object dst, object meta, object now_obj):
+        """A later fragment, or a packet of a protocol without ports the detectors ignore,
+        when it has no flow: `_decide`'s checks of blocks and translations, then
+        `_flowless_other`; None when it has a flow (Python)."""
+        if self.blocked is not None and self.blocked:
+            expiry = self.blocked.get(src)
+            if expiry is not None and expiry > now_obj:
+                return None
+        cdef bint meta_slots = type(meta) is META
+        mac = _get(meta, M_MAC) if meta_slots else meta.mac
+        if mac is not None and self.blocks.macs:
+            return None
+        if self.nat_replies:
+            return None
+        py_sport = self._port(d.sport)
+        py_dport = self._port(d.dport)
+        key = (d.proto, src, py_sport, dst, py_dport)
+        cdef Py_hash_t key_hash = hash(key)
+        if ips_get_known(self.flows, key, key_hash) is not NULL:
+            return None
+        return self._flowless_other(p, d.proto, d.length, d.payload_offset, d.flags,
+                                    d.frag == FRAG_LATER_C, d.icmp_type, d.icmp_code, src, dst,
+                                    py_sport, py_dport, meta, meta_slots, now_obj,
+                                    <double>now_obj)
+
+    cdef bint _unreachable_answers(self, const uint8_t *p, Py_ssize_t total,
+                                   Py_ssize_t l4_offset, object dst) except -1:
+        """Whether an ICMP or ICMPv6 destination unreachable answers a pending probe of a
+        scan (Detectors._icmp: `quoted_answer`, then `_answer` in each scan's index: a
+        failure, weighed at once, Python's)."""
+        cdef Py_ssize_t off = l4_offset + 8, ihl, l4, src_at
+        cdef int version, proto
+        cdef Py_ssize_t alen
+        if not self.icmp_indexes:
+            return False  # no scan: `_icmp` does nothing with it
+        # ips/detect/scan.py quoted_answer
+        if l4_offset < 0 or total < off + 28:
+            return False
+        version = p[off] >> 4
+        if version == 4:
+            ihl = (p[off] & 0x0F) * 4
+            if ihl < 20 or ((p[off + 6] << 8) | p[off + 7]) & 0x1FFF:
+                return False
+            proto = p[off + 9]
+            src_at = off + 12
+            alen = 4
+            l4 = off + ihl
+        elif version == 6:
+            proto = p[off + 6]
+            src_at = off + 8
+            alen = 16
+            l4 = off + 40
+            if total < off + 40:
+                return False  # (a cut quote's addresses are shorter: never the addressee)
+        else:
+            return False
+        if PyBytes_GET_SIZE(dst) != alen or not ips_same_address(
+            PyBytes_AS_STRING(dst), p + src_at, alen
+        ) or total < l4 + 8:
+            return False
+        quoted_src = PyBytes_FromStringAndSize(<const char *>(p + src_at), alen)
+        quoted_dst = PyBytes_FromStringAndSize(<const char *>(p + src_at + alen), alen)
+        if proto == PROTO_TCP or proto == PROTO_UDP or proto == PROTO_UDPLITE_C or (
+            proto == PROTO_SCTP_C
+        ):
+            answer = (proto, quoted_dst, (p[l4 + 2] << 8) | p[l4 + 3], quoted_src,
+                      (p[l4] << 8) | p[l4 + 1])
+        elif (proto == PROTO_ICMP and p[l4] == 8) or (proto == PROTO_ICMPV6 and p[l4] == 128):
+            ident = (p[l4 + 4] << 8) | p[l4 + 5]
+            answer = (proto, quoted_dst, ident, quoted_src, ident)
+        else:
+            return False
+        for index in self.icmp_indexes:
+            if PyDict_GetItem(<dict>index, answer) is not NULL:
+                return True
+        return False
+
+    cdef int _icmp_busy(self, int proto, int icmp_type, bint first, bint fwd, bint replied,
+                        const uint8_t *p, Py_ssize_t total, Py_ssize_t l4_offset,
+                        object dst, object key) except -1:
+        """What Detectors._icmp does with an ICMP or ICMPv6 message that is no echo request
+        (whose floods `_decide` counts): 0 nothing, 1 something (Python). By the message's
+        protocol, as `_icmp` reads its types (`v4`: ICMP, whatever the IP version). `key`:
+        the packet's 5-tuple (a flow's first answer is looked up with it: `_answers`)."""
+        cdef bint v4 = proto == PROTO_ICMP
+        if not self.icmp_declared:
+            return 1
+        if icmp_type == (3 if v4 else 1):
+            return 1 if self._unreachable_answers(p, total, l4_offset, dst) else 0
+        if icmp_type == (8 if v4 else 128):
+            return 1  # an echo request: the floods (`_decide`), and a first one's sweep
+        if (v4 and (icmp_type == 0 or icmp_type == 14 or icmp_type == 18)) or (
+            not v4 and icmp_type == 129
+        ):
+            # an answer: a first one may answer a probe (`_answers`: its own 5-tuple in a
+            # scan's index, noted: Python); reflection counts one forward of a flow not
+            # answered
+            if first and self.icmp_sweep:
+                for index in self.icmp_indexes:
+                    if PyDict_GetItem(<dict>index, key) is not NULL:
+                        return 1
+            if fwd and not replied and self.echo_reply_busy:
+                return 1
+            return 0
+        if first and self.icmp_sweep and v4 and (icmp_type == 13 or icmp_type == 17):
+            return 1  # a timestamp or address mask request: sweep's probe
+        return 0
+
+    cdef object _flowless_other(self, const uint8_t *p, int proto, Py_ssize_t total,
+                                Py_ssize_t payload_offset, int flags, bint frag_later,
+                                int icmp_type, int icmp_code, object src, object dst,
+                                object py_sport, object py_dport, object meta,
+                                bint meta_slots, object now_obj, double now):
+        """`_flowless` for a packet of no flow that is no TCP or UDP (an ICMP or ICMPv6
+        message, GRE, IGMP...) or a later fragment, with application parsing off: the engine
+        refuses it with nothing to say, the detectors do nothing with it (Detectors.observe
+        of a flow's first packet: `_icmp`, by its type; nothing for a later fragment or a
+        protocol other than SCTP and UDP-Lite), and the flow FlowTable.open makes for it is
+        discarded (its timer slot: ICMP's timeout, or `other`'s). None: nothing changed.
+        Blocks and translations were checked by the caller."""
+        cdef Py_ssize_t l4_offset
+        cdef object probe_kind = None  # sweep's probe, an echo request: planned once decided
+        cdef int probe_plan = PLAN_NOTHING
+        cdef tuple floods = None
+        cdef BucketUpdate updates[MAX_FLOODS]
+        cdef int n_updates = 0
+        if not self.flowless_on or not self.rest_on or self.app.enabled:
+            return None
+        if self.has_detect and not frag_later:
+            if proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+                # (the header is 8 bytes before a payload; a message without one quotes
+                # nothing: quoted_answer wants 28 bytes past the header)
+                l4_offset = payload_offset - 8 if payload_offset < total else -1
+                if icmp_type == (8 if proto == PROTO_ICMP else 128):
+                    # an echo request (`_icmp`): sweep files it as a probe, each icmpflood
+                    # counts it (their buckets taken last); reflection: Python
+                    if self.echo_reply_busy or self.echo_floods is None:
+                        return None
+                    floods = self.echo_floods
+                    if self.icmp_sweep:
+                        probe_kind = PROBE_ECHO
+                elif self._icmp_busy(proto, icmp_type, True, True, False, p, total, l4_offset,
+                                     dst, (proto, src, py_sport, dst, py_dport)):
+                    return None
+            elif proto == PROTO_SCTP_C or proto == PROTO_UDPLITE_C or (
+                proto == PROTO_TCP or proto == PROTO_UDP
+            ):
+                return None
+        # ---- the flow table: FlowTable.open would make a flow, without making room
+        cdef dict table = self.table
+        self._table_view()
+        if <object>self.table_opened is not None:
+            return None
+        active = <object>self.table_active
+        if active >= <object>self.table_max_flows:
+            return None
+        # A flood over its rate drops the packet before the rules (as in _flowless): asked
+        # before the candidate lookups, the buckets taken again last.
+        if floods is not None and len(floods) > 0:
+            if _floods_take(floods, src, dst, now, updates, True) < 0:
+                return None
+        # ---- the rules: CompiledPolicy.candidate_entry without ports (a later fragment:
+        # only the rules that need no transport header, `frag_ok`)
+        if meta_slots:
+            iif = _get(meta, M_IIF)
+            oif = _get(meta, M_OIF)
+        else:
+            iif = meta.iif
+            oif = meta.oif
+        entry = self._portless_entry(proto, src, dst, frag_later, iif, oif)
+        self.flowless_entry = entry  # (an accepted message's flow keeps it: _file_other)
+        if entry is None:
+            return None
+        rules = self._entry_walk(entry, flags)
+        if rules is None:
+            return None
+        cdef list progs = self._program(<tuple>rules)
+        cdef RuleProg prog
+        if frag_later:
+            for prog in progs:
+                if prog.kind == RULE_NEVER:
+                    return None  # a `fragment` rule (RULE_NEVER for other packets): Python
+        self.walk_new_keys = True  # (a rule's `limit` bucket for a new key made here)
+        try:
+            if self._walk(progs, p, total, payload_offset, flags, icmp_type, icmp_code, False,
+                          src, dst, None, now) < 0:
+                return None
+        finally:
+            self.walk_new_keys = False
+        cdef RuleProg matched = self.walk_matched
+        if matched is None:
+            decision = self.default_drop
+            if decision is None:
+                if self.default_accepts and not frag_later:
+                    return self._file_other(p, proto, total, payload_offset, icmp_type,
+                                            icmp_code, src, dst, py_sport, py_dport, meta,
+                                            meta_slots, now_obj, now, None, probe_kind,
+                                            floods)
+                return None  # a default that rejects: a reply is made (Python)
+        else:
+            if not matched.drops:
+                if matched.accepts and not frag_later:
+                    return self._file_other(p, proto, total, payload_offset, icmp_type,
+                                            icmp_code, src, dst, py_sport, py_dport, meta,
+                                            meta_slots, now_obj, now, matched, probe_kind,
+                                            floods)
+                return None  # a reject, a rewrite: Python
+            decision = matched.decision
+        # ---- an echo request refused: what `_probe` does with it (the due probes first)
+        if probe_kind is not None:
+            probe_plan = self._probe_plan(probe_kind, proto, src, py_sport, dst, py_dport,
+                                          now_obj, now)
+            if probe_plan == PLAN_PYTHON:
+                return None
+        # ---- FlowTable._discard_opened: the timer slot the flow would have had
+        cdef double timeout
+        self._table_view()
+        if proto == PROTO_TCP:
+            # (a later fragment's flags byte is 0: FlowTable._tcp_update leaves TCP_NONE)
+            timeout = (<tuple><object>self.table_tcp_timeouts)[TCP_NONE]
+        elif proto == PROTO_UDP or proto == PROTO_UDPLITE_C:
+            timeout = self.udp_new_timeout
+        elif proto == PROTO_ICMP or proto == PROTO_ICMPV6:
+            timeout = self.icmp_timeout
+        else:
+            timeout = self.other_timeout
+        slot = self._slot_of(now + timeout)
+        if slot is None:
+            return None
+        cdef bint new_slot = not PyDict_Contains(<object>self.table_wheel, slot)
+        if new_slot and not self.slots_in_c:
+            return None
+        if self.owed_table is not None and self.owed_table is not table:
+            self._flush()
+            self._table_view()
+        unreplied = <object>self.table_unreplied
+        # (the unreplied queue to compact first, as FlowTable does: once decided)
+        compact = len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024
+        # The floods' buckets last: nothing that may still send the packet to Python (and
+        # no Python code) runs between their reading and their update.
+        if floods is not None and len(floods) > 0:
+            n_updates = _floods_take(floods, src, dst, now, updates, True)
+            if n_updates < 0:
+                return None
+        if compact:
+            self._compact_unreplied(table)
+        # ---- decided: count as the Python path does (the probe holds the discarded flow,
+        # made before this packet's flow is owed: its id is the next one)
+        if probe_plan == PLAN_FILE:
+            self.refused_icmp = icmp_type << 8 | icmp_code
+            try:
+                self._probe_file(p, proto, total, payload_offset, 0, src, py_sport, dst,
+                                 py_dport, meta, meta_slots, now_obj, None)
+            finally:
+                self.refused_icmp = -1
+        _floods_apply(updates, n_updates, now_obj)
+        self._limit_new_apply(now_obj)
+        if self.walk_bucket is not None:
+            (<list>self.walk_bucket)[0] = self.walk_tokens
+            (<list>self.walk_bucket)[1] = now_obj
+        if new_slot:
+            PyDict_SetItem(<object>self.table_wheel, slot, set())
+            _heappush(table["_slots"], slot)
+        self.owed_packets += 1
+        self.owed_discarded += 1
+        self.owed_table = table
+        self.owed = True
+        if matched is not None:
+            self._owe_hit(matched)
+        self._count_verdict(decision)
+        self.flowless_packets += 1
+        self.other_flowless_packets += 1
+        return decision
+
+    cdef object _file_other(self, const uint8_t *p, int proto, Py_ssize_t total,
+                            Py_ssize_t payload_offset, int icmp_type, int icmp_code,
+                            object src, object dst, object py_sport, object py_dport,
+                            object meta, bint meta_slots, object now_obj, double now,
+                            RuleProg matched, object probe_kind, tuple floods):
+        """The Decision of a first packet without ports (an ICMP or ICMPv6 message, GRE...,
+        not a fragment) that the rules `_flowless_other` walked accept (`matched`, or the
+        default when None), with its flow filed as the engine's path files it (as
+        `_syn_first` files an accepted SYN's: FlowTable.open's id and counts, the Flow with
+        the forward candidate cache, its interfaces, the sender's MAC and, for ICMP, its
+        first type and code; the rule's hits and `limit` bucket; FlowTable.settle's two
+        keys, the timer slot of ICMP's or `other`'s timeout, the end of the unreplied
+        queue); None: nothing changed (Python decides). The detectors do nothing with it
+        (checked by the caller) but, for an echo request, sweep's probe (`probe_kind`,
+        filed holding this flow) and the icmpfloods' count (`floods`, which have a token);
+        it is not replied: no offload."""
+        if not self.syn_first_on or not self.rest_on:
+            return None  # (the flow table and the ids are not what this module files)
+        if matched is None:
+            decision = self.default_decision
+        else:
+            if matched.decision is None:
+                return None
+            decision = matched.decision
+        entry = self.flowless_entry
+        if type(entry) is not tuple or len(<tuple>entry) != 3:
+            return None
+        cdef dict table = self.table
+        if table["_opened"] is not None:
+            return None
+        active = table["_active"]
+        if active >= table["max_flows"]:
+            return None  # open makes room first: expiry, eviction (Python)
+        cdef double timeout = (
+            self.icmp_timeout if proto == PROTO_ICMP or proto == PROTO_ICMPV6 else
+            self.other_timeout
+        )
+        slot = self._slot_of(now + timeout)  # (settle's deadline: first_seen + timeout)
+        if slot is None:
+            return None
+        wheel = table["_wheel"]
+        cdef PyObject *found = PyDict_GetItem(wheel, slot)
+        bucket = None if found is NULL else <object>found
+        if bucket is None:
+            if not self.slots_in_c:
+                return None
+        elif type(bucket) is not set:
+            return None
+        unreplied = table["_unreplied"]
+        # (the unreplied queue to compact first, as FlowTable does: once decided)
+        compact = len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024
+        cdef int probe_plan = PLAN_NOTHING
+        if probe_kind is not None:
+            probe_plan = self._probe_plan(probe_kind, proto, src, py_sport, dst, py_dport,
+                                          now_obj, now)
+            if probe_plan == PLAN_PYTHON:
+                return None
+        cdef BucketUpdate updates[MAX_FLOODS]
+        cdef int n_updates = 0
+        if floods is not None and len(floods) > 0:
+            n_updates = _floods_take(floods, src, dst, now, updates, True)
+            if n_updates < 0:
+                return None
+        if compact:
+            # (FlowTable.settle compacts after filing the flow, which the filter keeps)
+            self._compact_unreplied(table)
+            unreplied = table["_unreplied"]
+        # ---- decided. What is owed is written first: the flow's id follows those of the
+        # flows discarded before it, and its place in the unreplied queue their stand-ins.
+        self._flush()
+        flow = self._refused_flow(p, proto, total, payload_offset, 0, src, py_sport, dst,
+                                  py_dport, meta, meta_slots, now_obj, None)
+        _set(flow, F_END_REASON, None)
+        if icmp_type >= 0:
+            _set(flow, F_ICMP, icmp_type << 8 | icmp_code)
+        table["_next_id"] = table["_next_id"] + 1
+        table["_active"] = active + 1
+        table["_created"] = table["_created"] + 1
+        if probe_plan == PLAN_FILE:
+            self._probe_file(p, proto, total, payload_offset, 0, src, py_sport, dst,
+                             py_dport, meta, meta_slots, now_obj, None, flow)
+        _floods_apply(updates, n_updates, now_obj)
+        self._limit_new_apply(now_obj)
+        if self.walk_bucket is not None:
+            (<list>self.walk_bucket)[0] = self.walk_tokens
+            (<list>self.walk_bucket)[1] = now_obj
+        flows = self.flows
+        flows[(proto, src, py_sport, dst, py_dport)] = flow
+        flows[(proto, dst, py_dport, src, py_sport)] = flow
+        if bucket is None:
+            bucket = set()
+            PyDict_SetItem(wheel, slot, bucket)
+            _heappush(table["_slots"], slot)
+        (<set>bucket).add(flow)
+        _set(flow, F_SLOT, slot)
+        unreplied.append(flow)
+        self.owed_packets += 1
+        self.owed = True
+        if matched is not None:
+            self._owe_hit(matched)
+        self._count_verdict(decision)
+        self.other_flows += 1
+        return decision
+
+    cdef int _compact_unreplied(self, dict table) except -1:
+        """FlowTable's compaction of its unreplied queue (`_discard_opened`, `settle`: a
+        queue longer than twice the table and 1,024 keeps only the flows still filed and not
+        replied, in their order), for a packet decided: what is owed written first (the
+        stand-ins of the flows discarded before it, which it drops)."""
+        self._flush()
+        cdef object gone = FLOW_GONE
+        kept = deque()
+        for flow in <object>table["_unreplied"]:
+            if type(flow) is FLOW:
+                slot = _get(flow, F_SLOT)
+                replied = _get(flow, F_REPLIED)
+            else:
+                slot = flow._slot
+                replied = flow.replied
+            if slot != gone and not replied:
+                kept.append(flow)
+        table["_unreplied"] = kept
+        self._table_view()
+        self.compactions += 1
+        return 0
+
+    cdef object _portless_entry(self, int proto, object src, object dst, bint frag_later,
+                                object iif, object oif):
+        """CompiledPolicy.candidate_entry of a packet whose protocol has no ports, or of a
+        later fragment (candidate_bits: the protocol's bits, the addresses', then `frag_ok`
+        for a later fragment, and the interfaces': the same memo reads and, on a miss, the
+        same lookups, in the same order); None when the bitset's entry is not memoised
+        (Python makes it)."""
+        cdef PyObject *found
+        cdef FamilyIndexes fx = self.family4 if len(src) == 4 else self.family6
+        found = PyDict_GetItem(fx.proto_bits, proto)
+        self._bits_start(fx.any_proto)
+        self._bits_or(<object>found if found is not NULL else 0)
+        if self._bits_nonzero():
+            self._bits_and(self._memo_or_lookup(fx.src_memo, fx.src_lookup, src))
+            self._bits_and(self._memo_or_lookup(fx.dst_memo, fx.dst_lookup, dst))
+            if self._bits_nonzero():
+                if frag_later:
+                    self._bits_and(self.families[4 if len(src) == 4 else 6].frag_ok)
+                if iif is not self.last_iif or oif is not self.last_oif:
+                    self.last_iif = iif
+                    self.last_oif = oif
+                    self.last_ifs = (iif, oif)
+                found = PyDict_GetItem(self.if_memo, self.last_ifs)
+                if found is NULL:
+                    self._flush()
+                    if_bits = self.policy._interface_bits(iif, oif)
+                else:
+                    if_bits = <object>found
+                self._bits_and(if_bits)
+            else:
+                self._bits_start(0)
+        else:
+            self._bits_start(0)
+        bits = self.bits_wide if self.bits_are_wide else PyLong_FromLongLong(self.bits_narrow)
+        found = PyDict_GetItem(self.candidates_memo, bits)
+        if found is NULL:
+            return None
+        entry = <object>found
+        if type(entry) is not tuple or len(<tuple>entry) != 3:
+            return None
+        return entry
 
     cdef object _flowless(self, const uint8_t *p, int proto, Py_ssize_t total,
                           Py_ssize_t payload_offset, int sport, int dport, int flags,
@@ -2181,8 +3175,8 @@ cdef class FastPath:
             self._flush()  # (a table that is not the one owed to: never, but cheap to say)
             self._table_view()
         unreplied = <object>self.table_unreplied
-        if len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024:
-            return None
+        # (the unreplied queue to compact first, as FlowTable does: once decided)
+        compact = len(unreplied) + self.owed_discarded + 1 > 2 * (active + 1) + 1024
         if (app_look == APP_LOOK_DNS or app_look == APP_LOOK_INSPECT) and not _flow_ids_known(
             table
         ):
@@ -2201,6 +3195,8 @@ cdef class FastPath:
             n_updates = _floods_take(floods, src, dst, now, updates, True)
             if n_updates < 0:
                 return None
+        if compact:
+            self._compact_unreplied(table)
         # ---- decided: count as the Python path does: the inspector's first look (`_start`
         # asks passive DNS the responder's name: its order and expiry are what that
         # leaves), the detectors (the answer it gives to a pending probe, as `_tcp` notes
@@ -2680,8 +3676,11 @@ cdef class FastPath:
         for prog in (self.probe_portscan, self.probe_sweep):
             if prog is None:
                 continue
+            if kind is PROBE_ECHO and prog is self.probe_portscan:
+                (<ScanProg>prog).action = SCAN_NOTHING  # (`_probe` with ports False)
+                continue
             action = self._scan_plan(<ScanProg>prog, answer, answer_hash, src, dst, dport,
-                                     now_obj, now)
+                                     now_obj, now, kind is PROBE_ECHO)
             if action < 0:
                 return PLAN_PYTHON
             if action != SCAN_NOTHING:
@@ -2693,7 +3692,8 @@ cdef class FastPath:
         return plan
 
     cdef int _scan_plan(self, ScanProg prog, object answer, Py_hash_t answer_hash, object src,
-                        object dst, object dport, object now_obj, double now) except -2:
+                        object dst, object dport, object now_obj, double now,
+                        bint echo=False) except -2:
         """One scan's part of _probe_plan: `_probe`'s tests (its index, its `ignore`) and
         ScanDetector.probe's up to the filing (the window, `fired`, the cap per key, the
         queue's room), planned in prog; -1: Python's (a full queue weighing its oldest
@@ -2703,6 +3703,8 @@ cdef class FastPath:
         prog.action = SCAN_NOTHING
         prog.new_window = False
         prog.make_room = False
+        prog.echo_counts = False
+        prog.echo_credit = False
         prog.old_entry = None
         prog.key = None
         prog.target = None
@@ -2746,6 +3748,12 @@ cdef class FastPath:
             )
         prog.key = key
         prog.target = target
+        if echo:
+            if type(prog.det).ECHO_COUNTS is True:
+                prog.echo_counts = True
+                skip = False  # (`not echo and (...)`: an echo is never skipped)
+            elif type(prog.det).ECHO_COUNTS is not False:
+                return -1
         if skip:
             prog.action = SCAN_SKIP
             return SCAN_SKIP
@@ -2766,9 +3774,40 @@ cdef class FastPath:
             ):
                 return -1
             prog.make_room = True
+        if prog.echo_counts and self._echo_credit_plan(prog, entry, new, target) < 0:
+            return -1
         prog.old_entry = entry
         prog.action = SCAN_FILE
         return SCAN_FILE
+
+    cdef int _echo_credit_plan(self, ScanProg prog, object entry, bint new,
+                               object target) except -2:
+        """ScanDetector._credit of an echo that counts as it is sent (W_FAILED for its
+        target), planned in prog when it does not detect; -1: Python's (it would detect, the
+        long window hears it, or a method or a value is not what this mirrors)."""
+        cdef double old = 0.0, score = 0.0
+        if not _quiet_methods_known(prog) or getattr(prog.det, "slow", None) is not None:
+            return -1
+        threshold = getattr(prog.det, "threshold", None)
+        if not PyFloat_CheckExact(threshold):
+            return -1
+        if not new:
+            weights = _get(entry, E_WEIGHTS)
+            score_obj = _get(entry, E_SCORE)
+            if type(weights) is not dict or not PyFloat_CheckExact(score_obj):
+                return -1
+            found = (<dict>weights).get(target, 0.0)
+            if not PyFloat_CheckExact(found):
+                return -1
+            old = PyFloat_AS_DOUBLE(found)
+            score = PyFloat_AS_DOUBLE(score_obj)
+        if not W_FAILED > old:
+            return 0  # (`weight <= old`: nothing credited)
+        if score + (W_FAILED - old) >= PyFloat_AS_DOUBLE(threshold) - QUIET_EPS:
+            return -1  # it would detect (fire: Python)
+        prog.echo_credit = True
+        prog.echo_old = old
+        return 0
 
     cdef int _probe_file(self, const uint8_t *p, int proto, Py_ssize_t total,
                          Py_ssize_t payload_offset, int flags, object src, object sport,
@@ -2825,6 +3864,13 @@ cdef class FastPath:
             _set(probe, P_OUTCOME, UNKNOWN_OUTCOME)
             _set(probe, P_SIZE, total)
             _set(probe, P_COPIES, 0)
+            if prog.echo_counts:
+                # counted as it is sent: FAILED, its window credited (_echo_credit_plan)
+                _set(probe, P_OUTCOME, FAILED_OUTCOME)
+                if prog.echo_credit:
+                    (<dict>_get(entry, E_WEIGHTS))[target] = W_FAILED_OBJ
+                    _set(entry, E_SCORE,
+                         PyFloat_AS_DOUBLE(_get(entry, E_SCORE)) + (W_FAILED - prog.echo_old))
             _set(entry, E_PENDING, _get(entry, E_PENDING) + 1)
             waiting = <dict>_get(entry, E_WAITING)
             found = PyDict_GetItem(waiting, target)
@@ -2925,7 +3971,7 @@ cdef class FastPath:
         _set(flow, F_END_REASON, FLOW_DISCARDED)
         _set(flow, F_TTL, p[8] if v4 else p[7])
         _set(flow, F_MAC, mac)
-        _set(flow, F_ICMP, -1)
+        _set(flow, F_ICMP, self.refused_icmp)
         _set(flow, F_APP_PROTO, self.refused_app_proto)
         _set(flow, F_APP, self.refused_app)
         _set(flow, F_APP_STATE, None)
@@ -3147,8 +4193,11 @@ cdef class FastPath:
         self.walk_matched = None
         self.walk_bucket = None
         self.walk_tokens = 0.0
+        self.walk_new_buckets = None
         for prog in progs:
             if prog.kind == RULE_NEVER:
+                if self.walk_frag:
+                    return -1  # (a `fragment` rule, which a first fragment matches: Python)
                 continue
             if prog.kind == RULE_BAIL:
                 return -1
@@ -3182,6 +4231,9 @@ cdef class FastPath:
             if prog.limit_per != LIMIT_NONE:
                 bucket = _limit_bucket(prog, src, dst, flow)
                 if bucket is None:
+                    if self.walk_new_keys and self._limit_new_key(prog, src, dst):
+                        self.walk_matched = prog  # (its new bucket: walk_new_*)
+                        return 0
                     return -1  # a new key (or per flow of no flow): Python makes its bucket
                 tokens = _limit_take(prog, <list>bucket, now)
                 if not tokens >= 0.0:
@@ -3190,6 +4242,37 @@ cdef class FastPath:
                 self.walk_tokens = tokens
             self.walk_matched = prog
             return 0
+        return 0
+
+    cdef bint _limit_new_key(self, RuleProg prog, object src, object dst) except -1:
+        """Whether TokenBuckets.take would make this packet's bucket (a key it has none for,
+        per src, dst or rule, in a table with room: `[burst - 1, now]`, a token taken),
+        noted in walk_new_* for the caller to make once decided (only callers that set
+        walk_new_keys do)."""
+        cdef int per = prog.limit_per
+        if prog.limit_max_keys < 0 or len(prog.limit_buckets) >= prog.limit_max_keys:
+            return False  # (a full table shrinks first: Python)
+        if per == LIMIT_SRC:
+            key = src
+        elif per == LIMIT_DST:
+            key = dst
+        elif per == LIMIT_RULE:
+            key = None
+        else:
+            return False  # per flow: a flow of no flow has no id yet
+        if PyDict_GetItem(prog.limit_buckets, key) is not NULL:
+            return False  # (a bucket that is not a pair of floats: Python's)
+        self.walk_new_buckets = prog.limit_buckets
+        self.walk_new_key = key
+        self.walk_new_tokens = prog.limit_burst - 1.0
+        return True
+
+    cdef int _limit_new_apply(self, object now_obj) except -1:
+        """The bucket _limit_new_key noted, made as TokenBuckets.take makes it."""
+        if self.walk_new_buckets is not None:
+            (<dict>self.walk_new_buckets)[self.walk_new_key] = [self.walk_new_tokens, now_obj]
+            self.walk_new_buckets = None
+            self.walk_new_key = None
         return 0
 
     cdef int _offload_kind(self, object flow, int proto, bint has_payload,
