@@ -97,18 +97,46 @@ class FirstPayloadPair(Pair):
         return path.first_unknown_packets if path is not None else 0
 
 
-def _storm(pair: Pair, cport: int, sport: int, isn: int, payload: bytes, now: float) -> float:
-    """bench/storm.py's connection: handshake, the request, its echo, both FINs."""
-    for fwd, flags, seq, data in (
-        (True, SYN, isn, b""),
-        (False, SYN_ACK, 9000 + isn, b""),
-        (True, ACK, isn + 1, b""),
-        (True, PSH_ACK, isn + 1, payload),
-        (False, PSH_ACK, 9001 + isn, payload),
-        (False, FIN_ACK, 9001 + isn + len(payload), b""),
-        (True, FIN_ACK, isn + 1 + len(payload), b""),
-        (False, ACK, 9002 + isn + len(payload), b""),
-    ):
+MODES = ("plain", "hole", "ack_data", "server_first", "split", "retx", "no_ack")
+
+
+def _storm(
+    pair: Pair, cport: int, sport: int, isn: int, payload: bytes, now: float, mode: str = "plain"
+) -> float:
+    """bench/storm.py's connection: handshake, the request, its echo, both FINs; `mode`
+    changes it: a segment off the request's start first (hole), the request on the
+    handshake's ACK (ack_data), the echo before the request (server_first), the request in
+    two segments (split), sent twice (retx), or with no ACK before it (no_ack)."""
+    n = len(payload)
+    steps = [(True, SYN, isn, b""), (False, SYN_ACK, 9000 + isn, b"")]
+    if mode == "ack_data":
+        steps.append((True, ACK, isn + 1, payload))
+    elif mode != "no_ack":
+        steps.append((True, ACK, isn + 1, b""))
+    request = [(True, PSH_ACK, isn + 1, payload)]
+    if mode == "hole":
+        request.insert(0, (True, PSH_ACK, isn + 101, payload))
+    elif mode == "split":
+        half = max(1, n // 2)
+        request = [
+            (True, PSH_ACK, isn + 1, payload[:half]),
+            (True, PSH_ACK, isn + 1 + half, payload[half:]),
+        ]
+    elif mode == "retx":
+        request = request * 2
+    echo = [(False, PSH_ACK, 9001 + isn, payload)]
+    if mode == "ack_data":
+        steps += echo
+    elif mode == "server_first":
+        steps += echo + request
+    else:
+        steps += request + echo
+    steps += [
+        (False, FIN_ACK, 9001 + isn + n, b""),
+        (True, FIN_ACK, isn + 1 + n, b""),
+        (False, ACK, 9002 + isn + n, b""),
+    ]
+    for fwd, flags, seq, data in steps:
         now += 0.0007
         pair.handle(_tcp(fwd, cport, sport, flags, seq, data), META, now)
     return now
@@ -118,9 +146,11 @@ def test_storm_connections_decide_the_same() -> None:
     for name, text in POLICIES.items():
         pair = FirstPayloadPair(text)
         now = 100.0
-        for i in range(60):
-            payload = PAYLOADS[i % len(PAYLOADS)]
-            now = _storm(pair, 40000 + i, _port(name), 1000 + 17 * i, payload, now)
+        i = 0
+        for mode in MODES:
+            for payload in PAYLOADS:
+                now = _storm(pair, 40000 + i, _port(name), 1000 + 17 * i, payload, now, mode)
+                i += 1
         pair.tick(now + 1.0)
         pair.finish(now + 2.0)
         # (the unknown requests of the storm's port were decided in compiled code)
