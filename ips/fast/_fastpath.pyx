@@ -106,6 +106,11 @@ does), and its direction's candidates -- found as CompiledPolicy.candidate_entry
 them, and kept on the flow -- reach an accept or drop with a prebuilt Decision: the flow
 moved to SYN_RECV and counted, and OFFLOAD_HANDSHAKE_ACK chosen as offload_kind chooses it.
 
+With parsing on, an accepted established TCP flow's first payload that names it unknown by
+itself (AppInspector._first_payload: `_first_payload_unknown`, the C port of detect_stream)
+is decided on the established path, and the inspector's part done here (`_name_unknown`)
+before the offload is weighed.
+
 `run_pcap` reads classic pcap records from a buffer (an mmap of the file) and judges each:
 the fast ones here, the others through the engine's Python path, returning to the caller at
 each tick, each decision with effects, and each record it leaves to the Python reader.

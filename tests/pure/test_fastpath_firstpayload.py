@@ -20,6 +20,7 @@ from ips import fast
 from ips.core.build import build_packet
 from ips.core.decision import OFFLOAD_FLOW, Decision
 from ips.core.packet import PROTO_TCP
+from ips.engine import Meta
 from ips.engine.engine import Engine
 from tests.benchkit import bench_module
 from tests.pure.test_fastpath_differential import GATEWAY, META, Pair, need_fast_path, plain
@@ -83,8 +84,8 @@ def inspector_state(engine: Engine) -> object:
 
 
 class FirstPayloadPair(Pair):
-    def handle(self, data: bytes, meta: object, now: float) -> None:  # type: ignore[override]
-        super().handle(data, meta, now)  # type: ignore[arg-type]
+    def handle(self, data: bytes, meta: Meta, now: float) -> None:
+        super().handle(data, meta, now)
         assert inspector_state(self.fast) == inspector_state(self.slow), self.packets
 
     def check_state(self) -> None:
@@ -164,6 +165,8 @@ def test_a_storm_request_is_decided_in_compiled_code_with_the_offload_mark() -> 
     need_fast_path()
     for name, offloaded in (("bench", True), ("bench, offload off", False)):
         pair = FirstPayloadPair(POLICIES[name])
+        fast_handle = pair.fast._fast
+        assert fast_handle is not None
         now = 100.0
         for fwd, flags, seq in ((True, SYN, 1000), (False, SYN_ACK, 9000), (True, ACK, 1001)):
             now += 0.001
@@ -171,7 +174,7 @@ def test_a_storm_request_is_decided_in_compiled_code_with_the_offload_mark() -> 
         request = _tcp(True, 40000, 5209, PSH_ACK, 1001, b"storm-7\n")
         now += 0.001
         want = pair.slow.handle(request, META, now)
-        got = pair.fast._fast(request, META, now)
+        got = fast_handle(request, META, now)
         assert type(got) is Decision and plain(got) == plain(want), name
         assert (got.offload == OFFLOAD_FLOW) is offloaded, name
         assert pair.first_unknown_packets == 1
@@ -181,7 +184,7 @@ def test_a_storm_request_is_decided_in_compiled_code_with_the_offload_mark() -> 
             now += 0.001
             pair.handle(_tcp(fwd, 40001, 5209, flags, seq), META, now)
         dns_start = _tcp(True, 40001, 5209, PSH_ACK, 2001, b"\x00\x11\x12\x34\x01\x00")
-        assert type(pair.fast._fast(dns_start, META, now)) is not Decision
+        assert type(fast_handle(dns_start, META, now)) is not Decision
         pair.finish(now + 1.0)
 
 
