@@ -30,6 +30,12 @@ CLIENT, SERVER = "10.10.1.21", "10.10.2.10"
 
 
 BENCH = bench_module().bench_policy(GATEWAY)
+L7 = """\
+set default accept
+accept proto tcp to port 7000
+drop http host "blocked.example" alert "blocked host" sid 9300004
+drop proto tcp to port 7000 payload contains "EVIL" depth 4 alert "evil" sid 9300002
+"""
 POLICIES = {
     # the lab's policy: the storm's port 5209 accepted, offload on (the default) and off
     "bench": BENCH,
@@ -38,8 +44,11 @@ POLICIES = {
     "gateway": GATEWAY,
     "gateway, offload off": "set offload off\n" + GATEWAY,
     "accept all": "set default accept\n",
+    # an HTTP rule and a payload rule with a depth behind the port's accept: the offload
+    # waits for the protocol (unknown rules the HTTP rule out) and the depth
+    "l7": L7,
 }
-PORTS = {"bench": 5209, "gateway": 8080, "accept all": 7000}
+PORTS = {"bench": 5209, "gateway": 8080, "accept all": 7000, "l7": 7000}
 
 # First payloads: named unknown at once, or not (they could still start DNS, TLS, HTTP or
 # SSH, or are one of them): the latter are Python's.
