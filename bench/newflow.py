@@ -32,6 +32,7 @@ app-layer off, the Python engine without the compiled path), CPU µs per packet:
 Run it with another checkout's `ips` first on PYTHONPATH to measure its code (the before).
 
     .venv/bin/python bench/newflow.py [--flows 20000] [--rounds 5] [--app off|on] [--json]
+                                      [--request http|storm] [--connections-only]
                                       [--stages bench/out/replay-1000000.pcap]
 """
 
@@ -75,10 +76,16 @@ def refused_first(n: int) -> list[bytes]:
     return out
 
 
-def new_connections(n: int) -> list[list[bytes]]:
-    """n accepted TCP connections, lab client -> lab web server: handshake, request, answer."""
+def new_connections(n: int, request: str = "http") -> list[list[bytes]]:
+    """n accepted TCP connections, lab client -> lab web server: handshake, request, answer.
+    request "storm": bench/storm.py's request and its echo (`storm-N`, which names the flow
+    unknown at once) instead of an HTTP request and response."""
     out = []
     for i in range(n):
+        ask = b"GET / HTTP/1.1\r\nHost: s\r\n\r\n"
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        if request == "storm":
+            ask = answer = b"storm-%d\n" % i
         client = f"10.10.1.{i % 200 + 20}"
         server = f"10.10.2.{i // 200 % 50 + 10}"
         cport = 20_000 + i % 40_000
@@ -91,9 +98,9 @@ def new_connections(n: int) -> list[list[bytes]]:
                 # flow for no HTTP, and the app-on case measured no parsing at all.
                 build_packet(PROTO_TCP, client, server, cport, STORM_PORT, flags=ACK, seq=1001),
                 build_packet(PROTO_TCP, client, server, cport, STORM_PORT, flags=PSH_ACK,
-                             seq=1001, payload=b"GET / HTTP/1.1\r\nHost: s\r\n\r\n"),
+                             seq=1001, payload=ask),
                 build_packet(PROTO_TCP, server, client, STORM_PORT, cport, flags=PSH_ACK,
-                             seq=1001, payload=b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+                             seq=1001, payload=answer),
             ]
         )  # fmt: skip
     return out
@@ -229,6 +236,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--stages", type=Path, metavar="CAPTURE", help="each stage's cost alone")
     ap.add_argument("--stage-packets", type=int, default=150_000)
+    ap.add_argument(
+        "--request", choices=("http", "storm"), default="http", help="new-connection's request"
+    )
+    ap.add_argument("--connections-only", action="store_true", help="no refused-first case")
     args = ap.parse_args()
     if args.stages is not None:
         costs = stages(args.stages, args.stage_packets)
@@ -241,13 +252,15 @@ def main() -> None:
         return
     text = _policy_text(args.app)
     refused = refused_first(args.flows * 5)
-    conns = new_connections(args.flows)
+    conns = new_connections(args.flows, args.request)
     rows: dict[str, list[float]] = {"refused-first": [], "new-connection": [], "per-conn": []}
     per_conn = 0.0
     for r in range(args.rounds):
         order = ("refused", "conn") if r % 2 == 0 else ("conn", "refused")
         for case in order:
             if case == "refused":
+                if args.connections_only:
+                    continue
                 cpu, n = run_refused(refused, text)
                 rows["refused-first"].append(cpu / n * 1e6)
             else:
@@ -257,12 +270,16 @@ def main() -> None:
     table = {
         name: {"median_us": statistics.median(v), "low": min(v), "high": max(v)}
         for name, v in rows.items()
+        if v
     }
     table["per-conn"]["packets_seen"] = per_conn
     if args.json:
         print(json.dumps(table, indent=2))
         return
-    print(f"gateway.rules, app-layer {args.app}, {args.rounds} rounds, thread CPU time")
+    print(
+        f"gateway.rules, app-layer {args.app}, request {args.request}, {args.rounds} rounds,"
+        " thread CPU time"
+    )
     for name, row in table.items():
         unit = "µs/connection" if name == "per-conn" else "µs/packet"
         spread = f"({row['low']:.2f} – {row['high']:.2f})"

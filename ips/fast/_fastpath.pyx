@@ -106,6 +106,11 @@ does), and its direction's candidates -- found as CompiledPolicy.candidate_entry
 them, and kept on the flow -- reach an accept or drop with a prebuilt Decision: the flow
 moved to SYN_RECV and counted, and OFFLOAD_HANDSHAKE_ACK chosen as offload_kind chooses it.
 
+With parsing on, an accepted established TCP flow's first payload that names it unknown by
+itself (AppInspector._first_payload: `_first_payload_unknown`, the C port of detect_stream)
+is decided on the established path, and the inspector's part done here (`_name_unknown`)
+before the offload is weighed.
+
 `run_pcap` reads classic pcap records from a buffer (an mmap of the file) and judges each:
 the fast ones here, the others through the engine's Python path, returning to the caller at
 each tick, each decision with effects, and each record it leaves to the Python reader.
@@ -1476,6 +1481,13 @@ cdef class FastPath:
     # flow back (the policy's app-stream-bytes x APP_OFFLOAD_WAIT).
     cdef type quiet_state
     cdef Py_ssize_t quiet_server_base
+    # A quiet flow's first payload that names it unknown (AppInspector._first_payload),
+    # decided here (`_first_payload_unknown`) when first_unknown_on: the inspector is
+    # AppInspector with the counters and reassembler this module reads; the offset of the
+    # quiet state's client_base slot (the server's is quiet_server_base).
+    cdef public bint first_unknown_on
+    cdef Py_ssize_t quiet_client_base
+    cdef public long long first_unknown_packets  # such first payloads decided here
     cdef object app_reading_bytes
     # The flow table's timeout of state ESTABLISHED, its handshakes and their bound
     # (FlowTable._handshake), for a handshake's last ACK.
@@ -1548,6 +1560,7 @@ cdef class FastPath:
         self.last_iif = self.last_oif = _NO_INTERFACE  # (no pair made yet)
         self.port_ints = [None] * 65536
         self.syn_ack_packets = 0
+        self.first_unknown_packets = 0
         self.probes_filed = 0
         self.probes_resolved = 0
         self.cand_hits = 0
@@ -1819,6 +1832,7 @@ cdef class FastPath:
         self.syn_recv_timeout = None
         self.quiet_state = None
         self.app_reading_bytes = None
+        self.first_unknown_on = False
         if self.table is None:
             return  # the flow table is not the one this module reads (_refresh_flowless)
         timeouts = self.table["_tcp_timeouts"]
@@ -1859,6 +1873,8 @@ cdef class FastPath:
                 from ips.engine.offload import APP_OFFLOAD_WAIT  # (the engine imports this module)
                 self.app_reading_bytes = limit * APP_OFFLOAD_WAIT
                 self.quiet_state = quiet
+                self.quiet_client_base = _offset(quiet, "client_base")
+                self.first_unknown_on = type(engine.app) is APP_INSPECTOR
             except ImportError:
                 pass  # not the slots this module writes: such flows' answers go to Python
         self.families = policy._families
@@ -2263,19 +2279,29 @@ cdef class FastPath:
         # owe the inspector's events, goes to Python). So are bare ACKs of a flow whose
         # streams the inspector reads, when `inspect` does nothing with them either
         # (`_bare_segment_reads_nothing`).
+        # So is the first payload of a quiet flow when it names the flow unknown by itself
+        # (AppInspector._first_payload: `_first_payload_unknown`), which is then named and
+        # finished here once the packet is decided (`_name_unknown`).
         app_state = _get(flow, F_APP_STATE)
         cdef bint app_quiet = False
+        cdef bint first_unknown = False
+        cdef bint fwd = _get(flow, F_SPORT) == py_sport and _get(flow, F_SRC) == src
         if app_state is not None:
-            if proto != PROTO_TCP or payload_offset < total:
+            if proto != PROTO_TCP:
                 return None
-            if type(app_state) is not self.quiet_state and not _bare_segment_reads_nothing(
+            if payload_offset < total:
+                if type(app_state) is not self.quiet_state or not self._first_payload_unknown(
+                    flow, app_state, p, total, payload_offset, fwd
+                ):
+                    return None
+                first_unknown = True
+            elif type(app_state) is not self.quiet_state and not _bare_segment_reads_nothing(
                 self.app, app_state, flow, py_sport, src
             ):
                 return None
             if not self.app.enabled:  # (an app object is there: either state needs one)
                 return None
             app_quiet = True
-        cdef bint fwd = _get(flow, F_SPORT) == py_sport and _get(flow, F_SRC) == src
         cdef bint replied = _get(flow, F_REPLIED)
         if not fwd:
             replied = True
@@ -2417,6 +2443,10 @@ cdef class FastPath:
             _set(flow, F_TCP_STATE, TCP_ESTABLISHED)
             if fwd:
                 self._handshake(flow)  # (before this packet's MAC is the flow's, as there)
+        if first_unknown:
+            # (before the offload is weighed: offload_kind reads the protocol and the
+            # inspector's state as the inspector left them)
+            self._name_unknown(flow)
         if mac is not None and fwd and _get(flow, F_MAC) is None:
             _set(flow, F_MAC, mac)
         # offload_kind offloads an ICMP flow on an echo only
@@ -2435,6 +2465,61 @@ cdef class FastPath:
                     decision = self.default_offload
         self._count_verdict(decision)
         return decision
+
+    cdef bint _first_payload_unknown(self, object flow, object quiet, const uint8_t *p,
+                                     Py_ssize_t total, Py_ssize_t payload_offset,
+                                     bint fwd) except -1:
+        """Whether AppInspector._first_payload names this TCP segment's flow unknown (the
+        flow's first payload, no SYN, FIN or RST, not a fragment: the caller's; its quiet
+        state `quiet`): the flow not named yet, the payload taken whole by the reassembler
+        (below its bound, under its memory cap), at its direction's start when the SYN
+        gave one, and ips/app/detect.py's detect_stream (ported: ips_detect_stream) answers
+        unknown for it. Changes nothing."""
+        if not self.first_unknown_on:
+            return False
+        app = self.app
+        if not app.unknown_at_once or _get(flow, F_APP_PROTO) is not None:
+            return False
+        counters = app.counters
+        if type(counters) is not APP_COUNTERS or type(counters.protocols) is not COUNTER:
+            return False
+        reassembler = app.reassembler
+        if type(reassembler) is not REASSEMBLER:
+            return False
+        cdef Py_ssize_t n = total - payload_offset
+        limit = reassembler.limit
+        used = reassembler.used
+        cap = reassembler.memory_cap
+        if type(limit) is not int or type(used) is not int or type(cap) is not int:
+            return False
+        if n >= <Py_ssize_t>limit or used + n > cap:
+            return False
+        base = _get(quiet, self.quiet_client_base if fwd else self.quiet_server_base)
+        if type(base) is not int:
+            return False
+        # (a packet of this path has no IP options or IPv6 extension headers)
+        cdef Py_ssize_t l4 = 20 if (p[0] >> 4) == 4 else 40
+        cdef uint32_t seq
+        if base >= 0:
+            seq = ((<uint32_t>p[l4 + 4] << 24) | (<uint32_t>p[l4 + 5] << 16)
+                   | (<uint32_t>p[l4 + 6] << 8) | <uint32_t>p[l4 + 7])
+            if <object>seq != base:
+                return False
+        return ips_detect_stream(p + payload_offset, n) == IPS_DET_UNKNOWN
+
+    cdef int _name_unknown(self, object flow) except -1:
+        """What AppInspector._first_payload leaves when it names a flow unknown: its fields
+        made and final, the protocol named and counted, no inspector state (the reassembler
+        never held the bytes)."""
+        fields = APP_FIELDS()
+        fields.client_done = True
+        fields.server_done = True
+        _set(flow, F_APP, fields)
+        _set(flow, F_APP_PROTO, APP_UNKNOWN)
+        _count_in(self.app.counters.protocols, APP_UNKNOWN)
+        _set(flow, F_APP_STATE, None)
+        self.first_unknown_packets += 1
+        return 0
 
     cdef int _count_verdict(self, object decision) except -1:
         """EngineStats.verdicts as the Python path counts a Decision, and this path's own."""
