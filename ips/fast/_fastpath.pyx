@@ -917,7 +917,7 @@ cdef int _ips_decode_frame(const uint8_t *p, Py_ssize_t n, int linktype, ips_dec
 
 cdef int _ips_decode_ipv4(const uint8_t *p, Py_ssize_t n, ips_decoded *d):
     """decode_ipv4."""
-    cdef Py_ssize_t hl, total, doff, i, olen
+    cdef Py_ssize_t hl, total, i, olen
     cdef int fo, proto
     if n < 20:
         return _malformed_at(d, R_IPV4_TRUNCATED)
@@ -966,25 +966,13 @@ cdef int _ips_decode_ipv4(const uint8_t *p, Py_ssize_t n, ips_decoded *d):
             return DECODED_PACKET
         d.frag = FRAG_FIRST_C
     if proto == PROTO_TCP:
-        if total - hl < 20:
-            return _malformed_at(d, R_IPV4_TINY_FRAGMENT if d.frag else R_TCP_TRUNCATED)
-        doff = (p[hl + 12] >> 4) << 2
-        if doff < 20:
-            return _malformed_at(d, R_TCP_BAD_DOFF)
-        if hl + doff > total:
-            return _malformed_at(d, R_IPV4_TINY_FRAGMENT if d.frag else R_TCP_BAD_DOFF)
-        d.sport = (p[hl] << 8) | p[hl + 1]
-        d.dport = (p[hl + 2] << 8) | p[hl + 3]
-        d.flags = p[hl + 13]
-        d.l4_offset = hl
-        d.payload_offset = hl + doff
-        return DECODED_PACKET
+        return _ips_decode_tcp(p, total, hl, d)
     return _ips_decode_l4(p, total, hl, d)
 
 
 cdef int _ips_decode_ipv6(const uint8_t *p, Py_ssize_t n, ips_decoded *d):
     """_decode_ipv6."""
-    cdef Py_ssize_t end, off, hlen, doff
+    cdef Py_ssize_t end, off, hlen
     cdef int nh, count = 0, fo
     if n < 40:
         return _malformed_at(d, R_IPV6_TRUNCATED)
@@ -1034,24 +1022,31 @@ cdef int _ips_decode_ipv6(const uint8_t *p, Py_ssize_t n, ips_decoded *d):
         off += hlen
     d.proto = nh
     if nh == PROTO_TCP:
-        if end - off < 20:
-            return _malformed_at(d, R_IPV6_TINY_FRAGMENT if d.frag else R_TCP_TRUNCATED)
-        doff = (p[off + 12] >> 4) << 2
-        if doff < 20:
-            return _malformed_at(d, R_TCP_BAD_DOFF)
-        if off + doff > end:
-            return _malformed_at(d, R_IPV6_TINY_FRAGMENT if d.frag else R_TCP_BAD_DOFF)
-        d.sport = (p[off] << 8) | p[off + 1]
-        d.dport = (p[off + 2] << 8) | p[off + 3]
-        d.flags = p[off + 13]
-        d.l4_offset = off
-        d.payload_offset = off + doff
-        return DECODED_PACKET
+        return _ips_decode_tcp(p, end, off, d)
     if nh == 59:
         d.l4_offset = -1
         d.payload_offset = end
         return DECODED_PACKET
     return _ips_decode_l4(p, end, off, d)
+
+
+cdef int _ips_decode_tcp(const uint8_t *p, Py_ssize_t end, Py_ssize_t off, ips_decoded *d):
+    """_decode_tcp: the TCP header at `off`, of either family (a first fragment too short for
+    it is the family's tiny fragment)."""
+    cdef Py_ssize_t doff
+    if end - off < 20:
+        return _tiny(d, d.family) if d.frag else _malformed_at(d, R_TCP_TRUNCATED)
+    doff = (p[off + 12] >> 4) << 2
+    if doff < 20:
+        return _malformed_at(d, R_TCP_BAD_DOFF)
+    if off + doff > end:
+        return _tiny(d, d.family) if d.frag else _malformed_at(d, R_TCP_BAD_DOFF)
+    d.sport = (p[off] << 8) | p[off + 1]
+    d.dport = (p[off + 2] << 8) | p[off + 3]
+    d.flags = p[off + 13]
+    d.l4_offset = off
+    d.payload_offset = off + doff
+    return DECODED_PACKET
 
 
 cdef int _ips_decode_l4(const uint8_t *p, Py_ssize_t end, Py_ssize_t off, ips_decoded *d):

@@ -448,31 +448,38 @@ def restore_mac_blocks(nft: BlockSets, macs: Iterable[SetElement]) -> int:
     if not macs:  # the usual case: no listing asked of the kernel for nothing
         return 0
     present = {e.addr for e in nft.ether_elements()}
-    added = 0
-    for e in macs:
-        if e.addr in present:
-            continue
-        timeout = e.timeout if e.timeout is not None else e.expires
-        try:
-            nft.replace_ether_elements([e.addr], timeout, e.comment, e.expires)
-            added += 1
-        except KernelError as exc:
-            print(f"ipsctl: could not restore the ban of {e.addr}: {exc}", file=sys.stderr)
-    return added
+    return _restore(macs, present, nft.replace_ether_elements, "ban")
 
 
 def restore_blocks(nft: BlockSets, elements: Iterable[SetElement]) -> int:
     """Put saved blocks back into the kernel, skipping addresses that are members already
     (the kernel's own entry is newer). Returns how many were added."""
     present = {e.addr for e in nft.elements(BLOCK_TABLE)}
+
+    def put(
+        addrs: list[str], timeout: float | None, comment: str | None, expires: float | None
+    ) -> None:
+        nft.replace_elements(BLOCK_TABLE, addrs, timeout, comment, expires)
+
+    return _restore(elements, present, put, "block")
+
+
+def _restore(
+    elements: Iterable[SetElement],
+    present: set[str],
+    put: Callable[[list[str], float | None, str | None, float | None], None],
+    what: str,
+) -> int:
+    """Each saved element that is not a member already put back with `put` (its timeout and
+    what is left of it); one the kernel refuses is said and skipped."""
     added = 0
     for e in elements:
         if e.addr in present:
             continue
         timeout = e.timeout if e.timeout is not None else e.expires
         try:
-            nft.replace_elements(BLOCK_TABLE, [e.addr], timeout, e.comment, e.expires)
+            put([e.addr], timeout, e.comment, e.expires)
             added += 1
         except KernelError as exc:
-            print(f"ipsctl: could not restore the block of {e.addr}: {exc}", file=sys.stderr)
+            print(f"ipsctl: could not restore the {what} of {e.addr}: {exc}", file=sys.stderr)
     return added
