@@ -511,6 +511,30 @@ def tree_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def tree_wakeups(pid: int) -> int:
+    """Context switches (voluntary and not) of a process's threads and its live descendants'
+    threads, from /proc: how often the gateway's program went to sleep and came back."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                status = Path(f"/proc/{p}/task/{task}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if "ctxt_switches:" in line:  # voluntary_ and nonvoluntary_
+                    total += int(line.split()[-1])
+        todo.extend(int(c) for c in children)
+    return total
+
+
 def measure_udp(b: Bench) -> tuple[float, dict[str, Any]]:
     """Packets/s of UDP_LEN-byte datagrams the server received, by its interface counter.
 
@@ -586,6 +610,7 @@ def measure_storm(b: Bench, parallel: int = 1) -> tuple[float, dict[str, Any]]:
     the queue took, per completed connection."""
     before_q = b.queues()
     cpu_before = tree_cpu_seconds(b.gateway.pid) if b.gateway is not None else 0.0
+    wakeups_before = tree_wakeups(b.gateway.pid) if b.gateway is not None else 0
     clients = [
         b.popen(
             "client",
@@ -625,6 +650,7 @@ def measure_storm(b: Bench, parallel: int = 1) -> tuple[float, dict[str, Any]]:
     if b.gateway is not None and done > 0:
         cpu = tree_cpu_seconds(b.gateway.pid) - cpu_before
         info["cpu_us_per_conn"] = round(cpu / done * 1e6, 1)
+        info["wakeups_per_conn"] = round((tree_wakeups(b.gateway.pid) - wakeups_before) / done, 2)
         after_q = b.queues()
         queued = sum(q["id_sequence"] - before_q.get(n, {}).get("id_sequence", 0)
                      for n, q in after_q.items())  # fmt: skip
@@ -1294,8 +1320,10 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
             runs = [run["detail"].get(key, {}) for run in r["runs"]]
             cpu = "/".join(f"{d.get('cpu_us_per_conn', float('nan')):.1f}" for d in runs)
             queued = "/".join(f"{d.get('queued_per_conn', float('nan')):.2f}" for d in runs)
+            woke = "/".join(f"{d.get('wakeups_per_conn', float('nan')):.2f}" for d in runs)
             print(f"  {name}: {what} in flight: gateway CPU us per connection {cpu}, "
-                  f"queued packets per connection {queued} (each run)")  # fmt: skip
+                  f"queued packets per connection {queued}, "
+                  f"wake-ups per connection {woke} (each run)")  # fmt: skip
     for name, r in res.items():
         if r["status"] == "ok" and "gw_cpu_percent" in r["runs"][0]["detail"].get("ping", {}):
             each = "/".join(f"{run['detail']['ping']['gw_cpu_percent']:.1f}" for run in r["runs"])

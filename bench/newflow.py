@@ -47,7 +47,9 @@ import time
 from pathlib import Path
 
 from ips.core.build import build_packet
-from ips.core.packet import PROTO_TCP, PROTO_UDP
+from ips.core.decision import OFFLOAD_BARE_ACKS
+from ips.core.decode import decode_l3
+from ips.core.packet import PROTO_TCP, PROTO_UDP, Packet
 from ips.engine import Engine, Meta
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,9 +138,22 @@ def run_refused(packets: list[bytes], text: str) -> tuple[float, int]:
     return cpu, len(packets)
 
 
+def _bare_ack(data: bytes) -> bool:
+    """A TCP segment with flags exactly ACK and no payload (what the kernel passes after a
+    SYN+ACK whose Decision says OFFLOAD_BARE_ACKS)."""
+    pkt = decode_l3(data)
+    return (
+        isinstance(pkt, Packet)
+        and pkt.proto == PROTO_TCP
+        and pkt.flags & 0x3F == ACK
+        and pkt.payload_offset >= pkt.length
+    )
+
+
 def run_connections(conns: list[list[bytes]], text: str) -> tuple[float, int, float]:
     """CPU seconds, packets the engine saw, and packets per connection it saw (each
-    connection's packets up to and including its first offloading Decision)."""
+    connection's packets up to and including its first offloading Decision; after a
+    SYN+ACK with OFFLOAD_BARE_ACKS, the bare ACKs the kernel passes are left out)."""
     from ips.policy.resolve import load_policy_text
 
     engine = Engine(load_policy_text(text, "gateway.rules"))
@@ -146,13 +161,20 @@ def run_connections(conns: list[list[bytes]], text: str) -> tuple[float, int, fl
     handle = engine.handle
     now = 1000.0
     seen = 0
+    bare = [[_bare_ack(data) for data in conn] for conn in conns]
     gc.disable()
     start = time.thread_time()
     for i, conn in enumerate(conns):
         t = now + i * 1e-4
-        for data in conn:
+        passing = False
+        for data, is_bare in zip(conn, bare[i], strict=True):
+            if passing and is_bare:
+                continue  # passed by the kernel
             seen += 1
-            if handle(data, meta, t).offload:
+            offload = handle(data, meta, t).offload
+            if offload == OFFLOAD_BARE_ACKS:
+                passing = True
+            elif offload:
                 break  # the kernel carries the rest of the connection
     cpu = time.thread_time() - start
     gc.enable()

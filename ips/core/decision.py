@@ -13,6 +13,7 @@ from ips.core.events import Effect
 
 OFFLOAD_FLOW = 1  # Decision.offload: the rest of the flow goes on in the kernel
 OFFLOAD_HANDSHAKE_ACK = 2  # Decision.offload: only the handshake's final bare ACK does
+OFFLOAD_BARE_ACKS = 3  # Decision.offload: the same, and the packet after it comes to the queue
 
 
 class NamedSpec(Protocol):
@@ -49,7 +50,9 @@ class Decision(Generic[RuleT]):
     offload  0; OFFLOAD_FLOW: accept, and the flow's later packets need no inspection: the
              adapter may let the kernel pass them without the queue (see
              CompiledPolicy.offload_safe); OFFLOAD_HANDSHAKE_ACK: accept (a SYN+ACK), and the
-             kernel may pass the initiator's bare ACK that completes the handshake
+             kernel may pass the initiator's bare ACK that completes the handshake;
+             OFFLOAD_BARE_ACKS: the same, for a connection the inspector (or an L7 clause)
+             still waits on: its next packet comes to the queue, not as a copy
     """
 
     __slots__ = ("data", "effects", "offload", "peer_reply", "reason", "reply", "rule", "verdict")

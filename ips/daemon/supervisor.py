@@ -58,6 +58,7 @@ from ips.policy.resolve import load_policy_collecting, load_policy_sources, read
 from ips.privileges import drop_or_warn
 from ips.sinks.base import Exporter
 from ips.translate.nft import (
+    BARE_ACK_CLEARED_COMMENT,
     BLOCK_TABLE,
     COPIED_COMMENT,
     DEFAULT_BLOCK_TIMEOUT,
@@ -676,6 +677,9 @@ class Daemon:
                 "kernel_packets": counter_packets(counters, OFFLOADED_COMMENT),
                 # first packets after a handshake passed by the kernel, a copy to the worker
                 "copied": counter_packets(counters, COPIED_COMMENT),
+                # first packets after a handshake's bare ACKs, sent on to the queue (the
+                # inspector still read the connection)
+                "after_bare_acks": counter_packets(counters, BARE_ACK_CLEARED_COMMENT),
                 "generation": self.diversion.offload_generation,
             },
             "tap": worker.get("tap"),

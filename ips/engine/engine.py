@@ -31,7 +31,7 @@ from ips.app.inspect import AppCounters, AppInspector, NameSource
 from ips.app.passive_dns import PassiveDns
 from ips.core.addr import format_addr
 from ips.core.app_fields import APP_NOT_STARTED
-from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
+from ips.core.decision import OFFLOAD_BARE_ACKS, OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.core.decode import decode_frame, decode_ipv4, decode_l3
 from ips.core.events import (
     Alert,
@@ -228,6 +228,9 @@ class Engine:
         )
         self._default_handshake_ack: Decision[CompiledRule] = Decision(
             ACCEPT, reason="default", offload=OFFLOAD_HANDSHAKE_ACK
+        )
+        self._default_bare_acks: Decision[CompiledRule] = Decision(
+            ACCEPT, reason="default", offload=OFFLOAD_BARE_ACKS
         )
         self._default_reject = compiled.default_verdict == REJECT
         self._default_refuses = compiled.default_verdict in (DROP, REJECT)
@@ -431,6 +434,8 @@ class Engine:
                             return rule.offload_decision  # type: ignore[return-value]
                         if kind == OFFLOAD_HANDSHAKE_ACK:
                             return rule.handshake_ack_decision  # type: ignore[return-value]
+                        if kind == OFFLOAD_BARE_ACKS:
+                            return rule.bare_acks_decision  # type: ignore[return-value]
                     return rule.decision
                 if verdict is not rule.verdict and rule.else_decision is not None:
                     return rule.else_decision
@@ -449,6 +454,8 @@ class Engine:
                     return self._default_offload
                 if kind == OFFLOAD_HANDSHAKE_ACK:
                     return self._default_handshake_ack
+                if kind == OFFLOAD_BARE_ACKS:
+                    return self._default_bare_acks
             return self._default
         return self._finish(None, self._default.verdict, pkt, flow, fwd, now, effects, translated)
 

@@ -9,7 +9,7 @@ against the flow (needs_met).
 
 from __future__ import annotations
 
-from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
+from ips.core.decision import OFFLOAD_BARE_ACKS, OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
 from ips.core.flow import TCP_ESTABLISHED, TCP_SYN_RECV, Flow
 from ips.core.packet import (
     PROTO_ICMP,
@@ -86,7 +86,10 @@ def offload_kind(pkt: Packet, flow: Flow, policy: CompiledPolicy, now: float) ->
     initiator's bare ACK that follows tells the engine nothing, so the kernel may pass
     it; the next packet (data, or a FIN or reset) it passes too, and sends us a copy,
     which the engine handles like a queued one (its decision is then no verdict, and
-    the flow is offloaded as with OFFLOAD_FLOW). 0: nothing else, and
+    the flow is offloaded as with OFFLOAD_FLOW). OFFLOAD_BARE_ACKS: a SYN+ACK as
+    above while the inspector still reads the flow's first bytes or an L7 clause waits
+    for them: the kernel passes the bare ACKs, and the next packet comes to the queue
+    (a bare ACK carries no bytes to read and no field to wait for). 0: nothing else, and
     nothing when a candidate rule of either direction needs to see later packets.
 
     The caller marks the flow offloaded on OFFLOAD_FLOW (and counts it, once per flow)."""
@@ -112,16 +115,21 @@ def offload_kind(pkt: Packet, flow: Flow, policy: CompiledPolicy, now: float) ->
     fwd_state, rev_state = fwd_cache[4], rev_cache[4]  # CompiledPolicy.offload_state
     if not (fwd_state and rev_state):
         return 0
-    if OFFLOAD_WHEN_APP_DONE in (fwd_state, rev_state) and not app_final(flow):
-        return 0  # a candidate rule reads L7 fields not known yet: the decision waits
+    # A candidate rule reads L7 fields not known yet: the decision waits (but not for the
+    # handshake's bare ACKs, which carry none).
+    app_pending = OFFLOAD_WHEN_APP_DONE in (fwd_state, rev_state) and not app_final(flow)
+    if app_pending and kind != OFFLOAD_HANDSHAKE_ACK:
+        return 0
     if fwd_state == OFFLOAD_LATER and not needs_met(policy.plan_of(fwd_cache[3]), flow, True):
         return 0  # a payload rule not yet past its depth this way, or the like
     if rev_state == OFFLOAD_LATER and not needs_met(policy.plan_of(rev_cache[3]), flow, False):
         return 0
+    if kind == OFFLOAD_HANDSHAKE_ACK:
+        # While the inspector reads (the events want the flow's first bytes), the packet
+        # after the bare ACKs comes to the queue instead of being copied.
+        return OFFLOAD_BARE_ACKS if app_pending or app_reading(flow, policy) else kind
     if app_reading(flow, policy):
         return 0  # the events want the rest of the flow's first bytes
-    if kind == OFFLOAD_HANDSHAKE_ACK:
-        return kind
     if now - flow.back_since < REOFFLOAD_AFTER:
         # Back since an apply: not yet. The swap's pause queued its packets; offloaded at
         # once, its next ones would overtake those still waiting (TCP reads reordering as

@@ -104,7 +104,8 @@ decided here when the detectors declared nothing to do with it (reverse_tcp_quie
 flow has no application-layer work left (or the inspector's quiet state, whose one step it
 does), and its direction's candidates -- found as CompiledPolicy.candidate_entry finds
 them, and kept on the flow -- reach an accept or drop with a prebuilt Decision: the flow
-moved to SYN_RECV and counted, and OFFLOAD_HANDSHAKE_ACK chosen as offload_kind chooses it.
+moved to SYN_RECV and counted, and OFFLOAD_HANDSHAKE_ACK (or, while the inspector reads,
+OFFLOAD_BARE_ACKS) chosen as offload_kind chooses it.
 
 With parsing on, an accepted established TCP flow's first payload that names it unknown by
 itself (AppInspector._first_payload: `_first_payload_unknown`, the C port of detect_stream)
@@ -660,6 +661,8 @@ cdef enum:
     LINKTYPE_ETHERNET = 1
     LINKTYPE_RAW = 101
     OFFLOAD_FLOW = 1
+    OFFLOAD_HANDSHAKE_ACK = 2
+    OFFLOAD_BARE_ACKS = 3
     # RuleProg.kind
     RULE_BAIL = 0      # reached: Python decides (a condition or an action not done here)
     RULE_NEVER = 1     # cannot match a packet of the fast path (ICMP type, fragment)
@@ -1243,6 +1246,7 @@ cdef class RuleProg:
     cdef object decision          # the prebuilt Decision, or None: a match goes to Python
     cdef object offload_decision
     cdef object handshake_ack_decision
+    cdef object bare_acks_decision
     cdef bint accepts
     cdef bint drops               # its verdict is drop (a refused first packet leaves no flow)
     cdef bint has_flags
@@ -1268,12 +1272,14 @@ cdef RuleProg _rule_prog(object rule):
     prog.decision = rule.decision
     prog.offload_decision = rule.offload_decision
     prog.handshake_ack_decision = rule.handshake_ack_decision
+    prog.bare_acks_decision = rule.bare_acks_decision
     prog.accepts = rule.verdict == ACCEPT
     prog.drops = rule.verdict == DROP and rule.refuses is True
     prog.contains = ()
     if type(rule) is not RULE:
         return prog
-    for decision in (rule.decision, rule.offload_decision, rule.handshake_ack_decision):
+    for decision in (rule.decision, rule.offload_decision, rule.handshake_ack_decision,
+                     rule.bare_acks_decision):
         if decision is not None and type(decision) is not DECISION:
             return prog
     spec = rule.spec
@@ -1464,10 +1470,12 @@ cdef class FastPath:
     cdef object last_iif, last_oif, last_ifs  # the last (iif, oif) pair, made once
     # What a handshake's answer needs (see _syn_ack): whether it may be decided here at all,
     # the detectors' declaration for reverse TCP packets (None: no detector), the default's
-    # Decision with OFFLOAD_HANDSHAKE_ACK, and the flow table's timeout of state SYN_RECV.
+    # Decisions with OFFLOAD_HANDSHAKE_ACK and OFFLOAD_BARE_ACKS, and the flow table's
+    # timeout of state SYN_RECV.
     cdef public bint syn_ack_on
     cdef bytes reverse_tcp_quiet
     cdef object default_handshake_ack
+    cdef object default_bare_acks
     cdef object syn_recv_timeout
     cdef public long long syn_ack_packets  # handshake answers decided here
     # With application parsing on: the inspector's state of a TCP flow without payload yet
@@ -1824,6 +1832,7 @@ cdef class FastPath:
         self.syn_ack_on = False
         self.reverse_tcp_quiet = None
         self.default_handshake_ack = None
+        self.default_bare_acks = None
         self.syn_recv_timeout = None
         self.quiet_state = None
         self.app_reading_bytes = None
@@ -1853,9 +1862,11 @@ cdef class FastPath:
         if type(policy) is not COMPILED_POLICY:
             return  # (a subclass may find its candidates otherwise)
         handshake = engine._default_handshake_ack
-        if type(handshake) is not DECISION:
+        bare_acks = engine._default_bare_acks
+        if type(handshake) is not DECISION or type(bare_acks) is not DECISION:
             return
         self.default_handshake_ack = handshake
+        self.default_bare_acks = bare_acks
         self.syn_recv_timeout = timeouts[TCP_SYN_RECV]
         self.est_timeout = timeouts[TCP_ESTABLISHED]
         self.handshakes = engine.flows.handshakes
@@ -2984,16 +2995,29 @@ cdef class FastPath:
                              py_dport, meta, meta_slots, now_obj, None, flow)
         _floods_apply(updates, n_updates, now_obj)
         self._limit_new_apply(now_obj)
+        self._settle_filed(flow, (proto, src, py_sport, dst, py_dport), slot, bucket, unreplied,
+                           matched, decision, now_obj)
+        self.other_flows += 1
+        return decision
+
+    cdef int _settle_filed(self, object flow, object key, object slot, object bucket,
+                           object unreplied, RuleProg matched, object decision,
+                           object now_obj) except -1:
+        """The end of filing a new flow decided here (_syn_first, _file_other), as the
+        engine and FlowTable.settle end it: the rule's `limit` bucket written, the flow's
+        two keys in the table (`key` the forward one), the flow on the timer wheel under
+        `slot` (its `bucket`, made when None), at the end of the unreplied queue, and the
+        packet, the rule's hit and the verdict owed."""
         if self.walk_bucket is not None:
             (<list>self.walk_bucket)[0] = self.walk_tokens
             (<list>self.walk_bucket)[1] = now_obj
         flows = self.flows
-        flows[(proto, src, py_sport, dst, py_dport)] = flow
-        flows[(proto, dst, py_dport, src, py_sport)] = flow
+        flows[key] = flow
+        flows[(key[0], key[3], key[4], key[1], key[2])] = flow
         if bucket is None:
             bucket = set()
-            PyDict_SetItem(wheel, slot, bucket)
-            _heappush(table["_slots"], slot)
+            PyDict_SetItem(self.table["_wheel"], slot, bucket)
+            _heappush(self.table["_slots"], slot)
         (<set>bucket).add(flow)
         _set(flow, F_SLOT, slot)
         unreplied.append(flow)
@@ -3002,8 +3026,7 @@ cdef class FastPath:
         if matched is not None:
             self._owe_hit(matched)
         self._count_verdict(decision)
-        self.other_flows += 1
-        return decision
+        return 0
 
     cdef int _compact_unreplied(self, dict table) except -1:
         """FlowTable's compaction of its unreplied queue (`_discard_opened`, `settle`: a
@@ -3368,7 +3391,8 @@ cdef class FastPath:
 
           * the flow has no translation, no application-layer work left (or, with parsing
             on, the inspector's quiet state and an answer without payload: _quiet's step
-            is done here, and no offload while the inspector reads, as app_reading says),
+            is done here, and only the bare ACKs' offload while the inspector reads, as
+            app_reading says),
             is not offloaded (a flow back from the kernel notes when), and has no
             candidates of this direction yet (the reverse direction's first packet: its
             candidates are found here as CompiledPolicy.candidate_entry finds them, and
@@ -3382,8 +3406,9 @@ cdef class FastPath:
             default accepts or drops.
 
         The offload is offload_kind's for a SYN+ACK: OFFLOAD_HANDSHAKE_ACK when both
-        directions' candidates allow it (a plan weighed as needs_met weighs it), which the
-        engine does not count (only OFFLOAD_FLOW marks the flow offloaded)."""
+        directions' candidates allow it (a plan weighed as needs_met weighs it), or
+        OFFLOAD_BARE_ACKS when the inspector reads or an L7 clause waits, which the engine
+        does not count (only OFFLOAD_FLOW marks the flow offloaded)."""
         if not self.syn_ack_on or type(flow) is not FLOW:
             return None
         if _get(flow, F_NAT) is not None:
@@ -3468,21 +3493,24 @@ cdef class FastPath:
             seq = ((<uint32_t>p[l4 + 4] << 24) | (<uint32_t>p[l4 + 5] << 16)
                    | (<uint32_t>p[l4 + 6] << 8) | <uint32_t>p[l4 + 7])
             _set(app_state, self.quiet_server_base, (<object>seq + 1) & 0xFFFFFFFF)
+        cdef int kind
         if matched is not None:
             decision = matched.decision
             self._owe_hit(matched)
-            # (weighed also while the inspector reads, as offload_kind weighs the plans,
-            # which plan_of may make again, before app_reading says no)
-            if matched.accepts and self.offload_on and self._handshake_offload(flow) and (
-                not app_reading
-            ):
-                decision = matched.handshake_ack_decision
+            if matched.accepts and self.offload_on:
+                kind = self._handshake_offload(flow, app_reading)
+                if kind == OFFLOAD_HANDSHAKE_ACK:
+                    decision = matched.handshake_ack_decision
+                elif kind == OFFLOAD_BARE_ACKS:
+                    decision = matched.bare_acks_decision
         else:
             decision = self.default_decision
-            if self.default_offload is not None and self.offload_on and (
-                self._handshake_offload(flow) and not app_reading
-            ):
-                decision = self.default_handshake_ack
+            if self.default_offload is not None and self.offload_on:
+                kind = self._handshake_offload(flow, app_reading)
+                if kind == OFFLOAD_HANDSHAKE_ACK:
+                    decision = self.default_handshake_ack
+                elif kind == OFFLOAD_BARE_ACKS:
+                    decision = self.default_bare_acks
         self._count_verdict(decision)
         self.syn_ack_packets += 1
         return decision
@@ -3509,29 +3537,33 @@ cdef class FastPath:
         handshakes[src] = (_get(flow, F_TTL), _get(flow, F_MAC))
         return 0
 
-    cdef bint _handshake_offload(self, object flow) except -1:
+    cdef int _handshake_offload(self, object flow, bint app_reading) except -1:
         """offload_kind's answer for a SYN+ACK just counted (state SYN_RECV, no
-        translation, no application-layer work left): whether it is
-        OFFLOAD_HANDSHAKE_ACK."""
+        translation, no application-layer work left but the inspector's reading, as
+        app_reading says): OFFLOAD_HANDSHAKE_ACK, OFFLOAD_BARE_ACKS (the inspector reads,
+        or an L7 clause waits), or 0. The plans are weighed in every case, as offload_kind
+        weighs them (plan_of may make one again)."""
         fwd_cache = _get(flow, F_CACHE_FWD)
         rev_cache = _get(flow, F_CACHE_REV)
         if fwd_cache is None or rev_cache is None:
-            return False
+            return 0
         if fwd_cache[0] is not self.policy or rev_cache[0] is not self.policy:
-            return False
+            return 0
         fwd_state = fwd_cache[4]
         rev_state = rev_cache[4]
         if not (fwd_state and rev_state):
-            return False
+            return 0
+        cdef bint app_pending = False
         if fwd_state == _OFFLOAD_WHEN_APP_DONE or rev_state == _OFFLOAD_WHEN_APP_DONE:
             app = _get(flow, F_APP)
             if _get(flow, F_APP_PROTO) is None or not (app is None or app.client_done):
-                return False
+                app_pending = True
         if fwd_state == _OFFLOAD_LATER and not self._plan_met(fwd_cache[3], flow, True):
-            return False
+            return 0
         if rev_state == _OFFLOAD_LATER and not self._plan_met(rev_cache[3], flow, False):
-            return False
-        return True  # (no back_since wait: offload_kind returns a handshake's kind before it)
+            return 0
+        # (no back_since wait: offload_kind returns a handshake's kind before it)
+        return OFFLOAD_BARE_ACKS if app_pending or app_reading else OFFLOAD_HANDSHAKE_ACK
 
     cdef int _note_answer(self, object key, Py_hash_t key_hash, object now_obj) except -1:
         """Detectors.note_answer(key, now): with every scan detector's answer declared as
@@ -4579,25 +4611,8 @@ cdef class FastPath:
             self._probe_file(p, proto, total, payload_offset, flags, src, py_sport, dst,
                              py_dport, meta, meta_slots, now_obj, _get(flow, F_DST_NAME), flow)
         _floods_apply(updates, n_updates, now_obj)
-        if self.walk_bucket is not None:
-            (<list>self.walk_bucket)[0] = self.walk_tokens
-            (<list>self.walk_bucket)[1] = now_obj
         # FlowTable.settle: its two keys, its timer slot, its place among the unreplied
-        flows = self.flows
-        flows[key] = flow
-        flows[(proto, dst, py_dport, src, py_sport)] = flow
-        if bucket is None:
-            bucket = set()
-            PyDict_SetItem(wheel, slot, bucket)
-            _heappush(table["_slots"], slot)
-        (<set>bucket).add(flow)
-        _set(flow, F_SLOT, slot)
-        unreplied.append(flow)
-        self.owed_packets += 1
-        self.owed = True
-        if matched is not None:
-            self._owe_hit(matched)
-        self._count_verdict(decision)
+        self._settle_filed(flow, key, slot, bucket, unreplied, matched, decision, now_obj)
         self.syn_flows += 1
         return decision
 

@@ -9,8 +9,8 @@ path (`FastPath.handle`) itself:
 
   * a plain accept joins the pending batch verdict, built and sent here;
   * a drop, or an accept with an offload mark, becomes its verdict message here, through
-    the same mapping as `kernel_verdict` (the packet's mark | OFFLOAD_MARK or
-    HANDSHAKE_ACK_MARK);
+    the same mapping as `kernel_verdict` (the packet's mark | OFFLOAD_MARK,
+    HANDSHAKE_ACK_MARK or BARE_ACK_MARK);
   * any other Decision (effects, new bytes, a reject: none comes from the fast path today)
     goes to `worker._verdict_for`, the tail of the Python handler;
   * a packet the fast path did not decide goes to `worker._judge_decoded` with what the fast
@@ -42,10 +42,10 @@ from libc.string cimport memcmp, memcpy, memset
 import ctypes
 import os
 
-from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
+from ips.core.decision import OFFLOAD_BARE_ACKS, OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.io.adapter import BUSY_EVERY
 from ips.io.nfqnl import BATCH_MAX, QueuedPacket, Verdict
-from ips.translate.nft import HANDSHAKE_ACK_MARK, OFFLOAD_MARK
+from ips.translate.nft import BARE_ACK_MARK, HANDSHAKE_ACK_MARK, OFFLOAD_MARK
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
@@ -122,8 +122,10 @@ cdef int _BATCH_MAX = BATCH_MAX
 cdef long long _BUSY_EVERY = BUSY_EVERY
 cdef uint32_t _OFFLOAD_MARK = OFFLOAD_MARK
 cdef uint32_t _HANDSHAKE_ACK_MARK = HANDSHAKE_ACK_MARK
+cdef uint32_t _BARE_ACK_MARK = BARE_ACK_MARK
 cdef int _OFFLOAD_FLOW = OFFLOAD_FLOW
 cdef int _OFFLOAD_HANDSHAKE_ACK = OFFLOAD_HANDSHAKE_ACK
+cdef int _OFFLOAD_BARE_ACKS = OFFLOAD_BARE_ACKS
 cdef str ACCEPT = "accept"
 cdef str DROP = "drop"
 
@@ -789,6 +791,8 @@ cdef class CompiledDrain:
             self.offload_bits = _OFFLOAD_MARK
         elif offload == _OFFLOAD_HANDSHAKE_ACK:
             self.offload_bits = _HANDSHAKE_ACK_MARK
+        elif offload == _OFFLOAD_BARE_ACKS:
+            self.offload_bits = _BARE_ACK_MARK
         else:
             return -1
         return 3

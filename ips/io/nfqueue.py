@@ -14,7 +14,8 @@ its ways back into Python), else in Python (`NfqClient.drain` with `_on_queued`)
 clients tell the kernel, per packet, what `kernel_verdict` maps the engine's decision to:
   accept   -> NF_ACCEPT (own client: batched with its neighbours)
   offload  -> NF_ACCEPT with the packet's mark | OFFLOAD_MARK (the kernel passes the flow on),
-              or | HANDSHAKE_ACK_MARK (a SYN+ACK: the kernel passes the bare ACK that follows)
+              or | HANDSHAKE_ACK_MARK (a SYN+ACK: the kernel passes the bare ACK that follows),
+              or | BARE_ACK_MARK (the same, and the packet after it comes to the queue)
   drop     -> NF_DROP
   reject   -> NF_DROP, and the engine's TCP reset / ICMP error is sent from a raw socket
   rewrite  -> NF_ACCEPT with the new bytes (checksums already fixed by the engine)
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ips.core.addr import format_addr
 from ips.core.craft import complete_l4_checksum
-from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
+from ips.core.decision import OFFLOAD_BARE_ACKS, OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
 from ips.core.decode import decode_l3
 from ips.core.events import Effect
 from ips.core.packet import Packet
@@ -51,7 +52,7 @@ from ips.engine import Engine, Meta
 from ips.io.adapter import EngineAdapter
 from ips.io.nflog import LoggedPacket, NflogClient, NflogError
 from ips.io.nfqnl import NF_ACCEPT, NF_DROP, NfqClient, QueuedPacket, Verdict
-from ips.translate.nft import HANDSHAKE_ACK_MARK, OFFLOAD_MARK, copy_group
+from ips.translate.nft import BARE_ACK_MARK, HANDSHAKE_ACK_MARK, OFFLOAD_MARK, copy_group
 
 if TYPE_CHECKING:
     from netfilterqueue import NetfilterQueue
@@ -78,8 +79,12 @@ CLIENTS = ("own", "netfilterqueue")  # ipsctl run --nfq-client
 _ACCEPT = Verdict(NF_ACCEPT)
 _PLAIN = (_ACCEPT, None)
 _DROPPED = (Verdict(NF_DROP), None)
-# Decision.offload -> the verdict's mark bit (OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK)
-_OFFLOAD_MARKS = {OFFLOAD_FLOW: OFFLOAD_MARK, OFFLOAD_HANDSHAKE_ACK: HANDSHAKE_ACK_MARK}
+# Decision.offload -> the verdict's mark bit
+_OFFLOAD_MARKS = {
+    OFFLOAD_FLOW: OFFLOAD_MARK,
+    OFFLOAD_HANDSHAKE_ACK: HANDSHAKE_ACK_MARK,
+    OFFLOAD_BARE_ACKS: BARE_ACK_MARK,
+}
 
 # The compiled receive/verdict loop (ips/io/_nfqdrain.pyx; docs/architecture.md, "The
 # compiled path"): used by our own client when built, unless IPSCTL_PURE=1 (the pure-Python

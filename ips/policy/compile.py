@@ -25,7 +25,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable
 
-from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
+from ips.core.decision import OFFLOAD_BARE_ACKS, OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, Decision
 from ips.core.packet import FRAG_LATER, PORT_PROTOS, Packet
 from ips.core.tables import DynamicTable, NetMatcher, TokenBuckets
 from ips.policy.domains import NameSet, normalize
@@ -87,6 +87,7 @@ class CompiledRule:
     """A rule ready to run. `check` is None when the static index says everything."""
 
     __slots__ = (
+        "bare_acks_decision",
         "check",
         "decision",
         "depth",
@@ -150,6 +151,9 @@ class CompiledRule:
         self.offload_decision = Decision(ACCEPT, self, offload=OFFLOAD_FLOW) if simple else None
         self.handshake_ack_decision = (
             Decision(ACCEPT, self, offload=OFFLOAD_HANDSHAKE_ACK) if simple else None
+        )
+        self.bare_acks_decision = (
+            Decision(ACCEPT, self, offload=OFFLOAD_BARE_ACKS) if simple else None
         )
         if spec.limit is not None and spec.limit.else_action in (ACCEPT, DROP):
             self.else_decision = Decision(spec.limit.else_action, self)

@@ -20,7 +20,7 @@ from scapy.layers.inet import IP, TCP, UDP
 
 from ips.app.dns import DnsMessage, parse_message
 from ips.core.craft import DNS_NXDOMAIN, DNS_REFUSED, dns_refusal_for, tcp_reset_to_peer
-from ips.core.decision import OFFLOAD_FLOW, Decision
+from ips.core.decision import OFFLOAD_BARE_ACKS, OFFLOAD_FLOW, Decision
 from ips.core.decode import decode_l3
 from ips.core.events import Alert
 from ips.core.flow import Flow
@@ -76,7 +76,9 @@ def test_pending_accepts_without_offload_then_the_sni_drops() -> None:
     engine = real_engine(TLS_GATE.format(action="drop"))
     syn, syn_ack, ack = handshake(engine)
     assert (syn.verdict, syn.reason, syn.offload) == ("accept", APP_PENDING, 0)
-    assert syn_ack.verdict == "accept" and syn_ack.offload == 0  # waits for the fields
+    # The flow waits for the fields; only the handshake's bare ACKs may pass in the kernel,
+    # and the packet after them comes to the queue.
+    assert syn_ack.verdict == "accept" and syn_ack.offload == OFFLOAD_BARE_ACKS
     assert (ack.verdict, ack.reason, ack.offload) == ("accept", APP_PENDING, 0)
     assert engine.stats.app_pending == 2
     decided = client_hello(engine, "www.bad.lab")

@@ -478,15 +478,15 @@ def test_nft_queue_after_the_prefix() -> None:
 
 def test_each_chain_first_clears_our_mark_bits() -> None:
     # right after the drops of blocked sources (a drop needs no mark): the accept bit, the
-    # offload and handshake-ACK bits and the queue-index bits, so no mark set elsewhere can
-    # skip inspection
+    # offload, handshake-ACK and bare-ACK bits and the queue-index bits, so no mark set
+    # elsewhere can skip inspection
     first = rules_of(rs.build_ruleset(P("drop proto udp"), rs.NftPlan(hooks=("input",))))[2]
     assert first["comment"] == rs.CLEAR_MARK_COMMENT
     assert first["expr"] == [
-        {"mangle": {"key": META("mark"), "value": {"&": [META("mark"), 0xFE07FFFF]}}}
+        {"mangle": {"key": META("mark"), "value": {"&": [META("mark"), 0xFE03FFFF]}}}
     ]
-    ours = rs.ACCEPT_MARK | rs.OFFLOAD_MARK | rs.HANDSHAKE_ACK_MARK | rs.QUEUE_MASK
-    assert ours == ~0xFE07FFFF & 0xFFFFFFFF
+    ours = rs.ACCEPT_MARK | rs.OFFLOAD_MARK | rs.HANDSHAKE_ACK_MARK | rs.BARE_ACK_MARK
+    assert ours | rs.QUEUE_MASK == ~0xFE03FFFF & 0xFFFFFFFF
 
 
 def test_bad_arguments() -> None:
@@ -936,23 +936,27 @@ def test_offload_rules_carry_the_generation_and_follow_set_offload() -> None:
     offloaded = main[3]["expr"]
     assert offloaded[0]["match"]["right"] == 7 << rs.OFFLOAD_CT_SHIFT
     assert offloaded[-1] == {"accept": None}
-    # the full offload matches only a stamp without the handshake-ACK bit
-    assert offloaded[0]["match"]["left"]["&"][1] == rs.OFFLOAD_CT_MASK | rs.HANDSHAKE_ACK_CT
-    assert [r["comment"] for r in post] == [rs.OFFLOAD_COMMENT] * 2
+    # the full offload matches only a stamp without the handshake-ACK and bare-ACK bits
+    mask = rs.OFFLOAD_CT_MASK | rs.HANDSHAKE_ACK_CT | rs.BARE_ACK_CT
+    assert offloaded[0]["match"]["left"]["&"][1] == mask
+    assert [r["comment"] for r in post] == [rs.OFFLOAD_COMMENT] * 3
     for rule, bit, stamp in (
         (post[0], rs.OFFLOAD_MARK, 7 << rs.OFFLOAD_CT_SHIFT),
         (post[1], rs.HANDSHAKE_ACK_MARK, 7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT),
+        (post[2], rs.BARE_ACK_MARK, 7 << rs.OFFLOAD_CT_SHIFT | rs.BARE_ACK_CT),
     ):
         assert rule["expr"][0]["match"]["right"] == bit
         mangle = rule["expr"][1]["mangle"]
         assert mangle["key"] == {"ct": {"key": "mark"}}
         assert mangle["value"]["|"][1] == stamp
-        assert mangle["value"]["|"][0]["&"][1] == 0x007FFFFF  # other ct-mark bits kept
-    # bare ACKs of a connection stamped after its SYN+ACK: IPv4 and IPv6, two header sizes
+        assert mangle["value"]["|"][0]["&"][1] == 0x003FFFFF  # other ct-mark bits kept
+    # bare ACKs of a connection stamped after its SYN+ACK: IPv4 and IPv6, two header sizes,
+    # for either stamp (then a copy of the next packet, or the queue)
     acks = [r["expr"] for r in main if r["comment"] == rs.OFFLOADED_COMMENT][1:]
-    assert len(acks) == 4
-    for exprs in acks:
-        assert exprs[0]["match"]["right"] == 7 << rs.OFFLOAD_CT_SHIFT | rs.HANDSHAKE_ACK_CT
+    assert len(acks) == 8
+    for i, exprs in enumerate(acks):
+        bit = rs.HANDSHAKE_ACK_CT if i < 4 else rs.BARE_ACK_CT
+        assert exprs[0]["match"]["right"] == 7 << rs.OFFLOAD_CT_SHIFT | bit
         assert {
             "match": {
                 "op": "==",
@@ -1055,11 +1059,44 @@ def test_the_first_packet_after_the_handshake_is_passed_and_copied_to_its_worker
         rs.build_ruleset(policy, rs.NftPlan(("forward",), offload_generation=7, copies=False))
     )["forward"]
     assert all(r["comment"] != rs.COPIED_COMMENT for r in plain)
-    assert sum(r["comment"] == rs.OFFLOADED_COMMENT for r in plain) == 1 + 4  # bare ACKs kept
+    assert sum(r["comment"] == rs.OFFLOADED_COMMENT for r in plain) == 1 + 8  # bare ACKs kept
     # no offload: no copies
     off = load_policy_text("set offload off\naccept proto tcp to port 22\n", "o.rules")
     rules = _rules_by_chain(rs.build_ruleset(off, rs.NftPlan(("forward",), offload_generation=7)))
     assert all(r["comment"] != rs.COPIED_COMMENT for r in rules["forward"])
+
+
+def test_the_packet_after_the_bare_acks_clears_the_stamp_and_goes_on_to_the_queue() -> None:
+    """OFFLOAD_BARE_ACKS (the inspector still reads): after the bare ACKs, the connection's
+    next packet of any kind clears the stamp and is not accepted: the rules after it and the
+    queue see it, and so do its later packets (until a verdict offloads the flow)."""
+    policy = load_policy_text("accept proto tcp to port 22\n", "o.rules")
+    main = _rules_by_chain(
+        rs.build_ruleset(policy, rs.NftPlan(("forward",), queue=5, offload_generation=7))
+    )["forward"]
+    comments = [r["comment"] for r in main]
+    assert comments.count(rs.BARE_ACK_CLEARED_COMMENT) == 1
+    done = main[comments.index(rs.BARE_ACK_CLEARED_COMMENT)]["expr"]
+    # after the bare ACKs' and the copy's rules, before the policy's rules and the queue
+    assert comments.index(rs.BARE_ACK_CLEARED_COMMENT) == comments.index(rs.COPIED_COMMENT) + 1
+    assert comments[-1] == rs.USERSPACE_COMMENT
+    assert done[0]["match"]["right"] == 7 << rs.OFFLOAD_CT_SHIFT | rs.BARE_ACK_CT
+    assert done[0]["match"]["left"]["&"][1] == (
+        rs.OFFLOAD_CT_MASK | rs.HANDSHAKE_ACK_CT | rs.BARE_ACK_CT
+    )
+    assert done[1] == {
+        "mangle": {
+            "key": {"ct": {"key": "mark"}},
+            "value": {"&": [{"ct": {"key": "mark"}}, 0x003FFFFF]},  # no stamp, other bits kept
+        }
+    }
+    assert not any("accept" in e or "drop" in e or "queue" in e for e in done)  # falls through
+    # paused: the rule stays, matching a generation never stamped
+    paused = _rules_by_chain(
+        rs.build_ruleset(policy, rs.NftPlan(("forward",), offload_generation=0))
+    )["forward"]
+    (held,) = [r["expr"] for r in paused if r["comment"] == rs.BARE_ACK_CLEARED_COMMENT]
+    assert held[0]["match"]["right"] == rs.OFFLOAD_PAUSED << rs.OFFLOAD_CT_SHIFT | rs.BARE_ACK_CT
 
 
 def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_rate() -> None:
@@ -1070,7 +1107,7 @@ def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_r
     offloaded = [
         r["expr"] for r in _rules_by_chain(cmds)["forward"] if r["comment"] == rs.OFFLOADED_COMMENT
     ]
-    assert len(offloaded) == 3 + 4  # and the handshake's bare ACKs
+    assert len(offloaded) == 3 + 8  # and the handshake's bare ACKs (either stamp)
     assert offloaded[0][1]["match"] == {
         "op": "!=",
         "left": {"meta": {"key": "l4proto"}},
@@ -1091,7 +1128,7 @@ def test_offloaded_icmp_passes_the_kernel_only_within_a_tenth_of_the_icmpflood_r
         rs.NftPlan(("forward",), offload_generation=7),
     )
     rules = [r for r in _rules_by_chain(plain)["forward"] if r["comment"] == rs.OFFLOADED_COMMENT]
-    assert len(rules) == 1 + 4
+    assert len(rules) == 1 + 8
     assert not any(rs.ICMP_METER in str(c) for c in plain)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ips.core.build import build_packet
-from ips.core.decision import OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
+from ips.core.decision import OFFLOAD_BARE_ACKS, OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
 from ips.core.packet import PROTO_ICMP, PROTO_TCP, PROTO_UDP
 from ips.engine import Engine
 from ips.engine.offload import REOFFLOAD_AFTER
@@ -16,7 +16,7 @@ SYN, ACK, PSH, SYNACK = 0x02, 0x10, 0x08, 0x12
 # Decision.offload of tcp_exchange's packets when the flow may be offloaded: the SYN+ACK lets
 # the kernel pass the handshake's bare ACK, the first data offloads the flow, and a packet
 # that still reaches the engine after that is offloaded again.
-FLOW, HS_ACK = OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK
+FLOW, HS_ACK, BARE_ACKS = OFFLOAD_FLOW, OFFLOAD_HANDSHAKE_ACK, OFFLOAD_BARE_ACKS
 EXCHANGE_OFFLOADED = [0, HS_ACK, 0, FLOW, FLOW, FLOW]
 
 
@@ -234,7 +234,8 @@ def test_packets_of_an_offloaded_flow_that_come_back_are_offloaded_again() -> No
 
 def test_offload_waits_until_the_inspector_has_named_the_protocol() -> None:
     # The first data packet is too short to tell a protocol from; the inspector keeps
-    # reading, so neither the handshake's ACK nor the flow goes to the kernel yet.
+    # reading, so the flow does not go to the kernel yet: only the handshake's bare ACKs
+    # do (they carry nothing to read), and the packet after them comes to the queue.
     e = inspecting_engine("set default accept\n")
     seq_c, seq_s = 100, 900
     out = [
@@ -254,7 +255,7 @@ def test_offload_waits_until_the_inspector_has_named_the_protocol() -> None:
             now=1.1,
         ),
     ]  # fmt: skip
-    assert [d.offload for d in out] == [0, 0, 0, 0]
+    assert [d.offload for d in out] == [0, BARE_ACKS, 0, 0]
     flow = next(iter(e.flows.flows()))
     assert flow.app_state is not None and not flow.offloaded
     # More of the client's stream: not a protocol ipsctl knows; inspection over, offload.
@@ -285,7 +286,7 @@ def test_an_http_flow_stays_until_the_response_is_read() -> None:
             now=1.1,
         ),
     ]  # fmt: skip
-    assert [d.offload for d in out] == [0, 0, 0]  # the response is still to be read
+    assert [d.offload for d in out] == [0, BARE_ACKS, 0]  # the response is still to be read
     answer = build_packet(
         PROTO_TCP, S, C, 80, 40000, flags=ACK | PSH, seq=seq_s + 1, ack=seq_c + 1 + len(request),
         payload=response,

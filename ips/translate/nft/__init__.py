@@ -66,6 +66,9 @@ from __future__ import annotations
 from ips.translate.nft.constants import _T as _T
 from ips.translate.nft.constants import (
     ACCEPT_MARK,
+    BARE_ACK_CLEARED_COMMENT,
+    BARE_ACK_CT,
+    BARE_ACK_MARK,
     BLOCK_TABLE,
     BLOCKS_COMMENT,
     CLEAR_MARK_COMMENT,
@@ -182,6 +185,9 @@ from ips.translate.nft.sets import (
 __all__ = [
     "ACCEPT_MARK",
     "ALWAYS",
+    "BARE_ACK_CLEARED_COMMENT",
+    "BARE_ACK_CT",
+    "BARE_ACK_MARK",
     "BLOCKS_COMMENT",
     "BLOCK_TABLE",
     "CLEAR_MARK_COMMENT",

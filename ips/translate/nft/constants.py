@@ -41,8 +41,19 @@ HANDSHAKE_ACK_CT = 0x00800000  # ct-mark bit next to the generation: "bare ACKs,
 # detectors need (that the connection carried data, or was closed or reset without) — a
 # moment later.
 COPIED_COMMENT = "ipsctl:copied"
+# The same for a connection the engine must still see the next packet of (the inspector reads
+# its first bytes, or an L7 clause waits for them): the worker's verdict on the SYN+ACK sets
+# BARE_ACK_MARK (Decision.offload == OFFLOAD_BARE_ACKS), the offload chain stamps the
+# generation with BARE_ACK_CT, the main chain passes the bare ACKs as above, and the first
+# other packet clears the stamp (BARE_ACK_CLEARED_COMMENT) and goes on to the queue: a short
+# connection's queue round trips go from four to three (SYN, SYN+ACK, its first data).
+BARE_ACK_MARK = 0x00040000  # packet-mark bit set by the worker's verdict
+BARE_ACK_CT = 0x00400000  # ct-mark bit next to the generation: "bare ACKs, then the queue"
+BARE_ACK_CLEARED_COMMENT = "ipsctl:bare-acks-done"
 COPY_GROUP_BASE = 32768  # NFLOG group of queue q's copies: COPY_GROUP_BASE + q (mod 65536)
-_GEN_MASK = OFFLOAD_CT_MASK | HANDSHAKE_ACK_CT  # what a stamp writes and the rules compare
+_GEN_MASK = (
+    OFFLOAD_CT_MASK | HANDSHAKE_ACK_CT | BARE_ACK_CT
+)  # what a stamp writes and the rules compare
 # (IP header length, TCP data offset) of a bare ACK: no options, or timestamps (Linux, BSD)
 _BARE_ACK_SIZES = ((40, 5), (52, 8))
 OFFLOAD_COMMENT = "ipsctl:offload"  # verdict mark -> ct mark

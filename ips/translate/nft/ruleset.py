@@ -12,6 +12,9 @@ from ips.translate.nft.constants import (
     _GEN_MASK,
     _T,
     ACCEPT_MARK,
+    BARE_ACK_CLEARED_COMMENT,
+    BARE_ACK_CT,
+    BARE_ACK_MARK,
     BLOCK_TABLE,
     BLOCKS_COMMENT,
     CLEAR_MARK_COMMENT,
@@ -339,10 +342,13 @@ def _hook_rules(
         cmds += [_rule(hook, exprs, comment) for comment, exprs in _synproxy_rules()]
     if offload:
         gen = (plan.offload_generation or OFFLOAD_PAUSED) << OFFLOAD_CT_SHIFT
-        for exprs in _offloaded_rules(gen, icmp_budget) + _handshake_ack_rules(gen):
+        bare_acks = _handshake_ack_rules(gen | HANDSHAKE_ACK_CT)
+        bare_acks += _handshake_ack_rules(gen | BARE_ACK_CT)
+        for exprs in _offloaded_rules(gen, icmp_budget) + bare_acks:
             cmds.append(_rule(hook, exprs, OFFLOADED_COMMENT))
         for exprs in _handshake_copy_rules(gen, first_queue, queues) if plan.copies else ():
             cmds.append(_rule(hook, exprs, COPIED_COMMENT))
+        cmds.append(_rule(hook, _bare_acks_done(gen), BARE_ACK_CLEARED_COMMENT))
         if plan.offload_generation:
             for exprs in _offload_exprs(gen):
                 cmds.append(_rule(f"{hook}_offload", exprs, OFFLOAD_COMMENT))
@@ -453,9 +459,10 @@ def _offloaded_rules(gen: int, icmp_budget: tuple[int, str] | None) -> list[list
     return rules
 
 
-def _handshake_ack_rules(gen: int) -> list[list[Expr]]:
-    """ct mark & MASK == gen | HANDSHAKE_ACK_CT, and a bare ACK: accepted like an offloaded
-    packet. One rule per family and header size (nft has no arithmetic on two fields)."""
+def _handshake_ack_rules(stamp: int) -> list[list[Expr]]:
+    """ct mark & MASK == stamp (the generation | HANDSHAKE_ACK_CT or BARE_ACK_CT), and a bare
+    ACK: accepted like an offloaded packet. One rule per family and header size (nft has no
+    arithmetic on two fields)."""
     rules = []
     for nfproto, proto, ip_header in (("ipv4", "ip", 20), ("ipv6", "ip6", 0)):
         for length, doff in _BARE_ACK_SIZES:
@@ -466,7 +473,7 @@ def _handshake_ack_rules(gen: int) -> list[list[Expr]]:
                 family.append(_match("==", _payload("ip6", "nexthdr"), "tcp"))
             rules.append(
                 [
-                    _match("==", {"&": [_ct_mark(), _GEN_MASK]}, gen | HANDSHAKE_ACK_CT),
+                    _match("==", {"&": [_ct_mark(), _GEN_MASK]}, stamp),
                     _match("==", _meta("l4proto"), "tcp"),
                     *family,
                     _match("==", {"&": [_payload("tcp", "flags"), 0x3F]}, 0x10),  # ACK alone
@@ -523,9 +530,22 @@ def _handshake_copy_rules(gen: int, first_queue: int, queues: int) -> list[list[
     ]
 
 
+def _bare_acks_done(gen: int) -> list[Expr]:
+    """ct mark & MASK == gen | BARE_ACK_CT (the bare ACKs were accepted before): the stamp
+    cleared, and the packet goes on to the rules after it and the queue. Any protocol: the
+    mark is a connection's, and only a TCP SYN+ACK's verdict sets it."""
+    keep = ~_GEN_MASK & 0xFFFFFFFF
+    return [
+        _match("==", {"&": [_ct_mark(), _GEN_MASK]}, gen | BARE_ACK_CT),
+        {"mangle": {"key": _ct_mark(), "value": {"&": [_ct_mark(), keep]}}},
+        {"counter": None},
+    ]
+
+
 def _offload_exprs(gen: int) -> list[list[Expr]]:
     """The offload chain: meta mark & OFFLOAD_MARK: ct mark = (ct mark & ~MASK) | gen;
-    meta mark & HANDSHAKE_ACK_MARK: the same with HANDSHAKE_ACK_CT (other ct-mark bits kept)."""
+    meta mark & HANDSHAKE_ACK_MARK: the same with HANDSHAKE_ACK_CT; meta mark & BARE_ACK_MARK:
+    with BARE_ACK_CT (other ct-mark bits kept)."""
     keep = ~_GEN_MASK & 0xFFFFFFFF
     return [
         [
@@ -533,12 +553,16 @@ def _offload_exprs(gen: int) -> list[list[Expr]]:
             {"mangle": {"key": _ct_mark(), "value": {"|": [{"&": [_ct_mark(), keep]}, stamp]}}},
             {"counter": None},
         ]
-        for bit, stamp in ((OFFLOAD_MARK, gen), (HANDSHAKE_ACK_MARK, gen | HANDSHAKE_ACK_CT))
+        for bit, stamp in (
+            (OFFLOAD_MARK, gen),
+            (HANDSHAKE_ACK_MARK, gen | HANDSHAKE_ACK_CT),
+            (BARE_ACK_MARK, gen | BARE_ACK_CT),
+        )
     ]
 
 
 def _clear_mark() -> dict[str, object]:
-    ours = ACCEPT_MARK | OFFLOAD_MARK | HANDSHAKE_ACK_MARK | QUEUE_MASK
+    ours = ACCEPT_MARK | OFFLOAD_MARK | HANDSHAKE_ACK_MARK | BARE_ACK_MARK | QUEUE_MASK
     return {"key": _meta("mark"), "value": {"&": [_meta("mark"), ~ours & 0xFFFFFFFF]}}
 
 
