@@ -19,6 +19,8 @@ its own prefix for every variant and run), and measures, for each variant, in on
                 `ab -c` measures it); with a queue, also the gateway's CPU time and the
                 packets its queue took per connection. --storm-only measures nothing else.
   ping          ping -i 0.01 from client to server, unloaded; p50 and p99 of per-packet RTT
+                (with a queue, also the gateway's CPU and wake-ups per ping); --ping-only
+                measures nothing else
   offline       with --offline: bench/replay_speed.py's `ipsctl replay` figure (compiled path,
                 mapped capture of >= 1,000,000 packets, policies/gateway.rules, application
                 parsing off and on), CPU time of one core, --runs rounds
@@ -662,6 +664,7 @@ def measure_ping(b: Bench) -> tuple[float, float, dict[str, Any]]:
     count = max(10, int(b.seconds / PING_INTERVAL))
     # the gateway's CPU while it passes the pings (what an idle gateway's wake-ups cost)
     cpu_before = tree_cpu_seconds(b.gateway.pid) if b.gateway is not None else 0.0
+    wakeups_before = tree_wakeups(b.gateway.pid) if b.gateway is not None else 0
     started = time.monotonic()
     out = b.run(
         "client",
@@ -682,6 +685,8 @@ def measure_ping(b: Bench) -> tuple[float, float, dict[str, Any]]:
     if b.gateway is not None:
         cpu = tree_cpu_seconds(b.gateway.pid) - cpu_before
         info["gw_cpu_percent"] = round(100 * cpu / (time.monotonic() - started), 2)
+        woke = tree_wakeups(b.gateway.pid) - wakeups_before
+        info["wakeups_per_ping"] = round(woke / count, 2)
     rtts = sorted(float(m) * 1000 for m in re.findall(r"time=([\d.]+) ms", out))
     if len(rtts) < count // 2:
         raise BenchError(f"ping: only {len(rtts)} of {count} replies")
@@ -695,7 +700,12 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[k]
 
 
-def one_run(b: Bench, tcp_only: bool = False, storm_only: bool = False) -> dict[str, Any]:
+def one_run(
+    b: Bench, tcp_only: bool = False, storm_only: bool = False, ping_only: bool = False
+) -> dict[str, Any]:
+    if ping_only:  # the latency a packet adds, with what a ping cost the gateway
+        p50, p99, ping_info = measure_ping(b)
+        return {"ping_p50_us": p50, "ping_p99_us": p99, "detail": {"udp": {}, "ping": ping_info}}
     if storm_only:  # new connections/s only, with what a connection cost the gateway
         conns, storm_info = measure_storm(b)
         time.sleep(1.0)
@@ -972,7 +982,12 @@ def run_variant(
             elif v.kind == "ipsctl":
                 assert policy is not None
                 start_ipsctl(b, v, policy)
-            run = one_run(b, getattr(args, "tcp_only", False), getattr(args, "storm_only", False))
+            run = one_run(
+                b,
+                getattr(args, "tcp_only", False),
+                getattr(args, "storm_only", False),
+                getattr(args, "ping_only", False),
+            )
             if v.conntrack:  # that the kernel did track the bench's connections
                 count = b.run(
                     "gw", ["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], timeout=20
@@ -1327,7 +1342,14 @@ def print_report(res: dict[str, dict[str, Any]], args: argparse.Namespace) -> No
     for name, r in res.items():
         if r["status"] == "ok" and "gw_cpu_percent" in r["runs"][0]["detail"].get("ping", {}):
             each = "/".join(f"{run['detail']['ping']['gw_cpu_percent']:.1f}" for run in r["runs"])
-            print(f"  {name}: gateway CPU while pinging, % of a core, each run: {each}")
+            woke = "/".join(
+                f"{run['detail']['ping'].get('wakeups_per_ping', float('nan')):.2f}"
+                for run in r["runs"]
+            )
+            print(
+                f"  {name}: gateway CPU while pinging, % of a core, each run: {each}; "
+                f"wake-ups per ping: {woke}"
+            )
     for name, r in res.items():
         if r.get("note"):
             print(f"  {name}: {r['note']}")
@@ -1395,9 +1417,14 @@ def main(argv: list[str] | None = None) -> int:
         help="measure only new connections/s (1 and 16 in flight), with the gateway's CPU "
         "time and queued packets per connection",
     )
+    ap.add_argument(
+        "--ping-only",
+        action="store_true",
+        help="measure only ping's round trips, with the gateway's CPU and wake-ups per ping",
+    )
     args = ap.parse_args(argv)
-    if args.tcp_only and args.storm_only:
-        ap.error("--tcp-only and --storm-only: one or the other")
+    if args.tcp_only + args.storm_only + args.ping_only > 1:
+        ap.error("--tcp-only, --storm-only and --ping-only: one of them")
     quick = (1, 2.0) if args.quick else (3, 5.0)  # explicit --runs/--seconds win
     args.runs = quick[0] if args.runs is None else args.runs
     args.seconds = quick[1] if args.seconds is None else args.seconds
@@ -1453,6 +1480,7 @@ def main(argv: list[str] | None = None) -> int:
                 "nfq_client": args.nfq_client or "default",
                 "tcp_only": args.tcp_only,
                 "storm_only": args.storm_only,
+                "ping_only": args.ping_only,
                 "policy": POLICY_NOTE,
                 "udp_streams": list(UDP_DSTS),
                 "storm_clients": list(STORM_DSTS),
