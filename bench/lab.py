@@ -16,8 +16,9 @@ its own prefix for every variant and run), and measures, for each variant, in on
                 twice: one connection in flight per client (each waits for the last: the
                 round trips through gw bound the rate — a latency figure), and STORM_PARALLEL
                 in flight per client (how many connections a second the path can take, as
-                `ab -c` measures it); with a queue, also the gateway's CPU time and the
-                packets its queue took per connection. --storm-only measures nothing else.
+                `ab -c` measures it); with a queue, also the gateway's CPU time, its
+                wake-ups (context switches of its processes) and the packets its queue took
+                per connection. --storm-only measures nothing else.
   ping          ping -i 0.01 from client to server, unloaded; p50 and p99 of per-packet RTT
                 (with a queue, also the gateway's CPU and wake-ups per ping); --ping-only
                 measures nothing else
