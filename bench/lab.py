@@ -489,9 +489,9 @@ def server_rx_packets(b: Bench) -> int:
     return int(doc[0]["stats64"]["rx"]["packets"])
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its live descendants (ipsctl's workers are
-    children of the daemon), from /proc; 0 for what is gone."""
+def tree_pids(pid: int) -> list[int]:
+    """A process and its live descendants (ipsctl's workers are children of the daemon),
+    from /proc."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -501,29 +501,34 @@ def tree_cpu_seconds(pid: int) -> float:
                 continue
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
             children.setdefault(ppid, []).append(int(entry))
-    ticks = 0
+    out = []
     todo = [pid]
     while todo:
         p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants; 0 for what is gone."""
+    ticks = 0
+    for p in tree_pids(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        todo.extend(children.get(p, ()))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def tree_wakeups(pid: int) -> int:
-    """Context switches (voluntary and not) of a process's threads and its live descendants'
-    threads, from /proc: how often the gateway's program went to sleep and came back."""
+    """Context switches (voluntary and not) of the threads of a process and its live
+    descendants: how often the gateway's program went to sleep and came back."""
     total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
+    for p in tree_pids(pid):
         try:
             tasks = os.listdir(f"/proc/{p}/task")
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
         except OSError:
             continue
         for task in tasks:
@@ -534,7 +539,6 @@ def tree_wakeups(pid: int) -> int:
             for line in status.splitlines():
                 if "ctxt_switches:" in line:  # voluntary_ and nonvoluntary_
                     total += int(line.split()[-1])
-        todo.extend(int(c) for c in children)
     return total
 
 
