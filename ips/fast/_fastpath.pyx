@@ -1358,6 +1358,7 @@ cdef class FastPath:
     cdef object stats
     cdef dict stats_dict
     cdef object verdicts
+    cdef bint verdicts_plain  # a dict whose __setitem__ is dict's (a Counter): PyDict_SetItem
     cdef dict flows
     cdef dict nat_replies
     cdef object blocks
@@ -1600,6 +1601,8 @@ cdef class FastPath:
         # EngineStats is a plain dataclass: its counters live in its __dict__
         self.stats_dict = engine.stats.__dict__
         self.verdicts = engine.stats.verdicts
+        self.verdicts_plain = (isinstance(self.verdicts, dict)
+                               and type(self.verdicts).__setitem__ is dict.__setitem__)
         self.flows = engine.flows._flows
         self.nat_replies = engine._nat_replies
         self.blocks = engine.blocks
@@ -1998,7 +2001,13 @@ cdef class FastPath:
             verdict = <object>self.owed_verdicts[i]
             n = self.owed_verdict_counts[i]
             found = PyDict_GetItem(verdicts, verdict)
-            verdicts[verdict] = n if found is NULL else <object>found + n
+            # PyDict_SetItem, as Counter's own __setitem__ is dict's: Counter's __delitem__
+            # shares that slot, so `verdicts[verdict] =` went through a method lookup and a
+            # wrapper call, a few µs on cold caches
+            if self.verdicts_plain:
+                PyDict_SetItem(verdicts, verdict, n if found is NULL else <object>found + n)
+            else:
+                verdicts[verdict] = n if found is NULL else <object>found + n
             Py_DECREF(verdict)  # the reference owed_verdicts held
             self.owed_verdicts[i] = NULL
         self.owed_verdict_kinds = 0

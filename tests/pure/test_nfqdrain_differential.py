@@ -691,10 +691,36 @@ def test_a_lingering_wait_judges_every_burst_until_another_fd_is_readable() -> N
         py, cc = sides
         assert engine_state(cc.engine) == engine_state(py.engine)
         assert cc.client.received == py.client.received > 40
+        # the counts the compiled drains kept in C were written back when the wait returned
+        assert cc.worker.judged == py.worker.judged == cc.cell.value == cc.client.received
+        assert cc.worker._count == py.worker._count
+        assert cc.client.verdicts_sent > 0 and cc.client.recv_calls > 0
     finally:
         os.close(other)
         os.close(writer)
         for side in sides:
+            side.kernel.close()
+
+
+def test_with_time_time_as_its_clock_the_drain_reads_the_wall_clock_itself() -> None:
+    """The compiled drain reads CLOCK_REALTIME in place of calling time.time (its conversion):
+    the flows it files are seen at a time between the reads before and after the drain,
+    as with the Python loop."""
+    need_compiled_drain()
+    traffic = Traffic(13)
+    burst = [traffic.datagram() for _ in range(20)]
+    for compiled in (False, True):
+        side = Side("off", compiled, time.time)
+        try:
+            before = time.time()
+            for datagram, ids in burst:
+                side.kernel.send(datagram, ids)
+            side.drain()
+            after = time.time()
+            seen = {flow.last_seen for flow in side.engine.flows._flows.values()}
+            assert seen and all(before <= t <= after for t in seen), (compiled, before, seen)
+            assert side.worker.judged == side.client.received > 0
+        finally:
             side.kernel.close()
 
 
