@@ -34,6 +34,11 @@ per packet. The meter (ips/sinks/meter.py) is kept as the daemon's wrapper of
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.pystate cimport (PyInterpreterState, PyInterpreterState_ThreadHead, PyThreadState,
+                              PyThreadState_Get, PyThreadState_Next)
+
+cdef extern from "Python.h":
+    PyInterpreterState *PyThreadState_GetInterpreter(PyThreadState *tstate)
 from libc.errno cimport EAGAIN, EINTR, ENOBUFS, errno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
@@ -220,6 +225,13 @@ cdef bint _parse(const uint8_t *buf, Py_ssize_t offset, Py_ssize_t end, Parsed *
     return out.packet_id >= 0 and out.payload_at >= 0
 
 
+cdef bint _only_thread() noexcept:
+    """The calling thread is the interpreter's only thread (the GIL is held)."""
+    cdef PyThreadState *me = PyThreadState_Get()
+    cdef PyThreadState *head = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(me))
+    return head == me and PyThreadState_Next(head) is NULL
+
+
 cdef class CompiledDrain:
     """The compiled drain of one bound NfqClient and its QueueWorker (made at bind)."""
 
@@ -280,6 +292,10 @@ cdef class CompiledDrain:
     cdef uint32_t b_on_error
     cdef int b_meter_every
     cdef bint b_clock_realtime    # the worker's clock is time.time: read here, not called
+    # The blocks had effects queued when the last drain ended (`blocks.pending`): its packets
+    # read `pending_since` again only after Python ran (a Decision's effects are noted
+    # there), not per packet, a cold attribute read of every wake-up.
+    cdef bint blocks_pending
 
     def __cinit__(self):
         self.mem = NULL
@@ -470,6 +486,12 @@ cdef class CompiledDrain:
         if pfds is NULL:
             raise MemoryError()
         cdef int i, rc, ms, others
+        cdef bint backlog_drained = False
+        # The only thread of the interpreter polls holding the GIL: no other thread waits
+        # for it, and giving it up and taking it back cost a few µs of every wake-up on
+        # cold caches. (No Python runs in a poll, so no thread can start during one; a
+        # thread of a C library that asks for the GIL would wait at most `timeout`.)
+        cdef bint alone = _only_thread()
         cdef timespec now
         cdef double deadline = 0.0, left = timeout
         if linger:
@@ -486,8 +508,11 @@ cdef class CompiledDrain:
                     pfds[i].revents = 0
                 # rounded up, so that a lingering wait never spins on a 0 ms poll
                 ms = <int>(left * 1000.0 + 0.999) if left > 0.0 else 0
-                with nogil:
+                if alone:
                     rc = poll(pfds, count, ms)
+                else:
+                    with nogil:
+                        rc = poll(pfds, count, ms)
                 if rc < 0:
                     if errno == EINTR:
                         return []
@@ -497,6 +522,7 @@ cdef class CompiledDrain:
                     if pfds[i].revents:
                         others += 1
                 if pfds[0].revents:
+                    backlog_drained = backlog
                     if backlog:
                         self.drain()
                         backlog = bool(self.client._backlog)
@@ -507,7 +533,11 @@ cdef class CompiledDrain:
                         self._drain_bound(1 << 30)
                 if not linger or others or rc == 0:
                     break
-                if blocks is not None and blocks.pending:
+                if backlog_drained:
+                    # (the Python drain ran: blocks.pending as it reads it)
+                    if blocks is not None and blocks.pending_since is not None:
+                        break
+                elif self.blocks_pending:
                     break
                 clock_gettime(CLOCK_MONOTONIC, &now)
                 left = deadline - (now.tv_sec + now.tv_nsec * 1e-9)
@@ -628,6 +658,8 @@ cdef class CompiledDrain:
         cdef int plain  # 1 plain accept, 0 `given` is the Verdict, 2 drop, 3 offload, 4 on_error
         cdef long long compiled = 0
         cdef bint cut
+        cdef bint python_ran
+        cdef bint blocks_pending = blocks is not None and blocks.pending_since is not None
         try:
             while handled < limit:
                 got = recvmmsg(self.fd, self.msgs, self.count, MSG_DONTWAIT, NULL)
@@ -694,6 +726,7 @@ cdef class CompiledDrain:
                             <const char *>buf + pkt.payload_at, pkt.payload_len)
                         cut = pkt.cap_len > <uint32_t>pkt.payload_len
                         timing = False
+                        python_ran = True
                         try:
                             if cut:
                                 # as in Python, with the worker's handler (engine.handle)
@@ -733,6 +766,7 @@ cdef class CompiledDrain:
                                         plain = 0 if given is not None else 1
                                     else:
                                         compiled += 1
+                                        python_ran = False
                                 else:
                                     given = judge_decoded(
                                         result, payload, meta, now, pkt.mark,
@@ -751,14 +785,19 @@ cdef class CompiledDrain:
                         # the worker's bookkeeping (_judged, then _counted)
                         self.judged += 1
                         try:
-                            if (blocks is not None and blocks.pending_since is not None
-                                    and blocks.overdue()):
+                            if python_ran:
+                                blocks_pending = (blocks is not None
+                                                  and blocks.pending_since is not None)
+                            if blocks_pending and blocks.overdue():
                                 blocks.flush()
+                                blocks_pending = blocks.pending_since is not None
                             busy_count += 1
                             if busy_count >= _BUSY_EVERY:
                                 busy_count = 0
                                 if on_busy is not None:
                                     on_busy()
+                                    blocks_pending = (blocks is not None
+                                                      and blocks.pending_since is not None)
                         except Exception:
                             # Out of _on_queued in Python: the drain's handler error, on_error
                             client.handler_errors += 1
@@ -804,6 +843,7 @@ cdef class CompiledDrain:
                     self._batch(<uint32_t>pending)
             finally:
                 self._publish()
+                self.blocks_pending = blocks_pending
                 self.busy_count = busy_count
                 self.recv_owed += recv_calls
                 self.compiled_packets += compiled

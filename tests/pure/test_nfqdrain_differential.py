@@ -169,6 +169,19 @@ class Blocks:
         return {}
 
 
+class SteppingBlocks(Blocks):
+    """Blocks whose clock moves a quarter second at each look (`overdue`): the effects a
+    burst's packet noted are overdue four packets later, within the same drain."""
+
+    def __init__(self) -> None:
+        self.looked = 0.0
+        super().__init__(lambda: self.looked)
+
+    def overdue(self) -> bool:
+        self.looked += 0.25
+        return super().overdue()
+
+
 class Replies:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
@@ -192,14 +205,16 @@ class Clock:
 class Side:
     """A worker, its engine, its kernel end."""
 
-    def __init__(self, offload: str, compiled: bool, clock: Clock) -> None:
+    def __init__(
+        self, offload: str, compiled: bool, clock: Clock, stepping_blocks: bool = False
+    ) -> None:
         self.kernel = Kernel()
         self.engine = Engine(load_policy_text(POLICY.format(offload=offload)))
         self.meter = install_meter(self.engine)
         self.events: list[Any] = []
         self.beats = 0
         self.cell = CheckedCell(self.kernel)
-        self.blocks = Blocks(clock)
+        self.blocks = SteppingBlocks() if stepping_blocks else Blocks(clock)
         worker = QueueWorker(
             QUEUE,
             self.engine,
@@ -356,10 +371,10 @@ class Traffic:
 
 
 def run_both(
-    seed: int, offload: str, bursts: list[int], via_wait: bool = False
+    seed: int, offload: str, bursts: list[int], via_wait: bool = False, stepping: bool = False
 ) -> tuple[Side, Side]:
     clock = Clock()
-    py, cc = Side(offload, False, clock), Side(offload, True, clock)
+    py, cc = Side(offload, False, clock, stepping), Side(offload, True, clock, stepping)
     traffic = Traffic(seed)
     try:
         for size in bursts:
@@ -398,6 +413,17 @@ def test_the_compiled_drain_sends_what_the_python_drain_sends(seed: int, offload
     assert kinds == {(3 << 8) | 1, (3 << 8) | 3}
     assert any(len(m) > 40 for m in cc.kernel.verdicts)  # rewrites (and offload marks)
     assert cc.beats > 0  # a burst past BUSY_EVERY beat inside it
+
+
+@pytest.mark.parametrize("via_wait", [False, True])
+def test_blocks_a_burst_noted_are_written_once_overdue_within_it(via_wait: bool) -> None:
+    """Both drains look whether the blocks are overdue after every packet while effects wait
+    (the compiled one reads `pending_since` again only after Python ran): the same looks,
+    so the same writes at the same packets."""
+    need_compiled_drain()
+    bursts = [40, 300, 3 * BATCH_MAX + 17, 64, 300]
+    _, cc = run_both(7, "off", bursts, via_wait, stepping=True)
+    assert cc.blocks.noted > 0 and len(cc.blocks.flushes) >= 2, cc.blocks.flushes
 
 
 @pytest.mark.parametrize("offload", ["off", "on"])
