@@ -487,11 +487,6 @@ cdef class CompiledDrain:
             raise MemoryError()
         cdef int i, rc, ms, others
         cdef bint backlog_drained = False
-        # The only thread of the interpreter polls holding the GIL: no other thread waits
-        # for it, and giving it up and taking it back cost a few µs of every wake-up on
-        # cold caches. (No Python runs in a poll, so no thread can start during one; a
-        # thread of a C library that asks for the GIL would wait at most `timeout`.)
-        cdef bint alone = _only_thread()
         cdef timespec now
         cdef double deadline = 0.0, left = timeout
         if linger:
@@ -508,7 +503,13 @@ cdef class CompiledDrain:
                     pfds[i].revents = 0
                 # rounded up, so that a lingering wait never spins on a 0 ms poll
                 ms = <int>(left * 1000.0 + 0.999) if left > 0.0 else 0
-                if alone:
+                # The only thread of the interpreter polls holding the GIL: no other thread
+                # waits for it, and giving it up and taking it back cost a few µs of every
+                # wake-up on cold caches. Looked at before each poll: a drain's Python may
+                # start a thread (the store's hand-over); none can start during a poll (no
+                # Python runs), and a C library's thread that asks for the GIL waits for the
+                # poll's end (at most the wait's timeout).
+                if _only_thread():
                     rc = poll(pfds, count, ms)
                 else:
                     with nogil:

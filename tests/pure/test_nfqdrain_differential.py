@@ -818,6 +818,42 @@ def test_a_lingering_wait_leaves_no_block_unwritten_until_its_timeout() -> None:
             side.kernel.close()
 
 
+def test_a_thread_a_drain_starts_runs_while_the_wait_lingers() -> None:
+    """The compiled wait polls holding the GIL only while its thread is the interpreter's
+    only one: a thread that a drain's Python starts (as the store's hand-over is started)
+    runs during the next poll, here writing to the fd that ends the wait."""
+    need_compiled_drain()
+    clock = Clock()
+    side = Side("off", True, clock)
+    side.worker.blocks = None  # (blocks to write would end the wait by themselves)
+    other, writer = os.pipe()
+    started: list[threading.Thread] = []
+
+    def on_events(effects: list[object]) -> None:
+        if not started:
+            thread = threading.Thread(target=lambda: (time.sleep(0.05), os.write(writer, b"x")))
+            started.append(thread)
+            thread.start()
+
+    side.worker.on_events = on_events
+    traffic = Traffic(14)
+    try:
+        for _ in range(400):
+            datagram, ids = traffic.datagram()
+            side.kernel.send(datagram, ids)
+        start = time.monotonic()
+        ready = side.worker.wait_and_process(side.kernel.ours.fileno(), [other], 5.0, linger=True)
+        waited = time.monotonic() - start
+        assert started, "the traffic made no events"
+        assert ready == [other] and waited < 2.0, (ready, waited)
+    finally:
+        for thread in started:
+            thread.join()
+        os.close(other)
+        os.close(writer)
+        side.kernel.close()
+
+
 def test_the_daemons_shared_cell_is_written_as_its_setter_would() -> None:
     """The daemon's JudgedCell is a multiprocessing.Value("Q", lock=False): the compiled loop
     writes its shared memory directly (CompiledDrain._publish). After each drain it holds
