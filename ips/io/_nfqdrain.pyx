@@ -256,16 +256,18 @@ cdef class CompiledDrain:
     # per drain (set by drain(), read by the helpers)
     cdef int fd
     cdef uint16_t queue_be
-    # What the drains of one wait count, kept here and written to the worker and the client
-    # once, when the wait returns (`_settle`; a drain called alone settles at its end): a
-    # wait's drains run no Python of the worker's that reads them (the callbacks they call
-    # saw them lag within one drain before), and on cold caches each read and write of an
-    # attribute by name cost a few cache misses of every wake-up. `carrying`: judged and
-    # busy_count hold the worker's counts (read when a drain starts with nothing carried).
+    # What the drains of one wait count, kept here and written to the worker, the client and
+    # the meter once, when the wait returns (`_settle`; a drain called alone settles at its
+    # end): a wait's drains run no Python of the worker's that reads them (the callbacks
+    # they call saw them lag within one drain before), and on cold caches each read and
+    # write of an attribute by name cost a few cache misses of every wake-up. `carrying`:
+    # judged and busy_count hold the worker's counts (read when a drain starts with nothing
+    # carried).
     cdef bint carrying
     cdef long long sent           # client.verdicts_sent owed
     cdef long long recv_owed      # client.recv_calls owed
     cdef long long received_owed  # client.received owed
+    cdef long long meter_owed     # the meter's bytes owed
     cdef long long busy_count     # worker._count
     cdef long long judged         # worker.judged
     cdef long long published
@@ -572,6 +574,10 @@ cdef class CompiledDrain:
             worker = self.worker
             worker.judged = self.judged
             worker._count = self.busy_count
+        if self.meter_owed:
+            n = self.meter_owed
+            self.meter_owed = 0
+            self.meter.bytes += n
         if self.sent or self.recv_owed or self.received_owed:
             client = self.client
             if self.sent:
@@ -848,8 +854,7 @@ cdef class CompiledDrain:
                 self.busy_count = busy_count
                 self.recv_owed += recv_calls
                 self.compiled_packets += compiled
-                if meter is not None:
-                    meter.bytes += meter_bytes
+                self.meter_owed += meter_bytes
         self.received_owed += handled
         return handled
 
