@@ -36,9 +36,6 @@ per packet. The meter (ips/sinks/meter.py) is kept as the daemon's wrapper of
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.pystate cimport (PyInterpreterState, PyInterpreterState_ThreadHead, PyThreadState,
                               PyThreadState_Get, PyThreadState_Next)
-
-cdef extern from "Python.h":
-    PyInterpreterState *PyThreadState_GetInterpreter(PyThreadState *tstate)
 from libc.errno cimport EAGAIN, EINTR, ENOBUFS, errno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
@@ -84,6 +81,9 @@ cdef extern from "<poll.h>" nogil:
     enum:
         POLLIN
         POLLOUT
+
+cdef extern from "Python.h":
+    PyInterpreterState *PyThreadState_GetInterpreter(PyThreadState *tstate)
 
 cdef extern from "<time.h>" nogil:
     struct timespec:
