@@ -1352,6 +1352,16 @@ cdef RuleProg _rule_prog(object rule):
     return prog
 
 
+cdef inline object _handshake_choice(int kind, object plain, object handshake_ack,
+                                     object bare_acks):
+    """The Decision of a SYN+ACK for the offload kind `_handshake_offload` chose."""
+    if kind == OFFLOAD_HANDSHAKE_ACK:
+        return handshake_ack
+    if kind == OFFLOAD_BARE_ACKS:
+        return bare_acks
+    return plain
+
+
 cdef class FastPath:
     """The fast path of one Engine (made by it, refreshed at each policy load)."""
 
@@ -3502,24 +3512,19 @@ cdef class FastPath:
             seq = ((<uint32_t>p[l4 + 4] << 24) | (<uint32_t>p[l4 + 5] << 16)
                    | (<uint32_t>p[l4 + 6] << 8) | <uint32_t>p[l4 + 7])
             _set(app_state, self.quiet_server_base, (<object>seq + 1) & 0xFFFFFFFF)
-        cdef int kind
         if matched is not None:
             decision = matched.decision
             self._owe_hit(matched)
             if matched.accepts and self.offload_on:
-                kind = self._handshake_offload(flow, app_reading)
-                if kind == OFFLOAD_HANDSHAKE_ACK:
-                    decision = matched.handshake_ack_decision
-                elif kind == OFFLOAD_BARE_ACKS:
-                    decision = matched.bare_acks_decision
+                decision = _handshake_choice(self._handshake_offload(flow, app_reading),
+                                             decision, matched.handshake_ack_decision,
+                                             matched.bare_acks_decision)
         else:
             decision = self.default_decision
             if self.default_offload is not None and self.offload_on:
-                kind = self._handshake_offload(flow, app_reading)
-                if kind == OFFLOAD_HANDSHAKE_ACK:
-                    decision = self.default_handshake_ack
-                elif kind == OFFLOAD_BARE_ACKS:
-                    decision = self.default_bare_acks
+                decision = _handshake_choice(self._handshake_offload(flow, app_reading),
+                                             decision, self.default_handshake_ack,
+                                             self.default_bare_acks)
         self._count_verdict(decision)
         self.syn_ack_packets += 1
         return decision

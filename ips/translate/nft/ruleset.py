@@ -501,7 +501,6 @@ def _handshake_copy_rules(gen: int, first_queue: int, queues: int) -> list[list[
     """ct mark & MASK == gen | HANDSHAKE_ACK_CT, TCP without SYN (the bare ACKs were accepted
     before): a copy to the worker of the connection's queue, the full generation stamped,
     accepted. Several queues: one rule per queue and family, steered as _steer_exprs does."""
-    keep = ~_GEN_MASK & 0xFFFFFFFF
     common: list[Expr] = [
         _match("==", {"&": [_ct_mark(), _GEN_MASK]}, gen | HANDSHAKE_ACK_CT),
         _match("==", _meta("l4proto"), "tcp"),
@@ -513,7 +512,7 @@ def _handshake_copy_rules(gen: int, first_queue: int, queues: int) -> list[list[
             *common,
             *steer,
             {"log": {"group": copy_group(queue)}},
-            {"mangle": {"key": _ct_mark(), "value": {"|": [{"&": [_ct_mark(), keep]}, gen]}}},
+            {"mangle": {"key": _ct_mark(), "value": {"|": [_ct_mark_unstamped(), gen]}}},
             {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), ACCEPT_MARK]}}},
             {"counter": None},
             {"accept": None},
@@ -530,14 +529,19 @@ def _handshake_copy_rules(gen: int, first_queue: int, queues: int) -> list[list[
     ]
 
 
+def _ct_mark_unstamped() -> Expr:
+    """The connection's mark without a stamp (the generation and its two handshake bits):
+    what the stamping and clearing rules keep of it."""
+    return {"&": [_ct_mark(), ~_GEN_MASK & 0xFFFFFFFF]}
+
+
 def _bare_acks_done(gen: int) -> list[Expr]:
     """ct mark & MASK == gen | BARE_ACK_CT (the bare ACKs were accepted before): the stamp
     cleared, and the packet goes on to the rules after it and the queue. Any protocol: the
     mark is a connection's, and only a TCP SYN+ACK's verdict sets it."""
-    keep = ~_GEN_MASK & 0xFFFFFFFF
     return [
         _match("==", {"&": [_ct_mark(), _GEN_MASK]}, gen | BARE_ACK_CT),
-        {"mangle": {"key": _ct_mark(), "value": {"&": [_ct_mark(), keep]}}},
+        {"mangle": {"key": _ct_mark(), "value": _ct_mark_unstamped()}},
         {"counter": None},
     ]
 
@@ -546,11 +550,10 @@ def _offload_exprs(gen: int) -> list[list[Expr]]:
     """The offload chain: meta mark & OFFLOAD_MARK: ct mark = (ct mark & ~MASK) | gen;
     meta mark & HANDSHAKE_ACK_MARK: the same with HANDSHAKE_ACK_CT; meta mark & BARE_ACK_MARK:
     with BARE_ACK_CT (other ct-mark bits kept)."""
-    keep = ~_GEN_MASK & 0xFFFFFFFF
     return [
         [
             _match("==", {"&": [_meta("mark"), bit]}, bit),
-            {"mangle": {"key": _ct_mark(), "value": {"|": [{"&": [_ct_mark(), keep]}, stamp]}}},
+            {"mangle": {"key": _ct_mark(), "value": {"|": [_ct_mark_unstamped(), stamp]}}},
             {"counter": None},
         ]
         for bit, stamp in (
